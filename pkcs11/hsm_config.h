@@ -1,0 +1,39 @@
+/*
+ * hsm_config.h - how custody finds the module, the token and the PIN.
+ *
+ * A plain value struct: the daemon's INI loader and the admin tool fill it,
+ * hsm_config_check() validates it before anything is loaded.
+ */
+#ifndef HSM_CONFIG_H
+#define HSM_CONFIG_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cdx_err.h"
+
+typedef struct hsm_config {
+    char module_path[PATH_MAX]; /* e.g. /usr/lib/softhsm/libsofthsm2.so */
+    char token_uri[1024];       /* RFC 7512, e.g. "pkcs11:token=cipherdex" (label/serial/...) */
+    char pin_source[PATH_MAX + 8]; /* "file:/path", "cred:NAME" (systemd credential), "env:NAME" */
+    bool allow_env_pin;         /* "env:" sources are refused unless this is set */
+    bool allow_unlocked_memory; /* start even if secrets cannot be mlock'ed (loudly) */
+    unsigned sessions;          /* session pool size; 0 = CDX_SESSIONS_DEFAULT */
+    uint32_t subkey_ttl_ms;     /* cache subkeys this long; 0 = derive for every operation */
+    size_t secmem_bytes;        /* locked arena size; 0 = CDX_SECMEM_DEFAULT */
+} hsm_config;
+
+/* Defaults: empty strings, no env PIN, locked memory required, TTL 0. */
+void hsm_config_init(hsm_config *cfg);
+
+/*
+ * Validate without touching the module: paths set, URI parses (p11-kit) and
+ * names a token, carries no pin-value/pin-source, PIN source scheme known and
+ * allowed, numbers within limits.
+ * Errors: CDX_ERR_CONFIG (detail names the field and what to fix).
+ */
+cdx_err hsm_config_check(const hsm_config *cfg);
+
+#endif

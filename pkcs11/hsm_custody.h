@@ -1,0 +1,91 @@
+/*
+ * hsm_custody.h - the key-custody context: one per PKCS#11 module per
+ * process, reference-counted, shared by every user in the process.
+ *
+ * libp11 loads the module, finds the token by URI and supplies random bytes;
+ * login and all secret-key work use the same module instance's
+ * CK_FUNCTION_LIST in sessions of our own, from a bounded pool (worker
+ * threads never share a session). The module is initialised with
+ * CKF_OS_LOCKING_OK; SIGPIPE is ignored (a network HSM that drops its socket
+ * must not kill us).
+ *
+ * Recovery: operations hold a read lock. A CK_RV meaning "session/login/
+ * device/token/handle gone" makes the failing thread take the write lock,
+ * bump the generation, drop every session and key handle, finalise and
+ * re-initialise the module (reloading libp11), find the token, log in, and
+ * let operations find keys again by CKA_ID (their KCVs are checked against
+ * the ones seen before). Idempotent calls are retried once; generate/unwrap/
+ * import/destroy are re-checked by looking the object up instead.
+ * After CKR_PIN_INCORRECT, CKR_PIN_LOCKED or CKR_PIN_EXPIRED custody never
+ * logs in again on its own (a real HSM would lock or zeroise); other failed
+ * recoveries back off exponentially up to CDX_RELOGIN_BACKOFF_MAX_MS and
+ * report CDX_ERR_HSM_UNAVAILABLE meanwhile. The process never dies because
+ * the token went away.
+ */
+#ifndef HSM_CUSTODY_H
+#define HSM_CUSTODY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cdx_err.h"
+#include "hsm_config.h"
+
+typedef struct hsm_custody hsm_custody;
+
+/*
+ * Open (or join) the custody context for cfg->module_path. A second open in
+ * the same process with the same module must name the same token, PIN source
+ * and TTL, and gets the same context with its reference count raised.
+ * Also sets up locked memory (hsm_secmem_init) and PR_SET_DUMPABLE=0.
+ * Errors: CDX_ERR_CONFIG, CDX_ERR_MEMLOCK, CDX_ERR_TOKEN_NOT_FOUND (detail
+ * lists the tokens found), CDX_ERR_HSM_PIN_INCORRECT, CDX_ERR_HSM_PIN_LOCKED,
+ * CDX_ERR_MECHANISM_UNSUPPORTED (no CKM_SHA256_HMAC), CDX_ERR_HSM_UNAVAILABLE
+ * (module fails to load or initialise), CDX_ERR_RESOURCE_EXHAUSTED.
+ */
+cdx_err hsm_custody_open(const hsm_config *cfg, hsm_custody **out);
+
+/* Drop one reference; the last one wipes caches, logs out and finalises. NULL is a no-op. */
+void hsm_custody_free(hsm_custody *c);
+
+typedef struct hsm_stats {
+    uint64_t derivations;  /* subkeys derived on the token (C_Sign) */
+    uint64_t cache_hits;   /* subkeys served from the cache */
+    uint64_t kcv_computes; /* KCVs computed on the token */
+    uint64_t recoveries;   /* successful finalise/initialise/login cycles */
+    uint64_t logins;       /* C_Login calls made */
+    uint64_t generation;   /* current session generation */
+    uint64_t cached_subkeys;
+} hsm_stats;
+
+void hsm_custody_stats(hsm_custody *c, hsm_stats *out);
+
+/* Subkey TTL in ms this context was opened with (0 = no cache). */
+uint32_t hsm_custody_subkey_ttl(const hsm_custody *c);
+
+/*
+ * Random bytes from the token's RNG (through libp11).
+ * Errors: CDX_ERR_HSM_UNAVAILABLE, CDX_ERR_HSM_FAILED, CDX_ERR_INVALID_ARGUMENT (len 0 or > 1 MiB).
+ */
+cdx_err hsm_random(hsm_custody *c, void *buf, size_t len);
+
+/* Token description for listings (no login needed). */
+typedef struct hsm_token_info {
+    char label[33];
+    char serial[17];
+    char manufacturer[33];
+    char model[17];
+    unsigned long slot_id; /* informative only: never used to find a token */
+    int initialized;
+    int matches_uri;       /* 1 if the configured URI selects this token */
+} hsm_token_info;
+
+/*
+ * List the tokens the module shows (loads the module through libp11 if no
+ * context is open for it). `uri` may be NULL. *out is malloc'ed; free() it.
+ * Errors: CDX_ERR_HSM_UNAVAILABLE (module fails to load), CDX_ERR_CONFIG.
+ */
+cdx_err hsm_token_list(const char *module_path, const char *uri, hsm_token_info **out,
+                       size_t *n);
+
+#endif

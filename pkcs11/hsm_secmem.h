@@ -1,0 +1,42 @@
+/*
+ * hsm_secmem.h - locked, non-dumpable memory for secrets (PINs, subkeys,
+ * imported key bytes on their way to the token).
+ *
+ * One process-wide arena: mmap'ed between guard pages, mlock'ed,
+ * MADV_DONTDUMP, handed out in 64-byte slots. Every free wipes with
+ * OPENSSL_cleanse. hsm_secmem_init() also sets PR_SET_DUMPABLE=0 so no core
+ * file or ptrace by another uid can read the process.
+ */
+#ifndef HSM_SECMEM_H
+#define HSM_SECMEM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "cdx_err.h"
+
+/*
+ * Create the arena (idempotent and reference-counted; the first call fixes
+ * the size). `bytes` 0 means CDX_SECMEM_DEFAULT.
+ * Errors: CDX_ERR_MEMLOCK when the arena cannot be locked (RLIMIT_MEMLOCK)
+ * and `allow_unlocked` is false; CDX_ERR_RESOURCE_EXHAUSTED when mmap fails;
+ * CDX_ERR_CONFIG for a size above CDX_SECMEM_MAX.
+ */
+cdx_err hsm_secmem_init(size_t bytes, bool allow_unlocked);
+
+/* Drop one reference; the last wipes and unmaps the arena. */
+void hsm_secmem_shutdown(void);
+
+/* True when the arena is mlock'ed (false only if unlocked secrets were allowed). */
+bool hsm_secmem_locked(void);
+
+/* Zeroed secret buffer of n bytes, or NULL when the arena is full / not initialised. */
+void *hsm_secmem_alloc(size_t n);
+
+/* Wipe and release; NULL is a no-op. */
+void hsm_secmem_free(void *p);
+
+/* Bytes in use and capacity, for metrics and tests. */
+void hsm_secmem_usage(size_t *used, size_t *capacity);
+
+#endif

@@ -1,0 +1,34 @@
+/*
+ * cdx_limits.h - every limit in Cipherdex, in one place (as SQLite does).
+ *
+ * A limit here is a hard cap enforced before allocation; configuration may
+ * lower some of them, never raise them.
+ */
+#ifndef CDX_LIMITS_H
+#define CDX_LIMITS_H
+
+/* ---- identifiers and key material ---- */
+#define CDX_ID_LEN          16 /* deployment id, index id: CKA_ID bytes */
+#define CDX_KEY_LEN         32 /* root and index keys: 256-bit generic secrets */
+#define CDX_SUBKEY_LEN      32 /* HMAC-SHA256 output */
+#define CDX_KCV_LEN         8  /* key check value bytes */
+#define CDX_WRAPPED_KEY_LEN 40 /* RFC 5649 wrap of a 32-byte key */
+#define CDX_PURPOSE_MAX     32 /* longest purpose name, ASCII */
+#define CDX_LABEL_MAX       64 /* longest token object label we create or accept */
+#define CDX_KEK_LABEL_MIN   1
+
+/* ---- PKCS#11 custody ---- */
+#define CDX_PIN_MAX               256   /* bytes of PIN read from a source */
+#define CDX_KEY_FILE_MAX          1024  /* bytes of a base64 key file */
+#define CDX_SESSIONS_DEFAULT      4     /* session pool size */
+#define CDX_SESSIONS_MAX          64
+#define CDX_SUBKEY_TTL_MAX_MS     86400000u /* a day */
+#define CDX_SUBKEY_CACHE_MAX      4096  /* cached subkeys */
+#define CDX_SECMEM_DEFAULT        (256u * 1024u) /* locked arena for secrets */
+#define CDX_SECMEM_MAX            (64u * 1024u * 1024u)
+#define CDX_RELOGIN_BACKOFF_MIN_MS 250
+#define CDX_RELOGIN_BACKOFF_MAX_MS 60000 /* re-login attempts back off up to this */
+#define CDX_TOKENS_LISTED_MAX     16    /* tokens named in a TOKEN_NOT_FOUND message */
+#define CDX_KEYS_LISTED_MAX       65536 /* objects the admin listing will walk */
+
+#endif
