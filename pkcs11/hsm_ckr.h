@@ -1,0 +1,29 @@
+/*
+ * hsm_ckr.h - the edge where CK_RV becomes cdx_err (internal to pkcs11/).
+ * The raw value is kept for the log; callers never see CK_RV.
+ */
+#ifndef HSM_CKR_H
+#define HSM_CKR_H
+
+#include <stdbool.h>
+
+#include <p11-kit/pkcs11.h>
+
+#include "cdx_err.h"
+
+/* "CKR_DEVICE_ERROR", or "CKR_0x...". Returns a static or thread-local string. */
+const char *hsm_ckr_name(CK_RV rv);
+
+/* True when rv means the session, login, token, device or a handle is gone: recover. */
+bool hsm_ckr_recoverable(CK_RV rv);
+
+/* True for PIN states after which we must never log in again on our own. */
+bool hsm_ckr_pin_fatal(CK_RV rv);
+
+/*
+ * Generic mapping for an operation that failed with rv (not CKR_OK); logs
+ * event=`what` with the raw value and sets the detail.
+ */
+cdx_err hsm_ckr_fail(CK_RV rv, const char *what);
+
+#endif

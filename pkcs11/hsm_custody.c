@@ -1,0 +1,646 @@
+/*
+ * Custody context: module loading (libp11 + our own CK_FUNCTION_LIST from the
+ * same instance), token discovery, login, session pool, recovery.
+ */
+#include "hsm_internal.h"
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+#include <p11-kit/uri.h>
+
+#include "cdx_log.h"
+#include "hsm_pin.h"
+#include "hsm_secmem.h"
+#include "hsm_subkey.h"
+
+static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
+static hsm_custody *registry;
+
+int64_t hsm_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Copy a blank-padded PKCS#11 string field into a NUL-terminated, trimmed one. */
+static void padded(char *dst, size_t cap, const CK_UTF8CHAR *src, size_t len)
+{
+    size_t n = len < cap - 1 ? len : cap - 1;
+    memcpy(dst, src, n);
+    while (n > 0 && (dst[n - 1] == ' ' || dst[n - 1] == '\0'))
+        n--;
+    dst[n] = '\0';
+}
+
+/* ---------------------------------------------------------------- sessions */
+
+/* Take a session, opening one if the pool may grow. Caller holds the shared lock. */
+static cdx_err pool_get(hsm_custody *c, CK_SESSION_HANDLE *s, CK_RV *rv)
+{
+    cdx_err err = CDX_OK;
+    pthread_mutex_lock(&c->pool_mu);
+    for (;;) {
+        if (c->nfree > 0) {
+            *s = c->pool[--c->nfree];
+            break;
+        }
+        if (c->nopen < c->max_sessions) {
+            c->nopen++;
+            pthread_mutex_unlock(&c->pool_mu);
+            CK_RV r = c->f->C_OpenSession(c->slot_id, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
+                                          NULL, s);
+            pthread_mutex_lock(&c->pool_mu);
+            if (r == CKR_OK)
+                break;
+            c->nopen--;
+            pthread_cond_signal(&c->pool_cv);
+            if (r == CKR_SESSION_COUNT && c->nopen > 0) {
+                c->max_sessions = c->nopen; /* the token's limit is lower than ours */
+                continue;
+            }
+            *rv = r;
+            err = hsm_ckr_fail(r, "C_OpenSession");
+            break;
+        }
+        pthread_cond_wait(&c->pool_cv, &c->pool_mu);
+    }
+    pthread_mutex_unlock(&c->pool_mu);
+    return err;
+}
+
+/* Return a session; a broken one is closed instead of pooled. */
+static void pool_put(hsm_custody *c, CK_SESSION_HANDLE s, bool broken)
+{
+    if (broken)
+        (void)c->f->C_CloseSession(s);
+    pthread_mutex_lock(&c->pool_mu);
+    if (broken)
+        c->nopen--;
+    else
+        c->pool[c->nfree++] = s;
+    pthread_cond_signal(&c->pool_cv);
+    pthread_mutex_unlock(&c->pool_mu);
+}
+
+/* ---------------------------------------------------------------- token */
+
+static cdx_err token_matches(const char *uri_s, const CK_TOKEN_INFO *ti, bool *match)
+{
+    P11KitUri *uri = p11_kit_uri_new();
+    if (!uri)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    int r = p11_kit_uri_parse(uri_s, P11_KIT_URI_FOR_TOKEN, uri);
+    if (r != P11_KIT_URI_OK) {
+        p11_kit_uri_free(uri);
+        return cdx_fail(CDX_ERR_CONFIG, "token URI does not parse: %s", p11_kit_uri_message(r));
+    }
+    *match = p11_kit_uri_match_token_info(uri, (CK_TOKEN_INFO *)ti) == 1;
+    p11_kit_uri_free(uri);
+    return CDX_OK;
+}
+
+/* Describe the tokens seen, for a TOKEN_NOT_FOUND message. */
+static void describe_tokens(CK_FUNCTION_LIST_PTR f, PKCS11_SLOT *slots, unsigned n, char *buf,
+                            size_t cap)
+{
+    size_t off = 0;
+    unsigned listed = 0;
+    buf[0] = '\0';
+    for (unsigned i = 0; i < n && listed < CDX_TOKENS_LISTED_MAX; i++) {
+        if (!slots[i].token)
+            continue;
+        CK_TOKEN_INFO ti;
+        if (f->C_GetTokenInfo(PKCS11_get_slotid_from_slot(&slots[i]), &ti) != CKR_OK)
+            continue;
+        char label[33], serial[17];
+        padded(label, sizeof(label), ti.label, sizeof(ti.label));
+        padded(serial, sizeof(serial), ti.serialNumber, sizeof(ti.serialNumber));
+        int w = snprintf(buf + off, cap - off, "%s'%s' (serial %s)", listed ? ", " : "", label,
+                         serial);
+        if (w < 0 || (size_t)w >= cap - off)
+            break;
+        off += (size_t)w;
+        listed++;
+    }
+    if (listed == 0)
+        snprintf(buf, cap, "none");
+}
+
+/* Tear down libp11 and the module (C_Finalize). Caller holds the exclusive lock. */
+static void unload_locked(hsm_custody *c)
+{
+    pthread_mutex_lock(&c->pool_mu);
+    c->nfree = 0; /* C_Finalize closes them */
+    c->nopen = 0;
+    pthread_mutex_unlock(&c->pool_mu);
+    pthread_mutex_lock(&c->keys_mu);
+    for (size_t i = 0; i < c->nkeys; i++)
+        c->keys[i].gen = 0;
+    pthread_mutex_unlock(&c->keys_mu);
+    if (c->p11) {
+        if (c->slots)
+            PKCS11_release_all_slots(c->p11, c->slots, c->nslots);
+        PKCS11_CTX_unload(c->p11);
+        PKCS11_CTX_free(c->p11);
+    }
+    c->p11 = NULL;
+    c->slots = NULL;
+    c->nslots = 0;
+    c->slot = NULL;
+}
+
+/*
+ * (Re)load the module through libp11, find the token, open a session and log
+ * in. `initial` selects TOKEN_NOT_FOUND (configuration) over HSM_UNAVAILABLE
+ * (a token that was there went away). Caller holds the exclusive lock.
+ */
+static cdx_err connect_locked(hsm_custody *c, bool initial)
+{
+    cdx_err err = CDX_OK;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+
+    unload_locked(c);
+    c->p11 = PKCS11_CTX_new();
+    if (!c->p11)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    /* libp11 initialises with CKF_OS_LOCKING_OK and accepts ALREADY_INITIALIZED. */
+    if (PKCS11_CTX_load(c->p11, c->cfg.module_path) != 0) {
+        PKCS11_CTX_free(c->p11);
+        c->p11 = NULL;
+        return cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "PKCS#11 module %s failed to load or initialise",
+                        c->cfg.module_path);
+    }
+    if (PKCS11_enumerate_slots(c->p11, &c->slots, &c->nslots) != 0) {
+        c->slots = NULL;
+        c->nslots = 0;
+        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "cannot list the module's slots");
+        goto out;
+    }
+    unsigned matches = 0;
+    for (unsigned i = 0; i < c->nslots; i++) {
+        if (!c->slots[i].token)
+            continue;
+        CK_TOKEN_INFO ti;
+        CK_SLOT_ID id = PKCS11_get_slotid_from_slot(&c->slots[i]);
+        if (c->f->C_GetTokenInfo(id, &ti) != CKR_OK)
+            continue;
+        bool m = false;
+        if ((err = token_matches(c->cfg.token_uri, &ti, &m)))
+            goto out;
+        if (m && (ti.flags & CKF_TOKEN_INITIALIZED)) {
+            matches++;
+            c->slot = &c->slots[i];
+            c->slot_id = id;
+        }
+    }
+    if (matches != 1) {
+        char seen[1024];
+        describe_tokens(c->f, c->slots, c->nslots, seen, sizeof(seen));
+        if (matches > 1)
+            err = cdx_fail(CDX_ERR_CONFIG,
+                           "token URI %s matches %u tokens; add serial= to pick one (tokens: %s)",
+                           c->cfg.token_uri, matches, seen);
+        else
+            err = cdx_fail(initial ? CDX_ERR_TOKEN_NOT_FOUND : CDX_ERR_HSM_UNAVAILABLE,
+                           "no initialised token matches %s; tokens found: %s", c->cfg.token_uri,
+                           seen);
+        c->slot = NULL;
+        goto out;
+    }
+    CK_MECHANISM_INFO mi;
+    if (c->f->C_GetMechanismInfo(c->slot_id, CKM_SHA256_HMAC, &mi) != CKR_OK ||
+        !(mi.flags & CKF_SIGN)) {
+        err = cdx_fail(CDX_ERR_MECHANISM_UNSUPPORTED,
+                       "the token lacks CKM_SHA256_HMAC signing, needed to derive subkeys");
+        goto out;
+    }
+    CK_RV rv = c->f->C_OpenSession(c->slot_id, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+    if (rv != CKR_OK) {
+        err = hsm_ckr_fail(rv, "C_OpenSession");
+        if (err == CDX_ERR_HSM_FAILED)
+            err = CDX_ERR_HSM_UNAVAILABLE;
+        goto out;
+    }
+    atomic_fetch_add(&c->logins, 1);
+    rv = c->f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)c->pin, c->pin_len);
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+        err = hsm_ckr_fail(rv, "C_Login");
+        if (hsm_ckr_pin_fatal(rv))
+            c->login_block = err;
+        else if (err == CDX_ERR_HSM_FAILED)
+            err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "login failed (%s)", hsm_ckr_name(rv));
+        goto out;
+    }
+    pthread_mutex_lock(&c->pool_mu);
+    c->pool[c->nfree++] = s;
+    c->nopen = 1;
+    pthread_mutex_unlock(&c->pool_mu);
+    s = CK_INVALID_HANDLE;
+    c->gen++;
+    c->healthy = true;
+out:
+    if (s != CK_INVALID_HANDLE)
+        (void)c->f->C_CloseSession(s);
+    if (err)
+        c->healthy = false;
+    return err;
+}
+
+/* Recover after a recoverable CK_RV seen in generation seen_gen. */
+static cdx_err recover(hsm_custody *c, uint64_t seen_gen)
+{
+    cdx_err err = CDX_OK;
+    pthread_rwlock_wrlock(&c->lock);
+    if (c->healthy && c->gen != seen_gen)
+        goto out; /* another thread already recovered */
+    if (c->login_block) {
+        err = cdx_fail(c->login_block,
+                       "the token rejected the PIN earlier; Cipherdex will not log in again on its "
+                       "own (a real HSM would lock the PIN): fix the PIN and restart");
+        goto out;
+    }
+    int64_t now = hsm_now_ms();
+    if (now < c->next_try_ms) {
+        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE,
+                       "the token is unavailable; next reconnection attempt in %lld ms",
+                       (long long)(c->next_try_ms - now));
+        goto out;
+    }
+    hsm_subkey_flush(c);
+    cdx_log(CDX_LOG_WARN, "hsm_recover", "generation=%llu", (unsigned long long)c->gen);
+    err = connect_locked(c, false);
+    if (err) {
+        if (!c->login_block) {
+            c->next_try_ms = now + c->backoff_ms;
+            c->backoff_ms = c->backoff_ms * 2 > CDX_RELOGIN_BACKOFF_MAX_MS
+                                ? CDX_RELOGIN_BACKOFF_MAX_MS
+                                : c->backoff_ms * 2;
+        }
+        cdx_log(CDX_LOG_ERROR, "hsm_recover_failed", "code=%s backoff_ms=%u",
+                cdx_err_name(err), c->backoff_ms);
+        goto out;
+    }
+    c->backoff_ms = CDX_RELOGIN_BACKOFF_MIN_MS;
+    c->next_try_ms = 0;
+    atomic_fetch_add(&c->recoveries, 1);
+    cdx_log(CDX_LOG_INFO, "hsm_recovered", "generation=%llu", (unsigned long long)c->gen);
+out:
+    pthread_rwlock_unlock(&c->lock);
+    return err;
+}
+
+cdx_err hsm_run(hsm_custody *c, hsm_op_fn op, void *arg, bool idempotent)
+{
+    for (int attempt = 0;; attempt++) {
+        CK_RV rv = CKR_OK;
+        cdx_err err;
+        pthread_rwlock_rdlock(&c->lock);
+        uint64_t gen = c->gen;
+        if (!c->healthy) {
+            rv = CKR_DEVICE_ERROR; /* still down from an earlier failure */
+            err = CDX_ERR_HSM_UNAVAILABLE;
+        } else {
+            CK_SESSION_HANDLE s;
+            err = pool_get(c, &s, &rv);
+            if (!err) {
+                err = op(c, s, arg, &rv);
+                pool_put(c, s, rv != CKR_OK && hsm_ckr_recoverable(rv));
+            }
+        }
+        pthread_rwlock_unlock(&c->lock);
+        if (err == CDX_OK || rv == CKR_OK || !hsm_ckr_recoverable(rv))
+            return err;
+        if (attempt > 0)
+            return cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "token still failing after recovery (%s)",
+                            hsm_ckr_name(rv));
+        cdx_err rerr = recover(c, gen);
+        if (rerr)
+            return rerr;
+        if (!idempotent)
+            return HSM_INTERRUPTED;
+    }
+}
+
+CK_RV hsm_find(hsm_custody *c, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+               CK_OBJECT_HANDLE *h, unsigned *count)
+{
+    CK_OBJECT_HANDLE found[2];
+    CK_ULONG got = 0;
+    CK_RV rv = c->f->C_FindObjectsInit(s, tmpl, n);
+    if (rv != CKR_OK)
+        return rv;
+    rv = c->f->C_FindObjects(s, found, 2, &got);
+    CK_RV rv2 = c->f->C_FindObjectsFinal(s);
+    if (rv == CKR_OK)
+        rv = rv2;
+    if (rv != CKR_OK)
+        return rv;
+    *count = (unsigned)got;
+    if (got >= 1)
+        *h = found[0];
+    return CKR_OK;
+}
+
+CK_RV hsm_sign_hmac(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, const void *msg,
+                    size_t len, uint8_t out[32])
+{
+    CK_MECHANISM mech = {CKM_SHA256_HMAC, NULL, 0};
+    CK_ULONG olen = 32;
+    CK_RV rv = c->f->C_SignInit(s, &mech, h);
+    if (rv != CKR_OK)
+        return rv;
+    rv = c->f->C_Sign(s, (CK_BYTE_PTR)msg, len, out, &olen);
+    if (rv == CKR_OK && olen != 32)
+        rv = CKR_GENERAL_ERROR;
+    return rv;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static bool same_config(const hsm_config *a, const hsm_config *b)
+{
+    return !strcmp(a->token_uri, b->token_uri) && !strcmp(a->pin_source, b->pin_source) &&
+           a->subkey_ttl_ms == b->subkey_ttl_ms && a->allow_env_pin == b->allow_env_pin;
+}
+
+static void destroy(hsm_custody *c)
+{
+    hsm_subcache_free(c);
+    pthread_rwlock_wrlock(&c->lock);
+    if (c->p11 && c->healthy && c->nfree > 0)
+        (void)c->f->C_Logout(c->pool[0]);
+    unload_locked(c);
+    pthread_rwlock_unlock(&c->lock);
+    if (c->dl)
+        dlclose(c->dl);
+    hsm_secmem_free(c->pin);
+    free(c->keys);
+    pthread_rwlock_destroy(&c->lock);
+    pthread_mutex_destroy(&c->pool_mu);
+    pthread_cond_destroy(&c->pool_cv);
+    pthread_mutex_destroy(&c->keys_mu);
+    pthread_mutex_destroy(&c->rand_mu);
+    OPENSSL_cleanse(c, sizeof(*c));
+    free(c);
+    hsm_secmem_shutdown();
+}
+
+cdx_err hsm_custody_open(const hsm_config *cfg_in, hsm_custody **out)
+{
+    cdx_err err;
+    hsm_custody *c = NULL;
+    hsm_config cfg = *cfg_in;
+    *out = NULL;
+
+    if ((err = hsm_config_check(&cfg)))
+        return err;
+    char real[PATH_MAX];
+    if (!realpath(cfg.module_path, real))
+        return cdx_fail(CDX_ERR_CONFIG, "PKCS#11 module %s does not exist", cfg.module_path);
+    snprintf(cfg.module_path, sizeof(cfg.module_path), "%s", real);
+
+    pthread_mutex_lock(&registry_mu);
+    for (hsm_custody *it = registry; it; it = it->next) {
+        if (strcmp(it->cfg.module_path, cfg.module_path))
+            continue;
+        if (!same_config(&it->cfg, &cfg)) {
+            err = cdx_fail(CDX_ERR_CONFIG,
+                           "module %s is already in use in this process with another token, PIN "
+                           "source or subkey TTL; one custody context per module",
+                           cfg.module_path);
+        } else {
+            it->refs++;
+            *out = it;
+            err = CDX_OK;
+        }
+        pthread_mutex_unlock(&registry_mu);
+        return err;
+    }
+
+    /* A network HSM that drops its socket must not kill us with SIGPIPE. */
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
+
+    if ((err = hsm_secmem_init(cfg.secmem_bytes, cfg.allow_unlocked_memory)))
+        goto unlock;
+    c = calloc(1, sizeof(*c));
+    if (!c) {
+        hsm_secmem_shutdown();
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto unlock;
+    }
+    c->refs = 1;
+    c->cfg = cfg;
+    c->max_sessions = cfg.sessions ? cfg.sessions : CDX_SESSIONS_DEFAULT;
+    c->backoff_ms = CDX_RELOGIN_BACKOFF_MIN_MS;
+    pthread_rwlock_init(&c->lock, NULL);
+    pthread_mutex_init(&c->pool_mu, NULL);
+    pthread_cond_init(&c->pool_cv, NULL);
+    pthread_mutex_init(&c->keys_mu, NULL);
+    pthread_mutex_init(&c->rand_mu, NULL);
+
+    if ((err = hsm_pin_read(cfg.pin_source, cfg.allow_env_pin, &c->pin, &c->pin_len)))
+        goto fail;
+    /* Same path → the same module instance libp11 loads (dlopen refcounts it). */
+    c->dl = dlopen(cfg.module_path, RTLD_NOW | RTLD_LOCAL);
+    if (!c->dl) {
+        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "cannot load PKCS#11 module %s: %s",
+                       cfg.module_path, dlerror());
+        goto fail;
+    }
+    CK_C_GetFunctionList gfl = (CK_C_GetFunctionList)dlsym(c->dl, "C_GetFunctionList");
+    if (!gfl || gfl(&c->f) != CKR_OK || !c->f) {
+        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "%s is not a PKCS#11 module (no C_GetFunctionList)",
+                       cfg.module_path);
+        goto fail;
+    }
+    pthread_rwlock_wrlock(&c->lock);
+    err = connect_locked(c, true);
+    pthread_rwlock_unlock(&c->lock);
+    if (err)
+        goto fail;
+    if ((err = hsm_subcache_new(c)))
+        goto fail;
+    c->next = registry;
+    registry = c;
+    *out = c;
+    cdx_log(CDX_LOG_INFO, "hsm_open", "slot=%lu sessions=%u subkey_ttl_ms=%u locked=%d",
+            (unsigned long)c->slot_id, c->max_sessions, cfg.subkey_ttl_ms, hsm_secmem_locked());
+    goto unlock;
+fail:
+    destroy(c);
+unlock:
+    pthread_mutex_unlock(&registry_mu);
+    return err;
+}
+
+void hsm_custody_free(hsm_custody *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&registry_mu);
+    if (--c->refs > 0) {
+        pthread_mutex_unlock(&registry_mu);
+        return;
+    }
+    for (hsm_custody **pp = &registry; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    destroy(c);
+    pthread_mutex_unlock(&registry_mu);
+}
+
+void hsm_custody_stats(hsm_custody *c, hsm_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->derivations = atomic_load(&c->derivations);
+    out->cache_hits = atomic_load(&c->cache_hits);
+    out->kcv_computes = atomic_load(&c->kcv_computes);
+    out->recoveries = atomic_load(&c->recoveries);
+    out->logins = atomic_load(&c->logins);
+    pthread_rwlock_rdlock(&c->lock);
+    out->generation = c->gen;
+    pthread_rwlock_unlock(&c->lock);
+    out->cached_subkeys = hsm_subcache_count(c);
+}
+
+uint32_t hsm_custody_subkey_ttl(const hsm_custody *c)
+{
+    return c->cfg.subkey_ttl_ms;
+}
+
+/* ---------------------------------------------------------------- random */
+
+struct rand_arg {
+    void *buf;
+    size_t len;
+};
+
+static cdx_err rand_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv)
+{
+    struct rand_arg *a = arg;
+    (void)s;
+    pthread_mutex_lock(&c->rand_mu);
+    int r = PKCS11_generate_random(c->slot, a->buf, (unsigned)a->len);
+    pthread_mutex_unlock(&c->rand_mu);
+    if (r != 0) {
+        /* libp11 does not hand back the CK_RV: assume the device is gone, recover once. */
+        *rv = CKR_DEVICE_ERROR;
+        return cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "the token's random generator failed");
+    }
+    return CDX_OK;
+}
+
+cdx_err hsm_random(hsm_custody *c, void *buf, size_t len)
+{
+    if (len == 0 || len > (1u << 20))
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "random length %zu out of range (1..1 MiB)", len);
+    struct rand_arg a = {buf, len};
+    return hsm_run(c, rand_op, &a, true);
+}
+
+/* ---------------------------------------------------------------- listing */
+
+static cdx_err list_slots(CK_FUNCTION_LIST_PTR f, PKCS11_SLOT *slots, unsigned n, const char *uri,
+                          hsm_token_info **out, size_t *nout)
+{
+    hsm_token_info *v = calloc(n ? n : 1, sizeof(*v));
+    if (!v)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    size_t k = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (!slots[i].token)
+            continue;
+        CK_TOKEN_INFO ti;
+        CK_SLOT_ID id = PKCS11_get_slotid_from_slot(&slots[i]);
+        if (f->C_GetTokenInfo(id, &ti) != CKR_OK)
+            continue;
+        hsm_token_info *t = &v[k++];
+        padded(t->label, sizeof(t->label), ti.label, sizeof(ti.label));
+        padded(t->serial, sizeof(t->serial), ti.serialNumber, sizeof(ti.serialNumber));
+        padded(t->manufacturer, sizeof(t->manufacturer), ti.manufacturerID,
+               sizeof(ti.manufacturerID));
+        padded(t->model, sizeof(t->model), ti.model, sizeof(ti.model));
+        t->slot_id = id;
+        t->initialized = (ti.flags & CKF_TOKEN_INITIALIZED) != 0;
+        bool m = false;
+        if (uri && *uri && token_matches(uri, &ti, &m) == CDX_OK)
+            t->matches_uri = m;
+    }
+    *out = v;
+    *nout = k;
+    return CDX_OK;
+}
+
+cdx_err hsm_token_list(const char *module_path, const char *uri, hsm_token_info **out, size_t *n)
+{
+    cdx_err err;
+    *out = NULL;
+    *n = 0;
+    char real[PATH_MAX];
+    if (!module_path || !realpath(module_path, real))
+        return cdx_fail(CDX_ERR_CONFIG, "PKCS#11 module %s does not exist",
+                        module_path ? module_path : "(null)");
+    pthread_mutex_lock(&registry_mu);
+    for (hsm_custody *c = registry; c; c = c->next) {
+        if (strcmp(c->cfg.module_path, real))
+            continue;
+        /* A context is open: reuse its slots rather than finalising under it. */
+        pthread_rwlock_rdlock(&c->lock);
+        if (c->p11)
+            err = list_slots(c->f, c->slots, c->nslots, uri, out, n);
+        else
+            err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "the token is being recovered; retry");
+        pthread_rwlock_unlock(&c->lock);
+        pthread_mutex_unlock(&registry_mu);
+        return err;
+    }
+    PKCS11_CTX *p11 = PKCS11_CTX_new();
+    PKCS11_SLOT *slots = NULL;
+    unsigned ns = 0;
+    void *dl = NULL;
+    if (!p11) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    if (PKCS11_CTX_load(p11, real) != 0) {
+        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "PKCS#11 module %s failed to load or initialise",
+                       real);
+        goto out;
+    }
+    dl = dlopen(real, RTLD_NOW | RTLD_LOCAL);
+    CK_C_GetFunctionList gfl = dl ? (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList") : NULL;
+    CK_FUNCTION_LIST_PTR f = NULL;
+    if (!gfl || gfl(&f) != CKR_OK || !f) {
+        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "%s is not a PKCS#11 module", real);
+        goto out;
+    }
+    if (PKCS11_enumerate_slots(p11, &slots, &ns) != 0) {
+        slots = NULL;
+        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "cannot list the module's slots");
+        goto out;
+    }
+    err = list_slots(f, slots, ns, uri, out, n);
+out:
+    if (slots)
+        PKCS11_release_all_slots(p11, slots, ns);
+    if (p11) {
+        PKCS11_CTX_unload(p11);
+        PKCS11_CTX_free(p11);
+    }
+    if (dl)
+        dlclose(dl);
+    pthread_mutex_unlock(&registry_mu);
+    return err;
+}

@@ -1,0 +1,129 @@
+#include "hsm_pin.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cdx_limits.h"
+#include "hsm_secmem.h"
+
+/* Read at most CDX_PIN_MAX bytes of `path` straight into locked memory. */
+static cdx_err read_file(const char *path, bool check_mode, char **pin, size_t *len)
+{
+    cdx_err err = CDX_OK;
+    char *buf = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        err = cdx_fail(CDX_ERR_CONFIG, "cannot open PIN file %s: %s", path, strerror(errno));
+        goto out;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        err = cdx_fail(CDX_ERR_CONFIG, "PIN file %s is not a regular file", path);
+        goto out;
+    }
+    if (check_mode && (st.st_mode & 077)) {
+        err = cdx_fail(CDX_ERR_CONFIG,
+                       "PIN file %s is accessible by group or others (mode %03o): chmod 600 it",
+                       path, (unsigned)(st.st_mode & 0777));
+        goto out;
+    }
+    buf = hsm_secmem_alloc(CDX_PIN_MAX + 2);
+    if (!buf) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "secret memory exhausted reading the PIN");
+        goto out;
+    }
+    size_t n = 0;
+    for (;;) {
+        ssize_t r = read(fd, buf + n, CDX_PIN_MAX + 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            err = cdx_fail(CDX_ERR_CONFIG, "cannot read PIN file %s: %s", path, strerror(errno));
+            goto out;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+        if (n > CDX_PIN_MAX) {
+            err = cdx_fail(CDX_ERR_CONFIG, "PIN in %s is longer than %d bytes", path, CDX_PIN_MAX);
+            goto out;
+        }
+    }
+    if (n > 0 && buf[n - 1] == '\n')
+        n--;
+    if (n > 0 && buf[n - 1] == '\r')
+        n--;
+    if (n == 0) {
+        err = cdx_fail(CDX_ERR_CONFIG, "PIN file %s is empty", path);
+        goto out;
+    }
+    buf[n] = '\0';
+    *pin = buf;
+    *len = n;
+    buf = NULL;
+out:
+    hsm_secmem_free(buf);
+    if (fd >= 0)
+        close(fd);
+    return err;
+}
+
+cdx_err hsm_pin_read(const char *source, bool allow_env, char **pin, size_t *len)
+{
+    *pin = NULL;
+    *len = 0;
+    if (!source || !*source)
+        return cdx_fail(CDX_ERR_CONFIG, "no PIN source configured (pin = file:/path | cred:NAME)");
+    if (!strncmp(source, "file:", 5)) {
+        const char *path = source + 5;
+        if (path[0] != '/')
+            return cdx_fail(CDX_ERR_CONFIG, "PIN file path must be absolute: %s", path);
+        return read_file(path, true, pin, len);
+    }
+    if (!strncmp(source, "cred:", 5)) {
+        const char *name = source + 5;
+        const char *dir = getenv("CREDENTIALS_DIRECTORY");
+        if (!*name || strchr(name, '/'))
+            return cdx_fail(CDX_ERR_CONFIG, "bad systemd credential name '%s'", name);
+        if (!dir || !*dir)
+            return cdx_fail(CDX_ERR_CONFIG,
+                            "PIN source cred:%s but $CREDENTIALS_DIRECTORY is not set "
+                            "(use LoadCredential= in the systemd unit)",
+                            name);
+        char path[PATH_MAX];
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, name) >= sizeof(path))
+            return cdx_fail(CDX_ERR_CONFIG, "credential path too long");
+        /* systemd owns the mode of credential files; do not second-guess it. */
+        return read_file(path, false, pin, len);
+    }
+    if (!strncmp(source, "env:", 4)) {
+        const char *name = source + 4;
+        if (!allow_env)
+            return cdx_fail(CDX_ERR_CONFIG,
+                            "PIN source env:%s refused: environment variables leak to child "
+                            "processes and /proc; use file: or cred:, or set allow_env_pin = yes",
+                            name);
+        const char *v = getenv(name);
+        if (!v || !*v)
+            return cdx_fail(CDX_ERR_CONFIG, "environment variable %s (PIN source) is empty or unset",
+                            name);
+        size_t n = strlen(v);
+        if (n > CDX_PIN_MAX)
+            return cdx_fail(CDX_ERR_CONFIG, "PIN in %s is longer than %d bytes", name, CDX_PIN_MAX);
+        char *buf = hsm_secmem_alloc(n + 1);
+        if (!buf)
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "secret memory exhausted reading the PIN");
+        memcpy(buf, v, n);
+        *pin = buf;
+        *len = n;
+        return CDX_OK;
+    }
+    return cdx_fail(CDX_ERR_CONFIG, "unknown PIN source '%.16s...': use file:/path, cred:NAME or env:NAME",
+                    source);
+}
