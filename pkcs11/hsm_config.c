@@ -45,10 +45,8 @@ cdx_err hsm_config_check(const hsm_config *cfg)
         goto out;
     }
     CK_TOKEN_INFO *ti = p11_kit_uri_get_token_info(uri);
-    static const char blank32[32] = "                                ";
-    static const char blank16[16] = "                ";
-    if (!memcmp(ti->label, blank32, 32) && !memcmp(ti->serialNumber, blank16, 16) &&
-        !memcmp(ti->manufacturerID, blank32, 32) && !memcmp(ti->model, blank16, 16)) {
+    /* p11-kit leaves fields the URI does not name zero-filled ("match anything"). */
+    if (!ti->label[0] && !ti->serialNumber[0] && !ti->manufacturerID[0] && !ti->model[0]) {
         err = cdx_fail(CDX_ERR_CONFIG,
                        "token URI '%s' names no token: give token=LABEL or serial=SERIAL",
                        cfg->token_uri);

@@ -199,6 +199,7 @@ static cdx_err connect_locked(hsm_custody *c, bool initial)
             matches++;
             c->slot = &c->slots[i];
             c->slot_id = id;
+            memcpy(c->serial, ti.serialNumber, sizeof(c->serial));
         }
     }
     if (matches != 1) {
@@ -297,6 +298,22 @@ out:
     return err;
 }
 
+/*
+ * Is the token we logged in to still there? A token re-initialised or
+ * removed under a running process does not always fail with a "gone" code:
+ * SoftHSM answers searches with nothing and creations with
+ * CKR_GENERAL_ERROR. Checked only on such failures, so it costs nothing on
+ * the hot path.
+ */
+static bool token_same(hsm_custody *c)
+{
+    CK_TOKEN_INFO ti;
+    if (c->f->C_GetTokenInfo(c->slot_id, &ti) != CKR_OK)
+        return false;
+    return (ti.flags & CKF_TOKEN_INITIALIZED) &&
+           !memcmp(ti.serialNumber, c->serial, sizeof(c->serial));
+}
+
 cdx_err hsm_run(hsm_custody *c, hsm_op_fn op, void *arg, bool idempotent)
 {
     for (int attempt = 0;; attempt++) {
@@ -312,6 +329,12 @@ cdx_err hsm_run(hsm_custody *c, hsm_op_fn op, void *arg, bool idempotent)
             err = pool_get(c, &s, &rv);
             if (!err) {
                 err = op(c, s, arg, &rv);
+                if ((err == CDX_ERR_KEY_NOT_FOUND || err == CDX_ERR_HSM_FAILED ||
+                     err == CDX_ERR_BAD_WRAPPED_KEY) &&
+                    !token_same(c)) {
+                    cdx_log(CDX_LOG_WARN, "hsm_token_changed", "code=%s", cdx_err_name(err));
+                    rv = CKR_TOKEN_NOT_PRESENT;
+                }
                 pool_put(c, s, rv != CKR_OK && hsm_ckr_recoverable(rv));
             }
         }

@@ -47,6 +47,7 @@ struct hsm_custody {
     unsigned nslots;
     PKCS11_SLOT *slot;
     CK_SLOT_ID slot_id;
+    CK_UTF8CHAR serial[16]; /* of the token we logged in to: detects a re-initialised token */
     uint64_t gen;
     bool healthy;
     cdx_err login_block;   /* set after a PIN failure: never log in again on our own */

@@ -69,7 +69,7 @@ const char *cdx_strerror(cdx_err e);
  * The detail must never contain secrets.
  */
 cdx_err cdx_fail(cdx_err e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-cdx_err cdx_vfail(cdx_err e, const char *fmt, va_list ap);
+cdx_err cdx_vfail(cdx_err e, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 /* The calling thread's last detail ("" when none). Valid until the next cdx_fail. */
 const char *cdx_err_detail(void);

@@ -1,0 +1,567 @@
+/*
+ * test_hsm_tool.c - the cipherdex-hsm admin tool, run as a program against a
+ * throwaway SoftHSM token: every subcommand, the attributes an auditor
+ * checks, and the errors an operator meets (bad key file, wrong PIN, usage).
+ *
+ * Key check values are recomputed here with OpenSSL (HMAC-SHA256 of
+ * "cipherdex/v1/kcv", first 8 bytes) for keys whose bytes the test knows, and
+ * the wrapped key is made here with EVP_aes_256_wrap_pad, as a KMS would.
+ */
+#include <CUnit/Basic.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fx_softhsm.h"
+#include "fx_tmp.h"
+
+#define OUT_CAP (256 * 1024)
+#define LABEL "cdx-hsm-tool"
+
+static fx_token *tok;
+static char tool[4096];
+static char conf[4096];
+static char *out;
+
+/* State carried between tests (CUnit runs them in order). */
+static uint8_t kek[32];
+static char gen_id[33], gen_kcv[17];
+static char imp_id[33], unw_id[33], unw64_id[33];
+static char deploy_id[33];
+
+static const char *const quiet_env[] = {"CDX_LOG_LEVEL=error", NULL};
+
+static void hex(const uint8_t *b, size_t n, char *o)
+{
+    for (size_t i = 0; i < n; i++)
+        sprintf(o + 2 * i, "%02x", b[i]);
+}
+
+static int write_file(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    int rc = fwrite(data, 1, n, f) == n ? 0 : -1;
+    if (fclose(f) != 0)
+        rc = -1;
+    if (rc == 0)
+        rc = chmod(path, 0600);
+    return rc;
+}
+
+static void path_in_dir(char *buf, size_t cap, const char *name)
+{
+    snprintf(buf, cap, "%s/%s", fx_token_dir(tok), name);
+}
+
+/* A base64 key file as `openssl rand -base64 32` writes it. */
+static int write_key_file(const char *path, const uint8_t *key, size_t n)
+{
+    unsigned char b64[128];
+    int len = EVP_EncodeBlock(b64, key, (int)n);
+    b64[len++] = '\n';
+    return write_file(path, b64, (size_t)len);
+}
+
+static void kcv_of(const uint8_t key[32], char out_hex[17])
+{
+    uint8_t mac[32];
+    unsigned len = 0;
+    static const char msg[] = "cipherdex/v1/kcv";
+    HMAC(EVP_sha256(), key, 32, (const unsigned char *)msg, sizeof(msg) - 1, mac, &len);
+    hex(mac, 8, out_hex);
+}
+
+/*
+ * Run the tool with --config CONF (or another config when cfg is given) and
+ * the NULL-terminated arguments; output (stdout+stderr) lands in `out`.
+ */
+static int run_cfg(const char *cfg, ...)
+{
+    const char *argv[32];
+    int n = 0;
+    va_list ap;
+
+    argv[n++] = tool;
+    if (cfg) {
+        argv[n++] = "--config";
+        argv[n++] = cfg;
+    }
+    va_start(ap, cfg);
+    for (const char *a; (a = va_arg(ap, const char *)) && n < 31;)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    out[0] = '\0';
+    return fx_run_env(argv, quiet_env, NULL, out, OUT_CAP);
+}
+
+#define run(...) run_cfg(conf, __VA_ARGS__, NULL)
+
+/* Copy the string value of "key":"..." from a JSON line into val. */
+static bool json_get(const char *json, const char *key, char *val, size_t cap)
+{
+    char pat[64];
+    snprintf(pat, sizeof(pat), "\"%s\":\"", key);
+    const char *p = strstr(json, pat);
+    if (!p)
+        return false;
+    p += strlen(pat);
+    const char *e = strchr(p, '"');
+    if (!e || (size_t)(e - p) >= cap)
+        return false;
+    memcpy(val, p, (size_t)(e - p));
+    val[e - p] = '\0';
+    return true;
+}
+
+/* The JSON object of the key labelled `label` in `keys --json` output. */
+static bool key_object(const char *json, const char *label, char *obj, size_t cap)
+{
+    char pat[128];
+    snprintf(pat, sizeof(pat), "\"label\":\"%s\"", label);
+    const char *p = strstr(json, pat);
+    if (!p)
+        return false;
+    const char *b = p;
+    while (b > json && *b != '{')
+        b--;
+    const char *e = strstr(p, "}}");
+    if (!e || (size_t)(e + 2 - b) >= cap)
+        return false;
+    memcpy(obj, b, (size_t)(e + 2 - b));
+    obj[e + 2 - b] = '\0';
+    return true;
+}
+
+static int suite_init(void)
+{
+    const char *bin = getenv("CDX_BIN_DIR");
+    char pinpath[4096], text[16384];
+
+    if (!bin) {
+        fprintf(stderr, "CDX_BIN_DIR is not set (run through ctest)\n");
+        return -1;
+    }
+    snprintf(tool, sizeof(tool), "%s/appliance/cipherdex-hsm", bin);
+    out = malloc(OUT_CAP);
+    tok = fx_token_new(LABEL);
+    if (!out || !tok)
+        return -1;
+    char *uri = fx_token_uri(tok);
+    if (!uri)
+        return -1;
+    snprintf(pinpath, sizeof(pinpath), "%s", fx_token_pin_file(tok));
+    snprintf(text, sizeof(text),
+             "# written by test_hsm_tool\n[redis]\nurl = whatever\n\n[hsm]\nmodule = %s\n"
+             "token = %s\npin = file:%s\nsessions = 2\n",
+             fx_softhsm_module(), uri, pinpath);
+    free(uri);
+    path_in_dir(conf, sizeof(conf), "cipherdex.conf");
+    return write_file(conf, text, strlen(text));
+}
+
+static int suite_clean(void)
+{
+    fx_token_free(tok);
+    free(out);
+    return 0;
+}
+
+/* ---- tests ---- */
+
+static void test_usage(void)
+{
+    CU_ASSERT_EQUAL(run_cfg(NULL, NULL), 2);
+    CU_ASSERT_EQUAL(run_cfg(NULL, "--help", NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "index unwrap"));
+    CU_ASSERT_EQUAL(run("index", "unwrap", "--help"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "--wrapped"));
+    CU_ASSERT_EQUAL(run("frobnicate"), 2);
+    CU_ASSERT_EQUAL(run("index", "generate", "--kcv", "0011223344556677"), 2);
+    CU_ASSERT_EQUAL(run("index", "kcv"), 2);
+    CU_ASSERT_EQUAL(run("index", "kcv", "--id", "xyz"), 2);
+    /* A PIN is never taken from the command line. */
+    CU_ASSERT_EQUAL(run("--pin", "1234", "keys"), 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "never accepted"));
+    CU_ASSERT_EQUAL(run("--pin=1234", "keys"), 2);
+}
+
+static void test_config_errors(void)
+{
+    char bad[4096];
+    path_in_dir(bad, sizeof(bad), "bad.conf");
+    const char text[] = "[hsm]\nmodule = /usr/lib/softhsm/libsofthsm2.so\nfrobs = 3\n";
+    CU_ASSERT_EQUAL_FATAL(write_file(bad, text, sizeof(text) - 1), 0);
+    CU_ASSERT_EQUAL(run_cfg(bad, "keys", NULL), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "CONFIG"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "bad.conf:3"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "frobs"));
+
+    const char text2[] = "[hsm]\nsessions = lots\n";
+    CU_ASSERT_EQUAL_FATAL(write_file(bad, text2, sizeof(text2) - 1), 0);
+    CU_ASSERT_EQUAL(run_cfg(bad, "tokens", NULL), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "bad.conf:2"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "sessions"));
+}
+
+static void test_tokens(void)
+{
+    CU_ASSERT_EQUAL(run("tokens"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, LABEL));
+    CU_ASSERT_EQUAL(run("--json", "tokens"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"label\":\"" LABEL "\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"matches_uri\":true"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"initialized\":true"));
+}
+
+static void test_root_create(void)
+{
+    uint8_t id[16];
+    char kcv1[17], kcv2[17], status[32];
+
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(id, sizeof(id)), 1);
+    hex(id, sizeof(id), deploy_id);
+    CU_ASSERT_EQUAL(run("--json", "root", "create", "--deployment-id", deploy_id), 0);
+    CU_ASSERT_TRUE(json_get(out, "status", status, sizeof(status)));
+    CU_ASSERT_STRING_EQUAL(status, "created");
+    CU_ASSERT_TRUE(json_get(out, "kcv", kcv1, sizeof(kcv1)));
+    CU_ASSERT_EQUAL(run("--json", "root", "create", "--deployment-id", deploy_id), 0);
+    CU_ASSERT_TRUE(json_get(out, "status", status, sizeof(status)));
+    CU_ASSERT_STRING_EQUAL(status, "existing");
+    CU_ASSERT_TRUE(json_get(out, "kcv", kcv2, sizeof(kcv2)));
+    CU_ASSERT_STRING_EQUAL(kcv1, kcv2);
+}
+
+static void test_kek_import(void)
+{
+    char path[4096];
+
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(kek, sizeof(kek)), 1);
+    path_in_dir(path, sizeof(path), "kek.b64");
+    CU_ASSERT_EQUAL_FATAL(write_key_file(path, kek, sizeof(kek)), 0);
+    CU_ASSERT_EQUAL(run("kek", "import", "kms1", "--key-file", path), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "cipherdex-kek-kms1"));
+    CU_ASSERT_EQUAL(run("kek", "create", "spare"), 0);
+    CU_ASSERT_EQUAL(run("kek", "create", "bad/name"), 2);
+}
+
+static void test_index_generate(void)
+{
+    char status[32], label[80], want[80];
+
+    CU_ASSERT_EQUAL(run("--json", "index", "generate"), 0);
+    CU_ASSERT_TRUE(json_get(out, "status", status, sizeof(status)));
+    CU_ASSERT_STRING_EQUAL(status, "generated");
+    CU_ASSERT_TRUE_FATAL(json_get(out, "id", gen_id, sizeof(gen_id)));
+    CU_ASSERT_EQUAL(strlen(gen_id), 32);
+    CU_ASSERT_TRUE_FATAL(json_get(out, "kcv", gen_kcv, sizeof(gen_kcv)));
+    CU_ASSERT_EQUAL(strlen(gen_kcv), 16);
+    CU_ASSERT_TRUE(json_get(out, "label", label, sizeof(label)));
+    snprintf(want, sizeof(want), "cipherdex-index-%s", gen_id);
+    CU_ASSERT_STRING_EQUAL(label, want);
+    /* The same id again is refused. */
+    CU_ASSERT_EQUAL(run("index", "generate", "--id", gen_id), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "ALREADY_EXISTS"));
+}
+
+static void test_index_import(void)
+{
+    uint8_t key[32], id[16];
+    char path[4096], kcv[17], want[17];
+
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(key, sizeof(key)), 1);
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(id, sizeof(id)), 1);
+    hex(id, sizeof(id), imp_id);
+    path_in_dir(path, sizeof(path), "index_key.txt");
+    CU_ASSERT_EQUAL_FATAL(write_key_file(path, key, sizeof(key)), 0);
+    CU_ASSERT_EQUAL(run("--json", "index", "import", "--key-file", path, "--id", imp_id), 0);
+    CU_ASSERT_TRUE(json_get(out, "kcv", kcv, sizeof(kcv)));
+    kcv_of(key, want);
+    CU_ASSERT_STRING_EQUAL(kcv, want);
+}
+
+static void test_bad_key_file(void)
+{
+    char path[4096];
+    uint8_t short_key[16] = {1};
+
+    path_in_dir(path, sizeof(path), "bad_key.txt");
+    CU_ASSERT_EQUAL_FATAL(write_file(path, "not base64 at all!\n", 19), 0);
+    CU_ASSERT_EQUAL(run("index", "import", "--key-file", path), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "BAD_KEY_FILE"));
+    CU_ASSERT_EQUAL_FATAL(write_key_file(path, short_key, sizeof(short_key)), 0);
+    CU_ASSERT_EQUAL(run("index", "import", "--key-file", path), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "BAD_KEY_FILE"));
+    path_in_dir(path, sizeof(path), "missing.txt");
+    CU_ASSERT_EQUAL(run("kek", "import", "k2", "--key-file", path), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "BAD_KEY_FILE"));
+}
+
+/* RFC 5649 wrap of dek under the KEK, as a KMS hands out a data key. */
+static int wrap(const uint8_t dek[32], uint8_t blob[40])
+{
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int n = 0, m = 0, ok = 0;
+    if (!c)
+        return -1;
+    EVP_CIPHER_CTX_set_flags(c, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
+    ok = EVP_EncryptInit_ex(c, EVP_aes_256_wrap_pad(), NULL, kek, NULL) == 1 &&
+         EVP_EncryptUpdate(c, blob, &n, dek, 32) == 1 &&
+         EVP_EncryptFinal_ex(c, blob + n, &m) == 1 && n + m == 40;
+    EVP_CIPHER_CTX_free(c);
+    return ok ? 0 : -1;
+}
+
+static void test_index_unwrap(void)
+{
+    uint8_t dek[32], blob[40], id[16];
+    unsigned char b64[80];
+    char path[4096], kcv[17], want[17];
+
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(dek, sizeof(dek)), 1);
+    CU_ASSERT_EQUAL_FATAL(wrap(dek, blob), 0);
+    kcv_of(dek, want);
+
+    /* Raw blob. */
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(id, sizeof(id)), 1);
+    hex(id, sizeof(id), unw_id);
+    path_in_dir(path, sizeof(path), "dek.wrapped");
+    CU_ASSERT_EQUAL_FATAL(write_file(path, blob, sizeof(blob)), 0);
+    CU_ASSERT_EQUAL(
+        run("--json", "index", "unwrap", "--kek", "kms1", "--wrapped", path, "--id", unw_id), 0);
+    CU_ASSERT_TRUE(json_get(out, "kcv", kcv, sizeof(kcv)));
+    CU_ASSERT_STRING_EQUAL(kcv, want);
+
+    /* Base64 of the blob, under a random id; the same key gives the same KCV. */
+    int len = EVP_EncodeBlock(b64, blob, sizeof(blob));
+    b64[len++] = '\n';
+    path_in_dir(path, sizeof(path), "dek.wrapped.b64");
+    CU_ASSERT_EQUAL_FATAL(write_file(path, b64, (size_t)len), 0);
+    CU_ASSERT_EQUAL(run("index", "unwrap", "--kek", "kms1", "--wrapped", path), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "BAD_WRAPPED_KEY"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "--base64"));
+    CU_ASSERT_EQUAL(run("--json", "index", "unwrap", "--kek", "kms1", "--wrapped", path,
+                        "--base64"),
+                    0);
+    CU_ASSERT_TRUE(json_get(out, "kcv", kcv, sizeof(kcv)));
+    CU_ASSERT_STRING_EQUAL(kcv, want);
+    CU_ASSERT_TRUE(json_get(out, "id", unw64_id, sizeof(unw64_id)));
+
+    /* Tampered blob, wrong KEK, short blob. */
+    blob[20] ^= 1;
+    path_in_dir(path, sizeof(path), "tampered.wrapped");
+    CU_ASSERT_EQUAL_FATAL(write_file(path, blob, sizeof(blob)), 0);
+    CU_ASSERT_EQUAL(run("index", "unwrap", "--kek", "kms1", "--wrapped", path), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "BAD_WRAPPED_KEY"));
+    CU_ASSERT_EQUAL(run("index", "unwrap", "--kek", "nosuch", "--wrapped", path), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "KEY_NOT_FOUND"));
+    CU_ASSERT_EQUAL_FATAL(write_file(path, blob, 39), 0);
+    CU_ASSERT_EQUAL(run("index", "unwrap", "--kek", "kms1", "--wrapped", path), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "BAD_WRAPPED_KEY"));
+}
+
+static void test_index_adopt_kcv_check(void)
+{
+    char kcv[17];
+    uint8_t none[16];
+    char none_hex[33];
+
+    CU_ASSERT_EQUAL(run("--json", "index", "adopt", "--id", gen_id), 0);
+    CU_ASSERT_TRUE(json_get(out, "kcv", kcv, sizeof(kcv)));
+    CU_ASSERT_STRING_EQUAL(kcv, gen_kcv);
+    CU_ASSERT_EQUAL(run("--json", "index", "adopt", "--id", unw_id), 0);
+
+    CU_ASSERT_EQUAL(run("--json", "index", "kcv", "--id", gen_id), 0);
+    CU_ASSERT_TRUE(json_get(out, "kcv", kcv, sizeof(kcv)));
+    CU_ASSERT_STRING_EQUAL(kcv, gen_kcv);
+
+    CU_ASSERT_EQUAL(run("index", "check", "--id", gen_id, "--kcv", gen_kcv), 0);
+    CU_ASSERT_EQUAL(run("index", "check", "--id", gen_id, "--kcv", "0000000000000000"), 3);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "KEY_REPLACED"));
+    CU_ASSERT_EQUAL(run("--json", "index", "check", "--id", gen_id, "--kcv", "0000000000000000"),
+                    3);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"name\":\"KEY_REPLACED\""));
+
+    memset(none, 0xee, sizeof(none));
+    hex(none, sizeof(none), none_hex);
+    CU_ASSERT_EQUAL(run("index", "adopt", "--id", none_hex), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "KEY_NOT_FOUND"));
+    CU_ASSERT_EQUAL(run("index", "kcv", "--id", none_hex), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "KEY_NOT_FOUND"));
+}
+
+static void check_key(const char *json, const char *label, bool generated)
+{
+    char obj[8192];
+
+    CU_ASSERT_TRUE_FATAL(key_object(json, label, obj, sizeof(obj)));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"template\":\"ok\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"wrong\":[]"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"derive\":false"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"modifiable\":false"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"copyable\":false"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"sensitive\":true"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"extractable\":false"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"encrypt\":false"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"wrap\":false"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, generated ? "\"local\":true" : "\"local\":false"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, generated ? "\"never_extractable\":true"
+                                                 : "\"never_extractable\":false"));
+    if (!strstr(obj, "\"template\":\"ok\""))
+        fprintf(stderr, "\n%s: %s\n", label, obj);
+}
+
+static void test_keys_json(void)
+{
+    char label[80];
+
+    CU_ASSERT_EQUAL_FATAL(run("--json", "keys"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"mismatches\":0"));
+    /* root, 2 KEKs, generated, imported, 2 unwrapped */
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"count\":7"));
+    check_key(out, "cipherdex-root", true);
+    check_key(out, "cipherdex-kek-kms1", false);
+    check_key(out, "cipherdex-kek-spare", true);
+    snprintf(label, sizeof(label), "cipherdex-index-%s", gen_id);
+    check_key(out, label, true);
+    snprintf(label, sizeof(label), "cipherdex-index-%s", imp_id);
+    check_key(out, label, false);
+    snprintf(label, sizeof(label), "cipherdex-index-%s", unw_id);
+    check_key(out, label, false);
+    snprintf(label, sizeof(label), "cipherdex-index-%s", unw64_id);
+    check_key(out, label, false);
+
+    /* Root and index keys sign (HMAC) only; KEKs unwrap only. */
+    char obj[8192];
+    CU_ASSERT_TRUE_FATAL(key_object(out, "cipherdex-root", obj, sizeof(obj)));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"sign\":true"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"unwrap\":false"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"key_type\":\"generic_secret\""));
+    CU_ASSERT_TRUE_FATAL(key_object(out, "cipherdex-kek-kms1", obj, sizeof(obj)));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"sign\":false"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"unwrap\":true"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"key_type\":\"aes\""));
+
+    /* The table names every key too. */
+    CU_ASSERT_EQUAL(run("keys"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "TEMPLATE"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, gen_id));
+}
+
+/* An independent tool sees the same keys, and sees them sensitive. */
+static void test_pkcs11_tool(void)
+{
+    /* OpenSC's tools read `--pin env:NAME` from the environment: the PIN stays out of argv. */
+    const char *argv[] = {"pkcs11-tool", "--module", fx_softhsm_module(), "--token-label", LABEL,
+                          "--login",     "--pin",    "env:CDX_TEST_PIN",  "--list-objects",
+                          "--type",      "secrkey",  NULL};
+    char label[80], pin_env[64];
+
+    snprintf(pin_env, sizeof(pin_env), "CDX_TEST_PIN=%s", fx_token_pin(tok));
+    const char *const env[] = {pin_env, NULL};
+    int rc = fx_run_env(argv, env, NULL, out, OUT_CAP);
+    if (rc == 127) {
+        fprintf(stderr, "\npkcs11-tool not installed (opensc): skipped\n");
+        return;
+    }
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    snprintf(label, sizeof(label), "label:      cipherdex-index-%s", gen_id);
+    const char *p = strstr(out, label);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    const char *acc = strstr(p, "Access:");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(acc);
+    const char *eol = strchr(acc, '\n');
+    CU_ASSERT_PTR_NOT_NULL_FATAL(eol);
+    char line[256];
+    snprintf(line, sizeof(line), "%.*s", (int)(eol - acc), acc);
+    CU_ASSERT_PTR_NOT_NULL(strstr(line, "sensitive"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(line, "never extractable"));
+
+    snprintf(label, sizeof(label), "label:      cipherdex-index-%s", imp_id);
+    p = strstr(out, label);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    acc = strstr(p, "Access:");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(acc);
+    CU_ASSERT_EQUAL(strncmp(acc, "Access:     sensitive", 21), 0);
+}
+
+static void test_wrong_pin(void)
+{
+    char pin[4096], cfg[4096], text[8192];
+    char *uri = fx_token_uri(tok);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(uri);
+    path_in_dir(pin, sizeof(pin), "wrong.pin");
+    CU_ASSERT_EQUAL_FATAL(write_file(pin, "0000000000000000", 16), 0);
+    path_in_dir(cfg, sizeof(cfg), "wrongpin.conf");
+    snprintf(text, sizeof(text), "[hsm]\nmodule = %s\ntoken = %s\npin = file:%s\n",
+             fx_softhsm_module(), uri, pin);
+    free(uri);
+    CU_ASSERT_EQUAL_FATAL(write_file(cfg, text, strlen(text)), 0);
+    CU_ASSERT_EQUAL(run_cfg(cfg, "keys", NULL), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "HSM_PIN_INCORRECT"));
+    /* Flags override the file: the right PIN source works. */
+    char src[4200];
+    snprintf(src, sizeof(src), "file:%s", fx_token_pin_file(tok));
+    CU_ASSERT_EQUAL(run_cfg(cfg, "--pin-source", src, "keys", NULL), 0);
+    /* No such token. */
+    CU_ASSERT_EQUAL(run("--token", "pkcs11:token=no-such-token", "keys"), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "TOKEN_NOT_FOUND"));
+}
+
+static void test_destroy(void)
+{
+    CU_ASSERT_EQUAL(run("index", "destroy", "--id", gen_id), 2);
+    CU_ASSERT_EQUAL(run("index", "kcv", "--id", gen_id), 0);
+    CU_ASSERT_EQUAL(run("index", "destroy", "--id", gen_id, "--yes"), 0);
+    CU_ASSERT_EQUAL(run("index", "kcv", "--id", gen_id), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "KEY_NOT_FOUND"));
+    CU_ASSERT_EQUAL(run("index", "destroy", "--id", gen_id, "--yes"), 1);
+    CU_ASSERT_EQUAL(run("kek", "destroy", "spare"), 2);
+    CU_ASSERT_EQUAL(run("kek", "destroy", "spare", "--yes"), 0);
+    CU_ASSERT_EQUAL(run("--json", "keys"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"count\":5"));
+    CU_ASSERT_PTR_NULL(strstr(out, gen_id));
+    CU_ASSERT_PTR_NULL(strstr(out, "cipherdex-kek-spare"));
+}
+
+int main(void)
+{
+    CU_pSuite s;
+    int failures;
+
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 1;
+    s = CU_add_suite("hsm_tool", suite_init, suite_clean);
+    if (!s || !CU_add_test(s, "usage", test_usage) ||
+        !CU_add_test(s, "config errors", test_config_errors) ||
+        !CU_add_test(s, "tokens", test_tokens) ||
+        !CU_add_test(s, "root create", test_root_create) ||
+        !CU_add_test(s, "kek import/create", test_kek_import) ||
+        !CU_add_test(s, "index generate", test_index_generate) ||
+        !CU_add_test(s, "index import", test_index_import) ||
+        !CU_add_test(s, "bad key file", test_bad_key_file) ||
+        !CU_add_test(s, "index unwrap", test_index_unwrap) ||
+        !CU_add_test(s, "index adopt/kcv/check", test_index_adopt_kcv_check) ||
+        !CU_add_test(s, "keys --json attributes", test_keys_json) ||
+        !CU_add_test(s, "pkcs11-tool sees sensitive keys", test_pkcs11_tool) ||
+        !CU_add_test(s, "wrong pin", test_wrong_pin) ||
+        !CU_add_test(s, "destroy", test_destroy)) {
+        CU_cleanup_registry();
+        return 1;
+    }
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    failures = (int)CU_get_number_of_failures() + (int)CU_get_number_of_suites_failed();
+    CU_cleanup_registry();
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,944 @@
+/*
+ * test_pkcs11.c - key custody against a throwaway SoftHSM2 token.
+ *
+ * Most tests go through the p11wrap module (forwards to SoftHSM, counts calls,
+ * injects CK_RVs), so recovery paths are exercised deterministically.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <p11-kit/pkcs11.h>
+
+#include "cdx_err.h"
+#include "fx_softhsm.h"
+#include "fx_tmp.h"
+#include "hsm_custody.h"
+#include "hsm_keys.h"
+#include "hsm_pin.h"
+#include "hsm_secmem.h"
+#include "hsm_subkey.h"
+#include "p11wrap.h"
+
+/* Documented test vector (docs/KEYS.md): key 00..1f, index id a0..af. */
+static const char *VEC_KCV = "fef97a0b4137009b";
+static const char *VEC_PAYLOAD_E1 = "fb1fb0cd85addfd8b1544ae645801286d9c0837e5f8c7ba01219f35bd351c487";
+static const char *VEC_TOKEN_E0 = "67aa1a560fbdd4f6b24f7c4962b0e03a3595e35f541fc2f0e9f5cf0284b6ed99";
+static const char *VEC_CATALOG_E0 =
+    "e2408d5e63485ba8996369559130c21031ad270e36e14410f9362d318910afd6";
+
+static const char *wrap_path;
+
+static void tohex(const uint8_t *b, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        sprintf(out + 2 * i, "%02x", b[i]);
+}
+
+static void seq(uint8_t *b, size_t n, uint8_t start)
+{
+    for (size_t i = 0; i < n; i++)
+        b[i] = (uint8_t)(start + i);
+}
+
+static void host_subkey(const uint8_t key[32], hsm_purpose p, const uint8_t id[16], uint32_t ep,
+                        uint8_t out[32])
+{
+    uint8_t msg[128];
+    size_t len = hsm_subkey_message(p, id, ep, msg, sizeof(msg));
+    unsigned olen = 32;
+    HMAC(EVP_sha256(), key, 32, msg, len, out, &olen);
+}
+
+static void fill_cfg(hsm_config *cfg, fx_token *t, const char *module, uint32_t ttl)
+{
+    hsm_config_init(cfg);
+    snprintf(cfg->module_path, sizeof(cfg->module_path), "%s", module);
+    char *uri = fx_token_uri(t);
+    snprintf(cfg->token_uri, sizeof(cfg->token_uri), "%s", uri);
+    free(uri);
+    snprintf(cfg->pin_source, sizeof(cfg->pin_source), "file:%s", fx_token_pin_file(t));
+    cfg->subkey_ttl_ms = ttl;
+    cfg->sessions = 8;
+}
+
+static hsm_custody *open_ctx(fx_token *t, const char *module, uint32_t ttl)
+{
+    hsm_config cfg;
+    fill_cfg(&cfg, t, module, ttl);
+    hsm_custody *c = NULL;
+    cdx_err e = hsm_custody_open(&cfg, &c);
+    if (e)
+        fprintf(stderr, "open: %s: %s\n", cdx_err_name(e), cdx_err_detail());
+    CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
+    return c;
+}
+
+/* Raw access to the same module instance, for what custody must refuse to do. */
+struct raw {
+    CK_FUNCTION_LIST_PTR f;
+    CK_SESSION_HANDLE s;
+};
+
+static int raw_open(struct raw *r, const char *module, const char *label)
+{
+    void *dl = dlopen(module, RTLD_NOW | RTLD_NOLOAD);
+    if (!dl)
+        return -1;
+    CK_C_GetFunctionList g = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList");
+    dlclose(dl); /* custody keeps it loaded */
+    if (!g || g(&r->f) != CKR_OK)
+        return -1;
+    CK_SLOT_ID slots[16];
+    CK_ULONG n = 16;
+    if (r->f->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        return -1;
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (r->f->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+            continue;
+        size_t l = strlen(label);
+        if (!memcmp(ti.label, label, l) && (l == 32 || ti.label[l] == ' '))
+            return r->f->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                                       &r->s) == CKR_OK
+                       ? 0
+                       : -1;
+    }
+    return -1;
+}
+
+static CK_OBJECT_HANDLE raw_find(struct raw *r, const char *label)
+{
+    CK_ATTRIBUTE t = {CKA_LABEL, (void *)label, strlen(label)};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG n = 0;
+    r->f->C_FindObjectsInit(r->s, &t, 1);
+    r->f->C_FindObjects(r->s, &h, 1, &n);
+    r->f->C_FindObjectsFinal(r->s);
+    return n == 1 ? h : CK_INVALID_HANDLE;
+}
+
+/* Create a generic secret the way a careless officer might: same label/id, known bytes. */
+static CK_RV raw_create(struct raw *r, const char *label, const uint8_t id[16],
+                        const uint8_t key[32])
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_BBOOL t = CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &t, 1},             {CKA_PRIVATE, &t, 1},
+        {CKA_SIGN, &t, 1},              {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_ID, (void *)id, 16},       {CKA_VALUE, (void *)key, 32},
+    };
+    CK_OBJECT_HANDLE h;
+    return r->f->C_CreateObject(r->s, tmpl, 8, &h);
+}
+
+static void write_file(const char *path, const void *data, size_t len, mode_t mode)
+{
+    FILE *f = fopen(path, "wb");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fwrite(data, 1, len, f);
+    fclose(f);
+    chmod(path, mode);
+}
+
+/* ------------------------------------------------------------------ tests */
+
+/* Runs first: nothing is locked yet, so the child starts from a clean arena. */
+static void test_memlock_refusal(void)
+{
+    size_t cap = 1;
+    hsm_secmem_usage(NULL, &cap);
+    CU_ASSERT_EQUAL_FATAL(cap, 0);
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        struct rlimit rl = {4096, 4096};
+        if (setrlimit(RLIMIT_MEMLOCK, &rl) != 0)
+            _exit(10);
+        if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
+            _exit(11); /* root ignores RLIMIT_MEMLOCK: become nobody */
+        cdx_err e = hsm_secmem_init(1024 * 1024, false);
+        if (e != CDX_ERR_MEMLOCK)
+            _exit(12);
+        if (!strstr(cdx_err_detail(), "allow_unlocked_memory"))
+            _exit(13);
+        /* Explicitly allowed: starts, but reports the arena as unlocked. */
+        if (hsm_secmem_init(1024 * 1024, true) != CDX_OK || hsm_secmem_locked())
+            _exit(14);
+        if (prctl(PR_GET_DUMPABLE) != 0)
+            _exit(15);
+        hsm_secmem_shutdown();
+        _exit(0);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CU_ASSERT_TRUE(WIFEXITED(st));
+    CU_ASSERT_EQUAL(WEXITSTATUS(st), 0);
+}
+
+static void test_config_refusals(void)
+{
+    fx_token *t = fx_token_new("cfgtok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_config cfg;
+    hsm_custody *c = NULL;
+
+    fill_cfg(&cfg, t, wrap_path, 0);
+    snprintf(cfg.token_uri, sizeof(cfg.token_uri), "pkcs11:token=cfgtok?pin-value=1234");
+    CU_ASSERT_EQUAL(hsm_custody_open(&cfg, &c), CDX_ERR_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "pin-value"));
+    CU_ASSERT_PTR_NULL(strstr(cdx_err_detail(), "1234"));
+
+    fill_cfg(&cfg, t, wrap_path, 0);
+    snprintf(cfg.token_uri, sizeof(cfg.token_uri), "pkcs11:object=foo");
+    CU_ASSERT_EQUAL(hsm_custody_open(&cfg, &c), CDX_ERR_CONFIG);
+
+    fill_cfg(&cfg, t, wrap_path, 0);
+    snprintf(cfg.token_uri, sizeof(cfg.token_uri), "http://x");
+    CU_ASSERT_EQUAL(hsm_custody_open(&cfg, &c), CDX_ERR_CONFIG);
+
+    fill_cfg(&cfg, t, wrap_path, 0);
+    setenv("CDX_TEST_PIN", fx_token_pin(t), 1);
+    snprintf(cfg.pin_source, sizeof(cfg.pin_source), "env:CDX_TEST_PIN");
+    CU_ASSERT_EQUAL(hsm_custody_open(&cfg, &c), CDX_ERR_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "allow_env_pin"));
+    cfg.allow_env_pin = true;
+    CU_ASSERT_EQUAL(hsm_custody_open(&cfg, &c), CDX_OK);
+    hsm_custody_free(c);
+    c = NULL;
+
+    fill_cfg(&cfg, t, wrap_path, 0);
+    snprintf(cfg.pin_source, sizeof(cfg.pin_source), "%s", fx_token_pin(t));
+    CU_ASSERT_EQUAL(hsm_custody_open(&cfg, &c), CDX_ERR_CONFIG);
+
+    /* A PIN file others can read is refused. */
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/loose.pin", fx_token_dir(t));
+    write_file(path, fx_token_pin(t), strlen(fx_token_pin(t)), 0644);
+    fill_cfg(&cfg, t, wrap_path, 0);
+    snprintf(cfg.pin_source, sizeof(cfg.pin_source), "file:%s", path);
+    CU_ASSERT_EQUAL(hsm_custody_open(&cfg, &c), CDX_ERR_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "chmod 600"));
+
+    /* systemd credential. */
+    setenv("CREDENTIALS_DIRECTORY", fx_token_dir(t), 1);
+    fill_cfg(&cfg, t, wrap_path, 0);
+    snprintf(cfg.pin_source, sizeof(cfg.pin_source), "cred:user.pin");
+    CU_ASSERT_EQUAL(hsm_custody_open(&cfg, &c), CDX_OK);
+    hsm_custody_free(c);
+    c = NULL;
+    unsetenv("CREDENTIALS_DIRECTORY");
+
+    /* A second open of the same module with another token is refused; the same joins. */
+    fill_cfg(&cfg, t, wrap_path, 0);
+    hsm_custody *c1 = NULL, *c2 = NULL;
+    CU_ASSERT_EQUAL_FATAL(hsm_custody_open(&cfg, &c1), CDX_OK);
+    CU_ASSERT_EQUAL(hsm_custody_open(&cfg, &c2), CDX_OK);
+    CU_ASSERT_PTR_EQUAL(c1, c2);
+    hsm_config other = cfg;
+    snprintf(other.token_uri, sizeof(other.token_uri), "pkcs11:token=other");
+    CU_ASSERT_EQUAL(hsm_custody_open(&other, &c), CDX_ERR_CONFIG);
+    hsm_custody_free(c2);
+    /* Still usable through the first reference. */
+    uint8_t buf[16];
+    CU_ASSERT_EQUAL(hsm_random(c1, buf, sizeof(buf)), CDX_OK);
+    hsm_custody_free(c1);
+    hsm_custody_free(NULL);
+    fx_token_free(t);
+}
+
+static void test_missing_token(void)
+{
+    fx_token *t = fx_token_new("present");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    CU_ASSERT_EQUAL_FATAL(fx_token_add(t, "second", fx_token_pin(t)), 0);
+    hsm_config cfg;
+    fill_cfg(&cfg, t, wrap_path, 0);
+    snprintf(cfg.token_uri, sizeof(cfg.token_uri), "pkcs11:token=absent");
+    hsm_custody *c = NULL;
+    CU_ASSERT_EQUAL(hsm_custody_open(&cfg, &c), CDX_ERR_TOKEN_NOT_FOUND);
+    CU_ASSERT_PTR_NULL(c);
+    /* The message lists what was found, by label. */
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "'present'"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "'second'"));
+
+    hsm_token_info *ti = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL(hsm_token_list(wrap_path, "pkcs11:token=second", &ti, &n), CDX_OK);
+    int matched = 0, inited = 0;
+    for (size_t i = 0; i < n; i++)
+        inited += ti[i].initialized;
+    CU_ASSERT_EQUAL(inited, 2); /* plus SoftHSM's empty slot, uninitialised */
+    for (size_t i = 0; i < n; i++)
+        if (ti[i].matches_uri) {
+            matched++;
+            CU_ASSERT_STRING_EQUAL(ti[i].label, "second");
+        }
+    CU_ASSERT_EQUAL(matched, 1);
+    free(ti);
+    fx_token_free(t);
+}
+
+static void test_wrong_pin_one_login(void)
+{
+    fx_token *t = fx_token_new("pintok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/wrong.pin", fx_token_dir(t));
+    write_file(path, "000000\n", 7, 0600);
+    hsm_config cfg;
+    fill_cfg(&cfg, t, wrap_path, 0);
+    snprintf(cfg.pin_source, sizeof(cfg.pin_source), "file:%s", path);
+    p11wrap_reset_counts_fn();
+    hsm_custody *c = NULL;
+    CU_ASSERT_EQUAL(hsm_custody_open(&cfg, &c), CDX_ERR_HSM_PIN_INCORRECT);
+    CU_ASSERT_PTR_NULL(c);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_Login"), 1);
+    /* libp11 initialised the module with OS locking. */
+    CU_ASSERT_EQUAL(p11wrap_last_init_flags_fn(), (long)CKF_OS_LOCKING_OK);
+
+    /* A PIN rejected during recovery: one login attempt, then never again. */
+    c = open_ctx(t, wrap_path, 0);
+    uint8_t id[16], kcv[8];
+    seq(id, 16, 0x40);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id, kcv), CDX_OK);
+    p11wrap_reset_counts_fn();
+    p11wrap_inject_fn("C_Sign", CKR_USER_NOT_LOGGED_IN, 1);
+    p11wrap_inject_fn("C_Login", CKR_PIN_LOCKED, 1);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    memcpy(ref.id, id, 16);
+    hsm_subkey *sk = NULL;
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_PAYLOAD, 0, &sk), CDX_ERR_HSM_PIN_LOCKED);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_Login"), 1);
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_PAYLOAD, 0, &sk),
+                        CDX_ERR_HSM_PIN_LOCKED);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_Login"), 1);
+    CU_ASSERT_PTR_NULL(sk);
+    p11wrap_clear_fn();
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+static void test_known_key_vectors(void)
+{
+    fx_token *t = fx_token_new("vectok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, wrap_path, 0);
+    CU_ASSERT_EQUAL(prctl(PR_GET_DUMPABLE), 0);
+    uint8_t key[32], id[16], dep[16], kcv[8];
+    seq(key, 32, 0x00);
+    seq(id, 16, 0xa0);
+    seq(dep, 16, 0xc0);
+
+    /* Import from a base64 key file, as `openssl rand -base64 32` writes it. */
+    char path[4096], b64[64];
+    EVP_EncodeBlock((unsigned char *)b64, key, 32);
+    strcat(b64, "\n");
+    snprintf(path, sizeof(path), "%s/index_key.txt", fx_token_dir(t));
+    write_file(path, b64, strlen(b64), 0600);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_import_file(c, id, path, kcv), CDX_OK);
+    char hx[65];
+    tohex(kcv, 8, hx);
+    CU_ASSERT_STRING_EQUAL(hx, VEC_KCV);
+
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    memcpy(ref.id, id, 16);
+    hsm_subkey *sk = NULL;
+    uint8_t host[32];
+    CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_PAYLOAD, 1, &sk), CDX_OK);
+    host_subkey(key, HSM_P_PAYLOAD, id, 1, host);
+    CU_ASSERT_EQUAL(memcmp(hsm_subkey_bytes(sk), host, 32), 0);
+    tohex(hsm_subkey_bytes(sk), 32, hx);
+    CU_ASSERT_STRING_EQUAL(hx, VEC_PAYLOAD_E1);
+    hsm_subkey_release(sk);
+
+    /* Every index purpose equals the host-side HMAC with the same key. */
+    for (hsm_purpose p = HSM_P_TOKEN; p <= HSM_P_MANIFEST; p++) {
+        CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, p, 0, &sk), CDX_OK);
+        host_subkey(key, p, id, 0, host);
+        CU_ASSERT_EQUAL(memcmp(hsm_subkey_bytes(sk), host, 32), 0);
+        if (p == HSM_P_TOKEN) {
+            tohex(hsm_subkey_bytes(sk), 32, hx);
+            CU_ASSERT_STRING_EQUAL(hx, VEC_TOKEN_E0);
+        }
+        hsm_subkey_release(sk);
+    }
+    /* Root purposes on the index key are refused. */
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_CATALOG, 0, &sk),
+                    CDX_ERR_INVALID_ARGUMENT);
+
+    /* hsm_subkey_hmac = HMAC with the subkey bytes. */
+    CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_TOKEN, 0, &sk), CDX_OK);
+    uint8_t a[32], b[32];
+    unsigned bl = 32;
+    CU_ASSERT_EQUAL(hsm_subkey_hmac(sk, "id\0x", 4, a), CDX_OK);
+    HMAC(EVP_sha256(), hsm_subkey_bytes(sk), 32, (const unsigned char *)"id\0x", 4, b, &bl);
+    CU_ASSERT_EQUAL(memcmp(a, b, 32), 0);
+    hsm_subkey_release(sk);
+
+    /* Root key: generated, so only a shape check; catalog subkeys derive. */
+    bool created = false;
+    uint8_t rkcv[8], rkcv2[8];
+    CU_ASSERT_EQUAL(hsm_root_key_ensure(c, dep, rkcv, &created), CDX_OK);
+    CU_ASSERT_TRUE(created);
+    CU_ASSERT_EQUAL(hsm_root_key_ensure(c, dep, rkcv2, &created), CDX_OK);
+    CU_ASSERT_FALSE(created);
+    CU_ASSERT_EQUAL(memcmp(rkcv, rkcv2, 8), 0);
+    uint8_t dep2[16];
+    seq(dep2, 16, 0x01);
+    CU_ASSERT_EQUAL(hsm_root_key_ensure(c, dep2, rkcv2, &created), CDX_ERR_ALREADY_EXISTS);
+    hsm_key_ref root = {.kind = HSM_KEY_ROOT};
+    memcpy(root.id, dep, 16);
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &root, rkcv, HSM_P_CATALOG, 0, &sk), CDX_OK);
+    hsm_subkey_release(sk);
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &root, rkcv, HSM_P_PAYLOAD, 0, &sk),
+                    CDX_ERR_INVALID_ARGUMENT);
+
+    /* Root vector with a known root key imported raw (what an officer might restore). */
+    hsm_custody_free(c);
+    fx_token_free(t);
+
+    t = fx_token_new("vectok2");
+    c = open_ctx(t, wrap_path, 0);
+    struct raw r;
+    CU_ASSERT_EQUAL_FATAL(raw_open(&r, wrap_path, "vectok2"), 0);
+    CU_ASSERT_EQUAL(raw_create(&r, "cipherdex-root", dep, key), CKR_OK);
+    r.f->C_CloseSession(r.s);
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &root, NULL, HSM_P_CATALOG, 0, &sk), CDX_OK);
+    if (sk) {
+        tohex(hsm_subkey_bytes(sk), 32, hx);
+        CU_ASSERT_STRING_EQUAL(hx, VEC_CATALOG_E0);
+        hsm_subkey_release(sk);
+    }
+    /* ...but ensure refuses it: its attributes break the template. */
+    CU_ASSERT_EQUAL(hsm_root_key_ensure(c, dep, rkcv, &created), CDX_ERR_KEY_ATTRIBUTES);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+static void test_key_protections(void)
+{
+    fx_token *t = fx_token_new("protok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, wrap_path, 0);
+    uint8_t id[16], kcv[8];
+    seq(id, 16, 0x11);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id, kcv), CDX_OK);
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id, kcv), CDX_ERR_ALREADY_EXISTS);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    memcpy(ref.id, id, 16);
+    char label[CDX_LABEL_MAX + 1];
+    hsm_key_label(&ref, label);
+    CU_ASSERT_STRING_EQUAL(label, "cipherdex-index-1112131415161718191a1b1c1d1e1f20");
+
+    struct raw r;
+    CU_ASSERT_EQUAL_FATAL(raw_open(&r, wrap_path, "protok"), 0);
+    CK_OBJECT_HANDLE h = raw_find(&r, label);
+    CU_ASSERT_FATAL(h != CK_INVALID_HANDLE);
+
+    /* The value cannot be read. */
+    uint8_t val[64];
+    CK_ATTRIBUTE va = {CKA_VALUE, val, sizeof(val)};
+    CU_ASSERT_EQUAL(r.f->C_GetAttributeValue(r.s, h, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
+
+    /* Nor wrapped out, even with a wrapping key the attacker controls. */
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_ULONG len = 32;
+    CK_BBOOL tr = CK_TRUE, fa = CK_FALSE;
+    CK_ATTRIBUTE wt[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &aes, sizeof(aes)},
+                         {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_WRAP, &tr, 1},
+                         {CKA_TOKEN, &fa, 1}};
+    CK_MECHANISM kg = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_OBJECT_HANDLE wk;
+    CU_ASSERT_EQUAL_FATAL(r.f->C_GenerateKey(r.s, &kg, wt, 5, &wk), CKR_OK);
+    CK_MECHANISM wm = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    uint8_t wrapped[128];
+    CK_ULONG wl = sizeof(wrapped);
+    CK_RV rv = r.f->C_WrapKey(r.s, &wm, wk, h, wrapped, &wl);
+    CU_ASSERT_NOT_EQUAL(rv, CKR_OK);
+
+    /* Derive cannot be switched on, and the key cannot be copied with derive on. */
+    CK_ATTRIBUTE d = {CKA_DERIVE, &tr, 1};
+    CU_ASSERT_NOT_EQUAL(r.f->C_SetAttributeValue(r.s, h, &d, 1), CKR_OK);
+    CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+    CU_ASSERT_NOT_EQUAL(r.f->C_CopyObject(r.s, h, &d, 1, &copy), CKR_OK);
+    CK_ATTRIBUTE ext = {CKA_EXTRACTABLE, &tr, 1};
+    CU_ASSERT_NOT_EQUAL(r.f->C_SetAttributeValue(r.s, h, &ext, 1), CKR_OK);
+    /* A derivation through the ECB-encrypt trick FACTS.md describes is refused too. */
+    uint8_t data[32] = {0};
+    CK_KEY_DERIVATION_STRING_DATA kd = {data, sizeof(data)};
+    CK_MECHANISM dm = {CKM_AES_ECB_ENCRYPT_DATA, &kd, sizeof(kd)};
+    CK_OBJECT_HANDLE dk = CK_INVALID_HANDLE;
+    CU_ASSERT_NOT_EQUAL(r.f->C_DeriveKey(r.s, &dm, h, NULL, 0, &dk), CKR_OK);
+
+    /* Listing shows the template held. */
+    hsm_key_info *ki = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    CU_ASSERT_EQUAL(n, 1);
+    if (n == 1) {
+        CU_ASSERT_EQUAL(ki[0].kind, HSM_KEY_INDEX);
+        CU_ASSERT_EQUAL(ki[0].wrong, 0);
+        CU_ASSERT_TRUE(ki[0].has_kcv);
+        CU_ASSERT_EQUAL(memcmp(ki[0].kcv, kcv, 8), 0);
+        unsigned must = HSM_A_SENSITIVE | HSM_A_NEVER_EXTRACTABLE | HSM_A_LOCAL |
+                        HSM_A_ALWAYS_SENSITIVE | HSM_A_SIGN | HSM_A_TOKEN | HSM_A_PRIVATE;
+        unsigned never = HSM_A_EXTRACTABLE | HSM_A_DERIVE | HSM_A_MODIFIABLE | HSM_A_COPYABLE |
+                         HSM_A_VERIFY | HSM_A_ENCRYPT | HSM_A_DECRYPT | HSM_A_WRAP | HSM_A_UNWRAP;
+        CU_ASSERT_EQUAL(ki[0].attrs & must, must);
+        CU_ASSERT_EQUAL(ki[0].attrs & never, 0);
+    }
+    free(ki);
+
+    /* Adopt: a key with the right label but a careless template is refused, by name. */
+    uint8_t id2[16], key[32];
+    seq(id2, 16, 0x61);
+    seq(key, 32, 0x33);
+    hsm_key_ref ref2 = {.kind = HSM_KEY_INDEX};
+    memcpy(ref2.id, id2, 16);
+    hsm_key_label(&ref2, label);
+    CU_ASSERT_EQUAL(raw_create(&r, label, id2, key), CKR_OK);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id2, kcv), CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "sensitive"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "modifiable"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "copyable"));
+    /* Adopting a key made by our own template works. */
+    uint8_t kcv2[8];
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL(memcmp(kcv, kcv2, 8), 0);
+    uint8_t id3[16];
+    seq(id3, 16, 0x71);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id3, kcv2), CDX_ERR_KEY_NOT_FOUND);
+
+    r.f->C_CloseSession(r.s);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+static void test_unwrap(void)
+{
+    fx_token *t = fx_token_new("unwraptok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, wrap_path, 0);
+    uint8_t kek[32], dek[32], id[16], kcv[8];
+    seq(kek, 32, 0x90);
+    seq(dek, 32, 0x05);
+    seq(id, 16, 0x21);
+    CU_ASSERT_EQUAL_FATAL(hsm_kek_import(c, "kms1", kek), CDX_OK);
+    CU_ASSERT_EQUAL(hsm_kek_import(c, "kms1", kek), CDX_ERR_ALREADY_EXISTS);
+    CU_ASSERT_EQUAL(hsm_kek_generate(c, "bad name!"), CDX_ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(hsm_kek_generate(c, "onboard"), CDX_OK);
+
+    /* RFC 5649 wrap on the host, as a KMS would. */
+    uint8_t blob[64];
+    int bl = 0, fl = 0;
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    EVP_CIPHER_CTX_set_flags(ctx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
+    CU_ASSERT_FATAL(EVP_EncryptInit_ex(ctx, EVP_aes_256_wrap_pad(), NULL, kek, NULL) == 1);
+    CU_ASSERT_FATAL(EVP_EncryptUpdate(ctx, blob, &bl, dek, 32) == 1);
+    CU_ASSERT_FATAL(EVP_EncryptFinal_ex(ctx, blob + bl, &fl) == 1);
+    CU_ASSERT_EQUAL_FATAL(bl + fl, 40);
+
+    /* A 48-byte blob (a 40-byte key wrapped) is refused before the token sees it. */
+    uint8_t big[48] = {0};
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms1", big, 48, kcv), CDX_ERR_BAD_WRAPPED_KEY);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "exactly 40"));
+    /* A tampered blob fails integrity. */
+    uint8_t bad[40];
+    memcpy(bad, blob, 40);
+    bad[17] ^= 1;
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms1", bad, 40, kcv), CDX_ERR_BAD_WRAPPED_KEY);
+    /* A blob wrapping a 30-byte key is 40 bytes too: the token must not keep it. */
+    uint8_t short_blob[64];
+    EVP_EncryptInit_ex(ctx, EVP_aes_256_wrap_pad(), NULL, kek, NULL);
+    EVP_EncryptUpdate(ctx, short_blob, &bl, dek, 30);
+    EVP_EncryptFinal_ex(ctx, short_blob + bl, &fl);
+    CU_ASSERT_EQUAL(bl + fl, 40);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms1", short_blob, 40, kcv),
+                    CDX_ERR_BAD_WRAPPED_KEY);
+    EVP_CIPHER_CTX_free(ctx);
+    /* Unknown KEK. */
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "nokek", blob, 40, kcv), CDX_ERR_KEY_NOT_FOUND);
+
+    /* Nothing was left behind by the failures. */
+    hsm_key_info *ki = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    CU_ASSERT_EQUAL(n, 2); /* the two KEKs */
+    for (size_t i = 0; i < n; i++) {
+        CU_ASSERT_EQUAL(ki[i].kind, HSM_KEY_KEK);
+        CU_ASSERT_EQUAL(ki[i].wrong, 0);
+    }
+    free(ki);
+
+    /* The real one unwraps; its subkeys equal host HMAC with the data key. */
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_unwrap(c, id, "kms1", blob, 40, kcv), CDX_OK);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    memcpy(ref.id, id, 16);
+    hsm_subkey *sk = NULL;
+    uint8_t host[32];
+    CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_CONTENT, 3, &sk), CDX_OK);
+    host_subkey(dek, HSM_P_CONTENT, id, 3, host);
+    CU_ASSERT_EQUAL(memcmp(hsm_subkey_bytes(sk), host, 32), 0);
+    hsm_subkey_release(sk);
+    CU_ASSERT_EQUAL(hsm_kek_destroy(c, "onboard"), CDX_OK);
+    CU_ASSERT_EQUAL(hsm_kek_destroy(c, "onboard"), CDX_ERR_KEY_NOT_FOUND);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+static void test_bad_key_files(void)
+{
+    fx_token *t = fx_token_new("filetok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, wrap_path, 0);
+    uint8_t id[16], kcv[8];
+    seq(id, 16, 0x31);
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/k.txt", fx_token_dir(t));
+    struct {
+        const char *text;
+        const char *why;
+    } cases[] = {
+        {"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==\n", "31 bytes"},      /* 31 bytes */
+        {"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gIQ==\n", "34 bytes"}, /* 34 bytes */
+        {"not base64 at all, sorry!!!!!!!!!!!!!!!!!!!\n", "not base64"},
+        {"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8\n", "multiple of 4"},
+        {"", "multiple of 4"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        write_file(path, cases[i].text, strlen(cases[i].text), 0600);
+        CU_ASSERT_EQUAL(hsm_index_key_import_file(c, id, path, kcv), CDX_ERR_BAD_KEY_FILE);
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), cases[i].why));
+    }
+    snprintf(path, sizeof(path), "%s/missing.txt", fx_token_dir(t));
+    CU_ASSERT_EQUAL(hsm_index_key_import_file(c, id, path, kcv), CDX_ERR_BAD_KEY_FILE);
+    /* No key object was created by any of these. */
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    memcpy(ref.id, id, 16);
+    CU_ASSERT_EQUAL(hsm_key_kcv(c, &ref, kcv), CDX_ERR_KEY_NOT_FOUND);
+    /* And a good one works. */
+    snprintf(path, sizeof(path), "%s/good.txt", fx_token_dir(t));
+    const char *good = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n";
+    write_file(path, good, strlen(good), 0600);
+    CU_ASSERT_EQUAL(hsm_index_key_import_file(c, id, path, kcv), CDX_OK);
+    char hx[17];
+    tohex(kcv, 8, hx);
+    CU_ASSERT_STRING_EQUAL(hx, VEC_KCV);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+static void test_ambiguous_and_replaced(void)
+{
+    fx_token *t = fx_token_new("repltok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, wrap_path, 0);
+    struct raw r;
+    CU_ASSERT_EQUAL_FATAL(raw_open(&r, wrap_path, "repltok"), 0);
+    uint8_t key[32], key2[32], kcv[8], kcv2[8];
+    seq(key, 32, 0x00);
+    seq(key2, 32, 0x50);
+
+    /* Two objects under one label and id. */
+    hsm_key_ref amb = {.kind = HSM_KEY_INDEX};
+    seq(amb.id, 16, 0x81);
+    char label[CDX_LABEL_MAX + 1];
+    hsm_key_label(&amb, label);
+    CU_ASSERT_EQUAL(raw_create(&r, label, amb.id, key), CKR_OK);
+    CU_ASSERT_EQUAL(raw_create(&r, label, amb.id, key2), CKR_OK);
+    CU_ASSERT_EQUAL(hsm_key_kcv(c, &amb, kcv), CDX_ERR_KEY_AMBIGUOUS);
+    hsm_subkey *sk = NULL;
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &amb, NULL, HSM_P_TOKEN, 0, &sk), CDX_ERR_KEY_AMBIGUOUS);
+
+    /* Destroyed and re-created under the same label with other bytes. */
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    seq(ref.id, 16, 0x91);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_import(c, ref.id, key, kcv), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_TOKEN, 0, &sk), CDX_OK);
+    hsm_subkey_release(sk);
+    hsm_key_label(&ref, label);
+    CK_OBJECT_HANDLE h = raw_find(&r, label);
+    CU_ASSERT_EQUAL_FATAL(r.f->C_DestroyObject(r.s, h), CKR_OK);
+    CU_ASSERT_EQUAL(raw_create(&r, label, ref.id, key2), CKR_OK);
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_TOKEN, 0, &sk), CDX_ERR_KEY_REPLACED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "replaced"));
+    /* Without a recorded KCV from the caller, custody's own memory catches it. */
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, NULL, HSM_P_TOKEN, 0, &sk), CDX_ERR_KEY_REPLACED);
+    CU_ASSERT_EQUAL(hsm_key_check(c, &ref, kcv), CDX_ERR_KEY_REPLACED);
+    CU_ASSERT_EQUAL(hsm_key_kcv(c, &ref, kcv2), CDX_ERR_KEY_REPLACED);
+    CU_ASSERT_NOT_EQUAL(memcmp(kcv, kcv2, 8), 0);
+    /* The caller that recorded the new KCV may use it. */
+    CU_ASSERT_EQUAL(hsm_key_check(c, &ref, kcv2), CDX_OK);
+
+    /* Destroy through custody: gone, and its subkeys with it. */
+    CU_ASSERT_EQUAL(hsm_key_destroy(c, &ref), CDX_OK);
+    CU_ASSERT_EQUAL(hsm_key_destroy(c, &ref), CDX_ERR_KEY_NOT_FOUND);
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, NULL, HSM_P_TOKEN, 0, &sk), CDX_ERR_KEY_NOT_FOUND);
+    r.f->C_CloseSession(r.s);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+static void test_token_reinit_and_recovery(void)
+{
+    fx_token *t = fx_token_new("reinit");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, wrap_path, 0);
+    uint8_t key[32], kcv[8], kcv2[8];
+    seq(key, 32, 0x00);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    seq(ref.id, 16, 0xa0);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_import(c, ref.id, key, kcv), CDX_OK);
+    hsm_subkey *sk = NULL;
+    CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_QUERY, 0, &sk), CDX_OK);
+    hsm_subkey_release(sk);
+
+    /* Random bytes through libp11 do not disturb our sessions. */
+    hsm_stats st0, st1;
+    hsm_custody_stats(c, &st0);
+    uint8_t rnd[32];
+    CU_ASSERT_EQUAL(hsm_random(c, rnd, sizeof(rnd)), CDX_OK);
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_QUERY, 0, &sk), CDX_OK);
+    hsm_subkey_release(sk);
+    hsm_custody_stats(c, &st1);
+    CU_ASSERT_EQUAL(st1.recoveries, st0.recoveries);
+
+    /* A transient device error: recovered and retried once, transparently. */
+    p11wrap_reset_counts_fn();
+    p11wrap_inject_fn("C_Sign", CKR_DEVICE_ERROR, 1);
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_QUERY, 0, &sk), CDX_OK);
+    hsm_subkey_release(sk);
+    hsm_custody_stats(c, &st1);
+    CU_ASSERT_EQUAL(st1.recoveries, st0.recoveries + 1);
+    CU_ASSERT_EQUAL(st1.generation, st0.generation + 1);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_Finalize"), 1);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_Initialize"), 1);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_Login"), 1);
+
+    /* A generate interrupted by the token is re-checked, not repeated blindly. */
+    uint8_t id2[16];
+    seq(id2, 16, 0xb0);
+    p11wrap_inject_fn("C_GenerateKey", CKR_DEVICE_ERROR, 1);
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id2, kcv2), CDX_ERR_HSM_UNAVAILABLE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "not created"));
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id2, kcv2), CDX_OK);
+
+    /* The token is re-initialised under us: the key is gone, nothing crashes. */
+    CU_ASSERT_EQUAL_FATAL(fx_token_reinit(t), 0);
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_QUERY, 0, &sk), CDX_ERR_KEY_NOT_FOUND);
+    CU_ASSERT_EQUAL(hsm_key_kcv(c, &ref, kcv2), CDX_ERR_KEY_NOT_FOUND);
+    /* The same key imported again: operations resume with a matching KCV. */
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_import(c, ref.id, key, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL(memcmp(kcv, kcv2, 8), 0);
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_QUERY, 0, &sk), CDX_OK);
+    uint8_t host[32];
+    host_subkey(key, HSM_P_QUERY, ref.id, 0, host);
+    if (sk)
+        CU_ASSERT_EQUAL(memcmp(hsm_subkey_bytes(sk), host, 32), 0);
+    hsm_subkey_release(sk);
+
+    /* The token disappears: HSM_UNAVAILABLE, then back-off without hammering the module. */
+    CU_ASSERT_EQUAL_FATAL(fx_token_delete(t), 0);
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_QUERY, 0, &sk), CDX_ERR_HSM_UNAVAILABLE);
+    unsigned long inits = p11wrap_count_fn("C_Initialize");
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_QUERY, 0, &sk), CDX_ERR_HSM_UNAVAILABLE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "next reconnection attempt"));
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_Initialize"), inits);
+    CU_ASSERT_EQUAL(hsm_random(c, rnd, sizeof(rnd)), CDX_ERR_HSM_UNAVAILABLE);
+    p11wrap_clear_fn();
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+struct thr {
+    hsm_custody *c;
+    const hsm_key_ref *ref;
+    const uint8_t *kcv;
+    const uint8_t *expect; /* subkey for epoch i % 4 */
+    int errors, mismatches;
+};
+
+static void *deriver(void *arg)
+{
+    struct thr *a = arg;
+    for (int i = 0; i < 1000; i++) {
+        hsm_subkey *sk = NULL;
+        uint32_t ep = (uint32_t)(i % 4);
+        if (hsm_subkey_get(a->c, a->ref, a->kcv, HSM_P_PAYLOAD, ep, &sk) != CDX_OK) {
+            a->errors++;
+            continue;
+        }
+        if (memcmp(hsm_subkey_bytes(sk), a->expect + 32 * ep, 32))
+            a->mismatches++;
+        hsm_subkey_release(sk);
+    }
+    return NULL;
+}
+
+static void test_threads_no_cache(void)
+{
+    fx_token *t = fx_token_new("thrtok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, wrap_path, 0);
+    uint8_t key[32], kcv[8], expect[4 * 32];
+    seq(key, 32, 0x07);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    seq(ref.id, 16, 0x44);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_import(c, ref.id, key, kcv), CDX_OK);
+    for (uint32_t e = 0; e < 4; e++)
+        host_subkey(key, HSM_P_PAYLOAD, ref.id, e, expect + 32 * e);
+    hsm_stats s0, s1;
+    hsm_custody_stats(c, &s0);
+    pthread_t th[8];
+    struct thr a[8];
+    for (int i = 0; i < 8; i++) {
+        a[i] = (struct thr){c, &ref, kcv, expect, 0, 0};
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, deriver, &a[i]), 0);
+    }
+    int errors = 0, mism = 0;
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        errors += a[i].errors;
+        mism += a[i].mismatches;
+    }
+    CU_ASSERT_EQUAL(errors, 0);
+    CU_ASSERT_EQUAL(mism, 0);
+    hsm_custody_stats(c, &s1);
+    CU_ASSERT_EQUAL(s1.derivations - s0.derivations, 8000);
+    CU_ASSERT_EQUAL(s1.cache_hits, 0);
+    CU_ASSERT_EQUAL(s1.cached_subkeys, 0);
+    CU_ASSERT_EQUAL(s1.recoveries, 0);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+static void test_cache_ttl(void)
+{
+    fx_token *t = fx_token_new("ttltok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    /* Directly on SoftHSM, without the wrapper. */
+    const uint32_t ttl = 300;
+    hsm_custody *c = open_ctx(t, fx_softhsm_module(), ttl);
+    uint8_t key[32], kcv[8], host[32];
+    seq(key, 32, 0x09);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    seq(ref.id, 16, 0x55);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_import(c, ref.id, key, kcv), CDX_OK);
+    host_subkey(key, HSM_P_MANIFEST, ref.id, 2, host);
+    size_t used0 = 0;
+    hsm_secmem_usage(&used0, NULL);
+
+    hsm_stats s;
+    hsm_subkey *a = NULL, *b = NULL;
+    int64_t t0 = 0;
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        t0 = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    }
+    CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_MANIFEST, 2, &a), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_MANIFEST, 2, &b), CDX_OK);
+    CU_ASSERT_EQUAL(memcmp(hsm_subkey_bytes(b), host, 32), 0);
+    hsm_custody_stats(c, &s);
+    CU_ASSERT_EQUAL(s.derivations, 1);
+    CU_ASSERT_EQUAL(s.cache_hits, 1);
+    CU_ASSERT_EQUAL(s.cached_subkeys, 1);
+    /* A caller expecting another KCV is not served from the cache. */
+    uint8_t other[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    hsm_subkey *x = NULL;
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, other, HSM_P_MANIFEST, 2, &x), CDX_ERR_KEY_REPLACED);
+    hsm_subkey_release(a);
+    hsm_subkey_release(b);
+
+    /* The janitor wipes it when the TTL ends, without anybody asking. Wait for that event. */
+    int64_t gone_at = -1;
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        hsm_custody_stats(c, &s);
+        if (s.cached_subkeys == 0) {
+            gone_at = now - t0;
+            break;
+        }
+        if (now - t0 > 10000)
+            break;
+        struct timespec nap = {0, 5 * 1000 * 1000};
+        nanosleep(&nap, NULL);
+    }
+    CU_ASSERT_TRUE(gone_at >= (int64_t)ttl);
+    CU_ASSERT_TRUE(gone_at >= 0 && gone_at < (int64_t)ttl + 2000);
+    size_t used1 = 0;
+    hsm_secmem_usage(&used1, NULL);
+    CU_ASSERT_TRUE(used1 < used0 + 64); /* the entry's locked memory was returned */
+
+    /* Destroying the key wipes its cached subkeys at once. */
+    CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_MANIFEST, 2, &a), CDX_OK);
+    hsm_subkey_release(a);
+    hsm_custody_stats(c, &s);
+    CU_ASSERT_EQUAL(s.cached_subkeys, 1);
+    CU_ASSERT_EQUAL(hsm_key_destroy(c, &ref), CDX_OK);
+    hsm_custody_stats(c, &s);
+    CU_ASSERT_EQUAL(s.cached_subkeys, 0);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+static void test_errors_have_names(void)
+{
+    CU_ASSERT_STRING_EQUAL(cdx_err_name(CDX_ERR_KEY_REPLACED), "KEY_REPLACED");
+    CU_ASSERT_STRING_EQUAL(cdx_err_name(CDX_ERR_INVALID_ARGUMENT), "INVALID_ARGUMENT");
+    CU_ASSERT_EQUAL(CDX_ERR_INTEGRITY, 100);
+    for (int e = 0; e <= 200; e++)
+        CU_ASSERT_PTR_NOT_NULL(cdx_strerror((cdx_err)e));
+    CU_ASSERT_STRING_EQUAL(cdx_err_name((cdx_err)99), "UNKNOWN_CODE");
+}
+
+int main(void)
+{
+    wrap_path = getenv("CDX_P11WRAP");
+    if (!wrap_path) {
+        fprintf(stderr, "CDX_P11WRAP is not set (run through ctest)\n");
+        return 2;
+    }
+    if (p11wrap_bind(wrap_path) != 0)
+        return 2;
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 2;
+    CU_pSuite s = CU_add_suite("pkcs11", NULL, NULL);
+    CU_add_test(s, "memlock refusal (first: nothing locked yet)", test_memlock_refusal);
+    CU_add_test(s, "error names", test_errors_have_names);
+    CU_add_test(s, "config refusals and PIN sources", test_config_refusals);
+    CU_add_test(s, "missing token lists what was found", test_missing_token);
+    CU_add_test(s, "wrong PIN: exactly one C_Login", test_wrong_pin_one_login);
+    CU_add_test(s, "known key: token subkeys = host HMAC = test vectors", test_known_key_vectors);
+    CU_add_test(s, "key protections: no read, wrap, derive, copy", test_key_protections);
+    CU_add_test(s, "unwrap: KEKs, 40-byte rule, tamper", test_unwrap);
+    CU_add_test(s, "bad key files", test_bad_key_files);
+    CU_add_test(s, "ambiguous and replaced keys", test_ambiguous_and_replaced);
+    CU_add_test(s, "token re-init, recovery, back-off", test_token_reinit_and_recovery);
+    CU_add_test(s, "8 threads x 1000 derivations, cache off", test_threads_no_cache);
+    CU_add_test(s, "subkey cache TTL and wipe", test_cache_ttl);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+    CU_cleanup_registry();
+    return fails ? 1 : 0;
+}
