@@ -25,8 +25,8 @@
 #include "hsm_keys.h"
 #include "hsm_secmem.h"
 
-#define PROG "cipherdex-hsm"
-#define DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+#define PROG             "cipherdex-hsm"
+#define DEFAULT_MODULE   "/usr/lib/softhsm/libsofthsm2.so"
 #define WRAPPED_FILE_MAX 4096
 
 enum { EXIT_ERROR = 1, EXIT_USAGE = 2, EXIT_REPLACED = 3 };
@@ -52,7 +52,7 @@ enum {
 };
 
 #define BIT(o) (1u << (o))
-#define GLOBAL_OPTS \
+#define GLOBAL_OPTS                                                                                \
     (BIT(O_CONFIG) | BIT(O_MODULE) | BIT(O_TOKEN) | BIT(O_PIN_SOURCE) | BIT(O_JSON) | BIT(O_HELP))
 
 static const struct optdef {
@@ -216,11 +216,21 @@ static void json_str(const char *str)
             s += n;
         } else {
             switch (*s) {
-            case '"': fputs("\\\"", stdout); break;
-            case '\\': fputs("\\\\", stdout); break;
-            case '\n': fputs("\\n", stdout); break;
-            case '\r': fputs("\\r", stdout); break;
-            case '\t': fputs("\\t", stdout); break;
+            case '"':
+                fputs("\\\"", stdout);
+                break;
+            case '\\':
+                fputs("\\\\", stdout);
+                break;
+            case '\n':
+                fputs("\\n", stdout);
+                break;
+            case '\r':
+                fputs("\\r", stdout);
+                break;
+            case '\t':
+                fputs("\\t", stdout);
+                break;
             default:
                 if (*s < 0x20 || *s == 0x7f)
                     printf("\\u%04x", *s);
@@ -251,7 +261,7 @@ typedef struct field {
     unsigned long long n;
 } field;
 
-#define FSTR(k, v) ((field){.key = (k), .type = F_STR, .s = (v)})
+#define FSTR(k, v)  ((field){.key = (k), .type = F_STR, .s = (v)})
 #define FBOOL(k, v) ((field){.key = (k), .type = F_BOOL, .b = (v)})
 
 static const char *command_name(const ctx *x, char *buf, size_t cap)
@@ -333,53 +343,47 @@ static void print_table(const char *const *header, int ncols, const void *rows, 
 
 /* ---- configuration ---- */
 
-static cdx_err set_field(char *dst, size_t cap, const char *v, const char *what)
+/* One setting from outside the file, checked like the file's keys. */
+static cdx_err apply(ctx *x, const char *key, const char *value, const char *origin, bool flag)
 {
-    if (strlen(v) >= cap)
-        return cdx_fail(CDX_ERR_CONFIG, "%s: %zu bytes, the limit is %zu", what, strlen(v),
-                        cap - 1);
-    memcpy(dst, v, strlen(v) + 1);
-    return CDX_OK;
+    cdx_err err = app_hsmconf_set(&x->cfg, NULL, 0, key, value);
+    if (err == CDX_OK)
+        return CDX_OK;
+    char d[512];
+    snprintf(d, sizeof(d), "%s", cdx_err_detail()); /* cdx_fail overwrites it */
+    x->usage = flag;
+    return cdx_fail(err, "%s: %s", origin, d);
 }
 
 /* Precedence: flags, then the config file, then the environment, then defaults. */
 static cdx_err load_config(ctx *x)
 {
-    hsm_config *cfg = &x->cfg;
+    static const struct {
+        const char *key, *env;
+        int opt;
+    } src[] = {
+        {"module", "CIPHERDEX_HSM_MODULE", O_MODULE},
+        {"token", "CIPHERDEX_TOKEN_URI", O_TOKEN},
+        {"pin", "CIPHERDEX_PIN_SOURCE", O_PIN_SOURCE},
+    };
+    const size_t n = sizeof(src) / sizeof(src[0]);
     const char *e;
     cdx_err err;
 
-    hsm_config_init(cfg);
-    if ((e = secure_getenv("CIPHERDEX_HSM_MODULE")) && *e &&
-        (err = set_field(cfg->module_path, sizeof(cfg->module_path), e,
-                         "CIPHERDEX_HSM_MODULE")))
+    hsm_config_init(&x->cfg);
+    for (size_t i = 0; i < n; i++)
+        if ((e = secure_getenv(src[i].env)) && *e &&
+            (err = apply(x, src[i].key, e, src[i].env, false)))
+            return err;
+    if (x->val[O_CONFIG] && (err = app_hsmconf_load(x->val[O_CONFIG], &x->cfg)))
         return err;
-    if ((e = secure_getenv("CIPHERDEX_TOKEN_URI")) && *e &&
-        (err = set_field(cfg->token_uri, sizeof(cfg->token_uri), e, "CIPHERDEX_TOKEN_URI")))
-        return err;
-    if ((e = secure_getenv("CIPHERDEX_PIN_SOURCE")) && *e &&
-        (err = set_field(cfg->pin_source, sizeof(cfg->pin_source), e,
-                         "CIPHERDEX_PIN_SOURCE")))
-        return err;
-    if (x->val[O_CONFIG] && (err = app_hsmconf_load(x->val[O_CONFIG], cfg)))
-        return err;
-    /* Flags go through the same checks as the file's keys. */
-    if (x->val[O_MODULE] && (err = app_hsmconf_set(cfg, NULL, 0, "module", x->val[O_MODULE])))
-        goto flag_err;
-    if (x->val[O_TOKEN] && (err = app_hsmconf_set(cfg, NULL, 0, "token", x->val[O_TOKEN])))
-        goto flag_err;
-    if (x->val[O_PIN_SOURCE] &&
-        (err = app_hsmconf_set(cfg, NULL, 0, "pin", x->val[O_PIN_SOURCE])))
-        goto flag_err;
-    if (!cfg->module_path[0])
-        memcpy(cfg->module_path, DEFAULT_MODULE, sizeof(DEFAULT_MODULE));
+    for (size_t i = 0; i < n; i++)
+        if (x->val[src[i].opt] &&
+            (err = apply(x, src[i].key, x->val[src[i].opt], "command line", true)))
+            return err;
+    if (!x->cfg.module_path[0])
+        memcpy(x->cfg.module_path, DEFAULT_MODULE, sizeof(DEFAULT_MODULE));
     return CDX_OK;
-flag_err: {
-    char d[512];
-    snprintf(d, sizeof(d), "%s", cdx_err_detail()); /* cdx_fail overwrites it */
-    x->usage = true;
-    return cdx_fail(err, "command line: %s", d);
-}
 }
 
 static cdx_err open_custody(ctx *x)
@@ -412,19 +416,33 @@ static void token_cell(const void *row, int col, char *buf, size_t cap)
 {
     const hsm_token_info *t = row;
     switch (col) {
-    case 0: trim_copy(buf, cap, t->label); break;
-    case 1: trim_copy(buf, cap, t->serial); break;
-    case 2: trim_copy(buf, cap, t->manufacturer); break;
-    case 3: trim_copy(buf, cap, t->model); break;
-    case 4: snprintf(buf, cap, "%lu", t->slot_id); break;
-    case 5: snprintf(buf, cap, "%s", t->initialized ? "yes" : "no"); break;
-    default: snprintf(buf, cap, "%s", t->matches_uri ? "yes" : "no"); break;
+    case 0:
+        trim_copy(buf, cap, t->label);
+        break;
+    case 1:
+        trim_copy(buf, cap, t->serial);
+        break;
+    case 2:
+        trim_copy(buf, cap, t->manufacturer);
+        break;
+    case 3:
+        trim_copy(buf, cap, t->model);
+        break;
+    case 4:
+        snprintf(buf, cap, "%lu", t->slot_id);
+        break;
+    case 5:
+        snprintf(buf, cap, "%s", t->initialized ? "yes" : "no");
+        break;
+    default:
+        snprintf(buf, cap, "%s", t->matches_uri ? "yes" : "no");
+        break;
     }
 }
 
 static cdx_err cmd_tokens(ctx *x)
 {
-    static const char *const header[] = {"LABEL", "SERIAL", "MANUFACTURER", "MODEL",
+    static const char *const header[] = {"LABEL", "SERIAL",      "MANUFACTURER", "MODEL",
                                          "SLOT",  "INITIALIZED", "MATCHES_URI"};
     hsm_token_info *t = NULL;
     size_t n = 0;
@@ -478,23 +496,34 @@ static cdx_err cmd_tokens(ctx *x)
 /* ---- keys ---- */
 
 static const unsigned all_attrs[] = {
-    HSM_A_TOKEN,      HSM_A_PRIVATE, HSM_A_SENSITIVE,   HSM_A_EXTRACTABLE,
-    HSM_A_ALWAYS_SENSITIVE, HSM_A_NEVER_EXTRACTABLE, HSM_A_LOCAL, HSM_A_SIGN,
-    HSM_A_VERIFY,     HSM_A_ENCRYPT, HSM_A_DECRYPT,     HSM_A_WRAP,
-    HSM_A_UNWRAP,     HSM_A_DERIVE,  HSM_A_MODIFIABLE,  HSM_A_COPYABLE,
+    HSM_A_TOKEN,
+    HSM_A_PRIVATE,
+    HSM_A_SENSITIVE,
+    HSM_A_EXTRACTABLE,
+    HSM_A_ALWAYS_SENSITIVE,
+    HSM_A_NEVER_EXTRACTABLE,
+    HSM_A_LOCAL,
+    HSM_A_SIGN,
+    HSM_A_VERIFY,
+    HSM_A_ENCRYPT,
+    HSM_A_DECRYPT,
+    HSM_A_WRAP,
+    HSM_A_UNWRAP,
+    HSM_A_DERIVE,
+    HSM_A_MODIFIABLE,
+    HSM_A_COPYABLE,
     HSM_A_DESTROYABLE,
 };
 #define N_ATTRS (sizeof(all_attrs) / sizeof(all_attrs[0]))
 
 /* Attribute columns of the table: what an auditor checks. */
 static const unsigned table_attrs[] = {
-    HSM_A_SENSITIVE, HSM_A_EXTRACTABLE, HSM_A_NEVER_EXTRACTABLE, HSM_A_LOCAL,
-    HSM_A_SIGN,      HSM_A_VERIFY,      HSM_A_ENCRYPT,           HSM_A_DECRYPT,
-    HSM_A_WRAP,      HSM_A_UNWRAP,      HSM_A_DERIVE,            HSM_A_MODIFIABLE,
-    HSM_A_COPYABLE,
+    HSM_A_SENSITIVE, HSM_A_EXTRACTABLE, HSM_A_NEVER_EXTRACTABLE, HSM_A_LOCAL, HSM_A_SIGN,
+    HSM_A_VERIFY,    HSM_A_ENCRYPT,     HSM_A_DECRYPT,           HSM_A_WRAP,  HSM_A_UNWRAP,
+    HSM_A_DERIVE,    HSM_A_MODIFIABLE,  HSM_A_COPYABLE,
 };
 #define N_TABLE_ATTRS (sizeof(table_attrs) / sizeof(table_attrs[0]))
-#define N_KEY_COLS (6 + (int)N_TABLE_ATTRS + 1)
+#define N_KEY_COLS    (6 + (int)N_TABLE_ATTRS + 1)
 
 static const char *attr_name(unsigned bit)
 {
@@ -505,9 +534,12 @@ static const char *attr_name(unsigned bit)
 static const char *kind_name(hsm_key_kind k)
 {
     switch (k) {
-    case HSM_KEY_ROOT: return "root";
-    case HSM_KEY_INDEX: return "index";
-    case HSM_KEY_KEK: return "kek";
+    case HSM_KEY_ROOT:
+        return "root";
+    case HSM_KEY_INDEX:
+        return "index";
+    case HSM_KEY_KEK:
+        return "kek";
     }
     return "unknown";
 }
@@ -548,16 +580,24 @@ static void key_cell(const void *row, int col, char *buf, size_t cap)
 {
     const hsm_key_info *k = row;
     switch (col) {
-    case 0: snprintf(buf, cap, "%s", kind_name(k->kind)); return;
-    case 1: snprintf(buf, cap, "%s", k->label); return;
+    case 0:
+        snprintf(buf, cap, "%s", kind_name(k->kind));
+        return;
+    case 1:
+        snprintf(buf, cap, "%s", k->label);
+        return;
     case 2:
         if (k->id_len * 2 + 1 > cap || k->id_len == 0)
             snprintf(buf, cap, "-");
         else
             hex_encode(k->id, k->id_len, buf);
         return;
-    case 3: key_type_name(k->key_type, buf, cap); return;
-    case 4: snprintf(buf, cap, "%lu", k->value_len); return;
+    case 3:
+        key_type_name(k->key_type, buf, cap);
+        return;
+    case 4:
+        snprintf(buf, cap, "%lu", k->value_len);
+        return;
     case 5:
         if (k->has_kcv)
             hex_encode(k->kcv, CDX_KCV_LEN, buf);
@@ -744,8 +784,10 @@ static cdx_err cmd_kek_destroy(ctx *x)
     if ((err = kek_name_arg(x)))
         return err;
     if (!(x->given & BIT(O_YES)))
-        return usage_fail(x, "destroying KEK `%s` cannot be undone (wrapped keys made for it can "
-                             "no longer be unwrapped); add --yes", x->arg);
+        return usage_fail(x,
+                          "destroying KEK `%s` cannot be undone (wrapped keys made for it can "
+                          "no longer be unwrapped); add --yes",
+                          x->arg);
     if ((err = open_custody(x)) || (err = hsm_kek_destroy(x->c, x->arg)))
         return err;
     print_kek(x, "destroyed");
@@ -815,8 +857,8 @@ out:
 
 static bool is_b64_char(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '+' || c == '/' || c == '=' || c == '\n' || c == '\r' || c == ' ';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+           c == '/' || c == '=' || c == '\n' || c == '\r' || c == ' ';
 }
 
 /*
@@ -855,8 +897,10 @@ static cdx_err read_wrapped(ctx *x, uint8_t *out, size_t cap, size_t *len)
             EVP_ENCODE_CTX_free(e);
         }
         if (rc < 0) {
-            err = cdx_fail(CDX_ERR_BAD_WRAPPED_KEY, "%s: not valid base64 (drop --base64 if "
-                                                    "the file holds the raw blob)", path);
+            err = cdx_fail(CDX_ERR_BAD_WRAPPED_KEY,
+                           "%s: not valid base64 (drop --base64 if "
+                           "the file holds the raw blob)",
+                           path);
             goto out;
         }
         n = (size_t)a + (size_t)b;
@@ -891,8 +935,7 @@ static cdx_err cmd_index_unwrap(ctx *x)
     cdx_err err;
 
     if (!hsm_kek_name_valid(x->val[O_KEK]))
-        return usage_fail(x, "--kek `%s`: use 1-40 characters of A-Z a-z 0-9 _ . -",
-                          x->val[O_KEK]);
+        return usage_fail(x, "--kek `%s`: use 1-40 characters of A-Z a-z 0-9 _ . -", x->val[O_KEK]);
     if (x->val[O_ID] && (err = hex_arg(x, O_ID, id, sizeof(id))))
         return err;
     if ((err = read_wrapped(x, blob, sizeof(blob), &blen)))
@@ -984,14 +1027,14 @@ static const cmd commands[] = {
      "Import a KEK shared with a KMS: FILE holds base64 of 32 bytes. The bytes go through\n"
      "locked memory and are wiped after the import; delete FILE afterwards.\n"},
     /* --yes is checked by the command, which says what would be lost. */
-    {"kek", "destroy", "NAME", BIT(O_YES), 0, true, cmd_kek_destroy,
-     "kek destroy NAME --yes", "Destroy the KEK cipherdex-kek-NAME.\n"},
+    {"kek", "destroy", "NAME", BIT(O_YES), 0, true, cmd_kek_destroy, "kek destroy NAME --yes",
+     "Destroy the KEK cipherdex-kek-NAME.\n"},
     {"index", "generate", NULL, BIT(O_ID), 0, true, cmd_index_generate,
      "index generate [--id HEX32]",
      "Generate an index key on the token (CKA_LOCAL, never extractable). Without --id a\n"
      "random index id comes from the token's RNG. Prints id, label and KCV.\n"},
-    {"index", "import", NULL, BIT(O_ID) | BIT(O_KEY_FILE), BIT(O_KEY_FILE), true,
-     cmd_index_import, "index import --key-file FILE [--id HEX32]",
+    {"index", "import", NULL, BIT(O_ID) | BIT(O_KEY_FILE), BIT(O_KEY_FILE), true, cmd_index_import,
+     "index import --key-file FILE [--id HEX32]",
      "Import an index key from FILE (base64 of 32 bytes: openssl rand -base64 32). The\n"
      "bytes go through locked memory and are wiped after; delete FILE afterwards.\n"},
     {"index", "unwrap", NULL, BIT(O_ID) | BIT(O_KEK) | BIT(O_WRAPPED) | BIT(O_BASE64),
@@ -1000,18 +1043,17 @@ static const cmd commands[] = {
      "Unwrap a KMS-style encrypted data key with KEK cipherdex-kek-NAME on the token\n"
      "(CKM_AES_KEY_WRAP_PAD, RFC 5649). FILE holds the 40-byte wrapped blob, or its\n"
      "base64 with --base64. The key bytes never reach this host in clear.\n"},
-    {"index", "adopt", NULL, BIT(O_ID), BIT(O_ID), true, cmd_index_adopt,
-     "index adopt --id HEX32",
+    {"index", "adopt", NULL, BIT(O_ID), BIT(O_ID), true, cmd_index_adopt, "index adopt --id HEX32",
      "Check that the existing key cipherdex-index-HEX32 (CKA_ID HEX32) has every template\n"
      "attribute, so an index can be created on it. Prints its KCV.\n"},
     {"index", "kcv", NULL, BIT(O_ID), BIT(O_ID), true, cmd_index_kcv, "index kcv --id HEX32",
      "Compute the key check value of an index key on the token.\n"},
-    {"index", "check", NULL, BIT(O_ID) | BIT(O_KCV), BIT(O_ID) | BIT(O_KCV), true,
-     cmd_index_check, "index check --id HEX32 --kcv HEX16",
+    {"index", "check", NULL, BIT(O_ID) | BIT(O_KCV), BIT(O_ID) | BIT(O_KCV), true, cmd_index_check,
+     "index check --id HEX32 --kcv HEX16",
      "Compare the key's KCV with the recorded one: exit 0 if they match, 3 (KEY_REPLACED)\n"
      "if the key under that label is a different key.\n"},
-    {"index", "destroy", NULL, BIT(O_ID) | BIT(O_YES), BIT(O_ID), true,
-     cmd_index_destroy, "index destroy --id HEX32 --yes",
+    {"index", "destroy", NULL, BIT(O_ID) | BIT(O_YES), BIT(O_ID), true, cmd_index_destroy,
+     "index destroy --id HEX32 --yes",
      "Destroy an index key (crypto-shredding): its data can never be decrypted again once\n"
      "every appliance's subkey TTL has passed. Refused without --yes.\n"},
 };
@@ -1023,18 +1065,17 @@ static void global_help(FILE *f)
                "Offline administration of Cipherdex keys on a PKCS#11 token.\n\nCommands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++)
         fprintf(f, "  %s\n", commands[i].synopsis);
-    fprintf(f,
-            "\nOptions (anywhere on the line):\n"
-            "  --config FILE      configuration file; its [hsm] section (same file as the "
-            "daemon)\n"
-            "  --module PATH      PKCS#11 module (default " DEFAULT_MODULE ")\n"
-            "  --token URI        RFC 7512 token URI, e.g. pkcs11:token=cipherdex\n"
-            "  --pin-source SRC   file:/path, cred:NAME or env:NAME (never the PIN itself)\n"
-            "  --json             one JSON object on stdout instead of a table\n"
-            "  --help             this text; `" PROG " COMMAND --help` for one command\n"
-            "\nFlags override the file, the file overrides CIPHERDEX_HSM_MODULE,\n"
-            "CIPHERDEX_TOKEN_URI and CIPHERDEX_PIN_SOURCE.\n"
-            "Exit status: 0 success, 1 error, 2 usage error, 3 KEY_REPLACED.\n");
+    fprintf(f, "\nOptions (anywhere on the line):\n"
+               "  --config FILE      configuration file; its [hsm] section (same file as the "
+               "daemon)\n"
+               "  --module PATH      PKCS#11 module (default " DEFAULT_MODULE ")\n"
+               "  --token URI        RFC 7512 token URI, e.g. pkcs11:token=cipherdex\n"
+               "  --pin-source SRC   file:/path, cred:NAME or env:NAME (never the PIN itself)\n"
+               "  --json             one JSON object on stdout instead of a table\n"
+               "  --help             this text; `" PROG " COMMAND --help` for one command\n"
+               "\nFlags override the file, the file overrides CIPHERDEX_HSM_MODULE,\n"
+               "CIPHERDEX_TOKEN_URI and CIPHERDEX_PIN_SOURCE.\n"
+               "Exit status: 0 success, 1 error, 2 usage error, 3 KEY_REPLACED.\n");
 }
 
 static void command_help(const cmd *c)

@@ -118,7 +118,8 @@ static void describe_tokens(CK_FUNCTION_LIST_PTR f, PKCS11_SLOT *slots, unsigned
         if (!slots[i].token)
             continue;
         CK_TOKEN_INFO ti;
-        if (f->C_GetTokenInfo(PKCS11_get_slotid_from_slot(&slots[i]), &ti) != CKR_OK)
+        if (f->C_GetTokenInfo(PKCS11_get_slotid_from_slot(&slots[i]), &ti) != CKR_OK ||
+            !(ti.flags & CKF_TOKEN_INITIALIZED))
             continue;
         char label[33], serial[17];
         padded(label, sizeof(label), ti.label, sizeof(ti.label));

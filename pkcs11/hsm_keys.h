@@ -86,6 +86,7 @@ cdx_err hsm_index_key_import(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
 /*
  * Read a base64 key file (as `openssl rand -base64 32 > index_key.txt`
  * writes it) into locked memory: exactly 32 bytes after decoding.
+ * Needs the secret arena (hsm_secmem_init, done by hsm_custody_open).
  * *key is a hsm_secmem buffer of CDX_KEY_LEN bytes; hsm_secmem_free() it.
  * Errors: CDX_ERR_BAD_KEY_FILE (missing, unreadable, not base64, wrong
  * length), CDX_ERR_RESOURCE_EXHAUSTED.
@@ -167,7 +168,7 @@ enum {
     HSM_A_DESTROYABLE = 1u << 16,
 };
 
-/* Name of one HSM_A_* bit ("sensitive", "never_extractable", ...). */
+/* Name of one HSM_A_* mask value ("sensitive", "never_extractable", ...); "?" if unknown. */
 const char *hsm_attr_name(unsigned bit);
 
 typedef struct hsm_key_info {

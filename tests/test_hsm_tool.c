@@ -23,7 +23,7 @@
 #include "fx_tmp.h"
 
 #define OUT_CAP (256 * 1024)
-#define LABEL "cdx-hsm-tool"
+#define LABEL   "cdx-hsm-tool"
 
 static fx_token *tok;
 static char tool[4096];
@@ -349,9 +349,8 @@ static void test_index_unwrap(void)
     CU_ASSERT_EQUAL(run("index", "unwrap", "--kek", "kms1", "--wrapped", path), 1);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "BAD_WRAPPED_KEY"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "--base64"));
-    CU_ASSERT_EQUAL(run("--json", "index", "unwrap", "--kek", "kms1", "--wrapped", path,
-                        "--base64"),
-                    0);
+    CU_ASSERT_EQUAL(
+        run("--json", "index", "unwrap", "--kek", "kms1", "--wrapped", path, "--base64"), 0);
     CU_ASSERT_TRUE(json_get(out, "kcv", kcv, sizeof(kcv)));
     CU_ASSERT_STRING_EQUAL(kcv, want);
     CU_ASSERT_TRUE(json_get(out, "id", unw64_id, sizeof(unw64_id)));
@@ -414,8 +413,8 @@ static void check_key(const char *json, const char *label, bool generated)
     CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"encrypt\":false"));
     CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"wrap\":false"));
     CU_ASSERT_PTR_NOT_NULL(strstr(obj, generated ? "\"local\":true" : "\"local\":false"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(obj, generated ? "\"never_extractable\":true"
-                                                 : "\"never_extractable\":false"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(obj, generated ? "\"never_extractable\":true" : "\"never_extractable\":false"));
     if (!strstr(obj, "\"template\":\"ok\""))
         fprintf(stderr, "\n%s: %s\n", label, obj);
 }
@@ -461,9 +460,10 @@ static void test_keys_json(void)
 static void test_pkcs11_tool(void)
 {
     /* OpenSC's tools read `--pin env:NAME` from the environment: the PIN stays out of argv. */
-    const char *argv[] = {"pkcs11-tool", "--module", fx_softhsm_module(), "--token-label", LABEL,
-                          "--login",     "--pin",    "env:CDX_TEST_PIN",  "--list-objects",
-                          "--type",      "secrkey",  NULL};
+    const char *argv[] = {
+        "pkcs11-tool", "--module", fx_softhsm_module(), "--token-label",  LABEL,
+        "--login",     "--pin",    "env:CDX_TEST_PIN",  "--list-objects", "--type",
+        "secrkey",     NULL};
     char label[80], pin_env[64];
 
     snprintf(pin_env, sizeof(pin_env), "CDX_TEST_PIN=%s", fx_token_pin(tok));
@@ -554,8 +554,7 @@ int main(void)
         !CU_add_test(s, "index adopt/kcv/check", test_index_adopt_kcv_check) ||
         !CU_add_test(s, "keys --json attributes", test_keys_json) ||
         !CU_add_test(s, "pkcs11-tool sees sensitive keys", test_pkcs11_tool) ||
-        !CU_add_test(s, "wrong pin", test_wrong_pin) ||
-        !CU_add_test(s, "destroy", test_destroy)) {
+        !CU_add_test(s, "wrong pin", test_wrong_pin) || !CU_add_test(s, "destroy", test_destroy)) {
         CU_cleanup_registry();
         return 1;
     }
