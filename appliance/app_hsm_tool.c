@@ -18,6 +18,7 @@
 
 #include "app_hsmconf.h"
 #include "cdx_err.h"
+#include "cdx_hex.h"
 #include "cdx_limits.h"
 #include "cdx_log.h"
 #include "hsm_config.h"
@@ -119,39 +120,14 @@ static cdx_err usage_fail(ctx *x, const char *fmt, ...)
 
 /* ---- small helpers ---- */
 
-static void hex_encode(const uint8_t *b, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[b[i] >> 4];
-        out[2 * i + 1] = digits[b[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static cdx_err hex_arg(ctx *x, int opt, uint8_t *out, size_t n)
 {
     const char *s = x->val[opt];
     if (strlen(s) != 2 * n)
         return usage_fail(x, "--%s: expected %zu hex digits, got %zu", optdefs[opt].name, 2 * n,
                           strlen(s));
-    for (size_t i = 0; i < n; i++) {
-        int hi = hex_digit(s[2 * i]), lo = hex_digit(s[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return usage_fail(x, "--%s: `%s` is not hexadecimal", optdefs[opt].name, s);
-        out[i] = (uint8_t)(hi << 4 | lo);
-    }
+    if (cdx_hex_decode(s, out, n) != 0)
+        return usage_fail(x, "--%s: `%s` is not hexadecimal", optdefs[opt].name, s);
     return CDX_OK;
 }
 
@@ -590,7 +566,7 @@ static void key_cell(const void *row, int col, char *buf, size_t cap)
         if (k->id_len * 2 + 1 > cap || k->id_len == 0)
             snprintf(buf, cap, "-");
         else
-            hex_encode(k->id, k->id_len, buf);
+            cdx_hex_encode(k->id, k->id_len, buf);
         return;
     case 3:
         key_type_name(k->key_type, buf, cap);
@@ -600,7 +576,7 @@ static void key_cell(const void *row, int col, char *buf, size_t cap)
         return;
     case 5:
         if (k->has_kcv)
-            hex_encode(k->kcv, CDX_KCV_LEN, buf);
+            cdx_hex_encode(k->kcv, CDX_KCV_LEN, buf);
         else
             snprintf(buf, cap, "-");
         return;
@@ -636,7 +612,7 @@ static void key_json(const hsm_key_info *k)
     printf(",\"value_len\":%lu,", k->value_len);
     json_key("kcv");
     if (k->has_kcv) {
-        hex_encode(k->kcv, CDX_KCV_LEN, b);
+        cdx_hex_encode(k->kcv, CDX_KCV_LEN, b);
         json_str(b);
     } else {
         fputs("null", stdout);
@@ -726,8 +702,8 @@ static cdx_err cmd_root_create(ctx *x)
     hsm_key_ref ref = {.kind = HSM_KEY_ROOT};
     memcpy(ref.id, id, sizeof(id));
     hsm_key_label(&ref, label);
-    hex_encode(id, sizeof(id), idhex);
-    hex_encode(kcv, sizeof(kcv), kcvhex);
+    cdx_hex_encode(id, sizeof(id), idhex);
+    cdx_hex_encode(kcv, sizeof(kcv), kcvhex);
     field f[] = {FSTR("status", created ? "created" : "existing"), FSTR("label", label),
                  FSTR("deployment_id", idhex), FSTR("kcv", kcvhex)};
     print_record(x, f, sizeof(f) / sizeof(f[0]));
@@ -804,11 +780,11 @@ static void print_index(ctx *x, const char *status, const uint8_t id[CDX_ID_LEN]
 
     memcpy(ref.id, id, CDX_ID_LEN);
     hsm_key_label(&ref, label);
-    hex_encode(id, CDX_ID_LEN, idhex);
+    cdx_hex_encode(id, CDX_ID_LEN, idhex);
     field f[4] = {FSTR("status", status), FSTR("id", idhex), FSTR("label", label)};
     size_t n = 3;
     if (kcv) {
-        hex_encode(kcv, CDX_KCV_LEN, kcvhex);
+        cdx_hex_encode(kcv, CDX_KCV_LEN, kcvhex);
         f[n++] = FSTR("kcv", kcvhex);
     }
     print_record(x, f, n);

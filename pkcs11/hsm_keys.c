@@ -15,6 +15,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "cdx_hex.h"
 #include "cdx_log.h"
 #include "hsm_secmem.h"
 #include "hsm_subkey.h"
@@ -26,23 +27,13 @@ static CK_OBJECT_CLASS SECRET = CKO_SECRET_KEY;
 static CK_KEY_TYPE GENERIC = CKK_GENERIC_SECRET, AES = CKK_AES;
 static CK_ULONG LEN32 = CDX_KEY_LEN;
 
-static void hex(const uint8_t *b, size_t n, char *out)
-{
-    static const char d[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = d[b[i] >> 4];
-        out[2 * i + 1] = d[b[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 void hsm_key_label(const hsm_key_ref *k, char out[CDX_LABEL_MAX + 1])
 {
     if (k->kind == HSM_KEY_ROOT) {
         snprintf(out, CDX_LABEL_MAX + 1, "cipherdex-root");
     } else {
         char h[2 * CDX_ID_LEN + 1];
-        hex(k->id, CDX_ID_LEN, h);
+        cdx_hex_encode(k->id, CDX_ID_LEN, h);
         snprintf(out, CDX_LABEL_MAX + 1, "cipherdex-index-%s", h);
     }
 }
@@ -284,7 +275,7 @@ static cdx_err find_key(hsm_custody *c, CK_SESSION_HANDLE s, const hsm_key_ref *
         return hsm_ckr_fail(r, "C_FindObjects");
     }
     char idh[2 * CDX_ID_LEN + 1];
-    hex(k->id, CDX_ID_LEN, idh);
+    cdx_hex_encode(k->id, CDX_ID_LEN, idh);
     if (n == 0)
         return cdx_fail(CDX_ERR_KEY_NOT_FOUND, "no key labelled %s with id %s on the token", label,
                         idh);
@@ -302,8 +293,8 @@ static cdx_err kcv_verdict(const hsm_key_ref *k, const uint8_t *have, const uint
     if (want && CRYPTO_memcmp(have, want, CDX_KCV_LEN) != 0) {
         char label[CDX_LABEL_MAX + 1], h1[17], h2[17];
         hsm_key_label(k, label);
-        hex(have, CDX_KCV_LEN, h1);
-        hex(want, CDX_KCV_LEN, h2);
+        cdx_hex_encode(have, CDX_KCV_LEN, h1);
+        cdx_hex_encode(want, CDX_KCV_LEN, h2);
         return cdx_fail(CDX_ERR_KEY_REPLACED,
                         "%s on the token has KCV %s but %s was recorded: the key was replaced; "
                         "refusing to use different subkeys",
@@ -581,7 +572,7 @@ static cdx_err create(hsm_custody *c, struct create_arg *a, uint8_t *kcv_out)
             memcpy(kcv_out, a->kcv, CDX_KCV_LEN);
         char label[CDX_LABEL_MAX + 1], k[17];
         hsm_key_label(&a->ref, label);
-        hex(a->kcv, CDX_KCV_LEN, k);
+        cdx_hex_encode(a->kcv, CDX_KCV_LEN, k);
         cdx_log(CDX_LOG_INFO, "hsm_key_created", "label=%s how=%s kcv=%s", label,
                 a->how == HOW_GENERATE ? "generate" : a->how == HOW_IMPORT ? "import" : "unwrap", k);
     } else {
@@ -676,7 +667,7 @@ static cdx_err root_find_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_R
     if (r != CKR_OK || t.ulValueLen != CDX_ID_LEN || memcmp(id, a->id, CDX_ID_LEN)) {
         char have[2 * CDX_ID_LEN + 1] = "(other length)";
         if (r == CKR_OK && t.ulValueLen == CDX_ID_LEN)
-            hex(id, CDX_ID_LEN, have);
+            cdx_hex_encode(id, CDX_ID_LEN, have);
         return cdx_fail(CDX_ERR_ALREADY_EXISTS,
                         "the token's cipherdex-root belongs to deployment %s, not this one", have);
     }
@@ -976,31 +967,22 @@ cdx_err hsm_key_file_read(const char *path, uint8_t **key)
     if (fd < 0)
         return cdx_fail(CDX_ERR_BAD_KEY_FILE, "cannot open key file %s: %s", path,
                         strerror(errno));
-    text = hsm_secmem_alloc(CDX_KEY_FILE_MAX + 1);
+    size_t n = 0;
+    int rc = hsm_secmem_read_fd(fd, CDX_KEY_FILE_MAX, &text, &n);
     raw = hsm_secmem_alloc(CDX_KEY_FILE_MAX);
-    if (!text || !raw) {
+    if (rc == E2BIG) {
+        err = cdx_fail(CDX_ERR_BAD_KEY_FILE,
+                       "key file %s is too large: expected base64 of 32 bytes (44 characters)",
+                       path);
+        goto out;
+    }
+    if (rc == ENOMEM || !raw) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "secret memory exhausted reading a key file");
         goto out;
     }
-    size_t n = 0;
-    for (;;) {
-        ssize_t r = read(fd, text + n, CDX_KEY_FILE_MAX + 1 - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            err = cdx_fail(CDX_ERR_BAD_KEY_FILE, "cannot read key file %s: %s", path,
-                           strerror(errno));
-            goto out;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-        if (n > CDX_KEY_FILE_MAX) {
-            err = cdx_fail(CDX_ERR_BAD_KEY_FILE,
-                           "key file %s is too large: expected base64 of 32 bytes (44 characters)",
-                           path);
-            goto out;
-        }
+    if (rc) {
+        err = cdx_fail(CDX_ERR_BAD_KEY_FILE, "cannot read key file %s: %s", path, strerror(rc));
+        goto out;
     }
     /* Drop whitespace (openssl rand -base64 ends with a newline), then validate strictly. */
     size_t m = 0;

@@ -33,27 +33,19 @@ static cdx_err read_file(const char *path, bool check_mode, char **pin, size_t *
                        path, (unsigned)(st.st_mode & 0777));
         goto out;
     }
-    buf = hsm_secmem_alloc(CDX_PIN_MAX + 2);
-    if (!buf) {
+    size_t n = 0;
+    int rc = hsm_secmem_read_fd(fd, CDX_PIN_MAX, &buf, &n);
+    if (rc == E2BIG) {
+        err = cdx_fail(CDX_ERR_CONFIG, "PIN in %s is longer than %d bytes", path, CDX_PIN_MAX);
+        goto out;
+    }
+    if (rc == ENOMEM) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "secret memory exhausted reading the PIN");
         goto out;
     }
-    size_t n = 0;
-    for (;;) {
-        ssize_t r = read(fd, buf + n, CDX_PIN_MAX + 1 - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            err = cdx_fail(CDX_ERR_CONFIG, "cannot read PIN file %s: %s", path, strerror(errno));
-            goto out;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-        if (n > CDX_PIN_MAX) {
-            err = cdx_fail(CDX_ERR_CONFIG, "PIN in %s is longer than %d bytes", path, CDX_PIN_MAX);
-            goto out;
-        }
+    if (rc) {
+        err = cdx_fail(CDX_ERR_CONFIG, "cannot read PIN file %s: %s", path, strerror(rc));
+        goto out;
     }
     if (n > 0 && buf[n - 1] == '\n')
         n--;

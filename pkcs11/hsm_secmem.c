@@ -6,6 +6,7 @@
  */
 #include "hsm_secmem.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -189,4 +190,36 @@ void hsm_secmem_usage(size_t *u, size_t *cap)
     if (cap)
         *cap = nslots * SLOT;
     pthread_mutex_unlock(&mu);
+}
+
+int hsm_secmem_read_fd(int fd, size_t max, char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    char *buf = hsm_secmem_alloc(max + 2);
+    if (!buf)
+        return ENOMEM;
+    size_t n = 0;
+    for (;;) {
+        /* Ask for one byte more than allowed to tell "exactly max" from "too long". */
+        ssize_t r = read(fd, buf + n, max + 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            hsm_secmem_free(buf);
+            return e;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+        if (n > max) {
+            hsm_secmem_free(buf);
+            return E2BIG;
+        }
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return 0;
 }

@@ -36,6 +36,14 @@ void *hsm_secmem_alloc(size_t n);
 /* Wipe and release; NULL is a no-op. */
 void hsm_secmem_free(void *p);
 
+/*
+ * Read all of fd, at most `max` bytes, straight into a new secret buffer of
+ * max + 1 bytes (NUL-terminated), so a secret never passes through stdio or
+ * the heap. Returns 0, E2BIG (more than max bytes), ENOMEM (arena full or
+ * not initialised) or the errno of a failed read.
+ */
+int hsm_secmem_read_fd(int fd, size_t max, char **out, size_t *len);
+
 /* Bytes in use and capacity, for metrics and tests. */
 void hsm_secmem_usage(size_t *used, size_t *capacity);
 
