@@ -31,4 +31,32 @@
 #define CDX_TOKENS_LISTED_MAX     16    /* tokens named in a TOKEN_NOT_FOUND message */
 #define CDX_KEYS_LISTED_MAX       65536 /* objects the admin listing will walk */
 
+/* ---- store ---- */
+#define CDX_STORE_KEY_MAX        256                  /* bytes of a store key */
+#define CDX_STORE_VALUE_MAX      (64u * 1024u * 1024u) /* one value or range */
+#define CDX_STORE_REPLY_MAX      (512u * 1024u * 1024u) /* all values of one call */
+#define CDX_STORE_BATCH_MAX      100000               /* keys in one call */
+#define CDX_STORE_SCAN_COUNT     1000                 /* SCAN COUNT hint */
+#define CDX_STORE_CONNECTIONS_MAX 64
+
+/* ---- indexes and items ---- */
+#define CDX_INDEX_NAME_MAX   128        /* [A-Za-z0-9_.-]{1,128} */
+#define CDX_ITEM_ID_MAX      256        /* bytes, valid UTF-8, no NUL */
+#define CDX_METADATA_MAX     (64u * 1024u) /* JSON object text */
+#define CDX_CONTENTS_MAX     (16u * 1024u * 1024u)
+#define CDX_DIM_MAX          4096
+#define CDX_NLISTS_MAX       65536
+#define CDX_TOPK_MAX         1000
+#define CDX_TOPK_DEFAULT     10
+#define CDX_UPSERT_BATCH_MAX 100000     /* items in one upsert */
+#define CDX_QUERY_BATCH_MAX  10000      /* query vectors in one request */
+#define CDX_GET_BATCH_MAX    10000      /* ids in one get/delete */
+#define CDX_LIST_PAGE_MAX    10000      /* ids per list_ids page */
+#define CDX_JSON_DEPTH_MAX   32         /* nesting of metadata and filters */
+#define CDX_FILTER_NODES_MAX 1024       /* operators + operands in one filter */
+#define CDX_FILTER_TEXT_MAX  (64u * 1024u)
+#define CDX_TRAIN_POINTS_PER_LIST 256   /* training sample cap = this x n_lists */
+#define CDX_TRAIN_ITERS_DEFAULT   20
+#define CDX_TRAIN_ITERS_MAX       1000
+
 #endif

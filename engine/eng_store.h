@@ -1,0 +1,162 @@
+/*
+ * eng_store.h - the store interface the engine writes its records to.
+ *
+ * Everything the engine stores goes through these calls, as opaque byte
+ * strings under ASCII keys. Backends: "memory" (in-process; unit tests and
+ * explicit development use; data is lost on exit) and "redis" (hiredis:
+ * TCP on loopback or a unix socket, optional AUTH, a connection per worker,
+ * pipelining, replies bounded while they are read, reconnect with back-off).
+ * A fault-injecting wrapper simulates a crash after the N-th write.
+ *
+ * Every backend is thread-safe; a transaction pins one connection until it
+ * is committed or aborted. Values returned are malloc'ed and owned by the
+ * caller (eng_vals_free). Store errors are CDX_ERR_STORE_UNAVAILABLE (cannot
+ * reach / lost connection / crashed wrapper), CDX_ERR_RESOURCE_EXHAUSTED
+ * (a reply or value over the limits), CDX_ERR_INTERNAL (protocol surprise,
+ * raw reply logged), CDX_ERR_INVALID_ARGUMENT (bad key or argument).
+ */
+#ifndef ENG_STORE_H
+#define ENG_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cdx_err.h"
+
+typedef struct eng_store eng_store;
+
+/* One fetched value. found=false: the key does not exist (data NULL). */
+typedef struct eng_val {
+    uint8_t *data;
+    size_t len;
+    bool found;
+} eng_val;
+
+/* A key/value to write. */
+typedef struct eng_kv {
+    const char *key;
+    const uint8_t *val;
+    size_t len;
+} eng_kv;
+
+/* A byte range of a value: GETRANGE key off off+len-1. */
+typedef struct eng_range {
+    const char *key;
+    uint64_t off;
+    uint64_t len;
+} eng_range;
+
+/* Free the data of n values (the array itself is the caller's). */
+void eng_vals_free(eng_val *v, size_t n);
+
+/* ---- backends ---- */
+
+typedef struct eng_redis_opts {
+    const char *host;          /* "127.0.0.1"; ignored when unix_path is set */
+    int port;                  /* 6379 if 0 */
+    const char *unix_path;     /* unix socket instead of TCP */
+    const char *user;          /* ACL user (AUTH user pass); NULL: AUTH pass only if a password is set */
+    const char *password_file; /* password read from this file (never from argv/config) */
+    unsigned connections;      /* pool size; 0 = 8 */
+    uint32_t timeout_ms;       /* connect and I/O timeout; 0 = 5000 */
+    bool allow_unsafe_durability; /* start although appendonly=no / appendfsync=no / evicting policy */
+} eng_redis_opts;
+
+/*
+ * Open the in-process memory store (logs a loud warning: data is lost on exit).
+ * Errors: CDX_ERR_RESOURCE_EXHAUSTED.
+ */
+cdx_err eng_store_memory_new(eng_store **out);
+
+/*
+ * Connect to Redis, check durability (eng_store_check) and return the store.
+ * Errors: CDX_ERR_STORE_UNAVAILABLE (cannot connect, AUTH refused),
+ * CDX_ERR_CONFIG (unsafe durability without allow_unsafe_durability, bad options).
+ */
+cdx_err eng_store_redis_new(const eng_redis_opts *o, eng_store **out);
+
+/*
+ * Wrap `inner` (which the wrapper then owns) with fault injection: after
+ * eng_store_fault_arm(s, n) the n-th following write (each key of a set_nx
+ * batch, each deleted key, each commit counts as one write) fails and every
+ * later call fails with CDX_ERR_STORE_UNAVAILABLE, as if the process had died
+ * at that point; writes before it in the same batch are applied.
+ * eng_store_fault_disarm() "restarts": calls work again. Also counts writes
+ * (eng_store_fault_writes) so a test can enumerate every crash point.
+ */
+cdx_err eng_store_fault_new(eng_store *inner, eng_store **out);
+void eng_store_fault_arm(eng_store *s, uint64_t nth_write);
+void eng_store_fault_disarm(eng_store *s);
+uint64_t eng_store_fault_writes(eng_store *s);
+
+/* Close and free; NULL is a no-op. */
+void eng_store_free(eng_store *s);
+
+/* "memory", "redis" or "fault(<inner>)". */
+const char *eng_store_kind(const eng_store *s);
+
+/* ---- operations ---- */
+
+/* Fetch n keys (MGET). out[i] for keys[i]. */
+cdx_err eng_store_mget(eng_store *s, const char *const *keys, size_t n, eng_val *out);
+
+/*
+ * Fetch n byte ranges (pipelined GETRANGE). A range past the end is
+ * truncated like Redis does; a missing key gives found=false.
+ */
+cdx_err eng_store_getrange(eng_store *s, const eng_range *r, size_t n, eng_val *out);
+
+/*
+ * Write n keys that must not exist yet (pipelined SET NX). created[i] tells
+ * whether kv[i] was written (false: the key existed and was left alone).
+ */
+cdx_err eng_store_setnx(eng_store *s, const eng_kv *kv, size_t n, bool *created);
+
+/* Overwrite n keys (pipelined SET); for catalog state changes only. */
+cdx_err eng_store_set(eng_store *s, const eng_kv *kv, size_t n);
+
+/* Delete n keys (pipelined DEL); *deleted counts those that existed (may be NULL). */
+cdx_err eng_store_del(eng_store *s, const char *const *keys, size_t n, uint64_t *deleted);
+
+/*
+ * One SCAN step over keys matching the glob `match` (Redis glob syntax).
+ * Start with *cursor = 0; it is 0 again when the scan is complete. *keys is a
+ * malloc'ed array of malloc'ed strings (eng_keys_free). A key may be
+ * returned more than once; keys present throughout are returned at least once.
+ */
+cdx_err eng_store_scan(eng_store *s, const char *match, uint64_t *cursor, char ***keys,
+                       size_t *n);
+void eng_keys_free(char **keys, size_t n);
+
+/* ---- optimistic transactions (WATCH/MULTI/EXEC on one connection) ---- */
+
+typedef struct eng_txn eng_txn;
+
+/*
+ * WATCH `key` and read its current value into *cur. The connection stays
+ * pinned to the transaction until commit or abort.
+ */
+cdx_err eng_store_watch(eng_store *s, const char *key, eng_txn **txn, eng_val *cur);
+
+/*
+ * MULTI, SET each kv, EXEC. *committed=false if a watched key changed since
+ * eng_store_watch (nothing was written). Frees the transaction either way.
+ * Keys must hash to one slot (braced) for a future cluster backend.
+ */
+cdx_err eng_store_commit(eng_txn *t, const eng_kv *kv, size_t n, bool *committed);
+
+/* UNWATCH and free; NULL is a no-op. */
+void eng_store_abort(eng_txn *t);
+
+/*
+ * Durability check: Redis' appendonly, appendfsync and maxmemory-policy.
+ * Writes a one-line description ("appendonly=yes appendfsync=everysec
+ * maxmemory-policy=noeviction") into desc. Returns CDX_ERR_CONFIG when the
+ * settings can lose acknowledged writes or evict ciphertexts (appendonly no,
+ * appendfsync no, any evicting policy) — the caller decides whether it was
+ * explicitly allowed. The memory store returns CDX_OK with "memory (volatile)".
+ */
+cdx_err eng_store_check(eng_store *s, char *desc, size_t cap);
+
+#endif
