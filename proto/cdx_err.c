@@ -1,6 +1,7 @@
 #include "cdx_err.h"
 
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char detail[512];
 
@@ -96,4 +97,17 @@ const char *cdx_err_detail(void)
 void cdx_err_clear(void)
 {
     detail[0] = '\0';
+}
+
+cdx_err cdx_prefix(cdx_err e, const char *fmt, ...)
+{
+    char old[sizeof(detail)];
+    memcpy(old, detail, sizeof(old));
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    if (n >= 0 && (size_t)n < sizeof(detail))
+        snprintf(detail + n, sizeof(detail) - (size_t)n, "%s", old);
+    return e;
 }

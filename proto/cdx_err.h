@@ -71,6 +71,12 @@ const char *cdx_strerror(cdx_err e);
 cdx_err cdx_fail(cdx_err e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 cdx_err cdx_vfail(cdx_err e, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
+/*
+ * Prefix the calling thread's current detail ("index docs: " + detail) and
+ * return `e`; for adding context on the way up.
+ */
+cdx_err cdx_prefix(cdx_err e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* The calling thread's last detail ("" when none). Valid until the next cdx_fail. */
 const char *cdx_err_detail(void);
 

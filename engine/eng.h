@@ -1,0 +1,260 @@
+/*
+ * eng.h - the encrypted IVF engine: the C API the appliance calls.
+ *
+ * An engine instance owns nothing secret: it asks custody (pkcs11/) for
+ * subkeys per operation and keeps every byte in the store (engine/eng_store.h)
+ * encrypted (eng_record.h) or tokenised. Thread-safe: any number of threads
+ * may call any operation; concurrent writers to one index (in this process or
+ * in other appliances sharing the store) are serialised by optimistic
+ * commits on the index head (WATCH/MULTI/EXEC) with rebase and bounded retry.
+ *
+ * Every function returns a cdx_err and sets a detail (cdx_err_detail) that
+ * names the index and what to fix. Common errors of every index operation:
+ * CDX_ERR_NOT_FOUND (no such index), CDX_ERR_FAILED_PRECONDITION (index
+ * being created or deleted), CDX_ERR_INTEGRITY (a stored record failed
+ * authentication: names the record kind), CDX_ERR_ROLLBACK_DETECTED,
+ * CDX_ERR_KEY_NOT_FOUND / CDX_ERR_KEY_REPLACED (index key gone or replaced),
+ * CDX_ERR_STORE_UNAVAILABLE, CDX_ERR_HSM_UNAVAILABLE, CDX_ERR_ABORTED
+ * (commit retries exhausted under contention), CDX_ERR_RESOURCE_EXHAUSTED.
+ */
+#ifndef ENG_H
+#define ENG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cdx_err.h"
+#include "cdx_limits.h"
+#include "eng_store.h"
+#include "hsm_custody.h"
+
+typedef struct eng eng;
+
+typedef struct eng_config {
+    hsm_custody *custody;                /* borrowed; must outlive the engine */
+    eng_store *store;                    /* borrowed */
+    uint8_t deployment_id[CDX_ID_LEN];   /* names the root key (created if missing) */
+    const char *state_dir;               /* rollback high-water marks; created 0700 */
+    uint32_t manifest_max_age_ms;        /* 0: read the head on every request */
+    size_t cache_bytes;                  /* decrypted search-block cache; 0 = none */
+    uint32_t gc_grace_ms;                /* sweep keeps unreferenced records this long; 0 = 10 min */
+    unsigned query_threads;              /* batch queries spread over threads; 0 = 1 */
+    unsigned commit_retries;             /* optimistic commit attempts; 0 = 16 */
+} eng_config;
+
+/*
+ * Errors: CDX_ERR_INVALID_ARGUMENT, CDX_ERR_CONFIG (state dir unusable),
+ * custody errors while ensuring the root key.
+ */
+cdx_err eng_new(const eng_config *cfg, eng **out);
+void eng_free(eng *e);
+
+typedef enum eng_metric {
+    ENG_METRIC_EUCLIDEAN = 1,
+    ENG_METRIC_SQUARED_EUCLIDEAN = 2,
+    ENG_METRIC_COSINE = 3,       /* searched on normalised vectors; distance = 1 - cos */
+    ENG_METRIC_INNER_PRODUCT = 4 /* distance = -<q, x> (smaller is closer, like the others) */
+} eng_metric;
+
+typedef enum eng_index_type {
+    ENG_IVFFLAT = 1,
+    ENG_IVFSQ8 = 2,
+} eng_index_type;
+
+/* Parse "euclidean" / "ivfsq8" (ASCII case ignored); 0 if unknown. */
+eng_metric eng_metric_parse(const char *s);
+eng_index_type eng_index_type_parse(const char *s);
+const char *eng_metric_name(eng_metric m);
+const char *eng_index_type_name(eng_index_type t);
+
+typedef enum eng_key_source {
+    ENG_KEY_GENERATE = 0, /* default: generated on the token */
+    ENG_KEY_UNWRAP = 1,   /* a KMS-wrapped data key, unwrapped with a named KEK */
+    ENG_KEY_ADOPT = 2,    /* an existing token key minted by the admin tool */
+} eng_key_source;
+
+typedef struct eng_create {
+    const char *name;        /* 1-128 of [A-Za-z0-9_.-] */
+    uint32_t dimension;      /* 1..CDX_DIM_MAX */
+    eng_metric metric;
+    eng_index_type type;
+    uint32_t n_lists;        /* clusters after training; 0 = chosen at training */
+    eng_key_source key_source;
+    const char *kek_name;    /* ENG_KEY_UNWRAP */
+    const uint8_t *wrapped;  /* ENG_KEY_UNWRAP: 40 bytes */
+    size_t wrapped_len;
+    uint8_t adopt_id[CDX_ID_LEN]; /* ENG_KEY_ADOPT: the key's CKA_ID becomes the index id */
+} eng_create;
+
+typedef struct eng_index_info {
+    char name[CDX_INDEX_NAME_MAX + 1];
+    char state[12];       /* "ready", "creating" or "deleting" (the latter two: unfinished) */
+    uint8_t id[CDX_ID_LEN];
+    uint32_t dimension;
+    eng_metric metric;
+    eng_index_type type;
+    uint32_t n_lists;     /* configured */
+    uint32_t n_clusters;  /* trained clusters; 0 = untrained (exhaustive search) */
+    uint64_t count;       /* live items */
+    uint64_t version;     /* head version */
+    uint8_t kcv[CDX_KCV_LEN];
+    eng_key_source key_source;
+    bool owned;           /* the key is destroyed with the index */
+    uint32_t segments;    /* live segments */
+    uint64_t created_ms;
+} eng_index_info;
+
+/*
+ * Create an index: claims the name (SET NX), provisions the key, writes the
+ * first head. Resumable: creating a name whose creation crashed halfway
+ * resumes it (same parameters) instead of failing.
+ * Errors: CDX_ERR_INVALID_ARGUMENT, CDX_ERR_ALREADY_EXISTS, CDX_ERR_KEY_IN_USE
+ * (adopted key belongs to another index), custody errors (BAD_WRAPPED_KEY...).
+ */
+cdx_err eng_index_create(eng *e, const eng_create *req, eng_index_info *out);
+cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out);
+/* All indexes, sorted by name; *out malloc'ed (free()). */
+cdx_err eng_index_list(eng *e, eng_index_info **out, size_t *n);
+/*
+ * Delete: needs the key (checks it), marks the entry deleting, destroys the
+ * token key if owned, removes every record, then the entry. Resumable.
+ * confirm_id must equal the index id (CDX_ERR_FAILED_PRECONDITION otherwise).
+ */
+cdx_err eng_index_delete(eng *e, const char *name, const uint8_t confirm_id[CDX_ID_LEN]);
+/*
+ * Admin: remove the records of indexes whose key is gone from the token
+ * (catalog entry and data), and records no catalog entry references.
+ * *removed counts deleted store keys.
+ */
+cdx_err eng_purge(eng *e, uint64_t *removed);
+
+typedef struct eng_train_opts {
+    uint32_t n_lists;     /* 0: keep the index's n_lists (or sqrt(count) if it has none) */
+    uint32_t max_iters;   /* 0: CDX_TRAIN_ITERS_DEFAULT */
+    float tolerance;      /* 0: 1e-4 relative objective change */
+    uint64_t seed;        /* 0: 1234 */
+    uint32_t max_points_per_list; /* 0: CDX_TRAIN_POINTS_PER_LIST */
+} eng_train_opts;
+
+/* Train (or retrain) and redistribute. *version = commit version. */
+cdx_err eng_train(eng *e, const char *name, const eng_train_opts *o, uint64_t *version);
+
+typedef struct eng_item {
+    const char *id;          /* 1-256 bytes, valid UTF-8, no NUL */
+    size_t id_len;
+    const float *vector;     /* dimension floats, finite */
+    const char *metadata;    /* JSON object text, or NULL/empty: none */
+    size_t metadata_len;
+    const uint8_t *contents; /* NULL/0: none */
+    size_t contents_len;
+} eng_item;
+
+/*
+ * Upsert a batch, all or nothing; an upsert replaces the whole item.
+ * Errors: CDX_ERR_INVALID_ARGUMENT (dimension, NaN/Inf, empty batch,
+ * duplicate ids in the batch, sizes, UTF-8, metadata JSON: detail names the
+ * item index and id).
+ */
+cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, uint64_t *version);
+
+/* Delete ids (missing ids are ignored; *deleted counts those that existed). */
+cdx_err eng_delete(eng *e, const char *name, const char *const *ids, const size_t *id_lens,
+                   size_t n, uint64_t *deleted, uint64_t *version);
+
+enum {
+    ENG_WANT_VECTOR = 1u << 0,
+    ENG_WANT_METADATA = 1u << 1,
+    ENG_WANT_CONTENTS = 1u << 2,
+    ENG_WANT_DISTANCE = 1u << 3,
+};
+
+/* One returned item (get and query results). Buffers owned by the result. */
+typedef struct eng_hit {
+    char *id;
+    size_t id_len;
+    float distance;
+    float *vector;        /* ENG_WANT_VECTOR */
+    char *metadata;       /* ENG_WANT_METADATA: JSON text or NULL */
+    size_t metadata_len;
+    uint8_t *contents;    /* ENG_WANT_CONTENTS */
+    size_t contents_len;
+} eng_hit;
+
+typedef struct eng_get_result {
+    size_t n;            /* = number of ids asked */
+    bool *found;         /* found[i] for ids[i] */
+    eng_hit *hits;       /* hits[i] valid when found[i] */
+    uint64_t version;    /* head version served */
+} eng_get_result;
+
+cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *id_lens, size_t n,
+                unsigned want, uint64_t min_version, eng_get_result **out);
+void eng_get_result_free(eng_get_result *r);
+
+typedef struct eng_query {
+    const float *vectors;    /* nq x dimension, row-major */
+    size_t nq;
+    uint32_t top_k;          /* 0: CDX_TOPK_DEFAULT */
+    uint32_t n_probes;       /* 0: automatic (n_clusters / 16, at least 1) */
+    const char *filter;      /* JSON filter text or NULL/empty */
+    size_t filter_len;
+    unsigned want;           /* ENG_WANT_* */
+    uint64_t min_version;    /* refuse (STALE) if the served head is older */
+} eng_query;
+
+typedef struct eng_query_result {
+    size_t nq;
+    size_t *n;           /* hits per query (may be < top_k with a selective filter) */
+    eng_hit **hits;      /* hits[q][i], best first */
+    uint64_t version;
+} eng_query_result;
+
+/*
+ * Errors besides the common ones: CDX_ERR_INVALID_ARGUMENT (dimension, top_k
+ * or n_probes out of range, NaN, malformed filter), CDX_ERR_STALE.
+ */
+cdx_err eng_query_run(eng *e, const char *name, const eng_query *q, eng_query_result **out);
+void eng_query_result_free(eng_query_result *r);
+
+/*
+ * Ids in a stable order, a page at a time. cursor NULL/empty starts; the
+ * returned *next (malloc'ed, sealed under the query subkey: opaque to
+ * clients and tamper-evident) is NULL at the end.
+ */
+cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limit, char ***ids,
+                     size_t **id_lens, size_t *n, char **next);
+void eng_ids_free(char **ids, size_t *id_lens, size_t n);
+
+cdx_err eng_count(eng *e, const char *name, uint64_t *count);
+
+/* Merge each cluster's segments into one, retiring the old ones (never deleting). */
+cdx_err eng_compact(eng *e, const char *name, uint64_t *version);
+
+/*
+ * Delete records of this index that no current manifest references and whose
+ * write time is older than gc_grace. *deleted counts store keys removed.
+ */
+cdx_err eng_sweep(eng *e, const char *name, uint64_t *deleted);
+
+/*
+ * Admin: accept the store's current head of `name` although it is older than
+ * the highest version this appliance saw (a restored backup). Logged.
+ */
+cdx_err eng_accept_rollback(eng *e, const char *name, uint64_t *version);
+
+typedef struct eng_stats {
+    uint64_t commits, commit_conflicts;
+    uint64_t cache_hits, cache_misses, cache_bytes;
+    uint64_t queries;
+    /* cumulative nanoseconds per query stage */
+    uint64_t ns_head, ns_coarse, ns_keys, ns_fetch, ns_decrypt, ns_distance;
+} eng_stats;
+
+void eng_get_stats(eng *e, eng_stats *out);
+
+/* Test hooks: called before every commit with the index id (may block). */
+typedef void (*eng_commit_hook)(void *arg, const uint8_t index_id[CDX_ID_LEN]);
+void eng_set_commit_hook(eng *e, eng_commit_hook fn, void *arg);
+
+#endif

@@ -1,0 +1,81 @@
+/*
+ * Rollback high-water marks: per index, the highest head version this
+ * appliance has seen, fsynced before it is relied on, so a store that
+ * serves an older head (a restored backup, a lost tail, a malicious
+ * operator) is caught (DESIGN §4).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cdx_hex.h"
+#include "eng_internal.h"
+
+static void path_of(const char *dir, const uint8_t id[CDX_ID_LEN], char *out, size_t cap,
+                    const char *suffix)
+{
+    char hx[2 * CDX_ID_LEN + 1];
+    cdx_hex_encode(id, CDX_ID_LEN, hx);
+    snprintf(out, cap, "%s/hw-%s%s", dir, hx, suffix);
+}
+
+cdx_err eng_state_get(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t *version)
+{
+    char path[PATH_MAX];
+    path_of(dir, id, path, sizeof(path), "");
+    *version = 0;
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        if (errno == ENOENT)
+            return CDX_OK;
+        return cdx_fail(CDX_ERR_CONFIG, "cannot read %s: %s", path, strerror(errno));
+    }
+    char line[64] = {0};
+    bool ok = fgets(line, sizeof(line), f) != NULL;
+    fclose(f);
+    char *end = NULL;
+    unsigned long long v = ok ? strtoull(line, &end, 10) : 0;
+    if (!ok || end == line || (*end && *end != '\n'))
+        return cdx_fail(CDX_ERR_CONFIG, "state file %s is corrupt; restore it or accept the "
+                        "store's state explicitly", path);
+    *version = v;
+    return CDX_OK;
+}
+
+cdx_err eng_state_put(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t version)
+{
+    char path[PATH_MAX], tmp[PATH_MAX];
+    path_of(dir, id, path, sizeof(path), "");
+    path_of(dir, id, tmp, sizeof(tmp), ".tmp");
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return cdx_fail(CDX_ERR_CONFIG, "cannot write %s: %s", tmp, strerror(errno));
+    char line[32];
+    int n = snprintf(line, sizeof(line), "%" PRIu64 "\n", version);
+    bool ok = write(fd, line, (size_t)n) == n && fsync(fd) == 0;
+    ok = close(fd) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return cdx_fail(CDX_ERR_CONFIG, "cannot persist %s: %s", path, strerror(errno));
+    }
+    /* The rename is durable only once the directory is. */
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+    return CDX_OK;
+}
+
+void eng_state_remove(const char *dir, const uint8_t id[CDX_ID_LEN])
+{
+    char path[PATH_MAX];
+    path_of(dir, id, path, sizeof(path), "");
+    unlink(path);
+}
