@@ -161,7 +161,7 @@ AVX2 static inline float hsum1(__m256 v)
         __m256i m = tail_mask(d - i);                                                              \
         OP(a3, _mm256_maskload_ps(q + i, m), _mm256_maskload_ps(x + i, m));                        \
     }                                                                                              \
-    return hsum1(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    return hsum1(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
 
 /* Two rows x0, x1 against q, each with exactly the ROW1_BODY schedule. */
 #define ROW2_BODY(OP)                                                                              \
@@ -210,7 +210,7 @@ AVX2 static inline float hsum1(__m256 v)
                      _mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3)),                  \
                      _mm256_setzero_ps(), _mm256_setzero_ps());                                    \
     out[0] = _mm_cvtss_f32(s);                                                                     \
-    out[1] = _mm_cvtss_f32(_mm_shuffle_ps(s, s, 1));
+    out[1] = _mm_cvtss_f32(_mm_shuffle_ps(s, s, 1))
 
 #define OP_L2(acc, qv, xv)                                                                         \
     do {                                                                                           \
@@ -221,24 +221,24 @@ AVX2 static inline float hsum1(__m256 v)
 
 AVX2 static float l2sq_avx2(const float *q, const float *x, size_t d)
 {
-    ROW1_BODY(OP_L2)
+    ROW1_BODY(OP_L2);
 }
 
 AVX2 static float dot_avx2(const float *q, const float *x, size_t d)
 {
-    ROW1_BODY(OP_DOT)
+    ROW1_BODY(OP_DOT);
 }
 
 AVX2 static void l2sq_row2_avx2(const float *q, const float *x0, const float *x1, size_t d,
                                 float *out)
 {
-    ROW2_BODY(OP_L2)
+    ROW2_BODY(OP_L2);
 }
 
 AVX2 static void dot_row2_avx2(const float *q, const float *x0, const float *x1, size_t d,
                                float *out)
 {
-    ROW2_BODY(OP_DOT)
+    ROW2_BODY(OP_DOT);
 }
 
 AVX2 static void l2sq_many_avx2(const float *q, const float *x, size_t n, size_t d, float *out)
@@ -346,8 +346,7 @@ const char *eng_dist_impl(void)
 void eng_dist_force_scalar(bool on)
 {
     eng_dist_init();
-    atomic_store_explicit(&level, on ? (int)ENG_SIMD_SCALAR : (int)detected,
-                          memory_order_release);
+    atomic_store_explicit(&level, on ? (int)ENG_SIMD_SCALAR : (int)detected, memory_order_release);
 }
 
 float eng_l2sq(const float *a, const float *b, size_t d)

@@ -13,7 +13,11 @@
  * Numerics: sums are accumulated in float32 over several partial sums, so the
  * two implementations (and different d) round differently; both stay within a
  * few ulp * d of the exact result. Results are deterministic for a given
- * implementation, d and input. Pointers need only the natural alignment of
+ * implementation, d and input, and a row's result is the same bits from
+ * eng_l2sq as from eng_l2sq_many at any position in any n (likewise for dot),
+ * so a vector's score does not depend on how a scan batches it. Rates (AVX2,
+ * one core, d = 784): ~10 Gfloat/s from L2, ~6 from L3 (bandwidth-bound);
+ * FMA-bound only from L1. Pointers need only the natural alignment of
  * float; any d works (d = 0 gives 0). NaN in gives NaN out. All kernels are
  * thread-safe and allocate nothing.
  */

@@ -176,6 +176,14 @@ static cdx_err check_id(const char *id, size_t len, size_t i)
     return CDX_OK;
 }
 
+/* Name the index in an error detail, once. */
+static cdx_err in_index(cdx_err err, const char *name)
+{
+    if (err && strncmp(cdx_err_detail(), "index ", 6) != 0)
+        cdx_prefix(err, "index %s: ", name);
+    return err;
+}
+
 /* ------------------------------------------------------------------ store keys */
 
 static void key_cat(char *k, const uint8_t tok[16])
@@ -215,6 +223,9 @@ static void bucket_token(unsigned b, uint8_t tok[16])
 }
 
 static const uint8_t ZERO16[16];
+
+/* Internal: a newer commit landed mid-read; the caller re-reads the head and retries. */
+#define ENG_MOVED CDX_ERR_STALE
 
 /* ------------------------------------------------------------------ manifests */
 
@@ -524,7 +535,7 @@ cdx_err eng_new(const eng_config *cfg, eng **out)
     if (!e->cfg.gc_grace_ms)
         e->cfg.gc_grace_ms = 10 * 60 * 1000;
     if (!e->cfg.commit_retries)
-        e->cfg.commit_retries = 16;
+        e->cfg.commit_retries = 32;
     if (!e->cfg.query_threads)
         e->cfg.query_threads = 1;
     pthread_mutex_init(&e->mu, NULL);
@@ -780,7 +791,7 @@ static cdx_err load_state(op *o, bool fresh, uint64_t min_version, eng_manifest 
     eng_head h;
     bool found = false;
     if ((err = read_head(o, &h, &found)))
-        return cdx_prefix(err, "index %s: ", ix->name);
+        return in_index(err, ix->name);
     if (!found) {
         idx_forget(e, ix->id);
         return cdx_fail(CDX_ERR_NOT_FOUND, "index %s no longer exists", ix->name);
@@ -801,7 +812,7 @@ static cdx_err load_state(op *o, bool fresh, uint64_t min_version, eng_manifest 
     }
     if (!cur) {
         if ((err = read_manifest(o, &h, &cur)))
-            return cdx_prefix(err, "index %s: ", ix->name);
+            return in_index(err, ix->name);
     }
     if ((err = hw_raise(o, h.version))) {
         munref(cur);
@@ -1464,9 +1475,9 @@ static cdx_err put_segments(op *o, seg_out *s, size_t n)
 {
     if (n == 0)
         return CDX_OK;
-    char(*keys)[CDX_STORE_KEY_MAX] = malloc(n * sizeof(*keys));
-    eng_kv *kv = malloc(n * sizeof(*kv));
-    bool *created = malloc(n * sizeof(*created));
+    char(*keys)[CDX_STORE_KEY_MAX] = calloc(n, sizeof(*keys));
+    eng_kv *kv = calloc(n, sizeof(*kv));
+    bool *created = calloc(n, sizeof(*created));
     cdx_err err = CDX_OK;
     if (!keys || !kv || !created) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
@@ -1547,6 +1558,22 @@ static cdx_err load_buckets(op *o, const eng_manifest *m, const bool *want, buck
             break;
         }
         eng_buf_free(&pt);
+        /*
+         * A bucket newer than the manifest says: either a commit landed
+         * between our head read and this fetch (retry with a fresh head), or
+         * the store serves something it should not (INTEGRITY).
+         */
+        eng_rec_hdr rh;
+        if (!eng_rec_header(v[i].data, v[i].len, &rh) && rh.version > m->bucket_version[b]) {
+            eng_head h;
+            bool found = false;
+            if ((err = read_head(o, &h, &found)))
+                break;
+            if (found && h.version > m->version) {
+                err = cdx_fail(ENG_MOVED, "the index moved on while it was being read");
+                break;
+            }
+        }
         /* A bucket of another version (a newer commit, or a replay) fails here. */
         if ((err = unseal(o, HSM_P_MANIFEST, ENG_K_BUCKET, tok, m->bucket_version[b], v[i].data,
                           v[i].len, NULL, &pt)))
@@ -1674,6 +1701,20 @@ out:
     return err;
 }
 
+/*
+ * After a lost commit: wait a random 0..2^attempt ms (capped at 64 ms) so
+ * two writers that keep colliding fall out of step instead of starving one.
+ */
+static void backoff(unsigned attempt)
+{
+    uint8_t r[2] = {0, 0};
+    (void)eng_random(r, 2);
+    unsigned cap = attempt < 6 ? 1u << attempt : 64u;
+    unsigned ms = ((unsigned)r[0] << 8 | r[1]) % (cap + 1);
+    struct timespec ts = {0, (long)ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
 static cdx_err clone_m(const eng_manifest *m, eng_manifest **out)
 {
     cdx_err err = eng_manifest_clone(m, out);
@@ -1770,8 +1811,11 @@ static cdx_err write_batch(op *o, row_in *rows, size_t nrows, const uint8_t (*de
             want[eng_bucket_of(rows[i].tok)] = true;
         for (size_t i = 0; i < ndel; i++)
             want[eng_bucket_of(del[i])] = true;
-        if ((err = load_buckets(o, m, want, &bs)))
+        if ((err = load_buckets(o, m, want, &bs))) {
+            if (err == ENG_MOVED)
+                err = CDX_OK; /* like a lost commit: rebase */
             goto next;
+        }
         /* Old copies: tombstone them in their own cluster. */
         tombs = malloc((nrows + ndel + 1) * sizeof(*tombs));
         tcl = malloc((nrows + ndel + 1) * sizeof(*tcl));
@@ -1903,6 +1947,7 @@ static cdx_err write_batch(op *o, row_in *rows, size_t nrows, const uint8_t (*de
         free(tcl);
         if (err || committed)
             break;
+        backoff(attempt);
     }
     free(sv);
     free(assign);
@@ -2378,8 +2423,13 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
         bool wantb[ENG_BUCKETS] = {false};
         for (size_t i = 0; i < n; i++)
             wantb[eng_bucket_of(toks[i])] = true;
-        if ((err = load_buckets(&o, m, wantb, &bs)))
+        if ((err = load_buckets(&o, m, wantb, &bs))) {
+            if (err == ENG_MOVED && attempt == 0) {
+                err = CDX_OK;
+                continue;
+            }
             goto out;
+        }
         for (size_t i = 0; i < n && !err && !refresh; i++) {
             eng_ident *id = eng_bucket_find(bs.b[eng_bucket_of(toks[i])], toks[i]);
             if (r->found[i]) {
@@ -2467,8 +2517,7 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
     if (!err)
         r->version = m->version;
 out:
-    if (err)
-        cdx_prefix(err, "index %s: ", name);
+    in_index(err, name);
     munref(m);
     bucketset_free(&bs);
     free(toks);
@@ -2943,7 +2992,7 @@ cdx_err eng_query_run(eng *e, const char *name, const eng_query *q, eng_query_re
     op_end(&o);
     if (err) {
         eng_query_result_free(res);
-        return cdx_prefix(err, "index %s: ", name);
+        return in_index(err, name);
     }
     *out = res;
     return CDX_OK;
@@ -3504,6 +3553,7 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
         free(assign);
         if (err || committed)
             break;
+        backoff(attempt);
     }
     if (!err && !have_model)
         err = cdx_fail(CDX_ERR_INTERNAL, "training produced no model");
@@ -3586,6 +3636,8 @@ cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
         segs_free(segs, nsegs);
         free(assign);
         free(sel);
+        if (!err && !done)
+            backoff(attempt);
     }
     op_end(&o);
     if (!err && !done)

@@ -165,8 +165,8 @@ cdx_err eng_manifest_decode(const uint8_t *p, size_t n, eng_manifest **out)
         goto oom;
     for (uint32_t i = 0; i < nc; i++) {
         uint32_t ns = eng_rd_u32(&r);
-        /* Each segment entry is 60 bytes: a count beyond what is left is a lie. */
-        if (r.bad || ns > r.left / 60)
+        /* Each segment entry is 56 bytes: a count beyond what is left is a lie. */
+        if (r.bad || ns > r.left / 56)
             goto bad;
         for (uint32_t j = 0; j < ns; j++) {
             eng_segref s;

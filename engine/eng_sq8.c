@@ -190,7 +190,8 @@ AVX2 static inline __m256i tail_mask(size_t r)
 /* 8 codes at p as floats. */
 AVX2 static inline __m256 load8(const uint8_t *p)
 {
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p)));
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p)));
 }
 
 /* The r < 8 codes at p as floats, zero beyond (never reads past p + r). */
@@ -259,7 +260,7 @@ AVX2 static inline float hsum1(__m256 v)
         OP(a3, _mm256_maskload_ps(A + i, m), _mm256_maskload_ps(B + i, m),                         \
            load_tail(C + i, d - i));                                                               \
     }                                                                                              \
-    return hsum1(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    return hsum1(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
 
 /* One chunk of two rows C0, C1 at offset o, accumulators x (row 0) and y (row 1). */
 #define CHUNK2(OP, x, y, o)                                                                        \
@@ -301,32 +302,32 @@ AVX2 static inline float hsum1(__m256 v)
                      _mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3)),                  \
                      _mm256_setzero_ps(), _mm256_setzero_ps());                                    \
     out[0] = _mm_cvtss_f32(s);                                                                     \
-    out[1] = _mm_cvtss_f32(_mm_shuffle_ps(s, s, 1));
+    out[1] = _mm_cvtss_f32(_mm_shuffle_ps(s, s, 1))
 
 AVX2 static float sq8_l2_row_avx2(const float *A, const float *B, const uint8_t *C, size_t d)
 {
-    ROW1_BODY(OP_L2)
+    ROW1_BODY(OP_L2);
 }
 
 AVX2 static float sq8_dot_row_avx2(const float *A, const uint8_t *C, size_t d)
 {
     const float *B = A;
 
-    ROW1_BODY(OP_DOT)
+    ROW1_BODY(OP_DOT);
 }
 
 AVX2 static void sq8_l2_row2_avx2(const float *A, const float *B, const uint8_t *C0,
                                   const uint8_t *C1, size_t d, float *out)
 {
-    ROW2_BODY(OP_L2)
+    ROW2_BODY(OP_L2);
 }
 
-AVX2 static void sq8_dot_row2_avx2(const float *A, const uint8_t *C0, const uint8_t *C1,
-                                   size_t d, float *out)
+AVX2 static void sq8_dot_row2_avx2(const float *A, const uint8_t *C0, const uint8_t *C1, size_t d,
+                                   float *out)
 {
     const float *B = A;
 
-    ROW2_BODY(OP_DOT)
+    ROW2_BODY(OP_DOT);
 }
 
 AVX2 static void sq8_l2sq_many_avx2(const float *t, const float *step, const uint8_t *codes,
@@ -357,8 +358,8 @@ AVX2 static void sq8_dot_many_avx2(const float *w, float bias, const uint8_t *co
 
 /* ---- dispatch --------------------------------------------------------- */
 
-void eng_sq8_l2sq_many(const float *t, const float *step, const uint8_t *codes, size_t n,
-                       size_t d, float *out)
+void eng_sq8_l2sq_many(const float *t, const float *step, const uint8_t *codes, size_t n, size_t d,
+                       float *out)
 {
 #if ENG_X86
     if (eng_simd_level() == ENG_SIMD_AVX2) {

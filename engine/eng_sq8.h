@@ -64,8 +64,8 @@ float eng_sq8_prepare_dot(const eng_sq8 *q, const float *query, float *w);
  * out[r] = sum_i (t[i] - step[i] * codes[r*d + i])^2 for n rows of d codes:
  * the squared L2 distance from the query to the decoded row.
  */
-void eng_sq8_l2sq_many(const float *t, const float *step, const uint8_t *codes, size_t n,
-                       size_t d, float *out);
+void eng_sq8_l2sq_many(const float *t, const float *step, const uint8_t *codes, size_t n, size_t d,
+                       float *out);
 
 /* out[r] = bias + sum_i w[i] * codes[r*d + i]: the inner product with the decoded row. */
 void eng_sq8_dot_many(const float *w, float bias, const uint8_t *codes, size_t n, size_t d,

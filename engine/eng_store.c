@@ -110,7 +110,8 @@ static bool glob_token(const char *p, size_t plen, unsigned char c, size_t *tlen
 
 bool eng_glob_match(const char *pat, size_t plen, const char *str, size_t slen)
 {
-    /* Every token but `*` matches exactly one character, so backtracking to the last star suffices. */
+    /* Every token but `*` matches exactly one character, so backtracking to the last star suffices.
+     */
     size_t pi = 0, si = 0, star_p = SIZE_MAX, star_s = 0;
 
     while (si < slen) {
@@ -151,8 +152,9 @@ static cdx_err check_store(const eng_store *s, const char *op)
 static cdx_err check_n(size_t n, const void *arr, const char *op)
 {
     if (n > CDX_STORE_BATCH_MAX)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "%s: %zu keys in one call, the limit is %d: split the batch",
-                        op, n, CDX_STORE_BATCH_MAX);
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                        "%s: %zu keys in one call, the limit is %d: split the batch", op, n,
+                        CDX_STORE_BATCH_MAX);
     if (n > 0 && !arr)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "%s: %zu keys but a NULL array", op, n);
     return CDX_OK;
@@ -308,8 +310,7 @@ cdx_err eng_store_del(eng_store *s, const char *const *keys, size_t n, uint64_t 
     return s->ops->del(s, keys, n, deleted ? deleted : &dummy);
 }
 
-cdx_err eng_store_scan(eng_store *s, const char *match, uint64_t *cursor, char ***keys,
-                       size_t *n)
+cdx_err eng_store_scan(eng_store *s, const char *match, uint64_t *cursor, char ***keys, size_t *n)
 {
     cdx_err e = check_store(s, "scan");
 

@@ -63,8 +63,7 @@ static cdx_err crash(fault_store *f)
 {
     f->crashed = true;
     f->fail_at = 0;
-    return cdx_fail(CDX_ERR_STORE_UNAVAILABLE,
-                    "fault injection: simulated crash at write %llu",
+    return cdx_fail(CDX_ERR_STORE_UNAVAILABLE, "fault injection: simulated crash at write %llu",
                     (unsigned long long)f->writes + 1);
 }
 

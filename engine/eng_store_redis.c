@@ -60,10 +60,10 @@
 #define RD_DEFAULT_PORT       6379
 #define RD_DEFAULT_CONNS      8
 #define RD_DEFAULT_TIMEOUT_MS 5000
-#define RD_MGET_CHUNK         1000        /* keys per MGET */
-#define RD_PIPE_CMDS          1000        /* commands per pipelined round trip */
-#define RD_PIPE_BYTES         (8u << 20)  /* argument bytes per round trip (output buffer) */
-#define RD_SLACK              (1u << 20)  /* unparsed bytes beyond one value: headers + reads */
+#define RD_MGET_CHUNK         1000       /* keys per MGET */
+#define RD_PIPE_CMDS          1000       /* commands per pipelined round trip */
+#define RD_PIPE_BYTES         (8u << 20) /* argument bytes per round trip (output buffer) */
+#define RD_SLACK              (1u << 20) /* unparsed bytes beyond one value: headers + reads */
 #define RD_BACKOFF_MIN_MS     100
 #define RD_BACKOFF_MAX_MS     5000
 #define RD_PASSWORD_MAX       1024
@@ -310,8 +310,8 @@ static cdx_err rd_unexpected(const rd_reply *r, const char *op)
 {
     if (r->type == REDIS_REPLY_ERROR)
         return rd_error_reply(r, op);
-    cdx_log(CDX_LOG_ERROR, "store_redis_unexpected", "op=%s type=%d(%s) len=%zu elements=%zu",
-            op, r->type, type_name(r->type), r->len, r->n);
+    cdx_log(CDX_LOG_ERROR, "store_redis_unexpected", "op=%s type=%d(%s) len=%zu elements=%zu", op,
+            r->type, type_name(r->type), r->len, r->n);
     return cdx_fail(CDX_ERR_INTERNAL, "Redis answered %s with an unexpected %s reply", op,
                     type_name(r->type));
 }
@@ -521,8 +521,8 @@ static cdx_err read_password(const char *path, char *buf, size_t cap, size_t *le
             break;
         n += (size_t)r;
         if (n == cap) {
-            e = cdx_fail(CDX_ERR_CONFIG, "the Redis password_file %s is longer than %d bytes",
-                         path, RD_PASSWORD_MAX);
+            e = cdx_fail(CDX_ERR_CONFIG, "the Redis password_file %s is longer than %d bytes", path,
+                         RD_PASSWORD_MAX);
             goto out;
         }
     }
@@ -575,8 +575,8 @@ static cdx_err rd_auth(rd_store *st, rd_conn *k)
             continue;
         if (w <= 0) {
             k->broken = true;
-            e = cdx_fail(CDX_ERR_STORE_UNAVAILABLE, "cannot send AUTH to Redis at %s: %s",
-                         st->addr, strerror(errno));
+            e = cdx_fail(CDX_ERR_STORE_UNAVAILABLE, "cannot send AUTH to Redis at %s: %s", st->addr,
+                         strerror(errno));
             goto out;
         }
         off += (size_t)w;
@@ -960,8 +960,8 @@ static cdx_err range_op(rd_conn *k, void *vctx, int attempt)
     e = rd_pipeline(k, &p);
     if (e != CDX_OK)
         return e;
-    p = (rd_pipe){.op = "EXISTS", .n = x->n_empty, .build = exists_build, .reply = exists_reply,
-                  .ctx = x};
+    p = (rd_pipe){
+        .op = "EXISTS", .n = x->n_empty, .build = exists_build, .reply = exists_reply, .ctx = x};
     return rd_pipeline(k, &p);
 }
 
@@ -1335,8 +1335,7 @@ static cdx_err commit_reply(void *vctx, size_t i, rd_reply *r)
     for (size_t j = 0; j < r->n; j++)
         if (!is_status(r->elem[j], "OK")) {
             /* EXEC has no rollback: report loudly, the head decides what is visible. */
-            cdx_log(CDX_LOG_ERROR, "store_redis_exec_partial", "failed_index=%zu of=%zu", j,
-                    r->n);
+            cdx_log(CDX_LOG_ERROR, "store_redis_exec_partial", "failed_index=%zu of=%zu", j, r->n);
             return rd_unexpected(r->elem[j], "EXEC");
         }
     return CDX_OK;
@@ -1639,8 +1638,12 @@ cdx_err eng_store_redis_new(const eng_redis_opts *o, eng_store **out)
                 st->addr, desc, t);
         e = CDX_OK;
     } else if (e == CDX_OK) {
-        cdx_log(CDX_LOG_INFO, "store_redis_open", "addr=\"%s\" settings=\"%s\" connections=%u",
-                st->addr, desc, st->max_conns);
+        cdx_log(CDX_LOG_INFO, "store_redis_open", "addr=\"%s\" settings=\"%s\" connections=%u%s",
+                st->addr, desc, st->max_conns,
+                strstr(desc, "appendfsync=everysec")
+                    ? " note=\"everysec: an OS crash or power loss can lose ~1 s of acknowledged "
+                      "writes (a process crash cannot)\""
+                    : "");
     }
 out:
     if (e != CDX_OK) {

@@ -21,3 +21,4 @@ add_test(NAME test_math_scalar COMMAND test_math)
 set_tests_properties(test_math_scalar PROPERTIES TIMEOUT 600 ENVIRONMENT "CDX_SIMD=scalar"
   FIXTURES_REQUIRED cdx_tmp)
 cdx_add_test(test_store SOURCES test_store.c LIBS cdx_engine)
+cdx_add_test(test_engine SOURCES test_engine.c LIBS cdx_engine TIMEOUT 900)

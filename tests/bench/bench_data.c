@@ -18,7 +18,7 @@
 
 #define IDX_MAGIC_UBYTE_1D 0x00000801u
 #define IDX_MAGIC_UBYTE_3D 0x00000803u
-#define CHUNK (1u << 20)
+#define CHUNK              (1u << 20)
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errcap, const char *fmt,
                                                       ...)
@@ -240,8 +240,8 @@ static int load_xvecs(const char *path, size_t elem, float **out, size_t *n, siz
                 goto bad;
             }
         } else if (rd != dim) {
-            fail(err, errcap, "%s: vector %zu has dimension %u, the first had %zu", path, cnt,
-                 rd, dim);
+            fail(err, errcap, "%s: vector %zu has dimension %u, the first had %zu", path, cnt, rd,
+                 dim);
             goto bad;
         }
         if ((cnt + 1) * dim > BENCH_MAX_ELEMS) {
@@ -297,14 +297,12 @@ bad:
     return -1;
 }
 
-int bench_load_fvecs(const char *path, float **out, size_t *n, size_t *d, char *err,
-                     size_t errcap)
+int bench_load_fvecs(const char *path, float **out, size_t *n, size_t *d, char *err, size_t errcap)
 {
     return load_xvecs(path, sizeof(float), out, n, d, err, errcap);
 }
 
-int bench_load_bvecs(const char *path, float **out, size_t *n, size_t *d, char *err,
-                     size_t errcap)
+int bench_load_bvecs(const char *path, float **out, size_t *n, size_t *d, char *err, size_t errcap)
 {
     return load_xvecs(path, 1, out, n, d, err, errcap);
 }
@@ -328,8 +326,10 @@ int bench_load_vectors(const char *path, float **out, size_t *n, size_t *d, char
     if (ends_with(path, len, "idx3-ubyte") || ends_with(path, len, ".idx"))
         return bench_load_idx_images(path, out, n, d, err, errcap);
     *out = NULL;
-    return fail(err, errcap, "%s: unknown format (want .fvecs, .bvecs, *idx3-ubyte or .idx, "
-                "optionally .gz)", path);
+    return fail(err, errcap,
+                "%s: unknown format (want .fvecs, .bvecs, *idx3-ubyte or .idx, "
+                "optionally .gz)",
+                path);
 }
 
 /* ---- ground truth --------------------------------------------------------------------------- */
@@ -414,9 +414,9 @@ static void exact_scan(const float *base, size_t nb, const float *q, size_t d, g
 /* Screening state of one query: the k smallest approximate distances (a max-heap of values only:
  * any k items bound the k-th true distance from above) and the items the bound cannot exclude. */
 typedef struct {
-    double *top;     /* k approximate values, max on top */
+    double *top; /* k approximate values, max on top */
     size_t ntop;
-    gt_ent *cand;    /* dist field holds the item's lower bound minus its own error share */
+    gt_ent *cand; /* dist field holds the item's lower bound minus its own error share */
     size_t ncand, capcand;
     double nq, slack;
     bool exact; /* screening cannot be trusted (overflow range): scan in double */

@@ -11,8 +11,8 @@
 #include <stdint.h>
 
 /* Bounds on what a loader accepts (per file). */
-#define BENCH_MAX_DIM 65536u                   /* dimensions per vector */
-#define BENCH_MAX_ELEMS ((size_t)1 << 32)      /* n * d (16 GiB of float32) */
+#define BENCH_MAX_DIM   65536u            /* dimensions per vector */
+#define BENCH_MAX_ELEMS ((size_t)1 << 32) /* n * d (16 GiB of float32) */
 
 /* Loads a vector file into a malloc'd float32 row-major array (*out, n x d), chosen by name:
  *   *.fvecs, *.bvecs (optionally .gz): int32 little-endian d, then d float32 / uint8, per vector;
@@ -24,10 +24,8 @@ int bench_load_vectors(const char *path, float **out, size_t *n, size_t *d, char
 /* The individual formats (same contract as bench_load_vectors). */
 int bench_load_idx_images(const char *path, float **out, size_t *n, size_t *d, char *err,
                           size_t errcap);
-int bench_load_fvecs(const char *path, float **out, size_t *n, size_t *d, char *err,
-                     size_t errcap);
-int bench_load_bvecs(const char *path, float **out, size_t *n, size_t *d, char *err,
-                     size_t errcap);
+int bench_load_fvecs(const char *path, float **out, size_t *n, size_t *d, char *err, size_t errcap);
+int bench_load_bvecs(const char *path, float **out, size_t *n, size_t *d, char *err, size_t errcap);
 
 /* IDX ubyte labels (magic 0x00000801) into a malloc'd byte array. */
 int bench_load_idx_labels(const char *path, uint8_t **out, size_t *n, char *err, size_t errcap);

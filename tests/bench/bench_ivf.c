@@ -38,8 +38,8 @@ static const bench_sys *const registry[] = {
 #endif
 #define BENCH_REFERENCE "faiss" /* the ratio columns divide by this system's rows */
 
-#define MAX_LIST 32
-#define MAX_RUNS 16
+#define MAX_LIST   32
+#define MAX_RUNS   16
 #define MAX_REPEAT 15
 
 /* ---- options ------------------------------------------------------------------------------ */
@@ -63,8 +63,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: bench_ivf [options]\n"
-            "  --short            CI smoke run: nlist 256, nprobe 1,4,16, 200 queries, 10,000 base\n"
-            "                     vectors, no 10,000-query runs\n"
+            "  --short            CI smoke run: nlist 256, nprobe 1,4,16, 200 queries,\n"
+            "                     10,000 base vectors, no 10,000-query runs\n"
             "  --data DIR         Fashion-MNIST IDX directory (default "
             "/usr/share/datasets/fashion-mnist)\n"
             "  --base FILE        base vectors instead (.fvecs/.bvecs/idx3-ubyte, plain or .gz)\n"
@@ -78,7 +78,7 @@ static void usage(FILE *f)
             "  --k N              neighbours (default 10)\n"
             "  --iters N          k-means iterations for every system (default 10)\n"
             "  --sample-per-list N  training sample = min(nb, N * nlist) points (default 256)\n"
-            "  --repeat N         time every search run N times, report the median QPS (default 1)\n"
+            "  --repeat N         time each search run N times, report the median QPS (default 1)\n"
             "  --seed N           sample and k-means seed (default 1234)\n"
             "  --systems L        comma list of name or name:variant (default \"%s\")\n"
             "  --out FILE         also write the Markdown report there\n"
@@ -278,25 +278,31 @@ static const char *fmt_qps(char *buf, size_t cap, double v)
     return buf;
 }
 
+/* "model name (family F model M)": OpenBLAS's kernel choice depends on the model number. */
 static void cpu_model(char *buf, size_t cap)
 {
     snprintf(buf, cap, "unknown CPU");
     FILE *f = fopen("/proc/cpuinfo", "r");
     if (!f)
         return;
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        if (!strncmp(line, "model name", 10)) {
-            char *p = strchr(line, ':');
-            if (p) {
-                p += 1 + strspn(p + 1, " \t");
-                p[strcspn(p, "\n")] = 0;
-                snprintf(buf, cap, "%s", p);
-            }
-            break;
-        }
+    char line[512], name[256] = "unknown CPU";
+    int family = -1, model = -1;
+    while ((family < 0 || model < 0 || !strcmp(name, "unknown CPU")) &&
+           fgets(line, sizeof line, f)) {
+        char *p = strchr(line, ':');
+        if (!p)
+            continue;
+        p += 1 + strspn(p + 1, " \t");
+        p[strcspn(p, "\n")] = 0;
+        if (!strncmp(line, "model name", 10))
+            snprintf(name, sizeof name, "%s", p);
+        else if (!strncmp(line, "cpu family", 10))
+            family = atoi(p);
+        else if (!strncmp(line, "model", 5) && strchr(" \t", line[5]))
+            model = atoi(p);
     }
     fclose(f);
+    snprintf(buf, cap, "%s (family %d model %d)", name, family, model);
 }
 
 static long thread_count(void)
@@ -313,19 +319,59 @@ static long thread_count(void)
     return n;
 }
 
-/* Both OpenMP (libgomp) and OpenBLAS read their thread counts from the environment when they are
- * loaded, before main: if the variables are not 1, set them and start again, once. */
+/* OpenBLAS 0.3.21 (Debian 12) picks its kernels from the CPU model when it loads; a model it does
+ * not know (family 6 model 207, Emerald Rapids, for one) gets the Prescott SSE3 fallback, with
+ * sgemm 3-4x slower. Faiss trains and assigns with sgemm, so name the best core the CPU runs. */
+static const char *better_coretype(void)
+{
+    const char *cfg = openblas_get_config();
+    if (!cfg || !strstr(cfg, " Prescott "))
+        return NULL;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return "SkylakeX";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return "Haswell";
+    return NULL;
+}
+
+/* OpenMP (libgomp) and OpenBLAS read their settings from the environment when they are loaded,
+ * before main: if they are not what the benchmark needs, set them and start again, once. An
+ * OPENBLAS_CORETYPE already set is left alone. */
 static void pin_one_thread(char **argv)
 {
+    bool again = false;
     const char *a = getenv("OMP_NUM_THREADS"), *b = getenv("OPENBLAS_NUM_THREADS");
     if (!(a && !strcmp(a, "1") && b && !strcmp(b, "1"))) {
         setenv("OMP_NUM_THREADS", "1", 1);
         setenv("OPENBLAS_NUM_THREADS", "1", 1);
+        again = true;
+    }
+    const char *core;
+    if (!getenv("OPENBLAS_CORETYPE") && (core = better_coretype())) {
+        setenv("OPENBLAS_CORETYPE", core, 1);
+        setenv("BENCH_IVF_CORETYPE_SET", "1", 1); /* for the report */
+        again = true;
+    }
+    if (again) {
         execv("/proc/self/exe", argv);
-        fprintf(stderr, "bench_ivf: re-exec with one thread failed (%s); pinning at run time\n",
+        fprintf(stderr, "bench_ivf: re-exec failed (%s); pinning threads at run time only\n",
                 strerror(errno));
     }
     openblas_set_num_threads(1);
+}
+
+static void loadavg(char *buf, size_t cap)
+{
+    snprintf(buf, cap, "?");
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (!f)
+        return;
+    double l1, l5, l15;
+    if (fscanf(f, "%lf %lf %lf", &l1, &l5, &l15) == 3)
+        snprintf(buf, cap, "%.2f %.2f %.2f", l1, l5, l15);
+    fclose(f);
 }
 
 /* ---- data --------------------------------------------------------------------------------- */
@@ -478,8 +524,7 @@ typedef struct {
 /* One nprobe setting: one at a time, then batched, each `repeat` times. QPS is the median over
  * the repeats (shared machines are noisy); latency percentiles pool every one-at-a-time query;
  * recall comes from the first pass (later passes must not differ: systems are deterministic). */
-static int measure(const sys_sel *e, void *s, search_ctx *c, size_t nq, unsigned repeat,
-                   row_t *r)
+static int measure(const sys_sel *e, void *s, search_ctx *c, size_t nq, unsigned repeat, row_t *r)
 {
     const size_t d = c->query->d, k = c->k;
     double q1[MAX_REPEAT], qb[MAX_REPEAT];
@@ -488,8 +533,7 @@ static int measure(const sys_sel *e, void *s, search_ctx *c, size_t nq, unsigned
         double t0 = now_s();
         for (size_t i = 0; i < nq; i++) {
             double a = now_s();
-            if (e->sys->search(s, c->query->x + i * d, 1, k, c->labels + i * k,
-                               c->dist + i * k))
+            if (e->sys->search(s, c->query->x + i * d, 1, k, c->labels + i * k, c->dist + i * k))
                 return -1;
             lat[i] = now_s() - a;
         }
@@ -572,8 +616,10 @@ static void run_system(const options *o, const sys_sel *e, size_t seli, const ve
             if (measure(e, s, c, nq, o->repeat, r))
                 goto failed;
             res->nrows++;
-            fprintf(stderr, "bench_ivf: %s nlist %zu nprobe %zu (%zu q): recall %.4f, %.0f QPS, "
-                    "batch %.0f QPS\n", e->label, nlist, nprobe, nq, r->recall, r->qps1, r->qpsb);
+            fprintf(stderr,
+                    "bench_ivf: %s nlist %zu nprobe %zu (%zu q): recall %.4f, %.0f QPS, "
+                    "batch %.0f QPS\n",
+                    e->label, nlist, nprobe, nq, r->recall, r->qps1, r->qpsb);
         }
     }
     b->ok = true;
@@ -633,7 +679,7 @@ static int row_cmp(const void *pa, const void *pb)
 /* ---- output ------------------------------------------------------------------------------- */
 
 typedef struct {
-    char cpu[256], blas[4096], blas_config[256];
+    char cpu[512], blas[4096], blas_config[256], load0[64], load1[64];
     const vecs *base, *query;
     size_t nq_gt;
     double gt_s;
@@ -645,21 +691,35 @@ static void write_markdown(FILE *f, const options *o, const env_info *env, const
 {
     char b1[32], b2[32], b3[32];
     fprintf(f, "## IVF search, one thread: %s\n\n", o->short_mode ? "short run" : "full run");
-    fprintf(f, "- base: %zu x %zu (%s); queries: %s\n", env->base->n, env->base->d,
-            env->base->name, env->query->name);
-    fprintf(f, "- machine: %s; BLAS: %s (%s); OMP_NUM_THREADS=%s OPENBLAS_NUM_THREADS=%s; "
-            "process threads after the runs: %ld\n", env->cpu, env->blas, env->blas_config,
+    fprintf(f, "- base: %zu x %zu (%s); queries: %s\n", env->base->n, env->base->d, env->base->name,
+            env->query->name);
+    const char *core = getenv("OPENBLAS_CORETYPE");
+    fprintf(f, "- machine: %s; load average %s at the start, %s at the end\n", env->cpu, env->load0,
+            env->load1);
+    fprintf(f, "- BLAS: %s (%s)%s%s%s\n", env->blas, env->blas_config,
+            core ? "; OPENBLAS_CORETYPE=" : "", core ? core : "",
+            getenv("BENCH_IVF_CORETYPE_SET") ? " (set by bench_ivf: OpenBLAS had picked its "
+                                               "Prescott fallback for this CPU)"
+                                             : "");
+    fprintf(f,
+            "- threads: OMP_NUM_THREADS=%s OPENBLAS_NUM_THREADS=%s; process threads after the "
+            "runs: %ld\n",
             getenv("OMP_NUM_THREADS") ? getenv("OMP_NUM_THREADS") : "unset",
             getenv("OPENBLAS_NUM_THREADS") ? getenv("OPENBLAS_NUM_THREADS") : "unset",
             env->threads);
-    fprintf(f, "- ground truth: exact L2 top-%zu (sgemm screen + double rescoring, ties by "
-            "smaller index) for %zu queries: %.2f s\n", o->k, env->nq_gt, env->gt_s);
-    fprintf(f, "- training: one sample of min(nb, %zu x nlist) base vectors drawn with seed %" PRIu64
-            ", the same for every system, %u k-means iterations\n\n", o->sample_per_list,
-            o->seed, o->iters);
+    fprintf(f,
+            "- ground truth: exact L2 top-%zu (sgemm screen + double rescoring, ties by "
+            "smaller index) for %zu queries: %.2f s\n",
+            o->k, env->nq_gt, env->gt_s);
+    fprintf(f,
+            "- training: one sample of min(nb, %zu x nlist) base vectors drawn with seed "
+            "%" PRIu64 ", the same for every system, %u k-means iterations\n",
+            o->sample_per_list, o->seed, o->iters);
+    fprintf(f, "- search: QPS %s; p50/p99 over every one-at-a-time query\n\n",
+            o->repeat > 1 ? "is the median of the repeated runs" : "from one timed run");
 
     fprintf(f, "| system | nlist | train sample | k-means iters | train s | add s | "
-            "add vectors/s |\n|---|---:|---:|---:|---:|---:|---:|\n");
+               "add vectors/s |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for (size_t i = 0; i < res->nbuilds; i++) {
         const build_t *b = &res->builds[i];
         if (!b->ok) {
@@ -672,7 +732,8 @@ static void write_markdown(FILE *f, const options *o, const env_info *env, const
                 fmt_qps(b1, sizeof b1, (double)env->base->n / b->add_s));
     }
 
-    fprintf(f, "\n| system | nlist | nprobe | queries | recall@%zu | QPS 1-at-a-time | p50 ms | "
+    fprintf(f,
+            "\n| system | nlist | nprobe | queries | recall@%zu | QPS 1-at-a-time | p50 ms | "
             "p99 ms | QPS batch | x %s 1-at-a-time | x %s batch |\n"
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             o->k, BENCH_REFERENCE, BENCH_REFERENCE);
@@ -697,9 +758,10 @@ static void write_markdown(FILE *f, const options *o, const env_info *env, const
             if (!notes)
                 fprintf(f, "\n");
             notes = true;
-            fprintf(f, "- note: %s nlist %zu nprobe %zu: batched recall %.4f differs from "
-                    "one-at-a-time %.4f\n", sel[r->sel].label, r->nlist, r->nprobe,
-                    r->recall_batch, r->recall);
+            fprintf(f,
+                    "- note: %s nlist %zu nprobe %zu: batched recall %.4f differs from "
+                    "one-at-a-time %.4f\n",
+                    sel[r->sel].label, r->nlist, r->nprobe, r->recall_batch, r->recall);
         }
     }
     for (size_t i = 0; i < res->nbuilds; i++) {
@@ -710,7 +772,10 @@ static void write_markdown(FILE *f, const options *o, const env_info *env, const
             fputs(res->builds[i].notes, f);
         }
     }
-    (void)nsel;
+    if (nsel == 0)
+        fprintf(f, "\n- no systems ran: %s\n",
+                registry[0] ? "--systems was empty"
+                            : "this bench_ivf was built without Faiss (libfaiss-dev missing)");
 }
 
 static int write_csv(const char *path, const options *o, const env_info *env, const sys_sel *sel,
@@ -722,21 +787,20 @@ static int write_csv(const char *path, const options *o, const env_info *env, co
         return -1;
     }
     fprintf(f, "system,nlist,nprobe,queries,k,recall,recall_batch,qps_single,p50_ms,p99_ms,"
-            "qps_batch,ratio_single,ratio_batch,train_sample,iters,train_s,add_s,add_per_s\n");
+               "qps_batch,ratio_single,ratio_batch,train_sample,iters,train_s,add_s,add_per_s\n");
     for (size_t i = 0; i < res->nrows; i++) {
         const row_t *r = &res->rows[i];
         const row_t *ref = reference(res, sel, r);
         const build_t *b = build_of(res, r->sel, r->nlist);
-        fprintf(f, "%s,%zu,%zu,%zu,%zu,%.6f,%.6f,%.2f,%.4f,%.4f,%.2f,", sel[r->sel].label,
-                r->nlist, r->nprobe, r->nq, o->k, r->recall, r->recall_batch, r->qps1, r->p50,
-                r->p99, r->qpsb);
+        fprintf(f, "%s,%zu,%zu,%zu,%zu,%.6f,%.6f,%.2f,%.4f,%.4f,%.2f,", sel[r->sel].label, r->nlist,
+                r->nprobe, r->nq, o->k, r->recall, r->recall_batch, r->qps1, r->p50, r->p99,
+                r->qpsb);
         if (ref)
             fprintf(f, "%.4f,%.4f,", r->qps1 / ref->qps1, r->qpsb / ref->qpsb);
         else
             fprintf(f, ",,");
-        fprintf(f, "%zu,%u,%.4f,%.4f,%.1f\n", b ? b->nsample : 0, o->iters,
-                b ? b->train_s : 0, b ? b->add_s : 0,
-                b && b->add_s > 0 ? (double)env->base->n / b->add_s : 0);
+        fprintf(f, "%zu,%u,%.4f,%.4f,%.1f\n", b ? b->nsample : 0, o->iters, b ? b->train_s : 0,
+                b ? b->add_s : 0, b && b->add_s > 0 ? (double)env->base->n / b->add_s : 0);
     }
     if (fclose(f) != 0) {
         fprintf(stderr, "bench_ivf: %s: write failed\n", path);
@@ -771,10 +835,16 @@ static int write_plot(const char *path, const options *o, const sys_sel *sel, si
     }
     fprintf(g, "set terminal pngcairo size 1100,700 font 'sans,11' noenhanced\nset output ");
     gp_quote(g, path);
-    fprintf(g, "\nset title 'IVF on %zu x %zu vectors, k = %zu, one thread: recall vs QPS "
-            "(labels: nprobe)'\n", env->base->n, env->base->d, o->k);
-    fprintf(g, "set xlabel 'recall@%zu'\nset ylabel 'queries/s, one query at a time (log)'\n"
-            "set logscale y\nset grid xtics ytics mytics\nset key outside right top\n", o->k);
+    fprintf(g,
+            "\nset title 'IVF on %zu x %zu vectors, k = %zu, one thread: recall vs QPS "
+            "(labels: nprobe)'\n",
+            env->base->n, env->base->d, o->k);
+    fprintf(g,
+            "set xlabel 'recall@%zu'\nset ylabel 'queries/s, one query at a time (log)'\n"
+            "set logscale y\nset format y '%%.0f'\n"
+            "set ytics add (2, 5, 20, 50, 200, 500, 2000, 5000, 20000, 50000, 200000)\n"
+            "set grid xtics ytics mytics\nset key outside right top\n",
+            o->k);
     size_t nseries = 0;
     char titles[64][128];
     for (size_t si = 0; si < nsel; si++) {
@@ -805,8 +875,10 @@ static int write_plot(const char *path, const options *o, const sys_sel *sel, si
             fprintf(g, "%s$d%zu using 1:2 with linespoints lw 2 pt 7 ps 0.8 title ",
                     i ? ", \\\n     " : "", i);
             gp_quote(g, titles[i]);
-            fprintf(g, ", $d%zu using 1:2:3 with labels offset char 0.6,0.6 font ',8' "
-                    "notitle", i);
+            fprintf(g,
+                    ", $d%zu using 1:2:3 with labels offset char 0.6,0.6 font ',8' "
+                    "notitle",
+                    i);
         }
         fprintf(g, "\n");
     }
@@ -868,6 +940,7 @@ int main(int argc, char **argv)
 
     env_info env = {.base = &base, .query = &query};
     cpu_model(env.cpu, sizeof env.cpu);
+    loadavg(env.load0, sizeof env.load0);
     Dl_info dli;
     snprintf(env.blas, sizeof env.blas, "unknown");
     if (dladdr((void *)cblas_sgemm, &dli) && dli.dli_fname) {
@@ -931,6 +1004,7 @@ int main(int argc, char **argv)
     }
     qsort(res.rows, res.nrows, sizeof *res.rows, row_cmp);
     env.threads = thread_count();
+    loadavg(env.load1, sizeof env.load1);
 
     char *md = NULL;
     size_t mdlen = 0;

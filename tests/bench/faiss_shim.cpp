@@ -24,7 +24,8 @@ struct faiss_shim {
     }
 };
 
-namespace {
+namespace
+{
 
 void set_err(char *err, size_t errcap, const char *what, const char *msg)
 {
@@ -131,7 +132,7 @@ int faiss_shim_default_niter(void)
 const char *faiss_shim_version(void)
 {
 #define CDX_STR2(x) #x
-#define CDX_STR(x) CDX_STR2(x)
+#define CDX_STR(x)  CDX_STR2(x)
     return CDX_STR(FAISS_VERSION_MAJOR) "." CDX_STR(FAISS_VERSION_MINOR) "." CDX_STR(
         FAISS_VERSION_PATCH);
 }
