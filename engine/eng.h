@@ -135,6 +135,14 @@ typedef struct eng_train_opts {
     float tolerance;      /* 0: 1e-4 relative objective change */
     uint64_t seed;        /* 0: 1234 */
     uint32_t max_points_per_list; /* 0: CDX_TRAIN_POINTS_PER_LIST */
+    /*
+     * Optional caller-supplied training sample (sample_n x dimension floats):
+     * k-means runs on exactly these points instead of a sample of the items,
+     * so an empty index can be trained before its data arrives (benchmarks
+     * comparing against a peer on the same sample, reproducible builds).
+     */
+    const float *sample;
+    size_t sample_n;
 } eng_train_opts;
 
 /* Train (or retrain) and redistribute. *version = commit version. */

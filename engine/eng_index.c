@@ -1745,19 +1745,17 @@ static cdx_err id_token(op *o, const char *id, size_t len, uint8_t tok[16])
 }
 
 /* Which cluster each search vector goes to. */
-static void assign_clusters(const eng_manifest *m, const float *x, size_t n, uint32_t *out)
+static cdx_err assign_clusters(const eng_manifest *m, const float *x, size_t n, uint32_t *out)
 {
     if (!m->n_clusters) {
         memset(out, 0, n * sizeof(*out));
-        return;
+        return CDX_OK;
     }
-    float *dist = malloc(n * sizeof(float));
     eng_km_metric km = m->metric == ENG_METRIC_EUCLIDEAN || m->metric ==
                                                                 ENG_METRIC_SQUARED_EUCLIDEAN
                            ? ENG_KM_L2
                            : ENG_KM_IP;
-    eng_kmeans_assign(x, n, m->dim, m->centroids, m->n_clusters, km, out, dist);
-    free(dist);
+    return eng_kmeans_assign(x, n, m->dim, m->centroids, m->n_clusters, km, out, NULL);
 }
 
 static int cmp_u32(const void *a, const void *b)
@@ -1804,8 +1802,8 @@ static cdx_err write_batch(op *o, row_in *rows, size_t nrows, const uint8_t (*de
         if ((err = load_state(o, true, 0, &m)))
             goto next;
         uint64_t v = m->version + 1;
-        if (nrows)
-            assign_clusters(m, sv, nrows, assign);
+        if (nrows && (err = assign_clusters(m, sv, nrows, assign)))
+            goto next;
         bool want[ENG_BUCKETS] = {false};
         for (size_t i = 0; i < nrows; i++)
             want[eng_bucket_of(rows[i].tok)] = true;
@@ -2623,12 +2621,17 @@ static cdx_err query_one(qctx *c, size_t qi)
     if (m->metric == ENG_METRIC_COSINE)
         eng_normalize(qv, d);
     uint64_t t0 = mono_ns();
-    if (m->n_clusters)
-        eng_kmeans_probe(qv, d, m->centroids, m->n_clusters, c->km, c->nprobe, probes);
-    else
-        probes[0] = 0;
+    uint32_t np = 1;
+    probes[0] = 0;
+    if (m->n_clusters) {
+        np = (uint32_t)eng_kmeans_probe(qv, d, m->centroids, m->n_clusters, c->km, c->nprobe,
+                                        probes);
+        if (np == 0) {
+            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "coarse quantisation failed");
+            goto out;
+        }
+    }
     atomic_fetch_add(&o->e->ns_coarse, mono_ns() - t0);
-    uint32_t np = m->n_clusters ? c->nprobe : 1;
     for (uint32_t p = 0; p < np; p++) {
         if (probes[p] >= nc)
             continue;
@@ -3436,10 +3439,11 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
             (err = gather(&o, m, &bs, NULL, &g)))
             goto next;
         if (!have_model) {
+            size_t avail = opts->sample ? opts->sample_n : g.n;
             k = opts->n_lists ? opts->n_lists : m->n_lists;
             if (!k)
-                k = (uint32_t)fmax(1.0, floor(sqrt((double)g.n)));
-            if (g.n < k) {
+                k = (uint32_t)fmax(1.0, floor(sqrt((double)avail)));
+            if (avail < k) {
                 err = cdx_fail(CDX_ERR_FAILED_PRECONDITION,
                                "index %s has %zu items; training %u lists needs at least as many",
                                name, g.n, k);
@@ -3447,9 +3451,14 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
             }
             uint32_t per = opts->max_points_per_list ? opts->max_points_per_list
                                                      : CDX_TRAIN_POINTS_PER_LIST;
-            size_t ns = (size_t)per * k < g.n ? (size_t)per * k : g.n;
+            size_t ns = (size_t)per * k < avail ? (size_t)per * k : avail;
+            if (opts->sample) {
+                /* The caller's sample, all of it (normalised for cosine, like the items). */
+                ns = opts->sample_n;
+                per = (uint32_t)((ns + k - 1) / k);
+            }
             uint64_t seed = opts->seed ? opts->seed : 1234;
-            size_t *perm = malloc(g.n * sizeof(size_t));
+            size_t *perm = malloc((g.n + 1) * sizeof(size_t));
             sample = malloc(ns * d * sizeof(float));
             centroids = malloc((size_t)k * d * sizeof(float));
             if (!perm || !sample || !centroids) {
@@ -3460,7 +3469,17 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
             for (size_t i = 0; i < g.n; i++)
                 perm[i] = i;
             uint64_t st = seed;
-            for (size_t i = 0; i < ns; i++) {
+            for (size_t i = 0; opts->sample && i < ns; i++) {
+                memcpy(sample + i * d, opts->sample + i * d, d * sizeof(float));
+                if (!finite_vec(sample + i * d, d)) {
+                    free(perm);
+                    err = cdx_fail(CDX_ERR_INVALID_ARGUMENT, "training sample has NaN or Inf");
+                    goto next;
+                }
+                if (ix->cat.metric == ENG_METRIC_COSINE)
+                    eng_normalize(sample + i * d, d);
+            }
+            for (size_t i = 0; !opts->sample && i < ns; i++) {
                 size_t j = i + (size_t)(splitmix(&st) % (g.n - i));
                 size_t t = perm[i];
                 perm[i] = perm[j];
@@ -3534,8 +3553,10 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
         }
         for (size_t i = 0; i < g.n; i++)
             memcpy(sv + i * d, g.rows[i].search, d * sizeof(float));
-        assign_clusters(nm, sv, g.n, assign);
+        err = assign_clusters(nm, sv, g.n, assign);
         free(sv);
+        if (err)
+            goto next;
         if ((err = place(&o, nm, v, &g, assign, k, &bs, &segs, &nsegs)))
             goto next;
         for (size_t s = 0; s < nsegs && !err; s++)

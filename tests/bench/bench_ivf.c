@@ -27,14 +27,19 @@ static const bench_sys *const registry[] = {
 #ifdef CDX_BENCH_HAVE_FAISS
     &bench_sys_faiss,
 #endif
+    &bench_sys_engine,
     NULL,
 };
 
 /* What runs without --systems; the engine's entries go here too. */
 #ifdef CDX_BENCH_HAVE_FAISS
-#define BENCH_DEFAULT_SYSTEMS "faiss"
+#define BENCH_DEFAULT_SYSTEMS                                                                     \
+    "faiss,cipherdex:flat-mem,cipherdex:sq8-mem,cipherdex:flat-redis-warm,"                       \
+    "cipherdex:flat-redis-cold,cipherdex:sq8-redis-cold"
 #else
-#define BENCH_DEFAULT_SYSTEMS ""
+#define BENCH_DEFAULT_SYSTEMS                                                                     \
+    "cipherdex:flat-mem,cipherdex:sq8-mem,cipherdex:flat-redis-warm,cipherdex:flat-redis-cold,"   \
+    "cipherdex:sq8-redis-cold"
 #endif
 #define BENCH_REFERENCE "faiss" /* the ratio columns divide by this system's rows */
 

@@ -39,5 +39,6 @@ typedef struct bench_sys {
 #ifdef CDX_BENCH_HAVE_FAISS
 extern const bench_sys bench_sys_faiss; /* bench_sys_faiss.c: Faiss IndexIVFFlat (the peer) */
 #endif
+extern const bench_sys bench_sys_engine; /* bench_sys_engine.c: Cipherdex */
 
 #endif
