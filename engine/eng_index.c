@@ -3111,8 +3111,10 @@ cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limi
     }
     if ((err = cursor_open(&o, cursor, &b0, last, &has)) || (err = load_state(&o, false, 0, &m)))
         goto out;
-    unsigned b = b0;
-    for (; b < ENG_BUCKETS && k < limit && !err; b++) {
+    /* Take up to `limit` ids; one more seen means a cursor, none means the end. */
+    bool more = false;
+    unsigned last_b = b0;
+    for (unsigned b = b0; b < ENG_BUCKETS && !more && !err; b++) {
         if (!m->bucket_version[b])
             continue;
         bucketset bs;
@@ -3122,28 +3124,24 @@ cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limi
         if ((err = load_buckets(&o, m, want, &bs)))
             break;
         eng_bucket *bk = bs.b[b];
-        for (uint32_t i = 0; i < bk->n && k < limit; i++) {
+        for (uint32_t i = 0; i < bk->n; i++) {
             if (has && b == b0 && memcmp(bk->e[i].tok, last, 16) <= 0)
                 continue;
+            if (k == limit) {
+                more = true;
+                break;
+            }
             v[k] = bk->e[i].id;
             vl[k] = bk->e[i].id_len;
             bk->e[i].id = NULL; /* moved */
             memcpy(last, bk->e[i].tok, 16);
+            last_b = b;
             k++;
-            if (k == limit) {
-                /* More after this one? Then hand out a cursor. */
-                bool more = i + 1 < bk->n;
-                for (unsigned b2 = b + 1; !more && b2 < ENG_BUCKETS; b2++)
-                    more = m->bucket_version[b2] != 0;
-                if (more)
-                    err = cursor_seal(&o, b, last, next);
-            }
         }
-        for (uint32_t i = 0; i < bk->n; i++)
-            if (!bk->e[i].id)
-                bk->e[i].id = malloc(1); /* keep bucket_free simple */
-        bucketset_free(&bs);
+        bucketset_free(&bs); /* free(NULL) for the moved ids */
     }
+    if (!err && more)
+        err = cursor_seal(&o, last_b, last, next);
 out:
     munref(m);
     op_end(&o);

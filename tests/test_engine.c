@@ -1358,6 +1358,782 @@ static void test_sweep_vs_paused_upsert(void)
     ds_free(&s);
 }
 
+/* ------------------------------------------------------------------ model checks */
+
+/* Query results kept to compare before/after an operation. */
+typedef struct qres {
+    size_t n;
+    char ids[10][24];
+    float dist[10];
+} qres;
+
+/* Pick up to k random indices i < n with flag[i] == want; returns how many. */
+static size_t pick(const bool *flag, bool want, size_t n, size_t k, size_t *out)
+{
+    size_t m = 0;
+    size_t *pool = malloc((n + 1) * sizeof(size_t));
+    for (size_t i = 0; i < n; i++)
+        if (flag[i] == want)
+            pool[m++] = i;
+    size_t r = m < k ? m : k;
+    for (size_t i = 0; i < r; i++) {
+        size_t j = i + (size_t)(rnd() % (m - i));
+        size_t t = pool[i];
+        pool[i] = pool[j];
+        pool[j] = t;
+        out[i] = pool[i];
+    }
+    free(pool);
+    return r;
+}
+
+/*
+ * Compare what engine e (NULL: a fresh engine without cache, like a restarted
+ * appliance) serves for `name` with the model: the rows i of s with alive[i]
+ * (s->x and s->meta hold their current vector and metadata). Checks the
+ * count, a get of every id of s (found iff alive, exact vector and metadata)
+ * and the exhaustive top-10 (n_probes = n_clusters) of nq queries against
+ * brute force over the live rows. got[q] records the query results; want[q]
+ * (optional) must be identical. Returns the number of discrepancies (the
+ * first few printed unless quiet).
+ */
+static int check_model(eng *e, const char *name, const dataset *s, const bool *alive,
+                       const float *qs, size_t nq, qres *got, const qres *want, bool quiet)
+{
+    eng *own = NULL;
+    if (!e)
+        e = own = new_engine(store, statedir, 0);
+    if (!e)
+        return 1;
+    int bad = 0;
+#define MISMATCH(...)                                                                           \
+    do {                                                                                        \
+        if (!quiet && bad < 8) {                                                                \
+            fprintf(stderr, "\n  [model %s] ", name);                                          \
+            fprintf(stderr, __VA_ARGS__);                                                       \
+        }                                                                                       \
+        bad++;                                                                                  \
+    } while (0)
+    const size_t d = s->d, k = 10;
+    const char **ids = malloc(s->n * sizeof(char *));
+    size_t *lens = malloc(s->n * sizeof(size_t));
+    size_t live = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        ids[i] = s->ids[i];
+        lens[i] = strlen(s->ids[i]);
+        live += alive[i];
+    }
+    eng_index_info info;
+    cdx_err err = eng_index_describe(e, name, &info);
+    if (err) {
+        MISMATCH("describe: %s: %s", cdx_err_name(err), cdx_err_detail());
+        goto out;
+    }
+    if (info.count != live)
+        MISMATCH("describe count %llu, model %zu", (unsigned long long)info.count, live);
+    uint64_t cnt = 0;
+    if ((err = eng_count(e, name, &cnt)))
+        MISMATCH("count: %s: %s", cdx_err_name(err), cdx_err_detail());
+    else if (cnt != live)
+        MISMATCH("count %llu, model %zu", (unsigned long long)cnt, live);
+    eng_get_result *g = NULL;
+    err = eng_get(e, name, ids, lens, s->n,
+                  ENG_WANT_VECTOR | ENG_WANT_METADATA | ENG_WANT_CONTENTS, 0, &g);
+    if (err) {
+        MISMATCH("get: %s: %s", cdx_err_name(err), cdx_err_detail());
+    } else {
+        for (size_t i = 0; i < s->n; i++) {
+            if (g->found[i] != alive[i]) {
+                MISMATCH("get %s: found=%d, model alive=%d", s->ids[i], g->found[i], alive[i]);
+                continue;
+            }
+            if (!g->found[i])
+                continue;
+            if (!g->hits[i].vector || memcmp(g->hits[i].vector, s->x + i * d, d * sizeof(float)))
+                MISMATCH("get %s: vector differs", s->ids[i]);
+            size_t ml = s->items[i].metadata_len;
+            if (ml ? !g->hits[i].metadata || g->hits[i].metadata_len != ml ||
+                         memcmp(g->hits[i].metadata, s->items[i].metadata, ml)
+                   : g->hits[i].metadata != NULL)
+                MISMATCH("get %s: metadata %s, model %.*s", s->ids[i],
+                         g->hits[i].metadata ? g->hits[i].metadata : "(none)", (int)ml,
+                         ml ? s->items[i].metadata : "");
+            size_t cl = s->items[i].contents_len;
+            if (cl ? !g->hits[i].contents || g->hits[i].contents_len != cl ||
+                         memcmp(g->hits[i].contents, s->items[i].contents, cl)
+                   : g->hits[i].contents != NULL)
+                MISMATCH("get %s: contents differ (%zu bytes, model %zu)", s->ids[i],
+                         g->hits[i].contents_len, cl);
+        }
+        eng_get_result_free(g);
+    }
+    for (size_t qi = 0; qi < nq; qi++) {
+        const float *qv = qs + qi * d;
+        size_t wi[10];
+        double wd[10];
+        size_t nw = ref_topk(s, alive, info.metric, qv, k, wi, wd);
+        eng_query q = {.vectors = qv, .nq = 1, .top_k = (uint32_t)k,
+                       .n_probes = info.n_clusters, .want = ENG_WANT_DISTANCE};
+        eng_query_result *r = NULL;
+        if ((err = eng_query_run(e, name, &q, &r))) {
+            MISMATCH("query %zu: %s: %s", qi, cdx_err_name(err), cdx_err_detail());
+            continue;
+        }
+        if (r->n[0] != nw)
+            MISMATCH("query %zu: %zu hits, brute force %zu", qi, r->n[0], nw);
+        for (size_t i = 0; i < r->n[0] && i < nw; i++) {
+            if (strcmp(r->hits[0][i].id, s->ids[wi[i]]))
+                MISMATCH("query %zu rank %zu: %s (%g), brute force %s (%g)", qi, i,
+                         r->hits[0][i].id, r->hits[0][i].distance, s->ids[wi[i]], wd[i]);
+            else if (fabs(r->hits[0][i].distance - wd[i]) > 1e-3 * (1 + fabs(wd[i])))
+                MISMATCH("query %zu rank %zu: distance %g, brute force %g", qi, i,
+                         r->hits[0][i].distance, wd[i]);
+        }
+        if (got) {
+            got[qi].n = r->n[0] < k ? r->n[0] : k;
+            for (size_t i = 0; i < got[qi].n; i++) {
+                snprintf(got[qi].ids[i], sizeof(got[qi].ids[i]), "%s", r->hits[0][i].id);
+                got[qi].dist[i] = r->hits[0][i].distance;
+            }
+        }
+        if (want) {
+            if (want[qi].n != r->n[0])
+                MISMATCH("query %zu: %zu hits, before %zu", qi, r->n[0], want[qi].n);
+            for (size_t i = 0; i < r->n[0] && i < want[qi].n; i++)
+                if (strcmp(r->hits[0][i].id, want[qi].ids[i]) ||
+                    memcmp(&r->hits[0][i].distance, &want[qi].dist[i], sizeof(float)))
+                    MISMATCH("query %zu rank %zu: %s (%.9g), before %s (%.9g)", qi, i,
+                             r->hits[0][i].id, r->hits[0][i].distance, want[qi].ids[i],
+                             want[qi].dist[i]);
+        }
+        eng_query_result_free(r);
+    }
+#undef MISMATCH
+out:
+    if (bad && !quiet)
+        fputc('\n', stderr);
+    free(ids);
+    free(lens);
+    eng_free(own);
+    return bad;
+}
+
+/* ------------------------------------------------------------------ crashes: delete, compact */
+
+static void test_crash_delete(void)
+{
+    const size_t d = 8, n = 30, nq = 6;
+    dataset s;
+    ds_make(&s, n, d, "cd");
+    float qs[6 * 8];
+    rand_vec(qs, nq * d);
+    bool before[30], after[30];
+    const char *del[10];
+    size_t dl[10];
+    for (size_t i = 0; i < n; i++) {
+        before[i] = true;
+        after[i] = i >= 10;
+    }
+    for (size_t i = 0; i < 10; i++) {
+        del[i] = s.ids[i];
+        dl[i] = strlen(s.ids[i]);
+    }
+    /* Untrained (one cluster), then trained with 4 lists (one new segment per touched cluster). */
+    for (int trained = 0; trained < 2; trained++) {
+        int points = 0, nb = 0, na = 0;
+        bool done = false;
+        for (uint64_t nth = 1; nth < 64 && !done; nth++) {
+            char name[64];
+            uniq_name(name, trained ? "crashdelt" : "crashdel");
+            eng_index_info info;
+            create(name, d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, trained ? 4 : 0, &info);
+            upsert(name, s.items, 15);
+            upsert(name, s.items + 15, 15);
+            uint64_t v = 0, nd = 0;
+            if (trained)
+                CU_ASSERT_EQUAL_FATAL(eng_train(E, name, NULL, &v), CDX_OK);
+            eng_store_fault_arm(fault, nth);
+            cdx_err err = eng_delete(E, name, del, dl, 10, &nd, &v);
+            eng_store_fault_disarm(fault);
+            if (err == CDX_OK) {
+                done = true; /* past the last write */
+                CU_ASSERT_EQUAL(nd, 10);
+                CU_ASSERT_EQUAL(check_model(NULL, name, &s, after, qs, nq, NULL, NULL, false), 0);
+            } else {
+                CU_ASSERT_EQUAL(err, CDX_ERR_STORE_UNAVAILABLE);
+                points++;
+                /* Before (30, all present) or after (20, the 10 gone): never between. */
+                int b = check_model(NULL, name, &s, before, qs, nq, NULL, NULL, true);
+                int a = b ? check_model(NULL, name, &s, after, qs, nq, NULL, NULL, true) : 1;
+                if (b && a) {
+                    fprintf(stderr, "\n  [crash] delete, write %llu: neither before nor after",
+                            (unsigned long long)nth);
+                    check_model(NULL, name, &s, before, qs, nq, NULL, NULL, false);
+                    CU_FAIL("a crashed delete left a state between before and after");
+                }
+                nb += b == 0;
+                na += b && a == 0;
+                /* The crashed appliance restarts and the delete completes. */
+                err = eng_delete(E, name, del, dl, 10, &nd, &v);
+                CU_ASSERT_EQUAL(err, CDX_OK);
+                CU_ASSERT_EQUAL(nd, b == 0 ? 10 : 0);
+                CU_ASSERT_EQUAL(check_model(NULL, name, &s, after, qs, nq, NULL, NULL, false), 0);
+                CU_ASSERT_EQUAL(check_model(E, name, &s, after, qs, nq, NULL, NULL, false), 0);
+            }
+            CU_ASSERT_EQUAL(eng_index_delete(E, name, info.id), CDX_OK);
+        }
+        CU_ASSERT_TRUE(done);
+        CU_ASSERT_TRUE(points >= 3);
+        fprintf(stderr, "  [crash] delete (%s): %d crash points, %d before, %d after\n",
+                trained ? "trained" : "untrained", points, nb, na);
+    }
+    ds_free(&s);
+}
+
+/*
+ * Build the index for the compaction crash test; m holds the final model
+ * (alive: *alive_out), o the superseded vectors and metadata of the same ids.
+ *   untrained: 3 upserts (the third updates 5 items) and a delete: 4 segments
+ *     in cluster 0, with update and delete tombstones;
+ *   trained (4 lists): 80 items, train, then 20 new, 20 updated, 10 deleted:
+ *     up to 4 segments per cluster.
+ */
+static void compact_setup(const char *name, int trained, const dataset *m, const dataset *o,
+                          eng_index_info *info)
+{
+    eng_item *b = malloc(m->n * sizeof(eng_item));
+    const char *del[10];
+    size_t dl[10];
+    uint64_t v = 0, nd = 0;
+    if (!trained) { /* 40 items */
+        create(name, m->d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 0, info);
+        memcpy(b, o->items, 5 * sizeof(eng_item));
+        memcpy(b + 5, m->items + 5, 10 * sizeof(eng_item));
+        upsert(name, b, 15);
+        upsert(name, m->items + 15, 15);
+        memcpy(b, m->items + 30, 10 * sizeof(eng_item));
+        memcpy(b + 10, m->items, 5 * sizeof(eng_item));
+        upsert(name, b, 15);
+        for (size_t i = 0; i < 5; i++) {
+            del[i] = m->ids[35 + i];
+            dl[i] = strlen(del[i]);
+        }
+        CU_ASSERT_EQUAL(eng_delete(E, name, del, dl, 5, &nd, &v), CDX_OK);
+        CU_ASSERT_EQUAL(nd, 5);
+    } else { /* 100 items */
+        create(name, m->d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 4, info);
+        memcpy(b, o->items, 20 * sizeof(eng_item));
+        memcpy(b + 20, m->items + 20, 60 * sizeof(eng_item));
+        upsert(name, b, 80);
+        CU_ASSERT_EQUAL_FATAL(eng_train(E, name, NULL, &v), CDX_OK);
+        upsert(name, m->items + 80, 20);
+        upsert(name, m->items, 20);
+        for (size_t i = 0; i < 10; i++) {
+            del[i] = m->ids[90 + i];
+            dl[i] = strlen(del[i]);
+        }
+        CU_ASSERT_EQUAL(eng_delete(E, name, del, dl, 10, &nd, &v), CDX_OK);
+        CU_ASSERT_EQUAL(nd, 10);
+    }
+    free(b);
+    CU_ASSERT_EQUAL(eng_index_describe(E, name, info), CDX_OK);
+}
+
+static void test_crash_compact(void)
+{
+    const size_t d = 8, nq = 8;
+    float qs[8 * 8];
+    rand_vec(qs, nq * d);
+    for (int trained = 0; trained < 2; trained++) {
+        const size_t n = trained ? 100 : 40, ndead = trained ? 10 : 5;
+        dataset m, o;
+        ds_make(&m, n, d, "cc");
+        ds_make(&o, n, d, "cc"); /* same ids, other vectors and metadata */
+        for (size_t i = 0; i < n; i++)
+            snprintf(o.meta[i], sizeof(o.meta[i]), "{\"old\": %zu}", i);
+        for (size_t i = 0; i < n; i++)
+            o.items[i].metadata_len = strlen(o.meta[i]);
+        bool alive[100];
+        for (size_t i = 0; i < n; i++)
+            alive[i] = i < n - ndead;
+        int points = 0;
+        bool done = false;
+        for (uint64_t nth = 1; nth < 64 && !done; nth++) {
+            char name[64];
+            uniq_name(name, trained ? "crashct" : "crashcu");
+            eng_index_info info, now;
+            compact_setup(name, trained, &m, &o, &info);
+            if (!trained) {
+                CU_ASSERT_EQUAL(info.n_clusters, 0);
+                CU_ASSERT_EQUAL(info.segments, 4);
+            } else {
+                CU_ASSERT_EQUAL(info.n_clusters, 4);
+                CU_ASSERT_TRUE(info.segments >= 10); /* several per cluster */
+            }
+            qres base[8], cur[8];
+            /* The reference: what the index answers before the compaction (and brute force). */
+            CU_ASSERT_EQUAL_FATAL(check_model(NULL, name, &m, alive, qs, nq, base, NULL, false),
+                                  0);
+            eng_store_fault_arm(fault, nth);
+            uint64_t v = 0;
+            cdx_err err = eng_compact(E, name, &v);
+            eng_store_fault_disarm(fault);
+            if (err == CDX_OK) {
+                done = true;
+            } else {
+                CU_ASSERT_EQUAL(err, CDX_ERR_STORE_UNAVAILABLE);
+                points++;
+                /* Nothing changed that anyone can see. */
+                CU_ASSERT_EQUAL(check_model(NULL, name, &m, alive, qs, nq, cur, base, false), 0);
+                CU_ASSERT_EQUAL(eng_index_describe(E, name, &now), CDX_OK);
+                CU_ASSERT_EQUAL(now.count, info.count);
+                CU_ASSERT_EQUAL(now.version, info.version);
+                CU_ASSERT_EQUAL(now.segments, info.segments);
+                /* The restarted appliance compacts again. */
+                CU_ASSERT_EQUAL(eng_compact(E, name, &v), CDX_OK);
+            }
+            CU_ASSERT_EQUAL(check_model(NULL, name, &m, alive, qs, nq, cur, base, false), 0);
+            CU_ASSERT_EQUAL(check_model(E, name, &m, alive, qs, nq, cur, base, false), 0);
+            CU_ASSERT_EQUAL(eng_index_describe(E, name, &now), CDX_OK);
+            CU_ASSERT_EQUAL(now.count, info.count);
+            CU_ASSERT_EQUAL(now.version, info.version + 1);
+            CU_ASSERT_EQUAL(now.segments, trained ? 4 : 1); /* one per (non-empty) cluster */
+            CU_ASSERT_EQUAL(eng_index_delete(E, name, info.id), CDX_OK);
+        }
+        CU_ASSERT_TRUE(done);
+        CU_ASSERT_TRUE(points >= 3);
+        fprintf(stderr, "  [crash] compact (%s): %d crash points\n",
+                trained ? "trained" : "untrained", points);
+        ds_free(&m);
+        ds_free(&o);
+    }
+}
+
+/* ------------------------------------------------------------------ churn against a model */
+
+/* New vector, metadata and contents (every third row, in its buffer cont) for row i. */
+static void churn_row(dataset *s, size_t i, int round, uint8_t *cont)
+{
+    rand_vec(s->x + i * s->d, s->d);
+    snprintf(s->meta[i], sizeof(s->meta[i]), "{\"n\": %zu, \"round\": %d, \"r\": %llu}", i,
+             round, (unsigned long long)(rnd() % 100000));
+    s->items[i].metadata_len = strlen(s->meta[i]);
+    s->items[i].contents = NULL;
+    s->items[i].contents_len = 0;
+    if ((i + (size_t)round) % 3 == 0) {
+        size_t len = 1 + rnd() % 40;
+        for (size_t j = 0; j < len; j++)
+            cont[j] = (uint8_t)rnd();
+        s->items[i].contents = cont;
+        s->items[i].contents_len = len;
+    }
+}
+
+static void check_both(const char *name, const dataset *s, const bool *alive, const float *qs,
+                       size_t nq, const char *when, int round)
+{
+    int a = check_model(E, name, s, alive, qs, nq, NULL, NULL, false);
+    int b = check_model(NULL, name, s, alive, qs, nq, NULL, NULL, false);
+    if (a || b)
+        fprintf(stderr, "  [churn] round %d %s: %d discrepancies (cached engine), %d (fresh)\n",
+                round, when, a, b);
+    CU_ASSERT_EQUAL(a, 0);
+    CU_ASSERT_EQUAL(b, 0);
+}
+
+static void test_churn(void)
+{
+    const size_t d = 12, n = 200, nq = 10;
+    dataset s;
+    ds_make(&s, n, d, "u");
+    float qs[10 * 12];
+    rand_vec(qs, nq * d);
+    char name[64];
+    uniq_name(name, "churn");
+    eng_index_info info;
+    create(name, d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 8, &info);
+    static uint8_t cont[200][40];
+    for (size_t i = 0; i < n; i++)
+        churn_row(&s, i, 0, cont[i]);
+    upsert(name, s.items, n);
+    bool alive[200], deleted_now[200];
+    int del_round[200];
+    for (size_t i = 0; i < n; i++) {
+        alive[i] = true;
+        del_round[i] = -1;
+    }
+    eng_config c = {.custody = cust, .store = store, .state_dir = statedir, .gc_grace_ms = 1};
+    memcpy(c.deployment_id, dep, 16);
+    eng *sw = NULL;
+    CU_ASSERT_EQUAL_FATAL(eng_new(&c, &sw), CDX_OK);
+    size_t idx[200];
+    eng_item batch[200];
+    uint64_t swept = 0;
+    for (int round = 0; round < 5; round++) {
+        /* Update 50 live items: new vectors and metadata. */
+        size_t k = pick(alive, true, n, 50, idx);
+        CU_ASSERT_EQUAL(k, 50);
+        for (size_t i = 0; i < k; i++) {
+            churn_row(&s, idx[i], round + 1, cont[idx[i]]);
+            batch[i] = s.items[idx[i]];
+        }
+        upsert(name, batch, k);
+        /* Delete 20 live ones. */
+        k = pick(alive, true, n, 20, idx);
+        const char *del[20];
+        size_t dl[20];
+        for (size_t i = 0; i < k; i++) {
+            del[i] = s.ids[idx[i]];
+            dl[i] = strlen(del[i]);
+            alive[idx[i]] = false;
+            del_round[idx[i]] = round;
+        }
+        uint64_t nd = 0, v = 0;
+        CU_ASSERT_EQUAL(eng_delete(E, name, del, dl, k, &nd, &v), CDX_OK);
+        CU_ASSERT_EQUAL(nd, k);
+        /* Re-insert 20 deleted ones (earlier rounds first), with new vectors and metadata. */
+        for (size_t i = 0; i < n; i++)
+            deleted_now[i] = !alive[i] && del_round[i] < round;
+        k = pick(deleted_now, true, n, 20, idx);
+        if (k < 20) {
+            for (size_t i = 0; i < n; i++)
+                deleted_now[i] = !alive[i] && del_round[i] == round;
+            k += pick(deleted_now, true, n, 20 - k, idx + k);
+        }
+        CU_ASSERT_EQUAL(k, 20);
+        for (size_t i = 0; i < k; i++) {
+            churn_row(&s, idx[i], round + 1, cont[idx[i]]);
+            alive[idx[i]] = true;
+            batch[i] = s.items[idx[i]];
+        }
+        upsert(name, batch, k);
+        check_both(name, &s, alive, qs, nq, "after writes", round);
+        if (round == 0) {
+            uint64_t v2 = 0;
+            CU_ASSERT_EQUAL_FATAL(eng_train(E, name, NULL, &v2), CDX_OK);
+            CU_ASSERT_EQUAL(eng_index_describe(E, name, &info), CDX_OK);
+            CU_ASSERT_EQUAL(info.n_clusters, 8);
+            check_both(name, &s, alive, qs, nq, "after training", round);
+        }
+        CU_ASSERT_EQUAL(eng_compact(E, name, &v), CDX_OK);
+        CU_ASSERT_EQUAL(eng_index_describe(E, name, &info), CDX_OK);
+        CU_ASSERT_TRUE(info.segments <= 8);
+        check_both(name, &s, alive, qs, nq, "after compaction", round);
+        struct timespec ts = {0, 5 * 1000 * 1000}; /* records must be older than 1 ms */
+        nanosleep(&ts, NULL);
+        uint64_t del_keys = 0;
+        CU_ASSERT_EQUAL(eng_sweep(sw, name, &del_keys), CDX_OK);
+        CU_ASSERT_TRUE(del_keys > 0); /* superseded manifests and retired segments */
+        swept += del_keys;
+        check_both(name, &s, alive, qs, nq, "after sweep", round);
+    }
+    fprintf(stderr, "  [churn] 5 rounds, %llu records swept\n", (unsigned long long)swept);
+    eng_free(sw);
+    CU_ASSERT_EQUAL(eng_index_delete(E, name, info.id), CDX_OK);
+    ds_free(&s);
+}
+
+/* ------------------------------------------------------------------ cosine, inner product */
+
+static int run_q(const char *name, const float *qs, size_t nq, uint32_t k, uint32_t probes,
+                 eng_query_result **r)
+{
+    eng_query q = {.vectors = qs, .nq = nq, .top_k = k, .n_probes = probes,
+                   .want = ENG_WANT_DISTANCE};
+    cdx_err err = eng_query_run(E, name, &q, r);
+    if (err)
+        fprintf(stderr, "query %s: %s: %s\n", name, cdx_err_name(err), cdx_err_detail());
+    return err;
+}
+
+static void test_cosine_ip_scale(void)
+{
+    const size_t d = 16, n = 400, nq = 20, k = 10;
+    dataset nrm, scl;
+    make_blobs(&nrm, n, d, 8, 0);
+    ds_make(&scl, n, d, "b"); /* same ids as the blobs */
+    for (size_t i = 0; i < n; i++) {
+        float *x = nrm.x + i * d, *y = scl.x + i * d;
+        double ss = 0;
+        for (size_t j = 0; j < d; j++)
+            ss += (double)x[j] * x[j];
+        for (size_t j = 0; j < d; j++)
+            x[j] = (float)(x[j] / sqrt(ss));
+        float f = (float)exp(3.0 * frand()); /* 0.05 .. 20 */
+        for (size_t j = 0; j < d; j++)
+            y[j] = x[j] * f;
+    }
+    float qs[20 * 16];
+    for (size_t qi = 0; qi < nq; qi++) {
+        float f = (float)exp(2.0 * frand());
+        for (size_t j = 0; j < d; j++) /* half near data points, half random */
+            qs[qi * d + j] = (qi % 2 ? frand() : nrm.x[(qi * 17) * d + j] + 0.1f * frand()) * f;
+    }
+    char cn[64], cs[64], ipn[64];
+    uniq_name(cn, "cosnorm");
+    uniq_name(cs, "cosscaled");
+    uniq_name(ipn, "ipnorm");
+    eng_index_info a, b, c;
+    create(cn, d, ENG_METRIC_COSINE, ENG_IVFFLAT, 8, &a);
+    create(cs, d, ENG_METRIC_COSINE, ENG_IVFFLAT, 8, &b);
+    create(ipn, d, ENG_METRIC_INNER_PRODUCT, ENG_IVFFLAT, 8, &c);
+    upsert(cn, nrm.items, n);
+    upsert(cs, scl.items, n);
+    upsert(ipn, nrm.items, n);
+    const char *names[3] = {cn, cs, ipn};
+    eng_index_info *infos[3] = {&a, &b, &c};
+    for (int i = 0; i < 3; i++) {
+        uint64_t v;
+        CU_ASSERT_EQUAL_FATAL(eng_train(E, names[i], NULL, &v), CDX_OK);
+        CU_ASSERT_EQUAL(eng_index_describe(E, names[i], infos[i]), CDX_OK);
+        CU_ASSERT_EQUAL(infos[i]->n_clusters, 8);
+    }
+    eng_query_result *rn = NULL, *rs = NULL, *ri = NULL;
+    CU_ASSERT_EQUAL_FATAL(run_q(cn, qs, nq, k, 8, &rn), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(run_q(cs, qs, nq, k, 8, &rs), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(run_q(ipn, qs, nq, k, 8, &ri), CDX_OK);
+    int id_diff = 0, dist_diff = 0, ip_diff = 0, ref_diff = 0;
+    for (size_t qi = 0; qi < nq; qi++) {
+        const float *q = qs + qi * d;
+        double qn = 0;
+        for (size_t j = 0; j < d; j++)
+            qn += (double)q[j] * q[j];
+        qn = sqrt(qn);
+        size_t want[10];
+        double wd[10];
+        ref_topk(&nrm, NULL, ENG_METRIC_COSINE, q, k, want, wd);
+        CU_ASSERT_EQUAL(rn->n[qi], k);
+        CU_ASSERT_EQUAL(rs->n[qi], k);
+        CU_ASSERT_EQUAL(ri->n[qi], k);
+        for (size_t i = 0; i < k && i < rn->n[qi] && i < rs->n[qi] && i < ri->n[qi]; i++) {
+            const eng_hit *hn = &rn->hits[qi][i], *hs = &rs->hits[qi][i], *hi = &ri->hits[qi][i];
+            /* Cosine ignores scale: the same ids and distances. */
+            if (strcmp(hn->id, hs->id)) {
+                id_diff++;
+                fprintf(stderr, "\n  [cos] q%zu rank %zu: normalised %s (%g), scaled %s (%g)", qi,
+                        i, hn->id, hn->distance, hs->id, hs->distance);
+            }
+            if (fabsf(hn->distance - hs->distance) > 1e-4f) {
+                dist_diff++;
+                fprintf(stderr, "\n  [cos] q%zu rank %zu: distance %g vs %g", qi, i,
+                        hn->distance, hs->distance);
+            }
+            /* On unit vectors, inner product ranks like cosine: -<q,x> = (cos dist - 1)|q|. */
+            if (strcmp(hn->id, hi->id) ||
+                fabs(hi->distance - (hn->distance - 1.0) * qn) > 1e-4 * (1 + qn)) {
+                ip_diff++;
+                fprintf(stderr, "\n  [ip] q%zu rank %zu: %s (%g), cosine %s (%g)", qi, i, hi->id,
+                        hi->distance, hn->id, hn->distance);
+            }
+            if (strcmp(hn->id, nrm.ids[want[i]]) || fabs(hn->distance - wd[i]) > 1e-4) {
+                ref_diff++;
+                fprintf(stderr, "\n  [cos] q%zu rank %zu: %s (%g), brute force %s (%g)", qi, i,
+                        hn->id, hn->distance, nrm.ids[want[i]], wd[i]);
+            }
+        }
+    }
+    if (id_diff + dist_diff + ip_diff + ref_diff)
+        fputc('\n', stderr);
+    CU_ASSERT_EQUAL(id_diff, 0);
+    CU_ASSERT_EQUAL(dist_diff, 0);
+    CU_ASSERT_EQUAL(ip_diff, 0);
+    CU_ASSERT_EQUAL(ref_diff, 0);
+    eng_query_result_free(rn);
+    eng_query_result_free(rs);
+    eng_query_result_free(ri);
+    /* The scaled originals are stored as given, not normalised. */
+    const char *ids[4] = {scl.ids[0], scl.ids[77], scl.ids[211], scl.ids[399]};
+    size_t lens[4] = {strlen(ids[0]), strlen(ids[1]), strlen(ids[2]), strlen(ids[3])};
+    size_t rows[4] = {0, 77, 211, 399};
+    eng_get_result *g = NULL;
+    CU_ASSERT_EQUAL_FATAL(eng_get(E, cs, ids, lens, 4, ENG_WANT_VECTOR, 0, &g), CDX_OK);
+    for (int i = 0; i < 4; i++) {
+        CU_ASSERT_TRUE_FATAL(g->found[i]);
+        CU_ASSERT_EQUAL(memcmp(g->hits[i].vector, scl.x + rows[i] * d, d * sizeof(float)), 0);
+    }
+    eng_get_result_free(g);
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(eng_index_delete(E, names[i], infos[i]->id), CDX_OK);
+    ds_free(&nrm);
+    ds_free(&scl);
+}
+
+/* ------------------------------------------------------------------ list_ids, min_version */
+
+static void test_list_after_delete(void)
+{
+    const size_t d = 8, n = 150;
+    dataset s;
+    ds_make(&s, n, d, "l");
+    char name[64];
+    uniq_name(name, "listdel");
+    eng_index_info info;
+    create(name, d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 4, &info);
+    upsert(name, s.items, 100);
+    uint64_t v = 0;
+    CU_ASSERT_EQUAL(eng_train(E, name, NULL, &v), CDX_OK);
+    uint64_t vu = upsert(name, s.items + 100, 50);
+    CU_ASSERT_TRUE(vu > v);
+    bool alive[150];
+    for (size_t i = 0; i < n; i++)
+        alive[i] = true;
+    size_t idx[60];
+    size_t k = pick(alive, true, n, 60, idx);
+    const char *del[61];
+    size_t dl[61];
+    for (size_t i = 0; i < k; i++) {
+        del[i] = s.ids[idx[i]];
+        dl[i] = strlen(del[i]);
+        alive[idx[i]] = false;
+    }
+    del[k] = "never-there";
+    dl[k] = strlen(del[k]);
+    uint64_t nd = 0, vd = 0;
+    CU_ASSERT_EQUAL(eng_delete(E, name, del, dl, k + 1, &nd, &vd), CDX_OK);
+    CU_ASSERT_EQUAL(nd, k);
+    CU_ASSERT_TRUE(vd > vu);
+    const size_t live = n - k;
+    /* Pages of various sizes, each through this appliance and a fresh one. */
+    const uint32_t limits[4] = {1, 7, (uint32_t)live, 1000};
+    for (int fresh = 0; fresh < 2; fresh++) {
+        eng *e = fresh ? new_engine(store, statedir, 0) : E;
+        CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+        for (int li = 0; li < 4; li++) {
+            bool seen[150] = {false};
+            size_t total = 0, dup = 0, dead = 0, empty_pages = 0;
+            int pages = 0;
+            char *cursor = NULL;
+            do {
+                char **ids, *next = NULL;
+                size_t *lens, got;
+                cdx_err err = eng_list_ids(e, name, cursor, limits[li], &ids, &lens, &got, &next);
+                CU_ASSERT_EQUAL_FATAL(err, CDX_OK);
+                CU_ASSERT_TRUE(got <= limits[li]);
+                empty_pages += got == 0;
+                for (size_t i = 0; i < got; i++) {
+                    CU_ASSERT_EQUAL(lens[i], strlen(ids[i]));
+                    size_t num = (size_t)atoi(ids[i] + 1);
+                    if (ids[i][0] != 'l' || num >= n || strcmp(ids[i], s.ids[num])) {
+                        dead++;
+                        continue;
+                    }
+                    dup += seen[num];
+                    dead += !alive[num];
+                    seen[num] = true;
+                }
+                total += got;
+                eng_ids_free(ids, lens, got);
+                free(cursor);
+                cursor = next;
+                pages++;
+            } while (cursor && pages < 1000);
+            free(cursor);
+            size_t missing = 0;
+            for (size_t i = 0; i < n; i++)
+                missing += alive[i] && !seen[i];
+            if (dup || dead || missing || total != live || empty_pages)
+                fprintf(stderr, "  [list] limit %u (%s): %zu ids of %zu live, %zu dup, %zu dead, "
+                        "%zu missing, %d pages, %zu empty\n", limits[li],
+                        fresh ? "fresh" : "cached", total, live, dup, dead, missing, pages,
+                        empty_pages);
+            CU_ASSERT_EQUAL(total, live);
+            CU_ASSERT_EQUAL(dup, 0);
+            CU_ASSERT_EQUAL(dead, 0);
+            CU_ASSERT_EQUAL(missing, 0);
+            /* At most one trailing empty page (see the deterministic check below). */
+            CU_ASSERT_TRUE(pages - (int)empty_pages == (int)((live + limits[li] - 1) / limits[li]));
+            CU_ASSERT_TRUE(empty_pages <= 1);
+        }
+        /* min_version: the upsert's (and the delete's) version is served; a future one is STALE. */
+        const char *ids[2] = {s.ids[0], s.ids[120]};
+        size_t lens[2] = {strlen(ids[0]), strlen(ids[1])};
+        eng_get_result *g = NULL;
+        CU_ASSERT_EQUAL(eng_get(e, name, ids, lens, 2, ENG_WANT_VECTOR, vu, &g), CDX_OK);
+        if (g) {
+            CU_ASSERT_TRUE(g->version >= vu);
+            CU_ASSERT_EQUAL(g->found[0], alive[0]);
+            CU_ASSERT_EQUAL(g->found[1], alive[120]);
+            if (g->found[1])
+                CU_ASSERT_EQUAL(memcmp(g->hits[1].vector, s.x + 120 * d, d * sizeof(float)), 0);
+            eng_get_result_free(g);
+        }
+        g = NULL;
+        CU_ASSERT_EQUAL(eng_get(e, name, ids, lens, 2, 0, vd, &g), CDX_OK);
+        if (g)
+            CU_ASSERT_EQUAL(g->version, vd);
+        eng_get_result_free(g);
+        g = NULL;
+        CU_ASSERT_EQUAL(eng_get(e, name, ids, lens, 2, ENG_WANT_VECTOR, vu + 1000, &g),
+                        CDX_ERR_STALE);
+        CU_ASSERT_PTR_NULL(g);
+        if (fresh)
+            eng_free(e);
+    }
+    /*
+     * The last ids in listing order deleted (their buckets are now written but
+     * empty): a page that ends with the last live id hands out no cursor.
+     */
+    {
+        char **all, *nx = NULL;
+        size_t *al, na = 0;
+        CU_ASSERT_EQUAL_FATAL(eng_list_ids(E, name, NULL, 1000, &all, &al, &na, &nx), CDX_OK);
+        CU_ASSERT_PTR_NULL(nx);
+        CU_ASSERT_EQUAL_FATAL(na, live);
+        const char *tail[3];
+        size_t tl[3];
+        for (size_t i = 0; i < 3; i++) {
+            tail[i] = all[na - 1 - i];
+            tl[i] = al[na - 1 - i];
+        }
+        CU_ASSERT_EQUAL(eng_delete(E, name, tail, tl, 3, &nd, &vd), CDX_OK);
+        CU_ASSERT_EQUAL(nd, 3);
+        for (size_t i = 0; i < 3; i++)
+            alive[atoi(tail[i] + 1)] = false;
+        char **pg, *nx2 = NULL;
+        size_t *pl, np = 0;
+        CU_ASSERT_EQUAL_FATAL(eng_list_ids(E, name, NULL, (uint32_t)(live - 3), &pg, &pl, &np,
+                                           &nx2), CDX_OK);
+        CU_ASSERT_EQUAL(np, live - 3);
+        for (size_t i = 0; i < np && i < na; i++)
+            CU_ASSERT_STRING_EQUAL(pg[i], all[i]);
+        if (nx2) {
+            char **pg2, *nx3 = NULL;
+            size_t *pl2, np2 = 99;
+            CU_ASSERT_EQUAL(eng_list_ids(E, name, nx2, 10, &pg2, &pl2, &np2, &nx3), CDX_OK);
+            fprintf(stderr, "  [list] a cursor after the last live id; its page has %zu ids, "
+                    "next %s\n", np2, nx3 ? "set" : "NULL");
+            eng_ids_free(pg2, pl2, np2);
+            free(nx3);
+        }
+        CU_ASSERT_PTR_NULL(nx2); /* "NULL at the end" (eng.h) */
+        free(nx2);
+        eng_ids_free(pg, pl, np);
+        eng_ids_free(all, al, na);
+    }
+    /* Everything deleted: an empty listing, no cursor. */
+    size_t nl = 0;
+    const char **rest = malloc(n * sizeof(char *));
+    size_t *rl = malloc(n * sizeof(size_t));
+    for (size_t i = 0; i < n; i++)
+        if (alive[i]) {
+            rest[nl] = s.ids[i];
+            rl[nl++] = strlen(s.ids[i]);
+        }
+    CU_ASSERT_EQUAL(eng_delete(E, name, rest, rl, nl, &nd, &vd), CDX_OK);
+    CU_ASSERT_EQUAL(nd, nl);
+    char **ids, *next = NULL;
+    size_t *lens, got = 99;
+    CU_ASSERT_EQUAL(eng_list_ids(E, name, NULL, 10, &ids, &lens, &got, &next), CDX_OK);
+    CU_ASSERT_EQUAL(got, 0);
+    CU_ASSERT_PTR_NULL(next);
+    eng_ids_free(ids, lens, got);
+    free(next);
+    free(rest);
+    free(rl);
+    CU_ASSERT_EQUAL(eng_index_delete(E, name, info.id), CDX_OK);
+    ds_free(&s);
+}
+
 /* ------------------------------------------------------------------ main */
 
 static void add_tests(CU_pSuite s)
@@ -1375,6 +2151,11 @@ static void add_tests(CU_pSuite s)
     CU_add_test(s, "crash at every store write", test_crash_points);
     CU_add_test(s, "two appliances upserting concurrently", test_two_appliances);
     CU_add_test(s, "sweep while an upsert is paused", test_sweep_vs_paused_upsert);
+    CU_add_test(s, "crash at every store write: delete", test_crash_delete);
+    CU_add_test(s, "crash at every store write: compaction", test_crash_compact);
+    CU_add_test(s, "upsert/update/delete churn against a model", test_churn);
+    CU_add_test(s, "cosine ignores scale; inner product on unit vectors", test_cosine_ip_scale);
+    CU_add_test(s, "list_ids after deletes; get min_version", test_list_after_delete);
 }
 
 int main(void)
