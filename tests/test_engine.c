@@ -2134,10 +2134,73 @@ static void test_list_after_delete(void)
     ds_free(&s);
 }
 
+/* Admin purge: records of an index whose key is gone, and records no entry references. */
+static void test_purge_and_max_age(void)
+{
+    const size_t d = 8;
+    dataset s;
+    ds_make(&s, 20, d, "g");
+    char name[64], pat[128];
+    uniq_name(name, "purge");
+    eng_index_info info;
+    create(name, d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 0, &info);
+    upsert(name, s.items, 20);
+    /* The key is destroyed behind the engine's back (an officer crypto-shreds it). */
+    hsm_key_ref k = {.kind = HSM_KEY_INDEX};
+    memcpy(k.id, info.id, 16);
+    CU_ASSERT_EQUAL(hsm_key_destroy(cust, &k), CDX_OK);
+    eng *e2 = new_engine(store, statedir, 0);
+    CU_ASSERT_EQUAL(q1(e2, name, s.x), CDX_ERR_KEY_NOT_FOUND);
+    /* An orphan record of an index nobody knows. */
+    const char *orphan = "cdx:00112233445566778899aabbccddeeff:s:00112233445566778899aabbccddeeff";
+    raw_set(orphan, (const uint8_t *)"junk", 4);
+    uint64_t removed = 0;
+    CU_ASSERT_EQUAL(eng_purge(e2, &removed), CDX_OK);
+    CU_ASSERT_TRUE(removed >= 4);
+    char **keys;
+    key_of(info.id, "s", pat);
+    CU_ASSERT_EQUAL(keys_of(pat, &keys), 0);
+    free(keys);
+    CU_ASSERT_EQUAL(keys_of(orphan, &keys), 0);
+    free(keys);
+    eng_index_info x;
+    CU_ASSERT_EQUAL(eng_index_describe(e2, name, &x), CDX_ERR_NOT_FOUND);
+    eng_free(e2);
+
+    /* manifest_max_age_ms: a reader may serve a head up to that old, never older. */
+    uniq_name(name, "maxage");
+    create(name, d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 0, &info);
+    eng_config c = {.custody = cust, .store = store, .state_dir = statedir,
+                    .manifest_max_age_ms = 600000};
+    memcpy(c.deployment_id, dep, 16);
+    eng *lazy = NULL;
+    CU_ASSERT_EQUAL_FATAL(eng_new(&c, &lazy), CDX_OK);
+    uint64_t cnt = 99;
+    CU_ASSERT_EQUAL(eng_count(lazy, name, &cnt), CDX_OK);
+    CU_ASSERT_EQUAL(cnt, 0);
+    uint64_t v = upsert(name, s.items, 5); /* through E: lazy has not read the head since */
+    CU_ASSERT_EQUAL(eng_count(lazy, name, &cnt), CDX_OK);
+    CU_ASSERT_EQUAL(cnt, 0); /* within its staleness bound */
+    /* A read asking for the new version forces a head read. */
+    const char *id = s.ids[0];
+    size_t l = strlen(id);
+    eng_get_result *g = NULL;
+    CU_ASSERT_EQUAL_FATAL(eng_get(lazy, name, &id, &l, 1, 0, v, &g), CDX_OK);
+    CU_ASSERT_TRUE(g->found[0]);
+    CU_ASSERT_EQUAL(g->version, v);
+    eng_get_result_free(g);
+    CU_ASSERT_EQUAL(eng_count(lazy, name, &cnt), CDX_OK);
+    CU_ASSERT_EQUAL(cnt, 5);
+    eng_free(lazy);
+    CU_ASSERT_EQUAL(eng_index_delete(E, name, info.id), CDX_OK);
+    ds_free(&s);
+}
+
 /* ------------------------------------------------------------------ main */
 
 static void add_tests(CU_pSuite s)
 {
+    CU_add_test(s, "purge and manifest_max_age_ms", test_purge_and_max_age);
     CU_add_test(s, "lifecycle: create, describe, list, delete", test_lifecycle);
     CU_add_test(s, "bad input: specific errors, nothing applied", test_bad_input);
     CU_add_test(s, "upsert, get, update, delete", test_upsert_get_delete);
