@@ -40,7 +40,7 @@ typedef struct eng_config {
     size_t cache_bytes;                  /* decrypted search-block cache; 0 = none */
     uint32_t gc_grace_ms;                /* sweep keeps unreferenced records this long; 0 = 10 min */
     unsigned query_threads;              /* batch queries spread over threads; 0 = 1 */
-    unsigned commit_retries;             /* optimistic commit attempts; 0 = 16 */
+    unsigned commit_retries;             /* optimistic commit attempts; 0 = 32 */
 } eng_config;
 
 /*
@@ -204,7 +204,7 @@ typedef struct eng_query {
     const float *vectors;    /* nq x dimension, row-major */
     size_t nq;
     uint32_t top_k;          /* 0: CDX_TOPK_DEFAULT */
-    uint32_t n_probes;       /* 0: automatic (n_clusters / 16, at least 1) */
+    uint32_t n_probes;       /* 0: automatic (ceil(n_clusters / 32), at least 1) */
     const char *filter;      /* JSON filter text or NULL/empty */
     size_t filter_len;
     unsigned want;           /* ENG_WANT_* */

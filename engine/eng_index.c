@@ -176,9 +176,17 @@ static cdx_err check_id(const char *id, size_t len, size_t i)
     return CDX_OK;
 }
 
+/*
+ * Internal: a newer commit landed mid-read; the caller re-reads the head and
+ * retries. Never returned to callers (in_index turns a leftover one into ABORTED).
+ */
+#define ENG_MOVED ((cdx_err)1000)
+
 /* Name the index in an error detail, once. */
 static cdx_err in_index(cdx_err err, const char *name)
 {
+    if (err == ENG_MOVED)
+        err = cdx_fail(CDX_ERR_ABORTED, "the index changed while it was being read; retry");
     if (err && strncmp(cdx_err_detail(), "index ", 6) != 0)
         cdx_prefix(err, "index %s: ", name);
     return err;
@@ -224,8 +232,6 @@ static void bucket_token(unsigned b, uint8_t tok[16])
 
 static const uint8_t ZERO16[16];
 
-/* Internal: a newer commit landed mid-read; the caller re-reads the head and retries. */
-#define ENG_MOVED CDX_ERR_STALE
 
 /* ------------------------------------------------------------------ manifests */
 
@@ -810,10 +816,16 @@ static cdx_err load_state(op *o, bool fresh, uint64_t min_version, eng_manifest 
                         "admin command",
                         ix->name, (unsigned long long)h.version, (unsigned long long)hw);
     }
-    if (!cur) {
-        if ((err = read_manifest(o, &h, &cur)))
-            return in_index(err, ix->name);
+    if (!cur && (err = read_manifest(o, &h, &cur)) == CDX_ERR_INTEGRITY) {
+        /* Superseded and swept between our head read and the fetch: read the head again. */
+        eng_head h2;
+        if (!read_head(o, &h2, &found) && found && h2.version > h.version) {
+            h = h2;
+            err = read_manifest(o, &h, &cur);
+        }
     }
+    if (err)
+        return in_index(err, ix->name);
     if ((err = hw_raise(o, h.version))) {
         munref(cur);
         return err;
@@ -3149,7 +3161,7 @@ out:
         eng_ids_free(v, vl, k);
         free(*next);
         *next = NULL;
-        return err;
+        return in_index(err, name);
     }
     *ids = v;
     *id_lens = vl;
@@ -3434,8 +3446,11 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
         uint32_t *assign = NULL;
         bool committed = false;
         if ((err = load_state(&o, true, 0, &m)) || (err = load_all_buckets(&o, m, &bs)) ||
-            (err = gather(&o, m, &bs, NULL, &g)))
+            (err = gather(&o, m, &bs, NULL, &g))) {
+            if (err == ENG_MOVED)
+                err = CDX_OK; /* a commit landed mid-read: start over from the new head */
             goto next;
+        }
         if (!have_model) {
             size_t avail = opts->sample ? opts->sample_n : g.n;
             k = opts->n_lists ? opts->n_lists : m->n_lists;
@@ -3583,7 +3598,7 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
     free(sample);
     eng_sq8_free(&sq);
     op_end(&o);
-    return err;
+    return in_index(err, name);
 }
 
 cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
@@ -3620,8 +3635,11 @@ cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
             done = m->version; /* nothing to merge */
             goto next;
         }
-        if ((err = load_all_buckets(&o, m, &bs)) || (err = gather(&o, m, &bs, sel, &g)))
+        if ((err = load_all_buckets(&o, m, &bs)) || (err = gather(&o, m, &bs, sel, &g))) {
+            if (err == ENG_MOVED)
+                err = CDX_OK;
             goto next;
+        }
         assign = malloc((g.n + 1) * sizeof(uint32_t));
         if (!assign) {
             err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
@@ -3664,7 +3682,7 @@ cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
                        "writers; retry", name);
     if (!err && version)
         *version = done;
-    return err;
+    return in_index(err, name);
 }
 
 /* ------------------------------------------------------------------ sweep, rollback */
@@ -3788,7 +3806,7 @@ out:
             *deleted = removed;
         cdx_log(CDX_LOG_INFO, "eng_sweep", "deleted=%llu", (unsigned long long)removed);
     }
-    return err;
+    return in_index(err, name);
 }
 
 cdx_err eng_accept_rollback(eng *e, const char *name, uint64_t *version)
