@@ -469,6 +469,20 @@ static const char *state_name(uint8_t s)
     return s == ENG_ST_CREATING ? "being created" : s == ENG_ST_DELETING ? "being deleted" : "ready";
 }
 
+/* forward */
+static cdx_err idx_get(eng *e, const char *name, struct idx **out);
+static void op_index(eng *e, struct idx *ix, op *o);
+
+/* Resolve `name` and start an operation on it. */
+static cdx_err op_open(eng *e, const char *name, op *o)
+{
+    struct idx *ix;
+    cdx_err err = idx_get(e, name, &ix);
+    if (!err)
+        op_index(e, ix, o);
+    return err;
+}
+
 /* The ready index called `name`. */
 static cdx_err idx_get(eng *e, const char *name, struct idx **out)
 {
@@ -1135,12 +1149,11 @@ out:
 
 cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out)
 {
-    struct idx *ix;
-    cdx_err err = idx_get(e, name, &ix);
+    op o;
+    cdx_err err = op_open(e, name, &o);
     if (err)
         return err;
-    op o;
-    op_index(e, ix, &o);
+    struct idx *ix = o.ix;
     eng_manifest *m = NULL;
     err = load_state(&o, false, 0, &m);
     if (!err)
@@ -3017,12 +3030,10 @@ cdx_err eng_query_run(eng *e, const char *name, const eng_query *q, eng_query_re
 
 cdx_err eng_count(eng *e, const char *name, uint64_t *count)
 {
-    struct idx *ix;
-    cdx_err err = idx_get(e, name, &ix);
+    op o;
+    cdx_err err = op_open(e, name, &o);
     if (err)
         return err;
-    op o;
-    op_index(e, ix, &o);
     eng_manifest *m = NULL;
     if (!(err = load_state(&o, false, 0, &m)))
         *count = m->count;
@@ -3603,12 +3614,10 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
 
 cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
 {
-    struct idx *ix;
-    cdx_err err = idx_get(e, name, &ix);
+    op o;
+    cdx_err err = op_open(e, name, &o);
     if (err)
         return err;
-    op o;
-    op_index(e, ix, &o);
     uint64_t done = 0;
     for (unsigned attempt = 0; attempt < e->cfg.commit_retries && !err && !done; attempt++) {
         eng_manifest *m = NULL, *nm = NULL;
@@ -3715,12 +3724,11 @@ static cdx_err tokset_add(tokset *s, char kind, const uint8_t tok[16])
 
 cdx_err eng_sweep(eng *e, const char *name, uint64_t *deleted)
 {
-    struct idx *ix;
-    cdx_err err = idx_get(e, name, &ix);
+    op o;
+    cdx_err err = op_open(e, name, &o);
     if (err)
         return err;
-    op o;
-    op_index(e, ix, &o);
+    struct idx *ix = o.ix;
     eng_manifest *m = NULL;
     bucketset bs;
     memset(&bs, 0, sizeof(bs));
@@ -3811,12 +3819,11 @@ out:
 
 cdx_err eng_accept_rollback(eng *e, const char *name, uint64_t *version)
 {
-    struct idx *ix;
-    cdx_err err = idx_get(e, name, &ix);
+    op o;
+    cdx_err err = op_open(e, name, &o);
     if (err)
         return err;
-    op o;
-    op_index(e, ix, &o);
+    struct idx *ix = o.ix;
     eng_head h;
     bool found = false;
     if (!(err = read_head(&o, &h, &found)) && !found)
