@@ -7,7 +7,9 @@
 #include <time.h>
 
 #include <openssl/crypto.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 
 #include "cdx_log.h"
 #include "hsm_internal.h"
@@ -363,14 +365,29 @@ void hsm_subkey_release(hsm_subkey *sk)
     pthread_mutex_unlock(&sc->mu);
 }
 
+/* HMAC-SHA256 fetched once: EVP_Q_mac would look the algorithm up on every call. */
+static EVP_MAC *g_hmac;
+static pthread_once_t g_hmac_once = PTHREAD_ONCE_INIT;
+
+static void hmac_fetch(void)
+{
+    g_hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+}
+
 cdx_err hsm_subkey_hmac(const hsm_subkey *sk, const void *msg, size_t len,
                         uint8_t out[CDX_SUBKEY_LEN])
 {
     size_t olen = 0;
-    /* One-shot: the keyed context is created and freed (and cleansed) inside. */
-    if (!EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, sk->key, CDX_SUBKEY_LEN, msg, len, out,
-                   CDX_SUBKEY_LEN, &olen) ||
-        olen != CDX_SUBKEY_LEN)
+    pthread_once(&g_hmac_once, hmac_fetch);
+    EVP_MAC_CTX *ctx = g_hmac ? EVP_MAC_CTX_new(g_hmac) : NULL;
+    OSSL_PARAM params[2] = {OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
+                            OSSL_PARAM_construct_end()};
+    int ok = ctx && EVP_MAC_init(ctx, sk->key, CDX_SUBKEY_LEN, params) == 1 &&
+             EVP_MAC_update(ctx, msg, len) == 1 &&
+             EVP_MAC_final(ctx, out, &olen, CDX_SUBKEY_LEN) == 1 && olen == CDX_SUBKEY_LEN;
+    /* Freeing the context cleanses the keyed state: no copy outlives this call. */
+    EVP_MAC_CTX_free(ctx);
+    if (!ok)
         return cdx_fail(CDX_ERR_INTERNAL, "HMAC-SHA256 failed in OpenSSL");
     return CDX_OK;
 }
