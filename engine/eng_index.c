@@ -3214,6 +3214,12 @@ static void gathered_free(gathered *g)
     memset(g, 0, sizeof(*g));
 }
 
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t) * (const void *const *)a, y = (uintptr_t) * (const void *const *)b;
+    return x < y ? -1 : x > y;
+}
+
 /*
  * Every live item (per the id map, all buckets loaded into bs) whose cluster
  * is selected (sel NULL = all), with its vector, metadata and identity.
@@ -3244,16 +3250,27 @@ static cdx_err gather(op *o, const eng_manifest *m, bucketset *bs, const bool *s
                 return cdx_fail(CDX_ERR_INTEGRITY, "the id map names a segment the manifest "
                                 "does not list");
             }
-            size_t s = 0;
-            /* Segments are few relative to rows; a linear scan over the recent ones is fine. */
-            while (s < g->nseg && g->refs[s] != sr)
-                s++;
-            if (s == g->nseg)
-                g->refs[g->nseg++] = sr;
-            segof[g->n] = s;
+            g->refs[g->n] = sr; /* per item for now; made unique below */
             g->idents[g->n++] = id;
         }
     }
+    /* Unique segments, and each item's index among them: sort, dedupe, binary search. */
+    const eng_segref **byitem = malloc((g->n + 1) * sizeof(*byitem));
+    if (!byitem) {
+        free(segof);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    memcpy(byitem, g->refs, g->n * sizeof(*byitem));
+    qsort(g->refs, g->n, sizeof(*g->refs), cmp_ptr);
+    for (size_t i = 0; i < g->n; i++)
+        if (g->nseg == 0 || g->refs[g->nseg - 1] != g->refs[i])
+            g->refs[g->nseg++] = g->refs[i];
+    for (size_t i = 0; i < g->n; i++) {
+        const eng_segref **hit =
+            bsearch(&byitem[i], g->refs, g->nseg, sizeof(*g->refs), cmp_ptr);
+        segof[i] = (size_t)(hit - g->refs);
+    }
+    free(byitem);
     g->search = calloc(g->nseg + 1, sizeof(*g->search));
     g->vec = calloc(g->nseg + 1, sizeof(*g->vec));
     g->meta = calloc(g->nseg + 1, sizeof(*g->meta));
