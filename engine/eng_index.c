@@ -2344,8 +2344,9 @@ static cdx_err fetch_contents(op *o, const eng_ident *id, uint8_t **data, size_t
     if (err)
         return err;
     if (!v.found) {
+        /* Superseded and swept after our bucket read, or lost: the caller re-reads once. */
         eng_vals_free(&v, 1);
-        return cdx_fail(CDX_ERR_INTEGRITY, "contents the id map names are missing");
+        return cdx_fail(ENG_MOVED, "contents the id map names are missing");
     }
     err = unseal(o, HSM_P_CONTENT, ENG_K_CONTENT, id->content, 0, v.data, v.len, NULL, &pt);
     eng_vals_free(&v, 1);
@@ -2528,14 +2529,19 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
                     break;
             }
             if ((want & ENG_WANT_CONTENTS) && id->content_len &&
-                (err = fetch_contents(&o, id, &h->contents, &h->contents_len)))
+                (err = fetch_contents(&o, id, &h->contents, &h->contents_len))) {
+                if (err == ENG_MOVED) {
+                    err = CDX_OK;
+                    refresh = true;
+                }
                 break;
+            }
         }
         if (err || !refresh)
             break;
         if (attempt == 1)
-            err = cdx_fail(CDX_ERR_INTEGRITY, "a segment the current manifest lists is missing "
-                           "from the store");
+            err = cdx_fail(CDX_ERR_INTEGRITY, "a record the current state references (segment "
+                           "or contents) is missing from the store");
     }
     if (!err)
         r->version = m->version;

@@ -843,6 +843,35 @@ static void test_tamper(void)
         free(segs[i]);
     free(segs);
 
+    /* Contents deleted by the store: reported (after one refresh), never silently empty. */
+    {
+        uint8_t blob[40];
+        memset(blob, 7, sizeof(blob));
+        eng_item ci = s.items[0];
+        ci.contents = blob;
+        ci.contents_len = sizeof(blob);
+        upsert(name, &ci, 1);
+        char **tk;
+        key_of(info.id, "t", pat);
+        size_t nt = keys_of(pat, &tk);
+        CU_ASSERT_EQUAL_FATAL(nt, 1);
+        eng_val cv = raw_get(tk[0]);
+        const char *dk1[1] = {tk[0]};
+        CU_ASSERT_EQUAL(eng_store_del(store, dk1, 1, NULL), CDX_OK);
+        const char *cid = s.ids[0];
+        size_t cl = strlen(cid);
+        eng_get_result *cg = NULL;
+        CU_ASSERT_EQUAL(eng_get(e2, name, &cid, &cl, 1, ENG_WANT_CONTENTS, 0, &cg),
+                        CDX_ERR_INTEGRITY);
+        raw_set(tk[0], cv.data, cv.len);
+        CU_ASSERT_EQUAL_FATAL(eng_get(e2, name, &cid, &cl, 1, ENG_WANT_CONTENTS, 0, &cg), CDX_OK);
+        CU_ASSERT_EQUAL(cg->hits[0].contents_len, sizeof(blob));
+        eng_get_result_free(cg);
+        eng_vals_free(&cv, 1);
+        free(tk[0]);
+        free(tk);
+    }
+
     /* An id-map bucket replayed from an older version. */
     char **bk;
     key_of(info.id, "b", pat);
