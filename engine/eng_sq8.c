@@ -17,12 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define ENG_X86 1
-#include <immintrin.h>
-#else
-#define ENG_X86 0
-#endif
+#include "eng_simd.h"
 
 /* Integers above this are not all representable in float: no exact integral mode. */
 #define SQ8_INT_LIMIT 16777216.0f /* 2^24 */
@@ -177,15 +172,6 @@ static float sq8_dot_row_scalar(const float *w, const uint8_t *c, size_t d)
 /* ---- distance kernels: AVX2 + FMA ------------------------------------- */
 
 #if ENG_X86
-#define AVX2 __attribute__((target("avx2,fma")))
-
-static const int32_t tail_mask_tab[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-
-/* The first r (0..8) lanes set. */
-AVX2 static inline __m256i tail_mask(size_t r)
-{
-    return _mm256_loadu_si256((const __m256i *)(const void *)(tail_mask_tab + 8 - r));
-}
 
 /* 8 codes at p as floats. */
 AVX2 static inline __m256 load8(const uint8_t *p)
@@ -201,23 +187,6 @@ AVX2 static inline __m256 load_tail(const uint8_t *p, size_t r)
 
     memcpy(&v, p, r);
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)v)));
-}
-
-AVX2 static inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d)
-{
-    __m256 ab = _mm256_hadd_ps(a, b);
-    __m256 cd = _mm256_hadd_ps(c, d);
-    __m256 s = _mm256_hadd_ps(ab, cd);
-
-    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-}
-
-AVX2 static inline float hsum1(__m256 v)
-{
-    __m256 s = _mm256_hadd_ps(v, v);
-
-    s = _mm256_hadd_ps(s, s);
-    return _mm_cvtss_f32(_mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
 }
 
 /* acc += (t - step*c)^2 */
