@@ -2287,20 +2287,73 @@ out:
     return err;
 }
 
-/* Row `row` of a metadata block plaintext. */
-static bool meta_row(const eng_buf *pt, uint32_t row, const uint8_t **p, size_t *len)
+/*
+ * A metadata block (u32 rows, then rows x (u32 len, bytes)) indexed once, so
+ * loops over its rows (filters, training, compaction) do not rescan it.
+ */
+typedef struct meta_view {
+    const uint8_t *base;
+    uint32_t rows;
+    uint32_t *off; /* rows + 1: start of each row's bytes; off[rows] ends the last */
+} meta_view;
+
+static void meta_view_free(meta_view *v)
+{
+    free(v->off);
+    memset(v, 0, sizeof(*v));
+}
+
+/* False if the block is malformed (or memory ran out). */
+static bool meta_view_build(const eng_buf *pt, meta_view *v)
 {
     eng_rd r;
+    memset(v, 0, sizeof(*v));
     eng_rd_init(&r, pt->data, pt->len);
     uint32_t rows = eng_rd_u32(&r);
-    if (r.bad || row >= rows)
+    if (r.bad || rows > r.left / 4)
         return false;
-    for (uint32_t i = 0; i <= row; i++) {
-        *p = eng_rd_lbytes(&r, CDX_METADATA_MAX, len);
-        if (r.bad)
+    v->off = malloc((rows + 1u) * sizeof(uint32_t) * 2);
+    if (!v->off)
+        return false;
+    v->base = pt->data;
+    v->rows = rows;
+    uint32_t *len = v->off + rows + 1;
+    for (uint32_t i = 0; i < rows; i++) {
+        size_t l;
+        const uint8_t *p = eng_rd_lbytes(&r, CDX_METADATA_MAX, &l);
+        if (r.bad) {
+            meta_view_free(v);
             return false;
+        }
+        v->off[i] = (uint32_t)(p - pt->data);
+        len[i] = (uint32_t)l;
+    }
+    if (!eng_rd_done(&r)) {
+        meta_view_free(v);
+        return false;
     }
     return true;
+}
+
+/* Row `row` of an indexed metadata block. */
+static bool meta_view_row(const meta_view *v, uint32_t row, const uint8_t **p, size_t *len)
+{
+    if (!v->off || row >= v->rows)
+        return false;
+    *p = v->base + v->off[row];
+    *len = v->off[v->rows + 1 + row];
+    return true;
+}
+
+/* One row of a metadata block plaintext (a single lookup). */
+static bool meta_row(const eng_buf *pt, uint32_t row, const uint8_t **p, size_t *len)
+{
+    meta_view v;
+    if (!meta_view_build(pt, &v))
+        return false;
+    bool ok = meta_view_row(&v, row, p, len);
+    meta_view_free(&v);
+    return ok;
 }
 
 /* Vector `row` of a segment: from its vector block, or its (float) search codes. */
@@ -2642,6 +2695,7 @@ static cdx_err query_one(qctx *c, size_t qi)
     const eng_segref **refs = NULL;
     eng_search **blocks = NULL;
     eng_buf *metas = NULL;
+    meta_view *mviews = NULL;
     size_t nref = 0, capref = 0;
     eng_topk *tk = eng_topk_new(c->top_k, false);
     if (!probes || !qv || !aux || !tk) {
@@ -2694,7 +2748,8 @@ static cdx_err query_one(qctx *c, size_t qi)
     }
     if (c->filter) {
         metas = calloc(nref + 1, sizeof(*metas));
-        if (!metas) {
+        mviews = calloc(nref + 1, sizeof(*mviews));
+        if (!metas || !mviews) {
             err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
             goto out;
         }
@@ -2704,6 +2759,11 @@ static cdx_err query_one(qctx *c, size_t qi)
             c->need_refresh = true;
             goto out;
         }
+        for (size_t i = 0; i < nref; i++)
+            if (!meta_view_build(&metas[i], &mviews[i])) {
+                err = cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
+                goto out;
+            }
     }
     /* Query-side preparation for SQ8 codes. */
     eng_sq8 sq = {.d = d, .vmin = m->sq_vmin, .step = m->sq_step};
@@ -2762,7 +2822,7 @@ static cdx_err query_one(qctx *c, size_t qi)
                     const uint8_t *mp;
                     size_t ml;
                     json_t *j = NULL;
-                    if (!meta_row(&metas[i], r, &mp, &ml)) {
+                    if (!meta_view_row(&mviews[i], r, &mp, &ml)) {
                         err = cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
                         break;
                     }
@@ -2828,12 +2888,13 @@ static cdx_err query_one(qctx *c, size_t qi)
             eng_buf mb;
             eng_buf_init(&mb);
             bool mis = false;
-            const eng_buf *src = metas ? &metas[si] : &mb;
-            if (!metas)
+            if (!mviews)
                 err = fetch_blocks(o, &refs[si], 1, ENG_K_META, &mb, &mis);
             const uint8_t *mp;
             size_t ml;
-            if (!err && (mis || !meta_row(src, row, &mp, &ml)))
+            bool have = mviews ? meta_view_row(&mviews[si], row, &mp, &ml)
+                               : !err && !mis && meta_row(&mb, row, &mp, &ml);
+            if (!err && !have)
                 err = cdx_fail(CDX_ERR_INTEGRITY, "metadata block missing or malformed");
             else if (!err && ml) {
                 h->metadata = malloc(ml + 1);
@@ -2875,9 +2936,13 @@ out:
         for (size_t i = 0; i < nref; i++)
             eng_search_release(blocks[i]);
     if (metas)
-        for (size_t i = 0; i < nref; i++)
+        for (size_t i = 0; i < nref; i++) {
             eng_buf_free(&metas[i]);
+            if (mviews)
+                meta_view_free(&mviews[i]);
+        }
     free(metas);
+    free(mviews);
     free(blocks);
     free(refs);
     free(dist);
@@ -3197,6 +3262,7 @@ typedef struct gathered {
     const eng_segref **refs;
     eng_search **search;
     eng_buf *vec, *meta;
+    meta_view *mview; /* indexes of meta[] */
     float *norm; /* normalised copies (cosine) */
 } gathered;
 
@@ -3209,10 +3275,13 @@ static void gathered_free(gathered *g)
             eng_buf_free(&g->vec[i]);
         if (g->meta)
             eng_buf_free(&g->meta[i]);
+        if (g->mview)
+            meta_view_free(&g->mview[i]);
     }
     free(g->search);
     free(g->vec);
     free(g->meta);
+    free(g->mview);
     free(g->refs);
     free(g->rows);
     free(g->idents);
@@ -3296,6 +3365,16 @@ static cdx_err gather(op *o, const eng_manifest *m, bucketset *bs, const bool *s
         free(segof);
         return cdx_fail(CDX_ERR_INTEGRITY, "a segment the manifest lists is missing");
     }
+    g->mview = calloc(g->nseg + 1, sizeof(*g->mview));
+    for (size_t i = 0; g->mview && i < g->nseg; i++)
+        if (!meta_view_build(&g->meta[i], &g->mview[i])) {
+            free(segof);
+            return cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
+        }
+    if (!g->mview) {
+        free(segof);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
     size_t d = m->dim;
     bool cosine = m->metric == ENG_METRIC_COSINE;
     /* Originals: the vector block holds them as written; flat non-cosine search codes too. */
@@ -3330,7 +3409,7 @@ static cdx_err gather(op *o, const eng_manifest *m, bucketset *bs, const bool *s
         }
         const uint8_t *mp;
         size_t ml;
-        if (!meta_row(&g->meta[s], id->row, &mp, &ml)) {
+        if (!meta_view_row(&g->mview[s], id->row, &mp, &ml)) {
             err = cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
             break;
         }
