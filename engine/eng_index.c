@@ -2625,8 +2625,7 @@ static int cmp20(const void *a, const void *b)
     return memcmp(a, b, 20);
 }
 
-static cdx_err deadset_build(eng_search *const *blocks, const eng_segref *const *refs, size_t n,
-                             deadset *ds)
+static cdx_err deadset_build(eng_search *const *blocks, size_t n, deadset *ds)
 {
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
@@ -2641,7 +2640,6 @@ static cdx_err deadset_build(eng_search *const *blocks, const eng_segref *const 
     for (size_t i = 0; i < n; i++)
         for (uint32_t t = 0; t < blocks[i]->ntomb; t++)
             memcpy(ds->key[ds->n++], blocks[i]->tombs + (size_t)t * 20, 20);
-    (void)refs;
     qsort(ds->key, ds->n, 20, cmp20);
     return CDX_OK;
 }
@@ -2696,7 +2694,7 @@ static cdx_err query_one(qctx *c, size_t qi)
     eng_search **blocks = NULL;
     eng_buf *metas = NULL;
     meta_view *mviews = NULL;
-    size_t nref = 0, capref = 0;
+    size_t nref = 0, capref = 0, *gend = NULL;
     eng_topk *tk = eng_topk_new(c->top_k, false);
     if (!probes || !qv || !aux || !tk) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
@@ -2717,7 +2715,14 @@ static cdx_err query_one(qctx *c, size_t qi)
         }
     }
     atomic_fetch_add(&o->e->ns_coarse, mono_ns() - t0);
+    /* gend[p]: end of probe p's segments in refs (tombstones apply within a cluster). */
+    gend = calloc(np + 1, sizeof(*gend));
+    if (!gend) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
     for (uint32_t p = 0; p < np; p++) {
+        gend[p] = nref;
         if (probes[p] >= nc)
             continue;
         const eng_cluster *cl = &m->clusters[probes[p]];
@@ -2733,6 +2738,7 @@ static cdx_err query_one(qctx *c, size_t qi)
             }
             refs[nref++] = &cl->seg[s];
         }
+        gend[p] = nref;
     }
     blocks = calloc(nref + 1, sizeof(*blocks));
     if (!blocks) {
@@ -2776,20 +2782,12 @@ static cdx_err query_one(qctx *c, size_t qi)
             bias = eng_sq8_prepare_dot(&sq, qv, aux);
     }
     t0 = mono_ns();
-    /* refs are grouped by cluster: tombstones apply within a cluster. */
-    size_t start = 0;
-    while (start < nref) {
-        size_t end = start;
-        const eng_cluster *owner = NULL;
-        for (uint32_t p = 0; p < np && !owner; p++)
-            if (probes[p] < nc) {
-                const eng_cluster *cl = &m->clusters[probes[p]];
-                if (cl->nseg && refs[start] >= cl->seg && refs[start] < cl->seg + cl->nseg)
-                    owner = cl;
-            }
-        end = start + (owner ? owner->nseg : 1);
+    for (uint32_t p = 0, start = 0; p < np; start = (uint32_t)gend[p], p++) {
+        size_t end = gend[p];
+        if (end == start)
+            continue;
         deadset ds;
-        if ((err = deadset_build(blocks + start, refs + start, end - start, &ds)))
+        if ((err = deadset_build(blocks + start, end - start, &ds)))
             goto out;
         for (size_t i = start; i < end && !err; i++) {
             eng_search *b = blocks[i];
@@ -2839,7 +2837,6 @@ static cdx_err query_one(qctx *c, size_t qi)
             }
         }
         free(ds.key);
-        start = end;
     }
     atomic_fetch_add(&o->e->ns_distance, mono_ns() - t0);
     if (err)
@@ -2943,6 +2940,7 @@ out:
         }
     free(metas);
     free(mviews);
+    free(gend);
     free(blocks);
     free(refs);
     free(dist);
