@@ -107,7 +107,14 @@ static cdx_err fault_getrange(eng_store *s, const eng_range *r, size_t n, eng_va
     return eng_store_getrange(f->inner, r, n, out);
 }
 
-static cdx_err fault_setnx(eng_store *s, const eng_kv *kv, size_t n, bool *created)
+/*
+ * Every batched write: apply the writes allowed before the crash point to the
+ * inner store, then crash if the batch was cut short.
+ */
+typedef enum { W_SETNX, W_SET, W_DEL } write_kind;
+
+static cdx_err fault_write(eng_store *s, write_kind k, const eng_kv *kv, const char *const *keys,
+                           size_t n, bool *created, uint64_t *deleted)
 {
     fault_store *f = as_fault(s);
     cdx_err e;
@@ -117,7 +124,9 @@ static cdx_err fault_setnx(eng_store *s, const eng_kv *kv, size_t n, bool *creat
     if (e == CDX_OK) {
         size_t ok = allowed_writes(f, n);
         if (ok > 0)
-            e = eng_store_setnx(f->inner, kv, ok, created);
+            e = k == W_SETNX ? eng_store_setnx(f->inner, kv, ok, created)
+                : k == W_SET ? eng_store_set(f->inner, kv, ok)
+                             : eng_store_del(f->inner, keys, ok, deleted);
         if (e == CDX_OK) {
             f->writes += ok;
             if (ok < n)
@@ -126,48 +135,21 @@ static cdx_err fault_setnx(eng_store *s, const eng_kv *kv, size_t n, bool *creat
     }
     pthread_mutex_unlock(&f->mu);
     return e;
+}
+
+static cdx_err fault_setnx(eng_store *s, const eng_kv *kv, size_t n, bool *created)
+{
+    return fault_write(s, W_SETNX, kv, NULL, n, created, NULL);
 }
 
 static cdx_err fault_set(eng_store *s, const eng_kv *kv, size_t n)
 {
-    fault_store *f = as_fault(s);
-    cdx_err e;
-
-    pthread_mutex_lock(&f->mu);
-    e = check_alive(f);
-    if (e == CDX_OK) {
-        size_t ok = allowed_writes(f, n);
-        if (ok > 0)
-            e = eng_store_set(f->inner, kv, ok);
-        if (e == CDX_OK) {
-            f->writes += ok;
-            if (ok < n)
-                e = crash(f);
-        }
-    }
-    pthread_mutex_unlock(&f->mu);
-    return e;
+    return fault_write(s, W_SET, kv, NULL, n, NULL, NULL);
 }
 
 static cdx_err fault_del(eng_store *s, const char *const *keys, size_t n, uint64_t *deleted)
 {
-    fault_store *f = as_fault(s);
-    cdx_err e;
-
-    pthread_mutex_lock(&f->mu);
-    e = check_alive(f);
-    if (e == CDX_OK) {
-        size_t ok = allowed_writes(f, n);
-        if (ok > 0)
-            e = eng_store_del(f->inner, keys, ok, deleted);
-        if (e == CDX_OK) {
-            f->writes += ok;
-            if (ok < n)
-                e = crash(f);
-        }
-    }
-    pthread_mutex_unlock(&f->mu);
-    return e;
+    return fault_write(s, W_DEL, NULL, keys, n, NULL, deleted);
 }
 
 static cdx_err fault_scan(eng_store *s, const char *match, uint64_t *cursor, char ***keys,
