@@ -15,6 +15,7 @@
 #include "cdx_hex.h"
 #include "eng.h"
 #include "eng_store.h"
+#include "fx_custody.h"
 #include "fx_redis.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
@@ -57,13 +58,7 @@ static int suite_init(int redis)
     if (!tok)
         return -1;
     hsm_config cfg;
-    hsm_config_init(&cfg);
-    snprintf(cfg.module_path, sizeof(cfg.module_path), "%s", fx_softhsm_module());
-    char *uri = fx_token_uri(tok);
-    snprintf(cfg.token_uri, sizeof(cfg.token_uri), "%s", uri);
-    free(uri);
-    snprintf(cfg.pin_source, sizeof(cfg.pin_source), "file:%s", fx_token_pin_file(tok));
-    cfg.subkey_ttl_ms = 60000;
+    fx_hsm_config(tok, NULL, 60000, &cfg);
     if (hsm_custody_open(&cfg, &cust))
         return -1;
     if (redis) {

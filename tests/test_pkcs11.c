@@ -22,6 +22,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include "cdx_err.h"
+#include "fx_custody.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
 #include "hsm_custody.h"
@@ -63,13 +64,7 @@ static void host_subkey(const uint8_t key[32], hsm_purpose p, const uint8_t id[1
 
 static void fill_cfg(hsm_config *cfg, fx_token *t, const char *module, uint32_t ttl)
 {
-    hsm_config_init(cfg);
-    snprintf(cfg->module_path, sizeof(cfg->module_path), "%s", module);
-    char *uri = fx_token_uri(t);
-    snprintf(cfg->token_uri, sizeof(cfg->token_uri), "%s", uri);
-    free(uri);
-    snprintf(cfg->pin_source, sizeof(cfg->pin_source), "file:%s", fx_token_pin_file(t));
-    cfg->subkey_ttl_ms = ttl;
+    fx_hsm_config(t, module, ttl, cfg);
     cfg->sessions = 8;
 }
 

@@ -19,6 +19,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include "cdx_err.h"
+#include "fx_custody.h"
 #include "fx_softhsm.h"
 #include "hsm_custody.h"
 #include "hsm_keys.h"
@@ -127,13 +128,7 @@ static double raw_sign(const char *module, const char *label, double secs)
 static hsm_custody *open_ctx(fx_token *t, uint32_t ttl)
 {
     hsm_config cfg;
-    hsm_config_init(&cfg);
-    snprintf(cfg.module_path, sizeof(cfg.module_path), "%s", fx_softhsm_module());
-    char *uri = fx_token_uri(t);
-    snprintf(cfg.token_uri, sizeof(cfg.token_uri), "%s", uri);
-    free(uri);
-    snprintf(cfg.pin_source, sizeof(cfg.pin_source), "file:%s", fx_token_pin_file(t));
-    cfg.subkey_ttl_ms = ttl;
+    fx_hsm_config(t, NULL, ttl, &cfg);
     hsm_custody *c = NULL;
     cdx_err e = hsm_custody_open(&cfg, &c);
     if (e)

@@ -19,6 +19,7 @@
 #include "cdx_err.h"
 #include "eng.h"
 #include "eng_store.h"
+#include "fx_custody.h"
 #include "fx_redis.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
@@ -66,13 +67,7 @@ static int env_up(int redis)
         if (!g_tok)
             return -1;
         hsm_config cfg;
-        hsm_config_init(&cfg);
-        snprintf(cfg.module_path, sizeof(cfg.module_path), "%s", fx_softhsm_module());
-        char *uri = fx_token_uri(g_tok);
-        snprintf(cfg.token_uri, sizeof(cfg.token_uri), "%s", uri);
-        free(uri);
-        snprintf(cfg.pin_source, sizeof(cfg.pin_source), "file:%s", fx_token_pin_file(g_tok));
-        cfg.subkey_ttl_ms = SUBKEY_TTL_MS;
+        fx_hsm_config(g_tok, NULL, SUBKEY_TTL_MS, &cfg);
         cdx_err e = hsm_custody_open(&cfg, &g_cust);
         if (e)
             return fail("custody", e);
