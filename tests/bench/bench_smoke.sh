@@ -5,7 +5,9 @@
 # its batched answers agree with its one-at-a-time ones. $1 = bench_ivf binary.
 set -euo pipefail
 bin=${1:?bench_ivf}
-dir=$(mktemp -d "${CDX_TEST_TMP:-/tmp}/bench-smoke.XXXXXX")
+base=${CDX_TEST_TMP:-/tmp}
+mkdir -p "$base" # the cleanup test may have removed it; do not depend on test order
+dir=$(mktemp -d "$base/bench-smoke.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 systems="cipherdex:flat-mem,cipherdex:sq8-redis-cold"
 if "$bin" --help 2>&1 | grep -q ' faiss'; then
