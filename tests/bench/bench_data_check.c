@@ -1,8 +1,8 @@
 /* bench_data_check: ctest for bench_data (loaders on hostile files, exact ground truth, recall).
  * Needs no dataset: it writes small files into a private temp directory. */
 #include "bench_data.h"
+#include "fx_tmp.h"
 
-#include <ftw.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -332,26 +332,21 @@ static void test_recall(void)
     CHECK(bench_recall_at_k(res2, gt, 2, 2) == 1.0);
 }
 
-static int rm_entry(const char *p, const struct stat *st, int type, struct FTW *ftw)
-{
-    return remove(p);
-}
-
 int main(void)
 {
-    const char *tmp = getenv("CDX_TEST_TMP");
-    if (!tmp || !*tmp)
-        tmp = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/bench_data.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    /* The fixtures' scratch dirs: created under $CDX_TEST_TMP whatever ran before. */
+    char *d = fx_tmpdir_new("bench_data");
+    if (!d) {
+        perror("fx_tmpdir_new");
         return 1;
     }
+    snprintf(dir, sizeof dir, "%s", d);
+    free(d);
     test_idx();
     test_xvecs();
     test_gt();
     test_recall();
-    if (nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+    if (fx_rm_rf(dir) != 0)
         fprintf(stderr, "could not remove %s\n", dir);
     if (failures) {
         fprintf(stderr, "bench_data_check: %d check(s) failed\n", failures);
