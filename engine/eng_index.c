@@ -634,6 +634,23 @@ static bool originals_in_search(const eng_manifest *m)
     return !is_sq8(m) && m->metric != ENG_METRIC_COSINE;
 }
 
+static eng_km_metric km_of(const eng_manifest *m)
+{
+    return m->metric == ENG_METRIC_EUCLIDEAN || m->metric == ENG_METRIC_SQUARED_EUCLIDEAN
+               ? ENG_KM_L2
+               : ENG_KM_IP;
+}
+
+/* (Re)build the coarse quantiser from m->centroids. */
+static cdx_err probe_build(eng_manifest *m)
+{
+    eng_probe_free(m->probe);
+    m->probe = NULL;
+    if (!m->n_clusters || !m->centroids)
+        return CDX_OK;
+    return eng_probe_new(m->centroids, m->n_clusters, m->dim, km_of(m), &m->probe);
+}
+
 static void centroids_encode(const eng_manifest *m, eng_buf *b)
 {
     eng_buf_u32(b, m->n_clusters);
@@ -672,7 +689,7 @@ static cdx_err centroids_decode(eng_manifest *m, const uint8_t *p, size_t n)
         memcpy(m->sq_vmin, vmin, d * sizeof(float));
         memcpy(m->sq_step, step, d * sizeof(float));
     }
-    return CDX_OK;
+    return probe_build(m);
 }
 
 static cdx_err hw_load(op *o)
@@ -1776,11 +1793,7 @@ static cdx_err assign_clusters(const eng_manifest *m, const float *x, size_t n, 
         memset(out, 0, n * sizeof(*out));
         return CDX_OK;
     }
-    eng_km_metric km = m->metric == ENG_METRIC_EUCLIDEAN || m->metric ==
-                                                                ENG_METRIC_SQUARED_EUCLIDEAN
-                           ? ENG_KM_L2
-                           : ENG_KM_IP;
-    return eng_kmeans_assign(x, n, m->dim, m->centroids, m->n_clusters, km, out, NULL);
+    return eng_kmeans_assign(x, n, m->dim, m->centroids, m->n_clusters, km_of(m), out, NULL);
 }
 
 static int cmp_u32(const void *a, const void *b)
@@ -2707,8 +2720,7 @@ static cdx_err query_one(qctx *c, size_t qi)
     uint32_t np = 1;
     probes[0] = 0;
     if (m->n_clusters) {
-        np = (uint32_t)eng_kmeans_probe(qv, d, m->centroids, m->n_clusters, c->km, c->nprobe,
-                                        probes);
+        np = m->probe ? (uint32_t)eng_probe_run(m->probe, qv, c->nprobe, probes, NULL) : 0;
         if (np == 0) {
             err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "coarse quantisation failed");
             goto out;
@@ -3034,9 +3046,7 @@ cdx_err eng_query_run(eng *e, const char *name, const eng_query *q, eng_query_re
             break;
         }
         c.nprobe = q->n_probes ? q->n_probes : (nc > 32 ? (nc + 31) / 32 : 1);
-        c.km = m->metric == ENG_METRIC_EUCLIDEAN || m->metric == ENG_METRIC_SQUARED_EUCLIDEAN
-                   ? ENG_KM_L2
-                   : ENG_KM_IP;
+        c.km = km_of(m);
         c.m = m;
         res = calloc(1, sizeof(*res));
         if (!res || !(res->n = calloc(q->nq, sizeof(size_t))) ||
@@ -3661,6 +3671,8 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
             memcpy(nm->sq_vmin, sq.vmin, d * sizeof(float));
             memcpy(nm->sq_step, sq.step, d * sizeof(float));
         }
+        if ((err = probe_build(nm)))
+            goto next;
         uint64_t v = m->version + 1;
         uint64_t now = eng_wall_ms();
         for (uint32_t c = 0; c < eng_manifest_nclusters(m) && !err; c++)

@@ -11,6 +11,7 @@
 
 #include "eng.h"
 #include "eng_buf.h"
+#include "eng_probe.h"
 #include "eng_record.h"
 #include "hsm_keys.h"
 #include "hsm_subkey.h"
@@ -81,6 +82,7 @@ typedef struct eng_manifest {
     /* decoded centroids (filled on demand; not serialised here) */
     float *centroids;             /* n_clusters x dim (normalised for cosine) */
     float *sq_vmin, *sq_step;     /* IVFSQ8 quantiser (dim each) */
+    struct eng_probe *probe;      /* coarse quantiser over centroids (shared by clones) */
     atomic_uint refs;             /* shared read-only between requests */
 } eng_manifest;
 

@@ -22,6 +22,7 @@ void eng_manifest_free(eng_manifest *m)
     free(m->centroids);
     free(m->sq_vmin);
     free(m->sq_step);
+    eng_probe_free(m->probe);
     free(m);
 }
 
@@ -65,6 +66,7 @@ cdx_err eng_manifest_clone(const eng_manifest *src, eng_manifest **out)
     m->retired = NULL;
     m->centroids = NULL;
     m->sq_vmin = m->sq_step = NULL;
+    m->probe = eng_probe_ref(src->probe);
     m->nretired = m->capretired = 0;
     uint32_t nc = eng_manifest_nclusters(src);
     m->clusters = calloc(nc, sizeof(*m->clusters));

@@ -5,6 +5,7 @@
  */
 #include "eng_dist.h"
 #include "eng_kmeans.h"
+#include "eng_probe.h"
 #include "eng_sq8.h"
 #include "eng_topk.h"
 
@@ -742,6 +743,73 @@ static void test_kmeans_probe(void)
     free(c);
 }
 
+/*
+ * The SQ8-screened probe returns exactly eng_kmeans_probe's list: random,
+ * clustered (cancellation-prone: large offset, small spread), integral,
+ * duplicated centroids; queries on a centroid, near one, and far away.
+ */
+static void test_probe_exact(void)
+{
+    enum { K = 1024, D = 48, NQ = 40 };
+    static const size_t nps[] = {1, 2, 8, 16, 64, 255, 256, 1024, 2000};
+    float *c = malloc((size_t)K * D * sizeof(float)), q[D];
+    uint32_t want_out[K], got_out[K];
+    size_t pruned = 0, runs = 0; /* runs where the screen applies (nprobe < k / 4) */
+
+    CU_ASSERT_FATAL(c != NULL);
+    for (int shape = 0; shape < 4; shape++) {
+        for (size_t i = 0; i < (size_t)K * D; i++) {
+            switch (shape) {
+            case 0: c[i] = unif(-1, 1); break;
+            case 1: c[i] = 1000.0f + unif(-0.01f, 0.01f); break; /* cancellation */
+            case 2: c[i] = (float)(rnd() % 256); break;            /* lossless codes */
+            default: c[i] = gauss() * (i % D < 4 ? 50.0f : 0.5f); break;
+            }
+        }
+        memcpy(c + 7 * D, c + 900 * D, D * sizeof(float)); /* a tie, broken by index */
+        for (int m = 0; m < 2; m++) {
+            eng_km_metric metric = m ? ENG_KM_IP : ENG_KM_L2;
+            eng_probe *p = NULL;
+            CU_ASSERT_FATAL(eng_probe_new(c, K, D, metric, &p) == CDX_OK);
+            for (int qi = 0; qi < NQ; qi++) {
+                const float *base = c + (rnd() % K) * D;
+                for (size_t i = 0; i < D; i++) {
+                    if (qi % 4 == 0)
+                        q[i] = base[i]; /* on a centroid (maybe the duplicated one) */
+                    else if (qi % 4 == 1)
+                        q[i] = base[i] + (shape == 1 ? unif(-1e-4f, 1e-4f) : unif(-0.05f, 0.05f));
+                    else
+                        q[i] = c[(rnd() % K) * D + i] + unif(-1, 1) * (shape == 2 ? 30 : 0.5f);
+                }
+                if (qi == 1)
+                    memcpy(q, c + 7 * D, sizeof(q));
+                for (size_t pi = 0; pi < sizeof(nps) / sizeof(nps[0]); pi++) {
+                    size_t np = nps[pi], rescored = 0;
+                    size_t w = eng_kmeans_probe(q, D, c, K, metric, np, want_out);
+                    size_t g = eng_probe_run(p, q, np, got_out, &rescored);
+                    CU_ASSERT_FATAL(w == g);
+                    CU_ASSERT(memcmp(want_out, got_out, w * sizeof(uint32_t)) == 0);
+                    if (memcmp(want_out, got_out, w * sizeof(uint32_t)) != 0)
+                        printf("\n    shape %d metric %d q %d nprobe %zu differs", shape, m, qi, np);
+                    if (np < K / 4) {
+                        runs++;
+                        pruned += rescored < K / 4;
+                    }
+                }
+            }
+            CU_ASSERT(eng_probe_run(p, q, 0, got_out, NULL) == 0);
+            eng_probe_free(p);
+        }
+    }
+    /* The screen must actually prune most of the time (not silently fall back). */
+    CU_ASSERT(pruned * 10 >= runs * 6);
+    printf("\n    screened probe: %zu of %zu runs pruned to < k/4 exact scores ", pruned, runs);
+    eng_probe *p = NULL;
+    CU_ASSERT(eng_probe_new(c, 0, D, ENG_KM_L2, &p) == CDX_ERR_INVALID_ARGUMENT && p == NULL);
+    eng_probe_free(NULL);
+    free(c);
+}
+
 static void test_kmeans_spherical(void)
 {
     enum { K = 6, NPC = 80, D = 12 };
@@ -813,6 +881,16 @@ static void run_probe(void *p)
     eng_kmeans_probe(a->q, a->d, a->x, a->n, ENG_KM_L2, 16, o);
 }
 
+static eng_probe *g_probe;
+
+static void run_probe_sq8(void *p)
+{
+    bench_arg *a = p;
+    uint32_t o[16];
+
+    eng_probe_run(g_probe, a->q, 16, o, NULL);
+}
+
 static void test_timing(void)
 {
     /* 1,130 candidates of 784 dims: one nlist-1024 / nprobe-16 query's scan (FACTS). */
@@ -851,6 +929,10 @@ static void test_timing(void)
     a.n = 1024;
     double pr = rate(run_probe, &a, 1.0);
     printf("\n    [%s] probe k=1024 d=784 nprobe=16: %.1f us/query", eng_dist_impl(), 1e6 / pr);
+    CU_ASSERT_FATAL(eng_probe_new(c, 1024, d, ENG_KM_L2, &g_probe) == CDX_OK);
+    pr = rate(run_probe_sq8, &a, 1.0);
+    printf("\n    [%s] screened probe, same: %.1f us/query", eng_dist_impl(), 1e6 / pr);
+    eng_probe_free(g_probe);
     free(c);
     free(q);
     free(step);
@@ -932,6 +1014,7 @@ int main(void)
         !CU_add_test(s, "kmeans errors", test_kmeans_errors) ||
         !CU_add_test(s, "kmeans assign vs brute force", test_kmeans_assign) ||
         !CU_add_test(s, "kmeans probe vs brute force", test_kmeans_probe) ||
+        !CU_add_test(s, "screened probe = exact probe", test_probe_exact) ||
         !CU_add_test(s, "kmeans spherical", test_kmeans_spherical) ||
         !CU_add_test(s, "timing", test_timing) ||
         !CU_add_test(s, "kmeans timing", test_kmeans_bench)) {
