@@ -257,6 +257,8 @@ typedef struct eng_stats {
     uint64_t queries;
     /* cumulative nanoseconds per query stage */
     uint64_t ns_head, ns_coarse, ns_keys, ns_fetch, ns_decrypt, ns_distance;
+    /* trained indexes: rows bounded from their codes, and rows then scored exactly */
+    uint64_t rows_screened, rows_rescored;
 } eng_stats;
 
 void eng_get_stats(eng *e, eng_stats *out);
@@ -264,5 +266,11 @@ void eng_get_stats(eng *e, eng_stats *out);
 /* Test hooks: called before every commit with the index id (may block). */
 typedef void (*eng_commit_hook)(void *arg, const uint8_t index_id[CDX_ID_LEN]);
 void eng_set_commit_hook(eng *e, eng_commit_hook fn, void *arg);
+
+/*
+ * Test hook: false makes trained indexes score every probed row exactly
+ * instead of screening by code bounds first (the answers must not change).
+ */
+void eng_set_screen(eng *e, bool on);
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * Decrypted search blocks, keyed by segment token, bounded in bytes, LRU.
+ * Decrypted search and vector blocks, keyed by kind and segment token, bounded in bytes, LRU.
  * Segments are immutable and their tokens never reused, so an entry can
  * never be stale: no invalidation beyond eviction.
  */
@@ -10,6 +10,7 @@
 
 struct ent {
     uint8_t tok[ENG_TOKEN_LEN];
+    eng_kind kind;
     eng_search *s;
     struct ent *prev, *next; /* LRU list, most recent at head */
     struct ent *hnext;       /* hash chain */
@@ -95,14 +96,14 @@ void eng_cache_free(eng_cache *c)
     free(c);
 }
 
-eng_search *eng_cache_get(eng_cache *c, const uint8_t token[ENG_TOKEN_LEN])
+eng_search *eng_cache_get(eng_cache *c, eng_kind kind, const uint8_t token[ENG_TOKEN_LEN])
 {
     if (!c || c->max == 0)
         return NULL;
     eng_search *s = NULL;
     pthread_mutex_lock(&c->mu);
     for (struct ent *e = c->tab[hash(token, c->nbuckets)]; e; e = e->hnext)
-        if (!memcmp(e->tok, token, ENG_TOKEN_LEN)) {
+        if (e->kind == kind && !memcmp(e->tok, token, ENG_TOKEN_LEN)) {
             unlink_lru(c, e);
             push_front(c, e);
             s = e->s;
@@ -117,7 +118,7 @@ eng_search *eng_cache_get(eng_cache *c, const uint8_t token[ENG_TOKEN_LEN])
     return s;
 }
 
-void eng_cache_put(eng_cache *c, const uint8_t token[ENG_TOKEN_LEN], eng_search *s)
+void eng_cache_put(eng_cache *c, eng_kind kind, const uint8_t token[ENG_TOKEN_LEN], eng_search *s)
 {
     if (!c || c->max == 0 || s->bytes > c->max)
         return;
@@ -125,11 +126,12 @@ void eng_cache_put(eng_cache *c, const uint8_t token[ENG_TOKEN_LEN], eng_search 
     if (!e)
         return;
     memcpy(e->tok, token, ENG_TOKEN_LEN);
+    e->kind = kind;
     e->s = s;
     atomic_fetch_add(&s->refs, 1);
     pthread_mutex_lock(&c->mu);
     for (struct ent *x = c->tab[hash(token, c->nbuckets)]; x; x = x->hnext)
-        if (!memcmp(x->tok, token, ENG_TOKEN_LEN)) {
+        if (x->kind == kind && !memcmp(x->tok, token, ENG_TOKEN_LEN)) {
             /* Another thread decrypted it at the same time: keep theirs. */
             pthread_mutex_unlock(&c->mu);
             eng_search_release(s);

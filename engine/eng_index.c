@@ -23,6 +23,7 @@
 #include "eng_internal.h"
 #include "eng_json.h"
 #include "eng_kmeans.h"
+#include "eng_screen.h"
 #include "eng_sq8.h"
 #include "eng_topk.h"
 
@@ -51,6 +52,8 @@ struct eng {
     void *hook_arg;
     atomic_uint_fast64_t commits, conflicts, queries;
     atomic_uint_fast64_t ns_head, ns_coarse, ns_keys, ns_fetch, ns_decrypt, ns_distance;
+    atomic_uint_fast64_t n_screened, n_rescored;
+    atomic_bool no_screen; /* test hook */
 };
 
 static int64_t mono_ms(void)
@@ -601,6 +604,11 @@ void eng_set_commit_hook(eng *e, eng_commit_hook fn, void *arg)
     e->hook_arg = arg;
 }
 
+void eng_set_screen(eng *e, bool on)
+{
+    atomic_store(&e->no_screen, !on);
+}
+
 void eng_get_stats(eng *e, eng_stats *s)
 {
     memset(s, 0, sizeof(*s));
@@ -614,6 +622,8 @@ void eng_get_stats(eng *e, eng_stats *s)
     s->ns_fetch = atomic_load(&e->ns_fetch);
     s->ns_decrypt = atomic_load(&e->ns_decrypt);
     s->ns_distance = atomic_load(&e->ns_distance);
+    s->rows_screened = atomic_load(&e->n_screened);
+    s->rows_rescored = atomic_load(&e->n_rescored);
 }
 
 /* ------------------------------------------------------------------ state */
@@ -623,15 +633,25 @@ static bool is_sq8(const eng_manifest *m)
     return m->type == ENG_IVFSQ8 && m->n_clusters > 0;
 }
 
-static uint32_t code_size(const eng_manifest *m)
+/*
+ * Trained indexes keep SQ8 codes plus screen row aux (eng_screen.h) as their
+ * search codes: IVFSQ8 scores those codes, IVFFlat screens with them and
+ * rescores the few rows that could make the result on its originals.
+ */
+static bool coded(const eng_manifest *m)
 {
-    return is_sq8(m) ? m->dim : m->dim * (uint32_t)sizeof(float);
+    return m->n_clusters > 0 && m->sq_vmin;
 }
 
-/* Originals live in the search block itself (IVFFlat on raw vectors). */
+static uint32_t code_size(const eng_manifest *m)
+{
+    return coded(m) ? m->dim : m->dim * (uint32_t)sizeof(float);
+}
+
+/* Originals live in the search block itself (untrained, raw vectors). */
 static bool originals_in_search(const eng_manifest *m)
 {
-    return !is_sq8(m) && m->metric != ENG_METRIC_COSINE;
+    return !coded(m) && m->metric != ENG_METRIC_COSINE;
 }
 
 static eng_km_metric km_of(const eng_manifest *m)
@@ -675,7 +695,7 @@ static cdx_err centroids_decode(eng_manifest *m, const uint8_t *p, size_t n)
     uint8_t has = eng_rd_u8(&r);
     const uint8_t *vmin = has ? eng_rd_ptr(&r, d * sizeof(float)) : NULL;
     const uint8_t *step = has ? eng_rd_ptr(&r, d * sizeof(float)) : NULL;
-    if (!eng_rd_done(&r) || (has && m->type != ENG_IVFSQ8) || (!has && m->type == ENG_IVFSQ8))
+    if (!eng_rd_done(&r) || !has)
         return cdx_fail(CDX_ERR_INTEGRITY, "centroids record is malformed");
     m->centroids = malloc(cb ? cb : 1);
     if (!m->centroids)
@@ -1441,6 +1461,7 @@ static cdx_err build_segment(op *o, const eng_manifest *m, uint64_t version, uin
     size_t d = m->dim;
     uint32_t cs = code_size(m);
     uint8_t *codes = NULL;
+    float *aux = NULL;
     const char **ids = NULL;
     uint16_t *idl = NULL;
     eng_buf pt;
@@ -1456,22 +1477,26 @@ static cdx_err build_segment(op *o, const eng_manifest *m, uint64_t version, uin
     codes = malloc((size_t)nrows * cs + 1);
     ids = malloc((nrows + 1u) * sizeof(*ids));
     idl = malloc((nrows + 1u) * sizeof(*idl));
-    if (!codes || !ids || !idl) {
+    aux = coded(m) ? malloc((nrows + 1u) * 2 * sizeof(float)) : NULL;
+    if (!codes || !ids || !idl || (coded(m) && !aux)) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
     eng_sq8 q = {.d = d, .vmin = m->sq_vmin, .step = m->sq_step};
     for (uint32_t i = 0; i < nrows; i++) {
-        if (is_sq8(m))
+        if (coded(m)) {
             eng_sq8_encode(&q, rows[i]->search, 1, codes + (size_t)i * cs);
-        else
+            eng_screen_row_aux(&q, rows[i]->search, codes + (size_t)i * cs, aux + 2 * i);
+            if (is_sq8(m))
+                aux[2 * i + 1] = 0; /* IVFSQ8 scores the codes themselves */
+        } else
             memcpy(codes + (size_t)i * cs, rows[i]->search, cs);
         ids[i] = rows[i]->id;
         idl[i] = rows[i]->id_len;
         memcpy(rows[i]->seg, out->ref.token, 16);
         rows[i]->row = i;
     }
-    eng_search_encode(&pt, nrows, cs, codes, ids, idl, tombs, ntomb);
+    eng_search_encode(&pt, nrows, cs, codes, aux, ids, idl, tombs, ntomb);
     if (!eng_buf_ok(&pt)) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
@@ -1506,6 +1531,7 @@ static cdx_err build_segment(op *o, const eng_manifest *m, uint64_t version, uin
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
 out:
     free(codes);
+    free(aux);
     free(ids);
     free(idl);
     eng_buf_free(&pt);
@@ -2256,7 +2282,7 @@ static cdx_err fetch_search(op *o, const eng_manifest *m, const eng_segref *cons
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        out[i] = eng_cache_get(o->e->cache, refs[i]->token);
+        out[i] = eng_cache_get(o->e->cache, ENG_K_SEARCH, refs[i]->token);
         if (!out[i]) {
             miss[nm] = refs[i];
             where[nm++] = i;
@@ -2285,9 +2311,9 @@ static cdx_err fetch_search(op *o, const eng_manifest *m, const eng_segref *cons
         size_t len = pts[j].len;
         pts[j].data = NULL; /* ownership moves into the search block */
         pts[j].len = pts[j].cap = 0;
-        if ((err = eng_search_decode(plain, len, miss[j]->rows, code_size(m), &s)))
+        if ((err = eng_search_decode(plain, len, miss[j]->rows, code_size(m), coded(m), &s)))
             break;
-        eng_cache_put(o->e->cache, miss[j]->token, s);
+        eng_cache_put(o->e->cache, ENG_K_SEARCH, miss[j]->token, s);
         out[where[j]] = s;
     }
 out:
@@ -2691,6 +2717,254 @@ static float final_distance(eng_metric m, float raw)
     }
 }
 
+/* Does row r's metadata match the query's filter? */
+static cdx_err filter_row(const qctx *c, const meta_view *mv, uint32_t r, bool *match)
+{
+    const uint8_t *mp;
+    size_t ml;
+    json_t *j = NULL;
+    if (!meta_view_row(mv, r, &mp, &ml))
+        return cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
+    if (ml && eng_json_parse_object((const char *)mp, ml, CDX_METADATA_MAX, &j))
+        return cdx_fail(CDX_ERR_INTEGRITY, "stored metadata is not valid JSON");
+    *match = eng_filter_match(c->filter, j);
+    json_decref(j);
+    return CDX_OK;
+}
+
+/* A float no smaller than x (the top-k keeps floats; a bound must stay a bound). */
+static float float_up(double x)
+{
+    float f = (float)x;
+    return (double)f < x ? nextafterf(f, INFINITY) : f;
+}
+
+typedef struct scand {
+    double lo;    /* lower bound of the row's score (smaller is better) */
+    uint64_t ref; /* block << 32 | row */
+} scand;
+
+/*
+ * Vector blocks (originals) of the blocks flagged in need[], through the
+ * cache, into vecs[]. *missing when one is absent from the store.
+ */
+static cdx_err fetch_vectors(op *o, const eng_manifest *m, const eng_segref **refs, size_t n,
+                             const bool *need, eng_search **vecs, bool *missing)
+{
+    cdx_err err = CDX_OK;
+    const eng_segref **miss = malloc((n + 1) * sizeof(*miss));
+    size_t *where = malloc((n + 1) * sizeof(*where));
+    eng_buf *pts = NULL;
+    size_t nm = 0;
+    *missing = false;
+    if (!miss || !where) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!need[i])
+            continue;
+        vecs[i] = eng_cache_get(o->e->cache, ENG_K_VECTORS, refs[i]->token);
+        if (!vecs[i]) {
+            miss[nm] = refs[i];
+            where[nm++] = i;
+        }
+    }
+    if (!nm)
+        goto out;
+    pts = calloc(nm, sizeof(*pts));
+    if (!pts) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    if ((err = fetch_blocks(o, miss, nm, ENG_K_VECTORS, pts, missing)) || *missing)
+        goto out;
+    for (size_t j = 0; j < nm && !err; j++) {
+        eng_search *v = NULL;
+        uint8_t *plain = pts[j].data;
+        size_t len = pts[j].len;
+        pts[j].data = NULL; /* ownership moves into the wrapper */
+        pts[j].len = pts[j].cap = 0;
+        if ((err = eng_vectors_wrap(plain, len, miss[j]->rows, m->dim, &v)))
+            break;
+        eng_cache_put(o->e->cache, ENG_K_VECTORS, miss[j]->token, v);
+        vecs[where[j]] = v;
+    }
+out:
+    if (pts)
+        for (size_t j = 0; j < nm; j++)
+            eng_buf_free(&pts[j]);
+    free(pts);
+    free(miss);
+    free(where);
+    return err;
+}
+
+/*
+ * The scan of a trained index (eng_screen.h): bound every live row's score
+ * from its codes with an integer dot product, keep the k best upper bounds,
+ * and rescore exactly - on the SQ8 codes for IVFSQ8, on the originals for
+ * IVFFlat - only the rows whose lower bound reaches the k-th upper bound.
+ * tk ends up holding what scoring every row would have put there.
+ */
+static cdx_err scan_screened(qctx *c, const float *qv, const eng_segref **refs,
+                             eng_search **blocks, size_t nref, const size_t *gend, uint32_t np,
+                             const meta_view *mviews, eng_topk *tk, uint64_t *ns_io)
+{
+    const eng_manifest *m = c->m;
+    op *o = c->o;
+    size_t d = m->dim;
+    bool l2 = c->km == ENG_KM_L2, sq8 = is_sq8(m);
+    cdx_err err = CDX_OK;
+    eng_sq8 sq = {.d = d, .vmin = m->sq_vmin, .step = m->sq_step};
+    int16_t *w = malloc(d * sizeof(int16_t));
+    float *qaux = malloc(d * sizeof(float)), *xn = malloc(d * sizeof(float));
+    eng_topk *ub = eng_topk_new(c->top_k, false);
+    scand *cv = NULL;
+    size_t ncv = 0, capcv = 0, caprows = 0, nrows = 0, nresc = 0;
+    int64_t *S = NULL;
+    double *lo = NULL, *hi = NULL;
+    bool *need = NULL;
+    eng_search **vecs = NULL;
+    if (!w || !qaux || !xn || !ub) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    eng_screen sc;
+    bool screen = !atomic_load(&o->e->no_screen) && eng_screen_prepare(&sc, &sq, qv, c->km, sq8, w);
+    for (uint32_t p = 0, start = 0; p < np && !err; start = (uint32_t)gend[p], p++) {
+        size_t end = gend[p];
+        if (end == start)
+            continue;
+        deadset ds;
+        if ((err = deadset_build(blocks + start, end - start, &ds)))
+            break;
+        for (size_t i = start; i < end && !err; i++) {
+            eng_search *b = blocks[i];
+            if (!b->rows)
+                continue;
+            if (!b->aux) {
+                err = cdx_fail(CDX_ERR_INTEGRITY, "search block has no screen data");
+                break;
+            }
+            if (b->rows > caprows) {
+                int64_t *s2 = realloc(S, b->rows * sizeof(*S));
+                double *l2p = s2 ? realloc(lo, b->rows * sizeof(*lo)) : NULL;
+                double *h2 = l2p ? realloc(hi, b->rows * sizeof(*hi)) : NULL;
+                S = s2 ? s2 : S;
+                lo = l2p ? l2p : lo;
+                hi = h2 ? h2 : hi;
+                if (!s2 || !l2p || !h2) {
+                    err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+                    break;
+                }
+                caprows = b->rows;
+            }
+            if (screen)
+                eng_screen_bounds(&sc, b->codes, b->aux, b->rows, S, lo, hi);
+            nrows += b->rows;
+            for (uint32_t r = 0; r < b->rows; r++) {
+                /* Orientation: smaller is better (inner products negated). */
+                double dlo = !screen ? -INFINITY : l2 ? lo[r] : -hi[r];
+                double dhi = !screen ? INFINITY : l2 ? hi[r] : -lo[r];
+                if (dlo > (double)eng_topk_threshold(ub))
+                    continue;
+                if (deadset_has(&ds, refs[i]->token, r))
+                    continue;
+                if (c->filter) {
+                    bool match = false;
+                    if ((err = filter_row(c, &mviews[i], r, &match)))
+                        break;
+                    if (!match)
+                        continue;
+                }
+                uint64_t ref = (uint64_t)i << 32 | r;
+                eng_topk_push(ub, float_up(dhi), ref);
+                if (ncv == capcv) {
+                    capcv = capcv ? capcv * 2 : 256;
+                    scand *c2 = realloc(cv, capcv * sizeof(*cv));
+                    if (!c2) {
+                        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+                        break;
+                    }
+                    cv = c2;
+                }
+                cv[ncv++] = (scand){dlo, ref};
+            }
+        }
+        free(ds.key);
+    }
+    if (err)
+        goto out;
+    double cut = (double)eng_topk_threshold(ub);
+    if (!sq8) {
+        need = calloc(nref + 1, sizeof(*need));
+        vecs = calloc(nref + 1, sizeof(*vecs));
+        if (!need || !vecs) {
+            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+            goto out;
+        }
+        for (size_t j = 0; j < ncv; j++)
+            if (cv[j].lo <= cut)
+                need[cv[j].ref >> 32] = true;
+        bool missing = false;
+        uint64_t t0 = mono_ns();
+        err = fetch_vectors(o, m, refs, nref, need, vecs, &missing);
+        *ns_io = mono_ns() - t0; /* counted as fetch and decrypt by fetch_blocks */
+        if (err)
+            goto out;
+        if (missing) {
+            c->need_refresh = true;
+            goto out;
+        }
+    }
+    float bias = 0;
+    if (sq8)
+        l2 ? eng_sq8_prepare_l2(&sq, qv, qaux) : (void)(bias = eng_sq8_prepare_dot(&sq, qv, qaux));
+    for (size_t j = 0; j < ncv; j++) {
+        if (cv[j].lo > cut)
+            continue;
+        nresc++;
+        size_t i = (size_t)(cv[j].ref >> 32);
+        uint32_t r = (uint32_t)cv[j].ref;
+        float v;
+        if (sq8) {
+            const uint8_t *code = blocks[i]->codes + (size_t)r * d;
+            if (l2)
+                eng_sq8_l2sq_many(qaux, m->sq_step, code, 1, d, &v);
+            else
+                eng_sq8_dot_many(qaux, bias, code, 1, d, &v);
+        } else {
+            const float *x = (const float *)(const void *)(vecs[i]->codes) + (size_t)r * d;
+            if (m->metric == ENG_METRIC_COSINE) {
+                /* Searched on normalised vectors, as written to the codes. */
+                memcpy(xn, x, d * sizeof(float));
+                eng_normalize(xn, d);
+                x = xn;
+            }
+            v = l2 ? eng_l2sq(qv, x, d) : eng_dot(qv, x, d);
+        }
+        eng_topk_push(tk, l2 ? v : -v, cv[j].ref);
+    }
+    atomic_fetch_add(&o->e->n_screened, nrows);
+    atomic_fetch_add(&o->e->n_rescored, nresc);
+out:
+    if (vecs)
+        for (size_t i = 0; i < nref; i++)
+            eng_search_release(vecs[i]);
+    free(vecs);
+    free(need);
+    free(cv);
+    free(S);
+    free(lo);
+    free(hi);
+    free(w);
+    free(qaux);
+    free(xn);
+    eng_topk_free(ub);
+    return err;
+}
+
 /* One query vector: probe, scan, filter, top-k, then fill the hits. */
 static cdx_err query_one(qctx *c, size_t qi)
 {
@@ -2783,74 +3057,56 @@ static cdx_err query_one(qctx *c, size_t qi)
                 goto out;
             }
     }
-    /* Query-side preparation for SQ8 codes. */
-    eng_sq8 sq = {.d = d, .vmin = m->sq_vmin, .step = m->sq_step};
-    float bias = 0;
-    bool l2 = c->km == ENG_KM_L2;
-    if (is_sq8(m)) {
-        if (l2)
-            eng_sq8_prepare_l2(&sq, qv, aux);
-        else
-            bias = eng_sq8_prepare_dot(&sq, qv, aux);
-    }
     t0 = mono_ns();
-    for (uint32_t p = 0, start = 0; p < np; start = (uint32_t)gend[p], p++) {
-        size_t end = gend[p];
-        if (end == start)
-            continue;
-        deadset ds;
-        if ((err = deadset_build(blocks + start, end - start, &ds)))
+    uint64_t ns_io = 0;
+    if (coded(m)) {
+        err = scan_screened(c, qv, refs, blocks, nref, gend, np, mviews, tk, &ns_io);
+        if (!err && c->need_refresh)
             goto out;
-        for (size_t i = start; i < end && !err; i++) {
-            eng_search *b = blocks[i];
-            if (!b->rows)
+    } else {
+        /* Untrained: every row's float search vector. */
+        for (uint32_t p = 0, start = 0; p < np; start = (uint32_t)gend[p], p++) {
+            size_t end = gend[p];
+            if (end == start)
                 continue;
-            float *nd = realloc(dist, b->rows * sizeof(float));
-            if (!nd) {
-                err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-                break;
-            }
-            dist = nd;
-            if (is_sq8(m)) {
-                if (l2)
-                    eng_sq8_l2sq_many(aux, m->sq_step, b->codes, b->rows, d, dist);
-                else
-                    eng_sq8_dot_many(aux, bias, b->codes, b->rows, d, dist);
-            } else {
-                if (l2)
-                    eng_l2sq_many(qv, (const float *)(const void *)b->codes, b->rows, d, dist);
-                else
-                    eng_dot_many(qv, (const float *)(const void *)b->codes, b->rows, d, dist);
-            }
-            for (uint32_t r = 0; r < b->rows; r++) {
-                float dv = l2 ? dist[r] : -dist[r];
-                if (dv >= eng_topk_threshold(tk))
+            deadset ds;
+            if ((err = deadset_build(blocks + start, end - start, &ds)))
+                goto out;
+            for (size_t i = start; i < end && !err; i++) {
+                eng_search *b = blocks[i];
+                if (!b->rows)
                     continue;
-                if (deadset_has(&ds, refs[i]->token, r))
-                    continue;
-                if (c->filter) {
-                    const uint8_t *mp;
-                    size_t ml;
-                    json_t *j = NULL;
-                    if (!meta_view_row(&mviews[i], r, &mp, &ml)) {
-                        err = cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
-                        break;
-                    }
-                    if (ml && eng_json_parse_object((const char *)mp, ml, CDX_METADATA_MAX, &j)) {
-                        err = cdx_fail(CDX_ERR_INTEGRITY, "stored metadata is not valid JSON");
-                        break;
-                    }
-                    bool match = eng_filter_match(c->filter, j);
-                    json_decref(j);
-                    if (!match)
-                        continue;
+                float *nd = realloc(dist, b->rows * sizeof(float));
+                if (!nd) {
+                    err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+                    break;
                 }
-                eng_topk_push(tk, dv, (uint64_t)i << 32 | r);
+                dist = nd;
+                const float *x = (const float *)(const void *)b->codes;
+                if (c->km == ENG_KM_L2)
+                    eng_l2sq_many(qv, x, b->rows, d, dist);
+                else
+                    eng_dot_many(qv, x, b->rows, d, dist);
+                for (uint32_t r = 0; r < b->rows; r++) {
+                    float dv = c->km == ENG_KM_L2 ? dist[r] : -dist[r];
+                    if (dv > eng_topk_threshold(tk))
+                        continue;
+                    if (deadset_has(&ds, refs[i]->token, r))
+                        continue;
+                    if (c->filter) {
+                        bool match = false;
+                        if ((err = filter_row(c, &mviews[i], r, &match)))
+                            break;
+                        if (!match)
+                            continue;
+                    }
+                    eng_topk_push(tk, dv, (uint64_t)i << 32 | r);
+                }
             }
+            free(ds.key);
         }
-        free(ds.key);
     }
-    atomic_fetch_add(&o->e->ns_distance, mono_ns() - t0);
+    atomic_fetch_add(&o->e->ns_distance, mono_ns() - t0 - ns_io);
     if (err)
         goto out;
     /* Results, best first. */
@@ -3636,7 +3892,8 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
             eng_kmeans_stats ks;
             if ((err = eng_kmeans_train(sample, ns, d, &ko, centroids, &ks)))
                 goto next;
-            if (ix->cat.type == ENG_IVFSQ8 && (err = eng_sq8_train(sample, ns, d, &sq)))
+            /* Both types: IVFSQ8 stores these codes, IVFFlat screens with them. */
+            if ((err = eng_sq8_train(sample, ns, d, &sq)))
                 goto next;
             have_model = true;
             cdx_log(CDX_LOG_INFO, "eng_trained", "lists=%u sample=%zu iters=%u",

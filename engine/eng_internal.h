@@ -146,7 +146,11 @@ typedef struct eng_tomb {
  * plaintext it owns. Immutable once built: shared through the cache.
  *
  *   u32 rows | u32 code_size | u32 ntomb | codes[rows*code_size] |
+ *   [rows x (f32 n2, f32 err): screen row aux, trained indexes only] |
  *   rows x (u16 id_len, id) | ntomb x (seg token[16], u32 row)
+ *
+ * The same struct carries a decrypted vector block (originals, rows x dim
+ * floats) for the cache: codes = the floats, code_size = 4 * dim, no ids.
  */
 typedef struct eng_search {
     uint32_t rows;
@@ -155,6 +159,7 @@ typedef struct eng_search {
     uint8_t *plain;               /* owned, wiped on free */
     size_t plain_len;
     const uint8_t *codes;
+    float *aux;                   /* rows x 2 (eng_screen.h), aligned copy; NULL if none */
     uint32_t *id_pos;             /* offset of each id in plain */
     uint16_t *id_len;
     const uint8_t *tombs;         /* ntomb x 20 bytes */
@@ -164,22 +169,24 @@ typedef struct eng_search {
 
 /* Takes ownership of plain (malloc'ed) whatever the outcome. */
 cdx_err eng_search_decode(uint8_t *plain, size_t n, uint32_t expect_rows, uint32_t code_size,
-                          eng_search **out);
+                          bool with_aux, eng_search **out);
+/* Wrap a decrypted vector block (takes ownership of plain whatever the outcome). */
+cdx_err eng_vectors_wrap(uint8_t *plain, size_t n, uint32_t rows, uint32_t dim, eng_search **out);
 void eng_search_release(eng_search *s);
-/* Build the plaintext of a search block. */
+/* Build the plaintext of a search block (aux: rows x 2 floats, or NULL). */
 void eng_search_encode(eng_buf *b, uint32_t rows, uint32_t code_size, const uint8_t *codes,
-                       const char *const *ids, const uint16_t *id_lens, const eng_tomb *tombs,
-                       uint32_t ntomb);
+                       const float *aux, const char *const *ids, const uint16_t *id_lens,
+                       const eng_tomb *tombs, uint32_t ntomb);
 
-/* ---- block cache (decrypted search blocks, by segment token) ---- */
+/* ---- block cache (decrypted search and vector blocks, by kind and segment token) ---- */
 
 typedef struct eng_cache eng_cache;
 eng_cache *eng_cache_new(size_t max_bytes);
 void eng_cache_free(eng_cache *c);
 /* A referenced block or NULL. */
-eng_search *eng_cache_get(eng_cache *c, const uint8_t token[ENG_TOKEN_LEN]);
+eng_search *eng_cache_get(eng_cache *c, eng_kind kind, const uint8_t token[ENG_TOKEN_LEN]);
 /* Insert (the cache takes its own reference). */
-void eng_cache_put(eng_cache *c, const uint8_t token[ENG_TOKEN_LEN], eng_search *s);
+void eng_cache_put(eng_cache *c, eng_kind kind, const uint8_t token[ENG_TOKEN_LEN], eng_search *s);
 void eng_cache_drop_index(eng_cache *c);
 void eng_cache_stats(eng_cache *c, uint64_t *hits, uint64_t *misses, uint64_t *bytes);
 

@@ -7,14 +7,13 @@
 #include <string.h>
 
 #include "eng_dist.h"
-#include "eng_simd.h"
+#include "eng_screen.h"
 #include "eng_sq8.h"
 #include "eng_topk.h"
 
 /* Below this many centroid floats the screen saves nothing worth its bookkeeping. */
 #define PROBE_SCREEN_MIN 16384u
 #define PROBE_CHUNK 256u
-#define U 0x1p-24 /* unit roundoff of float32 */
 
 struct eng_probe {
     atomic_uint refs;
@@ -22,11 +21,8 @@ struct eng_probe {
     eng_km_metric m;
     float *c;       /* k x d float centroids */
     uint8_t *codes; /* k x d, NULL when the screen is off */
+    float *aux;     /* k x 2: eng_screen row aux */
     eng_sq8 sq;
-    double *err;    /* k: ||c - decoded(c)||, rounded up */
-    double *norm;   /* k: ||c|| (inner product bound) */
-    double *n2;     /* k: sum_i (step_i code_i)^2, exact in double */
-    int32_t wmax;   /* largest |W_i| with no int32 overflow in the integer dot */
 };
 
 cdx_err eng_probe_new(const float *centroids, size_t k, size_t d, eng_km_metric m,
@@ -56,36 +52,15 @@ cdx_err eng_probe_new(const float *centroids, size_t k, size_t d, eng_km_metric 
     if ((err = eng_sq8_train(p->c, k, d, &p->sq)))
         goto out;
     p->codes = malloc(k * d);
-    p->err = malloc(k * sizeof(double));
-    p->norm = malloc(k * sizeof(double));
-    p->n2 = malloc(k * sizeof(double));
-    if (!p->codes || !p->err || !p->norm || !p->n2) {
+    p->aux = malloc(k * 2 * sizeof(float));
+    if (!p->codes || !p->aux) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
     eng_sq8_encode(&p->sq, p->c, k, p->codes);
-    for (size_t j = 0; j < k; j++) {
-        const float *row = p->c + j * d;
-        const uint8_t *code = p->codes + j * d;
-        double e = 0, n = 0, n2 = 0;
-        for (size_t i = 0; i < d; i++) {
-            double sc = (double)p->sq.step[i] * code[i];
-            n2 += sc * sc;
-            /* The screen's decoded value is vmin + step * code in real arithmetic. */
-            double x = (double)p->sq.vmin[i] + (double)p->sq.step[i] * code[i];
-            double diff = (double)row[i] - x;
-            e += diff * diff;
-            n += (double)row[i] * row[i];
-        }
-        /* Rounded up: double error here is ~1e-16 relative, far below the margin. */
-        p->err[j] = sqrt(e) * (1 + 1e-9) + 1e-30;
-        p->norm[j] = sqrt(n) * (1 + 1e-9);
-        p->n2[j] = n2;
-    }
-    /* Per int32 lane the dot adds 2 * ceil(d / 16) products of |W| * 255. */
-    double lim = 2147483647.0 / (510.0 * (double)((d + 15) / 16));
-    p->wmax = lim >= 32767 ? 32767 : (int32_t)lim;
-    if (p->wmax < 64) { /* d too large for a useful integer screen */
+    for (size_t j = 0; j < k; j++)
+        eng_screen_row_aux(&p->sq, p->c + j * d, p->codes + j * d, p->aux + 2 * j);
+    if (!eng_screen_wmax(d)) { /* d too large for the integer screen */
         free(p->codes);
         p->codes = NULL;
     }
@@ -111,9 +86,7 @@ void eng_probe_free(eng_probe *p)
         return;
     free(p->c);
     free(p->codes);
-    free(p->err);
-    free(p->norm);
-    free(p->n2);
+    free(p->aux);
     eng_sq8_free(&p->sq);
     free(p);
 }
@@ -171,117 +144,6 @@ static double select_nth(double *v, size_t n, size_t r)
     return v[r];
 }
 
-/* S[j] = sum_i w[i] * codes[j*d + i], exact in integers, for k rows. */
-static void idot_scalar(const int16_t *w, const uint8_t *codes, size_t k, size_t d, int64_t *S)
-{
-    for (size_t j = 0; j < k; j++) {
-        const uint8_t *c = codes + j * d;
-        int64_t acc = 0;
-        for (size_t i = 0; i < d; i++)
-            acc += (int32_t)w[i] * c[i];
-        S[j] = acc;
-    }
-}
-
-#if ENG_X86
-/* 16 codes widened to int16 and multiplied pairwise (vpmaddwd): 3 uops per 16 codes. */
-AVX2 static void idot_avx2(const int16_t *w, const uint8_t *codes, size_t k, size_t d, int64_t *S)
-{
-    size_t d16 = d & ~(size_t)15;
-    for (size_t j = 0; j < k; j++) {
-        const uint8_t *c = codes + j * d;
-        __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
-        size_t i = 0;
-        for (; i + 32 <= d16; i += 32) {
-            __m256i c0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(c + i)));
-            __m256i c1 =
-                _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(c + i + 16)));
-            __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(w + i));
-            __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(w + i + 16));
-            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(c0, w0));
-            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(c1, w1));
-        }
-        for (; i < d16; i += 16) {
-            __m256i c0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(c + i)));
-            __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(w + i));
-            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(c0, w0));
-        }
-        int32_t lanes[16];
-        _mm256_storeu_si256((__m256i *)(void *)lanes, acc0);
-        _mm256_storeu_si256((__m256i *)(void *)(lanes + 8), acc1);
-        int64_t acc = 0;
-        for (int l = 0; l < 16; l++)
-            acc += lanes[l];
-        for (; i < d; i++)
-            acc += (int32_t)w[i] * c[i];
-        S[j] = acc;
-    }
-}
-#endif
-
-/*
- * Screen: an interval [lo[j], hi[j]] around the float score eng_kmeans_probe
- * computes for every centroid, from an integer dot product of the codes with
- * the query's weights rounded to int16. Everything else is double. False
- * when the query's weights are all zero or not finite (then: exact).
- */
-static bool screen(const eng_probe *p, const float *q, int16_t *W, int64_t *S, double *lo,
-                   double *hi)
-{
-    size_t d = p->d, k = p->k;
-    double gam = 2.0 * (double)(d + 10) * U; /* relative rounding of the exact kernel */
-    double qn = 0, tn = 0, bias = 0, wabs = 0, rsum = 0;
-    bool l2 = p->m == ENG_KM_L2;
-    double *w = (double *)(void *)lo; /* scratch: lo is rewritten below */
-
-    /* L2: ||t - step.code||^2 with t = q - vmin; IP: q.vmin + sum q_i step_i code_i. */
-    for (size_t i = 0; i < d; i++) {
-        double qi = q[i], ti = qi - (double)p->sq.vmin[i];
-        qn += qi * qi;
-        tn += ti * ti;
-        bias += qi * (double)p->sq.vmin[i];
-        w[i] = (l2 ? ti : qi) * (double)p->sq.step[i];
-        wabs = fabs(w[i]) > wabs ? fabs(w[i]) : wabs;
-    }
-    if (!(wabs > 0) || !isfinite(wabs) || !isfinite(tn) || !isfinite(bias))
-        return false;
-    double delta = wabs / p->wmax;
-    for (size_t i = 0; i < d; i++) {
-        double r = nearbyint(w[i] / delta);
-        r = r > p->wmax ? p->wmax : r < -p->wmax ? -p->wmax : r;
-        W[i] = (int16_t)r;
-        rsum += fabs(w[i] - r * delta);
-    }
-    qn = sqrt(qn);
-#if ENG_X86
-    if (eng_simd_level() == ENG_SIMD_AVX2)
-        idot_avx2(W, p->codes, k, d, S);
-    else
-#endif
-        idot_scalar(W, p->codes, k, d, S);
-    /* |sum (w_i - W_i delta) code_i| <= 255 rsum; double rounding: 1e-12 of the magnitudes. */
-    double qerr = 255.0 * rsum * (1 + 1e-9);
-    for (size_t j = 0; j < k; j++) {
-        double dot = delta * (double)S[j];
-        if (l2) {
-            double a = tn - 2.0 * dot + p->n2[j];
-            double e = 2.0 * qerr + 1e-12 * (tn + 2.0 * fabs(dot) + p->n2[j]);
-            double dlo = sqrt(a - e > 0 ? a - e : 0) - p->err[j]; /* bounds on ||q - c|| */
-            double dhi = sqrt(a + e > 0 ? a + e : 0) + p->err[j];
-            dlo = dlo > 0 ? dlo : 0;
-            lo[j] = dlo * dlo * (1 - gam); /* the exact kernel's float rounding */
-            hi[j] = dhi * dhi * (1 + gam);
-        } else {
-            double a = bias + dot;
-            double e = qerr + 1e-12 * (fabs(bias) + fabs(dot)) + qn * p->err[j] +
-                       gam * qn * p->norm[j];
-            lo[j] = a - e;
-            hi[j] = a + e;
-        }
-    }
-    return true;
-}
-
 size_t eng_probe_run(const eng_probe *p, const float *q, size_t nprobe, uint32_t *out,
                      size_t *rescored)
 {
@@ -305,12 +167,14 @@ size_t eng_probe_run(const eng_probe *p, const float *q, size_t nprobe, uint32_t
     if (p->codes && want < k / 4) {
         W = malloc(d * sizeof(int16_t));
         S = malloc(k * sizeof(int64_t));
-        lo = malloc((k > d ? k : d) * sizeof(double));
+        lo = malloc(k * sizeof(double));
         hi = malloc(k * sizeof(double));
         sel = malloc(k * sizeof(double));
         if (!W || !S || !lo || !hi || !sel)
             goto out;
-        if (screen(p, q, W, S, lo, hi)) {
+        eng_screen sc;
+        if (eng_screen_prepare(&sc, &p->sq, q, p->m, false, W)) {
+            eng_screen_bounds(&sc, p->codes, p->aux, k, S, lo, hi);
             size_t n = 0;
             double cut;
             if (p->m == ENG_KM_L2) {

@@ -15,7 +15,7 @@ target_compile_definitions(test_filter PRIVATE CDX_FILTERS_MD="${CMAKE_SOURCE_DI
 if(NOT TARGET PkgConfig::OPENBLAS)
   pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
 endif()
-cdx_add_test(test_math SOURCES test_math.c ${CMAKE_SOURCE_DIR}/engine/eng_dist.c ${CMAKE_SOURCE_DIR}/engine/eng_sq8.c ${CMAKE_SOURCE_DIR}/engine/eng_topk.c ${CMAKE_SOURCE_DIR}/engine/eng_kmeans.c ${CMAKE_SOURCE_DIR}/engine/eng_probe.c LIBS cdx_base PkgConfig::OPENBLAS m)
+cdx_add_test(test_math SOURCES test_math.c ${CMAKE_SOURCE_DIR}/engine/eng_dist.c ${CMAKE_SOURCE_DIR}/engine/eng_sq8.c ${CMAKE_SOURCE_DIR}/engine/eng_topk.c ${CMAKE_SOURCE_DIR}/engine/eng_kmeans.c ${CMAKE_SOURCE_DIR}/engine/eng_probe.c ${CMAKE_SOURCE_DIR}/engine/eng_screen.c LIBS cdx_base PkgConfig::OPENBLAS m)
 target_include_directories(test_math PRIVATE ${CMAKE_SOURCE_DIR}/engine)
 add_test(NAME test_math_scalar COMMAND test_math)
 set_tests_properties(test_math_scalar PROPERTIES TIMEOUT 600 ENVIRONMENT "CDX_SIMD=scalar"

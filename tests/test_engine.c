@@ -594,6 +594,95 @@ static void test_train(void)
     ds_free(&s);
 }
 
+/*
+ * Trained indexes screen rows by code bounds and rescore only the possible
+ * winners: the answers (ids, order, distance bits) must equal scoring every
+ * probed row, for every metric and type, lossy floats, with tombstones,
+ * duplicates (ties) and a filter; and the screen must actually prune.
+ */
+static void test_screen_equivalence(void)
+{
+    const size_t d = 40, n = 1600;
+    static const eng_metric metrics[] = {ENG_METRIC_EUCLIDEAN, ENG_METRIC_SQUARED_EUCLIDEAN,
+                                         ENG_METRIC_COSINE, ENG_METRIC_INNER_PRODUCT};
+    static const uint32_t probes[] = {1, 3, 16};
+    dataset s;
+    make_blobs(&s, n, d, 12, 0);
+    for (size_t i = 0; i < n; i += 50) /* exact duplicates: ties broken by position */
+        memcpy(s.x + (i + 1) * d, s.x + i * d, d * sizeof(float));
+    for (size_t i = 5; i < n; i += 97) /* other scales (inner product, cosine) */
+        for (size_t j = 0; j < d; j++)
+            s.x[i * d + j] *= 3.5f;
+    eng_stats st0, st1;
+    uint64_t screened = 0, rescored = 0; /* screened runs only */
+    size_t compared = 0;
+    for (int t = 0; t < 2; t++)
+        for (size_t mi = 0; mi < 4; mi++) {
+            eng_index_type type = t ? ENG_IVFSQ8 : ENG_IVFFLAT;
+            char name[64];
+            uniq_name(name, "screen");
+            eng_index_info info;
+            create(name, d, metrics[mi], type, 16, &info);
+            upsert(name, s.items, n / 2);
+            uint64_t v = 0;
+            CU_ASSERT_EQUAL_FATAL(eng_train(E, name, NULL, &v), CDX_OK);
+            upsert(name, s.items + n / 2, n / 2);
+            /* Tombstones: deletes and updates land in later segments. */
+            const char *del[8];
+            size_t dl[8];
+            for (int i = 0; i < 8; i++) {
+                del[i] = s.ids[i * 113 + 7];
+                dl[i] = strlen(del[i]);
+            }
+            uint64_t deleted = 0;
+            CU_ASSERT_EQUAL(eng_delete(E, name, del, dl, 8, &deleted, &v), CDX_OK);
+            for (size_t qi = 0; qi < 12; qi++) {
+                float q[40];
+                for (size_t j = 0; j < d; j++)
+                    q[j] = s.x[(qi * 131 % n) * d + j] + (qi % 3 ? frand() * 0.5f : 0);
+                for (size_t pi = 0; pi < 3; pi++)
+                    for (int f = 0; f < 2; f++) {
+                        const char *flt = f ? "{\"even\": true}" : NULL;
+                        eng_query qq = {.vectors = q, .nq = 1, .top_k = 10,
+                                        .n_probes = probes[pi], .filter = flt,
+                                        .filter_len = flt ? strlen(flt) : 0};
+                        eng_query_result *a = NULL, *b = NULL;
+                        eng_set_screen(E, true);
+                        eng_get_stats(E, &st0);
+                        CU_ASSERT_EQUAL_FATAL(eng_query_run(E, name, &qq, &a), CDX_OK);
+                        eng_get_stats(E, &st1);
+                        screened += st1.rows_screened - st0.rows_screened;
+                        rescored += st1.rows_rescored - st0.rows_rescored;
+                        eng_set_screen(E, false);
+                        CU_ASSERT_EQUAL_FATAL(eng_query_run(E, name, &qq, &b), CDX_OK);
+                        eng_set_screen(E, true);
+                        CU_ASSERT_EQUAL(a->n[0], b->n[0]);
+                        for (size_t i = 0; i < a->n[0] && i < b->n[0]; i++) {
+                            bool same = !strcmp(a->hits[0][i].id, b->hits[0][i].id) &&
+                                        memcmp(&a->hits[0][i].distance, &b->hits[0][i].distance,
+                                               sizeof(float)) == 0;
+                            CU_ASSERT(same);
+                            if (!same)
+                                fprintf(stderr, "\n  [screen %s %s] q%zu np%u f%d rank %zu: %s %.9g vs %s %.9g",
+                                        eng_index_type_name(type), eng_metric_name(metrics[mi]), qi,
+                                        probes[pi], f, i, a->hits[0][i].id, a->hits[0][i].distance,
+                                        b->hits[0][i].id, b->hits[0][i].distance);
+                        }
+                        compared++;
+                        eng_query_result_free(a);
+                        eng_query_result_free(b);
+                    }
+            }
+            CU_ASSERT_EQUAL(eng_index_delete(E, name, info.id), CDX_OK);
+        }
+    fprintf(stderr, "\n  screen: %zu query pairs equal; %llu rows bounded, %llu rescored\n",
+            compared, (unsigned long long)screened, (unsigned long long)rescored);
+    CU_ASSERT(compared == 2 * 4 * 12 * 3 * 2);
+    /* The screen must prune most rows (it is not silently scoring everything). */
+    CU_ASSERT(screened > 0 && rescored * 4 < screened);
+    ds_free(&s);
+}
+
 /* SQ8 is lossless on integer data spanning 0..255 per dimension. */
 static void test_sq8_exact(void)
 {
@@ -2231,6 +2320,7 @@ static void add_tests(CU_pSuite s)
     CU_add_test(s, "exhaustive search exact for all metrics", test_exact_metrics);
     CU_add_test(s, "train, recall, compaction", test_train);
     CU_add_test(s, "IVFSQ8 lossless on 0..255 integers", test_sq8_exact);
+    CU_add_test(s, "screened scan answers = full scan", test_screen_equivalence);
     CU_add_test(s, "filters and list_ids paging", test_filters_and_listing);
     CU_add_test(s, "restart sees the same data", test_restart);
     CU_add_test(s, "hostile store: tamper, swap, replay, rollback", test_tamper);
