@@ -236,6 +236,14 @@ void eng_ids_free(char **ids, size_t *id_lens, size_t n);
 
 cdx_err eng_count(eng *e, const char *name, uint64_t *count);
 
+/*
+ * Load every segment's search block (and, for a trained IVFFlat index, its
+ * vector block) into the block cache, as far as cache_bytes allows: the
+ * first queries then run warm. *blocks (may be NULL) gets the segments read.
+ * Errors: as eng_query_run's, and CDX_ERR_INTEGRITY for a missing segment.
+ */
+cdx_err eng_index_warm(eng *e, const char *name, uint64_t *blocks);
+
 /* Merge each cluster's segments into one, retiring the old ones (never deleting). */
 cdx_err eng_compact(eng *e, const char *name, uint64_t *version);
 
@@ -259,6 +267,7 @@ typedef struct eng_stats {
     uint64_t ns_head, ns_coarse, ns_keys, ns_fetch, ns_decrypt, ns_distance;
     /* trained indexes: rows bounded from their codes, and rows then scored exactly */
     uint64_t rows_screened, rows_rescored;
+    uint64_t centroids_rescored; /* coarse step: centroids scored exactly after its screen */
 } eng_stats;
 
 void eng_get_stats(eng *e, eng_stats *out);

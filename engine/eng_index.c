@@ -52,7 +52,7 @@ struct eng {
     void *hook_arg;
     atomic_uint_fast64_t commits, conflicts, queries;
     atomic_uint_fast64_t ns_head, ns_coarse, ns_keys, ns_fetch, ns_decrypt, ns_distance;
-    atomic_uint_fast64_t n_screened, n_rescored;
+    atomic_uint_fast64_t n_screened, n_rescored, n_probe_rescored;
     atomic_bool no_screen; /* test hook */
 };
 
@@ -624,6 +624,7 @@ void eng_get_stats(eng *e, eng_stats *s)
     s->ns_distance = atomic_load(&e->ns_distance);
     s->rows_screened = atomic_load(&e->n_screened);
     s->rows_rescored = atomic_load(&e->n_rescored);
+    s->centroids_rescored = atomic_load(&e->n_probe_rescored);
 }
 
 /* ------------------------------------------------------------------ state */
@@ -701,6 +702,9 @@ static cdx_err centroids_decode(eng_manifest *m, const uint8_t *p, size_t n)
     if (!m->centroids)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     memcpy(m->centroids, c, cb);
+    for (size_t i = 0; i < (size_t)k * d; i++)
+        if (!isfinite(m->centroids[i]))
+            return cdx_fail(CDX_ERR_INTEGRITY, "centroids record holds a non-finite value");
     if (has) {
         m->sq_vmin = malloc(d * sizeof(float));
         m->sq_step = malloc(d * sizeof(float));
@@ -708,6 +712,9 @@ static cdx_err centroids_decode(eng_manifest *m, const uint8_t *p, size_t n)
             return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         memcpy(m->sq_vmin, vmin, d * sizeof(float));
         memcpy(m->sq_step, step, d * sizeof(float));
+        for (uint32_t i = 0; i < d; i++)
+            if (!isfinite(m->sq_vmin[i]) || !isfinite(m->sq_step[i]) || m->sq_step[i] < 0)
+                return cdx_fail(CDX_ERR_INTEGRITY, "centroids record holds a bad quantiser");
     }
     return probe_build(m);
 }
@@ -2994,7 +3001,9 @@ static cdx_err query_one(qctx *c, size_t qi)
     uint32_t np = 1;
     probes[0] = 0;
     if (m->n_clusters) {
-        np = m->probe ? (uint32_t)eng_probe_run(m->probe, qv, c->nprobe, probes, NULL) : 0;
+        size_t rescored = 0;
+        np = m->probe ? (uint32_t)eng_probe_run(m->probe, qv, c->nprobe, probes, &rescored) : 0;
+        atomic_fetch_add(&o->e->n_probe_rescored, rescored);
         if (np == 0) {
             err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "coarse quantisation failed");
             goto out;
@@ -3375,6 +3384,57 @@ cdx_err eng_count(eng *e, const char *name, uint64_t *count)
     munref(m);
     op_end(&o);
     return err;
+}
+
+cdx_err eng_index_warm(eng *e, const char *name, uint64_t *blocks)
+{
+    op o;
+    cdx_err err = op_open(e, name, &o);
+    if (err)
+        return err;
+    eng_manifest *m = NULL;
+    const eng_segref *refs[64];
+    eng_search *got[64];
+    bool need[64];
+    size_t n = 0, loaded = 0;
+    if ((err = load_state(&o, false, 0, &m)))
+        goto out;
+    bool vectors = coded(m) && !is_sq8(m); /* IVFFlat rescoring reads its originals */
+    for (size_t i = 0; i < 64; i++)
+        need[i] = true;
+    uint32_t nc = eng_manifest_nclusters(m);
+    for (uint32_t c = 0, s = 0; c < nc && !err;) {
+        if (s < m->clusters[c].nseg)
+            refs[n++] = &m->clusters[c].seg[s++];
+        else {
+            c++;
+            s = 0;
+        }
+        if (n < 64 && (c < nc || n == 0))
+            continue;
+        /* A full batch, or the last one. */
+        bool missing = false;
+        memset(got, 0, sizeof(got));
+        err = fetch_search(&o, m, refs, n, got, &missing);
+        for (size_t i = 0; i < n; i++)
+            eng_search_release(got[i]);
+        if (!err && !missing && vectors) {
+            memset(got, 0, sizeof(got));
+            err = fetch_vectors(&o, m, refs, n, need, got, &missing);
+            for (size_t i = 0; i < n; i++)
+                eng_search_release(got[i]);
+        }
+        if (!err && missing)
+            err = cdx_fail(CDX_ERR_INTEGRITY, "a segment the manifest lists is missing");
+        loaded += n;
+        n = 0;
+    }
+    if (blocks)
+        *blocks = loaded;
+out:
+    munref(m);
+    op_end(&o);
+    return in_index(err, name);
 }
 
 void eng_ids_free(char **ids, size_t *id_lens, size_t n)

@@ -89,40 +89,84 @@ static void idot_scalar(const int16_t *w, const uint8_t *codes, size_t n, size_t
 }
 
 #if ENG_X86
-/* 16 codes widened to int16, multiplied and pair-summed (vpmaddwd) into int32 lanes. */
+/* Lane sums of an int32 accumulator, in 64 bits. */
+AVX2 static inline int64_t hsum_epi32(__m256i a)
+{
+    int32_t l[8];
+    _mm256_storeu_si256((__m256i *)(void *)l, a);
+    return (int64_t)l[0] + l[1] + l[2] + l[3] + l[4] + l[5] + l[6] + l[7];
+}
+
+/*
+ * 16 codes widened to int16, multiplied and pair-summed (vpmaddwd) into int32
+ * lanes; four rows at a time share each weight load and keep four streams of
+ * loads in flight (the scan is bound by memory, not arithmetic).
+ */
 AVX2 static void idot_avx2(const int16_t *w, const uint8_t *codes, size_t n, size_t d, int64_t *S)
 {
-    size_t d16 = d & ~(size_t)15;
-    for (size_t j = 0; j < n; j++) {
-        const uint8_t *c = codes + j * d;
-        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+    size_t d16 = d & ~(size_t)15, j = 0;
+#define LD16(p) _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+    for (; j + 4 <= n; j += 4) {
+        const uint8_t *c0 = codes + j * d, *c1 = c0 + d, *c2 = c1 + d, *c3 = c2 + d;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
         size_t i = 0;
-        for (; i + 32 <= d16; i += 32) {
-            __m128i b0 = _mm_loadu_si128((const __m128i *)(const void *)(c + i));
-            __m128i b1 = _mm_loadu_si128((const __m128i *)(const void *)(c + i + 16));
-            __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(w + i));
-            __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(w + i + 16));
-            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_cvtepu8_epi16(b0), w0));
-            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_cvtepu8_epi16(b1), w1));
+        for (; i < d16; i += 16) {
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(const void *)(w + i));
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(LD16(c0 + i), wv));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(LD16(c1 + i), wv));
+            a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(LD16(c2 + i), wv));
+            a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(LD16(c3 + i), wv));
         }
-        if (i < d16) {
-            __m128i b0 = _mm_loadu_si128((const __m128i *)(const void *)(c + i));
-            __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(w + i));
-            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_cvtepu8_epi16(b0), w0));
-            i += 16;
+        int64_t s0 = hsum_epi32(a0), s1 = hsum_epi32(a1), s2 = hsum_epi32(a2),
+                s3 = hsum_epi32(a3);
+        for (; i < d; i++) {
+            s0 += (int32_t)w[i] * c0[i];
+            s1 += (int32_t)w[i] * c1[i];
+            s2 += (int32_t)w[i] * c2[i];
+            s3 += (int32_t)w[i] * c3[i];
         }
-        int32_t lanes[16];
-        _mm256_storeu_si256((__m256i *)(void *)lanes, a0);
-        _mm256_storeu_si256((__m256i *)(void *)(lanes + 8), a1);
-        int64_t acc = 0;
-        for (int l = 0; l < 16; l++)
-            acc += lanes[l];
+        S[j] = s0;
+        S[j + 1] = s1;
+        S[j + 2] = s2;
+        S[j + 3] = s3;
+    }
+    for (; j < n; j++) {
+        const uint8_t *c = codes + j * d;
+        __m256i a0 = _mm256_setzero_si256();
+        size_t i = 0;
+        for (; i < d16; i += 16)
+            a0 = _mm256_add_epi32(
+                a0, _mm256_madd_epi16(LD16(c + i),
+                                      _mm256_loadu_si256((const __m256i *)(const void *)(w + i))));
+        int64_t acc = hsum_epi32(a0);
         for (; i < d; i++)
             acc += (int32_t)w[i] * c[i];
         S[j] = acc;
     }
+#undef LD16
 }
 #endif
+
+const char *eng_screen_impl(void)
+{
+    return eng_simd_level() == ENG_SIMD_AVX2 ? "avx2" : "scalar";
+}
+
+bool eng_screen_idot(const char *impl, const int16_t *w, const uint8_t *codes, size_t n, size_t d,
+                     int64_t *S)
+{
+    if (!strcmp(impl, "scalar")) {
+        idot_scalar(w, codes, n, d, S);
+        return true;
+    }
+#if ENG_X86
+    if (!strcmp(impl, "avx2") && __builtin_cpu_supports("avx2")) {
+        idot_avx2(w, codes, n, d, S);
+        return true;
+    }
+#endif
+    return false;
+}
 
 void eng_screen_bounds(const eng_screen *s, const uint8_t *codes, const float *aux, size_t n,
                        int64_t *S, double *lo, double *hi)

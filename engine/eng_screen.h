@@ -71,6 +71,21 @@ bool eng_screen_prepare(eng_screen *s, const eng_sq8 *sq, const float *q, eng_km
 void eng_screen_bounds(const eng_screen *s, const uint8_t *codes, const float *aux, size_t n,
                        int64_t *S, double *lo, double *hi);
 
+/*
+ * The integer kernel in use: "avx2" or "scalar" (eng_dist.h's dispatch).
+ * AVX-512 VNNI (vpdpwssd, 32 codes per instruction pair) was tried on an
+ * Emerald Rapids VM: no faster, since the scan is bound by memory bandwidth.
+ */
+const char *eng_screen_impl(void);
+
+/*
+ * Test and bench hook: S[j] = sum_i w[i] * codes[j*d + i] with the named
+ * kernel ("scalar", "avx2"); false when this CPU lacks it.
+ * |w[i]| must be at most eng_screen_wmax(d).
+ */
+bool eng_screen_idot(const char *impl, const int16_t *w, const uint8_t *codes, size_t n, size_t d,
+                     int64_t *S);
+
 /* The row aux of x (d floats) and its codes (already encoded with sq). */
 void eng_screen_row_aux(const eng_sq8 *sq, const float *x, const uint8_t *code, float aux[2]);
 

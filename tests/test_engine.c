@@ -589,6 +589,17 @@ static void test_train(void)
         CU_ASSERT_TRUE(info.segments <= 16);
         CU_ASSERT_EQUAL(info.count, n);
         CU_ASSERT_TRUE(fabs(recall(name, &s, ENG_METRIC_EUCLIDEAN, 4, 40) - before) < 1e-9);
+        /* Warming loads every block a query can need: the next queries miss nothing. */
+        uint64_t nb = 0;
+        eng_stats st0, st1;
+        CU_ASSERT_EQUAL(eng_index_warm(E, name, &nb), CDX_OK);
+        CU_ASSERT_EQUAL(nb, info.segments);
+        eng_get_stats(E, &st0);
+        CU_ASSERT_TRUE(fabs(recall(name, &s, ENG_METRIC_EUCLIDEAN, 16, 40) - r16) < 1e-9);
+        eng_get_stats(E, &st1);
+        CU_ASSERT_EQUAL(st1.cache_misses, st0.cache_misses);
+        CU_ASSERT_TRUE(st1.cache_hits > st0.cache_hits);
+        CU_ASSERT_EQUAL(eng_index_warm(E, "no-such-index", NULL), CDX_ERR_NOT_FOUND);
         CU_ASSERT_EQUAL(eng_index_delete(E, name, info.id), CDX_OK);
     }
     ds_free(&s);

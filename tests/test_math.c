@@ -6,6 +6,7 @@
 #include "eng_dist.h"
 #include "eng_kmeans.h"
 #include "eng_probe.h"
+#include "eng_screen.h"
 #include "eng_sq8.h"
 #include "eng_topk.h"
 
@@ -810,6 +811,40 @@ static void test_probe_exact(void)
     free(c);
 }
 
+/* The integer screen kernels agree exactly, at the extremes of weights and codes. */
+static void test_screen_idot(void)
+{
+    static const size_t ds[] = {1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 784, 4096};
+    static const char *impls[] = {"scalar", "avx2"};
+    for (size_t di = 0; di < sizeof(ds) / sizeof(ds[0]); di++) {
+        size_t d = ds[di], n = 7;
+        int32_t wmax = eng_screen_wmax(d);
+        CU_ASSERT_FATAL(wmax >= 64 && wmax <= 32767);
+        int16_t *w = malloc(d * sizeof(int16_t));
+        uint8_t *codes = malloc(n * d);
+        int64_t ref[7], got[7];
+        CU_ASSERT_FATAL(w && codes);
+        for (int pass = 0; pass < 3; pass++) {
+            for (size_t i = 0; i < d; i++)
+                w[i] = (int16_t)(pass == 0 ? wmax : pass == 1 ? -wmax
+                                                               : (int32_t)(rnd() % (2u * wmax + 1)) - wmax);
+            for (size_t i = 0; i < n * d; i++)
+                codes[i] = pass < 2 ? 255 : (uint8_t)rnd();
+            CU_ASSERT_FATAL(eng_screen_idot("scalar", w, codes, n, d, ref));
+            if (pass < 2)
+                CU_ASSERT(ref[0] == (int64_t)(pass ? -wmax : wmax) * 255 * (int64_t)d);
+            for (size_t k = 1; k < 2; k++) {
+                if (!eng_screen_idot(impls[k], w, codes, n, d, got))
+                    continue;
+                CU_ASSERT(memcmp(ref, got, sizeof(ref)) == 0);
+            }
+        }
+        free(w);
+        free(codes);
+    }
+    CU_ASSERT(!eng_screen_idot("no-such", NULL, NULL, 0, 1, NULL));
+}
+
 static void test_kmeans_spherical(void)
 {
     enum { K = 6, NPC = 80, D = 12 };
@@ -933,6 +968,38 @@ static void test_timing(void)
     pr = rate(run_probe_sq8, &a, 1.0);
     printf("\n    [%s] screened probe, same: %.1f us/query", eng_dist_impl(), 1e6 / pr);
     eng_probe_free(g_probe);
+    /* The integer screen over 1,637 rows (a Fashion-MNIST nprobe-16 query) and over 24x that. */
+    {
+        static const char *impls[] = {"scalar", "avx2"};
+        size_t rows[2] = {1637, 1637 * 24};
+        int16_t *w = malloc(d * sizeof(int16_t));
+        uint8_t *cd = malloc(rows[1] * d);
+        int64_t *S = malloc(rows[1] * sizeof(int64_t));
+        CU_ASSERT_FATAL(w && cd && S);
+        for (size_t i = 0; i < d; i++)
+            w[i] = (int16_t)(rnd() % 2001) - 1000;
+        for (size_t i = 0; i < rows[1] * d; i++)
+            cd[i] = (uint8_t)rnd();
+        for (int k = 0; k < 2; k++)
+            for (int r = 0; r < 2; r++) {
+                struct timespec t0, t1;
+                int reps = r ? 4 : 100;
+                clock_gettime(CLOCK_MONOTONIC, &t0);
+                bool ok = true;
+                for (int i = 0; i < reps && ok; i++) /* r=1: a different block each time */
+                    ok = eng_screen_idot(impls[k], w, cd + (r ? (size_t)(i % 24) * rows[0] * d : 0),
+                                         rows[0], d, S);
+                clock_gettime(CLOCK_MONOTONIC, &t1);
+                double s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+                if (ok)
+                    printf("\n    [%s] screen idot 1637x784 (%s): %.1f us, %.1f Gcode/s", impls[k],
+                           r ? "from memory" : "cache-warm", s / reps * 1e6,
+                           (double)rows[0] * d * reps / s / 1e9);
+            }
+        free(w);
+        free(cd);
+        free(S);
+    }
     free(c);
     free(q);
     free(step);
@@ -1015,6 +1082,7 @@ int main(void)
         !CU_add_test(s, "kmeans assign vs brute force", test_kmeans_assign) ||
         !CU_add_test(s, "kmeans probe vs brute force", test_kmeans_probe) ||
         !CU_add_test(s, "screened probe = exact probe", test_probe_exact) ||
+        !CU_add_test(s, "screen integer kernels agree", test_screen_idot) ||
         !CU_add_test(s, "kmeans spherical", test_kmeans_spherical) ||
         !CU_add_test(s, "timing", test_timing) ||
         !CU_add_test(s, "kmeans timing", test_kmeans_bench)) {
