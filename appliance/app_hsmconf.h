@@ -21,6 +21,7 @@
 #include <stdbool.h>
 
 #include "cdx_err.h"
+#include "app_ini.h"
 #include "hsm_config.h"
 
 #define APP_HSMCONF_SECTION "hsm"
@@ -42,23 +43,6 @@ typedef struct app_hsmconf_seen {
  */
 cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, const char *key,
                         const char *value);
-
-/*
- * One key of an INI file for a section handler. Return CDX_OK, or an error
- * with a cdx_fail detail that says what is wrong (the loader prefixes
- * file:line).
- */
-typedef cdx_err (*app_ini_fn)(void *user, unsigned line, const char *section, const char *key,
-                              const char *value);
-
-/*
- * Parse an INI file with libinih, calling fn for every key of every
- * section, with exact line numbers. Stops at the first error; syntax errors
- * and lines too long for libinih are reported too.
- * Errors: CDX_ERR_CONFIG (detail "path:line: ..."; "path: ..." when the file
- * cannot be opened), or whatever fn returned (its detail prefixed likewise).
- */
-cdx_err app_ini_load(const char *path, app_ini_fn fn, void *user);
 
 /*
  * Load the [hsm] section of `path` into cfg (which the caller initialised

@@ -31,6 +31,22 @@
 #define CDX_TOKENS_LISTED_MAX     16    /* tokens named in a TOKEN_NOT_FOUND message */
 #define CDX_KEYS_LISTED_MAX       65536 /* objects the admin listing will walk */
 
+/* ---- daemon (cipherdexd; the configuration may lower these, never raise them) ---- */
+#define CDX_PRINCIPAL_MAX          255               /* bytes of a client principal (SAN/CN) */
+#define CDX_ADMINS_MAX             64                /* admin principals in the configuration */
+#define CDX_CONNECTIONS_MAX        65536
+#define CDX_CONNECTIONS_DEFAULT    1024
+#define CDX_OUTSTANDING_MAX        1024              /* requests per connection */
+#define CDX_OUTSTANDING_DEFAULT    16
+#define CDX_INFLIGHT_DEFAULT       (1ull << 30)      /* global in-flight request bytes */
+#define CDX_INFLIGHT_MAX           (64ull << 30)
+#define CDX_OUTPUT_HIGH_WATER_DEFAULT (16u << 20)    /* queued response bytes per connection */
+#define CDX_HANDSHAKE_TIMEOUT_MS_DEFAULT 10000
+#define CDX_IDLE_TIMEOUT_S_DEFAULT 300
+#define CDX_MIN_RECV_RATE_DEFAULT  1024              /* bytes/s while a frame is arriving */
+#define CDX_WORKERS_MAX            256
+#define CDX_CACHE_BYTES_DEFAULT    (256ull << 20)
+
 /* ---- store ---- */
 #define CDX_STORE_KEY_MAX        256                  /* bytes of a store key */
 #define CDX_STORE_VALUE_MAX      (64u * 1024u * 1024u) /* one value or range */

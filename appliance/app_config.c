@@ -1,0 +1,357 @@
+/* The daemon's configuration file (see app_config.h, docs/CONFIG.md). */
+#include "app_config.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "app_hsmconf.h"
+#include "app_ini.h"
+#include "cdx_hex.h"
+#include "cdx_log.h"
+
+#define FRAME_DEFAULT (64ull << 20) /* wire frames: the wire layer's own cap is the ceiling */
+#define FRAME_CEILING (1ull << 30)
+
+typedef enum kind { T_BOOL, T_U32, T_U64, T_SIZE, T_STR, T_SPECIAL } kind;
+
+typedef struct keydef {
+    const char *section, *key;
+    kind t;
+    size_t off, cap; /* field offset; string capacity */
+    uint64_t max;
+} keydef;
+
+#define F(field) offsetof(app_config, field), sizeof(((app_config *)0)->field)
+#define N(field) offsetof(app_config, field), 0
+
+static const keydef keys[] = {
+    {"server", "listen", T_STR, F(listen), 0},
+    {"server", "tls_cert", T_STR, F(tls_cert), 0},
+    {"server", "tls_key", T_STR, F(tls_key), 0},
+    {"server", "client_ca", T_STR, F(client_ca), 0},
+    {"server", "crl", T_STR, F(crl), 0},
+    {"server", "allow_tls12", T_BOOL, N(allow_tls12), 0},
+    {"server", "insecure", T_BOOL, N(insecure), 0},
+    {"server", "handshake_timeout_ms", T_U32, N(handshake_timeout_ms), 600000},
+    {"server", "idle_timeout_s", T_U32, N(idle_timeout_s), 86400},
+    {"server", "min_recv_bytes_per_s", T_U32, N(min_recv_bytes_per_s), 1u << 30},
+    {"server", "max_connections", T_U32, N(max_connections), CDX_CONNECTIONS_MAX},
+    {"server", "max_frame_bytes", T_SIZE, N(max_frame_bytes), FRAME_CEILING},
+    {"server", "inflight_bytes", T_SIZE, N(inflight_bytes), CDX_INFLIGHT_MAX},
+    {"server", "max_outstanding", T_U32, N(max_outstanding), CDX_OUTSTANDING_MAX},
+    {"server", "output_high_water", T_SIZE, N(output_high_water), 1ull << 32},
+    {"server", "workers", T_U32, N(workers), CDX_WORKERS_MAX},
+    {"server", "admins", T_SPECIAL, 0, 0, 0},
+    {"server", "deployment_id", T_SPECIAL, 0, 0, 0},
+    {"store", "backend", T_SPECIAL, 0, 0, 0},
+    {"store", "redis", T_STR, F(redis), 0},
+    {"store", "redis_user", T_STR, F(redis_user), 0},
+    {"store", "redis_password_file", T_STR, F(redis_password_file), 0},
+    {"store", "redis_connections", T_U32, N(redis_connections), CDX_STORE_CONNECTIONS_MAX},
+    {"store", "redis_timeout_ms", T_U32, N(redis_timeout_ms), 600000},
+    {"store", "allow_unsafe_durability", T_BOOL, N(allow_unsafe_durability), 0},
+    {"keys", "subkey_ttl_ms", T_SPECIAL, 0, 0, 0},
+    {"cache", "bytes", T_SIZE, N(cache_bytes), 1ull << 40},
+    {"cache", "preload", T_BOOL, N(cache_preload), 0},
+    {"engine", "manifest_max_age_ms", T_U32, N(manifest_max_age_ms), 3600000},
+    {"engine", "gc_grace_ms", T_U32, N(gc_grace_ms), 7u * 86400000u},
+    {"engine", "query_threads", T_U32, N(query_threads), CDX_WORKERS_MAX},
+    {"state", "dir", T_STR, F(state_dir), 0},
+    {"log", "level", T_SPECIAL, 0, 0, 0},
+    {"log", "format", T_SPECIAL, 0, 0, 0},
+    {"metrics", "listen", T_STR, F(metrics_listen), 0},
+};
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+static const char *const sections[] = {"server", "hsm",   "store", "keys",   "cache",
+                                       "engine", "state", "log",   "metrics"};
+
+void app_config_init(app_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    hsm_config_init(&c->hsm);
+    snprintf(c->listen, sizeof(c->listen), "127.0.0.1:7700");
+    c->handshake_timeout_ms = CDX_HANDSHAKE_TIMEOUT_MS_DEFAULT;
+    c->idle_timeout_s = CDX_IDLE_TIMEOUT_S_DEFAULT;
+    c->min_recv_bytes_per_s = CDX_MIN_RECV_RATE_DEFAULT;
+    c->max_connections = CDX_CONNECTIONS_DEFAULT;
+    c->max_frame_bytes = FRAME_DEFAULT;
+    c->inflight_bytes = CDX_INFLIGHT_DEFAULT;
+    c->max_outstanding = CDX_OUTSTANDING_DEFAULT;
+    c->output_high_water = CDX_OUTPUT_HIGH_WATER_DEFAULT;
+    c->backend = APP_STORE_REDIS;
+    snprintf(c->redis, sizeof(c->redis), "127.0.0.1:6379");
+    c->cache_bytes = CDX_CACHE_BYTES_DEFAULT;
+    snprintf(c->state_dir, sizeof(c->state_dir), "/var/lib/cipherdex");
+    c->log_level = CDX_LOG_INFO;
+    snprintf(c->metrics_listen, sizeof(c->metrics_listen), "127.0.0.1:7701");
+}
+
+typedef struct load_ctx {
+    app_config *c;
+    app_hsmconf_seen hsm_seen;
+    unsigned seen_line[NKEYS];
+    unsigned ttl_line; /* [keys] or [hsm] subkey_ttl_ms */
+} load_ctx;
+
+static cdx_err set_admins(app_config *c, const char *v)
+{
+    char buf[CDX_ADMINS_MAX * (CDX_PRINCIPAL_MAX + 2)];
+    if (strlen(v) >= sizeof(buf))
+        return cdx_fail(CDX_ERR_CONFIG, "admins: list too long");
+    snprintf(buf, sizeof(buf), "%s", v);
+    c->n_admins = 0;
+    /* Split by hand: strtok would silently skip an empty entry ("a,,b"). */
+    for (char *t = buf, *next; t; t = next) {
+        next = strchr(t, ',');
+        if (next)
+            *next++ = '\0';
+        while (*t == ' ' || *t == '\t')
+            t++;
+        size_t n = strlen(t);
+        while (n && (t[n - 1] == ' ' || t[n - 1] == '\t'))
+            t[--n] = '\0';
+        if (n == 0)
+            return cdx_fail(CDX_ERR_CONFIG, "admins: empty principal in the list");
+        if (n > CDX_PRINCIPAL_MAX)
+            return cdx_fail(CDX_ERR_CONFIG, "admins: principal `%.40s...` longer than %d bytes",
+                            t, CDX_PRINCIPAL_MAX);
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned char)t[i] < 0x21 || t[i] == 0x7f)
+                return cdx_fail(CDX_ERR_CONFIG, "admins: principal `%s` has a space or control "
+                                                "character", t);
+        if (c->n_admins == CDX_ADMINS_MAX)
+            return cdx_fail(CDX_ERR_CONFIG, "admins: more than %d principals", CDX_ADMINS_MAX);
+        for (size_t i = 0; i < c->n_admins; i++)
+            if (!strcmp(c->admins[i], t))
+                return cdx_fail(CDX_ERR_CONFIG, "admins: `%s` listed twice", t);
+        memcpy(c->admins[c->n_admins++], t, n + 1);
+    }
+    if (c->n_admins == 0)
+        return cdx_fail(CDX_ERR_CONFIG, "admins: no principal given");
+    return CDX_OK;
+}
+
+static cdx_err set_special(load_ctx *l, unsigned line, const char *section, const char *key,
+                           const char *v)
+{
+    app_config *c = l->c;
+    if (!strcmp(key, "admins"))
+        return set_admins(c, v);
+    if (!strcmp(key, "deployment_id")) {
+        if (strlen(v) != 2 * CDX_ID_LEN || cdx_hex_decode(v, c->deployment_id, CDX_ID_LEN) != 0)
+            return cdx_fail(CDX_ERR_CONFIG, "deployment_id: must be %d hex digits (16 bytes), "
+                                            "the same on every appliance sharing the store",
+                            2 * CDX_ID_LEN);
+        c->have_deployment_id = true;
+        return CDX_OK;
+    }
+    if (!strcmp(key, "backend")) {
+        if (!strcmp(v, "redis"))
+            c->backend = APP_STORE_REDIS;
+        else if (!strcmp(v, "memory"))
+            c->backend = APP_STORE_MEMORY;
+        else
+            return cdx_fail(CDX_ERR_CONFIG, "backend: `%s` is not redis or memory", v);
+        return CDX_OK;
+    }
+    if (!strcmp(key, "subkey_ttl_ms")) { /* [keys] */
+        (void)section;
+        if (l->ttl_line)
+            return cdx_fail(CDX_ERR_CONFIG, "subkey_ttl_ms: already set on line %u ([hsm] or "
+                                            "[keys]); keep one", l->ttl_line);
+        uint64_t n;
+        cdx_err err = app_ini_uint(key, v, CDX_SUBKEY_TTL_MAX_MS, false, &n);
+        if (err)
+            return err;
+        c->hsm.subkey_ttl_ms = (uint32_t)n;
+        l->ttl_line = line;
+        return CDX_OK;
+    }
+    if (!strcmp(key, "level")) {
+        static const char *const names[] = {"error", "warn", "info", "debug"};
+        for (int i = 0; i < 4; i++)
+            if (!strcmp(v, names[i])) {
+                c->log_level = i;
+                return CDX_OK;
+            }
+        return cdx_fail(CDX_ERR_CONFIG, "level: `%s` is not error, warn, info or debug", v);
+    }
+    if (!strcmp(key, "format")) {
+        if (!strcmp(v, "kv"))
+            c->log_format = APP_LOG_KV;
+        else if (!strcmp(v, "json"))
+            c->log_format = APP_LOG_JSON;
+        else
+            return cdx_fail(CDX_ERR_CONFIG, "format: `%s` is not kv or json", v);
+        return CDX_OK;
+    }
+    return cdx_fail(CDX_ERR_CONFIG, "%s: unhandled key", key); /* not reached */
+}
+
+static cdx_err load_one(void *user, unsigned line, const char *section, const char *key,
+                        const char *value)
+{
+    load_ctx *l = user;
+    app_config *c = l->c;
+    uint8_t *base = (uint8_t *)c;
+
+    if (section[0] == '\0')
+        return cdx_fail(CDX_ERR_CONFIG, "key `%s` outside any [section]", key);
+    bool known = false;
+    for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++)
+        known |= !strcmp(section, sections[i]);
+    if (!known)
+        return cdx_fail(CDX_ERR_CONFIG, "unknown section [%s] (known: server, hsm, store, keys, "
+                                        "cache, engine, state, log, metrics)", section);
+    if (!strcmp(section, "hsm")) {
+        if (!strcmp(key, "subkey_ttl_ms")) {
+            if (l->ttl_line)
+                return cdx_fail(CDX_ERR_CONFIG, "subkey_ttl_ms: already set on line %u ([hsm] "
+                                                "or [keys]); keep one", l->ttl_line);
+            l->ttl_line = line;
+        }
+        return app_hsmconf_set(&c->hsm, &l->hsm_seen, line, key, value);
+    }
+    size_t k;
+    for (k = 0; k < NKEYS; k++)
+        if (!strcmp(keys[k].section, section) && !strcmp(keys[k].key, key))
+            break;
+    if (k == NKEYS) {
+        char known_keys[512] = "";
+        for (size_t i = 0; i < NKEYS; i++)
+            if (!strcmp(keys[i].section, section)) {
+                size_t n = strlen(known_keys);
+                snprintf(known_keys + n, sizeof(known_keys) - n, "%s%s", n ? ", " : "",
+                         keys[i].key);
+            }
+        return cdx_fail(CDX_ERR_CONFIG, "unknown key `%s` in [%s] (known: %s)", key, section,
+                        known_keys);
+    }
+    if (l->seen_line[k])
+        return cdx_fail(CDX_ERR_CONFIG, "%s: set twice (first on line %u); keep one", key,
+                        l->seen_line[k]);
+    l->seen_line[k] = line;
+    const keydef *d = &keys[k];
+    /* Strings may be empty only where empty means "none": crl, redis_user, metrics listen. */
+    bool empty_ok = (!strcmp(section, "server") && !strcmp(key, "crl")) ||
+                    (!strcmp(section, "store") && !strcmp(key, "redis_user")) ||
+                    (!strcmp(section, "metrics") && !strcmp(key, "listen"));
+    if (value[0] == '\0' && !empty_ok)
+        return cdx_fail(CDX_ERR_CONFIG, "%s: empty value", key);
+    uint64_t n;
+    cdx_err err;
+    switch (d->t) {
+    case T_BOOL:
+        return app_ini_bool(key, value, (bool *)(void *)(base + d->off));
+    case T_U32:
+        if ((err = app_ini_uint(key, value, d->max, false, &n)))
+            return err;
+        *(uint32_t *)(void *)(base + d->off) = (uint32_t)n;
+        return CDX_OK;
+    case T_U64:
+    case T_SIZE:
+        if ((err = app_ini_uint(key, value, d->max, d->t == T_SIZE, &n)))
+            return err;
+        *(uint64_t *)(void *)(base + d->off) = n;
+        return CDX_OK;
+    case T_STR:
+        return app_ini_str(key, value, (char *)(base + d->off), d->cap);
+    case T_SPECIAL:
+        return set_special(l, line, section, key, value);
+    }
+    return cdx_fail(CDX_ERR_CONFIG, "%s: unhandled key", key); /* not reached */
+}
+
+cdx_err app_config_load(const char *path, app_config *c)
+{
+    load_ctx l = {.c = c};
+    return app_ini_load(path, load_one, &l);
+}
+
+cdx_err app_addr_split(const char *addr, char *host, size_t cap, uint16_t *port)
+{
+    const char *colon, *h = addr;
+    size_t hl;
+    if (addr[0] == '[') {
+        const char *end = strchr(addr, ']');
+        if (!end || end[1] != ':')
+            return cdx_fail(CDX_ERR_CONFIG, "`%s`: an IPv6 address is written [addr]:port", addr);
+        h = addr + 1;
+        hl = (size_t)(end - h);
+        colon = end + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        if (!colon || colon == addr)
+            return cdx_fail(CDX_ERR_CONFIG, "`%s`: expected host:port", addr);
+        if (memchr(addr, ':', (size_t)(colon - addr)))
+            return cdx_fail(CDX_ERR_CONFIG, "`%s`: write an IPv6 address as [addr]:port", addr);
+        hl = (size_t)(colon - addr);
+    }
+    if (hl == 0 || hl >= cap)
+        return cdx_fail(CDX_ERR_CONFIG, "`%s`: bad host", addr);
+    uint64_t p;
+    if (app_ini_uint("port", colon + 1, 65535, false, &p) || p == 0)
+        return cdx_fail(CDX_ERR_CONFIG, "`%s`: port must be 1-65535", addr);
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    *port = (uint16_t)p;
+    return CDX_OK;
+}
+
+/* Prefix the detail an address check left (copied: cdx_fail formats into the same buffer). */
+static cdx_err addr_fail(const char *where)
+{
+    char why[256];
+    snprintf(why, sizeof(why), "%s", cdx_err_detail());
+    return cdx_fail(CDX_ERR_CONFIG, "%s: %s", where, why);
+}
+
+cdx_err app_config_check(const app_config *c)
+{
+    char host[APP_ADDR_MAX];
+    uint16_t port;
+    if (app_addr_split(c->listen, host, sizeof(host), &port))
+        return addr_fail("[server] listen");
+    if (!c->insecure) {
+        if (!c->tls_cert[0] || !c->tls_key[0])
+            return cdx_fail(CDX_ERR_CONFIG, "[server] tls_cert and tls_key are required (or "
+                                            "insecure = yes for plaintext, never in production)");
+        if (!c->client_ca[0])
+            return cdx_fail(CDX_ERR_CONFIG, "[server] client_ca is required: clients "
+                                            "authenticate with certificates (mutual TLS)");
+        if (c->n_admins == 0)
+            return cdx_fail(CDX_ERR_CONFIG, "[server] admins is required: the principals "
+                                            "allowed to create, train and delete indexes");
+    }
+    if (!c->have_deployment_id)
+        return cdx_fail(CDX_ERR_CONFIG, "[server] deployment_id is required (32 hex digits, the "
+                                        "same on every appliance sharing the store)");
+    if (c->max_frame_bytes < 1024)
+        return cdx_fail(CDX_ERR_CONFIG, "[server] max_frame_bytes below 1 KiB");
+    if (c->inflight_bytes < c->max_frame_bytes)
+        return cdx_fail(CDX_ERR_CONFIG, "[server] inflight_bytes must be at least "
+                                        "max_frame_bytes, or no large request could ever run");
+    if (c->max_connections == 0 || c->max_outstanding == 0)
+        return cdx_fail(CDX_ERR_CONFIG, "[server] max_connections and max_outstanding must be "
+                                        "at least 1");
+    if (c->backend == APP_STORE_REDIS) {
+        if (strncmp(c->redis, "unix:", 5) == 0) {
+            if (c->redis[5] != '/')
+                return cdx_fail(CDX_ERR_CONFIG, "[store] redis: unix: needs an absolute path");
+        } else if (app_addr_split(c->redis, host, sizeof(host), &port)) {
+            return addr_fail("[store] redis");
+        }
+        if (c->redis_user[0] && !c->redis_password_file[0])
+            return cdx_fail(CDX_ERR_CONFIG, "[store] redis_user needs redis_password_file");
+        if (c->redis_password_file[0] && c->redis_password_file[0] != '/')
+            return cdx_fail(CDX_ERR_CONFIG, "[store] redis_password_file must be absolute");
+    }
+    if (c->state_dir[0] != '/')
+        return cdx_fail(CDX_ERR_CONFIG, "[state] dir must be an absolute path");
+    if (c->metrics_listen[0] && app_addr_split(c->metrics_listen, host, sizeof(host), &port))
+        return addr_fail("[metrics] listen");
+    return CDX_OK;
+}

@@ -1,0 +1,215 @@
+/* test_config: the daemon's configuration file (appliance/app_config.c, app_ini.c). */
+#include <CUnit/Basic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "app_config.h"
+#include "cdx_log.h"
+#include "fx_tmp.h"
+
+static char *dir;
+static char path[4096];
+
+static void write_conf(const char *text)
+{
+    FILE *f = fopen(path, "w");
+    CU_ASSERT_FATAL(f != NULL);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Load text; return the error and leave the detail in `why`. */
+static cdx_err load(const char *text, app_config *c, char *why, size_t cap)
+{
+    write_conf(text);
+    app_config_init(c);
+    cdx_err e = app_config_load(path, c);
+    snprintf(why, cap, "%s", e ? cdx_err_detail() : "");
+    return e;
+}
+
+#define GOOD_SERVER                                                                                \
+    "[server]\nlisten = 127.0.0.1:7700\ntls_cert = /etc/c/server.pem\ntls_key = /etc/c/server.key\n" \
+    "client_ca = /etc/c/ca.pem\nadmins = spiffe://corp/admin, ops.example.com\n"                \
+    "deployment_id = 00112233445566778899aabbccddeeff\n"
+
+static void test_defaults(void)
+{
+    app_config c;
+    app_config_init(&c);
+    CU_ASSERT_STRING_EQUAL(c.listen, "127.0.0.1:7700");
+    CU_ASSERT_EQUAL(c.idle_timeout_s, 300);
+    CU_ASSERT_EQUAL(c.max_outstanding, 16);
+    CU_ASSERT_EQUAL(c.max_frame_bytes, 64ull << 20);
+    CU_ASSERT_EQUAL(c.backend, APP_STORE_REDIS);
+    CU_ASSERT_FALSE(c.insecure);
+    CU_ASSERT_FALSE(c.allow_tls12);
+    /* Defaults alone are not a working configuration: TLS files, admins, deployment. */
+    CU_ASSERT_EQUAL(app_config_check(&c), CDX_ERR_CONFIG);
+}
+
+static void test_full_file(void)
+{
+    app_config c;
+    char why[512];
+    cdx_err e = load(GOOD_SERVER "crl = /etc/c/crl.pem\nallow_tls12 = yes\nidle_timeout_s = 60\n"
+                                 "max_frame_bytes = 8M\ninflight_bytes = 2G\nworkers = 4\n"
+                                 "[hsm]\nmodule = /usr/lib/softhsm/libsofthsm2.so\n"
+                                 "token = pkcs11:token=cdx\npin = file:/etc/c/pin\n"
+                                 "[store]\nbackend = redis\nredis = unix:/run/redis.sock\n"
+                                 "redis_user = cdx\nredis_password_file = /etc/c/redis.pw\n"
+                                 "[keys]\nsubkey_ttl_ms = 5000\n"
+                                 "[cache]\nbytes = 512M\npreload = on\n"
+                                 "[engine]\nmanifest_max_age_ms = 100\n"
+                                 "[state]\ndir = /var/lib/cdx\n"
+                                 "[log]\nlevel = debug\nformat = json\n"
+                                 "[metrics]\nlisten = [::1]:9100\n",
+                     &c, why, sizeof(why));
+    if (e)
+        fprintf(stderr, "\n  %s\n", why);
+    CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
+    CU_ASSERT_EQUAL(app_config_check(&c), CDX_OK);
+    CU_ASSERT_EQUAL(c.n_admins, 2);
+    CU_ASSERT_STRING_EQUAL(c.admins[0], "spiffe://corp/admin");
+    CU_ASSERT_STRING_EQUAL(c.admins[1], "ops.example.com");
+    CU_ASSERT_TRUE(c.have_deployment_id);
+    CU_ASSERT_EQUAL(c.deployment_id[15], 0xff);
+    CU_ASSERT_TRUE(c.allow_tls12);
+    CU_ASSERT_EQUAL(c.idle_timeout_s, 60);
+    CU_ASSERT_EQUAL(c.max_frame_bytes, 8u << 20);
+    CU_ASSERT_EQUAL(c.inflight_bytes, 2ull << 30);
+    CU_ASSERT_EQUAL(c.workers, 4);
+    CU_ASSERT_STRING_EQUAL(c.redis, "unix:/run/redis.sock");
+    CU_ASSERT_EQUAL(c.hsm.subkey_ttl_ms, 5000);
+    CU_ASSERT_EQUAL(c.cache_bytes, 512u << 20);
+    CU_ASSERT_TRUE(c.cache_preload);
+    CU_ASSERT_EQUAL(c.manifest_max_age_ms, 100);
+    CU_ASSERT_EQUAL(c.log_level, CDX_LOG_DEBUG);
+    CU_ASSERT_EQUAL(c.log_format, APP_LOG_JSON);
+    CU_ASSERT_STRING_EQUAL(c.metrics_listen, "[::1]:9100");
+    CU_ASSERT_STRING_EQUAL(c.hsm.token_uri, "pkcs11:token=cdx");
+}
+
+/* Every bad line is reported with its line number and what is wrong. */
+static void test_errors(void)
+{
+    static const struct {
+        const char *text;
+        const char *want; /* substring of the detail */
+    } cases[] = {
+        {"[server]\nlisten = 1.2.3.4:7700\nbogus = 1\n", ":3: unknown key `bogus` in [server]"},
+        {"[nope]\nx = 1\n", ":2: unknown section [nope]"},
+        {"x = 1\n", ":1: key `x` outside any [section]"},
+        {"[server]\nidle_timeout_s = -1\n", ":2: idle_timeout_s: `-1` is not a non-negative"},
+        {"[server]\nidle_timeout_s = 99999999\n", "is above the maximum"},
+        {"[server]\ninsecure = maybe\n", "insecure: `maybe` is not a boolean"},
+        {"[server]\nworkers = 2\nworkers = 3\n", ":3: workers: set twice (first on line 2)"},
+        {"[server]\nadmins = a,,b\n", "admins: empty principal"},
+        {"[server]\nadmins = a b\n", "space or control"},
+        {"[server]\nadmins = a, a\n", "listed twice"},
+        {"[server]\ndeployment_id = 0011\n", "deployment_id: must be 32 hex digits"},
+        {"[server]\ntls_cert =\n", ":2: tls_cert: empty value"},
+        {"[store]\nbackend = sqlite\n", "backend: `sqlite` is not redis or memory"},
+        {"[keys]\nsubkey_ttl_ms = 1\n[hsm]\nsubkey_ttl_ms = 2\n", ":4: subkey_ttl_ms: already set on line 2"},
+        {"[hsm]\npin = 1234\n", "PIN source must be file:"},
+        {"[log]\nlevel = loud\n", "level: `loud` is not error"},
+        {"[cache]\nbytes = 10T\n", "bytes: `10T` is not a non-negative decimal number"},
+        {"[server\n", ":1: syntax error"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        app_config c;
+        char why[512];
+        CU_ASSERT_EQUAL(load(cases[i].text, &c, why, sizeof(why)), CDX_ERR_CONFIG);
+        bool ok = strstr(why, cases[i].want) != NULL && strncmp(why, path, strlen(path)) == 0;
+        CU_ASSERT(ok);
+        if (!ok)
+            fprintf(stderr, "\n  case %zu: got `%s`, want `%s`", i, why, cases[i].want);
+    }
+    app_config c;
+    app_config_init(&c);
+    CU_ASSERT_EQUAL(app_config_load("/nonexistent/cipherdexd.conf", &c), CDX_ERR_CONFIG);
+}
+
+/* Cross-key checks say what to fix. */
+static void test_check(void)
+{
+    static const struct {
+        const char *text;
+        const char *want;
+    } cases[] = {
+        {"[server]\nadmins = a\ndeployment_id = 00112233445566778899aabbccddeeff\n",
+         "tls_cert and tls_key are required"},
+        {GOOD_SERVER "[store]\nredis = localhost\n", "[store] redis: `localhost`: expected host:port"},
+        {GOOD_SERVER "[store]\nredis = unix:relative\n", "unix: needs an absolute path"},
+        {GOOD_SERVER "[store]\nredis_user = u\n", "redis_user needs redis_password_file"},
+        {GOOD_SERVER "max_frame_bytes = 4M\ninflight_bytes = 1M\n", "inflight_bytes must be at least"},
+        {GOOD_SERVER "[state]\ndir = relative\n", "[state] dir must be an absolute path"},
+        {GOOD_SERVER "[metrics]\nlisten = ::1:80\n", "[metrics] listen"},
+        {"[server]\ninsecure = yes\n", "deployment_id is required"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        app_config c;
+        char why[512];
+        cdx_err e = load(cases[i].text, &c, why, sizeof(why));
+        CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
+        CU_ASSERT_EQUAL(app_config_check(&c), CDX_ERR_CONFIG);
+        bool ok = strstr(cdx_err_detail(), cases[i].want) != NULL;
+        CU_ASSERT(ok);
+        if (!ok)
+            fprintf(stderr, "\n  check %zu: got `%s`, want `%s`", i, cdx_err_detail(), cases[i].want);
+    }
+    /* Insecure mode needs no TLS files and no admins, and an empty metrics listen turns it off. */
+    app_config c;
+    char why[512];
+    CU_ASSERT_EQUAL(load("[server]\ninsecure = yes\ndeployment_id = "
+                         "00112233445566778899aabbccddeeff\n[store]\nbackend = memory\n"
+                         "[metrics]\nlisten =\n",
+                         &c, why, sizeof(why)),
+                    CDX_OK);
+    CU_ASSERT_EQUAL(app_config_check(&c), CDX_OK);
+    CU_ASSERT_EQUAL(c.metrics_listen[0], '\0');
+}
+
+static void test_addr_split(void)
+{
+    char host[64];
+    uint16_t port = 0;
+    CU_ASSERT_EQUAL(app_addr_split("127.0.0.1:80", host, sizeof(host), &port), CDX_OK);
+    CU_ASSERT_STRING_EQUAL(host, "127.0.0.1");
+    CU_ASSERT_EQUAL(port, 80);
+    CU_ASSERT_EQUAL(app_addr_split("[::1]:65535", host, sizeof(host), &port), CDX_OK);
+    CU_ASSERT_STRING_EQUAL(host, "::1");
+    CU_ASSERT_EQUAL(port, 65535);
+    CU_ASSERT_EQUAL(app_addr_split("localhost:7700", host, sizeof(host), &port), CDX_OK);
+    static const char *bad[] = {"", ":80", "host", "host:", "host:0", "host:65536", "::1:80",
+                                "[::1]80", "[::1]", "h:8x"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CU_ASSERT_EQUAL(app_addr_split(bad[i], host, sizeof(host), &port), CDX_ERR_CONFIG);
+    CU_ASSERT_EQUAL(app_addr_split("averyveryverylonghostname:1", host, 8, &port), CDX_ERR_CONFIG);
+}
+
+int main(void)
+{
+    dir = fx_tmpdir_new("config");
+    if (!dir)
+        return 1;
+    snprintf(path, sizeof(path), "%s/cipherdexd.conf", dir);
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 1;
+    CU_pSuite s = CU_add_suite("config", NULL, NULL);
+    CU_add_test(s, "defaults", test_defaults);
+    CU_add_test(s, "a full file", test_full_file);
+    CU_add_test(s, "bad lines: line number and what is wrong", test_errors);
+    CU_add_test(s, "cross-key checks", test_check);
+    CU_add_test(s, "host:port parsing", test_addr_split);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+    CU_cleanup_registry();
+    unlink(path);
+    fx_rm_rf(dir);
+    free(dir);
+    return fails ? 1 : 0;
+}
