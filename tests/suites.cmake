@@ -4,6 +4,7 @@ cdx_add_test(test_hsm_tool SOURCES test_hsm_tool.c LIBS cdx_base PkgConfig::OPEN
 cdx_add_test(test_config SOURCES test_config.c LIBS cdx_appconf)
 cdx_add_test(test_metrics SOURCES test_metrics.c LIBS cdx_appops)
 cdx_add_test(test_pool SOURCES test_pool.c LIBS cdx_appops)
+cdx_add_test(test_flow SOURCES test_flow.c LIBS cdx_appops)
 add_dependencies(test_hsm_tool cipherdex-hsm)
 cdx_add_test(test_pkcs11 SOURCES test_pkcs11.c LIBS cdx_pkcs11)
 add_dependencies(test_pkcs11 cdx_p11wrap)

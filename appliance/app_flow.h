@@ -1,0 +1,118 @@
+/*
+ * app_flow.h - admission control and connection timeouts, sans-IO.
+ *
+ * The network thread tells a connection's app_flow what happened (bytes
+ * arrived, a frame header announced its length, a frame completed, a
+ * response was queued or flushed) and asks two questions: may I read from
+ * this connection now (app_flow_may_read), and must it be closed for a
+ * timeout (app_flow_check). No sockets, no clocks of its own: times are
+ * passed in, so every rule is tested deterministically.
+ *
+ * Rules (DESIGN §5, issue 4):
+ *   - a global in-flight byte budget (app_budget) covers every request from
+ *     the moment its frame header is read until its response is flushed; a
+ *     frame that does not fit waits, with reading paused (no buffering);
+ *   - at most max_outstanding requests per connection (received, not yet
+ *     answered); reading pauses at the cap;
+ *   - queued response bytes above output_high_water pause reading (a client
+ *     that does not read its answers stops being served new requests);
+ *   - a TLS handshake must finish within handshake_timeout_ms;
+ *   - while a frame is arriving the average rate since its first byte must
+ *     stay at least min_recv_bytes_per_s once a grace second has passed
+ *     (slow-loris); a connection with nothing outstanding and no partial
+ *     frame is closed after idle_timeout_s.
+ * Single-threaded: the network thread owns every app_flow and the budget.
+ */
+#ifndef APP_FLOW_H
+#define APP_FLOW_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct app_budget {
+    uint64_t limit, used;
+    uint64_t waits; /* times a frame had to wait for the budget */
+} app_budget;
+
+typedef struct app_flow_limits {
+    uint32_t max_outstanding;
+    uint64_t output_high_water;
+    uint32_t handshake_timeout_ms;
+    uint32_t idle_timeout_s;
+    uint32_t min_recv_bytes_per_s;
+} app_flow_limits;
+
+typedef enum app_flow_verdict {
+    APP_FLOW_OK = 0,
+    APP_FLOW_HANDSHAKE_TIMEOUT,
+    APP_FLOW_IDLE_TIMEOUT,
+    APP_FLOW_TOO_SLOW,
+} app_flow_verdict;
+
+typedef struct app_flow {
+    const app_flow_limits *lim;
+    app_budget *budget;
+    bool handshake_done;
+    int64_t opened_ms, last_activity_ms;
+    /* the frame being received */
+    bool in_frame;
+    int64_t frame_start_ms;
+    uint64_t frame_bytes_seen; /* bytes received so far, header included */
+    uint64_t frame_charge;     /* budget held for it (0 until granted) */
+    uint64_t frame_waiting;    /* announced length still waiting for budget (0: none) */
+    /* requests received and not yet flushed */
+    uint32_t outstanding;
+    uint64_t charged;          /* budget held by outstanding requests */
+    uint64_t out_queued;       /* response bytes queued, not yet written */
+} app_flow;
+
+/* Start accounting for a connection opened at now_ms. */
+void app_flow_init(app_flow *f, const app_flow_limits *lim, app_budget *budget, int64_t now_ms);
+
+void app_flow_handshake_done(app_flow *f, int64_t now_ms);
+
+/*
+ * A frame header announced `len` body bytes (the caller already refused
+ * lengths over the frame cap). Tries to charge the budget: true when
+ * granted (read on), false when the frame must wait (stop reading; call
+ * app_flow_retry after budget is released).
+ */
+bool app_flow_frame_header(app_flow *f, uint64_t len, int64_t now_ms);
+
+/* Retry a waiting frame's charge; true when granted now. */
+bool app_flow_retry(app_flow *f);
+
+/*
+ * n bytes of a frame (its length header included) arrived; the first byte
+ * of a frame starts its receive clock.
+ */
+void app_flow_bytes(app_flow *f, uint64_t n, int64_t now_ms);
+
+/*
+ * The current frame completed: it becomes an outstanding request holding
+ * its charge. Returns the charge (to pass to app_flow_response_flushed).
+ */
+uint64_t app_flow_frame_done(app_flow *f, int64_t now_ms);
+
+/* A response of `bytes` was queued for writing. */
+void app_flow_response_queued(app_flow *f, uint64_t bytes);
+
+/*
+ * `bytes` of queued responses were written. When a whole response is
+ * flushed, also call app_flow_request_done with its request's charge.
+ */
+void app_flow_written(app_flow *f, uint64_t bytes, int64_t now_ms);
+
+/* A request's response is fully written (or abandoned): release its charge. */
+void app_flow_request_done(app_flow *f, uint64_t charge);
+
+/* May the network thread read from this connection now? */
+bool app_flow_may_read(const app_flow *f);
+
+/* Timeouts at now_ms. */
+app_flow_verdict app_flow_check(const app_flow *f, int64_t now_ms);
+
+/* The connection closes: give back every charge it holds (frames in flight too). */
+void app_flow_close(app_flow *f);
+
+#endif
