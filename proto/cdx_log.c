@@ -1,6 +1,7 @@
 #include "cdx_log.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,77 @@
 #include <time.h>
 
 static atomic_int level = -1;
+static atomic_int format = CDX_LOG_FMT_KV;
+
+void cdx_log_set_format(cdx_log_format f)
+{
+    atomic_store(&format, (int)f);
+}
+
+/* Append s[0..n) as a JSON string body (quotes not included). */
+static size_t json_esc(char *out, size_t cap, size_t o, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n && o + 7 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    return o;
+}
+
+/*
+ * The key=value line as one JSON object: every value becomes a string
+ * (quoted values lose their quotes); a token without '=' goes under "msg".
+ */
+static void to_json(const char *kv, char *out, size_t cap)
+{
+    size_t o = 0;
+    out[o++] = '{';
+    const char *p = kv;
+    bool first = true;
+    while (*p && o + 16 < cap) {
+        while (*p == ' ')
+            p++;
+        if (!*p)
+            break;
+        const char *k = p, *eq = NULL;
+        while (*p && *p != ' ' && *p != '=')
+            p++;
+        if (*p == '=')
+            eq = p;
+        const char *v = eq ? eq + 1 : k, *vend;
+        if (eq && *v == '"') {
+            v++;
+            vend = strchr(v, '"');
+            if (!vend)
+                vend = v + strlen(v);
+            p = *vend ? vend + 1 : vend;
+        } else {
+            vend = v;
+            while (*vend && *vend != ' ')
+                vend++;
+            p = vend;
+        }
+        if (!first)
+            out[o++] = ',';
+        first = false;
+        out[o++] = '"';
+        o = eq ? json_esc(out, cap, o, k, (size_t)(eq - k)) : json_esc(out, cap, o, "msg", 3);
+        out[o++] = '"';
+        out[o++] = ':';
+        out[o++] = '"';
+        o = json_esc(out, cap, o, v, (size_t)(vend - v));
+        out[o++] = '"';
+    }
+    out[o++] = '}';
+    out[o] = '\0';
+}
 
 static cdx_log_level env_level(void)
 {
@@ -57,6 +129,11 @@ void cdx_log(cdx_log_level lvl, const char *event, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
     va_end(ap);
+    if (atomic_load(&format) == CDX_LOG_FMT_JSON) {
+        char js[sizeof(line)]; /* to_json stops early enough to close the object inside it */
+        to_json(line, js, sizeof(js) - 2);
+        memcpy(line, js, sizeof(js));
+    }
     /* One fputs per line so concurrent threads do not interleave inside a line. */
     size_t len = strlen(line);
     if (len + 1 < sizeof(line)) {

@@ -14,6 +14,14 @@ typedef enum cdx_log_level {
     CDX_LOG_DEBUG = 3,
 } cdx_log_level;
 
+typedef enum cdx_log_format {
+    CDX_LOG_FMT_KV = 0,   /* ts=... level=... event=... key=value ... */
+    CDX_LOG_FMT_JSON = 1, /* {"ts":"...","level":"...","event":"...","key":"value",...} */
+} cdx_log_format;
+
+/* Output format for every later line (default key=value). */
+void cdx_log_set_format(cdx_log_format f);
+
 /* Lines above `lvl` are dropped. Default: CDX_LOG_INFO, or CDX_LOG_LEVEL=error|warn|info|debug. */
 void cdx_log_set_level(cdx_log_level lvl);
 cdx_log_level cdx_log_get_level(void);
