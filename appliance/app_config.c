@@ -45,6 +45,7 @@ static const keydef keys[] = {
     {"server", "workers", T_U32, N(workers), CDX_WORKERS_MAX},
     {"server", "admins", T_SPECIAL, 0, 0, 0},
     {"server", "deployment_id", T_SPECIAL, 0, 0, 0},
+    {"server", "ports_file", T_STR, F(ports_file), 0},
     {"store", "backend", T_SPECIAL, 0, 0, 0},
     {"store", "redis", T_STR, F(redis), 0},
     {"store", "redis_user", T_STR, F(redis_user), 0},
@@ -293,8 +294,8 @@ cdx_err app_addr_split(const char *addr, char *host, size_t cap, uint16_t *port)
     if (hl == 0 || hl >= cap)
         return cdx_fail(CDX_ERR_CONFIG, "`%s`: bad host", addr);
     uint64_t p;
-    if (app_ini_uint("port", colon + 1, 65535, false, &p) || p == 0)
-        return cdx_fail(CDX_ERR_CONFIG, "`%s`: port must be 1-65535", addr);
+    if (app_ini_uint("port", colon + 1, 65535, false, &p))
+        return cdx_fail(CDX_ERR_CONFIG, "`%s`: port must be 0-65535 (0: any free port)", addr);
     memcpy(host, h, hl);
     host[hl] = '\0';
     *port = (uint16_t)p;
@@ -343,6 +344,8 @@ cdx_err app_config_check(const app_config *c)
                 return cdx_fail(CDX_ERR_CONFIG, "[store] redis: unix: needs an absolute path");
         } else if (app_addr_split(c->redis, host, sizeof(host), &port)) {
             return addr_fail("[store] redis");
+        } else if (port == 0) {
+            return cdx_fail(CDX_ERR_CONFIG, "[store] redis: port 0");
         }
         if (c->redis_user[0] && !c->redis_password_file[0])
             return cdx_fail(CDX_ERR_CONFIG, "[store] redis_user needs redis_password_file");

@@ -9,7 +9,7 @@
  *             handshake_timeout_ms, idle_timeout_s, min_recv_bytes_per_s,
  *             max_connections, max_frame_bytes, inflight_bytes,
  *             max_outstanding, output_high_water, workers, admins,
- *             deployment_id
+ *             deployment_id, ports_file
  *   [hsm]     see app_hsmconf.h (the admin tool reads the same section)
  *   [store]   backend (redis | memory), redis (host:port | unix:/path),
  *             redis_user, redis_password_file, redis_connections,
@@ -65,6 +65,7 @@ typedef struct app_config {
     size_t n_admins;
     uint8_t deployment_id[CDX_ID_LEN];
     bool have_deployment_id;
+    char ports_file[APP_PATH_MAX]; /* optional: bound addresses written here once listening */
     /* [hsm] and [keys] */
     hsm_config hsm;
     /* [store] */
@@ -107,7 +108,8 @@ cdx_err app_config_load(const char *path, app_config *c);
 cdx_err app_config_check(const app_config *c);
 
 /*
- * Split "host:port", "[v6]:port" into host (without brackets) and port.
+ * Split "host:port", "[v6]:port" into host (without brackets) and port
+ * (0-65535; 0 means any free port where a listener accepts it).
  * Errors: CDX_ERR_CONFIG.
  */
 cdx_err app_addr_split(const char *addr, char *host, size_t cap, uint16_t *port);

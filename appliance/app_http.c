@@ -108,16 +108,8 @@ cdx_err app_http_new(const char *listen, app_metrics *m, app_health_fn health, a
     cdx_err err;
 
     *out = NULL;
-    /* Port 0 is allowed here (tests, "pick a free one"): parse it ourselves around the split. */
-    const char *colon = strrchr(listen, ':');
-    bool zero = colon && strcmp(colon + 1, "0") == 0;
-    char tmp[APP_ADDR_MAX];
-    snprintf(tmp, sizeof(tmp), "%.*s:%s", colon ? (int)(colon - listen) : 0, listen,
-             zero ? "1" : colon ? colon + 1 : "");
-    if ((err = app_addr_split(tmp, host, sizeof(host), &port)))
+    if ((err = app_addr_split(listen, host, sizeof(host), &port)))
         return err;
-    if (zero)
-        port = 0;
     snprintf(port_s, sizeof(port_s), "%u", port);
     memset(&hints, 0, sizeof(hints));
     hints.ai_socktype = SOCK_STREAM;

@@ -142,6 +142,7 @@ static void test_check(void)
         {"[server]\nadmins = a\ndeployment_id = 00112233445566778899aabbccddeeff\n",
          "tls_cert and tls_key are required"},
         {GOOD_SERVER "[store]\nredis = localhost\n", "[store] redis: `localhost`: expected host:port"},
+        {GOOD_SERVER "[store]\nredis = localhost:0\n", "[store] redis: port 0"},
         {GOOD_SERVER "[store]\nredis = unix:relative\n", "unix: needs an absolute path"},
         {GOOD_SERVER "[store]\nredis_user = u\n", "redis_user needs redis_password_file"},
         {GOOD_SERVER "max_frame_bytes = 4M\ninflight_bytes = 1M\n", "inflight_bytes must be at least"},
@@ -183,7 +184,9 @@ static void test_addr_split(void)
     CU_ASSERT_STRING_EQUAL(host, "::1");
     CU_ASSERT_EQUAL(port, 65535);
     CU_ASSERT_EQUAL(app_addr_split("localhost:7700", host, sizeof(host), &port), CDX_OK);
-    static const char *bad[] = {"", ":80", "host", "host:", "host:0", "host:65536", "::1:80",
+    CU_ASSERT_EQUAL(app_addr_split("127.0.0.1:0", host, sizeof(host), &port), CDX_OK);
+    CU_ASSERT_EQUAL(port, 0);
+    static const char *bad[] = {"", ":80", "host", "host:", "host:65536", "::1:80",
                                 "[::1]80", "[::1]", "h:8x"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CU_ASSERT_EQUAL(app_addr_split(bad[i], host, sizeof(host), &port), CDX_ERR_CONFIG);

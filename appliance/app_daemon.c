@@ -1,0 +1,321 @@
+/* The daemon's lifecycle (see app_daemon.h). */
+#include "app_daemon.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "app_http.h"
+#include "cdx_hex.h"
+#include "cdx_log.h"
+#include "eng_store.h"
+#include "hsm_custody.h"
+
+struct app_daemon {
+    app_config cfg;
+    char *config_path;
+    hsm_custody *custody;
+    eng_store *store;
+    eng *engine;
+    app_metrics *metrics;
+    app_pool *pool;
+    app_http *http;
+    struct event_base *base;
+    struct event *ev_term, *ev_int, *ev_hup, *ev_pool;
+    bool store_unsafe_allowed; /* durability below standard, explicitly allowed: degraded */
+};
+
+static unsigned ncpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 && n <= CDX_WORKERS_MAX ? (unsigned)n : 1;
+}
+
+/* /healthz: the token answers, the store answers with acceptable durability. */
+static void health(void *arg, app_health *out)
+{
+    app_daemon *d = arg;
+    uint8_t rnd[16];
+    char desc[256] = "";
+    cdx_err tok = hsm_random(d->custody, rnd, sizeof(rnd));
+    cdx_err st = eng_store_check(d->store, desc, sizeof(desc));
+    bool store_ok = st == CDX_OK || (st == CDX_ERR_CONFIG && d->store_unsafe_allowed);
+    out->state = tok || !store_ok                                            ? APP_HEALTH_DOWN
+                 : st == CDX_ERR_CONFIG || d->cfg.backend == APP_STORE_MEMORY ? APP_HEALTH_DEGRADED
+                                                                              : APP_HEALTH_OK;
+    for (char *p = desc; *p; p++) /* the description goes inside a JSON string */
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
+            *p = ' ';
+    snprintf(out->detail, sizeof(out->detail),
+             "\"token\":\"%s\",\"store\":\"%s\",\"store_kind\":\"%s\",\"durability\":\"%s\"",
+             tok ? cdx_err_name(tok) : "ok",
+             st == CDX_OK ? "ok" : st == CDX_ERR_CONFIG ? "unsafe-durability" : cdx_err_name(st),
+             eng_store_kind(d->store), desc);
+}
+
+static void pull(void *arg, app_metrics_pull *p)
+{
+    app_daemon *d = arg;
+    eng_stats es;
+    hsm_stats hs;
+    eng_get_stats(d->engine, &es);
+    hsm_custody_stats(d->custody, &hs);
+    p->cache_hits = es.cache_hits;
+    p->cache_misses = es.cache_misses;
+    p->cache_bytes = es.cache_bytes;
+    p->commits = es.commits;
+    p->commit_conflicts = es.commit_conflicts;
+    p->subkey_derivations = hs.derivations;
+    p->subkey_cache_hits = hs.cache_hits;
+}
+
+static cdx_err open_store(app_daemon *d)
+{
+    const app_config *c = &d->cfg;
+    if (c->backend == APP_STORE_MEMORY) /* the memory store announces itself, loudly */
+        return eng_store_memory_new(&d->store);
+    char host[APP_ADDR_MAX];
+    uint16_t port = 0;
+    eng_redis_opts o = {.user = c->redis_user[0] ? c->redis_user : NULL,
+                        .password_file = c->redis_password_file[0] ? c->redis_password_file : NULL,
+                        .connections = c->redis_connections,
+                        .timeout_ms = c->redis_timeout_ms,
+                        .allow_unsafe_durability = c->allow_unsafe_durability};
+    if (!strncmp(c->redis, "unix:", 5)) {
+        o.unix_path = c->redis + 5;
+    } else {
+        cdx_err err = app_addr_split(c->redis, host, sizeof(host), &port);
+        if (err)
+            return err;
+        o.host = host;
+        o.port = port;
+    }
+    cdx_err err = eng_store_redis_new(&o, &d->store);
+    if (!err && c->allow_unsafe_durability) {
+        char desc[256];
+        if (eng_store_check(d->store, desc, sizeof(desc)) == CDX_ERR_CONFIG) {
+            d->store_unsafe_allowed = true;
+            cdx_log(CDX_LOG_WARN, "store_unsafe_durability",
+                    "durability=\"%s\" msg=\"allow_unsafe_durability = yes: acknowledged writes "
+                    "can be lost; /healthz reports degraded\"",
+                    desc);
+        }
+    }
+    return err;
+}
+
+/* Warm every index's blocks into the cache (cache.preload). Failures are logged, not fatal. */
+static void preload(app_daemon *d)
+{
+    eng_index_info *list = NULL;
+    size_t n = 0;
+    cdx_err e = eng_index_list(d->engine, &list, &n);
+    if (e != CDX_OK) {
+        cdx_log(CDX_LOG_WARN, "preload_failed", "code=%s", cdx_err_name(e));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t blocks = 0;
+        char id[2 * CDX_ID_LEN + 1];
+        cdx_hex_encode(list[i].id, CDX_ID_LEN, id);
+        cdx_err err = eng_index_warm(d->engine, list[i].name, &blocks);
+        /* Index names never go to the log: the id does. */
+        cdx_log(err ? CDX_LOG_WARN : CDX_LOG_INFO, "preload", "index_id=%s segments=%llu code=%s",
+                id, (unsigned long long)blocks, cdx_err_name(err));
+    }
+    free(list);
+}
+
+static void write_ports(app_daemon *d)
+{
+    if (!d->cfg.ports_file[0])
+        return;
+    char tmp[APP_PATH_MAX + 8];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", d->cfg.ports_file);
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        cdx_log(CDX_LOG_ERROR, "ports_file", "errno=%d", errno);
+        return;
+    }
+    if (d->http) {
+        char host[APP_ADDR_MAX];
+        uint16_t port;
+        if (!app_addr_split(d->cfg.metrics_listen, host, sizeof(host), &port))
+            fprintf(f, strchr(host, ':') ? "metrics=[%s]:%u\n" : "metrics=%s:%u\n", host,
+                    app_http_port(d->http));
+    }
+    /* fsync then rename: a reader sees the whole file or none. */
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0 || fclose(f) != 0 ||
+        rename(tmp, d->cfg.ports_file) != 0)
+        cdx_log(CDX_LOG_ERROR, "ports_file", "errno=%d", errno);
+}
+
+static void on_pool(evutil_socket_t fd, short what, void *arg)
+{
+    app_daemon *d = arg;
+    (void)fd;
+    (void)what;
+    /* The network front end attaches completion handlers here; alone, jobs finish themselves. */
+    for (app_job *j = app_pool_reap(d->pool), *next; j; j = next)
+        next = j->next;
+}
+
+static void on_term(evutil_socket_t sig, short what, void *arg)
+{
+    app_daemon *d = arg;
+    (void)what;
+    sd_notify(0, "STOPPING=1");
+    cdx_log(CDX_LOG_INFO, "stopping", "signal=%d pending_jobs=%zu", (int)sig,
+            app_pool_pending(d->pool));
+    event_base_loopexit(d->base, NULL);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    app_daemon *d = arg;
+    (void)sig;
+    (void)what;
+    sd_notify(0, "RELOADING=1");
+    app_config fresh;
+    app_config_init(&fresh);
+    cdx_err err = app_config_load(d->config_path, &fresh);
+    if (!err)
+        err = app_config_check(&fresh);
+    if (err) {
+        cdx_log(CDX_LOG_ERROR, "reload_failed", "code=%s msg=\"%s\"", cdx_err_name(err),
+                cdx_err_detail());
+    } else {
+        cdx_log_set_level((cdx_log_level)fresh.log_level);
+        cdx_log_set_format(fresh.log_format == APP_LOG_JSON ? CDX_LOG_FMT_JSON : CDX_LOG_FMT_KV);
+        d->cfg.log_level = fresh.log_level;
+        d->cfg.log_format = fresh.log_format;
+        cdx_log(CDX_LOG_INFO, "reloaded", "log_level=%d", fresh.log_level);
+    }
+    sd_notify(0, "READY=1");
+}
+
+cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemon **out)
+{
+    cdx_err err;
+    *out = NULL;
+    app_daemon *d = calloc(1, sizeof(*d));
+    if (!d)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    d->cfg = *cfg;
+    d->config_path = strdup(config_path ? config_path : "");
+    cdx_log_set_level((cdx_log_level)cfg->log_level);
+    cdx_log_set_format(cfg->log_format == APP_LOG_JSON ? CDX_LOG_FMT_JSON : CDX_LOG_FMT_KV);
+    if (cfg->insecure)
+        cdx_log(CDX_LOG_WARN, "insecure",
+                "msg=\"insecure = yes: PLAINTEXT TCP, NO CLIENT AUTHENTICATION; never in "
+                "production\"");
+    if ((err = hsm_custody_open(&d->cfg.hsm, &d->custody)) || (err = open_store(d)))
+        goto fail;
+    eng_config ec = {.custody = d->custody,
+                     .store = d->store,
+                     .state_dir = d->cfg.state_dir,
+                     .manifest_max_age_ms = cfg->manifest_max_age_ms,
+                     .cache_bytes = (size_t)cfg->cache_bytes,
+                     .gc_grace_ms = cfg->gc_grace_ms,
+                     .query_threads = cfg->query_threads};
+    memcpy(ec.deployment_id, cfg->deployment_id, CDX_ID_LEN);
+    if ((err = eng_new(&ec, &d->engine)))
+        goto fail;
+    if (cfg->cache_preload)
+        preload(d);
+    if ((err = app_metrics_new(&d->metrics)) ||
+        (err = app_pool_new(cfg->workers ? cfg->workers : ncpus(), &d->pool)))
+        goto fail;
+    if (cfg->metrics_listen[0] &&
+        (err = app_http_new(cfg->metrics_listen, d->metrics, health, pull, d, &d->http)))
+        goto fail;
+    if (evthread_use_pthreads() != 0 || !(d->base = event_base_new())) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "cannot create the event loop");
+        goto fail;
+    }
+    d->ev_term = evsignal_new(d->base, SIGTERM, on_term, d);
+    d->ev_int = evsignal_new(d->base, SIGINT, on_term, d);
+    d->ev_hup = evsignal_new(d->base, SIGHUP, on_hup, d);
+    d->ev_pool = event_new(d->base, app_pool_fd(d->pool), EV_READ | EV_PERSIST, on_pool, d);
+    if (!d->ev_term || !d->ev_int || !d->ev_hup || !d->ev_pool || event_add(d->ev_term, NULL) ||
+        event_add(d->ev_int, NULL) || event_add(d->ev_hup, NULL) || event_add(d->ev_pool, NULL)) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "cannot register the loop's events");
+        goto fail;
+    }
+    signal(SIGPIPE, SIG_IGN); /* a peer closing mid-write is an error return, not a death */
+    *out = d;
+    return CDX_OK;
+fail:
+    app_daemon_free(d);
+    return err;
+}
+
+int app_daemon_run(app_daemon *d)
+{
+    write_ports(d);
+    char id[2 * CDX_ID_LEN + 1];
+    cdx_hex_encode(d->cfg.deployment_id, CDX_ID_LEN, id);
+    cdx_log(CDX_LOG_INFO, "ready", "deployment=%s store=%s workers=%u metrics=%u", id,
+            eng_store_kind(d->store), d->cfg.workers ? d->cfg.workers : ncpus(),
+            d->http ? (unsigned)app_http_port(d->http) : 0u);
+    sd_notify(0, "READY=1");
+    int rc = event_base_dispatch(d->base);
+    /* Drain: the pool finishes every submitted job when it is freed (app_daemon_free). */
+    return rc < 0 ? 1 : 0;
+}
+
+void app_daemon_stop(app_daemon *d)
+{
+    event_base_loopexit(d->base, NULL);
+}
+
+void app_daemon_free(app_daemon *d)
+{
+    if (!d)
+        return;
+    app_http_free(d->http); /* no new health probes into a closing engine */
+    app_pool_free(d->pool); /* drain: submitted work completes */
+    if (d->ev_pool)
+        event_free(d->ev_pool);
+    if (d->ev_term)
+        event_free(d->ev_term);
+    if (d->ev_int)
+        event_free(d->ev_int);
+    if (d->ev_hup)
+        event_free(d->ev_hup);
+    if (d->base)
+        event_base_free(d->base);
+    eng_free(d->engine);
+    eng_store_free(d->store);
+    hsm_custody_free(d->custody);
+    app_metrics_free(d->metrics);
+    free(d->config_path);
+    free(d);
+}
+
+eng *app_daemon_engine(app_daemon *d)
+{
+    return d->engine;
+}
+
+app_metrics *app_daemon_metrics(app_daemon *d)
+{
+    return d->metrics;
+}
+
+app_pool *app_daemon_pool(app_daemon *d)
+{
+    return d->pool;
+}
+
+struct event_base *app_daemon_base(app_daemon *d)
+{
+    return d->base;
+}

@@ -1,0 +1,113 @@
+/*
+ * cipherdexd - the Cipherdex appliance daemon.
+ *
+ *   cipherdexd --config FILE         run
+ *   cipherdexd --check-config FILE   check the file (syntax, values, cross-key rules, and
+ *                                    that the files it names are readable), then exit
+ *
+ * Exit codes: 0 clean stop / valid configuration, 1 runtime failure,
+ * 2 usage or configuration error.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "app_config.h"
+#include "app_daemon.h"
+#include "cdx_log.h"
+
+#ifndef CDX_VERSION
+#define CDX_VERSION "0.1.0"
+#endif
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: cipherdexd --config FILE\n"
+               "       cipherdexd --check-config FILE\n"
+               "       cipherdexd --version\n"
+               "The configuration keys are documented in docs/CONFIG.md.\n");
+}
+
+/* A file the configuration names must exist and be readable by this user. */
+static int check_file(const char *what, const char *path, bool secret)
+{
+    struct stat st;
+    if (!path[0])
+        return 0;
+    if (access(path, R_OK) != 0 || stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
+        fprintf(stderr, "cipherdexd: %s `%s` is not a readable file\n", what, path);
+        return -1;
+    }
+    if (secret && (st.st_mode & 077)) {
+        fprintf(stderr, "cipherdexd: %s `%s` is readable by group or others (chmod 600)\n", what,
+                path);
+        return -1;
+    }
+    return 0;
+}
+
+static int load(const char *path, app_config *c, bool files)
+{
+    app_config_init(c);
+    cdx_err err = app_config_load(path, c);
+    if (!err)
+        err = app_config_check(c);
+    if (err) {
+        fprintf(stderr, "cipherdexd: %s\n", cdx_err_detail());
+        return -1;
+    }
+    if (!files)
+        return 0;
+    int bad = 0;
+    if (!c->insecure) {
+        bad |= check_file("[server] tls_cert", c->tls_cert, false);
+        bad |= check_file("[server] tls_key", c->tls_key, true);
+        bad |= check_file("[server] client_ca", c->client_ca, false);
+        bad |= check_file("[server] crl", c->crl, false);
+    }
+    bad |= check_file("[hsm] module", c->hsm.module_path, false);
+    if (!strncmp(c->hsm.pin_source, "file:", 5))
+        bad |= check_file("[hsm] pin", c->hsm.pin_source + 5, true);
+    if (c->backend == APP_STORE_REDIS)
+        bad |= check_file("[store] redis_password_file", c->redis_password_file, true);
+    return bad ? -1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        usage(stdout);
+        return 0;
+    }
+    if (argc == 2 && !strcmp(argv[1], "--version")) {
+        printf("cipherdexd %s\n", CDX_VERSION);
+        return 0;
+    }
+    if (argc != 3 || (strcmp(argv[1], "--config") && strcmp(argv[1], "--check-config"))) {
+        usage(stderr);
+        return 2;
+    }
+    app_config cfg;
+    if (!strcmp(argv[1], "--check-config")) {
+        if (load(argv[2], &cfg, true))
+            return 2;
+        printf("cipherdexd: %s: configuration OK\n", argv[2]);
+        return 0;
+    }
+    if (load(argv[2], &cfg, false))
+        return 2;
+    app_daemon *d = NULL;
+    cdx_err err = app_daemon_new(&cfg, argv[2], &d);
+    if (err) {
+        cdx_log(CDX_LOG_ERROR, "start_failed", "code=%s msg=\"%s\"", cdx_err_name(err),
+                cdx_err_detail());
+        fprintf(stderr, "cipherdexd: cannot start: %s: %s\n", cdx_err_name(err),
+                cdx_err_detail());
+        return err == CDX_ERR_CONFIG ? 2 : 1;
+    }
+    int rc = app_daemon_run(d);
+    app_daemon_free(d);
+    cdx_log(CDX_LOG_INFO, "stopped", "rc=%d", rc);
+    return rc;
+}

@@ -1,0 +1,238 @@
+/*
+ * test_daemon: cipherdexd as a process - configuration checking, start-up on a
+ * throwaway token, readiness through the systemd notify protocol (a datagram
+ * socket this test owns), /healthz and /metrics, SIGHUP reload, SIGTERM stop.
+ */
+#include <CUnit/Basic.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "fx_softhsm.h"
+#include "fx_tmp.h"
+
+static char *dir;
+static fx_token *tok;
+static char bin[4096];
+
+static void write_file(const char *path, const char *text, mode_t mode)
+{
+    FILE *f = fopen(path, "w");
+    CU_ASSERT_FATAL(f != NULL);
+    fputs(text, f);
+    fclose(f);
+    chmod(path, mode);
+}
+
+/* A memory-store, insecure configuration on this test's token; returns its path. */
+static const char *make_conf(const char *name, const char *extra)
+{
+    static char path[4096];
+    char text[8192];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    snprintf(text, sizeof(text),
+             "[server]\ninsecure = yes\nlisten = 127.0.0.1:0\n"
+             "deployment_id = 0123456789abcdef0123456789abcdef\nports_file = %s/ports\n"
+             "workers = 2\n"
+             "[hsm]\nmodule = %s\ntoken = pkcs11:token=%s\npin = file:%s\n"
+             "allow_unlocked_memory = yes\n"
+             "[store]\nbackend = memory\n[state]\ndir = %s/state\n"
+             "[metrics]\nlisten = 127.0.0.1:0\n%s",
+             dir, fx_softhsm_module(), fx_token_label(tok), fx_token_pin_file(tok), dir, extra);
+    write_file(path, text, 0600);
+    return path;
+}
+
+static void test_check_config(void)
+{
+    char out[4096];
+    const char *good = make_conf("good.conf", "");
+    const char *argv[] = {bin, "--check-config", good, NULL};
+    int rc = fx_run(argv, NULL, out, sizeof(out));
+    CU_ASSERT_EQUAL(rc, 0);
+    CU_ASSERT(strstr(out, "configuration OK") != NULL);
+    const char *bad = make_conf("bad.conf", "[cache]\nbytes = lots\n");
+    argv[2] = bad;
+    rc = fx_run(argv, NULL, out, sizeof(out));
+    CU_ASSERT_EQUAL(rc, 2);
+    CU_ASSERT(strstr(out, "bad.conf:") != NULL && strstr(out, "bytes: `lots`") != NULL);
+    /* Without insecure, the TLS files must exist. */
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/tls.conf", dir);
+    write_file(path, "[server]\ntls_cert = /nonexistent/c.pem\ntls_key = /nonexistent/k.pem\n"
+                     "client_ca = /nonexistent/ca.pem\nadmins = a\n"
+                     "deployment_id = 0123456789abcdef0123456789abcdef\n",
+               0600);
+    argv[2] = path;
+    rc = fx_run(argv, NULL, out, sizeof(out));
+    CU_ASSERT_EQUAL(rc, 2);
+    CU_ASSERT(strstr(out, "tls_cert `/nonexistent/c.pem` is not a readable file") != NULL);
+    const char *usage[] = {bin, "--bogus", NULL};
+    CU_ASSERT_EQUAL(fx_run(usage, NULL, out, sizeof(out)), 2);
+    const char *ver[] = {bin, "--version", NULL};
+    CU_ASSERT_EQUAL(fx_run(ver, NULL, out, sizeof(out)), 0);
+}
+
+/* Receive one notify datagram (or "" on timeout). */
+static void notify_recv(int s, char *buf, size_t cap, int timeout_s)
+{
+    struct timeval tv = {.tv_sec = timeout_s};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ssize_t n = recv(s, buf, cap - 1, 0);
+    buf[n > 0 ? n : 0] = '\0';
+}
+
+static char *http_get(uint16_t port, const char *path)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        close(fd);
+        return strdup("");
+    }
+    char req[256];
+    snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", path);
+    if (write(fd, req, strlen(req)) < 0) {
+        close(fd);
+        return strdup("");
+    }
+    size_t cap = 1 << 17, len = 0;
+    char *buf = malloc(cap);
+    ssize_t n;
+    while ((n = read(fd, buf + len, cap - 1 - len)) > 0)
+        len += (size_t)n;
+    buf[len] = '\0';
+    close(fd);
+    return buf;
+}
+
+static void test_run_and_signals(void)
+{
+    const char *conf = make_conf("run.conf", "[log]\nlevel = info\n");
+    /* An abstract socket: no path-length limit from the test directory, nothing to unlink. */
+    char name[64], env_notify[128];
+    snprintf(name, sizeof(name), "cdx-test-notify-%d", (int)getpid());
+    int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    memcpy(sa.sun_path + 1, name, strlen(name));
+    socklen_t sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+    CU_ASSERT_FATAL(bind(s, (struct sockaddr *)&sa, sl) == 0);
+    snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=@%s", name);
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        putenv(env_notify);
+        setenv("SOFTHSM2_CONF", fx_token_conf(tok), 1);
+        execl(bin, bin, "--config", conf, (char *)NULL);
+        _exit(127);
+    }
+    char msg[512];
+    notify_recv(s, msg, sizeof(msg), 60);
+    CU_ASSERT_FATAL(strstr(msg, "READY=1") != NULL);
+    /* The ports file is complete before READY. */
+    char ports_path[4200], line[256];
+    snprintf(ports_path, sizeof(ports_path), "%s/ports", dir);
+    FILE *f = fopen(ports_path, "r");
+    CU_ASSERT_FATAL(f != NULL);
+    unsigned port = 0;
+    while (fgets(line, sizeof(line), f))
+        if (!strncmp(line, "metrics=127.0.0.1:", 18))
+            port = (unsigned)atoi(line + 18);
+    fclose(f);
+    CU_ASSERT_FATAL(port > 0);
+    char *r = http_get((uint16_t)port, "/healthz");
+    /* Memory store: serving, but degraded (data is volatile); the token answers. */
+    CU_ASSERT(strstr(r, " 200") != NULL);
+    CU_ASSERT(strstr(r, "\"status\":\"degraded\"") != NULL);
+    CU_ASSERT(strstr(r, "\"token\":\"ok\"") != NULL);
+    CU_ASSERT(strstr(r, "\"store_kind\":\"memory\"") != NULL);
+    free(r);
+    r = http_get((uint16_t)port, "/metrics");
+    CU_ASSERT(strstr(r, "cipherdex_block_cache_hit_ratio") != NULL);
+    CU_ASSERT(strstr(r, "cipherdex_subkey_derivations_total") != NULL);
+    free(r);
+    /* SIGHUP: RELOADING then READY again, still serving. */
+    kill(pid, SIGHUP);
+    notify_recv(s, msg, sizeof(msg), 30);
+    CU_ASSERT(strstr(msg, "RELOADING=1") != NULL);
+    notify_recv(s, msg, sizeof(msg), 30);
+    CU_ASSERT(strstr(msg, "READY=1") != NULL);
+    r = http_get((uint16_t)port, "/healthz");
+    CU_ASSERT(strstr(r, " 200") != NULL);
+    free(r);
+    /* SIGTERM: STOPPING, then a clean exit. */
+    kill(pid, SIGTERM);
+    notify_recv(s, msg, sizeof(msg), 30);
+    CU_ASSERT(strstr(msg, "STOPPING=1") != NULL);
+    int st = 0;
+    CU_ASSERT_EQUAL(waitpid(pid, &st, 0), pid);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    close(s);
+}
+
+static void test_start_failure(void)
+{
+    /* A wrong PIN: the daemon refuses to start, exit 1, and says why. */
+    char pin[4200], out[8192];
+    snprintf(pin, sizeof(pin), "%s/wrong.pin", dir);
+    write_file(pin, "not-the-pin\n", 0600);
+    const char *conf = make_conf("wrongpin.conf", "");
+    /* Rewrite the pin line. */
+    FILE *f = fopen(conf, "r");
+    char text[8192];
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    char *p = strstr(text, "pin = file:");
+    CU_ASSERT_FATAL(p != NULL);
+    char *eol = strchr(p, '\n');
+    char fixed[8192];
+    snprintf(fixed, sizeof(fixed), "%.*spin = file:%s%s", (int)(p - text), text, pin, eol);
+    write_file(conf, fixed, 0600);
+    const char *argv[] = {bin, "--config", conf, NULL};
+    char envbuf[4300];
+    snprintf(envbuf, sizeof(envbuf), "SOFTHSM2_CONF=%s", fx_token_conf(tok));
+    const char *env[] = {envbuf, NULL};
+    int rc = fx_run_env(argv, env, NULL, out, sizeof(out));
+    CU_ASSERT_EQUAL(rc, 1);
+    CU_ASSERT(strstr(out, "HSM_PIN_INCORRECT") != NULL);
+}
+
+int main(void)
+{
+    const char *b = getenv("CDX_BIN_DIR");
+    if (!b) {
+        fprintf(stderr, "CDX_BIN_DIR is not set (run through ctest)\n");
+        return 1;
+    }
+    snprintf(bin, sizeof(bin), "%s/appliance/cipherdexd", b);
+    dir = fx_tmpdir_new("daemon");
+    tok = fx_token_new("daemontok");
+    if (!dir || !tok)
+        return 1;
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 1;
+    CU_pSuite s = CU_add_suite("daemon", NULL, NULL);
+    CU_add_test(s, "--check-config", test_check_config);
+    CU_add_test(s, "start, /healthz, /metrics, SIGHUP, SIGTERM", test_run_and_signals);
+    CU_add_test(s, "start refused with a wrong PIN", test_start_failure);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+    CU_cleanup_registry();
+    fx_token_free(tok);
+    fx_rm_rf(dir);
+    free(dir);
+    return fails ? 1 : 0;
+}
