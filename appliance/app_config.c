@@ -327,9 +327,13 @@ cdx_err app_config_check(const app_config *c)
             return cdx_fail(CDX_ERR_CONFIG, "[server] admins is required: the principals "
                                             "allowed to create, train and delete indexes");
     }
+    static const uint8_t zero[CDX_ID_LEN];
     if (!c->have_deployment_id)
         return cdx_fail(CDX_ERR_CONFIG, "[server] deployment_id is required (32 hex digits, the "
                                         "same on every appliance sharing the store)");
+    if (!memcmp(c->deployment_id, zero, CDX_ID_LEN))
+        return cdx_fail(CDX_ERR_CONFIG, "[server] deployment_id is the all-zero placeholder: "
+                                        "generate one (od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')");
     if (c->max_frame_bytes < 1024)
         return cdx_fail(CDX_ERR_CONFIG, "[server] max_frame_bytes below 1 KiB");
     if (c->inflight_bytes < c->max_frame_bytes)

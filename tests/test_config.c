@@ -173,6 +173,27 @@ static void test_check(void)
     CU_ASSERT_EQUAL(c.metrics_listen[0], '\0');
 }
 
+/* The configuration shipped in packaging/ is valid as it stands. */
+static void test_packaged(void)
+{
+    const char *src = getenv("CDX_SOURCE_DIR");
+    char p[4096];
+    CU_ASSERT_FATAL(src != NULL);
+    snprintf(p, sizeof(p), "%s/packaging/cipherdexd.conf", src);
+    app_config c;
+    app_config_init(&c);
+    cdx_err e = app_config_load(p, &c);
+    if (e)
+        fprintf(stderr, "\n  %s\n", cdx_err_detail());
+    CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
+    /* Its one placeholder must be replaced before use, and the check says so. */
+    CU_ASSERT_EQUAL(app_config_check(&c), CDX_ERR_CONFIG);
+    CU_ASSERT(strstr(cdx_err_detail(), "all-zero placeholder") != NULL);
+    c.deployment_id[0] = 1;
+    CU_ASSERT_EQUAL(app_config_check(&c), CDX_OK);
+    CU_ASSERT_STRING_EQUAL(c.hsm.pin_source, "cred:pin");
+}
+
 static void test_addr_split(void)
 {
     char host[64];
@@ -207,6 +228,7 @@ int main(void)
     CU_add_test(s, "bad lines: line number and what is wrong", test_errors);
     CU_add_test(s, "cross-key checks", test_check);
     CU_add_test(s, "host:port parsing", test_addr_split);
+    CU_add_test(s, "packaged configuration", test_packaged);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
