@@ -114,6 +114,13 @@ typedef struct eng_index_info {
  */
 cdx_err eng_index_create(eng *e, const eng_create *req, eng_index_info *out);
 cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out);
+/*
+ * The dimension of index `name` from the catalog entry this engine holds
+ * (no head read: cheap enough per request, e.g. to split a batch of query
+ * vectors). Errors: CDX_ERR_NOT_FOUND, CDX_ERR_FAILED_PRECONDITION
+ * (unfinished create/delete), store errors on the first lookup.
+ */
+cdx_err eng_index_dimension(eng *e, const char *name, uint32_t *dim);
 /* All indexes, sorted by name; *out malloc'ed (free()). */
 cdx_err eng_index_list(eng *e, eng_index_info **out, size_t *n);
 /*

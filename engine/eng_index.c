@@ -1207,6 +1207,15 @@ cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out)
     return err;
 }
 
+cdx_err eng_index_dimension(eng *e, const char *name, uint32_t *dim)
+{
+    struct idx *ix;
+    cdx_err err = idx_get(e, name, &ix);
+    if (!err)
+        *dim = ix->cat.dim;
+    return err;
+}
+
 static int cmp_info(const void *a, const void *b)
 {
     return strcmp(((const eng_index_info *)a)->name, ((const eng_index_info *)b)->name);
