@@ -279,6 +279,24 @@ typedef struct eng_stats {
 
 void eng_get_stats(eng *e, eng_stats *out);
 
+typedef enum eng_stage {
+    ENG_STAGE_HEAD,     /* head and manifest reads */
+    ENG_STAGE_COARSE,   /* coarse quantisation */
+    ENG_STAGE_KEYS,     /* subkey derivation */
+    ENG_STAGE_FETCH,    /* store reads */
+    ENG_STAGE_DECRYPT,
+    ENG_STAGE_DISTANCE, /* scan, rescoring, filters, top-k */
+    ENG_STAGE_COUNT
+} eng_stage;
+
+/*
+ * Nanoseconds the calling thread spent per stage since its last call (then
+ * reset): lets a server attribute one request's stages when requests run
+ * on worker threads. Batched queries spread over query_threads count only
+ * the calling thread's share.
+ */
+void eng_thread_stages(uint64_t out[ENG_STAGE_COUNT]);
+
 /* Test hooks: called before every commit with the index id (may block). */
 typedef void (*eng_commit_hook)(void *arg, const uint8_t index_id[CDX_ID_LEN]);
 void eng_set_commit_hook(eng *e, eng_commit_hook fn, void *arg);

@@ -56,6 +56,21 @@ struct eng {
     atomic_bool no_screen; /* test hook */
 };
 
+/* Per-thread stage time, for callers attributing one request's stages (eng_thread_stages). */
+static _Thread_local uint64_t tl_stage[ENG_STAGE_COUNT];
+
+static void stage_add(atomic_uint_fast64_t *global, eng_stage st, uint64_t ns)
+{
+    atomic_fetch_add(global, ns);
+    tl_stage[st] += ns;
+}
+
+void eng_thread_stages(uint64_t out[ENG_STAGE_COUNT])
+{
+    memcpy(out, tl_stage, sizeof(tl_stage));
+    memset(tl_stage, 0, sizeof(tl_stage));
+}
+
 static int64_t mono_ms(void)
 {
     struct timespec ts;
@@ -268,7 +283,7 @@ static cdx_err op_key(op *o, hsm_purpose p, hsm_subkey **out)
     if (!o->sk[p]) {
         uint64_t t0 = mono_ns();
         cdx_err err = hsm_subkey_get(o->e->cfg.custody, &o->key, o->kcv, p, 0, &o->sk[p]);
-        atomic_fetch_add(&o->e->ns_keys, mono_ns() - t0);
+        stage_add(&o->e->ns_keys, ENG_STAGE_KEYS, mono_ns() - t0);
         if (err)
             return err;
     }
@@ -312,7 +327,7 @@ static cdx_err unseal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[16]
     eng_rec_id id = {.scope = o->key.id, .kind = kind, .token = tok, .version = version};
     uint64_t t0 = mono_ns();
     err = eng_rec_open(k, &id, o->kcv, rec, len, h ? h : &hh, out);
-    atomic_fetch_add(&o->e->ns_decrypt, mono_ns() - t0);
+    stage_add(&o->e->ns_decrypt, ENG_STAGE_DECRYPT, mono_ns() - t0);
     return err;
 }
 
@@ -895,7 +910,7 @@ static cdx_err load_state(op *o, bool fresh, uint64_t min_version, eng_manifest 
         ix->m_read_ms = read_at;
     }
     pthread_mutex_unlock(&ix->mu);
-    atomic_fetch_add(&e->ns_head, mono_ns() - t0);
+    stage_add(&e->ns_head, ENG_STAGE_HEAD, mono_ns() - t0);
     *out = cur;
     return CDX_OK;
 }
@@ -1628,7 +1643,7 @@ static cdx_err load_buckets(op *o, const eng_manifest *m, const bool *want, buck
     memset(v, 0, sizeof(v));
     uint64_t t0 = mono_ns();
     err = eng_store_mget(o->e->cfg.store, keys, n, v);
-    atomic_fetch_add(&o->e->ns_fetch, mono_ns() - t0);
+    stage_add(&o->e->ns_fetch, ENG_STAGE_FETCH, mono_ns() - t0);
     if (err)
         return err;
     eng_buf pt;
@@ -2262,7 +2277,7 @@ static cdx_err fetch_blocks(op *o, const eng_segref *const *refs, size_t n, eng_
     }
     uint64_t t0 = mono_ns();
     err = eng_store_getrange(o->e->cfg.store, rg, n, v);
-    atomic_fetch_add(&o->e->ns_fetch, mono_ns() - t0);
+    stage_add(&o->e->ns_fetch, ENG_STAGE_FETCH, mono_ns() - t0);
     if (err)
         goto out;
     for (size_t i = 0; i < n && !err; i++) {
@@ -3018,7 +3033,7 @@ static cdx_err query_one(qctx *c, size_t qi)
             goto out;
         }
     }
-    atomic_fetch_add(&o->e->ns_coarse, mono_ns() - t0);
+    stage_add(&o->e->ns_coarse, ENG_STAGE_COARSE, mono_ns() - t0);
     /* gend[p]: end of probe p's segments in refs (tombstones apply within a cluster). */
     gend = calloc(np + 1, sizeof(*gend));
     if (!gend) {
@@ -3124,7 +3139,7 @@ static cdx_err query_one(qctx *c, size_t qi)
             free(ds.key);
         }
     }
-    atomic_fetch_add(&o->e->ns_distance, mono_ns() - t0 - ns_io);
+    stage_add(&o->e->ns_distance, ENG_STAGE_DISTANCE, mono_ns() - t0 - ns_io);
     if (err)
         goto out;
     /* Results, best first. */

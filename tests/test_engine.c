@@ -600,6 +600,15 @@ static void test_train(void)
         CU_ASSERT_EQUAL(st1.cache_misses, st0.cache_misses);
         CU_ASSERT_TRUE(st1.cache_hits > st0.cache_hits);
         CU_ASSERT_EQUAL(eng_index_warm(E, "no-such-index", NULL), CDX_ERR_NOT_FOUND);
+        /* Per-thread stage times: this thread's query shows up, and reading resets them. */
+        uint64_t stg[ENG_STAGE_COUNT];
+        eng_thread_stages(stg);
+        CU_ASSERT_TRUE(recall(name, &s, ENG_METRIC_EUCLIDEAN, 4, 1) >= 0);
+        eng_thread_stages(stg);
+        CU_ASSERT_TRUE(stg[ENG_STAGE_HEAD] > 0 && stg[ENG_STAGE_COARSE] > 0 &&
+                       stg[ENG_STAGE_DISTANCE] > 0);
+        eng_thread_stages(stg);
+        CU_ASSERT_EQUAL(stg[ENG_STAGE_COARSE], 0);
         CU_ASSERT_EQUAL(eng_index_delete(E, name, info.id), CDX_OK);
     }
     ds_free(&s);

@@ -1,0 +1,51 @@
+/*
+ * app_dispatch.h - one request frame in, one response frame out: decode
+ * under the memory budget, authorise, call the engine, encode.
+ *
+ * Runs on a worker thread. Every outcome is a Response carrying a Status
+ * (code = cdx_err value, message = what to fix); a request whose id cannot
+ * be read is answered with request_id 0. Only running out of memory while
+ * building the error response itself leaves *out NULL (the connection is
+ * then closed).
+ *
+ * Authorisation until the policy work lands: create_index, delete_index
+ * and train need the caller's principal in [server] admins; delete_index
+ * must also carry the index id as confirm_id. In insecure mode the
+ * principal is "anonymous".
+ */
+#ifndef APP_DISPATCH_H
+#define APP_DISPATCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "app_config.h"
+#include "app_metrics.h"
+#include "eng.h"
+
+typedef struct app_dispatch_env {
+    eng *engine;
+    const app_config *cfg; /* admins, max_frame_bytes */
+    app_metrics *metrics;  /* may be NULL */
+    /* health: token and store reachable (may be NULL: both reported true) */
+    void (*health)(void *arg, bool *token_ok, bool *store_ok);
+    void *health_arg;
+    int64_t started_ms; /* for uptime */
+} app_dispatch_env;
+
+typedef struct app_dispatch_result {
+    uint8_t *frame; /* body of the response frame (malloc'ed; without the length prefix) */
+    size_t len;
+    app_op op;
+    cdx_err status;
+} app_dispatch_result;
+
+/* Serve one request. res->frame is NULL only when memory ran out (close the connection). */
+void app_dispatch(const app_dispatch_env *env, const char *principal, const uint8_t *frame,
+                  size_t len, app_dispatch_result *res);
+
+/* Is `principal` listed in cfg->admins? */
+bool app_is_admin(const app_config *cfg, const char *principal);
+
+#endif
