@@ -35,7 +35,7 @@ typedef struct app_dispatch_env {
 } app_dispatch_env;
 
 typedef struct app_dispatch_result {
-    uint8_t *frame; /* body of the response frame (malloc'ed; without the length prefix) */
+    uint8_t *frame; /* the response frame, length prefix included (malloc'ed) */
     size_t len;
     app_op op;
     cdx_err status;

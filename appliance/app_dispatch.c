@@ -1,0 +1,598 @@
+/* One request frame in, one response frame out (see app_dispatch.h). */
+#include "app_dispatch.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cdx_limits.h"
+#include "wire_msg.h"
+
+#ifndef CDX_VERSION
+#define CDX_VERSION "0.1.0"
+#endif
+
+typedef Cipherdex__V1__Request Req;
+typedef Cipherdex__V1__Response Resp;
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+bool app_is_admin(const app_config *cfg, const char *principal)
+{
+    for (size_t i = 0; i < cfg->n_admins; i++)
+        if (!strcmp(cfg->admins[i], principal))
+            return true;
+    return false;
+}
+
+static cdx_err need_admin(const app_config *cfg, const char *principal, const char *what)
+{
+    if (app_is_admin(cfg, principal))
+        return CDX_OK;
+    return cdx_fail(CDX_ERR_PERMISSION_DENIED,
+                    "%s needs an admin principal; `%s` is not in [server] admins", what,
+                    principal);
+}
+
+/* Everything a handler allocates for its response, freed after packing. */
+typedef struct scratch {
+    void *p[16];
+    int n;
+    eng_index_info *infos;
+    eng_query_result *qres;
+    eng_get_result *gres;
+    char **ids;
+    size_t *id_lens, nids;
+    char *cursor;
+} scratch;
+
+static void *keep(scratch *s, void *p)
+{
+    if (p && s->n < 16)
+        s->p[s->n++] = p;
+    return p;
+}
+
+static void scratch_free(scratch *s)
+{
+    for (int i = 0; i < s->n; i++)
+        free(s->p[i]);
+    free(s->infos);
+    eng_query_result_free(s->qres);
+    eng_get_result_free(s->gres);
+    if (s->ids)
+        eng_ids_free(s->ids, s->id_lens, s->nids);
+    free(s->cursor);
+}
+
+static void *alloc(scratch *s, size_t n)
+{
+    return keep(s, calloc(1, n ? n : 1));
+}
+
+static const char *key_source_name(eng_key_source k)
+{
+    return k == ENG_KEY_UNWRAP ? "unwrap" : k == ENG_KEY_ADOPT ? "adopt" : "generate";
+}
+
+static void fill_info(const eng_index_info *in, Cipherdex__V1__IndexInfo *out)
+{
+    cipherdex__v1__index_info__init(out);
+    out->name = wire_str(in->name);
+    out->state = wire_str(in->state);
+    out->id = wire_bin(in->id, CDX_ID_LEN);
+    out->dimension = in->dimension;
+    out->metric = wire_str(eng_metric_name(in->metric));
+    out->index_type = wire_str(eng_index_type_name(in->type));
+    out->n_lists = in->n_lists;
+    out->n_clusters = in->n_clusters;
+    out->count = in->count;
+    out->version = in->version;
+    out->kcv = wire_bin(in->kcv, CDX_KCV_LEN);
+    out->key_source = wire_str(key_source_name(in->key_source));
+    out->key_owned = in->owned;
+    out->segments = in->segments;
+    out->created_ms = in->created_ms;
+}
+
+/* Ids of a request as the engine wants them. */
+static cdx_err id_arrays(scratch *s, const ProtobufCBinaryData *ids, size_t n, const char ***out,
+                         size_t **lens)
+{
+    *out = alloc(s, n * sizeof(char *));
+    *lens = alloc(s, n * sizeof(size_t));
+    if (!*out || !*lens)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        (*out)[i] = wire_text(ids[i]);
+        (*lens)[i] = ids[i].len;
+    }
+    return CDX_OK;
+}
+
+static cdx_err do_health(const app_dispatch_env *env, Resp *r, scratch *s)
+{
+    Cipherdex__V1__HealthResponse *h = alloc(s, sizeof(*h));
+    if (!h)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cipherdex__v1__health_response__init(h);
+    bool tok = true, store = true;
+    if (env->health)
+        env->health(env->health_arg, &tok, &store);
+    h->token_ok = tok;
+    h->store_ok = store;
+    h->server_version = wire_str(CDX_VERSION);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    h->uptime_s = now > env->started_ms ? (uint64_t)(now - env->started_ms) / 1000 : 0;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_HEALTH;
+    r->health = h;
+    if (!tok || !store)
+        return cdx_fail(CDX_ERR_UNAVAILABLE, "%s%s%s", tok ? "" : "the token does not answer",
+                        !tok && !store ? "; " : "", store ? "" : "the store does not answer");
+    return CDX_OK;
+}
+
+static cdx_err do_create(const app_dispatch_env *env, const char *who, const Req *q, Resp *r,
+                         scratch *s)
+{
+    const Cipherdex__V1__CreateIndexRequest *c = q->create_index;
+    cdx_err err = need_admin(env->cfg, who, "create_index");
+    if (err)
+        return err;
+    eng_create ec = {.name = wire_text(c->name), .dimension = c->dimension, .n_lists = c->n_lists};
+    ec.metric = eng_metric_parse(wire_text(c->metric));
+    ec.type = c->index_type.len ? eng_index_type_parse(wire_text(c->index_type)) : ENG_IVFFLAT;
+    if (!ec.metric)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "metric `%s`: use euclidean, "
+                        "squared_euclidean, cosine or inner_product", wire_text(c->metric));
+    if (!ec.type)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "index_type `%s`: use ivfflat or ivfsq8",
+                        wire_text(c->index_type));
+    switch (c->key_source_case) {
+    case CIPHERDEX__V1__CREATE_INDEX_REQUEST__KEY_SOURCE_UNWRAP_KEY:
+        ec.key_source = ENG_KEY_UNWRAP;
+        ec.kek_name = wire_text(c->unwrap_key->kek_name);
+        ec.wrapped = c->unwrap_key->wrapped_key.data;
+        ec.wrapped_len = c->unwrap_key->wrapped_key.len;
+        break;
+    case CIPHERDEX__V1__CREATE_INDEX_REQUEST__KEY_SOURCE_ADOPT_KEY:
+        if (c->adopt_key->key_id.len != CDX_ID_LEN)
+            return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "adopt_key.key_id must be %d bytes, got %zu",
+                            CDX_ID_LEN, c->adopt_key->key_id.len);
+        ec.key_source = ENG_KEY_ADOPT;
+        memcpy(ec.adopt_id, c->adopt_key->key_id.data, CDX_ID_LEN);
+        break;
+    default:
+        ec.key_source = ENG_KEY_GENERATE;
+    }
+    eng_index_info *info = alloc(s, sizeof(*info));
+    Cipherdex__V1__CreateIndexResponse *cr = alloc(s, sizeof(*cr));
+    Cipherdex__V1__IndexInfo *ii = alloc(s, sizeof(*ii));
+    if (!info || !cr || !ii)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if ((err = eng_index_create(env->engine, &ec, info)))
+        return err;
+    cipherdex__v1__create_index_response__init(cr);
+    fill_info(info, ii);
+    cr->index = ii;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_CREATE_INDEX;
+    r->create_index = cr;
+    return CDX_OK;
+}
+
+static cdx_err do_describe(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
+{
+    eng_index_info *info = alloc(s, sizeof(*info));
+    Cipherdex__V1__DescribeIndexResponse *dr = alloc(s, sizeof(*dr));
+    Cipherdex__V1__IndexInfo *ii = alloc(s, sizeof(*ii));
+    if (!info || !dr || !ii)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cdx_err err = eng_index_describe(env->engine, wire_text(q->describe_index->name), info);
+    if (err)
+        return err;
+    cipherdex__v1__describe_index_response__init(dr);
+    fill_info(info, ii);
+    dr->index = ii;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_DESCRIBE_INDEX;
+    r->describe_index = dr;
+    return CDX_OK;
+}
+
+static cdx_err do_list_indexes(const app_dispatch_env *env, Resp *r, scratch *s)
+{
+    size_t n = 0;
+    cdx_err err = eng_index_list(env->engine, &s->infos, &n);
+    if (err)
+        return err;
+    Cipherdex__V1__ListIndexesResponse *lr = alloc(s, sizeof(*lr));
+    Cipherdex__V1__IndexInfo *arr = alloc(s, n * sizeof(*arr));
+    Cipherdex__V1__IndexInfo **ptrs = alloc(s, n * sizeof(*ptrs));
+    if (!lr || !arr || !ptrs)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cipherdex__v1__list_indexes_response__init(lr);
+    for (size_t i = 0; i < n; i++) {
+        fill_info(&s->infos[i], &arr[i]);
+        ptrs[i] = &arr[i];
+    }
+    lr->n_indexes = n;
+    lr->indexes = ptrs;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_LIST_INDEXES;
+    r->list_indexes = lr;
+    return CDX_OK;
+}
+
+static cdx_err do_delete_index(const app_dispatch_env *env, const char *who, const Req *q,
+                               Resp *r, scratch *s)
+{
+    const Cipherdex__V1__DeleteIndexRequest *d = q->delete_index;
+    cdx_err err = need_admin(env->cfg, who, "delete_index");
+    if (err)
+        return err;
+    if (d->confirm_id.len != CDX_ID_LEN)
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                        "delete_index needs confirm_id: the index id (%d bytes, from "
+                        "describe_index)", CDX_ID_LEN);
+    if ((err = eng_index_delete(env->engine, wire_text(d->name), d->confirm_id.data)))
+        return err;
+    Cipherdex__V1__DeleteIndexResponse *dr = alloc(s, sizeof(*dr));
+    if (!dr)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cipherdex__v1__delete_index_response__init(dr);
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_DELETE_INDEX;
+    r->delete_index = dr;
+    return CDX_OK;
+}
+
+static cdx_err do_train(const app_dispatch_env *env, const char *who, const Req *q, Resp *r,
+                        scratch *s)
+{
+    const Cipherdex__V1__TrainRequest *t = q->train;
+    cdx_err err = need_admin(env->cfg, who, "train");
+    if (err)
+        return err;
+    if (!(t->tolerance >= 0) || t->tolerance >= 1)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "tolerance must be in [0, 1) (0: default)");
+    eng_train_opts o = {.n_lists = t->n_lists,
+                        .max_iters = t->max_iters,
+                        .tolerance = t->tolerance,
+                        .seed = t->seed,
+                        .max_points_per_list = t->max_points_per_list};
+    Cipherdex__V1__TrainResponse *tr = alloc(s, sizeof(*tr));
+    if (!tr)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cipherdex__v1__train_response__init(tr);
+    if ((err = eng_train(env->engine, wire_text(t->index), &o, &tr->version)))
+        return err;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_TRAIN;
+    r->train = tr;
+    return CDX_OK;
+}
+
+static cdx_err do_upsert(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
+{
+    const Cipherdex__V1__UpsertRequest *u = q->upsert;
+    uint32_t dim = 0;
+    cdx_err err = eng_index_dimension(env->engine, wire_text(u->index), &dim);
+    if (err)
+        return err;
+    eng_item *items = alloc(s, u->n_items * sizeof(*items));
+    Cipherdex__V1__UpsertResponse *ur = alloc(s, sizeof(*ur));
+    if (!items || !ur)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t i = 0; i < u->n_items; i++) {
+        const Cipherdex__V1__Item *it = u->items[i];
+        if (it->n_vector != dim)
+            return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                            "item %zu (%s): vector has %zu floats, the index has dimension %u", i,
+                            wire_text(it->id), it->n_vector, dim);
+        items[i] = (eng_item){.id = wire_text(it->id),
+                              .id_len = it->id.len,
+                              .vector = it->vector,
+                              .metadata = it->metadata.len ? wire_text(it->metadata) : NULL,
+                              .metadata_len = it->metadata.len,
+                              .contents = it->contents.len ? it->contents.data : NULL,
+                              .contents_len = it->contents.len};
+    }
+    cipherdex__v1__upsert_response__init(ur);
+    if ((err = eng_upsert(env->engine, wire_text(u->index), items, u->n_items, &ur->version)))
+        return err;
+    ur->upserted = u->n_items;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_UPSERT;
+    r->upsert = ur;
+    return CDX_OK;
+}
+
+static cdx_err do_query(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
+{
+    const Cipherdex__V1__QueryRequest *qr = q->query;
+    uint32_t dim = 0;
+    cdx_err err = eng_index_dimension(env->engine, wire_text(qr->index), &dim);
+    if (err)
+        return err;
+    if (qr->n_vectors == 0 || qr->n_vectors % dim)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                        "vectors holds %zu floats: one or more vectors of the index's dimension "
+                        "%u, row-major", qr->n_vectors, dim);
+    size_t nq = qr->n_vectors / dim;
+    if (nq > CDX_QUERY_BATCH_MAX)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "%zu query vectors; at most %d per request", nq,
+                        CDX_QUERY_BATCH_MAX);
+    unsigned want = ENG_WANT_DISTANCE | (qr->include_vectors ? ENG_WANT_VECTOR : 0) |
+                    (qr->include_metadata ? ENG_WANT_METADATA : 0) |
+                    (qr->include_contents ? ENG_WANT_CONTENTS : 0);
+    eng_query eq = {.vectors = qr->vectors,
+                    .nq = nq,
+                    .top_k = qr->top_k,
+                    .n_probes = qr->n_probes,
+                    .filter = qr->filter.len ? wire_text(qr->filter) : NULL,
+                    .filter_len = qr->filter.len,
+                    .want = want,
+                    .min_version = qr->min_version};
+    if ((err = eng_query_run(env->engine, wire_text(qr->index), &eq, &s->qres)))
+        return err;
+    eng_query_result *res = s->qres;
+    size_t total = 0;
+    for (size_t i = 0; i < nq; i++)
+        total += res->n[i];
+    Cipherdex__V1__QueryResponse *out = alloc(s, sizeof(*out));
+    Cipherdex__V1__QueryResult *rs = alloc(s, nq * sizeof(*rs));
+    Cipherdex__V1__QueryResult **rp = alloc(s, nq * sizeof(*rp));
+    ProtobufCBinaryData *ids = alloc(s, total * sizeof(*ids));
+    float *dists = alloc(s, total * sizeof(float));
+    float *vecs = qr->include_vectors ? alloc(s, total * dim * sizeof(float)) : NULL;
+    ProtobufCBinaryData *meta = qr->include_metadata ? alloc(s, total * sizeof(*meta)) : NULL;
+    ProtobufCBinaryData *cont = qr->include_contents ? alloc(s, total * sizeof(*cont)) : NULL;
+    if (!out || !rs || !rp || !ids || !dists || (qr->include_vectors && !vecs) ||
+        (qr->include_metadata && !meta) || (qr->include_contents && !cont))
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cipherdex__v1__query_response__init(out);
+    size_t at = 0;
+    for (size_t i = 0; i < nq; i++) {
+        Cipherdex__V1__QueryResult *x = &rs[i];
+        cipherdex__v1__query_result__init(x);
+        size_t n = res->n[i];
+        x->n_ids = x->n_distances = n;
+        x->ids = ids + at;
+        x->distances = dists + at;
+        for (size_t j = 0; j < n; j++) {
+            const eng_hit *h = &res->hits[i][j];
+            ids[at + j] = wire_bin(h->id, h->id_len);
+            dists[at + j] = h->distance;
+            if (vecs) {
+                if (h->vector)
+                    memcpy(vecs + (at + j) * dim, h->vector, dim * sizeof(float));
+            }
+            if (meta)
+                meta[at + j] = wire_bin(h->metadata ? h->metadata : "", h->metadata_len);
+            if (cont)
+                cont[at + j] = wire_bin(h->contents, h->contents_len);
+        }
+        if (vecs) {
+            x->n_vectors = n * dim;
+            x->vectors = vecs + at * dim;
+        }
+        if (meta) {
+            x->n_metadata = n;
+            x->metadata = meta + at;
+        }
+        if (cont) {
+            x->n_contents = n;
+            x->contents = cont + at;
+        }
+        rp[i] = x;
+        at += n;
+    }
+    out->n_results = nq;
+    out->results = rp;
+    out->version = res->version;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_QUERY;
+    r->query = out;
+    return CDX_OK;
+}
+
+static cdx_err do_get(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
+{
+    const Cipherdex__V1__GetRequest *g = q->get;
+    const char **ids;
+    size_t *lens;
+    cdx_err err = id_arrays(s, g->ids, g->n_ids, &ids, &lens);
+    if (err)
+        return err;
+    uint32_t dim = 0;
+    if (g->include_vectors && (err = eng_index_dimension(env->engine, wire_text(g->index), &dim)))
+        return err;
+    unsigned want = (g->include_vectors ? ENG_WANT_VECTOR : 0) |
+                    (g->include_metadata ? ENG_WANT_METADATA : 0) |
+                    (g->include_contents ? ENG_WANT_CONTENTS : 0);
+    if ((err = eng_get(env->engine, wire_text(g->index), ids, lens, g->n_ids, want,
+                       g->min_version, &s->gres)))
+        return err;
+    eng_get_result *res = s->gres;
+    Cipherdex__V1__GetResponse *out = alloc(s, sizeof(*out));
+    Cipherdex__V1__Item *items = alloc(s, res->n * sizeof(*items));
+    Cipherdex__V1__Item **ip = alloc(s, res->n * sizeof(*ip));
+    protobuf_c_boolean *found = alloc(s, res->n * sizeof(*found));
+    if (!out || !items || !ip || !found)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cipherdex__v1__get_response__init(out);
+    for (size_t i = 0; i < res->n; i++) {
+        Cipherdex__V1__Item *it = &items[i];
+        cipherdex__v1__item__init(it);
+        it->id = g->ids[i];
+        found[i] = res->found[i];
+        if (res->found[i]) {
+            const eng_hit *h = &res->hits[i];
+            if (h->vector && dim) {
+                it->n_vector = dim;
+                it->vector = h->vector;
+            }
+            if (h->metadata)
+                it->metadata = wire_bin(h->metadata, h->metadata_len);
+            if (h->contents)
+                it->contents = wire_bin(h->contents, h->contents_len);
+        }
+        ip[i] = it;
+    }
+    out->n_items = out->n_found = res->n;
+    out->items = ip;
+    out->found = found;
+    out->version = res->version;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_GET;
+    r->get = out;
+    return CDX_OK;
+}
+
+static cdx_err do_delete(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
+{
+    const Cipherdex__V1__DeleteRequest *d = q->delete_;
+    const char **ids;
+    size_t *lens;
+    cdx_err err = id_arrays(s, d->ids, d->n_ids, &ids, &lens);
+    if (err)
+        return err;
+    Cipherdex__V1__DeleteResponse *out = alloc(s, sizeof(*out));
+    if (!out)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cipherdex__v1__delete_response__init(out);
+    if ((err = eng_delete(env->engine, wire_text(d->index), ids, lens, d->n_ids, &out->deleted,
+                          &out->version)))
+        return err;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_DELETE;
+    r->delete_ = out;
+    return CDX_OK;
+}
+
+static cdx_err do_list_ids(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
+{
+    const Cipherdex__V1__ListIdsRequest *l = q->list_ids;
+    cdx_err err = eng_list_ids(env->engine, wire_text(l->index),
+                               l->cursor.len ? wire_text(l->cursor) : NULL, l->limit, &s->ids,
+                               &s->id_lens, &s->nids, &s->cursor);
+    if (err)
+        return err;
+    Cipherdex__V1__ListIdsResponse *out = alloc(s, sizeof(*out));
+    ProtobufCBinaryData *ids = alloc(s, s->nids * sizeof(*ids));
+    if (!out || !ids)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cipherdex__v1__list_ids_response__init(out);
+    for (size_t i = 0; i < s->nids; i++)
+        ids[i] = wire_bin(s->ids[i], s->id_lens[i]);
+    out->n_ids = s->nids;
+    out->ids = ids;
+    out->next_cursor = wire_str(s->cursor ? s->cursor : "");
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_LIST_IDS;
+    r->list_ids = out;
+    return CDX_OK;
+}
+
+static app_op op_of(const Req *q)
+{
+    switch (q->body_case) {
+    case CIPHERDEX__V1__REQUEST__BODY_HEALTH: return APP_OP_HEALTH;
+    case CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX: return APP_OP_CREATE_INDEX;
+    case CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX: return APP_OP_DESCRIBE_INDEX;
+    case CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES: return APP_OP_LIST_INDEXES;
+    case CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX: return APP_OP_DELETE_INDEX;
+    case CIPHERDEX__V1__REQUEST__BODY_TRAIN: return APP_OP_TRAIN;
+    case CIPHERDEX__V1__REQUEST__BODY_UPSERT: return APP_OP_UPSERT;
+    case CIPHERDEX__V1__REQUEST__BODY_QUERY: return APP_OP_QUERY;
+    case CIPHERDEX__V1__REQUEST__BODY_GET: return APP_OP_GET;
+    case CIPHERDEX__V1__REQUEST__BODY_DELETE: return APP_OP_DELETE;
+    case CIPHERDEX__V1__REQUEST__BODY_LIST_IDS: return APP_OP_LIST_IDS;
+    default: return APP_OP_INVALID;
+    }
+}
+
+/* Engine stage times of this request (this worker thread's share) into the histograms. */
+static void observe_stages(app_metrics *m)
+{
+    uint64_t st[ENG_STAGE_COUNT];
+    eng_thread_stages(st);
+    if (!m)
+        return;
+    if (st[ENG_STAGE_KEYS])
+        app_metrics_observe(m, APP_STAGE_KEYS, st[ENG_STAGE_KEYS]);
+    if (st[ENG_STAGE_FETCH])
+        app_metrics_observe(m, APP_STAGE_FETCH, st[ENG_STAGE_FETCH]);
+    if (st[ENG_STAGE_DECRYPT])
+        app_metrics_observe(m, APP_STAGE_DECRYPT, st[ENG_STAGE_DECRYPT]);
+    if (st[ENG_STAGE_COARSE] + st[ENG_STAGE_DISTANCE])
+        app_metrics_observe(m, APP_STAGE_DISTANCE, st[ENG_STAGE_COARSE] + st[ENG_STAGE_DISTANCE]);
+}
+
+void app_dispatch(const app_dispatch_env *env, const char *principal, const uint8_t *frame,
+                  size_t len, app_dispatch_result *res)
+{
+    uint64_t t0 = mono_ns();
+    wire_request *wr = NULL;
+    scratch s;
+    memset(&s, 0, sizeof(s));
+    memset(res, 0, sizeof(*res));
+    res->op = APP_OP_INVALID;
+    uint64_t rid = wire_peek_request_id(frame, len);
+    /* protobuf-c allocates far more than the frame for many tiny fields: bound it. */
+    size_t budget = 4 * len + (1u << 20);
+    eng_thread_stages((uint64_t[ENG_STAGE_COUNT]){0}); /* start this request's stage clock */
+    cdx_err err = wire_request_unpack(frame, len, budget, &wr);
+    if (env->metrics)
+        app_metrics_observe(env->metrics, APP_STAGE_DECODE, mono_ns() - t0);
+    Resp r = CIPHERDEX__V1__RESPONSE__INIT;
+    Cipherdex__V1__Status st = CIPHERDEX__V1__STATUS__INIT;
+    if (!err) {
+        const Req *q = wire_request_msg(wr);
+        rid = q->request_id;
+        res->op = op_of(q);
+        switch (q->body_case) {
+        case CIPHERDEX__V1__REQUEST__BODY_HEALTH: err = do_health(env, &r, &s); break;
+        case CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX: err = do_create(env, principal, q, &r, &s); break;
+        case CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX: err = do_describe(env, q, &r, &s); break;
+        case CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES: err = do_list_indexes(env, &r, &s); break;
+        case CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX: err = do_delete_index(env, principal, q, &r, &s); break;
+        case CIPHERDEX__V1__REQUEST__BODY_TRAIN: err = do_train(env, principal, q, &r, &s); break;
+        case CIPHERDEX__V1__REQUEST__BODY_UPSERT: err = do_upsert(env, q, &r, &s); break;
+        case CIPHERDEX__V1__REQUEST__BODY_QUERY: err = do_query(env, q, &r, &s); break;
+        case CIPHERDEX__V1__REQUEST__BODY_GET: err = do_get(env, q, &r, &s); break;
+        case CIPHERDEX__V1__REQUEST__BODY_DELETE: err = do_delete(env, q, &r, &s); break;
+        case CIPHERDEX__V1__REQUEST__BODY_LIST_IDS: err = do_list_ids(env, q, &r, &s); break;
+        default:
+            err = cdx_fail(CDX_ERR_INVALID_ARGUMENT, "request has no known body");
+        }
+    }
+    observe_stages(env->metrics);
+    uint64_t t1 = mono_ns();
+    r.request_id = rid;
+    r.status = &st;
+    st.code = (int32_t)err;
+    if (err) { /* an error answers with a status only */
+        r.body_case = CIPHERDEX__V1__RESPONSE__BODY__NOT_SET;
+        st.message = wire_str(cdx_err_detail()[0] ? cdx_err_detail() : cdx_strerror(err));
+    }
+    size_t max_frame = env->cfg ? (size_t)env->cfg->max_frame_bytes : (64u << 20);
+    cdx_err perr = wire_response_pack(&r, max_frame, &res->frame, &res->len);
+    if (perr) { /* typically: the answer is larger than a frame may be */
+        char why[300];
+        snprintf(why, sizeof(why), "the response cannot be sent: %s; ask for fewer results",
+                 cdx_err_detail());
+        err = perr;
+        if (wire_response_error(rid, perr, why, &res->frame, &res->len))
+            res->frame = NULL;
+    }
+    res->status = err;
+    if (env->metrics) {
+        app_metrics_observe(env->metrics, APP_STAGE_ENCODE, mono_ns() - t1);
+        app_metrics_observe(env->metrics, APP_STAGE_REQUEST, mono_ns() - t0);
+        app_metrics_request(env->metrics, res->op, err);
+        if (err == CDX_ERR_STORE_UNAVAILABLE)
+            app_metrics_inc(env->metrics, APP_C_STORE_ERRORS, 1);
+    }
+    scratch_free(&s);
+    wire_request_free(wr);
+}
