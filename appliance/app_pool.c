@@ -88,16 +88,23 @@ cdx_err app_pool_new(unsigned threads, app_pool **out)
     return CDX_OK;
 }
 
-void app_pool_free(app_pool *p)
+app_job *app_pool_stop(app_pool *p)
 {
-    if (!p)
-        return;
     pthread_mutex_lock(&p->mu);
     p->stopping = true;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     for (unsigned i = 0; i < p->nthreads; i++)
         pthread_join(p->threads[i], NULL);
+    p->nthreads = 0;
+    return app_pool_reap(p);
+}
+
+void app_pool_free(app_pool *p)
+{
+    if (!p)
+        return;
+    app_pool_stop(p); /* completions not reaped are dropped: the caller owned them */
     free(p->threads);
     if (p->efd >= 0)
         close(p->efd);

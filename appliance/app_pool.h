@@ -45,6 +45,13 @@ cdx_err app_pool_new(unsigned threads, app_pool **out);
  */
 void app_pool_free(app_pool *p);
 
+/*
+ * Stop the workers after they finish everything submitted (drain) and
+ * return the finished jobs not yet reaped (list as app_pool_reap). The pool
+ * must then only be freed.
+ */
+app_job *app_pool_stop(app_pool *p);
+
 /* Queue a job (never blocks). After app_pool_free has begun: not allowed. */
 void app_pool_submit(app_pool *p, app_job *job);
 

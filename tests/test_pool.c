@@ -105,7 +105,12 @@ static void test_free_drains(void)
         jobs[i].id = i;
         app_pool_submit(p, &jobs[i].base);
     }
-    app_pool_free(p); /* SIGTERM's drain: everything queued still runs */
+    /* SIGTERM's drain: everything queued still runs, and comes back to be reaped. */
+    size_t back = 0;
+    for (app_job *j = app_pool_stop(p); j; j = j->next)
+        back++;
+    CU_ASSERT_EQUAL(back, N);
+    app_pool_free(p);
     for (int i = 0; i < N; i++)
         CU_ASSERT_EQUAL(atomic_load(&jobs[i].runs), 1);
     app_pool_free(NULL);

@@ -1,0 +1,556 @@
+/* The network front end on libevent (see app_server.h). */
+#include "app_server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/ssl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "app_flow.h"
+#include "app_tls.h"
+#include "cdx_log.h"
+#include "wire_frame.h"
+#include "wire_msg.h"
+
+#define TICK_MS 250               /* timeout checks per connection */
+#define READ_HIGH_WATER (256u << 10) /* bytes libevent buffers before it stops reading */
+
+typedef struct conn conn;
+
+typedef struct req {
+    app_job job; /* first: the pool hands back app_job pointers */
+    conn *c;
+    uint8_t *frame;
+    size_t len;
+    uint64_t charge;
+    app_dispatch_result res;
+    struct req *next;
+} req;
+
+struct conn {
+    app_server *srv;
+    struct bufferevent *bev;
+    struct event *tick;
+    app_flow flow;
+    wire_dec *dec;
+    char principal[CDX_PRINCIPAL_MAX + 1];
+    char peer[64];
+    bool tls, handshaken, closing, draining_out, header_charged, budget_wait, paused;
+    req *qhead, *qtail; /* received, waiting to run */
+    req *running;       /* on a worker */
+    conn *prev, *next;
+};
+
+struct app_server {
+    struct event_base *base;
+    const app_config *cfg;
+    app_tls *tls;
+    app_pool *pool;
+    const app_dispatch_env *env;
+    app_metrics *m;
+    struct evconnlistener *lis;
+    uint16_t port;
+    app_flow_limits lim;
+    app_budget budget;
+    conn *conns;
+    size_t nconns;
+    bool draining;
+    void (*drain_done)(void *);
+    void *drain_arg;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void conn_process(conn *c);
+static void drain_check(app_server *s);
+
+static void req_free(req *r)
+{
+    if (!r)
+        return;
+    free(r->frame);
+    free(r->res.frame);
+    free(r);
+}
+
+static void run_job(app_job *j)
+{
+    req *r = (req *)j;
+    app_dispatch(r->c->srv->env, r->c->principal, r->frame, r->len, &r->res);
+    free(r->frame); /* the request bytes are done with */
+    r->frame = NULL;
+}
+
+/* Free a connection whose worker job (if any) has come back. */
+static void conn_destroy(conn *c)
+{
+    app_server *s = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    app_flow_close(&c->flow);
+    for (req *r = c->qhead, *n; r; r = n) {
+        n = r->next;
+        req_free(r);
+    }
+    if (c->tick)
+        event_free(c->tick);
+    if (c->bev)
+        bufferevent_free(c->bev); /* closes the socket and frees the SSL */
+    wire_dec_free(c->dec);
+    if (s->m)
+        app_metrics_gauge_add(s->m, APP_G_CONNECTIONS, -1);
+    free(c);
+    drain_check(s);
+}
+
+/* Close now, or once the running job comes back. */
+static void conn_close(conn *c, const char *why)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    cdx_log(CDX_LOG_DEBUG, "conn_close", "peer=%s reason=%s", c->peer, why);
+    if (c->bev)
+        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    if (!c->running)
+        conn_destroy(c);
+}
+
+/* Retry budget waits anywhere after budget was given back. */
+static void budget_released(app_server *s)
+{
+    for (conn *c = s->conns, *n; c; c = n) {
+        n = c->next;
+        if (c->budget_wait && !c->closing && app_flow_retry(&c->flow)) {
+            c->budget_wait = false;
+            c->header_charged = true;
+            conn_process(c);
+        }
+    }
+}
+
+static void start_next(conn *c)
+{
+    if (c->running || !c->qhead || c->closing)
+        return;
+    req *r = c->qhead;
+    c->qhead = r->next;
+    if (!c->qhead)
+        c->qtail = NULL;
+    r->next = NULL;
+    c->running = r;
+    app_pool_submit(c->srv->pool, &r->job);
+}
+
+/* Send a status-only answer and close (the stream cannot continue). */
+static void fail_stream(conn *c, cdx_err err, const char *why)
+{
+    uint8_t *f = NULL;
+    size_t n = 0;
+    if (c->srv->m)
+        app_metrics_inc(c->srv->m, APP_C_FRAMES_REJECTED, 1);
+    if (!wire_response_error(0, err, why, &f, &n) && c->bev) {
+        /* Best effort: the write may not complete before the close. */
+        bufferevent_write(c->bev, f, n);
+        bufferevent_flush(c->bev, EV_WRITE, BEV_FLUSH);
+    }
+    free(f);
+    conn_close(c, cdx_err_name(err));
+}
+
+/* Feed buffered input to the decoder while admission control allows. */
+static void conn_process(conn *c)
+{
+    app_server *s = c->srv;
+    if (c->closing || !c->handshaken)
+        return;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    while (!c->closing && !c->budget_wait && app_flow_may_read(&c->flow) && !s->draining) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail == 0)
+            break;
+        size_t pending = wire_dec_pending(c->dec);
+        /* Header first: the body is read only once the budget has granted its length. */
+        size_t want = pending < CDX_FRAME_HDR_LEN ? CDX_FRAME_HDR_LEN - pending
+                                                   : wire_dec_missing(c->dec);
+        if (want > avail)
+            want = avail;
+        const uint8_t *p = evbuffer_pullup(in, (ev_ssize_t)want);
+        size_t used = 0;
+        cdx_err err = wire_dec_feed(c->dec, p, want, &used);
+        if (err) {
+            fail_stream(c, err, cdx_err_detail());
+            return;
+        }
+        evbuffer_drain(in, used);
+        int64_t t = now_ms();
+        app_flow_bytes(&c->flow, used, t);
+        if (!wire_dec_ready(c->dec) && wire_dec_pending(c->dec) >= CDX_FRAME_HDR_LEN &&
+            !c->header_charged) {
+            uint64_t len = wire_dec_pending(c->dec) + wire_dec_missing(c->dec) -
+                           CDX_FRAME_HDR_LEN;
+            c->header_charged = true;
+            if (!app_flow_frame_header(&c->flow, len, t)) {
+                c->header_charged = false;
+                c->budget_wait = true;
+                if (s->m)
+                    app_metrics_inc(s->m, APP_C_BUDGET_WAITS, 1);
+                break;
+            }
+        }
+        if (wire_dec_ready(c->dec)) {
+            if (!c->header_charged) /* an empty frame: header and body came together */
+                app_flow_frame_header(&c->flow, 0, t);
+            req *r = calloc(1, sizeof(*r));
+            if (!r) {
+                conn_close(c, "oom");
+                return;
+            }
+            wire_dec_take(c->dec, &r->frame, &r->len);
+            r->job.run = run_job;
+            r->c = c;
+            r->charge = app_flow_frame_done(&c->flow, t);
+            c->header_charged = false;
+            if (c->qtail)
+                c->qtail->next = r;
+            else
+                c->qhead = r;
+            c->qtail = r;
+            start_next(c);
+        }
+    }
+    /* Pause the socket while admission control says no; resume when it says yes. */
+    bool may = !c->closing && !c->budget_wait && app_flow_may_read(&c->flow) && !s->draining;
+    if (!may && !c->paused && c->bev) {
+        bufferevent_disable(c->bev, EV_READ);
+        c->paused = true;
+        if (s->m && !s->draining)
+            app_metrics_inc(s->m, APP_C_BUDGET_WAITS, 1);
+    } else if (may && c->paused && c->bev) {
+        bufferevent_enable(c->bev, EV_READ);
+        c->paused = false;
+    }
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    conn_process(arg);
+}
+
+/* Output drained: every queued response is written; release their charges. */
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    conn *c = arg;
+    (void)bev;
+    if (c->closing)
+        return;
+    app_flow_written(&c->flow, c->flow.out_queued, now_ms());
+    conn_process(c);
+    budget_released(c->srv);
+    drain_check(c->srv);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    conn *c = arg;
+    app_server *s = c->srv;
+    if (what & BEV_EVENT_CONNECTED) { /* TLS handshake done (verify callback already ran) */
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        if (app_tls_principal(ssl, c->principal, sizeof(c->principal)) != CDX_OK) {
+            if (s->m)
+                app_metrics_inc(s->m, APP_C_HANDSHAKE_FAILED, 1);
+            cdx_log(CDX_LOG_WARN, "tls_refused", "peer=%s reason=principal", c->peer);
+            conn_close(c, "principal");
+            return;
+        }
+        c->handshaken = true;
+        app_flow_handshake_done(&c->flow, now_ms());
+        cdx_log(CDX_LOG_INFO, "conn_open", "peer=%s principal=\"%s\" tls=%s", c->peer,
+                c->principal, SSL_get_version(ssl));
+        conn_process(c);
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+        if (!c->handshaken && c->tls) {
+            unsigned long e = bufferevent_get_openssl_error(bev);
+            char buf[256] = "";
+            if (e)
+                ERR_error_string_n(e, buf, sizeof(buf));
+            if (s->m)
+                app_metrics_inc(s->m, APP_C_HANDSHAKE_FAILED, 1);
+            cdx_log(CDX_LOG_WARN, "tls_refused", "peer=%s openssl=\"%s\"", c->peer, buf);
+        } else if (wire_dec_pending(c->dec)) {
+            cdx_log(CDX_LOG_INFO, "conn_truncated", "peer=%s pending=%zu", c->peer,
+                    wire_dec_pending(c->dec));
+        }
+        conn_close(c, what & BEV_EVENT_EOF ? "eof" : "error");
+    }
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    conn *c = arg;
+    (void)fd;
+    (void)what;
+    if (c->closing)
+        return;
+    app_flow_verdict v = app_flow_check(&c->flow, now_ms());
+    if (v == APP_FLOW_OK)
+        return;
+    static const char *const why[] = {"", "handshake-timeout", "idle-timeout", "too-slow"};
+    if (c->srv->m)
+        app_metrics_inc(c->srv->m, v == APP_FLOW_HANDSHAKE_TIMEOUT ? APP_C_HANDSHAKE_FAILED
+                                                                     : APP_C_CONN_TIMEOUT,
+                        1);
+    cdx_log(CDX_LOG_INFO, "conn_timeout", "peer=%s reason=%s", c->peer, why[v]);
+    conn_close(c, why[v]);
+}
+
+static void peer_name(const struct sockaddr *sa, char *out, size_t cap)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)(const void *)sa;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        port = ntohs(a->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)(const void *)sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        port = ntohs(a->sin6_port);
+    }
+    snprintf(out, cap, sa->sa_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int slen,
+                      void *arg)
+{
+    app_server *s = arg;
+    (void)l;
+    (void)slen;
+    if (s->draining || s->nconns >= s->cfg->max_connections) {
+        if (s->m)
+            app_metrics_inc(s->m, APP_C_CONN_REFUSED, 1);
+        evutil_closesocket(fd);
+        return;
+    }
+    conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        evutil_closesocket(fd);
+        return;
+    }
+    c->srv = s;
+    peer_name(sa, c->peer, sizeof(c->peer));
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* small answers, no Nagle */
+    c->dec = wire_dec_new((size_t)s->cfg->max_frame_bytes);
+    c->tls = s->tls != NULL;
+    if (c->dec && !c->tls)
+        wire_dec_set_first_max(c->dec, CDX_FRAME_FIRST_INSECURE);
+    if (c->tls) {
+        SSL *ssl = app_tls_ssl_new(s->tls);
+        c->bev = ssl ? bufferevent_openssl_socket_new(s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                      BEV_OPT_CLOSE_ON_FREE)
+                     : NULL;
+        if (!c->bev) {
+            if (ssl)
+                SSL_free(ssl);
+        }
+    } else {
+        c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
+    c->tick = event_new(s->base, -1, EV_PERSIST, on_tick, c);
+    if (!c->dec || !c->bev || !c->tick) {
+        if (!c->bev)
+            evutil_closesocket(fd);
+        if (c->bev)
+            bufferevent_free(c->bev);
+        if (c->tick)
+            event_free(c->tick);
+        wire_dec_free(c->dec);
+        free(c);
+        return;
+    }
+    app_flow_init(&c->flow, &s->lim, &s->budget, now_ms());
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    if (s->m) {
+        app_metrics_inc(s->m, APP_C_CONN_ACCEPTED, 1);
+        app_metrics_gauge_add(s->m, APP_G_CONNECTIONS, 1);
+    }
+    struct timeval tv = {0, TICK_MS * 1000};
+    event_add(c->tick, &tv);
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, READ_HIGH_WATER);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (!c->tls) {
+        snprintf(c->principal, sizeof(c->principal), "anonymous");
+        c->handshaken = true;
+        app_flow_handshake_done(&c->flow, now_ms());
+    }
+}
+
+void app_server_completions(app_server *s, app_job *list)
+{
+    for (app_job *j = list, *next; j; j = next) {
+        next = j->next;
+        req *r = (req *)j;
+        conn *c = r->c;
+        c->running = NULL;
+        if (c->closing || !r->res.frame) {
+            app_flow_request_done(&c->flow, r->charge);
+            req_free(r);
+            if (c->closing)
+                conn_destroy(c);
+            else
+                conn_close(c, "oom");
+            budget_released(s);
+            continue;
+        }
+        bufferevent_write(c->bev, r->res.frame, r->res.len);
+        app_flow_response_queued(&c->flow, r->res.len);
+        /* Released at once: the response bytes now sit in the output buffer, which the
+         * output high-water mark bounds; the request's own bytes are gone. */
+        app_flow_request_done(&c->flow, r->charge);
+        req_free(r);
+        start_next(c);
+        conn_process(c);
+    }
+    budget_released(s);
+    drain_check(s);
+}
+
+static void drain_check(app_server *s)
+{
+    if (!s->draining || !s->drain_done)
+        return;
+    for (conn *c = s->conns; c; c = c->next)
+        if (c->running || c->qhead ||
+            (c->bev && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0))
+            return;
+    void (*done)(void *) = s->drain_done;
+    s->drain_done = NULL;
+    done(s->drain_arg);
+}
+
+void app_server_drain(app_server *s, void (*done)(void *arg), void *arg)
+{
+    s->draining = true;
+    s->drain_done = done;
+    s->drain_arg = arg;
+    if (s->lis)
+        evconnlistener_disable(s->lis);
+    for (conn *c = s->conns; c; c = c->next)
+        if (c->bev && !c->paused) {
+            bufferevent_disable(c->bev, EV_READ);
+            c->paused = true;
+        }
+    drain_check(s);
+}
+
+cdx_err app_server_new(struct event_base *base, const app_config *cfg, app_tls *tls,
+                       app_pool *pool, const app_dispatch_env *env, app_metrics *m,
+                       app_server **out)
+{
+    char host[APP_ADDR_MAX], port_s[8];
+    uint16_t port;
+    cdx_err err;
+    *out = NULL;
+    if (!tls && !cfg->insecure)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "a TLS context is required unless insecure");
+    if ((err = app_addr_split(cfg->listen, host, sizeof(host), &port)))
+        return err;
+    snprintf(port_s, sizeof(port_s), "%u", port);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
+                    *ai = NULL;
+    int gai = getaddrinfo(host, port_s, &hints, &ai);
+    if (gai)
+        return cdx_fail(CDX_ERR_CONFIG, "[server] listen `%s`: %s", cfg->listen,
+                        gai_strerror(gai));
+    app_server *s = calloc(1, sizeof(*s));
+    if (!s) {
+        freeaddrinfo(ai);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    s->base = base;
+    s->cfg = cfg;
+    s->tls = tls;
+    s->pool = pool;
+    s->env = env;
+    s->m = m;
+    s->budget.limit = cfg->inflight_bytes;
+    s->lim = (app_flow_limits){.max_outstanding = cfg->max_outstanding,
+                               .output_high_water = cfg->output_high_water,
+                               .handshake_timeout_ms = cfg->handshake_timeout_ms,
+                               .idle_timeout_s = cfg->idle_timeout_s,
+                               .min_recv_bytes_per_s = cfg->min_recv_bytes_per_s};
+    s->lis = evconnlistener_new_bind(base, on_accept, s,
+                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+                                         LEV_OPT_CLOSE_ON_EXEC,
+                                     512, ai->ai_addr, (int)ai->ai_addrlen);
+    freeaddrinfo(ai);
+    if (!s->lis) {
+        int e = errno;
+        free(s);
+        return cdx_fail(CDX_ERR_UNAVAILABLE, "[server] listen %s: cannot listen: %s",
+                        cfg->listen, strerror(e));
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    getsockname(evconnlistener_get_fd(s->lis), (struct sockaddr *)&ss, &sl);
+    s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    *out = s;
+    return CDX_OK;
+}
+
+uint16_t app_server_port(const app_server *s)
+{
+    return s->port;
+}
+
+size_t app_server_connections(const app_server *s)
+{
+    return s->nconns;
+}
+
+void app_server_free(app_server *s)
+{
+    if (!s)
+        return;
+    if (s->lis)
+        evconnlistener_free(s->lis);
+    /* Connections with a job on a worker: the pool is drained by now (the daemon frees it
+     * first and hands the completions over), so none is running. */
+    while (s->conns) {
+        conn *c = s->conns;
+        c->running = NULL;
+        conn_destroy(c);
+    }
+    free(s);
+}
