@@ -1,0 +1,354 @@
+/* Blocking client connection with TLS and frames (see app_client.h). */
+#include "app_client.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "app_config.h"
+#include "cdx_limits.h"
+#include "wire_frame.h"
+
+struct app_client {
+    int fd;
+    SSL_CTX *ctx;
+    SSL *ssl;
+    uint32_t timeout_ms;
+    size_t max_frame;
+    uint64_t next_id;
+    uint64_t sent[64]; /* ids sent and not yet answered (ring) */
+    size_t head, count;
+    bool broken;
+};
+
+static cdx_err ssl_fail(cdx_err code, const char *what)
+{
+    unsigned long e = ERR_get_error();
+    char buf[256] = "";
+    if (e)
+        ERR_error_string_n(e, buf, sizeof(buf));
+    ERR_clear_error();
+    return cdx_fail(code, "%s%s%s", what, buf[0] ? ": " : "", buf);
+}
+
+/* Wait until fd is readable (POLLIN) or writable (POLLOUT). */
+static cdx_err wait_fd(app_client *c, short ev)
+{
+    struct pollfd p = {.fd = c->fd, .events = ev};
+    int r;
+    do
+        r = poll(&p, 1, (int)c->timeout_ms);
+    while (r < 0 && errno == EINTR);
+    if (r == 0)
+        return cdx_fail(CDX_ERR_UNAVAILABLE, "timed out after %u ms waiting for the server",
+                        c->timeout_ms);
+    if (r < 0)
+        return cdx_fail(CDX_ERR_UNAVAILABLE, "poll: %s", strerror(errno));
+    return CDX_OK;
+}
+
+static cdx_err io_write(app_client *c, const uint8_t *p, size_t n)
+{
+    while (n) {
+        ssize_t w;
+        if (c->ssl) {
+            int r = SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+            if (r <= 0) {
+                int e = SSL_get_error(c->ssl, r);
+                if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+                    cdx_err err = wait_fd(c, e == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN);
+                    if (err)
+                        return err;
+                    continue;
+                }
+                return ssl_fail(CDX_ERR_UNAVAILABLE, "sending to the server failed");
+            }
+            w = r;
+        } else {
+            w = send(c->fd, p, n, MSG_NOSIGNAL);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                    cdx_err err = wait_fd(c, POLLOUT);
+                    if (err)
+                        return err;
+                    continue;
+                }
+                return cdx_fail(CDX_ERR_UNAVAILABLE, "sending to the server failed: %s",
+                                strerror(errno));
+            }
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return CDX_OK;
+}
+
+static cdx_err io_read(app_client *c, uint8_t *p, size_t n)
+{
+    while (n) {
+        ssize_t got;
+        if (c->ssl) {
+            int r = SSL_read(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+            if (r <= 0) {
+                int e = SSL_get_error(c->ssl, r);
+                if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+                    cdx_err err = wait_fd(c, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+                    if (err)
+                        return err;
+                    continue;
+                }
+                if (e == SSL_ERROR_ZERO_RETURN)
+                    return cdx_fail(CDX_ERR_UNAVAILABLE, "the server closed the connection");
+                return ssl_fail(CDX_ERR_UNAVAILABLE,
+                                "reading from the server failed (connection closed?)");
+            }
+            got = r;
+        } else {
+            got = recv(c->fd, p, n, 0);
+            if (got == 0)
+                return cdx_fail(CDX_ERR_UNAVAILABLE, "the server closed the connection");
+            if (got < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                    cdx_err err = wait_fd(c, POLLIN);
+                    if (err)
+                        return err;
+                    continue;
+                }
+                return cdx_fail(CDX_ERR_UNAVAILABLE, "reading from the server failed: %s",
+                                strerror(errno));
+            }
+        }
+        p += got;
+        n -= (size_t)got;
+    }
+    return CDX_OK;
+}
+
+static cdx_err tcp_connect(app_client *c, const char *host, uint16_t port)
+{
+    char ps[8];
+    snprintf(ps, sizeof(ps), "%u", port);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *ai = NULL;
+    int g = getaddrinfo(host, ps, &hints, &ai);
+    if (g)
+        return cdx_fail(CDX_ERR_UNAVAILABLE, "%s: %s", host, gai_strerror(g));
+    cdx_err err = cdx_fail(CDX_ERR_UNAVAILABLE, "%s:%u: no address", host, port);
+    for (struct addrinfo *a = ai; a; a = a->ai_next) {
+        int fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+            continue;
+        c->fd = fd;
+        int r = connect(fd, a->ai_addr, a->ai_addrlen);
+        if (r < 0 && errno == EINPROGRESS) {
+            err = wait_fd(c, POLLOUT);
+            int so = 0;
+            socklen_t sl = sizeof(so);
+            if (!err && getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl) == 0 && so == 0)
+                r = 0;
+            else if (!err)
+                err = cdx_fail(CDX_ERR_UNAVAILABLE, "connecting to %s:%u: %s", host, port,
+                               strerror(so));
+        } else if (r < 0) {
+            err = cdx_fail(CDX_ERR_UNAVAILABLE, "connecting to %s:%u: %s", host, port,
+                           strerror(errno));
+        }
+        if (r == 0) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            freeaddrinfo(ai);
+            return CDX_OK;
+        }
+        close(fd);
+        c->fd = -1;
+    }
+    freeaddrinfo(ai);
+    return err;
+}
+
+static cdx_err tls_setup(app_client *c, const app_client_opts *o, const char *host)
+{
+    c->ctx = SSL_CTX_new(TLS_client_method());
+    if (!c->ctx)
+        return ssl_fail(CDX_ERR_INTERNAL, "SSL_CTX_new");
+    SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
+    if (!o->ca || SSL_CTX_load_verify_locations(c->ctx, o->ca, NULL) != 1)
+        return ssl_fail(CDX_ERR_CONFIG, o->ca ? "cannot load the CA file" : "no CA file given");
+    if (o->cert && (SSL_CTX_use_certificate_chain_file(c->ctx, o->cert) != 1 ||
+                    SSL_CTX_use_PrivateKey_file(c->ctx, o->key ? o->key : o->cert,
+                                                SSL_FILETYPE_PEM) != 1 ||
+                    SSL_CTX_check_private_key(c->ctx) != 1))
+        return ssl_fail(CDX_ERR_CONFIG, "cannot load the client certificate and key");
+    c->ssl = SSL_new(c->ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
+        return ssl_fail(CDX_ERR_INTERNAL, "SSL_new");
+    /* Verify the server's name: an IP literal against IP SANs, a name against DNS SANs. */
+    X509_VERIFY_PARAM *vp = SSL_get0_param(c->ssl);
+    unsigned char ipbuf[16];
+    bool is_ip = inet_pton(AF_INET, host, ipbuf) == 1 || inet_pton(AF_INET6, host, ipbuf) == 1;
+    if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, host) != 1
+              : (SSL_set_tlsext_host_name(c->ssl, host) != 1 ||
+                 X509_VERIFY_PARAM_set1_host(vp, host, 0) != 1))
+        return ssl_fail(CDX_ERR_INTERNAL, "cannot set the expected server name");
+    for (;;) {
+        int r = SSL_connect(c->ssl);
+        if (r == 1)
+            return CDX_OK;
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            cdx_err err = wait_fd(c, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+            if (err)
+                return err;
+            continue;
+        }
+        long v = SSL_get_verify_result(c->ssl);
+        if (v != X509_V_OK)
+            return cdx_fail(CDX_ERR_UNAUTHENTICATED, "the server certificate was refused: %s",
+                            X509_verify_cert_error_string(v));
+        return ssl_fail(CDX_ERR_UNAUTHENTICATED,
+                        "TLS handshake failed (does the server accept this client certificate?)");
+    }
+}
+
+cdx_err app_client_connect(const app_client_opts *o, app_client **out)
+{
+    char host[APP_ADDR_MAX];
+    uint16_t port;
+    cdx_err err;
+    *out = NULL;
+    if (!o || !o->addr)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "no server address");
+    if ((err = app_addr_split(o->addr, host, sizeof(host), &port)))
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "server address: %s", cdx_err_detail());
+    if (port == 0)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "server address `%s`: port 0", o->addr);
+    app_client *c = calloc(1, sizeof(*c));
+    if (!c)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    c->fd = -1;
+    c->timeout_ms = o->timeout_ms ? o->timeout_ms : 30000;
+    c->max_frame = o->max_frame ? o->max_frame : CDX_FRAME_MAX_DEFAULT;
+    c->next_id = 1;
+    if ((err = tcp_connect(c, host, port)) || (!o->insecure && (err = tls_setup(c, o, host)))) {
+        app_client_free(c);
+        return err;
+    }
+    *out = c;
+    return CDX_OK;
+}
+
+void app_client_free(app_client *c)
+{
+    if (!c)
+        return;
+    if (c->ssl) {
+        SSL_shutdown(c->ssl); /* best effort close_notify */
+        SSL_free(c->ssl);
+    }
+    SSL_CTX_free(c->ctx);
+    if (c->fd >= 0)
+        close(c->fd);
+    free(c);
+}
+
+cdx_err app_client_send(app_client *c, Cipherdex__V1__Request *req, uint64_t *id)
+{
+    if (c->broken)
+        return cdx_fail(CDX_ERR_UNAVAILABLE, "the connection failed earlier; reconnect");
+    if (c->count == sizeof(c->sent) / sizeof(c->sent[0]))
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION, "too many requests in flight; receive first");
+    req->request_id = c->next_id++;
+    uint8_t *frame = NULL;
+    size_t len = 0;
+    cdx_err err = wire_request_pack(req, c->max_frame, &frame, &len);
+    if (err)
+        return err;
+    err = io_write(c, frame, len);
+    free(frame);
+    if (err) {
+        c->broken = true;
+        return err;
+    }
+    c->sent[(c->head + c->count++) % 64] = req->request_id;
+    if (id)
+        *id = req->request_id;
+    return CDX_OK;
+}
+
+cdx_err app_client_recv(app_client *c, wire_response **out)
+{
+    uint8_t hdr[CDX_FRAME_HDR_LEN];
+    cdx_err err;
+    *out = NULL;
+    if (c->broken)
+        return cdx_fail(CDX_ERR_UNAVAILABLE, "the connection failed earlier; reconnect");
+    if (!c->count)
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION, "no request is waiting for an answer");
+    if ((err = io_read(c, hdr, sizeof(hdr))))
+        goto broken;
+    size_t len = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 | (size_t)hdr[2] << 8 | hdr[3];
+    if (len > c->max_frame) {
+        err = cdx_fail(CDX_ERR_FRAME_TOO_LARGE, "the server announced a %zu-byte response (cap "
+                       "%zu)", len, c->max_frame);
+        goto broken;
+    }
+    uint8_t *body = malloc(len ? len : 1);
+    if (!body) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory for a %zu-byte response", len);
+        goto broken;
+    }
+    if ((err = io_read(c, body, len))) {
+        free(body);
+        goto broken;
+    }
+    err = wire_response_unpack(body, len, 4 * len + (1u << 20), out);
+    free(body);
+    if (err) {
+        err = cdx_fail(CDX_ERR_DATA_LOSS, "malformed response from the server: %s",
+                       cdx_err_detail());
+        goto broken;
+    }
+    const Cipherdex__V1__Response *r = wire_response_msg(*out);
+    uint64_t want = c->sent[c->head];
+    c->head = (c->head + 1) % 64;
+    c->count--;
+    if (r->request_id != want && r->request_id != 0) {
+        wire_response_free(*out);
+        *out = NULL;
+        err = cdx_fail(CDX_ERR_DATA_LOSS, "response to request %llu arrived where %llu was due",
+                       (unsigned long long)r->request_id, (unsigned long long)want);
+        goto broken;
+    }
+    if (r->status->code == 0)
+        return CDX_OK;
+    return cdx_fail((cdx_err)r->status->code, "%s", wire_text(r->status->message));
+broken:
+    c->broken = true;
+    return err;
+}
+
+cdx_err app_client_call(app_client *c, Cipherdex__V1__Request *req, wire_response **out)
+{
+    cdx_err err = app_client_send(c, req, NULL);
+    if (err) {
+        *out = NULL;
+        return err;
+    }
+    return app_client_recv(c, out);
+}
