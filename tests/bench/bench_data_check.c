@@ -1,6 +1,6 @@
 /* bench_data_check: ctest for bench_data (loaders on hostile files, exact ground truth, recall).
  * Needs no dataset: it writes small files into a private temp directory. */
-#include "bench_data.h"
+#include "app_vecs.h"
 #include "fx_tmp.h"
 
 #include <math.h>
@@ -79,7 +79,7 @@ static int load_idx(const char *name)
     float *x = NULL;
     size_t n = 0, d = 0;
     char err[256] = "";
-    int rc = bench_load_idx_images(path_of(name), &x, &n, &d, err, sizeof err);
+    int rc = app_vecs_load_idx(path_of(name), &x, &n, &d, err, sizeof err);
     CHECK(rc == 0 || x == NULL);
     if (rc == 0) {
         CHECK(n == 3 && d == 6);
@@ -149,13 +149,13 @@ static void test_idx(void)
     uint8_t *l = NULL;
     size_t n = 0;
     char err[256];
-    CHECK(bench_load_idx_labels(path_of("labels"), &l, &n, err, sizeof err) == 0 && n == 3 &&
+    CHECK(app_vecs_load_idx_labels(path_of("labels"), &l, &n, err, sizeof err) == 0 && n == 3 &&
           l[2] == 9);
     free(l);
     put("labels-long", lb, 12, false);
-    CHECK(bench_load_idx_labels(path_of("labels-long"), &l, &n, err, sizeof err) != 0);
+    CHECK(app_vecs_load_idx_labels(path_of("labels-long"), &l, &n, err, sizeof err) != 0);
     put("labels-3d", buf, len, false);
-    CHECK(bench_load_idx_labels(path_of("labels-3d"), &l, &n, err, sizeof err) != 0);
+    CHECK(app_vecs_load_idx_labels(path_of("labels-3d"), &l, &n, err, sizeof err) != 0);
 }
 
 static void le(unsigned char *b, uint32_t v)
@@ -168,7 +168,7 @@ static int load_vec(const char *name, size_t want_n, size_t want_d)
     float *x = NULL;
     size_t n = 0, d = 0;
     char err[256] = "";
-    int rc = bench_load_vectors(path_of(name), &x, &n, &d, err, sizeof err);
+    int rc = app_vecs_load(path_of(name), &x, &n, &d, err, sizeof err);
     if (rc == 0) {
         CHECK(n == want_n && d == want_d);
         CHECK(x[0] == 1.0f && x[n * d - 1] == (float)(n * d));
@@ -272,7 +272,7 @@ static void check_gt(const char *what, const float *base, size_t nb, const float
                      size_t d, size_t k)
 {
     int64_t *a = malloc(nq * k * sizeof *a), *b = malloc(nq * k * sizeof *b);
-    CHECK(bench_ground_truth(base, nb, q, nq, d, k, a) == 0);
+    CHECK(app_vecs_ground_truth(base, nb, q, nq, d, k, a) == 0);
     brute(base, nb, q, nq, d, k, b);
     size_t diff = 0;
     for (size_t i = 0; i < nq * k; i++)
@@ -280,7 +280,7 @@ static void check_gt(const char *what, const float *base, size_t nb, const float
     if (diff)
         fprintf(stderr, "ground truth %s: %zu of %zu entries differ\n", what, diff, nq * k);
     CHECK(diff == 0);
-    CHECK(bench_recall_at_k(a, b, nq, k) == 1.0);
+    CHECK(app_vecs_recall_at_k(a, b, nq, k) == 1.0);
     free(a);
     free(b);
 }
@@ -327,9 +327,9 @@ static void test_gt(void)
 static void test_recall(void)
 {
     int64_t gt[4] = {1, 2, 3, 4}, res[4] = {2, 9, 2, -1};
-    CHECK(fabs(bench_recall_at_k(res, gt, 2, 2) - 0.25) < 1e-12); /* 1/2 and 0/2 */
+    CHECK(fabs(app_vecs_recall_at_k(res, gt, 2, 2) - 0.25) < 1e-12); /* 1/2 and 0/2 */
     int64_t res2[4] = {2, 1, 4, 3};
-    CHECK(bench_recall_at_k(res2, gt, 2, 2) == 1.0);
+    CHECK(app_vecs_recall_at_k(res2, gt, 2, 2) == 1.0);
 }
 
 int main(void)

@@ -1,7 +1,7 @@
 /* bench_ivf: IVF systems side by side on Fashion-MNIST (or any .fvecs/.bvecs/IDX pair), one
  * process, one thread: recall@k against exact ground truth, QPS one query at a time and batched,
  * latency percentiles, build times, and the ratio to Faiss. docs/BENCH.md explains the output. */
-#include "bench_data.h"
+#include "app_vecs.h"
 #include "bench_sys.h"
 
 #include <cblas.h>
@@ -394,7 +394,7 @@ static int load_idx_named(const char *dir, const char *stem, vecs *v)
     snprintf(path, sizeof path, "%s/%s", dir, stem);
     if (access(path, R_OK) != 0)
         snprintf(path, sizeof path, "%s/%s.gz", dir, stem);
-    if (bench_load_idx_images(path, &v->x, &v->n, &v->d, err, sizeof err) != 0) {
+    if (app_vecs_load_idx(path, &v->x, &v->n, &v->d, err, sizeof err) != 0) {
         fprintf(stderr, "bench_ivf: %s\n", err);
         return -1;
     }
@@ -405,7 +405,7 @@ static int load_idx_named(const char *dir, const char *stem, vecs *v)
 static int load_path(const char *path, vecs *v)
 {
     char err[512];
-    if (bench_load_vectors(path, &v->x, &v->n, &v->d, err, sizeof err) != 0) {
+    if (app_vecs_load(path, &v->x, &v->n, &v->d, err, sizeof err) != 0) {
         fprintf(stderr, "bench_ivf: %s\n", err);
         return -1;
     }
@@ -424,7 +424,7 @@ static int check_labels(const char *dir, const char *stem, size_t want)
         snprintf(path, sizeof path, "%s/%s.gz", dir, stem);
     if (access(path, R_OK) != 0)
         return 0; /* optional */
-    if (bench_load_idx_labels(path, &lab, &n, err, sizeof err) != 0) {
+    if (app_vecs_load_idx_labels(path, &lab, &n, err, sizeof err) != 0) {
         fprintf(stderr, "bench_ivf: %s\n", err);
         return -1;
     }
@@ -544,7 +544,7 @@ static int measure(const sys_sel *e, void *s, search_ctx *c, size_t nq, unsigned
         }
         q1[rep] = (double)nq / (now_s() - t0);
         if (rep == 0)
-            r->recall = bench_recall_at_k(c->labels, c->gt, nq, k);
+            r->recall = app_vecs_recall_at_k(c->labels, c->gt, nq, k);
     }
     for (unsigned rep = 0; rep < repeat; rep++) {
         double t0 = now_s();
@@ -552,7 +552,7 @@ static int measure(const sys_sel *e, void *s, search_ctx *c, size_t nq, unsigned
             return -1;
         qb[rep] = (double)nq / (now_s() - t0);
         if (rep == 0)
-            r->recall_batch = bench_recall_at_k(c->labels, c->gt, nq, k);
+            r->recall_batch = app_vecs_recall_at_k(c->labels, c->gt, nq, k);
     }
     size_t nlat = (size_t)repeat * nq;
     qsort(c->lat, nlat, sizeof *c->lat, dbl_cmp);
@@ -976,7 +976,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "bench_ivf: ground truth for %zu queries x %zu base vectors...\n", env.nq_gt,
             base.n);
     double t0 = now_s();
-    if (bench_ground_truth(base.x, base.n, query.x, env.nq_gt, base.d, o.k, gt) != 0) {
+    if (app_vecs_ground_truth(base.x, base.n, query.x, env.nq_gt, base.d, o.k, gt) != 0) {
         fprintf(stderr, "bench_ivf: ground truth: out of memory\n");
         goto out_free;
     }

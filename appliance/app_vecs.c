@@ -1,5 +1,5 @@
-/* bench_data: hostile-input-safe vector loaders, exact ground truth, recall. See bench_data.h. */
-#include "bench_data.h"
+/* app_vecs: hostile-input-safe vector loaders, exact ground truth, recall. See app_vecs.h. */
+#include "app_vecs.h"
 
 #include <cblas.h>
 #include <float.h>
@@ -128,7 +128,7 @@ static int read_u8_as_float(gzFile f, const char *path, float *out, size_t total
     return 0;
 }
 
-int bench_load_idx_images(const char *path, float **out, size_t *n, size_t *d, char *err,
+int app_vecs_load_idx(const char *path, float **out, size_t *n, size_t *d, char *err,
                           size_t errcap)
 {
     *out = NULL;
@@ -146,8 +146,8 @@ int bench_load_idx_images(const char *path, float **out, size_t *n, size_t *d, c
         goto bad;
     }
     /* Bound each factor before multiplying so nothing can wrap. */
-    if (cnt == 0 || rows == 0 || cols == 0 || rows > BENCH_MAX_DIM || cols > BENCH_MAX_DIM ||
-        (size_t)rows * cols > BENCH_MAX_DIM || (size_t)cnt * rows * cols > BENCH_MAX_ELEMS) {
+    if (cnt == 0 || rows == 0 || cols == 0 || rows > APP_VECS_MAX_DIM || cols > APP_VECS_MAX_DIM ||
+        (size_t)rows * cols > APP_VECS_MAX_DIM || (size_t)cnt * rows * cols > APP_VECS_MAX_ELEMS) {
         fail(err, errcap, "%s: IDX dims %u x %u x %u out of bounds", path, cnt, rows, cols);
         goto bad;
     }
@@ -171,7 +171,7 @@ bad:
     return -1;
 }
 
-int bench_load_idx_labels(const char *path, uint8_t **out, size_t *n, char *err, size_t errcap)
+int app_vecs_load_idx_labels(const char *path, uint8_t **out, size_t *n, char *err, size_t errcap)
 {
     *out = NULL;
     gzFile f = open_gz(path, err, errcap);
@@ -187,7 +187,7 @@ int bench_load_idx_labels(const char *path, uint8_t **out, size_t *n, char *err,
              IDX_MAGIC_UBYTE_1D);
         goto bad;
     }
-    if (cnt == 0) { /* a uint32 count is within BENCH_MAX_ELEMS */
+    if (cnt == 0) { /* a uint32 count is within APP_VECS_MAX_ELEMS */
         fail(err, errcap, "%s: IDX label count 0", path);
         goto bad;
     }
@@ -210,7 +210,7 @@ bad:
 }
 
 /* fvecs (elem 4, float32) and bvecs (elem 1, uint8): records of int32 d + d elements, all with the
- * same d. The count is unknown up front (gzip), so the array grows, bounded by BENCH_MAX_ELEMS. */
+ * same d. The count is unknown up front (gzip), so the array grows, bounded by APP_VECS_MAX_ELEMS. */
 static int load_xvecs(const char *path, size_t elem, float **out, size_t *n, size_t *d, char *err,
                       size_t errcap)
 {
@@ -230,7 +230,7 @@ static int load_xvecs(const char *path, size_t elem, float **out, size_t *n, siz
             break;
         uint32_t rd = le32(h);
         if (cnt == 0) {
-            if (rd == 0 || rd > BENCH_MAX_DIM) {
+            if (rd == 0 || rd > APP_VECS_MAX_DIM) {
                 fail(err, errcap, "%s: dimension %u out of bounds", path, rd);
                 goto bad;
             }
@@ -244,14 +244,14 @@ static int load_xvecs(const char *path, size_t elem, float **out, size_t *n, siz
                  dim);
             goto bad;
         }
-        if ((cnt + 1) * dim > BENCH_MAX_ELEMS) {
-            fail(err, errcap, "%s: more than %zu elements", path, BENCH_MAX_ELEMS);
+        if ((cnt + 1) * dim > APP_VECS_MAX_ELEMS) {
+            fail(err, errcap, "%s: more than %zu elements", path, APP_VECS_MAX_ELEMS);
             goto bad;
         }
         if (cnt == cap) {
             size_t ncap = cap ? cap * 2 : 1024;
-            if (ncap * dim > BENCH_MAX_ELEMS)
-                ncap = BENCH_MAX_ELEMS / dim;
+            if (ncap * dim > APP_VECS_MAX_ELEMS)
+                ncap = APP_VECS_MAX_ELEMS / dim;
             float *nv = realloc(v, ncap * dim * sizeof *v);
             if (!nv) {
                 fail(err, errcap, "%s: out of memory at %zu vectors", path, cnt);
@@ -297,12 +297,12 @@ bad:
     return -1;
 }
 
-int bench_load_fvecs(const char *path, float **out, size_t *n, size_t *d, char *err, size_t errcap)
+int app_vecs_load_fvecs(const char *path, float **out, size_t *n, size_t *d, char *err, size_t errcap)
 {
     return load_xvecs(path, sizeof(float), out, n, d, err, errcap);
 }
 
-int bench_load_bvecs(const char *path, float **out, size_t *n, size_t *d, char *err, size_t errcap)
+int app_vecs_load_bvecs(const char *path, float **out, size_t *n, size_t *d, char *err, size_t errcap)
 {
     return load_xvecs(path, 1, out, n, d, err, errcap);
 }
@@ -313,18 +313,18 @@ static bool ends_with(const char *s, size_t len, const char *suffix)
     return len >= l && memcmp(s + len - l, suffix, l) == 0;
 }
 
-int bench_load_vectors(const char *path, float **out, size_t *n, size_t *d, char *err,
+int app_vecs_load(const char *path, float **out, size_t *n, size_t *d, char *err,
                        size_t errcap)
 {
     size_t len = strlen(path);
     if (ends_with(path, len, ".gz"))
         len -= 3; /* the loaders read gzip and plain files alike */
     if (ends_with(path, len, ".fvecs"))
-        return bench_load_fvecs(path, out, n, d, err, errcap);
+        return app_vecs_load_fvecs(path, out, n, d, err, errcap);
     if (ends_with(path, len, ".bvecs"))
-        return bench_load_bvecs(path, out, n, d, err, errcap);
+        return app_vecs_load_bvecs(path, out, n, d, err, errcap);
     if (ends_with(path, len, "idx3-ubyte") || ends_with(path, len, ".idx"))
-        return bench_load_idx_images(path, out, n, d, err, errcap);
+        return app_vecs_load_idx(path, out, n, d, err, errcap);
     *out = NULL;
     return fail(err, errcap,
                 "%s: unknown format (want .fvecs, .bvecs, *idx3-ubyte or .idx, "
@@ -468,7 +468,7 @@ static void cand_prune(gt_screen *s, double limit)
  * and no true neighbour (nor an item tied with the k-th) is ever dropped. Candidates are then
  * ranked by exact double distances, ties by index.
  */
-int bench_ground_truth(const float *base, size_t nb, const float *q, size_t nq, size_t d, size_t k,
+int app_vecs_ground_truth(const float *base, size_t nb, const float *q, size_t nq, size_t d, size_t k,
                        int64_t *gt)
 {
     if (k == 0 || nq == 0)
@@ -590,7 +590,7 @@ out:
     return rc;
 }
 
-double bench_recall_at_k(const int64_t *res, const int64_t *gt, size_t nq, size_t k)
+double app_vecs_recall_at_k(const int64_t *res, const int64_t *gt, size_t nq, size_t k)
 {
     if (nq == 0 || k == 0)
         return 0;
