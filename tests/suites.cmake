@@ -29,3 +29,6 @@ set_tests_properties(test_math_scalar PROPERTIES TIMEOUT 600 ENVIRONMENT "CDX_SI
   FIXTURES_REQUIRED cdx_tmp)
 cdx_add_test(test_store SOURCES test_store.c LIBS cdx_engine)
 cdx_add_test(test_engine SOURCES test_engine.c LIBS cdx_engine TIMEOUT 900)
+# Server TLS (appliance/app_tls) in real handshakes against a throwaway PKI (fx_pki).
+cdx_add_test(test_tls SOURCES test_tls.c LIBS cdx_apptls)
+add_dependencies(test_tls fx_pki_tool)
