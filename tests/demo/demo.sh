@@ -1,80 +1,74 @@
 #!/usr/bin/env bash
-# ./run demo — what exists so far, end to end: key custody on a throwaway
-# SoftHSM2 token, driven by the offline admin tool, checked by OpenSC's
-# pkcs11-tool. (The vector-search demo arrives with the engine and daemon.)
+# ./run demo: the appliance end to end on Fashion-MNIST, through the daemon and the CLI.
+# A dev stack (tests/dev/stack.sh: token, CA, redis-server, cipherdexd) in a temp dir; an
+# index whose key is generated on the token; 60,000 training images uploaded over mutual
+# TLS; training; the 10,000 test images queried one at a time with recall@10 against exact
+# ground truth, QPS and p50/p99; what Redis holds; what the token holds; teardown.
 # $1 = build dir.
 set -euo pipefail
 build=${1:?build dir}
-tool="$build/appliance/cipherdex-hsm"
-module=/usr/lib/softhsm/libsofthsm2.so
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+data=/usr/share/datasets/fashion-mnist
+[[ -f "$data/train-images-idx3-ubyte.gz" ]] || { echo "demo: $data missing (dataset-fashion-mnist)" >&2; exit 1; }
 dir=$(mktemp -d "${TMPDIR:-/tmp}/cipherdex-demo.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
-
+cleanup() {
+    bash "$root/tests/dev/stack.sh" down "$dir" >/dev/null 2>&1 || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+t_start=$SECONDS
 
-step "A throwaway SoftHSM2 token in $dir"
-mkdir -p "$dir/tokens"
-printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$dir" >"$dir/softhsm2.conf"
-export SOFTHSM2_CONF="$dir/softhsm2.conf"
-pin=$(openssl rand -hex 8)
-so=$(openssl rand -hex 8)
-# softhsm2-util only takes PINs on its command line; this token lives for a minute.
-softhsm2-util --init-token --free --label cipherdex-demo --pin "$pin" --so-pin "$so" >/dev/null
-install -m 0600 /dev/null "$dir/pin"
-printf '%s' "$pin" >"$dir/pin"
-cat >"$dir/cipherdex.conf" <<CONF
-[hsm]
-module = $module
-token = pkcs11:token=cipherdex-demo
-pin = file:$dir/pin
-CONF
-hsm() { CDX_LOG_LEVEL=warn "$tool" --config "$dir/cipherdex.conf" "$@"; }
+step "Dev stack in $dir: SoftHSM2 token, throwaway CA, redis-server (AOF), cipherdexd (mutual TLS)"
+bash "$root/tests/dev/stack.sh" up "$build" "$dir"
+# shellcheck disable=SC1091
+source "$dir/cipherdex.env"
+cli() { "$CIPHERDEX_CLI" "$@"; }
+cli health
 
-step "Tokens the module shows"
-hsm tokens
+step "Create an index; its 256-bit key is generated on the token and never leaves it"
+cli index create fashion --dim 784 --metric euclidean --type ivfsq8 --lists 1024
 
-step "The deployment's root key (generated on the token)"
-hsm root create --deployment-id "$(openssl rand -hex 16)"
+step "Upload the 60,000 training images (batches of 1,000; each label as JSON metadata)"
+cli upsert fashion --file "$data/train-images-idx3-ubyte.gz" \
+    --labels "$data/train-labels-idx1-ubyte.gz" --id-prefix img-
 
-step "An index key generated on the token"
-gen_id=$(openssl rand -hex 16)
-hsm index generate --id "$gen_id"
+step "Train: k-means (1,024 lists, 10 iterations) on the token-keyed, encrypted data"
+cli index train fashion --lists 1024 --iters 10
+cli index describe fashion
 
-step "An index key imported from a key file (openssl rand -base64 32)"
-openssl rand -base64 32 >"$dir/index_key.txt"
-imp_id=$(openssl rand -hex 16)
-hsm index import --id "$imp_id" --key-file "$dir/index_key.txt"
-rm -f "$dir/index_key.txt"
+step "Query the 10,000 test images one at a time (top 10, 16 probes) against exact ground truth"
+cli query fashion --file "$data/t10k-images-idx3-ubyte.gz" --top-k 10 --probes 16 \
+    --ground-truth "$data/train-images-idx3-ubyte.gz" --id-prefix img-
 
-step "A KMS-style data key unwrapped with a KEK on the token (RFC 5649)"
-openssl rand -hex 32 >"$dir/kek.hex"
-xxd -r -p "$dir/kek.hex" | openssl base64 -A >"$dir/kek.b64"
-hsm kek import kms --key-file "$dir/kek.b64"
-openssl rand 32 >"$dir/dek.bin"
-openssl enc -id-aes256-wrap-pad -K "$(cat "$dir/kek.hex")" -iv A65959A6 -in "$dir/dek.bin" -out "$dir/dek.wrapped"
-rm -f "$dir/kek.hex" "$dir/kek.b64" "$dir/dek.bin"
-unw_id=$(openssl rand -hex 16)
-hsm index unwrap --id "$unw_id" --kek kms --wrapped "$dir/dek.wrapped"
+step "One query with metadata, filtered to label 9 (ankle boots)"
+cli get fashion img-0 --include metadata
+q=$(/usr/bin/python3 - "$data/t10k-images-idx3-ubyte.gz" <<'PY'
+import gzip, sys
+with gzip.open(sys.argv[1]) as f:
+    f.read(16)
+    print(",".join(str(b) for b in f.read(784)))
+PY
+)
+cli query fashion --vector "$q" --top-k 5 --filter '{"label": 9}' --include metadata
 
-step "What an auditor sees: every key sensitive, not extractable, not derivable/modifiable/copyable"
-hsm keys
+step "What Redis holds: ciphertext and tokens only"
+rhost=${CIPHERDEX_REDIS%:*}
+rport=${CIPHERDEX_REDIS##*:}
+echo "keys: $(redis-cli -h "$rhost" -p "$rport" dbsize)"
+key=$(redis-cli -h "$rhost" -p "$rport" --scan --pattern 'cdx:*:s:*' | head -n 1)
+echo "a segment key: $key"
+echo "its first 96 bytes (44-byte clear header: format, kind, epoch, version, time, KCV, nonce; then AES-256-GCM ciphertext):"
+redis-cli -h "$rhost" -p "$rport" --no-raw getrange "$key" 0 95 | head -c 400
+echo
+echo "searching Redis for the string \"label\" (in every item's metadata): $(redis-cli -h "$rhost" -p "$rport" --scan | head -n 2000 | while read -r k; do redis-cli -h "$rhost" -p "$rport" get "$k" 2>/dev/null; done | grep -c label || true) values contain it"
 
-step "The same keys through OpenSC's pkcs11-tool"
-PIN_FOR_P11TOOL="$pin" pkcs11-tool --module "$module" --token-label cipherdex-demo \
-    --login --pin env:PIN_FOR_P11TOOL --list-objects --type secrkey 2>/dev/null
+step "What the token holds: the index key is sensitive, never extractable"
+pkcs11-tool --module "$CIPHERDEX_HSM_MODULE" --token-label "$CIPHERDEX_TOKEN_LABEL" --login \
+    --pin "$(cat "$CIPHERDEX_PIN_FILE")" --list-objects --type secrkey 2>/dev/null |
+    grep -E "Secret Key|label|Usage|Access" | head -n 12
 
-step "The value cannot be read out (pkcs11-tool --read-object)"
-if PIN_FOR_P11TOOL="$pin" pkcs11-tool --module "$module" --token-label cipherdex-demo --login \
-    --pin env:PIN_FOR_P11TOOL --read-object --type secrkey --label "cipherdex-index-$gen_id" \
-    >/dev/null 2>"$dir/read.err"; then
-    echo "UNEXPECTED: the key value was readable" >&2
-    exit 1
-fi
-echo "refused: $(grep -m1 -o "CKR_[A-Z_]*\|sensitive[^.]*" "$dir/read.err" || tail -1 "$dir/read.err")"
+step "Operators' endpoint: /healthz"
+/usr/bin/python3 -c "import urllib.request,sys; print(urllib.request.urlopen('http://$CIPHERDEX_METRICS/healthz').read().decode())"
 
-step "Crypto-shredding: destroy the imported index key"
-hsm index destroy --id "$imp_id" --yes
-hsm index kcv --id "$imp_id" || echo "(as expected: the key is gone)"
-
-step "Done"
-echo "demo: OK"
+step "Done in $((SECONDS - t_start)) s; tearing down"
