@@ -61,11 +61,14 @@ echo "a segment key: $key"
 echo "its first 96 bytes (44-byte clear header: format, kind, epoch, version, time, KCV, nonce; then AES-256-GCM ciphertext):"
 redis-cli -h "$rhost" -p "$rport" --no-raw getrange "$key" 0 95 | head -c 400
 echo
-echo "searching Redis for the string \"label\" (in every item's metadata): $(redis-cli -h "$rhost" -p "$rport" --scan | head -n 2000 | while read -r k; do redis-cli -h "$rhost" -p "$rport" get "$k" 2>/dev/null; done | grep -c label || true) values contain it"
+found=$(redis-cli -h "$rhost" -p "$rport" --scan --count 1000 | head -n 300 |
+    while read -r k; do redis-cli -h "$rhost" -p "$rport" --raw get "$k"; done | grep -ac '"label"' || true)
+echo "of 300 values scanned, $found contain the metadata text \"label\" in clear"
 
 step "What the token holds: the index key is sensitive, never extractable"
-pkcs11-tool --module "$CIPHERDEX_HSM_MODULE" --token-label "$CIPHERDEX_TOKEN_LABEL" --login \
-    --pin "$(cat "$CIPHERDEX_PIN_FILE")" --list-objects --type secrkey 2>/dev/null |
+CDX_DEMO_PIN="$(cat "$CIPHERDEX_PIN_FILE")" pkcs11-tool --module "$CIPHERDEX_HSM_MODULE" \
+    --token-label "$CIPHERDEX_TOKEN_LABEL" --login --pin env:CDX_DEMO_PIN --list-objects \
+    --type secrkey 2>/dev/null |
     grep -E "Secret Key|label|Usage|Access" | head -n 12
 
 step "Operators' endpoint: /healthz"
