@@ -22,3 +22,11 @@ set_tests_properties(test_math_scalar PROPERTIES TIMEOUT 600 ENVIRONMENT "CDX_SI
   FIXTURES_REQUIRED cdx_tmp)
 cdx_add_test(test_store SOURCES test_store.c LIBS cdx_engine)
 cdx_add_test(test_engine SOURCES test_engine.c LIBS cdx_engine TIMEOUT 900)
+# Wire layer (proto/): frame codec, unpack budget, request validation, Python client from the .proto.
+cdx_add_test(test_wire SOURCES test_wire.c LIBS cdx_wire m)
+target_compile_definitions(test_wire PRIVATE CDX_PROTO_FILE="${CMAKE_SOURCE_DIR}/proto/cipherdex.proto")
+# Fuzz target (tests/fuzz/fuzz_wire.c): a normal executable replaying inputs; ctest replays seeds it writes.
+add_executable(fuzz_wire fuzz/fuzz_wire.c)
+target_link_libraries(fuzz_wire PRIVATE cdx_wire)
+add_test(NAME fuzz_wire_seeds COMMAND fuzz_wire --seeds ${CDX_TEST_TMP}/fuzz-wire-seeds ${CDX_TEST_TMP}/fuzz-wire-seeds)
+set_tests_properties(fuzz_wire_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
