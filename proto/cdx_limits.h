@@ -74,5 +74,28 @@
 #define CDX_TRAIN_POINTS_PER_LIST 256   /* training sample cap = this x n_lists */
 #define CDX_TRAIN_ITERS_DEFAULT   20
 #define CDX_TRAIN_ITERS_MAX       1000
+#define CDX_TRAIN_POINTS_PER_LIST_MAX 4096 /* TrainRequest.max_points_per_list */
+#define CDX_LIST_PAGE_DEFAULT 1000      /* ids per list_ids page when the limit is 0 */
+#define CDX_CURSOR_MAX        512       /* characters of a list_ids cursor (hex of a sealed record) */
+#define CDX_KEK_NAME_MAX      40        /* [A-Za-z0-9_.-]{1,40}: label "cipherdex-kek-<name>" */
+#define CDX_ENUM_TEXT_MAX     32        /* metric / index_type names on the wire */
+
+/* ---- wire (proto/: frames and request decoding) ---- */
+#define CDX_FRAME_HDR_LEN        4                      /* big-endian body length */
+#define CDX_FRAME_MAX_DEFAULT    (64u * 1024u * 1024u)  /* frame cap unless configured lower */
+#define CDX_FRAME_MAX_LIMIT      (256u * 1024u * 1024u) /* highest cap a configuration may set */
+#define CDX_FRAME_FIRST_INSECURE (64u * 1024u)          /* first frame on a plaintext connection */
+#define CDX_FRAME_BUF_INITIAL    (64u * 1024u) /* a frame's buffer grows with the bytes received */
+/*
+ * Unpacking a frame may use at most FACTOR x frame + SLACK bytes of heap
+ * (protobuf-c needs ~57x for a frame of empty repeated messages; upserts of
+ * vectors of 16+ dimensions need under 4x: docs/WIRE.md). wire_unpack_budget()
+ * computes it.
+ */
+#define CDX_UNPACK_BUDGET_FACTOR 4
+#define CDX_UNPACK_BUDGET_SLACK  (1024u * 1024u)
+#define CDX_STATUS_MESSAGE_MAX   1024  /* bytes of a Status.message the server sends */
+#define CDX_VERSION_TEXT_MAX     64    /* HealthResponse.server_version */
+#define CDX_INFLIGHT_PER_CONN    16    /* outstanding requests per connection */
 
 #endif

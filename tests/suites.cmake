@@ -32,3 +32,11 @@ cdx_add_test(test_engine SOURCES test_engine.c LIBS cdx_engine TIMEOUT 900)
 # Server TLS (appliance/app_tls) in real handshakes against a throwaway PKI (fx_pki).
 cdx_add_test(test_tls SOURCES test_tls.c LIBS cdx_apptls)
 add_dependencies(test_tls fx_pki_tool)
+# Wire layer (proto/): frame codec, unpack budget, request validation, Python client from the .proto.
+cdx_add_test(test_wire SOURCES test_wire.c LIBS cdx_wire m)
+target_compile_definitions(test_wire PRIVATE CDX_PROTO_FILE="${CMAKE_SOURCE_DIR}/proto/cipherdex.proto")
+# Fuzz target (tests/fuzz/fuzz_wire.c): a normal executable replaying inputs; ctest replays seeds it writes.
+add_executable(fuzz_wire fuzz/fuzz_wire.c)
+target_link_libraries(fuzz_wire PRIVATE cdx_wire)
+add_test(NAME fuzz_wire_seeds COMMAND fuzz_wire --seeds ${CDX_TEST_TMP}/fuzz-wire-seeds ${CDX_TEST_TMP}/fuzz-wire-seeds)
+set_tests_properties(fuzz_wire_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
