@@ -10,9 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "app_dispatch.h"
 #include "app_http.h"
+#include "app_server.h"
+#include "app_tls.h"
 #include "cdx_hex.h"
 #include "cdx_log.h"
 #include "eng_store.h"
@@ -27,7 +31,11 @@ struct app_daemon {
     app_metrics *metrics;
     app_pool *pool;
     app_http *http;
+    app_tls *tls;
+    app_server *server;
+    app_dispatch_env env;
     struct event_base *base;
+    struct event *ev_drain_deadline;
     struct event *ev_term, *ev_int, *ev_hup, *ev_pool;
     bool store_unsafe_allowed; /* durability below standard, explicitly allowed: degraded */
 };
@@ -38,14 +46,22 @@ static unsigned ncpus(void)
     return n > 0 && n <= CDX_WORKERS_MAX ? (unsigned)n : 1;
 }
 
+/* Ask the token and the store now (both health endpoints use this). */
+static void probe(app_daemon *d, cdx_err *tok, cdx_err *st, char *desc, size_t cap)
+{
+    uint8_t rnd[16];
+    desc[0] = '\0';
+    *tok = hsm_random(d->custody, rnd, sizeof(rnd));
+    *st = eng_store_check(d->store, desc, cap);
+}
+
 /* /healthz: the token answers, the store answers with acceptable durability. */
 static void health(void *arg, app_health *out)
 {
     app_daemon *d = arg;
-    uint8_t rnd[16];
-    char desc[256] = "";
-    cdx_err tok = hsm_random(d->custody, rnd, sizeof(rnd));
-    cdx_err st = eng_store_check(d->store, desc, sizeof(desc));
+    char desc[256];
+    cdx_err tok, st;
+    probe(d, &tok, &st, desc, sizeof(desc));
     bool store_ok = st == CDX_OK || (st == CDX_ERR_CONFIG && d->store_unsafe_allowed);
     out->state = tok || !store_ok                                            ? APP_HEALTH_DOWN
                  : st == CDX_ERR_CONFIG || d->cfg.backend == APP_STORE_MEMORY ? APP_HEALTH_DEGRADED
@@ -58,6 +74,17 @@ static void health(void *arg, app_health *out)
              tok ? cdx_err_name(tok) : "ok",
              st == CDX_OK ? "ok" : st == CDX_ERR_CONFIG ? "unsafe-durability" : cdx_err_name(st),
              eng_store_kind(d->store), desc);
+}
+
+/* The health request on the wire: token and store reachable. */
+static void wire_health(void *arg, bool *token_ok, bool *store_ok)
+{
+    app_daemon *d = arg;
+    char desc[256];
+    cdx_err tok, st;
+    probe(d, &tok, &st, desc, sizeof(desc));
+    *token_ok = tok == CDX_OK;
+    *store_ok = st == CDX_OK || (st == CDX_ERR_CONFIG && d->store_unsafe_allowed);
 }
 
 static void pull(void *arg, app_metrics_pull *p)
@@ -144,6 +171,13 @@ static void write_ports(app_daemon *d)
         cdx_log(CDX_LOG_ERROR, "ports_file", "errno=%d", errno);
         return;
     }
+    if (d->server) {
+        char host[APP_ADDR_MAX];
+        uint16_t port;
+        if (!app_addr_split(d->cfg.listen, host, sizeof(host), &port))
+            fprintf(f, strchr(host, ':') ? "api=[%s]:%u\n" : "api=%s:%u\n",
+                    strcmp(host, "0.0.0.0") ? host : "127.0.0.1", app_server_port(d->server));
+    }
     if (d->http) {
         char host[APP_ADDR_MAX];
         uint16_t port;
@@ -162,9 +196,28 @@ static void on_pool(evutil_socket_t fd, short what, void *arg)
     app_daemon *d = arg;
     (void)fd;
     (void)what;
-    /* The network front end attaches completion handlers here; alone, jobs finish themselves. */
-    for (app_job *j = app_pool_reap(d->pool), *next; j; j = next)
-        next = j->next;
+    app_job *list = app_pool_reap(d->pool);
+    if (d->server)
+        app_server_completions(d->server, list);
+}
+
+static void drained(void *arg)
+{
+    app_daemon *d = arg;
+    cdx_log(CDX_LOG_INFO, "drained", "msg=\"every accepted request answered\"");
+    event_base_loopexit(d->base, NULL);
+}
+
+static void drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    app_daemon *d = arg;
+    (void)fd;
+    (void)what;
+    /* Clients not reading their answers cannot hold the stop forever; the work itself is done
+     * or still finishing in the pool, which app_daemon_free drains. */
+    cdx_log(CDX_LOG_WARN, "drain_timeout", "connections=%zu",
+            d->server ? app_server_connections(d->server) : 0);
+    event_base_loopexit(d->base, NULL);
 }
 
 static void on_term(evutil_socket_t sig, short what, void *arg)
@@ -174,7 +227,15 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
     sd_notify(0, "STOPPING=1");
     cdx_log(CDX_LOG_INFO, "stopping", "signal=%d pending_jobs=%zu", (int)sig,
             app_pool_pending(d->pool));
-    event_base_loopexit(d->base, NULL);
+    if (!d->server) {
+        event_base_loopexit(d->base, NULL);
+        return;
+    }
+    struct timeval tv = {30, 0};
+    d->ev_drain_deadline = evtimer_new(d->base, drain_deadline, d);
+    if (d->ev_drain_deadline)
+        evtimer_add(d->ev_drain_deadline, &tv);
+    app_server_drain(d->server, drained, d);
 }
 
 static void on_hup(evutil_socket_t sig, short what, void *arg)
@@ -196,7 +257,12 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
         cdx_log_set_format(fresh.log_format == APP_LOG_JSON ? CDX_LOG_FMT_JSON : CDX_LOG_FMT_KV);
         d->cfg.log_level = fresh.log_level;
         d->cfg.log_format = fresh.log_format;
-        cdx_log(CDX_LOG_INFO, "reloaded", "log_level=%d", fresh.log_level);
+        cdx_err terr = d->tls ? app_tls_reload(d->tls) : CDX_OK;
+        if (terr)
+            cdx_log(CDX_LOG_ERROR, "reload_tls_failed", "code=%s msg=\"%s\" kept=previous",
+                    cdx_err_name(terr), cdx_err_detail());
+        cdx_log(CDX_LOG_INFO, "reloaded", "log_level=%d tls=%s", fresh.log_level,
+                d->tls ? (terr ? "kept" : "reloaded") : "none");
     }
     sd_notify(0, "READY=1");
 }
@@ -212,6 +278,8 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
     d->config_path = strdup(config_path ? config_path : "");
     cdx_log_set_level((cdx_log_level)cfg->log_level);
     cdx_log_set_format(cfg->log_format == APP_LOG_JSON ? CDX_LOG_FMT_JSON : CDX_LOG_FMT_KV);
+    if (!cfg->insecure && (err = app_tls_new(&d->cfg, &d->tls)))
+        goto fail;
     if (cfg->insecure)
         cdx_log(CDX_LOG_WARN, "insecure",
                 "msg=\"insecure = yes: PLAINTEXT TCP, NO CLIENT AUTHENTICATION; never in "
@@ -250,6 +318,17 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
         goto fail;
     }
     signal(SIGPIPE, SIG_IGN); /* a peer closing mid-write is an error return, not a death */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    d->env = (app_dispatch_env){.engine = d->engine,
+                                .cfg = &d->cfg,
+                                .metrics = d->metrics,
+                                .health = wire_health,
+                                .health_arg = d,
+                                .started_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000};
+    if ((err = app_server_new(d->base, &d->cfg, d->tls, d->pool, &d->env, d->metrics,
+                              &d->server)))
+        goto fail;
     *out = d;
     return CDX_OK;
 fail:
@@ -262,8 +341,9 @@ int app_daemon_run(app_daemon *d)
     write_ports(d);
     char id[2 * CDX_ID_LEN + 1];
     cdx_hex_encode(d->cfg.deployment_id, CDX_ID_LEN, id);
-    cdx_log(CDX_LOG_INFO, "ready", "deployment=%s store=%s workers=%u metrics=%u", id,
-            eng_store_kind(d->store), d->cfg.workers ? d->cfg.workers : ncpus(),
+    cdx_log(CDX_LOG_INFO, "ready", "deployment=%s store=%s workers=%u api=%u tls=%s metrics=%u",
+            id, eng_store_kind(d->store), d->cfg.workers ? d->cfg.workers : ncpus(),
+            d->server ? (unsigned)app_server_port(d->server) : 0u, d->tls ? "mutual" : "none",
             d->http ? (unsigned)app_http_port(d->http) : 0u);
     sd_notify(0, "READY=1");
     int rc = event_base_dispatch(d->base);
@@ -281,7 +361,17 @@ void app_daemon_free(app_daemon *d)
     if (!d)
         return;
     app_http_free(d->http); /* no new health probes into a closing engine */
-    app_pool_free(d->pool); /* drain: submitted work completes */
+    if (d->pool) {
+        /* Drain: submitted work completes (acknowledged writes stay acknowledged); its answers
+         * go to connections that are closing. */
+        app_job *left = app_pool_stop(d->pool);
+        if (d->server)
+            app_server_completions(d->server, left);
+    }
+    app_server_free(d->server);
+    app_pool_free(d->pool);
+    if (d->ev_drain_deadline)
+        event_free(d->ev_drain_deadline);
     if (d->ev_pool)
         event_free(d->ev_pool);
     if (d->ev_term)
@@ -295,6 +385,7 @@ void app_daemon_free(app_daemon *d)
     eng_free(d->engine);
     eng_store_free(d->store);
     hsm_custody_free(d->custody);
+    app_tls_free(d->tls);
     app_metrics_free(d->metrics);
     free(d->config_path);
     free(d);
