@@ -22,3 +22,4 @@ set_tests_properties(test_math_scalar PROPERTIES TIMEOUT 600 ENVIRONMENT "CDX_SI
   FIXTURES_REQUIRED cdx_tmp)
 cdx_add_test(test_store SOURCES test_store.c LIBS cdx_engine)
 cdx_add_test(test_engine SOURCES test_engine.c LIBS cdx_engine TIMEOUT 900)
+cdx_add_test(test_resp SOURCES test_resp.c LIBS cdx_engine)
