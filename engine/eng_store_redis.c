@@ -18,6 +18,17 @@
  * CDX_ERR_RESOURCE_EXHAUSTED. Our reply objects also let a fetched value
  * move into the caller's eng_val without another copy.
  *
+ * Bulk fetches (GETRANGE and its EXISTS follow-up) bypass hiredis' reader,
+ * which reads 16 KiB per syscall into a buffer it grows by reallocation and
+ * then hands each bulk to our callback for one more copy. There a sans-IO
+ * reader (eng_resp) checks each announced length against the range asked
+ * for before allocating, and readv()s the payload straight into the value's
+ * final buffer (a small staging buffer takes the CRLF and the next headers),
+ * so the bytes are copied once, from the kernel, in as few syscalls as the
+ * socket allows. It starts with whatever hiredis had buffered and hands back
+ * what it read past the last reply, so both readers see one byte stream; any
+ * error discards the connection, as hiredis errors do.
+ *
  * Retries: a call whose connection dropped (EOF, reset, broken pipe; not a
  * timeout) is retried once on a freshly connected context when it is
  * idempotent (mget, getrange, scan, set, del, setnx, watch). Pipelined
@@ -47,6 +58,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,6 +68,7 @@
 
 #include "cdx_limits.h"
 #include "cdx_log.h"
+#include "eng_resp.h"
 
 #define RD_DEFAULT_PORT       6379
 #define RD_DEFAULT_CONNS      8
@@ -68,6 +81,7 @@
 #define RD_BACKOFF_MAX_MS     5000
 #define RD_PASSWORD_MAX       1024
 #define RD_SMALL_ARGS         6
+#define RD_IN_BUF             (16u << 10) /* bulk reader staging: headers, bytes after a payload */
 
 /* ---- reply objects ---- */
 
@@ -90,6 +104,10 @@ typedef struct rd_conn {
     size_t max_array;      /* largest array allocated (for the test hook) */
     bool broken;           /* out of sync or failed: close instead of pooling */
     bool dropped;          /* the connection itself failed: an idempotent call may retry */
+    /* The bulk reader (rd_read_bulk): its reply state and staged input, in[in_pos..in_len). */
+    eng_resp resp;
+    uint8_t *in;
+    size_t in_pos, in_len;
 } rd_conn;
 
 typedef struct rd_store {
@@ -404,6 +422,177 @@ static cdx_err rd_read(rd_conn *k, long long elem_budget, const char *op, rd_rep
     }
 }
 
+/* ---- bulk reader: single-copy reads of scalar replies (see the top of the file) ---- */
+
+/* The socket failed under the bulk reader (got 0: EOF): classified like rd_conn_error. */
+static cdx_err rd_bulk_io_error(rd_conn *k, const char *op, ssize_t got, int saved_errno)
+{
+    const char *t = got == 0 ? "Server closed the connection" : strerror(saved_errno);
+
+    k->broken = true;
+    cdx_log(CDX_LOG_WARN, "store_redis_conn_error", "op=%s err=%d errstr=\"%s\"", op,
+            got == 0 ? REDIS_ERR_EOF : REDIS_ERR_IO, t);
+    /* A timeout says the server is slow or stuck: retrying would only double the wait. */
+    if (!(got < 0 && (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK)))
+        k->dropped = true;
+    return cdx_fail(CDX_ERR_STORE_UNAVAILABLE, "lost the Redis connection during %s (%s)", op, t);
+}
+
+/* The bulk reader refused the reply (st: its error): the connection is out of sync. */
+static cdx_err rd_bulk_refused(rd_conn *k, const char *op, uint64_t bound, eng_resp_status st)
+{
+    const eng_resp *p = &k->resp;
+
+    k->broken = true;
+    if (st == ENG_RESP_ETOOBIG) {
+        const char *why = p->announced > CDX_STORE_VALUE_MAX ? "a value over the size limit"
+                          : p->announced > bound             ? "a string longer than it asked for"
+                                                             : "more bytes than one call may fetch";
+        cdx_log(CDX_LOG_WARN, "store_redis_reply_refused",
+                "op=%s reason=\"%s\" announced=%" PRIu64 " bound=%" PRIu64, op, why, p->announced,
+                bound);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED,
+                        "Redis answered %s with %s (%" PRIu64 " bytes announced, at most %" PRIu64
+                        " expected; values <= %u bytes, <= %u bytes per call): refused",
+                        op, why, p->announced, bound, CDX_STORE_VALUE_MAX, CDX_STORE_REPLY_MAX);
+    }
+    if (st == ENG_RESP_ETYPE) {
+        cdx_log(CDX_LOG_ERROR, "store_redis_unexpected", "op=%s type=%d(array)", op,
+                REDIS_REPLY_ARRAY);
+        return cdx_fail(CDX_ERR_INTERNAL, "Redis answered %s with an unexpected array reply", op);
+    }
+    if (st == ENG_RESP_ENOMEM)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory reading a Redis reply to %s",
+                        op);
+    cdx_log(CDX_LOG_WARN, "store_redis_conn_error", "op=%s err=%d errstr=\"%s\"", op,
+            REDIS_ERR_PROTOCOL, p->why);
+    return cdx_fail(CDX_ERR_INTERNAL, "Redis protocol error during %s (%s)", op, p->why);
+}
+
+/*
+ * Take the byte stream over from hiredis: what its reader buffered is staged
+ * first. Between calls it holds no partial reply (rd_read reads whole ones).
+ */
+static cdx_err rd_bulk_begin(rd_conn *k, const char *op)
+{
+    redisReader *rr = k->c->reader;
+    size_t n = rr->len - rr->pos;
+
+    k->in_pos = k->in_len = 0;
+    if (!k->in && !(k->in = malloc(RD_IN_BUF))) {
+        k->broken = true;
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory reading %s", op);
+    }
+    if (rr->err || rr->ridx != -1 || n > RD_IN_BUF) {
+        k->broken = true;
+        cdx_log(CDX_LOG_ERROR, "store_redis_unexpected",
+                "op=%s msg=\"unread reply bytes before the command\" buffered=%zu", op, n);
+        return cdx_fail(CDX_ERR_INTERNAL, "Redis sent %zu unsolicited bytes before %s", n, op);
+    }
+    if (n)
+        memcpy(k->in, rr->buf + rr->pos, n);
+    k->in_len = n;
+    rr->pos = rr->len;
+    return CDX_OK;
+}
+
+/* Hand what was read past the last reply back to hiredis (unsolicited, but keeps one stream). */
+static void rd_bulk_end(rd_conn *k)
+{
+    eng_resp_reset(&k->resp);
+    if (!k->broken && k->in_pos < k->in_len &&
+        redisReaderFeed(k->c->reader, (const char *)k->in + k->in_pos, k->in_len - k->in_pos) !=
+            REDIS_OK)
+        k->broken = true;
+    k->in_pos = k->in_len = 0;
+}
+
+/*
+ * Read one scalar reply with the bulk reader (between rd_bulk_begin and
+ * rd_bulk_end): a bulk string may hold at most `bound` bytes, and no more
+ * than what is left of CDX_STORE_REPLY_MAX for the call; both are checked
+ * before its buffer is allocated. Same contract as rd_read; every error
+ * breaks the connection.
+ */
+static cdx_err rd_read_bulk(rd_conn *k, uint64_t bound, const char *op, rd_reply **out)
+{
+    eng_resp *p = &k->resp;
+    uint64_t left = k->bytes < CDX_STORE_REPLY_MAX ? CDX_STORE_REPLY_MAX - k->bytes : 0;
+    eng_resp_status st = ENG_RESP_MORE;
+    rd_reply *r;
+
+    *out = NULL;
+    eng_resp_begin(p, bound < left ? bound : left);
+    for (;;) {
+        struct iovec iov[2];
+        int niov = 0, err;
+        uint8_t *dst;
+        size_t room;
+        ssize_t got;
+
+        if (k->in_pos < k->in_len) {
+            size_t used;
+            st = eng_resp_feed(p, k->in + k->in_pos, k->in_len - k->in_pos, &used);
+            k->in_pos += used;
+            if (st != ENG_RESP_MORE)
+                break;
+        }
+        k->in_pos = k->in_len = 0;
+        /* The payload goes straight into its buffer; only what follows it is staged. */
+        room = eng_resp_room(p, &dst);
+        if (room)
+            iov[niov++] = (struct iovec){.iov_base = dst, .iov_len = room};
+        iov[niov++] = (struct iovec){.iov_base = k->in, .iov_len = RD_IN_BUF};
+        got = readv(k->c->fd, iov, niov); /* SO_RCVTIMEO (redisSetTimeout) bounds the wait */
+        err = errno;
+        if (got < 0 && err == EINTR)
+            continue;
+        if (got <= 0)
+            return rd_bulk_io_error(k, op, got, err);
+        if (room) {
+            size_t d = (size_t)got < room ? (size_t)got : room;
+            eng_resp_commit(p, d);
+            got -= (ssize_t)d;
+        }
+        k->in_len = (size_t)got;
+    }
+    if (st != ENG_RESP_DONE)
+        return rd_bulk_refused(k, op, bound, st);
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        goto oom;
+    switch (p->kind) {
+    case ENG_RESP_BULK:
+        r->type = REDIS_REPLY_STRING;
+        r->str = (char *)p->data; /* moved: the single copy is the caller's */
+        r->len = p->len;
+        p->data = NULL;
+        k->bytes += r->len;
+        break;
+    case ENG_RESP_NIL:
+        r->type = REDIS_REPLY_NIL;
+        break;
+    case ENG_RESP_INT:
+        r->type = REDIS_REPLY_INTEGER;
+        r->integer = p->integer;
+        break;
+    default: /* STATUS, ERROR */
+        r->type = p->kind == ENG_RESP_STATUS ? REDIS_REPLY_STATUS : REDIS_REPLY_ERROR;
+        r->str = malloc(p->len + 1);
+        if (!r->str)
+            goto oom;
+        memcpy(r->str, p->text, p->len + 1);
+        r->len = p->len;
+        break;
+    }
+    *out = r;
+    return CDX_OK;
+oom:
+    rd_reply_free(r);
+    k->broken = true;
+    return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory reading a Redis reply to %s", op);
+}
+
 /* One pipelined command. argv points at small[] unless the builder sets it. */
 typedef struct rd_cmd {
     int argc;
@@ -422,6 +611,12 @@ typedef struct rd_pipe {
     cdx_err (*reply)(void *ctx, size_t i, rd_reply *r);
     void *ctx;
     size_t *done; /* when set: count of replies handled (for resuming after a drop) */
+    /*
+     * When set, replies are read by the bulk reader (scalar replies only: an
+     * array is a protocol surprise) and reply i's bulk string may hold at
+     * most bulk_max(ctx, i) bytes.
+     */
+    uint64_t (*bulk_max)(void *ctx, size_t i);
 } rd_pipe;
 
 static void cmd_arg(rd_cmd *c, const void *p, size_t len)
@@ -448,6 +643,8 @@ static cdx_err rd_pipeline(rd_conn *k, const rd_pipe *p)
     long long budgets[RD_PIPE_CMDS];
     cdx_err first_err = CDX_OK, e;
 
+    if (p->bulk_max && (e = rd_bulk_begin(k, p->op)) != CDX_OK)
+        return e;
     for (size_t start = p->first; start < p->n;) {
         size_t end = start, bytes = 0;
         while (end < p->n && end - start < RD_PIPE_CMDS && bytes < RD_PIPE_BYTES) {
@@ -459,19 +656,21 @@ static cdx_err rd_pipeline(rd_conn *k, const rd_pipe *p)
                 bytes += cmd.argvlen[a];
             if (redisAppendCommandArgv(k->c, cmd.argc, cmd.argv, cmd.argvlen) != REDIS_OK) {
                 k->broken = true;
-                return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory queueing %s", p->op);
+                e = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory queueing %s", p->op);
+                goto out;
             }
             budgets[end - start] = cmd.elem_budget;
             end++;
         }
         e = rd_flush(k, p->op);
         if (e != CDX_OK)
-            return e;
+            goto out;
         for (size_t i = start; i < end; i++) {
             rd_reply *r;
-            e = rd_read(k, budgets[i - start], p->op, &r);
+            e = p->bulk_max ? rd_read_bulk(k, p->bulk_max(p->ctx, i), p->op, &r)
+                            : rd_read(k, budgets[i - start], p->op, &r);
             if (e != CDX_OK)
-                return e;
+                goto out;
             e = p->reply(p->ctx, i, r);
             rd_reply_free(r);
             if (first_err == CDX_OK)
@@ -481,7 +680,11 @@ static cdx_err rd_pipeline(rd_conn *k, const rd_pipe *p)
         }
         start = end;
     }
-    return first_err;
+    e = first_err;
+out:
+    if (p->bulk_max)
+        rd_bulk_end(k);
+    return e;
 }
 
 /* ---- password and connect ---- */
@@ -613,6 +816,8 @@ static void rd_conn_free(rd_conn *k)
         return;
     if (k->c)
         redisFree(k->c);
+    eng_resp_reset(&k->resp);
+    free(k->in);
     free(k);
 }
 
@@ -922,6 +1127,14 @@ static cdx_err range_reply(void *vctx, size_t i, rd_reply *r)
     return CDX_OK;
 }
 
+/* GETRANGE returns at most the range's length. */
+static uint64_t range_max(void *vctx, size_t i)
+{
+    range_ctx *x = vctx;
+
+    return x->r[x->ask[i]].len;
+}
+
 static void exists_build(void *vctx, size_t i, rd_cmd *cmd)
 {
     range_ctx *x = vctx;
@@ -941,10 +1154,22 @@ static cdx_err exists_reply(void *vctx, size_t i, rd_reply *r)
     return CDX_OK;
 }
 
+/* EXISTS returns an integer: no bulk string may come. */
+static uint64_t exists_max(void *vctx, size_t i)
+{
+    (void)vctx;
+    (void)i;
+    return 0;
+}
+
 static cdx_err range_op(rd_conn *k, void *vctx, int attempt)
 {
     range_ctx *x = vctx;
-    rd_pipe p = {.op = "GETRANGE", .build = range_build, .reply = range_reply, .ctx = x};
+    rd_pipe p = {.op = "GETRANGE",
+                 .build = range_build,
+                 .reply = range_reply,
+                 .ctx = x,
+                 .bulk_max = range_max};
     cdx_err e;
 
     if (attempt > 0)
@@ -960,8 +1185,12 @@ static cdx_err range_op(rd_conn *k, void *vctx, int attempt)
     e = rd_pipeline(k, &p);
     if (e != CDX_OK)
         return e;
-    p = (rd_pipe){
-        .op = "EXISTS", .n = x->n_empty, .build = exists_build, .reply = exists_reply, .ctx = x};
+    p = (rd_pipe){.op = "EXISTS",
+                  .n = x->n_empty,
+                  .build = exists_build,
+                  .reply = exists_reply,
+                  .ctx = x,
+                  .bulk_max = exists_max};
     return rd_pipeline(k, &p);
 }
 

@@ -40,3 +40,5 @@ add_executable(fuzz_wire fuzz/fuzz_wire.c)
 target_link_libraries(fuzz_wire PRIVATE cdx_wire)
 add_test(NAME fuzz_wire_seeds COMMAND fuzz_wire --seeds ${CDX_TEST_TMP}/fuzz-wire-seeds ${CDX_TEST_TMP}/fuzz-wire-seeds)
 set_tests_properties(fuzz_wire_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
+# Sans-IO RESP parser the Redis store reads GETRANGE replies with.
+cdx_add_test(test_resp SOURCES test_resp.c LIBS cdx_engine)

@@ -6,11 +6,17 @@
  * Redis-only suite covers what only a real server can show: bounded replies,
  * durability checks, AUTH, kill -9 + restart, back-off, the pool, retries.
  */
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -223,6 +229,75 @@ static void test_getrange(void)
     CU_ASSERT_EQUAL(eng_store_getrange(S, &bad, 1, v), CDX_ERR_INVALID_ARGUMENT);
     bad = (eng_range){"t5:v", UINT64_MAX - 2, 1};
     CU_ASSERT_EQUAL(eng_store_getrange(S, &bad, 1, v), CDX_ERR_INVALID_ARGUMENT);
+}
+
+/* Byte i of a test value: a pattern that catches shifted or swapped chunks. */
+static uint8_t pat(size_t i, unsigned salt)
+{
+    return (uint8_t)(i * 131 + (i >> 13) + salt * 7);
+}
+
+static uint8_t *pattern(size_t n, unsigned salt)
+{
+    uint8_t *b = malloc(n ? n : 1);
+
+    for (size_t i = 0; b && i < n; i++)
+        b[i] = pat(i, salt);
+    return b;
+}
+
+/* Values far bigger than any reader buffer (16 KiB), in one pipeline with missing keys. */
+static void test_getrange_large(void)
+{
+    static const size_t sizes[] = {300000, (1u << 20) + 17, 3u << 20, 70000, 16383, 16384, 16385};
+    enum { NV = sizeof(sizes) / sizeof(sizes[0]) };
+    char keys[NV][32];
+    uint8_t *vals[NV];
+    eng_kv kv[NV];
+    eng_range r[2 * NV + 4];
+    eng_val v[2 * NV + 4];
+    size_t n = 0;
+
+    for (size_t i = 0; i < NV; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "t5l:%zu", i);
+        vals[i] = pattern(sizes[i], (unsigned)i);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(vals[i]);
+        kv[i] = (eng_kv){keys[i], vals[i], sizes[i]};
+    }
+    CU_ASSERT_EQUAL_FATAL(eng_store_set(S, kv, NV), CDX_OK);
+    /* Whole values, a missing key after each odd one, then partial and edge ranges. */
+    for (size_t i = 0; i < NV; i++) {
+        r[n++] = (eng_range){keys[i], 0, sizes[i]};
+        if (i % 2)
+            r[n++] = (eng_range){"t5l:missing", 0, sizes[i]};
+    }
+    r[n++] = (eng_range){keys[2], 12345, 1000000};    /* inside */
+    r[n++] = (eng_range){keys[1], sizes[1] - 5, 100}; /* over the end: 5 bytes */
+    r[n++] = (eng_range){keys[0], sizes[0], 10};      /* past the end: empty, found */
+    r[n++] = (eng_range){"t5l:gone", 7, 3};
+    CU_ASSERT_EQUAL_FATAL(eng_store_getrange(S, r, n, v), CDX_OK);
+    for (size_t j = 0; j < n; j++) {
+        size_t i = (size_t)(r[j].key[4] - '0');
+        if (strcmp(r[j].key, "t5l:missing") == 0 || strcmp(r[j].key, "t5l:gone") == 0) {
+            CU_ASSERT_FALSE(v[j].found);
+            CU_ASSERT_PTR_NULL(v[j].data);
+            continue;
+        }
+        size_t want = r[j].off >= sizes[i]             ? 0
+                      : sizes[i] - r[j].off < r[j].len ? sizes[i] - r[j].off
+                                                       : (size_t)r[j].len;
+        CU_ASSERT_TRUE(v[j].found);
+        CU_ASSERT_PTR_NOT_NULL(v[j].data);
+        CU_ASSERT_EQUAL(v[j].len, want);
+        if (v[j].len == want && want && memcmp(v[j].data, vals[i] + r[j].off, want) != 0) {
+            fprintf(stderr, "range %zu (%s %llu+%llu) differs\n", j, r[j].key,
+                    (unsigned long long)r[j].off, (unsigned long long)r[j].len);
+            CU_FAIL("large range bytes differ");
+        }
+    }
+    eng_vals_free(v, n);
+    for (size_t i = 0; i < NV; i++)
+        free(vals[i]);
 }
 
 static void test_del(void)
@@ -1191,6 +1266,383 @@ static void test_retry_after_drop(void)
     fx_redis_stop(r);
 }
 
+/* ---- a scripted fake Redis: replies no real server sends ---- */
+
+#define FAKE_CONNS 16
+
+typedef struct fake_conn {
+    int fd;
+    char *in;
+    size_t len, cap;
+} fake_conn;
+
+typedef struct fake_redis {
+    int lfd, port;
+    int wake[2]; /* written to stop the thread */
+    pthread_t th;
+    atomic_int accepts;
+    fake_conn c[FAKE_CONNS];
+} fake_redis;
+
+/* Send all of b in pieces of 4093 bytes (TCP_NODELAY): the client sees partial reads. */
+static int fake_send(int fd, const void *b, size_t n)
+{
+    const char *p = b;
+
+    while (n > 0) {
+        ssize_t w = send(fd, p, n < 4093 ? n : 4093, MSG_NOSIGNAL);
+        if (w < 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int fake_bulk(int fd, const void *b, size_t n)
+{
+    char h[32];
+    int hl = snprintf(h, sizeof(h), "$%zu\r\n", n);
+
+    return fake_send(fd, h, (size_t)hl) || fake_send(fd, b, n) || fake_send(fd, "\r\n", 2) ? -1 : 0;
+}
+
+/* One RESP command of bulk arguments at the start of b: 1 (parsed), 0 (incomplete), -1. */
+static int fake_parse(const char *b, size_t n, const char *argv[8], size_t argl[8], int *argc,
+                      size_t *used)
+{
+    const char *p = b, *end = b + n, *nl;
+    long cnt;
+
+    if (n == 0)
+        return 0;
+    if (*p != '*')
+        return -1;
+    if (!(nl = memchr(p, '\n', (size_t)(end - p))))
+        return 0;
+    cnt = strtol(p + 1, NULL, 10);
+    if (cnt < 1 || cnt > 8)
+        return -1;
+    p = nl + 1;
+    for (long i = 0; i < cnt; i++) {
+        long l;
+        if (p >= end)
+            return 0;
+        if (*p != '$')
+            return -1;
+        if (!(nl = memchr(p, '\n', (size_t)(end - p))))
+            return 0;
+        l = strtol(p + 1, NULL, 10);
+        p = nl + 1;
+        if (l < 0 || end - p < l + 2)
+            return l < 0 ? -1 : 0;
+        argv[i] = p;
+        argl[i] = (size_t)l;
+        p += l + 2;
+    }
+    *argc = (int)cnt;
+    *used = (size_t)(p - b);
+    return 1;
+}
+
+static bool arg_is(const char *a, size_t l, const char *s)
+{
+    return l == strlen(s) && memcmp(a, s, l) == 0;
+}
+
+/* Answer one command. Returns -1 to close the connection. */
+static int fake_answer(int fd, const char *argv[8], const size_t argl[8], int argc)
+{
+    char key[64] = "", out[96];
+
+    if (argc >= 2)
+        snprintf(key, sizeof(key), "%.*s", (int)(argl[1] < 63 ? argl[1] : 63), argv[1]);
+    if (arg_is(argv[0], argl[0], "PING"))
+        return fake_send(fd, "+PONG\r\n", 7);
+    if (arg_is(argv[0], argl[0], "CONFIG") && argc == 3) {
+        char name[32];
+        snprintf(name, sizeof(name), "%.*s", (int)(argl[2] < 31 ? argl[2] : 31), argv[2]);
+        const char *val = strcmp(name, "appendonly") == 0    ? "yes"
+                          : strcmp(name, "appendfsync") == 0 ? "everysec"
+                                                             : "noeviction";
+        int n = snprintf(out, sizeof(out), "*2\r\n$%zu\r\n%s\r\n$%zu\r\n%s\r\n", strlen(name), name,
+                         strlen(val), val);
+        return fake_send(fd, out, (size_t)n);
+    }
+    if (arg_is(argv[0], argl[0], "EXISTS") && argc == 2) {
+        if (strcmp(key, "e:err") == 0)
+            return fake_send(fd, "-ERR boom\r\n", 11);
+        return fake_send(fd, strncmp(key, "v:", 2) == 0 ? ":1\r\n" : ":0\r\n", 4);
+    }
+    if (!arg_is(argv[0], argl[0], "GETRANGE") || argc != 4)
+        return fake_send(fd, "-ERR unknown command\r\n", 22);
+    long long start = strtoll(argv[2], NULL, 10), stop = strtoll(argv[3], NULL, 10);
+    if (strncmp(key, "v:", 2) == 0) { /* v:<size>: the pattern, clipped as Redis does */
+        long long size = atoll(key + 2);
+        if (stop >= size)
+            stop = size - 1;
+        if (start >= size || start > stop)
+            return fake_send(fd, "$0\r\n\r\n", 6);
+        uint8_t *b = malloc((size_t)(stop - start + 1));
+        int rc = -1;
+        if (b) {
+            for (long long i = start; i <= stop; i++)
+                b[i - start] = pat((size_t)i, 9);
+            rc = fake_bulk(fd, b, (size_t)(stop - start + 1));
+            free(b);
+        }
+        return rc;
+    }
+    if (strcmp(key, "over") == 0) { /* one byte more than asked for */
+        size_t n = (size_t)(stop - start + 2);
+        char *b = calloc(1, n);
+        int rc = b ? fake_bulk(fd, b, n) : -1;
+        free(b);
+        return rc;
+    }
+    if (strcmp(key, "huge") == 0) /* announced, never sent */
+        return fake_send(fd, "$60000000\r\n", 11);
+    if (strcmp(key, "giant") == 0)
+        return fake_send(fd, "$99999999999999999999\r\n", 23);
+    if (strcmp(key, "badlen") == 0)
+        return fake_send(fd, "$12x\r\n", 6);
+    if (strcmp(key, "nocrlf") == 0)
+        return fake_send(fd, "$3\r\nabcXY", 9);
+    if (strcmp(key, "array") == 0)
+        return fake_send(fd, "*1\r\n$1\r\na\r\n", 11);
+    if (strcmp(key, "wrongtype") == 0)
+        return fake_send(
+            fd, "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n", 68);
+    if (strcmp(key, "loading") == 0)
+        return fake_send(fd, "-LOADING Redis is loading the dataset in memory\r\n", 49);
+    if (strcmp(key, "stall") == 0)
+        return fake_send(fd, "$10\r\nabc", 8);
+    if (strcmp(key, "eof") == 0) { /* half a payload, then the connection drops */
+        char b[500] = {0};
+        fake_send(fd, "$1000\r\n", 7);
+        fake_send(fd, b, sizeof(b));
+        return -1;
+    }
+    return fake_send(fd, "$0\r\n\r\n", 6); /* missing */
+}
+
+static void fake_close(fake_conn *c)
+{
+    close(c->fd);
+    free(c->in);
+    *c = (fake_conn){.fd = -1};
+}
+
+static void *fake_main(void *arg)
+{
+    fake_redis *f = arg;
+
+    for (;;) {
+        struct pollfd pf[FAKE_CONNS + 2];
+        int map[FAKE_CONNS + 2], np = 0;
+        pf[np++] = (struct pollfd){.fd = f->wake[0], .events = POLLIN};
+        pf[np++] = (struct pollfd){.fd = f->lfd, .events = POLLIN};
+        for (int i = 0; i < FAKE_CONNS; i++)
+            if (f->c[i].fd >= 0) {
+                map[np] = i;
+                pf[np++] = (struct pollfd){.fd = f->c[i].fd, .events = POLLIN};
+            }
+        if (poll(pf, (nfds_t)np, -1) < 0)
+            continue;
+        if (pf[0].revents)
+            break;
+        if (pf[1].revents & POLLIN) {
+            int fd = accept(f->lfd, NULL, NULL), one = 1, slot = -1;
+            for (int i = 0; i < FAKE_CONNS && fd >= 0 && slot < 0; i++)
+                if (f->c[i].fd < 0)
+                    slot = i;
+            if (fd >= 0 && slot < 0)
+                close(fd);
+            else if (fd >= 0) {
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                f->c[slot].fd = fd;
+                atomic_fetch_add(&f->accepts, 1);
+            }
+        }
+        for (int j = 2; j < np; j++) {
+            fake_conn *c = &f->c[map[j]];
+            if (!pf[j].revents)
+                continue;
+            if (c->cap - c->len < 4096) {
+                char *n = realloc(c->in, c->cap + 65536);
+                if (!n) {
+                    fake_close(c);
+                    continue;
+                }
+                c->in = n;
+                c->cap += 65536;
+            }
+            ssize_t r = recv(c->fd, c->in + c->len, c->cap - c->len, 0);
+            if (r <= 0) {
+                fake_close(c);
+                continue;
+            }
+            c->len += (size_t)r;
+            for (;;) {
+                const char *argv[8];
+                size_t argl[8], used = 0;
+                int argc = 0, pr = fake_parse(c->in, c->len, argv, argl, &argc, &used);
+                if (pr == 0)
+                    break;
+                if (pr < 0 || fake_answer(c->fd, argv, argl, argc) < 0) {
+                    fake_close(c);
+                    break;
+                }
+                memmove(c->in, c->in + used, c->len - used);
+                c->len -= used;
+            }
+        }
+    }
+    for (int i = 0; i < FAKE_CONNS; i++)
+        if (f->c[i].fd >= 0)
+            fake_close(&f->c[i]);
+    return NULL;
+}
+
+static fake_redis *fake_start(void)
+{
+    fake_redis *f = calloc(1, sizeof(*f));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+
+    if (!f)
+        return NULL;
+    for (int i = 0; i < FAKE_CONNS; i++)
+        f->c[i].fd = -1;
+    f->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (f->lfd < 0 || bind(f->lfd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        listen(f->lfd, 16) != 0 || getsockname(f->lfd, (struct sockaddr *)&a, &al) != 0 ||
+        pipe(f->wake) != 0 || pthread_create(&f->th, NULL, fake_main, f) != 0) {
+        if (f->lfd >= 0)
+            close(f->lfd);
+        free(f);
+        return NULL;
+    }
+    f->port = ntohs(a.sin_port);
+    return f;
+}
+
+static void fake_stop(fake_redis *f)
+{
+    if (!f)
+        return;
+    if (write(f->wake[1], "x", 1) != 1)
+        return; /* leak rather than hang */
+    pthread_join(f->th, NULL);
+    close(f->wake[0]);
+    close(f->wake[1]);
+    close(f->lfd);
+    free(f);
+}
+
+/* One GETRANGE of key (off, len) on s: its result; the value is freed. */
+static cdx_err fake_get(eng_store *s, const char *key, uint64_t off, uint64_t len)
+{
+    eng_range r = {key, off, len};
+    eng_val v;
+    cdx_err e = eng_store_getrange(s, &r, 1, &v);
+
+    if (e == CDX_OK)
+        eng_vals_free(&v, 1);
+    return e;
+}
+
+/*
+ * The bulk reader against replies Redis never sends: values longer than the
+ * range, huge announcements, broken framing, arrays, errors, a drop, a stall.
+ * `accepts` tells whether the connection was discarded (the next call
+ * connects again) or kept.
+ */
+static void test_bulk_reader_hostile(void)
+{
+    fake_redis *f = fake_start();
+    eng_redis_opts o = {.host = "127.0.0.1", .timeout_ms = 1500};
+    eng_store *s = NULL;
+    eng_range r[6] = {
+        {"v:300000", 0, 300000}, {"m:a", 0, 100}, {"v:70000", 100, 60000},
+        {"v:5", 0, 10},          {"m:b", 5, 0},   {"v:5", 10, 5},
+    };
+    eng_val v[6];
+    int a;
+    long long t0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    o.port = f->port;
+    CU_ASSERT_EQUAL_FATAL(eng_store_redis_new(&o, &s), CDX_OK);
+    CU_ASSERT_EQUAL(atomic_load(&f->accepts), 1);
+
+    /* Sane replies, written in 4093-byte pieces. */
+    CU_ASSERT_EQUAL_FATAL(eng_store_getrange(s, r, 6, v), CDX_OK);
+    CU_ASSERT_TRUE(v[0].found && v[0].len == 300000);
+    for (size_t i = 0; v[0].len == 300000 && i < 300000; i++)
+        if (v[0].data[i] != pat(i, 9)) {
+            CU_FAIL("value 0 differs");
+            break;
+        }
+    CU_ASSERT_FALSE(v[1].found);
+    CU_ASSERT_TRUE(v[2].found && v[2].len == 60000 && v[2].data[0] == pat(100, 9) &&
+                   v[2].data[59999] == pat(60099, 9));
+    CU_ASSERT_TRUE(v[3].found && v[3].len == 5);
+    CU_ASSERT_FALSE(v[4].found);
+    CU_ASSERT_TRUE(v[5].found && v[5].len == 0 && v[5].data);
+    eng_vals_free(v, 6);
+    CU_ASSERT_EQUAL(atomic_load(&f->accepts), 1);
+
+    /* Longer than the range asked for: refused, connection discarded. */
+    CU_ASSERT_EQUAL(fake_get(s, "over", 0, 100), CDX_ERR_RESOURCE_EXHAUSTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "longer than it asked for"));
+    CU_ASSERT_EQUAL(fake_get(s, "v:10", 0, 10), CDX_OK);
+    CU_ASSERT_EQUAL(atomic_load(&f->accepts), 2);
+
+    /* 60 MB announced for a 1000-byte range: refused at the header, not after a timeout. */
+    t0 = now_ms();
+    CU_ASSERT_EQUAL(fake_get(s, "huge", 0, 1000), CDX_ERR_RESOURCE_EXHAUSTED);
+    CU_ASSERT_TRUE(now_ms() - t0 < 750);
+    CU_ASSERT_EQUAL(fake_get(s, "giant", 0, 1000), CDX_ERR_RESOURCE_EXHAUSTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "over the size limit"));
+
+    /* Broken framing and arrays: protocol surprises, each connection discarded. */
+    CU_ASSERT_EQUAL(fake_get(s, "v:10", 0, 10), CDX_OK); /* on a live connection again */
+    a = atomic_load(&f->accepts);
+    CU_ASSERT_EQUAL(fake_get(s, "badlen", 0, 100), CDX_ERR_INTERNAL);
+    CU_ASSERT_EQUAL(fake_get(s, "nocrlf", 0, 100), CDX_ERR_INTERNAL);
+    CU_ASSERT_EQUAL(fake_get(s, "array", 0, 100), CDX_ERR_INTERNAL);
+    CU_ASSERT_EQUAL(fake_get(s, "v:10", 0, 10), CDX_OK);
+    CU_ASSERT_EQUAL(atomic_load(&f->accepts), a + 3);
+
+    /* Error replies keep the stream in sync: mapped, raw text in the detail, connection kept. */
+    eng_range mix[3] = {{"v:20000", 0, 20000}, {"wrongtype", 0, 10}, {"v:30000", 0, 30000}};
+    a = atomic_load(&f->accepts);
+    CU_ASSERT_EQUAL(eng_store_getrange(s, mix, 3, v), CDX_ERR_INTERNAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "WRONGTYPE"));
+    CU_ASSERT_EQUAL(fake_get(s, "loading", 0, 10), CDX_ERR_STORE_UNAVAILABLE);
+    CU_ASSERT_EQUAL(fake_get(s, "e:err", 0, 10), CDX_ERR_INTERNAL); /* EXISTS answered -ERR */
+    CU_ASSERT_EQUAL(fake_get(s, "v:10", 0, 10), CDX_OK);
+    CU_ASSERT_EQUAL(atomic_load(&f->accepts), a);
+
+    /* A drop mid-payload is retried once on a fresh connection (which drops too). */
+    a = atomic_load(&f->accepts);
+    CU_ASSERT_EQUAL(fake_get(s, "eof", 0, 1000), CDX_ERR_STORE_UNAVAILABLE);
+    CU_ASSERT_EQUAL(atomic_load(&f->accepts), a + 1);
+
+    /* A stall times out after timeout_ms and is not retried. */
+    CU_ASSERT_EQUAL(fake_get(s, "v:10", 0, 10), CDX_OK);
+    a = atomic_load(&f->accepts);
+    t0 = now_ms();
+    CU_ASSERT_EQUAL(fake_get(s, "stall", 0, 10), CDX_ERR_STORE_UNAVAILABLE);
+    CU_ASSERT_TRUE(now_ms() - t0 >= 1000);
+    CU_ASSERT_EQUAL(fake_get(s, "v:10", 0, 10), CDX_OK);
+    CU_ASSERT_EQUAL(atomic_load(&f->accepts), a + 1);
+
+    eng_store_free(s);
+    fake_stop(f);
+}
+
 /* ---- main ---- */
 
 typedef struct test_def {
@@ -1205,6 +1657,7 @@ static const test_def shared_tests[] = {
     {"mget with missing keys", test_mget_missing},
     {"binary values with NULs, empty values", test_binary_values},
     {"getrange inside, over the end, missing", test_getrange},
+    {"getrange: values up to 3 MB in one pipeline, missing keys mixed in", test_getrange_large},
     {"del counts existing keys", test_del},
     {"scan finds all 3000 matching keys, none other", test_scan_3000},
     {"scan glob semantics agree across backends", test_scan_glob},
@@ -1228,6 +1681,7 @@ static const test_def redis_tests[] = {
     {"back-off ends; rotated password file is re-read", test_backoff_recovers_after_rotation},
     {"pool exhaustion waits timeout_ms then fails", test_pool_exhaustion},
     {"dropped connections: retry with read-back; commit not retried", test_retry_after_drop},
+    {"bulk reader: hostile replies from a fake server", test_bulk_reader_hostile},
 };
 
 static int add_suite(const char *name, CU_InitializeFunc init, CU_CleanupFunc clean,
