@@ -124,6 +124,8 @@ typedef struct eng_bucket {
 } eng_bucket;
 
 void eng_bucket_free(eng_bucket *b);
+/* Encoded size: 4 + sum(70 + id_len). */
+size_t eng_bucket_encoded_len(const eng_bucket *b);
 void eng_bucket_encode(const eng_bucket *b, eng_buf *out);
 cdx_err eng_bucket_decode(const uint8_t *p, size_t n, eng_bucket *b);
 eng_ident *eng_bucket_find(eng_bucket *b, const uint8_t tok[ENG_TOKEN_LEN]);
@@ -164,8 +166,11 @@ typedef struct eng_search {
 cdx_err eng_search_decode(uint8_t *plain, size_t n, uint32_t expect_rows, uint32_t code_size,
                           eng_search **out);
 void eng_search_release(eng_search *s);
-/* Build the plaintext of a search block. */
-void eng_search_encode(eng_buf *b, uint32_t rows, uint32_t code_size, const uint8_t *codes,
+/*
+ * Build the plaintext of a search block; returns where the codes are (NULL on
+ * allocation failure). codes NULL: the code area is left for the caller to fill.
+ */
+uint8_t *eng_search_encode(eng_buf *b, uint32_t rows, uint32_t code_size, const uint8_t *codes,
                        const char *const *ids, const uint16_t *id_lens, const eng_tomb *tombs,
                        uint32_t ntomb);
 

@@ -6,14 +6,17 @@
 
 #include "eng_internal.h"
 
-void eng_search_encode(eng_buf *b, uint32_t rows, uint32_t code_size, const uint8_t *codes,
-                       const char *const *ids, const uint16_t *id_lens, const eng_tomb *tombs,
-                       uint32_t ntomb)
+uint8_t *eng_search_encode(eng_buf *b, uint32_t rows, uint32_t code_size, const uint8_t *codes,
+                           const char *const *ids, const uint16_t *id_lens, const eng_tomb *tombs,
+                           uint32_t ntomb)
 {
     eng_buf_u32(b, rows);
     eng_buf_u32(b, code_size);
     eng_buf_u32(b, ntomb);
-    eng_buf_put(b, codes, (size_t)rows * code_size);
+    size_t at = b->len;
+    uint8_t *c = eng_buf_reserve(b, (size_t)rows * code_size);
+    if (c && codes && rows)
+        memcpy(c, codes, (size_t)rows * code_size);
     for (uint32_t i = 0; i < rows; i++) {
         eng_buf_u16(b, id_lens[i]);
         eng_buf_put(b, ids[i], id_lens[i]);
@@ -22,6 +25,8 @@ void eng_search_encode(eng_buf *b, uint32_t rows, uint32_t code_size, const uint
         eng_buf_put(b, tombs[i].seg, ENG_TOKEN_LEN);
         eng_buf_u32(b, tombs[i].row);
     }
+    /* Later writes may have moved the buffer. */
+    return eng_buf_ok(b) ? b->data + at : NULL;
 }
 
 static void search_free(eng_search *s)
