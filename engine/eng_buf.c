@@ -55,6 +55,14 @@ uint8_t *eng_buf_reserve(eng_buf *b, size_t n)
     return p;
 }
 
+bool eng_buf_grow(eng_buf *b, size_t n)
+{
+    if (!eng_buf_reserve(b, n))
+        return false;
+    b->len -= n;
+    return true;
+}
+
 void eng_buf_put(eng_buf *b, const void *p, size_t n)
 {
     uint8_t *d = eng_buf_reserve(b, n);

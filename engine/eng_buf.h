@@ -26,6 +26,8 @@ void eng_buf_free(eng_buf *b);
 bool eng_buf_ok(const eng_buf *b);
 /* Reserve n more bytes and return where they start (NULL if allocation failed). */
 uint8_t *eng_buf_reserve(eng_buf *b, size_t n);
+/* Make room for n more bytes without adding them (one allocation for a known size). */
+bool eng_buf_grow(eng_buf *b, size_t n);
 void eng_buf_put(eng_buf *b, const void *p, size_t n);
 void eng_buf_u8(eng_buf *b, uint8_t v);
 void eng_buf_u16(eng_buf *b, uint16_t v);

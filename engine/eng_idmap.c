@@ -71,20 +71,34 @@ bool eng_bucket_remove(eng_bucket *b, const uint8_t tok[ENG_TOKEN_LEN])
     return true;
 }
 
+size_t eng_bucket_encoded_len(const eng_bucket *b)
+{
+    size_t n = 4;
+    for (uint32_t i = 0; i < b->n; i++)
+        n += 70 + (size_t)b->e[i].id_len;
+    return n;
+}
+
 void eng_bucket_encode(const eng_bucket *b, eng_buf *out)
 {
-    eng_buf_u32(out, b->n);
+    /* One reservation and direct stores: buckets are rewritten whole on every commit. */
+    uint8_t *p = eng_buf_reserve(out, eng_bucket_encoded_len(b));
+    if (!p)
+        return;
+    eng_be32(p, b->n);
+    p += 4;
     for (uint32_t i = 0; i < b->n; i++) {
         const eng_ident *e = &b->e[i];
-        eng_buf_put(out, e->tok, ENG_TOKEN_LEN);
-        eng_buf_u32(out, e->cluster);
-        eng_buf_put(out, e->seg, ENG_TOKEN_LEN);
-        eng_buf_u32(out, e->row);
-        eng_buf_u64(out, e->commit_version);
-        eng_buf_put(out, e->content, ENG_TOKEN_LEN);
-        eng_buf_u32(out, e->content_len);
-        eng_buf_u16(out, e->id_len);
-        eng_buf_put(out, e->id, e->id_len);
+        memcpy(p, e->tok, ENG_TOKEN_LEN);
+        eng_be32(p + 16, e->cluster);
+        memcpy(p + 20, e->seg, ENG_TOKEN_LEN);
+        eng_be32(p + 36, e->row);
+        eng_be64(p + 40, e->commit_version);
+        memcpy(p + 48, e->content, ENG_TOKEN_LEN);
+        eng_be32(p + 64, e->content_len);
+        eng_be16(p + 68, e->id_len);
+        memcpy(p + 70, e->id, e->id_len);
+        p += 70 + (size_t)e->id_len;
     }
 }
 

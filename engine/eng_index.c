@@ -12,6 +12,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -38,6 +39,9 @@ struct idx {
     bool hw_loaded;
     eng_manifest *m;        /* latest manifest seen, shared */
     int64_t m_read_ms;      /* monotonic time of the head read that produced m */
+    /* The buckets as this appliance committed them with manifest wb_token (write path). */
+    struct bucketset *wb;
+    uint8_t wb_token[16];
 };
 
 struct eng {
@@ -276,6 +280,7 @@ typedef struct op {
     hsm_key_ref key;
     uint8_t kcv[CDX_KCV_LEN];
     hsm_subkey *sk[NPURPOSE];
+    eng_sealer sl[NPURPOSE]; /* keyed with sk[]: freed before they are released */
 } op;
 
 static cdx_err op_key(op *o, hsm_purpose p, hsm_subkey **out)
@@ -291,23 +296,53 @@ static cdx_err op_key(op *o, hsm_purpose p, hsm_subkey **out)
     return CDX_OK;
 }
 
+/* The op's sealer for purpose p (one per op and thread: see op_worker). */
+static cdx_err op_sealer(op *o, hsm_purpose p, eng_sealer **out)
+{
+    hsm_subkey *k;
+    cdx_err err = op_key(o, p, &k);
+    if (err)
+        return err;
+    if (!o->sl[p].mac && (err = eng_sealer_init(&o->sl[p], k)))
+        return err;
+    *out = &o->sl[p];
+    return CDX_OK;
+}
+
+static void op_sealers_free(op *o)
+{
+    for (int i = 0; i < NPURPOSE; i++)
+        eng_sealer_free(&o->sl[i]);
+}
+
 static void op_end(op *o)
 {
+    op_sealers_free(o); /* their OpenSSL contexts are keyed with the subkeys */
     for (int i = 0; i < NPURPOSE; i++)
         hsm_subkey_release(o->sk[i]);
     memset(o->sk, 0, sizeof(o->sk));
+}
+
+/*
+ * A copy of o for another thread: it shares o's subkeys (fetched beforehand:
+ * a worker must not fetch) and has its own sealers. End with op_sealers_free.
+ */
+static void op_worker(const op *o, op *w)
+{
+    *w = *o;
+    memset(w->sl, 0, sizeof(w->sl));
 }
 
 /* Seal a record of this index. */
 static cdx_err seal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[16], uint64_t version,
                     const uint8_t *pt, size_t len, eng_buf *out)
 {
-    hsm_subkey *k;
-    cdx_err err = op_key(o, p, &k);
+    eng_sealer *s;
+    cdx_err err = op_sealer(o, p, &s);
     if (err)
         return err;
     eng_rec_id id = {.scope = o->key.id, .kind = kind, .token = tok, .version = version};
-    return eng_rec_seal(k, &id, eng_wall_ms(), o->kcv, pt, len, out);
+    return eng_rec_seal_s(s, &id, eng_wall_ms(), o->kcv, pt, len, out);
 }
 
 /* Open a record of this index; version UINT64_MAX = take the header's. */
@@ -459,10 +494,13 @@ static cdx_err cat_remove(op *ro, const char *name)
     return eng_store_del(ro->e->cfg.store, keys, 1, NULL);
 }
 
+static void bucketset_drop(struct bucketset *bs);
+
 static void idx_free(struct idx *ix)
 {
     if (!ix)
         return;
+    bucketset_drop(ix->wb);
     munref(ix->m);
     pthread_mutex_destroy(&ix->mu);
     free(ix);
@@ -877,7 +915,11 @@ static cdx_err load_state(op *o, bool fresh, uint64_t min_version, eng_manifest 
     }
     pthread_mutex_lock(&ix->mu);
     uint64_t hw = ix->hw;
-    eng_manifest *cur = ix->m && ix->m->version == h.version ? mref(ix->m) : NULL;
+    /* The same version is not enough: after a lost tail another writer may reuse it. */
+    eng_manifest *cur = ix->m && ix->m->version == h.version &&
+                                !memcmp(ix->m->token, h.manifest_token, ENG_TOKEN_LEN)
+                            ? mref(ix->m)
+                            : NULL;
     pthread_mutex_unlock(&ix->mu);
     if (h.version < hw) {
         munref(cur);
@@ -1432,6 +1474,65 @@ cdx_err eng_purge(eng *e, uint64_t *removed)
     return err;
 }
 
+/* ------------------------------------------------------------------ write-path threads */
+
+/*
+ * The write path spreads its CPU work (the sgemm of the cluster assignment,
+ * sealing segments and buckets) over the cores, at most WRITE_THREADS_MAX
+ * threads, and only when there is enough work (`units` >= min_units).
+ */
+#define WRITE_THREADS_MAX 4
+
+static unsigned write_threads(size_t units, size_t min_units)
+{
+    if (units < min_units)
+        return 1;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 2 ? 1 : n > WRITE_THREADS_MAX ? WRITE_THREADS_MAX : (unsigned)n;
+}
+
+/* One thread's share: the error and its detail (cdx_err_detail is per thread). */
+typedef struct part {
+    cdx_err err;
+    char msg[256];
+} part;
+
+static void part_done(part *p, cdx_err err)
+{
+    p->err = err;
+    if (err)
+        snprintf(p->msg, sizeof(p->msg), "%s", cdx_err_detail());
+}
+
+/* The first error of n parts, raised again in this thread. */
+static cdx_err parts_err(const part *const *p, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (p[i]->err)
+            return cdx_fail(p[i]->err, "%s", p[i]->msg);
+    return CDX_OK;
+}
+
+/*
+ * Run fn on args[0..n) (each `size` bytes), n - 1 of them on new threads and
+ * the last on this one; a thread that cannot start runs here. Returns when
+ * all are done.
+ */
+static void par_run(void *(*fn)(void *), void *args, size_t size, unsigned n)
+{
+    pthread_t th[WRITE_THREADS_MAX];
+    bool started[WRITE_THREADS_MAX] = {false};
+    for (unsigned i = 0; i + 1 < n; i++)
+        started[i] = pthread_create(&th[i], NULL, fn, (char *)args + i * size) == 0;
+    for (unsigned i = 0; i + 1 < n; i++)
+        if (!started[i])
+            fn((char *)args + i * size);
+    fn((char *)args + (size_t)(n - 1) * size);
+    for (unsigned i = 0; i + 1 < n; i++)
+        if (started[i])
+            pthread_join(th[i], NULL);
+}
+
 /* ------------------------------------------------------------------ segments (write side) */
 
 typedef struct row_in {
@@ -1466,14 +1567,14 @@ static void segs_free(seg_out *s, size_t n)
 
 static cdx_err seg_token(op *o, uint32_t cluster, const uint8_t salt[16], uint8_t tok[16])
 {
-    hsm_subkey *k;
+    eng_sealer *k;
     uint8_t msg[20], mac[32];
-    cdx_err err = op_key(o, HSM_P_CENTROID, &k);
+    cdx_err err = op_sealer(o, HSM_P_CENTROID, &k);
     if (err)
         return err;
     eng_be32(msg, cluster);
     memcpy(msg + 4, salt, 16);
-    if ((err = hsm_subkey_hmac(k, msg, sizeof(msg), mac)))
+    if ((err = eng_sealer_hmac(k, msg, sizeof(msg), mac)))
         return err;
     memcpy(tok, mac, 16);
     return CDX_OK;
@@ -1482,7 +1583,8 @@ static cdx_err seg_token(op *o, uint32_t cluster, const uint8_t salt[16], uint8_
 /*
  * Build one segment of `cluster` from rows (pointers) and tombstones: search
  * block, vector block (unless the search block holds the originals), metadata
- * block, each sealed on its own, concatenated into one value.
+ * block, each sealed on its own, concatenated into one value. The plaintexts
+ * are written straight into the value, sized once, and sealed in place.
  */
 static cdx_err build_segment(op *o, const eng_manifest *m, uint64_t version, uint32_t cluster,
                              row_in **rows, uint32_t nrows, const eng_tomb *tombs,
@@ -1491,81 +1593,88 @@ static cdx_err build_segment(op *o, const eng_manifest *m, uint64_t version, uin
     cdx_err err;
     size_t d = m->dim;
     uint32_t cs = code_size(m);
-    uint8_t *codes = NULL;
-    float *aux = NULL;
+    bool vec = !originals_in_search(m);
     const char **ids = NULL;
     uint16_t *idl = NULL;
-    eng_buf pt;
-    eng_buf_init(&pt);
+    eng_sealer *sl;
+    eng_buf *val = &out->val;
     memset(out, 0, sizeof(*out));
-    eng_buf_init(&out->val);
+    eng_buf_init(val);
     out->cluster = cluster;
-    if ((err = eng_random(out->ref.salt, 16)) ||
+    if ((err = op_sealer(o, HSM_P_PAYLOAD, &sl)) || (err = eng_random(out->ref.salt, 16)) ||
         (err = seg_token(o, cluster, out->ref.salt, out->ref.token)))
         return err;
     out->ref.version = version;
     out->ref.rows = nrows;
-    codes = malloc((size_t)nrows * cs + 1);
     ids = malloc((nrows + 1u) * sizeof(*ids));
     idl = malloc((nrows + 1u) * sizeof(*idl));
-    aux = coded(m) ? malloc((nrows + 1u) * 2 * sizeof(float)) : NULL;
-    if (!codes || !ids || !idl || (coded(m) && !aux)) {
+    if (!ids || !idl) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    size_t idbytes = 0, metabytes = 0;
+    for (uint32_t i = 0; i < nrows; i++) {
+        ids[i] = rows[i]->id;
+        idl[i] = rows[i]->id_len;
+        idbytes += 2u + rows[i]->id_len;
+        metabytes += 4u + rows[i]->meta_len;
+        memcpy(rows[i]->seg, out->ref.token, 16);
+        rows[i]->row = i;
+    }
+    /* The three records, so the value is allocated once and nothing moves while sealing. */
+    size_t total = 3 * ENG_REC_OVERHEAD + 12 + (size_t)nrows * cs +
+                   (coded(m) ? (size_t)nrows * 2 * sizeof(float) : 0) + idbytes + 20 * (size_t)ntomb +
+                   (vec ? (size_t)nrows * d * sizeof(float) : 0) + 4 + metabytes;
+    if (!eng_buf_grow(val, total)) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    eng_rec_id id = {.scope = o->key.id, .kind = ENG_K_SEARCH, .token = out->ref.token,
+                     .version = version};
+    size_t at = val->len;
+    eng_buf_reserve(val, ENG_REC_HDR);
+    uint8_t *codes = eng_search_encode(val, nrows, cs, NULL, NULL, coded(m), ids, idl, tombs, ntomb);
+    if (!codes) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
     eng_sq8 q = {.d = d, .vmin = m->sq_vmin, .step = m->sq_step};
     for (uint32_t i = 0; i < nrows; i++) {
         if (coded(m)) {
+            float aux[2];
             eng_sq8_encode(&q, rows[i]->search, 1, codes + (size_t)i * cs);
-            eng_screen_row_aux(&q, rows[i]->search, codes + (size_t)i * cs, aux + 2 * i);
+            eng_screen_row_aux(&q, rows[i]->search, codes + (size_t)i * cs, aux);
             if (is_sq8(m))
-                aux[2 * i + 1] = 0; /* IVFSQ8 scores the codes themselves */
+                aux[1] = 0; /* IVFSQ8 scores the codes themselves */
+            memcpy(codes + (size_t)nrows * cs + 8 * (size_t)i, aux, sizeof(aux));
         } else
             memcpy(codes + (size_t)i * cs, rows[i]->search, cs);
-        ids[i] = rows[i]->id;
-        idl[i] = rows[i]->id_len;
-        memcpy(rows[i]->seg, out->ref.token, 16);
-        rows[i]->row = i;
     }
-    eng_search_encode(&pt, nrows, cs, codes, aux, ids, idl, tombs, ntomb);
-    if (!eng_buf_ok(&pt)) {
-        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if ((err = eng_rec_seal_at(sl, &id, eng_wall_ms(), o->kcv, val, at)))
         goto out;
-    }
-    size_t before = out->val.len;
-    if ((err = seal(o, HSM_P_PAYLOAD, ENG_K_SEARCH, out->ref.token, version, pt.data, pt.len,
-                    &out->val)))
-        goto out;
-    out->ref.search_len = (uint32_t)(out->val.len - before);
-    if (!originals_in_search(m)) {
-        eng_buf_free(&pt);
+    out->ref.search_len = (uint32_t)(val->len - at);
+    if (vec) {
+        at = val->len;
+        eng_buf_reserve(val, ENG_REC_HDR);
         for (uint32_t i = 0; i < nrows; i++)
-            eng_buf_put(&pt, rows[i]->orig, d * sizeof(float));
-        before = out->val.len;
-        if (!eng_buf_ok(&pt) ||
-            (err = seal(o, HSM_P_PAYLOAD, ENG_K_VECTORS, out->ref.token, version, pt.data, pt.len,
-                        &out->val)))
+            eng_buf_put(val, rows[i]->orig, d * sizeof(float));
+        id.kind = ENG_K_VECTORS;
+        if ((err = eng_rec_seal_at(sl, &id, eng_wall_ms(), o->kcv, val, at)))
             goto out;
-        out->ref.vectors_len = (uint32_t)(out->val.len - before);
+        out->ref.vectors_len = (uint32_t)(val->len - at);
     }
-    eng_buf_free(&pt);
-    eng_buf_u32(&pt, nrows);
+    at = val->len;
+    eng_buf_reserve(val, ENG_REC_HDR);
+    eng_buf_u32(val, nrows);
     for (uint32_t i = 0; i < nrows; i++)
-        eng_buf_lbytes(&pt, rows[i]->meta, rows[i]->meta_len);
-    before = out->val.len;
-    if (!eng_buf_ok(&pt) ||
-        (err = seal(o, HSM_P_PAYLOAD, ENG_K_META, out->ref.token, version, pt.data, pt.len,
-                    &out->val)))
+        eng_buf_lbytes(val, rows[i]->meta, rows[i]->meta_len);
+    id.kind = ENG_K_META;
+    if ((err = eng_rec_seal_at(sl, &id, eng_wall_ms(), o->kcv, val, at)))
         goto out;
-    out->ref.meta_len = (uint32_t)(out->val.len - before);
-    if (!eng_buf_ok(&out->val))
-        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    out->ref.meta_len = (uint32_t)(val->len - at);
 out:
-    free(codes);
-    free(aux);
     free(ids);
     free(idl);
-    eng_buf_free(&pt);
     return err;
 }
 
@@ -1616,6 +1725,63 @@ static void bucketset_free(bucketset *bs)
         }
     }
     memset(bs, 0, sizeof(*bs));
+}
+
+/* Free a heap bucketset (the write cache); NULL is a no-op. */
+static void bucketset_drop(bucketset *bs)
+{
+    if (bs) {
+        bucketset_free(bs);
+        free(bs);
+    }
+}
+
+/*
+ * The write cache: the buckets a commit of this appliance left behind, kept
+ * for the next write to the index, which then reads no bucket it holds. They
+ * are the buckets of exactly one manifest (its random token): a head naming
+ * that manifest means every listed bucket version is the one cached, even if
+ * another writer reused the version number after a lost tail. A writer takes
+ * the cache (concurrent writers miss and read the store) and puts its own
+ * buckets back only after its commit succeeded.
+ */
+#define WCACHE_MAX_ITEMS (1u << 20) /* entries kept at most (~110 bytes each) */
+
+static void wcache_take(op *o, const eng_manifest *m, bucketset *bs)
+{
+    struct idx *ix = o->ix;
+    bucketset *c = NULL;
+    pthread_mutex_lock(&ix->mu);
+    if (ix->wb && !memcmp(ix->wb_token, m->token, ENG_TOKEN_LEN)) {
+        c = ix->wb;
+        ix->wb = NULL;
+    }
+    pthread_mutex_unlock(&ix->mu);
+    if (!c)
+        return;
+    *bs = *c;
+    memset(bs->dirty, 0, sizeof(bs->dirty));
+    free(c);
+}
+
+/* Keep bs (emptied) as the buckets of the manifest just committed. */
+static void wcache_put(op *o, const eng_manifest *nm, bucketset *bs)
+{
+    struct idx *ix = o->ix;
+    size_t items = 0;
+    for (unsigned b = 0; b < ENG_BUCKETS; b++)
+        items += bs->b[b] ? bs->b[b]->n : 0;
+    bucketset *c = items <= WCACHE_MAX_ITEMS ? malloc(sizeof(*c)) : NULL;
+    if (!c)
+        return;
+    *c = *bs;
+    memset(bs, 0, sizeof(*bs));
+    pthread_mutex_lock(&ix->mu);
+    bucketset *old = ix->wb;
+    ix->wb = c;
+    memcpy(ix->wb_token, nm->token, ENG_TOKEN_LEN);
+    pthread_mutex_unlock(&ix->mu);
+    bucketset_drop(old);
 }
 
 /* Load the buckets flagged in want[] at the versions the manifest records. */
@@ -1686,13 +1852,130 @@ static cdx_err load_buckets(op *o, const eng_manifest *m, const bool *want, buck
 
 /* ------------------------------------------------------------------ commit */
 
+/* A store write on its own thread while this one goes on sealing. */
+typedef struct bg_job {
+    part p;
+    cdx_err (*fn)(void *);
+    void *arg;
+    pthread_t th;
+    bool running;
+} bg_job;
+
+static void *bg_main(void *arg)
+{
+    bg_job *j = arg;
+    part_done(&j->p, j->fn(j->arg));
+    return NULL;
+}
+
+/* Start fn(arg) on a thread; without one, run it now. */
+static cdx_err bg_start(bg_job *j, cdx_err (*fn)(void *), void *arg)
+{
+    j->fn = fn;
+    j->arg = arg;
+    j->p.err = CDX_OK;
+    j->running = pthread_create(&j->th, NULL, bg_main, j) == 0;
+    return j->running ? CDX_OK : fn(arg);
+}
+
+/* Wait for the job (a no-op if none runs) and raise its error here. */
+static cdx_err bg_join(void *arg)
+{
+    bg_job *j = arg;
+    if (!j->running)
+        return CDX_OK;
+    pthread_join(j->th, NULL);
+    j->running = false;
+    const part *p = &j->p;
+    return parts_err(&p, 1);
+}
+
+typedef struct manifest_put_arg {
+    eng_store *st;
+    char key[CDX_STORE_KEY_MAX];
+    eng_kv kv;
+} manifest_put_arg;
+
+/* SET NX the manifest body (fresh random token). */
+static cdx_err manifest_put(void *arg)
+{
+    manifest_put_arg *a = arg;
+    bool created = false;
+    cdx_err err = eng_store_setnx(a->st, &a->kv, 1, &created);
+    if (!err && !created)
+        err = cdx_fail(CDX_ERR_INTERNAL, "manifest token collision (never expected)");
+    return err;
+}
+
+typedef struct bucket_part {
+    part p;
+    op o; /* op_worker copy: own sealers */
+    const bucketset *bs;
+    eng_buf *brec;
+    uint64_t version;
+    unsigned first, step; /* buckets first, first + step, ... (interleaved: even shares) */
+} bucket_part;
+
+static void *bucket_part_main(void *arg)
+{
+    bucket_part *w = arg;
+    eng_sealer *sl;
+    cdx_err err = op_sealer(&w->o, HSM_P_MANIFEST, &sl);
+    for (unsigned b = w->first; !err && b < ENG_BUCKETS; b += w->step) {
+        if (!w->bs->dirty[b])
+            continue;
+        uint8_t tok[16];
+        bucket_token(b, tok);
+        eng_rec_id id = {.scope = w->o.key.id, .kind = ENG_K_BUCKET, .token = tok,
+                         .version = w->version};
+        /* Encoded straight into the record (sized once) and sealed in place. */
+        eng_buf *r = &w->brec[b];
+        eng_buf_grow(r, ENG_REC_OVERHEAD + eng_bucket_encoded_len(w->bs->b[b]));
+        eng_buf_reserve(r, ENG_REC_HDR);
+        eng_bucket_encode(w->bs->b[b], r);
+        err = eng_rec_seal_at(sl, &id, eng_wall_ms(), w->o.kcv, r, 0);
+    }
+    part_done(&w->p, err);
+    return NULL;
+}
+
+/* Seal every dirty bucket at `version` into brec[bucket], on several threads when large. */
+static cdx_err seal_buckets(op *o, const bucketset *bs, uint64_t version, eng_buf *brec)
+{
+    hsm_subkey *k;
+    cdx_err err;
+    if ((err = op_key(o, HSM_P_MANIFEST, &k)))
+        return err;
+    size_t items = 0;
+    for (unsigned b = 0; b < ENG_BUCKETS; b++)
+        items += bs->dirty[b] ? bs->b[b]->n : 0;
+    bucket_part w[WRITE_THREADS_MAX];
+    const part *ps[WRITE_THREADS_MAX];
+    unsigned nt = write_threads(items, 8192);
+    for (unsigned i = 0; i < nt; i++) {
+        w[i].bs = bs;
+        w[i].brec = brec;
+        w[i].version = version;
+        w[i].first = i;
+        w[i].step = nt;
+        op_worker(o, &w[i].o);
+        ps[i] = &w[i].p;
+    }
+    par_run(bucket_part_main, w, sizeof(w[0]), nt);
+    for (unsigned i = 0; i < nt; i++)
+        op_sealers_free(&w[i].o);
+    return parts_err(ps, nt);
+}
+
 /*
  * Commit nm (a modified clone of base) with the dirty buckets: manifest body
  * first (SET NX), then WATCH head / check base version / MULTI buckets+head
- * EXEC. *committed=false on a conflict (nothing visible changed).
+ * EXEC. *committed=false on a conflict (nothing visible changed). join, when
+ * given, is called after the sealing and before the first store write: the
+ * caller's records still being written finish there (error: no commit).
  */
-static cdx_err commit_state(op *o, const eng_manifest *base, eng_manifest *nm, bucketset *bs,
-                            bool *committed)
+static cdx_err commit_state_j(op *o, const eng_manifest *base, eng_manifest *nm, bucketset *bs,
+                              cdx_err (*join)(void *), void *join_arg, bool *committed)
 {
     eng *e = o->e;
     cdx_err err = CDX_OK;
@@ -1703,6 +1986,8 @@ static cdx_err commit_state(op *o, const eng_manifest *base, eng_manifest *nm, b
     size_t nkv = 0;
     eng_txn *t = NULL;
     eng_val cur = {0};
+    manifest_put_arg mput;
+    bg_job mjob = {.running = false};
     *committed = false;
     eng_buf_init(&pt);
     eng_buf_init(&mrec);
@@ -1720,35 +2005,36 @@ static cdx_err commit_state(op *o, const eng_manifest *base, eng_manifest *nm, b
         if (nm->retired[i].retire_ms + e->cfg.gc_grace_ms > now)
             nm->retired[keep++] = nm->retired[i];
     nm->nretired = keep;
+    for (unsigned b = 0; bs && b < ENG_BUCKETS; b++)
+        if (bs->dirty[b])
+            nm->bucket_version[b] = version;
+    /* The manifest first, encoded straight into its record and sealed in place (it runs to
+     * megabytes), so it is written while the buckets are being sealed. */
+    eng_sealer *sl;
+    if ((err = op_sealer(o, HSM_P_MANIFEST, &sl)))
+        goto out;
+    eng_buf_reserve(&mrec, ENG_REC_HDR);
+    eng_manifest_encode(nm, &mrec);
+    eng_rec_id rid = {.scope = o->key.id, .kind = ENG_K_MANIFEST, .token = nm->token,
+                      .version = version};
+    if ((err = eng_rec_seal_at(sl, &rid, eng_wall_ms(), o->kcv, &mrec, 0)))
+        goto out;
+    char hkey[CDX_STORE_KEY_MAX];
+    key_rec(mput.key, o->ix->id, 'm', nm->token);
+    mput.st = e->cfg.store;
+    mput.kv = (eng_kv){mput.key, mrec.data, mrec.len};
+    if ((err = bg_start(&mjob, manifest_put, &mput)) ||
+        (bs && (err = seal_buckets(o, bs, version, brec))))
+        goto out;
     for (unsigned b = 0; bs && b < ENG_BUCKETS; b++) {
         if (!bs->dirty[b])
             continue;
-        uint8_t tok[16];
-        bucket_token(b, tok);
-        eng_buf_free(&pt);
-        eng_bucket_encode(bs->b[b], &pt);
-        if (!eng_buf_ok(&pt) ||
-            (err = seal(o, HSM_P_MANIFEST, ENG_K_BUCKET, tok, version, pt.data, pt.len, &brec[b])))
-            goto out;
-        nm->bucket_version[b] = version;
         key_bucket(bkeys[b], o->ix->id, b);
         kv[nkv++] = (eng_kv){bkeys[b], brec[b].data, brec[b].len};
     }
-    eng_buf_free(&pt);
-    eng_manifest_encode(nm, &pt);
-    if (!eng_buf_ok(&pt) ||
-        (err = seal(o, HSM_P_MANIFEST, ENG_K_MANIFEST, nm->token, version, pt.data, pt.len, &mrec)))
+    /* Every immutable record is stored before the commit. */
+    if ((join && (err = join(join_arg))) || (err = bg_join(&mjob)))
         goto out;
-    char mkey[CDX_STORE_KEY_MAX], hkey[CDX_STORE_KEY_MAX];
-    key_rec(mkey, o->ix->id, 'm', nm->token);
-    eng_kv mkv = {mkey, mrec.data, mrec.len};
-    bool created = false;
-    if ((err = eng_store_setnx(e->cfg.store, &mkv, 1, &created)))
-        goto out;
-    if (!created) {
-        err = cdx_fail(CDX_ERR_INTERNAL, "manifest token collision (never expected)");
-        goto out;
-    }
     eng_head h = {.version = version, .manifest_len = (uint32_t)mrec.len};
     memcpy(h.manifest_token, nm->token, 16);
     eng_buf_free(&pt);
@@ -1791,6 +2077,7 @@ static cdx_err commit_state(op *o, const eng_manifest *base, eng_manifest *nm, b
     }
     pthread_mutex_unlock(&ix->mu);
 out:
+    bg_join(&mjob); /* before its record is freed; an error was reported already */
     eng_vals_free(&cur, 1);
     eng_buf_free(&pt);
     eng_buf_free(&mrec);
@@ -1798,6 +2085,12 @@ out:
     for (unsigned b = 0; b < ENG_BUCKETS; b++)
         eng_buf_free(&brec[b]);
     return err;
+}
+
+static cdx_err commit_state(op *o, const eng_manifest *base, eng_manifest *nm, bucketset *bs,
+                            bool *committed)
+{
+    return commit_state_j(o, base, nm, bs, NULL, NULL, committed);
 }
 
 /*
@@ -1843,6 +2136,29 @@ static cdx_err id_token(op *o, const char *id, size_t len, uint8_t tok[16])
     return err;
 }
 
+/*
+ * id_token with the op's token sealer (the key set up once, no allocation):
+ * for the write path, which computes one per item on one thread. id_token
+ * stays for the query threads, which share their op.
+ */
+static cdx_err id_token_w(op *o, const char *id, size_t len, uint8_t tok[16])
+{
+    eng_sealer *k;
+    uint8_t msg[3 + CDX_ITEM_ID_MAX], mac[32];
+    if (len > CDX_ITEM_ID_MAX)
+        return id_token(o, id, len, tok);
+    cdx_err err = op_sealer(o, HSM_P_TOKEN, &k);
+    if (err)
+        return err;
+    msg[0] = 'i';
+    msg[1] = 'd';
+    msg[2] = 0x00;
+    memcpy(msg + 3, id, len);
+    err = eng_sealer_hmac(k, msg, len + 3, mac);
+    memcpy(tok, mac, 16);
+    return err;
+}
+
 /* Which cluster each search vector goes to. */
 static cdx_err assign_clusters(const eng_manifest *m, const float *x, size_t n, uint32_t *out)
 {
@@ -1859,6 +2175,134 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Index of x in the sorted array a[0..n) (x is there). */
+static size_t find_u32(const uint32_t *a, size_t n, uint32_t x)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (a[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* ------------------------------------------------------------------ parallel write path */
+
+/* The segments of one attempt: segment j holds rows[rs[j]..rs[j+1]) and tombs[ts[j]..ts[j+1]). */
+typedef struct seg_build {
+    const eng_manifest *m;
+    uint64_t version;
+    const uint32_t *cls;
+    row_in **rows;
+    const size_t *rs;
+    const eng_tomb *tombs;
+    const size_t *ts;
+    seg_out *segs;
+    size_t n;
+    atomic_size_t next; /* the next segment to build */
+} seg_build;
+
+typedef struct seg_part {
+    part p;
+    seg_build *b;
+    op o; /* op_worker copy: own sealers */
+} seg_part;
+
+static void *seg_part_main(void *arg)
+{
+    seg_part *w = arg;
+    seg_build *b = w->b;
+    cdx_err err = CDX_OK;
+    for (;;) {
+        size_t j = atomic_fetch_add(&b->next, 1);
+        if (j >= b->n)
+            break;
+        err = build_segment(&w->o, b->m, b->version, b->cls[j], b->rows + b->rs[j],
+                            (uint32_t)(b->rs[j + 1] - b->rs[j]), b->tombs + b->ts[j],
+                            (uint32_t)(b->ts[j + 1] - b->ts[j]), &b->segs[j]);
+        if (err) {
+            atomic_store(&b->next, b->n); /* the others stop too */
+            break;
+        }
+    }
+    part_done(&w->p, err);
+    return NULL;
+}
+
+/*
+ * Build (seal) every segment, on several threads when there are many.
+ * Segments land at their own index, so their order (ascending cluster) does
+ * not depend on the threads.
+ */
+static cdx_err build_segments(op *o, seg_build *b)
+{
+    hsm_subkey *k;
+    cdx_err err;
+    /* Workers share the op's subkeys and must not fetch any: fetch them first. */
+    if ((err = op_key(o, HSM_P_PAYLOAD, &k)) || (err = op_key(o, HSM_P_CENTROID, &k)))
+        return err;
+    seg_part w[WRITE_THREADS_MAX];
+    const part *ps[WRITE_THREADS_MAX];
+    unsigned nt = write_threads(b->n, 16);
+    for (unsigned i = 0; i < nt; i++) {
+        w[i].b = b;
+        op_worker(o, &w[i].o);
+        ps[i] = &w[i].p;
+    }
+    par_run(seg_part_main, w, sizeof(w[0]), nt);
+    for (unsigned i = 0; i < nt; i++)
+        op_sealers_free(&w[i].o);
+    return parts_err(ps, nt);
+}
+
+typedef struct assign_part {
+    part p;
+    const eng_manifest *m;
+    const float *x;
+    size_t n;
+    uint32_t *out;
+} assign_part;
+
+static void *assign_part_main(void *arg)
+{
+    assign_part *w = arg;
+    part_done(&w->p, assign_clusters(w->m, w->x, w->n, w->out));
+    return NULL;
+}
+
+/* assign_clusters with the rows split over the cores: the sgemm is most of an upsert's CPU. */
+static cdx_err assign_parallel(const eng_manifest *m, const float *x, size_t n, uint32_t *out)
+{
+    assign_part w[WRITE_THREADS_MAX];
+    const part *ps[WRITE_THREADS_MAX];
+    /* Threads from ~16M multiply-adds (a fraction of a millisecond) on. */
+    unsigned nt = m->n_clusters ? write_threads(n * m->n_clusters * m->dim, (size_t)1 << 24) : 1;
+    size_t per = (n + nt - 1) / nt;
+    for (unsigned i = 0; i < nt; i++) {
+        size_t from = (size_t)i * per < n ? (size_t)i * per : n;
+        w[i] = (assign_part){.m = m, .x = x + from * m->dim, .n = n - from < per ? n - from : per,
+                             .out = out + from};
+        ps[i] = &w[i].p;
+    }
+    par_run(assign_part_main, w, sizeof(w[0]), nt);
+    return parts_err(ps, nt);
+}
+
+typedef struct seg_put_arg {
+    op *o; /* only o->e and o->ix are read: the op's thread goes on sealing */
+    seg_out *segs;
+    size_t n;
+} seg_put_arg;
+
+static cdx_err seg_put(void *arg)
+{
+    seg_put_arg *a = arg;
+    return put_segments(a->o, a->segs, a->n);
+}
+
 /*
  * The write path shared by upsert and delete: rows to add (may be none) and
  * ids to remove; tombstones old copies in their clusters, writes one new
@@ -1871,6 +2315,9 @@ static cdx_err write_batch(op *o, row_in *rows, size_t nrows, const uint8_t (*de
     cdx_err err = CDX_OK;
     float *sv = NULL;
     uint32_t *assign = NULL;
+    /* The centroids `assign` was computed with: a retry under the same model reuses it. */
+    uint64_t assigned_cv = UINT64_MAX;
+    uint8_t assigned_ct[16];
     if (nrows) {
         sv = malloc(nrows * (size_t)o->ix->cat.dim * sizeof(float));
         assign = malloc(nrows * sizeof(uint32_t));
@@ -1889,21 +2336,30 @@ static cdx_err write_batch(op *o, row_in *rows, size_t nrows, const uint8_t (*de
         seg_out *segs = NULL;
         size_t nsegs = 0;
         row_in **bycl = NULL;
-        eng_tomb *tombs = NULL;
-        uint32_t *tcl = NULL;
+        eng_tomb *tombs = NULL, *ct = NULL;
+        uint32_t *tcl = NULL, *cls = NULL;
+        size_t *rs = NULL, *ts = NULL;
         size_t ntombs = 0;
         uint64_t ndeleted = 0;
         bool committed = false;
+        seg_put_arg sp;
+        bg_job wr = {.running = false};
         if ((err = load_state(o, true, 0, &m)))
             goto next;
         uint64_t v = m->version + 1;
-        if (nrows && (err = assign_clusters(m, sv, nrows, assign)))
-            goto next;
+        if (nrows && (m->centroids_version != assigned_cv ||
+                      memcmp(m->centroids_token, assigned_ct, 16))) {
+            if ((err = assign_parallel(m, sv, nrows, assign)))
+                goto next;
+            assigned_cv = m->centroids_version;
+            memcpy(assigned_ct, m->centroids_token, 16);
+        }
         bool want[ENG_BUCKETS] = {false};
         for (size_t i = 0; i < nrows; i++)
             want[eng_bucket_of(rows[i].tok)] = true;
         for (size_t i = 0; i < ndel; i++)
             want[eng_bucket_of(del[i])] = true;
+        wcache_take(o, m, &bs);
         if ((err = load_buckets(o, m, want, &bs))) {
             if (err == ENG_MOVED)
                 err = CDX_OK; /* like a lost commit: rebase */
@@ -1946,10 +2402,11 @@ static cdx_err write_batch(op *o, row_in *rows, size_t nrows, const uint8_t (*de
             if (deleted)
                 *deleted = 0;
             committed = true;
+            wcache_put(o, m, &bs); /* unchanged: still the buckets of m */
             goto next;
         }
-        /* Touched clusters, sorted. */
-        uint32_t *cls = malloc((nrows + ntombs + 1) * sizeof(uint32_t));
+        /* Touched clusters, sorted: one segment each. */
+        cls = malloc((nrows + ntombs + 1) * sizeof(uint32_t));
         size_t ncl = 0;
         if (!cls) {
             err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
@@ -1965,31 +2422,44 @@ static cdx_err write_batch(op *o, row_in *rows, size_t nrows, const uint8_t (*de
             if (u == 0 || cls[u - 1] != cls[i])
                 cls[u++] = cls[i];
         ncl = u;
+        /* Group rows and tombstones by segment (stable: batch order within a segment). */
         segs = calloc(ncl ? ncl : 1, sizeof(*segs));
         bycl = malloc((nrows + 1) * sizeof(*bycl));
-        eng_tomb *ct = malloc((ntombs + 1) * sizeof(*ct));
-        if (!segs || !bycl || !ct) {
-            free(cls);
-            free(ct);
+        ct = malloc((ntombs + 1) * sizeof(*ct));
+        rs = calloc(ncl + 1, sizeof(*rs));
+        ts = calloc(ncl + 1, sizeof(*ts));
+        if (!segs || !bycl || !ct || !rs || !ts) {
             err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
             goto next;
         }
-        for (size_t c = 0; c < ncl && !err; c++) {
-            uint32_t nr = 0, nt = 0;
-            for (size_t i = 0; i < nrows; i++)
-                if (assign[i] == cls[c]) {
-                    rows[i].cluster = cls[c];
-                    bycl[nr++] = &rows[i];
-                }
-            for (size_t i = 0; i < ntombs; i++)
-                if (tcl[i] == cls[c])
-                    ct[nt++] = tombs[i];
-            err = build_segment(o, m, v, cls[c], bycl, nr, ct, nt, &segs[nsegs]);
-            nsegs++;
+        nsegs = ncl;
+        for (size_t i = 0; i < nrows; i++)
+            rs[find_u32(cls, ncl, assign[i]) + 1]++;
+        for (size_t i = 0; i < ntombs; i++)
+            ts[find_u32(cls, ncl, tcl[i]) + 1]++;
+        for (size_t c = 0; c < ncl; c++) {
+            rs[c + 1] += rs[c];
+            ts[c + 1] += ts[c];
         }
-        free(cls);
-        free(ct);
-        if (err || (err = put_segments(o, segs, nsegs)))
+        for (size_t i = 0; i < nrows; i++) {
+            size_t c = find_u32(cls, ncl, assign[i]);
+            rows[i].cluster = assign[i];
+            bycl[rs[c]++] = &rows[i];
+        }
+        for (size_t i = 0; i < ntombs; i++)
+            ct[ts[find_u32(cls, ncl, tcl[i])]++] = tombs[i];
+        /* The fills moved each start to the next segment's: shift back. */
+        memmove(rs + 1, rs, ncl * sizeof(*rs));
+        memmove(ts + 1, ts, ncl * sizeof(*ts));
+        rs[0] = ts[0] = 0;
+        seg_build sb = {.m = m, .version = v, .cls = cls, .rows = bycl, .rs = rs, .tombs = ct,
+                        .ts = ts, .segs = segs, .n = nsegs};
+        atomic_init(&sb.next, 0);
+        if ((err = build_segments(o, &sb)))
+            goto next;
+        /* Segments go to the store while the buckets and the manifest are sealed. */
+        sp = (seg_put_arg){o, segs, nsegs};
+        if ((err = bg_start(&wr, seg_put, &sp)))
             goto next;
         for (size_t i = 0; i < nrows; i++) {
             eng_ident id = {0};
@@ -2022,15 +2492,17 @@ static cdx_err write_batch(op *o, row_in *rows, size_t nrows, const uint8_t (*de
         if (err)
             goto next;
         nm->count = (uint64_t)((int64_t)m->count + dcount);
-        if ((err = commit_state(o, m, nm, &bs, &committed)))
+        if ((err = commit_state_j(o, m, nm, &bs, bg_join, &wr, &committed)))
             goto next;
         if (committed) {
             if (version)
                 *version = v;
             if (deleted)
                 *deleted = ndeleted;
+            wcache_put(o, nm, &bs);
         }
     next:
+        bg_join(&wr); /* before the segments are freed; an error was reported already */
         munref(m);
         munref(nm);
         bucketset_free(&bs);
@@ -2038,6 +2510,10 @@ static cdx_err write_batch(op *o, row_in *rows, size_t nrows, const uint8_t (*de
         free(bycl);
         free(tombs);
         free(tcl);
+        free(ct);
+        free(cls);
+        free(rs);
+        free(ts);
         if (err || committed)
             break;
         backoff(attempt);
@@ -2129,7 +2605,7 @@ cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, ui
         }
         r->meta = items[i].metadata_len ? items[i].metadata : NULL;
         r->meta_len = (uint32_t)items[i].metadata_len;
-        if ((err = id_token(&o, r->id, r->id_len, r->tok)))
+        if ((err = id_token_w(&o, r->id, r->id_len, r->tok)))
             goto out;
         memcpy(ti[i].tok, r->tok, 16);
         ti[i].i = i;
@@ -2219,7 +2695,7 @@ cdx_err eng_delete(eng *e, const char *name, const char *const *ids, const size_
     }
     size_t nt = 0;
     for (size_t i = 0; i < n && !err; i++) {
-        err = id_token(&o, ids[i], id_lens[i], toks[nt]);
+        err = id_token_w(&o, ids[i], id_lens[i], toks[nt]);
         bool dup = false;
         for (size_t j = 0; j < nt && !dup; j++)
             dup = !memcmp(toks[j], toks[nt], 16);

@@ -126,6 +126,8 @@ typedef struct eng_bucket {
 } eng_bucket;
 
 void eng_bucket_free(eng_bucket *b);
+/* Encoded size: 4 + sum(70 + id_len). */
+size_t eng_bucket_encoded_len(const eng_bucket *b);
 void eng_bucket_encode(const eng_bucket *b, eng_buf *out);
 cdx_err eng_bucket_decode(const uint8_t *p, size_t n, eng_bucket *b);
 eng_ident *eng_bucket_find(eng_bucket *b, const uint8_t tok[ENG_TOKEN_LEN]);
@@ -173,10 +175,16 @@ cdx_err eng_search_decode(uint8_t *plain, size_t n, uint32_t expect_rows, uint32
 /* Wrap a decrypted vector block (takes ownership of plain whatever the outcome). */
 cdx_err eng_vectors_wrap(uint8_t *plain, size_t n, uint32_t rows, uint32_t dim, eng_search **out);
 void eng_search_release(eng_search *s);
-/* Build the plaintext of a search block (aux: rows x 2 floats, or NULL). */
-void eng_search_encode(eng_buf *b, uint32_t rows, uint32_t code_size, const uint8_t *codes,
-                       const float *aux, const char *const *ids, const uint16_t *id_lens,
-                       const eng_tomb *tombs, uint32_t ntomb);
+/*
+ * Build the plaintext of a search block; returns where the codes are (NULL on
+ * allocation failure). codes NULL: the code area is left for the caller to
+ * fill. with_aux: a rows x 2 float screen-aux area follows the codes (copied
+ * from aux when given, else left for the caller at codes + rows * code_size,
+ * at any alignment: write it with memcpy).
+ */
+uint8_t *eng_search_encode(eng_buf *b, uint32_t rows, uint32_t code_size, const uint8_t *codes,
+                           const float *aux, bool with_aux, const char *const *ids,
+                           const uint16_t *id_lens, const eng_tomb *tombs, uint32_t ntomb);
 
 /* ---- block cache (decrypted search and vector blocks, by kind and segment token) ---- */
 

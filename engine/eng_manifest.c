@@ -103,6 +103,12 @@ oom:
 
 void eng_manifest_encode(const eng_manifest *m, eng_buf *b)
 {
+    /* Sized once: manifests run to megabytes, and every commit writes one. */
+    uint32_t nc = eng_manifest_nclusters(m);
+    size_t size = 2103 + 4 + 24 * (size_t)m->nretired;
+    for (uint32_t i = 0; i < nc; i++)
+        size += 4 + 56 * (size_t)m->clusters[i].nseg;
+    eng_buf_grow(b, size);
     eng_buf_u8(b, ENG_MANIFEST_FMT);
     eng_buf_u32(b, m->dim);
     eng_buf_u8(b, m->metric);
@@ -116,7 +122,6 @@ void eng_manifest_encode(const eng_manifest *m, eng_buf *b)
     eng_buf_u64(b, m->count);
     for (unsigned i = 0; i < ENG_BUCKETS; i++)
         eng_buf_u64(b, m->bucket_version[i]);
-    uint32_t nc = eng_manifest_nclusters(m);
     for (uint32_t i = 0; i < nc; i++) {
         const eng_cluster *c = &m->clusters[i];
         eng_buf_u32(b, c->nseg);

@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/types.h>
+
 #include "cdx_err.h"
 #include "cdx_limits.h"
 #include "eng_buf.h"
@@ -75,6 +77,41 @@ typedef struct eng_rec_id {
  */
 cdx_err eng_rec_seal(const hsm_subkey *k, const eng_rec_id *id, uint64_t write_time,
                      const uint8_t *kcv, const uint8_t *pt, size_t ptlen, eng_buf *out);
+
+/*
+ * A sealer seals many records under one subkey: the HMAC that derives each
+ * K_rec is keyed once (re-initialised per record), the AES-GCM context is
+ * re-keyed instead of rebuilt, and nonces come from a pool drawn in one
+ * RAND_bytes call. The records are byte-for-byte what eng_rec_seal makes.
+ * It holds OpenSSL state keyed with the subkey: free it before the subkey
+ * handle is released, and use one sealer per thread.
+ */
+#define ENG_NONCE_POOL 32 /* nonces drawn at once */
+
+typedef struct eng_sealer {
+    EVP_MAC_CTX *mac;     /* NULL: not initialised */
+    EVP_CIPHER_CTX *gcm;
+    uint8_t pool[ENG_NONCE_POOL * 12];
+    size_t pool_left;     /* unused nonces at the end of pool */
+} eng_sealer;
+
+/* Errors: CDX_ERR_INTERNAL (OpenSSL), CDX_ERR_RESOURCE_EXHAUSTED. */
+cdx_err eng_sealer_init(eng_sealer *s, const hsm_subkey *k);
+/* Wipe and free (a zeroed or freed sealer is a no-op). */
+void eng_sealer_free(eng_sealer *s);
+/* HMAC-SHA256(subkey, msg), like hsm_subkey_hmac. Errors: CDX_ERR_INTERNAL. */
+cdx_err eng_sealer_hmac(eng_sealer *s, const void *msg, size_t len, uint8_t out[32]);
+/*
+ * Seal in place: out holds, from offset `at`, ENG_REC_HDR reserved bytes and
+ * then the plaintext up to out->len. Fills the header, encrypts in place and
+ * appends the tag. On failure out is cut back to `at` (plaintext wiped).
+ * Errors: CDX_ERR_INTERNAL (OpenSSL), CDX_ERR_RESOURCE_EXHAUSTED.
+ */
+cdx_err eng_rec_seal_at(eng_sealer *s, const eng_rec_id *id, uint64_t write_time,
+                        const uint8_t *kcv, eng_buf *out, size_t at);
+/* eng_rec_seal with a sealer. */
+cdx_err eng_rec_seal_s(eng_sealer *s, const eng_rec_id *id, uint64_t write_time,
+                       const uint8_t *kcv, const uint8_t *pt, size_t ptlen, eng_buf *out);
 
 /*
  * Parse the clear header. Errors: CDX_ERR_INTEGRITY (too short, unknown format).

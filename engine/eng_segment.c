@@ -7,16 +7,19 @@
 
 #include "eng_internal.h"
 
-void eng_search_encode(eng_buf *b, uint32_t rows, uint32_t code_size, const uint8_t *codes,
-                       const float *aux, const char *const *ids, const uint16_t *id_lens,
-                       const eng_tomb *tombs, uint32_t ntomb)
+uint8_t *eng_search_encode(eng_buf *b, uint32_t rows, uint32_t code_size, const uint8_t *codes,
+                           const float *aux, bool with_aux, const char *const *ids,
+                           const uint16_t *id_lens, const eng_tomb *tombs, uint32_t ntomb)
 {
     eng_buf_u32(b, rows);
     eng_buf_u32(b, code_size);
     eng_buf_u32(b, ntomb);
-    eng_buf_put(b, codes, (size_t)rows * code_size);
-    if (aux)
-        eng_buf_put(b, aux, (size_t)rows * 2 * sizeof(float));
+    size_t at = b->len, cb = (size_t)rows * code_size;
+    uint8_t *c = eng_buf_reserve(b, cb + (with_aux ? (size_t)rows * 2 * sizeof(float) : 0));
+    if (c && codes && rows)
+        memcpy(c, codes, cb);
+    if (c && aux && with_aux && rows)
+        memcpy(c + cb, aux, (size_t)rows * 2 * sizeof(float));
     for (uint32_t i = 0; i < rows; i++) {
         eng_buf_u16(b, id_lens[i]);
         eng_buf_put(b, ids[i], id_lens[i]);
@@ -25,6 +28,8 @@ void eng_search_encode(eng_buf *b, uint32_t rows, uint32_t code_size, const uint
         eng_buf_put(b, tombs[i].seg, ENG_TOKEN_LEN);
         eng_buf_u32(b, tombs[i].row);
     }
+    /* Later writes may have moved the buffer. */
+    return eng_buf_ok(b) ? b->data + at : NULL;
 }
 
 static void search_free(eng_search *s)

@@ -1340,6 +1340,51 @@ static void test_crash_points(void)
     ds_free(&s);
 }
 
+/*
+ * A batch large enough for the parallel write path (many segments built on
+ * several threads, written in the background while the commit is sealed):
+ * a crash after any store write still leaves before or after.
+ */
+static void test_crash_parallel(void)
+{
+    const size_t d = 8;
+    dataset s;
+    ds_make(&s, 400, d, "cp");
+    int points = 0, before = 0, after = 0;
+    for (uint64_t nth = 1; nth < 200; nth++) {
+        char name[64];
+        uniq_name(name, "crashp");
+        eng_index_info info;
+        create(name, d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 32, &info);
+        upsert(name, s.items, 200);
+        uint64_t v = 0;
+        CU_ASSERT_EQUAL_FATAL(eng_train(E, name, NULL, &v), CDX_OK);
+        /* 100 updates (old copies tombstoned) and 100 new items, over up to 32 clusters. */
+        eng_store_fault_arm(fault, nth);
+        cdx_err err = eng_upsert(E, name, s.items + 100, 200, &v);
+        eng_store_fault_disarm(fault);
+        long st = observe(name, &s, 200, 300);
+        if (err == CDX_OK) {
+            CU_ASSERT_EQUAL(st, 300 * 1000 + 100);
+            CU_ASSERT_EQUAL(eng_index_delete(E, name, info.id), CDX_OK);
+            break;
+        }
+        points++;
+        CU_ASSERT_TRUE(st == 200 * 1000 || st == 300 * 1000 + 100);
+        before += st == 200 * 1000;
+        after += st == 300 * 1000 + 100;
+        CU_ASSERT_TRUE(observe(name, &s, 0, 200) >= 0);
+        /* The index takes the next batch after the crash (the write cache was not kept). */
+        CU_ASSERT_EQUAL(eng_upsert(E, name, s.items + 300, 100, &v), CDX_OK);
+        CU_ASSERT_EQUAL(observe(name, &s, 300, 400) % 1000, 100);
+        CU_ASSERT_EQUAL(eng_index_delete(E, name, info.id), CDX_OK);
+    }
+    CU_ASSERT_TRUE(points >= 10);
+    fprintf(stderr, "  [crash] parallel upsert: %d crash points, %d before, %d after\n", points,
+            before, after);
+    ds_free(&s);
+}
+
 /* ------------------------------------------------------------------ concurrency, sweep */
 
 struct writer {
@@ -1438,6 +1483,73 @@ static void *up_main(void *arg)
     uint64_t v;
     j->err = eng_upsert(j->e, j->name, j->items, j->n, &v);
     return NULL;
+}
+
+/*
+ * A lost tail (the store back at an older head, e.g. everysec after a power
+ * loss) and another appliance committing the same version number again: the
+ * appliance that wrote the lost commit must not take its cached manifest or
+ * buckets for the new one (same version, different manifest).
+ */
+static void test_lost_tail_version_reuse(void)
+{
+    const size_t d = 8;
+    dataset s;
+    ds_make(&s, 70, d, "lt");
+    char name[64], pat[128], head[128];
+    uniq_name(name, "losttail");
+    eng_index_info info;
+    create(name, d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 0, &info);
+    upsert(name, s.items, 20);
+    /* Snapshot the mutable keys (head and buckets). */
+    key_of(info.id, "head", head);
+    key_of(info.id, "b", pat);
+    char **bk;
+    size_t nb = keys_of(pat, &bk);
+    eng_val hv = raw_get(head), *bv = calloc(nb, sizeof(eng_val));
+    for (size_t i = 0; i < nb; i++)
+        bv[i] = raw_get(bk[i]);
+    uint64_t v3 = upsert(name, s.items + 20, 20); /* E caches this commit */
+    /* The tail is lost: the store is back at the snapshot. */
+    char **now;
+    size_t nn = keys_of(pat, &now);
+    for (size_t i = 0; i < nn; i++) {
+        bool old = false;
+        for (size_t j = 0; j < nb && !old; j++)
+            old = !strcmp(now[i], bk[j]);
+        const char *k[1] = {now[i]};
+        if (!old)
+            CU_ASSERT_EQUAL(eng_store_del(store, k, 1, NULL), CDX_OK);
+        free(now[i]);
+    }
+    free(now);
+    for (size_t i = 0; i < nb; i++)
+        raw_set(bk[i], bv[i].data, bv[i].len);
+    raw_set(head, hv.data, hv.len);
+    /* Another appliance (it never saw the lost commit) commits that version again. */
+    char *dir2 = fx_tmpdir_new("engstate-lt");
+    eng *e2 = new_engine(store, dir2, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e2);
+    uint64_t v = 0;
+    CU_ASSERT_EQUAL(eng_upsert(e2, name, s.items + 40, 20, &v), CDX_OK);
+    CU_ASSERT_EQUAL(v, v3);
+    /* The first appliance writes again: on top of the store's commit, not its own. */
+    upsert(name, s.items + 60, 10);
+    CU_ASSERT_EQUAL(observe(name, &s, 0, 20), 50 * 1000 + 20);
+    CU_ASSERT_EQUAL(observe(name, &s, 20, 40), 50 * 1000);
+    CU_ASSERT_EQUAL(observe(name, &s, 40, 60), 50 * 1000 + 20);
+    CU_ASSERT_EQUAL(observe(name, &s, 60, 70), 50 * 1000 + 10);
+    eng_free(e2);
+    fx_rm_rf(dir2);
+    free(dir2);
+    eng_vals_free(&hv, 1);
+    eng_vals_free(bv, nb);
+    for (size_t i = 0; i < nb; i++)
+        free(bk[i]);
+    free(bk);
+    free(bv);
+    CU_ASSERT_EQUAL(eng_index_delete(E, name, info.id), CDX_OK);
+    ds_free(&s);
 }
 
 static void test_sweep_vs_paused_upsert(void)
@@ -2347,6 +2459,8 @@ static void add_tests(CU_pSuite s)
     CU_add_test(s, "plaintext scan of the store", test_plaintext_scan);
     CU_add_test(s, "crash at every store write", test_crash_points);
     CU_add_test(s, "two appliances upserting concurrently", test_two_appliances);
+    CU_add_test(s, "crash at every store write: parallel upsert", test_crash_parallel);
+    CU_add_test(s, "lost tail, version reused by another appliance", test_lost_tail_version_reuse);
     CU_add_test(s, "sweep while an upsert is paused", test_sweep_vs_paused_upsert);
     CU_add_test(s, "crash at every store write: delete", test_crash_delete);
     CU_add_test(s, "crash at every store write: compaction", test_crash_compact);
