@@ -1,6 +1,8 @@
 /* Blocking client connection with TLS and frames (see app_client.h). */
 #include "app_client.h"
 
+#include <stdbool.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -11,6 +13,9 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,7 +64,49 @@ static cdx_err wait_fd(app_client *c, short ev)
     return CDX_OK;
 }
 
+static cdx_err io_write_raw(app_client *c, const uint8_t *p, size_t n);
+
+/*
+ * A write to a connection the server closed raises SIGPIPE, which would kill
+ * the calling program. SSL_write has no MSG_NOSIGNAL, so the signal is
+ * blocked for this thread around the write and a SIGPIPE it caused is
+ * consumed: the caller gets CDX_ERR_UNAVAILABLE instead.
+ */
+typedef struct pipe_guard {
+    sigset_t set, old;
+    bool was_pending;
+} pipe_guard;
+
+static void pipe_block(pipe_guard *g)
+{
+    sigset_t pending;
+    sigemptyset(&g->set);
+    sigaddset(&g->set, SIGPIPE);
+    sigpending(&pending);
+    g->was_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &g->set, &g->old);
+}
+
+static void pipe_restore(pipe_guard *g)
+{
+    if (!g->was_pending) { /* consume a SIGPIPE our write raised */
+        struct timespec zero = {0, 0};
+        while (sigtimedwait(&g->set, NULL, &zero) == SIGPIPE)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
 static cdx_err io_write(app_client *c, const uint8_t *p, size_t n)
+{
+    pipe_guard g;
+    pipe_block(&g);
+    cdx_err err = io_write_raw(c, p, n);
+    pipe_restore(&g);
+    return err;
+}
+
+static cdx_err io_write_raw(app_client *c, const uint8_t *p, size_t n)
 {
     while (n) {
         ssize_t w;
@@ -258,7 +305,11 @@ void app_client_free(app_client *c)
     if (!c)
         return;
     if (c->ssl) {
-        SSL_shutdown(c->ssl); /* best effort close_notify */
+        pipe_guard g;
+        pipe_block(&g);
+        if (!c->broken)
+            SSL_shutdown(c->ssl); /* best effort close_notify */
+        pipe_restore(&g);
         SSL_free(c->ssl);
     }
     SSL_CTX_free(c->ctx);

@@ -236,6 +236,9 @@ static cdx_err do_delete_index(const app_dispatch_env *env, const char *who, con
     cdx_err err = need_admin(env->cfg, who, "delete_index");
     if (err)
         return err;
+    if (d->confirm_id.len && d->confirm_id.len != CDX_ID_LEN)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "confirm_id must be the %d-byte index id, got "
+                        "%zu bytes", CDX_ID_LEN, d->confirm_id.len);
     if (d->confirm_id.len != CDX_ID_LEN)
         return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
                         "delete_index needs confirm_id: the index id (%d bytes, from "

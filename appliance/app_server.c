@@ -47,7 +47,7 @@ struct conn {
     wire_dec *dec;
     char principal[CDX_PRINCIPAL_MAX + 1];
     char peer[64];
-    bool tls, handshaken, closing, draining_out, header_charged, budget_wait, paused;
+    bool tls, handshaken, closing, close_after_flush, header_charged, budget_wait, paused;
     req *qhead, *qtail; /* received, waiting to run */
     req *running;       /* on a worker */
     conn *prev, *next;
@@ -164,27 +164,34 @@ static void start_next(conn *c)
     app_pool_submit(c->srv->pool, &r->job);
 }
 
-/* Send a status-only answer and close (the stream cannot continue). */
+/*
+ * Answer with a status only and close once it is written: the stream cannot
+ * continue (a frame over the cap cannot be skipped without reading it).
+ */
 static void fail_stream(conn *c, cdx_err err, const char *why)
 {
     uint8_t *f = NULL;
     size_t n = 0;
     if (c->srv->m)
         app_metrics_inc(c->srv->m, APP_C_FRAMES_REJECTED, 1);
-    if (!wire_response_error(0, err, why, &f, &n) && c->bev) {
-        /* Best effort: the write may not complete before the close. */
-        bufferevent_write(c->bev, f, n);
-        bufferevent_flush(c->bev, EV_WRITE, BEV_FLUSH);
+    cdx_log(CDX_LOG_INFO, "conn_reject", "peer=%s code=%s", c->peer, cdx_err_name(err));
+    if (wire_response_error(0, err, why, &f, &n) || !c->bev) {
+        free(f);
+        conn_close(c, cdx_err_name(err));
+        return;
     }
+    c->close_after_flush = true;
+    bufferevent_disable(c->bev, EV_READ);
+    c->paused = true;
+    bufferevent_write(c->bev, f, n);
     free(f);
-    conn_close(c, cdx_err_name(err));
 }
 
 /* Feed buffered input to the decoder while admission control allows. */
 static void conn_process(conn *c)
 {
     app_server *s = c->srv;
-    if (c->closing || !c->handshaken)
+    if (c->closing || !c->handshaken || c->close_after_flush)
         return;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     while (!c->closing && !c->budget_wait && app_flow_may_read(&c->flow) && !s->draining) {
@@ -201,7 +208,9 @@ static void conn_process(conn *c)
         size_t used = 0;
         cdx_err err = wire_dec_feed(c->dec, p, want, &used);
         if (err) {
-            fail_stream(c, err, cdx_err_detail());
+            char why[256];
+            snprintf(why, sizeof(why), "%s", cdx_err_detail());
+            fail_stream(c, err, why);
             return;
         }
         evbuffer_drain(in, used);
@@ -267,6 +276,10 @@ static void on_write(struct bufferevent *bev, void *arg)
     (void)bev;
     if (c->closing)
         return;
+    if (c->close_after_flush && !c->running && !c->qhead) {
+        conn_close(c, "rejected");
+        return;
+    }
     app_flow_written(&c->flow, c->flow.out_queued, now_ms());
     conn_process(c);
     budget_released(c->srv);

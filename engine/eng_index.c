@@ -904,6 +904,11 @@ static cdx_err load_state(op *o, bool fresh, uint64_t min_version, eng_manifest 
     }
     if ((err = hw_load(o)))
         return err;
+    /* Only versions seen before this read began can prove a rollback: another thread of this
+     * appliance may commit (and raise the mark) while the read is in flight. */
+    pthread_mutex_lock(&ix->mu);
+    uint64_t hw = ix->hw;
+    pthread_mutex_unlock(&ix->mu);
     int64_t read_at = mono_ms();
     eng_head h;
     bool found = false;
@@ -914,7 +919,6 @@ static cdx_err load_state(op *o, bool fresh, uint64_t min_version, eng_manifest 
         return cdx_fail(CDX_ERR_NOT_FOUND, "index %s no longer exists", ix->name);
     }
     pthread_mutex_lock(&ix->mu);
-    uint64_t hw = ix->hw;
     /* The same version is not enough: after a lost tail another writer may reuse it. */
     eng_manifest *cur = ix->m && ix->m->version == h.version &&
                                 !memcmp(ix->m->token, h.manifest_token, ENG_TOKEN_LEN)

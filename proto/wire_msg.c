@@ -55,7 +55,8 @@ static const rule rules[] = {
     {PKG "DescribeIndexRequest", "name", 1, CDX_INDEX_NAME_MAX, 0, 0},
     {PKG "ListIndexesResponse", "indexes", 0, 0, 0, NOLIMIT},
     {PKG "DeleteIndexRequest", "name", 1, CDX_INDEX_NAME_MAX, 0, 0},
-    {PKG "DeleteIndexRequest", "confirm_id", CDX_ID_LEN, CDX_ID_LEN, 0, 0},
+    /* 0 bytes passes here so the server can say FAILED_PRECONDITION: "confirm with the id". */
+    {PKG "DeleteIndexRequest", "confirm_id", 0, CDX_ID_LEN, 0, 0},
     {PKG "TrainRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
     {PKG "UpsertRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
     {PKG "UpsertRequest", "items", 0, 0, 1, CDX_UPSERT_BATCH_MAX},

@@ -42,3 +42,12 @@ add_test(NAME fuzz_wire_seeds COMMAND fuzz_wire --seeds ${CDX_TEST_TMP}/fuzz-wir
 set_tests_properties(fuzz_wire_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
 # Sans-IO RESP parser the Redis store reads GETRANGE replies with.
 cdx_add_test(test_resp SOURCES test_resp.c LIBS cdx_engine)
+
+# The appliance end to end: cipherdexd over mutual TLS with a token, Redis and a throwaway PKI.
+cdx_add_test(test_appliance SOURCES test_appliance.c LIBS cdx_client TIMEOUT 600)
+add_dependencies(test_appliance cipherdexd)
+# The Python example client generated from the .proto, against a dev stack.
+add_test(NAME test_python_client
+         COMMAND bash ${CMAKE_SOURCE_DIR}/tests/clients/python/run_test.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_python_client PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp
+                     ENVIRONMENT "CDX_TEST_TMP=${CDX_TEST_TMP}")

@@ -1,0 +1,742 @@
+/*
+ * test_appliance: cipherdexd end to end over mutual TLS with a throwaway token, Redis
+ * and PKI - the client library against a live daemon process: lifecycle, admin
+ * checks, refused certificates, malformed input on the wire (the daemon keeps serving
+ * others), 16 concurrent clients, restart, and SIGTERM under load losing no
+ * acknowledged write.
+ */
+#include <CUnit/Basic.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "app_client.h"
+#include "fx_pki.h"
+#include "fx_redis.h"
+#include "fx_softhsm.h"
+#include "fx_tmp.h"
+
+static char *dir;
+static fx_token *tok;
+static fx_redis *redis;
+static fx_pki *pki;
+static const fx_cert *srv, *admin, *user, *other_ca, *revoked, *no_eku, *server_only;
+static char bin[4096], conf[4200], addr[64], crl_path[4096];
+static pid_t daemon_pid;
+static int notify_fd = -1;
+#define DIM 8
+
+/* ---- daemon process ---- */
+
+static void write_conf(void)
+{
+    char text[16384];
+    snprintf(conf, sizeof(conf), "%s/cipherdexd.conf", dir);
+    snprintf(text, sizeof(text),
+             "[server]\nlisten = 127.0.0.1:0\nports_file = %s/ports\n"
+             "tls_cert = %s\ntls_key = %s\nclient_ca = %s\ncrl = %s\n"
+             "admins = spiffe://test/admin\n"
+             "deployment_id = 00112233445566778899aabbccddeef0\nworkers = 4\n"
+             "max_frame_bytes = 8M\ninflight_bytes = 64M\n"
+             "[hsm]\nmodule = %s\ntoken = pkcs11:token=%s\npin = file:%s\n"
+             "allow_unlocked_memory = yes\n"
+             "[store]\nredis = %s:%d\n[state]\ndir = %s/state\n"
+             "[cache]\nbytes = 64M\n[metrics]\nlisten = 127.0.0.1:0\n[log]\nlevel = warn\n",
+             dir, srv->cert, srv->key, fx_pki_ca(pki, 0), crl_path, fx_softhsm_module(),
+             fx_token_label(tok), fx_token_pin_file(tok), fx_redis_host(redis),
+             fx_redis_port(redis), dir);
+    FILE *f = fopen(conf, "w");
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Start cipherdexd and wait for READY=1 on our notify socket; fills addr. */
+static int daemon_start(void)
+{
+    char ports[4200], line[256], env_notify[128], name[64];
+    snprintf(ports, sizeof(ports), "%s/ports", dir);
+    unlink(ports);
+    if (notify_fd < 0) {
+        snprintf(name, sizeof(name), "cdx-appl-%d", (int)getpid());
+        notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        memcpy(sa.sun_path + 1, name, strlen(name));
+        if (bind(notify_fd, (struct sockaddr *)&sa,
+                 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))))
+            return -1;
+    }
+    snprintf(name, sizeof(name), "cdx-appl-%d", (int)getpid());
+    snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=@%s", name);
+    daemon_pid = fork();
+    if (daemon_pid == 0) {
+        putenv(env_notify);
+        setenv("SOFTHSM2_CONF", fx_token_conf(tok), 1);
+        execl(bin, bin, "--config", conf, (char *)NULL);
+        _exit(127);
+    }
+    char msg[256];
+    struct timeval tv = {.tv_sec = 60};
+    setsockopt(notify_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    for (;;) {
+        ssize_t n = recv(notify_fd, msg, sizeof(msg) - 1, 0);
+        if (n <= 0)
+            return -1;
+        msg[n] = '\0';
+        if (strstr(msg, "READY=1"))
+            break;
+    }
+    FILE *f = fopen(ports, "r");
+    if (!f)
+        return -1;
+    addr[0] = '\0';
+    while (fgets(line, sizeof(line), f))
+        if (!strncmp(line, "api=", 4))
+            snprintf(addr, sizeof(addr), "%.*s", (int)strcspn(line + 4, "\n"), line + 4);
+    fclose(f);
+    return addr[0] ? 0 : -1;
+}
+
+/* SIGTERM, wait for the exit; returns the exit status (or -1). */
+static int daemon_stop(void)
+{
+    int st = 0;
+    kill(daemon_pid, SIGTERM);
+    if (waitpid(daemon_pid, &st, 0) != daemon_pid)
+        return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static bool daemon_alive(void)
+{
+    return waitpid(daemon_pid, NULL, WNOHANG) == 0;
+}
+
+/* ---- clients ---- */
+
+static app_client *client_as(const fx_cert *c, cdx_err *err)
+{
+    app_client_opts o = {.addr = addr,
+                         .ca = fx_pki_ca(pki, 0),
+                         .cert = c ? c->cert : NULL,
+                         .key = c ? c->key : NULL,
+                         .timeout_ms = 30000};
+    app_client *cl = NULL;
+    cdx_err e = app_client_connect(&o, &cl);
+    if (err)
+        *err = e;
+    return cl;
+}
+
+/* A client is refused: at connect, or at its first call (TLS 1.3 reports client-certificate
+ * refusals after the client's handshake completes). */
+static bool refused(const fx_cert *c)
+{
+    cdx_err e;
+    app_client *cl = client_as(c, &e);
+    if (!cl)
+        return e == CDX_ERR_UNAUTHENTICATED || e == CDX_ERR_UNAVAILABLE;
+    Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__HealthRequest h = CIPHERDEX__V1__HEALTH_REQUEST__INIT;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_HEALTH;
+    r.health = &h;
+    wire_response *w = NULL;
+    e = app_client_call(cl, &r, &w);
+    wire_response_free(w);
+    app_client_free(cl);
+    return e != CDX_OK;
+}
+
+static cdx_err call(app_client *c, Cipherdex__V1__Request *r, wire_response **w)
+{
+    *w = NULL;
+    cdx_err e = app_client_call(c, r, w);
+    if (e && getenv("CDX_TEST_VERBOSE"))
+        fprintf(stderr, "\n  call: %s: %s", cdx_err_name(e), cdx_err_detail());
+    return e;
+}
+
+static cdx_err create_index(app_client *c, const char *name)
+{
+    Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__CreateIndexRequest ci = CIPHERDEX__V1__CREATE_INDEX_REQUEST__INIT;
+    ci.name = wire_str(name);
+    ci.dimension = DIM;
+    ci.metric = wire_str("euclidean");
+    ci.index_type = wire_str("ivfflat");
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX;
+    r.create_index = &ci;
+    wire_response *w;
+    cdx_err e = call(c, &r, &w);
+    wire_response_free(w);
+    return e;
+}
+
+static void vec_of(uint64_t i, float *v)
+{
+    for (int k = 0; k < DIM; k++)
+        v[k] = (float)((i * 2654435761u >> (k * 3)) % 97) + (float)k * 0.5f;
+}
+
+/* Upsert ids prefix+[from, to); returns the status; *version the commit version. */
+static cdx_err upsert_range(app_client *c, const char *index, const char *prefix, uint64_t from,
+                            uint64_t to, uint64_t *version)
+{
+    size_t n = (size_t)(to - from);
+    Cipherdex__V1__Item *items = calloc(n, sizeof(*items));
+    Cipherdex__V1__Item **ptr = calloc(n, sizeof(*ptr));
+    float *vecs = calloc(n * DIM, sizeof(float));
+    char (*ids)[48] = calloc(n, 48);
+    for (size_t i = 0; i < n; i++) {
+        cipherdex__v1__item__init(&items[i]);
+        snprintf(ids[i], 48, "%s%llu", prefix, (unsigned long long)(from + i));
+        vec_of(from + i, vecs + i * DIM);
+        items[i].id = wire_str(ids[i]);
+        items[i].vector = vecs + i * DIM;
+        items[i].n_vector = DIM;
+        ptr[i] = &items[i];
+    }
+    Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__UpsertRequest u = CIPHERDEX__V1__UPSERT_REQUEST__INIT;
+    u.index = wire_str(index);
+    u.items = ptr;
+    u.n_items = n;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_UPSERT;
+    r.upsert = &u;
+    wire_response *w;
+    cdx_err e = call(c, &r, &w);
+    if (!e && version)
+        *version = wire_response_msg(w)->upsert->version;
+    wire_response_free(w);
+    free(items);
+    free(ptr);
+    free(vecs);
+    free(ids);
+    return e;
+}
+
+/* Every id of the index (list_ids paging). */
+static size_t list_all(app_client *c, const char *index, char ***out)
+{
+    size_t n = 0, cap = 0;
+    char **ids = NULL, *cursor = NULL;
+    do {
+        Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
+        Cipherdex__V1__ListIdsRequest l = CIPHERDEX__V1__LIST_IDS_REQUEST__INIT;
+        l.index = wire_str(index);
+        l.limit = 500;
+        if (cursor)
+            l.cursor = wire_str(cursor);
+        r.body_case = CIPHERDEX__V1__REQUEST__BODY_LIST_IDS;
+        r.list_ids = &l;
+        wire_response *w;
+        if (call(c, &r, &w)) {
+            wire_response_free(w);
+            break;
+        }
+        const Cipherdex__V1__ListIdsResponse *lr = wire_response_msg(w)->list_ids;
+        for (size_t i = 0; i < lr->n_ids; i++) {
+            if (n == cap)
+                ids = realloc(ids, (cap = cap ? cap * 2 : 256) * sizeof(char *));
+            ids[n++] = strndup((const char *)lr->ids[i].data, lr->ids[i].len);
+        }
+        free(cursor);
+        cursor = lr->next_cursor.len ? strndup((const char *)lr->next_cursor.data,
+                                               lr->next_cursor.len)
+                                     : NULL;
+        wire_response_free(w);
+    } while (cursor);
+    *out = ids;
+    return n;
+}
+
+static void free_ids(char **ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(ids[i]);
+    free(ids);
+}
+
+/* ---- tests ---- */
+
+static void test_lifecycle(void)
+{
+    app_client *a = client_as(admin, NULL), *u = client_as(user, NULL);
+    CU_ASSERT_FATAL(a && u);
+    /* A non-admin principal cannot create, train or delete. */
+    CU_ASSERT_EQUAL(create_index(u, "life"), CDX_ERR_PERMISSION_DENIED);
+    CU_ASSERT(strstr(cdx_err_detail(), "admins") != NULL);
+    CU_ASSERT_EQUAL(create_index(a, "life"), CDX_OK);
+    uint64_t v1 = 0, v2 = 0;
+    CU_ASSERT_EQUAL(upsert_range(u, "life", "x", 0, 300, &v1), CDX_OK); /* users may write */
+    CU_ASSERT_EQUAL(upsert_range(u, "life", "x", 300, 600, &v2), CDX_OK);
+    CU_ASSERT(v2 > v1);
+    Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__TrainRequest t = CIPHERDEX__V1__TRAIN_REQUEST__INIT;
+    t.index = wire_str("life");
+    t.n_lists = 8;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_TRAIN;
+    r.train = &t;
+    wire_response *w;
+    CU_ASSERT_EQUAL(call(u, &r, &w), CDX_ERR_PERMISSION_DENIED);
+    wire_response_free(w);
+    CU_ASSERT_EQUAL(call(a, &r, &w), CDX_OK);
+    wire_response_free(w);
+    /* Query: each stored vector finds itself first; two vectors in one request. */
+    float q[2 * DIM];
+    vec_of(42, q);
+    vec_of(500, q + DIM);
+    Cipherdex__V1__QueryRequest qr = CIPHERDEX__V1__QUERY_REQUEST__INIT;
+    qr.index = wire_str("life");
+    qr.vectors = q;
+    qr.n_vectors = 2 * DIM;
+    qr.top_k = 3;
+    qr.n_probes = 8;
+    qr.min_version = v2;
+    Cipherdex__V1__Request rq = CIPHERDEX__V1__REQUEST__INIT;
+    rq.body_case = CIPHERDEX__V1__REQUEST__BODY_QUERY;
+    rq.query = &qr;
+    CU_ASSERT_EQUAL_FATAL(call(u, &rq, &w), CDX_OK);
+    const Cipherdex__V1__QueryResponse *res = wire_response_msg(w)->query;
+    CU_ASSERT_EQUAL(res->n_results, 2);
+    CU_ASSERT(res->results[0]->n_ids >= 1 && res->results[0]->distances[0] == 0.0f);
+    CU_ASSERT(res->results[1]->n_ids >= 1 && res->results[1]->distances[0] == 0.0f);
+    wire_response_free(w);
+    /* Wrong vector length: INVALID_ARGUMENT naming the dimension. */
+    qr.n_vectors = DIM - 1;
+    CU_ASSERT_EQUAL(call(u, &rq, &w), CDX_ERR_INVALID_ARGUMENT);
+    CU_ASSERT(strstr(cdx_err_detail(), "dimension") != NULL);
+    wire_response_free(w);
+    /* delete_index needs the id as confirmation, and an admin. */
+    Cipherdex__V1__DescribeIndexRequest dr = CIPHERDEX__V1__DESCRIBE_INDEX_REQUEST__INIT;
+    dr.name = wire_str("life");
+    Cipherdex__V1__Request rd = CIPHERDEX__V1__REQUEST__INIT;
+    rd.body_case = CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX;
+    rd.describe_index = &dr;
+    CU_ASSERT_EQUAL_FATAL(call(u, &rd, &w), CDX_OK);
+    uint8_t id[16];
+    memcpy(id, wire_response_msg(w)->describe_index->index->id.data, 16);
+    CU_ASSERT_EQUAL(wire_response_msg(w)->describe_index->index->count, 600);
+    wire_response_free(w);
+    Cipherdex__V1__DeleteIndexRequest di = CIPHERDEX__V1__DELETE_INDEX_REQUEST__INIT;
+    di.name = wire_str("life");
+    Cipherdex__V1__Request rx = CIPHERDEX__V1__REQUEST__INIT;
+    rx.body_case = CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX;
+    rx.delete_index = &di;
+    CU_ASSERT_EQUAL(call(a, &rx, &w), CDX_ERR_FAILED_PRECONDITION);
+    wire_response_free(w);
+    di.confirm_id = wire_bin(id, 16);
+    CU_ASSERT_EQUAL(call(u, &rx, &w), CDX_ERR_PERMISSION_DENIED);
+    wire_response_free(w);
+    CU_ASSERT_EQUAL(call(a, &rx, &w), CDX_OK);
+    wire_response_free(w);
+    CU_ASSERT_EQUAL(call(u, &rd, &w), CDX_ERR_NOT_FOUND);
+    wire_response_free(w);
+    app_client_free(a);
+    app_client_free(u);
+}
+
+static void test_refused_certificates(void)
+{
+    CU_ASSERT_FALSE(refused(admin));
+    CU_ASSERT(refused(NULL));        /* no client certificate */
+    CU_ASSERT(refused(other_ca));    /* a certificate from another CA */
+    CU_ASSERT(refused(revoked));     /* listed in the CRL */
+    CU_ASSERT(refused(no_eku));      /* no extended key usage at all */
+    CU_ASSERT(refused(server_only)); /* serverAuth, not clientAuth */
+    CU_ASSERT(daemon_alive());
+    CU_ASSERT_FALSE(refused(admin)); /* and it still serves */
+}
+
+/* A raw TLS connection as admin, for bytes no well-behaved client would send. */
+typedef struct raw {
+    int fd;
+    SSL_CTX *ctx;
+    SSL *ssl;
+} raw;
+
+static int raw_open(raw *r)
+{
+    memset(r, 0, sizeof(*r));
+    char host[64];
+    snprintf(host, sizeof(host), "%.*s", (int)strcspn(addr, ":"), addr);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(strchr(addr, ':') + 1))};
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    r->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connect(r->fd, (struct sockaddr *)&sa, sizeof(sa)))
+        return -1;
+    struct timeval tv = {.tv_sec = 20};
+    setsockopt(r->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    r->ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_load_verify_locations(r->ctx, fx_pki_ca(pki, 0), NULL);
+    SSL_CTX_use_certificate_chain_file(r->ctx, admin->cert);
+    SSL_CTX_use_PrivateKey_file(r->ctx, admin->key, SSL_FILETYPE_PEM);
+    r->ssl = SSL_new(r->ctx);
+    SSL_set_fd(r->ssl, r->fd);
+    return SSL_connect(r->ssl) == 1 ? 0 : -1;
+}
+
+static void raw_close(raw *r)
+{
+    SSL_free(r->ssl);
+    SSL_CTX_free(r->ctx);
+    close(r->fd);
+}
+
+static void raw_send(raw *r, const void *p, size_t n)
+{
+    SSL_write(r->ssl, p, (int)n);
+}
+
+/* Read one response frame; its status code, or -1 when the server closed instead. */
+static int raw_status(raw *r, bool *closed_after)
+{
+    uint8_t hdr[4];
+    int got = 0;
+    while (got < 4) {
+        int n = SSL_read(r->ssl, hdr + got, 4 - got);
+        if (n <= 0)
+            return -1;
+        got += n;
+    }
+    size_t len = (size_t)hdr[0] << 24 | hdr[1] << 16 | hdr[2] << 8 | hdr[3];
+    uint8_t *body = malloc(len + 1);
+    size_t have = 0;
+    while (have < len) {
+        int n = SSL_read(r->ssl, body + have, (int)(len - have));
+        if (n <= 0) {
+            free(body);
+            return -1;
+        }
+        have += (size_t)n;
+    }
+    wire_response *w = NULL;
+    int code = -1;
+    if (!wire_response_unpack(body, len, 4 * len + (1 << 20), &w))
+        code = wire_response_msg(w)->status->code;
+    wire_response_free(w);
+    free(body);
+    if (closed_after) {
+        uint8_t b;
+        *closed_after = SSL_read(r->ssl, &b, 1) <= 0;
+    }
+    return code;
+}
+
+static void frame(raw *r, const uint8_t *body, size_t n)
+{
+    uint8_t hdr[4] = {(uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n};
+    raw_send(r, hdr, 4);
+    if (n)
+        raw_send(r, body, n);
+}
+
+static void test_malformed_wire(void)
+{
+    raw r;
+    bool closed = false;
+    /* Length over the 8 MiB cap: FRAME_TOO_LARGE, then the stream is closed. */
+    CU_ASSERT_FATAL(raw_open(&r) == 0);
+    uint8_t big[4] = {0x7f, 0xff, 0xff, 0xff};
+    raw_send(&r, big, 4);
+    CU_ASSERT_EQUAL(raw_status(&r, &closed), CDX_ERR_FRAME_TOO_LARGE);
+    CU_ASSERT(closed);
+    raw_close(&r);
+    /* Garbage that is a valid length but not protobuf: INVALID_ARGUMENT, connection kept. */
+    CU_ASSERT_FATAL(raw_open(&r) == 0);
+    uint8_t junk[64];
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (uint8_t)(0xff - i);
+    frame(&r, junk, sizeof(junk));
+    CU_ASSERT_EQUAL(raw_status(&r, NULL), CDX_ERR_INVALID_ARGUMENT);
+    /* An empty frame is a Request without a body. */
+    frame(&r, NULL, 0);
+    CU_ASSERT_EQUAL(raw_status(&r, NULL), CDX_ERR_INVALID_ARGUMENT);
+    /* Unknown body: field 99 (a length-delimited field the schema does not have). */
+    uint8_t unk[] = {0x08, 0x07, 0x9a, 0x06, 0x00};
+    frame(&r, unk, sizeof(unk));
+    CU_ASSERT_EQUAL(raw_status(&r, NULL), CDX_ERR_INVALID_ARGUMENT);
+    /* NUL inside an index name, and invalid UTF-8. */
+    Cipherdex__V1__Request q = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__DescribeIndexRequest d = CIPHERDEX__V1__DESCRIBE_INDEX_REQUEST__INIT;
+    q.body_case = CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX;
+    q.describe_index = &d;
+    d.name = wire_bin("ab\0cd", 5);
+    uint8_t buf[256];
+    size_t n = cipherdex__v1__request__pack(&q, buf);
+    frame(&r, buf, n);
+    CU_ASSERT_EQUAL(raw_status(&r, NULL), CDX_ERR_INVALID_ARGUMENT);
+    d.name = wire_bin("\xc0\xaf", 2);
+    n = cipherdex__v1__request__pack(&q, buf);
+    frame(&r, buf, n);
+    CU_ASSERT_EQUAL(raw_status(&r, NULL), CDX_ERR_INVALID_ARGUMENT);
+    /* A million empty items in a 2 MB frame: refused by the unpack budget. */
+    size_t items = 1000000, len = 2 * items + 16;
+    uint8_t *mil = malloc(len + 16), *p = mil;
+    /* upsert (field 16, length-delimited): tag 0x82 0x01, then the UpsertRequest. */
+    size_t inner = 2 * items + 3; /* index "a" (3 bytes) + items */
+    *p++ = 0x82;
+    *p++ = 0x01;
+    size_t v = inner;
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    *p++ = 0x0a;
+    *p++ = 0x01;
+    *p++ = 'a';
+    for (size_t i = 0; i < items; i++) {
+        *p++ = 0x12;
+        *p++ = 0x00;
+    }
+    frame(&r, mil, (size_t)(p - mil));
+    free(mil);
+    int code = raw_status(&r, NULL);
+    CU_ASSERT(code == CDX_ERR_RESOURCE_EXHAUSTED || code == CDX_ERR_INVALID_ARGUMENT);
+    /* Still a working connection. */
+    Cipherdex__V1__HealthRequest h = CIPHERDEX__V1__HEALTH_REQUEST__INIT;
+    Cipherdex__V1__Request hq = CIPHERDEX__V1__REQUEST__INIT;
+    hq.body_case = CIPHERDEX__V1__REQUEST__BODY_HEALTH;
+    hq.health = &h;
+    n = cipherdex__v1__request__pack(&hq, buf);
+    frame(&r, buf, n);
+    CU_ASSERT_EQUAL(raw_status(&r, NULL), CDX_OK);
+    raw_close(&r);
+    /* A truncated frame, then the peer goes away. */
+    CU_ASSERT_FATAL(raw_open(&r) == 0);
+    uint8_t trunc[4] = {0, 0, 1, 0};
+    raw_send(&r, trunc, 4);
+    raw_send(&r, junk, 10);
+    raw_close(&r);
+    /* Plain garbage instead of a TLS handshake. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(strchr(addr, ':') + 1)),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (!connect(fd, (struct sockaddr *)&sa, sizeof(sa)) && write(fd, "GET / HTTP/1.0\r\n\r\n", 18) > 0) {
+        unsigned char b[64];
+        struct timeval tv = {.tv_sec = 20};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        ssize_t got = read(fd, b, sizeof(b));
+        CU_ASSERT(got <= 0 || b[0] == 0x15); /* closed, or a TLS alert record: never an answer */
+    }
+    close(fd);
+    /* Through all of it, the daemon kept serving. */
+    CU_ASSERT(daemon_alive());
+    CU_ASSERT_FALSE(refused(admin));
+}
+
+typedef struct worker_arg {
+    int k;
+    atomic_int *errors;
+} worker_arg;
+
+/* Each worker owns ids w<k>-*: upserts 0..200 in batches, deletes the odd ones, queries. */
+static void *worker(void *p)
+{
+    worker_arg *a = p;
+    cdx_err e;
+    app_client *c = client_as(a->k % 2 ? user : admin, &e);
+    if (!c) {
+        atomic_fetch_add(a->errors, 1);
+        return NULL;
+    }
+    char prefix[16];
+    snprintf(prefix, sizeof(prefix), "w%d-", a->k);
+    for (uint64_t b = 0; b < 200; b += 20)
+        if (upsert_range(c, "busy", prefix, b, b + 20, NULL))
+            atomic_fetch_add(a->errors, 1);
+    ProtobufCBinaryData del[100];
+    char ids[100][24];
+    for (int i = 0; i < 100; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "%s%d", prefix, 2 * i + 1);
+        del[i] = wire_str(ids[i]);
+    }
+    Cipherdex__V1__DeleteRequest d = CIPHERDEX__V1__DELETE_REQUEST__INIT;
+    d.index = wire_str("busy");
+    d.ids = del;
+    d.n_ids = 100;
+    Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_DELETE;
+    r.delete_ = &d;
+    wire_response *w;
+    if (call(c, &r, &w) || wire_response_msg(w)->delete_->deleted != 100)
+        atomic_fetch_add(a->errors, 1);
+    wire_response_free(w);
+    float q[DIM];
+    vec_of(7, q);
+    Cipherdex__V1__QueryRequest qr = CIPHERDEX__V1__QUERY_REQUEST__INIT;
+    qr.index = wire_str("busy");
+    qr.vectors = q;
+    qr.n_vectors = DIM;
+    qr.top_k = 5;
+    Cipherdex__V1__Request rq = CIPHERDEX__V1__REQUEST__INIT;
+    rq.body_case = CIPHERDEX__V1__REQUEST__BODY_QUERY;
+    rq.query = &qr;
+    for (int i = 0; i < 10; i++) {
+        if (call(c, &rq, &w))
+            atomic_fetch_add(a->errors, 1);
+        wire_response_free(w);
+    }
+    app_client_free(c);
+    return NULL;
+}
+
+static void test_concurrent_clients(void)
+{
+    app_client *a = client_as(admin, NULL);
+    CU_ASSERT_FATAL(a != NULL);
+    CU_ASSERT_EQUAL_FATAL(create_index(a, "busy"), CDX_OK);
+    enum { W = 16 };
+    pthread_t th[W];
+    worker_arg args[W];
+    atomic_int errors = 0;
+    for (int k = 0; k < W; k++) {
+        args[k] = (worker_arg){k, &errors};
+        pthread_create(&th[k], NULL, worker, &args[k]);
+    }
+    for (int k = 0; k < W; k++)
+        pthread_join(th[k], NULL);
+    CU_ASSERT_EQUAL(atomic_load(&errors), 0);
+    /* Exactly the even ids of every worker: nothing lost, nothing duplicated. */
+    char **ids;
+    size_t n = list_all(a, "busy", &ids);
+    CU_ASSERT_EQUAL(n, W * 100);
+    size_t good = 0;
+    for (size_t i = 0; i < n; i++) {
+        int k, j;
+        if (sscanf(ids[i], "w%d-%d", &k, &j) == 2 && k >= 0 && k < W && j % 2 == 0 && j < 200)
+            good++;
+        for (size_t m = i + 1; m < n && m < i + 2; m++)
+            CU_ASSERT(strcmp(ids[i], ids[m]) != 0);
+    }
+    CU_ASSERT_EQUAL(good, W * 100);
+    free_ids(ids, n);
+    app_client_free(a);
+}
+
+/* Upserts until told to stop; records the highest batch acknowledged. */
+typedef struct loader {
+    atomic_bool stop;
+    atomic_long acked; /* batches acknowledged: ids L-0 .. L-(acked*50-1) */
+} loader;
+
+static void *load(void *p)
+{
+    loader *l = p;
+    app_client *c = client_as(admin, NULL);
+    if (!c)
+        return NULL;
+    for (long b = 0; !atomic_load(&l->stop); b++) {
+        if (upsert_range(c, "durable", "L-", (uint64_t)b * 50, (uint64_t)b * 50 + 50, NULL))
+            break; /* the daemon went away: the last batch was not acknowledged */
+        atomic_store(&l->acked, b + 1);
+    }
+    app_client_free(c);
+    return NULL;
+}
+
+static void test_restart_and_sigterm(void)
+{
+    app_client *a = client_as(admin, NULL);
+    CU_ASSERT_FATAL(a != NULL);
+    CU_ASSERT_EQUAL_FATAL(create_index(a, "durable"), CDX_OK);
+    app_client_free(a);
+    loader l = {0};
+    pthread_t th;
+    pthread_create(&th, NULL, load, &l);
+    /* Let some batches through, then SIGTERM mid-load. */
+    while (atomic_load(&l.acked) < 10)
+        sched_yield();
+    int rc = daemon_stop();
+    atomic_store(&l.stop, true);
+    pthread_join(th, NULL);
+    CU_ASSERT_EQUAL(rc, 0);
+    long acked = atomic_load(&l.acked);
+    /* Restart on the same token and Redis: every acknowledged item is there. */
+    CU_ASSERT_FATAL(daemon_start() == 0);
+    a = client_as(admin, NULL);
+    CU_ASSERT_FATAL(a != NULL);
+    char **ids;
+    size_t n = list_all(a, "durable", &ids);
+    CU_ASSERT(acked >= 10 && n >= (size_t)acked * 50);
+    CU_ASSERT(n % 50 == 0); /* batches are all or nothing */
+    printf("\n    %ld batches acknowledged before SIGTERM, %zu items after the restart ", acked, n);
+    free_ids(ids, n);
+    app_client_free(a);
+}
+
+int main(void)
+{
+    const char *b = getenv("CDX_BIN_DIR");
+    if (!b) {
+        fprintf(stderr, "CDX_BIN_DIR is not set (run through ctest)\n");
+        return 1;
+    }
+    snprintf(bin, sizeof(bin), "%s/appliance/cipherdexd", b);
+    dir = fx_tmpdir_new("appliance");
+    tok = fx_token_new("appltok");
+    fx_redis_opts ro = {.appendonly = 1, .appendfsync = "always"};
+    redis = fx_redis_start(&ro);
+    char pdir[4200];
+    snprintf(pdir, sizeof(pdir), "%s/pki", dir);
+    pki = dir ? fx_pki_new(pdir) : NULL;
+    if (!dir || !tok || !redis || !pki)
+        return 1;
+    srv = fx_pki_issue(pki, &(fx_cert_opts){.ip = {"127.0.0.1", "::1"}, .dns = {"localhost"},
+                                            .eku = FX_EKU_SERVER},
+                       "server");
+    admin = fx_pki_issue(pki, &(fx_cert_opts){.uri = "spiffe://test/admin"}, "admin");
+    user = fx_pki_issue(pki, &(fx_cert_opts){.dns = {"app.example.org"}}, "user");
+    other_ca = fx_pki_issue(pki, &(fx_cert_opts){.uri = "spiffe://test/admin", .ca = 1}, "other");
+    revoked = fx_pki_issue(pki, &(fx_cert_opts){.cn = "revoked-user"}, "revoked");
+    no_eku = fx_pki_issue(pki, &(fx_cert_opts){.cn = "no-eku", .eku = FX_EKU_NONE}, "noeku");
+    server_only = fx_pki_issue(pki, &(fx_cert_opts){.cn = "srv-only", .eku = FX_EKU_SERVER},
+                               "srvonly");
+    const fx_cert *rv[1] = {revoked};
+    const char *crl = fx_pki_crl(pki, &(fx_crl_opts){0}, rv, 1, "crl");
+    if (!srv || !admin || !user || !other_ca || !revoked || !no_eku || !server_only || !crl)
+        return 1;
+    snprintf(crl_path, sizeof(crl_path), "%s", crl);
+    write_conf();
+    if (daemon_start()) {
+        fprintf(stderr, "cipherdexd did not start\n");
+        return 1;
+    }
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 1;
+    CU_pSuite s = CU_add_suite("appliance", NULL, NULL);
+    CU_add_test(s, "lifecycle over mutual TLS; admin checks", test_lifecycle);
+    CU_add_test(s, "refused client certificates", test_refused_certificates);
+    CU_add_test(s, "malformed input on the wire", test_malformed_wire);
+    CU_add_test(s, "16 concurrent clients: nothing lost or duplicated", test_concurrent_clients);
+    CU_add_test(s, "SIGTERM under load loses no acknowledged write; restart",
+                test_restart_and_sigterm);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+    CU_cleanup_registry();
+    if (daemon_alive() && daemon_stop() != 0) {
+        fprintf(stderr, "cipherdexd did not stop cleanly\n");
+        fails++;
+    }
+    fx_redis_stop(redis);
+    fx_token_free(tok);
+    fx_pki_free(pki);
+    fx_rm_rf(dir);
+    free(dir);
+    return fails ? 1 : 0;
+}
