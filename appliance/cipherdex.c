@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -594,6 +595,92 @@ static int cmd_upsert(args *a)
     return 0;
 }
 
+/* One client's share of a query run: queries first, first + stride, ... */
+typedef struct qjob {
+    const char *index, *filter, *prefix;
+    float *q;
+    size_t d, nq, plen;
+    uint32_t top_k, probes, stride, first;
+    unsigned inc;
+    double *lat, t0;
+    int64_t *res;
+    json_t *jout;
+    bool print;
+    app_client *c;
+    cdx_err err;
+} qjob;
+
+static void query_worker(qjob *j)
+{
+    for (size_t i = j->first; i < j->nq && !j->err; i += j->stride) {
+        Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
+        Cipherdex__V1__QueryRequest qr = CIPHERDEX__V1__QUERY_REQUEST__INIT;
+        qr.index = wire_str(j->index);
+        qr.vectors = j->q + i * j->d;
+        qr.n_vectors = j->d;
+        qr.top_k = j->top_k;
+        qr.n_probes = j->probes;
+        if (j->filter)
+            qr.filter = wire_str(j->filter);
+        qr.include_vectors = j->inc & 1;
+        qr.include_metadata = (j->inc & 2) != 0;
+        qr.include_contents = (j->inc & 4) != 0;
+        r.body_case = CIPHERDEX__V1__REQUEST__BODY_QUERY;
+        r.query = &qr;
+        wire_response *w = NULL;
+        double t1 = now_s();
+        cdx_err e = app_client_call(j->c, &r, &w);
+        j->lat[i] = now_s() - t1;
+        if (e) {
+            j->err = e;
+            wire_response_free(w);
+            break;
+        }
+        const Cipherdex__V1__QueryResult *x = wire_response_msg(w)->query->results[0];
+        size_t plen = j->plen, top_k = j->top_k;
+        if (j->res)
+            for (size_t r2 = 0; r2 < top_k; r2++) {
+                j->res[i * top_k + r2] = -1;
+                if (r2 < x->n_ids && x->ids[r2].len > plen &&
+                    !memcmp(x->ids[r2].data, j->prefix, plen)) {
+                    char tmp[32];
+                    size_t l = x->ids[r2].len - plen < 31 ? x->ids[r2].len - plen : 31;
+                    memcpy(tmp, x->ids[r2].data + plen, l);
+                    tmp[l] = '\0';
+                    j->res[i * top_k + r2] = strtoll(tmp, NULL, 10);
+                }
+            }
+        if (j->print) { /* one vector: print its results */
+            if (G.json) {
+                for (size_t k = 0; k < x->n_ids; k++) {
+                    json_t *h = json_pack("{s:o,s:f}", "id", jstr(x->ids[k]), "distance",
+                                          (double)x->distances[k]);
+                    if (x->n_metadata > k)
+                        json_object_set_new(h, "metadata", jstr(x->metadata[k]));
+                    json_array_append_new(j->jout, h);
+                }
+            } else {
+                printf("%-4s %-40s %12s%s\n", "RANK", "ID", "DISTANCE",
+                       x->n_metadata ? "  METADATA" : "");
+                for (size_t k = 0; k < x->n_ids; k++)
+                    printf("%-4zu %-40.*s %12.6g%s%.*s\n", k + 1, (int)x->ids[k].len,
+                           x->ids[k].data, x->distances[k], x->n_metadata > k ? "  " : "",
+                           x->n_metadata > k ? (int)x->metadata[k].len : 0,
+                           x->n_metadata > k ? (const char *)x->metadata[k].data : "");
+            }
+        }
+        wire_response_free(w);
+        if (j->first == 0)
+            progress("query", i + 1, j->nq, j->t0);
+    }
+}
+
+static void *query_thread(void *arg)
+{
+    query_worker(arg);
+    return NULL;
+}
+
 static int cmp_dbl(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -606,7 +693,7 @@ static int cmd_query(args *a)
         return usage_error("query needs an index name");
     const char *index = a->v[a->i++];
     const char *file = NULL, *vec = NULL, *filter = NULL, *gt_base = NULL, *prefix = "";
-    uint32_t top_k = 10, probes = 0;
+    uint32_t top_k = 10, probes = 0, clients = 1;
     uint64_t limit = 0;
     unsigned inc = 0;
     for (; a->i < a->n; a->i++) {
@@ -632,6 +719,9 @@ static int cmd_query(args *a)
         } else if (!strcmp(o, "--limit")) {
             if (!parse_u64(opt_value(a, o), &limit))
                 return usage_error("--limit needs a number");
+        } else if (!strcmp(o, "--clients")) {
+            if (!parse_u32(opt_value(a, o), &clients) || !clients || clients > 256)
+                return usage_error("--clients needs 1..256");
         } else
             return usage_error("query: unknown option %s", o);
     }
@@ -684,63 +774,39 @@ static int cmd_query(args *a)
     cdx_err e = CDX_OK;
     double t0 = now_s();
     size_t plen = strlen(prefix);
-    for (size_t i = 0; i < nq && !e; i++) {
-        Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
-        Cipherdex__V1__QueryRequest qr = CIPHERDEX__V1__QUERY_REQUEST__INIT;
-        qr.index = wire_str(index);
-        qr.vectors = q + i * d;
-        qr.n_vectors = d;
-        qr.top_k = top_k;
-        qr.n_probes = probes;
-        if (filter)
-            qr.filter = wire_str(filter);
-        qr.include_vectors = inc & 1;
-        qr.include_metadata = (inc & 2) != 0;
-        qr.include_contents = (inc & 4) != 0;
-        r.body_case = CIPHERDEX__V1__REQUEST__BODY_QUERY;
-        r.query = &qr;
-        wire_response *w = NULL;
-        double t1 = now_s();
-        e = app_client_call(C, &r, &w);
-        lat[i] = now_s() - t1;
-        if (e) {
-            wire_response_free(w);
-            break;
+    qjob base = {.index = index, .q = q, .d = d, .nq = nq, .top_k = top_k, .probes = probes,
+                 .filter = filter, .inc = inc, .prefix = prefix, .plen = plen, .lat = lat,
+                 .res = res, .jout = jout, .print = !file, .t0 = t0, .stride = clients,
+                 .c = C};
+    if (clients <= 1) {
+        query_worker(&base);
+        e = base.err;
+    } else {
+        /* Concurrent clients: each its own connection, queries dealt round-robin. */
+        pthread_t *th = calloc(clients, sizeof(pthread_t));
+        qjob *jobs = calloc(clients, sizeof(qjob));
+        for (uint32_t t = 0; t < clients; t++) {
+            jobs[t] = base;
+            jobs[t].first = t;
+            jobs[t].c = NULL;
+            jobs[t].err = app_client_connect(&G.conn, &jobs[t].c);
         }
-        const Cipherdex__V1__QueryResult *x = wire_response_msg(w)->query->results[0];
-        if (res)
-            for (size_t j = 0; j < top_k; j++) {
-                res[i * top_k + j] = -1;
-                if (j < x->n_ids && x->ids[j].len > plen &&
-                    !memcmp(x->ids[j].data, prefix, plen)) {
-                    char tmp[32];
-                    size_t l = x->ids[j].len - plen < 31 ? x->ids[j].len - plen : 31;
-                    memcpy(tmp, x->ids[j].data + plen, l);
-                    tmp[l] = '\0';
-                    res[i * top_k + j] = strtoll(tmp, NULL, 10);
-                }
-            }
-        if (!file) { /* one vector: print its results */
-            if (G.json) {
-                for (size_t j = 0; j < x->n_ids; j++) {
-                    json_t *h = json_pack("{s:o,s:f}", "id", jstr(x->ids[j]), "distance",
-                                          (double)x->distances[j]);
-                    if (x->n_metadata > j)
-                        json_object_set_new(h, "metadata", jstr(x->metadata[j]));
-                    json_array_append_new(jout, h);
-                }
-            } else {
-                printf("%-4s %-40s %12s%s\n", "RANK", "ID", "DISTANCE",
-                       x->n_metadata ? "  METADATA" : "");
-                for (size_t j = 0; j < x->n_ids; j++)
-                    printf("%-4zu %-40.*s %12.6g%s%.*s\n", j + 1, (int)x->ids[j].len,
-                           x->ids[j].data, x->distances[j], x->n_metadata > j ? "  " : "",
-                           x->n_metadata > j ? (int)x->metadata[j].len : 0,
-                           x->n_metadata > j ? (const char *)x->metadata[j].data : "");
-            }
+        t0 = now_s();
+        for (uint32_t t = 0; t < clients; t++) {
+            jobs[t].t0 = t0;
+            if (!jobs[t].err)
+                pthread_create(&th[t], NULL, query_thread, &jobs[t]);
         }
-        wire_response_free(w);
-        progress("query", i + 1, nq, t0);
+        for (uint32_t t = 0; t < clients; t++) {
+            if (!jobs[t].c)
+                continue;
+            pthread_join(th[t], NULL);
+            app_client_free(jobs[t].c);
+        }
+        for (uint32_t t = 0; t < clients && !e; t++)
+            e = jobs[t].err;
+        free(th);
+        free(jobs);
     }
     double el = now_s() - t0;
     int rc = 0;
@@ -751,14 +817,17 @@ static int cmd_query(args *a)
         double p50 = lat[(nq - 1) / 2], p99 = lat[(size_t)ceil(0.99 * (double)nq) - 1];
         double recall = gt ? app_vecs_recall_at_k(res, gt, nq, top_k) : -1;
         if (G.json) {
-            json_t *j = json_pack("{s:I,s:f,s:f,s:f}", "queries", (json_int_t)nq, "qps",
-                                  el > 0 ? nq / el : 0.0, "p50_ms", p50 * 1e3, "p99_ms", p99 * 1e3);
+            json_t *j = json_pack("{s:I,s:i,s:f,s:f,s:f}", "queries", (json_int_t)nq, "clients",
+                                  (int)clients, "qps", el > 0 ? nq / el : 0.0, "p50_ms",
+                                  p50 * 1e3, "p99_ms", p99 * 1e3);
             if (gt)
                 json_object_set_new(j, "recall_at_k", json_real(recall));
             print_json(j);
         } else {
-            printf("%zu queries in %.2f s: %.0f QPS one at a time, p50 %.3f ms, p99 %.3f ms\n", nq,
-                   el, el > 0 ? nq / el : 0.0, p50 * 1e3, p99 * 1e3);
+            printf("%zu queries in %.2f s: %.0f QPS (%u client%s, one query per request), "
+                   "p50 %.3f ms, p99 %.3f ms\n",
+                   nq, el, el > 0 ? nq / el : 0.0, clients, clients > 1 ? "s" : "", p50 * 1e3,
+                   p99 * 1e3);
             if (gt)
                 printf("recall@%u against exact ground truth: %.4f\n", top_k, recall);
         }
@@ -943,7 +1012,8 @@ static void help(void)
         "  upsert INDEX --file F [--labels IDX_LABELS] [--id-prefix P] [--start N] [--batch N]\n"
         "               [--limit N]   F: .fvecs, .bvecs, IDX images (plain or .gz), .jsonl\n"
         "               ({\"id\":..., \"vector\":[...], \"metadata\":{...}, \"contents\":\"...\"})\n"
-        "  query INDEX (--vector \"x,y,...\" | --file F [--limit N]) [--top-k N] [--probes N]\n"
+        "  query INDEX (--vector \"x,y,...\" | --file F [--limit N] [--clients N]) [--top-k N]\n"
+        "               [--probes N]\n"
         "               [--filter JSON] [--include vectors,metadata,contents]\n"
         "               [--ground-truth BASE_FILE [--id-prefix P]]   (recall@k, QPS, p50/p99)\n"
         "  get INDEX ID... [--include vectors,metadata,contents]\n"

@@ -51,3 +51,8 @@ add_test(NAME test_python_client
          COMMAND bash ${CMAKE_SOURCE_DIR}/tests/clients/python/run_test.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_python_client PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp
                      ENVIRONMENT "CDX_TEST_TMP=${CDX_TEST_TMP}")
+# The whole lifecycle through the CLI, against a dev stack.
+add_test(NAME test_cli
+         COMMAND bash ${CMAKE_SOURCE_DIR}/tests/clients/cli/run_test.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_cli PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp
+                     ENVIRONMENT "CDX_TEST_TMP=${CDX_TEST_TMP}")

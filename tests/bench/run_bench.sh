@@ -29,6 +29,8 @@ echo
 "$ivf" "${args[@]}" "${extra[@]}"
 echo
 echo "- IVF table: $out/ivf.md; CSV: $out/ivf.csv"
+# Through the appliance: TLS, Redis, 4 clients, against the in-process engine (docs/BENCH.md).
+CDX_BENCH_SHORT="${CDX_BENCH_SHORT:-0}" bash "$(dirname "$0")/bench_appliance.sh" "$build" | tee "$out/appliance.md"
 if [[ -s "$out/ivf.png" ]]; then
     echo "- IVF plot (recall@10 vs one-at-a-time QPS): $out/ivf.png"
 else

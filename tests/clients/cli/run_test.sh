@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# ctest test_cli: the whole lifecycle through the `cipherdex` CLI against a dev stack (Redis
+# store): health, index create/list/describe/train/delete, upsert from JSON Lines and fvecs,
+# query (table and --json, filter), get, delete, list-ids, error exits. $1 = build, $2 = source.
+set -euo pipefail
+build=${1:?build dir}
+src=${2:?source dir}
+base=${CDX_TEST_TMP:-/tmp}
+mkdir -p "$base"
+dir=$(mktemp -d "$base/cli.XXXXXX")
+trap 'bash "$src/tests/dev/stack.sh" down "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
+bash "$src/tests/dev/stack.sh" up "$build" "$dir" >/dev/null
+# shellcheck disable=SC1091
+source "$dir/cipherdex.env"
+cli() { "$CIPHERDEX_CLI" "$@"; }
+pass=0
+ok() { pass=$((pass + 1)); }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+json() { /usr/bin/python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+
+cli health | grep -q "^token: ok" && ok || fail "health"
+cli --json index create docs --dim 4 --metric cosine --type ivfflat --lists 2 >"$dir/create.json"
+id=$(json 'd["id"]' <"$dir/create.json")
+[[ ${#id} == 32 ]] && ok || fail "create returns a 32-hex id"
+cli index create docs --dim 4 >/dev/null 2>"$dir/err" && fail "create twice" || true
+grep -q "error 6 ALREADY_EXISTS" "$dir/err" && ok || fail "ALREADY_EXISTS with code and name"
+
+/usr/bin/python3 - "$dir/items.jsonl" <<'PY'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i in range(40):
+        v = [1.0, i / 40.0, (i % 7) / 7.0, 0.5 if i % 2 else -0.5]
+        f.write(json.dumps({"id": f"d{i}", "vector": v, "metadata": {"n": i, "odd": i % 2 == 1},
+                            "contents": f"text {i}"}) + "\n")
+PY
+cli upsert docs --file "$dir/items.jsonl" | grep -q "upserted 40 items" && ok || fail "upsert jsonl"
+cli index train docs | grep -q "trained docs" && ok || fail "train"
+[[ $(cli --json index describe docs | json 'd["count"]') == 40 ]] && ok || fail "describe count"
+cli index list | grep -q "^docs " && ok || fail "index list"
+
+cli --json query docs --vector "1,0.25,0.4285714,-0.5" --top-k 3 --include metadata >"$dir/q.json"
+[[ $(json 'd["results"][0]["id"]' <"$dir/q.json") == d10 ]] && ok || fail "nearest is d10"
+cli query docs --vector "1,0.25,0.43,-0.5" --top-k 5 --filter '{"odd": true}' --include metadata |
+    tail -n +2 | grep -vq '"odd":true' && fail "filter leaked" || ok
+cli --json get docs d3 nope --include metadata,contents >"$dir/g.json"
+[[ $(json '[i["found"] for i in d["items"]]' <"$dir/g.json") == "[True, False]" ]] && ok || fail "get found"
+cli delete docs d1 d2 nope | grep -q "deleted 2 of 3 ids" && ok || fail "delete"
+[[ $(cli list-ids docs --all | wc -l) == 38 ]] && ok || fail "list-ids --all"
+[[ $(cli list-ids docs --limit 10 2>/dev/null | wc -l) == 10 ]] && ok || fail "list-ids page"
+
+# fvecs input with generated ids, and a query file with recall against exact ground truth.
+/usr/bin/python3 - "$dir/base.fvecs" <<'PY'
+import random, struct, sys
+r = random.Random(3)
+with open(sys.argv[1], "wb") as f:
+    for i in range(500):
+        f.write(struct.pack("<i", 4) + struct.pack("<4f", *[r.uniform(-1, 1) for _ in range(4)]))
+PY
+cli index create flat --dim 4 >/dev/null
+cli upsert flat --file "$dir/base.fvecs" --id-prefix v --batch 64 | grep -q "upserted 500" && ok || fail "fvecs"
+out=$(cli query flat --file "$dir/base.fvecs" --limit 50 --ground-truth "$dir/base.fvecs" --id-prefix v)
+grep -q "recall@10 against exact ground truth: 1.0000" <<<"$out" && ok || fail "exhaustive recall 1: $out"
+grep -q "QPS" <<<"$out" && ok || fail "QPS line"
+
+# Errors: the server's code and message, exit 1; usage errors exit 2.
+set +e
+cli query flat --vector "1,2" >/dev/null 2>"$dir/err"; rc=$?
+set -e
+[[ $rc == 1 ]] && grep -q "error 3 INVALID_ARGUMENT" "$dir/err" && ok || fail "wrong dimension: rc $rc"
+set +e
+cli index delete flat >/dev/null 2>&1; rc=$?
+set -e
+[[ $rc == 2 ]] && ok || fail "delete without --confirm is a usage error"
+fid=$(cli --json index describe flat | json 'd["id"]')
+cli index delete flat --confirm "$fid" | grep -q "deleted flat" && ok || fail "index delete"
+set +e
+cli index describe flat >/dev/null 2>"$dir/err"; rc=$?
+set -e
+[[ $rc == 1 ]] && grep -q "NOT_FOUND" "$dir/err" && ok || fail "deleted index NOT_FOUND"
+cli --help | grep -q "list-ids INDEX" && ok || fail "--help"
+echo "test_cli: $pass checks passed"
