@@ -2778,9 +2778,14 @@ out:
     return err;
 }
 
-/* Search blocks through the cache. out[i] NULL where missing (then *missing). */
-static cdx_err fetch_search(op *o, const eng_manifest *m, const eng_segref *const *refs, size_t n,
-                            eng_search **out, bool *missing)
+/*
+ * Blocks of `kind` - search blocks (decoded) or vector blocks (wrapped) - of
+ * the refs flagged in need[] (every ref when need is NULL), through the block
+ * cache, into out[] (each referenced; NULL where the store has no such
+ * segment, and then *missing).
+ */
+static cdx_err fetch_cached(op *o, const eng_manifest *m, const eng_segref *const *refs, size_t n,
+                            const bool *need, eng_kind kind, eng_search **out, bool *missing)
 {
     cdx_err err = CDX_OK;
     *missing = false;
@@ -2793,7 +2798,9 @@ static cdx_err fetch_search(op *o, const eng_manifest *m, const eng_segref *cons
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        out[i] = eng_cache_get(o->e->cache, ENG_K_SEARCH, refs[i]->token);
+        if (need && !need[i])
+            continue;
+        out[i] = eng_cache_get(o->e->cache, kind, refs[i]->token);
         if (!out[i]) {
             miss[nm] = refs[i];
             where[nm++] = i;
@@ -2806,25 +2813,22 @@ static cdx_err fetch_search(op *o, const eng_manifest *m, const eng_segref *cons
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
-    bool mis = false;
-    if ((err = fetch_blocks(o, miss, nm, ENG_K_SEARCH, pts, &mis)))
+    if ((err = fetch_blocks(o, miss, nm, kind, pts, missing)))
         goto out;
-    *missing = mis;
     for (size_t j = 0; j < nm && !err; j++) {
-        if (!pts[j].data && pts[j].len == 0 && miss[j]->search_len) {
-            if (!pts[j].data) {
-                *missing = true;
-                continue;
-            }
-        }
+        if (!pts[j].data)
+            continue; /* absent: *missing is set */
         eng_search *s = NULL;
         uint8_t *plain = pts[j].data;
         size_t len = pts[j].len;
-        pts[j].data = NULL; /* ownership moves into the search block */
+        pts[j].data = NULL; /* ownership moves into the block */
         pts[j].len = pts[j].cap = 0;
-        if ((err = eng_search_decode(plain, len, miss[j]->rows, code_size(m), coded(m), &s)))
+        err = kind == ENG_K_SEARCH
+                  ? eng_search_decode(plain, len, miss[j]->rows, code_size(m), coded(m), &s)
+                  : eng_vectors_wrap(plain, len, miss[j]->rows, m->dim, &s);
+        if (err)
             break;
-        eng_cache_put(o->e->cache, ENG_K_SEARCH, miss[j]->token, s);
+        eng_cache_put(o->e->cache, kind, miss[j]->token, s);
         out[where[j]] = s;
     }
 out:
@@ -2835,6 +2839,13 @@ out:
     free(miss);
     free(where);
     return err;
+}
+
+/* Search blocks through the cache. out[i] NULL where missing (then *missing). */
+static cdx_err fetch_search(op *o, const eng_manifest *m, const eng_segref *const *refs, size_t n,
+                            eng_search **out, bool *missing)
+{
+    return fetch_cached(o, m, refs, n, NULL, ENG_K_SEARCH, out, missing);
 }
 
 /*
@@ -3255,60 +3266,11 @@ typedef struct scand {
     uint64_t ref; /* block << 32 | row */
 } scand;
 
-/*
- * Vector blocks (originals) of the blocks flagged in need[], through the
- * cache, into vecs[]. *missing when one is absent from the store.
- */
+/* Vector blocks (originals) of the refs flagged in need[], through the cache. */
 static cdx_err fetch_vectors(op *o, const eng_manifest *m, const eng_segref **refs, size_t n,
                              const bool *need, eng_search **vecs, bool *missing)
 {
-    cdx_err err = CDX_OK;
-    const eng_segref **miss = malloc((n + 1) * sizeof(*miss));
-    size_t *where = malloc((n + 1) * sizeof(*where));
-    eng_buf *pts = NULL;
-    size_t nm = 0;
-    *missing = false;
-    if (!miss || !where) {
-        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (!need[i])
-            continue;
-        vecs[i] = eng_cache_get(o->e->cache, ENG_K_VECTORS, refs[i]->token);
-        if (!vecs[i]) {
-            miss[nm] = refs[i];
-            where[nm++] = i;
-        }
-    }
-    if (!nm)
-        goto out;
-    pts = calloc(nm, sizeof(*pts));
-    if (!pts) {
-        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-        goto out;
-    }
-    if ((err = fetch_blocks(o, miss, nm, ENG_K_VECTORS, pts, missing)) || *missing)
-        goto out;
-    for (size_t j = 0; j < nm && !err; j++) {
-        eng_search *v = NULL;
-        uint8_t *plain = pts[j].data;
-        size_t len = pts[j].len;
-        pts[j].data = NULL; /* ownership moves into the wrapper */
-        pts[j].len = pts[j].cap = 0;
-        if ((err = eng_vectors_wrap(plain, len, miss[j]->rows, m->dim, &v)))
-            break;
-        eng_cache_put(o->e->cache, ENG_K_VECTORS, miss[j]->token, v);
-        vecs[where[j]] = v;
-    }
-out:
-    if (pts)
-        for (size_t j = 0; j < nm; j++)
-            eng_buf_free(&pts[j]);
-    free(pts);
-    free(miss);
-    free(where);
-    return err;
+    return fetch_cached(o, m, refs, n, need, ENG_K_VECTORS, vecs, missing);
 }
 
 /*
