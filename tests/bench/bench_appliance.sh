@@ -5,7 +5,7 @@
 # in-process engine's one-at-a-time QPS on Redis, warm, measured in the same run by bench_ivf.
 # $1 = build dir. CDX_BENCH_SHORT=1: 10,000 base vectors, 256 lists, 1,000 queries.
 set -euo pipefail
-build=${1:?build dir}
+build=$(cd "${1:?build dir}" && pwd)
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 data=/usr/share/datasets/fashion-mnist
 short=${CDX_BENCH_SHORT:-0}

@@ -3,7 +3,7 @@
 # CDX_BENCH_SHORT=1: CI-sized IVF run (bench_ivf --short); CDX_BENCH_IVF_ARGS: extra bench_ivf
 # options (e.g. "--systems faiss --repeat 3"); CDX_BENCH_SECONDS: bench_custody duration.
 set -euo pipefail
-build=${1:?build dir}
+build=$(cd "${1:?build dir}" && pwd)
 export CDX_TEST_TMP="$build/bench-tmp"
 mkdir -p "$CDX_TEST_TMP"
 trap 'rm -rf "$CDX_TEST_TMP"' EXIT

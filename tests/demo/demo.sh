@@ -6,7 +6,7 @@
 # ground truth, QPS and p50/p99; what Redis holds; what the token holds; teardown.
 # $1 = build dir.
 set -euo pipefail
-build=${1:?build dir}
+build=$(cd "${1:?build dir}" && pwd)
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 data=/usr/share/datasets/fashion-mnist
 [[ -f "$data/train-images-idx3-ubyte.gz" ]] || { echo "demo: $data missing (dataset-fashion-mnist)" >&2; exit 1; }

@@ -3,7 +3,7 @@
 # store): health, index create/list/describe/train/delete, upsert from JSON Lines and fvecs,
 # query (table and --json, filter), get, delete, list-ids, error exits. $1 = build, $2 = source.
 set -euo pipefail
-build=${1:?build dir}
+build=$(cd "${1:?build dir}" && pwd)
 src=${2:?source dir}
 base=${CDX_TEST_TMP:-/tmp}
 mkdir -p "$base"

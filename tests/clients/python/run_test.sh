@@ -3,7 +3,7 @@
 # proto/cipherdex.proto with protoc, then example.py against the live daemon.
 # $1 = build dir, $2 = source dir.
 set -euo pipefail
-build=${1:?build dir}
+build=$(cd "${1:?build dir}" && pwd)
 src=${2:?source dir}
 command -v protoc >/dev/null || { echo "protoc missing (protobuf-compiler)"; exit 1; }
 base=${CDX_TEST_TMP:-/tmp}
