@@ -25,6 +25,7 @@
 
 #include "app_client.h"
 #include "fx_pki.h"
+#include "fx_proc.h"
 #include "fx_redis.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
@@ -66,20 +67,12 @@ static void write_conf(void)
 /* Start cipherdexd and wait for READY=1 on our notify socket; fills addr. */
 static int daemon_start(void)
 {
-    char ports[4200], line[256], env_notify[128], name[64];
+    char ports[4200], line[256];
+    static char env_notify[128];
     snprintf(ports, sizeof(ports), "%s/ports", dir);
     unlink(ports);
-    if (notify_fd < 0) {
-        snprintf(name, sizeof(name), "cdx-appl-%d", (int)getpid());
-        notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        memcpy(sa.sun_path + 1, name, strlen(name));
-        if (bind(notify_fd, (struct sockaddr *)&sa,
-                 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))))
-            return -1;
-    }
-    snprintf(name, sizeof(name), "cdx-appl-%d", (int)getpid());
-    snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=@%s", name);
+    if (notify_fd < 0 && (notify_fd = fx_notify_open(env_notify, sizeof(env_notify))) < 0)
+        return -1;
     daemon_pid = fork();
     if (daemon_pid == 0) {
         putenv(env_notify);
@@ -87,17 +80,8 @@ static int daemon_start(void)
         execl(bin, bin, "--config", conf, (char *)NULL);
         _exit(127);
     }
-    char msg[256];
-    struct timeval tv = {.tv_sec = 60};
-    setsockopt(notify_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    for (;;) {
-        ssize_t n = recv(notify_fd, msg, sizeof(msg) - 1, 0);
-        if (n <= 0)
-            return -1;
-        msg[n] = '\0';
-        if (strstr(msg, "READY=1"))
-            break;
-    }
+    if (fx_notify_wait(notify_fd, "READY=1", 60, NULL, 0))
+        return -1;
     FILE *f = fopen(ports, "r");
     if (!f)
         return -1;

@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fx_proc.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
 
@@ -83,52 +84,19 @@ static void test_check_config(void)
     CU_ASSERT_EQUAL(fx_run(ver, NULL, out, sizeof(out)), 0);
 }
 
-/* Receive one notify datagram (or "" on timeout). */
-static void notify_recv(int s, char *buf, size_t cap, int timeout_s)
-{
-    struct timeval tv = {.tv_sec = timeout_s};
-    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    ssize_t n = recv(s, buf, cap - 1, 0);
-    buf[n > 0 ? n : 0] = '\0';
-}
-
 static char *http_get(uint16_t port, const char *path)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-        close(fd);
-        return strdup("");
-    }
     char req[256];
     snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", path);
-    if (write(fd, req, strlen(req)) < 0) {
-        close(fd);
-        return strdup("");
-    }
-    size_t cap = 1 << 17, len = 0;
-    char *buf = malloc(cap);
-    ssize_t n;
-    while ((n = read(fd, buf + len, cap - 1 - len)) > 0)
-        len += (size_t)n;
-    buf[len] = '\0';
-    close(fd);
-    return buf;
+    return fx_http(AF_INET, port, req);
 }
 
 static void test_run_and_signals(void)
 {
     const char *conf = make_conf("run.conf", "[log]\nlevel = info\n");
-    /* An abstract socket: no path-length limit from the test directory, nothing to unlink. */
-    char name[64], env_notify[128];
-    snprintf(name, sizeof(name), "cdx-test-notify-%d", (int)getpid());
-    int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    memcpy(sa.sun_path + 1, name, strlen(name));
-    socklen_t sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
-    CU_ASSERT_FATAL(bind(s, (struct sockaddr *)&sa, sl) == 0);
-    snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=@%s", name);
+    char env_notify[128];
+    int s = fx_notify_open(env_notify, sizeof(env_notify));
+    CU_ASSERT_FATAL(s >= 0);
     pid_t pid = fork();
     CU_ASSERT_FATAL(pid >= 0);
     if (pid == 0) {
@@ -137,9 +105,7 @@ static void test_run_and_signals(void)
         execl(bin, bin, "--config", conf, (char *)NULL);
         _exit(127);
     }
-    char msg[512];
-    notify_recv(s, msg, sizeof(msg), 60);
-    CU_ASSERT_FATAL(strstr(msg, "READY=1") != NULL);
+    CU_ASSERT_FATAL(fx_notify_wait(s, "READY=1", 60, NULL, 0) == 0);
     /* The ports file is complete before READY. */
     char ports_path[4200], line[256];
     snprintf(ports_path, sizeof(ports_path), "%s/ports", dir);
@@ -164,17 +130,15 @@ static void test_run_and_signals(void)
     free(r);
     /* SIGHUP: RELOADING then READY again, still serving. */
     kill(pid, SIGHUP);
-    notify_recv(s, msg, sizeof(msg), 30);
-    CU_ASSERT(strstr(msg, "RELOADING=1") != NULL);
-    notify_recv(s, msg, sizeof(msg), 30);
-    CU_ASSERT(strstr(msg, "READY=1") != NULL);
+    char msg[512];
+    CU_ASSERT(fx_notify_wait(s, "RELOADING=1", 30, msg, sizeof(msg)) == 0);
+    CU_ASSERT(fx_notify_wait(s, "READY=1", 30, msg, sizeof(msg)) == 0);
     r = http_get((uint16_t)port, "/healthz");
     CU_ASSERT(strstr(r, " 200") != NULL);
     free(r);
     /* SIGTERM: STOPPING, then a clean exit. */
     kill(pid, SIGTERM);
-    notify_recv(s, msg, sizeof(msg), 30);
-    CU_ASSERT(strstr(msg, "STOPPING=1") != NULL);
+    CU_ASSERT(fx_notify_wait(s, "STOPPING=1", 30, msg, sizeof(msg)) == 0);
     int st = 0;
     CU_ASSERT_EQUAL(waitpid(pid, &st, 0), pid);
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);

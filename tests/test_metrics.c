@@ -10,6 +10,7 @@
 
 #include "app_http.h"
 #include "app_metrics.h"
+#include "fx_proc.h"
 
 static char *render(const app_metrics *m, const app_metrics_pull *p)
 {
@@ -82,39 +83,6 @@ static void test_counters_and_histograms(void)
     app_metrics_free(NULL);
 }
 
-/* One HTTP/1.0 exchange with the endpoint; returns the whole response. */
-static char *http(int family, uint16_t port, const char *request)
-{
-    int fd = socket(family, SOCK_STREAM, 0);
-    CU_ASSERT_FATAL(fd >= 0);
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
-    socklen_t sl;
-    if (family == AF_INET) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-        a->sin_family = AF_INET;
-        a->sin_port = htons(port);
-        a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        sl = sizeof(*a);
-    } else {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons(port);
-        a->sin6_addr = in6addr_loopback;
-        sl = sizeof(*a);
-    }
-    CU_ASSERT_FATAL(connect(fd, (struct sockaddr *)&ss, sl) == 0);
-    CU_ASSERT_FATAL(write(fd, request, strlen(request)) == (ssize_t)strlen(request));
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    ssize_t n;
-    while ((n = read(fd, buf + len, cap - 1 - len)) > 0)
-        len += (size_t)n;
-    buf[len] = '\0';
-    close(fd);
-    return buf;
-}
-
 static app_health_state g_state;
 
 static void health(void *arg, app_health *out)
@@ -141,7 +109,7 @@ static void test_http(void)
     uint16_t port = app_http_port(h);
     CU_ASSERT(port != 0);
     app_metrics_request(m, APP_OP_HEALTH, CDX_OK);
-    char *r = http(AF_INET, port, "GET /metrics HTTP/1.0\r\n\r\n");
+    char *r = fx_http(AF_INET, port, "GET /metrics HTTP/1.0\r\n\r\n");
     CU_ASSERT(strncmp(r, "HTTP/1.0 200", 12) == 0 || strncmp(r, "HTTP/1.1 200", 12) == 0);
     CU_ASSERT(strstr(r, "text/plain; version=0.0.4") != NULL);
     CU_ASSERT(strstr(r, "cipherdex_requests_total{op=\"health\",code=\"OK\"} 1") != NULL);
@@ -155,25 +123,25 @@ static void test_http(void)
               {APP_HEALTH_DOWN, " 503", "{\"status\":\"down\",\"token\":\"unreachable\""}};
     for (size_t i = 0; i < 3; i++) {
         g_state = hs[i].s;
-        r = http(AF_INET, port, "GET /healthz HTTP/1.0\r\n\r\n");
+        r = fx_http(AF_INET, port, "GET /healthz HTTP/1.0\r\n\r\n");
         CU_ASSERT(strstr(r, hs[i].code) != NULL && strstr(r, hs[i].code) < strstr(r, "\r\n"));
         CU_ASSERT(strstr(r, hs[i].body) != NULL);
         free(r);
     }
-    r = http(AF_INET, port, "GET /nope HTTP/1.0\r\n\r\n");
+    r = fx_http(AF_INET, port, "GET /nope HTTP/1.0\r\n\r\n");
     CU_ASSERT(strstr(r, " 404") != NULL);
     free(r);
-    r = http(AF_INET, port, "POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc");
+    r = fx_http(AF_INET, port, "POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc");
     CU_ASSERT(strstr(r, " 405") != NULL);
     free(r);
     app_http_free(h);
     /* IPv6 loopback (skipped quietly where the host has no ::1). */
     if (app_http_new("[::1]:0", m, health, NULL, NULL, &h) == CDX_OK) {
         g_state = APP_HEALTH_OK;
-        r = http(AF_INET6, app_http_port(h), "GET /healthz HTTP/1.0\r\n\r\n");
+        r = fx_http(AF_INET6, app_http_port(h), "GET /healthz HTTP/1.0\r\n\r\n");
         CU_ASSERT(strstr(r, " 200") != NULL);
         free(r);
-        r = http(AF_INET6, app_http_port(h), "GET /metrics HTTP/1.0\r\n\r\n");
+        r = fx_http(AF_INET6, app_http_port(h), "GET /metrics HTTP/1.0\r\n\r\n");
         CU_ASSERT(strstr(r, "cipherdex_block_cache") == NULL); /* no pull function */
         free(r);
         app_http_free(h);
