@@ -21,7 +21,9 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+#include <errno.h>
 
 #include "app_client.h"
 #include "fx_pki.h"
@@ -52,6 +54,7 @@ static void write_conf(void)
              "admins = spiffe://test/admin\n"
              "deployment_id = 00112233445566778899aabbccddeef0\nworkers = 4\n"
              "max_frame_bytes = 8M\ninflight_bytes = 64M\n"
+             "handshake_timeout_ms = 1500\nidle_timeout_s = 3\nmin_recv_bytes_per_s = 1024\n"
              "[hsm]\nmodule = %s\ntoken = pkcs11:token=%s\npin = file:%s\n"
              "allow_unlocked_memory = yes\n"
              "[store]\nredis = %s:%d\n[state]\ndir = %s/state\n"
@@ -544,6 +547,65 @@ static void test_malformed_wire(void)
     CU_ASSERT_FALSE(refused(admin));
 }
 
+/* Seconds until the server closes fd (read returns 0 or an error), at most limit_s. */
+static double seconds_until_closed(int fd, int limit_s)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct timeval tv = {.tv_sec = limit_s};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char b[256];
+    ssize_t n;
+    while ((n = read(fd, b, sizeof(b))) > 0)
+        ; /* a TLS alert may come first */
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double el = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) ? el : -1;
+}
+
+/*
+ * A peer cannot pin a connection: no TLS handshake (closed after
+ * handshake_timeout_ms), 3 bytes of a frame header then silence (closed by
+ * the receive-rate rule after its grace second), and idle after a request
+ * (closed after idle_timeout_s).
+ */
+static void test_timeouts(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(strchr(addr, ':') + 1)),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    CU_ASSERT_FATAL(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    double t = seconds_until_closed(fd, 20);
+    close(fd);
+    CU_ASSERT(t >= 1.0 && t < 10);
+    printf("\n    no handshake: closed after %.2f s ", t);
+
+    raw r;
+    CU_ASSERT_FATAL(raw_open(&r) == 0);
+    uint8_t hdr[3] = {0, 0, 1};
+    raw_send(&r, hdr, 3);
+    t = seconds_until_closed(r.fd, 20);
+    CU_ASSERT(t >= 0.9 && t < 10);
+    printf("\n    3 header bytes then silence: closed after %.2f s ", t);
+    raw_close(&r);
+
+    CU_ASSERT_FATAL(raw_open(&r) == 0);
+    Cipherdex__V1__HealthRequest h = CIPHERDEX__V1__HEALTH_REQUEST__INIT;
+    Cipherdex__V1__Request hq = CIPHERDEX__V1__REQUEST__INIT;
+    hq.body_case = CIPHERDEX__V1__REQUEST__BODY_HEALTH;
+    hq.health = &h;
+    uint8_t buf[64];
+    size_t n = cipherdex__v1__request__pack(&hq, buf);
+    frame(&r, buf, n);
+    CU_ASSERT_EQUAL(raw_status(&r, NULL), CDX_OK);
+    t = seconds_until_closed(r.fd, 30);
+    CU_ASSERT(t >= 2.5 && t < 20);
+    printf("\n    idle after a request: closed after %.2f s ", t);
+    raw_close(&r);
+    CU_ASSERT(daemon_alive());
+}
+
 typedef struct worker_arg {
     int k;
     atomic_int *errors;
@@ -727,6 +789,7 @@ int main(void)
     CU_add_test(s, "lifecycle over mutual TLS; admin checks", test_lifecycle);
     CU_add_test(s, "refused client certificates", test_refused_certificates);
     CU_add_test(s, "malformed input on the wire", test_malformed_wire);
+    CU_add_test(s, "handshake, slow-receive and idle timeouts", test_timeouts);
     CU_add_test(s, "16 concurrent clients: nothing lost or duplicated", test_concurrent_clients);
     CU_add_test(s, "SIGTERM under load loses no acknowledged write; restart",
                 test_restart_and_sigterm);
