@@ -9,6 +9,7 @@
  * 2 usage or configuration error.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include "app_config.h"
 #include "app_daemon.h"
 #include "cdx_log.h"
+#include "eng_kmeans.h"
 
 #ifndef CDX_VERSION
 #define CDX_VERSION "0.1.0"
@@ -74,8 +76,27 @@ static int load(const char *path, app_config *c, bool files)
     return bad ? -1 : 0;
 }
 
+/*
+ * OpenBLAS 0.3.21 falls back to SSE3 kernels on CPUs it does not know (k-means training ~6x
+ * slower) and reads OPENBLAS_CORETYPE only when it loads: set it and start again, once, before
+ * anything is opened. An operator's own OPENBLAS_CORETYPE is left alone.
+ */
+static void blas_kernels(char **argv)
+{
+    const char *core;
+    if (getenv("OPENBLAS_CORETYPE") || getenv("CDX_BLAS_REEXEC") ||
+        !(core = eng_kmeans_better_coretype()))
+        return;
+    setenv("OPENBLAS_CORETYPE", core, 1);
+    setenv("CDX_BLAS_REEXEC", "1", 1);
+    execv("/proc/self/exe", argv);
+    /* Still running: keep the slow kernels, say so. */
+    cdx_log(CDX_LOG_WARN, "blas_reexec_failed", "core=%s", core);
+}
+
 int main(int argc, char **argv)
 {
+    blas_kernels(argv);
     if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         usage(stdout);
         return 0;

@@ -17,6 +17,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <time.h>
 
@@ -67,6 +68,28 @@ static double now_seconds(void)
 const char *eng_kmeans_blas_core(void)
 {
     return openblas_get_corename();
+}
+
+const char *eng_kmeans_better_coretype(void)
+{
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    static const char *const generic[] = {"Prescott", "Core2",     "Penryn", "Dunnington",
+                                          "Nehalem",  "Atom",      "Katmai", "Northwood",
+                                          "Opteron",  "Barcelona", "Bobcat", "Sandybridge"};
+    const char *core = openblas_get_corename();
+    bool fallback = false;
+    for (size_t i = 0; core && i < sizeof(generic) / sizeof(generic[0]); i++)
+        fallback |= strcmp(core, generic[i]) == 0;
+    if (!fallback)
+        return NULL;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return "SkylakeX";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return "Haswell";
+#endif
+    return NULL;
 }
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;

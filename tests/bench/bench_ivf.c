@@ -2,6 +2,7 @@
  * process, one thread: recall@k against exact ground truth, QPS one query at a time and batched,
  * latency percentiles, build times, and the ratio to Faiss. docs/BENCH.md explains the output. */
 #include "app_vecs.h"
+#include "eng_kmeans.h"
 #include "bench_sys.h"
 
 #include <cblas.h>
@@ -324,23 +325,6 @@ static long thread_count(void)
     return n;
 }
 
-/* OpenBLAS 0.3.21 (Debian 12) picks its kernels from the CPU model when it loads; a model it does
- * not know (family 6 model 207, Emerald Rapids, for one) gets the Prescott SSE3 fallback, with
- * sgemm 3-4x slower. Faiss trains and assigns with sgemm, so name the best core the CPU runs. */
-static const char *better_coretype(void)
-{
-    const char *cfg = openblas_get_config();
-    if (!cfg || !strstr(cfg, " Prescott "))
-        return NULL;
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-        return "SkylakeX";
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return "Haswell";
-    return NULL;
-}
-
 /* OpenMP (libgomp) and OpenBLAS read their settings from the environment when they are loaded,
  * before main: if they are not what the benchmark needs, set them and start again, once. An
  * OPENBLAS_CORETYPE already set is left alone. */
@@ -354,7 +338,7 @@ static void pin_one_thread(char **argv)
         again = true;
     }
     const char *core;
-    if (!getenv("OPENBLAS_CORETYPE") && (core = better_coretype())) {
+    if (!getenv("OPENBLAS_CORETYPE") && (core = eng_kmeans_better_coretype())) {
         setenv("OPENBLAS_CORETYPE", core, 1);
         setenv("BENCH_IVF_CORETYPE_SET", "1", 1); /* for the report */
         again = true;
