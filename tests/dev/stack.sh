@@ -112,11 +112,6 @@ listen = 127.0.0.1:0
 CONF
     "$build/appliance/cipherdexd" --check-config "$dir/cipherdexd.conf" >/dev/null
 
-    # OpenBLAS 0.3.21 falls back to SSE3 kernels on CPUs it does not know (docs/BENCH.md).
-    if [[ -z "${OPENBLAS_CORETYPE:-}" ]] && grep -qw avx2 /proc/cpuinfo; then
-        if grep -qw avx512bw /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
-        else export OPENBLAS_CORETYPE=Haswell; fi
-    fi
     rm -f "$dir/ports"
     "$build/appliance/cipherdexd" --config "$dir/cipherdexd.conf" >"$dir/cipherdexd.log" 2>&1 &
     local dpid=$!
