@@ -237,10 +237,10 @@ static cdx_err tls_setup(app_client *c, const app_client_opts *o, const char *ho
     SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
     if (!o->ca || SSL_CTX_load_verify_locations(c->ctx, o->ca, NULL) != 1)
         return ssl_fail(CDX_ERR_CONFIG, o->ca ? "cannot load the CA file" : "no CA file given");
-    if (o->cert && (SSL_CTX_use_certificate_chain_file(c->ctx, o->cert) != 1 ||
-                    SSL_CTX_use_PrivateKey_file(c->ctx, o->key ? o->key : o->cert,
-                                                SSL_FILETYPE_PEM) != 1 ||
-                    SSL_CTX_check_private_key(c->ctx) != 1))
+    if (o->cert &&
+        (SSL_CTX_use_certificate_chain_file(c->ctx, o->cert) != 1 ||
+         SSL_CTX_use_PrivateKey_file(c->ctx, o->key ? o->key : o->cert, SSL_FILETYPE_PEM) != 1 ||
+         SSL_CTX_check_private_key(c->ctx) != 1))
         return ssl_fail(CDX_ERR_CONFIG, "cannot load the client certificate and key");
     c->ssl = SSL_new(c->ctx);
     if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
@@ -355,8 +355,10 @@ cdx_err app_client_recv(app_client *c, wire_response **out)
         goto broken;
     size_t len = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 | (size_t)hdr[2] << 8 | hdr[3];
     if (len > c->max_frame) {
-        err = cdx_fail(CDX_ERR_FRAME_TOO_LARGE, "the server announced a %zu-byte response (cap "
-                       "%zu)", len, c->max_frame);
+        err = cdx_fail(CDX_ERR_FRAME_TOO_LARGE,
+                       "the server announced a %zu-byte response (cap "
+                       "%zu)",
+                       len, c->max_frame);
         goto broken;
     }
     uint8_t *body = malloc(len ? len : 1);
@@ -371,8 +373,8 @@ cdx_err app_client_recv(app_client *c, wire_response **out)
     err = wire_response_unpack(body, len, 4 * len + (1u << 20), out);
     free(body);
     if (err) {
-        err = cdx_fail(CDX_ERR_DATA_LOSS, "malformed response from the server: %s",
-                       cdx_err_detail());
+        err =
+            cdx_fail(CDX_ERR_DATA_LOSS, "malformed response from the server: %s", cdx_err_detail());
         goto broken;
     }
     const Cipherdex__V1__Response *r = wire_response_msg(*out);

@@ -20,13 +20,13 @@
 #include "wire_msg.h"
 
 typedef struct app_client_opts {
-    const char *addr;   /* host:port or [v6]:port */
-    const char *ca;     /* CA bundle the server certificate must chain to */
-    const char *cert;   /* client certificate (PEM) */
-    const char *key;    /* its key (PEM) */
-    bool insecure;      /* plaintext TCP (a server started with insecure = yes) */
+    const char *addr;    /* host:port or [v6]:port */
+    const char *ca;      /* CA bundle the server certificate must chain to */
+    const char *cert;    /* client certificate (PEM) */
+    const char *key;     /* its key (PEM) */
+    bool insecure;       /* plaintext TCP (a server started with insecure = yes) */
     uint32_t timeout_ms; /* connect and per-I/O timeout; 0 = 30000 */
-    size_t max_frame;   /* largest response accepted; 0 = CDX_FRAME_MAX_DEFAULT */
+    size_t max_frame;    /* largest response accepted; 0 = CDX_FRAME_MAX_DEFAULT */
 } app_client_opts;
 
 typedef struct app_client app_client;

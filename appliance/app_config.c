@@ -117,12 +117,14 @@ static cdx_err set_admins(app_config *c, const char *v)
         if (n == 0)
             return cdx_fail(CDX_ERR_CONFIG, "admins: empty principal in the list");
         if (n > CDX_PRINCIPAL_MAX)
-            return cdx_fail(CDX_ERR_CONFIG, "admins: principal `%.40s...` longer than %d bytes",
-                            t, CDX_PRINCIPAL_MAX);
+            return cdx_fail(CDX_ERR_CONFIG, "admins: principal `%.40s...` longer than %d bytes", t,
+                            CDX_PRINCIPAL_MAX);
         for (size_t i = 0; i < n; i++)
             if ((unsigned char)t[i] < 0x21 || t[i] == 0x7f)
-                return cdx_fail(CDX_ERR_CONFIG, "admins: principal `%s` has a space or control "
-                                                "character", t);
+                return cdx_fail(CDX_ERR_CONFIG,
+                                "admins: principal `%s` has a space or control "
+                                "character",
+                                t);
         if (c->n_admins == CDX_ADMINS_MAX)
             return cdx_fail(CDX_ERR_CONFIG, "admins: more than %d principals", CDX_ADMINS_MAX);
         for (size_t i = 0; i < c->n_admins; i++)
@@ -143,8 +145,9 @@ static cdx_err set_special(load_ctx *l, unsigned line, const char *section, cons
         return set_admins(c, v);
     if (!strcmp(key, "deployment_id")) {
         if (strlen(v) != 2 * CDX_ID_LEN || cdx_hex_decode(v, c->deployment_id, CDX_ID_LEN) != 0)
-            return cdx_fail(CDX_ERR_CONFIG, "deployment_id: must be %d hex digits (16 bytes), "
-                                            "the same on every appliance sharing the store",
+            return cdx_fail(CDX_ERR_CONFIG,
+                            "deployment_id: must be %d hex digits (16 bytes), "
+                            "the same on every appliance sharing the store",
                             2 * CDX_ID_LEN);
         c->have_deployment_id = true;
         return CDX_OK;
@@ -161,8 +164,10 @@ static cdx_err set_special(load_ctx *l, unsigned line, const char *section, cons
     if (!strcmp(key, "subkey_ttl_ms")) { /* [keys] */
         (void)section;
         if (l->ttl_line)
-            return cdx_fail(CDX_ERR_CONFIG, "subkey_ttl_ms: already set on line %u ([hsm] or "
-                                            "[keys]); keep one", l->ttl_line);
+            return cdx_fail(CDX_ERR_CONFIG,
+                            "subkey_ttl_ms: already set on line %u ([hsm] or "
+                            "[keys]); keep one",
+                            l->ttl_line);
         uint64_t n;
         cdx_err err = app_ini_uint(key, v, CDX_SUBKEY_TTL_MAX_MS, false, &n);
         if (err)
@@ -205,13 +210,17 @@ static cdx_err load_one(void *user, unsigned line, const char *section, const ch
     for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++)
         known |= !strcmp(section, sections[i]);
     if (!known)
-        return cdx_fail(CDX_ERR_CONFIG, "unknown section [%s] (known: server, hsm, store, keys, "
-                                        "cache, engine, state, log, metrics)", section);
+        return cdx_fail(CDX_ERR_CONFIG,
+                        "unknown section [%s] (known: server, hsm, store, keys, "
+                        "cache, engine, state, log, metrics)",
+                        section);
     if (!strcmp(section, "hsm")) {
         if (!strcmp(key, "subkey_ttl_ms")) {
             if (l->ttl_line)
-                return cdx_fail(CDX_ERR_CONFIG, "subkey_ttl_ms: already set on line %u ([hsm] "
-                                                "or [keys]); keep one", l->ttl_line);
+                return cdx_fail(CDX_ERR_CONFIG,
+                                "subkey_ttl_ms: already set on line %u ([hsm] "
+                                "or [keys]); keep one",
+                                l->ttl_line);
             l->ttl_line = line;
         }
         return app_hsmconf_set(&c->hsm, &l->hsm_seen, line, key, value);
@@ -332,8 +341,9 @@ cdx_err app_config_check(const app_config *c)
         return cdx_fail(CDX_ERR_CONFIG, "[server] deployment_id is required (32 hex digits, the "
                                         "same on every appliance sharing the store)");
     if (!memcmp(c->deployment_id, zero, CDX_ID_LEN))
-        return cdx_fail(CDX_ERR_CONFIG, "[server] deployment_id is the all-zero placeholder: "
-                                        "generate one (od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')");
+        return cdx_fail(CDX_ERR_CONFIG,
+                        "[server] deployment_id is the all-zero placeholder: "
+                        "generate one (od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')");
     if (c->max_frame_bytes < 1024)
         return cdx_fail(CDX_ERR_CONFIG, "[server] max_frame_bytes below 1 KiB");
     if (c->inflight_bytes < c->max_frame_bytes)

@@ -49,18 +49,18 @@ typedef struct app_config {
     /* [server] */
     char listen[APP_ADDR_MAX]; /* host:port, [v6]:port */
     char tls_cert[APP_PATH_MAX], tls_key[APP_PATH_MAX], client_ca[APP_PATH_MAX];
-    char crl[APP_PATH_MAX];    /* optional */
-    bool allow_tls12;          /* TLS 1.2 with ECDHE + AEAD besides 1.3 */
-    bool insecure;             /* plaintext TCP, no client authentication */
+    char crl[APP_PATH_MAX]; /* optional */
+    bool allow_tls12;       /* TLS 1.2 with ECDHE + AEAD besides 1.3 */
+    bool insecure;          /* plaintext TCP, no client authentication */
     uint32_t handshake_timeout_ms;
     uint32_t idle_timeout_s;
     uint32_t min_recv_bytes_per_s; /* while a frame is arriving */
     uint32_t max_connections;
     uint64_t max_frame_bytes;
-    uint64_t inflight_bytes;   /* all connections' requests being decoded or served */
-    uint32_t max_outstanding;  /* requests per connection before reading stops */
+    uint64_t inflight_bytes;    /* all connections' requests being decoded or served */
+    uint32_t max_outstanding;   /* requests per connection before reading stops */
     uint64_t output_high_water; /* queued response bytes before reading stops */
-    uint32_t workers;          /* engine worker threads; 0 = one per CPU */
+    uint32_t workers;           /* engine worker threads; 0 = one per CPU */
     char admins[CDX_ADMINS_MAX][CDX_PRINCIPAL_MAX + 1];
     size_t n_admins;
     uint8_t deployment_id[CDX_ID_LEN];

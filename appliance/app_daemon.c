@@ -63,7 +63,7 @@ static void health(void *arg, app_health *out)
     cdx_err tok, st;
     probe(d, &tok, &st, desc, sizeof(desc));
     bool store_ok = st == CDX_OK || (st == CDX_ERR_CONFIG && d->store_unsafe_allowed);
-    out->state = tok || !store_ok                                            ? APP_HEALTH_DOWN
+    out->state = tok || !store_ok                                             ? APP_HEALTH_DOWN
                  : st == CDX_ERR_CONFIG || d->cfg.backend == APP_STORE_MEMORY ? APP_HEALTH_DEGRADED
                                                                               : APP_HEALTH_OK;
     for (char *p = desc; *p; p++) /* the description goes inside a JSON string */
@@ -72,7 +72,9 @@ static void health(void *arg, app_health *out)
     snprintf(out->detail, sizeof(out->detail),
              "\"token\":\"%s\",\"store\":\"%s\",\"store_kind\":\"%s\",\"durability\":\"%s\"",
              tok ? cdx_err_name(tok) : "ok",
-             st == CDX_OK ? "ok" : st == CDX_ERR_CONFIG ? "unsafe-durability" : cdx_err_name(st),
+             st == CDX_OK           ? "ok"
+             : st == CDX_ERR_CONFIG ? "unsafe-durability"
+                                    : cdx_err_name(st),
              eng_store_kind(d->store), desc);
 }
 
@@ -326,8 +328,7 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                                 .health = wire_health,
                                 .health_arg = d,
                                 .started_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000};
-    if ((err = app_server_new(d->base, &d->cfg, d->tls, d->pool, &d->env, d->metrics,
-                              &d->server)))
+    if ((err = app_server_new(d->base, &d->cfg, d->tls, d->pool, &d->env, d->metrics, &d->server)))
         goto fail;
     *out = d;
     return CDX_OK;
@@ -341,8 +342,8 @@ int app_daemon_run(app_daemon *d)
     write_ports(d);
     char id[2 * CDX_ID_LEN + 1];
     cdx_hex_encode(d->cfg.deployment_id, CDX_ID_LEN, id);
-    cdx_log(CDX_LOG_INFO, "ready", "deployment=%s store=%s workers=%u api=%u tls=%s metrics=%u",
-            id, eng_store_kind(d->store), d->cfg.workers ? d->cfg.workers : ncpus(),
+    cdx_log(CDX_LOG_INFO, "ready", "deployment=%s store=%s workers=%u api=%u tls=%s metrics=%u", id,
+            eng_store_kind(d->store), d->cfg.workers ? d->cfg.workers : ncpus(),
             d->server ? (unsigned)app_server_port(d->server) : 0u, d->tls ? "mutual" : "none",
             d->http ? (unsigned)app_http_port(d->http) : 0u);
     sd_notify(0, "READY=1");

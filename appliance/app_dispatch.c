@@ -36,8 +36,7 @@ static cdx_err need_admin(const app_config *cfg, const char *principal, const ch
     if (app_is_admin(cfg, principal))
         return CDX_OK;
     return cdx_fail(CDX_ERR_PERMISSION_DENIED,
-                    "%s needs an admin principal; `%s` is not in [server] admins", what,
-                    principal);
+                    "%s needs an admin principal; `%s` is not in [server] admins", what, principal);
 }
 
 /* Everything a handler allocates for its response, freed after packing. */
@@ -151,8 +150,10 @@ static cdx_err do_create(const app_dispatch_env *env, const char *who, const Req
     ec.metric = eng_metric_parse(wire_text(c->metric));
     ec.type = c->index_type.len ? eng_index_type_parse(wire_text(c->index_type)) : ENG_IVFFLAT;
     if (!ec.metric)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "metric `%s`: use euclidean, "
-                        "squared_euclidean, cosine or inner_product", wire_text(c->metric));
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                        "metric `%s`: use euclidean, "
+                        "squared_euclidean, cosine or inner_product",
+                        wire_text(c->metric));
     if (!ec.type)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "index_type `%s`: use ivfflat or ivfsq8",
                         wire_text(c->index_type));
@@ -229,20 +230,23 @@ static cdx_err do_list_indexes(const app_dispatch_env *env, Resp *r, scratch *s)
     return CDX_OK;
 }
 
-static cdx_err do_delete_index(const app_dispatch_env *env, const char *who, const Req *q,
-                               Resp *r, scratch *s)
+static cdx_err do_delete_index(const app_dispatch_env *env, const char *who, const Req *q, Resp *r,
+                               scratch *s)
 {
     const Cipherdex__V1__DeleteIndexRequest *d = q->delete_index;
     cdx_err err = need_admin(env->cfg, who, "delete_index");
     if (err)
         return err;
     if (d->confirm_id.len && d->confirm_id.len != CDX_ID_LEN)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "confirm_id must be the %d-byte index id, got "
-                        "%zu bytes", CDX_ID_LEN, d->confirm_id.len);
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                        "confirm_id must be the %d-byte index id, got "
+                        "%zu bytes",
+                        CDX_ID_LEN, d->confirm_id.len);
     if (d->confirm_id.len != CDX_ID_LEN)
         return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
                         "delete_index needs confirm_id: the index id (%d bytes, from "
-                        "describe_index)", CDX_ID_LEN);
+                        "describe_index)",
+                        CDX_ID_LEN);
     if ((err = eng_index_delete(env->engine, wire_text(d->name), d->confirm_id.data)))
         return err;
     Cipherdex__V1__DeleteIndexResponse *dr = alloc(s, sizeof(*dr));
@@ -323,7 +327,8 @@ static cdx_err do_query(const app_dispatch_env *env, const Req *q, Resp *r, scra
     if (qr->n_vectors == 0 || qr->n_vectors % dim)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
                         "vectors holds %zu floats: one or more vectors of the index's dimension "
-                        "%u, row-major", qr->n_vectors, dim);
+                        "%u, row-major",
+                        qr->n_vectors, dim);
     size_t nq = qr->n_vectors / dim;
     if (nq > CDX_QUERY_BATCH_MAX)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "%zu query vectors; at most %d per request", nq,
@@ -415,8 +420,8 @@ static cdx_err do_get(const app_dispatch_env *env, const Req *q, Resp *r, scratc
     unsigned want = (g->include_vectors ? ENG_WANT_VECTOR : 0) |
                     (g->include_metadata ? ENG_WANT_METADATA : 0) |
                     (g->include_contents ? ENG_WANT_CONTENTS : 0);
-    if ((err = eng_get(env->engine, wire_text(g->index), ids, lens, g->n_ids, want,
-                       g->min_version, &s->gres)))
+    if ((err = eng_get(env->engine, wire_text(g->index), ids, lens, g->n_ids, want, g->min_version,
+                       &s->gres)))
         return err;
     eng_get_result *res = s->gres;
     Cipherdex__V1__GetResponse *out = alloc(s, sizeof(*out));
@@ -476,9 +481,9 @@ static cdx_err do_delete(const app_dispatch_env *env, const Req *q, Resp *r, scr
 static cdx_err do_list_ids(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
     const Cipherdex__V1__ListIdsRequest *l = q->list_ids;
-    cdx_err err = eng_list_ids(env->engine, wire_text(l->index),
-                               l->cursor.len ? wire_text(l->cursor) : NULL, l->limit, &s->ids,
-                               &s->id_lens, &s->nids, &s->cursor);
+    cdx_err err =
+        eng_list_ids(env->engine, wire_text(l->index), l->cursor.len ? wire_text(l->cursor) : NULL,
+                     l->limit, &s->ids, &s->id_lens, &s->nids, &s->cursor);
     if (err)
         return err;
     Cipherdex__V1__ListIdsResponse *out = alloc(s, sizeof(*out));
@@ -499,18 +504,30 @@ static cdx_err do_list_ids(const app_dispatch_env *env, const Req *q, Resp *r, s
 static app_op op_of(const Req *q)
 {
     switch (q->body_case) {
-    case CIPHERDEX__V1__REQUEST__BODY_HEALTH: return APP_OP_HEALTH;
-    case CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX: return APP_OP_CREATE_INDEX;
-    case CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX: return APP_OP_DESCRIBE_INDEX;
-    case CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES: return APP_OP_LIST_INDEXES;
-    case CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX: return APP_OP_DELETE_INDEX;
-    case CIPHERDEX__V1__REQUEST__BODY_TRAIN: return APP_OP_TRAIN;
-    case CIPHERDEX__V1__REQUEST__BODY_UPSERT: return APP_OP_UPSERT;
-    case CIPHERDEX__V1__REQUEST__BODY_QUERY: return APP_OP_QUERY;
-    case CIPHERDEX__V1__REQUEST__BODY_GET: return APP_OP_GET;
-    case CIPHERDEX__V1__REQUEST__BODY_DELETE: return APP_OP_DELETE;
-    case CIPHERDEX__V1__REQUEST__BODY_LIST_IDS: return APP_OP_LIST_IDS;
-    default: return APP_OP_INVALID;
+    case CIPHERDEX__V1__REQUEST__BODY_HEALTH:
+        return APP_OP_HEALTH;
+    case CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX:
+        return APP_OP_CREATE_INDEX;
+    case CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX:
+        return APP_OP_DESCRIBE_INDEX;
+    case CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES:
+        return APP_OP_LIST_INDEXES;
+    case CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX:
+        return APP_OP_DELETE_INDEX;
+    case CIPHERDEX__V1__REQUEST__BODY_TRAIN:
+        return APP_OP_TRAIN;
+    case CIPHERDEX__V1__REQUEST__BODY_UPSERT:
+        return APP_OP_UPSERT;
+    case CIPHERDEX__V1__REQUEST__BODY_QUERY:
+        return APP_OP_QUERY;
+    case CIPHERDEX__V1__REQUEST__BODY_GET:
+        return APP_OP_GET;
+    case CIPHERDEX__V1__REQUEST__BODY_DELETE:
+        return APP_OP_DELETE;
+    case CIPHERDEX__V1__REQUEST__BODY_LIST_IDS:
+        return APP_OP_LIST_IDS;
+    default:
+        return APP_OP_INVALID;
     }
 }
 
@@ -554,17 +571,39 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
         rid = q->request_id;
         res->op = op_of(q);
         switch (q->body_case) {
-        case CIPHERDEX__V1__REQUEST__BODY_HEALTH: err = do_health(env, &r, &s); break;
-        case CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX: err = do_create(env, principal, q, &r, &s); break;
-        case CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX: err = do_describe(env, q, &r, &s); break;
-        case CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES: err = do_list_indexes(env, &r, &s); break;
-        case CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX: err = do_delete_index(env, principal, q, &r, &s); break;
-        case CIPHERDEX__V1__REQUEST__BODY_TRAIN: err = do_train(env, principal, q, &r, &s); break;
-        case CIPHERDEX__V1__REQUEST__BODY_UPSERT: err = do_upsert(env, q, &r, &s); break;
-        case CIPHERDEX__V1__REQUEST__BODY_QUERY: err = do_query(env, q, &r, &s); break;
-        case CIPHERDEX__V1__REQUEST__BODY_GET: err = do_get(env, q, &r, &s); break;
-        case CIPHERDEX__V1__REQUEST__BODY_DELETE: err = do_delete(env, q, &r, &s); break;
-        case CIPHERDEX__V1__REQUEST__BODY_LIST_IDS: err = do_list_ids(env, q, &r, &s); break;
+        case CIPHERDEX__V1__REQUEST__BODY_HEALTH:
+            err = do_health(env, &r, &s);
+            break;
+        case CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX:
+            err = do_create(env, principal, q, &r, &s);
+            break;
+        case CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX:
+            err = do_describe(env, q, &r, &s);
+            break;
+        case CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES:
+            err = do_list_indexes(env, &r, &s);
+            break;
+        case CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX:
+            err = do_delete_index(env, principal, q, &r, &s);
+            break;
+        case CIPHERDEX__V1__REQUEST__BODY_TRAIN:
+            err = do_train(env, principal, q, &r, &s);
+            break;
+        case CIPHERDEX__V1__REQUEST__BODY_UPSERT:
+            err = do_upsert(env, q, &r, &s);
+            break;
+        case CIPHERDEX__V1__REQUEST__BODY_QUERY:
+            err = do_query(env, q, &r, &s);
+            break;
+        case CIPHERDEX__V1__REQUEST__BODY_GET:
+            err = do_get(env, q, &r, &s);
+            break;
+        case CIPHERDEX__V1__REQUEST__BODY_DELETE:
+            err = do_delete(env, q, &r, &s);
+            break;
+        case CIPHERDEX__V1__REQUEST__BODY_LIST_IDS:
+            err = do_list_ids(env, q, &r, &s);
+            break;
         default:
             err = cdx_fail(CDX_ERR_INVALID_ARGUMENT, "request has no known body");
         }

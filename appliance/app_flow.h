@@ -62,8 +62,8 @@ typedef struct app_flow {
     uint64_t frame_waiting;    /* announced length still waiting for budget (0: none) */
     /* requests received and not yet flushed */
     uint32_t outstanding;
-    uint64_t charged;          /* budget held by outstanding requests */
-    uint64_t out_queued;       /* response bytes queued, not yet written */
+    uint64_t charged;    /* budget held by outstanding requests */
+    uint64_t out_queued; /* response bytes queued, not yet written */
 } app_flow;
 
 /* Start accounting for a connection opened at now_ms. */

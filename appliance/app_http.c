@@ -81,8 +81,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         static const char *const names[] = {"ok", "degraded", "down"};
         const char *st = (unsigned)hs.state <= APP_HEALTH_DOWN ? names[hs.state] : "down";
         hs.detail[sizeof(hs.detail) - 1] = '\0';
-        if (asprintf(&buf, "{\"status\":\"%s\"%s%s}\n", st, hs.detail[0] ? "," : "",
-                     hs.detail) < 0)
+        if (asprintf(&buf, "{\"status\":\"%s\"%s%s}\n", st, hs.detail[0] ? "," : "", hs.detail) < 0)
             return MHD_NO;
         return reply(c, hs.state == APP_HEALTH_DOWN ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK,
                      "application/json", buf, strlen(buf));
@@ -130,16 +129,17 @@ cdx_err app_http_new(const char *listen, app_metrics *m, app_health_fn health, a
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     /* The logger first, so every message of the start goes through it. */
-    h->d = MHD_start_daemon(flags, port, NULL, NULL, handle, h, MHD_OPTION_EXTERNAL_LOGGER,
-                            mhd_log, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+    h->d = MHD_start_daemon(flags, port, NULL, NULL, handle, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+                            NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
+                            (unsigned)16, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->d) {
         free(h);
-        return cdx_fail(CDX_ERR_UNAVAILABLE, "metrics endpoint: cannot listen on %s (in use, or "
-                                             "not an address of this host?)", listen);
+        return cdx_fail(CDX_ERR_UNAVAILABLE,
+                        "metrics endpoint: cannot listen on %s (in use, or "
+                        "not an address of this host?)",
+                        listen);
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     h->port = info ? info->port : port;

@@ -117,8 +117,7 @@ cdx_err app_ini_bool(const char *key, const char *v, bool *out)
  * Decimal digits only: strtoull would accept "-1" (and wrap), "+5", " 7"
  * and hex. `allow_suffix` permits K or M (binary multiples) for sizes.
  */
-cdx_err app_ini_uint(const char *key, const char *v, uint64_t max, bool allow_suffix,
-                          uint64_t *out)
+cdx_err app_ini_uint(const char *key, const char *v, uint64_t max, bool allow_suffix, uint64_t *out)
 {
     uint64_t n = 0;
     const char *p = v;
@@ -168,4 +167,3 @@ cdx_err app_ini_str(const char *key, const char *v, char *dst, size_t cap)
     memcpy(dst, v, n + 1);
     return CDX_OK;
 }
-

@@ -46,13 +46,12 @@ static const cdx_err codes[] = {
     CDX_ERR_HSM_FAILED,
     CDX_ERR_KEY_IN_USE,
 };
-#define NCODES (sizeof(codes) / sizeof(codes[0]))
+#define NCODES     (sizeof(codes) / sizeof(codes[0]))
 #define CODE_OTHER NCODES /* a value outside the enum (a bug): counted, not dropped */
 
 /* Latency buckets in seconds: 25 us .. 10 s, roughly x2.5 apart. */
-static const double bucket_s[] = {25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3,
-                                  5e-3,  10e-3, 25e-3,  50e-3,  0.1,   0.25,  0.5,
-                                  1.0,   2.5,   5.0,    10.0};
+static const double bucket_s[] = {25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3,
+                                  25e-3, 50e-3, 0.1,    0.25,   0.5,    1.0,  2.5,    5.0,  10.0};
 #define NBUCKETS (sizeof(bucket_s) / sizeof(bucket_s[0]))
 
 typedef struct hist {
@@ -68,8 +67,8 @@ struct app_metrics {
 };
 
 static const char *const op_names[APP_OP_COUNT] = {
-    "health", "create_index", "describe_index", "list_indexes", "delete_index", "train",
-    "upsert", "query",        "get",            "delete",       "list_ids",     "invalid",
+    "health", "create_index", "describe_index", "list_indexes", "delete_index", "train", "upsert",
+    "query",  "get",          "delete",         "list_ids",     "invalid",
 };
 
 static const char *const stage_names[APP_STAGE_COUNT] = {
@@ -154,8 +153,10 @@ static const struct {
     {"cipherdex_connections_accepted_total", "Connections accepted."},
     {"cipherdex_connections_refused_total", "Connections refused over max_connections."},
     {"cipherdex_handshakes_failed_total", "TLS handshakes failed or client certificates refused."},
-    {"cipherdex_connection_timeouts_total", "Connections closed by handshake, idle or slow-receive timeouts."},
-    {"cipherdex_budget_waits_total", "Times reading from a connection paused for the in-flight budget or a per-connection cap."},
+    {"cipherdex_connection_timeouts_total",
+     "Connections closed by handshake, idle or slow-receive timeouts."},
+    {"cipherdex_budget_waits_total",
+     "Times reading from a connection paused for the in-flight budget or a per-connection cap."},
     {"cipherdex_frames_rejected_total", "Frames rejected as too large or undecodable."},
     {"cipherdex_store_errors_total", "Requests that failed with a store error."},
 };
@@ -209,37 +210,37 @@ int app_metrics_render(const app_metrics *cm, const app_metrics_pull *pull, FILE
                 (long long)atomic_load(&m->gauge[g]));
     if (pull) {
         uint64_t total = pull->cache_hits + pull->cache_misses;
-        fprintf(f,
-                "# HELP cipherdex_block_cache_hits_total Decrypted block cache hits.\n"
-                "# TYPE cipherdex_block_cache_hits_total counter\n"
-                "cipherdex_block_cache_hits_total %llu\n"
-                "# HELP cipherdex_block_cache_misses_total Decrypted block cache misses.\n"
-                "# TYPE cipherdex_block_cache_misses_total counter\n"
-                "cipherdex_block_cache_misses_total %llu\n"
-                "# HELP cipherdex_block_cache_hit_ratio Hits over lookups since start.\n"
-                "# TYPE cipherdex_block_cache_hit_ratio gauge\n"
-                "cipherdex_block_cache_hit_ratio %.6f\n"
-                "# HELP cipherdex_block_cache_bytes Bytes held by the block cache.\n"
-                "# TYPE cipherdex_block_cache_bytes gauge\n"
-                "cipherdex_block_cache_bytes %llu\n"
-                "# HELP cipherdex_subkey_derivations_total Subkeys derived on the token.\n"
-                "# TYPE cipherdex_subkey_derivations_total counter\n"
-                "cipherdex_subkey_derivations_total %llu\n"
-                "# HELP cipherdex_subkey_cache_hits_total Subkeys served from the TTL cache.\n"
-                "# TYPE cipherdex_subkey_cache_hits_total counter\n"
-                "cipherdex_subkey_cache_hits_total %llu\n"
-                "# HELP cipherdex_commits_total Index commits.\n"
-                "# TYPE cipherdex_commits_total counter\n"
-                "cipherdex_commits_total %llu\n"
-                "# HELP cipherdex_commit_conflicts_total Commits retried after a concurrent commit.\n"
-                "# TYPE cipherdex_commit_conflicts_total counter\n"
-                "cipherdex_commit_conflicts_total %llu\n",
-                (unsigned long long)pull->cache_hits, (unsigned long long)pull->cache_misses,
-                total ? (double)pull->cache_hits / (double)total : 0.0,
-                (unsigned long long)pull->cache_bytes,
-                (unsigned long long)pull->subkey_derivations,
-                (unsigned long long)pull->subkey_cache_hits, (unsigned long long)pull->commits,
-                (unsigned long long)pull->commit_conflicts);
+        fprintf(
+            f,
+            "# HELP cipherdex_block_cache_hits_total Decrypted block cache hits.\n"
+            "# TYPE cipherdex_block_cache_hits_total counter\n"
+            "cipherdex_block_cache_hits_total %llu\n"
+            "# HELP cipherdex_block_cache_misses_total Decrypted block cache misses.\n"
+            "# TYPE cipherdex_block_cache_misses_total counter\n"
+            "cipherdex_block_cache_misses_total %llu\n"
+            "# HELP cipherdex_block_cache_hit_ratio Hits over lookups since start.\n"
+            "# TYPE cipherdex_block_cache_hit_ratio gauge\n"
+            "cipherdex_block_cache_hit_ratio %.6f\n"
+            "# HELP cipherdex_block_cache_bytes Bytes held by the block cache.\n"
+            "# TYPE cipherdex_block_cache_bytes gauge\n"
+            "cipherdex_block_cache_bytes %llu\n"
+            "# HELP cipherdex_subkey_derivations_total Subkeys derived on the token.\n"
+            "# TYPE cipherdex_subkey_derivations_total counter\n"
+            "cipherdex_subkey_derivations_total %llu\n"
+            "# HELP cipherdex_subkey_cache_hits_total Subkeys served from the TTL cache.\n"
+            "# TYPE cipherdex_subkey_cache_hits_total counter\n"
+            "cipherdex_subkey_cache_hits_total %llu\n"
+            "# HELP cipherdex_commits_total Index commits.\n"
+            "# TYPE cipherdex_commits_total counter\n"
+            "cipherdex_commits_total %llu\n"
+            "# HELP cipherdex_commit_conflicts_total Commits retried after a concurrent commit.\n"
+            "# TYPE cipherdex_commit_conflicts_total counter\n"
+            "cipherdex_commit_conflicts_total %llu\n",
+            (unsigned long long)pull->cache_hits, (unsigned long long)pull->cache_misses,
+            total ? (double)pull->cache_hits / (double)total : 0.0,
+            (unsigned long long)pull->cache_bytes, (unsigned long long)pull->subkey_derivations,
+            (unsigned long long)pull->subkey_cache_hits, (unsigned long long)pull->commits,
+            (unsigned long long)pull->commit_conflicts);
     }
     return ferror(f) ? -1 : 0;
 }

@@ -36,31 +36,27 @@ typedef enum app_op {
 
 typedef enum app_stage {
     APP_STAGE_DECODE,
-    APP_STAGE_KEYS,     /* subkey derivation */
-    APP_STAGE_FETCH,    /* store fetch */
+    APP_STAGE_KEYS,  /* subkey derivation */
+    APP_STAGE_FETCH, /* store fetch */
     APP_STAGE_DECRYPT,
     APP_STAGE_DISTANCE, /* coarse quantisation, scan, rescoring, top-k */
     APP_STAGE_ENCODE,
-    APP_STAGE_REQUEST,  /* whole request, frame complete to response queued */
+    APP_STAGE_REQUEST, /* whole request, frame complete to response queued */
     APP_STAGE_COUNT
 } app_stage;
 
 typedef enum app_counter {
     APP_C_CONN_ACCEPTED,
-    APP_C_CONN_REFUSED,       /* over max_connections */
-    APP_C_HANDSHAKE_FAILED,   /* TLS or client certificate refused */
-    APP_C_CONN_TIMEOUT,       /* handshake, idle or slow-loris timeouts */
-    APP_C_BUDGET_WAITS,       /* reads paused for the in-flight budget or per-connection caps */
-    APP_C_FRAMES_REJECTED,    /* over the size cap, or undecodable */
+    APP_C_CONN_REFUSED,     /* over max_connections */
+    APP_C_HANDSHAKE_FAILED, /* TLS or client certificate refused */
+    APP_C_CONN_TIMEOUT,     /* handshake, idle or slow-loris timeouts */
+    APP_C_BUDGET_WAITS,     /* reads paused for the in-flight budget or per-connection caps */
+    APP_C_FRAMES_REJECTED,  /* over the size cap, or undecodable */
     APP_C_STORE_ERRORS,
     APP_C_COUNT
 } app_counter;
 
-typedef enum app_gauge {
-    APP_G_CONNECTIONS,
-    APP_G_INFLIGHT_BYTES,
-    APP_G_COUNT
-} app_gauge;
+typedef enum app_gauge { APP_G_CONNECTIONS, APP_G_INFLIGHT_BYTES, APP_G_COUNT } app_gauge;
 
 /* Operation name as on the wire ("create_index"); "invalid" for APP_OP_INVALID. */
 const char *app_op_name(app_op op);

@@ -63,8 +63,7 @@ cdx_err app_pool_new(unsigned threads, app_pool **out)
 {
     *out = NULL;
     if (threads == 0 || threads > CDX_WORKERS_MAX)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "worker threads must be 1..%d",
-                        CDX_WORKERS_MAX);
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "worker threads must be 1..%d", CDX_WORKERS_MAX);
     app_pool *p = calloc(1, sizeof(*p));
     if (!p)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
@@ -79,8 +78,7 @@ cdx_err app_pool_new(unsigned threads, app_pool **out)
     for (unsigned i = 0; i < threads; i++) {
         if (pthread_create(&p->threads[i], NULL, worker, p) != 0) {
             app_pool_free(p);
-            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "worker pool: cannot start thread %u",
-                            i);
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "worker pool: cannot start thread %u", i);
         }
         p->nthreads++;
     }

@@ -24,7 +24,7 @@
 #include "wire_frame.h"
 #include "wire_msg.h"
 
-#define TICK_MS 250               /* timeout checks per connection */
+#define TICK_MS         250          /* timeout checks per connection */
 #define READ_HIGH_WATER (256u << 10) /* bytes libevent buffers before it stops reading */
 
 typedef struct conn conn;
@@ -200,8 +200,8 @@ static void conn_process(conn *c)
             break;
         size_t pending = wire_dec_pending(c->dec);
         /* Header first: the body is read only once the budget has granted its length. */
-        size_t want = pending < CDX_FRAME_HDR_LEN ? CDX_FRAME_HDR_LEN - pending
-                                                   : wire_dec_missing(c->dec);
+        size_t want =
+            pending < CDX_FRAME_HDR_LEN ? CDX_FRAME_HDR_LEN - pending : wire_dec_missing(c->dec);
         if (want > avail)
             want = avail;
         const uint8_t *p = evbuffer_pullup(in, (ev_ssize_t)want);
@@ -218,8 +218,7 @@ static void conn_process(conn *c)
         app_flow_bytes(&c->flow, used, t);
         if (!wire_dec_ready(c->dec) && wire_dec_pending(c->dec) >= CDX_FRAME_HDR_LEN &&
             !c->header_charged) {
-            uint64_t len = wire_dec_pending(c->dec) + wire_dec_missing(c->dec) -
-                           CDX_FRAME_HDR_LEN;
+            uint64_t len = wire_dec_pending(c->dec) + wire_dec_missing(c->dec) - CDX_FRAME_HDR_LEN;
             c->header_charged = true;
             if (!app_flow_frame_header(&c->flow, len, t)) {
                 c->header_charged = false;
@@ -301,8 +300,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         }
         c->handshaken = true;
         app_flow_handshake_done(&c->flow, now_ms());
-        cdx_log(CDX_LOG_INFO, "conn_open", "peer=%s principal=\"%s\" tls=%s", c->peer,
-                c->principal, SSL_get_version(ssl));
+        cdx_log(CDX_LOG_INFO, "conn_open", "peer=%s principal=\"%s\" tls=%s", c->peer, c->principal,
+                SSL_get_version(ssl));
         conn_process(c);
         return;
     }
@@ -335,9 +334,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         return;
     static const char *const why[] = {"", "handshake-timeout", "idle-timeout", "too-slow"};
     if (c->srv->m)
-        app_metrics_inc(c->srv->m, v == APP_FLOW_HANDSHAKE_TIMEOUT ? APP_C_HANDSHAKE_FAILED
-                                                                     : APP_C_CONN_TIMEOUT,
-                        1);
+        app_metrics_inc(
+            c->srv->m,
+            v == APP_FLOW_HANDSHAKE_TIMEOUT ? APP_C_HANDSHAKE_FAILED : APP_C_CONN_TIMEOUT, 1);
     cdx_log(CDX_LOG_INFO, "conn_timeout", "peer=%s reason=%s", c->peer, why[v]);
     conn_close(c, why[v]);
 }
@@ -487,9 +486,8 @@ void app_server_drain(app_server *s, void (*done)(void *arg), void *arg)
     drain_check(s);
 }
 
-cdx_err app_server_new(struct event_base *base, const app_config *cfg, app_tls *tls,
-                       app_pool *pool, const app_dispatch_env *env, app_metrics *m,
-                       app_server **out)
+cdx_err app_server_new(struct event_base *base, const app_config *cfg, app_tls *tls, app_pool *pool,
+                       const app_dispatch_env *env, app_metrics *m, app_server **out)
 {
     char host[APP_ADDR_MAX], port_s[8];
     uint16_t port;
@@ -504,8 +502,7 @@ cdx_err app_server_new(struct event_base *base, const app_config *cfg, app_tls *
                     *ai = NULL;
     int gai = getaddrinfo(host, port_s, &hints, &ai);
     if (gai)
-        return cdx_fail(CDX_ERR_CONFIG, "[server] listen `%s`: %s", cfg->listen,
-                        gai_strerror(gai));
+        return cdx_fail(CDX_ERR_CONFIG, "[server] listen `%s`: %s", cfg->listen, gai_strerror(gai));
     app_server *s = calloc(1, sizeof(*s));
     if (!s) {
         freeaddrinfo(ai);
@@ -523,22 +520,21 @@ cdx_err app_server_new(struct event_base *base, const app_config *cfg, app_tls *
                                .handshake_timeout_ms = cfg->handshake_timeout_ms,
                                .idle_timeout_s = cfg->idle_timeout_s,
                                .min_recv_bytes_per_s = cfg->min_recv_bytes_per_s};
-    s->lis = evconnlistener_new_bind(base, on_accept, s,
-                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                                         LEV_OPT_CLOSE_ON_EXEC,
-                                     512, ai->ai_addr, (int)ai->ai_addrlen);
+    s->lis = evconnlistener_new_bind(
+        base, on_accept, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 512,
+        ai->ai_addr, (int)ai->ai_addrlen);
     freeaddrinfo(ai);
     if (!s->lis) {
         int e = errno;
         free(s);
-        return cdx_fail(CDX_ERR_UNAVAILABLE, "[server] listen %s: cannot listen: %s",
-                        cfg->listen, strerror(e));
+        return cdx_fail(CDX_ERR_UNAVAILABLE, "[server] listen %s: cannot listen: %s", cfg->listen,
+                        strerror(e));
     }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     getsockname(evconnlistener_get_fd(s->lis), (struct sockaddr *)&ss, &sl);
     s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                              : ((struct sockaddr_in *)&ss)->sin_port);
+                                             : ((struct sockaddr_in *)&ss)->sin_port);
     *out = s;
     return CDX_OK;
 }

@@ -38,9 +38,8 @@ typedef struct app_server app_server;
  * Errors: CDX_ERR_CONFIG (address), CDX_ERR_UNAVAILABLE (cannot bind),
  * CDX_ERR_RESOURCE_EXHAUSTED.
  */
-cdx_err app_server_new(struct event_base *base, const app_config *cfg, app_tls *tls,
-                       app_pool *pool, const app_dispatch_env *env, app_metrics *m,
-                       app_server **out);
+cdx_err app_server_new(struct event_base *base, const app_config *cfg, app_tls *tls, app_pool *pool,
+                       const app_dispatch_env *env, app_metrics *m, app_server **out);
 
 /* The bound port. */
 uint16_t app_server_port(const app_server *s);

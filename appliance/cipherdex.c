@@ -81,9 +81,8 @@ static void progress(const char *what, size_t done, size_t total, double t0)
         return;
     int width = 30, fill = (int)((double)done / (double)total * width);
     double el = now_s() - t0;
-    fprintf(stderr, "\r%s [%.*s%*s] %zu/%zu %.0f/s ", what, fill,
-            "##############################", width - fill, "", done, total,
-            el > 0 ? (double)done / el : 0.0);
+    fprintf(stderr, "\r%s [%.*s%*s] %zu/%zu %.0f/s ", what, fill, "##############################",
+            width - fill, "", done, total, el > 0 ? (double)done / el : 0.0);
     if (done == total)
         fprintf(stderr, "\n");
 }
@@ -372,10 +371,10 @@ static int cmd_index(args *a)
         if ((e = app_client_call(C, &r, &w)))
             goto out;
         uint64_t ver = wire_response_msg(w)->train->version;
-        G.json ? print_json(json_pack("{s:s,s:I,s:f}", "index", name, "version", (json_int_t)ver,
-                                      "seconds", now_s() - t0))
-               : (void)printf("trained %s: version %" PRIu64 " in %.2f s\n", name, ver,
-                              now_s() - t0);
+        G.json
+            ? print_json(json_pack("{s:s,s:I,s:f}", "index", name, "version", (json_int_t)ver,
+                                   "seconds", now_s() - t0))
+            : (void)printf("trained %s: version %" PRIu64 " in %.2f s\n", name, ver, now_s() - t0);
         goto out;
     }
     return usage_error("index: unknown subcommand %s", sub);
@@ -508,15 +507,15 @@ static int cmd_upsert(args *a)
         n = (size_t)limit;
     Cipherdex__V1__Item *items = calloc(batch, sizeof(*items));
     Cipherdex__V1__Item **ptrs = calloc(batch, sizeof(*ptrs));
-    char (*ids)[300] = calloc(batch, 300);
-    char (*meta)[64] = calloc(batch, 64);
+    char(*ids)[300] = calloc(batch, 300);
+    char(*meta)[64] = calloc(batch, 64);
     double t0 = now_s();
     cdx_err e = CDX_OK;
     uint64_t version = 0;
     size_t done = 0;
     /* Two batches in flight: the next is on the wire while the server commits this one. */
     size_t inflight = 0;
-    for (size_t off = 0; off < n || inflight; ) {
+    for (size_t off = 0; off < n || inflight;) {
         if (off < n && inflight < 2) {
             size_t m = n - off < batch ? n - off : batch;
             for (size_t i = 0; i < m; i++) {
@@ -586,9 +585,9 @@ static int cmd_upsert(args *a)
     if (e)
         return fail(e);
     if (G.json)
-        print_json(json_pack("{s:s,s:I,s:I,s:f,s:f}", "index", index, "upserted",
-                             (json_int_t)done, "version", (json_int_t)version, "seconds", el,
-                             "vectors_per_s", el > 0 ? done / el : 0.0));
+        print_json(json_pack("{s:s,s:I,s:I,s:f,s:f}", "index", index, "upserted", (json_int_t)done,
+                             "version", (json_int_t)version, "seconds", el, "vectors_per_s",
+                             el > 0 ? done / el : 0.0));
     else
         printf("upserted %zu items into %s in %.2f s (%.0f/s), version %" PRIu64 "\n", done, index,
                el, el > 0 ? done / el : 0.0, version);
@@ -774,9 +773,22 @@ static int cmd_query(args *a)
     cdx_err e = CDX_OK;
     double t0 = now_s();
     size_t plen = strlen(prefix);
-    qjob base = {.index = index, .q = q, .d = d, .nq = nq, .top_k = top_k, .probes = probes,
-                 .filter = filter, .inc = inc, .prefix = prefix, .plen = plen, .lat = lat,
-                 .res = res, .jout = jout, .print = !file, .t0 = t0, .stride = clients,
+    qjob base = {.index = index,
+                 .q = q,
+                 .d = d,
+                 .nq = nq,
+                 .top_k = top_k,
+                 .probes = probes,
+                 .filter = filter,
+                 .inc = inc,
+                 .prefix = prefix,
+                 .plen = plen,
+                 .lat = lat,
+                 .res = res,
+                 .jout = jout,
+                 .print = !file,
+                 .t0 = t0,
+                 .stride = clients,
                  .c = C};
     if (clients <= 1) {
         query_worker(&base);
@@ -818,8 +830,8 @@ static int cmd_query(args *a)
         double recall = gt ? app_vecs_recall_at_k(res, gt, nq, top_k) : -1;
         if (G.json) {
             json_t *j = json_pack("{s:I,s:i,s:f,s:f,s:f}", "queries", (json_int_t)nq, "clients",
-                                  (int)clients, "qps", el > 0 ? nq / el : 0.0, "p50_ms",
-                                  p50 * 1e3, "p99_ms", p99 * 1e3);
+                                  (int)clients, "qps", el > 0 ? nq / el : 0.0, "p50_ms", p50 * 1e3,
+                                  "p99_ms", p99 * 1e3);
             if (gt)
                 json_object_set_new(j, "recall_at_k", json_real(recall));
             print_json(j);
@@ -908,12 +920,14 @@ static int cmd_ids(args *a, const char *what)
             if (it->metadata.len)
                 json_object_set_new(o, "metadata", jstr(it->metadata));
             if (it->contents.len)
-                json_object_set_new(o, "contents_bytes", json_integer((json_int_t)it->contents.len));
+                json_object_set_new(o, "contents_bytes",
+                                    json_integer((json_int_t)it->contents.len));
             json_array_append_new(arr, o);
             if (!G.json)
                 printf("%-40.*s %s%s%.*s\n", (int)it->id.len, it->id.data,
                        found ? "found" : "not found", it->metadata.len ? "  " : "",
-                       (int)it->metadata.len, it->metadata.len ? (const char *)it->metadata.data : "");
+                       (int)it->metadata.len,
+                       it->metadata.len ? (const char *)it->metadata.data : "");
         }
         if (G.json)
             print_json(json_pack("{s:o,s:I}", "items", arr, "version", (json_int_t)gr->version));
@@ -968,9 +982,9 @@ static int cmd_list_ids(args *a)
                 printf("%.*s\n", (int)lr->ids[i].len, lr->ids[i].data);
         }
         free(next);
-        next = lr->next_cursor.len ? strndup((const char *)lr->next_cursor.data,
-                                             lr->next_cursor.len)
-                                   : NULL;
+        next = lr->next_cursor.len
+                   ? strndup((const char *)lr->next_cursor.data, lr->next_cursor.len)
+                   : NULL;
         wire_response_free(w);
     } while (all && next);
     if (!e && G.json) {
@@ -1011,7 +1025,8 @@ static void help(void)
         "               [--max-points-per-list N]\n"
         "  upsert INDEX --file F [--labels IDX_LABELS] [--id-prefix P] [--start N] [--batch N]\n"
         "               [--limit N]   F: .fvecs, .bvecs, IDX images (plain or .gz), .jsonl\n"
-        "               ({\"id\":..., \"vector\":[...], \"metadata\":{...}, \"contents\":\"...\"})\n"
+        "               ({\"id\":..., \"vector\":[...], \"metadata\":{...}, "
+        "\"contents\":\"...\"})\n"
         "  query INDEX (--vector \"x,y,...\" | --file F [--limit N] [--clients N]) [--top-k N]\n"
         "               [--probes N]\n"
         "               [--filter JSON] [--include vectors,metadata,contents]\n"
@@ -1076,7 +1091,7 @@ int main(int argc, char **argv)
     if (!G.conn.insecure && (!G.conn.ca || !G.conn.cert))
         return usage_error("TLS needs --ca and --cert/--key (or CIPHERDEX_CA, CIPHERDEX_CERT, "
                            "CIPHERDEX_KEY); --insecure only for a plaintext test server");
-    static const char *const known[] = {"health", "index", "upsert", "query",
+    static const char *const known[] = {"health", "index",  "upsert",  "query",
                                         "get",    "delete", "list-ids"};
     bool ok = false;
     for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)

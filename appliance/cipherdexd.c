@@ -123,8 +123,7 @@ int main(int argc, char **argv)
     if (err) {
         cdx_log(CDX_LOG_ERROR, "start_failed", "code=%s msg=\"%s\"", cdx_err_name(err),
                 cdx_err_detail());
-        fprintf(stderr, "cipherdexd: cannot start: %s: %s\n", cdx_err_name(err),
-                cdx_err_detail());
+        fprintf(stderr, "cipherdexd: cannot start: %s: %s\n", cdx_err_name(err), cdx_err_detail());
         return err == CDX_ERR_CONFIG ? 2 : 1;
     }
     int rc = app_daemon_run(d);

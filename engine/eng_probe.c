@@ -13,7 +13,7 @@
 
 /* Below this many centroid floats the screen saves nothing worth its bookkeeping. */
 #define PROBE_SCREEN_MIN 16384u
-#define PROBE_CHUNK 256u
+#define PROBE_CHUNK      256u
 
 struct eng_probe {
     atomic_uint refs;
@@ -25,8 +25,7 @@ struct eng_probe {
     eng_sq8 sq;
 };
 
-cdx_err eng_probe_new(const float *centroids, size_t k, size_t d, eng_km_metric m,
-                      eng_probe **out)
+cdx_err eng_probe_new(const float *centroids, size_t k, size_t d, eng_km_metric m, eng_probe **out)
 {
     cdx_err err = CDX_OK;
     eng_probe *p;

@@ -41,8 +41,7 @@ typedef struct eng_probe eng_probe;
  * Errors: CDX_ERR_INVALID_ARGUMENT (k or d 0, a non-finite value),
  * CDX_ERR_RESOURCE_EXHAUSTED.
  */
-cdx_err eng_probe_new(const float *centroids, size_t k, size_t d, eng_km_metric m,
-                      eng_probe **out);
+cdx_err eng_probe_new(const float *centroids, size_t k, size_t d, eng_km_metric m, eng_probe **out);
 
 /* Take another reference; returns p (NULL stays NULL). */
 eng_probe *eng_probe_ref(eng_probe *p);

@@ -117,8 +117,7 @@ AVX2 static void idot_avx2(const int16_t *w, const uint8_t *codes, size_t n, siz
             a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(LD16(c2 + i), wv));
             a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(LD16(c3 + i), wv));
         }
-        int64_t s0 = hsum_epi32(a0), s1 = hsum_epi32(a1), s2 = hsum_epi32(a2),
-                s3 = hsum_epi32(a3);
+        int64_t s0 = hsum_epi32(a0), s1 = hsum_epi32(a1), s2 = hsum_epi32(a2), s3 = hsum_epi32(a3);
         for (; i < d; i++) {
             s0 += (int32_t)w[i] * c0[i];
             s1 += (int32_t)w[i] * c1[i];

@@ -200,7 +200,7 @@ static cdx_err upsert_range(app_client *c, const char *index, const char *prefix
     Cipherdex__V1__Item *items = calloc(n, sizeof(*items));
     Cipherdex__V1__Item **ptr = calloc(n, sizeof(*ptr));
     float *vecs = calloc(n * DIM, sizeof(float));
-    char (*ids)[48] = calloc(n, 48);
+    char(*ids)[48] = calloc(n, 48);
     for (size_t i = 0; i < n; i++) {
         cipherdex__v1__item__init(&items[i]);
         snprintf(ids[i], 48, "%s%llu", prefix, (unsigned long long)(from + i));
@@ -255,9 +255,9 @@ static size_t list_all(app_client *c, const char *index, char ***out)
             ids[n++] = strndup((const char *)lr->ids[i].data, lr->ids[i].len);
         }
         free(cursor);
-        cursor = lr->next_cursor.len ? strndup((const char *)lr->next_cursor.data,
-                                               lr->next_cursor.len)
-                                     : NULL;
+        cursor = lr->next_cursor.len
+                     ? strndup((const char *)lr->next_cursor.data, lr->next_cursor.len)
+                     : NULL;
         wire_response_free(w);
     } while (cursor);
     *out = ids;
@@ -374,7 +374,8 @@ static int raw_open(raw *r)
     memset(r, 0, sizeof(*r));
     char host[64];
     snprintf(host, sizeof(host), "%.*s", (int)strcspn(addr, ":"), addr);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(strchr(addr, ':') + 1))};
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(strchr(addr, ':') + 1))};
     inet_pton(AF_INET, host, &sa.sin_addr);
     r->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (connect(r->fd, (struct sockaddr *)&sa, sizeof(sa)))
@@ -534,7 +535,8 @@ static void test_malformed_wire(void)
     struct sockaddr_in sa = {.sin_family = AF_INET,
                              .sin_port = htons((uint16_t)atoi(strchr(addr, ':') + 1)),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (!connect(fd, (struct sockaddr *)&sa, sizeof(sa)) && write(fd, "GET / HTTP/1.0\r\n\r\n", 18) > 0) {
+    if (!connect(fd, (struct sockaddr *)&sa, sizeof(sa)) &&
+        write(fd, "GET / HTTP/1.0\r\n\r\n", 18) > 0) {
         unsigned char b[64];
         struct timeval tv = {.tv_sec = 20};
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -763,16 +765,17 @@ int main(void)
     pki = dir ? fx_pki_new(pdir) : NULL;
     if (!dir || !tok || !redis || !pki)
         return 1;
-    srv = fx_pki_issue(pki, &(fx_cert_opts){.ip = {"127.0.0.1", "::1"}, .dns = {"localhost"},
-                                            .eku = FX_EKU_SERVER},
-                       "server");
+    srv = fx_pki_issue(
+        pki,
+        &(fx_cert_opts){.ip = {"127.0.0.1", "::1"}, .dns = {"localhost"}, .eku = FX_EKU_SERVER},
+        "server");
     admin = fx_pki_issue(pki, &(fx_cert_opts){.uri = "spiffe://test/admin"}, "admin");
     user = fx_pki_issue(pki, &(fx_cert_opts){.dns = {"app.example.org"}}, "user");
     other_ca = fx_pki_issue(pki, &(fx_cert_opts){.uri = "spiffe://test/admin", .ca = 1}, "other");
     revoked = fx_pki_issue(pki, &(fx_cert_opts){.cn = "revoked-user"}, "revoked");
     no_eku = fx_pki_issue(pki, &(fx_cert_opts){.cn = "no-eku", .eku = FX_EKU_NONE}, "noeku");
-    server_only = fx_pki_issue(pki, &(fx_cert_opts){.cn = "srv-only", .eku = FX_EKU_SERVER},
-                               "srvonly");
+    server_only =
+        fx_pki_issue(pki, &(fx_cert_opts){.cn = "srv-only", .eku = FX_EKU_SERVER}, "srvonly");
     const fx_cert *rv[1] = {revoked};
     const char *crl = fx_pki_crl(pki, &(fx_crl_opts){0}, rv, 1, "crl");
     if (!srv || !admin || !user || !other_ca || !revoked || !no_eku || !server_only || !crl)

@@ -31,8 +31,9 @@ static cdx_err load(const char *text, app_config *c, char *why, size_t cap)
 }
 
 #define GOOD_SERVER                                                                                \
-    "[server]\nlisten = 127.0.0.1:7700\ntls_cert = /etc/c/server.pem\ntls_key = /etc/c/server.key\n" \
-    "client_ca = /etc/c/ca.pem\nadmins = spiffe://corp/admin, ops.example.com\n"                \
+    "[server]\nlisten = 127.0.0.1:7700\ntls_cert = /etc/c/server.pem\ntls_key = "                  \
+    "/etc/c/server.key\n"                                                                          \
+    "client_ca = /etc/c/ca.pem\nadmins = spiffe://corp/admin, ops.example.com\n"                   \
     "deployment_id = 00112233445566778899aabbccddeeff\n"
 
 static void test_defaults(void)
@@ -112,7 +113,8 @@ static void test_errors(void)
         {"[server]\ndeployment_id = 0011\n", "deployment_id: must be 32 hex digits"},
         {"[server]\ntls_cert =\n", ":2: tls_cert: empty value"},
         {"[store]\nbackend = sqlite\n", "backend: `sqlite` is not redis or memory"},
-        {"[keys]\nsubkey_ttl_ms = 1\n[hsm]\nsubkey_ttl_ms = 2\n", ":4: subkey_ttl_ms: already set on line 2"},
+        {"[keys]\nsubkey_ttl_ms = 1\n[hsm]\nsubkey_ttl_ms = 2\n",
+         ":4: subkey_ttl_ms: already set on line 2"},
         {"[hsm]\npin = 1234\n", "PIN source must be file:"},
         {"[log]\nlevel = loud\n", "level: `loud` is not error"},
         {"[cache]\nbytes = 10T\n", "bytes: `10T` is not a non-negative decimal number"},
@@ -141,11 +143,13 @@ static void test_check(void)
     } cases[] = {
         {"[server]\nadmins = a\ndeployment_id = 00112233445566778899aabbccddeeff\n",
          "tls_cert and tls_key are required"},
-        {GOOD_SERVER "[store]\nredis = localhost\n", "[store] redis: `localhost`: expected host:port"},
+        {GOOD_SERVER "[store]\nredis = localhost\n",
+         "[store] redis: `localhost`: expected host:port"},
         {GOOD_SERVER "[store]\nredis = localhost:0\n", "[store] redis: port 0"},
         {GOOD_SERVER "[store]\nredis = unix:relative\n", "unix: needs an absolute path"},
         {GOOD_SERVER "[store]\nredis_user = u\n", "redis_user needs redis_password_file"},
-        {GOOD_SERVER "max_frame_bytes = 4M\ninflight_bytes = 1M\n", "inflight_bytes must be at least"},
+        {GOOD_SERVER "max_frame_bytes = 4M\ninflight_bytes = 1M\n",
+         "inflight_bytes must be at least"},
         {GOOD_SERVER "[state]\ndir = relative\n", "[state] dir must be an absolute path"},
         {GOOD_SERVER "[metrics]\nlisten = ::1:80\n", "[metrics] listen"},
         {"[server]\ninsecure = yes\n", "deployment_id is required"},
@@ -159,7 +163,8 @@ static void test_check(void)
         bool ok = strstr(cdx_err_detail(), cases[i].want) != NULL;
         CU_ASSERT(ok);
         if (!ok)
-            fprintf(stderr, "\n  check %zu: got `%s`, want `%s`", i, cdx_err_detail(), cases[i].want);
+            fprintf(stderr, "\n  check %zu: got `%s`, want `%s`", i, cdx_err_detail(),
+                    cases[i].want);
     }
     /* Insecure mode needs no TLS files and no admins, and an empty metrics listen turns it off. */
     app_config c;
@@ -207,8 +212,8 @@ static void test_addr_split(void)
     CU_ASSERT_EQUAL(app_addr_split("localhost:7700", host, sizeof(host), &port), CDX_OK);
     CU_ASSERT_EQUAL(app_addr_split("127.0.0.1:0", host, sizeof(host), &port), CDX_OK);
     CU_ASSERT_EQUAL(port, 0);
-    static const char *bad[] = {"", ":80", "host", "host:", "host:65536", "::1:80",
-                                "[::1]80", "[::1]", "h:8x"};
+    static const char *bad[] = {"",       ":80",     "host",  "host:", "host:65536",
+                                "::1:80", "[::1]80", "[::1]", "h:8x"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CU_ASSERT_EQUAL(app_addr_split(bad[i], host, sizeof(host), &port), CDX_ERR_CONFIG);
     CU_ASSERT_EQUAL(app_addr_split("averyveryverylonghostname:1", host, 8, &port), CDX_ERR_CONFIG);

@@ -70,9 +70,10 @@ static void test_check_config(void)
     /* Without insecure, the TLS files must exist. */
     char path[4200];
     snprintf(path, sizeof(path), "%s/tls.conf", dir);
-    write_file(path, "[server]\ntls_cert = /nonexistent/c.pem\ntls_key = /nonexistent/k.pem\n"
-                     "client_ca = /nonexistent/ca.pem\nadmins = a\n"
-                     "deployment_id = 0123456789abcdef0123456789abcdef\n",
+    write_file(path,
+               "[server]\ntls_cert = /nonexistent/c.pem\ntls_key = /nonexistent/k.pem\n"
+               "client_ca = /nonexistent/ca.pem\nadmins = a\n"
+               "deployment_id = 0123456789abcdef0123456789abcdef\n",
                0600);
     argv[2] = path;
     rc = fx_run(argv, NULL, out, sizeof(out));

@@ -52,7 +52,8 @@ static void test_counters_and_histograms(void)
     app_metrics_gauge_add(m, APP_G_CONNECTIONS, -2);
     char *t = render(m, NULL);
     CU_ASSERT(value_of(t, "cipherdex_requests_total{op=\"query\",code=\"OK\"}") == 2);
-    CU_ASSERT(value_of(t, "cipherdex_requests_total{op=\"upsert\",code=\"INVALID_ARGUMENT\"}") == 1);
+    CU_ASSERT(value_of(t, "cipherdex_requests_total{op=\"upsert\",code=\"INVALID_ARGUMENT\"}") ==
+              1);
     CU_ASSERT(value_of(t, "cipherdex_requests_total{op=\"invalid\",code=\"INTEGRITY\"}") == 1);
     CU_ASSERT(value_of(t, "cipherdex_requests_total{op=\"get\",code=\"OTHER\"}") == 1);
     CU_ASSERT(value_of(t, "cipherdex_stage_seconds_bucket{stage=\"decrypt\",le=\"2.5e-05\"}") == 1);
