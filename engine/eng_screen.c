@@ -182,8 +182,14 @@ void eng_screen_bounds(const eng_screen *s, const uint8_t *codes, const float *a
         if (s->l2) {
             double a = s->base - 2.0 * dot + n2;
             double e = 2.0 * s->qerr + 0x1p-22 * n2 + 1e-12 * (s->base + 2.0 * fabs(dot) + n2);
-            double rlo = sqrt(a - e > 0 ? a - e : 0) - err - s->eta; /* ||q - x|| */
-            double rhi = sqrt(a + e > 0 ? a + e : 0) + err + s->eta;
+            double alo = a - e > 0 ? a - e : 0, ahi = a + e > 0 ? a + e : 0;
+            if (err + s->eta == 0) { /* codes exact, rescored on them or on equal originals */
+                lo[j] = alo * (1 - s->gam);
+                hi[j] = ahi * (1 + s->gam);
+                continue;
+            }
+            double rlo = sqrt(alo) - err - s->eta; /* bounds on ||q - x|| */
+            double rhi = sqrt(ahi) + err + s->eta;
             rlo = rlo > 0 ? rlo : 0;
             lo[j] = rlo * rlo * (1 - s->gam);
             hi[j] = rhi * rhi * (1 + s->gam);
