@@ -748,6 +748,21 @@ static void test_restart_and_sigterm(void)
     app_client_free(a);
 }
 
+/* SIGHUP reloads the CRL: a newly revoked client is refused, everyone else still served. */
+static void test_crl_reload(void)
+{
+    CU_ASSERT_FALSE_FATAL(refused(user));
+    const fx_cert *rv[2] = {revoked, user};
+    const char *crl = fx_pki_crl(pki, &(fx_crl_opts){0}, rv, 2, "crl");
+    CU_ASSERT_FATAL(crl != NULL && strcmp(crl, crl_path) == 0);
+    kill(daemon_pid, SIGHUP);
+    CU_ASSERT_FATAL(fx_notify_wait(notify_fd, "READY=1", 30, NULL, 0) == 0);
+    CU_ASSERT(refused(user));
+    CU_ASSERT(refused(revoked));
+    CU_ASSERT_FALSE(refused(admin));
+    CU_ASSERT(daemon_alive());
+}
+
 int main(void)
 {
     const char *b = getenv("CDX_BIN_DIR");
@@ -796,6 +811,7 @@ int main(void)
     CU_add_test(s, "16 concurrent clients: nothing lost or duplicated", test_concurrent_clients);
     CU_add_test(s, "SIGTERM under load loses no acknowledged write; restart",
                 test_restart_and_sigterm);
+    CU_add_test(s, "SIGHUP reloads the CRL", test_crl_reload);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
