@@ -11,8 +11,6 @@
 #include "cdx_hex.h"
 #include "cdx_log.h"
 
-#define FRAME_DEFAULT (64ull << 20) /* wire frames: the wire layer's own cap is the ceiling */
-#define FRAME_CEILING (1ull << 30)
 
 typedef enum kind { T_BOOL, T_U32, T_U64, T_SIZE, T_STR, T_SPECIAL } kind;
 
@@ -38,7 +36,7 @@ static const keydef keys[] = {
     {"server", "idle_timeout_s", T_U32, N(idle_timeout_s), 86400},
     {"server", "min_recv_bytes_per_s", T_U32, N(min_recv_bytes_per_s), 1u << 30},
     {"server", "max_connections", T_U32, N(max_connections), CDX_CONNECTIONS_MAX},
-    {"server", "max_frame_bytes", T_SIZE, N(max_frame_bytes), FRAME_CEILING},
+    {"server", "max_frame_bytes", T_SIZE, N(max_frame_bytes), CDX_FRAME_MAX_LIMIT},
     {"server", "inflight_bytes", T_SIZE, N(inflight_bytes), CDX_INFLIGHT_MAX},
     {"server", "max_outstanding", T_U32, N(max_outstanding), CDX_OUTSTANDING_MAX},
     {"server", "output_high_water", T_SIZE, N(output_high_water), 1ull << 32},
@@ -78,7 +76,7 @@ void app_config_init(app_config *c)
     c->idle_timeout_s = CDX_IDLE_TIMEOUT_S_DEFAULT;
     c->min_recv_bytes_per_s = CDX_MIN_RECV_RATE_DEFAULT;
     c->max_connections = CDX_CONNECTIONS_DEFAULT;
-    c->max_frame_bytes = FRAME_DEFAULT;
+    c->max_frame_bytes = CDX_FRAME_MAX_DEFAULT;
     c->inflight_bytes = CDX_INFLIGHT_DEFAULT;
     c->max_outstanding = CDX_OUTSTANDING_DEFAULT;
     c->output_high_water = CDX_OUTPUT_HIGH_WATER_DEFAULT;

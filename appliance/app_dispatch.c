@@ -617,7 +617,7 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
         r.body_case = CIPHERDEX__V1__RESPONSE__BODY__NOT_SET;
         st.message = wire_str(cdx_err_detail()[0] ? cdx_err_detail() : cdx_strerror(err));
     }
-    size_t max_frame = env->cfg ? (size_t)env->cfg->max_frame_bytes : (64u << 20);
+    size_t max_frame = env->cfg ? (size_t)env->cfg->max_frame_bytes : CDX_FRAME_MAX_DEFAULT;
     cdx_err perr = wire_response_pack(&r, max_frame, &res->frame, &res->len);
     if (perr) { /* typically: the answer is larger than a frame may be */
         char why[300];

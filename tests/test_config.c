@@ -118,6 +118,8 @@ static void test_errors(void)
         {"[hsm]\npin = 1234\n", "PIN source must be file:"},
         {"[log]\nlevel = loud\n", "level: `loud` is not error"},
         {"[cache]\nbytes = 10T\n", "bytes: `10T` is not a non-negative decimal number"},
+        /* The wire layer's own ceiling (a larger cap would make every connection fail). */
+        {"[server]\nmax_frame_bytes = 512M\n", "max_frame_bytes: `512M` is above the maximum"},
         {"[server\n", ":1: syntax error"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
