@@ -1,6 +1,7 @@
 /* The daemon's configuration file (see app_config.h, docs/CONFIG.md). */
 #include "app_config.h"
 
+#include <netdb.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -315,6 +316,21 @@ static cdx_err addr_fail(const char *where)
     char why[256];
     snprintf(why, sizeof(why), "%s", cdx_err_detail());
     return cdx_fail(CDX_ERR_CONFIG, "%s: %s", where, why);
+}
+
+cdx_err app_addr_resolve(const char *addr, const char *what, struct addrinfo **out)
+{
+    char host[APP_ADDR_MAX], port_s[8];
+    uint16_t port;
+    *out = NULL;
+    if (app_addr_split(addr, host, sizeof(host), &port))
+        return addr_fail(what);
+    snprintf(port_s, sizeof(port_s), "%u", port);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    int gai = getaddrinfo(host, port_s, &hints, out);
+    if (gai)
+        return cdx_fail(CDX_ERR_CONFIG, "%s `%s`: %s", what, addr, gai_strerror(gai));
+    return CDX_OK;
 }
 
 cdx_err app_config_check(const app_config *c)

@@ -114,4 +114,14 @@ cdx_err app_config_check(const app_config *c);
  */
 cdx_err app_addr_split(const char *addr, char *host, size_t cap, uint16_t *port);
 
+struct addrinfo;
+
+/*
+ * Resolve a listen address ("host:port", "[v6]:port"; port 0 allowed) for a
+ * stream socket; *out is freed with freeaddrinfo. `what` names the setting
+ * in the error ("[server] listen").
+ * Errors: CDX_ERR_CONFIG.
+ */
+cdx_err app_addr_resolve(const char *addr, const char *what, struct addrinfo **out);
+
 #endif

@@ -101,21 +101,12 @@ static void mhd_log(void *arg, const char *fmt, va_list ap)
 cdx_err app_http_new(const char *listen, app_metrics *m, app_health_fn health, app_pull_fn pull,
                      void *arg, app_http **out)
 {
-    char host[APP_ADDR_MAX], port_s[8];
-    uint16_t port;
-    struct addrinfo hints, *ai = NULL;
+    struct addrinfo *ai = NULL;
     cdx_err err;
 
     *out = NULL;
-    if ((err = app_addr_split(listen, host, sizeof(host), &port)))
+    if ((err = app_addr_resolve(listen, "[metrics] listen", &ai)))
         return err;
-    snprintf(port_s, sizeof(port_s), "%u", port);
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    int gai = getaddrinfo(host, port_s, &hints, &ai);
-    if (gai != 0)
-        return cdx_fail(CDX_ERR_CONFIG, "metrics listen `%s`: %s", listen, gai_strerror(gai));
     app_http *h = calloc(1, sizeof(*h));
     if (!h) {
         freeaddrinfo(ai);
@@ -129,7 +120,7 @@ cdx_err app_http_new(const char *listen, app_metrics *m, app_health_fn health, a
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     /* The logger first, so every message of the start goes through it. */
-    h->d = MHD_start_daemon(flags, port, NULL, NULL, handle, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+    h->d = MHD_start_daemon(flags, 0, NULL, NULL, handle, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
                             NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
                             (unsigned)16, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_END);
@@ -142,7 +133,7 @@ cdx_err app_http_new(const char *listen, app_metrics *m, app_health_fn health, a
                         listen);
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = info ? info->port : port;
+    h->port = info ? info->port : 0;
     *out = h;
     return CDX_OK;
 }

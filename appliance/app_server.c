@@ -489,20 +489,13 @@ void app_server_drain(app_server *s, void (*done)(void *arg), void *arg)
 cdx_err app_server_new(struct event_base *base, const app_config *cfg, app_tls *tls, app_pool *pool,
                        const app_dispatch_env *env, app_metrics *m, app_server **out)
 {
-    char host[APP_ADDR_MAX], port_s[8];
-    uint16_t port;
+    struct addrinfo *ai = NULL;
     cdx_err err;
     *out = NULL;
     if (!tls && !cfg->insecure)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "a TLS context is required unless insecure");
-    if ((err = app_addr_split(cfg->listen, host, sizeof(host), &port)))
+    if ((err = app_addr_resolve(cfg->listen, "[server] listen", &ai)))
         return err;
-    snprintf(port_s, sizeof(port_s), "%u", port);
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
-                    *ai = NULL;
-    int gai = getaddrinfo(host, port_s, &hints, &ai);
-    if (gai)
-        return cdx_fail(CDX_ERR_CONFIG, "[server] listen `%s`: %s", cfg->listen, gai_strerror(gai));
     app_server *s = calloc(1, sizeof(*s));
     if (!s) {
         freeaddrinfo(ai);
