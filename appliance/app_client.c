@@ -64,7 +64,6 @@ static cdx_err wait_fd(app_client *c, short ev)
     return CDX_OK;
 }
 
-static cdx_err io_write_raw(app_client *c, const uint8_t *p, size_t n);
 
 /*
  * A write to a connection the server closed raises SIGPIPE, which would kill
@@ -72,6 +71,58 @@ static cdx_err io_write_raw(app_client *c, const uint8_t *p, size_t n);
  * blocked for this thread around the write and a SIGPIPE it caused is
  * consumed: the caller gets CDX_ERR_UNAVAILABLE instead.
  */
+/*
+ * Move n bytes to (out) or from the server, waiting on the socket as TLS or
+ * TCP asks (a TLS write may need a read and the other way round).
+ */
+static cdx_err io_xfer(app_client *c, uint8_t *p, size_t n, bool out)
+{
+    const char *what = out ? "sending to the server failed" : "reading from the server failed";
+    while (n) {
+        ssize_t k;
+        if (c->ssl) {
+            int len = n > INT32_MAX ? INT32_MAX : (int)n;
+            int r = out ? SSL_write(c->ssl, p, len) : SSL_read(c->ssl, p, len);
+            if (r <= 0) {
+                int e = SSL_get_error(c->ssl, r);
+                if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+                    cdx_err err = wait_fd(c, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+                    if (err)
+                        return err;
+                    continue;
+                }
+                if (e == SSL_ERROR_ZERO_RETURN)
+                    return cdx_fail(CDX_ERR_UNAVAILABLE, "the server closed the connection");
+                return ssl_fail(CDX_ERR_UNAVAILABLE, what);
+            }
+            k = r;
+        } else {
+            k = out ? send(c->fd, p, n, MSG_NOSIGNAL) : recv(c->fd, p, n, 0);
+            if (k == 0 && !out)
+                return cdx_fail(CDX_ERR_UNAVAILABLE, "the server closed the connection");
+            if (k < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                    cdx_err err = wait_fd(c, out ? POLLOUT : POLLIN);
+                    if (err)
+                        return err;
+                    continue;
+                }
+                return cdx_fail(CDX_ERR_UNAVAILABLE, "%s: %s", what, strerror(errno));
+            }
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+    return CDX_OK;
+}
+
+static cdx_err io_read(app_client *c, uint8_t *p, size_t n)
+{
+    return io_xfer(c, p, n, false);
+}
+
 typedef struct pipe_guard {
     sigset_t set, old;
     bool was_pending;
@@ -101,90 +152,10 @@ static cdx_err io_write(app_client *c, const uint8_t *p, size_t n)
 {
     pipe_guard g;
     pipe_block(&g);
-    cdx_err err = io_write_raw(c, p, n);
+    /* Only read from p: io_xfer's pointer is not const because it also reads into it. */
+    cdx_err err = io_xfer(c, (uint8_t *)(uintptr_t)p, n, true);
     pipe_restore(&g);
     return err;
-}
-
-static cdx_err io_write_raw(app_client *c, const uint8_t *p, size_t n)
-{
-    while (n) {
-        ssize_t w;
-        if (c->ssl) {
-            int r = SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
-            if (r <= 0) {
-                int e = SSL_get_error(c->ssl, r);
-                if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
-                    cdx_err err = wait_fd(c, e == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN);
-                    if (err)
-                        return err;
-                    continue;
-                }
-                return ssl_fail(CDX_ERR_UNAVAILABLE, "sending to the server failed");
-            }
-            w = r;
-        } else {
-            w = send(c->fd, p, n, MSG_NOSIGNAL);
-            if (w < 0) {
-                if (errno == EINTR)
-                    continue;
-                if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                    cdx_err err = wait_fd(c, POLLOUT);
-                    if (err)
-                        return err;
-                    continue;
-                }
-                return cdx_fail(CDX_ERR_UNAVAILABLE, "sending to the server failed: %s",
-                                strerror(errno));
-            }
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return CDX_OK;
-}
-
-static cdx_err io_read(app_client *c, uint8_t *p, size_t n)
-{
-    while (n) {
-        ssize_t got;
-        if (c->ssl) {
-            int r = SSL_read(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
-            if (r <= 0) {
-                int e = SSL_get_error(c->ssl, r);
-                if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-                    cdx_err err = wait_fd(c, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
-                    if (err)
-                        return err;
-                    continue;
-                }
-                if (e == SSL_ERROR_ZERO_RETURN)
-                    return cdx_fail(CDX_ERR_UNAVAILABLE, "the server closed the connection");
-                return ssl_fail(CDX_ERR_UNAVAILABLE,
-                                "reading from the server failed (connection closed?)");
-            }
-            got = r;
-        } else {
-            got = recv(c->fd, p, n, 0);
-            if (got == 0)
-                return cdx_fail(CDX_ERR_UNAVAILABLE, "the server closed the connection");
-            if (got < 0) {
-                if (errno == EINTR)
-                    continue;
-                if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                    cdx_err err = wait_fd(c, POLLIN);
-                    if (err)
-                        return err;
-                    continue;
-                }
-                return cdx_fail(CDX_ERR_UNAVAILABLE, "reading from the server failed: %s",
-                                strerror(errno));
-            }
-        }
-        p += got;
-        n -= (size_t)got;
-    }
-    return CDX_OK;
 }
 
 static cdx_err tcp_connect(app_client *c, const char *host, uint16_t port)
