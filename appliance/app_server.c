@@ -66,6 +66,8 @@ struct app_server {
     app_budget budget;
     conn *conns;
     size_t nconns;
+    size_t nwaiting;               /* connections with a frame waiting for budget */
+    bool in_release, release_again; /* budget_released is not re-entered */
     bool draining;
     void (*drain_done)(void *);
     void *drain_arg;
@@ -99,9 +101,13 @@ static void run_job(app_job *j)
 }
 
 /* Free a connection whose worker job (if any) has come back. */
+static void budget_released(app_server *s);
+
 static void conn_destroy(conn *c)
 {
     app_server *s = c->srv;
+    if (c->budget_wait)
+        s->nwaiting--;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -122,6 +128,7 @@ static void conn_destroy(conn *c)
     if (s->m)
         app_metrics_gauge_add(s->m, APP_G_CONNECTIONS, -1);
     free(c);
+    budget_released(s); /* what it held may let a waiting frame in */
     drain_check(s);
 }
 
@@ -138,17 +145,31 @@ static void conn_close(conn *c, const char *why)
         conn_destroy(c);
 }
 
-/* Retry budget waits anywhere after budget was given back. */
+/*
+ * Retry budget waits after budget was given back. Nothing to do (the usual
+ * case) costs nothing; a call from inside the loop (a connection it resumes
+ * closes) only asks the running loop to go round again.
+ */
 static void budget_released(app_server *s)
 {
-    for (conn *c = s->conns, *n; c; c = n) {
-        n = c->next;
-        if (c->budget_wait && !c->closing && app_flow_retry(&c->flow)) {
-            c->budget_wait = false;
-            c->header_charged = true;
-            conn_process(c);
-        }
+    if (s->in_release) {
+        s->release_again = true;
+        return;
     }
+    s->in_release = true;
+    do {
+        s->release_again = false;
+        for (conn *c = s->conns, *n; c && s->nwaiting; c = n) {
+            n = c->next;
+            if (c->budget_wait && !c->closing && app_flow_retry(&c->flow)) {
+                c->budget_wait = false;
+                s->nwaiting--;
+                c->header_charged = true;
+                conn_process(c);
+            }
+        }
+    } while (s->release_again && s->nwaiting);
+    s->in_release = false;
 }
 
 static void start_next(conn *c)
@@ -223,6 +244,7 @@ static void conn_process(conn *c)
             if (!app_flow_frame_header(&c->flow, len, t)) {
                 c->header_charged = false;
                 c->budget_wait = true;
+                s->nwaiting++;
                 if (s->m)
                     app_metrics_inc(s->m, APP_C_BUDGET_WAITS, 1);
                 break;
@@ -281,7 +303,6 @@ static void on_write(struct bufferevent *bev, void *arg)
     }
     app_flow_written(&c->flow, c->flow.out_queued, now_ms());
     conn_process(c);
-    budget_released(c->srv);
     drain_check(c->srv);
 }
 
@@ -442,7 +463,6 @@ void app_server_completions(app_server *s, app_job *list)
                 conn_destroy(c);
             else
                 conn_close(c, "oom");
-            budget_released(s);
             continue;
         }
         bufferevent_write(c->bev, r->res.frame, r->res.len);
@@ -548,6 +568,7 @@ void app_server_free(app_server *s)
         return;
     if (s->lis)
         evconnlistener_free(s->lis);
+    s->in_release = true; /* closing everything: nothing is to be resumed */
     /* Connections with a job on a worker: the pool is drained by now (the daemon frees it
      * first and hands the completions over), so none is running. */
     while (s->conns) {
