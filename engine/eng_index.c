@@ -3254,6 +3254,19 @@ static cdx_err filter_row(const qctx *c, const meta_view *mv, uint32_t r, bool *
     return CDX_OK;
 }
 
+/* Row r of block i is a candidate: not tombstoned in its cluster, and matching the filter. */
+static cdx_err row_live(const qctx *c, const deadset *ds, const uint8_t tok[16],
+                        const meta_view *mviews, size_t i, uint32_t r, bool *live)
+{
+    *live = false;
+    if (deadset_has(ds, tok, r))
+        return CDX_OK;
+    if (c->filter)
+        return filter_row(c, &mviews[i], r, live);
+    *live = true;
+    return CDX_OK;
+}
+
 /* A float no smaller than x (the top-k keeps floats; a bound must stay a bound). */
 static float float_up(double x)
 {
@@ -3340,17 +3353,13 @@ static cdx_err scan_screened(qctx *c, const float *qv, const eng_segref **refs,
                 /* Orientation: smaller is better (inner products negated). */
                 double dlo = !screen ? -INFINITY : l2 ? lo[r] : -hi[r];
                 double dhi = !screen ? INFINITY : l2 ? hi[r] : -lo[r];
+                bool live;
                 if (dlo > (double)eng_topk_threshold(ub))
                     continue;
-                if (deadset_has(&ds, refs[i]->token, r))
+                if ((err = row_live(c, &ds, refs[i]->token, mviews, i, r, &live)))
+                    break;
+                if (!live)
                     continue;
-                if (c->filter) {
-                    bool match = false;
-                    if ((err = filter_row(c, &mviews[i], r, &match)))
-                        break;
-                    if (!match)
-                        continue;
-                }
                 uint64_t ref = (uint64_t)i << 32 | r;
                 eng_topk_push(ub, float_up(dhi), ref);
                 if (ncv == capcv) {
@@ -3564,17 +3573,13 @@ static cdx_err query_one(qctx *c, size_t qi)
                     eng_dot_many(qv, x, b->rows, d, dist);
                 for (uint32_t r = 0; r < b->rows; r++) {
                     float dv = c->km == ENG_KM_L2 ? dist[r] : -dist[r];
+                    bool live;
                     if (dv > eng_topk_threshold(tk))
                         continue;
-                    if (deadset_has(&ds, refs[i]->token, r))
+                    if ((err = row_live(c, &ds, refs[i]->token, mviews, i, r, &live)))
+                        break;
+                    if (!live)
                         continue;
-                    if (c->filter) {
-                        bool match = false;
-                        if ((err = filter_row(c, &mviews[i], r, &match)))
-                            break;
-                        if (!match)
-                            continue;
-                    }
                     eng_topk_push(tk, dv, (uint64_t)i << 32 | r);
                 }
             }
