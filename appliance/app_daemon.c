@@ -352,11 +352,6 @@ int app_daemon_run(app_daemon *d)
     return rc < 0 ? 1 : 0;
 }
 
-void app_daemon_stop(app_daemon *d)
-{
-    event_base_loopexit(d->base, NULL);
-}
-
 void app_daemon_free(app_daemon *d)
 {
     if (!d)
@@ -390,24 +385,4 @@ void app_daemon_free(app_daemon *d)
     app_metrics_free(d->metrics);
     free(d->config_path);
     free(d);
-}
-
-eng *app_daemon_engine(app_daemon *d)
-{
-    return d->engine;
-}
-
-app_metrics *app_daemon_metrics(app_daemon *d)
-{
-    return d->metrics;
-}
-
-app_pool *app_daemon_pool(app_daemon *d)
-{
-    return d->pool;
-}
-
-struct event_base *app_daemon_base(app_daemon *d)
-{
-    return d->base;
 }

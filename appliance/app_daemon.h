@@ -22,10 +22,7 @@
 #define APP_DAEMON_H
 
 #include "app_config.h"
-#include "app_metrics.h"
-#include "app_pool.h"
 #include "cdx_err.h"
-#include "eng.h"
 
 typedef struct app_daemon app_daemon;
 
@@ -44,15 +41,7 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
  */
 int app_daemon_run(app_daemon *d);
 
-/* Ask the loop to stop as SIGTERM would (any thread). */
-void app_daemon_stop(app_daemon *d);
-
 /* NULL is a no-op. */
 void app_daemon_free(app_daemon *d);
-
-eng *app_daemon_engine(app_daemon *d);
-app_metrics *app_daemon_metrics(app_daemon *d);
-app_pool *app_daemon_pool(app_daemon *d);
-struct event_base *app_daemon_base(app_daemon *d);
 
 #endif

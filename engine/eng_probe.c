@@ -90,11 +90,6 @@ void eng_probe_free(eng_probe *p)
     free(p);
 }
 
-const float *eng_probe_centroids(const eng_probe *p)
-{
-    return p->c;
-}
-
 /* Every centroid scored exactly (eng_kmeans_probe's own loop). */
 static size_t probe_exact(const eng_probe *p, const float *q, eng_topk *t)
 {

@@ -49,9 +49,6 @@ eng_probe *eng_probe_ref(eng_probe *p);
 /* Drop a reference, freeing on the last; NULL is a no-op. */
 void eng_probe_free(eng_probe *p);
 
-/* The float centroids the probe was built from (k x d). */
-const float *eng_probe_centroids(const eng_probe *p);
-
 /*
  * The min(nprobe, k) nearest centroids to q (d floats, finite), best first
  * (ties: lower index), into out: exactly eng_kmeans_probe's answer. Returns

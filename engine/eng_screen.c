@@ -146,11 +146,6 @@ AVX2 static void idot_avx2(const int16_t *w, const uint8_t *codes, size_t n, siz
 }
 #endif
 
-const char *eng_screen_impl(void)
-{
-    return eng_simd_level() == ENG_SIMD_AVX2 ? "avx2" : "scalar";
-}
-
 bool eng_screen_idot(const char *impl, const int16_t *w, const uint8_t *codes, size_t n, size_t d,
                      int64_t *S)
 {

@@ -72,11 +72,9 @@ void eng_screen_bounds(const eng_screen *s, const uint8_t *codes, const float *a
                        int64_t *S, double *lo, double *hi);
 
 /*
- * The integer kernel in use: "avx2" or "scalar" (eng_dist.h's dispatch).
- * AVX-512 VNNI (vpdpwssd, 32 codes per instruction pair) was tried on an
- * Emerald Rapids VM: no faster, since the scan is bound by memory bandwidth.
+ * AVX-512 VNNI (vpdpwssd) was tried for the integer kernel on an Emerald
+ * Rapids VM: no faster, since the scan is bound by memory bandwidth.
  */
-const char *eng_screen_impl(void);
 
 /*
  * Test and bench hook: S[j] = sum_i w[i] * codes[j*d + i] with the named
