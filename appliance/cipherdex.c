@@ -1001,40 +1001,49 @@ static int cmd_list_ids(args *a)
     return e ? fail(e) : 0;
 }
 
-static void help(void)
+/* Each command's usage; continuation lines start with spaces. */
+static const char *const usage_lines[] = {
+    "  health\n",
+    "  index create NAME --dim N [--metric euclidean|squared_euclidean|cosine|inner_product]\n"
+    "               [--type ivfflat|ivfsq8] [--lists N]\n"
+    "               [--unwrap-kek KEK --wrapped-file F | --adopt-key KEYID]\n",
+    "  index list\n",
+    "  index describe NAME\n",
+    "  index delete NAME --confirm INDEX_ID\n",
+    "  index train NAME [--lists N] [--iters N] [--seed N] [--tolerance F]\n"
+    "               [--max-points-per-list N]\n",
+    "  upsert INDEX --file F [--labels IDX_LABELS] [--id-prefix P] [--start N] [--batch N]\n"
+    "               [--limit N]   F: .fvecs, .bvecs, IDX images (plain or .gz), .jsonl\n"
+    "               ({\"id\":..., \"vector\":[...], \"metadata\":{...}, \"contents\":\"...\"})\n",
+    "  query INDEX (--vector \"x,y,...\" | --file F [--limit N] [--clients N]) [--top-k N]\n"
+    "               [--probes N] [--filter JSON] [--include vectors,metadata,contents]\n"
+    "               [--ground-truth BASE_FILE [--id-prefix P]]   (recall@k, QPS, p50/p99)\n",
+    "  get INDEX ID... [--include vectors,metadata,contents]\n",
+    "  delete INDEX ID...\n",
+    "  list-ids INDEX [--limit N] [--cursor C] [--all]\n",
+};
+
+/* The whole help, or only the usage of `cmd` ("index", "query", ...) when given. */
+static void help(const char *cmd)
 {
-    printf(
-        "usage: cipherdex [connection options] COMMAND [options]\n\n"
-        "connection (or the environment variables in brackets):\n"
-        "  --addr HOST:PORT   server address [CIPHERDEX_ADDR]\n"
-        "  --ca FILE          CA bundle for the server certificate [CIPHERDEX_CA]\n"
-        "  --cert FILE        client certificate [CIPHERDEX_CERT]\n"
-        "  --key FILE         client key [CIPHERDEX_KEY]\n"
-        "  --insecure         plaintext TCP (a test server with insecure = yes)\n"
-        "  --timeout-ms N     connect and I/O timeout (default 30000)\n"
-        "  --json             JSON output for scripts\n\n"
-        "commands:\n"
-        "  health\n"
-        "  index create NAME --dim N [--metric euclidean|squared_euclidean|cosine|inner_product]\n"
-        "               [--type ivfflat|ivfsq8] [--lists N]\n"
-        "               [--unwrap-kek KEK --wrapped-file F | --adopt-key KEYID]\n"
-        "  index list\n"
-        "  index describe NAME\n"
-        "  index delete NAME --confirm INDEX_ID\n"
-        "  index train NAME [--lists N] [--iters N] [--seed N] [--tolerance F]\n"
-        "               [--max-points-per-list N]\n"
-        "  upsert INDEX --file F [--labels IDX_LABELS] [--id-prefix P] [--start N] [--batch N]\n"
-        "               [--limit N]   F: .fvecs, .bvecs, IDX images (plain or .gz), .jsonl\n"
-        "               ({\"id\":..., \"vector\":[...], \"metadata\":{...}, "
-        "\"contents\":\"...\"})\n"
-        "  query INDEX (--vector \"x,y,...\" | --file F [--limit N] [--clients N]) [--top-k N]\n"
-        "               [--probes N]\n"
-        "               [--filter JSON] [--include vectors,metadata,contents]\n"
-        "               [--ground-truth BASE_FILE [--id-prefix P]]   (recall@k, QPS, p50/p99)\n"
-        "  get INDEX ID... [--include vectors,metadata,contents]\n"
-        "  delete INDEX ID...\n"
-        "  list-ids INDEX [--limit N] [--cursor C] [--all]\n\n"
-        "Errors print the server's status code and message and exit 1; usage errors exit 2.\n");
+    printf("usage: cipherdex [connection options] %s\n\n", cmd ? cmd : "COMMAND [options]");
+    printf("connection (or the environment variables in brackets):\n"
+           "  --addr HOST:PORT   server address [CIPHERDEX_ADDR]\n"
+           "  --ca FILE          CA bundle for the server certificate [CIPHERDEX_CA]\n"
+           "  --cert FILE        client certificate [CIPHERDEX_CERT]\n"
+           "  --key FILE         client key [CIPHERDEX_KEY]\n"
+           "  --insecure         plaintext TCP (a test server with insecure = yes)\n"
+           "  --timeout-ms N     connect and I/O timeout (default 30000)\n"
+           "  --json             JSON output for scripts\n\n%s",
+           cmd ? "" : "commands:\n");
+    size_t n = cmd ? strlen(cmd) : 0;
+    for (size_t i = 0; i < sizeof(usage_lines) / sizeof(usage_lines[0]); i++) {
+        const char *u = usage_lines[i] + 2; /* after the indent */
+        if (!cmd || (!strncmp(u, cmd, n) && (u[n] == ' ' || u[n] == '\n')))
+            fputs(usage_lines[i], stdout);
+    }
+    printf("\nErrors print the server's status code and message and exit 1; usage errors exit "
+           "2.\nMore: docs/CLI.md\n");
 }
 
 int main(int argc, char **argv)
@@ -1047,7 +1056,7 @@ int main(int argc, char **argv)
     for (; i < argc && argv[i][0] == '-'; i++) {
         const char *o = argv[i];
         if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
-            help();
+            help(NULL);
             return 0;
         }
         if (!strcmp(o, "--json")) {
@@ -1076,14 +1085,14 @@ int main(int argc, char **argv)
             return usage_error("unknown option %s", o);
     }
     if (i >= argc) {
-        help();
+        help(NULL);
         return 2;
     }
     const char *cmd = argv[i++];
     args a = {.n = argc, .v = argv, .i = i};
     for (int k = i; k < argc; k++)
         if (!strcmp(argv[k], "--help")) {
-            help();
+            help(cmd); /* that command's usage */
             return 0;
         }
     if (!G.conn.addr)

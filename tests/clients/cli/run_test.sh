@@ -78,4 +78,6 @@ cli index describe flat >/dev/null 2>"$dir/err"; rc=$?
 set -e
 [[ $rc == 1 ]] && grep -q "NOT_FOUND" "$dir/err" && ok || fail "deleted index NOT_FOUND"
 cli --help | grep -q "list-ids INDEX" && ok || fail "--help"
+qh=$(cli query --help)
+grep -q "query INDEX" <<<"$qh" && ! grep -q "upsert INDEX" <<<"$qh" && ok || fail "query --help shows only query"
 echo "test_cli: $pass checks passed"
