@@ -72,6 +72,18 @@ static cdx_err wait_fd(app_client *c, short ev)
  * consumed: the caller gets CDX_ERR_UNAVAILABLE instead.
  */
 /*
+ * TLS asked to wait for the socket (a read may need a write and the other way
+ * round): wait, *err the outcome, and true. False for any other condition.
+ */
+static bool ssl_wait(app_client *c, int ssl_error, cdx_err *err)
+{
+    if (ssl_error != SSL_ERROR_WANT_READ && ssl_error != SSL_ERROR_WANT_WRITE)
+        return false;
+    *err = wait_fd(c, ssl_error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+    return true;
+}
+
+/*
  * Move n bytes to (out) or from the server, waiting on the socket as TLS or
  * TCP asks (a TLS write may need a read and the other way round).
  */
@@ -85,8 +97,8 @@ static cdx_err io_xfer(app_client *c, uint8_t *p, size_t n, bool out)
             int r = out ? SSL_write(c->ssl, p, len) : SSL_read(c->ssl, p, len);
             if (r <= 0) {
                 int e = SSL_get_error(c->ssl, r);
-                if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-                    cdx_err err = wait_fd(c, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+                cdx_err err;
+                if (ssl_wait(c, e, &err)) {
                     if (err)
                         return err;
                     continue;
@@ -229,8 +241,8 @@ static cdx_err tls_setup(app_client *c, const app_client_opts *o, const char *ho
         if (r == 1)
             return CDX_OK;
         int e = SSL_get_error(c->ssl, r);
-        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            cdx_err err = wait_fd(c, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+        cdx_err err;
+        if (ssl_wait(c, e, &err)) {
             if (err)
                 return err;
             continue;
