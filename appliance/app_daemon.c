@@ -21,6 +21,7 @@
 #include "cdx_log.h"
 #include "eng_store.h"
 #include "hsm_custody.h"
+#include "cdx_time.h"
 
 struct app_daemon {
     app_config cfg;
@@ -320,14 +321,12 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
         goto fail;
     }
     signal(SIGPIPE, SIG_IGN); /* a peer closing mid-write is an error return, not a death */
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
     d->env = (app_dispatch_env){.engine = d->engine,
                                 .cfg = &d->cfg,
                                 .metrics = d->metrics,
                                 .health = wire_health,
                                 .health_arg = d,
-                                .started_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000};
+                                .started_ms = cdx_mono_ms()};
     if ((err = app_server_new(d->base, &d->cfg, d->tls, d->pool, &d->env, d->metrics, &d->server)))
         goto fail;
     *out = d;

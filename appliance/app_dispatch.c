@@ -8,6 +8,7 @@
 
 #include "cdx_limits.h"
 #include "wire_msg.h"
+#include "cdx_time.h"
 
 #ifndef CDX_VERSION
 #define CDX_VERSION "0.1.0"
@@ -15,13 +16,6 @@
 
 typedef Cipherdex__V1__Request Req;
 typedef Cipherdex__V1__Response Resp;
-
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 bool app_is_admin(const app_config *cfg, const char *principal)
 {
@@ -127,9 +121,7 @@ static cdx_err do_health(const app_dispatch_env *env, Resp *r, scratch *s)
     h->token_ok = tok;
     h->store_ok = store;
     h->server_version = wire_str(CDX_VERSION);
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    int64_t now = cdx_mono_ms();
     h->uptime_s = now > env->started_ms ? (uint64_t)(now - env->started_ms) / 1000 : 0;
     r->body_case = CIPHERDEX__V1__RESPONSE__BODY_HEALTH;
     r->health = h;
@@ -551,7 +543,7 @@ static void observe_stages(app_metrics *m)
 void app_dispatch(const app_dispatch_env *env, const char *principal, const uint8_t *frame,
                   size_t len, app_dispatch_result *res)
 {
-    uint64_t t0 = mono_ns();
+    uint64_t t0 = cdx_mono_ns();
     wire_request *wr = NULL;
     scratch s;
     memset(&s, 0, sizeof(s));
@@ -563,7 +555,7 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     eng_thread_stages((uint64_t[ENG_STAGE_COUNT]){0}); /* start this request's stage clock */
     cdx_err err = wire_request_unpack(frame, len, budget, &wr);
     if (env->metrics)
-        app_metrics_observe(env->metrics, APP_STAGE_DECODE, mono_ns() - t0);
+        app_metrics_observe(env->metrics, APP_STAGE_DECODE, cdx_mono_ns() - t0);
     Resp r = CIPHERDEX__V1__RESPONSE__INIT;
     Cipherdex__V1__Status st = CIPHERDEX__V1__STATUS__INIT;
     if (!err) {
@@ -609,7 +601,7 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
         }
     }
     observe_stages(env->metrics);
-    uint64_t t1 = mono_ns();
+    uint64_t t1 = cdx_mono_ns();
     r.request_id = rid;
     r.status = &st;
     st.code = (int32_t)err;
@@ -629,8 +621,8 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     }
     res->status = err;
     if (env->metrics) {
-        app_metrics_observe(env->metrics, APP_STAGE_ENCODE, mono_ns() - t1);
-        app_metrics_observe(env->metrics, APP_STAGE_REQUEST, mono_ns() - t0);
+        app_metrics_observe(env->metrics, APP_STAGE_ENCODE, cdx_mono_ns() - t1);
+        app_metrics_observe(env->metrics, APP_STAGE_REQUEST, cdx_mono_ns() - t0);
         app_metrics_request(env->metrics, res->op, err);
         if (err == CDX_ERR_STORE_UNAVAILABLE)
             app_metrics_inc(env->metrics, APP_C_STORE_ERRORS, 1);

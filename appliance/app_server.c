@@ -23,6 +23,7 @@
 #include "cdx_log.h"
 #include "wire_frame.h"
 #include "wire_msg.h"
+#include "cdx_time.h"
 
 #define TICK_MS         250          /* timeout checks per connection */
 #define READ_HIGH_WATER (256u << 10) /* bytes libevent buffers before it stops reading */
@@ -72,13 +73,6 @@ struct app_server {
     void (*drain_done)(void *);
     void *drain_arg;
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void conn_process(conn *c);
 static void drain_check(app_server *s);
@@ -235,7 +229,7 @@ static void conn_process(conn *c)
             return;
         }
         evbuffer_drain(in, used);
-        int64_t t = now_ms();
+        int64_t t = cdx_mono_ms();
         app_flow_bytes(&c->flow, used, t);
         if (!wire_dec_ready(c->dec) && wire_dec_pending(c->dec) >= CDX_FRAME_HDR_LEN &&
             !c->header_charged) {
@@ -301,7 +295,7 @@ static void on_write(struct bufferevent *bev, void *arg)
         conn_close(c, "rejected");
         return;
     }
-    app_flow_written(&c->flow, c->flow.out_queued, now_ms());
+    app_flow_written(&c->flow, c->flow.out_queued, cdx_mono_ms());
     conn_process(c);
     drain_check(c->srv);
 }
@@ -320,7 +314,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
             return;
         }
         c->handshaken = true;
-        app_flow_handshake_done(&c->flow, now_ms());
+        app_flow_handshake_done(&c->flow, cdx_mono_ms());
         cdx_log(CDX_LOG_INFO, "conn_open", "peer=%s principal=\"%s\" tls=%s", c->peer, c->principal,
                 SSL_get_version(ssl));
         conn_process(c);
@@ -350,7 +344,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (c->closing)
         return;
-    app_flow_verdict v = app_flow_check(&c->flow, now_ms());
+    app_flow_verdict v = app_flow_check(&c->flow, cdx_mono_ms());
     if (v == APP_FLOW_OK)
         return;
     static const char *const why[] = {"", "handshake-timeout", "idle-timeout", "too-slow"};
@@ -427,7 +421,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         free(c);
         return;
     }
-    app_flow_init(&c->flow, &s->lim, &s->budget, now_ms());
+    app_flow_init(&c->flow, &s->lim, &s->budget, cdx_mono_ms());
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
@@ -445,7 +439,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     if (!c->tls) {
         snprintf(c->principal, sizeof(c->principal), "anonymous");
         c->handshaken = true;
-        app_flow_handshake_done(&c->flow, now_ms());
+        app_flow_handshake_done(&c->flow, cdx_mono_ms());
     }
 }
 

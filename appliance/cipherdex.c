@@ -25,6 +25,7 @@
 #include "app_vecs.h"
 #include "cdx_hex.h"
 #include "cdx_limits.h"
+#include "cdx_time.h"
 
 typedef struct gopts {
     app_client_opts conn;
@@ -68,19 +69,12 @@ static int connect_server(void)
 
 /* ---- small helpers ---- */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static void progress(const char *what, size_t done, size_t total, double t0)
 {
     if (!isatty(2) || !total)
         return;
     int width = 30, fill = (int)((double)done / (double)total * width);
-    double el = now_s() - t0;
+    double el = cdx_mono_s() - t0;
     fprintf(stderr, "\r%s [%.*s%*s] %zu/%zu %.0f/s ", what, fill, "##############################",
             width - fill, "", done, total, el > 0 ? (double)done / el : 0.0);
     if (done == total)
@@ -367,14 +361,14 @@ static int cmd_index(args *a)
         }
         r.body_case = CIPHERDEX__V1__REQUEST__BODY_TRAIN;
         r.train = &t;
-        double t0 = now_s();
+        double t0 = cdx_mono_s();
         if ((e = app_client_call(C, &r, &w)))
             goto out;
         uint64_t ver = wire_response_msg(w)->train->version;
         G.json
             ? print_json(json_pack("{s:s,s:I,s:f}", "index", name, "version", (json_int_t)ver,
-                                   "seconds", now_s() - t0))
-            : (void)printf("trained %s: version %" PRIu64 " in %.2f s\n", name, ver, now_s() - t0);
+                                   "seconds", cdx_mono_s() - t0))
+            : (void)printf("trained %s: version %" PRIu64 " in %.2f s\n", name, ver, cdx_mono_s() - t0);
         goto out;
     }
     return usage_error("index: unknown subcommand %s", sub);
@@ -509,7 +503,7 @@ static int cmd_upsert(args *a)
     Cipherdex__V1__Item **ptrs = calloc(batch, sizeof(*ptrs));
     char(*ids)[300] = calloc(batch, 300);
     char(*meta)[64] = calloc(batch, 64);
-    double t0 = now_s();
+    double t0 = cdx_mono_s();
     cdx_err e = CDX_OK;
     uint64_t version = 0;
     size_t done = 0;
@@ -568,7 +562,7 @@ static int cmd_upsert(args *a)
         wire_response_free(w);
         progress("upsert", done, n, t0);
     }
-    double el = now_s() - t0;
+    double el = cdx_mono_s() - t0;
     free(items);
     free(ptrs);
     free(ids);
@@ -627,9 +621,9 @@ static void query_worker(qjob *j)
         r.body_case = CIPHERDEX__V1__REQUEST__BODY_QUERY;
         r.query = &qr;
         wire_response *w = NULL;
-        double t1 = now_s();
+        double t1 = cdx_mono_s();
         cdx_err e = app_client_call(j->c, &r, &w);
-        j->lat[i] = now_s() - t1;
+        j->lat[i] = cdx_mono_s() - t1;
         if (e) {
             j->err = e;
             wire_response_free(w);
@@ -771,7 +765,7 @@ static int cmd_query(args *a)
     int64_t *res = gt ? malloc(nq * top_k * sizeof(int64_t)) : NULL;
     json_t *jout = json_array();
     cdx_err e = CDX_OK;
-    double t0 = now_s();
+    double t0 = cdx_mono_s();
     size_t plen = strlen(prefix);
     qjob base = {.index = index,
                  .q = q,
@@ -803,7 +797,7 @@ static int cmd_query(args *a)
             jobs[t].c = NULL;
             jobs[t].err = app_client_connect(&G.conn, &jobs[t].c);
         }
-        t0 = now_s();
+        t0 = cdx_mono_s();
         for (uint32_t t = 0; t < clients; t++) {
             jobs[t].t0 = t0;
             if (!jobs[t].err)
@@ -820,7 +814,7 @@ static int cmd_query(args *a)
         free(th);
         free(jobs);
     }
-    double el = now_s() - t0;
+    double el = cdx_mono_s() - t0;
     int rc = 0;
     if (e) {
         rc = fail(e);

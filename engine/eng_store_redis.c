@@ -69,6 +69,7 @@
 #include "cdx_limits.h"
 #include "cdx_log.h"
 #include "eng_resp.h"
+#include "cdx_time.h"
 
 #define RD_DEFAULT_PORT       6379
 #define RD_DEFAULT_CONNS      8
@@ -243,14 +244,6 @@ static redisReplyObjectFunctions rd_fns = {
 };
 
 /* ---- helpers ---- */
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static rd_store *as_rd(eng_store *s)
 {
@@ -890,14 +883,14 @@ out:
  */
 static cdx_err rd_acquire(rd_store *st, bool fresh, rd_conn **out)
 {
-    long long deadline = now_ms() + st->timeout_ms;
+    long long deadline = cdx_mono_ms() + st->timeout_ms;
     rd_conn *stale = NULL, *k = NULL;
     cdx_err e;
 
     *out = NULL;
     pthread_mutex_lock(&st->mu);
     for (;;) {
-        long long now = now_ms();
+        long long now = cdx_mono_ms();
         if (now < st->retry_at_ms) {
             e = cdx_fail(CDX_ERR_STORE_UNAVAILABLE,
                          "Redis at %s is unreachable (%s); in back-off, next attempt in %lld ms",
@@ -939,7 +932,7 @@ static cdx_err rd_acquire(rd_store *st, bool fresh, rd_conn **out)
         st->backoff_ms = st->backoff_ms ? st->backoff_ms * 2 : RD_BACKOFF_MIN_MS;
         if (st->backoff_ms > RD_BACKOFF_MAX_MS)
             st->backoff_ms = RD_BACKOFF_MAX_MS;
-        st->retry_at_ms = now_ms() + st->backoff_ms;
+        st->retry_at_ms = cdx_mono_ms() + st->backoff_ms;
         snprintf(st->last_err, sizeof(st->last_err), "%s", cdx_err_detail());
         pthread_cond_broadcast(&st->cv);
     } else {

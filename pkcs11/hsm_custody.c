@@ -19,16 +19,10 @@
 #include "hsm_pin.h"
 #include "hsm_secmem.h"
 #include "hsm_subkey.h"
+#include "cdx_time.h"
 
 static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
 static hsm_custody *registry;
-
-int64_t hsm_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Copy a blank-padded PKCS#11 string field into a NUL-terminated, trimmed one. */
 static void padded(char *dst, size_t cap, const CK_UTF8CHAR *src, size_t len)
@@ -269,7 +263,7 @@ static cdx_err recover(hsm_custody *c, uint64_t seen_gen)
                        "own (a real HSM would lock the PIN): fix the PIN and restart");
         goto out;
     }
-    int64_t now = hsm_now_ms();
+    int64_t now = cdx_mono_ms();
     if (now < c->next_try_ms) {
         err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE,
                        "the token is unavailable; next reconnection attempt in %lld ms",

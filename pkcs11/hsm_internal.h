@@ -71,7 +71,6 @@ struct hsm_custody {
 };
 
 /* Monotonic milliseconds. */
-int64_t hsm_now_ms(void);
 
 /*
  * An operation run with a session under the shared lock. It returns a

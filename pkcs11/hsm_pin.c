@@ -1,69 +1,20 @@
 #include "hsm_pin.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "cdx_limits.h"
+#include "hsm_secfile.h"
 #include "hsm_secmem.h"
 
 /* Read at most CDX_PIN_MAX bytes of `path` straight into locked memory. */
 static cdx_err read_file(const char *path, bool check_mode, char **pin, size_t *len)
 {
-    cdx_err err = CDX_OK;
-    char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) {
-        err = cdx_fail(CDX_ERR_CONFIG, "cannot open PIN file %s: %s", path, strerror(errno));
-        goto out;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        err = cdx_fail(CDX_ERR_CONFIG, "PIN file %s is not a regular file", path);
-        goto out;
-    }
-    if (check_mode && (st.st_mode & 077)) {
-        err = cdx_fail(CDX_ERR_CONFIG,
-                       "PIN file %s is accessible by group or others (mode %03o): chmod 600 it",
-                       path, (unsigned)(st.st_mode & 0777));
-        goto out;
-    }
-    size_t n = 0;
-    int rc = hsm_secmem_read_fd(fd, CDX_PIN_MAX, &buf, &n);
-    if (rc == E2BIG) {
-        err = cdx_fail(CDX_ERR_CONFIG, "PIN in %s is longer than %d bytes", path, CDX_PIN_MAX);
-        goto out;
-    }
-    if (rc == ENOMEM) {
-        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "secret memory exhausted reading the PIN");
-        goto out;
-    }
-    if (rc) {
-        err = cdx_fail(CDX_ERR_CONFIG, "cannot read PIN file %s: %s", path, strerror(rc));
-        goto out;
-    }
-    if (n > 0 && buf[n - 1] == '\n')
-        n--;
-    if (n > 0 && buf[n - 1] == '\r')
-        n--;
-    if (n == 0) {
-        err = cdx_fail(CDX_ERR_CONFIG, "PIN file %s is empty", path);
-        goto out;
-    }
-    buf[n] = '\0';
-    *pin = buf;
-    *len = n;
-    buf = NULL;
-out:
-    hsm_secmem_free(buf);
-    if (fd >= 0)
-        close(fd);
-    return err;
+    const hsm_secfile_opts o = {
+        .what = "PIN file", .max = CDX_PIN_MAX, .err = CDX_ERR_CONFIG, .any_mode = !check_mode};
+    return hsm_secfile_read(path, &o, pin, len);
 }
 
 cdx_err hsm_pin_read(const char *source, bool allow_env, char **pin, size_t *len)

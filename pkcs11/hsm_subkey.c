@@ -14,6 +14,7 @@
 #include "cdx_log.h"
 #include "hsm_internal.h"
 #include "hsm_secmem.h"
+#include "cdx_time.h"
 
 static const char SUBKEY_PREFIX[] = "cipherdex/v1/subkey"; /* 19 bytes, no NUL */
 
@@ -135,7 +136,7 @@ static void *janitor(void *arg)
     struct hsm_subcache *sc = arg;
     pthread_mutex_lock(&sc->mu);
     while (!sc->stop) {
-        int64_t wait = sweep(sc, hsm_now_ms());
+        int64_t wait = sweep(sc, cdx_mono_ms());
         if (wait < 0) {
             pthread_cond_wait(&sc->cv, &sc->mu);
         } else {
@@ -281,7 +282,7 @@ cdx_err hsm_subkey_get(hsm_custody *c, const hsm_key_ref *key, const uint8_t *ex
 
     if (ttl > 0) {
         pthread_mutex_lock(&sc->mu);
-        int64_t now = hsm_now_ms();
+        int64_t now = cdx_mono_ms();
         for (struct hsm_subkey **pp = &sc->head; *pp; pp = &(*pp)->next) {
             struct hsm_subkey *sk = *pp;
             if (!matches(sk, key, purpose, epoch))
@@ -336,7 +337,7 @@ cdx_err hsm_subkey_get(hsm_custody *c, const hsm_key_ref *key, const uint8_t *ex
                     victim = pp;
             sk_unlink(sc, victim);
         }
-        sk->expires_ms = hsm_now_ms() + ttl;
+        sk->expires_ms = cdx_mono_ms() + ttl;
         sk->cached = true;
         sk->refs++;
         sk->next = sc->head;

@@ -1,7 +1,7 @@
 /*
  * cdx_err.h - the one project-wide error enum.
  *
- * The numeric values ARE the wire status codes (DESIGN §5): 0-16 keep the
+ * The numeric values ARE the wire status codes (docs/WIRE.md): 0-16 keep the
  * meanings of google.rpc.Code, Cipherdex's own conditions start at 100.
  * Numbers never change once released; new codes are only appended.
  *
@@ -56,6 +56,12 @@ typedef enum cdx_err {
     CDX_ERR_HSM_FAILED = 120,        /* the token refused an operation (raw CK_RV logged) */
     CDX_ERR_KEY_IN_USE = 121,        /* the key already belongs to another index */
 } cdx_err;
+
+/*
+ * Marks a function whose cdx_err result must not be dropped (as libsodium
+ * marks sodium_memcmp): ignoring it is a compile error under -Werror.
+ */
+#define CDX_MUST_CHECK __attribute__((warn_unused_result))
 
 /* Stable upper-case name of a code ("KEY_REPLACED"); "UNKNOWN_CODE" otherwise. */
 const char *cdx_err_name(cdx_err e);

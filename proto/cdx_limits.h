@@ -96,6 +96,5 @@
 #define CDX_UNPACK_BUDGET_SLACK  (1024u * 1024u)
 #define CDX_STATUS_MESSAGE_MAX   1024  /* bytes of a Status.message the server sends */
 #define CDX_VERSION_TEXT_MAX     64    /* HealthResponse.server_version */
-#define CDX_INFLIGHT_PER_CONN    16    /* outstanding requests per connection */
 
 #endif

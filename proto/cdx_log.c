@@ -8,6 +8,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "cdx_json.h"
+
 static atomic_int level = -1;
 static atomic_int format = CDX_LOG_FMT_KV;
 
@@ -16,21 +18,15 @@ void cdx_log_set_format(cdx_log_format f)
     atomic_store(&format, (int)f);
 }
 
-/* Append s[0..n) as a JSON string body (quotes not included). */
+/*
+ * Append s[0..n) as a JSON string body (quotes not included) at out+o, keeping
+ * 8 bytes free for the closing punctuation of the line.
+ */
 static size_t json_esc(char *out, size_t cap, size_t o, const char *s, size_t n)
 {
-    for (size_t i = 0; i < n && o + 7 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)c;
-        } else if (c < 0x20) {
-            o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
-        } else {
-            out[o++] = (char)c;
-        }
-    }
-    return o;
+    if (cap - o <= 8)
+        return o;
+    return o + cdx_json_escape(out + o, cap - o - 8, s, n, NULL);
 }
 
 /*

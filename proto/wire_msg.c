@@ -11,7 +11,7 @@
 #include "wire_alloc.h"
 #include "wire_frame.h"
 #include "wire_text_fields.h"
-#include "wire_utf8.h"
+#include "cdx_utf8.h"
 
 /* ---- limits per field --------------------------------------------------- */
 
@@ -197,7 +197,7 @@ static cdx_err check_bytes(const walker *w, const rule *r, bool text, const Prot
     if (text) {
         size_t bad = 0;
         const char *why = NULL;
-        if (!wire_utf8_valid(b->data, b->len, &bad, &why)) {
+        if (!cdx_utf8_valid(b->data, b->len, &bad, &why)) {
             if (b->data[bad] == 0)
                 return wfail(w, w->code, "NUL byte at offset %zu", bad);
             return wfail(w, w->code, "invalid UTF-8 at byte %zu (%s)", bad, why);
@@ -740,7 +740,7 @@ static ProtobufCBinaryData sane_message(ProtobufCBinaryData m)
     size_t n = m.len < CDX_STATUS_MESSAGE_MAX ? m.len : CDX_STATUS_MESSAGE_MAX;
     if (!m.data)
         n = 0;
-    m.len = wire_utf8_prefix(m.data, n);
+    m.len = cdx_utf8_prefix(m.data, n);
     return m;
 }
 

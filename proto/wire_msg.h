@@ -6,7 +6,7 @@
  * proto/cipherdex.proto whose `string` fields are `bytes`: every text field
  * is a ProtobufCBinaryData with its exact length. A message returned by
  * wire_request_unpack / wire_response_unpack has been checked completely:
- *  - every text field is strict UTF-8 without NUL (wire_utf8.h), and is
+ *  - every text field is strict UTF-8 without NUL (cdx_utf8.h), and is
  *    NUL-terminated at data[len] (wire_text() gives a C string);
  *  - every bytes/text field is within its length limit and every repeated
  *    field within its count limit (cdx_limits.h; docs/WIRE.md);

@@ -23,7 +23,7 @@
 #include "wire_alloc.h"
 #include "wire_frame.h"
 #include "wire_msg.h"
-#include "wire_utf8.h"
+#include "cdx_utf8.h"
 
 #ifndef CDX_PROTO_FILE
 #error "CDX_PROTO_FILE (path of proto/cipherdex.proto) must be defined by the build"
@@ -157,7 +157,7 @@ static void test_utf8_table(void)
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         size_t bad = 999;
         const char *why = NULL;
-        bool ok = wire_utf8_valid((const uint8_t *)rows[i].s, rows[i].n, &bad, &why);
+        bool ok = cdx_utf8_valid((const uint8_t *)rows[i].s, rows[i].n, &bad, &why);
         if (ok != rows[i].ok || (!ok && (bad != rows[i].bad || strcmp(why, rows[i].why))))
             printf("\n  row %zu: ok %d bad %zu why %s\n", i, ok, bad, why ? why : "-");
         CU_ASSERT_EQUAL(ok, rows[i].ok);
@@ -166,8 +166,8 @@ static void test_utf8_table(void)
             CU_ASSERT_STRING_EQUAL(why, rows[i].why);
         }
     }
-    CU_ASSERT_EQUAL(wire_utf8_prefix((const uint8_t *)"ab\xC3\xA9\xE2\x82", 6), 4);
-    CU_ASSERT_EQUAL(wire_utf8_prefix((const uint8_t *)"ab\0c", 4), 2);
+    CU_ASSERT_EQUAL(cdx_utf8_prefix((const uint8_t *)"ab\xC3\xA9\xE2\x82", 6), 4);
+    CU_ASSERT_EQUAL(cdx_utf8_prefix((const uint8_t *)"ab\0c", 4), 2);
 }
 
 /* Reference: decode code points arithmetically and apply the rules. */
@@ -216,11 +216,11 @@ static void test_utf8_differential(void)
         size_t n = rnd() % sizeof(s);
         for (size_t i = 0; i < n; i++)
             s[i] = (rnd() & 3) ? pool[rnd() % sizeof(pool)] : (uint8_t)rnd();
-        bool a = wire_utf8_valid(s, n, NULL, NULL), b = ref_utf8(s, n);
+        bool a = cdx_utf8_valid(s, n, NULL, NULL), b = ref_utf8(s, n);
         valid += b;
         if (a != b && disagree++ < 5)
             printf("\n  disagree on %zu bytes (ours %d, reference %d)\n", n, a, b);
-        CU_ASSERT_EQUAL(wire_utf8_prefix(s, n) == n, b);
+        CU_ASSERT_EQUAL(cdx_utf8_prefix(s, n) == n, b);
     }
     printf("  %zu strings, %zu valid, %zu disagreements\n", total, valid, disagree);
     CU_ASSERT_EQUAL(disagree, 0);

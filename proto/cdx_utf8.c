@@ -1,7 +1,6 @@
-#include "wire_utf8.h"
+#include "cdx_utf8.h"
 
 /*
- * Length of the valid sequence at s[0..n), or 0 with *why set.
  * Lead byte ranges and second-byte constraints as in RFC 3629's table:
  *   00..7F
  *   C2..DF 80..BF
@@ -13,8 +12,15 @@
  *   F1..F3 80..BF 80..BF 80..BF
  *   F4     80..8F 80..BF 80..BF  (F4 90.. above U+10FFFF)
  */
-static size_t seq_len(const uint8_t *s, size_t n, const char **why)
+size_t cdx_utf8_char_len(const uint8_t *s, size_t n, const char **why)
 {
+    const char *ignored;
+    if (!why)
+        why = &ignored;
+    if (n == 0) {
+        *why = "truncated sequence";
+        return 0;
+    }
     uint8_t c = s[0];
     size_t len;
     uint8_t lo = 0x80, hi = 0xBF; /* range of the second byte */
@@ -75,7 +81,7 @@ static size_t seq_len(const uint8_t *s, size_t n, const char **why)
     return len;
 }
 
-bool wire_utf8_valid(const uint8_t *s, size_t n, size_t *bad, const char **why)
+bool cdx_utf8_valid(const uint8_t *s, size_t n, size_t *bad, const char **why)
 {
     const char *w = NULL;
     size_t i = 0;
@@ -94,7 +100,7 @@ bool wire_utf8_valid(const uint8_t *s, size_t n, size_t *bad, const char **why)
         }
         if (i >= n)
             break;
-        size_t l = seq_len(s + i, n - i, &w);
+        size_t l = cdx_utf8_char_len(s + i, n - i, &w);
         if (!l) {
             if (bad)
                 *bad = i;
@@ -107,13 +113,13 @@ bool wire_utf8_valid(const uint8_t *s, size_t n, size_t *bad, const char **why)
     return true;
 }
 
-size_t wire_utf8_prefix(const uint8_t *s, size_t n)
+size_t cdx_utf8_prefix(const uint8_t *s, size_t n)
 {
     const char *w;
     size_t i = 0;
 
     while (i < n) {
-        size_t l = seq_len(s + i, n - i, &w);
+        size_t l = cdx_utf8_char_len(s + i, n - i, &w);
         if (!l)
             break;
         i += l;
