@@ -37,7 +37,7 @@ size_t wire_alloc_overhead(void);
  * A new allocator with `budget` bytes. Errors: CDX_ERR_INVALID_ARGUMENT
  * (budget 0), CDX_ERR_RESOURCE_EXHAUSTED (out of memory).
  */
-cdx_err wire_alloc_new(size_t budget, wire_alloc **out);
+CDX_MUST_CHECK cdx_err wire_alloc_new(size_t budget, wire_alloc **out);
 
 /* Free every block still live, then the allocator; NULL is a no-op. */
 void wire_alloc_free(wire_alloc *a);
