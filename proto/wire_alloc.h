@@ -2,8 +2,9 @@
  * wire_alloc.h - a ProtobufCAllocator with a byte budget.
  *
  * protobuf_c_message_unpack allocates far more than the frame it reads when
- * the frame holds many tiny repeated messages (~57x for a million empty
- * items: FACTS.md). Unpacking under a wire_alloc refuses any allocation
+ * the frame holds many tiny repeated messages (measured with protobuf-c
+ * 1.4.1: a million empty items in a 2 MB frame took 113.5 MB in 1,000,017
+ * mallocs, ~57x). Unpacking under a wire_alloc refuses any allocation
  * that would take the live total (payload plus this allocator's per-block
  * header) over the budget, so such a frame fails fast with
  * CDX_ERR_RESOURCE_EXHAUSTED after using at most `budget` bytes.
