@@ -23,6 +23,7 @@
 #include "cdx_log.h"
 #include "hsm_config.h"
 #include "hsm_custody.h"
+#include "hsm_admin.h"
 #include "hsm_keys.h"
 #include "hsm_secmem.h"
 
