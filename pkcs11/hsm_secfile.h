@@ -39,13 +39,14 @@ typedef struct hsm_secfile_opts {
  * CDX_ERR_RESOURCE_EXHAUSTED (secret arena full or not initialised).
  * *out is NULL and *len 0 on error.
  */
-cdx_err hsm_secfile_read(const char *path, const hsm_secfile_opts *o, char **out, size_t *len);
+CDX_MUST_CHECK cdx_err hsm_secfile_read(const char *path, const hsm_secfile_opts *o, char **out,
+                                        size_t *len);
 
 /*
  * The same checks as hsm_secfile_read without reading the secret (for
  * `--check-config`). Needs no arena. Errors: o->err as above (except the
  * length and emptiness, which need the bytes).
  */
-cdx_err hsm_secfile_check(const char *path, const hsm_secfile_opts *o);
+CDX_MUST_CHECK cdx_err hsm_secfile_check(const char *path, const hsm_secfile_opts *o);
 
 #endif
