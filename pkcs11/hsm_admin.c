@@ -53,6 +53,11 @@ cdx_err hsm_index_key_import_file(hsm_custody *c, const uint8_t id[CDX_ID_LEN], 
 
 /* ---------------------------------------------------------------- KEKs */
 
+bool hsm_kek_name_valid(const char *name)
+{
+    return hsm_valid_kek_name(name);
+}
+
 cdx_err hsm_kek_generate(hsm_custody *c, const char *name)
 {
     if (!hsm_kek_name_valid(name))

@@ -67,6 +67,9 @@ bool hsm_b64_char(unsigned char ch);
 
 /* ---- KEKs ---- */
 
+/* KEK names: 1-40 of [A-Za-z0-9_.-]. NULL is invalid. Pure. */
+bool hsm_kek_name_valid(const char *name);
+
 /*
  * Generate an AES-256 KEK "cipherdex-kek-<name>" on the token (unwrap only).
  * Errors: CDX_ERR_INVALID_ARGUMENT (name), CDX_ERR_ALREADY_EXISTS,

@@ -118,7 +118,10 @@ void hsm_key_forget(hsm_custody *c, const hsm_key_ref *k);
 
 /* ---- key identity and the handle cache (hsm_keyref.c) ---- */
 
-/* "cipherdex-kek-<name>" (name already checked with hsm_kek_name_valid). */
+/* KEK names: 1-40 of [A-Za-z0-9_.-]; NULL is invalid (public as hsm_kek_name_valid). */
+bool hsm_valid_kek_name(const char *name);
+
+/* "cipherdex-kek-<name>" (name already checked with hsm_valid_kek_name). */
 void hsm_label_kek(const char *name, char out[CDX_LABEL_MAX + 1]);
 
 /* Look for a secret-key object with this label (any id): KEKs are found by label alone. */

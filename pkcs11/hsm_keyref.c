@@ -29,7 +29,7 @@ void hsm_key_label(const hsm_key_ref *k, char out[CDX_LABEL_MAX + 1])
     }
 }
 
-bool hsm_kek_name_valid(const char *name)
+bool hsm_valid_kek_name(const char *name)
 {
     size_t n = name ? strlen(name) : 0;
     if (n < 1 || n > 40)

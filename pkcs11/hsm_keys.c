@@ -190,7 +190,7 @@ cdx_err hsm_index_key_generate(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
 cdx_err hsm_index_key_unwrap(hsm_custody *c, const uint8_t id[CDX_ID_LEN], const char *kek_name,
                              const uint8_t *blob, size_t blob_len, uint8_t kcv_out[CDX_KCV_LEN])
 {
-    if (!hsm_kek_name_valid(kek_name))
+    if (!hsm_valid_kek_name(kek_name))
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "KEK name must be 1-40 of [A-Za-z0-9_.-]");
     if (!blob || blob_len != CDX_WRAPPED_KEY_LEN)
         return cdx_fail(CDX_ERR_BAD_WRAPPED_KEY,

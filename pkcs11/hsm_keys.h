@@ -57,9 +57,6 @@ typedef struct hsm_key_ref {
 /* Token label for a root/index key ("cipherdex-root", "cipherdex-index-<hex>"). Pure. */
 void hsm_key_label(const hsm_key_ref *k, char out[CDX_LABEL_MAX + 1]);
 
-/* KEK names: 1-40 of [A-Za-z0-9_.-]. NULL is invalid. Pure. */
-bool hsm_kek_name_valid(const char *name);
-
 /* ---- root key ---- */
 
 /*
@@ -86,7 +83,7 @@ CDX_MUST_CHECK cdx_err hsm_index_key_generate(hsm_custody *c, const uint8_t id[C
 
 /*
  * Unwrap a KMS-style wrapped data key (RFC 5649, CKM_AES_KEY_WRAP_PAD) with
- * the KEK "cipherdex-kek-<kek_name>". The blob must be exactly
+ * the KEK "cipherdex-kek-<kek_name>" (kek_name: 1-40 of [A-Za-z0-9_.-]). The blob must be exactly
  * CDX_WRAPPED_KEY_LEN (40) bytes and unwrap to a 32-byte key. kcv_out may be
  * NULL.
  * Errors: CDX_ERR_INVALID_ARGUMENT (KEK name), CDX_ERR_BAD_WRAPPED_KEY
