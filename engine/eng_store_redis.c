@@ -68,7 +68,7 @@
 
 #include "cdx_limits.h"
 #include "cdx_log.h"
-#include "eng_resp.h"
+#include "eng_redis_resp.h"
 #include "cdx_time.h"
 
 #define RD_DEFAULT_PORT       6379
