@@ -37,35 +37,35 @@
  * keep failing; no caller ever sleeps for it.
  *
  * AUTH: the password is read from its file at every connect (so it can be
- * rotated), sent with our own write (hiredis would leave copies in freed
- * output buffers) and wiped with OPENSSL_cleanse.
+ * rotated) by hsm_secfile_read (no symlink, a regular file without group or
+ * other access, one trailing "\n" or "\r\n" stripped) into locked memory,
+ * sent from there with our own write (hiredis would leave copies in freed
+ * output buffers), and wiped when that buffer is freed. It needs the secret
+ * arena (hsm_secmem_init).
  */
 #include "eng_redis_int.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
-
 #include "cdx_limits.h"
 #include "cdx_log.h"
 #include "cdx_time.h"
+#include "hsm_secfile.h"
+#include "hsm_secmem.h"
 
 #define RD_PIPE_CMDS      1000       /* commands per pipelined round trip */
 #define RD_PIPE_BYTES     (8u << 20) /* argument bytes per round trip (output buffer) */
 #define RD_SLACK          (1u << 20) /* unparsed bytes beyond one value: headers + reads */
 #define RD_BACKOFF_MIN_MS 100
 #define RD_BACKOFF_MAX_MS 5000
-#define RD_PASSWORD_MAX   1024
 #define RD_IN_BUF         (16u << 10) /* bulk reader staging: headers, bytes after a payload */
 
 /* ---- connection I/O ---- */
@@ -370,100 +370,70 @@ out:
 
 /* ---- password and connect ---- */
 
-static cdx_err read_password(const char *path, char *buf, size_t cap, size_t *len)
+/*
+ * Send all of iov[0..n) (advanced in place). MSG_NOSIGNAL: a dropped server
+ * is an error, not a signal. Returns false with errno set (0 when the
+ * connection closed).
+ */
+static bool send_all(int fd, struct iovec *iov, size_t n)
 {
-    struct stat st;
-    size_t n = 0;
-    cdx_err e = CDX_OK;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-
-    *len = 0;
-    if (fd < 0)
-        return cdx_fail(CDX_ERR_CONFIG, "cannot open the Redis password_file %s: %s", path,
-                        strerror(errno));
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        e = cdx_fail(CDX_ERR_CONFIG, "the Redis password_file %s is not a regular file", path);
-        goto out;
-    }
-    if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-        e = cdx_fail(CDX_ERR_CONFIG,
-                     "the Redis password_file %s is accessible by group or others (mode %03o): "
-                     "chmod 600 it",
-                     path, (unsigned)(st.st_mode & 0777));
-        goto out;
-    }
-    for (;;) {
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            e = cdx_fail(CDX_ERR_CONFIG, "cannot read the Redis password_file %s: %s", path,
-                         strerror(errno));
-            goto out;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-        if (n == cap) {
-            e = cdx_fail(CDX_ERR_CONFIG, "the Redis password_file %s is longer than %d bytes", path,
-                         RD_PASSWORD_MAX);
-            goto out;
-        }
-    }
-    if (n > 0 && buf[n - 1] == '\n')
-        n--; /* one trailing newline, as `echo` writes it */
-    if (n == 0) {
-        e = cdx_fail(CDX_ERR_CONFIG, "the Redis password_file %s is empty", path);
-        goto out;
-    }
-    *len = n;
-out:
-    close(fd);
-    if (e != CDX_OK)
-        OPENSSL_cleanse(buf, cap);
-    return e;
-}
-
-static size_t put_bulk(char *dst, const char *s, size_t len)
-{
-    int h = sprintf(dst, "$%zu\r\n", len);
-    memcpy(dst + h, s, len);
-    memcpy(dst + h + len, "\r\n", 2);
-    return (size_t)h + len + 2;
-}
-
-static cdx_err rd_auth(rd_store *st, rd_conn *k)
-{
-    char pw[RD_PASSWORD_MAX + 1];
-    size_t plen = 0, ulen = st->user ? strlen(st->user) : 0, clen = 0, off = 0;
-    char *cmd = NULL;
-    rd_reply *r = NULL;
-    cdx_err e = read_password(st->password_file, pw, sizeof(pw), &plen);
-
-    if (e != CDX_OK)
-        return e;
-    cmd = malloc(96 + ulen + plen);
-    if (!cmd) {
-        e = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory building AUTH");
-        goto out;
-    }
-    clen = (size_t)sprintf(cmd, "*%d\r\n", st->user ? 3 : 2);
-    clen += put_bulk(cmd + clen, "AUTH", 4);
-    if (st->user)
-        clen += put_bulk(cmd + clen, st->user, ulen);
-    clen += put_bulk(cmd + clen, pw, plen);
-    /* Our own write: hiredis' output buffer would free the password without wiping it. */
-    while (off < clen) {
-        ssize_t w = send(k->c->fd, cmd + off, clen - off, MSG_NOSIGNAL);
+    while (n > 0) {
+        struct msghdr m = {.msg_iov = iov, .msg_iovlen = n};
+        ssize_t w = sendmsg(fd, &m, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
-            k->broken = true;
-            e = cdx_fail(CDX_ERR_STORE_UNAVAILABLE, "cannot send AUTH to Redis at %s: %s", st->addr,
-                         strerror(errno));
-            goto out;
+            if (w == 0)
+                errno = 0;
+            return false;
         }
-        off += (size_t)w;
+        for (; n > 0 && (size_t)w >= iov->iov_len; iov++, n--)
+            w -= (ssize_t)iov->iov_len;
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return true;
+}
+
+/*
+ * AUTH [user] password, written by us: hiredis' output buffer would free the
+ * password without wiping it. The password goes from its locked buffer
+ * (hsm_secfile_read) straight to the socket; no other copy is made.
+ */
+static cdx_err rd_auth(rd_store *st, rd_conn *k)
+{
+    static const hsm_secfile_opts pw_opts = {
+        .what = "Redis password_file", .max = CDX_STORE_PASSWORD_MAX, .err = CDX_ERR_CONFIG};
+    char head[64], mid[32];
+    size_t plen = 0, ulen = st->user ? strlen(st->user) : 0;
+    struct iovec iov[5];
+    size_t niov = 0;
+    char *pw = NULL;
+    rd_reply *r = NULL;
+    cdx_err e = hsm_secfile_read(st->password_file, &pw_opts, &pw, &plen);
+
+    if (e != CDX_OK)
+        return e;
+    /* *3 $4 AUTH $<ulen> <user> $<plen> <password>, or *2 without the user. */
+    if (st->user) {
+        int h = snprintf(head, sizeof(head), "*3\r\n$4\r\nAUTH\r\n$%zu\r\n", ulen);
+        int m = snprintf(mid, sizeof(mid), "\r\n$%zu\r\n", plen);
+        iov[niov++] = (struct iovec){.iov_base = head, .iov_len = (size_t)h};
+        iov[niov++] = (struct iovec){.iov_base = st->user, .iov_len = ulen};
+        iov[niov++] = (struct iovec){.iov_base = mid, .iov_len = (size_t)m};
+    } else {
+        int h = snprintf(head, sizeof(head), "*2\r\n$4\r\nAUTH\r\n$%zu\r\n", plen);
+        iov[niov++] = (struct iovec){.iov_base = head, .iov_len = (size_t)h};
+    }
+    iov[niov++] = (struct iovec){.iov_base = pw, .iov_len = plen};
+    iov[niov++] = (struct iovec){.iov_base = "\r\n", .iov_len = 2};
+    if (!send_all(k->c->fd, iov, niov)) {
+        k->broken = true;
+        e = cdx_fail(CDX_ERR_STORE_UNAVAILABLE, "cannot send AUTH to Redis at %s: %s", st->addr,
+                     errno ? strerror(errno) : "the server closed the connection");
+        goto out;
     }
     e = rd_read(k, 0, "AUTH", &r);
     if (e != CDX_OK)
@@ -483,11 +453,7 @@ static cdx_err rd_auth(rd_store *st, rd_conn *k)
         e = eng_rd_unexpected(r, "AUTH");
 out:
     eng_rd_reply_free(r);
-    OPENSSL_cleanse(pw, sizeof(pw));
-    if (cmd) {
-        OPENSSL_cleanse(cmd, 96 + ulen + plen);
-        free(cmd);
-    }
+    hsm_secmem_free(pw); /* wipes */
     return e;
 }
 
