@@ -50,7 +50,7 @@ bool eng_store_key_ok(const char *s);
  * Copy len bytes into a fresh found value (data is never NULL for a found
  * value, even when len is 0). Errors: CDX_ERR_RESOURCE_EXHAUSTED.
  */
-cdx_err eng_val_copy(eng_val *v, const void *data, size_t len);
+CDX_MUST_CHECK cdx_err eng_val_copy(eng_val *v, const void *data, size_t len);
 
 /*
  * Redis glob match (SCAN MATCH semantics, case-sensitive): `*`, `?`,
@@ -68,6 +68,7 @@ bool eng_glob_match(const char *pat, size_t plen, const char *str, size_t slen);
  * when the callbacks refused it, CDX_ERR_INTERNAL on a protocol error,
  * CDX_ERR_UNAVAILABLE when buf holds no complete reply.
  */
-cdx_err eng_redis_reader_probe(const char *buf, size_t len, int elem_budget, size_t *max_array);
+CDX_MUST_CHECK cdx_err eng_redis_reader_probe(const char *buf, size_t len, int elem_budget,
+                                              size_t *max_array);
 
 #endif
