@@ -56,3 +56,8 @@ add_test(NAME test_cli
          COMMAND bash ${CMAKE_SOURCE_DIR}/tests/clients/cli/run_test.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_cli PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp
                      ENVIRONMENT "CDX_TEST_TMP=${CDX_TEST_TMP}")
+# Fuzz target (tests/fuzz/fuzz_resp.c) for the sans-IO RESP reader (engine/eng_redis_resp.c); ctest replays seeds it writes.
+add_executable(fuzz_resp fuzz/fuzz_resp.c ${CMAKE_SOURCE_DIR}/engine/eng_redis_resp.c)
+target_include_directories(fuzz_resp PRIVATE ${CMAKE_SOURCE_DIR}/engine)
+add_test(NAME fuzz_resp_seeds COMMAND fuzz_resp --seeds ${CDX_TEST_TMP}/fuzz-resp-seeds ${CDX_TEST_TMP}/fuzz-resp-seeds)
+set_tests_properties(fuzz_resp_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
