@@ -61,3 +61,5 @@ add_executable(fuzz_resp fuzz/fuzz_resp.c ${CMAKE_SOURCE_DIR}/engine/eng_redis_r
 target_include_directories(fuzz_resp PRIVATE ${CMAKE_SOURCE_DIR}/engine)
 add_test(NAME fuzz_resp_seeds COMMAND fuzz_resp --seeds ${CDX_TEST_TMP}/fuzz-resp-seeds ${CDX_TEST_TMP}/fuzz-resp-seeds)
 set_tests_properties(fuzz_resp_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
+# The Redis backend's password_file and AUTH (secret file reader, locked memory) against a throwaway redis-server.
+cdx_add_test(test_store_redis_auth SOURCES test_store_redis_auth.c LIBS cdx_engine)
