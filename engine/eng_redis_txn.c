@@ -24,7 +24,6 @@ typedef struct rd_txn {
 typedef struct watch_ctx {
     const char *key;
     eng_val *cur;
-    rd_conn *k; /* out: the pinned connection */
 } watch_ctx;
 
 static void watch_build(void *vctx, size_t i, rd_cmd *cmd)

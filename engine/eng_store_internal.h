@@ -60,10 +60,10 @@ CDX_MUST_CHECK cdx_err eng_val_copy(eng_val *v, const void *data, size_t len);
 bool eng_glob_match(const char *pat, size_t plen, const char *str, size_t slen);
 
 /*
- * Test hook for the Redis backend's bounded reply reader: parse `buf` with a
- * hiredis reader that uses the backend's reply callbacks, allowing at most
- * `elem_budget` array elements in the reply. *max_array receives the largest
- * array the callbacks allocated (0 if none).
+ * Test hook for the Redis backend's bounded reply reader (eng_redis_reply.c):
+ * parse `buf` with a hiredis reader that uses the backend's reply callbacks,
+ * allowing at most `elem_budget` array elements in the reply. *max_array
+ * receives the largest array the callbacks allocated (0 if none).
  * Returns CDX_OK when one complete reply was parsed, CDX_ERR_RESOURCE_EXHAUSTED
  * when the callbacks refused it, CDX_ERR_INTERNAL on a protocol error,
  * CDX_ERR_UNAVAILABLE when buf holds no complete reply.
