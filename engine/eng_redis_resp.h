@@ -12,6 +12,9 @@
  * caller's bound before anything is allocated for it, header lines are
  * bounded, and any malformed byte is an error after which the stream is out
  * of sync (the caller must discard the connection). Errors are sticky.
+ *
+ * No global state: one eng_resp per byte stream, used by one thread at a
+ * time. Its status enum stands in for cdx_err (the caller maps it).
  */
 #ifndef ENG_REDIS_RESP_H
 #define ENG_REDIS_RESP_H

@@ -7,6 +7,8 @@
  * outputs when a backend fails. So a backend may assume: n >= 1, keys valid,
  * values within limits, outputs zeroed; on error it leaves every out[i].data
  * either NULL or malloc'ed.
+ *
+ * The helpers below keep no state and are thread-safe.
  */
 #ifndef ENG_STORE_INTERNAL_H
 #define ENG_STORE_INTERNAL_H
