@@ -64,13 +64,39 @@ static cdx_err wait_fd(app_client *c, short ev)
     return CDX_OK;
 }
 
-
 /*
  * A write to a connection the server closed raises SIGPIPE, which would kill
  * the calling program. SSL_write has no MSG_NOSIGNAL, so the signal is
- * blocked for this thread around the write and a SIGPIPE it caused is
- * consumed: the caller gets CDX_ERR_UNAVAILABLE instead.
+ * blocked for this thread around every TLS call that may write (SSL_connect,
+ * SSL_write, SSL_read: TLS reads can write alerts, SSL_shutdown) and a
+ * SIGPIPE it caused is consumed: the caller gets CDX_ERR_UNAVAILABLE instead.
+ * (A server that drops a slow handshake used to kill a client program here.)
  */
+typedef struct pipe_guard {
+    sigset_t set, old;
+    bool was_pending;
+} pipe_guard;
+
+static void pipe_block(pipe_guard *g)
+{
+    sigset_t pending;
+    sigemptyset(&g->set);
+    sigaddset(&g->set, SIGPIPE);
+    sigpending(&pending);
+    g->was_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &g->set, &g->old);
+}
+
+static void pipe_restore(pipe_guard *g)
+{
+    if (!g->was_pending) { /* consume a SIGPIPE our write raised */
+        struct timespec zero = {0, 0};
+        while (sigtimedwait(&g->set, NULL, &zero) == SIGPIPE)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
 /*
  * TLS asked to wait for the socket (a read may need a write and the other way
  * round): wait, *err the outcome, and true. False for any other condition.
@@ -87,7 +113,7 @@ static bool ssl_wait(app_client *c, int ssl_error, cdx_err *err)
  * Move n bytes to (out) or from the server, waiting on the socket as TLS or
  * TCP asks (a TLS write may need a read and the other way round).
  */
-static cdx_err io_xfer(app_client *c, uint8_t *p, size_t n, bool out)
+static cdx_err io_xfer_unguarded(app_client *c, uint8_t *p, size_t n, bool out)
 {
     const char *what = out ? "sending to the server failed" : "reading from the server failed";
     while (n) {
@@ -130,44 +156,24 @@ static cdx_err io_xfer(app_client *c, uint8_t *p, size_t n, bool out)
     return CDX_OK;
 }
 
+static cdx_err io_xfer(app_client *c, uint8_t *p, size_t n, bool out)
+{
+    pipe_guard g;
+    pipe_block(&g);
+    cdx_err err = io_xfer_unguarded(c, p, n, out);
+    pipe_restore(&g);
+    return err;
+}
+
 static cdx_err io_read(app_client *c, uint8_t *p, size_t n)
 {
     return io_xfer(c, p, n, false);
 }
 
-typedef struct pipe_guard {
-    sigset_t set, old;
-    bool was_pending;
-} pipe_guard;
-
-static void pipe_block(pipe_guard *g)
-{
-    sigset_t pending;
-    sigemptyset(&g->set);
-    sigaddset(&g->set, SIGPIPE);
-    sigpending(&pending);
-    g->was_pending = sigismember(&pending, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &g->set, &g->old);
-}
-
-static void pipe_restore(pipe_guard *g)
-{
-    if (!g->was_pending) { /* consume a SIGPIPE our write raised */
-        struct timespec zero = {0, 0};
-        while (sigtimedwait(&g->set, NULL, &zero) == SIGPIPE)
-            ;
-    }
-    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
-}
-
 static cdx_err io_write(app_client *c, const uint8_t *p, size_t n)
 {
-    pipe_guard g;
-    pipe_block(&g);
     /* Only read from p: io_xfer's pointer is not const because it also reads into it. */
-    cdx_err err = io_xfer(c, (uint8_t *)(uintptr_t)p, n, true);
-    pipe_restore(&g);
-    return err;
+    return io_xfer(c, (uint8_t *)(uintptr_t)p, n, true);
 }
 
 static cdx_err tcp_connect(app_client *c, const char *host, uint16_t port)
@@ -211,6 +217,29 @@ static cdx_err tcp_connect(app_client *c, const char *host, uint16_t port)
     return err;
 }
 
+/* Drive SSL_connect to the end (the caller holds the SIGPIPE guard). */
+static cdx_err handshake(app_client *c)
+{
+    for (;;) {
+        int r = SSL_connect(c->ssl);
+        if (r == 1)
+            return CDX_OK;
+        int e = SSL_get_error(c->ssl, r);
+        cdx_err err;
+        if (ssl_wait(c, e, &err)) {
+            if (err)
+                return err;
+            continue;
+        }
+        long v = SSL_get_verify_result(c->ssl);
+        if (v != X509_V_OK)
+            return cdx_fail(CDX_ERR_UNAUTHENTICATED, "the server certificate was refused: %s",
+                            X509_verify_cert_error_string(v));
+        return ssl_fail(CDX_ERR_UNAUTHENTICATED,
+                        "TLS handshake failed (does the server accept this client certificate?)");
+    }
+}
+
 static cdx_err tls_setup(app_client *c, const app_client_opts *o, const char *host)
 {
     c->ctx = SSL_CTX_new(TLS_client_method());
@@ -236,24 +265,11 @@ static cdx_err tls_setup(app_client *c, const app_client_opts *o, const char *ho
               : (SSL_set_tlsext_host_name(c->ssl, host) != 1 ||
                  X509_VERIFY_PARAM_set1_host(vp, host, 0) != 1))
         return ssl_fail(CDX_ERR_INTERNAL, "cannot set the expected server name");
-    for (;;) {
-        int r = SSL_connect(c->ssl);
-        if (r == 1)
-            return CDX_OK;
-        int e = SSL_get_error(c->ssl, r);
-        cdx_err err;
-        if (ssl_wait(c, e, &err)) {
-            if (err)
-                return err;
-            continue;
-        }
-        long v = SSL_get_verify_result(c->ssl);
-        if (v != X509_V_OK)
-            return cdx_fail(CDX_ERR_UNAUTHENTICATED, "the server certificate was refused: %s",
-                            X509_verify_cert_error_string(v));
-        return ssl_fail(CDX_ERR_UNAUTHENTICATED,
-                        "TLS handshake failed (does the server accept this client certificate?)");
-    }
+    pipe_guard g;
+    pipe_block(&g);
+    cdx_err err = handshake(c);
+    pipe_restore(&g);
+    return err;
 }
 
 cdx_err app_client_connect(const app_client_opts *o, app_client **out)

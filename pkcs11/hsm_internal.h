@@ -1,6 +1,13 @@
 /*
- * hsm_internal.h - the custody context's insides, shared by hsm_custody.c,
- * hsm_keys.c and hsm_subkey.c only. Nothing outside pkcs11/ includes this.
+ * hsm_internal.h - the custody context's insides and the key machinery
+ * shared by the files of pkcs11/ (hsm_custody.c, hsm_template.c,
+ * hsm_keyref.c, hsm_keys.c, hsm_subkey.c, and hsm_admin.c in the admin
+ * library). Nothing outside pkcs11/ includes this.
+ *
+ * Locking: c->lock (shared for operations, exclusive for recovery) is held by
+ * hsm_run around every hsm_op_fn; c->keys_mu guards the handle cache
+ * (c->keys); the functions below that take a session run inside an
+ * hsm_op_fn, so under the shared lock.
  */
 #ifndef HSM_INTERNAL_H
 #define HSM_INTERNAL_H
@@ -15,6 +22,7 @@
 
 #include "cdx_limits.h"
 #include "hsm_ckr.h"
+#include "hsm_admin.h"
 #include "hsm_custody.h"
 #include "hsm_keys.h"
 
@@ -23,7 +31,7 @@ struct hsm_keyent {
     hsm_key_kind kind;
     uint8_t id[CDX_ID_LEN];
     CK_OBJECT_HANDLE h;
-    uint64_t gen;          /* 0 = no valid handle */
+    uint64_t gen;                   /* 0 = no valid handle */
     uint8_t kcv[CDX_KCV_LEN];       /* KCV of the object behind h */
     uint8_t known_kcv[CDX_KCV_LEN]; /* KCV seen before (survives recovery) */
     bool known;
@@ -37,7 +45,7 @@ struct hsm_custody {
     hsm_config cfg;
     char *pin; /* locked memory */
     size_t pin_len;
-    void *dl;  /* our own dlopen of the module: keeps it mapped across libp11 reloads */
+    void *dl; /* our own dlopen of the module: keeps it mapped across libp11 reloads */
     CK_FUNCTION_LIST_PTR f;
 
     /* Operations hold it shared; recovery holds it exclusive. */
@@ -50,8 +58,8 @@ struct hsm_custody {
     CK_UTF8CHAR serial[16]; /* of the token we logged in to: detects a re-initialised token */
     uint64_t gen;
     bool healthy;
-    cdx_err login_block;   /* set after a PIN failure: never log in again on our own */
-    int64_t next_try_ms;   /* recovery back-off */
+    cdx_err login_block; /* set after a PIN failure: never log in again on our own */
+    int64_t next_try_ms; /* recovery back-off */
     uint32_t backoff_ms;
 
     pthread_mutex_t pool_mu;
@@ -69,8 +77,6 @@ struct hsm_custody {
 
     struct hsm_subcache *cache;
 };
-
-/* Monotonic milliseconds. */
 
 /*
  * An operation run with a session under the shared lock. It returns a
@@ -109,6 +115,122 @@ cdx_err hsm_key_resolve(hsm_custody *c, CK_SESSION_HANDLE s, const hsm_key_ref *
 
 /* Forget a key's handle and its known KCV (after we destroyed or created it). */
 void hsm_key_forget(hsm_custody *c, const hsm_key_ref *k);
+
+/* ---- key identity and the handle cache (hsm_keyref.c) ---- */
+
+/* KEK names: 1-40 of [A-Za-z0-9_.-]; NULL is invalid (public as hsm_kek_name_valid). */
+bool hsm_valid_kek_name(const char *name);
+
+/* "cipherdex-kek-<name>" (name already checked with hsm_valid_kek_name). */
+void hsm_label_kek(const char *name, char out[CDX_LABEL_MAX + 1]);
+
+/* Look for a secret-key object with this label (any id): KEKs are found by label alone. */
+CK_RV hsm_find_label(hsm_custody *c, CK_SESSION_HANDLE s, const char *label, CK_OBJECT_HANDLE *h,
+                     unsigned *n);
+
+/*
+ * The root/index object of k (class + CKA_ID + label). Errors:
+ * CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS, a CK_RV failure (stored in *rv).
+ */
+cdx_err hsm_find_key(hsm_custody *c, CK_SESSION_HANDLE s, const hsm_key_ref *k, CK_OBJECT_HANDLE *h,
+                     CK_RV *rv);
+
+/* The KEK "cipherdex-kek-<name>" (class + label). Errors as hsm_find_key. */
+cdx_err hsm_find_kek(hsm_custody *c, CK_SESSION_HANDLE s, const char *name, CK_OBJECT_HANDLE *h,
+                     CK_RV *rv);
+
+/* KCV of the key behind h: first 8 bytes of HMAC-SHA256(key, "cipherdex/v1/kcv"). */
+CK_RV hsm_compute_kcv(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+                      uint8_t kcv[CDX_KCV_LEN]);
+
+/* Remember handle + KCV of a key we just created or verified (current generation). */
+void hsm_key_remember(hsm_custody *c, const hsm_key_ref *k, CK_OBJECT_HANDLE h,
+                      const uint8_t kcv[CDX_KCV_LEN]);
+
+/* ---- what a Cipherdex key object looks like (hsm_template.c) ---- */
+
+/* The boolean attributes Cipherdex reads, their HSM_A_* bits and names, in listing order. */
+typedef struct hsm_battr {
+    CK_ATTRIBUTE_TYPE type;
+    unsigned bit;
+    const char *name;
+} hsm_battr;
+extern const hsm_battr hsm_battrs[];
+extern const size_t hsm_nbattrs;
+
+/*
+ * Read the attributes of h into *ki (label, id, type, length, HSM_A_* bits);
+ * *unknown = the bits the token would not report. Returns the CK_RV.
+ */
+CK_RV hsm_tmpl_read(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key_info *ki,
+                    unsigned *unknown);
+
+/* HSM_A_* bits of ki that break the template of `kind` (unknown required bits count as wrong). */
+unsigned hsm_tmpl_wrong(hsm_key_kind kind, const hsm_key_info *ki, unsigned unknown);
+
+/*
+ * Check a found object against its kind's template (type, length and flags).
+ * Errors: CDX_ERR_KEY_ATTRIBUTES (detail names each wrong attribute), a CK_RV
+ * failure (stored in *rv).
+ */
+cdx_err hsm_tmpl_check(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key_kind kind,
+                       const char *label, CK_RV *rv);
+
+/* ---- creating a key object (hsm_keys.c) ---- */
+
+typedef enum hsm_create_how { HSM_HOW_GENERATE, HSM_HOW_IMPORT, HSM_HOW_UNWRAP } hsm_create_how;
+
+struct hsm_create;
+
+/*
+ * Makes the object from the template t[0..n): C_GenerateKey, C_UnwrapKey or
+ * (in the admin library only) C_CreateObject. On a CK_RV failure that
+ * recovery may cure it stores the CK_RV in *rv.
+ */
+typedef cdx_err (*hsm_make_fn)(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
+                               CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv);
+
+struct hsm_create {
+    hsm_key_kind kind;
+    hsm_key_ref ref;      /* root/index */
+    const char *kek_name; /* KEK being created, or KEK used to unwrap */
+    hsm_create_how how;   /* what the template holds and the log line says */
+    hsm_make_fn make;
+    const uint8_t *key;  /* HSM_HOW_IMPORT: CKA_VALUE (CDX_KEY_LEN bytes) */
+    const uint8_t *blob; /* HSM_HOW_UNWRAP */
+    size_t blob_len;
+    uint8_t kcv[CDX_KCV_LEN];
+    CK_OBJECT_HANDLE h;
+};
+
+/*
+ * Create the object a describes: refuse an existing label, make it, compute
+ * the KCV (root/index), check the template (destroying a non-conforming
+ * object), re-check after an interrupted attempt, remember the handle and log
+ * it. kcv_out may be NULL. Errors: CDX_ERR_ALREADY_EXISTS,
+ * CDX_ERR_KEY_ATTRIBUTES, what a->make returns, the custody errors.
+ */
+CDX_MUST_CHECK cdx_err hsm_key_create(hsm_custody *c, struct hsm_create *a, uint8_t *kcv_out);
+
+/*
+ * Fill t (room for 24) with the template of the new object a describes,
+ * labelled `label` with CKA_ID `id`; returns the count. The last entry is
+ * CKA_MODIFIABLE (SoftHSM applies it last on unwrap).
+ */
+CK_ULONG hsm_tmpl_build(const struct hsm_create *a, CK_ATTRIBUTE *t, const char *label,
+                        const uint8_t *id);
+
+/* Generate a->kind's key on the token (CKM_GENERIC_SECRET_KEY_GEN or CKM_AES_KEY_GEN). */
+cdx_err hsm_make_generate(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
+                          CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv);
+
+/*
+ * Destroy a root/index key (k) or a KEK (kek_name), re-checking after an
+ * interrupted attempt; a key's cached subkeys are dropped first.
+ * Errors: CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS, the custody errors.
+ */
+CDX_MUST_CHECK cdx_err hsm_object_destroy(hsm_custody *c, const hsm_key_ref *k,
+                                          const char *kek_name);
 
 /* Subkey cache lifecycle (hsm_subkey.c). */
 cdx_err hsm_subcache_new(hsm_custody *c);

@@ -245,6 +245,7 @@ static size_t list_all(app_client *c, const char *index, char ***out)
         r.list_ids = &l;
         wire_response *w;
         if (call(c, &r, &w)) {
+            fprintf(stderr, "list_all: %s\n", cdx_err_detail());
             wire_response_free(w);
             break;
         }

@@ -26,6 +26,7 @@
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
 #include "hsm_custody.h"
+#include "hsm_admin.h"
 #include "hsm_keys.h"
 #include "hsm_pin.h"
 #include "hsm_secmem.h"
