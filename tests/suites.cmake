@@ -60,3 +60,10 @@ set_tests_properties(test_cli PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp
 add_test(NAME test_pkcs11_admin_split
          COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} -DDAEMON=$<TARGET_FILE:cipherdexd>
                  -DTOOL=$<TARGET_FILE:cipherdex-hsm> -P ${CMAKE_SOURCE_DIR}/tests/check_admin_split.cmake)
+# Fuzz target (tests/fuzz/fuzz_resp.c) for the sans-IO RESP reader (engine/eng_redis_resp.c); ctest replays seeds it writes.
+add_executable(fuzz_resp fuzz/fuzz_resp.c ${CMAKE_SOURCE_DIR}/engine/eng_redis_resp.c)
+target_include_directories(fuzz_resp PRIVATE ${CMAKE_SOURCE_DIR}/engine)
+add_test(NAME fuzz_resp_seeds COMMAND fuzz_resp --seeds ${CDX_TEST_TMP}/fuzz-resp-seeds ${CDX_TEST_TMP}/fuzz-resp-seeds)
+set_tests_properties(fuzz_resp_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
+# The Redis backend's password_file and AUTH (secret file reader, locked memory) against a throwaway redis-server.
+cdx_add_test(test_store_redis_auth SOURCES test_store_redis_auth.c LIBS cdx_engine)
