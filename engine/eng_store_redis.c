@@ -720,8 +720,8 @@ cdx_err eng_store_redis_new(const eng_redis_opts *o, eng_store **out)
         cdx_log(CDX_LOG_INFO, "store_redis_open", "addr=\"%s\" settings=\"%s\" connections=%u%s",
                 st->addr, desc, st->max_conns,
                 strstr(desc, "appendfsync=everysec")
-                    ? " note=\"everysec: an OS crash or power loss can lose ~1 s of acknowledged "
-                      "writes (a process crash cannot)\""
+                    ? " note=\"everysec: a crash of redis-server, the OS or the power can lose "
+                      "up to ~2 s of acknowledged writes; appendfsync always loses none\""
                     : "");
     }
 out:
