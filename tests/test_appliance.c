@@ -31,6 +31,7 @@
 #include "fx_redis.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
+#include "fx_cunit.h"
 
 static char *dir;
 static fx_token *tok;
@@ -801,29 +802,25 @@ int main(void)
         fprintf(stderr, "cipherdexd did not start\n");
         return 1;
     }
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("appliance", NULL, NULL);
-    CU_add_test(s, "lifecycle over mutual TLS; admin checks", test_lifecycle);
-    CU_add_test(s, "refused client certificates", test_refused_certificates);
-    CU_add_test(s, "malformed input on the wire", test_malformed_wire);
-    CU_add_test(s, "handshake, slow-receive and idle timeouts", test_timeouts);
-    CU_add_test(s, "16 concurrent clients: nothing lost or duplicated", test_concurrent_clients);
-    CU_add_test(s, "SIGTERM under load loses no acknowledged write; restart",
-                test_restart_and_sigterm);
-    CU_add_test(s, "SIGHUP reloads the CRL", test_crl_reload);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
+    static const fx_test tests[] = {
+        {"lifecycle over mutual TLS; admin checks", test_lifecycle},
+        {"refused client certificates", test_refused_certificates},
+        {"malformed input on the wire", test_malformed_wire},
+        {"handshake, slow-receive and idle timeouts", test_timeouts},
+        {"16 concurrent clients: nothing lost or duplicated", test_concurrent_clients},
+        {"SIGTERM under load loses no acknowledged write; restart", test_restart_and_sigterm},
+        {"SIGHUP reloads the CRL", test_crl_reload},
+    };
+    int rc = fx_cunit_run1("appliance", tests, FX_LEN(tests));
     if (daemon_alive() && daemon_stop() != 0) {
         fprintf(stderr, "cipherdexd did not stop cleanly\n");
-        fails++;
+        if (!rc)
+            rc = 1;
     }
     fx_redis_stop(redis);
     fx_token_free(tok);
     fx_pki_free(pki);
     fx_rm_rf(dir);
     free(dir);
-    return fails ? 1 : 0;
+    return rc;
 }

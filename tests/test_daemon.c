@@ -21,6 +21,7 @@
 #include "fx_proc.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
+#include "fx_cunit.h"
 
 static char *dir;
 static fx_token *tok;
@@ -186,18 +187,14 @@ int main(void)
     tok = fx_token_new("daemontok");
     if (!dir || !tok)
         return 1;
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("daemon", NULL, NULL);
-    CU_add_test(s, "--check-config", test_check_config);
-    CU_add_test(s, "start, /healthz, /metrics, SIGHUP, SIGTERM", test_run_and_signals);
-    CU_add_test(s, "start refused with a wrong PIN", test_start_failure);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
+    static const fx_test tests[] = {
+        {"--check-config", test_check_config},
+        {"start, /healthz, /metrics, SIGHUP, SIGTERM", test_run_and_signals},
+        {"start refused with a wrong PIN", test_start_failure},
+    };
+    int rc = fx_cunit_run1("daemon", tests, FX_LEN(tests));
     fx_token_free(tok);
     fx_rm_rf(dir);
     free(dir);
-    return fails ? 1 : 0;
+    return rc;
 }

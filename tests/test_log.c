@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "cdx_log.h"
+#include "fx_cunit.h"
 
 /* Run one cdx_log call with stderr captured; the line (without newline) into out. */
 static void capture(cdx_log_format f, const char *event, const char *kv, char *out, size_t cap)
@@ -69,14 +70,9 @@ static void test_json(void)
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("log", NULL, NULL);
-    CU_add_test(s, "key=value lines", test_kv);
-    CU_add_test(s, "JSON lines", test_json);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
-    return fails ? 1 : 0;
+    static const fx_test tests[] = {
+        {"key=value lines", test_kv},
+        {"JSON lines", test_json},
+    };
+    return fx_cunit_run1("log", tests, FX_LEN(tests));
 }

@@ -9,6 +9,7 @@
 #include "eng_screen.h"
 #include "eng_sq8.h"
 #include "eng_topk.h"
+#include "fx_cunit.h"
 
 #include <CUnit/Basic.h>
 #include <cblas.h>
@@ -1060,41 +1061,27 @@ static void test_kmeans_bench(void)
 
 int main(void)
 {
-    CU_pSuite s;
-    int failures;
-
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 2;
-    s = CU_add_suite("math", NULL, NULL);
-    if (!s || !CU_add_test(s, "dist impl and dispatch", test_dist_impl) ||
-        !CU_add_test(s, "dist kernels (dispatched)", test_dist_dispatched) ||
-        !CU_add_test(s, "dist kernels (scalar)", test_dist_scalar) ||
-        !CU_add_test(s, "dist implementations agree", test_dist_impls_agree) ||
-        !CU_add_test(s, "sq8 integer data exact", test_sq8_integer_exact) ||
-        !CU_add_test(s, "sq8 float error and errors", test_sq8_float_error) ||
-        !CU_add_test(s, "sq8 distances on codes", test_sq8_dist) ||
-        !CU_add_test(s, "sq8 serialize", test_sq8_serialize) ||
-        !CU_add_test(s, "topk vs sort with ties", test_topk) ||
-        !CU_add_test(s, "kmeans recovers blobs", test_kmeans_blobs) ||
-        !CU_add_test(s, "kmeans deterministic", test_kmeans_deterministic) ||
-        !CU_add_test(s, "kmeans objective monotone", test_kmeans_monotone) ||
-        !CU_add_test(s, "kmeans errors", test_kmeans_errors) ||
-        !CU_add_test(s, "kmeans assign vs brute force", test_kmeans_assign) ||
-        !CU_add_test(s, "kmeans probe vs brute force", test_kmeans_probe) ||
-        !CU_add_test(s, "screened probe = exact probe", test_probe_exact) ||
-        !CU_add_test(s, "screen integer kernels agree", test_screen_idot) ||
-        !CU_add_test(s, "kmeans spherical", test_kmeans_spherical) ||
-        !CU_add_test(s, "timing", test_timing) ||
-        !CU_add_test(s, "kmeans timing", test_kmeans_bench)) {
-        CU_cleanup_registry();
-        return 2;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS || CU_get_error() != CUE_SUCCESS) {
-        CU_cleanup_registry();
-        return 2;
-    }
-    failures = (int)CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    static const fx_test tests[] = {
+        {"dist impl and dispatch", test_dist_impl},
+        {"dist kernels (dispatched)", test_dist_dispatched},
+        {"dist kernels (scalar)", test_dist_scalar},
+        {"dist implementations agree", test_dist_impls_agree},
+        {"sq8 integer data exact", test_sq8_integer_exact},
+        {"sq8 float error and errors", test_sq8_float_error},
+        {"sq8 distances on codes", test_sq8_dist},
+        {"sq8 serialize", test_sq8_serialize},
+        {"topk vs sort with ties", test_topk},
+        {"kmeans recovers blobs", test_kmeans_blobs},
+        {"kmeans deterministic", test_kmeans_deterministic},
+        {"kmeans objective monotone", test_kmeans_monotone},
+        {"kmeans errors", test_kmeans_errors},
+        {"kmeans assign vs brute force", test_kmeans_assign},
+        {"kmeans probe vs brute force", test_kmeans_probe},
+        {"screened probe = exact probe", test_probe_exact},
+        {"screen integer kernels agree", test_screen_idot},
+        {"kmeans spherical", test_kmeans_spherical},
+        {"timing", test_timing},
+        {"kmeans timing", test_kmeans_bench},
+    };
+    return fx_cunit_run1("math", tests, FX_LEN(tests));
 }
