@@ -27,8 +27,12 @@ target_include_directories(test_math PRIVATE ${CMAKE_SOURCE_DIR}/engine)
 add_test(NAME test_math_scalar COMMAND test_math)
 set_tests_properties(test_math_scalar PROPERTIES TIMEOUT 600 ENVIRONMENT "CDX_SIMD=scalar"
   FIXTURES_REQUIRED cdx_tmp)
-cdx_add_test(test_store SOURCES test_store.c LIBS cdx_engine)
-cdx_add_test(test_engine SOURCES test_engine.c LIBS cdx_engine TIMEOUT 900)
+cdx_add_test(test_store SOURCES test_store.c LIBS cdx_fx_engine)
+# The engine through eng.h, one suite per concern, each run against the memory store and Redis
+# on a throwaway token (tests/fixtures/fx_engine.h).
+foreach(concern lifecycle write query hostile crash concurrency)
+  cdx_add_test(test_engine_${concern} SOURCES test_engine_${concern}.c LIBS cdx_fx_engine TIMEOUT 900)
+endforeach()
 # Server TLS (appliance/app_tls) in real handshakes against a throwaway PKI (fx_pki).
 cdx_add_test(test_tls SOURCES test_tls.c LIBS cdx_apptls)
 add_dependencies(test_tls fx_pki_tool)

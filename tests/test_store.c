@@ -30,6 +30,7 @@
 #include "fx_redis.h"
 #include "fx_tmp.h"
 #include "fx_cunit.h"
+#include "fx_engine.h"
 
 #define ACL_USER "cdx-app"
 #define ACL_PASS "correct horse battery staple"
@@ -825,7 +826,7 @@ static int init_redis_tcp(void)
     R = fx_redis_start(NULL);
     if (!R)
         return 1;
-    R_OPTS = (eng_redis_opts){.host = fx_redis_host(R), .port = fx_redis_port(R)};
+    R_OPTS = fx_engine_redis_opts(R);
     return open_S();
 }
 
