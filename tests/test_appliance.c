@@ -32,6 +32,7 @@
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
 #include "fx_cunit.h"
+#include "fx_daemon.h"
 
 static char *dir;
 static fx_token *tok;
@@ -39,7 +40,8 @@ static fx_redis *redis;
 static fx_pki *pki;
 static const fx_cert *srv, *admin, *user, *other_ca, *revoked, *no_eku, *server_only;
 static char bin[4096], conf[4200], addr[64], crl_path[4096];
-static pid_t daemon_pid;
+static fx_daemon cdxd = FX_DAEMON_INIT;
+static pid_t daemon_pid; /* cdxd.pid and cdxd.notify_fd, as the tests use them */
 static int notify_fd = -1;
 #define DIM 8
 
@@ -71,40 +73,22 @@ static void write_conf(void)
 /* Start cipherdexd and wait for READY=1 on our notify socket; fills addr. */
 static int daemon_start(void)
 {
-    char ports[4200], line[256];
-    static char env_notify[128];
+    char ports[4200];
     snprintf(ports, sizeof(ports), "%s/ports", dir);
     unlink(ports);
-    if (notify_fd < 0 && (notify_fd = fx_notify_open(env_notify, sizeof(env_notify))) < 0)
-        return -1;
-    daemon_pid = fork();
-    if (daemon_pid == 0) {
-        putenv(env_notify);
-        setenv("SOFTHSM2_CONF", fx_token_conf(tok), 1);
-        execl(bin, bin, "--config", conf, (char *)NULL);
-        _exit(127);
-    }
-    if (fx_notify_wait(notify_fd, "READY=1", 60, NULL, 0))
-        return -1;
-    FILE *f = fopen(ports, "r");
-    if (!f)
+    int rc = fx_daemon_start(&cdxd, bin, conf, tok, 60);
+    daemon_pid = cdxd.pid;
+    notify_fd = cdxd.notify_fd;
+    if (rc)
         return -1;
     addr[0] = '\0';
-    while (fgets(line, sizeof(line), f))
-        if (!strncmp(line, "api=", 4))
-            snprintf(addr, sizeof(addr), "%.*s", (int)strcspn(line + 4, "\n"), line + 4);
-    fclose(f);
-    return addr[0] ? 0 : -1;
+    return fx_daemon_port(ports, "api", addr, sizeof(addr)) == 0 && addr[0] ? 0 : -1;
 }
 
 /* SIGTERM, wait for the exit; returns the exit status (or -1). */
 static int daemon_stop(void)
 {
-    int st = 0;
-    kill(daemon_pid, SIGTERM);
-    if (waitpid(daemon_pid, &st, 0) != daemon_pid)
-        return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return fx_daemon_stop(&cdxd);
 }
 
 /* The daemon's peak resident set (VmHWM) in KiB. */
@@ -124,7 +108,7 @@ static long daemon_hwm_kib(void)
 
 static bool daemon_alive(void)
 {
-    return waitpid(daemon_pid, NULL, WNOHANG) == 0;
+    return fx_daemon_alive(&cdxd);
 }
 
 /* ---- clients ---- */
@@ -766,12 +750,8 @@ static void test_crl_reload(void)
 
 int main(void)
 {
-    const char *b = getenv("CDX_BIN_DIR");
-    if (!b) {
-        fprintf(stderr, "CDX_BIN_DIR is not set (run through ctest)\n");
+    if (fx_daemon_bin(bin, sizeof(bin)))
         return 1;
-    }
-    snprintf(bin, sizeof(bin), "%s/appliance/cipherdexd", b);
     dir = fx_tmpdir_new("appliance");
     tok = fx_token_new("appltok");
     fx_redis_opts ro = {.appendonly = 1, .appendfsync = "always"};
@@ -817,6 +797,7 @@ int main(void)
         if (!rc)
             rc = 1;
     }
+    fx_daemon_close(&cdxd);
     fx_redis_stop(redis);
     fx_token_free(tok);
     fx_pki_free(pki);

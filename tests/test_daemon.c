@@ -22,6 +22,7 @@
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
 #include "fx_cunit.h"
+#include "fx_daemon.h"
 
 static char *dir;
 static fx_token *tok;
@@ -99,14 +100,8 @@ static void test_run_and_signals(void)
     char env_notify[128];
     int s = fx_notify_open(env_notify, sizeof(env_notify));
     CU_ASSERT_FATAL(s >= 0);
-    pid_t pid = fork();
+    pid_t pid = fx_daemon_spawn(bin, conf, tok, env_notify);
     CU_ASSERT_FATAL(pid >= 0);
-    if (pid == 0) {
-        putenv(env_notify);
-        setenv("SOFTHSM2_CONF", fx_token_conf(tok), 1);
-        execl(bin, bin, "--config", conf, (char *)NULL);
-        _exit(127);
-    }
     CU_ASSERT_FATAL(fx_notify_wait(s, "READY=1", 60, NULL, 0) == 0);
     /* The ports file is complete before READY. */
     char ports_path[4200], line[256];
@@ -177,12 +172,8 @@ static void test_start_failure(void)
 
 int main(void)
 {
-    const char *b = getenv("CDX_BIN_DIR");
-    if (!b) {
-        fprintf(stderr, "CDX_BIN_DIR is not set (run through ctest)\n");
+    if (fx_daemon_bin(bin, sizeof(bin)))
         return 1;
-    }
-    snprintf(bin, sizeof(bin), "%s/appliance/cipherdexd", b);
     dir = fx_tmpdir_new("daemon");
     tok = fx_token_new("daemontok");
     if (!dir || !tok)
