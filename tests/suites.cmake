@@ -14,16 +14,13 @@ add_dependencies(test_pkcs11 cdx_p11wrap)
 if(NOT TARGET PkgConfig::JANSSON)
   pkg_check_modules(JANSSON REQUIRED IMPORTED_TARGET jansson)
 endif()
-cdx_add_test(test_filter SOURCES test_filter.c ${CMAKE_SOURCE_DIR}/engine/eng_filter.c ${CMAKE_SOURCE_DIR}/engine/eng_json.c LIBS cdx_base PkgConfig::JANSSON)
-target_include_directories(test_filter PRIVATE ${CMAKE_SOURCE_DIR}/engine)
+# Filters and metadata JSON (engine/eng_filter, eng_json), one test per docs/FILTERS.md row.
+cdx_add_test(test_filter SOURCES test_filter.c LIBS cdx_engine PkgConfig::JANSSON)
 target_compile_definitions(test_filter PRIVATE CDX_FILTERS_MD="${CMAKE_SOURCE_DIR}/docs/FILTERS.md")
-# Numeric kernels (engine/eng_dist, eng_sq8, eng_topk, eng_kmeans); the sources move into
-# cdx_engine later. test_math_scalar reruns it with CDX_SIMD=scalar (the fallback selected at init).
-if(NOT TARGET PkgConfig::OPENBLAS)
-  pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
-endif()
-cdx_add_test(test_math SOURCES test_math.c ${CMAKE_SOURCE_DIR}/engine/eng_dist.c ${CMAKE_SOURCE_DIR}/engine/eng_sq8.c ${CMAKE_SOURCE_DIR}/engine/eng_topk.c ${CMAKE_SOURCE_DIR}/engine/eng_kmeans.c ${CMAKE_SOURCE_DIR}/engine/eng_probe.c ${CMAKE_SOURCE_DIR}/engine/eng_screen.c LIBS cdx_base PkgConfig::OPENBLAS m)
-target_include_directories(test_math PRIVATE ${CMAKE_SOURCE_DIR}/engine)
+# Numeric kernels (engine/eng_dist, eng_sq8, eng_topk, eng_kmeans, eng_probe, eng_screen), linked
+# from cdx_engine. test_math_scalar reruns it with CDX_SIMD=scalar (the fallback selected at init).
+# Their rates: tests/bench/bench_math (not a test).
+cdx_add_test(test_math SOURCES test_math.c LIBS cdx_engine m)
 add_test(NAME test_math_scalar COMMAND test_math)
 set_tests_properties(test_math_scalar PROPERTIES TIMEOUT 600 ENVIRONMENT "CDX_SIMD=scalar"
   FIXTURES_REQUIRED cdx_tmp)
