@@ -30,6 +30,10 @@ cdx_add_test(test_store SOURCES test_store.c LIBS cdx_fx_engine)
 foreach(concern lifecycle write query hostile crash concurrency)
   cdx_add_test(test_engine_${concern} SOURCES test_engine_${concern}.c LIBS cdx_fx_engine TIMEOUT 900)
 endforeach()
+# Engine concepts tested directly, beneath the engine suites: the record envelope (with the worked
+# vector of docs/RECORDS.md, read from the document).
+cdx_add_test(test_record SOURCES test_record.c LIBS cdx_fx_engine)
+target_compile_definitions(test_record PRIVATE CDX_RECORDS_MD="${CMAKE_SOURCE_DIR}/docs/RECORDS.md")
 # Server TLS (appliance/app_tls) in real handshakes against a throwaway PKI (fx_pki).
 cdx_add_test(test_tls SOURCES test_tls.c LIBS cdx_apptls)
 add_dependencies(test_tls fx_pki_tool)
