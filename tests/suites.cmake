@@ -34,6 +34,8 @@ endforeach()
 # vector of docs/RECORDS.md, read from the document).
 cdx_add_test(test_record SOURCES test_record.c LIBS cdx_fx_engine)
 target_compile_definitions(test_record PRIVATE CDX_RECORDS_MD="${CMAKE_SOURCE_DIR}/docs/RECORDS.md")
+# The secret arena and the secret-file reader (pkcs11/hsm_secmem, hsm_secfile).
+cdx_add_test(test_secmem SOURCES test_secmem.c LIBS cdx_pkcs11)
 # Server TLS (appliance/app_tls) in real handshakes against a throwaway PKI (fx_pki).
 cdx_add_test(test_tls SOURCES test_tls.c LIBS cdx_apptls)
 add_dependencies(test_tls fx_pki_tool)
