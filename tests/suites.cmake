@@ -47,6 +47,18 @@ add_executable(fuzz_wire fuzz/fuzz_wire.c)
 target_link_libraries(fuzz_wire PRIVATE cdx_wire)
 add_test(NAME fuzz_wire_seeds COMMAND fuzz_wire --seeds ${CDX_TEST_TMP}/fuzz-wire-seeds ${CDX_TEST_TMP}/fuzz-wire-seeds)
 set_tests_properties(fuzz_wire_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
+# More fuzz targets on tests/fuzz/fuzz_main.c (the shared replay driver): filter and metadata JSON,
+# the configuration loader, the record plaintext decoders. Each writes its seeds and replays them.
+foreach(target filter ini codec)
+  add_executable(fuzz_${target} fuzz/fuzz_${target}.c fuzz/fuzz_main.c)
+  target_include_directories(fuzz_${target} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/fuzz)
+  add_test(NAME fuzz_${target}_seeds
+           COMMAND fuzz_${target} --seeds ${CDX_TEST_TMP}/fuzz-${target}-seeds ${CDX_TEST_TMP}/fuzz-${target}-seeds)
+  set_tests_properties(fuzz_${target}_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
+endforeach()
+target_link_libraries(fuzz_filter PRIVATE cdx_engine)
+target_link_libraries(fuzz_ini PRIVATE cdx_appconf)
+target_link_libraries(fuzz_codec PRIVATE cdx_engine)
 # Sans-IO RESP parser the Redis store reads GETRANGE replies with.
 cdx_add_test(test_resp SOURCES test_resp.c LIBS cdx_engine)
 
