@@ -31,9 +31,11 @@ foreach(concern lifecycle write query hostile crash concurrency)
   cdx_add_test(test_engine_${concern} SOURCES test_engine_${concern}.c LIBS cdx_fx_engine TIMEOUT 900)
 endforeach()
 # Engine concepts tested directly, beneath the engine suites: the record envelope (with the worked
-# vector of docs/RECORDS.md, read from the document).
+# vector of docs/RECORDS.md, read from the document) and the plaintext codecs.
 cdx_add_test(test_record SOURCES test_record.c LIBS cdx_fx_engine)
 target_compile_definitions(test_record PRIVATE CDX_RECORDS_MD="${CMAKE_SOURCE_DIR}/docs/RECORDS.md")
+# The record plaintext codecs (catalog, head, manifest, id-map bucket, search block).
+cdx_add_test(test_codec SOURCES test_codec.c LIBS cdx_engine)
 # The secret arena and the secret-file reader (pkcs11/hsm_secmem, hsm_secfile).
 cdx_add_test(test_secmem SOURCES test_secmem.c LIBS cdx_pkcs11)
 # Server TLS (appliance/app_tls) in real handshakes against a throwaway PKI (fx_pki).
