@@ -14,21 +14,30 @@ add_dependencies(test_pkcs11 cdx_p11wrap)
 if(NOT TARGET PkgConfig::JANSSON)
   pkg_check_modules(JANSSON REQUIRED IMPORTED_TARGET jansson)
 endif()
-cdx_add_test(test_filter SOURCES test_filter.c ${CMAKE_SOURCE_DIR}/engine/eng_filter.c ${CMAKE_SOURCE_DIR}/engine/eng_json.c LIBS cdx_base PkgConfig::JANSSON)
-target_include_directories(test_filter PRIVATE ${CMAKE_SOURCE_DIR}/engine)
+# Filters and metadata JSON (engine/eng_filter, eng_json), one test per docs/FILTERS.md row.
+cdx_add_test(test_filter SOURCES test_filter.c LIBS cdx_engine PkgConfig::JANSSON)
 target_compile_definitions(test_filter PRIVATE CDX_FILTERS_MD="${CMAKE_SOURCE_DIR}/docs/FILTERS.md")
-# Numeric kernels (engine/eng_dist, eng_sq8, eng_topk, eng_kmeans); the sources move into
-# cdx_engine later. test_math_scalar reruns it with CDX_SIMD=scalar (the fallback selected at init).
-if(NOT TARGET PkgConfig::OPENBLAS)
-  pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
-endif()
-cdx_add_test(test_math SOURCES test_math.c ${CMAKE_SOURCE_DIR}/engine/eng_dist.c ${CMAKE_SOURCE_DIR}/engine/eng_sq8.c ${CMAKE_SOURCE_DIR}/engine/eng_topk.c ${CMAKE_SOURCE_DIR}/engine/eng_kmeans.c ${CMAKE_SOURCE_DIR}/engine/eng_probe.c ${CMAKE_SOURCE_DIR}/engine/eng_screen.c LIBS cdx_base PkgConfig::OPENBLAS m)
-target_include_directories(test_math PRIVATE ${CMAKE_SOURCE_DIR}/engine)
+# Numeric kernels (engine/eng_dist, eng_sq8, eng_topk, eng_kmeans, eng_probe, eng_screen), linked
+# from cdx_engine. test_math_scalar reruns it with CDX_SIMD=scalar (the fallback selected at init).
+# Their rates: tests/bench/bench_math (not a test).
+cdx_add_test(test_math SOURCES test_math.c LIBS cdx_engine m)
 add_test(NAME test_math_scalar COMMAND test_math)
 set_tests_properties(test_math_scalar PROPERTIES TIMEOUT 600 ENVIRONMENT "CDX_SIMD=scalar"
   FIXTURES_REQUIRED cdx_tmp)
-cdx_add_test(test_store SOURCES test_store.c LIBS cdx_engine)
-cdx_add_test(test_engine SOURCES test_engine.c LIBS cdx_engine TIMEOUT 900)
+cdx_add_test(test_store SOURCES test_store.c LIBS cdx_fx_engine)
+# The engine through eng.h, one suite per concern, each run against the memory store and Redis
+# on a throwaway token (tests/fixtures/fx_engine.h).
+foreach(concern lifecycle write query hostile crash concurrency)
+  cdx_add_test(test_engine_${concern} SOURCES test_engine_${concern}.c LIBS cdx_fx_engine TIMEOUT 900)
+endforeach()
+# Engine concepts tested directly, beneath the engine suites: the record envelope (with the worked
+# vector of docs/RECORDS.md, read from the document) and the plaintext codecs.
+cdx_add_test(test_record SOURCES test_record.c LIBS cdx_fx_engine cdx_pkcs11_admin)
+target_compile_definitions(test_record PRIVATE CDX_RECORDS_MD="${CMAKE_SOURCE_DIR}/docs/RECORDS.md")
+# The record plaintext codecs (catalog, head, manifest, id-map bucket, search block).
+cdx_add_test(test_codec SOURCES test_codec.c LIBS cdx_engine)
+# The secret arena and the secret-file reader (pkcs11/hsm_secmem, hsm_secfile).
+cdx_add_test(test_secmem SOURCES test_secmem.c LIBS cdx_pkcs11)
 # Server TLS (appliance/app_tls) in real handshakes against a throwaway PKI (fx_pki).
 cdx_add_test(test_tls SOURCES test_tls.c LIBS cdx_apptls)
 add_dependencies(test_tls fx_pki_tool)
@@ -40,6 +49,18 @@ add_executable(fuzz_wire fuzz/fuzz_wire.c)
 target_link_libraries(fuzz_wire PRIVATE cdx_wire)
 add_test(NAME fuzz_wire_seeds COMMAND fuzz_wire --seeds ${CDX_TEST_TMP}/fuzz-wire-seeds ${CDX_TEST_TMP}/fuzz-wire-seeds)
 set_tests_properties(fuzz_wire_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
+# More fuzz targets on tests/fuzz/fuzz_main.c (the shared replay driver): filter and metadata JSON,
+# the configuration loader, the record plaintext decoders. Each writes its seeds and replays them.
+foreach(target filter ini codec)
+  add_executable(fuzz_${target} fuzz/fuzz_${target}.c fuzz/fuzz_main.c)
+  target_include_directories(fuzz_${target} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/fuzz)
+  add_test(NAME fuzz_${target}_seeds
+           COMMAND fuzz_${target} --seeds ${CDX_TEST_TMP}/fuzz-${target}-seeds ${CDX_TEST_TMP}/fuzz-${target}-seeds)
+  set_tests_properties(fuzz_${target}_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
+endforeach()
+target_link_libraries(fuzz_filter PRIVATE cdx_engine)
+target_link_libraries(fuzz_ini PRIVATE cdx_appconf)
+target_link_libraries(fuzz_codec PRIVATE cdx_engine)
 # Sans-IO RESP parser the Redis store reads GETRANGE replies with.
 cdx_add_test(test_resp SOURCES test_resp.c LIBS cdx_engine)
 

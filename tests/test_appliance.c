@@ -31,6 +31,8 @@
 #include "fx_redis.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
+#include "fx_cunit.h"
+#include "fx_daemon.h"
 
 static char *dir;
 static fx_token *tok;
@@ -38,7 +40,8 @@ static fx_redis *redis;
 static fx_pki *pki;
 static const fx_cert *srv, *admin, *user, *other_ca, *revoked, *no_eku, *server_only;
 static char bin[4096], conf[4200], addr[64], crl_path[4096];
-static pid_t daemon_pid;
+static fx_daemon cdxd = FX_DAEMON_INIT;
+static pid_t daemon_pid; /* cdxd.pid and cdxd.notify_fd, as the tests use them */
 static int notify_fd = -1;
 #define DIM 8
 
@@ -70,40 +73,22 @@ static void write_conf(void)
 /* Start cipherdexd and wait for READY=1 on our notify socket; fills addr. */
 static int daemon_start(void)
 {
-    char ports[4200], line[256];
-    static char env_notify[128];
+    char ports[4200];
     snprintf(ports, sizeof(ports), "%s/ports", dir);
     unlink(ports);
-    if (notify_fd < 0 && (notify_fd = fx_notify_open(env_notify, sizeof(env_notify))) < 0)
-        return -1;
-    daemon_pid = fork();
-    if (daemon_pid == 0) {
-        putenv(env_notify);
-        setenv("SOFTHSM2_CONF", fx_token_conf(tok), 1);
-        execl(bin, bin, "--config", conf, (char *)NULL);
-        _exit(127);
-    }
-    if (fx_notify_wait(notify_fd, "READY=1", 60, NULL, 0))
-        return -1;
-    FILE *f = fopen(ports, "r");
-    if (!f)
+    int rc = fx_daemon_start(&cdxd, bin, conf, tok, 60);
+    daemon_pid = cdxd.pid;
+    notify_fd = cdxd.notify_fd;
+    if (rc)
         return -1;
     addr[0] = '\0';
-    while (fgets(line, sizeof(line), f))
-        if (!strncmp(line, "api=", 4))
-            snprintf(addr, sizeof(addr), "%.*s", (int)strcspn(line + 4, "\n"), line + 4);
-    fclose(f);
-    return addr[0] ? 0 : -1;
+    return fx_daemon_port(ports, "api", addr, sizeof(addr)) == 0 && addr[0] ? 0 : -1;
 }
 
 /* SIGTERM, wait for the exit; returns the exit status (or -1). */
 static int daemon_stop(void)
 {
-    int st = 0;
-    kill(daemon_pid, SIGTERM);
-    if (waitpid(daemon_pid, &st, 0) != daemon_pid)
-        return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return fx_daemon_stop(&cdxd);
 }
 
 /* The daemon's peak resident set (VmHWM) in KiB. */
@@ -123,7 +108,7 @@ static long daemon_hwm_kib(void)
 
 static bool daemon_alive(void)
 {
-    return waitpid(daemon_pid, NULL, WNOHANG) == 0;
+    return fx_daemon_alive(&cdxd);
 }
 
 /* ---- clients ---- */
@@ -766,12 +751,8 @@ static void test_crl_reload(void)
 
 int main(void)
 {
-    const char *b = getenv("CDX_BIN_DIR");
-    if (!b) {
-        fprintf(stderr, "CDX_BIN_DIR is not set (run through ctest)\n");
+    if (fx_daemon_bin(bin, sizeof(bin)))
         return 1;
-    }
-    snprintf(bin, sizeof(bin), "%s/appliance/cipherdexd", b);
     dir = fx_tmpdir_new("appliance");
     tok = fx_token_new("appltok");
     fx_redis_opts ro = {.appendonly = 1, .appendfsync = "always"};
@@ -802,29 +783,26 @@ int main(void)
         fprintf(stderr, "cipherdexd did not start\n");
         return 1;
     }
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("appliance", NULL, NULL);
-    CU_add_test(s, "lifecycle over mutual TLS; admin checks", test_lifecycle);
-    CU_add_test(s, "refused client certificates", test_refused_certificates);
-    CU_add_test(s, "malformed input on the wire", test_malformed_wire);
-    CU_add_test(s, "handshake, slow-receive and idle timeouts", test_timeouts);
-    CU_add_test(s, "16 concurrent clients: nothing lost or duplicated", test_concurrent_clients);
-    CU_add_test(s, "SIGTERM under load loses no acknowledged write; restart",
-                test_restart_and_sigterm);
-    CU_add_test(s, "SIGHUP reloads the CRL", test_crl_reload);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
+    static const fx_test tests[] = {
+        {"lifecycle over mutual TLS; admin checks", test_lifecycle},
+        {"refused client certificates", test_refused_certificates},
+        {"malformed input on the wire", test_malformed_wire},
+        {"handshake, slow-receive and idle timeouts", test_timeouts},
+        {"16 concurrent clients: nothing lost or duplicated", test_concurrent_clients},
+        {"SIGTERM under load loses no acknowledged write; restart", test_restart_and_sigterm},
+        {"SIGHUP reloads the CRL", test_crl_reload},
+    };
+    int rc = fx_cunit_run1("appliance", tests, FX_LEN(tests));
     if (daemon_alive() && daemon_stop() != 0) {
         fprintf(stderr, "cipherdexd did not stop cleanly\n");
-        fails++;
+        if (!rc)
+            rc = 1;
     }
+    fx_daemon_close(&cdxd);
     fx_redis_stop(redis);
     fx_token_free(tok);
     fx_pki_free(pki);
     fx_rm_rf(dir);
     free(dir);
-    return fails ? 1 : 0;
+    return rc;
 }

@@ -8,6 +8,7 @@
 #include "app_config.h"
 #include "cdx_log.h"
 #include "fx_tmp.h"
+#include "fx_cunit.h"
 
 static char *dir;
 static char path[4096];
@@ -223,25 +224,21 @@ static void test_addr_split(void)
 
 int main(void)
 {
+    static const fx_test tests[] = {
+        {"defaults", test_defaults},
+        {"a full file", test_full_file},
+        {"bad lines: line number and what is wrong", test_errors},
+        {"cross-key checks", test_check},
+        {"host:port parsing", test_addr_split},
+        {"packaged configuration", test_packaged},
+    };
     dir = fx_tmpdir_new("config");
     if (!dir)
         return 1;
     snprintf(path, sizeof(path), "%s/cipherdexd.conf", dir);
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("config", NULL, NULL);
-    CU_add_test(s, "defaults", test_defaults);
-    CU_add_test(s, "a full file", test_full_file);
-    CU_add_test(s, "bad lines: line number and what is wrong", test_errors);
-    CU_add_test(s, "cross-key checks", test_check);
-    CU_add_test(s, "host:port parsing", test_addr_split);
-    CU_add_test(s, "packaged configuration", test_packaged);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
+    int rc = fx_cunit_run1("config", tests, FX_LEN(tests));
     unlink(path);
     fx_rm_rf(dir);
     free(dir);
-    return fails ? 1 : 0;
+    return rc;
 }

@@ -21,6 +21,8 @@
 #include "fx_proc.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
+#include "fx_cunit.h"
+#include "fx_daemon.h"
 
 static char *dir;
 static fx_token *tok;
@@ -98,14 +100,8 @@ static void test_run_and_signals(void)
     char env_notify[128];
     int s = fx_notify_open(env_notify, sizeof(env_notify));
     CU_ASSERT_FATAL(s >= 0);
-    pid_t pid = fork();
+    pid_t pid = fx_daemon_spawn(bin, conf, tok, env_notify);
     CU_ASSERT_FATAL(pid >= 0);
-    if (pid == 0) {
-        putenv(env_notify);
-        setenv("SOFTHSM2_CONF", fx_token_conf(tok), 1);
-        execl(bin, bin, "--config", conf, (char *)NULL);
-        _exit(127);
-    }
     CU_ASSERT_FATAL(fx_notify_wait(s, "READY=1", 60, NULL, 0) == 0);
     /* The ports file is complete before READY. */
     char ports_path[4200], line[256];
@@ -176,28 +172,20 @@ static void test_start_failure(void)
 
 int main(void)
 {
-    const char *b = getenv("CDX_BIN_DIR");
-    if (!b) {
-        fprintf(stderr, "CDX_BIN_DIR is not set (run through ctest)\n");
+    if (fx_daemon_bin(bin, sizeof(bin)))
         return 1;
-    }
-    snprintf(bin, sizeof(bin), "%s/appliance/cipherdexd", b);
     dir = fx_tmpdir_new("daemon");
     tok = fx_token_new("daemontok");
     if (!dir || !tok)
         return 1;
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("daemon", NULL, NULL);
-    CU_add_test(s, "--check-config", test_check_config);
-    CU_add_test(s, "start, /healthz, /metrics, SIGHUP, SIGTERM", test_run_and_signals);
-    CU_add_test(s, "start refused with a wrong PIN", test_start_failure);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
+    static const fx_test tests[] = {
+        {"--check-config", test_check_config},
+        {"start, /healthz, /metrics, SIGHUP, SIGTERM", test_run_and_signals},
+        {"start refused with a wrong PIN", test_start_failure},
+    };
+    int rc = fx_cunit_run1("daemon", tests, FX_LEN(tests));
     fx_token_free(tok);
     fx_rm_rf(dir);
     free(dir);
-    return fails ? 1 : 0;
+    return rc;
 }

@@ -21,6 +21,7 @@
 #include "cdx_limits.h"
 #include "eng_filter.h"
 #include "eng_json.h"
+#include "fx_cunit.h"
 
 #ifndef CDX_FILTERS_MD
 #error "CDX_FILTERS_MD (path of docs/FILTERS.md) must be defined by the build"
@@ -1010,35 +1011,19 @@ static void test_differential(void)
 
 int main(void)
 {
-    CU_pSuite s;
-    int failures;
-
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    s = CU_add_suite("filter", NULL, NULL);
-    if (!s)
-        goto fail;
-#define X_ADD(id, f, m, e)                                                                         \
-    if (!CU_add_test(s, #id, test_##id))                                                           \
-        goto fail;
-    FILTER_ROWS(X_ADD)
-#undef X_ADD
-    if (!CU_add_test(s, "docs table", test_docs_table) ||
-        !CU_add_test(s, "parse errors", test_parse_errors) ||
-        !CU_add_test(s, "JSON depth", test_json_depth) ||
-        !CU_add_test(s, "JSON limits", test_json_limits) ||
-        !CU_add_test(s, "JSON canonical", test_json_canonical) ||
-        !CU_add_test(s, "node limit", test_node_limit) ||
-        !CU_add_test(s, "int64 vs double", test_int64_double) ||
-        !CU_add_test(s, "trivial filters", test_trivial) ||
-        !CU_add_test(s, "differential", test_differential))
-        goto fail;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    failures = (int)CU_get_number_of_failures() + (int)CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
-fail:
-    CU_cleanup_registry();
-    return 1;
+#define X_SUITE_ROW(id, f, m, e) {#id, test_##id},
+    static const fx_test tests[] = {
+        FILTER_ROWS(X_SUITE_ROW) /* one test per row of the table above */
+        {"docs table", test_docs_table},
+        {"parse errors", test_parse_errors},
+        {"JSON depth", test_json_depth},
+        {"JSON limits", test_json_limits},
+        {"JSON canonical", test_json_canonical},
+        {"node limit", test_node_limit},
+        {"int64 vs double", test_int64_double},
+        {"trivial filters", test_trivial},
+        {"differential", test_differential},
+    };
+#undef X_SUITE_ROW
+    return fx_cunit_run1("filter", tests, FX_LEN(tests));
 }

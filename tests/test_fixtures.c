@@ -9,6 +9,7 @@
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
 #include "p11wrap.h"
+#include "fx_cunit.h"
 
 #include <CUnit/Basic.h>
 #include <arpa/inet.h>
@@ -508,31 +509,18 @@ static void test_p11wrap(void)
 
 int main(void)
 {
-    CU_pSuite s;
-    int failures;
-
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 2;
-    s = CU_add_suite("fixtures", NULL, NULL);
-    if (!s || !CU_add_test(s, "tmpdir and rm_rf", test_tmpdir) ||
-        !CU_add_test(s, "run", test_run) || !CU_add_test(s, "token new", test_token_new) ||
-        !CU_add_test(s, "token add/reinit/delete", test_token_add_reinit_delete) ||
-        !CU_add_test(s, "redis tcp", test_redis_tcp) ||
-        !CU_add_test(s, "redis unix", test_redis_unix) ||
-        !CU_add_test(s, "redis kill9 restart", test_redis_kill9_restart) ||
-        !CU_add_test(s, "redis stop", test_redis_stop) ||
-        !CU_add_test(s, "redis acl", test_redis_acl) ||
-        !CU_add_test(s, "redis requirepass", test_redis_requirepass) ||
-        !CU_add_test(s, "p11wrap", test_p11wrap)) {
-        CU_cleanup_registry();
-        return 2;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS || CU_get_error() != CUE_SUCCESS) {
-        CU_cleanup_registry();
-        return 2;
-    }
-    failures = (int)CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    static const fx_test tests[] = {
+        {"tmpdir and rm_rf", test_tmpdir},
+        {"run", test_run},
+        {"token new", test_token_new},
+        {"token add/reinit/delete", test_token_add_reinit_delete},
+        {"redis tcp", test_redis_tcp},
+        {"redis unix", test_redis_unix},
+        {"redis kill9 restart", test_redis_kill9_restart},
+        {"redis stop", test_redis_stop},
+        {"redis acl", test_redis_acl},
+        {"redis requirepass", test_redis_requirepass},
+        {"p11wrap", test_p11wrap},
+    };
+    return fx_cunit_run1("fixtures", tests, FX_LEN(tests));
 }

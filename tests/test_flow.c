@@ -2,6 +2,7 @@
 #include <CUnit/Basic.h>
 
 #include "app_flow.h"
+#include "fx_cunit.h"
 
 static const app_flow_limits LIM = {.max_outstanding = 16,
                                     .output_high_water = 1000,
@@ -126,16 +127,11 @@ static void test_timeouts(void)
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("flow", NULL, NULL);
-    CU_add_test(s, "16 outstanding requests, then reading stops", test_outstanding_cap);
-    CU_add_test(s, "global in-flight budget across connections", test_budget_shared);
-    CU_add_test(s, "output high-water mark", test_output_high_water);
-    CU_add_test(s, "handshake, idle and slow-receive timeouts", test_timeouts);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
-    return fails ? 1 : 0;
+    static const fx_test tests[] = {
+        {"16 outstanding requests, then reading stops", test_outstanding_cap},
+        {"global in-flight budget across connections", test_budget_shared},
+        {"output high-water mark", test_output_high_water},
+        {"handshake, idle and slow-receive timeouts", test_timeouts},
+    };
+    return fx_cunit_run1("flow", tests, FX_LEN(tests));
 }

@@ -21,6 +21,7 @@
 
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
+#include "fx_cunit.h"
 
 #define OUT_CAP (256 * 1024)
 #define LABEL   "cdx-hsm-tool"
@@ -536,31 +537,26 @@ static void test_destroy(void)
 
 int main(void)
 {
-    CU_pSuite s;
-    int failures;
-
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    s = CU_add_suite("hsm_tool", suite_init, suite_clean);
-    if (!s || !CU_add_test(s, "usage", test_usage) ||
-        !CU_add_test(s, "config errors", test_config_errors) ||
-        !CU_add_test(s, "tokens", test_tokens) ||
-        !CU_add_test(s, "root create", test_root_create) ||
-        !CU_add_test(s, "kek import/create", test_kek_import) ||
-        !CU_add_test(s, "index generate", test_index_generate) ||
-        !CU_add_test(s, "index import", test_index_import) ||
-        !CU_add_test(s, "bad key file", test_bad_key_file) ||
-        !CU_add_test(s, "index unwrap", test_index_unwrap) ||
-        !CU_add_test(s, "index adopt/kcv/check", test_index_adopt_kcv_check) ||
-        !CU_add_test(s, "keys --json attributes", test_keys_json) ||
-        !CU_add_test(s, "pkcs11-tool sees sensitive keys", test_pkcs11_tool) ||
-        !CU_add_test(s, "wrong pin", test_wrong_pin) || !CU_add_test(s, "destroy", test_destroy)) {
-        CU_cleanup_registry();
-        return 1;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    failures = (int)CU_get_number_of_failures() + (int)CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    static const fx_test tests[] = {
+        {"usage", test_usage},
+        {"config errors", test_config_errors},
+        {"tokens", test_tokens},
+        {"root create", test_root_create},
+        {"kek import/create", test_kek_import},
+        {"index generate", test_index_generate},
+        {"index import", test_index_import},
+        {"bad key file", test_bad_key_file},
+        {"index unwrap", test_index_unwrap},
+        {"index adopt/kcv/check", test_index_adopt_kcv_check},
+        {"keys --json attributes", test_keys_json},
+        {"pkcs11-tool sees sensitive keys", test_pkcs11_tool},
+        {"wrong pin", test_wrong_pin},
+        {"destroy", test_destroy},
+    };
+    static const fx_suite suite = {.name = "hsm_tool",
+                                   .init = suite_init,
+                                   .clean = suite_clean,
+                                   .tests = tests,
+                                   .ntests = FX_LEN(tests)};
+    return fx_cunit_run(&suite, 1);
 }

@@ -1,7 +1,7 @@
 /*
  * test_math.c - the engine's numeric kernels: float distances (both
- * implementations), SQ8, top-k, k-means. Prints kernel rates (not asserted);
- * CDX_MATH_BENCH=1 adds the large k-means timing.
+ * implementations), SQ8, top-k, k-means, the coarse probe and the screen.
+ * Their rates are measured by tests/bench/bench_math.c, not here.
  */
 #include "eng_dist.h"
 #include "eng_kmeans.h"
@@ -9,15 +9,14 @@
 #include "eng_screen.h"
 #include "eng_sq8.h"
 #include "eng_topk.h"
+#include "fx_cunit.h"
 
 #include <CUnit/Basic.h>
-#include <cblas.h>
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -77,14 +76,6 @@ static double ref_dot(const float *a, const float *b, size_t d, double *abs_sum)
 static double tol_for(size_t d, double magnitude)
 {
     return ((double)d + 4) * FLT_EPSILON * magnitude + 1e-30;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static const size_t dims_extra[] = {128, 784, 4096};
@@ -866,235 +857,27 @@ static void test_kmeans_spherical(void)
     free(x);
 }
 
-/* ---- timing (printed, not asserted) ----------------------------------- */
-
-/* Best of 5 windows of 50 ms: the machine is shared, the best window is the kernel's rate. */
-static double rate(void (*fn)(void *), void *arg, double elems_per_call)
-{
-    double best = 0;
-
-    for (int w = 0; w < 5; w++) {
-        double t0 = now(), t;
-        size_t calls = 0;
-        do {
-            fn(arg);
-            calls++;
-            t = now() - t0;
-        } while (t < 0.05);
-        if (elems_per_call * (double)calls / t > best)
-            best = elems_per_call * (double)calls / t;
-    }
-    return best;
-}
-
-typedef struct bench_arg {
-    const float *q, *x, *step;
-    const uint8_t *codes;
-    size_t n, d;
-    float *out;
-} bench_arg;
-
-static void run_l2(void *p)
-{
-    bench_arg *a = p;
-
-    eng_l2sq_many(a->q, a->x, a->n, a->d, a->out);
-}
-
-static void run_sq8(void *p)
-{
-    bench_arg *a = p;
-
-    eng_sq8_l2sq_many(a->q, a->step, a->codes, a->n, a->d, a->out);
-}
-
-static void run_probe(void *p)
-{
-    bench_arg *a = p;
-    uint32_t o[16];
-
-    eng_kmeans_probe(a->q, a->d, a->x, a->n, ENG_KM_L2, 16, o);
-}
-
-static eng_probe *g_probe;
-
-static void run_probe_sq8(void *p)
-{
-    bench_arg *a = p;
-    uint32_t o[16];
-
-    eng_probe_run(g_probe, a->q, 16, o, NULL);
-}
-
-static void test_timing(void)
-{
-    /* 1,130 candidates of 784 dims: one nlist-1024 / nprobe-16 query's scan (FACTS). */
-    size_t n = 1130, d = 784;
-    float *x = malloc(n * d * sizeof(float)), *q = malloc(d * sizeof(float));
-    float *step = malloc(d * sizeof(float)), *out = malloc(n * sizeof(float));
-    uint8_t *codes = malloc(n * d);
-    bench_arg a = {q, x, step, codes, n, d, out};
-
-    CU_ASSERT_FATAL(x && q && step && codes && out);
-    fill(x, n * d, 0, 255);
-    fill(q, d, 0, 255);
-    fill(step, d, 0.9f, 1.1f);
-    for (size_t i = 0; i < n * d; i++)
-        codes[i] = (uint8_t)rnd();
-    for (int s = 0; s < 2; s++) {
-        eng_dist_force_scalar(s == 1);
-        double r1 = rate(run_l2, &a, (double)n * d);
-        double r2 = rate(run_sq8, &a, (double)n * d);
-        printf("\n    [%s] l2sq_many d=784 n=1130 (3.5 MB): %.2f Gfloat/s (%.1f GFLOP/s, %.1f us/"
-               "query)",
-               eng_dist_impl(), r1 * 1e-9, 3 * r1 * 1e-9, (double)n * d / r1 * 1e6);
-        printf("\n    [%s] sq8_l2sq_many d=784 n=1130 (0.9 MB): %.2f Gcode/s (%.1f GFLOP/s, "
-               "%.1f us/query)",
-               eng_dist_impl(), r2 * 1e-9, 4 * r2 * 1e-9, (double)n * d / r2 * 1e6);
-    }
-    eng_dist_force_scalar(false);
-    free(x);
-    free(codes);
-
-    /* Coarse quantisation: 1024 centroids of 784 dims, nprobe 16. */
-    float *c = malloc(1024 * d * sizeof(float));
-    CU_ASSERT_FATAL(c != NULL);
-    fill(c, 1024 * d, 0, 255);
-    a.x = c;
-    a.n = 1024;
-    double pr = rate(run_probe, &a, 1.0);
-    printf("\n    [%s] probe k=1024 d=784 nprobe=16: %.1f us/query", eng_dist_impl(), 1e6 / pr);
-    CU_ASSERT_FATAL(eng_probe_new(c, 1024, d, ENG_KM_L2, &g_probe) == CDX_OK);
-    pr = rate(run_probe_sq8, &a, 1.0);
-    printf("\n    [%s] screened probe, same: %.1f us/query", eng_dist_impl(), 1e6 / pr);
-    eng_probe_free(g_probe);
-    /* The integer screen over 1,637 rows (a Fashion-MNIST nprobe-16 query) and over 24x that. */
-    {
-        static const char *impls[] = {"scalar", "avx2"};
-        size_t rows[2] = {1637, 1637 * 24};
-        int16_t *w = malloc(d * sizeof(int16_t));
-        uint8_t *cd = malloc(rows[1] * d);
-        int64_t *S = malloc(rows[1] * sizeof(int64_t));
-        CU_ASSERT_FATAL(w && cd && S);
-        for (size_t i = 0; i < d; i++)
-            w[i] = (int16_t)(rnd() % 2001) - 1000;
-        for (size_t i = 0; i < rows[1] * d; i++)
-            cd[i] = (uint8_t)rnd();
-        for (int k = 0; k < 2; k++)
-            for (int r = 0; r < 2; r++) {
-                struct timespec t0, t1;
-                int reps = r ? 4 : 100;
-                clock_gettime(CLOCK_MONOTONIC, &t0);
-                bool ok = true;
-                for (int i = 0; i < reps && ok; i++) /* r=1: a different block each time */
-                    ok = eng_screen_idot(impls[k], w, cd + (r ? (size_t)(i % 24) * rows[0] * d : 0),
-                                         rows[0], d, S);
-                clock_gettime(CLOCK_MONOTONIC, &t1);
-                double s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
-                if (ok)
-                    printf("\n    [%s] screen idot 1637x784 (%s): %.1f us, %.1f Gcode/s", impls[k],
-                           r ? "from memory" : "cache-warm", s / reps * 1e6,
-                           (double)rows[0] * d * reps / s / 1e9);
-            }
-        free(w);
-        free(cd);
-        free(S);
-    }
-    free(c);
-    free(q);
-    free(step);
-    free(out);
-    printf("\n    ");
-}
-
-static void test_kmeans_bench(void)
-{
-    const char *env = getenv("CDX_MATH_BENCH");
-    size_t n = 60000, d = 784;
-    float *x, *cen;
-    eng_kmeans_stats st;
-    eng_kmeans_opts o = {.k = 256, .max_iters = 5, .tolerance = 0, .seed = 1};
-
-    if (!env || strcmp(env, "1") != 0) {
-        printf("\n    (set CDX_MATH_BENCH=1 for the 60000x784 k=256 k-means timing) ");
-        return;
-    }
-    x = malloc(n * d * sizeof(float));
-    cen = malloc(256 * d * sizeof(float));
-    CU_ASSERT_FATAL(x && cen);
-    fill(x, n * d, 0, 1);
-    printf("\n    OpenBLAS kernels: %s (OPENBLAS_CORETYPE=%s)", eng_kmeans_blas_core(),
-           getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "unset");
-    int threads0 = openblas_get_num_threads();
-    for (int th = 1; th <= threads0; th += threads0 > 1 ? threads0 - 1 : 1) {
-        openblas_set_num_threads(th);
-        double t0 = now();
-        o.max_iters = 0;
-        CU_ASSERT_FATAL(eng_kmeans_train(x, n, d, &o, cen, &st) == CDX_OK);
-        double seed_s = now() - t0;
-        o.max_iters = 5;
-        CU_ASSERT_FATAL(eng_kmeans_train(x, n, d, &o, cen, &st) == CDX_OK);
-        printf("\n    k-means 60000x784 k=256, %u iterations, %d BLAS thread(s): %.2f s "
-               "(k-means++ seeding alone %.2f s; objective %.6g)",
-               st.iterations, th, st.seconds, seed_s, st.objective);
-    }
-    openblas_set_num_threads(threads0);
-    /* Clustered data: the seeding's triangle-inequality pruning helps here. */
-    uint32_t *label = malloc(n * sizeof(uint32_t));
-    float *ctr = malloc(256 * d * sizeof(float)), *xb;
-    CU_ASSERT_FATAL(label && ctr);
-    xb = make_blobs(256, n / 256, d, 2.0f, label, ctr);
-    CU_ASSERT_FATAL(xb != NULL);
-    double t0 = now();
-    o.max_iters = 0;
-    CU_ASSERT_FATAL(eng_kmeans_train(xb, 256 * (n / 256), d, &o, cen, &st) == CDX_OK);
-    printf("\n    k-means++ seeding on 256 Gaussian blobs (%zu x 784): %.2f s", 256 * (n / 256),
-           now() - t0);
-    free(xb);
-    free(label);
-    free(ctr);
-    free(x);
-    free(cen);
-    printf("\n    ");
-}
-
 int main(void)
 {
-    CU_pSuite s;
-    int failures;
-
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 2;
-    s = CU_add_suite("math", NULL, NULL);
-    if (!s || !CU_add_test(s, "dist impl and dispatch", test_dist_impl) ||
-        !CU_add_test(s, "dist kernels (dispatched)", test_dist_dispatched) ||
-        !CU_add_test(s, "dist kernels (scalar)", test_dist_scalar) ||
-        !CU_add_test(s, "dist implementations agree", test_dist_impls_agree) ||
-        !CU_add_test(s, "sq8 integer data exact", test_sq8_integer_exact) ||
-        !CU_add_test(s, "sq8 float error and errors", test_sq8_float_error) ||
-        !CU_add_test(s, "sq8 distances on codes", test_sq8_dist) ||
-        !CU_add_test(s, "sq8 serialize", test_sq8_serialize) ||
-        !CU_add_test(s, "topk vs sort with ties", test_topk) ||
-        !CU_add_test(s, "kmeans recovers blobs", test_kmeans_blobs) ||
-        !CU_add_test(s, "kmeans deterministic", test_kmeans_deterministic) ||
-        !CU_add_test(s, "kmeans objective monotone", test_kmeans_monotone) ||
-        !CU_add_test(s, "kmeans errors", test_kmeans_errors) ||
-        !CU_add_test(s, "kmeans assign vs brute force", test_kmeans_assign) ||
-        !CU_add_test(s, "kmeans probe vs brute force", test_kmeans_probe) ||
-        !CU_add_test(s, "screened probe = exact probe", test_probe_exact) ||
-        !CU_add_test(s, "screen integer kernels agree", test_screen_idot) ||
-        !CU_add_test(s, "kmeans spherical", test_kmeans_spherical) ||
-        !CU_add_test(s, "timing", test_timing) ||
-        !CU_add_test(s, "kmeans timing", test_kmeans_bench)) {
-        CU_cleanup_registry();
-        return 2;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS || CU_get_error() != CUE_SUCCESS) {
-        CU_cleanup_registry();
-        return 2;
-    }
-    failures = (int)CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    static const fx_test tests[] = {
+        {"dist impl and dispatch", test_dist_impl},
+        {"dist kernels (dispatched)", test_dist_dispatched},
+        {"dist kernels (scalar)", test_dist_scalar},
+        {"dist implementations agree", test_dist_impls_agree},
+        {"sq8 integer data exact", test_sq8_integer_exact},
+        {"sq8 float error and errors", test_sq8_float_error},
+        {"sq8 distances on codes", test_sq8_dist},
+        {"sq8 serialize", test_sq8_serialize},
+        {"topk vs sort with ties", test_topk},
+        {"kmeans recovers blobs", test_kmeans_blobs},
+        {"kmeans deterministic", test_kmeans_deterministic},
+        {"kmeans objective monotone", test_kmeans_monotone},
+        {"kmeans errors", test_kmeans_errors},
+        {"kmeans assign vs brute force", test_kmeans_assign},
+        {"kmeans probe vs brute force", test_kmeans_probe},
+        {"screened probe = exact probe", test_probe_exact},
+        {"screen integer kernels agree", test_screen_idot},
+        {"kmeans spherical", test_kmeans_spherical},
+    };
+    return fx_cunit_run1("math", tests, FX_LEN(tests));
 }

@@ -11,6 +11,7 @@
 #include "app_http.h"
 #include "app_metrics.h"
 #include "fx_proc.h"
+#include "fx_cunit.h"
 
 static char *render(const app_metrics *m, const app_metrics_pull *p)
 {
@@ -162,14 +163,9 @@ static void test_http(void)
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("metrics", NULL, NULL);
-    CU_add_test(s, "counters and histograms", test_counters_and_histograms);
-    CU_add_test(s, "HTTP /healthz and /metrics", test_http);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
-    return fails ? 1 : 0;
+    static const fx_test tests[] = {
+        {"counters and histograms", test_counters_and_histograms},
+        {"HTTP /healthz and /metrics", test_http},
+    };
+    return fx_cunit_run1("metrics", tests, FX_LEN(tests));
 }

@@ -32,6 +32,7 @@
 #include "hsm_secmem.h"
 #include "hsm_subkey.h"
 #include "p11wrap.h"
+#include "fx_cunit.h"
 
 /* Documented test vector (docs/KEYS.md): key 00..1f, index id a0..af. */
 static const char *VEC_KCV = "fef97a0b4137009b";
@@ -910,6 +911,21 @@ static void test_errors_have_names(void)
 
 int main(void)
 {
+    static const fx_test tests[] = {
+        {"memlock refusal (first: nothing locked yet)", test_memlock_refusal},
+        {"error names", test_errors_have_names},
+        {"config refusals and PIN sources", test_config_refusals},
+        {"missing token lists what was found", test_missing_token},
+        {"wrong PIN: exactly one C_Login", test_wrong_pin_one_login},
+        {"known key: token subkeys = host HMAC = test vectors", test_known_key_vectors},
+        {"key protections: no read, wrap, derive, copy", test_key_protections},
+        {"unwrap: KEKs, 40-byte rule, tamper", test_unwrap},
+        {"bad key files", test_bad_key_files},
+        {"ambiguous and replaced keys", test_ambiguous_and_replaced},
+        {"token re-init, recovery, back-off", test_token_reinit_and_recovery},
+        {"8 threads x 1000 derivations, cache off", test_threads_no_cache},
+        {"subkey cache TTL and wipe", test_cache_ttl},
+    };
     wrap_path = getenv("CDX_P11WRAP");
     if (!wrap_path) {
         fprintf(stderr, "CDX_P11WRAP is not set (run through ctest)\n");
@@ -917,25 +933,5 @@ int main(void)
     }
     if (p11wrap_bind(wrap_path) != 0)
         return 2;
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 2;
-    CU_pSuite s = CU_add_suite("pkcs11", NULL, NULL);
-    CU_add_test(s, "memlock refusal (first: nothing locked yet)", test_memlock_refusal);
-    CU_add_test(s, "error names", test_errors_have_names);
-    CU_add_test(s, "config refusals and PIN sources", test_config_refusals);
-    CU_add_test(s, "missing token lists what was found", test_missing_token);
-    CU_add_test(s, "wrong PIN: exactly one C_Login", test_wrong_pin_one_login);
-    CU_add_test(s, "known key: token subkeys = host HMAC = test vectors", test_known_key_vectors);
-    CU_add_test(s, "key protections: no read, wrap, derive, copy", test_key_protections);
-    CU_add_test(s, "unwrap: KEKs, 40-byte rule, tamper", test_unwrap);
-    CU_add_test(s, "bad key files", test_bad_key_files);
-    CU_add_test(s, "ambiguous and replaced keys", test_ambiguous_and_replaced);
-    CU_add_test(s, "token re-init, recovery, back-off", test_token_reinit_and_recovery);
-    CU_add_test(s, "8 threads x 1000 derivations, cache off", test_threads_no_cache);
-    CU_add_test(s, "subkey cache TTL and wipe", test_cache_ttl);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
-    return fails ? 1 : 0;
+    return fx_cunit_run1("pkcs11", tests, FX_LEN(tests));
 }

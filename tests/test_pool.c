@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "app_pool.h"
+#include "fx_cunit.h"
 
 typedef struct job {
     app_job base; /* first: the pool hands back app_job pointers */
@@ -126,16 +127,11 @@ static void test_bad_sizes(void)
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("pool", NULL, NULL);
-    CU_add_test(s, "20,000 jobs on 4 threads, each once", test_many_jobs);
-    CU_add_test(s, "one thread completes in order", test_fifo_one_thread);
-    CU_add_test(s, "free drains queued jobs", test_free_drains);
-    CU_add_test(s, "bad sizes", test_bad_sizes);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
-    return fails ? 1 : 0;
+    static const fx_test tests[] = {
+        {"20,000 jobs on 4 threads, each once", test_many_jobs},
+        {"one thread completes in order", test_fifo_one_thread},
+        {"free drains queued jobs", test_free_drains},
+        {"bad sizes", test_bad_sizes},
+    };
+    return fx_cunit_run1("pool", tests, FX_LEN(tests));
 }

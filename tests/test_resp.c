@@ -12,6 +12,7 @@
 #include <CUnit/Basic.h>
 
 #include "eng_redis_resp.h"
+#include "fx_cunit.h"
 
 /* Feed s[0..n) in pieces of `step` bytes; payload bytes go through room/commit when direct. */
 static eng_resp_status feed(eng_resp *p, const char *s, size_t n, size_t step, bool direct,
@@ -269,24 +270,13 @@ static void test_random_bytes(void)
 
 int main(void)
 {
-    CU_pSuite s;
-    unsigned fails;
-
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 2;
-    s = CU_add_suite("resp", NULL, NULL);
-    if (!s ||
-        !CU_add_test(s, "well-formed replies, whole / byte by byte / direct", test_well_formed) ||
-        !CU_add_test(s, "payload taken by the caller, reader reused", test_take_and_reuse) ||
-        !CU_add_test(s, "hostile headers, lengths and CRLFs", test_hostile) ||
-        !CU_add_test(s, "bound checked before allocating", test_bound) ||
-        !CU_add_test(s, "long and endless text lines", test_lines) ||
-        !CU_add_test(s, "random bytes", test_random_bytes))
-        return 2;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed() +
-            CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return fails ? 1 : 0;
+    static const fx_test tests[] = {
+        {"well-formed replies, whole / byte by byte / direct", test_well_formed},
+        {"payload taken by the caller, reader reused", test_take_and_reuse},
+        {"hostile headers, lengths and CRLFs", test_hostile},
+        {"bound checked before allocating", test_bound},
+        {"long and endless text lines", test_lines},
+        {"random bytes", test_random_bytes},
+    };
+    return fx_cunit_run1("resp", tests, FX_LEN(tests));
 }

@@ -29,6 +29,8 @@
 #include "eng_store_internal.h"
 #include "fx_redis.h"
 #include "fx_tmp.h"
+#include "fx_cunit.h"
+#include "fx_engine.h"
 #include "hsm_secmem.h"
 
 #define ACL_USER "cdx-app"
@@ -825,7 +827,7 @@ static int init_redis_tcp(void)
     R = fx_redis_start(NULL);
     if (!R)
         return 1;
-    R_OPTS = (eng_redis_opts){.host = fx_redis_host(R), .port = fx_redis_port(R)};
+    R_OPTS = fx_engine_redis_opts(R);
     return open_S();
 }
 
@@ -1646,12 +1648,7 @@ static void test_bulk_reader_hostile(void)
 
 /* ---- main ---- */
 
-typedef struct test_def {
-    const char *name;
-    CU_TestFunc fn;
-} test_def;
-
-static const test_def shared_tests[] = {
+static const fx_test shared_tests[] = {
     {"kind and durability check", test_kind_and_check},
     {"setnx: created/existed, existing value unchanged", test_setnx},
     {"set overwrites", test_set},
@@ -1671,7 +1668,7 @@ static const test_def shared_tests[] = {
     {"8 threads setnx + mget", test_threads},
 };
 
-static const test_def redis_tests[] = {
+static const fx_test redis_tests[] = {
     {"reader refuses announced arrays before allocating", test_reader_bounds},
     {"80 MB and just-over-limit values refused while reading", test_huge_reply_refused},
     {"durability: appendonly no, appendfsync no, evicting policies", test_durability_refused},
@@ -1685,18 +1682,6 @@ static const test_def redis_tests[] = {
     {"bulk reader: hostile replies from a fake server", test_bulk_reader_hostile},
 };
 
-static int add_suite(const char *name, CU_InitializeFunc init, CU_CleanupFunc clean,
-                     const test_def *t, size_t n)
-{
-    CU_pSuite s = CU_add_suite(name, init, clean);
-    if (!s)
-        return -1;
-    for (size_t i = 0; i < n; i++)
-        if (!CU_add_test(s, t[i].name, t[i].fn))
-            return -1;
-    return 0;
-}
-
 static int init_tmp(void)
 {
     return 0;
@@ -1704,30 +1689,37 @@ static int init_tmp(void)
 
 int main(void)
 {
-    size_t ns = sizeof(shared_tests) / sizeof(shared_tests[0]);
-    size_t nr = sizeof(redis_tests) / sizeof(redis_tests[0]);
-    unsigned fails;
-
+    const fx_suite suites[] = {
+        {.name = "store-memory",
+         .init = init_memory,
+         .clean = cleanup_suite,
+         .tests = shared_tests,
+         .ntests = FX_LEN(shared_tests)},
+        {.name = "store-redis-tcp",
+         .init = init_redis_tcp,
+         .clean = cleanup_suite,
+         .tests = shared_tests,
+         .ntests = FX_LEN(shared_tests)},
+        {.name = "store-redis-unix-acl",
+         .init = init_redis_unix_acl,
+         .clean = cleanup_suite,
+         .tests = shared_tests,
+         .ntests = FX_LEN(shared_tests)},
+        {.name = "store-redis-only",
+         .init = init_tmp,
+         .clean = NULL,
+         .tests = redis_tests,
+         .ntests = FX_LEN(redis_tests)},
+    };
     TMP = fx_tmpdir_new("store");
     if (!TMP)
         return 2;
     /* The Redis password_file is read into locked memory. */
     if (hsm_secmem_init(0, true) != CDX_OK)
         return 2;
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 2;
-    if (add_suite("store-memory", init_memory, cleanup_suite, shared_tests, ns) ||
-        add_suite("store-redis-tcp", init_redis_tcp, cleanup_suite, shared_tests, ns) ||
-        add_suite("store-redis-unix-acl", init_redis_unix_acl, cleanup_suite, shared_tests, ns) ||
-        add_suite("store-redis-only", init_tmp, NULL, redis_tests, nr))
-        return 2;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed() +
-            CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
+    int rc = fx_cunit_run(suites, FX_LEN(suites));
     hsm_secmem_shutdown();
     fx_rm_rf(TMP);
     free(TMP);
-    return fails ? 1 : 0;
+    return rc;
 }

@@ -19,6 +19,7 @@
 #include "cdx_err.h"
 #include "cdx_limits.h"
 #include "eng_store.h"
+#include "fx_cunit.h"
 #include "fx_redis.h"
 #include "fx_tmp.h"
 #include "hsm_secmem.h"
@@ -169,28 +170,29 @@ static int cleanup_arena(void)
 
 int main(void)
 {
-    CU_pSuite s1, s2;
-    unsigned fails;
+    static const fx_test no_arena[] = {
+        {"password_file needs the secret arena", test_needs_arena},
+    };
+    static const fx_test with_arena[] = {
+        {"one \\n or \\r\\n stripped", test_line_endings},
+        {"a symlinked password_file is refused", test_symlink_refused},
+        {"length limit is exact; the arena is given back", test_length_limit},
+    };
+    const fx_suite suites[] = {
+        {.name = "redis-auth-no-arena", .tests = no_arena, .ntests = FX_LEN(no_arena)},
+        {.name = "redis-auth",
+         .init = init_arena,
+         .clean = cleanup_arena,
+         .tests = with_arena,
+         .ntests = FX_LEN(with_arena)},
+    };
 
     TMP = fx_tmpdir_new("store-auth");
-    if (!TMP || CU_initialize_registry() != CUE_SUCCESS)
+    if (!TMP || init_suite())
         return 2;
-    if (init_suite())
-        return 2;
-    s1 = CU_add_suite("redis-auth-no-arena", NULL, NULL);
-    s2 = CU_add_suite("redis-auth", init_arena, cleanup_arena);
-    if (!s1 || !s2 || !CU_add_test(s1, "password_file needs the secret arena", test_needs_arena) ||
-        !CU_add_test(s2, "one \\n or \\r\\n stripped", test_line_endings) ||
-        !CU_add_test(s2, "a symlinked password_file is refused", test_symlink_refused) ||
-        !CU_add_test(s2, "length limit is exact; the arena is given back", test_length_limit))
-        return 2;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed() +
-            CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
+    int rc = fx_cunit_run(suites, FX_LEN(suites));
     fx_redis_stop(R);
     fx_rm_rf(TMP);
     free(TMP);
-    return fails ? 1 : 0;
+    return rc;
 }

@@ -24,6 +24,7 @@
 #include "cdx_log.h"
 #include "fx_pki.h"
 #include "fx_tmp.h"
+#include "fx_cunit.h"
 
 static char *dir;
 static fx_pki *pki;
@@ -840,24 +841,23 @@ static void test_pki_tool(void)
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("tls", suite_init, suite_clean);
-    CU_add_test(s, "accepted: URI, DNS and CN principals", test_accept_principals);
-    CU_add_test(s, "client verifies the server's name and IP", test_server_name_verified);
-    CU_add_test(s, "refused: no cert, other CA, revoked, EKU, expired, names", test_refused);
-    CU_add_test(s, "principal rules", test_principal_rules);
-    CU_add_test(s, "context settings", test_context_settings);
-    CU_add_test(s, "TLS 1.2: off by default, ECDHE+AEAD only when allowed", test_tls12);
-    CU_add_test(s, "no session tickets, no resumption", test_no_tickets);
-    CU_add_test(s, "reload swaps certs and CRL; a failed reload keeps the old", test_reload);
-    CU_add_test(s, "config errors name the file", test_config_errors);
-    CU_add_test(s, "a CRL expiring while loaded refuses everyone", test_crl_expires_while_loaded);
-    CU_add_test(s, "fx_pki_tool makes a working dev PKI", test_pki_tool);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed() +
-                     CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return fails ? 1 : 0;
+    static const fx_test tests[] = {
+        {"accepted: URI, DNS and CN principals", test_accept_principals},
+        {"client verifies the server's name and IP", test_server_name_verified},
+        {"refused: no cert, other CA, revoked, EKU, expired, names", test_refused},
+        {"principal rules", test_principal_rules},
+        {"context settings", test_context_settings},
+        {"TLS 1.2: off by default, ECDHE+AEAD only when allowed", test_tls12},
+        {"no session tickets, no resumption", test_no_tickets},
+        {"reload swaps certs and CRL; a failed reload keeps the old", test_reload},
+        {"config errors name the file", test_config_errors},
+        {"a CRL expiring while loaded refuses everyone", test_crl_expires_while_loaded},
+        {"fx_pki_tool makes a working dev PKI", test_pki_tool},
+    };
+    static const fx_suite suite = {.name = "tls",
+                                   .init = suite_init,
+                                   .clean = suite_clean,
+                                   .tests = tests,
+                                   .ntests = FX_LEN(tests)};
+    return fx_cunit_run(&suite, 1);
 }

@@ -24,6 +24,7 @@
 #include "wire_frame.h"
 #include "wire_msg.h"
 #include "cdx_utf8.h"
+#include "fx_cunit.h"
 
 #ifndef CDX_PROTO_FILE
 #error "CDX_PROTO_FILE (path of proto/cipherdex.proto) must be defined by the build"
@@ -1704,10 +1705,7 @@ out:
 
 int main(void)
 {
-    static const struct {
-        const char *name;
-        void (*fn)(void);
-    } tests[] = {
+    static const fx_test tests[] = {
         {"utf8 table", test_utf8_table},
         {"utf8 differential", test_utf8_differential},
         {"decoder byte by byte", test_dec_byte_by_byte},
@@ -1732,23 +1730,5 @@ int main(void)
         {"schema rules", test_schema},
         {"python client", test_python_client},
     };
-    CU_pSuite s;
-    int failures;
-
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    s = CU_add_suite("wire", NULL, NULL);
-    if (!s)
-        goto fail;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(s, tests[i].name, tests[i].fn))
-            goto fail;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    failures = (int)CU_get_number_of_failures() + (int)CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
-fail:
-    CU_cleanup_registry();
-    return 1;
+    return fx_cunit_run1("wire", tests, FX_LEN(tests));
 }

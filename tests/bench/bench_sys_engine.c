@@ -19,7 +19,7 @@
 #include "cdx_err.h"
 #include "eng.h"
 #include "eng_store.h"
-#include "fx_custody.h"
+#include "fx_engine.h"
 #include "fx_redis.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
@@ -63,14 +63,8 @@ static int fail(const char *what, cdx_err e)
 static int env_up(int redis)
 {
     if (!g_tok) {
-        g_tok = fx_token_new("bench-ivf");
-        if (!g_tok)
+        if (fx_engine_custody("bench-ivf", SUBKEY_TTL_MS, &g_tok, &g_cust))
             return -1;
-        hsm_config cfg;
-        fx_hsm_config(g_tok, NULL, SUBKEY_TTL_MS, &cfg);
-        cdx_err e = hsm_custody_open(&cfg, &g_cust);
-        if (e)
-            return fail("custody", e);
     }
     if (redis && !g_redis) {
         fx_redis_opts o = {.appendonly = 1, .appendfsync = "everysec"};
@@ -117,7 +111,7 @@ static void *es_create(size_t d, size_t nlist, const char *variant)
     }
     cdx_err e;
     if (s->redis) {
-        eng_redis_opts o = {.host = fx_redis_host(g_redis), .port = fx_redis_port(g_redis)};
+        eng_redis_opts o = fx_engine_redis_opts(g_redis);
         e = eng_store_redis_new(&o, &s->store);
     } else {
         e = eng_store_memory_new(&s->store);
@@ -129,12 +123,11 @@ static void *es_create(size_t d, size_t nlist, const char *variant)
         return NULL;
     }
     s->state = fx_tmpdir_new("bench-state");
-    eng_config c = {.custody = g_cust, .store = s->store, .state_dir = s->state,
-                    .cache_bytes = s->warm ? (size_t)2 << 30 : 0, .query_threads = 1};
+    uint8_t dep[16];
     for (int i = 0; i < 16; i++)
-        c.deployment_id[i] = (uint8_t)(0xb0 + i);
-    if ((e = eng_new(&c, &s->e))) {
-        fail("engine", e);
+        dep[i] = (uint8_t)(0xb0 + i);
+    s->e = fx_engine_new(g_cust, s->store, dep, s->state, s->warm ? (size_t)2 << 30 : 0, 1);
+    if (!s->e) {
         eng_store_free(s->store);
         env_down();
         free(s);

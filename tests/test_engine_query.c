@@ -1,0 +1,508 @@
+/*
+ * test_engine_query.c - the encrypted IVF engine, queries: exact exhaustive search for every
+ * metric, trained IVF recall and compaction, SQ8, the screened scan, filters and paging, cosine and
+ * inner product.
+ * Run against the memory store and against Redis (fixture), on a
+ * throwaway SoftHSM token (tests/fixtures/fx_engine.h).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+
+#include "cdx_err.h"
+#include "cdx_hex.h"
+#include "eng.h"
+#include "eng_store.h"
+#include "fx_cunit.h"
+#include "fx_engine.h"
+#include "fx_tmp.h"
+#include "hsm_custody.h"
+#include "hsm_keys.h"
+
+/* Exhaustive (untrained) search is exact for every metric. */
+static void test_exact_metrics(void)
+{
+    eng_metric ms[4] = {ENG_METRIC_EUCLIDEAN, ENG_METRIC_SQUARED_EUCLIDEAN, ENG_METRIC_COSINE,
+                        ENG_METRIC_INNER_PRODUCT};
+    const size_t d = 24, n = 300, k = 10;
+    fx_dataset s;
+    fx_ds_make(&s, n, d, "x");
+    /* Unnormalised on purpose: scale rows differently. */
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < d; j++)
+            s.x[i * d + j] *= (float)(1 + i % 7);
+    for (int mi = 0; mi < 4; mi++) {
+        char name[64];
+        fx_uniq_name(name, "metric");
+        eng_index_info info;
+        fx_create(name, d, ms[mi], ENG_IVFFLAT, 0, &info);
+        fx_upsert(name, s.items, n);
+        for (int qi = 0; qi < 5; qi++) {
+            float q[24];
+            fx_rand_vec(q, d);
+            size_t want[10];
+            double wd[10];
+            fx_ref_topk(&s, NULL, ms[mi], q, k, want, wd);
+            eng_query qq = {.vectors = q, .nq = 1, .top_k = k, .want = ENG_WANT_DISTANCE};
+            eng_query_result *r = NULL;
+            CU_ASSERT_EQUAL_FATAL(eng_query_run(fx_eng, name, &qq, &r), CDX_OK);
+            CU_ASSERT_EQUAL(r->n[0], k);
+            for (size_t i = 0; i < r->n[0]; i++) {
+                CU_ASSERT_STRING_EQUAL(r->hits[0][i].id, s.ids[want[i]]);
+                CU_ASSERT_TRUE(fabs(r->hits[0][i].distance - wd[i]) < 1e-3 * (1 + fabs(wd[i])));
+            }
+            eng_query_result_free(r);
+        }
+        CU_ASSERT_EQUAL(eng_index_delete(fx_eng, name, info.id), CDX_OK);
+    }
+    fx_ds_free(&s);
+}
+
+static double recall(const char *name, const fx_dataset *s, eng_metric m, uint32_t nprobe,
+                     size_t nq)
+{
+    size_t hit = 0, k = 10;
+    for (size_t qi = 0; qi < nq; qi++) {
+        const float *q = s->x + (qi * 37 % s->n) * s->d;
+        size_t want[10];
+        fx_ref_topk(s, NULL, m, q, k, want, NULL);
+        eng_query qq = {.vectors = q, .nq = 1, .top_k = k, .n_probes = nprobe};
+        eng_query_result *r = NULL;
+        if (eng_query_run(fx_eng, name, &qq, &r) != CDX_OK)
+            return -1;
+        for (size_t i = 0; i < r->n[0]; i++)
+            for (size_t j = 0; j < k; j++)
+                if (!strcmp(r->hits[0][i].id, s->ids[want[j]]))
+                    hit++;
+        eng_query_result_free(r);
+    }
+    return (double)hit / (double)(nq * k);
+}
+
+static void test_train(void)
+{
+    const size_t d = 16, n = 2000;
+    fx_dataset s;
+    fx_make_blobs(&s, n, d, 16, 0);
+    eng_index_type types[2] = {ENG_IVFFLAT, ENG_IVFSQ8};
+    for (int t = 0; t < 2; t++) {
+        char name[64];
+        fx_uniq_name(name, "train");
+        eng_index_info info;
+        fx_create(name, d, ENG_METRIC_EUCLIDEAN, types[t], 16, &info);
+        fx_upsert(name, s.items, n / 2);
+        uint64_t v = 0;
+        cdx_err err = eng_train(fx_eng, name, NULL, &v);
+        if (err)
+            fprintf(stderr, "train: %s\n", cdx_err_detail());
+        CU_ASSERT_EQUAL_FATAL(err, CDX_OK);
+        /* Later upserts go to their cluster. */
+        fx_upsert(name, s.items + n / 2, n / 2);
+        CU_ASSERT_EQUAL(eng_index_describe(fx_eng, name, &info), CDX_OK);
+        CU_ASSERT_EQUAL(info.n_clusters, 16);
+        CU_ASSERT_EQUAL(info.count, n);
+        double r16 = recall(name, &s, ENG_METRIC_EUCLIDEAN, 16, 40);
+        double r4 = recall(name, &s, ENG_METRIC_EUCLIDEAN, 4, 40);
+        /* All clusters probed = exhaustive: exact for float, near-exact for SQ8 on floats. */
+        CU_ASSERT_TRUE(r16 >= (t ? 0.9 : 0.999));
+        CU_ASSERT_TRUE(r4 >= 0.8);
+        fprintf(stderr, "  [%s] recall@10 nprobe16=%.3f nprobe4=%.3f\n",
+                eng_index_type_name(types[t]), r16, r4);
+        /* Originals survive training exactly. */
+        const char *id = s.ids[123];
+        size_t l = strlen(id);
+        eng_get_result *g = NULL;
+        CU_ASSERT_EQUAL_FATAL(
+            eng_get(fx_eng, name, &id, &l, 1, ENG_WANT_VECTOR | ENG_WANT_METADATA, 0, &g), CDX_OK);
+        CU_ASSERT_EQUAL(memcmp(g->hits[0].vector, s.x + 123 * d, d * sizeof(float)), 0);
+        CU_ASSERT_STRING_EQUAL(g->hits[0].metadata, s.meta[123]);
+        eng_get_result_free(g);
+        /* Compaction keeps every answer. */
+        double before = recall(name, &s, ENG_METRIC_EUCLIDEAN, 4, 40);
+        CU_ASSERT_EQUAL(eng_compact(fx_eng, name, &v), CDX_OK);
+        CU_ASSERT_EQUAL(eng_index_describe(fx_eng, name, &info), CDX_OK);
+        CU_ASSERT_TRUE(info.segments <= 16);
+        CU_ASSERT_EQUAL(info.count, n);
+        CU_ASSERT_TRUE(fabs(recall(name, &s, ENG_METRIC_EUCLIDEAN, 4, 40) - before) < 1e-9);
+        /* Warming loads every block a query can need: the next queries miss nothing. */
+        uint64_t nb = 0;
+        eng_stats st0, st1;
+        CU_ASSERT_EQUAL(eng_index_warm(fx_eng, name, &nb), CDX_OK);
+        CU_ASSERT_EQUAL(nb, info.segments);
+        eng_get_stats(fx_eng, &st0);
+        CU_ASSERT_TRUE(fabs(recall(name, &s, ENG_METRIC_EUCLIDEAN, 16, 40) - r16) < 1e-9);
+        eng_get_stats(fx_eng, &st1);
+        CU_ASSERT_EQUAL(st1.cache_misses, st0.cache_misses);
+        CU_ASSERT_TRUE(st1.cache_hits > st0.cache_hits);
+        CU_ASSERT_EQUAL(eng_index_warm(fx_eng, "no-such-index", NULL), CDX_ERR_NOT_FOUND);
+        /* Per-thread stage times: this thread's query shows up, and reading resets them. */
+        uint64_t stg[ENG_STAGE_COUNT];
+        eng_thread_stages(stg);
+        CU_ASSERT_TRUE(recall(name, &s, ENG_METRIC_EUCLIDEAN, 4, 1) >= 0);
+        eng_thread_stages(stg);
+        CU_ASSERT_TRUE(stg[ENG_STAGE_HEAD] > 0 && stg[ENG_STAGE_COARSE] > 0 &&
+                       stg[ENG_STAGE_DISTANCE] > 0);
+        eng_thread_stages(stg);
+        CU_ASSERT_EQUAL(stg[ENG_STAGE_COARSE], 0);
+        CU_ASSERT_EQUAL(eng_index_delete(fx_eng, name, info.id), CDX_OK);
+    }
+    fx_ds_free(&s);
+}
+
+/* SQ8 is lossless on integer data spanning 0..255 per dimension. */
+static void test_sq8_exact(void)
+{
+    const size_t d = 32, n = 1500;
+    fx_dataset s;
+    fx_make_blobs(&s, n, d, 8, 1);
+    for (size_t j = 0; j < d; j++) { /* make every dim span 0..255 */
+        s.x[j] = 0;
+        s.x[d + j] = 255;
+    }
+    char name[64];
+    fx_uniq_name(name, "sq8");
+    eng_index_info info;
+    fx_create(name, d, ENG_METRIC_EUCLIDEAN, ENG_IVFSQ8, 8, &info);
+    fx_upsert(name, s.items, n);
+    eng_train_opts o = {.max_points_per_list = 256};
+    uint64_t v;
+    CU_ASSERT_EQUAL_FATAL(eng_train(fx_eng, name, &o, &v), CDX_OK);
+    for (int qi = 0; qi < 20; qi++) {
+        const float *q = s.x + (size_t)(qi * 71) * d;
+        size_t want[10];
+        double wd[10];
+        fx_ref_topk(&s, NULL, ENG_METRIC_EUCLIDEAN, q, 10, want, wd);
+        eng_query qq = {.vectors = q, .nq = 1, .top_k = 10, .n_probes = 8};
+        eng_query_result *r = NULL;
+        CU_ASSERT_EQUAL_FATAL(eng_query_run(fx_eng, name, &qq, &r), CDX_OK);
+        for (size_t i = 0; i < 10; i++)
+            CU_ASSERT_TRUE(fabs(r->hits[0][i].distance - wd[i]) < 1e-2 * (1 + wd[i]));
+        eng_query_result_free(r);
+    }
+    CU_ASSERT_EQUAL(eng_index_delete(fx_eng, name, info.id), CDX_OK);
+    fx_ds_free(&s);
+}
+
+/*
+ * Trained indexes screen rows by code bounds and rescore only the possible
+ * winners: the answers (ids, order, distance bits) must equal scoring every
+ * probed row, for every metric and type, lossy floats, with tombstones,
+ * duplicates (ties) and a filter; and the screen must actually prune.
+ */
+static void test_screen_equivalence(void)
+{
+    const size_t d = 40, n = 1600;
+    static const eng_metric metrics[] = {ENG_METRIC_EUCLIDEAN, ENG_METRIC_SQUARED_EUCLIDEAN,
+                                         ENG_METRIC_COSINE, ENG_METRIC_INNER_PRODUCT};
+    static const uint32_t probes[] = {1, 3, 16};
+    fx_dataset s;
+    fx_make_blobs(&s, n, d, 12, 0);
+    for (size_t i = 0; i < n; i += 50) /* exact duplicates: ties broken by position */
+        memcpy(s.x + (i + 1) * d, s.x + i * d, d * sizeof(float));
+    for (size_t i = 5; i < n; i += 97) /* other scales (inner product, cosine) */
+        for (size_t j = 0; j < d; j++)
+            s.x[i * d + j] *= 3.5f;
+    eng_stats st0, st1;
+    uint64_t screened = 0, rescored = 0; /* screened runs only */
+    size_t compared = 0;
+    for (int t = 0; t < 2; t++)
+        for (size_t mi = 0; mi < 4; mi++) {
+            eng_index_type type = t ? ENG_IVFSQ8 : ENG_IVFFLAT;
+            char name[64];
+            fx_uniq_name(name, "screen");
+            eng_index_info info;
+            fx_create(name, d, metrics[mi], type, 16, &info);
+            fx_upsert(name, s.items, n / 2);
+            uint64_t v = 0;
+            CU_ASSERT_EQUAL_FATAL(eng_train(fx_eng, name, NULL, &v), CDX_OK);
+            fx_upsert(name, s.items + n / 2, n / 2);
+            /* Tombstones: deletes and updates land in later segments. */
+            const char *del[8];
+            size_t dl[8];
+            for (int i = 0; i < 8; i++) {
+                del[i] = s.ids[i * 113 + 7];
+                dl[i] = strlen(del[i]);
+            }
+            uint64_t deleted = 0;
+            CU_ASSERT_EQUAL(eng_delete(fx_eng, name, del, dl, 8, &deleted, &v), CDX_OK);
+            for (size_t qi = 0; qi < 12; qi++) {
+                float q[40];
+                for (size_t j = 0; j < d; j++)
+                    q[j] = s.x[(qi * 131 % n) * d + j] + (qi % 3 ? fx_frand() * 0.5f : 0);
+                for (size_t pi = 0; pi < 3; pi++)
+                    for (int f = 0; f < 2; f++) {
+                        const char *flt = f ? "{\"even\": true}" : NULL;
+                        eng_query qq = {.vectors = q,
+                                        .nq = 1,
+                                        .top_k = 10,
+                                        .n_probes = probes[pi],
+                                        .filter = flt,
+                                        .filter_len = flt ? strlen(flt) : 0};
+                        eng_query_result *a = NULL, *b = NULL;
+                        eng_set_screen(fx_eng, true);
+                        eng_get_stats(fx_eng, &st0);
+                        CU_ASSERT_EQUAL_FATAL(eng_query_run(fx_eng, name, &qq, &a), CDX_OK);
+                        eng_get_stats(fx_eng, &st1);
+                        screened += st1.rows_screened - st0.rows_screened;
+                        rescored += st1.rows_rescored - st0.rows_rescored;
+                        eng_set_screen(fx_eng, false);
+                        CU_ASSERT_EQUAL_FATAL(eng_query_run(fx_eng, name, &qq, &b), CDX_OK);
+                        eng_set_screen(fx_eng, true);
+                        CU_ASSERT_EQUAL(a->n[0], b->n[0]);
+                        for (size_t i = 0; i < a->n[0] && i < b->n[0]; i++) {
+                            bool same = !strcmp(a->hits[0][i].id, b->hits[0][i].id) &&
+                                        memcmp(&a->hits[0][i].distance, &b->hits[0][i].distance,
+                                               sizeof(float)) == 0;
+                            CU_ASSERT(same);
+                            if (!same)
+                                fprintf(
+                                    stderr,
+                                    "\n  [screen %s %s] q%zu np%u f%d rank %zu: %s %.9g vs %s %.9g",
+                                    eng_index_type_name(type), eng_metric_name(metrics[mi]), qi,
+                                    probes[pi], f, i, a->hits[0][i].id, a->hits[0][i].distance,
+                                    b->hits[0][i].id, b->hits[0][i].distance);
+                        }
+                        compared++;
+                        eng_query_result_free(a);
+                        eng_query_result_free(b);
+                    }
+            }
+            CU_ASSERT_EQUAL(eng_index_delete(fx_eng, name, info.id), CDX_OK);
+        }
+    fprintf(stderr, "\n  screen: %zu query pairs equal; %llu rows bounded, %llu rescored\n",
+            compared, (unsigned long long)screened, (unsigned long long)rescored);
+    CU_ASSERT(compared == 2 * 4 * 12 * 3 * 2);
+    /* The screen must prune most rows (it is not silently scoring everything). */
+    CU_ASSERT(screened > 0 && rescored * 4 < screened);
+    fx_ds_free(&s);
+}
+
+static void test_filters_and_listing(void)
+{
+    const size_t d = 8, n = 400;
+    fx_dataset s;
+    fx_ds_make(&s, n, d, "f");
+    char name[64];
+    fx_uniq_name(name, "filt");
+    eng_index_info info;
+    fx_create(name, d, ENG_METRIC_SQUARED_EUCLIDEAN, ENG_IVFFLAT, 0, &info);
+    fx_upsert(name, s.items, n);
+    const char *flt = "{\"even\": true, \"n\": {\"$lt\": 100}}";
+    eng_query q = {.vectors = s.x,
+                   .nq = 1,
+                   .top_k = 100,
+                   .filter = flt,
+                   .filter_len = strlen(flt),
+                   .want = ENG_WANT_METADATA};
+    eng_query_result *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(eng_query_run(fx_eng, name, &q, &r), CDX_OK);
+    /* Fewer than top_k: only 50 items match (a selective filter). */
+    CU_ASSERT_EQUAL(r->n[0], 50);
+    for (size_t i = 0; i < r->n[0]; i++) {
+        size_t num = (size_t)atoi(r->hits[0][i].id + 1);
+        CU_ASSERT_TRUE(num % 2 == 0 && num < 100);
+        CU_ASSERT_STRING_EQUAL(r->hits[0][i].metadata, s.meta[num]);
+    }
+    eng_query_result_free(r);
+    /* Batch query over threads equals one-at-a-time. */
+    eng_query qb = {.vectors = s.x, .nq = 20, .top_k = 5};
+    CU_ASSERT_EQUAL_FATAL(eng_query_run(fx_eng, name, &qb, &r), CDX_OK);
+    for (size_t qi = 0; qi < 20; qi++)
+        CU_ASSERT_STRING_EQUAL(r->hits[qi][0].id, s.ids[qi]);
+    eng_query_result_free(r);
+    /* list_ids pages cover every id exactly once. */
+    char *cursor = NULL;
+    size_t total = 0;
+    bool *seen = calloc(n, sizeof(bool));
+    int pages = 0;
+    do {
+        char **ids, *next = NULL;
+        size_t *lens, k;
+        CU_ASSERT_EQUAL_FATAL(eng_list_ids(fx_eng, name, cursor, 33, &ids, &lens, &k, &next),
+                              CDX_OK);
+        for (size_t i = 0; i < k; i++) {
+            size_t num = (size_t)atoi(ids[i] + 1);
+            CU_ASSERT_FALSE(seen[num]);
+            seen[num] = true;
+        }
+        total += k;
+        eng_ids_free(ids, lens, k);
+        free(cursor);
+        cursor = next;
+        pages++;
+    } while (cursor && pages < 100);
+    CU_ASSERT_EQUAL(total, n);
+    CU_ASSERT_EQUAL(pages, (int)((n + 32) / 33));
+    free(seen);
+    /* A forged or altered cursor is refused. */
+    char **ids, *next = NULL;
+    size_t *lens, k;
+    CU_ASSERT_EQUAL(eng_list_ids(fx_eng, name, "00ff", 10, &ids, &lens, &k, &next),
+                    CDX_ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL_FATAL(eng_list_ids(fx_eng, name, NULL, 10, &ids, &lens, &k, &next), CDX_OK);
+    eng_ids_free(ids, lens, k);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(next);
+    next[strlen(next) - 3] = next[strlen(next) - 3] == 'a' ? 'b' : 'a';
+    CU_ASSERT_EQUAL(eng_list_ids(fx_eng, name, next, 10, &ids, &lens, &k, &cursor),
+                    CDX_ERR_INVALID_ARGUMENT);
+    free(next);
+    CU_ASSERT_EQUAL(eng_index_delete(fx_eng, name, info.id), CDX_OK);
+    fx_ds_free(&s);
+}
+
+static int run_q(const char *name, const float *qs, size_t nq, uint32_t k, uint32_t probes,
+                 eng_query_result **r)
+{
+    eng_query q = {
+        .vectors = qs, .nq = nq, .top_k = k, .n_probes = probes, .want = ENG_WANT_DISTANCE};
+    cdx_err err = eng_query_run(fx_eng, name, &q, r);
+    if (err)
+        fprintf(stderr, "query %s: %s: %s\n", name, cdx_err_name(err), cdx_err_detail());
+    return err;
+}
+
+static void test_cosine_ip_scale(void)
+{
+    const size_t d = 16, n = 400, nq = 20, k = 10;
+    fx_dataset nrm, scl;
+    fx_make_blobs(&nrm, n, d, 8, 0);
+    fx_ds_make(&scl, n, d, "b"); /* same ids as the blobs */
+    for (size_t i = 0; i < n; i++) {
+        float *x = nrm.x + i * d, *y = scl.x + i * d;
+        double ss = 0;
+        for (size_t j = 0; j < d; j++)
+            ss += (double)x[j] * x[j];
+        for (size_t j = 0; j < d; j++)
+            x[j] = (float)(x[j] / sqrt(ss));
+        float f = (float)exp(3.0 * fx_frand()); /* 0.05 .. 20 */
+        for (size_t j = 0; j < d; j++)
+            y[j] = x[j] * f;
+    }
+    float qs[20 * 16];
+    for (size_t qi = 0; qi < nq; qi++) {
+        float f = (float)exp(2.0 * fx_frand());
+        for (size_t j = 0; j < d; j++) /* half near data points, half random */
+            qs[qi * d + j] =
+                (qi % 2 ? fx_frand() : nrm.x[(qi * 17) * d + j] + 0.1f * fx_frand()) * f;
+    }
+    char cn[64], cs[64], ipn[64];
+    fx_uniq_name(cn, "cosnorm");
+    fx_uniq_name(cs, "cosscaled");
+    fx_uniq_name(ipn, "ipnorm");
+    eng_index_info a, b, c;
+    fx_create(cn, d, ENG_METRIC_COSINE, ENG_IVFFLAT, 8, &a);
+    fx_create(cs, d, ENG_METRIC_COSINE, ENG_IVFFLAT, 8, &b);
+    fx_create(ipn, d, ENG_METRIC_INNER_PRODUCT, ENG_IVFFLAT, 8, &c);
+    fx_upsert(cn, nrm.items, n);
+    fx_upsert(cs, scl.items, n);
+    fx_upsert(ipn, nrm.items, n);
+    const char *names[3] = {cn, cs, ipn};
+    eng_index_info *infos[3] = {&a, &b, &c};
+    for (int i = 0; i < 3; i++) {
+        uint64_t v;
+        CU_ASSERT_EQUAL_FATAL(eng_train(fx_eng, names[i], NULL, &v), CDX_OK);
+        CU_ASSERT_EQUAL(eng_index_describe(fx_eng, names[i], infos[i]), CDX_OK);
+        CU_ASSERT_EQUAL(infos[i]->n_clusters, 8);
+    }
+    eng_query_result *rn = NULL, *rs = NULL, *ri = NULL;
+    CU_ASSERT_EQUAL_FATAL(run_q(cn, qs, nq, k, 8, &rn), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(run_q(cs, qs, nq, k, 8, &rs), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(run_q(ipn, qs, nq, k, 8, &ri), CDX_OK);
+    int id_diff = 0, dist_diff = 0, ip_diff = 0, ref_diff = 0;
+    for (size_t qi = 0; qi < nq; qi++) {
+        const float *q = qs + qi * d;
+        double qn = 0;
+        for (size_t j = 0; j < d; j++)
+            qn += (double)q[j] * q[j];
+        qn = sqrt(qn);
+        size_t want[10];
+        double wd[10];
+        fx_ref_topk(&nrm, NULL, ENG_METRIC_COSINE, q, k, want, wd);
+        CU_ASSERT_EQUAL(rn->n[qi], k);
+        CU_ASSERT_EQUAL(rs->n[qi], k);
+        CU_ASSERT_EQUAL(ri->n[qi], k);
+        for (size_t i = 0; i < k && i < rn->n[qi] && i < rs->n[qi] && i < ri->n[qi]; i++) {
+            const eng_hit *hn = &rn->hits[qi][i], *hs = &rs->hits[qi][i], *hi = &ri->hits[qi][i];
+            /* Cosine ignores scale: the same ids and distances. */
+            if (strcmp(hn->id, hs->id)) {
+                id_diff++;
+                fprintf(stderr, "\n  [cos] q%zu rank %zu: normalised %s (%g), scaled %s (%g)", qi,
+                        i, hn->id, hn->distance, hs->id, hs->distance);
+            }
+            if (fabsf(hn->distance - hs->distance) > 1e-4f) {
+                dist_diff++;
+                fprintf(stderr, "\n  [cos] q%zu rank %zu: distance %g vs %g", qi, i, hn->distance,
+                        hs->distance);
+            }
+            /* On unit vectors, inner product ranks like cosine: -<q,x> = (cos dist - 1)|q|. */
+            if (strcmp(hn->id, hi->id) ||
+                fabs(hi->distance - (hn->distance - 1.0) * qn) > 1e-4 * (1 + qn)) {
+                ip_diff++;
+                fprintf(stderr, "\n  [ip] q%zu rank %zu: %s (%g), cosine %s (%g)", qi, i, hi->id,
+                        hi->distance, hn->id, hn->distance);
+            }
+            if (strcmp(hn->id, nrm.ids[want[i]]) || fabs(hn->distance - wd[i]) > 1e-4) {
+                ref_diff++;
+                fprintf(stderr, "\n  [cos] q%zu rank %zu: %s (%g), brute force %s (%g)", qi, i,
+                        hn->id, hn->distance, nrm.ids[want[i]], wd[i]);
+            }
+        }
+    }
+    if (id_diff + dist_diff + ip_diff + ref_diff)
+        fputc('\n', stderr);
+    CU_ASSERT_EQUAL(id_diff, 0);
+    CU_ASSERT_EQUAL(dist_diff, 0);
+    CU_ASSERT_EQUAL(ip_diff, 0);
+    CU_ASSERT_EQUAL(ref_diff, 0);
+    eng_query_result_free(rn);
+    eng_query_result_free(rs);
+    eng_query_result_free(ri);
+    /* The scaled originals are stored as given, not normalised. */
+    const char *ids[4] = {scl.ids[0], scl.ids[77], scl.ids[211], scl.ids[399]};
+    size_t lens[4] = {strlen(ids[0]), strlen(ids[1]), strlen(ids[2]), strlen(ids[3])};
+    size_t rows[4] = {0, 77, 211, 399};
+    eng_get_result *g = NULL;
+    CU_ASSERT_EQUAL_FATAL(eng_get(fx_eng, cs, ids, lens, 4, ENG_WANT_VECTOR, 0, &g), CDX_OK);
+    for (int i = 0; i < 4; i++) {
+        CU_ASSERT_TRUE_FATAL(g->found[i]);
+        CU_ASSERT_EQUAL(memcmp(g->hits[i].vector, scl.x + rows[i] * d, d * sizeof(float)), 0);
+    }
+    eng_get_result_free(g);
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(eng_index_delete(fx_eng, names[i], infos[i]->id), CDX_OK);
+    fx_ds_free(&nrm);
+    fx_ds_free(&scl);
+}
+
+static const fx_test tests[] = {
+    {"exhaustive search exact for all metrics", test_exact_metrics},
+    {"train, recall, compaction", test_train},
+    {"IVFSQ8 lossless on 0..255 integers", test_sq8_exact},
+    {"screened scan answers = full scan", test_screen_equivalence},
+    {"filters and list_ids paging", test_filters_and_listing},
+    {"cosine ignores scale; inner product on unit vectors", test_cosine_ip_scale},
+};
+
+int main(void)
+{
+    static const fx_suite suites[] = {
+        {.name = "engine/memory",
+         .init = fx_engine_init_memory,
+         .clean = fx_engine_clean,
+         .tests = tests,
+         .ntests = FX_LEN(tests),
+         .setup = fx_engine_test_setup},
+        {.name = "engine/redis",
+         .init = fx_engine_init_redis,
+         .clean = fx_engine_clean,
+         .tests = tests,
+         .ntests = FX_LEN(tests),
+         .setup = fx_engine_test_setup},
+    };
+    return fx_cunit_run(suites, FX_LEN(suites));
+}
