@@ -22,7 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "app_config.h"
+#include "app_addr.h"
 #include "cdx_limits.h"
 #include "wire_frame.h"
 
