@@ -65,7 +65,6 @@ static cdx_err wait_fd(app_client *c, short ev)
     return CDX_OK;
 }
 
-
 /*
  * TLS asked to wait for the socket (a read may need a write and the other way
  * round): wait, *err the outcome, and true. False for any other condition.
@@ -124,7 +123,6 @@ static cdx_err io_xfer(app_client *c, uint8_t *p, size_t n, bool out)
     }
     return CDX_OK;
 }
-
 
 /*
  * A write to a connection the server closed raises SIGPIPE, which would kill
@@ -456,7 +454,8 @@ cdx_err app_client_create_index(app_client *c, const app_index_spec *spec, wire_
     ci.n_lists = spec->n_lists;
     if (spec->key_source == APP_KEY_UNWRAP) {
         uk.kek_name = str(spec->kek_name);
-        uk.wrapped_key = (ProtobufCBinaryData){spec->wrapped_len, (uint8_t *)(uintptr_t)spec->wrapped};
+        uk.wrapped_key =
+            (ProtobufCBinaryData){spec->wrapped_len, (uint8_t *)(uintptr_t)spec->wrapped};
         ci.key_source_case = CIPHERDEX__V1__CREATE_INDEX_REQUEST__KEY_SOURCE_UNWRAP_KEY;
         ci.unwrap_key = &uk;
     } else if (spec->key_source == APP_KEY_ADOPT) {

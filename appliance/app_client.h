@@ -137,12 +137,12 @@ typedef struct app_item {
 /* query: one or more vectors of the index's dimension, row-major. */
 typedef struct app_query_spec {
     const float *vectors;
-    size_t n_floats;        /* number of floats in vectors (queries x dimension) */
-    uint32_t top_k;         /* 0: the server's default */
-    uint32_t n_probes;      /* 0: the server's default */
-    const char *filter;     /* JSON filter text, or NULL */
-    unsigned include;       /* APP_INCLUDE_* */
-    uint64_t min_version;   /* 0: any */
+    size_t n_floats;      /* number of floats in vectors (queries x dimension) */
+    uint32_t top_k;       /* 0: the server's default */
+    uint32_t n_probes;    /* 0: the server's default */
+    const char *filter;   /* JSON filter text, or NULL */
+    unsigned include;     /* APP_INCLUDE_* */
+    uint64_t min_version; /* 0: any */
 } app_query_spec;
 
 CDX_MUST_CHECK cdx_err app_client_health(app_client *c, wire_response **out);
@@ -171,8 +171,8 @@ CDX_MUST_CHECK cdx_err app_client_upsert(app_client *c, const char *index, const
 CDX_MUST_CHECK cdx_err app_client_upsert_send(app_client *c, const char *index,
                                               const app_item *items, size_t n, uint64_t *id);
 
-CDX_MUST_CHECK cdx_err app_client_query(app_client *c, const char *index,
-                                        const app_query_spec *q, wire_response **out);
+CDX_MUST_CHECK cdx_err app_client_query(app_client *c, const char *index, const app_query_spec *q,
+                                        wire_response **out);
 
 /* include: APP_INCLUDE_*; min_version 0: any. */
 CDX_MUST_CHECK cdx_err app_client_get(app_client *c, const char *index, const char *const *ids,

@@ -538,12 +538,12 @@ static const struct op_def {
     {CIPHERDEX__V1__REQUEST__BODY_HEALTH, APP_OP_HEALTH, NEED_NONE, index_none, do_health},
     {CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX, APP_OP_CREATE_INDEX, NEED_ADMIN, index_create,
      do_create},
-    {CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX, APP_OP_DESCRIBE_INDEX, NEED_READ,
-     index_describe, do_describe},
+    {CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX, APP_OP_DESCRIBE_INDEX, NEED_READ, index_describe,
+     do_describe},
     {CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES, APP_OP_LIST_INDEXES, NEED_READ, index_none,
      do_list_indexes},
-    {CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX, APP_OP_DELETE_INDEX, NEED_ADMIN,
-     index_delete_index, do_delete_index},
+    {CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX, APP_OP_DELETE_INDEX, NEED_ADMIN, index_delete_index,
+     do_delete_index},
     {CIPHERDEX__V1__REQUEST__BODY_TRAIN, APP_OP_TRAIN, NEED_ADMIN, index_train, do_train},
     {CIPHERDEX__V1__REQUEST__BODY_UPSERT, APP_OP_UPSERT, NEED_WRITE, index_upsert, do_upsert},
     {CIPHERDEX__V1__REQUEST__BODY_QUERY, APP_OP_QUERY, NEED_READ, index_query, do_query},
@@ -576,8 +576,8 @@ static bool is_admin(const app_config *cfg, const char *principal)
  * authenticated principal may read and write; NEED_ADMIN needs a principal
  * listed in [server] admins.
  */
-static cdx_err authorize(const app_dispatch_env *env, const char *principal,
-                         const struct op_def *d, const char *index)
+static cdx_err authorize(const app_dispatch_env *env, const char *principal, const struct op_def *d,
+                         const char *index)
 {
     (void)index;
     if (d->need != NEED_ADMIN || is_admin(env->cfg, principal))
