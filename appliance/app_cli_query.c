@@ -228,15 +228,14 @@ int cli_query(cli *x, cli_args *a)
     }
     float *q = NULL;
     size_t nq = 0, d = 0;
-    char err[512];
     if (vec) {
         int rc = parse_vector(vec, &q, &d);
         if (rc)
             return rc;
         nq = 1;
     } else if (file) {
-        if (app_vecs_load(file, &q, &nq, &d, err, sizeof(err))) {
-            fprintf(stderr, "cipherdex: %s\n", err);
+        if (app_vecs_load(file, &q, &nq, &d)) {
+            fprintf(stderr, "cipherdex: %s\n", cdx_err_detail());
             return 1;
         }
         if (limit && limit < nq)
@@ -248,15 +247,23 @@ int cli_query(cli *x, cli_args *a)
     if (gt_base) { /* exact top-k over the base file, for recall@k */
         float *base = NULL;
         size_t nb = 0, db = 0;
-        if (app_vecs_load(gt_base, &base, &nb, &db, err, sizeof(err)) || db != d) {
-            fprintf(stderr, "cipherdex: ground truth: %s\n", db != d ? "dimension differs" : err);
+        /* A base file that does not load leaves db 0: reported as "dimension differs". */
+        if (app_vecs_load(gt_base, &base, &nb, &db) || db != d) {
+            fprintf(stderr, "cipherdex: ground truth: %s\n",
+                    db != d ? "dimension differs" : cdx_err_detail());
             return 1;
         }
         gt = malloc(nq * top_k * sizeof(int64_t));
         if (isatty(2))
             fprintf(stderr, "computing exact ground truth (%zu x %zu)...\n", nq, nb);
-        app_vecs_ground_truth(base, nb, q, nq, d, top_k, gt);
+        cdx_err ge = app_vecs_ground_truth(base, nb, q, nq, d, top_k, gt);
         free(base);
+        if (ge) {
+            fprintf(stderr, "cipherdex: ground truth: %s\n", cdx_err_detail());
+            free(gt);
+            free(q);
+            return 1;
+        }
     }
     double *lat = malloc(nq * sizeof(double));
     int64_t *res = gt ? malloc(nq * top_k * sizeof(int64_t)) : NULL;

@@ -153,17 +153,16 @@ int cli_upsert(cli *x, cli_args *a)
     if (!file)
         return cli_usage("upsert needs --file (.fvecs, .bvecs, IDX images, or .jsonl)");
     size_t nlab = 0;
-    char err[512];
     u.jsonl = ends_with(file, ".jsonl") || ends_with(file, ".json");
     if (u.jsonl) {
         if (load_jsonl(file, &u.jl, &u.n))
             return 1;
-    } else if (app_vecs_load(file, &u.x, &u.n, &u.d, err, sizeof(err))) {
-        fprintf(stderr, "cipherdex: %s\n", err);
+    } else if (app_vecs_load(file, &u.x, &u.n, &u.d)) {
+        fprintf(stderr, "cipherdex: %s\n", cdx_err_detail());
         return 1;
     }
-    if (labels && app_vecs_load_idx_labels(labels, &u.lab, &nlab, err, sizeof(err))) {
-        fprintf(stderr, "cipherdex: %s\n", err);
+    if (labels && app_vecs_load_idx_labels(labels, &u.lab, &nlab)) {
+        fprintf(stderr, "cipherdex: %s\n", cdx_err_detail());
         return 1;
     }
     if (labels && nlab != u.n) {
