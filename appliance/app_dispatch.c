@@ -580,7 +580,7 @@ static cdx_err authorize(const app_dispatch_env *env, const char *principal, con
                          const char *index)
 {
     (void)index;
-    if (d->need != NEED_ADMIN || is_admin(env->cfg, principal))
+    if (d->need != NEED_ADMIN || (env->cfg && is_admin(env->cfg, principal)))
         return CDX_OK;
     return cdx_fail(CDX_ERR_PERMISSION_DENIED,
                     "%s needs an admin principal; `%s` is not in [server] admins",
