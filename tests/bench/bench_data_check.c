@@ -154,6 +154,17 @@ static void test_idx(void)
     CHECK(app_vecs_load_idx_labels(path_of("labels-long"), &l, &n) != CDX_OK);
     put("labels-3d", buf, len, false);
     CHECK(app_vecs_load_idx_labels(path_of("labels-3d"), &l, &n) != CDX_OK);
+
+    /* The documented codes: a missing file, hostile content, an unknown name; *out stays NULL. */
+    float *x = (float *)1;
+    size_t nx = 0, dx = 0;
+    CHECK(app_vecs_load(path_of("no-such.fvecs"), &x, &nx, &dx) == CDX_ERR_NOT_FOUND && !x);
+    CHECK(strstr(cdx_err_detail(), "cannot open") != NULL);
+    x = (float *)1;
+    CHECK(app_vecs_load_idx(path_of("magic"), &x, &nx, &dx) == CDX_ERR_INVALID_ARGUMENT && !x);
+    CHECK(strstr(cdx_err_detail(), "IDX magic") != NULL);
+    CHECK(app_vecs_load(path_of("labels"), &x, &nx, &dx) == CDX_ERR_INVALID_ARGUMENT && !x);
+    CHECK(strstr(cdx_err_detail(), "unknown format") != NULL);
 }
 
 static void le(unsigned char *b, uint32_t v)
