@@ -66,6 +66,39 @@ static cdx_err wait_fd(app_client *c, short ev)
 }
 
 /*
+ * A write to a connection the server closed raises SIGPIPE, which would kill
+ * the calling program. SSL_write has no MSG_NOSIGNAL, so the signal is
+ * blocked for this thread around every TLS call that may write (SSL_connect,
+ * SSL_write, SSL_read: TLS reads can write alerts, SSL_shutdown) and a
+ * SIGPIPE it caused is consumed: the caller gets CDX_ERR_UNAVAILABLE instead.
+ * (A server that drops a slow handshake used to kill a client program here.)
+ */
+typedef struct pipe_guard {
+    sigset_t set, old;
+    bool was_pending;
+} pipe_guard;
+
+static void pipe_block(pipe_guard *g)
+{
+    sigset_t pending;
+    sigemptyset(&g->set);
+    sigaddset(&g->set, SIGPIPE);
+    sigpending(&pending);
+    g->was_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &g->set, &g->old);
+}
+
+static void pipe_restore(pipe_guard *g)
+{
+    if (!g->was_pending) { /* consume a SIGPIPE our write raised */
+        struct timespec zero = {0, 0};
+        while (sigtimedwait(&g->set, NULL, &zero) == SIGPIPE)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+/*
  * TLS asked to wait for the socket (a read may need a write and the other way
  * round): wait, *err the outcome, and true. False for any other condition.
  */
@@ -81,7 +114,7 @@ static bool ssl_wait(app_client *c, int ssl_error, cdx_err *err)
  * Move n bytes to (out) or from the server, waiting on the socket as TLS or
  * TCP asks (a TLS write may need a read and the other way round).
  */
-static cdx_err io_xfer(app_client *c, uint8_t *p, size_t n, bool out)
+static cdx_err io_xfer_unguarded(app_client *c, uint8_t *p, size_t n, bool out)
 {
     const char *what = out ? "sending to the server failed" : "reading from the server failed";
     while (n) {
@@ -124,56 +157,24 @@ static cdx_err io_xfer(app_client *c, uint8_t *p, size_t n, bool out)
     return CDX_OK;
 }
 
-/*
- * A write to a connection the server closed raises SIGPIPE, which would kill
- * the calling program. SSL_write and SSL_connect have no MSG_NOSIGNAL, so the
- * signal is blocked for this thread around every TLS write (the handshake
- * included) and a SIGPIPE it caused is consumed: the caller gets an error
- * instead.
- */
-typedef struct pipe_guard {
-    sigset_t set, old;
-    bool was_pending;
-} pipe_guard;
-
-static void pipe_block(pipe_guard *g)
-{
-    sigset_t pending;
-    sigemptyset(&g->set);
-    sigaddset(&g->set, SIGPIPE);
-    sigpending(&pending);
-    g->was_pending = sigismember(&pending, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &g->set, &g->old);
-}
-
-static void pipe_restore(pipe_guard *g)
-{
-    if (!g->was_pending) { /* consume a SIGPIPE our write raised */
-        struct timespec zero = {0, 0};
-        while (sigtimedwait(&g->set, NULL, &zero) == SIGPIPE)
-            ;
-    }
-    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
-}
-
-/* A TLS read may write too (an alert, a key update): guarded like a write. */
-static cdx_err io_read(app_client *c, uint8_t *p, size_t n)
+static cdx_err io_xfer(app_client *c, uint8_t *p, size_t n, bool out)
 {
     pipe_guard g;
     pipe_block(&g);
-    cdx_err err = io_xfer(c, p, n, false);
+    cdx_err err = io_xfer_unguarded(c, p, n, out);
     pipe_restore(&g);
     return err;
+}
+
+static cdx_err io_read(app_client *c, uint8_t *p, size_t n)
+{
+    return io_xfer(c, p, n, false);
 }
 
 static cdx_err io_write(app_client *c, const uint8_t *p, size_t n)
 {
-    pipe_guard g;
-    pipe_block(&g);
     /* Only read from p: io_xfer's pointer is not const because it also reads into it. */
-    cdx_err err = io_xfer(c, (uint8_t *)(uintptr_t)p, n, true);
-    pipe_restore(&g);
-    return err;
+    return io_xfer(c, (uint8_t *)(uintptr_t)p, n, true);
 }
 
 static cdx_err tcp_connect(app_client *c, const char *host, uint16_t port)
@@ -217,7 +218,7 @@ static cdx_err tcp_connect(app_client *c, const char *host, uint16_t port)
     return err;
 }
 
-/* The TLS handshake, waiting on the socket as TLS asks (SIGPIPE blocked by the caller). */
+/* Drive SSL_connect to the end (the caller holds the SIGPIPE guard). */
 static cdx_err handshake(app_client *c)
 {
     for (;;) {

@@ -253,7 +253,11 @@ static void conn_process(conn *c)
                 conn_close(c, "oom");
                 return;
             }
-            wire_dec_take(c->dec, &r->frame, &r->len);
+            if (wire_dec_take(c->dec, &r->frame, &r->len) != CDX_OK) { /* ready: cannot fail */
+                free(r);
+                conn_close(c, "frame");
+                return;
+            }
             r->job.run = run_job;
             r->c = c;
             r->charge = app_flow_frame_done(&c->flow, t);
@@ -396,8 +400,12 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* small answers, no Nagle */
     c->dec = wire_dec_new((size_t)s->cfg->max_frame_bytes);
     c->tls = s->tls != NULL;
-    if (c->dec && !c->tls)
-        wire_dec_set_first_max(c->dec, CDX_FRAME_FIRST_INSECURE);
+    /* A cap below the first-frame cap already bounds the first frame. */
+    if (c->dec && !c->tls && (size_t)s->cfg->max_frame_bytes > CDX_FRAME_FIRST_INSECURE &&
+        wire_dec_set_first_max(c->dec, CDX_FRAME_FIRST_INSECURE) != CDX_OK) {
+        wire_dec_free(c->dec);
+        c->dec = NULL;
+    }
     if (c->tls) {
         SSL *ssl = app_tls_ssl_new(s->tls);
         c->bev = ssl ? bufferevent_openssl_socket_new(s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,

@@ -1,5 +1,5 @@
 /*
- * eng_filter.h - Mongo-style metadata filters (DESIGN §5, docs/FILTERS.md).
+ * eng_filter.h - Mongo-style metadata filters (docs/FILTERS.md).
  *
  * A filter is JSON text such as {"price": {"$gt": 5}, "tags": "red"}. It is
  * parsed once into a small tree (eng_filter) and then evaluated against the

@@ -1,7 +1,7 @@
 /*
  * eng_json.h - strict JSON parsing for item metadata and filters (jansson).
  *
- * Metadata and filters arrive as JSON text (DESIGN §5). They are parsed
+ * Metadata and filters arrive as JSON text (docs/WIRE.md, docs/FILTERS.md). They are parsed
  * strictly: one JSON object, bounded length and nesting depth, no duplicate
  * keys, valid UTF-8, no NUL in strings or keys, numbers within int64 (integers)
  * or finite doubles (reals).

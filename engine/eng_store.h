@@ -14,6 +14,13 @@
  * reach / lost connection / crashed wrapper), CDX_ERR_RESOURCE_EXHAUSTED
  * (a reply or value over the limits), CDX_ERR_INTERNAL (protocol surprise,
  * raw reply logged), CDX_ERR_INVALID_ARGUMENT (bad key or argument).
+ * Unless a function says otherwise these are the errors of every operation
+ * below. On error mget, getrange, scan and watch leave their outputs empty
+ * (values freed, *keys and *txn NULL); setnx's created[] and commit's
+ * *committed still tell what was written.
+ *
+ * Functions whose error must not be dropped are CDX_MUST_CHECK. A delete is
+ * not: it is idempotent, and cleanup may ignore a failed one.
  */
 #ifndef ENG_STORE_H
 #define ENG_STORE_H
@@ -47,34 +54,49 @@ typedef struct eng_range {
     uint64_t len;
 } eng_range;
 
-/* Free the data of n values (the array itself is the caller's). */
+/* Free the data of n values and zero them (the array is the caller's); NULL is a no-op. */
 void eng_vals_free(eng_val *v, size_t n);
 
 /* ---- backends ---- */
 
+/*
+ * Options of the Redis backend. password_file is read at every connect
+ * (never from argv or the config), with hsm_secfile_read: no symlink, a
+ * regular file without group or other access, at most CDX_STORE_PASSWORD_MAX
+ * bytes, one trailing "\n" or "\r\n" stripped; it needs hsm_secmem_init.
+ */
 typedef struct eng_redis_opts {
     const char *host;          /* "127.0.0.1"; ignored when unix_path is set */
     int port;                  /* 6379 if 0 */
     const char *unix_path;     /* unix socket instead of TCP */
-    const char *user;          /* ACL user (AUTH user pass); NULL: AUTH pass only if a password is set */
-    const char *password_file; /* password read from this file (never from argv/config) */
+    const char *user;          /* ACL user (AUTH user pass); NULL: AUTH pass if a password is set */
+    const char *password_file; /* NULL: no AUTH */
     unsigned connections;      /* pool size; 0 = 8 */
     uint32_t timeout_ms;       /* connect and I/O timeout; 0 = 5000 */
-    bool allow_unsafe_durability; /* start although appendonly=no / appendfsync=no / evicting policy */
+    /* Start although appendonly=no / appendfsync=no / an evicting policy. */
+    bool allow_unsafe_durability;
 } eng_redis_opts;
 
 /*
  * Open the in-process memory store (logs a loud warning: data is lost on exit).
  * Errors: CDX_ERR_RESOURCE_EXHAUSTED.
  */
-cdx_err eng_store_memory_new(eng_store **out);
+CDX_MUST_CHECK cdx_err eng_store_memory_new(eng_store **out);
 
 /*
- * Connect to Redis, check durability (eng_store_check) and return the store.
+ * Connect to Redis, check durability (eng_store_check) and return the store
+ * (free with eng_store_free). o's strings are copied. Ignores SIGPIPE if it
+ * is at its default disposition. With a password_file, the secret arena
+ * must be initialised (hsm_secmem_init) for the store's whole life: the
+ * file is read again at every connect, so it can be rotated.
  * Errors: CDX_ERR_STORE_UNAVAILABLE (cannot connect, AUTH refused),
- * CDX_ERR_CONFIG (unsafe durability without allow_unsafe_durability, bad options).
+ * CDX_ERR_CONFIG (unsafe durability without allow_unsafe_durability, bad
+ * options, password_file missing, a symlink, not a regular file, accessible
+ * by group or others, empty or too long), CDX_ERR_RESOURCE_EXHAUSTED (out of
+ * memory, or the secret arena full or not initialised), CDX_ERR_INTERNAL
+ * (unexpected reply, raw reply logged). *out is NULL on error.
  */
-cdx_err eng_store_redis_new(const eng_redis_opts *o, eng_store **out);
+CDX_MUST_CHECK cdx_err eng_store_redis_new(const eng_redis_opts *o, eng_store **out);
 
 /*
  * Wrap `inner` (which the wrapper then owns) with fault injection: after
@@ -84,10 +106,23 @@ cdx_err eng_store_redis_new(const eng_redis_opts *o, eng_store **out);
  * at that point; writes before it in the same batch are applied.
  * eng_store_fault_disarm() "restarts": calls work again. Also counts writes
  * (eng_store_fault_writes) so a test can enumerate every crash point.
+ * Errors: CDX_ERR_INVALID_ARGUMENT (inner or out NULL),
+ * CDX_ERR_RESOURCE_EXHAUSTED (inner is then still the caller's).
  */
-cdx_err eng_store_fault_new(eng_store *inner, eng_store **out);
+CDX_MUST_CHECK cdx_err eng_store_fault_new(eng_store *inner, eng_store **out);
+
+/*
+ * Arm the wrapper: the nth_write-th write from now fails and the store
+ * "crashes" (0: it has crashed already). Re-arming replaces the previous
+ * count. A store that is not a fault wrapper (or NULL) is left alone.
+ * Thread-safe.
+ */
 void eng_store_fault_arm(eng_store *s, uint64_t nth_write);
+
+/* Restart the wrapper (disarmed, not crashed). Not a wrapper or NULL: no-op. Thread-safe. */
 void eng_store_fault_disarm(eng_store *s);
+
+/* Writes counted since the wrapper was made (as arming counts them); 0 if not one. Thread-safe. */
 uint64_t eng_store_fault_writes(eng_store *s);
 
 /* Close and free; NULL is a no-op. */
@@ -99,22 +134,23 @@ const char *eng_store_kind(const eng_store *s);
 /* ---- operations ---- */
 
 /* Fetch n keys (MGET). out[i] for keys[i]. */
-cdx_err eng_store_mget(eng_store *s, const char *const *keys, size_t n, eng_val *out);
+CDX_MUST_CHECK cdx_err eng_store_mget(eng_store *s, const char *const *keys, size_t n,
+                                      eng_val *out);
 
 /*
  * Fetch n byte ranges (pipelined GETRANGE). A range past the end is
  * truncated like Redis does; a missing key gives found=false.
  */
-cdx_err eng_store_getrange(eng_store *s, const eng_range *r, size_t n, eng_val *out);
+CDX_MUST_CHECK cdx_err eng_store_getrange(eng_store *s, const eng_range *r, size_t n, eng_val *out);
 
 /*
  * Write n keys that must not exist yet (pipelined SET NX). created[i] tells
  * whether kv[i] was written (false: the key existed and was left alone).
  */
-cdx_err eng_store_setnx(eng_store *s, const eng_kv *kv, size_t n, bool *created);
+CDX_MUST_CHECK cdx_err eng_store_setnx(eng_store *s, const eng_kv *kv, size_t n, bool *created);
 
 /* Overwrite n keys (pipelined SET); for catalog state changes only. */
-cdx_err eng_store_set(eng_store *s, const eng_kv *kv, size_t n);
+CDX_MUST_CHECK cdx_err eng_store_set(eng_store *s, const eng_kv *kv, size_t n);
 
 /* Delete n keys (pipelined DEL); *deleted counts those that existed (may be NULL). */
 cdx_err eng_store_del(eng_store *s, const char *const *keys, size_t n, uint64_t *deleted);
@@ -125,8 +161,10 @@ cdx_err eng_store_del(eng_store *s, const char *const *keys, size_t n, uint64_t 
  * malloc'ed array of malloc'ed strings (eng_keys_free). A key may be
  * returned more than once; keys present throughout are returned at least once.
  */
-cdx_err eng_store_scan(eng_store *s, const char *match, uint64_t *cursor, char ***keys,
-                       size_t *n);
+CDX_MUST_CHECK cdx_err eng_store_scan(eng_store *s, const char *match, uint64_t *cursor,
+                                      char ***keys, size_t *n);
+
+/* Free n keys returned by eng_store_scan, and the array; NULL is a no-op. */
 void eng_keys_free(char **keys, size_t n);
 
 /* ---- optimistic transactions (WATCH/MULTI/EXEC on one connection) ---- */
@@ -137,14 +175,14 @@ typedef struct eng_txn eng_txn;
  * WATCH `key` and read its current value into *cur. The connection stays
  * pinned to the transaction until commit or abort.
  */
-cdx_err eng_store_watch(eng_store *s, const char *key, eng_txn **txn, eng_val *cur);
+CDX_MUST_CHECK cdx_err eng_store_watch(eng_store *s, const char *key, eng_txn **txn, eng_val *cur);
 
 /*
  * MULTI, SET each kv, EXEC. *committed=false if a watched key changed since
  * eng_store_watch (nothing was written). Frees the transaction either way.
  * Keys must hash to one slot (braced) for a future cluster backend.
  */
-cdx_err eng_store_commit(eng_txn *t, const eng_kv *kv, size_t n, bool *committed);
+CDX_MUST_CHECK cdx_err eng_store_commit(eng_txn *t, const eng_kv *kv, size_t n, bool *committed);
 
 /* UNWATCH and free; NULL is a no-op. */
 void eng_store_abort(eng_txn *t);
@@ -157,6 +195,6 @@ void eng_store_abort(eng_txn *t);
  * appendfsync no, any evicting policy) — the caller decides whether it was
  * explicitly allowed. The memory store returns CDX_OK with "memory (volatile)".
  */
-cdx_err eng_store_check(eng_store *s, char *desc, size_t cap);
+CDX_MUST_CHECK cdx_err eng_store_check(eng_store *s, char *desc, size_t cap);
 
 #endif

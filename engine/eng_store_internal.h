@@ -7,6 +7,8 @@
  * outputs when a backend fails. So a backend may assume: n >= 1, keys valid,
  * values within limits, outputs zeroed; on error it leaves every out[i].data
  * either NULL or malloc'ed.
+ *
+ * The helpers below keep no state and are thread-safe.
  */
 #ifndef ENG_STORE_INTERNAL_H
 #define ENG_STORE_INTERNAL_H
@@ -50,7 +52,7 @@ bool eng_store_key_ok(const char *s);
  * Copy len bytes into a fresh found value (data is never NULL for a found
  * value, even when len is 0). Errors: CDX_ERR_RESOURCE_EXHAUSTED.
  */
-cdx_err eng_val_copy(eng_val *v, const void *data, size_t len);
+CDX_MUST_CHECK cdx_err eng_val_copy(eng_val *v, const void *data, size_t len);
 
 /*
  * Redis glob match (SCAN MATCH semantics, case-sensitive): `*`, `?`,
@@ -60,14 +62,15 @@ cdx_err eng_val_copy(eng_val *v, const void *data, size_t len);
 bool eng_glob_match(const char *pat, size_t plen, const char *str, size_t slen);
 
 /*
- * Test hook for the Redis backend's bounded reply reader: parse `buf` with a
- * hiredis reader that uses the backend's reply callbacks, allowing at most
- * `elem_budget` array elements in the reply. *max_array receives the largest
- * array the callbacks allocated (0 if none).
+ * Test hook for the Redis backend's bounded reply reader (eng_redis_reply.c):
+ * parse `buf` with a hiredis reader that uses the backend's reply callbacks,
+ * allowing at most `elem_budget` array elements in the reply. *max_array
+ * receives the largest array the callbacks allocated (0 if none).
  * Returns CDX_OK when one complete reply was parsed, CDX_ERR_RESOURCE_EXHAUSTED
  * when the callbacks refused it, CDX_ERR_INTERNAL on a protocol error,
  * CDX_ERR_UNAVAILABLE when buf holds no complete reply.
  */
-cdx_err eng_redis_reader_probe(const char *buf, size_t len, int elem_budget, size_t *max_array);
+CDX_MUST_CHECK cdx_err eng_redis_reader_probe(const char *buf, size_t len, int elem_budget,
+                                              size_t *max_array);
 
 #endif

@@ -3,6 +3,8 @@
  *
  * A plain value struct: the daemon's INI loader and the admin tool fill it,
  * hsm_config_check() validates it before anything is loaded.
+ *
+ * Pure functions on caller-owned structs: thread-safe on distinct structs.
  */
 #ifndef HSM_CONFIG_H
 #define HSM_CONFIG_H
@@ -34,6 +36,6 @@ void hsm_config_init(hsm_config *cfg);
  * allowed, numbers within limits.
  * Errors: CDX_ERR_CONFIG (detail names the field and what to fix).
  */
-cdx_err hsm_config_check(const hsm_config *cfg);
+CDX_MUST_CHECK cdx_err hsm_config_check(const hsm_config *cfg);
 
 #endif

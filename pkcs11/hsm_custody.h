@@ -21,6 +21,14 @@
  * recoveries back off exponentially up to CDX_RELOGIN_BACKOFF_MAX_MS and
  * report CDX_ERR_HSM_UNAVAILABLE meanwhile. The process never dies because
  * the token went away.
+ *
+ * Thread-safety: open, free and hsm_token_list take the process registry's
+ * mutex; every other call here and in hsm_keys.h / hsm_subkey.h /
+ * hsm_admin.h may run from any thread on a shared context, concurrently
+ * with recovery (read/write lock as above). The caller must not use a
+ * context after its own hsm_custody_free().
+ * Ownership: the context copies the config and holds the PIN in locked
+ * memory; it keeps no pointer the caller passed.
  */
 #ifndef HSM_CUSTODY_H
 #define HSM_CUSTODY_H
@@ -43,7 +51,7 @@ typedef struct hsm_custody hsm_custody;
  * CDX_ERR_MECHANISM_UNSUPPORTED (no CKM_SHA256_HMAC), CDX_ERR_HSM_UNAVAILABLE
  * (module fails to load or initialise), CDX_ERR_RESOURCE_EXHAUSTED.
  */
-cdx_err hsm_custody_open(const hsm_config *cfg, hsm_custody **out);
+CDX_MUST_CHECK cdx_err hsm_custody_open(const hsm_config *cfg, hsm_custody **out);
 
 /* Drop one reference; the last one wipes caches, logs out and finalises. NULL is a no-op. */
 void hsm_custody_free(hsm_custody *c);
@@ -58,16 +66,18 @@ typedef struct hsm_stats {
     uint64_t cached_subkeys;
 } hsm_stats;
 
+/* Counters of this context (atomics: a consistent-enough snapshot, not a transaction). */
 void hsm_custody_stats(hsm_custody *c, hsm_stats *out);
 
 /* Subkey TTL in ms this context was opened with (0 = no cache). */
 uint32_t hsm_custody_subkey_ttl(const hsm_custody *c);
 
 /*
- * Random bytes from the token's RNG (through libp11).
+ * Random bytes from the token's RNG (through libp11; serialised per context).
+ * Dropping the error would leave buf unfilled: it must be checked.
  * Errors: CDX_ERR_HSM_UNAVAILABLE, CDX_ERR_HSM_FAILED, CDX_ERR_INVALID_ARGUMENT (len 0 or > 1 MiB).
  */
-cdx_err hsm_random(hsm_custody *c, void *buf, size_t len);
+CDX_MUST_CHECK cdx_err hsm_random(hsm_custody *c, void *buf, size_t len);
 
 /* Token description for listings (no login needed). */
 typedef struct hsm_token_info {
@@ -82,10 +92,12 @@ typedef struct hsm_token_info {
 
 /*
  * List the tokens the module shows (loads the module through libp11 if no
- * context is open for it). `uri` may be NULL. *out is malloc'ed; free() it.
- * Errors: CDX_ERR_HSM_UNAVAILABLE (module fails to load), CDX_ERR_CONFIG.
+ * context is open for it). `uri` may be NULL. *out is malloc'ed; free() it
+ * (NULL and *n 0 on error).
+ * Errors: CDX_ERR_HSM_UNAVAILABLE (module fails to load, or the open context
+ * is recovering), CDX_ERR_CONFIG (no such module), CDX_ERR_RESOURCE_EXHAUSTED.
  */
-cdx_err hsm_token_list(const char *module_path, const char *uri, hsm_token_info **out,
-                       size_t *n);
+CDX_MUST_CHECK cdx_err hsm_token_list(const char *module_path, const char *uri,
+                                      hsm_token_info **out, size_t *n);
 
 #endif

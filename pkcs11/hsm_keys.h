@@ -1,5 +1,6 @@
 /*
- * hsm_keys.h - Cipherdex's token objects (DESIGN §3).
+ * hsm_keys.h - Cipherdex's token keys, the operations the daemon's engine
+ * uses (docs/KEYS.md):
  *
  *   root key   label "cipherdex-root",             CKA_ID = deployment id (16 bytes)
  *   index key  label "cipherdex-index-<32 hex>",   CKA_ID = index id (16 bytes)
@@ -14,8 +15,21 @@
  *
  * KCV = first 8 bytes of HMAC-SHA256(key, "cipherdex/v1/kcv"), on the token.
  *
- * Every function here may also fail with CDX_ERR_HSM_UNAVAILABLE,
- * CDX_ERR_HSM_PIN_INCORRECT / _LOCKED (re-login refused) or CDX_ERR_HSM_FAILED.
+ * Importing key bytes, key files, KEK management and listing are not here:
+ * they are in hsm_admin.h, a separate library (cdx_pkcs11_admin) that only
+ * the offline admin tool links, so the daemon cannot import a key.
+ *
+ * Every function taking a hsm_custody may also fail with
+ * CDX_ERR_HSM_UNAVAILABLE, CDX_ERR_HSM_PIN_INCORRECT / _LOCKED (re-login
+ * refused), CDX_ERR_HSM_FAILED or CDX_ERR_RESOURCE_EXHAUSTED ("the custody
+ * errors"); a token that fails mid-call is recovered as hsm_custody.h says.
+ *
+ * Thread-safety: every function may be called from any thread on a shared
+ * hsm_custody (each runs in a pooled session under the context's lock; the
+ * handle cache has its own mutex). Creating or destroying the same key from
+ * two threads at once is not an error of the library: one wins, the other
+ * sees CDX_ERR_ALREADY_EXISTS or CDX_ERR_KEY_NOT_FOUND.
+ * Ownership: no function keeps a pointer the caller passed in.
  */
 #ifndef HSM_KEYS_H
 #define HSM_KEYS_H
@@ -40,7 +54,7 @@ typedef struct hsm_key_ref {
     uint8_t id[CDX_ID_LEN];
 } hsm_key_ref;
 
-/* Token label for a root/index key ("cipherdex-root", "cipherdex-index-<hex>"). */
+/* Token label for a root/index key ("cipherdex-root", "cipherdex-index-<hex>"). Pure. */
 void hsm_key_label(const hsm_key_ref *k, char out[CDX_LABEL_MAX + 1]);
 
 /* ---- root key ---- */
@@ -48,146 +62,77 @@ void hsm_key_label(const hsm_key_ref *k, char out[CDX_LABEL_MAX + 1]);
 /*
  * Create the deployment's root key if no "cipherdex-root" exists; otherwise
  * check the existing one has this deployment id and the template attributes.
- * *created tells which happened. kcv_out may be NULL.
+ * *created (may be NULL) tells which happened. kcv_out may be NULL.
  * Errors: CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_ATTRIBUTES, CDX_ERR_ALREADY_EXISTS
- * (a root key with another deployment id exists).
+ * (a root key with another deployment id exists), the custody errors.
  */
-cdx_err hsm_root_key_ensure(hsm_custody *c, const uint8_t deployment_id[CDX_ID_LEN],
-                            uint8_t kcv_out[CDX_KCV_LEN], bool *created);
+CDX_MUST_CHECK cdx_err hsm_root_key_ensure(hsm_custody *c, const uint8_t deployment_id[CDX_ID_LEN],
+                                           uint8_t kcv_out[CDX_KCV_LEN], bool *created);
 
 /* ---- index keys ---- */
 
 /*
  * Generate a new index key on the token (CKA_LOCAL, never extractable).
- * Errors: CDX_ERR_ALREADY_EXISTS (a key with this id/label exists).
+ * kcv_out may be NULL.
+ * Errors: CDX_ERR_ALREADY_EXISTS (a key with this label exists),
+ * CDX_ERR_KEY_ATTRIBUTES (the token ignored the template; the key is
+ * destroyed again), the custody errors.
  */
-cdx_err hsm_index_key_generate(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
-                               uint8_t kcv_out[CDX_KCV_LEN]);
+CDX_MUST_CHECK cdx_err hsm_index_key_generate(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
+                                              uint8_t kcv_out[CDX_KCV_LEN]);
 
 /*
  * Unwrap a KMS-style wrapped data key (RFC 5649, CKM_AES_KEY_WRAP_PAD) with
- * the KEK "cipherdex-kek-<kek_name>". The blob must be exactly 40 bytes and
- * unwrap to a 32-byte key.
- * Errors: CDX_ERR_BAD_WRAPPED_KEY (length, integrity, short key),
- * CDX_ERR_KEY_NOT_FOUND (no such KEK), CDX_ERR_KEY_AMBIGUOUS,
- * CDX_ERR_ALREADY_EXISTS, CDX_ERR_MECHANISM_UNSUPPORTED, CDX_ERR_INVALID_ARGUMENT.
+ * the KEK "cipherdex-kek-<kek_name>" (kek_name: 1-40 of [A-Za-z0-9_.-]). The blob must be exactly
+ * CDX_WRAPPED_KEY_LEN (40) bytes and unwrap to a 32-byte key. kcv_out may be
+ * NULL.
+ * Errors: CDX_ERR_INVALID_ARGUMENT (KEK name), CDX_ERR_BAD_WRAPPED_KEY
+ * (length, integrity, short key), CDX_ERR_KEY_NOT_FOUND (no such KEK),
+ * CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_ATTRIBUTES (the KEK or the new key
+ * breaks its template), CDX_ERR_ALREADY_EXISTS,
+ * CDX_ERR_MECHANISM_UNSUPPORTED, the custody errors.
  */
-cdx_err hsm_index_key_unwrap(hsm_custody *c, const uint8_t id[CDX_ID_LEN], const char *kek_name,
-                             const uint8_t *blob, size_t blob_len, uint8_t kcv_out[CDX_KCV_LEN]);
-
-/*
- * Import 32 raw key bytes (offline admin tool only; the daemon never calls
- * this). The caller wipes `key` afterwards.
- * Errors: CDX_ERR_ALREADY_EXISTS.
- */
-cdx_err hsm_index_key_import(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
-                             const uint8_t key[CDX_KEY_LEN], uint8_t kcv_out[CDX_KCV_LEN]);
-
-/*
- * Read a base64 key file (as `openssl rand -base64 32 > index_key.txt`
- * writes it) into locked memory: exactly 32 bytes after decoding.
- * Needs the secret arena (hsm_secmem_init, done by hsm_custody_open).
- * *key is a hsm_secmem buffer of CDX_KEY_LEN bytes; hsm_secmem_free() it.
- * Errors: CDX_ERR_BAD_KEY_FILE (missing, unreadable, not base64, wrong
- * length), CDX_ERR_RESOURCE_EXHAUSTED.
- */
-cdx_err hsm_key_file_read(const char *path, uint8_t **key);
-
-/* hsm_key_file_read + hsm_index_key_import, wiping the bytes right after. */
-cdx_err hsm_index_key_import_file(hsm_custody *c, const uint8_t id[CDX_ID_LEN], const char *path,
-                                  uint8_t kcv_out[CDX_KCV_LEN]);
+CDX_MUST_CHECK cdx_err hsm_index_key_unwrap(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
+                                            const char *kek_name, const uint8_t *blob,
+                                            size_t blob_len, uint8_t kcv_out[CDX_KCV_LEN]);
 
 /*
  * Adopt an existing token key as index `id`: label must already be
  * "cipherdex-index-<hex id>" and every attribute must match the template
  * (CKA_VALUE_LEN may read 0 for unwrapped keys). Whether another index
- * already uses it is the catalog's check, not the token's.
+ * already uses it is the catalog's check, not the token's. kcv_out may be NULL.
  * Errors: CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_ATTRIBUTES
- * (detail names each wrong attribute).
+ * (detail names each wrong attribute), the custody errors.
  */
-cdx_err hsm_index_key_adopt(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
-                            uint8_t kcv_out[CDX_KCV_LEN]);
-
-/* ---- KEKs ---- */
-
-/* KEK names: 1-40 of [A-Za-z0-9_.-]. */
-bool hsm_kek_name_valid(const char *name);
-
-/*
- * Generate an AES-256 KEK on the token (unwrap only).
- * Errors: CDX_ERR_INVALID_ARGUMENT (name), CDX_ERR_ALREADY_EXISTS.
- */
-cdx_err hsm_kek_generate(hsm_custody *c, const char *name);
-
-/* Import a KEK shared with a KMS (32 raw bytes; the caller wipes them). */
-cdx_err hsm_kek_import(hsm_custody *c, const char *name, const uint8_t key[CDX_KEY_LEN]);
-
-/* Destroy a KEK. Errors: CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS. */
-cdx_err hsm_kek_destroy(hsm_custody *c, const char *name);
+CDX_MUST_CHECK cdx_err hsm_index_key_adopt(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
+                                           uint8_t kcv_out[CDX_KCV_LEN]);
 
 /* ---- any root/index key ---- */
 
 /*
  * KCV of a key, computed on the token (or the value cached with its handle).
- * Errors: CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS.
+ * On CDX_ERR_KEY_REPLACED kcv_out holds the KCV the token has now.
+ * Errors: CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_REPLACED
+ * (differs from the KCV this context saw before it lost the handle), the
+ * custody errors.
  */
-cdx_err hsm_key_kcv(hsm_custody *c, const hsm_key_ref *k, uint8_t kcv_out[CDX_KCV_LEN]);
+CDX_MUST_CHECK cdx_err hsm_key_kcv(hsm_custody *c, const hsm_key_ref *k,
+                                   uint8_t kcv_out[CDX_KCV_LEN]);
 
 /*
- * Check the key's KCV against the one the caller recorded.
- * Errors: CDX_ERR_KEY_REPLACED, CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS.
+ * Check the key's KCV against the one the caller recorded (compared with
+ * CRYPTO_memcmp). A match re-bases the context's remembered KCV.
+ * Errors: CDX_ERR_KEY_REPLACED, CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS,
+ * the custody errors.
  */
-cdx_err hsm_key_check(hsm_custody *c, const hsm_key_ref *k, const uint8_t expected[CDX_KCV_LEN]);
+CDX_MUST_CHECK cdx_err hsm_key_check(hsm_custody *c, const hsm_key_ref *k,
+                                     const uint8_t expected[CDX_KCV_LEN]);
 
 /*
  * Destroy a root or index key (crypto-shredding). Cached subkeys of the key
- * are wiped at once. Errors: CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS.
+ * are wiped at once. Errors: CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS,
+ * the custody errors.
  */
-cdx_err hsm_key_destroy(hsm_custody *c, const hsm_key_ref *k);
-
-/* ---- listing ---- */
-
-/* Attribute bits reported for every key (HSM_A_*). */
-enum {
-    HSM_A_TOKEN = 1u << 0,
-    HSM_A_PRIVATE = 1u << 1,
-    HSM_A_SENSITIVE = 1u << 2,
-    HSM_A_EXTRACTABLE = 1u << 3,
-    HSM_A_ALWAYS_SENSITIVE = 1u << 4,
-    HSM_A_NEVER_EXTRACTABLE = 1u << 5,
-    HSM_A_LOCAL = 1u << 6,
-    HSM_A_SIGN = 1u << 7,
-    HSM_A_VERIFY = 1u << 8,
-    HSM_A_ENCRYPT = 1u << 9,
-    HSM_A_DECRYPT = 1u << 10,
-    HSM_A_WRAP = 1u << 11,
-    HSM_A_UNWRAP = 1u << 12,
-    HSM_A_DERIVE = 1u << 13,
-    HSM_A_MODIFIABLE = 1u << 14,
-    HSM_A_COPYABLE = 1u << 15,
-    HSM_A_DESTROYABLE = 1u << 16,
-};
-
-/* Name of one HSM_A_* mask value ("sensitive", "never_extractable", ...); "?" if unknown. */
-const char *hsm_attr_name(unsigned bit);
-
-typedef struct hsm_key_info {
-    hsm_key_kind kind; /* 0 for a "cipherdex-" object of unknown shape */
-    char label[CDX_LABEL_MAX + 1];
-    uint8_t id[CDX_ID_LEN];
-    size_t id_len;
-    unsigned long key_type;  /* CKK_* */
-    unsigned long value_len; /* CKA_VALUE_LEN (0 for unwrapped keys on SoftHSM) */
-    unsigned attrs;          /* HSM_A_* bits that are TRUE */
-    unsigned wrong;          /* HSM_A_* bits that differ from the kind's template */
-    bool has_kcv;
-    uint8_t kcv[CDX_KCV_LEN];
-} hsm_key_info;
-
-/*
- * Every secret-key object whose label starts with "cipherdex-". *out is
- * malloc'ed (free()), sorted by label.
- */
-cdx_err hsm_key_list(hsm_custody *c, hsm_key_info **out, size_t *n);
+CDX_MUST_CHECK cdx_err hsm_key_destroy(hsm_custody *c, const hsm_key_ref *k);
 
 #endif

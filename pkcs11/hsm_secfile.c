@@ -75,7 +75,7 @@ cdx_err hsm_secfile_read(const char *path, const hsm_secfile_opts *o, char **out
         n--;
     if (n > 0 && buf[n - 1] == '\r')
         n--;
-    if (n == 0) {
+    if (n == 0 && !o->allow_empty) {
         err = cdx_fail(o->err, "%s %s is empty", o->what, path);
         goto out;
     }

@@ -7,7 +7,8 @@
  * directory cannot redirect the read), must be a regular file, and unless
  * the caller opts out, must not be accessible by group or others. The bytes
  * go from read(2) into a hsm_secmem buffer (never stdio or the heap); one
- * trailing "\n" or "\r\n" is stripped; an empty secret is refused.
+ * trailing "\n" or "\r\n" is stripped; an empty secret is refused unless
+ * the caller parses the bytes itself and says so.
  *
  * Needs the secret arena (hsm_secmem_init). Thread-safe (the arena has its
  * own lock); error details name the file and never contain its bytes.
@@ -26,23 +27,26 @@ typedef struct hsm_secfile_opts {
     cdx_err err;      /* code for a missing, unreadable, oversized or empty file */
     bool any_mode;    /* skip the group/other access check (systemd credentials, whose
                          mode systemd owns; key files, documented as made by `openssl rand`) */
+    bool allow_empty; /* return an empty secret instead of failing (a key file's parser
+                         reports "0 characters" itself) */
 } hsm_secfile_opts;
 
 /*
  * Read `path` as described above. On success *out is a NUL-terminated
  * hsm_secmem buffer of *len bytes; release it with hsm_secmem_free().
  * Errors: o->err (cannot open, a symlink, not a regular file, accessible by
- * group or others, unreadable, longer than o->max, empty);
+ * group or others, unreadable, longer than o->max, empty unless o->allow_empty);
  * CDX_ERR_RESOURCE_EXHAUSTED (secret arena full or not initialised).
  * *out is NULL and *len 0 on error.
  */
-cdx_err hsm_secfile_read(const char *path, const hsm_secfile_opts *o, char **out, size_t *len);
+CDX_MUST_CHECK cdx_err hsm_secfile_read(const char *path, const hsm_secfile_opts *o, char **out,
+                                        size_t *len);
 
 /*
  * The same checks as hsm_secfile_read without reading the secret (for
  * `--check-config`). Needs no arena. Errors: o->err as above (except the
  * length and emptiness, which need the bytes).
  */
-cdx_err hsm_secfile_check(const char *path, const hsm_secfile_opts *o);
+CDX_MUST_CHECK cdx_err hsm_secfile_check(const char *path, const hsm_secfile_opts *o);
 
 #endif

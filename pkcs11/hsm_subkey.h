@@ -1,5 +1,5 @@
 /*
- * hsm_subkey.h - purpose subkeys derived on the token (DESIGN §3):
+ * hsm_subkey.h - purpose subkeys derived on the token (docs/KEYS.md):
  *
  *   K = HMAC-SHA256(key, "cipherdex/v1/subkey" 0x00 purpose 0x00 scope_id[16] be32(epoch))
  *
@@ -12,6 +12,10 @@
  * eviction, key destruction, recovery and shutdown. A hsm_subkey handle is
  * reference-counted: hold it only for one operation and build no long-lived
  * copy (no OpenSSL context keyed with it may outlive hsm_subkey_release()).
+ *
+ * Thread-safety: every function may be called from any thread on a shared
+ * hsm_custody; the cache has its own mutex and janitor thread. One handle
+ * may be read by several threads but released once, by its owner.
  */
 #ifndef HSM_SUBKEY_H
 #define HSM_SUBKEY_H
@@ -58,9 +62,11 @@ typedef struct hsm_subkey hsm_subkey;
  * Errors: CDX_ERR_INVALID_ARGUMENT (purpose does not belong to the key's
  * kind), CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_REPLACED,
  * CDX_ERR_RESOURCE_EXHAUSTED (secret arena full), and the custody errors.
+ * On success *out is a handle the caller owns: hsm_subkey_release() it.
  */
-cdx_err hsm_subkey_get(hsm_custody *c, const hsm_key_ref *key, const uint8_t *expected_kcv,
-                       hsm_purpose purpose, uint32_t epoch, hsm_subkey **out);
+CDX_MUST_CHECK cdx_err hsm_subkey_get(hsm_custody *c, const hsm_key_ref *key,
+                                      const uint8_t *expected_kcv, hsm_purpose purpose,
+                                      uint32_t epoch, hsm_subkey **out);
 
 /* The CDX_SUBKEY_LEN key bytes (locked memory), valid until release. */
 const uint8_t *hsm_subkey_bytes(const hsm_subkey *sk);
@@ -72,8 +78,8 @@ void hsm_subkey_release(hsm_subkey *sk);
  * HMAC-SHA256(subkey, msg) on the host, with a context that is freed before
  * returning. Errors: CDX_ERR_INTERNAL (OpenSSL failure).
  */
-cdx_err hsm_subkey_hmac(const hsm_subkey *sk, const void *msg, size_t len,
-                        uint8_t out[CDX_SUBKEY_LEN]);
+CDX_MUST_CHECK cdx_err hsm_subkey_hmac(const hsm_subkey *sk, const void *msg, size_t len,
+                                       uint8_t out[CDX_SUBKEY_LEN]);
 
 /* Wipe every cached subkey now. */
 void hsm_subkey_flush(hsm_custody *c);

@@ -54,6 +54,7 @@
 #define CDX_STORE_BATCH_MAX      100000               /* keys in one call */
 #define CDX_STORE_SCAN_COUNT     1000                 /* SCAN COUNT hint */
 #define CDX_STORE_CONNECTIONS_MAX 64
+#define CDX_STORE_PASSWORD_MAX   1024                 /* bytes of the Redis password_file */
 
 /* ---- indexes and items ---- */
 #define CDX_INDEX_NAME_MAX   128        /* [A-Za-z0-9_.-]{1,128} */

@@ -2,8 +2,9 @@
  * wire_alloc.h - a ProtobufCAllocator with a byte budget.
  *
  * protobuf_c_message_unpack allocates far more than the frame it reads when
- * the frame holds many tiny repeated messages (~57x for a million empty
- * items: FACTS.md). Unpacking under a wire_alloc refuses any allocation
+ * the frame holds many tiny repeated messages (measured with protobuf-c
+ * 1.4.1: a million empty items in a 2 MB frame took 113.5 MB in 1,000,017
+ * mallocs, ~57x). Unpacking under a wire_alloc refuses any allocation
  * that would take the live total (payload plus this allocator's per-block
  * header) over the budget, so such a frame fails fast with
  * CDX_ERR_RESOURCE_EXHAUSTED after using at most `budget` bytes.
@@ -37,7 +38,7 @@ size_t wire_alloc_overhead(void);
  * A new allocator with `budget` bytes. Errors: CDX_ERR_INVALID_ARGUMENT
  * (budget 0), CDX_ERR_RESOURCE_EXHAUSTED (out of memory).
  */
-cdx_err wire_alloc_new(size_t budget, wire_alloc **out);
+CDX_MUST_CHECK cdx_err wire_alloc_new(size_t budget, wire_alloc **out);
 
 /* Free every block still live, then the allocator; NULL is a no-op. */
 void wire_alloc_free(wire_alloc *a);

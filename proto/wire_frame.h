@@ -59,7 +59,7 @@ void wire_dec_free(wire_dec *d);
  * buffer much). Call before feeding. Errors: CDX_ERR_INVALID_ARGUMENT (out
  * of range), CDX_ERR_FAILED_PRECONDITION (bytes already fed).
  */
-cdx_err wire_dec_set_first_max(wire_dec *d, size_t first_max);
+CDX_MUST_CHECK cdx_err wire_dec_set_first_max(wire_dec *d, size_t first_max);
 
 /*
  * Consume bytes from buf[0..len) until the current frame is complete or the
@@ -72,7 +72,7 @@ cdx_err wire_dec_set_first_max(wire_dec *d, size_t first_max);
  * *used is 0), CDX_ERR_RESOURCE_EXHAUSTED (out of memory for the body),
  * CDX_ERR_INVALID_ARGUMENT (NULL buf with len > 0).
  */
-cdx_err wire_dec_feed(wire_dec *d, const uint8_t *buf, size_t len, size_t *used);
+CDX_MUST_CHECK cdx_err wire_dec_feed(wire_dec *d, const uint8_t *buf, size_t len, size_t *used);
 
 /* True when a complete frame is waiting to be taken. */
 bool wire_dec_ready(const wire_dec *d);
@@ -82,7 +82,7 @@ bool wire_dec_ready(const wire_dec *d);
  * an empty frame), *len its length. Errors: CDX_ERR_NOT_FOUND (no complete
  * frame yet).
  */
-cdx_err wire_dec_take(wire_dec *d, uint8_t **body, size_t *len);
+CDX_MUST_CHECK cdx_err wire_dec_take(wire_dec *d, uint8_t **body, size_t *len);
 
 /*
  * Bytes of an unfinished frame received so far, header included; 0 at a
@@ -108,7 +108,7 @@ void wire_frame_header(uint32_t len, uint8_t hdr[CDX_FRAME_HDR_LEN]);
  * Errors: CDX_ERR_FRAME_TOO_LARGE (len > max_frame; max_frame 0 means
  * CDX_FRAME_MAX_DEFAULT), CDX_ERR_RESOURCE_EXHAUSTED, CDX_ERR_INVALID_ARGUMENT.
  */
-cdx_err wire_frame_encode(const uint8_t *body, size_t len, size_t max_frame, uint8_t **out,
-                          size_t *out_len);
+CDX_MUST_CHECK cdx_err wire_frame_encode(const uint8_t *body, size_t len, size_t max_frame,
+                                         uint8_t **out, size_t *out_len);
 
 #endif

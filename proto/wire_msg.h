@@ -46,7 +46,8 @@ typedef struct wire_response wire_response;
  * CDX_ERR_RESOURCE_EXHAUSTED (decoding needs more than the budget, or out
  * of memory).
  */
-cdx_err wire_request_unpack(const uint8_t *frame, size_t len, size_t budget, wire_request **out);
+CDX_MUST_CHECK cdx_err wire_request_unpack(const uint8_t *frame, size_t len, size_t budget,
+                                           wire_request **out);
 
 /* The decoded message (valid until wire_request_free). */
 const Cipherdex__V1__Request *wire_request_msg(const wire_request *r);
@@ -71,13 +72,13 @@ const char *wire_body_name(const Cipherdex__V1__Request *req);
  * Validate a request (what wire_request_unpack does after decoding), e.g. in
  * a client before sending. Errors: CDX_ERR_INVALID_ARGUMENT with the field.
  */
-cdx_err wire_request_check(const Cipherdex__V1__Request *req);
+CDX_MUST_CHECK cdx_err wire_request_check(const Cipherdex__V1__Request *req);
 
 /*
  * Validate a response: text fields UTF-8 without NUL, lengths and counts,
  * status present. Errors: CDX_ERR_INVALID_ARGUMENT with the field.
  */
-cdx_err wire_response_check(const Cipherdex__V1__Response *resp);
+CDX_MUST_CHECK cdx_err wire_response_check(const Cipherdex__V1__Response *resp);
 
 /*
  * Self-check of the validator's tables against the compiled schema: every
@@ -86,7 +87,7 @@ cdx_err wire_response_check(const Cipherdex__V1__Response *resp);
  * tests and cheap enough for a server to run at start.
  * Errors: CDX_ERR_INTERNAL naming the field.
  */
-cdx_err wire_schema_check(void);
+CDX_MUST_CHECK cdx_err wire_schema_check(void);
 
 /*
  * Pack a response into a frame (length prefix + body; *frame malloc'ed,
@@ -99,31 +100,32 @@ cdx_err wire_schema_check(void);
  * CDX_FRAME_MAX_DEFAULT: answer with a smaller page or fewer includes),
  * CDX_ERR_RESOURCE_EXHAUSTED.
  */
-cdx_err wire_response_pack(const Cipherdex__V1__Response *resp, size_t max_frame, uint8_t **frame,
-                           size_t *len);
+CDX_MUST_CHECK cdx_err wire_response_pack(const Cipherdex__V1__Response *resp, size_t max_frame,
+                                          uint8_t **frame, size_t *len);
 
 /*
  * Pack a status-only response: code (a cdx_err) and message (NULL means
  * cdx_strerror(code); sanitised as in wire_response_pack).
  * Errors: CDX_ERR_RESOURCE_EXHAUSTED.
  */
-cdx_err wire_response_error(uint64_t request_id, cdx_err code, const char *message, uint8_t **frame,
-                            size_t *len);
+CDX_MUST_CHECK cdx_err wire_response_error(uint64_t request_id, cdx_err code, const char *message,
+                                           uint8_t **frame, size_t *len);
 
 /*
  * Pack a request into a frame as a client does. Not validated (tests send
  * invalid requests this way; clients may call wire_request_check first).
  * Errors: CDX_ERR_FRAME_TOO_LARGE, CDX_ERR_RESOURCE_EXHAUSTED.
  */
-cdx_err wire_request_pack(const Cipherdex__V1__Request *req, size_t max_frame, uint8_t **frame,
-                          size_t *len);
+CDX_MUST_CHECK cdx_err wire_request_pack(const Cipherdex__V1__Request *req, size_t max_frame,
+                                         uint8_t **frame, size_t *len);
 
 /*
  * Decode and validate one Response frame body, as a client does (budget as
  * in wire_request_unpack). Errors: CDX_ERR_INVALID_ARGUMENT (not a valid
  * Response, no status: a protocol error), CDX_ERR_RESOURCE_EXHAUSTED.
  */
-cdx_err wire_response_unpack(const uint8_t *frame, size_t len, size_t budget, wire_response **out);
+CDX_MUST_CHECK cdx_err wire_response_unpack(const uint8_t *frame, size_t len, size_t budget,
+                                            wire_response **out);
 const Cipherdex__V1__Response *wire_response_msg(const wire_response *r);
 void wire_response_free(wire_response *r);
 

@@ -9,7 +9,7 @@ cdx_add_test(test_log SOURCES test_log.c LIBS cdx_base PkgConfig::JANSSON)
 cdx_add_test(test_daemon SOURCES test_daemon.c LIBS cdx_base TIMEOUT 300)
 add_dependencies(test_daemon cipherdexd)
 add_dependencies(test_hsm_tool cipherdex-hsm)
-cdx_add_test(test_pkcs11 SOURCES test_pkcs11.c LIBS cdx_pkcs11)
+cdx_add_test(test_pkcs11 SOURCES test_pkcs11.c LIBS cdx_pkcs11_admin cdx_pkcs11)
 add_dependencies(test_pkcs11 cdx_p11wrap)
 if(NOT TARGET PkgConfig::JANSSON)
   pkg_check_modules(JANSSON REQUIRED IMPORTED_TARGET jansson)
@@ -56,3 +56,14 @@ add_test(NAME test_cli
          COMMAND bash ${CMAKE_SOURCE_DIR}/tests/clients/cli/run_test.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_cli PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp
                      ENVIRONMENT "CDX_TEST_TMP=${CDX_TEST_TMP}")
+# Admin-only custody (pkcs11/hsm_admin.h, cdx_pkcs11_admin) is absent from the daemon's binary.
+add_test(NAME test_pkcs11_admin_split
+         COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} -DDAEMON=$<TARGET_FILE:cipherdexd>
+                 -DTOOL=$<TARGET_FILE:cipherdex-hsm> -P ${CMAKE_SOURCE_DIR}/tests/check_admin_split.cmake)
+# Fuzz target (tests/fuzz/fuzz_resp.c) for the sans-IO RESP reader (engine/eng_redis_resp.c); ctest replays seeds it writes.
+add_executable(fuzz_resp fuzz/fuzz_resp.c ${CMAKE_SOURCE_DIR}/engine/eng_redis_resp.c)
+target_include_directories(fuzz_resp PRIVATE ${CMAKE_SOURCE_DIR}/engine)
+add_test(NAME fuzz_resp_seeds COMMAND fuzz_resp --seeds ${CDX_TEST_TMP}/fuzz-resp-seeds ${CDX_TEST_TMP}/fuzz-resp-seeds)
+set_tests_properties(fuzz_resp_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
+# The Redis backend's password_file and AUTH (secret file reader, locked memory) against a throwaway redis-server.
+cdx_add_test(test_store_redis_auth SOURCES test_store_redis_auth.c LIBS cdx_engine)

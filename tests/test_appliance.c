@@ -213,6 +213,7 @@ static size_t list_all(app_client *c, const char *index, char ***out)
     do {
         wire_response *w;
         if (call(app_client_list_ids(c, index, cursor, 500, &w))) {
+            fprintf(stderr, "list_all: %s\n", cdx_err_detail());
             wire_response_free(w);
             break;
         }

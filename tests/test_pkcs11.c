@@ -26,6 +26,7 @@
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
 #include "hsm_custody.h"
+#include "hsm_admin.h"
 #include "hsm_keys.h"
 #include "hsm_pin.h"
 #include "hsm_secmem.h"
@@ -475,7 +476,8 @@ static void test_key_protections(void)
     CU_ASSERT_NOT_EQUAL(r.f->C_CopyObject(r.s, h, &d, 1, &copy), CKR_OK);
     CK_ATTRIBUTE ext = {CKA_EXTRACTABLE, &tr, 1};
     CU_ASSERT_NOT_EQUAL(r.f->C_SetAttributeValue(r.s, h, &ext, 1), CKR_OK);
-    /* A derivation through the ECB-encrypt trick FACTS.md describes is refused too. */
+    /* A derivation through the ECB-encrypt trick (C_DeriveKey(CKM_AES_ECB_ENCRYPT_DATA) on a
+     * sensitive key yields an extractable key on SoftHSM 2.6.1) is refused too. */
     uint8_t data[32] = {0};
     CK_KEY_DERIVATION_STRING_DATA kd = {data, sizeof(data)};
     CK_MECHANISM dm = {CKM_AES_ECB_ENCRYPT_DATA, &kd, sizeof(kd)};

@@ -1,5 +1,5 @@
 /*
- * test_resp.c - the sans-IO RESP reader for bulk fetches (engine/eng_resp.h).
+ * test_resp.c - the sans-IO RESP reader for bulk fetches (engine/eng_redis_resp.h).
  *
  * Every well-formed case is fed whole, byte by byte and through the
  * direct-payload path (eng_resp_room/commit), and must give the same reply;
@@ -11,7 +11,7 @@
 
 #include <CUnit/Basic.h>
 
-#include "eng_resp.h"
+#include "eng_redis_resp.h"
 
 /* Feed s[0..n) in pieces of `step` bytes; payload bytes go through room/commit when direct. */
 static eng_resp_status feed(eng_resp *p, const char *s, size_t n, size_t step, bool direct,

@@ -29,6 +29,7 @@
 #include "eng_store_internal.h"
 #include "fx_redis.h"
 #include "fx_tmp.h"
+#include "hsm_secmem.h"
 
 #define ACL_USER "cdx-app"
 #define ACL_PASS "correct horse battery staple"
@@ -1710,6 +1711,9 @@ int main(void)
     TMP = fx_tmpdir_new("store");
     if (!TMP)
         return 2;
+    /* The Redis password_file is read into locked memory. */
+    if (hsm_secmem_init(0, true) != CDX_OK)
+        return 2;
     if (CU_initialize_registry() != CUE_SUCCESS)
         return 2;
     if (add_suite("store-memory", init_memory, cleanup_suite, shared_tests, ns) ||
@@ -1722,6 +1726,7 @@ int main(void)
     fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed() +
             CU_get_number_of_suites_failed();
     CU_cleanup_registry();
+    hsm_secmem_shutdown();
     fx_rm_rf(TMP);
     free(TMP);
     return fails ? 1 : 0;

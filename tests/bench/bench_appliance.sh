@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Through the appliance (issue 4's performance check): a dev stack (TLS, Redis store), Fashion-
+# Through the appliance (docs/BENCH.md, "Through the appliance"): a dev stack (TLS, Redis store), Fashion-
 # MNIST uploaded and trained (IVFSQ8, 1,024 lists), the cache warmed by a first pass, then the
 # test images queried by 4 concurrent clients, one query per request; compared with the
 # in-process engine's one-at-a-time QPS on Redis, warm, measured in the same run by bench_ivf.

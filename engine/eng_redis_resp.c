@@ -1,5 +1,5 @@
 /*
- * eng_resp.c - sans-IO reader for one scalar RESP2 reply (see eng_resp.h).
+ * eng_redis_resp.c - sans-IO reader for one scalar RESP2 reply (see eng_redis_resp.h).
  *
  * States: the type byte, then either a header line ("$<len>" / ":<int>")
  * or a text line ("+..." / "-..."), then for a bulk string its payload and
@@ -8,7 +8,7 @@
  * not send: a sign or space in a length, digits past what fits, a payload
  * not followed by CRLF.
  */
-#include "eng_resp.h"
+#include "eng_redis_resp.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /*
- * eng_resp.h - a sans-IO reader for one RESP2 reply of a scalar kind (bulk
+ * eng_redis_resp.h - a sans-IO reader for one RESP2 reply of a scalar kind (bulk
  * string, null bulk, integer, simple string, error), for the Redis backend's
  * bulk fetches (pipelined GETRANGE / EXISTS).
  *
@@ -12,9 +12,12 @@
  * caller's bound before anything is allocated for it, header lines are
  * bounded, and any malformed byte is an error after which the stream is out
  * of sync (the caller must discard the connection). Errors are sticky.
+ *
+ * No global state: one eng_resp per byte stream, used by one thread at a
+ * time. Its status enum stands in for cdx_err (the caller maps it).
  */
-#ifndef ENG_RESP_H
-#define ENG_RESP_H
+#ifndef ENG_REDIS_RESP_H
+#define ENG_REDIS_RESP_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,6 +1,7 @@
 /*
  * hsm_ckr.h - the edge where CK_RV becomes cdx_err (internal to pkcs11/).
  * The raw value is kept for the log; callers never see CK_RV.
+ * Thread-safe (no shared state; hsm_ckr_fail sets the calling thread's detail).
  */
 #ifndef HSM_CKR_H
 #define HSM_CKR_H
@@ -22,7 +23,10 @@ bool hsm_ckr_pin_fatal(CK_RV rv);
 
 /*
  * Generic mapping for an operation that failed with rv (not CKR_OK); logs
- * event=`what` with the raw value and sets the detail.
+ * event=`what` with the raw value and sets the detail. Returns
+ * CDX_ERR_HSM_UNAVAILABLE (recoverable rv), CDX_ERR_HSM_PIN_INCORRECT /
+ * _LOCKED (PIN states), CDX_ERR_RESOURCE_EXHAUSTED (host or device memory, session count),
+ * CDX_ERR_MECHANISM_UNSUPPORTED, or CDX_ERR_HSM_FAILED.
  */
 cdx_err hsm_ckr_fail(CK_RV rv, const char *what);
 

@@ -1,0 +1,241 @@
+/*
+ * hsm_internal.h - the custody context's insides and the key machinery
+ * shared by the files of pkcs11/ (hsm_custody.c, hsm_template.c,
+ * hsm_keyref.c, hsm_keys.c, hsm_subkey.c, and hsm_admin.c in the admin
+ * library). Nothing outside pkcs11/ includes this.
+ *
+ * Locking: c->lock (shared for operations, exclusive for recovery) is held by
+ * hsm_run around every hsm_op_fn; c->keys_mu guards the handle cache
+ * (c->keys); the functions below that take a session run inside an
+ * hsm_op_fn, so under the shared lock.
+ */
+#ifndef HSM_INTERNAL_H
+#define HSM_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <libp11.h>
+#include <p11-kit/pkcs11.h>
+
+#include "cdx_limits.h"
+#include "hsm_ckr.h"
+#include "hsm_admin.h"
+#include "hsm_custody.h"
+#include "hsm_keys.h"
+
+/* A found key: its handle is valid only in the generation it was found in. */
+struct hsm_keyent {
+    hsm_key_kind kind;
+    uint8_t id[CDX_ID_LEN];
+    CK_OBJECT_HANDLE h;
+    uint64_t gen;                   /* 0 = no valid handle */
+    uint8_t kcv[CDX_KCV_LEN];       /* KCV of the object behind h */
+    uint8_t known_kcv[CDX_KCV_LEN]; /* KCV seen before (survives recovery) */
+    bool known;
+};
+
+struct hsm_subcache;
+
+struct hsm_custody {
+    struct hsm_custody *next; /* process registry, under the registry mutex */
+    unsigned refs;
+    hsm_config cfg;
+    char *pin; /* locked memory */
+    size_t pin_len;
+    void *dl; /* our own dlopen of the module: keeps it mapped across libp11 reloads */
+    CK_FUNCTION_LIST_PTR f;
+
+    /* Operations hold it shared; recovery holds it exclusive. */
+    pthread_rwlock_t lock;
+    PKCS11_CTX *p11;
+    PKCS11_SLOT *slots;
+    unsigned nslots;
+    PKCS11_SLOT *slot;
+    CK_SLOT_ID slot_id;
+    CK_UTF8CHAR serial[16]; /* of the token we logged in to: detects a re-initialised token */
+    uint64_t gen;
+    bool healthy;
+    cdx_err login_block; /* set after a PIN failure: never log in again on our own */
+    int64_t next_try_ms; /* recovery back-off */
+    uint32_t backoff_ms;
+
+    pthread_mutex_t pool_mu;
+    pthread_cond_t pool_cv;
+    CK_SESSION_HANDLE pool[CDX_SESSIONS_MAX];
+    unsigned nfree, nopen, max_sessions;
+
+    pthread_mutex_t keys_mu;
+    struct hsm_keyent *keys;
+    size_t nkeys, capkeys;
+
+    pthread_mutex_t rand_mu;
+
+    atomic_uint_fast64_t derivations, cache_hits, kcv_computes, recoveries, logins;
+
+    struct hsm_subcache *cache;
+};
+
+/*
+ * An operation run with a session under the shared lock. It returns a
+ * cdx_err and, when a CK call failed, stores that CK_RV in *rv so the runner
+ * can tell "token gone: recover" from "refused".
+ */
+typedef cdx_err (*hsm_op_fn)(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv);
+
+/* Returned by hsm_run for a non-idempotent op interrupted by a recovery: re-check. */
+#define HSM_INTERRUPTED CDX_ERR_ABORTED
+
+/*
+ * Run op; on a recoverable CK_RV recover the token and, if idempotent, run it
+ * once more. Non-idempotent ops get HSM_INTERRUPTED after a successful
+ * recovery so the caller can look for the object instead of repeating.
+ */
+cdx_err hsm_run(hsm_custody *c, hsm_op_fn op, void *arg, bool idempotent);
+
+/* Find exactly one object matching tmpl (count 0: *n = 0; several: *n = 2). */
+CK_RV hsm_find(hsm_custody *c, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+               CK_OBJECT_HANDLE *h, unsigned *count);
+
+/* HMAC-SHA256 on the token with key h. */
+CK_RV hsm_sign_hmac(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, const void *msg,
+                    size_t len, uint8_t out[32]);
+
+/*
+ * Handle + KCV of a root/index key in the current generation (found by class
+ * + CKA_ID + label, KCV computed on first use). With `expected` the KCV must
+ * match (KEY_REPLACED); without it, a KCV differing from the one seen before
+ * the handle was lost is KEY_REPLACED too.
+ */
+cdx_err hsm_key_resolve(hsm_custody *c, CK_SESSION_HANDLE s, const hsm_key_ref *k,
+                        const uint8_t *expected, CK_OBJECT_HANDLE *h, uint8_t kcv[CDX_KCV_LEN],
+                        CK_RV *rv);
+
+/* Forget a key's handle and its known KCV (after we destroyed or created it). */
+void hsm_key_forget(hsm_custody *c, const hsm_key_ref *k);
+
+/* ---- key identity and the handle cache (hsm_keyref.c) ---- */
+
+/* KEK names: 1-40 of [A-Za-z0-9_.-]; NULL is invalid (public as hsm_kek_name_valid). */
+bool hsm_valid_kek_name(const char *name);
+
+/* "cipherdex-kek-<name>" (name already checked with hsm_valid_kek_name). */
+void hsm_label_kek(const char *name, char out[CDX_LABEL_MAX + 1]);
+
+/* Look for a secret-key object with this label (any id): KEKs are found by label alone. */
+CK_RV hsm_find_label(hsm_custody *c, CK_SESSION_HANDLE s, const char *label, CK_OBJECT_HANDLE *h,
+                     unsigned *n);
+
+/*
+ * The root/index object of k (class + CKA_ID + label). Errors:
+ * CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS, a CK_RV failure (stored in *rv).
+ */
+cdx_err hsm_find_key(hsm_custody *c, CK_SESSION_HANDLE s, const hsm_key_ref *k, CK_OBJECT_HANDLE *h,
+                     CK_RV *rv);
+
+/* The KEK "cipherdex-kek-<name>" (class + label). Errors as hsm_find_key. */
+cdx_err hsm_find_kek(hsm_custody *c, CK_SESSION_HANDLE s, const char *name, CK_OBJECT_HANDLE *h,
+                     CK_RV *rv);
+
+/* KCV of the key behind h: first 8 bytes of HMAC-SHA256(key, "cipherdex/v1/kcv"). */
+CK_RV hsm_compute_kcv(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+                      uint8_t kcv[CDX_KCV_LEN]);
+
+/* Remember handle + KCV of a key we just created or verified (current generation). */
+void hsm_key_remember(hsm_custody *c, const hsm_key_ref *k, CK_OBJECT_HANDLE h,
+                      const uint8_t kcv[CDX_KCV_LEN]);
+
+/* ---- what a Cipherdex key object looks like (hsm_template.c) ---- */
+
+/* The boolean attributes Cipherdex reads, their HSM_A_* bits and names, in listing order. */
+typedef struct hsm_battr {
+    CK_ATTRIBUTE_TYPE type;
+    unsigned bit;
+    const char *name;
+} hsm_battr;
+extern const hsm_battr hsm_battrs[];
+extern const size_t hsm_nbattrs;
+
+/*
+ * Read the attributes of h into *ki (label, id, type, length, HSM_A_* bits);
+ * *unknown = the bits the token would not report. Returns the CK_RV.
+ */
+CK_RV hsm_tmpl_read(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key_info *ki,
+                    unsigned *unknown);
+
+/* HSM_A_* bits of ki that break the template of `kind` (unknown required bits count as wrong). */
+unsigned hsm_tmpl_wrong(hsm_key_kind kind, const hsm_key_info *ki, unsigned unknown);
+
+/*
+ * Check a found object against its kind's template (type, length and flags).
+ * Errors: CDX_ERR_KEY_ATTRIBUTES (detail names each wrong attribute), a CK_RV
+ * failure (stored in *rv).
+ */
+cdx_err hsm_tmpl_check(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key_kind kind,
+                       const char *label, CK_RV *rv);
+
+/* ---- creating a key object (hsm_keys.c) ---- */
+
+typedef enum hsm_create_how { HSM_HOW_GENERATE, HSM_HOW_IMPORT, HSM_HOW_UNWRAP } hsm_create_how;
+
+struct hsm_create;
+
+/*
+ * Makes the object from the template t[0..n): C_GenerateKey, C_UnwrapKey or
+ * (in the admin library only) C_CreateObject. On a CK_RV failure that
+ * recovery may cure it stores the CK_RV in *rv.
+ */
+typedef cdx_err (*hsm_make_fn)(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
+                               CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv);
+
+struct hsm_create {
+    hsm_key_kind kind;
+    hsm_key_ref ref;      /* root/index */
+    const char *kek_name; /* KEK being created, or KEK used to unwrap */
+    hsm_create_how how;   /* what the template holds and the log line says */
+    hsm_make_fn make;
+    const uint8_t *key;  /* HSM_HOW_IMPORT: CKA_VALUE (CDX_KEY_LEN bytes) */
+    const uint8_t *blob; /* HSM_HOW_UNWRAP */
+    size_t blob_len;
+    uint8_t kcv[CDX_KCV_LEN];
+    CK_OBJECT_HANDLE h;
+};
+
+/*
+ * Create the object a describes: refuse an existing label, make it, compute
+ * the KCV (root/index), check the template (destroying a non-conforming
+ * object), re-check after an interrupted attempt, remember the handle and log
+ * it. kcv_out may be NULL. Errors: CDX_ERR_ALREADY_EXISTS,
+ * CDX_ERR_KEY_ATTRIBUTES, what a->make returns, the custody errors.
+ */
+CDX_MUST_CHECK cdx_err hsm_key_create(hsm_custody *c, struct hsm_create *a, uint8_t *kcv_out);
+
+/*
+ * Fill t (room for 24) with the template of the new object a describes,
+ * labelled `label` with CKA_ID `id`; returns the count. The last entry is
+ * CKA_MODIFIABLE (SoftHSM applies it last on unwrap).
+ */
+CK_ULONG hsm_tmpl_build(const struct hsm_create *a, CK_ATTRIBUTE *t, const char *label,
+                        const uint8_t *id);
+
+/* Generate a->kind's key on the token (CKM_GENERIC_SECRET_KEY_GEN or CKM_AES_KEY_GEN). */
+cdx_err hsm_make_generate(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
+                          CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv);
+
+/*
+ * Destroy a root/index key (k) or a KEK (kek_name), re-checking after an
+ * interrupted attempt; a key's cached subkeys are dropped first.
+ * Errors: CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS, the custody errors.
+ */
+CDX_MUST_CHECK cdx_err hsm_object_destroy(hsm_custody *c, const hsm_key_ref *k,
+                                          const char *kek_name);
+
+/* Subkey cache lifecycle (hsm_subkey.c). */
+cdx_err hsm_subcache_new(hsm_custody *c);
+void hsm_subcache_free(hsm_custody *c);
+void hsm_subcache_drop_key(hsm_custody *c, const hsm_key_ref *k);
+uint64_t hsm_subcache_count(hsm_custody *c);
+
+#endif
