@@ -22,8 +22,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "app_config.h"
+#include "app_addr.h"
 #include "cdx_limits.h"
+#include "wire_alloc.h"
 #include "wire_frame.h"
 
 struct app_client {
@@ -369,7 +370,7 @@ cdx_err app_client_recv(app_client *c, wire_response **out)
         free(body);
         goto broken;
     }
-    err = wire_response_unpack(body, len, 4 * len + (1u << 20), out);
+    err = wire_response_unpack(body, len, wire_unpack_budget(len), out);
     free(body);
     if (err) {
         err =
@@ -403,4 +404,240 @@ cdx_err app_client_call(app_client *c, Cipherdex__V1__Request *req, wire_respons
         return err;
     }
     return app_client_recv(c, out);
+}
+
+/* ---- typed calls ---- */
+
+typedef Cipherdex__V1__Request Req;
+
+/* A C string as a protobuf string field (protobuf-c only reads it). */
+static ProtobufCBinaryData str(const char *s)
+{
+    return s ? wire_str(s) : (ProtobufCBinaryData){0, NULL};
+}
+
+/* A request's repeated string field from C strings (free the array after sending). */
+static ProtobufCBinaryData *str_array(const char *const *v, size_t n)
+{
+    ProtobufCBinaryData *a = calloc(n ? n : 1, sizeof(*a));
+    if (a)
+        for (size_t i = 0; i < n; i++)
+            a[i] = str(v[i]);
+    return a;
+}
+
+static cdx_err no_memory(wire_response **out)
+{
+    if (out)
+        *out = NULL;
+    return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory building the request");
+}
+
+cdx_err app_client_health(app_client *c, wire_response **out)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__HealthRequest h = CIPHERDEX__V1__HEALTH_REQUEST__INIT;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_HEALTH;
+    r.health = &h;
+    return app_client_call(c, &r, out);
+}
+
+cdx_err app_client_create_index(app_client *c, const app_index_spec *spec, wire_response **out)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__CreateIndexRequest ci = CIPHERDEX__V1__CREATE_INDEX_REQUEST__INIT;
+    Cipherdex__V1__UnwrapKey uk = CIPHERDEX__V1__UNWRAP_KEY__INIT;
+    Cipherdex__V1__AdoptKey ak = CIPHERDEX__V1__ADOPT_KEY__INIT;
+    ci.name = str(spec->name);
+    ci.dimension = spec->dimension;
+    ci.metric = str(spec->metric);
+    ci.index_type = str(spec->index_type);
+    ci.n_lists = spec->n_lists;
+    if (spec->key_source == APP_KEY_UNWRAP) {
+        uk.kek_name = str(spec->kek_name);
+        uk.wrapped_key =
+            (ProtobufCBinaryData){spec->wrapped_len, (uint8_t *)(uintptr_t)spec->wrapped};
+        ci.key_source_case = CIPHERDEX__V1__CREATE_INDEX_REQUEST__KEY_SOURCE_UNWRAP_KEY;
+        ci.unwrap_key = &uk;
+    } else if (spec->key_source == APP_KEY_ADOPT) {
+        ak.key_id = (ProtobufCBinaryData){spec->adopt_id ? CDX_ID_LEN : 0,
+                                          (uint8_t *)(uintptr_t)spec->adopt_id};
+        ci.key_source_case = CIPHERDEX__V1__CREATE_INDEX_REQUEST__KEY_SOURCE_ADOPT_KEY;
+        ci.adopt_key = &ak;
+    }
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX;
+    r.create_index = &ci;
+    return app_client_call(c, &r, out);
+}
+
+cdx_err app_client_describe_index(app_client *c, const char *name, wire_response **out)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__DescribeIndexRequest d = CIPHERDEX__V1__DESCRIBE_INDEX_REQUEST__INIT;
+    d.name = str(name);
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX;
+    r.describe_index = &d;
+    return app_client_call(c, &r, out);
+}
+
+cdx_err app_client_list_indexes(app_client *c, wire_response **out)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__ListIndexesRequest l = CIPHERDEX__V1__LIST_INDEXES_REQUEST__INIT;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES;
+    r.list_indexes = &l;
+    return app_client_call(c, &r, out);
+}
+
+cdx_err app_client_delete_index(app_client *c, const char *name, const uint8_t *confirm_id,
+                                wire_response **out)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__DeleteIndexRequest d = CIPHERDEX__V1__DELETE_INDEX_REQUEST__INIT;
+    d.name = str(name);
+    if (confirm_id)
+        d.confirm_id = (ProtobufCBinaryData){CDX_ID_LEN, (uint8_t *)(uintptr_t)confirm_id};
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX;
+    r.delete_index = &d;
+    return app_client_call(c, &r, out);
+}
+
+cdx_err app_client_train(app_client *c, const char *index, const app_train_opts *o,
+                         wire_response **out)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__TrainRequest t = CIPHERDEX__V1__TRAIN_REQUEST__INIT;
+    t.index = str(index);
+    if (o) {
+        t.n_lists = o->n_lists;
+        t.max_iters = o->max_iters;
+        t.tolerance = o->tolerance;
+        t.seed = o->seed;
+        t.max_points_per_list = o->max_points_per_list;
+    }
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_TRAIN;
+    r.train = &t;
+    return app_client_call(c, &r, out);
+}
+
+cdx_err app_client_upsert_send(app_client *c, const char *index, const app_item *items, size_t n,
+                               uint64_t *id)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__UpsertRequest u = CIPHERDEX__V1__UPSERT_REQUEST__INIT;
+    Cipherdex__V1__Item *it = calloc(n ? n : 1, sizeof(*it));
+    Cipherdex__V1__Item **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+    cdx_err err;
+    if (!it || !ptrs) {
+        err = no_memory(NULL);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        cipherdex__v1__item__init(&it[i]);
+        it[i].id = str(items[i].id);
+        it[i].vector = (float *)(uintptr_t)items[i].vector; /* only read when packing */
+        it[i].n_vector = items[i].dim;
+        if (items[i].metadata)
+            it[i].metadata = str(items[i].metadata);
+        if (items[i].contents_len)
+            it[i].contents = (ProtobufCBinaryData){items[i].contents_len,
+                                                   (uint8_t *)(uintptr_t)items[i].contents};
+        ptrs[i] = &it[i];
+    }
+    u.index = str(index);
+    u.n_items = n;
+    u.items = ptrs;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_UPSERT;
+    r.upsert = &u;
+    err = app_client_send(c, &r, id);
+out:
+    free(it);
+    free(ptrs);
+    return err;
+}
+
+cdx_err app_client_upsert(app_client *c, const char *index, const app_item *items, size_t n,
+                          wire_response **out)
+{
+    cdx_err err = app_client_upsert_send(c, index, items, n, NULL);
+    if (err) {
+        *out = NULL;
+        return err;
+    }
+    return app_client_recv(c, out);
+}
+
+cdx_err app_client_query(app_client *c, const char *index, const app_query_spec *q,
+                         wire_response **out)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__QueryRequest qr = CIPHERDEX__V1__QUERY_REQUEST__INIT;
+    qr.index = str(index);
+    qr.vectors = (float *)(uintptr_t)q->vectors; /* only read when packing */
+    qr.n_vectors = q->n_floats;
+    qr.top_k = q->top_k;
+    qr.n_probes = q->n_probes;
+    if (q->filter)
+        qr.filter = str(q->filter);
+    qr.include_vectors = (q->include & APP_INCLUDE_VECTORS) != 0;
+    qr.include_metadata = (q->include & APP_INCLUDE_METADATA) != 0;
+    qr.include_contents = (q->include & APP_INCLUDE_CONTENTS) != 0;
+    qr.min_version = q->min_version;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_QUERY;
+    r.query = &qr;
+    return app_client_call(c, &r, out);
+}
+
+cdx_err app_client_get(app_client *c, const char *index, const char *const *ids, size_t n,
+                       unsigned include, uint64_t min_version, wire_response **out)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__GetRequest g = CIPHERDEX__V1__GET_REQUEST__INIT;
+    ProtobufCBinaryData *a = str_array(ids, n);
+    if (!a)
+        return no_memory(out);
+    g.index = str(index);
+    g.ids = a;
+    g.n_ids = n;
+    g.include_vectors = (include & APP_INCLUDE_VECTORS) != 0;
+    g.include_metadata = (include & APP_INCLUDE_METADATA) != 0;
+    g.include_contents = (include & APP_INCLUDE_CONTENTS) != 0;
+    g.min_version = min_version;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_GET;
+    r.get = &g;
+    cdx_err err = app_client_call(c, &r, out);
+    free(a);
+    return err;
+}
+
+cdx_err app_client_delete(app_client *c, const char *index, const char *const *ids, size_t n,
+                          wire_response **out)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__DeleteRequest d = CIPHERDEX__V1__DELETE_REQUEST__INIT;
+    ProtobufCBinaryData *a = str_array(ids, n);
+    if (!a)
+        return no_memory(out);
+    d.index = str(index);
+    d.ids = a;
+    d.n_ids = n;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_DELETE;
+    r.delete_ = &d;
+    cdx_err err = app_client_call(c, &r, out);
+    free(a);
+    return err;
+}
+
+cdx_err app_client_list_ids(app_client *c, const char *index, const char *cursor, uint32_t limit,
+                            wire_response **out)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__ListIdsRequest l = CIPHERDEX__V1__LIST_IDS_REQUEST__INIT;
+    l.index = str(index);
+    l.limit = limit;
+    if (cursor)
+        l.cursor = str(cursor);
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_LIST_IDS;
+    r.list_ids = &l;
+    return app_client_call(c, &r, out);
 }

@@ -8,6 +8,16 @@
  * the answers in the same order (the server answers in order). A response
  * whose request_id does not match, or that has no status, is a protocol
  * error (CDX_ERR_DATA_LOSS): the connection is then unusable.
+ *
+ * The typed calls at the end (app_client_upsert, _query, _get, ...) build
+ * the protobuf request from plain C arguments, so callers never assemble a
+ * Cipherdex__V1__*Request by hand; they return the decoded response for
+ * the caller to read (wire_response_msg) and free (wire_response_free).
+ *
+ * Thread-safety: an app_client is not thread-safe; use one connection per
+ * thread (as `cipherdex query --clients N` does). Distinct connections are
+ * independent and may be used from different threads at once. A write
+ * blocks SIGPIPE for the calling thread only, for its duration.
  */
 #ifndef APP_CLIENT_H
 #define APP_CLIENT_H
@@ -38,7 +48,7 @@ typedef struct app_client app_client;
  * connect, timeout), CDX_ERR_UNAUTHENTICATED (TLS handshake or certificate
  * verification failed: the detail says which), CDX_ERR_CONFIG (files).
  */
-cdx_err app_client_connect(const app_client_opts *o, app_client **out);
+CDX_MUST_CHECK cdx_err app_client_connect(const app_client_opts *o, app_client **out);
 
 /* Close; NULL is a no-op. */
 void app_client_free(app_client *c);
@@ -49,7 +59,7 @@ void app_client_free(app_client *c);
  * Errors: CDX_ERR_UNAVAILABLE (I/O), CDX_ERR_FRAME_TOO_LARGE, what
  * wire_request_pack returns.
  */
-cdx_err app_client_send(app_client *c, Cipherdex__V1__Request *req, uint64_t *id);
+CDX_MUST_CHECK cdx_err app_client_send(app_client *c, Cipherdex__V1__Request *req, uint64_t *id);
 
 /*
  * Receive the next response (the oldest request sent). *out is the decoded
@@ -58,9 +68,122 @@ cdx_err app_client_send(app_client *c, Cipherdex__V1__Request *req, uint64_t *id
  * error, its message as the detail), or a transport/protocol error with
  * *out NULL.
  */
-cdx_err app_client_recv(app_client *c, wire_response **out);
+CDX_MUST_CHECK cdx_err app_client_recv(app_client *c, wire_response **out);
 
-/* send + recv. */
-cdx_err app_client_call(app_client *c, Cipherdex__V1__Request *req, wire_response **out);
+/*
+ * send + recv: *out as app_client_recv leaves it (NULL when the send
+ * failed). Errors: those of app_client_send and app_client_recv.
+ */
+CDX_MUST_CHECK cdx_err app_client_call(app_client *c, Cipherdex__V1__Request *req,
+                                       wire_response **out);
+
+/* ---- typed calls -------------------------------------------------------
+ *
+ * Each builds one request from its arguments and calls it (app_client_call):
+ * the return value and *out are exactly app_client_call's (*out is the
+ * server's response, also when it carries an error status; NULL on a
+ * transport error; free it with wire_response_free). Strings are
+ * NUL-terminated UTF-8; nothing passed in is kept after the call returns.
+ * Besides app_client_call's errors, those that build an array can fail with
+ * CDX_ERR_RESOURCE_EXHAUSTED (out of memory; nothing was sent, *out NULL).
+ * The server validates every field; these only carry them.
+ */
+
+/* What get and query return besides ids (and distances): bits to OR. */
+enum {
+    APP_INCLUDE_VECTORS = 1,
+    APP_INCLUDE_METADATA = 2,
+    APP_INCLUDE_CONTENTS = 4,
+};
+
+typedef enum app_key_source {
+    APP_KEY_GENERATE = 0, /* generated on the token (the default) */
+    APP_KEY_UNWRAP,       /* a KMS-wrapped key unwrapped on the token with a KEK */
+    APP_KEY_ADOPT,        /* an existing token key (minted by cipherdex-hsm) */
+} app_key_source;
+
+/* create_index. NULL strings are sent empty (the server applies its default or refuses). */
+typedef struct app_index_spec {
+    const char *name;
+    uint32_t dimension;
+    const char *metric;     /* euclidean, squared_euclidean, cosine, inner_product */
+    const char *index_type; /* ivfflat (empty means ivfflat), ivfsq8 */
+    uint32_t n_lists;       /* 0: chosen when training */
+    app_key_source key_source;
+    const char *kek_name;   /* APP_KEY_UNWRAP: the KEK's name */
+    const uint8_t *wrapped; /* APP_KEY_UNWRAP: the wrapped key (CDX_WRAPPED_KEY_LEN bytes) */
+    size_t wrapped_len;
+    const uint8_t *adopt_id; /* APP_KEY_ADOPT: the key's CKA_ID, CDX_ID_LEN bytes */
+} app_index_spec;
+
+/* train; all zero means the server's defaults. */
+typedef struct app_train_opts {
+    uint32_t n_lists, max_iters;
+    float tolerance;
+    uint64_t seed;
+    uint32_t max_points_per_list;
+} app_train_opts;
+
+/* One item of an upsert. */
+typedef struct app_item {
+    const char *id;
+    const float *vector; /* dim floats */
+    size_t dim;
+    const char *metadata; /* a JSON object as text; NULL or "" for none */
+    const void *contents; /* opaque bytes; contents_len 0 for none */
+    size_t contents_len;
+} app_item;
+
+/* query: one or more vectors of the index's dimension, row-major. */
+typedef struct app_query_spec {
+    const float *vectors;
+    size_t n_floats;      /* number of floats in vectors (queries x dimension) */
+    uint32_t top_k;       /* 0: the server's default */
+    uint32_t n_probes;    /* 0: the server's default */
+    const char *filter;   /* JSON filter text, or NULL */
+    unsigned include;     /* APP_INCLUDE_* */
+    uint64_t min_version; /* 0: any */
+} app_query_spec;
+
+CDX_MUST_CHECK cdx_err app_client_health(app_client *c, wire_response **out);
+CDX_MUST_CHECK cdx_err app_client_create_index(app_client *c, const app_index_spec *spec,
+                                               wire_response **out);
+CDX_MUST_CHECK cdx_err app_client_describe_index(app_client *c, const char *name,
+                                                 wire_response **out);
+CDX_MUST_CHECK cdx_err app_client_list_indexes(app_client *c, wire_response **out);
+
+/* confirm_id: the index id (CDX_ID_LEN bytes) or NULL to send none (the server then refuses). */
+CDX_MUST_CHECK cdx_err app_client_delete_index(app_client *c, const char *name,
+                                               const uint8_t *confirm_id, wire_response **out);
+
+/* o may be NULL (the server's defaults). */
+CDX_MUST_CHECK cdx_err app_client_train(app_client *c, const char *index, const app_train_opts *o,
+                                        wire_response **out);
+
+CDX_MUST_CHECK cdx_err app_client_upsert(app_client *c, const char *index, const app_item *items,
+                                         size_t n, wire_response **out);
+
+/*
+ * The send half of app_client_upsert, for pipelining batches: collect the
+ * answer with app_client_recv. *id as app_client_send (may be NULL).
+ * Errors: those of app_client_send, CDX_ERR_RESOURCE_EXHAUSTED.
+ */
+CDX_MUST_CHECK cdx_err app_client_upsert_send(app_client *c, const char *index,
+                                              const app_item *items, size_t n, uint64_t *id);
+
+CDX_MUST_CHECK cdx_err app_client_query(app_client *c, const char *index, const app_query_spec *q,
+                                        wire_response **out);
+
+/* include: APP_INCLUDE_*; min_version 0: any. */
+CDX_MUST_CHECK cdx_err app_client_get(app_client *c, const char *index, const char *const *ids,
+                                      size_t n, unsigned include, uint64_t min_version,
+                                      wire_response **out);
+
+CDX_MUST_CHECK cdx_err app_client_delete(app_client *c, const char *index, const char *const *ids,
+                                         size_t n, wire_response **out);
+
+/* cursor: NULL (or "") for the first page; limit 0: the server's default page. */
+CDX_MUST_CHECK cdx_err app_client_list_ids(app_client *c, const char *index, const char *cursor,
+                                           uint32_t limit, wire_response **out);
 
 #endif

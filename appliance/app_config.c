@@ -1,7 +1,6 @@
 /* The daemon's configuration file (see app_config.h, docs/CONFIG.md). */
 #include "app_config.h"
 
-#include <netdb.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -280,57 +279,12 @@ cdx_err app_config_load(const char *path, app_config *c)
     return app_ini_load(path, load_one, &l);
 }
 
-cdx_err app_addr_split(const char *addr, char *host, size_t cap, uint16_t *port)
-{
-    const char *colon, *h = addr;
-    size_t hl;
-    if (addr[0] == '[') {
-        const char *end = strchr(addr, ']');
-        if (!end || end[1] != ':')
-            return cdx_fail(CDX_ERR_CONFIG, "`%s`: an IPv6 address is written [addr]:port", addr);
-        h = addr + 1;
-        hl = (size_t)(end - h);
-        colon = end + 1;
-    } else {
-        colon = strrchr(addr, ':');
-        if (!colon || colon == addr)
-            return cdx_fail(CDX_ERR_CONFIG, "`%s`: expected host:port", addr);
-        if (memchr(addr, ':', (size_t)(colon - addr)))
-            return cdx_fail(CDX_ERR_CONFIG, "`%s`: write an IPv6 address as [addr]:port", addr);
-        hl = (size_t)(colon - addr);
-    }
-    if (hl == 0 || hl >= cap)
-        return cdx_fail(CDX_ERR_CONFIG, "`%s`: bad host", addr);
-    uint64_t p;
-    if (app_ini_uint("port", colon + 1, 65535, false, &p))
-        return cdx_fail(CDX_ERR_CONFIG, "`%s`: port must be 0-65535 (0: any free port)", addr);
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    *port = (uint16_t)p;
-    return CDX_OK;
-}
-
 /* Prefix the detail an address check left (copied: cdx_fail formats into the same buffer). */
 static cdx_err addr_fail(const char *where)
 {
     char why[256];
     snprintf(why, sizeof(why), "%s", cdx_err_detail());
     return cdx_fail(CDX_ERR_CONFIG, "%s: %s", where, why);
-}
-
-cdx_err app_addr_resolve(const char *addr, const char *what, struct addrinfo **out)
-{
-    char host[APP_ADDR_MAX], port_s[8];
-    uint16_t port;
-    *out = NULL;
-    if (app_addr_split(addr, host, sizeof(host), &port))
-        return addr_fail(what);
-    snprintf(port_s, sizeof(port_s), "%u", port);
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    int gai = getaddrinfo(host, port_s, &hints, out);
-    if (gai)
-        return cdx_fail(CDX_ERR_CONFIG, "%s `%s`: %s", what, addr, gai_strerror(gai));
-    return CDX_OK;
 }
 
 cdx_err app_config_check(const app_config *c)

@@ -20,6 +20,10 @@
  *   [state]   dir
  *   [log]     level (error | warn | info | debug), format (kv | json)
  *   [metrics] listen (host:port, empty = off)
+ *
+ * Loading fills one caller-owned app_config; not thread-safe while loading.
+ * A loaded, checked app_config is only read afterwards and may be shared
+ * by every thread.
  */
 #ifndef APP_CONFIG_H
 #define APP_CONFIG_H
@@ -28,12 +32,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "app_addr.h"
 #include "cdx_err.h"
 #include "cdx_limits.h"
 #include "hsm_config.h"
 
 #define APP_PATH_MAX 4096
-#define APP_ADDR_MAX 512
 
 typedef enum app_store_backend {
     APP_STORE_REDIS = 0,
@@ -97,7 +101,7 @@ void app_config_init(app_config *c);
  * the file system; app_config_check does the cross-key checks.
  * Errors: CDX_ERR_CONFIG (detail "path:line: ...").
  */
-cdx_err app_config_load(const char *path, app_config *c);
+CDX_MUST_CHECK cdx_err app_config_load(const char *path, app_config *c);
 
 /*
  * Cross-key checks: TLS files and client CA required unless insecure;
@@ -105,23 +109,6 @@ cdx_err app_config_load(const char *path, app_config *c);
  * required for the redis backend; host:port forms parse.
  * Errors: CDX_ERR_CONFIG with what to fix.
  */
-cdx_err app_config_check(const app_config *c);
-
-/*
- * Split "host:port", "[v6]:port" into host (without brackets) and port
- * (0-65535; 0 means any free port where a listener accepts it).
- * Errors: CDX_ERR_CONFIG.
- */
-cdx_err app_addr_split(const char *addr, char *host, size_t cap, uint16_t *port);
-
-struct addrinfo;
-
-/*
- * Resolve a listen address ("host:port", "[v6]:port"; port 0 allowed) for a
- * stream socket; *out is freed with freeaddrinfo. `what` names the setting
- * in the error ("[server] listen").
- * Errors: CDX_ERR_CONFIG.
- */
-cdx_err app_addr_resolve(const char *addr, const char *what, struct addrinfo **out);
+CDX_MUST_CHECK cdx_err app_config_check(const app_config *c);
 
 #endif

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "app_addr.h"
 #include "app_dispatch.h"
 #include "app_http.h"
 #include "app_server.h"

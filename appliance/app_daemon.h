@@ -14,9 +14,16 @@
  *   SIGTERM, SIGINT  STOPPING=1; stop accepting, let the worker pool finish
  *                    what was submitted (every acknowledged write stays
  *                    acknowledged), then leave the loop;
- *   SIGHUP           RELOADING=1; log level from the configuration file
- *                    again (and, once the network front end is attached,
- *                    TLS files and the CRL); READY=1.
+ *   SIGHUP           RELOADING=1; the configuration file is read and
+ *                    checked again: when it is valid, its log level and
+ *                    format apply, and (unless insecure) the TLS files
+ *                    opened at start - certificate, key, client CA, CRL -
+ *                    are read again (on failure the previous ones stay and
+ *                    an error is logged); an invalid file changes nothing
+ *                    and is logged; READY=1.
+ *
+ * Not thread-safe: one app_daemon per process (it owns the signal
+ * handling), created, run and freed by the main thread.
  */
 #ifndef APP_DAEMON_H
 #define APP_DAEMON_H
@@ -33,11 +40,11 @@ typedef struct app_daemon app_daemon;
  * codes; CDX_ERR_CONFIG; CDX_ERR_UNAVAILABLE when a port cannot be bound),
  * with a detail saying what to fix.
  */
-cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemon **out);
+CDX_MUST_CHECK cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemon **out);
 
 /*
- * Run the event loop until SIGTERM/SIGINT (or app_daemon_stop) and the
- * drain. Returns 0 on a clean stop.
+ * Run the event loop until SIGTERM or SIGINT and the drain that follows.
+ * Returns the process exit code: 0 on a clean stop, 1 when the loop failed.
  */
 int app_daemon_run(app_daemon *d);
 

@@ -7,8 +7,9 @@
 #include <time.h>
 
 #include "cdx_limits.h"
-#include "wire_msg.h"
 #include "cdx_time.h"
+#include "wire_alloc.h"
+#include "wire_msg.h"
 
 #ifndef CDX_VERSION
 #define CDX_VERSION "0.1.0"
@@ -16,22 +17,6 @@
 
 typedef Cipherdex__V1__Request Req;
 typedef Cipherdex__V1__Response Resp;
-
-bool app_is_admin(const app_config *cfg, const char *principal)
-{
-    for (size_t i = 0; i < cfg->n_admins; i++)
-        if (!strcmp(cfg->admins[i], principal))
-            return true;
-    return false;
-}
-
-static cdx_err need_admin(const app_config *cfg, const char *principal, const char *what)
-{
-    if (app_is_admin(cfg, principal))
-        return CDX_OK;
-    return cdx_fail(CDX_ERR_PERMISSION_DENIED,
-                    "%s needs an admin principal; `%s` is not in [server] admins", what, principal);
-}
 
 /* Everything a handler allocates for its response, freed after packing. */
 typedef struct scratch {
@@ -109,8 +94,9 @@ static cdx_err id_arrays(scratch *s, const ProtobufCBinaryData *ids, size_t n, c
     return CDX_OK;
 }
 
-static cdx_err do_health(const app_dispatch_env *env, Resp *r, scratch *s)
+static cdx_err do_health(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
+    (void)q;
     Cipherdex__V1__HealthResponse *h = alloc(s, sizeof(*h));
     if (!h)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
@@ -131,13 +117,10 @@ static cdx_err do_health(const app_dispatch_env *env, Resp *r, scratch *s)
     return CDX_OK;
 }
 
-static cdx_err do_create(const app_dispatch_env *env, const char *who, const Req *q, Resp *r,
-                         scratch *s)
+static cdx_err do_create(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
     const Cipherdex__V1__CreateIndexRequest *c = q->create_index;
-    cdx_err err = need_admin(env->cfg, who, "create_index");
-    if (err)
-        return err;
+    cdx_err err;
     eng_create ec = {.name = wire_text(c->name), .dimension = c->dimension, .n_lists = c->n_lists};
     ec.metric = eng_metric_parse(wire_text(c->metric));
     ec.type = c->index_type.len ? eng_index_type_parse(wire_text(c->index_type)) : ENG_IVFFLAT;
@@ -199,8 +182,9 @@ static cdx_err do_describe(const app_dispatch_env *env, const Req *q, Resp *r, s
     return CDX_OK;
 }
 
-static cdx_err do_list_indexes(const app_dispatch_env *env, Resp *r, scratch *s)
+static cdx_err do_list_indexes(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
+    (void)q;
     size_t n = 0;
     cdx_err err = eng_index_list(env->engine, &s->infos, &n);
     if (err)
@@ -222,13 +206,10 @@ static cdx_err do_list_indexes(const app_dispatch_env *env, Resp *r, scratch *s)
     return CDX_OK;
 }
 
-static cdx_err do_delete_index(const app_dispatch_env *env, const char *who, const Req *q, Resp *r,
-                               scratch *s)
+static cdx_err do_delete_index(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
     const Cipherdex__V1__DeleteIndexRequest *d = q->delete_index;
-    cdx_err err = need_admin(env->cfg, who, "delete_index");
-    if (err)
-        return err;
+    cdx_err err;
     if (d->confirm_id.len && d->confirm_id.len != CDX_ID_LEN)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
                         "confirm_id must be the %d-byte index id, got "
@@ -250,13 +231,10 @@ static cdx_err do_delete_index(const app_dispatch_env *env, const char *who, con
     return CDX_OK;
 }
 
-static cdx_err do_train(const app_dispatch_env *env, const char *who, const Req *q, Resp *r,
-                        scratch *s)
+static cdx_err do_train(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
     const Cipherdex__V1__TrainRequest *t = q->train;
-    cdx_err err = need_admin(env->cfg, who, "train");
-    if (err)
-        return err;
+    cdx_err err;
     if (!(t->tolerance >= 0) || t->tolerance >= 1)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "tolerance must be in [0, 1) (0: default)");
     eng_train_opts o = {.n_lists = t->n_lists,
@@ -493,34 +471,120 @@ static cdx_err do_list_ids(const app_dispatch_env *env, const Req *q, Resp *r, s
     return CDX_OK;
 }
 
-static app_op op_of(const Req *q)
+/* ---- the operations table: the one place that says who may do what ---- */
+
+/* What an operation needs from the caller's principal. */
+typedef enum need {
+    NEED_NONE,  /* anyone who got through TLS: health */
+    NEED_READ,  /* read an index or the catalog */
+    NEED_WRITE, /* change an index's items */
+    NEED_ADMIN, /* create, train, delete an index: [server] admins */
+} need;
+
+typedef cdx_err (*handler)(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s);
+
+/* The index an operation touches (NULL: the catalog, or nothing). */
+typedef const char *(*touches)(const Req *q);
+
+static const char *index_none(const Req *q)
 {
-    switch (q->body_case) {
-    case CIPHERDEX__V1__REQUEST__BODY_HEALTH:
-        return APP_OP_HEALTH;
-    case CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX:
-        return APP_OP_CREATE_INDEX;
-    case CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX:
-        return APP_OP_DESCRIBE_INDEX;
-    case CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES:
-        return APP_OP_LIST_INDEXES;
-    case CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX:
-        return APP_OP_DELETE_INDEX;
-    case CIPHERDEX__V1__REQUEST__BODY_TRAIN:
-        return APP_OP_TRAIN;
-    case CIPHERDEX__V1__REQUEST__BODY_UPSERT:
-        return APP_OP_UPSERT;
-    case CIPHERDEX__V1__REQUEST__BODY_QUERY:
-        return APP_OP_QUERY;
-    case CIPHERDEX__V1__REQUEST__BODY_GET:
-        return APP_OP_GET;
-    case CIPHERDEX__V1__REQUEST__BODY_DELETE:
-        return APP_OP_DELETE;
-    case CIPHERDEX__V1__REQUEST__BODY_LIST_IDS:
-        return APP_OP_LIST_IDS;
-    default:
-        return APP_OP_INVALID;
-    }
+    (void)q;
+    return NULL;
+}
+static const char *index_create(const Req *q)
+{
+    return wire_text(q->create_index->name);
+}
+static const char *index_describe(const Req *q)
+{
+    return wire_text(q->describe_index->name);
+}
+static const char *index_delete_index(const Req *q)
+{
+    return wire_text(q->delete_index->name);
+}
+static const char *index_train(const Req *q)
+{
+    return wire_text(q->train->index);
+}
+static const char *index_upsert(const Req *q)
+{
+    return wire_text(q->upsert->index);
+}
+static const char *index_query(const Req *q)
+{
+    return wire_text(q->query->index);
+}
+static const char *index_get(const Req *q)
+{
+    return wire_text(q->get->index);
+}
+static const char *index_delete(const Req *q)
+{
+    return wire_text(q->delete_->index);
+}
+static const char *index_list_ids(const Req *q)
+{
+    return wire_text(q->list_ids->index);
+}
+
+static const struct op_def {
+    Cipherdex__V1__Request__BodyCase body;
+    app_op op; /* the metric label, and the name in errors (app_op_name) */
+    need need;
+    touches index;
+    handler fn;
+} ops[] = {
+    {CIPHERDEX__V1__REQUEST__BODY_HEALTH, APP_OP_HEALTH, NEED_NONE, index_none, do_health},
+    {CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX, APP_OP_CREATE_INDEX, NEED_ADMIN, index_create,
+     do_create},
+    {CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX, APP_OP_DESCRIBE_INDEX, NEED_READ, index_describe,
+     do_describe},
+    {CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES, APP_OP_LIST_INDEXES, NEED_READ, index_none,
+     do_list_indexes},
+    {CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX, APP_OP_DELETE_INDEX, NEED_ADMIN, index_delete_index,
+     do_delete_index},
+    {CIPHERDEX__V1__REQUEST__BODY_TRAIN, APP_OP_TRAIN, NEED_ADMIN, index_train, do_train},
+    {CIPHERDEX__V1__REQUEST__BODY_UPSERT, APP_OP_UPSERT, NEED_WRITE, index_upsert, do_upsert},
+    {CIPHERDEX__V1__REQUEST__BODY_QUERY, APP_OP_QUERY, NEED_READ, index_query, do_query},
+    {CIPHERDEX__V1__REQUEST__BODY_GET, APP_OP_GET, NEED_READ, index_get, do_get},
+    {CIPHERDEX__V1__REQUEST__BODY_DELETE, APP_OP_DELETE, NEED_WRITE, index_delete, do_delete},
+    {CIPHERDEX__V1__REQUEST__BODY_LIST_IDS, APP_OP_LIST_IDS, NEED_READ, index_list_ids,
+     do_list_ids},
+};
+
+static const struct op_def *op_find(Cipherdex__V1__Request__BodyCase body)
+{
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+        if (ops[i].body == body)
+            return &ops[i];
+    return NULL;
+}
+
+static bool is_admin(const app_config *cfg, const char *principal)
+{
+    for (size_t i = 0; i < cfg->n_admins; i++)
+        if (!strcmp(cfg->admins[i], principal))
+            return true;
+    return false;
+}
+
+/*
+ * May `principal` run `d` on `index` (NULL: catalog-wide)? The one
+ * authorisation check, made before any handler runs; the policy module
+ * (principals, roles, per-index rules) replaces this body. Until then: any
+ * authenticated principal may read and write; NEED_ADMIN needs a principal
+ * listed in [server] admins.
+ */
+static cdx_err authorize(const app_dispatch_env *env, const char *principal, const struct op_def *d,
+                         const char *index)
+{
+    (void)index;
+    if (d->need != NEED_ADMIN || (env->cfg && is_admin(env->cfg, principal)))
+        return CDX_OK;
+    return cdx_fail(CDX_ERR_PERMISSION_DENIED,
+                    "%s needs an admin principal; `%s` is not in [server] admins",
+                    app_op_name(d->op), principal);
 }
 
 /* Engine stage times of this request (this worker thread's share) into the histograms. */
@@ -550,10 +614,9 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     memset(res, 0, sizeof(*res));
     res->op = APP_OP_INVALID;
     uint64_t rid = wire_peek_request_id(frame, len);
-    /* protobuf-c allocates far more than the frame for many tiny fields: bound it. */
-    size_t budget = 4 * len + (1u << 20);
     eng_thread_stages((uint64_t[ENG_STAGE_COUNT]){0}); /* start this request's stage clock */
-    cdx_err err = wire_request_unpack(frame, len, budget, &wr);
+    /* protobuf-c allocates far more than the frame for many tiny fields: bound it. */
+    cdx_err err = wire_request_unpack(frame, len, wire_unpack_budget(len), &wr);
     if (env->metrics)
         app_metrics_observe(env->metrics, APP_STAGE_DECODE, cdx_mono_ns() - t0);
     Resp r = CIPHERDEX__V1__RESPONSE__INIT;
@@ -561,43 +624,14 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     if (!err) {
         const Req *q = wire_request_msg(wr);
         rid = q->request_id;
-        res->op = op_of(q);
-        switch (q->body_case) {
-        case CIPHERDEX__V1__REQUEST__BODY_HEALTH:
-            err = do_health(env, &r, &s);
-            break;
-        case CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX:
-            err = do_create(env, principal, q, &r, &s);
-            break;
-        case CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX:
-            err = do_describe(env, q, &r, &s);
-            break;
-        case CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES:
-            err = do_list_indexes(env, &r, &s);
-            break;
-        case CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX:
-            err = do_delete_index(env, principal, q, &r, &s);
-            break;
-        case CIPHERDEX__V1__REQUEST__BODY_TRAIN:
-            err = do_train(env, principal, q, &r, &s);
-            break;
-        case CIPHERDEX__V1__REQUEST__BODY_UPSERT:
-            err = do_upsert(env, q, &r, &s);
-            break;
-        case CIPHERDEX__V1__REQUEST__BODY_QUERY:
-            err = do_query(env, q, &r, &s);
-            break;
-        case CIPHERDEX__V1__REQUEST__BODY_GET:
-            err = do_get(env, q, &r, &s);
-            break;
-        case CIPHERDEX__V1__REQUEST__BODY_DELETE:
-            err = do_delete(env, q, &r, &s);
-            break;
-        case CIPHERDEX__V1__REQUEST__BODY_LIST_IDS:
-            err = do_list_ids(env, q, &r, &s);
-            break;
-        default:
+        const struct op_def *d = op_find(q->body_case);
+        if (!d)
             err = cdx_fail(CDX_ERR_INVALID_ARGUMENT, "request has no known body");
+        else {
+            res->op = d->op;
+            err = authorize(env, principal, d, d->index(q));
+            if (!err)
+                err = d->fn(env, q, &r, &s);
         }
     }
     observe_stages(env->metrics);

@@ -8,10 +8,18 @@
  * building the error response itself leaves *out NULL (the connection is
  * then closed).
  *
- * Authorisation until the policy work lands: create_index, delete_index
- * and train need the caller's principal in [server] admins; delete_index
+ * Every operation is a row of one table in app_dispatch.c: its request
+ * body, its metric name (app_op), what it needs from the principal (none,
+ * read, write, admin), the index it touches, and its handler. The
+ * principal is checked once, against that row, before the handler runs.
+ * Until the policy module lands: create_index, delete_index and train need
+ * the caller's principal in [server] admins (CDX_ERR_PERMISSION_DENIED
+ * otherwise); any authenticated principal may do the rest. delete_index
  * must also carry the index id as confirm_id. In insecure mode the
  * principal is "anonymous".
+ *
+ * Thread-safe: any number of workers may dispatch at once with the same
+ * env (which is only read; the engine and metrics are thread-safe).
  */
 #ifndef APP_DISPATCH_H
 #define APP_DISPATCH_H
@@ -41,11 +49,14 @@ typedef struct app_dispatch_result {
     cdx_err status;
 } app_dispatch_result;
 
-/* Serve one request. res->frame is NULL only when memory ran out (close the connection). */
+/*
+ * Serve one request frame body (frame[0..len), without the length prefix)
+ * for `principal`. res->frame is the response frame (malloc'ed, caller
+ * frees), res->op the operation (APP_OP_INVALID when the frame did not
+ * decode), res->status the code the response carries. res->frame is NULL
+ * only when memory ran out (close the connection).
+ */
 void app_dispatch(const app_dispatch_env *env, const char *principal, const uint8_t *frame,
                   size_t len, app_dispatch_result *res);
-
-/* Is `principal` listed in cfg->admins? */
-bool app_is_admin(const app_config *cfg, const char *principal);
 
 #endif

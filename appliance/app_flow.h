@@ -8,7 +8,7 @@
  * timeout (app_flow_check). No sockets, no clocks of its own: times are
  * passed in, so every rule is tested deterministically.
  *
- * Rules (DESIGN §5, issue 4):
+ * Rules (the [server] keys that set them are in docs/CONFIG.md):
  *   - a global in-flight byte budget (app_budget) covers every request from
  *     the moment its frame header is read until its response is flushed; a
  *     frame that does not fit waits, with reading paused (no buffering);
@@ -21,7 +21,7 @@
  *     stay at least min_recv_bytes_per_s once a grace second has passed
  *     (slow-loris); a connection with nothing outstanding and no partial
  *     frame is closed after idle_timeout_s.
- * Single-threaded: the network thread owns every app_flow and the budget.
+ * Not thread-safe: the network thread owns every app_flow and the budget.
  */
 #ifndef APP_FLOW_H
 #define APP_FLOW_H

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "app_config.h"
+#include "app_addr.h"
 #include "cdx_log.h"
 
 struct app_http {

@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "app_addr.h"
 #include "app_flow.h"
 #include "app_tls.h"
 #include "cdx_log.h"

@@ -5,12 +5,13 @@
 #include <float.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
+
+#include "cdx_limits.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "fvecs/bvecs payloads are read as host floats: little-endian hosts only"
@@ -20,80 +21,75 @@
 #define IDX_MAGIC_UBYTE_3D 0x00000803u
 #define CHUNK              (1u << 20)
 
-__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errcap, const char *fmt,
-                                                      ...)
+/* The file's content is wrong (short, malformed, out of bounds). */
+#define BAD CDX_ERR_INVALID_ARGUMENT
+
+static cdx_err open_gz(const char *path, gzFile *out)
 {
-    if (err && errcap) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errcap, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
+    *out = gzopen(path, "rb");
+    if (!*out)
+        return cdx_fail(CDX_ERR_NOT_FOUND, "%s: cannot open", path);
+    gzbuffer(*out, 256 * 1024);
+    return CDX_OK;
 }
 
-static gzFile open_gz(const char *path, char *err, size_t errcap)
+static cdx_err gz_error(gzFile f, const char *path)
 {
-    gzFile f = gzopen(path, "rb");
-    if (!f) {
-        fail(err, errcap, "%s: cannot open", path);
-        return NULL;
-    }
-    gzbuffer(f, 256 * 1024);
-    return f;
+    int zerr;
+    const char *msg = gzerror(f, &zerr);
+    return cdx_fail(BAD, "%s: read error: %s", path, msg ? msg : "?");
 }
 
-/* Reads exactly len bytes. Returns 0, 1 on a clean end of file before the first byte (only when
- * eof_ok), or -1 with a message (short read, corrupt gzip stream). */
-static int read_exact(gzFile f, const char *path, void *buf, size_t len, bool eof_ok, char *err,
-                      size_t errcap)
+/*
+ * Reads exactly len bytes. CDX_OK; *eof true instead when eof is not NULL
+ * and the file ended cleanly before the first byte; or BAD (short read,
+ * corrupt gzip stream).
+ */
+static cdx_err read_exact(gzFile f, const char *path, void *buf, size_t len, bool *eof)
 {
     unsigned char *p = buf;
     size_t got = 0;
+    if (eof)
+        *eof = false;
     while (got < len) {
         size_t want = len - got;
         if (want > (1u << 30))
             want = 1u << 30;
         int r = gzread(f, p + got, (unsigned)want);
-        if (r < 0) {
-            int zerr;
-            const char *msg = gzerror(f, &zerr);
-            return fail(err, errcap, "%s: read error: %s", path, msg ? msg : "?");
-        }
+        if (r < 0)
+            return gz_error(f, path);
         if (r == 0)
             break;
         got += (size_t)r;
     }
     if (got == len)
-        return 0;
-    if (got == 0 && eof_ok) {
+        return CDX_OK;
+    if (got == 0 && eof) {
         /* gzread reports a gzip stream cut short as a plain end of file: ask gzerror. */
         int zerr;
         gzerror(f, &zerr);
         if (zerr != Z_OK)
-            return fail(err, errcap, "%s: truncated gzip stream", path);
-        return 1;
+            return cdx_fail(BAD, "%s: truncated gzip stream", path);
+        *eof = true;
+        return CDX_OK;
     }
-    return fail(err, errcap, "%s: truncated (wanted %zu more bytes, got %zu)", path, len, got);
+    return cdx_fail(BAD, "%s: truncated (wanted %zu more bytes, got %zu)", path, len, got);
 }
 
 /* The payload must end exactly where the header says. */
-static int expect_eof(gzFile f, const char *path, char *err, size_t errcap)
+static cdx_err expect_eof(gzFile f, const char *path)
 {
     unsigned char extra;
     int r = gzread(f, &extra, 1);
-    if (r < 0) {
-        int zerr;
-        const char *msg = gzerror(f, &zerr);
-        return fail(err, errcap, "%s: read error: %s", path, msg ? msg : "?");
-    }
+    if (r < 0)
+        return gz_error(f, path);
     if (r != 0)
-        return fail(err, errcap, "%s: trailing data after the announced payload", path);
+        return cdx_fail(BAD, "%s: trailing data after the announced payload", path);
     int zerr;
     gzerror(f, &zerr);
     if (zerr != Z_OK) /* Z_BUF_ERROR: the gzip stream ended early (its trailer is missing) */
-        return fail(err, errcap, "%s: truncated gzip stream", path);
-    return 0;
+        return cdx_fail(BAD, "%s: truncated gzip stream", path);
+    return CDX_OK;
 }
 
 static uint32_t be32(const unsigned char *b)
@@ -106,205 +102,228 @@ static uint32_t le32(const unsigned char *b)
     return (uint32_t)b[3] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[1] << 8 | b[0];
 }
 
-/* Reads n*d bytes and widens them to float32. */
-static int read_u8_as_float(gzFile f, const char *path, float *out, size_t total, char *err,
-                            size_t errcap)
+/* Reads total bytes and widens them to float32, CHUNK bytes at a time. */
+static cdx_err read_u8_as_float(gzFile f, const char *path, float *out, size_t total)
 {
     unsigned char *tmp = malloc(CHUNK);
+    cdx_err err = CDX_OK;
     if (!tmp)
-        return fail(err, errcap, "%s: out of memory", path);
-    size_t done = 0;
-    while (done < total) {
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "%s: out of memory", path);
+    for (size_t done = 0; done < total && !err;) {
         size_t len = total - done < CHUNK ? total - done : CHUNK;
-        if (read_exact(f, path, tmp, len, false, err, errcap) != 0) {
-            free(tmp);
-            return -1;
+        if (!(err = read_exact(f, path, tmp, len, NULL))) {
+            for (size_t i = 0; i < len; i++)
+                out[done + i] = (float)tmp[i];
+            done += len;
         }
-        for (size_t i = 0; i < len; i++)
-            out[done + i] = (float)tmp[i];
-        done += len;
     }
     free(tmp);
-    return 0;
+    return err;
 }
 
-int app_vecs_load_idx(const char *path, float **out, size_t *n, size_t *d, char *err,
-                          size_t errcap)
+cdx_err app_vecs_load_idx(const char *path, float **out, size_t *n, size_t *d)
 {
-    *out = NULL;
-    gzFile f = open_gz(path, err, errcap);
-    if (!f)
-        return -1;
     unsigned char h[16];
     float *v = NULL;
-    if (read_exact(f, path, h, sizeof h, false, err, errcap) != 0)
-        goto bad;
+    gzFile f;
+    *out = NULL;
+    cdx_err err = open_gz(path, &f);
+    if (err)
+        return err;
+    if ((err = read_exact(f, path, h, sizeof h, NULL)))
+        goto out;
     uint32_t magic = be32(h), cnt = be32(h + 4), rows = be32(h + 8), cols = be32(h + 12);
     if (magic != IDX_MAGIC_UBYTE_3D) {
-        fail(err, errcap, "%s: IDX magic 0x%08x, want 0x%08x (ubyte, 3 dims)", path, magic,
-             IDX_MAGIC_UBYTE_3D);
-        goto bad;
+        err = cdx_fail(BAD, "%s: IDX magic 0x%08x, want 0x%08x (ubyte, 3 dims)", path, magic,
+                       IDX_MAGIC_UBYTE_3D);
+        goto out;
     }
     /* Bound each factor before multiplying so nothing can wrap. */
-    if (cnt == 0 || rows == 0 || cols == 0 || rows > APP_VECS_MAX_DIM || cols > APP_VECS_MAX_DIM ||
-        (size_t)rows * cols > APP_VECS_MAX_DIM || (size_t)cnt * rows * cols > APP_VECS_MAX_ELEMS) {
-        fail(err, errcap, "%s: IDX dims %u x %u x %u out of bounds", path, cnt, rows, cols);
-        goto bad;
+    if (cnt == 0 || rows == 0 || cols == 0 || rows > CDX_VECS_DIM_MAX || cols > CDX_VECS_DIM_MAX ||
+        (size_t)rows * cols > CDX_VECS_DIM_MAX || (size_t)cnt * rows * cols > CDX_VECS_ELEMS_MAX) {
+        err = cdx_fail(BAD, "%s: IDX dims %u x %u x %u out of bounds", path, cnt, rows, cols);
+        goto out;
     }
     size_t dim = (size_t)rows * cols, total = (size_t)cnt * dim;
     v = malloc(total * sizeof *v);
     if (!v) {
-        fail(err, errcap, "%s: out of memory for %zu floats", path, total);
-        goto bad;
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "%s: out of memory for %zu floats", path, total);
+        goto out;
     }
-    if (read_u8_as_float(f, path, v, total, err, errcap) != 0 ||
-        expect_eof(f, path, err, errcap) != 0)
-        goto bad;
-    gzclose(f);
+    if ((err = read_u8_as_float(f, path, v, total)) || (err = expect_eof(f, path)))
+        goto out;
     *out = v;
     *n = cnt;
     *d = dim;
-    return 0;
-bad:
+    v = NULL;
+out:
     free(v);
     gzclose(f);
-    return -1;
+    return err;
 }
 
-int app_vecs_load_idx_labels(const char *path, uint8_t **out, size_t *n, char *err, size_t errcap)
+cdx_err app_vecs_load_idx_labels(const char *path, uint8_t **out, size_t *n)
 {
-    *out = NULL;
-    gzFile f = open_gz(path, err, errcap);
-    if (!f)
-        return -1;
     unsigned char h[8];
     uint8_t *v = NULL;
-    if (read_exact(f, path, h, sizeof h, false, err, errcap) != 0)
-        goto bad;
+    gzFile f;
+    *out = NULL;
+    cdx_err err = open_gz(path, &f);
+    if (err)
+        return err;
+    if ((err = read_exact(f, path, h, sizeof h, NULL)))
+        goto out;
     uint32_t magic = be32(h), cnt = be32(h + 4);
     if (magic != IDX_MAGIC_UBYTE_1D) {
-        fail(err, errcap, "%s: IDX magic 0x%08x, want 0x%08x (ubyte, 1 dim)", path, magic,
-             IDX_MAGIC_UBYTE_1D);
-        goto bad;
+        err = cdx_fail(BAD, "%s: IDX magic 0x%08x, want 0x%08x (ubyte, 1 dim)", path, magic,
+                       IDX_MAGIC_UBYTE_1D);
+        goto out;
     }
-    if (cnt == 0) { /* a uint32 count is within APP_VECS_MAX_ELEMS */
-        fail(err, errcap, "%s: IDX label count 0", path);
-        goto bad;
+    if (cnt == 0) { /* a uint32 count is within CDX_VECS_ELEMS_MAX */
+        err = cdx_fail(BAD, "%s: IDX label count 0", path);
+        goto out;
     }
     v = malloc(cnt);
     if (!v) {
-        fail(err, errcap, "%s: out of memory", path);
-        goto bad;
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "%s: out of memory", path);
+        goto out;
     }
-    if (read_exact(f, path, v, cnt, false, err, errcap) != 0 ||
-        expect_eof(f, path, err, errcap) != 0)
-        goto bad;
-    gzclose(f);
+    if ((err = read_exact(f, path, v, cnt, NULL)) || (err = expect_eof(f, path)))
+        goto out;
     *out = v;
     *n = cnt;
-    return 0;
-bad:
+    v = NULL;
+out:
     free(v);
     gzclose(f);
-    return -1;
+    return err;
 }
 
-/* fvecs (elem 4, float32) and bvecs (elem 1, uint8): records of int32 d + d elements, all with the
- * same d. The count is unknown up front (gzip), so the array grows, bounded by APP_VECS_MAX_ELEMS. */
-static int load_xvecs(const char *path, size_t elem, float **out, size_t *n, size_t *d, char *err,
-                      size_t errcap)
+/*
+ * An xvecs row format: elem bytes per component, and how to read one row of
+ * dim components into row (tmp: dim * elem bytes of scratch; `index` is the
+ * row's number, for errors).
+ */
+typedef struct xvecs_fmt {
+    size_t elem;
+    cdx_err (*decode)(gzFile f, const char *path, float *row, size_t dim, size_t index,
+                      unsigned char *tmp);
+} xvecs_fmt;
+
+/* fvecs: float32 components, which must be finite. */
+static cdx_err decode_f32(gzFile f, const char *path, float *row, size_t dim, size_t index,
+                          unsigned char *tmp)
 {
-    *out = NULL;
-    gzFile f = open_gz(path, err, errcap);
-    if (!f)
-        return -1;
+    (void)tmp;
+    cdx_err err = read_exact(f, path, row, dim * sizeof(float), NULL);
+    if (err)
+        return err;
+    for (size_t i = 0; i < dim; i++)
+        if (!isfinite(row[i]))
+            return cdx_fail(BAD, "%s: vector %zu has a non-finite component", path, index);
+    return CDX_OK;
+}
+
+/* bvecs: uint8 components, widened. */
+static cdx_err decode_u8(gzFile f, const char *path, float *row, size_t dim, size_t index,
+                         unsigned char *tmp)
+{
+    (void)index;
+    cdx_err err = read_exact(f, path, tmp, dim, NULL);
+    if (err)
+        return err;
+    for (size_t i = 0; i < dim; i++)
+        row[i] = (float)tmp[i];
+    return CDX_OK;
+}
+
+static const xvecs_fmt FVECS = {sizeof(float), decode_f32};
+static const xvecs_fmt BVECS = {1, decode_u8};
+
+/*
+ * fvecs and bvecs: records of int32 d + d components, all with the same d.
+ * The count is unknown up front (gzip), so the array grows, bounded by
+ * CDX_VECS_ELEMS_MAX; the row format decodes each record's payload.
+ */
+static cdx_err load_xvecs(const char *path, const xvecs_fmt *fmt, float **out, size_t *n, size_t *d)
+{
     float *v = NULL;
     unsigned char *tmp = NULL;
     size_t cnt = 0, dim = 0, cap = 0; /* cap in vectors */
+    gzFile f;
+    *out = NULL;
+    cdx_err err = open_gz(path, &f);
+    if (err)
+        return err;
     for (;;) {
         unsigned char h[4];
-        int r = read_exact(f, path, h, 4, true, err, errcap);
-        if (r < 0)
-            goto bad;
-        if (r == 1)
+        bool eof;
+        if ((err = read_exact(f, path, h, 4, &eof)))
+            goto out;
+        if (eof)
             break;
         uint32_t rd = le32(h);
         if (cnt == 0) {
-            if (rd == 0 || rd > APP_VECS_MAX_DIM) {
-                fail(err, errcap, "%s: dimension %u out of bounds", path, rd);
-                goto bad;
+            if (rd == 0 || rd > CDX_VECS_DIM_MAX) {
+                err = cdx_fail(BAD, "%s: dimension %u out of bounds", path, rd);
+                goto out;
             }
             dim = rd;
-            if (elem == 1 && !(tmp = malloc(dim))) {
-                fail(err, errcap, "%s: out of memory", path);
-                goto bad;
+            if (!(tmp = malloc(dim * fmt->elem))) {
+                err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "%s: out of memory", path);
+                goto out;
             }
         } else if (rd != dim) {
-            fail(err, errcap, "%s: vector %zu has dimension %u, the first had %zu", path, cnt, rd,
-                 dim);
-            goto bad;
+            err = cdx_fail(BAD, "%s: vector %zu has dimension %u, the first had %zu", path, cnt, rd,
+                           dim);
+            goto out;
         }
-        if ((cnt + 1) * dim > APP_VECS_MAX_ELEMS) {
-            fail(err, errcap, "%s: more than %zu elements", path, APP_VECS_MAX_ELEMS);
-            goto bad;
+        if ((cnt + 1) * dim > CDX_VECS_ELEMS_MAX) {
+            err = cdx_fail(BAD, "%s: more than %zu elements", path, (size_t)CDX_VECS_ELEMS_MAX);
+            goto out;
         }
         if (cnt == cap) {
             size_t ncap = cap ? cap * 2 : 1024;
-            if (ncap * dim > APP_VECS_MAX_ELEMS)
-                ncap = APP_VECS_MAX_ELEMS / dim;
+            if (ncap * dim > CDX_VECS_ELEMS_MAX)
+                ncap = CDX_VECS_ELEMS_MAX / dim;
             float *nv = realloc(v, ncap * dim * sizeof *v);
             if (!nv) {
-                fail(err, errcap, "%s: out of memory at %zu vectors", path, cnt);
-                goto bad;
+                err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "%s: out of memory at %zu vectors", path,
+                               cnt);
+                goto out;
             }
             v = nv;
             cap = ncap;
         }
-        float *row = v + cnt * dim;
-        if (elem == 1) {
-            if (read_exact(f, path, tmp, dim, false, err, errcap) != 0)
-                goto bad;
-            for (size_t i = 0; i < dim; i++)
-                row[i] = (float)tmp[i];
-        } else {
-            if (read_exact(f, path, row, dim * sizeof(float), false, err, errcap) != 0)
-                goto bad;
-            for (size_t i = 0; i < dim; i++) {
-                if (!isfinite(row[i])) {
-                    fail(err, errcap, "%s: vector %zu has a non-finite component", path, cnt);
-                    goto bad;
-                }
-            }
-        }
+        if ((err = fmt->decode(f, path, v + cnt * dim, dim, cnt, tmp)))
+            goto out;
         cnt++;
     }
     if (cnt == 0) {
-        fail(err, errcap, "%s: no vectors", path);
-        goto bad;
+        err = cdx_fail(BAD, "%s: no vectors", path);
+        goto out;
     }
-    free(tmp);
-    gzclose(f);
     /* Give back the unused tail of the doubling buffer. */
     float *shrunk = realloc(v, cnt * dim * sizeof *v);
     *out = shrunk ? shrunk : v;
     *n = cnt;
     *d = dim;
-    return 0;
-bad:
+    v = NULL;
+out:
     free(tmp);
     free(v);
     gzclose(f);
-    return -1;
+    return err;
 }
 
-int app_vecs_load_fvecs(const char *path, float **out, size_t *n, size_t *d, char *err, size_t errcap)
+cdx_err app_vecs_load_fvecs(const char *path, float **out, size_t *n, size_t *d)
 {
-    return load_xvecs(path, sizeof(float), out, n, d, err, errcap);
+    return load_xvecs(path, &FVECS, out, n, d);
 }
 
-int app_vecs_load_bvecs(const char *path, float **out, size_t *n, size_t *d, char *err, size_t errcap)
+cdx_err app_vecs_load_bvecs(const char *path, float **out, size_t *n, size_t *d)
 {
-    return load_xvecs(path, 1, out, n, d, err, errcap);
+    return load_xvecs(path, &BVECS, out, n, d);
 }
 
 static bool ends_with(const char *s, size_t len, const char *suffix)
@@ -313,23 +332,22 @@ static bool ends_with(const char *s, size_t len, const char *suffix)
     return len >= l && memcmp(s + len - l, suffix, l) == 0;
 }
 
-int app_vecs_load(const char *path, float **out, size_t *n, size_t *d, char *err,
-                       size_t errcap)
+cdx_err app_vecs_load(const char *path, float **out, size_t *n, size_t *d)
 {
     size_t len = strlen(path);
     if (ends_with(path, len, ".gz"))
         len -= 3; /* the loaders read gzip and plain files alike */
     if (ends_with(path, len, ".fvecs"))
-        return app_vecs_load_fvecs(path, out, n, d, err, errcap);
+        return app_vecs_load_fvecs(path, out, n, d);
     if (ends_with(path, len, ".bvecs"))
-        return app_vecs_load_bvecs(path, out, n, d, err, errcap);
+        return app_vecs_load_bvecs(path, out, n, d);
     if (ends_with(path, len, "idx3-ubyte") || ends_with(path, len, ".idx"))
-        return app_vecs_load_idx(path, out, n, d, err, errcap);
+        return app_vecs_load_idx(path, out, n, d);
     *out = NULL;
-    return fail(err, errcap,
-                "%s: unknown format (want .fvecs, .bvecs, *idx3-ubyte or .idx, "
-                "optionally .gz)",
-                path);
+    return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                    "%s: unknown format (want .fvecs, .bvecs, *idx3-ubyte or .idx, "
+                    "optionally .gz)",
+                    path);
 }
 
 /* ---- ground truth --------------------------------------------------------------------------- */
@@ -468,17 +486,17 @@ static void cand_prune(gt_screen *s, double limit)
  * and no true neighbour (nor an item tied with the k-th) is ever dropped. Candidates are then
  * ranked by exact double distances, ties by index.
  */
-int app_vecs_ground_truth(const float *base, size_t nb, const float *q, size_t nq, size_t d, size_t k,
-                       int64_t *gt)
+cdx_err app_vecs_ground_truth(const float *base, size_t nb, const float *q, size_t nq, size_t d,
+                              size_t k, int64_t *gt)
 {
     if (k == 0 || nq == 0)
-        return 0;
+        return CDX_OK;
     const size_t QB = 256, NBB = 16384;
     const double c = (2.0 * (double)d + 4.0) * (FLT_EPSILON / 2);
     const double e0 = 4.0 * (double)d * FLT_MIN;
     const double big = 1e36; /* beyond this, float products may overflow: no screening */
     size_t qb_max = nq < QB ? nq : QB, nbb_max = nb < NBB ? nb : NBB;
-    int rc = -1;
+    cdx_err rc = CDX_ERR_RESOURCE_EXHAUSTED;
     double *nx = malloc((nb ? nb : 1) * sizeof *nx);
     double *w = malloc((nb ? nb : 1) * sizeof *w);
     size_t ndots = qb_max * nbb_max;
@@ -575,7 +593,7 @@ int app_vecs_ground_truth(const float *base, size_t nb, const float *q, size_t n
             heap_emit(&heap, out_row);
         }
     }
-    rc = 0;
+    rc = CDX_OK;
 out:
     if (sc)
         for (size_t i = 0; i < qb_max; i++) {
@@ -587,7 +605,9 @@ out:
     free(dots);
     free(w);
     free(nx);
-    return rc;
+    if (rc)
+        return cdx_fail(rc, "out of memory computing the ground truth");
+    return CDX_OK;
 }
 
 double app_vecs_recall_at_k(const int64_t *res, const int64_t *gt, size_t nq, size_t k)

@@ -18,6 +18,7 @@
 #include "app_daemon.h"
 #include "cdx_log.h"
 #include "eng_kmeans.h"
+#include "hsm_secfile.h"
 
 #ifndef CDX_VERSION
 #define CDX_VERSION "0.1.0"
@@ -31,7 +32,10 @@ static void usage(FILE *f)
                "The configuration keys are documented in docs/CONFIG.md.\n");
 }
 
-/* A file the configuration names must exist and be readable by this user. */
+/*
+ * A file the configuration names must exist and be readable by this user; a
+ * secret one must also be accessible by nobody else.
+ */
 static int check_file(const char *what, const char *path, bool secret)
 {
     struct stat st;
@@ -44,6 +48,24 @@ static int check_file(const char *what, const char *path, bool secret)
     if (secret && (st.st_mode & 077)) {
         fprintf(stderr, "cipherdexd: %s `%s` is readable by group or others (chmod 600)\n", what,
                 path);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * A secret file the daemon reads with hsm_secfile (the PIN file, the Redis
+ * password file): the same checks it makes at start (opened without
+ * following a symbolic link, a regular file, readable, no access for group
+ * or others), without reading the secret.
+ */
+static int check_secret(const char *what, const char *path)
+{
+    const hsm_secfile_opts o = {.what = what, .err = CDX_ERR_CONFIG};
+    if (!path[0])
+        return 0;
+    if (hsm_secfile_check(path, &o)) {
+        fprintf(stderr, "cipherdexd: %s\n", cdx_err_detail());
         return -1;
     }
     return 0;
@@ -70,9 +92,9 @@ static int load(const char *path, app_config *c, bool files)
     }
     bad |= check_file("[hsm] module", c->hsm.module_path, false);
     if (!strncmp(c->hsm.pin_source, "file:", 5))
-        bad |= check_file("[hsm] pin", c->hsm.pin_source + 5, true);
+        bad |= check_secret("[hsm] pin file", c->hsm.pin_source + 5);
     if (c->backend == APP_STORE_REDIS)
-        bad |= check_file("[store] redis_password_file", c->redis_password_file, true);
+        bad |= check_secret("[store] redis_password_file", c->redis_password_file);
     return bad ? -1 : 0;
 }
 

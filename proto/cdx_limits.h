@@ -98,4 +98,8 @@
 #define CDX_STATUS_MESSAGE_MAX   1024  /* bytes of a Status.message the server sends */
 #define CDX_VERSION_TEXT_MAX     64    /* HealthResponse.server_version */
 
+/* ---- vector files (appliance/app_vecs: CLI, demo, bench) ---- */
+#define CDX_VECS_DIM_MAX   65536u            /* dimensions per vector in a loaded file */
+#define CDX_VECS_ELEMS_MAX ((size_t)1 << 32) /* n x d per file (16 GiB of float32) */
+
 #endif

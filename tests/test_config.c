@@ -1,5 +1,6 @@
 /* test_config: the daemon's configuration file (appliance/app_config.c, app_ini.c). */
 #include <CUnit/Basic.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,6 +221,19 @@ static void test_addr_split(void)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CU_ASSERT_EQUAL(app_addr_split(bad[i], host, sizeof(host), &port), CDX_ERR_CONFIG);
     CU_ASSERT_EQUAL(app_addr_split("averyveryverylonghostname:1", host, 8, &port), CDX_ERR_CONFIG);
+    CU_ASSERT_EQUAL(app_addr_split("h:+80", host, sizeof(host), &port), CDX_ERR_CONFIG);
+    CU_ASSERT_EQUAL(app_addr_split("h:99999999999999999999", host, sizeof(host), &port),
+                    CDX_ERR_CONFIG);
+    CU_ASSERT_EQUAL(app_addr_split("h:00080", host, sizeof(host), &port), CDX_OK);
+    CU_ASSERT_EQUAL(port, 80);
+    /* Resolving: a passive stream address, or the setting's name in the error. */
+    struct addrinfo *ai = NULL;
+    CU_ASSERT_EQUAL(app_addr_resolve("127.0.0.1:0", "[server] listen", &ai), CDX_OK);
+    CU_ASSERT(ai != NULL && ai->ai_socktype == SOCK_STREAM);
+    freeaddrinfo(ai);
+    CU_ASSERT_EQUAL(app_addr_resolve("nocolon", "[metrics] listen", &ai), CDX_ERR_CONFIG);
+    CU_ASSERT(ai == NULL);
+    CU_ASSERT(strncmp(cdx_err_detail(), "[metrics] listen: ", 18) == 0);
 }
 
 int main(void)

@@ -81,6 +81,31 @@ static void test_check_config(void)
     rc = fx_run(argv, NULL, out, sizeof(out));
     CU_ASSERT_EQUAL(rc, 2);
     CU_ASSERT(strstr(out, "tls_cert `/nonexistent/c.pem` is not a readable file") != NULL);
+    /* The PIN file gets the daemon's own secret-file checks: no access for group or others,
+     * and no symbolic link. */
+    char pin[4200], text[8192];
+    snprintf(path, sizeof(path), "%s/pin.conf", dir);
+    snprintf(pin, sizeof(pin), "%s/pin-checked", dir);
+    snprintf(text, sizeof(text),
+             "[server]\ninsecure = yes\nlisten = 127.0.0.1:0\n"
+             "deployment_id = 0123456789abcdef0123456789abcdef\n"
+             "[hsm]\nmodule = %s\ntoken = pkcs11:token=%s\npin = file:%s\n"
+             "[store]\nbackend = memory\n[state]\ndir = %s/state\n",
+             fx_softhsm_module(), fx_token_label(tok), pin, dir);
+    write_file(path, text, 0600);
+    write_file(pin, "1234\n", 0644);
+    rc = fx_run(argv, NULL, out, sizeof(out));
+    CU_ASSERT_EQUAL(rc, 2);
+    CU_ASSERT(strstr(out, "accessible by group or others") != NULL);
+    unlink(pin);
+    CU_ASSERT_EQUAL(symlink(fx_token_pin_file(tok), pin), 0);
+    rc = fx_run(argv, NULL, out, sizeof(out));
+    CU_ASSERT_EQUAL(rc, 2);
+    CU_ASSERT(strstr(out, "symbolic link") != NULL);
+    unlink(pin);
+    write_file(pin, "1234\n", 0600);
+    rc = fx_run(argv, NULL, out, sizeof(out));
+    CU_ASSERT_EQUAL(rc, 0);
     const char *usage[] = {bin, "--bogus", NULL};
     CU_ASSERT_EQUAL(fx_run(usage, NULL, out, sizeof(out)), 2);
     const char *ver[] = {bin, "--version", NULL};

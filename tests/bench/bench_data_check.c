@@ -78,8 +78,7 @@ static int load_idx(const char *name)
 {
     float *x = NULL;
     size_t n = 0, d = 0;
-    char err[256] = "";
-    int rc = app_vecs_load_idx(path_of(name), &x, &n, &d, err, sizeof err);
+    int rc = app_vecs_load_idx(path_of(name), &x, &n, &d) == CDX_OK ? 0 : -1;
     CHECK(rc == 0 || x == NULL);
     if (rc == 0) {
         CHECK(n == 3 && d == 6);
@@ -148,14 +147,24 @@ static void test_idx(void)
     put("labels", lb, 11, false);
     uint8_t *l = NULL;
     size_t n = 0;
-    char err[256];
-    CHECK(app_vecs_load_idx_labels(path_of("labels"), &l, &n, err, sizeof err) == 0 && n == 3 &&
+    CHECK(app_vecs_load_idx_labels(path_of("labels"), &l, &n) == CDX_OK && n == 3 &&
           l[2] == 9);
     free(l);
     put("labels-long", lb, 12, false);
-    CHECK(app_vecs_load_idx_labels(path_of("labels-long"), &l, &n, err, sizeof err) != 0);
+    CHECK(app_vecs_load_idx_labels(path_of("labels-long"), &l, &n) != CDX_OK);
     put("labels-3d", buf, len, false);
-    CHECK(app_vecs_load_idx_labels(path_of("labels-3d"), &l, &n, err, sizeof err) != 0);
+    CHECK(app_vecs_load_idx_labels(path_of("labels-3d"), &l, &n) != CDX_OK);
+
+    /* The documented codes: a missing file, hostile content, an unknown name; *out stays NULL. */
+    float *x = (float *)1;
+    size_t nx = 0, dx = 0;
+    CHECK(app_vecs_load(path_of("no-such.fvecs"), &x, &nx, &dx) == CDX_ERR_NOT_FOUND && !x);
+    CHECK(strstr(cdx_err_detail(), "cannot open") != NULL);
+    x = (float *)1;
+    CHECK(app_vecs_load_idx(path_of("magic"), &x, &nx, &dx) == CDX_ERR_INVALID_ARGUMENT && !x);
+    CHECK(strstr(cdx_err_detail(), "IDX magic") != NULL);
+    CHECK(app_vecs_load(path_of("labels"), &x, &nx, &dx) == CDX_ERR_INVALID_ARGUMENT && !x);
+    CHECK(strstr(cdx_err_detail(), "unknown format") != NULL);
 }
 
 static void le(unsigned char *b, uint32_t v)
@@ -167,8 +176,7 @@ static int load_vec(const char *name, size_t want_n, size_t want_d)
 {
     float *x = NULL;
     size_t n = 0, d = 0;
-    char err[256] = "";
-    int rc = app_vecs_load(path_of(name), &x, &n, &d, err, sizeof err);
+    int rc = app_vecs_load(path_of(name), &x, &n, &d) == CDX_OK ? 0 : -1;
     if (rc == 0) {
         CHECK(n == want_n && d == want_d);
         CHECK(x[0] == 1.0f && x[n * d - 1] == (float)(n * d));
@@ -272,7 +280,7 @@ static void check_gt(const char *what, const float *base, size_t nb, const float
                      size_t d, size_t k)
 {
     int64_t *a = malloc(nq * k * sizeof *a), *b = malloc(nq * k * sizeof *b);
-    CHECK(app_vecs_ground_truth(base, nb, q, nq, d, k, a) == 0);
+    CHECK(app_vecs_ground_truth(base, nb, q, nq, d, k, a) == CDX_OK);
     brute(base, nb, q, nq, d, k, b);
     size_t diff = 0;
     for (size_t i = 0; i < nq * k; i++)

@@ -374,12 +374,12 @@ typedef struct {
 /* The first existing of DIR/STEM and DIR/STEM.gz. */
 static int load_idx_named(const char *dir, const char *stem, vecs *v)
 {
-    char path[4096], err[512];
+    char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, stem);
     if (access(path, R_OK) != 0)
         snprintf(path, sizeof path, "%s/%s.gz", dir, stem);
-    if (app_vecs_load_idx(path, &v->x, &v->n, &v->d, err, sizeof err) != 0) {
-        fprintf(stderr, "bench_ivf: %s\n", err);
+    if (app_vecs_load_idx(path, &v->x, &v->n, &v->d) != CDX_OK) {
+        fprintf(stderr, "bench_ivf: %s\n", cdx_err_detail());
         return -1;
     }
     snprintf(v->name, sizeof v->name, "%s", path);
@@ -388,9 +388,8 @@ static int load_idx_named(const char *dir, const char *stem, vecs *v)
 
 static int load_path(const char *path, vecs *v)
 {
-    char err[512];
-    if (app_vecs_load(path, &v->x, &v->n, &v->d, err, sizeof err) != 0) {
-        fprintf(stderr, "bench_ivf: %s\n", err);
+    if (app_vecs_load(path, &v->x, &v->n, &v->d) != CDX_OK) {
+        fprintf(stderr, "bench_ivf: %s\n", cdx_err_detail());
         return -1;
     }
     snprintf(v->name, sizeof v->name, "%s", path);
@@ -400,7 +399,7 @@ static int load_path(const char *path, vecs *v)
 /* Labels only sanity-check that the IDX pair belongs together (counts must match). */
 static int check_labels(const char *dir, const char *stem, size_t want)
 {
-    char path[4096], err[512];
+    char path[4096];
     uint8_t *lab;
     size_t n;
     snprintf(path, sizeof path, "%s/%s", dir, stem);
@@ -408,8 +407,8 @@ static int check_labels(const char *dir, const char *stem, size_t want)
         snprintf(path, sizeof path, "%s/%s.gz", dir, stem);
     if (access(path, R_OK) != 0)
         return 0; /* optional */
-    if (app_vecs_load_idx_labels(path, &lab, &n, err, sizeof err) != 0) {
-        fprintf(stderr, "bench_ivf: %s\n", err);
+    if (app_vecs_load_idx_labels(path, &lab, &n) != CDX_OK) {
+        fprintf(stderr, "bench_ivf: %s\n", cdx_err_detail());
         return -1;
     }
     free(lab);
@@ -960,7 +959,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "bench_ivf: ground truth for %zu queries x %zu base vectors...\n", env.nq_gt,
             base.n);
     double t0 = now_s();
-    if (app_vecs_ground_truth(base.x, base.n, query.x, env.nq_gt, base.d, o.k, gt) != 0) {
+    if (app_vecs_ground_truth(base.x, base.n, query.x, env.nq_gt, base.d, o.k, gt) != CDX_OK) {
         fprintf(stderr, "bench_ivf: ground truth: out of memory\n");
         goto out_free;
     }

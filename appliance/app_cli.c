@@ -1,0 +1,108 @@
+/* Argument and output helpers of the cipherdex CLI (see app_cli.h). */
+#include "app_cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cdx_hex.h"
+#include "cdx_time.h"
+
+int cli_usage(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "cipherdex: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (see cipherdex --help)\n");
+    va_end(ap);
+    return 2;
+}
+
+int cli_fail(const cli *x, cdx_err e)
+{
+    if (x->json) {
+        json_t *j = json_pack("{s:i,s:s,s:s}", "code", (int)e, "name", cdx_err_name(e), "message",
+                              cdx_err_detail());
+        json_dumpf(j, stdout, JSON_COMPACT);
+        printf("\n");
+        json_decref(j);
+    }
+    fprintf(stderr, "cipherdex: error %d %s: %s\n", (int)e, cdx_err_name(e), cdx_err_detail());
+    return 1;
+}
+
+const char *cli_opt_value(cli_args *a, const char *name)
+{
+    if (a->i + 1 >= a->n) {
+        cli_usage("%s needs a value", name);
+        exit(2);
+    }
+    return a->v[++a->i];
+}
+
+bool cli_parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    if (!s || !*s || *s == '-')
+        return false;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return false;
+    *out = v;
+    return true;
+}
+
+bool cli_parse_u32(const char *s, uint32_t *out)
+{
+    uint64_t v;
+    if (!cli_parse_u64(s, &v) || v > UINT32_MAX)
+        return false;
+    *out = (uint32_t)v;
+    return true;
+}
+
+unsigned cli_include_flags(const char *s)
+{
+    unsigned f = 0;
+    if (strstr(s, "vector"))
+        f |= APP_INCLUDE_VECTORS;
+    if (strstr(s, "metadata"))
+        f |= APP_INCLUDE_METADATA;
+    if (strstr(s, "contents"))
+        f |= APP_INCLUDE_CONTENTS;
+    return f;
+}
+
+void cli_print_json(json_t *j)
+{
+    json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    printf("\n");
+    json_decref(j);
+}
+
+json_t *cli_jstr(ProtobufCBinaryData b)
+{
+    return json_stringn((const char *)b.data, b.len);
+}
+
+void cli_hex(ProtobufCBinaryData b, char *out)
+{
+    cdx_hex_encode(b.data, b.len, out);
+}
+
+void cli_progress(const char *what, size_t done, size_t total, double t0)
+{
+    if (!isatty(2) || !total)
+        return;
+    int width = 30, fill = (int)((double)done / (double)total * width);
+    double el = cdx_mono_s() - t0;
+    fprintf(stderr, "\r%s [%.*s%*s] %zu/%zu %.0f/s ", what, fill, "##############################",
+            width - fill, "", done, total, el > 0 ? (double)done / el : 0.0);
+    if (done == total)
+        fprintf(stderr, "\n");
+}

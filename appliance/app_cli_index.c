@@ -1,0 +1,237 @@
+/* cipherdex health, and the index lifecycle: index create|list|describe|delete|train. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app_cli.h"
+#include "cdx_hex.h"
+#include "cdx_limits.h"
+#include "cdx_time.h"
+
+int cli_health(cli *x, cli_args *a)
+{
+    (void)a;
+    wire_response *w = NULL;
+    cdx_err e = app_client_health(x->c, &w);
+    if (!w)
+        return cli_fail(x, e);
+    const Cipherdex__V1__HealthResponse *hr = wire_response_msg(w)->health;
+    if (hr) {
+        if (x->json)
+            cli_print_json(json_pack("{s:s,s:b,s:b,s:s%,s:I}", "status", e ? "unhealthy" : "ok",
+                                     "token_ok", hr->token_ok, "store_ok", hr->store_ok,
+                                     "server_version", (const char *)hr->server_version.data,
+                                     hr->server_version.len, "uptime_s", (json_int_t)hr->uptime_s));
+        else
+            printf("status: %s\ntoken: %s\nstore: %s\nserver: %.*s\nuptime: %" PRIu64 " s\n",
+                   e ? "unhealthy" : "ok", hr->token_ok ? "ok" : "unreachable",
+                   hr->store_ok ? "ok" : "unreachable", (int)hr->server_version.len,
+                   hr->server_version.data, hr->uptime_s);
+    }
+    wire_response_free(w);
+    return e ? cli_fail(x, e) : 0;
+}
+
+static json_t *info_json(const Cipherdex__V1__IndexInfo *x)
+{
+    char id[33] = "", kcv[17] = "";
+    cli_hex(x->id, id);
+    cli_hex(x->kcv, kcv);
+    return json_pack("{s:o,s:o,s:s,s:i,s:o,s:o,s:i,s:i,s:I,s:I,s:s,s:o,s:b,s:i,s:I}", "name",
+                     cli_jstr(x->name), "state", cli_jstr(x->state), "id", id, "dimension",
+                     x->dimension, "metric", cli_jstr(x->metric), "index_type",
+                     cli_jstr(x->index_type), "n_lists", x->n_lists, "n_clusters", x->n_clusters,
+                     "count", (json_int_t)x->count, "version", (json_int_t)x->version, "kcv", kcv,
+                     "key_source", cli_jstr(x->key_source), "key_owned", x->key_owned, "segments",
+                     x->segments, "created_ms", (json_int_t)x->created_ms);
+}
+
+static void info_print(const Cipherdex__V1__IndexInfo *x)
+{
+    char id[33] = "", kcv[17] = "";
+    cli_hex(x->id, id);
+    cli_hex(x->kcv, kcv);
+    printf("name:        %.*s\nid:          %s\nstate:       %.*s\ndimension:   %u\n"
+           "metric:      %.*s\ntype:        %.*s\nlists:       %u (trained clusters: %u)\n"
+           "items:       %" PRIu64 "\nversion:     %" PRIu64 "\nsegments:    %u\n"
+           "key:         %.*s%s, KCV %s\n",
+           (int)x->name.len, x->name.data, id, (int)x->state.len, x->state.data, x->dimension,
+           (int)x->metric.len, x->metric.data, (int)x->index_type.len, x->index_type.data,
+           x->n_lists, x->n_clusters, x->count, x->version, x->segments, (int)x->key_source.len,
+           x->key_source.data, x->key_owned ? " (destroyed with the index)" : " (adopted)", kcv);
+}
+
+static void info_out(const cli *x, const Cipherdex__V1__IndexInfo *i)
+{
+    x->json ? cli_print_json(info_json(i)) : info_print(i);
+}
+
+static int index_list(cli *x)
+{
+    wire_response *w = NULL;
+    cdx_err e = app_client_list_indexes(x->c, &w);
+    if (!e) {
+        const Cipherdex__V1__ListIndexesResponse *lr = wire_response_msg(w)->list_indexes;
+        if (x->json) {
+            json_t *arr = json_array();
+            for (size_t i = 0; i < lr->n_indexes; i++)
+                json_array_append_new(arr, info_json(lr->indexes[i]));
+            cli_print_json(json_pack("{s:o}", "indexes", arr));
+        } else {
+            printf("%-32s %-6s %-9s %-17s %-7s %10s %8s\n", "NAME", "DIM", "TYPE", "METRIC",
+                   "LISTS", "ITEMS", "VERSION");
+            for (size_t i = 0; i < lr->n_indexes; i++) {
+                const Cipherdex__V1__IndexInfo *ii = lr->indexes[i];
+                printf("%-32.*s %-6u %-9.*s %-17.*s %-7u %10" PRIu64 " %8" PRIu64 "\n",
+                       (int)ii->name.len, ii->name.data, ii->dimension, (int)ii->index_type.len,
+                       ii->index_type.data, (int)ii->metric.len, ii->metric.data, ii->n_clusters,
+                       ii->count, ii->version);
+            }
+        }
+    }
+    wire_response_free(w);
+    return e ? cli_fail(x, e) : 0;
+}
+
+static int index_create(cli *x, cli_args *a, const char *name)
+{
+    uint8_t wrapped[CDX_WRAPPED_KEY_LEN + 1], kid[CDX_ID_LEN];
+    app_index_spec spec = {.name = name, .metric = "euclidean", .index_type = "ivfflat"};
+    for (; a->i < a->n; a->i++) {
+        const char *o = a->v[a->i];
+        if (!strcmp(o, "--dim") || !strcmp(o, "--dimension")) {
+            if (!cli_parse_u32(cli_opt_value(a, o), &spec.dimension))
+                return cli_usage("--dim needs a number");
+        } else if (!strcmp(o, "--metric")) {
+            spec.metric = cli_opt_value(a, o);
+        } else if (!strcmp(o, "--type")) {
+            spec.index_type = cli_opt_value(a, o);
+        } else if (!strcmp(o, "--lists")) {
+            if (!cli_parse_u32(cli_opt_value(a, o), &spec.n_lists))
+                return cli_usage("--lists needs a number");
+        } else if (!strcmp(o, "--unwrap-kek")) {
+            spec.kek_name = cli_opt_value(a, o);
+            spec.key_source = APP_KEY_UNWRAP;
+        } else if (!strcmp(o, "--wrapped-file")) {
+            FILE *f = fopen(cli_opt_value(a, o), "rb");
+            size_t n = f ? fread(wrapped, 1, sizeof(wrapped), f) : 0;
+            if (f)
+                fclose(f);
+            if (n != CDX_WRAPPED_KEY_LEN)
+                return cli_usage("--wrapped-file must hold exactly %d bytes", CDX_WRAPPED_KEY_LEN);
+            spec.wrapped = wrapped;
+            spec.wrapped_len = n;
+        } else if (!strcmp(o, "--adopt-key")) {
+            if (cdx_hex_decode(cli_opt_value(a, o), kid, CDX_ID_LEN))
+                return cli_usage("--adopt-key needs the key id: 32 hex digits");
+            spec.adopt_id = kid;
+            spec.key_source = APP_KEY_ADOPT;
+        } else {
+            return cli_usage("index create: unknown option %s", o);
+        }
+    }
+    if (!spec.dimension)
+        return cli_usage("index create needs --dim N");
+    wire_response *w = NULL;
+    cdx_err e = app_client_create_index(x->c, &spec, &w);
+    if (!e)
+        info_out(x, wire_response_msg(w)->create_index->index);
+    wire_response_free(w);
+    return e ? cli_fail(x, e) : 0;
+}
+
+static int index_describe(cli *x, const char *name)
+{
+    wire_response *w = NULL;
+    cdx_err e = app_client_describe_index(x->c, name, &w);
+    if (!e)
+        info_out(x, wire_response_msg(w)->describe_index->index);
+    wire_response_free(w);
+    return e ? cli_fail(x, e) : 0;
+}
+
+static int index_delete(cli *x, cli_args *a, const char *name)
+{
+    uint8_t id[CDX_ID_LEN];
+    bool have = false;
+    for (; a->i < a->n; a->i++) {
+        const char *o = a->v[a->i];
+        if (!strcmp(o, "--confirm")) {
+            if (cdx_hex_decode(cli_opt_value(a, o), id, CDX_ID_LEN))
+                return cli_usage("--confirm needs the index id (32 hex digits, from "
+                                 "`index describe`)");
+            have = true;
+        } else {
+            return cli_usage("index delete: unknown option %s", o);
+        }
+    }
+    if (!have)
+        return cli_usage("index delete destroys the index key and all data: repeat "
+                         "with --confirm <index id from `index describe`>");
+    wire_response *w = NULL;
+    cdx_err e = app_client_delete_index(x->c, name, id, &w);
+    if (!e)
+        x->json ? cli_print_json(json_pack("{s:s,s:b}", "index", name, "deleted", 1))
+                : (void)printf("deleted %s\n", name);
+    wire_response_free(w);
+    return e ? cli_fail(x, e) : 0;
+}
+
+static int index_train(cli *x, cli_args *a, const char *name)
+{
+    app_train_opts t = {0};
+    for (; a->i < a->n; a->i++) {
+        const char *o = a->v[a->i];
+        if (!strcmp(o, "--lists")) {
+            if (!cli_parse_u32(cli_opt_value(a, o), &t.n_lists))
+                return cli_usage("--lists needs a number");
+        } else if (!strcmp(o, "--iters")) {
+            if (!cli_parse_u32(cli_opt_value(a, o), &t.max_iters))
+                return cli_usage("--iters needs a number");
+        } else if (!strcmp(o, "--seed")) {
+            if (!cli_parse_u64(cli_opt_value(a, o), &t.seed))
+                return cli_usage("--seed needs a number");
+        } else if (!strcmp(o, "--tolerance")) {
+            t.tolerance = strtof(cli_opt_value(a, o), NULL);
+        } else if (!strcmp(o, "--max-points-per-list")) {
+            if (!cli_parse_u32(cli_opt_value(a, o), &t.max_points_per_list))
+                return cli_usage("--max-points-per-list needs a number");
+        } else {
+            return cli_usage("index train: unknown option %s", o);
+        }
+    }
+    double t0 = cdx_mono_s();
+    wire_response *w = NULL;
+    cdx_err e = app_client_train(x->c, name, &t, &w);
+    if (!e) {
+        uint64_t ver = wire_response_msg(w)->train->version;
+        x->json ? cli_print_json(json_pack("{s:s,s:I,s:f}", "index", name, "version",
+                                           (json_int_t)ver, "seconds", cdx_mono_s() - t0))
+                : (void)printf("trained %s: version %" PRIu64 " in %.2f s\n", name, ver,
+                               cdx_mono_s() - t0);
+    }
+    wire_response_free(w);
+    return e ? cli_fail(x, e) : 0;
+}
+
+int cli_index(cli *x, cli_args *a)
+{
+    if (a->i >= a->n)
+        return cli_usage("index needs create, list, describe, delete or train");
+    const char *sub = a->v[a->i++];
+    if (!strcmp(sub, "list"))
+        return index_list(x);
+    if (a->i >= a->n)
+        return cli_usage("index %s needs an index name", sub);
+    const char *name = a->v[a->i++];
+    if (!strcmp(sub, "create"))
+        return index_create(x, a, name);
+    if (!strcmp(sub, "describe"))
+        return index_describe(x, name);
+    if (!strcmp(sub, "delete"))
+        return index_delete(x, a, name);
+    if (!strcmp(sub, "train"))
+        return index_train(x, a, name);
+    return cli_usage("index: unknown subcommand %s", sub);
+}
