@@ -12,7 +12,9 @@
 static int open_checked(const char *path, const hsm_secfile_opts *o, cdx_err *err)
 {
     struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+    /* O_NONBLOCK: opening a FIFO planted under the name must not hang start-up; it is
+     * refused below as not a regular file (regular files ignore the flag). */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
 
     if (fd < 0) {
         *err =

@@ -4,10 +4,12 @@
  * takes from a file.
  *
  * The file is opened with O_NOFOLLOW (a symlink planted in a config
- * directory cannot redirect the read), must be a regular file, and unless
+ * directory cannot redirect the read) and O_NONBLOCK (a FIFO under the name
+ * cannot hang the caller), must be a regular file, and unless
  * the caller opts out, must not be accessible by group or others. The bytes
  * go from read(2) into a hsm_secmem buffer (never stdio or the heap); one
- * trailing "\n" or "\r\n" is stripped; an empty secret is refused unless
+ * trailing "\n" and then one trailing "\r" are stripped (so "\n",
+ * "\r\n" or a lone "\r", as the PIN reader always did); an empty secret is refused unless
  * the caller parses the bytes itself and says so.
  *
  * Needs the secret arena (hsm_secmem_init). Thread-safe (the arena has its

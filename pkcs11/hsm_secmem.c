@@ -132,6 +132,8 @@ void *hsm_secmem_alloc(size_t n)
     void *p = NULL;
     if (n == 0)
         n = 1;
+    if (n > SIZE_MAX - SLOT) /* the slot count below would wrap to 0 */
+        return NULL;
     size_t need = (n + SLOT - 1) / SLOT;
     pthread_mutex_lock(&mu);
     if (refs == 0)
@@ -196,6 +198,8 @@ int hsm_secmem_read_fd(int fd, size_t max, char **out, size_t *len)
 {
     *out = NULL;
     *len = 0;
+    if (max > SIZE_MAX - 2)
+        return ENOMEM;
     char *buf = hsm_secmem_alloc(max + 2);
     if (!buf)
         return ENOMEM;

@@ -135,6 +135,14 @@ static void test_exhaustion(void)
     size_t used, cap;
     hsm_secmem_usage(&used, &cap);
     CU_ASSERT_PTR_NULL(hsm_secmem_alloc(cap + 1));
+    /* Sizes whose slot count would wrap to 0 are refused, not served from a slot nobody owns. */
+    CU_ASSERT_PTR_NULL(hsm_secmem_alloc(SIZE_MAX));
+    CU_ASSERT_PTR_NULL(hsm_secmem_alloc(SIZE_MAX - 10));
+    char *big = NULL;
+    size_t biglen = 0;
+    CU_ASSERT_EQUAL(hsm_secmem_read_fd(0, SIZE_MAX, &big, &biglen), ENOMEM);
+    CU_ASSERT_EQUAL(hsm_secmem_read_fd(0, SIZE_MAX - 2, &big, &biglen), ENOMEM);
+    CU_ASSERT_PTR_NULL(big);
     void *p[1024];
     size_t n = 0;
     while (n < FX_LEN(p) && (p[n] = hsm_secmem_alloc(32)) != NULL)
@@ -337,6 +345,14 @@ static void test_not_a_plain_file(void)
     CU_ASSERT_EQUAL(hsm_secfile_check(sub, &any), CDX_ERR_CONFIG);
     read_fails("/dev/null", &any, CDX_ERR_CONFIG);
     CU_ASSERT_EQUAL(hsm_secfile_check("/dev/null", &any), CDX_ERR_CONFIG);
+    /* A FIFO with no writer: refused at once (a blocking open would hang start-up forever). */
+    char fifo[4200];
+    snprintf(fifo, sizeof(fifo), "%s/fifo", dir);
+    unlink(fifo);
+    CU_ASSERT_FATAL(mkfifo(fifo, 0600) == 0);
+    read_fails(fifo, &any, CDX_ERR_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "not a regular file"));
+    CU_ASSERT_EQUAL(hsm_secfile_check(fifo, &PIN), CDX_ERR_CONFIG);
 }
 
 int main(void)
