@@ -247,10 +247,11 @@ int cli_query(cli *x, cli_args *a)
     if (gt_base) { /* exact top-k over the base file, for recall@k */
         float *base = NULL;
         size_t nb = 0, db = 0;
-        /* A base file that does not load leaves db 0: reported as "dimension differs". */
-        if (app_vecs_load(gt_base, &base, &nb, &db) || db != d) {
+        cdx_err le = app_vecs_load(gt_base, &base, &nb, &db);
+        if (le || db != d) {
             fprintf(stderr, "cipherdex: ground truth: %s\n",
-                    db != d ? "dimension differs" : cdx_err_detail());
+                    le ? cdx_err_detail() : "dimension differs");
+            free(base);
             return 1;
         }
         gt = malloc(nq * top_k * sizeof(int64_t));
