@@ -198,13 +198,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 /* One seed: the selector byte, then b. */
 static int seed(const char *dir, const char *name, int sel, const eng_buf *b)
 {
-    eng_buf s;
-    eng_buf_init(&s);
-    eng_buf_u8(&s, (uint8_t)sel);
-    eng_buf_put(&s, b->data, b->len);
-    int rc = eng_buf_ok(&s) ? fuzz_seed(dir, name, s.data, s.len) : -1;
-    eng_buf_free(&s);
-    return rc;
+    const uint8_t s = (uint8_t)sel;
+    return eng_buf_ok(b) ? fuzz_seed_sel(dir, name, &s, 1, b->data, b->len) : -1;
 }
 
 int fuzz_write_seeds(const char *dir)
