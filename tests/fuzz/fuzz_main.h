@@ -21,7 +21,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* Write the target's seeds into dir with fuzz_seed(); returns 0 or -1. */
+/* Write the target's seeds into dir with fuzz_seed() or fuzz_seed_sel(); returns 0 or -1. */
 int fuzz_write_seeds(const char *dir);
 
 /* One seed file dir/name holding b[0..n); returns 0 or -1. */
