@@ -44,14 +44,11 @@ add_dependencies(test_tls fx_pki_tool)
 # Wire layer (proto/): frame codec, unpack budget, request validation, Python client from the .proto.
 cdx_add_test(test_wire SOURCES test_wire.c LIBS cdx_wire m)
 target_compile_definitions(test_wire PRIVATE CDX_PROTO_FILE="${CMAKE_SOURCE_DIR}/proto/cipherdex.proto")
-# Fuzz target (tests/fuzz/fuzz_wire.c): a normal executable replaying inputs; ctest replays seeds it writes.
-add_executable(fuzz_wire fuzz/fuzz_wire.c)
-target_link_libraries(fuzz_wire PRIVATE cdx_wire)
-add_test(NAME fuzz_wire_seeds COMMAND fuzz_wire --seeds ${CDX_TEST_TMP}/fuzz-wire-seeds ${CDX_TEST_TMP}/fuzz-wire-seeds)
-set_tests_properties(fuzz_wire_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
-# More fuzz targets on tests/fuzz/fuzz_main.c (the shared replay driver): filter and metadata JSON,
-# the configuration loader, the record plaintext decoders. Each writes its seeds and replays them.
-foreach(target filter ini codec)
+# Fuzz targets (tests/fuzz/) on fuzz_main.c, the shared replay driver: the wire layer, filter and
+# metadata JSON, the configuration loader, the record plaintext decoders, the sans-IO RESP reader
+# the Redis store reads bulk fetches with (engine/eng_redis_resp.c). Each writes its seeds and
+# replays them.
+foreach(target wire filter ini codec resp)
   add_executable(fuzz_${target} fuzz/fuzz_${target}.c fuzz/fuzz_main.c)
   target_include_directories(fuzz_${target} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/fuzz)
   add_test(NAME fuzz_${target}_seeds
@@ -61,6 +58,9 @@ endforeach()
 target_link_libraries(fuzz_filter PRIVATE cdx_engine)
 target_link_libraries(fuzz_ini PRIVATE cdx_appconf)
 target_link_libraries(fuzz_codec PRIVATE cdx_engine)
+target_link_libraries(fuzz_wire PRIVATE cdx_wire)
+target_sources(fuzz_resp PRIVATE ${CMAKE_SOURCE_DIR}/engine/eng_redis_resp.c)
+target_include_directories(fuzz_resp PRIVATE ${CMAKE_SOURCE_DIR}/engine)
 # Sans-IO RESP parser the Redis store reads GETRANGE replies with.
 cdx_add_test(test_resp SOURCES test_resp.c LIBS cdx_engine)
 
@@ -81,10 +81,5 @@ set_tests_properties(test_cli PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp
 add_test(NAME test_pkcs11_admin_split
          COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} -DDAEMON=$<TARGET_FILE:cipherdexd>
                  -DTOOL=$<TARGET_FILE:cipherdex-hsm> -P ${CMAKE_SOURCE_DIR}/tests/check_admin_split.cmake)
-# Fuzz target (tests/fuzz/fuzz_resp.c) for the sans-IO RESP reader (engine/eng_redis_resp.c); ctest replays seeds it writes.
-add_executable(fuzz_resp fuzz/fuzz_resp.c ${CMAKE_SOURCE_DIR}/engine/eng_redis_resp.c)
-target_include_directories(fuzz_resp PRIVATE ${CMAKE_SOURCE_DIR}/engine)
-add_test(NAME fuzz_resp_seeds COMMAND fuzz_resp --seeds ${CDX_TEST_TMP}/fuzz-resp-seeds ${CDX_TEST_TMP}/fuzz-resp-seeds)
-set_tests_properties(fuzz_resp_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
 # The Redis backend's password_file and AUTH (secret file reader, locked memory) against a throwaway redis-server.
 cdx_add_test(test_store_redis_auth SOURCES test_store_redis_auth.c LIBS cdx_engine)

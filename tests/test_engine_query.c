@@ -490,19 +490,5 @@ static const fx_test tests[] = {
 
 int main(void)
 {
-    static const fx_suite suites[] = {
-        {.name = "engine/memory",
-         .init = fx_engine_init_memory,
-         .clean = fx_engine_clean,
-         .tests = tests,
-         .ntests = FX_LEN(tests),
-         .setup = fx_engine_test_setup},
-        {.name = "engine/redis",
-         .init = fx_engine_init_redis,
-         .clean = fx_engine_clean,
-         .tests = tests,
-         .ntests = FX_LEN(tests),
-         .setup = fx_engine_test_setup},
-    };
-    return fx_cunit_run(suites, FX_LEN(suites));
+    return fx_engine_run(tests, FX_LEN(tests));
 }

@@ -113,8 +113,7 @@ static int suite_clean(void)
 {
     hsm_subkey_release(k_payload);
     hsm_subkey_release(k_manifest);
-    hsm_custody_free(cust);
-    fx_token_free(tok);
+    fx_engine_custody_free(&tok, &cust);
     free(doc);
     return 0;
 }

@@ -46,14 +46,17 @@ static const char *put(const char *name, const void *p, size_t n, mode_t mode)
     return out;
 }
 
-/* A pipe holding n bytes, write end closed; returns the read end. */
-static int pipe_of(const void *p, size_t n)
+/* hsm_secmem_read_fd(.., max, out, len) on a pipe holding p[0..n), write end
+ * closed; returns its result. */
+static int read_piped(const void *p, size_t n, size_t max, char **out, size_t *len)
 {
     int fds[2];
     CU_ASSERT_FATAL(pipe(fds) == 0);
     CU_ASSERT_FATAL(write(fds[1], p, n) == (ssize_t)n);
     close(fds[1]);
-    return fds[0];
+    int rc = hsm_secmem_read_fd(fds[0], max, out, len);
+    close(fds[0]);
+    return rc;
 }
 
 /* ---- before the arena exists ---- */
@@ -68,9 +71,7 @@ static void test_no_arena(void)
     CU_ASSERT_FALSE(hsm_secmem_locked());
     char *s = NULL;
     size_t n = 0;
-    int fd = pipe_of("x", 1);
-    CU_ASSERT_EQUAL(hsm_secmem_read_fd(fd, 8, &s, &n), ENOMEM);
-    close(fd);
+    CU_ASSERT_EQUAL(read_piped("x", 1, 8, &s, &n), ENOMEM);
     CU_ASSERT_PTR_NULL(s);
     hsm_secmem_free(NULL); /* a no-op */
     hsm_secfile_opts o = {.what = "PIN file", .max = 64, .err = CDX_ERR_CONFIG};
@@ -174,41 +175,29 @@ static void test_read_fd(void)
 {
     char *s = NULL;
     size_t n = 0;
-    int fd = pipe_of("secret", 6);
-    CU_ASSERT_EQUAL(hsm_secmem_read_fd(fd, 16, &s, &n), 0);
-    close(fd);
+    CU_ASSERT_EQUAL(read_piped("secret", 6, 16, &s, &n), 0);
     CU_ASSERT_EQUAL(n, 6);
     CU_ASSERT_FATAL(s != NULL);
     CU_ASSERT_STRING_EQUAL(s, "secret"); /* NUL-terminated */
     hsm_secmem_free(s);
     /* Exactly max bytes is fine, one more is E2BIG. */
-    fd = pipe_of("12345678", 8);
-    CU_ASSERT_EQUAL(hsm_secmem_read_fd(fd, 8, &s, &n), 0);
-    close(fd);
+    CU_ASSERT_EQUAL(read_piped("12345678", 8, 8, &s, &n), 0);
     CU_ASSERT_EQUAL(n, 8);
     hsm_secmem_free(s);
-    fd = pipe_of("123456789", 9);
-    CU_ASSERT_EQUAL(hsm_secmem_read_fd(fd, 8, &s, &n), E2BIG);
-    close(fd);
+    CU_ASSERT_EQUAL(read_piped("123456789", 9, 8, &s, &n), E2BIG);
     CU_ASSERT_PTR_NULL(s);
     CU_ASSERT_EQUAL(n, 0);
     /* Binary bytes and NULs are kept; an empty input is 0 bytes. */
-    fd = pipe_of("a\0b\xff", 4);
-    CU_ASSERT_EQUAL(hsm_secmem_read_fd(fd, 8, &s, &n), 0);
-    close(fd);
+    CU_ASSERT_EQUAL(read_piped("a\0b\xff", 4, 8, &s, &n), 0);
     CU_ASSERT(n == 4 && s && memcmp(s, "a\0b\xff", 4) == 0);
     hsm_secmem_free(s);
-    fd = pipe_of("", 0);
-    CU_ASSERT_EQUAL(hsm_secmem_read_fd(fd, 8, &s, &n), 0);
-    close(fd);
+    CU_ASSERT_EQUAL(read_piped("", 0, 8, &s, &n), 0);
     CU_ASSERT_EQUAL(n, 0);
     hsm_secmem_free(s);
     /* A read error is its errno; a buffer larger than the arena is ENOMEM. */
     CU_ASSERT_EQUAL(hsm_secmem_read_fd(-1, 8, &s, &n), EBADF);
     CU_ASSERT_PTR_NULL(s);
-    fd = pipe_of("x", 1);
-    CU_ASSERT_EQUAL(hsm_secmem_read_fd(fd, 2 * ARENA_BYTES, &s, &n), ENOMEM);
-    close(fd);
+    CU_ASSERT_EQUAL(read_piped("x", 1, 2 * ARENA_BYTES, &s, &n), ENOMEM);
     size_t used, cap;
     hsm_secmem_usage(&used, &cap);
     CU_ASSERT_EQUAL(used, 0); /* nothing leaked by the failures */

@@ -62,24 +62,10 @@ static cdx_err open_like_S(eng_store **out)
     return R ? eng_store_redis_new(&R_OPTS, out) : eng_store_memory_new(out);
 }
 
+/* Write the string content to TMP/name with `mode`; returns the malloc'ed path. */
 static char *write_file(const char *name, const char *content, mode_t mode)
 {
-    char *path = NULL;
-    int fd;
-
-    if (!TMP || asprintf(&path, "%s/%s", TMP, name) < 0)
-        return NULL;
-    unlink(path);
-    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0 || write(fd, content, strlen(content)) != (ssize_t)strlen(content) ||
-        fchmod(fd, mode) != 0) {
-        if (fd >= 0)
-            close(fd);
-        free(path);
-        return NULL;
-    }
-    close(fd);
-    return path;
+    return fx_write_file(TMP, name, content, strlen(content), mode);
 }
 
 /* ---- helpers on the current store ---- */

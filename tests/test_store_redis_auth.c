@@ -33,21 +33,7 @@ static fx_redis *R;
 /* Write n bytes to TMP/name with `mode`; returns the malloc'ed path. */
 static char *write_file(const char *name, const char *content, size_t n, mode_t mode)
 {
-    char *path = NULL;
-    int fd;
-
-    if (asprintf(&path, "%s/%s", TMP, name) < 0)
-        return NULL;
-    unlink(path);
-    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0 || write(fd, content, n) != (ssize_t)n || fchmod(fd, mode) != 0) {
-        if (fd >= 0)
-            close(fd);
-        free(path);
-        return NULL;
-    }
-    close(fd);
-    return path;
+    return fx_write_file(TMP, name, content, n, mode);
 }
 
 static cdx_err open_with(const char *pw_file)

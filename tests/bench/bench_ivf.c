@@ -4,6 +4,7 @@
 #include "app_vecs.h"
 #include "eng_kmeans.h"
 #include "bench_sys.h"
+#include "fx_rand.h"
 
 #include <cblas.h>
 #include <dlfcn.h>
@@ -238,14 +239,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
 }
 
 static int dbl_cmp(const void *a, const void *b)
@@ -974,7 +967,7 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < base.n; i++)
             perm[i] = i;
         for (size_t i = 0; i < m; i++) {
-            size_t j = i + (size_t)(splitmix64(&rng) % (base.n - i));
+            size_t j = i + (size_t)(fx_splitmix64(&rng) % (base.n - i));
             size_t t = perm[i];
             perm[i] = perm[j];
             perm[j] = t;

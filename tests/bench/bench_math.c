@@ -25,27 +25,24 @@
 #include "eng_probe.h"
 #include "eng_screen.h"
 #include "eng_sq8.h"
+#include "fx_rand.h"
 
 static uint64_t rs = 0x1234567;
 
 static uint64_t rnd(void)
 {
-    uint64_t z = (rs += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return fx_splitmix64(&rs);
 }
 
 static void fill(float *v, size_t n, float lo, float hi)
 {
     for (size_t i = 0; i < n; i++)
-        v[i] = lo + (hi - lo) * (float)((double)(rnd() >> 11) * 0x1.0p-53);
+        v[i] = fx_unif(&rs, lo, hi);
 }
 
 static float gauss(void)
 {
-    double u = ((double)(rnd() >> 11) + 0.5) * 0x1.0p-53, v = (double)(rnd() >> 11) * 0x1.0p-53;
-    return (float)(sqrt(-2.0 * log(u)) * cos(2.0 * M_PI * v));
+    return fx_gauss(&rs);
 }
 
 static void *xmalloc(size_t n)

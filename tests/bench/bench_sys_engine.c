@@ -80,12 +80,9 @@ static void env_down(void)
 {
     if (--g_refs > 0)
         return;
-    hsm_custody_free(g_cust);
-    g_cust = NULL;
+    fx_engine_custody_free(&g_tok, &g_cust);
     fx_redis_stop(g_redis);
     g_redis = NULL;
-    fx_token_free(g_tok);
-    g_tok = NULL;
 }
 
 static void *es_create(size_t d, size_t nlist, const char *variant)

@@ -58,87 +58,82 @@ static void same(eng_buf *b1, eng_buf *b2)
     eng_buf_free(b2);
 }
 
-static void fuzz_cat(const uint8_t *p, size_t n)
+/* A decoded value of one of the codecs below. */
+typedef union value {
+    eng_catentry cat;
+    eng_head head;
+    eng_manifest *manifest;
+    eng_bucket bucket;
+} value;
+
+/* The codec of kind k (C_CAT..C_BUCKET) on a value. */
+static cdx_err decode(int k, const uint8_t *p, size_t n, value *v)
 {
-    eng_catentry c, c2;
-    cdx_err e = eng_cat_decode(p, n, &c);
-    if (e) {
-        if (!ok_failure(e))
-            abort();
-        return;
+    switch (k) {
+    case C_CAT:
+        return eng_cat_decode(p, n, &v->cat);
+    case C_HEAD:
+        return eng_head_decode(p, n, &v->head);
+    case C_MANIFEST:
+        return eng_manifest_decode(p, n, &v->manifest); /* *out untouched on error */
+    default:
+        return eng_bucket_decode(p, n, &v->bucket);
     }
-    eng_buf b1, b2;
-    eng_buf_init(&b1);
-    eng_buf_init(&b2);
-    eng_cat_encode(&c, &b1);
-    if (eng_cat_decode(b1.data, b1.len, &c2) != CDX_OK)
-        abort();
-    eng_cat_encode(&c2, &b2);
-    same(&b1, &b2);
 }
 
-static void fuzz_head(const uint8_t *p, size_t n)
+static void encode(int k, const value *v, eng_buf *b)
 {
-    eng_head h, h2;
-    cdx_err e = eng_head_decode(p, n, &h);
-    if (e) {
-        if (!ok_failure(e))
+    switch (k) {
+    case C_CAT:
+        eng_cat_encode(&v->cat, b);
+        break;
+    case C_HEAD:
+        eng_head_encode(&v->head, b);
+        break;
+    case C_MANIFEST:
+        eng_manifest_encode(v->manifest, b);
+        break;
+    default:
+        eng_bucket_encode(&v->bucket, b);
+        if (b->len != eng_bucket_encoded_len(&v->bucket)) /* as long as it says */
             abort();
-        return;
+        break;
     }
-    eng_buf b1, b2;
-    eng_buf_init(&b1);
-    eng_buf_init(&b2);
-    eng_head_encode(&h, &b1);
-    if (eng_head_decode(b1.data, b1.len, &h2) != CDX_OK)
-        abort();
-    eng_head_encode(&h2, &b2);
-    same(&b1, &b2);
 }
 
-static void fuzz_manifest(const uint8_t *p, size_t n)
+/* Also after a failed decode. */
+static void release(int k, value *v)
 {
-    eng_manifest *m = NULL, *m2 = NULL;
-    cdx_err e = eng_manifest_decode(p, n, &m); /* *out untouched on error */
-    if (e) {
-        if (!ok_failure(e))
-            abort();
-        return;
-    }
-    eng_buf b1, b2;
-    eng_buf_init(&b1);
-    eng_buf_init(&b2);
-    eng_manifest_encode(m, &b1);
-    if (eng_manifest_decode(b1.data, b1.len, &m2) != CDX_OK)
-        abort();
-    eng_manifest_encode(m2, &b2);
-    same(&b1, &b2);
-    eng_manifest_free(m);
-    eng_manifest_free(m2);
+    if (k == C_MANIFEST)
+        eng_manifest_free(v->manifest);
+    else if (k == C_BUCKET)
+        eng_bucket_free(&v->bucket);
 }
 
-static void fuzz_bucket(const uint8_t *p, size_t n)
+/* Decode p[0..n) with codec k: an acceptable failure, or a value whose
+ * encoding decodes again to a value with the same encoding. */
+static void round_trip(int k, const uint8_t *p, size_t n)
 {
-    eng_bucket b = {0}, bb = {0};
-    cdx_err e = eng_bucket_decode(p, n, &b);
+    value v1, v2;
+    memset(&v1, 0, sizeof(v1));
+    memset(&v2, 0, sizeof(v2));
+    cdx_err e = decode(k, p, n, &v1);
     if (e) {
         if (!ok_failure(e))
             abort();
-        eng_bucket_free(&b);
+        release(k, &v1);
         return;
     }
     eng_buf b1, b2;
     eng_buf_init(&b1);
     eng_buf_init(&b2);
-    eng_bucket_encode(&b, &b1);
-    if (b1.len != eng_bucket_encoded_len(&b))
+    encode(k, &v1, &b1);
+    if (decode(k, b1.data, b1.len, &v2) != CDX_OK)
         abort();
-    if (eng_bucket_decode(b1.data, b1.len, &bb) != CDX_OK)
-        abort();
-    eng_bucket_encode(&bb, &b2);
+    encode(k, &v2, &b2);
     same(&b1, &b2);
-    eng_bucket_free(&b);
-    eng_bucket_free(&bb);
+    release(k, &v1);
+    release(k, &v2);
 }
 
 /* The header's own rows and code size are the expected ones, so the fuzzer
@@ -171,25 +166,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size == 0)
         return 0;
-    const uint8_t *p = data + 1;
-    size_t n = size - 1;
-    switch (data[0] % C_N) {
-    case C_CAT:
-        fuzz_cat(p, n);
-        break;
-    case C_HEAD:
-        fuzz_head(p, n);
-        break;
-    case C_MANIFEST:
-        fuzz_manifest(p, n);
-        break;
-    case C_BUCKET:
-        fuzz_bucket(p, n);
-        break;
-    default:
-        fuzz_search(p, n, data[0] % C_N == C_SEARCH_AUX);
-        break;
-    }
+    int sel = data[0] % C_N;
+    if (sel < C_SEARCH)
+        round_trip(sel, data + 1, size - 1);
+    else
+        fuzz_search(data + 1, size - 1, sel == C_SEARCH_AUX);
     return 0;
 }
 
@@ -198,12 +179,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 /* One seed: the selector byte, then b. */
 static int seed(const char *dir, const char *name, int sel, const eng_buf *b)
 {
-    eng_buf s;
-    eng_buf_init(&s);
-    eng_buf_u8(&s, (uint8_t)sel);
-    eng_buf_put(&s, b->data, b->len);
-    int rc = eng_buf_ok(&s) ? fuzz_seed(dir, name, s.data, s.len) : -1;
-    eng_buf_free(&s);
+    const uint8_t s = (uint8_t)sel;
+    return eng_buf_ok(b) ? fuzz_seed_sel(dir, name, &s, 1, b->data, b->len) : -1;
+}
+
+/* One seed: the selector byte k, then v encoded with codec k. */
+static int seed_value(const char *dir, const char *name, int k, const value *v)
+{
+    eng_buf b;
+    eng_buf_init(&b);
+    encode(k, v, &b);
+    int rc = seed(dir, name, k, &b);
+    eng_buf_free(&b);
     return rc;
 }
 
@@ -223,17 +210,11 @@ int fuzz_write_seeds(const char *dir)
     strcpy(c.name, "docs");
     memset(c.id, 0xa5, sizeof(c.id));
     memset(c.kcv, 0x5a, sizeof(c.kcv));
-    eng_buf_init(&b);
-    eng_cat_encode(&c, &b);
-    rc |= seed(dir, "catalog", C_CAT, &b);
-    eng_buf_free(&b);
+    rc |= seed_value(dir, "catalog", C_CAT, &(value){.cat = c});
 
     eng_head h = {.version = 7, .manifest_len = 2048, .write_time = 1700000000000ull};
     memset(h.manifest_token, 0x11, sizeof(h.manifest_token));
-    eng_buf_init(&b);
-    eng_head_encode(&h, &b);
-    rc |= seed(dir, "head", C_HEAD, &b);
-    eng_buf_free(&b);
+    rc |= seed_value(dir, "head", C_HEAD, &(value){.head = h});
 
     /* A trained manifest: 2 clusters, 3 segments, a retired token, some buckets. */
     eng_manifest *m = calloc(1, sizeof(*m));
@@ -264,18 +245,12 @@ int fuzz_write_seeds(const char *dir)
     uint8_t rt[ENG_TOKEN_LEN];
     memset(rt, 0x77, sizeof(rt));
     rc |= eng_retire(m, rt, 1700000000000ull) ? -1 : 0;
-    eng_buf_init(&b);
-    eng_manifest_encode(m, &b);
-    rc |= seed(dir, "manifest", C_MANIFEST, &b);
-    eng_buf_free(&b);
+    rc |= seed_value(dir, "manifest", C_MANIFEST, &(value){.manifest = m});
     /* Untrained: one pseudo-cluster, no segments. */
     free(m->clusters[1].seg);
     m->clusters[1] = (eng_cluster){0};
     m->n_clusters = 0;
-    eng_buf_init(&b);
-    eng_manifest_encode(m, &b);
-    rc |= seed(dir, "manifest_untrained", C_MANIFEST, &b);
-    eng_buf_free(&b);
+    rc |= seed_value(dir, "manifest_untrained", C_MANIFEST, &(value){.manifest = m});
     eng_manifest_free(m);
 
     eng_bucket bk = {0};
@@ -295,10 +270,7 @@ int fuzz_write_seeds(const char *dir)
         snprintf(e.id, 8, "item-%d", i);
         rc |= eng_bucket_put(&bk, &e) ? -1 : 0;
     }
-    eng_buf_init(&b);
-    eng_bucket_encode(&bk, &b);
-    rc |= seed(dir, "bucket", C_BUCKET, &b);
-    eng_buf_free(&b);
+    rc |= seed_value(dir, "bucket", C_BUCKET, &(value){.bucket = bk});
     eng_bucket_free(&bk);
     eng_buf_init(&b);
     eng_buf_u32(&b, 0);

@@ -8,15 +8,21 @@
 #include <string.h>
 #include <sys/stat.h>
 
-int fuzz_seed(const char *dir, const char *name, const void *b, size_t n)
+int fuzz_seed_sel(const char *dir, const char *name, const void *sel, size_t nsel, const void *b,
+                  size_t n)
 {
     char path[4096];
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     FILE *f = fopen(path, "wb");
     if (!f)
         return -1;
-    int ok = n == 0 || fwrite(b, 1, n, f) == n;
+    int ok = (nsel == 0 || fwrite(sel, 1, nsel, f) == nsel) && (n == 0 || fwrite(b, 1, n, f) == n);
     return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+int fuzz_seed(const char *dir, const char *name, const void *b, size_t n)
+{
+    return fuzz_seed_sel(dir, name, NULL, 0, b, n);
 }
 
 /* mkdir -p */

@@ -21,10 +21,15 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* Write the target's seeds into dir with fuzz_seed(); returns 0 or -1. */
+/* Write the target's seeds into dir with fuzz_seed() or fuzz_seed_sel(); returns 0 or -1. */
 int fuzz_write_seeds(const char *dir);
 
 /* One seed file dir/name holding b[0..n); returns 0 or -1. */
 int fuzz_seed(const char *dir, const char *name, const void *b, size_t n);
+
+/* One seed file dir/name holding the selector bytes sel[0..nsel) (how the
+ * target reads the rest), then b[0..n); returns 0 or -1. */
+int fuzz_seed_sel(const char *dir, const char *name, const void *sel, size_t nsel, const void *b,
+                  size_t n);
 
 #endif

@@ -17,27 +17,27 @@
  *  - the replies and the final status do not depend on how the stream was
  *    cut: the same input read whole gives the same results.
  *
- * Built two ways:
- *  - by CMake, as a normal executable with its own main(): `fuzz_resp FILE|DIR...`
- *    replays inputs (ctest runs it over seeds it writes with `--seeds DIR`);
- *  - for libFuzzer (clang 14, Debian libclang-rt-14-dev), defining CDX_LIBFUZZER:
+ * Built two ways (see tests/fuzz/fuzz_main.h):
+ *  - by CMake with fuzz_main.c: `fuzz_resp [--seeds DIR] FILE|DIR...`;
+ *  - for libFuzzer (clang 14, Debian libclang-rt-14-dev):
  *      clang -g -O1 -fsanitize=fuzzer,address,undefined -DCDX_LIBFUZZER \
  *        -Iengine tests/fuzz/fuzz_resp.c engine/eng_redis_resp.c -o fuzz_resp_lf
  *      ./fuzz_resp_lf -max_len=4096 corpus/
- *    (seed the corpus with `fuzz_resp --seeds corpus`).
+ *    (seed the corpus with `fuzz_resp --seeds corpus corpus`: it writes the
+ *    seeds, then replays them).
  */
-#include <dirent.h>
-#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "eng_redis_resp.h"
 
+#ifndef CDX_LIBFUZZER
+#include "fuzz_main.h"
+#else
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#endif
 
 /* Bulk bounds the second byte picks from (mod 8): edges, small, a store value. */
 static const uint64_t bounds[8] = {0, 1, 3, 5, 16, 1024, 65536, 64u << 20};
@@ -189,40 +189,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 static int write_seed(const char *dir, const char *name, uint8_t cut, uint8_t bound,
                       const char *stream, size_t n)
 {
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
     const uint8_t sel[2] = {cut, bound};
-    int ok = fwrite(sel, 1, 2, f) == 2 && (n == 0 || fwrite(stream, 1, n, f) == n);
-    return fclose(f) == 0 && ok ? 0 : -1;
+    return fuzz_seed_sel(dir, name, sel, 2, stream, n);
 }
 
 #define SEED(name, cut, bound, lit) write_seed(dir, name, cut, bound, lit, sizeof(lit) - 1)
 
-/* mkdir -p */
-static int make_dirs(const char *dir)
-{
-    char p[1024];
-    snprintf(p, sizeof(p), "%s", dir);
-    for (char *s = p + 1; *s; s++) {
-        if (*s == '/') {
-            *s = '\0';
-            mkdir(p, 0700);
-            *s = '/';
-        }
-    }
-    return mkdir(p, 0700) == 0 || errno == EEXIST ? 0 : -1;
-}
-
-static int write_seeds(const char *dir)
+int fuzz_write_seeds(const char *dir)
 {
     int rc = 0;
     char big[700];
 
-    if (make_dirs(dir))
-        return -1;
     /* Bulk strings: plain, empty, CRLF and NULs inside, read whole / by byte / through readv. */
     rc |= SEED("bulk", 0xFF, 5, "$5\r\nhello\r\n");
     rc |= SEED("bulk_by_byte", 0x00, 5, "$5\r\nhello\r\n");
@@ -276,90 +253,6 @@ static int write_seeds(const char *dir)
     rc |= SEED("garbage_minus_only", 0x00, 0, ":-\r\n");
     rc |= write_seed(dir, "empty", 0, 0, "", 0);
     return rc ? -1 : 0;
-}
-
-/* ---- replay ------------------------------------------------------------- */
-
-static int run_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        perror(path);
-        return -1;
-    }
-    size_t cap = 4096, n = 0;
-    uint8_t *buf = malloc(cap);
-    for (;;) {
-        if (!buf)
-            break;
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        uint8_t *p = realloc(buf, cap * 2);
-        if (!p) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = p;
-        cap *= 2;
-    }
-    fclose(f);
-    if (!buf)
-        return -1;
-    LLVMFuzzerTestOneInput(buf, n);
-    free(buf);
-    return 0;
-}
-
-static int run_path(const char *path, size_t *count)
-{
-    struct stat sb;
-    if (stat(path, &sb)) {
-        perror(path);
-        return -1;
-    }
-    if (!S_ISDIR(sb.st_mode)) {
-        (*count)++;
-        return run_file(path);
-    }
-    DIR *d = opendir(path);
-    if (!d)
-        return -1;
-    struct dirent *e;
-    int rc = 0;
-    while ((e = readdir(d))) {
-        char p[1024];
-        if (e->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", path, e->d_name);
-        rc |= run_path(p, count);
-    }
-    closedir(d);
-    return rc;
-}
-
-int main(int argc, char **argv)
-{
-    size_t count = 0;
-    int rc = 0;
-
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s [--seeds DIR] FILE|DIR...\n", argv[0]);
-        return 2;
-    }
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--seeds") && i + 1 < argc) {
-            if (write_seeds(argv[++i])) {
-                fprintf(stderr, "cannot write seeds to %s\n", argv[i]);
-                return 1;
-            }
-            continue;
-        }
-        rc |= run_path(argv[i], &count);
-    }
-    printf("fuzz_resp: replayed %zu inputs\n", count);
-    return rc ? 1 : 0;
 }
 
 #endif

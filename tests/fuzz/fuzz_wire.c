@@ -8,31 +8,30 @@
  * valid one is re-packed, must unpack again and re-serialize identically),
  * and also as a Response. The whole input is unpacked directly as well.
  *
- * Built two ways:
- *  - by CMake, as a normal executable with its own main(): `fuzz_wire FILE|DIR...`
- *    replays inputs (ctest runs it over seeds it writes with `--seeds DIR`);
- *  - for libFuzzer (clang 14, Debian libclang-rt-14-dev), defining CDX_LIBFUZZER:
+ * Built two ways (see tests/fuzz/fuzz_main.h):
+ *  - by CMake with fuzz_main.c: `fuzz_wire [--seeds DIR] FILE|DIR...`;
+ *  - for libFuzzer (clang 14, Debian libclang-rt-14-dev):
  *      clang -g -O1 -fsanitize=fuzzer,address,undefined -DCDX_LIBFUZZER \
  *        -Iproto -Ibuild/proto/gen tests/fuzz/fuzz_wire.c proto/wire_*.c proto/cdx_err.c \
- *        build/proto/gen/cipherdex.pb-c.c -lprotobuf-c -o fuzz_wire_lf
+ *        proto/cdx_utf8.c build/proto/gen/cipherdex.pb-c.c -lprotobuf-c -o fuzz_wire_lf
  *      ./fuzz_wire_lf -max_len=300000 corpus/
  *    (Debian's libprotobuf-c.so is not instrumented: coverage inside it is
  *    not seen by the fuzzer; see docs/WIRE.md.)
  */
-#include <dirent.h>
-#include <errno.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cdx_limits.h"
 #include "wire_alloc.h"
 #include "wire_frame.h"
 #include "wire_msg.h"
 
+#ifndef CDX_LIBFUZZER
+#include "fuzz_main.h"
+#else
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#endif
 
 static void check_request(const uint8_t *b, size_t n)
 {
@@ -121,17 +120,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 /* ---- seeds: one file per interesting input ----------------------------- */
 
+/* One seed: the chunk-size selector byte (0: byte by byte), then the stream b[0..n). */
 static int write_file(const char *dir, const char *name, const uint8_t *b, size_t n)
 {
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
-    /* chunk-size selector byte, then the stream */
     static const uint8_t sel = 0;
-    int ok = fwrite(&sel, 1, 1, f) == 1 && (n == 0 || fwrite(b, 1, n, f) == n);
-    return fclose(f) == 0 && ok ? 0 : -1;
+    return fuzz_seed_sel(dir, name, &sel, 1, b, n);
 }
 
 static int write_msg(const char *dir, const char *name, const ProtobufCMessage *m)
@@ -147,28 +140,11 @@ static int write_msg(const char *dir, const char *name, const ProtobufCMessage *
     return rc;
 }
 
-/* mkdir -p */
-static int make_dirs(const char *dir)
-{
-    char p[1024];
-    snprintf(p, sizeof(p), "%s", dir);
-    for (char *s = p + 1; *s; s++) {
-        if (*s == '/') {
-            *s = '\0';
-            mkdir(p, 0700);
-            *s = '/';
-        }
-    }
-    return mkdir(p, 0700) == 0 || errno == EEXIST ? 0 : -1;
-}
-
-static int write_seeds(const char *dir)
+int fuzz_write_seeds(const char *dir)
 {
     static const float v[4] = {1, 2, 3, 4};
     static const uint8_t id16[16] = {1}, wrapped[40] = {2};
     int rc = 0;
-    if (make_dirs(dir))
-        return -1;
 
     Cipherdex__V1__Request req = CIPHERDEX__V1__REQUEST__INIT;
     Cipherdex__V1__HealthRequest h = CIPHERDEX__V1__HEALTH_REQUEST__INIT;
@@ -269,90 +245,6 @@ static int write_seeds(const char *dir)
     rc |= write_file(dir, "unknown_body", unknown, sizeof(unknown));
     rc |= write_file(dir, "empty", NULL, 0);
     return rc ? -1 : 0;
-}
-
-/* ---- replay ------------------------------------------------------------- */
-
-static int run_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        perror(path);
-        return -1;
-    }
-    size_t cap = 4096, n = 0;
-    uint8_t *buf = malloc(cap);
-    for (;;) {
-        if (!buf)
-            break;
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        uint8_t *p = realloc(buf, cap * 2);
-        if (!p) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = p;
-        cap *= 2;
-    }
-    fclose(f);
-    if (!buf)
-        return -1;
-    LLVMFuzzerTestOneInput(buf, n);
-    free(buf);
-    return 0;
-}
-
-static int run_path(const char *path, size_t *count)
-{
-    struct stat sb;
-    if (stat(path, &sb)) {
-        perror(path);
-        return -1;
-    }
-    if (!S_ISDIR(sb.st_mode)) {
-        (*count)++;
-        return run_file(path);
-    }
-    DIR *d = opendir(path);
-    if (!d)
-        return -1;
-    struct dirent *e;
-    int rc = 0;
-    while ((e = readdir(d))) {
-        char p[1024];
-        if (e->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", path, e->d_name);
-        rc |= run_path(p, count);
-    }
-    closedir(d);
-    return rc;
-}
-
-int main(int argc, char **argv)
-{
-    size_t count = 0;
-    int rc = 0;
-
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s [--seeds DIR] FILE|DIR...\n", argv[0]);
-        return 2;
-    }
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--seeds") && i + 1 < argc) {
-            if (write_seeds(argv[++i])) {
-                fprintf(stderr, "cannot write seeds to %s\n", argv[i]);
-                return 1;
-            }
-            continue;
-        }
-        rc |= run_path(argv[i], &count);
-    }
-    printf("fuzz_wire: replayed %zu inputs\n", count);
-    return rc ? 1 : 0;
 }
 
 #endif
