@@ -152,11 +152,11 @@ static void idx_free(struct idx *ix)
 }
 
 /* Forget cached state of an index (deleted, or found gone). */
-void eng_idx_forget(eng *e, const uint8_t id[16])
+void eng_idx_forget(eng *e, const uint8_t id[CDX_ID_LEN])
 {
     pthread_mutex_lock(&e->mu);
     for (struct idx **pp = &e->idx; *pp; pp = &(*pp)->next)
-        if (!memcmp((*pp)->id, id, 16)) {
+        if (!memcmp((*pp)->id, id, CDX_ID_LEN)) {
             struct idx *ix = *pp;
             *pp = ix->next;
             idx_free(ix);
@@ -202,7 +202,7 @@ cdx_err eng_idx_get(eng *e, const char *name, struct idx **out)
     struct idx *ix = calloc(1, sizeof(*ix));
     if (!ix)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-    memcpy(ix->id, c.id, 16);
+    memcpy(ix->id, c.id, CDX_ID_LEN);
     snprintf(ix->name, sizeof(ix->name), "%s", name);
     ix->cat = c;
     pthread_mutex_init(&ix->mu, NULL);

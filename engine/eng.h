@@ -26,6 +26,7 @@
 
 #include "cdx_err.h"
 #include "cdx_limits.h"
+#include "eng_blas.h"
 #include "eng_store.h"
 #include "hsm_custody.h"
 

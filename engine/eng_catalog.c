@@ -58,23 +58,23 @@ cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c)
 }
 
 /* Catalog token of a name: the store never sees names. */
-static cdx_err cat_token(op *ro, const char *name, uint8_t tok[16])
+static cdx_err cat_token(op *ro, const char *name, uint8_t tok[ENG_TOKEN_LEN])
 {
     hsm_subkey *k;
-    uint8_t mac[32];
+    uint8_t mac[CDX_SUBKEY_LEN];
     cdx_err err = eng_op_key(ro, HSM_P_CATALOG, &k);
     if (err)
         return err;
     if ((err = hsm_subkey_hmac(k, name, strlen(name), mac)))
         return err;
-    memcpy(tok, mac, 16);
+    memcpy(tok, mac, ENG_TOKEN_LEN);
     return CDX_OK;
 }
 
 /* Read a catalog entry; *found false if the name is free. */
 cdx_err eng_cat_read(op *ro, const char *name, eng_catentry *c, bool *found)
 {
-    uint8_t tok[16];
+    uint8_t tok[ENG_TOKEN_LEN];
     char key[CDX_STORE_KEY_MAX];
     eng_val v = {0};
     eng_buf pt;
@@ -109,7 +109,7 @@ out:
 /* Write a catalog entry: NX for a new claim, else only if unchanged since read (WATCH). */
 cdx_err eng_cat_write(op *ro, eng_catentry *c, bool claim, bool *ok)
 {
-    uint8_t tok[16];
+    uint8_t tok[ENG_TOKEN_LEN];
     char key[CDX_STORE_KEY_MAX];
     eng_buf pt, rec;
     eng_buf_init(&pt);
@@ -156,7 +156,7 @@ out:
 
 cdx_err eng_cat_remove(op *ro, const char *name)
 {
-    uint8_t tok[16];
+    uint8_t tok[ENG_TOKEN_LEN];
     char key[CDX_STORE_KEY_MAX];
     cdx_err err = cat_token(ro, name, tok);
     if (err)
@@ -191,7 +191,7 @@ cdx_err eng_cat_all(eng *e, eng_catentry **out, size_t *n)
             break;
         }
         for (size_t i = 0; i < nk && !err; i++) {
-            uint8_t tok[16];
+            uint8_t tok[ENG_TOKEN_LEN];
             if (!vals[i].found)
                 continue; /* deleted meanwhile */
             if (!eng_key_parse_cat(keys[i], tok)) {

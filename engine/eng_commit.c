@@ -43,7 +43,7 @@ static void *bucket_part_main(void *arg)
     for (unsigned b = w->first; !err && b < ENG_BUCKETS; b += w->step) {
         if (!w->bs->dirty[b])
             continue;
-        uint8_t tok[16];
+        uint8_t tok[ENG_TOKEN_LEN];
         eng_bucket_token(b, tok);
         eng_rec_id id = {
             .scope = w->o.key.id, .kind = ENG_K_BUCKET, .token = tok, .version = w->version};
@@ -115,7 +115,7 @@ cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng
         eng_buf_init(&brec[b]);
 
     nm->version = version;
-    if ((err = eng_random(nm->token, 16)))
+    if ((err = eng_random(nm->token, ENG_TOKEN_LEN)))
         goto out;
     /* Retired segments past gc_grace may be swept now: stop listing them. */
     uint64_t now = eng_wall_ms();
@@ -139,7 +139,7 @@ cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng
     if ((err = eng_rec_seal_at(sl, &rid, eng_wall_ms(), o->kcv, &mrec, 0)))
         goto out;
     char hkey[CDX_STORE_KEY_MAX];
-    eng_key_rec(mput.key, o->ix->id, 'm', nm->token);
+    eng_key_rec(mput.key, o->ix->id, ENG_KEY_MANIFEST, nm->token);
     mput.st = e->cfg.store;
     mput.kv = (eng_kv){mput.key, mrec.data, mrec.len};
     if ((err = eng_bg_start(&mjob, manifest_put, &mput)) ||
@@ -155,7 +155,7 @@ cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng
     if ((join && (err = join(join_arg))) || (err = eng_bg_join(&mjob)))
         goto out;
     eng_head h = {.version = version, .manifest_len = (uint32_t)mrec.len};
-    memcpy(h.manifest_token, nm->token, 16);
+    memcpy(h.manifest_token, nm->token, ENG_TOKEN_LEN);
     eng_buf_free(&pt);
     eng_head_encode(&h, &pt);
     if ((err = eng_op_seal(o, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, version, pt.data, pt.len,

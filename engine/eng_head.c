@@ -97,7 +97,7 @@ static cdx_err read_manifest(op *o, const eng_head *h, eng_manifest **out)
     eng_buf pt;
     eng_buf_init(&pt);
     eng_manifest *m = NULL;
-    eng_key_rec(key, o->ix->id, 'm', h->manifest_token);
+    eng_key_rec(key, o->ix->id, ENG_KEY_MANIFEST, h->manifest_token);
     const char *keys[1] = {key};
     cdx_err err = eng_store_mget(o->e->cfg.store, keys, 1, v);
     if (err)
@@ -117,7 +117,7 @@ static cdx_err read_manifest(op *o, const eng_head *h, eng_manifest **out)
     if (m->centroids_version) {
         eng_vals_free(v, 1);
         eng_buf_free(&pt);
-        eng_key_rec(key, o->ix->id, 'c', m->centroids_token);
+        eng_key_rec(key, o->ix->id, ENG_KEY_CENTROIDS, m->centroids_token);
         if ((err = eng_store_mget(o->e->cfg.store, keys, 1, v)))
             goto out;
         if (!v[0].found) {

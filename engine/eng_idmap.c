@@ -97,13 +97,15 @@ void eng_bucket_encode(const eng_bucket *b, eng_buf *out)
     for (uint32_t i = 0; i < b->n; i++) {
         const eng_ident *e = &b->e[i];
         memcpy(p, e->tok, ENG_TOKEN_LEN);
-        eng_be32(p + 16, e->cluster);
-        memcpy(p + 20, e->seg, ENG_TOKEN_LEN);
-        eng_be32(p + 36, e->row);
-        eng_be64(p + 40, e->commit_version);
-        memcpy(p + 48, e->content, ENG_TOKEN_LEN);
-        eng_be32(p + 64, e->content_len);
-        eng_be16(p + 68, e->id_len);
+        /* tok | be32 cluster | seg | be32 row | be64 commit_version | content | be32 len | be16
+         * id_len */
+        eng_be32(p + ENG_TOKEN_LEN, e->cluster);
+        memcpy(p + ENG_TOKEN_LEN + 4, e->seg, ENG_TOKEN_LEN);
+        eng_be32(p + 2 * ENG_TOKEN_LEN + 4, e->row);
+        eng_be64(p + 2 * ENG_TOKEN_LEN + 8, e->commit_version);
+        memcpy(p + 2 * ENG_TOKEN_LEN + 16, e->content, ENG_TOKEN_LEN);
+        eng_be32(p + 3 * ENG_TOKEN_LEN + 16, e->content_len);
+        eng_be16(p + 3 * ENG_TOKEN_LEN + 20, e->id_len);
         memcpy(p + 70, e->id, e->id_len);
         p += 70 + (size_t)e->id_len;
     }
@@ -244,7 +246,7 @@ cdx_err eng_buckets_load(op *o, const eng_manifest *m, const bool *want, eng_buc
     eng_buf_init(&pt);
     for (unsigned i = 0; i < n && !err; i++) {
         unsigned b = which[i];
-        uint8_t tok[16];
+        uint8_t tok[ENG_TOKEN_LEN];
         eng_bucket_token(b, tok);
         if (!v[i].found) {
             err = cdx_fail(CDX_ERR_INTEGRITY, "an id-map bucket the manifest names is missing");
@@ -278,11 +280,11 @@ cdx_err eng_buckets_load(op *o, const eng_manifest *m, const bool *want, eng_buc
     return err;
 }
 
-/* id token = HMAC(K_token, "id" 0x00 id)[0..16] */
-cdx_err eng_id_token(op *o, const char *id, size_t len, uint8_t tok[16])
+/* id token = HMAC(K_token, "id" 0x00 id)[0..ENG_TOKEN_LEN) */
+cdx_err eng_id_token(op *o, const char *id, size_t len, uint8_t tok[ENG_TOKEN_LEN])
 {
     hsm_subkey *k;
-    uint8_t mac[32];
+    uint8_t mac[CDX_SUBKEY_LEN];
     cdx_err err = eng_op_key(o, HSM_P_TOKEN, &k);
     if (err)
         return err;
@@ -295,7 +297,7 @@ cdx_err eng_id_token(op *o, const char *id, size_t len, uint8_t tok[16])
     memcpy(msg + 3, id, len);
     err = hsm_subkey_hmac(k, msg, len + 3, mac);
     free(msg);
-    memcpy(tok, mac, 16);
+    memcpy(tok, mac, ENG_TOKEN_LEN);
     return err;
 }
 
@@ -304,10 +306,10 @@ cdx_err eng_id_token(op *o, const char *id, size_t len, uint8_t tok[16])
  * for the write path, which computes one per item on one thread. id_token
  * stays for the query threads, which share their op.
  */
-cdx_err eng_id_token_w(op *o, const char *id, size_t len, uint8_t tok[16])
+cdx_err eng_id_token_w(op *o, const char *id, size_t len, uint8_t tok[ENG_TOKEN_LEN])
 {
     eng_sealer *k;
-    uint8_t msg[3 + CDX_ITEM_ID_MAX], mac[32];
+    uint8_t msg[3 + CDX_ITEM_ID_MAX], mac[CDX_SUBKEY_LEN];
     if (len > CDX_ITEM_ID_MAX)
         return eng_id_token(o, id, len, tok);
     cdx_err err = eng_op_sealer(o, HSM_P_TOKEN, &k);
@@ -318,7 +320,7 @@ cdx_err eng_id_token_w(op *o, const char *id, size_t len, uint8_t tok[16])
     msg[2] = 0x00;
     memcpy(msg + 3, id, len);
     err = eng_sealer_hmac(k, msg, len + 3, mac);
-    memcpy(tok, mac, 16);
+    memcpy(tok, mac, ENG_TOKEN_LEN);
     return err;
 }
 

@@ -8,7 +8,6 @@
 
 #include <openssl/crypto.h>
 
-#include "cdx_hex.h"
 #include "cdx_log.h"
 #include "eng_cache.h"
 #include "eng_head.h"
@@ -58,21 +57,21 @@ static cdx_err write_first_state(op *o, const eng_catentry *c)
     m.type = c->type;
     m.n_lists = c->n_lists;
     m.clusters = &cl;
-    if ((err = eng_random(m.token, 16)))
+    if ((err = eng_random(m.token, ENG_TOKEN_LEN)))
         goto out;
     eng_manifest_encode(&m, &pt);
     if (!eng_buf_ok(&pt) ||
         (err = eng_op_seal(o, HSM_P_MANIFEST, ENG_K_MANIFEST, m.token, 1, pt.data, pt.len, &mrec)))
         goto out;
     eng_head h = {.version = 1, .manifest_len = (uint32_t)mrec.len};
-    memcpy(h.manifest_token, m.token, 16);
+    memcpy(h.manifest_token, m.token, ENG_TOKEN_LEN);
     eng_buf_free(&pt);
     eng_head_encode(&h, &pt);
     if ((err =
              eng_op_seal(o, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, 1, pt.data, pt.len, &hrec)))
         goto out;
     char mkey[CDX_STORE_KEY_MAX], hkey[CDX_STORE_KEY_MAX];
-    eng_key_rec(mkey, c->id, 'm', m.token);
+    eng_key_rec(mkey, c->id, ENG_KEY_MANIFEST, m.token);
     eng_key_head(hkey, c->id);
     eng_kv kv[2] = {{mkey, mrec.data, mrec.len}, {hkey, hrec.data, hrec.len}};
     bool created[2];
@@ -235,20 +234,15 @@ out:
     return err;
 }
 
+static cdx_err describe(op *o, eng_manifest *m, void *arg)
+{
+    fill_info(&o->ix->cat, m, arg);
+    return CDX_OK;
+}
+
 cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out)
 {
-    op o;
-    cdx_err err = eng_op_open(e, name, &o);
-    if (err)
-        return err;
-    struct idx *ix = o.ix;
-    eng_manifest *m = NULL;
-    err = eng_load_state(&o, false, 0, &m);
-    if (!err)
-        fill_info(&ix->cat, m, out);
-    eng_manifest_unref(m);
-    eng_op_end(&o);
-    return err;
+    return eng_with_manifest(e, name, 0, describe, out);
 }
 
 cdx_err eng_index_dimension(eng *e, const char *name, uint32_t *dim)
@@ -304,12 +298,10 @@ cdx_err eng_index_list(eng *e, eng_index_info **out, size_t *n)
 }
 
 /* Delete every store key of index `id` (both key families). */
-static cdx_err remove_records(eng *e, const uint8_t id[16], uint64_t *removed)
+static cdx_err remove_records(eng *e, const uint8_t id[CDX_ID_LEN], uint64_t *removed)
 {
-    char hx[33], pat[2][64];
-    cdx_hex_encode(id, 16, hx);
-    snprintf(pat[0], sizeof(pat[0]), "cdx:%s:*", hx);
-    snprintf(pat[1], sizeof(pat[1]), "cdx:{%s}:*", hx);
+    char pat[2][ENG_KEY_PATTERN_MAX];
+    eng_key_index_patterns(id, pat);
     for (int p = 0; p < 2; p++) {
         uint64_t cursor = 0;
         do {
@@ -421,24 +413,16 @@ cdx_err eng_purge(eng *e, uint64_t *removed)
     while (!err) {
         char **keys = NULL;
         size_t nk = 0;
-        if ((err = eng_store_scan(e->cfg.store, "cdx:*", &cursor, &keys, &nk)))
+        if ((err = eng_store_scan(e->cfg.store, ENG_KEY_ALL_PATTERN, &cursor, &keys, &nk)))
             break;
         for (size_t i = 0; i < nk && !err; i++) {
             const char *kk = keys[i];
-            if (!strncmp(kk, "cdx:cat:", 8))
-                continue;
-            const char *h = kk + 4 + (kk[4] == '{');
-            uint8_t id[16];
-            char hx[33];
-            if (strlen(h) < 32)
-                continue;
-            memcpy(hx, h, 32);
-            hx[32] = '\0';
-            if (cdx_hex_decode(hx, id, 16))
+            uint8_t id[CDX_ID_LEN];
+            if (!eng_key_parse_index_id(kk, id)) /* catalog keys included */
                 continue;
             bool known = false;
             for (size_t j = 0; j < na && !known; j++)
-                known = !memcmp(all[j].id, id, 16);
+                known = !memcmp(all[j].id, id, CDX_ID_LEN);
             if (!known) {
                 uint64_t d = 0;
                 const char *one[1] = {kk};

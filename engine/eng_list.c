@@ -10,35 +10,34 @@
 #include "eng_op.h"
 #include "eng_read.h"
 
-cdx_err eng_count(eng *e, const char *name, uint64_t *count)
+static cdx_err count(op *o, eng_manifest *m, void *arg)
 {
-    op o;
-    cdx_err err = eng_op_open(e, name, &o);
-    if (err)
-        return err;
-    eng_manifest *m = NULL;
-    if (!(err = eng_load_state(&o, false, 0, &m)))
-        *count = m->count;
-    eng_manifest_unref(m);
-    eng_op_end(&o);
+    (void)o;
+    *(uint64_t *)arg = m->count;
+    return CDX_OK;
+}
+
+cdx_err eng_count(eng *e, const char *name, uint64_t *count_out)
+{
+    uint64_t n = 0;
+    cdx_err err = eng_with_manifest(e, name, 0, count, &n);
+    if (!err)
+        *count_out = n;
     return err;
 }
 
-cdx_err eng_index_warm(eng *e, const char *name, uint64_t *blocks)
+#define WARM_BATCH 64 /* segments fetched per round trip */
+
+static cdx_err warm(op *o, eng_manifest *m, void *arg)
 {
-    op o;
-    cdx_err err = eng_op_open(e, name, &o);
-    if (err)
-        return err;
-    eng_manifest *m = NULL;
-    const eng_segref *refs[64];
-    eng_search *got[64];
-    bool need[64];
+    uint64_t *blocks = arg;
+    cdx_err err = CDX_OK;
+    const eng_segref *refs[WARM_BATCH];
+    eng_search *got[WARM_BATCH];
+    bool need[WARM_BATCH];
     size_t n = 0, loaded = 0;
-    if ((err = eng_load_state(&o, false, 0, &m)))
-        goto out;
     bool vectors = eng_coded(m) && !eng_is_sq8(m); /* IVFFlat rescoring reads its originals */
-    for (size_t i = 0; i < 64; i++)
+    for (size_t i = 0; i < WARM_BATCH; i++)
         need[i] = true;
     uint32_t nc = eng_manifest_nclusters(m);
     for (uint32_t c = 0, s = 0; c < nc && !err;) {
@@ -48,17 +47,17 @@ cdx_err eng_index_warm(eng *e, const char *name, uint64_t *blocks)
             c++;
             s = 0;
         }
-        if (n < 64 && (c < nc || n == 0))
+        if (n < WARM_BATCH && (c < nc || n == 0))
             continue;
         /* A full batch, or the last one. */
         bool missing = false;
         memset(got, 0, sizeof(got));
-        err = eng_fetch_search(&o, m, refs, n, got, &missing);
+        err = eng_fetch_search(o, m, refs, n, got, &missing);
         for (size_t i = 0; i < n; i++)
             eng_search_release(got[i]);
         if (!err && !missing && vectors) {
             memset(got, 0, sizeof(got));
-            err = eng_fetch_vectors(&o, m, refs, n, need, got, &missing);
+            err = eng_fetch_vectors(o, m, refs, n, need, got, &missing);
             for (size_t i = 0; i < n; i++)
                 eng_search_release(got[i]);
         }
@@ -69,10 +68,12 @@ cdx_err eng_index_warm(eng *e, const char *name, uint64_t *blocks)
     }
     if (blocks)
         *blocks = loaded;
-out:
-    eng_manifest_unref(m);
-    eng_op_end(&o);
-    return eng_in_index(err, name);
+    return err;
+}
+
+cdx_err eng_index_warm(eng *e, const char *name, uint64_t *blocks)
+{
+    return eng_with_manifest(e, name, ENG_WITH_NAMED, warm, blocks);
 }
 
 void eng_ids_free(char **ids, size_t *id_lens, size_t n)
@@ -83,8 +84,10 @@ void eng_ids_free(char **ids, size_t *id_lens, size_t n)
     free(id_lens);
 }
 
-/* Cursor: u8 fmt | u32 bucket | tok[16] (last returned), sealed under the query subkey. */
-static cdx_err cursor_open(op *o, const char *text, unsigned *bucket, uint8_t last[16], bool *has)
+/* Cursor: u8 fmt | u32 bucket | tok[ENG_TOKEN_LEN] (last returned), sealed under the query subkey.
+ */
+static cdx_err cursor_open(op *o, const char *text, unsigned *bucket, uint8_t last[ENG_TOKEN_LEN],
+                           bool *has)
 {
     *bucket = 0;
     *has = false;
@@ -108,7 +111,7 @@ static cdx_err cursor_open(op *o, const char *text, unsigned *bucket, uint8_t la
     eng_rd_init(&r, pt.data, pt.len);
     uint8_t fmt = eng_rd_u8(&r);
     *bucket = eng_rd_u32(&r);
-    eng_rd_copy(&r, last, 16);
+    eng_rd_copy(&r, last, ENG_TOKEN_LEN);
     bool ok = eng_rd_done(&r) && fmt == 1 && *bucket < ENG_BUCKETS;
     eng_buf_free(&pt);
     if (!ok)
@@ -117,14 +120,14 @@ static cdx_err cursor_open(op *o, const char *text, unsigned *bucket, uint8_t la
     return CDX_OK;
 }
 
-static cdx_err cursor_seal(op *o, unsigned bucket, const uint8_t last[16], char **out)
+static cdx_err cursor_seal(op *o, unsigned bucket, const uint8_t last[ENG_TOKEN_LEN], char **out)
 {
     eng_buf pt, rec;
     eng_buf_init(&pt);
     eng_buf_init(&rec);
     eng_buf_u8(&pt, 1);
     eng_buf_u32(&pt, bucket);
-    eng_buf_put(&pt, last, 16);
+    eng_buf_put(&pt, last, ENG_TOKEN_LEN);
     cdx_err err =
         eng_op_seal(o, HSM_P_QUERY, ENG_K_CURSOR, eng_zero_token, 0, pt.data, pt.len, &rec);
     if (!err) {
@@ -157,7 +160,7 @@ cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limi
     op o;
     eng_op_index(e, ix, &o);
     unsigned b0;
-    uint8_t last[16];
+    uint8_t last[ENG_TOKEN_LEN];
     bool has = false;
     eng_manifest *m = NULL;
     char **v = calloc(limit, sizeof(char *));
@@ -184,7 +187,7 @@ cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limi
             break;
         eng_bucket *bk = bs.b[b];
         for (uint32_t i = 0; i < bk->n; i++) {
-            if (has && b == b0 && memcmp(bk->e[i].tok, last, 16) <= 0)
+            if (has && b == b0 && memcmp(bk->e[i].tok, last, ENG_TOKEN_LEN) <= 0)
                 continue;
             if (k == limit) {
                 more = true;
@@ -193,7 +196,7 @@ cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limi
             v[k] = bk->e[i].id;
             vl[k] = bk->e[i].id_len;
             bk->e[i].id = NULL; /* moved */
-            memcpy(last, bk->e[i].tok, 16);
+            memcpy(last, bk->e[i].tok, ENG_TOKEN_LEN);
             last_b = b;
             k++;
         }

@@ -129,7 +129,7 @@ void eng_manifest_encode(const eng_manifest *m, eng_buf *b)
         for (uint32_t j = 0; j < c->nseg; j++) {
             const eng_segref *s = &c->seg[j];
             eng_buf_put(b, s->token, ENG_TOKEN_LEN);
-            eng_buf_put(b, s->salt, 16);
+            eng_buf_put(b, s->salt, ENG_SALT_LEN);
             eng_buf_u64(b, s->version);
             eng_buf_u32(b, s->rows);
             eng_buf_u32(b, s->search_len);
@@ -179,7 +179,7 @@ cdx_err eng_manifest_decode(const uint8_t *p, size_t n, eng_manifest **out)
         for (uint32_t j = 0; j < ns; j++) {
             eng_segref s;
             eng_rd_copy(&r, s.token, ENG_TOKEN_LEN);
-            eng_rd_copy(&r, s.salt, 16);
+            eng_rd_copy(&r, s.salt, ENG_SALT_LEN);
             s.version = eng_rd_u64(&r);
             s.rows = eng_rd_u32(&r);
             s.search_len = eng_rd_u32(&r);

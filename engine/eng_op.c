@@ -58,8 +58,8 @@ void eng_op_worker(const op *o, op *w)
 }
 
 /* Seal a record of this index. */
-cdx_err eng_op_seal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[16], uint64_t version,
-                    const uint8_t *pt, size_t len, eng_buf *out)
+cdx_err eng_op_seal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[ENG_TOKEN_LEN],
+                    uint64_t version, const uint8_t *pt, size_t len, eng_buf *out)
 {
     eng_sealer *s;
     cdx_err err = eng_op_sealer(o, p, &s);
@@ -70,8 +70,9 @@ cdx_err eng_op_seal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[16], 
 }
 
 /* Open a record of this index; version UINT64_MAX = take the header's. */
-cdx_err eng_op_unseal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[16], uint64_t version,
-                      const uint8_t *rec, size_t len, eng_rec_hdr *h, eng_buf *out)
+cdx_err eng_op_unseal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[ENG_TOKEN_LEN],
+                      uint64_t version, const uint8_t *rec, size_t len, eng_rec_hdr *h,
+                      eng_buf *out)
 {
     hsm_subkey *k;
     eng_rec_hdr hh;

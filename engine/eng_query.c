@@ -197,7 +197,7 @@ static cdx_err query_one(eng_qctx *c, size_t qi)
         eng_bucketset bs;
         memset(&bs, 0, sizeof(bs));
         bool wantb[ENG_BUCKETS] = {false};
-        uint8_t(*toks)[16] = malloc(got * 16);
+        uint8_t(*toks)[ENG_TOKEN_LEN] = malloc(got * ENG_TOKEN_LEN);
         for (size_t i = 0; toks && i < got && !err; i++) {
             err = eng_id_token(o, hits[i].id, hits[i].id_len, toks[i]);
             wantb[eng_bucket_of(toks[i])] = true;

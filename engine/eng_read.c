@@ -43,7 +43,7 @@ cdx_err eng_fetch_blocks(op *o, const eng_segref *const *refs, size_t n, eng_kin
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        eng_key_rec(keys[i], o->ix->id, 's', refs[i]->token);
+        eng_key_rec(keys[i], o->ix->id, ENG_KEY_SEGMENT, refs[i]->token);
         rg[i] = (eng_range){keys[i], block_off(refs[i], kind), block_len(refs[i], kind)};
     }
     uint64_t t0 = mono_ns();
@@ -206,13 +206,14 @@ bool eng_vector_row(const eng_manifest *m, const eng_search *s, const eng_buf *v
 }
 
 /* Find a segment of a cluster by token. */
-const eng_segref *eng_find_seg(const eng_manifest *m, uint32_t cluster, const uint8_t tok[16])
+const eng_segref *eng_find_seg(const eng_manifest *m, uint32_t cluster,
+                               const uint8_t tok[ENG_TOKEN_LEN])
 {
     if (cluster >= eng_manifest_nclusters(m))
         return NULL;
     const eng_cluster *c = &m->clusters[cluster];
     for (uint32_t i = 0; i < c->nseg; i++)
-        if (!memcmp(c->seg[i].token, tok, 16))
+        if (!memcmp(c->seg[i].token, tok, ENG_TOKEN_LEN))
             return &c->seg[i];
     return NULL;
 }
@@ -220,7 +221,7 @@ const eng_segref *eng_find_seg(const eng_manifest *m, uint32_t cluster, const ui
 cdx_err eng_fetch_contents(op *o, const eng_ident *id, uint8_t **data, size_t *len)
 {
     char key[CDX_STORE_KEY_MAX];
-    eng_key_rec(key, o->ix->id, 't', id->content);
+    eng_key_rec(key, o->ix->id, ENG_KEY_CONTENTS, id->content);
     const char *keys[1] = {key};
     eng_val v = {0};
     eng_buf pt;
@@ -288,7 +289,7 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
     op o;
     eng_op_index(e, ix, &o);
     eng_get_result *r = calloc(1, sizeof(*r));
-    uint8_t(*toks)[16] = malloc(n * 16);
+    uint8_t(*toks)[ENG_TOKEN_LEN] = malloc(n * ENG_TOKEN_LEN);
     eng_manifest *m = NULL;
     eng_bucketset bs;
     memset(&bs, 0, sizeof(bs));

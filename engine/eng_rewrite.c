@@ -183,8 +183,8 @@ static cdx_err gather(op *o, const eng_manifest *m, eng_bucketset *bs, const boo
         r->meta_len = (uint32_t)ml;
         r->id = id->id;
         r->id_len = id->id_len;
-        memcpy(r->tok, id->tok, 16);
-        memcpy(r->content, id->content, 16);
+        memcpy(r->tok, id->tok, ENG_TOKEN_LEN);
+        memcpy(r->content, id->content, ENG_TOKEN_LEN);
         r->content_len = id->content_len;
         r->commit_version = id->commit_version;
         r->cluster = id->cluster;
@@ -235,7 +235,7 @@ static cdx_err place(op *o, const eng_manifest *fmt, uint64_t version, gathered 
     for (size_t i = 0; i < g->n; i++) {
         eng_ident *id = g->idents[i];
         id->cluster = g->rows[i].cluster;
-        memcpy(id->seg, g->rows[i].seg, 16);
+        memcpy(id->seg, g->rows[i].seg, ENG_TOKEN_LEN);
         id->row = g->rows[i].row;
         bs->dirty[eng_bucket_of(id->tok)] = true;
     }
@@ -256,7 +256,7 @@ static cdx_err put_centroids(op *o, eng_manifest *nm, uint64_t version)
     eng_buf pt, rec;
     eng_buf_init(&pt);
     eng_buf_init(&rec);
-    cdx_err err = eng_random(nm->centroids_token, 16);
+    cdx_err err = eng_random(nm->centroids_token, ENG_TOKEN_LEN);
     if (err)
         return err;
     eng_centroids_encode(nm, &pt);
@@ -265,7 +265,7 @@ static cdx_err put_centroids(op *o, eng_manifest *nm, uint64_t version)
                            pt.data, pt.len, &rec)))
         goto out;
     char key[CDX_STORE_KEY_MAX];
-    eng_key_rec(key, o->ix->id, 'c', nm->centroids_token);
+    eng_key_rec(key, o->ix->id, ENG_KEY_CENTROIDS, nm->centroids_token);
     eng_kv kv = {key, rec.data, rec.len};
     bool created = false;
     if ((err = eng_store_setnx(o->e->cfg.store, &kv, 1, &created)))
@@ -477,12 +477,11 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
     return eng_in_index(err, name);
 }
 
-cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
+/* Compaction under the frame of eng_with_op: *arg gets the committed version. */
+static cdx_err compact(op *o, void *arg)
 {
-    op o;
-    cdx_err err = eng_op_open(e, name, &o);
-    if (err)
-        return err;
+    eng *e = o->e;
+    cdx_err err = CDX_OK;
     uint64_t done = 0;
     for (unsigned attempt = 0; attempt < e->cfg.commit_retries && !err && !done; attempt++) {
         eng_manifest *m = NULL, *nm = NULL;
@@ -494,7 +493,7 @@ cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
         size_t nsegs = 0;
         uint32_t *assign = NULL;
         bool *sel = NULL, committed = false;
-        if ((err = eng_load_state(&o, true, 0, &m)))
+        if ((err = eng_load_state(o, true, 0, &m)))
             goto next;
         uint32_t nc = eng_manifest_nclusters(m);
         sel = calloc(nc, sizeof(bool));
@@ -509,7 +508,7 @@ cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
             done = m->version; /* nothing to merge */
             goto next;
         }
-        if ((err = eng_buckets_load_all(&o, m, &bs)) || (err = gather(&o, m, &bs, sel, &g))) {
+        if ((err = eng_buckets_load_all(o, m, &bs)) || (err = gather(o, m, &bs, sel, &g))) {
             if (err == ENG_MOVED)
                 err = CDX_OK;
             goto next;
@@ -522,7 +521,7 @@ cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
         for (size_t i = 0; i < g.n; i++)
             assign[i] = g.rows[i].cluster;
         uint64_t v = m->version + 1;
-        if ((err = place(&o, m, v, &g, assign, nc, &bs, &segs, &nsegs)) ||
+        if ((err = place(o, m, v, &g, assign, nc, &bs, &segs, &nsegs)) ||
             (err = eng_manifest_clone_ref(m, &nm)))
             goto next;
         uint64_t now = eng_wall_ms();
@@ -535,7 +534,7 @@ cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
         }
         for (size_t s = 0; s < nsegs && !err; s++)
             err = eng_cluster_push(&nm->clusters[segs[s].cluster], &segs[s].ref);
-        if (err || (err = eng_commit(&o, m, nm, &bs, &committed)))
+        if (err || (err = eng_commit(o, m, nm, &bs, &committed)))
             goto next;
         if (committed)
             done = v;
@@ -550,13 +549,20 @@ cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
         if (!err && !done)
             eng_backoff(attempt);
     }
-    eng_op_end(&o);
     if (!err && !done)
         err = cdx_fail(CDX_ERR_ABORTED,
                        "index %s: compaction lost its commits to concurrent "
                        "writers; retry",
-                       name);
+                       o->ix->name);
+    *(uint64_t *)arg = done;
+    return err;
+}
+
+cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
+{
+    uint64_t done = 0;
+    cdx_err err = eng_with_op(e, name, ENG_WITH_NAMED, compact, &done);
     if (!err && version)
         *version = done;
-    return eng_in_index(err, name);
+    return err;
 }

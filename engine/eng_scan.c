@@ -15,12 +15,12 @@
 /* (segment token, row) pairs that later segments of a cluster tombstone. */
 typedef struct deadset {
     size_t n;
-    uint8_t (*key)[20];
+    uint8_t (*key)[ENG_TOMB_LEN];
 } deadset;
 
-static int cmp20(const void *a, const void *b)
+static int cmp_tomb(const void *a, const void *b)
 {
-    return memcmp(a, b, 20);
+    return memcmp(a, b, ENG_TOMB_LEN);
 }
 
 static cdx_err deadset_build(eng_search *const *blocks, size_t n, deadset *ds)
@@ -32,24 +32,24 @@ static cdx_err deadset_build(eng_search *const *blocks, size_t n, deadset *ds)
     ds->key = NULL;
     if (!total)
         return CDX_OK;
-    ds->key = malloc(total * 20);
+    ds->key = malloc(total * ENG_TOMB_LEN);
     if (!ds->key)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     for (size_t i = 0; i < n; i++)
         for (uint32_t t = 0; t < blocks[i]->ntomb; t++)
-            memcpy(ds->key[ds->n++], blocks[i]->tombs + (size_t)t * 20, 20);
-    qsort(ds->key, ds->n, 20, cmp20);
+            memcpy(ds->key[ds->n++], blocks[i]->tombs + (size_t)t * ENG_TOMB_LEN, ENG_TOMB_LEN);
+    qsort(ds->key, ds->n, ENG_TOMB_LEN, cmp_tomb);
     return CDX_OK;
 }
 
-static bool deadset_has(const deadset *ds, const uint8_t tok[16], uint32_t row)
+static bool deadset_has(const deadset *ds, const uint8_t tok[ENG_TOKEN_LEN], uint32_t row)
 {
     if (!ds->n)
         return false;
-    uint8_t k[20];
-    memcpy(k, tok, 16);
-    eng_be32(k + 16, row);
-    return bsearch(k, ds->key, ds->n, 20, cmp20) != NULL;
+    uint8_t k[ENG_TOMB_LEN];
+    memcpy(k, tok, ENG_TOKEN_LEN);
+    eng_be32(k + ENG_TOKEN_LEN, row);
+    return bsearch(k, ds->key, ds->n, ENG_TOMB_LEN, cmp_tomb) != NULL;
 }
 
 /* Does row r's metadata match the query's filter? */
@@ -68,7 +68,7 @@ static cdx_err filter_row(const eng_qctx *c, const eng_meta_view *mv, uint32_t r
 }
 
 /* Row r of block i is a candidate: not tombstoned in its cluster, and matching the filter. */
-static cdx_err row_live(const eng_qctx *c, const deadset *ds, const uint8_t tok[16],
+static cdx_err row_live(const eng_qctx *c, const deadset *ds, const uint8_t tok[ENG_TOKEN_LEN],
                         const eng_meta_view *mviews, size_t i, uint32_t r, bool *live)
 {
     *live = false;

@@ -157,18 +157,19 @@ void eng_segs_free(eng_seg_out *s, size_t n)
     free(s);
 }
 
-static cdx_err seg_token(op *o, uint32_t cluster, const uint8_t salt[16], uint8_t tok[16])
+static cdx_err seg_token(op *o, uint32_t cluster, const uint8_t salt[ENG_SALT_LEN],
+                         uint8_t tok[ENG_TOKEN_LEN])
 {
     eng_sealer *k;
-    uint8_t msg[20], mac[32];
+    uint8_t msg[4 + ENG_SALT_LEN], mac[CDX_SUBKEY_LEN];
     cdx_err err = eng_op_sealer(o, HSM_P_CENTROID, &k);
     if (err)
         return err;
     eng_be32(msg, cluster);
-    memcpy(msg + 4, salt, 16);
+    memcpy(msg + 4, salt, ENG_SALT_LEN);
     if ((err = eng_sealer_hmac(k, msg, sizeof(msg), mac)))
         return err;
-    memcpy(tok, mac, 16);
+    memcpy(tok, mac, ENG_TOKEN_LEN);
     return CDX_OK;
 }
 
@@ -193,7 +194,8 @@ cdx_err eng_segment_build(op *o, const eng_manifest *m, uint64_t version, uint32
     memset(out, 0, sizeof(*out));
     eng_buf_init(val);
     out->cluster = cluster;
-    if ((err = eng_op_sealer(o, HSM_P_PAYLOAD, &sl)) || (err = eng_random(out->ref.salt, 16)) ||
+    if ((err = eng_op_sealer(o, HSM_P_PAYLOAD, &sl)) ||
+        (err = eng_random(out->ref.salt, ENG_SALT_LEN)) ||
         (err = seg_token(o, cluster, out->ref.salt, out->ref.token)))
         return err;
     out->ref.version = version;
@@ -210,14 +212,14 @@ cdx_err eng_segment_build(op *o, const eng_manifest *m, uint64_t version, uint32
         idl[i] = rows[i]->id_len;
         idbytes += 2u + rows[i]->id_len;
         metabytes += 4u + rows[i]->meta_len;
-        memcpy(rows[i]->seg, out->ref.token, 16);
+        memcpy(rows[i]->seg, out->ref.token, ENG_TOKEN_LEN);
         rows[i]->row = i;
     }
     /* The three records, so the value is allocated once and nothing moves while sealing. */
     size_t total = 3 * ENG_REC_OVERHEAD + 12 + (size_t)nrows * cs +
                    (eng_coded(m) ? (size_t)nrows * 2 * sizeof(float) : 0) + idbytes +
-                   20 * (size_t)ntomb + (vec ? (size_t)nrows * d * sizeof(float) : 0) + 4 +
-                   metabytes;
+                   ENG_TOMB_LEN * (size_t)ntomb + (vec ? (size_t)nrows * d * sizeof(float) : 0) +
+                   4 + metabytes;
     if (!eng_buf_grow(val, total)) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
@@ -286,7 +288,7 @@ cdx_err eng_segments_put(op *o, eng_seg_out *s, size_t n)
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        eng_key_rec(keys[i], o->ix->id, 's', s[i].ref.token);
+        eng_key_rec(keys[i], o->ix->id, ENG_KEY_SEGMENT, s[i].ref.token);
         kv[i] = (eng_kv){keys[i], s[i].val.data, s[i].val.len};
     }
     if ((err = eng_store_setnx(o->e->cfg.store, kv, n, created)))

@@ -92,7 +92,7 @@ static cdx_err seg_put(void *arg)
  * ids to remove; tombstones old copies in their clusters, writes one new
  * segment per touched cluster, updates buckets, commits. Retries on conflict.
  */
-static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*del)[16],
+static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*del)[ENG_TOKEN_LEN],
                            size_t ndel, uint64_t *deleted, uint64_t *version)
 {
     eng *e = o->e;
@@ -101,7 +101,7 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
     uint32_t *assign = NULL;
     /* The centroids `assign` was computed with: a retry under the same model reuses it. */
     uint64_t assigned_cv = UINT64_MAX;
-    uint8_t assigned_ct[16];
+    uint8_t assigned_ct[ENG_TOKEN_LEN];
     if (nrows) {
         sv = malloc(nrows * (size_t)o->ix->cat.dim * sizeof(float));
         assign = malloc(nrows * sizeof(uint32_t));
@@ -131,12 +131,12 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
         if ((err = eng_load_state(o, true, 0, &m)))
             goto next;
         uint64_t v = m->version + 1;
-        if (nrows &&
-            (m->centroids_version != assigned_cv || memcmp(m->centroids_token, assigned_ct, 16))) {
+        if (nrows && (m->centroids_version != assigned_cv ||
+                      memcmp(m->centroids_token, assigned_ct, ENG_TOKEN_LEN))) {
             if ((err = assign_parallel(m, sv, nrows, assign)))
                 goto next;
             assigned_cv = m->centroids_version;
-            memcpy(assigned_ct, m->centroids_token, 16);
+            memcpy(assigned_ct, m->centroids_token, ENG_TOKEN_LEN);
         }
         bool want[ENG_BUCKETS] = {false};
         for (size_t i = 0; i < nrows; i++)
@@ -169,7 +169,7 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
                 err = cdx_fail(CDX_ERR_INTEGRITY, "id map names a cluster that does not exist");
                 goto next;
             }
-            memcpy(tombs[ntombs].seg, old->seg, 16);
+            memcpy(tombs[ntombs].seg, old->seg, ENG_TOKEN_LEN);
             tombs[ntombs].row = old->row;
             tcl[ntombs++] = old->cluster;
             if (i >= nrows) {
@@ -254,12 +254,12 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
             goto next;
         for (size_t i = 0; i < nrows; i++) {
             eng_ident id = {0};
-            memcpy(id.tok, rows[i].tok, 16);
+            memcpy(id.tok, rows[i].tok, ENG_TOKEN_LEN);
             id.cluster = rows[i].cluster;
-            memcpy(id.seg, rows[i].seg, 16);
+            memcpy(id.seg, rows[i].seg, ENG_TOKEN_LEN);
             id.row = rows[i].row;
             id.commit_version = rows[i].commit_version ? rows[i].commit_version : v;
-            memcpy(id.content, rows[i].content, 16);
+            memcpy(id.content, rows[i].content, ENG_TOKEN_LEN);
             id.content_len = rows[i].content_len;
             id.id_len = rows[i].id_len;
             id.id = malloc(rows[i].id_len + 1u);
@@ -319,13 +319,13 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
 }
 
 typedef struct tokidx {
-    uint8_t tok[16];
+    uint8_t tok[ENG_TOKEN_LEN];
     size_t i;
 } tokidx;
 
 static int cmp_tokidx(const void *a, const void *b)
 {
-    return memcmp(((const tokidx *)a)->tok, ((const tokidx *)b)->tok, 16);
+    return memcmp(((const tokidx *)a)->tok, ((const tokidx *)b)->tok, ENG_TOKEN_LEN);
 }
 
 cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, uint64_t *version)
@@ -390,12 +390,12 @@ cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, ui
         r->meta_len = (uint32_t)items[i].metadata_len;
         if ((err = eng_id_token_w(&o, r->id, r->id_len, r->tok)))
             goto out;
-        memcpy(ti[i].tok, r->tok, 16);
+        memcpy(ti[i].tok, r->tok, ENG_TOKEN_LEN);
         ti[i].i = i;
     }
     qsort(ti, n, sizeof(*ti), cmp_tokidx);
     for (size_t i = 1; i < n; i++)
-        if (!memcmp(ti[i - 1].tok, ti[i].tok, 16)) {
+        if (!memcmp(ti[i - 1].tok, ti[i].tok, ENG_TOKEN_LEN)) {
             size_t a = ti[i - 1].i < ti[i].i ? ti[i - 1].i : ti[i].i;
             size_t b = ti[i - 1].i < ti[i].i ? ti[i].i : ti[i - 1].i;
             err = cdx_fail(CDX_ERR_INVALID_ARGUMENT,
@@ -414,14 +414,14 @@ cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, ui
     for (size_t i = 0; i < n; i++) {
         if (!items[i].contents_len)
             continue;
-        if ((err = eng_random(rows[i].content, 16)))
+        if ((err = eng_random(rows[i].content, ENG_TOKEN_LEN)))
             goto out;
         rows[i].content_len = (uint32_t)items[i].contents_len;
         eng_buf_init(&crec[nc]);
         if ((err = eng_op_seal(&o, HSM_P_CONTENT, ENG_K_CONTENT, rows[i].content, 0,
                                items[i].contents, items[i].contents_len, &crec[nc])))
             goto out;
-        eng_key_rec(ckeys[nc], ix->id, 't', rows[i].content);
+        eng_key_rec(ckeys[nc], ix->id, ENG_KEY_CONTENTS, rows[i].content);
         ckv[nc] = (eng_kv){ckeys[nc], crec[nc].data, crec[nc].len};
         nc++;
     }
@@ -471,7 +471,7 @@ cdx_err eng_delete(eng *e, const char *name, const char *const *ids, const size_
             return err;
     op o;
     eng_op_index(e, ix, &o);
-    uint8_t(*toks)[16] = malloc(n * 16);
+    uint8_t(*toks)[ENG_TOKEN_LEN] = malloc(n * ENG_TOKEN_LEN);
     if (!toks) {
         eng_op_end(&o);
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
@@ -481,13 +481,13 @@ cdx_err eng_delete(eng *e, const char *name, const char *const *ids, const size_
         err = eng_id_token_w(&o, ids[i], id_lens[i], toks[nt]);
         bool dup = false;
         for (size_t j = 0; j < nt && !dup; j++)
-            dup = !memcmp(toks[j], toks[nt], 16);
+            dup = !memcmp(toks[j], toks[nt], ENG_TOKEN_LEN);
         if (!dup)
             nt++;
     }
     uint64_t v = 0, d = 0;
     if (!err)
-        err = write_batch(&o, NULL, 0, (const uint8_t(*)[16])toks, nt, &d, &v);
+        err = write_batch(&o, NULL, 0, (const uint8_t(*)[ENG_TOKEN_LEN])toks, nt, &d, &v);
     if (!err) {
         if (deleted)
             *deleted = d;
