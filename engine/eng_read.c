@@ -273,6 +273,97 @@ void eng_get_result_free(eng_get_result *r)
     free(r);
 }
 
+/* Hit h: the vector of id (segment sr). A missing block sets *refresh. */
+static cdx_err get_vector(op *o, const eng_manifest *m, const eng_segref *sr, const eng_ident *id,
+                          eng_hit *h, bool *refresh)
+{
+    eng_search *s = NULL;
+    bool mis = false;
+    eng_buf vec;
+    eng_buf_init(&vec);
+    cdx_err err = eng_fetch_search(o, m, &sr, 1, &s, &mis);
+    if (err)
+        return err;
+    if (!mis && !eng_originals_in_search(m))
+        err = eng_fetch_blocks(o, &sr, 1, ENG_K_VECTORS, &vec, &mis);
+    if (!err && mis) {
+        *refresh = true;
+    } else if (!err) {
+        h->vector = malloc(m->dim * sizeof(float));
+        if (!h->vector)
+            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        else if (!eng_vector_row(m, s, &vec, id->row, h->vector))
+            err = cdx_fail(CDX_ERR_INTEGRITY, "vector block is malformed");
+    }
+    eng_search_release(s);
+    eng_buf_free(&vec);
+    return err;
+}
+
+/* Hit h: the metadata of id (segment sr). A missing block sets *refresh. */
+static cdx_err get_metadata(op *o, const eng_segref *sr, const eng_ident *id, eng_hit *h,
+                            bool *refresh)
+{
+    eng_buf mb;
+    bool mis = false;
+    cdx_err err = eng_fetch_blocks(o, &sr, 1, ENG_K_META, &mb, &mis);
+    if (err)
+        return err;
+    const uint8_t *p;
+    size_t len;
+    if (mis) {
+        *refresh = true;
+    } else if (!eng_meta_row(&mb, id->row, &p, &len)) {
+        err = cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
+    } else if (len) {
+        h->metadata = malloc(len + 1);
+        if (!h->metadata) {
+            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        } else {
+            memcpy(h->metadata, p, len);
+            h->metadata[len] = '\0';
+            h->metadata_len = len;
+        }
+    }
+    eng_buf_free(&mb);
+    return err;
+}
+
+/*
+ * Hit h for the item id names in state m: its id, and what `want` asks.
+ * A record missing from the store sets *refresh (the caller re-reads once).
+ */
+static cdx_err get_item(op *o, const eng_manifest *m, const eng_ident *id, unsigned want,
+                        eng_hit *h, bool *found, bool *refresh)
+{
+    cdx_err err;
+    h->id = malloc(id->id_len + 1u);
+    if (!h->id)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    memcpy(h->id, id->id, id->id_len + 1u);
+    h->id_len = id->id_len;
+    *found = true;
+    if (!(want & (ENG_WANT_VECTOR | ENG_WANT_METADATA | ENG_WANT_CONTENTS)))
+        return CDX_OK;
+    const eng_segref *sr = eng_find_seg(m, id->cluster, id->seg);
+    if (!sr)
+        return cdx_fail(CDX_ERR_INTEGRITY, "the id map names a segment the manifest "
+                                           "does not list");
+    if ((want & ENG_WANT_VECTOR) && ((err = get_vector(o, m, sr, id, h, refresh)) || *refresh))
+        return err;
+    if ((want & ENG_WANT_METADATA) && ((err = get_metadata(o, sr, id, h, refresh)) || *refresh))
+        return err;
+    if ((want & ENG_WANT_CONTENTS) && id->content_len &&
+        (err = eng_fetch_contents(o, id, &h->contents, &h->contents_len))) {
+        if (err == ENG_MOVED) {
+            *refresh = true;
+            return CDX_OK;
+        }
+        return err;
+    }
+    return CDX_OK;
+}
+
 cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *id_lens, size_t n,
                 unsigned want, uint64_t min_version, eng_get_result **out)
 {
@@ -323,86 +414,13 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
         }
         for (size_t i = 0; i < n && !err && !refresh; i++) {
             eng_ident *id = eng_bucket_find(bs.b[eng_bucket_of(toks[i])], toks[i]);
-            if (r->found[i]) {
+            if (r->found[i]) { /* from the attempt before */
                 eng_hit_free(&r->hits[i]);
                 memset(&r->hits[i], 0, sizeof(r->hits[i]));
                 r->found[i] = false;
             }
-            if (!id)
-                continue;
-            eng_hit *h = &r->hits[i];
-            h->id = malloc(id->id_len + 1u);
-            if (!h->id) {
-                err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-                break;
-            }
-            memcpy(h->id, id->id, id->id_len + 1u);
-            h->id_len = id->id_len;
-            r->found[i] = true;
-            if (!(want & (ENG_WANT_VECTOR | ENG_WANT_METADATA | ENG_WANT_CONTENTS)))
-                continue;
-            const eng_segref *sr = eng_find_seg(m, id->cluster, id->seg);
-            if (!sr) {
-                err = cdx_fail(CDX_ERR_INTEGRITY, "the id map names a segment the manifest "
-                                                  "does not list");
-                break;
-            }
-            if (want & ENG_WANT_VECTOR) {
-                eng_search *s = NULL;
-                bool mis = false;
-                eng_buf vec;
-                eng_buf_init(&vec);
-                if ((err = eng_fetch_search(&o, m, &sr, 1, &s, &mis)))
-                    break;
-                if (!mis && !eng_originals_in_search(m))
-                    err = eng_fetch_blocks(&o, &sr, 1, ENG_K_VECTORS, &vec, &mis);
-                if (!err && mis) {
-                    refresh = true;
-                } else if (!err) {
-                    h->vector = malloc(m->dim * sizeof(float));
-                    if (!h->vector)
-                        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-                    else if (!eng_vector_row(m, s, &vec, id->row, h->vector))
-                        err = cdx_fail(CDX_ERR_INTEGRITY, "vector block is malformed");
-                }
-                eng_search_release(s);
-                eng_buf_free(&vec);
-                if (err || refresh)
-                    break;
-            }
-            if (want & ENG_WANT_METADATA) {
-                eng_buf mb;
-                bool mis = false;
-                if ((err = eng_fetch_blocks(&o, &sr, 1, ENG_K_META, &mb, &mis)))
-                    break;
-                const uint8_t *p;
-                size_t len;
-                if (mis) {
-                    refresh = true;
-                } else if (!eng_meta_row(&mb, id->row, &p, &len)) {
-                    err = cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
-                } else if (len) {
-                    h->metadata = malloc(len + 1);
-                    if (!h->metadata) {
-                        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-                    } else {
-                        memcpy(h->metadata, p, len);
-                        h->metadata[len] = '\0';
-                        h->metadata_len = len;
-                    }
-                }
-                eng_buf_free(&mb);
-                if (err || refresh)
-                    break;
-            }
-            if ((want & ENG_WANT_CONTENTS) && id->content_len &&
-                (err = eng_fetch_contents(&o, id, &h->contents, &h->contents_len))) {
-                if (err == ENG_MOVED) {
-                    err = CDX_OK;
-                    refresh = true;
-                }
-                break;
-            }
+            if (id)
+                err = get_item(&o, m, id, want, &r->hits[i], &r->found[i], &refresh);
         }
         if (err || !refresh)
             break;

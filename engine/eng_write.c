@@ -87,6 +87,160 @@ static cdx_err seg_put(void *arg)
     return eng_segments_put(a->o, a->segs, a->n);
 }
 
+/* One attempt of write_batch: what it builds, freed by attempt_free. */
+typedef struct attempt {
+    eng_manifest *m, *nm; /* the state written on, and the one committed */
+    eng_bucketset bs;
+    eng_tomb *tombs; /* old copies of the rows and deleted ids, */
+    uint32_t *tcl;   /* and their clusters */
+    size_t ntombs;
+    uint64_t ndeleted; /* deleted ids that existed */
+    int64_t dcount;    /* change of the live count */
+    uint32_t *cls;     /* touched clusters, ascending: one segment each */
+    eng_row **bycl;    /* rows grouped by segment (stable) */
+    eng_tomb *ct;      /* tombstones grouped by segment */
+    size_t *rs, *ts;   /* segment j: bycl[rs[j]..rs[j+1]), ct[ts[j]..ts[j+1]) */
+    eng_seg_out *segs;
+    size_t nsegs;
+} attempt;
+
+static void attempt_free(attempt *a)
+{
+    eng_manifest_unref(a->m);
+    eng_manifest_unref(a->nm);
+    eng_bucketset_free(&a->bs);
+    eng_segs_free(a->segs, a->nsegs);
+    free(a->bycl);
+    free(a->tombs);
+    free(a->tcl);
+    free(a->ct);
+    free(a->cls);
+    free(a->rs);
+    free(a->ts);
+}
+
+/*
+ * Old copies of the rows and of the deleted ids: a tombstone each in its own
+ * cluster; deleted ids leave the id map.
+ */
+static cdx_err tombstone_old(const eng_row *rows, size_t nrows, const uint8_t (*del)[ENG_TOKEN_LEN],
+                             size_t ndel, attempt *a)
+{
+    a->tombs = malloc((nrows + ndel + 1) * sizeof(*a->tombs));
+    a->tcl = malloc((nrows + ndel + 1) * sizeof(*a->tcl));
+    if (!a->tombs || !a->tcl)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t i = 0; i < nrows + ndel; i++) {
+        const uint8_t *tok = i < nrows ? rows[i].tok : del[i - nrows];
+        eng_ident *old = eng_bucket_find(a->bs.b[eng_bucket_of(tok)], tok);
+        if (!old) {
+            if (i < nrows)
+                a->dcount++;
+            continue;
+        }
+        if (old->cluster >= eng_manifest_nclusters(a->m))
+            return cdx_fail(CDX_ERR_INTEGRITY, "id map names a cluster that does not exist");
+        memcpy(a->tombs[a->ntombs].seg, old->seg, ENG_TOKEN_LEN);
+        a->tombs[a->ntombs].row = old->row;
+        a->tcl[a->ntombs++] = old->cluster;
+        if (i >= nrows) {
+            eng_bucket_remove(a->bs.b[eng_bucket_of(tok)], tok);
+            a->bs.dirty[eng_bucket_of(tok)] = true;
+            a->ndeleted++;
+            a->dcount--;
+        }
+    }
+    return CDX_OK;
+}
+
+/* The touched clusters, sorted, and the rows and tombstones grouped by them (stable). */
+static cdx_err group_by_cluster(eng_row *rows, size_t nrows, const uint32_t *assign, attempt *a)
+{
+    a->cls = malloc((nrows + a->ntombs + 1) * sizeof(uint32_t));
+    size_t ncl = 0;
+    if (!a->cls)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t i = 0; i < nrows; i++)
+        a->cls[ncl++] = assign[i];
+    for (size_t i = 0; i < a->ntombs; i++)
+        a->cls[ncl++] = a->tcl[i];
+    qsort(a->cls, ncl, sizeof(uint32_t), cmp_u32);
+    size_t u = 0;
+    for (size_t i = 0; i < ncl; i++)
+        if (u == 0 || a->cls[u - 1] != a->cls[i])
+            a->cls[u++] = a->cls[i];
+    ncl = u;
+    a->segs = calloc(ncl ? ncl : 1, sizeof(*a->segs));
+    a->bycl = malloc((nrows + 1) * sizeof(*a->bycl));
+    a->ct = malloc((a->ntombs + 1) * sizeof(*a->ct));
+    a->rs = calloc(ncl + 1, sizeof(*a->rs));
+    a->ts = calloc(ncl + 1, sizeof(*a->ts));
+    if (!a->segs || !a->bycl || !a->ct || !a->rs || !a->ts)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    a->nsegs = ncl;
+    size_t *rs = a->rs, *ts = a->ts;
+    for (size_t i = 0; i < nrows; i++)
+        rs[find_u32(a->cls, ncl, assign[i]) + 1]++;
+    for (size_t i = 0; i < a->ntombs; i++)
+        ts[find_u32(a->cls, ncl, a->tcl[i]) + 1]++;
+    for (size_t c = 0; c < ncl; c++) {
+        rs[c + 1] += rs[c];
+        ts[c + 1] += ts[c];
+    }
+    for (size_t i = 0; i < nrows; i++) {
+        size_t c = find_u32(a->cls, ncl, assign[i]);
+        rows[i].cluster = assign[i];
+        a->bycl[rs[c]++] = &rows[i];
+    }
+    for (size_t i = 0; i < a->ntombs; i++)
+        a->ct[ts[find_u32(a->cls, ncl, a->tcl[i])]++] = a->tombs[i];
+    /* The fills moved each start to the next segment's: shift back. */
+    memmove(rs + 1, rs, ncl * sizeof(*rs));
+    memmove(ts + 1, ts, ncl * sizeof(*ts));
+    rs[0] = ts[0] = 0;
+    return CDX_OK;
+}
+
+/* The placed rows into the id map, committed at v unless they carry their own version. */
+static cdx_err map_rows(const eng_row *rows, size_t nrows, uint64_t v, eng_bucketset *bs)
+{
+    cdx_err err;
+    for (size_t i = 0; i < nrows; i++) {
+        eng_ident id = {0};
+        memcpy(id.tok, rows[i].tok, ENG_TOKEN_LEN);
+        id.cluster = rows[i].cluster;
+        memcpy(id.seg, rows[i].seg, ENG_TOKEN_LEN);
+        id.row = rows[i].row;
+        id.commit_version = rows[i].commit_version ? rows[i].commit_version : v;
+        memcpy(id.content, rows[i].content, ENG_TOKEN_LEN);
+        id.content_len = rows[i].content_len;
+        id.id_len = rows[i].id_len;
+        id.id = malloc(rows[i].id_len + 1u);
+        if (!id.id)
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        memcpy(id.id, rows[i].id, rows[i].id_len);
+        id.id[rows[i].id_len] = '\0';
+        unsigned b = eng_bucket_of(id.tok);
+        if ((err = eng_bucket_put(bs->b[b], &id))) {
+            free(id.id);
+            return err;
+        }
+        bs->dirty[b] = true;
+    }
+    return CDX_OK;
+}
+
+/* The manifest to commit: a's base with the new segments and count. */
+static cdx_err next_manifest(attempt *a)
+{
+    cdx_err err = eng_manifest_clone_ref(a->m, &a->nm);
+    for (size_t s = 0; s < a->nsegs && !err; s++)
+        err = eng_cluster_push(&a->nm->clusters[a->segs[s].cluster], &a->segs[s].ref);
+    if (!err)
+        a->nm->count = (uint64_t)((int64_t)a->m->count + a->dcount);
+    return err;
+}
+
 /*
  * The write path shared by upsert and delete: rows to add (may be none) and
  * ids to remove; tombstones old copies in their clusters, writes one new
@@ -113,23 +267,15 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
         for (size_t i = 0; i < nrows; i++)
             memcpy(sv + i * o->ix->cat.dim, rows[i].search, o->ix->cat.dim * sizeof(float));
     }
-    for (unsigned attempt = 0; attempt < e->cfg.commit_retries; attempt++) {
-        eng_manifest *m = NULL, *nm = NULL;
-        eng_bucketset bs;
-        memset(&bs, 0, sizeof(bs));
-        eng_seg_out *segs = NULL;
-        size_t nsegs = 0;
-        eng_row **bycl = NULL;
-        eng_tomb *tombs = NULL, *ct = NULL;
-        uint32_t *tcl = NULL, *cls = NULL;
-        size_t *rs = NULL, *ts = NULL;
-        size_t ntombs = 0;
-        uint64_t ndeleted = 0;
+    for (unsigned attempt_no = 0; attempt_no < e->cfg.commit_retries; attempt_no++) {
+        attempt a;
+        memset(&a, 0, sizeof(a));
         bool committed = false;
         seg_put_arg sp;
         eng_bg wr = ENG_BG_IDLE;
-        if ((err = eng_load_state(o, true, 0, &m)))
+        if ((err = eng_load_state(o, true, 0, &a.m)))
             goto next;
+        const eng_manifest *m = a.m;
         uint64_t v = m->version + 1;
         if (nrows && (m->centroids_version != assigned_cv ||
                       memcmp(m->centroids_token, assigned_ct, ENG_TOKEN_LEN))) {
@@ -143,171 +289,57 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
             want[eng_bucket_of(rows[i].tok)] = true;
         for (size_t i = 0; i < ndel; i++)
             want[eng_bucket_of(del[i])] = true;
-        eng_wcache_take(o, m, &bs);
-        if ((err = eng_buckets_load(o, m, want, &bs))) {
+        eng_wcache_take(o, m, &a.bs);
+        if ((err = eng_buckets_load(o, m, want, &a.bs))) {
             if (err == ENG_MOVED)
                 err = CDX_OK; /* like a lost commit: rebase */
             goto next;
         }
-        /* Old copies: tombstone them in their own cluster. */
-        tombs = malloc((nrows + ndel + 1) * sizeof(*tombs));
-        tcl = malloc((nrows + ndel + 1) * sizeof(*tcl));
-        if (!tombs || !tcl) {
-            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        if ((err = tombstone_old(rows, nrows, del, ndel, &a)))
             goto next;
-        }
-        int64_t dcount = 0;
-        for (size_t i = 0; i < nrows + ndel; i++) {
-            const uint8_t *tok = i < nrows ? rows[i].tok : del[i - nrows];
-            eng_ident *old = eng_bucket_find(bs.b[eng_bucket_of(tok)], tok);
-            if (!old) {
-                if (i < nrows)
-                    dcount++;
-                continue;
-            }
-            if (old->cluster >= eng_manifest_nclusters(m)) {
-                err = cdx_fail(CDX_ERR_INTEGRITY, "id map names a cluster that does not exist");
-                goto next;
-            }
-            memcpy(tombs[ntombs].seg, old->seg, ENG_TOKEN_LEN);
-            tombs[ntombs].row = old->row;
-            tcl[ntombs++] = old->cluster;
-            if (i >= nrows) {
-                eng_bucket_remove(bs.b[eng_bucket_of(tok)], tok);
-                bs.dirty[eng_bucket_of(tok)] = true;
-                ndeleted++;
-                dcount--;
-            }
-        }
-        if (nrows == 0 && ntombs == 0) {
+        if (nrows == 0 && a.ntombs == 0) {
             /* Nothing to delete: no commit, report the current version. */
             if (version)
                 *version = m->version;
             if (deleted)
                 *deleted = 0;
             committed = true;
-            eng_wcache_put(o, m, &bs); /* unchanged: still the buckets of m */
+            eng_wcache_put(o, m, &a.bs); /* unchanged: still the buckets of m */
             goto next;
         }
-        /* Touched clusters, sorted: one segment each. */
-        cls = malloc((nrows + ntombs + 1) * sizeof(uint32_t));
-        size_t ncl = 0;
-        if (!cls) {
-            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        if ((err = group_by_cluster(rows, nrows, assign, &a)))
             goto next;
-        }
-        for (size_t i = 0; i < nrows; i++)
-            cls[ncl++] = assign[i];
-        for (size_t i = 0; i < ntombs; i++)
-            cls[ncl++] = tcl[i];
-        qsort(cls, ncl, sizeof(uint32_t), cmp_u32);
-        size_t u = 0;
-        for (size_t i = 0; i < ncl; i++)
-            if (u == 0 || cls[u - 1] != cls[i])
-                cls[u++] = cls[i];
-        ncl = u;
-        /* Group rows and tombstones by segment (stable: batch order within a segment). */
-        segs = calloc(ncl ? ncl : 1, sizeof(*segs));
-        bycl = malloc((nrows + 1) * sizeof(*bycl));
-        ct = malloc((ntombs + 1) * sizeof(*ct));
-        rs = calloc(ncl + 1, sizeof(*rs));
-        ts = calloc(ncl + 1, sizeof(*ts));
-        if (!segs || !bycl || !ct || !rs || !ts) {
-            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-            goto next;
-        }
-        nsegs = ncl;
-        for (size_t i = 0; i < nrows; i++)
-            rs[find_u32(cls, ncl, assign[i]) + 1]++;
-        for (size_t i = 0; i < ntombs; i++)
-            ts[find_u32(cls, ncl, tcl[i]) + 1]++;
-        for (size_t c = 0; c < ncl; c++) {
-            rs[c + 1] += rs[c];
-            ts[c + 1] += ts[c];
-        }
-        for (size_t i = 0; i < nrows; i++) {
-            size_t c = find_u32(cls, ncl, assign[i]);
-            rows[i].cluster = assign[i];
-            bycl[rs[c]++] = &rows[i];
-        }
-        for (size_t i = 0; i < ntombs; i++)
-            ct[ts[find_u32(cls, ncl, tcl[i])]++] = tombs[i];
-        /* The fills moved each start to the next segment's: shift back. */
-        memmove(rs + 1, rs, ncl * sizeof(*rs));
-        memmove(ts + 1, ts, ncl * sizeof(*ts));
-        rs[0] = ts[0] = 0;
         eng_seg_build sb = {.m = m,
                             .version = v,
-                            .cls = cls,
-                            .rows = bycl,
-                            .rs = rs,
-                            .tombs = ct,
-                            .ts = ts,
-                            .segs = segs,
-                            .n = nsegs};
+                            .cls = a.cls,
+                            .rows = a.bycl,
+                            .rs = a.rs,
+                            .tombs = a.ct,
+                            .ts = a.ts,
+                            .segs = a.segs,
+                            .n = a.nsegs};
         atomic_init(&sb.next, 0);
         if ((err = eng_segments_build(o, &sb)))
             goto next;
         /* Segments go to the store while the buckets and the manifest are sealed. */
-        sp = (seg_put_arg){o, segs, nsegs};
-        if ((err = eng_bg_start(&wr, seg_put, &sp)))
-            goto next;
-        for (size_t i = 0; i < nrows; i++) {
-            eng_ident id = {0};
-            memcpy(id.tok, rows[i].tok, ENG_TOKEN_LEN);
-            id.cluster = rows[i].cluster;
-            memcpy(id.seg, rows[i].seg, ENG_TOKEN_LEN);
-            id.row = rows[i].row;
-            id.commit_version = rows[i].commit_version ? rows[i].commit_version : v;
-            memcpy(id.content, rows[i].content, ENG_TOKEN_LEN);
-            id.content_len = rows[i].content_len;
-            id.id_len = rows[i].id_len;
-            id.id = malloc(rows[i].id_len + 1u);
-            if (!id.id) {
-                err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-                goto next;
-            }
-            memcpy(id.id, rows[i].id, rows[i].id_len);
-            id.id[rows[i].id_len] = '\0';
-            unsigned b = eng_bucket_of(id.tok);
-            if ((err = eng_bucket_put(bs.b[b], &id))) {
-                free(id.id);
-                goto next;
-            }
-            bs.dirty[b] = true;
-        }
-        if ((err = eng_manifest_clone_ref(m, &nm)))
-            goto next;
-        for (size_t s = 0; s < nsegs && !err; s++)
-            err = eng_cluster_push(&nm->clusters[segs[s].cluster], &segs[s].ref);
-        if (err)
-            goto next;
-        nm->count = (uint64_t)((int64_t)m->count + dcount);
-        if ((err = eng_commit_joined(o, m, nm, &bs, eng_bg_join, &wr, &committed)))
+        sp = (seg_put_arg){o, a.segs, a.nsegs};
+        if ((err = eng_bg_start(&wr, seg_put, &sp)) || (err = map_rows(rows, nrows, v, &a.bs)) ||
+            (err = next_manifest(&a)) ||
+            (err = eng_commit_joined(o, m, a.nm, &a.bs, eng_bg_join, &wr, &committed)))
             goto next;
         if (committed) {
             if (version)
                 *version = v;
             if (deleted)
-                *deleted = ndeleted;
-            eng_wcache_put(o, nm, &bs);
+                *deleted = a.ndeleted;
+            eng_wcache_put(o, a.nm, &a.bs);
         }
     next:
         eng_bg_join(&wr); /* before the segments are freed; an error was reported already */
-        eng_manifest_unref(m);
-        eng_manifest_unref(nm);
-        eng_bucketset_free(&bs);
-        eng_segs_free(segs, nsegs);
-        free(bycl);
-        free(tombs);
-        free(tcl);
-        free(ct);
-        free(cls);
-        free(rs);
-        free(ts);
+        attempt_free(&a);
         if (err || committed)
             break;
-        eng_backoff(attempt);
+        eng_backoff(attempt_no);
     }
     free(sv);
     free(assign);
@@ -328,20 +360,10 @@ static int cmp_tokidx(const void *a, const void *b)
     return memcmp(((const tokidx *)a)->tok, ((const tokidx *)b)->tok, ENG_TOKEN_LEN);
 }
 
-cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, uint64_t *version)
+/* Validate a whole upsert batch before anything is written: all or nothing. */
+static cdx_err check_items(const eng_item *items, size_t n, size_t d, bool cosine)
 {
-    struct idx *ix;
-    cdx_err err = eng_idx_get(e, name, &ix);
-    if (err)
-        return err;
-    if (n == 0 || !items)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "empty upsert batch");
-    if (n > CDX_UPSERT_BATCH_MAX)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "upsert batch of %zu items exceeds %d", n,
-                        CDX_UPSERT_BATCH_MAX);
-    size_t d = ix->cat.dim;
-    bool cosine = ix->cat.metric == ENG_METRIC_COSINE;
-    /* Validate everything before anything is written: all or nothing. */
+    cdx_err err;
     for (size_t i = 0; i < n; i++) {
         if ((err = eng_check_id(items[i].id, items[i].id_len, i)))
             return err;
@@ -363,34 +385,42 @@ cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, ui
             return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "item %zu: contents exceed %u bytes", i,
                             CDX_CONTENTS_MAX);
     }
-    op o;
-    eng_op_index(e, ix, &o);
-    eng_row *rows = calloc(n, sizeof(*rows));
-    tokidx *ti = calloc(n, sizeof(*ti));
-    float *norm = cosine ? malloc(n * d * sizeof(float)) : NULL;
-    eng_buf *crec = NULL;
-    eng_kv *ckv = NULL;
-    char(*ckeys)[CDX_STORE_KEY_MAX] = NULL;
-    if (!rows || !ti || (cosine && !norm)) {
-        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-        goto out;
-    }
+    return CDX_OK;
+}
+
+/* The rows of the items with their id tokens (cosine: searched on norm, n x d floats). */
+static cdx_err items_to_rows(op *o, const eng_item *items, size_t n, size_t d, float *norm,
+                             eng_row *rows)
+{
+    cdx_err err;
     for (size_t i = 0; i < n; i++) {
         eng_row *r = &rows[i];
         r->id = items[i].id;
         r->id_len = (uint16_t)items[i].id_len;
         r->orig = items[i].vector;
         r->search = items[i].vector;
-        if (cosine) {
+        if (norm) {
             memcpy(norm + i * d, items[i].vector, d * sizeof(float));
             eng_normalize(norm + i * d, d);
             r->search = norm + i * d;
         }
         r->meta = items[i].metadata_len ? items[i].metadata : NULL;
         r->meta_len = (uint32_t)items[i].metadata_len;
-        if ((err = eng_id_token_w(&o, r->id, r->id_len, r->tok)))
-            goto out;
-        memcpy(ti[i].tok, r->tok, ENG_TOKEN_LEN);
+        if ((err = eng_id_token_w(o, r->id, r->id_len, r->tok)))
+            return err;
+    }
+    return CDX_OK;
+}
+
+/* Refuse a batch naming one id twice (naming the first two items that do). */
+static cdx_err check_duplicates(const eng_row *rows, size_t n)
+{
+    cdx_err err = CDX_OK;
+    tokidx *ti = calloc(n, sizeof(*ti));
+    if (!ti)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        memcpy(ti[i].tok, rows[i].tok, ENG_TOKEN_LEN);
         ti[i].i = i;
     }
     qsort(ti, n, sizeof(*ti), cmp_tokidx);
@@ -400,13 +430,21 @@ cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, ui
             size_t b = ti[i - 1].i < ti[i].i ? ti[i].i : ti[i - 1].i;
             err = cdx_fail(CDX_ERR_INVALID_ARGUMENT,
                            "duplicate id in the batch (items %zu and %zu)", a, b);
-            goto out;
+            break;
         }
-    /* Contents first: immutable, under fresh tokens. */
+    free(ti);
+    return err;
+}
+
+/* Store the items' contents first: immutable records under fresh tokens (rows learn them). */
+static cdx_err put_contents(op *o, const eng_item *items, size_t n, eng_row *rows)
+{
+    cdx_err err = CDX_OK;
     size_t nc = 0;
-    crec = calloc(n, sizeof(*crec));
-    ckv = calloc(n, sizeof(*ckv));
-    ckeys = calloc(n, sizeof(*ckeys));
+    eng_buf *crec = calloc(n, sizeof(*crec));
+    eng_kv *ckv = calloc(n, sizeof(*ckv));
+    char(*ckeys)[CDX_STORE_KEY_MAX] = calloc(n, sizeof(*ckeys));
+    bool *created = NULL;
     if (!crec || !ckv || !ckeys) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
@@ -418,28 +456,21 @@ cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, ui
             goto out;
         rows[i].content_len = (uint32_t)items[i].contents_len;
         eng_buf_init(&crec[nc]);
-        if ((err = eng_op_seal(&o, HSM_P_CONTENT, ENG_K_CONTENT, rows[i].content, 0,
+        if ((err = eng_op_seal(o, HSM_P_CONTENT, ENG_K_CONTENT, rows[i].content, 0,
                                items[i].contents, items[i].contents_len, &crec[nc])))
             goto out;
-        eng_key_rec(ckeys[nc], ix->id, ENG_KEY_CONTENTS, rows[i].content);
+        eng_key_rec(ckeys[nc], o->ix->id, ENG_KEY_CONTENTS, rows[i].content);
         ckv[nc] = (eng_kv){ckeys[nc], crec[nc].data, crec[nc].len};
         nc++;
     }
     if (nc) {
-        bool *created = malloc(nc * sizeof(bool));
+        created = malloc(nc * sizeof(bool));
         if (!created) {
             err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
             goto out;
         }
-        err = eng_store_setnx(e->cfg.store, ckv, nc, created);
-        free(created);
-        if (err)
-            goto out;
+        err = eng_store_setnx(o->e->cfg.store, ckv, nc, created);
     }
-    uint64_t v = 0;
-    err = write_batch(&o, rows, n, NULL, 0, NULL, &v);
-    if (!err && version)
-        *version = v;
 out:
     if (crec)
         for (size_t i = 0; i < n; i++)
@@ -447,8 +478,37 @@ out:
     free(crec);
     free(ckv);
     free(ckeys);
+    free(created);
+    return err;
+}
+
+cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, uint64_t *version)
+{
+    struct idx *ix;
+    cdx_err err = eng_idx_get(e, name, &ix);
+    if (err)
+        return err;
+    if (n == 0 || !items)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "empty upsert batch");
+    if (n > CDX_UPSERT_BATCH_MAX)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "upsert batch of %zu items exceeds %d", n,
+                        CDX_UPSERT_BATCH_MAX);
+    size_t d = ix->cat.dim;
+    bool cosine = ix->cat.metric == ENG_METRIC_COSINE;
+    if ((err = check_items(items, n, d, cosine)))
+        return err;
+    op o;
+    eng_op_index(e, ix, &o);
+    eng_row *rows = calloc(n, sizeof(*rows));
+    float *norm = cosine ? malloc(n * d * sizeof(float)) : NULL;
+    uint64_t v = 0;
+    if (!rows || (cosine && !norm))
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    else if (!(err = items_to_rows(&o, items, n, d, norm, rows)) &&
+             !(err = check_duplicates(rows, n)) && !(err = put_contents(&o, items, n, rows)) &&
+             !(err = write_batch(&o, rows, n, NULL, 0, NULL, &v)) && version)
+        *version = v;
     free(rows);
-    free(ti);
     free(norm);
     eng_op_end(&o);
     return err;
