@@ -287,6 +287,169 @@ static uint64_t splitmix(uint64_t *s)
     return z ^ (z >> 31);
 }
 
+/* A trained model, kept across rebases (a retry redistributes with the same one). */
+typedef struct model {
+    bool have;
+    uint32_t k;
+    float *centroids; /* k x dim */
+    float *sample;    /* what it was trained on */
+    eng_sq8 sq;       /* both types: IVFSQ8 stores these codes, IVFFlat screens with them */
+} model;
+
+/*
+ * Step 1, sample: the caller's sample (checked, normalised for cosine), or
+ * a deterministic sample of ns of the gathered items (Fisher-Yates prefix).
+ */
+static cdx_err train_sample(const struct idx *ix, const eng_train_opts *opts, const gathered *g,
+                            size_t ns, uint64_t seed, float *sample)
+{
+    size_t d = ix->cat.dim;
+    size_t *perm = malloc((g->n + 1) * sizeof(size_t));
+    if (!perm)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t i = 0; i < g->n; i++)
+        perm[i] = i;
+    uint64_t st = seed;
+    for (size_t i = 0; opts->sample && i < ns; i++) {
+        memcpy(sample + i * d, opts->sample + i * d, d * sizeof(float));
+        if (!eng_finite_vec(sample + i * d, d)) {
+            free(perm);
+            return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "training sample has NaN or Inf");
+        }
+        if (ix->cat.metric == ENG_METRIC_COSINE)
+            eng_normalize(sample + i * d, d);
+    }
+    for (size_t i = 0; !opts->sample && i < ns; i++) {
+        size_t j = i + (size_t)(splitmix(&st) % (g->n - i));
+        size_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+        memcpy(sample + i * d, g->rows[perm[i]].search, d * sizeof(float));
+    }
+    free(perm);
+    return CDX_OK;
+}
+
+/* Step 2, k-means: choose k and the sample size, sample, train centroids and the quantiser. */
+static cdx_err train_model(const char *name, const struct idx *ix, const eng_train_opts *opts,
+                           const eng_manifest *m, const gathered *g, model *md)
+{
+    size_t d = ix->cat.dim;
+    size_t avail = opts->sample ? opts->sample_n : g->n;
+    uint32_t k = opts->n_lists ? opts->n_lists : m->n_lists;
+    cdx_err err;
+    if (!k)
+        k = (uint32_t)fmax(1.0, floor(sqrt((double)avail)));
+    md->k = k;
+    if (avail < k)
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                        "index %s has %zu items; training %u lists needs at least as many", name,
+                        g->n, k);
+    uint32_t per =
+        opts->max_points_per_list ? opts->max_points_per_list : CDX_TRAIN_POINTS_PER_LIST;
+    size_t ns = (size_t)per * k < avail ? (size_t)per * k : avail;
+    if (opts->sample) {
+        /* The caller's sample, all of it (normalised for cosine, like the items). */
+        ns = opts->sample_n;
+        per = (uint32_t)((ns + k - 1) / k);
+    }
+    uint64_t seed = opts->seed ? opts->seed : 1234;
+    md->sample = malloc(ns * d * sizeof(float));
+    md->centroids = malloc((size_t)k * d * sizeof(float));
+    if (!md->sample || !md->centroids)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if ((err = train_sample(ix, opts, g, ns, seed, md->sample)))
+        return err;
+    eng_kmeans_opts ko = {
+        .k = k,
+        .max_iters = opts->max_iters ? opts->max_iters : CDX_TRAIN_ITERS_DEFAULT,
+        .tolerance = opts->tolerance > 0 ? opts->tolerance : 1e-4f,
+        .seed = seed,
+        .max_points_per_centroid = per,
+        .metric =
+            ix->cat.metric == ENG_METRIC_EUCLIDEAN || ix->cat.metric == ENG_METRIC_SQUARED_EUCLIDEAN
+                ? ENG_KM_L2
+                : ENG_KM_IP,
+        .spherical = ix->cat.metric == ENG_METRIC_COSINE,
+    };
+    eng_kmeans_stats ks;
+    if ((err = eng_kmeans_train(md->sample, ns, d, &ko, md->centroids, &ks)))
+        return err;
+    if ((err = eng_sq8_train(md->sample, ns, d, &md->sq)))
+        return err;
+    md->have = true;
+    cdx_log(CDX_LOG_INFO, "eng_trained", "lists=%u sample=%zu iters=%u", k, ns,
+            (unsigned)ks.iterations);
+    return CDX_OK;
+}
+
+/* The manifest of the new model: m's, with md's centroids and quantiser and no segments. */
+static cdx_err trained_manifest(const eng_manifest *m, const model *md, size_t d,
+                                eng_manifest **out)
+{
+    uint32_t k = md->k;
+    eng_manifest *nm;
+    cdx_err err = eng_manifest_clone_ref(m, &nm);
+    if (err)
+        return err;
+    *out = nm;
+    for (uint32_t c = 0; c < eng_manifest_nclusters(m); c++)
+        free(nm->clusters[c].seg);
+    free(nm->clusters);
+    free(nm->centroids);
+    free(nm->sq_vmin);
+    free(nm->sq_step);
+    nm->sq_vmin = nm->sq_step = NULL;
+    nm->n_clusters = k;
+    nm->train_gen = m->train_gen + 1;
+    nm->clusters = calloc(k, sizeof(*nm->clusters));
+    nm->centroids = malloc((size_t)k * d * sizeof(float));
+    if (!nm->clusters || !nm->centroids)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    memcpy(nm->centroids, md->centroids, (size_t)k * d * sizeof(float));
+    if (md->sq.vmin) {
+        nm->sq_vmin = malloc(d * sizeof(float));
+        nm->sq_step = malloc(d * sizeof(float));
+        if (!nm->sq_vmin || !nm->sq_step)
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        memcpy(nm->sq_vmin, md->sq.vmin, d * sizeof(float));
+        memcpy(nm->sq_step, md->sq.step, d * sizeof(float));
+    }
+    return eng_manifest_probe_build(nm);
+}
+
+/*
+ * Step 3, redistribute: retire every old segment, store the centroids, and
+ * place every gathered item into the new clusters at version v.
+ */
+static cdx_err redistribute(op *o, const eng_manifest *m, eng_manifest *nm, uint64_t v, gathered *g,
+                            eng_bucketset *bs, uint32_t **assign, eng_seg_out **segs, size_t *nsegs)
+{
+    size_t d = o->ix->cat.dim;
+    uint64_t now = eng_wall_ms();
+    cdx_err err = CDX_OK;
+    for (uint32_t c = 0; c < eng_manifest_nclusters(m) && !err; c++)
+        for (uint32_t s = 0; s < m->clusters[c].nseg && !err; s++)
+            err = eng_retire(nm, m->clusters[c].seg[s].token, now);
+    if (err || (err = put_centroids(o, nm, v)))
+        return err;
+    *assign = malloc((g->n + 1) * sizeof(uint32_t));
+    float *sv = malloc((g->n + 1) * d * sizeof(float));
+    if (!*assign || !sv) {
+        free(sv);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    for (size_t i = 0; i < g->n; i++)
+        memcpy(sv + i * d, g->rows[i].search, d * sizeof(float));
+    err = eng_assign_clusters(nm, sv, g->n, *assign);
+    free(sv);
+    if (err || (err = place(o, nm, v, g, *assign, nm->n_clusters, bs, segs, nsegs)))
+        return err;
+    for (size_t s = 0; s < *nsegs && !err; s++)
+        err = eng_cluster_push(&nm->clusters[(*segs)[s].cluster], &(*segs)[s].ref);
+    return err;
+}
+
 cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t *version)
 {
     struct idx *ix;
@@ -301,11 +464,8 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
                         CDX_NLISTS_MAX, CDX_TRAIN_ITERS_MAX);
     op o;
     eng_op_index(e, ix, &o);
-    float *centroids = NULL, *sample = NULL;
-    eng_sq8 sq = {0};
-    uint32_t k = 0;
-    bool have_model = false;
-    size_t d = ix->cat.dim;
+    model md;
+    memset(&md, 0, sizeof(md));
     for (unsigned attempt = 0; attempt < e->cfg.commit_retries; attempt++) {
         eng_manifest *m = NULL, *nm = NULL;
         eng_bucketset bs;
@@ -322,133 +482,13 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
                 err = CDX_OK; /* a commit landed mid-read: start over from the new head */
             goto next;
         }
-        if (!have_model) {
-            size_t avail = opts->sample ? opts->sample_n : g.n;
-            k = opts->n_lists ? opts->n_lists : m->n_lists;
-            if (!k)
-                k = (uint32_t)fmax(1.0, floor(sqrt((double)avail)));
-            if (avail < k) {
-                err = cdx_fail(CDX_ERR_FAILED_PRECONDITION,
-                               "index %s has %zu items; training %u lists needs at least as many",
-                               name, g.n, k);
-                goto next;
-            }
-            uint32_t per =
-                opts->max_points_per_list ? opts->max_points_per_list : CDX_TRAIN_POINTS_PER_LIST;
-            size_t ns = (size_t)per * k < avail ? (size_t)per * k : avail;
-            if (opts->sample) {
-                /* The caller's sample, all of it (normalised for cosine, like the items). */
-                ns = opts->sample_n;
-                per = (uint32_t)((ns + k - 1) / k);
-            }
-            uint64_t seed = opts->seed ? opts->seed : 1234;
-            size_t *perm = malloc((g.n + 1) * sizeof(size_t));
-            sample = malloc(ns * d * sizeof(float));
-            centroids = malloc((size_t)k * d * sizeof(float));
-            if (!perm || !sample || !centroids) {
-                free(perm);
-                err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-                goto next;
-            }
-            for (size_t i = 0; i < g.n; i++)
-                perm[i] = i;
-            uint64_t st = seed;
-            for (size_t i = 0; opts->sample && i < ns; i++) {
-                memcpy(sample + i * d, opts->sample + i * d, d * sizeof(float));
-                if (!eng_finite_vec(sample + i * d, d)) {
-                    free(perm);
-                    err = cdx_fail(CDX_ERR_INVALID_ARGUMENT, "training sample has NaN or Inf");
-                    goto next;
-                }
-                if (ix->cat.metric == ENG_METRIC_COSINE)
-                    eng_normalize(sample + i * d, d);
-            }
-            for (size_t i = 0; !opts->sample && i < ns; i++) {
-                size_t j = i + (size_t)(splitmix(&st) % (g.n - i));
-                size_t t = perm[i];
-                perm[i] = perm[j];
-                perm[j] = t;
-                memcpy(sample + i * d, g.rows[perm[i]].search, d * sizeof(float));
-            }
-            free(perm);
-            eng_kmeans_opts ko = {
-                .k = k,
-                .max_iters = opts->max_iters ? opts->max_iters : CDX_TRAIN_ITERS_DEFAULT,
-                .tolerance = opts->tolerance > 0 ? opts->tolerance : 1e-4f,
-                .seed = seed,
-                .max_points_per_centroid = per,
-                .metric = ix->cat.metric == ENG_METRIC_EUCLIDEAN ||
-                                  ix->cat.metric == ENG_METRIC_SQUARED_EUCLIDEAN
-                              ? ENG_KM_L2
-                              : ENG_KM_IP,
-                .spherical = ix->cat.metric == ENG_METRIC_COSINE,
-            };
-            eng_kmeans_stats ks;
-            if ((err = eng_kmeans_train(sample, ns, d, &ko, centroids, &ks)))
-                goto next;
-            /* Both types: IVFSQ8 stores these codes, IVFFlat screens with them. */
-            if ((err = eng_sq8_train(sample, ns, d, &sq)))
-                goto next;
-            have_model = true;
-            cdx_log(CDX_LOG_INFO, "eng_trained", "lists=%u sample=%zu iters=%u", k, ns,
-                    (unsigned)ks.iterations);
-        }
+        if (!md.have && (err = train_model(name, ix, opts, m, &g, &md)))
+            goto next;
         /* Redistribute (again, on a rebase) with the same model. */
-        if ((err = eng_manifest_clone_ref(m, &nm)))
-            goto next;
-        for (uint32_t c = 0; c < eng_manifest_nclusters(m); c++)
-            free(nm->clusters[c].seg);
-        free(nm->clusters);
-        free(nm->centroids);
-        free(nm->sq_vmin);
-        free(nm->sq_step);
-        nm->sq_vmin = nm->sq_step = NULL;
-        nm->n_clusters = k;
-        nm->train_gen = m->train_gen + 1;
-        nm->clusters = calloc(k, sizeof(*nm->clusters));
-        nm->centroids = malloc((size_t)k * d * sizeof(float));
-        if (!nm->clusters || !nm->centroids) {
-            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-            goto next;
-        }
-        memcpy(nm->centroids, centroids, (size_t)k * d * sizeof(float));
-        if (sq.vmin) {
-            nm->sq_vmin = malloc(d * sizeof(float));
-            nm->sq_step = malloc(d * sizeof(float));
-            if (!nm->sq_vmin || !nm->sq_step) {
-                err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-                goto next;
-            }
-            memcpy(nm->sq_vmin, sq.vmin, d * sizeof(float));
-            memcpy(nm->sq_step, sq.step, d * sizeof(float));
-        }
-        if ((err = eng_manifest_probe_build(nm)))
-            goto next;
         uint64_t v = m->version + 1;
-        uint64_t now = eng_wall_ms();
-        for (uint32_t c = 0; c < eng_manifest_nclusters(m) && !err; c++)
-            for (uint32_t s = 0; s < m->clusters[c].nseg && !err; s++)
-                err = eng_retire(nm, m->clusters[c].seg[s].token, now);
-        if (err || (err = put_centroids(&o, nm, v)))
-            goto next;
-        assign = malloc((g.n + 1) * sizeof(uint32_t));
-        float *sv = malloc((g.n + 1) * d * sizeof(float));
-        if (!assign || !sv) {
-            free(sv);
-            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-            goto next;
-        }
-        for (size_t i = 0; i < g.n; i++)
-            memcpy(sv + i * d, g.rows[i].search, d * sizeof(float));
-        err = eng_assign_clusters(nm, sv, g.n, assign);
-        free(sv);
-        if (err)
-            goto next;
-        if ((err = place(&o, nm, v, &g, assign, k, &bs, &segs, &nsegs)))
-            goto next;
-        for (size_t s = 0; s < nsegs && !err; s++)
-            err = eng_cluster_push(&nm->clusters[segs[s].cluster], &segs[s].ref);
-        if (err || (err = eng_commit(&o, m, nm, &bs, &committed)))
+        if ((err = trained_manifest(m, &md, ix->cat.dim, &nm)) ||
+            (err = redistribute(&o, m, nm, v, &g, &bs, &assign, &segs, &nsegs)) ||
+            (err = eng_commit(&o, m, nm, &bs, &committed)))
             goto next;
         if (committed && version)
             *version = v;
@@ -463,16 +503,16 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
             break;
         eng_backoff(attempt);
     }
-    if (!err && !have_model)
+    if (!err && !md.have)
         err = cdx_fail(CDX_ERR_INTERNAL, "training produced no model");
     else if (!err && version && !*version)
         err = cdx_fail(CDX_ERR_ABORTED,
                        "index %s: training lost %u commits to concurrent "
                        "writers; retry",
                        name, e->cfg.commit_retries);
-    free(centroids);
-    free(sample);
-    eng_sq8_free(&sq);
+    free(md.centroids);
+    free(md.sample);
+    eng_sq8_free(&md.sq);
     eng_op_end(&o);
     return eng_in_index(err, name);
 }
