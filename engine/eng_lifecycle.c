@@ -131,10 +131,11 @@ static cdx_err provision_key(eng *e, const eng_create *r, eng_catentry *c)
     return CDX_OK;
 }
 
-cdx_err eng_index_create(eng *e, const eng_create *r, eng_index_info *out)
+/* Check a create request before anything is claimed. Errors: CDX_ERR_INVALID_ARGUMENT. */
+static cdx_err check_create(const eng_create *r)
 {
-    cdx_err err;
-    if ((err = eng_check_name(r->name)))
+    cdx_err err = eng_check_name(r->name);
+    if (err)
         return err;
     if (r->dimension == 0 || r->dimension > CDX_DIM_MAX)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "dimension must be 1-%d", CDX_DIM_MAX);
@@ -149,7 +150,73 @@ cdx_err eng_index_create(eng *e, const eng_create *r, eng_index_info *out)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "unknown key source");
     if (r->key_source == ENG_KEY_UNWRAP && (!r->kek_name || !r->wrapped))
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "unwrapping needs a KEK name and a wrapped key");
+    return CDX_OK;
+}
 
+/* An existing entry of the name: resumable only as an unfinished creation with the same shape. */
+static cdx_err check_resume(const eng_catentry *c, const eng_create *r)
+{
+    if (c->state == ENG_ST_READY)
+        return cdx_fail(CDX_ERR_ALREADY_EXISTS, "an index named %s already exists", r->name);
+    if (c->state == ENG_ST_DELETING)
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                        "index %s is being deleted; finish the delete first", r->name);
+    if (c->dim != r->dimension || c->metric != r->metric || c->type != r->type ||
+        c->n_lists != r->n_lists || c->key_source != r->key_source)
+        return cdx_fail(CDX_ERR_ALREADY_EXISTS,
+                        "an unfinished creation of %s with other parameters exists; "
+                        "delete it first",
+                        r->name);
+    cdx_log(CDX_LOG_INFO, "eng_create_resume", "msg=\"resuming an unfinished creation\"");
+    return CDX_OK;
+}
+
+/* A new entry for r in state creating (a fresh random id unless adopting). Errors: hsm_random's. */
+static cdx_err new_entry(eng *e, const eng_create *r, eng_catentry *c)
+{
+    cdx_err err;
+    memset(c, 0, sizeof(*c));
+    c->state = ENG_ST_CREATING;
+    snprintf(c->name, sizeof(c->name), "%s", r->name);
+    if (r->key_source == ENG_KEY_ADOPT)
+        memcpy(c->id, r->adopt_id, CDX_ID_LEN);
+    else if ((err = hsm_random(e->cfg.custody, c->id, CDX_ID_LEN)))
+        return err;
+    c->key_source = (uint8_t)r->key_source;
+    c->owned = r->key_source != ENG_KEY_ADOPT;
+    c->dim = r->dimension;
+    c->metric = (uint8_t)r->metric;
+    c->type = (uint8_t)r->type;
+    c->n_lists = r->n_lists;
+    c->created_ms = eng_wall_ms();
+    return CDX_OK;
+}
+
+/* The first head and manifest of the new index c, and its high-water mark (version 1). */
+static cdx_err first_state(eng *e, const eng_catentry *c)
+{
+    struct idx tmp = {0};
+    memcpy(tmp.id, c->id, CDX_ID_LEN);
+    snprintf(tmp.name, sizeof(tmp.name), "%s", c->name);
+    tmp.cat = *c;
+    pthread_mutex_init(&tmp.mu, NULL);
+    op io;
+    eng_op_index(e, &tmp, &io);
+    cdx_err err = write_first_state(&io, c);
+    if (!err) {
+        tmp.hw = 0;
+        err = eng_hw_raise(&io, 1);
+    }
+    eng_op_end(&io);
+    pthread_mutex_destroy(&tmp.mu);
+    return err;
+}
+
+cdx_err eng_index_create(eng *e, const eng_create *r, eng_index_info *out)
+{
+    cdx_err err;
+    if ((err = check_create(r)))
+        return err;
     op ro;
     eng_op_root(e, &ro);
     eng_catentry c;
@@ -158,42 +225,12 @@ cdx_err eng_index_create(eng *e, const eng_create *r, eng_index_info *out)
         if ((err = eng_cat_read(&ro, r->name, &c, &found)))
             goto out;
         if (found) {
-            if (c.state == ENG_ST_READY) {
-                err = cdx_fail(CDX_ERR_ALREADY_EXISTS, "an index named %s already exists", r->name);
+            if ((err = check_resume(&c, r)))
                 goto out;
-            }
-            if (c.state == ENG_ST_DELETING) {
-                err = cdx_fail(CDX_ERR_FAILED_PRECONDITION,
-                               "index %s is being deleted; finish the delete first", r->name);
-                goto out;
-            }
-            if (c.dim != r->dimension || c.metric != r->metric || c.type != r->type ||
-                c.n_lists != r->n_lists || c.key_source != r->key_source) {
-                err = cdx_fail(CDX_ERR_ALREADY_EXISTS,
-                               "an unfinished creation of %s with other parameters exists; "
-                               "delete it first",
-                               r->name);
-                goto out;
-            }
             ok = true; /* resume */
-            cdx_log(CDX_LOG_INFO, "eng_create_resume", "msg=\"resuming an unfinished creation\"");
             break;
         }
-        memset(&c, 0, sizeof(c));
-        c.state = ENG_ST_CREATING;
-        snprintf(c.name, sizeof(c.name), "%s", r->name);
-        if (r->key_source == ENG_KEY_ADOPT)
-            memcpy(c.id, r->adopt_id, CDX_ID_LEN);
-        else if ((err = hsm_random(e->cfg.custody, c.id, CDX_ID_LEN)))
-            goto out;
-        c.key_source = (uint8_t)r->key_source;
-        c.owned = r->key_source != ENG_KEY_ADOPT;
-        c.dim = r->dimension;
-        c.metric = (uint8_t)r->metric;
-        c.type = (uint8_t)r->type;
-        c.n_lists = r->n_lists;
-        c.created_ms = eng_wall_ms();
-        if ((err = eng_cat_write(&ro, &c, true, &ok)))
+        if ((err = new_entry(e, r, &c)) || (err = eng_cat_write(&ro, &c, true, &ok)))
             goto out;
     }
     if (!ok) {
@@ -202,21 +239,7 @@ cdx_err eng_index_create(eng *e, const eng_create *r, eng_index_info *out)
     }
     if ((err = provision_key(e, r, &c)))
         goto out;
-    struct idx tmp = {0};
-    memcpy(tmp.id, c.id, CDX_ID_LEN);
-    snprintf(tmp.name, sizeof(tmp.name), "%s", c.name);
-    tmp.cat = c;
-    pthread_mutex_init(&tmp.mu, NULL);
-    op io;
-    eng_op_index(e, &tmp, &io);
-    err = write_first_state(&io, &c);
-    if (!err) {
-        tmp.hw = 0;
-        err = eng_hw_raise(&io, 1);
-    }
-    eng_op_end(&io);
-    pthread_mutex_destroy(&tmp.mu);
-    if (err)
+    if ((err = first_state(e, &c)))
         goto out;
     c.state = ENG_ST_READY;
     if ((err = eng_cat_write(&ro, &c, false, &ok)))
