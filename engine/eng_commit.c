@@ -93,6 +93,57 @@ static cdx_err seal_buckets(op *o, const eng_bucketset *bs, uint64_t version, en
  * given, is called after the sealing and before the first store write: the
  * caller's records still being written finish there (error: no commit).
  */
+/*
+ * Stamp nm for version: retired segments past gc_grace may be swept now
+ * (stop listing them), dirty buckets get the version.
+ */
+static void stamp(const eng *e, eng_manifest *nm, const eng_bucketset *bs, uint64_t version)
+{
+    uint64_t now = eng_wall_ms();
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < nm->nretired; i++)
+        if (nm->retired[i].retire_ms + e->cfg.gc_grace_ms > now)
+            nm->retired[keep++] = nm->retired[i];
+    nm->nretired = keep;
+    for (unsigned b = 0; bs && b < ENG_BUCKETS; b++)
+        if (bs->dirty[b])
+            nm->bucket_version[b] = version;
+}
+
+/*
+ * The manifest record of nm at version, encoded straight into mrec and
+ * sealed in place (it runs to megabytes).
+ */
+static cdx_err seal_manifest(op *o, const eng_manifest *nm, uint64_t version, eng_buf *mrec)
+{
+    eng_sealer *sl;
+    cdx_err err = eng_op_sealer(o, HSM_P_MANIFEST, &sl);
+    if (err)
+        return err;
+    eng_buf_reserve(mrec, ENG_REC_HDR);
+    eng_manifest_encode(nm, mrec);
+    eng_rec_id rid = {
+        .scope = o->key.id, .kind = ENG_K_MANIFEST, .token = nm->token, .version = version};
+    return eng_rec_seal_at(sl, &rid, eng_wall_ms(), o->kcv, mrec, 0);
+}
+
+/* After the commit: raise the mark, and nm becomes the index's current state. */
+static cdx_err adopt(op *o, eng_manifest *nm, uint64_t version)
+{
+    cdx_err err = eng_hw_raise(o, version);
+    if (err)
+        return err;
+    struct idx *ix = o->ix;
+    pthread_mutex_lock(&ix->mu);
+    if (!ix->m || ix->m->version < version) {
+        eng_manifest_unref(ix->m);
+        ix->m = eng_manifest_ref(nm);
+        ix->m_read_ms = mono_ms();
+    }
+    pthread_mutex_unlock(&ix->mu);
+    return CDX_OK;
+}
+
 cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng_bucketset *bs,
                           cdx_err (*join)(void *), void *join_arg, bool *committed)
 {
@@ -117,26 +168,9 @@ cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng
     nm->version = version;
     if ((err = eng_random(nm->token, ENG_TOKEN_LEN)))
         goto out;
-    /* Retired segments past gc_grace may be swept now: stop listing them. */
-    uint64_t now = eng_wall_ms();
-    uint32_t keep = 0;
-    for (uint32_t i = 0; i < nm->nretired; i++)
-        if (nm->retired[i].retire_ms + e->cfg.gc_grace_ms > now)
-            nm->retired[keep++] = nm->retired[i];
-    nm->nretired = keep;
-    for (unsigned b = 0; bs && b < ENG_BUCKETS; b++)
-        if (bs->dirty[b])
-            nm->bucket_version[b] = version;
-    /* The manifest first, encoded straight into its record and sealed in place (it runs to
-     * megabytes), so it is written while the buckets are being sealed. */
-    eng_sealer *sl;
-    if ((err = eng_op_sealer(o, HSM_P_MANIFEST, &sl)))
-        goto out;
-    eng_buf_reserve(&mrec, ENG_REC_HDR);
-    eng_manifest_encode(nm, &mrec);
-    eng_rec_id rid = {
-        .scope = o->key.id, .kind = ENG_K_MANIFEST, .token = nm->token, .version = version};
-    if ((err = eng_rec_seal_at(sl, &rid, eng_wall_ms(), o->kcv, &mrec, 0)))
+    stamp(e, nm, bs, version);
+    /* The manifest first, so it is written while the buckets are being sealed. */
+    if ((err = seal_manifest(o, nm, version, &mrec)))
         goto out;
     char hkey[CDX_STORE_KEY_MAX];
     eng_key_rec(mput.key, o->ix->id, ENG_KEY_MANIFEST, nm->token);
@@ -185,17 +219,7 @@ cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng
         goto out;
     }
     atomic_fetch_add(&e->commits, 1);
-    if ((err = eng_hw_raise(o, version)))
-        goto out;
-    /* nm becomes the index's current state. */
-    struct idx *ix = o->ix;
-    pthread_mutex_lock(&ix->mu);
-    if (!ix->m || ix->m->version < version) {
-        eng_manifest_unref(ix->m);
-        ix->m = eng_manifest_ref(nm);
-        ix->m_read_ms = mono_ms();
-    }
-    pthread_mutex_unlock(&ix->mu);
+    err = adopt(o, nm, version);
 out:
     eng_bg_join(&mjob); /* before its record is freed; an error was reported already */
     eng_vals_free(&cur, 1);
