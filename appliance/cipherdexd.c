@@ -17,7 +17,7 @@
 #include "app_config.h"
 #include "app_daemon.h"
 #include "cdx_log.h"
-#include "eng_kmeans.h"
+#include "eng.h"
 #include "hsm_secfile.h"
 
 #ifndef CDX_VERSION
@@ -107,7 +107,7 @@ static void blas_kernels(char **argv)
 {
     const char *core;
     if (getenv("OPENBLAS_CORETYPE") || getenv("CDX_BLAS_REEXEC") ||
-        !(core = eng_kmeans_better_coretype()))
+        !(core = eng_blas_better_coretype()))
         return;
     setenv("OPENBLAS_CORETYPE", core, 1);
     setenv("CDX_BLAS_REEXEC", "1", 1);

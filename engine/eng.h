@@ -26,6 +26,7 @@
 
 #include "cdx_err.h"
 #include "cdx_limits.h"
+#include "eng_blas.h"
 #include "eng_store.h"
 #include "hsm_custody.h"
 
@@ -48,6 +49,7 @@ typedef struct eng_config {
  * custody errors while ensuring the root key.
  */
 cdx_err eng_new(const eng_config *cfg, eng **out);
+/* Free the engine and its cache; no operation may be running. NULL is a no-op. */
 void eng_free(eng *e);
 
 typedef enum eng_metric {
@@ -62,9 +64,10 @@ typedef enum eng_index_type {
     ENG_IVFSQ8 = 2,
 } eng_index_type;
 
-/* Parse "euclidean" / "ivfsq8" (ASCII case ignored); 0 if unknown. */
+/* Parse "euclidean" / "ivfsq8" (ASCII case ignored); 0 if unknown or NULL. */
 eng_metric eng_metric_parse(const char *s);
 eng_index_type eng_index_type_parse(const char *s);
+/* The name of a metric / type (static string); "unknown" for any other value. */
 const char *eng_metric_name(eng_metric m);
 const char *eng_index_type_name(eng_index_type t);
 
@@ -113,6 +116,7 @@ typedef struct eng_index_info {
  * (adopted key belongs to another index), custody errors (BAD_WRAPPED_KEY...).
  */
 cdx_err eng_index_create(eng *e, const eng_create *req, eng_index_info *out);
+/* The index's catalog entry and current state (reads the head unless cached). Errors: the common ones. */
 cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out);
 /*
  * The dimension of index `name` from the catalog entry this engine holds
@@ -121,7 +125,11 @@ cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out);
  * (unfinished create/delete), store errors on the first lookup.
  */
 cdx_err eng_index_dimension(eng *e, const char *name, uint32_t *dim);
-/* All indexes, sorted by name; *out malloc'ed (free()). */
+/*
+ * All indexes, sorted by name; *out malloc'ed (free()). Unfinished ones are
+ * listed from their catalog entry; one deleted meanwhile is skipped.
+ * Errors: the common ones (of any index's describe).
+ */
 cdx_err eng_index_list(eng *e, eng_index_info **out, size_t *n);
 /*
  * Delete: needs the key (checks it), marks the entry deleting, destroys the
@@ -152,7 +160,12 @@ typedef struct eng_train_opts {
     size_t sample_n;
 } eng_train_opts;
 
-/* Train (or retrain) and redistribute. *version = commit version. */
+/*
+ * Train (or retrain) and redistribute: k-means on a sample, then every item
+ * moves into the new clusters in one commit. *version = commit version.
+ * Errors: CDX_ERR_INVALID_ARGUMENT (n_lists, max_iters, a non-finite
+ * sample), CDX_ERR_FAILED_PRECONDITION (fewer items than lists), the common ones.
+ */
 cdx_err eng_train(eng *e, const char *name, const eng_train_opts *o, uint64_t *version);
 
 typedef struct eng_item {
@@ -173,7 +186,10 @@ typedef struct eng_item {
  */
 cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, uint64_t *version);
 
-/* Delete ids (missing ids are ignored; *deleted counts those that existed). */
+/*
+ * Delete ids (missing ids are ignored; *deleted counts those that existed).
+ * Errors: CDX_ERR_INVALID_ARGUMENT (no ids, over CDX_GET_BATCH_MAX, bad id), the common ones.
+ */
 cdx_err eng_delete(eng *e, const char *name, const char *const *ids, const size_t *id_lens,
                    size_t n, uint64_t *deleted, uint64_t *version);
 
@@ -203,8 +219,15 @@ typedef struct eng_get_result {
     uint64_t version;    /* head version served */
 } eng_get_result;
 
+/*
+ * Look up n ids, with what `want` asks (ENG_WANT_*), in a state at least
+ * min_version. *out is malloc'ed: eng_get_result_free it.
+ * Errors: CDX_ERR_INVALID_ARGUMENT (1..CDX_GET_BATCH_MAX ids, bad id),
+ * CDX_ERR_STALE, the common ones.
+ */
 cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *id_lens, size_t n,
                 unsigned want, uint64_t min_version, eng_get_result **out);
+/* Free a get result and its hits; NULL is a no-op. */
 void eng_get_result_free(eng_get_result *r);
 
 typedef struct eng_query {
@@ -230,17 +253,23 @@ typedef struct eng_query_result {
  * or n_probes out of range, NaN, malformed filter), CDX_ERR_STALE.
  */
 cdx_err eng_query_run(eng *e, const char *name, const eng_query *q, eng_query_result **out);
+/* Free a query result and its hits; NULL is a no-op. */
 void eng_query_result_free(eng_query_result *r);
 
 /*
  * Ids in a stable order, a page at a time. cursor NULL/empty starts; the
  * returned *next (malloc'ed, sealed under the query subkey: opaque to
- * clients and tamper-evident) is NULL at the end.
+ * clients and tamper-evident) is NULL at the end. limit 0 = 1000.
+ * *ids and *id_lens are malloc'ed (eng_ids_free).
+ * Errors: CDX_ERR_INVALID_ARGUMENT (limit over CDX_LIST_PAGE_MAX, a cursor
+ * this index did not issue), the common ones.
  */
 cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limit, char ***ids,
                      size_t **id_lens, size_t *n, char **next);
+/* Free n ids and both arrays (NULLs are fine). */
 void eng_ids_free(char **ids, size_t *id_lens, size_t n);
 
+/* Live items in the current state (cached up to manifest_max_age_ms). Errors: the common ones. */
 cdx_err eng_count(eng *e, const char *name, uint64_t *count);
 
 /*
@@ -251,18 +280,26 @@ cdx_err eng_count(eng *e, const char *name, uint64_t *count);
  */
 cdx_err eng_index_warm(eng *e, const char *name, uint64_t *blocks);
 
-/* Merge each cluster's segments into one, retiring the old ones (never deleting). */
+/*
+ * Merge each cluster's segments into one, retiring the old ones (never
+ * deleting). *version = the commit (or the current version if nothing to
+ * merge). Errors: the common ones.
+ */
 cdx_err eng_compact(eng *e, const char *name, uint64_t *version);
 
 /*
  * Delete records of this index that no current manifest references and whose
  * write time is older than gc_grace. *deleted counts store keys removed.
+ * Errors: the common ones.
  */
 cdx_err eng_sweep(eng *e, const char *name, uint64_t *deleted);
 
 /*
  * Admin: accept the store's current head of `name` although it is older than
  * the highest version this appliance saw (a restored backup). Logged.
+ * *version = the accepted head version.
+ * Errors: CDX_ERR_NOT_FOUND (no index, or no head), CDX_ERR_CONFIG (the
+ * mark cannot be written), the common ones.
  */
 cdx_err eng_accept_rollback(eng *e, const char *name, uint64_t *version);
 
@@ -277,6 +314,7 @@ typedef struct eng_stats {
     uint64_t centroids_rescored; /* coarse step: centroids scored exactly after its screen */
 } eng_stats;
 
+/* A snapshot of the engine's counters (each read atomically, not all at one instant). */
 void eng_get_stats(eng *e, eng_stats *out);
 
 typedef enum eng_stage {
@@ -299,6 +337,7 @@ void eng_thread_stages(uint64_t out[ENG_STAGE_COUNT]);
 
 /* Test hooks: called before every commit with the index id (may block). */
 typedef void (*eng_commit_hook)(void *arg, const uint8_t index_id[CDX_ID_LEN]);
+/* Set (fn NULL: clear) the commit hook; set it before operations start (not synchronised). */
 void eng_set_commit_hook(eng *e, eng_commit_hook fn, void *arg);
 
 /*

@@ -3,10 +3,11 @@
  * Segments are immutable and their tokens never reused, so an entry can
  * never be stale: no invalidation beyond eviction.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "eng_internal.h"
+#include "eng_cache.h"
 
 struct ent {
     uint8_t tok[ENG_TOKEN_LEN];
@@ -148,7 +149,7 @@ void eng_cache_put(eng_cache *c, eng_kind kind, const uint8_t token[ENG_TOKEN_LE
     pthread_mutex_unlock(&c->mu);
 }
 
-void eng_cache_drop_index(eng_cache *c)
+void eng_cache_clear(eng_cache *c)
 {
     if (!c)
         return;

@@ -1,7 +1,11 @@
-/* Catalog entries: the name → index mapping, sealed under the root key. */
+/* The catalog: entry codec and I/O (eng_catalog.h). */
+#include <stdlib.h>
 #include <string.h>
 
-#include "eng_internal.h"
+#include "eng_catalog.h"
+#include "eng_int.h"
+#include "eng_op.h"
+#include "eng_store.h"
 
 #define CAT_FMT 1
 
@@ -15,7 +19,7 @@ void eng_cat_encode(const eng_catentry *c, eng_buf *b)
     eng_buf_put(b, c->id, CDX_ID_LEN);
     eng_buf_u8(b, c->key_source);
     eng_buf_u8(b, c->owned);
-    eng_buf_put(b, c->serial, 16);
+    eng_buf_put(b, c->serial, ENG_SERIAL_LEN);
     eng_buf_u8(b, c->has_kcv);
     eng_buf_put(b, c->kcv, CDX_KCV_LEN);
     eng_buf_u32(b, c->dim);
@@ -39,7 +43,7 @@ cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c)
     eng_rd_copy(&r, c->id, CDX_ID_LEN);
     c->key_source = eng_rd_u8(&r);
     c->owned = eng_rd_u8(&r);
-    eng_rd_copy(&r, c->serial, 16);
+    eng_rd_copy(&r, c->serial, ENG_SERIAL_LEN);
     c->has_kcv = eng_rd_u8(&r);
     eng_rd_copy(&r, c->kcv, CDX_KCV_LEN);
     c->dim = eng_rd_u32(&r);
@@ -50,5 +54,185 @@ cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c)
     if (!eng_rd_done(&r) || fmt != CAT_FMT || c->state < ENG_ST_CREATING ||
         c->state > ENG_ST_DELETING || c->dim == 0 || c->dim > CDX_DIM_MAX)
         return cdx_fail(CDX_ERR_INTEGRITY, "catalog entry is malformed");
+    return CDX_OK;
+}
+
+/* Catalog token of a name: the store never sees names. */
+static cdx_err cat_token(op *ro, const char *name, uint8_t tok[ENG_TOKEN_LEN])
+{
+    hsm_subkey *k;
+    uint8_t mac[CDX_SUBKEY_LEN];
+    cdx_err err = eng_op_key(ro, HSM_P_CATALOG, &k);
+    if (err)
+        return err;
+    if ((err = hsm_subkey_hmac(k, name, strlen(name), mac)))
+        return err;
+    memcpy(tok, mac, ENG_TOKEN_LEN);
+    return CDX_OK;
+}
+
+/* Read a catalog entry; *found false if the name is free. */
+cdx_err eng_cat_read(op *ro, const char *name, eng_catentry *c, bool *found)
+{
+    uint8_t tok[ENG_TOKEN_LEN];
+    char key[CDX_STORE_KEY_MAX];
+    eng_val v = {0};
+    eng_buf pt;
+    eng_buf_init(&pt);
+    cdx_err err = cat_token(ro, name, tok);
+    if (err)
+        return err;
+    eng_key_cat(key, tok);
+    const char *keys[1] = {key};
+    if ((err = eng_store_mget(ro->e->cfg.store, keys, 1, &v)))
+        return err;
+    *found = v.found;
+    if (!v.found)
+        goto out;
+    eng_rec_hdr h;
+    if ((err = eng_op_unseal(ro, HSM_P_CATALOG, ENG_K_CATALOG, tok, UINT64_MAX, v.data, v.len, &h,
+                             &pt)))
+        goto out;
+    if ((err = eng_cat_decode(pt.data, pt.len, c)))
+        goto out;
+    c->rec_version = h.version;
+    if (strcmp(c->name, name)) {
+        err = cdx_fail(CDX_ERR_INTEGRITY, "catalog entry names another index");
+        goto out;
+    }
+out:
+    eng_vals_free(&v, 1);
+    eng_buf_free(&pt);
+    return err;
+}
+
+/* Write a catalog entry: NX for a new claim, else only if unchanged since read (WATCH). */
+cdx_err eng_cat_write(op *ro, eng_catentry *c, bool claim, bool *ok)
+{
+    uint8_t tok[ENG_TOKEN_LEN];
+    char key[CDX_STORE_KEY_MAX];
+    eng_buf pt, rec;
+    eng_buf_init(&pt);
+    eng_buf_init(&rec);
+    eng_txn *t = NULL;
+    eng_val cur = {0};
+    cdx_err err = cat_token(ro, c->name, tok);
+    if (err)
+        return err;
+    eng_key_cat(key, tok);
+    uint64_t ver = claim ? 1 : c->rec_version + 1;
+    eng_cat_encode(c, &pt);
+    hsm_subkey *k;
+    if ((err = eng_op_key(ro, HSM_P_CATALOG, &k)))
+        goto out;
+    eng_rec_id id = {.scope = ro->key.id, .kind = ENG_K_CATALOG, .token = tok, .version = ver};
+    if (!eng_buf_ok(&pt) ||
+        (err = eng_rec_seal(k, &id, eng_wall_ms(), ro->kcv, pt.data, pt.len, &rec)))
+        goto out;
+    eng_kv kv = {key, rec.data, rec.len};
+    if (claim) {
+        err = eng_store_setnx(ro->e->cfg.store, &kv, 1, ok);
+        if (!err && *ok)
+            c->rec_version = ver;
+        goto out;
+    }
+    if ((err = eng_store_watch(ro->e->cfg.store, key, &t, &cur)))
+        goto out;
+    eng_rec_hdr h;
+    if (!cur.found || eng_rec_header(cur.data, cur.len, &h) || h.version != c->rec_version) {
+        eng_store_abort(t);
+        *ok = false;
+        goto out;
+    }
+    err = eng_store_commit(t, &kv, 1, ok);
+    if (!err && *ok)
+        c->rec_version = ver;
+out:
+    eng_vals_free(&cur, 1);
+    eng_buf_free(&pt);
+    eng_buf_free(&rec);
+    return err;
+}
+
+cdx_err eng_cat_remove(op *ro, const char *name)
+{
+    uint8_t tok[ENG_TOKEN_LEN];
+    char key[CDX_STORE_KEY_MAX];
+    cdx_err err = cat_token(ro, name, tok);
+    if (err)
+        return err;
+    eng_key_cat(key, tok);
+    const char *keys[1] = {key};
+    return eng_store_del(ro->e->cfg.store, keys, 1, NULL);
+}
+
+cdx_err eng_cat_all(eng *e, eng_catentry **out, size_t *n)
+{
+    op ro;
+    eng_op_root(e, &ro);
+    cdx_err err = CDX_OK;
+    uint64_t cursor = 0;
+    eng_catentry *v = NULL;
+    size_t nv = 0, cap = 0;
+    eng_buf pt;
+    eng_buf_init(&pt);
+    do {
+        char **keys = NULL;
+        size_t nk = 0;
+        if ((err = eng_store_scan(e->cfg.store, ENG_KEY_CAT_PATTERN, &cursor, &keys, &nk)))
+            break;
+        eng_val *vals = calloc(nk ? nk : 1, sizeof(*vals));
+        if (!vals ||
+            (nk && (err = eng_store_mget(e->cfg.store, (const char *const *)keys, nk, vals)))) {
+            if (!vals)
+                err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+            free(vals);
+            eng_keys_free(keys, nk);
+            break;
+        }
+        for (size_t i = 0; i < nk && !err; i++) {
+            uint8_t tok[ENG_TOKEN_LEN];
+            if (!vals[i].found)
+                continue; /* deleted meanwhile */
+            if (!eng_key_parse_cat(keys[i], tok)) {
+                err = cdx_fail(CDX_ERR_INTEGRITY, "unexpected catalog key in the store");
+                break;
+            }
+            eng_rec_hdr h;
+            eng_buf_free(&pt);
+            if ((err = eng_op_unseal(&ro, HSM_P_CATALOG, ENG_K_CATALOG, tok, UINT64_MAX,
+                                     vals[i].data, vals[i].len, &h, &pt)))
+                break;
+            if (nv == cap) {
+                cap = cap ? cap * 2 : 16;
+                eng_catentry *p = realloc(v, cap * sizeof(*p));
+                if (!p) {
+                    err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+                    break;
+                }
+                v = p;
+            }
+            if ((err = eng_cat_decode(pt.data, pt.len, &v[nv])))
+                break;
+            v[nv].rec_version = h.version;
+            /* SCAN may repeat keys. */
+            bool dup = false;
+            for (size_t j = 0; j < nv; j++)
+                dup = dup || !strcmp(v[j].name, v[nv].name);
+            if (!dup)
+                nv++;
+        }
+        eng_vals_free(vals, nk);
+        free(vals);
+        eng_keys_free(keys, nk);
+    } while (!err && cursor != 0);
+    eng_buf_free(&pt);
+    eng_op_end(&ro);
+    if (err) {
+        free(v);
+        return err;
+    }
+    *out = v;
+    *n = nv;
     return CDX_OK;
 }

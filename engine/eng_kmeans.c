@@ -9,6 +9,7 @@
 #include "eng_kmeans.h"
 
 #include "cdx_log.h"
+#include "eng_blas.h"
 #include "eng_dist.h"
 #include "eng_topk.h"
 
@@ -70,28 +71,6 @@ const char *eng_kmeans_blas_core(void)
     return openblas_get_corename();
 }
 
-const char *eng_kmeans_better_coretype(void)
-{
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-    static const char *const generic[] = {"Prescott", "Core2",     "Penryn", "Dunnington",
-                                          "Nehalem",  "Atom",      "Katmai", "Northwood",
-                                          "Opteron",  "Barcelona", "Bobcat", "Sandybridge"};
-    const char *core = openblas_get_corename();
-    bool fallback = false;
-    for (size_t i = 0; core && i < sizeof(generic) / sizeof(generic[0]); i++)
-        fallback |= strcmp(core, generic[i]) == 0;
-    if (!fallback)
-        return NULL;
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-        return "SkylakeX";
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return "Haswell";
-#endif
-    return NULL;
-}
-
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 
 /*
@@ -103,23 +82,17 @@ static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 static void blas_check(void)
 {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-    static const char *const generic[] = {"Prescott", "Core2",     "Penryn", "Dunnington",
-                                          "Nehalem",  "Atom",      "Katmai", "Northwood",
-                                          "Opteron",  "Barcelona", "Bobcat", "Sandybridge"};
     const char *core = openblas_get_corename();
 
     __builtin_cpu_init();
     if (!core || !__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
         return;
-    for (size_t i = 0; i < sizeof(generic) / sizeof(generic[0]); i++)
-        if (strcmp(core, generic[i]) == 0) {
-            cdx_log(CDX_LOG_WARN, "blas_generic_kernels",
-                    "core=%s cpu=avx2 impact=\"k-means training ~6x slower\" "
-                    "fix=\"set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) in the "
-                    "environment\"",
-                    core);
-            return;
-        }
+    if (eng_blas_is_generic(core))
+        cdx_log(CDX_LOG_WARN, "blas_generic_kernels",
+                "core=%s cpu=avx2 impact=\"k-means training ~6x slower\" "
+                "fix=\"set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) in the "
+                "environment\"",
+                core);
 #endif
 }
 

@@ -67,15 +67,6 @@ typedef struct eng_kmeans_stats {
 const char *eng_kmeans_blas_core(void);
 
 /*
- * When OpenBLAS fell back to generic kernels on a CPU it does not know, the
- * OPENBLAS_CORETYPE this CPU should use instead ("SkylakeX" with AVX-512,
- * "Haswell" with AVX2 + FMA); NULL when the kernels are fine or nothing
- * better exists. OpenBLAS reads the variable only when it loads, so a
- * program sets it and re-executes itself (cipherdexd and bench_ivf do).
- */
-const char *eng_kmeans_better_coretype(void);
-
-/*
  * Train k centroids (k * d floats, written to centroids) on n rows of d
  * floats. Stops after max_iters iterations, when no assignment changed, or
  * when the objective's relative improvement ((prev - obj) / prev for L2,

@@ -1,8 +1,9 @@
-/* Manifest bodies (immutable) and the head (the one mutable pointer). */
+/* Manifest bodies (immutable). */
 #include <stdlib.h>
 #include <string.h>
 
-#include "eng_internal.h"
+#include <math.h>
+#include "eng_manifest.h"
 
 uint32_t eng_manifest_nclusters(const eng_manifest *m)
 {
@@ -128,7 +129,7 @@ void eng_manifest_encode(const eng_manifest *m, eng_buf *b)
         for (uint32_t j = 0; j < c->nseg; j++) {
             const eng_segref *s = &c->seg[j];
             eng_buf_put(b, s->token, ENG_TOKEN_LEN);
-            eng_buf_put(b, s->salt, 16);
+            eng_buf_put(b, s->salt, ENG_SALT_LEN);
             eng_buf_u64(b, s->version);
             eng_buf_u32(b, s->rows);
             eng_buf_u32(b, s->search_len);
@@ -178,7 +179,7 @@ cdx_err eng_manifest_decode(const uint8_t *p, size_t n, eng_manifest **out)
         for (uint32_t j = 0; j < ns; j++) {
             eng_segref s;
             eng_rd_copy(&r, s.token, ENG_TOKEN_LEN);
-            eng_rd_copy(&r, s.salt, 16);
+            eng_rd_copy(&r, s.salt, ENG_SALT_LEN);
             s.version = eng_rd_u64(&r);
             s.rows = eng_rd_u32(&r);
             s.search_len = eng_rd_u32(&r);
@@ -209,24 +210,86 @@ oom:
     eng_manifest_free(m);
     return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
 }
-
-void eng_head_encode(const eng_head *h, eng_buf *b)
+eng_manifest *eng_manifest_ref(eng_manifest *m)
 {
-    eng_buf_u8(b, 1);
-    eng_buf_u64(b, h->version);
-    eng_buf_put(b, h->manifest_token, ENG_TOKEN_LEN);
-    eng_buf_u32(b, h->manifest_len);
+    if (m)
+        atomic_fetch_add(&m->refs, 1);
+    return m;
 }
 
-cdx_err eng_head_decode(const uint8_t *p, size_t n, eng_head *h)
+void eng_manifest_unref(eng_manifest *m)
+{
+    if (m && atomic_fetch_sub(&m->refs, 1) == 1)
+        eng_manifest_free(m);
+}
+cdx_err eng_manifest_probe_build(eng_manifest *m)
+{
+    eng_probe_free(m->probe);
+    m->probe = NULL;
+    if (!m->n_clusters || !m->centroids)
+        return CDX_OK;
+    return eng_probe_new(m->centroids, m->n_clusters, m->dim, eng_km_of(m), &m->probe);
+}
+
+void eng_centroids_encode(const eng_manifest *m, eng_buf *b)
+{
+    eng_buf_u32(b, m->n_clusters);
+    eng_buf_u32(b, m->dim);
+    eng_buf_put(b, m->centroids, (size_t)m->n_clusters * m->dim * sizeof(float));
+    eng_buf_u8(b, m->sq_vmin ? 1 : 0);
+    if (m->sq_vmin) {
+        eng_buf_put(b, m->sq_vmin, m->dim * sizeof(float));
+        eng_buf_put(b, m->sq_step, m->dim * sizeof(float));
+    }
+}
+
+cdx_err eng_centroids_decode(eng_manifest *m, const uint8_t *p, size_t n)
 {
     eng_rd r;
     eng_rd_init(&r, p, n);
-    uint8_t fmt = eng_rd_u8(&r);
-    h->version = eng_rd_u64(&r);
-    eng_rd_copy(&r, h->manifest_token, ENG_TOKEN_LEN);
-    h->manifest_len = eng_rd_u32(&r);
-    if (!eng_rd_done(&r) || fmt != 1)
-        return cdx_fail(CDX_ERR_INTEGRITY, "head is malformed");
-    return CDX_OK;
+    uint32_t k = eng_rd_u32(&r), d = eng_rd_u32(&r);
+    if (r.bad || k != m->n_clusters || d != m->dim)
+        return cdx_fail(CDX_ERR_INTEGRITY, "centroids do not match the manifest");
+    size_t cb = (size_t)k * d * sizeof(float);
+    const uint8_t *c = eng_rd_ptr(&r, cb);
+    uint8_t has = eng_rd_u8(&r);
+    const uint8_t *vmin = has ? eng_rd_ptr(&r, d * sizeof(float)) : NULL;
+    const uint8_t *step = has ? eng_rd_ptr(&r, d * sizeof(float)) : NULL;
+    if (!eng_rd_done(&r) || !has)
+        return cdx_fail(CDX_ERR_INTEGRITY, "centroids record is malformed");
+    m->centroids = malloc(cb ? cb : 1);
+    if (!m->centroids)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    memcpy(m->centroids, c, cb);
+    for (size_t i = 0; i < (size_t)k * d; i++)
+        if (!isfinite(m->centroids[i]))
+            return cdx_fail(CDX_ERR_INTEGRITY, "centroids record holds a non-finite value");
+    if (has) {
+        m->sq_vmin = malloc(d * sizeof(float));
+        m->sq_step = malloc(d * sizeof(float));
+        if (!m->sq_vmin || !m->sq_step)
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        memcpy(m->sq_vmin, vmin, d * sizeof(float));
+        memcpy(m->sq_step, step, d * sizeof(float));
+        for (uint32_t i = 0; i < d; i++)
+            if (!isfinite(m->sq_vmin[i]) || !isfinite(m->sq_step[i]) || m->sq_step[i] < 0)
+                return cdx_fail(CDX_ERR_INTEGRITY, "centroids record holds a bad quantiser");
+    }
+    return eng_manifest_probe_build(m);
+}
+cdx_err eng_manifest_clone_ref(const eng_manifest *m, eng_manifest **out)
+{
+    cdx_err err = eng_manifest_clone(m, out);
+    if (!err)
+        atomic_init(&(*out)->refs, 1);
+    return err;
+}
+
+cdx_err eng_assign_clusters(const eng_manifest *m, const float *x, size_t n, uint32_t *out)
+{
+    if (!m->n_clusters) {
+        memset(out, 0, n * sizeof(*out));
+        return CDX_OK;
+    }
+    return eng_kmeans_assign(x, n, m->dim, m->centroids, m->n_clusters, eng_km_of(m), out, NULL);
 }

@@ -80,6 +80,9 @@
 #define CDX_CURSOR_MAX        512       /* characters of a list_ids cursor (hex of a sealed record) */
 #define CDX_KEK_NAME_MAX      40        /* [A-Za-z0-9_.-]{1,40}: label "cipherdex-kek-<name>" */
 #define CDX_ENUM_TEXT_MAX     32        /* metric / index_type names on the wire */
+#define CDX_WRITE_THREADS_MAX 4         /* threads one write spreads its sealing and sgemm over */
+#define CDX_QUERY_THREADS_MAX 64        /* threads one batched query runs on */
+#define CDX_WCACHE_ITEMS_MAX  (1u << 20) /* id-map entries an index's write cache keeps (~110 B each) */
 
 /* ---- wire (proto/: frames and request decoding) ---- */
 #define CDX_FRAME_HDR_LEN        4                      /* big-endian body length */

@@ -2,7 +2,7 @@
  * process, one thread: recall@k against exact ground truth, QPS one query at a time and batched,
  * latency percentiles, build times, and the ratio to Faiss. docs/BENCH.md explains the output. */
 #include "app_vecs.h"
-#include "eng_kmeans.h"
+#include "eng.h"
 #include "bench_sys.h"
 #include "fx_rand.h"
 
@@ -331,7 +331,7 @@ static void pin_one_thread(char **argv)
         again = true;
     }
     const char *core;
-    if (!getenv("OPENBLAS_CORETYPE") && (core = eng_kmeans_better_coretype())) {
+    if (!getenv("OPENBLAS_CORETYPE") && (core = eng_blas_better_coretype())) {
         setenv("OPENBLAS_CORETYPE", core, 1);
         setenv("BENCH_IVF_CORETYPE_SET", "1", 1); /* for the report */
         again = true;

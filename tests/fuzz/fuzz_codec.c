@@ -26,11 +26,12 @@
 #include "cdx_err.h"
 #include "eng_buf.h"
 
-/* ---- the codecs under test ----
- * Declared in engine/eng_internal.h today; when that header is split per
- * concept, these includes become eng_catalog.h, eng_head.h, eng_manifest.h,
- * eng_idmap.h and eng_segment.h. Nothing else in this file names a header. */
-#include "eng_internal.h"
+/* ---- the codecs under test ---- */
+#include "eng_catalog.h"
+#include "eng_head.h"
+#include "eng_idmap.h"
+#include "eng_manifest.h"
+#include "eng_segment.h"
 
 #ifndef CDX_LIBFUZZER
 #include "fuzz_main.h"

@@ -2,12 +2,13 @@
  * Rollback high-water marks: per index, the highest head version this
  * appliance has seen, fsynced before it is relied on, so a store that
  * serves an older head (a restored backup, a lost tail, a malicious
- * operator) is caught (DESIGN §4).
+ * operator) is caught.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,7 @@
 #include <unistd.h>
 
 #include "cdx_hex.h"
-#include "eng_internal.h"
+#include "eng_hwmark.h"
 
 static void path_of(const char *dir, const uint8_t id[CDX_ID_LEN], char *out, size_t cap,
                     const char *suffix)
@@ -25,7 +26,7 @@ static void path_of(const char *dir, const uint8_t id[CDX_ID_LEN], char *out, si
     snprintf(out, cap, "%s/hw-%s%s", dir, hx, suffix);
 }
 
-cdx_err eng_state_get(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t *version)
+cdx_err eng_hwmark_get(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t *version)
 {
     char path[PATH_MAX];
     path_of(dir, id, path, sizeof(path), "");
@@ -42,13 +43,15 @@ cdx_err eng_state_get(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t *v
     char *end = NULL;
     unsigned long long v = ok ? strtoull(line, &end, 10) : 0;
     if (!ok || end == line || (*end && *end != '\n'))
-        return cdx_fail(CDX_ERR_CONFIG, "state file %s is corrupt; restore it or accept the "
-                        "store's state explicitly", path);
+        return cdx_fail(CDX_ERR_CONFIG,
+                        "state file %s is corrupt; restore it or accept the "
+                        "store's state explicitly",
+                        path);
     *version = v;
     return CDX_OK;
 }
 
-cdx_err eng_state_put(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t version)
+cdx_err eng_hwmark_put(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t version)
 {
     char path[PATH_MAX], tmp[PATH_MAX];
     path_of(dir, id, path, sizeof(path), "");
@@ -73,7 +76,7 @@ cdx_err eng_state_put(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t ve
     return CDX_OK;
 }
 
-void eng_state_remove(const char *dir, const uint8_t id[CDX_ID_LEN])
+void eng_hwmark_remove(const char *dir, const uint8_t id[CDX_ID_LEN])
 {
     char path[PATH_MAX];
     path_of(dir, id, path, sizeof(path), "");

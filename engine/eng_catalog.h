@@ -1,0 +1,78 @@
+/*
+ * eng_catalog.h - the catalog: one entry per index name, under the store key
+ * cdx:cat:<HMAC(K_catalog, name)>, sealed under the root key, so the store
+ * never sees names. An entry records the index's id, key custody, shape
+ * and lifecycle state.
+ *
+ * The codec is pure and thread-safe. The I/O functions take a root op
+ * (eng_op_root) and run on its thread; concurrent writers of one entry are
+ * serialised by the store (SET NX for a claim, WATCH for an update).
+ */
+#ifndef ENG_CATALOG_H
+#define ENG_CATALOG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "eng.h"
+#include "eng_buf.h"
+
+#define ENG_SERIAL_LEN 16 /* token serial number (PKCS#11 CK_TOKEN_INFO.serialNumber) */
+
+typedef struct op op;
+
+enum { ENG_ST_CREATING = 1, ENG_ST_READY = 2, ENG_ST_DELETING = 3 };
+
+typedef struct eng_catentry {
+    uint8_t state;
+    char name[CDX_INDEX_NAME_MAX + 1];
+    uint8_t id[CDX_ID_LEN];
+    uint8_t key_source; /* eng_key_source */
+    uint8_t owned;
+    uint8_t serial[ENG_SERIAL_LEN]; /* token serial the key lives on */
+    uint8_t has_kcv;
+    uint8_t kcv[CDX_KCV_LEN];
+    uint32_t dim;
+    uint8_t metric, type;
+    uint32_t n_lists;
+    uint64_t created_ms;
+    uint64_t rec_version; /* version of the catalog record it was read from */
+} eng_catentry;
+
+/* Append the entry body (format 1) to b. Allocation failure shows in eng_buf_ok(b). */
+void eng_cat_encode(const eng_catentry *c, eng_buf *b);
+
+/*
+ * Decode an entry body into c (rec_version 0). Rejects (CDX_ERR_INTEGRITY):
+ * another format, a name longer than CDX_INDEX_NAME_MAX, a state outside
+ * creating..deleting, dim 0 or over CDX_DIM_MAX, truncation, trailing bytes.
+ */
+cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c);
+
+/*
+ * Read the entry of `name` into c (with rec_version); *found = false if the
+ * name is free. Errors: CDX_ERR_INTEGRITY (bad record, or an entry naming
+ * another index), the store's and custody's.
+ */
+cdx_err eng_cat_read(op *ro, const char *name, eng_catentry *c, bool *found);
+
+/*
+ * Write c: claim = SET NX of a new entry (at record version 1); else an
+ * update that lands only if the stored record is still at c->rec_version
+ * (WATCH). *ok = false when the claim or the update lost; on success
+ * c->rec_version is the new version.
+ * Errors: the store's and custody's (*ok is then unspecified).
+ */
+cdx_err eng_cat_write(op *ro, eng_catentry *c, bool claim, bool *ok);
+
+/* Delete the entry of `name` (absent is fine). Errors: the store's and custody's. */
+cdx_err eng_cat_remove(op *ro, const char *name);
+
+/*
+ * Every catalog entry in any state (malloc'ed array, free() it; *n entries).
+ * Errors: CDX_ERR_INTEGRITY (an unexpected key or a bad record),
+ * CDX_ERR_RESOURCE_EXHAUSTED, the store's and custody's.
+ */
+cdx_err eng_cat_all(eng *e, eng_catentry **out, size_t *n);
+
+#endif

@@ -1,0 +1,244 @@
+/*
+ * The head and state loading: read the head, fetch and open the manifest
+ * (and centroids) it names, check and raise the rollback high-water mark.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cdx_log.h"
+#include "eng_head.h"
+#include "eng_hwmark.h"
+#include "eng_int.h"
+#include "eng_op.h"
+#include "eng_store.h"
+
+void eng_head_encode(const eng_head *h, eng_buf *b)
+{
+    eng_buf_u8(b, 1);
+    eng_buf_u64(b, h->version);
+    eng_buf_put(b, h->manifest_token, ENG_TOKEN_LEN);
+    eng_buf_u32(b, h->manifest_len);
+}
+
+cdx_err eng_head_decode(const uint8_t *p, size_t n, eng_head *h)
+{
+    eng_rd r;
+    eng_rd_init(&r, p, n);
+    uint8_t fmt = eng_rd_u8(&r);
+    h->version = eng_rd_u64(&r);
+    eng_rd_copy(&r, h->manifest_token, ENG_TOKEN_LEN);
+    h->manifest_len = eng_rd_u32(&r);
+    if (!eng_rd_done(&r) || fmt != 1)
+        return cdx_fail(CDX_ERR_INTEGRITY, "head is malformed");
+    return CDX_OK;
+}
+
+cdx_err eng_hw_load(op *o)
+{
+    struct idx *ix = o->ix;
+    cdx_err err = CDX_OK;
+    pthread_mutex_lock(&ix->mu);
+    if (!ix->hw_loaded) {
+        err = eng_hwmark_get(o->e->state_dir, ix->id, &ix->hw);
+        ix->hw_loaded = !err;
+    }
+    pthread_mutex_unlock(&ix->mu);
+    return err;
+}
+
+/* Record a newly seen head version durably before anything relies on it. */
+cdx_err eng_hw_raise(op *o, uint64_t version)
+{
+    struct idx *ix = o->ix;
+    cdx_err err = CDX_OK;
+    pthread_mutex_lock(&ix->mu);
+    if (version > ix->hw) {
+        err = eng_hwmark_put(o->e->state_dir, ix->id, version);
+        if (!err)
+            ix->hw = version;
+    }
+    pthread_mutex_unlock(&ix->mu);
+    return err;
+}
+
+/* Read and authenticate the head. *found=false if it does not exist. */
+cdx_err eng_read_head(op *o, eng_head *h, bool *found)
+{
+    char key[CDX_STORE_KEY_MAX];
+    eng_key_head(key, o->ix->id);
+    const char *keys[1] = {key};
+    eng_val v = {0};
+    eng_buf pt;
+    eng_buf_init(&pt);
+    cdx_err err = eng_store_mget(o->e->cfg.store, keys, 1, &v);
+    if (err)
+        return err;
+    *found = v.found;
+    if (v.found) {
+        eng_rec_hdr rh;
+        err = eng_op_unseal(o, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, UINT64_MAX, v.data,
+                            v.len, &rh, &pt);
+        if (!err)
+            err = eng_head_decode(pt.data, pt.len, h);
+        if (!err && h->version != rh.version)
+            err = cdx_fail(CDX_ERR_INTEGRITY, "head version does not match its record");
+        h->write_time = rh.write_time;
+    }
+    eng_vals_free(&v, 1);
+    eng_buf_free(&pt);
+    return err;
+}
+
+/* Fetch and open the manifest (and centroids) a head points at. */
+static cdx_err read_manifest(op *o, const eng_head *h, eng_manifest **out)
+{
+    char key[CDX_STORE_KEY_MAX];
+    eng_val v[1] = {{0}};
+    eng_buf pt;
+    eng_buf_init(&pt);
+    eng_manifest *m = NULL;
+    eng_key_rec(key, o->ix->id, ENG_KEY_MANIFEST, h->manifest_token);
+    const char *keys[1] = {key};
+    cdx_err err = eng_store_mget(o->e->cfg.store, keys, 1, v);
+    if (err)
+        goto out;
+    if (!v[0].found) {
+        err = cdx_fail(CDX_ERR_INTEGRITY, "the manifest the head points at is missing");
+        goto out;
+    }
+    if ((err = eng_op_unseal(o, HSM_P_MANIFEST, ENG_K_MANIFEST, h->manifest_token, h->version,
+                             v[0].data, v[0].len, NULL, &pt)))
+        goto out;
+    if ((err = eng_manifest_decode(pt.data, pt.len, &m)))
+        goto out;
+    atomic_init(&m->refs, 1);
+    m->version = h->version;
+    memcpy(m->token, h->manifest_token, ENG_TOKEN_LEN);
+    if (m->centroids_version) {
+        eng_vals_free(v, 1);
+        eng_buf_free(&pt);
+        eng_key_rec(key, o->ix->id, ENG_KEY_CENTROIDS, m->centroids_token);
+        if ((err = eng_store_mget(o->e->cfg.store, keys, 1, v)))
+            goto out;
+        if (!v[0].found) {
+            err = cdx_fail(CDX_ERR_INTEGRITY, "the centroids the manifest names are missing");
+            goto out;
+        }
+        if ((err = eng_op_unseal(o, HSM_P_MANIFEST, ENG_K_CENTROIDS, m->centroids_token,
+                                 m->centroids_version, v[0].data, v[0].len, NULL, &pt)))
+            goto out;
+        if ((err = eng_centroids_decode(m, pt.data, pt.len)))
+            goto out;
+    } else if (m->n_clusters) {
+        err = cdx_fail(CDX_ERR_INTEGRITY, "trained manifest without centroids");
+        goto out;
+    }
+    *out = m;
+    m = NULL;
+out:
+    eng_manifest_free(m);
+    eng_vals_free(v, 1);
+    eng_buf_free(&pt);
+    return err;
+}
+
+/*
+ * The index's current manifest (a shared reference: munref it). Reads the
+ * head unless the cached manifest is younger than manifest_max_age_ms and
+ * at least min_version; checks the rollback high-water mark.
+ */
+cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **out)
+{
+    struct idx *ix = o->ix;
+    eng *e = o->e;
+    uint64_t t0 = mono_ns();
+    cdx_err err;
+    *out = NULL;
+    if (!fresh && e->cfg.manifest_max_age_ms) {
+        pthread_mutex_lock(&ix->mu);
+        if (ix->m && ix->m->version >= min_version &&
+            mono_ms() - ix->m_read_ms < (int64_t)e->cfg.manifest_max_age_ms) {
+            *out = eng_manifest_ref(ix->m);
+            pthread_mutex_unlock(&ix->mu);
+            return CDX_OK;
+        }
+        pthread_mutex_unlock(&ix->mu);
+    }
+    if ((err = eng_hw_load(o)))
+        return err;
+    /* Only versions seen before this read began can prove a rollback: another thread of this
+     * appliance may commit (and raise the mark) while the read is in flight. */
+    pthread_mutex_lock(&ix->mu);
+    uint64_t hw = ix->hw;
+    pthread_mutex_unlock(&ix->mu);
+    int64_t read_at = mono_ms();
+    eng_head h;
+    bool found = false;
+    if ((err = eng_read_head(o, &h, &found)))
+        return eng_in_index(err, ix->name);
+    if (!found) {
+        eng_idx_forget(e, ix->id);
+        return cdx_fail(CDX_ERR_NOT_FOUND, "index %s no longer exists", ix->name);
+    }
+    pthread_mutex_lock(&ix->mu);
+    /* The same version is not enough: after a lost tail another writer may reuse it. */
+    eng_manifest *cur = ix->m && ix->m->version == h.version &&
+                                !memcmp(ix->m->token, h.manifest_token, ENG_TOKEN_LEN)
+                            ? eng_manifest_ref(ix->m)
+                            : NULL;
+    pthread_mutex_unlock(&ix->mu);
+    if (h.version < hw) {
+        eng_manifest_unref(cur);
+        cdx_log(CDX_LOG_ERROR, "eng_rollback", "seen=%llu store=%llu", (unsigned long long)hw,
+                (unsigned long long)h.version);
+        return cdx_fail(CDX_ERR_ROLLBACK_DETECTED,
+                        "index %s: the store's head is version %llu but this appliance has seen "
+                        "version %llu; if a backup was restored on purpose, accept it with the "
+                        "admin command",
+                        ix->name, (unsigned long long)h.version, (unsigned long long)hw);
+    }
+    if (!cur && (err = read_manifest(o, &h, &cur)) == CDX_ERR_INTEGRITY) {
+        /* Superseded and swept between our head read and the fetch: read the head again. */
+        eng_head h2;
+        if (!eng_read_head(o, &h2, &found) && found && h2.version > h.version) {
+            h = h2;
+            err = read_manifest(o, &h, &cur);
+        }
+    }
+    if (err)
+        return eng_in_index(err, ix->name);
+    if ((err = eng_hw_raise(o, h.version))) {
+        eng_manifest_unref(cur);
+        return err;
+    }
+    pthread_mutex_lock(&ix->mu);
+    if (!ix->m || ix->m->version <= cur->version) {
+        eng_manifest_unref(ix->m);
+        ix->m = eng_manifest_ref(cur);
+        ix->m_read_ms = read_at;
+    }
+    pthread_mutex_unlock(&ix->mu);
+    eng_stage_add(&e->ns_head, ENG_STAGE_HEAD, mono_ns() - t0);
+    *out = cur;
+    return CDX_OK;
+}
+/* Served state at least min_version, or STALE. */
+cdx_err eng_load_min(op *o, uint64_t min_version, eng_manifest **m)
+{
+    cdx_err err = eng_load_state(o, false, min_version, m);
+    if (err || (*m)->version >= min_version)
+        return err;
+    eng_manifest_unref(*m);
+    if ((err = eng_load_state(o, true, min_version, m)))
+        return err;
+    if ((*m)->version < min_version) {
+        uint64_t have = (*m)->version;
+        eng_manifest_unref(*m);
+        *m = NULL;
+        return cdx_fail(CDX_ERR_STALE,
+                        "index %s is at version %llu, older than the requested "
+                        "%llu",
+                        o->ix->name, (unsigned long long)have, (unsigned long long)min_version);
+    }
+    return CDX_OK;
+}

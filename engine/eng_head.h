@@ -1,0 +1,68 @@
+/*
+ * eng_head.h - an index's head (the one mutable record: which manifest is
+ * current, at which version) and loading the current state through it, with
+ * the rollback check against this appliance's high-water mark (eng_hwmark.h).
+ *
+ * The functions taking an op are called on the op's thread; they lock the
+ * index's mutex where they touch its shared state (mark, cached manifest).
+ */
+#ifndef ENG_HEAD_H
+#define ENG_HEAD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "eng_buf.h"
+#include "eng_keyspace.h"
+#include "eng_manifest.h"
+
+typedef struct op op;
+
+typedef struct eng_head {
+    uint64_t version;
+    uint8_t manifest_token[ENG_TOKEN_LEN];
+    uint32_t manifest_len;
+    uint64_t write_time; /* from the record header; not encoded */
+} eng_head;
+
+/* Append the head body (u8 1, u64 version, token, u32 manifest_len) to b. */
+void eng_head_encode(const eng_head *h, eng_buf *b);
+
+/*
+ * Decode a head body. Rejects (CDX_ERR_INTEGRITY) another format byte,
+ * truncation, trailing bytes. Does not set write_time.
+ */
+cdx_err eng_head_decode(const uint8_t *p, size_t n, eng_head *h);
+
+/*
+ * Read and authenticate the head of o's index; *found = false if there is
+ * none. Errors: CDX_ERR_INTEGRITY (bad record, or its version differs from
+ * the body's), the store's and eng_op_unseal's.
+ */
+cdx_err eng_read_head(op *o, eng_head *h, bool *found);
+
+/* Load the index's persisted high-water mark once. Errors: eng_hwmark_get's. */
+cdx_err eng_hw_load(op *o);
+
+/* Record a newly seen head version durably (if higher) before anything relies on it. Errors:
+ * eng_hwmark_put's. */
+cdx_err eng_hw_raise(op *o, uint64_t version);
+
+/*
+ * The index's current manifest (a shared reference: eng_manifest_unref it).
+ * Reads the head unless !fresh and the cached manifest is younger than
+ * manifest_max_age_ms and at least min_version; checks the rollback
+ * high-water mark, then raises it.
+ * Errors: CDX_ERR_NOT_FOUND (the index is gone: forgotten here too),
+ * CDX_ERR_ROLLBACK_DETECTED, CDX_ERR_INTEGRITY, CDX_ERR_ABORTED, the store's
+ * and custody's, each naming the index.
+ */
+cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **out);
+
+/*
+ * eng_load_state serving state at least min_version: a cached one, else a
+ * fresh read. Errors: CDX_ERR_STALE (the store is older), eng_load_state's.
+ */
+cdx_err eng_load_min(op *o, uint64_t min_version, eng_manifest **m);
+
+#endif

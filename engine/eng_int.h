@@ -1,0 +1,151 @@
+/*
+ * eng_int.h - the engine's private core: the engine object (struct eng), the
+ * per-index state kept between requests (struct idx), and the per-request
+ * operation context (op), plus the few helpers of eng.c every operation
+ * uses (index registry, name and id checks, stage timing).
+ *
+ * Not part of the API (eng.h): only engine .c files include it.
+ */
+#ifndef ENG_INT_H
+#define ENG_INT_H
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "eng.h"
+#include "eng_cache.h"
+#include "eng_catalog.h"
+#include "eng_keyspace.h"
+#include "eng_manifest.h"
+#include "eng_record.h"
+#include "hsm_keys.h"
+#include "hsm_subkey.h"
+
+struct eng_bucketset;
+
+/* Per-index state kept between requests. Fields below mu are guarded by it. */
+struct idx {
+    struct idx *next;
+    uint8_t id[CDX_ID_LEN];
+    char name[CDX_INDEX_NAME_MAX + 1];
+    eng_catentry cat;
+    pthread_mutex_t mu;
+    uint64_t hw; /* rollback high-water mark (persisted) */
+    bool hw_loaded;
+    eng_manifest *m;   /* latest manifest seen, shared */
+    int64_t m_read_ms; /* monotonic time of the head read that produced m */
+    /* The buckets as this appliance committed them with manifest wb_token (write path). */
+    struct eng_bucketset *wb;
+    uint8_t wb_token[ENG_TOKEN_LEN];
+};
+
+struct eng {
+    eng_config cfg;
+    char state_dir[4096];
+    hsm_key_ref root;
+    uint8_t root_kcv[CDX_KCV_LEN];
+    eng_cache *cache;
+    pthread_mutex_t mu; /* guards the idx list (not the entries' contents) */
+    struct idx *idx;
+    eng_commit_hook hook;
+    void *hook_arg;
+    atomic_uint_fast64_t commits, conflicts, queries;
+    atomic_uint_fast64_t ns_head, ns_coarse, ns_keys, ns_fetch, ns_decrypt, ns_distance;
+    atomic_uint_fast64_t n_screened, n_rescored, n_probe_rescored;
+    atomic_bool no_screen; /* test hook */
+};
+
+#define ENG_NPURPOSE 9 /* subkey purposes an op may hold (hsm_purpose values) */
+
+/*
+ * One request's context on one index (or on the root key for the catalog):
+ * the key it works under and the subkeys and sealers fetched so far (eng_op.h).
+ * Owned by the request's thread; worker threads get copies (eng_op_worker).
+ */
+typedef struct op {
+    eng *e;
+    struct idx *ix;
+    hsm_key_ref key;
+    uint8_t kcv[CDX_KCV_LEN];
+    hsm_subkey *sk[ENG_NPURPOSE];
+    eng_sealer sl[ENG_NPURPOSE]; /* keyed with sk[]: freed before they are released */
+} op;
+
+/*
+ * Internal: a newer commit landed mid-read; the caller re-reads the head and
+ * retries. Never returned to callers (eng_in_index turns a leftover one into ABORTED).
+ */
+#define ENG_MOVED ((cdx_err)1000)
+
+static inline int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Per-thread stage time, for callers attributing one request's stages (eng_thread_stages). */
+extern _Thread_local uint64_t eng_tl_stage[ENG_STAGE_COUNT];
+
+/* Add ns to a global stage counter and to this thread's share. Thread-safe. */
+static inline void eng_stage_add(atomic_uint_fast64_t *global, eng_stage st, uint64_t ns)
+{
+    atomic_fetch_add(global, ns);
+    eng_tl_stage[st] += ns;
+}
+
+/* True if all d floats of v are finite. */
+static inline bool eng_finite_vec(const float *v, size_t d)
+{
+    for (size_t i = 0; i < d; i++)
+        if (!isfinite(v[i]))
+            return false;
+    return true;
+}
+
+/*
+ * Check an index name ([A-Za-z0-9_.-]{1,CDX_INDEX_NAME_MAX}).
+ * Errors: CDX_ERR_INVALID_ARGUMENT (with the offending character).
+ */
+cdx_err eng_check_name(const char *name);
+
+/*
+ * Check item id i of a batch: 1..CDX_ITEM_ID_MAX bytes of strict UTF-8, no NUL.
+ * Errors: CDX_ERR_INVALID_ARGUMENT (naming item i).
+ */
+cdx_err eng_check_id(const char *id, size_t len, size_t i);
+
+/*
+ * Name the index in err's detail (once: a detail already starting "index "
+ * is left alone); ENG_MOVED becomes CDX_ERR_ABORTED. Returns the error.
+ */
+cdx_err eng_in_index(cdx_err err, const char *name);
+
+/*
+ * The ready index called `name`: from the registry, or read from the catalog
+ * and registered. *out lives until eng_free or eng_idx_forget (a deleted
+ * index). Thread-safe (e->mu).
+ * Errors: CDX_ERR_INVALID_ARGUMENT (bad name), CDX_ERR_NOT_FOUND (no such
+ * index), CDX_ERR_FAILED_PRECONDITION (being created or deleted),
+ * CDX_ERR_RESOURCE_EXHAUSTED, and those of eng_cat_read.
+ */
+cdx_err eng_idx_get(eng *e, const char *name, struct idx **out);
+
+/*
+ * Drop the registered state of index id (deleted, or found gone); a no-op
+ * if none. The caller must hold no pointer into it. Thread-safe (e->mu).
+ */
+void eng_idx_forget(eng *e, const uint8_t id[CDX_ID_LEN]);
+
+#endif

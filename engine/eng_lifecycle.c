@@ -1,0 +1,467 @@
+/*
+ * Index lifecycle: create (claim the name, provision the key, write the
+ * first state), describe, list, delete, purge.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "cdx_log.h"
+#include "eng_cache.h"
+#include "eng_head.h"
+#include "eng_hwmark.h"
+#include "eng_int.h"
+#include "eng_op.h"
+#include "eng_store.h"
+
+static void fill_info(const eng_catentry *c, const eng_manifest *m, eng_index_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    snprintf(out->name, sizeof(out->name), "%s", c->name);
+    snprintf(out->state, sizeof(out->state), "%s",
+             c->state == ENG_ST_READY      ? "ready"
+             : c->state == ENG_ST_CREATING ? "creating"
+                                           : "deleting");
+    memcpy(out->id, c->id, CDX_ID_LEN);
+    out->dimension = c->dim;
+    out->metric = (eng_metric)c->metric;
+    out->type = (eng_index_type)c->type;
+    out->n_lists = c->n_lists;
+    memcpy(out->kcv, c->kcv, CDX_KCV_LEN);
+    out->key_source = (eng_key_source)c->key_source;
+    out->owned = c->owned;
+    out->created_ms = c->created_ms;
+    if (m) {
+        out->n_clusters = m->n_clusters;
+        out->count = m->count;
+        out->version = m->version;
+        for (uint32_t i = 0; i < eng_manifest_nclusters(m); i++)
+            out->segments += m->clusters[i].nseg;
+    }
+}
+
+static cdx_err write_first_state(op *o, const eng_catentry *c)
+{
+    cdx_err err;
+    eng_manifest m = {0};
+    eng_cluster cl = {0};
+    eng_buf pt, mrec, hrec;
+    eng_buf_init(&pt);
+    eng_buf_init(&mrec);
+    eng_buf_init(&hrec);
+    m.version = 1;
+    m.dim = c->dim;
+    m.metric = c->metric;
+    m.type = c->type;
+    m.n_lists = c->n_lists;
+    m.clusters = &cl;
+    if ((err = eng_random(m.token, ENG_TOKEN_LEN)))
+        goto out;
+    eng_manifest_encode(&m, &pt);
+    if (!eng_buf_ok(&pt) ||
+        (err = eng_op_seal(o, HSM_P_MANIFEST, ENG_K_MANIFEST, m.token, 1, pt.data, pt.len, &mrec)))
+        goto out;
+    eng_head h = {.version = 1, .manifest_len = (uint32_t)mrec.len};
+    memcpy(h.manifest_token, m.token, ENG_TOKEN_LEN);
+    eng_buf_free(&pt);
+    eng_head_encode(&h, &pt);
+    if ((err =
+             eng_op_seal(o, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, 1, pt.data, pt.len, &hrec)))
+        goto out;
+    char mkey[CDX_STORE_KEY_MAX], hkey[CDX_STORE_KEY_MAX];
+    eng_key_rec(mkey, c->id, ENG_KEY_MANIFEST, m.token);
+    eng_key_head(hkey, c->id);
+    eng_kv kv[2] = {{mkey, mrec.data, mrec.len}, {hkey, hrec.data, hrec.len}};
+    bool created[2];
+    /* Manifest first: a head never points at nothing. An existing head = resumed creation. */
+    if ((err = eng_store_setnx(o->e->cfg.store, kv, 2, created)))
+        goto out;
+out:
+    eng_buf_free(&pt);
+    eng_buf_free(&mrec);
+    eng_buf_free(&hrec);
+    return err;
+}
+
+static cdx_err provision_key(eng *e, const eng_create *r, eng_catentry *c)
+{
+    hsm_key_ref k = {.kind = HSM_KEY_INDEX};
+    memcpy(k.id, c->id, CDX_ID_LEN);
+    uint8_t kcv[CDX_KCV_LEN];
+    cdx_err err;
+    if (r->key_source == ENG_KEY_ADOPT) {
+        /* The key must belong to no other index. */
+        eng_catentry *all = NULL;
+        size_t n = 0;
+        if ((err = eng_cat_all(e, &all, &n)))
+            return err;
+        for (size_t i = 0; i < n; i++)
+            if (!memcmp(all[i].id, c->id, CDX_ID_LEN) && strcmp(all[i].name, c->name)) {
+                char other[CDX_INDEX_NAME_MAX + 1];
+                snprintf(other, sizeof(other), "%s", all[i].name);
+                free(all);
+                return cdx_fail(CDX_ERR_KEY_IN_USE, "the key already belongs to index %s", other);
+            }
+        free(all);
+        err = hsm_index_key_adopt(e->cfg.custody, c->id, kcv);
+    } else {
+        err = hsm_key_kcv(e->cfg.custody, &k, kcv);
+        if (err == CDX_OK) {
+            /* Resuming: the key was made by an earlier attempt; check its template. */
+            err = hsm_index_key_adopt(e->cfg.custody, c->id, kcv);
+        } else if (err == CDX_ERR_KEY_NOT_FOUND) {
+            if (r->key_source == ENG_KEY_UNWRAP)
+                err = hsm_index_key_unwrap(e->cfg.custody, c->id, r->kek_name, r->wrapped,
+                                           r->wrapped_len, kcv);
+            else
+                err = hsm_index_key_generate(e->cfg.custody, c->id, kcv);
+        }
+    }
+    if (err)
+        return err;
+    if (c->has_kcv && CRYPTO_memcmp(c->kcv, kcv, CDX_KCV_LEN))
+        return cdx_fail(CDX_ERR_KEY_REPLACED,
+                        "the token key of index %s was replaced during "
+                        "its creation",
+                        c->name);
+    memcpy(c->kcv, kcv, CDX_KCV_LEN);
+    c->has_kcv = 1;
+    return CDX_OK;
+}
+
+/* Check a create request before anything is claimed. Errors: CDX_ERR_INVALID_ARGUMENT. */
+static cdx_err check_create(const eng_create *r)
+{
+    cdx_err err = eng_check_name(r->name);
+    if (err)
+        return err;
+    if (r->dimension == 0 || r->dimension > CDX_DIM_MAX)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "dimension must be 1-%d", CDX_DIM_MAX);
+    if (!eng_metric_name(r->metric) || !strcmp(eng_metric_name(r->metric), "unknown"))
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "metric must be euclidean, squared_euclidean, "
+                                                  "cosine or inner_product");
+    if (strcmp(eng_index_type_name(r->type), "unknown") == 0)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "index type must be ivfflat or ivfsq8");
+    if (r->n_lists > CDX_NLISTS_MAX)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "n_lists must be at most %d", CDX_NLISTS_MAX);
+    if (r->key_source > ENG_KEY_ADOPT)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "unknown key source");
+    if (r->key_source == ENG_KEY_UNWRAP && (!r->kek_name || !r->wrapped))
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "unwrapping needs a KEK name and a wrapped key");
+    return CDX_OK;
+}
+
+/* An existing entry of the name: resumable only as an unfinished creation with the same shape. */
+static cdx_err check_resume(const eng_catentry *c, const eng_create *r)
+{
+    if (c->state == ENG_ST_READY)
+        return cdx_fail(CDX_ERR_ALREADY_EXISTS, "an index named %s already exists", r->name);
+    if (c->state == ENG_ST_DELETING)
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                        "index %s is being deleted; finish the delete first", r->name);
+    if (c->dim != r->dimension || c->metric != r->metric || c->type != r->type ||
+        c->n_lists != r->n_lists || c->key_source != r->key_source)
+        return cdx_fail(CDX_ERR_ALREADY_EXISTS,
+                        "an unfinished creation of %s with other parameters exists; "
+                        "delete it first",
+                        r->name);
+    cdx_log(CDX_LOG_INFO, "eng_create_resume", "msg=\"resuming an unfinished creation\"");
+    return CDX_OK;
+}
+
+/* A new entry for r in state creating (a fresh random id unless adopting). Errors: hsm_random's. */
+static cdx_err new_entry(eng *e, const eng_create *r, eng_catentry *c)
+{
+    cdx_err err;
+    memset(c, 0, sizeof(*c));
+    c->state = ENG_ST_CREATING;
+    snprintf(c->name, sizeof(c->name), "%s", r->name);
+    if (r->key_source == ENG_KEY_ADOPT)
+        memcpy(c->id, r->adopt_id, CDX_ID_LEN);
+    else if ((err = hsm_random(e->cfg.custody, c->id, CDX_ID_LEN)))
+        return err;
+    c->key_source = (uint8_t)r->key_source;
+    c->owned = r->key_source != ENG_KEY_ADOPT;
+    c->dim = r->dimension;
+    c->metric = (uint8_t)r->metric;
+    c->type = (uint8_t)r->type;
+    c->n_lists = r->n_lists;
+    c->created_ms = eng_wall_ms();
+    return CDX_OK;
+}
+
+/* The first head and manifest of the new index c, and its high-water mark (version 1). */
+static cdx_err first_state(eng *e, const eng_catentry *c)
+{
+    struct idx tmp = {0};
+    memcpy(tmp.id, c->id, CDX_ID_LEN);
+    snprintf(tmp.name, sizeof(tmp.name), "%s", c->name);
+    tmp.cat = *c;
+    pthread_mutex_init(&tmp.mu, NULL);
+    op io;
+    eng_op_index(e, &tmp, &io);
+    cdx_err err = write_first_state(&io, c);
+    if (!err) {
+        tmp.hw = 0;
+        err = eng_hw_raise(&io, 1);
+    }
+    eng_op_end(&io);
+    pthread_mutex_destroy(&tmp.mu);
+    return err;
+}
+
+cdx_err eng_index_create(eng *e, const eng_create *r, eng_index_info *out)
+{
+    cdx_err err;
+    if ((err = check_create(r)))
+        return err;
+    op ro;
+    eng_op_root(e, &ro);
+    eng_catentry c;
+    bool found = false, ok = false;
+    for (int attempt = 0; attempt < 3 && !ok; attempt++) {
+        if ((err = eng_cat_read(&ro, r->name, &c, &found)))
+            goto out;
+        if (found) {
+            if ((err = check_resume(&c, r)))
+                goto out;
+            ok = true; /* resume */
+            break;
+        }
+        if ((err = new_entry(e, r, &c)) || (err = eng_cat_write(&ro, &c, true, &ok)))
+            goto out;
+    }
+    if (!ok) {
+        err = cdx_fail(CDX_ERR_ABORTED, "could not claim the name %s; retry", r->name);
+        goto out;
+    }
+    if ((err = provision_key(e, r, &c)))
+        goto out;
+    if ((err = first_state(e, &c)))
+        goto out;
+    c.state = ENG_ST_READY;
+    if ((err = eng_cat_write(&ro, &c, false, &ok)))
+        goto out;
+    if (!ok) {
+        err = cdx_fail(CDX_ERR_ABORTED, "index %s changed while it was being created; retry",
+                       r->name);
+        goto out;
+    }
+    cdx_log(CDX_LOG_INFO, "eng_index_created", "source=%d", (int)r->key_source);
+    if (out)
+        err = eng_index_describe(e, r->name, out);
+out:
+    eng_op_end(&ro);
+    return err;
+}
+
+static cdx_err describe(op *o, eng_manifest *m, void *arg)
+{
+    fill_info(&o->ix->cat, m, arg);
+    return CDX_OK;
+}
+
+cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out)
+{
+    return eng_with_manifest(e, name, 0, describe, out);
+}
+
+cdx_err eng_index_dimension(eng *e, const char *name, uint32_t *dim)
+{
+    struct idx *ix;
+    cdx_err err = eng_idx_get(e, name, &ix);
+    if (!err)
+        *dim = ix->cat.dim;
+    return err;
+}
+
+static int cmp_info(const void *a, const void *b)
+{
+    return strcmp(((const eng_index_info *)a)->name, ((const eng_index_info *)b)->name);
+}
+
+cdx_err eng_index_list(eng *e, eng_index_info **out, size_t *n)
+{
+    eng_catentry *all = NULL;
+    size_t na = 0;
+    *out = NULL;
+    *n = 0;
+    cdx_err err = eng_cat_all(e, &all, &na);
+    if (err)
+        return err;
+    eng_index_info *v = calloc(na ? na : 1, sizeof(*v));
+    if (!v) {
+        free(all);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < na; i++) {
+        if (all[i].state == ENG_ST_READY) {
+            err = eng_index_describe(e, all[i].name, &v[k]);
+            if (err == CDX_ERR_NOT_FOUND) /* deleted meanwhile */
+                continue;
+            if (err)
+                break;
+        } else {
+            fill_info(&all[i], NULL, &v[k]);
+        }
+        k++;
+    }
+    free(all);
+    if (err) {
+        free(v);
+        return err;
+    }
+    qsort(v, k, sizeof(*v), cmp_info);
+    *out = v;
+    *n = k;
+    return CDX_OK;
+}
+
+/* Delete every store key of index `id` (both key families). */
+static cdx_err remove_records(eng *e, const uint8_t id[CDX_ID_LEN], uint64_t *removed)
+{
+    char pat[2][ENG_KEY_PATTERN_MAX];
+    eng_key_index_patterns(id, pat);
+    for (int p = 0; p < 2; p++) {
+        uint64_t cursor = 0;
+        do {
+            char **keys = NULL;
+            size_t nk = 0;
+            cdx_err err = eng_store_scan(e->cfg.store, pat[p], &cursor, &keys, &nk);
+            if (err)
+                return err;
+            uint64_t d = 0;
+            if (nk)
+                err = eng_store_del(e->cfg.store, (const char *const *)keys, nk, &d);
+            eng_keys_free(keys, nk);
+            if (err)
+                return err;
+            if (removed)
+                *removed += d;
+        } while (cursor != 0);
+    }
+    return CDX_OK;
+}
+
+cdx_err eng_index_delete(eng *e, const char *name, const uint8_t confirm_id[CDX_ID_LEN])
+{
+    cdx_err err = eng_check_name(name);
+    if (err)
+        return err;
+    op ro;
+    eng_op_root(e, &ro);
+    eng_catentry c;
+    bool found = false, ok = false;
+    if ((err = eng_cat_read(&ro, name, &c, &found)))
+        goto out;
+    if (!found) {
+        err = cdx_fail(CDX_ERR_NOT_FOUND, "no index named %s", name);
+        goto out;
+    }
+    if (!confirm_id || CRYPTO_memcmp(confirm_id, c.id, CDX_ID_LEN)) {
+        err = cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                       "the confirmation id does not match index %s; pass its id (describe "
+                       "shows it) to confirm the deletion",
+                       name);
+        goto out;
+    }
+    hsm_key_ref k = {.kind = HSM_KEY_INDEX};
+    memcpy(k.id, c.id, CDX_ID_LEN);
+    if (c.state != ENG_ST_DELETING) {
+        /* Like every operation, deletion needs the key: prove it first. */
+        if (c.state == ENG_ST_READY && (err = hsm_key_check(e->cfg.custody, &k, c.kcv))) {
+            cdx_prefix(err, "index %s: ", name);
+            goto out;
+        }
+        c.state = ENG_ST_DELETING;
+        if ((err = eng_cat_write(&ro, &c, false, &ok)))
+            goto out;
+        if (!ok) {
+            err = cdx_fail(CDX_ERR_ABORTED, "index %s changed during the delete; retry", name);
+            goto out;
+        }
+    }
+    eng_idx_forget(e, c.id);
+    if (c.owned) {
+        err = hsm_key_destroy(e->cfg.custody, &k);
+        if (err == CDX_ERR_KEY_NOT_FOUND)
+            err = CDX_OK; /* destroyed by an earlier attempt */
+        if (err)
+            goto out;
+    }
+    /* The key is gone: nothing stored can be decrypted any more. Clean up. */
+    eng_cache_clear(e->cache);
+    uint64_t removed = 0;
+    if ((err = remove_records(e, c.id, &removed)))
+        goto out;
+    eng_hwmark_remove(e->state_dir, c.id);
+    if ((err = eng_cat_remove(&ro, name)))
+        goto out;
+    cdx_log(CDX_LOG_INFO, "eng_index_deleted", "records=%llu owned=%d", (unsigned long long)removed,
+            c.owned);
+out:
+    eng_op_end(&ro);
+    return err;
+}
+
+cdx_err eng_purge(eng *e, uint64_t *removed)
+{
+    eng_catentry *all = NULL;
+    size_t na = 0;
+    uint64_t rm = 0;
+    cdx_err err = eng_cat_all(e, &all, &na);
+    if (err)
+        return err;
+    op ro;
+    eng_op_root(e, &ro);
+    for (size_t i = 0; i < na && !err; i++) {
+        hsm_key_ref k = {.kind = HSM_KEY_INDEX};
+        memcpy(k.id, all[i].id, CDX_ID_LEN);
+        uint8_t kcv[CDX_KCV_LEN];
+        cdx_err kerr = hsm_key_kcv(e->cfg.custody, &k, kcv);
+        if (kerr != CDX_ERR_KEY_NOT_FOUND)
+            continue;
+        eng_idx_forget(e, all[i].id);
+        if (!(err = remove_records(e, all[i].id, &rm)) &&
+            !(err = eng_cat_remove(&ro, all[i].name))) {
+            eng_hwmark_remove(e->state_dir, all[i].id);
+            rm++;
+        }
+    }
+    /* Records no catalog entry references. */
+    uint64_t cursor = 0;
+    while (!err) {
+        char **keys = NULL;
+        size_t nk = 0;
+        if ((err = eng_store_scan(e->cfg.store, ENG_KEY_ALL_PATTERN, &cursor, &keys, &nk)))
+            break;
+        for (size_t i = 0; i < nk && !err; i++) {
+            const char *kk = keys[i];
+            uint8_t id[CDX_ID_LEN];
+            if (!eng_key_parse_index_id(kk, id)) /* catalog keys included */
+                continue;
+            bool known = false;
+            for (size_t j = 0; j < na && !known; j++)
+                known = !memcmp(all[j].id, id, CDX_ID_LEN);
+            if (!known) {
+                uint64_t d = 0;
+                const char *one[1] = {kk};
+                err = eng_store_del(e->cfg.store, one, 1, &d);
+                rm += d;
+            }
+        }
+        eng_keys_free(keys, nk);
+        if (cursor == 0)
+            break;
+    }
+    eng_op_end(&ro);
+    free(all);
+    if (removed)
+        *removed = rm;
+    if (!err)
+        cdx_log(CDX_LOG_INFO, "eng_purge", "removed=%llu", (unsigned long long)rm);
+    return err;
+}

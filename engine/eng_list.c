@@ -1,0 +1,220 @@
+/* Count, warm, and listing ids with sealed cursors. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cdx_hex.h"
+#include "eng_head.h"
+#include "eng_idmap.h"
+#include "eng_int.h"
+#include "eng_op.h"
+#include "eng_read.h"
+
+static cdx_err count(op *o, eng_manifest *m, void *arg)
+{
+    (void)o;
+    *(uint64_t *)arg = m->count;
+    return CDX_OK;
+}
+
+cdx_err eng_count(eng *e, const char *name, uint64_t *count_out)
+{
+    uint64_t n = 0;
+    cdx_err err = eng_with_manifest(e, name, 0, count, &n);
+    if (!err)
+        *count_out = n;
+    return err;
+}
+
+#define WARM_BATCH 64 /* segments fetched per round trip */
+
+static cdx_err warm(op *o, eng_manifest *m, void *arg)
+{
+    uint64_t *blocks = arg;
+    cdx_err err = CDX_OK;
+    const eng_segref *refs[WARM_BATCH];
+    eng_search *got[WARM_BATCH];
+    bool need[WARM_BATCH];
+    size_t n = 0, loaded = 0;
+    bool vectors = eng_coded(m) && !eng_is_sq8(m); /* IVFFlat rescoring reads its originals */
+    for (size_t i = 0; i < WARM_BATCH; i++)
+        need[i] = true;
+    uint32_t nc = eng_manifest_nclusters(m);
+    for (uint32_t c = 0, s = 0; c < nc && !err;) {
+        if (s < m->clusters[c].nseg)
+            refs[n++] = &m->clusters[c].seg[s++];
+        else {
+            c++;
+            s = 0;
+        }
+        if (n < WARM_BATCH && (c < nc || n == 0))
+            continue;
+        /* A full batch, or the last one. */
+        bool missing = false;
+        memset(got, 0, sizeof(got));
+        err = eng_fetch_search(o, m, refs, n, got, &missing);
+        for (size_t i = 0; i < n; i++)
+            eng_search_release(got[i]);
+        if (!err && !missing && vectors) {
+            memset(got, 0, sizeof(got));
+            err = eng_fetch_vectors(o, m, refs, n, need, got, &missing);
+            for (size_t i = 0; i < n; i++)
+                eng_search_release(got[i]);
+        }
+        if (!err && missing)
+            err = cdx_fail(CDX_ERR_INTEGRITY, "a segment the manifest lists is missing");
+        loaded += n;
+        n = 0;
+    }
+    if (blocks)
+        *blocks = loaded;
+    return err;
+}
+
+cdx_err eng_index_warm(eng *e, const char *name, uint64_t *blocks)
+{
+    return eng_with_manifest(e, name, ENG_WITH_NAMED, warm, blocks);
+}
+
+void eng_ids_free(char **ids, size_t *id_lens, size_t n)
+{
+    for (size_t i = 0; ids && i < n; i++)
+        free(ids[i]);
+    free(ids);
+    free(id_lens);
+}
+
+/* Cursor: u8 fmt | u32 bucket | tok[ENG_TOKEN_LEN] (last returned), sealed under the query subkey.
+ */
+static cdx_err cursor_open(op *o, const char *text, unsigned *bucket, uint8_t last[ENG_TOKEN_LEN],
+                           bool *has)
+{
+    *bucket = 0;
+    *has = false;
+    if (!text || !*text)
+        return CDX_OK;
+    size_t n = strlen(text);
+    if (n % 2 || n / 2 > 256)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "cursor is not one this index issued");
+    uint8_t raw[256];
+    if (cdx_hex_decode(text, raw, n / 2))
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "cursor is not one this index issued");
+    eng_buf pt;
+    eng_buf_init(&pt);
+    cdx_err err =
+        eng_op_unseal(o, HSM_P_QUERY, ENG_K_CURSOR, eng_zero_token, 0, raw, n / 2, NULL, &pt);
+    if (err) {
+        eng_buf_free(&pt);
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "cursor is not one this index issued");
+    }
+    eng_rd r;
+    eng_rd_init(&r, pt.data, pt.len);
+    uint8_t fmt = eng_rd_u8(&r);
+    *bucket = eng_rd_u32(&r);
+    eng_rd_copy(&r, last, ENG_TOKEN_LEN);
+    bool ok = eng_rd_done(&r) && fmt == 1 && *bucket < ENG_BUCKETS;
+    eng_buf_free(&pt);
+    if (!ok)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "cursor is malformed");
+    *has = true;
+    return CDX_OK;
+}
+
+static cdx_err cursor_seal(op *o, unsigned bucket, const uint8_t last[ENG_TOKEN_LEN], char **out)
+{
+    eng_buf pt, rec;
+    eng_buf_init(&pt);
+    eng_buf_init(&rec);
+    eng_buf_u8(&pt, 1);
+    eng_buf_u32(&pt, bucket);
+    eng_buf_put(&pt, last, ENG_TOKEN_LEN);
+    cdx_err err =
+        eng_op_seal(o, HSM_P_QUERY, ENG_K_CURSOR, eng_zero_token, 0, pt.data, pt.len, &rec);
+    if (!err) {
+        *out = malloc(rec.len * 2 + 1);
+        if (*out)
+            cdx_hex_encode(rec.data, rec.len, *out);
+        else
+            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    eng_buf_free(&pt);
+    eng_buf_free(&rec);
+    return err;
+}
+
+cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limit, char ***ids,
+                     size_t **id_lens, size_t *n, char **next)
+{
+    struct idx *ix;
+    cdx_err err = eng_idx_get(e, name, &ix);
+    *ids = NULL;
+    *id_lens = NULL;
+    *n = 0;
+    *next = NULL;
+    if (err)
+        return err;
+    if (limit == 0)
+        limit = 1000;
+    if (limit > CDX_LIST_PAGE_MAX)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "limit %u exceeds %d", limit, CDX_LIST_PAGE_MAX);
+    op o;
+    eng_op_index(e, ix, &o);
+    unsigned b0;
+    uint8_t last[ENG_TOKEN_LEN];
+    bool has = false;
+    eng_manifest *m = NULL;
+    char **v = calloc(limit, sizeof(char *));
+    size_t *vl = calloc(limit, sizeof(size_t));
+    size_t k = 0;
+    if (!v || !vl) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    if ((err = cursor_open(&o, cursor, &b0, last, &has)) ||
+        (err = eng_load_state(&o, false, 0, &m)))
+        goto out;
+    /* Take up to `limit` ids; one more seen means a cursor, none means the end. */
+    bool more = false;
+    unsigned last_b = b0;
+    for (unsigned b = b0; b < ENG_BUCKETS && !more && !err; b++) {
+        if (!m->bucket_version[b])
+            continue;
+        eng_bucketset bs;
+        memset(&bs, 0, sizeof(bs));
+        bool want[ENG_BUCKETS] = {false};
+        want[b] = true;
+        if ((err = eng_buckets_load(&o, m, want, &bs)))
+            break;
+        eng_bucket *bk = bs.b[b];
+        for (uint32_t i = 0; i < bk->n; i++) {
+            if (has && b == b0 && memcmp(bk->e[i].tok, last, ENG_TOKEN_LEN) <= 0)
+                continue;
+            if (k == limit) {
+                more = true;
+                break;
+            }
+            v[k] = bk->e[i].id;
+            vl[k] = bk->e[i].id_len;
+            bk->e[i].id = NULL; /* moved */
+            memcpy(last, bk->e[i].tok, ENG_TOKEN_LEN);
+            last_b = b;
+            k++;
+        }
+        eng_bucketset_free(&bs); /* free(NULL) for the moved ids */
+    }
+    if (!err && more)
+        err = cursor_seal(&o, last_b, last, next);
+out:
+    eng_manifest_unref(m);
+    eng_op_end(&o);
+    if (err) {
+        eng_ids_free(v, vl, k);
+        free(*next);
+        *next = NULL;
+        return eng_in_index(err, name);
+    }
+    *ids = v;
+    *id_lens = vl;
+    *n = k;
+    return CDX_OK;
+}

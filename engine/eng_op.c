@@ -1,0 +1,145 @@
+/*
+ * The per-request operation context: subkeys and sealers, sealing and
+ * opening records, and the frame of the public operations (eng_op.h).
+ */
+#include <string.h>
+
+#include "eng_head.h"
+#include "eng_op.h"
+
+cdx_err eng_op_key(op *o, hsm_purpose p, hsm_subkey **out)
+{
+    if (!o->sk[p]) {
+        uint64_t t0 = mono_ns();
+        cdx_err err = hsm_subkey_get(o->e->cfg.custody, &o->key, o->kcv, p, 0, &o->sk[p]);
+        eng_stage_add(&o->e->ns_keys, ENG_STAGE_KEYS, mono_ns() - t0);
+        if (err)
+            return err;
+    }
+    *out = o->sk[p];
+    return CDX_OK;
+}
+
+/* The op's sealer for purpose p (one per op and thread: see op_worker). */
+cdx_err eng_op_sealer(op *o, hsm_purpose p, eng_sealer **out)
+{
+    hsm_subkey *k;
+    cdx_err err = eng_op_key(o, p, &k);
+    if (err)
+        return err;
+    if (!o->sl[p].mac && (err = eng_sealer_init(&o->sl[p], k)))
+        return err;
+    *out = &o->sl[p];
+    return CDX_OK;
+}
+
+void eng_op_sealers_free(op *o)
+{
+    for (int i = 0; i < ENG_NPURPOSE; i++)
+        eng_sealer_free(&o->sl[i]);
+}
+
+void eng_op_end(op *o)
+{
+    eng_op_sealers_free(o); /* their OpenSSL contexts are keyed with the subkeys */
+    for (int i = 0; i < ENG_NPURPOSE; i++)
+        hsm_subkey_release(o->sk[i]);
+    memset(o->sk, 0, sizeof(o->sk));
+}
+
+/*
+ * A copy of o for another thread: it shares o's subkeys (fetched beforehand:
+ * a worker must not fetch) and has its own sealers. End with op_sealers_free.
+ */
+void eng_op_worker(const op *o, op *w)
+{
+    *w = *o;
+    memset(w->sl, 0, sizeof(w->sl));
+}
+
+/* Seal a record of this index. */
+cdx_err eng_op_seal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[ENG_TOKEN_LEN],
+                    uint64_t version, const uint8_t *pt, size_t len, eng_buf *out)
+{
+    eng_sealer *s;
+    cdx_err err = eng_op_sealer(o, p, &s);
+    if (err)
+        return err;
+    eng_rec_id id = {.scope = o->key.id, .kind = kind, .token = tok, .version = version};
+    return eng_rec_seal_s(s, &id, eng_wall_ms(), o->kcv, pt, len, out);
+}
+
+/* Open a record of this index; version UINT64_MAX = take the header's. */
+cdx_err eng_op_unseal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[ENG_TOKEN_LEN],
+                      uint64_t version, const uint8_t *rec, size_t len, eng_rec_hdr *h,
+                      eng_buf *out)
+{
+    hsm_subkey *k;
+    eng_rec_hdr hh;
+    cdx_err err = eng_op_key(o, p, &k);
+    if (err)
+        return err;
+    if (version == UINT64_MAX) {
+        if ((err = eng_rec_header(rec, len, &hh)))
+            return err;
+        version = hh.version;
+    }
+    eng_rec_id id = {.scope = o->key.id, .kind = kind, .token = tok, .version = version};
+    uint64_t t0 = mono_ns();
+    err = eng_rec_open(k, &id, o->kcv, rec, len, h ? h : &hh, out);
+    eng_stage_add(&o->e->ns_decrypt, ENG_STAGE_DECRYPT, mono_ns() - t0);
+    return err;
+}
+
+void eng_op_root(eng *e, op *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->e = e;
+    o->key = e->root;
+    memcpy(o->kcv, e->root_kcv, CDX_KCV_LEN);
+}
+
+void eng_op_index(eng *e, struct idx *ix, op *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->e = e;
+    o->ix = ix;
+    o->key.kind = HSM_KEY_INDEX;
+    memcpy(o->key.id, ix->id, CDX_ID_LEN);
+    memcpy(o->kcv, ix->cat.kcv, CDX_KCV_LEN);
+}
+
+/* Resolve `name` and start an operation on it. */
+cdx_err eng_op_open(eng *e, const char *name, op *o)
+{
+    struct idx *ix;
+    cdx_err err = eng_idx_get(e, name, &ix);
+    if (!err)
+        eng_op_index(e, ix, o);
+    return err;
+}
+
+cdx_err eng_with_op(eng *e, const char *name, unsigned flags, eng_op_fn fn, void *arg)
+{
+    op o;
+    cdx_err err = eng_op_open(e, name, &o);
+    if (err)
+        return err;
+    err = fn(&o, arg);
+    eng_op_end(&o);
+    return flags & ENG_WITH_NAMED ? eng_in_index(err, name) : err;
+}
+
+cdx_err eng_with_manifest(eng *e, const char *name, unsigned flags, eng_manifest_fn fn, void *arg)
+{
+    op o;
+    cdx_err err = eng_op_open(e, name, &o);
+    if (err)
+        return err;
+    eng_manifest *m = NULL;
+    if (!(err = eng_load_state(&o, flags & ENG_WITH_FRESH, 0, &m)))
+        err = fn(&o, m, arg);
+    eng_manifest_unref(m);
+    eng_op_end(&o);
+    return flags & ENG_WITH_NAMED ? eng_in_index(err, name) : err;
+}

@@ -1,0 +1,465 @@
+/* Queries: one query vector (query_one), query threads, eng_query_run. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eng_dist.h"
+#include "eng_head.h"
+#include "eng_idmap.h"
+#include "eng_int.h"
+#include "eng_op.h"
+#include "eng_par.h"
+#include "eng_read.h"
+#include "eng_scan.h"
+
+static float final_distance(eng_metric m, float raw)
+{
+    switch (m) {
+    case ENG_METRIC_EUCLIDEAN:
+        return sqrtf(raw > 0 ? raw : 0);
+    case ENG_METRIC_COSINE:
+        return 1.0f + raw; /* raw = -cos */
+    default:
+        return raw; /* squared L2, or -<q,x> */
+    }
+}
+
+/* One query vector's working state (query_one's steps fill it in order). */
+typedef struct qone {
+    float *qv;               /* the query (normalised for cosine) */
+    uint32_t *probes, np;    /* clusters probed */
+    const eng_segref **refs; /* their segments, probe by probe */
+    size_t nref, capref;
+    size_t *gend;          /* gend[p]: end of probe p's segments in refs */
+    eng_search **blocks;   /* search block of each ref */
+    eng_buf *metas;        /* with a filter: metadata block of each ref, */
+    eng_meta_view *mviews; /* and its index */
+    eng_topk *tk;
+} qone;
+
+static void qone_free(qone *w)
+{
+    if (w->blocks)
+        for (size_t i = 0; i < w->nref; i++)
+            eng_search_release(w->blocks[i]);
+    if (w->metas)
+        for (size_t i = 0; i < w->nref; i++) {
+            eng_buf_free(&w->metas[i]);
+            if (w->mviews)
+                eng_meta_view_free(&w->mviews[i]);
+        }
+    free(w->metas);
+    free(w->mviews);
+    free(w->gend);
+    free(w->blocks);
+    free(w->refs);
+    free(w->probes);
+    free(w->qv);
+    eng_topk_free(w->tk);
+}
+
+/* The query vector qi and the clusters to probe (coarse stage). */
+static cdx_err probe(eng_qctx *c, size_t qi, qone *w)
+{
+    const eng_manifest *m = c->m;
+    eng *e = c->o->e;
+    size_t d = m->dim;
+    memcpy(w->qv, c->q->vectors + qi * d, d * sizeof(float));
+    if (m->metric == ENG_METRIC_COSINE)
+        eng_normalize(w->qv, d);
+    uint64_t t0 = mono_ns();
+    w->np = 1;
+    w->probes[0] = 0;
+    if (m->n_clusters) {
+        size_t rescored = 0;
+        w->np = m->probe ? (uint32_t)eng_probe_run(m->probe, w->qv, c->nprobe, w->probes, &rescored)
+                         : 0;
+        atomic_fetch_add(&e->n_probe_rescored, rescored);
+        if (w->np == 0)
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "coarse quantisation failed");
+    }
+    eng_stage_add(&e->ns_coarse, ENG_STAGE_COARSE, mono_ns() - t0);
+    return CDX_OK;
+}
+
+/* The segments of the probed clusters (tombstones apply within a cluster: gend). */
+static cdx_err collect_segments(const eng_qctx *c, qone *w)
+{
+    const eng_manifest *m = c->m;
+    uint32_t nc = eng_manifest_nclusters(m);
+    w->gend = calloc(w->np + 1, sizeof(*w->gend));
+    if (!w->gend)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    for (uint32_t p = 0; p < w->np; p++) {
+        w->gend[p] = w->nref;
+        if (w->probes[p] >= nc)
+            continue;
+        const eng_cluster *cl = &m->clusters[w->probes[p]];
+        for (uint32_t s = 0; s < cl->nseg; s++) {
+            if (w->nref == w->capref) {
+                w->capref = w->capref ? w->capref * 2 : 64;
+                const eng_segref **r2 = realloc(w->refs, w->capref * sizeof(*r2));
+                if (!r2)
+                    return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+                w->refs = r2;
+            }
+            w->refs[w->nref++] = &cl->seg[s];
+        }
+        w->gend[p] = w->nref;
+    }
+    return CDX_OK;
+}
+
+/* Their search blocks and, with a filter, indexed metadata blocks. Missing: need_refresh. */
+static cdx_err fetch_segments(eng_qctx *c, qone *w)
+{
+    op *o = c->o;
+    bool missing = false;
+    cdx_err err;
+    w->blocks = calloc(w->nref + 1, sizeof(*w->blocks));
+    if (!w->blocks)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if ((err = eng_fetch_search(o, c->m, w->refs, w->nref, w->blocks, &missing)))
+        return err;
+    if (missing) {
+        c->need_refresh = true;
+        return CDX_OK;
+    }
+    if (!c->filter)
+        return CDX_OK;
+    w->metas = calloc(w->nref + 1, sizeof(*w->metas));
+    w->mviews = calloc(w->nref + 1, sizeof(*w->mviews));
+    if (!w->metas || !w->mviews)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if ((err = eng_fetch_blocks(o, w->refs, w->nref, ENG_K_META, w->metas, &missing)))
+        return err;
+    if (missing) {
+        c->need_refresh = true;
+        return CDX_OK;
+    }
+    for (size_t i = 0; i < w->nref; i++)
+        if (!eng_meta_view_build(&w->metas[i], &w->mviews[i]))
+            return cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
+    return CDX_OK;
+}
+
+/* Score the live rows into the top k (distance stage). */
+static cdx_err scan(eng_qctx *c, qone *w)
+{
+    uint64_t t0 = mono_ns(), ns_io = 0;
+    cdx_err err;
+    if (eng_coded(c->m)) {
+        err = eng_scan_screened(c, w->qv, w->refs, w->blocks, w->nref, w->gend, w->np, w->mviews,
+                                w->tk, &ns_io);
+        if (!err && c->need_refresh)
+            return CDX_OK;
+    } else {
+        err = eng_scan_flat(c, w->qv, w->refs, w->blocks, w->gend, w->np, w->mviews, w->tk);
+    }
+    eng_stage_add(&c->o->e->ns_distance, ENG_STAGE_DISTANCE, mono_ns() - t0 - ns_io);
+    return err;
+}
+
+/* Hit h: the vector of row `row` of segment si. */
+static cdx_err hit_vector(eng_qctx *c, const qone *w, size_t si, uint32_t row, eng_hit *h)
+{
+    const eng_manifest *m = c->m;
+    cdx_err err = CDX_OK;
+    eng_buf vec;
+    eng_buf_init(&vec);
+    bool mis = false;
+    if (!eng_originals_in_search(m))
+        err = eng_fetch_blocks(c->o, &w->refs[si], 1, ENG_K_VECTORS, &vec, &mis);
+    h->vector = malloc(m->dim * sizeof(float));
+    if (!err && (mis || !h->vector || !eng_vector_row(m, w->blocks[si], &vec, row, h->vector)))
+        err = cdx_fail(CDX_ERR_INTEGRITY, "vector block missing or malformed");
+    eng_buf_free(&vec);
+    return err;
+}
+
+/* Hit h: the metadata of row `row` of segment si (from the filter's views when there are). */
+static cdx_err hit_metadata(eng_qctx *c, const qone *w, size_t si, uint32_t row, eng_hit *h)
+{
+    cdx_err err = CDX_OK;
+    eng_buf mb;
+    eng_buf_init(&mb);
+    bool mis = false;
+    if (!w->mviews)
+        err = eng_fetch_blocks(c->o, &w->refs[si], 1, ENG_K_META, &mb, &mis);
+    const uint8_t *mp;
+    size_t ml;
+    bool have = w->mviews ? eng_meta_view_row(&w->mviews[si], row, &mp, &ml)
+                          : !err && !mis && eng_meta_row(&mb, row, &mp, &ml);
+    if (!err && !have)
+        err = cdx_fail(CDX_ERR_INTEGRITY, "metadata block missing or malformed");
+    else if (!err && ml) {
+        h->metadata = malloc(ml + 1);
+        if (h->metadata) {
+            memcpy(h->metadata, mp, ml);
+            h->metadata[ml] = '\0';
+            h->metadata_len = ml;
+        }
+    }
+    eng_buf_free(&mb);
+    return err;
+}
+
+/* The contents of got hits, found through the id map. */
+static cdx_err hits_contents(eng_qctx *c, eng_hit *hits, size_t got)
+{
+    op *o = c->o;
+    cdx_err err = CDX_OK;
+    eng_bucketset bs;
+    memset(&bs, 0, sizeof(bs));
+    bool wantb[ENG_BUCKETS] = {false};
+    uint8_t(*toks)[ENG_TOKEN_LEN] = malloc(got * ENG_TOKEN_LEN);
+    for (size_t i = 0; toks && i < got && !err; i++) {
+        err = eng_id_token(o, hits[i].id, hits[i].id_len, toks[i]);
+        wantb[eng_bucket_of(toks[i])] = true;
+    }
+    if (!toks)
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if (!err)
+        err = eng_buckets_load(o, c->m, wantb, &bs);
+    for (size_t i = 0; !err && i < got; i++) {
+        eng_ident *id = eng_bucket_find(bs.b[eng_bucket_of(toks[i])], toks[i]);
+        if (id && id->content_len)
+            err = eng_fetch_contents(o, id, &hits[i].contents, &hits[i].contents_len);
+    }
+    free(toks);
+    eng_bucketset_free(&bs);
+    return err;
+}
+
+/* The result of query qi, best first, with what the query wants of each hit. */
+static cdx_err fill_hits(eng_qctx *c, const qone *w, size_t qi)
+{
+    cdx_err err = CDX_OK;
+    size_t k = c->top_k;
+    float *dd = malloc(k * sizeof(float));
+    uint64_t *rr = malloc(k * sizeof(uint64_t));
+    size_t got = dd && rr ? eng_topk_sorted(w->tk, dd, rr) : 0;
+    eng_hit *hits = calloc(got ? got : 1, sizeof(*hits));
+    if (!dd || !rr || !hits) {
+        free(hits);
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    c->res->hits[qi] = hits;
+    c->res->n[qi] = got;
+    for (size_t i = 0; i < got && !err; i++) {
+        size_t si = (size_t)(rr[i] >> 32);
+        uint32_t row = (uint32_t)rr[i];
+        eng_search *b = w->blocks[si];
+        eng_hit *h = &hits[i];
+        h->distance = final_distance((eng_metric)c->m->metric, dd[i]);
+        h->id_len = b->id_len[row];
+        h->id = malloc(h->id_len + 1u);
+        if (!h->id) {
+            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+            break;
+        }
+        memcpy(h->id, b->plain + b->id_pos[row], h->id_len);
+        h->id[h->id_len] = '\0';
+        if (c->q->want & ENG_WANT_VECTOR)
+            err = hit_vector(c, w, si, row, h);
+        if (!err && (c->q->want & ENG_WANT_METADATA))
+            err = hit_metadata(c, w, si, row, h);
+    }
+    if (!err && (c->q->want & ENG_WANT_CONTENTS) && got)
+        err = hits_contents(c, hits, got);
+out:
+    free(dd);
+    free(rr);
+    return err;
+}
+
+/*
+ * One query vector: probe, collect and fetch the probed segments, scan
+ * (tombstones, filter, top-k), then fill the hits. A missing segment sets
+ * c->need_refresh and returns CDX_OK without a result.
+ */
+static cdx_err query_one(eng_qctx *c, size_t qi)
+{
+    size_t d = c->m->dim;
+    cdx_err err;
+    qone w = {0};
+    w.probes = malloc(c->nprobe * sizeof(uint32_t));
+    w.qv = malloc(d * sizeof(float));
+    w.tk = eng_topk_new(c->top_k, false);
+    if (!w.probes || !w.qv || !w.tk)
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    else if (!(err = probe(c, qi, &w)) && !(err = collect_segments(c, &w)) &&
+             !(err = fetch_segments(c, &w)) && !c->need_refresh && !(err = scan(c, &w)) &&
+             !c->need_refresh)
+        err = fill_hits(c, &w, qi);
+    qone_free(&w);
+    return err;
+}
+
+void eng_query_result_free(eng_query_result *r)
+{
+    if (!r)
+        return;
+    for (size_t q = 0; q < r->nq; q++) {
+        for (size_t i = 0; r->hits && r->hits[q] && i < r->n[q]; i++)
+            eng_hit_free(&r->hits[q][i]);
+        if (r->hits)
+            free(r->hits[q]);
+    }
+    free(r->hits);
+    free(r->n);
+    free(r);
+}
+
+/* One query thread's share: query vectors [from, to). */
+typedef struct qthread {
+    eng_part p;
+    eng_qctx *c;
+    size_t from, to;
+} qthread;
+
+static void *qworker(void *arg)
+{
+    qthread *t = arg;
+    cdx_err err = CDX_OK;
+    for (size_t i = t->from; i < t->to && !err && !t->c->need_refresh; i++)
+        err = query_one(t->c, i);
+    eng_part_done(&t->p, err);
+    return NULL;
+}
+
+/* Check a query's vectors and sizes against an index of dimension d. */
+static cdx_err check_query(const eng_query *q, size_t d)
+{
+    if (!q->vectors || q->nq == 0)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "no query vectors");
+    if (q->nq > CDX_QUERY_BATCH_MAX)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "%zu query vectors exceed %d", q->nq,
+                        CDX_QUERY_BATCH_MAX);
+    if (q->top_k > CDX_TOPK_MAX)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "top_k %u exceeds %d", q->top_k, CDX_TOPK_MAX);
+    for (size_t i = 0; i < q->nq; i++)
+        if (!eng_finite_vec(q->vectors + i * d, d))
+            return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "query %zu has NaN or Inf", i);
+    return CDX_OK;
+}
+
+/* The query's filter (NULL when none or trivial). Errors: eng_filter_parse's. */
+static cdx_err query_filter(const eng_query *q, eng_filter **out)
+{
+    *out = NULL;
+    if (!q->filter_len)
+        return CDX_OK;
+    cdx_err err = eng_filter_parse(q->filter, q->filter_len, out);
+    if (err)
+        return err;
+    if (eng_filter_is_trivial(*out)) {
+        eng_filter_free(*out);
+        *out = NULL;
+    }
+    return CDX_OK;
+}
+
+/* Every query vector of c against manifest c->m, on up to query_threads threads. */
+static cdx_err run_queries(eng_qctx *c)
+{
+    const eng_query *q = c->q;
+    op *o = c->o;
+    cdx_err err = CDX_OK;
+    unsigned nt = o->e->cfg.query_threads;
+    if (nt > q->nq)
+        nt = (unsigned)q->nq;
+    /* Subkeys first, so worker threads only read the op. */
+    hsm_subkey *k;
+    if ((err = eng_op_key(o, HSM_P_PAYLOAD, &k)) ||
+        ((q->want & ENG_WANT_CONTENTS) &&
+         ((err = eng_op_key(o, HSM_P_TOKEN, &k)) || (err = eng_op_key(o, HSM_P_CONTENT, &k)) ||
+          (err = eng_op_key(o, HSM_P_MANIFEST, &k)))))
+        return err;
+    if (nt <= 1) {
+        for (size_t i = 0; i < q->nq && !err && !c->need_refresh; i++)
+            err = query_one(c, i);
+        return err;
+    }
+    qthread qt[CDX_QUERY_THREADS_MAX];
+    const eng_part *ps[CDX_QUERY_THREADS_MAX];
+    if (nt > CDX_QUERY_THREADS_MAX)
+        nt = CDX_QUERY_THREADS_MAX;
+    for (unsigned t = 0; t < nt; t++) {
+        qt[t] = (qthread){.c = c, .from = q->nq * t / nt, .to = q->nq * (t + 1) / nt};
+        ps[t] = &qt[t].p;
+    }
+    /* All shares on their own threads while this one waits. */
+    eng_par_run(qworker, qt, sizeof(qt[0]), nt, false);
+    return eng_parts_err(ps, nt);
+}
+
+/* One attempt on manifest m: check n_probes, allocate the result, run the queries. */
+static cdx_err query_attempt(eng_qctx *c, const eng_manifest *m, eng_query_result **res)
+{
+    const eng_query *q = c->q;
+    uint32_t nc = m->n_clusters;
+    if (q->n_probes > (nc ? nc : 1))
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "n_probes %u exceeds the index's %u clusters",
+                        q->n_probes, nc ? nc : 1);
+    c->nprobe = q->n_probes ? q->n_probes : (nc > 32 ? (nc + 31) / 32 : 1);
+    c->km = eng_km_of(m);
+    c->m = m;
+    eng_query_result *r = calloc(1, sizeof(*r));
+    *res = r;
+    if (!r || !(r->n = calloc(q->nq, sizeof(size_t))) ||
+        !(r->hits = calloc(q->nq, sizeof(eng_hit *))))
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    r->nq = q->nq;
+    c->res = r;
+    return run_queries(c);
+}
+
+cdx_err eng_query_run(eng *e, const char *name, const eng_query *q, eng_query_result **out)
+{
+    struct idx *ix;
+    cdx_err err = eng_idx_get(e, name, &ix);
+    *out = NULL;
+    if (err)
+        return err;
+    if ((err = check_query(q, ix->cat.dim)))
+        return err;
+    eng_qctx c = {0};
+    c.q = q;
+    c.top_k = q->top_k ? q->top_k : CDX_TOPK_DEFAULT;
+    if ((err = query_filter(q, &c.filter)))
+        return err;
+    op o;
+    eng_op_index(e, ix, &o);
+    c.o = &o;
+    eng_manifest *m = NULL;
+    eng_query_result *res = NULL;
+    atomic_fetch_add(&e->queries, q->nq);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        eng_manifest_unref(m);
+        m = NULL;
+        eng_query_result_free(res);
+        res = NULL;
+        c.need_refresh = false;
+        if ((err = attempt ? eng_load_state(&o, true, q->min_version, &m)
+                           : eng_load_min(&o, q->min_version, &m)))
+            break;
+        if ((err = query_attempt(&c, m, &res)) || !c.need_refresh)
+            break;
+        if (attempt == 1)
+            err = cdx_fail(CDX_ERR_INTEGRITY, "a segment the current manifest lists is missing "
+                                              "from the store");
+    }
+    if (!err)
+        res->version = m->version;
+    eng_manifest_unref(m);
+    eng_filter_free(c.filter);
+    eng_op_end(&o);
+    if (err) {
+        eng_query_result_free(res);
+        return eng_in_index(err, name);
+    }
+    *out = res;
+    return CDX_OK;
+}

@@ -1,0 +1,608 @@
+/*
+ * Rewrites of a whole index or of its clusters: training (sample, k-means,
+ * redistribute) and compaction. Both gather the live items and place them
+ * into fresh segments.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cdx_log.h"
+#include "eng_commit.h"
+#include "eng_dist.h"
+#include "eng_head.h"
+#include "eng_idmap.h"
+#include "eng_int.h"
+#include "eng_kmeans.h"
+#include "eng_op.h"
+#include "eng_read.h"
+#include "eng_segment.h"
+#include "eng_sq8.h"
+#include "eng_store.h"
+
+typedef struct gathered {
+    size_t n;
+    eng_row *rows;
+    eng_ident **idents;
+    /* blocks kept alive while rows point into them */
+    size_t nseg;
+    const eng_segref **refs;
+    eng_search **search;
+    eng_buf *vec, *meta;
+    eng_meta_view *mview; /* indexes of meta[] */
+    float *norm;          /* normalised copies (cosine) */
+} gathered;
+
+static void gathered_free(gathered *g)
+{
+    for (size_t i = 0; i < g->nseg; i++) {
+        if (g->search)
+            eng_search_release(g->search[i]);
+        if (g->vec)
+            eng_buf_free(&g->vec[i]);
+        if (g->meta)
+            eng_buf_free(&g->meta[i]);
+        if (g->mview)
+            eng_meta_view_free(&g->mview[i]);
+    }
+    free(g->search);
+    free(g->vec);
+    free(g->meta);
+    free(g->mview);
+    free(g->refs);
+    free(g->rows);
+    free(g->idents);
+    free(g->norm);
+    memset(g, 0, sizeof(*g));
+}
+
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t) * (const void *const *)a, y = (uintptr_t) * (const void *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * Every live item (per the id map, all buckets loaded into bs) whose cluster
+ * is selected (sel NULL = all), with its vector, metadata and identity.
+ */
+static cdx_err gather(op *o, const eng_manifest *m, eng_bucketset *bs, const bool *sel, gathered *g)
+{
+    cdx_err err = CDX_OK;
+    memset(g, 0, sizeof(*g));
+    size_t total = 0;
+    for (unsigned b = 0; b < ENG_BUCKETS; b++)
+        total += bs->b[b] ? bs->b[b]->n : 0;
+    g->rows = calloc(total + 1, sizeof(*g->rows));
+    g->idents = calloc(total + 1, sizeof(*g->idents));
+    g->refs = calloc(total + 1, sizeof(*g->refs));
+    if (!g->rows || !g->idents || !g->refs)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    size_t *segof = calloc(total + 1, sizeof(size_t));
+    if (!segof)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    for (unsigned b = 0; b < ENG_BUCKETS; b++) {
+        for (uint32_t i = 0; bs->b[b] && i < bs->b[b]->n; i++) {
+            eng_ident *id = &bs->b[b]->e[i];
+            if (sel && (id->cluster >= eng_manifest_nclusters(m) || !sel[id->cluster]))
+                continue;
+            const eng_segref *sr = eng_find_seg(m, id->cluster, id->seg);
+            if (!sr) {
+                free(segof);
+                return cdx_fail(CDX_ERR_INTEGRITY, "the id map names a segment the manifest "
+                                                   "does not list");
+            }
+            g->refs[g->n] = sr; /* per item for now; made unique below */
+            g->idents[g->n++] = id;
+        }
+    }
+    /* Unique segments, and each item's index among them: sort, dedupe, binary search. */
+    const eng_segref **byitem = malloc((g->n + 1) * sizeof(*byitem));
+    if (!byitem) {
+        free(segof);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    memcpy(byitem, g->refs, g->n * sizeof(*byitem));
+    qsort(g->refs, g->n, sizeof(*g->refs), cmp_ptr);
+    for (size_t i = 0; i < g->n; i++)
+        if (g->nseg == 0 || g->refs[g->nseg - 1] != g->refs[i])
+            g->refs[g->nseg++] = g->refs[i];
+    for (size_t i = 0; i < g->n; i++) {
+        const eng_segref **hit = bsearch(&byitem[i], g->refs, g->nseg, sizeof(*g->refs), cmp_ptr);
+        segof[i] = (size_t)(hit - g->refs);
+    }
+    free(byitem);
+    g->search = calloc(g->nseg + 1, sizeof(*g->search));
+    g->vec = calloc(g->nseg + 1, sizeof(*g->vec));
+    g->meta = calloc(g->nseg + 1, sizeof(*g->meta));
+    if (!g->search || !g->vec || !g->meta) {
+        free(segof);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    bool mis = false, mis2 = false, mis3 = false;
+    if ((err = eng_fetch_search(o, m, g->refs, g->nseg, g->search, &mis)) ||
+        (!eng_originals_in_search(m) &&
+         (err = eng_fetch_blocks(o, g->refs, g->nseg, ENG_K_VECTORS, g->vec, &mis2))) ||
+        (err = eng_fetch_blocks(o, g->refs, g->nseg, ENG_K_META, g->meta, &mis3))) {
+        free(segof);
+        return err;
+    }
+    if (mis || mis2 || mis3) {
+        free(segof);
+        return cdx_fail(CDX_ERR_INTEGRITY, "a segment the manifest lists is missing");
+    }
+    g->mview = calloc(g->nseg + 1, sizeof(*g->mview));
+    for (size_t i = 0; g->mview && i < g->nseg; i++)
+        if (!eng_meta_view_build(&g->meta[i], &g->mview[i])) {
+            free(segof);
+            return cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
+        }
+    if (!g->mview) {
+        free(segof);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    size_t d = m->dim;
+    bool cosine = m->metric == ENG_METRIC_COSINE;
+    /* Originals: the vector block holds them as written; flat non-cosine search codes too. */
+    g->norm = malloc((cosine || !eng_originals_in_search(m) ? g->n : 0) * d * sizeof(float) + 1);
+    if (!g->norm) {
+        free(segof);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    for (size_t i = 0; i < g->n && !err; i++) {
+        eng_ident *id = g->idents[i];
+        size_t s = segof[i];
+        eng_row *r = &g->rows[i];
+        if (id->row >= g->search[s]->rows) {
+            err = cdx_fail(CDX_ERR_INTEGRITY, "the id map names a row past its segment");
+            break;
+        }
+        if (eng_originals_in_search(m))
+            r->orig = (const float *)(const void *)(g->search[s]->codes +
+                                                    (size_t)id->row * g->search[s]->code_size);
+        else if (g->vec[s].len == (size_t)g->search[s]->rows * d * sizeof(float))
+            r->orig = (const float *)(const void *)(g->vec[s].data + (size_t)id->row * d * 4);
+        else {
+            err = cdx_fail(CDX_ERR_INTEGRITY, "vector block is malformed");
+            break;
+        }
+        r->search = r->orig;
+        if (cosine) {
+            float *nv = g->norm + i * d;
+            memcpy(nv, r->orig, d * sizeof(float));
+            eng_normalize(nv, d);
+            r->search = nv;
+        }
+        const uint8_t *mp;
+        size_t ml;
+        if (!eng_meta_view_row(&g->mview[s], id->row, &mp, &ml)) {
+            err = cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
+            break;
+        }
+        r->meta = ml ? (const char *)mp : NULL;
+        r->meta_len = (uint32_t)ml;
+        r->id = id->id;
+        r->id_len = id->id_len;
+        memcpy(r->tok, id->tok, ENG_TOKEN_LEN);
+        memcpy(r->content, id->content, ENG_TOKEN_LEN);
+        r->content_len = id->content_len;
+        r->commit_version = id->commit_version;
+        r->cluster = id->cluster;
+    }
+    free(segof);
+    return err;
+}
+
+/* Place gathered rows into one new segment per cluster; idents follow. */
+static cdx_err place(op *o, const eng_manifest *fmt, uint64_t version, gathered *g,
+                     const uint32_t *assign, uint32_t ncl, eng_bucketset *bs,
+                     eng_seg_out **segs_out, size_t *nsegs_out)
+{
+    cdx_err err = CDX_OK;
+    size_t *cnt = calloc(ncl + 1, sizeof(size_t));
+    eng_row **order = malloc((g->n + 1) * sizeof(*order));
+    eng_seg_out *segs = calloc(ncl + 1, sizeof(*segs));
+    size_t nsegs = 0;
+    if (!cnt || !order || !segs) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < g->n; i++)
+        cnt[assign[i]]++;
+    size_t *pos = calloc(ncl + 1, sizeof(size_t));
+    if (!pos) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (uint32_t c = 1; c <= ncl; c++)
+        pos[c] = pos[c - 1] + cnt[c - 1];
+    for (size_t i = 0; i < g->n; i++) {
+        g->rows[i].cluster = assign[i];
+        order[pos[assign[i]]++] = &g->rows[i];
+    }
+    size_t at = 0;
+    for (uint32_t c = 0; c < ncl && !err; c++) {
+        if (!cnt[c])
+            continue;
+        err = eng_segment_build(o, fmt, version, c, order + at, (uint32_t)cnt[c], NULL, 0,
+                                &segs[nsegs]);
+        nsegs++;
+        at += cnt[c];
+    }
+    free(pos);
+    if (err || (err = eng_segments_put(o, segs, nsegs)))
+        goto out;
+    for (size_t i = 0; i < g->n; i++) {
+        eng_ident *id = g->idents[i];
+        id->cluster = g->rows[i].cluster;
+        memcpy(id->seg, g->rows[i].seg, ENG_TOKEN_LEN);
+        id->row = g->rows[i].row;
+        bs->dirty[eng_bucket_of(id->tok)] = true;
+    }
+out:
+    free(cnt);
+    free(order);
+    if (err) {
+        eng_segs_free(segs, nsegs);
+        return err;
+    }
+    *segs_out = segs;
+    *nsegs_out = nsegs;
+    return CDX_OK;
+}
+
+static cdx_err put_centroids(op *o, eng_manifest *nm, uint64_t version)
+{
+    eng_buf pt, rec;
+    eng_buf_init(&pt);
+    eng_buf_init(&rec);
+    cdx_err err = eng_random(nm->centroids_token, ENG_TOKEN_LEN);
+    if (err)
+        return err;
+    eng_centroids_encode(nm, &pt);
+    if (!eng_buf_ok(&pt) ||
+        (err = eng_op_seal(o, HSM_P_MANIFEST, ENG_K_CENTROIDS, nm->centroids_token, version,
+                           pt.data, pt.len, &rec)))
+        goto out;
+    char key[CDX_STORE_KEY_MAX];
+    eng_key_rec(key, o->ix->id, ENG_KEY_CENTROIDS, nm->centroids_token);
+    eng_kv kv = {key, rec.data, rec.len};
+    bool created = false;
+    if ((err = eng_store_setnx(o->e->cfg.store, &kv, 1, &created)))
+        goto out;
+    nm->centroids_version = version;
+    nm->centroids_len = (uint32_t)rec.len;
+out:
+    eng_buf_free(&pt);
+    eng_buf_free(&rec);
+    return err;
+}
+
+/* Fisher-Yates prefix with splitmix64: a deterministic sample of k of n. */
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* A trained model, kept across rebases (a retry redistributes with the same one). */
+typedef struct model {
+    bool have;
+    uint32_t k;
+    float *centroids; /* k x dim */
+    float *sample;    /* what it was trained on */
+    eng_sq8 sq;       /* both types: IVFSQ8 stores these codes, IVFFlat screens with them */
+} model;
+
+/*
+ * Step 1, sample: the caller's sample (checked, normalised for cosine), or
+ * a deterministic sample of ns of the gathered items (Fisher-Yates prefix).
+ */
+static cdx_err train_sample(const struct idx *ix, const eng_train_opts *opts, const gathered *g,
+                            size_t ns, uint64_t seed, float *sample)
+{
+    size_t d = ix->cat.dim;
+    size_t *perm = malloc((g->n + 1) * sizeof(size_t));
+    if (!perm)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t i = 0; i < g->n; i++)
+        perm[i] = i;
+    uint64_t st = seed;
+    for (size_t i = 0; opts->sample && i < ns; i++) {
+        memcpy(sample + i * d, opts->sample + i * d, d * sizeof(float));
+        if (!eng_finite_vec(sample + i * d, d)) {
+            free(perm);
+            return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "training sample has NaN or Inf");
+        }
+        if (ix->cat.metric == ENG_METRIC_COSINE)
+            eng_normalize(sample + i * d, d);
+    }
+    for (size_t i = 0; !opts->sample && i < ns; i++) {
+        size_t j = i + (size_t)(splitmix(&st) % (g->n - i));
+        size_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+        memcpy(sample + i * d, g->rows[perm[i]].search, d * sizeof(float));
+    }
+    free(perm);
+    return CDX_OK;
+}
+
+/* Step 2, k-means: choose k and the sample size, sample, train centroids and the quantiser. */
+static cdx_err train_model(const char *name, const struct idx *ix, const eng_train_opts *opts,
+                           const eng_manifest *m, const gathered *g, model *md)
+{
+    size_t d = ix->cat.dim;
+    size_t avail = opts->sample ? opts->sample_n : g->n;
+    uint32_t k = opts->n_lists ? opts->n_lists : m->n_lists;
+    cdx_err err;
+    if (!k)
+        k = (uint32_t)fmax(1.0, floor(sqrt((double)avail)));
+    md->k = k;
+    if (avail < k)
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                        "index %s has %zu items; training %u lists needs at least as many", name,
+                        g->n, k);
+    uint32_t per =
+        opts->max_points_per_list ? opts->max_points_per_list : CDX_TRAIN_POINTS_PER_LIST;
+    size_t ns = (size_t)per * k < avail ? (size_t)per * k : avail;
+    if (opts->sample) {
+        /* The caller's sample, all of it (normalised for cosine, like the items). */
+        ns = opts->sample_n;
+        per = (uint32_t)((ns + k - 1) / k);
+    }
+    uint64_t seed = opts->seed ? opts->seed : 1234;
+    md->sample = malloc(ns * d * sizeof(float));
+    md->centroids = malloc((size_t)k * d * sizeof(float));
+    if (!md->sample || !md->centroids)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if ((err = train_sample(ix, opts, g, ns, seed, md->sample)))
+        return err;
+    eng_kmeans_opts ko = {
+        .k = k,
+        .max_iters = opts->max_iters ? opts->max_iters : CDX_TRAIN_ITERS_DEFAULT,
+        .tolerance = opts->tolerance > 0 ? opts->tolerance : 1e-4f,
+        .seed = seed,
+        .max_points_per_centroid = per,
+        .metric =
+            ix->cat.metric == ENG_METRIC_EUCLIDEAN || ix->cat.metric == ENG_METRIC_SQUARED_EUCLIDEAN
+                ? ENG_KM_L2
+                : ENG_KM_IP,
+        .spherical = ix->cat.metric == ENG_METRIC_COSINE,
+    };
+    eng_kmeans_stats ks;
+    if ((err = eng_kmeans_train(md->sample, ns, d, &ko, md->centroids, &ks)))
+        return err;
+    if ((err = eng_sq8_train(md->sample, ns, d, &md->sq)))
+        return err;
+    md->have = true;
+    cdx_log(CDX_LOG_INFO, "eng_trained", "lists=%u sample=%zu iters=%u", k, ns,
+            (unsigned)ks.iterations);
+    return CDX_OK;
+}
+
+/* The manifest of the new model: m's, with md's centroids and quantiser and no segments. */
+static cdx_err trained_manifest(const eng_manifest *m, const model *md, size_t d,
+                                eng_manifest **out)
+{
+    uint32_t k = md->k;
+    eng_manifest *nm;
+    cdx_err err = eng_manifest_clone_ref(m, &nm);
+    if (err)
+        return err;
+    *out = nm;
+    for (uint32_t c = 0; c < eng_manifest_nclusters(m); c++)
+        free(nm->clusters[c].seg);
+    free(nm->clusters);
+    free(nm->centroids);
+    free(nm->sq_vmin);
+    free(nm->sq_step);
+    nm->sq_vmin = nm->sq_step = NULL;
+    nm->n_clusters = k;
+    nm->train_gen = m->train_gen + 1;
+    nm->clusters = calloc(k, sizeof(*nm->clusters));
+    nm->centroids = malloc((size_t)k * d * sizeof(float));
+    if (!nm->clusters || !nm->centroids)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    memcpy(nm->centroids, md->centroids, (size_t)k * d * sizeof(float));
+    if (md->sq.vmin) {
+        nm->sq_vmin = malloc(d * sizeof(float));
+        nm->sq_step = malloc(d * sizeof(float));
+        if (!nm->sq_vmin || !nm->sq_step)
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        memcpy(nm->sq_vmin, md->sq.vmin, d * sizeof(float));
+        memcpy(nm->sq_step, md->sq.step, d * sizeof(float));
+    }
+    return eng_manifest_probe_build(nm);
+}
+
+/*
+ * Step 3, redistribute: retire every old segment, store the centroids, and
+ * place every gathered item into the new clusters at version v.
+ */
+static cdx_err redistribute(op *o, const eng_manifest *m, eng_manifest *nm, uint64_t v, gathered *g,
+                            eng_bucketset *bs, uint32_t **assign, eng_seg_out **segs, size_t *nsegs)
+{
+    size_t d = o->ix->cat.dim;
+    uint64_t now = eng_wall_ms();
+    cdx_err err = CDX_OK;
+    for (uint32_t c = 0; c < eng_manifest_nclusters(m) && !err; c++)
+        for (uint32_t s = 0; s < m->clusters[c].nseg && !err; s++)
+            err = eng_retire(nm, m->clusters[c].seg[s].token, now);
+    if (err || (err = put_centroids(o, nm, v)))
+        return err;
+    *assign = malloc((g->n + 1) * sizeof(uint32_t));
+    float *sv = malloc((g->n + 1) * d * sizeof(float));
+    if (!*assign || !sv) {
+        free(sv);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    for (size_t i = 0; i < g->n; i++)
+        memcpy(sv + i * d, g->rows[i].search, d * sizeof(float));
+    err = eng_assign_clusters(nm, sv, g->n, *assign);
+    free(sv);
+    if (err || (err = place(o, nm, v, g, *assign, nm->n_clusters, bs, segs, nsegs)))
+        return err;
+    for (size_t s = 0; s < *nsegs && !err; s++)
+        err = eng_cluster_push(&nm->clusters[(*segs)[s].cluster], &(*segs)[s].ref);
+    return err;
+}
+
+cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t *version)
+{
+    struct idx *ix;
+    cdx_err err = eng_idx_get(e, name, &ix);
+    if (err)
+        return err;
+    eng_train_opts def = {0};
+    if (!opts)
+        opts = &def;
+    if (opts->n_lists > CDX_NLISTS_MAX || opts->max_iters > CDX_TRAIN_ITERS_MAX)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "n_lists at most %d, max_iters at most %d",
+                        CDX_NLISTS_MAX, CDX_TRAIN_ITERS_MAX);
+    op o;
+    eng_op_index(e, ix, &o);
+    model md;
+    memset(&md, 0, sizeof(md));
+    for (unsigned attempt = 0; attempt < e->cfg.commit_retries; attempt++) {
+        eng_manifest *m = NULL, *nm = NULL;
+        eng_bucketset bs;
+        memset(&bs, 0, sizeof(bs));
+        gathered g;
+        memset(&g, 0, sizeof(g));
+        eng_seg_out *segs = NULL;
+        size_t nsegs = 0;
+        uint32_t *assign = NULL;
+        bool committed = false;
+        if ((err = eng_load_state(&o, true, 0, &m)) || (err = eng_buckets_load_all(&o, m, &bs)) ||
+            (err = gather(&o, m, &bs, NULL, &g))) {
+            if (err == ENG_MOVED)
+                err = CDX_OK; /* a commit landed mid-read: start over from the new head */
+            goto next;
+        }
+        if (!md.have && (err = train_model(name, ix, opts, m, &g, &md)))
+            goto next;
+        /* Redistribute (again, on a rebase) with the same model. */
+        uint64_t v = m->version + 1;
+        if ((err = trained_manifest(m, &md, ix->cat.dim, &nm)) ||
+            (err = redistribute(&o, m, nm, v, &g, &bs, &assign, &segs, &nsegs)) ||
+            (err = eng_commit(&o, m, nm, &bs, &committed)))
+            goto next;
+        if (committed && version)
+            *version = v;
+    next:
+        eng_manifest_unref(m);
+        eng_manifest_unref(nm);
+        gathered_free(&g);
+        eng_bucketset_free(&bs);
+        eng_segs_free(segs, nsegs);
+        free(assign);
+        if (err || committed)
+            break;
+        eng_backoff(attempt);
+    }
+    if (!err && !md.have)
+        err = cdx_fail(CDX_ERR_INTERNAL, "training produced no model");
+    else if (!err && version && !*version)
+        err = cdx_fail(CDX_ERR_ABORTED,
+                       "index %s: training lost %u commits to concurrent "
+                       "writers; retry",
+                       name, e->cfg.commit_retries);
+    free(md.centroids);
+    free(md.sample);
+    eng_sq8_free(&md.sq);
+    eng_op_end(&o);
+    return eng_in_index(err, name);
+}
+
+/* Compaction under the frame of eng_with_op: *arg gets the committed version. */
+static cdx_err compact(op *o, void *arg)
+{
+    eng *e = o->e;
+    cdx_err err = CDX_OK;
+    uint64_t done = 0;
+    for (unsigned attempt = 0; attempt < e->cfg.commit_retries && !err && !done; attempt++) {
+        eng_manifest *m = NULL, *nm = NULL;
+        eng_bucketset bs;
+        memset(&bs, 0, sizeof(bs));
+        gathered g;
+        memset(&g, 0, sizeof(g));
+        eng_seg_out *segs = NULL;
+        size_t nsegs = 0;
+        uint32_t *assign = NULL;
+        bool *sel = NULL, committed = false;
+        if ((err = eng_load_state(o, true, 0, &m)))
+            goto next;
+        uint32_t nc = eng_manifest_nclusters(m);
+        sel = calloc(nc, sizeof(bool));
+        if (!sel) {
+            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+            goto next;
+        }
+        bool any = false;
+        for (uint32_t c = 0; c < nc; c++)
+            any |= sel[c] = m->clusters[c].nseg > 1;
+        if (!any) {
+            done = m->version; /* nothing to merge */
+            goto next;
+        }
+        if ((err = eng_buckets_load_all(o, m, &bs)) || (err = gather(o, m, &bs, sel, &g))) {
+            if (err == ENG_MOVED)
+                err = CDX_OK;
+            goto next;
+        }
+        assign = malloc((g.n + 1) * sizeof(uint32_t));
+        if (!assign) {
+            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+            goto next;
+        }
+        for (size_t i = 0; i < g.n; i++)
+            assign[i] = g.rows[i].cluster;
+        uint64_t v = m->version + 1;
+        if ((err = place(o, m, v, &g, assign, nc, &bs, &segs, &nsegs)) ||
+            (err = eng_manifest_clone_ref(m, &nm)))
+            goto next;
+        uint64_t now = eng_wall_ms();
+        for (uint32_t c = 0; c < nc && !err; c++) {
+            if (!sel[c])
+                continue;
+            for (uint32_t s = 0; s < nm->clusters[c].nseg && !err; s++)
+                err = eng_retire(nm, nm->clusters[c].seg[s].token, now);
+            nm->clusters[c].nseg = 0;
+        }
+        for (size_t s = 0; s < nsegs && !err; s++)
+            err = eng_cluster_push(&nm->clusters[segs[s].cluster], &segs[s].ref);
+        if (err || (err = eng_commit(o, m, nm, &bs, &committed)))
+            goto next;
+        if (committed)
+            done = v;
+    next:
+        eng_manifest_unref(m);
+        eng_manifest_unref(nm);
+        gathered_free(&g);
+        eng_bucketset_free(&bs);
+        eng_segs_free(segs, nsegs);
+        free(assign);
+        free(sel);
+        if (!err && !done)
+            eng_backoff(attempt);
+    }
+    if (!err && !done)
+        err = cdx_fail(CDX_ERR_ABORTED,
+                       "index %s: compaction lost its commits to concurrent "
+                       "writers; retry",
+                       o->ix->name);
+    *(uint64_t *)arg = done;
+    return err;
+}
+
+cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
+{
+    uint64_t done = 0;
+    cdx_err err = eng_with_op(e, name, ENG_WITH_NAMED, compact, &done);
+    if (!err && version)
+        *version = done;
+    return err;
+}
