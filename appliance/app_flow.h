@@ -69,6 +69,7 @@ typedef struct app_flow {
 /* Start accounting for a connection opened at now_ms. */
 void app_flow_init(app_flow *f, const app_flow_limits *lim, app_budget *budget, int64_t now_ms);
 
+/* The TLS handshake finished at now_ms: the idle clock starts, the handshake deadline ends. */
 void app_flow_handshake_done(app_flow *f, int64_t now_ms);
 
 /*

@@ -93,7 +93,13 @@ cdx_err app_hsmtool_open_custody(ctx *x);
 /* The secret arena before custody is open (key files are read before login). */
 cdx_err app_hsmtool_secmem_up(ctx *x);
 
-/* ---- app_hsmtool_cmds.c ---- */
+/* ---- app_hsmtool_cmds.c ----
+ * One function per subcommand (cipherdex-hsm usage names them), run on the
+ * parsed options in x: each opens custody itself when it needs the token,
+ * prints its result to stdout (app_out: text or --json) and returns CDX_OK or
+ * the first error, whose detail main() prints. Not thread-safe (one process,
+ * one command).
+ */
 
 cdx_err app_hsmtool_tokens(ctx *x);
 cdx_err app_hsmtool_keys(ctx *x);

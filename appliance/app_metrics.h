@@ -78,6 +78,7 @@ void app_metrics_request(app_metrics *m, app_op op, cdx_err status);
 /* One observation of a stage's duration in nanoseconds. */
 void app_metrics_observe(app_metrics *m, app_stage s, uint64_t ns);
 
+/* Add n to counter c. */
 void app_metrics_inc(app_metrics *m, app_counter c, uint64_t n);
 
 /* Gauges move both ways (delta may be negative). */

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "cdx_log.h"
+#include "cdx_utf8.h"
 #include "eng_dist.h"
 #include "eng_idmap.h"
 #include "eng_int.h"
@@ -79,53 +80,12 @@ cdx_err eng_check_name(const char *name)
     return CDX_OK;
 }
 
-/* Strict UTF-8 (no overlongs, no surrogates, <= U+10FFFF), no NUL. */
-static bool utf8_ok(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        if (c == 0)
-            return false;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        uint32_t cp;
-        if ((c & 0xE0) == 0xC0) {
-            len = 2;
-            cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3;
-            cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        if (i + len > n)
-            return false;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                return false;
-            cp = cp << 6 | (s[i + k] & 0x3F);
-        }
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
 cdx_err eng_check_id(const char *id, size_t len, size_t i)
 {
     if (!id || len == 0 || len > CDX_ITEM_ID_MAX)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "item %zu: id must be 1-%d bytes", i,
                         CDX_ITEM_ID_MAX);
-    if (!utf8_ok((const uint8_t *)id, len))
+    if (!cdx_utf8_valid((const uint8_t *)id, len, NULL, NULL))
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
                         "item %zu: id contains a NUL byte or invalid UTF-8", i);
     return CDX_OK;

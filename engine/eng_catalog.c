@@ -76,22 +76,16 @@ cdx_err eng_cat_read(op *ro, const char *name, eng_catentry *c, bool *found)
 {
     uint8_t tok[ENG_TOKEN_LEN];
     char key[CDX_STORE_KEY_MAX];
-    eng_val v = {0};
     eng_buf pt;
     eng_buf_init(&pt);
     cdx_err err = cat_token(ro, name, tok);
     if (err)
         return err;
     eng_key_cat(key, tok);
-    const char *keys[1] = {key};
-    if ((err = eng_store_mget(ro->e->cfg.store, keys, 1, &v)))
-        return err;
-    *found = v.found;
-    if (!v.found)
-        goto out;
     eng_rec_hdr h;
-    if ((err = eng_op_unseal(ro, HSM_P_CATALOG, ENG_K_CATALOG, tok, UINT64_MAX, v.data, v.len, &h,
-                             &pt)))
+    if ((err = eng_op_fetch_open(ro, key, HSM_P_CATALOG, ENG_K_CATALOG, tok, UINT64_MAX, &h, &pt,
+                                 found)) ||
+        !*found)
         goto out;
     if ((err = eng_cat_decode(pt.data, pt.len, c)))
         goto out;
@@ -101,7 +95,6 @@ cdx_err eng_cat_read(op *ro, const char *name, eng_catentry *c, bool *found)
         goto out;
     }
 out:
-    eng_vals_free(&v, 1);
     eng_buf_free(&pt);
     return err;
 }
@@ -127,7 +120,7 @@ cdx_err eng_cat_write(op *ro, eng_catentry *c, bool claim, bool *ok)
         goto out;
     eng_rec_id id = {.scope = ro->key.id, .kind = ENG_K_CATALOG, .token = tok, .version = ver};
     if (!eng_buf_ok(&pt) ||
-        (err = eng_rec_seal(k, &id, eng_wall_ms(), ro->kcv, pt.data, pt.len, &rec)))
+        (err = eng_rec_seal(k, &id, cdx_wall_ms(), ro->kcv, pt.data, pt.len, &rec)))
         goto out;
     eng_kv kv = {key, rec.data, rec.len};
     if (claim) {

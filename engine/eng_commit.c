@@ -52,7 +52,7 @@ static void *bucket_part_main(void *arg)
         eng_buf_grow(r, ENG_REC_OVERHEAD + eng_bucket_encoded_len(w->bs->b[b]));
         eng_buf_reserve(r, ENG_REC_HDR);
         eng_bucket_encode(w->bs->b[b], r);
-        err = eng_rec_seal_at(sl, &id, eng_wall_ms(), w->o.kcv, r, 0);
+        err = eng_rec_seal_at(sl, &id, cdx_wall_ms(), w->o.kcv, r, 0);
     }
     eng_part_done(&w->p, err);
     return NULL;
@@ -99,7 +99,7 @@ static cdx_err seal_buckets(op *o, const eng_bucketset *bs, uint64_t version, en
  */
 static void stamp(const eng *e, eng_manifest *nm, const eng_bucketset *bs, uint64_t version)
 {
-    uint64_t now = eng_wall_ms();
+    uint64_t now = cdx_wall_ms();
     uint32_t keep = 0;
     for (uint32_t i = 0; i < nm->nretired; i++)
         if (nm->retired[i].retire_ms + e->cfg.gc_grace_ms > now)
@@ -124,7 +124,7 @@ static cdx_err seal_manifest(op *o, const eng_manifest *nm, uint64_t version, en
     eng_manifest_encode(nm, mrec);
     eng_rec_id rid = {
         .scope = o->key.id, .kind = ENG_K_MANIFEST, .token = nm->token, .version = version};
-    return eng_rec_seal_at(sl, &rid, eng_wall_ms(), o->kcv, mrec, 0);
+    return eng_rec_seal_at(sl, &rid, cdx_wall_ms(), o->kcv, mrec, 0);
 }
 
 /* After the commit: raise the mark, and nm becomes the index's current state. */
@@ -138,7 +138,7 @@ static cdx_err adopt(op *o, eng_manifest *nm, uint64_t version)
     if (!ix->m || ix->m->version < version) {
         eng_manifest_unref(ix->m);
         ix->m = eng_manifest_ref(nm);
-        ix->m_read_ms = mono_ms();
+        ix->m_read_ms = cdx_mono_ms();
     }
     pthread_mutex_unlock(&ix->mu);
     return CDX_OK;

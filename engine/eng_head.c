@@ -66,25 +66,17 @@ cdx_err eng_read_head(op *o, eng_head *h, bool *found)
 {
     char key[CDX_STORE_KEY_MAX];
     eng_key_head(key, o->ix->id);
-    const char *keys[1] = {key};
-    eng_val v = {0};
     eng_buf pt;
     eng_buf_init(&pt);
-    cdx_err err = eng_store_mget(o->e->cfg.store, keys, 1, &v);
-    if (err)
-        return err;
-    *found = v.found;
-    if (v.found) {
-        eng_rec_hdr rh;
-        err = eng_op_unseal(o, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, UINT64_MAX, v.data,
-                            v.len, &rh, &pt);
-        if (!err)
-            err = eng_head_decode(pt.data, pt.len, h);
+    eng_rec_hdr rh;
+    cdx_err err = eng_op_fetch_open(o, key, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, UINT64_MAX,
+                                    &rh, &pt, found);
+    if (!err && *found) {
+        err = eng_head_decode(pt.data, pt.len, h);
         if (!err && h->version != rh.version)
             err = cdx_fail(CDX_ERR_INTEGRITY, "head version does not match its record");
         h->write_time = rh.write_time;
     }
-    eng_vals_free(&v, 1);
     eng_buf_free(&pt);
     return err;
 }
@@ -93,40 +85,34 @@ cdx_err eng_read_head(op *o, eng_head *h, bool *found)
 static cdx_err read_manifest(op *o, const eng_head *h, eng_manifest **out)
 {
     char key[CDX_STORE_KEY_MAX];
-    eng_val v[1] = {{0}};
     eng_buf pt;
     eng_buf_init(&pt);
     eng_manifest *m = NULL;
+    bool found;
     eng_key_rec(key, o->ix->id, ENG_KEY_MANIFEST, h->manifest_token);
-    const char *keys[1] = {key};
-    cdx_err err = eng_store_mget(o->e->cfg.store, keys, 1, v);
+    cdx_err err = eng_op_fetch_open(o, key, HSM_P_MANIFEST, ENG_K_MANIFEST, h->manifest_token,
+                                    h->version, NULL, &pt, &found);
     if (err)
         goto out;
-    if (!v[0].found) {
+    if (!found) {
         err = cdx_fail(CDX_ERR_INTEGRITY, "the manifest the head points at is missing");
         goto out;
     }
-    if ((err = eng_op_unseal(o, HSM_P_MANIFEST, ENG_K_MANIFEST, h->manifest_token, h->version,
-                             v[0].data, v[0].len, NULL, &pt)))
-        goto out;
     if ((err = eng_manifest_decode(pt.data, pt.len, &m)))
         goto out;
     atomic_init(&m->refs, 1);
     m->version = h->version;
     memcpy(m->token, h->manifest_token, ENG_TOKEN_LEN);
     if (m->centroids_version) {
-        eng_vals_free(v, 1);
         eng_buf_free(&pt);
         eng_key_rec(key, o->ix->id, ENG_KEY_CENTROIDS, m->centroids_token);
-        if ((err = eng_store_mget(o->e->cfg.store, keys, 1, v)))
+        if ((err = eng_op_fetch_open(o, key, HSM_P_MANIFEST, ENG_K_CENTROIDS, m->centroids_token,
+                                     m->centroids_version, NULL, &pt, &found)))
             goto out;
-        if (!v[0].found) {
+        if (!found) {
             err = cdx_fail(CDX_ERR_INTEGRITY, "the centroids the manifest names are missing");
             goto out;
         }
-        if ((err = eng_op_unseal(o, HSM_P_MANIFEST, ENG_K_CENTROIDS, m->centroids_token,
-                                 m->centroids_version, v[0].data, v[0].len, NULL, &pt)))
-            goto out;
         if ((err = eng_centroids_decode(m, pt.data, pt.len)))
             goto out;
     } else if (m->n_clusters) {
@@ -137,7 +123,6 @@ static cdx_err read_manifest(op *o, const eng_head *h, eng_manifest **out)
     m = NULL;
 out:
     eng_manifest_free(m);
-    eng_vals_free(v, 1);
     eng_buf_free(&pt);
     return err;
 }
@@ -151,13 +136,13 @@ cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **o
 {
     struct idx *ix = o->ix;
     eng *e = o->e;
-    uint64_t t0 = mono_ns();
+    uint64_t t0 = cdx_mono_ns();
     cdx_err err;
     *out = NULL;
     if (!fresh && e->cfg.manifest_max_age_ms) {
         pthread_mutex_lock(&ix->mu);
         if (ix->m && ix->m->version >= min_version &&
-            mono_ms() - ix->m_read_ms < (int64_t)e->cfg.manifest_max_age_ms) {
+            cdx_mono_ms() - ix->m_read_ms < (int64_t)e->cfg.manifest_max_age_ms) {
             *out = eng_manifest_ref(ix->m);
             pthread_mutex_unlock(&ix->mu);
             return CDX_OK;
@@ -171,7 +156,7 @@ cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **o
     pthread_mutex_lock(&ix->mu);
     uint64_t hw = ix->hw;
     pthread_mutex_unlock(&ix->mu);
-    int64_t read_at = mono_ms();
+    int64_t read_at = cdx_mono_ms();
     eng_head h;
     bool found = false;
     if ((err = eng_read_head(o, &h, &found)))
@@ -218,7 +203,7 @@ cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **o
         ix->m_read_ms = read_at;
     }
     pthread_mutex_unlock(&ix->mu);
-    eng_stage_add(&e->ns_head, ENG_STAGE_HEAD, mono_ns() - t0);
+    eng_stage_add(&e->ns_head, ENG_STAGE_HEAD, cdx_mono_ns() - t0);
     *out = cur;
     return CDX_OK;
 }

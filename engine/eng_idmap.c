@@ -237,9 +237,9 @@ cdx_err eng_buckets_load(op *o, const eng_manifest *m, const bool *want, eng_buc
         return CDX_OK;
     eng_val v[ENG_BUCKETS];
     memset(v, 0, sizeof(v));
-    uint64_t t0 = mono_ns();
+    uint64_t t0 = cdx_mono_ns();
     err = eng_store_mget(o->e->cfg.store, keys, n, v);
-    eng_stage_add(&o->e->ns_fetch, ENG_STAGE_FETCH, mono_ns() - t0);
+    eng_stage_add(&o->e->ns_fetch, ENG_STAGE_FETCH, cdx_mono_ns() - t0);
     if (err)
         return err;
     eng_buf pt;

@@ -14,8 +14,8 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <time.h>
 
+#include "cdx_time.h"
 #include "eng.h"
 #include "eng_cache.h"
 #include "eng_catalog.h"
@@ -80,20 +80,6 @@ typedef struct op {
  * retries. Never returned to callers (eng_in_index turns a leftover one into ABORTED).
  */
 #define ENG_MOVED ((cdx_err)1000)
-
-static inline int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static inline uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* Per-thread stage time, for callers attributing one request's stages (eng_thread_stages). */
 extern _Thread_local uint64_t eng_tl_stage[ENG_STAGE_COUNT];

@@ -9,6 +9,7 @@
 #include "eng_kmeans.h"
 
 #include "cdx_log.h"
+#include "cdx_time.h"
 #include "eng_blas.h"
 #include "eng_dist.h"
 #include "eng_topk.h"
@@ -20,7 +21,6 @@
 #include <stdlib.h>
 #include <stdbool.h>
 #include <string.h>
-#include <time.h>
 
 #define ASSIGN_ROWS_MAX        4096u
 #define ASSIGN_SCORES_MAX      (8u * 1024u * 1024u) /* floats of one score block: 32 MiB */
@@ -54,14 +54,6 @@ static size_t rng_below(uint64_t *s, size_t n)
     size_t r = (size_t)(rng_unit(s) * (double)n);
 
     return r < n ? r : n - 1;
-}
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* ---- BLAS ------------------------------------------------------------- */
@@ -524,7 +516,7 @@ static void km_free(km *s)
 cdx_err eng_kmeans_train(const float *x, size_t n, size_t d, const eng_kmeans_opts *o,
                          float *centroids, eng_kmeans_stats *st)
 {
-    double t0 = now_seconds();
+    double t0 = cdx_mono_s();
     km s;
     cdx_err rc;
     size_t ppc, k;
@@ -617,7 +609,7 @@ cdx_err eng_kmeans_train(const float *x, size_t n, size_t d, const eng_kmeans_op
 out:
     if (st) {
         st->sample_size = s.m;
-        st->seconds = now_seconds() - t0;
+        st->seconds = cdx_mono_s() - t0;
     }
     km_free(&s);
     return rc;

@@ -188,7 +188,7 @@ static cdx_err new_entry(eng *e, const eng_create *r, eng_catentry *c)
     c->metric = (uint8_t)r->metric;
     c->type = (uint8_t)r->type;
     c->n_lists = r->n_lists;
-    c->created_ms = eng_wall_ms();
+    c->created_ms = cdx_wall_ms();
     return CDX_OK;
 }
 

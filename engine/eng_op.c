@@ -10,9 +10,9 @@
 cdx_err eng_op_key(op *o, hsm_purpose p, hsm_subkey **out)
 {
     if (!o->sk[p]) {
-        uint64_t t0 = mono_ns();
+        uint64_t t0 = cdx_mono_ns();
         cdx_err err = hsm_subkey_get(o->e->cfg.custody, &o->key, o->kcv, p, 0, &o->sk[p]);
-        eng_stage_add(&o->e->ns_keys, ENG_STAGE_KEYS, mono_ns() - t0);
+        eng_stage_add(&o->e->ns_keys, ENG_STAGE_KEYS, cdx_mono_ns() - t0);
         if (err)
             return err;
     }
@@ -66,7 +66,7 @@ cdx_err eng_op_seal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[ENG_T
     if (err)
         return err;
     eng_rec_id id = {.scope = o->key.id, .kind = kind, .token = tok, .version = version};
-    return eng_rec_seal_s(s, &id, eng_wall_ms(), o->kcv, pt, len, out);
+    return eng_rec_seal_s(s, &id, cdx_wall_ms(), o->kcv, pt, len, out);
 }
 
 /* Open a record of this index; version UINT64_MAX = take the header's. */
@@ -85,9 +85,25 @@ cdx_err eng_op_unseal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[ENG
         version = hh.version;
     }
     eng_rec_id id = {.scope = o->key.id, .kind = kind, .token = tok, .version = version};
-    uint64_t t0 = mono_ns();
+    uint64_t t0 = cdx_mono_ns();
     err = eng_rec_open(k, &id, o->kcv, rec, len, h ? h : &hh, out);
-    eng_stage_add(&o->e->ns_decrypt, ENG_STAGE_DECRYPT, mono_ns() - t0);
+    eng_stage_add(&o->e->ns_decrypt, ENG_STAGE_DECRYPT, cdx_mono_ns() - t0);
+    return err;
+}
+
+cdx_err eng_op_fetch_open(op *o, const char *key, hsm_purpose p, eng_kind kind,
+                          const uint8_t tok[ENG_TOKEN_LEN], uint64_t version, eng_rec_hdr *h,
+                          eng_buf *out, bool *found)
+{
+    const char *keys[1] = {key};
+    eng_val v = {0};
+    cdx_err err = eng_store_mget(o->e->cfg.store, keys, 1, &v);
+    if (err)
+        return err;
+    *found = v.found;
+    if (v.found)
+        err = eng_op_unseal(o, p, kind, tok, version, v.data, v.len, h, out);
+    eng_vals_free(&v, 1);
     return err;
 }
 

@@ -71,6 +71,15 @@ cdx_err eng_op_unseal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[ENG
                       uint64_t version, const uint8_t *rec, size_t len, eng_rec_hdr *h,
                       eng_buf *out);
 
+/*
+ * Fetch the one record at key and open it as eng_op_unseal does. *found =
+ * false (CDX_OK, out untouched) when the key does not exist.
+ * Errors: eng_store_mget's, eng_op_unseal's.
+ */
+cdx_err eng_op_fetch_open(op *o, const char *key, hsm_purpose p, eng_kind kind,
+                          const uint8_t tok[ENG_TOKEN_LEN], uint64_t version, eng_rec_hdr *h,
+                          eng_buf *out, bool *found);
+
 /* Flags of eng_with_op / eng_with_manifest. */
 enum {
     ENG_WITH_FRESH = 1, /* read the head (eng_load_state fresh), never the cached manifest */

@@ -67,7 +67,7 @@ static cdx_err probe(eng_qctx *c, size_t qi, qone *w)
     memcpy(w->qv, c->q->vectors + qi * d, d * sizeof(float));
     if (m->metric == ENG_METRIC_COSINE)
         eng_normalize(w->qv, d);
-    uint64_t t0 = mono_ns();
+    uint64_t t0 = cdx_mono_ns();
     w->np = 1;
     w->probes[0] = 0;
     if (m->n_clusters) {
@@ -78,7 +78,7 @@ static cdx_err probe(eng_qctx *c, size_t qi, qone *w)
         if (w->np == 0)
             return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "coarse quantisation failed");
     }
-    eng_stage_add(&e->ns_coarse, ENG_STAGE_COARSE, mono_ns() - t0);
+    eng_stage_add(&e->ns_coarse, ENG_STAGE_COARSE, cdx_mono_ns() - t0);
     return CDX_OK;
 }
 
@@ -146,7 +146,7 @@ static cdx_err fetch_segments(eng_qctx *c, qone *w)
 /* Score the live rows into the top k (distance stage). */
 static cdx_err scan(eng_qctx *c, qone *w)
 {
-    uint64_t t0 = mono_ns(), ns_io = 0;
+    uint64_t t0 = cdx_mono_ns(), ns_io = 0;
     cdx_err err;
     if (eng_coded(c->m)) {
         err = eng_scan_screened(c, w->qv, w->refs, w->blocks, w->nref, w->gend, w->np, w->mviews,
@@ -156,7 +156,7 @@ static cdx_err scan(eng_qctx *c, qone *w)
     } else {
         err = eng_scan_flat(c, w->qv, w->refs, w->blocks, w->gend, w->np, w->mviews, w->tk);
     }
-    eng_stage_add(&c->o->e->ns_distance, ENG_STAGE_DISTANCE, mono_ns() - t0 - ns_io);
+    eng_stage_add(&c->o->e->ns_distance, ENG_STAGE_DISTANCE, cdx_mono_ns() - t0 - ns_io);
     return err;
 }
 

@@ -46,9 +46,9 @@ cdx_err eng_fetch_blocks(op *o, const eng_segref *const *refs, size_t n, eng_kin
         eng_key_rec(keys[i], o->ix->id, ENG_KEY_SEGMENT, refs[i]->token);
         rg[i] = (eng_range){keys[i], block_off(refs[i], kind), block_len(refs[i], kind)};
     }
-    uint64_t t0 = mono_ns();
+    uint64_t t0 = cdx_mono_ns();
     err = eng_store_getrange(o->e->cfg.store, rg, n, v);
-    eng_stage_add(&o->e->ns_fetch, ENG_STAGE_FETCH, mono_ns() - t0);
+    eng_stage_add(&o->e->ns_fetch, ENG_STAGE_FETCH, cdx_mono_ns() - t0);
     if (err)
         goto out;
     for (size_t i = 0; i < n && !err; i++) {
@@ -222,20 +222,15 @@ cdx_err eng_fetch_contents(op *o, const eng_ident *id, uint8_t **data, size_t *l
 {
     char key[CDX_STORE_KEY_MAX];
     eng_key_rec(key, o->ix->id, ENG_KEY_CONTENTS, id->content);
-    const char *keys[1] = {key};
-    eng_val v = {0};
     eng_buf pt;
     eng_buf_init(&pt);
-    cdx_err err = eng_store_mget(o->e->cfg.store, keys, 1, &v);
-    if (err)
-        return err;
-    if (!v.found) {
+    bool found;
+    cdx_err err =
+        eng_op_fetch_open(o, key, HSM_P_CONTENT, ENG_K_CONTENT, id->content, 0, NULL, &pt, &found);
+    if (!err && !found) {
         /* Superseded and swept after our bucket read, or lost: the caller re-reads once. */
-        eng_vals_free(&v, 1);
-        return cdx_fail(ENG_MOVED, "contents the id map names are missing");
+        err = cdx_fail(ENG_MOVED, "contents the id map names are missing");
     }
-    err = eng_op_unseal(o, HSM_P_CONTENT, ENG_K_CONTENT, id->content, 0, v.data, v.len, NULL, &pt);
-    eng_vals_free(&v, 1);
     if (!err && pt.len != id->content_len)
         err = cdx_fail(CDX_ERR_INTEGRITY, "contents have the wrong length");
     if (err) {

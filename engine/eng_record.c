@@ -2,7 +2,6 @@
 
 #include <pthread.h>
 #include <string.h>
-#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -58,13 +57,6 @@ cdx_err eng_random(void *buf, size_t n)
     if (n > 0 && RAND_bytes(buf, (int)n) != 1)
         return cdx_fail(CDX_ERR_INTERNAL, "the random generator failed");
     return CDX_OK;
-}
-
-uint64_t eng_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 /* The K_rec message: "cipherdex/v1/record" 0x00 kind token[16] be64(version), 45 bytes. */

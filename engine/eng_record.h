@@ -130,7 +130,5 @@ cdx_err eng_rec_open(const hsm_subkey *k, const eng_rec_id *id, const uint8_t *e
 /* Random bytes from OpenSSL's DRBG (nonces, salts, tokens). Errors: CDX_ERR_INTERNAL. */
 cdx_err eng_random(void *buf, size_t n);
 
-/* Milliseconds since the Unix epoch (record write times). */
-uint64_t eng_wall_ms(void);
 
 #endif

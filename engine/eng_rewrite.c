@@ -56,6 +56,29 @@ static void gathered_free(gathered *g)
     memset(g, 0, sizeof(*g));
 }
 
+/* One attempt of a rewrite (train or compact): what it read and what it built. */
+typedef struct attempt_state {
+    eng_manifest *m;  /* the head it started from */
+    eng_manifest *nm; /* the manifest it commits */
+    eng_bucketset bs;
+    gathered g;
+    eng_seg_out *segs;
+    size_t nsegs;
+    uint32_t *assign; /* g.rows[i] goes to cluster assign[i] */
+    bool committed;
+} attempt_state;
+
+static void attempt_free(attempt_state *a)
+{
+    eng_manifest_unref(a->m);
+    eng_manifest_unref(a->nm);
+    gathered_free(&a->g);
+    eng_bucketset_free(&a->bs);
+    eng_segs_free(a->segs, a->nsegs);
+    free(a->assign);
+    memset(a, 0, sizeof(*a));
+}
+
 static int cmp_ptr(const void *a, const void *b)
 {
     uintptr_t x = (uintptr_t) * (const void *const *)a, y = (uintptr_t) * (const void *const *)b;
@@ -426,7 +449,7 @@ static cdx_err redistribute(op *o, const eng_manifest *m, eng_manifest *nm, uint
                             eng_bucketset *bs, uint32_t **assign, eng_seg_out **segs, size_t *nsegs)
 {
     size_t d = o->ix->cat.dim;
-    uint64_t now = eng_wall_ms();
+    uint64_t now = cdx_wall_ms();
     cdx_err err = CDX_OK;
     for (uint32_t c = 0; c < eng_manifest_nclusters(m) && !err; c++)
         for (uint32_t s = 0; s < m->clusters[c].nseg && !err; s++)
@@ -467,38 +490,28 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
     model md;
     memset(&md, 0, sizeof(md));
     for (unsigned attempt = 0; attempt < e->cfg.commit_retries; attempt++) {
-        eng_manifest *m = NULL, *nm = NULL;
-        eng_bucketset bs;
-        memset(&bs, 0, sizeof(bs));
-        gathered g;
-        memset(&g, 0, sizeof(g));
-        eng_seg_out *segs = NULL;
-        size_t nsegs = 0;
-        uint32_t *assign = NULL;
-        bool committed = false;
-        if ((err = eng_load_state(&o, true, 0, &m)) || (err = eng_buckets_load_all(&o, m, &bs)) ||
-            (err = gather(&o, m, &bs, NULL, &g))) {
+        attempt_state a;
+        memset(&a, 0, sizeof(a));
+        if ((err = eng_load_state(&o, true, 0, &a.m)) ||
+            (err = eng_buckets_load_all(&o, a.m, &a.bs)) ||
+            (err = gather(&o, a.m, &a.bs, NULL, &a.g))) {
             if (err == ENG_MOVED)
                 err = CDX_OK; /* a commit landed mid-read: start over from the new head */
             goto next;
         }
-        if (!md.have && (err = train_model(name, ix, opts, m, &g, &md)))
+        if (!md.have && (err = train_model(name, ix, opts, a.m, &a.g, &md)))
             goto next;
         /* Redistribute (again, on a rebase) with the same model. */
-        uint64_t v = m->version + 1;
-        if ((err = trained_manifest(m, &md, ix->cat.dim, &nm)) ||
-            (err = redistribute(&o, m, nm, v, &g, &bs, &assign, &segs, &nsegs)) ||
-            (err = eng_commit(&o, m, nm, &bs, &committed)))
+        uint64_t v = a.m->version + 1;
+        if ((err = trained_manifest(a.m, &md, ix->cat.dim, &a.nm)) ||
+            (err = redistribute(&o, a.m, a.nm, v, &a.g, &a.bs, &a.assign, &a.segs, &a.nsegs)) ||
+            (err = eng_commit(&o, a.m, a.nm, &a.bs, &a.committed)))
             goto next;
-        if (committed && version)
+        if (a.committed && version)
             *version = v;
-    next:
-        eng_manifest_unref(m);
-        eng_manifest_unref(nm);
-        gathered_free(&g);
-        eng_bucketset_free(&bs);
-        eng_segs_free(segs, nsegs);
-        free(assign);
+    next:;
+        bool committed = a.committed;
+        attempt_free(&a);
         if (err || committed)
             break;
         eng_backoff(attempt);
@@ -524,17 +537,12 @@ static cdx_err compact(op *o, void *arg)
     cdx_err err = CDX_OK;
     uint64_t done = 0;
     for (unsigned attempt = 0; attempt < e->cfg.commit_retries && !err && !done; attempt++) {
-        eng_manifest *m = NULL, *nm = NULL;
-        eng_bucketset bs;
-        memset(&bs, 0, sizeof(bs));
-        gathered g;
-        memset(&g, 0, sizeof(g));
-        eng_seg_out *segs = NULL;
-        size_t nsegs = 0;
-        uint32_t *assign = NULL;
-        bool *sel = NULL, committed = false;
-        if ((err = eng_load_state(o, true, 0, &m)))
+        attempt_state a;
+        memset(&a, 0, sizeof(a));
+        bool *sel = NULL;
+        if ((err = eng_load_state(o, true, 0, &a.m)))
             goto next;
+        const eng_manifest *m = a.m;
         uint32_t nc = eng_manifest_nclusters(m);
         sel = calloc(nc, sizeof(bool));
         if (!sel) {
@@ -548,23 +556,24 @@ static cdx_err compact(op *o, void *arg)
             done = m->version; /* nothing to merge */
             goto next;
         }
-        if ((err = eng_buckets_load_all(o, m, &bs)) || (err = gather(o, m, &bs, sel, &g))) {
+        if ((err = eng_buckets_load_all(o, m, &a.bs)) || (err = gather(o, m, &a.bs, sel, &a.g))) {
             if (err == ENG_MOVED)
                 err = CDX_OK;
             goto next;
         }
-        assign = malloc((g.n + 1) * sizeof(uint32_t));
-        if (!assign) {
+        a.assign = malloc((a.g.n + 1) * sizeof(uint32_t));
+        if (!a.assign) {
             err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
             goto next;
         }
-        for (size_t i = 0; i < g.n; i++)
-            assign[i] = g.rows[i].cluster;
+        for (size_t i = 0; i < a.g.n; i++)
+            a.assign[i] = a.g.rows[i].cluster;
         uint64_t v = m->version + 1;
-        if ((err = place(o, m, v, &g, assign, nc, &bs, &segs, &nsegs)) ||
-            (err = eng_manifest_clone_ref(m, &nm)))
+        if ((err = place(o, m, v, &a.g, a.assign, nc, &a.bs, &a.segs, &a.nsegs)) ||
+            (err = eng_manifest_clone_ref(m, &a.nm)))
             goto next;
-        uint64_t now = eng_wall_ms();
+        eng_manifest *nm = a.nm;
+        uint64_t now = cdx_wall_ms();
         for (uint32_t c = 0; c < nc && !err; c++) {
             if (!sel[c])
                 continue;
@@ -572,19 +581,14 @@ static cdx_err compact(op *o, void *arg)
                 err = eng_retire(nm, nm->clusters[c].seg[s].token, now);
             nm->clusters[c].nseg = 0;
         }
-        for (size_t s = 0; s < nsegs && !err; s++)
-            err = eng_cluster_push(&nm->clusters[segs[s].cluster], &segs[s].ref);
-        if (err || (err = eng_commit(o, m, nm, &bs, &committed)))
+        for (size_t s = 0; s < a.nsegs && !err; s++)
+            err = eng_cluster_push(&nm->clusters[a.segs[s].cluster], &a.segs[s].ref);
+        if (err || (err = eng_commit(o, m, nm, &a.bs, &a.committed)))
             goto next;
-        if (committed)
+        if (a.committed)
             done = v;
     next:
-        eng_manifest_unref(m);
-        eng_manifest_unref(nm);
-        gathered_free(&g);
-        eng_bucketset_free(&bs);
-        eng_segs_free(segs, nsegs);
-        free(assign);
+        attempt_free(&a);
         free(sel);
         if (!err && !done)
             eng_backoff(attempt);

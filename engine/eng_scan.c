@@ -196,9 +196,9 @@ cdx_err eng_scan_screened(eng_qctx *c, const float *qv, const eng_segref **refs,
             if (cv[j].lo <= cut)
                 need[cv[j].ref >> 32] = true;
         bool missing = false;
-        uint64_t t0 = mono_ns();
+        uint64_t t0 = cdx_mono_ns();
         err = eng_fetch_vectors(o, m, refs, nref, need, vecs, &missing);
-        *ns_io = mono_ns() - t0; /* counted as fetch and decrypt by fetch_blocks */
+        *ns_io = cdx_mono_ns() - t0; /* counted as fetch and decrypt by fetch_blocks */
         if (err)
             goto out;
         if (missing) {

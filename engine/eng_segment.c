@@ -246,7 +246,7 @@ cdx_err eng_segment_build(op *o, const eng_manifest *m, uint64_t version, uint32
         } else
             memcpy(codes + (size_t)i * cs, rows[i]->search, cs);
     }
-    if ((err = eng_rec_seal_at(sl, &id, eng_wall_ms(), o->kcv, val, at)))
+    if ((err = eng_rec_seal_at(sl, &id, cdx_wall_ms(), o->kcv, val, at)))
         goto out;
     out->ref.search_len = (uint32_t)(val->len - at);
     if (vec) {
@@ -255,7 +255,7 @@ cdx_err eng_segment_build(op *o, const eng_manifest *m, uint64_t version, uint32
         for (uint32_t i = 0; i < nrows; i++)
             eng_buf_put(val, rows[i]->orig, d * sizeof(float));
         id.kind = ENG_K_VECTORS;
-        if ((err = eng_rec_seal_at(sl, &id, eng_wall_ms(), o->kcv, val, at)))
+        if ((err = eng_rec_seal_at(sl, &id, cdx_wall_ms(), o->kcv, val, at)))
             goto out;
         out->ref.vectors_len = (uint32_t)(val->len - at);
     }
@@ -265,7 +265,7 @@ cdx_err eng_segment_build(op *o, const eng_manifest *m, uint64_t version, uint32
     for (uint32_t i = 0; i < nrows; i++)
         eng_buf_lbytes(val, rows[i]->meta, rows[i]->meta_len);
     id.kind = ENG_K_META;
-    if ((err = eng_rec_seal_at(sl, &id, eng_wall_ms(), o->kcv, val, at)))
+    if ((err = eng_rec_seal_at(sl, &id, cdx_wall_ms(), o->kcv, val, at)))
         goto out;
     out->ref.meta_len = (uint32_t)(val->len - at);
 out:

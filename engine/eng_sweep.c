@@ -130,7 +130,7 @@ static cdx_err sweep(op *o, eng_manifest *m, void *arg)
     cdx_err err;
     if ((err = eng_buckets_load_all(o, m, &bs)))
         goto out;
-    now = eng_wall_ms();
+    now = cdx_wall_ms();
     if ((err = referenced(e, m, &bs, now, &ref)))
         goto out;
     eng_key_rec_pattern(o->ix->id, pat);

@@ -12,24 +12,28 @@ static size_t escape_one(const uint8_t *s, size_t n, char *e, size_t *in)
     uint8_t c = s[0];
 
     *in = 1;
+    char two = 0; /* the letter of a two-character escape */
     switch (c) {
     case '"':
-        memcpy(e, "\\\"", 2);
-        return 2;
     case '\\':
-        memcpy(e, "\\\\", 2);
-        return 2;
+        two = (char)c;
+        break;
     case '\n':
-        memcpy(e, "\\n", 2);
-        return 2;
+        two = 'n';
+        break;
     case '\r':
-        memcpy(e, "\\r", 2);
-        return 2;
+        two = 'r';
+        break;
     case '\t':
-        memcpy(e, "\\t", 2);
-        return 2;
+        two = 't';
+        break;
     default:
         break;
+    }
+    if (two) {
+        e[0] = '\\';
+        e[1] = two;
+        return 2;
     }
     if (c < 0x20 || c == 0x7f) {
         memcpy(e, "\\u00", 4);

@@ -25,6 +25,7 @@ add_test(NAME test_math_scalar COMMAND test_math)
 set_tests_properties(test_math_scalar PROPERTIES TIMEOUT 600 ENVIRONMENT "CDX_SIMD=scalar"
   FIXTURES_REQUIRED cdx_tmp)
 cdx_add_test(test_store SOURCES test_store.c LIBS cdx_fx_engine)
+cdx_add_test(test_store_redis SOURCES test_store_redis.c LIBS cdx_fx_engine)
 # The engine through eng.h, one suite per concern, each run against the memory store and Redis
 # on a throwaway token (tests/fixtures/fx_engine.h).
 foreach(concern lifecycle write query hostile crash concurrency)
@@ -42,8 +43,12 @@ cdx_add_test(test_secmem SOURCES test_secmem.c LIBS cdx_pkcs11)
 cdx_add_test(test_tls SOURCES test_tls.c LIBS cdx_apptls)
 add_dependencies(test_tls fx_pki_tool)
 # Wire layer (proto/): frame codec, unpack budget, request validation, Python client from the .proto.
+cdx_add_test(test_utf8 SOURCES test_utf8.c LIBS cdx_base)
+cdx_add_test(test_frame SOURCES test_frame.c LIBS cdx_wire)
 cdx_add_test(test_wire SOURCES test_wire.c LIBS cdx_wire m)
-target_compile_definitions(test_wire PRIVATE CDX_PROTO_FILE="${CMAKE_SOURCE_DIR}/proto/cipherdex.proto")
+cdx_add_test(test_wire_roundtrip SOURCES test_wire_roundtrip.c LIBS cdx_wire m)
+target_compile_definitions(test_wire_roundtrip
+                           PRIVATE CDX_PROTO_FILE="${CMAKE_SOURCE_DIR}/proto/cipherdex.proto")
 # Fuzz targets (tests/fuzz/) on fuzz_main.c, the shared replay driver: the wire layer, filter and
 # metadata JSON, the configuration loader, the record plaintext decoders, the sans-IO RESP reader
 # the Redis store reads bulk fetches with (engine/eng_redis_resp.c). Each writes its seeds and

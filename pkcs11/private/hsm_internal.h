@@ -176,7 +176,7 @@ unsigned hsm_tmpl_wrong(hsm_key_kind kind, const hsm_key_info *ki, unsigned unkn
 cdx_err hsm_tmpl_check(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key_kind kind,
                        const char *label, CK_RV *rv);
 
-/* ---- creating a key object (hsm_keys.c) ---- */
+/* ---- creating a key object (hsm_keys.c; templates in hsm_template.c) ---- */
 
 typedef enum hsm_create_how { HSM_HOW_GENERATE, HSM_HOW_IMPORT, HSM_HOW_UNWRAP } hsm_create_how;
 
