@@ -248,10 +248,17 @@ static cdx_err load_server(const app_tls *t, SSL_CTX *ctx)
 
     if ((e = open_pem("tls_key", t->key, &b, &mode)))
         goto out;
-    if (mode & 077)
+    /* Others: refused. Group: a warning (root:<daemon group> 0640 is a common layout). */
+    if (mode & 007) {
+        e = conf_fail("tls_key", t->key,
+                      "mode %04o gives others access to the private key; chmod 600",
+                      (unsigned)(mode & 07777));
+        goto out;
+    }
+    if (mode & 070)
         cdx_log(CDX_LOG_WARN, "tls_key_permissions",
-                "path=\"%s\" mode=%04o msg=\"readable by group or others; chmod 600\"", t->key,
-                (unsigned)(mode & 07777));
+                "path=\"%s\" mode=%04o msg=\"readable by group; chmod 600 unless intended\"",
+                t->key, (unsigned)(mode & 07777));
     pkey = PEM_read_bio_PrivateKey(b, NULL, no_passphrase, NULL);
     if (!pkey) {
         const char *why = ossl_drain("PEM_read_bio_PrivateKey");

@@ -34,7 +34,8 @@ static void usage(FILE *f)
 
 /*
  * A file the configuration names must exist and be readable by this user; a
- * secret one must also be accessible by nobody else.
+ * secret one (the TLS key) must not be accessible by others, as the daemon
+ * requires (group access only gets a warning there, and here).
  */
 static int check_file(const char *what, const char *path, bool secret)
 {
@@ -45,11 +46,14 @@ static int check_file(const char *what, const char *path, bool secret)
         fprintf(stderr, "cipherdexd: %s `%s` is not a readable file\n", what, path);
         return -1;
     }
-    if (secret && (st.st_mode & 077)) {
-        fprintf(stderr, "cipherdexd: %s `%s` is readable by group or others (chmod 600)\n", what,
-                path);
+    if (secret && (st.st_mode & 007)) {
+        fprintf(stderr, "cipherdexd: %s `%s` gives others access (chmod 600)\n", what, path);
         return -1;
     }
+    if (secret && (st.st_mode & 070))
+        fprintf(stderr,
+                "cipherdexd: warning: %s `%s` is readable by group (chmod 600 unless intended)\n",
+                what, path);
     return 0;
 }
 

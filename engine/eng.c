@@ -111,6 +111,12 @@ static void idx_free(struct idx *ix)
     free(ix);
 }
 
+void eng_idx_put(struct idx *ix)
+{
+    if (ix && atomic_fetch_sub(&ix->refs, 1) == 1)
+        idx_free(ix);
+}
+
 /* Forget cached state of an index (deleted, or found gone). */
 void eng_idx_forget(eng *e, const uint8_t id[CDX_ID_LEN])
 {
@@ -119,7 +125,7 @@ void eng_idx_forget(eng *e, const uint8_t id[CDX_ID_LEN])
         if (!memcmp((*pp)->id, id, CDX_ID_LEN)) {
             struct idx *ix = *pp;
             *pp = ix->next;
-            idx_free(ix);
+            eng_idx_put(ix); /* the registry's reference: requests in flight keep theirs */
             break;
         }
     pthread_mutex_unlock(&e->mu);
@@ -140,6 +146,7 @@ cdx_err eng_idx_get(eng *e, const char *name, struct idx **out)
     pthread_mutex_lock(&e->mu);
     for (struct idx *ix = e->idx; ix; ix = ix->next)
         if (!strcmp(ix->name, name)) {
+            atomic_fetch_add(&ix->refs, 1);
             *out = ix;
             pthread_mutex_unlock(&e->mu);
             return CDX_OK;
@@ -166,9 +173,11 @@ cdx_err eng_idx_get(eng *e, const char *name, struct idx **out)
     snprintf(ix->name, sizeof(ix->name), "%s", name);
     ix->cat = c;
     pthread_mutex_init(&ix->mu, NULL);
+    atomic_init(&ix->refs, 2); /* the registry's and the caller's */
     pthread_mutex_lock(&e->mu);
     for (struct idx *x = e->idx; x; x = x->next)
         if (!strcmp(x->name, name)) { /* lost a race: use theirs */
+            atomic_fetch_add(&x->refs, 1);
             pthread_mutex_unlock(&e->mu);
             idx_free(ix);
             *out = x;

@@ -32,7 +32,7 @@ uint8_t *eng_buf_reserve(eng_buf *b, size_t n)
         b->failed = true;
         return NULL;
     }
-    if (b->len + n > b->cap) {
+    if (b->len + n > b->cap || !b->data) { /* storage even for 0 bytes: a non-NULL answer */
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->len + n)
             cap *= 2;

@@ -30,6 +30,7 @@ struct eng_bucketset;
 /* Per-index state kept between requests. Fields below mu are guarded by it. */
 struct idx {
     struct idx *next;
+    atomic_uint refs; /* the registry's (until eng_idx_forget) + one per eng_idx_get */
     uint8_t id[CDX_ID_LEN];
     char name[CDX_INDEX_NAME_MAX + 1];
     eng_catentry cat;
@@ -116,12 +117,13 @@ cdx_err eng_check_id(const char *id, size_t len, size_t i);
  * Name the index in err's detail (once: a detail already starting "index "
  * is left alone); ENG_MOVED becomes CDX_ERR_ABORTED. Returns the error.
  */
-cdx_err eng_in_index(cdx_err err, const char *name);
+CDX_MUST_CHECK cdx_err eng_in_index(cdx_err err, const char *name);
 
 /*
  * The ready index called `name`: from the registry, or read from the catalog
- * and registered. *out lives until eng_free or eng_idx_forget (a deleted
- * index). Thread-safe (e->mu).
+ * and registered. *out is a counted reference: release it with eng_idx_put
+ * (eng_op_index hands it to the op, and eng_op_end releases it), so a
+ * concurrent eng_idx_forget never frees an entry in use. Thread-safe (e->mu).
  * Errors: CDX_ERR_INVALID_ARGUMENT (bad name), CDX_ERR_NOT_FOUND (no such
  * index), CDX_ERR_FAILED_PRECONDITION (being created or deleted),
  * CDX_ERR_RESOURCE_EXHAUSTED, and those of eng_cat_read.
@@ -133,5 +135,15 @@ cdx_err eng_idx_get(eng *e, const char *name, struct idx **out);
  * if none. The caller must hold no pointer into it. Thread-safe (e->mu).
  */
 void eng_idx_forget(eng *e, const uint8_t id[CDX_ID_LEN]);
+
+/* Release a reference from eng_idx_get; the entry is freed with the last one. NULL: no-op. */
+void eng_idx_put(struct idx *ix);
+
+/* eng_idx_put(ix), then err: for a return before the reference went to an op. */
+static inline cdx_err eng_idx_drop(struct idx *ix, cdx_err err)
+{
+    eng_idx_put(ix);
+    return err;
+}
 
 #endif

@@ -207,6 +207,7 @@ static cdx_err first_state(eng *e, const eng_catentry *c)
         tmp.hw = 0;
         err = eng_hw_raise(&io, 1);
     }
+    io.ix = NULL; /* tmp is on the stack, not a counted registry entry */
     eng_op_end(&io);
     pthread_mutex_destroy(&tmp.mu);
     return err;
@@ -270,10 +271,11 @@ cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out)
 
 cdx_err eng_index_dimension(eng *e, const char *name, uint32_t *dim)
 {
-    struct idx *ix;
+    struct idx *ix = NULL;
     cdx_err err = eng_idx_get(e, name, &ix);
     if (!err)
         *dim = ix->cat.dim;
+    eng_idx_put(ix);
     return err;
 }
 

@@ -156,7 +156,8 @@ cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limi
     if (limit == 0)
         limit = 1000;
     if (limit > CDX_LIST_PAGE_MAX)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "limit %u exceeds %d", limit, CDX_LIST_PAGE_MAX);
+        return eng_idx_drop(ix, cdx_fail(CDX_ERR_INVALID_ARGUMENT, "limit %u exceeds %d", limit,
+                                         CDX_LIST_PAGE_MAX));
     op o;
     eng_op_index(e, ix, &o);
     unsigned b0;

@@ -45,6 +45,8 @@ void eng_op_end(op *o)
     for (int i = 0; i < ENG_NPURPOSE; i++)
         hsm_subkey_release(o->sk[i]);
     memset(o->sk, 0, sizeof(o->sk));
+    eng_idx_put(o->ix); /* the reference eng_op_index took over */
+    o->ix = NULL;
 }
 
 /*

@@ -424,12 +424,12 @@ cdx_err eng_query_run(eng *e, const char *name, const eng_query *q, eng_query_re
     if (err)
         return err;
     if ((err = check_query(q, ix->cat.dim)))
-        return err;
+        return eng_idx_drop(ix, err);
     eng_qctx c = {0};
     c.q = q;
     c.top_k = q->top_k ? q->top_k : CDX_TOPK_DEFAULT;
     if ((err = query_filter(q, &c.filter)))
-        return err;
+        return eng_idx_drop(ix, err);
     op o;
     eng_op_index(e, ix, &o);
     c.o = &o;

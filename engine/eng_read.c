@@ -368,10 +368,11 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
     if (err)
         return err;
     if (n == 0 || n > CDX_GET_BATCH_MAX)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "get needs 1-%d ids", CDX_GET_BATCH_MAX);
+        return eng_idx_drop(
+            ix, cdx_fail(CDX_ERR_INVALID_ARGUMENT, "get needs 1-%d ids", CDX_GET_BATCH_MAX));
     for (size_t i = 0; i < n; i++)
         if ((err = eng_check_id(ids[i], id_lens[i], i)))
-            return err;
+            return eng_idx_drop(ix, err);
     op o;
     eng_op_index(e, ix, &o);
     eng_get_result *r = calloc(1, sizeof(*r));
@@ -426,7 +427,7 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
     if (!err)
         r->version = m->version;
 out:
-    eng_in_index(err, name);
+    err = eng_in_index(err, name);
     eng_manifest_unref(m);
     eng_bucketset_free(&bs);
     free(toks);

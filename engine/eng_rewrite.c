@@ -483,8 +483,9 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
     if (!opts)
         opts = &def;
     if (opts->n_lists > CDX_NLISTS_MAX || opts->max_iters > CDX_TRAIN_ITERS_MAX)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "n_lists at most %d, max_iters at most %d",
-                        CDX_NLISTS_MAX, CDX_TRAIN_ITERS_MAX);
+        return eng_idx_drop(ix, cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                                         "n_lists at most %d, max_iters at most %d", CDX_NLISTS_MAX,
+                                         CDX_TRAIN_ITERS_MAX));
     op o;
     eng_op_index(e, ix, &o);
     model md;

@@ -125,6 +125,14 @@ void eng_store_fault_disarm(eng_store *s);
 /* Writes counted since the wrapper was made (as arming counts them); 0 if not one. Thread-safe. */
 uint64_t eng_store_fault_writes(eng_store *s);
 
+/*
+ * Tests: call hook(arg) on the reading thread before every read (mget,
+ * getrange) of the wrapper, so a test can hold a request at a chosen point
+ * (NULL hook: none). Not a wrapper or NULL: no-op. Thread-safe.
+ */
+typedef void (*eng_store_read_hook)(void *arg);
+void eng_store_fault_on_read(eng_store *s, eng_store_read_hook hook, void *arg);
+
 /* Close and free; NULL is a no-op. */
 void eng_store_free(eng_store *s);
 

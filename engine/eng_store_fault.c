@@ -24,6 +24,8 @@ typedef struct fault_store {
     uint64_t fail_at; /* number of the write that fails; 0 = disarmed */
     bool crashed;
     char kind[64];
+    eng_store_read_hook read_hook; /* called before each read, outside mu */
+    void *read_hook_arg;
 } fault_store;
 
 typedef struct fault_txn {
@@ -89,10 +91,21 @@ static void fault_free(eng_store *s)
     free(f);
 }
 
+static void before_read(fault_store *f)
+{
+    pthread_mutex_lock(&f->mu);
+    eng_store_read_hook h = f->read_hook;
+    void *arg = f->read_hook_arg;
+    pthread_mutex_unlock(&f->mu);
+    if (h)
+        h(arg);
+}
+
 static cdx_err fault_mget(eng_store *s, const char *const *keys, size_t n, eng_val *out)
 {
     fault_store *f = as_fault(s);
 
+    before_read(f);
     if (is_crashed(f))
         return crashed_err();
     return eng_store_mget(f->inner, keys, n, out);
@@ -102,6 +115,7 @@ static cdx_err fault_getrange(eng_store *s, const eng_range *r, size_t n, eng_va
 {
     fault_store *f = as_fault(s);
 
+    before_read(f);
     if (is_crashed(f))
         return crashed_err();
     return eng_store_getrange(f->inner, r, n, out);
@@ -297,4 +311,16 @@ uint64_t eng_store_fault_writes(eng_store *s)
     w = f->writes;
     pthread_mutex_unlock(&f->mu);
     return w;
+}
+
+void eng_store_fault_on_read(eng_store *s, eng_store_read_hook hook, void *arg)
+{
+    fault_store *f = as_fault(s);
+
+    if (!f)
+        return;
+    pthread_mutex_lock(&f->mu);
+    f->read_hook = hook;
+    f->read_hook_arg = arg;
+    pthread_mutex_unlock(&f->mu);
 }

@@ -489,14 +489,15 @@ cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, ui
     if (err)
         return err;
     if (n == 0 || !items)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "empty upsert batch");
+        return eng_idx_drop(ix, cdx_fail(CDX_ERR_INVALID_ARGUMENT, "empty upsert batch"));
     if (n > CDX_UPSERT_BATCH_MAX)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "upsert batch of %zu items exceeds %d", n,
-                        CDX_UPSERT_BATCH_MAX);
+        return eng_idx_drop(ix, cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                                         "upsert batch of %zu items exceeds %d", n,
+                                         CDX_UPSERT_BATCH_MAX));
     size_t d = ix->cat.dim;
     bool cosine = ix->cat.metric == ENG_METRIC_COSINE;
     if ((err = check_items(items, n, d, cosine)))
-        return err;
+        return eng_idx_drop(ix, err);
     op o;
     eng_op_index(e, ix, &o);
     eng_row *rows = calloc(n, sizeof(*rows));
@@ -522,13 +523,13 @@ cdx_err eng_delete(eng *e, const char *name, const char *const *ids, const size_
     if (err)
         return err;
     if (n == 0 || !ids)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "no ids to delete");
+        return eng_idx_drop(ix, cdx_fail(CDX_ERR_INVALID_ARGUMENT, "no ids to delete"));
     if (n > CDX_GET_BATCH_MAX)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "delete of %zu ids exceeds %d", n,
-                        CDX_GET_BATCH_MAX);
+        return eng_idx_drop(ix, cdx_fail(CDX_ERR_INVALID_ARGUMENT, "delete of %zu ids exceeds %d",
+                                         n, CDX_GET_BATCH_MAX));
     for (size_t i = 0; i < n; i++)
         if ((err = eng_check_id(ids[i], id_lens[i], i)))
-            return err;
+            return eng_idx_drop(ix, err);
     op o;
     eng_op_index(e, ix, &o);
     uint8_t(*toks)[ENG_TOKEN_LEN] = malloc(n * ENG_TOKEN_LEN);

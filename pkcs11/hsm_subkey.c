@@ -306,6 +306,16 @@ cdx_err hsm_subkey_get(hsm_custody *c, const hsm_key_ref *key, const uint8_t *ex
     uint8_t msg[128];
     size_t len = hsm_subkey_message(purpose, key->id, epoch, msg, sizeof(msg));
     struct hsm_subkey *sk = hsm_secmem_alloc(sizeof(*sk));
+    if (!sk) {
+        /* The cache is only a cache: give its memory back and try once more. */
+        pthread_mutex_lock(&sc->mu);
+        bool had = sc->head != NULL;
+        while (sc->head)
+            sk_unlink(sc, &sc->head);
+        pthread_mutex_unlock(&sc->mu);
+        if (had)
+            sk = hsm_secmem_alloc(sizeof(*sk));
+    }
     if (!sk)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED,
                         "secret memory exhausted: raise secmem_bytes or lower subkey_ttl_ms");
@@ -329,7 +339,12 @@ cdx_err hsm_subkey_get(hsm_custody *c, const hsm_key_ref *key, const uint8_t *ex
                 sk_unlink(sc, pp);
                 break;
             }
-        if (sc->count >= CDX_SUBKEY_CACHE_MAX) {
+        /* At most CDX_SUBKEY_CACHE_MAX entries, and no growth once the arena is half
+         * full: the other half stays for what must not fail (a Redis password re-read
+         * on reconnect, a PIN on re-login, key material on its way to the token). */
+        size_t used = 0, cap = 0;
+        hsm_secmem_usage(&used, &cap);
+        if (sc->count > 0 && (sc->count >= CDX_SUBKEY_CACHE_MAX || used > cap / 2)) {
             /* Evict the entry closest to expiry. */
             struct hsm_subkey **victim = &sc->head;
             for (struct hsm_subkey **pp = &sc->head; *pp; pp = &(*pp)->next)

@@ -1,6 +1,7 @@
 /*
  * test_engine_concurrency.c - the encrypted IVF engine, concurrency: two appliances on one store, a
- * lost tail whose version another appliance reuses, the sweep against a paused upsert. Run against
+ * lost tail whose version another appliance reuses, the sweep against a paused upsert, a delete
+ * under a reader. Run against
  * the memory store and against Redis (fixture), on a throwaway SoftHSM token
  * (tests/fixtures/fx_engine.h).
  */
@@ -240,10 +241,99 @@ static void test_sweep_vs_paused_upsert(void)
     fx_ds_free(&s);
 }
 
+/* Holds the one thread that armed it inside its next store read until released. */
+struct hold {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int state; /* 0 idle, 1 armed, 2 holding, 3 released */
+    pthread_t who;
+};
+
+static void hold_hook(void *arg)
+{
+    struct hold *h = arg;
+    pthread_mutex_lock(&h->mu);
+    if (h->state == 1 && pthread_equal(h->who, pthread_self())) {
+        h->state = 2;
+        pthread_cond_broadcast(&h->cv);
+        while (h->state != 3)
+            pthread_cond_wait(&h->cv, &h->mu);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+struct getjob {
+    eng *e;
+    const char *name;
+    struct hold *h;
+    cdx_err err;
+};
+
+static void *get_main(void *arg)
+{
+    struct getjob *j = arg;
+    pthread_mutex_lock(&j->h->mu);
+    j->h->who = pthread_self();
+    j->h->state = 1;
+    pthread_mutex_unlock(&j->h->mu);
+    const char *ids[] = {"d0"};
+    size_t lens[] = {2};
+    eng_get_result *r = NULL;
+    j->err = eng_get(j->e, j->name, ids, lens, 1, 0, 0, &r);
+    eng_get_result_free(r);
+    return NULL;
+}
+
+/*
+ * A get that has its index's registry entry but is still reading when the
+ * index is deleted by another request: the entry outlives the delete (it is
+ * counted), the get ends with NOT_FOUND, and nothing is used after it is
+ * freed (this was a use-after-free that ASan reports).
+ */
+static void test_delete_under_reader(void)
+{
+    const size_t d = 8;
+    fx_dataset s;
+    fx_ds_make(&s, 10, d, "d");
+    char name[64];
+    fx_uniq_name(name, "delrd");
+    eng_index_info info;
+    fx_create(name, d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 0, &info);
+    fx_upsert(name, s.items, 10);
+    char *dir2 = fx_tmpdir_new("engstate4");
+    eng *e2 = fx_engine_open(fx_store, dir2, 0); /* no cache: the get reads the store */
+    uint64_t cnt = 0;
+    CU_ASSERT_EQUAL_FATAL(eng_count(e2, name, &cnt), CDX_OK); /* e2 registers the index */
+    CU_ASSERT_EQUAL(cnt, 10);
+    struct hold h = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, pthread_self()};
+    eng_store_fault_on_read(fx_store, hold_hook, &h);
+    struct getjob j = {e2, name, &h, CDX_OK};
+    pthread_t t;
+    pthread_create(&t, NULL, get_main, &j);
+    pthread_mutex_lock(&h.mu);
+    while (h.state != 2)
+        pthread_cond_wait(&h.cv, &h.mu);
+    pthread_mutex_unlock(&h.mu);
+    /* The get holds e2's entry for the index; e2 deletes the index meanwhile. */
+    CU_ASSERT_EQUAL(eng_index_delete(e2, name, info.id), CDX_OK);
+    pthread_mutex_lock(&h.mu);
+    h.state = 3;
+    pthread_cond_broadcast(&h.cv);
+    pthread_mutex_unlock(&h.mu);
+    pthread_join(t, NULL);
+    eng_store_fault_on_read(fx_store, NULL, NULL);
+    CU_ASSERT_EQUAL(j.err, CDX_ERR_NOT_FOUND);
+    eng_free(e2);
+    fx_rm_rf(dir2);
+    free(dir2);
+    fx_ds_free(&s);
+}
+
 static const fx_test tests[] = {
     {"two appliances upserting concurrently", test_two_appliances},
     {"lost tail, version reused by another appliance", test_lost_tail_version_reuse},
     {"sweep while an upsert is paused", test_sweep_vs_paused_upsert},
+    {"index deleted while a get holds its entry", test_delete_under_reader},
 };
 
 int main(void)

@@ -899,6 +899,52 @@ static void test_cache_ttl(void)
     fx_token_free(t);
 }
 
+/*
+ * The subkey cache yields to the secret arena: with the arena three quarters
+ * full of other secrets, thousands of cached derivations all succeed and room
+ * is left for one more secret (before, the cache filled the arena and every
+ * later secret-memory user - a Redis password re-read, a PIN - failed).
+ */
+static void test_cache_yields_arena(void)
+{
+    fx_token *t = fx_token_new("arenatok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, fx_softhsm_module(), 60000);
+    uint8_t key[32], kcv[8];
+    seq(key, 32, 0x31);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    seq(ref.id, 16, 0x77);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_import(c, ref.id, key, kcv), CDX_OK);
+    size_t used = 0, cap = 0;
+    hsm_secmem_usage(&used, &cap);
+    CU_ASSERT_FATAL(cap > 0);
+    /* Other secrets take the arena to three quarters. */
+    enum { FILL = 4096 };
+    void *fill[2048];
+    size_t nfill = 0;
+    while (nfill < FX_LEN(fill) && used + FILL <= cap / 4 * 3) {
+        CU_ASSERT_PTR_NOT_NULL_FATAL(fill[nfill] = hsm_secmem_alloc(FILL));
+        nfill++;
+        hsm_secmem_usage(&used, NULL);
+    }
+    /* More distinct cached subkeys than the remaining quarter could hold. */
+    size_t want = (cap / 4) / 64 + 64, ok = 0;
+    for (uint32_t ep = 0; ep < want; ep++) {
+        hsm_subkey *sk = NULL;
+        if (hsm_subkey_get(c, &ref, kcv, HSM_P_PAYLOAD, ep, &sk) == CDX_OK)
+            ok++;
+        hsm_subkey_release(sk);
+    }
+    CU_ASSERT_EQUAL(ok, want);
+    void *late = hsm_secmem_alloc(FILL);
+    CU_ASSERT_PTR_NOT_NULL(late);
+    hsm_secmem_free(late);
+    for (size_t i = 0; i < nfill; i++)
+        hsm_secmem_free(fill[i]);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
 static void test_errors_have_names(void)
 {
     CU_ASSERT_STRING_EQUAL(cdx_err_name(CDX_ERR_KEY_REPLACED), "KEY_REPLACED");
@@ -925,6 +971,7 @@ int main(void)
         {"token re-init, recovery, back-off", test_token_reinit_and_recovery},
         {"8 threads x 1000 derivations, cache off", test_threads_no_cache},
         {"subkey cache TTL and wipe", test_cache_ttl},
+        {"subkey cache yields to the secret arena", test_cache_yields_arena},
     };
     wrap_path = getenv("CDX_P11WRAP");
     if (!wrap_path) {

@@ -682,6 +682,7 @@ static void test_config_errors(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(f);
     fputs("this is not PEM\n", f);
     fclose(f);
+    chmod(garbage, 0600); /* also used as a key: not refused for its mode first */
 
     cfg_init(&c, srv, NULL, false);
     snprintf(c.tls_cert, sizeof(c.tls_cert), "%s", missing);
@@ -731,6 +732,11 @@ static void test_config_errors(void)
     cfg_init(&c, srv, NULL, false);
     snprintf(c.tls_key, sizeof(c.tls_key), "%s", enckey);
     expect_config_error(&c, enckey, "encrypted keys are not supported");
+    /* A private key others can read: refused (group access only warns). */
+    CU_ASSERT_EQUAL(chmod(srv->key, 0604), 0);
+    cfg_init(&c, srv, NULL, false);
+    expect_config_error(&c, srv->key, "gives others access to the private key");
+    CU_ASSERT_EQUAL(chmod(srv->key, 0600), 0);
     /* A leaf as client CA. */
     cfg_init(&c, srv, NULL, false);
     snprintf(c.client_ca, sizeof(c.client_ca), "%s", c_cn->cert);
