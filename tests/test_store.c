@@ -822,15 +822,5 @@ int main(void)
          .tests = shared_tests,
          .ntests = FX_LEN(shared_tests)},
     };
-    TMP = fx_tmpdir_new("store");
-    if (!TMP)
-        return 2;
-    /* The Redis password_file is read into locked memory. */
-    if (hsm_secmem_init(0, true) != CDX_OK)
-        return 2;
-    int rc = fx_cunit_run(suites, FX_LEN(suites));
-    hsm_secmem_shutdown();
-    fx_rm_rf(TMP);
-    free(TMP);
-    return rc;
+    return fx_store_main(suites, FX_LEN(suites), "store", &TMP);
 }
