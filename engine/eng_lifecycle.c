@@ -33,6 +33,7 @@ static void fill_info(const eng_catentry *c, const eng_manifest *m, eng_index_in
     out->key_source = (eng_key_source)c->key_source;
     out->owned = c->owned;
     out->created_ms = c->created_ms;
+    snprintf(out->status, sizeof(out->status), "ok");
     if (m) {
         out->n_clusters = m->n_clusters;
         out->count = m->count;
@@ -277,6 +278,38 @@ cdx_err eng_index_dimension(eng *e, const char *name, uint32_t *dim)
     return err;
 }
 
+/* The IndexInfo status of an index that cannot be served; NULL for other errors. */
+static const char *index_status(cdx_err err)
+{
+    switch (err) {
+    case CDX_ERR_ROLLBACK_DETECTED:
+        return "rollback_detected";
+    case CDX_ERR_INTEGRITY:
+        return "integrity";
+    case CDX_ERR_KEY_NOT_FOUND:
+        return "key_not_found";
+    case CDX_ERR_KEY_REPLACED:
+        return "key_replaced";
+    case CDX_ERR_KEY_AMBIGUOUS:
+        return "key_ambiguous";
+    default:
+        return NULL;
+    }
+}
+
+/* The store's head version the last rollback check of `name` found (0 if unknown). */
+static uint64_t rollback_store(eng *e, const char *name)
+{
+    struct idx *ix;
+    uint64_t v = 0;
+    if (eng_idx_get(e, name, &ix) == CDX_OK) {
+        pthread_mutex_lock(&ix->mu);
+        v = ix->in_rollback ? ix->rollback_store : 0;
+        pthread_mutex_unlock(&ix->mu);
+    }
+    return v;
+}
+
 static int cmp_info(const void *a, const void *b)
 {
     return strcmp(((const eng_index_info *)a)->name, ((const eng_index_info *)b)->name);
@@ -302,6 +335,16 @@ cdx_err eng_index_list(eng *e, eng_index_info **out, size_t *n)
             err = eng_index_describe(e, all[i].name, &v[k]);
             if (err == CDX_ERR_NOT_FOUND) /* deleted meanwhile */
                 continue;
+            const char *status = index_status(err);
+            if (status) { /* this index is broken, not the appliance: list it as such */
+                fill_info(&all[i], NULL, &v[k]);
+                snprintf(v[k].status, sizeof(v[k].status), "%s", status);
+                snprintf(v[k].status_message, sizeof(v[k].status_message), "%s",
+                         cdx_err_detail());
+                if (err == CDX_ERR_ROLLBACK_DETECTED)
+                    v[k].version = rollback_store(e, all[i].name);
+                err = CDX_OK;
+            }
             if (err)
                 break;
         } else {

@@ -145,7 +145,7 @@ static void test_tamper(void)
     CU_ASSERT_EQUAL(fx_q1(e3, name, s.x), CDX_ERR_ROLLBACK_DETECTED);
     /* The admin accepts the restored state explicitly. */
     uint64_t acc = 0;
-    CU_ASSERT_EQUAL(eng_accept_rollback(e3, name, &acc), CDX_OK);
+    CU_ASSERT_EQUAL(eng_accept_rollback(e3, name, 0, NULL, &acc), CDX_OK);
     CU_ASSERT_EQUAL(fx_q1(e3, name, s.x), CDX_OK);
     fx_raw_set(hk, h2.data, h2.len);
     CU_ASSERT_EQUAL(fx_q1(e3, name, s.x), CDX_OK);

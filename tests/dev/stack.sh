@@ -66,7 +66,7 @@ cmd_up() {
         rport="$(free_port)"
         mkdir -p "$dir/redis"
         redis-server --port "$rport" --bind 127.0.0.1 --protected-mode yes --dir "$dir/redis" \
-            --appendonly yes --appendfsync everysec --save "" --daemonize no \
+            --appendonly yes --appendfsync always --save "" --daemonize no \
             --logfile "$dir/redis.log" &
         echo "redis $!" >>"$dir/pids"
         wait_for 20 redis-cli -p "$rport" ping || die "redis-server did not start (see $dir/redis.log)"
