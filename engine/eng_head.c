@@ -172,8 +172,6 @@ cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **o
                                 !memcmp(ix->m->token, h.manifest_token, ENG_TOKEN_LEN)
                             ? eng_manifest_ref(ix->m)
                             : NULL;
-    pthread_mutex_unlock(&ix->mu);
-    pthread_mutex_lock(&ix->mu);
     bool was = ix->in_rollback;
     ix->in_rollback = h.version < hw;
     ix->rollback_store = h.version;
