@@ -30,12 +30,11 @@ int cli_health(cli *x, cli_args *a)
             for (size_t i = 0; i < hr->n_warnings; i++)
                 json_array_append_new(warn, cli_jstr(hr->warnings[i]));
             cli_print_json(json_pack("{s:s,s:b,s:b,s:s%,s:I,s:o,s:i}", "status",
-                                     e ? "unhealthy" : status, "token_ok", hr->token_ok,
-                                     "store_ok", hr->store_ok, "server_version",
-                                     (const char *)hr->server_version.data,
-                                     hr->server_version.len, "uptime_s", (json_int_t)hr->uptime_s,
-                                     "warnings", warn, "indexes_in_rollback",
-                                     (int)hr->indexes_in_rollback));
+                                     e ? "unhealthy" : status, "token_ok", hr->token_ok, "store_ok",
+                                     hr->store_ok, "server_version",
+                                     (const char *)hr->server_version.data, hr->server_version.len,
+                                     "uptime_s", (json_int_t)hr->uptime_s, "warnings", warn,
+                                     "indexes_in_rollback", (int)hr->indexes_in_rollback));
         } else {
             printf("status: %s\ntoken: %s\nstore: %s\nserver: %.*s\nuptime: %" PRIu64 " s\n",
                    e ? "unhealthy" : status, hr->token_ok ? "ok" : "unreachable",
@@ -104,7 +103,8 @@ static int index_list(cli *x)
             size_t broken = 0;
             for (size_t i = 0; i < lr->n_indexes; i++) {
                 const Cipherdex__V1__IndexInfo *ii = lr->indexes[i];
-                bool ok = !ii->status.len || (ii->status.len == 2 && !memcmp(ii->status.data, "ok", 2));
+                bool ok =
+                    !ii->status.len || (ii->status.len == 2 && !memcmp(ii->status.data, "ok", 2));
                 broken += !ok;
                 printf("%-32.*s %-6u %-9.*s %-17.*s %-7u %10" PRIu64 " %8" PRIu64 "  %.*s\n",
                        (int)ii->name.len, ii->name.data, ii->dimension, (int)ii->index_type.len,

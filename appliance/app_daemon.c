@@ -49,10 +49,10 @@ static unsigned ncpus(void)
 
 /* What both health endpoints report: asked now. */
 typedef struct probe_result {
-    cdx_err tok, st;       /* the token's and the store's answer */
-    eng_durability dur;    /* with st == CDX_OK */
-    bool store_ok;         /* reachable with acceptable (or explicitly allowed) durability */
-    size_t rollbacks;      /* indexes in rollback */
+    cdx_err tok, st;    /* the token's and the store's answer */
+    eng_durability dur; /* with st == CDX_OK */
+    bool store_ok;      /* reachable with acceptable (or explicitly allowed) durability */
+    size_t rollbacks;   /* indexes in rollback */
     char warn[CDX_HEALTH_WARNINGS_MAX][CDX_STATUS_MESSAGE_MAX / 2];
     size_t n_warn;
 } probe_result;
@@ -72,7 +72,7 @@ static void probe(app_daemon *d, probe_result *p)
      * an operator's CONFIG SET since then is reported as down, not quietly served. */
     p->store_ok = p->st == CDX_OK && (!p->dur.refused || d->cfg.allow_unsafe_durability);
     if (p->st == CDX_OK && p->dur.degraded)
-        snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]), "store durability: %s", p->dur.why);
+        snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]), "store durability: %.480s", p->dur.why);
     p->rollbacks = eng_rollback_count(d->engine);
     if (p->rollbacks)
         snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
@@ -106,15 +106,15 @@ static void health(void *arg, app_health *out)
         "\"token\":\"%s\",\"store\":\"%s\",\"store_kind\":\"%s\",\"durability\":\"%s\","
         "\"indexes_in_rollback\":%zu,\"warnings\":[",
         p.tok ? cdx_err_name(p.tok) : "ok",
-        p.st                            ? cdx_err_name(p.st)
-        : !p.store_ok                   ? "unsafe-durability"
-        : p.dur.degraded                ? "degraded"
-                                        : "ok",
+        p.st             ? cdx_err_name(p.st)
+        : !p.store_ok    ? "unsafe-durability"
+        : p.dur.degraded ? "degraded"
+                         : "ok",
         eng_store_kind(d->store), settings, p.rollbacks);
     for (size_t i = 0; i < p.n_warn && n < sizeof(out->detail); i++) {
         json_text(w, sizeof(w), p.warn[i]);
-        n += (size_t)snprintf(out->detail + n, sizeof(out->detail) - n, "%s\"%s\"", i ? "," : "",
-                              w);
+        n +=
+            (size_t)snprintf(out->detail + n, sizeof(out->detail) - n, "%s\"%s\"", i ? "," : "", w);
     }
     if (n < sizeof(out->detail))
         snprintf(out->detail + n, sizeof(out->detail) - n, "]");

@@ -339,8 +339,7 @@ cdx_err eng_index_list(eng *e, eng_index_info **out, size_t *n)
             if (status) { /* this index is broken, not the appliance: list it as such */
                 fill_info(&all[i], NULL, &v[k]);
                 snprintf(v[k].status, sizeof(v[k].status), "%s", status);
-                snprintf(v[k].status_message, sizeof(v[k].status_message), "%s",
-                         cdx_err_detail());
+                snprintf(v[k].status_message, sizeof(v[k].status_message), "%s", cdx_err_detail());
                 if (err == CDX_ERR_ROLLBACK_DETECTED)
                     v[k].version = rollback_store(e, all[i].name);
                 err = CDX_OK;

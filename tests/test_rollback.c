@@ -52,9 +52,8 @@ static void write_conf(void)
              "allow_unlocked_memory = yes\n"
              "[store]\nredis = %s:%d\n[state]\ndir = %s/state\n"
              "[metrics]\nlisten = 127.0.0.1:0\n[log]\nlevel = warn\n",
-             dir, srv->cert, srv->key, fx_pki_ca(pki, 0), fx_softhsm_module(),
-             fx_token_label(tok), fx_token_pin_file(tok), fx_redis_host(redis),
-             fx_redis_port(redis), dir);
+             dir, srv->cert, srv->key, fx_pki_ca(pki, 0), fx_softhsm_module(), fx_token_label(tok),
+             fx_token_pin_file(tok), fx_redis_host(redis), fx_redis_port(redis), dir);
     FILE *f = fopen(conf, "w");
     if (f) {
         fputs(text, f);
@@ -69,7 +68,8 @@ static int daemon_start(void)
     unlink(ports);
     if (fx_daemon_start(&cdxd, bin, conf, tok, 60))
         return -1;
-    if (fx_daemon_port(ports, "api", addr, sizeof(addr)) || fx_daemon_port(ports, "metrics", m, sizeof(m)))
+    if (fx_daemon_port(ports, "api", addr, sizeof(addr)) ||
+        fx_daemon_port(ports, "metrics", m, sizeof(m)))
         return -1;
     const char *colon = strrchr(m, ':');
     http_port = colon ? (uint16_t)atoi(colon + 1) : 0;

@@ -271,9 +271,10 @@ static void es_report(void *p, FILE *md)
                       st.ns_distance};
     const char *stage[6] = {"head read", "coarse quantisation", "key derivation", "store fetch",
                             "decrypt", "distance+filter+top-k"};
-    fprintf(md, "- store %s, cache %s, subkey TTL %u s; upsert %.0f vectors/s (batches of %d, "
-                "%.2f s), compaction %.2f s, training on the given sample %.2f s%s\n",
-            !s->redis      ? "memory"
+    fprintf(md,
+            "- store %s, cache %s, subkey TTL %u s; upsert %.0f vectors/s (batches of %d, "
+            "%.2f s), compaction %.2f s, training on the given sample %.2f s%s\n",
+            !s->redis     ? "memory"
             : s->everysec ? "redis (loopback TCP, AOF appendfsync everysec: unsafe, for comparison)"
                           : "redis (loopback TCP, AOF appendfsync always)",
             s->warm ? "on (warmed)" : "off (cold: every block fetched and decrypted)",

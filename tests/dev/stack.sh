@@ -3,8 +3,9 @@
 #   stack.sh up BUILD_DIR DIR [--store redis|memory]
 #   stack.sh down DIR
 # Everything lives under DIR: a throwaway SoftHSM token, a throwaway CA with server
-# and client certificates, redis-server (AOF on, loopback, unauthenticated), cipherdexd
-# on free loopback ports, their logs, and DIR/cipherdex.env to source.
+# and client certificates, redis-server (AOF with appendfsync always: cipherdexd refuses
+# weaker settings; loopback, unauthenticated), cipherdexd on free loopback ports, their logs,
+# and DIR/cipherdex.env to source.
 set -euo pipefail
 
 die() { echo "stack: $*" >&2; exit 1; }
