@@ -96,7 +96,8 @@ static int index_list(cli *x)
             json_t *arr = json_array();
             for (size_t i = 0; i < lr->n_indexes; i++)
                 json_array_append_new(arr, info_json(lr->indexes[i]));
-            cli_print_json(json_pack("{s:o}", "indexes", arr));
+            cli_print_json(json_pack("{s:o,s:i}", "indexes", arr, "unreadable_entries",
+                                     (int)lr->unreadable_entries));
         } else {
             printf("%-32s %-6s %-9s %-17s %-7s %10s %8s  %s\n", "NAME", "DIM", "TYPE", "METRIC",
                    "LISTS", "ITEMS", "VERSION", "STATUS");
@@ -119,6 +120,11 @@ static int index_list(cli *x)
                     printf("%.*s: %.*s\n", (int)ii->name.len, ii->name.data,
                            (int)ii->status_message.len, ii->status_message.data);
             }
+            if (lr->unreadable_entries)
+                printf("%u catalog entries failed authentication and are not listed (tampered or "
+                       "corrupt; the daemon log names their store keys: "
+                       "catalog_entry_unreadable)\n",
+                       lr->unreadable_entries);
         }
     }
     wire_response_free(w);

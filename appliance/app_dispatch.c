@@ -198,8 +198,8 @@ static cdx_err do_describe(const app_dispatch_env *env, const Req *q, Resp *r, s
 static cdx_err do_list_indexes(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
     (void)q;
-    size_t n = 0;
-    cdx_err err = eng_index_list(env->engine, &s->infos, &n);
+    size_t n = 0, unreadable = 0;
+    cdx_err err = eng_index_list_all(env->engine, &s->infos, &n, &unreadable);
     if (err)
         return err;
     Cipherdex__V1__ListIndexesResponse *lr = alloc(s, sizeof(*lr));
@@ -214,6 +214,7 @@ static cdx_err do_list_indexes(const app_dispatch_env *env, const Req *q, Resp *
     }
     lr->n_indexes = n;
     lr->indexes = ptrs;
+    lr->unreadable_entries = (uint32_t)unreadable;
     r->body_case = CIPHERDEX__V1__RESPONSE__BODY_LIST_INDEXES;
     r->list_indexes = lr;
     return CDX_OK;

@@ -148,6 +148,13 @@ cdx_err eng_index_dimension(eng *e, const char *name, uint32_t *dim);
  */
 cdx_err eng_index_list(eng *e, eng_index_info **out, size_t *n);
 /*
+ * eng_index_list, except that a catalog entry failing authentication (its
+ * name cannot be read: tampered or corrupt) is skipped, logged with its store
+ * key (catalog_entry_unreadable) and counted in *unreadable (at least once
+ * each) instead of failing the list. unreadable NULL: as eng_index_list.
+ */
+cdx_err eng_index_list_all(eng *e, eng_index_info **out, size_t *n, size_t *unreadable);
+/*
  * Delete: needs the key (checks it), marks the entry deleting, destroys the
  * token key if owned, removes every record, then the entry. Resumable.
  * confirm_id must equal the index id (CDX_ERR_FAILED_PRECONDITION otherwise).

@@ -96,7 +96,7 @@ static cdx_err provision_key(eng *e, const eng_create *r, eng_catentry *c)
         /* The key must belong to no other index. */
         eng_catentry *all = NULL;
         size_t n = 0;
-        if ((err = eng_cat_all(e, &all, &n)))
+        if ((err = eng_cat_all(e, &all, &n, NULL)))
             return err;
         for (size_t i = 0; i < n; i++)
             if (!memcmp(all[i].id, c->id, CDX_ID_LEN) && strcmp(all[i].name, c->name)) {
@@ -317,11 +317,18 @@ static int cmp_info(const void *a, const void *b)
 
 cdx_err eng_index_list(eng *e, eng_index_info **out, size_t *n)
 {
+    return eng_index_list_all(e, out, n, NULL);
+}
+
+cdx_err eng_index_list_all(eng *e, eng_index_info **out, size_t *n, size_t *unreadable)
+{
     eng_catentry *all = NULL;
     size_t na = 0;
     *out = NULL;
     *n = 0;
-    cdx_err err = eng_cat_all(e, &all, &na);
+    if (unreadable)
+        *unreadable = 0;
+    cdx_err err = eng_cat_all(e, &all, &na, unreadable);
     if (err)
         return err;
     eng_index_info *v = calloc(na ? na : 1, sizeof(*v));
@@ -454,7 +461,7 @@ cdx_err eng_purge(eng *e, uint64_t *removed)
     eng_catentry *all = NULL;
     size_t na = 0;
     uint64_t rm = 0;
-    cdx_err err = eng_cat_all(e, &all, &na);
+    cdx_err err = eng_cat_all(e, &all, &na, NULL);
     if (err)
         return err;
     op ro;

@@ -207,6 +207,14 @@ static void test_tamper(void)
     }
     eng_index_info tmp;
     CU_ASSERT_EQUAL(eng_index_describe(e4, name, &tmp), CDX_ERR_INTEGRITY);
+    /* Listing: strict fails; the tolerant list counts the unreadable entries instead. */
+    eng_index_info *l = NULL;
+    size_t nl = 99, bad = 0;
+    CU_ASSERT_EQUAL(eng_index_list(e4, &l, &nl), CDX_ERR_INTEGRITY);
+    CU_ASSERT_EQUAL(eng_index_list_all(e4, &l, &nl, &bad), CDX_OK);
+    CU_ASSERT_EQUAL(nl, 0);
+    CU_ASSERT(bad >= nc);
+    free(l);
     eng_free(e4);
     for (size_t i = 0; i < nc; i++) { /* flip back */
         eng_val cv = fx_raw_get(cat[i]);
