@@ -196,6 +196,10 @@ static void preload(app_daemon *d)
         uint64_t blocks = 0;
         char id[2 * CDX_ID_LEN + 1];
         cdx_hex_encode(list[i].id, CDX_ID_LEN, id);
+        if (strcmp(list[i].status, "ok") != 0) { /* cannot be served: nothing to warm */
+            cdx_log(CDX_LOG_WARN, "preload", "index_id=%s status=%s", id, list[i].status);
+            continue;
+        }
         cdx_err err = eng_index_warm(d->engine, list[i].name, &blocks);
         /* Index names never go to the log: the id does. */
         cdx_log(err ? CDX_LOG_WARN : CDX_LOG_INFO, "preload", "index_id=%s segments=%llu code=%s",
