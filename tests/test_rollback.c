@@ -41,7 +41,7 @@ static fx_daemon cdxd = FX_DAEMON_INIT;
 
 static void write_conf(void)
 {
-    char text[8192];
+    char text[32768];
     snprintf(conf, sizeof(conf), "%s/cipherdexd.conf", dir);
     snprintf(text, sizeof(text),
              "[server]\nlisten = 127.0.0.1:0\nports_file = %s/ports\n"
@@ -86,11 +86,14 @@ static app_client *client_as(const fx_cert *c)
 
 static cdx_err create_index(app_client *c, const char *name, uint8_t id[16])
 {
-    const app_index_spec spec = {.name = name, .dimension = DIM, .metric = "euclidean"};
+    const app_index_spec spec = {
+        .name = name, .dimension = DIM, .metric = "euclidean", .index_type = "ivfflat"};
     wire_response *w = NULL;
     cdx_err e = app_client_create_index(c, &spec, &w);
     if (!e)
         memcpy(id, wire_response_msg(w)->create_index->index->id.data, 16);
+    else
+        fprintf(stderr, "create_index %s: %s: %s\n", name, cdx_err_name(e), cdx_err_detail());
     wire_response_free(w);
     return e;
 }
