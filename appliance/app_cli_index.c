@@ -63,7 +63,8 @@ static json_t *info_json(const Cipherdex__V1__IndexInfo *x)
                      "key_source", cli_jstr(x->key_source), "key_owned", x->key_owned, "segments",
                      x->segments, "created_ms", (json_int_t)x->created_ms, "status",
                      x->status.len ? cli_jstr(x->status) : json_string("ok"), "status_message",
-                     cli_jstr(x->status_message));
+                     /* json_stringn(NULL, 0) fails: an empty field may have no data */
+                     x->status_message.len ? cli_jstr(x->status_message) : json_string(""));
 }
 
 static void info_print(const Cipherdex__V1__IndexInfo *x)

@@ -309,6 +309,7 @@ static void test_cli_accept_rollback(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "rb-b "));
     CU_ASSERT_EQUAL(run_cli(user, "--json index list", out, sizeof(out)), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"status\": \"rollback_detected\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"name\": \"rb-b\"")); /* the healthy ones too */
     /* The command the error names: refused for a user, and without --version; works for admin. */
     snprintf(args, sizeof(args), "index accept-rollback rb-cli --version %" PRIu64, kept);
     CU_ASSERT_NOT_EQUAL(run_cli(user, args, out, sizeof(out)), 0);
