@@ -1,4 +1,7 @@
-/* cipherdex health, and the index lifecycle: index create|list|describe|delete|train. */
+/*
+ * cipherdex health, and the index lifecycle:
+ * index create|list|describe|delete|train|accept-rollback.
+ */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,16 +21,30 @@ int cli_health(cli *x, cli_args *a)
         return cli_fail(x, e);
     const Cipherdex__V1__HealthResponse *hr = wire_response_msg(w)->health;
     if (hr) {
-        if (x->json)
-            cli_print_json(json_pack("{s:s,s:b,s:b,s:s%,s:I}", "status", e ? "unhealthy" : "ok",
-                                     "token_ok", hr->token_ok, "store_ok", hr->store_ok,
-                                     "server_version", (const char *)hr->server_version.data,
-                                     hr->server_version.len, "uptime_s", (json_int_t)hr->uptime_s));
-        else
+        /* A server older than HealthResponse.status sends none: it had no "degraded". */
+        char status[CDX_ENUM_TEXT_MAX + 1] = "ok";
+        if (hr->status.len && hr->status.len <= CDX_ENUM_TEXT_MAX)
+            snprintf(status, sizeof(status), "%.*s", (int)hr->status.len, hr->status.data);
+        if (x->json) {
+            json_t *warn = json_array();
+            for (size_t i = 0; i < hr->n_warnings; i++)
+                json_array_append_new(warn, cli_jstr(hr->warnings[i]));
+            cli_print_json(json_pack("{s:s,s:b,s:b,s:s%,s:I,s:o,s:i}", "status",
+                                     e ? "unhealthy" : status, "token_ok", hr->token_ok, "store_ok",
+                                     hr->store_ok, "server_version",
+                                     (const char *)hr->server_version.data, hr->server_version.len,
+                                     "uptime_s", (json_int_t)hr->uptime_s, "warnings", warn,
+                                     "indexes_in_rollback", (int)hr->indexes_in_rollback));
+        } else {
             printf("status: %s\ntoken: %s\nstore: %s\nserver: %.*s\nuptime: %" PRIu64 " s\n",
-                   e ? "unhealthy" : "ok", hr->token_ok ? "ok" : "unreachable",
+                   e ? "unhealthy" : status, hr->token_ok ? "ok" : "unreachable",
                    hr->store_ok ? "ok" : "unreachable", (int)hr->server_version.len,
                    hr->server_version.data, hr->uptime_s);
+            if (hr->indexes_in_rollback)
+                printf("indexes in rollback: %u\n", hr->indexes_in_rollback);
+            for (size_t i = 0; i < hr->n_warnings; i++)
+                printf("warning: %.*s\n", (int)hr->warnings[i].len, hr->warnings[i].data);
+        }
     }
     wire_response_free(w);
     return e ? cli_fail(x, e) : 0;
@@ -38,13 +55,16 @@ static json_t *info_json(const Cipherdex__V1__IndexInfo *x)
     char id[33] = "", kcv[17] = "";
     cli_hex(x->id, id);
     cli_hex(x->kcv, kcv);
-    return json_pack("{s:o,s:o,s:s,s:i,s:o,s:o,s:i,s:i,s:I,s:I,s:s,s:o,s:b,s:i,s:I}", "name",
-                     cli_jstr(x->name), "state", cli_jstr(x->state), "id", id, "dimension",
+    return json_pack("{s:o,s:o,s:s,s:i,s:o,s:o,s:i,s:i,s:I,s:I,s:s,s:o,s:b,s:i,s:I,s:o,s:o}",
+                     "name", cli_jstr(x->name), "state", cli_jstr(x->state), "id", id, "dimension",
                      x->dimension, "metric", cli_jstr(x->metric), "index_type",
                      cli_jstr(x->index_type), "n_lists", x->n_lists, "n_clusters", x->n_clusters,
                      "count", (json_int_t)x->count, "version", (json_int_t)x->version, "kcv", kcv,
                      "key_source", cli_jstr(x->key_source), "key_owned", x->key_owned, "segments",
-                     x->segments, "created_ms", (json_int_t)x->created_ms);
+                     x->segments, "created_ms", (json_int_t)x->created_ms, "status",
+                     x->status.len ? cli_jstr(x->status) : json_string("ok"), "status_message",
+                     /* json_stringn(NULL, 0) fails: an empty field may have no data */
+                     x->status_message.len ? cli_jstr(x->status_message) : json_string(""));
 }
 
 static void info_print(const Cipherdex__V1__IndexInfo *x)
@@ -77,17 +97,35 @@ static int index_list(cli *x)
             json_t *arr = json_array();
             for (size_t i = 0; i < lr->n_indexes; i++)
                 json_array_append_new(arr, info_json(lr->indexes[i]));
-            cli_print_json(json_pack("{s:o}", "indexes", arr));
+            cli_print_json(json_pack("{s:o,s:i}", "indexes", arr, "unreadable_entries",
+                                     (int)lr->unreadable_entries));
         } else {
-            printf("%-32s %-6s %-9s %-17s %-7s %10s %8s\n", "NAME", "DIM", "TYPE", "METRIC",
-                   "LISTS", "ITEMS", "VERSION");
+            printf("%-32s %-6s %-9s %-17s %-7s %10s %8s  %s\n", "NAME", "DIM", "TYPE", "METRIC",
+                   "LISTS", "ITEMS", "VERSION", "STATUS");
+            size_t broken = 0;
             for (size_t i = 0; i < lr->n_indexes; i++) {
                 const Cipherdex__V1__IndexInfo *ii = lr->indexes[i];
-                printf("%-32.*s %-6u %-9.*s %-17.*s %-7u %10" PRIu64 " %8" PRIu64 "\n",
+                bool ok =
+                    !ii->status.len || (ii->status.len == 2 && !memcmp(ii->status.data, "ok", 2));
+                broken += !ok;
+                printf("%-32.*s %-6u %-9.*s %-17.*s %-7u %10" PRIu64 " %8" PRIu64 "  %.*s\n",
                        (int)ii->name.len, ii->name.data, ii->dimension, (int)ii->index_type.len,
                        ii->index_type.data, (int)ii->metric.len, ii->metric.data, ii->n_clusters,
-                       ii->count, ii->version);
+                       ii->count, ii->version, ok ? 2 : (int)ii->status.len,
+                       ok ? "ok" : (const char *)ii->status.data);
             }
+            /* The reasons after the table, so the columns stay readable. */
+            for (size_t i = 0; broken && i < lr->n_indexes; i++) {
+                const Cipherdex__V1__IndexInfo *ii = lr->indexes[i];
+                if (ii->status_message.len)
+                    printf("%.*s: %.*s\n", (int)ii->name.len, ii->name.data,
+                           (int)ii->status_message.len, ii->status_message.data);
+            }
+            if (lr->unreadable_entries)
+                printf("%u catalog entries failed authentication and are not listed (tampered or "
+                       "corrupt; the daemon log names their store keys: "
+                       "catalog_entry_unreadable)\n",
+                       lr->unreadable_entries);
         }
     }
     wire_response_free(w);
@@ -215,10 +253,46 @@ static int index_train(cli *x, cli_args *a, const char *name)
     return e ? cli_fail(x, e) : 0;
 }
 
+static int index_accept_rollback(cli *x, cli_args *a, const char *name)
+{
+    uint64_t ver = 0;
+    for (; a->i < a->n; a->i++) {
+        const char *o = a->v[a->i];
+        if (!strcmp(o, "--version")) {
+            if (!cli_parse_u64(cli_opt_value(a, o), &ver) || !ver)
+                return cli_usage("--version needs the store's head version (a number >= 1)");
+        } else {
+            return cli_usage("index accept-rollback: unknown option %s", o);
+        }
+    }
+    if (!ver)
+        return cli_usage("index accept-rollback loses the writes after the store's version: "
+                         "check it with `index list` and repeat with --version <that version>");
+    wire_response *w = NULL;
+    cdx_err e = app_client_accept_rollback(x->c, name, ver, &w);
+    if (!e) {
+        const Cipherdex__V1__AcceptRollbackResponse *ar = wire_response_msg(w)->accept_rollback;
+        if (x->json)
+            cli_print_json(json_pack("{s:s,s:I,s:I,s:b}", "index", name, "previous_version",
+                                     (json_int_t)ar->previous_version, "version",
+                                     (json_int_t)ar->version, "accepted",
+                                     ar->previous_version > ar->version));
+        else if (ar->previous_version > ar->version)
+            printf("accepted %s at version %" PRIu64 " (this appliance had seen %" PRIu64
+                   "; the writes in between are lost)\n",
+                   name, ar->version, ar->previous_version);
+        else
+            printf("%s is not in rollback (version %" PRIu64 "): nothing changed\n", name,
+                   ar->version);
+    }
+    wire_response_free(w);
+    return e ? cli_fail(x, e) : 0;
+}
+
 int cli_index(cli *x, cli_args *a)
 {
     if (a->i >= a->n)
-        return cli_usage("index needs create, list, describe, delete or train");
+        return cli_usage("index needs create, list, describe, delete, train or accept-rollback");
     const char *sub = a->v[a->i++];
     if (!strcmp(sub, "list"))
         return index_list(x);
@@ -233,5 +307,7 @@ int cli_index(cli *x, cli_args *a)
         return index_delete(x, a, name);
     if (!strcmp(sub, "train"))
         return index_train(x, a, name);
+    if (!strcmp(sub, "accept-rollback"))
+        return index_accept_rollback(x, a, name);
     return cli_usage("index: unknown subcommand %s", sub);
 }

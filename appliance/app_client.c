@@ -502,6 +502,18 @@ cdx_err app_client_delete_index(app_client *c, const char *name, const uint8_t *
     return app_client_call(c, &r, out);
 }
 
+cdx_err app_client_accept_rollback(app_client *c, const char *index, uint64_t confirm_version,
+                                   wire_response **out)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__AcceptRollbackRequest a = CIPHERDEX__V1__ACCEPT_ROLLBACK_REQUEST__INIT;
+    a.index = str(index);
+    a.confirm_version = confirm_version;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK;
+    r.accept_rollback = &a;
+    return app_client_call(c, &r, out);
+}
+
 cdx_err app_client_train(app_client *c, const char *index, const app_train_opts *o,
                          wire_response **out)
 {

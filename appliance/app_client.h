@@ -156,6 +156,14 @@ CDX_MUST_CHECK cdx_err app_client_list_indexes(app_client *c, wire_response **ou
 CDX_MUST_CHECK cdx_err app_client_delete_index(app_client *c, const char *name,
                                                const uint8_t *confirm_id, wire_response **out);
 
+/*
+ * accept_rollback (admin): accept the store's head of `index`, which must be
+ * at confirm_version (its version in list_indexes), although this appliance
+ * saw a newer one. The response body is accept_rollback.
+ */
+CDX_MUST_CHECK cdx_err app_client_accept_rollback(app_client *c, const char *index,
+                                                  uint64_t confirm_version, wire_response **out);
+
 /* o may be NULL (the server's defaults). */
 CDX_MUST_CHECK cdx_err app_client_train(app_client *c, const char *index, const app_train_opts *o,
                                         wire_response **out);

@@ -39,7 +39,6 @@ struct app_daemon {
     struct event_base *base;
     struct event *ev_drain_deadline;
     struct event *ev_term, *ev_int, *ev_hup, *ev_pool;
-    bool store_unsafe_allowed; /* durability below standard, explicitly allowed: degraded */
 };
 
 static unsigned ncpus(void)
@@ -48,47 +47,91 @@ static unsigned ncpus(void)
     return n > 0 && n <= CDX_WORKERS_MAX ? (unsigned)n : 1;
 }
 
-/* Ask the token and the store now (both health endpoints use this). */
-static void probe(app_daemon *d, cdx_err *tok, cdx_err *st, char *desc, size_t cap)
+/* What both health endpoints report: asked now. */
+typedef struct probe_result {
+    cdx_err tok, st;    /* the token's and the store's answer */
+    eng_durability dur; /* with st == CDX_OK */
+    bool store_ok;      /* reachable with acceptable (or explicitly allowed) durability */
+    size_t rollbacks;   /* indexes in rollback */
+    char warn[CDX_HEALTH_WARNINGS_MAX][CDX_STATUS_MESSAGE_MAX / 2];
+    size_t n_warn;
+} probe_result;
+
+/*
+ * Ask the token and the store now. Degraded (serving, with warnings): weak
+ * store durability explicitly allowed (the loss window named), the memory
+ * store, indexes in rollback.
+ */
+static void probe(app_daemon *d, probe_result *p)
 {
     uint8_t rnd[16];
-    desc[0] = '\0';
-    *tok = hsm_random(d->custody, rnd, sizeof(rnd));
-    *st = eng_store_check(d->store, desc, cap);
+    memset(p, 0, sizeof(*p));
+    p->tok = hsm_random(d->custody, rnd, sizeof(rnd));
+    p->st = eng_store_durability(d->store, &p->dur);
+    /* Refused settings are only served when allowed at start (else the daemon did not start);
+     * an operator's CONFIG SET since then is reported as down, not quietly served. */
+    p->store_ok = p->st == CDX_OK && (!p->dur.refused || d->cfg.allow_unsafe_durability);
+    if (p->st == CDX_OK && p->dur.degraded)
+        snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]), "store durability: %.480s", p->dur.why);
+    p->rollbacks = eng_rollback_count(d->engine);
+    if (p->rollbacks)
+        snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
+                 "%zu index(es) in rollback (ROLLBACK_DETECTED): acknowledged writes were lost; "
+                 "see `cipherdex index list` and recover with `cipherdex index accept-rollback`",
+                 p->rollbacks);
 }
 
-/* /healthz: the token answers, the store answers with acceptable durability. */
+/* Copy s into a JSON string body (quotes, backslashes and controls become spaces). */
+static void json_text(char *dst, size_t cap, const char *s)
+{
+    snprintf(dst, cap, "%s", s);
+    for (char *c = dst; *c; c++)
+        if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20)
+            *c = ' ';
+}
+
+/* /healthz: the token answers, the store answers with acceptable durability; warnings degrade. */
 static void health(void *arg, app_health *out)
 {
     app_daemon *d = arg;
-    char desc[256];
-    cdx_err tok, st;
-    probe(d, &tok, &st, desc, sizeof(desc));
-    bool store_ok = st == CDX_OK || (st == CDX_ERR_CONFIG && d->store_unsafe_allowed);
-    out->state = tok || !store_ok                                             ? APP_HEALTH_DOWN
-                 : st == CDX_ERR_CONFIG || d->cfg.backend == APP_STORE_MEMORY ? APP_HEALTH_DEGRADED
-                                                                              : APP_HEALTH_OK;
-    for (char *p = desc; *p; p++) /* the description goes inside a JSON string */
-        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
-            *p = ' ';
-    snprintf(out->detail, sizeof(out->detail),
-             "\"token\":\"%s\",\"store\":\"%s\",\"store_kind\":\"%s\",\"durability\":\"%s\"",
-             tok ? cdx_err_name(tok) : "ok",
-             st == CDX_OK           ? "ok"
-             : st == CDX_ERR_CONFIG ? "unsafe-durability"
-                                    : cdx_err_name(st),
-             eng_store_kind(d->store), desc);
+    probe_result p;
+    probe(d, &p);
+    out->state = p.tok || !p.store_ok ? APP_HEALTH_DOWN
+                 : p.n_warn           ? APP_HEALTH_DEGRADED
+                                      : APP_HEALTH_OK;
+    char settings[sizeof(p.dur.settings)], w[sizeof(p.warn[0])];
+    json_text(settings, sizeof(settings), p.dur.settings);
+    size_t n = (size_t)snprintf(
+        out->detail, sizeof(out->detail),
+        "\"token\":\"%s\",\"store\":\"%s\",\"store_kind\":\"%s\",\"durability\":\"%s\","
+        "\"indexes_in_rollback\":%zu,\"warnings\":[",
+        p.tok ? cdx_err_name(p.tok) : "ok",
+        p.st             ? cdx_err_name(p.st)
+        : !p.store_ok    ? "unsafe-durability"
+        : p.dur.degraded ? "degraded"
+                         : "ok",
+        eng_store_kind(d->store), settings, p.rollbacks);
+    for (size_t i = 0; i < p.n_warn && n < sizeof(out->detail); i++) {
+        json_text(w, sizeof(w), p.warn[i]);
+        n +=
+            (size_t)snprintf(out->detail + n, sizeof(out->detail) - n, "%s\"%s\"", i ? "," : "", w);
+    }
+    if (n < sizeof(out->detail))
+        snprintf(out->detail + n, sizeof(out->detail) - n, "]");
 }
 
-/* The health request on the wire: token and store reachable. */
-static void wire_health(void *arg, bool *token_ok, bool *store_ok)
+/* The health request on the wire: the same verdict as /healthz. */
+static void wire_health(void *arg, app_wire_health *out)
 {
     app_daemon *d = arg;
-    char desc[256];
-    cdx_err tok, st;
-    probe(d, &tok, &st, desc, sizeof(desc));
-    *token_ok = tok == CDX_OK;
-    *store_ok = st == CDX_OK || (st == CDX_ERR_CONFIG && d->store_unsafe_allowed);
+    probe_result p;
+    probe(d, &p);
+    out->token_ok = p.tok == CDX_OK;
+    out->store_ok = p.store_ok;
+    out->indexes_in_rollback = (uint32_t)p.rollbacks;
+    for (size_t i = 0; i < p.n_warn; i++)
+        snprintf(out->warnings[i], sizeof(out->warnings[i]), "%s", p.warn[i]);
+    out->n_warnings = p.n_warn;
 }
 
 static void pull(void *arg, app_metrics_pull *p)
@@ -129,16 +172,13 @@ static cdx_err open_store(app_daemon *d)
         o.port = port;
     }
     cdx_err err = eng_store_redis_new(&o, &d->store);
-    if (!err && c->allow_unsafe_durability) {
-        char desc[256];
-        if (eng_store_check(d->store, desc, sizeof(desc)) == CDX_ERR_CONFIG) {
-            d->store_unsafe_allowed = true;
-            cdx_log(CDX_LOG_WARN, "store_unsafe_durability",
-                    "durability=\"%s\" msg=\"allow_unsafe_durability = yes: acknowledged writes "
-                    "can be lost; /healthz reports degraded\"",
-                    desc);
-        }
-    }
+    eng_durability dur;
+    if (!err && c->allow_unsafe_durability && eng_store_durability(d->store, &dur) == CDX_OK &&
+        dur.degraded)
+        cdx_log(CDX_LOG_WARN, "store_unsafe_durability",
+                "durability=\"%s\" msg=\"allow_unsafe_durability = yes: acknowledged writes "
+                "can be lost; /healthz reports degraded\"",
+                dur.settings);
     return err;
 }
 
@@ -156,6 +196,10 @@ static void preload(app_daemon *d)
         uint64_t blocks = 0;
         char id[2 * CDX_ID_LEN + 1];
         cdx_hex_encode(list[i].id, CDX_ID_LEN, id);
+        if (strcmp(list[i].status, "ok") != 0) { /* cannot be served: nothing to warm */
+            cdx_log(CDX_LOG_WARN, "preload", "index_id=%s status=%s", id, list[i].status);
+            continue;
+        }
         cdx_err err = eng_index_warm(d->engine, list[i].name, &blocks);
         /* Index names never go to the log: the id does. */
         cdx_log(err ? CDX_LOG_WARN : CDX_LOG_INFO, "preload", "index_id=%s segments=%llu code=%s",

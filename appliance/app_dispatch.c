@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "cdx_limits.h"
+#include "cdx_log.h"
 #include "cdx_time.h"
 #include "wire_alloc.h"
 #include "wire_msg.h"
@@ -28,6 +29,7 @@ typedef struct scratch {
     char **ids;
     size_t *id_lens, nids;
     char *cursor;
+    const char *principal; /* the caller (audit lines) */
 } scratch;
 
 static void *keep(scratch *s, void *p)
@@ -77,6 +79,8 @@ static void fill_info(const eng_index_info *in, Cipherdex__V1__IndexInfo *out)
     out->key_owned = in->owned;
     out->segments = in->segments;
     out->created_ms = in->created_ms;
+    out->status = wire_str(in->status[0] ? in->status : "ok");
+    out->status_message = wire_str(in->status_message);
 }
 
 /* Ids of a request as the engine wants them. */
@@ -98,14 +102,23 @@ static cdx_err do_health(const app_dispatch_env *env, const Req *q, Resp *r, scr
 {
     (void)q;
     Cipherdex__V1__HealthResponse *h = alloc(s, sizeof(*h));
-    if (!h)
+    app_wire_health *wh = alloc(s, sizeof(*wh));
+    ProtobufCBinaryData *warn = alloc(s, CDX_HEALTH_WARNINGS_MAX * sizeof(*warn));
+    if (!h || !wh || !warn)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     cipherdex__v1__health_response__init(h);
-    bool tok = true, store = true;
+    wh->token_ok = wh->store_ok = true;
     if (env->health)
-        env->health(env->health_arg, &tok, &store);
+        env->health(env->health_arg, wh);
+    bool tok = wh->token_ok, store = wh->store_ok;
     h->token_ok = tok;
     h->store_ok = store;
+    h->status = wire_str(wh->n_warnings ? "degraded" : "ok");
+    for (size_t i = 0; i < wh->n_warnings && i < CDX_HEALTH_WARNINGS_MAX; i++)
+        if (wh->warnings[i][0])
+            warn[h->n_warnings++] = wire_str(wh->warnings[i]);
+    h->warnings = warn;
+    h->indexes_in_rollback = wh->indexes_in_rollback;
     h->server_version = wire_str(CDX_VERSION);
     int64_t now = cdx_mono_ms();
     h->uptime_s = now > env->started_ms ? (uint64_t)(now - env->started_ms) / 1000 : 0;
@@ -185,8 +198,8 @@ static cdx_err do_describe(const app_dispatch_env *env, const Req *q, Resp *r, s
 static cdx_err do_list_indexes(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
     (void)q;
-    size_t n = 0;
-    cdx_err err = eng_index_list(env->engine, &s->infos, &n);
+    size_t n = 0, unreadable = 0;
+    cdx_err err = eng_index_list_all(env->engine, &s->infos, &n, &unreadable);
     if (err)
         return err;
     Cipherdex__V1__ListIndexesResponse *lr = alloc(s, sizeof(*lr));
@@ -201,6 +214,7 @@ static cdx_err do_list_indexes(const app_dispatch_env *env, const Req *q, Resp *
     }
     lr->n_indexes = n;
     lr->indexes = ptrs;
+    lr->unreadable_entries = (uint32_t)unreadable;
     r->body_case = CIPHERDEX__V1__RESPONSE__BODY_LIST_INDEXES;
     r->list_indexes = lr;
     return CDX_OK;
@@ -228,6 +242,33 @@ static cdx_err do_delete_index(const app_dispatch_env *env, const Req *q, Resp *
     cipherdex__v1__delete_index_response__init(dr);
     r->body_case = CIPHERDEX__V1__RESPONSE__BODY_DELETE_INDEX;
     r->delete_index = dr;
+    return CDX_OK;
+}
+
+static cdx_err do_accept_rollback(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
+{
+    const Cipherdex__V1__AcceptRollbackRequest *a = q->accept_rollback;
+    if (!a->confirm_version)
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                        "accept_rollback needs confirm_version: the store's head version of the "
+                        "index (list_indexes shows it), so that exactly that state is accepted");
+    Cipherdex__V1__AcceptRollbackResponse *ar = alloc(s, sizeof(*ar));
+    if (!ar)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cipherdex__v1__accept_rollback_response__init(ar);
+    cdx_err err = eng_accept_rollback(env->engine, wire_text(a->index), a->confirm_version,
+                                      &ar->previous_version, &ar->version);
+    /* The audit line: who accepted what. Index names never go to the log; the engine logs
+     * the index id with the same versions (eng_rollback_accepted). */
+    cdx_log(CDX_LOG_WARN, "admin_accept_rollback",
+            "principal=\"%s\" confirm_version=%llu previous=%llu accepted=%llu code=%s",
+            s->principal ? s->principal : "", (unsigned long long)a->confirm_version,
+            (unsigned long long)ar->previous_version, (unsigned long long)ar->version,
+            cdx_err_name(err));
+    if (err)
+        return err;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_ACCEPT_ROLLBACK;
+    r->accept_rollback = ar;
     return CDX_OK;
 }
 
@@ -478,7 +519,7 @@ typedef enum need {
     NEED_NONE,  /* anyone who got through TLS: health */
     NEED_READ,  /* read an index or the catalog */
     NEED_WRITE, /* change an index's items */
-    NEED_ADMIN, /* create, train, delete an index: [server] admins */
+    NEED_ADMIN, /* create, train, delete an index, accept a rollback: [server] admins */
 } need;
 
 typedef cdx_err (*handler)(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s);
@@ -527,6 +568,10 @@ static const char *index_list_ids(const Req *q)
 {
     return wire_text(q->list_ids->index);
 }
+static const char *index_accept_rollback(const Req *q)
+{
+    return wire_text(q->accept_rollback->index);
+}
 
 static const struct op_def {
     Cipherdex__V1__Request__BodyCase body;
@@ -551,6 +596,8 @@ static const struct op_def {
     {CIPHERDEX__V1__REQUEST__BODY_DELETE, APP_OP_DELETE, NEED_WRITE, index_delete, do_delete},
     {CIPHERDEX__V1__REQUEST__BODY_LIST_IDS, APP_OP_LIST_IDS, NEED_READ, index_list_ids,
      do_list_ids},
+    {CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK, APP_OP_ACCEPT_ROLLBACK, NEED_ADMIN,
+     index_accept_rollback, do_accept_rollback},
 };
 
 static const struct op_def *op_find(Cipherdex__V1__Request__BodyCase body)
@@ -611,6 +658,7 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     wire_request *wr = NULL;
     scratch s;
     memset(&s, 0, sizeof(s));
+    s.principal = principal;
     memset(res, 0, sizeof(*res));
     res->op = APP_OP_INVALID;
     uint64_t rid = wire_peek_request_id(frame, len);

@@ -12,8 +12,8 @@
  * body, its metric name (app_op), what it needs from the principal (none,
  * read, write, admin), the index it touches, and its handler. The
  * principal is checked once, against that row, before the handler runs.
- * Until the policy module lands: create_index, delete_index and train need
- * the caller's principal in [server] admins (CDX_ERR_PERMISSION_DENIED
+ * Until the policy module lands: create_index, delete_index, train and
+ * accept_rollback need the caller's principal in [server] admins (CDX_ERR_PERMISSION_DENIED
  * otherwise); any authenticated principal may do the rest. delete_index
  * must also carry the index id as confirm_id. In insecure mode the
  * principal is "anonymous".
@@ -32,12 +32,22 @@
 #include "app_metrics.h"
 #include "eng.h"
 
+/* What the health callback reports for the wire's health request. */
+typedef struct app_wire_health {
+    bool token_ok, store_ok; /* reachable */
+    /* Why the appliance is degraded (serving with a warning), one sentence each; none: ok. */
+    char warnings[CDX_HEALTH_WARNINGS_MAX][CDX_STATUS_MESSAGE_MAX / 2];
+    size_t n_warnings;
+    uint32_t indexes_in_rollback;
+} app_wire_health;
+
 typedef struct app_dispatch_env {
     eng *engine;
     const app_config *cfg; /* admins, max_frame_bytes */
     app_metrics *metrics;  /* may be NULL */
-    /* health: token and store reachable (may be NULL: both reported true) */
-    void (*health)(void *arg, bool *token_ok, bool *store_ok);
+    /* health: fills *out, which comes zeroed with token_ok and store_ok true (may be NULL:
+     * both reachable, no warnings) */
+    void (*health)(void *arg, app_wire_health *out);
     void *health_arg;
     int64_t started_ms; /* for uptime */
 } app_dispatch_env;

@@ -4,10 +4,13 @@
  *
  *   /healthz  200 {"status":"ok",...} when the token and the store answer
  *             with acceptable durability; 200 {"status":"degraded",...} when
- *             serving with a warning (for example unsafe store durability
- *             explicitly allowed); 503 {"status":"down",...} when the token
- *             or the store cannot be reached. The detail names what failed,
- *             never a secret or an index name.
+ *             serving with a warning (weak store durability explicitly
+ *             allowed, with its loss window; the memory store; indexes in
+ *             rollback); 503 {"status":"down",...} when the token or the
+ *             store cannot be reached. Degraded stays 200: the appliance
+ *             serves, so a liveness probe must not restart it (a restart
+ *             fixes none of these); monitoring alerts on the status. The
+ *             detail names what failed, never a secret or an index name.
  *   /metrics  Prometheus text format (app_metrics.h), 200.
  * Anything else is 404; a method other than GET or HEAD is 405. Connections
  * are capped and time out (the endpoint must never become a way to tie up
@@ -29,7 +32,7 @@ typedef enum app_health_state {
 
 typedef struct app_health {
     app_health_state state;
-    char detail[1024]; /* JSON object members without braces, e.g. "\"store\":\"ok\"" */
+    char detail[4096]; /* JSON object members without braces, e.g. "\"store\":\"ok\"" */
 } app_health;
 
 /* Called on the HTTP thread for each /healthz; must be thread-safe. */

@@ -106,6 +106,15 @@ typedef struct eng_index_info {
     bool owned;           /* the key is destroyed with the index */
     uint32_t segments;    /* live segments */
     uint64_t created_ms;
+    /*
+     * "ok", or (eng_index_list only) why this index cannot be served:
+     * "rollback_detected" (version is then the store's head version),
+     * "integrity", "key_not_found", "key_replaced", "key_ambiguous". When not
+     * "ok" only the catalog fields (and version for a rollback) are set, and
+     * status_message says what is wrong and what to do (an error detail).
+     */
+    char status[24];
+    char status_message[512];
 } eng_index_info;
 
 /*
@@ -127,10 +136,24 @@ cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out);
 cdx_err eng_index_dimension(eng *e, const char *name, uint32_t *dim);
 /*
  * All indexes, sorted by name; *out malloc'ed (free()). Unfinished ones are
- * listed from their catalog entry; one deleted meanwhile is skipped.
- * Errors: the common ones (of any index's describe).
+ * listed from their catalog entry; one deleted meanwhile is skipped. An index
+ * that cannot be served (CDX_ERR_ROLLBACK_DETECTED, CDX_ERR_INTEGRITY,
+ * CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_REPLACED, CDX_ERR_KEY_AMBIGUOUS) is
+ * listed from its catalog entry with that status (eng_index_info.status)
+ * instead of failing the whole list.
+ * Errors: those of the catalog scan (a catalog entry that fails
+ * authentication is CDX_ERR_INTEGRITY), and any index's other errors
+ * (CDX_ERR_STORE_UNAVAILABLE, CDX_ERR_HSM_UNAVAILABLE ...: the appliance,
+ * not one index, is in trouble).
  */
 cdx_err eng_index_list(eng *e, eng_index_info **out, size_t *n);
+/*
+ * eng_index_list, except that a catalog entry failing authentication (its
+ * name cannot be read: tampered or corrupt) is skipped, logged with its store
+ * key (catalog_entry_unreadable) and counted in *unreadable (at least once
+ * each) instead of failing the list. unreadable NULL: as eng_index_list.
+ */
+cdx_err eng_index_list_all(eng *e, eng_index_info **out, size_t *n, size_t *unreadable);
 /*
  * Delete: needs the key (checks it), marks the entry deleting, destroys the
  * token key if owned, removes every record, then the entry. Resumable.
@@ -296,12 +319,28 @@ cdx_err eng_sweep(eng *e, const char *name, uint64_t *deleted);
 
 /*
  * Admin: accept the store's current head of `name` although it is older than
- * the highest version this appliance saw (a restored backup). Logged.
- * *version = the accepted head version.
- * Errors: CDX_ERR_NOT_FOUND (no index, or no head), CDX_ERR_CONFIG (the
- * mark cannot be written), the common ones.
+ * the highest version this appliance saw (a lost tail, a restored backup):
+ * the persisted mark and the in-memory one drop to it, so the index serves
+ * again at once, without a restart. confirm_version (0: no check) must equal
+ * the store's head version, so exactly the state the operator inspected is
+ * accepted. An index not in rollback is left alone (success, *previous <=
+ * *version): a retry is harmless. Logged (WARN eng_rollback_accepted with
+ * the index id and both versions). *previous (may be NULL) = the mark
+ * before, *version (may be NULL) = the accepted head version.
+ * Errors: CDX_ERR_NOT_FOUND (no index, or no head), CDX_ERR_FAILED_PRECONDITION
+ * (the head is not at confirm_version; nothing changed), CDX_ERR_CONFIG (the
+ * mark cannot be written), the common ones except CDX_ERR_ROLLBACK_DETECTED.
  */
-cdx_err eng_accept_rollback(eng *e, const char *name, uint64_t *version);
+cdx_err eng_accept_rollback(eng *e, const char *name, uint64_t confirm_version, uint64_t *previous,
+                            uint64_t *version);
+
+/*
+ * Indexes whose last head read (by any operation of this engine) found the
+ * store older than this appliance's mark (CDX_ERR_ROLLBACK_DETECTED), not
+ * since accepted or caught up. Indexes not read since the engine started
+ * are not counted (eng_index_list reads every head). Thread-safe; NULL: 0.
+ */
+size_t eng_rollback_count(eng *e);
 
 typedef struct eng_stats {
     uint64_t commits, commit_conflicts;

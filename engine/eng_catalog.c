@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cdx_log.h"
 #include "eng_catalog.h"
 #include "eng_int.h"
 #include "eng_op.h"
@@ -159,7 +160,21 @@ cdx_err eng_cat_remove(op *ro, const char *name)
     return eng_store_del(ro->e->cfg.store, keys, 1, NULL);
 }
 
-cdx_err eng_cat_all(eng *e, eng_catentry **out, size_t *n)
+/*
+ * A catalog entry that cannot be read: fatal (err kept) unless the caller counts them
+ * (*unreadable); then it is logged with its store key (an HMAC token: no name) and skipped.
+ */
+static cdx_err cat_unreadable(cdx_err err, const char *key, size_t *unreadable)
+{
+    if (!unreadable || (err != CDX_ERR_INTEGRITY && err != CDX_ERR_KEY_REPLACED))
+        return err;
+    cdx_log(CDX_LOG_ERROR, "catalog_entry_unreadable", "key=\"%.100s\" code=%s", key,
+            cdx_err_name(err));
+    (*unreadable)++;
+    return CDX_OK;
+}
+
+cdx_err eng_cat_all(eng *e, eng_catentry **out, size_t *n, size_t *unreadable)
 {
     op ro;
     eng_op_root(e, &ro);
@@ -189,13 +204,18 @@ cdx_err eng_cat_all(eng *e, eng_catentry **out, size_t *n)
                 continue; /* deleted meanwhile */
             if (!eng_key_parse_cat(keys[i], tok)) {
                 err = cdx_fail(CDX_ERR_INTEGRITY, "unexpected catalog key in the store");
-                break;
+                if ((err = cat_unreadable(err, keys[i], unreadable)))
+                    break;
+                continue;
             }
             eng_rec_hdr h;
             eng_buf_free(&pt);
             if ((err = eng_op_unseal(&ro, HSM_P_CATALOG, ENG_K_CATALOG, tok, UINT64_MAX,
-                                     vals[i].data, vals[i].len, &h, &pt)))
-                break;
+                                     vals[i].data, vals[i].len, &h, &pt))) {
+                if ((err = cat_unreadable(err, keys[i], unreadable)))
+                    break;
+                continue;
+            }
             if (nv == cap) {
                 cap = cap ? cap * 2 : 16;
                 eng_catentry *p = realloc(v, cap * sizeof(*p));
@@ -205,8 +225,11 @@ cdx_err eng_cat_all(eng *e, eng_catentry **out, size_t *n)
                 }
                 v = p;
             }
-            if ((err = eng_cat_decode(pt.data, pt.len, &v[nv])))
-                break;
+            if ((err = eng_cat_decode(pt.data, pt.len, &v[nv]))) {
+                if ((err = cat_unreadable(err, keys[i], unreadable)))
+                    break;
+                continue;
+            }
             v[nv].rec_version = h.version;
             /* SCAN may repeat keys. */
             bool dup = false;

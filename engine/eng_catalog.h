@@ -70,9 +70,13 @@ cdx_err eng_cat_remove(op *ro, const char *name);
 
 /*
  * Every catalog entry in any state (malloc'ed array, free() it; *n entries).
+ * unreadable NULL: an entry that fails authentication or decoding is an
+ * error. Else such entries (CDX_ERR_INTEGRITY, CDX_ERR_KEY_REPLACED) are
+ * skipped, logged (catalog_entry_unreadable, with the store key) and counted
+ * in *unreadable (added to; an entry SCAN returns twice counts twice).
  * Errors: CDX_ERR_INTEGRITY (an unexpected key or a bad record),
  * CDX_ERR_RESOURCE_EXHAUSTED, the store's and custody's.
  */
-cdx_err eng_cat_all(eng *e, eng_catentry **out, size_t *n);
+cdx_err eng_cat_all(eng *e, eng_catentry **out, size_t *n, size_t *unreadable);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cdx_hex.h"
 #include "cdx_log.h"
 #include "eng_head.h"
 #include "eng_hwmark.h"
@@ -171,16 +172,25 @@ cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **o
                                 !memcmp(ix->m->token, h.manifest_token, ENG_TOKEN_LEN)
                             ? eng_manifest_ref(ix->m)
                             : NULL;
+    bool was = ix->in_rollback;
+    ix->in_rollback = h.version < hw;
+    ix->rollback_store = h.version;
     pthread_mutex_unlock(&ix->mu);
     if (h.version < hw) {
         eng_manifest_unref(cur);
-        cdx_log(CDX_LOG_ERROR, "eng_rollback", "seen=%llu store=%llu", (unsigned long long)hw,
+        char id[2 * CDX_ID_LEN + 1];
+        cdx_hex_encode(ix->id, CDX_ID_LEN, id);
+        /* Once per episode at ERROR; every request would otherwise flood the log. */
+        cdx_log(was ? CDX_LOG_DEBUG : CDX_LOG_ERROR, "eng_rollback",
+                "index_id=%s seen=%llu store=%llu", id, (unsigned long long)hw,
                 (unsigned long long)h.version);
         return cdx_fail(CDX_ERR_ROLLBACK_DETECTED,
-                        "index %s: the store's head is version %llu but this appliance has seen "
-                        "version %llu; if a backup was restored on purpose, accept it with the "
-                        "admin command",
-                        ix->name, (unsigned long long)h.version, (unsigned long long)hw);
+                        "index %s: the store's head is version %llu, older than version %llu "
+                        "seen here; the writes after it are lost (a Redis crash without "
+                        "appendfsync always, or a restored backup); recover: `cipherdex index "
+                        "accept-rollback %s --version %llu` (admin)",
+                        ix->name, (unsigned long long)h.version, (unsigned long long)hw, ix->name,
+                        (unsigned long long)h.version);
     }
     if (!cur && (err = read_manifest(o, &h, &cur)) == CDX_ERR_INTEGRITY) {
         /* Superseded and swept between our head read and the fetch: read the head again. */

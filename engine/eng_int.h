@@ -37,6 +37,10 @@ struct idx {
     pthread_mutex_t mu;
     uint64_t hw; /* rollback high-water mark (persisted) */
     bool hw_loaded;
+    /* The last head read found the store older than hw (eng_rollback_count); cleared by a
+     * head read at or above hw, or by eng_accept_rollback. */
+    bool in_rollback;
+    uint64_t rollback_store; /* with in_rollback: the store's head version then */
     eng_manifest *m;   /* latest manifest seen, shared */
     int64_t m_read_ms; /* monotonic time of the head read that produced m */
     /* The buckets as this appliance committed them with manifest wb_token (write path). */

@@ -33,6 +33,7 @@ static void fill_info(const eng_catentry *c, const eng_manifest *m, eng_index_in
     out->key_source = (eng_key_source)c->key_source;
     out->owned = c->owned;
     out->created_ms = c->created_ms;
+    snprintf(out->status, sizeof(out->status), "ok");
     if (m) {
         out->n_clusters = m->n_clusters;
         out->count = m->count;
@@ -95,7 +96,7 @@ static cdx_err provision_key(eng *e, const eng_create *r, eng_catentry *c)
         /* The key must belong to no other index. */
         eng_catentry *all = NULL;
         size_t n = 0;
-        if ((err = eng_cat_all(e, &all, &n)))
+        if ((err = eng_cat_all(e, &all, &n, NULL)))
             return err;
         for (size_t i = 0; i < n; i++)
             if (!memcmp(all[i].id, c->id, CDX_ID_LEN) && strcmp(all[i].name, c->name)) {
@@ -279,6 +280,38 @@ cdx_err eng_index_dimension(eng *e, const char *name, uint32_t *dim)
     return err;
 }
 
+/* The IndexInfo status of an index that cannot be served; NULL for other errors. */
+static const char *index_status(cdx_err err)
+{
+    switch (err) {
+    case CDX_ERR_ROLLBACK_DETECTED:
+        return "rollback_detected";
+    case CDX_ERR_INTEGRITY:
+        return "integrity";
+    case CDX_ERR_KEY_NOT_FOUND:
+        return "key_not_found";
+    case CDX_ERR_KEY_REPLACED:
+        return "key_replaced";
+    case CDX_ERR_KEY_AMBIGUOUS:
+        return "key_ambiguous";
+    default:
+        return NULL;
+    }
+}
+
+/* The store's head version the last rollback check of `name` found (0 if unknown). */
+static uint64_t rollback_store(eng *e, const char *name)
+{
+    struct idx *ix;
+    uint64_t v = 0;
+    if (eng_idx_get(e, name, &ix) == CDX_OK) {
+        pthread_mutex_lock(&ix->mu);
+        v = ix->in_rollback ? ix->rollback_store : 0;
+        pthread_mutex_unlock(&ix->mu);
+    }
+    return v;
+}
+
 static int cmp_info(const void *a, const void *b)
 {
     return strcmp(((const eng_index_info *)a)->name, ((const eng_index_info *)b)->name);
@@ -286,11 +319,18 @@ static int cmp_info(const void *a, const void *b)
 
 cdx_err eng_index_list(eng *e, eng_index_info **out, size_t *n)
 {
+    return eng_index_list_all(e, out, n, NULL);
+}
+
+cdx_err eng_index_list_all(eng *e, eng_index_info **out, size_t *n, size_t *unreadable)
+{
     eng_catentry *all = NULL;
     size_t na = 0;
     *out = NULL;
     *n = 0;
-    cdx_err err = eng_cat_all(e, &all, &na);
+    if (unreadable)
+        *unreadable = 0;
+    cdx_err err = eng_cat_all(e, &all, &na, unreadable);
     if (err)
         return err;
     eng_index_info *v = calloc(na ? na : 1, sizeof(*v));
@@ -304,6 +344,15 @@ cdx_err eng_index_list(eng *e, eng_index_info **out, size_t *n)
             err = eng_index_describe(e, all[i].name, &v[k]);
             if (err == CDX_ERR_NOT_FOUND) /* deleted meanwhile */
                 continue;
+            const char *status = index_status(err);
+            if (status) { /* this index is broken, not the appliance: list it as such */
+                fill_info(&all[i], NULL, &v[k]);
+                snprintf(v[k].status, sizeof(v[k].status), "%s", status);
+                snprintf(v[k].status_message, sizeof(v[k].status_message), "%s", cdx_err_detail());
+                if (err == CDX_ERR_ROLLBACK_DETECTED)
+                    v[k].version = rollback_store(e, all[i].name);
+                err = CDX_OK;
+            }
             if (err)
                 break;
         } else {
@@ -414,7 +463,7 @@ cdx_err eng_purge(eng *e, uint64_t *removed)
     eng_catentry *all = NULL;
     size_t na = 0;
     uint64_t rm = 0;
-    cdx_err err = eng_cat_all(e, &all, &na);
+    cdx_err err = eng_cat_all(e, &all, &na, NULL);
     if (err)
         return err;
     op ro;

@@ -7,6 +7,7 @@
  */
 #include "eng_store_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -389,5 +390,23 @@ cdx_err eng_store_check(eng_store *s, char *desc, size_t cap)
     if (!desc || cap == 0)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "check: desc buffer is empty");
     desc[0] = '\0';
-    return s->ops->check(s, desc, cap);
+    char why[ENG_DURABILITY_WHY_MAX] = "";
+    return s->ops->check(s, desc, cap, why, sizeof(why));
+}
+
+cdx_err eng_store_durability(eng_store *s, eng_durability *out)
+{
+    cdx_err e = check_store(s, "durability");
+
+    if (e != CDX_OK)
+        return e;
+    if (!out)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "durability: out is NULL");
+    memset(out, 0, sizeof(*out));
+    e = s->ops->check(s, out->settings, sizeof(out->settings), out->why, sizeof(out->why));
+    out->refused = e == CDX_ERR_CONFIG;
+    out->degraded = out->refused || out->why[0];
+    if (out->refused && !out->why[0]) /* a backend that refuses says why; be safe anyway */
+        snprintf(out->why, sizeof(out->why), "%s", cdx_err_detail());
+    return e == CDX_ERR_CONFIG ? CDX_OK : e;
 }

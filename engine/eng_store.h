@@ -73,7 +73,12 @@ typedef struct eng_redis_opts {
     const char *password_file; /* NULL: no AUTH */
     unsigned connections;      /* pool size; 0 = 8 */
     uint32_t timeout_ms;       /* connect and I/O timeout; 0 = 5000 */
-    /* Start although appendonly=no / appendfsync=no / an evicting policy. */
+    /*
+     * Start although the settings can lose acknowledged writes or evict
+     * ciphertexts (appendonly no, appendfsync everysec or no, an evicting
+     * maxmemory-policy, or CONFIG GET refused so they cannot be checked);
+     * eng_store_durability then reports the store degraded.
+     */
     bool allow_unsafe_durability;
 } eng_redis_opts;
 
@@ -196,13 +201,43 @@ CDX_MUST_CHECK cdx_err eng_store_commit(eng_txn *t, const eng_kv *kv, size_t n, 
 void eng_store_abort(eng_txn *t);
 
 /*
- * Durability check: Redis' appendonly, appendfsync and maxmemory-policy.
- * Writes a one-line description ("appendonly=yes appendfsync=everysec
- * maxmemory-policy=noeviction") into desc. Returns CDX_ERR_CONFIG when the
- * settings can lose acknowledged writes or evict ciphertexts (appendonly no,
- * appendfsync no, any evicting policy) — the caller decides whether it was
+ * Durability check: Redis' appendonly, appendfsync and maxmemory-policy,
+ * read now (CONFIG GET). Writes a one-line description ("appendonly=yes
+ * appendfsync=always maxmemory-policy=noeviction") into desc. Returns
+ * CDX_ERR_CONFIG, its detail naming each weak setting, what it can lose and
+ * the fix, when the settings can lose acknowledged writes or evict
+ * ciphertexts: appendonly no; appendfsync everysec (Redis postpones the AOF
+ * write while a background fsync is pending but still replies, so a
+ * redis-server crash loses up to ~2 s of acknowledged writes) or no; any
+ * evicting policy; CONFIG GET refused. Only appendonly yes + appendfsync
+ * always + noeviction passes. The caller decides whether weak settings were
  * explicitly allowed. The memory store returns CDX_OK with "memory (volatile)".
  */
 CDX_MUST_CHECK cdx_err eng_store_check(eng_store *s, char *desc, size_t cap);
+
+#define ENG_DURABILITY_WHY_MAX 768
+
+/* The verdict of eng_store_durability. */
+typedef struct eng_durability {
+    /* Acknowledged writes can be lost (weak Redis settings, or the memory store). */
+    bool degraded;
+    /* The settings are the kind eng_store_check refuses (CDX_ERR_CONFIG): a daemon runs
+     * with them only when allow_unsafe_durability is set. Implies degraded. */
+    bool refused;
+    char settings[128]; /* eng_store_check's one-line description */
+    /* When degraded: each weak setting and its loss window, "; "-separated, e.g.
+     * "appendfsync=everysec: up to ~2 s of acknowledged writes can be lost on a
+     * redis-server crash, an OS crash or a power loss". Empty otherwise. No secrets. */
+    char why[ENG_DURABILITY_WHY_MAX];
+} eng_durability;
+
+/*
+ * Is the store's durability degraded, and why: runs the same check as
+ * eng_store_check (so it follows a CONFIG SET made after start) and fills
+ * *out. Weak settings are not an error here: they are the answer.
+ * Thread-safe. Errors: CDX_ERR_STORE_UNAVAILABLE (cannot ask), the check's
+ * other errors except CDX_ERR_CONFIG, CDX_ERR_INVALID_ARGUMENT (s or out NULL).
+ */
+CDX_MUST_CHECK cdx_err eng_store_durability(eng_store *s, eng_durability *out);
 
 #endif

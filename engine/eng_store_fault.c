@@ -227,13 +227,13 @@ static void fault_abort(eng_txn *tx)
     free(t);
 }
 
-static cdx_err fault_check(eng_store *s, char *desc, size_t cap)
+static cdx_err fault_check(eng_store *s, char *desc, size_t cap, char *why, size_t wcap)
 {
     fault_store *f = as_fault(s);
 
     if (is_crashed(f))
         return crashed_err();
-    return eng_store_check(f->inner, desc, cap);
+    return f->inner->ops->check(f->inner, desc, cap, why, wcap);
 }
 
 static const struct eng_store_ops fault_ops = {

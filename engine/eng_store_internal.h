@@ -32,7 +32,14 @@ struct eng_store_ops {
     /* Must free t whatever it returns. */
     cdx_err (*commit)(eng_txn *t, const eng_kv *kv, size_t n, bool *committed);
     void (*abort)(eng_txn *t);
-    cdx_err (*check)(eng_store *s, char *desc, size_t cap);
+    /*
+     * desc: the settings in one line. why (cap wcap, zeroed by the caller):
+     * when durability is below standard, each weak setting and what it can
+     * lose, "; "-separated (the memory store fills it too). Returns
+     * CDX_ERR_CONFIG for settings a daemon refuses unless
+     * allow_unsafe_durability is set.
+     */
+    cdx_err (*check)(eng_store *s, char *desc, size_t cap, char *why, size_t wcap);
 };
 
 /* Every backend's store struct starts with this. */

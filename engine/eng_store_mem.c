@@ -428,10 +428,11 @@ static void mem_abort(eng_txn *tx)
     free(tx);
 }
 
-static cdx_err mem_check(eng_store *s, char *desc, size_t cap)
+static cdx_err mem_check(eng_store *s, char *desc, size_t cap, char *why, size_t wcap)
 {
     (void)s;
     snprintf(desc, cap, "memory (volatile)");
+    snprintf(why, wcap, "memory store: every write is lost when the process stops");
     return CDX_OK;
 }
 

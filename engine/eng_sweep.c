@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cdx_hex.h"
 #include "cdx_log.h"
 #include "eng_head.h"
 #include "eng_hwmark.h"
@@ -161,34 +162,83 @@ cdx_err eng_sweep(eng *e, const char *name, uint64_t *deleted)
     return err;
 }
 
+typedef struct accept_arg {
+    uint64_t confirm, previous, version;
+} accept_arg;
+
 static cdx_err accept_rollback(op *o, void *arg)
 {
-    uint64_t *version = arg;
+    accept_arg *a = arg;
     struct idx *ix = o->ix;
     eng_head h;
     bool found = false;
     cdx_err err;
-    if (!(err = eng_read_head(o, &h, &found)) && !found)
-        err = cdx_fail(CDX_ERR_NOT_FOUND, "index %s has no head", ix->name);
-    if (!err)
-        err = eng_hwmark_put(o->e->state_dir, ix->id, h.version);
-    if (!err) {
-        pthread_mutex_lock(&ix->mu);
-        uint64_t old = ix->hw;
+    if ((err = eng_hw_load(o)) || (err = eng_read_head(o, &h, &found)))
+        return err;
+    if (!found)
+        return cdx_fail(CDX_ERR_NOT_FOUND, "index %s has no head", ix->name);
+    if (a->confirm && h.version != a->confirm)
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                        "index %s: the store's head is version %llu, not %llu; nothing was "
+                        "accepted: check the index (`cipherdex index list`) and repeat with "
+                        "--version %llu",
+                        ix->name, (unsigned long long)h.version, (unsigned long long)a->confirm,
+                        (unsigned long long)h.version);
+    char id[2 * CDX_ID_LEN + 1];
+    cdx_hex_encode(ix->id, CDX_ID_LEN, id);
+    /* Under the index's mutex: the mark file and ix->hw change together (eng_hwmark.h). */
+    pthread_mutex_lock(&ix->mu);
+    uint64_t old = ix->hw;
+    bool lower = h.version < old;
+    if (lower && !(err = eng_hwmark_put(o->e->state_dir, ix->id, h.version))) {
         ix->hw = h.version;
-        ix->hw_loaded = true;
+        /* The next request reads the head again instead of a cached newer manifest. */
         eng_manifest_unref(ix->m);
         ix->m = NULL;
-        pthread_mutex_unlock(&ix->mu);
-        cdx_log(CDX_LOG_WARN, "eng_rollback_accepted", "from=%llu to=%llu", (unsigned long long)old,
-                (unsigned long long)h.version);
+    }
+    if (!err)
+        ix->in_rollback = false;
+    pthread_mutex_unlock(&ix->mu);
+    if (err)
+        return err;
+    a->previous = old;
+    a->version = h.version;
+    if (lower)
+        cdx_log(CDX_LOG_WARN, "eng_rollback_accepted",
+                "index_id=%s from=%llu to=%llu lost_versions=%llu", id, (unsigned long long)old,
+                (unsigned long long)h.version, (unsigned long long)(old - h.version));
+    else
+        cdx_log(CDX_LOG_INFO, "eng_rollback_accept_noop",
+                "index_id=%s seen=%llu store=%llu msg=\"not in rollback: nothing changed\"", id,
+                (unsigned long long)old, (unsigned long long)h.version);
+    return CDX_OK;
+}
+
+cdx_err eng_accept_rollback(eng *e, const char *name, uint64_t confirm_version, uint64_t *previous,
+                            uint64_t *version)
+{
+    accept_arg a = {.confirm = confirm_version};
+    cdx_err err = eng_with_op(e, name, ENG_WITH_NAMED, accept_rollback, &a);
+    if (!err) {
+        if (previous)
+            *previous = a.previous;
         if (version)
-            *version = h.version;
+            *version = a.version;
     }
     return err;
 }
 
-cdx_err eng_accept_rollback(eng *e, const char *name, uint64_t *version)
+size_t eng_rollback_count(eng *e)
 {
-    return eng_with_op(e, name, 0, accept_rollback, version);
+    size_t n = 0;
+    if (!e)
+        return 0;
+    pthread_mutex_lock(&e->mu);
+    for (struct idx *ix = e->idx; ix; ix = ix->next) {
+        pthread_mutex_lock(&ix->mu);
+        n += ix->in_rollback;
+        pthread_mutex_unlock(&ix->mu);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return n;
 }

@@ -100,6 +100,7 @@
 #define CDX_UNPACK_BUDGET_SLACK  (1024u * 1024u)
 #define CDX_STATUS_MESSAGE_MAX   1024  /* bytes of a Status.message the server sends */
 #define CDX_VERSION_TEXT_MAX     64    /* HealthResponse.server_version */
+#define CDX_HEALTH_WARNINGS_MAX  8     /* HealthResponse.warnings: one per condition, few exist */
 
 /* ---- vector files (appliance/app_vecs: CLI, demo, bench) ---- */
 #define CDX_VECS_DIM_MAX   65536u            /* dimensions per vector in a loaded file */

@@ -45,7 +45,11 @@ static const rule rules[] = {
     {PKG "IndexInfo", "index_type", 0, CDX_ENUM_TEXT_MAX, 0, 0},
     {PKG "IndexInfo", "kcv", 0, CDX_KCV_LEN, 0, 0},
     {PKG "IndexInfo", "key_source", 0, CDX_ENUM_TEXT_MAX, 0, 0},
+    {PKG "IndexInfo", "status", 0, CDX_ENUM_TEXT_MAX, 0, 0},
+    {PKG "IndexInfo", "status_message", 0, CDX_STATUS_MESSAGE_MAX, 0, 0},
     {PKG "HealthResponse", "server_version", 0, CDX_VERSION_TEXT_MAX, 0, 0},
+    {PKG "HealthResponse", "status", 0, CDX_ENUM_TEXT_MAX, 0, 0},
+    {PKG "HealthResponse", "warnings", 1, CDX_STATUS_MESSAGE_MAX, 0, CDX_HEALTH_WARNINGS_MAX},
     {PKG "CreateIndexRequest", "name", 1, CDX_INDEX_NAME_MAX, 0, 0},
     {PKG "CreateIndexRequest", "metric", 1, CDX_ENUM_TEXT_MAX, 0, 0},
     {PKG "CreateIndexRequest", "index_type", 1, CDX_ENUM_TEXT_MAX, 0, 0},
@@ -79,6 +83,7 @@ static const rule rules[] = {
     {PKG "ListIdsRequest", "cursor", 0, CDX_CURSOR_MAX, 0, 0},
     {PKG "ListIdsResponse", "ids", 1, CDX_ITEM_ID_MAX, 0, CDX_LIST_PAGE_MAX},
     {PKG "ListIdsResponse", "next_cursor", 0, CDX_CURSOR_MAX, 0, 0},
+    {PKG "AcceptRollbackRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
 };
 /* clang-format on */
 
@@ -406,6 +411,7 @@ static const char *const body_names[] = {
     [CIPHERDEX__V1__REQUEST__BODY_GET] = "get",
     [CIPHERDEX__V1__REQUEST__BODY_DELETE] = "delete",
     [CIPHERDEX__V1__REQUEST__BODY_LIST_IDS] = "list_ids",
+    [CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK] = "accept_rollback",
 };
 
 const char *wire_body_name(const Cipherdex__V1__Request *req)
@@ -489,7 +495,7 @@ cdx_err wire_request_check(const Cipherdex__V1__Request *req)
             if (tag >= 10)
                 return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
                                 "request body is field %u, which this server does not know "
-                                "(known: 10-20); upgrade the server or the client",
+                                "(known: 10-21); upgrade the server or the client",
                                 (unsigned)tag);
         }
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT,

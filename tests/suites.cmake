@@ -72,6 +72,10 @@ cdx_add_test(test_resp SOURCES test_resp.c LIBS cdx_engine)
 # The appliance end to end: cipherdexd over mutual TLS with a token, Redis and a throwaway PKI.
 cdx_add_test(test_appliance SOURCES test_appliance.c LIBS cdx_client TIMEOUT 600)
 add_dependencies(test_appliance cipherdexd)
+# A lost tail at the appliance level: ROLLBACK_DETECTED, list_indexes, /healthz, accept_rollback
+# through the wire and the CLI without a restart (reliability review F2).
+cdx_add_test(test_rollback SOURCES test_rollback.c LIBS cdx_client TIMEOUT 300)
+add_dependencies(test_rollback cipherdexd cipherdex)
 # The Python example client generated from the .proto, against a dev stack.
 add_test(NAME test_python_client
          COMMAND bash ${CMAKE_SOURCE_DIR}/tests/clients/python/run_test.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})

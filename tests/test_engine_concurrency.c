@@ -123,8 +123,8 @@ static void *up_main(void *arg)
 }
 
 /*
- * A lost tail (the store back at an older head, e.g. everysec after a power
- * loss) and another appliance committing the same version number again: the
+ * A lost tail (the store back at an older head, e.g. a redis-server crash
+ * with appendfsync everysec) and another appliance committing the same version number again: the
  * appliance that wrote the lost commit must not take its cached manifest or
  * buckets for the new one (same version, different manifest).
  */

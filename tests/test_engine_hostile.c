@@ -140,12 +140,36 @@ static void test_tamper(void)
     fx_raw_set(hk, h1.data, h1.len);
     CU_ASSERT_EQUAL(fx_q1(e2, name, s.x), CDX_ERR_ROLLBACK_DETECTED);
     CU_ASSERT_EQUAL(fx_q1(fx_eng, name, s.x), CDX_ERR_ROLLBACK_DETECTED);
+    /* The detail names the command that recovers it. */
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "cipherdex index accept-rollback"));
     /* Persisted: a restarted appliance still refuses it. */
     eng *e3 = fx_engine_open(fx_store, fx_statedir, 0);
+    CU_ASSERT_EQUAL(eng_rollback_count(e3), 0); /* nothing read yet */
     CU_ASSERT_EQUAL(fx_q1(e3, name, s.x), CDX_ERR_ROLLBACK_DETECTED);
-    /* The admin accepts the restored state explicitly. */
-    uint64_t acc = 0;
-    CU_ASSERT_EQUAL(eng_accept_rollback(e3, name, &acc), CDX_OK);
+    CU_ASSERT_EQUAL(eng_rollback_count(e3), 1);
+    /* Listing does not fail: the index is listed with its status and the store's version. */
+    eng_index_info *all = NULL;
+    size_t nall = 0;
+    uint64_t store_v = 0;
+    CU_ASSERT_EQUAL_FATAL(eng_index_list(e3, &all, &nall), CDX_OK);
+    for (size_t i = 0; i < nall; i++) {
+        if (strcmp(all[i].name, name) != 0)
+            continue; /* other tests' indexes, some broken on purpose */
+        CU_ASSERT_STRING_EQUAL(all[i].status, "rollback_detected");
+        CU_ASSERT_PTR_NOT_NULL(strstr(all[i].status_message, "accept-rollback"));
+        store_v = all[i].version;
+    }
+    free(all);
+    CU_ASSERT_FATAL(store_v > 0);
+    /* The admin accepts the restored state explicitly, confirming the store's exact version. */
+    uint64_t acc = 0, prev = 0;
+    CU_ASSERT_EQUAL(eng_accept_rollback(e3, name, store_v + 1, &prev, &acc),
+                    CDX_ERR_FAILED_PRECONDITION);
+    CU_ASSERT_EQUAL(fx_q1(e3, name, s.x), CDX_ERR_ROLLBACK_DETECTED); /* nothing changed */
+    CU_ASSERT_EQUAL(eng_accept_rollback(e3, name, store_v, &prev, &acc), CDX_OK);
+    CU_ASSERT_EQUAL(acc, store_v);
+    CU_ASSERT(prev > acc);
+    CU_ASSERT_EQUAL(eng_rollback_count(e3), 0);
     CU_ASSERT_EQUAL(fx_q1(e3, name, s.x), CDX_OK);
     fx_raw_set(hk, h2.data, h2.len);
     CU_ASSERT_EQUAL(fx_q1(e3, name, s.x), CDX_OK);
@@ -183,6 +207,14 @@ static void test_tamper(void)
     }
     eng_index_info tmp;
     CU_ASSERT_EQUAL(eng_index_describe(e4, name, &tmp), CDX_ERR_INTEGRITY);
+    /* Listing: strict fails; the tolerant list counts the unreadable entries instead. */
+    eng_index_info *l = NULL;
+    size_t nl = 99, bad = 0;
+    CU_ASSERT_EQUAL(eng_index_list(e4, &l, &nl), CDX_ERR_INTEGRITY);
+    CU_ASSERT_EQUAL(eng_index_list_all(e4, &l, &nl, &bad), CDX_OK);
+    CU_ASSERT_EQUAL(nl, 0);
+    CU_ASSERT(bad >= nc);
+    free(l);
     eng_free(e4);
     for (size_t i = 0; i < nc; i++) { /* flip back */
         eng_val cv = fx_raw_get(cat[i]);

@@ -677,6 +677,12 @@ static void test_counts(void)
     r.li.limit = CDX_LIST_PAGE_MAX + 1;
     expect_big(&r, CDX_ERR_INVALID_ARGUMENT, "list_ids.limit: 10001 is out of range (0..10000)");
 
+    /* accept_rollback: the index name is required; the version is the server's to check. */
+    fx_reqs_init(&r, CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK);
+    expect_big(&r, CDX_OK, NULL);
+    r.ar.index = wire_str("");
+    expect_big(&r, CDX_ERR_INVALID_ARGUMENT, "accept_rollback.index: empty (required)");
+
     free(items);
     free(ptrs);
     free(ids);

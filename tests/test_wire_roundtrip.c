@@ -120,7 +120,7 @@ static void test_round_trip_requests(void)
     int bodies = 0;
 
     for (int body = CIPHERDEX__V1__REQUEST__BODY_HEALTH;
-         body <= CIPHERDEX__V1__REQUEST__BODY_LIST_IDS; body++) {
+         body <= CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK; body++) {
         fx_reqs_init(&r, body);
         r.req.request_id = 0xFEDCBA9876543210ull + (uint64_t)body;
         switch (body) {
@@ -192,11 +192,14 @@ static void test_round_trip_requests(void)
             r.li.cursor = wire_str("0123abcd");
             r.li.limit = 50;
             break;
+        case CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK:
+            r.ar.confirm_version = UINT64_MAX;
+            break;
         }
         round_trip_request(&r.req);
         bodies++;
     }
-    CU_ASSERT_EQUAL(bodies, 11);
+    CU_ASSERT_EQUAL(bodies, 12);
 }
 
 static void test_round_trip_responses(void)
@@ -219,6 +222,9 @@ static void test_round_trip_responses(void)
     Cipherdex__V1__Item it[2], *itp[2] = {&it[0], &it[1]};
     Cipherdex__V1__DeleteResponse der = CIPHERDEX__V1__DELETE_RESPONSE__INIT;
     Cipherdex__V1__ListIdsResponse lir = CIPHERDEX__V1__LIST_IDS_RESPONSE__INIT;
+    Cipherdex__V1__AcceptRollbackResponse arr = CIPHERDEX__V1__ACCEPT_ROLLBACK_RESPONSE__INIT;
+    ProtobufCBinaryData warn[2] = {wire_str("store durability: appendfsync=everysec ..."),
+                                   wire_str("1 index(es) in rollback")};
     ProtobufCBinaryData ids[2] = {wire_str("a"), wire_str("b")};
     ProtobufCBinaryData md[2] = {wire_str("{}"), wire_str("")};
     ProtobufCBinaryData ct[2] = {wire_bin("\0x", 2), wire_str("")};
@@ -241,9 +247,17 @@ static void test_round_trip_responses(void)
     info.key_owned = 1;
     info.segments = 12;
     info.created_ms = 1700000000000ull;
+    info.status = wire_str("rollback_detected");
+    info.status_message = wire_str("index docs: the store's head is version 77, older than 80");
     h.token_ok = h.store_ok = 1;
     h.server_version = wire_str("0.1.0");
     h.uptime_s = 3600;
+    h.status = wire_str("degraded");
+    h.n_warnings = 2;
+    h.warnings = warn;
+    h.indexes_in_rollback = 1;
+    arr.previous_version = 80;
+    arr.version = 77;
     cr.index = dr.index = &info;
     lr.n_indexes = 2;
     lr.indexes = infos;
@@ -280,7 +294,7 @@ static void test_round_trip_responses(void)
     lir.next_cursor = wire_str("ff00");
 
     for (int body = CIPHERDEX__V1__RESPONSE__BODY_HEALTH;
-         body <= CIPHERDEX__V1__RESPONSE__BODY_LIST_IDS; body++) {
+         body <= CIPHERDEX__V1__RESPONSE__BODY_ACCEPT_ROLLBACK; body++) {
         cipherdex__v1__response__init(&resp);
         resp.request_id = 1000 + (uint64_t)body;
         resp.status = &st;
@@ -318,6 +332,9 @@ static void test_round_trip_responses(void)
             break;
         case CIPHERDEX__V1__RESPONSE__BODY_LIST_IDS:
             resp.list_ids = &lir;
+            break;
+        case CIPHERDEX__V1__RESPONSE__BODY_ACCEPT_ROLLBACK:
+            resp.accept_rollback = &arr;
             break;
         }
         round_trip_response(&resp);

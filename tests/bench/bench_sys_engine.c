@@ -1,11 +1,15 @@
 /*
  * bench_sys_engine: Cipherdex's encrypted IVF engine as a bench_sys, in process.
  *
- * Variant "<type>-<store>[-cold|-warm]": type flat|sq8, store mem|redis.
+ * Variant "<type>-<store>[-cold|-warm][-everysec]": type flat|sq8, store mem|redis.
  *   flat-mem / sq8-mem             memory store, search-block cache on, warmed
- *   flat-redis-warm / sq8-redis-warm  Redis (AOF everysec, loopback), cache on, warmed
+ *   flat-redis-warm / sq8-redis-warm  Redis (AOF, appendfsync always as shipped, loopback),
+ *                                     cache on, warmed
  *   flat-redis-cold / sq8-redis-cold  Redis, no cache: every probed search block is fetched
  *                                     and decrypted on every query
+ *   ...-everysec                   the same on a second redis-server with appendfsync everysec
+ *                                  (allow_unsafe_durability): what `always` costs, compared
+ *                                  in one run (e.g. flat-redis-cold vs flat-redis-cold-everysec)
  * A throwaway SoftHSM token and redis-server (the test fixtures) live for the process.
  * Subkey TTL: 60 s (stated in the report). add() upserts in batches of 1,000, then compacts
  * (one segment per cluster), and warms the cache for warm variants; report() gives the split.
@@ -30,7 +34,7 @@
 
 static fx_token *g_tok;
 static hsm_custody *g_cust;
-static fx_redis *g_redis;
+static fx_redis *g_redis[2]; /* [0] appendfsync always, [1] everysec (started on demand) */
 static int g_refs;
 
 typedef struct esys {
@@ -40,7 +44,7 @@ typedef struct esys {
     char name[64];
     size_t d, nlist;
     uint32_t nprobe;
-    int sq8, redis, warm;
+    int sq8, redis, warm, everysec;
     double upsert_s, compact_s, train_s, warm_s;
     size_t n;
     uint64_t q_ns_start[6], queries_start;
@@ -60,16 +64,16 @@ static int fail(const char *what, cdx_err e)
     return -1;
 }
 
-static int env_up(int redis)
+static int env_up(int redis, int everysec)
 {
     if (!g_tok) {
         if (fx_engine_custody("bench-ivf", SUBKEY_TTL_MS, &g_tok, &g_cust))
             return -1;
     }
-    if (redis && !g_redis) {
-        fx_redis_opts o = {.appendonly = 1, .appendfsync = "everysec"};
-        g_redis = fx_redis_start(&o);
-        if (!g_redis)
+    if (redis && !g_redis[everysec]) {
+        fx_redis_opts o = {.appendonly = 1, .appendfsync = everysec ? "everysec" : "always"};
+        g_redis[everysec] = fx_redis_start(&o);
+        if (!g_redis[everysec])
             return -1;
     }
     g_refs++;
@@ -81,8 +85,10 @@ static void env_down(void)
     if (--g_refs > 0)
         return;
     fx_engine_custody_free(&g_tok, &g_cust);
-    fx_redis_stop(g_redis);
-    g_redis = NULL;
+    for (int i = 0; i < 2; i++) {
+        fx_redis_stop(g_redis[i]);
+        g_redis[i] = NULL;
+    }
 }
 
 static void *es_create(size_t d, size_t nlist, const char *variant)
@@ -94,21 +100,26 @@ static void *es_create(size_t d, size_t nlist, const char *variant)
     s->sq8 = !strncmp(v, "sq8", 3);
     s->redis = strstr(v, "redis") != NULL;
     s->warm = strstr(v, "cold") == NULL;
-    if ((strncmp(v, "flat", 4) && strncmp(v, "sq8", 3)) || (!s->redis && !strstr(v, "mem"))) {
-        fprintf(stderr, "cipherdex: unknown variant '%s' (flat|sq8)-(mem|redis-warm|redis-cold)\n",
+    s->everysec = strstr(v, "everysec") != NULL;
+    if ((strncmp(v, "flat", 4) && strncmp(v, "sq8", 3)) || (!s->redis && !strstr(v, "mem")) ||
+        (s->everysec && !s->redis)) {
+        fprintf(stderr,
+                "cipherdex: unknown variant '%s' "
+                "(flat|sq8)-(mem|redis-warm|redis-cold)[-everysec, redis only]\n",
                 v);
         free(s);
         return NULL;
     }
     s->d = d;
     s->nlist = nlist;
-    if (env_up(s->redis)) {
+    if (env_up(s->redis, s->everysec)) {
         free(s);
         return NULL;
     }
     cdx_err e;
     if (s->redis) {
-        eng_redis_opts o = fx_engine_redis_opts(g_redis);
+        eng_redis_opts o = fx_engine_redis_opts(g_redis[s->everysec]);
+        o.allow_unsafe_durability = s->everysec; /* everysec is refused otherwise */
         e = eng_store_redis_new(&o, &s->store);
     } else {
         e = eng_store_memory_new(&s->store);
@@ -260,9 +271,12 @@ static void es_report(void *p, FILE *md)
                       st.ns_distance};
     const char *stage[6] = {"head read", "coarse quantisation", "key derivation", "store fetch",
                             "decrypt", "distance+filter+top-k"};
-    fprintf(md, "- store %s, cache %s, subkey TTL %u s; upsert %.0f vectors/s (batches of %d, "
-                "%.2f s), compaction %.2f s, training on the given sample %.2f s%s\n",
-            s->redis ? "redis (loopback TCP, AOF everysec)" : "memory",
+    fprintf(md,
+            "- store %s, cache %s, subkey TTL %u s; upsert %.0f vectors/s (batches of %d, "
+            "%.2f s), compaction %.2f s, training on the given sample %.2f s%s\n",
+            !s->redis     ? "memory"
+            : s->everysec ? "redis (loopback TCP, AOF appendfsync everysec: unsafe, for comparison)"
+                          : "redis (loopback TCP, AOF appendfsync always)",
             s->warm ? "on (warmed)" : "off (cold: every block fetched and decrypted)",
             SUBKEY_TTL_MS / 1000, s->upsert_s > 0 ? (double)s->n / s->upsert_s : 0, BATCH,
             s->upsert_s, s->compact_s, s->train_s, s->warm ? "" : "");
@@ -272,10 +286,10 @@ static void es_report(void *p, FILE *md)
             fprintf(md, " %s %.1f us%s", stage[i], (double)(ns[i] - s->q_ns_start[i]) / nq / 1e3,
                     i < 5 ? ";" : "\n");
     }
-    if (s->redis && g_redis) {
+    if (s->redis && g_redis[s->everysec]) {
         const char *argv[2] = {"INFO", "memory"};
         char out[8192];
-        if (fx_redis_command(g_redis, argv, 2, out, sizeof(out)) > 0) {
+        if (fx_redis_command(g_redis[s->everysec], argv, 2, out, sizeof(out)) > 0) {
             const char *u = strstr(out, "used_memory_dataset:");
             if (u)
                 fprintf(md, "- Redis used_memory_dataset %.1f MB for %.1f MB of raw float32 "

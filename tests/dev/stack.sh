@@ -3,8 +3,9 @@
 #   stack.sh up BUILD_DIR DIR [--store redis|memory]
 #   stack.sh down DIR
 # Everything lives under DIR: a throwaway SoftHSM token, a throwaway CA with server
-# and client certificates, redis-server (AOF on, loopback, unauthenticated), cipherdexd
-# on free loopback ports, their logs, and DIR/cipherdex.env to source.
+# and client certificates, redis-server (AOF with appendfsync always: cipherdexd refuses
+# weaker settings; loopback, unauthenticated), cipherdexd on free loopback ports, their logs,
+# and DIR/cipherdex.env to source.
 set -euo pipefail
 
 die() { echo "stack: $*" >&2; exit 1; }
@@ -66,7 +67,7 @@ cmd_up() {
         rport="$(free_port)"
         mkdir -p "$dir/redis"
         redis-server --port "$rport" --bind 127.0.0.1 --protected-mode yes --dir "$dir/redis" \
-            --appendonly yes --appendfsync everysec --save "" --daemonize no \
+            --appendonly yes --appendfsync always --save "" --daemonize no \
             --logfile "$dir/redis.log" &
         echo "redis $!" >>"$dir/pids"
         wait_for 20 redis-cli -p "$rport" ping || die "redis-server did not start (see $dir/redis.log)"

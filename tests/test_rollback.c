@@ -1,0 +1,367 @@
+/*
+ * test_rollback: a lost tail at the appliance level (the reliability review's F2). Redis
+ * serves an older head of one index (as after a redis-server crash with a weak appendfsync);
+ * then requests on it get ROLLBACK_DETECTED naming the recovery command, list_indexes still
+ * lists every index with the broken one's status, /healthz and the wire health say degraded
+ * with one index in rollback, and the admin accept_rollback operation, through the wire and
+ * through the `cipherdex` CLI, brings the index back without a restart. Non-admins are refused.
+ *
+ * The head is rolled back inside Redis with COPY (no bytes leave Redis): COPY head aside,
+ * commit more, COPY it back with REPLACE.
+ */
+#include <CUnit/Basic.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "app_client.h"
+#include "fx_cunit.h"
+#include "fx_daemon.h"
+#include "fx_pki.h"
+#include "fx_proc.h"
+#include "fx_redis.h"
+#include "fx_softhsm.h"
+#include "fx_tmp.h"
+
+#define DIM 4
+
+static char *dir;
+static fx_token *tok;
+static fx_redis *redis;
+static fx_pki *pki;
+static const fx_cert *srv, *admin, *user;
+static char bin[4096], cli_bin[4096], conf[4200], addr[64];
+static uint16_t http_port;
+static fx_daemon cdxd = FX_DAEMON_INIT;
+
+static void write_conf(void)
+{
+    char text[32768];
+    snprintf(conf, sizeof(conf), "%s/cipherdexd.conf", dir);
+    snprintf(text, sizeof(text),
+             "[server]\nlisten = 127.0.0.1:0\nports_file = %s/ports\n"
+             "tls_cert = %s\ntls_key = %s\nclient_ca = %s\n"
+             "admins = spiffe://test/admin\n"
+             "deployment_id = 00112233445566778899aabbccddee01\nworkers = 2\n"
+             "[hsm]\nmodule = %s\ntoken = pkcs11:token=%s\npin = file:%s\n"
+             "allow_unlocked_memory = yes\n"
+             "[store]\nredis = %s:%d\n[state]\ndir = %s/state\n"
+             "[metrics]\nlisten = 127.0.0.1:0\n[log]\nlevel = warn\n",
+             dir, srv->cert, srv->key, fx_pki_ca(pki, 0), fx_softhsm_module(), fx_token_label(tok),
+             fx_token_pin_file(tok), fx_redis_host(redis), fx_redis_port(redis), dir);
+    FILE *f = fopen(conf, "w");
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+static int daemon_start(void)
+{
+    char ports[4200], m[64];
+    snprintf(ports, sizeof(ports), "%s/ports", dir);
+    unlink(ports);
+    if (fx_daemon_start(&cdxd, bin, conf, tok, 60))
+        return -1;
+    if (fx_daemon_port(ports, "api", addr, sizeof(addr)) ||
+        fx_daemon_port(ports, "metrics", m, sizeof(m)))
+        return -1;
+    const char *colon = strrchr(m, ':');
+    http_port = colon ? (uint16_t)atoi(colon + 1) : 0;
+    return http_port ? 0 : -1;
+}
+
+static app_client *client_as(const fx_cert *c)
+{
+    app_client_opts o = {
+        .addr = addr, .ca = fx_pki_ca(pki, 0), .cert = c->cert, .key = c->key, .timeout_ms = 30000};
+    app_client *cl = NULL;
+    return app_client_connect(&o, &cl) == CDX_OK ? cl : NULL;
+}
+
+static cdx_err create_index(app_client *c, const char *name, uint8_t id[16])
+{
+    const app_index_spec spec = {
+        .name = name, .dimension = DIM, .metric = "euclidean", .index_type = "ivfflat"};
+    wire_response *w = NULL;
+    cdx_err e = app_client_create_index(c, &spec, &w);
+    if (!e)
+        memcpy(id, wire_response_msg(w)->create_index->index->id.data, 16);
+    else
+        fprintf(stderr, "create_index %s: %s: %s\n", name, cdx_err_name(e), cdx_err_detail());
+    wire_response_free(w);
+    return e;
+}
+
+/* Upsert `n` items "<prefix><i>"; the commit version, or 0 on error. */
+static uint64_t upsert(app_client *c, const char *index, const char *prefix, int n)
+{
+    app_item items[8];
+    float v[8][DIM];
+    char ids[8][32];
+    for (int i = 0; i < n && i < 8; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "%s%d", prefix, i);
+        for (int k = 0; k < DIM; k++)
+            v[i][k] = (float)(i * DIM + k);
+        items[i] = (app_item){.id = ids[i], .vector = v[i], .dim = DIM};
+    }
+    wire_response *w = NULL;
+    uint64_t ver = 0;
+    if (app_client_upsert(c, index, items, (size_t)(n < 8 ? n : 8), &w) == CDX_OK)
+        ver = wire_response_msg(w)->upsert->version;
+    wire_response_free(w);
+    return ver;
+}
+
+/* Get one id; *version (may be NULL) the version served; returns the status, or -1 when the
+ * call succeeded but the id was not found. */
+static int get1(app_client *c, const char *index, const char *id, uint64_t *version)
+{
+    wire_response *w = NULL;
+    const char *ids[1] = {id};
+    cdx_err e = app_client_get(c, index, ids, 1, 0, 0, &w);
+    int rc = (int)e;
+    if (!e) {
+        const Cipherdex__V1__GetResponse *g = wire_response_msg(w)->get;
+        if (version)
+            *version = g->version;
+        if (g->n_found != 1 || !g->found[0])
+            rc = -1;
+    }
+    wire_response_free(w);
+    return rc;
+}
+
+static void head_key(const uint8_t id[16], char *k, size_t cap)
+{
+    char h[33];
+    for (int i = 0; i < 16; i++)
+        snprintf(h + 2 * i, 3, "%02x", id[i]);
+    snprintf(k, cap, "cdx:{%s}:head", h);
+}
+
+/* COPY src dst [REPLACE] inside Redis; 0 when Redis answered :1. */
+static int redis_copy(const char *src, const char *dst)
+{
+    const char *argv[4] = {"COPY", src, dst, "REPLACE"};
+    char out[32];
+    int n = fx_redis_command(redis, argv, 4, out, sizeof(out));
+    return n > 0 && !strcmp(out, ":1\r\n") ? 0 : -1;
+}
+
+/* Make index `id` lose its last commit: save its head, commit once more, restore the head. */
+static uint64_t lose_tail(app_client *c, const char *index, const uint8_t id[16], uint64_t *lost)
+{
+    char hk[96], saved[128];
+    head_key(id, hk, sizeof(hk));
+    snprintf(saved, sizeof(saved), "test:saved:%s", hk);
+    uint64_t kept = 0;
+    CU_ASSERT_EQUAL_FATAL(get1(c, index, "a0", &kept), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(redis_copy(hk, saved), 0);
+    *lost = upsert(c, index, "lost", 2);
+    CU_ASSERT_FATAL(*lost > kept);
+    CU_ASSERT_EQUAL_FATAL(redis_copy(saved, hk), 0);
+    return kept;
+}
+
+static const Cipherdex__V1__IndexInfo *find_info(const Cipherdex__V1__ListIndexesResponse *lr,
+                                                 const char *name)
+{
+    for (size_t i = 0; i < lr->n_indexes; i++)
+        if (lr->indexes[i]->name.len == strlen(name) &&
+            !memcmp(lr->indexes[i]->name.data, name, strlen(name)))
+            return lr->indexes[i];
+    return NULL;
+}
+
+static bool text_is(ProtobufCBinaryData b, const char *s)
+{
+    return b.len == strlen(s) && !memcmp(b.data, s, b.len);
+}
+
+static char *healthz(void)
+{
+    return fx_http(AF_INET, http_port, "GET /healthz HTTP/1.0\r\n\r\n");
+}
+
+/* Run the cipherdex CLI as `c` with args; its stdout+stderr into out; the exit status. */
+static int run_cli(const fx_cert *c, const char *args, char *out, size_t cap)
+{
+    char cmd[16384];
+    snprintf(cmd, sizeof(cmd), "'%s' --addr %s --ca '%s' --cert '%s' --key '%s' %s 2>&1", cli_bin,
+             addr, fx_pki_ca(pki, 0), c->cert, c->key, args);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_lost_tail_recovered_online(void)
+{
+    app_client *a = client_as(admin), *u = client_as(user);
+    CU_ASSERT_FATAL(a && u);
+    uint8_t id_a[16], id_b[16];
+    CU_ASSERT_EQUAL_FATAL(create_index(a, "rb-a", id_a), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(create_index(a, "rb-b", id_b), CDX_OK);
+    CU_ASSERT_FATAL(upsert(u, "rb-a", "a", 4) > 0);
+    CU_ASSERT_FATAL(upsert(u, "rb-b", "b", 4) > 0);
+    char *r = healthz();
+    CU_ASSERT_PTR_NOT_NULL(strstr(r, "\"status\":\"ok\""));
+    free(r);
+    pid_t pid = cdxd.pid;
+
+    uint64_t lost = 0, kept = lose_tail(u, "rb-a", id_a, &lost);
+
+    /* Every request on the index: 101, naming the store's version and the exact command. */
+    char want[160];
+    snprintf(want, sizeof(want), "cipherdex index accept-rollback rb-a --version %" PRIu64, kept);
+    CU_ASSERT_EQUAL(get1(u, "rb-a", "a0", NULL), CDX_ERR_ROLLBACK_DETECTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), want));
+    CU_ASSERT_EQUAL(upsert(u, "rb-a", "z", 1), 0);
+    /* The other index is served. */
+    CU_ASSERT_EQUAL(get1(u, "rb-b", "b0", NULL), CDX_OK);
+
+    /* list_indexes lists both, the broken one with its status and the store's version. */
+    wire_response *w = NULL;
+    CU_ASSERT_EQUAL_FATAL(app_client_list_indexes(u, &w), CDX_OK);
+    const Cipherdex__V1__ListIndexesResponse *lr = wire_response_msg(w)->list_indexes;
+    const Cipherdex__V1__IndexInfo *ia = find_info(lr, "rb-a"), *ib = find_info(lr, "rb-b");
+    CU_ASSERT_FATAL(ia && ib);
+    CU_ASSERT_TRUE(text_is(ia->status, "rollback_detected"));
+    CU_ASSERT_EQUAL(ia->version, kept);
+    CU_ASSERT_TRUE(ia->status_message.len > 0);
+    CU_ASSERT_TRUE(text_is(ib->status, "ok"));
+    CU_ASSERT_EQUAL(ib->count, 4);
+    wire_response_free(w);
+
+    /* /healthz and the wire health: degraded, one index in rollback. */
+    r = healthz();
+    CU_ASSERT_PTR_NOT_NULL(strstr(r, " 200"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r, "\"status\":\"degraded\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r, "\"indexes_in_rollback\":1"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r, "accept-rollback"));
+    free(r);
+    CU_ASSERT_EQUAL_FATAL(app_client_health(u, &w), CDX_OK);
+    const Cipherdex__V1__HealthResponse *hr = wire_response_msg(w)->health;
+    CU_ASSERT_TRUE(text_is(hr->status, "degraded"));
+    CU_ASSERT_EQUAL(hr->indexes_in_rollback, 1);
+    CU_ASSERT_EQUAL(hr->n_warnings, 1);
+    wire_response_free(w);
+
+    /* accept_rollback: admin only, confirmed by the store's exact version. */
+    CU_ASSERT_EQUAL(app_client_accept_rollback(u, "rb-a", kept, &w), CDX_ERR_PERMISSION_DENIED);
+    wire_response_free(w);
+    CU_ASSERT_EQUAL(app_client_accept_rollback(a, "rb-a", 0, &w), CDX_ERR_FAILED_PRECONDITION);
+    wire_response_free(w);
+    CU_ASSERT_EQUAL(app_client_accept_rollback(a, "rb-a", lost, &w), CDX_ERR_FAILED_PRECONDITION);
+    wire_response_free(w);
+    CU_ASSERT_EQUAL(get1(u, "rb-a", "a0", NULL), CDX_ERR_ROLLBACK_DETECTED); /* unchanged */
+    CU_ASSERT_EQUAL(app_client_accept_rollback(a, "no-such", kept, &w), CDX_ERR_NOT_FOUND);
+    wire_response_free(w);
+    CU_ASSERT_EQUAL_FATAL(app_client_accept_rollback(a, "rb-a", kept, &w), CDX_OK);
+    CU_ASSERT_EQUAL(wire_response_msg(w)->accept_rollback->version, kept);
+    CU_ASSERT_EQUAL(wire_response_msg(w)->accept_rollback->previous_version, lost);
+    wire_response_free(w);
+
+    /* Served again by the same process (no restart): reads at the accepted version, writes on. */
+    uint64_t v = 0;
+    CU_ASSERT_EQUAL(get1(u, "rb-a", "a0", &v), CDX_OK);
+    CU_ASSERT_EQUAL(v, kept);
+    CU_ASSERT_EQUAL(get1(u, "rb-a", "lost0", NULL), -1); /* the lost commit is gone */
+    uint64_t after = upsert(u, "rb-a", "c", 1);
+    CU_ASSERT(after > kept);
+    CU_ASSERT_EQUAL(cdxd.pid, pid);
+    CU_ASSERT_TRUE(fx_daemon_alive(&cdxd));
+    r = healthz();
+    CU_ASSERT_PTR_NOT_NULL(strstr(r, "\"status\":\"ok\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r, "\"indexes_in_rollback\":0"));
+    free(r);
+    /* A retry of the accept is harmless: nothing to accept, nothing changes. */
+    CU_ASSERT_EQUAL(app_client_accept_rollback(a, "rb-a", after, &w), CDX_OK);
+    CU_ASSERT_EQUAL(wire_response_msg(w)->accept_rollback->version, after);
+    wire_response_free(w);
+    app_client_free(a);
+    app_client_free(u);
+}
+
+static void test_cli_accept_rollback(void)
+{
+    app_client *a = client_as(admin), *u = client_as(user);
+    CU_ASSERT_FATAL(a && u);
+    uint8_t id[16];
+    CU_ASSERT_EQUAL_FATAL(create_index(a, "rb-cli", id), CDX_OK);
+    CU_ASSERT_FATAL(upsert(u, "rb-cli", "a", 2) > 0);
+    uint64_t lost = 0, kept = lose_tail(u, "rb-cli", id, &lost);
+    CU_ASSERT_EQUAL(get1(u, "rb-cli", "a0", NULL), CDX_ERR_ROLLBACK_DETECTED);
+
+    char out[16384], args[256];
+    /* index list: the broken index with its status, the others too, exit 0. */
+    CU_ASSERT_EQUAL(run_cli(user, "index list", out, sizeof(out)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "rollback_detected"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "rb-b "));
+    CU_ASSERT_EQUAL(run_cli(user, "--json index list", out, sizeof(out)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"status\": \"rollback_detected\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"name\": \"rb-b\"")); /* the healthy ones too */
+    /* The command the error names: refused for a user, and without --version; works for admin. */
+    snprintf(args, sizeof(args), "index accept-rollback rb-cli --version %" PRIu64, kept);
+    CU_ASSERT_NOT_EQUAL(run_cli(user, args, out, sizeof(out)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "PERMISSION_DENIED"));
+    CU_ASSERT_NOT_EQUAL(run_cli(admin, "index accept-rollback rb-cli", out, sizeof(out)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "--version"));
+    CU_ASSERT_EQUAL(run_cli(admin, args, out, sizeof(out)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "accepted rb-cli"));
+    CU_ASSERT_EQUAL(get1(u, "rb-cli", "a0", NULL), CDX_OK);
+    app_client_free(a);
+    app_client_free(u);
+}
+
+int main(void)
+{
+    if (fx_daemon_bin(bin, sizeof(bin)))
+        return 1;
+    snprintf(cli_bin, sizeof(cli_bin), "%s/appliance/cipherdex", getenv("CDX_BIN_DIR"));
+    dir = fx_tmpdir_new("rollback");
+    tok = fx_token_new("rbtok");
+    redis = fx_redis_start(NULL); /* appendonly yes, appendfsync always */
+    char pdir[4200];
+    snprintf(pdir, sizeof(pdir), "%s/pki", dir ? dir : "");
+    pki = dir ? fx_pki_new(pdir) : NULL;
+    if (!dir || !tok || !redis || !pki)
+        return 1;
+    srv = fx_pki_issue(
+        pki,
+        &(fx_cert_opts){.ip = {"127.0.0.1", "::1"}, .dns = {"localhost"}, .eku = FX_EKU_SERVER},
+        "server");
+    admin = fx_pki_issue(pki, &(fx_cert_opts){.uri = "spiffe://test/admin"}, "admin");
+    user = fx_pki_issue(pki, &(fx_cert_opts){.dns = {"app.example.org"}}, "user");
+    if (!srv || !admin || !user)
+        return 1;
+    write_conf();
+    if (daemon_start()) {
+        fprintf(stderr, "cipherdexd did not start\n");
+        return 1;
+    }
+    static const fx_test tests[] = {
+        {"lost tail: 101 names the command, list and health report it, accept online",
+         test_lost_tail_recovered_online},
+        {"cipherdex index list / accept-rollback", test_cli_accept_rollback},
+    };
+    int rc = fx_cunit_run1("rollback", tests, FX_LEN(tests));
+    if (fx_daemon_alive(&cdxd) && fx_daemon_stop(&cdxd) != 0 && !rc)
+        rc = 1;
+    fx_daemon_close(&cdxd);
+    fx_redis_stop(redis);
+    fx_token_free(tok);
+    fx_pki_free(pki);
+    fx_rm_rf(dir);
+    free(dir);
+    return rc;
+}
