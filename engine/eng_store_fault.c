@@ -222,6 +222,11 @@ static cdx_err fault_check(eng_store *s, char *desc, size_t cap)
     return eng_store_check(f->inner, desc, cap);
 }
 
+static void fault_retry_now(eng_store *s)
+{
+    eng_store_retry_now(as_fault(s)->inner);
+}
+
 static const struct eng_store_ops fault_ops = {
     .kind = fault_kind,
     .free = fault_free,
@@ -235,6 +240,7 @@ static const struct eng_store_ops fault_ops = {
     .commit = fault_commit,
     .abort = fault_abort,
     .check = fault_check,
+    .retry_now = fault_retry_now,
 };
 
 cdx_err eng_store_fault_new(eng_store *inner, eng_store **out)

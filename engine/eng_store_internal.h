@@ -33,6 +33,8 @@ struct eng_store_ops {
     cdx_err (*commit)(eng_txn *t, const eng_kv *kv, size_t n, bool *committed);
     void (*abort)(eng_txn *t);
     cdx_err (*check)(eng_store *s, char *desc, size_t cap);
+    /* Optional (NULL: nothing to reset): end a reconnect back-off now. */
+    void (*retry_now)(eng_store *s);
 };
 
 /* Every backend's store struct starts with this. */
