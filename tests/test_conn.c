@@ -72,7 +72,7 @@ static void nap_ms(long ms) /* polling against a deadline, or a measurement wind
 static void dmn_conf(dmn *d, const char *name, uint16_t port, bool insecure,
                      const char *server_extra)
 {
-    char text[16384], tls[8192] = "";
+    char text[32768], tls[16384] = "";
     memset(d, 0, sizeof(*d));
     d->pid = -1;
     d->notify_fd = -1;
@@ -549,9 +549,13 @@ static void test_client_retry(void)
     ci.name = wire_str("retry");
     ci.dimension = 4;
     ci.metric = wire_str("euclidean");
+    ci.index_type = wire_str("ivfflat");
     cr.body_case = CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX;
     cr.create_index = &ci;
-    CU_ASSERT_EQUAL_FATAL(app_client_call_retry(&c, &o, &rt, &cr, &w), CDX_OK);
+    cdx_err e = app_client_call_retry(&c, &o, &rt, &cr, &w);
+    if (e)
+        fprintf(stderr, "create_index: %s: %s\n", cdx_err_name(e), cdx_err_detail());
+    CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
     wire_response_free(w);
     CU_ASSERT_EQUAL(rt.attempts, 1);
     CU_ASSERT_EQUAL(rt.reconnects, 1); /* c was NULL: connected first */

@@ -954,8 +954,9 @@ static void test_token_recovery_lag(void)
     ask_while_away(c, 1500); /* the back-off is at its cap now */
     p11wrap_clear_fn();
     rc = hsm_random(c, rnd, sizeof(rnd));
-    if (rc != CDX_OK) /* in back-off: fails fast without touching the module ... */
+    if (rc != CDX_OK) { /* in back-off: fails fast without touching the module ... */
         CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "next reconnection attempt"));
+    }
     hsm_custody_retry_now(c); /* ... until told to retry now */
     CU_ASSERT_EQUAL(hsm_random(c, rnd, sizeof(rnd)), CDX_OK);
     hsm_custody_retry_now(NULL); /* a no-op */

@@ -901,10 +901,11 @@ static void test_retry_now_ends_backoff(void)
     CU_ASSERT_EQUAL_FATAL(fx_redis_restart(r), 0);
     /* Still in back-off (it fails fast without touching Redis) ... */
     rc = eng_store_mget(s, k, 1, &v);
-    if (rc != CDX_OK)
+    if (rc != CDX_OK) {
         CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "back-off"));
-    else
+    } else {
         eng_vals_free(&v, 1);
+    }
     /* ... until told to retry now. */
     eng_store_retry_now(s);
     CU_ASSERT_EQUAL(eng_store_mget(s, k, 1, &v), CDX_OK);
