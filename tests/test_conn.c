@@ -206,11 +206,18 @@ static long long metric(const dmn *d, const char *name)
     return v;
 }
 
-/* Poll a counter until it reaches want (deadline 20 s). */
-static bool wait_metric(const dmn *d, const char *name, long long want)
+/* Connections the daemon has taken from its listener (accepted or refused at once). */
+static long long taken(const dmn *d)
+{
+    return metric(d, "cipherdex_connections_accepted_total") +
+           metric(d, "cipherdex_connections_refused_total");
+}
+
+/* Poll until the daemon has taken want connections (deadline 20 s). */
+static bool wait_taken(const dmn *d, long long want)
 {
     int64_t end = cdx_mono_ms() + 20000;
-    while (metric(d, name) < want) {
+    while (taken(d) < want) {
         if (cdx_mono_ms() > end)
             return false;
         nap_ms(20);
@@ -345,32 +352,33 @@ static void test_raw_socket_flood(void)
     dmn d;
     dmn_conf(&d, "flood", 0, false,
              "max_connections = 32\nmax_handshaking = 8\nmax_handshaking_per_source = 4\n"
-             "handshake_timeout_ms = 30000\n");
+             "handshake_timeout_ms = 60000\n");
     CU_ASSERT_FATAL(dmn_start(&d) == 0);
     enum { FLOOD = 40, OTHER = 4 };
     int fds[FLOOD], other[OTHER];
+    long long taken0 = taken(&d);
     for (int i = 0; i < FLOOD; i++)
         fds[i] = raw_connect(d.api, "127.0.0.1");
-    CU_ASSERT_TRUE(wait_metric(&d, "cipherdex_connections_accepted_total", FLOOD) ||
-                   metric(&d, "cipherdex_connections_refused_total") > 0);
+    CU_ASSERT_TRUE(wait_taken(&d, taken0 + FLOOD));
     for (int i = 0; i < OTHER; i++)
         other[i] = raw_connect(d.api, "127.0.0.2");
-    CU_ASSERT_TRUE(wait_metric(&d, "cipherdex_connections_accepted_total", FLOOD + OTHER));
-    /* Only max_handshaking_per_source of the flood remain; the server closed the rest. */
-    int64_t end = cdx_mono_ms() + 10000;
-    while (count_closed(fds, FLOOD) < FLOOD - 4 && cdx_mono_ms() < end)
-        nap_ms(10);
-    CU_ASSERT_EQUAL(count_closed(fds, FLOOD), FLOOD - 4);
-    /* A client with a certificate is served promptly. */
+    CU_ASSERT_TRUE(wait_taken(&d, taken0 + FLOOD + OTHER));
+    /* A client with a certificate is served promptly (well within the handshake timeout). */
     int64_t t0 = cdx_mono_ms();
     cdx_err e = tls_health(d.api, 5000);
     int64_t took = cdx_mono_ms() - t0;
     CU_ASSERT_EQUAL(e, CDX_OK);
     CU_ASSERT_TRUE(took < 2000);
+    /* Of the flood, max_handshaking_per_source - 1 remain (the client took a slot of that
+     * address); the server closed the rest. */
+    int64_t end = cdx_mono_ms() + 10000;
+    while (count_closed(fds, FLOOD) < FLOOD - 3 && cdx_mono_ms() < end)
+        nap_ms(10);
+    CU_ASSERT_EQUAL(count_closed(fds, FLOOD), FLOOD - 3);
     /* The other address's handshakes were not evicted by the flood (nor by the client). */
     CU_ASSERT_EQUAL(count_closed(other, OTHER), 0);
     long long ev = metric(&d, "cipherdex_handshakes_evicted_total");
-    CU_ASSERT_TRUE(ev >= FLOOD - 4);
+    CU_ASSERT_EQUAL(ev, FLOOD - 3);
     printf("\n    %d raw sockets + %d from another address: mutual-TLS health in %lld ms "
            "(code %s), %lld handshakes evicted, %d evict log lines ",
            FLOOD, OTHER, (long long)took, cdx_err_name(e), ev, log_count(&d, "handshake_evicted"));
@@ -444,7 +452,7 @@ static void test_emfile_backoff(void)
     dmn d;
     dmn_conf(&d, "emfile", 0, false,
              "max_connections = 64\nmax_handshaking = 64\nmax_handshaking_per_source = 64\n"
-             "handshake_timeout_ms = 30000\n");
+             "handshake_timeout_ms = 60000\n");
     CU_ASSERT_FATAL(dmn_start(&d) == 0);
     CU_ASSERT_EQUAL_FATAL(tls_health(d.api, 5000), CDX_OK); /* Redis and token connections open */
     int base = dmn_fds(&d);
@@ -471,7 +479,7 @@ static void test_emfile_backoff(void)
     printf("\n    out of descriptors for 1.5 s: daemon CPU %ld ms, %d more accept log lines "
            "(%d in all) ",
            cpu, lines, log_count(&d, "accept") - before);
-    CU_ASSERT_TRUE(cpu >= 0 && cpu < 400);
+    CU_ASSERT_TRUE(cpu >= 0 && cpu < 200);
     CU_ASSERT_TRUE(lines <= 1);
     CU_ASSERT_TRUE(log_count(&d, "accept") - before <= 3);
     /* The sockets go away: service resumes. */
