@@ -52,9 +52,12 @@ def restart_daemon():
     conf = os.path.join(stack, "cipherdexd.conf")
     with open(conf) as f:
         text = f.read()
-    # The same port again, so that clients reconnect to the address they know.
-    text = "\n".join(f"listen = {addr}" if ln.startswith("listen = ") else ln
-                     for ln in text.split("\n"))
+    # The same API port again (the first listen, in [server]), so that clients reconnect to the
+    # address they know.
+    lines = text.split("\n")
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("listen = "))
+    lines[first] = f"listen = {addr}"
+    text = "\n".join(lines)
     with open(conf, "w") as f:
         f.write(text)
     ports = os.path.join(stack, "ports")
@@ -84,7 +87,8 @@ def main():
     c = Client(addr, os.environ.get("CIPHERDEX_CA"), os.environ.get("CIPHERDEX_CERT"),
                os.environ.get("CIPHERDEX_KEY"))
     name = f"retry-{os.getpid()}"
-    c.call_retry(create_index=pb.CreateIndexRequest(name=name, dimension=4, metric="euclidean"))
+    c.call_retry(create_index=pb.CreateIndexRequest(name=name, dimension=4, metric="euclidean",
+                                                   index_type="ivfflat"))
     batch = [pb.Item(id=f"r-{i}", vector=[float(i), 1.0, 2.0, 3.0]) for i in range(20)]
     c.call_retry(upsert=pb.UpsertRequest(index=name, items=batch[:10]))
     check(c.attempts == 1, "a healthy call is sent once")
