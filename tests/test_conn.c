@@ -10,7 +10,8 @@
  *     sockets close;
  *   - the descriptor budget at start (app_fdlimit.h);
  *   - the C client's retry helper across daemon kills (app_client_call_retry):
- *     idempotent requests are retried on a fresh connection, others are not.
+ *     idempotent requests are retried on a fresh connection, others are not;
+ *   - SIGHUP ends the store's reconnect back-off (the next request is served).
  */
 #include <CUnit/Basic.h>
 #include <arpa/inet.h>
@@ -497,6 +498,41 @@ static void test_emfile_backoff(void)
     dmn_close(&d);
 }
 
+/*
+ * SIGHUP ends the daemon's reconnect back-offs: Redis down long enough for
+ * the back-off to reach its cap, back again, SIGHUP, and the very next
+ * request is served (without it, it may fail for up to the back-off).
+ * Runs last: it restarts the suite's Redis.
+ */
+static void test_sighup_retries_now(void)
+{
+    dmn d;
+    dmn_conf(&d, "hup", 0, false, NULL);
+    CU_ASSERT_FATAL(dmn_start(&d) == 0);
+    app_client_opts o = client_opts(d.api, 5000);
+    app_client *c = NULL;
+    wire_response *w = NULL;
+    CU_ASSERT_EQUAL_FATAL(app_client_connect(&o, &c), CDX_OK);
+    CU_ASSERT_EQUAL(app_client_health(c, &w), CDX_OK);
+    wire_response_free(w);
+    fx_redis_kill9(redis);
+    int64_t t0 = cdx_mono_ms();
+    while (cdx_mono_ms() - t0 < 3300) { /* requests keep coming while Redis is away */
+        CU_ASSERT_EQUAL(app_client_health(c, &w), CDX_ERR_UNAVAILABLE);
+        wire_response_free(w);
+        nap_ms(20);
+    }
+    CU_ASSERT_EQUAL_FATAL(fx_redis_restart(redis), 0);
+    kill(d.pid, SIGHUP);
+    CU_ASSERT_FATAL(fx_notify_wait(d.notify_fd, "READY=1", 30, NULL, 0) == 0);
+    cdx_err e = app_client_health(c, &w);
+    CU_ASSERT_EQUAL(e, CDX_OK);
+    printf("\n    first health request after Redis's return and SIGHUP: %s ", cdx_err_name(e));
+    wire_response_free(w);
+    app_client_free(c);
+    dmn_close(&d);
+}
+
 static uint16_t free_port(void)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -649,6 +685,7 @@ int main(void)
         {"/healthz and /metrics past 1024 descriptors", test_healthz_past_1024_fds},
         {"EMFILE: the listener pauses, then resumes", test_emfile_backoff},
         {"client retry helper across daemon kills", test_client_retry},
+        {"SIGHUP: the next request retries Redis at once", test_sighup_retries_now},
     };
     int rc = fx_cunit_run1("conn", tests, FX_LEN(tests));
     fx_redis_stop(redis);
