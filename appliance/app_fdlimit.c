@@ -40,7 +40,7 @@ cdx_err app_fd_fit(app_config *cfg)
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
         struct rlimit want = rl;
         want.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &want) == 0) {
+        if (want.rlim_cur > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &want) == 0) {
             cdx_log(CDX_LOG_INFO, "fd_limit_raised", "soft=%llu->%llu need=%llu",
                     (unsigned long long)rl.rlim_cur, (unsigned long long)want.rlim_cur,
                     (unsigned long long)need);
