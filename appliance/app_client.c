@@ -406,6 +406,112 @@ cdx_err app_client_call(app_client *c, Cipherdex__V1__Request *req, wire_respons
     return app_client_recv(c, out);
 }
 
+/* ---- retrying ---- */
+
+bool app_request_idempotent(const Cipherdex__V1__Request *req)
+{
+    if (!req)
+        return false;
+    switch (req->body_case) {
+    case CIPHERDEX__V1__REQUEST__BODY_HEALTH:
+    case CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX:
+    case CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES:
+    case CIPHERDEX__V1__REQUEST__BODY_GET:
+    case CIPHERDEX__V1__REQUEST__BODY_QUERY:
+    case CIPHERDEX__V1__REQUEST__BODY_LIST_IDS:
+    case CIPHERDEX__V1__REQUEST__BODY_UPSERT:
+    case CIPHERDEX__V1__REQUEST__BODY_DELETE:
+    case CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK: /* the same confirm_version again: no-op */
+        return true;
+    default: /* create_index, delete_index, train, and bodies this client does not know */
+        return false;
+    }
+}
+
+bool app_status_retryable(cdx_err code, bool idempotent)
+{
+    switch (code) {
+    case CDX_ERR_ABORTED:
+    case CDX_ERR_UNAVAILABLE:
+    case CDX_ERR_BUSY:
+        return true;
+    case CDX_ERR_DEADLINE_EXCEEDED:
+    case CDX_ERR_HSM_UNAVAILABLE:
+    case CDX_ERR_STORE_UNAVAILABLE:
+        return idempotent;
+    default:
+        return false;
+    }
+}
+
+/* A pause of `ms` (not a synchronisation: the server is given time to come back). */
+static void pause_ms(uint32_t ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+cdx_err app_client_call_retry(app_client **c, const app_client_opts *o, app_retry *r,
+                              Cipherdex__V1__Request *req, wire_response **out)
+{
+    app_retry dflt = {0};
+    if (!r)
+        r = &dflt;
+    unsigned max = r->max_attempts ? r->max_attempts : 8;
+    uint32_t delay = r->first_delay_ms ? r->first_delay_ms : 50;
+    uint32_t max_delay = r->max_delay_ms ? r->max_delay_ms : 2000;
+    int64_t end = now_ms() + (r->total_ms ? r->total_ms : 30000);
+    bool idem = app_request_idempotent(req);
+    /* Jitter, so clients cut off together do not come back together. */
+    uint32_t seed = (uint32_t)now_ms() ^ (uint32_t)(uintptr_t)c;
+    cdx_err err = CDX_OK;
+    *out = NULL;
+    r->attempts = r->reconnects = 0;
+    for (;;) {
+        bool again;
+        r->attempts++;
+        err = CDX_OK;
+        if (!*c) {
+            err = app_client_connect(o, c);
+            if (!err)
+                r->reconnects++;
+        }
+        if (err) {
+            /* Nothing was sent: a refused or timed-out connection may work later. */
+            again = err == CDX_ERR_UNAVAILABLE;
+        } else {
+            err = app_client_call(*c, req, out);
+            if (!err)
+                return CDX_OK;
+            if (*out) { /* the server answered with a status */
+                again = app_status_retryable(err, idem);
+            } else { /* transport: the connection is gone, the outcome unknown */
+                app_client_free(*c);
+                *c = NULL;
+                again = idem && err == CDX_ERR_UNAVAILABLE;
+            }
+        }
+        if (!again || r->attempts >= max)
+            return err;
+        seed = seed * 1103515245u + 12345u;
+        uint32_t d = delay / 2 + (delay > 1 ? (seed >> 8) % (delay / 2 + 1) : 0);
+        if (now_ms() + d > end)
+            return err;
+        wire_response_free(*out);
+        *out = NULL;
+        pause_ms(d);
+        delay = delay * 2 > max_delay ? max_delay : delay * 2;
+    }
+}
+
 /* ---- typed calls ---- */
 
 typedef Cipherdex__V1__Request Req;

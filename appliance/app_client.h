@@ -77,6 +77,61 @@ CDX_MUST_CHECK cdx_err app_client_recv(app_client *c, wire_response **out);
 CDX_MUST_CHECK cdx_err app_client_call(app_client *c, Cipherdex__V1__Request *req,
                                        wire_response **out);
 
+/* ---- retrying ----------------------------------------------------------
+ *
+ * docs/WIRE.md, "What to retry", is the contract these follow. A dropped
+ * connection (or a timeout) leaves the outcome unknown: the request may
+ * have been applied (a daemon killed mid-upsert had committed 20 of 94 such
+ * batches in a review). Only an idempotent request may be sent again then.
+ */
+
+/*
+ * Requests that may be sent again after an unknown outcome: the reads
+ * (health, describe_index, list_indexes, get, query, list_ids) and the
+ * idempotent writes: upsert (the same ids with the same values leave the
+ * same items; only the commit version differs) and delete by ids (deleting
+ * again deletes nothing more; `deleted` then counts only what the retry
+ * removed). create_index, delete_index and train are not: after an unknown
+ * outcome, describe the index to see what happened. NULL: false.
+ */
+bool app_request_idempotent(const Cipherdex__V1__Request *req);
+
+/*
+ * Is a status the server answered worth sending the request again for?
+ * ABORTED, UNAVAILABLE and BUSY say nothing was applied: true for every
+ * request. DEADLINE_EXCEEDED, HSM_UNAVAILABLE and STORE_UNAVAILABLE may
+ * leave the outcome unknown (a commit cut off): true only when idempotent.
+ * Everything else (bad requests, permissions, integrity, rollback) fails
+ * the same way again: false.
+ */
+bool app_status_retryable(cdx_err code, bool idempotent);
+
+/* Retry policy (zeros take the defaults), and what happened (filled in). */
+typedef struct app_retry {
+    unsigned max_attempts;   /* connect + send tries in all; 0 = 8 */
+    uint32_t first_delay_ms; /* pause after the first failure, doubling, with jitter; 0 = 50 */
+    uint32_t max_delay_ms;   /* longest pause; 0 = 2000 */
+    uint32_t total_ms;       /* no new try after this long; 0 = 30000 */
+    unsigned attempts;       /* out: tries made */
+    unsigned reconnects;     /* out: connections (re)opened */
+} app_retry;
+
+/*
+ * app_client_call with retries. *c is the connection to use (NULL: connect
+ * with o first); after a transport error it is freed and a new one is made
+ * with o, so o must stay valid. The request is tried again, after a
+ * growing pause, when the connection could not be made (nothing was sent),
+ * when the server answered a status app_status_retryable accepts, or when
+ * the connection dropped or timed out and the request is idempotent. On
+ * return *c is a working connection or NULL, and the return value and *out
+ * are those of the last try (app_client_call's). r may be NULL (defaults).
+ * Blocks the calling thread for the pauses (nanosleep).
+ * Errors: app_client_connect's and app_client_call's.
+ */
+CDX_MUST_CHECK cdx_err app_client_call_retry(app_client **c, const app_client_opts *o,
+                                             app_retry *r, Cipherdex__V1__Request *req,
+                                             wire_response **out);
+
 /* ---- typed calls -------------------------------------------------------
  *
  * Each builds one request from its arguments and calls it (app_client_call):

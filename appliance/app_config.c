@@ -36,6 +36,9 @@ static const keydef keys[] = {
     {"server", "idle_timeout_s", T_U32, N(idle_timeout_s), 86400},
     {"server", "min_recv_bytes_per_s", T_U32, N(min_recv_bytes_per_s), 1u << 30},
     {"server", "max_connections", T_U32, N(max_connections), CDX_CONNECTIONS_MAX},
+    {"server", "max_handshaking", T_U32, N(max_handshaking), CDX_CONNECTIONS_MAX},
+    {"server", "max_handshaking_per_source", T_U32, N(max_handshaking_per_source),
+     CDX_CONNECTIONS_MAX},
     {"server", "max_frame_bytes", T_SIZE, N(max_frame_bytes), CDX_FRAME_MAX_LIMIT},
     {"server", "inflight_bytes", T_SIZE, N(inflight_bytes), CDX_INFLIGHT_MAX},
     {"server", "max_outstanding", T_U32, N(max_outstanding), CDX_OUTSTANDING_MAX},
@@ -76,6 +79,8 @@ void app_config_init(app_config *c)
     c->idle_timeout_s = CDX_IDLE_TIMEOUT_S_DEFAULT;
     c->min_recv_bytes_per_s = CDX_MIN_RECV_RATE_DEFAULT;
     c->max_connections = CDX_CONNECTIONS_DEFAULT;
+    c->max_handshaking = CDX_HANDSHAKING_DEFAULT;
+    c->max_handshaking_per_source = CDX_HANDSHAKING_PER_SOURCE_DEFAULT;
     c->max_frame_bytes = CDX_FRAME_MAX_DEFAULT;
     c->inflight_bytes = CDX_INFLIGHT_DEFAULT;
     c->max_outstanding = CDX_OUTSTANDING_DEFAULT;
@@ -320,6 +325,9 @@ cdx_err app_config_check(const app_config *c)
     if (c->max_connections == 0 || c->max_outstanding == 0)
         return cdx_fail(CDX_ERR_CONFIG, "[server] max_connections and max_outstanding must be "
                                         "at least 1");
+    if (c->max_handshaking == 0 || c->max_handshaking_per_source == 0)
+        return cdx_fail(CDX_ERR_CONFIG, "[server] max_handshaking and max_handshaking_per_source "
+                                        "must be at least 1");
     if (c->backend == APP_STORE_REDIS) {
         if (strncmp(c->redis, "unix:", 5) == 0) {
             if (c->redis[5] != '/')

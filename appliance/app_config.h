@@ -7,7 +7,8 @@
  *
  *   [server]  listen, tls_cert, tls_key, client_ca, crl, allow_tls12, insecure,
  *             handshake_timeout_ms, idle_timeout_s, min_recv_bytes_per_s,
- *             max_connections, max_frame_bytes, inflight_bytes,
+ *             max_connections, max_handshaking, max_handshaking_per_source,
+ *             max_frame_bytes, inflight_bytes,
  *             max_outstanding, output_high_water, workers, admins,
  *             deployment_id, ports_file
  *   [hsm]     see app_hsmconf.h (the admin tool reads the same section)
@@ -60,6 +61,8 @@ typedef struct app_config {
     uint32_t idle_timeout_s;
     uint32_t min_recv_bytes_per_s; /* while a frame is arriving */
     uint32_t max_connections;
+    uint32_t max_handshaking;            /* connections still in their TLS handshake */
+    uint32_t max_handshaking_per_source; /* ... from one source address */
     uint64_t max_frame_bytes;
     uint64_t inflight_bytes;    /* all connections' requests being decoded or served */
     uint32_t max_outstanding;   /* requests per connection before reading stops */

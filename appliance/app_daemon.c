@@ -15,6 +15,7 @@
 
 #include "app_addr.h"
 #include "app_dispatch.h"
+#include "app_fdlimit.h"
 #include "app_http.h"
 #include "app_server.h"
 #include "app_tls.h"
@@ -292,6 +293,10 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     (void)sig;
     (void)what;
     sd_notify(0, "RELOADING=1");
+    /* An operator who saw the token or Redis come back need not wait out a back-off. */
+    hsm_custody_retry_now(d->custody);
+    eng_store_retry_now(d->store);
+    cdx_log(CDX_LOG_INFO, "retry_now", "msg=\"back-offs of the token and the store reset\"");
     app_config fresh;
     app_config_init(&fresh);
     cdx_err err = app_config_load(d->config_path, &fresh);
@@ -326,6 +331,9 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
     d->config_path = strdup(config_path ? config_path : "");
     cdx_log_set_level((cdx_log_level)cfg->log_level);
     cdx_log_set_format(cfg->log_format == APP_LOG_JSON ? CDX_LOG_FMT_JSON : CDX_LOG_FMT_KV);
+    /* Before anything opens descriptors: max_connections must fit RLIMIT_NOFILE. */
+    if ((err = app_fd_fit(&d->cfg)))
+        goto fail;
     if (!cfg->insecure && (err = app_tls_new(&d->cfg, &d->tls)))
         goto fail;
     if (cfg->insecure)

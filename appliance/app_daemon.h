@@ -3,7 +3,8 @@
  * its configuration, the event loop that owns the network side, signals,
  * and systemd notification.
  *
- * Start order: log settings; custody (token login, locked memory,
+ * Start order: log settings; the descriptor budget (app_fdlimit.h:
+ * max_connections must fit RLIMIT_NOFILE); custody (token login, locked memory,
  * non-dumpable process); the store (Redis durability checked, or the
  * memory store announced loudly); the engine (root key ensured); cache
  * preload when configured; the worker pool; the operators' HTTP endpoint;
@@ -14,7 +15,9 @@
  *   SIGTERM, SIGINT  STOPPING=1; stop accepting, let the worker pool finish
  *                    what was submitted (every acknowledged write stays
  *                    acknowledged), then leave the loop;
- *   SIGHUP           RELOADING=1; the configuration file is read and
+ *   SIGHUP           RELOADING=1; the token's re-login and the store's
+ *                    reconnect back-offs are reset (the next request
+ *                    retries at once); the configuration file is read and
  *                    checked again: when it is valid, its log level and
  *                    format apply, and (unless insecure) the TLS files
  *                    opened at start - certificate, key, client CA, CRL -

@@ -116,7 +116,12 @@ cdx_err app_http_new(const char *listen, app_metrics *m, app_health_fn health, a
     h->health = health;
     h->pull = pull;
     h->arg = arg;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    /* epoll (or poll), never select(): the daemon's descriptors pass FD_SETSIZE (1024) under
+     * load, and select() cannot wait on those, so the probes would fail exactly then. */
+    unsigned flags = (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES
+                          ? (unsigned)MHD_USE_EPOLL_INTERNAL_THREAD
+                          : (unsigned)MHD_USE_POLL_INTERNAL_THREAD) |
+                     MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     /* The logger first, so every message of the start goes through it. */

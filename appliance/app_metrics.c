@@ -132,6 +132,10 @@ static const struct {
      "Times reading from a connection paused for the in-flight budget or a per-connection cap."},
     {"cipherdex_frames_rejected_total", "Frames rejected as too large or undecodable."},
     {"cipherdex_store_errors_total", "Requests that failed with a store error."},
+    {"cipherdex_handshakes_evicted_total",
+     "Unfinished TLS handshakes closed to make room (max_handshaking, per source address)."},
+    {"cipherdex_accept_pauses_total",
+     "Times accept() failed (out of descriptors or memory) and the listener paused."},
 };
 
 static const struct {

@@ -54,6 +54,8 @@ typedef enum app_counter {
     APP_C_BUDGET_WAITS,     /* reads paused for the in-flight budget or per-connection caps */
     APP_C_FRAMES_REJECTED,  /* over the size cap, or undecodable */
     APP_C_STORE_ERRORS,
+    APP_C_HANDSHAKE_EVICTED, /* handshakes closed to make room (max_handshaking, per source) */
+    APP_C_ACCEPT_PAUSED,     /* accept() failed (EMFILE & co): the listener paused */
     APP_C_COUNT
 } app_counter;
 

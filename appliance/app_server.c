@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "app_addr.h"
 #include "app_flow.h"
@@ -28,6 +30,9 @@
 
 #define TICK_MS         250          /* timeout checks per connection */
 #define READ_HIGH_WATER (256u << 10) /* bytes libevent buffers before it stops reading */
+#define ACCEPT_PAUSE_MIN_MS 50       /* accept back-off after EMFILE & co, doubling ... */
+#define ACCEPT_PAUSE_MAX_MS 1000     /* ... up to this */
+#define ACCEPT_LOG_EVERY_MS 10000    /* at most one accept_paused / handshake_evicted line each */
 
 typedef struct conn conn;
 
@@ -49,11 +54,21 @@ struct conn {
     wire_dec *dec;
     char principal[CDX_PRINCIPAL_MAX + 1];
     char peer[64];
+    uint8_t src[16]; /* source address (IPv4 in the first 4 bytes): the per-source cap */
+    uint8_t src_len;
     bool tls, handshaken, closing, close_after_flush, header_charged, budget_wait, paused;
+    bool handshaking;   /* on the server's handshake list */
     req *qhead, *qtail; /* received, waiting to run */
     req *running;       /* on a worker */
     conn *prev, *next;
+    conn *hs_prev, *hs_next; /* handshake list, oldest first */
 };
+
+/* A log line at most every ACCEPT_LOG_EVERY_MS; the events in between are counted. */
+typedef struct rate_log {
+    int64_t last_ms;
+    uint64_t suppressed;
+} rate_log;
 
 struct app_server {
     struct event_base *base;
@@ -68,6 +83,21 @@ struct app_server {
     app_budget budget;
     conn *conns;
     size_t nconns;
+    /* Connections still in their TLS handshake: capped globally and per source address, the
+     * oldest evicted first (preferring those that never sent a ClientHello), so unauthenticated
+     * sockets cannot hold the connection cap (docs/CONFIG.md, max_handshaking). */
+    conn *hs_head, *hs_tail;
+    size_t nhs;
+    rate_log evict_log;
+    /* Accept back-off: on EMFILE/ENFILE (or another accept failure) the listener pauses, the
+     * reserved descriptors are released for the rest of the process, and accepting resumes
+     * only once they can be reserved again (a timer, or at once when a connection closes). */
+    int reserve[CDX_ACCEPT_RESERVE_FDS];
+    size_t nreserve;
+    struct event *accept_timer;
+    bool accept_paused;
+    uint32_t accept_backoff_ms;
+    rate_log accept_log;
     size_t nwaiting;               /* connections with a frame waiting for budget */
     bool in_release, release_again; /* budget_released is not re-entered */
     bool draining;
@@ -98,9 +128,27 @@ static void run_job(app_job *j)
 /* Free a connection whose worker job (if any) has come back. */
 static void budget_released(app_server *s);
 
+static void hs_remove(app_server *s, conn *c)
+{
+    if (!c->handshaking)
+        return;
+    if (c->hs_prev)
+        c->hs_prev->hs_next = c->hs_next;
+    else
+        s->hs_head = c->hs_next;
+    if (c->hs_next)
+        c->hs_next->hs_prev = c->hs_prev;
+    else
+        s->hs_tail = c->hs_prev;
+    c->hs_prev = c->hs_next = NULL;
+    c->handshaking = false;
+    s->nhs--;
+}
+
 static void conn_destroy(conn *c)
 {
     app_server *s = c->srv;
+    hs_remove(s, c);
     if (c->budget_wait)
         s->nwaiting--;
     if (c->prev)
@@ -123,6 +171,9 @@ static void conn_destroy(conn *c)
     if (s->m)
         app_metrics_gauge_add(s->m, APP_G_CONNECTIONS, -1);
     free(c);
+    /* A descriptor came free: a paused listener may resume (on the next loop turn). */
+    if (s->accept_paused && s->accept_timer)
+        event_active(s->accept_timer, EV_TIMEOUT, 1);
     budget_released(s); /* what it held may let a waiting frame in */
     drain_check(s);
 }
@@ -319,6 +370,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
             return;
         }
         c->handshaken = true;
+        hs_remove(s, c);
         app_flow_handshake_done(&c->flow, cdx_mono_ms());
         cdx_log(CDX_LOG_INFO, "conn_open", "peer=%s principal=\"%s\" tls=%s", c->peer, c->principal,
                 SSL_get_version(ssl));
@@ -377,12 +429,190 @@ static void peer_name(const struct sockaddr *sa, char *out, size_t cap)
     snprintf(out, cap, sa->sa_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
 }
 
+/* true when a line may be logged now; otherwise the event is counted in rl->suppressed. */
+static bool rate_log_ok(rate_log *rl, int64_t now)
+{
+    if (rl->last_ms && now - rl->last_ms < ACCEPT_LOG_EVERY_MS) {
+        rl->suppressed++;
+        return false;
+    }
+    rl->last_ms = now;
+    return true;
+}
+
+static void source_of(const struct sockaddr *sa, conn *c)
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)(const void *)sa;
+        memcpy(c->src, &a->sin_addr, 4);
+        c->src_len = 4;
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)(const void *)sa;
+        memcpy(c->src, &a->sin6_addr, 16);
+        c->src_len = 16;
+    }
+}
+
+static bool same_source(const conn *a, const conn *b)
+{
+    return a->src_len == b->src_len && memcmp(a->src, b->src, a->src_len) == 0;
+}
+
+/* Has this handshake not started (no ClientHello read)? Those go first. */
+static bool hs_silent(const conn *c)
+{
+    SSL *ssl = c->bev ? bufferevent_openssl_get_ssl(c->bev) : NULL;
+    return ssl && SSL_in_before(ssl);
+}
+
+/* The handshake to evict among those from like's source (like NULL: any): oldest silent, else oldest. */
+static conn *hs_victim(app_server *s, const conn *like)
+{
+    conn *oldest = NULL;
+    for (conn *c = s->hs_head; c; c = c->hs_next) {
+        if (c->closing || (like && !same_source(c, like)))
+            continue;
+        if (hs_silent(c))
+            return c;
+        if (!oldest)
+            oldest = c;
+    }
+    return oldest;
+}
+
+static void hs_evict(app_server *s, conn *victim, const char *why)
+{
+    if (s->m)
+        app_metrics_inc(s->m, APP_C_HANDSHAKE_EVICTED, 1);
+    if (rate_log_ok(&s->evict_log, cdx_mono_ms())) {
+        cdx_log(CDX_LOG_WARN, "handshake_evicted",
+                "peer=%s reason=%s handshaking=%zu suppressed=%llu", victim->peer, why, s->nhs,
+                (unsigned long long)s->evict_log.suppressed);
+        s->evict_log.suppressed = 0;
+    }
+    conn_close(victim, why);
+}
+
+/*
+ * Make room for a new handshake from c's source: over the per-source cap the
+ * oldest handshake of that source goes, over the global cap the oldest of
+ * all; handshakes that have not sent a byte of TLS go before those under way.
+ */
+static void hs_make_room(app_server *s, const conn *c)
+{
+    uint32_t cap = s->cfg->max_handshaking < s->cfg->max_connections ? s->cfg->max_handshaking
+                                                                     : s->cfg->max_connections;
+    size_t same = 0;
+    for (conn *h = s->hs_head; h; h = h->hs_next)
+        same += same_source(h, c);
+    if (same >= s->cfg->max_handshaking_per_source) {
+        conn *v = hs_victim(s, c);
+        if (v)
+            hs_evict(s, v, "handshakes-per-source");
+    }
+    while (s->nhs >= cap) {
+        conn *v = hs_victim(s, NULL);
+        if (!v)
+            break;
+        hs_evict(s, v, "handshakes");
+    }
+}
+
+static void hs_add(app_server *s, conn *c)
+{
+    c->handshaking = true;
+    c->hs_prev = s->hs_tail;
+    c->hs_next = NULL;
+    if (s->hs_tail)
+        s->hs_tail->hs_next = c;
+    else
+        s->hs_head = c;
+    s->hs_tail = c;
+    s->nhs++;
+}
+
+/* Take the reserved descriptors back; true when all are held. */
+static bool reserve_fill(app_server *s)
+{
+    while (s->nreserve < CDX_ACCEPT_RESERVE_FDS) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return false;
+        s->reserve[s->nreserve++] = fd;
+    }
+    return true;
+}
+
+static void reserve_release(app_server *s)
+{
+    while (s->nreserve)
+        close(s->reserve[--s->nreserve]);
+}
+
+static void accept_timer_arm(app_server *s)
+{
+    struct timeval tv = {s->accept_backoff_ms / 1000, (s->accept_backoff_ms % 1000) * 1000};
+    evtimer_add(s->accept_timer, &tv);
+}
+
+/*
+ * accept() failed with something other than "try again" (EMFILE, ENFILE,
+ * ENOBUFS, ENOMEM): pause the listener instead of spinning on a socket that
+ * stays readable, give the reserved descriptors back to the rest of the
+ * process, and try again after a back-off or when a connection closes.
+ */
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    app_server *s = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    (void)l;
+    if (!s->accept_paused) {
+        evconnlistener_disable(s->lis);
+        s->accept_paused = true;
+    }
+    reserve_release(s);
+    s->accept_backoff_ms = s->accept_backoff_ms ? s->accept_backoff_ms * 2 : ACCEPT_PAUSE_MIN_MS;
+    if (s->accept_backoff_ms > ACCEPT_PAUSE_MAX_MS)
+        s->accept_backoff_ms = ACCEPT_PAUSE_MAX_MS;
+    if (s->m)
+        app_metrics_inc(s->m, APP_C_ACCEPT_PAUSED, 1);
+    if (rate_log_ok(&s->accept_log, cdx_mono_ms())) {
+        cdx_log(CDX_LOG_ERROR, "accept_paused",
+                "errno=%d msg=\"%s\" connections=%zu backoff_ms=%u suppressed=%llu hint=\"raise "
+                "LimitNOFILE or lower max_connections\"",
+                e, strerror(e), s->nconns, s->accept_backoff_ms,
+                (unsigned long long)s->accept_log.suppressed);
+        s->accept_log.suppressed = 0;
+    }
+    accept_timer_arm(s);
+}
+
+/* Resume accepting once the reserve is whole again (else wait some more). */
+static void on_accept_timer(evutil_socket_t fd, short what, void *arg)
+{
+    app_server *s = arg;
+    (void)fd;
+    (void)what;
+    if (!s->accept_paused || s->draining)
+        return;
+    if (!reserve_fill(s)) {
+        if (!evtimer_pending(s->accept_timer, NULL))
+            accept_timer_arm(s);
+        return;
+    }
+    evtimer_del(s->accept_timer);
+    s->accept_paused = false;
+    evconnlistener_enable(s->lis);
+    cdx_log(CDX_LOG_INFO, "accept_resumed", "connections=%zu", s->nconns);
+}
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int slen,
                       void *arg)
 {
     app_server *s = arg;
     (void)l;
     (void)slen;
+    s->accept_backoff_ms = 0; /* accepting works again */
     if (s->draining || s->nconns >= s->cfg->max_connections) {
         if (s->m)
             app_metrics_inc(s->m, APP_C_CONN_REFUSED, 1);
@@ -396,6 +626,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     }
     c->srv = s;
     peer_name(sa, c->peer, sizeof(c->peer));
+    source_of(sa, c);
+    if (s->tls)
+        hs_make_room(s, c);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* small answers, no Nagle */
     c->dec = wire_dec_new((size_t)s->cfg->max_frame_bytes);
@@ -436,6 +669,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
+    if (c->tls)
+        hs_add(s, c);
     if (s->m) {
         app_metrics_inc(s->m, APP_C_CONN_ACCEPTED, 1);
         app_metrics_gauge_add(s->m, APP_G_CONNECTIONS, 1);
@@ -501,6 +736,8 @@ void app_server_drain(app_server *s, void (*done)(void *arg), void *arg)
     s->drain_arg = arg;
     if (s->lis)
         evconnlistener_disable(s->lis);
+    if (s->accept_timer)
+        evtimer_del(s->accept_timer);
     for (conn *c = s->conns; c; c = c->next)
         if (c->bev && !c->paused) {
             bufferevent_disable(c->bev, EV_READ);
@@ -546,6 +783,14 @@ cdx_err app_server_new(struct event_base *base, const app_config *cfg, app_tls *
         return cdx_fail(CDX_ERR_UNAVAILABLE, "[server] listen %s: cannot listen: %s", cfg->listen,
                         strerror(e));
     }
+    evconnlistener_set_error_cb(s->lis, on_accept_error);
+    s->accept_timer = evtimer_new(base, on_accept_timer, s);
+    if (!s->accept_timer || !reserve_fill(s)) {
+        app_server_free(s);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED,
+                        "cannot set up the accept back-off (timer, %d reserved descriptors)",
+                        CDX_ACCEPT_RESERVE_FDS);
+    }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     getsockname(evconnlistener_get_fd(s->lis), (struct sockaddr *)&ss, &sl);
@@ -571,6 +816,11 @@ void app_server_free(app_server *s)
         return;
     if (s->lis)
         evconnlistener_free(s->lis);
+    s->accept_paused = false;
+    if (s->accept_timer)
+        event_free(s->accept_timer);
+    s->accept_timer = NULL;
+    reserve_release(s);
     s->in_release = true; /* closing everything: nothing is to be resumed */
     /* Connections with a job on a worker: the pool is drained by now (the daemon frees it
      * first and hands the completions over), so none is running. */

@@ -14,6 +14,16 @@
  * not finishing within handshake_timeout_ms closes it; a frame over the cap
  * gets a FRAME_TOO_LARGE status and the connection is closed (the stream
  * cannot be resynchronised); idle and slow-receive timeouts close it.
+ *
+ * Unauthenticated connections: at most max_handshaking connections may be
+ * in their TLS handshake, max_handshaking_per_source from one address; a
+ * new one over either cap closes the oldest (of that address, or of all),
+ * those that never sent a TLS byte first. So raw sockets cannot hold
+ * max_connections, and a flood from one address does not evict another's
+ * handshakes. accept() failing other than transiently (EMFILE, ENFILE,
+ * ENOBUFS) pauses the listener (50 ms doubling to 1 s, or until a
+ * connection closes) and frees CDX_ACCEPT_RESERVE_FDS descriptors held back
+ * for the rest of the process; one log line per 10 s at most.
  */
 #ifndef APP_SERVER_H
 #define APP_SERVER_H

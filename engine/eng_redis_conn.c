@@ -33,8 +33,12 @@
  * which are, and how each resumes).
  *
  * Back-off: a failed connect makes every call fail fast with
- * CDX_ERR_STORE_UNAVAILABLE for 100 ms, doubling up to 5 s while connects
- * keep failing; no caller ever sleeps for it.
+ * CDX_ERR_STORE_UNAVAILABLE for 100 ms, doubling up to 1 s while connects
+ * keep failing (so service resumes within about a second of Redis's
+ * return); no caller ever sleeps for it. A server that answers PING with
+ * LOADING (reading its AOF or RDB after a restart) is "not yet", not a
+ * failure: it is asked again every 100 ms without growing the back-off.
+ * eng_rd_retry_now (the daemon's SIGHUP) ends a back-off at once.
  *
  * AUTH: the password is read from its file at every connect (so it can be
  * rotated) by hsm_secfile_read (no symlink, a regular file without group or
@@ -65,7 +69,8 @@
 #define RD_PIPE_BYTES     (8u << 20) /* argument bytes per round trip (output buffer) */
 #define RD_SLACK          (1u << 20) /* unparsed bytes beyond one value: headers + reads */
 #define RD_BACKOFF_MIN_MS 100
-#define RD_BACKOFF_MAX_MS 5000
+#define RD_BACKOFF_MAX_MS 1000
+#define RD_LOADING_RETRY_MS 100 /* a LOADING server is asked again this often */
 #define RD_IN_BUF         (16u << 10) /* bulk reader staging: headers, bytes after a payload */
 
 /* ---- connection I/O ---- */
@@ -468,7 +473,14 @@ static void rd_conn_free(rd_conn *k)
     free(k);
 }
 
-static cdx_err rd_connect(rd_store *st, rd_conn **out)
+/* The PING reply says the server is still loading its data set. */
+static bool rd_is_loading(const rd_reply *r)
+{
+    return r && r->type == REDIS_REPLY_ERROR && r->len >= 7 && memcmp(r->str, "LOADING", 7) == 0;
+}
+
+/* *loading: the server answered but is still loading its data (not a failure). */
+static cdx_err rd_connect(rd_store *st, rd_conn **out, bool *loading)
 {
     struct timeval tv = {.tv_sec = st->timeout_ms / 1000,
                          .tv_usec = (suseconds_t)(st->timeout_ms % 1000) * 1000};
@@ -514,8 +526,15 @@ static cdx_err rd_connect(rd_store *st, rd_conn **out)
     e = rd_flush(k, "PING");
     if (e == CDX_OK)
         e = rd_read(k, 0, "PING", &r);
-    if (e == CDX_OK && !eng_rd_is_status(r, "PONG"))
+    if (e == CDX_OK && rd_is_loading(r)) {
+        *loading = true;
+        e = cdx_fail(CDX_ERR_STORE_UNAVAILABLE,
+                     "Redis at %s is loading its data set after a restart: not serving yet "
+                     "(asked again every %d ms)",
+                     st->addr, RD_LOADING_RETRY_MS);
+    } else if (e == CDX_OK && !eng_rd_is_status(r, "PONG")) {
         e = eng_rd_unexpected(r, "PING");
+    }
 out:
     eng_rd_reply_free(r);
     if (e != CDX_OK) {
@@ -573,9 +592,14 @@ cdx_err eng_rd_acquire(rd_store *st, bool fresh, rd_conn **out)
     for (;;) {
         long long now = cdx_mono_ms();
         if (now < st->retry_at_ms) {
-            e = cdx_fail(CDX_ERR_STORE_UNAVAILABLE,
-                         "Redis at %s is unreachable (%s); in back-off, next attempt in %lld ms",
-                         st->addr, st->last_err, st->retry_at_ms - now);
+            e = st->loading ? cdx_fail(CDX_ERR_STORE_UNAVAILABLE,
+                                       "Redis at %s is loading its data set after a restart: not "
+                                       "serving yet (next check in %lld ms)",
+                                       st->addr, st->retry_at_ms - now)
+                            : cdx_fail(CDX_ERR_STORE_UNAVAILABLE,
+                                       "Redis at %s is unreachable (%s); in back-off, next "
+                                       "attempt in %lld ms",
+                                       st->addr, st->last_err, st->retry_at_ms - now);
             pthread_mutex_unlock(&st->mu);
             return e;
         }
@@ -606,23 +630,50 @@ cdx_err eng_rd_acquire(rd_store *st, bool fresh, rd_conn **out)
     pthread_mutex_unlock(&st->mu);
     rd_conn_free(stale);
 
-    e = rd_connect(st, &k);
+    bool loading = false, log_loading = false, log_ready = false;
+    e = rd_connect(st, &k, &loading);
     pthread_mutex_lock(&st->mu);
-    if (e != CDX_OK) {
+    if (e != CDX_OK && loading) { /* not yet: no growing back-off, asked again shortly */
+        st->n_open--;
+        st->backoff_ms = 0;
+        st->retry_at_ms = cdx_mono_ms() + RD_LOADING_RETRY_MS;
+        snprintf(st->last_err, sizeof(st->last_err), "%s", "loading its data set");
+        log_loading = !st->loading;
+        st->loading = true;
+        pthread_cond_broadcast(&st->cv);
+    } else if (e != CDX_OK) {
         st->n_open--;
         st->backoff_ms = st->backoff_ms ? st->backoff_ms * 2 : RD_BACKOFF_MIN_MS;
         if (st->backoff_ms > RD_BACKOFF_MAX_MS)
             st->backoff_ms = RD_BACKOFF_MAX_MS;
         st->retry_at_ms = cdx_mono_ms() + st->backoff_ms;
         snprintf(st->last_err, sizeof(st->last_err), "%s", cdx_err_detail());
+        st->loading = false;
         pthread_cond_broadcast(&st->cv);
     } else {
         st->backoff_ms = 0;
         st->retry_at_ms = 0;
+        log_ready = st->loading;
+        st->loading = false;
     }
     pthread_mutex_unlock(&st->mu);
+    if (log_loading) /* once per loading phase, not per attempt */
+        cdx_log(CDX_LOG_WARN, "store_redis_loading", "addr=\"%s\" retry_ms=%d", st->addr,
+                RD_LOADING_RETRY_MS);
+    if (log_ready)
+        cdx_log(CDX_LOG_INFO, "store_redis_loaded", "addr=\"%s\"", st->addr);
     *out = k;
     return e;
+}
+
+void eng_rd_retry_now(eng_store *s)
+{
+    rd_store *st = rd_store_of(s);
+
+    pthread_mutex_lock(&st->mu);
+    st->backoff_ms = 0;
+    st->retry_at_ms = 0;
+    pthread_mutex_unlock(&st->mu);
 }
 
 /* Return a connection; a broken one is closed, and a dropped one takes the idle ones along. */

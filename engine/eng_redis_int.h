@@ -131,6 +131,7 @@ typedef struct rd_store {
     unsigned n_open; /* idle + in use + being connected */
     long long backoff_ms;
     long long retry_at_ms;
+    bool loading; /* the last connect found the server loading its data set */
     char last_err[256];
 } rd_store;
 
@@ -211,6 +212,9 @@ void eng_rd_pool_fini(rd_store *st);
  * CDX_ERR_RESOURCE_EXHAUSTED, CDX_ERR_INTERNAL (unexpected reply).
  */
 CDX_MUST_CHECK cdx_err eng_rd_acquire(rd_store *st, bool fresh, rd_conn **out);
+
+/* End the connect back-off: the next acquire connects at once. Thread-safe. */
+void eng_rd_retry_now(eng_store *s);
 
 /*
  * Give k back (NULL is a no-op): pooled, or closed when broken; a dropped

@@ -203,7 +203,12 @@ static cdx_err rd_error_reply(const rd_reply *r, const char *op)
     if (has_prefix(r, "OOM"))
         return cdx_fail(CDX_ERR_STORE_UNAVAILABLE,
                         "Redis is out of memory (%s): raise maxmemory or add memory", t);
-    if (has_prefix(r, "LOADING") || has_prefix(r, "BUSY") || has_prefix(r, "MISCONF") ||
+    if (has_prefix(r, "LOADING")) /* restarted, reading its AOF/RDB: soon, not broken */
+        return cdx_fail(CDX_ERR_STORE_UNAVAILABLE,
+                        "Redis is loading its data set after a restart: %s not served yet; retry "
+                        "shortly",
+                        op);
+    if (has_prefix(r, "BUSY") || has_prefix(r, "MISCONF") ||
         has_prefix(r, "READONLY") || has_prefix(r, "MASTERDOWN") || has_prefix(r, "TRYAGAIN") ||
         has_prefix(r, "CLUSTERDOWN"))
         return cdx_fail(CDX_ERR_STORE_UNAVAILABLE, "Redis cannot serve %s now (%s)", op, t);

@@ -222,6 +222,12 @@ const char *eng_store_kind(const eng_store *s)
     return s && s->ops ? s->ops->kind(s) : "(null)";
 }
 
+void eng_store_retry_now(eng_store *s)
+{
+    if (s && s->ops && s->ops->retry_now)
+        s->ops->retry_now(s);
+}
+
 cdx_err eng_store_mget(eng_store *s, const char *const *keys, size_t n, eng_val *out)
 {
     cdx_err e = check_store(s, "mget");

@@ -144,6 +144,13 @@ void eng_store_free(eng_store *s);
 /* "memory", "redis" or "fault(<inner>)". */
 const char *eng_store_kind(const eng_store *s);
 
+/*
+ * End a reconnect back-off now: the next call connects at once instead of
+ * failing fast (the daemon's SIGHUP). Thread-safe; NULL or a backend
+ * without a back-off: no-op.
+ */
+void eng_store_retry_now(eng_store *s);
+
 /* ---- operations ---- */
 
 /* Fetch n keys (MGET). out[i] for keys[i]. */

@@ -236,6 +236,11 @@ static cdx_err fault_check(eng_store *s, char *desc, size_t cap, char *why, size
     return f->inner->ops->check(f->inner, desc, cap, why, wcap);
 }
 
+static void fault_retry_now(eng_store *s)
+{
+    eng_store_retry_now(as_fault(s)->inner);
+}
+
 static const struct eng_store_ops fault_ops = {
     .kind = fault_kind,
     .free = fault_free,
@@ -249,6 +254,7 @@ static const struct eng_store_ops fault_ops = {
     .commit = fault_commit,
     .abort = fault_abort,
     .check = fault_check,
+    .retry_now = fault_retry_now,
 };
 
 cdx_err eng_store_fault_new(eng_store *inner, eng_store **out)

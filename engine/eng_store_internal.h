@@ -40,6 +40,8 @@ struct eng_store_ops {
      * allow_unsafe_durability is set.
      */
     cdx_err (*check)(eng_store *s, char *desc, size_t cap, char *why, size_t wcap);
+    /* Optional (NULL: nothing to reset): end a reconnect back-off now. */
+    void (*retry_now)(eng_store *s);
 };
 
 /* Every backend's store struct starts with this. */

@@ -666,6 +666,7 @@ static const struct eng_store_ops rd_ops = {
     .commit = eng_rd_commit,
     .abort = eng_rd_abort,
     .check = rd_check,
+    .retry_now = eng_rd_retry_now,
 };
 
 /* hiredis writes with write(2): a dropped server must not kill us with SIGPIPE. */

@@ -264,6 +264,10 @@ static cdx_err recover(hsm_custody *c, uint64_t seen_gen)
         goto out;
     }
     int64_t now = cdx_mono_ms();
+    if (atomic_exchange(&c->retry_now, false)) { /* an operator asked: try now, from the start */
+        c->next_try_ms = 0;
+        c->backoff_ms = CDX_RELOGIN_BACKOFF_MIN_MS;
+    }
     if (now < c->next_try_ms) {
         err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE,
                        "the token is unavailable; next reconnection attempt in %lld ms",
@@ -558,6 +562,12 @@ static cdx_err rand_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv
         return cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "the token's random generator failed");
     }
     return CDX_OK;
+}
+
+void hsm_custody_retry_now(hsm_custody *c)
+{
+    if (c)
+        atomic_store(&c->retry_now, true);
 }
 
 cdx_err hsm_random(hsm_custody *c, void *buf, size_t len)

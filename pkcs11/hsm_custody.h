@@ -18,8 +18,10 @@
  * import/destroy are re-checked by looking the object up instead.
  * After CKR_PIN_INCORRECT, CKR_PIN_LOCKED or CKR_PIN_EXPIRED custody never
  * logs in again on its own (a real HSM would lock or zeroise); other failed
- * recoveries back off exponentially up to CDX_RELOGIN_BACKOFF_MAX_MS and
- * report CDX_ERR_HSM_UNAVAILABLE meanwhile. The process never dies because
+ * recoveries back off exponentially up to CDX_RELOGIN_BACKOFF_MAX_MS (a
+ * second: service resumes within about that of the token's return) and
+ * report CDX_ERR_HSM_UNAVAILABLE meanwhile; hsm_custody_retry_now ends a
+ * back-off early. The process never dies because
  * the token went away.
  *
  * Thread-safety: open, free and hsm_token_list take the process registry's
@@ -68,6 +70,14 @@ typedef struct hsm_stats {
 
 /* Counters of this context (atomics: a consistent-enough snapshot, not a transaction). */
 void hsm_custody_stats(hsm_custody *c, hsm_stats *out);
+
+/*
+ * Forget the recovery back-off: the next operation that finds the token
+ * down tries to reconnect at once (the daemon's SIGHUP calls this).
+ * Thread-safe (one atomic store); NULL is a no-op. A PIN failure still
+ * blocks re-login (see above).
+ */
+void hsm_custody_retry_now(hsm_custody *c);
 
 /* Subkey TTL in ms this context was opened with (0 = no cache). */
 uint32_t hsm_custody_subkey_ttl(const hsm_custody *c);

@@ -27,7 +27,9 @@
 #define CDX_SECMEM_DEFAULT        (256u * 1024u) /* locked arena for secrets */
 #define CDX_SECMEM_MAX            (64u * 1024u * 1024u)
 #define CDX_RELOGIN_BACKOFF_MIN_MS 250
-#define CDX_RELOGIN_BACKOFF_MAX_MS 60000 /* re-login attempts back off up to this */
+#define CDX_RELOGIN_BACKOFF_MAX_MS 1000 /* re-login attempts back off up to this: service
+                                          * resumes within about a second of the token's return
+                                          * (one failed attempt costs a finalise + initialise) */
 #define CDX_TOKENS_LISTED_MAX     16    /* tokens named in a TOKEN_NOT_FOUND message */
 #define CDX_KEYS_LISTED_MAX       65536 /* objects the admin listing will walk */
 
@@ -41,7 +43,12 @@
 #define CDX_INFLIGHT_DEFAULT       (1ull << 30)      /* global in-flight request bytes */
 #define CDX_INFLIGHT_MAX           (64ull << 30)
 #define CDX_OUTPUT_HIGH_WATER_DEFAULT (16u << 20)    /* queued response bytes per connection */
-#define CDX_HANDSHAKE_TIMEOUT_MS_DEFAULT 10000
+#define CDX_HANDSHAKE_TIMEOUT_MS_DEFAULT 3000        /* a TLS 1.3 handshake is 1 RTT + ms of CPU */
+#define CDX_HANDSHAKING_DEFAULT    256               /* connections still in their TLS handshake */
+#define CDX_HANDSHAKING_PER_SOURCE_DEFAULT 32        /* ... from one source address */
+#define CDX_ACCEPT_RESERVE_FDS     8  /* descriptors held back so that accepting never takes the
+                                       * last ones (Redis reconnects, token, state files) */
+#define CDX_FDS_BASE               64 /* stdio, listeners, loop, pool, logs, state files, token */
 #define CDX_IDLE_TIMEOUT_S_DEFAULT 300
 #define CDX_MIN_RECV_RATE_DEFAULT  1024              /* bytes/s while a frame is arriving */
 #define CDX_WORKERS_MAX            256

@@ -92,3 +92,7 @@ add_test(NAME test_pkcs11_admin_split
                  -DTOOL=$<TARGET_FILE:cipherdex-hsm> -P ${CMAKE_SOURCE_DIR}/tests/check_admin_split.cmake)
 # The Redis backend's password_file and AUTH (secret file reader, locked memory) against a throwaway redis-server.
 cdx_add_test(test_store_redis_auth SOURCES test_store_redis_auth.c LIBS cdx_engine)
+# Connections and recovery at the daemon's edge (raw-socket floods, descriptors past 1024, EMFILE,
+# the descriptor budget) and the C client's retry helper across daemon kills.
+cdx_add_test(test_conn SOURCES test_conn.c LIBS cdx_client cdx_appops TIMEOUT 300)
+add_dependencies(test_conn cipherdexd)

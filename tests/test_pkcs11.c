@@ -22,6 +22,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include "cdx_err.h"
+#include "cdx_time.h"
 #include "fx_custody.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
@@ -945,6 +946,70 @@ static void test_cache_yields_arena(void)
     fx_token_free(t);
 }
 
+static void nap_ms(long ms) /* the callers' pace, or polling against a deadline */
+{
+    struct timespec ts = {0, ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Keep asking the token (as a loaded daemon does) for ms milliseconds; every call must fail. */
+static void ask_while_away(hsm_custody *c, long ms)
+{
+    uint8_t rnd[16];
+    int64_t t0 = cdx_mono_ms();
+    while (cdx_mono_ms() - t0 < ms) {
+        CU_ASSERT_EQUAL(hsm_random(c, rnd, sizeof(rnd)), CDX_ERR_HSM_UNAVAILABLE);
+        nap_ms(20);
+    }
+}
+
+/* The token goes away: random and new sessions fail as with a pulled HSM. */
+static void token_away(void)
+{
+    p11wrap_inject_fn("C_GenerateRandom", CKR_DEVICE_REMOVED, -1);
+    p11wrap_inject_fn("C_OpenSession", CKR_DEVICE_REMOVED, -1);
+}
+
+/*
+ * Recovery follows the token closely: after 4 s away with callers asking
+ * throughout, operations work again within 2 s of its return (the re-login
+ * back-off is capped at 1 s; at the old 60 s cap this outage left them
+ * failing ~4 s longer). hsm_custody_retry_now (SIGHUP) ends a back-off at once.
+ */
+static void test_token_recovery_lag(void)
+{
+    fx_token *t = fx_token_new("lagtok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, wrap_path, 0);
+    uint8_t rnd[16];
+    CU_ASSERT_EQUAL_FATAL(hsm_random(c, rnd, sizeof(rnd)), CDX_OK);
+
+    token_away();
+    ask_while_away(c, 4000);
+    p11wrap_clear_fn();
+    int64_t back = cdx_mono_ms();
+    cdx_err rc;
+    while ((rc = hsm_random(c, rnd, sizeof(rnd))) != CDX_OK && cdx_mono_ms() - back < 15000)
+        nap_ms(10);
+    int64_t lag = cdx_mono_ms() - back;
+    CU_ASSERT_EQUAL(rc, CDX_OK);
+    CU_ASSERT_TRUE(lag < 2000);
+    fprintf(stderr, "(token: served again %lld ms after its return) ", (long long)lag);
+
+    token_away();
+    ask_while_away(c, 1500); /* the back-off is at its cap now */
+    p11wrap_clear_fn();
+    rc = hsm_random(c, rnd, sizeof(rnd));
+    if (rc != CDX_OK) { /* in back-off: fails fast without touching the module ... */
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "next reconnection attempt"));
+    }
+    hsm_custody_retry_now(c); /* ... until told to retry now */
+    CU_ASSERT_EQUAL(hsm_random(c, rnd, sizeof(rnd)), CDX_OK);
+    hsm_custody_retry_now(NULL); /* a no-op */
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
 static void test_errors_have_names(void)
 {
     CU_ASSERT_STRING_EQUAL(cdx_err_name(CDX_ERR_KEY_REPLACED), "KEY_REPLACED");
@@ -969,6 +1034,7 @@ int main(void)
         {"bad key files", test_bad_key_files},
         {"ambiguous and replaced keys", test_ambiguous_and_replaced},
         {"token re-init, recovery, back-off", test_token_reinit_and_recovery},
+        {"token away 4 s: served within 2 s of its return; retry_now", test_token_recovery_lag},
         {"8 threads x 1000 derivations, cache off", test_threads_no_cache},
         {"subkey cache TTL and wipe", test_cache_ttl},
         {"subkey cache yields to the secret arena", test_cache_yields_arena},

@@ -509,6 +509,7 @@ static void test_retry_after_drop(void)
 
 typedef struct fake_conn {
     int fd;
+    int gen; /* fake_redis.gen when accepted */
     char *in;
     size_t len, cap;
 } fake_conn;
@@ -518,6 +519,8 @@ typedef struct fake_redis {
     int wake[2]; /* written to stop the thread */
     pthread_t th;
     atomic_int accepts;
+    atomic_int loading; /* every command answered -LOADING (a restarted server reading its AOF) */
+    atomic_int gen;     /* bumped by a test: older connections are dropped ("restart") */
     fake_conn c[FAKE_CONNS];
 } fake_redis;
 
@@ -588,9 +591,12 @@ static bool arg_is(const char *a, size_t l, const char *s)
 }
 
 /* Answer one command. Returns -1 to close the connection. */
-static int fake_answer(int fd, const char *argv[8], const size_t argl[8], int argc)
+static int fake_answer(fake_redis *f, int fd, const char *argv[8], const size_t argl[8], int argc)
 {
     char key[64] = "", out[96];
+
+    if (atomic_load(&f->loading))
+        return fake_send(fd, "-LOADING Redis is loading the dataset in memory\r\n", 49);
 
     if (argc >= 2)
         snprintf(key, sizeof(key), "%.*s", (int)(argl[1] < 63 ? argl[1] : 63), argv[1]);
@@ -698,6 +704,7 @@ static void *fake_main(void *arg)
             else if (fd >= 0) {
                 setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
                 f->c[slot].fd = fd;
+                f->c[slot].gen = atomic_load(&f->gen);
                 atomic_fetch_add(&f->accepts, 1);
             }
         }
@@ -726,7 +733,8 @@ static void *fake_main(void *arg)
                 int argc = 0, pr = fake_parse(c->in, c->len, argv, argl, &argc, &used);
                 if (pr == 0)
                     break;
-                if (pr < 0 || fake_answer(c->fd, argv, argl, argc) < 0) {
+                if (pr < 0 || c->gen != atomic_load(&f->gen) ||
+                    fake_answer(f, c->fd, argv, argl, argc) < 0) {
                     fake_close(c);
                     break;
                 }
@@ -880,6 +888,123 @@ static void test_bulk_reader_hostile(void)
     fake_stop(f);
 }
 
+/*
+ * After Redis comes back from an outage long enough to grow the back-off,
+ * calls are served again within 2 s (the back-off is capped at 1 s; it was
+ * 5 s, and a 3.3 s outage then left the store failing for ~3 s more).
+ */
+static void test_backoff_capped_after_outage(void)
+{
+    fx_redis *r = fx_redis_start(NULL);
+    eng_store *s;
+    cdx_err rc;
+    const char *k[] = {"t:cap"};
+    eng_val v;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    s = open_tcp(r, false, &rc);
+    CU_ASSERT_EQUAL_FATAL(rc, CDX_OK);
+    fx_store_put(s, "t:cap", "x", 1);
+    fx_redis_kill9(r);
+    /* Callers keep asking through the outage, as a loaded daemon does. */
+    long long t0 = cdx_mono_ms();
+    while (cdx_mono_ms() - t0 < 3300) {
+        CU_ASSERT_EQUAL(eng_store_mget(s, k, 1, &v), CDX_ERR_STORE_UNAVAILABLE);
+        fx_pause_ms(20); /* the load's pace, not a synchronisation */
+    }
+    CU_ASSERT_EQUAL_FATAL(fx_redis_restart(r), 0);
+    long long back = cdx_mono_ms(), deadline = back + 10000;
+    while ((rc = eng_store_mget(s, k, 1, &v)) != CDX_OK && cdx_mono_ms() < deadline)
+        fx_pause_ms(10); /* polling with a deadline */
+    long long lag = cdx_mono_ms() - back;
+    CU_ASSERT_EQUAL(rc, CDX_OK);
+    if (rc == CDX_OK) {
+        CU_ASSERT_TRUE(v.found && v.len == 1);
+        eng_vals_free(&v, 1);
+    }
+    CU_ASSERT_TRUE(lag < 2000);
+    fprintf(stderr, "(served again %lld ms after Redis was back) ", lag);
+    eng_store_free(s);
+    fx_redis_stop(r);
+}
+
+/* eng_store_retry_now (the daemon's SIGHUP) ends a back-off: the next call connects at once. */
+static void test_retry_now_ends_backoff(void)
+{
+    fx_redis *r = fx_redis_start(NULL);
+    eng_store *s;
+    cdx_err rc;
+    const char *k[] = {"t:now"};
+    eng_val v;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    s = open_tcp(r, false, &rc);
+    CU_ASSERT_EQUAL_FATAL(rc, CDX_OK);
+    fx_redis_kill9(r);
+    long long t0 = cdx_mono_ms();
+    while (cdx_mono_ms() - t0 < 800) { /* back-off grows to 400-800 ms */
+        CU_ASSERT_EQUAL(eng_store_mget(s, k, 1, &v), CDX_ERR_STORE_UNAVAILABLE);
+        fx_pause_ms(20);
+    }
+    CU_ASSERT_EQUAL_FATAL(fx_redis_restart(r), 0);
+    /* Still in back-off (it fails fast without touching Redis) ... */
+    rc = eng_store_mget(s, k, 1, &v);
+    if (rc != CDX_OK) {
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "back-off"));
+    } else {
+        eng_vals_free(&v, 1);
+    }
+    /* ... until told to retry now. */
+    eng_store_retry_now(s);
+    CU_ASSERT_EQUAL(eng_store_mget(s, k, 1, &v), CDX_OK);
+    eng_vals_free(&v, 1);
+    eng_store_retry_now(NULL); /* a no-op */
+    eng_store_free(s);
+    fx_redis_stop(r);
+}
+
+/*
+ * A restarted Redis answers LOADING while it reads its data set: that is
+ * "not yet", asked again every 100 ms, not a failure growing the back-off
+ * (which left the store failing for a second or more after loading ended).
+ */
+static void test_loading_is_not_yet(void)
+{
+    fake_redis *f = fake_start();
+    eng_redis_opts o = {.host = "127.0.0.1", .timeout_ms = 1500};
+    eng_store *s = NULL;
+    int loading_seen = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    o.port = f->port;
+    CU_ASSERT_EQUAL_FATAL(eng_store_redis_new(&o, &s), CDX_OK);
+    CU_ASSERT_EQUAL(fake_get(s, "v:10", 0, 10), CDX_OK);
+    /* "Restart": the old connection drops, the server loads for 2 s. */
+    atomic_store(&f->loading, 1);
+    atomic_fetch_add(&f->gen, 1);
+    int a0 = atomic_load(&f->accepts);
+    long long t0 = cdx_mono_ms();
+    while (cdx_mono_ms() - t0 < 2000) {
+        CU_ASSERT_EQUAL(fake_get(s, "v:10", 0, 10), CDX_ERR_STORE_UNAVAILABLE);
+        loading_seen += strstr(cdx_err_detail(), "loading") != NULL;
+        fx_pause_ms(20); /* the load's pace, not a synchronisation */
+    }
+    int asked = atomic_load(&f->accepts) - a0;
+    CU_ASSERT_TRUE(loading_seen > 0);
+    CU_ASSERT_TRUE(asked >= 8 && asked <= 40); /* about every 100 ms: neither hammered nor idle */
+    atomic_store(&f->loading, 0);
+    long long back = cdx_mono_ms(), deadline = back + 10000;
+    cdx_err rc;
+    while ((rc = fake_get(s, "v:10", 0, 10)) != CDX_OK && cdx_mono_ms() < deadline)
+        fx_pause_ms(5); /* polling with a deadline */
+    long long lag = cdx_mono_ms() - back;
+    CU_ASSERT_EQUAL(rc, CDX_OK);
+    CU_ASSERT_TRUE(lag < 500);
+    fprintf(stderr, "(%d connects while loading; served %lld ms after loading ended) ", asked, lag);
+    eng_store_free(s);
+    fake_stop(f);
+}
+
 /* ---- main ---- */
 
 static const fx_test redis_tests[] = {
@@ -895,6 +1020,9 @@ static const fx_test redis_tests[] = {
     {"pool exhaustion waits timeout_ms then fails", test_pool_exhaustion},
     {"dropped connections: retry with read-back; commit not retried", test_retry_after_drop},
     {"bulk reader: hostile replies from a fake server", test_bulk_reader_hostile},
+    {"back-off capped: served within 2 s of Redis's return", test_backoff_capped_after_outage},
+    {"retry_now (SIGHUP) ends a back-off", test_retry_now_ends_backoff},
+    {"LOADING is 'not yet': asked every 100 ms, served at once after", test_loading_is_not_yet},
 };
 
 static int init_tmp(void)

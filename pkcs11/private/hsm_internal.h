@@ -61,6 +61,7 @@ struct hsm_custody {
     cdx_err login_block; /* set after a PIN failure: never log in again on our own */
     int64_t next_try_ms; /* recovery back-off */
     uint32_t backoff_ms;
+    atomic_bool retry_now; /* hsm_custody_retry_now: ignore the back-off once */
 
     pthread_mutex_t pool_mu;
     pthread_cond_t pool_cv;

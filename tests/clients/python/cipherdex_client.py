@@ -4,11 +4,25 @@ The protobuf classes come from proto/cipherdex.proto compiled with
 `protoc --python_out=DIR -I proto proto/cipherdex.proto` (Debian: protobuf-compiler,
 python3-protobuf; run with /usr/bin/python3, which has python3-protobuf).
 """
+import random
 import socket
 import ssl
 import struct
+import time
 
 import cipherdex_pb2 as pb
+
+# docs/WIRE.md, "What to retry". Statuses saying nothing was applied: any request may be sent
+# again (ABORTED, UNAVAILABLE, BUSY).
+RETRY_ANY = frozenset({10, 14, 109})
+# Statuses that may leave the outcome unknown (a commit cut off): only idempotent requests
+# (DEADLINE_EXCEEDED, HSM_UNAVAILABLE, STORE_UNAVAILABLE).
+RETRY_IDEMPOTENT = RETRY_ANY | {4, 102, 107}
+# Requests that may be sent again after an unknown outcome (a dropped connection): the reads,
+# upsert (the same ids with the same values leave the same items) and delete by ids. Not
+# create_index, delete_index or train: describe the index to see what happened instead.
+IDEMPOTENT = frozenset({"health", "describe_index", "list_indexes", "get", "query", "list_ids",
+                        "upsert", "delete"})
 
 
 class CipherdexError(Exception):
@@ -24,9 +38,26 @@ class ProtocolError(Exception):
     """The server broke the wire contract (no status, wrong request id, oversized frame)."""
 
 
+class ConnectionLost(ProtocolError):
+    """The connection closed before the answer came: the request's outcome is unknown."""
+
+
+def retryable(name, code):
+    """May request `name` (an oneof body name, "upsert") be sent again after status `code`?"""
+    return code in (RETRY_IDEMPOTENT if name in IDEMPOTENT else RETRY_ANY)
+
+
 class Client:
     def __init__(self, addr, ca=None, cert=None, key=None, insecure=False, timeout=30.0,
                  max_frame=64 << 20):
+        self._args = (addr, ca, cert, key, insecure, timeout)
+        self.max_frame = max_frame
+        self.next_id = 1
+        self.sock = None
+        self._connect()
+
+    def _connect(self):
+        addr, ca, cert, key, insecure, timeout = self._args
         host, _, port = addr.rpartition(":")
         host = host.strip("[]")
         raw = socket.create_connection((host, int(port)), timeout=timeout)
@@ -38,19 +69,28 @@ class Client:
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(cert, key)
             # The server name is checked: an IP address against the certificate's IP SANs.
-            self.sock = ctx.wrap_socket(raw, server_hostname=host)
-        self.max_frame = max_frame
-        self.next_id = 1
+            try:
+                self.sock = ctx.wrap_socket(raw, server_hostname=host)
+            except BaseException:
+                raw.close()
+                raise
 
     def close(self):
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def reconnect(self):
+        """Close this connection (if any) and open a new one with the same settings."""
+        self.close()
+        self._connect()
 
     def _recv_exact(self, n):
         buf = bytearray()
         while len(buf) < n:
             chunk = self.sock.recv(n - len(buf))
             if not chunk:
-                raise ProtocolError("the server closed the connection")
+                raise ConnectionLost("the server closed the connection")
             buf += chunk
         return bytes(buf)
 
@@ -61,12 +101,28 @@ class Client:
         self.next_id += 1
         getattr(req, name).CopyFrom(msg)
         data = req.SerializeToString()
-        self.sock.sendall(struct.pack(">I", len(data)) + data)
-        (n,) = struct.unpack(">I", self._recv_exact(4))
+        if self.sock is None:
+            raise ConnectionLost("not connected (an earlier call lost the connection)")
+        try:
+            self.sock.sendall(struct.pack(">I", len(data)) + data)
+            (n,) = struct.unpack(">I", self._recv_exact(4))
+        except OSError as e:  # reset, broken pipe, timeout, TLS alert: outcome unknown
+            self.close()
+            raise ConnectionLost(f"the connection failed: {e}") from e
+        except ConnectionLost:
+            self.close()
+            raise
         if n > self.max_frame:
             raise ProtocolError(f"response of {n} bytes exceeds the cap")
         resp = pb.Response()
-        resp.ParseFromString(self._recv_exact(n))
+        try:
+            resp.ParseFromString(self._recv_exact(n))
+        except OSError as e:
+            self.close()
+            raise ConnectionLost(f"the connection failed: {e}") from e
+        except ConnectionLost:
+            self.close()
+            raise
         if not resp.HasField("status"):
             raise ProtocolError("response without a status")
         if resp.request_id not in (req.request_id, 0):
@@ -76,3 +132,39 @@ class Client:
         if resp.WhichOneof("body") != name:
             raise ProtocolError(f"answer body {resp.WhichOneof('body')!r} for {name!r}")
         return getattr(resp, name)
+
+    def call_retry(self, attempts=8, first_delay=0.05, max_delay=2.0, total=30.0, **body):
+        """call() with retries, as docs/WIRE.md "What to retry" says: after a status that
+        retryable() accepts; after a lost connection (reconnecting) when the request is
+        idempotent; when reconnecting fails (nothing was sent). Pauses grow from first_delay
+        (doubling, with jitter) up to max_delay; at most `attempts` tries within `total`
+        seconds. Raises the last error. self.attempts says how many tries were made."""
+        (name, _), = body.items()
+        idempotent = name in IDEMPOTENT
+        deadline = time.monotonic() + total
+        delay = first_delay
+        self.attempts = 0
+        while True:
+            self.attempts += 1
+            try:
+                if self.sock is None:
+                    self._connect()
+                return self.call(**body)
+            except CipherdexError as e:
+                if not retryable(name, e.code):
+                    raise
+                last = e
+            except ConnectionLost as e:
+                if not idempotent:
+                    raise
+                last = e
+            except ssl.SSLCertVerificationError:
+                raise  # fails the same way every time
+            except OSError as e:  # connecting failed: nothing was sent
+                self.close()
+                last = e
+            pause = delay / 2 + random.uniform(0, delay / 2)
+            if self.attempts >= attempts or time.monotonic() + pause > deadline:
+                raise last
+            time.sleep(pause)
+            delay = min(delay * 2, max_delay)

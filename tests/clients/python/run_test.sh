@@ -16,3 +16,6 @@ protoc --python_out="$dir/gen" -I "$src/proto" "$src/proto/cipherdex.proto"
 # shellcheck disable=SC1091
 source "$dir/cipherdex.env"
 PYTHONPATH="$dir/gen:$src/tests/clients/python" /usr/bin/python3 "$src/tests/clients/python/example.py"
+# The retry helper across daemon kills (the script restarts the stack's daemon itself).
+CIPHERDEX_STACK_DIR="$dir" CIPHERDEX_DAEMON="$build/appliance/cipherdexd" \
+    PYTHONPATH="$dir/gen:$src/tests/clients/python" /usr/bin/python3 "$src/tests/clients/python/retry_test.py"

@@ -1,0 +1,119 @@
+"""Check Client.call_retry (docs/WIRE.md, "What to retry") against a live dev stack whose daemon
+this script kills (SIGKILL) and restarts on the same port. Environment: what ./run up writes
+(CIPHERDEX_ADDR, _CA, _CERT, _KEY, SOFTHSM2_CONF) plus CIPHERDEX_STACK_DIR (the stack's
+directory) and CIPHERDEX_DAEMON (the cipherdexd binary). Exits non-zero on the first wrong
+answer."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cipherdex_pb2 as pb
+from cipherdex_client import Client, ConnectionLost, retryable
+
+stack = os.environ["CIPHERDEX_STACK_DIR"]
+addr = os.environ["CIPHERDEX_ADDR"]
+checks = 0
+
+
+def check(cond, what):
+    global checks
+    checks += 1
+    if not cond:
+        print(f"FAIL: {what}", file=sys.stderr)
+        sys.exit(1)
+
+
+def daemon_pid():
+    with open(os.path.join(stack, "pids")) as f:
+        for line in f:
+            name, pid = line.split()
+            if name == "cipherdexd":
+                return int(pid)
+    raise RuntimeError("no cipherdexd in the stack's pids file")
+
+
+def restart_daemon():
+    """kill -9 the stack's daemon and start it again on the same address."""
+    pid = daemon_pid()
+    os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, 0)  # not our child when ./run up started it: then poll below
+    except ChildProcessError:
+        pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # polling with a deadline for the process to be gone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.02)
+    conf = os.path.join(stack, "cipherdexd.conf")
+    with open(conf) as f:
+        text = f.read()
+    # The same API port again (the first listen, in [server]), so that clients reconnect to the
+    # address they know.
+    lines = text.split("\n")
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("listen = "))
+    lines[first] = f"listen = {addr}"
+    text = "\n".join(lines)
+    with open(conf, "w") as f:
+        f.write(text)
+    ports = os.path.join(stack, "ports")
+    os.unlink(ports)
+    log = open(os.path.join(stack, "cipherdexd.log"), "a")
+    p = subprocess.Popen([os.environ["CIPHERDEX_DAEMON"], "--config", conf], stdout=log,
+                         stderr=log, start_new_session=True)
+    with open(os.path.join(stack, "pids")) as f:
+        lines = [ln for ln in f.read().split("\n") if ln and not ln.startswith("cipherdexd ")]
+    lines.append(f"cipherdexd {p.pid}")  # so that ./run down stops the new one
+    with open(os.path.join(stack, "pids"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    deadline = time.monotonic() + 60
+    while not (os.path.exists(ports) and os.path.getsize(ports) > 0):  # written once listening
+        check(p.poll() is None and time.monotonic() < deadline, "the daemon restarts")
+        time.sleep(0.02)
+
+
+def main():
+    check(retryable("upsert", 107) and retryable("query", 102) and retryable("get", 14),
+          "idempotent requests retry on 14, 102, 107")
+    check(retryable("create_index", 14) and retryable("train", 10), "any request retries on 10, 14")
+    check(not retryable("create_index", 107) and not retryable("train", 102),
+          "non-idempotent requests do not retry on an unknown outcome")
+    check(not retryable("query", 3) and not retryable("upsert", 100), "errors that repeat")
+
+    c = Client(addr, os.environ.get("CIPHERDEX_CA"), os.environ.get("CIPHERDEX_CERT"),
+               os.environ.get("CIPHERDEX_KEY"))
+    name = f"retry-{os.getpid()}"
+    c.call_retry(create_index=pb.CreateIndexRequest(name=name, dimension=4, metric="euclidean",
+                                                   index_type="ivfflat"))
+    batch = [pb.Item(id=f"r-{i}", vector=[float(i), 1.0, 2.0, 3.0]) for i in range(20)]
+    c.call_retry(upsert=pb.UpsertRequest(index=name, items=batch[:10]))
+    check(c.attempts == 1, "a healthy call is sent once")
+
+    restart_daemon()
+    up = c.call_retry(upsert=pb.UpsertRequest(index=name, items=batch[10:]))
+    check(up.upserted == 10 and c.attempts == 2,
+          f"an upsert on a dead connection is sent again on a new one ({c.attempts} tries)")
+    g = c.call_retry(get=pb.GetRequest(index=name, ids=[it.id for it in batch]))
+    check(list(g.found) == [True] * 20, "every item of both batches is there")
+    # The same batch again, as after a lost answer: the same 20 items.
+    c.call_retry(upsert=pb.UpsertRequest(index=name, items=batch[10:]))
+    info = c.call_retry(describe_index=pb.DescribeIndexRequest(name=name)).index
+    check(info.count == 20, "a repeated upsert of the same ids and values changes nothing")
+
+    restart_daemon()
+    try:
+        c.call_retry(train=pb.TrainRequest(index=name))
+        check(False, "train on a dead connection")
+    except ConnectionLost:
+        check(c.attempts == 1, "train is not sent again after an unknown outcome")
+    c.call_retry(delete_index=pb.DeleteIndexRequest(name=name, confirm_id=info.id))
+    c.close()
+    print(f"python retry helper: {checks} checks passed")
+
+
+if __name__ == "__main__":
+    main()
