@@ -88,3 +88,7 @@ add_test(NAME test_pkcs11_admin_split
                  -DTOOL=$<TARGET_FILE:cipherdex-hsm> -P ${CMAKE_SOURCE_DIR}/tests/check_admin_split.cmake)
 # The Redis backend's password_file and AUTH (secret file reader, locked memory) against a throwaway redis-server.
 cdx_add_test(test_store_redis_auth SOURCES test_store_redis_auth.c LIBS cdx_engine)
+# Memory bounds under hostile clients (docs/WIRE.md, "Memory bounds"): a live cipherdexd's RSS
+# with a get and a query far larger than a frame, clients that never read, repeated ids.
+cdx_add_test(test_hostile SOURCES test_hostile.c LIBS cdx_client TIMEOUT 300)
+add_dependencies(test_hostile cipherdexd)
