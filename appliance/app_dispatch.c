@@ -28,6 +28,8 @@ typedef struct scratch {
     char **ids;
     size_t *id_lens, nids;
     char *cursor;
+    size_t frame_len;  /* the request frame's length */
+    uint64_t reserved; /* held in env->budget until the answer is packed */
 } scratch;
 
 static void *keep(scratch *s, void *p)
@@ -52,6 +54,46 @@ static void scratch_free(scratch *s)
 static void *alloc(scratch *s, size_t n)
 {
     return keep(s, calloc(1, n ? n : 1));
+}
+
+/*
+ * Reserve n bytes of the in-flight budget for this request's working memory
+ * (at most the whole budget); given back once the answer is packed.
+ * Errors: CDX_ERR_BUSY when it does not fit now.
+ */
+static cdx_err reserve(const app_dispatch_env *env, scratch *s, uint64_t n)
+{
+    app_budget *b = env->budget;
+    if (!b || n == 0)
+        return CDX_OK;
+    if (n > b->limit)
+        n = b->limit;
+    if (!app_budget_take(b, n))
+        return cdx_fail(CDX_ERR_BUSY,
+                        "the daemon's in-flight memory budget (inflight_bytes = %llu) cannot "
+                        "take this request's working memory (about %llu bytes) now: retry later",
+                        (unsigned long long)b->limit, (unsigned long long)n);
+    s->reserved += n;
+    return CDX_OK;
+}
+
+/*
+ * What an answer of at most `est` bytes costs while it is built: the
+ * engine's hits and the packed frame, each bounded by the frame cap (the
+ * engine stops at it: eng_config.result_bytes_max).
+ */
+static uint64_t answer_memory(const app_dispatch_env *env, uint64_t est)
+{
+    uint64_t cap = env->cfg ? env->cfg->max_frame_bytes : CDX_FRAME_MAX_DEFAULT;
+    return 2 * (est < cap ? est : cap);
+}
+
+/* Upper bound of one returned item beyond its id: field tags and lengths, and what is asked. */
+#define HIT_OVERHEAD 32
+static uint64_t hit_bytes(bool vectors, bool metadata, bool contents, uint32_t dim)
+{
+    return HIT_OVERHEAD + (vectors ? (uint64_t)dim * sizeof(float) : 0) +
+           (metadata ? CDX_METADATA_MAX : 0) + (contents ? CDX_CONTENTS_MAX : 0);
 }
 
 static const char *key_source_name(eng_key_source k)
@@ -279,6 +321,9 @@ static cdx_err do_upsert(const app_dispatch_env *env, const Req *q, Resp *r, scr
                               .contents_len = it->contents.len};
     }
     cipherdex__v1__upsert_response__init(ur);
+    /* The engine seals a copy of every item (records, segment blocks) while it writes. */
+    if ((err = reserve(env, s, s->frame_len)))
+        return err;
     if ((err = eng_upsert(env->engine, wire_text(u->index), items, u->n_items, &ur->version)))
         return err;
     ur->upserted = u->n_items;
@@ -314,6 +359,12 @@ static cdx_err do_query(const app_dispatch_env *env, const Req *q, Resp *r, scra
                     .filter_len = qr->filter.len,
                     .want = want,
                     .min_version = qr->min_version};
+    uint64_t k = qr->top_k ? qr->top_k : CDX_TOPK_DEFAULT;
+    uint64_t est = (uint64_t)nq * k *
+                   (CDX_ITEM_ID_MAX + hit_bytes(qr->include_vectors, qr->include_metadata,
+                                                qr->include_contents, dim));
+    if ((err = reserve(env, s, answer_memory(env, est))))
+        return err;
     if ((err = eng_query_run(env->engine, wire_text(qr->index), &eq, &s->qres)))
         return err;
     eng_query_result *res = s->qres;
@@ -390,6 +441,12 @@ static cdx_err do_get(const app_dispatch_env *env, const Req *q, Resp *r, scratc
     unsigned want = (g->include_vectors ? ENG_WANT_VECTOR : 0) |
                     (g->include_metadata ? ENG_WANT_METADATA : 0) |
                     (g->include_contents ? ENG_WANT_CONTENTS : 0);
+    uint64_t est = g->n_ids * hit_bytes(g->include_vectors, g->include_metadata,
+                                        g->include_contents, dim);
+    for (size_t i = 0; i < g->n_ids; i++)
+        est += g->ids[i].len;
+    if ((err = reserve(env, s, answer_memory(env, est))))
+        return err;
     if ((err = eng_get(env->engine, wire_text(g->index), ids, lens, g->n_ids, want, g->min_version,
                        &s->gres)))
         return err;
@@ -615,8 +672,12 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     res->op = APP_OP_INVALID;
     uint64_t rid = wire_peek_request_id(frame, len);
     eng_thread_stages((uint64_t[ENG_STAGE_COUNT]){0}); /* start this request's stage clock */
-    /* protobuf-c allocates far more than the frame for many tiny fields: bound it. */
-    cdx_err err = wire_request_unpack(frame, len, wire_unpack_budget(len), &wr);
+    /* protobuf-c allocates far more than the frame for many tiny fields: bound it, and hold
+     * that bound in the in-flight budget while the request is decoded and served. */
+    s.frame_len = len;
+    cdx_err err = reserve(env, &s, wire_unpack_budget(len));
+    if (!err)
+        err = wire_request_unpack(frame, len, wire_unpack_budget(len), &wr);
     if (env->metrics)
         app_metrics_observe(env->metrics, APP_STAGE_DECODE, cdx_mono_ns() - t0);
     Resp r = CIPHERDEX__V1__RESPONSE__INIT;
@@ -663,4 +724,6 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     }
     scratch_free(&s);
     wire_request_free(wr);
+    if (env->budget) /* the packed answer is charged by the server once queued */
+        app_budget_give(env->budget, s.reserved);
 }

@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include "app_config.h"
+#include "app_flow.h"
 #include "app_metrics.h"
 #include "eng.h"
 
@@ -40,6 +41,13 @@ typedef struct app_dispatch_env {
     void (*health)(void *arg, bool *token_ok, bool *store_ok);
     void *health_arg;
     int64_t started_ms; /* for uptime */
+    /*
+     * The in-flight budget (may be NULL: nothing reserved). A request
+     * reserves its decode budget and an estimate of its engine working memory
+     * and answer here before it runs (CDX_ERR_BUSY when that does not fit
+     * now) and gives it back when its answer is packed.
+     */
+    app_budget *budget;
 } app_dispatch_env;
 
 typedef struct app_dispatch_result {

@@ -42,6 +42,8 @@ typedef struct eng_config {
     uint32_t gc_grace_ms;                /* sweep keeps unreferenced records this long; 0 = 10 min */
     unsigned query_threads;              /* batch queries spread over threads; 0 = 1 */
     unsigned commit_retries;             /* optimistic commit attempts; 0 = 32 */
+    size_t result_bytes_max;             /* largest answer a get or query builds (its hits'
+                                            bytes, eng_rbudget); 0 = CDX_RESULT_MAX_DEFAULT */
 } eng_config;
 
 /*
@@ -187,7 +189,8 @@ typedef struct eng_item {
 cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, uint64_t *version);
 
 /*
- * Delete ids (missing ids are ignored; *deleted counts those that existed).
+ * Delete ids (missing ids are ignored; an id listed twice counts once;
+ * *deleted counts those that existed).
  * Errors: CDX_ERR_INVALID_ARGUMENT (no ids, over CDX_GET_BATCH_MAX, bad id), the common ones.
  */
 cdx_err eng_delete(eng *e, const char *name, const char *const *ids, const size_t *id_lens,
@@ -221,9 +224,14 @@ typedef struct eng_get_result {
 
 /*
  * Look up n ids, with what `want` asks (ENG_WANT_*), in a state at least
- * min_version. *out is malloc'ed: eng_get_result_free it.
- * Errors: CDX_ERR_INVALID_ARGUMENT (1..CDX_GET_BATCH_MAX ids, bad id),
- * CDX_ERR_STALE, the common ones.
+ * min_version. Each segment's vector and metadata block is fetched and
+ * opened once per call, however many of its rows are asked for.
+ * *out is malloc'ed: eng_get_result_free it.
+ * Errors: CDX_ERR_INVALID_ARGUMENT (1..CDX_GET_BATCH_MAX ids, bad id, an id
+ * listed twice: the detail names both positions), CDX_ERR_RESOURCE_EXHAUSTED
+ * (the answer would pass cfg.result_bytes_max: refused while the hits are
+ * filled, before the contents that would pass it are read), CDX_ERR_STALE,
+ * the common ones.
  */
 cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *id_lens, size_t n,
                 unsigned want, uint64_t min_version, eng_get_result **out);
@@ -250,7 +258,11 @@ typedef struct eng_query_result {
 
 /*
  * Errors besides the common ones: CDX_ERR_INVALID_ARGUMENT (dimension, top_k
- * or n_probes out of range, NaN, malformed filter), CDX_ERR_STALE.
+ * or n_probes out of range, NaN, malformed filter), CDX_ERR_STALE,
+ * CDX_ERR_RESOURCE_EXHAUSTED (the answer would pass cfg.result_bytes_max:
+ * before the scan when an untrained, unfiltered index makes that certain,
+ * else while the hits are filled). The hits of one query vector read each
+ * segment's vector and metadata block once.
  */
 cdx_err eng_query_run(eng *e, const char *name, const eng_query *q, eng_query_result **out);
 /* Free a query result and its hits; NULL is a no-op. */

@@ -34,6 +34,7 @@ typedef struct eng_qctx {
     eng_query_result *res;
     cdx_err err;
     bool need_refresh; /* a segment was missing: re-read the head, retry once */
+    eng_rbudget rb;    /* the answer's size so far (every query vector's hits) */
 } eng_qctx;
 
 /*
