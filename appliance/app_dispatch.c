@@ -441,8 +441,8 @@ static cdx_err do_get(const app_dispatch_env *env, const Req *q, Resp *r, scratc
     unsigned want = (g->include_vectors ? ENG_WANT_VECTOR : 0) |
                     (g->include_metadata ? ENG_WANT_METADATA : 0) |
                     (g->include_contents ? ENG_WANT_CONTENTS : 0);
-    uint64_t est = g->n_ids * hit_bytes(g->include_vectors, g->include_metadata,
-                                        g->include_contents, dim);
+    uint64_t est =
+        g->n_ids * hit_bytes(g->include_vectors, g->include_metadata, g->include_contents, dim);
     for (size_t i = 0; i < g->n_ids; i++)
         est += g->ids[i].len;
     if ((err = reserve(env, s, answer_memory(env, est))))

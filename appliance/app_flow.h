@@ -47,7 +47,8 @@ typedef struct app_budget {
 /* Take n bytes if they fit under the limit; false (nothing taken) otherwise. Thread-safe. */
 bool app_budget_take(app_budget *b, uint64_t n);
 
-/* Take n bytes even past the limit (bytes that already exist, e.g. a packed answer). Thread-safe. */
+/* Take n bytes even past the limit (bytes that already exist, e.g. a packed answer). Thread-safe.
+ */
 void app_budget_force(app_budget *b, uint64_t n);
 
 /* Give n bytes back (never below 0). Thread-safe. */
@@ -66,7 +67,8 @@ typedef enum app_flow_verdict {
     APP_FLOW_HANDSHAKE_TIMEOUT,
     APP_FLOW_IDLE_TIMEOUT,
     APP_FLOW_TOO_SLOW,
-    APP_FLOW_STALLED_READER, /* answers above the high-water mark, none written for idle_timeout_s */
+    APP_FLOW_STALLED_READER, /* answers above the high-water mark, none written for idle_timeout_s
+                              */
 } app_flow_verdict;
 
 typedef struct app_flow {
@@ -115,7 +117,8 @@ void app_flow_bytes(app_flow *f, uint64_t n, int64_t now_ms);
  */
 uint64_t app_flow_frame_done(app_flow *f, int64_t now_ms);
 
-/* A response of `bytes` was queued for writing: charged to the budget (app_budget_force) until written. */
+/* A response of `bytes` was queued for writing: charged to the budget (app_budget_force) until
+ * written. */
 void app_flow_response_queued(app_flow *f, uint64_t bytes);
 
 /*
@@ -141,7 +144,8 @@ bool app_flow_may_read(const app_flow *f);
 /* Timeouts at now_ms. */
 app_flow_verdict app_flow_check(const app_flow *f, int64_t now_ms);
 
-/* The connection closes: give back every charge it holds (frames in flight and queued output too). */
+/* The connection closes: give back every charge it holds (frames in flight and queued output too).
+ */
 void app_flow_close(app_flow *f);
 
 #endif

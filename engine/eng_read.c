@@ -547,8 +547,8 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
             goto out;
         }
         eng_rbudget_init(&rb, e->cfg.result_bytes_max);
-        err = get_attempt(&o, m, &bs, (const uint8_t(*)[ENG_TOKEN_LEN])toks, id_lens, n, want,
-                          &rb, idp, rq, r, &refresh);
+        err = get_attempt(&o, m, &bs, (const uint8_t(*)[ENG_TOKEN_LEN])toks, id_lens, n, want, &rb,
+                          idp, rq, r, &refresh);
         if (err || !refresh)
             break;
         if (attempt == 1)

@@ -109,7 +109,7 @@ cdx_err eng_fetch_contents(op *o, const eng_ident *id, uint8_t **data, size_t *l
  * the distance or found flag), so the total errs on the large side of the
  * packed frame.
  */
-#define ENG_HIT_OVERHEAD 24
+#define ENG_HIT_OVERHEAD 16
 typedef struct eng_rbudget {
     size_t limit;
     atomic_size_t used;

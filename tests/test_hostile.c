@@ -40,8 +40,8 @@
 #define CACHE_BYTES (16 * MIB)
 
 /* The amplification data: BIG_N items of BIG_LEN contents bytes (far more than a frame). */
-#define BIG_N   40
-#define BIG_LEN (2 * MIB)
+#define BIG_N    40
+#define BIG_LEN  (2 * MIB)
 /* The non-reading clients' data: META_N items of about META_LEN metadata bytes; a query of
  * top_k META_K with metadata answers about META_K x META_LEN bytes (~1.9 MB). */
 #define META_N   48
@@ -75,10 +75,9 @@ static void write_conf(void)
              "allow_unlocked_memory = yes\n"
              "[store]\nredis = %s:%d\nallow_unsafe_durability = yes\n[state]\ndir = %s/state\n"
              "[cache]\nbytes = %d\n[metrics]\nlisten = 127.0.0.1:0\n[log]\nlevel = warn\n",
-             dir, srv->cert, srv->key, fx_pki_ca(pki, 0), WORKERS, FRAME_CAP, INFLIGHT,
-             HIGH_WATER, PIPELINE, fx_softhsm_module(), fx_token_label(tok),
-             fx_token_pin_file(tok), fx_redis_host(redis), fx_redis_port(redis), dir,
-             CACHE_BYTES);
+             dir, srv->cert, srv->key, fx_pki_ca(pki, 0), WORKERS, FRAME_CAP, INFLIGHT, HIGH_WATER,
+             PIPELINE, fx_softhsm_module(), fx_token_label(tok), fx_token_pin_file(tok),
+             fx_redis_host(redis), fx_redis_port(redis), dir, CACHE_BYTES);
     FILE *f = fopen(conf, "w");
     fputs(text, f);
     fclose(f);
@@ -240,8 +239,8 @@ static void test_get_amplification(void)
     long grew = hwm1 - (reset ? rss0 : hwm0);
     printf("\n    get of %d x %d MiB contents: %s in %lld ms; daemon VmHWM %ld -> %ld KiB "
            "(peak %ld KiB above the RSS before it; answer cap %d KiB) ",
-           BIG_N, BIG_LEN / MIB, cdx_err_name(e), (long long)ms, reset ? rss0 : hwm0, hwm1,
-           grew, FRAME_CAP / 1024);
+           BIG_N, BIG_LEN / MIB, cdx_err_name(e), (long long)ms, reset ? rss0 : hwm0, hwm1, grew,
+           FRAME_CAP / 1024);
     /* The hits stop at the cap (8 MiB), the packed frame is never built: well under 3 caps,
      * where building everything costs BIG_N x BIG_LEN = 80 MiB. */
     CU_ASSERT(grew >= 0 && grew < 3 * FRAME_CAP / 1024);
@@ -277,8 +276,7 @@ static void test_get_order_and_duplicates(void)
         CU_ASSERT(it->n_vector == DIM && !memcmp(it->vector, v, sizeof(v)));
         char head[32];
         snprintf(head, sizeof(head), "{\"i\":%d,", which[i]);
-        CU_ASSERT(it->metadata.len > META_LEN &&
-                  !memcmp(it->metadata.data, head, strlen(head)));
+        CU_ASSERT(it->metadata.len > META_LEN && !memcmp(it->metadata.data, head, strlen(head)));
     }
     wire_response_free(w);
     /* A query's hits carry their own metadata. */
@@ -405,8 +403,8 @@ static void test_non_reading_clients(void)
     for (int k = 0; k < HOSTILE; k++) {
         for (int i = 0; i < PIPELINE; i++) {
             cdx_err e = app_client_recv(h[k], &w);
-            answered += e == CDX_OK && w && wire_response_msg(w)->query->results[0]->n_ids ==
-                                               META_K;
+            answered +=
+                e == CDX_OK && w && wire_response_msg(w)->query->results[0]->n_ids == META_K;
             wire_response_free(w);
             if (e != CDX_OK && !w)
                 break;
@@ -446,8 +444,7 @@ int main(void)
     static const fx_test tests[] = {
         {"a get far larger than a frame stops at the cap (H1)", test_get_amplification},
         {"get in request order; repeated ids", test_get_order_and_duplicates},
-        {"a batched query far larger than a frame stops at the cap (H1)",
-         test_query_amplification},
+        {"a batched query far larger than a frame stops at the cap (H1)", test_query_amplification},
         {"non-reading clients stay under the ceiling; others are served (F4)",
          test_non_reading_clients},
     };
