@@ -1,6 +1,7 @@
 /* One request frame in, one response frame out (see app_dispatch.h). */
 #include "app_dispatch.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +29,9 @@ typedef struct scratch {
     char **ids;
     size_t *id_lens, nids;
     char *cursor;
-    size_t frame_len;  /* the request frame's length */
-    uint64_t reserved; /* held in env->budget until the answer is packed */
+    size_t frame_len;          /* the request frame's length */
+    app_budget *budget;        /* env->budget */
+    _Atomic uint64_t reserved; /* held in budget until the answer is packed */
 } scratch;
 
 static void *keep(scratch *s, void *p)
@@ -73,27 +75,23 @@ static cdx_err reserve(const app_dispatch_env *env, scratch *s, uint64_t n)
                         "the daemon's in-flight memory budget (inflight_bytes = %llu) cannot "
                         "take this request's working memory (about %llu bytes) now: retry later",
                         (unsigned long long)b->limit, (unsigned long long)n);
-    s->reserved += n;
+    atomic_fetch_add(&s->reserved, n);
     return CDX_OK;
 }
 
 /*
- * What an answer of at most `est` bytes costs while it is built: the
- * engine's hits and the packed frame, each bounded by the frame cap (the
- * engine stops at it: eng_config.result_bytes_max).
+ * The engine's memory hook (eng_thread_mem_hook) while a handler runs: each
+ * byte of the answer's hits is reserved twice (the hits, then the packed
+ * frame) as the engine builds them. Called from query threads too.
  */
-static uint64_t answer_memory(const app_dispatch_env *env, uint64_t est)
+static bool mem_hook(void *arg, size_t n)
 {
-    uint64_t cap = env->cfg ? env->cfg->max_frame_bytes : CDX_FRAME_MAX_DEFAULT;
-    return 2 * (est < cap ? est : cap);
-}
-
-/* Upper bound of one returned item beyond its id: field tags and lengths, and what is asked. */
-#define HIT_OVERHEAD 32
-static uint64_t hit_bytes(bool vectors, bool metadata, bool contents, uint32_t dim)
-{
-    return HIT_OVERHEAD + (vectors ? (uint64_t)dim * sizeof(float) : 0) +
-           (metadata ? CDX_METADATA_MAX : 0) + (contents ? CDX_CONTENTS_MAX : 0);
+    scratch *s = arg;
+    uint64_t need = 2 * (uint64_t)n;
+    if (!app_budget_take(s->budget, need))
+        return false;
+    atomic_fetch_add(&s->reserved, need);
+    return true;
 }
 
 static const char *key_source_name(eng_key_source k)
@@ -359,12 +357,6 @@ static cdx_err do_query(const app_dispatch_env *env, const Req *q, Resp *r, scra
                     .filter_len = qr->filter.len,
                     .want = want,
                     .min_version = qr->min_version};
-    uint64_t k = qr->top_k ? qr->top_k : CDX_TOPK_DEFAULT;
-    uint64_t est = (uint64_t)nq * k *
-                   (CDX_ITEM_ID_MAX + hit_bytes(qr->include_vectors, qr->include_metadata,
-                                                qr->include_contents, dim));
-    if ((err = reserve(env, s, answer_memory(env, est))))
-        return err;
     if ((err = eng_query_run(env->engine, wire_text(qr->index), &eq, &s->qres)))
         return err;
     eng_query_result *res = s->qres;
@@ -441,12 +433,6 @@ static cdx_err do_get(const app_dispatch_env *env, const Req *q, Resp *r, scratc
     unsigned want = (g->include_vectors ? ENG_WANT_VECTOR : 0) |
                     (g->include_metadata ? ENG_WANT_METADATA : 0) |
                     (g->include_contents ? ENG_WANT_CONTENTS : 0);
-    uint64_t est =
-        g->n_ids * hit_bytes(g->include_vectors, g->include_metadata, g->include_contents, dim);
-    for (size_t i = 0; i < g->n_ids; i++)
-        est += g->ids[i].len;
-    if ((err = reserve(env, s, answer_memory(env, est))))
-        return err;
     if ((err = eng_get(env->engine, wire_text(g->index), ids, lens, g->n_ids, want, g->min_version,
                        &s->gres)))
         return err;
@@ -691,8 +677,13 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
         else {
             res->op = d->op;
             err = authorize(env, principal, d, d->index(q));
+            if (!err && env->budget) { /* answers are reserved as the engine builds them */
+                s.budget = env->budget;
+                eng_thread_mem_hook(mem_hook, &s);
+            }
             if (!err)
                 err = d->fn(env, q, &r, &s);
+            eng_thread_mem_hook(NULL, NULL);
         }
     }
     observe_stages(env->metrics);
@@ -725,5 +716,5 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     scratch_free(&s);
     wire_request_free(wr);
     if (env->budget) /* the packed answer is charged by the server once queued */
-        app_budget_give(env->budget, s.reserved);
+        app_budget_give(env->budget, atomic_load(&s.reserved));
 }

@@ -43,9 +43,12 @@ typedef struct app_dispatch_env {
     int64_t started_ms; /* for uptime */
     /*
      * The in-flight budget (may be NULL: nothing reserved). A request
-     * reserves its decode budget and an estimate of its engine working memory
-     * and answer here before it runs (CDX_ERR_BUSY when that does not fit
-     * now) and gives it back when its answer is packed.
+     * reserves its decode budget before it is decoded, an upsert its
+     * frame's size again for the records the engine seals, and a get or
+     * query twice each byte of its hits as the engine builds them
+     * (eng_thread_mem_hook); CDX_ERR_BUSY when that does not fit now. All of
+     * it is given back once the answer is packed (the server then charges
+     * the answer until it is written).
      */
     app_budget *budget;
 } app_dispatch_env;

@@ -268,10 +268,21 @@ void eng_get_result_free(eng_get_result *r)
     free(r);
 }
 
+static _Thread_local eng_mem_fn tl_mem;
+static _Thread_local void *tl_mem_arg;
+
+void eng_thread_mem_hook(eng_mem_fn fn, void *arg)
+{
+    tl_mem = fn;
+    tl_mem_arg = fn ? arg : NULL;
+}
+
 void eng_rbudget_init(eng_rbudget *b, size_t limit)
 {
     b->limit = limit ? limit : CDX_RESULT_MAX_DEFAULT;
     atomic_store(&b->used, 0);
+    b->mem = tl_mem;
+    b->mem_arg = tl_mem_arg;
 }
 
 cdx_err eng_rbudget_charge(eng_rbudget *b, size_t n)
@@ -284,6 +295,9 @@ cdx_err eng_rbudget_charge(eng_rbudget *b, size_t n)
                         "the answer would exceed the %zu-byte response limit (max_frame_bytes): "
                         "ask for fewer ids or results, or leave out contents, metadata or vectors",
                         b->limit);
+    if (b->mem && !b->mem(b->mem_arg, n))
+        return cdx_fail(CDX_ERR_BUSY, "the daemon's in-flight memory budget cannot hold more of "
+                                      "this answer now: retry later");
     return CDX_OK;
 }
 

@@ -113,15 +113,21 @@ cdx_err eng_fetch_contents(op *o, const eng_ident *id, uint8_t **data, size_t *l
 typedef struct eng_rbudget {
     size_t limit;
     atomic_size_t used;
+    eng_mem_fn mem; /* the calling thread's memory hook when the answer started */
+    void *mem_arg;
 } eng_rbudget;
 
-/* Start an answer of at most limit bytes (0: CDX_RESULT_MAX_DEFAULT). */
+/*
+ * Start an answer of at most limit bytes (0: CDX_RESULT_MAX_DEFAULT),
+ * accounted through the calling thread's memory hook (eng_thread_mem_hook).
+ */
 void eng_rbudget_init(eng_rbudget *b, size_t limit);
 
 /*
  * Charge n more bytes. Errors: CDX_ERR_RESOURCE_EXHAUSTED when the answer
- * would pass the limit (the detail says what to ask for instead). NULL b
- * charges nothing. Thread-safe.
+ * would pass the limit (the detail says what to ask for instead),
+ * CDX_ERR_BUSY when the memory hook refuses them. NULL b charges nothing.
+ * Thread-safe.
  */
 cdx_err eng_rbudget_charge(eng_rbudget *b, size_t n);
 
