@@ -30,6 +30,19 @@
 #include "fx_tmp.h"
 
 #define DIM 8
+
+/* Under AddressSanitizer its quarantine keeps freed memory resident and every block carries
+ * redzones: the figures are printed, but only a plain build's RSS is held to the ceiling. */
+#if defined(__SANITIZE_ADDRESS__)
+#define RSS_CHECKED 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RSS_CHECKED 0
+#endif
+#endif
+#ifndef RSS_CHECKED
+#define RSS_CHECKED 1
+#endif
 #define MIB (1024 * 1024)
 
 /* The daemon's configuration (docs/CONFIG.md); the checks below derive from these. */
@@ -244,7 +257,7 @@ static void test_get_amplification(void)
            FRAME_CAP / 1024);
     /* The hits stop at the cap (8 MiB), the packed frame is never built: well under 3 caps,
      * where building everything costs BIG_N x BIG_LEN = 80 MiB. */
-    CU_ASSERT(grew >= 0 && grew < 3 * FRAME_CAP / 1024);
+    CU_ASSERT(!RSS_CHECKED || (grew >= 0 && grew < 3 * FRAME_CAP / 1024));
     /* And the connection still works. */
     CU_ASSERT_EQUAL(call(app_client_health(c, &w)), CDX_OK);
     wire_response_free(w);
@@ -331,7 +344,7 @@ static void test_query_amplification(void)
     printf("\n    query of %d vectors x top_k %d with metadata: %s; daemon peak %ld KiB above "
            "the RSS before it ",
            NQ, META_K, cdx_err_name(e), grew);
-    CU_ASSERT(grew >= 0 && grew < 3 * FRAME_CAP / 1024);
+    CU_ASSERT(!RSS_CHECKED || (grew >= 0 && grew < 3 * FRAME_CAP / 1024));
     free(q);
     app_client_free(c);
 }
@@ -406,7 +419,7 @@ static void test_non_reading_clients(void)
            "one answer = %d KiB); normal client served %d times ",
            HOSTILE, PIPELINE, base, peak, peak - base, per, ceiling,
            (HIGH_WATER + META_K * META_LEN) / 1024, served);
-    CU_ASSERT(peak - base <= ceiling);
+    CU_ASSERT(!RSS_CHECKED || peak - base <= ceiling);
     /* Once they read, every answer comes: the held-back requests run. */
     int answered = 0;
     for (int k = 0; k < HOSTILE; k++) {
