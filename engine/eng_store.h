@@ -125,6 +125,10 @@ void eng_store_fault_disarm(eng_store *s);
 /* Writes counted since the wrapper was made (as arming counts them); 0 if not one. Thread-safe. */
 uint64_t eng_store_fault_writes(eng_store *s);
 
+/* Ranges read through the wrapper (getrange: segment blocks) since it was made; 0 if not one.
+ * Lets a test count block reads. Thread-safe. */
+uint64_t eng_store_fault_ranges(eng_store *s);
+
 /* Close and free; NULL is a no-op. */
 void eng_store_free(eng_store *s);
 
