@@ -274,8 +274,8 @@ typedef struct eng_query_result {
  * CDX_ERR_RESOURCE_EXHAUSTED (the answer would pass cfg.result_bytes_max:
  * before the scan when an untrained, unfiltered index makes that certain,
  * else while the hits are filled), CDX_ERR_BUSY (eng_thread_mem_hook refused
- * more). The hits of one query vector read each
- * segment's vector and metadata block once.
+ * more). The hits of all query vectors together read each segment's vector
+ * and metadata block once.
  */
 cdx_err eng_query_run(eng *e, const char *name, const eng_query *q, eng_query_result **out);
 /* Free a query result and its hits; NULL is a no-op. */

@@ -222,10 +222,19 @@ static cdx_err hit_vector_search(eng_qctx *c, const qone *w, size_t si, uint32_t
     return CDX_OK;
 }
 
+/* What fill_rows_all reads: originals kept in vector blocks, metadata no filter opened. */
+static unsigned deferred_want(const eng_qctx *c)
+{
+    unsigned want = c->q->want;
+    return ((want & ENG_WANT_VECTOR) && !eng_originals_in_search(c->m) ? ENG_WANT_VECTOR : 0) |
+           ((want & ENG_WANT_METADATA) && !c->filter ? ENG_WANT_METADATA : 0);
+}
+
 /*
  * The result of query qi, best first, with what the query wants of each hit:
- * each hit charged to the answer's size before its bytes are copied; each
- * probed segment's vector and metadata block read once for all its hits.
+ * each hit charged to the answer's size before its bytes are copied. The
+ * vectors and metadata that need a segment block are left to fill_rows_all
+ * (c->rows[qi]), so each block is read once per request.
  */
 static cdx_err fill_hits(eng_qctx *c, const qone *w, size_t qi)
 {
@@ -233,9 +242,7 @@ static cdx_err fill_hits(eng_qctx *c, const qone *w, size_t qi)
     size_t k = c->top_k;
     unsigned want = c->q->want;
     bool orig = eng_originals_in_search(c->m);
-    /* What eng_fill_rows reads: originals from vector blocks, metadata the filter did not open. */
-    unsigned rows_want = ((want & ENG_WANT_VECTOR) && !orig ? ENG_WANT_VECTOR : 0) |
-                         ((want & ENG_WANT_METADATA) && !w->mviews ? ENG_WANT_METADATA : 0);
+    unsigned rows_want = deferred_want(c);
     float *dd = malloc(k * sizeof(float));
     uint64_t *rr = malloc(k * sizeof(uint64_t));
     eng_rowreq *rq = malloc(k * sizeof(*rq));
@@ -267,16 +274,20 @@ static cdx_err fill_hits(eng_qctx *c, const qone *w, size_t qi)
         h->id[h->id_len] = '\0';
         if ((want & ENG_WANT_VECTOR) && orig)
             err = hit_vector_search(c, w, si, row, h);
-        if (!err && (want & ENG_WANT_METADATA) && w->mviews)
+        if (!err && (want & ENG_WANT_METADATA) && c->filter)
             err = hit_metadata_view(c, w, si, row, h);
         if (rows_want)
             rq[nr++] = (eng_rowreq){w->refs[si], row, h};
     }
-    if (!err && nr) {
-        bool mis = false;
-        err = eng_fill_rows(c->o, c->m, rq, nr, rows_want, &c->rb, &mis);
-        if (!err && mis)
-            err = cdx_fail(CDX_ERR_INTEGRITY, "vector or metadata block missing");
+    if (!err && nr) { /* kept (shrunk to its rows) for fill_rows_all, and counted */
+        eng_rowreq *kept = realloc(rq, nr * sizeof(*rq));
+        if (kept)
+            rq = kept;
+        if (!(err = eng_rbudget_work(&c->rb, nr * sizeof(*rq)))) {
+            c->rows[qi] = rq;
+            c->nrows[qi] = nr;
+            rq = NULL;
+        }
     }
     if (!err && (want & ENG_WANT_CONTENTS) && got)
         err = hits_contents(c, hits, got);
@@ -284,6 +295,30 @@ out:
     free(dd);
     free(rr);
     free(rq);
+    return err;
+}
+
+/* The deferred vectors and metadata of every query vector's hits: each segment's blocks once. */
+static cdx_err fill_rows_all(eng_qctx *c)
+{
+    size_t total = 0, at = 0;
+    for (size_t qi = 0; qi < c->q->nq; qi++)
+        total += c->nrows[qi];
+    if (total == 0)
+        return CDX_OK;
+    eng_rowreq *all = malloc(total * sizeof(*all));
+    if (!all)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t qi = 0; qi < c->q->nq; qi++) {
+        if (c->nrows[qi])
+            memcpy(all + at, c->rows[qi], c->nrows[qi] * sizeof(*all));
+        at += c->nrows[qi];
+    }
+    bool mis = false;
+    cdx_err err = eng_fill_rows(c->o, c->m, all, total, deferred_want(c), &c->rb, &mis);
+    if (!err && mis)
+        err = cdx_fail(CDX_ERR_INTEGRITY, "vector or metadata block missing");
+    free(all);
     return err;
 }
 
@@ -441,7 +476,19 @@ static cdx_err query_attempt(eng_qctx *c, const eng_manifest *m, eng_query_resul
                             (unsigned long long)(hits * per), q->nq,
                             (unsigned long long)(hits / q->nq), c->rb.limit);
     }
-    return run_queries(c);
+    c->rows = calloc(q->nq, sizeof(*c->rows));
+    c->nrows = calloc(q->nq, sizeof(*c->nrows));
+    cdx_err err = !c->rows || !c->nrows ? cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory")
+                                        : run_queries(c);
+    if (!err && !c->need_refresh)
+        err = fill_rows_all(c);
+    for (size_t qi = 0; c->rows && qi < q->nq; qi++)
+        free(c->rows[qi]);
+    free(c->rows);
+    free(c->nrows);
+    c->rows = NULL;
+    c->nrows = NULL;
+    return err;
 }
 
 cdx_err eng_query_run(eng *e, const char *name, const eng_query *q, eng_query_result **out)

@@ -301,6 +301,14 @@ cdx_err eng_rbudget_charge(eng_rbudget *b, size_t n)
     return CDX_OK;
 }
 
+cdx_err eng_rbudget_work(eng_rbudget *b, size_t n)
+{
+    if (b && b->mem && !b->mem(b->mem_arg, n))
+        return cdx_fail(CDX_ERR_BUSY, "the daemon's in-flight memory budget cannot hold more of "
+                                      "this request now: retry later");
+    return CDX_OK;
+}
+
 static int cmp_rowreq(const void *a, const void *b)
 {
     uintptr_t x = (uintptr_t)((const eng_rowreq *)a)->sr;

@@ -131,6 +131,13 @@ void eng_rbudget_init(eng_rbudget *b, size_t limit);
  */
 cdx_err eng_rbudget_charge(eng_rbudget *b, size_t n);
 
+/*
+ * Charge n bytes of working memory that is not part of the answer (only the
+ * memory hook sees it). Errors: CDX_ERR_BUSY when the hook refuses them.
+ * NULL b charges nothing. Thread-safe.
+ */
+cdx_err eng_rbudget_work(eng_rbudget *b, size_t n);
+
 /* One row to read into a hit: row `row` of segment sr into *h. */
 typedef struct eng_rowreq {
     const eng_segref *sr;

@@ -532,8 +532,31 @@ static void test_blocks_once(void)
         CU_ASSERT_EQUAL(memcmp(h->vector, s.x + j * d, d * sizeof(float)), 0);
     }
     eng_query_result_free(qr);
-    printf("\n    get of %zu ids and a query of top_k 30 read %llu block ranges ", k,
-           (unsigned long long)got);
+    /* Three query vectors hitting the same segment: still once per request. */
+    float q3[3 * 8];
+    for (int i = 0; i < 3; i++)
+        memcpy(q3 + i * d, s.x + (size_t)(5 + i) * d, d * sizeof(float));
+    q.vectors = q3;
+    q.nq = 3;
+    r0 = eng_store_fault_ranges(fx_store);
+    CU_ASSERT_EQUAL_FATAL(eng_query_run(fx_eng, name, &q, &qr), CDX_OK);
+    uint64_t got3 = eng_store_fault_ranges(fx_store) - r0;
+    CU_ASSERT(got3 <= 1);
+    for (size_t t = 0; t < 3; t++) {
+        CU_ASSERT_EQUAL(qr->n[t], 30);
+        CU_ASSERT(qr->n[t] && !strcmp(qr->hits[t][0].id, s.ids[5 + t]));
+        for (size_t i = 0; i < qr->n[t]; i++) {
+            size_t j = 0;
+            while (j < n && strcmp(s.ids[j], qr->hits[t][i].id))
+                j++;
+            CU_ASSERT_FATAL(j < n);
+            CU_ASSERT_STRING_EQUAL(qr->hits[t][i].metadata, s.meta[j]);
+        }
+    }
+    eng_query_result_free(qr);
+    printf("\n    get of %zu ids, a query of top_k 30 and one of 3 x 30 read %llu and %llu block "
+           "ranges ",
+           k, (unsigned long long)got, (unsigned long long)got3);
     fx_ds_free(&s);
 }
 
