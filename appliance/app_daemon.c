@@ -348,7 +348,8 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                      .manifest_max_age_ms = cfg->manifest_max_age_ms,
                      .cache_bytes = (size_t)cfg->cache_bytes,
                      .gc_grace_ms = cfg->gc_grace_ms,
-                     .query_threads = cfg->query_threads};
+                     .query_threads = cfg->query_threads,
+                     .result_bytes_max = (size_t)cfg->max_frame_bytes};
     memcpy(ec.deployment_id, cfg->deployment_id, CDX_ID_LEN);
     if ((err = eng_new(&ec, &d->engine)))
         goto fail;
@@ -382,6 +383,7 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                                 .started_ms = cdx_mono_ms()};
     if ((err = app_server_new(d->base, &d->cfg, d->tls, d->pool, &d->env, d->metrics, &d->server)))
         goto fail;
+    d->env.budget = app_server_budget(d->server); /* before any request runs */
     *out = d;
     return CDX_OK;
 fail:

@@ -1,6 +1,7 @@
 /* One request frame in, one response frame out (see app_dispatch.h). */
 #include "app_dispatch.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,9 @@ typedef struct scratch {
     size_t *id_lens, nids;
     char *cursor;
     const char *principal; /* the caller (audit lines) */
+    size_t frame_len;          /* the request frame's length */
+    app_budget *budget;        /* env->budget */
+    _Atomic uint64_t reserved; /* held in budget until the answer is packed */
 } scratch;
 
 static void *keep(scratch *s, void *p)
@@ -54,6 +58,42 @@ static void scratch_free(scratch *s)
 static void *alloc(scratch *s, size_t n)
 {
     return keep(s, calloc(1, n ? n : 1));
+}
+
+/*
+ * Reserve n bytes of the in-flight budget for this request's working memory
+ * (at most the whole budget); given back once the answer is packed.
+ * Errors: CDX_ERR_BUSY when it does not fit now.
+ */
+static cdx_err reserve(const app_dispatch_env *env, scratch *s, uint64_t n)
+{
+    app_budget *b = env->budget;
+    if (!b || n == 0)
+        return CDX_OK;
+    if (n > b->limit)
+        n = b->limit;
+    if (!app_budget_take(b, n))
+        return cdx_fail(CDX_ERR_BUSY,
+                        "the daemon's in-flight memory budget (inflight_bytes = %llu) cannot "
+                        "take this request's working memory (about %llu bytes) now: retry later",
+                        (unsigned long long)b->limit, (unsigned long long)n);
+    atomic_fetch_add(&s->reserved, n);
+    return CDX_OK;
+}
+
+/*
+ * The engine's memory hook (eng_thread_mem_hook) while a handler runs: each
+ * byte of the answer's hits is reserved twice (the hits, then the packed
+ * frame) as the engine builds them. Called from query threads too.
+ */
+static bool mem_hook(void *arg, size_t n)
+{
+    scratch *s = arg;
+    uint64_t need = 2 * (uint64_t)n;
+    if (!app_budget_take(s->budget, need))
+        return false;
+    atomic_fetch_add(&s->reserved, need);
+    return true;
 }
 
 static const char *key_source_name(eng_key_source k)
@@ -320,6 +360,9 @@ static cdx_err do_upsert(const app_dispatch_env *env, const Req *q, Resp *r, scr
                               .contents_len = it->contents.len};
     }
     cipherdex__v1__upsert_response__init(ur);
+    /* The engine seals a copy of every item (records, segment blocks) while it writes. */
+    if ((err = reserve(env, s, s->frame_len)))
+        return err;
     if ((err = eng_upsert(env->engine, wire_text(u->index), items, u->n_items, &ur->version)))
         return err;
     ur->upserted = u->n_items;
@@ -663,8 +706,12 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     res->op = APP_OP_INVALID;
     uint64_t rid = wire_peek_request_id(frame, len);
     eng_thread_stages((uint64_t[ENG_STAGE_COUNT]){0}); /* start this request's stage clock */
-    /* protobuf-c allocates far more than the frame for many tiny fields: bound it. */
-    cdx_err err = wire_request_unpack(frame, len, wire_unpack_budget(len), &wr);
+    /* protobuf-c allocates far more than the frame for many tiny fields: bound it, and hold
+     * that bound in the in-flight budget while the request is decoded and served. */
+    s.frame_len = len;
+    cdx_err err = reserve(env, &s, wire_unpack_budget(len));
+    if (!err)
+        err = wire_request_unpack(frame, len, wire_unpack_budget(len), &wr);
     if (env->metrics)
         app_metrics_observe(env->metrics, APP_STAGE_DECODE, cdx_mono_ns() - t0);
     Resp r = CIPHERDEX__V1__RESPONSE__INIT;
@@ -678,8 +725,13 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
         else {
             res->op = d->op;
             err = authorize(env, principal, d, d->index(q));
+            if (!err && env->budget) { /* answers are reserved as the engine builds them */
+                s.budget = env->budget;
+                eng_thread_mem_hook(mem_hook, &s);
+            }
             if (!err)
                 err = d->fn(env, q, &r, &s);
+            eng_thread_mem_hook(NULL, NULL);
         }
     }
     observe_stages(env->metrics);
@@ -711,4 +763,6 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     }
     scratch_free(&s);
     wire_request_free(wr);
+    if (env->budget) /* the packed answer is charged by the server once queued */
+        app_budget_give(env->budget, atomic_load(&s.reserved));
 }

@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include "app_config.h"
+#include "app_flow.h"
 #include "app_metrics.h"
 #include "eng.h"
 
@@ -50,6 +51,16 @@ typedef struct app_dispatch_env {
     void (*health)(void *arg, app_wire_health *out);
     void *health_arg;
     int64_t started_ms; /* for uptime */
+    /*
+     * The in-flight budget (may be NULL: nothing reserved). A request
+     * reserves its decode budget before it is decoded, an upsert its
+     * frame's size again for the records the engine seals, and a get or
+     * query twice each byte of its hits as the engine builds them
+     * (eng_thread_mem_hook); CDX_ERR_BUSY when that does not fit now. All of
+     * it is given back once the answer is packed (the server then charges
+     * the answer until it is written).
+     */
+    app_budget *budget;
 } app_dispatch_env;
 
 typedef struct app_dispatch_result {

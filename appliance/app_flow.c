@@ -5,17 +5,27 @@
 
 #define SLOW_GRACE_MS 1000 /* a frame's first second is never "too slow" */
 
-static bool budget_take(app_budget *b, uint64_t n)
+bool app_budget_take(app_budget *b, uint64_t n)
 {
-    if (b->used + n > b->limit || b->used + n < b->used)
-        return false;
-    b->used += n;
+    uint64_t u = atomic_load(&b->used);
+    do {
+        if (u + n > b->limit || u + n < u)
+            return false;
+    } while (!atomic_compare_exchange_weak(&b->used, &u, u + n));
     return true;
 }
 
-static void budget_give(app_budget *b, uint64_t n)
+void app_budget_force(app_budget *b, uint64_t n)
 {
-    b->used = n > b->used ? 0 : b->used - n;
+    atomic_fetch_add(&b->used, n);
+}
+
+void app_budget_give(app_budget *b, uint64_t n)
+{
+    uint64_t u = atomic_load(&b->used), v;
+    do
+        v = n > u ? 0 : u - n;
+    while (!atomic_compare_exchange_weak(&b->used, &u, v));
 }
 
 void app_flow_init(app_flow *f, const app_flow_limits *lim, app_budget *budget, int64_t now_ms)
@@ -55,7 +65,7 @@ bool app_flow_retry(app_flow *f)
 {
     if (!f->frame_waiting)
         return true;
-    if (!budget_take(f->budget, f->frame_waiting)) {
+    if (!app_budget_take(f->budget, f->frame_waiting)) {
         f->budget->waits++;
         return false;
     }
@@ -90,12 +100,21 @@ uint64_t app_flow_frame_done(app_flow *f, int64_t now_ms)
 void app_flow_response_queued(app_flow *f, uint64_t bytes)
 {
     f->out_queued += bytes;
+    app_budget_force(f->budget, bytes); /* the answer exists: it counts until written */
 }
 
 void app_flow_written(app_flow *f, uint64_t bytes, int64_t now_ms)
 {
-    f->out_queued = bytes > f->out_queued ? 0 : f->out_queued - bytes;
+    if (bytes > f->out_queued)
+        bytes = f->out_queued;
+    f->out_queued -= bytes;
+    app_budget_give(f->budget, bytes);
     f->last_activity_ms = now_ms;
+}
+
+bool app_flow_may_start(const app_flow *f)
+{
+    return f->out_queued <= f->lim->output_high_water;
 }
 
 void app_flow_request_done(app_flow *f, uint64_t charge)
@@ -104,7 +123,7 @@ void app_flow_request_done(app_flow *f, uint64_t charge)
         f->outstanding--;
     charge = charge > f->charged ? f->charged : charge;
     f->charged -= charge;
-    budget_give(f->budget, charge);
+    app_budget_give(f->budget, charge);
 }
 
 bool app_flow_may_read(const app_flow *f)
@@ -131,6 +150,10 @@ app_flow_verdict app_flow_check(const app_flow *f, int64_t now_ms)
             f->frame_bytes_seen * 1000 < (uint64_t)el * f->lim->min_recv_bytes_per_s)
             return APP_FLOW_TOO_SLOW;
     }
+    /* Above the mark nothing is read, so the last activity is the last write progress. */
+    if (f->out_queued > f->lim->output_high_water && f->lim->idle_timeout_s &&
+        now_ms - f->last_activity_ms > (int64_t)f->lim->idle_timeout_s * 1000)
+        return APP_FLOW_STALLED_READER;
     if (!f->in_frame && f->outstanding == 0 && f->out_queued == 0 && f->lim->idle_timeout_s &&
         now_ms - f->last_activity_ms > (int64_t)f->lim->idle_timeout_s * 1000)
         return APP_FLOW_IDLE_TIMEOUT;
@@ -139,8 +162,8 @@ app_flow_verdict app_flow_check(const app_flow *f, int64_t now_ms)
 
 void app_flow_close(app_flow *f)
 {
-    budget_give(f->budget, f->charged + f->frame_charge);
-    f->charged = f->frame_charge = 0;
+    app_budget_give(f->budget, f->charged + f->frame_charge + f->out_queued);
+    f->charged = f->frame_charge = f->out_queued = 0;
     f->frame_waiting = 0;
     f->outstanding = 0;
     f->in_frame = false;

@@ -218,9 +218,10 @@ static void budget_released(app_server *s)
     s->in_release = false;
 }
 
+/* Start the connection's next request, unless its unread answers are above the high-water mark. */
 static void start_next(conn *c)
 {
-    if (c->running || !c->qhead || c->closing)
+    if (c->running || !c->qhead || c->closing || !app_flow_may_start(&c->flow))
         return;
     req *r = c->qhead;
     c->qhead = r->next;
@@ -352,7 +353,9 @@ static void on_write(struct bufferevent *bev, void *arg)
         return;
     }
     app_flow_written(&c->flow, c->flow.out_queued, cdx_mono_ms());
+    start_next(c); /* requests held back by the high-water mark */
     conn_process(c);
+    budget_released(c->srv); /* the answers' charge is back */
     drain_check(c->srv);
 }
 
@@ -404,7 +407,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     app_flow_verdict v = app_flow_check(&c->flow, cdx_mono_ms());
     if (v == APP_FLOW_OK)
         return;
-    static const char *const why[] = {"", "handshake-timeout", "idle-timeout", "too-slow"};
+    static const char *const why[] = {"", "handshake-timeout", "idle-timeout", "too-slow",
+                                      "stalled-reader"};
     if (c->srv->m)
         app_metrics_inc(
             c->srv->m,
@@ -704,9 +708,9 @@ void app_server_completions(app_server *s, app_job *list)
             continue;
         }
         bufferevent_write(c->bev, r->res.frame, r->res.len);
+        /* The answer is charged until written (the high-water mark keeps this connection's
+         * next requests from starting meanwhile); the request's own bytes are gone. */
         app_flow_response_queued(&c->flow, r->res.len);
-        /* Released at once: the response bytes now sit in the output buffer, which the
-         * output high-water mark bounds; the request's own bytes are gone. */
         app_flow_request_done(&c->flow, r->charge);
         req_free(r);
         start_next(c);
@@ -798,6 +802,11 @@ cdx_err app_server_new(struct event_base *base, const app_config *cfg, app_tls *
                                              : ((struct sockaddr_in *)&ss)->sin_port);
     *out = s;
     return CDX_OK;
+}
+
+app_budget *app_server_budget(app_server *s)
+{
+    return &s->budget;
 }
 
 uint16_t app_server_port(const app_server *s)

@@ -34,6 +34,7 @@
 
 #include "app_config.h"
 #include "app_dispatch.h"
+#include "app_flow.h"
 #include "app_metrics.h"
 #include "app_pool.h"
 #include "cdx_err.h"
@@ -52,6 +53,12 @@ cdx_err app_server_new(struct event_base *base, const app_config *cfg, app_tls *
                        const app_dispatch_env *env, app_metrics *m, app_server **out);
 
 /* The bound port. */
+/*
+ * The server's in-flight byte budget (docs/WIRE.md, "Memory bounds"), for
+ * the workers to reserve a request's working memory in (app_dispatch_env.budget).
+ */
+app_budget *app_server_budget(app_server *s);
+
 uint16_t app_server_port(const app_server *s);
 
 /* Finished jobs from the pool (the daemon's completion event hands them over). */

@@ -213,6 +213,8 @@ cdx_err eng_new(const eng_config *cfg, eng **out)
         e->cfg.commit_retries = 32;
     if (!e->cfg.query_threads)
         e->cfg.query_threads = 1;
+    if (!e->cfg.result_bytes_max)
+        e->cfg.result_bytes_max = CDX_RESULT_MAX_DEFAULT;
     pthread_mutex_init(&e->mu, NULL);
     e->root.kind = HSM_KEY_ROOT;
     memcpy(e->root.id, cfg->deployment_id, CDX_ID_LEN);

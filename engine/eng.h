@@ -42,6 +42,8 @@ typedef struct eng_config {
     uint32_t gc_grace_ms;                /* sweep keeps unreferenced records this long; 0 = 10 min */
     unsigned query_threads;              /* batch queries spread over threads; 0 = 1 */
     unsigned commit_retries;             /* optimistic commit attempts; 0 = 32 */
+    size_t result_bytes_max;             /* largest answer a get or query builds (its hits'
+                                            bytes, eng_rbudget); 0 = CDX_RESULT_MAX_DEFAULT */
 } eng_config;
 
 /*
@@ -210,7 +212,8 @@ typedef struct eng_item {
 cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, uint64_t *version);
 
 /*
- * Delete ids (missing ids are ignored; *deleted counts those that existed).
+ * Delete ids (missing ids are ignored; an id listed twice counts once;
+ * *deleted counts those that existed).
  * Errors: CDX_ERR_INVALID_ARGUMENT (no ids, over CDX_GET_BATCH_MAX, bad id), the common ones.
  */
 cdx_err eng_delete(eng *e, const char *name, const char *const *ids, const size_t *id_lens,
@@ -244,12 +247,29 @@ typedef struct eng_get_result {
 
 /*
  * Look up n ids, with what `want` asks (ENG_WANT_*), in a state at least
- * min_version. *out is malloc'ed: eng_get_result_free it.
- * Errors: CDX_ERR_INVALID_ARGUMENT (1..CDX_GET_BATCH_MAX ids, bad id),
- * CDX_ERR_STALE, the common ones.
+ * min_version. Each segment's vector and metadata block is fetched and
+ * opened once per call, however many of its rows are asked for.
+ * *out is malloc'ed: eng_get_result_free it.
+ * Errors: CDX_ERR_INVALID_ARGUMENT (1..CDX_GET_BATCH_MAX ids, bad id, an id
+ * listed twice: the detail names both positions), CDX_ERR_RESOURCE_EXHAUSTED
+ * (the answer would pass cfg.result_bytes_max: refused while the hits are
+ * filled, before the contents that would pass it are read), CDX_ERR_BUSY
+ * (the thread's memory hook refused more: eng_thread_mem_hook), CDX_ERR_STALE,
+ * the common ones.
  */
 cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *id_lens, size_t n,
                 unsigned want, uint64_t min_version, eng_get_result **out);
+/*
+ * Memory accounting for answers, per request: while a get or query builds
+ * its hits, the engine calls fn(arg, n) before it holds n more bytes of them
+ * on behalf of the calling thread's request (from that thread or from the
+ * query threads it spreads over: fn must be thread-safe). fn returning false
+ * stops the request with CDX_ERR_BUSY. Set by a server around each engine
+ * call on its worker thread; fn NULL clears it (no accounting).
+ */
+typedef bool (*eng_mem_fn)(void *arg, size_t n);
+void eng_thread_mem_hook(eng_mem_fn fn, void *arg);
+
 /* Free a get result and its hits; NULL is a no-op. */
 void eng_get_result_free(eng_get_result *r);
 
@@ -273,7 +293,12 @@ typedef struct eng_query_result {
 
 /*
  * Errors besides the common ones: CDX_ERR_INVALID_ARGUMENT (dimension, top_k
- * or n_probes out of range, NaN, malformed filter), CDX_ERR_STALE.
+ * or n_probes out of range, NaN, malformed filter), CDX_ERR_STALE,
+ * CDX_ERR_RESOURCE_EXHAUSTED (the answer would pass cfg.result_bytes_max:
+ * before the scan when an untrained, unfiltered index makes that certain,
+ * else while the hits are filled), CDX_ERR_BUSY (eng_thread_mem_hook refused
+ * more). The hits of all query vectors together read each segment's vector
+ * and metadata block once.
  */
 cdx_err eng_query_run(eng *e, const char *name, const eng_query *q, eng_query_result **out);
 /* Free a query result and its hits; NULL is a no-op. */

@@ -160,51 +160,7 @@ static cdx_err scan(eng_qctx *c, qone *w)
     return err;
 }
 
-/* Hit h: the vector of row `row` of segment si. */
-static cdx_err hit_vector(eng_qctx *c, const qone *w, size_t si, uint32_t row, eng_hit *h)
-{
-    const eng_manifest *m = c->m;
-    cdx_err err = CDX_OK;
-    eng_buf vec;
-    eng_buf_init(&vec);
-    bool mis = false;
-    if (!eng_originals_in_search(m))
-        err = eng_fetch_blocks(c->o, &w->refs[si], 1, ENG_K_VECTORS, &vec, &mis);
-    h->vector = malloc(m->dim * sizeof(float));
-    if (!err && (mis || !h->vector || !eng_vector_row(m, w->blocks[si], &vec, row, h->vector)))
-        err = cdx_fail(CDX_ERR_INTEGRITY, "vector block missing or malformed");
-    eng_buf_free(&vec);
-    return err;
-}
-
-/* Hit h: the metadata of row `row` of segment si (from the filter's views when there are). */
-static cdx_err hit_metadata(eng_qctx *c, const qone *w, size_t si, uint32_t row, eng_hit *h)
-{
-    cdx_err err = CDX_OK;
-    eng_buf mb;
-    eng_buf_init(&mb);
-    bool mis = false;
-    if (!w->mviews)
-        err = eng_fetch_blocks(c->o, &w->refs[si], 1, ENG_K_META, &mb, &mis);
-    const uint8_t *mp;
-    size_t ml;
-    bool have = w->mviews ? eng_meta_view_row(&w->mviews[si], row, &mp, &ml)
-                          : !err && !mis && eng_meta_row(&mb, row, &mp, &ml);
-    if (!err && !have)
-        err = cdx_fail(CDX_ERR_INTEGRITY, "metadata block missing or malformed");
-    else if (!err && ml) {
-        h->metadata = malloc(ml + 1);
-        if (h->metadata) {
-            memcpy(h->metadata, mp, ml);
-            h->metadata[ml] = '\0';
-            h->metadata_len = ml;
-        }
-    }
-    eng_buf_free(&mb);
-    return err;
-}
-
-/* The contents of got hits, found through the id map. */
+/* The contents of got hits, found through the id map; each charged before it is read. */
 static cdx_err hits_contents(eng_qctx *c, eng_hit *hits, size_t got)
 {
     op *o = c->o;
@@ -223,7 +179,7 @@ static cdx_err hits_contents(eng_qctx *c, eng_hit *hits, size_t got)
         err = eng_buckets_load(o, c->m, wantb, &bs);
     for (size_t i = 0; !err && i < got; i++) {
         eng_ident *id = eng_bucket_find(bs.b[eng_bucket_of(toks[i])], toks[i]);
-        if (id && id->content_len)
+        if (id && id->content_len && !(err = eng_rbudget_charge(&c->rb, id->content_len)))
             err = eng_fetch_contents(o, id, &hits[i].contents, &hits[i].contents_len);
     }
     free(toks);
@@ -231,16 +187,69 @@ static cdx_err hits_contents(eng_qctx *c, eng_hit *hits, size_t got)
     return err;
 }
 
-/* The result of query qi, best first, with what the query wants of each hit. */
+/* Hit h: the metadata of row `row` of segment si from the filter's views. */
+static cdx_err hit_metadata_view(eng_qctx *c, const qone *w, size_t si, uint32_t row, eng_hit *h)
+{
+    const uint8_t *mp;
+    size_t ml;
+    cdx_err err;
+    if (!eng_meta_view_row(&w->mviews[si], row, &mp, &ml))
+        return cdx_fail(CDX_ERR_INTEGRITY, "metadata block missing or malformed");
+    if (!ml)
+        return CDX_OK;
+    if ((err = eng_rbudget_charge(&c->rb, ml)))
+        return err;
+    if (!(h->metadata = malloc(ml + 1)))
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    memcpy(h->metadata, mp, ml);
+    h->metadata[ml] = '\0';
+    h->metadata_len = ml;
+    return CDX_OK;
+}
+
+/* Hit h: the vector of row `row` from segment si's search block (originals stored there). */
+static cdx_err hit_vector_search(eng_qctx *c, const qone *w, size_t si, uint32_t row, eng_hit *h)
+{
+    static const eng_buf none = {0};
+    size_t d = c->m->dim;
+    cdx_err err;
+    if ((err = eng_rbudget_charge(&c->rb, d * sizeof(float))))
+        return err;
+    if (!(h->vector = malloc(d * sizeof(float))))
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if (!eng_vector_row(c->m, w->blocks[si], &none, row, h->vector))
+        return cdx_fail(CDX_ERR_INTEGRITY, "vector block missing or malformed");
+    return CDX_OK;
+}
+
+/* What fill_rows_all reads: originals kept in vector blocks, metadata no filter opened. */
+static unsigned deferred_want(const eng_qctx *c)
+{
+    unsigned want = c->q->want;
+    return ((want & ENG_WANT_VECTOR) && !eng_originals_in_search(c->m) ? ENG_WANT_VECTOR : 0) |
+           ((want & ENG_WANT_METADATA) && !c->filter ? ENG_WANT_METADATA : 0);
+}
+
+/*
+ * The result of query qi, best first, with what the query wants of each hit:
+ * each hit charged to the answer's size before its bytes are copied. The
+ * vectors and metadata that need a segment block are left to fill_rows_all
+ * (c->rows[qi]), so each block is read once per request.
+ */
 static cdx_err fill_hits(eng_qctx *c, const qone *w, size_t qi)
 {
     cdx_err err = CDX_OK;
     size_t k = c->top_k;
+    unsigned want = c->q->want;
+    bool orig = eng_originals_in_search(c->m);
+    unsigned rows_want = deferred_want(c);
     float *dd = malloc(k * sizeof(float));
     uint64_t *rr = malloc(k * sizeof(uint64_t));
-    size_t got = dd && rr ? eng_topk_sorted(w->tk, dd, rr) : 0;
+    eng_rowreq *rq = malloc(k * sizeof(*rq));
+    size_t got = dd && rr && rq ? eng_topk_sorted(w->tk, dd, rr) : 0;
     eng_hit *hits = calloc(got ? got : 1, sizeof(*hits));
-    if (!dd || !rr || !hits) {
+    size_t nr = 0;
+    if (!dd || !rr || !rq || !hits) {
         free(hits);
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
@@ -254,6 +263,8 @@ static cdx_err fill_hits(eng_qctx *c, const qone *w, size_t qi)
         eng_hit *h = &hits[i];
         h->distance = final_distance((eng_metric)c->m->metric, dd[i]);
         h->id_len = b->id_len[row];
+        if ((err = eng_rbudget_charge(&c->rb, h->id_len + ENG_HIT_OVERHEAD)))
+            break;
         h->id = malloc(h->id_len + 1u);
         if (!h->id) {
             err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
@@ -261,16 +272,53 @@ static cdx_err fill_hits(eng_qctx *c, const qone *w, size_t qi)
         }
         memcpy(h->id, b->plain + b->id_pos[row], h->id_len);
         h->id[h->id_len] = '\0';
-        if (c->q->want & ENG_WANT_VECTOR)
-            err = hit_vector(c, w, si, row, h);
-        if (!err && (c->q->want & ENG_WANT_METADATA))
-            err = hit_metadata(c, w, si, row, h);
+        if ((want & ENG_WANT_VECTOR) && orig)
+            err = hit_vector_search(c, w, si, row, h);
+        if (!err && (want & ENG_WANT_METADATA) && c->filter)
+            err = hit_metadata_view(c, w, si, row, h);
+        if (rows_want)
+            rq[nr++] = (eng_rowreq){w->refs[si], row, h};
     }
-    if (!err && (c->q->want & ENG_WANT_CONTENTS) && got)
+    if (!err && nr) { /* kept (shrunk to its rows) for fill_rows_all, and counted */
+        eng_rowreq *kept = realloc(rq, nr * sizeof(*rq));
+        if (kept)
+            rq = kept;
+        if (!(err = eng_rbudget_work(&c->rb, nr * sizeof(*rq)))) {
+            c->rows[qi] = rq;
+            c->nrows[qi] = nr;
+            rq = NULL;
+        }
+    }
+    if (!err && (want & ENG_WANT_CONTENTS) && got)
         err = hits_contents(c, hits, got);
 out:
     free(dd);
     free(rr);
+    free(rq);
+    return err;
+}
+
+/* The deferred vectors and metadata of every query vector's hits: each segment's blocks once. */
+static cdx_err fill_rows_all(eng_qctx *c)
+{
+    size_t total = 0, at = 0;
+    for (size_t qi = 0; qi < c->q->nq; qi++)
+        total += c->nrows[qi];
+    if (total == 0)
+        return CDX_OK;
+    eng_rowreq *all = malloc(total * sizeof(*all));
+    if (!all)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t qi = 0; qi < c->q->nq; qi++) {
+        if (c->nrows[qi])
+            memcpy(all + at, c->rows[qi], c->nrows[qi] * sizeof(*all));
+        at += c->nrows[qi];
+    }
+    bool mis = false;
+    cdx_err err = eng_fill_rows(c->o, c->m, all, total, deferred_want(c), &c->rb, &mis);
+    if (!err && mis)
+        err = cdx_fail(CDX_ERR_INTEGRITY, "vector or metadata block missing");
+    free(all);
     return err;
 }
 
@@ -413,7 +461,34 @@ static cdx_err query_attempt(eng_qctx *c, const eng_manifest *m, eng_query_resul
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     r->nq = q->nq;
     c->res = r;
-    return run_queries(c);
+    eng_rbudget_init(&c->rb, c->o->e->cfg.result_bytes_max);
+    /* Certain before the scan: an untrained index searched without a filter answers
+     * min(top_k, count) hits per query vector, each at least this big. */
+    if (!c->filter && nc == 0) {
+        uint64_t per = ENG_HIT_OVERHEAD + 1 +
+                       ((q->want & ENG_WANT_VECTOR) ? (uint64_t)m->dim * sizeof(float) : 0);
+        uint64_t hits = (uint64_t)q->nq * (c->top_k < m->count ? c->top_k : m->count);
+        if (hits * per > c->rb.limit)
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED,
+                            "the answer needs at least %llu bytes (%zu query vectors x %llu "
+                            "hits), over the %zu-byte response limit (max_frame_bytes): send "
+                            "fewer query vectors or a smaller top_k, or leave out vectors",
+                            (unsigned long long)(hits * per), q->nq,
+                            (unsigned long long)(hits / q->nq), c->rb.limit);
+    }
+    c->rows = calloc(q->nq, sizeof(*c->rows));
+    c->nrows = calloc(q->nq, sizeof(*c->nrows));
+    cdx_err err = !c->rows || !c->nrows ? cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory")
+                                        : run_queries(c);
+    if (!err && !c->need_refresh)
+        err = fill_rows_all(c);
+    for (size_t qi = 0; c->rows && qi < q->nq; qi++)
+        free(c->rows[qi]);
+    free(c->rows);
+    free(c->nrows);
+    c->rows = NULL;
+    c->nrows = NULL;
+    return err;
 }
 
 cdx_err eng_query_run(eng *e, const char *name, const eng_query *q, eng_query_result **out)

@@ -268,95 +268,247 @@ void eng_get_result_free(eng_get_result *r)
     free(r);
 }
 
-/* Hit h: the vector of id (segment sr). A missing block sets *refresh. */
-static cdx_err get_vector(op *o, const eng_manifest *m, const eng_segref *sr, const eng_ident *id,
-                          eng_hit *h, bool *refresh)
+static _Thread_local eng_mem_fn tl_mem;
+static _Thread_local void *tl_mem_arg;
+
+void eng_thread_mem_hook(eng_mem_fn fn, void *arg)
 {
-    eng_search *s = NULL;
-    bool mis = false;
-    eng_buf vec;
-    eng_buf_init(&vec);
-    cdx_err err = eng_fetch_search(o, m, &sr, 1, &s, &mis);
-    if (err)
-        return err;
-    if (!mis && !eng_originals_in_search(m))
-        err = eng_fetch_blocks(o, &sr, 1, ENG_K_VECTORS, &vec, &mis);
-    if (!err && mis) {
-        *refresh = true;
-    } else if (!err) {
-        h->vector = malloc(m->dim * sizeof(float));
-        if (!h->vector)
-            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-        else if (!eng_vector_row(m, s, &vec, id->row, h->vector))
-            err = cdx_fail(CDX_ERR_INTEGRITY, "vector block is malformed");
-    }
-    eng_search_release(s);
-    eng_buf_free(&vec);
-    return err;
+    tl_mem = fn;
+    tl_mem_arg = fn ? arg : NULL;
 }
 
-/* Hit h: the metadata of id (segment sr). A missing block sets *refresh. */
-static cdx_err get_metadata(op *o, const eng_segref *sr, const eng_ident *id, eng_hit *h,
-                            bool *refresh)
+void eng_rbudget_init(eng_rbudget *b, size_t limit)
 {
-    eng_buf mb;
-    bool mis = false;
-    cdx_err err = eng_fetch_blocks(o, &sr, 1, ENG_K_META, &mb, &mis);
-    if (err)
-        return err;
-    const uint8_t *p;
-    size_t len;
-    if (mis) {
-        *refresh = true;
-    } else if (!eng_meta_row(&mb, id->row, &p, &len)) {
-        err = cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
-    } else if (len) {
-        h->metadata = malloc(len + 1);
-        if (!h->metadata) {
-            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-        } else {
+    b->limit = limit ? limit : CDX_RESULT_MAX_DEFAULT;
+    atomic_store(&b->used, 0);
+    b->mem = tl_mem;
+    b->mem_arg = tl_mem_arg;
+}
+
+cdx_err eng_rbudget_charge(eng_rbudget *b, size_t n)
+{
+    if (!b)
+        return CDX_OK;
+    size_t was = atomic_fetch_add(&b->used, n);
+    if (was + n < was || was + n > b->limit)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED,
+                        "the answer would exceed the %zu-byte response limit (max_frame_bytes): "
+                        "ask for fewer ids or results, or leave out contents, metadata or vectors",
+                        b->limit);
+    if (b->mem && !b->mem(b->mem_arg, n))
+        return cdx_fail(CDX_ERR_BUSY, "the daemon's in-flight memory budget cannot hold more of "
+                                      "this answer now: retry later");
+    return CDX_OK;
+}
+
+cdx_err eng_rbudget_work(eng_rbudget *b, size_t n)
+{
+    if (b && b->mem && !b->mem(b->mem_arg, n))
+        return cdx_fail(CDX_ERR_BUSY, "the daemon's in-flight memory budget cannot hold more of "
+                                      "this request now: retry later");
+    return CDX_OK;
+}
+
+static int cmp_rowreq(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)((const eng_rowreq *)a)->sr;
+    uintptr_t y = (uintptr_t)((const eng_rowreq *)b)->sr;
+    return x < y ? -1 : x > y;
+}
+
+/* Bytes of the blocks fill_rows opens for segment r. */
+static size_t fill_cost(const eng_segref *r, bool vec, bool orig, bool meta)
+{
+    return (vec ? (orig ? r->search_len : r->vectors_len) : 0) + (meta ? r->meta_len : 0);
+}
+
+/* One row's vector (from block vb) and metadata (from view mv) into its hit. */
+static cdx_err fill_one(const eng_manifest *m, const eng_search *vb, const eng_meta_view *mv,
+                        const eng_rowreq *q, eng_rbudget *rb)
+{
+    cdx_err err;
+    eng_hit *h = q->h;
+    size_t d = m->dim;
+    if (vb) {
+        if ((err = eng_rbudget_charge(rb, d * sizeof(float))))
+            return err;
+        if (q->row >= vb->rows || vb->code_size < d * sizeof(float))
+            return cdx_fail(CDX_ERR_INTEGRITY, "vector block is malformed");
+        if (!(h->vector = malloc(d * sizeof(float))))
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        memcpy(h->vector, vb->codes + (size_t)q->row * vb->code_size, d * sizeof(float));
+    }
+    if (mv) {
+        const uint8_t *p;
+        size_t len;
+        if (!eng_meta_view_row(mv, q->row, &p, &len))
+            return cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
+        if (len) {
+            if ((err = eng_rbudget_charge(rb, len)))
+                return err;
+            if (!(h->metadata = malloc(len + 1)))
+                return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
             memcpy(h->metadata, p, len);
             h->metadata[len] = '\0';
             h->metadata_len = len;
         }
     }
-    eng_buf_free(&mb);
+    return CDX_OK;
+}
+
+cdx_err eng_fill_rows(op *o, const eng_manifest *m, eng_rowreq *rq, size_t n, unsigned want,
+                      eng_rbudget *rb, bool *missing)
+{
+    cdx_err err = CDX_OK;
+    bool wv = want & ENG_WANT_VECTOR, wm = want & ENG_WANT_METADATA;
+    bool orig = eng_originals_in_search(m);
+    *missing = false;
+    if (n == 0 || !(wv || wm))
+        return CDX_OK;
+    qsort(rq, n, sizeof(*rq), cmp_rowreq);
+    const eng_segref **segs = malloc(n * sizeof(*segs));
+    size_t *first = malloc((n + 1) * sizeof(*first));
+    eng_search **blk = calloc(n, sizeof(*blk));
+    eng_buf *mb = calloc(n, sizeof(*mb));
+    eng_meta_view *mv = calloc(n, sizeof(*mv));
+    size_t ns = 0;
+    if (!segs || !first || !blk || !mb || !mv) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || rq[i].sr != rq[i - 1].sr) {
+            segs[ns] = rq[i].sr;
+            first[ns++] = i;
+        }
+    first[ns] = n;
+    /* A group of segments at a time: each block is opened once, and few are held at once. */
+    for (size_t a = 0, b; a < ns && !err && !*missing; a = b) {
+        size_t bytes = fill_cost(segs[a], wv, orig, wm);
+        for (b = a + 1; b < ns && bytes + fill_cost(segs[b], wv, orig, wm) <= ENG_FILL_CHUNK; b++)
+            bytes += fill_cost(segs[b], wv, orig, wm);
+        bool mis = false;
+        if (wv)
+            err = orig ? eng_fetch_search(o, m, segs + a, b - a, blk + a, &mis)
+                       : eng_fetch_vectors(o, m, segs + a, b - a, NULL, blk + a, &mis);
+        if (!err && !mis && wm) {
+            err = eng_fetch_blocks(o, segs + a, b - a, ENG_K_META, mb + a, &mis);
+            for (size_t j = a; j < b && !err && !mis; j++)
+                if (!eng_meta_view_build(&mb[j], &mv[j]))
+                    err = cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
+        }
+        if (!err && mis)
+            *missing = true;
+        for (size_t j = a; j < b && !err && !*missing; j++)
+            for (size_t i = first[j]; i < first[j + 1] && !err; i++)
+                err = fill_one(m, wv ? blk[j] : NULL, wm ? &mv[j] : NULL, &rq[i], rb);
+        for (size_t j = a; j < b; j++) {
+            eng_search_release(blk[j]);
+            blk[j] = NULL;
+            eng_meta_view_free(&mv[j]);
+            eng_buf_free(&mb[j]);
+        }
+    }
+out:
+    free(segs);
+    free(first);
+    free(blk);
+    free(mb);
+    free(mv);
+    return err;
+}
+
+typedef struct tokpos {
+    uint8_t tok[ENG_TOKEN_LEN];
+    size_t i;
+} tokpos;
+
+static int cmp_tokpos(const void *a, const void *b)
+{
+    const tokpos *x = a, *y = b;
+    int c = memcmp(x->tok, y->tok, ENG_TOKEN_LEN);
+    return c ? c : (x->i > y->i) - (x->i < y->i);
+}
+
+/*
+ * Refuse a get naming one id twice: each position would carry its own copy
+ * of the item (contents included), which multiplies the answer for free.
+ */
+static cdx_err check_unique(const uint8_t (*toks)[ENG_TOKEN_LEN], size_t n)
+{
+    cdx_err err = CDX_OK;
+    tokpos *tp = malloc(n * sizeof(*tp));
+    if (!tp)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        memcpy(tp[i].tok, toks[i], ENG_TOKEN_LEN);
+        tp[i].i = i;
+    }
+    qsort(tp, n, sizeof(*tp), cmp_tokpos);
+    for (size_t i = 1; i < n; i++)
+        if (!memcmp(tp[i - 1].tok, tp[i].tok, ENG_TOKEN_LEN)) {
+            err = cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                           "ids %zu and %zu are the same id: list each id once per get",
+                           tp[i - 1].i, tp[i].i);
+            break;
+        }
+    free(tp);
     return err;
 }
 
 /*
- * Hit h for the item id names in state m: its id, and what `want` asks.
- * A record missing from the store sets *refresh (the caller re-reads once).
+ * One attempt of a get on state m: ids found through the buckets, then
+ * vectors and metadata (each segment's blocks once), then contents, each
+ * charged to rb before it is read. A record missing from the store sets
+ * *refresh (the caller re-reads once).
  */
-static cdx_err get_item(op *o, const eng_manifest *m, const eng_ident *id, unsigned want,
-                        eng_hit *h, bool *found, bool *refresh)
+static cdx_err get_attempt(op *o, const eng_manifest *m, const eng_bucketset *bs,
+                           const uint8_t (*toks)[ENG_TOKEN_LEN], const size_t *id_lens, size_t n,
+                           unsigned want, eng_rbudget *rb, eng_ident **idp, eng_rowreq *rq,
+                           eng_get_result *r, bool *refresh)
 {
-    cdx_err err;
-    h->id = malloc(id->id_len + 1u);
-    if (!h->id)
-        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-    memcpy(h->id, id->id, id->id_len + 1u);
-    h->id_len = id->id_len;
-    *found = true;
-    if (!(want & (ENG_WANT_VECTOR | ENG_WANT_METADATA | ENG_WANT_CONTENTS)))
-        return CDX_OK;
-    const eng_segref *sr = eng_find_seg(m, id->cluster, id->seg);
-    if (!sr)
-        return cdx_fail(CDX_ERR_INTEGRITY, "the id map names a segment the manifest "
-                                           "does not list");
-    if ((want & ENG_WANT_VECTOR) && ((err = get_vector(o, m, sr, id, h, refresh)) || *refresh))
-        return err;
-    if ((want & ENG_WANT_METADATA) && ((err = get_metadata(o, sr, id, h, refresh)) || *refresh))
-        return err;
-    if ((want & ENG_WANT_CONTENTS) && id->content_len &&
-        (err = eng_fetch_contents(o, id, &h->contents, &h->contents_len))) {
+    cdx_err err = CDX_OK;
+    size_t nr = 0;
+    for (size_t i = 0; i < n && !err; i++) {
+        /* Every id is echoed in the answer, found or not. */
+        if ((err = eng_rbudget_charge(rb, id_lens[i] + ENG_HIT_OVERHEAD)))
+            break;
+        eng_ident *id = idp[i] = eng_bucket_find(bs->b[eng_bucket_of(toks[i])], toks[i]);
+        if (!id)
+            continue;
+        eng_hit *h = &r->hits[i];
+        if (!(h->id = malloc(id->id_len + 1u))) {
+            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+            break;
+        }
+        memcpy(h->id, id->id, id->id_len + 1u);
+        h->id_len = id->id_len;
+        r->found[i] = true;
+        if (!(want & (ENG_WANT_VECTOR | ENG_WANT_METADATA)))
+            continue;
+        const eng_segref *sr = eng_find_seg(m, id->cluster, id->seg);
+        if (!sr)
+            err = cdx_fail(CDX_ERR_INTEGRITY, "the id map names a segment the manifest "
+                                              "does not list");
+        else
+            rq[nr++] = (eng_rowreq){sr, id->row, h};
+    }
+    if (!err)
+        err = eng_fill_rows(o, m, rq, nr, want, rb, refresh);
+    for (size_t i = 0; i < n && !err && !*refresh && (want & ENG_WANT_CONTENTS); i++) {
+        eng_ident *id = idp[i];
+        if (!id || !id->content_len)
+            continue;
+        /* Charged before it is read: the limit stops the get before the bytes exist. */
+        if ((err = eng_rbudget_charge(rb, id->content_len)))
+            break;
+        err = eng_fetch_contents(o, id, &r->hits[i].contents, &r->hits[i].contents_len);
         if (err == ENG_MOVED) {
             *refresh = true;
-            return CDX_OK;
+            err = CDX_OK;
         }
-        return err;
     }
-    return CDX_OK;
+    return err;
 }
 
 cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *id_lens, size_t n,
@@ -377,10 +529,13 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
     eng_op_index(e, ix, &o);
     eng_get_result *r = calloc(1, sizeof(*r));
     uint8_t(*toks)[ENG_TOKEN_LEN] = malloc(n * ENG_TOKEN_LEN);
+    eng_ident **idp = calloc(n, sizeof(*idp));
+    eng_rowreq *rq = calloc(n, sizeof(*rq));
     eng_manifest *m = NULL;
     eng_bucketset bs;
+    eng_rbudget rb;
     memset(&bs, 0, sizeof(bs));
-    if (!r || !toks || !(r->found = calloc(n, sizeof(bool))) ||
+    if (!r || !toks || !idp || !rq || !(r->found = calloc(n, sizeof(bool))) ||
         !(r->hits = calloc(n, sizeof(eng_hit)))) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
@@ -388,13 +543,19 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
     r->n = n;
     for (size_t i = 0; i < n && !err; i++)
         err = eng_id_token(&o, ids[i], id_lens[i], toks[i]);
-    if (err)
+    if (err || (err = check_unique((const uint8_t(*)[ENG_TOKEN_LEN])toks, n)))
         goto out;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool refresh = false;
         eng_manifest_unref(m);
         m = NULL;
         eng_bucketset_free(&bs);
+        for (size_t i = 0; i < n; i++) /* from the attempt before */
+            if (r->found[i]) {
+                eng_hit_free(&r->hits[i]);
+                memset(&r->hits[i], 0, sizeof(r->hits[i]));
+                r->found[i] = false;
+            }
         if ((err = attempt ? eng_load_state(&o, true, min_version, &m)
                            : eng_load_min(&o, min_version, &m)))
             goto out;
@@ -408,16 +569,9 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
             }
             goto out;
         }
-        for (size_t i = 0; i < n && !err && !refresh; i++) {
-            eng_ident *id = eng_bucket_find(bs.b[eng_bucket_of(toks[i])], toks[i]);
-            if (r->found[i]) { /* from the attempt before */
-                eng_hit_free(&r->hits[i]);
-                memset(&r->hits[i], 0, sizeof(r->hits[i]));
-                r->found[i] = false;
-            }
-            if (id)
-                err = get_item(&o, m, id, want, &r->hits[i], &r->found[i], &refresh);
-        }
+        eng_rbudget_init(&rb, e->cfg.result_bytes_max);
+        err = get_attempt(&o, m, &bs, (const uint8_t(*)[ENG_TOKEN_LEN])toks, id_lens, n, want, &rb,
+                          idp, rq, r, &refresh);
         if (err || !refresh)
             break;
         if (attempt == 1)
@@ -431,6 +585,8 @@ out:
     eng_manifest_unref(m);
     eng_bucketset_free(&bs);
     free(toks);
+    free(idp);
+    free(rq);
     eng_op_end(&o);
     if (err) {
         eng_get_result_free(r);

@@ -12,6 +12,7 @@
 #ifndef ENG_READ_H
 #define ENG_READ_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -98,6 +99,67 @@ const eng_segref *eng_find_seg(const eng_manifest *m, uint32_t cluster,
  * CDX_ERR_RESOURCE_EXHAUSTED, the store's and custody's.
  */
 cdx_err eng_fetch_contents(op *o, const eng_ident *id, uint8_t **data, size_t *len);
+
+/*
+ * The running size of one answer (get or query), checked while its hits are
+ * filled, so a request that asks for more than a response frame can carry
+ * stops at the limit instead of building everything first (H1). Shared by a
+ * batched query's threads (atomic). Each hit is charged its id, vector,
+ * metadata and contents bytes plus ENG_HIT_OVERHEAD (field tags, lengths,
+ * the distance or found flag), so the total errs on the large side of the
+ * packed frame.
+ */
+#define ENG_HIT_OVERHEAD 16
+typedef struct eng_rbudget {
+    size_t limit;
+    atomic_size_t used;
+    eng_mem_fn mem; /* the calling thread's memory hook when the answer started */
+    void *mem_arg;
+} eng_rbudget;
+
+/*
+ * Start an answer of at most limit bytes (0: CDX_RESULT_MAX_DEFAULT),
+ * accounted through the calling thread's memory hook (eng_thread_mem_hook).
+ */
+void eng_rbudget_init(eng_rbudget *b, size_t limit);
+
+/*
+ * Charge n more bytes. Errors: CDX_ERR_RESOURCE_EXHAUSTED when the answer
+ * would pass the limit (the detail says what to ask for instead),
+ * CDX_ERR_BUSY when the memory hook refuses them. NULL b charges nothing.
+ * Thread-safe.
+ */
+cdx_err eng_rbudget_charge(eng_rbudget *b, size_t n);
+
+/*
+ * Charge n bytes of working memory that is not part of the answer (only the
+ * memory hook sees it). Errors: CDX_ERR_BUSY when the hook refuses them.
+ * NULL b charges nothing. Thread-safe.
+ */
+cdx_err eng_rbudget_work(eng_rbudget *b, size_t n);
+
+/* One row to read into a hit: row `row` of segment sr into *h. */
+typedef struct eng_rowreq {
+    const eng_segref *sr;
+    uint32_t row;
+    eng_hit *h;
+} eng_rowreq;
+
+/*
+ * The vector and/or metadata (want: ENG_WANT_VECTOR, ENG_WANT_METADATA;
+ * other bits ignored) of n rows into their hits, each segment's blocks
+ * fetched and opened once (vector and search blocks through the cache),
+ * a group of segments at a time: beyond the first segment of a group at
+ * most ENG_FILL_CHUNK bytes of blocks are held at once. Every vector and
+ * metadata row is charged to rb (may be NULL) before it is copied. Sorts rq
+ * by segment. *missing when a segment is absent from the store (the hits
+ * are then partly filled: the caller re-reads the head or fails).
+ * Errors: CDX_ERR_INTEGRITY (a malformed block or row),
+ * CDX_ERR_RESOURCE_EXHAUSTED (memory, or rb's limit), eng_fetch_blocks'.
+ */
+#define ENG_FILL_CHUNK (16u << 20)
+cdx_err eng_fill_rows(op *o, const eng_manifest *m, eng_rowreq *rq, size_t n, unsigned want,
+                      eng_rbudget *rb, bool *missing);
 
 /* Free what a hit owns (id, vector, metadata, contents), not the hit. */
 void eng_hit_free(eng_hit *h);

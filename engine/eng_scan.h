@@ -34,6 +34,9 @@ typedef struct eng_qctx {
     eng_query_result *res;
     cdx_err err;
     bool need_refresh; /* a segment was missing: re-read the head, retry once */
+    eng_rbudget rb;    /* the answer's size so far (every query vector's hits) */
+    eng_rowreq **rows; /* rows[qi]: query qi's hits whose vector/metadata are read at the end */
+    size_t *nrows;     /* (once per segment for the whole request: fill_rows_all) */
 } eng_qctx;
 
 /*

@@ -138,6 +138,10 @@ uint64_t eng_store_fault_writes(eng_store *s);
 typedef void (*eng_store_read_hook)(void *arg);
 void eng_store_fault_on_read(eng_store *s, eng_store_read_hook hook, void *arg);
 
+/* Ranges read through the wrapper (getrange: segment blocks) since it was made; 0 if not one.
+ * Lets a test count block reads. Thread-safe. */
+uint64_t eng_store_fault_ranges(eng_store *s);
+
 /* Close and free; NULL is a no-op. */
 void eng_store_free(eng_store *s);
 

@@ -22,6 +22,7 @@ typedef struct fault_store {
     pthread_mutex_t mu;
     uint64_t writes;  /* writes that reached the inner store (a commit counts once) */
     uint64_t fail_at; /* number of the write that fails; 0 = disarmed */
+    uint64_t ranges;  /* ranges read (getrange): segment block reads, for tests */
     bool crashed;
     char kind[64];
     eng_store_read_hook read_hook; /* called before each read, outside mu */
@@ -118,6 +119,9 @@ static cdx_err fault_getrange(eng_store *s, const eng_range *r, size_t n, eng_va
     before_read(f);
     if (is_crashed(f))
         return crashed_err();
+    pthread_mutex_lock(&f->mu);
+    f->ranges += n;
+    pthread_mutex_unlock(&f->mu);
     return eng_store_getrange(f->inner, r, n, out);
 }
 
@@ -304,6 +308,19 @@ void eng_store_fault_disarm(eng_store *s)
     f->fail_at = 0;
     f->crashed = false;
     pthread_mutex_unlock(&f->mu);
+}
+
+uint64_t eng_store_fault_ranges(eng_store *s)
+{
+    fault_store *f = as_fault(s);
+    uint64_t n;
+
+    if (!f)
+        return 0;
+    pthread_mutex_lock(&f->mu);
+    n = f->ranges;
+    pthread_mutex_unlock(&f->mu);
+    return n;
 }
 
 uint64_t eng_store_fault_writes(eng_store *s)

@@ -95,6 +95,9 @@
 #define CDX_FRAME_HDR_LEN        4                      /* big-endian body length */
 #define CDX_FRAME_MAX_DEFAULT    (64u * 1024u * 1024u)  /* frame cap unless configured lower */
 #define CDX_FRAME_MAX_LIMIT      (256u * 1024u * 1024u) /* highest cap a configuration may set */
+/* Largest answer (get/query hits, as the engine counts them) built when no
+ * smaller limit is configured; the daemon passes its max_frame_bytes. */
+#define CDX_RESULT_MAX_DEFAULT   CDX_FRAME_MAX_LIMIT
 #define CDX_FRAME_FIRST_INSECURE (64u * 1024u)          /* first frame on a plaintext connection */
 #define CDX_FRAME_BUF_INITIAL    (64u * 1024u) /* a frame's buffer grows with the bytes received */
 /*

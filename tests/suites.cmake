@@ -96,3 +96,7 @@ cdx_add_test(test_store_redis_auth SOURCES test_store_redis_auth.c LIBS cdx_engi
 # the descriptor budget) and the C client's retry helper across daemon kills.
 cdx_add_test(test_conn SOURCES test_conn.c LIBS cdx_client cdx_appops TIMEOUT 300)
 add_dependencies(test_conn cipherdexd)
+# Memory bounds under hostile clients (docs/WIRE.md, "Memory bounds"): a live cipherdexd's RSS
+# with a get and a query far larger than a frame, clients that never read, repeated ids.
+cdx_add_test(test_hostile SOURCES test_hostile.c LIBS cdx_client TIMEOUT 300)
+add_dependencies(test_hostile cipherdexd)

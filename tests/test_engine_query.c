@@ -479,6 +479,87 @@ static void test_cosine_ip_scale(void)
     fx_ds_free(&scl);
 }
 
+/* A get or a query reads each segment's metadata and vector block once, not once per hit. */
+static void test_blocks_once(void)
+{
+    const size_t d = 8, n = 60, k = 40;
+    fx_dataset s;
+    fx_ds_make(&s, n, d, "once");
+    char name[64];
+    fx_uniq_name(name, "once");
+    eng_index_info info;
+    /* IVFSQ8: originals live in vector blocks, apart from the search codes. */
+    fx_create(name, d, ENG_METRIC_SQUARED_EUCLIDEAN, ENG_IVFSQ8, 0, &info);
+    fx_upsert(name, s.items, n); /* one batch: one segment */
+    const char *ids[40];
+    size_t lens[40];
+    for (size_t i = 0; i < k; i++) {
+        ids[i] = s.ids[i];
+        lens[i] = strlen(ids[i]);
+    }
+    uint64_t r0 = eng_store_fault_ranges(fx_store);
+    eng_get_result *g = NULL;
+    CU_ASSERT_EQUAL_FATAL(
+        eng_get(fx_eng, name, ids, lens, k, ENG_WANT_VECTOR | ENG_WANT_METADATA, 0, &g), CDX_OK);
+    uint64_t got = eng_store_fault_ranges(fx_store) - r0;
+    CU_ASSERT(got <= 2); /* one vector block, one metadata block: was 2 per id */
+    for (size_t i = 0; i < k; i++) {
+        CU_ASSERT_FATAL(g->found[i]);
+        CU_ASSERT_EQUAL(memcmp(g->hits[i].vector, s.x + i * d, d * sizeof(float)), 0);
+        CU_ASSERT_STRING_EQUAL(g->hits[i].metadata, s.meta[i]);
+    }
+    eng_get_result_free(g);
+    /* A query (its blocks warm in the cache after a first run) reads the metadata block once. */
+    eng_query q = {.vectors = s.x + 5 * d,
+                   .nq = 1,
+                   .top_k = 30,
+                   .want = ENG_WANT_DISTANCE | ENG_WANT_VECTOR | ENG_WANT_METADATA};
+    eng_query_result *qr = NULL;
+    CU_ASSERT_EQUAL_FATAL(eng_query_run(fx_eng, name, &q, &qr), CDX_OK);
+    eng_query_result_free(qr);
+    r0 = eng_store_fault_ranges(fx_store);
+    CU_ASSERT_EQUAL_FATAL(eng_query_run(fx_eng, name, &q, &qr), CDX_OK);
+    got = eng_store_fault_ranges(fx_store) - r0;
+    CU_ASSERT(got <= 1); /* was one metadata and one vector block per hit */
+    CU_ASSERT_EQUAL_FATAL(qr->n[0], 30);
+    for (size_t i = 0; i < qr->n[0]; i++) {
+        const eng_hit *h = &qr->hits[0][i];
+        size_t j = 0;
+        while (j < n && strcmp(s.ids[j], h->id))
+            j++;
+        CU_ASSERT_FATAL(j < n);
+        CU_ASSERT_STRING_EQUAL(h->metadata, s.meta[j]);
+        CU_ASSERT_EQUAL(memcmp(h->vector, s.x + j * d, d * sizeof(float)), 0);
+    }
+    eng_query_result_free(qr);
+    /* Three query vectors hitting the same segment: still once per request. */
+    float q3[3 * 8];
+    for (int i = 0; i < 3; i++)
+        memcpy(q3 + i * d, s.x + (size_t)(5 + i) * d, d * sizeof(float));
+    q.vectors = q3;
+    q.nq = 3;
+    r0 = eng_store_fault_ranges(fx_store);
+    CU_ASSERT_EQUAL_FATAL(eng_query_run(fx_eng, name, &q, &qr), CDX_OK);
+    uint64_t got3 = eng_store_fault_ranges(fx_store) - r0;
+    CU_ASSERT(got3 <= 1);
+    for (size_t t = 0; t < 3; t++) {
+        CU_ASSERT_EQUAL(qr->n[t], 30);
+        CU_ASSERT(qr->n[t] && !strcmp(qr->hits[t][0].id, s.ids[5 + t]));
+        for (size_t i = 0; i < qr->n[t]; i++) {
+            size_t j = 0;
+            while (j < n && strcmp(s.ids[j], qr->hits[t][i].id))
+                j++;
+            CU_ASSERT_FATAL(j < n);
+            CU_ASSERT_STRING_EQUAL(qr->hits[t][i].metadata, s.meta[j]);
+        }
+    }
+    eng_query_result_free(qr);
+    printf("\n    get of %zu ids, a query of top_k 30 and one of 3 x 30 read %llu and %llu block "
+           "ranges ",
+           k, (unsigned long long)got, (unsigned long long)got3);
+    fx_ds_free(&s);
+}
+
 static const fx_test tests[] = {
     {"exhaustive search exact for all metrics", test_exact_metrics},
     {"train, recall, compaction", test_train},
@@ -486,6 +567,7 @@ static const fx_test tests[] = {
     {"screened scan answers = full scan", test_screen_equivalence},
     {"filters and list_ids paging", test_filters_and_listing},
     {"cosine ignores scale; inner product on unit vectors", test_cosine_ip_scale},
+    {"a get or query reads each segment block once", test_blocks_once},
 };
 
 int main(void)

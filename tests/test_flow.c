@@ -84,6 +84,48 @@ static void test_output_high_water(void)
     CU_ASSERT_EQUAL(app_flow_check(&f, 1000000), APP_FLOW_OK);
 }
 
+/* Answers count against the budget until written; above the high-water mark no request starts. */
+static void test_answers_charged(void)
+{
+    app_budget b = {.limit = 1 << 20};
+    app_flow f;
+    app_flow_init(&f, &LIM, &b, 0);
+    app_flow_handshake_done(&f, 0);
+    uint64_t c1 = frame(&f, 10, 0), c2 = frame(&f, 10, 0);
+    CU_ASSERT(app_flow_may_start(&f));
+    app_flow_response_queued(&f, 800); /* an answer nobody reads */
+    app_flow_request_done(&f, c1);
+    CU_ASSERT_EQUAL(b.used, 800 + c2); /* the answer, and the request still waiting */
+    CU_ASSERT(app_flow_may_start(&f)); /* 800 <= 1000: the next one may run */
+    app_flow_response_queued(&f, 800);
+    app_flow_request_done(&f, c2);
+    CU_ASSERT_FALSE(app_flow_may_start(&f)); /* 1600 > 1000: the rest wait for the client */
+    CU_ASSERT_FALSE(app_flow_may_read(&f));
+    CU_ASSERT_EQUAL(b.used, 1600);
+    app_flow_written(&f, 1600, 1);
+    CU_ASSERT(app_flow_may_start(&f));
+    CU_ASSERT_EQUAL(b.used, 0);
+    /* Closing with unread answers gives their charge back. */
+    uint64_t c3 = frame(&f, 10, 2);
+    app_flow_response_queued(&f, 5000);
+    app_flow_request_done(&f, c3);
+    CU_ASSERT_EQUAL(b.used, 5000);
+    /* Above the mark with nothing written for idle_timeout_s: a stalled reader, closed. */
+    CU_ASSERT_EQUAL(app_flow_check(&f, 2 + 300000), APP_FLOW_OK);
+    CU_ASSERT_EQUAL(app_flow_check(&f, 2 + 300001), APP_FLOW_STALLED_READER);
+    app_flow_written(&f, 100, 300000); /* progress restarts the clock */
+    CU_ASSERT_EQUAL(app_flow_check(&f, 300001), APP_FLOW_OK);
+    app_flow_close(&f);
+    CU_ASSERT_EQUAL(b.used, 0);
+    /* Workers reserve beside frames: a take that does not fit takes nothing. */
+    CU_ASSERT(app_budget_take(&b, 1 << 19));
+    CU_ASSERT_FALSE(app_budget_take(&b, (1 << 19) + 1));
+    app_budget_force(&b, 1 << 20); /* bytes that exist already: past the limit */
+    CU_ASSERT_EQUAL(b.used, (1 << 19) + (1 << 20));
+    app_budget_give(&b, 1 << 30);
+    CU_ASSERT_EQUAL(b.used, 0);
+}
+
 static void test_timeouts(void)
 {
     app_budget b = {.limit = 1 << 20};
@@ -131,6 +173,8 @@ int main(void)
         {"16 outstanding requests, then reading stops", test_outstanding_cap},
         {"global in-flight budget across connections", test_budget_shared},
         {"output high-water mark", test_output_high_water},
+        {"answers charged until written; none started above the high-water mark",
+         test_answers_charged},
         {"handshake, idle and slow-receive timeouts", test_timeouts},
     };
     return fx_cunit_run1("flow", tests, FX_LEN(tests));
