@@ -57,7 +57,7 @@
 #define CDX_STORE_PASSWORD_MAX   1024                 /* bytes of the Redis password_file */
 
 /* ---- maintenance (engine/eng_maint.h) ---- */
-#define CDX_MAINT_INTERVAL_MS_DEFAULT    5000    /* between scheduler passes */
+#define CDX_MAINT_INTERVAL_MS_DEFAULT    1000    /* between scheduler passes */
 #define CDX_MAINT_INTERVAL_MS_MIN        10
 #define CDX_MAINT_INTERVAL_MS_MAX        86400000
 #define CDX_MAINT_COMPACT_SEGMENTS_DEFAULT 32    /* compact a cluster with more segments than this */
