@@ -84,7 +84,7 @@ struct eng_maint {
     pthread_mutex_t mu;
     pthread_cond_t cv; /* CLOCK_MONOTONIC */
     bool stop;
-    atomic_uint_fast64_t runs, errors, compactions, clusters_compacted, swept, waiting;
+    atomic_uint_fast64_t runs, errors, compactions, clusters_compacted, swept, waiting, max_ms;
 };
 
 /* The names of the indexes due now (malloc'ed array of CDX_INDEX_NAME_MAX + 1 each). */
@@ -113,13 +113,13 @@ static size_t due_indexes(eng *e, char (**names)[CDX_INDEX_NAME_MAX + 1])
     return n;
 }
 
-/* Keep an index from taking more than a fifth of the time: not again before 4 x its step. */
+/* Keep an index from taking more than half the time: not again before its step's duration. */
 static void throttle(eng *e, const char *name, uint64_t step_ms)
 {
     pthread_mutex_lock(&e->mu);
     for (struct idx *ix = e->idx; ix; ix = ix->next)
         if (!strcmp(ix->name, name))
-            atomic_store(&ix->maint_after_ms, cdx_wall_ms() + 4 * step_ms);
+            atomic_store(&ix->maint_after_ms, cdx_wall_ms() + step_ms);
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -139,6 +139,8 @@ static void pass(eng_maint *m)
         if (err == CDX_ERR_NOT_FOUND)
             continue; /* deleted meanwhile */
         throttle(m->e, names[i], r.ms);
+        if (r.ms > atomic_load(&m->max_ms))
+            atomic_store(&m->max_ms, r.ms); /* only this thread writes it */
         if (err) {
             atomic_fetch_add(&m->errors, 1);
             cdx_log(CDX_LOG_WARN, "maintenance_failed", "index=%s code=%s msg=\"%s\"", names[i],
@@ -245,4 +247,5 @@ void eng_maint_get_stats(eng_maint *m, eng_maint_stats *out)
     out->clusters_compacted = atomic_load(&m->clusters_compacted);
     out->swept = atomic_load(&m->swept);
     out->waiting = atomic_load(&m->waiting);
+    out->max_step_ms = atomic_load(&m->max_ms);
 }

@@ -91,6 +91,7 @@ typedef struct eng_maint_stats {
     uint64_t clusters_compacted;
     uint64_t swept;              /* store keys deleted */
     uint64_t waiting;            /* unreferenced records waiting, at the last step of each index */
+    uint64_t max_step_ms;        /* the longest step */
 } eng_maint_stats;
 
 typedef struct eng_maint eng_maint;
@@ -99,8 +100,8 @@ typedef struct eng_maint eng_maint;
  * Start a thread that every interval_ms runs eng_maintain for each index of
  * this engine that is due: it had a commit through this engine since its
  * last step, or a waiting record has ripened. An index is not maintained
- * again before 4 times its last step's duration has passed (at most a
- * fifth of the time goes to one index's maintenance). One line is logged
+ * again before its last step's duration has passed once more (at most half
+ * of the thread's time goes to one index's maintenance). One line is logged
  * per step that did something. Stop it (eng_maint_stop) before eng_free.
  * Errors: CDX_ERR_INVALID_ARGUMENT, CDX_ERR_RESOURCE_EXHAUSTED.
  */

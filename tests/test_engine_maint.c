@@ -363,7 +363,7 @@ static void test_bounded_store(void)
     const uint32_t grace = 2000, interval = 100, compact_segments = 16;
     /* One grace plus the scheduling: a record is noted at the first pass after it is superseded
      * and deleted at the first pass after its grace. Passes are interval_ms apart plus their own
-     * time and the throttle (4 x a step): gaps up to ~350 ms were seen, hence 800 ms. */
+     * time and the throttle (a step's duration again): gaps up to ~350 ms were seen, hence 800 ms. */
     const double window = (grace + 2.0 * interval + 800.0) / 1000.0; /* s */
 
     fx_token *tok = NULL;
@@ -549,7 +549,8 @@ static void test_bounded_store(void)
             "%.1f s; worst store/bound %.3f (bound = 3 x live + bytes written in %.2f s)\n"
             "  [growth] immutable bytes written %llu (%.0f B/commit); redis used_memory %llu -> "
             "%llu (+%lld B); segments %u\n"
-            "  [growth] maintenance: %llu steps, %llu compactions, %llu swept, %llu errors\n"
+            "  [growth] maintenance: %llu steps, %llu compactions, %llu swept, %llu errors, "
+            "longest step %llu ms\n"
             "  [growth] query p50 first third %.3f ms (%zu), last third %.3f ms (%zu); per "
             "sixth:%s ms\n",
             mt ? "on" : "OFF", elapsed, (unsigned long long)commits,
@@ -561,7 +562,7 @@ static void test_bounded_store(void)
             (unsigned long long)used0, (unsigned long long)used_end,
             (long long)(used_end - used0), di.segments, (unsigned long long)ms.runs,
             (unsigned long long)ms.compactions, (unsigned long long)ms.swept,
-            (unsigned long long)ms.errors, p50a, na, p50z, nz, trend);
+            (unsigned long long)ms.errors, (unsigned long long)ms.max_step_ms, p50a, na, p50z, nz, trend);
     CU_ASSERT_TRUE(commits >= 500); /* a workload worth the name */
     CU_ASSERT_TRUE(ns >= 10);
     CU_ASSERT_TRUE(worst <= 1.0);
