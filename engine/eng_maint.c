@@ -156,12 +156,11 @@ static void pass(eng_maint *m)
                     "index=%s compacted_clusters=%u version=%llu compact_lost=%d deleted=%llu "
                     "manifests=%llu segments=%llu contents=%llu centroids=%llu waiting=%llu "
                     "ms=%llu",
-                    names[i], r.clusters_compacted,
-                    (unsigned long long)r.compact_version, (int)r.compact_lost,
-                    (unsigned long long)r.sweep.deleted, (unsigned long long)r.sweep.manifests,
-                    (unsigned long long)r.sweep.segments, (unsigned long long)r.sweep.contents,
-                    (unsigned long long)r.sweep.centroids, (unsigned long long)r.sweep.waiting,
-                    (unsigned long long)r.ms);
+                    names[i], r.clusters_compacted, (unsigned long long)r.compact_version,
+                    (int)r.compact_lost, (unsigned long long)r.sweep.deleted,
+                    (unsigned long long)r.sweep.manifests, (unsigned long long)r.sweep.segments,
+                    (unsigned long long)r.sweep.contents, (unsigned long long)r.sweep.centroids,
+                    (unsigned long long)r.sweep.waiting, (unsigned long long)r.ms);
     }
     free(names);
 }
@@ -216,8 +215,8 @@ cdx_err eng_maint_start(eng *e, const eng_maint_config *c, eng_maint **out)
         free(m);
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "cannot start the maintenance thread");
     }
-    cdx_log(CDX_LOG_INFO, "maintenance_started", "interval_ms=%u compact_segments=%u sweep=%s",
-            iv, c->policy.compact_segments, c->policy.no_sweep ? "off" : "on");
+    cdx_log(CDX_LOG_INFO, "maintenance_started", "interval_ms=%u compact_segments=%u sweep=%s", iv,
+            c->policy.compact_segments, c->policy.no_sweep ? "off" : "on");
     *out = m;
     return CDX_OK;
 }

@@ -85,13 +85,13 @@ typedef struct eng_maint_config {
 
 /* The scheduler's counters since it started. */
 typedef struct eng_maint_stats {
-    uint64_t runs;               /* maintenance steps run */
-    uint64_t errors;             /* steps that failed (logged) */
-    uint64_t compactions;        /* compaction commits */
+    uint64_t runs;        /* maintenance steps run */
+    uint64_t errors;      /* steps that failed (logged) */
+    uint64_t compactions; /* compaction commits */
     uint64_t clusters_compacted;
-    uint64_t swept;              /* store keys deleted */
-    uint64_t waiting;            /* unreferenced records waiting, at the last step of each index */
-    uint64_t max_step_ms;        /* the longest step */
+    uint64_t swept;       /* store keys deleted */
+    uint64_t waiting;     /* unreferenced records waiting, at the last step of each index */
+    uint64_t max_step_ms; /* the longest step */
 } eng_maint_stats;
 
 typedef struct eng_maint eng_maint;

@@ -67,8 +67,8 @@ static size_t count_keys(const uint8_t id[16], const char *kind)
 static cdx_err top1(eng *e, const char *name, const float *q, char *id, float *dist, float *vec,
                     size_t d)
 {
-    eng_query qq = {.vectors = q, .nq = 1, .top_k = 1,
-                    .want = ENG_WANT_DISTANCE | (vec ? ENG_WANT_VECTOR : 0)};
+    eng_query qq = {
+        .vectors = q, .nq = 1, .top_k = 1, .want = ENG_WANT_DISTANCE | (vec ? ENG_WANT_VECTOR : 0)};
     eng_query_result *r = NULL;
     cdx_err err = eng_query_run(e, name, &qq, &r);
     id[0] = '\0';
@@ -106,10 +106,8 @@ static void test_reader_across_sweep(void)
 
     /* The reader: another appliance that trusts its cached manifest for 10 minutes. */
     char *rdir = fx_tmpdir_new("engreader");
-    eng_config rc = {.custody = fx_cust,
-                     .store = fx_store,
-                     .state_dir = rdir,
-                     .manifest_max_age_ms = 600000};
+    eng_config rc = {
+        .custody = fx_cust, .store = fx_store, .state_dir = rdir, .manifest_max_age_ms = 600000};
     memcpy(rc.deployment_id, fx_dep, 16);
     eng *rd = NULL;
     CU_ASSERT_EQUAL_FATAL(eng_new(&rc, &rd), CDX_OK);
@@ -257,9 +255,16 @@ static cdx_err c_check(eng_store *s, char *desc, size_t cap)
 {
     return eng_store_check(inner_of(s), desc, cap);
 }
-static const struct eng_store_ops cnt_ops = {
-    .kind = c_kind, .free = c_free, .mget = c_mget, .getrange = c_getrange, .setnx = c_setnx,
-    .set = c_set, .del = c_del, .scan = c_scan, .watch = c_watch, .check = c_check};
+static const struct eng_store_ops cnt_ops = {.kind = c_kind,
+                                             .free = c_free,
+                                             .mget = c_mget,
+                                             .getrange = c_getrange,
+                                             .setnx = c_setnx,
+                                             .set = c_set,
+                                             .del = c_del,
+                                             .scan = c_scan,
+                                             .watch = c_watch,
+                                             .check = c_check};
 
 /* Sum of the value lengths of every cdx: key of s. */
 static uint64_t store_bytes(eng_store *s, uint64_t *nkeys)
@@ -327,8 +332,13 @@ static void *writer_main(void *arg)
         memset(cont, (int)(st >> 56), sizeof(cont));
         snprintf(id, sizeof(id), "g%u", k);
         snprintf(meta, sizeof(meta), "{\"k\": %u}", k);
-        eng_item it = {.id = id, .id_len = strlen(id), .vector = v, .metadata = meta,
-                       .metadata_len = strlen(meta), .contents = cont, .contents_len = G_CONT};
+        eng_item it = {.id = id,
+                       .id_len = strlen(id),
+                       .vector = v,
+                       .metadata = meta,
+                       .metadata_len = strlen(meta),
+                       .contents = cont,
+                       .contents_len = G_CONT};
         uint64_t ver = 0;
         cdx_err err = eng_upsert(w->g->e, w->g->name, &it, 1, &ver);
         if (err)
@@ -340,9 +350,9 @@ static void *writer_main(void *arg)
 }
 
 typedef struct sample {
-    double t;           /* s since the workload started */
-    uint64_t bytes;     /* store value bytes */
-    uint64_t written;   /* immutable bytes written so far */
+    double t;         /* s since the workload started */
+    uint64_t bytes;   /* store value bytes */
+    uint64_t written; /* immutable bytes written so far */
 } sample;
 
 static int cmp_double(const void *a, const void *b)
@@ -369,7 +379,8 @@ static void test_bounded_store(void)
     const uint32_t grace = 2000, interval = 100, compact_segments = 16;
     /* One grace plus the scheduling: a record is noted at the first pass after it is superseded
      * and deleted at the first pass after its grace. Passes are interval_ms apart plus their own
-     * time and the throttle (a step's duration again): gaps up to ~350 ms were seen, hence 800 ms. */
+     * time and the throttle (a step's duration again): gaps up to ~350 ms were seen, hence 800 ms.
+     */
     const double window = (grace + 2.0 * interval + 800.0) / 1000.0; /* s */
 
     fx_token *tok = NULL;
@@ -392,7 +403,10 @@ static void test_bounded_store(void)
     uint8_t dep[16];
     for (int i = 0; i < 16; i++)
         dep[i] = (uint8_t)(0x60 + i);
-    eng_config ec = {.custody = cust, .store = st, .state_dir = dir, .gc_grace_ms = grace,
+    eng_config ec = {.custody = cust,
+                     .store = st,
+                     .state_dir = dir,
+                     .gc_grace_ms = grace,
                      .cache_bytes = 64u << 20};
     memcpy(ec.deployment_id, dep, 16);
     eng *e = NULL;
@@ -400,8 +414,8 @@ static void test_bounded_store(void)
     uint64_t used0 = redis_used(rs);
 
     const char *name = "growth";
-    eng_create cr = {.name = name, .dimension = G_DIM, .metric = ENG_METRIC_EUCLIDEAN,
-                     .type = ENG_IVFFLAT};
+    eng_create cr = {
+        .name = name, .dimension = G_DIM, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
     eng_index_info info;
     CU_ASSERT_EQUAL_FATAL(eng_index_create(e, &cr, &info), CDX_OK);
     /* The 300 items, in three batches. */
@@ -414,15 +428,19 @@ static void test_bounded_store(void)
             for (int j = 0; j < G_DIM; j++)
                 x[i][j] = (float)((i * 31 + (unsigned)j * 7) % 97) / 97.0f;
             snprintf(ids[i], sizeof(ids[i]), "g%u", i);
-            items[i] = (eng_item){.id = ids[i], .id_len = strlen(ids[i]), .vector = x[i],
-                                  .contents = cont, .contents_len = G_CONT};
+            items[i] = (eng_item){.id = ids[i],
+                                  .id_len = strlen(ids[i]),
+                                  .vector = x[i],
+                                  .contents = cont,
+                                  .contents_len = G_CONT};
         }
         for (unsigned b = 0; b < 3; b++)
             CU_ASSERT_EQUAL_FATAL(eng_upsert(e, name, items + 100 * b, 100, NULL), CDX_OK);
     }
 
     eng_maint *mt = NULL;
-    eng_maint_config mc = {.interval_ms = interval, .policy = {.compact_segments = compact_segments}};
+    eng_maint_config mc = {.interval_ms = interval,
+                           .policy = {.compact_segments = compact_segments}};
     if (!maint_off)
         CU_ASSERT_EQUAL_FATAL(eng_maint_start(e, &mc, &mt), CDX_OK);
 
@@ -565,10 +583,10 @@ static void test_bounded_store(void)
             (unsigned long long)(ns ? smp[worst_i].bytes : 0), ns ? smp[worst_i].t : 0.0, worst,
             window, (unsigned long long)atomic_load(&cs->written),
             commits ? (double)atomic_load(&cs->written) / (double)commits : 0.0,
-            (unsigned long long)used0, (unsigned long long)used_end,
-            (long long)(used_end - used0), di.segments, (unsigned long long)ms.runs,
-            (unsigned long long)ms.compactions, (unsigned long long)ms.swept,
-            (unsigned long long)ms.errors, (unsigned long long)ms.max_step_ms, p50a, na, p50z, nz, trend);
+            (unsigned long long)used0, (unsigned long long)used_end, (long long)(used_end - used0),
+            di.segments, (unsigned long long)ms.runs, (unsigned long long)ms.compactions,
+            (unsigned long long)ms.swept, (unsigned long long)ms.errors,
+            (unsigned long long)ms.max_step_ms, p50a, na, p50z, nz, trend);
     CU_ASSERT_TRUE(commits >= 500); /* a workload worth the name */
     CU_ASSERT_TRUE(ns >= 10);
     CU_ASSERT_TRUE(worst <= 1.0);
