@@ -60,6 +60,10 @@ static const keydef keys[] = {
     {"engine", "manifest_max_age_ms", T_U32, N(manifest_max_age_ms), 3600000},
     {"engine", "gc_grace_ms", T_U32, N(gc_grace_ms), 7u * 86400000u},
     {"engine", "query_threads", T_U32, N(query_threads), CDX_WORKERS_MAX},
+    {"maintenance", "enabled", T_BOOL, N(maint_enabled), 0},
+    {"maintenance", "interval_ms", T_U32, N(maint_interval_ms), CDX_MAINT_INTERVAL_MS_MAX},
+    {"maintenance", "compact_segments", T_U32, N(maint_compact_segments),
+     CDX_MAINT_COMPACT_SEGMENTS_MAX},
     {"state", "dir", T_STR, F(state_dir), 0},
     {"log", "level", T_SPECIAL, 0, 0, 0},
     {"log", "format", T_SPECIAL, 0, 0, 0},
@@ -67,8 +71,8 @@ static const keydef keys[] = {
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
-static const char *const sections[] = {"server", "hsm",   "store", "keys",   "cache",
-                                       "engine", "state", "log",   "metrics"};
+static const char *const sections[] = {"server", "hsm",   "store", "keys",    "cache",
+                                       "engine", "state", "log",   "metrics", "maintenance"};
 
 void app_config_init(app_config *c)
 {
@@ -88,6 +92,9 @@ void app_config_init(app_config *c)
     c->backend = APP_STORE_REDIS;
     snprintf(c->redis, sizeof(c->redis), "127.0.0.1:6379");
     c->cache_bytes = CDX_CACHE_BYTES_DEFAULT;
+    c->maint_enabled = true;
+    c->maint_interval_ms = CDX_MAINT_INTERVAL_MS_DEFAULT;
+    c->maint_compact_segments = CDX_MAINT_COMPACT_SEGMENTS_DEFAULT;
     snprintf(c->state_dir, sizeof(c->state_dir), "/var/lib/cipherdex");
     c->log_level = CDX_LOG_INFO;
     snprintf(c->metrics_listen, sizeof(c->metrics_listen), "127.0.0.1:7701");
@@ -215,7 +222,7 @@ static cdx_err load_one(void *user, unsigned line, const char *section, const ch
     if (!known)
         return cdx_fail(CDX_ERR_CONFIG,
                         "unknown section [%s] (known: server, hsm, store, keys, "
-                        "cache, engine, state, log, metrics)",
+                        "cache, engine, state, log, metrics, maintenance)",
                         section);
     if (!strcmp(section, "hsm")) {
         if (!strcmp(key, "subkey_ttl_ms")) {
@@ -342,6 +349,9 @@ cdx_err app_config_check(const app_config *c)
         if (c->redis_password_file[0] && c->redis_password_file[0] != '/')
             return cdx_fail(CDX_ERR_CONFIG, "[store] redis_password_file must be absolute");
     }
+    if (c->maint_interval_ms < CDX_MAINT_INTERVAL_MS_MIN)
+        return cdx_fail(CDX_ERR_CONFIG, "[maintenance] interval_ms must be at least %u",
+                        CDX_MAINT_INTERVAL_MS_MIN);
     if (c->state_dir[0] != '/')
         return cdx_fail(CDX_ERR_CONFIG, "[state] dir must be an absolute path");
     if (c->metrics_listen[0] && app_addr_split(c->metrics_listen, host, sizeof(host), &port))

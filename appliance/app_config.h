@@ -18,6 +18,7 @@
  *   [keys]    subkey_ttl_ms (or [hsm] subkey_ttl_ms; not both)
  *   [cache]   bytes, preload
  *   [engine]  manifest_max_age_ms, gc_grace_ms, query_threads
+ *   [maintenance] enabled, interval_ms, compact_segments
  *   [state]   dir
  *   [log]     level (error | warn | info | debug), format (kv | json)
  *   [metrics] listen (host:port, empty = off)
@@ -87,6 +88,10 @@ typedef struct app_config {
     bool cache_preload;
     /* [engine] */
     uint32_t manifest_max_age_ms, gc_grace_ms, query_threads;
+    /* [maintenance] (engine/eng_maint.h) */
+    bool maint_enabled;
+    uint32_t maint_interval_ms;
+    uint32_t maint_compact_segments; /* 0 = never compact */
     /* [state] */
     char state_dir[APP_PATH_MAX];
     /* [log] */
@@ -109,7 +114,8 @@ CDX_MUST_CHECK cdx_err app_config_load(const char *path, app_config *c);
 /*
  * Cross-key checks: TLS files and client CA required unless insecure;
  * admins required unless insecure; deployment_id required; redis address
- * required for the redis backend; host:port forms parse.
+ * required for the redis backend; host:port forms parse; the maintenance
+ * interval within CDX_MAINT_INTERVAL_MS_MIN..MAX.
  * Errors: CDX_ERR_CONFIG with what to fix.
  */
 CDX_MUST_CHECK cdx_err app_config_check(const app_config *c);

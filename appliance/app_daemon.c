@@ -24,6 +24,7 @@
 #include "eng_store.h"
 #include "hsm_custody.h"
 #include "cdx_time.h"
+#include "eng_maint.h"
 
 struct app_daemon {
     app_config cfg;
@@ -31,6 +32,7 @@ struct app_daemon {
     hsm_custody *custody;
     eng_store *store;
     eng *engine;
+    eng_maint *maint; /* background compaction and sweep; NULL when disabled */
     app_metrics *metrics;
     app_pool *pool;
     app_http *http;
@@ -149,6 +151,13 @@ static void pull(void *arg, app_metrics_pull *p)
     p->commit_conflicts = es.commit_conflicts;
     p->subkey_derivations = hs.derivations;
     p->subkey_cache_hits = hs.cache_hits;
+    eng_maint_stats ms;
+    eng_maint_get_stats(d->maint, &ms);
+    p->maint_runs = ms.runs;
+    p->maint_errors = ms.errors;
+    p->maint_compactions = ms.compactions;
+    p->maint_swept = ms.swept;
+    p->maint_waiting = ms.waiting;
 }
 
 static cdx_err open_store(app_daemon *d)
@@ -355,6 +364,10 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
         goto fail;
     if (cfg->cache_preload)
         preload(d);
+    eng_maint_config mc = {.interval_ms = cfg->maint_interval_ms,
+                           .policy = {.compact_segments = cfg->maint_compact_segments}};
+    if (cfg->maint_enabled && (err = eng_maint_start(d->engine, &mc, &d->maint)))
+        goto fail;
     if ((err = app_metrics_new(&d->metrics)) ||
         (err = app_pool_new(cfg->workers ? cfg->workers : ncpus(), &d->pool)))
         goto fail;
@@ -432,6 +445,7 @@ void app_daemon_free(app_daemon *d)
         event_free(d->ev_hup);
     if (d->base)
         event_base_free(d->base);
+    eng_maint_stop(d->maint); /* before the engine it maintains */
     eng_free(d->engine);
     eng_store_free(d->store);
     hsm_custody_free(d->custody);

@@ -218,6 +218,26 @@ int app_metrics_render(const app_metrics *cm, const app_metrics_pull *pull, FILE
             (unsigned long long)pull->cache_bytes, (unsigned long long)pull->subkey_derivations,
             (unsigned long long)pull->subkey_cache_hits, (unsigned long long)pull->commits,
             (unsigned long long)pull->commit_conflicts);
+        fprintf(f,
+                "# HELP cipherdex_maintenance_runs_total Index maintenance steps run.\n"
+                "# TYPE cipherdex_maintenance_runs_total counter\n"
+                "cipherdex_maintenance_runs_total %llu\n"
+                "# HELP cipherdex_maintenance_errors_total Maintenance steps that failed.\n"
+                "# TYPE cipherdex_maintenance_errors_total counter\n"
+                "cipherdex_maintenance_errors_total %llu\n"
+                "# HELP cipherdex_compactions_total Compactions committed by maintenance.\n"
+                "# TYPE cipherdex_compactions_total counter\n"
+                "cipherdex_compactions_total %llu\n"
+                "# HELP cipherdex_swept_records_total Unreferenced records deleted by sweeps.\n"
+                "# TYPE cipherdex_swept_records_total counter\n"
+                "cipherdex_swept_records_total %llu\n"
+                "# HELP cipherdex_sweep_waiting_records Unreferenced records waiting for their "
+                "grace (last sweep).\n"
+                "# TYPE cipherdex_sweep_waiting_records gauge\n"
+                "cipherdex_sweep_waiting_records %llu\n",
+                (unsigned long long)pull->maint_runs, (unsigned long long)pull->maint_errors,
+                (unsigned long long)pull->maint_compactions,
+                (unsigned long long)pull->maint_swept, (unsigned long long)pull->maint_waiting);
     }
     return ferror(f) ? -1 : 0;
 }

@@ -92,6 +92,8 @@ typedef struct app_metrics_pull {
     uint64_t cache_hits, cache_misses, cache_bytes;
     uint64_t subkey_derivations, subkey_cache_hits;
     uint64_t commits, commit_conflicts;
+    /* background maintenance (engine/eng_maint.h); all 0 when it is off */
+    uint64_t maint_runs, maint_errors, maint_compactions, maint_swept, maint_waiting;
 } app_metrics_pull;
 
 /* Requests counted for (op, status): for tests and the status page. */

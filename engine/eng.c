@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "cdx_log.h"
 #include "cdx_utf8.h"
@@ -107,6 +108,10 @@ static void idx_free(struct idx *ix)
         return;
     eng_bucketset_drop(ix->wb);
     eng_manifest_unref(ix->m);
+    free(ix->seen);
+    pthread_cond_destroy(&ix->gate_cv);
+    pthread_mutex_destroy(&ix->gate_mu);
+    pthread_mutex_destroy(&ix->sweep_mu);
     pthread_mutex_destroy(&ix->mu);
     free(ix);
 }
@@ -174,6 +179,13 @@ cdx_err eng_idx_get(eng *e, const char *name, struct idx **out)
     ix->cat = c;
     pthread_mutex_init(&ix->mu, NULL);
     atomic_init(&ix->refs, 2); /* the registry's and the caller's */
+    pthread_mutex_init(&ix->sweep_mu, NULL);
+    pthread_mutex_init(&ix->gate_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ix->gate_cv, &ca);
+    pthread_condattr_destroy(&ca);
     pthread_mutex_lock(&e->mu);
     for (struct idx *x = e->idx; x; x = x->next)
         if (!strcmp(x->name, name)) { /* lost a race: use theirs */

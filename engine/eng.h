@@ -329,16 +329,20 @@ cdx_err eng_count(eng *e, const char *name, uint64_t *count);
 cdx_err eng_index_warm(eng *e, const char *name, uint64_t *blocks);
 
 /*
- * Merge each cluster's segments into one, retiring the old ones (never
- * deleting). *version = the commit (or the current version if nothing to
- * merge). Errors: the common ones.
+ * Merge each cluster's segments into one. The old ones leave the manifest
+ * and are deleted by a later sweep, a grace after (eng_maint.h); nothing is
+ * deleted here. *version = the commit (or the current version if nothing
+ * to merge). Errors: the common ones.
  */
 cdx_err eng_compact(eng *e, const char *name, uint64_t *version);
 
 /*
- * Delete records of this index that no current manifest references and whose
- * write time is older than gc_grace. *deleted counts store keys removed.
- * Errors: the common ones.
+ * Delete records of this index that the current head does not reference,
+ * that were written more than gc_grace ago, and that this engine found
+ * unreferenced at least gc_grace ago (a record seen unreferenced for the
+ * first time is only remembered: with gc_grace > 0 a single sweep deletes
+ * nothing it had not seen before). eng_sweep_run (eng_maint.h) reports more.
+ * *deleted counts store keys removed. Errors: the common ones.
  */
 cdx_err eng_sweep(eng *e, const char *name, uint64_t *deleted);
 

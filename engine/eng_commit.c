@@ -94,17 +94,15 @@ static cdx_err seal_buckets(op *o, const eng_bucketset *bs, uint64_t version, en
  * caller's records still being written finish there (error: no commit).
  */
 /*
- * Stamp nm for version: retired segments past gc_grace may be swept now
- * (stop listing them), dirty buckets get the version.
+ * Stamp nm for version: dirty buckets get the version. Retired segments are
+ * no longer listed (a list kept for gc_grace grew with every commit and was
+ * rewritten by each): the sweep protects what a reader may still hold by
+ * when it found it unreferenced (eng_maint.h). Entries inherited from a
+ * manifest written before are dropped here.
  */
-static void stamp(const eng *e, eng_manifest *nm, const eng_bucketset *bs, uint64_t version)
+static void stamp(eng_manifest *nm, const eng_bucketset *bs, uint64_t version)
 {
-    uint64_t now = cdx_wall_ms();
-    uint32_t keep = 0;
-    for (uint32_t i = 0; i < nm->nretired; i++)
-        if (nm->retired[i].retire_ms + e->cfg.gc_grace_ms > now)
-            nm->retired[keep++] = nm->retired[i];
-    nm->nretired = keep;
+    nm->nretired = 0;
     for (unsigned b = 0; bs && b < ENG_BUCKETS; b++)
         if (bs->dirty[b])
             nm->bucket_version[b] = version;
@@ -134,6 +132,7 @@ static cdx_err adopt(op *o, eng_manifest *nm, uint64_t version)
     if (err)
         return err;
     struct idx *ix = o->ix;
+    atomic_fetch_add(&ix->commits, 1); /* makes the index due for maintenance */
     pthread_mutex_lock(&ix->mu);
     if (!ix->m || ix->m->version < version) {
         eng_manifest_unref(ix->m);
@@ -168,7 +167,7 @@ cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng
     nm->version = version;
     if ((err = eng_random(nm->token, ENG_TOKEN_LEN)))
         goto out;
-    stamp(e, nm, bs, version);
+    stamp(nm, bs, version);
     /* The manifest first, so it is written while the buckets are being sealed. */
     if ((err = seal_manifest(o, nm, version, &mrec)))
         goto out;

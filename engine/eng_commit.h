@@ -19,8 +19,9 @@ typedef struct op op;
 
 /*
  * Commit nm (a modified clone of base, eng_manifest_clone_ref) with the
- * dirty buckets of bs (may be NULL): sets nm's version and token, drops
- * retired segments past gc_grace, stamps the dirty buckets' versions.
+ * dirty buckets of bs (may be NULL): sets nm's version and token, empties
+ * its retired list (no longer kept: eng_maint.h), stamps the dirty buckets'
+ * versions. Counts the commit for maintenance (the index becomes due).
  * *committed = false on a conflict (nothing visible changed). join, when
  * given, is called after the sealing and before the first store write: the
  * caller's records still being written finish there (its error: no commit).

@@ -27,6 +27,12 @@
 
 struct eng_bucketset;
 
+/* An unreferenced record a sweep saw (eng_sweep.c): kind, token, and since when. */
+typedef struct eng_seen {
+    uint8_t kt[1 + ENG_TOKEN_LEN]; /* kind char, then the token (sorted by these bytes) */
+    uint64_t since_ms;             /* wall time of the sweep that first found it unreferenced */
+} eng_seen;
+
 /* Per-index state kept between requests. Fields below mu are guarded by it. */
 struct idx {
     struct idx *next;
@@ -46,6 +52,17 @@ struct idx {
     /* The buckets as this appliance committed them with manifest wb_token (write path). */
     struct eng_bucketset *wb;
     uint8_t wb_token[ENG_TOKEN_LEN];
+    /* Maintenance (eng_sweep.c, eng_maint.c); not guarded by mu. */
+    pthread_mutex_t sweep_mu; /* one sweep of this index at a time; guards seen */
+    eng_seen *seen;           /* unreferenced records waiting for their grace, sorted */
+    size_t nseen;
+    atomic_uint_fast64_t commits;       /* commits this engine made to the index */
+    atomic_uint_fast64_t maint_commits; /* commits at the last maintenance */
+    atomic_uint_fast64_t maint_due_ms;  /* wall time a waiting record ripens; 0 = none */
+    atomic_uint_fast64_t maint_after_ms; /* wall time before which no maintenance runs */
+    pthread_mutex_t gate_mu; /* the compaction gate (eng_gate_*) */
+    pthread_cond_t gate_cv;  /* CLOCK_MONOTONIC */
+    bool gate_closed;
 };
 
 struct eng {
@@ -133,6 +150,18 @@ CDX_MUST_CHECK cdx_err eng_in_index(cdx_err err, const char *name);
  * CDX_ERR_RESOURCE_EXHAUSTED, and those of eng_cat_read.
  */
 cdx_err eng_idx_get(eng *e, const char *name, struct idx **out);
+
+/*
+ * The compaction gate of an index (eng_maint.c). A compaction takes longer
+ * than a small commit, so under a steady stream of this engine's writers it
+ * would lose every optimistic attempt; after losing one it closes the gate,
+ * and writers starting an attempt wait while it is closed (at most
+ * CDX_GATE_WAIT_MS, then they go ahead anyway) until it opens again.
+ * Other appliances' writers are not held. Thread-safe.
+ */
+void eng_gate_close(struct idx *ix);
+void eng_gate_open(struct idx *ix);
+void eng_gate_wait(struct idx *ix);
 
 /*
  * Drop the registered state of index id (deleted, or found gone); a no-op

@@ -14,6 +14,7 @@
 #include "eng_idmap.h"
 #include "eng_int.h"
 #include "eng_kmeans.h"
+#include "eng_maint.h"
 #include "eng_op.h"
 #include "eng_read.h"
 #include "eng_segment.h"
@@ -442,19 +443,16 @@ static cdx_err trained_manifest(const eng_manifest *m, const model *md, size_t d
 }
 
 /*
- * Step 3, redistribute: retire every old segment, store the centroids, and
- * place every gathered item into the new clusters at version v.
+ * Step 3, redistribute: store the centroids and place every gathered item
+ * into the new clusters at version v. The old segments are simply no longer
+ * listed; the sweep deletes them a grace after (eng_maint.h).
  */
-static cdx_err redistribute(op *o, const eng_manifest *m, eng_manifest *nm, uint64_t v, gathered *g,
-                            eng_bucketset *bs, uint32_t **assign, eng_seg_out **segs, size_t *nsegs)
+static cdx_err redistribute(op *o, eng_manifest *nm, uint64_t v, gathered *g, eng_bucketset *bs,
+                            uint32_t **assign, eng_seg_out **segs, size_t *nsegs)
 {
     size_t d = o->ix->cat.dim;
-    uint64_t now = cdx_wall_ms();
-    cdx_err err = CDX_OK;
-    for (uint32_t c = 0; c < eng_manifest_nclusters(m) && !err; c++)
-        for (uint32_t s = 0; s < m->clusters[c].nseg && !err; s++)
-            err = eng_retire(nm, m->clusters[c].seg[s].token, now);
-    if (err || (err = put_centroids(o, nm, v)))
+    cdx_err err = put_centroids(o, nm, v);
+    if (err)
         return err;
     *assign = malloc((g->n + 1) * sizeof(uint32_t));
     float *sv = malloc((g->n + 1) * d * sizeof(float));
@@ -505,7 +503,7 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
         /* Redistribute (again, on a rebase) with the same model. */
         uint64_t v = a.m->version + 1;
         if ((err = trained_manifest(a.m, &md, ix->cat.dim, &a.nm)) ||
-            (err = redistribute(&o, a.m, a.nm, v, &a.g, &a.bs, &a.assign, &a.segs, &a.nsegs)) ||
+            (err = redistribute(&o, a.nm, v, &a.g, &a.bs, &a.assign, &a.segs, &a.nsegs)) ||
             (err = eng_commit(&o, a.m, a.nm, &a.bs, &a.committed)))
             goto next;
         if (a.committed && version)
@@ -531,16 +529,30 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
     return eng_in_index(err, name);
 }
 
-/* Compaction under the frame of eng_with_op: *arg gets the committed version. */
+/* What compact() is asked and what it did. */
+typedef struct compact_arg {
+    uint32_t more_than; /* clusters with more segments than this are rewritten */
+    uint64_t done;      /* the committed version (or the current one: nothing to do) */
+    uint32_t clusters;  /* clusters rewritten */
+} compact_arg;
+
+/* Compaction under the frame of eng_with_op (arg: compact_arg). */
 static cdx_err compact(op *o, void *arg)
 {
     eng *e = o->e;
+    compact_arg *ca = arg;
     cdx_err err = CDX_OK;
     uint64_t done = 0;
+    uint32_t nsel = 0;
+    bool gated = false;
     for (unsigned attempt = 0; attempt < e->cfg.commit_retries && !err && !done; attempt++) {
         attempt_state a;
         memset(&a, 0, sizeof(a));
         bool *sel = NULL;
+        if (attempt == 1) {
+            eng_gate_close(o->ix); /* lost once: hold this engine's writers back */
+            gated = true;
+        }
         if ((err = eng_load_state(o, true, 0, &a.m)))
             goto next;
         const eng_manifest *m = a.m;
@@ -550,10 +562,12 @@ static cdx_err compact(op *o, void *arg)
             err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
             goto next;
         }
-        bool any = false;
-        for (uint32_t c = 0; c < nc; c++)
-            any |= sel[c] = m->clusters[c].nseg > 1;
-        if (!any) {
+        nsel = 0;
+        for (uint32_t c = 0; c < nc; c++) {
+            sel[c] = m->clusters[c].nseg > ca->more_than;
+            nsel += sel[c];
+        }
+        if (!nsel) {
             done = m->version; /* nothing to merge */
             goto next;
         }
@@ -574,14 +588,10 @@ static cdx_err compact(op *o, void *arg)
             (err = eng_manifest_clone_ref(m, &a.nm)))
             goto next;
         eng_manifest *nm = a.nm;
-        uint64_t now = cdx_wall_ms();
-        for (uint32_t c = 0; c < nc && !err; c++) {
-            if (!sel[c])
-                continue;
-            for (uint32_t s = 0; s < nm->clusters[c].nseg && !err; s++)
-                err = eng_retire(nm, nm->clusters[c].seg[s].token, now);
-            nm->clusters[c].nseg = 0;
-        }
+        /* The old segments leave the manifest; the sweep deletes them a grace after. */
+        for (uint32_t c = 0; c < nc; c++)
+            if (sel[c])
+                nm->clusters[c].nseg = 0;
         for (size_t s = 0; s < a.nsegs && !err; s++)
             err = eng_cluster_push(&nm->clusters[a.segs[s].cluster], &a.segs[s].ref);
         if (err || (err = eng_commit(o, m, nm, &a.bs, &a.committed)))
@@ -594,20 +604,33 @@ static cdx_err compact(op *o, void *arg)
         if (!err && !done)
             eng_backoff(attempt);
     }
+    if (gated)
+        eng_gate_open(o->ix);
     if (!err && !done)
         err = cdx_fail(CDX_ERR_ABORTED,
                        "index %s: compaction lost its commits to concurrent "
                        "writers; retry",
                        o->ix->name);
-    *(uint64_t *)arg = done;
+    ca->done = done;
+    ca->clusters = done && nsel ? nsel : 0;
+    return err;
+}
+
+cdx_err eng_compact_over(eng *e, const char *name, uint32_t more_than, uint64_t *version,
+                         uint32_t *clusters)
+{
+    if (more_than == 0)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "compaction threshold must be at least 1");
+    compact_arg ca = {.more_than = more_than};
+    cdx_err err = eng_with_op(e, name, ENG_WITH_NAMED, compact, &ca);
+    if (!err && version)
+        *version = ca.done;
+    if (!err && clusters)
+        *clusters = ca.clusters;
     return err;
 }
 
 cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
 {
-    uint64_t done = 0;
-    cdx_err err = eng_with_op(e, name, ENG_WITH_NAMED, compact, &done);
-    if (!err && version)
-        *version = done;
-    return err;
+    return eng_compact_over(e, name, 1, version, NULL);
 }

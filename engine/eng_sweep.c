@@ -1,4 +1,4 @@
-/* Sweeping unreferenced records, and accepting a rollback. */
+/* Sweeping unreferenced records (eng_maint.h), and accepting a rollback. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,12 +9,14 @@
 #include "eng_hwmark.h"
 #include "eng_idmap.h"
 #include "eng_int.h"
+#include "eng_maint.h"
 #include "eng_op.h"
 #include "eng_store.h"
 
 /* A record's kind and token: ENG_KINDTOK_LEN bytes (kind char, then the token). */
 #define ENG_KINDTOK_LEN   (1 + ENG_TOKEN_LEN)
-/* The record header's write time: be64 at this offset (eng_record.h). */
+/* The record header's version and write time: be64 each at these offsets (eng_record.h). */
+#define REC_VERSION_AT    8
 #define REC_WRITE_TIME_AT 16
 
 typedef struct tokset {
@@ -44,8 +46,9 @@ static cdx_err tokset_add(tokset *s, char kind, const uint8_t tok[ENG_TOKEN_LEN]
 }
 
 /*
- * Everything the current manifest can reach, plus retired segments still in
- * grace, sorted.
+ * Everything the current manifest can reach, sorted. Manifests written
+ * before retired lists were dropped may still list retired segments: those
+ * still in their grace count as referenced.
  */
 static cdx_err referenced(const eng *e, const eng_manifest *m, const eng_bucketset *bs,
                           uint64_t now, tokset *ref)
@@ -68,56 +71,187 @@ static cdx_err referenced(const eng *e, const eng_manifest *m, const eng_buckets
     return err;
 }
 
+/* Sort c and drop repeats (SCAN may return a key twice). */
+static void tokset_sort_unique(tokset *c)
+{
+    if (!c->n)
+        return;
+    qsort(c->t, c->n, ENG_KINDTOK_LEN, cmp_kindtok);
+    size_t u = 1;
+    for (size_t i = 1; i < c->n; i++)
+        if (memcmp(c->t[u - 1], c->t[i], ENG_KINDTOK_LEN))
+            memcpy(c->t[u++], c->t[i], ENG_KINDTOK_LEN);
+    c->n = u;
+}
+
+typedef struct sweep_arg {
+    uint64_t t0;      /* wall time before the head was read */
+    uint64_t version; /* the version of that head */
+    eng_sweep_report r;
+} sweep_arg;
+
+static void sweep_next(sweep_arg *a, uint64_t when)
+{
+    if (!a->r.next_ms || when < a->r.next_ms)
+        a->r.next_ms = when;
+}
+
+static void count_kind(eng_sweep_report *r, char kind)
+{
+    r->deleted++;
+    if (kind == ENG_KEY_MANIFEST)
+        r->manifests++;
+    else if (kind == ENG_KEY_SEGMENT)
+        r->segments++;
+    else if (kind == ENG_KEY_CONTENTS)
+        r->contents++;
+    else if (kind == ENG_KEY_CENTROIDS)
+        r->centroids++;
+}
+
 /*
- * Delete the keys of one SCAN page that name no referenced record and were
- * written more than gc_grace ago (in-flight writes are younger).
+ * Candidates this engine has not seen unreferenced before: read their
+ * headers (in batches) and start tracking the ones no later head can
+ * reference. A manifest, segment or centroids record carries the version
+ * of the commit it was built for: at or below the head's version, that
+ * commit landed (and this head dropped it again) or lost, so it is final.
+ * Contents are sealed at version 0: they are final once written more than
+ * gc_grace before the head was read (a commit comes within gc_grace of its
+ * records, or never). Anything else may belong to a commit in flight and is
+ * looked at again later. since[i] gets the tracking start, 0 = not tracked.
  */
-static cdx_err sweep_page(const eng *e, char **keys, size_t nk, const tokset *ref, uint64_t now,
-                          uint64_t *removed)
+static cdx_err first_sight(const eng *e, const uint8_t id[CDX_ID_LEN], tokset *c,
+                           const size_t *fresh, size_t nfresh, uint64_t now, uint64_t *since,
+                           sweep_arg *a)
 {
     cdx_err err = CDX_OK;
-    size_t nc = 0;
-    const char **cand = malloc((nk + 1) * sizeof(char *));
-    eng_range *rg = malloc((nk + 1) * sizeof(eng_range));
-    eng_val *hv = calloc(nk + 1, sizeof(eng_val));
-    if (!cand || !rg || !hv) {
+    char(*keys)[CDX_STORE_KEY_MAX] = malloc(CDX_SWEEP_BATCH * sizeof(*keys));
+    eng_range *rg = malloc(CDX_SWEEP_BATCH * sizeof(*rg));
+    eng_val *hv = calloc(CDX_SWEEP_BATCH, sizeof(*hv));
+    if (!keys || !rg || !hv) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < nk; i++) {
-        const char *k = keys[i];
-        uint8_t probe[ENG_KINDTOK_LEN];
-        if (!eng_key_parse_rec(k, probe))
-            continue;
-        if (bsearch(probe, ref->t, ref->n, ENG_KINDTOK_LEN, cmp_kindtok))
-            continue;
-        rg[nc] = (eng_range){k, 0, ENG_REC_HDR};
-        cand[nc++] = k;
-    }
-    if (nc && !(err = eng_store_getrange(e->cfg.store, rg, nc, hv))) {
-        size_t nd = 0;
-        for (size_t i = 0; i < nc; i++) {
-            if (!hv[i].found || hv[i].len < REC_WRITE_TIME_AT + 8)
-                continue;
-            uint64_t write_time = eng_rd64(hv[i].data + REC_WRITE_TIME_AT);
-            if (write_time + e->cfg.gc_grace_ms < now)
-                cand[nd++] = cand[i];
+    for (size_t at = 0; at < nfresh && !err; at += CDX_SWEEP_BATCH) {
+        size_t nb = nfresh - at < CDX_SWEEP_BATCH ? nfresh - at : CDX_SWEEP_BATCH;
+        for (size_t i = 0; i < nb; i++) {
+            const uint8_t *kt = c->t[fresh[at + i]];
+            eng_key_rec(keys[i], id, (char)kt[0], kt + 1);
+            rg[i] = (eng_range){keys[i], 0, ENG_REC_HDR};
         }
-        uint64_t dd = 0;
-        if (nd && !(err = eng_store_del(e->cfg.store, cand, nd, &dd)))
-            *removed += dd;
-        eng_vals_free(hv, nc);
+        if ((err = eng_store_getrange(e->cfg.store, rg, nb, hv)))
+            break;
+        for (size_t i = 0; i < nb; i++) {
+            if (!hv[i].found || hv[i].len < REC_WRITE_TIME_AT + 8)
+                continue; /* gone meanwhile, or not a record of ours: left alone */
+            uint64_t version = eng_rd64(hv[i].data + REC_VERSION_AT);
+            uint64_t write_time = eng_rd64(hv[i].data + REC_WRITE_TIME_AT);
+            bool versioned = c->t[fresh[at + i]][0] != ENG_KEY_CONTENTS;
+            if ((versioned && version <= a->version) || write_time + e->cfg.gc_grace_ms < a->t0)
+                since[fresh[at + i]] = now;
+            else
+                sweep_next(a, write_time + e->cfg.gc_grace_ms + 1);
+        }
+        eng_vals_free(hv, nb);
     }
 out:
-    free(cand);
+    free(keys);
     free(rg);
     free(hv);
     return err;
 }
 
-typedef struct sweep_arg {
-    uint64_t removed;
-} sweep_arg;
+/* Delete the n ripe records of idx id (kind and token each), counting by kind. */
+static cdx_err delete_ripe(const eng *e, const uint8_t id[CDX_ID_LEN], uint8_t (*kt)[ENG_KINDTOK_LEN],
+                           size_t n, eng_sweep_report *r)
+{
+    cdx_err err = CDX_OK;
+    char(*keys)[CDX_STORE_KEY_MAX] = malloc(CDX_SWEEP_BATCH * sizeof(*keys));
+    const char **kp = malloc(CDX_SWEEP_BATCH * sizeof(*kp));
+    if (!keys || !kp) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t at = 0; at < n && !err; at += CDX_SWEEP_BATCH) {
+        size_t nb = n - at < CDX_SWEEP_BATCH ? n - at : CDX_SWEEP_BATCH;
+        for (size_t i = 0; i < nb; i++) {
+            eng_key_rec(keys[i], id, (char)kt[at + i][0], kt[at + i] + 1);
+            kp[i] = keys[i];
+        }
+        if ((err = eng_store_del(e->cfg.store, kp, nb, NULL)))
+            break;
+        for (size_t i = 0; i < nb; i++)
+            count_kind(r, (char)kt[at + i][0]);
+    }
+out:
+    free(keys);
+    free(kp);
+    return err;
+}
+
+/*
+ * The sweep proper, under ix->sweep_mu: every unreferenced record gets its
+ * tracking start (kept from earlier sweeps, or set now on first sight); the
+ * ones tracked for gc_grace are deleted, the others are remembered.
+ */
+static cdx_err judge(op *o, tokset *c, uint64_t now, sweep_arg *a)
+{
+    eng *e = o->e;
+    struct idx *ix = o->ix;
+    uint64_t grace = e->cfg.gc_grace_ms;
+    cdx_err err = CDX_OK;
+    uint64_t *since = calloc(c->n + 1, sizeof(*since));
+    size_t *fresh = malloc((c->n + 1) * sizeof(*fresh));
+    uint8_t(*ripe)[ENG_KINDTOK_LEN] = malloc((c->n + 1) * ENG_KINDTOK_LEN);
+    eng_seen *keep = malloc((c->n + 1) * sizeof(*keep));
+    size_t nfresh = 0, nripe = 0, nkeep = 0;
+    if (!since || !fresh || !ripe || !keep) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    /* Both lists are sorted by kind and token: one merge finds what was seen before. */
+    size_t j = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        while (j < ix->nseen && memcmp(ix->seen[j].kt, c->t[i], ENG_KINDTOK_LEN) < 0)
+            j++;
+        if (j < ix->nseen && !memcmp(ix->seen[j].kt, c->t[i], ENG_KINDTOK_LEN))
+            since[i] = ix->seen[j].since_ms;
+        else
+            fresh[nfresh++] = i;
+    }
+    if ((err = first_sight(e, ix->id, c, fresh, nfresh, now, since, a)))
+        goto out;
+    for (size_t i = 0; i < c->n; i++) {
+        if (!since[i])
+            continue;
+        if (since[i] + grace <= now) {
+            memcpy(ripe[nripe++], c->t[i], ENG_KINDTOK_LEN);
+            continue;
+        }
+        memcpy(keep[nkeep].kt, c->t[i], ENG_KINDTOK_LEN);
+        keep[nkeep++].since_ms = since[i];
+        sweep_next(a, since[i] + grace);
+    }
+    /* Records that became referenced again, or are gone, drop out of the list here. */
+    free(ix->seen);
+    ix->seen = keep;
+    ix->nseen = nkeep;
+    keep = NULL;
+    a->r.waiting = nkeep;
+    err = delete_ripe(e, ix->id, ripe, nripe, &a->r);
+    if (err) {
+        /* The ones not deleted are found again next time and wait a grace again: safe. */
+        free(ix->seen);
+        ix->seen = NULL;
+        ix->nseen = 0;
+    }
+out:
+    free(since);
+    free(fresh);
+    free(ripe);
+    free(keep);
+    return err;
+}
 
 static cdx_err sweep(op *o, eng_manifest *m, void *arg)
 {
@@ -126,6 +260,7 @@ static cdx_err sweep(op *o, eng_manifest *m, void *arg)
     eng_bucketset bs;
     memset(&bs, 0, sizeof(bs));
     tokset ref = {0};
+    tokset cand = {0};
     uint64_t now = 0;
     char pat[ENG_KEY_PATTERN_MAX];
     cdx_err err;
@@ -141,24 +276,58 @@ static cdx_err sweep(op *o, eng_manifest *m, void *arg)
         size_t nk = 0;
         if ((err = eng_store_scan(e->cfg.store, pat, &cursor, &keys, &nk)))
             break;
-        err = sweep_page(e, keys, nk, &ref, now, &a->removed);
+        for (size_t i = 0; i < nk && !err; i++) {
+            uint8_t kt[ENG_KINDTOK_LEN];
+            if (eng_key_parse_rec(keys[i], kt) &&
+                !bsearch(kt, ref.t, ref.n, ENG_KINDTOK_LEN, cmp_kindtok))
+                err = tokset_add(&cand, (char)kt[0], kt + 1);
+        }
         eng_keys_free(keys, nk);
     } while (!err && cursor != 0);
+    if (err)
+        goto out;
+    tokset_sort_unique(&cand);
+    a->version = m->version;
+    pthread_mutex_lock(&o->ix->sweep_mu);
+    err = judge(o, &cand, now, a);
+    pthread_mutex_unlock(&o->ix->sweep_mu);
 out:
     free(ref.t);
+    free(cand.t);
     eng_bucketset_free(&bs);
+    return err;
+}
+
+cdx_err eng_sweep_run(eng *e, const char *name, eng_sweep_report *out)
+{
+    sweep_arg a;
+    cdx_err err = ENG_MOVED;
+    /* A commit landing while the buckets are read moves the index on: start over (bounded). */
+    for (unsigned attempt = 0; err == ENG_MOVED && attempt < 16; attempt++) {
+        memset(&a, 0, sizeof(a));
+        a.t0 = cdx_wall_ms();
+        err = eng_with_manifest(e, name, ENG_WITH_FRESH, sweep, &a);
+    }
+    err = eng_in_index(err, name);
+    if (!err) {
+        if (out)
+            *out = a.r;
+        cdx_log(CDX_LOG_DEBUG, "eng_sweep",
+                "index=%s deleted=%llu manifests=%llu segments=%llu contents=%llu "
+                "centroids=%llu waiting=%llu",
+                name, (unsigned long long)a.r.deleted, (unsigned long long)a.r.manifests,
+                (unsigned long long)a.r.segments, (unsigned long long)a.r.contents,
+                (unsigned long long)a.r.centroids, (unsigned long long)a.r.waiting);
+    }
     return err;
 }
 
 cdx_err eng_sweep(eng *e, const char *name, uint64_t *deleted)
 {
-    sweep_arg a = {0};
-    cdx_err err = eng_with_manifest(e, name, ENG_WITH_FRESH | ENG_WITH_NAMED, sweep, &a);
-    if (!err) {
-        if (deleted)
-            *deleted = a.removed;
-        cdx_log(CDX_LOG_INFO, "eng_sweep", "deleted=%llu", (unsigned long long)a.removed);
-    }
+    eng_sweep_report r;
+    cdx_err err = eng_sweep_run(e, name, &r);
+    if (!err && deleted)
+        *deleted = r.deleted;
     return err;
 }
 

@@ -273,6 +273,7 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
         bool committed = false;
         seg_put_arg sp;
         eng_bg wr = ENG_BG_IDLE;
+        eng_gate_wait(o->ix); /* a compaction that keeps losing goes first */
         if ((err = eng_load_state(o, true, 0, &a.m)))
             goto next;
         const eng_manifest *m = a.m;

@@ -63,6 +63,15 @@
 #define CDX_STORE_CONNECTIONS_MAX 64
 #define CDX_STORE_PASSWORD_MAX   1024                 /* bytes of the Redis password_file */
 
+/* ---- maintenance (engine/eng_maint.h) ---- */
+#define CDX_MAINT_INTERVAL_MS_DEFAULT    1000    /* between scheduler passes */
+#define CDX_MAINT_INTERVAL_MS_MIN        10
+#define CDX_MAINT_INTERVAL_MS_MAX        86400000
+#define CDX_MAINT_COMPACT_SEGMENTS_DEFAULT 32    /* compact a cluster with more segments than this */
+#define CDX_MAINT_COMPACT_SEGMENTS_MAX   65536
+#define CDX_SWEEP_BATCH                  1024    /* headers read / keys deleted per store call */
+#define CDX_GATE_WAIT_MS                 2000    /* longest a writer waits for a compaction */
+
 /* ---- indexes and items ---- */
 #define CDX_INDEX_NAME_MAX   128        /* [A-Za-z0-9_.-]{1,128} */
 #define CDX_ITEM_ID_MAX      256        /* bytes, valid UTF-8, no NUL */

@@ -31,6 +31,9 @@ cdx_add_test(test_store_redis SOURCES test_store_redis.c LIBS cdx_fx_engine)
 foreach(concern lifecycle write query hostile crash concurrency)
   cdx_add_test(test_engine_${concern} SOURCES test_engine_${concern}.c LIBS cdx_fx_engine TIMEOUT 900)
 endforeach()
+# Store maintenance (engine/eng_maint.h): readers across a sweep, and the bounded-store workload
+# (reliability review F3). CDX_RELIABILITY_FULL=1 runs its long mode (./run reliability).
+cdx_add_test(test_engine_maint SOURCES test_engine_maint.c LIBS cdx_fx_engine TIMEOUT 900)
 # Engine concepts tested directly, beneath the engine suites: the record envelope (with the worked
 # vector of docs/RECORDS.md, read from the document) and the plaintext codecs.
 cdx_add_test(test_record SOURCES test_record.c LIBS cdx_fx_engine cdx_pkcs11_admin)

@@ -49,6 +49,9 @@ static void test_defaults(void)
     CU_ASSERT_EQUAL(c.backend, APP_STORE_REDIS);
     CU_ASSERT_FALSE(c.insecure);
     CU_ASSERT_FALSE(c.allow_tls12);
+    CU_ASSERT_TRUE(c.maint_enabled);
+    CU_ASSERT_EQUAL(c.maint_interval_ms, 1000);
+    CU_ASSERT_EQUAL(c.maint_compact_segments, 32);
     /* Defaults alone are not a working configuration: TLS files, admins, deployment. */
     CU_ASSERT_EQUAL(app_config_check(&c), CDX_ERR_CONFIG);
 }
@@ -66,6 +69,8 @@ static void test_full_file(void)
                                  "[keys]\nsubkey_ttl_ms = 5000\n"
                                  "[cache]\nbytes = 512M\npreload = on\n"
                                  "[engine]\nmanifest_max_age_ms = 100\n"
+                                 "[maintenance]\nenabled = no\ninterval_ms = 250\n"
+                                 "compact_segments = 0\n"
                                  "[state]\ndir = /var/lib/cdx\n"
                                  "[log]\nlevel = debug\nformat = json\n"
                                  "[metrics]\nlisten = [::1]:9100\n",
@@ -89,6 +94,9 @@ static void test_full_file(void)
     CU_ASSERT_EQUAL(c.cache_bytes, 512u << 20);
     CU_ASSERT_TRUE(c.cache_preload);
     CU_ASSERT_EQUAL(c.manifest_max_age_ms, 100);
+    CU_ASSERT_FALSE(c.maint_enabled);
+    CU_ASSERT_EQUAL(c.maint_interval_ms, 250);
+    CU_ASSERT_EQUAL(c.maint_compact_segments, 0);
     CU_ASSERT_EQUAL(c.log_level, CDX_LOG_DEBUG);
     CU_ASSERT_EQUAL(c.log_format, APP_LOG_JSON);
     CU_ASSERT_STRING_EQUAL(c.metrics_listen, "[::1]:9100");
@@ -123,6 +131,9 @@ static void test_errors(void)
         /* The wire layer's own ceiling (a larger cap would make every connection fail). */
         {"[server]\nmax_frame_bytes = 512M\n", "max_frame_bytes: `512M` is above the maximum"},
         {"[server\n", ":1: syntax error"},
+        {"[maintenance]\ninterval_ms = 90000000\n", "interval_ms: `90000000` is above the maximum"},
+        {"[maintenance]\ncompact_segments = 70000\n", "is above the maximum"},
+        {"[maintenance]\nsweep = yes\n", "unknown key `sweep` in [maintenance]"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         app_config c;
@@ -156,6 +167,7 @@ static void test_check(void)
          "inflight_bytes must be at least"},
         {GOOD_SERVER "[state]\ndir = relative\n", "[state] dir must be an absolute path"},
         {GOOD_SERVER "[metrics]\nlisten = ::1:80\n", "[metrics] listen"},
+        {GOOD_SERVER "[maintenance]\ninterval_ms = 5\n", "[maintenance] interval_ms must be"},
         {"[server]\ninsecure = yes\n", "deployment_id is required"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
