@@ -1,6 +1,7 @@
 /* rel_common: fixtures, clients, the per-id model and the results file (see rel_common.h). */
 #include "rel_common.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +29,7 @@ void rel_pause_ms(double ms)
         return;
     struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
                           .tv_nsec = (long)((ms - (double)(time_t)(ms / 1000) * 1000) * 1e6)};
-    while (nanosleep(&ts, &ts) != 0)
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
 }
 
