@@ -10,7 +10,7 @@
 #   --minutes N   N minutes in total, shared equally by the targets (-max_total_time)
 #
 # One process per target, one after the other (one core). Every line of OUT_DIR/fuzz-results.txt
-# is "target=<t>\texecs=<n>\tsecs=<s>\trate=<execs/s>\tcrashes=<n>\tstatus=<rc>"; the exit status
+# is "target=<t>\texecs=<n>\tsecs=<s>\trate=<execs/s>\tcov=<edges>\tcrashes=<n>\tstatus=<rc>"; the exit status
 # is 1 when any target crashed (crash inputs in OUT_DIR/crashes/<t>/<time of the run>/).
 set -euo pipefail
 
@@ -51,6 +51,10 @@ for t in "${targets[@]}"; do
     end=$(date +%s.%N)
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)"
     execs="${execs:-0}"
+    # Edges reached (libFuzzer's "cov:"): Debian's libprotobuf-c is not instrumented, so wire's
+    # figure counts our code only.
+    cov="$( { grep -o 'cov: [0-9]*' "$log" || true; } | tail -n1 | sed 's/cov: //')"
+    cov="${cov:-0}"
     secs="$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.0f", b-a}')"
     rate="$(awk -v e="$execs" -v s="$secs" 'BEGIN{printf "%.0f", s>0 ? e/s : 0}')"
     crashes="$(find "$crashes" -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)"
@@ -58,8 +62,8 @@ for t in "${targets[@]}"; do
         crashes=1 # died without an artifact: count it, the log says why
     fi
     ((crashes == 0)) || fail=1
-    printf 'target=%s\texecs=%s\tsecs=%s\trate=%s\tcrashes=%s\tstatus=%s\n' \
-        "$t" "$execs" "$secs" "$rate" "$crashes" "$rc" | tee -a "$results"
+    printf 'target=%s\texecs=%s\tsecs=%s\trate=%s\tcov=%s\tcrashes=%s\tstatus=%s\n' \
+        "$t" "$execs" "$secs" "$rate" "$cov" "$crashes" "$rc" | tee -a "$results"
     grep -E '^(==[0-9]+==ERROR|SUMMARY:)' "$log" | head -n 5 || true
 done
 exit "$fail"

@@ -78,16 +78,16 @@ field() {
         echo "Goal: at least $goal executions per target, 0 crashes (crash, leak, timeout, OOM"
         echo "or sanitizer report)."
         echo
-        echo "| target | executions | seconds | execs/s | crashes | verdict |"
-        echo "|---|---|---|---|---|---|"
+        echo "| target | executions | seconds | execs/s | edges covered | crashes | verdict |"
+        echo "|---|---|---|---|---|---|---|"
         while IFS= read -r line; do
             [[ -n "$line" ]] || continue
             t="$(field "$line" target)" e="$(field "$line" execs)" c="$(field "$line" crashes)"
             v=PASS
             ((c == 0)) || v="FAIL ($c crashes)"
             ((c != 0 || e >= goal)) || v="FAIL (under the goal)"
-            printf '| fuzz_%s | %s | %s | %s | %s | **%s** |\n' "$t" "$e" "$(field "$line" secs)" \
-                "$(field "$line" rate)" "$c" "$v"
+            printf '| fuzz_%s | %s | %s | %s | %s | %s | **%s** |\n' "$t" "$e" "$(field "$line" secs)" \
+                "$(field "$line" rate)" "$(field "$line" cov)" "$c" "$v"
         done <"$fuzz"
     else
         echo "Not run (\`--skip-fuzz\`)."
