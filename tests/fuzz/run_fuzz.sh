@@ -56,7 +56,7 @@ for t in "${targets[@]}"; do
     cov="$( { grep -o 'cov: [0-9]*' "$log" || true; } | tail -n1 | sed 's/cov: //')"
     cov="${cov:-0}"
     secs="$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.0f", b-a}')"
-    rate="$(awk -v e="$execs" -v s="$secs" 'BEGIN{printf "%.0f", s>0 ? e/s : 0}')"
+    rate="$(awk -v e="$execs" -v s="$secs" 'BEGIN{printf "%.0f", (s > 0 ? e / s : 0)}')"
     crashes="$(find "$crashes" -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)"
     if ((rc != 0 && crashes == 0)); then
         crashes=1 # died without an artifact: count it, the log says why
