@@ -425,6 +425,7 @@ static void test_search(void)
     }
 }
 
+#if !defined(__SANITIZE_ADDRESS__)
 /* VmSize of this process in bytes (0 if unreadable). */
 static size_t vm_size(void)
 {
@@ -438,6 +439,7 @@ static size_t vm_size(void)
         fclose(f);
     return kib * 1024;
 }
+#endif
 
 /*
  * A search block header announcing UINT32_MAX rows with nothing behind it is
