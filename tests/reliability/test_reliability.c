@@ -740,17 +740,20 @@ static int count_fds(int pid)
     return n;
 }
 
-/* Wait (polled, at most 15 s: SYNs past the listen backlog are retried after 1, 3, 7 s) until
- * the daemon's descriptor count grew by `want`. Returns the growth. */
+/* Wait (polled) until the daemon's descriptor count grew by `want`, or stopped growing for 2 s
+ * (SYNs past the listen backlog are retried after 1 s), at most 8 s: before the 10 s handshake
+ * timeout closes the flood. Returns the growth. */
 static int wait_accepted(int base, int want)
 {
-    double until = rel_now_ms() + 15000;
+    double until = rel_now_ms() + 8000, still = rel_now_ms();
     int last = base;
-    while (rel_now_ms() < until && last - base < want) {
+    while (rel_now_ms() < until && rel_now_ms() - still < 2000 && last - base < want) {
         rel_pause_ms(20);
         int n = count_fds(R.d.pid);
-        if (n > last)
+        if (n > last) {
             last = n;
+            still = rel_now_ms();
+        }
     }
     return last - base;
 }
