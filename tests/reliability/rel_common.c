@@ -99,11 +99,12 @@ int rel_write_conf(const rel_conf *c)
         "[hsm]\nmodule = %s\ntoken = pkcs11:token=%s\npin = file:%s\n"
         "allow_unlocked_memory = yes\n"
         "[store]\nredis = %s:%d\n[state]\ndir = %s/state\n"
-        "[cache]\nbytes = 64M\n[metrics]\nlisten = 127.0.0.1:0\n[log]\nlevel = warn\n",
+        "[cache]\nbytes = 64M\n[metrics]\nlisten = 127.0.0.1:0\n[log]\nlevel = warn\n%s",
         R.ports, R.srv->cert, R.srv->key, fx_pki_ca(R.pki, 0),
         c && c->server_extra ? c->server_extra : "",
         c && c->module ? c->module : fx_softhsm_module(), fx_token_label(R.tok),
-        fx_token_pin_file(R.tok), fx_redis_host(R.redis), fx_redis_port(R.redis), R.dir);
+        fx_token_pin_file(R.tok), fx_redis_host(R.redis), fx_redis_port(R.redis), R.dir,
+        c && c->sections ? c->sections : "");
     if (n < 0 || (size_t)n >= sizeof(text))
         return -1;
     FILE *f = fopen(R.conf, "w");

@@ -42,6 +42,7 @@ extern rel_env R;
 typedef struct rel_conf {
     const char *module;       /* PKCS#11 module [fx_softhsm_module()] */
     const char *server_extra; /* more "key = value\n" lines for [server] */
+    const char *sections;     /* whole sections appended at the end ("[keys]\n...") */
 } rel_conf;
 
 /* Fixtures for one part; 0 or -1. rel_teardown stops everything. */

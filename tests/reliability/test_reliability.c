@@ -359,7 +359,9 @@ static void test_token(void)
     unlink(fault);
     setenv("P11WRAP_MODULE", fx_softhsm_module(), 1);
     setenv("P11WRAP_FAULT_FILE", fault, 1); /* inherited by the daemon, read by the wrapper */
-    rel_conf rc = {.module = wrap};
+    /* No subkey cache: every request needs the token, as after a cache expiry (the review's
+     * TTL 0 case, where recovery waited for the re-login back-off). */
+    rel_conf rc = {.module = wrap, .sections = "[keys]\nsubkey_ttl_ms = 0\n"};
     CU_ASSERT_FATAL(rel_write_conf(&rc) == 0 && rel_daemon_start(NULL) == 0);
     app_client *c = rel_client_wait(rel_now_ms() + 30000);
     CU_ASSERT_FATAL(c != NULL);
