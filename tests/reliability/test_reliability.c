@@ -695,6 +695,13 @@ static void test_concurrency(void)
 #define HOSTILE_PIPELINE     16
 #define HOSTILE_HIGH_WATER   "8M"
 #define HOSTILE_PER_CLIENT_MB 48 /* high water + a few answers in flight */
+/* Under ASan freed memory sits in a quarantine (256 MiB by default), so RSS says little about
+ * what the daemon holds: the figure is reported, not asserted. */
+#if defined(__SANITIZE_ADDRESS__)
+#define HOSTILE_RSS_ASSERTED 0
+#else
+#define HOSTILE_RSS_ASSERTED 1
+#endif
 
 static uint16_t port_of(const char *hostport)
 {
@@ -895,7 +902,7 @@ static void test_hostile(void)
     app_client_free(c);
     double per_client_mb = (double)(peak - rss0) / 1024.0 / nonreaders;
     bool pass_flood = tls_ok && hz_ok && after_ok;
-    bool pass_mem = per_client_mb <= HOSTILE_PER_CLIENT_MB && others_ok;
+    bool pass_mem = (per_client_mb <= HOSTILE_PER_CLIENT_MB || !HOSTILE_RSS_ASSERTED) && others_ok;
     rel_result("part=hostile_flood\ttest=%d raw TCP connections from 127.0.0.2 (max_connections "
                "%d), never starting TLS\truns=1\tfaults=%d sockets (%d held by the daemon after "
                "%.0f ms)\tacked=-\tlost=-\t"
@@ -911,12 +918,12 @@ static void test_hostile(void)
                nonreaders, HOSTILE_PIPELINE, HOSTILE_ITEMS * HOSTILE_CONTENTS >> 20,
                HOSTILE_HIGH_WATER, sent, rss0 / 1024, peak / 1024, per_client_mb,
                HOSTILE_PER_CLIENT_MB, others_ok ? "served" : "NOT served", others_ms,
-               pass_mem ? "PASS" : "FAIL (F4)");
+               !pass_mem ? "FAIL (F4)" : HOSTILE_RSS_ASSERTED ? "PASS" : "PASS (RSS not asserted under ASan)");
     CU_ASSERT(tls_ok);         /* F5: unauthenticated sockets must not lock clients out */
     CU_ASSERT(hz_ok);          /* F6: /healthz at the cap */
     CU_ASSERT(after_ok);
     CU_ASSERT(others_ok);
-    CU_ASSERT(per_client_mb <= HOSTILE_PER_CLIENT_MB); /* F4 */
+    CU_ASSERT(per_client_mb <= HOSTILE_PER_CLIENT_MB || !HOSTILE_RSS_ASSERTED); /* F4 */
     CU_ASSERT(fx_daemon_alive(&R.d));
     CU_ASSERT_EQUAL(fx_daemon_stop(&R.d), 0);
 }
