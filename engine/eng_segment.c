@@ -98,6 +98,10 @@ cdx_err eng_search_decode(uint8_t *plain, size_t n, uint32_t expect_rows, uint32
             if (!isfinite(s->aux[i]) || s->aux[i] < 0)
                 goto bad; /* a bound must be a bound */
     }
+    /* Each row still needs an id (2 length bytes + at least 1): a count the bytes left
+     * cannot hold is refused before it sizes an allocation (found by fuzz_codec). */
+    if (s->rows > r.left / 3)
+        goto bad;
     s->id_pos = malloc((s->rows ? s->rows : 1) * sizeof(uint32_t));
     s->id_len = malloc((s->rows ? s->rows : 1) * sizeof(uint16_t));
     if (!s->id_pos || !s->id_len) {

@@ -56,12 +56,19 @@ target_compile_definitions(test_wire_roundtrip
 # metadata JSON, the configuration loader, the record plaintext decoders, the sans-IO RESP reader
 # the Redis store reads bulk fetches with (engine/eng_redis_resp.c). Each writes its seeds and
 # replays them.
+# With CDX_LIBFUZZER (./run fuzz) the same targets are libFuzzer binaries instead.
 foreach(target wire filter ini codec resp)
-  add_executable(fuzz_${target} fuzz/fuzz_${target}.c fuzz/fuzz_main.c)
+  if(CDX_LIBFUZZER)
+    add_executable(fuzz_${target} fuzz/fuzz_${target}.c)
+    target_compile_definitions(fuzz_${target} PRIVATE CDX_LIBFUZZER)
+    target_link_options(fuzz_${target} PRIVATE -fsanitize=fuzzer)
+  else()
+    add_executable(fuzz_${target} fuzz/fuzz_${target}.c fuzz/fuzz_main.c)
+    add_test(NAME fuzz_${target}_seeds
+             COMMAND fuzz_${target} --seeds ${CDX_TEST_TMP}/fuzz-${target}-seeds ${CDX_TEST_TMP}/fuzz-${target}-seeds)
+    set_tests_properties(fuzz_${target}_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
+  endif()
   target_include_directories(fuzz_${target} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/fuzz)
-  add_test(NAME fuzz_${target}_seeds
-           COMMAND fuzz_${target} --seeds ${CDX_TEST_TMP}/fuzz-${target}-seeds ${CDX_TEST_TMP}/fuzz-${target}-seeds)
-  set_tests_properties(fuzz_${target}_seeds PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp)
 endforeach()
 target_link_libraries(fuzz_filter PRIVATE cdx_engine)
 target_link_libraries(fuzz_ini PRIVATE cdx_appconf)

@@ -11,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <CUnit/Basic.h>
 
@@ -422,6 +425,55 @@ static void test_search(void)
     }
 }
 
+#if !defined(__SANITIZE_ADDRESS__)
+/* VmSize of this process in bytes (0 if unreadable). */
+static size_t vm_size(void)
+{
+    char line[256];
+    size_t kib = 0;
+    FILE *f = fopen("/proc/self/status", "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (!strncmp(line, "VmSize:", 7))
+            kib = (size_t)atol(line + 7);
+    if (f)
+        fclose(f);
+    return kib * 1024;
+}
+#endif
+
+/*
+ * A search block header announcing UINT32_MAX rows with nothing behind it is
+ * refused as malformed before the row count sizes an allocation (fuzz_codec
+ * found a 2.4 GB malloc). Run in a child under an address-space limit of
+ * 256 MiB more than it uses: a decoder that allocates first gets NULL and
+ * answers RESOURCE_EXHAUSTED instead. Skipped under ASan (its allocator dies
+ * when an address-space limit refuses it memory).
+ */
+static void test_search_lying_rows(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    printf("\n    skipped under ASan ");
+#else
+    static const uint8_t hdr[12] = {0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0};
+    fflush(NULL);
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        struct rlimit rl = {.rlim_cur = vm_size() + (256u << 20), .rlim_max = RLIM_INFINITY};
+        if (rl.rlim_cur <= (256u << 20) || setrlimit(RLIMIT_AS, &rl) != 0)
+            _exit(255);
+        s_rows = UINT32_MAX;
+        s_cs = 0;
+        s_aux = false;
+        _exit((int)dec_search(hdr, sizeof(hdr)));
+    }
+    int st = 0;
+    CU_ASSERT_EQUAL_FATAL(waitpid(pid, &st, 0), pid);
+    CU_ASSERT(WIFEXITED(st));
+    CU_ASSERT_EQUAL(WEXITSTATUS(st), CDX_ERR_INTEGRITY);
+#endif
+}
+
 int main(void)
 {
     static const fx_test tests[] = {
@@ -430,6 +482,7 @@ int main(void)
         {"manifest: untrained and trained, truncation, lying counts", test_manifest},
         {"id-map bucket: round trip, size, order, lying counts", test_bucket},
         {"search block: with and without aux, expectations, lying counts", test_search},
+        {"search block: a lying row count allocates nothing", test_search_lying_rows},
     };
     return fx_cunit_run1("codec", tests, FX_LEN(tests));
 }

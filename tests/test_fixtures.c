@@ -431,6 +431,10 @@ static void test_p11wrap(void)
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(path);
     CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    /* The out-of-process switch is read when the module loads. */
+    char fault[4200];
+    snprintf(fault, sizeof(fault), "%s/token-removed", fx_token_dir(t));
+    setenv("P11WRAP_FAULT_FILE", fault, 1);
     h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(h);
     gfl = (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList");
@@ -493,6 +497,16 @@ static void test_p11wrap(void)
     CU_ASSERT_EQUAL(fl->C_Sign(sess, rnd, sizeof(rnd), NULL, &siglen),
                     CKR_OPERATION_NOT_INITIALIZED);
     CU_ASSERT_EQUAL(p11wrap_count_fn("C_Sign"), 6);
+
+    /* While the fault file exists every call fails CKR_DEVICE_REMOVED; then the token is back. */
+    FILE *ff = fopen(fault, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ff);
+    fclose(ff);
+    CU_ASSERT_EQUAL(fl->C_GenerateRandom(sess, rnd, sizeof(rnd)), CKR_DEVICE_REMOVED);
+    CU_ASSERT_EQUAL(fl->C_GetSlotList(CK_TRUE, slots, &nslots), CKR_DEVICE_REMOVED);
+    CU_ASSERT_EQUAL(unlink(fault), 0);
+    CU_ASSERT_EQUAL(fl->C_GenerateRandom(sess, rnd, sizeof(rnd)), CKR_OK);
+    unsetenv("P11WRAP_FAULT_FILE");
 
     /* An injected C_Initialize failure still records the flags asked for. */
     CU_ASSERT_EQUAL(fl->C_Finalize(NULL), CKR_OK);
