@@ -163,15 +163,20 @@ static cdx_err connect_locked(hsm_custody *c, bool initial)
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
 
     unload_locked(c);
+    /* Every failure goes through out: it marks custody unhealthy, so the re-login back-off
+     * and health see the failure (an early return here once left healthy set). */
     c->p11 = PKCS11_CTX_new();
-    if (!c->p11)
-        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if (!c->p11) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
     /* libp11 initialises with CKF_OS_LOCKING_OK and accepts ALREADY_INITIALIZED. */
     if (PKCS11_CTX_load(c->p11, c->cfg.module_path) != 0) {
         PKCS11_CTX_free(c->p11);
         c->p11 = NULL;
-        return cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "PKCS#11 module %s failed to load or initialise",
-                        c->cfg.module_path);
+        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "PKCS#11 module %s failed to load or initialise",
+                       c->cfg.module_path);
+        goto out;
     }
     if (PKCS11_enumerate_slots(c->p11, &c->slots, &c->nslots) != 0) {
         c->slots = NULL;
