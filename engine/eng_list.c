@@ -76,10 +76,18 @@ cdx_err eng_index_warm(eng *e, const char *name, uint64_t *blocks)
     return eng_with_manifest(e, name, ENG_WITH_NAMED, warm, blocks);
 }
 
+/* Free the first n ids, keep the arrays. */
+static void eng_ids_free_items(char **ids, size_t n)
+{
+    for (size_t i = 0; ids && i < n; i++) {
+        free(ids[i]);
+        ids[i] = NULL;
+    }
+}
+
 void eng_ids_free(char **ids, size_t *id_lens, size_t n)
 {
-    for (size_t i = 0; ids && i < n; i++)
-        free(ids[i]);
+    eng_ids_free_items(ids, n);
     free(ids);
     free(id_lens);
 }
@@ -142,6 +150,52 @@ static cdx_err cursor_seal(op *o, unsigned bucket, const uint8_t last[ENG_TOKEN_
     return err;
 }
 
+/*
+ * One page of ids from bucket b0 on, after token `after` within b0 when
+ * given: up to `limit` into v/vl (*k of them, owned by the caller even on
+ * error); a sealed cursor in *next when more remain.
+ * Errors: ENG_MOVED (a newer commit: retry under a fresh head), eng_buckets_load's.
+ */
+static cdx_err list_page(op *o, const eng_manifest *m, unsigned b0, const uint8_t *after,
+                         uint32_t limit, char **v, size_t *vl, size_t *k, char **next)
+{
+    uint8_t last[ENG_TOKEN_LEN];
+    bool more = false;
+    unsigned last_b = b0;
+    cdx_err err = CDX_OK;
+    if (after)
+        memcpy(last, after, ENG_TOKEN_LEN);
+    for (unsigned b = b0; b < ENG_BUCKETS && !more && !err; b++) {
+        if (!m->bucket_version[b])
+            continue;
+        eng_bucketset bs;
+        memset(&bs, 0, sizeof(bs));
+        bool want[ENG_BUCKETS] = {false};
+        want[b] = true;
+        if (!(err = eng_buckets_load(o, m, want, &bs))) {
+            eng_bucket *bk = bs.b[b];
+            for (uint32_t i = 0; i < bk->n; i++) {
+                if (after && b == b0 && memcmp(bk->e[i].tok, after, ENG_TOKEN_LEN) <= 0)
+                    continue;
+                if (*k == limit) {
+                    more = true;
+                    break;
+                }
+                v[*k] = bk->e[i].id;
+                vl[*k] = bk->e[i].id_len;
+                bk->e[i].id = NULL; /* moved */
+                memcpy(last, bk->e[i].tok, ENG_TOKEN_LEN);
+                last_b = b;
+                (*k)++;
+            }
+        }
+        eng_bucketset_free(&bs); /* free(NULL) for the moved ids; a partial load too */
+    }
+    if (!err && more)
+        err = cursor_seal(o, last_b, last, next);
+    return err;
+}
+
 cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limit, char ***ids,
                      size_t **id_lens, size_t *n, char **next)
 {
@@ -171,40 +225,25 @@ cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limi
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
-    if ((err = cursor_open(&o, cursor, &b0, last, &has)) ||
-        (err = eng_load_state(&o, false, 0, &m)))
+    if ((err = cursor_open(&o, cursor, &b0, last, &has)))
         goto out;
-    /* Take up to `limit` ids; one more seen means a cursor, none means the end. */
-    bool more = false;
-    unsigned last_b = b0;
-    for (unsigned b = b0; b < ENG_BUCKETS && !more && !err; b++) {
-        if (!m->bucket_version[b])
-            continue;
-        eng_bucketset bs;
-        memset(&bs, 0, sizeof(bs));
-        bool want[ENG_BUCKETS] = {false};
-        want[b] = true;
-        if ((err = eng_buckets_load(&o, m, want, &bs)))
+    /*
+     * A commit landing between the head read and a bucket fetch moves the
+     * buckets on (ENG_MOVED): drop the partial page and read it again from
+     * the same cursor under a fresh head. Bounded: a writer committing
+     * faster than a page can be read still gets ABORTED, never a mixed page.
+     */
+    for (unsigned attempt = 0; attempt < CDX_READ_ATTEMPTS; attempt++) {
+        eng_manifest_unref(m);
+        m = NULL;
+        eng_ids_free_items(v, k);
+        k = 0;
+        if ((err = eng_load_state(&o, attempt > 0, 0, &m)))
             break;
-        eng_bucket *bk = bs.b[b];
-        for (uint32_t i = 0; i < bk->n; i++) {
-            if (has && b == b0 && memcmp(bk->e[i].tok, last, ENG_TOKEN_LEN) <= 0)
-                continue;
-            if (k == limit) {
-                more = true;
-                break;
-            }
-            v[k] = bk->e[i].id;
-            vl[k] = bk->e[i].id_len;
-            bk->e[i].id = NULL; /* moved */
-            memcpy(last, bk->e[i].tok, ENG_TOKEN_LEN);
-            last_b = b;
-            k++;
-        }
-        eng_bucketset_free(&bs); /* free(NULL) for the moved ids */
+        err = list_page(&o, m, b0, has ? last : NULL, limit, v, vl, &k, next);
+        if (err != ENG_MOVED)
+            break;
     }
-    if (!err && more)
-        err = cursor_seal(&o, last_b, last, next);
 out:
     eng_manifest_unref(m);
     eng_op_end(&o);

@@ -545,7 +545,10 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
         err = eng_id_token(&o, ids[i], id_lens[i], toks[i]);
     if (err || (err = check_unique((const uint8_t(*)[ENG_TOKEN_LEN])toks, n)))
         goto out;
-    for (int attempt = 0; attempt < 2; attempt++) {
+    /* Attempt 0 may use the cached state; later ones read the head. A commit landing mid-read
+     * (ENG_MOVED) is retried a bounded number of times; a missing record twice is INTEGRITY. */
+    bool refreshed = false;
+    for (unsigned attempt = 0; attempt < CDX_READ_ATTEMPTS; attempt++) {
         bool refresh = false;
         eng_manifest_unref(m);
         m = NULL;
@@ -563,7 +566,7 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
         for (size_t i = 0; i < n; i++)
             wantb[eng_bucket_of(toks[i])] = true;
         if ((err = eng_buckets_load(&o, m, wantb, &bs))) {
-            if (err == ENG_MOVED && attempt == 0) {
+            if (err == ENG_MOVED && attempt + 1 < CDX_READ_ATTEMPTS) {
                 err = CDX_OK;
                 continue;
             }
@@ -574,9 +577,12 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
                           idp, rq, r, &refresh);
         if (err || !refresh)
             break;
-        if (attempt == 1)
+        if (refreshed || attempt + 1 == CDX_READ_ATTEMPTS) {
             err = cdx_fail(CDX_ERR_INTEGRITY, "a record the current state references (segment "
                                               "or contents) is missing from the store");
+            break;
+        }
+        refreshed = true;
     }
     if (!err)
         r->version = m->version;

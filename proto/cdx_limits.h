@@ -99,6 +99,7 @@
 #define CDX_WRITE_THREADS_MAX 4         /* threads one write spreads its sealing and sgemm over */
 #define CDX_QUERY_THREADS_MAX 64        /* threads one batched query runs on */
 #define CDX_WCACHE_ITEMS_MAX  (1u << 20) /* id-map entries an index's write cache keeps (~110 B each) */
+#define CDX_READ_ATTEMPTS     4 /* reads of a page under a fresh head before ABORTED (a writer outran it) */
 
 /* ---- wire (proto/: frames and request decoding) ---- */
 #define CDX_FRAME_HDR_LEN        4                      /* big-endian body length */

@@ -349,11 +349,80 @@ static void test_delete_under_reader(void)
     fx_ds_free(&s);
 }
 
+/* Commits one upsert (through fx_eng) inside the armed thread's k-th store read, once. */
+struct commit_at {
+    pthread_t who;
+    unsigned k, reads;
+    bool busy, done;
+    const char *name;
+    const eng_item *item;
+};
+
+static void commit_hook(void *arg)
+{
+    struct commit_at *c = arg;
+    if (c->busy || c->done || !pthread_equal(c->who, pthread_self()) || ++c->reads != c->k)
+        return;
+    c->busy = true; /* the upsert's own reads come through here too */
+    fx_upsert(c->name, c->item, 1);
+    c->busy = false;
+    c->done = true;
+}
+
+/*
+ * A commit landing at any point of a list page (the head, manifest or a
+ * bucket read) yields a whole page of one version, never ABORTED: the page
+ * is read again under the new head. The daemon's own maintenance commits
+ * while clients list, so this was an ABORTED (or a leaked bucket) under load.
+ */
+static void test_list_under_commit(void)
+{
+    const size_t d = 8, n0 = 40, extra = 8;
+    fx_dataset s, x;
+    fx_ds_make(&s, n0, d, "l");
+    fx_ds_make(&x, extra, d, "x");
+    char name[64];
+    fx_uniq_name(name, "listmv");
+    eng_index_info info;
+    fx_create(name, d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 0, &info);
+    fx_upsert(name, s.items, n0);
+    char *dir2 = fx_tmpdir_new("engstate5");
+    eng *e2 = fx_engine_open(fx_store, dir2, 0); /* no cache: every page reads the head */
+    unsigned fired = 0;
+    for (unsigned k = 1; k <= extra; k++) {
+        struct commit_at c = {pthread_self(), k, 0, false, false, name, &x.items[k - 1]};
+        eng_store_fault_on_read(fx_store, commit_hook, &c);
+        char **ids = NULL, *next = NULL;
+        size_t *lens = NULL, got = 0;
+        cdx_err err = eng_list_ids(e2, name, NULL, 1000, &ids, &lens, &got, &next);
+        eng_store_fault_on_read(fx_store, NULL, NULL);
+        if (!c.done)
+            fx_upsert(name, c.item, 1); /* the list read fewer than k times: keep the count */
+        fired += c.done;
+        CU_ASSERT_EQUAL(err, CDX_OK);
+        if (err)
+            fprintf(stderr, "read %u: %s\n", k, cdx_err_detail());
+        /* Before or after the commit, never a mix: the whole page of one version. */
+        CU_ASSERT(got == n0 + k - 1 || got == n0 + k);
+        CU_ASSERT_PTR_NULL(next);
+        eng_ids_free(ids, lens, got);
+        free(next);
+    }
+    CU_ASSERT(fired >= 3); /* head, manifest and at least one bucket read were hit */
+    eng_free(e2);
+    fx_rm_rf(dir2);
+    free(dir2);
+    CU_ASSERT_EQUAL(eng_index_delete(fx_eng, name, info.id), CDX_OK);
+    fx_ds_free(&s);
+    fx_ds_free(&x);
+}
+
 static const fx_test tests[] = {
     {"two appliances upserting concurrently", test_two_appliances},
     {"lost tail, version reused by another appliance", test_lost_tail_version_reuse},
     {"sweep while an upsert is paused", test_sweep_vs_paused_upsert},
     {"index deleted while a get holds its entry", test_delete_under_reader},
+    {"a commit at every read of a list page", test_list_under_commit},
 };
 
 int main(void)
