@@ -54,10 +54,10 @@ target_compile_definitions(test_wire_roundtrip
                            PRIVATE CDX_PROTO_FILE="${CMAKE_SOURCE_DIR}/proto/cipherdex.proto")
 # Fuzz targets (tests/fuzz/) on fuzz_main.c, the shared replay driver: the wire layer, filter and
 # metadata JSON, the configuration loader, the record plaintext decoders, the sans-IO RESP reader
-# the Redis store reads bulk fetches with (engine/eng_redis_resp.c). Each writes its seeds and
-# replays them.
+# the Redis store reads bulk fetches with (engine/eng_redis_resp.c), the bounded reply callbacks
+# it gives hiredis' reader (engine/eng_redis_reply.c). Each writes its seeds and replays them.
 # With CDX_LIBFUZZER (./run fuzz) the same targets are libFuzzer binaries instead.
-foreach(target wire filter ini codec resp)
+foreach(target wire filter ini codec resp redis_reply)
   if(CDX_LIBFUZZER)
     add_executable(fuzz_${target} fuzz/fuzz_${target}.c)
     target_compile_definitions(fuzz_${target} PRIVATE CDX_LIBFUZZER)
@@ -73,6 +73,7 @@ endforeach()
 target_link_libraries(fuzz_filter PRIVATE cdx_engine)
 target_link_libraries(fuzz_ini PRIVATE cdx_appconf)
 target_link_libraries(fuzz_codec PRIVATE cdx_engine)
+target_link_libraries(fuzz_redis_reply PRIVATE cdx_engine)
 target_link_libraries(fuzz_wire PRIVATE cdx_wire)
 target_sources(fuzz_resp PRIVATE ${CMAKE_SOURCE_DIR}/engine/eng_redis_resp.c)
 target_include_directories(fuzz_resp PRIVATE ${CMAKE_SOURCE_DIR}/engine)

@@ -18,7 +18,7 @@ set -euo pipefail
 replay="$1" fuzz="$2" out="$3" mode="$4" budget="$5"
 shift 5
 targets=("$@")
-((${#targets[@]})) || targets=(wire resp filter ini codec)
+((${#targets[@]})) || targets=(wire resp filter ini codec redis_reply)
 [[ "$budget" =~ ^[0-9]+$ ]] && ((budget > 0)) || { echo "run_fuzz: bad budget '$budget'" >&2; exit 2; }
 
 mkdir -p "$out"
