@@ -26,60 +26,32 @@
 #include "fx_proc.h"
 #include "fx_redis.h"
 #include "fx_softhsm.h"
+#include "fx_stack.h"
 #include "fx_tmp.h"
 
 #define DIM 4
 
-static char *dir;
-static fx_token *tok;
-static fx_redis *redis;
-static fx_pki *pki;
-static const fx_cert *srv, *admin, *user;
-static char bin[4096], cli_bin[4096], conf[4200], addr[64];
+static fx_stack S = FX_STACK_INIT;
+static const fx_cert *user;
+static char cli_bin[4096];
 static uint16_t http_port;
-static fx_daemon cdxd = FX_DAEMON_INIT;
-
-static void write_conf(void)
-{
-    char text[32768];
-    snprintf(conf, sizeof(conf), "%s/cipherdexd.conf", dir);
-    snprintf(text, sizeof(text),
-             "[server]\nlisten = 127.0.0.1:0\nports_file = %s/ports\n"
-             "tls_cert = %s\ntls_key = %s\nclient_ca = %s\n"
-             "admins = spiffe://test/admin\n"
-             "deployment_id = 00112233445566778899aabbccddee01\nworkers = 2\n"
-             "[hsm]\nmodule = %s\ntoken = pkcs11:token=%s\npin = file:%s\n"
-             "allow_unlocked_memory = yes\n"
-             "[store]\nredis = %s:%d\n[state]\ndir = %s/state\n"
-             "[metrics]\nlisten = 127.0.0.1:0\n[log]\nlevel = warn\n",
-             dir, srv->cert, srv->key, fx_pki_ca(pki, 0), fx_softhsm_module(), fx_token_label(tok),
-             fx_token_pin_file(tok), fx_redis_host(redis), fx_redis_port(redis), dir);
-    FILE *f = fopen(conf, "w");
-    if (f) {
-        fputs(text, f);
-        fclose(f);
-    }
-}
 
 static int daemon_start(void)
 {
-    char ports[4200], m[64];
-    snprintf(ports, sizeof(ports), "%s/ports", dir);
-    unlink(ports);
-    if (fx_daemon_start(&cdxd, bin, conf, tok, 60))
+    if (fx_stack_start(&S))
         return -1;
-    if (fx_daemon_port(ports, "api", addr, sizeof(addr)) ||
-        fx_daemon_port(ports, "metrics", m, sizeof(m)))
-        return -1;
-    const char *colon = strrchr(m, ':');
+    const char *colon = strrchr(S.metrics, ':');
     http_port = colon ? (uint16_t)atoi(colon + 1) : 0;
     return http_port ? 0 : -1;
 }
 
 static app_client *client_as(const fx_cert *c)
 {
-    app_client_opts o = {
-        .addr = addr, .ca = fx_pki_ca(pki, 0), .cert = c->cert, .key = c->key, .timeout_ms = 30000};
+    app_client_opts o = {.addr = S.addr,
+                         .ca = fx_pki_ca(S.pki, 0),
+                         .cert = c->cert,
+                         .key = c->key,
+                         .timeout_ms = 30000};
     app_client *cl = NULL;
     return app_client_connect(&o, &cl) == CDX_OK ? cl : NULL;
 }
@@ -150,7 +122,7 @@ static int redis_copy(const char *src, const char *dst)
 {
     const char *argv[4] = {"COPY", src, dst, "REPLACE"};
     char out[32];
-    int n = fx_redis_command(redis, argv, 4, out, sizeof(out));
+    int n = fx_redis_command(S.redis, argv, 4, out, sizeof(out));
     return n > 0 && !strcmp(out, ":1\r\n") ? 0 : -1;
 }
 
@@ -194,7 +166,7 @@ static int run_cli(const fx_cert *c, const char *args, char *out, size_t cap)
 {
     char cmd[16384];
     snprintf(cmd, sizeof(cmd), "'%s' --addr %s --ca '%s' --cert '%s' --key '%s' %s 2>&1", cli_bin,
-             addr, fx_pki_ca(pki, 0), c->cert, c->key, args);
+             S.addr, fx_pki_ca(S.pki, 0), c->cert, c->key, args);
     FILE *p = popen(cmd, "r");
     if (!p)
         return -1;
@@ -206,7 +178,7 @@ static int run_cli(const fx_cert *c, const char *args, char *out, size_t cap)
 
 static void test_lost_tail_recovered_online(void)
 {
-    app_client *a = client_as(admin), *u = client_as(user);
+    app_client *a = client_as(S.admin), *u = client_as(user);
     CU_ASSERT_FATAL(a && u);
     uint8_t id_a[16], id_b[16];
     CU_ASSERT_EQUAL_FATAL(create_index(a, "rb-a", id_a), CDX_OK);
@@ -216,7 +188,7 @@ static void test_lost_tail_recovered_online(void)
     char *r = healthz();
     CU_ASSERT_PTR_NOT_NULL(strstr(r, "\"status\":\"ok\""));
     free(r);
-    pid_t pid = cdxd.pid;
+    pid_t pid = S.d.pid;
 
     uint64_t lost = 0, kept = lose_tail(u, "rb-a", id_a, &lost);
 
@@ -278,8 +250,8 @@ static void test_lost_tail_recovered_online(void)
     CU_ASSERT_EQUAL(get1(u, "rb-a", "lost0", NULL), -1); /* the lost commit is gone */
     uint64_t after = upsert(u, "rb-a", "c", 1);
     CU_ASSERT(after > kept);
-    CU_ASSERT_EQUAL(cdxd.pid, pid);
-    CU_ASSERT_TRUE(fx_daemon_alive(&cdxd));
+    CU_ASSERT_EQUAL(S.d.pid, pid);
+    CU_ASSERT_TRUE(fx_daemon_alive(&S.d));
     r = healthz();
     CU_ASSERT_PTR_NOT_NULL(strstr(r, "\"status\":\"ok\""));
     CU_ASSERT_PTR_NOT_NULL(strstr(r, "\"indexes_in_rollback\":0"));
@@ -294,7 +266,7 @@ static void test_lost_tail_recovered_online(void)
 
 static void test_cli_accept_rollback(void)
 {
-    app_client *a = client_as(admin), *u = client_as(user);
+    app_client *a = client_as(S.admin), *u = client_as(user);
     CU_ASSERT_FATAL(a && u);
     uint8_t id[16];
     CU_ASSERT_EQUAL_FATAL(create_index(a, "rb-cli", id), CDX_OK);
@@ -314,9 +286,9 @@ static void test_cli_accept_rollback(void)
     snprintf(args, sizeof(args), "index accept-rollback rb-cli --version %" PRIu64, kept);
     CU_ASSERT_NOT_EQUAL(run_cli(user, args, out, sizeof(out)), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "PERMISSION_DENIED"));
-    CU_ASSERT_NOT_EQUAL(run_cli(admin, "index accept-rollback rb-cli", out, sizeof(out)), 0);
+    CU_ASSERT_NOT_EQUAL(run_cli(S.admin, "index accept-rollback rb-cli", out, sizeof(out)), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "--version"));
-    CU_ASSERT_EQUAL(run_cli(admin, args, out, sizeof(out)), 0);
+    CU_ASSERT_EQUAL(run_cli(S.admin, args, out, sizeof(out)), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "accepted rb-cli"));
     CU_ASSERT_EQUAL(get1(u, "rb-cli", "a0", NULL), CDX_OK);
     app_client_free(a);
@@ -325,43 +297,25 @@ static void test_cli_accept_rollback(void)
 
 int main(void)
 {
-    if (fx_daemon_bin(bin, sizeof(bin)))
-        return 1;
+    int rc = 1;
+    if (fx_stack_open(&S, "rollback", NULL)) /* appendonly yes, appendfsync always */
+        goto out;
     snprintf(cli_bin, sizeof(cli_bin), "%s/appliance/cipherdex", getenv("CDX_BIN_DIR"));
-    dir = fx_tmpdir_new("rollback");
-    tok = fx_token_new("rbtok");
-    redis = fx_redis_start(NULL); /* appendonly yes, appendfsync always */
-    char pdir[4200];
-    snprintf(pdir, sizeof(pdir), "%s/pki", dir ? dir : "");
-    pki = dir ? fx_pki_new(pdir) : NULL;
-    if (!dir || !tok || !redis || !pki)
-        return 1;
-    srv = fx_pki_issue(
-        pki,
-        &(fx_cert_opts){.ip = {"127.0.0.1", "::1"}, .dns = {"localhost"}, .eku = FX_EKU_SERVER},
-        "server");
-    admin = fx_pki_issue(pki, &(fx_cert_opts){.uri = "spiffe://test/admin"}, "admin");
-    user = fx_pki_issue(pki, &(fx_cert_opts){.dns = {"app.example.org"}}, "user");
-    if (!srv || !admin || !user)
-        return 1;
-    write_conf();
+    user = fx_pki_issue(S.pki, &(fx_cert_opts){.dns = {"app.example.org"}}, "user");
+    if (!user || fx_stack_write_conf(&S, &(fx_stack_conf){.server = "workers = 2\n"}))
+        goto out;
     if (daemon_start()) {
         fprintf(stderr, "cipherdexd did not start\n");
-        return 1;
+        goto out;
     }
     static const fx_test tests[] = {
         {"lost tail: 101 names the command, list and health report it, accept online",
          test_lost_tail_recovered_online},
         {"cipherdex index list / accept-rollback", test_cli_accept_rollback},
     };
-    int rc = fx_cunit_run1("rollback", tests, FX_LEN(tests));
-    if (fx_daemon_alive(&cdxd) && fx_daemon_stop(&cdxd) != 0 && !rc)
+    rc = fx_cunit_run1("rollback", tests, FX_LEN(tests));
+out:
+    if (fx_stack_close(&S) && !rc)
         rc = 1;
-    fx_daemon_close(&cdxd);
-    fx_redis_stop(redis);
-    fx_token_free(tok);
-    fx_pki_free(pki);
-    fx_rm_rf(dir);
-    free(dir);
     return rc;
 }

@@ -11,7 +11,7 @@
 
 #include "fx_tmp.h"
 
-rel_env R = {.d = FX_DAEMON_INIT};
+rel_env R = {.s = FX_STACK_INIT};
 
 #define GET_CHUNK  500
 #define LIST_CHUNK 1000
@@ -47,94 +47,53 @@ int rel_setup(void)
     const char *full = getenv("CDX_RELIABILITY_FULL");
     const char *seed = getenv("CDX_RELIABILITY_SEED");
     R.full = full && !strcmp(full, "1");
-    R.seed = seed ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL) * 2654435761u + (uint64_t)getpid();
+    R.seed =
+        seed ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL) * 2654435761u + (uint64_t)getpid();
     if (!R.seed)
         R.seed = 1;
     printf("reliability: %s mode, seed %llu (CDX_RELIABILITY_SEED reproduces the fault timing)\n",
            R.full ? "full" : "short", (unsigned long long)R.seed);
-    if (fx_daemon_bin(R.bin, sizeof(R.bin)))
-        return -1;
-    R.dir = fx_tmpdir_new("reliab");
-    R.tok = fx_token_new("reltok");
     /* appendfsync always: the setting under which no acknowledged write may be lost (F1). */
     fx_redis_opts ro = {.appendonly = 1, .appendfsync = "always"};
-    R.redis = fx_redis_start(&ro);
-    char pdir[4200];
-    snprintf(pdir, sizeof(pdir), "%s/pki", R.dir ? R.dir : "");
-    R.pki = R.dir ? fx_pki_new(pdir) : NULL;
-    if (!R.dir || !R.tok || !R.redis || !R.pki)
-        return -1;
-    R.srv = fx_pki_issue(
-        R.pki,
-        &(fx_cert_opts){.ip = {"127.0.0.1", "::1"}, .dns = {"localhost"}, .eku = FX_EKU_SERVER},
-        "server");
-    R.admin = fx_pki_issue(R.pki, &(fx_cert_opts){.uri = "spiffe://test/admin"}, "admin");
-    snprintf(R.ports, sizeof(R.ports), "%s/ports", R.dir);
-    return R.srv && R.admin ? 0 : -1;
+    return fx_stack_open(&R.s, "reliab", &ro);
 }
 
 void rel_teardown(void)
 {
-    if (fx_daemon_alive(&R.d))
-        fx_daemon_stop(&R.d);
-    fx_daemon_close(&R.d);
-    fx_redis_stop(R.redis);
-    fx_token_free(R.tok);
-    fx_pki_free(R.pki);
-    if (R.dir)
-        fx_rm_rf(R.dir);
-    free(R.dir);
+    (void)fx_stack_close(&R.s); /* each part checks its own stop */
 }
 
 int rel_write_conf(const rel_conf *c)
 {
-    char text[16384];
-    snprintf(R.conf, sizeof(R.conf), "%s/cipherdexd.conf", R.dir);
-    int n = snprintf(
-        text, sizeof(text),
-        "[server]\nlisten = 127.0.0.1:0\nports_file = %s\n"
-        "tls_cert = %s\ntls_key = %s\nclient_ca = %s\n"
-        "admins = spiffe://test/admin\n"
-        "deployment_id = 00112233445566778899aabbccddeef0\nworkers = 4\n%s"
-        "[hsm]\nmodule = %s\ntoken = pkcs11:token=%s\npin = file:%s\n"
-        "allow_unlocked_memory = yes\n"
-        "[store]\nredis = %s:%d\n[state]\ndir = %s/state\n"
-        "[cache]\nbytes = 64M\n[metrics]\nlisten = 127.0.0.1:0\n[log]\nlevel = warn\n%s",
-        R.ports, R.srv->cert, R.srv->key, fx_pki_ca(R.pki, 0),
-        c && c->server_extra ? c->server_extra : "",
-        c && c->module ? c->module : fx_softhsm_module(), fx_token_label(R.tok),
-        fx_token_pin_file(R.tok), fx_redis_host(R.redis), fx_redis_port(R.redis), R.dir,
-        c && c->sections ? c->sections : "");
-    if (n < 0 || (size_t)n >= sizeof(text))
+    char server[1024], sections[4096];
+    int n = snprintf(server, sizeof(server), "workers = 4\n%s", c && c->server ? c->server : "");
+    int m = snprintf(sections, sizeof(sections), "[cache]\nbytes = 64M\n%s",
+                     c && c->sections ? c->sections : "");
+    if (n < 0 || (size_t)n >= sizeof(server) || m < 0 || (size_t)m >= sizeof(sections))
         return -1;
-    FILE *f = fopen(R.conf, "w");
-    if (!f)
-        return -1;
-    fputs(text, f);
-    return fclose(f) ? -1 : 0;
+    fx_stack_conf sc = {.server = server,
+                        .module = c ? c->module : NULL,
+                        .store = c ? c->store : NULL,
+                        .sections = sections};
+    return fx_stack_write_conf(&R.s, &sc);
 }
 
 int rel_daemon_start(double *ms)
 {
     double t0 = rel_now_ms();
-    unlink(R.ports);
-    if (fx_daemon_start(&R.d, R.bin, R.conf, R.tok, 60))
+    if (fx_stack_start(&R.s))
         return -1;
     if (ms)
         *ms = rel_now_ms() - t0;
-    R.addr[0] = R.metrics[0] = '\0';
-    if (fx_daemon_port(R.ports, "api", R.addr, sizeof(R.addr)) || !R.addr[0])
-        return -1;
-    (void)fx_daemon_port(R.ports, "metrics", R.metrics, sizeof(R.metrics));
     return 0;
 }
 
 app_client *rel_client(uint32_t timeout_ms, cdx_err *err)
 {
-    app_client_opts o = {.addr = R.addr,
-                         .ca = fx_pki_ca(R.pki, 0),
-                         .cert = R.admin->cert,
-                         .key = R.admin->key,
+    app_client_opts o = {.addr = R.s.addr,
+                         .ca = fx_pki_ca(R.s.pki, 0),
+                         .cert = R.s.admin->cert,
+                         .key = R.s.admin->key,
                          .timeout_ms = timeout_ms};
     app_client *c = NULL;
     cdx_err e = app_client_connect(&o, &c);

@@ -20,36 +20,28 @@
 #include "fx_pki.h"
 #include "fx_redis.h"
 #include "fx_softhsm.h"
+#include "fx_stack.h"
 
 #define REL_DIM 4
 
 typedef struct rel_env {
-    bool full; /* CDX_RELIABILITY_FULL=1 */
-    char *dir;
-    fx_token *tok;
-    fx_redis *redis;
-    fx_pki *pki;
-    const fx_cert *srv, *admin;
-    char bin[4096], conf[4200], ports[4200];
-    char addr[64], metrics[64]; /* from the ports file of the running daemon */
-    fx_daemon d;
+    bool full;  /* CDX_RELIABILITY_FULL=1 */
+    fx_stack s; /* token, redis-server (appendfsync always), PKI, cipherdexd */
     uint64_t seed;
 } rel_env;
 
 extern rel_env R;
 
-/* Daemon configuration: NULL fields take the defaults (SoftHSM, nothing extra). */
-typedef struct rel_conf {
-    const char *module;       /* PKCS#11 module [fx_softhsm_module()] */
-    const char *server_extra; /* more "key = value\n" lines for [server] */
-    const char *sections;     /* whole sections appended at the end ("[keys]\n...") */
-} rel_conf;
+/* Daemon configuration: what a part adds to the stack's (fx_stack_conf; NULL fields add nothing).
+ */
+typedef fx_stack_conf rel_conf;
 
 /* Fixtures for one part; 0 or -1. rel_teardown stops everything. */
 int rel_setup(void);
 void rel_teardown(void);
 
-/* Write R.conf; start the daemon (fills R.addr, R.metrics); 0 or -1. Milliseconds taken in *ms. */
+/* Write R.s.conf; start the daemon (fills R.s.addr, R.s.metrics); 0 or -1. Milliseconds taken in
+ * *ms. */
 int rel_write_conf(const rel_conf *c);
 int rel_daemon_start(double *ms);
 
@@ -60,7 +52,7 @@ void rel_pause_ms(double ms);
 /* xorshift on R.seed. */
 uint64_t rel_rand(void);
 
-/* A client of R.addr as admin (timeout_ms per I/O); NULL with the error in *err. */
+/* A client of R.s.addr as admin (timeout_ms per I/O); NULL with the error in *err. */
 app_client *rel_client(uint32_t timeout_ms, cdx_err *err);
 /* Connect and answer a health call, retried until deadline_ms (rel_now_ms) passes. */
 app_client *rel_client_wait(double deadline_ms);

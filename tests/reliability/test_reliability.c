@@ -107,7 +107,7 @@ static void test_daemon_kill(void)
             if (j == pre) {
                 rel_pause_ms((double)(rel_rand() % 15000) / 1000.0); /* 0-15 ms into the upsert */
                 kill_at = rel_now_ms();
-                CU_ASSERT_FATAL(fx_daemon_kill9(&R.d) == 0);
+                CU_ASSERT_FATAL(fx_daemon_kill9(&R.s.d) == 0);
             }
             wire_response *w = NULL;
             if (!e)
@@ -173,7 +173,7 @@ static void test_daemon_kill(void)
     CU_ASSERT_EQUAL(verify_failed, 0);
     CU_ASSERT(acked_batches >= (unsigned long)kills);
     rel_model_free(m, nids);
-    CU_ASSERT_EQUAL(fx_daemon_stop(&R.d), 0);
+    CU_ASSERT_EQUAL(fx_daemon_stop(&R.s.d), 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -181,9 +181,9 @@ static void test_daemon_kill(void)
 /* ------------------------------------------------------------------------ */
 
 /* After a Redis restart: read everything back once the daemon serves again (polled). */
-static int verify_when_served(app_client *c, const char *index, rel_id *m, size_t n,
-                              rel_check *ck, int *mismatch, double *recovery_ms,
-                              unsigned long *errs, unsigned long *rollbacks)
+static int verify_when_served(app_client *c, const char *index, rel_id *m, size_t n, rel_check *ck,
+                              int *mismatch, double *recovery_ms, unsigned long *errs,
+                              unsigned long *rollbacks)
 {
     double t0 = rel_now_ms(), deadline = t0 + 60000;
     for (;;) {
@@ -238,10 +238,10 @@ static void test_redis_kill(void)
             if (!e)
                 e = app_client_recv(c, &w);
             rel_pause_ms(k % 2 ? 20 : 0);
-            CU_ASSERT_FATAL(fx_redis_kill9_restart(R.redis) == 0);
+            CU_ASSERT_FATAL(fx_redis_kill9_restart(R.s.redis) == 0);
         } else {
             rel_pause_ms((double)(rel_rand() % 20000) / 1000.0);
-            CU_ASSERT_FATAL(fx_redis_kill9_restart(R.redis) == 0);
+            CU_ASSERT_FATAL(fx_redis_kill9_restart(R.s.redis) == 0);
             if (!e)
                 e = app_client_recv(c, &w);
         }
@@ -278,8 +278,8 @@ static void test_redis_kill(void)
     char hist[512];
     rel_hist_text(errs, hist, sizeof(hist));
     size_t lost = ck.lost + ck.stale + ck.resurrected;
-    bool pass = lost == 0 && ck.corrupt == 0 && ck.partial == 0 && !rollbacks && !unserved &&
-                !mismatch;
+    bool pass =
+        lost == 0 && ck.corrupt == 0 && ck.partial == 0 && !rollbacks && !unserved && !mismatch;
     rel_result("part=redis_kill\ttest=kill -9 redis-server (appendfsync always): %d right after an "
                "acknowledged commit (0 / 20 ms), %d at random moments\truns=1\t"
                "faults=%d kills + restart\tacked=%lu commits / %lu item writes\tlost=%zu\t"
@@ -296,7 +296,7 @@ static void test_redis_kill(void)
     CU_ASSERT_EQUAL(unserved, 0);
     CU_ASSERT_EQUAL(mismatch, 0);
     rel_model_free(m, nids);
-    CU_ASSERT_EQUAL(fx_daemon_stop(&R.d), 0);
+    CU_ASSERT_EQUAL(fx_daemon_stop(&R.s.d), 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -310,8 +310,7 @@ static void test_redis_kill(void)
 static bool token_query_ok;
 
 /* One operation of the rotation: get, upsert (ids 0..49), query. */
-static cdx_err token_op(app_client *c, int k, rel_id *m, uint32_t *tag, bool *wrote,
-                        uint32_t *ids)
+static cdx_err token_op(app_client *c, int k, rel_id *m, uint32_t *tag, bool *wrote, uint32_t *ids)
 {
     wire_response *w = NULL;
     cdx_err e;
@@ -356,7 +355,7 @@ static void test_token(void)
     char fault[4300];
 
     CU_ASSERT_FATAL(m && wrap != NULL);
-    snprintf(fault, sizeof(fault), "%s/token-removed", R.dir);
+    snprintf(fault, sizeof(fault), "%s/token-removed", R.s.dir);
     unlink(fault);
     setenv("P11WRAP_MODULE", fx_softhsm_module(), 1);
     setenv("P11WRAP_FAULT_FILE", fault, 1); /* inherited by the daemon, read by the wrapper */
@@ -479,7 +478,7 @@ static void test_token(void)
     CU_ASSERT_EQUAL(ck.corrupt, 0);
     rel_model_free(m, 50);
     unsetenv("P11WRAP_FAULT_FILE");
-    CU_ASSERT_EQUAL(fx_daemon_stop(&R.d), 0);
+    CU_ASSERT_EQUAL(fx_daemon_stop(&R.s.d), 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -616,8 +615,7 @@ static void test_concurrency(void)
     CU_ASSERT_EQUAL_FATAL(rel_create_index(c, "kc"), CDX_OK);
     double deadline = rel_now_ms() + secs * 1000;
     for (int k = 0; k < nthreads; k++) {
-        th[k] = (conc_thread){.k = k, .deadline = deadline, .tags = &tags,
-                              .seed = rel_rand() | 1};
+        th[k] = (conc_thread){.k = k, .deadline = deadline, .tags = &tags, .seed = rel_rand() | 1};
         CU_ASSERT_FATAL(pthread_create(&th[k].th, NULL, conc_main, &th[k]) == 0);
     }
     for (int k = 0; k < nthreads; k++)
@@ -684,17 +682,17 @@ static void test_concurrency(void)
     free(th);
     free(commits);
     rel_model_free(m, CONC_IDS);
-    CU_ASSERT_EQUAL(fx_daemon_stop(&R.d), 0);
+    CU_ASSERT_EQUAL(fx_daemon_stop(&R.s.d), 0);
 }
 
 /* ------------------------------------------------------------------------ */
 /* e. hostile clients                                                        */
 /* ------------------------------------------------------------------------ */
 
-#define HOSTILE_ITEMS        64
-#define HOSTILE_CONTENTS     (64u * 1024u) /* a get of all items answers ~4 MiB */
-#define HOSTILE_PIPELINE     16
-#define HOSTILE_HIGH_WATER   "8M"
+#define HOSTILE_ITEMS         64
+#define HOSTILE_CONTENTS      (64u * 1024u) /* a get of all items answers ~4 MiB */
+#define HOSTILE_PIPELINE      16
+#define HOSTILE_HIGH_WATER    "8M"
 #define HOSTILE_PER_CLIENT_MB 48 /* high water + a few answers in flight */
 /* Under ASan freed memory sits in a quarantine (256 MiB by default), so RSS says little about
  * what the daemon holds: the figure is reported, not asserted. */
@@ -716,7 +714,7 @@ static int flood(int *fds, int n)
     struct sockaddr_in src = {.sin_family = AF_INET}, dst = {.sin_family = AF_INET};
     inet_pton(AF_INET, "127.0.0.2", &src.sin_addr);
     inet_pton(AF_INET, "127.0.0.1", &dst.sin_addr);
-    dst.sin_port = htons(port_of(R.addr));
+    dst.sin_port = htons(port_of(R.s.addr));
     int got = 0;
     for (int i = 0; i < n; i++) {
         /* Non-blocking: past the listen backlog a connect would wait for SYN retries. */
@@ -724,8 +722,7 @@ static int flood(int *fds, int n)
         if (fds[i] < 0)
             break;
         if (bind(fds[i], (struct sockaddr *)&src, sizeof(src)) != 0 ||
-            (connect(fds[i], (struct sockaddr *)&dst, sizeof(dst)) != 0 &&
-             errno != EINPROGRESS)) {
+            (connect(fds[i], (struct sockaddr *)&dst, sizeof(dst)) != 0 && errno != EINPROGRESS)) {
             close(fds[i]);
             fds[i] = -1;
             continue;
@@ -759,7 +756,7 @@ static int wait_accepted(int base, int want)
     int last = base;
     while (rel_now_ms() < until && rel_now_ms() - still < 2000 && last - base < want) {
         rel_pause_ms(20);
-        int n = count_fds(R.d.pid);
+        int n = count_fds(R.s.d.pid);
         if (n > last) {
             last = n;
             still = rel_now_ms();
@@ -770,9 +767,9 @@ static int wait_accepted(int base, int want)
 
 static bool healthz_ok(void)
 {
-    if (!R.metrics[0])
+    if (!R.s.metrics[0])
         return false;
-    char *r = fx_http(AF_INET, port_of(R.metrics), "GET /healthz HTTP/1.0\r\n\r\n");
+    char *r = fx_http(AF_INET, port_of(R.s.metrics), "GET /healthz HTTP/1.0\r\n\r\n");
     bool ok = r && strstr(r, " 200 ") != NULL;
     free(r);
     return ok;
@@ -803,7 +800,7 @@ static void test_hostile(void)
              "max_connections = %d\nhandshake_timeout_ms = 10000\noutput_high_water = %s\n"
              "max_frame_bytes = 16M\n",
              cap, HOSTILE_HIGH_WATER);
-    rel_conf rc = {.server_extra = server_extra};
+    rel_conf rc = {.server = server_extra};
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)(cap + extra + 256)) {
         rl.rlim_cur = rl.rlim_max;
@@ -814,7 +811,7 @@ static void test_hostile(void)
     /* 1. An unauthenticated flood past the connection cap. */
     int *fds = calloc((size_t)(cap + extra), sizeof(int));
     CU_ASSERT_FATAL(fds != NULL);
-    int fds0 = count_fds(R.d.pid);
+    int fds0 = count_fds(R.s.d.pid);
     double t0 = rel_now_ms();
     int opened = flood(fds, cap + extra);
     int held = wait_accepted(fds0, opened < cap ? opened : cap);
@@ -859,7 +856,7 @@ static void test_hostile(void)
         rel_id_name((uint32_t)i, nbuf[i], sizeof(nbuf[i]));
         names[i] = nbuf[i];
     }
-    long rss0 = rel_rss_kib(R.d.pid, "VmRSS");
+    long rss0 = rel_rss_kib(R.s.d.pid, "VmRSS");
     app_client **nr = calloc((size_t)nonreaders, sizeof(*nr));
     CU_ASSERT_FATAL(nr != NULL);
     ProtobufCBinaryData idb[HOSTILE_ITEMS];
@@ -887,7 +884,7 @@ static void test_hostile(void)
     double still_since = rel_now_ms(), until = rel_now_ms() + (R.full ? 20000 : 10000);
     while (rel_now_ms() < until && rel_now_ms() - still_since < 1000) {
         rel_pause_ms(100); /* a sampling period, not synchronisation */
-        long r = rel_rss_kib(R.d.pid, "VmRSS");
+        long r = rel_rss_kib(R.s.d.pid, "VmRSS");
         if (r > peak)
             peak = r;
         if (r > last + 1024) {
@@ -919,31 +916,33 @@ static void test_hostile(void)
                nonreaders, HOSTILE_PIPELINE, HOSTILE_ITEMS * HOSTILE_CONTENTS >> 20,
                HOSTILE_HIGH_WATER, sent, rss0 / 1024, peak / 1024, per_client_mb,
                HOSTILE_PER_CLIENT_MB, others_ok ? "served" : "NOT served", others_ms,
-               !pass_mem ? "FAIL (F4)" : HOSTILE_RSS_ASSERTED ? "PASS" : "PASS (RSS not asserted under ASan)");
-    CU_ASSERT(tls_ok);         /* F5: unauthenticated sockets must not lock clients out */
-    CU_ASSERT(hz_ok);          /* F6: /healthz at the cap */
+               !pass_mem              ? "FAIL (F4)"
+               : HOSTILE_RSS_ASSERTED ? "PASS"
+                                      : "PASS (RSS not asserted under ASan)");
+    CU_ASSERT(tls_ok); /* F5: unauthenticated sockets must not lock clients out */
+    CU_ASSERT(hz_ok);  /* F6: /healthz at the cap */
     CU_ASSERT(after_ok);
     CU_ASSERT(others_ok);
     CU_ASSERT(per_client_mb <= HOSTILE_PER_CLIENT_MB || !HOSTILE_RSS_ASSERTED); /* F4 */
-    CU_ASSERT(fx_daemon_alive(&R.d));
-    CU_ASSERT_EQUAL(fx_daemon_stop(&R.d), 0);
+    CU_ASSERT(fx_daemon_alive(&R.s.d));
+    CU_ASSERT_EQUAL(fx_daemon_stop(&R.s.d), 0);
 }
 
 /* ------------------------------------------------------------------------ */
 /* f. store growth under sustained overwrite                                 */
 /* ------------------------------------------------------------------------ */
 
-#define GROWTH_IDS     100
-#define GROWTH_FACTOR  3
-#define GROWTH_GRACE   (1024 * 1024) /* bytes: what one grace window of writes may hold */
-#define GROWTH_GRACE_MS_S "1000"      /* [engine] gc_grace_ms of this part */
+#define GROWTH_IDS        100
+#define GROWTH_FACTOR     3
+#define GROWTH_GRACE      (1024 * 1024) /* bytes: what one grace window of writes may hold */
+#define GROWTH_GRACE_MS_S "1000"        /* [engine] gc_grace_ms of this part */
 
 /* Redis INFO memory used_memory, -1 on error. */
 static long long redis_used(void)
 {
     char out[8192];
     const char *argv[] = {"INFO", "memory"};
-    if (fx_redis_command(R.redis, argv, 2, out, sizeof(out)) < 0)
+    if (fx_redis_command(R.s.redis, argv, 2, out, sizeof(out)) < 0)
         return -1;
     const char *p = strstr(out, "used_memory:");
     return p ? atoll(p + 12) : -1;
@@ -953,7 +952,7 @@ static long long redis_dbsize(void)
 {
     char out[64];
     const char *argv[] = {"DBSIZE"};
-    if (fx_redis_command(R.redis, argv, 1, out, sizeof(out)) < 0 || out[0] != ':')
+    if (fx_redis_command(R.s.redis, argv, 1, out, sizeof(out)) < 0 || out[0] != ':')
         return -1;
     return atoll(out + 1);
 }
@@ -1006,15 +1005,14 @@ static void test_growth(void)
                keys1, keys2, pass ? "PASS" : "FAIL (F3)");
     CU_ASSERT(live > 0);
     CU_ASSERT(final <= limit); /* F3: needs sweep and compaction run by the daemon (wt-gc) */
-    CU_ASSERT_EQUAL(fx_daemon_stop(&R.d), 0);
+    CU_ASSERT_EQUAL(fx_daemon_stop(&R.s.d), 0);
 }
 
 /* ------------------------------------------------------------------------ */
 
 static const fx_test parts[] = {
-    {"daemon_kill", test_daemon_kill}, {"redis_kill", test_redis_kill},
-    {"token", test_token},             {"concurrency", test_concurrency},
-    {"hostile", test_hostile},         {"growth", test_growth},
+    {"daemon_kill", test_daemon_kill}, {"redis_kill", test_redis_kill}, {"token", test_token},
+    {"concurrency", test_concurrency}, {"hostile", test_hostile},       {"growth", test_growth},
 };
 
 int main(int argc, char **argv)
