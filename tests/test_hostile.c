@@ -239,7 +239,11 @@ static void test_get_amplification(void)
            FRAME_CAP / 1024);
     /* The hits stop at the cap (8 MiB), the packed frame is never built: well under 3 caps,
      * where building everything costs BIG_N x BIG_LEN = 80 MiB. */
-    CU_ASSERT(!RSS_CHECKED || (grew >= 0 && grew < 3 * FRAME_CAP / 1024));
+    /* The peak may sit below the RSS read before the get: the allocator can return memory of
+     * the earlier answer in between (seen: -96 KiB). Only the figures' existence and the upper
+     * bound say something. */
+    CU_ASSERT(hwm1 > 0 && (reset ? rss0 : hwm0) > 0);
+    CU_ASSERT(!RSS_CHECKED || grew < 3 * FRAME_CAP / 1024);
     /* And the connection still works. */
     CU_ASSERT_EQUAL(call(app_client_health(c, &w)), CDX_OK);
     wire_response_free(w);
@@ -322,11 +326,14 @@ static void test_query_amplification(void)
     cdx_err e = call(app_client_query(c, "meta", &qs, &w));
     CU_ASSERT_EQUAL(e, CDX_ERR_RESOURCE_EXHAUSTED);
     wire_response_free(w);
-    long grew = daemon_kib("VmHWM") - (reset ? rss0 : hwm0);
+    long hwm1 = daemon_kib("VmHWM");
+    long grew = hwm1 - (reset ? rss0 : hwm0);
     printf("\n    query of %d vectors x top_k %d with metadata: %s; daemon peak %ld KiB above "
            "the RSS before it ",
            NQ, META_K, cdx_err_name(e), grew);
-    CU_ASSERT(!RSS_CHECKED || (grew >= 0 && grew < 3 * FRAME_CAP / 1024));
+    /* As for the get: the peak may sit below the RSS read before the query. */
+    CU_ASSERT(hwm1 > 0 && (reset ? rss0 : hwm0) > 0);
+    CU_ASSERT(!RSS_CHECKED || grew < 3 * FRAME_CAP / 1024);
     free(q);
     app_client_free(c);
 }
