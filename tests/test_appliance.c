@@ -30,65 +30,44 @@
 #include "fx_proc.h"
 #include "fx_redis.h"
 #include "fx_softhsm.h"
+#include "fx_stack.h"
 #include "fx_tmp.h"
 #include "fx_cunit.h"
 #include "fx_daemon.h"
 
-static char *dir;
-static fx_token *tok;
-static fx_redis *redis;
-static fx_pki *pki;
-static const fx_cert *srv, *admin, *user, *other_ca, *revoked, *no_eku, *server_only;
-static char bin[4096], conf[4200], addr[64], crl_path[4096];
-static fx_daemon cdxd = FX_DAEMON_INIT;
-static pid_t daemon_pid; /* cdxd.pid and cdxd.notify_fd, as the tests use them */
+static fx_stack S = FX_STACK_INIT;
+static const fx_cert *user, *other_ca, *revoked, *no_eku, *server_only;
+static char crl_path[4096];
+static pid_t daemon_pid; /* S.d.pid and S.d.notify_fd, as the tests use them */
 static int notify_fd = -1;
 #define DIM 8
 
 /* ---- daemon process ---- */
 
-static void write_conf(void)
+static int write_conf(void)
 {
-    char text[16384];
-    snprintf(conf, sizeof(conf), "%s/cipherdexd.conf", dir);
-    snprintf(text, sizeof(text),
-             "[server]\nlisten = 127.0.0.1:0\nports_file = %s/ports\n"
-             "tls_cert = %s\ntls_key = %s\nclient_ca = %s\ncrl = %s\n"
-             "admins = spiffe://test/admin\n"
-             "deployment_id = 00112233445566778899aabbccddeef0\nworkers = 4\n"
-             "max_frame_bytes = 8M\ninflight_bytes = 64M\n"
-             "handshake_timeout_ms = 1500\nidle_timeout_s = 3\nmin_recv_bytes_per_s = 1024\n"
-             "[hsm]\nmodule = %s\ntoken = pkcs11:token=%s\npin = file:%s\n"
-             "allow_unlocked_memory = yes\n"
-             "[store]\nredis = %s:%d\n[state]\ndir = %s/state\n"
-             "[cache]\nbytes = 64M\n[metrics]\nlisten = 127.0.0.1:0\n[log]\nlevel = warn\n",
-             dir, srv->cert, srv->key, fx_pki_ca(pki, 0), crl_path, fx_softhsm_module(),
-             fx_token_label(tok), fx_token_pin_file(tok), fx_redis_host(redis),
-             fx_redis_port(redis), dir);
-    FILE *f = fopen(conf, "w");
-    fputs(text, f);
-    fclose(f);
+    char server[5000];
+    snprintf(server, sizeof(server),
+             "crl = %s\nworkers = 4\nmax_frame_bytes = 8M\ninflight_bytes = 64M\n"
+             "handshake_timeout_ms = 1500\nidle_timeout_s = 3\nmin_recv_bytes_per_s = 1024\n",
+             crl_path);
+    return fx_stack_write_conf(
+        &S, &(fx_stack_conf){.server = server, .sections = "[cache]\nbytes = 64M\n"});
 }
 
-/* Start cipherdexd and wait for READY=1 on our notify socket; fills addr. */
+/* Start cipherdexd and wait for READY=1 on our notify socket; fills S.addr. */
 static int daemon_start(void)
 {
-    char ports[4200];
-    snprintf(ports, sizeof(ports), "%s/ports", dir);
-    unlink(ports);
-    int rc = fx_daemon_start(&cdxd, bin, conf, tok, 60);
-    daemon_pid = cdxd.pid;
-    notify_fd = cdxd.notify_fd;
-    if (rc)
-        return -1;
-    addr[0] = '\0';
-    return fx_daemon_port(ports, "api", addr, sizeof(addr)) == 0 && addr[0] ? 0 : -1;
+    int rc = fx_stack_start(&S);
+    daemon_pid = S.d.pid;
+    notify_fd = S.d.notify_fd;
+    return rc;
 }
 
 /* SIGTERM, wait for the exit; returns the exit status (or -1). */
 static int daemon_stop(void)
 {
-    return fx_daemon_stop(&cdxd);
+    return fx_daemon_stop(&S.d);
 }
 
 /* The daemon's peak resident set (VmHWM) in KiB. */
@@ -108,15 +87,15 @@ static long daemon_hwm_kib(void)
 
 static bool daemon_alive(void)
 {
-    return fx_daemon_alive(&cdxd);
+    return fx_daemon_alive(&S.d);
 }
 
 /* ---- clients ---- */
 
 static app_client *client_as(const fx_cert *c, cdx_err *err)
 {
-    app_client_opts o = {.addr = addr,
-                         .ca = fx_pki_ca(pki, 0),
+    app_client_opts o = {.addr = S.addr,
+                         .ca = fx_pki_ca(S.pki, 0),
                          .cert = c ? c->cert : NULL,
                          .key = c ? c->key : NULL,
                          .timeout_ms = 30000};
@@ -229,7 +208,7 @@ static void free_ids(char **ids, size_t n)
 
 static void test_lifecycle(void)
 {
-    app_client *a = client_as(admin, NULL), *u = client_as(user, NULL);
+    app_client *a = client_as(S.admin, NULL), *u = client_as(user, NULL);
     CU_ASSERT_FATAL(a && u);
     /* A non-admin principal cannot create, train or delete. */
     CU_ASSERT_EQUAL(create_index(u, "life"), CDX_ERR_PERMISSION_DENIED);
@@ -283,14 +262,14 @@ static void test_lifecycle(void)
 
 static void test_refused_certificates(void)
 {
-    CU_ASSERT_FALSE(refused(admin));
+    CU_ASSERT_FALSE(refused(S.admin));
     CU_ASSERT(refused(NULL));        /* no client certificate */
     CU_ASSERT(refused(other_ca));    /* a certificate from another CA */
     CU_ASSERT(refused(revoked));     /* listed in the CRL */
     CU_ASSERT(refused(no_eku));      /* no extended key usage at all */
     CU_ASSERT(refused(server_only)); /* serverAuth, not clientAuth */
     CU_ASSERT(daemon_alive());
-    CU_ASSERT_FALSE(refused(admin)); /* and it still serves */
+    CU_ASSERT_FALSE(refused(S.admin)); /* and it still serves */
 }
 
 /* A raw TLS connection as admin, for bytes no well-behaved client would send. */
@@ -304,9 +283,9 @@ static int raw_open(raw *r)
 {
     memset(r, 0, sizeof(*r));
     char host[64];
-    snprintf(host, sizeof(host), "%.*s", (int)strcspn(addr, ":"), addr);
+    snprintf(host, sizeof(host), "%.*s", (int)strcspn(S.addr, ":"), S.addr);
     struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)atoi(strchr(addr, ':') + 1))};
+                             .sin_port = htons((uint16_t)atoi(strchr(S.addr, ':') + 1))};
     inet_pton(AF_INET, host, &sa.sin_addr);
     r->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (connect(r->fd, (struct sockaddr *)&sa, sizeof(sa)))
@@ -314,9 +293,9 @@ static int raw_open(raw *r)
     struct timeval tv = {.tv_sec = 20};
     setsockopt(r->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     r->ctx = SSL_CTX_new(TLS_client_method());
-    SSL_CTX_load_verify_locations(r->ctx, fx_pki_ca(pki, 0), NULL);
-    SSL_CTX_use_certificate_chain_file(r->ctx, admin->cert);
-    SSL_CTX_use_PrivateKey_file(r->ctx, admin->key, SSL_FILETYPE_PEM);
+    SSL_CTX_load_verify_locations(r->ctx, fx_pki_ca(S.pki, 0), NULL);
+    SSL_CTX_use_certificate_chain_file(r->ctx, S.admin->cert);
+    SSL_CTX_use_PrivateKey_file(r->ctx, S.admin->key, SSL_FILETYPE_PEM);
     r->ssl = SSL_new(r->ctx);
     SSL_set_fd(r->ssl, r->fd);
     return SSL_connect(r->ssl) == 1 ? 0 : -1;
@@ -464,7 +443,7 @@ static void test_malformed_wire(void)
     /* Plain garbage instead of a TLS handshake. */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)atoi(strchr(addr, ':') + 1)),
+                             .sin_port = htons((uint16_t)atoi(strchr(S.addr, ':') + 1)),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (!connect(fd, (struct sockaddr *)&sa, sizeof(sa)) &&
         write(fd, "GET / HTTP/1.0\r\n\r\n", 18) > 0) {
@@ -477,7 +456,7 @@ static void test_malformed_wire(void)
     close(fd);
     /* Through all of it, the daemon kept serving. */
     CU_ASSERT(daemon_alive());
-    CU_ASSERT_FALSE(refused(admin));
+    CU_ASSERT_FALSE(refused(S.admin));
 }
 
 /* Seconds until the server closes fd (read returns 0 or an error), at most limit_s. */
@@ -506,7 +485,7 @@ static void test_timeouts(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)atoi(strchr(addr, ':') + 1)),
+                             .sin_port = htons((uint16_t)atoi(strchr(S.addr, ':') + 1)),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     CU_ASSERT_FATAL(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
     double t = seconds_until_closed(fd, 20);
@@ -549,7 +528,7 @@ static void *worker(void *p)
 {
     worker_arg *a = p;
     cdx_err e;
-    app_client *c = client_as(a->k % 2 ? user : admin, &e);
+    app_client *c = client_as(a->k % 2 ? user : S.admin, &e);
     if (!c) {
         atomic_fetch_add(a->errors, 1);
         return NULL;
@@ -584,7 +563,7 @@ static void *worker(void *p)
 
 static void test_concurrent_clients(void)
 {
-    app_client *a = client_as(admin, NULL);
+    app_client *a = client_as(S.admin, NULL);
     CU_ASSERT_FATAL(a != NULL);
     CU_ASSERT_EQUAL_FATAL(create_index(a, "busy"), CDX_OK);
     enum { W = 16 };
@@ -601,7 +580,7 @@ static void test_concurrent_clients(void)
     /* `a` sat idle while the workers ran; on a slow host (sanitizers, load) that can exceed
      * idle_timeout_s and the daemon rightly closed it: count over a fresh connection. */
     app_client_free(a);
-    a = client_as(admin, NULL);
+    a = client_as(S.admin, NULL);
     CU_ASSERT_FATAL(a != NULL);
     /* Exactly the even ids of every worker: nothing lost, nothing duplicated. */
     char **ids;
@@ -629,7 +608,7 @@ typedef struct loader {
 static void *load(void *p)
 {
     loader *l = p;
-    app_client *c = client_as(admin, NULL);
+    app_client *c = client_as(S.admin, NULL);
     if (!c)
         return NULL;
     for (long b = 0; !atomic_load(&l->stop); b++) {
@@ -643,7 +622,7 @@ static void *load(void *p)
 
 static void test_restart_and_sigterm(void)
 {
-    app_client *a = client_as(admin, NULL);
+    app_client *a = client_as(S.admin, NULL);
     CU_ASSERT_FATAL(a != NULL);
     CU_ASSERT_EQUAL_FATAL(create_index(a, "durable"), CDX_OK);
     app_client_free(a);
@@ -660,7 +639,7 @@ static void test_restart_and_sigterm(void)
     long acked = atomic_load(&l.acked);
     /* Restart on the same token and Redis: every acknowledged item is there. */
     CU_ASSERT_FATAL(daemon_start() == 0);
-    a = client_as(admin, NULL);
+    a = client_as(S.admin, NULL);
     CU_ASSERT_FATAL(a != NULL);
     char **ids;
     size_t n = list_all(a, "durable", &ids);
@@ -676,49 +655,38 @@ static void test_crl_reload(void)
 {
     CU_ASSERT_FALSE_FATAL(refused(user));
     const fx_cert *rv[2] = {revoked, user};
-    const char *crl = fx_pki_crl(pki, &(fx_crl_opts){0}, rv, 2, "crl");
+    const char *crl = fx_pki_crl(S.pki, &(fx_crl_opts){0}, rv, 2, "crl");
     CU_ASSERT_FATAL(crl != NULL && strcmp(crl, crl_path) == 0);
     kill(daemon_pid, SIGHUP);
     CU_ASSERT_FATAL(fx_notify_wait(notify_fd, "READY=1", 30, NULL, 0) == 0);
     CU_ASSERT(refused(user));
     CU_ASSERT(refused(revoked));
-    CU_ASSERT_FALSE(refused(admin));
+    CU_ASSERT_FALSE(refused(S.admin));
     CU_ASSERT(daemon_alive());
 }
 
 int main(void)
 {
-    if (fx_daemon_bin(bin, sizeof(bin)))
-        return 1;
-    dir = fx_tmpdir_new("appliance");
-    tok = fx_token_new("appltok");
+    int rc = 1;
     fx_redis_opts ro = {.appendonly = 1, .appendfsync = "always"};
-    redis = fx_redis_start(&ro);
-    char pdir[4200];
-    snprintf(pdir, sizeof(pdir), "%s/pki", dir);
-    pki = dir ? fx_pki_new(pdir) : NULL;
-    if (!dir || !tok || !redis || !pki)
-        return 1;
-    srv = fx_pki_issue(
-        pki,
-        &(fx_cert_opts){.ip = {"127.0.0.1", "::1"}, .dns = {"localhost"}, .eku = FX_EKU_SERVER},
-        "server");
-    admin = fx_pki_issue(pki, &(fx_cert_opts){.uri = "spiffe://test/admin"}, "admin");
-    user = fx_pki_issue(pki, &(fx_cert_opts){.dns = {"app.example.org"}}, "user");
-    other_ca = fx_pki_issue(pki, &(fx_cert_opts){.uri = "spiffe://test/admin", .ca = 1}, "other");
-    revoked = fx_pki_issue(pki, &(fx_cert_opts){.cn = "revoked-user"}, "revoked");
-    no_eku = fx_pki_issue(pki, &(fx_cert_opts){.cn = "no-eku", .eku = FX_EKU_NONE}, "noeku");
+    if (fx_stack_open(&S, "appliance", &ro))
+        goto out;
+    user = fx_pki_issue(S.pki, &(fx_cert_opts){.dns = {"app.example.org"}}, "user");
+    other_ca = fx_pki_issue(S.pki, &(fx_cert_opts){.uri = "spiffe://test/admin", .ca = 1}, "other");
+    revoked = fx_pki_issue(S.pki, &(fx_cert_opts){.cn = "revoked-user"}, "revoked");
+    no_eku = fx_pki_issue(S.pki, &(fx_cert_opts){.cn = "no-eku", .eku = FX_EKU_NONE}, "noeku");
     server_only =
-        fx_pki_issue(pki, &(fx_cert_opts){.cn = "srv-only", .eku = FX_EKU_SERVER}, "srvonly");
+        fx_pki_issue(S.pki, &(fx_cert_opts){.cn = "srv-only", .eku = FX_EKU_SERVER}, "srvonly");
     const fx_cert *rv[1] = {revoked};
-    const char *crl = fx_pki_crl(pki, &(fx_crl_opts){0}, rv, 1, "crl");
-    if (!srv || !admin || !user || !other_ca || !revoked || !no_eku || !server_only || !crl)
-        return 1;
+    const char *crl = fx_pki_crl(S.pki, &(fx_crl_opts){0}, rv, 1, "crl");
+    if (!user || !other_ca || !revoked || !no_eku || !server_only || !crl)
+        goto out;
     snprintf(crl_path, sizeof(crl_path), "%s", crl);
-    write_conf();
+    if (write_conf())
+        goto out;
     if (daemon_start()) {
         fprintf(stderr, "cipherdexd did not start\n");
-        return 1;
+        goto out;
     }
     static const fx_test tests[] = {
         {"lifecycle over mutual TLS; admin checks", test_lifecycle},
@@ -729,17 +697,9 @@ int main(void)
         {"SIGTERM under load loses no acknowledged write; restart", test_restart_and_sigterm},
         {"SIGHUP reloads the CRL", test_crl_reload},
     };
-    int rc = fx_cunit_run1("appliance", tests, FX_LEN(tests));
-    if (daemon_alive() && daemon_stop() != 0) {
-        fprintf(stderr, "cipherdexd did not stop cleanly\n");
-        if (!rc)
-            rc = 1;
-    }
-    fx_daemon_close(&cdxd);
-    fx_redis_stop(redis);
-    fx_token_free(tok);
-    fx_pki_free(pki);
-    fx_rm_rf(dir);
-    free(dir);
+    rc = fx_cunit_run1("appliance", tests, FX_LEN(tests));
+out:
+    if (fx_stack_close(&S) && !rc)
+        rc = 1;
     return rc;
 }
