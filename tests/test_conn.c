@@ -41,14 +41,12 @@
 #include "fx_proc.h"
 #include "fx_redis.h"
 #include "fx_softhsm.h"
+#include "fx_stack.h"
 #include "fx_tmp.h"
 
-static char *dir;
-static fx_token *tok;
-static fx_redis *redis;
-static fx_pki *pki;
-static const fx_cert *srv, *admin;
-static char bin[4096];
+/* The token, Redis and PKI; this suite runs its own daemons (dmn: several, insecure ones, stderr
+ * in a file) on them rather than the stack's. */
+static fx_stack S = FX_STACK_INIT;
 
 /* ---- a daemon with its stderr in a file ---- */
 
@@ -77,13 +75,13 @@ static void dmn_conf(dmn *d, const char *name, uint16_t port, bool insecure,
     memset(d, 0, sizeof(*d));
     d->pid = -1;
     d->notify_fd = -1;
-    snprintf(d->conf, sizeof(d->conf), "%s/%s.conf", dir, name);
-    snprintf(d->log, sizeof(d->log), "%s/%s.log", dir, name);
-    snprintf(d->ports, sizeof(d->ports), "%s/%s.ports", dir, name);
+    snprintf(d->conf, sizeof(d->conf), "%s/%s.conf", S.dir, name);
+    snprintf(d->log, sizeof(d->log), "%s/%s.log", S.dir, name);
+    snprintf(d->ports, sizeof(d->ports), "%s/%s.ports", S.dir, name);
     if (!insecure)
         snprintf(tls, sizeof(tls),
                  "tls_cert = %s\ntls_key = %s\nclient_ca = %s\nadmins = spiffe://test/admin\n",
-                 srv->cert, srv->key, fx_pki_ca(pki, 0));
+                 S.srv->cert, S.srv->key, fx_pki_ca(S.pki, 0));
     snprintf(text, sizeof(text),
              "[server]\nlisten = 127.0.0.1:%u\nports_file = %s\n%s%s"
              "deployment_id = 00112233445566778899aabbccddeef0\nworkers = 2\n"
@@ -93,8 +91,8 @@ static void dmn_conf(dmn *d, const char *name, uint16_t port, bool insecure,
              "[store]\nredis = %s:%d\n[state]\ndir = %s/state-%s\n"
              "[cache]\nbytes = 16M\n[metrics]\nlisten = 127.0.0.1:0\n[log]\nlevel = warn\n",
              (unsigned)port, d->ports, insecure ? "insecure = yes\n" : "", tls,
-             server_extra ? server_extra : "", fx_softhsm_module(), fx_token_label(tok),
-             fx_token_pin_file(tok), fx_redis_host(redis), fx_redis_port(redis), dir, name);
+             server_extra ? server_extra : "", fx_softhsm_module(), fx_token_label(S.tok),
+             fx_token_pin_file(S.tok), fx_redis_host(S.redis), fx_redis_port(S.redis), S.dir, name);
     FILE *f = fopen(d->conf, "w");
     if (f) {
         fputs(text, f);
@@ -118,8 +116,8 @@ static int dmn_start(dmn *d)
             _exit(127);
         close_range(3, ~0u, 0); /* hold none of the test's sockets open */
         putenv(d->notify_env);
-        setenv("SOFTHSM2_CONF", fx_token_conf(tok), 1);
-        execl(bin, bin, "--config", d->conf, (char *)NULL);
+        setenv("SOFTHSM2_CONF", fx_token_conf(S.tok), 1);
+        execl(S.bin, S.bin, "--config", d->conf, (char *)NULL);
         _exit(127);
     }
     if (d->pid < 0 || fx_notify_wait(d->notify_fd, "READY=1", 60, NULL, 0) != 0)
@@ -274,9 +272,9 @@ static int count_closed(const int *fds, int n)
 static app_client_opts client_opts(const char *api, uint32_t timeout_ms)
 {
     return (app_client_opts){.addr = api,
-                             .ca = fx_pki_ca(pki, 0),
-                             .cert = admin->cert,
-                             .key = admin->key,
+                             .ca = fx_pki_ca(S.pki, 0),
+                             .cert = S.admin->cert,
+                             .key = S.admin->key,
                              .timeout_ms = timeout_ms};
 }
 
@@ -306,7 +304,7 @@ static void test_fd_budget(void)
     CU_ASSERT_TRUE(over >= 64 + 8 + 8 && over < 200); /* base, reserve, Redis pool, sessions */
     CU_ASSERT_EQUAL(app_fd_fit_connections(&c, over + 1024), 1024);
     CU_ASSERT_EQUAL(app_fd_fit_connections(&c, 1024), 1024 - over); /* a 1024 soft limit */
-    CU_ASSERT_EQUAL(app_fd_fit_connections(&c, over + 15), 0);     /* too few: refuse */
+    CU_ASSERT_EQUAL(app_fd_fit_connections(&c, over + 15), 0);      /* too few: refuse */
     c.redis_connections = 64;
     CU_ASSERT_EQUAL(app_fd_overhead(&c), over + 56);
     /* The shipped unit's LimitNOFILE fits the defaults with room to spare. */
@@ -515,14 +513,14 @@ static void test_sighup_retries_now(void)
     CU_ASSERT_EQUAL_FATAL(app_client_connect(&o, &c), CDX_OK);
     CU_ASSERT_EQUAL(app_client_health(c, &w), CDX_OK);
     wire_response_free(w);
-    fx_redis_kill9(redis);
+    fx_redis_kill9(S.redis);
     int64_t t0 = cdx_mono_ms();
     while (cdx_mono_ms() - t0 < 3300) { /* requests keep coming while Redis is away */
         CU_ASSERT_EQUAL(app_client_health(c, &w), CDX_ERR_UNAVAILABLE);
         wire_response_free(w);
         nap_ms(20);
     }
-    CU_ASSERT_EQUAL_FATAL(fx_redis_restart(redis), 0);
+    CU_ASSERT_EQUAL_FATAL(fx_redis_restart(S.redis), 0);
     kill(d.pid, SIGHUP);
     CU_ASSERT_FATAL(fx_notify_wait(d.notify_fd, "READY=1", 30, NULL, 0) == 0);
     cdx_err e = app_client_health(c, &w);
@@ -659,25 +657,12 @@ static void test_client_retry(void)
 
 int main(void)
 {
-    if (fx_daemon_bin(bin, sizeof(bin)))
-        return 1;
     signal(SIGPIPE, SIG_IGN);
-    dir = fx_tmpdir_new("conn");
-    tok = fx_token_new("conntok");
     fx_redis_opts ro = {.appendonly = 1, .appendfsync = "always"};
-    redis = fx_redis_start(&ro);
-    char pdir[4200];
-    snprintf(pdir, sizeof(pdir), "%s/pki", dir ? dir : "");
-    pki = dir ? fx_pki_new(pdir) : NULL;
-    if (!dir || !tok || !redis || !pki)
+    if (fx_stack_open(&S, "conn", &ro)) {
+        fx_stack_close(&S);
         return 1;
-    srv = fx_pki_issue(
-        pki,
-        &(fx_cert_opts){.ip = {"127.0.0.1", "::1"}, .dns = {"localhost"}, .eku = FX_EKU_SERVER},
-        "server");
-    admin = fx_pki_issue(pki, &(fx_cert_opts){.uri = "spiffe://test/admin"}, "admin");
-    if (!srv || !admin)
-        return 1;
+    }
     static const fx_test tests[] = {
         {"descriptor budget at start", test_fd_budget},
         {"what the clients retry", test_retry_rules},
@@ -688,10 +673,7 @@ int main(void)
         {"SIGHUP: the next request retries Redis at once", test_sighup_retries_now},
     };
     int rc = fx_cunit_run1("conn", tests, FX_LEN(tests));
-    fx_redis_stop(redis);
-    fx_token_free(tok);
-    fx_pki_free(pki);
-    fx_rm_rf(dir);
-    free(dir);
+    if (fx_stack_close(&S) && !rc)
+        rc = 1;
     return rc;
 }
