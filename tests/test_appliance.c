@@ -73,16 +73,7 @@ static int daemon_stop(void)
 /* The daemon's peak resident set (VmHWM) in KiB. */
 static long daemon_hwm_kib(void)
 {
-    char path[64], line[256];
-    long kib = -1;
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)daemon_pid);
-    FILE *f = fopen(path, "r");
-    while (f && fgets(line, sizeof(line), f))
-        if (!strncmp(line, "VmHWM:", 6))
-            kib = atol(line + 6);
-    if (f)
-        fclose(f);
-    return kib;
+    return fx_proc_kib((int)daemon_pid, "VmHWM");
 }
 
 static bool daemon_alive(void)

@@ -20,6 +20,7 @@
 #include "cdx_err.h"
 #include "eng_buf.h"
 #include "fx_cunit.h"
+#include "fx_proc.h"
 
 /* ---- the codecs under test ---- */
 #include "eng_catalog.h"
@@ -429,15 +430,8 @@ static void test_search(void)
 /* VmSize of this process in bytes (0 if unreadable). */
 static size_t vm_size(void)
 {
-    char line[256];
-    size_t kib = 0;
-    FILE *f = fopen("/proc/self/status", "r");
-    while (f && fgets(line, sizeof(line), f))
-        if (!strncmp(line, "VmSize:", 7))
-            kib = (size_t)atol(line + 7);
-    if (f)
-        fclose(f);
-    return kib * 1024;
+    long kib = fx_proc_kib(0, "VmSize");
+    return kib > 0 ? (size_t)kib * 1024 : 0;
 }
 #endif
 

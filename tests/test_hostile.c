@@ -25,6 +25,7 @@
 #include "fx_cunit.h"
 #include "fx_daemon.h"
 #include "fx_pki.h"
+#include "fx_proc.h"
 #include "fx_redis.h"
 #include "fx_softhsm.h"
 #include "fx_stack.h"
@@ -92,17 +93,7 @@ static int daemon_start(void)
 /* A field of the daemon's /proc status in KiB (VmRSS, VmHWM), or -1. */
 static long daemon_kib(const char *field)
 {
-    char path[64], line[256];
-    long kib = -1;
-    size_t fl = strlen(field);
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)S.d.pid);
-    FILE *f = fopen(path, "r");
-    while (f && fgets(line, sizeof(line), f))
-        if (!strncmp(line, field, fl) && line[fl] == ':')
-            kib = atol(line + fl + 1);
-    if (f)
-        fclose(f);
-    return kib;
+    return fx_proc_kib((int)S.d.pid, field);
 }
 
 /* Reset the daemon's VmHWM to its current RSS (clear_refs 5); false if not permitted. */

@@ -332,21 +332,6 @@ out:
     return rc;
 }
 
-long rel_rss_kib(int pid, const char *field)
-{
-    char path[64], line[256];
-    long kib = -1;
-    size_t fl = strlen(field);
-    snprintf(path, sizeof(path), "/proc/%d/status", pid);
-    FILE *f = fopen(path, "r");
-    while (f && fgets(line, sizeof(line), f))
-        if (!strncmp(line, field, fl) && line[fl] == ':')
-            kib = atol(line + fl + 1);
-    if (f)
-        fclose(f);
-    return kib;
-}
-
 void rel_result(const char *fmt, ...)
 {
     char line[2048];

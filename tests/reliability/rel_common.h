@@ -105,9 +105,6 @@ typedef struct rel_check {
 int rel_verify(app_client *c, const char *index, rel_id *m, size_t n, rel_check *r,
                int *count_mismatch);
 
-/* VmRSS / VmHWM of pid in KiB (-1 if unreadable). */
-long rel_rss_kib(int pid, const char *field);
-
 /* Append a "key=value\t..." line to $CDX_RELIABILITY_RESULTS (and print it). */
 void rel_result(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -856,7 +856,7 @@ static void test_hostile(void)
         rel_id_name((uint32_t)i, nbuf[i], sizeof(nbuf[i]));
         names[i] = nbuf[i];
     }
-    long rss0 = rel_rss_kib(R.s.d.pid, "VmRSS");
+    long rss0 = fx_proc_kib(R.s.d.pid, "VmRSS");
     app_client **nr = calloc((size_t)nonreaders, sizeof(*nr));
     CU_ASSERT_FATAL(nr != NULL);
     ProtobufCBinaryData idb[HOSTILE_ITEMS];
@@ -884,7 +884,7 @@ static void test_hostile(void)
     double still_since = rel_now_ms(), until = rel_now_ms() + (R.full ? 20000 : 10000);
     while (rel_now_ms() < until && rel_now_ms() - still_since < 1000) {
         rel_pause_ms(100); /* a sampling period, not synchronisation */
-        long r = rel_rss_kib(R.s.d.pid, "VmRSS");
+        long r = fx_proc_kib(R.s.d.pid, "VmRSS");
         if (r > peak)
             peak = r;
         if (r > last + 1024) {
