@@ -365,3 +365,16 @@ void rel_hist_text(const unsigned long *h, char *out, size_t cap)
     if (!off)
         snprintf(out, cap, "none");
 }
+
+bool rel_model_write(rel_id *m, const uint32_t *ids, size_t n, uint32_t tag, cdx_err e,
+                     unsigned long errs[128])
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!e)
+            m[ids[i]].cur = tag;
+        m[ids[i]].pend = e ? tag : 0;
+    }
+    if (e)
+        errs[e < 128 ? e : CDX_ERR_UNKNOWN]++;
+    return !e;
+}

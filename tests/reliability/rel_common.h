@@ -70,6 +70,13 @@ typedef struct rel_id {
 
 void rel_hist_add(rel_id *m, uint32_t tag);
 void rel_model_free(rel_id *m, size_t n);
+/*
+ * The outcome e of a write of tag to ids[0..n) into the model: acknowledged
+ * (e == 0: each id's current tag, nothing pending; returns true) or of
+ * unknown outcome (each id has tag pending; errs[e] counted; returns false).
+ */
+bool rel_model_write(rel_id *m, const uint32_t *ids, size_t n, uint32_t tag, cdx_err e,
+                     unsigned long errs[128]);
 
 /* Item id text of id number i. */
 void rel_id_name(uint32_t i, char *out, size_t cap);

@@ -114,18 +114,11 @@ static void test_daemon_kill(void)
                 e = app_client_recv(c, &w);
             wire_response_free(w);
             rel_batch_free(&b);
-            if (!e) {
+            if (rel_model_write(m, ids, n, tag, e, errs)) {
                 acked_batches++;
                 acked_items += n;
-                for (size_t i = 0; i < n; i++) {
-                    m[ids[i]].cur = tag;
-                    m[ids[i]].pend = 0;
-                }
             } else {
                 unknown++;
-                errs[e < 128 ? e : CDX_ERR_UNKNOWN]++;
-                for (size_t i = 0; i < n; i++)
-                    m[ids[i]].pend = tag;
             }
             if (j == pre) {
                 app_client_free(c);
@@ -247,17 +240,10 @@ static void test_redis_kill(void)
         }
         wire_response_free(w);
         rel_batch_free(&b);
-        if (!e) {
+        if (rel_model_write(m, ids, n, tag, e, errs)) {
             acked++;
-            for (size_t i = 0; i < n; i++) {
-                m[ids[i]].cur = tag;
-                m[ids[i]].pend = 0;
-            }
         } else {
             unknown++;
-            errs[e < 128 ? e : CDX_ERR_UNKNOWN]++;
-            for (size_t i = 0; i < n; i++)
-                m[ids[i]].pend = tag;
             if (e == CDX_ERR_UNAVAILABLE || e == CDX_ERR_DATA_LOSS) {
                 app_client_free(c); /* the connection itself broke */
                 c = rel_client_wait(rel_now_ms() + 30000);
