@@ -190,26 +190,6 @@ static void test_lost_tail_version_reuse(void)
     fx_ds_free(&s);
 }
 
-/*
- * Sweep with sw until at least `want` keys were deleted or 10 s passed; returns
- * the keys deleted. A sweep deletes a record only once it has seen it
- * unreferenced for gc_grace_ms (eng_sweep), so this takes two sweeps at least.
- */
-static uint64_t sweep_until(eng *sw, const char *name, uint64_t want)
-{
-    uint64_t total = 0;
-    for (int i = 0; i < 1000 && total < want; i++) {
-        uint64_t del = 0;
-        CU_ASSERT_EQUAL_FATAL(eng_sweep(sw, name, &del), CDX_OK);
-        total += del;
-        if (total < want) {
-            struct timespec ts = {0, 10 * 1000 * 1000}; /* the grace is 1 ms: let time pass */
-            nanosleep(&ts, NULL);
-        }
-    }
-    return total;
-}
-
 static void test_sweep_vs_paused_upsert(void)
 {
     const size_t d = 8;
@@ -251,7 +231,7 @@ static void test_sweep_vs_paused_upsert(void)
     CU_ASSERT_EQUAL_FATAL(eng_new(&c, &sw), CDX_OK);
     struct timespec ts = {0, 5 * 1000 * 1000}; /* records must be older than 1 ms */
     nanosleep(&ts, NULL);
-    CU_ASSERT_TRUE(sweep_until(sw, name, 3) >= 3); /* at least the superseded manifests */
+    CU_ASSERT_TRUE(fx_sweep_until(sw, name, 3) >= 3); /* at least the superseded manifests */
     eng_free(sw);
     CU_ASSERT_EQUAL(fx_observe(name, &s, 0, 60), 60 * 1000 + 60);
     eng_free(e2);

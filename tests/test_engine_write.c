@@ -320,26 +320,6 @@ static void check_both(const char *name, const fx_dataset *s, const bool *alive,
     CU_ASSERT_EQUAL(b, 0);
 }
 
-/*
- * Sweep with sw until at least `want` keys were deleted or 10 s passed; returns
- * the keys deleted. A sweep deletes a record only once it has seen it
- * unreferenced for gc_grace_ms (eng_sweep), so this takes two sweeps at least.
- */
-static uint64_t sweep_until(eng *sw, const char *name, uint64_t want)
-{
-    uint64_t total = 0;
-    for (int i = 0; i < 1000 && total < want; i++) {
-        uint64_t del = 0;
-        CU_ASSERT_EQUAL_FATAL(eng_sweep(sw, name, &del), CDX_OK);
-        total += del;
-        if (total < want) {
-            struct timespec ts = {0, 10 * 1000 * 1000}; /* the grace is 1 ms: let time pass */
-            nanosleep(&ts, NULL);
-        }
-    }
-    return total;
-}
-
 static void test_churn(void)
 {
     const size_t d = 12, n = 200, nq = 10;
@@ -421,7 +401,7 @@ static void test_churn(void)
         check_both(name, &s, alive, qs, nq, "after compaction", round);
         struct timespec ts = {0, 5 * 1000 * 1000}; /* records must be older than 1 ms */
         nanosleep(&ts, NULL);
-        uint64_t del_keys = sweep_until(sw, name, 1);
+        uint64_t del_keys = fx_sweep_until(sw, name, 1);
         CU_ASSERT_TRUE(del_keys > 0); /* superseded manifests and compacted segments */
         swept += del_keys;
         check_both(name, &s, alive, qs, nq, "after sweep", round);
