@@ -11,7 +11,6 @@
 #include "cdx_hex.h"
 #include "cdx_log.h"
 
-
 typedef enum kind { T_BOOL, T_U32, T_U64, T_SIZE, T_STR, T_SPECIAL } kind;
 
 typedef struct keydef {
@@ -53,6 +52,7 @@ static const keydef keys[] = {
     {"store", "redis_password_file", T_STR, F(redis_password_file), 0},
     {"store", "redis_connections", T_U32, N(redis_connections), CDX_STORE_CONNECTIONS_MAX},
     {"store", "redis_timeout_ms", T_U32, N(redis_timeout_ms), 600000},
+    {"store", "redis_start_wait_s", T_U32, N(redis_start_wait_s), 86400},
     {"store", "allow_unsafe_durability", T_BOOL, N(allow_unsafe_durability), 0},
     {"keys", "subkey_ttl_ms", T_SPECIAL, 0, 0, 0},
     {"cache", "bytes", T_SIZE, N(cache_bytes), 1ull << 40},
@@ -91,6 +91,7 @@ void app_config_init(app_config *c)
     c->output_high_water = CDX_OUTPUT_HIGH_WATER_DEFAULT;
     c->backend = APP_STORE_REDIS;
     snprintf(c->redis, sizeof(c->redis), "127.0.0.1:6379");
+    c->redis_start_wait_s = CDX_REDIS_START_WAIT_S_DEFAULT;
     c->cache_bytes = CDX_CACHE_BYTES_DEFAULT;
     c->maint_enabled = true;
     c->maint_interval_ms = CDX_MAINT_INTERVAL_MS_DEFAULT;

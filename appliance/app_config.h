@@ -14,7 +14,8 @@
  *   [hsm]     see app_hsmconf.h (the admin tool reads the same section)
  *   [store]   backend (redis | memory), redis (host:port | unix:/path),
  *             redis_user, redis_password_file, redis_connections,
- *             redis_timeout_ms, allow_unsafe_durability
+ *             redis_timeout_ms, redis_start_wait_s,
+ *             allow_unsafe_durability
  *   [keys]    subkey_ttl_ms (or [hsm] subkey_ttl_ms; not both)
  *   [cache]   bytes, preload
  *   [engine]  manifest_max_age_ms, gc_grace_ms, query_threads
@@ -82,6 +83,7 @@ typedef struct app_config {
     char redis_user[128];
     char redis_password_file[APP_PATH_MAX];
     uint32_t redis_connections, redis_timeout_ms;
+    uint32_t redis_start_wait_s; /* a LOADING Redis at start is waited for this long */
     bool allow_unsafe_durability;
     /* [cache] */
     uint64_t cache_bytes;

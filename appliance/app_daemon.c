@@ -160,6 +160,22 @@ static void pull(void *arg, app_metrics_pull *p)
     p->maint_waiting = ms.waiting;
 }
 
+/*
+ * Redis is still loading its data set at start: say so every few seconds in
+ * the log and to systemd, and extend the unit's start timeout meanwhile.
+ */
+static void store_loading(void *arg, uint32_t waited_ms)
+{
+    uint32_t *next_ms = arg;
+    if (waited_ms < *next_ms)
+        return;
+    *next_ms = waited_ms + 5000;
+    cdx_log(CDX_LOG_WARN, "start_waiting_for_store",
+            "waited_ms=%u msg=\"Redis is loading its data set\"", waited_ms);
+    sd_notifyf(0, "EXTEND_TIMEOUT_USEC=%u\nSTATUS=waiting for Redis to load its data set (%u s)",
+               15u * 1000000u, waited_ms / 1000);
+}
+
 static cdx_err open_store(app_daemon *d)
 {
     const app_config *c = &d->cfg;
@@ -167,11 +183,15 @@ static cdx_err open_store(app_daemon *d)
         return eng_store_memory_new(&d->store);
     char host[APP_ADDR_MAX];
     uint16_t port = 0;
+    uint32_t loading_next_ms = 0;
     eng_redis_opts o = {.user = c->redis_user[0] ? c->redis_user : NULL,
                         .password_file = c->redis_password_file[0] ? c->redis_password_file : NULL,
                         .connections = c->redis_connections,
                         .timeout_ms = c->redis_timeout_ms,
-                        .allow_unsafe_durability = c->allow_unsafe_durability};
+                        .allow_unsafe_durability = c->allow_unsafe_durability,
+                        .start_wait_ms = c->redis_start_wait_s * 1000u,
+                        .on_loading = store_loading,
+                        .on_loading_arg = &loading_next_ms};
     if (!strncmp(c->redis, "unix:", 5)) {
         o.unix_path = c->redis + 5;
     } else {

@@ -65,13 +65,13 @@
 #include "hsm_secfile.h"
 #include "hsm_secmem.h"
 
-#define RD_PIPE_CMDS      1000       /* commands per pipelined round trip */
-#define RD_PIPE_BYTES     (8u << 20) /* argument bytes per round trip (output buffer) */
-#define RD_SLACK          (1u << 20) /* unparsed bytes beyond one value: headers + reads */
-#define RD_BACKOFF_MIN_MS 100
-#define RD_BACKOFF_MAX_MS 1000
-#define RD_LOADING_RETRY_MS 100 /* a LOADING server is asked again this often */
-#define RD_IN_BUF         (16u << 10) /* bulk reader staging: headers, bytes after a payload */
+#define RD_PIPE_CMDS        1000       /* commands per pipelined round trip */
+#define RD_PIPE_BYTES       (8u << 20) /* argument bytes per round trip (output buffer) */
+#define RD_SLACK            (1u << 20) /* unparsed bytes beyond one value: headers + reads */
+#define RD_BACKOFF_MIN_MS   100
+#define RD_BACKOFF_MAX_MS   1000
+#define RD_LOADING_RETRY_MS 100         /* a LOADING server is asked again this often */
+#define RD_IN_BUF           (16u << 10) /* bulk reader staging: headers, bytes after a payload */
 
 /* ---- connection I/O ---- */
 
@@ -674,6 +674,14 @@ void eng_rd_retry_now(eng_store *s)
     st->backoff_ms = 0;
     st->retry_at_ms = 0;
     pthread_mutex_unlock(&st->mu);
+}
+
+bool eng_rd_is_loading(rd_store *st)
+{
+    pthread_mutex_lock(&st->mu);
+    bool loading = st->loading;
+    pthread_mutex_unlock(&st->mu);
+    return loading;
 }
 
 /* Return a connection; a broken one is closed, and a dropped one takes the idle ones along. */

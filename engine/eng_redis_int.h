@@ -216,6 +216,9 @@ CDX_MUST_CHECK cdx_err eng_rd_acquire(rd_store *st, bool fresh, rd_conn **out);
 /* End the connect back-off: the next acquire connects at once. Thread-safe. */
 void eng_rd_retry_now(eng_store *s);
 
+/* The last connect found the server loading its data set (LOADING). */
+bool eng_rd_is_loading(rd_store *st);
+
 /*
  * Give k back (NULL is a no-op): pooled, or closed when broken; a dropped
  * connection closes the idle ones too (the server likely restarted).

@@ -80,6 +80,16 @@ typedef struct eng_redis_opts {
      * eng_store_durability then reports the store degraded.
      */
     bool allow_unsafe_durability;
+    /*
+     * A server still loading its data set when the store is opened (Redis
+     * restarted with the host) is waited for, up to start_wait_ms (0 = do
+     * not wait), asking again every 100 ms; on_loading (optional) is called
+     * between attempts with the time waited so far, so a daemon can tell
+     * its supervisor it is alive. An unreachable server is not waited for.
+     */
+    uint32_t start_wait_ms;
+    void (*on_loading)(void *arg, uint32_t waited_ms);
+    void *on_loading_arg;
 } eng_redis_opts;
 
 /*
@@ -94,12 +104,11 @@ CDX_MUST_CHECK cdx_err eng_store_memory_new(eng_store **out);
  * is at its default disposition. With a password_file, the secret arena
  * must be initialised (hsm_secmem_init) for the store's whole life: the
  * file is read again at every connect, so it can be rotated.
- * Errors: CDX_ERR_STORE_UNAVAILABLE (cannot connect, AUTH refused),
- * CDX_ERR_CONFIG (unsafe durability without allow_unsafe_durability, bad
- * options, password_file missing, a symlink, not a regular file, accessible
- * by group or others, empty or too long), CDX_ERR_RESOURCE_EXHAUSTED (out of
- * memory, or the secret arena full or not initialised), CDX_ERR_INTERNAL
- * (unexpected reply, raw reply logged). *out is NULL on error.
+ * Errors: CDX_ERR_STORE_UNAVAILABLE (cannot connect, AUTH refused, still
+ * LOADING after start_wait_ms), CDX_ERR_CONFIG (unsafe durability without allow_unsafe_durability,
+ * bad options, password_file missing, a symlink, not a regular file, accessible by group or others,
+ * empty or too long), CDX_ERR_RESOURCE_EXHAUSTED (out of memory, or the secret arena full or not
+ * initialised), CDX_ERR_INTERNAL (unexpected reply, raw reply logged). *out is NULL on error.
  */
 CDX_MUST_CHECK cdx_err eng_store_redis_new(const eng_redis_opts *o, eng_store **out);
 

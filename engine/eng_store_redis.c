@@ -27,9 +27,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
+#include <time.h>
 
 #include "cdx_limits.h"
 #include "cdx_log.h"
+#include "cdx_time.h"
 
 #define RD_DEFAULT_PORT       6379
 #define RD_DEFAULT_CONNS      8
@@ -669,6 +671,37 @@ static const struct eng_store_ops rd_ops = {
     .retry_now = eng_rd_retry_now,
 };
 
+/*
+ * The first connection. A server still loading its data set (restarted with
+ * the host) is waited for, up to o->start_wait_ms: failing the daemon's start
+ * for a condition that ends by itself would only make its supervisor restart
+ * it in a loop. A server that does not answer at all is reported at once.
+ */
+static cdx_err rd_first_conn(rd_store *st, const eng_redis_opts *o, rd_conn **k)
+{
+    long long t0 = cdx_mono_ms();
+    for (;;) {
+        cdx_err e = eng_rd_acquire(st, false, k);
+        if (e != CDX_OK && eng_rd_is_loading(st)) {
+            long long waited = cdx_mono_ms() - t0;
+            if (waited >= (long long)o->start_wait_ms) {
+                if (o->start_wait_ms)
+                    e = cdx_fail(CDX_ERR_STORE_UNAVAILABLE,
+                                 "Redis at %s was still loading its data set after %lld ms "
+                                 "(store.redis_start_wait_s)",
+                                 st->addr, waited);
+                return e;
+            }
+            if (o->on_loading)
+                o->on_loading(o->on_loading_arg, (uint32_t)waited);
+            struct timespec ts = {.tv_sec = 0, .tv_nsec = 50 * 1000000L}; /* its retry_at paces */
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        return e;
+    }
+}
+
 /* hiredis writes with write(2): a dropped server must not kill us with SIGPIPE. */
 static void ignore_sigpipe(void)
 {
@@ -743,7 +776,7 @@ cdx_err eng_store_redis_new(const eng_redis_opts *o, eng_store **out)
         snprintf(st->addr, sizeof(st->addr), "%s:%d", st->host, st->port);
 
     /* The first connection proves address and AUTH, checks durability, then joins the pool. */
-    e = eng_rd_acquire(st, false, &k);
+    e = rd_first_conn(st, o, &k);
     if (e != CDX_OK)
         goto out;
     e = rd_check_conn(st, k, desc, sizeof(desc), why, sizeof(why));

@@ -62,6 +62,7 @@
 #define CDX_STORE_SCAN_COUNT     1000                 /* SCAN COUNT hint */
 #define CDX_STORE_CONNECTIONS_MAX 64
 #define CDX_STORE_PASSWORD_MAX   1024                 /* bytes of the Redis password_file */
+#define CDX_REDIS_START_WAIT_S_DEFAULT 600           /* a LOADING Redis at daemon start */
 
 /* ---- maintenance (engine/eng_maint.h) ---- */
 #define CDX_MAINT_INTERVAL_MS_DEFAULT    1000    /* between scheduler passes */

@@ -1005,6 +1005,87 @@ static void test_loading_is_not_yet(void)
     fake_stop(f);
 }
 
+/* The server stops loading at the on_loading call number stop_at (0: never). */
+typedef struct loading_probe {
+    fake_redis *f;
+    int calls, stop_at;
+    uint32_t last_waited_ms;
+} loading_probe;
+
+static void loading_cb(void *arg, uint32_t waited_ms)
+{
+    loading_probe *p = arg;
+    CU_ASSERT_TRUE(waited_ms >= p->last_waited_ms); /* time only goes forward */
+    p->last_waited_ms = waited_ms;
+    if (++p->calls == p->stop_at)
+        atomic_store(&p->f->loading, 0);
+}
+
+/*
+ * A Redis still loading when the store is opened (restarted with the host)
+ * is waited for up to start_wait_ms, telling the caller between attempts;
+ * past that, or with 0, the open fails naming the condition. Before, the
+ * daemon refused to start whatever the wait.
+ */
+static void test_loading_at_open(void)
+{
+    fake_redis *f = fake_start();
+    loading_probe p = {.f = f, .stop_at = 4};
+    eng_redis_opts o = {.host = "127.0.0.1",
+                        .timeout_ms = 1500,
+                        .start_wait_ms = 30000,
+                        .on_loading = loading_cb,
+                        .on_loading_arg = &p};
+    eng_store *s = NULL;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    o.port = f->port;
+    atomic_store(&f->loading, 1);
+    CU_ASSERT_EQUAL(eng_store_redis_new(&o, &s), CDX_OK);
+    CU_ASSERT_EQUAL(p.calls, 4); /* it came up at the first attempt after loading ended */
+    CU_ASSERT_TRUE(p.last_waited_ms >= 100); /* paced (50 ms between checks), not spinning */
+    if (s)
+        CU_ASSERT_EQUAL(fake_get(s, "v:10", 0, 10), CDX_OK);
+    eng_store_free(s);
+    s = NULL;
+
+    /* Still loading past the wait: a clear failure after about start_wait_ms. */
+    atomic_store(&f->loading, 1);
+    p = (loading_probe){.f = f};
+    o.start_wait_ms = 400;
+    long long t0 = cdx_mono_ms();
+    CU_ASSERT_EQUAL(eng_store_redis_new(&o, &s), CDX_ERR_STORE_UNAVAILABLE);
+    long long took = cdx_mono_ms() - t0;
+    CU_ASSERT_PTR_NULL(s);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "still loading its data set after"));
+    CU_ASSERT_TRUE(took >= 400 && took < 3000);
+    CU_ASSERT_TRUE(p.calls >= 2);
+
+    /* 0: no wait at all. */
+    p = (loading_probe){.f = f};
+    o.start_wait_ms = 0;
+    CU_ASSERT_EQUAL(eng_store_redis_new(&o, &s), CDX_ERR_STORE_UNAVAILABLE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "loading"));
+    CU_ASSERT_EQUAL(p.calls, 0);
+    fake_stop(f);
+}
+
+/* Nothing listening: no wait, whatever start_wait_ms says. */
+static void test_unreachable_at_open_fails_at_once(void)
+{
+    fake_redis *f = fake_start();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    int port = f->port;
+    fake_stop(f); /* the port is closed now */
+    eng_redis_opts o = {
+        .host = "127.0.0.1", .port = port, .timeout_ms = 1500, .start_wait_ms = 30000};
+    eng_store *s = NULL;
+    long long t0 = cdx_mono_ms();
+    CU_ASSERT_EQUAL(eng_store_redis_new(&o, &s), CDX_ERR_STORE_UNAVAILABLE);
+    CU_ASSERT_TRUE(cdx_mono_ms() - t0 < 1500);
+    CU_ASSERT_PTR_NULL(s);
+}
+
 /* ---- main ---- */
 
 static const fx_test redis_tests[] = {
@@ -1023,6 +1104,9 @@ static const fx_test redis_tests[] = {
     {"back-off capped: served within 2 s of Redis's return", test_backoff_capped_after_outage},
     {"retry_now (SIGHUP) ends a back-off", test_retry_now_ends_backoff},
     {"LOADING is 'not yet': asked every 100 ms, served at once after", test_loading_is_not_yet},
+    {"LOADING at open: waited for up to start_wait_ms, then a clear failure", test_loading_at_open},
+    {"unreachable at open: fails at once whatever start_wait_ms",
+     test_unreachable_at_open_fails_at_once},
 };
 
 static int init_tmp(void)
