@@ -943,6 +943,42 @@ static long long redis_dbsize(void)
     return atoll(out + 1);
 }
 
+/* Query latency while the store is overwritten: one query every GROWTH_QUERY_EVERY commits; the
+ * p50 of the first and of the last GROWTH_WINDOW_PCT % of them must not drift beyond
+ * GROWTH_DRIFT_X x + GROWTH_DRIFT_MS (segments piling up or manifests growing would show here). */
+#define GROWTH_QUERY_EVERY 4
+#define GROWTH_WINDOW_PCT  10
+#define GROWTH_DRIFT_X     2.0
+#define GROWTH_DRIFT_MS    2.0
+
+static int by_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The median of v[0..n) (sorted in place); -1 for an empty window. */
+static double median_ms(double *v, size_t n)
+{
+    if (!n)
+        return -1;
+    qsort(v, n, sizeof(*v), by_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* One timed top-5 query on index "kg"; ms, or -1 when it failed. */
+static double growth_query_ms(app_client *c, uint32_t k)
+{
+    float q[REL_DIM] = {(float)(k % 11), 1, 0.5f, 2};
+    const app_query_spec qs = {.vectors = q, .n_floats = REL_DIM, .top_k = 5};
+    wire_response *w = NULL;
+    double t0 = rel_now_ms();
+    cdx_err e = app_client_query(c, "kg", &qs, &w);
+    double ms = rel_now_ms() - t0;
+    wire_response_free(w);
+    return e == CDX_OK ? ms : -1;
+}
+
 static void test_growth(void)
 {
     const int commits = R.full ? 4000 : 600;
@@ -959,7 +995,12 @@ static void test_growth(void)
         ids[i] = i;
     CU_ASSERT_EQUAL_FATAL(rel_upsert(c, "kg", ids, GROWTH_IDS, 1, NULL), CDX_OK);
     long long live = redis_used() - base, keys0 = redis_dbsize();
-    unsigned long acked = 0, errs[128] = {0};
+    unsigned long acked = 0, errs[128] = {0}, qfail = 0;
+    const size_t nq = (size_t)commits / GROWTH_QUERY_EVERY;
+    const size_t win = nq * GROWTH_WINDOW_PCT / 100;
+    double *lat = calloc(nq, sizeof(*lat));
+    CU_ASSERT_FATAL(lat != NULL && win > 0);
+    size_t got = 0;
     for (int k = 0; k < commits; k++) {
         uint32_t id = (uint32_t)(rel_rand() % GROWTH_IDS);
         cdx_err e = rel_upsert(c, "kg", &id, 1, (uint32_t)k + 2, NULL);
@@ -967,7 +1008,17 @@ static void test_growth(void)
             errs[e < 128 ? e : CDX_ERR_UNKNOWN]++;
         else
             acked++;
+        if (k % GROWTH_QUERY_EVERY == GROWTH_QUERY_EVERY - 1 && got < nq) {
+            double ms = growth_query_ms(c, (uint32_t)k);
+            if (ms < 0)
+                qfail++;
+            lat[got++] = ms < 0 ? 0 : ms;
+        }
     }
+    CU_ASSERT_FATAL(got == nq);
+    double p50_first = median_ms(lat, win), p50_last = median_ms(lat + nq - win, win);
+    free(lat);
+    const double p50_limit = GROWTH_DRIFT_X * p50_first + GROWTH_DRIFT_MS;
     long long after = redis_used() - base, keys1 = redis_dbsize();
     /* Maintenance may run in the background: give it a bounded time to catch up (polled). */
     long long limit = GROWTH_FACTOR * live + GROWTH_GRACE, final = after;
@@ -980,17 +1031,24 @@ static void test_growth(void)
     app_client_free(c);
     char hist[512];
     rel_hist_text(errs, hist, sizeof(hist));
-    bool pass = final <= limit && live > 0;
+    bool drift_ok = qfail == 0 && p50_last <= p50_limit;
+    bool pass = final <= limit && live > 0 && drift_ok;
     rel_result("part=growth\ttest=%d single-item overwrite commits on %d live items (dimension "
-               "%d)\truns=1\tfaults=-\tacked=%lu commits\tlost=-\tcorrupt=-\tpartial=-\t"
+               "%d), a top-5 query every %d commits\truns=1\tfaults=-\tacked=%lu commits, %zu "
+               "queries (%lu failed)\tlost=-\tcorrupt=-\tpartial=-\t"
                "errors=%s; Redis used_memory above the empty store: live %.2f MiB, after the "
                "commits %.2f MiB, at the end %.2f MiB (limit %dx live + %d MiB = %.2f MiB); "
-               "keys %lld -> %lld -> %lld\tverdict=%s",
-               commits, GROWTH_IDS, REL_DIM, acked, hist, live / 1048576.0, after / 1048576.0,
-               final / 1048576.0, GROWTH_FACTOR, GROWTH_GRACE >> 20, limit / 1048576.0, keys0,
-               keys1, keys2, pass ? "PASS" : "FAIL (F3)");
+               "keys %lld -> %lld -> %lld; query p50 first %d %% of the run %.2f ms, last %d %% "
+               "%.2f ms (limit %.0fx + %.0f ms = %.2f ms)\tverdict=%s",
+               commits, GROWTH_IDS, REL_DIM, GROWTH_QUERY_EVERY, acked, nq, qfail, hist,
+               live / 1048576.0, after / 1048576.0, final / 1048576.0, GROWTH_FACTOR,
+               GROWTH_GRACE >> 20, limit / 1048576.0, keys0, keys1, keys2, GROWTH_WINDOW_PCT,
+               p50_first, GROWTH_WINDOW_PCT, p50_last, GROWTH_DRIFT_X, GROWTH_DRIFT_MS, p50_limit,
+               pass ? "PASS" : "FAIL (F3)");
     CU_ASSERT(live > 0);
     CU_ASSERT(final <= limit); /* F3: needs sweep and compaction run by the daemon (wt-gc) */
+    CU_ASSERT_EQUAL(qfail, 0);
+    CU_ASSERT(p50_last <= p50_limit); /* F3: query p50 must not drift under overwrites */
     CU_ASSERT_EQUAL(fx_daemon_stop(&R.s.d), 0);
 }
 
