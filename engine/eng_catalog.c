@@ -252,3 +252,167 @@ cdx_err eng_cat_all(eng *e, eng_catentry **out, size_t *n, size_t *unreadable)
     *n = nv;
     return CDX_OK;
 }
+
+/* ---- key claims ---- */
+
+#define CLAIM_FMT 1
+#define CLAIM_LEN (1 + CDX_ID_LEN + ENG_TOKEN_LEN)
+
+/* The claim token of a key: HMAC(K_catalog, "key:" || kcv); no name contains ':'. */
+static cdx_err claim_token(op *ro, const uint8_t kcv[CDX_KCV_LEN], uint8_t tok[ENG_TOKEN_LEN])
+{
+    hsm_subkey *k;
+    uint8_t msg[4 + CDX_KCV_LEN], mac[CDX_SUBKEY_LEN];
+    cdx_err err = eng_op_key(ro, HSM_P_CATALOG, &k);
+    if (err)
+        return err;
+    memcpy(msg, "key:", 4);
+    memcpy(msg + 4, kcv, CDX_KCV_LEN);
+    if ((err = hsm_subkey_hmac(k, msg, sizeof(msg), mac)))
+        return err;
+    memcpy(tok, mac, ENG_TOKEN_LEN);
+    return CDX_OK;
+}
+
+static cdx_err claim_decode(const uint8_t *p, size_t n, eng_keyclaim *k)
+{
+    if (n != CLAIM_LEN || p[0] != CLAIM_FMT)
+        return cdx_fail(CDX_ERR_INTEGRITY, "key claim is malformed");
+    memcpy(k->id, p + 1, CDX_ID_LEN);
+    memcpy(k->cat_tok, p + 1 + CDX_ID_LEN, ENG_TOKEN_LEN);
+    return CDX_OK;
+}
+
+/* Whether claim k names entry c. */
+static cdx_err claim_is(op *ro, const eng_keyclaim *k, const eng_catentry *c, bool *is)
+{
+    uint8_t tok[ENG_TOKEN_LEN];
+    cdx_err err = cat_token(ro, c->name, tok);
+    if (err)
+        return err;
+    *is = !memcmp(k->id, c->id, CDX_ID_LEN) && !memcmp(k->cat_tok, tok, ENG_TOKEN_LEN);
+    return CDX_OK;
+}
+
+cdx_err eng_keyclaim_read(op *ro, const uint8_t kcv[CDX_KCV_LEN], const eng_catentry *c,
+                          eng_keyclaim *held, bool *found, bool *ours)
+{
+    uint8_t tok[ENG_TOKEN_LEN];
+    char key[CDX_STORE_KEY_MAX];
+    eng_buf pt;
+    eng_buf_init(&pt);
+    if (ours)
+        *ours = false;
+    cdx_err err = claim_token(ro, kcv, tok);
+    if (err)
+        return err;
+    eng_key_claim(key, tok);
+    if ((err =
+             eng_op_fetch_open(ro, key, HSM_P_CATALOG, ENG_K_KEYCLAIM, tok, 1, NULL, &pt, found)) ||
+        !*found)
+        goto out;
+    if ((err = claim_decode(pt.data, pt.len, held)))
+        goto out;
+    if (c && ours)
+        err = claim_is(ro, held, c, ours);
+out:
+    eng_buf_free(&pt);
+    return err;
+}
+
+cdx_err eng_keyclaim_take(op *ro, const eng_catentry *c, bool *ours, eng_keyclaim *held)
+{
+    uint8_t tok[ENG_TOKEN_LEN];
+    char key[CDX_STORE_KEY_MAX];
+    eng_buf pt, rec;
+    eng_buf_init(&pt);
+    eng_buf_init(&rec);
+    hsm_subkey *k;
+    bool created = false, found = false;
+    cdx_err err = claim_token(ro, c->kcv, tok);
+    if (err)
+        return err;
+    eng_key_claim(key, tok);
+    uint8_t ctok[ENG_TOKEN_LEN];
+    if ((err = cat_token(ro, c->name, ctok)) || (err = eng_op_key(ro, HSM_P_CATALOG, &k)))
+        goto out;
+    eng_buf_u8(&pt, CLAIM_FMT);
+    eng_buf_put(&pt, c->id, CDX_ID_LEN);
+    eng_buf_put(&pt, ctok, ENG_TOKEN_LEN);
+    eng_rec_id id = {.scope = ro->key.id, .kind = ENG_K_KEYCLAIM, .token = tok, .version = 1};
+    if (!eng_buf_ok(&pt) ||
+        (err = eng_rec_seal(k, &id, cdx_wall_ms(), ro->kcv, pt.data, pt.len, &rec)))
+        goto out;
+    eng_kv kv = {key, rec.data, rec.len};
+    if ((err = eng_store_setnx(ro->e->cfg.store, &kv, 1, &created)))
+        goto out;
+    if (created) {
+        memcpy(held->id, c->id, CDX_ID_LEN);
+        memcpy(held->cat_tok, ctok, ENG_TOKEN_LEN);
+        *ours = true;
+        goto out;
+    }
+    if ((err = eng_keyclaim_read(ro, c->kcv, c, held, &found, ours)))
+        goto out;
+    if (!found) /* released between the SET NX and the read */
+        err = cdx_fail(CDX_ERR_ABORTED, "the key's claim changed during the create; retry");
+out:
+    eng_buf_free(&pt);
+    eng_buf_free(&rec);
+    return err;
+}
+
+cdx_err eng_keyclaim_release(op *ro, const eng_catentry *c)
+{
+    eng_keyclaim held;
+    bool found = false, ours = false;
+    if (!c->has_kcv)
+        return CDX_OK;
+    cdx_err err = eng_keyclaim_read(ro, c->kcv, c, &held, &found, &ours);
+    if (err || !found || !ours)
+        return err;
+    uint8_t tok[ENG_TOKEN_LEN];
+    char key[CDX_STORE_KEY_MAX];
+    if ((err = claim_token(ro, c->kcv, tok)))
+        return err;
+    eng_key_claim(key, tok);
+    const char *keys[1] = {key};
+    return eng_store_del(ro->e->cfg.store, keys, 1, NULL);
+}
+
+cdx_err eng_keyclaim_each(op *ro, eng_keyclaim_fn fn, void *arg)
+{
+    uint64_t cursor = 0;
+    cdx_err err = CDX_OK;
+    eng_buf pt;
+    eng_buf_init(&pt);
+    do {
+        char **keys = NULL;
+        size_t nk = 0;
+        if ((err = eng_store_scan(ro->e->cfg.store, ENG_KEY_CLAIM_PATTERN, &cursor, &keys, &nk)))
+            break;
+        for (size_t i = 0; i < nk && !err; i++) {
+            uint8_t tok[ENG_TOKEN_LEN];
+            eng_keyclaim k = {0};
+            bool found = false;
+            cdx_err kerr;
+            eng_buf_free(&pt);
+            if (!eng_key_parse_claim(keys[i], tok))
+                kerr = cdx_fail(CDX_ERR_INTEGRITY, "unexpected key-claim key in the store");
+            else
+                kerr = eng_op_fetch_open(ro, keys[i], HSM_P_CATALOG, ENG_K_KEYCLAIM, tok, 1, NULL,
+                                         &pt, &found);
+            if (!kerr && !found)
+                continue; /* deleted meanwhile */
+            if (!kerr && (kerr = claim_decode(pt.data, pt.len, &k)))
+                memset(&k, 0, sizeof(k));
+            if (kerr != CDX_OK && kerr != CDX_ERR_INTEGRITY && kerr != CDX_ERR_KEY_REPLACED)
+                err = kerr; /* the store or the token failed: stop */
+            else
+                err = fn(arg, keys[i], &k, kerr);
+        }
+        eng_keys_free(keys, nk);
+    } while (!err && cursor != 0);
+    eng_buf_free(&pt);
+    return err;
+}

@@ -16,6 +16,7 @@
 
 #include "eng.h"
 #include "eng_buf.h"
+#include "eng_keyspace.h"
 
 #define ENG_SERIAL_LEN 16 /* token serial number (PKCS#11 CK_TOKEN_INFO.serialNumber) */
 
@@ -78,5 +79,50 @@ cdx_err eng_cat_remove(op *ro, const char *name);
  * CDX_ERR_RESOURCE_EXHAUSTED, the store's and custody's.
  */
 cdx_err eng_cat_all(eng *e, eng_catentry **out, size_t *n, size_t *unreadable);
+
+/*
+ * Key claims: one token key belongs to at most one index. A claim is the
+ * store key cdx:key:<HMAC(K_catalog, "key:" || KCV)> holding a record (kind
+ * key claim, sealed like the catalog) that names the index id and the
+ * catalog token of the entry that holds the key. It is taken with SET NX
+ * once the key's KCV is known, so two creates racing for one key (the same
+ * CKA_ID adopted twice, or one wrapped blob unwrapped twice) cannot both
+ * win, and it is removed by the holder's delete.
+ */
+typedef struct eng_keyclaim {
+    uint8_t id[CDX_ID_LEN];         /* the index that holds the key */
+    uint8_t cat_tok[ENG_TOKEN_LEN]; /* its catalog token (HMAC of its name) */
+} eng_keyclaim;
+
+/*
+ * Take the claim on c's key (c->has_kcv must be set) for c. *ours = true if
+ * c holds it now (taken now, or by an earlier attempt of the same entry);
+ * else *held names the holder.
+ * Errors: CDX_ERR_INTEGRITY (a forged or malformed claim), the store's and
+ * custody's.
+ */
+cdx_err eng_keyclaim_take(op *ro, const eng_catentry *c, bool *ours, eng_keyclaim *held);
+
+/*
+ * Read the claim on key kcv; *found = false when nobody holds it. *ours (may
+ * be NULL) = whether entry c (NULL: none) holds it.
+ * Errors: as eng_keyclaim_take.
+ */
+cdx_err eng_keyclaim_read(op *ro, const uint8_t kcv[CDX_KCV_LEN], const eng_catentry *c,
+                          eng_keyclaim *held, bool *found, bool *ours);
+
+/*
+ * Remove the claim on c's key if c holds it; another holder's claim, or
+ * none, is left as it is. Errors: as eng_keyclaim_take.
+ */
+cdx_err eng_keyclaim_release(op *ro, const eng_catentry *c);
+
+/*
+ * Every key claim in the store: for each, fn(arg, store key, claim, err)
+ * with err CDX_OK, or the error opening it (the claim then zeroed). fn
+ * returns an error to stop. Errors: fn's, the store's and custody's.
+ */
+typedef cdx_err (*eng_keyclaim_fn)(void *arg, const char *key, const eng_keyclaim *k, cdx_err err);
+cdx_err eng_keyclaim_each(op *ro, eng_keyclaim_fn fn, void *arg);
 
 #endif

@@ -15,6 +15,13 @@ void eng_key_cat(char *k, const uint8_t tok[ENG_TOKEN_LEN])
     snprintf(k, CDX_STORE_KEY_MAX, "cdx:cat:%s", h);
 }
 
+void eng_key_claim(char *k, const uint8_t tok[ENG_TOKEN_LEN])
+{
+    char h[ENG_HEX_LEN + 1];
+    cdx_hex_encode(tok, ENG_TOKEN_LEN, h);
+    snprintf(k, CDX_STORE_KEY_MAX, "cdx:key:%s", h);
+}
+
 void eng_key_head(char *k, const uint8_t id[CDX_ID_LEN])
 {
     char h[2 * CDX_ID_LEN + 1];
@@ -64,9 +71,17 @@ bool eng_key_parse_cat(const char *key, uint8_t tok[ENG_TOKEN_LEN])
            !cdx_hex_decode(key + ENG_KEY_CAT_PREFIX_LEN, tok, ENG_TOKEN_LEN);
 }
 
+bool eng_key_parse_claim(const char *key, uint8_t tok[ENG_TOKEN_LEN])
+{
+    return !strncmp(key, "cdx:key:", ENG_KEY_CAT_PREFIX_LEN) &&
+           strlen(key) == ENG_KEY_CAT_PREFIX_LEN + ENG_HEX_LEN &&
+           !cdx_hex_decode(key + ENG_KEY_CAT_PREFIX_LEN, tok, ENG_TOKEN_LEN);
+}
+
 bool eng_key_parse_index_id(const char *key, uint8_t id[CDX_ID_LEN])
 {
-    if (!strncmp(key, "cdx:cat:", ENG_KEY_CAT_PREFIX_LEN))
+    if (!strncmp(key, "cdx:cat:", ENG_KEY_CAT_PREFIX_LEN) ||
+        !strncmp(key, "cdx:key:", ENG_KEY_CAT_PREFIX_LEN))
         return false;
     const char *h = key + 4 + (key[4] == '{');
     char hx[2 * CDX_ID_LEN + 1];

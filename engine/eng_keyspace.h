@@ -4,6 +4,8 @@
  * The store sees only these names (docs/RECORDS.md lists them):
  *
  *   cdx:cat:<hex token>                catalog entry (token = HMAC of the name)
+ *   cdx:key:<hex token>                key claim: the one index a token key
+ *                                      belongs to (token = HMAC of its KCV)
  *   cdx:{<hex id>}:head                an index's head (the one mutable pointer)
  *   cdx:{<hex id>}:b:<2 hex>           an index's id-map bucket
  *   cdx:<hex id>:<kind>:<hex token>    an immutable record of an index:
@@ -35,6 +37,8 @@
 
 /* SCAN pattern matching every catalog entry. */
 #define ENG_KEY_CAT_PATTERN    "cdx:cat:*"
+/* SCAN pattern matching every key claim. */
+#define ENG_KEY_CLAIM_PATTERN  "cdx:key:*"
 /* SCAN pattern matching every key of every index (and the catalog). */
 #define ENG_KEY_ALL_PATTERN    "cdx:*"
 /* Length of the prefix "cdx:cat:" before a catalog key's hex token. */
@@ -49,6 +53,8 @@ extern const uint8_t eng_zero_token[ENG_TOKEN_LEN];
 
 /* Write the catalog key of tok into k (CDX_STORE_KEY_MAX bytes). */
 void eng_key_cat(char *k, const uint8_t tok[ENG_TOKEN_LEN]);
+/* Write the key-claim key of tok into k (CDX_STORE_KEY_MAX bytes). */
+void eng_key_claim(char *k, const uint8_t tok[ENG_TOKEN_LEN]);
 /* Write the head key of index id into k (CDX_STORE_KEY_MAX bytes). */
 void eng_key_head(char *k, const uint8_t id[CDX_ID_LEN]);
 /* Write the key of bucket b (0..ENG_BUCKETS-1) of index id into k (CDX_STORE_KEY_MAX bytes). */
@@ -73,8 +79,13 @@ void eng_key_rec_pattern(const uint8_t id[CDX_ID_LEN], char pat[ENG_KEY_PATTERN_
  */
 bool eng_key_parse_cat(const char *key, uint8_t tok[ENG_TOKEN_LEN]);
 /*
+ * The token of a key-claim key. False (tok unspecified) if key is not
+ * "cdx:key:" followed by exactly ENG_HEX_LEN hex digits.
+ */
+bool eng_key_parse_claim(const char *key, uint8_t tok[ENG_TOKEN_LEN]);
+/*
  * The index id of any index key (either family). False if the key has no
- * hex id where one belongs (the catalog keys included).
+ * hex id where one belongs (the catalog and claim keys included).
  */
 bool eng_key_parse_index_id(const char *key, uint8_t id[CDX_ID_LEN]);
 /*

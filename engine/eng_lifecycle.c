@@ -8,6 +8,7 @@
 
 #include <openssl/crypto.h>
 
+#include "cdx_hex.h"
 #include "cdx_log.h"
 #include "eng_cache.h"
 #include "eng_head.h"
@@ -86,26 +87,128 @@ out:
     return err;
 }
 
-static cdx_err provision_key(eng *e, const eng_create *r, eng_catentry *c)
+/* Delete every store key of index `id` (both key families). */
+static cdx_err remove_records(eng *e, const uint8_t id[CDX_ID_LEN], uint64_t *removed)
+{
+    char pat[2][ENG_KEY_PATTERN_MAX];
+    eng_key_index_patterns(id, pat);
+    for (int p = 0; p < 2; p++) {
+        uint64_t cursor = 0;
+        do {
+            char **keys = NULL;
+            size_t nk = 0;
+            cdx_err err = eng_store_scan(e->cfg.store, pat[p], &cursor, &keys, &nk);
+            if (err)
+                return err;
+            uint64_t d = 0;
+            if (nk)
+                err = eng_store_del(e->cfg.store, (const char *const *)keys, nk, &d);
+            eng_keys_free(keys, nk);
+            if (err)
+                return err;
+            if (removed)
+                *removed += d;
+        } while (cursor != 0);
+    }
+    return CDX_OK;
+}
+
+/*
+ * The name of another catalog entry (not c's name) that holds c's id, or
+ * (by_kcv) c's key by KCV when c has one: *found, and its name in other.
+ * Errors: eng_cat_all's.
+ */
+static cdx_err other_holder(eng *e, const eng_catentry *c, bool by_kcv,
+                            char other[CDX_INDEX_NAME_MAX + 1], bool *found)
+{
+    eng_catentry *all = NULL;
+    size_t n = 0;
+    *found = false;
+    cdx_err err = eng_cat_all(e, &all, &n, NULL);
+    if (err)
+        return err;
+    for (size_t i = 0; i < n && !*found; i++) {
+        if (!strcmp(all[i].name, c->name))
+            continue;
+        *found = !memcmp(all[i].id, c->id, CDX_ID_LEN) ||
+                 (by_kcv && c->has_kcv && all[i].has_kcv &&
+                  !CRYPTO_memcmp(all[i].kcv, c->kcv, CDX_KCV_LEN));
+        if (*found)
+            snprintf(other, CDX_INDEX_NAME_MAX + 1, "%s", all[i].name);
+    }
+    free(all);
+    return CDX_OK;
+}
+
+/* The name of the catalog entry a key claim names (*found false: none does). */
+static cdx_err claim_holder_name(eng *e, const eng_keyclaim *k, char name[CDX_INDEX_NAME_MAX + 1],
+                                 bool *found)
+{
+    eng_catentry *all = NULL;
+    size_t n = 0;
+    *found = false;
+    cdx_err err = eng_cat_all(e, &all, &n, NULL);
+    if (err)
+        return err;
+    for (size_t i = 0; i < n && !*found; i++)
+        if ((*found = !memcmp(all[i].id, k->id, CDX_ID_LEN)))
+            snprintf(name, CDX_INDEX_NAME_MAX + 1, "%s", all[i].name);
+    free(all);
+    return CDX_OK;
+}
+
+static cdx_err orphan_records(const uint8_t id[CDX_ID_LEN])
+{
+    char hx[2 * CDX_ID_LEN + 1];
+    cdx_hex_encode(id, CDX_ID_LEN, hx);
+    return cdx_fail(CDX_ERR_KEY_IN_USE,
+                    "the store holds records of index %s (this key's index) but no catalog entry "
+                    "names it: the entry was removed behind the appliance's back or lost with a "
+                    "store restore; restore the store from a backup (adopting the key would take "
+                    "over those records)",
+                    hx);
+}
+
+/*
+ * Before a new entry adopting key `id` is claimed: no other entry holds the
+ * id, and the store holds no records of it (those of an index whose catalog
+ * entry is gone). Errors: CDX_ERR_KEY_IN_USE, the store's and custody's.
+ */
+static cdx_err check_adopt_free(eng *e, const eng_create *r)
+{
+    eng_catentry c = {0};
+    snprintf(c.name, sizeof(c.name), "%s", r->name);
+    memcpy(c.id, r->adopt_id, CDX_ID_LEN);
+    char other[CDX_INDEX_NAME_MAX + 1];
+    bool found;
+    cdx_err err = other_holder(e, &c, false, other, &found);
+    if (err)
+        return err;
+    if (found)
+        return cdx_fail(CDX_ERR_KEY_IN_USE, "the key already belongs to index %s", other);
+    char hkey[CDX_STORE_KEY_MAX];
+    eng_key_head(hkey, c.id);
+    const char *keys[1] = {hkey};
+    eng_val v = {0};
+    if ((err = eng_store_mget(e->cfg.store, keys, 1, &v)))
+        return err;
+    found = v.found;
+    eng_vals_free(&v, 1);
+    return found ? orphan_records(c.id) : CDX_OK;
+}
+
+/*
+ * Put c's key on the token (or find it there) and record its KCV in c.
+ * *made = the key object was created by this call.
+ */
+static cdx_err provision_key(eng *e, const eng_create *r, eng_catentry *c, bool *made)
 {
     hsm_key_ref k = {.kind = HSM_KEY_INDEX};
     memcpy(k.id, c->id, CDX_ID_LEN);
     uint8_t kcv[CDX_KCV_LEN];
     cdx_err err;
+    *made = false;
     if (r->key_source == ENG_KEY_ADOPT) {
-        /* The key must belong to no other index. */
-        eng_catentry *all = NULL;
-        size_t n = 0;
-        if ((err = eng_cat_all(e, &all, &n, NULL)))
-            return err;
-        for (size_t i = 0; i < n; i++)
-            if (!memcmp(all[i].id, c->id, CDX_ID_LEN) && strcmp(all[i].name, c->name)) {
-                char other[CDX_INDEX_NAME_MAX + 1];
-                snprintf(other, sizeof(other), "%s", all[i].name);
-                free(all);
-                return cdx_fail(CDX_ERR_KEY_IN_USE, "the key already belongs to index %s", other);
-            }
-        free(all);
         err = hsm_index_key_adopt(e->cfg.custody, c->id, kcv);
     } else {
         err = hsm_key_kcv(e->cfg.custody, &k, kcv);
@@ -118,6 +221,7 @@ static cdx_err provision_key(eng *e, const eng_create *r, eng_catentry *c)
                                            r->wrapped_len, kcv);
             else
                 err = hsm_index_key_generate(e->cfg.custody, c->id, kcv);
+            *made = err == CDX_OK;
         }
     }
     if (err)
@@ -130,6 +234,35 @@ static cdx_err provision_key(eng *e, const eng_create *r, eng_catentry *c)
     memcpy(c->kcv, kcv, CDX_KCV_LEN);
     c->has_kcv = 1;
     return CDX_OK;
+}
+
+/*
+ * Make c the one holder of its key: no other entry has c's id or key (the
+ * entries written before key claims existed), and c takes the key's claim.
+ * *claimed = c holds the claim. Errors: CDX_ERR_KEY_IN_USE (naming the
+ * holder), eng_keyclaim_take's, eng_cat_all's.
+ */
+static cdx_err hold_key(eng *e, op *ro, const eng_create *r, const eng_catentry *c, bool *claimed)
+{
+    char other[CDX_INDEX_NAME_MAX + 1];
+    bool found;
+    eng_keyclaim held;
+    const char *how =
+        r->key_source == ENG_KEY_UNWRAP ? " (this wrapped key was unwrapped for it before)" : "";
+    cdx_err err = other_holder(e, c, true, other, &found);
+    if (err)
+        return err;
+    if (found)
+        return cdx_fail(CDX_ERR_KEY_IN_USE, "the key already belongs to index %s%s", other, how);
+    if ((err = eng_keyclaim_take(ro, c, claimed, &held)))
+        return err;
+    if (*claimed)
+        return CDX_OK;
+    if ((err = claim_holder_name(e, &held, other, &found)))
+        return err;
+    if (found)
+        return cdx_fail(CDX_ERR_KEY_IN_USE, "the key already belongs to index %s%s", other, how);
+    return orphan_records(held.id);
 }
 
 /* Check a create request before anything is claimed. Errors: CDX_ERR_INVALID_ARGUMENT. */
@@ -214,6 +347,48 @@ static cdx_err first_state(eng *e, const eng_catentry *c)
     return err;
 }
 
+/*
+ * Undo a create of c that failed after its name was claimed, so that a
+ * failed create leaves nothing: the records it wrote (only under an id that
+ * is c's alone: a key made for c, or one whose claim c holds), the key if
+ * it was made for c, the claim, the entry. A step that fails stops the undo
+ * and leaves the entry in state creating (resumable, deletable); the
+ * caller's error detail is kept.
+ */
+static void create_undo(eng *e, op *ro, const eng_catentry *c, bool claimed)
+{
+    char detail[512];
+    snprintf(detail, sizeof(detail), "%s", cdx_err_detail());
+    cdx_err err = CDX_OK;
+    const char *step = "";
+    if (c->owned || claimed) {
+        step = "records";
+        if (!(err = remove_records(e, c->id, NULL)))
+            eng_hwmark_remove(e->state_dir, c->id);
+    }
+    if (!err && c->owned) {
+        hsm_key_ref k = {.kind = HSM_KEY_INDEX};
+        memcpy(k.id, c->id, CDX_ID_LEN);
+        step = "key";
+        if ((err = hsm_key_destroy(e->cfg.custody, &k)) == CDX_ERR_KEY_NOT_FOUND)
+            err = CDX_OK;
+    }
+    if (!err && claimed) {
+        step = "key claim";
+        err = eng_keyclaim_release(ro, c);
+    }
+    if (!err) {
+        step = "catalog entry";
+        err = eng_cat_remove(ro, c->name);
+    }
+    if (err)
+        cdx_log(CDX_LOG_WARN, "eng_create_undo_failed", "step=\"%s\" code=%s msg=\"%.200s\"", step,
+                cdx_err_name(err), cdx_err_detail());
+    else
+        cdx_log(CDX_LOG_INFO, "eng_create_undone", "owned=%d", c->owned);
+    cdx_fail(CDX_OK, "%s", detail);
+}
+
 cdx_err eng_index_create(eng *e, const eng_create *r, eng_index_info *out)
 {
     cdx_err err;
@@ -222,7 +397,7 @@ cdx_err eng_index_create(eng *e, const eng_create *r, eng_index_info *out)
     op ro;
     eng_op_root(e, &ro);
     eng_catentry c;
-    bool found = false, ok = false;
+    bool found = false, ok = false, made = false, claimed = false;
     for (int attempt = 0; attempt < 3 && !ok; attempt++) {
         if ((err = eng_cat_read(&ro, r->name, &c, &found)))
             goto out;
@@ -232,6 +407,9 @@ cdx_err eng_index_create(eng *e, const eng_create *r, eng_index_info *out)
             ok = true; /* resume */
             break;
         }
+        /* Nothing is claimed for a key another index holds. */
+        if (r->key_source == ENG_KEY_ADOPT && (err = check_adopt_free(e, r)))
+            goto out;
         if ((err = new_entry(e, r, &c)) || (err = eng_cat_write(&ro, &c, true, &ok)))
             goto out;
     }
@@ -239,10 +417,11 @@ cdx_err eng_index_create(eng *e, const eng_create *r, eng_index_info *out)
         err = cdx_fail(CDX_ERR_ABORTED, "could not claim the name %s; retry", r->name);
         goto out;
     }
-    if ((err = provision_key(e, r, &c)))
+    if ((err = provision_key(e, r, &c, &made)) || (err = hold_key(e, &ro, r, &c, &claimed)) ||
+        (err = first_state(e, &c))) {
+        create_undo(e, &ro, &c, claimed);
         goto out;
-    if ((err = first_state(e, &c)))
-        goto out;
+    }
     c.state = ENG_ST_READY;
     if ((err = eng_cat_write(&ro, &c, false, &ok)))
         goto out;
@@ -371,32 +550,6 @@ cdx_err eng_index_list_all(eng *e, eng_index_info **out, size_t *n, size_t *unre
     return CDX_OK;
 }
 
-/* Delete every store key of index `id` (both key families). */
-static cdx_err remove_records(eng *e, const uint8_t id[CDX_ID_LEN], uint64_t *removed)
-{
-    char pat[2][ENG_KEY_PATTERN_MAX];
-    eng_key_index_patterns(id, pat);
-    for (int p = 0; p < 2; p++) {
-        uint64_t cursor = 0;
-        do {
-            char **keys = NULL;
-            size_t nk = 0;
-            cdx_err err = eng_store_scan(e->cfg.store, pat[p], &cursor, &keys, &nk);
-            if (err)
-                return err;
-            uint64_t d = 0;
-            if (nk)
-                err = eng_store_del(e->cfg.store, (const char *const *)keys, nk, &d);
-            eng_keys_free(keys, nk);
-            if (err)
-                return err;
-            if (removed)
-                *removed += d;
-        } while (cursor != 0);
-    }
-    return CDX_OK;
-}
-
 cdx_err eng_index_delete(eng *e, const char *name, const uint8_t confirm_id[CDX_ID_LEN])
 {
     cdx_err err = eng_check_name(name);
@@ -417,6 +570,22 @@ cdx_err eng_index_delete(eng *e, const char *name, const uint8_t confirm_id[CDX_
                        "the confirmation id does not match index %s; pass its id (describe "
                        "shows it) to confirm the deletion",
                        name);
+        goto out;
+    }
+    /*
+     * An entry sharing its id with another (left by a failed create before key
+     * claims existed) owns neither the records nor the key: only the entry goes.
+     */
+    char other[CDX_INDEX_NAME_MAX + 1];
+    bool alias = false;
+    if ((err = other_holder(e, &c, false, other, &alias)))
+        goto out;
+    if (alias) {
+        if ((err = eng_cat_remove(&ro, name)))
+            goto out;
+        cdx_log(CDX_LOG_WARN, "eng_index_deleted",
+                "records=0 alias=1 msg=\"the entry shared its index id with another index; "
+                "only the entry was removed\"");
         goto out;
     }
     hsm_key_ref k = {.kind = HSM_KEY_INDEX};
@@ -449,12 +618,34 @@ cdx_err eng_index_delete(eng *e, const char *name, const uint8_t confirm_id[CDX_
     if ((err = remove_records(e, c.id, &removed)))
         goto out;
     eng_hwmark_remove(e->state_dir, c.id);
-    if ((err = eng_cat_remove(&ro, name)))
+    if ((err = eng_keyclaim_release(&ro, &c)) || (err = eng_cat_remove(&ro, name)))
         goto out;
     cdx_log(CDX_LOG_INFO, "eng_index_deleted", "records=%llu owned=%d", (unsigned long long)removed,
             c.owned);
 out:
     eng_op_end(&ro);
+    return err;
+}
+
+struct purge_claims {
+    eng *e;
+    const eng_catentry *all;
+    size_t n;
+    uint64_t removed;
+};
+
+static cdx_err purge_claim(void *arg, const char *key, const eng_keyclaim *k, cdx_err kerr)
+{
+    struct purge_claims *pc = arg;
+    bool known = false;
+    for (size_t j = 0; j < pc->n && !known && !kerr; j++)
+        known = !memcmp(pc->all[j].id, k->id, CDX_ID_LEN);
+    if (known)
+        return CDX_OK;
+    uint64_t d = 0;
+    const char *one[1] = {key};
+    cdx_err err = eng_store_del(pc->e->cfg.store, one, 1, &d);
+    pc->removed += d;
     return err;
 }
 
@@ -477,6 +668,7 @@ cdx_err eng_purge(eng *e, uint64_t *removed)
             continue;
         eng_idx_forget(e, all[i].id);
         if (!(err = remove_records(e, all[i].id, &rm)) &&
+            !(err = eng_keyclaim_release(&ro, &all[i])) &&
             !(err = eng_cat_remove(&ro, all[i].name))) {
             eng_hwmark_remove(e->state_dir, all[i].id);
             rm++;
@@ -508,6 +700,11 @@ cdx_err eng_purge(eng *e, uint64_t *removed)
         if (cursor == 0)
             break;
     }
+    /* Key claims no catalog entry holds (or that do not open). */
+    struct purge_claims pc = {.e = e, .all = all, .n = na};
+    if (!err)
+        err = eng_keyclaim_each(&ro, purge_claim, &pc);
+    rm += pc.removed;
     eng_op_end(&ro);
     free(all);
     if (removed)

@@ -48,6 +48,8 @@ const char *eng_kind_name(eng_kind k)
         return "centroids";
     case ENG_K_CURSOR:
         return "cursor";
+    case ENG_K_KEYCLAIM:
+        return "key claim";
     }
     return "unknown";
 }
@@ -126,8 +128,8 @@ static void fill_header(uint8_t *h, const eng_rec_id *id, uint64_t write_time, c
  * (re-keying a set-up context skips the provider's setup).
  */
 static cdx_err gcm_seal(EVP_CIPHER_CTX *ctx, bool fresh, const uint8_t key[32],
-                        const eng_rec_id *id, uint64_t write_time, const uint8_t *kcv,
-                        uint8_t *rec, const uint8_t *pt, size_t ptlen)
+                        const eng_rec_id *id, uint64_t write_time, const uint8_t *kcv, uint8_t *rec,
+                        const uint8_t *pt, size_t ptlen)
 {
     uint8_t ad[64];
     size_t adlen = build_ad(id, write_time, kcv, ad);
@@ -136,8 +138,7 @@ static cdx_err gcm_seal(EVP_CIPHER_CTX *ctx, bool fresh, const uint8_t key[32],
         EVP_EncryptUpdate(ctx, NULL, &n, ad, (int)adlen) != 1 ||
         (ptlen && EVP_EncryptUpdate(ctx, rec + ENG_REC_HDR, &n, pt, (int)ptlen) != 1) ||
         EVP_EncryptFinal_ex(ctx, rec + ENG_REC_HDR + ptlen, &n) != 1 ||
-        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, ENG_REC_TAG, rec + ENG_REC_HDR + ptlen) !=
-            1)
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, ENG_REC_TAG, rec + ENG_REC_HDR + ptlen) != 1)
         return cdx_fail(CDX_ERR_INTERNAL, "AES-256-GCM encryption failed in OpenSSL");
     return CDX_OK;
 }
@@ -244,8 +245,8 @@ static cdx_err seal_record(eng_sealer *s, const eng_rec_id *id, uint64_t write_t
     if (!(err = next_nonce(s, h + 32)) &&
         !(err = eng_sealer_hmac(s, msg, record_msg(id, msg), key))) {
         bool fresh = EVP_CIPHER_CTX_get0_cipher(s->gcm) == NULL;
-        err = gcm_seal(s->gcm, fresh, key, id, write_time, kcv, h, pt ? pt : h + ENG_REC_HDR,
-                       ptlen);
+        err =
+            gcm_seal(s->gcm, fresh, key, id, write_time, kcv, h, pt ? pt : h + ENG_REC_HDR, ptlen);
     }
     OPENSSL_cleanse(key, sizeof(key));
     if (err) {
@@ -281,8 +282,8 @@ fail:
     return err;
 }
 
-cdx_err eng_rec_seal_s(eng_sealer *s, const eng_rec_id *id, uint64_t write_time,
-                       const uint8_t *kcv, const uint8_t *pt, size_t ptlen, eng_buf *out)
+cdx_err eng_rec_seal_s(eng_sealer *s, const eng_rec_id *id, uint64_t write_time, const uint8_t *kcv,
+                       const uint8_t *pt, size_t ptlen, eng_buf *out)
 {
     size_t at = out->len;
     if (ptlen > INT32_MAX)
@@ -347,8 +348,10 @@ cdx_err eng_rec_open(const hsm_subkey *k, const eng_rec_id *id, const uint8_t *e
         goto fail;
     }
     if (EVP_DecryptFinal_ex(ctx, pt + ctlen, &n) != 1) {
-        err = cdx_fail(CDX_ERR_INTEGRITY, "%s record failed authentication (modified, truncated "
-                       "or moved)", eng_kind_name(id->kind));
+        err = cdx_fail(CDX_ERR_INTEGRITY,
+                       "%s record failed authentication (modified, truncated "
+                       "or moved)",
+                       eng_kind_name(id->kind));
         goto fail;
     }
     EVP_CIPHER_CTX_free(ctx);

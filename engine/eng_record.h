@@ -48,6 +48,7 @@ typedef enum eng_kind {
     ENG_K_CONTENT = 8,   /* content purpose */
     ENG_K_CENTROIDS = 9, /* manifest purpose: centroids + quantiser */
     ENG_K_CURSOR = 10,   /* query purpose: sealed cursors handed to clients */
+    ENG_K_KEYCLAIM = 11, /* root key, purpose catalog: the index a token key belongs to */
 } eng_kind;
 
 /* "search", "manifest", ... for messages. */
@@ -89,10 +90,10 @@ cdx_err eng_rec_seal(const hsm_subkey *k, const eng_rec_id *id, uint64_t write_t
 #define ENG_NONCE_POOL 32 /* nonces drawn at once */
 
 typedef struct eng_sealer {
-    EVP_MAC_CTX *mac;     /* NULL: not initialised */
+    EVP_MAC_CTX *mac; /* NULL: not initialised */
     EVP_CIPHER_CTX *gcm;
     uint8_t pool[ENG_NONCE_POOL * 12];
-    size_t pool_left;     /* unused nonces at the end of pool */
+    size_t pool_left; /* unused nonces at the end of pool */
 } eng_sealer;
 
 /* Errors: CDX_ERR_INTERNAL (OpenSSL), CDX_ERR_RESOURCE_EXHAUSTED. */
@@ -110,8 +111,8 @@ cdx_err eng_sealer_hmac(eng_sealer *s, const void *msg, size_t len, uint8_t out[
 cdx_err eng_rec_seal_at(eng_sealer *s, const eng_rec_id *id, uint64_t write_time,
                         const uint8_t *kcv, eng_buf *out, size_t at);
 /* eng_rec_seal with a sealer. */
-cdx_err eng_rec_seal_s(eng_sealer *s, const eng_rec_id *id, uint64_t write_time,
-                       const uint8_t *kcv, const uint8_t *pt, size_t ptlen, eng_buf *out);
+cdx_err eng_rec_seal_s(eng_sealer *s, const eng_rec_id *id, uint64_t write_time, const uint8_t *kcv,
+                       const uint8_t *pt, size_t ptlen, eng_buf *out);
 
 /*
  * Parse the clear header. Errors: CDX_ERR_INTEGRITY (too short, unknown format).
@@ -129,6 +130,5 @@ cdx_err eng_rec_open(const hsm_subkey *k, const eng_rec_id *id, const uint8_t *e
 
 /* Random bytes from OpenSSL's DRBG (nonces, salts, tokens). Errors: CDX_ERR_INTERNAL. */
 cdx_err eng_random(void *buf, size_t n);
-
 
 #endif

@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "cdx_err.h"
 #include "cdx_hex.h"
@@ -19,8 +21,14 @@
 #include "fx_cunit.h"
 #include "fx_engine.h"
 #include "fx_tmp.h"
+#include "hsm_admin.h"
 #include "hsm_custody.h"
 #include "hsm_keys.h"
+
+/* Engine internals, to write what an older appliance or the store behind its back left. */
+#include "eng_catalog.h"
+#include "eng_int.h"
+#include "eng_op.h"
 
 /* Admin purge: records of an index whose key is gone, and records no entry references. */
 static void test_purge_and_max_age(void)
@@ -233,7 +241,212 @@ static void test_restart(void)
     fx_ds_free(&s);
 }
 
+/* Whether `name` is in eng_index_list. */
+static bool listed(const char *name)
+{
+    eng_index_info *all = NULL;
+    size_t n = 0;
+    bool seen = false;
+    CU_ASSERT_EQUAL_FATAL(eng_index_list(fx_eng, &all, &n), CDX_OK);
+    for (size_t i = 0; i < n; i++)
+        seen |= !strcmp(all[i].name, name);
+    free(all);
+    return seen;
+}
+
+/* Write an entry `name` in state creating that adopts key `id`, as the appliance did before key
+ * claims when a create with a key in use failed (walkthrough problem 1). */
+static void plant_alias(const char *name, const uint8_t id[16], uint32_t d)
+{
+    op ro;
+    eng_op_root(fx_eng, &ro);
+    eng_catentry c = {.state = ENG_ST_CREATING, .key_source = ENG_KEY_ADOPT, .dim = d};
+    snprintf(c.name, sizeof(c.name), "%s", name);
+    memcpy(c.id, id, 16);
+    c.metric = ENG_METRIC_EUCLIDEAN;
+    c.type = ENG_IVFFLAT;
+    bool ok = false;
+    CU_ASSERT_EQUAL(eng_cat_write(&ro, &c, true, &ok), CDX_OK);
+    CU_ASSERT_TRUE(ok);
+    eng_op_end(&ro);
+}
+
+/* Remove the catalog entry of `name` only, as someone with write access to the store could. */
+static void drop_entry(const char *name)
+{
+    op ro;
+    eng_op_root(fx_eng, &ro);
+    CU_ASSERT_EQUAL(eng_cat_remove(&ro, name), CDX_OK);
+    eng_op_end(&ro);
+}
+
+static size_t n_index_keys(void)
+{
+    hsm_key_info *ki = NULL;
+    size_t n = 0, k = 0;
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(fx_cust, &ki, &n), CDX_OK);
+    for (size_t i = 0; i < n; i++)
+        k += ki[i].kind == HSM_KEY_INDEX;
+    free(ki);
+    return k;
+}
+
+/*
+ * Walkthrough problem 1: `create typo --adopt-key K` with K the key of prod failed with KEY_IN_USE
+ * but left `typo` carrying prod's id, and deleting typo deleted prod's records. One token key
+ * belongs to at most one index, a failed create leaves nothing, and a delete removes only the
+ * records of the index it names.
+ */
+static void test_key_in_use(void)
+{
+    const size_t d = 8;
+    fx_dataset s;
+    fx_ds_make(&s, 20, d, "k");
+    uint8_t kid[16], kcv[8];
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(kid, 16), 1);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(fx_cust, kid, kcv), CDX_OK);
+    char prod[64], typo[64];
+    fx_uniq_name(prod, "prod");
+    fx_uniq_name(typo, "typo");
+    eng_create c = {.name = prod,
+                    .dimension = d,
+                    .metric = ENG_METRIC_EUCLIDEAN,
+                    .type = ENG_IVFFLAT,
+                    .key_source = ENG_KEY_ADOPT};
+    memcpy(c.adopt_id, kid, 16);
+    eng_index_info info, x;
+    CU_ASSERT_EQUAL_FATAL(eng_index_create(fx_eng, &c, &info), CDX_OK);
+    CU_ASSERT_FALSE(info.owned);
+    fx_upsert(prod, s.items, 20);
+    const long all20 = 20 * 1000 + 20;
+    /* A key that is not on the token: refused, and nothing is left (walkthrough problem 2). */
+    c.name = typo;
+    c.adopt_id[0] ^= 1;
+    CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &x), CDX_ERR_KEY_NOT_FOUND);
+    CU_ASSERT_FALSE(listed(typo));
+    c.adopt_id[0] ^= 1;
+
+    /* The exact sequence: the same key under another name is refused and leaves nothing. */
+    c.name = typo;
+    CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &x), CDX_ERR_KEY_IN_USE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), prod));
+    CU_ASSERT_EQUAL(eng_index_describe(fx_eng, typo, &x), CDX_ERR_NOT_FOUND);
+    CU_ASSERT_FALSE(listed(typo));
+    CU_ASSERT_EQUAL(eng_index_delete(fx_eng, typo, kid), CDX_ERR_NOT_FOUND);
+    CU_ASSERT_EQUAL(fx_observe(prod, &s, 0, 20), all20);
+
+    /* An alias an older appliance left: resuming it is refused and removes it... */
+    plant_alias(typo, kid, d);
+    CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &x), CDX_ERR_KEY_IN_USE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), prod));
+    CU_ASSERT_FALSE(listed(typo));
+    /* ...and deleting it removes the entry, never prod's records or key. */
+    plant_alias(typo, kid, d);
+    CU_ASSERT_TRUE(listed(typo));
+    CU_ASSERT_EQUAL(eng_index_delete(fx_eng, typo, kid), CDX_OK);
+    CU_ASSERT_FALSE(listed(typo));
+    CU_ASSERT_EQUAL(fx_observe(prod, &s, 0, 20), all20);
+    CU_ASSERT_EQUAL(eng_count(fx_eng, prod, &(uint64_t){0}), CDX_OK);
+
+    /* A deleted index frees its key: an adopted key survives it and can be adopted again. */
+    CU_ASSERT_EQUAL(eng_index_delete(fx_eng, prod, kid), CDX_OK);
+    hsm_key_ref k = {.kind = HSM_KEY_INDEX};
+    memcpy(k.id, kid, 16);
+    CU_ASSERT_EQUAL(hsm_key_check(fx_cust, &k, kcv), CDX_OK);
+    CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &x), CDX_OK);
+    CU_ASSERT_EQUAL(eng_index_delete(fx_eng, typo, kid), CDX_OK);
+
+    /* prod's catalog entry removed behind the appliance's back: its records are not taken over. */
+    c.name = prod;
+    CU_ASSERT_EQUAL_FATAL(eng_index_create(fx_eng, &c, &info), CDX_OK);
+    fx_upsert(prod, s.items, 20);
+    drop_entry(prod);
+    c.name = typo;
+    CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &x), CDX_ERR_KEY_IN_USE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "no catalog entry names it"));
+    CU_ASSERT_FALSE(listed(typo));
+    char pat[128], **keys;
+    fx_key_of(kid, "head", pat);
+    CU_ASSERT_EQUAL(fx_keys_of(pat, &keys), 1);
+    for (size_t i = 0; i < 1; i++)
+        free(keys[i]);
+    free(keys);
+    /* The same with the key claim gone too (a store written before claims): the head says so. */
+    size_t nclaims = fx_keys_of("cdx:key:*", &keys);
+    CU_ASSERT_TRUE(nclaims >= 1);
+    for (size_t i = 0; i < nclaims; i++) {
+        const char *one[1] = {keys[i]};
+        CU_ASSERT_EQUAL(eng_store_del(fx_store, one, 1, NULL), CDX_OK);
+        free(keys[i]);
+    }
+    free(keys);
+    CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &x), CDX_ERR_KEY_IN_USE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "no catalog entry names it"));
+    /* The admin purge removes the orphaned records; then the key is free. */
+    uint64_t removed = 0;
+    CU_ASSERT_EQUAL(eng_purge(fx_eng, &removed), CDX_OK);
+    CU_ASSERT_TRUE(removed >= 3);
+    CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &x), CDX_OK);
+    CU_ASSERT_EQUAL(x.count, 0);
+    CU_ASSERT_EQUAL(eng_index_delete(fx_eng, typo, kid), CDX_OK);
+    CU_ASSERT_EQUAL(hsm_key_destroy(fx_cust, &k), CDX_OK);
+    fx_ds_free(&s);
+}
+
+/* One wrapped blob unwrapped for two indexes would put one key under two: refused, nothing left. */
+static void test_unwrap_twice(void)
+{
+    uint8_t kek[32], dk[32], blob[40];
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(kek, 32), 1);
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(dk, 32), 1);
+    /* The KMS side: RFC 5649 wrap of the data key under the KEK (OpenSSL id-aes256-wrap-pad). */
+    EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
+    int l1 = 0, l2 = 0;
+    CU_ASSERT_EQUAL_FATAL(EVP_EncryptInit_ex(cx, EVP_aes_256_wrap_pad(), NULL, kek, NULL), 1);
+    CU_ASSERT_EQUAL_FATAL(EVP_EncryptUpdate(cx, blob, &l1, dk, 32), 1);
+    CU_ASSERT_EQUAL_FATAL(EVP_EncryptFinal_ex(cx, blob + l1, &l2), 1);
+    EVP_CIPHER_CTX_free(cx);
+    CU_ASSERT_EQUAL_FATAL(l1 + l2, 40);
+    char kn[64], a[64], b[64];
+    fx_uniq_name(kn, "kek");
+    fx_uniq_name(a, "unwa");
+    fx_uniq_name(b, "unwb");
+    CU_ASSERT_EQUAL_FATAL(hsm_kek_import(fx_cust, kn, kek), CDX_OK);
+    eng_create c = {.name = a,
+                    .dimension = 4,
+                    .metric = ENG_METRIC_EUCLIDEAN,
+                    .type = ENG_IVFFLAT,
+                    .key_source = ENG_KEY_UNWRAP,
+                    .kek_name = kn,
+                    .wrapped = blob,
+                    .wrapped_len = 40};
+    eng_index_info ia, ib;
+    /* Walkthrough problem 2: a create that fails leaves no half-created index behind. */
+    size_t keys_before = n_index_keys();
+    blob[7] ^= 1;
+    CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &ia), CDX_ERR_BAD_WRAPPED_KEY);
+    blob[7] ^= 1;
+    CU_ASSERT_FALSE(listed(a));
+    CU_ASSERT_EQUAL(n_index_keys(), keys_before);
+    CU_ASSERT_EQUAL_FATAL(eng_index_create(fx_eng, &c, &ia), CDX_OK);
+    keys_before = n_index_keys();
+    c.name = b;
+    CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &ib), CDX_ERR_KEY_IN_USE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), a));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "unwrapped"));
+    CU_ASSERT_FALSE(listed(b));
+    CU_ASSERT_EQUAL(n_index_keys(), keys_before); /* the second unwrapped copy was destroyed */
+    /* Once a is deleted (its key destroyed), the blob may serve another index. */
+    CU_ASSERT_EQUAL(eng_index_delete(fx_eng, a, ia.id), CDX_OK);
+    CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &ib), CDX_OK);
+    CU_ASSERT_EQUAL(memcmp(ib.kcv, ia.kcv, 8), 0);
+    CU_ASSERT_EQUAL(eng_index_delete(fx_eng, b, ib.id), CDX_OK);
+    CU_ASSERT_EQUAL(hsm_kek_destroy(fx_cust, kn), CDX_OK);
+}
+
 static const fx_test tests[] = {
+    {"one key, one index: adopt in use, aliases, a dropped entry", test_key_in_use},
+    {"one key, one index: a blob unwrapped twice", test_unwrap_twice},
     {"purge and manifest_max_age_ms", test_purge_and_max_age},
     {"lifecycle: create, describe, list, delete", test_lifecycle},
     {"bad input: specific errors, nothing applied", test_bad_input},

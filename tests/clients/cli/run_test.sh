@@ -38,6 +38,29 @@ cli index train docs | grep -q "trained docs" && ok || fail "train"
 [[ $(cli --json index describe docs | json 'd["count"]') == 40 ]] && ok || fail "describe count"
 cli index list | grep -q "^docs " && ok || fail "index list"
 
+# Walkthrough problem 1: a key another index holds cannot be adopted again; the failed create
+# leaves nothing to delete, and the holder keeps its records.
+hsm() {
+    "$build/appliance/cipherdex-hsm" --module "$CIPHERDEX_HSM_MODULE" \
+        --token "pkcs11:token=$CIPHERDEX_TOKEN_LABEL" --pin-source "file:$CIPHERDEX_PIN_FILE" "$@"
+}
+kid=$(hsm --json index generate | json 'd["id"]')
+cli index create prod --dim 4 --adopt-key "$kid" >/dev/null
+cli upsert prod --file "$dir/items.jsonl" >/dev/null
+set +e
+cli index create typo --dim 4 --adopt-key "$kid" >/dev/null 2>"$dir/err"; rc=$?
+set -e
+[[ $rc == 1 ]] && grep -q "KEY_IN_USE.*index prod" "$dir/err" && ok || fail "adopt in use: rc $rc"
+cli index list | grep -q "^typo " && fail "the failed create left typo" || ok
+set +e
+cli index delete typo --confirm "$kid" >/dev/null 2>"$dir/err"; rc=$?
+set -e
+[[ $rc == 1 ]] && grep -q "NOT_FOUND" "$dir/err" && ok || fail "nothing named typo to delete"
+[[ $(cli --json index describe prod | json 'd["count"]') == 40 ]] && ok || fail "prod keeps its items"
+cli index delete prod --confirm "$kid" | grep -q "deleted prod" && ok || fail "delete prod"
+hsm index check --id "$kid" --kcv "$(hsm --json index kcv --id "$kid" | json 'd["kcv"]')" >/dev/null &&
+    ok || fail "an adopted key outlives its index"
+
 cli --json query docs --vector "1,0.25,0.4285714,-0.5" --top-k 3 --include metadata >"$dir/q.json"
 [[ $(json 'd["results"][0]["id"]' <"$dir/q.json") == d10 ]] && ok || fail "nearest is d10"
 cli query docs --vector "1,0.25,0.43,-0.5" --top-k 5 --filter '{"odd": true}' --include metadata |
