@@ -6,7 +6,11 @@
  *                                    that the files it names are readable), then exit
  *
  * Exit codes: 0 clean stop / valid configuration, 1 runtime failure,
- * 2 usage or configuration error.
+ * 2 usage or configuration error, 3 the token refused the PIN (incorrect,
+ * locked or expired). systemd must not restart on 2 or 3
+ * (RestartPreventExitStatus): a restart cannot fix either, and each restart
+ * on 3 would spend one of the few wrong-PIN attempts a real HSM allows
+ * before it locks or zeroises.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,6 +124,22 @@ static void blas_kernels(char **argv)
     cdx_log(CDX_LOG_WARN, "blas_reexec_failed", "core=%s", core);
 }
 
+enum { EXIT_RUNTIME = 1, EXIT_CONFIG = 2, EXIT_PIN = 3 };
+
+/* The exit status of a failed start (see the top of the file). */
+static int exit_status(cdx_err err)
+{
+    switch (err) {
+    case CDX_ERR_CONFIG:
+        return EXIT_CONFIG;
+    case CDX_ERR_HSM_PIN_INCORRECT:
+    case CDX_ERR_HSM_PIN_LOCKED:
+        return EXIT_PIN;
+    default:
+        return EXIT_RUNTIME;
+    }
+}
+
 int main(int argc, char **argv)
 {
     blas_kernels(argv);
@@ -150,7 +170,7 @@ int main(int argc, char **argv)
         cdx_log(CDX_LOG_ERROR, "start_failed", "code=%s msg=\"%s\"", cdx_err_name(err),
                 cdx_err_detail());
         fprintf(stderr, "cipherdexd: cannot start: %s: %s\n", cdx_err_name(err), cdx_err_detail());
-        return err == CDX_ERR_CONFIG ? 2 : 1;
+        return exit_status(err);
     }
     int rc = app_daemon_run(d);
     app_daemon_free(d);

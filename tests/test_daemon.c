@@ -169,7 +169,8 @@ static void test_run_and_signals(void)
 
 static void test_start_failure(void)
 {
-    /* A wrong PIN: the daemon refuses to start, exit 1, and says why. */
+    /* A wrong PIN: the daemon refuses to start with its own exit status (3, which the unit's
+     * RestartPreventExitStatus lists: no restart spends another PIN attempt), and says why. */
     char pin[4200], out[8192];
     snprintf(pin, sizeof(pin), "%s/wrong.pin", dir);
     write_file(pin, "not-the-pin\n", 0600);
@@ -191,8 +192,23 @@ static void test_start_failure(void)
     snprintf(envbuf, sizeof(envbuf), "SOFTHSM2_CONF=%s", fx_token_conf(tok));
     const char *env[] = {envbuf, NULL};
     int rc = fx_run_env(argv, env, NULL, out, sizeof(out));
-    CU_ASSERT_EQUAL(rc, 1);
+    CU_ASSERT_EQUAL(rc, 3);
     CU_ASSERT(strstr(out, "HSM_PIN_INCORRECT") != NULL);
+    /* The shipped unit does not restart on it. */
+    char unit[4300], utext[8192];
+    snprintf(unit, sizeof(unit), "%s/packaging/cipherdexd.service", getenv("CDX_SOURCE_DIR"));
+    FILE *uf = fopen(unit, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(uf);
+    size_t un = fread(utext, 1, sizeof(utext) - 1, uf);
+    fclose(uf);
+    utext[un] = '\0';
+    const char *rp = strstr(utext, "\nRestartPreventExitStatus=");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rp);
+    char line[128];
+    rp += strlen("\nRestartPreventExitStatus=");
+    snprintf(line, sizeof(line), " %.*s ", (int)strcspn(rp, "\n"), rp);
+    CU_ASSERT_PTR_NOT_NULL(strstr(line, " 3 ")); /* the PIN status */
+    CU_ASSERT_PTR_NOT_NULL(strstr(line, " 2 ")); /* the configuration status */
 }
 
 int main(void)
