@@ -50,18 +50,64 @@ int cli_health(cli *x, cli_args *a)
     return e ? cli_fail(x, e) : 0;
 }
 
+/* An empty field may have no data: json_stringn(NULL, 0) fails. */
+static json_t *jstr0(ProtobufCBinaryData b)
+{
+    return b.len ? cli_jstr(b) : json_string("");
+}
+
+/* key_provenance as JSON: attributes as {"name": true|false|null (n/a)}. */
+static json_t *prov_json(const Cipherdex__V1__KeyProvenance *p)
+{
+    if (!p)
+        return json_null();
+    json_t *attrs = json_object();
+    for (size_t i = 0; i < p->n_attributes; i++) {
+        const Cipherdex__V1__KeyAttribute *a = p->attributes[i];
+        char name[CDX_ENUM_TEXT_MAX + 1];
+        snprintf(name, sizeof(name), "%.*s", (int)a->name.len, (const char *)a->name.data);
+        bool yes = a->value.len == 3 && !memcmp(a->value.data, "yes", 3);
+        bool no = a->value.len == 2 && !memcmp(a->value.data, "no", 2);
+        json_object_set_new(attrs, name, yes ? json_true() : no ? json_false() : json_null());
+    }
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o}", "origin", jstr0(p->origin), "kek_name",
+                     jstr0(p->kek_name), "born_on_token", jstr0(p->born_on_token), "token_serial",
+                     jstr0(p->token_serial), "token_model", jstr0(p->token_model), "attributes",
+                     attrs);
+}
+
+/* One line: "unwrapped with KEK kms-main; existed outside the token". */
+static void prov_line(const Cipherdex__V1__KeyProvenance *p, char *buf, size_t cap)
+{
+    if (!p || !p->origin.len) {
+        snprintf(buf, cap, "unknown");
+        return;
+    }
+    const char *born = "";
+    if (p->born_on_token.len == 3 && !memcmp(p->born_on_token.data, "yes", 3))
+        born = "; generated on the token, never outside it";
+    else if (p->born_on_token.len == 2 && !memcmp(p->born_on_token.data, "no", 2))
+        born = "; existed outside the token";
+    else if (p->born_on_token.len == 3 && !memcmp(p->born_on_token.data, "n/a", 3))
+        born = "; the token does not say whether it was generated there";
+    snprintf(buf, cap, "%.*s%s%.*s%s", (int)p->origin.len, (const char *)p->origin.data,
+             p->kek_name.len ? " with KEK " : "", (int)p->kek_name.len,
+             p->kek_name.len ? (const char *)p->kek_name.data : "", born);
+}
+
 static json_t *info_json(const Cipherdex__V1__IndexInfo *x)
 {
     char id[33] = "", kcv[17] = "";
     cli_hex(x->id, id);
     cli_hex(x->kcv, kcv);
-    return json_pack("{s:o,s:o,s:s,s:i,s:o,s:o,s:i,s:i,s:I,s:I,s:s,s:o,s:b,s:i,s:I,s:o,s:o}",
+    return json_pack("{s:o,s:o,s:s,s:i,s:o,s:o,s:i,s:i,s:I,s:I,s:s,s:o,s:b,s:o,s:i,s:I,s:o,s:o}",
                      "name", cli_jstr(x->name), "state", cli_jstr(x->state), "id", id, "dimension",
                      x->dimension, "metric", cli_jstr(x->metric), "index_type",
                      cli_jstr(x->index_type), "n_lists", x->n_lists, "n_clusters", x->n_clusters,
                      "count", (json_int_t)x->count, "version", (json_int_t)x->version, "kcv", kcv,
-                     "key_source", cli_jstr(x->key_source), "key_owned", x->key_owned, "segments",
-                     x->segments, "created_ms", (json_int_t)x->created_ms, "status",
+                     "key_source", cli_jstr(x->key_source), "key_owned", x->key_owned,
+                     "key_provenance", prov_json(x->key_provenance), "segments", x->segments,
+                     "created_ms", (json_int_t)x->created_ms, "status",
                      x->status.len ? cli_jstr(x->status) : json_string("ok"), "status_message",
                      /* json_stringn(NULL, 0) fails: an empty field may have no data */
                      x->status_message.len ? cli_jstr(x->status_message) : json_string(""));
@@ -80,6 +126,23 @@ static void info_print(const Cipherdex__V1__IndexInfo *x)
            (int)x->metric.len, x->metric.data, (int)x->index_type.len, x->index_type.data,
            x->n_lists, x->n_clusters, x->count, x->version, x->segments, (int)x->key_source.len,
            x->key_source.data, x->key_owned ? " (destroyed with the index)" : " (adopted)", kcv);
+    char line[256];
+    prov_line(x->key_provenance, line, sizeof(line));
+    printf("key origin:  %s\n", line);
+    const Cipherdex__V1__KeyProvenance *p = x->key_provenance;
+    if (p && (p->token_serial.len || p->token_model.len))
+        printf("token:       %.*s, serial %.*s\n", (int)p->token_model.len,
+               p->token_model.len ? (const char *)p->token_model.data : "",
+               (int)p->token_serial.len,
+               p->token_serial.len ? (const char *)p->token_serial.data : "");
+    if (p && p->n_attributes) {
+        printf("attributes: ");
+        for (size_t i = 0; i < p->n_attributes; i++)
+            printf(" %.*s=%.*s", (int)p->attributes[i]->name.len,
+                   (const char *)p->attributes[i]->name.data, (int)p->attributes[i]->value.len,
+                   (const char *)p->attributes[i]->value.data);
+        printf("\n");
+    }
 }
 
 static void info_out(const cli *x, const Cipherdex__V1__IndexInfo *i)
@@ -100,18 +163,22 @@ static int index_list(cli *x)
             cli_print_json(json_pack("{s:o,s:i}", "indexes", arr, "unreadable_entries",
                                      (int)lr->unreadable_entries));
         } else {
-            printf("%-32s %-6s %-9s %-17s %-7s %10s %8s  %s\n", "NAME", "DIM", "TYPE", "METRIC",
-                   "LISTS", "ITEMS", "VERSION", "STATUS");
+            printf("%-32s %-6s %-9s %-17s %-7s %10s %8s  %-10s %s\n", "NAME", "DIM", "TYPE",
+                   "METRIC", "LISTS", "ITEMS", "VERSION", "KEY", "STATUS");
             size_t broken = 0;
             for (size_t i = 0; i < lr->n_indexes; i++) {
                 const Cipherdex__V1__IndexInfo *ii = lr->indexes[i];
                 bool ok =
                     !ii->status.len || (ii->status.len == 2 && !memcmp(ii->status.data, "ok", 2));
                 broken += !ok;
-                printf("%-32.*s %-6u %-9.*s %-17.*s %-7u %10" PRIu64 " %8" PRIu64 "  %.*s\n",
+                const Cipherdex__V1__KeyProvenance *p = ii->key_provenance;
+                bool po = p && p->origin.len;
+                printf("%-32.*s %-6u %-9.*s %-17.*s %-7u %10" PRIu64 " %8" PRIu64
+                       "  %-10.*s %.*s\n",
                        (int)ii->name.len, ii->name.data, ii->dimension, (int)ii->index_type.len,
                        ii->index_type.data, (int)ii->metric.len, ii->metric.data, ii->n_clusters,
-                       ii->count, ii->version, ok ? 2 : (int)ii->status.len,
+                       ii->count, ii->version, po ? (int)p->origin.len : 7,
+                       po ? (const char *)p->origin.data : "unknown", ok ? 2 : (int)ii->status.len,
                        ok ? "ok" : (const char *)ii->status.data);
             }
             /* The reasons after the table, so the columns stay readable. */

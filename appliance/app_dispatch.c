@@ -10,6 +10,7 @@
 #include "cdx_limits.h"
 #include "cdx_log.h"
 #include "cdx_time.h"
+#include "hsm_provenance.h"
 #include "wire_alloc.h"
 #include "wire_msg.h"
 
@@ -30,7 +31,7 @@ typedef struct scratch {
     char **ids;
     size_t *id_lens, nids;
     char *cursor;
-    const char *principal; /* the caller (audit lines) */
+    const char *principal;     /* the caller (audit lines) */
     size_t frame_len;          /* the request frame's length */
     app_budget *budget;        /* env->budget */
     _Atomic uint64_t reserved; /* held in budget until the answer is packed */
@@ -101,7 +102,44 @@ static const char *key_source_name(eng_key_source k)
     return k == ENG_KEY_UNWRAP ? "unwrap" : k == ENG_KEY_ADOPT ? "adopt" : "generate";
 }
 
-static void fill_info(const eng_index_info *in, Cipherdex__V1__IndexInfo *out)
+/* Room for an IndexInfo's provenance, which fill_info points into (no allocation). */
+typedef struct prov_buf {
+    Cipherdex__V1__KeyProvenance p;
+    Cipherdex__V1__KeyAttribute a[HSM_NATTRS];
+    Cipherdex__V1__KeyAttribute *ap[HSM_NATTRS];
+} prov_buf;
+
+static const char *yes_no_na(unsigned bit, uint32_t attrs, uint32_t unknown)
+{
+    return unknown & bit ? "n/a" : attrs & bit ? "yes" : "no";
+}
+
+static void fill_prov(const eng_key_prov *in, prov_buf *b)
+{
+    Cipherdex__V1__KeyProvenance *p = &b->p;
+    cipherdex__v1__key_provenance__init(p);
+    p->origin = wire_str(eng_key_origin_name((eng_key_origin)in->origin));
+    p->kek_name = wire_str(in->kek);
+    p->token_serial = wire_str(in->serial);
+    p->token_model = wire_str(in->token_model);
+    if (in->origin == ENG_ORIGIN_UNKNOWN) {
+        p->born_on_token = wire_str("n/a");
+        return;
+    }
+    hsm_key_facts f = {.attrs = in->attrs, .unknown = in->unknown};
+    int born = hsm_facts_born_on_token(&f);
+    p->born_on_token = wire_str(born > 0 ? "yes" : born == 0 ? "no" : "n/a");
+    for (unsigned i = 0; i < HSM_NATTRS; i++) {
+        cipherdex__v1__key_attribute__init(&b->a[i]);
+        b->a[i].name = wire_str(hsm_attr_name(1u << i));
+        b->a[i].value = wire_str(yes_no_na(1u << i, in->attrs, in->unknown));
+        b->ap[i] = &b->a[i];
+    }
+    p->n_attributes = HSM_NATTRS;
+    p->attributes = b->ap;
+}
+
+static void fill_info(const eng_index_info *in, Cipherdex__V1__IndexInfo *out, prov_buf *pb)
 {
     cipherdex__v1__index_info__init(out);
     out->name = wire_str(in->name);
@@ -121,6 +159,8 @@ static void fill_info(const eng_index_info *in, Cipherdex__V1__IndexInfo *out)
     out->created_ms = in->created_ms;
     out->status = wire_str(in->status[0] ? in->status : "ok");
     out->status_message = wire_str(in->status_message);
+    fill_prov(&in->prov, pb);
+    out->key_provenance = &pb->p;
 }
 
 /* Ids of a request as the engine wants them. */
@@ -205,12 +245,13 @@ static cdx_err do_create(const app_dispatch_env *env, const Req *q, Resp *r, scr
     eng_index_info *info = alloc(s, sizeof(*info));
     Cipherdex__V1__CreateIndexResponse *cr = alloc(s, sizeof(*cr));
     Cipherdex__V1__IndexInfo *ii = alloc(s, sizeof(*ii));
-    if (!info || !cr || !ii)
+    prov_buf *pb = alloc(s, sizeof(*pb));
+    if (!info || !cr || !ii || !pb)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     if ((err = eng_index_create(env->engine, &ec, info)))
         return err;
     cipherdex__v1__create_index_response__init(cr);
-    fill_info(info, ii);
+    fill_info(info, ii, pb);
     cr->index = ii;
     r->body_case = CIPHERDEX__V1__RESPONSE__BODY_CREATE_INDEX;
     r->create_index = cr;
@@ -222,13 +263,14 @@ static cdx_err do_describe(const app_dispatch_env *env, const Req *q, Resp *r, s
     eng_index_info *info = alloc(s, sizeof(*info));
     Cipherdex__V1__DescribeIndexResponse *dr = alloc(s, sizeof(*dr));
     Cipherdex__V1__IndexInfo *ii = alloc(s, sizeof(*ii));
-    if (!info || !dr || !ii)
+    prov_buf *pb = alloc(s, sizeof(*pb));
+    if (!info || !dr || !ii || !pb)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     cdx_err err = eng_index_describe(env->engine, wire_text(q->describe_index->name), info);
     if (err)
         return err;
     cipherdex__v1__describe_index_response__init(dr);
-    fill_info(info, ii);
+    fill_info(info, ii, pb);
     dr->index = ii;
     r->body_case = CIPHERDEX__V1__RESPONSE__BODY_DESCRIBE_INDEX;
     r->describe_index = dr;
@@ -245,11 +287,12 @@ static cdx_err do_list_indexes(const app_dispatch_env *env, const Req *q, Resp *
     Cipherdex__V1__ListIndexesResponse *lr = alloc(s, sizeof(*lr));
     Cipherdex__V1__IndexInfo *arr = alloc(s, n * sizeof(*arr));
     Cipherdex__V1__IndexInfo **ptrs = alloc(s, n * sizeof(*ptrs));
-    if (!lr || !arr || !ptrs)
+    prov_buf *pb = alloc(s, n * sizeof(*pb));
+    if (!lr || !arr || !ptrs || !pb)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     cipherdex__v1__list_indexes_response__init(lr);
     for (size_t i = 0; i < n; i++) {
-        fill_info(&s->infos[i], &arr[i]);
+        fill_info(&s->infos[i], &arr[i], &pb[i]);
         ptrs[i] = &arr[i];
     }
     lr->n_indexes = n;

@@ -67,6 +67,23 @@ const char *eng_index_type_name(eng_index_type t)
     return "unknown";
 }
 
+const char *eng_key_origin_name(eng_key_origin o)
+{
+    switch (o) {
+    case ENG_ORIGIN_GENERATED:
+        return "generated";
+    case ENG_ORIGIN_UNWRAPPED:
+        return "unwrapped";
+    case ENG_ORIGIN_IMPORTED:
+        return "imported";
+    case ENG_ORIGIN_ADOPTED:
+        return "adopted";
+    case ENG_ORIGIN_UNKNOWN:
+        break;
+    }
+    return "unknown";
+}
+
 cdx_err eng_check_name(const char *name)
 {
     size_t n = name ? strlen(name) : 0;

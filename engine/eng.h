@@ -33,17 +33,17 @@
 typedef struct eng eng;
 
 typedef struct eng_config {
-    hsm_custody *custody;                /* borrowed; must outlive the engine */
-    eng_store *store;                    /* borrowed */
-    uint8_t deployment_id[CDX_ID_LEN];   /* names the root key (created if missing) */
-    const char *state_dir;               /* rollback high-water marks; created 0700 */
-    uint32_t manifest_max_age_ms;        /* 0: read the head on every request */
-    size_t cache_bytes;                  /* decrypted search-block cache; 0 = none */
-    uint32_t gc_grace_ms;                /* sweep keeps unreferenced records this long; 0 = 10 min */
-    unsigned query_threads;              /* batch queries spread over threads; 0 = 1 */
-    unsigned commit_retries;             /* optimistic commit attempts; 0 = 32 */
-    size_t result_bytes_max;             /* largest answer a get or query builds (its hits'
-                                            bytes, eng_rbudget); 0 = CDX_RESULT_MAX_DEFAULT */
+    hsm_custody *custody;              /* borrowed; must outlive the engine */
+    eng_store *store;                  /* borrowed */
+    uint8_t deployment_id[CDX_ID_LEN]; /* names the root key (created if missing) */
+    const char *state_dir;             /* rollback high-water marks; created 0700 */
+    uint32_t manifest_max_age_ms;      /* 0: read the head on every request */
+    size_t cache_bytes;                /* decrypted search-block cache; 0 = none */
+    uint32_t gc_grace_ms;              /* sweep keeps unreferenced records this long; 0 = 10 min */
+    unsigned query_threads;            /* batch queries spread over threads; 0 = 1 */
+    unsigned commit_retries;           /* optimistic commit attempts; 0 = 32 */
+    size_t result_bytes_max;           /* largest answer a get or query builds (its hits'
+                                          bytes, eng_rbudget); 0 = CDX_RESULT_MAX_DEFAULT */
 } eng_config;
 
 /*
@@ -79,34 +79,56 @@ typedef enum eng_key_source {
     ENG_KEY_ADOPT = 2,    /* an existing token key minted by the admin tool */
 } eng_key_source;
 
+/* How an index key came to the token (recorded at creation, bound into the catalog entry). */
+typedef enum eng_key_origin {
+    ENG_ORIGIN_UNKNOWN = 0,   /* the index was created before provenance was recorded */
+    ENG_ORIGIN_GENERATED = 1, /* generated on the token for this index */
+    ENG_ORIGIN_UNWRAPPED = 2, /* unwrapped on the token from a KMS-wrapped key (prov.kek) */
+    ENG_ORIGIN_IMPORTED = 3,  /* imported from a plaintext key (development only) */
+    ENG_ORIGIN_ADOPTED = 4,   /* an existing token key, adopted (see prov.attrs: CKA_LOCAL) */
+} eng_key_origin;
+
+/* An index key's provenance: its origin, the token, and the attributes read back from it. */
+typedef struct eng_key_prov {
+    uint8_t origin;                 /* eng_key_origin */
+    char kek[CDX_KEK_NAME_MAX + 1]; /* ENG_ORIGIN_UNWRAPPED: the KEK's name */
+    char serial[17];                /* the token's serial number */
+    char token_model[50];           /* "<manufacturer> <model>" of the token */
+    uint32_t attrs, unknown;        /* HSM_A_* bits read TRUE / not reported at creation */
+} eng_key_prov;
+
+/* "generated", "unwrapped", "imported", "adopted" or "unknown" (static string). */
+const char *eng_key_origin_name(eng_key_origin o);
+
 typedef struct eng_create {
-    const char *name;        /* 1-128 of [A-Za-z0-9_.-] */
-    uint32_t dimension;      /* 1..CDX_DIM_MAX */
+    const char *name;   /* 1-128 of [A-Za-z0-9_.-] */
+    uint32_t dimension; /* 1..CDX_DIM_MAX */
     eng_metric metric;
     eng_index_type type;
-    uint32_t n_lists;        /* clusters after training; 0 = chosen at training */
+    uint32_t n_lists; /* clusters after training; 0 = chosen at training */
     eng_key_source key_source;
-    const char *kek_name;    /* ENG_KEY_UNWRAP */
-    const uint8_t *wrapped;  /* ENG_KEY_UNWRAP: 40 bytes */
+    const char *kek_name;   /* ENG_KEY_UNWRAP */
+    const uint8_t *wrapped; /* ENG_KEY_UNWRAP: 40 bytes */
     size_t wrapped_len;
     uint8_t adopt_id[CDX_ID_LEN]; /* ENG_KEY_ADOPT: the key's CKA_ID becomes the index id */
 } eng_create;
 
 typedef struct eng_index_info {
     char name[CDX_INDEX_NAME_MAX + 1];
-    char state[12];       /* "ready", "creating" or "deleting" (the latter two: unfinished) */
+    char state[12]; /* "ready", "creating" or "deleting" (the latter two: unfinished) */
     uint8_t id[CDX_ID_LEN];
     uint32_t dimension;
     eng_metric metric;
     eng_index_type type;
-    uint32_t n_lists;     /* configured */
-    uint32_t n_clusters;  /* trained clusters; 0 = untrained (exhaustive search) */
-    uint64_t count;       /* live items */
-    uint64_t version;     /* head version */
+    uint32_t n_lists;    /* configured */
+    uint32_t n_clusters; /* trained clusters; 0 = untrained (exhaustive search) */
+    uint64_t count;      /* live items */
+    uint64_t version;    /* head version */
     uint8_t kcv[CDX_KCV_LEN];
     eng_key_source key_source;
-    bool owned;           /* the key is destroyed with the index */
-    uint32_t segments;    /* live segments */
+    bool owned;        /* the key is destroyed with the index */
+    eng_key_prov prov; /* how the key came to the token */
+    uint32_t segments; /* live segments */
     uint64_t created_ms;
     /*
      * "ok", or (eng_index_list only) why this index cannot be served:
@@ -127,7 +149,8 @@ typedef struct eng_index_info {
  * (adopted key belongs to another index), custody errors (BAD_WRAPPED_KEY...).
  */
 cdx_err eng_index_create(eng *e, const eng_create *req, eng_index_info *out);
-/* The index's catalog entry and current state (reads the head unless cached). Errors: the common ones. */
+/* The index's catalog entry and current state (reads the head unless cached). Errors: the common
+ * ones. */
 cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out);
 /*
  * The dimension of index `name` from the catalog entry this engine holds
@@ -170,10 +193,10 @@ cdx_err eng_index_delete(eng *e, const char *name, const uint8_t confirm_id[CDX_
 cdx_err eng_purge(eng *e, uint64_t *removed);
 
 typedef struct eng_train_opts {
-    uint32_t n_lists;     /* 0: keep the index's n_lists (or sqrt(count) if it has none) */
-    uint32_t max_iters;   /* 0: CDX_TRAIN_ITERS_DEFAULT */
-    float tolerance;      /* 0: 1e-4 relative objective change */
-    uint64_t seed;        /* 0: 1234 */
+    uint32_t n_lists;             /* 0: keep the index's n_lists (or sqrt(count) if it has none) */
+    uint32_t max_iters;           /* 0: CDX_TRAIN_ITERS_DEFAULT */
+    float tolerance;              /* 0: 1e-4 relative objective change */
+    uint64_t seed;                /* 0: 1234 */
     uint32_t max_points_per_list; /* 0: CDX_TRAIN_POINTS_PER_LIST */
     /*
      * Optional caller-supplied training sample (sample_n x dimension floats):
@@ -194,10 +217,10 @@ typedef struct eng_train_opts {
 cdx_err eng_train(eng *e, const char *name, const eng_train_opts *o, uint64_t *version);
 
 typedef struct eng_item {
-    const char *id;          /* 1-256 bytes, valid UTF-8, no NUL */
+    const char *id; /* 1-256 bytes, valid UTF-8, no NUL */
     size_t id_len;
-    const float *vector;     /* dimension floats, finite */
-    const char *metadata;    /* JSON object text, or NULL/empty: none */
+    const float *vector;  /* dimension floats, finite */
+    const char *metadata; /* JSON object text, or NULL/empty: none */
     size_t metadata_len;
     const uint8_t *contents; /* NULL/0: none */
     size_t contents_len;
@@ -231,18 +254,18 @@ typedef struct eng_hit {
     char *id;
     size_t id_len;
     float distance;
-    float *vector;        /* ENG_WANT_VECTOR */
-    char *metadata;       /* ENG_WANT_METADATA: JSON text or NULL */
+    float *vector;  /* ENG_WANT_VECTOR */
+    char *metadata; /* ENG_WANT_METADATA: JSON text or NULL */
     size_t metadata_len;
-    uint8_t *contents;    /* ENG_WANT_CONTENTS */
+    uint8_t *contents; /* ENG_WANT_CONTENTS */
     size_t contents_len;
 } eng_hit;
 
 typedef struct eng_get_result {
-    size_t n;            /* = number of ids asked */
-    bool *found;         /* found[i] for ids[i] */
-    eng_hit *hits;       /* hits[i] valid when found[i] */
-    uint64_t version;    /* head version served */
+    size_t n;         /* = number of ids asked */
+    bool *found;      /* found[i] for ids[i] */
+    eng_hit *hits;    /* hits[i] valid when found[i] */
+    uint64_t version; /* head version served */
 } eng_get_result;
 
 /*
@@ -274,20 +297,20 @@ void eng_thread_mem_hook(eng_mem_fn fn, void *arg);
 void eng_get_result_free(eng_get_result *r);
 
 typedef struct eng_query {
-    const float *vectors;    /* nq x dimension, row-major */
+    const float *vectors; /* nq x dimension, row-major */
     size_t nq;
-    uint32_t top_k;          /* 0: CDX_TOPK_DEFAULT */
-    uint32_t n_probes;       /* 0: automatic (ceil(n_clusters / 32), at least 1) */
-    const char *filter;      /* JSON filter text or NULL/empty */
+    uint32_t top_k;     /* 0: CDX_TOPK_DEFAULT */
+    uint32_t n_probes;  /* 0: automatic (ceil(n_clusters / 32), at least 1) */
+    const char *filter; /* JSON filter text or NULL/empty */
     size_t filter_len;
-    unsigned want;           /* ENG_WANT_* */
-    uint64_t min_version;    /* refuse (STALE) if the served head is older */
+    unsigned want;        /* ENG_WANT_* */
+    uint64_t min_version; /* refuse (STALE) if the served head is older */
 } eng_query;
 
 typedef struct eng_query_result {
     size_t nq;
-    size_t *n;           /* hits per query (may be < top_k with a selective filter) */
-    eng_hit **hits;      /* hits[q][i], best first */
+    size_t *n;      /* hits per query (may be < top_k with a selective filter) */
+    eng_hit **hits; /* hits[q][i], best first */
     uint64_t version;
 } eng_query_result;
 
@@ -386,10 +409,10 @@ typedef struct eng_stats {
 void eng_get_stats(eng *e, eng_stats *out);
 
 typedef enum eng_stage {
-    ENG_STAGE_HEAD,     /* head and manifest reads */
-    ENG_STAGE_COARSE,   /* coarse quantisation */
-    ENG_STAGE_KEYS,     /* subkey derivation */
-    ENG_STAGE_FETCH,    /* store reads */
+    ENG_STAGE_HEAD,   /* head and manifest reads */
+    ENG_STAGE_COARSE, /* coarse quantisation */
+    ENG_STAGE_KEYS,   /* subkey derivation */
+    ENG_STAGE_FETCH,  /* store reads */
     ENG_STAGE_DECRYPT,
     ENG_STAGE_DISTANCE, /* scan, rescoring, filters, top-k */
     ENG_STAGE_COUNT

@@ -8,7 +8,8 @@
 #include "eng_op.h"
 #include "eng_store.h"
 
-#define CAT_FMT 1
+#define CAT_FMT    2 /* written; 1 (before provenance) is still read */
+#define CAT_FMT_V1 1
 
 void eng_cat_encode(const eng_catentry *c, eng_buf *b)
 {
@@ -20,7 +21,12 @@ void eng_cat_encode(const eng_catentry *c, eng_buf *b)
     eng_buf_put(b, c->id, CDX_ID_LEN);
     eng_buf_u8(b, c->key_source);
     eng_buf_u8(b, c->owned);
-    eng_buf_put(b, c->serial, ENG_SERIAL_LEN);
+    /* The token serial (format 2: prov.serial, blank-padded like CK_TOKEN_INFO). */
+    uint8_t serial[ENG_SERIAL_LEN];
+    size_t sl = strlen(c->prov.serial);
+    memset(serial, ' ', sizeof(serial));
+    memcpy(serial, c->prov.serial, sl < sizeof(serial) ? sl : sizeof(serial));
+    eng_buf_put(b, serial, ENG_SERIAL_LEN);
     eng_buf_u8(b, c->has_kcv);
     eng_buf_put(b, c->kcv, CDX_KCV_LEN);
     eng_buf_u32(b, c->dim);
@@ -28,6 +34,28 @@ void eng_cat_encode(const eng_catentry *c, eng_buf *b)
     eng_buf_u8(b, c->type);
     eng_buf_u32(b, c->n_lists);
     eng_buf_u64(b, c->created_ms);
+    const eng_key_prov *p = &c->prov;
+    eng_buf_u8(b, p->origin);
+    const char *strs[2] = {p->kek, p->token_model};
+    for (int i = 0; i < 2; i++) {
+        size_t l = strlen(strs[i]);
+        eng_buf_u8(b, (uint8_t)l);
+        eng_buf_put(b, strs[i], l);
+    }
+    eng_buf_u32(b, p->attrs);
+    eng_buf_u32(b, p->unknown);
+}
+
+/* A provenance string: at most cap - 1 printable ASCII bytes. */
+static void rd_str(eng_rd *r, char *dst, size_t cap)
+{
+    uint8_t l = eng_rd_u8(r);
+    if (l >= cap)
+        r->bad = true;
+    eng_rd_copy(r, dst, r->bad ? 0 : l);
+    for (size_t i = 0; i < l && !r->bad; i++)
+        if (dst[i] < 0x20 || dst[i] > 0x7e)
+            r->bad = true;
 }
 
 cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c)
@@ -52,7 +80,23 @@ cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c)
     c->type = eng_rd_u8(&r);
     c->n_lists = eng_rd_u32(&r);
     c->created_ms = eng_rd_u64(&r);
-    if (!eng_rd_done(&r) || fmt != CAT_FMT || c->state < ENG_ST_CREATING ||
+    if (fmt == CAT_FMT) {
+        eng_key_prov *pv = &c->prov;
+        pv->origin = eng_rd_u8(&r);
+        rd_str(&r, pv->kek, sizeof(pv->kek));
+        size_t sl = ENG_SERIAL_LEN;
+        while (sl > 0 && (c->serial[sl - 1] == ' ' || c->serial[sl - 1] == '\0'))
+            sl--;
+        for (size_t i = 0; i < sl; i++)
+            r.bad |= c->serial[i] < 0x20 || c->serial[i] > 0x7e;
+        memcpy(pv->serial, c->serial, sl);
+        rd_str(&r, pv->token_model, sizeof(pv->token_model));
+        pv->attrs = eng_rd_u32(&r);
+        pv->unknown = eng_rd_u32(&r);
+        if (pv->origin > ENG_ORIGIN_ADOPTED)
+            r.bad = true;
+    }
+    if (!eng_rd_done(&r) || (fmt != CAT_FMT && fmt != CAT_FMT_V1) || c->state < ENG_ST_CREATING ||
         c->state > ENG_ST_DELETING || c->dim == 0 || c->dim > CDX_DIM_MAX)
         return cdx_fail(CDX_ERR_INTEGRITY, "catalog entry is malformed");
     return CDX_OK;

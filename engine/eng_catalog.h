@@ -30,22 +30,24 @@ typedef struct eng_catentry {
     uint8_t id[CDX_ID_LEN];
     uint8_t key_source; /* eng_key_source */
     uint8_t owned;
-    uint8_t serial[ENG_SERIAL_LEN]; /* token serial the key lives on */
+    uint8_t serial[ENG_SERIAL_LEN]; /* as read: format 2 encodes prov.serial here, blank-padded */
     uint8_t has_kcv;
     uint8_t kcv[CDX_KCV_LEN];
     uint32_t dim;
     uint8_t metric, type;
     uint32_t n_lists;
     uint64_t created_ms;
+    eng_key_prov prov;    /* format 2; format 1 entries decode with origin unknown */
     uint64_t rec_version; /* version of the catalog record it was read from */
 } eng_catentry;
 
-/* Append the entry body (format 1) to b. Allocation failure shows in eng_buf_ok(b). */
+/* Append the entry body (format 2) to b. Allocation failure shows in eng_buf_ok(b). */
 void eng_cat_encode(const eng_catentry *c, eng_buf *b);
 
 /*
- * Decode an entry body into c (rec_version 0). Rejects (CDX_ERR_INTEGRITY):
- * another format, a name longer than CDX_INDEX_NAME_MAX, a state outside
+ * Decode an entry body (format 1 or 2) into c (rec_version 0). Rejects
+ * (CDX_ERR_INTEGRITY): another format, a provenance string too long or not
+ * printable, a name longer than CDX_INDEX_NAME_MAX, a state outside
  * creating..deleting, dim 0 or over CDX_DIM_MAX, truncation, trailing bytes.
  */
 cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c);

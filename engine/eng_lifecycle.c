@@ -16,6 +16,7 @@
 #include "eng_int.h"
 #include "eng_op.h"
 #include "eng_store.h"
+#include "hsm_provenance.h"
 
 static void fill_info(const eng_catentry *c, const eng_manifest *m, eng_index_info *out)
 {
@@ -33,6 +34,7 @@ static void fill_info(const eng_catentry *c, const eng_manifest *m, eng_index_in
     memcpy(out->kcv, c->kcv, CDX_KCV_LEN);
     out->key_source = (eng_key_source)c->key_source;
     out->owned = c->owned;
+    out->prov = c->prov;
     out->created_ms = c->created_ms;
     snprintf(out->status, sizeof(out->status), "ok");
     if (m) {
@@ -236,6 +238,35 @@ static cdx_err provision_key(eng *e, const eng_create *r, eng_catentry *c, bool 
     return CDX_OK;
 }
 
+/* Record where c's key came from: its origin and what the token reports about it. */
+static cdx_err record_provenance(eng *e, const eng_create *r, eng_catentry *c)
+{
+    hsm_key_ref k = {.kind = HSM_KEY_INDEX};
+    memcpy(k.id, c->id, CDX_ID_LEN);
+    hsm_key_facts f;
+    cdx_err err = hsm_key_facts_read(e->cfg.custody, &k, &f);
+    if (err)
+        return err;
+    eng_key_prov *p = &c->prov;
+    memset(p, 0, sizeof(*p));
+    p->origin = r->key_source == ENG_KEY_UNWRAP  ? ENG_ORIGIN_UNWRAPPED
+                : r->key_source == ENG_KEY_ADOPT ? ENG_ORIGIN_ADOPTED
+                                                 : ENG_ORIGIN_GENERATED;
+    if (r->key_source == ENG_KEY_UNWRAP)
+        snprintf(p->kek, sizeof(p->kek), "%s", r->kek_name);
+    snprintf(p->serial, sizeof(p->serial), "%s", f.serial);
+    snprintf(p->token_model, sizeof(p->token_model), "%s%s%s", f.manufacturer,
+             f.manufacturer[0] && f.model[0] ? " " : "", f.model);
+    /* The catalog stores printable ASCII only: a token's odd bytes become '?'. */
+    for (char *q = p->serial; *q; q++)
+        *q = *q < 0x20 || *q > 0x7e ? '?' : *q;
+    for (char *q = p->token_model; *q; q++)
+        *q = *q < 0x20 || *q > 0x7e ? '?' : *q;
+    p->attrs = f.attrs;
+    p->unknown = f.unknown;
+    return CDX_OK;
+}
+
 /*
  * Make c the one holder of its key: no other entry has c's id or key (the
  * entries written before key claims existed), and c takes the key's claim.
@@ -418,7 +449,7 @@ cdx_err eng_index_create(eng *e, const eng_create *r, eng_index_info *out)
         goto out;
     }
     if ((err = provision_key(e, r, &c, &made)) || (err = hold_key(e, &ro, r, &c, &claimed)) ||
-        (err = first_state(e, &c))) {
+        (err = record_provenance(e, r, &c)) || (err = first_state(e, &c))) {
         create_undo(e, &ro, &c, claimed);
         goto out;
     }

@@ -88,14 +88,6 @@ cdx_err hsm_kek_destroy(hsm_custody *c, const char *name)
 
 /* ---------------------------------------------------------------- listing */
 
-const char *hsm_attr_name(unsigned bit)
-{
-    for (size_t i = 0; i < hsm_nbattrs; i++)
-        if (hsm_battrs[i].bit == bit)
-            return hsm_battrs[i].name;
-    return "?";
-}
-
 struct list_arg {
     hsm_key_info *v;
     size_t n;

@@ -48,6 +48,31 @@ typedef enum hsm_key_kind {
     HSM_KEY_KEK = 3,
 } hsm_key_kind;
 
+/* Attribute bits reported for every key (HSM_A_*). */
+enum {
+    HSM_A_TOKEN = 1u << 0,
+    HSM_A_PRIVATE = 1u << 1,
+    HSM_A_SENSITIVE = 1u << 2,
+    HSM_A_EXTRACTABLE = 1u << 3,
+    HSM_A_ALWAYS_SENSITIVE = 1u << 4,
+    HSM_A_NEVER_EXTRACTABLE = 1u << 5,
+    HSM_A_LOCAL = 1u << 6,
+    HSM_A_SIGN = 1u << 7,
+    HSM_A_VERIFY = 1u << 8,
+    HSM_A_ENCRYPT = 1u << 9,
+    HSM_A_DECRYPT = 1u << 10,
+    HSM_A_WRAP = 1u << 11,
+    HSM_A_UNWRAP = 1u << 12,
+    HSM_A_DERIVE = 1u << 13,
+    HSM_A_MODIFIABLE = 1u << 14,
+    HSM_A_COPYABLE = 1u << 15,
+    HSM_A_DESTROYABLE = 1u << 16,
+};
+#define HSM_NATTRS 17 /* the HSM_A_* bits are 1u << 0 .. 1u << (HSM_NATTRS - 1) */
+
+/* Name of one HSM_A_* mask value ("sensitive", "never_extractable", ...); "?" if unknown. Pure. */
+const char *hsm_attr_name(unsigned bit);
+
 /* A root or index key: which object to use. */
 typedef struct hsm_key_ref {
     hsm_key_kind kind; /* HSM_KEY_ROOT or HSM_KEY_INDEX */

@@ -35,6 +35,14 @@ const hsm_battr hsm_battrs[] = {
 #define NBATTRS (sizeof(hsm_battrs) / sizeof(hsm_battrs[0]))
 const size_t hsm_nbattrs = NBATTRS;
 
+const char *hsm_attr_name(unsigned bit)
+{
+    for (size_t i = 0; i < NBATTRS; i++)
+        if (hsm_battrs[i].bit == bit)
+            return hsm_battrs[i].name;
+    return "?";
+}
+
 /* What the template of each kind requires (docs/KEYS.md). */
 #define SECRET_TRUE (HSM_A_TOKEN | HSM_A_PRIVATE | HSM_A_SENSITIVE | HSM_A_SIGN)
 #define SECRET_FALSE                                                                               \

@@ -97,6 +97,8 @@
 #define CDX_CURSOR_MAX        512       /* characters of a list_ids cursor (hex of a sealed record) */
 #define CDX_KEK_NAME_MAX      40        /* [A-Za-z0-9_.-]{1,40}: label "cipherdex-kek-<name>" */
 #define CDX_ENUM_TEXT_MAX     32        /* metric / index_type names on the wire */
+#define CDX_TOKEN_MODEL_MAX   49        /* "<manufacturerID 32> <model 16>" of CK_TOKEN_INFO */
+#define CDX_KEY_ATTRS_MAX     32        /* KeyProvenance.attributes */
 #define CDX_WRITE_THREADS_MAX 4         /* threads one write spreads its sealing and sgemm over */
 #define CDX_QUERY_THREADS_MAX 64        /* threads one batched query runs on */
 #define CDX_WCACHE_ITEMS_MAX  (1u << 20) /* id-map entries an index's write cache keeps (~110 B each) */

@@ -63,10 +63,14 @@ static eng_catentry sample_cat(void)
                       .n_lists = 1024,
                       .created_ms = 1700000000123ull};
     strcpy(c.name, "docs-en");
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < 16; i++)
         c.id[i] = (uint8_t)(0xa0 + i);
-        c.serial[i] = (uint8_t)('0' + i % 10);
-    }
+    c.prov = (eng_key_prov){.origin = ENG_ORIGIN_UNWRAPPED,
+                            .kek = "kms-main",
+                            .serial = "0123456789abcdef",
+                            .token_model = "SoftHSM project SoftHSM v2",
+                            .attrs = 0x1f7,
+                            .unknown = 0x8000};
     for (int i = 0; i < 8; i++)
         c.kcv[i] = (uint8_t)(0xf0 + i);
     return c;
@@ -85,14 +89,21 @@ static void test_catalog(void)
     eng_buf_init(&b);
     eng_cat_encode(&c, &b);
     CU_ASSERT_FATAL(eng_buf_ok(&b));
-    CU_ASSERT_EQUAL(b.len, 65 + strlen(c.name)); /* RECORDS.md: 65 + name bytes */
+    /* RECORDS.md: 76 + name, KEK name and token model bytes */
+    CU_ASSERT_EQUAL(b.len, 76 + strlen(c.name) + strlen(c.prov.kek) + strlen(c.prov.token_model));
     CU_ASSERT_EQUAL_FATAL(eng_cat_decode(b.data, b.len, &d), CDX_OK);
     CU_ASSERT_EQUAL(d.state, c.state);
     CU_ASSERT_STRING_EQUAL(d.name, c.name);
     CU_ASSERT_EQUAL(memcmp(d.id, c.id, 16), 0);
     CU_ASSERT_EQUAL(d.key_source, c.key_source);
     CU_ASSERT_EQUAL(d.owned, c.owned);
-    CU_ASSERT_EQUAL(memcmp(d.serial, c.serial, 16), 0);
+    CU_ASSERT_EQUAL(memcmp(d.serial, "0123456789abcdef", 16), 0);
+    CU_ASSERT_EQUAL(d.prov.origin, c.prov.origin);
+    CU_ASSERT_STRING_EQUAL(d.prov.kek, c.prov.kek);
+    CU_ASSERT_STRING_EQUAL(d.prov.serial, c.prov.serial);
+    CU_ASSERT_STRING_EQUAL(d.prov.token_model, c.prov.token_model);
+    CU_ASSERT_EQUAL(d.prov.attrs, c.prov.attrs);
+    CU_ASSERT_EQUAL(d.prov.unknown, c.prov.unknown);
     CU_ASSERT_EQUAL(d.has_kcv, c.has_kcv);
     CU_ASSERT_EQUAL(memcmp(d.kcv, c.kcv, 8), 0);
     CU_ASSERT_EQUAL(d.dim, c.dim);
@@ -112,6 +123,38 @@ static void test_catalog(void)
         CU_ASSERT_EQUAL(eng_cat_decode(b.data, b.len, &d), CDX_ERR_INTEGRITY);
         eng_buf_free(&b);
     }
+    /* A format-1 entry (before provenance) still reads, with origin unknown. */
+    c = sample_cat();
+    eng_buf_init(&b);
+    eng_cat_encode(&c, &b);
+    size_t v1 = 65 + strlen(c.name);
+    b.data[0] = 1;
+    CU_ASSERT_EQUAL(eng_cat_decode(b.data, v1, &d), CDX_OK);
+    CU_ASSERT_EQUAL(d.prov.origin, ENG_ORIGIN_UNKNOWN);
+    CU_ASSERT_STRING_EQUAL(d.prov.kek, "");
+    CU_ASSERT_EQUAL(eng_cat_decode(b.data, b.len, &d), CDX_ERR_INTEGRITY); /* v1 + trailing */
+    b.data[0] = 3;
+    CU_ASSERT_EQUAL(eng_cat_decode(b.data, b.len, &d), CDX_ERR_INTEGRITY);
+    eng_buf_free(&b);
+    /* An unknown origin, a control byte in a provenance string. */
+    c = sample_cat();
+    c.prov.origin = ENG_ORIGIN_ADOPTED + 1;
+    eng_buf_init(&b);
+    eng_cat_encode(&c, &b);
+    CU_ASSERT_EQUAL(eng_cat_decode(b.data, b.len, &d), CDX_ERR_INTEGRITY);
+    eng_buf_free(&b);
+    c = sample_cat();
+    c.prov.token_model[3] = '\n';
+    eng_buf_init(&b);
+    eng_cat_encode(&c, &b);
+    CU_ASSERT_EQUAL(eng_cat_decode(b.data, b.len, &d), CDX_ERR_INTEGRITY);
+    eng_buf_free(&b);
+    c = sample_cat();
+    c.prov.serial[2] = '\x01';
+    eng_buf_init(&b);
+    eng_cat_encode(&c, &b);
+    CU_ASSERT_EQUAL(eng_cat_decode(b.data, b.len, &d), CDX_ERR_INTEGRITY);
+    eng_buf_free(&b);
     static const uint32_t dims[] = {0, CDX_DIM_MAX + 1, UINT32_MAX};
     for (size_t i = 0; i < FX_LEN(dims); i++) {
         c = sample_cat();

@@ -105,6 +105,14 @@ static void test_lifecycle(void)
     CU_ASSERT_EQUAL(info.dimension, 8);
     CU_ASSERT_EQUAL(info.count, 0);
     CU_ASSERT_TRUE(info.owned);
+    /* Provenance: generated on this token, read back from it. */
+    CU_ASSERT_EQUAL(info.prov.origin, ENG_ORIGIN_GENERATED);
+    CU_ASSERT_STRING_EQUAL(eng_key_origin_name(info.prov.origin), "generated");
+    CU_ASSERT_TRUE((info.prov.attrs & (HSM_A_LOCAL | HSM_A_NEVER_EXTRACTABLE)) ==
+                   (HSM_A_LOCAL | HSM_A_NEVER_EXTRACTABLE));
+    CU_ASSERT_FALSE(info.prov.attrs & HSM_A_EXTRACTABLE);
+    CU_ASSERT_TRUE(strlen(info.prov.serial) > 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(info.prov.token_model, "SoftHSM"));
     eng_create c = {
         .name = name, .dimension = 8, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
     CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &again), CDX_ERR_ALREADY_EXISTS);
@@ -317,6 +325,9 @@ static void test_key_in_use(void)
     eng_index_info info, x;
     CU_ASSERT_EQUAL_FATAL(eng_index_create(fx_eng, &c, &info), CDX_OK);
     CU_ASSERT_FALSE(info.owned);
+    /* Adopted, and the token says it was generated there (CKA_LOCAL, never extractable). */
+    CU_ASSERT_EQUAL(info.prov.origin, ENG_ORIGIN_ADOPTED);
+    CU_ASSERT_TRUE(info.prov.attrs & HSM_A_LOCAL);
     fx_upsert(prod, s.items, 20);
     const long all20 = 20 * 1000 + 20;
     /* A key that is not on the token: refused, and nothing is left (walkthrough problem 2). */
@@ -430,6 +441,16 @@ static void test_unwrap_twice(void)
     CU_ASSERT_EQUAL(n_index_keys(), keys_before);
     CU_ASSERT_EQUAL_FATAL(eng_index_create(fx_eng, &c, &ia), CDX_OK);
     keys_before = n_index_keys();
+    /* Unwrapped from this KEK: the key existed outside the token. */
+    CU_ASSERT_EQUAL(ia.prov.origin, ENG_ORIGIN_UNWRAPPED);
+    CU_ASSERT_STRING_EQUAL(ia.prov.kek, kn);
+    CU_ASSERT_FALSE(ia.prov.attrs & HSM_A_LOCAL);
+    /* What describe says is what the catalog bound at creation (another engine reads it). */
+    eng *e2 = fx_engine_open(fx_store, fx_statedir, 0);
+    eng_index_info again;
+    CU_ASSERT_EQUAL(eng_index_describe(e2, a, &again), CDX_OK);
+    CU_ASSERT_EQUAL(memcmp(&again.prov, &ia.prov, sizeof(ia.prov)), 0);
+    eng_free(e2);
     c.name = b;
     CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &ib), CDX_ERR_KEY_IN_USE);
     CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), a));

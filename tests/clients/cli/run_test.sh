@@ -36,7 +36,12 @@ PY
 cli upsert docs --file "$dir/items.jsonl" | grep -q "upserted 40 items" && ok || fail "upsert jsonl"
 cli index train docs | grep -q "trained docs" && ok || fail "train"
 [[ $(cli --json index describe docs | json 'd["count"]') == 40 ]] && ok || fail "describe count"
-cli index list | grep -q "^docs " && ok || fail "index list"
+cli index list | grep -q "^docs .* generated  *ok$" && ok || fail "index list"
+# Provenance (issue 10): generated on this token, as the token reported it at creation.
+cli index describe docs | grep -q "^key origin:  generated; generated on the token, never outside it$" &&
+    ok || fail "describe shows the key's origin"
+[[ $(cli --json index describe docs | json 'd["key_provenance"]["attributes"]["extractable"]') == False ]] &&
+    ok || fail "describe --json shows the attributes read back"
 
 # Walkthrough problem 1: a key another index holds cannot be adopted again; the failed create
 # leaves nothing to delete, and the holder keeps its records.
@@ -45,7 +50,9 @@ hsm() {
         --token "pkcs11:token=$CIPHERDEX_TOKEN_LABEL" --pin-source "file:$CIPHERDEX_PIN_FILE" "$@"
 }
 kid=$(hsm --json index generate | json 'd["id"]')
-cli index create prod --dim 4 --adopt-key "$kid" >/dev/null
+cli --json index create prod --dim 4 --adopt-key "$kid" >"$dir/prod.json"
+[[ $(json 'd["key_provenance"]["origin"] + " " + d["key_provenance"]["born_on_token"]' <"$dir/prod.json") == "adopted yes" ]] &&
+    ok || fail "an adopted key that the token generated"
 cli upsert prod --file "$dir/items.jsonl" >/dev/null
 set +e
 cli index create typo --dim 4 --adopt-key "$kid" >/dev/null 2>"$dir/err"; rc=$?
