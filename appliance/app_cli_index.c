@@ -9,6 +9,8 @@
 
 #include "app_cli.h"
 #include "cdx_hex.h"
+#include "hsm_keyfile.h"
+#include "hsm_secmem.h"
 #include "cdx_limits.h"
 #include "cdx_time.h"
 
@@ -199,9 +201,13 @@ static int index_list(cli *x)
     return e ? cli_fail(x, e) : 0;
 }
 
+/* The CLI's secret arena: one key file (CDX_KEY_FILE_MAX) and its decoded bytes. */
+#define KEY_ARENA (64 * 1024)
+
 static int index_create(cli *x, cli_args *a, const char *name)
 {
     uint8_t wrapped[CDX_WRAPPED_KEY_LEN + 1], kid[CDX_ID_LEN];
+    const char *key_file = NULL;
     app_index_spec spec = {.name = name, .metric = "euclidean", .index_type = "ivfflat"};
     for (; a->i < a->n; a->i++) {
         const char *o = a->v[a->i];
@@ -232,17 +238,35 @@ static int index_create(cli *x, cli_args *a, const char *name)
                 return cli_usage("--adopt-key needs the key id: 32 hex digits");
             spec.adopt_id = kid;
             spec.key_source = APP_KEY_ADOPT;
+        } else if (!strcmp(o, "--key-file")) {
+            key_file = cli_opt_value(a, o);
+            spec.key_source = APP_KEY_IMPORT;
         } else {
             return cli_usage("index create: unknown option %s", o);
         }
     }
     if (!spec.dimension)
         return cli_usage("index create needs --dim N");
+    uint8_t *key = NULL;
+    cdx_err e = CDX_OK;
     wire_response *w = NULL;
-    cdx_err e = app_client_create_index(x->c, &spec, &w);
+    if (key_file) {
+        /* Locked memory, like the admin tool; the file must be 0600 like a PIN file. */
+        if ((e = hsm_secmem_init(KEY_ARENA, false)))
+            return cli_fail(x, e);
+        if ((e = hsm_key_file_read(key_file, &key)))
+            goto out;
+        spec.import_key = key;
+    }
+    e = app_client_create_index(x->c, &spec, &w);
     if (!e)
         info_out(x, wire_response_msg(w)->create_index->index);
+out:
     wire_response_free(w);
+    if (key_file) {
+        hsm_secmem_free(key); /* wipes */
+        hsm_secmem_shutdown();
+    }
     return e ? cli_fail(x, e) : 0;
 }
 

@@ -9,6 +9,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -331,6 +332,8 @@ cdx_err app_client_send(app_client *c, Cipherdex__V1__Request *req, uint64_t *id
     if (err)
         return err;
     err = io_write(c, frame, len);
+    if (req->body_case == CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX) /* may carry a key */
+        OPENSSL_cleanse(frame, len);
     free(frame);
     if (err) {
         c->broken = true;
@@ -554,6 +557,7 @@ cdx_err app_client_create_index(app_client *c, const app_index_spec *spec, wire_
     Cipherdex__V1__CreateIndexRequest ci = CIPHERDEX__V1__CREATE_INDEX_REQUEST__INIT;
     Cipherdex__V1__UnwrapKey uk = CIPHERDEX__V1__UNWRAP_KEY__INIT;
     Cipherdex__V1__AdoptKey ak = CIPHERDEX__V1__ADOPT_KEY__INIT;
+    Cipherdex__V1__ImportKey ik = CIPHERDEX__V1__IMPORT_KEY__INIT;
     ci.name = str(spec->name);
     ci.dimension = spec->dimension;
     ci.metric = str(spec->metric);
@@ -570,6 +574,11 @@ cdx_err app_client_create_index(app_client *c, const app_index_spec *spec, wire_
                                           (uint8_t *)(uintptr_t)spec->adopt_id};
         ci.key_source_case = CIPHERDEX__V1__CREATE_INDEX_REQUEST__KEY_SOURCE_ADOPT_KEY;
         ci.adopt_key = &ak;
+    } else if (spec->key_source == APP_KEY_IMPORT) {
+        ik.key = (ProtobufCBinaryData){spec->import_key ? CDX_KEY_LEN : 0,
+                                       (uint8_t *)(uintptr_t)spec->import_key};
+        ci.key_source_case = CIPHERDEX__V1__CREATE_INDEX_REQUEST__KEY_SOURCE_IMPORT_KEY;
+        ci.import_key = &ik;
     }
     r.body_case = CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX;
     r.create_index = &ci;

@@ -128,9 +128,8 @@ typedef struct app_retry {
  * Blocks the calling thread for the pauses (nanosleep).
  * Errors: app_client_connect's and app_client_call's.
  */
-CDX_MUST_CHECK cdx_err app_client_call_retry(app_client **c, const app_client_opts *o,
-                                             app_retry *r, Cipherdex__V1__Request *req,
-                                             wire_response **out);
+CDX_MUST_CHECK cdx_err app_client_call_retry(app_client **c, const app_client_opts *o, app_retry *r,
+                                             Cipherdex__V1__Request *req, wire_response **out);
 
 /* ---- typed calls -------------------------------------------------------
  *
@@ -155,6 +154,7 @@ typedef enum app_key_source {
     APP_KEY_GENERATE = 0, /* generated on the token (the default) */
     APP_KEY_UNWRAP,       /* a KMS-wrapped key unwrapped on the token with a KEK */
     APP_KEY_ADOPT,        /* an existing token key (minted by cipherdex-hsm) */
+    APP_KEY_IMPORT,       /* a plaintext key (development; the appliance must allow it) */
 } app_key_source;
 
 /* create_index. NULL strings are sent empty (the server applies its default or refuses). */
@@ -168,7 +168,9 @@ typedef struct app_index_spec {
     const char *kek_name;   /* APP_KEY_UNWRAP: the KEK's name */
     const uint8_t *wrapped; /* APP_KEY_UNWRAP: the wrapped key (CDX_WRAPPED_KEY_LEN bytes) */
     size_t wrapped_len;
-    const uint8_t *adopt_id; /* APP_KEY_ADOPT: the key's CKA_ID, CDX_ID_LEN bytes */
+    const uint8_t *adopt_id;   /* APP_KEY_ADOPT: the key's CKA_ID, CDX_ID_LEN bytes */
+    const uint8_t *import_key; /* APP_KEY_IMPORT: CDX_KEY_LEN bytes (the request frame holding
+                                  them is wiped once sent) */
 } app_index_spec;
 
 /* train; all zero means the server's defaults. */

@@ -55,6 +55,8 @@ static const keydef keys[] = {
     {"store", "redis_start_wait_s", T_U32, N(redis_start_wait_s), 86400},
     {"store", "allow_unsafe_durability", T_BOOL, N(allow_unsafe_durability), 0},
     {"keys", "subkey_ttl_ms", T_SPECIAL, 0, 0, 0},
+    {"keys", "allow_plaintext_import", T_BOOL, N(allow_plaintext_import), 0},
+    {"keys", "require_generated", T_BOOL, N(require_generated), 0},
     {"cache", "bytes", T_SIZE, N(cache_bytes), 1ull << 40},
     {"cache", "preload", T_BOOL, N(cache_preload), 0},
     {"engine", "manifest_max_age_ms", T_U32, N(manifest_max_age_ms), 3600000},

@@ -16,7 +16,8 @@
  *             redis_user, redis_password_file, redis_connections,
  *             redis_timeout_ms, redis_start_wait_s,
  *             allow_unsafe_durability
- *   [keys]    subkey_ttl_ms (or [hsm] subkey_ttl_ms; not both)
+ *   [keys]    subkey_ttl_ms (or [hsm] subkey_ttl_ms; not both),
+ *             allow_plaintext_import, require_generated
  *   [cache]   bytes, preload
  *   [engine]  manifest_max_age_ms, gc_grace_ms, query_threads
  *   [maintenance] enabled, interval_ms, compact_segments
@@ -85,6 +86,9 @@ typedef struct app_config {
     uint32_t redis_connections, redis_timeout_ms;
     uint32_t redis_start_wait_s; /* a LOADING Redis at start is waited for this long */
     bool allow_unsafe_durability;
+    /* [keys] */
+    bool allow_plaintext_import; /* create_index may carry a plaintext key (development) */
+    bool require_generated;      /* refuse keys the token does not say it generated */
     /* [cache] */
     uint64_t cache_bytes;
     bool cache_preload;

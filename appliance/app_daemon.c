@@ -76,6 +76,10 @@ static void probe(app_daemon *d, probe_result *p)
     p->store_ok = p->st == CDX_OK && (!p->dur.refused || d->cfg.allow_unsafe_durability);
     if (p->st == CDX_OK && p->dur.degraded)
         snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]), "store durability: %.480s", p->dur.why);
+    if (d->cfg.allow_plaintext_import)
+        snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
+                 "plaintext key import is allowed ([keys] allow_plaintext_import = yes): index "
+                 "keys may have existed outside the token; development only");
     p->rollbacks = eng_rollback_count(d->engine);
     if (p->rollbacks)
         snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
@@ -378,8 +382,14 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                      .cache_bytes = (size_t)cfg->cache_bytes,
                      .gc_grace_ms = cfg->gc_grace_ms,
                      .query_threads = cfg->query_threads,
-                     .result_bytes_max = (size_t)cfg->max_frame_bytes};
+                     .result_bytes_max = (size_t)cfg->max_frame_bytes,
+                     .allow_plaintext_import = cfg->allow_plaintext_import,
+                     .require_generated = cfg->require_generated};
     memcpy(ec.deployment_id, cfg->deployment_id, CDX_ID_LEN);
+    if (cfg->allow_plaintext_import)
+        cdx_log(CDX_LOG_WARN, "plaintext_import_allowed",
+                "msg=\"[keys] allow_plaintext_import = yes: create_index accepts plaintext keys "
+                "that existed outside the token; development only, never in production\"");
     if ((err = eng_new(&ec, &d->engine)))
         goto fail;
     if (cfg->cache_preload)

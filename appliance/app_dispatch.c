@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+
 #include "cdx_limits.h"
 #include "cdx_log.h"
 #include "cdx_time.h"
@@ -238,6 +240,10 @@ static cdx_err do_create(const app_dispatch_env *env, const Req *q, Resp *r, scr
                             CDX_ID_LEN, c->adopt_key->key_id.len);
         ec.key_source = ENG_KEY_ADOPT;
         memcpy(ec.adopt_id, c->adopt_key->key_id.data, CDX_ID_LEN);
+        break;
+    case CIPHERDEX__V1__CREATE_INDEX_REQUEST__KEY_SOURCE_IMPORT_KEY:
+        ec.key_source = ENG_KEY_IMPORT;
+        ec.import_key = c->import_key->key.data; /* 32 bytes: the wire rule checked it */
         break;
     default:
         ec.key_source = ENG_KEY_GENERATE;
@@ -776,6 +782,18 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
                 err = d->fn(env, q, &r, &s);
             eng_thread_mem_hook(NULL, NULL);
         }
+        /* A plaintext key (create_index import_key): the token has it, or refused it. Wipe
+         * the decoded copy here, whatever the outcome, and have the server wipe the frame. */
+        if (q->body_case == CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX &&
+            q->create_index->key_source_case ==
+                CIPHERDEX__V1__CREATE_INDEX_REQUEST__KEY_SOURCE_IMPORT_KEY &&
+            q->create_index->import_key) {
+            OPENSSL_cleanse(q->create_index->import_key->key.data,
+                            q->create_index->import_key->key.len);
+            res->wipe_request = true;
+        }
+    } else {
+        res->wipe_request = true; /* undecodable: it may have carried a key */
     }
     observe_stages(env->metrics);
     uint64_t t1 = cdx_mono_ns();

@@ -68,6 +68,7 @@ typedef struct app_dispatch_result {
     size_t len;
     app_op op;
     cdx_err status;
+    bool wipe_request; /* the request frame may hold a secret (a plaintext key): wipe it */
 } app_dispatch_result;
 
 /*

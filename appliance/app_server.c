@@ -12,6 +12,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdlib.h>
@@ -28,11 +29,11 @@
 #include "wire_msg.h"
 #include "cdx_time.h"
 
-#define TICK_MS         250          /* timeout checks per connection */
-#define READ_HIGH_WATER (256u << 10) /* bytes libevent buffers before it stops reading */
-#define ACCEPT_PAUSE_MIN_MS 50       /* accept back-off after EMFILE & co, doubling ... */
-#define ACCEPT_PAUSE_MAX_MS 1000     /* ... up to this */
-#define ACCEPT_LOG_EVERY_MS 10000    /* at most one accept_paused / handshake_evicted line each */
+#define TICK_MS             250          /* timeout checks per connection */
+#define READ_HIGH_WATER     (256u << 10) /* bytes libevent buffers before it stops reading */
+#define ACCEPT_PAUSE_MIN_MS 50           /* accept back-off after EMFILE & co, doubling ... */
+#define ACCEPT_PAUSE_MAX_MS 1000         /* ... up to this */
+#define ACCEPT_LOG_EVERY_MS 10000 /* at most one accept_paused / handshake_evicted line each */
 
 typedef struct conn conn;
 
@@ -98,7 +99,7 @@ struct app_server {
     bool accept_paused;
     uint32_t accept_backoff_ms;
     rate_log accept_log;
-    size_t nwaiting;               /* connections with a frame waiting for budget */
+    size_t nwaiting;                /* connections with a frame waiting for budget */
     bool in_release, release_again; /* budget_released is not re-entered */
     bool draining;
     void (*drain_done)(void *);
@@ -121,6 +122,8 @@ static void run_job(app_job *j)
 {
     req *r = (req *)j;
     app_dispatch(r->c->srv->env, r->c->principal, r->frame, r->len, &r->res);
+    if (r->res.wipe_request)
+        OPENSSL_cleanse(r->frame, r->len);
     free(r->frame); /* the request bytes are done with */
     r->frame = NULL;
 }
@@ -469,7 +472,8 @@ static bool hs_silent(const conn *c)
     return ssl && SSL_in_before(ssl);
 }
 
-/* The handshake to evict among those from like's source (like NULL: any): oldest silent, else oldest. */
+/* The handshake to evict among those from like's source (like NULL: any): oldest silent, else
+ * oldest. */
 static conn *hs_victim(app_server *s, const conn *like)
 {
     conn *oldest = NULL;

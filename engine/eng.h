@@ -44,6 +44,9 @@ typedef struct eng_config {
     unsigned commit_retries;           /* optimistic commit attempts; 0 = 32 */
     size_t result_bytes_max;           /* largest answer a get or query builds (its hits'
                                           bytes, eng_rbudget); 0 = CDX_RESULT_MAX_DEFAULT */
+    bool allow_plaintext_import;       /* ENG_KEY_IMPORT allowed (development only) */
+    bool require_generated;            /* refuse an index key the token does not report as
+                                          generated there (CKA_LOCAL, NEVER_EXTRACTABLE) */
 } eng_config;
 
 /*
@@ -77,6 +80,7 @@ typedef enum eng_key_source {
     ENG_KEY_GENERATE = 0, /* default: generated on the token */
     ENG_KEY_UNWRAP = 1,   /* a KMS-wrapped data key, unwrapped with a named KEK */
     ENG_KEY_ADOPT = 2,    /* an existing token key minted by the admin tool */
+    ENG_KEY_IMPORT = 3,   /* 32 plaintext bytes (development only; eng_config allows it) */
 } eng_key_source;
 
 /* How an index key came to the token (recorded at creation, bound into the catalog entry). */
@@ -111,6 +115,7 @@ typedef struct eng_create {
     const uint8_t *wrapped; /* ENG_KEY_UNWRAP: 40 bytes */
     size_t wrapped_len;
     uint8_t adopt_id[CDX_ID_LEN]; /* ENG_KEY_ADOPT: the key's CKA_ID becomes the index id */
+    const uint8_t *import_key;    /* ENG_KEY_IMPORT: 32 bytes, not kept (the caller wipes) */
 } eng_create;
 
 typedef struct eng_index_info {

@@ -16,6 +16,7 @@
 #include "eng_int.h"
 #include "eng_op.h"
 #include "eng_store.h"
+#include "hsm_import.h"
 #include "hsm_provenance.h"
 
 static void fill_info(const eng_catentry *c, const eng_manifest *m, eng_index_info *out)
@@ -221,6 +222,8 @@ static cdx_err provision_key(eng *e, const eng_create *r, eng_catentry *c, bool 
             if (r->key_source == ENG_KEY_UNWRAP)
                 err = hsm_index_key_unwrap(e->cfg.custody, c->id, r->kek_name, r->wrapped,
                                            r->wrapped_len, kcv);
+            else if (r->key_source == ENG_KEY_IMPORT)
+                err = hsm_index_key_import(e->cfg.custody, c->id, r->import_key, kcv);
             else
                 err = hsm_index_key_generate(e->cfg.custody, c->id, kcv);
             *made = err == CDX_OK;
@@ -249,9 +252,10 @@ static cdx_err record_provenance(eng *e, const eng_create *r, eng_catentry *c)
         return err;
     eng_key_prov *p = &c->prov;
     memset(p, 0, sizeof(*p));
-    p->origin = r->key_source == ENG_KEY_UNWRAP  ? ENG_ORIGIN_UNWRAPPED
-                : r->key_source == ENG_KEY_ADOPT ? ENG_ORIGIN_ADOPTED
-                                                 : ENG_ORIGIN_GENERATED;
+    p->origin = r->key_source == ENG_KEY_UNWRAP   ? ENG_ORIGIN_UNWRAPPED
+                : r->key_source == ENG_KEY_ADOPT  ? ENG_ORIGIN_ADOPTED
+                : r->key_source == ENG_KEY_IMPORT ? ENG_ORIGIN_IMPORTED
+                                                  : ENG_ORIGIN_GENERATED;
     if (r->key_source == ENG_KEY_UNWRAP)
         snprintf(p->kek, sizeof(p->kek), "%s", r->kek_name);
     snprintf(p->serial, sizeof(p->serial), "%s", f.serial);
@@ -264,6 +268,14 @@ static cdx_err record_provenance(eng *e, const eng_create *r, eng_catentry *c)
         *q = *q < 0x20 || *q > 0x7e ? '?' : *q;
     p->attrs = f.attrs;
     p->unknown = f.unknown;
+    if (e->cfg.require_generated && hsm_facts_born_on_token(&f) != 1)
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                        "this appliance requires index keys generated on the token "
+                        "([keys] require_generated): the token %s (CKA_LOCAL and "
+                        "CKA_NEVER_EXTRACTABLE)",
+                        hsm_facts_born_on_token(&f) == 0
+                            ? "reports that this key existed outside it"
+                            : "does not report whether this key was generated there");
     return CDX_OK;
 }
 
@@ -311,8 +323,10 @@ static cdx_err check_create(const eng_create *r)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "index type must be ivfflat or ivfsq8");
     if (r->n_lists > CDX_NLISTS_MAX)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "n_lists must be at most %d", CDX_NLISTS_MAX);
-    if (r->key_source > ENG_KEY_ADOPT)
+    if (r->key_source > ENG_KEY_IMPORT)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "unknown key source");
+    if (r->key_source == ENG_KEY_IMPORT && !r->import_key)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "importing needs the key");
     if (r->key_source == ENG_KEY_UNWRAP && (!r->kek_name || !r->wrapped))
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "unwrapping needs a KEK name and a wrapped key");
     return CDX_OK;
@@ -425,6 +439,11 @@ cdx_err eng_index_create(eng *e, const eng_create *r, eng_index_info *out)
     cdx_err err;
     if ((err = check_create(r)))
         return err;
+    if (r->key_source == ENG_KEY_IMPORT && !e->cfg.allow_plaintext_import)
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                        "this appliance does not import plaintext keys ([keys] "
+                        "allow_plaintext_import = no, the default): generate the key on the "
+                        "token, or unwrap a KMS-wrapped key (--unwrap-kek)");
     op ro;
     eng_op_root(e, &ro);
     eng_catentry c;

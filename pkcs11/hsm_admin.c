@@ -14,31 +14,6 @@
 #include "hsm_secfile.h"
 #include "hsm_secmem.h"
 
-/* ---------------------------------------------------------------- import */
-
-/* C_CreateObject of the template, which carries the key bytes as CKA_VALUE. */
-static cdx_err make_import(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
-                           CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv)
-{
-    (void)a;
-    CK_RV r = c->f->C_CreateObject(s, t, n, h);
-    if (r != CKR_OK) {
-        *rv = r;
-        return hsm_ckr_fail(r, "C_CreateObject");
-    }
-    return CDX_OK;
-}
-
-cdx_err hsm_index_key_import(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
-                             const uint8_t key[CDX_KEY_LEN], uint8_t kcv_out[CDX_KCV_LEN])
-{
-    struct hsm_create a = {
-        .kind = HSM_KEY_INDEX, .how = HSM_HOW_IMPORT, .make = make_import, .key = key};
-    a.ref.kind = HSM_KEY_INDEX;
-    memcpy(a.ref.id, id, CDX_ID_LEN);
-    return hsm_key_create(c, &a, kcv_out);
-}
-
 cdx_err hsm_index_key_import_file(hsm_custody *c, const uint8_t id[CDX_ID_LEN], const char *path,
                                   uint8_t kcv_out[CDX_KCV_LEN])
 {
@@ -73,7 +48,7 @@ cdx_err hsm_kek_import(hsm_custody *c, const char *name, const uint8_t key[CDX_K
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "KEK name must be 1-40 of [A-Za-z0-9_.-]");
     struct hsm_create a = {.kind = HSM_KEY_KEK,
                            .how = HSM_HOW_IMPORT,
-                           .make = make_import,
+                           .make = hsm_make_import,
                            .kek_name = name,
                            .key = key};
     return hsm_key_create(c, &a, NULL);
@@ -192,85 +167,5 @@ cdx_err hsm_key_list(hsm_custody *c, hsm_key_info **out, size_t *n)
     cdx_err err = hsm_run(c, list_op, &a, true);
     *out = a.v;
     *n = a.n;
-    return err;
-}
-
-/* ---------------------------------------------------------------- key files */
-
-bool hsm_b64_char(unsigned char ch)
-{
-    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-           ch == '+' || ch == '/';
-}
-
-static bool is_space(unsigned char ch)
-{
-    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\v' || ch == '\f' || ch == '\r';
-}
-
-cdx_err hsm_key_file_read(const char *path, uint8_t **key)
-{
-    /* Any mode: `openssl rand -base64 32 > f`, as docs/ADMIN.md says, makes a 0644 file. */
-    const hsm_secfile_opts o = {.what = "key file",
-                                .max = CDX_KEY_FILE_MAX,
-                                .err = CDX_ERR_BAD_KEY_FILE,
-                                .any_mode = true,
-                                .allow_empty = true};
-    cdx_err err = CDX_OK;
-    char *text = NULL;
-    uint8_t *raw = NULL;
-    size_t n = 0;
-
-    *key = NULL;
-    if ((err = hsm_secfile_read(path, &o, &text, &n)))
-        return err;
-    raw = hsm_secmem_alloc(CDX_KEY_FILE_MAX);
-    if (!raw) {
-        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "secret memory exhausted reading a key file");
-        goto out;
-    }
-    /* Drop whitespace (openssl rand -base64 ends with a newline), then validate strictly. */
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!is_space((unsigned char)text[i]))
-            text[m++] = text[i];
-    size_t pad = 0;
-    while (pad < 2 && m > pad && text[m - 1 - pad] == '=')
-        pad++;
-    for (size_t i = 0; i < m - pad; i++)
-        if (!hsm_b64_char((unsigned char)text[i])) {
-            err = cdx_fail(CDX_ERR_BAD_KEY_FILE,
-                           "key file %s is not base64 (bad character at offset %zu); create it "
-                           "with: openssl rand -base64 32",
-                           path, i);
-            goto out;
-        }
-    if (m == 0 || m % 4 != 0) {
-        err = cdx_fail(CDX_ERR_BAD_KEY_FILE,
-                       "key file %s is not base64 (%zu characters, not a multiple of 4)", path, m);
-        goto out;
-    }
-    int dec = EVP_DecodeBlock(raw, (const unsigned char *)text, (int)m);
-    size_t len = dec < 0 ? 0 : (size_t)dec - pad;
-    if (dec < 0) {
-        err = cdx_fail(CDX_ERR_BAD_KEY_FILE, "key file %s is not valid base64", path);
-        goto out;
-    }
-    if (len != CDX_KEY_LEN) {
-        err = cdx_fail(CDX_ERR_BAD_KEY_FILE,
-                       "key file %s decodes to %zu bytes; an index key is exactly 32 bytes "
-                       "(openssl rand -base64 32)",
-                       path, len);
-        goto out;
-    }
-    *key = hsm_secmem_alloc(CDX_KEY_LEN);
-    if (!*key) {
-        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "secret memory exhausted reading a key file");
-        goto out;
-    }
-    memcpy(*key, raw, CDX_KEY_LEN);
-out:
-    hsm_secmem_free(text);
-    hsm_secmem_free(raw);
     return err;
 }

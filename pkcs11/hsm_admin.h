@@ -1,20 +1,19 @@
 /*
- * hsm_admin.h - admin-only key custody: importing key bytes and key files,
- * KEK management, listing the token's keys (docs/ADMIN.md, docs/KEYS.md).
+ * hsm_admin.h - admin-only key custody: importing key files, KEK
+ * management, listing the token's keys (docs/ADMIN.md, docs/KEYS.md).
  *
  * Built into its own library, cdx_pkcs11_admin (on top of cdx_pkcs11).
  * Only the offline admin tool cipherdex-hsm and the tests that exercise
- * these calls link it: a program that does not link it cannot import a key.
- * A program that must import (a development key behind an explicit switch)
- * links cdx_pkcs11_admin and calls hsm_index_key_import_file the same way;
- * nothing here depends on the admin tool.
+ * these calls link it. Importing raw key bytes (hsm_import.h) is in
+ * cdx_pkcs11: the daemon imports a development key only when its
+ * configuration allows plaintext import (off by default); key files
+ * (hsm_keyfile.h) are read by the tools, never by the daemon.
  *
  * The key-object vocabulary (hsm_key_kind, hsm_key_ref, labels, KEK names)
  * and the custody errors are those of hsm_keys.h.
  *
  * Thread-safety: as hsm_keys.h (any thread, shared hsm_custody);
- * hsm_key_file_read, hsm_attr_name and hsm_b64_char need no context and are
- * thread-safe (the secret arena has its own lock).
+ * hsm_attr_name needs no context and is thread-safe.
  */
 #ifndef HSM_ADMIN_H
 #define HSM_ADMIN_H
@@ -26,34 +25,11 @@
 #include "cdx_err.h"
 #include "cdx_limits.h"
 #include "hsm_custody.h"
+#include "hsm_import.h"
+#include "hsm_keyfile.h"
 #include "hsm_keys.h"
 
 /* ---- importing index keys ---- */
-
-/*
- * Import 32 raw key bytes as index `id` (C_CreateObject; the key is then
- * sensitive and not extractable, but not LOCAL). Does not keep or wipe
- * `key`: the caller wipes it afterwards. kcv_out may be NULL.
- * Errors: CDX_ERR_ALREADY_EXISTS, CDX_ERR_KEY_ATTRIBUTES (the token ignored
- * the template; the object is destroyed again), the custody errors.
- */
-CDX_MUST_CHECK cdx_err hsm_index_key_import(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
-                                            const uint8_t key[CDX_KEY_LEN],
-                                            uint8_t kcv_out[CDX_KCV_LEN]);
-
-/*
- * Read a base64 key file (as `openssl rand -base64 32 > index_key.txt`
- * writes it) into locked memory: exactly 32 bytes after decoding; whitespace
- * anywhere is ignored. The file is opened through hsm_secfile (no symlink,
- * regular file, at most CDX_KEY_FILE_MAX bytes); any mode is accepted.
- * Needs the secret arena (hsm_secmem_init, done by hsm_custody_open).
- * On success *key is a hsm_secmem buffer of CDX_KEY_LEN bytes owned by the
- * caller: hsm_secmem_free() it (which wipes). *key is NULL on error.
- * Errors: CDX_ERR_BAD_KEY_FILE (missing, a symlink, not a regular file,
- * unreadable, too long, not base64, wrong length),
- * CDX_ERR_RESOURCE_EXHAUSTED (secret arena full or not initialised).
- */
-CDX_MUST_CHECK cdx_err hsm_key_file_read(const char *path, uint8_t **key);
 
 /*
  * hsm_key_file_read + hsm_index_key_import, wiping the bytes right after.
@@ -61,9 +37,6 @@ CDX_MUST_CHECK cdx_err hsm_key_file_read(const char *path, uint8_t **key);
  */
 CDX_MUST_CHECK cdx_err hsm_index_key_import_file(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
                                                  const char *path, uint8_t kcv_out[CDX_KCV_LEN]);
-
-/* True for a character of the base64 alphabet (A-Z a-z 0-9 + /; not the '=' pad). Pure. */
-bool hsm_b64_char(unsigned char ch);
 
 /* ---- KEKs ---- */
 

@@ -64,6 +64,7 @@ static const rule rules[] = {
     {PKG "UnwrapKey", "kek_name", 1, CDX_KEK_NAME_MAX, 0, 0},
     {PKG "UnwrapKey", "wrapped_key", CDX_WRAPPED_KEY_LEN, CDX_WRAPPED_KEY_LEN, 0, 0},
     {PKG "AdoptKey", "key_id", CDX_ID_LEN, CDX_ID_LEN, 0, 0},
+    {PKG "ImportKey", "key", CDX_KEY_LEN, CDX_KEY_LEN, 0, 0},
     {PKG "DescribeIndexRequest", "name", 1, CDX_INDEX_NAME_MAX, 0, 0},
     {PKG "ListIndexesResponse", "indexes", 0, 0, 0, NOLIMIT},
     {PKG "DeleteIndexRequest", "name", 1, CDX_INDEX_NAME_MAX, 0, 0},

@@ -465,7 +465,75 @@ static void test_unwrap_twice(void)
     CU_ASSERT_EQUAL(hsm_kek_destroy(fx_cust, kn), CDX_OK);
 }
 
+/* An engine on this suite's token and store with the key policies set. */
+static eng *policy_engine(bool allow_import, bool require_generated)
+{
+    eng_config cfg = {.custody = fx_cust,
+                      .store = fx_store,
+                      .state_dir = fx_statedir,
+                      .allow_plaintext_import = allow_import,
+                      .require_generated = require_generated};
+    memcpy(cfg.deployment_id, fx_dep, 16);
+    eng *e = NULL;
+    CU_ASSERT_EQUAL_FATAL(eng_new(&cfg, &e), CDX_OK);
+    return e;
+}
+
+/*
+ * The seed's development-key flow through the engine: a plaintext key is refused unless allowed,
+ * imported as a non-extractable token key when allowed (provenance "imported"), and the same key
+ * cannot serve two indexes. require_generated refuses every key the token did not generate.
+ */
+static void test_key_policies(void)
+{
+    uint8_t key[32];
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(key, 32), 1);
+    char a[64], b[64];
+    fx_uniq_name(a, "imp");
+    fx_uniq_name(b, "imp");
+    eng_create c = {.name = a,
+                    .dimension = 4,
+                    .metric = ENG_METRIC_EUCLIDEAN,
+                    .type = ENG_IVFFLAT,
+                    .key_source = ENG_KEY_IMPORT,
+                    .import_key = key};
+    eng_index_info ia, ib;
+    size_t keys0 = n_index_keys();
+    /* Off by default: refused before anything is written. */
+    CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &ia), CDX_ERR_FAILED_PRECONDITION);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "allow_plaintext_import"));
+    CU_ASSERT_FALSE(listed(a));
+    CU_ASSERT_EQUAL(n_index_keys(), keys0);
+    eng *dev = policy_engine(true, false);
+    CU_ASSERT_EQUAL_FATAL(eng_index_create(dev, &c, &ia), CDX_OK);
+    CU_ASSERT_EQUAL(ia.prov.origin, ENG_ORIGIN_IMPORTED);
+    CU_ASSERT_TRUE(ia.owned);
+    CU_ASSERT_FALSE(ia.prov.attrs & (HSM_A_LOCAL | HSM_A_EXTRACTABLE));
+    CU_ASSERT_TRUE(ia.prov.attrs & HSM_A_SENSITIVE);
+    /* The same bytes again: the key already belongs to a; nothing is left of the attempt. */
+    c.name = b;
+    CU_ASSERT_EQUAL(eng_index_create(dev, &c, &ib), CDX_ERR_KEY_IN_USE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), a));
+    CU_ASSERT_FALSE(listed(b));
+    CU_ASSERT_EQUAL(n_index_keys(), keys0 + 1);
+    /* require_generated: generated keys only; the imported key is refused and undone. */
+    eng *strict = policy_engine(true, true);
+    CU_ASSERT_EQUAL(eng_index_delete(dev, a, ia.id), CDX_OK);
+    c.name = a;
+    CU_ASSERT_EQUAL(eng_index_create(strict, &c, &ia), CDX_ERR_FAILED_PRECONDITION);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "existed outside"));
+    CU_ASSERT_FALSE(listed(a));
+    CU_ASSERT_EQUAL(n_index_keys(), keys0);
+    eng_create g = {.name = b, .dimension = 4, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
+    CU_ASSERT_EQUAL(eng_index_create(strict, &g, &ib), CDX_OK);
+    CU_ASSERT_EQUAL(ib.prov.origin, ENG_ORIGIN_GENERATED);
+    CU_ASSERT_EQUAL(eng_index_delete(strict, b, ib.id), CDX_OK);
+    eng_free(strict);
+    eng_free(dev);
+}
+
 static const fx_test tests[] = {
+    {"key policies: plaintext import gated, require_generated", test_key_policies},
     {"one key, one index: adopt in use, aliases, a dropped entry", test_key_in_use},
     {"one key, one index: a blob unwrapped twice", test_unwrap_twice},
     {"purge and manifest_max_age_ms", test_purge_and_max_age},

@@ -37,8 +37,10 @@
 
 /* Documented test vector (docs/KEYS.md): key 00..1f, index id a0..af. */
 static const char *VEC_KCV = "fef97a0b4137009b";
-static const char *VEC_PAYLOAD_E1 = "fb1fb0cd85addfd8b1544ae645801286d9c0837e5f8c7ba01219f35bd351c487";
-static const char *VEC_TOKEN_E0 = "67aa1a560fbdd4f6b24f7c4962b0e03a3595e35f541fc2f0e9f5cf0284b6ed99";
+static const char *VEC_PAYLOAD_E1 =
+    "fb1fb0cd85addfd8b1544ae645801286d9c0837e5f8c7ba01219f35bd351c487";
+static const char *VEC_TOKEN_E0 =
+    "67aa1a560fbdd4f6b24f7c4962b0e03a3595e35f541fc2f0e9f5cf0284b6ed99";
 static const char *VEC_CATALOG_E0 =
     "e2408d5e63485ba8996369559130c21031ad270e36e14410f9362d318910afd6";
 
@@ -135,10 +137,14 @@ static CK_RV raw_create(struct raw *r, const char *label, const uint8_t id[16],
     CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
     CK_BBOOL t = CK_TRUE;
     CK_ATTRIBUTE tmpl[] = {
-        {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
-        {CKA_TOKEN, &t, 1},             {CKA_PRIVATE, &t, 1},
-        {CKA_SIGN, &t, 1},              {CKA_LABEL, (void *)label, strlen(label)},
-        {CKA_ID, (void *)id, 16},       {CKA_VALUE, (void *)key, 32},
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &t, 1},
+        {CKA_PRIVATE, &t, 1},
+        {CKA_SIGN, &t, 1},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_ID, (void *)id, 16},
+        {CKA_VALUE, (void *)key, 32},
     };
     CK_OBJECT_HANDLE h;
     return r->f->C_CreateObject(r->s, tmpl, 8, &h);
@@ -377,8 +383,7 @@ static void test_known_key_vectors(void)
         hsm_subkey_release(sk);
     }
     /* Root purposes on the index key are refused. */
-    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_CATALOG, 0, &sk),
-                    CDX_ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_CATALOG, 0, &sk), CDX_ERR_INVALID_ARGUMENT);
 
     /* hsm_subkey_hmac = HMAC with the subkey bytes. */
     CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_TOKEN, 0, &sk), CDX_OK);
@@ -459,8 +464,10 @@ static void test_key_protections(void)
     CK_KEY_TYPE aes = CKK_AES;
     CK_ULONG len = 32;
     CK_BBOOL tr = CK_TRUE, fa = CK_FALSE;
-    CK_ATTRIBUTE wt[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &aes, sizeof(aes)},
-                         {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_WRAP, &tr, 1},
+    CK_ATTRIBUTE wt[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                         {CKA_KEY_TYPE, &aes, sizeof(aes)},
+                         {CKA_VALUE_LEN, &len, sizeof(len)},
+                         {CKA_WRAP, &tr, 1},
                          {CKA_TOKEN, &fa, 1}};
     CK_MECHANISM kg = {CKM_AES_KEY_GEN, NULL, 0};
     CK_OBJECT_HANDLE wk;
@@ -615,7 +622,7 @@ static void test_bad_key_files(void)
         const char *text;
         const char *why;
     } cases[] = {
-        {"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==\n", "31 bytes"},      /* 31 bytes */
+        {"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==\n", "31 bytes"},     /* 31 bytes */
         {"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gIQ==\n", "34 bytes"}, /* 34 bytes */
         {"not base64 at all, sorry!!!!!!!!!!!!!!!!!!!\n", "not base64"},
         {"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8\n", "multiple of 4"},
@@ -628,6 +635,12 @@ static void test_bad_key_files(void)
     }
     snprintf(path, sizeof(path), "%s/missing.txt", fx_token_dir(t));
     CU_ASSERT_EQUAL(hsm_index_key_import_file(c, id, path, kcv), CDX_ERR_BAD_KEY_FILE);
+    /* A good key in a file others can read is refused like a PIN file (security review L7). */
+    snprintf(path, sizeof(path), "%s/open.txt", fx_token_dir(t));
+    const char *okkey = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n";
+    write_file(path, okkey, strlen(okkey), 0644);
+    CU_ASSERT_EQUAL(hsm_index_key_import_file(c, id, path, kcv), CDX_ERR_BAD_KEY_FILE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "chmod 600"));
     /* No key object was created by any of these. */
     hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
     memcpy(ref.id, id, 16);

@@ -224,6 +224,9 @@ CK_ULONG hsm_tmpl_build(const struct hsm_create *a, CK_ATTRIBUTE *t, const char 
 /* Generate a->kind's key on the token (CKM_GENERIC_SECRET_KEY_GEN or CKM_AES_KEY_GEN). */
 cdx_err hsm_make_generate(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
                           CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv);
+/* C_CreateObject with the key bytes as CKA_VALUE (hsm_import.c; KEK import uses it too). */
+cdx_err hsm_make_import(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a, CK_ATTRIBUTE *t,
+                        CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv);
 
 /*
  * Destroy a root/index key (k) or a KEK (kek_name), re-checking after an

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Dev stack: ./run up DIR [--store redis|memory] / ./run down DIR (README "Dev stack").
-#   stack.sh up BUILD_DIR DIR [--store redis|memory]
+# Dev stack: ./run up DIR [--store redis|memory] [--allow-plaintext-import] / ./run down DIR
+# (README "Dev stack").
+#   stack.sh up BUILD_DIR DIR [--store redis|memory] [--allow-plaintext-import]
 #   stack.sh down DIR
 # Everything lives under DIR: a throwaway SoftHSM token, a throwaway CA with server
 # and client certificates, redis-server (AOF with appendfsync always: cipherdexd refuses
@@ -27,11 +28,13 @@ wait_for() {
 cmd_up() {
     local build="$1" dir="$2"
     shift 2
-    local store=redis
+    local store=redis import=no
     while (($#)); do
         case "$1" in
         --store) store="${2:-}"; shift ;;
-        *) die "up: unknown option '$1' (usage: ./run up DIR [--store redis|memory])" ;;
+        --allow-plaintext-import) import=yes ;;
+        *) die "up: unknown option '$1' (usage: ./run up DIR [--store redis|memory]" \
+            "[--allow-plaintext-import])" ;;
         esac
         shift
     done
@@ -97,6 +100,8 @@ allow_unlocked_memory = yes
 
 [keys]
 subkey_ttl_ms = 60000
+# --allow-plaintext-import: \`cipherdex index create NAME --key-file F\` (development only).
+allow_plaintext_import = $import
 
 [store]
 backend = $store

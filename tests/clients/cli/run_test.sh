@@ -8,7 +8,8 @@ src=${2:?source dir}
 base=${CDX_TEST_TMP:-/tmp}
 mkdir -p "$base"
 dir=$(mktemp -d "$base/cli.XXXXXX")
-trap 'bash "$src/tests/dev/stack.sh" down "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
+trap 'for d in "$dir/dev2" "$dir"; do bash "$src/tests/dev/stack.sh" down "$d" >/dev/null 2>&1 || true; done
+      rm -rf "$dir"' EXIT
 bash "$src/tests/dev/stack.sh" up "$build" "$dir" >/dev/null
 # shellcheck disable=SC1091
 source "$dir/cipherdex.env"
@@ -107,6 +108,39 @@ set +e
 cli index describe flat >/dev/null 2>"$dir/err"; rc=$?
 set -e
 [[ $rc == 1 ]] && grep -q "NOT_FOUND" "$dir/err" && ok || fail "deleted index NOT_FOUND"
+# The seed's development-key flow (issue 10): refused by default, a 0644 key file refused by the
+# CLI, then on a stack that allows plaintext import: imported, and said so everywhere.
+(umask 077 && openssl rand -base64 32 >"$dir/index_key.txt")
+set +e
+cli index create devkey --dim 4 --key-file "$dir/index_key.txt" >/dev/null 2>"$dir/err"; rc=$?
+set -e
+[[ $rc == 1 ]] && grep -q "FAILED_PRECONDITION.*allow_plaintext_import" "$dir/err" && ok ||
+    fail "plaintext import refused by default: rc $rc"
+cli index list | grep -q "^devkey " && fail "the refused import left devkey" || ok
+cp "$dir/index_key.txt" "$dir/open_key.txt" && chmod 644 "$dir/open_key.txt"
+set +e
+cli index create devkey --dim 4 --key-file "$dir/open_key.txt" >/dev/null 2>"$dir/err"; rc=$?
+set -e
+[[ $rc == 1 ]] && grep -q "chmod 600" "$dir/err" && ok || fail "a 0644 key file: rc $rc"
+dev2="$dir/dev2"
+mkdir -p "$dev2"
+bash "$src/tests/dev/stack.sh" up "$build" "$dev2" --store memory --allow-plaintext-import >/dev/null
+(
+    # shellcheck disable=SC1091
+    source "$dev2/cipherdex.env"
+    "$CIPHERDEX_CLI" health | grep -q "plaintext key import is allowed" || exit 11
+    "$CIPHERDEX_CLI" --json index create devkey --dim 4 --key-file "$dir/index_key.txt" \
+        >"$dir/devkey.json" || exit 12
+    [[ $(json 'd["key_provenance"]["origin"] + " " + d["key_provenance"]["born_on_token"]' \
+        <"$dir/devkey.json") == "imported no" ]] || exit 13
+    # The same key for a second index: one key belongs to one index.
+    "$CIPHERDEX_CLI" index create devkey2 --dim 4 --key-file "$dir/index_key.txt" \
+        >/dev/null 2>"$dir/err" && exit 14
+    grep -q "KEY_IN_USE.*index devkey" "$dir/err" || exit 15
+    grep -q "plaintext_import_allowed" "$dev2/cipherdexd.log" || exit 16
+    exit 0
+) && ok || fail "the development-key flow on a stack that allows it (step $?)"
+bash "$src/tests/dev/stack.sh" down "$dev2" >/dev/null
 cli --help | grep -q "list-ids INDEX" && ok || fail "--help"
 qh=$(cli query --help)
 grep -q "query INDEX" <<<"$qh" && ! grep -q "upsert INDEX" <<<"$qh" && ok || fail "query --help shows only query"

@@ -1,0 +1,33 @@
+/*
+ * Importing raw key bytes as an index key (hsm_import.h): the only
+ * C_CreateObject of an index key. The admin tool imports key files with it;
+ * the daemon only with plaintext import allowed by its configuration.
+ */
+#include "hsm_import.h"
+
+#include <string.h>
+
+#include "hsm_internal.h"
+
+/* C_CreateObject of the template, which carries the key bytes as CKA_VALUE. */
+cdx_err hsm_make_import(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a, CK_ATTRIBUTE *t,
+                        CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv)
+{
+    (void)a;
+    CK_RV r = c->f->C_CreateObject(s, t, n, h);
+    if (r != CKR_OK) {
+        *rv = r;
+        return hsm_ckr_fail(r, "C_CreateObject");
+    }
+    return CDX_OK;
+}
+
+cdx_err hsm_index_key_import(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
+                             const uint8_t key[CDX_KEY_LEN], uint8_t kcv_out[CDX_KCV_LEN])
+{
+    struct hsm_create a = {
+        .kind = HSM_KEY_INDEX, .how = HSM_HOW_IMPORT, .make = hsm_make_import, .key = key};
+    a.ref.kind = HSM_KEY_INDEX;
+    memcpy(a.ref.id, id, CDX_ID_LEN);
+    return hsm_key_create(c, &a, kcv_out);
+}
