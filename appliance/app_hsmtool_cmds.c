@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "app_hsmtool.h"
 #include "app_out.h"
 #include "cdx_err.h"
@@ -461,6 +463,26 @@ cdx_err app_hsmtool_index_generate(ctx *x)
     return CDX_OK;
 }
 
+/* The same key bytes must not become a second token object: name the one that has them. */
+static cdx_err not_on_token(ctx *x, const uint8_t *key)
+{
+    uint8_t kcv[CDX_KCV_LEN];
+    hsm_key_info *ki = NULL;
+    size_t n = 0;
+    cdx_err err = hsm_kcv_of_bytes(key, kcv);
+    if (err || (err = hsm_key_list(x->c, &ki, &n)))
+        return err;
+    for (size_t i = 0; i < n && !err; i++)
+        if (ki[i].kind == HSM_KEY_INDEX && ki[i].has_kcv &&
+            !CRYPTO_memcmp(ki[i].kcv, kcv, CDX_KCV_LEN))
+            err = cdx_fail(CDX_ERR_KEY_IN_USE,
+                           "this key is already on the token as %s (the same KCV): use that "
+                           "object (index create --adopt-key), do not import it twice",
+                           ki[i].label);
+    free(ki);
+    return err;
+}
+
 cdx_err app_hsmtool_index_import(ctx *x)
 {
     uint8_t id[CDX_ID_LEN], kcv[CDX_KCV_LEN];
@@ -472,7 +494,7 @@ cdx_err app_hsmtool_index_import(ctx *x)
     if ((err = app_hsmtool_secmem_up(x)) || (err = hsm_key_file_read(x->val[O_KEY_FILE], &key)))
         goto out;
     if ((err = app_hsmtool_open_custody(x)) || (err = index_id(x, id)) ||
-        (err = hsm_index_key_import(x->c, id, key, kcv)))
+        (err = not_on_token(x, key)) || (err = hsm_index_key_import(x->c, id, key, kcv)))
         goto out;
     print_index(x, "imported", id, kcv);
 out:

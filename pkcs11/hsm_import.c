@@ -7,6 +7,10 @@
 
 #include <string.h>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
 #include "hsm_internal.h"
 
 /* C_CreateObject of the template, which carries the key bytes as CKA_VALUE. */
@@ -30,4 +34,20 @@ cdx_err hsm_index_key_import(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
     a.ref.kind = HSM_KEY_INDEX;
     memcpy(a.ref.id, id, CDX_ID_LEN);
     return hsm_key_create(c, &a, kcv_out);
+}
+
+cdx_err hsm_kcv_of_bytes(const uint8_t key[CDX_KEY_LEN], uint8_t kcv[CDX_KCV_LEN])
+{
+    static const char msg[] = HSM_KCV_MSG;
+    uint8_t mac[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    cdx_err err = CDX_OK;
+    if (!HMAC(EVP_sha256(), key, CDX_KEY_LEN, (const unsigned char *)msg, sizeof(msg) - 1, mac,
+              &n) ||
+        n < CDX_KCV_LEN)
+        err = cdx_fail(CDX_ERR_INTERNAL, "HMAC-SHA256 failed computing a KCV");
+    else
+        memcpy(kcv, mac, CDX_KCV_LEN);
+    OPENSSL_cleanse(mac, sizeof(mac));
+    return err;
 }

@@ -27,4 +27,12 @@ CDX_MUST_CHECK cdx_err hsm_index_key_import(hsm_custody *c, const uint8_t id[CDX
                                             const uint8_t key[CDX_KEY_LEN],
                                             uint8_t kcv_out[CDX_KCV_LEN]);
 
+/*
+ * The KCV the token will compute for these key bytes (HMAC-SHA256(key,
+ * "cipherdex/v1/kcv")[0..8], docs/KEYS.md), computed here with OpenSSL: lets
+ * an importer find the same key already on the token before importing it.
+ * Errors: CDX_ERR_INTERNAL (OpenSSL failed).
+ */
+CDX_MUST_CHECK cdx_err hsm_kcv_of_bytes(const uint8_t key[CDX_KEY_LEN], uint8_t kcv[CDX_KCV_LEN]);
+
 #endif

@@ -14,7 +14,7 @@
 
 #include "cdx_hex.h"
 
-static const char KCV_MSG[] = "cipherdex/v1/kcv";
+static const char KCV_MSG[] = HSM_KCV_MSG;
 
 /* ---------------------------------------------------------------- labels */
 

@@ -288,6 +288,14 @@ static void test_index_import(void)
     CU_ASSERT_TRUE(json_get(out, "kcv", kcv, sizeof(kcv)));
     kcv_of(key, want);
     CU_ASSERT_STRING_EQUAL(kcv, want);
+    /* The same key again (another id): refused, naming the object that has it. */
+    CU_ASSERT_EQUAL(run("index", "import", "--key-file", path), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "KEY_IN_USE"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, imp_id));
+    /* A key file others may read is refused, like a PIN file. */
+    CU_ASSERT_EQUAL(chmod(path, 0644), 0);
+    CU_ASSERT_EQUAL(run("index", "import", "--key-file", path), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "chmod 600"));
 }
 
 static void test_bad_key_file(void)

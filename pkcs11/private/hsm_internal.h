@@ -221,6 +221,9 @@ CDX_MUST_CHECK cdx_err hsm_key_create(hsm_custody *c, struct hsm_create *a, uint
 CK_ULONG hsm_tmpl_build(const struct hsm_create *a, CK_ATTRIBUTE *t, const char *label,
                         const uint8_t *id);
 
+/* The KCV's message: KCV = HMAC-SHA256(key, HSM_KCV_MSG)[0..8] (docs/KEYS.md). */
+#define HSM_KCV_MSG "cipherdex/v1/kcv"
+
 /* Generate a->kind's key on the token (CKM_GENERIC_SECRET_KEY_GEN or CKM_AES_KEY_GEN). */
 cdx_err hsm_make_generate(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
                           CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv);
