@@ -12,6 +12,7 @@
 
 /* Items from a JSON Lines file: {"id":..., "vector":[...], "metadata":{...}, "contents":"..."}. */
 typedef struct jl_item {
+    size_t line; /* 1-based line of the file */
     char *id;
     float *vec;
     size_t dim;
@@ -54,6 +55,7 @@ static int load_jsonl(const char *path, jl_item **out, size_t *n)
         }
         jl_item *it = &(*out)[(*n)++];
         memset(it, 0, sizeof(*it));
+        it->line = line;
         it->id = strdup(json_string_value(id));
         it->dim = json_array_size(vec);
         it->vec = malloc((it->dim ? it->dim : 1) * sizeof(float));
@@ -121,6 +123,97 @@ static app_item item_of(const upload *u, size_t row, char id[300], char meta[64]
     return it;
 }
 
+/* Rows [from, to) of the input. */
+typedef struct span {
+    size_t from, to;
+} span;
+
+/* Committed row ranges remembered for the failure report (more are merged or dropped). */
+#define CDX_UPSERT_SPANS_MAX 64
+
+/* "line L" of a JSON Lines row, or "row R" (1-based) of a vector file. */
+static void where(const upload *u, size_t row, char *buf, size_t cap)
+{
+    if (u->jsonl)
+        snprintf(buf, cap, "line %zu", u->jl[row].line);
+    else
+        snprintf(buf, cap, "row %zu", row + 1);
+}
+
+/* "lines 1-1000" for rows [from, to). */
+static void range(const upload *u, span s, char *buf, size_t cap)
+{
+    char a[48], b[48];
+    where(u, s.from, a, sizeof(a));
+    where(u, s.to - 1, b, sizeof(b));
+    if (s.to - s.from == 1)
+        snprintf(buf, cap, "%s", a);
+    else
+        snprintf(buf, cap, "%ss %s-%s", u->jsonl ? "line" : "row", a + (u->jsonl ? 5 : 4),
+                 b + (u->jsonl ? 5 : 4));
+}
+
+/*
+ * Walkthrough problem 10: after a failed batch, say exactly which rows were committed, which
+ * failed (naming the item's own line when the server names the item), and which were not sent.
+ */
+static void report_partial(const upload *u, const span *ok, size_t nok, span failed,
+                           const char *why, size_t sent_to, size_t n, uint64_t version)
+{
+    char buf[96];
+    fprintf(stderr, "cipherdex: upsert into %s stopped. ", u->index);
+    if (!nok)
+        fprintf(stderr, "Nothing was committed");
+    else
+        fprintf(stderr, "Committed (version %" PRIu64 "): ", version);
+    for (size_t i = 0; i < nok; i++) {
+        range(u, ok[i], buf, sizeof(buf));
+        fprintf(stderr, "%s%s", i ? ", " : "", buf);
+    }
+    if (failed.to > failed.from) {
+        range(u, failed, buf, sizeof(buf));
+        fprintf(stderr, ". Failed, nothing of it applied: %s", buf);
+        size_t item;
+        if (why && sscanf(why, "item %zu", &item) == 1 && failed.from + item < failed.to) {
+            where(u, failed.from + item, buf, sizeof(buf));
+            fprintf(stderr, " (the item at %s: %s)", buf, why);
+        } else if (why && why[0]) {
+            fprintf(stderr, " (%s)", why);
+        }
+    }
+    if (sent_to < n) {
+        range(u, (span){sent_to, n}, buf, sizeof(buf));
+        fprintf(stderr, ". Not sent: %s", buf);
+    }
+    fprintf(stderr, ". Upserting the same ids again is safe: it overwrites.\n");
+}
+
+/* Every row has one dimension, the index's: checked before anything is sent. */
+static int check_dims(cli *x, const upload *u, size_t n)
+{
+    wire_response *w = NULL;
+    cdx_err e = app_client_describe_index(x->c, u->index, &w);
+    if (e) {
+        wire_response_free(w);
+        return cli_fail(x, e);
+    }
+    uint32_t dim = wire_response_msg(w)->describe_index->index->dimension;
+    wire_response_free(w);
+    for (size_t r = 0; r < n; r++) {
+        size_t d = u->jsonl ? u->jl[r].dim : u->d;
+        if (d != dim) {
+            char at[48];
+            where(u, r, at, sizeof(at));
+            fprintf(stderr,
+                    "cipherdex: %s: the vector has %zu numbers, index %s has dimension %u; "
+                    "nothing was sent\n",
+                    at, d, u->index, dim);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 int cli_upsert(cli *x, cli_args *a)
 {
     if (a->i >= a->n)
@@ -173,6 +266,13 @@ int cli_upsert(cli *x, cli_args *a)
     size_t n = u.n;
     if (limit && limit < n)
         n = (size_t)limit;
+    /* Before anything is sent: every row has the index's dimension (one describe). */
+    if (n && check_dims(x, &u, n)) {
+        free(u.x);
+        free(u.lab);
+        jsonl_free(u.jl, n_all);
+        return 1;
+    }
     app_item *items = calloc(batch, sizeof(*items));
     char(*ids)[300] = calloc(batch, 300);
     char(*meta)[64] = calloc(batch, 64);
@@ -180,31 +280,60 @@ int cli_upsert(cli *x, cli_args *a)
     cdx_err e = CDX_OK;
     uint64_t version = 0;
     size_t done = 0;
-    /* Two batches in flight: the next is on the wire while the server commits this one. */
-    size_t inflight = 0;
+    /* Two batches in flight: the next is on the wire while the server commits this one. Each
+     * batch's rows are remembered so a failure can say exactly what was committed. */
+    span fly[2], ok[CDX_UPSERT_SPANS_MAX];
+    size_t inflight = 0, nok = 0, sent_to = 0;
+    span failed = {0, 0};
+    char why[512] = "";
+    cdx_err first = CDX_OK;
     for (size_t off = 0; off < n || inflight;) {
-        if (off < n && inflight < 2) {
+        if (off < n && inflight < 2 && first == CDX_OK) {
             size_t m = n - off < batch ? n - off : batch;
             for (size_t i = 0; i < m; i++)
                 items[i] = item_of(&u, off + i, ids[i], meta[i]);
             if ((e = app_client_upsert_send(x->c, u.index, items, m, NULL)))
                 break;
+            fly[inflight++] = (span){off, off + m};
             off += m;
-            inflight++;
+            sent_to = off;
             continue;
         }
+        if (!inflight)
+            break;
         wire_response *w = NULL;
         e = app_client_recv(x->c, &w);
+        span sp = fly[0];
+        fly[0] = fly[1];
         inflight--;
         if (e) {
             wire_response_free(w);
-            break;
+            if (e == CDX_ERR_UNAVAILABLE || e == CDX_ERR_DEADLINE_EXCEEDED) /* connection */
+                break;
+            if (first == CDX_OK) { /* stop sending; learn what the batch in flight did */
+                first = e;
+                failed = sp;
+                snprintf(why, sizeof(why), "%s", cdx_err_detail());
+            }
+            continue;
         }
         const Cipherdex__V1__UpsertResponse *ur = wire_response_msg(w)->upsert;
         done += ur->upserted;
         version = ur->version;
         wire_response_free(w);
+        if (nok && ok[nok - 1].to == sp.from)
+            ok[nok - 1].to = sp.to;
+        else if (nok < CDX_UPSERT_SPANS_MAX)
+            ok[nok++] = sp;
         cli_progress("upsert", done, n, t0);
+    }
+    if (!e && first != CDX_OK) {
+        e = first;
+        report_partial(&u, ok, nok, failed, why, sent_to, n, version);
+        cdx_fail(e, "%s", why);
+    } else if (e && (nok || inflight)) {
+        report_partial(&u, ok, nok, inflight ? fly[0] : (span){sent_to, sent_to}, cdx_err_detail(),
+                       sent_to, n, version);
     }
     double el = cdx_mono_s() - t0;
     free(items);
@@ -215,6 +344,7 @@ int cli_upsert(cli *x, cli_args *a)
     jsonl_free(u.jl, n_all);
     if (e)
         return cli_fail(x, e);
+
     if (x->json)
         cli_print_json(json_pack("{s:s,s:I,s:I,s:f,s:f}", "index", u.index, "upserted",
                                  (json_int_t)done, "version", (json_int_t)version, "seconds", el,

@@ -44,6 +44,33 @@ cli index describe docs | grep -q "^key origin:  generated; generated on the tok
 [[ $(cli --json index describe docs | json 'd["key_provenance"]["attributes"]["extractable"]') == False ]] &&
     ok || fail "describe --json shows the attributes read back"
 
+# Walkthrough problem 10: a failed batch stops the upload, and the error says exactly which lines
+# were committed, which failed (naming the item's own line) and which were not sent.
+cli index create cos --dim 4 --metric cosine >/dev/null
+/usr/bin/python3 - "$dir/holes.jsonl" "$dir/baddim.jsonl" <<'PY'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    f.write("\n")  # line 1 blank: lines and rows differ
+    for i in range(30):  # lines 2..31; the zero vector (no direction for cosine) on line 15
+        v = [0.0, 0.0, 0.0, 0.0] if i == 13 else [1.0, i + 1.0, 0.5, -0.5]
+        f.write(json.dumps({"id": f"h{i}", "vector": v}) + "\n")
+with open(sys.argv[2], "w") as f:
+    for i in range(10):
+        f.write(json.dumps({"id": f"b{i}", "vector": [1.0, 2.0, 3.0] if i == 6 else [1.0, 2.0, 3.0, 4.0]}) + "\n")
+PY
+set +e
+cli upsert cos --file "$dir/holes.jsonl" --batch 5 >/dev/null 2>"$dir/err"; rc=$?
+set -e
+[[ $rc == 1 ]] && grep -q "Committed (version [0-9]*): lines 2-11, lines 17-21. Failed, nothing of it applied: lines 12-16 (the item at line 15: item 3: a zero vector" "$dir/err" &&
+    grep -q "Not sent: lines 22-31" "$dir/err" && ok || fail "upsert holes are reported: $(cat "$dir/err")"
+[[ $(cli --json index describe cos | json 'd["count"]') == 15 ]] && ok || fail "15 rows committed"
+set +e
+cli upsert cos --file "$dir/baddim.jsonl" >/dev/null 2>"$dir/err"; rc=$?
+set -e
+[[ $rc == 1 ]] && grep -q "line 7: the vector has 3 numbers, index cos has dimension 4; nothing was sent" "$dir/err" &&
+    ok || fail "a wrong dimension is found before sending: $(cat "$dir/err")"
+[[ $(cli --json index describe cos | json 'd["count"]') == 15 ]] && ok || fail "nothing of baddim sent"
+
 # Walkthrough problem 1: a key another index holds cannot be adopted again; the failed create
 # leaves nothing to delete, and the holder keeps its records.
 hsm() {
