@@ -170,6 +170,13 @@ static const cmd commands[] = {
      "from the kind's template (also marked ! in their columns). Root and index keys must\n"
      "read DERIVE, MODIFIABLE and COPYABLE no; generated keys are LOCAL and\n"
      "NEVER_EXTRACTABLE, imported and unwrapped keys cannot be (PKCS#11 rules).\n"},
+    {"probe", NULL, NULL, 0, 0, true, app_hsmtool_probe, "probe",
+     "Before any key exists: the configured token's identity and session limits, the\n"
+     "mechanisms Cipherdex uses and their flags, how the token treats Cipherdex's key\n"
+     "template (tried on session keys it destroys again: with and without CKA_COPYABLE,\n"
+     "as CKK_SHA256_HMAC, HMAC signing, refusing to make the key derivable), the\n"
+     "attributes it reports, and the verdict: whether Cipherdex can run on it and what is\n"
+     "missing. Exit status 1 when it cannot.\n"},
     {"root", "create", NULL, BIT(O_DEPLOYMENT_ID), BIT(O_DEPLOYMENT_ID), true,
      app_hsmtool_root_create, "root create --deployment-id HEX32",
      "Create the deployment's root key (label cipherdex-root, CKA_ID = deployment id) if\n"

@@ -103,6 +103,7 @@ cdx_err app_hsmtool_secmem_up(ctx *x);
 
 cdx_err app_hsmtool_tokens(ctx *x);
 cdx_err app_hsmtool_keys(ctx *x);
+cdx_err app_hsmtool_probe(ctx *x); /* app_hsmtool_probe.c */
 cdx_err app_hsmtool_root_create(ctx *x);
 cdx_err app_hsmtool_kek_create(ctx *x);
 cdx_err app_hsmtool_kek_import(ctx *x);

@@ -255,6 +255,22 @@ static void test_kek_import(void)
     CU_ASSERT_EQUAL(run("kek", "create", "bad/name"), 2);
 }
 
+/* probe: SoftHSM 2.6.1 takes the full template, refuses to make a key derivable, and has no KWP. */
+static void test_probe(void)
+{
+    CU_ASSERT_EQUAL(run("probe"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "verdict: Cipherdex can run on this token"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "CKM_SHA256_HMAC              yes"));
+    CU_ASSERT_EQUAL(run("--json", "probe"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"can_run\":true"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"generate_full_template\":\"ok\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"copy_with_derive_refused_means_not_ok\":\"CKR_"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"never_extractable\":true"));
+    /* It leaves nothing on the token. */
+    CU_ASSERT_EQUAL(run("keys"), 0);
+    CU_ASSERT_PTR_NULL(strstr(out, "cipherdex-probe"));
+}
+
 static void test_index_generate(void)
 {
     char status[32], label[80], want[80];
@@ -549,6 +565,7 @@ int main(void)
         {"usage", test_usage},
         {"config errors", test_config_errors},
         {"tokens", test_tokens},
+        {"probe", test_probe},
         {"root create", test_root_create},
         {"kek import/create", test_kek_import},
         {"index generate", test_index_generate},
