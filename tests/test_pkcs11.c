@@ -276,7 +276,7 @@ static void test_missing_token(void)
 
     hsm_token_info *ti = NULL;
     size_t n = 0;
-    CU_ASSERT_EQUAL(hsm_token_list(wrap_path, "pkcs11:token=second", &ti, &n), CDX_OK);
+    CU_ASSERT_EQUAL(hsm_token_list(wrap_path, NULL, "pkcs11:token=second", &ti, &n), CDX_OK);
     int matched = 0, inited = 0;
     for (size_t i = 0; i < n; i++)
         inited += ti[i].initialized;
@@ -306,7 +306,7 @@ static void test_wrong_pin_one_login(void)
     CU_ASSERT_EQUAL(hsm_custody_open(&cfg, &c), CDX_ERR_HSM_PIN_INCORRECT);
     CU_ASSERT_PTR_NULL(c);
     CU_ASSERT_EQUAL(p11wrap_count_fn("C_Login"), 1);
-    /* libp11 initialised the module with OS locking. */
+    /* Custody initialised the module with OS locking. */
     CU_ASSERT_EQUAL(p11wrap_last_init_flags_fn(), (long)CKF_OS_LOCKING_OK);
 
     /* A PIN rejected during recovery: one login attempt, then never again. */
@@ -709,7 +709,7 @@ static void test_token_reinit_and_recovery(void)
     CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_QUERY, 0, &sk), CDX_OK);
     hsm_subkey_release(sk);
 
-    /* Random bytes through libp11 do not disturb our sessions. */
+    /* Random bytes (C_GenerateRandom on a pooled session) do not disturb our sessions. */
     hsm_stats st0, st1;
     hsm_custody_stats(c, &st0);
     uint8_t rnd[32];
