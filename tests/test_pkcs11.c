@@ -1249,6 +1249,66 @@ static void test_init_args(void)
     fx_token_free(t);
 }
 
+/*
+ * NSS softokn needs C_Initialize parameters (pReserved): without init_args
+ * it refuses to initialise (review E9's NSS case); with them custody lists
+ * its tokens, logs in and draws random bytes. Key creation is not asserted:
+ * NSS refuses the CKA_COPYABLE template (CKR_GENERAL_ERROR, review §3.3),
+ * which is the template work's business; the result is printed.
+ */
+static void test_nss_softokn(void)
+{
+    static const char softokn[] = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
+    static const char pin[] = "nss-pin-0123";
+    if (access(softokn, R_OK) != 0 || access("/usr/bin/certutil", X_OK) != 0) {
+        fprintf(stderr, "(skipped: needs %s and certutil from libnss3-tools) ", softokn);
+        return;
+    }
+    char *dir = fx_tmpdir_new("nss");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
+    CU_ASSERT_FATAL(strlen(dir) < 400);
+    char db[512], pwfile[512], args[1024], out[4096];
+    snprintf(db, sizeof(db), "sql:%s", dir);
+    snprintf(pwfile, sizeof(pwfile), "%s/user.pin", dir);
+    write_file(pwfile, pin, strlen(pin), 0600);
+    const char *argv[] = {"certutil", "-N", "-d", db, "-f", pwfile, NULL};
+    int rc = fx_run(argv, NULL, out, sizeof(out));
+    if (rc != 0)
+        fprintf(stderr, "certutil: %d: %s\n", rc, out);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    snprintf(args, sizeof(args),
+             "configdir='%s' certPrefix='' keyPrefix='' secmod='secmod.db' flags=", db);
+    static const char uri[] = "pkcs11:token=NSS%20Certificate%20DB";
+
+    hsm_token_info *ti = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL(hsm_token_list(softokn, NULL, uri, &ti, &n), CDX_ERR_HSM_UNAVAILABLE);
+    CU_ASSERT(fx_detail_has("init_args"));
+    check_listed(softokn, args, uri, "NSS Certificate DB");
+
+    hsm_config cfg;
+    hsm_config_init(&cfg);
+    snprintf(cfg.module_path, sizeof(cfg.module_path), "%s", softokn);
+    snprintf(cfg.token_uri, sizeof(cfg.token_uri), "%s", uri);
+    snprintf(cfg.pin_source, sizeof(cfg.pin_source), "file:%s", pwfile);
+    snprintf(cfg.init_args, sizeof(cfg.init_args), "%s", args);
+    hsm_custody *c = NULL;
+    cdx_err e = hsm_custody_open(&cfg, &c);
+    if (e)
+        fprintf(stderr, "NSS open: %s: %s\n", cdx_err_name(e), cdx_err_detail());
+    CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
+    uint8_t rnd[32], id[16], kcv[8];
+    CU_ASSERT_EQUAL(hsm_random(c, rnd, sizeof(rnd)), CDX_OK);
+    check_listed(softokn, args, uri, "NSS Certificate DB"); /* through the open context */
+    seq(id, 16, 0x90);
+    e = hsm_index_key_generate(c, id, kcv);
+    fprintf(stderr, "(NSS index key generation: %s%s%s) ", cdx_err_name(e), e ? ": " : "",
+            e ? cdx_err_detail() : "");
+    hsm_custody_free(c);
+    fx_rm_rf(dir);
+    free(dir);
+}
+
 static void test_errors_have_names(void)
 {
     CU_ASSERT_STRING_EQUAL(cdx_err_name(CDX_ERR_KEY_REPLACED), "KEY_REPLACED");
@@ -1281,6 +1341,7 @@ int main(void)
         {"module initialised by someone else: shared", test_shared_module},
         {"module load/init failures, unreadable slots", test_module_failures},
         {"init_args reach C_Initialize", test_init_args},
+        {"NSS softokn through init_args", test_nss_softokn},
     };
     wrap_path = getenv("CDX_P11WRAP");
     if (!wrap_path) {
