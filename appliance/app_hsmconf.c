@@ -20,12 +20,13 @@ enum {
     K_SESSIONS,
     K_TTL,
     K_SECMEM,
+    K_INIT_ARGS,
     K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
     "module",   "token",         "pin",          "allow_env_pin", "allow_unlocked_memory",
-    "sessions", "subkey_ttl_ms", "secmem_bytes",
+    "sessions", "subkey_ttl_ms", "secmem_bytes", "init_args",
 };
 
 _Static_assert(K_COUNT <= sizeof(((app_hsmconf_seen *)0)->line) / sizeof(unsigned),
@@ -58,7 +59,7 @@ cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, 
     if (k == K_COUNT)
         return cdx_fail(CDX_ERR_CONFIG,
                         "unknown key `%s` in [hsm] (known: module, token, pin, allow_env_pin, "
-                        "allow_unlocked_memory, sessions, subkey_ttl_ms, secmem_bytes)",
+                        "allow_unlocked_memory, sessions, subkey_ttl_ms, secmem_bytes, init_args)",
                         key);
     if (seen) {
         if (seen->mask & (1u << k))
@@ -112,6 +113,9 @@ cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, 
         if (err == CDX_OK)
             cfg->secmem_bytes = (size_t)n;
         return err;
+    case K_INIT_ARGS:
+        /* Passed verbatim as C_Initialize's pReserved; only the module can judge it. */
+        return app_ini_str(key, value, cfg->init_args, sizeof(cfg->init_args));
     }
     return bad(key, "unhandled key"); /* not reached */
 }

@@ -33,7 +33,8 @@ enum { EXIT_ERROR = 1, EXIT_USAGE = 2, EXIT_REPLACED = 3 };
 /* ---- options ---- */
 
 #define GLOBAL_OPTS                                                                                \
-    (BIT(O_CONFIG) | BIT(O_MODULE) | BIT(O_TOKEN) | BIT(O_PIN_SOURCE) | BIT(O_JSON) | BIT(O_HELP))
+    (BIT(O_CONFIG) | BIT(O_MODULE) | BIT(O_TOKEN) | BIT(O_PIN_SOURCE) | BIT(O_JSON) |              \
+     BIT(O_HELP) | BIT(O_INIT_ARGS))
 
 static const struct optdef {
     const char *name;
@@ -53,6 +54,7 @@ static const struct optdef {
     [O_KEY_FILE] = {"key-file", true},
     [O_KEK] = {"kek", true},
     [O_WRAPPED] = {"wrapped", true},
+    [O_INIT_ARGS] = {"init-args", true},
 };
 
 cdx_err app_hsmtool_usage(ctx *x, const char *fmt, ...)
@@ -113,6 +115,7 @@ static cdx_err load_config(ctx *x)
         {"module", "CIPHERDEX_HSM_MODULE", O_MODULE},
         {"token", "CIPHERDEX_TOKEN_URI", O_TOKEN},
         {"pin", "CIPHERDEX_PIN_SOURCE", O_PIN_SOURCE},
+        {"init_args", "CIPHERDEX_HSM_INIT_ARGS", O_INIT_ARGS},
     };
     const size_t n = sizeof(src) / sizeof(src[0]);
     const char *e;
@@ -163,7 +166,9 @@ cdx_err app_hsmtool_secmem_up(ctx *x)
 static const cmd commands[] = {
     {"tokens", NULL, NULL, 0, 0, false, app_hsmtool_tokens, "tokens",
      "List the tokens the module shows, without logging in: label, serial, manufacturer,\n"
-     "model, slot, whether initialised, and whether the configured token URI selects it.\n"},
+     "model, slot, whether initialised, whether the configured token URI selects it, and\n"
+     "STATUS: ok, or why the slot's token could not be read (C_GetTokenInfo's CKR_...).\n"
+     "Exits 1 if any slot could not be read, after listing every slot.\n"},
     {"keys", NULL, NULL, 0, 0, true, app_hsmtool_keys, "keys",
      "List every secret key whose label starts with cipherdex-: kind, label, CKA_ID, key\n"
      "type, length, KCV and attributes. TEMPLATE is `ok` or the attributes that differ\n"
@@ -235,10 +240,12 @@ static void global_help(FILE *f)
                "  --module PATH      PKCS#11 module (default " DEFAULT_MODULE ")\n"
                "  --token URI        RFC 7512 token URI, e.g. pkcs11:token=cipherdex\n"
                "  --pin-source SRC   file:/path, cred:NAME or env:NAME (never the PIN itself)\n"
+               "  --init-args STR    C_Initialize parameters (pReserved) for modules that need\n"
+               "                     them, e.g. NSS softokn: \"configdir='sql:DIR' ...\"\n"
                "  --json             one JSON object on stdout instead of a table\n"
                "  --help             this text; `" PROG " COMMAND --help` for one command\n"
                "\nFlags override the file, the file overrides CIPHERDEX_HSM_MODULE,\n"
-               "CIPHERDEX_TOKEN_URI and CIPHERDEX_PIN_SOURCE.\n"
+               "CIPHERDEX_TOKEN_URI, CIPHERDEX_PIN_SOURCE and CIPHERDEX_HSM_INIT_ARGS.\n"
                "Exit status: 0 success, 1 error, 2 usage error, 3 KEY_REPLACED.\n");
 }
 
@@ -393,7 +400,7 @@ static void report_error(const ctx *x, cdx_err err)
         else
             fprintf(stderr, "Try `" PROG " --help`.\n");
     }
-    if (x->json) {
+    if (x->json && !x->json_printed) {
         char name[64];
         printf("{");
         if (x->cmd) {

@@ -34,6 +34,7 @@ enum {
     O_KEY_FILE,
     O_KEK,
     O_WRAPPED,
+    O_INIT_ARGS,
     O_COUNT
 };
 
@@ -64,6 +65,7 @@ struct ctx {
     const char *arg; /* the positional argument (KEK name) */
     bool json;
     bool usage; /* the error is a usage error (exit 2) */
+    bool json_printed; /* the command's JSON object already carries its error */
     hsm_config cfg;
     hsm_custody *c;
     bool secmem; /* we hold a reference on the secret arena */

@@ -42,6 +42,10 @@ static void trim_copy(char *dst, size_t cap, const char *src)
 static void token_cell(const void *row, int col, char *buf, size_t cap)
 {
     const hsm_token_info *t = row;
+    if (t->err && col != 4 && col != 7) {
+        snprintf(buf, cap, "-"); /* nothing is known of an unreadable slot's token */
+        return;
+    }
     switch (col) {
     case 0:
         trim_copy(buf, cap, t->label);
@@ -61,8 +65,14 @@ static void token_cell(const void *row, int col, char *buf, size_t cap)
     case 5:
         snprintf(buf, cap, "%s", t->initialized ? "yes" : "no");
         break;
-    default:
+    case 6:
         snprintf(buf, cap, "%s", t->matches_uri ? "yes" : "no");
+        break;
+    default:
+        if (t->err)
+            snprintf(buf, cap, "%s (%s)", cdx_err_name(t->err), t->err_text);
+        else
+            snprintf(buf, cap, "ok");
         break;
     }
 }
@@ -70,13 +80,21 @@ static void token_cell(const void *row, int col, char *buf, size_t cap)
 cdx_err app_hsmtool_tokens(ctx *x)
 {
     static const char *const header[] = {"LABEL", "SERIAL",      "MANUFACTURER", "MODEL",
-                                         "SLOT",  "INITIALIZED", "MATCHES_URI"};
+                                         "SLOT",  "INITIALIZED", "MATCHES_URI",  "STATUS"};
     hsm_token_info *t = NULL;
-    size_t n = 0;
+    size_t n = 0, bad = 0, first_bad = 0;
     const char *uri = x->cfg.token_uri[0] ? x->cfg.token_uri : NULL;
-    cdx_err err = hsm_token_list(x->cfg.module_path, uri, &t, &n);
+    cdx_err err = hsm_token_list(x->cfg.module_path, x->cfg.init_args, uri, &t, &n);
     if (err)
         return err;
+    for (size_t i = n; i-- > 0;)
+        if (t[i].err) {
+            bad++;
+            first_bad = i;
+        }
+    if (bad)
+        err = cdx_fail(t[first_bad].err, "%zu of %zu slots could not be read; slot %lu: %s", bad, n,
+                       t[first_bad].slot_id, t[first_bad].err_text);
 
     if (x->json) {
         char b[64];
@@ -92,6 +110,16 @@ cdx_err app_hsmtool_tokens(ctx *x)
         fputs(",\"tokens\":[", stdout);
         for (size_t i = 0; i < n; i++) {
             printf("%s{", i ? "," : "");
+            if (t[i].err) {
+                printf("\"slot_id\":%lu,\"error\":{\"code\":%d,", t[i].slot_id, (int)t[i].err);
+                app_out_json_key(stdout, "name");
+                app_out_json_str(stdout, cdx_err_name(t[i].err));
+                putchar(',');
+                app_out_json_key(stdout, "detail");
+                app_out_json_str(stdout, t[i].err_text);
+                fputs("}}", stdout);
+                continue;
+            }
             app_out_json_key(stdout, "label");
             trim_copy(b, sizeof(b), t[i].label);
             app_out_json_str(stdout, b);
@@ -107,17 +135,35 @@ cdx_err app_hsmtool_tokens(ctx *x)
             app_out_json_key(stdout, "model");
             trim_copy(b, sizeof(b), t[i].model);
             app_out_json_str(stdout, b);
-            printf(",\"slot_id\":%lu,\"initialized\":%s,\"matches_uri\":%s}", t[i].slot_id,
-                   t[i].initialized ? "true" : "false", t[i].matches_uri ? "true" : "false");
+            printf(",\"slot_id\":%lu,\"initialized\":%s,\"matches_uri\":%s,\"error\":null}",
+                   t[i].slot_id, t[i].initialized ? "true" : "false",
+                   t[i].matches_uri ? "true" : "false");
         }
-        puts("]}");
+        /* An unreadable slot fails the run; the error goes in this one object. */
+        fputs("],\"error\":", stdout);
+        if (err) {
+            printf("{\"code\":%d,", (int)err);
+            app_out_json_key(stdout, "name");
+            app_out_json_str(stdout, cdx_err_name(err));
+            putchar(',');
+            app_out_json_key(stdout, "message");
+            app_out_json_str(stdout, cdx_strerror(err));
+            putchar(',');
+            app_out_json_key(stdout, "detail");
+            app_out_json_str(stdout, cdx_err_detail());
+            putchar('}');
+            x->json_printed = true;
+        } else {
+            fputs("null", stdout);
+        }
+        puts("}");
     } else {
-        app_out_table(stdout, header, 7, t, sizeof(*t), n, token_cell);
+        app_out_table(stdout, header, 8, t, sizeof(*t), n, token_cell);
         if (!uri)
             fprintf(stderr, "(no token URI configured: MATCHES_URI is no for every token)\n");
     }
     free(t);
-    return CDX_OK;
+    return err;
 }
 
 /* ---- keys ---- */

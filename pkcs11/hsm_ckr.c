@@ -67,6 +67,31 @@ bool hsm_ckr_pin_fatal(CK_RV rv)
            rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE;
 }
 
+cdx_err hsm_ckr_code(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_OK:
+        return CDX_OK;
+    case CKR_PIN_INCORRECT:
+    case CKR_PIN_INVALID:
+    case CKR_PIN_LEN_RANGE:
+        return CDX_ERR_HSM_PIN_INCORRECT;
+    case CKR_PIN_LOCKED:
+    case CKR_PIN_EXPIRED:
+        return CDX_ERR_HSM_PIN_LOCKED;
+    case CKR_MECHANISM_INVALID:
+    case CKR_MECHANISM_PARAM_INVALID:
+    case CKR_FUNCTION_NOT_SUPPORTED:
+        return CDX_ERR_MECHANISM_UNSUPPORTED;
+    case CKR_HOST_MEMORY:
+    case CKR_DEVICE_MEMORY:
+    case CKR_SESSION_COUNT:
+        return CDX_ERR_RESOURCE_EXHAUSTED;
+    default:
+        return hsm_ckr_recoverable(rv) ? CDX_ERR_HSM_UNAVAILABLE : CDX_ERR_HSM_FAILED;
+    }
+}
+
 cdx_err hsm_ckr_fail(CK_RV rv, const char *what)
 {
     cdx_log(CDX_LOG_WARN, "pkcs11_error", "op=%s ckr=%s rv=0x%lx", what, hsm_ckr_name(rv),

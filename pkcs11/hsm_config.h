@@ -25,9 +25,13 @@ typedef struct hsm_config {
     unsigned sessions;          /* session pool size; 0 = CDX_SESSIONS_DEFAULT */
     uint32_t subkey_ttl_ms;     /* cache subkeys this long; 0 = derive for every operation */
     size_t secmem_bytes;        /* locked arena size; 0 = CDX_SECMEM_DEFAULT */
+    /* C_Initialize's pReserved string, for modules that need one (NSS softokn:
+     * "configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db' flags=");
+     * "" = NULL. Never logged. */
+    char init_args[1024];
 } hsm_config;
 
-/* Defaults: empty strings, no env PIN, locked memory required, TTL 0. */
+/* Defaults: empty strings (no init_args), no env PIN, locked memory required, TTL 0. */
 void hsm_config_init(hsm_config *cfg);
 
 /*

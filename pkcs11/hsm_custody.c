@@ -1,6 +1,7 @@
 /*
- * Custody context: module loading (libp11 + our own CK_FUNCTION_LIST from the
- * same instance), token discovery, login, session pool, recovery.
+ * Custody context: module loading (one CK_FUNCTION_LIST, initialised by us
+ * or found already initialised), token discovery, login, session pool,
+ * recovery.
  */
 #include "hsm_internal.h"
 
@@ -101,25 +102,182 @@ static cdx_err token_matches(const char *uri_s, const CK_TOKEN_INFO *ti, bool *m
     return CDX_OK;
 }
 
-/* Describe the tokens seen, for a TOKEN_NOT_FOUND message. */
-static void describe_tokens(CK_FUNCTION_LIST_PTR f, PKCS11_SLOT *slots, unsigned n, char *buf,
-                            size_t cap)
+/* ---------------------------------------------------------------- module */
+
+/*
+ * dlopen the module and take its function list. The list is kept for the
+ * context's life: p11-kit's client and proxy modules hand out a new,
+ * uninitialised list on every C_GetFunctionList, so only the list we
+ * C_Initialize may be used.
+ */
+static cdx_err mod_open(const char *path, void **dl, CK_FUNCTION_LIST_PTR *f)
+{
+    cdx_err err = CDX_OK;
+    *f = NULL;
+    *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!*dl)
+        return cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "PKCS#11 module %s does not load: %s", path,
+                        dlerror());
+    CK_C_GetFunctionList gfl = (CK_C_GetFunctionList)dlsym(*dl, "C_GetFunctionList");
+    if (!gfl) {
+        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE,
+                       "%s is not a PKCS#11 module (it has no C_GetFunctionList)", path);
+        goto out;
+    }
+    CK_RV rv = gfl(f);
+    if (rv != CKR_OK || !*f) {
+        if (rv == CKR_OK)
+            rv = CKR_GENERAL_ERROR; /* a list we cannot use */
+        (void)hsm_ckr_fail(rv, "C_GetFunctionList");
+        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE,
+                       "PKCS#11 module %s failed to load: C_GetFunctionList: %s", path,
+                       hsm_ckr_name(rv));
+        goto out;
+    }
+out:
+    if (err) {
+        *f = NULL;
+        dlclose(*dl);
+        *dl = NULL;
+    }
+    return err;
+}
+
+/*
+ * C_Initialize f with CKF_OS_LOCKING_OK and init_args as pReserved.
+ * *owned: true when this call initialised it (the caller finalises it),
+ * false when it was already initialised by someone else in the process
+ * (shared: never finalise it).
+ */
+static cdx_err mod_init(const char *path, CK_FUNCTION_LIST_PTR f, const char *init_args,
+                        bool *owned)
+{
+    CK_C_INITIALIZE_ARGS a;
+    memset(&a, 0, sizeof(a));
+    a.flags = CKF_OS_LOCKING_OK;
+    a.pReserved = init_args && init_args[0] ? (CK_VOID_PTR)init_args : NULL;
+    *owned = false;
+    CK_RV rv = f->C_Initialize(&a);
+    if (rv == CKR_OK) {
+        *owned = true;
+        return CDX_OK;
+    }
+    if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED)
+        return CDX_OK;
+    (void)hsm_ckr_fail(rv, "C_Initialize");
+    return cdx_fail(CDX_ERR_HSM_UNAVAILABLE,
+                    "PKCS#11 module %s failed to initialise: C_Initialize: %s%s", path,
+                    hsm_ckr_name(rv),
+                    a.pReserved ? ""
+                                : " (a module that needs C_Initialize parameters, such as NSS "
+                                  "softokn, takes them from [hsm] init_args)");
+}
+
+/* Present slots through f; *ids malloc'ed. Returns the CK_RV. */
+static CK_RV slot_ids(CK_FUNCTION_LIST_PTR f, CK_SLOT_ID **ids, CK_ULONG *n)
+{
+    *ids = NULL;
+    *n = 0;
+    for (int tries = 0; tries < 4; tries++) { /* slots may appear between the two calls */
+        CK_ULONG cnt = 0;
+        CK_RV rv = f->C_GetSlotList(CK_TRUE, NULL, &cnt);
+        if (rv != CKR_OK)
+            return rv;
+        CK_SLOT_ID *v = calloc(cnt ? cnt : 1, sizeof(*v));
+        if (!v)
+            return CKR_HOST_MEMORY;
+        rv = f->C_GetSlotList(CK_TRUE, v, &cnt);
+        if (rv == CKR_OK) {
+            *ids = v;
+            *n = cnt;
+            return CKR_OK;
+        }
+        free(v);
+        if (rv != CKR_BUFFER_TOO_SMALL)
+            return rv;
+    }
+    return CKR_BUFFER_TOO_SMALL;
+}
+
+/*
+ * Every present slot's token through f (the one list custody initialised).
+ * A slot whose C_GetTokenInfo fails is kept, with its error mapped to a
+ * cdx_err in ->err and the CK_RV's name in ->err_text; the raw value is
+ * logged here. *out is malloc'ed (free()).
+ * Errors: CDX_ERR_HSM_UNAVAILABLE (no slot list), CDX_ERR_CONFIG (uri does
+ * not parse), CDX_ERR_RESOURCE_EXHAUSTED.
+ */
+static cdx_err scan_tokens(CK_FUNCTION_LIST_PTR f, const char *uri, hsm_token_info **out,
+                           size_t *nout)
+{
+    cdx_err err = CDX_OK;
+    CK_SLOT_ID *ids = NULL;
+    CK_ULONG n = 0;
+    hsm_token_info *v = NULL;
+    *out = NULL;
+    *nout = 0;
+
+    CK_RV rv = slot_ids(f, &ids, &n);
+    if (rv != CKR_OK) {
+        err = hsm_ckr_fail(rv, "C_GetSlotList");
+        if (err != CDX_ERR_RESOURCE_EXHAUSTED)
+            err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "cannot list the module's slots (%s)",
+                           hsm_ckr_name(rv));
+        goto out;
+    }
+    v = calloc(n ? n : 1, sizeof(*v));
+    if (!v) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (CK_ULONG i = 0; i < n; i++) {
+        hsm_token_info *t = &v[i];
+        CK_TOKEN_INFO ti;
+        t->slot_id = ids[i];
+        rv = f->C_GetTokenInfo(ids[i], &ti);
+        if (rv != CKR_OK) {
+            cdx_log(CDX_LOG_WARN, "pkcs11_error", "op=C_GetTokenInfo slot=%lu ckr=%s rv=0x%lx",
+                    (unsigned long)ids[i], hsm_ckr_name(rv), (unsigned long)rv);
+            t->err = hsm_ckr_code(rv);
+            snprintf(t->err_text, sizeof(t->err_text), "C_GetTokenInfo: %s", hsm_ckr_name(rv));
+            continue;
+        }
+        padded(t->label, sizeof(t->label), ti.label, sizeof(ti.label));
+        padded(t->serial, sizeof(t->serial), ti.serialNumber, sizeof(ti.serialNumber));
+        padded(t->manufacturer, sizeof(t->manufacturer), ti.manufacturerID,
+               sizeof(ti.manufacturerID));
+        padded(t->model, sizeof(t->model), ti.model, sizeof(ti.model));
+        t->initialized = (ti.flags & CKF_TOKEN_INITIALIZED) != 0;
+        bool m = false;
+        if (uri && *uri && (err = token_matches(uri, &ti, &m)))
+            goto out;
+        t->matches_uri = m;
+    }
+    *out = v;
+    *nout = n;
+    v = NULL;
+out:
+    free(v);
+    free(ids);
+    return err;
+}
+
+/* The tokens seen, for a TOKEN_NOT_FOUND message: initialised tokens, unreadable slots. */
+static void describe_tokens(const hsm_token_info *v, size_t n, char *buf, size_t cap)
 {
     size_t off = 0;
     unsigned listed = 0;
     buf[0] = '\0';
-    for (unsigned i = 0; i < n && listed < CDX_TOKENS_LISTED_MAX; i++) {
-        if (!slots[i].token)
+    for (size_t i = 0; i < n && listed < CDX_TOKENS_LISTED_MAX; i++) {
+        int w;
+        if (v[i].err)
+            w = snprintf(buf + off, cap - off, "%sslot %lu unreadable (%s, %s)", listed ? ", " : "",
+                         v[i].slot_id, v[i].err_text, cdx_err_name(v[i].err));
+        else if (v[i].initialized)
+            w = snprintf(buf + off, cap - off, "%s'%s' (serial %s)", listed ? ", " : "", v[i].label,
+                         v[i].serial);
+        else
             continue;
-        CK_TOKEN_INFO ti;
-        if (f->C_GetTokenInfo(PKCS11_get_slotid_from_slot(&slots[i]), &ti) != CKR_OK ||
-            !(ti.flags & CKF_TOKEN_INITIALIZED))
-            continue;
-        char label[33], serial[17];
-        padded(label, sizeof(label), ti.label, sizeof(ti.label));
-        padded(serial, sizeof(serial), ti.serialNumber, sizeof(ti.serialNumber));
-        int w = snprintf(buf + off, cap - off, "%s'%s' (serial %s)", listed ? ", " : "", label,
-                         serial);
         if (w < 0 || (size_t)w >= cap - off)
             break;
         off += (size_t)w;
@@ -129,82 +287,64 @@ static void describe_tokens(CK_FUNCTION_LIST_PTR f, PKCS11_SLOT *slots, unsigned
         snprintf(buf, cap, "none");
 }
 
-/* Tear down libp11 and the module (C_Finalize). Caller holds the exclusive lock. */
+/*
+ * Drop every session and key handle, and finalise the module if we
+ * initialised it; a shared module (initialised by someone else in the
+ * process) only loses our sessions. Caller holds the exclusive lock.
+ */
 static void unload_locked(hsm_custody *c)
 {
     pthread_mutex_lock(&c->pool_mu);
-    c->nfree = 0; /* C_Finalize closes them */
+    if (c->inited && !c->owns_init) /* C_Finalize would close them; we may not call it */
+        for (unsigned i = 0; i < c->nfree; i++)
+            (void)c->f->C_CloseSession(c->pool[i]);
+    c->nfree = 0;
     c->nopen = 0;
     pthread_mutex_unlock(&c->pool_mu);
     pthread_mutex_lock(&c->keys_mu);
     for (size_t i = 0; i < c->nkeys; i++)
         c->keys[i].gen = 0;
     pthread_mutex_unlock(&c->keys_mu);
-    if (c->p11) {
-        if (c->slots)
-            PKCS11_release_all_slots(c->p11, c->slots, c->nslots);
-        PKCS11_CTX_unload(c->p11);
-        PKCS11_CTX_free(c->p11);
+    if (c->inited && c->owns_init) {
+        CK_RV rv = c->f->C_Finalize(NULL);
+        if (rv != CKR_OK)
+            cdx_log(CDX_LOG_WARN, "pkcs11_error", "op=C_Finalize ckr=%s rv=0x%lx", hsm_ckr_name(rv),
+                    (unsigned long)rv);
     }
-    c->p11 = NULL;
-    c->slots = NULL;
-    c->nslots = 0;
-    c->slot = NULL;
+    c->inited = false;
+    c->owns_init = false;
 }
 
 /*
- * (Re)load the module through libp11, find the token, open a session and log
- * in. `initial` selects TOKEN_NOT_FOUND (configuration) over HSM_UNAVAILABLE
+ * (Re)initialise the module, find the token, open a session and log in.
+ * `initial` selects TOKEN_NOT_FOUND (configuration) over HSM_UNAVAILABLE
  * (a token that was there went away). Caller holds the exclusive lock.
  */
 static cdx_err connect_locked(hsm_custody *c, bool initial)
 {
     cdx_err err = CDX_OK;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    hsm_token_info *tv = NULL;
+    size_t nt = 0;
 
     unload_locked(c);
     /* Every failure goes through out: it marks custody unhealthy, so the re-login back-off
      * and health see the failure (an early return here once left healthy set). */
-    c->p11 = PKCS11_CTX_new();
-    if (!c->p11) {
-        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if ((err = mod_init(c->cfg.module_path, c->f, c->cfg.init_args, &c->owns_init)))
         goto out;
-    }
-    /* libp11 initialises with CKF_OS_LOCKING_OK and accepts ALREADY_INITIALIZED. */
-    if (PKCS11_CTX_load(c->p11, c->cfg.module_path) != 0) {
-        PKCS11_CTX_free(c->p11);
-        c->p11 = NULL;
-        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "PKCS#11 module %s failed to load or initialise",
-                       c->cfg.module_path);
+    c->inited = true;
+    if ((err = scan_tokens(c->f, c->cfg.token_uri, &tv, &nt)))
         goto out;
-    }
-    if (PKCS11_enumerate_slots(c->p11, &c->slots, &c->nslots) != 0) {
-        c->slots = NULL;
-        c->nslots = 0;
-        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "cannot list the module's slots");
-        goto out;
-    }
     unsigned matches = 0;
-    for (unsigned i = 0; i < c->nslots; i++) {
-        if (!c->slots[i].token)
-            continue;
-        CK_TOKEN_INFO ti;
-        CK_SLOT_ID id = PKCS11_get_slotid_from_slot(&c->slots[i]);
-        if (c->f->C_GetTokenInfo(id, &ti) != CKR_OK)
-            continue;
-        bool m = false;
-        if ((err = token_matches(c->cfg.token_uri, &ti, &m)))
-            goto out;
-        if (m && (ti.flags & CKF_TOKEN_INITIALIZED)) {
+    size_t pick = 0;
+    for (size_t i = 0; i < nt; i++)
+        if (!tv[i].err && tv[i].matches_uri && tv[i].initialized) {
             matches++;
-            c->slot = &c->slots[i];
-            c->slot_id = id;
-            memcpy(c->serial, ti.serialNumber, sizeof(c->serial));
+            pick = i;
         }
-    }
     if (matches != 1) {
         char seen[1024];
-        describe_tokens(c->f, c->slots, c->nslots, seen, sizeof(seen));
+        describe_tokens(tv, nt, seen, sizeof(seen));
         if (matches > 1)
             err = cdx_fail(CDX_ERR_CONFIG,
                            "token URI %s matches %u tokens; add serial= to pick one (tokens: %s)",
@@ -213,9 +353,18 @@ static cdx_err connect_locked(hsm_custody *c, bool initial)
             err = cdx_fail(initial ? CDX_ERR_TOKEN_NOT_FOUND : CDX_ERR_HSM_UNAVAILABLE,
                            "no initialised token matches %s; tokens found: %s", c->cfg.token_uri,
                            seen);
-        c->slot = NULL;
         goto out;
     }
+    c->slot_id = tv[pick].slot_id;
+    CK_TOKEN_INFO ti; /* the raw serial, for token_same */
+    CK_RV rv = c->f->C_GetTokenInfo(c->slot_id, &ti);
+    if (rv != CKR_OK) {
+        err = hsm_ckr_fail(rv, "C_GetTokenInfo");
+        if (err == CDX_ERR_HSM_FAILED)
+            err = CDX_ERR_HSM_UNAVAILABLE;
+        goto out;
+    }
+    memcpy(c->serial, ti.serialNumber, sizeof(c->serial));
     CK_MECHANISM_INFO mi;
     if (c->f->C_GetMechanismInfo(c->slot_id, CKM_SHA256_HMAC, &mi) != CKR_OK ||
         !(mi.flags & CKF_SIGN)) {
@@ -223,7 +372,7 @@ static cdx_err connect_locked(hsm_custody *c, bool initial)
                        "the token lacks CKM_SHA256_HMAC signing, needed to derive subkeys");
         goto out;
     }
-    CK_RV rv = c->f->C_OpenSession(c->slot_id, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+    rv = c->f->C_OpenSession(c->slot_id, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
     if (rv != CKR_OK) {
         err = hsm_ckr_fail(rv, "C_OpenSession");
         if (err == CDX_ERR_HSM_FAILED)
@@ -250,6 +399,7 @@ static cdx_err connect_locked(hsm_custody *c, bool initial)
 out:
     if (s != CK_INVALID_HANDLE)
         (void)c->f->C_CloseSession(s);
+    free(tv);
     if (err)
         c->healthy = false;
     return err;
@@ -395,14 +545,16 @@ CK_RV hsm_sign_hmac(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, con
 static bool same_config(const hsm_config *a, const hsm_config *b)
 {
     return !strcmp(a->token_uri, b->token_uri) && !strcmp(a->pin_source, b->pin_source) &&
-           a->subkey_ttl_ms == b->subkey_ttl_ms && a->allow_env_pin == b->allow_env_pin;
+           a->subkey_ttl_ms == b->subkey_ttl_ms && a->allow_env_pin == b->allow_env_pin &&
+           !strcmp(a->init_args, b->init_args);
 }
 
 static void destroy(hsm_custody *c)
 {
     hsm_subcache_free(c);
     pthread_rwlock_wrlock(&c->lock);
-    if (c->p11 && c->healthy && c->nfree > 0)
+    /* A shared module's login ends with our last session (closed by unload_locked). */
+    if (c->inited && c->owns_init && c->healthy && c->nfree > 0)
         (void)c->f->C_Logout(c->pool[0]);
     unload_locked(c);
     pthread_rwlock_unlock(&c->lock);
@@ -414,7 +566,6 @@ static void destroy(hsm_custody *c)
     pthread_mutex_destroy(&c->pool_mu);
     pthread_cond_destroy(&c->pool_cv);
     pthread_mutex_destroy(&c->keys_mu);
-    pthread_mutex_destroy(&c->rand_mu);
     OPENSSL_cleanse(c, sizeof(*c));
     free(c);
     hsm_secmem_shutdown();
@@ -441,7 +592,7 @@ cdx_err hsm_custody_open(const hsm_config *cfg_in, hsm_custody **out)
         if (!same_config(&it->cfg, &cfg)) {
             err = cdx_fail(CDX_ERR_CONFIG,
                            "module %s is already in use in this process with another token, PIN "
-                           "source or subkey TTL; one custody context per module",
+                           "source, subkey TTL or init_args; one custody context per module",
                            cfg.module_path);
         } else {
             it->refs++;
@@ -473,23 +624,12 @@ cdx_err hsm_custody_open(const hsm_config *cfg_in, hsm_custody **out)
     pthread_mutex_init(&c->pool_mu, NULL);
     pthread_cond_init(&c->pool_cv, NULL);
     pthread_mutex_init(&c->keys_mu, NULL);
-    pthread_mutex_init(&c->rand_mu, NULL);
 
     if ((err = hsm_pin_read(cfg.pin_source, cfg.allow_env_pin, &c->pin, &c->pin_len)))
         goto fail;
-    /* Same path → the same module instance libp11 loads (dlopen refcounts it). */
-    c->dl = dlopen(cfg.module_path, RTLD_NOW | RTLD_LOCAL);
-    if (!c->dl) {
-        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "cannot load PKCS#11 module %s: %s",
-                       cfg.module_path, dlerror());
+    /* One function list for the context's life: the one we initialise and call. */
+    if ((err = mod_open(cfg.module_path, &c->dl, &c->f)))
         goto fail;
-    }
-    CK_C_GetFunctionList gfl = (CK_C_GetFunctionList)dlsym(c->dl, "C_GetFunctionList");
-    if (!gfl || gfl(&c->f) != CKR_OK || !c->f) {
-        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "%s is not a PKCS#11 module (no C_GetFunctionList)",
-                       cfg.module_path);
-        goto fail;
-    }
     pthread_rwlock_wrlock(&c->lock);
     err = connect_locked(c, true);
     pthread_rwlock_unlock(&c->lock);
@@ -500,8 +640,10 @@ cdx_err hsm_custody_open(const hsm_config *cfg_in, hsm_custody **out)
     c->next = registry;
     registry = c;
     *out = c;
-    cdx_log(CDX_LOG_INFO, "hsm_open", "slot=%lu sessions=%u subkey_ttl_ms=%u locked=%d",
-            (unsigned long)c->slot_id, c->max_sessions, cfg.subkey_ttl_ms, hsm_secmem_locked());
+    cdx_log(CDX_LOG_INFO, "hsm_open",
+            "slot=%lu sessions=%u subkey_ttl_ms=%u locked=%d module_init=%s",
+            (unsigned long)c->slot_id, c->max_sessions, cfg.subkey_ttl_ms, hsm_secmem_locked(),
+            c->owns_init ? "own" : "shared");
     goto unlock;
 fail:
     destroy(c);
@@ -557,14 +699,10 @@ struct rand_arg {
 static cdx_err rand_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv)
 {
     struct rand_arg *a = arg;
-    (void)s;
-    pthread_mutex_lock(&c->rand_mu);
-    int r = PKCS11_generate_random(c->slot, a->buf, (unsigned)a->len);
-    pthread_mutex_unlock(&c->rand_mu);
-    if (r != 0) {
-        /* libp11 does not hand back the CK_RV: assume the device is gone, recover once. */
-        *rv = CKR_DEVICE_ERROR;
-        return cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "the token's random generator failed");
+    CK_RV r = c->f->C_GenerateRandom(s, a->buf, (CK_ULONG)a->len);
+    if (r != CKR_OK) {
+        *rv = r;
+        return hsm_ckr_fail(r, "C_GenerateRandom");
     }
     return CDX_OK;
 }
@@ -585,38 +723,8 @@ cdx_err hsm_random(hsm_custody *c, void *buf, size_t len)
 
 /* ---------------------------------------------------------------- listing */
 
-static cdx_err list_slots(CK_FUNCTION_LIST_PTR f, PKCS11_SLOT *slots, unsigned n, const char *uri,
-                          hsm_token_info **out, size_t *nout)
-{
-    hsm_token_info *v = calloc(n ? n : 1, sizeof(*v));
-    if (!v)
-        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-    size_t k = 0;
-    for (unsigned i = 0; i < n; i++) {
-        if (!slots[i].token)
-            continue;
-        CK_TOKEN_INFO ti;
-        CK_SLOT_ID id = PKCS11_get_slotid_from_slot(&slots[i]);
-        if (f->C_GetTokenInfo(id, &ti) != CKR_OK)
-            continue;
-        hsm_token_info *t = &v[k++];
-        padded(t->label, sizeof(t->label), ti.label, sizeof(ti.label));
-        padded(t->serial, sizeof(t->serial), ti.serialNumber, sizeof(ti.serialNumber));
-        padded(t->manufacturer, sizeof(t->manufacturer), ti.manufacturerID,
-               sizeof(ti.manufacturerID));
-        padded(t->model, sizeof(t->model), ti.model, sizeof(ti.model));
-        t->slot_id = id;
-        t->initialized = (ti.flags & CKF_TOKEN_INITIALIZED) != 0;
-        bool m = false;
-        if (uri && *uri && token_matches(uri, &ti, &m) == CDX_OK)
-            t->matches_uri = m;
-    }
-    *out = v;
-    *nout = k;
-    return CDX_OK;
-}
-
-cdx_err hsm_token_list(const char *module_path, const char *uri, hsm_token_info **out, size_t *n)
+cdx_err hsm_token_list(const char *module_path, const char *init_args, const char *uri,
+                       hsm_token_info **out, size_t *n)
 {
     cdx_err err;
     *out = NULL;
@@ -629,48 +737,31 @@ cdx_err hsm_token_list(const char *module_path, const char *uri, hsm_token_info 
     for (hsm_custody *c = registry; c; c = c->next) {
         if (strcmp(c->cfg.module_path, real))
             continue;
-        /* A context is open: reuse its slots rather than finalising under it. */
+        /* A context is open: list through its function list rather than finalising under it. */
         pthread_rwlock_rdlock(&c->lock);
-        if (c->p11)
-            err = list_slots(c->f, c->slots, c->nslots, uri, out, n);
+        if (c->inited)
+            err = scan_tokens(c->f, uri, out, n);
         else
             err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "the token is being recovered; retry");
         pthread_rwlock_unlock(&c->lock);
         pthread_mutex_unlock(&registry_mu);
         return err;
     }
-    PKCS11_CTX *p11 = PKCS11_CTX_new();
-    PKCS11_SLOT *slots = NULL;
-    unsigned ns = 0;
     void *dl = NULL;
-    if (!p11) {
-        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-        goto out;
-    }
-    if (PKCS11_CTX_load(p11, real) != 0) {
-        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "PKCS#11 module %s failed to load or initialise",
-                       real);
-        goto out;
-    }
-    dl = dlopen(real, RTLD_NOW | RTLD_LOCAL);
-    CK_C_GetFunctionList gfl = dl ? (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList") : NULL;
     CK_FUNCTION_LIST_PTR f = NULL;
-    if (!gfl || gfl(&f) != CKR_OK || !f) {
-        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "%s is not a PKCS#11 module", real);
+    bool inited = false, owned = false;
+    if ((err = mod_open(real, &dl, &f)))
         goto out;
-    }
-    if (PKCS11_enumerate_slots(p11, &slots, &ns) != 0) {
-        slots = NULL;
-        err = cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "cannot list the module's slots");
+    if ((err = mod_init(real, f, init_args, &owned)))
         goto out;
-    }
-    err = list_slots(f, slots, ns, uri, out, n);
+    inited = true;
+    err = scan_tokens(f, uri, out, n);
 out:
-    if (slots)
-        PKCS11_release_all_slots(p11, slots, ns);
-    if (p11) {
-        PKCS11_CTX_unload(p11);
-        PKCS11_CTX_free(p11);
+    if (inited && owned) {
+        CK_RV rv = f->C_Finalize(NULL);
+        if (rv != CKR_OK)
+            cdx_log(CDX_LOG_WARN, "pkcs11_error", "op=C_Finalize ckr=%s rv=0x%lx", hsm_ckr_name(rv),
+                    (unsigned long)rv);
     }
     if (dl)
         dlclose(dl);

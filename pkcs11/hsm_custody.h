@@ -2,17 +2,21 @@
  * hsm_custody.h - the key-custody context: one per PKCS#11 module per
  * process, reference-counted, shared by every user in the process.
  *
- * libp11 loads the module, finds the token by URI and supplies random bytes;
- * login and all secret-key work use the same module instance's
- * CK_FUNCTION_LIST in sessions of our own, from a bounded pool (worker
- * threads never share a session). The module is initialised with
- * CKF_OS_LOCKING_OK; SIGPIPE is ignored (a network HSM that drops its socket
- * must not kill us).
+ * The module is dlopen'ed once and its CK_FUNCTION_LIST taken once; that
+ * one list is initialised (CKF_OS_LOCKING_OK, [hsm] init_args as pReserved)
+ * and used for everything: slot and token discovery by URI, login, random
+ * bytes and all secret-key work, in sessions of our own from a bounded pool
+ * (worker threads never share a session). If C_Initialize answers
+ * CKR_CRYPTOKI_ALREADY_INITIALIZED, the module is shared with another user in
+ * the process: custody then never finalises it (recovery closes only its own
+ * sessions). SIGPIPE is ignored (a network HSM that drops its socket must not
+ * kill us).
  *
  * Recovery: operations hold a read lock. A CK_RV meaning "session/login/
  * device/token/handle gone" makes the failing thread take the write lock,
  * bump the generation, drop every session and key handle, finalise and
- * re-initialise the module (reloading libp11), find the token, log in, and
+ * re-initialise the module (when custody initialised it), find the token,
+ * log in, and
  * let operations find keys again by CKA_ID (their KCVs are checked against
  * the ones seen before). Idempotent calls are retried once; generate/unwrap/
  * import/destroy are re-checked by looking the object up instead.
@@ -51,7 +55,8 @@ typedef struct hsm_custody hsm_custody;
  * Errors: CDX_ERR_CONFIG, CDX_ERR_MEMLOCK, CDX_ERR_TOKEN_NOT_FOUND (detail
  * lists the tokens found), CDX_ERR_HSM_PIN_INCORRECT, CDX_ERR_HSM_PIN_LOCKED,
  * CDX_ERR_MECHANISM_UNSUPPORTED (no CKM_SHA256_HMAC), CDX_ERR_HSM_UNAVAILABLE
- * (module fails to load or initialise), CDX_ERR_RESOURCE_EXHAUSTED.
+ * (module fails to load - not a PKCS#11 module - or C_Initialize fails; the
+ * detail names the CK_RV), CDX_ERR_RESOURCE_EXHAUSTED.
  */
 CDX_MUST_CHECK cdx_err hsm_custody_open(const hsm_config *cfg, hsm_custody **out);
 
@@ -83,9 +88,10 @@ void hsm_custody_retry_now(hsm_custody *c);
 uint32_t hsm_custody_subkey_ttl(const hsm_custody *c);
 
 /*
- * Random bytes from the token's RNG (through libp11; serialised per context).
+ * Random bytes from the token's RNG (C_GenerateRandom on a pooled session).
  * Dropping the error would leave buf unfilled: it must be checked.
- * Errors: CDX_ERR_HSM_UNAVAILABLE, CDX_ERR_HSM_FAILED, CDX_ERR_INVALID_ARGUMENT (len 0 or > 1 MiB).
+ * Errors: CDX_ERR_HSM_UNAVAILABLE, CDX_ERR_HSM_FAILED, CDX_ERR_RESOURCE_EXHAUSTED,
+ * CDX_ERR_INVALID_ARGUMENT (len 0 or > 1 MiB).
  */
 CDX_MUST_CHECK cdx_err hsm_random(hsm_custody *c, void *buf, size_t len);
 
@@ -98,16 +104,26 @@ typedef struct hsm_token_info {
     unsigned long slot_id; /* informative only: never used to find a token */
     int initialized;
     int matches_uri;       /* 1 if the configured URI selects this token */
+    /* CDX_OK, or why the slot's token could not be read (C_GetTokenInfo failed:
+     * CDX_ERR_HSM_UNAVAILABLE, CDX_ERR_HSM_FAILED, CDX_ERR_RESOURCE_EXHAUSTED...);
+     * then only slot_id is set and err_text says "C_GetTokenInfo: CKR_...". */
+    cdx_err err;
+    char err_text[64];
 } hsm_token_info;
 
 /*
- * List the tokens the module shows (loads the module through libp11 if no
- * context is open for it). `uri` may be NULL. *out is malloc'ed; free() it
- * (NULL and *n 0 on error).
- * Errors: CDX_ERR_HSM_UNAVAILABLE (module fails to load, or the open context
- * is recovering), CDX_ERR_CONFIG (no such module), CDX_ERR_RESOURCE_EXHAUSTED.
+ * List the tokens of every present slot, through the function list of the
+ * context open for this module if there is one, else by loading the module
+ * and initialising it (CKF_OS_LOCKING_OK, init_args as pReserved; may be
+ * NULL or "") and finalising it again if this call initialised it. `uri` may
+ * be NULL. A slot whose token cannot be read is listed with ->err set (the
+ * raw CK_RV is logged), never skipped. *out is malloc'ed; free() it (NULL
+ * and *n 0 on error).
+ * Errors: CDX_ERR_HSM_UNAVAILABLE (not a PKCS#11 module, C_Initialize or
+ * C_GetSlotList fails, or the open context is recovering), CDX_ERR_CONFIG (no
+ * such module, uri does not parse), CDX_ERR_RESOURCE_EXHAUSTED.
  */
-CDX_MUST_CHECK cdx_err hsm_token_list(const char *module_path, const char *uri,
-                                      hsm_token_info **out, size_t *n);
+CDX_MUST_CHECK cdx_err hsm_token_list(const char *module_path, const char *init_args,
+                                      const char *uri, hsm_token_info **out, size_t *n);
 
 #endif

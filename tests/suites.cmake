@@ -112,3 +112,7 @@ add_dependencies(test_conn cipherdexd)
 # with a get and a query far larger than a frame, clients that never read, repeated ids.
 cdx_add_test(test_hostile SOURCES test_hostile.c LIBS cdx_client TIMEOUT 300)
 add_dependencies(test_hostile cipherdexd)
+# Custody through p11-kit remoting (network-HSM simulation): a `p11-kit server` on a scratch
+# socket exporting a SoftHSM token, p11-kit-client.so in the test (no unwrap: p11-kit's RPC
+# does not carry CKM_AES_KEY_WRAP*).
+cdx_add_test(test_p11kit SOURCES test_p11kit.c LIBS cdx_pkcs11_admin cdx_pkcs11 PkgConfig::OPENSSL)

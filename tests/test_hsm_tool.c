@@ -83,26 +83,42 @@ static void kcv_of(const uint8_t key[32], char out_hex[17])
 
 /*
  * Run the tool with --config CONF (or another config when cfg is given) and
- * the NULL-terminated arguments; output (stdout+stderr) lands in `out`.
+ * the NULL-terminated arguments, with env (NULL-terminated, NULL: quiet_env)
+ * added to its environment; output (stdout+stderr) lands in `out`.
  */
-static int run_cfg(const char *cfg, ...)
+static int run_va(const char *const *env, const char *cfg, va_list ap)
 {
     const char *argv[32];
     int n = 0;
-    va_list ap;
 
     argv[n++] = tool;
     if (cfg) {
         argv[n++] = "--config";
         argv[n++] = cfg;
     }
-    va_start(ap, cfg);
     for (const char *a; (a = va_arg(ap, const char *)) && n < 31;)
         argv[n++] = a;
-    va_end(ap);
     argv[n] = NULL;
     out[0] = '\0';
-    return fx_run_env(argv, quiet_env, NULL, out, OUT_CAP);
+    return fx_run_env(argv, env ? env : quiet_env, NULL, out, OUT_CAP);
+}
+
+static int run_cfg(const char *cfg, ...)
+{
+    va_list ap;
+    va_start(ap, cfg);
+    int rc = run_va(NULL, cfg, ap);
+    va_end(ap);
+    return rc;
+}
+
+static int run_env_cfg(const char *const *env, const char *cfg, ...)
+{
+    va_list ap;
+    va_start(ap, cfg);
+    int rc = run_va(env, cfg, ap);
+    va_end(ap);
+    return rc;
 }
 
 #define run(...) run_cfg(conf, __VA_ARGS__, NULL)
@@ -559,6 +575,111 @@ static void test_destroy(void)
     CU_ASSERT_PTR_NULL(strstr(out, "cipherdex-kek-spare"));
 }
 
+/*
+ * A module that does not load or initialise: exit 1 with HSM_UNAVAILABLE and
+ * the reason (review E9: `tokens` died with SIGSEGV in libp11 here).
+ */
+static void test_tokens_module_failures(void)
+{
+    const char *wrap = getenv("CDX_P11WRAP");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(wrap);
+    CU_ASSERT_EQUAL(
+        run_cfg(NULL, "tokens", "--module", "/usr/lib/x86_64-linux-gnu/libssl.so.3", NULL), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "HSM_UNAVAILABLE"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "is not a PKCS#11 module"));
+    CU_ASSERT_EQUAL(run_cfg(NULL, "--json", "tokens", "--module",
+                            "/usr/lib/x86_64-linux-gnu/libssl.so.3", NULL),
+                    1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"name\":\"HSM_UNAVAILABLE\""));
+
+    static const char *const init_fails[] = {"CDX_LOG_LEVEL=error",
+                                             "P11WRAP_INJECT=C_Initialize=0x6", NULL};
+    CU_ASSERT_EQUAL(run_env_cfg(init_fails, NULL, "tokens", "--module", wrap, NULL), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "HSM_UNAVAILABLE"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "C_Initialize: CKR_FUNCTION_FAILED"));
+    /* The commands that log in say the same. */
+    CU_ASSERT_EQUAL(run_env_cfg(init_fails, conf, "keys", "--module", wrap, NULL), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "C_Initialize: CKR_FUNCTION_FAILED"));
+}
+
+/* A slot whose C_GetTokenInfo fails is shown with its error, and the run fails. */
+static void test_tokens_unreadable_slot(void)
+{
+    const char *wrap = getenv("CDX_P11WRAP");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(wrap);
+    static const char *const env[] = {"CDX_LOG_LEVEL=error", "P11WRAP_INJECT=C_GetTokenInfo=0x30",
+                                      NULL};
+    CU_ASSERT_EQUAL(run_env_cfg(env, conf, "tokens", "--module", wrap, NULL), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "STATUS"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "HSM_UNAVAILABLE (C_GetTokenInfo: CKR_DEVICE_ERROR)"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "slots could not be read"));
+    CU_ASSERT_EQUAL(run_env_cfg(env, conf, "--json", "tokens", "--module", wrap, NULL), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"detail\":\"C_GetTokenInfo: CKR_DEVICE_ERROR\""));
+    /* One JSON object: the error is inside it. */
+    CU_ASSERT_PTR_NULL(strstr(strstr(out, "\"command\":\"tokens\"") + 1, "\"command\""));
+    CU_ASSERT_EQUAL(run_env_cfg(env, conf, "keys", "--module", wrap, NULL), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "TOKEN_NOT_FOUND"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "unreadable (C_GetTokenInfo: CKR_DEVICE_ERROR"));
+    /* Healthy slots say ok. */
+    CU_ASSERT_EQUAL(run("tokens"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, " ok"));
+    CU_ASSERT_EQUAL(run("--json", "tokens"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"error\":null"));
+}
+
+/*
+ * A module that returns a new, uninitialised function list per
+ * C_GetFunctionList (p11-kit client/proxy; the wrapper imitates it): every
+ * command works, since custody initialises and uses one list.
+ */
+static void test_fresh_function_lists(void)
+{
+    const char *wrap = getenv("CDX_P11WRAP");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(wrap);
+    static const char *const env[] = {"CDX_LOG_LEVEL=error", "P11WRAP_FRESH_LISTS=1", NULL};
+    char id[33], kcv[17], kcv2[17];
+    CU_ASSERT_EQUAL(run_env_cfg(env, conf, "--json", "tokens", "--module", wrap, NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"label\":\"" LABEL "\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"matches_uri\":true"));
+    CU_ASSERT_EQUAL(run_env_cfg(env, conf, "--json", "index", "generate", "--module", wrap, NULL),
+                    0);
+    CU_ASSERT_TRUE_FATAL(json_get(out, "id", id, sizeof(id)));
+    CU_ASSERT_TRUE(json_get(out, "kcv", kcv, sizeof(kcv)));
+    CU_ASSERT_EQUAL(
+        run_env_cfg(env, conf, "--json", "index", "kcv", "--id", id, "--module", wrap, NULL), 0);
+    CU_ASSERT_TRUE(json_get(out, "kcv", kcv2, sizeof(kcv2)));
+    CU_ASSERT_STRING_EQUAL(kcv, kcv2);
+    CU_ASSERT_EQUAL(
+        run_env_cfg(env, conf, "index", "destroy", "--id", id, "--yes", "--module", wrap, NULL), 0);
+}
+
+/* init_args from [hsm] and from --init-args are accepted (the wrapper drops pReserved). */
+static void test_init_args(void)
+{
+    const char *wrap = getenv("CDX_P11WRAP");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(wrap);
+    char cfg[4096], text[8192];
+    char *uri = fx_token_uri(tok);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(uri);
+    path_in_dir(cfg, sizeof(cfg), "initargs.conf");
+    snprintf(text, sizeof(text),
+             "[hsm]\nmodule = %s\ntoken = %s\npin = file:%s\n"
+             "init_args = configdir='sql:/nonexistent' certPrefix='' keyPrefix='' "
+             "secmod='secmod.db' flags=\n",
+             wrap, uri, fx_token_pin_file(tok));
+    free(uri);
+    CU_ASSERT_EQUAL_FATAL(write_file(cfg, text, strlen(text)), 0);
+    CU_ASSERT_EQUAL(run_cfg(cfg, "keys", NULL), 0);
+    CU_ASSERT_EQUAL(run("tokens", "--init-args", "x=1", "--module", wrap), 0);
+    CU_ASSERT_EQUAL(run("--help"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "--init-args"));
+    /* Twice in the file is an error, as for every key. */
+    snprintf(text, sizeof(text), "[hsm]\ninit_args = a\ninit_args = b\n");
+    CU_ASSERT_EQUAL_FATAL(write_file(cfg, text, strlen(text)), 0);
+    CU_ASSERT_EQUAL(run_cfg(cfg, "tokens", NULL), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "init_args: set twice"));
+}
+
 int main(void)
 {
     static const fx_test tests[] = {
@@ -577,6 +698,10 @@ int main(void)
         {"pkcs11-tool sees sensitive keys", test_pkcs11_tool},
         {"wrong pin", test_wrong_pin},
         {"destroy", test_destroy},
+        {"tokens: module fails to load or initialise", test_tokens_module_failures},
+        {"tokens: unreadable slot", test_tokens_unreadable_slot},
+        {"fresh function list per C_GetFunctionList (p11-kit)", test_fresh_function_lists},
+        {"init_args", test_init_args},
     };
     static const fx_suite suite = {.name = "hsm_tool",
                                    .init = suite_init,

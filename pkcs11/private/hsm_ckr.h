@@ -22,6 +22,13 @@ bool hsm_ckr_recoverable(CK_RV rv);
 bool hsm_ckr_pin_fatal(CK_RV rv);
 
 /*
+ * The cdx_err hsm_ckr_fail maps rv to, without logging or setting the
+ * detail (for callers that log the raw value with more context, such as a
+ * slot id, and keep the error per item). CKR_OK gives CDX_OK.
+ */
+cdx_err hsm_ckr_code(CK_RV rv);
+
+/*
  * Generic mapping for an operation that failed with rv (not CKR_OK); logs
  * event=`what` with the raw value and sets the detail. Returns
  * CDX_ERR_HSM_UNAVAILABLE (recoverable rv), CDX_ERR_HSM_PIN_INCORRECT /

@@ -17,7 +17,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <libp11.h>
 #include <p11-kit/pkcs11.h>
 
 #include "cdx_limits.h"
@@ -45,15 +44,17 @@ struct hsm_custody {
     hsm_config cfg;
     char *pin; /* locked memory */
     size_t pin_len;
-    void *dl; /* our own dlopen of the module: keeps it mapped across libp11 reloads */
+    void *dl; /* our dlopen of the module, for the context's life */
+    /* The one function list custody calls, taken once at open (p11-kit's modules hand out a
+     * new, uninitialised list per C_GetFunctionList) and kept across recoveries. */
     CK_FUNCTION_LIST_PTR f;
 
     /* Operations hold it shared; recovery holds it exclusive. */
     pthread_rwlock_t lock;
-    PKCS11_CTX *p11;
-    PKCS11_SLOT *slots;
-    unsigned nslots;
-    PKCS11_SLOT *slot;
+    bool inited;    /* f is initialised (by us or by someone else in the process) */
+    bool owns_init; /* our C_Initialize returned CKR_OK: we finalise it (unload, recovery);
+                       false with inited = CKR_CRYPTOKI_ALREADY_INITIALIZED: shared, never
+                       finalised by us */
     CK_SLOT_ID slot_id;
     CK_UTF8CHAR serial[16]; /* of the token we logged in to: detects a re-initialised token */
     uint64_t gen;
@@ -71,8 +72,6 @@ struct hsm_custody {
     pthread_mutex_t keys_mu;
     struct hsm_keyent *keys;
     size_t nkeys, capkeys;
-
-    pthread_mutex_t rand_mu;
 
     atomic_uint_fast64_t derivations, cache_hits, kcv_computes, recoveries, logins;
 
