@@ -138,14 +138,26 @@ static const unsigned all_attrs[] = {
     HSM_A_MODIFIABLE,
     HSM_A_COPYABLE,
     HSM_A_DESTROYABLE,
+    HSM_A_UNWRAP_TEMPLATE,
 };
 #define N_ATTRS (sizeof(all_attrs) / sizeof(all_attrs[0]))
 
 /* Attribute columns of the table: what an auditor checks. */
 static const unsigned table_attrs[] = {
-    HSM_A_SENSITIVE, HSM_A_EXTRACTABLE, HSM_A_NEVER_EXTRACTABLE, HSM_A_LOCAL, HSM_A_SIGN,
-    HSM_A_VERIFY,    HSM_A_ENCRYPT,     HSM_A_DECRYPT,           HSM_A_WRAP,  HSM_A_UNWRAP,
-    HSM_A_DERIVE,    HSM_A_MODIFIABLE,  HSM_A_COPYABLE,
+    HSM_A_SENSITIVE,
+    HSM_A_EXTRACTABLE,
+    HSM_A_NEVER_EXTRACTABLE,
+    HSM_A_LOCAL,
+    HSM_A_SIGN,
+    HSM_A_VERIFY,
+    HSM_A_ENCRYPT,
+    HSM_A_DECRYPT,
+    HSM_A_WRAP,
+    HSM_A_UNWRAP,
+    HSM_A_DERIVE,
+    HSM_A_MODIFIABLE,
+    HSM_A_COPYABLE,
+    HSM_A_UNWRAP_TEMPLATE,
 };
 #define N_TABLE_ATTRS (sizeof(table_attrs) / sizeof(table_attrs[0]))
 #define N_KEY_COLS    (6 + (int)N_TABLE_ATTRS + 1)
@@ -196,6 +208,20 @@ static void template_str(const hsm_key_info *k, char *buf, size_t cap)
         }
 }
 
+/*
+ * One attribute as JSON: "true", "false", or "null" when the token did not
+ * report it (never read as FALSE) or it does not apply (the unwrap template of
+ * a key that is not a KEK).
+ */
+static const char *attr_value(const hsm_key_info *k, unsigned a)
+{
+    if (a == HSM_A_UNWRAP_TEMPLATE && k->kind != HSM_KEY_KEK && !(k->attrs & HSM_A_UNWRAP))
+        return "null";
+    if (k->unknown & a)
+        return "null";
+    return (k->attrs & a) ? "true" : "false";
+}
+
 static void key_cell(const void *row, int col, char *buf, size_t cap)
 {
     const hsm_key_info *k = row;
@@ -228,8 +254,13 @@ static void key_cell(const void *row, int col, char *buf, size_t cap)
     col -= 6;
     if (col < (int)N_TABLE_ATTRS) {
         unsigned a = table_attrs[col];
+        const char *v = attr_value(k, a);
         /* Mark deviations so they stand out in a long listing. */
-        snprintf(buf, cap, "%s%s", (k->attrs & a) ? "yes" : "no", (k->wrong & a) ? "!" : "");
+        snprintf(buf, cap, "%s%s",
+                 !strcmp(v, "true")    ? "yes"
+                 : !strcmp(v, "false") ? "no"
+                                       : "n/a",
+                 (k->wrong & a) ? "!" : "");
         return;
     }
     template_str(k, buf, cap);
@@ -279,7 +310,7 @@ static void key_json(const hsm_key_info *k)
         if (i)
             putchar(',');
         app_out_json_key(stdout, hsm_attr_name(all_attrs[i]));
-        fputs((k->attrs & all_attrs[i]) ? "true" : "false", stdout);
+        fputs(attr_value(k, all_attrs[i]), stdout);
     }
     fputs("}}", stdout);
 }

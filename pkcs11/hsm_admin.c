@@ -90,6 +90,8 @@ cdx_err hsm_kek_destroy(hsm_custody *c, const char *name)
 
 const char *hsm_attr_name(unsigned bit)
 {
+    if (bit == HSM_A_UNWRAP_TEMPLATE)
+        return "unwrap_template";
     for (size_t i = 0; i < hsm_nbattrs; i++)
         if (hsm_battrs[i].bit == bit)
             return hsm_battrs[i].name;

@@ -71,8 +71,10 @@ bool hsm_b64_char(unsigned char ch);
 bool hsm_kek_name_valid(const char *name);
 
 /*
- * Generate an AES-256 KEK "cipherdex-kek-<name>" on the token (unwrap only).
- * Errors: CDX_ERR_INVALID_ARGUMENT (name), CDX_ERR_ALREADY_EXISTS,
+ * Generate an AES-256 KEK "cipherdex-kek-<name>" on the token (unwrap only,
+ * CKA_WRAP FALSE, and a CKA_UNWRAP_TEMPLATE equal to the index-key template,
+ * so that a key unwrapped under it is always sensitive and not extractable,
+ * whoever unwraps it). Errors: CDX_ERR_INVALID_ARGUMENT (name), CDX_ERR_ALREADY_EXISTS,
  * CDX_ERR_KEY_ATTRIBUTES, the custody errors.
  */
 CDX_MUST_CHECK cdx_err hsm_kek_generate(hsm_custody *c, const char *name);
@@ -111,9 +113,15 @@ enum {
     HSM_A_MODIFIABLE = 1u << 14,
     HSM_A_COPYABLE = 1u << 15,
     HSM_A_DESTROYABLE = 1u << 16,
+    /* Not a boolean attribute: the KEK carries a CKA_UNWRAP_TEMPLATE equal to the index-key
+     * template (docs/KEYS.md), so nobody can unwrap a data key under it as extractable. */
+    HSM_A_UNWRAP_TEMPLATE = 1u << 17,
 };
 
-/* Name of one HSM_A_* mask value ("sensitive", "never_extractable", ...); "?" if unknown. Pure. */
+/*
+ * Name of one HSM_A_* mask value ("sensitive", "never_extractable", ...,
+ * "unwrap_template"); "?" if unknown. Pure.
+ */
 const char *hsm_attr_name(unsigned bit);
 
 typedef struct hsm_key_info {
@@ -124,6 +132,7 @@ typedef struct hsm_key_info {
     unsigned long key_type;  /* CKK_* */
     unsigned long value_len; /* CKA_VALUE_LEN (0 for unwrapped keys on SoftHSM) */
     unsigned attrs;          /* HSM_A_* bits that are TRUE */
+    unsigned unknown;        /* HSM_A_* bits the token did not report ("n/a") */
     unsigned wrong;          /* HSM_A_* bits that differ from the kind's template */
     bool has_kcv;
     uint8_t kcv[CDX_KCV_LEN];

@@ -40,7 +40,10 @@ static cdx_err make_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_creat
     cdx_err err;
     if ((err = hsm_find_kek(c, s, a->kek_name, &kek, rv)))
         return err;
-    if ((err = hsm_tmpl_check(c, s, kek, HSM_KEY_KEK, "the KEK", rv)))
+    char klabel[CDX_LABEL_MAX + 8];
+    hsm_label_kek(a->kek_name, klabel + 4);
+    memcpy(klabel, "KEK ", 4);
+    if ((err = hsm_tmpl_check(c, s, kek, HSM_KEY_KEK, klabel, rv)))
         return err;
     CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_RV r = c->f->C_UnwrapKey(s, &m, kek, (CK_BYTE_PTR)a->blob, a->blob_len, t, n, h);

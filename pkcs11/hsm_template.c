@@ -40,10 +40,111 @@ const size_t hsm_nbattrs = NBATTRS;
 #define SECRET_FALSE                                                                               \
     (HSM_A_EXTRACTABLE | HSM_A_VERIFY | HSM_A_ENCRYPT | HSM_A_DECRYPT | HSM_A_WRAP |               \
      HSM_A_UNWRAP | HSM_A_DERIVE | HSM_A_MODIFIABLE | HSM_A_COPYABLE)
-#define KEK_TRUE (HSM_A_TOKEN | HSM_A_PRIVATE | HSM_A_SENSITIVE | HSM_A_UNWRAP)
+#define KEK_TRUE                                                                                   \
+    (HSM_A_TOKEN | HSM_A_PRIVATE | HSM_A_SENSITIVE | HSM_A_UNWRAP | HSM_A_UNWRAP_TEMPLATE)
 #define KEK_FALSE                                                                                  \
     (HSM_A_EXTRACTABLE | HSM_A_VERIFY | HSM_A_ENCRYPT | HSM_A_DECRYPT | HSM_A_WRAP | HSM_A_SIGN |  \
      HSM_A_DERIVE | HSM_A_MODIFIABLE | HSM_A_COPYABLE)
+
+CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t)
+{
+    CK_ULONG n = 0;
+    t[n++] = (CK_ATTRIBUTE){CKA_CLASS, &SECRET, sizeof(SECRET)};
+    t[n++] = (CK_ATTRIBUTE){CKA_KEY_TYPE, &GENERIC, sizeof(CK_KEY_TYPE)};
+    t[n++] = (CK_ATTRIBUTE){CKA_TOKEN, &T, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_PRIVATE, &T, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_SENSITIVE, &T, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_EXTRACTABLE, &F, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_SIGN, &T, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_VERIFY, &F, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_ENCRYPT, &F, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_DECRYPT, &F, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_WRAP, &F, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_UNWRAP, &F, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_DERIVE, &F, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_COPYABLE, &F, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_MODIFIABLE, &F, 1};
+    return n;
+}
+
+/* Is the entry `got` (type, value read back) what `want` says? Booleans compare as truth values. */
+static bool utmpl_entry_ok(const CK_ATTRIBUTE *want, CK_ATTRIBUTE_TYPE type, const uint8_t *val,
+                           CK_ULONG len)
+{
+    if (want->type != type)
+        return false;
+    if (want->ulValueLen == 1) /* CK_BBOOL */
+        return len == 1 && (val[0] != CK_FALSE) == (*(const CK_BBOOL *)want->pValue != CK_FALSE);
+    return len == want->ulValueLen && memcmp(val, want->pValue, len) == 0;
+}
+
+/*
+ * Read h's CKA_UNWRAP_TEMPLATE (the three-step read of an attribute array:
+ * its size, the entries' types and lengths, their values) and compare it
+ * with hsm_tmpl_unwrap's: *state = 1 equal, 0 absent or different, -1 not
+ * readable. Returns a CK_RV only for failures recovery may cure.
+ */
+static CK_RV read_unwrap_tmpl(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, int *state)
+{
+    enum { CAP = 32 };
+    CK_ATTRIBUTE want[HSM_UTMPL_MAX], got[CAP];
+    uint8_t val[CAP][sizeof(CK_ULONG)];
+    CK_ATTRIBUTE a = {CKA_UNWRAP_TEMPLATE, NULL, 0};
+    CK_ULONG nw = hsm_tmpl_unwrap(want);
+
+    *state = -1;
+    CK_RV rv = c->f->C_GetAttributeValue(s, h, &a, 1);
+    if (hsm_ckr_recoverable(rv))
+        return rv;
+    if (rv == CKR_ATTRIBUTE_TYPE_INVALID) { /* the token does not know the attribute */
+        *state = 0;
+        return CKR_OK;
+    }
+    if (rv != CKR_OK || a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
+        return CKR_OK;
+    CK_ULONG n = a.ulValueLen / sizeof(CK_ATTRIBUTE);
+    if (a.ulValueLen % sizeof(CK_ATTRIBUTE) || n != nw) { /* empty, or not ours */
+        *state = 0;
+        return CKR_OK;
+    }
+    memset(got, 0, sizeof(got));
+    a.pValue = got;
+    rv = c->f->C_GetAttributeValue(s, h, &a, 1); /* types and lengths */
+    if (hsm_ckr_recoverable(rv))
+        return rv;
+    if (rv != CKR_OK)
+        return CKR_OK;
+    for (CK_ULONG i = 0; i < n; i++) {
+        if (got[i].ulValueLen > sizeof(val[i])) { /* no entry of ours is that long */
+            *state = 0;
+            return CKR_OK;
+        }
+        got[i].pValue = val[i];
+    }
+    rv = c->f->C_GetAttributeValue(s, h, &a, 1); /* values */
+    if (hsm_ckr_recoverable(rv))
+        return rv;
+    if (rv != CKR_OK)
+        return CKR_OK;
+    /* Same count, every wanted entry present exactly once with its value: equal. */
+    for (CK_ULONG w = 0; w < nw; w++) {
+        unsigned hits = 0;
+        for (CK_ULONG i = 0; i < n; i++)
+            if (got[i].type == want[w].type) {
+                if (!utmpl_entry_ok(&want[w], got[i].type, val[i], got[i].ulValueLen)) {
+                    *state = 0;
+                    return CKR_OK;
+                }
+                hits++;
+            }
+        if (hits != 1) {
+            *state = 0;
+            return CKR_OK;
+        }
+    }
+    *state = 1;
+    return CKR_OK;
+}
 
 CK_RV hsm_tmpl_read(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key_info *ki,
                     unsigned *unknown)
@@ -85,6 +186,16 @@ CK_RV hsm_tmpl_read(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm
     }
     ki->key_type = t[NBATTRS + 2].ulValueLen == CK_UNAVAILABLE_INFORMATION ? (CK_ULONG)-1 : kt;
     ki->value_len = t[NBATTRS + 3].ulValueLen == CK_UNAVAILABLE_INFORMATION ? 0 : vl;
+    if ((ki->attrs & HSM_A_UNWRAP) || (*unknown & HSM_A_UNWRAP)) {
+        int st;
+        if ((rv = read_unwrap_tmpl(c, s, h, &st)) != CKR_OK)
+            return rv;
+        if (st < 0)
+            *unknown |= HSM_A_UNWRAP_TEMPLATE;
+        else if (st > 0)
+            ki->attrs |= HSM_A_UNWRAP_TEMPLATE;
+    }
+    ki->unknown = *unknown;
     return CKR_OK;
 }
 
@@ -99,10 +210,12 @@ static void wrong_names(unsigned wrong, char *buf, size_t cap)
 {
     size_t off = 0;
     buf[0] = '\0';
-    for (size_t i = 0; i < NBATTRS; i++) {
-        if (!(wrong & hsm_battrs[i].bit))
+    for (size_t i = 0; i <= NBATTRS; i++) {
+        unsigned bit = i < NBATTRS ? hsm_battrs[i].bit : HSM_A_UNWRAP_TEMPLATE;
+        if (!(wrong & bit))
             continue;
-        int w = snprintf(buf + off, cap - off, "%s%s", off ? "," : "", hsm_battrs[i].name);
+        const char *name = i < NBATTRS ? hsm_battrs[i].name : "unwrap_template";
+        int w = snprintf(buf + off, cap - off, "%s%s", off ? "," : "", name);
         if (w < 0 || (size_t)w >= cap - off)
             break;
         off += (size_t)w;
@@ -130,16 +243,24 @@ cdx_err hsm_tmpl_check(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, 
     if (ki.value_len != CDX_KEY_LEN && !(ki.value_len == 0 && kind != HSM_KEY_KEK))
         return cdx_fail(CDX_ERR_KEY_ATTRIBUTES, "%s is %lu bytes long, need %d", label,
                         ki.value_len, CDX_KEY_LEN);
+    if (wrong == HSM_A_UNWRAP_TEMPLATE)
+        return cdx_fail(CDX_ERR_KEY_ATTRIBUTES,
+                        "%s has no CKA_UNWRAP_TEMPLATE forcing the index-key template (sensitive, "
+                        "not extractable, not derivable, not modifiable, not copyable, sign only): "
+                        "anyone holding the PIN could unwrap a data key under it as an extractable "
+                        "key. Cipherdex will not unwrap with it; make the KEK with cipherdex-hsm "
+                        "kek create or kek import",
+                        label);
     if (wrong)
         return cdx_fail(CDX_ERR_KEY_ATTRIBUTES,
                         "%s does not match the Cipherdex template; wrong: %s (every key must be "
-                        "sensitive, not extractable, not derivable, not modifiable, not copyable)",
+                        "sensitive, not extractable, not derivable, not modifiable, not copyable; "
+                        "a KEK also needs the index-key CKA_UNWRAP_TEMPLATE)",
                         label, names);
     return CDX_OK;
 }
 
-CK_ULONG hsm_tmpl_build(const struct hsm_create *a, CK_ATTRIBUTE *t, const char *label,
-                        const uint8_t *id)
+CK_ULONG hsm_tmpl_build(struct hsm_create *a, CK_ATTRIBUTE *t, const char *label, const uint8_t *id)
 {
     CK_ULONG n = 0;
     bool kek = a->kind == HSM_KEY_KEK;
@@ -163,6 +284,10 @@ CK_ULONG hsm_tmpl_build(const struct hsm_create *a, CK_ATTRIBUTE *t, const char 
     t[n++] = (CK_ATTRIBUTE){CKA_COPYABLE, &F, 1};
     t[n++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, strlen(label)};
     t[n++] = (CK_ATTRIBUTE){CKA_ID, (void *)id, CDX_ID_LEN};
+    if (kek) {
+        CK_ULONG nu = hsm_tmpl_unwrap(a->utmpl);
+        t[n++] = (CK_ATTRIBUTE){CKA_UNWRAP_TEMPLATE, a->utmpl, nu * sizeof(CK_ATTRIBUTE)};
+    }
     t[n++] = (CK_ATTRIBUTE){CKA_MODIFIABLE, &F, 1};
     return n;
 }

@@ -37,8 +37,10 @@
 
 /* Documented test vector (docs/KEYS.md): key 00..1f, index id a0..af. */
 static const char *VEC_KCV = "fef97a0b4137009b";
-static const char *VEC_PAYLOAD_E1 = "fb1fb0cd85addfd8b1544ae645801286d9c0837e5f8c7ba01219f35bd351c487";
-static const char *VEC_TOKEN_E0 = "67aa1a560fbdd4f6b24f7c4962b0e03a3595e35f541fc2f0e9f5cf0284b6ed99";
+static const char *VEC_PAYLOAD_E1 =
+    "fb1fb0cd85addfd8b1544ae645801286d9c0837e5f8c7ba01219f35bd351c487";
+static const char *VEC_TOKEN_E0 =
+    "67aa1a560fbdd4f6b24f7c4962b0e03a3595e35f541fc2f0e9f5cf0284b6ed99";
 static const char *VEC_CATALOG_E0 =
     "e2408d5e63485ba8996369559130c21031ad270e36e14410f9362d318910afd6";
 
@@ -135,13 +137,83 @@ static CK_RV raw_create(struct raw *r, const char *label, const uint8_t id[16],
     CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
     CK_BBOOL t = CK_TRUE;
     CK_ATTRIBUTE tmpl[] = {
-        {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
-        {CKA_TOKEN, &t, 1},             {CKA_PRIVATE, &t, 1},
-        {CKA_SIGN, &t, 1},              {CKA_LABEL, (void *)label, strlen(label)},
-        {CKA_ID, (void *)id, 16},       {CKA_VALUE, (void *)key, 32},
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &t, 1},
+        {CKA_PRIVATE, &t, 1},
+        {CKA_SIGN, &t, 1},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_ID, (void *)id, 16},
+        {CKA_VALUE, (void *)key, 32},
     };
     CK_OBJECT_HANDLE h;
     return r->f->C_CreateObject(r->s, tmpl, 8, &h);
+}
+
+/* A KEK the way another tool would make it: right flags, but no CKA_UNWRAP_TEMPLATE. */
+static CK_RV raw_create_kek(struct raw *r, const char *label, const uint8_t key[32])
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_BBOOL t = CK_TRUE, f = CK_FALSE;
+    uint8_t id[16] = {0xee};
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &t, 1},
+        {CKA_PRIVATE, &t, 1},
+        {CKA_SENSITIVE, &t, 1},
+        {CKA_EXTRACTABLE, &f, 1},
+        {CKA_SIGN, &f, 1},
+        {CKA_VERIFY, &f, 1},
+        {CKA_ENCRYPT, &f, 1},
+        {CKA_DECRYPT, &f, 1},
+        {CKA_WRAP, &f, 1},
+        {CKA_UNWRAP, &t, 1},
+        {CKA_DERIVE, &f, 1},
+        {CKA_COPYABLE, &f, 1},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_ID, id, sizeof(id)},
+        {CKA_VALUE, (void *)key, 32},
+        {CKA_MODIFIABLE, &f, 1},
+    };
+    CK_OBJECT_HANDLE h;
+    return r->f->C_CreateObject(r->s, tmpl, FX_LEN(tmpl), &h);
+}
+
+/*
+ * C_UnwrapKey with Cipherdex's index-key template (label "raw"), except
+ * that boolean attribute `what` is set to `val`.
+ */
+static CK_RV raw_unwrap(struct raw *r, CK_MECHANISM *m, CK_OBJECT_HANDLE kek, uint8_t *blob,
+                        CK_ULONG len, CK_ATTRIBUTE_TYPE what, CK_BBOOL val, CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_BBOOL t = CK_TRUE, f = CK_FALSE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &t, 1},
+        {CKA_PRIVATE, &t, 1},
+        {CKA_SENSITIVE, &t, 1},
+        {CKA_EXTRACTABLE, &f, 1},
+        {CKA_SIGN, &t, 1},
+        {CKA_VERIFY, &f, 1},
+        {CKA_ENCRYPT, &f, 1},
+        {CKA_DECRYPT, &f, 1},
+        {CKA_WRAP, &f, 1},
+        {CKA_UNWRAP, &f, 1},
+        {CKA_DERIVE, &f, 1},
+        {CKA_COPYABLE, &f, 1},
+        {CKA_LABEL, "raw", 3},
+        {CKA_MODIFIABLE, &f, 1},
+    };
+    for (size_t i = 0; i < FX_LEN(tmpl); i++)
+        if (tmpl[i].type == what)
+            tmpl[i].pValue = val ? &t : &f;
+    *out = CK_INVALID_HANDLE;
+    return r->f->C_UnwrapKey(r->s, m, kek, blob, len, tmpl, FX_LEN(tmpl), out);
 }
 
 static void write_file(const char *path, const void *data, size_t len, mode_t mode)
@@ -377,8 +449,7 @@ static void test_known_key_vectors(void)
         hsm_subkey_release(sk);
     }
     /* Root purposes on the index key are refused. */
-    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_CATALOG, 0, &sk),
-                    CDX_ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(hsm_subkey_get(c, &ref, kcv, HSM_P_CATALOG, 0, &sk), CDX_ERR_INVALID_ARGUMENT);
 
     /* hsm_subkey_hmac = HMAC with the subkey bytes. */
     CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_TOKEN, 0, &sk), CDX_OK);
@@ -459,8 +530,10 @@ static void test_key_protections(void)
     CK_KEY_TYPE aes = CKK_AES;
     CK_ULONG len = 32;
     CK_BBOOL tr = CK_TRUE, fa = CK_FALSE;
-    CK_ATTRIBUTE wt[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &aes, sizeof(aes)},
-                         {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_WRAP, &tr, 1},
+    CK_ATTRIBUTE wt[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                         {CKA_KEY_TYPE, &aes, sizeof(aes)},
+                         {CKA_VALUE_LEN, &len, sizeof(len)},
+                         {CKA_WRAP, &tr, 1},
                          {CKA_TOKEN, &fa, 1}};
     CK_MECHANISM kg = {CKM_AES_KEY_GEN, NULL, 0};
     CK_OBJECT_HANDLE wk;
@@ -596,6 +669,70 @@ static void test_unwrap(void)
     host_subkey(dek, HSM_P_CONTENT, id, 3, host);
     CU_ASSERT_EQUAL(memcmp(hsm_subkey_bytes(sk), host, 32), 0);
     hsm_subkey_release(sk);
+
+    /* Security review M2: a PIN holder unwrapping the same blob under the same KEK cannot ask
+     * for an extractable or non-sensitive key: the KEK's CKA_UNWRAP_TEMPLATE forbids it. */
+    struct raw r;
+    CU_ASSERT_EQUAL_FATAL(raw_open(&r, wrap_path, "unwraptok"), 0);
+    CK_OBJECT_HANDLE kh = raw_find(&r, "cipherdex-kek-kms1");
+    CU_ASSERT_FATAL(kh != CK_INVALID_HANDLE);
+    CK_OBJECT_HANDLE got = CK_INVALID_HANDLE;
+    CK_MECHANISM um = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    /* Cipherdex's own template with one change: extractable, then not sensitive. */
+    CU_ASSERT_EQUAL(raw_unwrap(&r, &um, kh, blob, 40, CKA_EXTRACTABLE, CK_TRUE, &got),
+                    CKR_TEMPLATE_INCONSISTENT);
+    CU_ASSERT_EQUAL(raw_unwrap(&r, &um, kh, blob, 40, CKA_SENSITIVE, CK_FALSE, &got),
+                    CKR_TEMPLATE_INCONSISTENT);
+    CU_ASSERT_EQUAL(raw_unwrap(&r, &um, kh, blob, 40, CKA_DERIVE, CK_TRUE, &got),
+                    CKR_TEMPLATE_INCONSISTENT);
+    /* A careless minimal template is refused too. */
+    {
+        CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+        CK_KEY_TYPE gk = CKK_GENERIC_SECRET;
+        CK_BBOOL tr = CK_TRUE, fa = CK_FALSE;
+        CK_ATTRIBUTE mt[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                             {CKA_KEY_TYPE, &gk, sizeof(gk)},
+                             {CKA_TOKEN, &fa, 1},
+                             {CKA_SENSITIVE, &fa, 1},
+                             {CKA_EXTRACTABLE, &tr, 1}};
+        CU_ASSERT_EQUAL(r.f->C_UnwrapKey(r.s, &um, kh, blob, 40, mt, 5, &got),
+                        CKR_TEMPLATE_INCONSISTENT);
+    }
+    /* Control: the unchanged template unwraps (session object), so the refusals above are the
+     * unwrap template's doing, not a broken call. */
+    CU_ASSERT_EQUAL(raw_unwrap(&r, &um, kh, blob, 40, CKA_EXTRACTABLE, CK_FALSE, &got), CKR_OK);
+    if (got != CK_INVALID_HANDLE)
+        r.f->C_DestroyObject(r.s, got);
+
+    /* A KEK made by another tool (no unwrap template) is refused for unwrap and flagged. */
+    CU_ASSERT_EQUAL(raw_create_kek(&r, "cipherdex-kek-foreign", kek), CKR_OK);
+    uint8_t id4[16];
+    seq(id4, 16, 0x84);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id4, "foreign", blob, 40, kcv), CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKA_UNWRAP_TEMPLATE"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "cipherdex-kek-foreign"));
+    /* ...and such a KEK does release the key (what the template prevents). */
+    CU_ASSERT_EQUAL(raw_unwrap(&r, &um, raw_find(&r, "cipherdex-kek-foreign"), blob, 40,
+                               CKA_EXTRACTABLE, CK_TRUE, &got),
+                    CKR_OK);
+    if (got != CK_INVALID_HANDLE)
+        r.f->C_DestroyObject(r.s, got);
+    CU_ASSERT_EQUAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    int flagged = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(ki[i].label, "cipherdex-kek-foreign")) {
+            flagged++;
+            CU_ASSERT_EQUAL(ki[i].wrong, HSM_A_UNWRAP_TEMPLATE);
+            CU_ASSERT_FALSE(ki[i].attrs & HSM_A_UNWRAP_TEMPLATE);
+        } else if (ki[i].kind == HSM_KEY_KEK) {
+            CU_ASSERT_EQUAL(ki[i].wrong, 0);
+            CU_ASSERT_TRUE(ki[i].attrs & HSM_A_UNWRAP_TEMPLATE);
+        }
+    }
+    CU_ASSERT_EQUAL(flagged, 1);
+    free(ki);
+    r.f->C_CloseSession(r.s);
+
     CU_ASSERT_EQUAL(hsm_kek_destroy(c, "onboard"), CDX_OK);
     CU_ASSERT_EQUAL(hsm_kek_destroy(c, "onboard"), CDX_ERR_KEY_NOT_FOUND);
     hsm_custody_free(c);
@@ -615,7 +752,7 @@ static void test_bad_key_files(void)
         const char *text;
         const char *why;
     } cases[] = {
-        {"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==\n", "31 bytes"},      /* 31 bytes */
+        {"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==\n", "31 bytes"},     /* 31 bytes */
         {"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gIQ==\n", "34 bytes"}, /* 34 bytes */
         {"not base64 at all, sorry!!!!!!!!!!!!!!!!!!!\n", "not base64"},
         {"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8\n", "multiple of 4"},

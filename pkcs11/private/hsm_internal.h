@@ -161,7 +161,10 @@ extern const size_t hsm_nbattrs;
 
 /*
  * Read the attributes of h into *ki (label, id, type, length, HSM_A_* bits);
- * *unknown = the bits the token would not report. Returns the CK_RV.
+ * *unknown = the bits the token would not report. For an object with
+ * CKA_UNWRAP TRUE (a KEK), HSM_A_UNWRAP_TEMPLATE tells whether its
+ * CKA_UNWRAP_TEMPLATE equals hsm_tmpl_unwrap's (unknown if it cannot be
+ * read). Returns the CK_RV.
  */
 CK_RV hsm_tmpl_read(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key_info *ki,
                     unsigned *unknown);
@@ -180,6 +183,20 @@ cdx_err hsm_tmpl_check(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, 
 /* ---- creating a key object (hsm_keys.c; templates in hsm_template.c) ---- */
 
 typedef enum hsm_create_how { HSM_HOW_GENERATE, HSM_HOW_IMPORT, HSM_HOW_UNWRAP } hsm_create_how;
+
+/* Entries of the index-key unwrap template a KEK carries (hsm_tmpl_unwrap). */
+#define HSM_UTMPL_MAX 16
+
+/*
+ * Fill t (room for HSM_UTMPL_MAX) with the index-key template as a KEK's
+ * CKA_UNWRAP_TEMPLATE: class, key type and every protection flag of
+ * hsm_tmpl_build's index template (no label, id or CKA_VALUE_LEN, which an
+ * unwrap template cannot hold on SoftHSM), CKA_MODIFIABLE last. Returns the
+ * count. Cipherdex's own unwrap template is a superset, so the token accepts
+ * it; any template asking for something else (extractable, not sensitive,
+ * derivable, ...) is refused by a token that enforces the attribute.
+ */
+CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t);
 
 struct hsm_create;
 
@@ -202,6 +219,7 @@ struct hsm_create {
     size_t blob_len;
     uint8_t kcv[CDX_KCV_LEN];
     CK_OBJECT_HANDLE h;
+    CK_ATTRIBUTE utmpl[HSM_UTMPL_MAX]; /* a KEK's CKA_UNWRAP_TEMPLATE (hsm_tmpl_build) */
 };
 
 /*
@@ -216,9 +234,10 @@ CDX_MUST_CHECK cdx_err hsm_key_create(hsm_custody *c, struct hsm_create *a, uint
 /*
  * Fill t (room for 24) with the template of the new object a describes,
  * labelled `label` with CKA_ID `id`; returns the count. The last entry is
- * CKA_MODIFIABLE (SoftHSM applies it last on unwrap).
+ * CKA_MODIFIABLE (SoftHSM applies it last on unwrap). A KEK's template
+ * carries CKA_UNWRAP_TEMPLATE, built into a->utmpl.
  */
-CK_ULONG hsm_tmpl_build(const struct hsm_create *a, CK_ATTRIBUTE *t, const char *label,
+CK_ULONG hsm_tmpl_build(struct hsm_create *a, CK_ATTRIBUTE *t, const char *label,
                         const uint8_t *id);
 
 /* Generate a->kind's key on the token (CKM_GENERIC_SECRET_KEY_GEN or CKM_AES_KEY_GEN). */
