@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -20,12 +21,13 @@ enum {
     K_SESSIONS,
     K_TTL,
     K_SECMEM,
+    K_UNWRAP_MECH,
     K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
-    "module",   "token",         "pin",          "allow_env_pin", "allow_unlocked_memory",
-    "sessions", "subkey_ttl_ms", "secmem_bytes",
+    "module",   "token",         "pin",          "allow_env_pin",    "allow_unlocked_memory",
+    "sessions", "subkey_ttl_ms", "secmem_bytes", "unwrap_mechanism",
 };
 
 _Static_assert(K_COUNT <= sizeof(((app_hsmconf_seen *)0)->line) / sizeof(unsigned),
@@ -45,6 +47,34 @@ static bool contains_ci(const char *hay, const char *needle)
     return false;
 }
 
+/* auto | kwp | pad | 0xNNNN (a CKM_ value, vendor mechanisms included). */
+static cdx_err unwrap_mech(const char *key, const char *value, unsigned long *out)
+{
+    if (!strcmp(value, "auto")) {
+        *out = 0;
+        return CDX_OK;
+    }
+    if (!strcmp(value, "kwp")) {
+        *out = 0x210BUL; /* CKM_AES_KEY_WRAP_KWP */
+        return CDX_OK;
+    }
+    if (!strcmp(value, "pad")) {
+        *out = 0x210AUL; /* CKM_AES_KEY_WRAP_PAD */
+        return CDX_OK;
+    }
+    if (strncmp(value, "0x", 2) == 0 && value[2]) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long v = strtoull(value + 2, &end, 16);
+        if (errno == 0 && *end == '\0' && v != 0 && v <= 0xffffffffULL) {
+            *out = (unsigned long)v;
+            return CDX_OK;
+        }
+    }
+    return bad(key, "must be auto, kwp (CKM_AES_KEY_WRAP_KWP), pad (CKM_AES_KEY_WRAP_PAD) or a "
+                    "mechanism number such as 0x210b");
+}
+
 cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, const char *key,
                         const char *value)
 {
@@ -58,7 +88,8 @@ cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, 
     if (k == K_COUNT)
         return cdx_fail(CDX_ERR_CONFIG,
                         "unknown key `%s` in [hsm] (known: module, token, pin, allow_env_pin, "
-                        "allow_unlocked_memory, sessions, subkey_ttl_ms, secmem_bytes)",
+                        "allow_unlocked_memory, sessions, subkey_ttl_ms, secmem_bytes, "
+                        "unwrap_mechanism)",
                         key);
     if (seen) {
         if (seen->mask & (1u << k))
@@ -112,6 +143,8 @@ cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, 
         if (err == CDX_OK)
             cfg->secmem_bytes = (size_t)n;
         return err;
+    case K_UNWRAP_MECH:
+        return unwrap_mech(key, value, &cfg->unwrap_mechanism);
     }
     return bad(key, "unhandled key"); /* not reached */
 }

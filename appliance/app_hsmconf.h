@@ -10,6 +10,7 @@
  *   sessions = 4
  *   subkey_ttl_ms = 0
  *   secmem_bytes = 262144
+ *   unwrap_mechanism = auto      (auto | kwp | pad | 0xNNNN)
  *
  * The admin tool and the daemon read the same file. Unknown keys and bad
  * values in [hsm] are errors reported as "file:line: key: what is wrong";
@@ -32,7 +33,7 @@
  */
 typedef struct app_hsmconf_seen {
     unsigned mask;
-    unsigned line[8];
+    unsigned line[16];
 } app_hsmconf_seen;
 
 /*

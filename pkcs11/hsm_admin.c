@@ -1,7 +1,8 @@
 /*
  * Admin-only key custody (library cdx_pkcs11_admin): importing key bytes,
  * key files, KEK create/import/destroy, and listing the token's keys. The
- * only C_CreateObject of the custody libraries is here.
+ * only C_CreateObject of a token key is here (the daemon library's only other
+ * one, in hsm_caps.c, makes a session-only KEK from public known-answer bytes).
  */
 #include "hsm_admin.h"
 

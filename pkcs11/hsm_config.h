@@ -25,6 +25,9 @@ typedef struct hsm_config {
     unsigned sessions;          /* session pool size; 0 = CDX_SESSIONS_DEFAULT */
     uint32_t subkey_ttl_ms;     /* cache subkeys this long; 0 = derive for every operation */
     size_t secmem_bytes;        /* locked arena size; 0 = CDX_SECMEM_DEFAULT */
+    /* RFC 5649 unwrap mechanism (CKM_*); 0 = auto: CKM_AES_KEY_WRAP_KWP if the token lists it
+     * for unwrap, else CKM_AES_KEY_WRAP_PAD after a known-answer test (docs/CUSTODY.md). */
+    unsigned long unwrap_mechanism;
 } hsm_config;
 
 /* Defaults: empty strings, no env PIN, locked memory required, TTL 0. */

@@ -32,12 +32,18 @@ cdx_err hsm_make_generate(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create
     return CDX_OK;
 }
 
-/* Unwrap a->blob with the KEK a->kek_name (checked against the KEK template first). */
+/*
+ * Unwrap a->blob with the KEK a->kek_name: the mechanism is decided first (by asking the token),
+ * then the KEK is found and checked against the KEK template.
+ */
 static cdx_err make_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
                            CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv)
 {
     CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE;
+    CK_MECHANISM_TYPE mt = 0;
     cdx_err err;
+    if ((err = hsm_unwrap_mech(c, s, &mt, rv)))
+        return err;
     if ((err = hsm_find_kek(c, s, a->kek_name, &kek, rv)))
         return err;
     char klabel[CDX_LABEL_MAX + 8];
@@ -45,21 +51,26 @@ static cdx_err make_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_creat
     memcpy(klabel, "KEK ", 4);
     if ((err = hsm_tmpl_check(c, s, kek, HSM_KEY_KEK, klabel, rv)))
         return err;
-    CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_MECHANISM m = {mt, NULL, 0};
     CK_RV r = c->f->C_UnwrapKey(s, &m, kek, (CK_BYTE_PTR)a->blob, a->blob_len, t, n, h);
     if (r != CKR_OK) {
         if (hsm_ckr_recoverable(r) && r != CKR_OBJECT_HANDLE_INVALID) {
             *rv = r;
             return hsm_ckr_fail(r, "C_UnwrapKey");
         }
+        cdx_log(CDX_LOG_WARN, "pkcs11_error", "op=C_UnwrapKey mechanism=0x%lx ckr=%s rv=0x%lx",
+                (unsigned long)mt, hsm_ckr_name(r), (unsigned long)r);
         if (r == CKR_MECHANISM_INVALID || r == CKR_MECHANISM_PARAM_INVALID)
             return cdx_fail(CDX_ERR_MECHANISM_UNSUPPORTED,
-                            "the token lacks CKM_AES_KEY_WRAP_PAD (RFC 5649)");
-        cdx_log(CDX_LOG_WARN, "pkcs11_error", "op=C_UnwrapKey ckr=%s", hsm_ckr_name(r));
+                            "the token refused %s for unwrap (%s); see [hsm] unwrap_mechanism",
+                            hsm_mech_name(mt), hsm_ckr_name(r));
         return cdx_fail(CDX_ERR_BAD_WRAPPED_KEY,
-                        "the wrapped key does not unwrap with KEK %s (%s): wrong KEK or a "
-                        "corrupted blob",
-                        a->kek_name, hsm_ckr_name(r));
+                        "the wrapped key does not unwrap with KEK %s (%s, %s): wrong KEK or a "
+                        "corrupted blob%s",
+                        a->kek_name, hsm_mech_name(mt), hsm_ckr_name(r),
+                        mt == CKM_AES_KEY_WRAP_PAD
+                            ? ", or this token's CKM_AES_KEY_WRAP_PAD is not RFC 5649"
+                            : "");
     }
     return CDX_OK;
 }

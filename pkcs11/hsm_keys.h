@@ -82,15 +82,19 @@ CDX_MUST_CHECK cdx_err hsm_index_key_generate(hsm_custody *c, const uint8_t id[C
                                               uint8_t kcv_out[CDX_KCV_LEN]);
 
 /*
- * Unwrap a KMS-style wrapped data key (RFC 5649, CKM_AES_KEY_WRAP_PAD) with
- * the KEK "cipherdex-kek-<kek_name>" (kek_name: 1-40 of [A-Za-z0-9_.-]). The blob must be exactly
- * CDX_WRAPPED_KEY_LEN (40) bytes and unwrap to a 32-byte key. kcv_out may be
- * NULL.
+ * Unwrap a KMS-style wrapped data key (RFC 5649) with the KEK
+ * "cipherdex-kek-<kek_name>" (kek_name: 1-40 of [A-Za-z0-9_.-]). The blob
+ * must be exactly CDX_WRAPPED_KEY_LEN (40) bytes and unwrap to a 32-byte key.
+ * The mechanism is decided by asking the token before the KEK is looked up
+ * (once per context): [hsm] unwrap_mechanism, else CKM_AES_KEY_WRAP_KWP, else
+ * CKM_AES_KEY_WRAP_PAD after a known-answer test. kcv_out may be NULL.
  * Errors: CDX_ERR_INVALID_ARGUMENT (KEK name), CDX_ERR_BAD_WRAPPED_KEY
- * (length, integrity, short key), CDX_ERR_KEY_NOT_FOUND (no such KEK),
- * CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_ATTRIBUTES (the KEK or the new key
- * breaks its template), CDX_ERR_ALREADY_EXISTS,
- * CDX_ERR_MECHANISM_UNSUPPORTED, the custody errors.
+ * (length, integrity, short key), CDX_ERR_MECHANISM_UNSUPPORTED (no RFC 5649
+ * unwrap mechanism, or 0x210A failed the known-answer test),
+ * CDX_ERR_KEY_NOT_FOUND (no such KEK), CDX_ERR_KEY_AMBIGUOUS,
+ * CDX_ERR_KEY_ATTRIBUTES (the KEK - including its CKA_UNWRAP_TEMPLATE - or
+ * the new key breaks its template), CDX_ERR_ALREADY_EXISTS, the custody
+ * errors.
  */
 CDX_MUST_CHECK cdx_err hsm_index_key_unwrap(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
                                             const char *kek_name, const uint8_t *blob,

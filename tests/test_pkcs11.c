@@ -739,6 +739,143 @@ static void test_unwrap(void)
     fx_token_free(t);
 }
 
+/* RFC 5649 wrap of key under kek on the host (OpenSSL), as a KMS does; returns the length. */
+static int host_wrap(const uint8_t kek[32], const uint8_t *key, int len, uint8_t out[64])
+{
+    int bl = 0, fl = 0;
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    EVP_CIPHER_CTX_set_flags(ctx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
+    int ok = EVP_EncryptInit_ex(ctx, EVP_aes_256_wrap_pad(), NULL, kek, NULL) == 1 &&
+             EVP_EncryptUpdate(ctx, out, &bl, key, len) == 1 &&
+             EVP_EncryptFinal_ex(ctx, out + bl, &fl) == 1;
+    EVP_CIPHER_CTX_free(ctx);
+    return ok ? bl + fl : -1;
+}
+
+/* A fresh custody context (the unwrap decision is cached per context) with an override. */
+static hsm_custody *open_mech(fx_token *t, unsigned long mech)
+{
+    hsm_config cfg;
+    fill_cfg(&cfg, t, wrap_path, 0);
+    cfg.unwrap_mechanism = mech;
+    hsm_custody *c = NULL;
+    cdx_err e = hsm_custody_open(&cfg, &c);
+    CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
+    return c;
+}
+
+/*
+ * The unwrap mechanism is decided by asking the token: KWP (0x210B) when listed for unwrap,
+ * 0x210A only after the known-answer test, the [hsm] unwrap_mechanism override as is, and the
+ * mechanism is checked before the KEK is looked up.
+ */
+static void test_unwrap_mechanism(void)
+{
+    /* The known-answer vector (docs/KEYS.md) is OpenSSL's RFC 5649. */
+    uint8_t katkek[32], katkey[32], katblob[64], kcv[8];
+    seq(katkek, 32, 0x40);
+    seq(katkey, 32, 0x60);
+    CU_ASSERT_EQUAL_FATAL(host_wrap(katkek, katkey, 32, katblob), 40);
+    char hx[81];
+    tohex(katblob, 40, hx);
+    CU_ASSERT_STRING_EQUAL(hx, "f2b6d451a6f212e66cb908f3b8c78541db9377e63ed53a626311908"
+                               "89dc266ab66aee97c31c43c2e");
+    uint8_t mac[32];
+    unsigned ml = 32;
+    HMAC(EVP_sha256(), katkey, 32, (const unsigned char *)"cipherdex/v1/kcv", 16, mac, &ml);
+    tohex(mac, 8, hx);
+    CU_ASSERT_STRING_EQUAL(hx, "b16936d05d61ae9b");
+
+    fx_token *t = fx_token_new("mechtok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    uint8_t kek[32], dek[32], blob[64], id[16];
+    seq(kek, 32, 0x13);
+    seq(dek, 32, 0x37);
+    CU_ASSERT_EQUAL_FATAL(host_wrap(kek, dek, 32, blob), 40);
+    p11wrap_clear_fn();
+
+    /* SoftHSM 2.6.1 lists 0x210A only: the known-answer test runs once, then is cached. */
+    hsm_custody *c = open_mech(t, 0);
+    CU_ASSERT_EQUAL_FATAL(hsm_kek_import(c, "kms", kek), CDX_OK);
+    p11wrap_reset_counts_fn();
+    seq(id, 16, 0x01);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 2); /* KAT + the key */
+    seq(id, 16, 0x02);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 3);
+    /* A tampered blob under 0x210A: the message allows for a non-RFC 5649 PAD. */
+    uint8_t bad[40];
+    memcpy(bad, blob, 40);
+    bad[9] ^= 0x40;
+    seq(id, 16, 0x03);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", bad, 40, kcv), CDX_ERR_BAD_WRAPPED_KEY);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKM_AES_KEY_WRAP_PAD is not RFC 5649"));
+    hsm_custody_free(c);
+
+    /* A token whose 0x210A fails the known-answer test (NSS: PKCS#7 padding) is refused
+     * before any KEK is looked up. */
+    c = open_mech(t, 0);
+    p11wrap_reset_counts_fn();
+    p11wrap_inject_fn("C_UnwrapKey", CKR_WRAPPED_KEY_INVALID, 1);
+    seq(id, 16, 0x04);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv),
+                    CDX_ERR_MECHANISM_UNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "not RFC 5649"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "unwrap_mechanism"));
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 1);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_FindObjectsInit"), 1); /* the label check, no KEK */
+    /* Not cached as a failure: the next attempt runs the test again and passes. */
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
+    hsm_custody_free(c);
+
+    /* A token with neither mechanism: MECHANISM_UNSUPPORTED, even for a KEK that does not
+     * exist (the mechanism is checked first). */
+    p11wrap_mech_map_fn(CKM_AES_KEY_WRAP_PAD, 0);
+    p11wrap_mech_map_fn(0x210BUL, 0);
+    c = open_mech(t, 0);
+    seq(id, 16, 0x05);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "nosuchkek", blob, 40, kcv),
+                    CDX_ERR_MECHANISM_UNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKM_AES_KEY_WRAP_KWP"));
+    hsm_custody_free(c);
+    p11wrap_clear_fn();
+
+    /* A token listing KWP for unwrap: preferred, no known-answer test (the wrapper serves
+     * 0x210B with SoftHSM's RFC 5649). */
+    p11wrap_mech_map_fn(0x210BUL, CKM_AES_KEY_WRAP_PAD);
+    c = open_mech(t, 0);
+    p11wrap_reset_counts_fn();
+    seq(id, 16, 0x06);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 1);
+    /* Under KWP a bad blob does not blame PAD. */
+    seq(id, 16, 0x07);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", bad, 40, kcv), CDX_ERR_BAD_WRAPPED_KEY);
+    CU_ASSERT_PTR_NULL(strstr(cdx_err_detail(), "CKM_AES_KEY_WRAP_PAD"));
+    hsm_custody_free(c);
+    p11wrap_clear_fn();
+
+    /* The override is used as is: a vendor mechanism number, not listed, no test. */
+    p11wrap_mech_map_fn(0x80001234UL, CKM_AES_KEY_WRAP_PAD);
+    c = open_mech(t, 0x80001234UL);
+    p11wrap_reset_counts_fn();
+    seq(id, 16, 0x08);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 1);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_GetMechanismInfo"), 0);
+    hsm_custody_free(c);
+    p11wrap_clear_fn();
+    /* An override the token refuses is MECHANISM_UNSUPPORTED naming it. */
+    c = open_mech(t, 0x80005678UL);
+    seq(id, 16, 0x09);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv),
+                    CDX_ERR_MECHANISM_UNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "0x80005678"));
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
 static void test_bad_key_files(void)
 {
     fx_token *t = fx_token_new("filetok");
@@ -1168,6 +1305,7 @@ int main(void)
         {"known key: token subkeys = host HMAC = test vectors", test_known_key_vectors},
         {"key protections: no read, wrap, derive, copy", test_key_protections},
         {"unwrap: KEKs, 40-byte rule, tamper", test_unwrap},
+        {"unwrap mechanism: KWP, PAD after a KAT, override, absent", test_unwrap_mechanism},
         {"bad key files", test_bad_key_files},
         {"ambiguous and replaced keys", test_ambiguous_and_replaced},
         {"token re-init, recovery, back-off", test_token_reinit_and_recovery},

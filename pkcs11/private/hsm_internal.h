@@ -77,6 +77,9 @@ struct hsm_custody {
     atomic_uint_fast64_t derivations, cache_hits, kcv_computes, recoveries, logins;
 
     struct hsm_subcache *cache;
+
+    /* Capabilities decided by asking the token (hsm_caps.c); 0 = not decided yet. */
+    atomic_ulong unwrap_mech;
 };
 
 /*
@@ -251,6 +254,29 @@ cdx_err hsm_make_generate(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create
  */
 CDX_MUST_CHECK cdx_err hsm_object_destroy(hsm_custody *c, const hsm_key_ref *k,
                                           const char *kek_name);
+
+/* ---- capabilities (hsm_caps.c) ---- */
+
+#ifndef CKM_AES_KEY_WRAP_KWP
+#define CKM_AES_KEY_WRAP_KWP 0x0000210BUL /* RFC 5649, PKCS#11 3.0 */
+#endif
+
+/* True when the token lists mechanism m with every bit of `flag` (C_GetMechanismInfo). */
+bool hsm_mech_has(hsm_custody *c, CK_MECHANISM_TYPE m, CK_FLAGS flag);
+
+/* "CKM_AES_KEY_WRAP_KWP", ..., or "mechanism 0x..." (thread-local buffer). */
+const char *hsm_mech_name(CK_MECHANISM_TYPE m);
+
+/*
+ * The RFC 5649 unwrap mechanism for this token, decided once per custody:
+ * [hsm] unwrap_mechanism if set; else CKM_AES_KEY_WRAP_KWP if listed with
+ * CKF_UNWRAP; else CKM_AES_KEY_WRAP_PAD if listed with CKF_UNWRAP and it
+ * passes the known-answer test (a session KEK from fixed bytes unwraps a
+ * fixed 40-byte RFC 5649 blob to a key of known KCV). Runs inside an op.
+ * Errors: CDX_ERR_MECHANISM_UNSUPPORTED (none, or the KAT failed), a CK_RV
+ * failure of the KAT (stored in *rv).
+ */
+cdx_err hsm_unwrap_mech(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE *out, CK_RV *rv);
 
 /* Subkey cache lifecycle (hsm_subkey.c). */
 cdx_err hsm_subcache_new(hsm_custody *c);
