@@ -22,12 +22,13 @@ enum {
     K_TTL,
     K_SECMEM,
     K_UNWRAP_MECH,
+    K_HMAC_KT,
     K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
     "module",   "token",         "pin",          "allow_env_pin",    "allow_unlocked_memory",
-    "sessions", "subkey_ttl_ms", "secmem_bytes", "unwrap_mechanism",
+    "sessions", "subkey_ttl_ms", "secmem_bytes", "unwrap_mechanism", "hmac_key_type",
 };
 
 _Static_assert(K_COUNT <= sizeof(((app_hsmconf_seen *)0)->line) / sizeof(unsigned),
@@ -89,7 +90,7 @@ cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, 
         return cdx_fail(CDX_ERR_CONFIG,
                         "unknown key `%s` in [hsm] (known: module, token, pin, allow_env_pin, "
                         "allow_unlocked_memory, sessions, subkey_ttl_ms, secmem_bytes, "
-                        "unwrap_mechanism)",
+                        "unwrap_mechanism, hmac_key_type)",
                         key);
     if (seen) {
         if (seen->mask & (1u << k))
@@ -145,6 +146,17 @@ cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, 
         return err;
     case K_UNWRAP_MECH:
         return unwrap_mech(key, value, &cfg->unwrap_mechanism);
+    case K_HMAC_KT:
+        if (!strcmp(value, "auto"))
+            cfg->hmac_key_type = HSM_HMAC_KT_AUTO;
+        else if (!strcmp(value, "generic"))
+            cfg->hmac_key_type = HSM_HMAC_KT_GENERIC;
+        else if (!strcmp(value, "sha256_hmac"))
+            cfg->hmac_key_type = HSM_HMAC_KT_SHA256;
+        else
+            return bad(key, "must be auto (CKK_GENERIC_SECRET, falling back to CKK_SHA256_HMAC), "
+                            "generic or sha256_hmac");
+        return CDX_OK;
     }
     return bad(key, "unhandled key"); /* not reached */
 }

@@ -179,6 +179,10 @@ static void key_type_name(unsigned long t, char *buf, size_t cap)
 {
     if (t == CKK_GENERIC_SECRET)
         snprintf(buf, cap, "generic_secret");
+    else if (t == CKK_SHA256_HMAC)
+        snprintf(buf, cap, "sha256_hmac");
+    else if (t == (unsigned long)-1)
+        snprintf(buf, cap, "n/a");
     else if (t == CKK_AES)
         snprintf(buf, cap, "aes");
     else
@@ -241,8 +245,11 @@ static void key_cell(const void *row, int col, char *buf, size_t cap)
     case 3:
         key_type_name(k->key_type, buf, cap);
         return;
-    case 4:
-        snprintf(buf, cap, "%lu", k->value_len);
+    case 4: /* 0: the token does not say (unwrapped keys on SoftHSM, imports on opencryptoki) */
+        if (k->value_len)
+            snprintf(buf, cap, "%lu", k->value_len);
+        else
+            snprintf(buf, cap, "n/a");
         return;
     case 5:
         if (k->has_kcv)
@@ -284,7 +291,10 @@ static void key_json(const hsm_key_info *k)
     app_out_json_key(stdout, "key_type");
     key_type_name(k->key_type, b, sizeof(b));
     app_out_json_str(stdout, b);
-    printf(",\"value_len\":%lu,", k->value_len);
+    if (k->value_len)
+        printf(",\"value_len\":%lu,", k->value_len);
+    else
+        fputs(",\"value_len\":null,", stdout);
     app_out_json_key(stdout, "kcv");
     if (k->has_kcv) {
         cdx_hex_encode(k->kcv, CDX_KCV_LEN, b);

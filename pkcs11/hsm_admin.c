@@ -173,8 +173,7 @@ static cdx_err list_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv
             ki.kind = HSM_KEY_KEK;
         if (ki.kind)
             ki.wrong = hsm_tmpl_wrong(ki.kind, &ki, unknown);
-        if (ki.kind != HSM_KEY_KEK && (ki.attrs & HSM_A_SIGN) &&
-            ki.key_type == CKK_GENERIC_SECRET) {
+        if (ki.kind != HSM_KEY_KEK && (ki.attrs & HSM_A_SIGN) && hsm_hmac_type_ok(ki.key_type)) {
             r = hsm_compute_kcv(c, s, hs[i], ki.kcv);
             if (r == CKR_OK)
                 ki.has_kcv = true;

@@ -9,6 +9,10 @@
 #include "cdx_hex.h"
 #include "cdx_log.h"
 
+#ifndef CKM_SHA256_KEY_GEN
+#define CKM_SHA256_KEY_GEN 0x00004005UL /* PKCS#11 3.0: generates CKK_SHA256_HMAC keys */
+#endif
+
 /* ---------------------------------------------------------------- creation */
 
 static void target_label(const struct hsm_create *a, char *label)
@@ -19,12 +23,53 @@ static void target_label(const struct hsm_create *a, char *label)
         hsm_key_label(&a->ref, label);
 }
 
+/* The key-generation mechanism for a root/index key of type kt, if the token lists it. */
+static bool hmac_keygen(hsm_custody *c, CK_KEY_TYPE kt, CK_MECHANISM_TYPE *m)
+{
+    if (kt == CKK_SHA256_HMAC && hsm_mech_has(c, CKM_SHA256_KEY_GEN, CKF_GENERATE)) {
+        *m = CKM_SHA256_KEY_GEN;
+        return true;
+    }
+    *m = CKM_GENERIC_SECRET_KEY_GEN;
+    return hsm_mech_has(c, CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE);
+}
+
 cdx_err hsm_make_generate(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
                           CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv)
 {
-    CK_MECHANISM m = {a->kind == HSM_KEY_KEK ? CKM_AES_KEY_GEN : CKM_GENERIC_SECRET_KEY_GEN, NULL,
-                      0};
-    CK_RV r = c->f->C_GenerateKey(s, &m, t, n, h);
+    CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_RV r;
+    if (a->kind == HSM_KEY_KEK) {
+        if (!hsm_mech_has(c, CKM_AES_KEY_GEN, CKF_GENERATE))
+            return cdx_fail(CDX_ERR_MECHANISM_UNSUPPORTED,
+                            "the token does not list CKM_AES_KEY_GEN with CKF_GENERATE: it cannot "
+                            "generate a KEK (import one with kek import)");
+        r = c->f->C_GenerateKey(s, &m, t, n, h);
+        goto done;
+    }
+    /* a->key_type (t's CKA_KEY_TYPE points at it) is the configured or settled type. */
+    bool listed = hmac_keygen(c, a->key_type, &m.mechanism);
+    r = listed ? c->f->C_GenerateKey(s, &m, t, n, h) : CKR_MECHANISM_INVALID;
+    bool refused = r == CKR_ATTRIBUTE_VALUE_INVALID || r == CKR_TEMPLATE_INCONSISTENT ||
+                   r == CKR_MECHANISM_INVALID;
+    if (refused && a->key_type == CKK_GENERIC_SECRET && c->cfg.hmac_key_type == HSM_HMAC_KT_AUTO) {
+        /* Some tokens (YubiHSM 2) make HMAC keys only as CKK_SHA*_HMAC. */
+        cdx_log(CDX_LOG_WARN, "hsm_hmac_key_type_fallback",
+                "from=CKK_GENERIC_SECRET to=CKK_SHA256_HMAC ckr=%s rv=0x%lx", hsm_ckr_name(r),
+                (unsigned long)r);
+        a->key_type = CKK_SHA256_HMAC;
+        listed = hmac_keygen(c, a->key_type, &m.mechanism);
+        r = listed ? c->f->C_GenerateKey(s, &m, t, n, h) : CKR_MECHANISM_INVALID;
+        if (r == CKR_OK)
+            atomic_store(&c->hmac_kt, (unsigned long)CKK_SHA256_HMAC);
+    }
+    if (!listed)
+        return cdx_fail(CDX_ERR_MECHANISM_UNSUPPORTED,
+                        "the token lists no key-generation mechanism with CKF_GENERATE for %s "
+                        "HMAC keys (CKM_GENERIC_SECRET_KEY_GEN%s); see [hsm] hmac_key_type",
+                        a->key_type == CKK_SHA256_HMAC ? "CKK_SHA256_HMAC" : "CKK_GENERIC_SECRET",
+                        a->key_type == CKK_SHA256_HMAC ? " or CKM_SHA256_KEY_GEN" : "");
+done:
     if (r != CKR_OK) {
         *rv = r;
         return hsm_ckr_fail(r, "C_GenerateKey");
@@ -51,8 +96,17 @@ static cdx_err make_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_creat
     memcpy(klabel, "KEK ", 4);
     if ((err = hsm_tmpl_check(c, s, kek, HSM_KEY_KEK, klabel, rv)))
         return err;
+    /* The new key's type must be the one the KEK's unwrap template names (t points at it). */
+    int st = 0;
+    CK_KEY_TYPE kt = a->key_type;
+    CK_RV r = hsm_tmpl_read_unwrap(c, s, kek, &st, &kt);
+    if (r != CKR_OK) {
+        *rv = r;
+        return hsm_ckr_fail(r, "C_GetAttributeValue");
+    }
+    a->key_type = kt;
     CK_MECHANISM m = {mt, NULL, 0};
-    CK_RV r = c->f->C_UnwrapKey(s, &m, kek, (CK_BYTE_PTR)a->blob, a->blob_len, t, n, h);
+    r = c->f->C_UnwrapKey(s, &m, kek, (CK_BYTE_PTR)a->blob, a->blob_len, t, n, h);
     if (r != CKR_OK) {
         if (hsm_ckr_recoverable(r) && r != CKR_OBJECT_HANDLE_INVALID) {
             *rv = r;
@@ -105,6 +159,8 @@ static cdx_err create_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *
     } else {
         memcpy(id, a->ref.id, CDX_ID_LEN);
     }
+    a->hmac_kt = hsm_hmac_key_type(c);
+    a->key_type = a->kind == HSM_KEY_KEK ? CKK_AES : a->hmac_kt;
     CK_ULONG nt = hsm_tmpl_build(a, t, label, id);
     h = CK_INVALID_HANDLE;
     if ((err = a->make(c, s, a, t, nt, &h, rv)))

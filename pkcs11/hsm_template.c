@@ -10,7 +10,7 @@
 
 static CK_BBOOL T = CK_TRUE, F = CK_FALSE;
 static CK_OBJECT_CLASS SECRET = CKO_SECRET_KEY;
-static CK_KEY_TYPE GENERIC = CKK_GENERIC_SECRET, AES = CKK_AES;
+static CK_KEY_TYPE GENERIC = CKK_GENERIC_SECRET;
 static CK_ULONG LEN32 = CDX_KEY_LEN;
 
 const hsm_battr hsm_battrs[] = {
@@ -46,11 +46,26 @@ const size_t hsm_nbattrs = NBATTRS;
     (HSM_A_EXTRACTABLE | HSM_A_VERIFY | HSM_A_ENCRYPT | HSM_A_DECRYPT | HSM_A_WRAP | HSM_A_SIGN |  \
      HSM_A_DERIVE | HSM_A_MODIFIABLE | HSM_A_COPYABLE)
 
-CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t)
+bool hsm_hmac_type_ok(CK_ULONG kt)
+{
+    return kt == CKK_GENERIC_SECRET || kt == CKK_SHA256_HMAC;
+}
+
+CK_KEY_TYPE hsm_hmac_key_type(hsm_custody *c)
+{
+    if (c->cfg.hmac_key_type == HSM_HMAC_KT_SHA256)
+        return CKK_SHA256_HMAC;
+    if (c->cfg.hmac_key_type == HSM_HMAC_KT_GENERIC)
+        return CKK_GENERIC_SECRET;
+    CK_KEY_TYPE kt = (CK_KEY_TYPE)atomic_load(&c->hmac_kt);
+    return kt == CKK_SHA256_HMAC ? CKK_SHA256_HMAC : CKK_GENERIC_SECRET;
+}
+
+CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t, const CK_KEY_TYPE *hmac_kt)
 {
     CK_ULONG n = 0;
     t[n++] = (CK_ATTRIBUTE){CKA_CLASS, &SECRET, sizeof(SECRET)};
-    t[n++] = (CK_ATTRIBUTE){CKA_KEY_TYPE, &GENERIC, sizeof(CK_KEY_TYPE)};
+    t[n++] = (CK_ATTRIBUTE){CKA_KEY_TYPE, (void *)hmac_kt, sizeof(CK_KEY_TYPE)};
     t[n++] = (CK_ATTRIBUTE){CKA_TOKEN, &T, 1};
     t[n++] = (CK_ATTRIBUTE){CKA_PRIVATE, &T, 1};
     t[n++] = (CK_ATTRIBUTE){CKA_SENSITIVE, &T, 1};
@@ -67,30 +82,36 @@ CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t)
     return n;
 }
 
-/* Is the entry `got` (type, value read back) what `want` says? Booleans compare as truth values. */
+/*
+ * Is the entry `got` (type, value read back) what `want` says? Booleans compare as truth values;
+ * the key type may be either HMAC key type.
+ */
 static bool utmpl_entry_ok(const CK_ATTRIBUTE *want, CK_ATTRIBUTE_TYPE type, const uint8_t *val,
                            CK_ULONG len)
 {
     if (want->type != type)
         return false;
+    if (type == CKA_KEY_TYPE) {
+        CK_KEY_TYPE kt;
+        if (len != sizeof(kt))
+            return false;
+        memcpy(&kt, val, sizeof(kt));
+        return hsm_hmac_type_ok(kt);
+    }
     if (want->ulValueLen == 1) /* CK_BBOOL */
         return len == 1 && (val[0] != CK_FALSE) == (*(const CK_BBOOL *)want->pValue != CK_FALSE);
     return len == want->ulValueLen && memcmp(val, want->pValue, len) == 0;
 }
 
-/*
- * Read h's CKA_UNWRAP_TEMPLATE (the three-step read of an attribute array:
- * its size, the entries' types and lengths, their values) and compare it
- * with hsm_tmpl_unwrap's: *state = 1 equal, 0 absent or different, -1 not
- * readable. Returns a CK_RV only for failures recovery may cure.
- */
-static CK_RV read_unwrap_tmpl(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, int *state)
+/* The three-step read of an attribute array: its size, the entries' types and lengths, values. */
+CK_RV hsm_tmpl_read_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, int *state,
+                           CK_KEY_TYPE *kt)
 {
     enum { CAP = 32 };
     CK_ATTRIBUTE want[HSM_UTMPL_MAX], got[CAP];
     uint8_t val[CAP][sizeof(CK_ULONG)];
     CK_ATTRIBUTE a = {CKA_UNWRAP_TEMPLATE, NULL, 0};
-    CK_ULONG nw = hsm_tmpl_unwrap(want);
+    CK_ULONG nw = hsm_tmpl_unwrap(want, &GENERIC);
 
     *state = -1;
     CK_RV rv = c->f->C_GetAttributeValue(s, h, &a, 1);
@@ -135,6 +156,8 @@ static CK_RV read_unwrap_tmpl(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HAN
                     *state = 0;
                     return CKR_OK;
                 }
+                if (got[i].type == CKA_KEY_TYPE && kt)
+                    memcpy(kt, val[i], sizeof(*kt));
                 hits++;
             }
         if (hits != 1) {
@@ -188,7 +211,7 @@ CK_RV hsm_tmpl_read(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm
     ki->value_len = t[NBATTRS + 3].ulValueLen == CK_UNAVAILABLE_INFORMATION ? 0 : vl;
     if ((ki->attrs & HSM_A_UNWRAP) || (*unknown & HSM_A_UNWRAP)) {
         int st;
-        if ((rv = read_unwrap_tmpl(c, s, h, &st)) != CKR_OK)
+        if ((rv = hsm_tmpl_read_unwrap(c, s, h, &st, NULL)) != CKR_OK)
             return rv;
         if (st < 0)
             *unknown |= HSM_A_UNWRAP_TEMPLATE;
@@ -233,14 +256,16 @@ cdx_err hsm_tmpl_check(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, 
         return hsm_ckr_fail(r, "C_GetAttributeValue");
     }
     unsigned wrong = hsm_tmpl_wrong(kind, &ki, unknown);
-    CK_KEY_TYPE want = kind == HSM_KEY_KEK ? CKK_AES : CKK_GENERIC_SECRET;
     char names[256];
     wrong_names(wrong, names, sizeof(names));
-    if (ki.key_type != want)
+    if (kind == HSM_KEY_KEK ? ki.key_type != CKK_AES : !hsm_hmac_type_ok(ki.key_type))
         return cdx_fail(CDX_ERR_KEY_ATTRIBUTES, "%s has key type 0x%lx, need %s", label,
-                        ki.key_type, kind == HSM_KEY_KEK ? "CKK_AES" : "CKK_GENERIC_SECRET");
-    /* Unwrapped keys report CKA_VALUE_LEN 0 on SoftHSM; the KCV's HMAC enforces >= 32. */
-    if (ki.value_len != CDX_KEY_LEN && !(ki.value_len == 0 && kind != HSM_KEY_KEK))
+                        ki.key_type,
+                        kind == HSM_KEY_KEK ? "CKK_AES" : "CKK_GENERIC_SECRET or CKK_SHA256_HMAC");
+    /* CKA_VALUE_LEN 0 or unavailable is "unknown" (SoftHSM reports 0 for unwrapped keys,
+     * opencryptoki reports none for imported AES keys): the KCV's HMAC and the unwrap
+     * known-answer test prove the keys work. A length the token does report must be 32. */
+    if (ki.value_len != CDX_KEY_LEN && ki.value_len != 0)
         return cdx_fail(CDX_ERR_KEY_ATTRIBUTES, "%s is %lu bytes long, need %d", label,
                         ki.value_len, CDX_KEY_LEN);
     if (wrong == HSM_A_UNWRAP_TEMPLATE)
@@ -264,8 +289,9 @@ CK_ULONG hsm_tmpl_build(struct hsm_create *a, CK_ATTRIBUTE *t, const char *label
 {
     CK_ULONG n = 0;
     bool kek = a->kind == HSM_KEY_KEK;
+    /* a->key_type: CKK_AES for a KEK, else set by the caller (hsm_hmac_key_type). */
     t[n++] = (CK_ATTRIBUTE){CKA_CLASS, &SECRET, sizeof(SECRET)};
-    t[n++] = (CK_ATTRIBUTE){CKA_KEY_TYPE, kek ? &AES : &GENERIC, sizeof(CK_KEY_TYPE)};
+    t[n++] = (CK_ATTRIBUTE){CKA_KEY_TYPE, &a->key_type, sizeof(CK_KEY_TYPE)};
     if (a->how == HSM_HOW_GENERATE)
         t[n++] = (CK_ATTRIBUTE){CKA_VALUE_LEN, &LEN32, sizeof(LEN32)};
     if (a->how == HSM_HOW_IMPORT)
@@ -285,7 +311,7 @@ CK_ULONG hsm_tmpl_build(struct hsm_create *a, CK_ATTRIBUTE *t, const char *label
     t[n++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, strlen(label)};
     t[n++] = (CK_ATTRIBUTE){CKA_ID, (void *)id, CDX_ID_LEN};
     if (kek) {
-        CK_ULONG nu = hsm_tmpl_unwrap(a->utmpl);
+        CK_ULONG nu = hsm_tmpl_unwrap(a->utmpl, &a->hmac_kt);
         t[n++] = (CK_ATTRIBUTE){CKA_UNWRAP_TEMPLATE, a->utmpl, nu * sizeof(CK_ATTRIBUTE)};
     }
     t[n++] = (CK_ATTRIBUTE){CKA_MODIFIABLE, &F, 1};

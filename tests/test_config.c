@@ -116,6 +116,15 @@ static void test_full_file(void)
         CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "unwrap_mechanism", um[i].v), CDX_OK);
         CU_ASSERT_EQUAL(h.unwrap_mechanism, um[i].want);
     }
+    hsm_config h;
+    hsm_config_init(&h);
+    CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "hmac_key_type", "sha256_hmac"), CDX_OK);
+    CU_ASSERT_EQUAL(h.hmac_key_type, HSM_HMAC_KT_SHA256);
+    CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "hmac_key_type", "generic"), CDX_OK);
+    CU_ASSERT_EQUAL(h.hmac_key_type, HSM_HMAC_KT_GENERIC);
+    CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "hmac_key_type", "auto"), CDX_OK);
+    CU_ASSERT_EQUAL(h.hmac_key_type, HSM_HMAC_KT_AUTO);
+    CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "hmac_key_type", "hmac"), CDX_ERR_CONFIG);
 }
 
 /* Every bad line is reported with its line number and what is wrong. */

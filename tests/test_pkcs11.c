@@ -26,6 +26,7 @@
 #include "fx_custody.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
+#include "hsm_config.h"
 #include "hsm_custody.h"
 #include "hsm_admin.h"
 #include "hsm_keys.h"
@@ -876,6 +877,106 @@ static void test_unwrap_mechanism(void)
     fx_token_free(t);
 }
 
+static hsm_custody *open_kt(fx_token *t, int kt)
+{
+    hsm_config cfg;
+    fill_cfg(&cfg, t, wrap_path, 0);
+    cfg.hmac_key_type = kt;
+    hsm_custody *c = NULL;
+    CU_ASSERT_EQUAL_FATAL(hsm_custody_open(&cfg, &c), CDX_OK);
+    return c;
+}
+
+/*
+ * HMAC keys may be CKK_GENERIC_SECRET or CKK_SHA256_HMAC (YubiHSM 2): both are accepted by the
+ * template checks and the listing; [hsm] hmac_key_type picks the type of new keys, and auto
+ * falls back from a refused CKK_GENERIC_SECRET generation to CKK_SHA256_HMAC.
+ */
+static void test_hmac_key_type(void)
+{
+    fx_token *t = fx_token_new("kttok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    uint8_t key[32], id[16], kcv[8], kek[32], dek[32], blob[64];
+    char hx[17];
+    seq(key, 32, 0x00);
+    seq(id, 16, 0xa0);
+    p11wrap_clear_fn();
+
+    /* sha256_hmac: imports and unwraps make CKK_SHA256_HMAC keys with the documented KCV. */
+    hsm_custody *c = open_kt(t, HSM_HMAC_KT_SHA256);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_import(c, id, key, kcv), CDX_OK);
+    tohex(kcv, 8, hx);
+    CU_ASSERT_STRING_EQUAL(hx, VEC_KCV);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    memcpy(ref.id, id, 16);
+    hsm_subkey *sk = NULL;
+    uint8_t host[32];
+    CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_PAYLOAD, 1, &sk), CDX_OK);
+    host_subkey(key, HSM_P_PAYLOAD, id, 1, host);
+    CU_ASSERT_EQUAL(memcmp(hsm_subkey_bytes(sk), host, 32), 0);
+    hsm_subkey_release(sk);
+    seq(kek, 32, 0x22);
+    seq(dek, 32, 0x44);
+    CU_ASSERT_EQUAL_FATAL(host_wrap(kek, dek, 32, blob), 40);
+    CU_ASSERT_EQUAL_FATAL(hsm_kek_import(c, "k256", kek), CDX_OK);
+    uint8_t id2[16], kcv2[8];
+    seq(id2, 16, 0xb0);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id2, "k256", blob, 40, kcv2), CDX_OK);
+    hsm_key_info *ki = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    CU_ASSERT_EQUAL(n, 3);
+    for (size_t i = 0; i < n; i++) {
+        CU_ASSERT_EQUAL(ki[i].wrong, 0);
+        if (ki[i].kind == HSM_KEY_INDEX) {
+            CU_ASSERT_EQUAL(ki[i].key_type, CKK_SHA256_HMAC);
+            CU_ASSERT_TRUE(ki[i].has_kcv); /* the KCV for both HMAC key types */
+        }
+    }
+    free(ki);
+    /* Generation with CKK_SHA256_HMAC only: SoftHSM refuses it, and no fallback is tried. */
+    p11wrap_reset_counts_fn();
+    uint8_t id3[16];
+    seq(id3, 16, 0xc0);
+    CU_ASSERT_NOT_EQUAL(hsm_index_key_generate(c, id3, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_GenerateKey"), 1);
+    hsm_custody_free(c);
+
+    /* A generic-mode context adopts the CKK_SHA256_HMAC key, and unwraps under the KEK whose
+     * template names CKK_SHA256_HMAC (the new key takes the KEK's type). */
+    c = open_kt(t, HSM_HMAC_KT_GENERIC);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL(memcmp(kcv, kcv2, 8), 0);
+    seq(id3, 16, 0xd0);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id3, "k256", blob, 40, kcv2), CDX_OK);
+    /* A refused CKK_GENERIC_SECRET generation is not retried under hmac_key_type = generic. */
+    p11wrap_reset_counts_fn();
+    p11wrap_inject_fn("C_GenerateKey", CKR_ATTRIBUTE_VALUE_INVALID, 1);
+    seq(id3, 16, 0xe0);
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id3, kcv2), CDX_ERR_HSM_FAILED);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_GenerateKey"), 1);
+    hsm_custody_free(c);
+
+    /* auto: the refusal (YubiHSM answers CKR_ATTRIBUTE_VALUE_INVALID) is retried as
+     * CKK_SHA256_HMAC; SoftHSM cannot generate that type, so the retry fails too. */
+    c = open_kt(t, HSM_HMAC_KT_AUTO);
+    p11wrap_reset_counts_fn();
+    p11wrap_inject_fn("C_GenerateKey", CKR_ATTRIBUTE_VALUE_INVALID, 1);
+    CU_ASSERT_NOT_EQUAL(hsm_index_key_generate(c, id3, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_GenerateKey"), 2);
+    /* A token without CKM_GENERIC_SECRET_KEY_GEN for CKF_GENERATE: nothing is attempted. */
+    p11wrap_mech_map_fn(CKM_GENERIC_SECRET_KEY_GEN, 0);
+    p11wrap_reset_counts_fn();
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id3, kcv2), CDX_ERR_MECHANISM_UNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "hmac_key_type"));
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_GenerateKey"), 0);
+    p11wrap_clear_fn();
+    /* Without faults auto makes CKK_GENERIC_SECRET keys, as before. */
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id3, kcv2), CDX_OK);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
 static void test_bad_key_files(void)
 {
     fx_token *t = fx_token_new("filetok");
@@ -1306,6 +1407,7 @@ int main(void)
         {"key protections: no read, wrap, derive, copy", test_key_protections},
         {"unwrap: KEKs, 40-byte rule, tamper", test_unwrap},
         {"unwrap mechanism: KWP, PAD after a KAT, override, absent", test_unwrap_mechanism},
+        {"HMAC key type: generic or sha256_hmac, fallback, CKF_GENERATE", test_hmac_key_type},
         {"bad key files", test_bad_key_files},
         {"ambiguous and replaced keys", test_ambiguous_and_replaced},
         {"token re-init, recovery, back-off", test_token_reinit_and_recovery},

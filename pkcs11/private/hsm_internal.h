@@ -80,6 +80,7 @@ struct hsm_custody {
 
     /* Capabilities decided by asking the token (hsm_caps.c); 0 = not decided yet. */
     atomic_ulong unwrap_mech;
+    atomic_ulong hmac_kt; /* CKK_ of new root/index keys once generation decided it */
 };
 
 /*
@@ -191,7 +192,8 @@ typedef enum hsm_create_how { HSM_HOW_GENERATE, HSM_HOW_IMPORT, HSM_HOW_UNWRAP }
 #define HSM_UTMPL_MAX 16
 
 /*
- * Fill t (room for HSM_UTMPL_MAX) with the index-key template as a KEK's
+ * Fill t (room for HSM_UTMPL_MAX) with the index-key template (key type
+ * *hmac_kt) as a KEK's
  * CKA_UNWRAP_TEMPLATE: class, key type and every protection flag of
  * hsm_tmpl_build's index template (no label, id or CKA_VALUE_LEN, which an
  * unwrap template cannot hold on SoftHSM), CKA_MODIFIABLE last. Returns the
@@ -199,7 +201,22 @@ typedef enum hsm_create_how { HSM_HOW_GENERATE, HSM_HOW_IMPORT, HSM_HOW_UNWRAP }
  * it; any template asking for something else (extractable, not sensitive,
  * derivable, ...) is refused by a token that enforces the attribute.
  */
-CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t);
+CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t, const CK_KEY_TYPE *hmac_kt);
+
+/*
+ * Read h's CKA_UNWRAP_TEMPLATE and compare it with hsm_tmpl_unwrap's (the
+ * key type may be CKK_GENERIC_SECRET or CKK_SHA256_HMAC): *state = 1 equal,
+ * 0 absent or different, -1 not readable; *kt (may be NULL) = the key type
+ * it names. Returns a CK_RV only for failures recovery may cure.
+ */
+CK_RV hsm_tmpl_read_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, int *state,
+                           CK_KEY_TYPE *kt);
+
+/* True for the HMAC key types Cipherdex accepts (CKK_GENERIC_SECRET, CKK_SHA256_HMAC). */
+bool hsm_hmac_type_ok(CK_ULONG kt);
+
+/* Key type for a new root/index key: the configured one, else the one generation settled on. */
+CK_KEY_TYPE hsm_hmac_key_type(hsm_custody *c);
 
 struct hsm_create;
 
@@ -223,6 +240,8 @@ struct hsm_create {
     uint8_t kcv[CDX_KCV_LEN];
     CK_OBJECT_HANDLE h;
     CK_ATTRIBUTE utmpl[HSM_UTMPL_MAX]; /* a KEK's CKA_UNWRAP_TEMPLATE (hsm_tmpl_build) */
+    CK_KEY_TYPE key_type;              /* of the new object: CKK_AES (KEK) or hsm_hmac_key_type */
+    CK_KEY_TYPE hmac_kt;               /* HMAC key type a KEK's unwrap template names */
 };
 
 /*
@@ -243,7 +262,16 @@ CDX_MUST_CHECK cdx_err hsm_key_create(hsm_custody *c, struct hsm_create *a, uint
 CK_ULONG hsm_tmpl_build(struct hsm_create *a, CK_ATTRIBUTE *t, const char *label,
                         const uint8_t *id);
 
-/* Generate a->kind's key on the token (CKM_GENERIC_SECRET_KEY_GEN or CKM_AES_KEY_GEN). */
+/*
+ * Generate a->kind's key on the token. KEKs: CKM_AES_KEY_GEN. Root/index
+ * keys: a->key_type with its key-generation mechanism (CKK_GENERIC_SECRET:
+ * CKM_GENERIC_SECRET_KEY_GEN; CKK_SHA256_HMAC: CKM_SHA256_KEY_GEN if listed,
+ * else CKM_GENERIC_SECRET_KEY_GEN), checked for CKF_GENERATE first; with
+ * [hsm] hmac_key_type = auto a refused CKK_GENERIC_SECRET
+ * (CKR_ATTRIBUTE_VALUE_INVALID, CKR_TEMPLATE_INCONSISTENT,
+ * CKR_MECHANISM_INVALID, or no CKF_GENERATE) is retried as CKK_SHA256_HMAC
+ * and that choice is kept for the context.
+ */
 cdx_err hsm_make_generate(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
                           CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv);
 
