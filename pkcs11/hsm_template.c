@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cdx_log.h"
+
 static CK_BBOOL T = CK_TRUE, F = CK_FALSE;
 static CK_OBJECT_CLASS SECRET = CKO_SECRET_KEY;
 static CK_KEY_TYPE GENERIC = CKK_GENERIC_SECRET;
@@ -169,46 +171,80 @@ CK_RV hsm_tmpl_read_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
     return CKR_OK;
 }
 
+/*
+ * A boolean the token did not write keeps this value and reads as "unknown": never as FALSE,
+ * so a token that stops filling the template early cannot make a key look unextractable.
+ */
+#define UNFILLED ((CK_BBOOL)0xA5)
+
+/* Set t[i] up for a (re-)read: booleans to UNFILLED, every length to its buffer's size. */
+static void arm(CK_ATTRIBUTE *t, const CK_ULONG *cap, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        t[i].ulValueLen = cap[i];
+        if (i < NBATTRS)
+            *(CK_BBOOL *)t[i].pValue = UNFILLED;
+    }
+}
+
 CK_RV hsm_tmpl_read(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key_info *ki,
                     unsigned *unknown)
 {
+    enum { N = NBATTRS + 4 };
     CK_BBOOL v[NBATTRS];
-    CK_ATTRIBUTE t[NBATTRS + 4];
+    CK_ATTRIBUTE t[N];
+    CK_ULONG cap[N];
     char label[CDX_LABEL_MAX + 1];
     uint8_t id[CDX_ID_LEN];
     CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
     CK_ULONG vl = 0;
-    for (size_t i = 0; i < NBATTRS; i++) {
-        v[i] = CK_FALSE;
+    for (size_t i = 0; i < NBATTRS; i++)
         t[i] = (CK_ATTRIBUTE){hsm_battrs[i].type, &v[i], sizeof(CK_BBOOL)};
-    }
     t[NBATTRS] = (CK_ATTRIBUTE){CKA_LABEL, label, CDX_LABEL_MAX};
     t[NBATTRS + 1] = (CK_ATTRIBUTE){CKA_ID, id, sizeof(id)};
     t[NBATTRS + 2] = (CK_ATTRIBUTE){CKA_KEY_TYPE, &kt, sizeof(kt)};
     t[NBATTRS + 3] = (CK_ATTRIBUTE){CKA_VALUE_LEN, &vl, sizeof(vl)};
-    CK_RV rv = c->f->C_GetAttributeValue(s, h, t, NBATTRS + 4);
-    /* Per PKCS#11 these still fill every attribute they can. */
-    if (rv != CKR_OK && rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
-        rv != CKR_BUFFER_TOO_SMALL)
-        return rv;
+    for (size_t i = 0; i < N; i++)
+        cap[i] = t[i].ulValueLen;
+    arm(t, cap, N);
+    CK_RV rv = c->f->C_GetAttributeValue(s, h, t, N);
+    if (rv != CKR_OK) {
+        if (hsm_ckr_recoverable(rv))
+            return rv;
+        /* PKCS#11 says the others are still filled, but not every token does: ask for each
+         * attribute alone; one that still fails is unknown. */
+        cdx_log(CDX_LOG_DEBUG, "pkcs11_attributes_one_by_one", "ckr=%s rv=0x%lx", hsm_ckr_name(rv),
+                (unsigned long)rv);
+        kt = (CK_KEY_TYPE)-1;
+        vl = 0;
+        arm(t, cap, N);
+        for (size_t i = 0; i < N; i++) {
+            CK_RV r1 = c->f->C_GetAttributeValue(s, h, &t[i], 1);
+            if (hsm_ckr_recoverable(r1))
+                return r1;
+            if (r1 != CKR_OK)
+                t[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+        }
+    }
     memset(ki, 0, sizeof(*ki));
     *unknown = 0;
     for (size_t i = 0; i < NBATTRS; i++) {
-        if (t[i].ulValueLen == CK_UNAVAILABLE_INFORMATION)
+        if (t[i].ulValueLen != sizeof(CK_BBOOL) || v[i] == UNFILLED)
             *unknown |= hsm_battrs[i].bit;
-        else if (v[i])
+        else if (v[i] != CK_FALSE)
             ki->attrs |= hsm_battrs[i].bit;
     }
-    if (t[NBATTRS].ulValueLen != CK_UNAVAILABLE_INFORMATION) {
+    if (t[NBATTRS].ulValueLen <= CDX_LABEL_MAX) {
         memcpy(ki->label, label, t[NBATTRS].ulValueLen);
         ki->label[t[NBATTRS].ulValueLen] = '\0';
     }
-    if (t[NBATTRS + 1].ulValueLen != CK_UNAVAILABLE_INFORMATION) {
+    if (t[NBATTRS + 1].ulValueLen <= sizeof(id)) {
         ki->id_len = t[NBATTRS + 1].ulValueLen;
         memcpy(ki->id, id, ki->id_len);
     }
-    ki->key_type = t[NBATTRS + 2].ulValueLen == CK_UNAVAILABLE_INFORMATION ? (CK_ULONG)-1 : kt;
-    ki->value_len = t[NBATTRS + 3].ulValueLen == CK_UNAVAILABLE_INFORMATION ? 0 : vl;
+    ki->key_type = t[NBATTRS + 2].ulValueLen == sizeof(kt) ? kt : (CK_ULONG)-1;
+    /* 0 = unknown (not reported, or reported as 0). */
+    ki->value_len = t[NBATTRS + 3].ulValueLen == sizeof(vl) ? vl : 0;
     if ((ki->attrs & HSM_A_UNWRAP) || (*unknown & HSM_A_UNWRAP)) {
         int st;
         if ((rv = hsm_tmpl_read_unwrap(c, s, h, &st, NULL)) != CKR_OK)

@@ -977,6 +977,75 @@ static void test_hmac_key_type(void)
     fx_token_free(t);
 }
 
+/* The listing's entry for label, or NULL (ki from hsm_key_list). */
+static const hsm_key_info *find_info(const hsm_key_info *ki, size_t n, const char *label)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(ki[i].label, label))
+            return &ki[i];
+    return NULL;
+}
+
+/*
+ * An attribute the token did not fill is unknown, never FALSE, and an unknown must-be-FALSE
+ * attribute counts as wrong: a token that stops filling the template early cannot make a key
+ * look unextractable.
+ */
+static void test_fail_closed_attributes(void)
+{
+    fx_token *t = fx_token_new("closedtok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, wrap_path, 0);
+    uint8_t id[16], kcv[8], kcv2[8];
+    seq(id, 16, 0x5a);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id, kcv), CDX_OK);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    memcpy(ref.id, id, 16);
+    char label[CDX_LABEL_MAX + 1];
+    hsm_key_label(&ref, label);
+    hsm_key_info *ki = NULL;
+    size_t n = 0;
+    const hsm_key_info *k;
+
+    /* A careless token: CKA_EXTRACTABLE left untouched, CKR_OK. */
+    p11wrap_attr_refuse_fn(CKA_EXTRACTABLE, 0, 1);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "extractable"));
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(k = find_info(ki, n, label));
+    CU_ASSERT_TRUE(k->unknown & HSM_A_EXTRACTABLE);
+    CU_ASSERT_FALSE(k->attrs & HSM_A_EXTRACTABLE);
+    CU_ASSERT_EQUAL(k->wrong, HSM_A_EXTRACTABLE);
+    free(ki);
+
+    /* A token that does not know CKA_DERIVE, as PKCS#11 says (unavailable,
+     * CKR_ATTRIBUTE_TYPE_INVALID, the rest filled): unknown, so wrong. */
+    p11wrap_attr_refuse_fn(CKA_DERIVE, 0, 0);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "derive"));
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(k = find_info(ki, n, label));
+    CU_ASSERT_EQUAL(k->unknown, HSM_A_DERIVE);
+    CU_ASSERT_EQUAL(k->wrong, HSM_A_DERIVE);
+    CU_ASSERT_TRUE(k->has_kcv);
+    free(ki);
+    p11wrap_clear_fn();
+
+    /* A token that fails the whole read and fills nothing: each attribute is asked alone. */
+    p11wrap_reset_counts_fn();
+    p11wrap_inject_fn("C_GetAttributeValue", CKR_GENERAL_ERROR, 1);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL(memcmp(kcv, kcv2, 8), 0);
+    CU_ASSERT_TRUE(p11wrap_count_fn("C_GetAttributeValue") > 20);
+    /* ...and one whose every read fails has nothing known: refused, not accepted. */
+    p11wrap_inject_fn("C_GetAttributeValue", CKR_GENERAL_ERROR, -1);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_ERR_KEY_ATTRIBUTES);
+    p11wrap_clear_fn();
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_OK);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
 static void test_bad_key_files(void)
 {
     fx_token *t = fx_token_new("filetok");
@@ -1408,6 +1477,8 @@ int main(void)
         {"unwrap: KEKs, 40-byte rule, tamper", test_unwrap},
         {"unwrap mechanism: KWP, PAD after a KAT, override, absent", test_unwrap_mechanism},
         {"HMAC key type: generic or sha256_hmac, fallback, CKF_GENERATE", test_hmac_key_type},
+        {"attributes fail closed: unfilled is unknown, unknown is wrong",
+         test_fail_closed_attributes},
         {"bad key files", test_bad_key_files},
         {"ambiguous and replaced keys", test_ambiguous_and_replaced},
         {"token re-init, recovery, back-off", test_token_reinit_and_recovery},
