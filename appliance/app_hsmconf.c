@@ -23,12 +23,14 @@ enum {
     K_SECMEM,
     K_UNWRAP_MECH,
     K_HMAC_KT,
+    K_COPYABLE,
     K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
     "module",   "token",         "pin",          "allow_env_pin",    "allow_unlocked_memory",
     "sessions", "subkey_ttl_ms", "secmem_bytes", "unwrap_mechanism", "hmac_key_type",
+    "copyable",
 };
 
 _Static_assert(K_COUNT <= sizeof(((app_hsmconf_seen *)0)->line) / sizeof(unsigned),
@@ -90,7 +92,7 @@ cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, 
         return cdx_fail(CDX_ERR_CONFIG,
                         "unknown key `%s` in [hsm] (known: module, token, pin, allow_env_pin, "
                         "allow_unlocked_memory, sessions, subkey_ttl_ms, secmem_bytes, "
-                        "unwrap_mechanism, hmac_key_type)",
+                        "unwrap_mechanism, hmac_key_type, copyable)",
                         key);
     if (seen) {
         if (seen->mask & (1u << k))
@@ -156,6 +158,15 @@ cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, 
         else
             return bad(key, "must be auto (CKK_GENERIC_SECRET, falling back to CKK_SHA256_HMAC), "
                             "generic or sha256_hmac");
+        return CDX_OK;
+    case K_COPYABLE:
+        if (!strcmp(value, "required"))
+            cfg->copyable = HSM_COPYABLE_REQUIRED;
+        else if (!strcmp(value, "unsupported"))
+            cfg->copyable = HSM_COPYABLE_UNSUPPORTED;
+        else
+            return bad(key, "must be required (the default) or unsupported (accept a token "
+                            "without CKA_COPYABLE; see docs/CUSTODY.md)");
         return CDX_OK;
     }
     return bad(key, "unhandled key"); /* not reached */

@@ -149,6 +149,13 @@ static cdx_err list_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv
     (void)c->f->C_FindObjectsFinal(s);
     if (err)
         goto out;
+    /* What the token supports decides which unknowns are accepted (not a refusal here). */
+    err = hsm_caps_probe(c, s, false, rv);
+    if (err == CDX_ERR_KEY_ATTRIBUTES)
+        err = CDX_OK;
+    if (err)
+        goto out;
+    unsigned optional = hsm_tmpl_optional(c);
     a->v = calloc(nh ? nh : 1, sizeof(*a->v));
     if (!a->v) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
@@ -172,7 +179,7 @@ static cdx_err list_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv
         else if (!strncmp(ki.label, "cipherdex-kek-", 14))
             ki.kind = HSM_KEY_KEK;
         if (ki.kind)
-            ki.wrong = hsm_tmpl_wrong(ki.kind, &ki, unknown);
+            ki.wrong = hsm_tmpl_wrong(ki.kind, &ki, unknown & ~optional);
         if (ki.kind != HSM_KEY_KEK && (ki.attrs & HSM_A_SIGN) && hsm_hmac_type_ok(ki.key_type)) {
             r = hsm_compute_kcv(c, s, hs[i], ki.kcv);
             if (r == CKR_OK)

@@ -186,3 +186,127 @@ cdx_err hsm_unwrap_mech(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE *
     *out = m;
     return CDX_OK;
 }
+
+/* "'LABEL' (MANUFACTURER MODEL)" of the token we logged in to, for messages. */
+static void token_name(hsm_custody *c, char *buf, size_t cap)
+{
+    CK_TOKEN_INFO ti;
+    if (c->f->C_GetTokenInfo(c->slot_id, &ti) != CKR_OK) {
+        snprintf(buf, cap, "in slot %lu", (unsigned long)c->slot_id);
+        return;
+    }
+    char l[33], m[33], mo[17];
+    const struct {
+        char *dst;
+        size_t cap;
+        const CK_UTF8CHAR *src;
+        size_t len;
+    } f[] = {{l, sizeof(l), ti.label, sizeof(ti.label)},
+             {m, sizeof(m), ti.manufacturerID, sizeof(ti.manufacturerID)},
+             {mo, sizeof(mo), ti.model, sizeof(ti.model)}};
+    for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+        size_t n = f[i].len < f[i].cap - 1 ? f[i].len : f[i].cap - 1;
+        memcpy(f[i].dst, f[i].src, n);
+        while (n > 0 && (f[i].dst[n - 1] == ' ' || f[i].dst[n - 1] == '\0'))
+            n--;
+        f[i].dst[n] = '\0';
+    }
+    snprintf(buf, cap, "'%s' (%s %s)", l, m, mo);
+}
+
+/*
+ * Create a session-only generic secret from public bytes with `extra` added
+ * to the template, read `extra`'s type back, destroy it. *made: the token
+ * accepted the template; *back: the value read back equals extra's.
+ * Returns a CK_RV only for failures recovery may cure.
+ */
+static CK_RV probe_key(hsm_custody *c, CK_SESSION_HANDLE s, const CK_ATTRIBUTE *extra, bool *made,
+                       bool *back)
+{
+    CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
+    CK_KEY_TYPE gen = CKK_GENERIC_SECRET;
+    CK_BBOOL t = CK_TRUE, f = CK_FALSE;
+    uint8_t val[CDX_KEY_LEN], got[64];
+    memset(val, 0x5c, sizeof(val)); /* public probe bytes */
+    CK_ATTRIBUTE kt[] = {
+        {CKA_CLASS, &secret, sizeof(secret)},
+        {CKA_KEY_TYPE, &gen, sizeof(gen)},
+        {CKA_TOKEN, &f, 1},
+        {CKA_PRIVATE, &t, 1},
+        {CKA_SENSITIVE, &t, 1},
+        {CKA_EXTRACTABLE, &f, 1},
+        {CKA_SIGN, &t, 1},
+        {CKA_VALUE, val, sizeof(val)},
+        *extra,
+    };
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    *made = *back = false;
+    CK_RV rv = c->f->C_CreateObject(s, kt, sizeof(kt) / sizeof(kt[0]), &h);
+    if (rv != CKR_OK)
+        return hsm_ckr_recoverable(rv) ? rv : CKR_OK;
+    *made = true;
+    CK_ATTRIBUTE a = {extra->type, got, sizeof(got)};
+    rv = c->f->C_GetAttributeValue(s, h, &a, 1);
+    if (rv == CKR_OK && a.ulValueLen == extra->ulValueLen &&
+        memcmp(got, extra->pValue, a.ulValueLen) == 0)
+        *back = true;
+    (void)c->f->C_DestroyObject(s, h);
+    return hsm_ckr_recoverable(rv) ? rv : CKR_OK;
+}
+
+cdx_err hsm_caps_probe(hsm_custody *c, CK_SESSION_HANDLE s, bool creating, CK_RV *rv)
+{
+    int cap = atomic_load(&c->copyable_cap);
+    if (cap == 0) {
+        CK_BBOOL f = CK_FALSE;
+        CK_MECHANISM_TYPE hm = CKM_SHA256_HMAC;
+        CK_ATTRIBUTE cp = {CKA_COPYABLE, &f, 1};
+        CK_ATTRIBUTE am = {CKA_ALLOWED_MECHANISMS, &hm, sizeof(hm)};
+        CK_ATTRIBUTE none = {CKA_LABEL, "cipherdex-probe", 15};
+        bool made, back, made2, back2;
+        CK_RV r = probe_key(c, s, &cp, &made, &back);
+        if (r == CKR_OK && !made) /* refused with COPYABLE: refused without it too? */
+            r = probe_key(c, s, &none, &made2, &back2);
+        else
+            made2 = true;
+        if (r != CKR_OK) {
+            *rv = r;
+            return hsm_ckr_fail(r, "CKA_COPYABLE probe");
+        }
+        /* Supported: accepted and read back FALSE. A token that refuses even the plain probe
+         * key tells nothing: keep the strict template (the real create reports). */
+        cap = (made && back) || !made2 ? 1 : 2;
+        r = probe_key(c, s, &am, &made, &back);
+        if (r != CKR_OK) {
+            *rv = r;
+            return hsm_ckr_fail(r, "CKA_ALLOWED_MECHANISMS probe");
+        }
+        atomic_store(&c->allowed_mechs_ok, made && back);
+        atomic_store(&c->copyable_cap, cap);
+        char name[120];
+        token_name(c, name, sizeof(name));
+        cdx_log(cap == 1 ? CDX_LOG_DEBUG : CDX_LOG_WARN, "hsm_token_caps",
+                "token=%s copyable=%s allowed_mechanisms=%s", name,
+                cap == 1 ? "supported" : "unsupported",
+                atomic_load(&c->allowed_mechs_ok) ? "supported" : "unsupported");
+    }
+    if (cap == 2 && c->cfg.copyable != HSM_COPYABLE_UNSUPPORTED) {
+        char name[120];
+        token_name(c, name, sizeof(name));
+        return cdx_fail(CDX_ERR_KEY_ATTRIBUTES,
+                        "the token %s does not support CKA_COPYABLE (PKCS#11 2.40), so Cipherdex "
+                        "%s: without it a PIN holder could C_CopyObject a key with CKA_DERIVE=TRUE "
+                        "and derive from the copy (on NSS, CKM_SHA256_KEY_DERIVATION gives an "
+                        "extractable SHA-256 of the key). To accept that, set [hsm] copyable = "
+                        "unsupported and forbid copy and derive by the HSM's own policy "
+                        "(docs/CUSTODY.md, Token compatibility)",
+                        name,
+                        creating ? "will not create keys on it" : "will not adopt keys on it");
+    }
+    return CDX_OK;
+}
+
+bool hsm_caps_copyable(hsm_custody *c)
+{
+    return !(atomic_load(&c->copyable_cap) == 2 && c->cfg.copyable == HSM_COPYABLE_UNSUPPORTED);
+}

@@ -29,7 +29,14 @@ typedef struct hsm_config {
      * for unwrap, else CKM_AES_KEY_WRAP_PAD after a known-answer test (docs/CUSTODY.md). */
     unsigned long unwrap_mechanism;
     int hmac_key_type; /* HSM_HMAC_KT_*: key type of new root/index keys */
+    int copyable;      /* HSM_COPYABLE_*: [hsm] copyable */
 } hsm_config;
+
+/* [hsm] copyable: what to do on a token without CKA_COPYABLE (docs/CUSTODY.md). */
+enum {
+    HSM_COPYABLE_REQUIRED = 0,    /* refuse to create or adopt keys on it */
+    HSM_COPYABLE_UNSUPPORTED = 1, /* omit the attribute, report it n/a (documented risk) */
+};
 
 /* [hsm] hmac_key_type (docs/CUSTODY.md "Token compatibility"). */
 enum {

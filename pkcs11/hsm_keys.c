@@ -141,6 +141,10 @@ static cdx_err create_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *
     unsigned n = 0;
 
     target_label(a, label);
+    if ((err = hsm_caps_probe(c, s, true, rv)))
+        return err;
+    a->copyable = hsm_caps_copyable(c);
+    a->allowed_mechs = !a->copyable && a->kind != HSM_KEY_KEK && atomic_load(&c->allowed_mechs_ok);
     r = hsm_find_label(c, s, label, &h, &n);
     if (r != CKR_OK) {
         *rv = r;
@@ -316,7 +320,10 @@ static cdx_err root_find_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_R
         return cdx_fail(CDX_ERR_ALREADY_EXISTS,
                         "the token's cipherdex-root belongs to deployment %s, not this one", have);
     }
-    cdx_err err = hsm_tmpl_check(c, s, a->h, HSM_KEY_ROOT, "cipherdex-root", rv);
+    cdx_err err = hsm_caps_probe(c, s, false, rv);
+    if (err)
+        return err;
+    err = hsm_tmpl_check(c, s, a->h, HSM_KEY_ROOT, "cipherdex-root", rv);
     if (err)
         return err;
     r = hsm_compute_kcv(c, s, a->h, a->kcv);
@@ -369,6 +376,8 @@ static cdx_err adopt_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *r
     hsm_key_label(a->k, label);
     cdx_err err = hsm_find_key(c, s, a->k, &a->h, rv);
     if (err)
+        return err;
+    if ((err = hsm_caps_probe(c, s, false, rv)))
         return err;
     if ((err = hsm_tmpl_check(c, s, a->h, a->k->kind, label, rv)))
         return err;

@@ -13,6 +13,7 @@
 static CK_BBOOL T = CK_TRUE, F = CK_FALSE;
 static CK_OBJECT_CLASS SECRET = CKO_SECRET_KEY;
 static CK_KEY_TYPE GENERIC = CKK_GENERIC_SECRET;
+static CK_MECHANISM_TYPE HMAC_MECH = CKM_SHA256_HMAC;
 static CK_ULONG LEN32 = CDX_KEY_LEN;
 
 const hsm_battr hsm_battrs[] = {
@@ -63,7 +64,12 @@ CK_KEY_TYPE hsm_hmac_key_type(hsm_custody *c)
     return kt == CKK_SHA256_HMAC ? CKK_SHA256_HMAC : CKK_GENERIC_SECRET;
 }
 
-CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t, const CK_KEY_TYPE *hmac_kt)
+unsigned hsm_tmpl_optional(hsm_custody *c)
+{
+    return hsm_caps_copyable(c) ? 0 : HSM_A_COPYABLE;
+}
+
+CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t, const CK_KEY_TYPE *hmac_kt, bool copyable)
 {
     CK_ULONG n = 0;
     t[n++] = (CK_ATTRIBUTE){CKA_CLASS, &SECRET, sizeof(SECRET)};
@@ -79,7 +85,8 @@ CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t, const CK_KEY_TYPE *hmac_kt)
     t[n++] = (CK_ATTRIBUTE){CKA_WRAP, &F, 1};
     t[n++] = (CK_ATTRIBUTE){CKA_UNWRAP, &F, 1};
     t[n++] = (CK_ATTRIBUTE){CKA_DERIVE, &F, 1};
-    t[n++] = (CK_ATTRIBUTE){CKA_COPYABLE, &F, 1};
+    if (copyable)
+        t[n++] = (CK_ATTRIBUTE){CKA_COPYABLE, &F, 1};
     t[n++] = (CK_ATTRIBUTE){CKA_MODIFIABLE, &F, 1};
     return n;
 }
@@ -113,7 +120,7 @@ CK_RV hsm_tmpl_read_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
     CK_ATTRIBUTE want[HSM_UTMPL_MAX], got[CAP];
     uint8_t val[CAP][sizeof(CK_ULONG)];
     CK_ATTRIBUTE a = {CKA_UNWRAP_TEMPLATE, NULL, 0};
-    CK_ULONG nw = hsm_tmpl_unwrap(want, &GENERIC);
+    CK_ULONG nw = hsm_tmpl_unwrap(want, &GENERIC, hsm_caps_copyable(c));
 
     *state = -1;
     CK_RV rv = c->f->C_GetAttributeValue(s, h, &a, 1);
@@ -291,7 +298,7 @@ cdx_err hsm_tmpl_check(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, 
         *rv = r;
         return hsm_ckr_fail(r, "C_GetAttributeValue");
     }
-    unsigned wrong = hsm_tmpl_wrong(kind, &ki, unknown);
+    unsigned wrong = hsm_tmpl_wrong(kind, &ki, unknown & ~hsm_tmpl_optional(c));
     char names[256];
     wrong_names(wrong, names, sizeof(names));
     if (kind == HSM_KEY_KEK ? ki.key_type != CKK_AES : !hsm_hmac_type_ok(ki.key_type))
@@ -343,11 +350,14 @@ CK_ULONG hsm_tmpl_build(struct hsm_create *a, CK_ATTRIBUTE *t, const char *label
     t[n++] = (CK_ATTRIBUTE){CKA_WRAP, &F, 1};
     t[n++] = (CK_ATTRIBUTE){CKA_UNWRAP, kek ? &T : &F, 1};
     t[n++] = (CK_ATTRIBUTE){CKA_DERIVE, &F, 1};
-    t[n++] = (CK_ATTRIBUTE){CKA_COPYABLE, &F, 1};
+    if (a->copyable)
+        t[n++] = (CK_ATTRIBUTE){CKA_COPYABLE, &F, 1};
+    else if (a->allowed_mechs) /* the compensating control where COPYABLE is missing */
+        t[n++] = (CK_ATTRIBUTE){CKA_ALLOWED_MECHANISMS, &HMAC_MECH, sizeof(HMAC_MECH)};
     t[n++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, strlen(label)};
     t[n++] = (CK_ATTRIBUTE){CKA_ID, (void *)id, CDX_ID_LEN};
     if (kek) {
-        CK_ULONG nu = hsm_tmpl_unwrap(a->utmpl, &a->hmac_kt);
+        CK_ULONG nu = hsm_tmpl_unwrap(a->utmpl, &a->hmac_kt, a->copyable);
         t[n++] = (CK_ATTRIBUTE){CKA_UNWRAP_TEMPLATE, a->utmpl, nu * sizeof(CK_ATTRIBUTE)};
     }
     t[n++] = (CK_ATTRIBUTE){CKA_MODIFIABLE, &F, 1};

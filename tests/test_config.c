@@ -125,6 +125,10 @@ static void test_full_file(void)
     CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "hmac_key_type", "auto"), CDX_OK);
     CU_ASSERT_EQUAL(h.hmac_key_type, HSM_HMAC_KT_AUTO);
     CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "hmac_key_type", "hmac"), CDX_ERR_CONFIG);
+    CU_ASSERT_EQUAL(h.copyable, HSM_COPYABLE_REQUIRED);
+    CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "copyable", "unsupported"), CDX_OK);
+    CU_ASSERT_EQUAL(h.copyable, HSM_COPYABLE_UNSUPPORTED);
+    CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "copyable", "no"), CDX_ERR_CONFIG);
 }
 
 /* Every bad line is reported with its line number and what is wrong. */

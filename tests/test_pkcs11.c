@@ -1046,6 +1046,115 @@ static void test_fail_closed_attributes(void)
     fx_token_free(t);
 }
 
+static hsm_custody *open_copyable(fx_token *t, int copyable)
+{
+    hsm_config cfg;
+    fill_cfg(&cfg, t, wrap_path, 0);
+    cfg.copyable = copyable;
+    hsm_custody *c = NULL;
+    CU_ASSERT_EQUAL_FATAL(hsm_custody_open(&cfg, &c), CDX_OK);
+    return c;
+}
+
+/*
+ * A token without CKA_COPYABLE (opencryptoki answers CKR_ATTRIBUTE_TYPE_INVALID, NSS
+ * CKR_GENERAL_ERROR): key creation and adoption are refused by default, naming the token and
+ * the risk; [hsm] copyable = unsupported omits the attribute, reports it unknown and sets
+ * CKA_ALLOWED_MECHANISMS = {CKM_SHA256_HMAC} where the token has it.
+ */
+static void test_copyable(void)
+{
+    static const CK_RV codes[] = {CKR_ATTRIBUTE_TYPE_INVALID, CKR_GENERAL_ERROR};
+    fx_token *t = fx_token_new("copytok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    uint8_t id[16], id2[16], kcv[8], kcv2[8], kek[32], dek[32], blob[64];
+    seq(id, 16, 0x70);
+    seq(kek, 32, 0x55);
+    seq(dek, 32, 0x66);
+    CU_ASSERT_EQUAL_FATAL(host_wrap(kek, dek, 32, blob), 40);
+
+    /* A key made while the token still had the attribute, to adopt later. */
+    hsm_custody *c = open_copyable(t, HSM_COPYABLE_REQUIRED);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id, kcv), CDX_OK);
+    hsm_custody_free(c);
+
+    for (size_t i = 0; i < FX_LEN(codes); i++) {
+        p11wrap_clear_fn();
+        p11wrap_attr_refuse_fn(CKA_COPYABLE, codes[i], 0);
+        c = open_copyable(t, HSM_COPYABLE_REQUIRED);
+        p11wrap_reset_counts_fn();
+        seq(id2, 16, 0x71);
+        CU_ASSERT_EQUAL(hsm_index_key_generate(c, id2, kcv2), CDX_ERR_KEY_ATTRIBUTES);
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKA_COPYABLE"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "'copytok'"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "C_CopyObject"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "copyable = unsupported"));
+        CU_ASSERT_EQUAL(p11wrap_count_fn("C_GenerateKey"), 0);
+        CU_ASSERT_EQUAL(hsm_kek_import(c, "k", kek), CDX_ERR_KEY_ATTRIBUTES);
+        CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_ERR_KEY_ATTRIBUTES);
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "adopt"));
+        /* Listing still works, and shows the attribute unknown and wrong. */
+        hsm_key_info *ki = NULL;
+        size_t n = 0;
+        CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+        CU_ASSERT_EQUAL(n, 1);
+        if (n == 1) {
+            CU_ASSERT_TRUE(ki[0].unknown & HSM_A_COPYABLE);
+            CU_ASSERT_EQUAL(ki[0].wrong, HSM_A_COPYABLE);
+        }
+        free(ki);
+        hsm_custody_free(c);
+    }
+
+    /* The opt-in: keys are made without CKA_COPYABLE, with CKA_ALLOWED_MECHANISMS. */
+    c = open_copyable(t, HSM_COPYABLE_UNSUPPORTED);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_OK);
+    seq(id2, 16, 0x72);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id2, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(hsm_kek_import(c, "k", kek), CDX_OK);
+    uint8_t id3[16], kcv3[8];
+    seq(id3, 16, 0x73);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id3, "k", blob, 40, kcv3), CDX_OK);
+    hsm_key_info *ki = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    CU_ASSERT_EQUAL(n, 4);
+    for (size_t i = 0; i < n; i++) {
+        CU_ASSERT_EQUAL(ki[i].wrong, 0);
+        CU_ASSERT_TRUE(ki[i].unknown & HSM_A_COPYABLE);
+    }
+    free(ki);
+    struct raw r;
+    CU_ASSERT_EQUAL_FATAL(raw_open(&r, wrap_path, "copytok"), 0);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    memcpy(ref.id, id2, 16);
+    char label[CDX_LABEL_MAX + 1];
+    hsm_key_label(&ref, label);
+    CK_OBJECT_HANDLE h = raw_find(&r, label);
+    CK_MECHANISM_TYPE mechs[4] = {0};
+    CK_ATTRIBUTE am = {CKA_ALLOWED_MECHANISMS, mechs, sizeof(mechs)};
+    CU_ASSERT_EQUAL(r.f->C_GetAttributeValue(r.s, h, &am, 1), CKR_OK);
+    CU_ASSERT_EQUAL(am.ulValueLen, sizeof(CK_MECHANISM_TYPE));
+    CU_ASSERT_EQUAL(mechs[0], CKM_SHA256_HMAC);
+    r.f->C_CloseSession(r.s);
+    hsm_custody_free(c);
+    p11wrap_clear_fn();
+
+    /* The opt-in on a token that has the attribute changes nothing: COPYABLE FALSE is set. */
+    c = open_copyable(t, HSM_COPYABLE_UNSUPPORTED);
+    seq(id2, 16, 0x74);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id2, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    for (size_t i = 0; i < n; i++)
+        if (!memcmp(ki[i].id, id2, 16)) {
+            CU_ASSERT_FALSE(ki[i].unknown & HSM_A_COPYABLE);
+            CU_ASSERT_FALSE(ki[i].attrs & HSM_A_COPYABLE);
+        }
+    free(ki);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
 static void test_bad_key_files(void)
 {
     fx_token *t = fx_token_new("filetok");
@@ -1479,6 +1588,7 @@ int main(void)
         {"HMAC key type: generic or sha256_hmac, fallback, CKF_GENERATE", test_hmac_key_type},
         {"attributes fail closed: unfilled is unknown, unknown is wrong",
          test_fail_closed_attributes},
+        {"CKA_COPYABLE: refused by default, opt-in with CKA_ALLOWED_MECHANISMS", test_copyable},
         {"bad key files", test_bad_key_files},
         {"ambiguous and replaced keys", test_ambiguous_and_replaced},
         {"token re-init, recovery, back-off", test_token_reinit_and_recovery},

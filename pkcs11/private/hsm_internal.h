@@ -80,7 +80,9 @@ struct hsm_custody {
 
     /* Capabilities decided by asking the token (hsm_caps.c); 0 = not decided yet. */
     atomic_ulong unwrap_mech;
-    atomic_ulong hmac_kt; /* CKK_ of new root/index keys once generation decided it */
+    atomic_ulong hmac_kt;         /* CKK_ of new root/index keys once generation decided it */
+    atomic_int copyable_cap;      /* 0 not probed, 1 CKA_COPYABLE supported, 2 not */
+    atomic_bool allowed_mechs_ok; /* CKA_ALLOWED_MECHANISMS supported (probed with it) */
 };
 
 /*
@@ -176,6 +178,9 @@ CK_RV hsm_tmpl_read(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm
 /* HSM_A_* bits of ki that break the template of `kind` (unknown required bits count as wrong). */
 unsigned hsm_tmpl_wrong(hsm_key_kind kind, const hsm_key_info *ki, unsigned unknown);
 
+/* The HSM_A_* bits whose "unknown" this context accepts (COPYABLE under the opt-in). */
+unsigned hsm_tmpl_optional(hsm_custody *c);
+
 /*
  * Check a found object against its kind's template (type, length and flags).
  * Errors: CDX_ERR_KEY_ATTRIBUTES (detail names each wrong attribute), a CK_RV
@@ -201,7 +206,7 @@ typedef enum hsm_create_how { HSM_HOW_GENERATE, HSM_HOW_IMPORT, HSM_HOW_UNWRAP }
  * it; any template asking for something else (extractable, not sensitive,
  * derivable, ...) is refused by a token that enforces the attribute.
  */
-CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t, const CK_KEY_TYPE *hmac_kt);
+CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t, const CK_KEY_TYPE *hmac_kt, bool copyable);
 
 /*
  * Read h's CKA_UNWRAP_TEMPLATE and compare it with hsm_tmpl_unwrap's (the
@@ -242,6 +247,8 @@ struct hsm_create {
     CK_ATTRIBUTE utmpl[HSM_UTMPL_MAX]; /* a KEK's CKA_UNWRAP_TEMPLATE (hsm_tmpl_build) */
     CK_KEY_TYPE key_type;              /* of the new object: CKK_AES (KEK) or hsm_hmac_key_type */
     CK_KEY_TYPE hmac_kt;               /* HMAC key type a KEK's unwrap template names */
+    bool copyable;                     /* CKA_COPYABLE FALSE in the template (hsm_caps_copyable) */
+    bool allowed_mechs; /* CKA_ALLOWED_MECHANISMS {CKM_SHA256_HMAC} on a root/index key */
 };
 
 /*
@@ -305,6 +312,22 @@ const char *hsm_mech_name(CK_MECHANISM_TYPE m);
  * failure of the KAT (stored in *rv).
  */
 cdx_err hsm_unwrap_mech(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE *out, CK_RV *rv);
+
+/*
+ * Probe (once per context, with session-only keys from public bytes)
+ * whether the token supports CKA_COPYABLE and CKA_ALLOWED_MECHANISMS, and
+ * refuse to create (creating) or adopt keys on a token without CKA_COPYABLE
+ * unless [hsm] copyable = unsupported. Runs inside an op.
+ * Errors: CDX_ERR_KEY_ATTRIBUTES (no CKA_COPYABLE, not opted in; the detail
+ * names the token and what is lost), a CK_RV failure (stored in *rv).
+ */
+cdx_err hsm_caps_probe(hsm_custody *c, CK_SESSION_HANDLE s, bool creating, CK_RV *rv);
+
+/*
+ * False when CKA_COPYABLE is left out of templates and may read unknown: the
+ * token lacks it and [hsm] copyable = unsupported. True otherwise.
+ */
+bool hsm_caps_copyable(hsm_custody *c);
 
 /* Subkey cache lifecycle (hsm_subkey.c). */
 cdx_err hsm_subcache_new(hsm_custody *c);
