@@ -71,8 +71,10 @@ cdx_err hsm_make_generate(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create
                         a->key_type == CKK_SHA256_HMAC ? " or CKM_SHA256_KEY_GEN" : "");
 done:
     if (r != CKR_OK) {
+        char label[CDX_LABEL_MAX + 1];
+        target_label(a, label);
         *rv = r;
-        return hsm_ckr_fail(r, "C_GenerateKey");
+        return hsm_ckr_fail_create(r, "C_GenerateKey", label);
     }
     return CDX_OK;
 }
@@ -114,6 +116,12 @@ static cdx_err make_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_creat
         }
         cdx_log(CDX_LOG_WARN, "pkcs11_error", "op=C_UnwrapKey mechanism=0x%lx ckr=%s rv=0x%lx",
                 (unsigned long)mt, hsm_ckr_name(r), (unsigned long)r);
+        if (r == CKR_ATTRIBUTE_TYPE_INVALID || r == CKR_ATTRIBUTE_VALUE_INVALID ||
+            r == CKR_TEMPLATE_INCONSISTENT) {
+            char label[CDX_LABEL_MAX + 1];
+            target_label(a, label);
+            return hsm_ckr_fail_create(r, "C_UnwrapKey", label);
+        }
         if (r == CKR_MECHANISM_INVALID || r == CKR_MECHANISM_PARAM_INVALID)
             return cdx_fail(CDX_ERR_MECHANISM_UNSUPPORTED,
                             "the token refused %s for unwrap (%s); see [hsm] unwrap_mechanism",

@@ -1155,6 +1155,41 @@ static void test_copyable(void)
     fx_token_free(t);
 }
 
+/* A template the token refuses gets a hint naming the template and where to read on. */
+static void test_create_refusal_hint(void)
+{
+    fx_token *t = fx_token_new("hinttok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, wrap_path, 0);
+    uint8_t id[16], kcv[8], key[32];
+    seq(id, 16, 0x90);
+    seq(key, 32, 0x91);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id, kcv), CDX_OK); /* probes run */
+    seq(id, 16, 0x92);
+    p11wrap_inject_fn("C_GenerateKey", CKR_ATTRIBUTE_TYPE_INVALID, 1);
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id, kcv), CDX_ERR_HSM_FAILED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "C_GenerateKey"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(cdx_err_detail(), "Cipherdex key template for cipherdex-index-9"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKA_COPYABLE"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "Token compatibility"));
+    p11wrap_inject_fn("C_CreateObject", CKR_GENERAL_ERROR, 1); /* NSS's answer */
+    CU_ASSERT_EQUAL(hsm_index_key_import(c, id, key, kcv), CDX_ERR_HSM_FAILED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "C_CreateObject"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "Token compatibility"));
+    p11wrap_inject_fn("C_CreateObject", CKR_ATTRIBUTE_TYPE_INVALID, 1);
+    CU_ASSERT_EQUAL(hsm_kek_import(c, "hk", key), CDX_ERR_HSM_FAILED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "cipherdex-kek-hk"));
+    /* Other refusals keep the plain text. */
+    p11wrap_inject_fn("C_GenerateKey", CKR_FUNCTION_FAILED, 1);
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id, kcv), CDX_ERR_HSM_FAILED);
+    CU_ASSERT_PTR_NULL(strstr(cdx_err_detail(), "Token compatibility"));
+    p11wrap_clear_fn();
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id, kcv), CDX_OK);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
 static void test_bad_key_files(void)
 {
     fx_token *t = fx_token_new("filetok");
@@ -1589,6 +1624,7 @@ int main(void)
         {"attributes fail closed: unfilled is unknown, unknown is wrong",
          test_fail_closed_attributes},
         {"CKA_COPYABLE: refused by default, opt-in with CKA_ALLOWED_MECHANISMS", test_copyable},
+        {"refused template: hint naming it", test_create_refusal_hint},
         {"bad key files", test_bad_key_files},
         {"ambiguous and replaced keys", test_ambiguous_and_replaced},
         {"token re-init, recovery, back-off", test_token_reinit_and_recovery},
