@@ -58,7 +58,7 @@ bool hsm_mech_has(hsm_custody *c, CK_MECHANISM_TYPE m, CK_FLAGS flag)
  * failures recovery may cure.
  */
 static CK_RV unwrap_kat(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE m, bool *ok,
-                        CK_RV *why)
+                        CK_RV *why, const char **stage)
 {
     CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
     CK_KEY_TYPE aes = CKK_AES, gen = CKK_GENERIC_SECRET;
@@ -103,6 +103,7 @@ static CK_RV unwrap_kat(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE m
 
     *ok = false;
     *why = CKR_OK;
+    *stage = "C_CreateObject of the session KEK";
     rv = c->f->C_CreateObject(s, kt, sizeof(kt) / sizeof(kt[0]), &hk);
     OPENSSL_cleanse(kek, sizeof(kek)); /* public bytes, but keep the habit */
     if (rv != CKR_OK) {
@@ -111,6 +112,7 @@ static CK_RV unwrap_kat(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE m
             ret = rv;
         goto out;
     }
+    *stage = "C_UnwrapKey";
     rv = c->f->C_UnwrapKey(s, &mech, hk, (CK_BYTE_PTR)KAT_BLOB, sizeof(KAT_BLOB), ut,
                            sizeof(ut) / sizeof(ut[0]), &hd);
     if (rv != CKR_OK) {
@@ -119,6 +121,7 @@ static CK_RV unwrap_kat(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE m
             ret = rv;
         goto out;
     }
+    *stage = "KCV of the unwrapped key";
     rv = hsm_compute_kcv(c, s, hd, kcv);
     if (rv != CKR_OK) {
         *why = rv;
@@ -157,14 +160,23 @@ cdx_err hsm_unwrap_mech(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE *
          * use it only if it unwraps a known RFC 5649 blob to the known key. */
         bool ok = false;
         CK_RV why = CKR_OK;
-        CK_RV r = unwrap_kat(c, s, CKM_AES_KEY_WRAP_PAD, &ok, &why);
+        const char *stage = "";
+        CK_RV r = unwrap_kat(c, s, CKM_AES_KEY_WRAP_PAD, &ok, &why, &stage);
         if (r != CKR_OK) {
             *rv = r;
             return hsm_ckr_fail(r, "unwrap known-answer test");
         }
         if (!ok) {
-            cdx_log(CDX_LOG_WARN, "hsm_unwrap_kat_failed", "mechanism=0x%lx ckr=%s rv=0x%lx",
-                    (unsigned long)CKM_AES_KEY_WRAP_PAD, hsm_ckr_name(why), (unsigned long)why);
+            cdx_log(CDX_LOG_WARN, "hsm_unwrap_kat_failed",
+                    "mechanism=0x%lx stage=%s ckr=%s rv=0x%lx", (unsigned long)CKM_AES_KEY_WRAP_PAD,
+                    why == CKR_OK ? "kcv" : stage, hsm_ckr_name(why), (unsigned long)why);
+            if (why != CKR_OK && strcmp(stage, "C_UnwrapKey") != 0)
+                return cdx_fail(CDX_ERR_MECHANISM_UNSUPPORTED,
+                                "the unwrap known-answer test for CKM_AES_KEY_WRAP_PAD could not "
+                                "run (%s: %s), so Cipherdex cannot tell whether this token's "
+                                "0x210A is RFC 5649; set [hsm] unwrap_mechanism if you know it "
+                                "(docs/CUSTODY.md)",
+                                stage, hsm_ckr_name(why));
             return cdx_fail(CDX_ERR_MECHANISM_UNSUPPORTED,
                             "this token's CKM_AES_KEY_WRAP_PAD is not RFC 5649: it failed the "
                             "unwrap known-answer test (%s), and the token lists no "
@@ -226,7 +238,8 @@ static CK_RV probe_key(hsm_custody *c, CK_SESSION_HANDLE s, const CK_ATTRIBUTE *
     CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
     CK_KEY_TYPE gen = CKK_GENERIC_SECRET;
     CK_BBOOL t = CK_TRUE, f = CK_FALSE;
-    uint8_t val[CDX_KEY_LEN], got[64];
+    uint8_t val[CDX_KEY_LEN];
+    CK_ULONG got[8]; /* aligned for a CK_ULONG array such as CKA_ALLOWED_MECHANISMS */
     memset(val, 0x5c, sizeof(val)); /* public probe bytes */
     CK_ATTRIBUTE kt[] = {
         {CKA_CLASS, &secret, sizeof(secret)},

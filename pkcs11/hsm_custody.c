@@ -395,7 +395,9 @@ CK_RV hsm_sign_hmac(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, con
 static bool same_config(const hsm_config *a, const hsm_config *b)
 {
     return !strcmp(a->token_uri, b->token_uri) && !strcmp(a->pin_source, b->pin_source) &&
-           a->subkey_ttl_ms == b->subkey_ttl_ms && a->allow_env_pin == b->allow_env_pin;
+           a->subkey_ttl_ms == b->subkey_ttl_ms && a->allow_env_pin == b->allow_env_pin &&
+           a->unwrap_mechanism == b->unwrap_mechanism && a->hmac_key_type == b->hmac_key_type &&
+           a->copyable == b->copyable;
 }
 
 static void destroy(hsm_custody *c)
@@ -441,7 +443,8 @@ cdx_err hsm_custody_open(const hsm_config *cfg_in, hsm_custody **out)
         if (!same_config(&it->cfg, &cfg)) {
             err = cdx_fail(CDX_ERR_CONFIG,
                            "module %s is already in use in this process with another token, PIN "
-                           "source or subkey TTL; one custody context per module",
+                           "source, subkey TTL or token-compatibility setting; one custody "
+                           "context per module",
                            cfg.module_path);
         } else {
             it->refs++;

@@ -118,7 +118,7 @@ CK_RV hsm_tmpl_read_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
 {
     enum { CAP = 32 };
     CK_ATTRIBUTE want[HSM_UTMPL_MAX], got[CAP];
-    uint8_t val[CAP][sizeof(CK_ULONG)];
+    CK_ULONG val[CAP]; /* CK_ULONG-aligned: the token may store a CK_ULONG there */
     CK_ATTRIBUTE a = {CKA_UNWRAP_TEMPLATE, NULL, 0};
     CK_ULONG nw = hsm_tmpl_unwrap(want, &GENERIC, hsm_caps_copyable(c));
 
@@ -149,7 +149,7 @@ CK_RV hsm_tmpl_read_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
             *state = 0;
             return CKR_OK;
         }
-        got[i].pValue = val[i];
+        got[i].pValue = &val[i];
     }
     rv = c->f->C_GetAttributeValue(s, h, &a, 1); /* values */
     if (hsm_ckr_recoverable(rv))
@@ -161,12 +161,13 @@ CK_RV hsm_tmpl_read_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
         unsigned hits = 0;
         for (CK_ULONG i = 0; i < n; i++)
             if (got[i].type == want[w].type) {
-                if (!utmpl_entry_ok(&want[w], got[i].type, val[i], got[i].ulValueLen)) {
+                if (!utmpl_entry_ok(&want[w], got[i].type, (const uint8_t *)&val[i],
+                                    got[i].ulValueLen)) {
                     *state = 0;
                     return CKR_OK;
                 }
                 if (got[i].type == CKA_KEY_TYPE && kt)
-                    memcpy(kt, val[i], sizeof(*kt));
+                    memcpy(kt, &val[i], sizeof(*kt));
                 hits++;
             }
         if (hits != 1) {
