@@ -6,10 +6,15 @@
  *   index key  label "cipherdex-index-<32 hex>",   CKA_ID = index id (16 bytes)
  *   KEK        label "cipherdex-kek-<name>",       CKA_ID = 16 random bytes
  *
- * Root and index keys: CKK_GENERIC_SECRET, 32 bytes, token, private,
- * sensitive, not extractable, sign only, and DERIVE, MODIFIABLE, COPYABLE all
- * FALSE (every usage flag is listed: SoftHSM defaults the missing ones to
- * TRUE). KEKs: CKK_AES-256, unwrap only, same protections.
+ * Root and index keys: CKK_GENERIC_SECRET or CKK_SHA256_HMAC ([hsm]
+ * hmac_key_type), 32 bytes, token, private, sensitive, not extractable, sign
+ * only, and DERIVE, MODIFIABLE, COPYABLE all FALSE (every usage flag is
+ * listed: SoftHSM defaults the missing ones to TRUE). KEKs: CKK_AES-256,
+ * unwrap only, same protections, and a CKA_UNWRAP_TEMPLATE equal to the
+ * index-key template. Attributes the token does not report count as wrong
+ * (docs/CUSTODY.md "Token compatibility"). Creating or adopting a key on a
+ * token without CKA_COPYABLE is CDX_ERR_KEY_ATTRIBUTES unless [hsm] copyable
+ * = unsupported.
  * Lookup is by class + CKA_ID + label; anything but exactly one match is
  * CDX_ERR_KEY_NOT_FOUND or CDX_ERR_KEY_AMBIGUOUS.
  *
@@ -63,8 +68,10 @@ void hsm_key_label(const hsm_key_ref *k, char out[CDX_LABEL_MAX + 1]);
  * Create the deployment's root key if no "cipherdex-root" exists; otherwise
  * check the existing one has this deployment id and the template attributes.
  * *created (may be NULL) tells which happened. kcv_out may be NULL.
- * Errors: CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_ATTRIBUTES, CDX_ERR_ALREADY_EXISTS
- * (a root key with another deployment id exists), the custody errors.
+ * Errors: CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_ATTRIBUTES (template, or a
+ * token without CKA_COPYABLE), CDX_ERR_ALREADY_EXISTS (a root key with
+ * another deployment id exists), CDX_ERR_MECHANISM_UNSUPPORTED (no HMAC key
+ * generation mechanism), the custody errors.
  */
 CDX_MUST_CHECK cdx_err hsm_root_key_ensure(hsm_custody *c, const uint8_t deployment_id[CDX_ID_LEN],
                                            uint8_t kcv_out[CDX_KCV_LEN], bool *created);
@@ -75,8 +82,11 @@ CDX_MUST_CHECK cdx_err hsm_root_key_ensure(hsm_custody *c, const uint8_t deploym
  * Generate a new index key on the token (CKA_LOCAL, never extractable).
  * kcv_out may be NULL.
  * Errors: CDX_ERR_ALREADY_EXISTS (a key with this label exists),
- * CDX_ERR_KEY_ATTRIBUTES (the token ignored the template; the key is
- * destroyed again), the custody errors.
+ * CDX_ERR_KEY_ATTRIBUTES (the token ignored the template - the key is
+ * destroyed again - or lacks CKA_COPYABLE), CDX_ERR_MECHANISM_UNSUPPORTED
+ * (no key-generation mechanism with CKF_GENERATE for the HMAC key type),
+ * CDX_ERR_HSM_FAILED (also: the token refused the template; the detail says
+ * so), the custody errors.
  */
 CDX_MUST_CHECK cdx_err hsm_index_key_generate(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
                                               uint8_t kcv_out[CDX_KCV_LEN]);
@@ -106,7 +116,8 @@ CDX_MUST_CHECK cdx_err hsm_index_key_unwrap(hsm_custody *c, const uint8_t id[CDX
  * (CKA_VALUE_LEN may read 0 for unwrapped keys). Whether another index
  * already uses it is the catalog's check, not the token's. kcv_out may be NULL.
  * Errors: CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_ATTRIBUTES
- * (detail names each wrong attribute), the custody errors.
+ * (detail names each wrong attribute, or the token lacks CKA_COPYABLE), the
+ * custody errors.
  */
 CDX_MUST_CHECK cdx_err hsm_index_key_adopt(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
                                            uint8_t kcv_out[CDX_KCV_LEN]);

@@ -830,6 +830,18 @@ static void test_unwrap_mechanism(void)
     CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
     hsm_custody_free(c);
 
+    /* A known-answer test that cannot run (the session KEK refused) says it could not tell. */
+    c = open_mech(t, 0);
+    seq(id, 16, 0x0a);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id, kcv), CDX_OK); /* the probes run */
+    p11wrap_inject_fn("C_CreateObject", CKR_FUNCTION_FAILED, 1);
+    seq(id, 16, 0x0b);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv),
+                    CDX_ERR_MECHANISM_UNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "could not run"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKR_FUNCTION_FAILED"));
+    hsm_custody_free(c);
+
     /* A token with neither mechanism: MECHANISM_UNSUPPORTED, even for a KEK that does not
      * exist (the mechanism is checked first). */
     p11wrap_mech_map_fn(CKM_AES_KEY_WRAP_PAD, 0);
