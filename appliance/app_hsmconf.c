@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -21,12 +22,15 @@ enum {
     K_TTL,
     K_SECMEM,
     K_INIT_ARGS,
+    K_UNWRAP_MECH,
+    K_HMAC_KT,
+    K_COPYABLE,
     K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
     "module",   "token",         "pin",          "allow_env_pin", "allow_unlocked_memory",
-    "sessions", "subkey_ttl_ms", "secmem_bytes", "init_args",
+    "sessions", "subkey_ttl_ms", "secmem_bytes", "init_args", "unwrap_mechanism", "hmac_key_type", "copyable",
 };
 
 _Static_assert(K_COUNT <= sizeof(((app_hsmconf_seen *)0)->line) / sizeof(unsigned),
@@ -46,6 +50,34 @@ static bool contains_ci(const char *hay, const char *needle)
     return false;
 }
 
+/* auto | kwp | pad | 0xNNNN (a CKM_ value, vendor mechanisms included). */
+static cdx_err unwrap_mech(const char *key, const char *value, unsigned long *out)
+{
+    if (!strcmp(value, "auto")) {
+        *out = 0;
+        return CDX_OK;
+    }
+    if (!strcmp(value, "kwp")) {
+        *out = 0x210BUL; /* CKM_AES_KEY_WRAP_KWP */
+        return CDX_OK;
+    }
+    if (!strcmp(value, "pad")) {
+        *out = 0x210AUL; /* CKM_AES_KEY_WRAP_PAD */
+        return CDX_OK;
+    }
+    if (strncmp(value, "0x", 2) == 0 && value[2]) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long v = strtoull(value + 2, &end, 16);
+        if (errno == 0 && *end == '\0' && v != 0 && v <= 0xffffffffULL) {
+            *out = (unsigned long)v;
+            return CDX_OK;
+        }
+    }
+    return bad(key, "must be auto, kwp (CKM_AES_KEY_WRAP_KWP), pad (CKM_AES_KEY_WRAP_PAD) or a "
+                    "mechanism number such as 0x210b");
+}
+
 cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, const char *key,
                         const char *value)
 {
@@ -59,7 +91,8 @@ cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, 
     if (k == K_COUNT)
         return cdx_fail(CDX_ERR_CONFIG,
                         "unknown key `%s` in [hsm] (known: module, token, pin, allow_env_pin, "
-                        "allow_unlocked_memory, sessions, subkey_ttl_ms, secmem_bytes, init_args)",
+                        "allow_unlocked_memory, sessions, subkey_ttl_ms, secmem_bytes, init_args, "
+                        "unwrap_mechanism, hmac_key_type, copyable)",
                         key);
     if (seen) {
         if (seen->mask & (1u << k))
@@ -116,6 +149,28 @@ cdx_err app_hsmconf_set(hsm_config *cfg, app_hsmconf_seen *seen, unsigned line, 
     case K_INIT_ARGS:
         /* Passed verbatim as C_Initialize's pReserved; only the module can judge it. */
         return app_ini_str(key, value, cfg->init_args, sizeof(cfg->init_args));
+    case K_UNWRAP_MECH:
+        return unwrap_mech(key, value, &cfg->unwrap_mechanism);
+    case K_HMAC_KT:
+        if (!strcmp(value, "auto"))
+            cfg->hmac_key_type = HSM_HMAC_KT_AUTO;
+        else if (!strcmp(value, "generic"))
+            cfg->hmac_key_type = HSM_HMAC_KT_GENERIC;
+        else if (!strcmp(value, "sha256_hmac"))
+            cfg->hmac_key_type = HSM_HMAC_KT_SHA256;
+        else
+            return bad(key, "must be auto (CKK_GENERIC_SECRET, falling back to CKK_SHA256_HMAC), "
+                            "generic or sha256_hmac");
+        return CDX_OK;
+    case K_COPYABLE:
+        if (!strcmp(value, "required"))
+            cfg->copyable = HSM_COPYABLE_REQUIRED;
+        else if (!strcmp(value, "unsupported"))
+            cfg->copyable = HSM_COPYABLE_UNSUPPORTED;
+        else
+            return bad(key, "must be required (the default) or unsupported (accept a token "
+                            "without CKA_COPYABLE; see docs/CUSTODY.md)");
+        return CDX_OK;
     }
     return bad(key, "unhandled key"); /* not reached */
 }

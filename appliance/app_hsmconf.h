@@ -11,6 +11,9 @@
  *   subkey_ttl_ms = 0
  *   secmem_bytes = 262144
  *   init_args = configdir='sql:/var/lib/cipherdex/nssdb' ...   (C_Initialize pReserved; optional)
+ *   unwrap_mechanism = auto      (auto | kwp | pad | 0xNNNN)
+ *   hmac_key_type = auto         (auto | generic | sha256_hmac)
+ *   copyable = required          (required | unsupported)
  *
  * The admin tool and the daemon read the same file. Unknown keys and bad
  * values in [hsm] are errors reported as "file:line: key: what is wrong";

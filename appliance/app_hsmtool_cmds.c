@@ -186,14 +186,26 @@ static const unsigned all_attrs[] = {
     HSM_A_MODIFIABLE,
     HSM_A_COPYABLE,
     HSM_A_DESTROYABLE,
+    HSM_A_UNWRAP_TEMPLATE,
 };
 #define N_ATTRS (sizeof(all_attrs) / sizeof(all_attrs[0]))
 
 /* Attribute columns of the table: what an auditor checks. */
 static const unsigned table_attrs[] = {
-    HSM_A_SENSITIVE, HSM_A_EXTRACTABLE, HSM_A_NEVER_EXTRACTABLE, HSM_A_LOCAL, HSM_A_SIGN,
-    HSM_A_VERIFY,    HSM_A_ENCRYPT,     HSM_A_DECRYPT,           HSM_A_WRAP,  HSM_A_UNWRAP,
-    HSM_A_DERIVE,    HSM_A_MODIFIABLE,  HSM_A_COPYABLE,
+    HSM_A_SENSITIVE,
+    HSM_A_EXTRACTABLE,
+    HSM_A_NEVER_EXTRACTABLE,
+    HSM_A_LOCAL,
+    HSM_A_SIGN,
+    HSM_A_VERIFY,
+    HSM_A_ENCRYPT,
+    HSM_A_DECRYPT,
+    HSM_A_WRAP,
+    HSM_A_UNWRAP,
+    HSM_A_DERIVE,
+    HSM_A_MODIFIABLE,
+    HSM_A_COPYABLE,
+    HSM_A_UNWRAP_TEMPLATE,
 };
 #define N_TABLE_ATTRS (sizeof(table_attrs) / sizeof(table_attrs[0]))
 #define N_KEY_COLS    (6 + (int)N_TABLE_ATTRS + 1)
@@ -215,6 +227,10 @@ static void key_type_name(unsigned long t, char *buf, size_t cap)
 {
     if (t == CKK_GENERIC_SECRET)
         snprintf(buf, cap, "generic_secret");
+    else if (t == CKK_SHA256_HMAC)
+        snprintf(buf, cap, "sha256_hmac");
+    else if (t == (unsigned long)-1)
+        snprintf(buf, cap, "n/a");
     else if (t == CKK_AES)
         snprintf(buf, cap, "aes");
     else
@@ -244,6 +260,20 @@ static void template_str(const hsm_key_info *k, char *buf, size_t cap)
         }
 }
 
+/*
+ * One attribute as JSON: "true", "false", or "null" when the token did not
+ * report it (never read as FALSE) or it does not apply (the unwrap template of
+ * a key that is not a KEK).
+ */
+static const char *attr_value(const hsm_key_info *k, unsigned a)
+{
+    if (a == HSM_A_UNWRAP_TEMPLATE && k->kind != HSM_KEY_KEK && !(k->attrs & HSM_A_UNWRAP))
+        return "null";
+    if (k->unknown & a)
+        return "null";
+    return (k->attrs & a) ? "true" : "false";
+}
+
 static void key_cell(const void *row, int col, char *buf, size_t cap)
 {
     const hsm_key_info *k = row;
@@ -263,8 +293,11 @@ static void key_cell(const void *row, int col, char *buf, size_t cap)
     case 3:
         key_type_name(k->key_type, buf, cap);
         return;
-    case 4:
-        snprintf(buf, cap, "%lu", k->value_len);
+    case 4: /* 0: the token does not say (unwrapped keys on SoftHSM, imports on opencryptoki) */
+        if (k->value_len)
+            snprintf(buf, cap, "%lu", k->value_len);
+        else
+            snprintf(buf, cap, "n/a");
         return;
     case 5:
         if (k->has_kcv)
@@ -276,8 +309,13 @@ static void key_cell(const void *row, int col, char *buf, size_t cap)
     col -= 6;
     if (col < (int)N_TABLE_ATTRS) {
         unsigned a = table_attrs[col];
+        const char *v = attr_value(k, a);
         /* Mark deviations so they stand out in a long listing. */
-        snprintf(buf, cap, "%s%s", (k->attrs & a) ? "yes" : "no", (k->wrong & a) ? "!" : "");
+        snprintf(buf, cap, "%s%s",
+                 !strcmp(v, "true")    ? "yes"
+                 : !strcmp(v, "false") ? "no"
+                                       : "n/a",
+                 (k->wrong & a) ? "!" : "");
         return;
     }
     template_str(k, buf, cap);
@@ -301,7 +339,10 @@ static void key_json(const hsm_key_info *k)
     app_out_json_key(stdout, "key_type");
     key_type_name(k->key_type, b, sizeof(b));
     app_out_json_str(stdout, b);
-    printf(",\"value_len\":%lu,", k->value_len);
+    if (k->value_len)
+        printf(",\"value_len\":%lu,", k->value_len);
+    else
+        fputs(",\"value_len\":null,", stdout);
     app_out_json_key(stdout, "kcv");
     if (k->has_kcv) {
         cdx_hex_encode(k->kcv, CDX_KCV_LEN, b);
@@ -327,7 +368,7 @@ static void key_json(const hsm_key_info *k)
         if (i)
             putchar(',');
         app_out_json_key(stdout, hsm_attr_name(all_attrs[i]));
-        fputs((k->attrs & all_attrs[i]) ? "true" : "false", stdout);
+        fputs(attr_value(k, all_attrs[i]), stdout);
     }
     fputs("}}", stdout);
 }

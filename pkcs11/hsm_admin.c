@@ -1,7 +1,8 @@
 /*
  * Admin-only key custody (library cdx_pkcs11_admin): importing key bytes,
  * key files, KEK create/import/destroy, and listing the token's keys. The
- * only C_CreateObject of the custody libraries is here.
+ * only C_CreateObject of a token key is here (the daemon library's only other
+ * one, in hsm_caps.c, makes a session-only KEK from public known-answer bytes).
  */
 #include "hsm_admin.h"
 
@@ -113,6 +114,13 @@ static cdx_err list_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv
     (void)c->f->C_FindObjectsFinal(s);
     if (err)
         goto out;
+    /* What the token supports decides which unknowns are accepted (not a refusal here). */
+    err = hsm_caps_probe(c, s, false, rv);
+    if (err == CDX_ERR_KEY_ATTRIBUTES)
+        err = CDX_OK;
+    if (err)
+        goto out;
+    unsigned optional = hsm_tmpl_optional(c);
     a->v = calloc(nh ? nh : 1, sizeof(*a->v));
     if (!a->v) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
@@ -136,9 +144,8 @@ static cdx_err list_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv
         else if (!strncmp(ki.label, "cipherdex-kek-", 14))
             ki.kind = HSM_KEY_KEK;
         if (ki.kind)
-            ki.wrong = hsm_tmpl_wrong(ki.kind, &ki, unknown);
-        if (ki.kind != HSM_KEY_KEK && (ki.attrs & HSM_A_SIGN) &&
-            ki.key_type == CKK_GENERIC_SECRET) {
+            ki.wrong = hsm_tmpl_wrong(ki.kind, &ki, unknown & ~optional);
+        if (ki.kind != HSM_KEY_KEK && (ki.attrs & HSM_A_SIGN) && hsm_hmac_type_ok(ki.key_type)) {
             r = hsm_compute_kcv(c, s, hs[i], ki.kcv);
             if (r == CKR_OK)
                 ki.has_kcv = true;

@@ -44,9 +44,14 @@ CDX_MUST_CHECK cdx_err hsm_index_key_import_file(hsm_custody *c, const uint8_t i
 bool hsm_kek_name_valid(const char *name);
 
 /*
- * Generate an AES-256 KEK "cipherdex-kek-<name>" on the token (unwrap only).
- * Errors: CDX_ERR_INVALID_ARGUMENT (name), CDX_ERR_ALREADY_EXISTS,
- * CDX_ERR_KEY_ATTRIBUTES, the custody errors.
+ * Generate an AES-256 KEK "cipherdex-kek-<name>" on the token (unwrap only,
+ * CKA_WRAP FALSE, and a CKA_UNWRAP_TEMPLATE equal to the index-key template,
+ * so that a key unwrapped under it is always sensitive and not extractable,
+ * whoever unwraps it). Errors: CDX_ERR_INVALID_ARGUMENT (name), CDX_ERR_ALREADY_EXISTS,
+ * CDX_ERR_KEY_ATTRIBUTES (template, or a token without CKA_COPYABLE),
+ * CDX_ERR_MECHANISM_UNSUPPORTED (kek create: no CKM_AES_KEY_GEN with
+ * CKF_GENERATE), CDX_ERR_HSM_FAILED (also: the token refused the template;
+ * the detail says so), the custody errors.
  */
 CDX_MUST_CHECK cdx_err hsm_kek_generate(hsm_custody *c, const char *name);
 
@@ -70,9 +75,10 @@ typedef struct hsm_key_info {
     char label[CDX_LABEL_MAX + 1];
     uint8_t id[CDX_ID_LEN];
     size_t id_len;
-    unsigned long key_type;  /* CKK_* */
-    unsigned long value_len; /* CKA_VALUE_LEN (0 for unwrapped keys on SoftHSM) */
+    unsigned long key_type;  /* CKK_*; (unsigned long)-1 = unknown */
+    unsigned long value_len; /* CKA_VALUE_LEN; 0 = unknown (not reported, or reported as 0) */
     unsigned attrs;          /* HSM_A_* bits that are TRUE */
+    unsigned unknown;        /* HSM_A_* bits the token did not report ("n/a") */
     unsigned wrong;          /* HSM_A_* bits that differ from the kind's template */
     bool has_kcv;
     uint8_t kcv[CDX_KCV_LEN];

@@ -29,9 +29,27 @@ typedef struct hsm_config {
      * "configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db' flags=");
      * "" = NULL. Never logged. */
     char init_args[1024];
+    /* RFC 5649 unwrap mechanism (CKM_*); 0 = auto: CKM_AES_KEY_WRAP_KWP if the token lists it
+     * for unwrap, else CKM_AES_KEY_WRAP_PAD after a known-answer test (docs/CUSTODY.md). */
+    unsigned long unwrap_mechanism;
+    int hmac_key_type; /* HSM_HMAC_KT_*: key type of new root/index keys */
+    int copyable;      /* HSM_COPYABLE_*: [hsm] copyable */
 } hsm_config;
 
-/* Defaults: empty strings (no init_args), no env PIN, locked memory required, TTL 0. */
+/* [hsm] copyable: what to do on a token without CKA_COPYABLE (docs/CUSTODY.md). */
+enum {
+    HSM_COPYABLE_REQUIRED = 0,    /* refuse to create or adopt keys on it */
+    HSM_COPYABLE_UNSUPPORTED = 1, /* omit the attribute, report it n/a (documented risk) */
+};
+
+/* [hsm] hmac_key_type (docs/CUSTODY.md "Token compatibility"). */
+enum {
+    HSM_HMAC_KT_AUTO = 0,    /* CKK_GENERIC_SECRET, falling back to CKK_SHA256_HMAC */
+    HSM_HMAC_KT_GENERIC = 1, /* CKK_GENERIC_SECRET only */
+    HSM_HMAC_KT_SHA256 = 2,  /* CKK_SHA256_HMAC only (YubiHSM 2) */
+};
+
+/* Defaults: empty strings, no env PIN, locked memory required, TTL 0. */
 void hsm_config_init(hsm_config *cfg);
 
 /*

@@ -546,7 +546,9 @@ static bool same_config(const hsm_config *a, const hsm_config *b)
 {
     return !strcmp(a->token_uri, b->token_uri) && !strcmp(a->pin_source, b->pin_source) &&
            a->subkey_ttl_ms == b->subkey_ttl_ms && a->allow_env_pin == b->allow_env_pin &&
-           !strcmp(a->init_args, b->init_args);
+           !strcmp(a->init_args, b->init_args) &&
+           a->unwrap_mechanism == b->unwrap_mechanism && a->hmac_key_type == b->hmac_key_type &&
+           a->copyable == b->copyable;
 }
 
 static void destroy(hsm_custody *c)

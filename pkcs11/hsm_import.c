@@ -17,11 +17,15 @@
 cdx_err hsm_make_import(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a, CK_ATTRIBUTE *t,
                         CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv)
 {
-    (void)a;
     CK_RV r = c->f->C_CreateObject(s, t, n, h);
     if (r != CKR_OK) {
+        char label[CDX_LABEL_MAX + 1];
+        if (a->kind == HSM_KEY_KEK)
+            hsm_label_kek(a->kek_name, label);
+        else
+            hsm_key_label(&a->ref, label);
         *rv = r;
-        return hsm_ckr_fail(r, "C_CreateObject");
+        return hsm_ckr_fail_create(r, "C_CreateObject", label);
     }
     return CDX_OK;
 }

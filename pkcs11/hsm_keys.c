@@ -9,6 +9,10 @@
 #include "cdx_hex.h"
 #include "cdx_log.h"
 
+#ifndef CKM_SHA256_KEY_GEN
+#define CKM_SHA256_KEY_GEN 0x00004005UL /* PKCS#11 3.0: generates CKK_SHA256_HMAC keys */
+#endif
+
 /* ---------------------------------------------------------------- creation */
 
 static void target_label(const struct hsm_create *a, char *label)
@@ -19,44 +23,116 @@ static void target_label(const struct hsm_create *a, char *label)
         hsm_key_label(&a->ref, label);
 }
 
+/* The key-generation mechanism for a root/index key of type kt, if the token lists it. */
+static bool hmac_keygen(hsm_custody *c, CK_KEY_TYPE kt, CK_MECHANISM_TYPE *m)
+{
+    if (kt == CKK_SHA256_HMAC && hsm_mech_has(c, CKM_SHA256_KEY_GEN, CKF_GENERATE)) {
+        *m = CKM_SHA256_KEY_GEN;
+        return true;
+    }
+    *m = CKM_GENERIC_SECRET_KEY_GEN;
+    return hsm_mech_has(c, CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE);
+}
+
 cdx_err hsm_make_generate(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
                           CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv)
 {
-    CK_MECHANISM m = {a->kind == HSM_KEY_KEK ? CKM_AES_KEY_GEN : CKM_GENERIC_SECRET_KEY_GEN, NULL,
-                      0};
-    CK_RV r = c->f->C_GenerateKey(s, &m, t, n, h);
+    CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_RV r;
+    if (a->kind == HSM_KEY_KEK) {
+        if (!hsm_mech_has(c, CKM_AES_KEY_GEN, CKF_GENERATE))
+            return cdx_fail(CDX_ERR_MECHANISM_UNSUPPORTED,
+                            "the token does not list CKM_AES_KEY_GEN with CKF_GENERATE: it cannot "
+                            "generate a KEK (import one with kek import)");
+        r = c->f->C_GenerateKey(s, &m, t, n, h);
+        goto done;
+    }
+    /* a->key_type (t's CKA_KEY_TYPE points at it) is the configured or settled type. */
+    bool listed = hmac_keygen(c, a->key_type, &m.mechanism);
+    r = listed ? c->f->C_GenerateKey(s, &m, t, n, h) : CKR_MECHANISM_INVALID;
+    bool refused = r == CKR_ATTRIBUTE_VALUE_INVALID || r == CKR_TEMPLATE_INCONSISTENT ||
+                   r == CKR_MECHANISM_INVALID;
+    if (refused && a->key_type == CKK_GENERIC_SECRET && c->cfg.hmac_key_type == HSM_HMAC_KT_AUTO) {
+        /* Some tokens (YubiHSM 2) make HMAC keys only as CKK_SHA*_HMAC. */
+        cdx_log(CDX_LOG_WARN, "hsm_hmac_key_type_fallback",
+                "from=CKK_GENERIC_SECRET to=CKK_SHA256_HMAC ckr=%s rv=0x%lx", hsm_ckr_name(r),
+                (unsigned long)r);
+        a->key_type = CKK_SHA256_HMAC;
+        listed = hmac_keygen(c, a->key_type, &m.mechanism);
+        r = listed ? c->f->C_GenerateKey(s, &m, t, n, h) : CKR_MECHANISM_INVALID;
+        if (r == CKR_OK)
+            atomic_store(&c->hmac_kt, (unsigned long)CKK_SHA256_HMAC);
+    }
+    if (!listed)
+        return cdx_fail(CDX_ERR_MECHANISM_UNSUPPORTED,
+                        "the token lists no key-generation mechanism with CKF_GENERATE for %s "
+                        "HMAC keys (CKM_GENERIC_SECRET_KEY_GEN%s); see [hsm] hmac_key_type",
+                        a->key_type == CKK_SHA256_HMAC ? "CKK_SHA256_HMAC" : "CKK_GENERIC_SECRET",
+                        a->key_type == CKK_SHA256_HMAC ? " or CKM_SHA256_KEY_GEN" : "");
+done:
     if (r != CKR_OK) {
+        char label[CDX_LABEL_MAX + 1];
+        target_label(a, label);
         *rv = r;
-        return hsm_ckr_fail(r, "C_GenerateKey");
+        return hsm_ckr_fail_create(r, "C_GenerateKey", label);
     }
     return CDX_OK;
 }
 
-/* Unwrap a->blob with the KEK a->kek_name (checked against the KEK template first). */
+/*
+ * Unwrap a->blob with the KEK a->kek_name: the mechanism is decided first (by asking the token),
+ * then the KEK is found and checked against the KEK template.
+ */
 static cdx_err make_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
                            CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv)
 {
     CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE;
+    CK_MECHANISM_TYPE mt = 0;
     cdx_err err;
+    if ((err = hsm_unwrap_mech(c, s, &mt, rv)))
+        return err;
     if ((err = hsm_find_kek(c, s, a->kek_name, &kek, rv)))
         return err;
-    if ((err = hsm_tmpl_check(c, s, kek, HSM_KEY_KEK, "the KEK", rv)))
+    char klabel[CDX_LABEL_MAX + 8];
+    hsm_label_kek(a->kek_name, klabel + 4);
+    memcpy(klabel, "KEK ", 4);
+    if ((err = hsm_tmpl_check(c, s, kek, HSM_KEY_KEK, klabel, rv)))
         return err;
-    CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
-    CK_RV r = c->f->C_UnwrapKey(s, &m, kek, (CK_BYTE_PTR)a->blob, a->blob_len, t, n, h);
+    /* The new key's type must be the one the KEK's unwrap template names (t points at it). */
+    int st = 0;
+    CK_KEY_TYPE kt = a->key_type;
+    CK_RV r = hsm_tmpl_read_unwrap(c, s, kek, &st, &kt);
+    if (r != CKR_OK) {
+        *rv = r;
+        return hsm_ckr_fail(r, "C_GetAttributeValue");
+    }
+    a->key_type = kt;
+    CK_MECHANISM m = {mt, NULL, 0};
+    r = c->f->C_UnwrapKey(s, &m, kek, (CK_BYTE_PTR)a->blob, a->blob_len, t, n, h);
     if (r != CKR_OK) {
         if (hsm_ckr_recoverable(r) && r != CKR_OBJECT_HANDLE_INVALID) {
             *rv = r;
             return hsm_ckr_fail(r, "C_UnwrapKey");
         }
+        cdx_log(CDX_LOG_WARN, "pkcs11_error", "op=C_UnwrapKey mechanism=0x%lx ckr=%s rv=0x%lx",
+                (unsigned long)mt, hsm_ckr_name(r), (unsigned long)r);
+        if (r == CKR_ATTRIBUTE_TYPE_INVALID || r == CKR_ATTRIBUTE_VALUE_INVALID ||
+            r == CKR_TEMPLATE_INCONSISTENT) {
+            char label[CDX_LABEL_MAX + 1];
+            target_label(a, label);
+            return hsm_ckr_fail_create(r, "C_UnwrapKey", label);
+        }
         if (r == CKR_MECHANISM_INVALID || r == CKR_MECHANISM_PARAM_INVALID)
             return cdx_fail(CDX_ERR_MECHANISM_UNSUPPORTED,
-                            "the token lacks CKM_AES_KEY_WRAP_PAD (RFC 5649)");
-        cdx_log(CDX_LOG_WARN, "pkcs11_error", "op=C_UnwrapKey ckr=%s", hsm_ckr_name(r));
+                            "the token refused %s for unwrap (%s); see [hsm] unwrap_mechanism",
+                            hsm_mech_name(mt), hsm_ckr_name(r));
         return cdx_fail(CDX_ERR_BAD_WRAPPED_KEY,
-                        "the wrapped key does not unwrap with KEK %s (%s): wrong KEK or a "
-                        "corrupted blob",
-                        a->kek_name, hsm_ckr_name(r));
+                        "the wrapped key does not unwrap with KEK %s (%s, %s): wrong KEK or a "
+                        "corrupted blob%s",
+                        a->kek_name, hsm_mech_name(mt), hsm_ckr_name(r),
+                        mt == CKM_AES_KEY_WRAP_PAD
+                            ? ", or this token's CKM_AES_KEY_WRAP_PAD is not RFC 5649"
+                            : "");
     }
     return CDX_OK;
 }
@@ -73,6 +149,10 @@ static cdx_err create_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *
     unsigned n = 0;
 
     target_label(a, label);
+    if ((err = hsm_caps_probe(c, s, true, rv)))
+        return err;
+    a->copyable = hsm_caps_copyable(c);
+    a->allowed_mechs = !a->copyable && a->kind != HSM_KEY_KEK && atomic_load(&c->allowed_mechs_ok);
     r = hsm_find_label(c, s, label, &h, &n);
     if (r != CKR_OK) {
         *rv = r;
@@ -91,6 +171,8 @@ static cdx_err create_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *
     } else {
         memcpy(id, a->ref.id, CDX_ID_LEN);
     }
+    a->hmac_kt = hsm_hmac_key_type(c);
+    a->key_type = a->kind == HSM_KEY_KEK ? CKK_AES : a->hmac_kt;
     CK_ULONG nt = hsm_tmpl_build(a, t, label, id);
     h = CK_INVALID_HANDLE;
     if ((err = a->make(c, s, a, t, nt, &h, rv)))
@@ -246,7 +328,10 @@ static cdx_err root_find_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_R
         return cdx_fail(CDX_ERR_ALREADY_EXISTS,
                         "the token's cipherdex-root belongs to deployment %s, not this one", have);
     }
-    cdx_err err = hsm_tmpl_check(c, s, a->h, HSM_KEY_ROOT, "cipherdex-root", rv);
+    cdx_err err = hsm_caps_probe(c, s, false, rv);
+    if (err)
+        return err;
+    err = hsm_tmpl_check(c, s, a->h, HSM_KEY_ROOT, "cipherdex-root", rv);
     if (err)
         return err;
     r = hsm_compute_kcv(c, s, a->h, a->kcv);
@@ -299,6 +384,8 @@ static cdx_err adopt_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *r
     hsm_key_label(a->k, label);
     cdx_err err = hsm_find_key(c, s, a->k, &a->h, rv);
     if (err)
+        return err;
+    if ((err = hsm_caps_probe(c, s, false, rv)))
         return err;
     if ((err = hsm_tmpl_check(c, s, a->h, a->k->kind, label, rv)))
         return err;

@@ -6,10 +6,15 @@
  *   index key  label "cipherdex-index-<32 hex>",   CKA_ID = index id (16 bytes)
  *   KEK        label "cipherdex-kek-<name>",       CKA_ID = 16 random bytes
  *
- * Root and index keys: CKK_GENERIC_SECRET, 32 bytes, token, private,
- * sensitive, not extractable, sign only, and DERIVE, MODIFIABLE, COPYABLE all
- * FALSE (every usage flag is listed: SoftHSM defaults the missing ones to
- * TRUE). KEKs: CKK_AES-256, unwrap only, same protections.
+ * Root and index keys: CKK_GENERIC_SECRET or CKK_SHA256_HMAC ([hsm]
+ * hmac_key_type), 32 bytes, token, private, sensitive, not extractable, sign
+ * only, and DERIVE, MODIFIABLE, COPYABLE all FALSE (every usage flag is
+ * listed: SoftHSM defaults the missing ones to TRUE). KEKs: CKK_AES-256,
+ * unwrap only, same protections, and a CKA_UNWRAP_TEMPLATE equal to the
+ * index-key template. Attributes the token does not report count as wrong
+ * (docs/CUSTODY.md "Token compatibility"). Creating or adopting a key on a
+ * token without CKA_COPYABLE is CDX_ERR_KEY_ATTRIBUTES unless [hsm] copyable
+ * = unsupported.
  * Lookup is by class + CKA_ID + label; anything but exactly one match is
  * CDX_ERR_KEY_NOT_FOUND or CDX_ERR_KEY_AMBIGUOUS.
  *
@@ -67,6 +72,10 @@ enum {
     HSM_A_MODIFIABLE = 1u << 14,
     HSM_A_COPYABLE = 1u << 15,
     HSM_A_DESTROYABLE = 1u << 16,
+    /* Not a boolean attribute: the KEK carries a CKA_UNWRAP_TEMPLATE equal to the index-key
+     * template (docs/KEYS.md), so nobody can unwrap a data key under it as extractable. Not
+     * counted in HSM_NATTRS (the booleans every key reports). */
+    HSM_A_UNWRAP_TEMPLATE = 1u << 17,
 };
 #define HSM_NATTRS 17 /* the HSM_A_* bits are 1u << 0 .. 1u << (HSM_NATTRS - 1) */
 
@@ -88,8 +97,10 @@ void hsm_key_label(const hsm_key_ref *k, char out[CDX_LABEL_MAX + 1]);
  * Create the deployment's root key if no "cipherdex-root" exists; otherwise
  * check the existing one has this deployment id and the template attributes.
  * *created (may be NULL) tells which happened. kcv_out may be NULL.
- * Errors: CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_ATTRIBUTES, CDX_ERR_ALREADY_EXISTS
- * (a root key with another deployment id exists), the custody errors.
+ * Errors: CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_ATTRIBUTES (template, or a
+ * token without CKA_COPYABLE), CDX_ERR_ALREADY_EXISTS (a root key with
+ * another deployment id exists), CDX_ERR_MECHANISM_UNSUPPORTED (no HMAC key
+ * generation mechanism), the custody errors.
  */
 CDX_MUST_CHECK cdx_err hsm_root_key_ensure(hsm_custody *c, const uint8_t deployment_id[CDX_ID_LEN],
                                            uint8_t kcv_out[CDX_KCV_LEN], bool *created);
@@ -100,22 +111,29 @@ CDX_MUST_CHECK cdx_err hsm_root_key_ensure(hsm_custody *c, const uint8_t deploym
  * Generate a new index key on the token (CKA_LOCAL, never extractable).
  * kcv_out may be NULL.
  * Errors: CDX_ERR_ALREADY_EXISTS (a key with this label exists),
- * CDX_ERR_KEY_ATTRIBUTES (the token ignored the template; the key is
- * destroyed again), the custody errors.
+ * CDX_ERR_KEY_ATTRIBUTES (the token ignored the template - the key is
+ * destroyed again - or lacks CKA_COPYABLE), CDX_ERR_MECHANISM_UNSUPPORTED
+ * (no key-generation mechanism with CKF_GENERATE for the HMAC key type),
+ * CDX_ERR_HSM_FAILED (also: the token refused the template; the detail says
+ * so), the custody errors.
  */
 CDX_MUST_CHECK cdx_err hsm_index_key_generate(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
                                               uint8_t kcv_out[CDX_KCV_LEN]);
 
 /*
- * Unwrap a KMS-style wrapped data key (RFC 5649, CKM_AES_KEY_WRAP_PAD) with
- * the KEK "cipherdex-kek-<kek_name>" (kek_name: 1-40 of [A-Za-z0-9_.-]). The blob must be exactly
- * CDX_WRAPPED_KEY_LEN (40) bytes and unwrap to a 32-byte key. kcv_out may be
- * NULL.
+ * Unwrap a KMS-style wrapped data key (RFC 5649) with the KEK
+ * "cipherdex-kek-<kek_name>" (kek_name: 1-40 of [A-Za-z0-9_.-]). The blob
+ * must be exactly CDX_WRAPPED_KEY_LEN (40) bytes and unwrap to a 32-byte key.
+ * The mechanism is decided by asking the token before the KEK is looked up
+ * (once per context): [hsm] unwrap_mechanism, else CKM_AES_KEY_WRAP_KWP, else
+ * CKM_AES_KEY_WRAP_PAD after a known-answer test. kcv_out may be NULL.
  * Errors: CDX_ERR_INVALID_ARGUMENT (KEK name), CDX_ERR_BAD_WRAPPED_KEY
- * (length, integrity, short key), CDX_ERR_KEY_NOT_FOUND (no such KEK),
- * CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_ATTRIBUTES (the KEK or the new key
- * breaks its template), CDX_ERR_ALREADY_EXISTS,
- * CDX_ERR_MECHANISM_UNSUPPORTED, the custody errors.
+ * (length, integrity, short key), CDX_ERR_MECHANISM_UNSUPPORTED (no RFC 5649
+ * unwrap mechanism, or 0x210A failed the known-answer test),
+ * CDX_ERR_KEY_NOT_FOUND (no such KEK), CDX_ERR_KEY_AMBIGUOUS,
+ * CDX_ERR_KEY_ATTRIBUTES (the KEK - including its CKA_UNWRAP_TEMPLATE - or
+ * the new key breaks its template), CDX_ERR_ALREADY_EXISTS, the custody
+ * errors.
  */
 CDX_MUST_CHECK cdx_err hsm_index_key_unwrap(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
                                             const char *kek_name, const uint8_t *blob,
@@ -127,7 +145,8 @@ CDX_MUST_CHECK cdx_err hsm_index_key_unwrap(hsm_custody *c, const uint8_t id[CDX
  * (CKA_VALUE_LEN may read 0 for unwrapped keys). Whether another index
  * already uses it is the catalog's check, not the token's. kcv_out may be NULL.
  * Errors: CDX_ERR_KEY_NOT_FOUND, CDX_ERR_KEY_AMBIGUOUS, CDX_ERR_KEY_ATTRIBUTES
- * (detail names each wrong attribute), the custody errors.
+ * (detail names each wrong attribute, or the token lacks CKA_COPYABLE), the
+ * custody errors.
  */
 CDX_MUST_CHECK cdx_err hsm_index_key_adopt(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
                                            uint8_t kcv_out[CDX_KCV_LEN]);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "app_config.h"
+#include "app_hsmconf.h"
 #include "cdx_log.h"
 #include "fx_tmp.h"
 #include "fx_cunit.h"
@@ -64,6 +65,7 @@ static void test_full_file(void)
                                  "max_frame_bytes = 8M\ninflight_bytes = 2G\nworkers = 4\n"
                                  "[hsm]\nmodule = /usr/lib/softhsm/libsofthsm2.so\n"
                                  "token = pkcs11:token=cdx\npin = file:/etc/c/pin\n"
+                                 "unwrap_mechanism = 0x80001234\n"
                                  "[store]\nbackend = redis\nredis = unix:/run/redis.sock\n"
                                  "redis_user = cdx\nredis_password_file = /etc/c/redis.pw\n"
                                  "[keys]\nsubkey_ttl_ms = 5000\n"
@@ -101,6 +103,32 @@ static void test_full_file(void)
     CU_ASSERT_EQUAL(c.log_format, APP_LOG_JSON);
     CU_ASSERT_STRING_EQUAL(c.metrics_listen, "[::1]:9100");
     CU_ASSERT_STRING_EQUAL(c.hsm.token_uri, "pkcs11:token=cdx");
+    CU_ASSERT_EQUAL(c.hsm.unwrap_mechanism, 0x80001234UL);
+    /* The named forms of [hsm] unwrap_mechanism. */
+    static const struct {
+        const char *v;
+        unsigned long want;
+    } um[] = {{"auto", 0}, {"kwp", 0x210B}, {"pad", 0x210A}, {"0x210b", 0x210B}};
+    for (size_t i = 0; i < sizeof(um) / sizeof(um[0]); i++) {
+        hsm_config h;
+        hsm_config_init(&h);
+        h.unwrap_mechanism = 77;
+        CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "unwrap_mechanism", um[i].v), CDX_OK);
+        CU_ASSERT_EQUAL(h.unwrap_mechanism, um[i].want);
+    }
+    hsm_config h;
+    hsm_config_init(&h);
+    CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "hmac_key_type", "sha256_hmac"), CDX_OK);
+    CU_ASSERT_EQUAL(h.hmac_key_type, HSM_HMAC_KT_SHA256);
+    CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "hmac_key_type", "generic"), CDX_OK);
+    CU_ASSERT_EQUAL(h.hmac_key_type, HSM_HMAC_KT_GENERIC);
+    CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "hmac_key_type", "auto"), CDX_OK);
+    CU_ASSERT_EQUAL(h.hmac_key_type, HSM_HMAC_KT_AUTO);
+    CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "hmac_key_type", "hmac"), CDX_ERR_CONFIG);
+    CU_ASSERT_EQUAL(h.copyable, HSM_COPYABLE_REQUIRED);
+    CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "copyable", "unsupported"), CDX_OK);
+    CU_ASSERT_EQUAL(h.copyable, HSM_COPYABLE_UNSUPPORTED);
+    CU_ASSERT_EQUAL(app_hsmconf_set(&h, NULL, 1, "copyable", "no"), CDX_ERR_CONFIG);
 }
 
 /* Every bad line is reported with its line number and what is wrong. */
@@ -126,6 +154,9 @@ static void test_errors(void)
         {"[keys]\nsubkey_ttl_ms = 1\n[hsm]\nsubkey_ttl_ms = 2\n",
          ":4: subkey_ttl_ms: already set on line 2"},
         {"[hsm]\npin = 1234\n", "PIN source must be file:"},
+        {"[hsm]\nunwrap_mechanism = rfc5649\n", "unwrap_mechanism: must be auto, kwp"},
+        {"[hsm]\nunwrap_mechanism = 0x\n", "unwrap_mechanism: must be auto, kwp"},
+        {"[hsm]\nunwrap_mechanism = 0x0\n", "unwrap_mechanism: must be auto, kwp"},
         {"[log]\nlevel = loud\n", "level: `loud` is not error"},
         {"[cache]\nbytes = 10T\n", "bytes: `10T` is not a non-negative decimal number"},
         /* The wire layer's own ceiling (a larger cap would make every connection fail). */

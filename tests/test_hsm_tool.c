@@ -486,9 +486,14 @@ static void test_keys_json(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"sign\":true"));
     CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"unwrap\":false"));
     CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"key_type\":\"generic_secret\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"unwrap_template\":null"));
+    /* KEKs carry the index-key unwrap template (security review M2), imported or created. */
     CU_ASSERT_TRUE_FATAL(key_object(out, "cipherdex-kek-kms1", obj, sizeof(obj)));
     CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"sign\":false"));
     CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"unwrap\":true"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"unwrap_template\":true"));
+    CU_ASSERT_TRUE_FATAL(key_object(out, "cipherdex-kek-spare", obj, sizeof(obj)));
+    CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"unwrap_template\":true"));
     CU_ASSERT_PTR_NOT_NULL(strstr(obj, "\"key_type\":\"aes\""));
 
     /* The table names every key too. */

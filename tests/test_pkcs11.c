@@ -26,6 +26,7 @@
 #include "fx_custody.h"
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
+#include "hsm_config.h"
 #include "hsm_custody.h"
 #include "hsm_admin.h"
 #include "hsm_keys.h"
@@ -148,6 +149,72 @@ static CK_RV raw_create(struct raw *r, const char *label, const uint8_t id[16],
     };
     CK_OBJECT_HANDLE h;
     return r->f->C_CreateObject(r->s, tmpl, 8, &h);
+}
+
+/* A KEK the way another tool would make it: right flags, but no CKA_UNWRAP_TEMPLATE. */
+static CK_RV raw_create_kek(struct raw *r, const char *label, const uint8_t key[32])
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_BBOOL t = CK_TRUE, f = CK_FALSE;
+    uint8_t id[16] = {0xee};
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &t, 1},
+        {CKA_PRIVATE, &t, 1},
+        {CKA_SENSITIVE, &t, 1},
+        {CKA_EXTRACTABLE, &f, 1},
+        {CKA_SIGN, &f, 1},
+        {CKA_VERIFY, &f, 1},
+        {CKA_ENCRYPT, &f, 1},
+        {CKA_DECRYPT, &f, 1},
+        {CKA_WRAP, &f, 1},
+        {CKA_UNWRAP, &t, 1},
+        {CKA_DERIVE, &f, 1},
+        {CKA_COPYABLE, &f, 1},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_ID, id, sizeof(id)},
+        {CKA_VALUE, (void *)key, 32},
+        {CKA_MODIFIABLE, &f, 1},
+    };
+    CK_OBJECT_HANDLE h;
+    return r->f->C_CreateObject(r->s, tmpl, FX_LEN(tmpl), &h);
+}
+
+/*
+ * C_UnwrapKey with Cipherdex's index-key template (label "raw"), except
+ * that boolean attribute `what` is set to `val`.
+ */
+static CK_RV raw_unwrap(struct raw *r, CK_MECHANISM *m, CK_OBJECT_HANDLE kek, uint8_t *blob,
+                        CK_ULONG len, CK_ATTRIBUTE_TYPE what, CK_BBOOL val, CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_BBOOL t = CK_TRUE, f = CK_FALSE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &t, 1},
+        {CKA_PRIVATE, &t, 1},
+        {CKA_SENSITIVE, &t, 1},
+        {CKA_EXTRACTABLE, &f, 1},
+        {CKA_SIGN, &t, 1},
+        {CKA_VERIFY, &f, 1},
+        {CKA_ENCRYPT, &f, 1},
+        {CKA_DECRYPT, &f, 1},
+        {CKA_WRAP, &f, 1},
+        {CKA_UNWRAP, &f, 1},
+        {CKA_DERIVE, &f, 1},
+        {CKA_COPYABLE, &f, 1},
+        {CKA_LABEL, "raw", 3},
+        {CKA_MODIFIABLE, &f, 1},
+    };
+    for (size_t i = 0; i < FX_LEN(tmpl); i++)
+        if (tmpl[i].type == what)
+            tmpl[i].pValue = val ? &t : &f;
+    *out = CK_INVALID_HANDLE;
+    return r->f->C_UnwrapKey(r->s, m, kek, blob, len, tmpl, FX_LEN(tmpl), out);
 }
 
 static void write_file(const char *path, const void *data, size_t len, mode_t mode)
@@ -603,8 +670,534 @@ static void test_unwrap(void)
     host_subkey(dek, HSM_P_CONTENT, id, 3, host);
     CU_ASSERT_EQUAL(memcmp(hsm_subkey_bytes(sk), host, 32), 0);
     hsm_subkey_release(sk);
+
+    /* Security review M2: a PIN holder unwrapping the same blob under the same KEK cannot ask
+     * for an extractable or non-sensitive key: the KEK's CKA_UNWRAP_TEMPLATE forbids it. */
+    struct raw r;
+    CU_ASSERT_EQUAL_FATAL(raw_open(&r, wrap_path, "unwraptok"), 0);
+    CK_OBJECT_HANDLE kh = raw_find(&r, "cipherdex-kek-kms1");
+    CU_ASSERT_FATAL(kh != CK_INVALID_HANDLE);
+    CK_OBJECT_HANDLE got = CK_INVALID_HANDLE;
+    CK_MECHANISM um = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    /* Cipherdex's own template with one change: extractable, then not sensitive. */
+    CU_ASSERT_EQUAL(raw_unwrap(&r, &um, kh, blob, 40, CKA_EXTRACTABLE, CK_TRUE, &got),
+                    CKR_TEMPLATE_INCONSISTENT);
+    CU_ASSERT_EQUAL(raw_unwrap(&r, &um, kh, blob, 40, CKA_SENSITIVE, CK_FALSE, &got),
+                    CKR_TEMPLATE_INCONSISTENT);
+    CU_ASSERT_EQUAL(raw_unwrap(&r, &um, kh, blob, 40, CKA_DERIVE, CK_TRUE, &got),
+                    CKR_TEMPLATE_INCONSISTENT);
+    /* A careless minimal template is refused too. */
+    {
+        CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+        CK_KEY_TYPE gk = CKK_GENERIC_SECRET;
+        CK_BBOOL tr = CK_TRUE, fa = CK_FALSE;
+        CK_ATTRIBUTE mt[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                             {CKA_KEY_TYPE, &gk, sizeof(gk)},
+                             {CKA_TOKEN, &fa, 1},
+                             {CKA_SENSITIVE, &fa, 1},
+                             {CKA_EXTRACTABLE, &tr, 1}};
+        CU_ASSERT_EQUAL(r.f->C_UnwrapKey(r.s, &um, kh, blob, 40, mt, 5, &got),
+                        CKR_TEMPLATE_INCONSISTENT);
+    }
+    /* Control: the unchanged template unwraps (session object), so the refusals above are the
+     * unwrap template's doing, not a broken call. */
+    CU_ASSERT_EQUAL(raw_unwrap(&r, &um, kh, blob, 40, CKA_EXTRACTABLE, CK_FALSE, &got), CKR_OK);
+    if (got != CK_INVALID_HANDLE)
+        r.f->C_DestroyObject(r.s, got);
+
+    /* A KEK made by another tool (no unwrap template) is refused for unwrap and flagged. */
+    CU_ASSERT_EQUAL(raw_create_kek(&r, "cipherdex-kek-foreign", kek), CKR_OK);
+    uint8_t id4[16];
+    seq(id4, 16, 0x84);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id4, "foreign", blob, 40, kcv), CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKA_UNWRAP_TEMPLATE"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "cipherdex-kek-foreign"));
+    /* ...and such a KEK does release the key (what the template prevents). */
+    CU_ASSERT_EQUAL(raw_unwrap(&r, &um, raw_find(&r, "cipherdex-kek-foreign"), blob, 40,
+                               CKA_EXTRACTABLE, CK_TRUE, &got),
+                    CKR_OK);
+    if (got != CK_INVALID_HANDLE)
+        r.f->C_DestroyObject(r.s, got);
+    CU_ASSERT_EQUAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    int flagged = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(ki[i].label, "cipherdex-kek-foreign")) {
+            flagged++;
+            CU_ASSERT_EQUAL(ki[i].wrong, HSM_A_UNWRAP_TEMPLATE);
+            CU_ASSERT_FALSE(ki[i].attrs & HSM_A_UNWRAP_TEMPLATE);
+        } else if (ki[i].kind == HSM_KEY_KEK) {
+            CU_ASSERT_EQUAL(ki[i].wrong, 0);
+            CU_ASSERT_TRUE(ki[i].attrs & HSM_A_UNWRAP_TEMPLATE);
+        }
+    }
+    CU_ASSERT_EQUAL(flagged, 1);
+    free(ki);
+    r.f->C_CloseSession(r.s);
+
     CU_ASSERT_EQUAL(hsm_kek_destroy(c, "onboard"), CDX_OK);
     CU_ASSERT_EQUAL(hsm_kek_destroy(c, "onboard"), CDX_ERR_KEY_NOT_FOUND);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+/* RFC 5649 wrap of key under kek on the host (OpenSSL), as a KMS does; returns the length. */
+static int host_wrap(const uint8_t kek[32], const uint8_t *key, int len, uint8_t out[64])
+{
+    int bl = 0, fl = 0;
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    EVP_CIPHER_CTX_set_flags(ctx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
+    int ok = EVP_EncryptInit_ex(ctx, EVP_aes_256_wrap_pad(), NULL, kek, NULL) == 1 &&
+             EVP_EncryptUpdate(ctx, out, &bl, key, len) == 1 &&
+             EVP_EncryptFinal_ex(ctx, out + bl, &fl) == 1;
+    EVP_CIPHER_CTX_free(ctx);
+    return ok ? bl + fl : -1;
+}
+
+/* A fresh custody context (the unwrap decision is cached per context) with an override. */
+static hsm_custody *open_mech(fx_token *t, unsigned long mech)
+{
+    hsm_config cfg;
+    fill_cfg(&cfg, t, wrap_path, 0);
+    cfg.unwrap_mechanism = mech;
+    hsm_custody *c = NULL;
+    cdx_err e = hsm_custody_open(&cfg, &c);
+    CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
+    return c;
+}
+
+/*
+ * The unwrap mechanism is decided by asking the token: KWP (0x210B) when listed for unwrap,
+ * 0x210A only after the known-answer test, the [hsm] unwrap_mechanism override as is, and the
+ * mechanism is checked before the KEK is looked up.
+ */
+static void test_unwrap_mechanism(void)
+{
+    /* The known-answer vector (docs/KEYS.md) is OpenSSL's RFC 5649. */
+    uint8_t katkek[32], katkey[32], katblob[64], kcv[8];
+    seq(katkek, 32, 0x40);
+    seq(katkey, 32, 0x60);
+    CU_ASSERT_EQUAL_FATAL(host_wrap(katkek, katkey, 32, katblob), 40);
+    char hx[81];
+    tohex(katblob, 40, hx);
+    CU_ASSERT_STRING_EQUAL(hx, "f2b6d451a6f212e66cb908f3b8c78541db9377e63ed53a626311908"
+                               "89dc266ab66aee97c31c43c2e");
+    uint8_t mac[32];
+    unsigned ml = 32;
+    HMAC(EVP_sha256(), katkey, 32, (const unsigned char *)"cipherdex/v1/kcv", 16, mac, &ml);
+    tohex(mac, 8, hx);
+    CU_ASSERT_STRING_EQUAL(hx, "b16936d05d61ae9b");
+
+    fx_token *t = fx_token_new("mechtok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    uint8_t kek[32], dek[32], blob[64], id[16];
+    seq(kek, 32, 0x13);
+    seq(dek, 32, 0x37);
+    CU_ASSERT_EQUAL_FATAL(host_wrap(kek, dek, 32, blob), 40);
+    p11wrap_clear_fn();
+
+    /* SoftHSM 2.6.1 lists 0x210A only: the known-answer test runs once, then is cached. */
+    hsm_custody *c = open_mech(t, 0);
+    CU_ASSERT_EQUAL_FATAL(hsm_kek_import(c, "kms", kek), CDX_OK);
+    p11wrap_reset_counts_fn();
+    seq(id, 16, 0x01);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 2); /* KAT + the key */
+    seq(id, 16, 0x02);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 3);
+    /* A tampered blob under 0x210A: the message allows for a non-RFC 5649 PAD. */
+    uint8_t bad[40];
+    memcpy(bad, blob, 40);
+    bad[9] ^= 0x40;
+    seq(id, 16, 0x03);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", bad, 40, kcv), CDX_ERR_BAD_WRAPPED_KEY);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKM_AES_KEY_WRAP_PAD is not RFC 5649"));
+    hsm_custody_free(c);
+
+    /* A token whose 0x210A fails the known-answer test (NSS: PKCS#7 padding) is refused
+     * before any KEK is looked up. */
+    c = open_mech(t, 0);
+    p11wrap_reset_counts_fn();
+    p11wrap_inject_fn("C_UnwrapKey", CKR_WRAPPED_KEY_INVALID, 1);
+    seq(id, 16, 0x04);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv),
+                    CDX_ERR_MECHANISM_UNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "not RFC 5649"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "unwrap_mechanism"));
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 1);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_FindObjectsInit"), 1); /* the label check, no KEK */
+    /* Not cached as a failure: the next attempt runs the test again and passes. */
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
+    hsm_custody_free(c);
+
+    /* A known-answer test that cannot run (the session KEK refused) says it could not tell. */
+    c = open_mech(t, 0);
+    seq(id, 16, 0x0a);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id, kcv), CDX_OK); /* the probes run */
+    p11wrap_inject_fn("C_CreateObject", CKR_FUNCTION_FAILED, 1);
+    seq(id, 16, 0x0b);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv),
+                    CDX_ERR_MECHANISM_UNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "could not run"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKR_FUNCTION_FAILED"));
+    hsm_custody_free(c);
+
+    /* A token with neither mechanism: MECHANISM_UNSUPPORTED, even for a KEK that does not
+     * exist (the mechanism is checked first). */
+    p11wrap_mech_map_fn(CKM_AES_KEY_WRAP_PAD, 0);
+    p11wrap_mech_map_fn(0x210BUL, 0);
+    c = open_mech(t, 0);
+    seq(id, 16, 0x05);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "nosuchkek", blob, 40, kcv),
+                    CDX_ERR_MECHANISM_UNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKM_AES_KEY_WRAP_KWP"));
+    hsm_custody_free(c);
+    p11wrap_clear_fn();
+
+    /* A token listing KWP for unwrap: preferred, no known-answer test (the wrapper serves
+     * 0x210B with SoftHSM's RFC 5649). */
+    p11wrap_mech_map_fn(0x210BUL, CKM_AES_KEY_WRAP_PAD);
+    c = open_mech(t, 0);
+    p11wrap_reset_counts_fn();
+    seq(id, 16, 0x06);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 1);
+    /* Under KWP a bad blob does not blame PAD. */
+    seq(id, 16, 0x07);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", bad, 40, kcv), CDX_ERR_BAD_WRAPPED_KEY);
+    CU_ASSERT_PTR_NULL(strstr(cdx_err_detail(), "CKM_AES_KEY_WRAP_PAD"));
+    hsm_custody_free(c);
+    p11wrap_clear_fn();
+
+    /* The override is used as is: a vendor mechanism number, not listed, no test. */
+    p11wrap_mech_map_fn(0x80001234UL, CKM_AES_KEY_WRAP_PAD);
+    c = open_mech(t, 0x80001234UL);
+    p11wrap_reset_counts_fn();
+    seq(id, 16, 0x08);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 1);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_GetMechanismInfo"), 0);
+    hsm_custody_free(c);
+    p11wrap_clear_fn();
+    /* An override the token refuses is MECHANISM_UNSUPPORTED naming it. */
+    c = open_mech(t, 0x80005678UL);
+    seq(id, 16, 0x09);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv),
+                    CDX_ERR_MECHANISM_UNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "0x80005678"));
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+static hsm_custody *open_kt(fx_token *t, int kt)
+{
+    hsm_config cfg;
+    fill_cfg(&cfg, t, wrap_path, 0);
+    cfg.hmac_key_type = kt;
+    hsm_custody *c = NULL;
+    CU_ASSERT_EQUAL_FATAL(hsm_custody_open(&cfg, &c), CDX_OK);
+    return c;
+}
+
+/*
+ * HMAC keys may be CKK_GENERIC_SECRET or CKK_SHA256_HMAC (YubiHSM 2): both are accepted by the
+ * template checks and the listing; [hsm] hmac_key_type picks the type of new keys, and auto
+ * falls back from a refused CKK_GENERIC_SECRET generation to CKK_SHA256_HMAC.
+ */
+static void test_hmac_key_type(void)
+{
+    fx_token *t = fx_token_new("kttok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    uint8_t key[32], id[16], kcv[8], kek[32], dek[32], blob[64];
+    char hx[17];
+    seq(key, 32, 0x00);
+    seq(id, 16, 0xa0);
+    p11wrap_clear_fn();
+
+    /* sha256_hmac: imports and unwraps make CKK_SHA256_HMAC keys with the documented KCV. */
+    hsm_custody *c = open_kt(t, HSM_HMAC_KT_SHA256);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_import(c, id, key, kcv), CDX_OK);
+    tohex(kcv, 8, hx);
+    CU_ASSERT_STRING_EQUAL(hx, VEC_KCV);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    memcpy(ref.id, id, 16);
+    hsm_subkey *sk = NULL;
+    uint8_t host[32];
+    CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &ref, kcv, HSM_P_PAYLOAD, 1, &sk), CDX_OK);
+    host_subkey(key, HSM_P_PAYLOAD, id, 1, host);
+    CU_ASSERT_EQUAL(memcmp(hsm_subkey_bytes(sk), host, 32), 0);
+    hsm_subkey_release(sk);
+    seq(kek, 32, 0x22);
+    seq(dek, 32, 0x44);
+    CU_ASSERT_EQUAL_FATAL(host_wrap(kek, dek, 32, blob), 40);
+    CU_ASSERT_EQUAL_FATAL(hsm_kek_import(c, "k256", kek), CDX_OK);
+    uint8_t id2[16], kcv2[8];
+    seq(id2, 16, 0xb0);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id2, "k256", blob, 40, kcv2), CDX_OK);
+    hsm_key_info *ki = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    CU_ASSERT_EQUAL(n, 3);
+    for (size_t i = 0; i < n; i++) {
+        CU_ASSERT_EQUAL(ki[i].wrong, 0);
+        if (ki[i].kind == HSM_KEY_INDEX) {
+            CU_ASSERT_EQUAL(ki[i].key_type, CKK_SHA256_HMAC);
+            CU_ASSERT_TRUE(ki[i].has_kcv); /* the KCV for both HMAC key types */
+        }
+    }
+    free(ki);
+    /* Generation with CKK_SHA256_HMAC only: SoftHSM refuses it, and no fallback is tried. */
+    p11wrap_reset_counts_fn();
+    uint8_t id3[16];
+    seq(id3, 16, 0xc0);
+    CU_ASSERT_NOT_EQUAL(hsm_index_key_generate(c, id3, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_GenerateKey"), 1);
+    hsm_custody_free(c);
+
+    /* A generic-mode context adopts the CKK_SHA256_HMAC key, and unwraps under the KEK whose
+     * template names CKK_SHA256_HMAC (the new key takes the KEK's type). */
+    c = open_kt(t, HSM_HMAC_KT_GENERIC);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL(memcmp(kcv, kcv2, 8), 0);
+    seq(id3, 16, 0xd0);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id3, "k256", blob, 40, kcv2), CDX_OK);
+    /* A refused CKK_GENERIC_SECRET generation is not retried under hmac_key_type = generic. */
+    p11wrap_reset_counts_fn();
+    p11wrap_inject_fn("C_GenerateKey", CKR_ATTRIBUTE_VALUE_INVALID, 1);
+    seq(id3, 16, 0xe0);
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id3, kcv2), CDX_ERR_HSM_FAILED);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_GenerateKey"), 1);
+    hsm_custody_free(c);
+
+    /* auto: the refusal (YubiHSM answers CKR_ATTRIBUTE_VALUE_INVALID) is retried as
+     * CKK_SHA256_HMAC; SoftHSM cannot generate that type, so the retry fails too. */
+    c = open_kt(t, HSM_HMAC_KT_AUTO);
+    p11wrap_reset_counts_fn();
+    p11wrap_inject_fn("C_GenerateKey", CKR_ATTRIBUTE_VALUE_INVALID, 1);
+    CU_ASSERT_NOT_EQUAL(hsm_index_key_generate(c, id3, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_GenerateKey"), 2);
+    /* A token without CKM_GENERIC_SECRET_KEY_GEN for CKF_GENERATE: nothing is attempted. */
+    p11wrap_mech_map_fn(CKM_GENERIC_SECRET_KEY_GEN, 0);
+    p11wrap_reset_counts_fn();
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id3, kcv2), CDX_ERR_MECHANISM_UNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "hmac_key_type"));
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_GenerateKey"), 0);
+    p11wrap_clear_fn();
+    /* Without faults auto makes CKK_GENERIC_SECRET keys, as before. */
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id3, kcv2), CDX_OK);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+/* The listing's entry for label, or NULL (ki from hsm_key_list). */
+static const hsm_key_info *find_info(const hsm_key_info *ki, size_t n, const char *label)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(ki[i].label, label))
+            return &ki[i];
+    return NULL;
+}
+
+/*
+ * An attribute the token did not fill is unknown, never FALSE, and an unknown must-be-FALSE
+ * attribute counts as wrong: a token that stops filling the template early cannot make a key
+ * look unextractable.
+ */
+static void test_fail_closed_attributes(void)
+{
+    fx_token *t = fx_token_new("closedtok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, wrap_path, 0);
+    uint8_t id[16], kcv[8], kcv2[8];
+    seq(id, 16, 0x5a);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id, kcv), CDX_OK);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    memcpy(ref.id, id, 16);
+    char label[CDX_LABEL_MAX + 1];
+    hsm_key_label(&ref, label);
+    hsm_key_info *ki = NULL;
+    size_t n = 0;
+    const hsm_key_info *k;
+
+    /* A careless token: CKA_EXTRACTABLE left untouched, CKR_OK. */
+    p11wrap_attr_refuse_fn(CKA_EXTRACTABLE, 0, 1);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "extractable"));
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(k = find_info(ki, n, label));
+    CU_ASSERT_TRUE(k->unknown & HSM_A_EXTRACTABLE);
+    CU_ASSERT_FALSE(k->attrs & HSM_A_EXTRACTABLE);
+    CU_ASSERT_EQUAL(k->wrong, HSM_A_EXTRACTABLE);
+    free(ki);
+
+    /* A token that does not know CKA_DERIVE, as PKCS#11 says (unavailable,
+     * CKR_ATTRIBUTE_TYPE_INVALID, the rest filled): unknown, so wrong. */
+    p11wrap_attr_refuse_fn(CKA_DERIVE, 0, 0);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "derive"));
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(k = find_info(ki, n, label));
+    CU_ASSERT_EQUAL(k->unknown, HSM_A_DERIVE);
+    CU_ASSERT_EQUAL(k->wrong, HSM_A_DERIVE);
+    CU_ASSERT_TRUE(k->has_kcv);
+    free(ki);
+    p11wrap_clear_fn();
+
+    /* A token that fails the whole read and fills nothing: each attribute is asked alone. */
+    p11wrap_reset_counts_fn();
+    p11wrap_inject_fn("C_GetAttributeValue", CKR_GENERAL_ERROR, 1);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL(memcmp(kcv, kcv2, 8), 0);
+    CU_ASSERT_TRUE(p11wrap_count_fn("C_GetAttributeValue") > 20);
+    /* ...and one whose every read fails has nothing known: refused, not accepted. */
+    p11wrap_inject_fn("C_GetAttributeValue", CKR_GENERAL_ERROR, -1);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_ERR_KEY_ATTRIBUTES);
+    p11wrap_clear_fn();
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_OK);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+static hsm_custody *open_copyable(fx_token *t, int copyable)
+{
+    hsm_config cfg;
+    fill_cfg(&cfg, t, wrap_path, 0);
+    cfg.copyable = copyable;
+    hsm_custody *c = NULL;
+    CU_ASSERT_EQUAL_FATAL(hsm_custody_open(&cfg, &c), CDX_OK);
+    return c;
+}
+
+/*
+ * A token without CKA_COPYABLE (opencryptoki answers CKR_ATTRIBUTE_TYPE_INVALID, NSS
+ * CKR_GENERAL_ERROR): key creation and adoption are refused by default, naming the token and
+ * the risk; [hsm] copyable = unsupported omits the attribute, reports it unknown and sets
+ * CKA_ALLOWED_MECHANISMS = {CKM_SHA256_HMAC} where the token has it.
+ */
+static void test_copyable(void)
+{
+    static const CK_RV codes[] = {CKR_ATTRIBUTE_TYPE_INVALID, CKR_GENERAL_ERROR};
+    fx_token *t = fx_token_new("copytok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    uint8_t id[16], id2[16], kcv[8], kcv2[8], kek[32], dek[32], blob[64];
+    seq(id, 16, 0x70);
+    seq(kek, 32, 0x55);
+    seq(dek, 32, 0x66);
+    CU_ASSERT_EQUAL_FATAL(host_wrap(kek, dek, 32, blob), 40);
+
+    /* A key made while the token still had the attribute, to adopt later. */
+    hsm_custody *c = open_copyable(t, HSM_COPYABLE_REQUIRED);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id, kcv), CDX_OK);
+    hsm_custody_free(c);
+
+    for (size_t i = 0; i < FX_LEN(codes); i++) {
+        p11wrap_clear_fn();
+        p11wrap_attr_refuse_fn(CKA_COPYABLE, codes[i], 0);
+        c = open_copyable(t, HSM_COPYABLE_REQUIRED);
+        p11wrap_reset_counts_fn();
+        seq(id2, 16, 0x71);
+        CU_ASSERT_EQUAL(hsm_index_key_generate(c, id2, kcv2), CDX_ERR_KEY_ATTRIBUTES);
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKA_COPYABLE"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "'copytok'"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "C_CopyObject"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "copyable = unsupported"));
+        CU_ASSERT_EQUAL(p11wrap_count_fn("C_GenerateKey"), 0);
+        CU_ASSERT_EQUAL(hsm_kek_import(c, "k", kek), CDX_ERR_KEY_ATTRIBUTES);
+        CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_ERR_KEY_ATTRIBUTES);
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "adopt"));
+        /* Listing still works, and shows the attribute unknown and wrong. */
+        hsm_key_info *ki = NULL;
+        size_t n = 0;
+        CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+        CU_ASSERT_EQUAL(n, 1);
+        if (n == 1) {
+            CU_ASSERT_TRUE(ki[0].unknown & HSM_A_COPYABLE);
+            CU_ASSERT_EQUAL(ki[0].wrong, HSM_A_COPYABLE);
+        }
+        free(ki);
+        hsm_custody_free(c);
+    }
+
+    /* The opt-in: keys are made without CKA_COPYABLE, with CKA_ALLOWED_MECHANISMS. */
+    c = open_copyable(t, HSM_COPYABLE_UNSUPPORTED);
+    CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_OK);
+    seq(id2, 16, 0x72);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id2, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(hsm_kek_import(c, "k", kek), CDX_OK);
+    uint8_t id3[16], kcv3[8];
+    seq(id3, 16, 0x73);
+    CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id3, "k", blob, 40, kcv3), CDX_OK);
+    hsm_key_info *ki = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    CU_ASSERT_EQUAL(n, 4);
+    for (size_t i = 0; i < n; i++) {
+        CU_ASSERT_EQUAL(ki[i].wrong, 0);
+        CU_ASSERT_TRUE(ki[i].unknown & HSM_A_COPYABLE);
+    }
+    free(ki);
+    struct raw r;
+    CU_ASSERT_EQUAL_FATAL(raw_open(&r, wrap_path, "copytok"), 0);
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+    memcpy(ref.id, id2, 16);
+    char label[CDX_LABEL_MAX + 1];
+    hsm_key_label(&ref, label);
+    CK_OBJECT_HANDLE h = raw_find(&r, label);
+    CK_MECHANISM_TYPE mechs[4] = {0};
+    CK_ATTRIBUTE am = {CKA_ALLOWED_MECHANISMS, mechs, sizeof(mechs)};
+    CU_ASSERT_EQUAL(r.f->C_GetAttributeValue(r.s, h, &am, 1), CKR_OK);
+    CU_ASSERT_EQUAL(am.ulValueLen, sizeof(CK_MECHANISM_TYPE));
+    CU_ASSERT_EQUAL(mechs[0], CKM_SHA256_HMAC);
+    r.f->C_CloseSession(r.s);
+    hsm_custody_free(c);
+    p11wrap_clear_fn();
+
+    /* The opt-in on a token that has the attribute changes nothing: COPYABLE FALSE is set. */
+    c = open_copyable(t, HSM_COPYABLE_UNSUPPORTED);
+    seq(id2, 16, 0x74);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id2, kcv2), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    for (size_t i = 0; i < n; i++)
+        if (!memcmp(ki[i].id, id2, 16)) {
+            CU_ASSERT_FALSE(ki[i].unknown & HSM_A_COPYABLE);
+            CU_ASSERT_FALSE(ki[i].attrs & HSM_A_COPYABLE);
+        }
+    free(ki);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
+/* A template the token refuses gets a hint naming the template and where to read on. */
+static void test_create_refusal_hint(void)
+{
+    fx_token *t = fx_token_new("hinttok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    hsm_custody *c = open_ctx(t, wrap_path, 0);
+    uint8_t id[16], kcv[8], key[32];
+    seq(id, 16, 0x90);
+    seq(key, 32, 0x91);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id, kcv), CDX_OK); /* probes run */
+    seq(id, 16, 0x92);
+    p11wrap_inject_fn("C_GenerateKey", CKR_ATTRIBUTE_TYPE_INVALID, 1);
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id, kcv), CDX_ERR_HSM_FAILED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "C_GenerateKey"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(cdx_err_detail(), "Cipherdex key template for cipherdex-index-9"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKA_COPYABLE"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "Token compatibility"));
+    p11wrap_inject_fn("C_CreateObject", CKR_GENERAL_ERROR, 1); /* NSS's answer */
+    CU_ASSERT_EQUAL(hsm_index_key_import(c, id, key, kcv), CDX_ERR_HSM_FAILED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "C_CreateObject"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "Token compatibility"));
+    p11wrap_inject_fn("C_CreateObject", CKR_ATTRIBUTE_TYPE_INVALID, 1);
+    CU_ASSERT_EQUAL(hsm_kek_import(c, "hk", key), CDX_ERR_HSM_FAILED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "cipherdex-kek-hk"));
+    /* Other refusals keep the plain text. */
+    p11wrap_inject_fn("C_GenerateKey", CKR_FUNCTION_FAILED, 1);
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id, kcv), CDX_ERR_HSM_FAILED);
+    CU_ASSERT_PTR_NULL(strstr(cdx_err_detail(), "Token compatibility"));
+    p11wrap_clear_fn();
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id, kcv), CDX_OK);
     hsm_custody_free(c);
     fx_token_free(t);
 }
@@ -1355,6 +1948,12 @@ int main(void)
         {"known key: token subkeys = host HMAC = test vectors", test_known_key_vectors},
         {"key protections: no read, wrap, derive, copy", test_key_protections},
         {"unwrap: KEKs, 40-byte rule, tamper", test_unwrap},
+        {"unwrap mechanism: KWP, PAD after a KAT, override, absent", test_unwrap_mechanism},
+        {"HMAC key type: generic or sha256_hmac, fallback, CKF_GENERATE", test_hmac_key_type},
+        {"attributes fail closed: unfilled is unknown, unknown is wrong",
+         test_fail_closed_attributes},
+        {"CKA_COPYABLE: refused by default, opt-in with CKA_ALLOWED_MECHANISMS", test_copyable},
+        {"refused template: hint naming it", test_create_refusal_hint},
         {"bad key files", test_bad_key_files},
         {"ambiguous and replaced keys", test_ambiguous_and_replaced},
         {"token re-init, recovery, back-off", test_token_reinit_and_recovery},

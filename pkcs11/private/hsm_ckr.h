@@ -37,4 +37,15 @@ cdx_err hsm_ckr_code(CK_RV rv);
  */
 cdx_err hsm_ckr_fail(CK_RV rv, const char *what);
 
+/*
+ * hsm_ckr_fail for a key creation (`what` = C_GenerateKey, C_CreateObject,
+ * C_UnwrapKey) of the object labelled `label`: a template the token refused
+ * (CKR_ATTRIBUTE_TYPE_INVALID, CKR_ATTRIBUTE_VALUE_INVALID,
+ * CKR_TEMPLATE_INCONSISTENT, CKR_GENERAL_ERROR - NSS's answer to an unknown
+ * attribute) gets CDX_ERR_HSM_FAILED with a hint naming the template's
+ * portability-sensitive parts and docs/CUSTODY.md "Token compatibility".
+ * Logs the raw value. Returns what hsm_ckr_fail returns otherwise.
+ */
+cdx_err hsm_ckr_fail_create(CK_RV rv, const char *what, const char *label);
+
 #endif

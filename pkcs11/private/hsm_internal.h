@@ -76,6 +76,12 @@ struct hsm_custody {
     atomic_uint_fast64_t derivations, cache_hits, kcv_computes, recoveries, logins;
 
     struct hsm_subcache *cache;
+
+    /* Capabilities decided by asking the token (hsm_caps.c); 0 = not decided yet. */
+    atomic_ulong unwrap_mech;
+    atomic_ulong hmac_kt;         /* CKK_ of new root/index keys once generation decided it */
+    atomic_int copyable_cap;      /* 0 not probed, 1 CKA_COPYABLE supported, 2 not */
+    atomic_bool allowed_mechs_ok; /* CKA_ALLOWED_MECHANISMS supported (probed with it) */
 };
 
 /*
@@ -160,13 +166,19 @@ extern const size_t hsm_nbattrs;
 
 /*
  * Read the attributes of h into *ki (label, id, type, length, HSM_A_* bits);
- * *unknown = the bits the token would not report. Returns the CK_RV.
+ * *unknown = the bits the token would not report. For an object with
+ * CKA_UNWRAP TRUE (a KEK), HSM_A_UNWRAP_TEMPLATE tells whether its
+ * CKA_UNWRAP_TEMPLATE equals hsm_tmpl_unwrap's (unknown if it cannot be
+ * read). Returns the CK_RV.
  */
 CK_RV hsm_tmpl_read(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key_info *ki,
                     unsigned *unknown);
 
 /* HSM_A_* bits of ki that break the template of `kind` (unknown required bits count as wrong). */
 unsigned hsm_tmpl_wrong(hsm_key_kind kind, const hsm_key_info *ki, unsigned unknown);
+
+/* The HSM_A_* bits whose "unknown" this context accepts (COPYABLE under the opt-in). */
+unsigned hsm_tmpl_optional(hsm_custody *c);
 
 /*
  * Check a found object against its kind's template (type, length and flags).
@@ -179,6 +191,36 @@ cdx_err hsm_tmpl_check(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, 
 /* ---- creating a key object (hsm_keys.c; templates in hsm_template.c) ---- */
 
 typedef enum hsm_create_how { HSM_HOW_GENERATE, HSM_HOW_IMPORT, HSM_HOW_UNWRAP } hsm_create_how;
+
+/* Entries of the index-key unwrap template a KEK carries (hsm_tmpl_unwrap). */
+#define HSM_UTMPL_MAX 16
+
+/*
+ * Fill t (room for HSM_UTMPL_MAX) with the index-key template (key type
+ * *hmac_kt) as a KEK's
+ * CKA_UNWRAP_TEMPLATE: class, key type and every protection flag of
+ * hsm_tmpl_build's index template (no label, id or CKA_VALUE_LEN, which an
+ * unwrap template cannot hold on SoftHSM), CKA_MODIFIABLE last. Returns the
+ * count. Cipherdex's own unwrap template is a superset, so the token accepts
+ * it; any template asking for something else (extractable, not sensitive,
+ * derivable, ...) is refused by a token that enforces the attribute.
+ */
+CK_ULONG hsm_tmpl_unwrap(CK_ATTRIBUTE *t, const CK_KEY_TYPE *hmac_kt, bool copyable);
+
+/*
+ * Read h's CKA_UNWRAP_TEMPLATE and compare it with hsm_tmpl_unwrap's (the
+ * key type may be CKK_GENERIC_SECRET or CKK_SHA256_HMAC): *state = 1 equal,
+ * 0 absent or different, -1 not readable; *kt (may be NULL) = the key type
+ * it names. Returns a CK_RV only for failures recovery may cure.
+ */
+CK_RV hsm_tmpl_read_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, int *state,
+                           CK_KEY_TYPE *kt);
+
+/* True for the HMAC key types Cipherdex accepts (CKK_GENERIC_SECRET, CKK_SHA256_HMAC). */
+bool hsm_hmac_type_ok(CK_ULONG kt);
+
+/* Key type for a new root/index key: the configured one, else the one generation settled on. */
+CK_KEY_TYPE hsm_hmac_key_type(hsm_custody *c);
 
 struct hsm_create;
 
@@ -201,6 +243,11 @@ struct hsm_create {
     size_t blob_len;
     uint8_t kcv[CDX_KCV_LEN];
     CK_OBJECT_HANDLE h;
+    CK_ATTRIBUTE utmpl[HSM_UTMPL_MAX]; /* a KEK's CKA_UNWRAP_TEMPLATE (hsm_tmpl_build) */
+    CK_KEY_TYPE key_type;              /* of the new object: CKK_AES (KEK) or hsm_hmac_key_type */
+    CK_KEY_TYPE hmac_kt;               /* HMAC key type a KEK's unwrap template names */
+    bool copyable;                     /* CKA_COPYABLE FALSE in the template (hsm_caps_copyable) */
+    bool allowed_mechs; /* CKA_ALLOWED_MECHANISMS {CKM_SHA256_HMAC} on a root/index key */
 };
 
 /*
@@ -215,15 +262,25 @@ CDX_MUST_CHECK cdx_err hsm_key_create(hsm_custody *c, struct hsm_create *a, uint
 /*
  * Fill t (room for 24) with the template of the new object a describes,
  * labelled `label` with CKA_ID `id`; returns the count. The last entry is
- * CKA_MODIFIABLE (SoftHSM applies it last on unwrap).
+ * CKA_MODIFIABLE (SoftHSM applies it last on unwrap). A KEK's template
+ * carries CKA_UNWRAP_TEMPLATE, built into a->utmpl.
  */
-CK_ULONG hsm_tmpl_build(const struct hsm_create *a, CK_ATTRIBUTE *t, const char *label,
+CK_ULONG hsm_tmpl_build(struct hsm_create *a, CK_ATTRIBUTE *t, const char *label,
                         const uint8_t *id);
 
 /* The KCV's message: KCV = HMAC-SHA256(key, HSM_KCV_MSG)[0..8] (docs/KEYS.md). */
 #define HSM_KCV_MSG "cipherdex/v1/kcv"
 
-/* Generate a->kind's key on the token (CKM_GENERIC_SECRET_KEY_GEN or CKM_AES_KEY_GEN). */
+/*
+ * Generate a->kind's key on the token. KEKs: CKM_AES_KEY_GEN. Root/index
+ * keys: a->key_type with its key-generation mechanism (CKK_GENERIC_SECRET:
+ * CKM_GENERIC_SECRET_KEY_GEN; CKK_SHA256_HMAC: CKM_SHA256_KEY_GEN if listed,
+ * else CKM_GENERIC_SECRET_KEY_GEN), checked for CKF_GENERATE first; with
+ * [hsm] hmac_key_type = auto a refused CKK_GENERIC_SECRET
+ * (CKR_ATTRIBUTE_VALUE_INVALID, CKR_TEMPLATE_INCONSISTENT,
+ * CKR_MECHANISM_INVALID, or no CKF_GENERATE) is retried as CKK_SHA256_HMAC
+ * and that choice is kept for the context.
+ */
 cdx_err hsm_make_generate(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *a,
                           CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h, CK_RV *rv);
 /* C_CreateObject with the key bytes as CKA_VALUE (hsm_import.c; KEK import uses it too). */
@@ -237,6 +294,45 @@ cdx_err hsm_make_import(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_create *
  */
 CDX_MUST_CHECK cdx_err hsm_object_destroy(hsm_custody *c, const hsm_key_ref *k,
                                           const char *kek_name);
+
+/* ---- capabilities (hsm_caps.c) ---- */
+
+#ifndef CKM_AES_KEY_WRAP_KWP
+#define CKM_AES_KEY_WRAP_KWP 0x0000210BUL /* RFC 5649, PKCS#11 3.0 */
+#endif
+
+/* True when the token lists mechanism m with every bit of `flag` (C_GetMechanismInfo). */
+bool hsm_mech_has(hsm_custody *c, CK_MECHANISM_TYPE m, CK_FLAGS flag);
+
+/* "CKM_AES_KEY_WRAP_KWP", ..., or "mechanism 0x..." (thread-local buffer). */
+const char *hsm_mech_name(CK_MECHANISM_TYPE m);
+
+/*
+ * The RFC 5649 unwrap mechanism for this token, decided once per custody:
+ * [hsm] unwrap_mechanism if set; else CKM_AES_KEY_WRAP_KWP if listed with
+ * CKF_UNWRAP; else CKM_AES_KEY_WRAP_PAD if listed with CKF_UNWRAP and it
+ * passes the known-answer test (a session KEK from fixed bytes unwraps a
+ * fixed 40-byte RFC 5649 blob to a key of known KCV). Runs inside an op.
+ * Errors: CDX_ERR_MECHANISM_UNSUPPORTED (none, or the KAT failed), a CK_RV
+ * failure of the KAT (stored in *rv).
+ */
+cdx_err hsm_unwrap_mech(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE *out, CK_RV *rv);
+
+/*
+ * Probe (once per context, with session-only keys from public bytes)
+ * whether the token supports CKA_COPYABLE and CKA_ALLOWED_MECHANISMS, and
+ * refuse to create (creating) or adopt keys on a token without CKA_COPYABLE
+ * unless [hsm] copyable = unsupported. Runs inside an op.
+ * Errors: CDX_ERR_KEY_ATTRIBUTES (no CKA_COPYABLE, not opted in; the detail
+ * names the token and what is lost), a CK_RV failure (stored in *rv).
+ */
+cdx_err hsm_caps_probe(hsm_custody *c, CK_SESSION_HANDLE s, bool creating, CK_RV *rv);
+
+/*
+ * False when CKA_COPYABLE is left out of templates and may read unknown: the
+ * token lacks it and [hsm] copyable = unsupported. True otherwise.
+ */
+bool hsm_caps_copyable(hsm_custody *c);
 
 /* Subkey cache lifecycle (hsm_subkey.c). */
 cdx_err hsm_subcache_new(hsm_custody *c);
