@@ -25,7 +25,7 @@ source "$HERE/modules.sh"
 die() { echo "hsm-matrix: $*" >&2; exit 2; }
 
 ALL_MODULES=(softhsm opencryptoki p11kit-remote nss)
-STEPS=(probe tokens keys root-create root-existing idx-generate idx-import idx-kcv idx-check
+STEPS=(probe tokens keys hsm-probe root-create root-existing idx-generate idx-import idx-kcv idx-check
        idx-adopt kek-create kek-import idx-unwrap idx-destroy kek-destroy
        d-start d-health d-create d-upsert d-query d-get d-describe d-unwrap d-delete)
 
@@ -245,6 +245,20 @@ s_tokens() {
 }
 
 s_keys() { hsm keys || fail_with "exit $?"; }
+
+# cipherdex-hsm probe: Cipherdex's own verdict on the token (exit 1 when it cannot run there).
+s_hsm_probe() {
+    local rc=0 verdict
+    hsm probe || rc=$?
+    # "verdict: ..." and the first reason after it.
+    verdict="$(awk '/^verdict:/{v=$0; n=NR} n && NR==n+1{v=v "; " $0} END{print v}' <<<"$OUTP")"
+    if ((rc != 0)); then
+        DETAIL="exit $rc${verdict:+: $verdict}"
+        [[ -n "$verdict" ]] || fail_with "exit $rc"
+        return 1
+    fi
+    DETAIL="$verdict"
+}
 
 DEPLOY="" ROOT_KCV=""
 s_root_create() {
@@ -529,6 +543,7 @@ run_module() {
         DETAIL="" OUTP=""
         rc=0
         "s_${step//-/_}" || rc=$?
+        printf '%s\n' "$OUTP" >"$MOD_DIR/$step.out"
         case $rc in
         0) record "$step" PASS "$DETAIL" ;;
         77) record "$step" SKIP "$DETAIL" ;;
