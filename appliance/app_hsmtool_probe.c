@@ -26,6 +26,11 @@ static const char *attr_text(const hsm_probe *p, unsigned bit)
     return p->unknown & bit ? "n/a" : p->attrs & bit ? "yes" : "no";
 }
 
+static const char *kt_name(unsigned long kt)
+{
+    return kt == 0x10UL ? "CKK_GENERIC_SECRET" : kt == 0x2bUL ? "CKK_SHA256_HMAC" : "?";
+}
+
 static void print_json(const hsm_probe *p)
 {
     printf("{\"command\":\"probe\",\"token\":{");
@@ -69,6 +74,21 @@ static void print_json(const hsm_probe *p)
         const char *v = attr_text(p, 1u << i);
         fputs(!strcmp(v, "n/a") ? "null" : !strcmp(v, "yes") ? "true" : "false", stdout);
     }
+    printf("},\"custody\":{\"copyable\":%s,\"copyable_opt_in\":%s,\"allowed_mechanisms\":%s,"
+           "\"pad_kat\":%s,\"unwrap_mechanism\":",
+           p->copyable_supported ? "true" : "false", p->copyable_opt_in ? "true" : "false",
+           p->allowed_mechanisms ? "true" : "false",
+           p->pad_kat < 0 ? "null" : p->pad_kat ? "true" : "false");
+    if (p->unwrap_mech)
+        printf("\"0x%lx\"", p->unwrap_mech);
+    else
+        fputs("null", stdout);
+    fputs(",\"unwrap_why\":", stdout);
+    if (p->unwrap_mech)
+        fputs("null", stdout);
+    else
+        app_out_json_str(stdout, p->unwrap_why);
+    printf(",\"hmac_key_type\":\"%s\"", kt_name(p->hmac_key_type));
     printf("},\"can_run\":%s,\"verdict\":[", p->can_run ? "true" : "false");
     const char *s = p->verdict;
     bool first = true;
@@ -120,6 +140,19 @@ static void print_text(const hsm_probe *p)
     printf("  %-44s %s\n", "HMAC-SHA256 sign", try_text(p->sign));
     printf("  %-44s %s\n", "set CKA_DERIVE true (must be refused)", try_text(p->set_derive));
     printf("  %-44s %s\n", "copy with CKA_DERIVE true (must be refused)", try_text(p->copy_derive));
+    printf("custody's decisions with this configuration (as index create makes them):\n");
+    printf("  %-44s %s\n", "CKA_COPYABLE honoured on token objects",
+           p->copyable_supported  ? "yes"
+           : p->copyable_opt_in ? "no (accepted: [hsm] copyable = unsupported)"
+                                : "no (keys refused)");
+    printf("  %-44s %s\n", "CKA_ALLOWED_MECHANISMS honoured", p->allowed_mechanisms ? "yes" : "no");
+    printf("  %-44s %s\n", "0x210A known-answer test (RFC 5649)",
+           p->pad_kat < 0 ? "not run" : p->pad_kat ? "passed" : "failed");
+    if (p->unwrap_mech)
+        printf("  %-44s %s (0x%lx)\n", "index unwrap mechanism", p->unwrap_name, p->unwrap_mech);
+    else
+        printf("  %-44s none: %s\n", "index unwrap mechanism", p->unwrap_why);
+    printf("  %-44s %s\n", "HMAC key type of new keys", kt_name(p->hmac_key_type));
     printf("attributes read back:");
     for (unsigned i = 0; i < HSM_NATTRS; i++)
         printf(" %s=%s", hsm_attr_name(1u << i), attr_text(p, 1u << i));

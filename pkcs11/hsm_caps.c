@@ -138,6 +138,13 @@ out:
     return ret;
 }
 
+CK_RV hsm_unwrap_kat(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE m, bool *ok)
+{
+    CK_RV why = CKR_OK;
+    const char *stage = "";
+    return unwrap_kat(c, s, m, ok, &why, &stage);
+}
+
 cdx_err hsm_unwrap_mech(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE *out, CK_RV *rv)
 {
     CK_MECHANISM_TYPE m = (CK_MECHANISM_TYPE)atomic_load(&c->unwrap_mech);
@@ -227,13 +234,14 @@ static void token_name(hsm_custody *c, char *buf, size_t cap)
 }
 
 /*
- * Create a session-only generic secret from public bytes with `extra` added
- * to the template, read `extra`'s type back, destroy it. *made: the token
+ * Create a generic secret from public bytes with `extra` (if not NULL) added to the
+ * template (a token object when `token`, labelled cipherdex-probe; else a
+ * session object), read `extra`'s type back, destroy it. *made: the token
  * accepted the template; *back: the value read back equals extra's.
  * Returns a CK_RV only for failures recovery may cure.
  */
-static CK_RV probe_key(hsm_custody *c, CK_SESSION_HANDLE s, const CK_ATTRIBUTE *extra, bool *made,
-                       bool *back)
+static CK_RV probe_key(hsm_custody *c, CK_SESSION_HANDLE s, const CK_ATTRIBUTE *extra, bool token,
+                       bool *made, bool *back)
 {
     CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
     CK_KEY_TYPE gen = CKK_GENERIC_SECRET;
@@ -244,27 +252,67 @@ static CK_RV probe_key(hsm_custody *c, CK_SESSION_HANDLE s, const CK_ATTRIBUTE *
     CK_ATTRIBUTE kt[] = {
         {CKA_CLASS, &secret, sizeof(secret)},
         {CKA_KEY_TYPE, &gen, sizeof(gen)},
-        {CKA_TOKEN, &f, 1},
+        {CKA_TOKEN, token ? &t : &f, 1},
         {CKA_PRIVATE, &t, 1},
         {CKA_SENSITIVE, &t, 1},
         {CKA_EXTRACTABLE, &f, 1},
         {CKA_SIGN, &t, 1},
+        {CKA_LABEL, HSM_PROBE_LABEL, sizeof(HSM_PROBE_LABEL) - 1},
         {CKA_VALUE, val, sizeof(val)},
-        *extra,
+        {0, NULL, 0}, /* extra */
     };
+    CK_ULONG n = sizeof(kt) / sizeof(kt[0]);
+    if (extra)
+        kt[n - 1] = *extra;
+    else
+        n--;
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
     *made = *back = false;
-    CK_RV rv = c->f->C_CreateObject(s, kt, sizeof(kt) / sizeof(kt[0]), &h);
+    CK_RV rv = c->f->C_CreateObject(s, kt, n, &h);
     if (rv != CKR_OK)
         return hsm_ckr_recoverable(rv) ? rv : CKR_OK;
     *made = true;
-    CK_ATTRIBUTE a = {extra->type, got, sizeof(got)};
-    rv = c->f->C_GetAttributeValue(s, h, &a, 1);
-    if (rv == CKR_OK && a.ulValueLen == extra->ulValueLen &&
-        memcmp(got, extra->pValue, a.ulValueLen) == 0)
-        *back = true;
-    (void)c->f->C_DestroyObject(s, h);
+    if (extra) {
+        CK_ATTRIBUTE a = {extra->type, got, sizeof(got)};
+        rv = c->f->C_GetAttributeValue(s, h, &a, 1);
+        if (rv == CKR_OK && a.ulValueLen == extra->ulValueLen &&
+            memcmp(got, extra->pValue, a.ulValueLen) == 0)
+            *back = true;
+    }
+    CK_RV dr = c->f->C_DestroyObject(s, h);
+    if (dr != CKR_OK && token)
+        cdx_log(CDX_LOG_WARN, "hsm_probe_object_left",
+                "label=" HSM_PROBE_LABEL " ckr=%s rv=0x%lx: delete it with the token's tools",
+                hsm_ckr_name(dr), (unsigned long)dr);
     return hsm_ckr_recoverable(rv) ? rv : CKR_OK;
+}
+
+/*
+ * Does the token honour `extra` (accept it in a key template and report it
+ * back)? Asked on a token object first: NSS softokn accepts CKA_COPYABLE on
+ * session objects but fails token objects carrying it (CKR_GENERAL_ERROR),
+ * and index keys are token objects. A token that refuses token objects made
+ * with C_CreateObject altogether (some HSM policies forbid importing secret
+ * keys) is asked on a session object instead. *told: some object was made
+ * with or without `extra`, so the answer means something.
+ */
+static CK_RV probe_attr(hsm_custody *c, CK_SESSION_HANDLE s, const CK_ATTRIBUTE *extra,
+                        bool *supported, bool *told)
+{
+    bool made = false, back = false, made2 = false, back2 = false;
+    CK_RV r = CKR_OK;
+    for (int token = 1; token >= 0; token--) {
+        r = probe_key(c, s, extra, token, &made, &back);
+        if (r != CKR_OK || made)
+            break;
+        /* Refused with `extra`: refused without it too? */
+        r = probe_key(c, s, NULL, token, &made2, &back2);
+        if (r != CKR_OK || made2)
+            break;
+    }
+    *supported = made && back;
+    *told = made || made2;
+    return r;
 }
 
 cdx_err hsm_caps_probe(hsm_custody *c, CK_SESSION_HANDLE s, bool creating, CK_RV *rv)
@@ -275,33 +323,28 @@ cdx_err hsm_caps_probe(hsm_custody *c, CK_SESSION_HANDLE s, bool creating, CK_RV
         CK_MECHANISM_TYPE hm = CKM_SHA256_HMAC;
         CK_ATTRIBUTE cp = {CKA_COPYABLE, &f, 1};
         CK_ATTRIBUTE am = {CKA_ALLOWED_MECHANISMS, &hm, sizeof(hm)};
-        CK_ATTRIBUTE none = {CKA_LABEL, "cipherdex-probe", 15};
-        bool made, back, made2, back2;
-        CK_RV r = probe_key(c, s, &cp, &made, &back);
-        if (r == CKR_OK && !made) /* refused with COPYABLE: refused without it too? */
-            r = probe_key(c, s, &none, &made2, &back2);
-        else
-            made2 = true;
+        bool supported, told, am_ok, am_told;
+        CK_RV r = probe_attr(c, s, &cp, &supported, &told);
         if (r != CKR_OK) {
             *rv = r;
             return hsm_ckr_fail(r, "CKA_COPYABLE probe");
         }
-        /* Supported: accepted and read back FALSE. A token that refuses even the plain probe
-         * key tells nothing: keep the strict template (the real create reports). */
-        cap = (made && back) || !made2 ? 1 : 2;
-        r = probe_key(c, s, &am, &made, &back);
+        /* A token that refuses even the plain probe key tells nothing: keep the strict
+         * template (the real create reports). */
+        cap = supported || !told ? 1 : 2;
+        r = probe_attr(c, s, &am, &am_ok, &am_told);
         if (r != CKR_OK) {
             *rv = r;
             return hsm_ckr_fail(r, "CKA_ALLOWED_MECHANISMS probe");
         }
-        atomic_store(&c->allowed_mechs_ok, made && back);
+        atomic_store(&c->allowed_mechs_ok, am_ok);
         atomic_store(&c->copyable_cap, cap);
         char name[120];
         token_name(c, name, sizeof(name));
         cdx_log(cap == 1 ? CDX_LOG_DEBUG : CDX_LOG_WARN, "hsm_token_caps",
                 "token=%s copyable=%s allowed_mechanisms=%s", name,
-                cap == 1 ? "supported" : "unsupported",
-                atomic_load(&c->allowed_mechs_ok) ? "supported" : "unsupported");
+                !told ? "unknown" : cap == 1 ? "supported" : "unsupported",
+                am_ok ? "supported" : "unsupported");
     }
     if (cap == 2 && c->cfg.copyable != HSM_COPYABLE_UNSUPPORTED) {
         char name[120];

@@ -182,8 +182,8 @@ cdx_err hsm_ckr_fail_create(CK_RV rv, const char *what, const char *label)
     return cdx_fail(CDX_ERR_HSM_FAILED,
                     "%s: the token refused the Cipherdex key template for %s (%s). The token may "
                     "not support part of it: CKA_COPYABLE (PKCS#11 2.40), CKA_UNWRAP_TEMPLATE, "
-                    "CKA_ALLOWED_MECHANISMS, or the HMAC key type (CKK_GENERIC_SECRET); see "
-                    "docs/CUSTODY.md, \"Token compatibility\" ([hsm] copyable, hmac_key_type), and "
-                    "the raw CKR_* in the log",
+                    "CKA_ALLOWED_MECHANISMS, or the HMAC key type (CKK_GENERIC_SECRET); run "
+                    "cipherdex-hsm probe and see docs/CUSTODY.md, \"Token compatibility\" ([hsm] "
+                    "copyable, hmac_key_type), and the raw CKR_* in the log",
                     what, label, hsm_ckr_name(rv));
 }

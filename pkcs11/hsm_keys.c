@@ -9,10 +9,6 @@
 #include "cdx_hex.h"
 #include "cdx_log.h"
 
-#ifndef CKM_SHA256_KEY_GEN
-#define CKM_SHA256_KEY_GEN 0x00004005UL /* PKCS#11 3.0: generates CKK_SHA256_HMAC keys */
-#endif
-
 /* ---------------------------------------------------------------- creation */
 
 static void target_label(const struct hsm_create *a, char *label)

@@ -2,19 +2,18 @@
 #include "hsm_probe.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "hsm_internal.h"
 
-#ifndef CKM_AES_KEY_WRAP_KWP
-#define CKM_AES_KEY_WRAP_KWP 0x210BUL
-#endif
-
 static const hsm_probe_mech MECHS[HSM_PROBE_MECHS] = {
     {"CKM_SHA256_HMAC", CKM_SHA256_HMAC, CKF_SIGN, "subkeys and KCVs", true, 0, 0, 0, 0},
     {"CKM_GENERIC_SECRET_KEY_GEN", CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE, "root and index keys",
      true, 0, 0, 0, 0},
+    {"CKM_SHA256_KEY_GEN", CKM_SHA256_KEY_GEN, CKF_GENERATE, "CKK_SHA256_HMAC keys", false, 0, 0,
+     0, 0},
     {"CKM_AES_KEY_GEN", CKM_AES_KEY_GEN, CKF_GENERATE, "KEKs (kek create)", false, 0, 0, 0, 0},
     {"CKM_AES_KEY_WRAP_KWP", CKM_AES_KEY_WRAP_KWP, CKF_UNWRAP, "unwrap (RFC 5649)", false, 0, 0, 0,
      0},
@@ -64,7 +63,10 @@ static CK_ULONG session_template(CK_ATTRIBUTE *t, CK_KEY_TYPE *kt, bool copyable
                                  const uint8_t *id)
 {
     static CK_BBOOL F = CK_FALSE;
-    struct hsm_create a = {.kind = HSM_KEY_INDEX, .how = HSM_HOW_GENERATE};
+    struct hsm_create a = {.kind = HSM_KEY_INDEX,
+                           .how = HSM_HOW_GENERATE,
+                           .key_type = CKK_GENERIC_SECRET,
+                           .copyable = true};
     CK_ULONG n = hsm_tmpl_build(&a, t, label, id), m = 0;
     for (CK_ULONG i = 0; i < n; i++) {
         if (t[i].type == CKA_COPYABLE && !copyable)
@@ -133,7 +135,32 @@ static cdx_err probe_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *r
     for (int i = 0; i < 3; i++)
         if (all[i] != CK_INVALID_HANDLE)
             (void)c->f->C_DestroyObject(s, all[i]);
-    (void)rv;
+
+    /* What custody decides here (hsm_caps.c): the same calls index create makes. */
+    p->pad_kat = -1;
+    if (hsm_mech_has(c, CKM_AES_KEY_WRAP_PAD, CKF_UNWRAP)) {
+        bool kat = false;
+        if ((r = hsm_unwrap_kat(c, s, CKM_AES_KEY_WRAP_PAD, &kat)) != CKR_OK) {
+            *rv = r;
+            return hsm_ckr_fail(r, "unwrap known-answer test");
+        }
+        p->pad_kat = kat;
+    }
+    cdx_err err = hsm_caps_probe(c, s, false, rv);
+    if (err && err != CDX_ERR_KEY_ATTRIBUTES) /* a refusal is a finding here */
+        return err;
+    p->copyable_supported = atomic_load(&c->copyable_cap) != 2;
+    p->copyable_opt_in = c->cfg.copyable == HSM_COPYABLE_UNSUPPORTED;
+    p->allowed_mechanisms = atomic_load(&c->allowed_mechs_ok);
+    CK_MECHANISM_TYPE m = 0;
+    err = hsm_unwrap_mech(c, s, &m, rv);
+    if (err == CDX_ERR_MECHANISM_UNSUPPORTED)
+        snprintf(p->unwrap_why, sizeof(p->unwrap_why), "%s", cdx_err_detail());
+    else if (err)
+        return err;
+    p->unwrap_mech = err ? 0 : m;
+    snprintf(p->unwrap_name, sizeof(p->unwrap_name), "%s", p->unwrap_mech ? hsm_mech_name(m) : "");
+    p->hmac_key_type = hsm_hmac_key_type(c);
     return CDX_OK;
 }
 
@@ -192,23 +219,33 @@ cdx_err hsm_probe_run(hsm_custody *c, hsm_probe *p)
                 m->need == CKF_SIGN ? "CKF_SIGN" : "CKF_GENERATE", m->use);
         }
     }
-    bool kwp = p->mech[3].listed && (p->mech[3].flags & CKF_UNWRAP);
-    bool pad = p->mech[4].listed && (p->mech[4].flags & CKF_UNWRAP);
-    if (!kwp && !pad)
-        say(p, "no RFC 5649 unwrap mechanism: `index create --unwrap-kek` cannot work here "
-               "(generate and adopt can)");
-    else if (!kwp)
-        say(p, "unwrap only through CKM_AES_KEY_WRAP_PAD (0x210A): used after a known-answer "
-               "test shows it is RFC 5649 on this token");
+    if (p->unwrap_mech)
+        say(p, "unwrap: %s%s", hsm_mech_name(p->unwrap_mech),
+            c->cfg.unwrap_mechanism          ? " ([hsm] unwrap_mechanism)"
+            : p->unwrap_mech == CKM_AES_KEY_WRAP_PAD ? " (passed the RFC 5649 known-answer test)"
+                                                     : "");
+    else
+        say(p, "no unwrap: `index create --unwrap-kek` cannot work here (generate and adopt "
+               "can): %s",
+            p->unwrap_why);
+    if (!p->copyable_supported && !p->copyable_opt_in) {
+        say(p,
+            "CKA_COPYABLE not honoured on token objects: Cipherdex refuses to create or adopt "
+            "keys here by default; a PIN holder could copy a key into a derivable one "
+            "(docs/CUSTODY.md; `[hsm] copyable = unsupported` accepts that)");
+        p->can_run = false;
+    } else if (!p->copyable_supported) {
+        say(p, "CKA_COPYABLE not honoured on token objects; accepted by `[hsm] copyable = "
+               "unsupported`: forbid copy and derive with the HSM's own policy (keys record it)");
+    }
     if (ok(p->gen_full)) {
-        say(p, "ok: index keys with the full template (CKA_COPYABLE FALSE)");
+        say(p, "ok: index keys with the full template (CKA_COPYABLE FALSE) as session objects");
     } else if (ok(p->gen_no_copyable)) {
         say(p,
-            "CKA_COPYABLE refused (%s): keys can be created only without it, which Cipherdex "
-            "refuses by default; a PIN holder could then copy a key into a derivable one "
-            "(docs/CUSTODY.md, `[hsm] copyable = unsupported` to accept that)",
+            "CKA_COPYABLE refused on session keys (%s): keys can be made only without it",
             hsm_probe_rv_name(p->gen_full.rv));
-        p->can_run = false;
+        if (!p->copyable_opt_in)
+            p->can_run = false;
     } else if (ok(p->gen_sha256_hmac)) {
         say(p,
             "CKK_GENERIC_SECRET HMAC keys refused (%s); CKK_SHA256_HMAC works (YubiHSM 2 "

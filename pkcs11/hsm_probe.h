@@ -7,6 +7,10 @@
  * and without CKA_COPYABLE, as CKK_GENERIC_SECRET and as CKK_SHA256_HMAC),
  * which attributes it reports, whether HMAC-SHA256 signs, and whether it
  * refuses to make the key derivable (C_SetAttributeValue, C_CopyObject).
+ * Then what custody itself decides on this token with this configuration
+ * (hsm_caps.c): CKA_COPYABLE and CKA_ALLOWED_MECHANISMS support (asked on a
+ * token object, destroyed at once), the unwrap mechanism index unwrap would
+ * use (with the 0x210A known-answer test) or why there is none.
  * The verdict says whether Cipherdex can run on it and what is missing.
  *
  * Admin library (cdx_pkcs11_admin). Thread-safety and the custody errors:
@@ -21,7 +25,7 @@
 #include "cdx_err.h"
 #include "hsm_custody.h"
 
-#define HSM_PROBE_MECHS 7
+#define HSM_PROBE_MECHS 8
 
 typedef struct hsm_probe_mech {
     const char *name;    /* "CKM_SHA256_HMAC" */
@@ -55,6 +59,15 @@ typedef struct hsm_probe {
     hsm_probe_try set_derive;      /* C_SetAttributeValue(CKA_DERIVE TRUE): must fail */
     hsm_probe_try copy_derive;     /* C_CopyObject(CKA_DERIVE TRUE): must fail */
     unsigned attrs, unknown;       /* HSM_A_* of the session key: TRUE / not reported */
+    /* custody's decisions (hsm_caps.c), as `index create` would make them */
+    bool copyable_supported;     /* CKA_COPYABLE honoured on token objects (or not decidable) */
+    bool copyable_opt_in;        /* [hsm] copyable = unsupported */
+    bool allowed_mechanisms;     /* CKA_ALLOWED_MECHANISMS honoured */
+    int pad_kat;                 /* 0x210A known-answer test: 1 passed, 0 failed, -1 not run */
+    unsigned long unwrap_mech;   /* CKM_* index unwrap would use, 0 = none */
+    char unwrap_name[40];        /* its name ("CKM_AES_KEY_WRAP_KWP") */
+    char unwrap_why[320];        /* when unwrap_mech is 0: why */
+    unsigned long hmac_key_type; /* CKK_* of new root/index keys as configured (auto: generic) */
     bool can_run;                  /* Cipherdex can create and use index keys here */
     char verdict[1024];            /* one line per finding, "\n"-separated */
 } hsm_probe;

@@ -297,9 +297,23 @@ CDX_MUST_CHECK cdx_err hsm_object_destroy(hsm_custody *c, const hsm_key_ref *k,
 
 /* ---- capabilities (hsm_caps.c) ---- */
 
+/* Label of the objects the capability probes make and destroy again. */
+#define HSM_PROBE_LABEL "cipherdex-probe"
+
 #ifndef CKM_AES_KEY_WRAP_KWP
 #define CKM_AES_KEY_WRAP_KWP 0x0000210BUL /* RFC 5649, PKCS#11 3.0 */
 #endif
+
+#ifndef CKM_SHA256_KEY_GEN
+#define CKM_SHA256_KEY_GEN 0x00004005UL /* PKCS#11 3.0: generates CKK_SHA256_HMAC keys */
+#endif
+
+/*
+ * The unwrap known-answer test for mechanism m (session objects only): *ok
+ * when the fixed RFC 5649 blob unwraps to the key of known KCV. Returns a
+ * CK_RV only for failures recovery may cure.
+ */
+CK_RV hsm_unwrap_kat(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE m, bool *ok);
 
 /* True when the token lists mechanism m with every bit of `flag` (C_GetMechanismInfo). */
 bool hsm_mech_has(hsm_custody *c, CK_MECHANISM_TYPE m, CK_FLAGS flag);
@@ -319,8 +333,10 @@ const char *hsm_mech_name(CK_MECHANISM_TYPE m);
 cdx_err hsm_unwrap_mech(hsm_custody *c, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE *out, CK_RV *rv);
 
 /*
- * Probe (once per context, with session-only keys from public bytes)
- * whether the token supports CKA_COPYABLE and CKA_ALLOWED_MECHANISMS, and
+ * Probe (once per context, with keys from public bytes: a token object
+ * labelled HSM_PROBE_LABEL destroyed at once, or a session object if the
+ * token refuses to import token objects) whether the token supports
+ * CKA_COPYABLE and CKA_ALLOWED_MECHANISMS, and
  * refuse to create (creating) or adopt keys on a token without CKA_COPYABLE
  * unless [hsm] copyable = unsupported. Runs inside an op.
  * Errors: CDX_ERR_KEY_ATTRIBUTES (no CKA_COPYABLE, not opted in; the detail
