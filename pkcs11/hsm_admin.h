@@ -47,11 +47,16 @@ bool hsm_kek_name_valid(const char *name);
  * Generate an AES-256 KEK "cipherdex-kek-<name>" on the token (unwrap only,
  * CKA_WRAP FALSE, and a CKA_UNWRAP_TEMPLATE equal to the index-key template,
  * so that a key unwrapped under it is always sensitive and not extractable,
- * whoever unwraps it). Errors: CDX_ERR_INVALID_ARGUMENT (name), CDX_ERR_ALREADY_EXISTS,
- * CDX_ERR_KEY_ATTRIBUTES (template, or a token without CKA_COPYABLE),
- * CDX_ERR_MECHANISM_UNSUPPORTED (kek create: no CKM_AES_KEY_GEN with
- * CKF_GENERATE), CDX_ERR_HSM_FAILED (also: the token refused the template;
- * the detail says so), the custody errors.
+ * whoever unwraps it). Refused, leaving nothing, on a token where such a KEK
+ * is of no use or unsafe: no RFC 5649 unwrap mechanism (opencryptoki's soft
+ * token, p11-kit remoting), or a token that does not keep
+ * CKA_UNWRAP_TEMPLATE (NSS softokn: the object is destroyed again).
+ * Errors: CDX_ERR_INVALID_ARGUMENT (name), CDX_ERR_ALREADY_EXISTS,
+ * CDX_ERR_KEY_ATTRIBUTES (template, the unwrap template not kept, or a token
+ * without CKA_COPYABLE), CDX_ERR_MECHANISM_UNSUPPORTED (no unwrap mechanism;
+ * kek create: no CKM_AES_KEY_GEN with CKF_GENERATE), CDX_ERR_HSM_FAILED
+ * (also: the token refused the template; the detail says so), the custody
+ * errors.
  */
 CDX_MUST_CHECK cdx_err hsm_kek_generate(hsm_custody *c, const char *name);
 

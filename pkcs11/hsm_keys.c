@@ -4,6 +4,7 @@
  */
 #include "hsm_internal.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "cdx_hex.h"
@@ -133,6 +134,17 @@ static cdx_err make_unwrap(hsm_custody *c, CK_SESSION_HANDLE s, struct hsm_creat
     return CDX_OK;
 }
 
+/* True when the KEK object h lacks the unwrap template Cipherdex gave it (NSS softokn). */
+static bool utmpl_dropped(hsm_custody *c, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
+{
+    hsm_key_info ki;
+    unsigned unknown = 0;
+    if (hsm_tmpl_read(c, s, h, &ki, &unknown) != CKR_OK)
+        return false;
+    return (hsm_tmpl_wrong(HSM_KEY_KEK, &ki, unknown & ~hsm_tmpl_optional(c)) &
+            HSM_A_UNWRAP_TEMPLATE) != 0;
+}
+
 static cdx_err create_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv)
 {
     struct hsm_create *a = arg;
@@ -167,6 +179,20 @@ static cdx_err create_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *
     } else {
         memcpy(id, a->ref.id, CDX_ID_LEN);
     }
+    if (a->kind == HSM_KEY_KEK) {
+        /* A KEK only unwraps: on a token (or transport) without an RFC 5649 unwrap mechanism it
+         * is of no use, and its template may not even pass (p11-kit's RPC). Say so first. */
+        CK_MECHANISM_TYPE um = 0;
+        err = hsm_unwrap_mech(c, s, &um, rv);
+        if (err == CDX_ERR_MECHANISM_UNSUPPORTED) {
+            char why[400];
+            snprintf(why, sizeof(why), "%s", cdx_err_detail());
+            return cdx_fail(CDX_ERR_MECHANISM_UNSUPPORTED,
+                            "%s not created: a KEK only serves index unwrap, and %s", label, why);
+        }
+        if (err)
+            return err;
+    }
     a->hmac_kt = hsm_hmac_key_type(c);
     a->key_type = a->kind == HSM_KEY_KEK ? CKK_AES : a->hmac_kt;
     CK_ULONG nt = hsm_tmpl_build(a, t, label, id);
@@ -190,8 +216,17 @@ static cdx_err create_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *
         }
     }
     /* Trust, but verify: a token that ignored part of the template must not keep the key. */
-    if ((err = hsm_tmpl_check(c, s, h, a->kind, label, rv)))
+    if ((err = hsm_tmpl_check(c, s, h, a->kind, label, rv))) {
+        if (err == CDX_ERR_KEY_ATTRIBUTES && a->kind == HSM_KEY_KEK && utmpl_dropped(c, s, h))
+            err = cdx_fail(CDX_ERR_KEY_ATTRIBUTES,
+                           "%s not created: the token accepted CKA_UNWRAP_TEMPLATE but does not "
+                           "keep it, so a KEK there would unwrap an index key as an extractable "
+                           "key for anyone with the PIN (security review M2). Cipherdex makes no "
+                           "KEKs on this token: generate index keys on it instead (index create; "
+                           "cipherdex-hsm index generate), docs/CUSTODY.md",
+                           label);
         goto destroy;
+    }
     a->h = h;
     return CDX_OK;
 destroy:

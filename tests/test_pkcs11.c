@@ -797,11 +797,12 @@ static void test_unwrap_mechanism(void)
 
     /* SoftHSM 2.6.1 lists 0x210A only: the known-answer test runs once, then is cached. */
     hsm_custody *c = open_mech(t, 0);
-    CU_ASSERT_EQUAL_FATAL(hsm_kek_import(c, "kms", kek), CDX_OK);
     p11wrap_reset_counts_fn();
+    CU_ASSERT_EQUAL_FATAL(hsm_kek_import(c, "kms", kek), CDX_OK);
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 1); /* KAT: a KEK needs a mechanism */
     seq(id, 16, 0x01);
     CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
-    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 2); /* KAT + the key */
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 2); /* + the key */
     seq(id, 16, 0x02);
     CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms", blob, 40, kcv), CDX_OK);
     CU_ASSERT_EQUAL(p11wrap_count_fn("C_UnwrapKey"), 3);
@@ -1118,6 +1119,36 @@ static void test_copyable(void)
         hsm_custody_free(c);
     }
 
+    /* NSS softokn: CKA_COPYABLE accepted on session objects, CKR_GENERAL_ERROR on token
+     * objects. The probe asks on a token object, so this is the same refusal, not a failed
+     * C_GenerateKey; and nothing is left on the token. */
+    p11wrap_clear_fn();
+    p11wrap_attr_refuse_fn(CKA_COPYABLE, CKR_GENERAL_ERROR, 2);
+    c = open_copyable(t, HSM_COPYABLE_REQUIRED);
+    p11wrap_reset_counts_fn();
+    seq(id2, 16, 0x75);
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id2, kcv2), CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "copyable = unsupported"));
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_GenerateKey"), 0);
+    {
+        hsm_key_info *kl = NULL;
+        size_t kn = 0;
+        CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &kl, &kn), CDX_OK);
+        CU_ASSERT_EQUAL(kn, 1); /* the adopted key only: no probe object left */
+        free(kl);
+    }
+    hsm_custody_free(c);
+    c = open_copyable(t, HSM_COPYABLE_UNSUPPORTED);
+    CU_ASSERT_EQUAL(hsm_index_key_generate(c, id2, kcv2), CDX_OK);
+    {
+        hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+        memcpy(ref.id, id2, 16);
+        CU_ASSERT_EQUAL(hsm_key_destroy(c, &ref), CDX_OK);
+    }
+    hsm_custody_free(c);
+    p11wrap_clear_fn();
+    p11wrap_attr_refuse_fn(CKA_COPYABLE, CKR_GENERAL_ERROR, 0);
+
     /* The opt-in: keys are made without CKA_COPYABLE, with CKA_ALLOWED_MECHANISMS. */
     c = open_copyable(t, HSM_COPYABLE_UNSUPPORTED);
     CU_ASSERT_EQUAL(hsm_index_key_adopt(c, id, kcv2), CDX_OK);
@@ -1167,6 +1198,63 @@ static void test_copyable(void)
     fx_token_free(t);
 }
 
+/*
+ * KEKs where they would be useless or unsafe (security M2) are refused by name and leave
+ * nothing: a token without an RFC 5649 unwrap mechanism (opencryptoki, p11-kit remoting), and a
+ * token that accepts CKA_UNWRAP_TEMPLATE without keeping it (NSS softokn).
+ */
+static void test_kek_refusals(void)
+{
+    fx_token *t = fx_token_new("kektok");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    uint8_t kek[32];
+    seq(kek, 32, 0x21);
+    hsm_key_info *ki = NULL;
+    size_t n = 0;
+
+    p11wrap_clear_fn();
+    p11wrap_mech_map_fn(CKM_AES_KEY_WRAP_PAD, 0);
+    p11wrap_mech_map_fn(0x210BUL, 0);
+    hsm_custody *c = open_mech(t, 0);
+    p11wrap_reset_counts_fn();
+    CU_ASSERT_EQUAL(hsm_kek_generate(c, "spare"), CDX_ERR_MECHANISM_UNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "cipherdex-kek-spare not created"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "CKM_AES_KEY_WRAP_KWP"));
+    CU_ASSERT_EQUAL(p11wrap_count_fn("C_GenerateKey"), 0);
+    CU_ASSERT_EQUAL(hsm_kek_import(c, "kms", kek), CDX_ERR_MECHANISM_UNSUPPORTED);
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    CU_ASSERT_EQUAL(n, 0);
+    free(ki);
+    hsm_custody_free(c);
+    /* [hsm] unwrap_mechanism names a mechanism: then a KEK is of use. */
+    p11wrap_mech_map_fn(0x80001234UL, CKM_AES_KEY_WRAP_PAD);
+    c = open_mech(t, 0x80001234UL);
+    CU_ASSERT_EQUAL(hsm_kek_import(c, "kms", kek), CDX_OK);
+    CU_ASSERT_EQUAL(hsm_kek_destroy(c, "kms"), CDX_OK);
+    hsm_custody_free(c);
+    p11wrap_clear_fn();
+
+    /* The unwrap template accepted but not reported back: destroyed again, refused by name. */
+    p11wrap_attr_refuse_fn(CKA_UNWRAP_TEMPLATE, 0, 0);
+    c = open_mech(t, 0);
+    CU_ASSERT_EQUAL(hsm_kek_generate(c, "spare"), CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "does not keep it"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "M2"));
+    CU_ASSERT_EQUAL(hsm_kek_import(c, "kms", kek), CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
+    CU_ASSERT_EQUAL(n, 0);
+    free(ki);
+    hsm_custody_free(c);
+    p11wrap_clear_fn();
+
+    /* The same token, template kept: both work. */
+    c = open_mech(t, 0);
+    CU_ASSERT_EQUAL(hsm_kek_generate(c, "spare"), CDX_OK);
+    CU_ASSERT_EQUAL(hsm_kek_import(c, "kms", kek), CDX_OK);
+    hsm_custody_free(c);
+    fx_token_free(t);
+}
+
 /* A template the token refuses gets a hint naming the template and where to read on. */
 static void test_create_refusal_hint(void)
 {
@@ -1189,6 +1277,11 @@ static void test_create_refusal_hint(void)
     CU_ASSERT_EQUAL(hsm_index_key_import(c, id, key, kcv), CDX_ERR_HSM_FAILED);
     CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "C_CreateObject"));
     CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "Token compatibility"));
+    /* A KEK decides the unwrap mechanism first (its known-answer test makes a session KEK
+     * with C_CreateObject): decided once here, so the injection hits the KEK itself. */
+    uint8_t key2[32];
+    seq(key2, 32, 0xa1);
+    CU_ASSERT_EQUAL_FATAL(hsm_kek_import(c, "first", key2), CDX_OK);
     p11wrap_inject_fn("C_CreateObject", CKR_ATTRIBUTE_TYPE_INVALID, 1);
     CU_ASSERT_EQUAL(hsm_kek_import(c, "hk", key), CDX_ERR_HSM_FAILED);
     CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "cipherdex-kek-hk"));
@@ -1954,6 +2047,7 @@ int main(void)
          test_fail_closed_attributes},
         {"CKA_COPYABLE: refused by default, opt-in with CKA_ALLOWED_MECHANISMS", test_copyable},
         {"refused template: hint naming it", test_create_refusal_hint},
+        {"KEKs refused where useless or unsafe (M2), nothing left", test_kek_refusals},
         {"bad key files", test_bad_key_files},
         {"ambiguous and replaced keys", test_ambiguous_and_replaced},
         {"token re-init, recovery, back-off", test_token_reinit_and_recovery},

@@ -313,7 +313,34 @@ s_idx_adopt() {
     [[ "$(jget 'd["kcv"]' <<<"$OUTP")" == "$GEN_KCV" ]] || { DETAIL="KCV differs"; return 1; }
 }
 
-s_kek_create() { hsm kek create spare || fail_with "exit $?"; }
+# kek_refused NAME: the KEK command just failed. On a token that cannot hold a KEK Cipherdex
+# accepts (no RFC 5649 unwrap mechanism; or the token drops CKA_UNWRAP_TEMPLATE, security M2) the
+# refusal must name the reason and leave no object behind: then the step is SKIP with that reason
+# (return 77). Anything else is a failure (return 1).
+kek_refused() {
+    local name="$1" rc="$2" reason="" out="$OUTP"
+    if grep -q "not created: a KEK only serves index unwrap" <<<"$out"; then
+        reason="kek refused by name: no RFC 5649 unwrap mechanism"
+    elif grep -q "not created: the token accepted CKA_UNWRAP_TEMPLATE but does not keep it" <<<"$out"; then
+        reason="kek refused by name: the token does not keep CKA_UNWRAP_TEMPLATE (M2)"
+    else
+        fail_with "exit $rc"
+        return 1
+    fi
+    hsm --json keys || { fail_with "keys after the refusal: exit $?"; return 1; }
+    if grep -q "cipherdex-kek-$name" <<<"$OUTP"; then
+        DETAIL="refused, but cipherdex-kek-$name is left on the token"
+        return 1
+    fi
+    DETAIL="$reason"
+    return 77
+}
+
+s_kek_create() {
+    local rc=0
+    hsm kek create spare || rc=$?
+    ((rc == 0)) || kek_refused spare "$rc"
+}
 
 KEK_HEX=""
 s_kek_import() {
@@ -321,7 +348,9 @@ s_kek_import() {
     head -c 32 /dev/urandom >"$f.bin"
     (umask 077 && base64 -w0 <"$f.bin" >"$f" && echo >>"$f")
     KEK_HEX="$(hexof "$f.bin")"
-    hsm kek import kms1 --key-file "$f" || fail_with "exit $?"
+    local rc=0
+    hsm kek import kms1 --key-file "$f" || rc=$?
+    ((rc == 0)) || kek_refused kms1 "$rc"
 }
 
 # wrapped_blob: a fresh 32-byte key wrapped under kms1 as a KMS would (RFC 5649, 40 bytes) in
