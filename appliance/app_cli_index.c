@@ -72,10 +72,10 @@ static json_t *prov_json(const Cipherdex__V1__KeyProvenance *p)
         bool no = a->value.len == 2 && !memcmp(a->value.data, "no", 2);
         json_object_set_new(attrs, name, yes ? json_true() : no ? json_false() : json_null());
     }
-    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o}", "origin", jstr0(p->origin), "kek_name",
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:b}", "origin", jstr0(p->origin), "kek_name",
                      jstr0(p->kek_name), "born_on_token", jstr0(p->born_on_token), "token_serial",
                      jstr0(p->token_serial), "token_model", jstr0(p->token_model), "attributes",
-                     attrs);
+                     attrs, "copyable_not_enforced", p->copyable_not_enforced);
 }
 
 /* One line: "unwrapped with KEK kms-main; existed outside the token". */
@@ -137,6 +137,9 @@ static void info_print(const Cipherdex__V1__IndexInfo *x)
                p->token_model.len ? (const char *)p->token_model.data : "",
                (int)p->token_serial.len,
                p->token_serial.len ? (const char *)p->token_serial.data : "");
+    if (p && p->copyable_not_enforced)
+        printf("warning:     the token does not honour CKA_COPYABLE ([hsm] copyable = "
+               "unsupported): a PIN holder could copy this key into a derivable one\n");
     if (p && p->n_attributes) {
         printf("attributes: ");
         for (size_t i = 0; i < p->n_attributes; i++)

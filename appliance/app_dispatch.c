@@ -124,6 +124,7 @@ static void fill_prov(const eng_key_prov *in, prov_buf *b)
     p->kek_name = wire_str(in->kek);
     p->token_serial = wire_str(in->serial);
     p->token_model = wire_str(in->token_model);
+    p->copyable_not_enforced = (in->flags & ENG_PROV_COPYABLE_NOT_ENFORCED) != 0;
     if (in->origin == ENG_ORIGIN_UNKNOWN) {
         p->born_on_token = wire_str("n/a");
         return;

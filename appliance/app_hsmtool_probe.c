@@ -88,7 +88,10 @@ static void print_json(const hsm_probe *p)
         fputs("null", stdout);
     else
         app_out_json_str(stdout, p->unwrap_why);
-    printf(",\"hmac_key_type\":\"%s\"", kt_name(p->hmac_key_type));
+    printf(",\"hmac_key_type\":\"%s\",", kt_name(p->hmac_key_type));
+    try_json("kek_session_create", p->kek, false);
+    printf("\"kek_unwrap_template_kept\":%s",
+           p->kek.tried && !p->kek.rv ? (p->kek_utmpl_kept ? "true" : "false") : "null");
     printf("},\"can_run\":%s,\"verdict\":[", p->can_run ? "true" : "false");
     const char *s = p->verdict;
     bool first = true;
@@ -153,6 +156,11 @@ static void print_text(const hsm_probe *p)
     else
         printf("  %-44s none: %s\n", "index unwrap mechanism", p->unwrap_why);
     printf("  %-44s %s\n", "HMAC key type of new keys", kt_name(p->hmac_key_type));
+    printf("  %-44s %s\n", "KEK keeps CKA_UNWRAP_TEMPLATE (session KEK)",
+           !p->kek.tried ? "not tried (no CKM_AES_KEY_GEN)"
+           : p->kek.rv   ? hsm_probe_rv_name(p->kek.rv)
+           : p->kek_utmpl_kept ? "yes"
+                               : "no (KEKs refused)");
     printf("attributes read back:");
     for (unsigned i = 0; i < HSM_NATTRS; i++)
         printf(" %s=%s", hsm_attr_name(1u << i), attr_text(p, 1u << i));

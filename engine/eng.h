@@ -99,7 +99,16 @@ typedef struct eng_key_prov {
     char serial[17];                /* the token's serial number */
     char token_model[50];           /* "<manufacturer> <model>" of the token */
     uint32_t attrs, unknown;        /* HSM_A_* bits read TRUE / not reported at creation */
+    uint8_t flags;                  /* ENG_PROV_* */
 } eng_key_prov;
+
+/* eng_key_prov.flags */
+enum {
+    /* Made or adopted under [hsm] copyable = unsupported on a token that does not honour
+     * CKA_COPYABLE: a PIN holder could copy the key into a derivable one (docs/CUSTODY.md). */
+    ENG_PROV_COPYABLE_NOT_ENFORCED = 1u << 0,
+};
+#define ENG_PROV_FLAGS_KNOWN ENG_PROV_COPYABLE_NOT_ENFORCED
 
 /* "generated", "unwrapped", "imported", "adopted" or "unknown" (static string). */
 const char *eng_key_origin_name(eng_key_origin o);

@@ -8,7 +8,8 @@
 #include "eng_op.h"
 #include "eng_store.h"
 
-#define CAT_FMT    2 /* written; 1 (before provenance) is still read */
+#define CAT_FMT    3 /* written; 2 (no provenance flags) and 1 (no provenance) are still read */
+#define CAT_FMT_V2 2
 #define CAT_FMT_V1 1
 
 void eng_cat_encode(const eng_catentry *c, eng_buf *b)
@@ -44,6 +45,7 @@ void eng_cat_encode(const eng_catentry *c, eng_buf *b)
     }
     eng_buf_u32(b, p->attrs);
     eng_buf_u32(b, p->unknown);
+    eng_buf_u8(b, p->flags);
 }
 
 /* A provenance string: at most cap - 1 printable ASCII bytes. */
@@ -80,7 +82,7 @@ cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c)
     c->type = eng_rd_u8(&r);
     c->n_lists = eng_rd_u32(&r);
     c->created_ms = eng_rd_u64(&r);
-    if (fmt == CAT_FMT) {
+    if (fmt == CAT_FMT || fmt == CAT_FMT_V2) {
         eng_key_prov *pv = &c->prov;
         pv->origin = eng_rd_u8(&r);
         rd_str(&r, pv->kek, sizeof(pv->kek));
@@ -93,10 +95,12 @@ cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c)
         rd_str(&r, pv->token_model, sizeof(pv->token_model));
         pv->attrs = eng_rd_u32(&r);
         pv->unknown = eng_rd_u32(&r);
-        if (pv->origin > ENG_ORIGIN_ADOPTED)
+        if (fmt == CAT_FMT)
+            pv->flags = eng_rd_u8(&r);
+        if (pv->origin > ENG_ORIGIN_ADOPTED || (pv->flags & ~ENG_PROV_FLAGS_KNOWN))
             r.bad = true;
     }
-    if (!eng_rd_done(&r) || (fmt != CAT_FMT && fmt != CAT_FMT_V1) || c->state < ENG_ST_CREATING ||
+    if (!eng_rd_done(&r) || (fmt != CAT_FMT && fmt != CAT_FMT_V2 && fmt != CAT_FMT_V1) || c->state < ENG_ST_CREATING ||
         c->state > ENG_ST_DELETING || c->dim == 0 || c->dim > CDX_DIM_MAX)
         return cdx_fail(CDX_ERR_INTEGRITY, "catalog entry is malformed");
     return CDX_OK;

@@ -268,6 +268,8 @@ static cdx_err record_provenance(eng *e, const eng_create *r, eng_catentry *c)
         *q = *q < 0x20 || *q > 0x7e ? '?' : *q;
     p->attrs = f.attrs;
     p->unknown = f.unknown;
+    if (f.copyable_not_enforced)
+        p->flags |= ENG_PROV_COPYABLE_NOT_ENFORCED;
     if (e->cfg.require_generated && hsm_facts_born_on_token(&f) != 1)
         return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
                         "this appliance requires index keys generated on the token "

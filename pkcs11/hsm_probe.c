@@ -152,6 +152,33 @@ static cdx_err probe_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *r
     p->copyable_supported = atomic_load(&c->copyable_cap) != 2;
     p->copyable_opt_in = c->cfg.copyable == HSM_COPYABLE_UNSUPPORTED;
     p->allowed_mechanisms = atomic_load(&c->allowed_mechs_ok);
+    /* A session KEK with the KEK template: does the token keep CKA_UNWRAP_TEMPLATE? */
+    if (hsm_mech_has(c, CKM_AES_KEY_GEN, CKF_GENERATE)) {
+        static CK_BBOOL F = CK_FALSE;
+        struct hsm_create ka = {.kind = HSM_KEY_KEK,
+                                .how = HSM_HOW_GENERATE,
+                                .key_type = CKK_AES,
+                                .hmac_kt = hsm_hmac_key_type(c),
+                                .copyable = hsm_caps_copyable(c)};
+        CK_ATTRIBUTE kt[40];
+        CK_ULONG kn = hsm_tmpl_build(&ka, kt, "cipherdex-probe-kek", id);
+        for (CK_ULONG i = 0; i < kn; i++)
+            if (kt[i].type == CKA_TOKEN)
+                kt[i].pValue = &F;
+        CK_MECHANISM aes = {CKM_AES_KEY_GEN, NULL, 0};
+        CK_OBJECT_HANDLE kh = CK_INVALID_HANDLE;
+        p->kek = tried(r = c->f->C_GenerateKey(s, &aes, kt, kn, &kh));
+        if (r == CKR_OK) {
+            hsm_key_info ki;
+            unsigned unknown = 0;
+            p->kek_utmpl_kept =
+                hsm_tmpl_read(c, s, kh, &ki, &unknown) == CKR_OK &&
+                !(hsm_tmpl_wrong(HSM_KEY_KEK, &ki, unknown & ~hsm_tmpl_optional(c)) &
+                  HSM_A_UNWRAP_TEMPLATE);
+            (void)c->f->C_DestroyObject(s, kh);
+        }
+    }
+
     CK_MECHANISM_TYPE m = 0;
     err = hsm_unwrap_mech(c, s, &m, rv);
     if (err == CDX_ERR_MECHANISM_UNSUPPORTED)
@@ -219,7 +246,14 @@ cdx_err hsm_probe_run(hsm_custody *c, hsm_probe *p)
                 m->need == CKF_SIGN ? "CKF_SIGN" : "CKF_GENERATE", m->use);
         }
     }
-    if (p->unwrap_mech)
+    if (p->unwrap_mech && !(ok(p->kek) && p->kek_utmpl_kept))
+        say(p,
+            "no unwrap: KEKs are refused here: %s (security review M2: a KEK must force the "
+            "index-key template on what it unwraps)",
+            ok(p->kek) ? "the token accepts CKA_UNWRAP_TEMPLATE but does not keep it"
+            : p->kek.tried ? "the token refuses Cipherdex's KEK template"
+                           : "no CKM_AES_KEY_GEN");
+    else if (p->unwrap_mech)
         say(p, "unwrap: %s%s", hsm_mech_name(p->unwrap_mech),
             c->cfg.unwrap_mechanism          ? " ([hsm] unwrap_mechanism)"
             : p->unwrap_mech == CKM_AES_KEY_WRAP_PAD ? " (passed the RFC 5649 known-answer test)"

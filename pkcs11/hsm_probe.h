@@ -68,6 +68,10 @@ typedef struct hsm_probe {
     char unwrap_name[40];        /* its name ("CKM_AES_KEY_WRAP_KWP") */
     char unwrap_why[320];        /* when unwrap_mech is 0: why */
     unsigned long hmac_key_type; /* CKK_* of new root/index keys as configured (auto: generic) */
+    /* A session KEK made with Cipherdex's KEK template: CKR_OK and whether the token kept its
+     * CKA_UNWRAP_TEMPLATE (kek create refuses a token that does not: security review M2). */
+    hsm_probe_try kek;
+    bool kek_utmpl_kept;
     bool can_run;                  /* Cipherdex can create and use index keys here */
     char verdict[1024];            /* one line per finding, "\n"-separated */
 } hsm_probe;

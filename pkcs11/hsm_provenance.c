@@ -36,6 +36,7 @@ static cdx_err facts_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *r
     }
     a->out->attrs = ki.attrs & ~unknown;
     a->out->unknown = unknown;
+    a->out->copyable_not_enforced = !hsm_caps_copyable(c);
     CK_TOKEN_INFO ti;
     if ((r = c->f->C_GetTokenInfo(c->slot_id, &ti)) != CKR_OK) {
         *rv = r;

@@ -19,6 +19,9 @@ typedef struct hsm_key_facts {
     char serial[17];       /* CK_TOKEN_INFO.serialNumber, trailing blanks removed */
     char manufacturer[33]; /* CK_TOKEN_INFO.manufacturerID */
     char model[17];        /* CK_TOKEN_INFO.model */
+    /* The token does not honour CKA_COPYABLE and [hsm] copyable = unsupported let the key be
+     * made or adopted anyway (docs/CUSTODY.md "Token compatibility"). */
+    bool copyable_not_enforced;
 } hsm_key_facts;
 
 /*

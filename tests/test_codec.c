@@ -70,7 +70,8 @@ static eng_catentry sample_cat(void)
                             .serial = "0123456789abcdef",
                             .token_model = "SoftHSM project SoftHSM v2",
                             .attrs = 0x1f7,
-                            .unknown = 0x8000};
+                            .unknown = 0x8000,
+                            .flags = ENG_PROV_COPYABLE_NOT_ENFORCED};
     for (int i = 0; i < 8; i++)
         c.kcv[i] = (uint8_t)(0xf0 + i);
     return c;
@@ -89,8 +90,8 @@ static void test_catalog(void)
     eng_buf_init(&b);
     eng_cat_encode(&c, &b);
     CU_ASSERT_FATAL(eng_buf_ok(&b));
-    /* RECORDS.md: 76 + name, KEK name and token model bytes */
-    CU_ASSERT_EQUAL(b.len, 76 + strlen(c.name) + strlen(c.prov.kek) + strlen(c.prov.token_model));
+    /* RECORDS.md: 77 + name, KEK name and token model bytes */
+    CU_ASSERT_EQUAL(b.len, 77 + strlen(c.name) + strlen(c.prov.kek) + strlen(c.prov.token_model));
     CU_ASSERT_EQUAL_FATAL(eng_cat_decode(b.data, b.len, &d), CDX_OK);
     CU_ASSERT_EQUAL(d.state, c.state);
     CU_ASSERT_STRING_EQUAL(d.name, c.name);
@@ -104,6 +105,7 @@ static void test_catalog(void)
     CU_ASSERT_STRING_EQUAL(d.prov.token_model, c.prov.token_model);
     CU_ASSERT_EQUAL(d.prov.attrs, c.prov.attrs);
     CU_ASSERT_EQUAL(d.prov.unknown, c.prov.unknown);
+    CU_ASSERT_EQUAL(d.prov.flags, ENG_PROV_COPYABLE_NOT_ENFORCED);
     CU_ASSERT_EQUAL(d.has_kcv, c.has_kcv);
     CU_ASSERT_EQUAL(memcmp(d.kcv, c.kcv, 8), 0);
     CU_ASSERT_EQUAL(d.dim, c.dim);
@@ -133,7 +135,18 @@ static void test_catalog(void)
     CU_ASSERT_EQUAL(d.prov.origin, ENG_ORIGIN_UNKNOWN);
     CU_ASSERT_STRING_EQUAL(d.prov.kek, "");
     CU_ASSERT_EQUAL(eng_cat_decode(b.data, b.len, &d), CDX_ERR_INTEGRITY); /* v1 + trailing */
+    /* A format-2 entry (no provenance flags) still reads, flags 0; with the flags byte it is
+     * one byte too long. */
+    b.data[0] = 2;
+    CU_ASSERT_EQUAL(eng_cat_decode(b.data, b.len - 1, &d), CDX_OK);
+    CU_ASSERT_EQUAL(d.prov.flags, 0);
+    CU_ASSERT_STRING_EQUAL(d.prov.kek, "kms-main");
+    CU_ASSERT_EQUAL(d.prov.unknown, 0x8000);
+    CU_ASSERT_EQUAL(eng_cat_decode(b.data, b.len, &d), CDX_ERR_INTEGRITY);
+    b.data[0] = 4;
+    CU_ASSERT_EQUAL(eng_cat_decode(b.data, b.len, &d), CDX_ERR_INTEGRITY);
     b.data[0] = 3;
+    b.data[b.len - 1] = 0x02; /* an unknown flag */
     CU_ASSERT_EQUAL(eng_cat_decode(b.data, b.len, &d), CDX_ERR_INTEGRITY);
     eng_buf_free(&b);
     /* An unknown origin, a control byte in a provenance string. */

@@ -30,6 +30,7 @@
 #include "hsm_custody.h"
 #include "hsm_admin.h"
 #include "hsm_keys.h"
+#include "hsm_provenance.h"
 #include "hsm_pin.h"
 #include "hsm_secmem.h"
 #include "hsm_subkey.h"
@@ -1180,6 +1181,11 @@ static void test_copyable(void)
     CU_ASSERT_EQUAL(am.ulValueLen, sizeof(CK_MECHANISM_TYPE));
     CU_ASSERT_EQUAL(mechs[0], CKM_SHA256_HMAC);
     r.f->C_CloseSession(r.s);
+    /* Provenance records the opt-in (the catalog keeps it: ENG_PROV_COPYABLE_NOT_ENFORCED). */
+    hsm_key_facts facts;
+    CU_ASSERT_EQUAL_FATAL(hsm_key_facts_read(c, &ref, &facts), CDX_OK);
+    CU_ASSERT_TRUE(facts.copyable_not_enforced);
+    CU_ASSERT_TRUE(facts.unknown & HSM_A_COPYABLE);
     hsm_custody_free(c);
     p11wrap_clear_fn();
 
@@ -1187,6 +1193,9 @@ static void test_copyable(void)
     c = open_copyable(t, HSM_COPYABLE_UNSUPPORTED);
     seq(id2, 16, 0x74);
     CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(c, id2, kcv2), CDX_OK);
+    memcpy(ref.id, id2, 16);
+    CU_ASSERT_EQUAL_FATAL(hsm_key_facts_read(c, &ref, &facts), CDX_OK);
+    CU_ASSERT_FALSE(facts.copyable_not_enforced);
     CU_ASSERT_EQUAL_FATAL(hsm_key_list(c, &ki, &n), CDX_OK);
     for (size_t i = 0; i < n; i++)
         if (!memcmp(ki[i].id, id2, 16)) {

@@ -494,6 +494,15 @@ s_d_describe() {
     need d-upsert || return 77
     cli --json index describe docs || fail_with "exit $?" || return 1
     [[ "$(jget 'd["count"]' <<<"$OUTP")" == 50 ]] || { DETAIL="count not 50: $OUTP"; return 1; }
+    # Provenance: generated here; the CKA_COPYABLE opt-in recorded exactly where it was used.
+    local origin want=False got
+    origin="$(jget 'd["key_provenance"]["origin"]' <<<"$OUTP")"
+    [[ "$origin" == generated ]] || { DETAIL="key origin '$origin', want generated"; return 1; }
+    # M_NEEDS has copyable for the modules that lack CKA_COPYABLE (modules.sh).
+    [[ " $M_NEEDS " == *" copyable "* ]] && want=True
+    got="$(jget 'd["key_provenance"]["copyable_not_enforced"]' <<<"$OUTP")"
+    [[ "$got" == "$want" ]] || { DETAIL="copyable_not_enforced $got, want $want"; return 1; }
+    DETAIL="origin generated, copyable_not_enforced $got"
 }
 
 s_d_unwrap() {
