@@ -21,7 +21,9 @@
  * sensitive and not extractable, but not LOCAL). Does not keep or wipe
  * `key`: the caller wipes it afterwards. kcv_out may be NULL.
  * Errors: CDX_ERR_ALREADY_EXISTS, CDX_ERR_KEY_ATTRIBUTES (the token ignored
- * the template; the object is destroyed again), the custody errors.
+ * the template - the object is destroyed again - or lacks CKA_COPYABLE and
+ * [hsm] copyable = unsupported is not set), CDX_ERR_HSM_FAILED (also: the
+ * token refused the template; the detail says so), the custody errors.
  */
 CDX_MUST_CHECK cdx_err hsm_index_key_import(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
                                             const uint8_t key[CDX_KEY_LEN],
