@@ -382,6 +382,21 @@ static cdx_err pick_command(ctx *x, bool *done)
         return app_hsmtool_usage(x, "`%s` needs a subcommand", g);
     return app_hsmtool_usage(x, "unknown subcommand `%s %s`", g, v);
 }
+void app_hsmtool_json_error(cdx_err err, const char *detail, bool close)
+{
+    printf("{\"code\":%d,", (int)err);
+    app_out_json_key(stdout, "name");
+    app_out_json_str(stdout, cdx_err_name(err));
+    putchar(',');
+    app_out_json_key(stdout, "message");
+    app_out_json_str(stdout, cdx_strerror(err));
+    putchar(',');
+    app_out_json_key(stdout, "detail");
+    app_out_json_str(stdout, detail);
+    if (close)
+        putchar('}');
+}
+
 
 static void report_error(const ctx *x, cdx_err err)
 {
@@ -408,15 +423,8 @@ static void report_error(const ctx *x, cdx_err err)
             app_out_json_str(stdout, app_hsmtool_command_name(x, name, sizeof(name)));
             putchar(',');
         }
-        printf("\"error\":{\"code\":%d,", (int)err);
-        app_out_json_key(stdout, "name");
-        app_out_json_str(stdout, cdx_err_name(err));
-        putchar(',');
-        app_out_json_key(stdout, "message");
-        app_out_json_str(stdout, cdx_strerror(err));
-        putchar(',');
-        app_out_json_key(stdout, "detail");
-        app_out_json_str(stdout, detail);
+        fputs("\"error\":", stdout);
+        app_hsmtool_json_error(err, detail, false);
         printf(",\"usage\":%s}}\n", x->usage ? "true" : "false");
     }
 }

@@ -103,6 +103,12 @@ cdx_err app_hsmtool_secmem_up(ctx *x);
  * one command).
  */
 
+/*
+ * The JSON error object {"code","name","message","detail"} on stdout, closed with '}' when
+ * `close` (else the caller adds members and the brace).
+ */
+void app_hsmtool_json_error(cdx_err err, const char *detail, bool close);
+
 cdx_err app_hsmtool_tokens(ctx *x);
 cdx_err app_hsmtool_keys(ctx *x);
 cdx_err app_hsmtool_probe(ctx *x); /* app_hsmtool_probe.c */

@@ -142,16 +142,7 @@ cdx_err app_hsmtool_tokens(ctx *x)
         /* An unreadable slot fails the run; the error goes in this one object. */
         fputs("],\"error\":", stdout);
         if (err) {
-            printf("{\"code\":%d,", (int)err);
-            app_out_json_key(stdout, "name");
-            app_out_json_str(stdout, cdx_err_name(err));
-            putchar(',');
-            app_out_json_key(stdout, "message");
-            app_out_json_str(stdout, cdx_strerror(err));
-            putchar(',');
-            app_out_json_key(stdout, "detail");
-            app_out_json_str(stdout, cdx_err_detail());
-            putchar('}');
+            app_hsmtool_json_error(err, cdx_err_detail(), true);
             x->json_printed = true;
         } else {
             fputs("null", stdout);

@@ -755,15 +755,27 @@ static int host_wrap(const uint8_t kek[32], const uint8_t *key, int len, uint8_t
 }
 
 /* A fresh custody context (the unwrap decision is cached per context) with an override. */
-static hsm_custody *open_mech(fx_token *t, unsigned long mech)
+/* A context on t through the wrapper with one token-compatibility setting changed. */
+typedef struct tuning {
+    unsigned long unwrap_mechanism;
+    int hmac_key_type, copyable;
+} tuning;
+
+static hsm_custody *open_tuned(fx_token *t, tuning tu)
 {
     hsm_config cfg;
     fill_cfg(&cfg, t, wrap_path, 0);
-    cfg.unwrap_mechanism = mech;
+    cfg.unwrap_mechanism = tu.unwrap_mechanism;
+    cfg.hmac_key_type = tu.hmac_key_type;
+    cfg.copyable = tu.copyable;
     hsm_custody *c = NULL;
-    cdx_err e = hsm_custody_open(&cfg, &c);
-    CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(hsm_custody_open(&cfg, &c), CDX_OK);
     return c;
+}
+
+static hsm_custody *open_mech(fx_token *t, unsigned long mech)
+{
+    return open_tuned(t, (tuning){.unwrap_mechanism = mech});
 }
 
 /*
@@ -893,12 +905,7 @@ static void test_unwrap_mechanism(void)
 
 static hsm_custody *open_kt(fx_token *t, int kt)
 {
-    hsm_config cfg;
-    fill_cfg(&cfg, t, wrap_path, 0);
-    cfg.hmac_key_type = kt;
-    hsm_custody *c = NULL;
-    CU_ASSERT_EQUAL_FATAL(hsm_custody_open(&cfg, &c), CDX_OK);
-    return c;
+    return open_tuned(t, (tuning){.hmac_key_type = kt});
 }
 
 /*
@@ -1062,12 +1069,7 @@ static void test_fail_closed_attributes(void)
 
 static hsm_custody *open_copyable(fx_token *t, int copyable)
 {
-    hsm_config cfg;
-    fill_cfg(&cfg, t, wrap_path, 0);
-    cfg.copyable = copyable;
-    hsm_custody *c = NULL;
-    CU_ASSERT_EQUAL_FATAL(hsm_custody_open(&cfg, &c), CDX_OK);
-    return c;
+    return open_tuned(t, (tuning){.copyable = copyable});
 }
 
 /*
