@@ -29,8 +29,9 @@ enum {
 };
 
 static const char *const key_names[K_COUNT] = {
-    "module",   "token",         "pin",          "allow_env_pin", "allow_unlocked_memory",
-    "sessions", "subkey_ttl_ms", "secmem_bytes", "init_args", "unwrap_mechanism", "hmac_key_type", "copyable",
+    "module",        "token",         "pin",          "allow_env_pin", "allow_unlocked_memory",
+    "sessions",      "subkey_ttl_ms", "secmem_bytes", "init_args",     "unwrap_mechanism",
+    "hmac_key_type", "copyable",
 };
 
 _Static_assert(K_COUNT <= sizeof(((app_hsmconf_seen *)0)->line) / sizeof(unsigned),

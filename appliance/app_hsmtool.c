@@ -397,7 +397,6 @@ void app_hsmtool_json_error(cdx_err err, const char *detail, bool close)
         putchar('}');
 }
 
-
 static void report_error(const ctx *x, cdx_err err)
 {
     const char *detail = cdx_err_detail();

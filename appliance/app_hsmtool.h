@@ -64,7 +64,7 @@ struct ctx {
     const cmd *cmd;
     const char *arg; /* the positional argument (KEK name) */
     bool json;
-    bool usage; /* the error is a usage error (exit 2) */
+    bool usage;        /* the error is a usage error (exit 2) */
     bool json_printed; /* the command's JSON object already carries its error */
     hsm_config cfg;
     hsm_custody *c;

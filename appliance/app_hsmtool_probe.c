@@ -78,7 +78,9 @@ static void print_json(const hsm_probe *p)
            "\"pad_kat\":%s,\"unwrap_mechanism\":",
            p->copyable_supported ? "true" : "false", p->copyable_opt_in ? "true" : "false",
            p->allowed_mechanisms ? "true" : "false",
-           p->pad_kat < 0 ? "null" : p->pad_kat ? "true" : "false");
+           p->pad_kat < 0 ? "null"
+           : p->pad_kat   ? "true"
+                          : "false");
     if (p->unwrap_mech)
         printf("\"0x%lx\"", p->unwrap_mech);
     else
@@ -145,20 +147,22 @@ static void print_text(const hsm_probe *p)
     printf("  %-44s %s\n", "copy with CKA_DERIVE true (must be refused)", try_text(p->copy_derive));
     printf("custody's decisions with this configuration (as index create makes them):\n");
     printf("  %-44s %s\n", "CKA_COPYABLE honoured on token objects",
-           p->copyable_supported  ? "yes"
-           : p->copyable_opt_in ? "no (accepted: [hsm] copyable = unsupported)"
-                                : "no (keys refused)");
+           p->copyable_supported ? "yes"
+           : p->copyable_opt_in  ? "no (accepted: [hsm] copyable = unsupported)"
+                                 : "no (keys refused)");
     printf("  %-44s %s\n", "CKA_ALLOWED_MECHANISMS honoured", p->allowed_mechanisms ? "yes" : "no");
     printf("  %-44s %s\n", "0x210A known-answer test (RFC 5649)",
-           p->pad_kat < 0 ? "not run" : p->pad_kat ? "passed" : "failed");
+           p->pad_kat < 0 ? "not run"
+           : p->pad_kat   ? "passed"
+                          : "failed");
     if (p->unwrap_mech)
         printf("  %-44s %s (0x%lx)\n", "index unwrap mechanism", p->unwrap_name, p->unwrap_mech);
     else
         printf("  %-44s none: %s\n", "index unwrap mechanism", p->unwrap_why);
     printf("  %-44s %s\n", "HMAC key type of new keys", kt_name(p->hmac_key_type));
     printf("  %-44s %s\n", "KEK keeps CKA_UNWRAP_TEMPLATE (session KEK)",
-           !p->kek.tried ? "not tried (no CKM_AES_KEY_GEN)"
-           : p->kek.rv   ? hsm_probe_rv_name(p->kek.rv)
+           !p->kek.tried       ? "not tried (no CKM_AES_KEY_GEN)"
+           : p->kek.rv         ? hsm_probe_rv_name(p->kek.rv)
            : p->kek_utmpl_kept ? "yes"
                                : "no (KEKs refused)");
     printf("attributes read back:");

@@ -100,8 +100,9 @@ cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c)
         if (pv->origin > ENG_ORIGIN_ADOPTED || (pv->flags & ~ENG_PROV_FLAGS_KNOWN))
             r.bad = true;
     }
-    if (!eng_rd_done(&r) || (fmt != CAT_FMT && fmt != CAT_FMT_V2 && fmt != CAT_FMT_V1) || c->state < ENG_ST_CREATING ||
-        c->state > ENG_ST_DELETING || c->dim == 0 || c->dim > CDX_DIM_MAX)
+    if (!eng_rd_done(&r) || (fmt != CAT_FMT && fmt != CAT_FMT_V2 && fmt != CAT_FMT_V1) ||
+        c->state < ENG_ST_CREATING || c->state > ENG_ST_DELETING || c->dim == 0 ||
+        c->dim > CDX_DIM_MAX)
         return cdx_fail(CDX_ERR_INTEGRITY, "catalog entry is malformed");
     return CDX_OK;
 }

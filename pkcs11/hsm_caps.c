@@ -343,7 +343,9 @@ cdx_err hsm_caps_probe(hsm_custody *c, CK_SESSION_HANDLE s, bool creating, CK_RV
         token_name(c, name, sizeof(name));
         cdx_log(cap == 1 ? CDX_LOG_DEBUG : CDX_LOG_WARN, "hsm_token_caps",
                 "token=%s copyable=%s allowed_mechanisms=%s", name,
-                !told ? "unknown" : cap == 1 ? "supported" : "unsupported",
+                !told      ? "unknown"
+                : cap == 1 ? "supported"
+                           : "unsupported",
                 am_ok ? "supported" : "unsupported");
     }
     if (cap == 2 && c->cfg.copyable != HSM_COPYABLE_UNSUPPORTED) {

@@ -17,14 +17,14 @@
 #include "cdx_err.h"
 
 typedef struct hsm_config {
-    char module_path[PATH_MAX]; /* e.g. /usr/lib/softhsm/libsofthsm2.so */
-    char token_uri[1024];       /* RFC 7512, e.g. "pkcs11:token=cipherdex" (label/serial/...) */
+    char module_path[PATH_MAX];    /* e.g. /usr/lib/softhsm/libsofthsm2.so */
+    char token_uri[1024];          /* RFC 7512, e.g. "pkcs11:token=cipherdex" (label/serial/...) */
     char pin_source[PATH_MAX + 8]; /* "file:/path", "cred:NAME" (systemd credential), "env:NAME" */
-    bool allow_env_pin;         /* "env:" sources are refused unless this is set */
-    bool allow_unlocked_memory; /* start even if secrets cannot be mlock'ed (loudly) */
-    unsigned sessions;          /* session pool size; 0 = CDX_SESSIONS_DEFAULT */
-    uint32_t subkey_ttl_ms;     /* cache subkeys this long; 0 = derive for every operation */
-    size_t secmem_bytes;        /* locked arena size; 0 = CDX_SECMEM_DEFAULT */
+    bool allow_env_pin;            /* "env:" sources are refused unless this is set */
+    bool allow_unlocked_memory;    /* start even if secrets cannot be mlock'ed (loudly) */
+    unsigned sessions;             /* session pool size; 0 = CDX_SESSIONS_DEFAULT */
+    uint32_t subkey_ttl_ms;        /* cache subkeys this long; 0 = derive for every operation */
+    size_t secmem_bytes;           /* locked arena size; 0 = CDX_SECMEM_DEFAULT */
     /* C_Initialize's pReserved string, for modules that need one (NSS softokn:
      * "configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db' flags=");
      * "" = NULL. Never logged. */

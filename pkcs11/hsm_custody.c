@@ -50,8 +50,8 @@ static cdx_err pool_get(hsm_custody *c, CK_SESSION_HANDLE *s, CK_RV *rv)
         if (c->nopen < c->max_sessions) {
             c->nopen++;
             pthread_mutex_unlock(&c->pool_mu);
-            CK_RV r = c->f->C_OpenSession(c->slot_id, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
-                                          NULL, s);
+            CK_RV r =
+                c->f->C_OpenSession(c->slot_id, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, s);
             pthread_mutex_lock(&c->pool_mu);
             if (r == CKR_OK)
                 break;
@@ -439,8 +439,8 @@ static cdx_err recover(hsm_custody *c, uint64_t seen_gen)
                                 ? CDX_RELOGIN_BACKOFF_MAX_MS
                                 : c->backoff_ms * 2;
         }
-        cdx_log(CDX_LOG_ERROR, "hsm_recover_failed", "code=%s backoff_ms=%u",
-                cdx_err_name(err), c->backoff_ms);
+        cdx_log(CDX_LOG_ERROR, "hsm_recover_failed", "code=%s backoff_ms=%u", cdx_err_name(err),
+                c->backoff_ms);
         goto out;
     }
     c->backoff_ms = CDX_RELOGIN_BACKOFF_MIN_MS;
@@ -546,9 +546,8 @@ static bool same_config(const hsm_config *a, const hsm_config *b)
 {
     return !strcmp(a->token_uri, b->token_uri) && !strcmp(a->pin_source, b->pin_source) &&
            a->subkey_ttl_ms == b->subkey_ttl_ms && a->allow_env_pin == b->allow_env_pin &&
-           !strcmp(a->init_args, b->init_args) &&
-           a->unwrap_mechanism == b->unwrap_mechanism && a->hmac_key_type == b->hmac_key_type &&
-           a->copyable == b->copyable;
+           !strcmp(a->init_args, b->init_args) && a->unwrap_mechanism == b->unwrap_mechanism &&
+           a->hmac_key_type == b->hmac_key_type && a->copyable == b->copyable;
 }
 
 static void destroy(hsm_custody *c)

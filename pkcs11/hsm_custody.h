@@ -103,7 +103,7 @@ typedef struct hsm_token_info {
     char model[17];
     unsigned long slot_id; /* informative only: never used to find a token */
     int initialized;
-    int matches_uri;       /* 1 if the configured URI selects this token */
+    int matches_uri; /* 1 if the configured URI selects this token */
     /* CDX_OK, or why the slot's token could not be read (C_GetTokenInfo failed:
      * CDX_ERR_HSM_UNAVAILABLE, CDX_ERR_HSM_FAILED, CDX_ERR_RESOURCE_EXHAUSTED...);
      * then only slot_id is set and err_text says "C_GetTokenInfo: CKR_...". */

@@ -12,8 +12,8 @@ static const hsm_probe_mech MECHS[HSM_PROBE_MECHS] = {
     {"CKM_SHA256_HMAC", CKM_SHA256_HMAC, CKF_SIGN, "subkeys and KCVs", true, 0, 0, 0, 0},
     {"CKM_GENERIC_SECRET_KEY_GEN", CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE, "root and index keys",
      true, 0, 0, 0, 0},
-    {"CKM_SHA256_KEY_GEN", CKM_SHA256_KEY_GEN, CKF_GENERATE, "CKK_SHA256_HMAC keys", false, 0, 0,
-     0, 0},
+    {"CKM_SHA256_KEY_GEN", CKM_SHA256_KEY_GEN, CKF_GENERATE, "CKK_SHA256_HMAC keys", false, 0, 0, 0,
+     0},
     {"CKM_AES_KEY_GEN", CKM_AES_KEY_GEN, CKF_GENERATE, "KEKs (kek create)", false, 0, 0, 0, 0},
     {"CKM_AES_KEY_WRAP_KWP", CKM_AES_KEY_WRAP_KWP, CKF_UNWRAP, "unwrap (RFC 5649)", false, 0, 0, 0,
      0},
@@ -250,23 +250,23 @@ cdx_err hsm_probe_run(hsm_custody *c, hsm_probe *p)
         say(p,
             "no unwrap: KEKs are refused here: %s (security review M2: a KEK must force the "
             "index-key template on what it unwraps)",
-            ok(p->kek) ? "the token accepts CKA_UNWRAP_TEMPLATE but does not keep it"
+            ok(p->kek)     ? "the token accepts CKA_UNWRAP_TEMPLATE but does not keep it"
             : p->kek.tried ? "the token refuses Cipherdex's KEK template"
                            : "no CKM_AES_KEY_GEN");
     else if (p->unwrap_mech)
         say(p, "unwrap: %s%s", hsm_mech_name(p->unwrap_mech),
-            c->cfg.unwrap_mechanism          ? " ([hsm] unwrap_mechanism)"
+            c->cfg.unwrap_mechanism                  ? " ([hsm] unwrap_mechanism)"
             : p->unwrap_mech == CKM_AES_KEY_WRAP_PAD ? " (passed the RFC 5649 known-answer test)"
                                                      : "");
     else
-        say(p, "no unwrap: `index create --unwrap-kek` cannot work here (generate and adopt "
-               "can): %s",
+        say(p,
+            "no unwrap: `index create --unwrap-kek` cannot work here (generate and adopt "
+            "can): %s",
             p->unwrap_why);
     if (!p->copyable_supported && !p->copyable_opt_in) {
-        say(p,
-            "CKA_COPYABLE not honoured on token objects: Cipherdex refuses to create or adopt "
-            "keys here by default; a PIN holder could copy a key into a derivable one "
-            "(docs/CUSTODY.md; `[hsm] copyable = unsupported` accepts that)");
+        say(p, "CKA_COPYABLE not honoured on token objects: Cipherdex refuses to create or adopt "
+               "keys here by default; a PIN holder could copy a key into a derivable one "
+               "(docs/CUSTODY.md; `[hsm] copyable = unsupported` accepts that)");
         p->can_run = false;
     } else if (!p->copyable_supported) {
         say(p, "CKA_COPYABLE not honoured on token objects; accepted by `[hsm] copyable = "
@@ -275,8 +275,7 @@ cdx_err hsm_probe_run(hsm_custody *c, hsm_probe *p)
     if (ok(p->gen_full)) {
         say(p, "ok: index keys with the full template (CKA_COPYABLE FALSE) as session objects");
     } else if (ok(p->gen_no_copyable)) {
-        say(p,
-            "CKA_COPYABLE refused on session keys (%s): keys can be made only without it",
+        say(p, "CKA_COPYABLE refused on session keys (%s): keys can be made only without it",
             hsm_probe_rv_name(p->gen_full.rv));
         if (!p->copyable_opt_in)
             p->can_run = false;

@@ -72,8 +72,8 @@ typedef struct hsm_probe {
      * CKA_UNWRAP_TEMPLATE (kek create refuses a token that does not: security review M2). */
     hsm_probe_try kek;
     bool kek_utmpl_kept;
-    bool can_run;                  /* Cipherdex can create and use index keys here */
-    char verdict[1024];            /* one line per finding, "\n"-separated */
+    bool can_run;       /* Cipherdex can create and use index keys here */
+    char verdict[1024]; /* one line per finding, "\n"-separated */
 } hsm_probe;
 
 /*

@@ -76,8 +76,8 @@ int main(int argc, char **argv)
         char lab[33], model[17], manuf[33];
         rv = f->C_GetTokenInfo(slots[i], &ti);
         if (rv != CKR_OK) {
-            fprintf(stderr, "p11probe: C_GetTokenInfo(slot %lu): 0x%lx\n",
-                    (unsigned long)slots[i], (unsigned long)rv);
+            fprintf(stderr, "p11probe: C_GetTokenInfo(slot %lu): 0x%lx\n", (unsigned long)slots[i],
+                    (unsigned long)rv);
             continue;
         }
         trim(lab, ti.label, sizeof(ti.label));
