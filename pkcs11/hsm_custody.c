@@ -108,13 +108,16 @@ static cdx_err token_matches(const char *uri_s, const CK_TOKEN_INFO *ti, bool *m
  * dlopen the module and take its function list. The list is kept for the
  * context's life: p11-kit's client and proxy modules hand out a new,
  * uninitialised list on every C_GetFunctionList, so only the list we
- * C_Initialize may be used.
+ * C_Initialize may be used. RTLD_NODELETE: a module is never unloaded, so a
+ * later context in the same process finds it as it was left. opencryptoki
+ * 3.8.1 crashes (SIGSEGV in libitm, from its TPM token's ST_Initialize) when
+ * it is unloaded and loaded again in a process that also uses libcrypto.
  */
 static cdx_err mod_open(const char *path, void **dl, CK_FUNCTION_LIST_PTR *f)
 {
     cdx_err err = CDX_OK;
     *f = NULL;
-    *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!*dl)
         return cdx_fail(CDX_ERR_HSM_UNAVAILABLE, "PKCS#11 module %s does not load: %s", path,
                         dlerror());

@@ -116,3 +116,6 @@ add_dependencies(test_hostile cipherdexd)
 # socket exporting a SoftHSM token, p11-kit-client.so in the test (no unwrap: p11-kit's RPC
 # does not carry CKM_AES_KEY_WRAP*).
 cdx_add_test(test_p11kit SOURCES test_p11kit.c LIBS cdx_pkcs11_admin cdx_pkcs11 PkgConfig::OPENSSL)
+# The custody suite any module must pass (the HSM matrix runs it on every module; here SoftHSM).
+cdx_add_test(test_custody_module SOURCES test_custody_module.c
+             LIBS cdx_pkcs11_admin cdx_pkcs11 PkgConfig::OPENSSL Threads::Threads)

@@ -26,7 +26,7 @@ die() { echo "hsm-matrix: $*" >&2; exit 2; }
 
 ALL_MODULES=(softhsm opencryptoki p11kit-remote nss)
 STEPS=(probe tokens keys hsm-probe root-create root-existing idx-generate idx-import idx-kcv idx-check
-       idx-adopt kek-create kek-import idx-unwrap idx-destroy kek-destroy
+       idx-adopt kek-create kek-import idx-unwrap idx-destroy kek-destroy custody-suite
        d-start d-health d-create d-upsert d-query d-get d-describe d-unwrap d-delete)
 
 (($# >= 1)) || die "usage: run_matrix.sh BUILD_DIR [--modules LIST] [--out FILE] [--expect FILE] [--require-all] [--strict]"
@@ -54,7 +54,8 @@ DAEMON="$BUILD/appliance/cipherdexd"
 CLI="$BUILD/appliance/cipherdex"
 PKI="$BUILD/tests/fixtures/fx_pki_tool"
 PROBE="$BUILD/tests/hsm_matrix/cdx_p11probe"
-for b in "$HSM" "$DAEMON" "$CLI" "$PKI" "$PROBE"; do
+CUSTODY_SUITE="$BUILD/tests/test_custody_module"
+for b in "$HSM" "$DAEMON" "$CLI" "$PKI" "$PROBE" "$CUSTODY_SUITE"; do
     [[ -x "$b" ]] || die "$b missing: build first (cmake --build $BUILD)"
 done
 PY=/usr/bin/python3
@@ -387,6 +388,26 @@ s_idx_destroy() {
 s_kek_destroy() {
     need kek-create || return 77
     hsm kek destroy spare --yes || fail_with "exit $?"
+}
+
+# The module-neutral custody suite (tests/test_custody_module.c) on this module's token: its
+# CUnit summary must show every test run and passed.
+s_custody_suite() {
+    local env=(CDX_CM_MODULE="$M_MODULE" CDX_CM_TOKEN="$(uri_of "$M_LABEL")"
+               CDX_CM_PIN_FILE="$M_PIN_FILE")
+    [[ " $M_NEEDS " == *" init_args "* ]] && env+=(CDX_CM_INIT_ARGS="$M_INIT_ARGS")
+    [[ " $M_NEEDS " == *" copyable "* ]] && env+=(CDX_CM_COPYABLE=unsupported)
+    local rc=0
+    OUTP="$(env "${M_ENV[@]}" "${env[@]}" CDX_LOG_LEVEL=error timeout 120 "$CUSTODY_SUITE" 2>&1)" || rc=$?
+    printf '%s\n' "$OUTP" >"$MOD_DIR/custody-suite.out"
+    local tests
+    tests="$(awk '$1 == "tests" {print $2 "/" $4 " passed, " $5 " failed"}' <<<"$OUTP")"
+    if ((rc != 0)) || [[ -z "$tests" ]]; then
+        DETAIL="exit $rc${tests:+ ($tests)}: $(grep -m1 -E 'FAILED|^ +[0-9]+\. ' <<<"$OUTP" || true)"
+        return 1
+    fi
+    DETAIL="CUnit $tests"
+    if grep -q "KEK refused" <<<"$OUTP"; then DETAIL+="; KEK refused by name"; fi
 }
 
 # ---- the daemon --------------------------------------------------------------------------------
