@@ -78,11 +78,8 @@ static int suite_clean(void)
 
 static hsm_custody *open_ctx(void)
 {
-    hsm_custody *c = NULL;
-    cdx_err e = hsm_custody_open(&cfg, &c);
-    if (e)
-        fprintf(stderr, "open: %s: %s\n", cdx_err_name(e), cdx_err_detail());
-    CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
+    hsm_custody *c = fx_custody_open(&cfg);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
     return c;
 }
 
@@ -158,8 +155,8 @@ static void test_generated_key(void)
     hsm_key_facts f;
     CU_ASSERT_EQUAL(hsm_key_facts_read(c, &k, &f), CDX_OK);
     CU_ASSERT_TRUE(f.attrs & HSM_A_SENSITIVE);
-    CU_ASSERT_EQUAL(f.copyable_not_enforced, cfg.copyable == HSM_COPYABLE_UNSUPPORTED &&
-                                                 (f.unknown & HSM_A_COPYABLE));
+    CU_ASSERT_EQUAL(f.copyable_not_enforced,
+                    cfg.copyable == HSM_COPYABLE_UNSUPPORTED && (f.unknown & HSM_A_COPYABLE));
     CU_ASSERT_NOT_EQUAL(f.serial[0] | f.model[0], 0);
 
     for (hsm_purpose p = HSM_P_TOKEN; p <= HSM_P_MANIFEST; p++) {

@@ -164,11 +164,8 @@ static hsm_custody *open_client(void)
 {
     hsm_config cfg;
     fx_hsm_config(tok, P11KIT_CLIENT, 0, &cfg);
-    hsm_custody *c = NULL;
-    cdx_err e = hsm_custody_open(&cfg, &c);
-    if (e)
-        fprintf(stderr, "open: %s: %s\n", cdx_err_name(e), cdx_err_detail());
-    CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
+    hsm_custody *c = fx_custody_open(&cfg);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
     return c;
 }
 

@@ -79,11 +79,8 @@ static hsm_custody *open_ctx(fx_token *t, const char *module, uint32_t ttl)
 {
     hsm_config cfg;
     fill_cfg(&cfg, t, module, ttl);
-    hsm_custody *c = NULL;
-    cdx_err e = hsm_custody_open(&cfg, &c);
-    if (e)
-        fprintf(stderr, "open: %s: %s\n", cdx_err_name(e), cdx_err_detail());
-    CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
+    hsm_custody *c = fx_custody_open(&cfg);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
     return c;
 }
 
