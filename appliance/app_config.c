@@ -8,6 +8,7 @@
 
 #include "app_hsmconf.h"
 #include "app_ini.h"
+#include "pol_principal.h"
 #include "cdx_hex.h"
 #include "cdx_log.h"
 
@@ -44,6 +45,7 @@ static const keydef keys[] = {
     {"server", "output_high_water", T_SIZE, N(output_high_water), 1ull << 32},
     {"server", "workers", T_U32, N(workers), CDX_WORKERS_MAX},
     {"server", "admins", T_SPECIAL, 0, 0, 0},
+    {"server", "policy", T_STR, F(policy), 0},
     {"server", "deployment_id", T_SPECIAL, 0, 0, 0},
     {"server", "ports_file", T_STR, F(ports_file), 0},
     {"store", "backend", T_SPECIAL, 0, 0, 0},
@@ -117,6 +119,7 @@ static cdx_err set_admins(app_config *c, const char *v)
         return cdx_fail(CDX_ERR_CONFIG, "admins: list too long");
     snprintf(buf, sizeof(buf), "%s", v);
     c->n_admins = 0;
+    c->n_admins_untyped = 0;
     /* Split by hand: strtok would silently skip an empty entry ("a,,b"). */
     for (char *t = buf, *next; t; t = next) {
         next = strchr(t, ',');
@@ -140,10 +143,20 @@ static cdx_err set_admins(app_config *c, const char *v)
                                 t);
         if (c->n_admins == CDX_ADMINS_MAX)
             return cdx_fail(CDX_ERR_CONFIG, "admins: more than %d principals", CDX_ADMINS_MAX);
+        /* Typed as the policy types principals: an untyped entry is a URI SAN, never a CN. */
+        char typed[CDX_PRINCIPAL_MAX + 1];
+        bool untyped = false;
+        cdx_err err = pol_principal_legacy(t, typed, sizeof(typed), &untyped);
+        if (err) {
+            char why[300];
+            snprintf(why, sizeof(why), "%s", cdx_err_detail());
+            return cdx_fail(CDX_ERR_CONFIG, "admins: %s", why);
+        }
         for (size_t i = 0; i < c->n_admins; i++)
-            if (!strcmp(c->admins[i], t))
+            if (!strcmp(c->admins[i], typed))
                 return cdx_fail(CDX_ERR_CONFIG, "admins: `%s` listed twice", t);
-        memcpy(c->admins[c->n_admins++], t, n + 1);
+        memcpy(c->admins[c->n_admins++], typed, strlen(typed) + 1);
+        c->n_admins_untyped += untyped;
     }
     if (c->n_admins == 0)
         return cdx_fail(CDX_ERR_CONFIG, "admins: no principal given");
@@ -315,9 +328,21 @@ cdx_err app_config_check(const app_config *c)
         if (!c->client_ca[0])
             return cdx_fail(CDX_ERR_CONFIG, "[server] client_ca is required: clients "
                                             "authenticate with certificates (mutual TLS)");
-        if (c->n_admins == 0)
-            return cdx_fail(CDX_ERR_CONFIG, "[server] admins is required: the principals "
-                                            "allowed to create, train and delete indexes");
+        if (c->n_admins == 0 && !c->policy[0])
+            return cdx_fail(CDX_ERR_CONFIG,
+                            "[server] policy is required: the access policy file saying who may "
+                            "do what (docs/POLICY.md); the deprecated [server] admins alone "
+                            "still works");
+    } else {
+        /* No TLS, no authentication: never reachable from another machine (review L8). */
+        char ih[APP_ADDR_MAX];
+        uint16_t ip;
+        if (!app_addr_split(c->listen, ih, sizeof(ih), &ip) && strcmp(ih, "127.0.0.1") &&
+            strcmp(ih, "::1") && strcmp(ih, "localhost") && strncmp(ih, "unix:", 5))
+            return cdx_fail(CDX_ERR_CONFIG,
+                            "[server] listen = %s with insecure = yes: plaintext without "
+                            "authentication may only listen on loopback (127.0.0.1, ::1)",
+                            c->listen);
     }
     static const uint8_t zero[CDX_ID_LEN];
     if (!c->have_deployment_id)

@@ -71,8 +71,12 @@ typedef struct app_config {
     uint32_t max_outstanding;   /* requests per connection before reading stops */
     uint64_t output_high_water; /* queued response bytes before reading stops */
     uint32_t workers;           /* engine worker threads; 0 = one per CPU */
+    /* Deprecated: appliance admins, typed (pol_principal_legacy: untyped entries become
+     * "uri:..."); the policy file's [appliance] admins replaces it. */
     char admins[CDX_ADMINS_MAX][CDX_PRINCIPAL_MAX + 1];
     size_t n_admins;
+    size_t n_admins_untyped;    /* entries written without a type (warned about at start) */
+    char policy[APP_PATH_MAX];  /* the access policy file (docs/POLICY.md); "" = admins only */
     uint8_t deployment_id[CDX_ID_LEN];
     bool have_deployment_id;
     char ports_file[APP_PATH_MAX]; /* optional: bound addresses written here once listening */

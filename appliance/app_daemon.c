@@ -1,5 +1,6 @@
 /* The daemon's lifecycle (see app_daemon.h). */
 #include "app_daemon.h"
+#include "app_policy.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -39,6 +40,7 @@ struct app_daemon {
     app_tls *tls;
     app_server *server;
     app_dispatch_env env;
+    app_policy *policy; /* who may do what; swapped on SIGHUP */
     struct event_base *base;
     struct event *ev_drain_deadline;
     struct event *ev_term, *ev_int, *ev_hup, *ev_pool;
@@ -80,6 +82,12 @@ static void probe(app_daemon *d, probe_result *p)
         snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
                  "plaintext key import is allowed ([keys] allow_plaintext_import = yes): index "
                  "keys may have existed outside the token; development only");
+    uint64_t loads = 0;
+    char perr[400];
+    app_policy_status(d->policy, &loads, perr, sizeof(perr));
+    if (perr[0])
+        snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
+                 "the last policy reload failed, the previous policy is in force: %.380s", perr);
     p->rollbacks = eng_rollback_count(d->engine);
     if (p->rollbacks)
         snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
@@ -347,8 +355,11 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
         if (terr)
             cdx_log(CDX_LOG_ERROR, "reload_tls_failed", "code=%s msg=\"%s\" kept=previous",
                     cdx_err_name(terr), cdx_err_detail());
-        cdx_log(CDX_LOG_INFO, "reloaded", "log_level=%d tls=%s", fresh.log_level,
-                d->tls ? (terr ? "kept" : "reloaded") : "none");
+        /* The policy as the file now says (and the admins list as the config now says); a bad
+         * file keeps the old policy in force (logged, and in /healthz). */
+        cdx_err perr = app_policy_reload(d->policy, &fresh);
+        cdx_log(CDX_LOG_INFO, "reloaded", "log_level=%d tls=%s policy=%s", fresh.log_level,
+                d->tls ? (terr ? "kept" : "reloaded") : "none", perr ? "kept" : "reloaded");
     }
     sd_notify(0, "READY=1");
 }
@@ -372,7 +383,17 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
     if (cfg->insecure)
         cdx_log(CDX_LOG_WARN, "insecure",
                 "msg=\"insecure = yes: PLAINTEXT TCP, NO CLIENT AUTHENTICATION; never in "
-                "production\"");
+                "production; clients are the principal `anonymous`, with what the policy grants "
+                "it\"");
+    if ((err = app_policy_new(&d->cfg, &d->policy)))
+        goto fail;
+    if (cfg->n_admins)
+        cdx_log(CDX_LOG_WARN, "deprecated_admins",
+                "admins=%zu untyped=%zu msg=\"[server] admins is deprecated: its principals are "
+                "appliance admins; move them to [appliance] admins of the policy file "
+                "(docs/POLICY.md). Untyped entries are read as uri: (a URI subjectAltName), never "
+                "as a CN\"",
+                cfg->n_admins, cfg->n_admins_untyped);
     if ((err = hsm_custody_open(&d->cfg.hsm, &d->custody)) || (err = open_store(d)))
         goto fail;
     eng_config ec = {.custody = d->custody,
@@ -423,7 +444,8 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                                 .metrics = d->metrics,
                                 .health = wire_health,
                                 .health_arg = d,
-                                .started_ms = cdx_mono_ms()};
+                                .started_ms = cdx_mono_ms(),
+                                .policy = d->policy};
     if ((err = app_server_new(d->base, &d->cfg, d->tls, d->pool, &d->env, d->metrics, &d->server)))
         goto fail;
     d->env.budget = app_server_budget(d->server); /* before any request runs */
@@ -480,6 +502,7 @@ void app_daemon_free(app_daemon *d)
     eng_store_free(d->store);
     hsm_custody_free(d->custody);
     app_tls_free(d->tls);
+    app_policy_free(d->policy);
     app_metrics_free(d->metrics);
     free(d->config_path);
     free(d);

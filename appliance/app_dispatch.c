@@ -1,5 +1,6 @@
 /* One request frame in, one response frame out (see app_dispatch.h). */
 #include "app_dispatch.h"
+#include "app_policy.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -291,6 +292,14 @@ static cdx_err do_list_indexes(const app_dispatch_env *env, const Req *q, Resp *
     cdx_err err = eng_index_list_all(env->engine, &s->infos, &n, &unreadable);
     if (err)
         return err;
+    /* Only what the caller may see; the unreadable count is appliance-wide: operators only. */
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++)
+        if (app_policy_sees(env->policy, s->principal, s->infos[i].name))
+            s->infos[kept++] = s->infos[i];
+    n = kept;
+    if (!app_policy_allows(env->policy, s->principal, POL_NEED_OPERATOR, NULL))
+        unreadable = 0;
     Cipherdex__V1__ListIndexesResponse *lr = alloc(s, sizeof(*lr));
     Cipherdex__V1__IndexInfo *arr = alloc(s, n * sizeof(*arr));
     Cipherdex__V1__IndexInfo **ptrs = alloc(s, n * sizeof(*ptrs));
@@ -607,13 +616,16 @@ static cdx_err do_list_ids(const app_dispatch_env *env, const Req *q, Resp *r, s
 
 /* ---- the operations table: the one place that says who may do what ---- */
 
-/* What an operation needs from the caller's principal. */
-typedef enum need {
-    NEED_NONE,  /* anyone who got through TLS: health */
-    NEED_READ,  /* read an index or the catalog */
-    NEED_WRITE, /* change an index's items */
-    NEED_ADMIN, /* create, train, delete an index, accept a rollback: [server] admins */
-} need;
+/*
+ * What an operation needs from the caller's principal (pol_need): none
+ * (health; the index list, filtered to what the caller may see), read,
+ * write, or admin on the index it names.
+ */
+#define NEED_NONE  POL_NEED_NONE
+#define NEED_READ  POL_NEED_READ
+#define NEED_WRITE POL_NEED_WRITE
+#define NEED_ADMIN POL_NEED_ADMIN
+typedef pol_need need;
 
 typedef cdx_err (*handler)(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s);
 
@@ -678,7 +690,7 @@ static const struct op_def {
      do_create},
     {CIPHERDEX__V1__REQUEST__BODY_DESCRIBE_INDEX, APP_OP_DESCRIBE_INDEX, NEED_READ, index_describe,
      do_describe},
-    {CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES, APP_OP_LIST_INDEXES, NEED_READ, index_none,
+    {CIPHERDEX__V1__REQUEST__BODY_LIST_INDEXES, APP_OP_LIST_INDEXES, NEED_NONE, index_none,
      do_list_indexes},
     {CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX, APP_OP_DELETE_INDEX, NEED_ADMIN, index_delete_index,
      do_delete_index},
@@ -701,30 +713,22 @@ static const struct op_def *op_find(Cipherdex__V1__Request__BodyCase body)
     return NULL;
 }
 
-static bool is_admin(const app_config *cfg, const char *principal)
-{
-    for (size_t i = 0; i < cfg->n_admins; i++)
-        if (!strcmp(cfg->admins[i], principal))
-            return true;
-    return false;
-}
-
 /*
  * May `principal` run `d` on `index` (NULL: catalog-wide)? The one
- * authorisation check, made before any handler runs; the policy module
- * (principals, roles, per-index rules) replaces this body. Until then: any
- * authenticated principal may read and write; NEED_ADMIN needs a principal
- * listed in [server] admins.
+ * authorisation check, made before any handler runs and before the index is
+ * looked up: the answer is the same whether the index exists or not, so a
+ * principal without rights on a name learns nothing about it.
  */
 static cdx_err authorize(const app_dispatch_env *env, const char *principal, const struct op_def *d,
                          const char *index)
 {
-    (void)index;
-    if (d->need != NEED_ADMIN || (env->cfg && is_admin(env->cfg, principal)))
+    if (app_policy_allows(env->policy, principal, d->need, index))
         return CDX_OK;
     return cdx_fail(CDX_ERR_PERMISSION_DENIED,
-                    "%s needs an admin principal; `%s` is not in [server] admins",
-                    app_op_name(d->op), principal);
+                    "%s needs `%s` on index `%s`, which the policy does not grant to %s "
+                    "(docs/POLICY.md)",
+                    app_op_name(d->op), pol_need_name(d->need), index ? index : "",
+                    principal);
 }
 
 /* Engine stage times of this request (this worker thread's share) into the histograms. */

@@ -61,6 +61,8 @@ typedef struct app_dispatch_env {
      * the answer until it is written).
      */
     app_budget *budget;
+    /* Who may do what (app_policy.h). NULL: nothing but health and an empty index list. */
+    struct app_policy *policy;
 } app_dispatch_env;
 
 typedef struct app_dispatch_result {

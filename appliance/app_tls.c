@@ -570,22 +570,29 @@ SSL *app_tls_ssl_new(app_tls *t)
 
 /* ---- principal ----------------------------------------------------------- */
 
-static cdx_err take_name(const unsigned char *s, int len, const char *what, char *out)
+/*
+ * The typed principal "TYPE:VALUE" (pol_principal.h): the type names the
+ * field, so a CN that spells a URI is not that URI's principal (review M1).
+ */
+static cdx_err take_name(const unsigned char *s, int len, const char *what, const char *type,
+                         char *out)
 {
     if (len <= 0)
         return cdx_fail(CDX_ERR_UNAUTHENTICATED, "client certificate: empty %s", what);
-    if (len > CDX_PRINCIPAL_MAX)
+    if (len > CDX_PRINCIPAL_VALUE_MAX)
         return cdx_fail(CDX_ERR_UNAUTHENTICATED,
                         "client certificate: %s is %d bytes, longer than %d", what, len,
-                        CDX_PRINCIPAL_MAX);
+                        CDX_PRINCIPAL_VALUE_MAX);
     for (int i = 0; i < len; i++)
         if (s[i] < 0x21 || s[i] > 0x7e || s[i] == '"' || s[i] == '\\')
             return cdx_fail(CDX_ERR_UNAUTHENTICATED,
                             "client certificate: %s has byte 0x%02x at %d (allowed: printable "
                             "ASCII without space, quote or backslash)",
                             what, s[i], i);
-    memcpy(out, s, (size_t)len);
-    out[len] = '\0';
+    size_t tl = strlen(type);
+    memcpy(out, type, tl);
+    memcpy(out + tl, s, (size_t)len);
+    out[tl + (size_t)len] = '\0';
     return CDX_OK;
 }
 
@@ -609,7 +616,7 @@ static cdx_err principal_from_cn(X509 *x, char *out)
         ERR_clear_error();
         return cdx_fail(CDX_ERR_UNAUTHENTICATED, "client certificate: subject CN undecodable");
     }
-    e = take_name(utf8, n, "subject CN", out);
+    e = take_name(utf8, n, "subject CN", "cn:", out);
     OPENSSL_free(utf8);
     return e;
 }
@@ -642,10 +649,11 @@ cdx_err app_tls_principal_x509(X509 *x, char *out, size_t cap)
     }
     if (uri)
         e = take_name(ASN1_STRING_get0_data(uri->d.uniformResourceIdentifier),
-                      ASN1_STRING_length(uri->d.uniformResourceIdentifier), "URI SAN", out);
+                      ASN1_STRING_length(uri->d.uniformResourceIdentifier), "URI SAN", "uri:",
+                      out);
     else if (dns)
         e = take_name(ASN1_STRING_get0_data(dns->d.dNSName), ASN1_STRING_length(dns->d.dNSName),
-                      "DNS SAN", out);
+                      "DNS SAN", "dns:", out);
     else
         e = principal_from_cn(x, out);
     GENERAL_NAMES_free(gens);

@@ -73,12 +73,13 @@ cdx_err app_tls_reload(app_tls *t);
 SSL *app_tls_ssl_new(app_tls *t);
 
 /*
- * The principal of the verified client certificate of a completed
- * handshake on ssl, NUL-terminated in out (cap >= CDX_PRINCIPAL_MAX + 1).
- * Rules: the first URI SAN, else the first DNS SAN, else the subject's CN
- * if there is exactly one. The name must be 1..CDX_PRINCIPAL_MAX bytes of
- * printable ASCII (0x21-0x7e) without `"` or `\` (no NUL, no space: the
- * same alphabet as [server] admins, and safe to quote in a log line).
+ * The typed principal (pol_principal.h) of the verified client certificate
+ * of a completed handshake on ssl, NUL-terminated in out (cap >=
+ * CDX_PRINCIPAL_MAX + 1): "uri:" and the first URI SAN, else "dns:" and the
+ * first DNS SAN, else "cn:" and the subject's CN if there is exactly one.
+ * The name must be 1..CDX_PRINCIPAL_VALUE_MAX bytes of printable ASCII
+ * (0x21-0x7e) without `"` or `\` (no NUL, no space: safe to quote in a log
+ * line).
  * Errors:
  *   CDX_ERR_INVALID_ARGUMENT  ssl or out NULL, cap < CDX_PRINCIPAL_MAX + 1;
  *   CDX_ERR_UNAUTHENTICATED   no peer certificate, it did not verify, no

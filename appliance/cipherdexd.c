@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "app_config.h"
+#include "app_policy.h"
 #include "app_daemon.h"
 #include "cdx_log.h"
 #include "eng.h"
@@ -103,6 +104,13 @@ static int load(const char *path, app_config *c, bool files)
         bad |= check_secret("[hsm] pin file", c->hsm.pin_source + 5);
     if (c->backend == APP_STORE_REDIS)
         bad |= check_secret("[store] redis_password_file", c->redis_password_file);
+    /* The access policy, as the daemon would load it (file:line errors). */
+    pol_policy *pol = NULL;
+    if (app_policy_build(c, &pol)) {
+        fprintf(stderr, "cipherdexd: policy: %s\n", cdx_err_detail());
+        bad = 1;
+    }
+    pol_policy_free(pol);
     return bad ? -1 : 0;
 }
 

@@ -34,8 +34,12 @@
 #define CDX_KEYS_LISTED_MAX       65536 /* objects the admin listing will walk */
 
 /* ---- daemon (cipherdexd; the configuration may lower these, never raise them) ---- */
-#define CDX_PRINCIPAL_MAX          255               /* bytes of a client principal (SAN/CN) */
+#define CDX_PRINCIPAL_MAX          255               /* bytes of a typed principal ("uri:...") */
+#define CDX_PRINCIPAL_VALUE_MAX    (CDX_PRINCIPAL_MAX - 4) /* its value: the SAN or CN */
 #define CDX_ADMINS_MAX             64                /* admin principals in the configuration */
+#define CDX_POLICY_RULES_MAX       4096              /* [index] sections x permissions x subjects */
+#define CDX_POLICY_ROLES_MAX       256               /* [role] sections */
+#define CDX_POLICY_SUBJECTS_MAX    1024              /* principals and roles in one list */
 #define CDX_CONNECTIONS_MAX        65536
 #define CDX_CONNECTIONS_DEFAULT    1024
 #define CDX_OUTSTANDING_MAX        1024              /* requests per connection */

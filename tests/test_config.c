@@ -36,7 +36,7 @@ static cdx_err load(const char *text, app_config *c, char *why, size_t cap)
 #define GOOD_SERVER                                                                                \
     "[server]\nlisten = 127.0.0.1:7700\ntls_cert = /etc/c/server.pem\ntls_key = "                  \
     "/etc/c/server.key\n"                                                                          \
-    "client_ca = /etc/c/ca.pem\nadmins = spiffe://corp/admin, ops.example.com\n"                   \
+    "client_ca = /etc/c/ca.pem\nadmins = spiffe://corp/admin, dns:ops.example.com\n"               \
     "deployment_id = 00112233445566778899aabbccddeeff\n"
 
 static void test_defaults(void)
@@ -82,8 +82,9 @@ static void test_full_file(void)
     CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
     CU_ASSERT_EQUAL(app_config_check(&c), CDX_OK);
     CU_ASSERT_EQUAL(c.n_admins, 2);
-    CU_ASSERT_STRING_EQUAL(c.admins[0], "spiffe://corp/admin");
-    CU_ASSERT_STRING_EQUAL(c.admins[1], "ops.example.com");
+    CU_ASSERT_STRING_EQUAL(c.admins[0], "uri:spiffe://corp/admin");
+    CU_ASSERT_STRING_EQUAL(c.admins[1], "dns:ops.example.com");
+    CU_ASSERT_EQUAL(c.n_admins_untyped, 1); /* the first: read as uri:, warned about */
     CU_ASSERT_TRUE(c.have_deployment_id);
     CU_ASSERT_EQUAL(c.deployment_id[15], 0xff);
     CU_ASSERT_TRUE(c.allow_tls12);

@@ -302,7 +302,11 @@ int main(void)
         goto out;
     snprintf(cli_bin, sizeof(cli_bin), "%s/appliance/cipherdex", getenv("CDX_BIN_DIR"));
     user = fx_pki_issue(S.pki, &(fx_cert_opts){.dns = {"app.example.org"}}, "user");
-    if (!user || fx_stack_write_conf(&S, &(fx_stack_conf){.server = "workers = 2\n"}))
+    /* The user reads and writes every index; accepting a rollback is the admin's. */
+    if (!user || fx_stack_write_conf(&S, &(fx_stack_conf){.server = "workers = 2\n",
+                                                           .policy = "[index *]\n"
+                                                                     "read = dns:app.example.org\n"
+                                                                     "write = dns:app.example.org\n"}))
         goto out;
     if (daemon_start()) {
         fprintf(stderr, "cipherdexd did not start\n");

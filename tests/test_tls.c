@@ -268,7 +268,7 @@ static int copy_file(const char *from, const char *to)
 
 static int suite_init(void)
 {
-    char longuri[CDX_PRINCIPAL_MAX + 2], maxuri[CDX_PRINCIPAL_MAX + 1];
+    char longuri[CDX_PRINCIPAL_VALUE_MAX + 2], maxuri[CDX_PRINCIPAL_VALUE_MAX + 1];
     static const char nuluri[] = "spiffe://cipherdex/ev\0il";
 
     /* Refusals are logged at info: keep the output short unless asked. */
@@ -279,10 +279,10 @@ static int suite_init(void)
         return 1;
     memset(longuri, 'a', sizeof(longuri) - 1);
     memcpy(longuri, "spiffe://", 9);
-    longuri[sizeof(longuri) - 1] = '\0'; /* CDX_PRINCIPAL_MAX + 1 bytes */
+    longuri[sizeof(longuri) - 1] = '\0'; /* CDX_PRINCIPAL_VALUE_MAX + 1 bytes */
     memset(maxuri, 'b', sizeof(maxuri) - 1);
     memcpy(maxuri, "spiffe://", 9);
-    maxuri[sizeof(maxuri) - 1] = '\0'; /* exactly CDX_PRINCIPAL_MAX bytes */
+    maxuri[sizeof(maxuri) - 1] = '\0'; /* exactly CDX_PRINCIPAL_VALUE_MAX bytes */
 
     fx_cert_opts so = {
         .cn = "localhost", .dns = {"localhost"}, .ip = {"127.0.0.1", "::1"}, .eku = FX_EKU_SERVER};
@@ -344,10 +344,10 @@ static void test_accept_principals(void)
         const fx_cert *cert;
         const char *principal;
     } cases[] = {
-        {c_uri, "spiffe://cipherdex/alice"}, /* URI wins over DNS and CN */
-        {c_dns, "bob.clients.example"},      /* first DNS SAN wins over CN */
-        {c_cn, "carol"},                     /* no SAN: the single CN */
-        {c_maxlen, NULL},                    /* exactly CDX_PRINCIPAL_MAX bytes */
+        {c_uri, "uri:spiffe://cipherdex/alice"}, /* URI wins over DNS and CN */
+        {c_dns, "dns:bob.clients.example"},      /* first DNS SAN wins over CN */
+        {c_cn, "cn:carol"},                      /* no SAN: the single CN */
+        {c_maxlen, NULL},                    /* exactly CDX_PRINCIPAL_VALUE_MAX bytes */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         hs r;
@@ -439,9 +439,9 @@ static void test_principal_rules(void)
         cdx_err want;
         const char *principal;
     } cases[] = {
-        {&c_uri, CDX_OK, "spiffe://cipherdex/alice"},
-        {&c_dns, CDX_OK, "bob.clients.example"},
-        {&c_cn, CDX_OK, "carol"},
+        {&c_uri, CDX_OK, "uri:spiffe://cipherdex/alice"},
+        {&c_dns, CDX_OK, "dns:bob.clients.example"},
+        {&c_cn, CDX_OK, "cn:carol"},
         {&c_2cn, CDX_ERR_UNAUTHENTICATED, NULL},
         {&c_nul, CDX_ERR_UNAUTHENTICATED, NULL},
         {&c_long, CDX_ERR_UNAUTHENTICATED, NULL},
@@ -509,7 +509,7 @@ static void tls12_case(app_tls *t, const fx_cert *client, const char *ciphers, b
     if (want_ok) {
         CU_ASSERT_EQUAL(r.version, TLS1_2_VERSION);
         CU_ASSERT_STRING_EQUAL(r.cipher, ciphers);
-        CU_ASSERT_STRING_EQUAL(r.principal, "carol");
+        CU_ASSERT_STRING_EQUAL(r.principal, "cn:carol");
     }
     SSL_CTX_free(c);
 }
@@ -837,7 +837,7 @@ static void test_pki_tool(void)
         hs r;
         handshake(t, NULL, cc, hosts[i], NULL, false, &r);
         CU_ASSERT_TRUE(r.server_ok && r.client_ok && r.data_ok);
-        CU_ASSERT_STRING_EQUAL(r.principal, "spiffe://cipherdex/dev-admin");
+        CU_ASSERT_STRING_EQUAL(r.principal, "uri:spiffe://cipherdex/dev-admin");
     }
     SSL_CTX_free(cc);
     app_tls_free(t);

@@ -1,0 +1,101 @@
+/*
+ * pol_policy.h - who may do what (docs/POLICY.md).
+ *
+ * A policy is built from the keys of a policy file, which the caller reads
+ * (the daemon with its INI loader, which supplies line numbers): this module
+ * does no I/O, so it is tested and fuzzed on bytes alone.
+ *
+ *   [appliance]
+ *   admins    = uri:spiffe://corp/ops          ; everything, on every index
+ *   operators = uri:spiffe://corp/monitoring   ; list every index, health detail
+ *
+ *   [role app-a]
+ *   members = uri:spiffe://corp/app-a, dns:app-a.corp.example
+ *
+ *   [index docs-*]                             ; index-name pattern: * and ?
+ *   read  = role:app-a, uri:spiffe://corp/search-ui
+ *   write = role:app-a
+ *   admin = uri:spiffe://corp/team-a-admin
+ *
+ * Subjects are typed principals (pol_principal.h) or role:NAME. Default
+ * deny: a principal may do on an index only what a rule whose pattern
+ * matches the index's name grants it, or what appliance admins may. `write`
+ * does not imply `read`; `admin` implies both.
+ *
+ * A built policy is immutable: concurrent pol_allows/pol_sees calls are
+ * safe. A builder is used by one thread.
+ */
+#ifndef POL_POLICY_H
+#define POL_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "cdx_err.h"
+
+typedef struct pol_policy pol_policy;
+typedef struct pol_builder pol_builder;
+
+/* What an operation needs. */
+typedef enum pol_need {
+    POL_NEED_NONE,     /* anyone authenticated: health, the (filtered) index list */
+    POL_NEED_READ,     /* query, get, list_ids, describe: on the index */
+    POL_NEED_WRITE,    /* upsert, delete items: on the index */
+    POL_NEED_ADMIN,    /* create, train, compact, delete, accept_rollback: on the index */
+    POL_NEED_OPERATOR, /* every index's name and health detail (appliance-wide) */
+} pol_need;
+
+/* "none", "read", "write", "admin" or "operator" (static). */
+const char *pol_need_name(pol_need n);
+
+/* A builder. Errors: CDX_ERR_RESOURCE_EXHAUSTED. */
+CDX_MUST_CHECK cdx_err pol_builder_new(pol_builder **out);
+
+/*
+ * One key of the policy file, as the INI loader delivers it. Errors:
+ * CDX_ERR_CONFIG, the detail saying what is wrong (without the file:line
+ * the caller prefixes): an unknown section or key, a bad principal, role or
+ * pattern, a limit exceeded.
+ */
+CDX_MUST_CHECK cdx_err pol_builder_key(pol_builder *b, unsigned line, const char *section,
+                                       const char *key, const char *value);
+
+/*
+ * An appliance admin from outside the file (the deprecated [server] admins
+ * list, already typed by pol_principal_legacy). Errors: CDX_ERR_CONFIG.
+ */
+CDX_MUST_CHECK cdx_err pol_builder_admin(pol_builder *b, const char *principal);
+
+/*
+ * Finish: check every role:NAME refers to a [role NAME] section. The
+ * builder is freed whatever the outcome. Errors: CDX_ERR_CONFIG ("line N:
+ * ..." for an undefined role), CDX_ERR_RESOURCE_EXHAUSTED.
+ */
+CDX_MUST_CHECK cdx_err pol_builder_finish(pol_builder *b, pol_policy **out);
+
+/* Free a builder not finished. NULL is a no-op. */
+void pol_builder_free(pol_builder *b);
+
+/* NULL is a no-op. */
+void pol_policy_free(pol_policy *p);
+
+/*
+ * May `principal` do what `need` names on index `index` (NULL for
+ * appliance-wide needs)? Appliance admins may do everything; operators have
+ * POL_NEED_OPERATOR; POL_NEED_NONE is always allowed. A NULL policy allows
+ * nothing but POL_NEED_NONE.
+ */
+bool pol_allows(const pol_policy *p, const char *principal, pol_need need, const char *index);
+
+/*
+ * May `principal` see that `index` exists (index list, and the difference
+ * between NOT_FOUND and PERMISSION_DENIED)? True when it holds any
+ * permission on it, or is an operator or appliance admin.
+ */
+bool pol_sees(const pol_policy *p, const char *principal, const char *index);
+
+/* Counts for the log line of a load: rules, roles, appliance admins, operators. */
+void pol_policy_counts(const pol_policy *p, size_t *rules, size_t *roles, size_t *admins,
+                       size_t *operators);
+
+#endif
