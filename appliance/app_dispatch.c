@@ -10,6 +10,7 @@
 
 #include <openssl/crypto.h>
 
+#include "cdx_hex.h"
 #include "cdx_limits.h"
 #include "cdx_log.h"
 #include "cdx_time.h"
@@ -727,8 +728,60 @@ static cdx_err authorize(const app_dispatch_env *env, const char *principal, con
     return cdx_fail(CDX_ERR_PERMISSION_DENIED,
                     "%s needs `%s` on index `%s`, which the policy does not grant to %s "
                     "(docs/POLICY.md)",
-                    app_op_name(d->op), pol_need_name(d->need), index ? index : "",
-                    principal);
+                    app_op_name(d->op), pol_need_name(d->need), index ? index : "", principal);
+}
+
+/*
+ * Refusals every operator wants in the log, with who asked: authorisation,
+ * authentication, limits and budgets, and what a hostile store does.
+ */
+static bool refusal(cdx_err e)
+{
+    return e == CDX_ERR_PERMISSION_DENIED || e == CDX_ERR_UNAUTHENTICATED ||
+           e == CDX_ERR_RESOURCE_EXHAUSTED || e == CDX_ERR_BUSY || e == CDX_ERR_INTEGRITY ||
+           e == CDX_ERR_ROLLBACK_DETECTED;
+}
+
+/* s for a quoted log value: quotes, backslashes and controls become '?'. */
+static void log_safe(char *s)
+{
+    for (; *s; s++)
+        if (*s == '"' || *s == '\\' || (unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e)
+            *s = '?';
+}
+
+/*
+ * The operational log line of a refusal: who, what, which index (by id:
+ * index names are never logged), the request id, the code and the reason.
+ * The id is looked up for authorisation and integrity refusals (one
+ * catalog read); under budget pressure nothing more is done and it is "-".
+ */
+static void log_refusal(const app_dispatch_env *env, const char *principal, app_op op,
+                        const char *index, uint64_t rid, cdx_err err, char *why)
+{
+    char idhex[2 * CDX_ID_LEN + 1] = "-";
+    eng_index_info ii;
+    if (index && env->engine &&
+        (err == CDX_ERR_PERMISSION_DENIED || err == CDX_ERR_INTEGRITY ||
+         err == CDX_ERR_ROLLBACK_DETECTED) &&
+        eng_index_describe(env->engine, index, &ii) == CDX_OK)
+        cdx_hex_encode(ii.id, CDX_ID_LEN, idhex);
+    if (index && !strcmp(idhex, "-") && err == CDX_ERR_PERMISSION_DENIED)
+        snprintf(idhex, sizeof(idhex), "none");
+    /* The reason quotes the index name the client sent as `name`: the log has the id. */
+    if (index && index[0] && strlen(index) < 200) {
+        char quoted[204], *at;
+        int ql = snprintf(quoted, sizeof(quoted), "`%s`", index);
+        while ((at = strstr(why, quoted)) != NULL) {
+            memcpy(at, "`-`", 3);
+            memmove(at + 3, at + ql, strlen(at + ql) + 1);
+        }
+    }
+    log_safe(why);
+    cdx_log(CDX_LOG_WARN, "request_refused",
+            "principal=\"%s\" op=%s index_id=%s request_id=%llu code=%s msg=\"%s\"",
+            principal ? principal : "", app_op_name(op), idhex, (unsigned long long)rid,
+            cdx_err_name(err), why[0] ? why : cdx_strerror(err));
 }
 
 /* Engine stage times of this request (this worker thread's share) into the histograms. */
@@ -770,15 +823,18 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
         app_metrics_observe(env->metrics, APP_STAGE_DECODE, cdx_mono_ns() - t0);
     Resp r = CIPHERDEX__V1__RESPONSE__INIT;
     Cipherdex__V1__Status st = CIPHERDEX__V1__STATUS__INIT;
+    const char *index = NULL; /* the index the request names, for the refusal log */
     if (!err) {
         const Req *q = wire_request_msg(wr);
         rid = q->request_id;
         const struct op_def *d = op_find(q->body_case);
+        if (d)
+            index = d->index(q);
         if (!d)
             err = cdx_fail(CDX_ERR_INVALID_ARGUMENT, "request has no known body");
         else {
             res->op = d->op;
-            err = authorize(env, principal, d, d->index(q));
+            err = authorize(env, principal, d, index);
             if (!err && env->budget) { /* answers are reserved as the engine builds them */
                 s.budget = env->budget;
                 eng_thread_mem_hook(mem_hook, &s);
@@ -805,6 +861,10 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     r.request_id = rid;
     r.status = &st;
     st.code = (int32_t)err;
+    char refused_why[512] = "";
+    if (err && refusal(err))
+        snprintf(refused_why, sizeof(refused_why), "%s",
+                 cdx_err_detail()[0] ? cdx_err_detail() : cdx_strerror(err));
     if (err) { /* an error answers with a status only */
         r.body_case = CIPHERDEX__V1__RESPONSE__BODY__NOT_SET;
         st.message = wire_str(cdx_err_detail()[0] ? cdx_err_detail() : cdx_strerror(err));
@@ -820,6 +880,8 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
             res->frame = NULL;
     }
     res->status = err;
+    if (refusal(err))
+        log_refusal(env, principal, res->op, index, rid, err, refused_why);
     if (env->metrics) {
         app_metrics_observe(env->metrics, APP_STAGE_ENCODE, cdx_mono_ns() - t1);
         app_metrics_observe(env->metrics, APP_STAGE_REQUEST, cdx_mono_ns() - t0);

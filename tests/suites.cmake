@@ -90,6 +90,10 @@ add_dependencies(test_appliance cipherdexd)
 # through the wire and the CLI without a restart (reliability review F2).
 cdx_add_test(test_rollback SOURCES test_rollback.c LIBS cdx_client TIMEOUT 300)
 add_dependencies(test_rollback cipherdexd cipherdex)
+# The access policy through the wire (docs/POLICY.md): every principal x operation, typed
+# principals, tenants apart, the filtered index list, refusal log lines, SIGHUP reload.
+cdx_add_test(test_access SOURCES test_access.c LIBS cdx_client TIMEOUT 300)
+add_dependencies(test_access cipherdexd)
 # The Python example client generated from the .proto, against a dev stack.
 add_test(NAME test_python_client
          COMMAND bash ${CMAKE_SOURCE_DIR}/tests/clients/python/run_test.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
