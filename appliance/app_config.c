@@ -46,6 +46,7 @@ static const keydef keys[] = {
     {"server", "workers", T_U32, N(workers), CDX_WORKERS_MAX},
     {"server", "admins", T_SPECIAL, 0, 0, 0},
     {"server", "policy", T_STR, F(policy), 0},
+    {"server", "allow_software_token", T_BOOL, N(allow_software_token), 0},
     {"server", "deployment_id", T_SPECIAL, 0, 0, 0},
     {"server", "ports_file", T_STR, F(ports_file), 0},
     {"store", "backend", T_SPECIAL, 0, 0, 0},

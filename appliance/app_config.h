@@ -77,6 +77,7 @@ typedef struct app_config {
     size_t n_admins;
     size_t n_admins_untyped;    /* entries written without a type (warned about at start) */
     char policy[APP_PATH_MAX];  /* the access policy file (docs/POLICY.md); "" = admins only */
+    bool allow_software_token;  /* a software token does not degrade /healthz (still logged) */
     uint8_t deployment_id[CDX_ID_LEN];
     bool have_deployment_id;
     char ports_file[APP_PATH_MAX]; /* optional: bound addresses written here once listening */

@@ -41,6 +41,8 @@ struct app_daemon {
     app_server *server;
     app_dispatch_env env;
     app_policy *policy; /* who may do what; swapped on SIGHUP */
+    bool soft_token;    /* the token is a software token (a warning in /healthz) */
+    char token_model[52];
     struct event_base *base;
     struct event *ev_drain_deadline;
     struct event *ev_term, *ev_int, *ev_hup, *ev_pool;
@@ -82,6 +84,11 @@ static void probe(app_daemon *d, probe_result *p)
         snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
                  "plaintext key import is allowed ([keys] allow_plaintext_import = yes): index "
                  "keys may have existed outside the token; development only");
+    if (d->soft_token && !d->cfg.allow_software_token)
+        snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
+                 "the token (%s) is a software token: its keys are files on this machine, not "
+                 "in an HSM; for development and tests only",
+                 d->token_model);
     uint64_t loads = 0;
     char perr[400];
     app_policy_status(d->policy, &loads, perr, sizeof(perr));
@@ -396,6 +403,17 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                 cfg->n_admins, cfg->n_admins_untyped);
     if ((err = hsm_custody_open(&d->cfg.hsm, &d->custody)) || (err = open_store(d)))
         goto fail;
+    {
+        char man[33], model[17];
+        if (hsm_custody_token(d->custody, man, model, &d->soft_token) == CDX_OK && d->soft_token)
+            cdx_log(CDX_LOG_WARN, "software_token",
+                    "manufacturer=\"%s\" model=\"%s\" msg=\"the token is a software token: "
+                    "its keys are files on this machine, not in an HSM; for development and "
+                    "tests only (docs/CUSTODY.md); /healthz reports degraded unless [server] "
+                    "allow_software_token = yes\"",
+                    man, model);
+        snprintf(d->token_model, sizeof(d->token_model), "%s %s", man, model);
+    }
     eng_config ec = {.custody = d->custody,
                      .store = d->store,
                      .state_dir = d->cfg.state_dir,

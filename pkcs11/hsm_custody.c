@@ -711,6 +711,55 @@ static cdx_err rand_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv
     return CDX_OK;
 }
 
+struct token_arg {
+    char *manufacturer, *model;
+    bool software;
+};
+
+/* A CK_UTF8CHAR field without its blank padding, printable ASCII only. */
+static void unpad_field(char *dst, size_t cap, const CK_UTF8CHAR *src, size_t n)
+{
+    size_t l = n < cap - 1 ? n : cap - 1;
+    memcpy(dst, src, l);
+    while (l > 0 && (dst[l - 1] == ' ' || dst[l - 1] == '\0'))
+        l--;
+    dst[l] = '\0';
+    for (size_t i = 0; i < l; i++)
+        if ((unsigned char)dst[i] < 0x20 || (unsigned char)dst[i] > 0x7e)
+            dst[i] = '?';
+}
+
+static cdx_err token_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv)
+{
+    (void)s;
+    struct token_arg *a = arg;
+    CK_TOKEN_INFO ti;
+    CK_SLOT_INFO si;
+    CK_RV r = c->f->C_GetTokenInfo(c->slot_id, &ti);
+    if (r == CKR_OK)
+        r = c->f->C_GetSlotInfo(c->slot_id, &si);
+    if (r != CKR_OK) {
+        *rv = r;
+        return hsm_ckr_fail(r, "C_GetTokenInfo");
+    }
+    unpad_field(a->manufacturer, 33, ti.manufacturerID, sizeof(ti.manufacturerID));
+    unpad_field(a->model, 17, ti.model, sizeof(ti.model));
+    static const char *const soft[] = {"SoftHSM", "SoftTok", "NSS"};
+    a->software = !(si.flags & CKF_HW_SLOT);
+    for (size_t i = 0; i < sizeof(soft) / sizeof(soft[0]); i++)
+        a->software |= strstr(a->model, soft[i]) != NULL;
+    return CDX_OK;
+}
+
+cdx_err hsm_custody_token(hsm_custody *c, char manufacturer[33], char model[17], bool *software)
+{
+    struct token_arg a = {manufacturer, model, false};
+    manufacturer[0] = model[0] = '\0';
+    cdx_err err = hsm_run(c, token_op, &a, true);
+    *software = a.software;
+    return err;
+}
+
 void hsm_custody_retry_now(hsm_custody *c)
 {
     if (c)

@@ -95,6 +95,15 @@ uint32_t hsm_custody_subkey_ttl(const hsm_custody *c);
  */
 CDX_MUST_CHECK cdx_err hsm_random(hsm_custody *c, void *buf, size_t len);
 
+/*
+ * The token this context uses, and whether it is a software token: its
+ * slot lacks CKF_HW_SLOT, or its model is one of the software tokens
+ * Debian ships (SoftHSM, opencryptoki's IBM SoftTok, NSS). For the daemon's
+ * start-up warning (security review M7). Errors: the custody errors.
+ */
+CDX_MUST_CHECK cdx_err hsm_custody_token(hsm_custody *c, char manufacturer[33], char model[17],
+                                         bool *software);
+
 /* Token description for listings (no login needed). */
 typedef struct hsm_token_info {
     char label[33];

@@ -44,6 +44,11 @@ static const char POLICY[] = "; two applications sharing one appliance\n"
                              "write = uri:spiffe://test/app-b\n"
                              "admin = uri:spiffe://test/app-b\n";
 
+static bool text_is(ProtobufCBinaryData b, const char *s)
+{
+    return b.len == strlen(s) && !memcmp(b.data, s, b.len);
+}
+
 static app_client *client_as(const fx_cert *c)
 {
     app_client_opts o = {.addr = S.addr,
@@ -75,7 +80,9 @@ static int suite_init(void)
     cn_admin = fx_pki_issue(S.pki, &(fx_cert_opts){.cn = "spiffe://test/admin"}, "cn-admin");
     if (!app_a || !app_b || !reader || !ops || !cn_admin)
         return -1;
-    if (fx_stack_write_conf(&S, &(fx_stack_conf){.server = "workers = 2\n", .policy = POLICY}))
+    if (fx_stack_write_conf(&S, &(fx_stack_conf){.server = "workers = 2\n",
+                                                 .policy = POLICY,
+                                                 .soft_token_degrades = true}))
         return -1;
     snprintf(policy_path, sizeof(policy_path), "%s/policy.ini", S.dir);
     /* The daemon's log into a file (its stderr is ours while it is spawned). */
@@ -329,10 +336,14 @@ static void test_reload(void)
     wire_response *w = NULL;
     CU_ASSERT_EQUAL_FATAL(app_client_health(b, &w), CDX_OK);
     const Cipherdex__V1__HealthResponse *h = wire_response_msg(w)->health;
-    bool said = false;
-    for (size_t i = 0; i < h->n_warnings; i++)
+    bool said = false, soft = false;
+    for (size_t i = 0; i < h->n_warnings; i++) {
         said |= strstr(wire_text(h->warnings[i]), "policy.ini:3:") != NULL;
+        soft |= strstr(wire_text(h->warnings[i]), "is a software token") != NULL;
+    }
     CU_ASSERT_TRUE(said);
+    CU_ASSERT_TRUE(soft); /* SoftHSM: degraded, as production would be (review M7) */
+    CU_ASSERT_TRUE(text_is(h->status, "degraded"));
     wire_response_free(w);
 
     /* Back to the original: health clean again. */

@@ -80,6 +80,15 @@ cmd_up() {
 
     local dep
     dep="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+    # Who may do what (docs/POLICY.md): the dev admin certificate administers everything.
+    cat >"$dir/policy.ini" <<POLICY
+; Dev stack policy written by ./run up (docs/POLICY.md). Grant applications here, e.g.
+; [index docs-*]
+; read = uri:spiffe://cipherdex/my-app
+; write = uri:spiffe://cipherdex/my-app
+[appliance]
+admins = uri:$principal
+POLICY
     cat >"$dir/cipherdexd.conf" <<CONF
 # Dev stack configuration written by ./run up (docs/CONFIG.md).
 [server]
@@ -88,7 +97,9 @@ ports_file = $dir/ports
 tls_cert = $dir/pki/server.pem
 tls_key = $dir/pki/server.key
 client_ca = $dir/pki/ca.pem
-admins = $principal
+policy = $dir/policy.ini
+# SoftHSM is a software token: fine for a dev stack, degraded in /healthz anywhere else.
+allow_software_token = yes
 deployment_id = $dep
 
 [hsm]
