@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "app_config.h"
+#include "app_policy.h"
 #include "app_hsmconf.h"
 #include "cdx_log.h"
 #include "fx_tmp.h"
@@ -245,6 +246,32 @@ static void test_packaged(void)
     c.deployment_id[0] = 1;
     CU_ASSERT_EQUAL(app_config_check(&c), CDX_OK);
     CU_ASSERT_STRING_EQUAL(c.hsm.pin_source, "cred:pin");
+    /* A production example (review M7): loopback unless set, a CRL, a policy, no SoftHSM. */
+    CU_ASSERT_STRING_EQUAL(c.listen, "127.0.0.1:7700");
+    CU_ASSERT_NOT_EQUAL(c.crl[0], '\0');
+    CU_ASSERT_EQUAL(c.n_admins, 0);
+    CU_ASSERT_PTR_NULL(strstr(c.hsm.module_path, "softhsm"));
+    CU_ASSERT_FALSE(c.allow_software_token);
+    /* The shipped policy example builds. */
+    snprintf(c.policy, sizeof(c.policy), "%s/packaging/policy.ini", src);
+    pol_policy *pol = NULL;
+    e = app_policy_build(&c, &pol);
+    if (e)
+        fprintf(stderr, "\n  %s\n", cdx_err_detail());
+    CU_ASSERT_EQUAL_FATAL(e, CDX_OK);
+    size_t rules, roles, admins, ops;
+    pol_policy_counts(pol, &rules, &roles, &admins, &ops);
+    CU_ASSERT_EQUAL(rules, 5);
+    CU_ASSERT_EQUAL(roles, 1);
+    CU_ASSERT_EQUAL(admins, 1);
+    CU_ASSERT_EQUAL(ops, 1);
+    CU_ASSERT_TRUE(pol_allows(pol, "uri:spiffe://example.org/search-frontend", POL_NEED_READ,
+                              "search-en"));
+    CU_ASSERT_FALSE(pol_allows(pol, "uri:spiffe://example.org/search-frontend",
+                               POL_NEED_WRITE, "search-en"));
+    CU_ASSERT_FALSE(pol_allows(pol, "uri:spiffe://example.org/hr-portal", POL_NEED_READ,
+                               "search-en"));
+    pol_policy_free(pol);
 }
 
 static void test_addr_split(void)
