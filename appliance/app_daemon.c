@@ -1,6 +1,7 @@
 /* The daemon's lifecycle (see app_daemon.h). */
 #include "app_daemon.h"
 #include "app_policy.h"
+#include "app_ratelimit.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -41,6 +42,7 @@ struct app_daemon {
     app_server *server;
     app_dispatch_env env;
     app_policy *policy; /* who may do what; swapped on SIGHUP */
+    app_ratelimit *rate; /* per-principal limits (the policy's [limits]) */
     bool soft_token;    /* the token is a software token (a warning in /healthz) */
     char token_model[52];
     struct event_base *base;
@@ -392,7 +394,7 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                 "msg=\"insecure = yes: PLAINTEXT TCP, NO CLIENT AUTHENTICATION; never in "
                 "production; clients are the principal `anonymous`, with what the policy grants "
                 "it\"");
-    if ((err = app_policy_new(&d->cfg, &d->policy)))
+    if ((err = app_policy_new(&d->cfg, &d->policy)) || (err = app_ratelimit_new(&d->rate)))
         goto fail;
     if (cfg->n_admins)
         cdx_log(CDX_LOG_WARN, "deprecated_admins",
@@ -463,7 +465,8 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                                 .health = wire_health,
                                 .health_arg = d,
                                 .started_ms = cdx_mono_ms(),
-                                .policy = d->policy};
+                                .policy = d->policy,
+                                .rate = d->rate};
     if ((err = app_server_new(d->base, &d->cfg, d->tls, d->pool, &d->env, d->metrics, &d->server)))
         goto fail;
     d->env.budget = app_server_budget(d->server); /* before any request runs */
@@ -521,6 +524,7 @@ void app_daemon_free(app_daemon *d)
     hsm_custody_free(d->custody);
     app_tls_free(d->tls);
     app_policy_free(d->policy);
+    app_ratelimit_free(d->rate);
     app_metrics_free(d->metrics);
     free(d->config_path);
     free(d);

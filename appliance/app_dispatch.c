@@ -1,6 +1,7 @@
 /* One request frame in, one response frame out (see app_dispatch.h). */
 #include "app_dispatch.h"
 #include "app_policy.h"
+#include "app_ratelimit.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -738,8 +739,8 @@ static cdx_err authorize(const app_dispatch_env *env, const char *principal, con
 static bool refusal(cdx_err e)
 {
     return e == CDX_ERR_PERMISSION_DENIED || e == CDX_ERR_UNAUTHENTICATED ||
-           e == CDX_ERR_RESOURCE_EXHAUSTED || e == CDX_ERR_BUSY || e == CDX_ERR_INTEGRITY ||
-           e == CDX_ERR_ROLLBACK_DETECTED;
+           e == CDX_ERR_RATE_LIMITED || e == CDX_ERR_RESOURCE_EXHAUSTED || e == CDX_ERR_BUSY ||
+           e == CDX_ERR_INTEGRITY || e == CDX_ERR_ROLLBACK_DETECTED;
 }
 
 /* s for a quoted log value: quotes, backslashes and controls become '?'. */
@@ -816,7 +817,15 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     /* protobuf-c allocates far more than the frame for many tiny fields: bound it, and hold
      * that bound in the in-flight budget while the request is decoded and served. */
     s.frame_len = len;
-    cdx_err err = reserve(env, &s, wire_unpack_budget(len));
+    /* The principal's limits first: a refused request costs nothing more (docs/POLICY.md). */
+    uint32_t retry_ms = 0;
+    bool tracked = false;
+    pol_limits lim;
+    app_policy_limits(env->policy, principal, &lim);
+    cdx_err err =
+        app_ratelimit_enter(env->rate, principal, &lim, len, cdx_mono_ns(), &retry_ms, &tracked);
+    if (!err)
+        err = reserve(env, &s, wire_unpack_budget(len));
     if (!err)
         err = wire_request_unpack(frame, len, wire_unpack_budget(len), &wr);
     if (env->metrics)
@@ -861,6 +870,7 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     r.request_id = rid;
     r.status = &st;
     st.code = (int32_t)err;
+    st.retry_after_ms = err == CDX_ERR_RATE_LIMITED ? retry_ms : 0;
     char refused_why[512] = "";
     if (err && refusal(err))
         snprintf(refused_why, sizeof(refused_why), "%s",
@@ -889,6 +899,8 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
         if (err == CDX_ERR_STORE_UNAVAILABLE)
             app_metrics_inc(env->metrics, APP_C_STORE_ERRORS, 1);
     }
+    if (tracked)
+        app_ratelimit_leave(env->rate, principal);
     scratch_free(&s);
     wire_request_free(wr);
     if (env->budget) /* the packed answer is charged by the server once queued */

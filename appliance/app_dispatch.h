@@ -63,6 +63,8 @@ typedef struct app_dispatch_env {
     app_budget *budget;
     /* Who may do what (app_policy.h). NULL: nothing but health and an empty index list. */
     struct app_policy *policy;
+    /* Per-principal rate and concurrency limits (app_ratelimit.h); NULL: none. */
+    struct app_ratelimit *rate;
 } app_dispatch_env;
 
 typedef struct app_dispatch_result {

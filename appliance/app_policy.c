@@ -125,6 +125,17 @@ bool app_policy_sees(app_policy *h, const char *principal, const char *index)
     return ok;
 }
 
+void app_policy_limits(app_policy *h, const char *principal, pol_limits *out)
+{
+    if (!h) {
+        memset(out, 0, sizeof(*out));
+        return;
+    }
+    pthread_rwlock_rdlock(&h->lock);
+    pol_limits_of(h->p, principal, out);
+    pthread_rwlock_unlock(&h->lock);
+}
+
 void app_policy_status(app_policy *h, uint64_t *loads, char *last_error, size_t cap)
 {
     if (!h) {

@@ -30,7 +30,18 @@ typedef struct role {
     size_t n, cap;
 } role;
 
+/* A [limits NAME] section; set: which fields it gives (bits LIM_*). */
+enum { LIM_RPS = 1, LIM_BURST = 2, LIM_BPS = 4, LIM_CONC = 8 };
+typedef struct limsec {
+    bool is_default;
+    subj s; /* the principal or role:NAME */
+    pol_limits l;
+    unsigned set;
+} limsec;
+
 struct pol_policy {
+    limsec *lims;
+    size_t nlims;
     rule *rules;
     size_t nrules;
     role *roles;
@@ -41,7 +52,7 @@ struct pol_policy {
 
 struct pol_builder {
     pol_policy p;
-    size_t caprules, capadmins, capops;
+    size_t caprules, capadmins, capops, caplims;
 };
 
 const char *pol_need_name(pol_need n)
@@ -73,6 +84,7 @@ static void policy_clear(pol_policy *p)
         free(p->roles[i].members);
     free(p->roles);
     free(p->rules);
+    free(p->lims);
     free(p->admins);
     free(p->operators);
     memset(p, 0, sizeof(*p));
@@ -253,6 +265,81 @@ static cdx_err add_member(pol_builder *b, void *arg, const char *item)
     return CDX_OK;
 }
 
+/* Decimal digits, optionally K, M or G (binary multiples), at most max. */
+static cdx_err parse_count(const char *key, const char *v, uint64_t max, uint64_t *out)
+{
+    uint64_t n = 0;
+    const char *s = v;
+    if (*s < '0' || *s > '9')
+        return cdx_fail(CDX_ERR_CONFIG, "%s: `%.40s` is not a number", key, v);
+    for (; *s >= '0' && *s <= '9'; s++) {
+        if (n > (UINT64_MAX - 9) / 10)
+            return cdx_fail(CDX_ERR_CONFIG, "%s: `%.40s` is too large", key, v);
+        n = n * 10 + (uint64_t)(*s - '0');
+    }
+    unsigned shift = *s == 'K' ? 10 : *s == 'M' ? 20 : *s == 'G' ? 30 : 0;
+    if (shift)
+        s++;
+    if (*s)
+        return cdx_fail(CDX_ERR_CONFIG, "%s: `%.40s` is not a number (digits, then K, M or G)", key,
+                        v);
+    if (shift && n > (max >> shift))
+        return cdx_fail(CDX_ERR_CONFIG, "%s: `%.40s` is larger than %llu", key, v,
+                        (unsigned long long)max);
+    n <<= shift;
+    if (n > max)
+        return cdx_fail(CDX_ERR_CONFIG, "%s: `%.40s` is larger than %llu", key, v,
+                        (unsigned long long)max);
+    *out = n;
+    return CDX_OK;
+}
+
+static cdx_err limits_key(pol_builder *b, unsigned line, const char *name, const char *key,
+                          const char *value)
+{
+    pol_policy *p = &b->p;
+    bool is_default = !strcmp(name, "default");
+    subj s;
+    cdx_err err = CDX_OK;
+    if (!is_default && (err = parse_subject(name, line, &s)))
+        return err;
+    limsec *ls = NULL;
+    for (size_t i = 0; i < p->nlims; i++)
+        if (is_default ? p->lims[i].is_default
+                       : !p->lims[i].is_default && !strcmp(p->lims[i].s.text, name))
+            ls = &p->lims[i];
+    if (!ls) {
+        if ((err = grow((void **)&p->lims, p->nlims, &b->caplims, sizeof(limsec),
+                        CDX_POLICY_ROLES_MAX, "[limits] sections")))
+            return err;
+        ls = &p->lims[p->nlims++];
+        memset(ls, 0, sizeof(*ls));
+        ls->is_default = is_default;
+        if (!is_default)
+            ls->s = s;
+    }
+    uint64_t v = 0;
+    if (!strcmp(key, "requests_per_second")) {
+        if (!(err = parse_count(key, value, UINT32_MAX, &v)))
+            ls->l.requests_per_s = (uint32_t)v, ls->set |= LIM_RPS;
+    } else if (!strcmp(key, "burst")) {
+        if (!(err = parse_count(key, value, UINT32_MAX, &v)))
+            ls->l.burst = (uint32_t)v, ls->set |= LIM_BURST;
+    } else if (!strcmp(key, "bytes_per_second")) {
+        if (!(err = parse_count(key, value, 1ull << 40, &v)))
+            ls->l.bytes_per_s = v, ls->set |= LIM_BPS;
+    } else if (!strcmp(key, "concurrency")) {
+        if (!(err = parse_count(key, value, 1u << 20, &v)))
+            ls->l.concurrency = (uint32_t)v, ls->set |= LIM_CONC;
+    } else {
+        err = cdx_fail(CDX_ERR_CONFIG,
+                       "[limits %s] has no key `%s` (known: requests_per_second, burst, "
+                       "bytes_per_second, concurrency)",
+                       name, key);
+    }
+    return err;
+}
+
 cdx_err pol_builder_key(pol_builder *b, unsigned line, const char *section, const char *key,
                         const char *value)
 {
@@ -303,8 +390,11 @@ cdx_err pol_builder_key(pol_builder *b, unsigned line, const char *section, cons
                             "[index %s] has no key `%s` (known: read, write, admin)", pattern, key);
         return each_item(b, key, value, add_rule, &(struct rule_arg){pattern, perm, line});
     }
+    if (!strncmp(section, "limits ", 7))
+        return limits_key(b, line, section + 7, key, value);
     return cdx_fail(CDX_ERR_CONFIG,
-                    "unknown section [%s] (known: [appliance], [role NAME], [index PATTERN])",
+                    "unknown section [%s] (known: [appliance], [role NAME], [index PATTERN], "
+                    "[limits NAME])",
                     section);
 }
 
@@ -339,6 +429,9 @@ cdx_err pol_builder_finish(pol_builder *b, pol_policy **out)
         err = resolve(p, &p->admins[i]);
     for (size_t i = 0; !err && i < p->noperators; i++)
         err = resolve(p, &p->operators[i]);
+    for (size_t i = 0; !err && i < p->nlims; i++)
+        if (!p->lims[i].is_default)
+            err = resolve(p, &p->lims[i].s);
     if (!err && !(*out = malloc(sizeof(**out))))
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     if (err) {
@@ -408,6 +501,52 @@ bool pol_sees(const pol_policy *p, const char *principal, const char *index)
         return false;
     return listed(p, p->admins, p->nadmins, principal) ||
            listed(p, p->operators, p->noperators, principal) || perms_on(p, principal, index) != 0;
+}
+
+/* The more generous of two limits: 0 (unlimited) wins, else the larger. */
+static uint64_t generous(uint64_t a, uint64_t b)
+{
+    return a == 0 || b == 0 ? 0 : a > b ? a : b;
+}
+
+void pol_limits_of(const pol_policy *p, const char *principal, pol_limits *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->nlims; i++)
+        if (p->lims[i].is_default)
+            *out = p->lims[i].l;
+    pol_limits best = {0};
+    unsigned got = 0;
+    for (size_t i = 0; principal && i < p->nlims; i++) {
+        const limsec *ls = &p->lims[i];
+        if (ls->is_default || !matches(p, &ls->s, principal))
+            continue;
+        if (ls->set & LIM_RPS)
+            best.requests_per_s =
+                (uint32_t)(got & LIM_RPS ? generous(best.requests_per_s, ls->l.requests_per_s)
+                                         : ls->l.requests_per_s);
+        if (ls->set & LIM_BURST)
+            best.burst =
+                (uint32_t)(got & LIM_BURST ? generous(best.burst, ls->l.burst) : ls->l.burst);
+        if (ls->set & LIM_BPS)
+            best.bytes_per_s =
+                got & LIM_BPS ? generous(best.bytes_per_s, ls->l.bytes_per_s) : ls->l.bytes_per_s;
+        if (ls->set & LIM_CONC)
+            best.concurrency =
+                (uint32_t)(got & LIM_CONC ? generous(best.concurrency, ls->l.concurrency)
+                                          : ls->l.concurrency);
+        got |= ls->set;
+    }
+    if (got & LIM_RPS)
+        out->requests_per_s = best.requests_per_s;
+    if (got & LIM_BURST)
+        out->burst = best.burst;
+    if (got & LIM_BPS)
+        out->bytes_per_s = best.bytes_per_s;
+    if (got & LIM_CONC)
+        out->concurrency = best.concurrency;
 }
 
 void pol_policy_counts(const pol_policy *p, size_t *rules, size_t *roles, size_t *admins,

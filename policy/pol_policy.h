@@ -17,6 +17,12 @@
  *   write = role:app-a
  *   admin = uri:spiffe://corp/team-a-admin
  *
+ *   [limits default]                           ; or [limits role:NAME], [limits uri:...]
+ *   requests_per_second = 200
+ *   burst = 400
+ *   bytes_per_second = 64M
+ *   concurrency = 16
+ *
  * Subjects are typed principals (pol_principal.h) or role:NAME. Default
  * deny: a principal may do on an index only what a rule whose pattern
  * matches the index's name grants it, or what appliance admins may. `write`
@@ -30,6 +36,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cdx_err.h"
 
@@ -93,6 +100,22 @@ bool pol_allows(const pol_policy *p, const char *principal, pol_need need, const
  * permission on it, or is an operator or appliance admin.
  */
 bool pol_sees(const pol_policy *p, const char *principal, const char *index);
+
+/* One principal's limits (0: unlimited). */
+typedef struct pol_limits {
+    uint32_t requests_per_s; /* token bucket refill */
+    uint32_t burst;          /* bucket size in requests (0: requests_per_s) */
+    uint64_t bytes_per_s;    /* request bytes received, refill; bucket = one second's worth */
+    uint32_t concurrency;    /* requests being served at once */
+} pol_limits;
+
+/*
+ * The limits of `principal`: [limits default] (unlimited without one), with
+ * each field a matching [limits PRINCIPAL] or [limits role:NAME] section
+ * sets replacing it; several matching sections give the most generous value
+ * (0, unlimited, is the most generous).
+ */
+void pol_limits_of(const pol_policy *p, const char *principal, pol_limits *out);
 
 /* Counts for the log line of a load: rules, roles, appliance admins, operators. */
 void pol_policy_counts(const pol_policy *p, size_t *rules, size_t *roles, size_t *admins,

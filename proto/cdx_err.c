@@ -52,6 +52,7 @@ static const struct desc table[] = {
     {CDX_ERR_MEMLOCK, "MEMLOCK", "secret memory cannot be locked"},
     {CDX_ERR_HSM_FAILED, "HSM_FAILED", "the token refused the operation"},
     {CDX_ERR_KEY_IN_USE, "KEY_IN_USE", "the key already belongs to another index"},
+    {CDX_ERR_RATE_LIMITED, "RATE_LIMITED", "rate limited; retry after the hint"},
 };
 
 static const struct desc *find(cdx_err e)

@@ -55,6 +55,7 @@ typedef enum cdx_err {
     CDX_ERR_MEMLOCK = 119,           /* secret memory cannot be locked */
     CDX_ERR_HSM_FAILED = 120,        /* the token refused an operation (raw CK_RV logged) */
     CDX_ERR_KEY_IN_USE = 121,        /* the key already belongs to another index */
+    CDX_ERR_RATE_LIMITED = 122,      /* the principal's rate or concurrency limit: retry later */
 } cdx_err;
 
 /*

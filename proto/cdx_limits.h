@@ -40,6 +40,8 @@
 #define CDX_POLICY_RULES_MAX       4096              /* [index] sections x permissions x subjects */
 #define CDX_POLICY_ROLES_MAX       256               /* [role] sections */
 #define CDX_POLICY_SUBJECTS_MAX    1024              /* principals and roles in one list */
+#define CDX_RATE_PRINCIPALS_MAX    4096              /* principals with rate-limit state */
+#define CDX_RATE_CONCURRENCY_RETRY_MS 50             /* retry hint when the concurrency cap is hit */
 #define CDX_CONNECTIONS_MAX        65536
 #define CDX_CONNECTIONS_DEFAULT    1024
 #define CDX_OUTSTANDING_MAX        1024              /* requests per connection */

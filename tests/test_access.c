@@ -27,7 +27,7 @@
 #include "fx_tmp.h"
 
 static fx_stack S = FX_STACK_INIT;
-static const fx_cert *app_a, *app_b, *reader, *ops, *cn_admin;
+static const fx_cert *app_a, *app_b, *reader, *ops, *cn_admin, *limited;
 static char log_path[4200], policy_path[4200];
 #define DIM 4
 
@@ -37,12 +37,16 @@ static const char POLICY[] = "; two applications sharing one appliance\n"
                              "[role team-a]\n"
                              "members = uri:spiffe://test/app-a\n"
                              "[index a-*]\n"
-                             "read = role:team-a, uri:spiffe://test/reader\n"
+                             "read = role:team-a, uri:spiffe://test/reader, "
+                             "uri:spiffe://test/limited\n"
                              "write = role:team-a\n"
                              "[index b-*]\n"
                              "read = uri:spiffe://test/app-b\n"
                              "write = uri:spiffe://test/app-b\n"
-                             "admin = uri:spiffe://test/app-b\n";
+                             "admin = uri:spiffe://test/app-b\n"
+                             "[limits uri:spiffe://test/limited]\n"
+                             "requests_per_second = 1\n"
+                             "burst = 2\n";
 
 static bool text_is(ProtobufCBinaryData b, const char *s)
 {
@@ -78,7 +82,8 @@ static int suite_init(void)
     ops = fx_pki_issue(S.pki, &(fx_cert_opts){.uri = "spiffe://test/ops"}, "ops");
     /* Review M1: no SAN, a CN that spells the admin's URI. */
     cn_admin = fx_pki_issue(S.pki, &(fx_cert_opts){.cn = "spiffe://test/admin"}, "cn-admin");
-    if (!app_a || !app_b || !reader || !ops || !cn_admin)
+    limited = fx_pki_issue(S.pki, &(fx_cert_opts){.uri = "spiffe://test/limited"}, "limited");
+    if (!app_a || !app_b || !reader || !ops || !cn_admin || !limited)
         return -1;
     if (fx_stack_write_conf(&S, &(fx_stack_conf){.server = "workers = 2\n",
                                                  .policy = POLICY,
@@ -314,6 +319,35 @@ static void test_refusal_log(void)
     CU_ASSERT_EQUAL(missing, 1);
 }
 
+/*
+ * [limits]: a principal over its request rate gets RATE_LIMITED with a retry hint; others
+ * are not affected; the hint is long enough.
+ */
+static void test_rate_limit(void)
+{
+    app_client *l = client_as(limited), *r = client_as(reader);
+    CU_ASSERT_FATAL(l && r);
+    /* burst 2 at 1 per second: the third request within the second is refused */
+    cdx_err e[3];
+    for (int i = 0; i < 3; i++)
+        e[i] = describe(l, "a-1", NULL);
+    CU_ASSERT_EQUAL(e[0], CDX_OK);
+    CU_ASSERT_EQUAL(e[1], CDX_OK);
+    CU_ASSERT_EQUAL(e[2], CDX_ERR_RATE_LIMITED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "request rate (1 per second, burst 2)"));
+    unsigned ms = 0;
+    const char *at = strstr(cdx_err_detail(), "retry after ");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+    CU_ASSERT_EQUAL(sscanf(at, "retry after %u ms", &ms), 1);
+    CU_ASSERT_TRUE(ms > 0 && ms <= 1001);
+    CU_ASSERT_EQUAL(describe(r, "a-1", NULL), CDX_OK); /* the reader has its own buckets */
+    /* after the hint, the request goes through */
+    usleep((useconds_t)(ms + 20) * 1000);
+    CU_ASSERT_EQUAL(describe(l, "a-1", NULL), CDX_OK);
+    app_client_free(l);
+    app_client_free(r);
+}
+
 /* SIGHUP: a new policy is in force at once; a bad one keeps the old, /healthz says why. */
 static void test_reload(void)
 {
@@ -359,6 +393,7 @@ int main(void)
     static const fx_test tests[] = {
         {"every principal x every operation; M1; tenants apart; index list", test_matrix},
         {"refusals logged with principal, op, index id, request id", test_refusal_log},
+        {"[limits]: RATE_LIMITED with a retry hint, per principal", test_rate_limit},
         {"SIGHUP reload: good applies, bad keeps the old and degrades health", test_reload},
     };
     static const fx_suite suite = {.name = "access",

@@ -265,12 +265,12 @@ static void test_packaged(void)
     CU_ASSERT_EQUAL(roles, 1);
     CU_ASSERT_EQUAL(admins, 1);
     CU_ASSERT_EQUAL(ops, 1);
-    CU_ASSERT_TRUE(pol_allows(pol, "uri:spiffe://example.org/search-frontend", POL_NEED_READ,
-                              "search-en"));
-    CU_ASSERT_FALSE(pol_allows(pol, "uri:spiffe://example.org/search-frontend",
-                               POL_NEED_WRITE, "search-en"));
-    CU_ASSERT_FALSE(pol_allows(pol, "uri:spiffe://example.org/hr-portal", POL_NEED_READ,
-                               "search-en"));
+    CU_ASSERT_TRUE(
+        pol_allows(pol, "uri:spiffe://example.org/search-frontend", POL_NEED_READ, "search-en"));
+    CU_ASSERT_FALSE(
+        pol_allows(pol, "uri:spiffe://example.org/search-frontend", POL_NEED_WRITE, "search-en"));
+    CU_ASSERT_FALSE(
+        pol_allows(pol, "uri:spiffe://example.org/hr-portal", POL_NEED_READ, "search-en"));
     pol_policy_free(pol);
 }
 

@@ -12,6 +12,8 @@
 
 #include "app_config.h"
 #include "app_policy.h"
+#include "app_ratelimit.h"
+#include "cdx_limits.h"
 #include "cdx_err.h"
 #include "fx_cunit.h"
 #include "fx_tmp.h"
@@ -164,6 +166,111 @@ static void test_bad_policies(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "line 2: role:b is not defined"));
 }
 
+/* [limits]: default, per role and per principal, the most generous wins; bad values refused. */
+static void test_limits(void)
+{
+    static const char *const keys[] = {
+        "role slow|members|uri:s1, uri:both",
+        "role fast|members|uri:f1, uri:both",
+        "limits default|requests_per_second|10",
+        "limits default|bytes_per_second|1M",
+        "limits default|concurrency|4",
+        "limits role:slow|requests_per_second|2",
+        "limits role:fast|requests_per_second|500",
+        "limits role:fast|burst|1000",
+        "limits uri:nolimit|concurrency|0",
+    };
+    pol_policy *p = NULL;
+    CU_ASSERT_EQUAL_FATAL(build(keys, FX_LEN(keys), &p), CDX_OK);
+    pol_limits l;
+    pol_limits_of(p, "uri:other", &l);
+    CU_ASSERT_EQUAL(l.requests_per_s, 10);
+    CU_ASSERT_EQUAL(l.bytes_per_s, 1u << 20);
+    CU_ASSERT_EQUAL(l.concurrency, 4);
+    CU_ASSERT_EQUAL(l.burst, 0);
+    pol_limits_of(p, "uri:s1", &l);
+    CU_ASSERT_EQUAL(l.requests_per_s, 2);
+    CU_ASSERT_EQUAL(l.concurrency, 4); /* not set by the role: the default's */
+    pol_limits_of(p, "uri:both", &l);  /* in both roles: the more generous */
+    CU_ASSERT_EQUAL(l.requests_per_s, 500);
+    CU_ASSERT_EQUAL(l.burst, 1000);
+    pol_limits_of(p, "uri:nolimit", &l);
+    CU_ASSERT_EQUAL(l.concurrency, 0);
+    CU_ASSERT_EQUAL(l.requests_per_s, 10);
+    pol_policy_free(p);
+    pol_limits_of(NULL, "uri:x", &l);
+    CU_ASSERT_EQUAL(l.requests_per_s, 0);
+
+    static const struct {
+        const char *key, *want;
+    } bad[] = {
+        {"limits default|requests_per_second|ten", "is not a number"},
+        {"limits default|requests_per_second|-1", "is not a number"},
+        {"limits default|bytes_per_second|5T", "is not a number"},
+        {"limits default|concurrency|99999999", "is larger than"},
+        {"limits default|rps|1", "has no key `rps`"},
+        {"limits spiffe://x|burst|1", "has no type"},
+    };
+    for (size_t i = 0; i < FX_LEN(bad); i++) {
+        const char *k[] = {bad[i].key};
+        CU_ASSERT_EQUAL(build(k, 1, &p), CDX_ERR_CONFIG);
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), bad[i].want));
+    }
+    const char *undefined[] = {"limits role:ghost|burst|1"};
+    CU_ASSERT_EQUAL(build(undefined, 1, &p), CDX_ERR_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "role:ghost is not defined"));
+}
+
+/* The token buckets and the concurrency cap, on a clock the test drives. */
+static void test_ratelimit(void)
+{
+    app_ratelimit *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(app_ratelimit_new(&r), CDX_OK);
+    const uint64_t s = 1000000000ull;
+    pol_limits l = {.requests_per_s = 2, .burst = 3, .bytes_per_s = 1000, .concurrency = 2};
+    uint32_t retry = 0;
+    bool tr = false;
+    /* the burst, then refused with a hint that is long enough */
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT_EQUAL(app_ratelimit_enter(r, "uri:a", &l, 10, 10 * s, &retry, &tr), CDX_OK);
+        CU_ASSERT_TRUE(tr);
+    }
+    CU_ASSERT_EQUAL(app_ratelimit_enter(r, "uri:a", &l, 10, 10 * s, &retry, &tr),
+                    CDX_ERR_RATE_LIMITED); /* concurrency 2 */
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "concurrency 2"));
+    CU_ASSERT_EQUAL(retry, CDX_RATE_CONCURRENCY_RETRY_MS);
+    app_ratelimit_leave(r, "uri:a");
+    app_ratelimit_leave(r, "uri:a");
+    CU_ASSERT_EQUAL(app_ratelimit_enter(r, "uri:a", &l, 10, 10 * s, &retry, &tr), CDX_OK);
+    app_ratelimit_leave(r, "uri:a");
+    CU_ASSERT_EQUAL(app_ratelimit_enter(r, "uri:a", &l, 10, 10 * s, &retry, &tr),
+                    CDX_ERR_RATE_LIMITED); /* the burst of 3 is used */
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "request rate"));
+    CU_ASSERT_TRUE(retry > 0 && retry <= 501);
+    /* another principal has its own buckets */
+    CU_ASSERT_EQUAL(app_ratelimit_enter(r, "uri:b", &l, 10, 10 * s, &retry, &tr), CDX_OK);
+    app_ratelimit_leave(r, "uri:b");
+    /* half a second later one token is back */
+    CU_ASSERT_EQUAL(app_ratelimit_enter(r, "uri:a", &l, 10, 10 * s + s / 2, &retry, &tr), CDX_OK);
+    app_ratelimit_leave(r, "uri:a");
+    /* bytes: 1000 per second, a new principal's bucket full */
+    CU_ASSERT_EQUAL(app_ratelimit_enter(r, "uri:c", &l, 900, 20 * s, &retry, &tr), CDX_OK);
+    app_ratelimit_leave(r, "uri:c");
+    CU_ASSERT_EQUAL(app_ratelimit_enter(r, "uri:c", &l, 900, 20 * s, &retry, &tr),
+                    CDX_ERR_RATE_LIMITED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "byte rate"));
+    CU_ASSERT_TRUE(retry >= 800 && retry <= 801);
+    /* a request larger than a second's bytes passes on a full bucket */
+    CU_ASSERT_EQUAL(app_ratelimit_enter(r, "uri:c", &l, 5000, 30 * s, &retry, &tr), CDX_OK);
+    app_ratelimit_leave(r, "uri:c");
+    /* no limits: admitted untracked */
+    pol_limits none = {0};
+    CU_ASSERT_EQUAL(app_ratelimit_enter(r, "uri:a", &none, 10, 10 * s, &retry, &tr), CDX_OK);
+    CU_ASSERT_FALSE(tr);
+    app_ratelimit_free(r);
+    app_ratelimit_free(NULL);
+}
+
 /* The daemon's loader: file:line errors, admins merged, reload keeps the old policy. */
 static void test_policy_file(void)
 {
@@ -229,6 +336,8 @@ int main(void)
         {"grants: default deny, roles, patterns, tenants apart, CN is not URI", test_grants},
         {"malformed policies refused with the reason", test_bad_policies},
         {"policy file: file:line errors, reload keeps the old policy", test_policy_file},
+        {"[limits]: default, role, principal, most generous; bad values", test_limits},
+        {"rate limiter: buckets, concurrency, hints, per principal", test_ratelimit},
     };
     static const fx_suite suite = {.name = "policy", .tests = tests, .ntests = FX_LEN(tests)};
     return fx_cunit_run(&suite, 1);

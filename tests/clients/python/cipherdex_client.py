@@ -13,8 +13,10 @@ import time
 import cipherdex_pb2 as pb
 
 # docs/WIRE.md, "What to retry". Statuses saying nothing was applied: any request may be sent
-# again (ABORTED, UNAVAILABLE, BUSY).
-RETRY_ANY = frozenset({10, 14, 109})
+# again (ABORTED, UNAVAILABLE, BUSY, RATE_LIMITED: after Status.retry_after_ms).
+RETRY_ANY = frozenset({10, 14, 109, 122})
+UNAUTHENTICATED = 16
+RATE_LIMITED = 122
 # Statuses that may leave the outcome unknown (a commit cut off): only idempotent requests
 # (DEADLINE_EXCEEDED, HSM_UNAVAILABLE, STORE_UNAVAILABLE).
 RETRY_IDEMPOTENT = RETRY_ANY | {4, 102, 107}
@@ -26,12 +28,14 @@ IDEMPOTENT = frozenset({"health", "describe_index", "list_indexes", "get", "quer
 
 
 class CipherdexError(Exception):
-    """A response whose status is not OK: .code (see the README's status table), .message."""
+    """A response whose status is not OK: .code (see the README's status table), .message,
+    .retry_after_ms (with RATE_LIMITED: how long to wait before sending again)."""
 
-    def __init__(self, code, message):
+    def __init__(self, code, message, retry_after_ms=0):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.retry_after_ms = retry_after_ms
 
 
 class ProtocolError(Exception):
@@ -128,7 +132,8 @@ class Client:
         if resp.request_id not in (req.request_id, 0):
             raise ProtocolError(f"response to {resp.request_id}, expected {req.request_id}")
         if resp.status.code != 0:
-            raise CipherdexError(resp.status.code, resp.status.message)
+            raise CipherdexError(resp.status.code, resp.status.message,
+                                 resp.status.retry_after_ms)
         if resp.WhichOneof("body") != name:
             raise ProtocolError(f"answer body {resp.WhichOneof('body')!r} for {name!r}")
         return getattr(resp, name)
@@ -160,10 +165,18 @@ class Client:
                 last = e
             except ssl.SSLCertVerificationError:
                 raise  # fails the same way every time
+            except ssl.SSLError as e:
+                # The server refused this client's certificate (unknown CA, expired, revoked,
+                # wrong EKU: a TLS alert). Sending again fails the same way: UNAUTHENTICATED.
+                self.close()
+                raise CipherdexError(UNAUTHENTICATED,
+                                     f"the server refused this client's certificate: {e}") from e
             except OSError as e:  # connecting failed: nothing was sent
                 self.close()
                 last = e
             pause = delay / 2 + random.uniform(0, delay / 2)
+            if isinstance(last, CipherdexError) and last.retry_after_ms:
+                pause = max(pause, last.retry_after_ms / 1000.0)  # the principal's bucket
             if self.attempts >= attempts or time.monotonic() + pause > deadline:
                 raise last
             time.sleep(pause)

@@ -10,7 +10,7 @@ import sys
 import time
 
 import cipherdex_pb2 as pb
-from cipherdex_client import Client, ConnectionLost, retryable
+from cipherdex_client import CipherdexError, Client, ConnectionLost, retryable
 
 stack = os.environ["CIPHERDEX_STACK_DIR"]
 addr = os.environ["CIPHERDEX_ADDR"]
@@ -76,6 +76,46 @@ def restart_daemon():
         time.sleep(0.02)
 
 
+def reload_policy(extra):
+    """Append `extra` to the stack's policy and SIGHUP the daemon; wait until it is in force."""
+    path = os.path.join(stack, "policy.ini")
+    with open(path) as f:
+        base = f.read().split("; retry_test\n")[0]
+    with open(path, "w") as f:
+        f.write(base + "; retry_test\n" + extra)
+    os.kill(daemon_pid(), signal.SIGHUP)
+
+
+def rate_limited(c, name):
+    """[limits]: RATE_LIMITED carries a retry hint, and call_retry waits it out."""
+    c.call_retry(describe_index=pb.DescribeIndexRequest(name=name))  # connected again
+    reload_policy("[limits default]\nrequests_per_second = 2\nburst = 2\n")
+    # The reload is in force once a burst of plain calls is refused (bounded wait).
+    deadline = time.monotonic() + 10
+    hint = 0
+    while time.monotonic() < deadline and not hint:
+        try:
+            for _ in range(4):
+                c.call(describe_index=pb.DescribeIndexRequest(name=name))
+        except CipherdexError as e:
+            check(e.code == 122, f"over the limit: RATE_LIMITED (got {e.code})")
+            hint = e.retry_after_ms
+    check(0 < hint <= 1001, f"RATE_LIMITED carries retry_after_ms ({hint})")
+    t0 = time.monotonic()
+    for _ in range(4):
+        c.call_retry(describe_index=pb.DescribeIndexRequest(name=name))
+    check(time.monotonic() - t0 >= 0.4, "call_retry waited for the bucket")
+    reload_policy("")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # back to no limits
+        try:
+            for _ in range(6):
+                c.call(describe_index=pb.DescribeIndexRequest(name=name))
+            break
+        except CipherdexError:
+            time.sleep(0.1)
+
+
 def main():
     check(retryable("upsert", 107) and retryable("query", 102) and retryable("get", 14),
           "idempotent requests retry on 14, 102, 107")
@@ -83,6 +123,9 @@ def main():
     check(not retryable("create_index", 107) and not retryable("train", 102),
           "non-idempotent requests do not retry on an unknown outcome")
     check(not retryable("query", 3) and not retryable("upsert", 100), "errors that repeat")
+    check(retryable("create_index", 122) and retryable("upsert", 122),
+          "RATE_LIMITED: nothing was applied, any request retries")
+    check(not retryable("query", 16), "UNAUTHENTICATED fails the same way again")
 
     c = Client(addr, os.environ.get("CIPHERDEX_CA"), os.environ.get("CIPHERDEX_CERT"),
                os.environ.get("CIPHERDEX_KEY"))
@@ -110,6 +153,7 @@ def main():
         check(False, "train on a dead connection")
     except ConnectionLost:
         check(c.attempts == 1, "train is not sent again after an unknown outcome")
+    rate_limited(c, name)
     c.call_retry(delete_index=pb.DeleteIndexRequest(name=name, confirm_id=info.id))
     c.close()
     print(f"python retry helper: {checks} checks passed")
