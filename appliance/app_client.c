@@ -50,6 +50,58 @@ static cdx_err ssl_fail(cdx_err code, const char *what)
     return cdx_fail(code, "%s%s%s", what, buf[0] ? ": " : "", buf);
 }
 
+/*
+ * A TLS alert from the server about our certificate (TLS 1.3 sends it after
+ * the client's handshake is done, so it arrives on the first read): the
+ * certificate is refused, and sending again fails the same way. Returns
+ * CDX_ERR_UNAUTHENTICATED with a plain reason, or CDX_OK when the error
+ * queue holds something else (left in place).
+ */
+static cdx_err cert_refused(void)
+{
+    unsigned long e = ERR_peek_error();
+    if (ERR_GET_LIB(e) != ERR_LIB_SSL)
+        return CDX_OK;
+    int reason = ERR_GET_REASON(e);
+    if (reason < 1000) /* OpenSSL: 1000 + the alert's code for a received alert */
+        return CDX_OK;
+    const char *plain;
+    switch (reason - 1000) {
+    case 42:
+        plain = "bad certificate";
+        break;
+    case 43:
+        plain = "unsupported certificate (its extended key usage does not allow TLS client "
+                "authentication)";
+        break;
+    case 44:
+        plain = "certificate revoked (on the server's CRL)";
+        break;
+    case 45:
+        plain = "certificate expired, or not yet valid";
+        break;
+    case 46:
+        plain = "certificate unknown";
+        break;
+    case 48:
+        plain = "unknown CA (not issued by a CA the server trusts for clients)";
+        break;
+    case 49:
+        plain = "access denied";
+        break;
+    case 116:
+        plain = "a client certificate is required";
+        break;
+    default:
+        return CDX_OK;
+    }
+    ERR_clear_error();
+    return cdx_fail(CDX_ERR_UNAUTHENTICATED,
+                    "the server refused this client's certificate: %s; fix the certificate "
+                    "(retrying fails the same way)",
+                    plain);
+}
+
 /* Wait until fd is readable (POLLIN) or writable (POLLOUT). */
 static cdx_err wait_fd(app_client *c, short ev)
 {
@@ -133,6 +185,8 @@ static cdx_err io_xfer_unguarded(app_client *c, uint8_t *p, size_t n, bool out)
                 }
                 if (e == SSL_ERROR_ZERO_RETURN)
                     return cdx_fail(CDX_ERR_UNAVAILABLE, "the server closed the connection");
+                if (e == SSL_ERROR_SSL && (err = cert_refused()))
+                    return err;
                 return ssl_fail(CDX_ERR_UNAVAILABLE, what);
             }
             k = r;
@@ -237,6 +291,8 @@ static cdx_err handshake(app_client *c)
         if (v != X509_V_OK)
             return cdx_fail(CDX_ERR_UNAUTHENTICATED, "the server certificate was refused: %s",
                             X509_verify_cert_error_string(v));
+        if ((err = cert_refused()))
+            return err;
         return ssl_fail(CDX_ERR_UNAUTHENTICATED,
                         "TLS handshake failed (does the server accept this client certificate?)");
     }
