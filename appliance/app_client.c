@@ -102,6 +102,24 @@ static cdx_err cert_refused(void)
                     plain);
 }
 
+/*
+ * A write failed: the server may have refused our certificate and closed
+ * before our request went out (TLS 1.3 sends the alert after the client's
+ * handshake). Read what it sent, if anything is there now, to find the alert.
+ */
+static cdx_err alert_pending(app_client *c)
+{
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP | POLLERR)))
+        return CDX_OK;
+    ERR_clear_error();
+    uint8_t buf[64];
+    int r = SSL_read(c->ssl, buf, sizeof(buf));
+    if (r > 0 || SSL_get_error(c->ssl, r) != SSL_ERROR_SSL)
+        return CDX_OK;
+    return cert_refused();
+}
+
 /* Wait until fd is readable (POLLIN) or writable (POLLOUT). */
 static cdx_err wait_fd(app_client *c, short ev)
 {
@@ -186,6 +204,8 @@ static cdx_err io_xfer_unguarded(app_client *c, uint8_t *p, size_t n, bool out)
                 if (e == SSL_ERROR_ZERO_RETURN)
                     return cdx_fail(CDX_ERR_UNAVAILABLE, "the server closed the connection");
                 if (e == SSL_ERROR_SSL && (err = cert_refused()))
+                    return err;
+                if (out && (err = alert_pending(c)))
                     return err;
                 return ssl_fail(CDX_ERR_UNAVAILABLE, what);
             }

@@ -596,9 +596,11 @@ static cdx_err do_delete(const app_dispatch_env *env, const Req *q, Resp *r, scr
 static cdx_err do_list_ids(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
     const Cipherdex__V1__ListIdsRequest *l = q->list_ids;
-    cdx_err err =
-        eng_list_ids(env->engine, wire_text(l->index), l->cursor.len ? wire_text(l->cursor) : NULL,
-                     l->limit, &s->ids, &s->id_lens, &s->nids, &s->cursor);
+    /* Cursors bound to the caller and the index, expiring, under a rotating key (review L6). */
+    const char *who = s->principal ? s->principal : "";
+    cdx_err err = eng_list_ids_for(env->engine, wire_text(l->index), who, strlen(who), 0,
+                                   l->cursor.len ? wire_text(l->cursor) : NULL, l->limit, &s->ids,
+                                   &s->id_lens, &s->nids, &s->cursor);
     if (err)
         return err;
     Cipherdex__V1__ListIdsResponse *out = alloc(s, sizeof(*out));

@@ -351,6 +351,18 @@ void eng_query_result_free(eng_query_result *r);
  */
 cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limit, char ***ids,
                      size_t **id_lens, size_t *n, char **next);
+
+/*
+ * eng_list_ids with its cursors bound to `bind` (the caller's principal;
+ * NULL/0: no binding) and to time now_ms (0: the wall clock): a cursor opens
+ * only for the same index and binding, within CDX_CURSOR_TTL_MS of issue;
+ * its sealing key changes every CDX_CURSOR_WINDOW_MS (docs/RECORDS.md).
+ * Errors: as eng_list_ids (INVALID_ARGUMENT also: expired, another
+ * principal's cursor).
+ */
+cdx_err eng_list_ids_for(eng *e, const char *name, const void *bind, size_t bind_len,
+                         uint64_t now_ms, const char *cursor, uint32_t limit, char ***ids,
+                         size_t **id_lens, size_t *n, char **next);
 /* Free n ids and both arrays (NULLs are fine). */
 void eng_ids_free(char **ids, size_t *id_lens, size_t n);
 

@@ -3,7 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/sha.h>
+
 #include "cdx_hex.h"
+#include "cdx_time.h"
 #include "eng_head.h"
 #include "eng_idmap.h"
 #include "eng_int.h"
@@ -92,52 +95,84 @@ void eng_ids_free(char **ids, size_t *id_lens, size_t n)
     free(id_lens);
 }
 
-/* Cursor: u8 fmt | u32 bucket | tok[ENG_TOKEN_LEN] (last returned), sealed under the query subkey.
+/*
+ * A list_ids cursor (security review L6): hex of be32 window | a record of
+ * kind ENG_K_CURSOR sealed under the index's query subkey with token = the
+ * caller's binding (the first 16 bytes of SHA-256 of the principal) and
+ * version = window (now / CDX_CURSOR_WINDOW_MS). K_rec depends on both, so
+ * each window has its own AES key (a bounded count of cursors per key), and
+ * a cursor opens only for the index and the principal it was issued to.
+ * Plaintext: u8 fmt 2 | be32 bucket | tok[ENG_TOKEN_LEN] (last returned) |
+ * be64 issued_ms. It expires CDX_CURSOR_TTL_MS after issue.
  */
-static cdx_err cursor_open(op *o, const char *text, unsigned *bucket, uint8_t last[ENG_TOKEN_LEN],
-                           bool *has)
+typedef struct cursor_ctx {
+    uint8_t bind[ENG_TOKEN_LEN];
+    uint64_t now_ms;
+} cursor_ctx;
+
+static cdx_err cursor_open(op *o, const cursor_ctx *cx, const char *text, unsigned *bucket,
+                           uint8_t last[ENG_TOKEN_LEN], bool *has)
 {
+    static const char *const not_ours =
+        "cursor is not one this index issued to this principal; start the listing again";
     *bucket = 0;
     *has = false;
     if (!text || !*text)
         return CDX_OK;
     size_t n = strlen(text);
-    if (n % 2 || n / 2 > 256)
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "cursor is not one this index issued");
+    if (n % 2 || n / 2 > 256 || n / 2 < 4)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "%s", not_ours);
     uint8_t raw[256];
     if (cdx_hex_decode(text, raw, n / 2))
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "cursor is not one this index issued");
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "%s", not_ours);
+    uint32_t window =
+        (uint32_t)raw[0] << 24 | (uint32_t)raw[1] << 16 | (uint32_t)raw[2] << 8 | raw[3];
+    uint64_t now_w = cx->now_ms / CDX_CURSOR_WINDOW_MS;
+    if (window != now_w && (uint64_t)window + 1 != now_w)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                        "cursor expired (older than %d minutes); start the listing again",
+                        CDX_CURSOR_TTL_MS / 60000);
     eng_buf pt;
     eng_buf_init(&pt);
-    cdx_err err =
-        eng_op_unseal(o, HSM_P_QUERY, ENG_K_CURSOR, eng_zero_token, 0, raw, n / 2, NULL, &pt);
+    cdx_err err = eng_op_unseal(o, HSM_P_QUERY, ENG_K_CURSOR, cx->bind, window, raw + 4, n / 2 - 4,
+                                NULL, &pt);
     if (err) {
         eng_buf_free(&pt);
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "cursor is not one this index issued");
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "%s", not_ours);
     }
     eng_rd r;
     eng_rd_init(&r, pt.data, pt.len);
     uint8_t fmt = eng_rd_u8(&r);
     *bucket = eng_rd_u32(&r);
     eng_rd_copy(&r, last, ENG_TOKEN_LEN);
-    bool ok = eng_rd_done(&r) && fmt == 1 && *bucket < ENG_BUCKETS;
+    uint64_t issued = eng_rd_u64(&r);
+    bool ok = eng_rd_done(&r) && fmt == 2 && *bucket < ENG_BUCKETS;
     eng_buf_free(&pt);
     if (!ok)
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "cursor is malformed");
+    if (issued > cx->now_ms ? issued - cx->now_ms > CDX_CURSOR_SKEW_MS
+                            : cx->now_ms - issued > CDX_CURSOR_TTL_MS)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                        "cursor expired (older than %d minutes); start the listing again",
+                        CDX_CURSOR_TTL_MS / 60000);
     *has = true;
     return CDX_OK;
 }
 
-static cdx_err cursor_seal(op *o, unsigned bucket, const uint8_t last[ENG_TOKEN_LEN], char **out)
+static cdx_err cursor_seal(op *o, const cursor_ctx *cx, unsigned bucket,
+                           const uint8_t last[ENG_TOKEN_LEN], char **out)
 {
     eng_buf pt, rec;
     eng_buf_init(&pt);
     eng_buf_init(&rec);
-    eng_buf_u8(&pt, 1);
+    uint32_t window = (uint32_t)(cx->now_ms / CDX_CURSOR_WINDOW_MS);
+    eng_buf_u32(&rec, window);
+    eng_buf_u8(&pt, 2);
     eng_buf_u32(&pt, bucket);
     eng_buf_put(&pt, last, ENG_TOKEN_LEN);
+    eng_buf_u64(&pt, cx->now_ms);
     cdx_err err =
-        eng_op_seal(o, HSM_P_QUERY, ENG_K_CURSOR, eng_zero_token, 0, pt.data, pt.len, &rec);
+        eng_op_seal(o, HSM_P_QUERY, ENG_K_CURSOR, cx->bind, window, pt.data, pt.len, &rec);
     if (!err) {
         *out = malloc(rec.len * 2 + 1);
         if (*out)
@@ -156,8 +191,9 @@ static cdx_err cursor_seal(op *o, unsigned bucket, const uint8_t last[ENG_TOKEN_
  * error); a sealed cursor in *next when more remain.
  * Errors: ENG_MOVED (a newer commit: retry under a fresh head), eng_buckets_load's.
  */
-static cdx_err list_page(op *o, const eng_manifest *m, unsigned b0, const uint8_t *after,
-                         uint32_t limit, char **v, size_t *vl, size_t *k, char **next)
+static cdx_err list_page(op *o, const cursor_ctx *cx, const eng_manifest *m, unsigned b0,
+                         const uint8_t *after, uint32_t limit, char **v, size_t *vl, size_t *k,
+                         char **next)
 {
     uint8_t last[ENG_TOKEN_LEN];
     bool more = false;
@@ -192,13 +228,26 @@ static cdx_err list_page(op *o, const eng_manifest *m, unsigned b0, const uint8_
         eng_bucketset_free(&bs); /* free(NULL) for the moved ids; a partial load too */
     }
     if (!err && more)
-        err = cursor_seal(o, last_b, last, next);
+        err = cursor_seal(o, cx, last_b, last, next);
     return err;
 }
 
 cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limit, char ***ids,
                      size_t **id_lens, size_t *n, char **next)
 {
+    return eng_list_ids_for(e, name, NULL, 0, 0, cursor, limit, ids, id_lens, n, next);
+}
+
+cdx_err eng_list_ids_for(eng *e, const char *name, const void *bind, size_t bind_len,
+                         uint64_t now_ms, const char *cursor, uint32_t limit, char ***ids,
+                         size_t **id_lens, size_t *n, char **next)
+{
+    cursor_ctx cx = {.now_ms = now_ms ? now_ms : cdx_wall_ms()};
+    if (bind && bind_len) {
+        uint8_t h[SHA256_DIGEST_LENGTH];
+        SHA256(bind, bind_len, h);
+        memcpy(cx.bind, h, ENG_TOKEN_LEN);
+    }
     struct idx *ix;
     cdx_err err = eng_idx_get(e, name, &ix);
     *ids = NULL;
@@ -225,7 +274,7 @@ cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limi
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
-    if ((err = cursor_open(&o, cursor, &b0, last, &has)))
+    if ((err = cursor_open(&o, &cx, cursor, &b0, last, &has)))
         goto out;
     /*
      * A commit landing between the head read and a bucket fetch moves the
@@ -240,7 +289,7 @@ cdx_err eng_list_ids(eng *e, const char *name, const char *cursor, uint32_t limi
         k = 0;
         if ((err = eng_load_state(&o, attempt > 0, 0, &m)))
             break;
-        err = list_page(&o, m, b0, has ? last : NULL, limit, v, vl, &k, next);
+        err = list_page(&o, &cx, m, b0, has ? last : NULL, limit, v, vl, &k, next);
         if (err != ENG_MOVED)
             break;
     }

@@ -42,6 +42,9 @@
 #define CDX_POLICY_SUBJECTS_MAX    1024              /* principals and roles in one list */
 #define CDX_RATE_PRINCIPALS_MAX    4096              /* principals with rate-limit state */
 #define CDX_RATE_CONCURRENCY_RETRY_MS 50             /* retry hint when the concurrency cap is hit */
+#define CDX_CURSOR_WINDOW_MS  (15 * 60 * 1000) /* list_ids cursor sealing key: one per window */
+#define CDX_CURSOR_TTL_MS     (15 * 60 * 1000) /* a cursor expires this long after issue */
+#define CDX_CURSOR_SKEW_MS    (60 * 1000)      /* issue times this far ahead (appliances' clocks) */
 #define CDX_CONNECTIONS_MAX        65536
 #define CDX_CONNECTIONS_DEFAULT    1024
 #define CDX_OUTSTANDING_MAX        1024              /* requests per connection */

@@ -53,10 +53,10 @@ static int write_conf(void)
              crl_path);
     /* The user may read and write every index; only the admin creates, trains, deletes. */
     return fx_stack_write_conf(&S, &(fx_stack_conf){.server = server,
-                                                     .sections = "[cache]\nbytes = 64M\n",
-                                                     .policy = "[index *]\n"
-                                                               "read = dns:app.example.org\n"
-                                                               "write = dns:app.example.org\n"});
+                                                    .sections = "[cache]\nbytes = 64M\n",
+                                                    .policy = "[index *]\n"
+                                                              "read = dns:app.example.org\n"
+                                                              "write = dns:app.example.org\n"});
 }
 
 /* Start cipherdexd and wait for READY=1 on our notify socket; fills S.addr. */

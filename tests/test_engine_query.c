@@ -16,6 +16,7 @@
 
 #include "cdx_err.h"
 #include "cdx_hex.h"
+#include "cdx_limits.h"
 #include "eng.h"
 #include "eng_store.h"
 #include "fx_cunit.h"
@@ -350,6 +351,47 @@ static void test_filters_and_listing(void)
     next[strlen(next) - 3] = next[strlen(next) - 3] == 'a' ? 'b' : 'a';
     CU_ASSERT_EQUAL(eng_list_ids(fx_eng, name, next, 10, &ids, &lens, &k, &cursor),
                     CDX_ERR_INVALID_ARGUMENT);
+    free(next);
+
+    /* Review L6: a cursor is bound to its principal and index, expires, and its sealing key
+     * changes with the window (a cursor from two windows back does not open). */
+    const uint64_t t0 = 1800000000000ull, w = CDX_CURSOR_WINDOW_MS;
+    CU_ASSERT_EQUAL_FATAL(
+        eng_list_ids_for(fx_eng, name, "uri:a", 5, t0, NULL, 10, &ids, &lens, &k, &next), CDX_OK);
+    eng_ids_free(ids, lens, k);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(next);
+    static const struct {
+        const char *bind;
+        uint64_t at;
+        cdx_err want;
+        const char *why;
+    } uses[] = {
+        {"uri:a", t0 + 1000, CDX_OK, NULL},
+        {"uri:b", t0 + 1000, CDX_ERR_INVALID_ARGUMENT, "issued to this principal"},
+        {"", t0 + 1000, CDX_ERR_INVALID_ARGUMENT, "issued to this principal"},
+        {"uri:a", t0 + CDX_CURSOR_TTL_MS + 1, CDX_ERR_INVALID_ARGUMENT, "expired"},
+        {"uri:a", t0 + 2 * w + w, CDX_ERR_INVALID_ARGUMENT, "expired"},
+        {"uri:a", t0 - 2 * CDX_CURSOR_SKEW_MS, CDX_ERR_INVALID_ARGUMENT, "expired"},
+    };
+    for (size_t i = 0; i < FX_LEN(uses); i++) {
+        char *nx = NULL;
+        cdx_err e = eng_list_ids_for(fx_eng, name, uses[i].bind, strlen(uses[i].bind), uses[i].at,
+                                     next, 10, &ids, &lens, &k, &nx);
+        CU_ASSERT_EQUAL(e, uses[i].want);
+        if (uses[i].why)
+            CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), uses[i].why));
+        if (!e)
+            eng_ids_free(ids, lens, k);
+        free(nx);
+    }
+    /* The same position in the next window: a cursor under that window's key. */
+    char *later = NULL;
+    CU_ASSERT_EQUAL_FATAL(
+        eng_list_ids_for(fx_eng, name, "uri:a", 5, t0 + w, NULL, 10, &ids, &lens, &k, &later),
+        CDX_OK);
+    eng_ids_free(ids, lens, k);
+    CU_ASSERT_NOT_EQUAL(strncmp(later, next, 8), 0); /* the window prefix differs */
+    free(later);
     free(next);
     CU_ASSERT_EQUAL(eng_index_delete(fx_eng, name, info.id), CDX_OK);
     fx_ds_free(&s);
