@@ -202,6 +202,16 @@ static void test_check(void)
         {GOOD_SERVER "[metrics]\nlisten = ::1:80\n", "[metrics] listen"},
         {GOOD_SERVER "[maintenance]\ninterval_ms = 5\n", "[maintenance] interval_ms must be"},
         {"[server]\ninsecure = yes\n", "deployment_id is required"},
+        /* review L8: no TLS, no authentication: loopback only */
+        {"[server]\ninsecure = yes\nlisten = 0.0.0.0:7700\n"
+         "deployment_id = 00112233445566778899aabbccddeeff\n",
+         "may only listen on loopback"},
+        {"[server]\ninsecure = yes\nlisten = 10.1.2.3:7700\n"
+         "deployment_id = 00112233445566778899aabbccddeeff\n",
+         "may only listen on loopback"},
+        {"[server]\ntls_cert = /c\ntls_key = /k\nclient_ca = /ca\n"
+         "deployment_id = 00112233445566778899aabbccddeeff\n",
+         "[server] policy is required"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         app_config c;
