@@ -215,21 +215,9 @@ static void token_name(hsm_custody *c, char *buf, size_t cap)
         return;
     }
     char l[33], m[33], mo[17];
-    const struct {
-        char *dst;
-        size_t cap;
-        const CK_UTF8CHAR *src;
-        size_t len;
-    } f[] = {{l, sizeof(l), ti.label, sizeof(ti.label)},
-             {m, sizeof(m), ti.manufacturerID, sizeof(ti.manufacturerID)},
-             {mo, sizeof(mo), ti.model, sizeof(ti.model)}};
-    for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
-        size_t n = f[i].len < f[i].cap - 1 ? f[i].len : f[i].cap - 1;
-        memcpy(f[i].dst, f[i].src, n);
-        while (n > 0 && (f[i].dst[n - 1] == ' ' || f[i].dst[n - 1] == '\0'))
-            n--;
-        f[i].dst[n] = '\0';
-    }
+    hsm_unpad(l, sizeof(l), ti.label, sizeof(ti.label));
+    hsm_unpad(m, sizeof(m), ti.manufacturerID, sizeof(ti.manufacturerID));
+    hsm_unpad(mo, sizeof(mo), ti.model, sizeof(ti.model));
     snprintf(buf, cap, "'%s' (%s %s)", l, m, mo);
 }
 

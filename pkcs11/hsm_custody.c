@@ -716,8 +716,7 @@ struct token_arg {
     bool software;
 };
 
-/* A CK_UTF8CHAR field without its blank padding, printable ASCII only. */
-static void unpad_field(char *dst, size_t cap, const CK_UTF8CHAR *src, size_t n)
+void hsm_unpad(char *dst, size_t cap, const CK_UTF8CHAR *src, size_t n)
 {
     size_t l = n < cap - 1 ? n : cap - 1;
     memcpy(dst, src, l);
@@ -742,8 +741,8 @@ static cdx_err token_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *r
         *rv = r;
         return hsm_ckr_fail(r, "C_GetTokenInfo");
     }
-    unpad_field(a->manufacturer, 33, ti.manufacturerID, sizeof(ti.manufacturerID));
-    unpad_field(a->model, 17, ti.model, sizeof(ti.model));
+    hsm_unpad(a->manufacturer, 33, ti.manufacturerID, sizeof(ti.manufacturerID));
+    hsm_unpad(a->model, 17, ti.model, sizeof(ti.model));
     static const char *const soft[] = {"SoftHSM", "SoftTok", "NSS"};
     a->software = !(si.flags & CKF_HW_SLOT);
     for (size_t i = 0; i < sizeof(soft) / sizeof(soft[0]); i++)

@@ -28,18 +28,6 @@ const char *hsm_probe_rv_name(unsigned long rv)
     return hsm_ckr_name((CK_RV)rv);
 }
 
-static void unpad(char *dst, size_t cap, const CK_UTF8CHAR *src, size_t n)
-{
-    size_t l = n < cap - 1 ? n : cap - 1;
-    memcpy(dst, src, l);
-    while (l > 0 && (dst[l - 1] == ' ' || dst[l - 1] == '\0'))
-        l--;
-    dst[l] = '\0';
-    for (size_t i = 0; i < l; i++)
-        if ((unsigned char)dst[i] < 0x20 || (unsigned char)dst[i] > 0x7e)
-            dst[i] = '?';
-}
-
 static void say(hsm_probe *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(hsm_probe *p, const char *fmt, ...)
 {
@@ -202,8 +190,8 @@ cdx_err hsm_probe_run(hsm_custody *c, hsm_probe *p)
     memcpy(p->mech, MECHS, sizeof(MECHS));
     CK_INFO info;
     if (c->f->C_GetInfo(&info) == CKR_OK) {
-        unpad(p->library, sizeof(p->library), info.libraryDescription,
-              sizeof(info.libraryDescription));
+        hsm_unpad(p->library, sizeof(p->library), info.libraryDescription,
+                  sizeof(info.libraryDescription));
         p->cryptoki_major = info.cryptokiVersion.major;
         p->cryptoki_minor = info.cryptokiVersion.minor;
     }
@@ -211,10 +199,11 @@ cdx_err hsm_probe_run(hsm_custody *c, hsm_probe *p)
     CK_RV r = c->f->C_GetTokenInfo(c->slot_id, &ti);
     if (r != CKR_OK)
         return hsm_ckr_fail(r, "C_GetTokenInfo");
-    unpad(p->label, sizeof(p->label), ti.label, sizeof(ti.label));
-    unpad(p->manufacturer, sizeof(p->manufacturer), ti.manufacturerID, sizeof(ti.manufacturerID));
-    unpad(p->model, sizeof(p->model), ti.model, sizeof(ti.model));
-    unpad(p->serial, sizeof(p->serial), ti.serialNumber, sizeof(ti.serialNumber));
+    hsm_unpad(p->label, sizeof(p->label), ti.label, sizeof(ti.label));
+    hsm_unpad(p->manufacturer, sizeof(p->manufacturer), ti.manufacturerID,
+              sizeof(ti.manufacturerID));
+    hsm_unpad(p->model, sizeof(p->model), ti.model, sizeof(ti.model));
+    hsm_unpad(p->serial, sizeof(p->serial), ti.serialNumber, sizeof(ti.serialNumber));
     p->max_sessions = ti.ulMaxSessionCount;
     p->max_rw_sessions = ti.ulMaxRwSessionCount;
     p->pin_min = ti.ulMinPinLen;

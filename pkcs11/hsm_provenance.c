@@ -11,15 +11,6 @@ struct facts_arg {
 };
 
 /* Copy a blank-padded CK_UTF8CHAR field into a C string without the padding. */
-static void unpad(char *dst, size_t cap, const CK_UTF8CHAR *src, size_t n)
-{
-    size_t l = n < cap - 1 ? n : cap - 1;
-    memcpy(dst, src, l);
-    while (l > 0 && (dst[l - 1] == ' ' || dst[l - 1] == '\0'))
-        l--;
-    dst[l] = '\0';
-}
-
 static cdx_err facts_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv)
 {
     struct facts_arg *a = arg;
@@ -42,10 +33,10 @@ static cdx_err facts_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *r
         *rv = r;
         return hsm_ckr_fail(r, "C_GetTokenInfo");
     }
-    unpad(a->out->serial, sizeof(a->out->serial), ti.serialNumber, sizeof(ti.serialNumber));
-    unpad(a->out->manufacturer, sizeof(a->out->manufacturer), ti.manufacturerID,
-          sizeof(ti.manufacturerID));
-    unpad(a->out->model, sizeof(a->out->model), ti.model, sizeof(ti.model));
+    hsm_unpad(a->out->serial, sizeof(a->out->serial), ti.serialNumber, sizeof(ti.serialNumber));
+    hsm_unpad(a->out->manufacturer, sizeof(a->out->manufacturer), ti.manufacturerID,
+              sizeof(ti.manufacturerID));
+    hsm_unpad(a->out->model, sizeof(a->out->model), ti.model, sizeof(ti.model));
     return CDX_OK;
 }
 

@@ -297,6 +297,13 @@ CDX_MUST_CHECK cdx_err hsm_object_destroy(hsm_custody *c, const hsm_key_ref *k,
 
 /* ---- capabilities (hsm_caps.c) ---- */
 
+/*
+ * A blank-padded CK_UTF8CHAR field (CK_TOKEN_INFO label, model, ...) as a C
+ * string in dst (cap bytes): padding removed, bytes outside printable ASCII
+ * replaced by '?'.
+ */
+void hsm_unpad(char *dst, size_t cap, const CK_UTF8CHAR *src, size_t n);
+
 /* Label of the objects the capability probes make and destroy again. */
 #define HSM_PROBE_LABEL "cipherdex-probe"
 
