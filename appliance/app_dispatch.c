@@ -200,11 +200,14 @@ static cdx_err do_health(const app_dispatch_env *env, const Req *q, Resp *r, scr
     h->token_ok = tok;
     h->store_ok = store;
     h->status = wire_str(wh->n_warnings ? "degraded" : "ok");
-    for (size_t i = 0; i < wh->n_warnings && i < CDX_HEALTH_WARNINGS_MAX; i++)
+    /* The detail (what is wrong with the appliance) is for operators and appliance admins;
+     * everyone else gets the verdict (docs/POLICY.md). */
+    bool detail = app_policy_allows(env->policy, s->principal, POL_NEED_OPERATOR, NULL);
+    for (size_t i = 0; detail && i < wh->n_warnings && i < CDX_HEALTH_WARNINGS_MAX; i++)
         if (wh->warnings[i][0])
             warn[h->n_warnings++] = wire_str(wh->warnings[i]);
     h->warnings = warn;
-    h->indexes_in_rollback = wh->indexes_in_rollback;
+    h->indexes_in_rollback = detail ? wh->indexes_in_rollback : 0;
     h->server_version = wire_str(CDX_VERSION);
     int64_t now = cdx_mono_ms();
     h->uptime_s = now > env->started_ms ? (uint64_t)(now - env->started_ms) / 1000 : 0;

@@ -99,6 +99,8 @@ struct app_server {
     bool accept_paused;
     uint32_t accept_backoff_ms;
     rate_log accept_log;
+    struct refused_drain *lingering; /* refused handshakes still draining (linger_close) */
+    size_t nlinger;
     size_t nwaiting;                /* connections with a frame waiting for budget */
     bool in_release, release_again; /* budget_released is not re-entered */
     bool draining;
@@ -362,6 +364,80 @@ static void on_write(struct bufferevent *bev, void *arg)
     drain_check(c->srv);
 }
 
+/*
+ * A refused client certificate: OpenSSL has written the alert to the socket.
+ * Closing now would answer the client's first request (TLS 1.3 clients send
+ * it before the alert arrives) with a reset that discards the alert, and
+ * the client would see a dropped connection instead of why it was refused.
+ * So the write side is shut and what the client sends is read and dropped
+ * for up to CDX_LINGER_MS before the socket is closed; at most
+ * CDX_LINGER_MAX sockets linger at once (beyond that: closed at once).
+ */
+struct refused_drain {
+    app_server *s;
+    int fd;
+    struct event *ev;
+    struct refused_drain *prev, *next;
+};
+
+static void drain_free(struct refused_drain *l)
+{
+    app_server *s = l->s;
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        s->lingering = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    event_free(l->ev);
+    close(l->fd);
+    s->nlinger--;
+    free(l);
+}
+
+static void linger_done(evutil_socket_t fd, short what, void *arg)
+{
+    struct refused_drain *l = arg;
+    char buf[512];
+    if (what & EV_READ) {
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR)))
+            return; /* more may come: keep draining until EOF or the timeout */
+    }
+    drain_free(l);
+}
+
+static void linger_close(app_server *s, struct bufferevent *bev)
+{
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    if (fd < 0 || s->nlinger >= CDX_LINGER_MAX)
+        return;
+    struct refused_drain *l = calloc(1, sizeof(*l));
+    if (!l)
+        return;
+    l->s = s;
+    l->fd = dup(fd);
+    if (l->fd < 0) {
+        free(l);
+        return;
+    }
+    shutdown(l->fd, SHUT_WR);
+    l->ev = event_new(s->base, l->fd, EV_READ | EV_PERSIST, linger_done, l);
+    struct timeval tv = {CDX_LINGER_MS / 1000, (CDX_LINGER_MS % 1000) * 1000};
+    if (!l->ev || event_add(l->ev, &tv)) {
+        if (l->ev)
+            event_free(l->ev);
+        close(l->fd);
+        free(l);
+        return;
+    }
+    s->nlinger++;
+    l->next = s->lingering;
+    if (l->next)
+        l->next->prev = l;
+    s->lingering = l;
+}
+
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     conn *c = arg;
@@ -392,6 +468,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
             if (s->m)
                 app_metrics_inc(s->m, APP_C_HANDSHAKE_FAILED, 1);
             cdx_log(CDX_LOG_WARN, "tls_refused", "peer=%s openssl=\"%s\"", c->peer, buf);
+            linger_close(s, bev);
         } else if (wire_dec_pending(c->dec)) {
             cdx_log(CDX_LOG_INFO, "conn_truncated", "peer=%s pending=%zu", c->peer,
                     wire_dec_pending(c->dec));
@@ -842,5 +919,7 @@ void app_server_free(app_server *s)
         c->running = NULL;
         conn_destroy(c);
     }
+    while (s->lingering)
+        drain_free(s->lingering);
     free(s);
 }

@@ -41,6 +41,8 @@
 #define CDX_POLICY_ROLES_MAX       256               /* [role] sections */
 #define CDX_POLICY_SUBJECTS_MAX    1024              /* principals and roles in one list */
 #define CDX_RATE_PRINCIPALS_MAX    4096              /* principals with rate-limit state */
+#define CDX_LINGER_MS              1000              /* a refused handshake drains this long */
+#define CDX_LINGER_MAX             64                /* ... at most this many at once */
 #define CDX_RATE_CONCURRENCY_RETRY_MS 50             /* retry hint when the concurrency cap is hit */
 #define CDX_CURSOR_WINDOW_MS  (15 * 60 * 1000) /* list_ids cursor sealing key: one per window */
 #define CDX_CURSOR_TTL_MS     (15 * 60 * 1000) /* a cursor expires this long after issue */

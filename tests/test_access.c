@@ -367,8 +367,16 @@ static void test_reload(void)
     CU_ASSERT_FATAL(fx_notify_wait(S.d.notify_fd, "READY=1", 30, NULL, 0) == 0);
     CU_ASSERT_EQUAL(query(b, "a-1"), CDX_OK);
     CU_ASSERT_EQUAL(query(b, "a-2"), CDX_ERR_PERMISSION_DENIED); /* not the bad file's a-* */
+    /* The operator gets the detail; app-b only the verdict. */
     wire_response *w = NULL;
     CU_ASSERT_EQUAL_FATAL(app_client_health(b, &w), CDX_OK);
+    CU_ASSERT_TRUE(text_is(wire_response_msg(w)->health->status, "degraded"));
+    CU_ASSERT_EQUAL(wire_response_msg(w)->health->n_warnings, 0);
+    wire_response_free(w);
+    app_client *o = client_as(ops);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o);
+    CU_ASSERT_EQUAL_FATAL(app_client_health(o, &w), CDX_OK);
+    app_client_free(o);
     const Cipherdex__V1__HealthResponse *h = wire_response_msg(w)->health;
     bool said = false, soft = false;
     for (size_t i = 0; i < h->n_warnings; i++) {

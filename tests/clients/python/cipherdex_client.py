@@ -46,6 +46,15 @@ class ConnectionLost(ProtocolError):
     """The connection closed before the answer came: the request's outcome is unknown."""
 
 
+def _refused_certificate(e):
+    """An SSLError that is the server's alert about our certificate (unknown CA, revoked,
+    expired, wrong EKU, none sent)."""
+    reason = getattr(e, "reason", "") or ""
+    return reason.endswith(("_CERTIFICATE", "CERTIFICATE_REVOKED", "CERTIFICATE_EXPIRED",
+                            "CERTIFICATE_UNKNOWN", "UNKNOWN_CA", "ACCESS_DENIED",
+                            "CERTIFICATE_REQUIRED"))
+
+
 def retryable(name, code):
     """May request `name` (an oneof body name, "upsert") be sent again after status `code`?"""
     return code in (RETRY_IDEMPOTENT if name in IDEMPOTENT else RETRY_ANY)
@@ -98,6 +107,17 @@ class Client:
             buf += chunk
         return bytes(buf)
 
+    def _pending_alert(self):
+        """After a failed write: the server's certificate alert, if it is already here."""
+        try:
+            self.sock.settimeout(0.05)
+            self.sock.recv(1)
+        except ssl.SSLError as e:
+            return e if _refused_certificate(e) else None
+        except OSError:
+            return None
+        return None
+
     def call(self, **body):
         """call(query=pb.QueryRequest(...)) -> the response body (QueryResponse, ...)."""
         (name, msg), = body.items()
@@ -110,8 +130,19 @@ class Client:
         try:
             self.sock.sendall(struct.pack(">I", len(data)) + data)
             (n,) = struct.unpack(">I", self._recv_exact(4))
-        except OSError as e:  # reset, broken pipe, timeout, TLS alert: outcome unknown
+        except ssl.SSLError as e:
             self.close()
+            if _refused_certificate(e):  # TLS 1.3: the alert comes with the first answer
+                raise CipherdexError(UNAUTHENTICATED,
+                                     f"the server refused this client's certificate: {e}") from e
+            raise ConnectionLost(f"the connection failed: {e}") from e
+        except OSError as e:  # reset, broken pipe, timeout: outcome unknown
+            alert = self._pending_alert()
+            self.close()
+            if alert is not None:  # the server refused our certificate before we wrote
+                raise CipherdexError(UNAUTHENTICATED,
+                                     f"the server refused this client's certificate: {alert}"
+                                     ) from e
             raise ConnectionLost(f"the connection failed: {e}") from e
         except ConnectionLost:
             self.close()
@@ -166,11 +197,16 @@ class Client:
             except ssl.SSLCertVerificationError:
                 raise  # fails the same way every time
             except ssl.SSLError as e:
-                # The server refused this client's certificate (unknown CA, expired, revoked,
-                # wrong EKU: a TLS alert). Sending again fails the same way: UNAUTHENTICATED.
-                self.close()
-                raise CipherdexError(UNAUTHENTICATED,
-                                     f"the server refused this client's certificate: {e}") from e
+                if not _refused_certificate(e):
+                    self.close()
+                    last = e
+                else:
+                    # The server refused this client's certificate at the handshake: sending
+                    # again fails the same way.
+                    self.close()
+                    raise CipherdexError(UNAUTHENTICATED,
+                                         f"the server refused this client's certificate: {e}"
+                                         ) from e
             except OSError as e:  # connecting failed: nothing was sent
                 self.close()
                 last = e

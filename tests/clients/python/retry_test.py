@@ -116,6 +116,22 @@ def rate_limited(c, name):
             time.sleep(0.1)
 
 
+def refused_certificate():
+    """A certificate the server refuses (here its own: serverAuth, not clientAuth) is
+    UNAUTHENTICATED with the reason, and call_retry does not send it again."""
+    pki = dict(line.strip().split("=", 1) for line in open(os.path.join(stack, "pki.txt"))
+               if "=" in line)
+    c = Client(addr, os.environ.get("CIPHERDEX_CA"), pki["server_cert"], pki["server_key"])
+    try:
+        c.call_retry(health=pb.HealthRequest())
+        check(False, "a refused certificate was served")
+    except CipherdexError as e:
+        check(e.code == 16 and "refused this client's certificate" in e.message,
+              f"refused certificate: UNAUTHENTICATED with the reason ({e.code}: {e.message})")
+        check(c.attempts == 1, f"a refused certificate is not sent again ({c.attempts} tries)")
+    c.close()
+
+
 def main():
     check(retryable("upsert", 107) and retryable("query", 102) and retryable("get", 14),
           "idempotent requests retry on 14, 102, 107")
@@ -154,6 +170,7 @@ def main():
     except ConnectionLost:
         check(c.attempts == 1, "train is not sent again after an unknown outcome")
     rate_limited(c, name)
+    refused_certificate()
     c.call_retry(delete_index=pb.DeleteIndexRequest(name=name, confirm_id=info.id))
     c.close()
     print(f"python retry helper: {checks} checks passed")
