@@ -125,6 +125,16 @@ bool app_policy_sees(app_policy *h, const char *principal, const char *index)
     return ok;
 }
 
+bool app_policy_issuer_ok(app_policy *h, const char *principal, const uint8_t issuer[32])
+{
+    if (!h)
+        return true;
+    pthread_rwlock_rdlock(&h->lock);
+    bool ok = pol_issuer_ok(h->p, principal, issuer);
+    pthread_rwlock_unlock(&h->lock);
+    return ok;
+}
+
 void app_policy_limits(app_policy *h, const char *principal, pol_limits *out)
 {
     if (!h) {

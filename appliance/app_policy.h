@@ -42,6 +42,9 @@ CDX_MUST_CHECK cdx_err app_policy_reload(app_policy *h, const app_config *cfg);
 bool app_policy_allows(app_policy *h, const char *principal, pol_need need, const char *index);
 bool app_policy_sees(app_policy *h, const char *principal, const char *index);
 
+/* pol_issuer_ok on the policy in force (h NULL: true). */
+bool app_policy_issuer_ok(app_policy *h, const char *principal, const uint8_t issuer[32]);
+
 /* pol_limits_of on the policy in force (h NULL: no limits). */
 void app_policy_limits(app_policy *h, const char *principal, pol_limits *out);
 

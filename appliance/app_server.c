@@ -23,7 +23,9 @@
 
 #include "app_addr.h"
 #include "app_flow.h"
+#include "app_policy.h"
 #include "app_tls.h"
+#include "cdx_hex.h"
 #include "cdx_log.h"
 #include "wire_frame.h"
 #include "wire_msg.h"
@@ -53,7 +55,7 @@ struct conn {
     struct event *tick;
     app_flow flow;
     wire_dec *dec;
-    char principal[CDX_PRINCIPAL_MAX + 1];
+    char principal[CDX_PRINCIPAL_MAX + 9]; /* room for "unbound:" (a principal from the wrong CA) */
     char peer[64];
     uint8_t src[16]; /* source address (IPv4 in the first 4 bytes): the per-source cap */
     uint8_t src_len;
@@ -450,6 +452,22 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
             cdx_log(CDX_LOG_WARN, "tls_refused", "peer=%s reason=principal", c->peer);
             conn_close(c, "principal");
             return;
+        }
+        /* A principal the policy binds to a CA ([ca] sections) is only itself from that CA:
+         * from another CA in client_ca it becomes "unbound:...", which no grant names. */
+        uint8_t issuer[32];
+        bool have_issuer = app_tls_issuer_sha256(ssl, issuer) == CDX_OK;
+        if (!app_policy_issuer_ok(s->env ? s->env->policy : NULL, c->principal,
+                                  have_issuer ? issuer : NULL)) {
+            char fp[65];
+            cdx_hex_encode(issuer, have_issuer ? 32 : 0, fp);
+            cdx_log(CDX_LOG_WARN, "principal_wrong_issuer",
+                    "peer=%s principal=\"%s\" issuer_sha256=%s msg=\"the policy accepts this "
+                    "principal only from the CAs its [ca] sections name\"",
+                    c->peer, c->principal, have_issuer ? fp : "-");
+            char bound[sizeof(c->principal)];
+            snprintf(bound, sizeof(bound), "unbound:%.*s", CDX_PRINCIPAL_MAX, c->principal);
+            memcpy(c->principal, bound, sizeof(bound));
         }
         c->handshaken = true;
         hs_remove(s, c);

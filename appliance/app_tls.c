@@ -649,8 +649,7 @@ cdx_err app_tls_principal_x509(X509 *x, char *out, size_t cap)
     }
     if (uri)
         e = take_name(ASN1_STRING_get0_data(uri->d.uniformResourceIdentifier),
-                      ASN1_STRING_length(uri->d.uniformResourceIdentifier), "URI SAN", "uri:",
-                      out);
+                      ASN1_STRING_length(uri->d.uniformResourceIdentifier), "URI SAN", "uri:", out);
     else if (dns)
         e = take_name(ASN1_STRING_get0_data(dns->d.dNSName), ASN1_STRING_length(dns->d.dNSName),
                       "DNS SAN", "dns:", out);
@@ -660,6 +659,23 @@ cdx_err app_tls_principal_x509(X509 *x, char *out, size_t cap)
     if (e)
         out[0] = '\0';
     return e;
+}
+
+cdx_err app_tls_issuer_sha256(SSL *ssl, uint8_t out[32])
+{
+    STACK_OF(X509) *chain = ssl ? SSL_get0_verified_chain(ssl) : NULL;
+    int n = chain ? sk_X509_num(chain) : 0;
+    if (n < 1)
+        return cdx_fail(CDX_ERR_UNAUTHENTICATED, "no verified client certificate chain");
+    X509 *ca = sk_X509_value(chain, n > 1 ? 1 : 0);
+    unsigned len = 0;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    if (!X509_digest(ca, EVP_sha256(), md, &len) || len != 32) {
+        ERR_clear_error();
+        return cdx_fail(CDX_ERR_UNAUTHENTICATED, "cannot fingerprint the issuing CA");
+    }
+    memcpy(out, md, 32);
+    return CDX_OK;
 }
 
 cdx_err app_tls_principal(SSL *ssl, char *out, size_t cap)

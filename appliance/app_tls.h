@@ -89,6 +89,14 @@ SSL *app_tls_ssl_new(app_tls *t);
 cdx_err app_tls_principal(SSL *ssl, char *out, size_t cap);
 
 /*
+ * The SHA-256 fingerprint of the CA certificate that issued the verified
+ * client certificate of a completed handshake (the second certificate of
+ * the verified chain; the client's own when it is trusted directly).
+ * Errors: CDX_ERR_UNAUTHENTICATED (no verified chain).
+ */
+cdx_err app_tls_issuer_sha256(SSL *ssl, uint8_t out[32]);
+
+/*
  * The same rules applied to a certificate (used by the handshake's verify
  * callback, so a connection without a usable principal never completes).
  * Errors: as app_tls_principal, except that verification is not checked.

@@ -39,7 +39,19 @@ typedef struct limsec {
     unsigned set;
 } limsec;
 
+/* A [ca NAME] section: principals (or roles) valid only from the CA of this fingerprint. */
+typedef struct casec {
+    char name[CDX_INDEX_NAME_MAX + 1];
+    uint8_t sha256[32];
+    bool have_sha;
+    subj *who;
+    size_t nwho, capwho;
+    unsigned line;
+} casec;
+
 struct pol_policy {
+    casec *cas;
+    size_t ncas;
     limsec *lims;
     size_t nlims;
     rule *rules;
@@ -52,7 +64,7 @@ struct pol_policy {
 
 struct pol_builder {
     pol_policy p;
-    size_t caprules, capadmins, capops, caplims;
+    size_t caprules, capadmins, capops, caplims, capcas;
 };
 
 const char *pol_need_name(pol_need n)
@@ -85,6 +97,9 @@ static void policy_clear(pol_policy *p)
     free(p->roles);
     free(p->rules);
     free(p->lims);
+    for (size_t i = 0; i < p->ncas; i++)
+        free(p->cas[i].who);
+    free(p->cas);
     free(p->admins);
     free(p->operators);
     memset(p, 0, sizeof(*p));
@@ -340,6 +355,83 @@ static cdx_err limits_key(pol_builder *b, unsigned line, const char *name, const
     return err;
 }
 
+/* 64 hex digits, optionally in pairs separated by ':' (as `openssl x509 -fingerprint`). */
+static cdx_err parse_sha256(const char *v, uint8_t out[32])
+{
+    size_t n = 0;
+    for (const char *s = v; *s; s++) {
+        if (*s == ':')
+            continue;
+        int d = *s >= '0' && *s <= '9'   ? *s - '0'
+                : *s >= 'a' && *s <= 'f' ? *s - 'a' + 10
+                : *s >= 'A' && *s <= 'F' ? *s - 'A' + 10
+                                         : -1;
+        if (d < 0 || n >= 64)
+            return cdx_fail(CDX_ERR_CONFIG,
+                            "sha256: `%.80s` is not a SHA-256 fingerprint (64 hex digits, `:` "
+                            "between pairs allowed; `openssl x509 -noout -fingerprint -sha256`)",
+                            v);
+        if (n % 2 == 0)
+            out[n / 2] = (uint8_t)(d << 4);
+        else
+            out[n / 2] |= (uint8_t)d;
+        n++;
+    }
+    if (n != 64)
+        return cdx_fail(CDX_ERR_CONFIG, "sha256: `%.80s` has %zu hex digits, need 64", v, n);
+    return CDX_OK;
+}
+
+struct ca_arg {
+    casec *c;
+    unsigned line;
+};
+
+static cdx_err add_ca_subject(pol_builder *b, void *arg, const char *item)
+{
+    (void)b;
+    struct ca_arg *a = arg;
+    cdx_err err = grow((void **)&a->c->who, a->c->nwho, &a->c->capwho, sizeof(subj),
+                       CDX_POLICY_SUBJECTS_MAX, "principals in a [ca] section");
+    if (!err)
+        err = parse_subject(item, a->line, &a->c->who[a->c->nwho]);
+    if (!err)
+        a->c->nwho++;
+    return err;
+}
+
+static cdx_err ca_key(pol_builder *b, unsigned line, const char *name, const char *key,
+                      const char *value)
+{
+    pol_policy *p = &b->p;
+    cdx_err err = check_name("ca", name, false);
+    if (err)
+        return err;
+    casec *c = NULL;
+    for (size_t i = 0; i < p->ncas; i++)
+        if (!strcmp(p->cas[i].name, name))
+            c = &p->cas[i];
+    if (!c) {
+        if ((err = grow((void **)&p->cas, p->ncas, &b->capcas, sizeof(casec), CDX_POLICY_ROLES_MAX,
+                        "[ca] sections")))
+            return err;
+        c = &p->cas[p->ncas++];
+        memset(c, 0, sizeof(*c));
+        snprintf(c->name, sizeof(c->name), "%s", name);
+        c->line = line;
+    }
+    if (!strcmp(key, "sha256")) {
+        if ((err = parse_sha256(value, c->sha256)))
+            return err;
+        c->have_sha = true;
+        return CDX_OK;
+    }
+    if (!strcmp(key, "principals"))
+        return each_item(b, key, value, add_ca_subject, &(struct ca_arg){c, line});
+    return cdx_fail(CDX_ERR_CONFIG, "[ca %s] has no key `%s` (known: sha256, principals)", name,
+                    key);
+}
+
 cdx_err pol_builder_key(pol_builder *b, unsigned line, const char *section, const char *key,
                         const char *value)
 {
@@ -392,9 +484,11 @@ cdx_err pol_builder_key(pol_builder *b, unsigned line, const char *section, cons
     }
     if (!strncmp(section, "limits ", 7))
         return limits_key(b, line, section + 7, key, value);
+    if (!strncmp(section, "ca ", 3))
+        return ca_key(b, line, section + 3, key, value);
     return cdx_fail(CDX_ERR_CONFIG,
                     "unknown section [%s] (known: [appliance], [role NAME], [index PATTERN], "
-                    "[limits NAME])",
+                    "[limits NAME], [ca NAME])",
                     section);
 }
 
@@ -432,6 +526,13 @@ cdx_err pol_builder_finish(pol_builder *b, pol_policy **out)
     for (size_t i = 0; !err && i < p->nlims; i++)
         if (!p->lims[i].is_default)
             err = resolve(p, &p->lims[i].s);
+    for (size_t i = 0; !err && i < p->ncas; i++) {
+        if (!p->cas[i].have_sha)
+            err = cdx_fail(CDX_ERR_CONFIG, "line %u: [ca %s] has no sha256", p->cas[i].line,
+                           p->cas[i].name);
+        for (size_t j = 0; !err && j < p->cas[i].nwho; j++)
+            err = resolve(p, &p->cas[i].who[j]);
+    }
     if (!err && !(*out = malloc(sizeof(**out))))
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     if (err) {
@@ -501,6 +602,22 @@ bool pol_sees(const pol_policy *p, const char *principal, const char *index)
         return false;
     return listed(p, p->admins, p->nadmins, principal) ||
            listed(p, p->operators, p->noperators, principal) || perms_on(p, principal, index) != 0;
+}
+
+bool pol_issuer_ok(const pol_policy *p, const char *principal, const uint8_t issuer[32])
+{
+    if (!p || !principal)
+        return true;
+    bool bound = false;
+    for (size_t i = 0; i < p->ncas; i++) {
+        const casec *c = &p->cas[i];
+        if (!listed(p, c->who, c->nwho, principal))
+            continue;
+        if (issuer && !memcmp(c->sha256, issuer, 32))
+            return true;
+        bound = true;
+    }
+    return !bound;
 }
 
 /* The more generous of two limits: 0 (unlimited) wins, else the larger. */

@@ -17,6 +17,10 @@
  *   write = role:app-a
  *   admin = uri:spiffe://corp/team-a-admin
  *
+ *   [ca corp-clients]                          ; principals only valid from this CA
+ *   sha256 = 3f:a1:...                         ; the CA certificate's SHA-256 fingerprint
+ *   principals = uri:spiffe://corp/ops, role:app-a
+ *
  *   [limits default]                           ; or [limits role:NAME], [limits uri:...]
  *   requests_per_second = 200
  *   burst = 400
@@ -100,6 +104,14 @@ bool pol_allows(const pol_policy *p, const char *principal, pol_need need, const
  * permission on it, or is an operator or appliance admin.
  */
 bool pol_sees(const pol_policy *p, const char *principal, const char *index);
+
+/*
+ * Is `principal`, whose certificate was issued by the CA with SHA-256
+ * fingerprint `issuer` (NULL: unknown, e.g. insecure mode), itself? True when
+ * no [ca] section names it, or one that names it has this fingerprint
+ * (review M1: all CAs in client_ca are otherwise equal).
+ */
+bool pol_issuer_ok(const pol_policy *p, const char *principal, const uint8_t issuer[32]);
 
 /* One principal's limits (0: unlimited). */
 typedef struct pol_limits {

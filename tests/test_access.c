@@ -17,6 +17,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include "app_client.h"
 #include "cdx_hex.h"
 #include "fx_cunit.h"
@@ -27,7 +31,8 @@
 #include "fx_tmp.h"
 
 static fx_stack S = FX_STACK_INIT;
-static const fx_cert *app_a, *app_b, *reader, *ops, *cn_admin, *limited;
+static const fx_cert *app_a, *app_b, *reader, *ops, *cn_admin, *limited, *a_other_ca;
+static char policy_text[4096];
 static char log_path[4200], policy_path[4200];
 #define DIM 4
 
@@ -72,6 +77,43 @@ static void write_policy(const char *text)
     CU_ASSERT_FATAL(fclose(f) == 0);
 }
 
+/* out = a's bytes then b's. */
+static int concat(const char *out, const char *a, const char *b)
+{
+    FILE *o = fopen(out, "w");
+    if (!o)
+        return -1;
+    const char *in[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        FILE *f = fopen(in[i], "r");
+        char buf[4096];
+        size_t n;
+        if (!f)
+            return fclose(o), -1;
+        while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+            fwrite(buf, 1, n, o);
+        fclose(f);
+    }
+    return fclose(o) ? -1 : 0;
+}
+
+/* The SHA-256 fingerprint of the PEM certificate in path, as hex. */
+static int fingerprint(const char *path, char out[65])
+{
+    FILE *f = fopen(path, "r");
+    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    unsigned char md[32];
+    unsigned len = 0;
+    int ok = x && X509_digest(x, EVP_sha256(), md, &len) && len == 32;
+    X509_free(x);
+    if (!ok)
+        return -1;
+    cdx_hex_encode(md, 32, out);
+    return 0;
+}
+
 static int suite_init(void)
 {
     if (fx_stack_open(&S, "access", NULL))
@@ -83,11 +125,23 @@ static int suite_init(void)
     /* Review M1: no SAN, a CN that spells the admin's URI. */
     cn_admin = fx_pki_issue(S.pki, &(fx_cert_opts){.cn = "spiffe://test/admin"}, "cn-admin");
     limited = fx_pki_issue(S.pki, &(fx_cert_opts){.uri = "spiffe://test/limited"}, "limited");
-    if (!app_a || !app_b || !reader || !ops || !cn_admin || !limited)
+    /* app-a's name from the second CA, which the daemon also trusts for clients */
+    a_other_ca =
+        fx_pki_issue(S.pki, &(fx_cert_opts){.uri = "spiffe://test/app-a", .ca = 1}, "a-other");
+    if (!app_a || !app_b || !reader || !ops || !cn_admin || !limited || !a_other_ca)
         return -1;
+    char bundle[4200], fp[65];
+    snprintf(bundle, sizeof(bundle), "%s/clients-ca.pem", S.dir);
+    if (concat(bundle, fx_pki_ca(S.pki, 0), fx_pki_ca(S.pki, 1)) ||
+        fingerprint(fx_pki_ca(S.pki, 0), fp))
+        return -1;
+    /* team-a is itself only from the first CA (review M1's "bind to the issuing CA") */
+    snprintf(policy_text, sizeof(policy_text),
+             "%s[ca clients]\nsha256 = %s\nprincipals = role:team-a\n", POLICY, fp);
     if (fx_stack_write_conf(&S, &(fx_stack_conf){.server = "workers = 2\n",
-                                                 .policy = POLICY,
-                                                 .soft_token_degrades = true}))
+                                                 .policy = policy_text,
+                                                 .soft_token_degrades = true,
+                                                 .client_ca = bundle}))
         return -1;
     snprintf(policy_path, sizeof(policy_path), "%s/policy.ini", S.dir);
     /* The daemon's log into a file (its stderr is ours while it is spawned). */
@@ -348,14 +402,30 @@ static void test_rate_limit(void)
     app_client_free(r);
 }
 
+/* A principal bound to a CA, presented by a certificate from another trusted CA: not itself. */
+static void test_issuer_binding(void)
+{
+    app_client *x = client_as(a_other_ca), *a = client_as(app_a);
+    CU_ASSERT_FATAL(x && a);
+    CU_ASSERT_EQUAL(describe(a, "a-1", NULL), CDX_OK);
+    CU_ASSERT_EQUAL(describe(x, "a-1", NULL), CDX_ERR_PERMISSION_DENIED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "unbound:uri:spiffe://test/app-a"));
+    CU_ASSERT_EQUAL(upsert(x, "a-1", "planted"), CDX_ERR_PERMISSION_DENIED);
+    char names[256];
+    listed(x, names, sizeof(names));
+    CU_ASSERT_STRING_EQUAL(names, "");
+    app_client_free(x);
+    app_client_free(a);
+}
+
 /* SIGHUP: a new policy is in force at once; a bad one keeps the old, /healthz says why. */
 static void test_reload(void)
 {
     app_client *b = client_as(app_b);
     CU_ASSERT_PTR_NOT_NULL_FATAL(b);
     CU_ASSERT_EQUAL(query(b, "a-1"), CDX_ERR_PERMISSION_DENIED);
-    char text[2048];
-    snprintf(text, sizeof(text), "%s[index a-1]\nread = uri:spiffe://test/app-b\n", POLICY);
+    char text[sizeof(policy_text) + 128];
+    snprintf(text, sizeof(text), "%s[index a-1]\nread = uri:spiffe://test/app-b\n", policy_text);
     write_policy(text);
     CU_ASSERT_EQUAL_FATAL(kill(S.d.pid, SIGHUP), 0);
     CU_ASSERT_FATAL(fx_notify_wait(S.d.notify_fd, "READY=1", 30, NULL, 0) == 0);
@@ -389,7 +459,7 @@ static void test_reload(void)
     wire_response_free(w);
 
     /* Back to the original: health clean again. */
-    write_policy(POLICY);
+    write_policy(policy_text);
     CU_ASSERT_EQUAL_FATAL(kill(S.d.pid, SIGHUP), 0);
     CU_ASSERT_FATAL(fx_notify_wait(S.d.notify_fd, "READY=1", 30, NULL, 0) == 0);
     CU_ASSERT_EQUAL(query(b, "a-1"), CDX_ERR_PERMISSION_DENIED);
@@ -402,6 +472,7 @@ int main(void)
         {"every principal x every operation; M1; tenants apart; index list", test_matrix},
         {"refusals logged with principal, op, index id, request id", test_refusal_log},
         {"[limits]: RATE_LIMITED with a retry hint, per principal", test_rate_limit},
+        {"[ca]: a principal from another trusted CA is not itself", test_issuer_binding},
         {"SIGHUP reload: good applies, bad keeps the old and degrades health", test_reload},
     };
     static const fx_suite suite = {.name = "access",

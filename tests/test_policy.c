@@ -221,6 +221,52 @@ static void test_limits(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "role:ghost is not defined"));
 }
 
+/* [ca]: principals only valid from one CA (review M1's "bind to the issuing CA"). */
+static void test_ca_binding(void)
+{
+    static const char *const keys[] = {
+        "role app|members|uri:spiffe://corp/app",
+        "ca corp|sha256|"
+        "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:aa:bb:cc:"
+        "dd:ee:ff",
+        "ca corp|principals|uri:spiffe://corp/admin, role:app",
+        "ca partner|sha256|ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100",
+        "ca partner|principals|uri:spiffe://corp/admin",
+    };
+    pol_policy *p = NULL;
+    CU_ASSERT_EQUAL_FATAL(build(keys, FX_LEN(keys), &p), CDX_OK);
+    uint8_t corp[32], partner[32], other[32];
+    for (int i = 0; i < 32; i++) {
+        corp[i] = (uint8_t)((i % 16) * 0x11);
+        partner[i] = (uint8_t)(0xff - corp[i]);
+        other[i] = 0x42;
+    }
+    CU_ASSERT_TRUE(pol_issuer_ok(p, "uri:spiffe://corp/admin", corp));
+    CU_ASSERT_TRUE(pol_issuer_ok(p, "uri:spiffe://corp/admin", partner)); /* either of its CAs */
+    CU_ASSERT_FALSE(pol_issuer_ok(p, "uri:spiffe://corp/admin", other));
+    CU_ASSERT_FALSE(pol_issuer_ok(p, "uri:spiffe://corp/admin", NULL));
+    CU_ASSERT_TRUE(pol_issuer_ok(p, "uri:spiffe://corp/app", corp)); /* through its role */
+    CU_ASSERT_FALSE(pol_issuer_ok(p, "uri:spiffe://corp/app", partner));
+    CU_ASSERT_TRUE(pol_issuer_ok(p, "uri:spiffe://corp/free", other)); /* bound to nothing */
+    pol_policy_free(p);
+    static const struct {
+        const char *key, *want;
+    } bad[] = {
+        {"ca x|sha256|0011", "has 4 hex digits, need 64"},
+        {"ca x|sha256|zz", "is not a SHA-256 fingerprint"},
+        {"ca x|issuer|a", "has no key `issuer`"},
+        {"ca x|principals|spiffe://untyped", "has no type"},
+    };
+    for (size_t i = 0; i < FX_LEN(bad); i++) {
+        const char *k[] = {bad[i].key};
+        CU_ASSERT_EQUAL(build(k, 1, &p), CDX_ERR_CONFIG);
+        CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), bad[i].want));
+    }
+    const char *nosha[] = {"ca x|principals|uri:a"};
+    CU_ASSERT_EQUAL(build(nosha, 1, &p), CDX_ERR_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cdx_err_detail(), "line 1: [ca x] has no sha256"));
+}
+
 /* The token buckets and the concurrency cap, on a clock the test drives. */
 static void test_ratelimit(void)
 {
@@ -338,6 +384,7 @@ int main(void)
         {"policy file: file:line errors, reload keeps the old policy", test_policy_file},
         {"[limits]: default, role, principal, most generous; bad values", test_limits},
         {"rate limiter: buckets, concurrency, hints, per principal", test_ratelimit},
+        {"[ca]: principals bound to their issuing CA", test_ca_binding},
     };
     static const fx_suite suite = {.name = "policy", .tests = tests, .ntests = FX_LEN(tests)};
     return fx_cunit_run(&suite, 1);
