@@ -135,6 +135,7 @@
 #define CDX_STATUS_MESSAGE_MAX   1024  /* bytes of a Status.message the server sends */
 #define CDX_VERSION_TEXT_MAX     64    /* HealthResponse.server_version */
 #define CDX_HEALTH_WARNINGS_MAX  8     /* HealthResponse.warnings: one per condition, few exist */
+#define CDX_HEALTHZ_PROBE_MS     1000  /* /healthz asks the token and the store at most this often */
 
 /* ---- vector files (appliance/app_vecs: CLI, demo, bench) ---- */
 #define CDX_VECS_DIM_MAX   65536u            /* dimensions per vector in a loaded file */
