@@ -60,9 +60,10 @@ target_compile_definitions(test_wire_roundtrip
 # Fuzz targets (tests/fuzz/) on fuzz_main.c, the shared replay driver: the wire layer, filter and
 # metadata JSON, the configuration loader, the record plaintext decoders, the sans-IO RESP reader
 # the Redis store reads bulk fetches with (engine/eng_redis_resp.c), the bounded reply callbacks
-# it gives hiredis' reader (engine/eng_redis_reply.c). Each writes its seeds and replays them.
+# it gives hiredis' reader (engine/eng_redis_reply.c), the access policy file and the audit
+# trail's lines (policy/). Each writes its seeds and replays them.
 # With CDX_LIBFUZZER (./run fuzz) the same targets are libFuzzer binaries instead.
-foreach(target wire filter ini codec resp redis_reply)
+foreach(target wire filter ini codec resp redis_reply policy)
   if(CDX_LIBFUZZER)
     add_executable(fuzz_${target} fuzz/fuzz_${target}.c)
     target_compile_definitions(fuzz_${target} PRIVATE CDX_LIBFUZZER)
@@ -77,6 +78,7 @@ foreach(target wire filter ini codec resp redis_reply)
 endforeach()
 target_link_libraries(fuzz_filter PRIVATE cdx_engine)
 target_link_libraries(fuzz_ini PRIVATE cdx_appconf)
+target_link_libraries(fuzz_policy PRIVATE cdx_appconf cdx_policy PkgConfig::OPENSSL)
 target_link_libraries(fuzz_codec PRIVATE cdx_engine)
 target_link_libraries(fuzz_redis_reply PRIVATE cdx_engine)
 target_link_libraries(fuzz_wire PRIVATE cdx_wire)
