@@ -182,6 +182,13 @@ static const cmd commands[] = {
      "as CKK_SHA256_HMAC, HMAC signing, refusing to make the key derivable), the\n"
      "attributes it reports, and the verdict: whether Cipherdex can run on it and what is\n"
      "missing. Exit status 1 when it cannot.\n"},
+    {"audit", "verify", "FILE", BIT(O_DEPLOYMENT_ID), BIT(O_DEPLOYMENT_ID), true,
+     app_hsmtool_audit_verify, "audit verify FILE --deployment-id HEX32",
+     "Check an audit trail offline: every record's MAC under the root key's audit subkey\n"
+     "(derived on the token), the sequence numbers and the chain of previous-record\n"
+     "hashes. Prints ok with the record and checkpoint counts, the last record and whether\n"
+     "the trail ends with a clean stop; or fails naming FILE:LINE and the first broken\n"
+     "record (edited, forged, deleted, inserted, reordered or spliced).\n"},
     {"root", "create", NULL, BIT(O_DEPLOYMENT_ID), BIT(O_DEPLOYMENT_ID), true,
      app_hsmtool_root_create, "root create --deployment-id HEX32",
      "Create the deployment's root key (label cipherdex-root, CKA_ID = deployment id) if\n"

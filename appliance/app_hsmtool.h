@@ -111,7 +111,8 @@ void app_hsmtool_json_error(cdx_err err, const char *detail, bool close);
 
 cdx_err app_hsmtool_tokens(ctx *x);
 cdx_err app_hsmtool_keys(ctx *x);
-cdx_err app_hsmtool_probe(ctx *x); /* app_hsmtool_probe.c */
+cdx_err app_hsmtool_probe(ctx *x);        /* app_hsmtool_probe.c */
+cdx_err app_hsmtool_audit_verify(ctx *x); /* app_hsmtool_audit.c */
 cdx_err app_hsmtool_root_create(ctx *x);
 cdx_err app_hsmtool_kek_create(ctx *x);
 cdx_err app_hsmtool_kek_import(ctx *x);

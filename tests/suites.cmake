@@ -1,6 +1,6 @@
 # One cdx_add_test() line per suite (a plain list; append yours).
 cdx_add_test(test_fixtures SOURCES test_fixtures.c LIBS cdx_base ${CMAKE_DL_LIBS})
-cdx_add_test(test_hsm_tool SOURCES test_hsm_tool.c LIBS cdx_base PkgConfig::OPENSSL)
+cdx_add_test(test_hsm_tool SOURCES test_hsm_tool.c LIBS cdx_policy cdx_pkcs11 cdx_base PkgConfig::OPENSSL)
 cdx_add_test(test_config SOURCES test_config.c LIBS cdx_appconf)
 # Typed principals and the access policy (policy/), the daemon's policy file (app_policy).
 cdx_add_test(test_policy SOURCES test_policy.c LIBS cdx_daemon cdx_appconf cdx_policy)

@@ -21,7 +21,12 @@
 
 #include "fx_softhsm.h"
 #include "fx_tmp.h"
+#include "cdx_hex.h"
 #include "fx_cunit.h"
+#include "fx_custody.h"
+#include "hsm_keys.h"
+#include "hsm_subkey.h"
+#include "pol_audit.h"
 
 #define OUT_CAP (256 * 1024)
 #define LABEL   "cdx-hsm-tool"
@@ -256,6 +261,64 @@ static void test_root_create(void)
     CU_ASSERT_STRING_EQUAL(status, "existing");
     CU_ASSERT_TRUE(json_get(out, "kcv", kcv2, sizeof(kcv2)));
     CU_ASSERT_STRING_EQUAL(kcv1, kcv2);
+}
+
+static cdx_err audit_mac(void *arg, const void *msg, size_t len, uint8_t mac[32])
+{
+    return hsm_subkey_hmac(arg, msg, len, mac);
+}
+
+/*
+ * audit verify: a trail MACed under the root key's audit subkey (derived here through custody,
+ * as the daemon will) verifies; an edited record is named by file:line; a trail MACed under
+ * another key fails at its first record.
+ */
+static void test_audit_verify(void)
+{
+    hsm_config cfg;
+    fx_hsm_config(tok, NULL, 0, &cfg);
+    hsm_custody *c = fx_custody_open(&cfg);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    hsm_key_ref root = {.kind = HSM_KEY_ROOT};
+    CU_ASSERT_EQUAL_FATAL(cdx_hex_decode(deploy_id, root.id, 16), 0);
+    hsm_subkey *sk = NULL;
+    CU_ASSERT_EQUAL_FATAL(hsm_subkey_get(c, &root, NULL, HSM_P_AUDIT, 0, &sk), CDX_OK);
+    char path[4096], trail[5 * POL_AUDIT_LINE_MAX];
+    path_in_dir(path, sizeof(path), "audit.log");
+    static const char *const bodies[] = {"kind=start", "kind=request op=query code=OK",
+                                         "kind=request op=get code=PERMISSION_DENIED",
+                                         "kind=checkpoint records=3", "kind=stop"};
+    pol_audit_pos pos = {0};
+    size_t n = 0;
+    for (size_t i = 0; i < 5; i++) {
+        size_t len = 0;
+        CU_ASSERT_EQUAL_FATAL(pol_audit_append(&pos, 1800000000000ull + i, bodies[i], audit_mac, sk,
+                                               trail + n, sizeof(trail) - n, &len),
+                              CDX_OK);
+        n += len;
+    }
+    hsm_subkey_release(sk);
+    hsm_custody_free(c);
+    CU_ASSERT_EQUAL_FATAL(write_file(path, trail, n), 0);
+    CU_ASSERT_EQUAL(run("--json", "audit", "verify", path, "--deployment-id", deploy_id), 0);
+    char v[64];
+    CU_ASSERT_TRUE(json_get(out, "status", v, sizeof(v)) && !strcmp(v, "ok"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"records\":5"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"clean_stop\":true"));
+    /* edited: record 3's code */
+    char *at = strstr(trail, "PERMISSION_DENIED");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+    memcpy(at, "OK_______________", 17);
+    CU_ASSERT_EQUAL_FATAL(write_file(path, trail, n), 0);
+    CU_ASSERT_NOT_EQUAL(run("audit", "verify", path, "--deployment-id", deploy_id), 0);
+    char want[4200];
+    snprintf(want, sizeof(want), "%s:3:", path);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, want));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "audit record 3 fails its MAC"));
+    /* a missing file is named */
+    CU_ASSERT_NOT_EQUAL(
+        run("audit", "verify", "/nonexistent/audit.log", "--deployment-id", deploy_id), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "/nonexistent/audit.log"));
 }
 
 static void test_kek_import(void)
@@ -693,6 +756,7 @@ int main(void)
         {"tokens", test_tokens},
         {"probe", test_probe},
         {"root create", test_root_create},
+        {"audit verify: ok, an edited record named, a missing file", test_audit_verify},
         {"kek import/create", test_kek_import},
         {"index generate", test_index_generate},
         {"index import", test_index_import},
