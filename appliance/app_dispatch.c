@@ -756,6 +756,34 @@ static void log_safe(char *s)
             *s = '?';
 }
 
+static bool name_char(char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
+}
+
+/*
+ * Replace every whole-word occurrence of `name` in s with "-": the reasons
+ * name the index the client sent (`name`, "index name: ..."), and the log
+ * has its id instead. Whole words only, so a short name does not eat into
+ * other words.
+ */
+static void mask_name(char *s, const char *name)
+{
+    size_t nl = name ? strlen(name) : 0;
+    if (nl == 0)
+        return;
+    for (char *at = s; (at = strstr(at, name)) != NULL;) {
+        if ((at > s && name_char(at[-1])) || name_char(at[nl])) {
+            at++;
+            continue;
+        }
+        *at = '-';
+        memmove(at + 1, at + nl, strlen(at + nl) + 1);
+        at++;
+    }
+}
+
 /*
  * The operational log line of a refusal: who, what, which index (by id:
  * index names are never logged), the request id, the code and the reason.
@@ -774,15 +802,7 @@ static void log_refusal(const app_dispatch_env *env, const char *principal, app_
         cdx_hex_encode(ii.id, CDX_ID_LEN, idhex);
     if (index && !strcmp(idhex, "-") && err == CDX_ERR_PERMISSION_DENIED)
         snprintf(idhex, sizeof(idhex), "none");
-    /* The reason quotes the index name the client sent as `name`: the log has the id. */
-    if (index && index[0] && strlen(index) < 200) {
-        char quoted[204], *at;
-        int ql = snprintf(quoted, sizeof(quoted), "`%s`", index);
-        while ((at = strstr(why, quoted)) != NULL) {
-            memcpy(at, "`-`", 3);
-            memmove(at + 3, at + ql, strlen(at + ql) + 1);
-        }
-    }
+    mask_name(why, index);
     log_safe(why);
     cdx_log(CDX_LOG_WARN, "request_refused",
             "principal=\"%s\" op=%s index_id=%s request_id=%llu code=%s msg=\"%s\"",
