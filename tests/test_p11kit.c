@@ -150,7 +150,30 @@ static int suite_init(void)
     char addr[4200];
     snprintf(addr, sizeof(addr), "unix:path=%s", sock);
     setenv("P11_KIT_SERVER_ADDRESS", addr, 1);
-    return server_start();
+    if (server_start())
+        return -1;
+    /* The socket can exist before the server exports the token: wait (bounded) until a
+     * client sees it, so the tests start from a server that is ready. */
+    char *uri = fx_token_uri(tok);
+    if (!uri)
+        return -1;
+    int64_t t0 = cdx_mono_ms();
+    size_t n = 0;
+    do {
+        hsm_token_info *ti = NULL;
+        n = 0;
+        if (hsm_token_list(P11KIT_CLIENT, NULL, uri, &ti, &n) != CDX_OK)
+            n = 0;
+        free(ti);
+        if (n == 0) {
+            struct timespec ts = {0, 20 * 1000000L}; /* poll interval, not synchronisation */
+            nanosleep(&ts, NULL);
+        }
+    } while (n == 0 && cdx_mono_ms() - t0 < SOCKET_WAIT_MS);
+    free(uri);
+    if (n == 0)
+        fprintf(stderr, "p11-kit server: the token is not visible after %d ms\n", SOCKET_WAIT_MS);
+    return n ? 0 : -1;
 }
 
 static int suite_clean(void)
