@@ -69,6 +69,15 @@ static const keydef keys[] = {
     {"maintenance", "interval_ms", T_U32, N(maint_interval_ms), CDX_MAINT_INTERVAL_MS_MAX},
     {"maintenance", "compact_segments", T_U32, N(maint_compact_segments),
      CDX_MAINT_COMPACT_SEGMENTS_MAX},
+    {"audit", "enabled", T_BOOL, N(audit_enabled), 0},
+    {"audit", "dir", T_STR, F(audit_dir), 0},
+    {"audit", "sync", T_SPECIAL, 0, 0, 0},
+    {"audit", "sync_interval_ms", T_U32, N(audit_sync_interval_ms), 60000},
+    {"audit", "checkpoint_s", T_U32, N(audit_checkpoint_s), 86400},
+    {"audit", "rotate_bytes", T_SIZE, N(audit_rotate_bytes), 1ull << 40},
+    {"audit", "on_failure", T_SPECIAL, 0, 0, 0},
+    {"audit", "syslog", T_BOOL, N(audit_syslog), 0},
+    {"audit", "index_names", T_BOOL, N(audit_index_names), 0},
     {"state", "dir", T_STR, F(state_dir), 0},
     {"log", "level", T_SPECIAL, 0, 0, 0},
     {"log", "format", T_SPECIAL, 0, 0, 0},
@@ -76,8 +85,9 @@ static const keydef keys[] = {
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
-static const char *const sections[] = {"server", "hsm",   "store", "keys",    "cache",
-                                       "engine", "state", "log",   "metrics", "maintenance"};
+static const char *const sections[] = {"server", "hsm",     "store",       "keys",
+                                       "cache",  "engine",  "state",       "log",
+                                       "audit",  "metrics", "maintenance"};
 
 void app_config_init(app_config *c)
 {
@@ -102,6 +112,10 @@ void app_config_init(app_config *c)
     c->maint_interval_ms = CDX_MAINT_INTERVAL_MS_DEFAULT;
     c->maint_compact_segments = CDX_MAINT_COMPACT_SEGMENTS_DEFAULT;
     snprintf(c->state_dir, sizeof(c->state_dir), "/var/lib/cipherdex");
+    c->audit_enabled = true;
+    c->audit_sync_interval_ms = CDX_AUDIT_SYNC_INTERVAL_MS_DEFAULT;
+    c->audit_checkpoint_s = CDX_AUDIT_CHECKPOINT_S_DEFAULT;
+    c->audit_rotate_bytes = CDX_AUDIT_ROTATE_BYTES_DEFAULT;
     c->log_level = CDX_LOG_INFO;
     snprintf(c->metrics_listen, sizeof(c->metrics_listen), "127.0.0.1:7701");
 }
@@ -201,6 +215,21 @@ static cdx_err set_special(load_ctx *l, unsigned line, const char *section, cons
             return err;
         c->hsm.subkey_ttl_ms = (uint32_t)n;
         l->ttl_line = line;
+        return CDX_OK;
+    }
+    if (!strcmp(key, "sync")) { /* [audit] */
+        static const char *const names[] = {"interval", "always", "none"};
+        for (int i = 0; i < 3; i++)
+            if (!strcmp(v, names[i])) {
+                c->audit_sync = i;
+                return CDX_OK;
+            }
+        return cdx_fail(CDX_ERR_CONFIG, "sync: `%s` is not interval, always or none", v);
+    }
+    if (!strcmp(key, "on_failure")) {
+        if (strcmp(v, "closed") && strcmp(v, "open"))
+            return cdx_fail(CDX_ERR_CONFIG, "on_failure: `%s` is not closed or open", v);
+        c->audit_fail_open = !strcmp(v, "open");
         return CDX_OK;
     }
     if (!strcmp(key, "level")) {
@@ -383,6 +412,12 @@ cdx_err app_config_check(const app_config *c)
                         CDX_MAINT_INTERVAL_MS_MIN);
     if (c->state_dir[0] != '/')
         return cdx_fail(CDX_ERR_CONFIG, "[state] dir must be an absolute path");
+    if (c->audit_dir[0] && c->audit_dir[0] != '/')
+        return cdx_fail(CDX_ERR_CONFIG, "[audit] dir must be an absolute path");
+    if (c->audit_sync_interval_ms < 10)
+        return cdx_fail(CDX_ERR_CONFIG, "[audit] sync_interval_ms must be at least 10");
+    if (c->audit_rotate_bytes && c->audit_rotate_bytes < 64 * 1024)
+        return cdx_fail(CDX_ERR_CONFIG, "[audit] rotate_bytes must be 0 (never) or at least 64 KiB");
     if (c->metrics_listen[0] && app_addr_split(c->metrics_listen, host, sizeof(host), &port))
         return addr_fail("[metrics] listen");
     return CDX_OK;

@@ -10,6 +10,7 @@
 #include <event2/thread.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,8 @@
 #include <unistd.h>
 
 #include "app_addr.h"
+#include "app_audit.h"
+#include "app_auditrec.h"
 #include "app_dispatch.h"
 #include "app_fdlimit.h"
 #include "app_http.h"
@@ -27,6 +30,8 @@
 #include "cdx_log.h"
 #include "eng_store.h"
 #include "hsm_custody.h"
+#include "hsm_keys.h"
+#include "hsm_subkey.h"
 #include "cdx_time.h"
 #include "eng_maint.h"
 
@@ -50,6 +55,9 @@ struct app_daemon {
     cdx_err probe_tok, probe_st;
     eng_durability probe_dur;
     app_ratelimit *rate; /* per-principal limits (the policy's [limits]) */
+    app_audit *audit;    /* the audit trail (NULL: [audit] enabled = no) */
+    hsm_subkey *audit_key; /* its MAC key: the root key's audit subkey, held while it runs */
+    bool ran;              /* reached the event loop: the stop record says a clean stop */
     bool soft_token;     /* the token is a software token (a warning in /healthz) */
     char token_model[52];
     struct event_base *base;
@@ -69,6 +77,8 @@ typedef struct probe_result {
     eng_durability dur; /* with st == CDX_OK */
     bool store_ok;      /* reachable with acceptable (or explicitly allowed) durability */
     size_t rollbacks;   /* indexes in rollback */
+    bool audit_down;    /* the trail cannot be written and fails closed: requests are refused */
+    const char *audit_state;
     char warn[CDX_HEALTH_WARNINGS_MAX][CDX_STATUS_MESSAGE_MAX / 2];
     size_t n_warn;
 } probe_result;
@@ -120,6 +130,18 @@ static void probe(app_daemon *d, probe_result *p, bool cached)
     if (perr[0])
         snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
                  "the last policy reload failed, the previous policy is in force: %.380s", perr);
+    app_audit_stats as;
+    app_audit_stats_get(d->audit, &as);
+    if (!d->audit)
+        snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
+                 "the audit trail is disabled ([audit] enabled = no): key use is not recorded");
+    else if (as.state == APP_AUDIT_FAILED_OPEN)
+        snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
+                 "the audit trail cannot be written and [audit] on_failure = open: requests are "
+                 "served unrecorded (%llu records lost so far): %.200s",
+                 (unsigned long long)as.lost, as.error);
+    p->audit_down = as.state == APP_AUDIT_FAILED;
+    p->audit_state = d->audit ? app_audit_state_name(as.state) : "off";
     p->rollbacks = eng_rollback_count(d->engine);
     if (p->rollbacks)
         snprintf(p->warn[p->n_warn++], sizeof(p->warn[0]),
@@ -143,7 +165,7 @@ static void health(void *arg, app_health *out)
     app_daemon *d = arg;
     probe_result p;
     probe(d, &p, true);
-    out->state = p.tok || !p.store_ok ? APP_HEALTH_DOWN
+    out->state = p.tok || !p.store_ok || p.audit_down ? APP_HEALTH_DOWN
                  : p.n_warn           ? APP_HEALTH_DEGRADED
                                       : APP_HEALTH_OK;
     char settings[sizeof(p.dur.settings)], w[sizeof(p.warn[0])];
@@ -151,13 +173,15 @@ static void health(void *arg, app_health *out)
     size_t n = (size_t)snprintf(
         out->detail, sizeof(out->detail),
         "\"token\":\"%s\",\"store\":\"%s\",\"store_kind\":\"%s\",\"durability\":\"%s\","
-        "\"indexes_in_rollback\":%zu,\"warnings\":[",
+        "\"audit\":\"%s\",\"audit_on_failure\":\"%s\",\"indexes_in_rollback\":%zu,"
+        "\"warnings\":[",
         p.tok ? cdx_err_name(p.tok) : "ok",
         p.st             ? cdx_err_name(p.st)
         : !p.store_ok    ? "unsafe-durability"
         : p.dur.degraded ? "degraded"
                          : "ok",
-        eng_store_kind(d->store), settings, p.rollbacks);
+        eng_store_kind(d->store), settings, p.audit_state,
+        d->cfg.audit_fail_open ? "open" : "closed", p.rollbacks);
     for (size_t i = 0; i < p.n_warn && n < sizeof(out->detail); i++) {
         json_text(w, sizeof(w), p.warn[i]);
         n +=
@@ -176,6 +200,10 @@ static void wire_health(void *arg, app_wire_health *out)
     out->token_ok = p.tok == CDX_OK;
     out->store_ok = p.store_ok;
     out->indexes_in_rollback = (uint32_t)p.rollbacks;
+    if (p.audit_down && p.n_warn < CDX_HEALTH_WARNINGS_MAX)
+        snprintf(p.warn[p.n_warn++], sizeof(p.warn[0]),
+                 "the audit trail cannot be written: requests are refused (AUDIT_UNAVAILABLE) "
+                 "until it can");
     for (size_t i = 0; i < p.n_warn; i++)
         snprintf(out->warnings[i], sizeof(out->warnings[i]), "%s", p.warn[i]);
     out->n_warnings = p.n_warn;
@@ -390,10 +418,85 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
         /* The policy as the file now says (and the admins list as the config now says); a bad
          * file keeps the old policy in force (logged, and in /healthz). */
         cdx_err perr = app_policy_reload(d->policy, &fresh);
+        char extra[64];
+        snprintf(extra, sizeof(extra), "result=%s tls=%s", perr ? "kept_previous" : "reloaded",
+                 d->tls ? (terr ? "kept" : "reloaded") : "none");
+        cdx_err aerr = app_auditrec_lifecycle(d->audit, "policy_reload", NULL, "signal:SIGHUP", 0,
+                                              extra);
+        if (aerr)
+            cdx_log(CDX_LOG_ERROR, "audit_reload_record", "code=%s msg=\"%s\"", cdx_err_name(aerr),
+                    cdx_err_detail());
         cdx_log(CDX_LOG_INFO, "reloaded", "log_level=%d tls=%s policy=%s", fresh.log_level,
                 d->tls ? (terr ? "kept" : "reloaded") : "none", perr ? "kept" : "reloaded");
     }
     sd_notify(0, "READY=1");
+}
+
+#ifndef CDX_VERSION
+#define CDX_VERSION "0.1.0"
+#endif
+
+/*
+ * The audit trail, before the engine starts using keys: the root key (made
+ * here if this is the deployment's first start, as the engine would), its
+ * audit subkey derived on the token and held while the daemon runs, the
+ * trail opened with a start record, and the key-use hook installed.
+ */
+static cdx_err open_audit(app_daemon *d)
+{
+    const app_config *cfg = &d->cfg;
+    uint8_t kcv[CDX_KCV_LEN];
+    bool created = false;
+    cdx_err err = hsm_root_key_ensure(d->custody, cfg->deployment_id, kcv, &created);
+    hsm_key_ref root = {.kind = HSM_KEY_ROOT};
+    memcpy(root.id, cfg->deployment_id, CDX_ID_LEN);
+    if (!err)
+        err = hsm_subkey_get(d->custody, &root, kcv, HSM_P_AUDIT, 0, &d->audit_key);
+    if (err)
+        return err;
+    char dir[APP_PATH_MAX + 16], dep[2 * CDX_ID_LEN + 1], man[33], model[17], serial[17];
+    char vman[100], vmodel[60], vserial[60];
+    if (cfg->audit_dir[0]) {
+        snprintf(dir, sizeof(dir), "%s", cfg->audit_dir);
+    } else {
+        (void)mkdir(cfg->state_dir, 0700); /* the engine would make it; the trail lives in it */
+        snprintf(dir, sizeof(dir), "%s/audit", cfg->state_dir);
+    }
+    cdx_hex_encode(cfg->deployment_id, CDX_ID_LEN, dep);
+    bool soft = false;
+    if (hsm_custody_token(d->custody, man, model, &soft) != CDX_OK)
+        snprintf(man, sizeof(man), "-"), snprintf(model, sizeof(model), "-");
+    hsm_custody_serial(d->custody, serial);
+    app_audit_value(vman, sizeof(vman), man);
+    app_audit_value(vmodel, sizeof(vmodel), model);
+    app_audit_value(vserial, sizeof(vserial), serial);
+    char start[700];
+    snprintf(start, sizeof(start),
+             "kind=start version=%s deployment_id=%s root_key=%s token_manufacturer=%s "
+             "token_model=%s token_serial=%s pid=%ld sync=%s on_failure=%s",
+             CDX_VERSION, dep, created ? "generated" : "found", vman, vmodel, vserial,
+             (long)getpid(),
+             cfg->audit_sync == APP_AUDIT_SYNC_ALWAYS ? "always"
+             : cfg->audit_sync == APP_AUDIT_SYNC_NONE ? "none"
+                                                      : "interval",
+             cfg->audit_fail_open ? "open" : "closed");
+    app_audit_config ac = {.dir = dir,
+                           .sync = (app_audit_sync)cfg->audit_sync,
+                           .interval_ms = cfg->audit_sync_interval_ms,
+                           .checkpoint_ms = cfg->audit_checkpoint_s * 1000u,
+                           .rotate_bytes = cfg->audit_rotate_bytes,
+                           .fail_open = cfg->audit_fail_open,
+                           .syslog = cfg->audit_syslog,
+                           .mac = app_auditrec_mac,
+                           .mac_arg = d->audit_key};
+    if ((err = app_audit_open(&ac, start, &d->audit)))
+        return err;
+    if (cfg->audit_fail_open)
+        cdx_log(CDX_LOG_WARN, "audit_fail_open",
+                "msg=\"[audit] on_failure = open: when the trail cannot be written, requests are "
+                "served unrecorded (announced in /healthz); the default refuses them\"");
+    hsm_custody_set_event_hook(d->custody, app_auditrec_key_event, d->audit);
+    return CDX_OK;
 }
 
 cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemon **out)
@@ -440,6 +543,8 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                     man, model);
         snprintf(d->token_model, sizeof(d->token_model), "%s %s", man, model);
     }
+    if (cfg->audit_enabled && (err = open_audit(d)))
+        goto fail;
     eng_config ec = {.custody = d->custody,
                      .store = d->store,
                      .state_dir = d->cfg.state_dir,
@@ -490,7 +595,9 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                                 .health_arg = d,
                                 .started_ms = cdx_mono_ms(),
                                 .policy = d->policy,
-                                .rate = d->rate};
+                                .rate = d->rate,
+                                .audit = d->audit,
+                                .audit_index_names = cfg->audit_index_names};
     if ((err = app_server_new(d->base, &d->cfg, d->tls, d->pool, &d->env, d->metrics, &d->server)))
         goto fail;
     d->env.budget = app_server_budget(d->server); /* before any request runs */
@@ -511,6 +618,7 @@ int app_daemon_run(app_daemon *d)
             d->server ? (unsigned)app_server_port(d->server) : 0u, d->tls ? "mutual" : "none",
             d->http ? (unsigned)app_http_port(d->http) : 0u);
     sd_notify(0, "READY=1");
+    d->ran = true;
     int rc = event_base_dispatch(d->base);
     /* Drain: the pool finishes every submitted job when it is freed (app_daemon_free). */
     return rc < 0 ? 1 : 0;
@@ -545,6 +653,9 @@ void app_daemon_free(app_daemon *d)
     eng_maint_stop(d->maint); /* before the engine it maintains */
     eng_free(d->engine);
     eng_store_free(d->store);
+    hsm_custody_set_event_hook(d->custody, NULL, NULL);
+    app_audit_close(d->audit, d->ran ? "kind=stop clean=yes" : "kind=stop clean=start_failed");
+    hsm_subkey_release(d->audit_key);
     hsm_custody_free(d->custody);
     app_tls_free(d->tls);
     app_policy_free(d->policy);

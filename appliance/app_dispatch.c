@@ -1,5 +1,6 @@
 /* One request frame in, one response frame out (see app_dispatch.h). */
 #include "app_dispatch.h"
+#include "app_auditrec.h"
 #include "app_policy.h"
 #include "app_ratelimit.h"
 
@@ -16,6 +17,7 @@
 #include "cdx_log.h"
 #include "cdx_time.h"
 #include "hsm_provenance.h"
+#include "hsm_subkey.h"
 #include "wire_alloc.h"
 #include "wire_msg.h"
 
@@ -810,6 +812,119 @@ static void log_refusal(const app_dispatch_env *env, const char *principal, app_
             cdx_err_name(err), why[0] ? why : cdx_strerror(err));
 }
 
+/* Items, ids or results the request carried, for its audit record. */
+static uint64_t audit_items(const Req *q, const Resp *r)
+{
+    switch (q->body_case) {
+    case CIPHERDEX__V1__REQUEST__BODY_UPSERT: return q->upsert->n_items;
+    case CIPHERDEX__V1__REQUEST__BODY_GET: return q->get->n_ids;
+    case CIPHERDEX__V1__REQUEST__BODY_DELETE: return q->delete_->n_ids;
+    case CIPHERDEX__V1__REQUEST__BODY_QUERY:
+        return r->body_case == CIPHERDEX__V1__RESPONSE__BODY_QUERY ? r->query->n_results : 0;
+    case CIPHERDEX__V1__REQUEST__BODY_LIST_IDS:
+        return r->body_case == CIPHERDEX__V1__RESPONSE__BODY_LIST_IDS ? r->list_ids->n_ids : 0;
+    default: return 0;
+    }
+}
+
+/* What the audit trail knows of one request before its record is written. */
+typedef struct audit_ctx {
+    const char *principal;
+    const wire_request *wr; /* NULL: undecodable */
+    const char *index;      /* the name the request gave (NULL: none) */
+    const uint8_t *index_id;
+    uint32_t epoch;
+    uint64_t rid, bytes_in, t0;
+    uint32_t keys_cache, keys_token;
+} audit_ctx;
+
+/* Lifecycle records of a successful create, delete_index or accept_rollback. */
+static cdx_err audit_lifecycle(const app_dispatch_env *env, const audit_ctx *x, const Req *q,
+                               const Resp *r)
+{
+    char extra[512];
+    switch (q->body_case) {
+    case CIPHERDEX__V1__REQUEST__BODY_CREATE_INDEX: {
+        const Cipherdex__V1__IndexInfo *ii = r->create_index->index;
+        const Cipherdex__V1__KeyProvenance *p = ii->key_provenance;
+        char kek[CDX_KEK_NAME_MAX * 3 + 4], serial[3 * 16 + 4];
+        char origin[64], born[16];
+        app_audit_value(kek, sizeof(kek), p ? wire_text(p->kek_name) : "-");
+        app_audit_value(serial, sizeof(serial), p ? wire_text(p->token_serial) : "-");
+        app_audit_value(origin, sizeof(origin), p ? wire_text(p->origin) : "-");
+        app_audit_value(born, sizeof(born), p ? wire_text(p->born_on_token) : "-");
+        snprintf(extra, sizeof(extra),
+                 "origin=%s kek=%s born_on_token=%s token_serial=%s copyable_not_enforced=%s",
+                 origin, kek, born, serial, p && p->copyable_not_enforced ? "yes" : "no");
+        return app_auditrec_lifecycle(env->audit, "create",
+                                      ii->id.len == CDX_ID_LEN ? ii->id.data : x->index_id,
+                                      x->principal, x->rid, extra);
+    }
+    case CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX:
+        return app_auditrec_lifecycle(env->audit, "delete", q->delete_index->confirm_id.data,
+                                      x->principal, x->rid, "key=destroyed_or_released");
+    case CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK:
+        snprintf(extra, sizeof(extra), "previous_version=%llu version=%llu",
+                 (unsigned long long)r->accept_rollback->previous_version,
+                 (unsigned long long)r->accept_rollback->version);
+        return app_auditrec_lifecycle(env->audit, "accept_rollback", x->index_id, x->principal,
+                                      x->rid, extra);
+    default: return CDX_OK;
+    }
+}
+
+/*
+ * The request's audit record (and its lifecycle record). When it cannot be
+ * written (fail closed), the answer becomes CDX_ERR_AUDIT_UNAVAILABLE: no
+ * result leaves without its record. Returns true when it replaced the answer.
+ */
+static bool audit_request(const app_dispatch_env *env, const audit_ctx *x, const Resp *r,
+                          cdx_err err, app_dispatch_result *res)
+{
+    const Req *q = x->wr ? wire_request_msg(x->wr) : NULL;
+    const uint8_t *id = x->index_id;
+    if (!id && q && r->body_case == CIPHERDEX__V1__RESPONSE__BODY_DESCRIBE_INDEX &&
+        r->describe_index->index && r->describe_index->index->id.len == CDX_ID_LEN)
+        id = r->describe_index->index->id.data;
+    if (!id && q && q->body_case == CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX &&
+        q->delete_index->confirm_id.len == CDX_ID_LEN)
+        id = q->delete_index->confirm_id.data;
+    audit_ctx lx = *x;
+    lx.index_id = id;
+    cdx_err aerr = CDX_OK;
+    if (!err && q)
+        aerr = audit_lifecycle(env, &lx, q, r);
+    app_audit_req ar = {.op = app_op_name(res->op),
+                        .principal = x->principal,
+                        .index_id = id,
+                        .index_name = env->audit_index_names ? x->index : NULL,
+                        .items = q ? audit_items(q, r) : 0,
+                        .epoch = x->epoch,
+                        .code = (int)err,
+                        .request_id = x->rid,
+                        .bytes_in = x->bytes_in,
+                        .bytes_out = res->len,
+                        .keys_cache = x->keys_cache,
+                        .keys_token = x->keys_token,
+                        .us = (cdx_mono_ns() - x->t0) / 1000};
+    if (!aerr)
+        aerr = app_auditrec_request(env->audit, &ar);
+    if (!aerr)
+        return false;
+    char why[300];
+    snprintf(why, sizeof(why),
+             "%s; the %s %s its audit record could not be written (fail closed)%s",
+             cdx_err_detail(), app_op_name(res->op), err ? "was refused, and" : "ran, but",
+             err ? "" : ": a write may have been applied, retry once the trail is back");
+    free(res->frame);
+    res->frame = NULL;
+    res->len = 0;
+    if (wire_response_error(x->rid, CDX_ERR_AUDIT_UNAVAILABLE, why, &res->frame, &res->len))
+        res->frame = NULL;
+    res->status = CDX_ERR_AUDIT_UNAVAILABLE;
+    return true;
+}
+
 /* Engine stage times of this request (this worker thread's share) into the histograms. */
 static void observe_stages(app_metrics *m)
 {
@@ -868,7 +983,13 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
             err = cdx_fail(CDX_ERR_INVALID_ARGUMENT, "request has no known body");
         else {
             res->op = d->op;
-            err = authorize(env, principal, d, index);
+            app_auditrec_thread_request(rid, principal);
+            /* Fail closed: nothing that must be audited runs while the trail cannot be
+             * written (health stays answerable: it touches no key and no data). */
+            if (d->op != APP_OP_HEALTH)
+                err = app_audit_check(env->audit);
+            if (!err)
+                err = authorize(env, principal, d, index);
             if (!err && env->budget) { /* answers are reserved as the engine builds them */
                 s.budget = env->budget;
                 eng_thread_mem_hook(mem_hook, &s);
@@ -891,6 +1012,11 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
         res->wipe_request = true; /* undecodable: it may have carried a key */
     }
     observe_stages(env->metrics);
+    uint32_t keys_cache = 0, keys_token = 0;
+    hsm_thread_keyuse(&keys_cache, &keys_token);
+    uint8_t ix_id[CDX_ID_LEN];
+    uint32_t ix_epoch = 0;
+    bool ix_known = eng_thread_index(ix_id, &ix_epoch);
     uint64_t t1 = cdx_mono_ns();
     r.request_id = rid;
     r.status = &st;
@@ -914,6 +1040,21 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
         if (wire_response_error(rid, perr, why, &res->frame, &res->len))
             res->frame = NULL;
     }
+    if (env->audit) {
+        audit_ctx ax = {.principal = principal,
+                        .wr = wr,
+                        .index = index,
+                        .index_id = ix_known && index ? ix_id : NULL, /* not catalog-wide */
+                        .epoch = ix_epoch,
+                        .rid = rid,
+                        .bytes_in = len,
+                        .t0 = t0,
+                        .keys_cache = keys_cache,
+                        .keys_token = keys_token};
+        if (audit_request(env, &ax, &r, err, res))
+            err = res->status;
+    }
+    app_auditrec_thread_request(0, NULL);
     res->status = err;
     if (refusal(err))
         log_refusal(env, principal, res->op, index, rid, err, refused_why);

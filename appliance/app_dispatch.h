@@ -65,6 +65,14 @@ typedef struct app_dispatch_env {
     struct app_policy *policy;
     /* Per-principal rate and concurrency limits (app_ratelimit.h); NULL: none. */
     struct app_ratelimit *rate;
+    /*
+     * The audit trail (app_audit.h); NULL: none. Every request is recorded
+     * once answered; while the trail cannot be written (fail closed) every
+     * request but health is refused with CDX_ERR_AUDIT_UNAVAILABLE, and an
+     * answer whose record cannot be written is replaced by that error.
+     */
+    struct app_audit *audit;
+    bool audit_index_names; /* records carry the index name besides its id */
 } app_dispatch_env;
 
 typedef struct app_dispatch_result {

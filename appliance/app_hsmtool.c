@@ -55,6 +55,7 @@ static const struct optdef {
     [O_KEK] = {"kek", true},
     [O_WRAPPED] = {"wrapped", true},
     [O_INIT_ARGS] = {"init-args", true},
+    [O_MAX_AGE] = {"max-age", true},
 };
 
 cdx_err app_hsmtool_usage(ctx *x, const char *fmt, ...)
@@ -182,13 +183,19 @@ static const cmd commands[] = {
      "as CKK_SHA256_HMAC, HMAC signing, refusing to make the key derivable), the\n"
      "attributes it reports, and the verdict: whether Cipherdex can run on it and what is\n"
      "missing. Exit status 1 when it cannot.\n"},
-    {"audit", "verify", "FILE", BIT(O_DEPLOYMENT_ID), BIT(O_DEPLOYMENT_ID), true,
-     app_hsmtool_audit_verify, "audit verify FILE --deployment-id HEX32",
+    {"audit", "verify", "PATH", BIT(O_DEPLOYMENT_ID) | BIT(O_MAX_AGE), BIT(O_DEPLOYMENT_ID),
+     true, app_hsmtool_audit_verify,
+     "audit verify FILE|DIR --deployment-id HEX32 [--max-age SECONDS]",
      "Check an audit trail offline: every record's MAC under the root key's audit subkey\n"
      "(derived on the token), the sequence numbers and the chain of previous-record\n"
-     "hashes. Prints ok with the record and checkpoint counts, the last record and whether\n"
-     "the trail ends with a clean stop; or fails naming FILE:LINE and the first broken\n"
-     "record (edited, forged, deleted, inserted, reordered or spliced).\n"},
+     "hashes. DIR is the trail's directory: its rotated files (audit-SEQ.log) and\n"
+     "audit.log are checked as one chain, in order. A trail whose first record is not\n"
+     "record 1 (older files archived) is checked from there (first_seq says where).\n"
+     "--max-age: the trail must end with a clean stop, or reach within SECONDS of now\n"
+     "(a running daemon writes a checkpoint every [audit] checkpoint_s): a cut tail fails.\n"
+     "Prints ok with the record and checkpoint counts, the last record and whether the\n"
+     "trail ends with a clean stop; or fails naming FILE:LINE and the first broken record\n"
+     "(edited, forged, deleted, inserted, reordered or spliced).\n"},
     {"root", "create", NULL, BIT(O_DEPLOYMENT_ID), BIT(O_DEPLOYMENT_ID), true,
      app_hsmtool_root_create, "root create --deployment-id HEX32",
      "Create the deployment's root key (label cipherdex-root, CKA_ID = deployment id) if\n"

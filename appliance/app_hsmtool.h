@@ -35,6 +35,7 @@ enum {
     O_KEK,
     O_WRAPPED,
     O_INIT_ARGS,
+    O_MAX_AGE,
     O_COUNT
 };
 

@@ -21,6 +21,19 @@
 /* Per-thread stage time, for callers attributing one request's stages (eng_thread_stages). */
 _Thread_local uint64_t eng_tl_stage[ENG_STAGE_COUNT];
 
+/* The index this thread last opened an op on (eng_thread_index). */
+_Thread_local uint8_t eng_tl_index[CDX_ID_LEN];
+_Thread_local bool eng_tl_index_set;
+
+bool eng_thread_index(uint8_t id[CDX_ID_LEN], uint32_t *epoch)
+{
+    bool set = eng_tl_index_set;
+    memcpy(id, eng_tl_index, CDX_ID_LEN);
+    *epoch = 0; /* one key epoch per index until key rotation lands */
+    eng_tl_index_set = false;
+    return set;
+}
+
 void eng_thread_stages(uint64_t out[ENG_STAGE_COUNT])
 {
     memcpy(out, eng_tl_stage, sizeof(eng_tl_stage));

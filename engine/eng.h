@@ -452,6 +452,13 @@ typedef enum eng_stage {
  */
 void eng_thread_stages(uint64_t out[ENG_STAGE_COUNT]);
 
+/*
+ * The index the calling thread last operated on since its last call (then
+ * reset): its id and key epoch. False when it touched none (a refused or
+ * catalog-wide request). Lets the audit trail name a request's index by id.
+ */
+bool eng_thread_index(uint8_t id[CDX_ID_LEN], uint32_t *epoch);
+
 /* Test hooks: called before every commit with the index id (may block). */
 typedef void (*eng_commit_hook)(void *arg, const uint8_t index_id[CDX_ID_LEN]);
 /* Set (fn NULL: clear) the commit hook; set it before operations start (not synchronised). */

@@ -105,6 +105,8 @@ typedef struct op {
 
 /* Per-thread stage time, for callers attributing one request's stages (eng_thread_stages). */
 extern _Thread_local uint64_t eng_tl_stage[ENG_STAGE_COUNT];
+extern _Thread_local uint8_t eng_tl_index[CDX_ID_LEN];
+extern _Thread_local bool eng_tl_index_set;
 
 /* Add ns to a global stage counter and to this thread's share. Thread-safe. */
 static inline void eng_stage_add(atomic_uint_fast64_t *global, eng_stage st, uint64_t ns)

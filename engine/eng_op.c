@@ -125,6 +125,8 @@ void eng_op_index(eng *e, struct idx *ix, op *o)
     o->key.kind = HSM_KEY_INDEX;
     memcpy(o->key.id, ix->id, CDX_ID_LEN);
     memcpy(o->kcv, ix->cat.kcv, CDX_KCV_LEN);
+    memcpy(eng_tl_index, ix->id, CDX_ID_LEN);
+    eng_tl_index_set = true;
 }
 
 /* Resolve `name` and start an operation on it. */

@@ -384,6 +384,8 @@ static cdx_err connect_locked(hsm_custody *c, bool initial)
     }
     atomic_fetch_add(&c->logins, 1);
     rv = c->f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)c->pin, c->pin_len);
+    hsm_emit(c, HSM_EV_LOGIN, 0, NULL, 0, -1,
+             rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN ? CDX_OK : hsm_ckr_code(rv));
     if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
         err = hsm_ckr_fail(rv, "C_Login");
         if (hsm_ckr_pin_fatal(rv))
@@ -444,11 +446,13 @@ static cdx_err recover(hsm_custody *c, uint64_t seen_gen)
         }
         cdx_log(CDX_LOG_ERROR, "hsm_recover_failed", "code=%s backoff_ms=%u", cdx_err_name(err),
                 c->backoff_ms);
+        hsm_emit(c, HSM_EV_RECOVER, 0, NULL, 0, -1, err);
         goto out;
     }
     c->backoff_ms = CDX_RELOGIN_BACKOFF_MIN_MS;
     c->next_try_ms = 0;
     atomic_fetch_add(&c->recoveries, 1);
+    hsm_emit(c, HSM_EV_RECOVER, 0, NULL, 0, -1, CDX_OK);
     cdx_log(CDX_LOG_INFO, "hsm_recovered", "generation=%llu", (unsigned long long)c->gen);
 out:
     pthread_rwlock_unlock(&c->lock);
@@ -688,6 +692,43 @@ void hsm_custody_stats(hsm_custody *c, hsm_stats *out)
     out->cached_subkeys = hsm_subcache_count(c);
 }
 
+const char *hsm_event_name(hsm_event_kind k)
+{
+    switch (k) {
+    case HSM_EV_DERIVE: return "derive";
+    case HSM_EV_LOGIN: return "login";
+    case HSM_EV_RECOVER: return "recover";
+    case HSM_EV_GENERATE: return "generate";
+    case HSM_EV_UNWRAP: return "unwrap";
+    case HSM_EV_IMPORT: return "import";
+    case HSM_EV_ADOPT: return "adopt";
+    case HSM_EV_DESTROY: return "destroy";
+    }
+    return "unknown";
+}
+
+void hsm_custody_set_event_hook(hsm_custody *c, hsm_event_fn fn, void *arg)
+{
+    if (!c)
+        return;
+    c->ev_fn = fn;
+    c->ev_arg = arg;
+}
+
+void hsm_emit(hsm_custody *c, hsm_event_kind kind, int key_kind, const uint8_t *key_id,
+              int purpose, int kcv, cdx_err result)
+{
+    if (!c || !c->ev_fn)
+        return;
+    hsm_event ev = {.kind = kind,
+                    .key_kind = key_kind,
+                    .key_id = key_id,
+                    .purpose = purpose,
+                    .kcv = kcv,
+                    .result = result};
+    c->ev_fn(c->ev_arg, &ev);
+}
+
 uint32_t hsm_custody_subkey_ttl(const hsm_custody *c)
 {
     return c->cfg.subkey_ttl_ms;
@@ -757,6 +798,11 @@ cdx_err hsm_custody_token(hsm_custody *c, char manufacturer[33], char model[17],
     cdx_err err = hsm_run(c, token_op, &a, true);
     *software = a.software;
     return err;
+}
+
+void hsm_custody_serial(const hsm_custody *c, char out[17])
+{
+    hsm_unpad(out, 17, c->serial, sizeof(c->serial));
 }
 
 void hsm_custody_retry_now(hsm_custody *c)

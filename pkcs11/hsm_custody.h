@@ -84,6 +84,51 @@ void hsm_custody_stats(hsm_custody *c, hsm_stats *out);
  */
 void hsm_custody_retry_now(hsm_custody *c);
 
+/*
+ * Key-use events, for the audit trail (docs/AUDIT.md): every call that
+ * uses a key on the token, and every login and recovery, is reported to one
+ * hook as it completes. Subkeys served from the cache are not events (they
+ * do not touch the token): they are counted per thread (hsm_thread_keyuse).
+ */
+typedef enum hsm_event_kind {
+    HSM_EV_DERIVE = 1, /* a subkey derived on the token (C_Sign HMAC) */
+    HSM_EV_LOGIN,      /* C_Login at open or on recovery */
+    HSM_EV_RECOVER,    /* finalise/initialise/login after the token failed */
+    HSM_EV_GENERATE,   /* a key generated on the token (root or index) */
+    HSM_EV_UNWRAP,     /* an index key unwrapped on the token */
+    HSM_EV_IMPORT,     /* an index key imported (plaintext, development) */
+    HSM_EV_ADOPT,      /* an existing token key adopted for an index */
+    HSM_EV_DESTROY,    /* a key destroyed */
+} hsm_event_kind;
+
+typedef struct hsm_event {
+    hsm_event_kind kind;
+    int key_kind;          /* hsm_key_kind (0: no key: login, recover) */
+    const uint8_t *key_id; /* CDX_ID_LEN bytes: deployment or index id (NULL: no key) */
+    int purpose;           /* hsm_purpose of a derivation (0: none) */
+    uint32_t epoch;
+    int kcv;               /* -1 not checked, 1 the key's KCV matched, 0 it did not */
+    cdx_err result;
+} hsm_event;
+
+const char *hsm_event_name(hsm_event_kind k);
+
+typedef void (*hsm_event_fn)(void *arg, const hsm_event *ev);
+
+/*
+ * Set (fn NULL: clear) the hook. Set it before other threads use c (not
+ * synchronised). The hook runs on the thread that used the key, sometimes
+ * with the custody lock held: it must not call into custody.
+ */
+void hsm_custody_set_event_hook(hsm_custody *c, hsm_event_fn fn, void *arg);
+
+/*
+ * The calling thread's subkey uses since its last call (then reset), as
+ * bit masks over hsm_purpose (bit p): served from the cache, derived on
+ * the token. Lets a server attribute one request's key uses.
+ */
+void hsm_thread_keyuse(uint32_t *cache_hits, uint32_t *token_calls);
+
 /* Subkey TTL in ms this context was opened with (0 = no cache). */
 uint32_t hsm_custody_subkey_ttl(const hsm_custody *c);
 
@@ -103,6 +148,9 @@ CDX_MUST_CHECK cdx_err hsm_random(hsm_custody *c, void *buf, size_t len);
  */
 CDX_MUST_CHECK cdx_err hsm_custody_token(hsm_custody *c, char manufacturer[33], char model[17],
                                          bool *software);
+
+/* The serial number of the token this context logged in to (blank-padding removed). */
+void hsm_custody_serial(const hsm_custody *c, char out[17]);
 
 /* Token description for listings (no login needed). */
 typedef struct hsm_token_info {

@@ -268,6 +268,12 @@ cdx_err hsm_key_create(hsm_custody *c, struct hsm_create *a, uint8_t *kcv_out)
     cdx_err err = hsm_run(c, create_op, a, false);
     if (err == HSM_INTERRUPTED)
         err = hsm_run(c, recheck_op, a, true);
+    if (a->kind != HSM_KEY_KEK)
+        hsm_emit(c,
+                 a->how == HSM_HOW_GENERATE ? HSM_EV_GENERATE
+                 : a->how == HSM_HOW_IMPORT ? HSM_EV_IMPORT
+                                            : HSM_EV_UNWRAP,
+                 a->kind, a->ref.id, 0, -1, err);
     if (err)
         return err;
     if (a->kind != HSM_KEY_KEK) {
@@ -441,6 +447,7 @@ cdx_err hsm_index_key_adopt(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
     memcpy(k.id, id, CDX_ID_LEN);
     struct ref_arg a = {.k = &k};
     cdx_err err = hsm_run(c, adopt_op, &a, true);
+    hsm_emit(c, HSM_EV_ADOPT, HSM_KEY_INDEX, k.id, 0, -1, err);
     if (err)
         return err;
     hsm_key_remember(c, &k, a.h, a.kcv);
@@ -513,6 +520,8 @@ cdx_err hsm_object_destroy(hsm_custody *c, const hsm_key_ref *k, const char *kek
         a.recheck = true;
         err = hsm_run(c, destroy_op, &a, true);
     }
+    if (k)
+        hsm_emit(c, HSM_EV_DESTROY, k->kind, k->id, 0, -1, err);
     if (!err && k) {
         hsm_key_forget(c, k);
         hsm_subcache_drop_key(c, k);

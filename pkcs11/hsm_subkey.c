@@ -16,6 +16,16 @@
 #include "hsm_secmem.h"
 #include "cdx_time.h"
 
+/* This thread's subkey uses since hsm_thread_keyuse last read them (bit = hsm_purpose). */
+static _Thread_local uint32_t tl_hits, tl_calls;
+
+void hsm_thread_keyuse(uint32_t *cache_hits, uint32_t *token_calls)
+{
+    *cache_hits = tl_hits;
+    *token_calls = tl_calls;
+    tl_hits = tl_calls = 0;
+}
+
 static const char SUBKEY_PREFIX[] = "cipherdex/v1/subkey"; /* 19 bytes, no NUL */
 
 static const struct {
@@ -297,6 +307,7 @@ cdx_err hsm_subkey_get(hsm_custody *c, const hsm_key_ref *key, const uint8_t *ex
             sk->refs++;
             pthread_mutex_unlock(&sc->mu);
             atomic_fetch_add(&c->cache_hits, 1);
+            tl_hits |= 1u << purpose;
             *out = sk;
             return CDX_OK;
         }
@@ -327,6 +338,9 @@ cdx_err hsm_subkey_get(hsm_custody *c, const hsm_key_ref *key, const uint8_t *ex
     sk->refs = 1;
     struct derive_arg a = {.k = key, .expected = expected_kcv, .msg = msg, .len = len, .sk = sk};
     cdx_err err = hsm_run(c, derive_op, &a, true);
+    tl_calls |= 1u << purpose;
+    hsm_emit(c, HSM_EV_DERIVE, key->kind, key->id, purpose,
+             !expected_kcv ? -1 : err == CDX_ERR_KEY_REPLACED ? 0 : err ? -1 : 1, err);
     if (err) {
         sk_wipe(sk);
         return err;

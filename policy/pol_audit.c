@@ -95,6 +95,21 @@ static bool take_u64(const char **p, const char *end, uint64_t *out)
     return true;
 }
 
+cdx_err pol_audit_line_head(const char *line, size_t len, pol_audit_pos *before)
+{
+    if (len && line[len - 1] == '\n')
+        len--;
+    const char *end = line + len, *p = line + sizeof(MAGIC) - 1;
+    uint64_t seq = 0, ts = 0;
+    memset(before, 0, sizeof(*before));
+    if (len <= sizeof(MAGIC) - 1 + MAC_TAIL || memcmp(line, MAGIC, sizeof(MAGIC) - 1) ||
+        !take_u64(&p, end, &seq) || !take_u64(&p, end, &ts) || seq == 0 ||
+        end - p < (long)(2 * POL_AUDIT_HASH_LEN + 1) || !hex32(p, before->hash))
+        return cdx_fail(CDX_ERR_INTEGRITY, "audit record is malformed");
+    before->seq = seq - 1;
+    return CDX_OK;
+}
+
 cdx_err pol_audit_verify_line(pol_audit_verifier *v, const char *line, size_t len)
 {
     uint64_t at = v->pos.seq + 1; /* the record this line should be */

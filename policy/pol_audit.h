@@ -86,6 +86,15 @@ void pol_audit_verify_init(pol_audit_verifier *v, const pol_audit_pos *start, po
 CDX_MUST_CHECK cdx_err pol_audit_verify_line(pol_audit_verifier *v, const char *line, size_t len);
 
 /*
+ * Where the chain stood before `line` by its own say (its SEQ - 1 and PREV;
+ * ts_ms 0), so a verifier can start at a record that is not the first: a
+ * writer continuing a trail, or files whose predecessors were archived. The
+ * line itself is then checked by pol_audit_verify_line. Errors:
+ * CDX_ERR_INTEGRITY (malformed, or SEQ 0).
+ */
+CDX_MUST_CHECK cdx_err pol_audit_line_head(const char *line, size_t len, pol_audit_pos *before);
+
+/*
  * After the last line: the trail must have reached `expect_ts_ms` (0: no
  * expectation) within `interval_ms`, the writer's checkpoint interval, or
  * end with a clean stop. Errors: CDX_ERR_INTEGRITY ("the trail ends at

@@ -141,4 +141,9 @@
 #define CDX_VECS_DIM_MAX   65536u            /* dimensions per vector in a loaded file */
 #define CDX_VECS_ELEMS_MAX ((size_t)1 << 32) /* n x d per file (16 GiB of float32) */
 
+/* The audit trail (appliance/app_audit.h, docs/AUDIT.md) */
+#define CDX_AUDIT_SYNC_INTERVAL_MS_DEFAULT 1000u /* a power loss may take this much of the trail */
+#define CDX_AUDIT_CHECKPOINT_S_DEFAULT     60u   /* a cut tail is visible at this granularity */
+#define CDX_AUDIT_ROTATE_BYTES_DEFAULT     (64ull << 20)
+
 #endif

@@ -77,12 +77,19 @@ struct hsm_custody {
 
     struct hsm_subcache *cache;
 
+    hsm_event_fn ev_fn; /* the audit's key-use hook (hsm_custody_set_event_hook) */
+    void *ev_arg;
+
     /* Capabilities decided by asking the token (hsm_caps.c); 0 = not decided yet. */
     atomic_ulong unwrap_mech;
     atomic_ulong hmac_kt;         /* CKK_ of new root/index keys once generation decided it */
     atomic_int copyable_cap;      /* 0 not probed, 1 CKA_COPYABLE supported, 2 not */
     atomic_bool allowed_mechs_ok; /* CKA_ALLOWED_MECHANISMS supported (probed with it) */
 };
+
+/* Report a key-use event to the hook, if any. */
+void hsm_emit(hsm_custody *c, hsm_event_kind kind, int key_kind, const uint8_t *key_id,
+              int purpose, int kcv, cdx_err result);
 
 /*
  * An operation run with a session under the shared lock. It returns a
