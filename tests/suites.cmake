@@ -6,6 +6,7 @@ cdx_add_test(test_config SOURCES test_config.c LIBS cdx_appconf)
 cdx_add_test(test_policy SOURCES test_policy.c LIBS cdx_daemon cdx_appconf cdx_policy)
 # The audit trail's record chain (policy/pol_audit.c): every tamper case caught and named.
 cdx_add_test(test_audit SOURCES test_audit.c LIBS cdx_policy PkgConfig::OPENSSL)
+cdx_add_test(test_audit_writer SOURCES test_audit_writer.c LIBS cdx_daemon PkgConfig::OPENSSL)
 cdx_add_test(test_metrics SOURCES test_metrics.c LIBS cdx_appops)
 cdx_add_test(test_pool SOURCES test_pool.c LIBS cdx_appops)
 cdx_add_test(test_flow SOURCES test_flow.c LIBS cdx_appops)
