@@ -205,26 +205,29 @@ static cdx_err append_locked(app_audit *a, const char *body)
     return CDX_OK;
 }
 
-/* A record after a failure: first what was lost (fail open), then the caller's. */
+/*
+ * Write `body` (NULL: none). After a failure the first record written says
+ * so: how long the trail was down, how many records were lost (fail open),
+ * and why; only then is the trail ok again.
+ */
 static cdx_err write_locked(app_audit *a, const char *body)
 {
     cdx_err err = CDX_OK;
-    if (a->lost_pending) {
-        char gap[96];
-        snprintf(gap, sizeof(gap), "kind=gap lost=%llu", (unsigned long long)a->lost_pending);
-        if ((err = append_locked(a, gap)))
+    if (a->state != APP_AUDIT_OK || a->lost_pending) {
+        char resume[320], why[200];
+        app_audit_value(why, sizeof(why), a->error[0] ? a->error : "-");
+        snprintf(resume, sizeof(resume), "kind=resume failed_ms=%lld lost=%llu error=%s",
+                 (long long)(cdx_mono_ms() - a->failed_at_ms),
+                 (unsigned long long)a->lost_pending, why);
+        if ((err = append_locked(a, resume)))
             return err;
+        cdx_log(CDX_LOG_INFO, "audit_resumed", "dir=\"%s\" after_ms=%lld lost=%llu", a->dir,
+                (long long)(cdx_mono_ms() - a->failed_at_ms), (unsigned long long)a->lost_pending);
         a->lost_pending = 0;
-    }
-    if ((err = append_locked(a, body)))
-        return err;
-    if (a->state != APP_AUDIT_OK) {
-        cdx_log(CDX_LOG_INFO, "audit_resumed", "dir=\"%s\" after_ms=%lld", a->dir,
-                (long long)(cdx_mono_ms() - a->failed_at_ms));
         a->state = APP_AUDIT_OK;
         a->error[0] = '\0';
     }
-    return CDX_OK;
+    return body ? append_locked(a, body) : CDX_OK;
 }
 
 /* fdatasync everything written so far, outside mu (the caller holds it; it is held again after). */
@@ -314,13 +317,8 @@ static void check_file_locked(app_audit *a)
 static void timer_tick(app_audit *a, int64_t now)
 {
     check_file_locked(a);
-    if (a->state != APP_AUDIT_OK) { /* retry: a record saying the trail is back */
-        char body[256], why[200];
-        app_audit_value(why, sizeof(why), a->error);
-        snprintf(body, sizeof(body), "kind=resume failed_ms=%lld error=%s",
-                 (long long)(now - a->failed_at_ms), why);
-        (void)write_locked(a, body);
-    }
+    if (a->state != APP_AUDIT_OK) /* retry: the record saying the trail is back */
+        (void)write_locked(a, NULL);
     if (a->state == APP_AUDIT_OK && a->cfg.checkpoint_ms &&
         now - a->last_checkpoint_ms >= (int64_t)a->cfg.checkpoint_ms) {
         char body[96];

@@ -99,6 +99,8 @@ add_dependencies(test_rollback cipherdexd cipherdex)
 # principals, tenants apart, the filtered index list, refusal log lines, SIGHUP reload.
 cdx_add_test(test_access SOURCES test_access.c LIBS cdx_client TIMEOUT 300)
 add_dependencies(test_access cipherdexd)
+cdx_add_test(test_audit_trail SOURCES test_audit_trail.c LIBS cdx_client TIMEOUT 300)
+add_dependencies(test_audit_trail cipherdexd cipherdex-hsm)
 # The Python example client generated from the .proto, against a dev stack.
 add_test(NAME test_python_client
          COMMAND bash ${CMAKE_SOURCE_DIR}/tests/clients/python/run_test.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
