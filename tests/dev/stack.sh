@@ -129,6 +129,17 @@ listen = 127.0.0.1:0
 CONF
     "$build/appliance/cipherdexd" --check-config "$dir/cipherdexd.conf" >/dev/null
 
+    start_daemon "$build" "$dir" "$redis_addr"
+    local api metrics
+    api="$(sed -n 's/^api=//p' "$dir/ports")"
+    metrics="$(sed -n 's/^metrics=//p' "$dir/ports")"
+    echo "stack up in $dir: cipherdexd $api (metrics $metrics), store $store${redis_addr:+ at $redis_addr}"
+    echo "  source $dir/cipherdex.env; \$CIPHERDEX_CLI health"
+}
+
+# cipherdexd on $dir/cipherdexd.conf; its addresses into $dir/cipherdex.env.
+start_daemon() {
+    local build="$1" dir="$2" redis_addr="$3"
     rm -f "$dir/ports"
     "$build/appliance/cipherdexd" --config "$dir/cipherdexd.conf" >"$dir/cipherdexd.log" 2>&1 &
     local dpid=$!
@@ -154,8 +165,23 @@ export CIPHERDEX_TOKEN_LABEL=cipherdex-dev
 export CIPHERDEX_PIN_FILE=$dir/user.pin
 export CIPHERDEX_CLI=$build/appliance/cipherdex
 ENV
-    echo "stack up in $dir: cipherdexd $api (metrics $metrics), store $store${redis_addr:+ at $redis_addr}"
-    echo "  source $dir/cipherdex.env; \$CIPHERDEX_CLI health"
+}
+
+# Stop cipherdexd alone and start it again on the (possibly edited) configuration.
+cmd_restart() {
+    local build="$1" dir="$2" name pid
+    [[ -f "$dir/pids" ]] || die "$dir has no running stack"
+    while read -r name pid; do
+        [[ "$name" == "cipherdexd" ]] || continue
+        if kill -TERM "$pid" 2>/dev/null; then
+            wait_for 60 bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done <"$dir/pids"
+    sed -i '/^cipherdexd /d' "$dir/pids"
+    "$build/appliance/cipherdexd" --check-config "$dir/cipherdexd.conf" >/dev/null
+    # shellcheck disable=SC1091
+    start_daemon "$build" "$dir" "$(. "$dir/cipherdex.env"; echo "$CIPHERDEX_REDIS")"
+    echo "cipherdexd restarted in $dir: $(sed -n 's/^api=//p' "$dir/ports")"
 }
 
 cmd_down() {
@@ -178,5 +204,6 @@ cmd_down() {
 case "${1:-}" in
 up) shift; (($# >= 2)) || die "usage: stack.sh up BUILD_DIR DIR [--store redis|memory]"; cmd_up "$@" ;;
 down) shift; (($# == 1)) || die "usage: stack.sh down DIR"; cmd_down "$1" ;;
-*) die "usage: stack.sh up BUILD_DIR DIR [--store redis|memory] | down DIR" ;;
+restart) shift; (($# == 2)) || die "usage: stack.sh restart BUILD_DIR DIR"; cmd_restart "$1" "$2" ;;
+*) die "usage: stack.sh up BUILD_DIR DIR [--store redis|memory] | restart BUILD_DIR DIR | down DIR" ;;
 esac
