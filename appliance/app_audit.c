@@ -199,7 +199,7 @@ static cdx_err append_locked(app_audit *a, const char *body)
     a->size += len;
     a->records++;
     if (a->cfg.syslog)
-        syslog(LOG_AUTHPRIV | LOG_INFO, "%.*s", (int)(len - 1), line);
+        syslog(LOG_INFO, "%.*s", (int)(len - 1), line);
     if (a->cfg.rotate_bytes && a->size >= a->cfg.rotate_bytes)
         (void)rotate_locked(a); /* a failure is the trail's state now; this record is written */
     return CDX_OK;
@@ -516,6 +516,8 @@ cdx_err app_audit_open(const app_audit_config *cfg, const char *start_body, app_
         goto fail;
     }
     a->timer_started = true;
+    if (cfg->syslog) /* the trail's own identity, so a SIEM can select its lines */
+        openlog("cipherdex-audit", LOG_NDELAY, LOG_AUTHPRIV);
     cdx_log(CDX_LOG_INFO, "audit_open", "dir=\"%s\" seq=%llu sync=%s fail=%s syslog=%s", a->dir,
             (unsigned long long)a->pos.seq,
             cfg->sync == APP_AUDIT_SYNC_ALWAYS  ? "always"
@@ -548,11 +550,65 @@ void app_audit_close(app_audit *a, const char *stop_body)
         (void)fdatasync(a->fd);
         close(a->fd);
     }
+    if (a->cfg.syslog && a->timer_started)
+        closelog();
     pthread_mutex_unlock(&a->mu);
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->synced_cv);
     pthread_cond_destroy(&a->timer_cv);
     free(a);
+}
+
+cdx_err app_audit_tail(app_audit *a, size_t n, char **text, size_t *len)
+{
+    *text = NULL;
+    *len = 0;
+    int fd = open(a->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return cdx_fail(CDX_ERR_AUDIT_UNAVAILABLE, "audit.log cannot be read: %s",
+                        strerror(errno));
+    cdx_err err = CDX_OK;
+    struct stat st;
+    char *buf = NULL;
+    if (fstat(fd, &st) != 0 || n == 0 || st.st_size == 0)
+        goto out;
+    /* Read back from the end until n whole lines are in, at most n full-size records. */
+    for (size_t want = n * 512 + POL_AUDIT_LINE_MAX;; want *= 2) {
+        if (want > n * (POL_AUDIT_LINE_MAX + 1))
+            want = n * (POL_AUDIT_LINE_MAX + 1);
+        off_t from = st.st_size > (off_t)want ? st.st_size - (off_t)want : 0;
+        size_t got = (size_t)(st.st_size - from);
+        free(buf);
+        if (!(buf = malloc(got + 1))) {
+            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+            goto out;
+        }
+        if (pread(fd, buf, got, from) != (ssize_t)got) {
+            err = cdx_fail(CDX_ERR_AUDIT_UNAVAILABLE, "audit.log cannot be read");
+            goto out;
+        }
+        size_t end = got, lines = 0, start = got;
+        while (end && buf[end - 1] != '\n') /* a record being written: not yet whole */
+            end--;
+        for (start = end; start > 0; start--)
+            if (buf[start - 1] == '\n' && start != end && ++lines == n)
+                break;
+        if (start == 0 && from > 0 && want < n * (POL_AUDIT_LINE_MAX + 1))
+            continue; /* the first line may be partial and more are wanted: read further back */
+        if (start == 0 && from > 0) /* skip a partial first line */
+            while (start < end && buf[start++] != '\n')
+                ;
+        memmove(buf, buf + start, end - start);
+        *len = end - start;
+        *text = *len ? buf : NULL;
+        if (*len)
+            buf = NULL;
+        break;
+    }
+out:
+    free(buf);
+    close(fd);
+    return err;
 }
 
 void app_audit_stats_get(app_audit *a, app_audit_stats *out)

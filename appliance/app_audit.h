@@ -111,6 +111,14 @@ CDX_MUST_CHECK cdx_err app_audit_write(app_audit *a, const char *body);
 
 void app_audit_stats_get(app_audit *a, app_audit_stats *out);
 
+/*
+ * The last `n` records of the current file (fewer just after a rotation),
+ * oldest first, as one malloc'ed text of whole lines each ending in '\n'
+ * (*text NULL and *len 0 when there are none). Errors:
+ * CDX_ERR_AUDIT_UNAVAILABLE (the file cannot be read), CDX_ERR_RESOURCE_EXHAUSTED.
+ */
+CDX_MUST_CHECK cdx_err app_audit_tail(app_audit *a, size_t n, char **text, size_t *len);
+
 /* Name of a state: "ok", "failed", "failed-open". */
 const char *app_audit_state_name(app_audit_state s);
 

@@ -76,5 +76,6 @@ int cli_query(cli *x, cli_args *a);
 int cli_get(cli *x, cli_args *a);
 int cli_delete(cli *x, cli_args *a);
 int cli_list_ids(cli *x, cli_args *a);
+int cli_audit(cli *x, cli_args *a);
 
 #endif

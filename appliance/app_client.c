@@ -501,6 +501,7 @@ bool app_request_idempotent(const Cipherdex__V1__Request *req)
     case CIPHERDEX__V1__REQUEST__BODY_UPSERT:
     case CIPHERDEX__V1__REQUEST__BODY_DELETE:
     case CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK: /* the same confirm_version again: no-op */
+    case CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL:
         return true;
     default: /* create_index, delete_index, train, and bodies this client does not know */
         return false;
@@ -842,5 +843,15 @@ cdx_err app_client_list_ids(app_client *c, const char *index, const char *cursor
         l.cursor = str(cursor);
     r.body_case = CIPHERDEX__V1__REQUEST__BODY_LIST_IDS;
     r.list_ids = &l;
+    return app_client_call(c, &r, out);
+}
+
+cdx_err app_client_audit_tail(app_client *c, uint32_t limit, wire_response **out)
+{
+    Cipherdex__V1__AuditTailRequest t = CIPHERDEX__V1__AUDIT_TAIL_REQUEST__INIT;
+    t.limit = limit;
+    Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL;
+    r.audit_tail = &t;
     return app_client_call(c, &r, out);
 }

@@ -625,6 +625,48 @@ static cdx_err do_list_ids(const app_dispatch_env *env, const Req *q, Resp *r, s
 
 /* ---- the operations table: the one place that says who may do what ---- */
 
+/* The audit trail's last records and state, for operators (docs/AUDIT.md). */
+static cdx_err do_audit_tail(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
+{
+    Cipherdex__V1__AuditTailResponse *ar = alloc(s, sizeof(*ar));
+    if (!ar)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cipherdex__v1__audit_tail_response__init(ar);
+    app_audit_stats st;
+    app_audit_stats_get(env->audit, &st);
+    char *err_text = alloc(s, sizeof(st.error));
+    if (!err_text)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    snprintf(err_text, sizeof(st.error), "%s", st.error);
+    ar->state = wire_str(env->audit ? app_audit_state_name(st.state) : "off");
+    ar->last_seq = st.last_seq;
+    ar->lost = st.lost;
+    ar->error = wire_str(err_text);
+    if (env->audit) {
+        size_t n = q->audit_tail->limit ? q->audit_tail->limit : CDX_AUDIT_TAIL_DEFAULT, len = 0;
+        char *text = NULL;
+        cdx_err err = app_audit_tail(env->audit, n, &text, &len);
+        if (err)
+            return err;
+        keep(s, text);
+        size_t lines = 0;
+        for (size_t i = 0; i < len; i++)
+            lines += text[i] == '\n';
+        ProtobufCBinaryData *recs = lines ? alloc(s, lines * sizeof(*recs)) : NULL;
+        if (lines && !recs)
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        for (size_t i = 0, at = 0; i < len && ar->n_records < lines; i++)
+            if (text[i] == '\n') {
+                recs[ar->n_records++] = (ProtobufCBinaryData){i - at, (uint8_t *)text + at};
+                at = i + 1;
+            }
+        ar->records = recs;
+    }
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_AUDIT_TAIL;
+    r->audit_tail = ar;
+    return CDX_OK;
+}
+
 /*
  * What an operation needs from the caller's principal (pol_need): none
  * (health; the index list, filtered to what the caller may see), read,
@@ -633,7 +675,8 @@ static cdx_err do_list_ids(const app_dispatch_env *env, const Req *q, Resp *r, s
 #define NEED_NONE  POL_NEED_NONE
 #define NEED_READ  POL_NEED_READ
 #define NEED_WRITE POL_NEED_WRITE
-#define NEED_ADMIN POL_NEED_ADMIN
+#define NEED_ADMIN    POL_NEED_ADMIN
+#define NEED_OPERATOR POL_NEED_OPERATOR /* appliance-wide: operators and admins */
 typedef pol_need need;
 
 typedef cdx_err (*handler)(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s);
@@ -712,6 +755,8 @@ static const struct op_def {
      do_list_ids},
     {CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK, APP_OP_ACCEPT_ROLLBACK, NEED_ADMIN,
      index_accept_rollback, do_accept_rollback},
+    {CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL, APP_OP_AUDIT_TAIL, NEED_OPERATOR, index_none,
+     do_audit_tail},
 };
 
 static const struct op_def *op_find(Cipherdex__V1__Request__BodyCase body)

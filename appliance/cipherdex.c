@@ -45,6 +45,8 @@ static const struct command {
     {"get", cli_get, "  get INDEX ID... [--include vectors,metadata,contents]\n"},
     {"delete", cli_delete, "  delete INDEX ID...\n"},
     {"list-ids", cli_list_ids, "  list-ids INDEX [--limit N] [--cursor C] [--all]\n"},
+    {"audit", cli_audit,
+     "  audit tail [-n N] [--follow]   (operators: the audit trail's last records and state)\n"},
 };
 
 static const struct command *find_command(const char *name)

@@ -37,8 +37,9 @@
 #include <stdint.h>
 
 #include "cdx_err.h"
+#include "cdx_limits.h"
 
-#define POL_AUDIT_LINE_MAX 4096 /* one record, with its newline */
+#define POL_AUDIT_LINE_MAX CDX_AUDIT_LINE_MAX /* one record, with its newline */
 #define POL_AUDIT_HASH_LEN 32
 
 /* HMAC-SHA256 under the audit subkey. Returns CDX_OK or the caller's error. */

@@ -145,5 +145,8 @@
 #define CDX_AUDIT_SYNC_INTERVAL_MS_DEFAULT 1000u /* a power loss may take this much of the trail */
 #define CDX_AUDIT_CHECKPOINT_S_DEFAULT     60u   /* a cut tail is visible at this granularity */
 #define CDX_AUDIT_ROTATE_BYTES_DEFAULT     (64ull << 20)
+#define CDX_AUDIT_TAIL_MAX                 1000u /* records per audit_tail answer */
+#define CDX_AUDIT_TAIL_DEFAULT             20u
+#define CDX_AUDIT_LINE_MAX                 4096  /* one record line, with its newline */
 
 #endif

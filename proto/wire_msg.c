@@ -93,6 +93,9 @@ static const rule rules[] = {
     {PKG "ListIdsResponse", "ids", 1, CDX_ITEM_ID_MAX, 0, CDX_LIST_PAGE_MAX},
     {PKG "ListIdsResponse", "next_cursor", 0, CDX_CURSOR_MAX, 0, 0},
     {PKG "AcceptRollbackRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
+    {PKG "AuditTailResponse", "records", 1, CDX_AUDIT_LINE_MAX, 0, CDX_AUDIT_TAIL_MAX},
+    {PKG "AuditTailResponse", "state", 0, CDX_ENUM_TEXT_MAX, 0, 0},
+    {PKG "AuditTailResponse", "error", 0, CDX_STATUS_MESSAGE_MAX, 0, 0},
 };
 /* clang-format on */
 
@@ -421,6 +424,7 @@ static const char *const body_names[] = {
     [CIPHERDEX__V1__REQUEST__BODY_DELETE] = "delete",
     [CIPHERDEX__V1__REQUEST__BODY_LIST_IDS] = "list_ids",
     [CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK] = "accept_rollback",
+    [CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL] = "audit_tail",
 };
 
 const char *wire_body_name(const Cipherdex__V1__Request *req)
@@ -487,6 +491,10 @@ static cdx_err check_body(const Cipherdex__V1__Request *req)
         if ((err = range(op, "limit", req->list_ids->limit, 0, CDX_LIST_PAGE_MAX)))
             return err;
         break;
+    case CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL:
+        if ((err = range(op, "limit", req->audit_tail->limit, 0, CDX_AUDIT_TAIL_MAX)))
+            return err;
+        break;
     default:
         break;
     }
@@ -504,7 +512,7 @@ cdx_err wire_request_check(const Cipherdex__V1__Request *req)
             if (tag >= 10)
                 return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
                                 "request body is field %u, which this server does not know "
-                                "(known: 10-21); upgrade the server or the client",
+                                "(known: 10-21, 23); upgrade the server or the client",
                                 (unsigned)tag);
         }
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
