@@ -87,7 +87,8 @@ void cli_print_json(json_t *j)
 
 json_t *cli_jstr(ProtobufCBinaryData b)
 {
-    return json_stringn((const char *)b.data, b.len);
+    /* An empty field may have no data, and json_stringn(NULL, 0) fails. */
+    return b.len ? json_stringn((const char *)b.data, b.len) : json_string("");
 }
 
 void cli_hex(ProtobufCBinaryData b, char *out)

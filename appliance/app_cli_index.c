@@ -52,11 +52,6 @@ int cli_health(cli *x, cli_args *a)
     return e ? cli_fail(x, e) : 0;
 }
 
-/* An empty field may have no data: json_stringn(NULL, 0) fails. */
-static json_t *jstr0(ProtobufCBinaryData b)
-{
-    return b.len ? cli_jstr(b) : json_string("");
-}
 
 /* key_provenance as JSON: attributes as {"name": true|false|null (n/a)}. */
 static json_t *prov_json(const Cipherdex__V1__KeyProvenance *p)
@@ -72,9 +67,9 @@ static json_t *prov_json(const Cipherdex__V1__KeyProvenance *p)
         bool no = a->value.len == 2 && !memcmp(a->value.data, "no", 2);
         json_object_set_new(attrs, name, yes ? json_true() : no ? json_false() : json_null());
     }
-    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:b}", "origin", jstr0(p->origin), "kek_name",
-                     jstr0(p->kek_name), "born_on_token", jstr0(p->born_on_token), "token_serial",
-                     jstr0(p->token_serial), "token_model", jstr0(p->token_model), "attributes",
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:b}", "origin", cli_jstr(p->origin), "kek_name",
+                     cli_jstr(p->kek_name), "born_on_token", cli_jstr(p->born_on_token), "token_serial",
+                     cli_jstr(p->token_serial), "token_model", cli_jstr(p->token_model), "attributes",
                      attrs, "copyable_not_enforced", p->copyable_not_enforced);
 }
 
