@@ -230,6 +230,12 @@ static void pull(void *arg, app_metrics_pull *p)
     p->maint_compactions = ms.compactions;
     p->maint_swept = ms.swept;
     p->maint_waiting = ms.waiting;
+    app_audit_stats as;
+    app_audit_stats_get(d->audit, &as);
+    p->audit_records = as.records;
+    p->audit_failures = as.failures;
+    p->audit_lost = as.lost;
+    p->audit_state = d->audit ? (int)as.state : -1;
 }
 
 /*

@@ -238,6 +238,23 @@ int app_metrics_render(const app_metrics *cm, const app_metrics_pull *pull, FILE
                 (unsigned long long)pull->maint_runs, (unsigned long long)pull->maint_errors,
                 (unsigned long long)pull->maint_compactions,
                 (unsigned long long)pull->maint_swept, (unsigned long long)pull->maint_waiting);
+        fprintf(f,
+                "# HELP cipherdex_audit_records_total Audit records written by this process.\n"
+                "# TYPE cipherdex_audit_records_total counter\n"
+                "cipherdex_audit_records_total %llu\n"
+                "# HELP cipherdex_audit_write_failures_total Audit writes that failed.\n"
+                "# TYPE cipherdex_audit_write_failures_total counter\n"
+                "cipherdex_audit_write_failures_total %llu\n"
+                "# HELP cipherdex_audit_lost_records_total Audit records dropped (on_failure = "
+                "open).\n"
+                "# TYPE cipherdex_audit_lost_records_total counter\n"
+                "cipherdex_audit_lost_records_total %llu\n"
+                "# HELP cipherdex_audit_state 0 ok, 1 failed (requests refused), 2 failed-open "
+                "(records lost), -1 off.\n"
+                "# TYPE cipherdex_audit_state gauge\n"
+                "cipherdex_audit_state %d\n",
+                (unsigned long long)pull->audit_records, (unsigned long long)pull->audit_failures,
+                (unsigned long long)pull->audit_lost, pull->audit_state);
     }
     return ferror(f) ? -1 : 0;
 }

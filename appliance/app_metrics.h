@@ -95,6 +95,10 @@ typedef struct app_metrics_pull {
     uint64_t commits, commit_conflicts;
     /* background maintenance (engine/eng_maint.h); all 0 when it is off */
     uint64_t maint_runs, maint_errors, maint_compactions, maint_swept, maint_waiting;
+    /* the audit trail (docs/AUDIT.md); audit_state: 0 ok, 1 failed (closed), 2 failed-open,
+     * -1 off */
+    uint64_t audit_records, audit_failures, audit_lost;
+    int audit_state;
 } app_metrics_pull;
 
 /* Requests counted for (op, status): for tests and the status page. */

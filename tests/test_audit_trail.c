@@ -336,12 +336,13 @@ static void test_tamper(void)
     CU_ASSERT_EQUAL_FATAL(fx_stack_start(&S), 0);
 }
 
-static bool healthz_has(const char *needle)
+static bool http_has(const char *path, const char *needle)
 {
-    char *colon = strrchr(S.metrics, ':');
+    char *colon = strrchr(S.metrics, ':'), req[128];
     if (!colon)
         return false;
-    char *r = fx_http(AF_INET, (uint16_t)atoi(colon + 1), "GET /healthz HTTP/1.0\r\n\r\n");
+    snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", path);
+    char *r = fx_http(AF_INET, (uint16_t)atoi(colon + 1), req);
     bool has = r && strstr(r, needle);
     free(r);
     return has;
@@ -367,8 +368,9 @@ static void test_fail_closed(void)
     }
     CU_ASSERT_EQUAL(e, CDX_ERR_AUDIT_UNAVAILABLE);
     CU_ASSERT_TRUE(fx_detail_has("audit trail cannot be written"));
-    CU_ASSERT_TRUE(healthz_has("\"audit\":\"failed\""));
-    CU_ASSERT_TRUE(healthz_has("\"status\":\"down\""));
+    CU_ASSERT_TRUE(http_has("/healthz", "\"audit\":\"failed\""));
+    CU_ASSERT_TRUE(http_has("/healthz", "\"status\":\"down\""));
+    CU_ASSERT_TRUE(http_has("/metrics", "\ncipherdex_audit_state 1\n"));
     /* the directory is back: served again, and the trail says what happened */
     CU_ASSERT_EQUAL_FATAL(mkdir(audit_dir, 0700), 0);
     e = CDX_ERR_AUDIT_UNAVAILABLE;
@@ -380,7 +382,8 @@ static void test_fail_closed(void)
         }
     }
     CU_ASSERT_EQUAL(e, CDX_OK);
-    CU_ASSERT_TRUE(healthz_has("\"audit\":\"ok\""));
+    CU_ASSERT_TRUE(http_has("/healthz", "\"audit\":\"ok\""));
+    CU_ASSERT_TRUE(http_has("/metrics", "\ncipherdex_audit_state 0\n"));
     app_client_free(a);
     CU_ASSERT_EQUAL_FATAL(fx_daemon_stop(&S.d), 0);
     /* the new file continues the chain: verified from where it starts */
