@@ -112,6 +112,9 @@ static void audit_trail(const uint8_t *data, size_t size)
             /* A verifier stops trusting the trail at the first bad record: so does this. */
             if (!broken && pol_audit_verify_line(&v, line, n) != CDX_OK)
                 broken = true;
+            pol_audit_pos any; /* hostile lines: a head is read or refused, never more */
+            if (pol_audit_line_head(line, n, &any) == CDX_OK && any.seq == UINT64_MAX)
+                abort();
             /* The same text as a body, chained anew, must verify. */
             char out[POL_AUDIT_LINE_MAX];
             size_t len;
@@ -121,6 +124,12 @@ static void audit_trail(const uint8_t *data, size_t size)
                 pol_audit_verifier w;
                 pol_audit_verify_init(&w, &before, mac, NULL);
                 if (pol_audit_verify_line(&w, out, len) != CDX_OK)
+                    abort();
+                /* ... and a verifier starting at it (archived predecessors) finds the same
+                 * place in the chain from the line alone */
+                pol_audit_pos head;
+                if (pol_audit_line_head(out, len, &head) != CDX_OK || head.seq != before.seq ||
+                    memcmp(head.hash, before.hash, POL_AUDIT_HASH_LEN))
                     abort();
             }
         }
