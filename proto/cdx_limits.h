@@ -141,4 +141,14 @@
 #define CDX_VECS_DIM_MAX   65536u            /* dimensions per vector in a loaded file */
 #define CDX_VECS_ELEMS_MAX ((size_t)1 << 32) /* n x d per file (16 GiB of float32) */
 
+/* ---- attestation (docs/ATTESTATION.md) ---- */
+#define CDX_ATTEST_NONCE_MIN     8     /* bytes of the client's nonce, at least */
+#define CDX_ATTEST_NONCE_MAX     64    /* and at most */
+#define CDX_EVIDENCE_MAX         65536 /* bytes of a DER evidence statement, certificates included */
+#define CDX_EVIDENCE_CLAIMS_MAX  128   /* claims in one statement */
+#define CDX_ATTEST_CLOCK_SKEW_S  60    /* a verifier accepts timestamps this far in its future */
+#define CDX_ATTEST_MAX_AGE_S     300   /* default freshness window of the verifiers */
+#define CDX_ATTEST_MECHS_MAX     32    /* CKA_ALLOWED_MECHANISMS entries reported */
+#define CDX_ATTEST_LABEL         "cipherdex-attest" /* the attestation key pair's label */
+
 #endif
