@@ -148,6 +148,7 @@
 #define CDX_EVIDENCE_CLAIMS_MAX  128   /* claims in one statement */
 #define CDX_ATTEST_CLOCK_SKEW_S  60    /* a verifier accepts timestamps this far in its future */
 #define CDX_ATTEST_MAX_AGE_S     300   /* default freshness window of the verifiers */
+#define CDX_ATTEST_SPKI_MAX      256   /* bytes of the attestation key's SPKI DER (P-256: 91) */
 #define CDX_ATTEST_MECHS_MAX     32    /* CKA_ALLOWED_MECHANISMS entries reported */
 #define CDX_ATTEST_LABEL         "cipherdex-attest" /* the attestation key pair's label */
 

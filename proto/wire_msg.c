@@ -93,6 +93,11 @@ static const rule rules[] = {
     {PKG "ListIdsResponse", "ids", 1, CDX_ITEM_ID_MAX, 0, CDX_LIST_PAGE_MAX},
     {PKG "ListIdsResponse", "next_cursor", 0, CDX_CURSOR_MAX, 0, 0},
     {PKG "AcceptRollbackRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
+    {PKG "AttestRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
+    {PKG "AttestRequest", "nonce", CDX_ATTEST_NONCE_MIN, CDX_ATTEST_NONCE_MAX, 0, 0},
+    {PKG "AttestResponse", "evidence", 1, CDX_EVIDENCE_MAX, 0, 0},
+    {PKG "AttestResponse", "attestation_public_key", 1, CDX_ATTEST_SPKI_MAX, 0, 0},
+    {PKG "AttestResponse", "attestation_key_id", 32, 32, 0, 0},
 };
 /* clang-format on */
 
@@ -421,6 +426,7 @@ static const char *const body_names[] = {
     [CIPHERDEX__V1__REQUEST__BODY_DELETE] = "delete",
     [CIPHERDEX__V1__REQUEST__BODY_LIST_IDS] = "list_ids",
     [CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK] = "accept_rollback",
+    [CIPHERDEX__V1__REQUEST__BODY_ATTEST] = "attest",
 };
 
 const char *wire_body_name(const Cipherdex__V1__Request *req)
