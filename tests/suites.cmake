@@ -67,9 +67,10 @@ target_compile_definitions(test_wire_roundtrip
 # metadata JSON, the configuration loader, the record plaintext decoders, the sans-IO RESP reader
 # the Redis store reads bulk fetches with (engine/eng_redis_resp.c), the bounded reply callbacks
 # it gives hiredis' reader (engine/eng_redis_reply.c), the access policy file and the audit
-# trail's lines (policy/). Each writes its seeds and replays them.
+# trail's lines (policy/), attestation statements (policy/pol_evidence). Each writes its seeds and
+# replays them.
 # With CDX_LIBFUZZER (./run fuzz) the same targets are libFuzzer binaries instead.
-foreach(target wire filter ini codec resp redis_reply policy)
+foreach(target wire filter ini codec resp redis_reply policy evidence)
   if(CDX_LIBFUZZER)
     add_executable(fuzz_${target} fuzz/fuzz_${target}.c)
     target_compile_definitions(fuzz_${target} PRIVATE CDX_LIBFUZZER)
@@ -85,6 +86,7 @@ endforeach()
 target_link_libraries(fuzz_filter PRIVATE cdx_engine)
 target_link_libraries(fuzz_ini PRIVATE cdx_appconf)
 target_link_libraries(fuzz_policy PRIVATE cdx_appconf cdx_policy PkgConfig::OPENSSL)
+target_link_libraries(fuzz_evidence PRIVATE cdx_policy PkgConfig::OPENSSL)
 target_link_libraries(fuzz_codec PRIVATE cdx_engine)
 target_link_libraries(fuzz_redis_reply PRIVATE cdx_engine)
 target_link_libraries(fuzz_wire PRIVATE cdx_wire)
