@@ -453,6 +453,17 @@ static void test_strict_der(void)
 /* The doc's openssl commands verify the good statement and show the claims. */
 static void test_openssl_good(void)
 {
+    const char *keep = getenv("CDX_ATTEST_EXAMPLE_DIR"); /* docs/ATTESTATION.md's example */
+    if (keep) {
+        char p[4200], nh[65];
+        snprintf(p, sizeof(p), "%s/ev.der", keep);
+        CU_ASSERT(write_file(p, good, good_len) == 0);
+        snprintf(p, sizeof(p), "%s/ak.pem", keep);
+        CU_ASSERT(write_pem(p, ak) == 0);
+        snprintf(p, sizeof(p), "%s/nonce.hex", keep);
+        cdx_hex_encode(nonce, sizeof(nonce), nh);
+        CU_ASSERT(write_file(p, nh, strlen(nh)) == 0);
+    }
     CU_ASSERT(openssl_verify(dir, good, good_len, ak_pem) == 0);
     CU_ASSERT(strstr(out, "Verified OK") != NULL);
     char claims[4200];
@@ -464,6 +475,33 @@ static void test_openssl_good(void)
     fclose(f);
     CU_ASSERT(strstr(out, "2.25.144211767722024654500488149802296319553.1.2.3") != NULL);
     CU_ASSERT(strstr(out, "ecdsa-with-SHA256") != NULL);
+    /* the doc's claim reader: one line per claim, each value as the C parser reads it */
+    char ev[4200], claims_sh[4200];
+    snprintf(ev, sizeof(ev), "%s/ev.der", dir);
+    snprintf(claims_sh, sizeof(claims_sh), "%s/tests/attest_claims.sh", getenv("CDX_SOURCE_DIR"));
+    const char *argv[] = {"sh", claims_sh, ev, NULL};
+    CU_ASSERT_FATAL(fx_run(argv, NULL, out, OUT_CAP) == 0);
+    pol_ev *pe = NULL;
+    CU_ASSERT_FATAL(pol_ev_parse(good, good_len, &pe) == CDX_OK);
+    size_t lines = 0;
+    for (const char *p = out; (p = strchr(p, '\n')); p++)
+        lines++;
+    CU_ASSERT(lines == pol_ev_count(pe));
+    for (size_t i = 0; i < pol_ev_count(pe); i++) {
+        const pol_ev_value *v = pol_ev_at(pe, i);
+        char oid[96], want[1200], hexv[1100];
+        pol_ev_claim_oid_text(v->claim, oid, sizeof(oid));
+        if (!v->present)
+            snprintf(want, sizeof(want), "%s - -\n", oid);
+        else {
+            cdx_hex_encode(v->data, v->len < 512 ? v->len : 0, hexv);
+            snprintf(want, sizeof(want), "%s [%d] %s", oid, (int)v->type, hexv);
+        }
+        CU_ASSERT(strstr(out, want) != NULL);
+        if (!strstr(out, want))
+            fprintf(stderr, "claims.sh lacks `%s`\n", want);
+    }
+    pol_ev_free(pe);
 }
 
 /* The words of pkcs11-tool's "Usage:" or "Access:" line, comma separated: is `w` one of them? */
