@@ -640,6 +640,10 @@ static cdx_err do_attest(const app_dispatch_env *env, const Req *q, Resp *r, scr
     cdx_err err = eng_index_describe(env->engine, wire_text(a->index), info);
     if (err)
         return err;
+    if (strcmp(info->state, "ready"))
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                        "index `%s` is %s, not ready: its key cannot be attested now", info->name,
+                        info->state);
     uint8_t *der = NULL, *kid = alloc(s, 32);
     size_t der_len = 0;
     unsigned char *spki = NULL;
@@ -674,7 +678,7 @@ static cdx_err do_attest(const app_dispatch_env *env, const Req *q, Resp *r, scr
 /*
  * What an operation needs from the caller's principal (pol_need): none
  * (health; the index list, filtered to what the caller may see), read,
- * write, or admin on the index it names.
+ * write, admin or attest on the index it names.
  */
 #define NEED_NONE   POL_NEED_NONE
 #define NEED_READ   POL_NEED_READ
