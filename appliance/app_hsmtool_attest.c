@@ -17,6 +17,7 @@
 #include "app_hsmtool.h"
 #include "cdx_hex.h"
 #include "cdx_limits.h"
+#include "hsm_admin.h"
 #include "hsm_attest.h"
 #include "pol_evidence.h"
 

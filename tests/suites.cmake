@@ -9,7 +9,7 @@ cdx_add_test(test_audit SOURCES test_audit.c LIBS cdx_policy PkgConfig::OPENSSL)
 # HSM key attestation (pkcs11/hsm_attest, policy/pol_evidence, appliance/app_attest): the statement
 # against forged, replayed, stale, edited and wrong-key variants (C and openssl CLI), pkcs11-tool's
 # view of the same key, cipherdex-hsm attest-key/attest verify, and attest through cipherdexd.
-cdx_add_test(test_attest SOURCES test_attest.c LIBS cdx_daemon cdx_client cdx_policy cdx_pkcs11
+cdx_add_test(test_attest SOURCES test_attest.c LIBS cdx_daemon cdx_client cdx_policy cdx_pkcs11_admin cdx_pkcs11
              PkgConfig::OPENSSL TIMEOUT 600)
 add_dependencies(test_attest cipherdex-hsm cipherdex cipherdexd)
 cdx_add_test(test_metrics SOURCES test_metrics.c LIBS cdx_appops)

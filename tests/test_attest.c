@@ -38,6 +38,7 @@
 #include "fx_softhsm.h"
 #include "fx_stack.h"
 #include "fx_tmp.h"
+#include "hsm_admin.h"
 #include "hsm_attest.h"
 #include "hsm_keys.h"
 #include "hsm_provenance.h"
