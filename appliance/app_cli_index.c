@@ -13,6 +13,12 @@
 #include "hsm_secmem.h"
 #include "cdx_limits.h"
 #include "cdx_time.h"
+#include "pol_evidence.h"
+
+#include <time.h>
+
+#include <openssl/rand.h>
+#include <openssl/x509.h>
 
 int cli_health(cli *x, cli_args *a)
 {
@@ -378,10 +384,106 @@ static int index_accept_rollback(cli *x, cli_args *a, const char *name)
     return e ? cli_fail(x, e) : 0;
 }
 
+/*
+ * index attest NAME [--nonce HEX] [--out FILE]: ask for a statement, check it
+ * against the public key the appliance sent (a convenience: a verifier pins
+ * the key out of band; docs/ATTESTATION.md), write the DER and summarise.
+ */
+static int index_attest(cli *x, cli_args *a, const char *name)
+{
+    uint8_t nonce[CDX_ATTEST_NONCE_MAX];
+    size_t nonce_len = 0;
+    const char *out_path = NULL;
+    for (; a->i < a->n; a->i++) {
+        const char *o = a->v[a->i];
+        if (!strcmp(o, "--nonce")) {
+            const char *h = cli_opt_value(a, o);
+            size_t hl = strlen(h);
+            if (hl % 2 || hl / 2 < CDX_ATTEST_NONCE_MIN || hl / 2 > CDX_ATTEST_NONCE_MAX ||
+                cdx_hex_decode(h, nonce, hl / 2))
+                return cli_usage("--nonce needs %d to %d bytes in hex", CDX_ATTEST_NONCE_MIN,
+                                 CDX_ATTEST_NONCE_MAX);
+            nonce_len = hl / 2;
+        } else if (!strcmp(o, "--out")) {
+            out_path = cli_opt_value(a, o);
+        } else {
+            return cli_usage("index attest: unknown option %s", o);
+        }
+    }
+    if (!nonce_len) { /* a fresh one; a verifier who cares brings its own */
+        nonce_len = 32;
+        if (RAND_bytes(nonce, (int)nonce_len) != 1)
+            return cli_fail(x, cdx_fail(CDX_ERR_INTERNAL, "no random nonce"));
+    }
+    wire_response *w = NULL;
+    pol_ev *ev = NULL;
+    EVP_PKEY *pk = NULL;
+    cdx_err e = app_client_attest(x->c, name, nonce, nonce_len, &w);
+    const Cipherdex__V1__AttestResponse *ar = e ? NULL : wire_response_msg(w)->attest;
+    if (!e && !ar)
+        e = cdx_fail(CDX_ERR_INTERNAL, "the answer has no attest body");
+    if (!e && out_path) {
+        FILE *f = fopen(out_path, "wb");
+        if (!f || fwrite(ar->evidence.data, 1, ar->evidence.len, f) != ar->evidence.len)
+            e = cdx_fail(CDX_ERR_INVALID_ARGUMENT, "%s: cannot write the evidence", out_path);
+        if (f && fclose(f) && !e)
+            e = cdx_fail(CDX_ERR_INVALID_ARGUMENT, "%s: cannot write the evidence", out_path);
+    }
+    const unsigned char *sp = ar ? ar->attestation_public_key.data : NULL;
+    if (!e && !(pk = d2i_PUBKEY(NULL, &sp, (long)ar->attestation_public_key.len)))
+        e = cdx_fail(CDX_ERR_INTEGRITY, "the attestation public key sent does not parse");
+    if (!e)
+        e = pol_ev_parse(ar->evidence.data, ar->evidence.len, &ev);
+    if (!e)
+        e = pol_ev_verify(ev, pk, nonce, nonce_len, (int64_t)time(NULL), CDX_ATTEST_MAX_AGE_S);
+    if (!e) {
+        char kid[65], nhex[2 * CDX_ATTEST_NONCE_MAX + 1];
+        cli_hex(ar->attestation_key_id, kid);
+        cdx_hex_encode(nonce, nonce_len, nhex);
+        json_t *claims = json_object();
+        if (!x->json)
+            printf("attestation of %s: signature ok with the appliance's key %s\n"
+                   "(pin that key: check it against `cipherdex-hsm attest-key show` or your "
+                   "CA's certificate)\nnonce: %s\n",
+                   name, kid, nhex);
+        for (size_t i = 0; i < pol_ev_count(ev); i++) {
+            const pol_ev_value *v = pol_ev_at(ev, i);
+            char key[96], val[512];
+            snprintf(key, sizeof(key), "%s.%s", pol_ev_entity_name(pol_ev_claim_entity(v->claim)),
+                     pol_ev_claim_name(v->claim));
+            pol_ev_value_text(v, val, sizeof(val));
+            if (x->json) {
+                json_t *prev = json_object_get(claims, key);
+                if (v->claim == POL_EV_ALLOWED_MECH) {
+                    if (!prev)
+                        json_object_set_new(claims, key, prev = json_array());
+                    json_array_append_new(prev, json_string(val));
+                } else {
+                    json_object_set_new(claims, key, json_string(val));
+                }
+            } else {
+                printf("  %-34s %s\n", key, val);
+            }
+        }
+        if (x->json)
+            cli_print_json(json_pack("{s:s,s:s,s:s,s:s?,s:I,s:o}", "index", name,
+                                     "attestation_key_id", kid, "nonce", nhex, "out", out_path,
+                                     "evidence_bytes", (json_int_t)ar->evidence.len, "claims",
+                                     claims));
+        else
+            json_decref(claims);
+    }
+    EVP_PKEY_free(pk);
+    pol_ev_free(ev);
+    wire_response_free(w);
+    return e ? cli_fail(x, e) : 0;
+}
+
 int cli_index(cli *x, cli_args *a)
 {
     if (a->i >= a->n)
-        return cli_usage("index needs create, list, describe, delete, train or accept-rollback");
+        return cli_usage(
+            "index needs create, list, describe, delete, train, accept-rollback or attest");
     const char *sub = a->v[a->i++];
     if (!strcmp(sub, "list"))
         return index_list(x);
@@ -398,5 +500,7 @@ int cli_index(cli *x, cli_args *a)
         return index_train(x, a, name);
     if (!strcmp(sub, "accept-rollback"))
         return index_accept_rollback(x, a, name);
+    if (!strcmp(sub, "attest"))
+        return index_attest(x, a, name);
     return cli_usage("index: unknown subcommand %s", sub);
 }

@@ -706,6 +706,19 @@ cdx_err app_client_accept_rollback(app_client *c, const char *index, uint64_t co
     return app_client_call(c, &r, out);
 }
 
+cdx_err app_client_attest(app_client *c, const char *index, const uint8_t *nonce, size_t nonce_len,
+                          wire_response **out)
+{
+    Req r = CIPHERDEX__V1__REQUEST__INIT;
+    Cipherdex__V1__AttestRequest a = CIPHERDEX__V1__ATTEST_REQUEST__INIT;
+    a.index = str(index);
+    a.nonce.data = (uint8_t *)nonce;
+    a.nonce.len = nonce_len;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_ATTEST;
+    r.attest = &a;
+    return app_client_call(c, &r, out);
+}
+
 cdx_err app_client_train(app_client *c, const char *index, const app_train_opts *o,
                          wire_response **out)
 {

@@ -221,6 +221,14 @@ CDX_MUST_CHECK cdx_err app_client_delete_index(app_client *c, const char *name,
 CDX_MUST_CHECK cdx_err app_client_accept_rollback(app_client *c, const char *index,
                                                   uint64_t confirm_version, wire_response **out);
 
+/*
+ * attest: a signed statement about `index`'s key answering `nonce`
+ * (CDX_ATTEST_NONCE_MIN..MAX bytes; docs/ATTESTATION.md). The response body
+ * is attest (evidence, attestation_public_key, attestation_key_id).
+ */
+CDX_MUST_CHECK cdx_err app_client_attest(app_client *c, const char *index, const uint8_t *nonce,
+                                         size_t nonce_len, wire_response **out);
+
 /* o may be NULL (the server's defaults). */
 CDX_MUST_CHECK cdx_err app_client_train(app_client *c, const char *index, const app_train_opts *o,
                                         wire_response **out);

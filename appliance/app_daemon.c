@@ -18,6 +18,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
+
 #include "app_addr.h"
 #include "app_audit.h"
 #include "app_auditrec.h"
@@ -29,6 +33,7 @@
 #include "cdx_hex.h"
 #include "cdx_log.h"
 #include "eng_store.h"
+#include "hsm_attest.h"
 #include "hsm_custody.h"
 #include "hsm_keys.h"
 #include "hsm_subkey.h"
@@ -39,6 +44,7 @@ struct app_daemon {
     app_config cfg;
     char *config_path;
     hsm_custody *custody;
+    EVP_PKEY *attest_key; /* the attestation public key found at start, or NULL */
     eng_store *store;
     eng *engine;
     eng_maint *maint; /* background compaction and sweep; NULL when disabled */
@@ -505,6 +511,34 @@ static cdx_err open_audit(app_daemon *d)
     return CDX_OK;
 }
 
+/*
+ * The attestation key (docs/ATTESTATION.md), found by its label at start. Without one the daemon
+ * still starts: attest answers FAILED_PRECONDITION naming `cipherdex-hsm attest-key create`.
+ */
+static void load_attest_key(app_daemon *d)
+{
+    cdx_err err = hsm_attest_key_public(d->custody, &d->attest_key);
+    if (err == CDX_ERR_KEY_NOT_FOUND)
+        cdx_log(CDX_LOG_INFO, "attest_key_absent",
+                "msg=\"no attestation key on the token: attest requests will be refused until "
+                "`cipherdex-hsm attest-key create` is run and the daemon restarted\"");
+    else if (err)
+        cdx_log(CDX_LOG_WARN, "attest_key_unusable", "code=%s msg=\"%s\"", cdx_err_name(err),
+                cdx_err_detail());
+    else {
+        uint8_t kid[32];
+        char hex[65] = "-";
+        unsigned char *spki = NULL;
+        int n = i2d_PUBKEY(d->attest_key, &spki);
+        if (n > 0) {
+            SHA256(spki, (size_t)n, kid);
+            cdx_hex_encode(kid, sizeof(kid), hex);
+        }
+        OPENSSL_free(spki);
+        cdx_log(CDX_LOG_INFO, "attest_key_loaded", "key_id=%s", hex);
+    }
+}
+
 cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemon **out)
 {
     cdx_err err;
@@ -551,6 +585,7 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
     }
     if (cfg->audit_enabled && (err = open_audit(d)))
         goto fail;
+    load_attest_key(d);
     eng_config ec = {.custody = d->custody,
                      .store = d->store,
                      .state_dir = d->cfg.state_dir,
@@ -603,7 +638,9 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                                 .policy = d->policy,
                                 .rate = d->rate,
                                 .audit = d->audit,
-                                .audit_index_names = cfg->audit_index_names};
+                                .audit_index_names = cfg->audit_index_names,
+                                .custody = d->custody,
+                                .attest_key = d->attest_key};
     if ((err = app_server_new(d->base, &d->cfg, d->tls, d->pool, &d->env, d->metrics, &d->server)))
         goto fail;
     d->env.budget = app_server_budget(d->server); /* before any request runs */
@@ -662,6 +699,7 @@ void app_daemon_free(app_daemon *d)
     hsm_custody_set_event_hook(d->custody, NULL, NULL);
     app_audit_close(d->audit, d->ran ? "kind=stop clean=yes" : "kind=stop clean=start_failed");
     hsm_subkey_release(d->audit_key);
+    EVP_PKEY_free(d->attest_key);
     hsm_custody_free(d->custody);
     app_tls_free(d->tls);
     app_policy_free(d->policy);

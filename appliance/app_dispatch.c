@@ -1,6 +1,7 @@
 /* One request frame in, one response frame out (see app_dispatch.h). */
 #include "app_dispatch.h"
 #include "app_auditrec.h"
+#include "app_attest.h"
 #include "app_policy.h"
 #include "app_ratelimit.h"
 
@@ -11,6 +12,8 @@
 #include <time.h>
 
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
 
 #include "cdx_hex.h"
 #include "cdx_limits.h"
@@ -623,6 +626,55 @@ static cdx_err do_list_ids(const app_dispatch_env *env, const Req *q, Resp *r, s
     return CDX_OK;
 }
 
+/* attest: a statement about the index's key, signed on the token (docs/ATTESTATION.md). */
+static cdx_err do_attest(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
+{
+    const Cipherdex__V1__AttestRequest *a = q->attest;
+    if (!env->attest_key || !env->custody)
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                        "this appliance has no attestation key: an administrator creates it with "
+                        "`cipherdex-hsm attest-key create` and restarts cipherdexd "
+                        "(docs/ATTESTATION.md)");
+    eng_index_info *info = alloc(s, sizeof(*info));
+    Cipherdex__V1__AttestResponse *out = alloc(s, sizeof(*out));
+    if (!info || !out)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cdx_err err = eng_index_describe(env->engine, wire_text(a->index), info);
+    if (err)
+        return err;
+    if (strcmp(info->state, "ready"))
+        return cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                        "index `%s` is %s, not ready: its key cannot be attested now", info->name,
+                        info->state);
+    uint8_t *der = NULL, *kid = alloc(s, 32);
+    size_t der_len = 0;
+    unsigned char *spki = NULL;
+    int spki_len = i2d_PUBKEY(env->attest_key, &spki);
+    if (!kid || spki_len <= 0) {
+        OPENSSL_free(spki);
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    uint8_t *spki_copy = keep(s, malloc((size_t)spki_len));
+    if (spki_copy)
+        memcpy(spki_copy, spki, (size_t)spki_len);
+    SHA256(spki, (size_t)spki_len, kid);
+    OPENSSL_free(spki);
+    if (!spki_copy)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    err = app_attest_make(env->custody, env->attest_key, info, a->nonce.data, a->nonce.len,
+                          (int64_t)time(NULL), NULL, 0, &der, &der_len);
+    if (err)
+        return err;
+    keep(s, der);
+    cipherdex__v1__attest_response__init(out);
+    out->evidence = wire_bin(der, der_len);
+    out->attestation_public_key = wire_bin(spki_copy, (size_t)spki_len);
+    out->attestation_key_id = wire_bin(kid, 32);
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_ATTEST;
+    r->attest = out;
+    return CDX_OK;
+}
+
 /* ---- the operations table: the one place that says who may do what ---- */
 
 /* The audit trail's last records and state, for operators (docs/AUDIT.md). */
@@ -670,12 +722,13 @@ static cdx_err do_audit_tail(const app_dispatch_env *env, const Req *q, Resp *r,
 /*
  * What an operation needs from the caller's principal (pol_need): none
  * (health; the index list, filtered to what the caller may see), read,
- * write, or admin on the index it names.
+ * write, admin or attest on the index it names.
  */
-#define NEED_NONE  POL_NEED_NONE
-#define NEED_READ  POL_NEED_READ
-#define NEED_WRITE POL_NEED_WRITE
+#define NEED_NONE     POL_NEED_NONE
+#define NEED_READ     POL_NEED_READ
+#define NEED_WRITE    POL_NEED_WRITE
 #define NEED_ADMIN    POL_NEED_ADMIN
+#define NEED_ATTEST   POL_NEED_ATTEST
 #define NEED_OPERATOR POL_NEED_OPERATOR /* appliance-wide: operators and admins */
 typedef pol_need need;
 
@@ -729,6 +782,10 @@ static const char *index_accept_rollback(const Req *q)
 {
     return wire_text(q->accept_rollback->index);
 }
+static const char *index_attest(const Req *q)
+{
+    return wire_text(q->attest->index);
+}
 
 static const struct op_def {
     Cipherdex__V1__Request__BodyCase body;
@@ -757,6 +814,7 @@ static const struct op_def {
      index_accept_rollback, do_accept_rollback},
     {CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL, APP_OP_AUDIT_TAIL, NEED_OPERATOR, index_none,
      do_audit_tail},
+    {CIPHERDEX__V1__REQUEST__BODY_ATTEST, APP_OP_ATTEST, NEED_ATTEST, index_attest, do_attest},
 };
 
 static const struct op_def *op_find(Cipherdex__V1__Request__BodyCase body)
@@ -999,6 +1057,12 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     res->op = APP_OP_INVALID;
     uint64_t rid = wire_peek_request_id(frame, len);
     eng_thread_stages((uint64_t[ENG_STAGE_COUNT]){0}); /* start this request's stage clock */
+    { /* and forget what this thread touched before (a refusal's log line describes an index) */
+        uint8_t id[CDX_ID_LEN];
+        uint32_t ep, kc, kt;
+        (void)eng_thread_index(id, &ep);
+        hsm_thread_keyuse(&kc, &kt);
+    }
     /* protobuf-c allocates far more than the frame for many tiny fields: bound it, and hold
      * that bound in the in-flight budget while the request is decoded and served. */
     s.frame_len = len;

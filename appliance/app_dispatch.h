@@ -28,10 +28,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/evp.h>
+
 #include "app_config.h"
 #include "app_flow.h"
 #include "app_metrics.h"
 #include "eng.h"
+#include "hsm_custody.h"
 
 /* What the health callback reports for the wire's health request. */
 typedef struct app_wire_health {
@@ -73,6 +76,11 @@ typedef struct app_dispatch_env {
      */
     struct app_audit *audit;
     bool audit_index_names; /* records carry the index name besides its id */
+    /* Attestation (docs/ATTESTATION.md): the custody context the engine uses, and the
+     * attestation public key found at start (NULL: none on the token; attest then answers
+     * FAILED_PRECONDITION naming `cipherdex-hsm attest-key create`). Only read. */
+    hsm_custody *custody;
+    EVP_PKEY *attest_key;
 } app_dispatch_env;
 
 typedef struct app_dispatch_result {

@@ -55,6 +55,10 @@ static const struct optdef {
     [O_KEK] = {"kek", true},
     [O_WRAPPED] = {"wrapped", true},
     [O_INIT_ARGS] = {"init-args", true},
+    [O_REPLACE] = {"replace", false},
+    [O_SUBJECT] = {"subject", true},
+    [O_PUBLIC_KEY] = {"public-key", true},
+    [O_NONCE] = {"nonce", true},
     [O_MAX_AGE] = {"max-age", true},
 };
 
@@ -196,6 +200,26 @@ static const cmd commands[] = {
      "Prints ok with the record and checkpoint counts, the last record and whether the\n"
      "trail ends with a clean stop; or fails naming FILE:LINE and the first broken record\n"
      "(edited, forged, deleted, inserted, reordered or spliced).\n"},
+    {"attest-key", "create", NULL, BIT(O_REPLACE), 0, true, app_hsmtool_attest_key_create,
+     "attest-key create [--replace]",
+     "Generate the attestation key pair on the token: EC P-256, label cipherdex-attest,\n"
+     "the private key sensitive, not extractable, sign only. Refused if one exists; with\n"
+     "--replace the old pair is destroyed first (statements signed by it no longer verify\n"
+     "against the new public key: give verifiers the new one). Restart cipherdexd after.\n"},
+    {"attest-key", "show", NULL, 0, 0, true, app_hsmtool_attest_key_show, "attest-key show",
+     "Print the attestation public key as PEM (with --json: also its key id, SHA-256 of\n"
+     "the SubjectPublicKeyInfo DER). Verifiers check statements against it.\n"},
+    {"attest-key", "csr", NULL, BIT(O_SUBJECT), BIT(O_SUBJECT), true, app_hsmtool_attest_key_csr,
+     "attest-key csr --subject /CN=NAME[/O=ORG...]",
+     "Print a PKCS#10 certificate request (PEM) for the attestation key, signed on the\n"
+     "token, for an operator's CA to certify (`openssl req -verify` accepts it).\n"},
+    {"attest", "verify", "FILE", BIT(O_PUBLIC_KEY) | BIT(O_NONCE) | BIT(O_MAX_AGE),
+     BIT(O_PUBLIC_KEY) | BIT(O_NONCE), false, app_hsmtool_attest_verify,
+     "attest verify FILE --public-key PEM --nonce HEX [--max-age SECONDS]",
+     "Check a DER attestation statement (from `cipherdex index attest --out FILE`) without\n"
+     "the token: its structure (strict DER, every claim known), the signature with the\n"
+     "given public key, the nonce, and that it is at most SECONDS old (default 300; 0: not\n"
+     "checked). Prints ok and the claims, or fails (exit 1) naming the check.\n"},
     {"root", "create", NULL, BIT(O_DEPLOYMENT_ID), BIT(O_DEPLOYMENT_ID), true,
      app_hsmtool_root_create, "root create --deployment-id HEX32",
      "Create the deployment's root key (label cipherdex-root, CKA_ID = deployment id) if\n"

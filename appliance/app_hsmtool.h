@@ -35,6 +35,10 @@ enum {
     O_KEK,
     O_WRAPPED,
     O_INIT_ARGS,
+    O_REPLACE,
+    O_SUBJECT,
+    O_PUBLIC_KEY,
+    O_NONCE,
     O_MAX_AGE,
     O_COUNT
 };
@@ -114,6 +118,11 @@ cdx_err app_hsmtool_tokens(ctx *x);
 cdx_err app_hsmtool_keys(ctx *x);
 cdx_err app_hsmtool_probe(ctx *x);        /* app_hsmtool_probe.c */
 cdx_err app_hsmtool_audit_verify(ctx *x); /* app_hsmtool_audit.c */
+/* app_hsmtool_attest.c */
+cdx_err app_hsmtool_attest_key_create(ctx *x);
+cdx_err app_hsmtool_attest_key_show(ctx *x);
+cdx_err app_hsmtool_attest_key_csr(ctx *x);
+cdx_err app_hsmtool_attest_verify(ctx *x);
 cdx_err app_hsmtool_root_create(ctx *x);
 cdx_err app_hsmtool_kek_create(ctx *x);
 cdx_err app_hsmtool_kek_import(ctx *x);

@@ -73,6 +73,21 @@ CDX_MUST_CHECK cdx_err hsm_kek_import(hsm_custody *c, const char *name,
  */
 CDX_MUST_CHECK cdx_err hsm_kek_destroy(hsm_custody *c, const char *name);
 
+/* ---- the attestation key pair (docs/ATTESTATION.md; hsm_attest.h uses it) ---- */
+
+/*
+ * Generate the attestation key pair. If one exists (either half):
+ * CDX_ERR_ALREADY_EXISTS, unless `replace`, which destroys every object
+ * labelled CDX_ATTEST_LABEL first (*replaced tells; may be NULL): evidence
+ * signed by the old key no longer verifies against the new public key. The
+ * new private key is read back and destroyed again if the token did not
+ * keep the template (CDX_ERR_KEY_ATTRIBUTES).
+ * Errors: CDX_ERR_ALREADY_EXISTS, CDX_ERR_KEY_ATTRIBUTES,
+ * CDX_ERR_MECHANISM_UNSUPPORTED (no CKM_EC_KEY_PAIR_GEN or CKM_ECDSA), the
+ * custody errors.
+ */
+CDX_MUST_CHECK cdx_err hsm_attest_key_create(hsm_custody *c, bool replace, bool *replaced);
+
 /* ---- listing ---- */
 
 typedef struct hsm_key_info {

@@ -9,7 +9,7 @@
 #include "cdx_limits.h"
 #include "pol_principal.h"
 
-enum { PERM_READ = 1u << 0, PERM_WRITE = 1u << 1, PERM_ADMIN = 1u << 2 };
+enum { PERM_READ = 1u << 0, PERM_WRITE = 1u << 1, PERM_ADMIN = 1u << 2, PERM_ATTEST = 1u << 3 };
 
 /* A principal, or role:NAME (role >= 0 once resolved). */
 typedef struct subj {
@@ -80,6 +80,8 @@ const char *pol_need_name(pol_need n)
         return "admin";
     case POL_NEED_OPERATOR:
         return "operator";
+    case POL_NEED_ATTEST:
+        return "attest";
     }
     return "?";
 }
@@ -473,13 +475,15 @@ cdx_err pol_builder_key(pol_builder *b, unsigned line, const char *section, cons
         cdx_err err = check_name("index pattern", pattern, true);
         if (err)
             return err;
-        unsigned perm = !strcmp(key, "read")    ? PERM_READ
-                        : !strcmp(key, "write") ? PERM_WRITE
-                        : !strcmp(key, "admin") ? PERM_ADMIN
-                                                : 0;
+        unsigned perm = !strcmp(key, "read")     ? PERM_READ
+                        : !strcmp(key, "write")  ? PERM_WRITE
+                        : !strcmp(key, "admin")  ? PERM_ADMIN
+                        : !strcmp(key, "attest") ? PERM_ATTEST
+                                                 : 0;
         if (!perm)
             return cdx_fail(CDX_ERR_CONFIG,
-                            "[index %s] has no key `%s` (known: read, write, admin)", pattern, key);
+                            "[index %s] has no key `%s` (known: read, write, admin, attest)",
+                            pattern, key);
         return each_item(b, key, value, add_rule, &(struct rule_arg){pattern, perm, line});
     }
     if (!strncmp(section, "limits ", 7))
@@ -591,9 +595,10 @@ bool pol_allows(const pol_policy *p, const char *principal, pol_need need, const
     unsigned perm = perms_on(p, principal, index);
     if (perm & PERM_ADMIN)
         return true;
-    return need == POL_NEED_READ    ? (perm & PERM_READ) != 0
-           : need == POL_NEED_WRITE ? (perm & PERM_WRITE) != 0
-                                    : false;
+    return need == POL_NEED_READ     ? (perm & PERM_READ) != 0
+           : need == POL_NEED_WRITE  ? (perm & PERM_WRITE) != 0
+           : need == POL_NEED_ATTEST ? (perm & PERM_ATTEST) != 0
+                                     : false;
 }
 
 bool pol_sees(const pol_policy *p, const char *principal, const char *index)

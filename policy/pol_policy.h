@@ -54,9 +54,13 @@ typedef enum pol_need {
     POL_NEED_WRITE,    /* upsert, delete items: on the index */
     POL_NEED_ADMIN,    /* create, train, compact, delete, accept_rollback: on the index */
     POL_NEED_OPERATOR, /* every index's name and health detail (appliance-wide) */
+    /* attest: a signed statement about the index's key (docs/ATTESTATION.md). Granted by
+     * `attest = ...` in [index PATTERN]; index admins and appliance admins have it too, `read`
+     * and `write` do not. */
+    POL_NEED_ATTEST,
 } pol_need;
 
-/* "none", "read", "write", "admin" or "operator" (static). */
+/* "none", "read", "write", "admin", "operator" or "attest" (static). */
 const char *pol_need_name(pol_need n);
 
 /* A builder. Errors: CDX_ERR_RESOURCE_EXHAUSTED. */

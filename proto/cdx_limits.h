@@ -148,5 +148,15 @@
 #define CDX_AUDIT_TAIL_MAX                 1000u /* records per audit_tail answer */
 #define CDX_AUDIT_TAIL_DEFAULT             20u
 #define CDX_AUDIT_LINE_MAX                 4096  /* one record line, with its newline */
+/* ---- attestation (docs/ATTESTATION.md) ---- */
+#define CDX_ATTEST_NONCE_MIN     8     /* bytes of the client's nonce, at least */
+#define CDX_ATTEST_NONCE_MAX     64    /* and at most */
+#define CDX_EVIDENCE_MAX         65536 /* bytes of a DER evidence statement, certificates included */
+#define CDX_EVIDENCE_CLAIMS_MAX  128   /* claims in one statement */
+#define CDX_ATTEST_CLOCK_SKEW_S  60    /* a verifier accepts timestamps this far in its future */
+#define CDX_ATTEST_MAX_AGE_S     300   /* default freshness window of the verifiers */
+#define CDX_ATTEST_SPKI_MAX      256   /* bytes of the attestation key's SPKI DER (P-256: 91) */
+#define CDX_ATTEST_MECHS_MAX     32    /* CKA_ALLOWED_MECHANISMS entries reported */
+#define CDX_ATTEST_LABEL         "cipherdex-attest" /* the attestation key pair's label */
 
 #endif

@@ -96,6 +96,11 @@ static const rule rules[] = {
     {PKG "AuditTailResponse", "records", 1, CDX_AUDIT_LINE_MAX, 0, CDX_AUDIT_TAIL_MAX},
     {PKG "AuditTailResponse", "state", 0, CDX_ENUM_TEXT_MAX, 0, 0},
     {PKG "AuditTailResponse", "error", 0, CDX_STATUS_MESSAGE_MAX, 0, 0},
+    {PKG "AttestRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
+    {PKG "AttestRequest", "nonce", CDX_ATTEST_NONCE_MIN, CDX_ATTEST_NONCE_MAX, 0, 0},
+    {PKG "AttestResponse", "evidence", 1, CDX_EVIDENCE_MAX, 0, 0},
+    {PKG "AttestResponse", "attestation_public_key", 1, CDX_ATTEST_SPKI_MAX, 0, 0},
+    {PKG "AttestResponse", "attestation_key_id", 32, 32, 0, 0},
 };
 /* clang-format on */
 
@@ -425,6 +430,7 @@ static const char *const body_names[] = {
     [CIPHERDEX__V1__REQUEST__BODY_LIST_IDS] = "list_ids",
     [CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK] = "accept_rollback",
     [CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL] = "audit_tail",
+    [CIPHERDEX__V1__REQUEST__BODY_ATTEST] = "attest",
 };
 
 const char *wire_body_name(const Cipherdex__V1__Request *req)
@@ -512,7 +518,7 @@ cdx_err wire_request_check(const Cipherdex__V1__Request *req)
             if (tag >= 10)
                 return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
                                 "request body is field %u, which this server does not know "
-                                "(known: 10-21, 23); upgrade the server or the client",
+                                "(known: 10-23); upgrade the server or the client",
                                 (unsigned)tag);
         }
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT,

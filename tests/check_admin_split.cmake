@@ -1,12 +1,12 @@
 # The admin split holds at link time: the daemon contains none of the admin-only custody
-# calls (key files, anything hsm_kek_*, listing; raw-byte import is the daemon's too, behind
+# calls (key files, anything hsm_kek_*, listing, creating the attestation key; raw-byte import is the daemon's too, behind
 # [hsm] allow_plaintext_import), and the admin tool does (so the
 # check cannot pass vacuously). Run by ctest as test_pkcs11_admin_split:
 #   cmake -DNM=nm -DDAEMON=path/cipherdexd -DTOOL=path/cipherdex-hsm -P check_admin_split.cmake
 cmake_minimum_required(VERSION 3.13)
-set(forbidden "^(hsm_index_key_import_file|hsm_key_file_read|hsm_kek_.*|hsm_key_list|hsm_b64_char)$")
+set(forbidden "^(hsm_index_key_import_file|hsm_key_file_read|hsm_kek_.*|hsm_key_list|hsm_b64_char|hsm_attest_key_create)$")
 set(in_tool hsm_index_key_import hsm_index_key_import_file hsm_key_file_read hsm_kek_generate
-    hsm_kek_import hsm_kek_destroy hsm_kek_name_valid hsm_key_list)
+    hsm_kek_import hsm_kek_destroy hsm_kek_name_valid hsm_key_list hsm_attest_key_create)
 
 function(defined_symbols binary out)
   execute_process(COMMAND ${NM} --defined-only ${binary} OUTPUT_VARIABLE text

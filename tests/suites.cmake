@@ -7,6 +7,12 @@ cdx_add_test(test_policy SOURCES test_policy.c LIBS cdx_daemon cdx_appconf cdx_p
 # The audit trail's record chain (policy/pol_audit.c): every tamper case caught and named.
 cdx_add_test(test_audit SOURCES test_audit.c LIBS cdx_policy PkgConfig::OPENSSL)
 cdx_add_test(test_audit_writer SOURCES test_audit_writer.c LIBS cdx_daemon PkgConfig::OPENSSL)
+# HSM key attestation (pkcs11/hsm_attest, policy/pol_evidence, appliance/app_attest): the statement
+# against forged, replayed, stale, edited and wrong-key variants (C and openssl CLI), pkcs11-tool's
+# view of the same key, cipherdex-hsm attest-key/attest verify, and attest through cipherdexd.
+cdx_add_test(test_attest SOURCES test_attest.c LIBS cdx_daemon cdx_client cdx_policy cdx_pkcs11_admin cdx_pkcs11
+             PkgConfig::OPENSSL TIMEOUT 600)
+add_dependencies(test_attest cipherdex-hsm cipherdex cipherdexd)
 cdx_add_test(test_metrics SOURCES test_metrics.c LIBS cdx_appops)
 cdx_add_test(test_pool SOURCES test_pool.c LIBS cdx_appops)
 cdx_add_test(test_flow SOURCES test_flow.c LIBS cdx_appops)
@@ -62,9 +68,10 @@ target_compile_definitions(test_wire_roundtrip
 # metadata JSON, the configuration loader, the record plaintext decoders, the sans-IO RESP reader
 # the Redis store reads bulk fetches with (engine/eng_redis_resp.c), the bounded reply callbacks
 # it gives hiredis' reader (engine/eng_redis_reply.c), the access policy file and the audit
-# trail's lines (policy/). Each writes its seeds and replays them.
+# trail's lines (policy/), attestation statements (policy/pol_evidence). Each writes its seeds and
+# replays them.
 # With CDX_LIBFUZZER (./run fuzz) the same targets are libFuzzer binaries instead.
-foreach(target wire filter ini codec resp redis_reply policy)
+foreach(target wire filter ini codec resp redis_reply policy evidence)
   if(CDX_LIBFUZZER)
     add_executable(fuzz_${target} fuzz/fuzz_${target}.c)
     target_compile_definitions(fuzz_${target} PRIVATE CDX_LIBFUZZER)
@@ -80,6 +87,7 @@ endforeach()
 target_link_libraries(fuzz_filter PRIVATE cdx_engine)
 target_link_libraries(fuzz_ini PRIVATE cdx_appconf)
 target_link_libraries(fuzz_policy PRIVATE cdx_appconf cdx_policy PkgConfig::OPENSSL)
+target_link_libraries(fuzz_evidence PRIVATE cdx_policy PkgConfig::OPENSSL)
 target_link_libraries(fuzz_codec PRIVATE cdx_engine)
 target_link_libraries(fuzz_redis_reply PRIVATE cdx_engine)
 target_link_libraries(fuzz_wire PRIVATE cdx_wire)

@@ -87,6 +87,7 @@ static void test_grants(void)
         "index docs-?x|admin|uri:spiffe://corp/team-a",
         "index payroll|read|uri:spiffe://corp/payroll",
         "index payroll|write|uri:spiffe://corp/payroll-writer",
+        "index payroll|attest|uri:spiffe://corp/auditor",
     };
     pol_policy *p = NULL;
     CU_ASSERT_EQUAL_FATAL(build(keys, FX_LEN(keys), &p), CDX_OK);
@@ -108,6 +109,19 @@ static void test_grants(void)
     CU_ASSERT_TRUE(pol_allows(p, "uri:spiffe://corp/team-a", POL_NEED_READ, "docs-ax"));
     CU_ASSERT_TRUE(pol_allows(p, "uri:spiffe://corp/team-a", POL_NEED_ADMIN, "docs-ax"));
     CU_ASSERT_FALSE(pol_allows(p, "uri:spiffe://corp/team-a", POL_NEED_ADMIN, "docs-abx"));
+    /* attest (docs/POLICY.md): its own grant, which reads nothing; index admins and appliance
+     * admins have it; read and write do not */
+    const char *aud = "uri:spiffe://corp/auditor";
+    CU_ASSERT_TRUE(pol_allows(p, aud, POL_NEED_ATTEST, "payroll"));
+    CU_ASSERT_FALSE(pol_allows(p, aud, POL_NEED_READ, "payroll"));
+    CU_ASSERT_FALSE(pol_allows(p, aud, POL_NEED_ATTEST, "docs-en"));
+    CU_ASSERT_TRUE(pol_sees(p, aud, "payroll"));
+    CU_ASSERT_FALSE(pol_allows(p, "uri:spiffe://corp/payroll", POL_NEED_ATTEST, "payroll"));
+    CU_ASSERT_FALSE(pol_allows(p, a, POL_NEED_ATTEST, "docs-en"));
+    CU_ASSERT_TRUE(pol_allows(p, "uri:spiffe://corp/team-a", POL_NEED_ATTEST, "docs-ax"));
+    CU_ASSERT_TRUE(pol_allows(p, ops, POL_NEED_ATTEST, "payroll"));
+    CU_ASSERT_FALSE(pol_allows(p, "uri:spiffe://corp/monitor", POL_NEED_ATTEST, "payroll"));
+    CU_ASSERT_STRING_EQUAL(pol_need_name(POL_NEED_ATTEST), "attest");
     /* M1: a CN that spells a URI principal is not that principal */
     CU_ASSERT_FALSE(pol_allows(p, "cn:spiffe://corp/ops", POL_NEED_ADMIN, "docs-en"));
     CU_ASSERT_FALSE(pol_allows(p, "cn:spiffe://corp/app-a", POL_NEED_READ, "docs-en"));
@@ -124,7 +138,7 @@ static void test_grants(void)
     CU_ASSERT_FALSE(pol_allows(p, "anonymous", POL_NEED_READ, "docs-en"));
     size_t r, ro, ad, op;
     pol_policy_counts(p, &r, &ro, &ad, &op);
-    CU_ASSERT_EQUAL(r, 6);
+    CU_ASSERT_EQUAL(r, 7);
     CU_ASSERT_EQUAL(ro, 1);
     CU_ASSERT_EQUAL(ad, 1);
     CU_ASSERT_EQUAL(op, 1);
@@ -141,7 +155,8 @@ static void test_bad_policies(void)
     } cases[] = {
         {"index docs|read|spiffe://corp/app", "has no type"},
         {"index docs|read|uri:a,,uri:b", "empty entry"},
-        {"index docs|reed|uri:a", "has no key `reed`"},
+        {"index docs|reed|uri:a", "has no key `reed` (known: read, write, admin, attest)"},
+        {"index docs|attests|uri:a", "has no key `attests`"},
         {"index do/cs|read|uri:a", "has `/`"},
         {"indexes docs|read|uri:a", "unknown section"},
         {"appliance|owners|uri:a", "[appliance] has no key `owners`"},

@@ -69,8 +69,8 @@ static void policy_file(const uint8_t *data, size_t size)
         close(fd);
         return;
     }
-    static const char *const who[] = {"uri:spiffe://a", "dns:b.example", "cn:c", "anonymous",
-                                      "uri:x"};
+    static const char *const who[] = {"uri:spiffe://a", "dns:b.example", "cn:c",
+                                      "anonymous",      "uri:x",         "cn:aud"};
     static const char *const idx[] = {"docs-1", "a", "payroll", "x"};
     uint8_t fp[32] = {0};
     for (size_t i = 0; i < sizeof(who) / sizeof(who[0]); i++) {
@@ -82,8 +82,13 @@ static void policy_file(const uint8_t *data, size_t size)
         for (size_t j = 0; j < sizeof(idx) / sizeof(idx[0]); j++) {
             bool r = pol_allows(p, who[i], POL_NEED_READ, idx[j]);
             bool a = pol_allows(p, who[i], POL_NEED_ADMIN, idx[j]);
+            bool at = pol_allows(p, who[i], POL_NEED_ATTEST, idx[j]);
             if (a && !r)
                 abort(); /* admin implies read */
+            if (a && !at)
+                abort(); /* admin implies attest (docs/POLICY.md) */
+            if (at && !pol_sees(p, who[i], idx[j]))
+                abort(); /* attest on an index shows it in the list */
             if ((r || a) && !pol_sees(p, who[i], idx[j]))
                 abort(); /* what one may use, one may see */
             if (admin && !a)
@@ -158,7 +163,7 @@ int fuzz_write_seeds(const char *dir)
     static const char policy[] =
         "[appliance]\nadmins = uri:spiffe://a\noperators = cn:c\n"
         "[role r]\nmembers = dns:b.example, uri:x\n"
-        "[index docs-*]\nread = role:r\nwrite = uri:spiffe://a\nadmin = uri:x\n"
+        "[index docs-*]\nread = role:r\nwrite = uri:spiffe://a\nadmin = uri:x\nattest = cn:aud\n"
         "[limits default]\nrequests_per_second = 10\nbytes_per_second = 1M\n"
         "[limits role:r]\nconcurrency = 0\n"
         "[ca c1]\nsha256 = 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n"

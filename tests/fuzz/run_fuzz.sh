@@ -26,7 +26,7 @@ if [[ "${1:-}" == --jobs ]]; then
 fi
 [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { echo "run_fuzz: bad --jobs '$jobs'" >&2; exit 2; }
 targets=("$@")
-((${#targets[@]})) || targets=(wire resp filter ini codec redis_reply policy)
+((${#targets[@]})) || targets=(wire resp filter ini codec redis_reply policy evidence)
 [[ "$budget" =~ ^[0-9]+$ ]] && ((budget > 0)) || { echo "run_fuzz: bad budget '$budget'" >&2; exit 2; }
 case "$mode" in --execs | --minutes) ;; *) echo "run_fuzz: --execs N or --minutes N, not '$mode'" >&2; exit 2 ;; esac
 for t in "${targets[@]}"; do

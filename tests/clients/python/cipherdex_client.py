@@ -4,6 +4,7 @@ The protobuf classes come from proto/cipherdex.proto compiled with
 `protoc --python_out=DIR -I proto proto/cipherdex.proto` (Debian: protobuf-compiler,
 python3-protobuf; run with /usr/bin/python3, which has python3-protobuf).
 """
+import os
 import random
 import socket
 import ssl
@@ -24,7 +25,7 @@ RETRY_IDEMPOTENT = RETRY_ANY | {4, 102, 107}
 # upsert (the same ids with the same values leave the same items) and delete by ids. Not
 # create_index, delete_index or train: describe the index to see what happened instead.
 IDEMPOTENT = frozenset({"health", "describe_index", "list_indexes", "get", "query", "list_ids",
-                        "upsert", "delete"})
+                        "upsert", "delete", "attest"})
 
 
 class CipherdexError(Exception):
@@ -168,6 +169,16 @@ class Client:
         if resp.WhichOneof("body") != name:
             raise ProtocolError(f"answer body {resp.WhichOneof('body')!r} for {name!r}")
         return getattr(resp, name)
+
+    def attest(self, index, nonce=None):
+        """A signed statement about `index`'s key (docs/ATTESTATION.md): returns (evidence DER,
+        attestation public key as SPKI DER, the nonce sent). `nonce`: 8-64 bytes, default 32
+        random ones. Verify the DER against a public key pinned out of band (cipherdex-hsm
+        attest-key show), with `cipherdex-hsm attest verify` or the openssl commands of the doc."""
+        if nonce is None:
+            nonce = os.urandom(32)
+        r = self.call(attest=pb.AttestRequest(index=index, nonce=nonce))
+        return r.evidence, r.attestation_public_key, nonce
 
     def call_retry(self, attempts=8, first_delay=0.05, max_delay=2.0, total=30.0, **body):
         """call() with retries, as docs/WIRE.md "What to retry" says: after a status that

@@ -81,6 +81,14 @@ def main():
             break
     check(len(seen) == 298 and len(set(seen)) == 298, "list_ids pages cover every id once")
 
+    # Attestation: a statement about the index key signed on the token, or FAILED_PRECONDITION
+    # (9) when the appliance has no attestation key yet (cipherdex-hsm attest-key create).
+    try:
+        ev, spki, nonce = c.attest(name)
+        check(ev[0] == 0x30 and nonce in ev, "attest: DER evidence carrying our nonce")
+    except CipherdexError as e:
+        check(e.code in (7, 9), f"attest refused with a reason: {e}")
+
     # Errors carry a code and a message that says what to fix.
     try:
         c.call(query=pb.QueryRequest(index=name, vectors=[1.0, 2.0], top_k=3))
