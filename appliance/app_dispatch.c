@@ -992,6 +992,14 @@ static bool audit_request(const app_dispatch_env *env, const audit_ctx *x, const
     if (!id && q && q->body_case == CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX &&
         q->delete_index->confirm_id.len == CDX_ID_LEN)
         id = q->delete_index->confirm_id.data;
+    /* A request that stopped before the engine opened the index (refused, or failed early):
+     * its record still names the index by id when the name resolves. Not for the cheap
+     * refusals (limits, budget, the trail itself), which must stay cheap. */
+    eng_index_info ii;
+    if (!id && x->index && env->engine && err != CDX_ERR_RATE_LIMITED && err != CDX_ERR_BUSY &&
+        err != CDX_ERR_AUDIT_UNAVAILABLE && err != CDX_ERR_RESOURCE_EXHAUSTED &&
+        eng_index_describe(env->engine, x->index, &ii) == CDX_OK)
+        id = ii.id;
     audit_ctx lx = *x;
     lx.index_id = id;
     cdx_err aerr = CDX_OK;

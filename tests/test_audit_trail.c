@@ -172,6 +172,12 @@ static void test_records(void)
     wire_response_free(w);
     CU_ASSERT_EQUAL(query(a, "docs-secret-name"), CDX_OK);
     CU_ASSERT_EQUAL(query(x, "docs-secret-name"), CDX_ERR_PERMISSION_DENIED);
+    /* an attestation request is audited like any other (this token has no attestation key) */
+    const uint8_t nonce[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+    CU_ASSERT_EQUAL(app_client_attest(admin, "docs-secret-name", nonce, sizeof(nonce), &w),
+                    CDX_ERR_FAILED_PRECONDITION);
+    wire_response_free(w);
+    w = NULL;
     app_client_free(admin);
     app_client_free(a);
     app_client_free(x);
@@ -198,6 +204,8 @@ static void test_records(void)
     /* the refusal: who tried, on which index id, and that it was refused */
     CU_ASSERT_TRUE(has_record(text, " kind=request op=query principal=uri:spiffe://test/stranger ",
                               "code=PERMISSION_DENIED", NULL));
+    CU_ASSERT_TRUE(has_record(text, " kind=request op=attest principal=uri:spiffe://test/admin ",
+                              idf, "code=FAILED_PRECONDITION"));
     CU_ASSERT_TRUE(has_record(text, " kind=stop clean=yes", NULL, NULL));
     /* the index name never reaches the trail (only with [audit] index_names = yes) */
     CU_ASSERT_PTR_NULL(strstr(text, "docs-secret-name"));
