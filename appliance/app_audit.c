@@ -286,6 +286,8 @@ cdx_err app_audit_write(app_audit *a, const char *body)
             else
                 err = sync_locked(a);
         }
+        if (err == CDX_ERR_AUDIT_UNAVAILABLE && a->cfg.fail_open)
+            err = CDX_OK; /* written, its durability unknown: announced like a loss */
     }
     pthread_mutex_unlock(&a->mu);
     return err;
@@ -484,9 +486,9 @@ cdx_err app_audit_open(const app_audit_config *cfg, const char *start_body, app_
         goto fail;
     }
     struct stat st;
-    if (stat(a->path, &st) == 0 && st.st_size > 0) {
+    if (stat(a->path, &st) == 0 && st.st_size > 0)
         err = read_head(a, a->path, true, &torn);
-    } else {
+    if (!err && a->pos.seq == 0) { /* audit.log absent, empty, or only a torn first line */
         char name[256], path[PATH_CAP + 300];
         newest_rotated(a->dir, name, sizeof(name));
         if (name[0]) {

@@ -234,6 +234,40 @@ static void test_rotation(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(w.detail, "deleted, inserted or reordered"));
 }
 
+/* A crash just after a rotation, mid-way through the new file's first record: the chain
+ * goes on from the rotated file. */
+static void test_torn_after_rotation(void)
+{
+    char dir[4200], path[4300];
+    new_dir(dir, sizeof(dir));
+    snprintf(path, sizeof(path), "%s/audit.log", dir);
+    app_audit_config c = conf(dir);
+    c.rotate_bytes = 64 * 1024;
+    app_audit *a = NULL;
+    CU_ASSERT_EQUAL_FATAL(app_audit_open(&c, "kind=start", &a), CDX_OK);
+    char body[400];
+    app_audit_stats st = {0};
+    for (int i = 0; i < 2000 && st.last_seq < 2; i++) {
+        snprintf(body, sizeof(body), "kind=request op=get i=%d pad=%0300d", i, i);
+        CU_ASSERT_EQUAL_FATAL(app_audit_write(a, body), CDX_OK);
+        struct stat fs;
+        if (stat(path, &fs) == 0 && fs.st_size == 0) /* just rotated: audit.log is new */
+            break;
+    }
+    app_audit_close(a, NULL);
+    struct stat fs;
+    CU_ASSERT_EQUAL_FATAL(stat(path, &fs), 0);
+    CU_ASSERT_EQUAL_FATAL(fs.st_size, 0);
+    append_raw(path, "cdxa1 99 17"); /* the crash */
+    CU_ASSERT_EQUAL_FATAL(app_audit_open(&c, "kind=start", &a), CDX_OK);
+    app_audit_close(a, "kind=stop");
+    walk w;
+    verify_dir(dir, &w);
+    CU_ASSERT_EQUAL(w.err, CDX_OK);
+    CU_ASSERT_EQUAL(w.first_seq, 1);
+    CU_ASSERT_TRUE(w.stopped);
+}
+
 /* Wait (bounded) until the trail's state is `want`. */
 static bool wait_state(app_audit *a, app_audit_state want, int ms)
 {
@@ -476,6 +510,7 @@ int main(void)
         {"a torn tail is cut and announced; an edited head refuses the start",
          test_torn_tail_and_tampered_head},
         {"rotation chains files; a deleted file is named", test_rotation},
+        {"a crash just after a rotation: the chain goes on", test_torn_after_rotation},
         {"file and directory removed under the writer", test_file_removed},
         {"disk full, fail closed", test_disk_full_closed},
         {"disk full, fail open: lost records announced", test_disk_full_open},
