@@ -342,14 +342,7 @@ static void *timer_main(void *arg)
         period = a->cfg.checkpoint_ms;
     pthread_mutex_lock(&a->mu);
     while (!a->stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += period / 1000;
-        ts.tv_nsec += (long)(period % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = cdx_mono_deadline(period);
         int rc = 0;
         while (!a->stop && rc != ETIMEDOUT)
             rc = pthread_cond_timedwait(&a->timer_cv, &a->mu, &ts);

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "cdx_log.h"
+#include "cdx_time.h"
 #include "eng_int.h"
 #include "eng_maint.h"
 
@@ -27,14 +28,7 @@ void eng_gate_wait(struct idx *ix)
 {
     pthread_mutex_lock(&ix->gate_mu);
     if (ix->gate_closed) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += CDX_GATE_WAIT_MS / 1000;
-        ts.tv_nsec += (long)(CDX_GATE_WAIT_MS % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = cdx_mono_deadline(CDX_GATE_WAIT_MS);
         while (ix->gate_closed && pthread_cond_timedwait(&ix->gate_cv, &ix->gate_mu, &ts) == 0) {
         }
     }

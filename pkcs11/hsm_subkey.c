@@ -150,14 +150,7 @@ static void *janitor(void *arg)
         if (wait < 0) {
             pthread_cond_wait(&sc->cv, &sc->mu);
         } else {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += wait / 1000;
-            ts.tv_nsec += (wait % 1000) * 1000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
+            struct timespec ts = cdx_mono_deadline(wait);
             pthread_cond_timedwait(&sc->cv, &sc->mu, &ts);
         }
     }

@@ -12,6 +12,7 @@
 #define CDX_TIME_H
 
 #include <stdint.h>
+#include <time.h>
 
 /* Monotonic nanoseconds since an arbitrary start (boot). */
 uint64_t cdx_mono_ns(void);
@@ -24,5 +25,11 @@ double cdx_mono_s(void);
 
 /* Wall-clock milliseconds since the Unix epoch. */
 uint64_t cdx_wall_ms(void);
+
+/*
+ * The CLOCK_MONOTONIC instant `ms` from now, as pthread_cond_timedwait wants
+ * it (the condition variable made with pthread_condattr_setclock(MONOTONIC)).
+ */
+struct timespec cdx_mono_deadline(int64_t ms);
 
 #endif

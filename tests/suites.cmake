@@ -10,7 +10,7 @@ cdx_add_test(test_audit_writer SOURCES test_audit_writer.c LIBS cdx_daemon PkgCo
 # HSM key attestation (pkcs11/hsm_attest, policy/pol_evidence, appliance/app_attest): the statement
 # against forged, replayed, stale, edited and wrong-key variants (C and openssl CLI), pkcs11-tool's
 # view of the same key, cipherdex-hsm attest-key/attest verify, and attest through cipherdexd.
-cdx_add_test(test_attest SOURCES test_attest.c LIBS cdx_daemon cdx_client cdx_policy cdx_pkcs11_admin cdx_pkcs11
+cdx_add_test(test_attest SOURCES test_attest.c LIBS cdx_daemon cdx_fx_client cdx_policy cdx_pkcs11_admin cdx_pkcs11
              PkgConfig::OPENSSL TIMEOUT 600)
 add_dependencies(test_attest cipherdex-hsm cipherdex cipherdexd)
 cdx_add_test(test_metrics SOURCES test_metrics.c LIBS cdx_appops)
@@ -101,13 +101,13 @@ cdx_add_test(test_appliance SOURCES test_appliance.c LIBS cdx_client TIMEOUT 600
 add_dependencies(test_appliance cipherdexd)
 # A lost tail at the appliance level: ROLLBACK_DETECTED, list_indexes, /healthz, accept_rollback
 # through the wire and the CLI without a restart (reliability review F2).
-cdx_add_test(test_rollback SOURCES test_rollback.c LIBS cdx_client TIMEOUT 300)
+cdx_add_test(test_rollback SOURCES test_rollback.c LIBS cdx_fx_client TIMEOUT 300)
 add_dependencies(test_rollback cipherdexd cipherdex)
 # The access policy through the wire (docs/POLICY.md): every principal x operation, typed
 # principals, tenants apart, the filtered index list, refusal log lines, SIGHUP reload.
-cdx_add_test(test_access SOURCES test_access.c LIBS cdx_client TIMEOUT 300)
+cdx_add_test(test_access SOURCES test_access.c LIBS cdx_fx_client TIMEOUT 300)
 add_dependencies(test_access cipherdexd)
-cdx_add_test(test_audit_trail SOURCES test_audit_trail.c LIBS cdx_client TIMEOUT 300)
+cdx_add_test(test_audit_trail SOURCES test_audit_trail.c LIBS cdx_fx_client TIMEOUT 300)
 add_dependencies(test_audit_trail cipherdexd cipherdex-hsm)
 # The Python example client generated from the .proto, against a dev stack.
 add_test(NAME test_python_client

@@ -27,6 +27,7 @@
 #include "fx_daemon.h"
 #include "fx_pki.h"
 #include "fx_proc.h"
+#include "fx_client.h"
 #include "fx_stack.h"
 #include "fx_tmp.h"
 
@@ -60,13 +61,7 @@ static bool text_is(ProtobufCBinaryData b, const char *s)
 
 static app_client *client_as(const fx_cert *c)
 {
-    app_client_opts o = {.addr = S.addr,
-                         .ca = fx_pki_ca(S.pki, 0),
-                         .cert = c->cert,
-                         .key = c->key,
-                         .timeout_ms = 30000};
-    app_client *cl = NULL;
-    return app_client_connect(&o, &cl) ? NULL : cl;
+    return fx_stack_client(&S, c);
 }
 
 static void write_policy(const char *text)

@@ -36,6 +36,7 @@
 #include "fx_cunit.h"
 #include "fx_custody.h"
 #include "fx_softhsm.h"
+#include "fx_client.h"
 #include "fx_stack.h"
 #include "fx_tmp.h"
 #include "hsm_admin.h"
@@ -862,13 +863,7 @@ static const char POLICY[] = "[index att-*]\n"
 
 static app_client *client_as(const fx_cert *c)
 {
-    app_client_opts o = {.addr = S.addr,
-                         .ca = fx_pki_ca(S.pki, 0),
-                         .cert = c->cert,
-                         .key = c->key,
-                         .timeout_ms = 30000};
-    app_client *cl = NULL;
-    return app_client_connect(&o, &cl) ? NULL : cl;
+    return fx_stack_client(&S, c);
 }
 
 static cdx_err attest(app_client *c, const char *index, const uint8_t *n, size_t nl, uint8_t **der,

@@ -26,6 +26,7 @@
 #include "fx_proc.h"
 #include "fx_redis.h"
 #include "fx_softhsm.h"
+#include "fx_client.h"
 #include "fx_stack.h"
 #include "fx_tmp.h"
 
@@ -47,13 +48,7 @@ static int daemon_start(void)
 
 static app_client *client_as(const fx_cert *c)
 {
-    app_client_opts o = {.addr = S.addr,
-                         .ca = fx_pki_ca(S.pki, 0),
-                         .cert = c->cert,
-                         .key = c->key,
-                         .timeout_ms = 30000};
-    app_client *cl = NULL;
-    return app_client_connect(&o, &cl) == CDX_OK ? cl : NULL;
+    return fx_stack_client(&S, c);
 }
 
 static cdx_err create_index(app_client *c, const char *name, uint8_t id[16])
