@@ -49,6 +49,7 @@
 static const char *const quiet_env[] = {"CDX_LOG_LEVEL=error", NULL};
 
 static char *out;         /* output of the last command run */
+static fx_token *ttok;    /* the hsmtool suite's token */
 static char script[4096]; /* tests/attest_openssl.sh */
 static char tool[4096];   /* cipherdex-hsm */
 
@@ -671,16 +672,16 @@ static const fx_test ev_tests[] = {
 
 /* ---- suite: cipherdex-hsm ---- */
 
-static fx_token *ttok;
 static char tdir[4096], tpem[4200], tfile[4200], nhex[65];
 
-static int tool_run(const char *a1, ...)
+/* cipherdex-hsm on token t with the NULL-terminated arguments; output in `out`. */
+static int tool_on(const fx_token *t, const char *a1, ...)
 {
     const char *argv[24];
     int n = 0;
     char uri[200], pin[4200];
-    snprintf(uri, sizeof(uri), "pkcs11:token=%s", fx_token_label(ttok));
-    snprintf(pin, sizeof(pin), "file:%s", fx_token_pin_file(ttok));
+    snprintf(uri, sizeof(uri), "pkcs11:token=%s", fx_token_label(t));
+    snprintf(pin, sizeof(pin), "file:%s", fx_token_pin_file(t));
     argv[n++] = tool;
     argv[n++] = "--token";
     argv[n++] = uri;
@@ -695,7 +696,7 @@ static int tool_run(const char *a1, ...)
     argv[n] = NULL;
     return fx_run_env(argv, quiet_env, NULL, out, OUT_CAP);
 }
-#define TOOL(...) tool_run(__VA_ARGS__, NULL)
+#define TOOL(...) tool_on(ttok, __VA_ARGS__, NULL)
 
 static int tool_init(void)
 {
@@ -902,29 +903,7 @@ static int wire_clean(void)
     return fx_stack_close(&S);
 }
 
-static int stool(const char *a1, ...)
-{
-    const char *argv[24];
-    int n = 0;
-    char uri[200], pin[4200];
-    snprintf(uri, sizeof(uri), "pkcs11:token=%s", fx_token_label(S.tok));
-    snprintf(pin, sizeof(pin), "file:%s", fx_token_pin_file(S.tok));
-    argv[n++] = tool;
-    argv[n++] = "--token";
-    argv[n++] = uri;
-    argv[n++] = "--pin-source";
-    argv[n++] = pin;
-    argv[n++] = a1;
-    va_list ap;
-    va_start(ap, a1);
-    for (const char *a; (a = va_arg(ap, const char *)) && n < 23;)
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    return fx_run_env(argv, quiet_env, NULL, out, OUT_CAP);
-}
-
-#define STOOL(...) stool(__VA_ARGS__, NULL)
+#define STOOL(...) tool_on(S.tok, __VA_ARGS__, NULL)
 
 static void test_wire(void)
 {
