@@ -614,6 +614,56 @@ static void test_pkcs11_tool(void)
     pol_ev_free(ev);
 }
 
+/* A self-signed certificate for key k, PEM, into path (extra: bytes appended after it). */
+static int cert_file(const char *path, EVP_PKEY *k, const char *extra)
+{
+    X509 *x = X509_new();
+    X509_NAME *n = X509_NAME_new();
+    int ok =
+        x && n && X509_set_version(x, 2) && ASN1_INTEGER_set(X509_get_serialNumber(x), 1) &&
+        X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"t", -1, -1, 0) &&
+        X509_set_subject_name(x, n) && X509_set_issuer_name(x, n) &&
+        X509_gmtime_adj(X509_getm_notBefore(x), 0) &&
+        X509_gmtime_adj(X509_getm_notAfter(x), 3600) && X509_set_pubkey(x, k) &&
+        X509_sign(x, k, EVP_sha256()) > 0;
+    FILE *f = ok ? fopen(path, "w") : NULL;
+    ok = f && PEM_write_X509(f, x) == 1 && (!extra || fputs(extra, f) >= 0);
+    if (f && fclose(f))
+        ok = 0;
+    X509_NAME_free(n);
+    X509_free(x);
+    return ok ? 0 : -1;
+}
+
+/* [keys] attest_certificates: read as DER; the first must certify the attestation key. */
+static void test_certs_load(void)
+{
+    EVP_PKEY *k = ec_key("P-256"), *other = ec_key("P-256");
+    CU_ASSERT_FATAL(k && other);
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/chain.pem", dir);
+    uint8_t *der = NULL;
+    size_t dl = 0;
+    CU_ASSERT_FATAL(cert_file(path, k, NULL) == 0);
+    CU_ASSERT(app_attest_certs_load(path, k, &der, &dl) == CDX_OK);
+    const unsigned char *p = der;
+    X509 *x = der ? d2i_X509(NULL, &p, (long)dl) : NULL;
+    CU_ASSERT(x && p == der + dl && EVP_PKEY_eq(X509_get0_pubkey(x), k) == 1);
+    X509_free(x);
+    free(der);
+    CU_ASSERT(app_attest_certs_load(path, other, &der, &dl) == CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT(app_attest_certs_load(path, NULL, &der, &dl) == CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT(der == NULL && dl == 0);
+    CU_ASSERT_FATAL(cert_file(path, k, "-----BEGIN CERTIFICATE-----\nnot base64\n") == 0);
+    CU_ASSERT(app_attest_certs_load(path, k, &der, &dl) == CDX_ERR_CONFIG);
+    CU_ASSERT_FATAL(write_file(path, "", 0) == 0);
+    CU_ASSERT(app_attest_certs_load(path, k, &der, &dl) == CDX_ERR_CONFIG);
+    snprintf(path, sizeof(path), "%s/none.pem", dir);
+    CU_ASSERT(app_attest_certs_load(path, k, &der, &dl) == CDX_ERR_CONFIG);
+    EVP_PKEY_free(k);
+    EVP_PKEY_free(other);
+}
+
 /* Nonce bounds, a KCV that differs from the catalog's, and the key pair's life. */
 static void test_refusals(void)
 {
@@ -667,6 +717,7 @@ static const fx_test ev_tests[] = {
     {"strict DER", test_strict_der},
     {"openssl command line", test_openssl_good},
     {"pkcs11-tool agrees", test_pkcs11_tool},
+    {"attest_certificates file", test_certs_load},
     {"refusals and the key pair's life", test_refusals},
 };
 
@@ -984,6 +1035,71 @@ static void test_wire(void)
     CU_ASSERT(fx_run_env(argv, quiet_env, NULL, out, OUT_CAP) == 0);
     CU_ASSERT(strstr(out, "signature ok") && strstr(out, "key.never_extractable"));
     CU_ASSERT(STOOL("attest", "verify", evf, "--public-key", pem, "--nonce", nh) == 0);
+
+    /* the operator's CA certifies the key from the CSR; cipherdexd puts the certificate and the
+     * CA's in intermediateCertificates ([keys] attest_certificates) */
+    char csr[4200], ca_key[4200], ca_pem[4200], cert[4200], chain[4200], sect[4400];
+    snprintf(csr, sizeof(csr), "%s/ak.csr", S.dir);
+    snprintf(ca_key, sizeof(ca_key), "%s/ak-ca.key", S.dir);
+    snprintf(ca_pem, sizeof(ca_pem), "%s/ak-ca.pem", S.dir);
+    snprintf(cert, sizeof(cert), "%s/ak-cert.pem", S.dir);
+    snprintf(chain, sizeof(chain), "%s/ak-chain.pem", S.dir);
+    CU_ASSERT_FATAL(STOOL("attest-key", "csr", "--subject", "/CN=attest test") == 0);
+    CU_ASSERT_FATAL(write_file(csr, out, strlen(out)) == 0);
+    const char *mkca[] = {"openssl",
+                          "req",
+                          "-new",
+                          "-x509",
+                          "-newkey",
+                          "ec",
+                          "-pkeyopt",
+                          "ec_paramgen_curve:P-256",
+                          "-nodes",
+                          "-keyout",
+                          ca_key,
+                          "-out",
+                          ca_pem,
+                          "-days",
+                          "2",
+                          "-subj",
+                          "/CN=attest test CA",
+                          NULL};
+    CU_ASSERT_FATAL(fx_run(mkca, NULL, out, OUT_CAP) == 0);
+    const char *sign[] = {"openssl", "x509",    "-req", "-in",         csr, "-CA",
+                          ca_pem,    "-CAkey",  ca_key, "-set_serial", "7", "-days",
+                          "2",       "-sha256", "-out", cert,          NULL};
+    CU_ASSERT_FATAL(fx_run(sign, NULL, out, OUT_CAP) == 0);
+    const char *cat[] = {"sh", "-c", "cat \"$0\" \"$1\" > \"$2\"", cert, ca_pem, chain, NULL};
+    CU_ASSERT_FATAL(fx_run(cat, NULL, out, OUT_CAP) == 0);
+    snprintf(sect, sizeof(sect), "[keys]\nattest_certificates = %s\n", chain);
+    CU_ASSERT_FATAL(fx_daemon_stop(&S.d) == 0);
+    CU_ASSERT_FATAL(fx_stack_write_conf(&S, &(fx_stack_conf){.policy = POLICY, .sections = sect}) ==
+                    0);
+    CU_ASSERT_FATAL(fx_stack_start(&S) == 0);
+    app_client *aud2 = client_as(auditor);
+    CU_ASSERT_FATAL(aud2 != NULL);
+    der = NULL;
+    CU_ASSERT_FATAL(attest(aud2, "att-1", n, sizeof(n), &der, &dl) == CDX_OK);
+    CU_ASSERT(check(der, dl, pinned, n, sizeof(n), (int64_t)time(NULL), 300) == CDX_OK);
+    CU_ASSERT_FATAL(pol_ev_parse(der, dl, &ev) == CDX_OK);
+    const uint8_t *certs;
+    size_t certs_len;
+    pol_ev_certs(ev, &certs, &certs_len);
+    const unsigned char *cp = certs;
+    X509 *leaf = certs_len ? d2i_X509(NULL, &cp, (long)certs_len) : NULL;
+    X509 *ca = leaf ? d2i_X509(NULL, &cp, (long)(certs_len - (size_t)(cp - certs))) : NULL;
+    CU_ASSERT(leaf && ca && cp == certs + certs_len);
+    CU_ASSERT(leaf && EVP_PKEY_eq(X509_get0_pubkey(leaf), pinned) == 1);
+    CU_ASSERT(leaf && ca && X509_verify(leaf, X509_get0_pubkey(ca)) == 1);
+    snprintf(evf, sizeof(evf), "%s/chain-ev.der", S.dir);
+    CU_ASSERT_FATAL(write_file(evf, der, dl) == 0);
+    CU_ASSERT(STOOL("attest", "verify", evf, "--public-key", pem, "--nonce", nh) == 0);
+    CU_ASSERT(strstr(out, "certificates") && strstr(out, " 2\n"));
+    X509_free(leaf);
+    X509_free(ca);
+    pol_ev_free(ev);
+    free(der);
+    app_client_free(aud2);
     EVP_PKEY_free(pinned);
     app_client_free(admin);
     app_client_free(aud);
