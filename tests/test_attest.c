@@ -445,6 +445,7 @@ static void test_strict_der(void)
     pol_ev_certs(ev2, &certs, &certs_len);
     CU_ASSERT(certs_len == (size_t)sl && !memcmp(certs, spki, certs_len));
     CU_ASSERT(pol_ev_verify(ev2, ak, nonce, 32, made, 300) == CDX_OK);
+    free(der);
     CU_ASSERT(pol_ev_assemble(tbs, tbs_len, kid, sig, sig_len, (const uint8_t *)"\x04\x00", 2, &der,
                               &dl) == CDX_ERR_INVALID_ARGUMENT);
     OPENSSL_free(spki);
