@@ -13,7 +13,8 @@
  *   and attest verify on good and bad statements.
  * wire: cipherdexd's attest: no attestation key (FAILED_PRECONDITION, the
  *   daemon still serves), the attest permission, a statement that verifies
- *   with the key pinned from attest-key show, `cipherdex index attest`.
+ *   with the key pinned from attest-key show, `cipherdex index attest`, and
+ *   [keys] attest_certificates carrying a CA-certified key's chain.
  */
 #include <CUnit/Basic.h>
 #include <stdarg.h>
