@@ -91,15 +91,25 @@ static cdx_err check(const uint8_t *der, size_t len, EVP_PKEY *pk, const uint8_t
     return err;
 }
 
-/* The openssl command line on a statement: 0 when the signature verifies. */
-static int openssl_verify(const char *dir, const uint8_t *der, size_t len, const char *pub_pem)
+/*
+ * The openssl command line on a statement (tests/attest_openssl.sh): 0 when the signature
+ * verifies with pub_pem and the statement names that key, and, when given, answers nonce_hex
+ * and is at most max_age seconds old.
+ */
+static int openssl_check(const char *dir, const uint8_t *der, size_t len, const char *pub_pem,
+                         const char *nonce_hex, const char *max_age)
 {
     char ev[4200];
     snprintf(ev, sizeof(ev), "%s/ev.der", dir);
     if (write_file(ev, der, len))
         return -1;
-    const char *argv[] = {"sh", script, ev, pub_pem, dir, NULL};
+    const char *argv[] = {"sh", script, ev, pub_pem, dir, nonce_hex, max_age, NULL};
     return fx_run(argv, NULL, out, OUT_CAP);
+}
+
+static int openssl_verify(const char *dir, const uint8_t *der, size_t len, const char *pub_pem)
+{
+    return openssl_check(dir, der, len, pub_pem, NULL, NULL);
 }
 
 /* ---- suite: evidence, on one token ---- */
@@ -317,6 +327,16 @@ static void test_replay(void)
     CU_ASSERT(check(good, good_len, ak, other, 31, made, 300) == CDX_ERR_INTEGRITY);
     CU_ASSERT(check(good, good_len, ak, other, 33, made, 300) == CDX_ERR_INTEGRITY);
     CU_ASSERT(check(good, good_len, ak, NULL, 0, made, 300) == CDX_ERR_INTEGRITY);
+    /* the openssl path compares the nonce claim too */
+    char nh[65], oh[67];
+    cdx_hex_encode(nonce, sizeof(nonce), nh);
+    CU_ASSERT(openssl_check(dir, good, good_len, ak_pem, nh, NULL) == 0);
+    other[0] ^= 0x80;
+    cdx_hex_encode(other, 32, oh);
+    CU_ASSERT(openssl_check(dir, good, good_len, ak_pem, oh, NULL) != 0);
+    CU_ASSERT(strstr(out, "another nonce") != NULL);
+    cdx_hex_encode(other, 31, oh);
+    CU_ASSERT(openssl_check(dir, good, good_len, ak_pem, oh, NULL) != 0);
 }
 
 /* Stale: older than max age, or from the future beyond the skew. */
@@ -328,6 +348,22 @@ static void test_stale(void)
     CU_ASSERT(check(good, good_len, ak, nonce, 32, made - CDX_ATTEST_CLOCK_SKEW_S, 300) == CDX_OK);
     CU_ASSERT(check(good, good_len, ak, nonce, 32, made - CDX_ATTEST_CLOCK_SKEW_S - 1, 300) ==
               CDX_ERR_STALE);
+    /* and with openssl and the system clock: a statement made 1000 s ago, or 1000 s ahead */
+    char nh[65];
+    cdx_hex_encode(nonce, sizeof(nonce), nh);
+    const int64_t when[2] = {(int64_t)time(NULL) - 1000, (int64_t)time(NULL) + 1000};
+    for (int i = 0; i < 2; i++) {
+        uint8_t *der = NULL;
+        size_t dl = 0;
+        CU_ASSERT_FATAL(app_attest_make(cust, ak, &info, nonce, sizeof(nonce), when[i], NULL, 0,
+                                        &der, &dl) == CDX_OK);
+        CU_ASSERT(check(der, dl, ak, nonce, 32, (int64_t)time(NULL), 300) == CDX_ERR_STALE);
+        CU_ASSERT(openssl_check(dir, der, dl, ak_pem, nh, "300") != 0);
+        CU_ASSERT(strstr(out, "stale") != NULL);
+        CU_ASSERT(openssl_check(dir, der, dl, ak_pem, nh, "100000") == (i == 0 ? 0 : 1));
+        free(der);
+    }
+    CU_ASSERT(openssl_check(dir, good, good_len, ak_pem, nh, "300") == 0);
 }
 
 /* One byte of each claim's value flipped (two ways): refused by C and by openssl. */
