@@ -5,6 +5,9 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <openssl/sha.h>
 
 #include "cdx_limits.h"
@@ -150,4 +153,60 @@ out:
     free(sig);
     OPENSSL_cleanse(&f, sizeof(f));
     return err;
+}
+
+cdx_err app_attest_certs_load(const char *path, EVP_PKEY *ak, uint8_t **der, size_t *der_len)
+{
+    *der = NULL;
+    *der_len = 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return cdx_fail(CDX_ERR_CONFIG, "[keys] attest_certificates: %s: cannot open", path);
+    uint8_t *buf = NULL;
+    size_t len = 0, n = 0;
+    cdx_err err = CDX_OK;
+    X509 *x;
+    ERR_clear_error();
+    while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+        if (n++ == 0 && (!ak || EVP_PKEY_eq(X509_get0_pubkey(x), ak) != 1))
+            err = cdx_fail(CDX_ERR_KEY_ATTRIBUTES,
+                           "[keys] attest_certificates: %s: the first certificate does not "
+                           "certify the token's attestation key%s",
+                           path, ak ? "" : " (there is none)");
+        unsigned char *d = NULL;
+        int dl = err ? 0 : i2d_X509(x, &d);
+        X509_free(x);
+        if (!err && (dl <= 0 || len + (size_t)dl > CDX_EVIDENCE_MAX / 4))
+            err = dl <= 0 ? cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory")
+                          : cdx_fail(CDX_ERR_CONFIG,
+                                     "[keys] attest_certificates: %s: more than %d bytes of "
+                                     "certificates",
+                                     path, CDX_EVIDENCE_MAX / 4);
+        uint8_t *nb = err ? NULL : realloc(buf, len + (size_t)dl);
+        if (!err && !nb)
+            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        if (nb) {
+            buf = nb;
+            memcpy(buf + len, d, (size_t)dl);
+            len += (size_t)dl;
+        }
+        OPENSSL_free(d);
+        if (err)
+            break;
+    }
+    /* the loop ends at the end of the file (PEM_R_NO_START_LINE) or at something else */
+    unsigned long e = ERR_peek_last_error();
+    if (!err && (n == 0 || (e && ERR_GET_REASON(e) != PEM_R_NO_START_LINE)))
+        err = cdx_fail(CDX_ERR_CONFIG, "[keys] attest_certificates: %s: %s", path,
+                       n ? "something after the certificates is not a PEM certificate"
+                         : "no PEM certificate");
+    ERR_clear_error();
+    fclose(f);
+    if (err) {
+        free(buf);
+        return err;
+    }
+    *der = buf;
+    *der_len = len;
+    return CDX_OK;
 }

@@ -47,4 +47,17 @@ CDX_MUST_CHECK cdx_err app_attest_make(hsm_custody *c, EVP_PKEY *ak, const eng_i
                                        const uint8_t *certs, size_t certs_len, uint8_t **der,
                                        size_t *der_len);
 
+/*
+ * Read the PEM certificates of `path` (at least one, the first certifying
+ * the attestation key `ak`: a vendor's attestation certificate and its
+ * chain, or the operator CA's certificate from `attest-key csr`) as DER,
+ * concatenated, for app_attest_make's intermediateCertificates. *der
+ * malloc'ed. Errors: CDX_ERR_CONFIG (the file cannot be read, holds no
+ * certificate or something else, or more than CDX_EVIDENCE_MAX / 4 bytes of
+ * them), CDX_ERR_KEY_ATTRIBUTES (ak is NULL, or the first certificate's
+ * public key is not ak), CDX_ERR_RESOURCE_EXHAUSTED.
+ */
+CDX_MUST_CHECK cdx_err app_attest_certs_load(const char *path, EVP_PKEY *ak, uint8_t **der,
+                                             size_t *der_len);
+
 #endif

@@ -60,6 +60,7 @@ static const keydef keys[] = {
     {"keys", "subkey_ttl_ms", T_SPECIAL, 0, 0, 0},
     {"keys", "allow_plaintext_import", T_BOOL, N(allow_plaintext_import), 0},
     {"keys", "require_generated", T_BOOL, N(require_generated), 0},
+    {"keys", "attest_certificates", T_STR, F(attest_certificates), 0},
     {"cache", "bytes", T_SIZE, N(cache_bytes), 1ull << 40},
     {"cache", "preload", T_BOOL, N(cache_preload), 0},
     {"engine", "manifest_max_age_ms", T_U32, N(manifest_max_age_ms), 3600000},

@@ -17,7 +17,7 @@
  *             redis_timeout_ms, redis_start_wait_s,
  *             allow_unsafe_durability
  *   [keys]    subkey_ttl_ms (or [hsm] subkey_ttl_ms; not both),
- *             allow_plaintext_import, require_generated
+ *             allow_plaintext_import, require_generated, attest_certificates
  *   [cache]   bytes, preload
  *   [engine]  manifest_max_age_ms, gc_grace_ms, query_threads
  *   [maintenance] enabled, interval_ms, compact_segments
@@ -75,9 +75,9 @@ typedef struct app_config {
      * "uri:..."); the policy file's [appliance] admins replaces it. */
     char admins[CDX_ADMINS_MAX][CDX_PRINCIPAL_MAX + 1];
     size_t n_admins;
-    size_t n_admins_untyped;    /* entries written without a type (warned about at start) */
-    char policy[APP_PATH_MAX];  /* the access policy file (docs/POLICY.md); "" = admins only */
-    bool allow_software_token;  /* a software token does not degrade /healthz (still logged) */
+    size_t n_admins_untyped;   /* entries written without a type (warned about at start) */
+    char policy[APP_PATH_MAX]; /* the access policy file (docs/POLICY.md); "" = admins only */
+    bool allow_software_token; /* a software token does not degrade /healthz (still logged) */
     uint8_t deployment_id[CDX_ID_LEN];
     bool have_deployment_id;
     char ports_file[APP_PATH_MAX]; /* optional: bound addresses written here once listening */
@@ -94,6 +94,11 @@ typedef struct app_config {
     /* [keys] */
     bool allow_plaintext_import; /* create_index may carry a plaintext key (development) */
     bool require_generated;      /* refuse keys the token does not say it generated */
+    /* PEM certificates for attestation statements' intermediateCertificates (the first one
+     * certifying the attestation key, e.g. a vendor's attestation certificate;
+     * docs/ATTESTATION.md);
+     * "" = none */
+    char attest_certificates[APP_PATH_MAX];
     /* [cache] */
     uint64_t cache_bytes;
     bool cache_preload;

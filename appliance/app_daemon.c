@@ -27,6 +27,7 @@
 #include "app_auditrec.h"
 #include "app_dispatch.h"
 #include "app_fdlimit.h"
+#include "app_attest.h"
 #include "app_http.h"
 #include "app_server.h"
 #include "app_tls.h"
@@ -44,7 +45,9 @@ struct app_daemon {
     app_config cfg;
     char *config_path;
     hsm_custody *custody;
-    EVP_PKEY *attest_key; /* the attestation public key found at start, or NULL */
+    EVP_PKEY *attest_key;  /* the attestation public key found at start, or NULL */
+    uint8_t *attest_certs; /* [keys] attest_certificates as DER, or NULL */
+    size_t attest_certs_len;
     eng_store *store;
     eng *engine;
     eng_maint *maint; /* background compaction and sweep; NULL when disabled */
@@ -586,6 +589,15 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
     if (cfg->audit_enabled && (err = open_audit(d)))
         goto fail;
     load_attest_key(d);
+    if (cfg->attest_certificates[0]) {
+        err = app_attest_certs_load(cfg->attest_certificates, d->attest_key, &d->attest_certs,
+                                    &d->attest_certs_len);
+        if (err == CDX_ERR_KEY_ATTRIBUTES) /* a key replaced since: serve without the chain */
+            cdx_log(CDX_LOG_WARN, "attest_certificates_unused", "msg=\"%s\"", cdx_err_detail());
+        else if (err)
+            goto fail;
+        err = CDX_OK;
+    }
     eng_config ec = {.custody = d->custody,
                      .store = d->store,
                      .state_dir = d->cfg.state_dir,
@@ -640,7 +652,9 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                                 .audit = d->audit,
                                 .audit_index_names = cfg->audit_index_names,
                                 .custody = d->custody,
-                                .attest_key = d->attest_key};
+                                .attest_key = d->attest_key,
+                                .attest_certs = d->attest_certs,
+                                .attest_certs_len = d->attest_certs_len};
     if ((err = app_server_new(d->base, &d->cfg, d->tls, d->pool, &d->env, d->metrics, &d->server)))
         goto fail;
     d->env.budget = app_server_budget(d->server); /* before any request runs */
@@ -700,6 +714,7 @@ void app_daemon_free(app_daemon *d)
     app_audit_close(d->audit, d->ran ? "kind=stop clean=yes" : "kind=stop clean=start_failed");
     hsm_subkey_release(d->audit_key);
     EVP_PKEY_free(d->attest_key);
+    free(d->attest_certs);
     hsm_custody_free(d->custody);
     app_tls_free(d->tls);
     app_policy_free(d->policy);

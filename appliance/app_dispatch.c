@@ -662,7 +662,8 @@ static cdx_err do_attest(const app_dispatch_env *env, const Req *q, Resp *r, scr
     if (!spki_copy)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     err = app_attest_make(env->custody, env->attest_key, info, a->nonce.data, a->nonce.len,
-                          (int64_t)time(NULL), NULL, 0, &der, &der_len);
+                          (int64_t)time(NULL), env->attest_certs, env->attest_certs_len, &der,
+                          &der_len);
     if (err)
         return err;
     keep(s, der);

@@ -81,6 +81,10 @@ typedef struct app_dispatch_env {
      * FAILED_PRECONDITION naming `cipherdex-hsm attest-key create`). Only read. */
     hsm_custody *custody;
     EVP_PKEY *attest_key;
+    /* [keys] attest_certificates as concatenated DER for intermediateCertificates (NULL, 0:
+     * none). */
+    const uint8_t *attest_certs;
+    size_t attest_certs_len;
 } app_dispatch_env;
 
 typedef struct app_dispatch_result {

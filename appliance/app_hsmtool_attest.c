@@ -243,15 +243,30 @@ cdx_err app_hsmtool_attest_verify(ctx *x)
         goto out;
     }
     size_t nc = pol_ev_count(ev);
-    f = calloc(nc + 2, sizeof(*f));
+    f = calloc(nc + 3, sizeof(*f));
     vals = calloc(nc, sizeof(*vals));
     keys = calloc(nc, sizeof(*keys));
     if (!f || !vals || !keys) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
+    /* intermediateCertificates: outside the signature; counted, not trusted (the verifier checks
+     * them against its own roots: docs/ATTESTATION.md) */
+    const uint8_t *cd;
+    size_t cl, ncerts = 0;
+    pol_ev_certs(ev, &cd, &cl);
+    for (const unsigned char *cp = cd; cl && cp < cd + cl; ncerts++) {
+        X509 *c = d2i_X509(NULL, &cp, (long)(cl - (size_t)(cp - cd)));
+        if (!c) {
+            err = cdx_fail(CDX_ERR_INTEGRITY,
+                           "%s: intermediateCertificates holds a non-certificate", x->arg);
+            goto out;
+        }
+        X509_free(c);
+    }
     f[0] = APP_FSTR("status", "ok");
     f[1] = APP_FSTR("file", x->arg);
+    f[2] = APP_FNUM("certificates", ncerts);
     unsigned nmech = 0;
     for (size_t i = 0; i < nc; i++) {
         const pol_ev_value *v = pol_ev_at(ev, i);
@@ -261,9 +276,9 @@ cdx_err app_hsmtool_attest_verify(ctx *x)
         if (v->claim == POL_EV_ALLOWED_MECH && l > 0) /* repeats: one key each */
             snprintf(keys[i] + l, sizeof(keys[i]) - (size_t)l, ".%u", nmech++);
         pol_ev_value_text(v, vals[i], sizeof(vals[i]));
-        f[i + 2] = APP_FSTR(keys[i], vals[i]);
+        f[i + 3] = APP_FSTR(keys[i], vals[i]);
     }
-    app_hsmtool_record(x, f, nc + 2);
+    app_hsmtool_record(x, f, nc + 3);
 out:
     free(f);
     free(vals);

@@ -33,7 +33,9 @@ static const struct command {
      "  index delete NAME --confirm INDEX_ID\n"
      "  index train NAME [--lists N] [--iters N] [--seed N] [--tolerance F]\n"
      "               [--max-points-per-list N]\n"
-     "  index accept-rollback NAME --version V   (admin: serve the store's version V again)\n"},
+     "  index accept-rollback NAME --version V   (admin: serve the store's version V again)\n"
+     "  index attest NAME [--nonce HEX] [--out FILE]   (attest: a signed statement about the\n"
+     "               index key; verify with cipherdex-hsm attest verify)\n"},
     {"upsert", cli_upsert,
      "  upsert INDEX --file F [--labels IDX_LABELS] [--id-prefix P] [--start N] [--batch N]\n"
      "               [--limit N]   F: .fvecs, .bvecs, IDX images (plain or .gz), .jsonl\n"

@@ -333,10 +333,7 @@ static cdx_err facts_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *r
     hsm_unpad(o->label, sizeof(o->label), ti.label, sizeof(ti.label));
     version_text(o->hw_version, ti.hardwareVersion);
     version_text(o->fw_version, ti.firmwareVersion);
-    static const char *const soft[] = {"SoftHSM", "SoftTok", "NSS"};
-    o->software = !(si.flags & CKF_HW_SLOT);
-    for (size_t i = 0; i < sizeof(soft) / sizeof(soft[0]); i++)
-        o->software |= strstr(o->model, soft[i]) != NULL;
+    o->software = hsm_software_token(&si, o->model);
     return CDX_OK;
 }
 

@@ -784,11 +784,17 @@ static cdx_err token_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *r
     }
     hsm_unpad(a->manufacturer, 33, ti.manufacturerID, sizeof(ti.manufacturerID));
     hsm_unpad(a->model, 17, ti.model, sizeof(ti.model));
-    static const char *const soft[] = {"SoftHSM", "SoftTok", "NSS"};
-    a->software = !(si.flags & CKF_HW_SLOT);
-    for (size_t i = 0; i < sizeof(soft) / sizeof(soft[0]); i++)
-        a->software |= strstr(a->model, soft[i]) != NULL;
+    a->software = hsm_software_token(&si, a->model);
     return CDX_OK;
+}
+
+bool hsm_software_token(const CK_SLOT_INFO *si, const char *model)
+{
+    static const char *const soft[] = {"SoftHSM", "SoftTok", "NSS"};
+    bool software = !(si->flags & CKF_HW_SLOT);
+    for (size_t i = 0; i < sizeof(soft) / sizeof(soft[0]); i++)
+        software |= strstr(model, soft[i]) != NULL;
+    return software;
 }
 
 cdx_err hsm_custody_token(hsm_custody *c, char manufacturer[33], char model[17], bool *software)

@@ -13,7 +13,8 @@
  *   and attest verify on good and bad statements.
  * wire: cipherdexd's attest: no attestation key (FAILED_PRECONDITION, the
  *   daemon still serves), the attest permission, a statement that verifies
- *   with the key pinned from attest-key show, `cipherdex index attest`.
+ *   with the key pinned from attest-key show, `cipherdex index attest`, and
+ *   [keys] attest_certificates carrying a CA-certified key's chain.
  */
 #include <CUnit/Basic.h>
 #include <stdarg.h>
@@ -50,6 +51,7 @@
 static const char *const quiet_env[] = {"CDX_LOG_LEVEL=error", NULL};
 
 static char *out;         /* output of the last command run */
+static fx_token *ttok;    /* the hsmtool suite's token */
 static char script[4096]; /* tests/attest_openssl.sh */
 static char tool[4096];   /* cipherdex-hsm */
 
@@ -90,15 +92,25 @@ static cdx_err check(const uint8_t *der, size_t len, EVP_PKEY *pk, const uint8_t
     return err;
 }
 
-/* The openssl command line on a statement: 0 when the signature verifies. */
-static int openssl_verify(const char *dir, const uint8_t *der, size_t len, const char *pub_pem)
+/*
+ * The openssl command line on a statement (tests/attest_openssl.sh): 0 when the signature
+ * verifies with pub_pem and the statement names that key, and, when given, answers nonce_hex
+ * and is at most max_age seconds old.
+ */
+static int openssl_check(const char *dir, const uint8_t *der, size_t len, const char *pub_pem,
+                         const char *nonce_hex, const char *max_age)
 {
     char ev[4200];
     snprintf(ev, sizeof(ev), "%s/ev.der", dir);
     if (write_file(ev, der, len))
         return -1;
-    const char *argv[] = {"sh", script, ev, pub_pem, dir, NULL};
+    const char *argv[] = {"sh", script, ev, pub_pem, dir, nonce_hex, max_age, NULL};
     return fx_run(argv, NULL, out, OUT_CAP);
+}
+
+static int openssl_verify(const char *dir, const uint8_t *der, size_t len, const char *pub_pem)
+{
+    return openssl_check(dir, der, len, pub_pem, NULL, NULL);
 }
 
 /* ---- suite: evidence, on one token ---- */
@@ -316,6 +328,16 @@ static void test_replay(void)
     CU_ASSERT(check(good, good_len, ak, other, 31, made, 300) == CDX_ERR_INTEGRITY);
     CU_ASSERT(check(good, good_len, ak, other, 33, made, 300) == CDX_ERR_INTEGRITY);
     CU_ASSERT(check(good, good_len, ak, NULL, 0, made, 300) == CDX_ERR_INTEGRITY);
+    /* the openssl path compares the nonce claim too */
+    char nh[65], oh[67];
+    cdx_hex_encode(nonce, sizeof(nonce), nh);
+    CU_ASSERT(openssl_check(dir, good, good_len, ak_pem, nh, NULL) == 0);
+    other[0] ^= 0x80;
+    cdx_hex_encode(other, 32, oh);
+    CU_ASSERT(openssl_check(dir, good, good_len, ak_pem, oh, NULL) != 0);
+    CU_ASSERT(strstr(out, "another nonce") != NULL);
+    cdx_hex_encode(other, 31, oh);
+    CU_ASSERT(openssl_check(dir, good, good_len, ak_pem, oh, NULL) != 0);
 }
 
 /* Stale: older than max age, or from the future beyond the skew. */
@@ -327,6 +349,22 @@ static void test_stale(void)
     CU_ASSERT(check(good, good_len, ak, nonce, 32, made - CDX_ATTEST_CLOCK_SKEW_S, 300) == CDX_OK);
     CU_ASSERT(check(good, good_len, ak, nonce, 32, made - CDX_ATTEST_CLOCK_SKEW_S - 1, 300) ==
               CDX_ERR_STALE);
+    /* and with openssl and the system clock: a statement made 1000 s ago, or 1000 s ahead */
+    char nh[65];
+    cdx_hex_encode(nonce, sizeof(nonce), nh);
+    const int64_t when[2] = {(int64_t)time(NULL) - 1000, (int64_t)time(NULL) + 1000};
+    for (int i = 0; i < 2; i++) {
+        uint8_t *der = NULL;
+        size_t dl = 0;
+        CU_ASSERT_FATAL(app_attest_make(cust, ak, &info, nonce, sizeof(nonce), when[i], NULL, 0,
+                                        &der, &dl) == CDX_OK);
+        CU_ASSERT(check(der, dl, ak, nonce, 32, (int64_t)time(NULL), 300) == CDX_ERR_STALE);
+        CU_ASSERT(openssl_check(dir, der, dl, ak_pem, nh, "300") != 0);
+        CU_ASSERT(strstr(out, "stale") != NULL);
+        CU_ASSERT(openssl_check(dir, der, dl, ak_pem, nh, "100000") == (i == 0 ? 0 : 1));
+        free(der);
+    }
+    CU_ASSERT(openssl_check(dir, good, good_len, ak_pem, nh, "300") == 0);
 }
 
 /* One byte of each claim's value flipped (two ways): refused by C and by openssl. */
@@ -445,6 +483,7 @@ static void test_strict_der(void)
     pol_ev_certs(ev2, &certs, &certs_len);
     CU_ASSERT(certs_len == (size_t)sl && !memcmp(certs, spki, certs_len));
     CU_ASSERT(pol_ev_verify(ev2, ak, nonce, 32, made, 300) == CDX_OK);
+    free(der);
     CU_ASSERT(pol_ev_assemble(tbs, tbs_len, kid, sig, sig_len, (const uint8_t *)"\x04\x00", 2, &der,
                               &dl) == CDX_ERR_INVALID_ARGUMENT);
     OPENSSL_free(spki);
@@ -614,6 +653,56 @@ static void test_pkcs11_tool(void)
     pol_ev_free(ev);
 }
 
+/* A self-signed certificate for key k, PEM, into path (extra: bytes appended after it). */
+static int cert_file(const char *path, EVP_PKEY *k, const char *extra)
+{
+    X509 *x = X509_new();
+    X509_NAME *n = X509_NAME_new();
+    int ok =
+        x && n && X509_set_version(x, 2) && ASN1_INTEGER_set(X509_get_serialNumber(x), 1) &&
+        X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"t", -1, -1, 0) &&
+        X509_set_subject_name(x, n) && X509_set_issuer_name(x, n) &&
+        X509_gmtime_adj(X509_getm_notBefore(x), 0) &&
+        X509_gmtime_adj(X509_getm_notAfter(x), 3600) && X509_set_pubkey(x, k) &&
+        X509_sign(x, k, EVP_sha256()) > 0;
+    FILE *f = ok ? fopen(path, "w") : NULL;
+    ok = f && PEM_write_X509(f, x) == 1 && (!extra || fputs(extra, f) >= 0);
+    if (f && fclose(f))
+        ok = 0;
+    X509_NAME_free(n);
+    X509_free(x);
+    return ok ? 0 : -1;
+}
+
+/* [keys] attest_certificates: read as DER; the first must certify the attestation key. */
+static void test_certs_load(void)
+{
+    EVP_PKEY *k = ec_key("P-256"), *other = ec_key("P-256");
+    CU_ASSERT_FATAL(k && other);
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/chain.pem", dir);
+    uint8_t *der = NULL;
+    size_t dl = 0;
+    CU_ASSERT_FATAL(cert_file(path, k, NULL) == 0);
+    CU_ASSERT(app_attest_certs_load(path, k, &der, &dl) == CDX_OK);
+    const unsigned char *p = der;
+    X509 *x = der ? d2i_X509(NULL, &p, (long)dl) : NULL;
+    CU_ASSERT(x && p == der + dl && EVP_PKEY_eq(X509_get0_pubkey(x), k) == 1);
+    X509_free(x);
+    free(der);
+    CU_ASSERT(app_attest_certs_load(path, other, &der, &dl) == CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT(app_attest_certs_load(path, NULL, &der, &dl) == CDX_ERR_KEY_ATTRIBUTES);
+    CU_ASSERT(der == NULL && dl == 0);
+    CU_ASSERT_FATAL(cert_file(path, k, "-----BEGIN CERTIFICATE-----\nnot base64\n") == 0);
+    CU_ASSERT(app_attest_certs_load(path, k, &der, &dl) == CDX_ERR_CONFIG);
+    CU_ASSERT_FATAL(write_file(path, "", 0) == 0);
+    CU_ASSERT(app_attest_certs_load(path, k, &der, &dl) == CDX_ERR_CONFIG);
+    snprintf(path, sizeof(path), "%s/none.pem", dir);
+    CU_ASSERT(app_attest_certs_load(path, k, &der, &dl) == CDX_ERR_CONFIG);
+    EVP_PKEY_free(k);
+    EVP_PKEY_free(other);
+}
+
 /* Nonce bounds, a KCV that differs from the catalog's, and the key pair's life. */
 static void test_refusals(void)
 {
@@ -667,21 +756,22 @@ static const fx_test ev_tests[] = {
     {"strict DER", test_strict_der},
     {"openssl command line", test_openssl_good},
     {"pkcs11-tool agrees", test_pkcs11_tool},
+    {"attest_certificates file", test_certs_load},
     {"refusals and the key pair's life", test_refusals},
 };
 
 /* ---- suite: cipherdex-hsm ---- */
 
-static fx_token *ttok;
 static char tdir[4096], tpem[4200], tfile[4200], nhex[65];
 
-static int tool_run(const char *a1, ...)
+/* cipherdex-hsm on token t with the NULL-terminated arguments; output in `out`. */
+static int tool_on(const fx_token *t, const char *a1, ...)
 {
     const char *argv[24];
     int n = 0;
     char uri[200], pin[4200];
-    snprintf(uri, sizeof(uri), "pkcs11:token=%s", fx_token_label(ttok));
-    snprintf(pin, sizeof(pin), "file:%s", fx_token_pin_file(ttok));
+    snprintf(uri, sizeof(uri), "pkcs11:token=%s", fx_token_label(t));
+    snprintf(pin, sizeof(pin), "file:%s", fx_token_pin_file(t));
     argv[n++] = tool;
     argv[n++] = "--token";
     argv[n++] = uri;
@@ -696,7 +786,7 @@ static int tool_run(const char *a1, ...)
     argv[n] = NULL;
     return fx_run_env(argv, quiet_env, NULL, out, OUT_CAP);
 }
-#define TOOL(...) tool_run(__VA_ARGS__, NULL)
+#define TOOL(...) tool_on(ttok, __VA_ARGS__, NULL)
 
 static int tool_init(void)
 {
@@ -897,29 +987,7 @@ static int wire_clean(void)
     return fx_stack_close(&S);
 }
 
-static int stool(const char *a1, ...)
-{
-    const char *argv[24];
-    int n = 0;
-    char uri[200], pin[4200];
-    snprintf(uri, sizeof(uri), "pkcs11:token=%s", fx_token_label(S.tok));
-    snprintf(pin, sizeof(pin), "file:%s", fx_token_pin_file(S.tok));
-    argv[n++] = tool;
-    argv[n++] = "--token";
-    argv[n++] = uri;
-    argv[n++] = "--pin-source";
-    argv[n++] = pin;
-    argv[n++] = a1;
-    va_list ap;
-    va_start(ap, a1);
-    for (const char *a; (a = va_arg(ap, const char *)) && n < 23;)
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    return fx_run_env(argv, quiet_env, NULL, out, OUT_CAP);
-}
-
-#define STOOL(...) stool(__VA_ARGS__, NULL)
+#define STOOL(...) tool_on(S.tok, __VA_ARGS__, NULL)
 
 static void test_wire(void)
 {
@@ -1000,6 +1068,71 @@ static void test_wire(void)
     CU_ASSERT(fx_run_env(argv, quiet_env, NULL, out, OUT_CAP) == 0);
     CU_ASSERT(strstr(out, "signature ok") && strstr(out, "key.never_extractable"));
     CU_ASSERT(STOOL("attest", "verify", evf, "--public-key", pem, "--nonce", nh) == 0);
+
+    /* the operator's CA certifies the key from the CSR; cipherdexd puts the certificate and the
+     * CA's in intermediateCertificates ([keys] attest_certificates) */
+    char csr[4200], ca_key[4200], ca_pem[4200], cert[4200], chain[4200], sect[4400];
+    snprintf(csr, sizeof(csr), "%s/ak.csr", S.dir);
+    snprintf(ca_key, sizeof(ca_key), "%s/ak-ca.key", S.dir);
+    snprintf(ca_pem, sizeof(ca_pem), "%s/ak-ca.pem", S.dir);
+    snprintf(cert, sizeof(cert), "%s/ak-cert.pem", S.dir);
+    snprintf(chain, sizeof(chain), "%s/ak-chain.pem", S.dir);
+    CU_ASSERT_FATAL(STOOL("attest-key", "csr", "--subject", "/CN=attest test") == 0);
+    CU_ASSERT_FATAL(write_file(csr, out, strlen(out)) == 0);
+    const char *mkca[] = {"openssl",
+                          "req",
+                          "-new",
+                          "-x509",
+                          "-newkey",
+                          "ec",
+                          "-pkeyopt",
+                          "ec_paramgen_curve:P-256",
+                          "-nodes",
+                          "-keyout",
+                          ca_key,
+                          "-out",
+                          ca_pem,
+                          "-days",
+                          "2",
+                          "-subj",
+                          "/CN=attest test CA",
+                          NULL};
+    CU_ASSERT_FATAL(fx_run(mkca, NULL, out, OUT_CAP) == 0);
+    const char *sign[] = {"openssl", "x509",    "-req", "-in",         csr, "-CA",
+                          ca_pem,    "-CAkey",  ca_key, "-set_serial", "7", "-days",
+                          "2",       "-sha256", "-out", cert,          NULL};
+    CU_ASSERT_FATAL(fx_run(sign, NULL, out, OUT_CAP) == 0);
+    const char *cat[] = {"sh", "-c", "cat \"$0\" \"$1\" > \"$2\"", cert, ca_pem, chain, NULL};
+    CU_ASSERT_FATAL(fx_run(cat, NULL, out, OUT_CAP) == 0);
+    snprintf(sect, sizeof(sect), "[keys]\nattest_certificates = %s\n", chain);
+    CU_ASSERT_FATAL(fx_daemon_stop(&S.d) == 0);
+    CU_ASSERT_FATAL(fx_stack_write_conf(&S, &(fx_stack_conf){.policy = POLICY, .sections = sect}) ==
+                    0);
+    CU_ASSERT_FATAL(fx_stack_start(&S) == 0);
+    app_client *aud2 = client_as(auditor);
+    CU_ASSERT_FATAL(aud2 != NULL);
+    der = NULL;
+    CU_ASSERT_FATAL(attest(aud2, "att-1", n, sizeof(n), &der, &dl) == CDX_OK);
+    CU_ASSERT(check(der, dl, pinned, n, sizeof(n), (int64_t)time(NULL), 300) == CDX_OK);
+    CU_ASSERT_FATAL(pol_ev_parse(der, dl, &ev) == CDX_OK);
+    const uint8_t *certs;
+    size_t certs_len;
+    pol_ev_certs(ev, &certs, &certs_len);
+    const unsigned char *cp = certs;
+    X509 *leaf = certs_len ? d2i_X509(NULL, &cp, (long)certs_len) : NULL;
+    X509 *ca = leaf ? d2i_X509(NULL, &cp, (long)(certs_len - (size_t)(cp - certs))) : NULL;
+    CU_ASSERT(leaf && ca && cp == certs + certs_len);
+    CU_ASSERT(leaf && EVP_PKEY_eq(X509_get0_pubkey(leaf), pinned) == 1);
+    CU_ASSERT(leaf && ca && X509_verify(leaf, X509_get0_pubkey(ca)) == 1);
+    snprintf(evf, sizeof(evf), "%s/chain-ev.der", S.dir);
+    CU_ASSERT_FATAL(write_file(evf, der, dl) == 0);
+    CU_ASSERT(STOOL("attest", "verify", evf, "--public-key", pem, "--nonce", nh) == 0);
+    CU_ASSERT(strstr(out, "certificates") && strstr(out, " 2\n"));
+    X509_free(leaf);
+    X509_free(ca);
+    pol_ev_free(ev);
+    free(der);
+    app_client_free(aud2);
     EVP_PKEY_free(pinned);
     app_client_free(admin);
     app_client_free(aud);

@@ -311,6 +311,12 @@ CDX_MUST_CHECK cdx_err hsm_object_destroy(hsm_custody *c, const hsm_key_ref *k,
  */
 void hsm_unpad(char *dst, size_t cap, const CK_UTF8CHAR *src, size_t n);
 
+/*
+ * A software token: its slot lacks CKF_HW_SLOT, or its model (unpadded) is
+ * one of the software tokens Debian ships (SoftHSM, IBM SoftTok, NSS). Pure.
+ */
+bool hsm_software_token(const CK_SLOT_INFO *si, const char *model);
+
 /* Label of the objects the capability probes make and destroy again. */
 #define HSM_PROBE_LABEL "cipherdex-probe"
 
