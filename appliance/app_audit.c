@@ -35,7 +35,7 @@ struct app_audit {
     bool syncing;
     app_audit_state state;
     char error[160];
-    int64_t failed_at_ms; /* monotonic, when the trail failed */
+    int64_t failed_at_ms;  /* monotonic, when the trail failed */
     uint64_t lost_pending; /* fail-open: records dropped since the trail last worked */
     uint64_t records, lost, failures, syncs;
     int64_t last_checkpoint_ms;
@@ -50,8 +50,8 @@ const char *app_audit_state_name(app_audit_state s)
 
 static bool plain(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == ':' || c == '/' || c == '@' || c == '+' || c == '-';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == ':' || c == '/' || c == '@' || c == '+' || c == '-';
 }
 
 void app_audit_value(char *out, size_t cap, const char *in)
@@ -217,8 +217,8 @@ static cdx_err write_locked(app_audit *a, const char *body)
         char resume[320], why[200];
         app_audit_value(why, sizeof(why), a->error[0] ? a->error : "-");
         snprintf(resume, sizeof(resume), "kind=resume failed_ms=%lld lost=%llu error=%s",
-                 (long long)(cdx_mono_ms() - a->failed_at_ms),
-                 (unsigned long long)a->lost_pending, why);
+                 (long long)(cdx_mono_ms() - a->failed_at_ms), (unsigned long long)a->lost_pending,
+                 why);
         if ((err = append_locked(a, resume)))
             return err;
         cdx_log(CDX_LOG_INFO, "audit_resumed", "dir=\"%s\" after_ms=%lld lost=%llu", a->dir,
@@ -515,9 +515,9 @@ cdx_err app_audit_open(const app_audit_config *cfg, const char *start_body, app_
         openlog("cipherdex-audit", LOG_NDELAY, LOG_AUTHPRIV);
     cdx_log(CDX_LOG_INFO, "audit_open", "dir=\"%s\" seq=%llu sync=%s fail=%s syslog=%s", a->dir,
             (unsigned long long)a->pos.seq,
-            cfg->sync == APP_AUDIT_SYNC_ALWAYS  ? "always"
+            cfg->sync == APP_AUDIT_SYNC_ALWAYS ? "always"
             : cfg->sync == APP_AUDIT_SYNC_NONE ? "none"
-                                                : "interval",
+                                               : "interval",
             cfg->fail_open ? "open" : "closed", cfg->syslog ? "yes" : "no");
     *out = a;
     return CDX_OK;
@@ -560,8 +560,7 @@ cdx_err app_audit_tail(app_audit *a, size_t n, char **text, size_t *len)
     *len = 0;
     int fd = open(a->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
-        return cdx_fail(CDX_ERR_AUDIT_UNAVAILABLE, "audit.log cannot be read: %s",
-                        strerror(errno));
+        return cdx_fail(CDX_ERR_AUDIT_UNAVAILABLE, "audit.log cannot be read: %s", strerror(errno));
     cdx_err err = CDX_OK;
     struct stat st;
     char *buf = NULL;

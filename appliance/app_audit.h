@@ -48,7 +48,7 @@ typedef enum app_audit_sync {
 } app_audit_sync;
 
 typedef struct app_audit_config {
-    const char *dir;       /* the trail's directory (created 0700 if missing) */
+    const char *dir; /* the trail's directory (created 0700 if missing) */
     app_audit_sync sync;
     uint32_t interval_ms;   /* INTERVAL's sync period, and the retry period when failed */
     uint32_t checkpoint_ms; /* a kind=checkpoint record this often (0: none) */
@@ -63,18 +63,18 @@ typedef struct app_audit app_audit;
 
 typedef enum app_audit_state {
     APP_AUDIT_OK = 0,
-    APP_AUDIT_FAILED,    /* fail closed: requests are refused */
+    APP_AUDIT_FAILED,      /* fail closed: requests are refused */
     APP_AUDIT_FAILED_OPEN, /* fail open: records are being lost */
 } app_audit_state;
 
 typedef struct app_audit_stats {
     app_audit_state state;
-    uint64_t records;   /* written by this process */
-    uint64_t lost;      /* dropped in fail-open mode, in total */
-    uint64_t failures;  /* writes that failed */
-    uint64_t syncs;     /* fdatasync calls */
-    uint64_t last_seq;  /* the chain's head */
-    char error[160];    /* why the last write failed ("" when ok) */
+    uint64_t records;  /* written by this process */
+    uint64_t lost;     /* dropped in fail-open mode, in total */
+    uint64_t failures; /* writes that failed */
+    uint64_t syncs;    /* fdatasync calls */
+    uint64_t last_seq; /* the chain's head */
+    char error[160];   /* why the last write failed ("" when ok) */
 } app_audit_stats;
 
 /*

@@ -83,9 +83,9 @@ cdx_err app_auditrec_lifecycle(app_audit *a, const char *event, const uint8_t *i
     app_audit_value(p, sizeof(p), principal ? principal : "-");
     id_hex(index_id, idhex);
     char body[POL_AUDIT_LINE_MAX - 256];
-    snprintf(body, sizeof(body), "kind=lifecycle event=%s index_id=%s principal=%s request_id=%llu%s%s",
-             event, idhex, p, (unsigned long long)request_id, extra && extra[0] ? " " : "",
-             extra ? extra : "");
+    snprintf(body, sizeof(body),
+             "kind=lifecycle event=%s index_id=%s principal=%s request_id=%llu%s%s", event, idhex,
+             p, (unsigned long long)request_id, extra && extra[0] ? " " : "", extra ? extra : "");
     return app_audit_write(a, body);
 }
 
@@ -106,8 +106,10 @@ void app_auditrec_key_event(void *arg, const hsm_event *ev)
                                              : "-",
              ev->key_kind == HSM_KEY_ROOT ? "deployment_id" : "index_id", idhex,
              purpose ? purpose : "-", (unsigned)ev->epoch,
-             ev->kcv < 0 ? "-" : ev->kcv ? "ok" : "mismatch", cdx_err_name(ev->result),
-             (unsigned long long)(tl_principal ? tl_rid : 0), p);
+             ev->kcv < 0 ? "-"
+             : ev->kcv   ? "ok"
+                         : "mismatch",
+             cdx_err_name(ev->result), (unsigned long long)(tl_principal ? tl_rid : 0), p);
     /* A failure is the trail's state now: the request's own record will report it. */
     if (app_audit_write(a, body) != CDX_OK)
         return;

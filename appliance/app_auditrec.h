@@ -21,8 +21,8 @@
 
 /* One served request, as the trail records it. */
 typedef struct app_audit_req {
-    const char *op;        /* the operation's name (app_op_name) */
-    const char *principal; /* typed principal ("uri:...", "anonymous") */
+    const char *op;          /* the operation's name (app_op_name) */
+    const char *principal;   /* typed principal ("uri:...", "anonymous") */
     const uint8_t *index_id; /* CDX_ID_LEN bytes; NULL: none or unknown */
     const char *index_name;  /* written only when the trail is configured to (NULL: not) */
     uint64_t items;          /* items, ids or results the request carried */
@@ -31,7 +31,7 @@ typedef struct app_audit_req {
     uint64_t request_id;
     uint64_t bytes_in, bytes_out;
     uint32_t keys_cache, keys_token; /* hsm_thread_keyuse masks */
-    uint64_t us;             /* time served, microseconds */
+    uint64_t us;                     /* time served, microseconds */
 } app_audit_req;
 
 /* Write the request's record. Errors: app_audit_write's. */

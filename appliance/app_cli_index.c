@@ -58,7 +58,6 @@ int cli_health(cli *x, cli_args *a)
     return e ? cli_fail(x, e) : 0;
 }
 
-
 /* key_provenance as JSON: attributes as {"name": true|false|null (n/a)}. */
 static json_t *prov_json(const Cipherdex__V1__KeyProvenance *p)
 {
@@ -74,9 +73,10 @@ static json_t *prov_json(const Cipherdex__V1__KeyProvenance *p)
         json_object_set_new(attrs, name, yes ? json_true() : no ? json_false() : json_null());
     }
     return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:b}", "origin", cli_jstr(p->origin), "kek_name",
-                     cli_jstr(p->kek_name), "born_on_token", cli_jstr(p->born_on_token), "token_serial",
-                     cli_jstr(p->token_serial), "token_model", cli_jstr(p->token_model), "attributes",
-                     attrs, "copyable_not_enforced", p->copyable_not_enforced);
+                     cli_jstr(p->kek_name), "born_on_token", cli_jstr(p->born_on_token),
+                     "token_serial", cli_jstr(p->token_serial), "token_model",
+                     cli_jstr(p->token_model), "attributes", attrs, "copyable_not_enforced",
+                     p->copyable_not_enforced);
 }
 
 /* One line: "unwrapped with KEK kms-main; existed outside the token". */

@@ -86,9 +86,8 @@ static const keydef keys[] = {
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
-static const char *const sections[] = {"server", "hsm",     "store",       "keys",
-                                       "cache",  "engine",  "state",       "log",
-                                       "audit",  "metrics", "maintenance"};
+static const char *const sections[] = {"server", "hsm", "store", "keys",    "cache",      "engine",
+                                       "state",  "log", "audit", "metrics", "maintenance"};
 
 void app_config_init(app_config *c)
 {
@@ -418,7 +417,8 @@ cdx_err app_config_check(const app_config *c)
     if (c->audit_sync_interval_ms < 10)
         return cdx_fail(CDX_ERR_CONFIG, "[audit] sync_interval_ms must be at least 10");
     if (c->audit_rotate_bytes && c->audit_rotate_bytes < 64 * 1024)
-        return cdx_fail(CDX_ERR_CONFIG, "[audit] rotate_bytes must be 0 (never) or at least 64 KiB");
+        return cdx_fail(CDX_ERR_CONFIG,
+                        "[audit] rotate_bytes must be 0 (never) or at least 64 KiB");
     if (c->metrics_listen[0] && app_addr_split(c->metrics_listen, host, sizeof(host), &port))
         return addr_fail("[metrics] listen");
     return CDX_OK;

@@ -110,14 +110,14 @@ typedef struct app_config {
     uint32_t maint_compact_segments; /* 0 = never compact */
     /* [audit] (docs/AUDIT.md) */
     bool audit_enabled;
-    char audit_dir[APP_PATH_MAX];   /* "" = <[state] dir>/audit */
-    int audit_sync;                 /* app_audit_sync */
+    char audit_dir[APP_PATH_MAX]; /* "" = <[state] dir>/audit */
+    int audit_sync;               /* app_audit_sync */
     uint32_t audit_sync_interval_ms;
     uint32_t audit_checkpoint_s;
     uint64_t audit_rotate_bytes;
-    bool audit_fail_open;           /* on_failure = open */
+    bool audit_fail_open; /* on_failure = open */
     bool audit_syslog;
-    bool audit_index_names;         /* records name the index, not only its id */
+    bool audit_index_names; /* records name the index, not only its id */
     /* [state] */
     char state_dir[APP_PATH_MAX];
     /* [log] */

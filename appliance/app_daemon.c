@@ -63,11 +63,11 @@ struct app_daemon {
     int64_t probe_at; /* 0: never asked */
     cdx_err probe_tok, probe_st;
     eng_durability probe_dur;
-    app_ratelimit *rate; /* per-principal limits (the policy's [limits]) */
-    app_audit *audit;    /* the audit trail (NULL: [audit] enabled = no) */
+    app_ratelimit *rate;   /* per-principal limits (the policy's [limits]) */
+    app_audit *audit;      /* the audit trail (NULL: [audit] enabled = no) */
     hsm_subkey *audit_key; /* its MAC key: the root key's audit subkey, held while it runs */
     bool ran;              /* reached the event loop: the stop record says a clean stop */
-    bool soft_token;     /* the token is a software token (a warning in /healthz) */
+    bool soft_token;       /* the token is a software token (a warning in /healthz) */
     char token_model[52];
     struct event_base *base;
     struct event *ev_drain_deadline;
@@ -175,8 +175,8 @@ static void health(void *arg, app_health *out)
     probe_result p;
     probe(d, &p, true);
     out->state = p.tok || !p.store_ok || p.audit_down ? APP_HEALTH_DOWN
-                 : p.n_warn           ? APP_HEALTH_DEGRADED
-                                      : APP_HEALTH_OK;
+                 : p.n_warn                           ? APP_HEALTH_DEGRADED
+                                                      : APP_HEALTH_OK;
     char settings[sizeof(p.dur.settings)], w[sizeof(p.warn[0])];
     json_text(settings, sizeof(settings), p.dur.settings);
     size_t n = (size_t)snprintf(
@@ -436,8 +436,8 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
         char extra[64];
         snprintf(extra, sizeof(extra), "result=%s tls=%s", perr ? "kept_previous" : "reloaded",
                  d->tls ? (terr ? "kept" : "reloaded") : "none");
-        cdx_err aerr = app_auditrec_lifecycle(d->audit, "policy_reload", NULL, "signal:SIGHUP", 0,
-                                              extra);
+        cdx_err aerr =
+            app_auditrec_lifecycle(d->audit, "policy_reload", NULL, "signal:SIGHUP", 0, extra);
         if (aerr)
             cdx_log(CDX_LOG_ERROR, "audit_reload_record", "code=%s msg=\"%s\"", cdx_err_name(aerr),
                     cdx_err_detail());

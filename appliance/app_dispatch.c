@@ -920,14 +920,18 @@ static void log_refusal(const app_dispatch_env *env, const char *principal, app_
 static uint64_t audit_items(const Req *q, const Resp *r)
 {
     switch (q->body_case) {
-    case CIPHERDEX__V1__REQUEST__BODY_UPSERT: return q->upsert->n_items;
-    case CIPHERDEX__V1__REQUEST__BODY_GET: return q->get->n_ids;
-    case CIPHERDEX__V1__REQUEST__BODY_DELETE: return q->delete_->n_ids;
+    case CIPHERDEX__V1__REQUEST__BODY_UPSERT:
+        return q->upsert->n_items;
+    case CIPHERDEX__V1__REQUEST__BODY_GET:
+        return q->get->n_ids;
+    case CIPHERDEX__V1__REQUEST__BODY_DELETE:
+        return q->delete_->n_ids;
     case CIPHERDEX__V1__REQUEST__BODY_QUERY:
         return r->body_case == CIPHERDEX__V1__RESPONSE__BODY_QUERY ? r->query->n_results : 0;
     case CIPHERDEX__V1__REQUEST__BODY_LIST_IDS:
         return r->body_case == CIPHERDEX__V1__RESPONSE__BODY_LIST_IDS ? r->list_ids->n_ids : 0;
-    default: return 0;
+    default:
+        return 0;
     }
 }
 
@@ -973,7 +977,8 @@ static cdx_err audit_lifecycle(const app_dispatch_env *env, const audit_ctx *x, 
                  (unsigned long long)r->accept_rollback->version);
         return app_auditrec_lifecycle(env->audit, "accept_rollback", x->index_id, x->principal,
                                       x->rid, extra);
-    default: return CDX_OK;
+    default:
+        return CDX_OK;
     }
 }
 

@@ -187,9 +187,8 @@ static const cmd commands[] = {
      "as CKK_SHA256_HMAC, HMAC signing, refusing to make the key derivable), the\n"
      "attributes it reports, and the verdict: whether Cipherdex can run on it and what is\n"
      "missing. Exit status 1 when it cannot.\n"},
-    {"audit", "verify", "PATH", BIT(O_DEPLOYMENT_ID) | BIT(O_MAX_AGE), BIT(O_DEPLOYMENT_ID),
-     true, app_hsmtool_audit_verify,
-     "audit verify FILE|DIR --deployment-id HEX32 [--max-age SECONDS]",
+    {"audit", "verify", "PATH", BIT(O_DEPLOYMENT_ID) | BIT(O_MAX_AGE), BIT(O_DEPLOYMENT_ID), true,
+     app_hsmtool_audit_verify, "audit verify FILE|DIR --deployment-id HEX32 [--max-age SECONDS]",
      "Check an audit trail offline: every record's MAC under the root key's audit subkey\n"
      "(derived on the token), the sequence numbers and the chain of previous-record\n"
      "hashes. DIR is the trail's directory: its rotated files (audit-SEQ.log) and\n"

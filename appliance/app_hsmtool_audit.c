@@ -108,7 +108,8 @@ static cdx_err list_files(const char *path, char ***out, size_t *n)
 }
 
 /* Every line of one file into the verifier; the first one of the trail may start mid-chain. */
-static cdx_err verify_file(pol_audit_verifier *v, const char *path, bool *first, uint64_t *first_seq)
+static cdx_err verify_file(pol_audit_verifier *v, const char *path, bool *first,
+                           uint64_t *first_seq)
 {
     FILE *f = fopen(path, "r");
     if (!f)
@@ -155,8 +156,7 @@ cdx_err app_hsmtool_audit_verify(ctx *x)
         char *end = NULL;
         unsigned long long m = strtoull(x->val[O_MAX_AGE], &end, 10);
         if (!end || *end || end == x->val[O_MAX_AGE] || m == 0 || m > 366ull * 86400)
-            return app_hsmtool_usage(x, "--max-age: seconds, 1 to %llu",
-                                     366ull * 86400);
+            return app_hsmtool_usage(x, "--max-age: seconds, 1 to %llu", 366ull * 86400);
         max_age_s = m;
     }
     char **files = NULL;
@@ -183,11 +183,11 @@ cdx_err app_hsmtool_audit_verify(ctx *x)
     char hash[2 * POL_AUDIT_HASH_LEN + 1];
     cdx_hex_encode(v.pos.hash, POL_AUDIT_HASH_LEN, hash);
     app_out_field fields[] = {
-        APP_FSTR("status", "ok"),        APP_FSTR("path", x->arg),
-        APP_FNUM("files", nfiles),       APP_FNUM("records", v.records),
+        APP_FSTR("status", "ok"),         APP_FSTR("path", x->arg),
+        APP_FNUM("files", nfiles),        APP_FNUM("records", v.records),
         APP_FNUM("first_seq", first_seq), APP_FNUM("checkpoints", v.checkpoints),
-        APP_FNUM("last_seq", v.pos.seq), APP_FNUM("last_ts_ms", v.pos.ts_ms),
-        APP_FSTR("last_hash", hash),     APP_FBOOL("clean_stop", v.stopped),
+        APP_FNUM("last_seq", v.pos.seq),  APP_FNUM("last_ts_ms", v.pos.ts_ms),
+        APP_FSTR("last_hash", hash),      APP_FBOOL("clean_stop", v.stopped),
     };
     app_hsmtool_record(x, fields, sizeof(fields) / sizeof(fields[0]));
 out:

@@ -34,7 +34,7 @@ struct app_metrics {
 static const char *const op_names[APP_OP_COUNT] = {
     "health",   "create_index",    "describe_index", "list_indexes", "delete_index",
     "train",    "upsert",          "query",          "get",          "delete",
-    "list_ids", "accept_rollback", "audit_tail",   "attest",       "invalid",
+    "list_ids", "accept_rollback", "audit_tail",     "attest",       "invalid",
 };
 
 static const char *const stage_names[APP_STAGE_COUNT] = {
@@ -236,8 +236,8 @@ int app_metrics_render(const app_metrics *cm, const app_metrics_pull *pull, FILE
                 "# TYPE cipherdex_sweep_waiting_records gauge\n"
                 "cipherdex_sweep_waiting_records %llu\n",
                 (unsigned long long)pull->maint_runs, (unsigned long long)pull->maint_errors,
-                (unsigned long long)pull->maint_compactions,
-                (unsigned long long)pull->maint_swept, (unsigned long long)pull->maint_waiting);
+                (unsigned long long)pull->maint_compactions, (unsigned long long)pull->maint_swept,
+                (unsigned long long)pull->maint_waiting);
         fprintf(f,
                 "# HELP cipherdex_audit_records_total Audit records written by this process.\n"
                 "# TYPE cipherdex_audit_records_total counter\n"

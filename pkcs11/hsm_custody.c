@@ -695,14 +695,22 @@ void hsm_custody_stats(hsm_custody *c, hsm_stats *out)
 const char *hsm_event_name(hsm_event_kind k)
 {
     switch (k) {
-    case HSM_EV_DERIVE: return "derive";
-    case HSM_EV_LOGIN: return "login";
-    case HSM_EV_RECOVER: return "recover";
-    case HSM_EV_GENERATE: return "generate";
-    case HSM_EV_UNWRAP: return "unwrap";
-    case HSM_EV_IMPORT: return "import";
-    case HSM_EV_ADOPT: return "adopt";
-    case HSM_EV_DESTROY: return "destroy";
+    case HSM_EV_DERIVE:
+        return "derive";
+    case HSM_EV_LOGIN:
+        return "login";
+    case HSM_EV_RECOVER:
+        return "recover";
+    case HSM_EV_GENERATE:
+        return "generate";
+    case HSM_EV_UNWRAP:
+        return "unwrap";
+    case HSM_EV_IMPORT:
+        return "import";
+    case HSM_EV_ADOPT:
+        return "adopt";
+    case HSM_EV_DESTROY:
+        return "destroy";
     }
     return "unknown";
 }
@@ -715,8 +723,8 @@ void hsm_custody_set_event_hook(hsm_custody *c, hsm_event_fn fn, void *arg)
     c->ev_arg = arg;
 }
 
-void hsm_emit(hsm_custody *c, hsm_event_kind kind, int key_kind, const uint8_t *key_id,
-              int purpose, int kcv, cdx_err result)
+void hsm_emit(hsm_custody *c, hsm_event_kind kind, int key_kind, const uint8_t *key_id, int purpose,
+              int kcv, cdx_err result)
 {
     if (!c || !c->ev_fn)
         return;

@@ -107,7 +107,7 @@ typedef struct hsm_event {
     const uint8_t *key_id; /* CDX_ID_LEN bytes: deployment or index id (NULL: no key) */
     int purpose;           /* hsm_purpose of a derivation (0: none) */
     uint32_t epoch;
-    int kcv;               /* -1 not checked, 1 the key's KCV matched, 0 it did not */
+    int kcv; /* -1 not checked, 1 the key's KCV matched, 0 it did not */
     cdx_err result;
 } hsm_event;
 

@@ -33,10 +33,10 @@ static const struct {
     const char *name;
     hsm_key_kind kind;
 } purposes[] = {
-    {HSM_P_CATALOG, "catalog", HSM_KEY_ROOT},   {HSM_P_AUDIT, "audit", HSM_KEY_ROOT},
-    {HSM_P_TOKEN, "token", HSM_KEY_INDEX},      {HSM_P_CENTROID, "centroid", HSM_KEY_INDEX},
-    {HSM_P_PAYLOAD, "payload", HSM_KEY_INDEX},  {HSM_P_CONTENT, "content", HSM_KEY_INDEX},
-    {HSM_P_QUERY, "query", HSM_KEY_INDEX},      {HSM_P_MANIFEST, "manifest", HSM_KEY_INDEX},
+    {HSM_P_CATALOG, "catalog", HSM_KEY_ROOT},  {HSM_P_AUDIT, "audit", HSM_KEY_ROOT},
+    {HSM_P_TOKEN, "token", HSM_KEY_INDEX},     {HSM_P_CENTROID, "centroid", HSM_KEY_INDEX},
+    {HSM_P_PAYLOAD, "payload", HSM_KEY_INDEX}, {HSM_P_CONTENT, "content", HSM_KEY_INDEX},
+    {HSM_P_QUERY, "query", HSM_KEY_INDEX},     {HSM_P_MANIFEST, "manifest", HSM_KEY_INDEX},
 };
 
 const char *hsm_purpose_name(hsm_purpose p)
@@ -90,8 +90,8 @@ struct hsm_subkey {
     hsm_purpose purpose;
     uint32_t epoch;
     int64_t expires_ms;
-    unsigned refs;   /* holders, including the cache */
-    bool cached;     /* linked in the cache */
+    unsigned refs; /* holders, including the cache */
+    bool cached;   /* linked in the cache */
     hsm_custody *c;
     struct hsm_subkey *next;
 };
@@ -333,7 +333,11 @@ cdx_err hsm_subkey_get(hsm_custody *c, const hsm_key_ref *key, const uint8_t *ex
     cdx_err err = hsm_run(c, derive_op, &a, true);
     tl_calls |= 1u << purpose;
     hsm_emit(c, HSM_EV_DERIVE, key->kind, key->id, purpose,
-             !expected_kcv ? -1 : err == CDX_ERR_KEY_REPLACED ? 0 : err ? -1 : 1, err);
+             !expected_kcv                 ? -1
+             : err == CDX_ERR_KEY_REPLACED ? 0
+             : err                         ? -1
+                                           : 1,
+             err);
     if (err) {
         sk_wipe(sk);
         return err;

@@ -69,8 +69,21 @@ static int hsm(const char *a1, const char *a2, const char *a3, const char *a4)
     snprintf(pin, sizeof(pin), "file:%s", fx_token_pin_file(S.tok));
     char uri[200];
     snprintf(uri, sizeof(uri), "pkcs11:token=%s", fx_token_label(S.tok));
-    const char *argv[] = {tool, "--module", fx_softhsm_module(), "--token", uri, "--pin-source",
-                          pin,  "audit",    "verify", a1, "--deployment-id", DEPID, a2, a3, a4,
+    const char *argv[] = {tool,
+                          "--module",
+                          fx_softhsm_module(),
+                          "--token",
+                          uri,
+                          "--pin-source",
+                          pin,
+                          "audit",
+                          "verify",
+                          a1,
+                          "--deployment-id",
+                          DEPID,
+                          a2,
+                          a3,
+                          a4,
                           NULL};
     char envc[4300];
     snprintf(envc, sizeof(envc), "SOFTHSM2_CONF=%s", fx_token_conf(S.tok));
@@ -152,8 +165,10 @@ static void test_records(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(admin);
     CU_ASSERT_PTR_NOT_NULL_FATAL(a);
     CU_ASSERT_PTR_NOT_NULL_FATAL(x);
-    const app_index_spec spec = {
-        .name = "docs-secret-name", .dimension = DIM, .metric = "euclidean", .index_type = "ivfflat"};
+    const app_index_spec spec = {.name = "docs-secret-name",
+                                 .dimension = DIM,
+                                 .metric = "euclidean",
+                                 .index_type = "ivfflat"};
     wire_response *w = NULL;
     CU_ASSERT_EQUAL_FATAL(app_client_create_index(admin, &spec, &w), CDX_OK);
     const Cipherdex__V1__IndexInfo *ii = wire_response_msg(w)->create_index->index;
@@ -192,8 +207,8 @@ static void test_records(void)
     CU_ASSERT_TRUE(has_record(text, " kind=key event=derive ", "purpose=payload", idf));
     CU_ASSERT_TRUE(has_record(text, " kind=request op=create_index ",
                               "principal=uri:spiffe://test/admin", idf));
-    CU_ASSERT_TRUE(
-        has_record(text, " kind=request op=upsert principal=uri:spiffe://test/app ", idf, "items=2 "));
+    CU_ASSERT_TRUE(has_record(text, " kind=request op=upsert principal=uri:spiffe://test/app ", idf,
+                              "items=2 "));
     CU_ASSERT_TRUE(has_record(text, " kind=request op=query principal=uri:spiffe://test/app ",
                               "code=OK", "keys="));
     /* the refusal: who tried, on which index id, and that it was refused */
@@ -327,9 +342,19 @@ static void test_tamper(void)
         snprintf(uri, sizeof(uri), "pkcs11:token=%s", fx_token_label(S.tok));
         snprintf(envc, sizeof(envc), "SOFTHSM2_CONF=%s", fx_token_conf(S.tok));
         write_lines(at, lines, order, lines);
-        const char *argv[] = {tool,    "--module", fx_softhsm_module(), "--token", uri,
-                              "--pin-source", pin, "audit", "verify", trail, "--deployment-id",
-                              "ffeeddccbbaa99887766554433221100", NULL};
+        const char *argv[] = {tool,
+                              "--module",
+                              fx_softhsm_module(),
+                              "--token",
+                              uri,
+                              "--pin-source",
+                              pin,
+                              "audit",
+                              "verify",
+                              trail,
+                              "--deployment-id",
+                              "ffeeddccbbaa99887766554433221100",
+                              NULL};
         const char *const env[] = {envc, "CDX_LOG_LEVEL=error", NULL};
         /* that deployment has no root key on this token: named, not a pass */
         CU_ASSERT_NOT_EQUAL(fx_run_env(argv, env, NULL, out, OUT_CAP), 0);
@@ -426,7 +451,8 @@ static void test_tail(void)
     for (size_t i = 0; i < t->n_records; i++) {
         char line[4200];
         snprintf(line, sizeof(line), "%.*s", (int)t->records[i].len, t->records[i].data);
-        saw_query |= strstr(line, " kind=request op=query principal=uri:spiffe://test/app ") != NULL;
+        saw_query |=
+            strstr(line, " kind=request op=query principal=uri:spiffe://test/app ") != NULL;
         unsigned long long seq = 0;
         CU_ASSERT_EQUAL(sscanf(line, "cdxa1 %llu", &seq), 1);
         ordered &= seq > prev;

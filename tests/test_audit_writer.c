@@ -36,9 +36,8 @@ static cdx_err mac(void *arg, const void *msg, size_t len, uint8_t out[POL_AUDIT
 {
     (void)arg;
     unsigned n = 0;
-    return HMAC(EVP_sha256(), KEY, sizeof(KEY), msg, len, out, &n) && n == 32
-               ? CDX_OK
-               : CDX_ERR_INTERNAL;
+    return HMAC(EVP_sha256(), KEY, sizeof(KEY), msg, len, out, &n) && n == 32 ? CDX_OK
+                                                                              : CDX_ERR_INTERNAL;
 }
 
 static void new_dir(char *out, size_t cap)
@@ -367,7 +366,7 @@ static void test_disk_full(bool fail_open)
     app_audit_close(a, "kind=stop");
     walk w;
     verify_dir(dir, &w);
-    CU_ASSERT_EQUAL(w.err, CDX_OK); /* no torn record was left behind */
+    CU_ASSERT_EQUAL(w.err, CDX_OK);               /* no torn record was left behind */
     CU_ASSERT_EQUAL(count_kind(&w, "resume"), 1); /* the gap, announced in the chain */
     CU_ASSERT_EQUAL(w.records, 5);
     char text[8192] = "";
@@ -375,7 +374,8 @@ static void test_disk_full(bool fail_open)
     CU_ASSERT_PTR_NOT_NULL_FATAL(f);
     text[fread(text, 1, sizeof(text) - 1, f)] = '\0';
     fclose(f);
-    CU_ASSERT_PTR_NOT_NULL(strstr(text, fail_open ? " lost=2 error=write%20audit.log" : " lost=0 "));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(text, fail_open ? " lost=2 error=write%20audit.log" : " lost=0 "));
 }
 
 static void test_disk_full_closed(void)

@@ -88,8 +88,8 @@ struct hsm_custody {
 };
 
 /* Report a key-use event to the hook, if any. */
-void hsm_emit(hsm_custody *c, hsm_event_kind kind, int key_kind, const uint8_t *key_id,
-              int purpose, int kcv, cdx_err result);
+void hsm_emit(hsm_custody *c, hsm_event_kind kind, int key_kind, const uint8_t *key_id, int purpose,
+              int kcv, cdx_err result);
 
 /*
  * An operation run with a session under the shared lock. It returns a
