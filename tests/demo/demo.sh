@@ -71,6 +71,12 @@ CDX_DEMO_PIN="$(cat "$CIPHERDEX_PIN_FILE")" pkcs11-tool --module "$CIPHERDEX_HSM
     --token-label "$CIPHERDEX_TOKEN_LABEL" --login --pin env:CDX_DEMO_PIN --list-objects \
     --type secrkey 2>/dev/null | { grep -E "Secret Key|label|Usage|Access" || true; } | head -n 12
 
+step "The audit trail: every request and key use, chained and MACed under a token-derived key"
+cli audit tail -n 4 | cut -c1-220
+dep=$(sed -n 's/^deployment_id = //p' "$dir/cipherdexd.conf")
+"$build/appliance/cipherdex-hsm" --config "$dir/cipherdexd.conf" audit verify "$dir/state/audit" \
+    --deployment-id "$dep" --max-age 120
+
 step "Operators' endpoint: /healthz"
 /usr/bin/python3 -c "import urllib.request,sys; print(urllib.request.urlopen('http://$CIPHERDEX_METRICS/healthz').read().decode())"
 
