@@ -266,7 +266,9 @@ static cdx_err sign_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv
 cdx_err hsm_attest_sign(hsm_custody *c, const uint8_t digest[32], uint8_t rs[64])
 {
     struct sign_arg a = {digest, rs};
-    return hsm_run(c, sign_op, &a, true);
+    cdx_err err = hsm_run(c, sign_op, &a, true);
+    hsm_emit(c, HSM_EV_ATTEST, 0, NULL, 0, -1, err);
+    return err;
 }
 
 /* ---- the claims ---- */
@@ -342,5 +344,12 @@ cdx_err hsm_attest_facts_read(hsm_custody *c, const hsm_key_ref *k, const uint8_
 {
     memset(out, 0, sizeof(*out));
     struct facts_arg a = {k, expected_kcv, out};
-    return hsm_run(c, facts_op, &a, true);
+    cdx_err err = hsm_run(c, facts_op, &a, true);
+    hsm_emit(c, HSM_EV_ATTRS, k->kind, k->id, 0,
+             !expected_kcv                 ? -1
+             : err == CDX_ERR_KEY_REPLACED ? 0
+             : err                         ? -1
+                                           : 1,
+             err);
+    return err;
 }

@@ -711,6 +711,10 @@ const char *hsm_event_name(hsm_event_kind k)
         return "adopt";
     case HSM_EV_DESTROY:
         return "destroy";
+    case HSM_EV_ATTEST:
+        return "attest_sign";
+    case HSM_EV_ATTRS:
+        return "read_attributes";
     }
     return "unknown";
 }

@@ -99,6 +99,8 @@ typedef enum hsm_event_kind {
     HSM_EV_IMPORT,     /* an index key imported (plaintext, development) */
     HSM_EV_ADOPT,      /* an existing token key adopted for an index */
     HSM_EV_DESTROY,    /* a key destroyed */
+    HSM_EV_ATTEST,     /* the attestation key signed a statement (C_Sign, CKM_ECDSA) */
+    HSM_EV_ATTRS,      /* an index key's attributes read and its KCV computed (attest) */
 } hsm_event_kind;
 
 typedef struct hsm_event {
