@@ -320,8 +320,10 @@ cdx_err eng_rec_open(const hsm_subkey *k, const eng_rec_id *id, const uint8_t *e
         return cdx_fail(CDX_ERR_INTEGRITY, "a %s record was found where a %s was expected",
                         eng_kind_name(h->kind), eng_kind_name(id->kind));
     if (expected_kcv && CRYPTO_memcmp(h->kcv, expected_kcv, CDX_KCV_LEN) != 0)
-        return cdx_fail(CDX_ERR_KEY_REPLACED,
-                        "the %s record was written under another key (KCV differs)",
+        return cdx_fail(CDX_ERR_INTEGRITY,
+                        "the %s record was written under another key than this one's (its KCV "
+                        "differs; the token key itself checked out): moved from another index "
+                        "or forged in the store",
                         eng_kind_name(id->kind));
     if (h->version != id->version || h->epoch != id->epoch)
         return cdx_fail(CDX_ERR_INTEGRITY,

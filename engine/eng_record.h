@@ -122,8 +122,11 @@ cdx_err eng_rec_header(const uint8_t *rec, size_t len, eng_rec_hdr *h);
 /*
  * Authenticate and decrypt. The header's kind and version must equal id's
  * (a record of another version is a replay: INTEGRITY), its KCV must equal
- * expected_kcv (KEY_REPLACED) when given. Plaintext appended to out.
- * Errors: CDX_ERR_INTEGRITY, CDX_ERR_KEY_REPLACED, CDX_ERR_INTERNAL.
+ * expected_kcv when given. A KCV that differs is INTEGRITY too: the caller's
+ * subkey was derived with the same expected KCV, so the token key itself
+ * checked out and the record is what is wrong (moved from another index or
+ * forged in the store: a store problem, not an HSM one; review L2). Plaintext
+ * appended to out. Errors: CDX_ERR_INTEGRITY, CDX_ERR_INTERNAL.
  */
 cdx_err eng_rec_open(const hsm_subkey *k, const eng_rec_id *id, const uint8_t *expected_kcv,
                      const uint8_t *rec, size_t len, eng_rec_hdr *h, eng_buf *out);

@@ -174,7 +174,8 @@ static void test_tamper(void)
     fx_raw_set(hk, h2.data, h2.len);
     CU_ASSERT_EQUAL(fx_q1(e3, name, s.x), CDX_OK);
     eng_free(e3);
-    /* A head moved to another index (valid record, wrong index) fails authentication. */
+    /* A head moved to another index (valid record, wrong index) is a store problem, INTEGRITY,
+     * not KEY_REPLACED, which would send incident response to the HSM (review L2). */
     eng_index_info other;
     char oname[64];
     fx_uniq_name(oname, "other");
@@ -184,7 +185,8 @@ static void test_tamper(void)
     eng_val oh = fx_raw_get(ohk);
     fx_raw_set(hk, oh.data, oh.len);
     cdx_err err = fx_q1(e2, name, s.x);
-    CU_ASSERT_TRUE(err == CDX_ERR_INTEGRITY || err == CDX_ERR_KEY_REPLACED);
+    CU_ASSERT_EQUAL(err, CDX_ERR_INTEGRITY);
+    CU_ASSERT_TRUE(fx_detail_has("moved from another index"));
     fx_raw_set(hk, h2.data, h2.len);
     CU_ASSERT_EQUAL(fx_q1(e2, name, s.x), CDX_OK);
     eng_vals_free(&h1, 1);
