@@ -524,6 +524,7 @@ static cdx_err do_query(const app_dispatch_env *env, const Req *q, Resp *r, scra
     out->n_results = nq;
     out->results = rp;
     out->version = res->version;
+    out->n_probes = res->n_probes;
     r->body_case = CIPHERDEX__V1__RESPONSE__BODY_QUERY;
     r->query = out;
     return CDX_OK;

@@ -326,11 +326,14 @@ typedef struct eng_query_result {
     size_t *n;      /* hits per query (may be < top_k with a selective filter) */
     eng_hit **hits; /* hits[q][i], best first */
     uint64_t version;
+    uint32_t n_probes; /* clusters probed per query (requested, clamped to the index's; 0:
+                        * untrained, every item scanned) */
 } eng_query_result;
 
 /*
- * Errors besides the common ones: CDX_ERR_INVALID_ARGUMENT (dimension, top_k
- * or n_probes out of range, NaN, malformed filter), CDX_ERR_STALE,
+ * Errors besides the common ones: CDX_ERR_INVALID_ARGUMENT (dimension or
+ * top_k out of range, NaN, malformed filter; n_probes above the index's
+ * cluster count is clamped, not refused), CDX_ERR_STALE,
  * CDX_ERR_RESOURCE_EXHAUSTED (the answer would pass cfg.result_bytes_max:
  * before the scan when an untrained, unfiltered index makes that certain,
  * else while the hits are filled), CDX_ERR_BUSY (eng_thread_mem_hook refused

@@ -448,10 +448,11 @@ static cdx_err query_attempt(eng_qctx *c, const eng_manifest *m, eng_query_resul
 {
     const eng_query *q = c->q;
     uint32_t nc = m->n_clusters;
-    if (q->n_probes > (nc ? nc : 1))
-        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "n_probes %u exceeds the index's %u clusters",
-                        q->n_probes, nc ? nc : 1);
+    /* More probes than clusters means all of them (as Faiss does): clamped, not refused. The
+     * answer says how many were probed. */
     c->nprobe = q->n_probes ? q->n_probes : (nc > 32 ? (nc + 31) / 32 : 1);
+    if (c->nprobe > (nc ? nc : 1))
+        c->nprobe = nc ? nc : 1;
     c->km = eng_km_of(m);
     c->m = m;
     eng_query_result *r = calloc(1, sizeof(*r));
@@ -460,6 +461,7 @@ static cdx_err query_attempt(eng_qctx *c, const eng_manifest *m, eng_query_resul
         !(r->hits = calloc(q->nq, sizeof(eng_hit *))))
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     r->nq = q->nq;
+    r->n_probes = nc ? c->nprobe : 0;
     c->res = r;
     eng_rbudget_init(&c->rb, c->o->e->cfg.result_bytes_max);
     /* Certain before the scan: an untrained index searched without a filter answers

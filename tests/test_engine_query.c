@@ -183,6 +183,18 @@ static void test_sq8_exact(void)
         CU_ASSERT_EQUAL_FATAL(eng_query_run(fx_eng, name, &qq, &r), CDX_OK);
         for (size_t i = 0; i < 10; i++)
             CU_ASSERT_TRUE(fabs(r->hits[0][i].distance - wd[i]) < 1e-2 * (1 + wd[i]));
+        CU_ASSERT_EQUAL(r->n_probes, 8);
+        /* More probes than clusters: all of them, as Faiss does; the same answer, and the
+         * result says 8 were probed (issue 13: clamped, not INVALID_ARGUMENT). */
+        eng_query more = qq;
+        more.n_probes = 1000;
+        eng_query_result *r2 = NULL;
+        CU_ASSERT_EQUAL_FATAL(eng_query_run(fx_eng, name, &more, &r2), CDX_OK);
+        CU_ASSERT_EQUAL(r2->n_probes, 8);
+        CU_ASSERT_EQUAL_FATAL(r2->n[0], r->n[0]);
+        for (size_t i = 0; i < r->n[0]; i++)
+            CU_ASSERT_EQUAL(r2->hits[0][i].distance, r->hits[0][i].distance);
+        eng_query_result_free(r2);
         eng_query_result_free(r);
     }
     CU_ASSERT_EQUAL(eng_index_delete(fx_eng, name, info.id), CDX_OK);
