@@ -169,8 +169,8 @@ static int index_list(cli *x)
             cli_print_json(json_pack("{s:o,s:i}", "indexes", arr, "unreadable_entries",
                                      (int)lr->unreadable_entries));
         } else {
-            printf("%-32s %-6s %-9s %-17s %-7s %10s %8s  %-10s %s\n", "NAME", "DIM", "TYPE",
-                   "METRIC", "LISTS", "ITEMS", "VERSION", "KEY", "STATUS");
+            printf("%-32s %-9s %-6s %-9s %-17s %-7s %10s %8s  %-10s %s\n", "NAME", "STATE", "DIM",
+                   "TYPE", "METRIC", "LISTS", "ITEMS", "VERSION", "KEY", "STATUS");
             size_t broken = 0;
             for (size_t i = 0; i < lr->n_indexes; i++) {
                 const Cipherdex__V1__IndexInfo *ii = lr->indexes[i];
@@ -179,9 +179,17 @@ static int index_list(cli *x)
                 broken += !ok;
                 const Cipherdex__V1__KeyProvenance *p = ii->key_provenance;
                 bool po = p && p->origin.len;
-                printf("%-32.*s %-6u %-9.*s %-17.*s %-7u %10" PRIu64 " %8" PRIu64
+                /* STATE: the lifecycle state (creating, ready, deleting), or error when the
+                 * appliance cannot serve the index (STATUS says why, the lines below how) */
+                printf("%-32.*s %-9.*s %-6u %-9.*s %-17.*s %-7u %10" PRIu64 " %8" PRIu64
                        "  %-10.*s %.*s\n",
-                       (int)ii->name.len, ii->name.data, ii->dimension, (int)ii->index_type.len,
+                       (int)ii->name.len, ii->name.data,
+                       !ok ? 5 : ii->state.len ? (int)ii->state.len : 1,
+                       !ok             ? "error"
+                       : ii->state.len ? (const char *)ii->state.data
+                                       : "-",
+                       ii->dimension,
+                       (int)ii->index_type.len,
                        ii->index_type.data, (int)ii->metric.len, ii->metric.data, ii->n_clusters,
                        ii->count, ii->version, po ? (int)p->origin.len : 7,
                        po ? (const char *)p->origin.data : "unknown", ok ? 2 : (int)ii->status.len,

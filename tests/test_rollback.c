@@ -336,6 +336,8 @@ static void test_cli_accept_rollback(void)
     CU_ASSERT_EQUAL(run_cli(user, "index list", out, sizeof(out)), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "rollback_detected"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "rb-b "));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, " error ")); /* STATE of the broken one */
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, " ready ")); /* and of the others */
     CU_ASSERT_EQUAL(run_cli(user, "--json index list", out, sizeof(out)), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"status\": \"rollback_detected\""));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"name\": \"rb-b\"")); /* the healthy ones too */

@@ -38,6 +38,7 @@ cli upsert docs --file "$dir/items.jsonl" | grep -q "upserted 40 items" && ok ||
 cli index train docs | grep -q "trained docs" && ok || fail "train"
 [[ $(cli --json index describe docs | json 'd["count"]') == 40 ]] && ok || fail "describe count"
 cli index list | grep -q "^docs .* generated  *ok$" && ok || fail "index list"
+cli index list | grep -q "^docs  *ready  " && ok || fail "index list shows the STATE"
 # Provenance (issue 10): generated on this token, as the token reported it at creation.
 cli index describe docs | grep -q "^key origin:  generated; generated on the token, never outside it$" &&
     ok || fail "describe shows the key's origin"
