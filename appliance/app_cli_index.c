@@ -356,6 +356,39 @@ static int index_train(cli *x, cli_args *a, const char *name)
     return e ? cli_fail(x, e) : 0;
 }
 
+/* index compact NAME (admin): merge segments, sweep what is old enough, say what remains. */
+static int index_compact(cli *x, cli_args *a, const char *name)
+{
+    if (a->i < a->n)
+        return cli_usage("index compact: unknown option %s", a->v[a->i]);
+    wire_response *w = NULL;
+    cdx_err e = app_client_compact(x->c, name, &w);
+    if (!e) {
+        const Cipherdex__V1__CompactResponse *cr = wire_response_msg(w)->compact;
+        if (x->json)
+            cli_print_json(json_pack("{s:s,s:i,s:I,s:I,s:I,s:I}", "index", name,
+                                     "clusters_compacted", (int)cr->clusters_compacted, "version",
+                                     (json_int_t)cr->version, "records_deleted",
+                                     (json_int_t)cr->records_deleted, "records_waiting",
+                                     (json_int_t)cr->records_waiting, "next_delete_ms",
+                                     (json_int_t)cr->next_delete_ms));
+        else {
+            printf("compacted %s: %u cluster%s merged", name, cr->clusters_compacted,
+                   cr->clusters_compacted == 1 ? "" : "s");
+            if (cr->version)
+                printf(" (version %" PRIu64 ")", cr->version);
+            printf("; %" PRIu64 " store records deleted", cr->records_deleted);
+            if (cr->records_waiting)
+                printf(", %" PRIu64 " kept until their grace ends ([engine] gc_grace_ms; run "
+                       "again then)",
+                       cr->records_waiting);
+            printf("\n");
+        }
+    }
+    wire_response_free(w);
+    return e ? cli_fail(x, e) : 0;
+}
+
 static int index_accept_rollback(cli *x, cli_args *a, const char *name)
 {
     uint64_t ver = 0;
@@ -508,6 +541,8 @@ int cli_index(cli *x, cli_args *a)
         return index_train(x, a, name);
     if (!strcmp(sub, "accept-rollback"))
         return index_accept_rollback(x, a, name);
+    if (!strcmp(sub, "compact"))
+        return index_compact(x, a, name);
     if (!strcmp(sub, "attest"))
         return index_attest(x, a, name);
     return cli_usage("index: unknown subcommand %s", sub);

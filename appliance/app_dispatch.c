@@ -19,6 +19,7 @@
 #include "cdx_limits.h"
 #include "cdx_log.h"
 #include "cdx_time.h"
+#include "eng_maint.h"
 #include "hsm_provenance.h"
 #include "hsm_subkey.h"
 #include "wire_alloc.h"
@@ -679,6 +680,32 @@ static cdx_err do_attest(const app_dispatch_env *env, const Req *q, Resp *r, scr
 
 /* ---- the operations table: the one place that says who may do what ---- */
 
+/* compact: merge segments and sweep now (docs/ADMIN.md, "Store maintenance"). */
+static cdx_err do_compact(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
+{
+    Cipherdex__V1__CompactResponse *cr = alloc(s, sizeof(*cr));
+    if (!cr)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cipherdex__v1__compact_response__init(cr);
+    eng_maint_policy pol = {.compact_segments = 1}; /* every cluster with more than one */
+    eng_maint_report rep;
+    memset(&rep, 0, sizeof(rep));
+    cdx_err err = eng_maintain(env->engine, wire_text(q->compact->index), &pol, &rep);
+    if (err)
+        return err;
+    if (rep.compact_lost)
+        return cdx_fail(CDX_ERR_ABORTED, "concurrent writers won every compaction attempt; "
+                                         "retry when the index is quieter");
+    cr->clusters_compacted = rep.clusters_compacted;
+    cr->version = rep.compact_version;
+    cr->records_deleted = rep.sweep.deleted;
+    cr->records_waiting = rep.sweep.waiting;
+    cr->next_delete_ms = rep.sweep.next_ms;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_COMPACT;
+    r->compact = cr;
+    return CDX_OK;
+}
+
 /* The audit trail's last records and state, for operators (docs/AUDIT.md). */
 static cdx_err do_audit_tail(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
@@ -780,6 +807,10 @@ static const char *index_list_ids(const Req *q)
 {
     return wire_text(q->list_ids->index);
 }
+static const char *index_compact(const Req *q)
+{
+    return wire_text(q->compact->index);
+}
 static const char *index_accept_rollback(const Req *q)
 {
     return wire_text(q->accept_rollback->index);
@@ -816,6 +847,7 @@ static const struct op_def {
      index_accept_rollback, do_accept_rollback},
     {CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL, APP_OP_AUDIT_TAIL, NEED_OPERATOR, index_none,
      do_audit_tail},
+    {CIPHERDEX__V1__REQUEST__BODY_COMPACT, APP_OP_COMPACT, NEED_ADMIN, index_compact, do_compact},
     {CIPHERDEX__V1__REQUEST__BODY_ATTEST, APP_OP_ATTEST, NEED_ATTEST, index_attest, do_attest},
 };
 

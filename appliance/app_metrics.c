@@ -34,7 +34,8 @@ struct app_metrics {
 static const char *const op_names[APP_OP_COUNT] = {
     "health",   "create_index",    "describe_index", "list_indexes", "delete_index",
     "train",    "upsert",          "query",          "get",          "delete",
-    "list_ids", "accept_rollback", "audit_tail",     "attest",       "invalid",
+    "list_ids", "accept_rollback", "audit_tail",     "attest",       "compact",
+    "invalid",
 };
 
 static const char *const stage_names[APP_STAGE_COUNT] = {

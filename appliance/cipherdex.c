@@ -34,6 +34,7 @@ static const struct command {
      "  index train NAME [--lists N] [--iters N] [--seed N] [--tolerance F]\n"
      "               [--max-points-per-list N]\n"
      "  index accept-rollback NAME --version V   (admin: serve the store's version V again)\n"
+     "  index compact NAME   (admin: merge segments and sweep deleted data now)\n"
      "  index attest NAME [--nonce HEX] [--out FILE]   (attest: a signed statement about the\n"
      "               index key; verify with cipherdex-hsm attest verify)\n"},
     {"upsert", cli_upsert,

@@ -93,6 +93,7 @@ static const rule rules[] = {
     {PKG "ListIdsResponse", "ids", 1, CDX_ITEM_ID_MAX, 0, CDX_LIST_PAGE_MAX},
     {PKG "ListIdsResponse", "next_cursor", 0, CDX_CURSOR_MAX, 0, 0},
     {PKG "AcceptRollbackRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
+    {PKG "CompactRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
     {PKG "AuditTailResponse", "records", 1, CDX_AUDIT_LINE_MAX, 0, CDX_AUDIT_TAIL_MAX},
     {PKG "AuditTailResponse", "state", 0, CDX_ENUM_TEXT_MAX, 0, 0},
     {PKG "AuditTailResponse", "error", 0, CDX_STATUS_MESSAGE_MAX, 0, 0},
@@ -430,6 +431,7 @@ static const char *const body_names[] = {
     [CIPHERDEX__V1__REQUEST__BODY_LIST_IDS] = "list_ids",
     [CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK] = "accept_rollback",
     [CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL] = "audit_tail",
+    [CIPHERDEX__V1__REQUEST__BODY_COMPACT] = "compact",
     [CIPHERDEX__V1__REQUEST__BODY_ATTEST] = "attest",
 };
 
@@ -518,7 +520,7 @@ cdx_err wire_request_check(const Cipherdex__V1__Request *req)
             if (tag >= 10)
                 return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
                                 "request body is field %u, which this server does not know "
-                                "(known: 10-23); upgrade the server or the client",
+                                "(known: 10-24); upgrade the server or the client",
                                 (unsigned)tag);
         }
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT,

@@ -106,6 +106,15 @@ cli --json get docs d3 nope --include metadata,contents >"$dir/g.json"
 cli delete docs d1 d2 nope | grep -q "deleted 2 of 3 ids" && ok || fail "delete"
 [[ $(cli list-ids docs --all | wc -l) == 38 ]] && ok || fail "list-ids --all"
 [[ $(cli list-ids docs --limit 10 2>/dev/null | wc -l) == 10 ]] && ok || fail "list-ids page"
+# On-demand compaction (admin): the delete left clusters with two segments; they merge, the
+# items stay, and a second run has nothing to merge.
+cli --json index compact docs >"$dir/c.json"
+(($(json 'd["clusters_compacted"]' <"$dir/c.json") >= 1)) && (($(json 'd["version"]' <"$dir/c.json") > 0)) &&
+    ok || fail "index compact merges the deleted items' clusters"
+[[ $(cli list-ids docs --all | wc -l) == 38 ]] && ok || fail "compaction keeps every live item"
+[[ $(cli --json get docs d3 d1 | json '[i["found"] for i in d["items"]]') == "[True, False]" ]] &&
+    ok || fail "compaction: d3 still there, d1 still gone"
+cli index compact docs | grep -q "^compacted docs: 0 clusters merged" && ok || fail "compact again: nothing"
 
 # fvecs input with generated ids, and a query file with recall against exact ground truth.
 /usr/bin/python3 - "$dir/base.fvecs" <<'PY'
