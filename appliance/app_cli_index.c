@@ -184,16 +184,16 @@ static int index_list(cli *x)
                 printf("%-32.*s %-9.*s %-6u %-9.*s %-17.*s %-7u %10" PRIu64 " %8" PRIu64
                        "  %-10.*s %.*s\n",
                        (int)ii->name.len, ii->name.data,
-                       !ok ? 5 : ii->state.len ? (int)ii->state.len : 1,
+                       !ok             ? 5
+                       : ii->state.len ? (int)ii->state.len
+                                       : 1,
                        !ok             ? "error"
                        : ii->state.len ? (const char *)ii->state.data
                                        : "-",
-                       ii->dimension,
-                       (int)ii->index_type.len,
-                       ii->index_type.data, (int)ii->metric.len, ii->metric.data, ii->n_clusters,
-                       ii->count, ii->version, po ? (int)p->origin.len : 7,
-                       po ? (const char *)p->origin.data : "unknown", ok ? 2 : (int)ii->status.len,
-                       ok ? "ok" : (const char *)ii->status.data);
+                       ii->dimension, (int)ii->index_type.len, ii->index_type.data,
+                       (int)ii->metric.len, ii->metric.data, ii->n_clusters, ii->count, ii->version,
+                       po ? (int)p->origin.len : 7, po ? (const char *)p->origin.data : "unknown",
+                       ok ? 2 : (int)ii->status.len, ok ? "ok" : (const char *)ii->status.data);
             }
             /* The reasons after the table, so the columns stay readable. */
             for (size_t i = 0; broken && i < lr->n_indexes; i++) {
@@ -366,12 +366,11 @@ static int index_compact(cli *x, cli_args *a, const char *name)
     if (!e) {
         const Cipherdex__V1__CompactResponse *cr = wire_response_msg(w)->compact;
         if (x->json)
-            cli_print_json(json_pack("{s:s,s:i,s:I,s:I,s:I,s:I}", "index", name,
-                                     "clusters_compacted", (int)cr->clusters_compacted, "version",
-                                     (json_int_t)cr->version, "records_deleted",
-                                     (json_int_t)cr->records_deleted, "records_waiting",
-                                     (json_int_t)cr->records_waiting, "next_delete_ms",
-                                     (json_int_t)cr->next_delete_ms));
+            cli_print_json(json_pack(
+                "{s:s,s:i,s:I,s:I,s:I,s:I}", "index", name, "clusters_compacted",
+                (int)cr->clusters_compacted, "version", (json_int_t)cr->version, "records_deleted",
+                (json_int_t)cr->records_deleted, "records_waiting", (json_int_t)cr->records_waiting,
+                "next_delete_ms", (json_int_t)cr->next_delete_ms));
         else {
             printf("compacted %s: %u cluster%s merged", name, cr->clusters_compacted,
                    cr->clusters_compacted == 1 ? "" : "s");
