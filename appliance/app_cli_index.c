@@ -312,9 +312,21 @@ static int index_delete(cli *x, cli_args *a, const char *name)
                          "with --confirm <index id from `index describe`>");
     wire_response *w = NULL;
     cdx_err e = app_client_delete_index(x->c, name, id, &w);
-    if (!e)
-        x->json ? cli_print_json(json_pack("{s:s,s:b}", "index", name, "deleted", 1))
-                : (void)printf("deleted %s\n", name);
+    if (!e) {
+        const Cipherdex__V1__DeleteIndexResponse *dr = wire_response_msg(w)->delete_index;
+        if (x->json)
+            cli_print_json(json_pack("{s:s,s:b,s:b,s:o}", "index", name, "deleted", 1,
+                                     "key_destroyed", dr->key_destroyed, "key_remains",
+                                     cli_jstr(dr->key_remains)));
+        else {
+            printf("deleted %s; %s\n", name,
+                   dr->key_destroyed ? "its key was destroyed on the token (crypto-shredded: "
+                                       "leftover or restored records can never be read)"
+                                     : "its key was not destroyed");
+            if (dr->key_remains.len)
+                printf("remains: %.*s\n", (int)dr->key_remains.len, dr->key_remains.data);
+        }
+    }
     wire_response_free(w);
     return e ? cli_fail(x, e) : 0;
 }

@@ -344,12 +344,32 @@ static cdx_err do_delete_index(const app_dispatch_env *env, const Req *q, Resp *
                         "delete_index needs confirm_id: the index id (%d bytes, from "
                         "describe_index)",
                         CDX_ID_LEN);
+    /* What the key is, before it goes: the answer says whether it was crypto-shredded. */
+    eng_index_info *info = alloc(s, sizeof(*info));
+    char *remains = alloc(s, CDX_STATUS_MESSAGE_MAX / 2);
+    Cipherdex__V1__DeleteIndexResponse *dr = alloc(s, sizeof(*dr));
+    if (!info || !remains || !dr)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    bool known = eng_index_describe(env->engine, wire_text(d->name), info) == CDX_OK;
     if ((err = eng_index_delete(env->engine, wire_text(d->name), d->confirm_id.data)))
         return err;
-    Cipherdex__V1__DeleteIndexResponse *dr = alloc(s, sizeof(*dr));
-    if (!dr)
-        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     cipherdex__v1__delete_index_response__init(dr);
+    char idhex[2 * CDX_ID_LEN + 1];
+    cdx_hex_encode(d->confirm_id.data, CDX_ID_LEN, idhex);
+    if (known && info->owned) {
+        dr->key_destroyed = true;
+        if (info->prov.origin == ENG_ORIGIN_UNWRAPPED)
+            snprintf(remains, CDX_STATUS_MESSAGE_MAX / 2,
+                     "the token copy is destroyed; the wrapped copy under KEK %s is wherever "
+                     "your KMS keeps it: destroy it there",
+                     info->prov.kek[0] ? info->prov.kek : "?");
+    } else if (known) {
+        snprintf(remains, CDX_STATUS_MESSAGE_MAX / 2,
+                 "the adopted key stays on the token; destroy it with `cipherdex-hsm index "
+                 "destroy --id %s --yes`",
+                 idhex);
+    }
+    dr->key_remains = wire_str(remains);
     r->body_case = CIPHERDEX__V1__RESPONSE__BODY_DELETE_INDEX;
     r->delete_index = dr;
     return CDX_OK;

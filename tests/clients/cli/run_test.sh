@@ -93,7 +93,10 @@ cli index delete typo --confirm "$kid" >/dev/null 2>"$dir/err"; rc=$?
 set -e
 [[ $rc == 1 ]] && grep -q "NOT_FOUND" "$dir/err" && ok || fail "nothing named typo to delete"
 [[ $(cli --json index describe prod | json 'd["count"]') == 40 ]] && ok || fail "prod keeps its items"
-cli index delete prod --confirm "$kid" | grep -q "deleted prod" && ok || fail "delete prod"
+cli index delete prod --confirm "$kid" >"$dir/del.txt"
+grep -q "deleted prod; its key was not destroyed" "$dir/del.txt" &&
+    grep -q "^remains: the adopted key stays on the token; destroy it with .cipherdex-hsm index destroy --id $kid --yes." "$dir/del.txt" &&
+    ok || fail "delete prod says the adopted key remains, and how to destroy it"
 hsm index check --id "$kid" --kcv "$(hsm --json index kcv --id "$kid" | json 'd["kcv"]')" >/dev/null &&
     ok || fail "an adopted key outlives its index"
 
@@ -140,7 +143,9 @@ cli index delete flat >/dev/null 2>&1; rc=$?
 set -e
 [[ $rc == 2 ]] && ok || fail "delete without --confirm is a usage error"
 fid=$(cli --json index describe flat | json 'd["id"]')
-cli index delete flat --confirm "$fid" | grep -q "deleted flat" && ok || fail "index delete"
+cli --json index delete flat --confirm "$fid" >"$dir/del.json"
+[[ $(json 'd["deleted"], d["key_destroyed"], d["key_remains"]' <"$dir/del.json") == "(True, True, '')" ]] &&
+    ok || fail "index delete crypto-shreds a generated key, nothing remains"
 set +e
 cli index describe flat >/dev/null 2>"$dir/err"; rc=$?
 set -e
