@@ -944,22 +944,41 @@ static void mask_name(char *s, const char *name)
 }
 
 /*
- * The operational log line of a refusal: who, what, which index (by id:
- * index names are never logged), the request id, the code and the reason.
- * The id is looked up for authorisation and integrity refusals (one
- * catalog read); under budget pressure nothing more is done and it is "-".
+ * The index a request named, by id, for its audit record and its refusal
+ * log line: the one the engine opened for it, else one catalog lookup of the
+ * name. The lookup is made only where the id is wanted and affordable: for
+ * the audit record of any request but the cheap refusals (limits, budget,
+ * the trail itself), and for the log line of authorisation and integrity
+ * refusals. NULL: none, or the name does not resolve.
  */
-static void log_refusal(const app_dispatch_env *env, const char *principal, app_op op,
-                        const char *index, uint64_t rid, cdx_err err, char *why)
+static const uint8_t *resolve_index(const app_dispatch_env *env, const char *index, cdx_err err,
+                                    const uint8_t *opened, eng_index_info *ii)
+{
+    if (!index)
+        return NULL; /* catalog-wide */
+    if (opened)
+        return opened;
+    bool cheap = err == CDX_ERR_RATE_LIMITED || err == CDX_ERR_BUSY ||
+                 err == CDX_ERR_AUDIT_UNAVAILABLE || err == CDX_ERR_RESOURCE_EXHAUSTED;
+    bool for_log = err == CDX_ERR_PERMISSION_DENIED || err == CDX_ERR_INTEGRITY ||
+                   err == CDX_ERR_ROLLBACK_DETECTED;
+    if (!env->engine || !((env->audit && !cheap) || for_log))
+        return NULL;
+    return eng_index_describe(env->engine, index, ii) == CDX_OK ? ii->id : NULL;
+}
+
+/*
+ * The operational log line of a refusal: who, what, which index (by id,
+ * resolve_index: index names are never logged), the request id, the code
+ * and the reason.
+ */
+static void log_refusal(const char *principal, app_op op, const char *index, const uint8_t *id,
+                        uint64_t rid, cdx_err err, char *why)
 {
     char idhex[2 * CDX_ID_LEN + 1] = "-";
-    eng_index_info ii;
-    if (index && env->engine &&
-        (err == CDX_ERR_PERMISSION_DENIED || err == CDX_ERR_INTEGRITY ||
-         err == CDX_ERR_ROLLBACK_DETECTED) &&
-        eng_index_describe(env->engine, index, &ii) == CDX_OK)
-        cdx_hex_encode(ii.id, CDX_ID_LEN, idhex);
-    if (index && !strcmp(idhex, "-") && err == CDX_ERR_PERMISSION_DENIED)
+    if (id)
+        cdx_hex_encode(id, CDX_ID_LEN, idhex);
+    if (index && !id && err == CDX_ERR_PERMISSION_DENIED)
         snprintf(idhex, sizeof(idhex), "none");
     mask_name(why, index);
     log_safe(why);
@@ -1051,14 +1070,6 @@ static bool audit_request(const app_dispatch_env *env, const audit_ctx *x, const
     if (!id && q && q->body_case == CIPHERDEX__V1__REQUEST__BODY_DELETE_INDEX &&
         q->delete_index->confirm_id.len == CDX_ID_LEN)
         id = q->delete_index->confirm_id.data;
-    /* A request that stopped before the engine opened the index (refused, or failed early):
-     * its record still names the index by id when the name resolves. Not for the cheap
-     * refusals (limits, budget, the trail itself), which must stay cheap. */
-    eng_index_info ii;
-    if (!id && x->index && env->engine && err != CDX_ERR_RATE_LIMITED && err != CDX_ERR_BUSY &&
-        err != CDX_ERR_AUDIT_UNAVAILABLE && err != CDX_ERR_RESOURCE_EXHAUSTED &&
-        eng_index_describe(env->engine, x->index, &ii) == CDX_OK)
-        id = ii.id;
     audit_ctx lx = *x;
     lx.index_id = id;
     cdx_err aerr = CDX_OK;
@@ -1216,11 +1227,13 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
         if (wire_response_error(rid, perr, why, &res->frame, &res->len))
             res->frame = NULL;
     }
+    eng_index_info named;
+    const uint8_t *index_id = resolve_index(env, index, err, ix_known ? ix_id : NULL, &named);
     if (env->audit) {
         audit_ctx ax = {.principal = principal,
                         .wr = wr,
                         .index = index,
-                        .index_id = ix_known && index ? ix_id : NULL, /* not catalog-wide */
+                        .index_id = index_id,
                         .epoch = ix_epoch,
                         .rid = rid,
                         .bytes_in = len,
@@ -1233,7 +1246,7 @@ void app_dispatch(const app_dispatch_env *env, const char *principal, const uint
     app_auditrec_thread_request(0, NULL);
     res->status = err;
     if (refusal(err))
-        log_refusal(env, principal, res->op, index, rid, err, refused_why);
+        log_refusal(principal, res->op, index, index_id, rid, err, refused_why);
     if (env->metrics) {
         app_metrics_observe(env->metrics, APP_STAGE_ENCODE, cdx_mono_ns() - t1);
         app_metrics_observe(env->metrics, APP_STAGE_REQUEST, cdx_mono_ns() - t0);
