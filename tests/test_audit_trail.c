@@ -377,6 +377,21 @@ static bool http_has(const char *path, const char *needle)
 }
 
 /* The trail's directory goes away under the running daemon: refused, then served again. */
+/*
+ * Query every 10 ms until the answer is OK (want_ok) or is not (!want_ok), for at most 10 s;
+ * returns the last answer. The daemon's timer changes the trail's state asynchronously.
+ */
+static cdx_err query_until(app_client *a, bool want_ok)
+{
+    cdx_err e = query(a, "docs-secret-name");
+    for (int64_t end = cdx_mono_ms() + 10000; (e == CDX_OK) != want_ok && cdx_mono_ms() < end;) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+        e = query(a, "docs-secret-name");
+    }
+    return e;
+}
+
 static void test_fail_closed(void)
 {
     app_client *a = client_as(app);
@@ -386,30 +401,14 @@ static void test_fail_closed(void)
     snprintf(moved, sizeof(moved), "%s/audit.moved", S.dir);
     CU_ASSERT_EQUAL_FATAL(rename(audit_dir, moved), 0);
     /* the daemon notices within its sync interval (20 ms): wait for the refusal, bounded */
-    cdx_err e = CDX_OK;
-    for (int64_t end = cdx_mono_ms() + 10000; e == CDX_OK && cdx_mono_ms() < end;) {
-        e = query(a, "docs-secret-name");
-        if (e == CDX_OK) {
-            struct timespec ts = {0, 10 * 1000000L};
-            nanosleep(&ts, NULL);
-        }
-    }
-    CU_ASSERT_EQUAL(e, CDX_ERR_AUDIT_UNAVAILABLE);
+    CU_ASSERT_EQUAL(query_until(a, false), CDX_ERR_AUDIT_UNAVAILABLE);
     CU_ASSERT_TRUE(fx_detail_has("audit trail cannot be written"));
     CU_ASSERT_TRUE(http_has("/healthz", "\"audit\":\"failed\""));
     CU_ASSERT_TRUE(http_has("/healthz", "\"status\":\"down\""));
     CU_ASSERT_TRUE(http_has("/metrics", "\ncipherdex_audit_state 1\n"));
     /* the directory is back: served again, and the trail says what happened */
     CU_ASSERT_EQUAL_FATAL(mkdir(audit_dir, 0700), 0);
-    e = CDX_ERR_AUDIT_UNAVAILABLE;
-    for (int64_t end = cdx_mono_ms() + 10000; e != CDX_OK && cdx_mono_ms() < end;) {
-        e = query(a, "docs-secret-name");
-        if (e != CDX_OK) {
-            struct timespec ts = {0, 10 * 1000000L};
-            nanosleep(&ts, NULL);
-        }
-    }
-    CU_ASSERT_EQUAL(e, CDX_OK);
+    CU_ASSERT_EQUAL(query_until(a, true), CDX_OK);
     CU_ASSERT_TRUE(http_has("/healthz", "\"audit\":\"ok\""));
     CU_ASSERT_TRUE(http_has("/metrics", "\ncipherdex_audit_state 0\n"));
     app_client_free(a);
