@@ -80,6 +80,7 @@ static const keydef keys[] = {
     {"audit", "syslog", T_BOOL, N(audit_syslog), 0},
     {"audit", "index_names", T_BOOL, N(audit_index_names), 0},
     {"state", "dir", T_STR, F(state_dir), 0},
+    {"state", "token_mark_ms", T_U32, N(token_mark_ms), 86400000},
     {"log", "level", T_SPECIAL, 0, 0, 0},
     {"log", "format", T_SPECIAL, 0, 0, 0},
     {"metrics", "listen", T_STR, F(metrics_listen), 0},
@@ -112,6 +113,7 @@ void app_config_init(app_config *c)
     c->maint_interval_ms = CDX_MAINT_INTERVAL_MS_DEFAULT;
     c->maint_compact_segments = CDX_MAINT_COMPACT_SEGMENTS_DEFAULT;
     snprintf(c->state_dir, sizeof(c->state_dir), "/var/lib/cipherdex");
+    c->token_mark_ms = CDX_TOKEN_MARK_MS_DEFAULT;
     c->audit_enabled = true;
     c->audit_sync_interval_ms = CDX_AUDIT_SYNC_INTERVAL_MS_DEFAULT;
     c->audit_checkpoint_s = CDX_AUDIT_CHECKPOINT_S_DEFAULT;

@@ -21,7 +21,7 @@
  *   [cache]   bytes, preload
  *   [engine]  manifest_max_age_ms, gc_grace_ms, query_threads
  *   [maintenance] enabled, interval_ms, compact_segments
- *   [state]   dir
+ *   [state]   dir, token_mark_ms
  *   [log]     level (error | warn | info | debug), format (kv | json)
  *   [metrics] listen (host:port, empty = off)
  *
@@ -104,6 +104,7 @@ typedef struct app_config {
     bool cache_preload;
     /* [engine] */
     uint32_t manifest_max_age_ms, gc_grace_ms, query_threads;
+    uint32_t token_mark_ms; /* [state] token_mark_ms: rollback marks on the token; 0 = off */
     /* [maintenance] (engine/eng_maint.h) */
     bool maint_enabled;
     uint32_t maint_interval_ms;

@@ -602,6 +602,7 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                      .store = d->store,
                      .state_dir = d->cfg.state_dir,
                      .manifest_max_age_ms = cfg->manifest_max_age_ms,
+                     .token_mark_ms = cfg->token_mark_ms,
                      .cache_bytes = (size_t)cfg->cache_bytes,
                      .gc_grace_ms = cfg->gc_grace_ms,
                      .query_threads = cfg->query_threads,

@@ -142,6 +142,7 @@ static void idx_free(struct idx *ix)
     pthread_cond_destroy(&ix->gate_cv);
     pthread_mutex_destroy(&ix->gate_mu);
     pthread_mutex_destroy(&ix->sweep_mu);
+    pthread_mutex_destroy(&ix->tok_mu);
     pthread_mutex_destroy(&ix->mu);
     free(ix);
 }
@@ -210,6 +211,7 @@ cdx_err eng_idx_get(eng *e, const char *name, struct idx **out)
     pthread_mutex_init(&ix->mu, NULL);
     atomic_init(&ix->refs, 2); /* the registry's and the caller's */
     pthread_mutex_init(&ix->sweep_mu, NULL);
+    pthread_mutex_init(&ix->tok_mu, NULL);
     pthread_mutex_init(&ix->gate_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -284,6 +286,7 @@ void eng_free(eng *e)
 {
     if (!e)
         return;
+    eng_marks_flush(e, true); /* what the token has not seen yet */
     while (e->idx) {
         struct idx *ix = e->idx;
         e->idx = ix->next;

@@ -37,6 +37,10 @@ typedef struct eng_config {
     eng_store *store;                  /* borrowed */
     uint8_t deployment_id[CDX_ID_LEN]; /* names the root key (created if missing) */
     const char *state_dir;             /* rollback high-water marks; created 0700 */
+    uint32_t token_mark_ms;            /* merge each index's mark with a copy on the token
+                                          (hsm_mark.h, shared by every appliance) at most
+                                          this often while the index is used; 0 = no
+                                          token marks */
     uint32_t manifest_max_age_ms;      /* 0: read the head on every request */
     size_t cache_bytes;                /* decrypted search-block cache; 0 = none */
     uint32_t gc_grace_ms;              /* sweep keeps unreferenced records this long; 0 = 10 min */
@@ -205,6 +209,16 @@ cdx_err eng_index_delete(eng *e, const char *name, const uint8_t confirm_id[CDX_
  * *removed counts deleted store keys.
  */
 cdx_err eng_purge(eng *e, uint64_t *removed);
+
+/*
+ * Copy every index's rollback mark that changed since it was last merged to
+ * the token (eng_config.token_mark_ms): those last merged token_mark_ms ago
+ * or more, or with force all of them. The maintenance thread calls it each
+ * pass, eng_free (forced) at the end. Failures are logged
+ * (token_mark_sync_failed) and retried at the next call. NULL or token marks
+ * off: a no-op.
+ */
+void eng_marks_flush(eng *e, bool force);
 
 typedef struct eng_train_opts {
     uint32_t n_lists;             /* 0: keep the index's n_lists (or sqrt(count) if it has none) */

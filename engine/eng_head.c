@@ -12,6 +12,7 @@
 #include "eng_int.h"
 #include "eng_op.h"
 #include "eng_store.h"
+#include "hsm_mark.h"
 
 void eng_head_encode(const eng_head *h, eng_buf *b)
 {
@@ -34,17 +35,117 @@ cdx_err eng_head_decode(const uint8_t *p, size_t n, eng_head *h)
     return CDX_OK;
 }
 
+cdx_err eng_hw_sync(eng *e, struct idx *ix, bool force)
+{
+    if (!e->cfg.token_mark_ms)
+        return CDX_OK;
+    cdx_err err = CDX_OK;
+    /* One sync (or accept-rollback's exact set) of this index's token mark at a time, so a
+     * stale merge cannot undo an operator's lowered mark. */
+    pthread_mutex_lock(&ix->tok_mu);
+    int64_t now = cdx_mono_ms();
+    pthread_mutex_lock(&ix->mu);
+    bool due = force || !ix->tok_synced || now - ix->tok_sync_ms >= (int64_t)e->cfg.token_mark_ms;
+    hsm_mark mine = {.version = ix->hw, .deleted = ix->tomb};
+    pthread_mutex_unlock(&ix->mu);
+    if (!due)
+        goto out;
+    hsm_mark got;
+    if ((err = hsm_mark_raise(e->cfg.custody, ix->id, &mine, &got))) {
+        cdx_prefix(err, "index %s: its rollback mark on the token: ", ix->name);
+        goto out;
+    }
+    pthread_mutex_lock(&ix->mu);
+    /* What another appliance recorded is made durable here before it is relied on. */
+    if (got.version > ix->hw || (got.deleted && !ix->tomb)) {
+        uint64_t v = got.version > ix->hw ? got.version : ix->hw;
+        bool d = ix->tomb || got.deleted;
+        if (!(err = eng_hwmark_put(e->state_dir, ix->id, v, d))) {
+            ix->hw = v;
+            ix->tomb = d;
+        }
+    }
+    if (!err) {
+        ix->tok_synced = true;
+        ix->tok_sync_ms = now;
+        ix->tok_version = got.version;
+    }
+    pthread_mutex_unlock(&ix->mu);
+out:
+    pthread_mutex_unlock(&ix->tok_mu);
+    return err;
+}
+
+void eng_marks_flush(eng *e, bool force)
+{
+    if (!e || !e->cfg.token_mark_ms)
+        return;
+    struct idx **v = NULL;
+    size_t n = 0, cap = 0;
+    pthread_mutex_lock(&e->mu);
+    for (struct idx *ix = e->idx; ix; ix = ix->next) {
+        pthread_mutex_lock(&ix->mu);
+        bool dirty = ix->hw_loaded && (!ix->tok_synced || ix->hw > ix->tok_version);
+        pthread_mutex_unlock(&ix->mu);
+        if (!dirty)
+            continue;
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 8;
+            struct idx **p = realloc(v, nc * sizeof(*v));
+            if (!p)
+                break; /* the rest waits for the next flush */
+            v = p;
+            cap = nc;
+        }
+        atomic_fetch_add(&ix->refs, 1);
+        v[n++] = ix;
+    }
+    pthread_mutex_unlock(&e->mu);
+    for (size_t i = 0; i < n; i++) {
+        cdx_err err = eng_hw_sync(e, v[i], force);
+        if (err) {
+            char id[2 * CDX_ID_LEN + 1];
+            cdx_hex_encode(v[i]->id, CDX_ID_LEN, id);
+            cdx_log(CDX_LOG_WARN, "token_mark_sync_failed", "index_id=%s code=%s msg=\"%s\"", id,
+                    cdx_err_name(err), cdx_err_detail());
+        }
+        eng_idx_put(v[i]);
+    }
+    free(v);
+}
+
 cdx_err eng_hw_load(op *o)
 {
     struct idx *ix = o->ix;
     cdx_err err = CDX_OK;
     pthread_mutex_lock(&ix->mu);
     if (!ix->hw_loaded) {
-        err = eng_hwmark_get(o->e->state_dir, ix->id, &ix->hw);
+        err = eng_hwmark_get(o->e->state_dir, ix->id, &ix->hw, &ix->tomb);
         ix->hw_loaded = !err;
     }
     pthread_mutex_unlock(&ix->mu);
+    if (!err)
+        err = eng_hw_sync(o->e, ix, false);
     return err;
+}
+
+cdx_err eng_tomb_check(op *o)
+{
+    struct idx *ix = o->ix;
+    pthread_mutex_lock(&ix->mu);
+    bool tomb = ix->tomb;
+    uint64_t hw = ix->hw;
+    pthread_mutex_unlock(&ix->mu);
+    if (!tomb)
+        return CDX_OK;
+    char id[2 * CDX_ID_LEN + 1];
+    cdx_hex_encode(ix->id, CDX_ID_LEN, id);
+    return cdx_fail(CDX_ERR_ROLLBACK_DETECTED,
+                    "index %s (id %s) was deleted at version %llu; the store holds a restored "
+                    "copy of it, which is not served; remove the copy: `cipherdex index purge` "
+                    "(admin); or, to bring the deleted index back on purpose: `cipherdex index "
+                    "accept-rollback %s` (admin)",
+                    ix->name, id, (unsigned long long)hw, ix->name);
 }
 
 /* Record a newly seen head version durably before anything relies on it. */
@@ -54,7 +155,7 @@ cdx_err eng_hw_raise(op *o, uint64_t version)
     cdx_err err = CDX_OK;
     pthread_mutex_lock(&ix->mu);
     if (version > ix->hw) {
-        err = eng_hwmark_put(o->e->state_dir, ix->id, version);
+        err = eng_hwmark_put(o->e->state_dir, ix->id, version, ix->tomb);
         if (!err)
             ix->hw = version;
     }
@@ -151,6 +252,8 @@ cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **o
         pthread_mutex_unlock(&ix->mu);
     }
     if ((err = eng_hw_load(o)))
+        return err;
+    if ((err = eng_tomb_check(o)))
         return err;
     /* Only versions seen before this read began can prove a rollback: another thread of this
      * appliance may commit (and raise the mark) while the read is in flight. */

@@ -16,6 +16,8 @@
 #include "eng_keyspace.h"
 #include "eng_manifest.h"
 
+struct idx;
+
 typedef struct op op;
 
 typedef struct eng_head {
@@ -41,8 +43,22 @@ cdx_err eng_head_decode(const uint8_t *p, size_t n, eng_head *h);
  */
 cdx_err eng_read_head(op *o, eng_head *h, bool *found);
 
-/* Load the index's persisted high-water mark once. Errors: eng_hwmark_get's. */
+/* Load the index's persisted high-water mark (and tombstone) once, then merge it with the
+ * token's copy when due (eng_hw_sync). Errors: eng_hwmark_get's, eng_hw_sync's. */
 cdx_err eng_hw_load(op *o);
+
+/*
+ * Merge ix's mark with its copy on the token (hsm_mark.h) if token marks are
+ * on and a merge is due (never done, older than token_mark_ms, or force):
+ * both end at the higher version, with the tombstone if either has it.
+ * Errors: CDX_ERR_CONFIG (the state file), the custody errors, CDX_ERR_INTEGRITY
+ * (a malformed mark on the token).
+ */
+cdx_err eng_hw_sync(eng *e, struct idx *ix, bool force);
+
+/* CDX_ERR_ROLLBACK_DETECTED, naming the way out, when o's index was deleted (its mark is a
+ * tombstone); CDX_OK otherwise. Call after eng_hw_load. */
+cdx_err eng_tomb_check(op *o);
 
 /* Record a newly seen head version durably (if higher) before anything relies on it. Errors:
  * eng_hwmark_put's. */

@@ -18,6 +18,9 @@
 #include "cdx_hex.h"
 #include "eng_hwmark.h"
 
+/* The line of a deleted index's mark: "deleted <version>". */
+#define DELETED "deleted "
+
 static void path_of(const char *dir, const uint8_t id[CDX_ID_LEN], char *out, size_t cap,
                     const char *suffix)
 {
@@ -26,11 +29,13 @@ static void path_of(const char *dir, const uint8_t id[CDX_ID_LEN], char *out, si
     snprintf(out, cap, "%s/hw-%s%s", dir, hx, suffix);
 }
 
-cdx_err eng_hwmark_get(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t *version)
+cdx_err eng_hwmark_get(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t *version,
+                       bool *deleted)
 {
     char path[PATH_MAX];
     path_of(dir, id, path, sizeof(path), "");
     *version = 0;
+    *deleted = false;
     FILE *f = fopen(path, "re");
     if (!f) {
         if (errno == ENOENT)
@@ -40,9 +45,14 @@ cdx_err eng_hwmark_get(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t *
     char line[64] = {0};
     bool ok = fgets(line, sizeof(line), f) != NULL;
     fclose(f);
+    const char *num = line;
+    if (ok && !strncmp(line, DELETED, sizeof(DELETED) - 1)) {
+        num += sizeof(DELETED) - 1;
+        *deleted = true;
+    }
     char *end = NULL;
-    unsigned long long v = ok ? strtoull(line, &end, 10) : 0;
-    if (!ok || end == line || (*end && *end != '\n'))
+    unsigned long long v = ok && *num >= '0' && *num <= '9' ? strtoull(num, &end, 10) : 0;
+    if (!ok || !end || end == num || (*end && *end != '\n'))
         return cdx_fail(CDX_ERR_CONFIG,
                         "state file %s is corrupt; restore it or accept the "
                         "store's state explicitly",
@@ -51,7 +61,8 @@ cdx_err eng_hwmark_get(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t *
     return CDX_OK;
 }
 
-cdx_err eng_hwmark_put(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t version)
+cdx_err eng_hwmark_put(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t version,
+                       bool deleted)
 {
     char path[PATH_MAX], tmp[PATH_MAX];
     path_of(dir, id, path, sizeof(path), "");
@@ -60,7 +71,7 @@ cdx_err eng_hwmark_put(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t v
     if (fd < 0)
         return cdx_fail(CDX_ERR_CONFIG, "cannot write %s: %s", tmp, strerror(errno));
     char line[32];
-    int n = snprintf(line, sizeof(line), "%" PRIu64 "\n", version);
+    int n = snprintf(line, sizeof(line), "%s%" PRIu64 "\n", deleted ? DELETED : "", version);
     bool ok = write(fd, line, (size_t)n) == n && fsync(fd) == 0;
     ok = close(fd) == 0 && ok;
     if (!ok || rename(tmp, path) != 0) {

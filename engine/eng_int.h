@@ -43,6 +43,13 @@ struct idx {
     pthread_mutex_t mu;
     uint64_t hw; /* rollback high-water mark (persisted) */
     bool hw_loaded;
+    bool tomb;   /* the index was deleted (here or, by the token's mark, elsewhere) */
+    /* The token's shared mark (hsm_mark.h, eng_config.token_mark_ms): when it was last merged
+     * with hw and tomb, and the version it then held. */
+    pthread_mutex_t tok_mu; /* one token-mark merge of this index at a time (eng_hw_sync) */
+    bool tok_synced;
+    int64_t tok_sync_ms;
+    uint64_t tok_version;
     /* The last head read found the store older than hw (eng_rollback_count); cleared by a
      * head read at or above hw, or by eng_accept_rollback. */
     bool in_rollback;

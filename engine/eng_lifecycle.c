@@ -13,6 +13,7 @@
 #include "eng_cache.h"
 #include "eng_head.h"
 #include "eng_hwmark.h"
+#include "hsm_mark.h"
 #include "eng_int.h"
 #include "eng_op.h"
 #include "eng_store.h"
@@ -410,8 +411,11 @@ static void create_undo(eng *e, op *ro, const eng_catentry *c, bool claimed)
     const char *step = "";
     if (c->owned || claimed) {
         step = "records";
-        if (!(err = remove_records(e, c->id, NULL)))
+        if (!(err = remove_records(e, c->id, NULL))) {
             eng_hwmark_remove(e->state_dir, c->id);
+            if (e->cfg.token_mark_ms && (err = hsm_mark_remove(e->cfg.custody, c->id)))
+                step = "rollback mark";
+        }
     }
     if (!err && c->owned) {
         hsm_key_ref k = {.kind = HSM_KEY_INDEX};
@@ -602,6 +606,35 @@ cdx_err eng_index_list_all(eng *e, eng_index_info **out, size_t *n, size_t *unre
     return CDX_OK;
 }
 
+/* The tombstone of index id: in the state dir and, with token marks, on the token. */
+static cdx_err eng_tombstone(eng *e, const uint8_t id[CDX_ID_LEN])
+{
+    uint64_t v = 0;
+    bool deleted = false;
+    cdx_err err = eng_hwmark_get(e->state_dir, id, &v, &deleted);
+    if (!err && !deleted)
+        err = eng_hwmark_put(e->state_dir, id, v, true);
+    if (!err && e->cfg.token_mark_ms) {
+        hsm_mark m = {.version = v, .deleted = true};
+        err = hsm_mark_raise(e->cfg.custody, id, &m, NULL);
+    }
+    return err;
+}
+
+/* Whether this appliance (its state dir or the token's mark) knows index id as deleted. */
+static cdx_err is_tombstoned(eng *e, const uint8_t id[CDX_ID_LEN], bool *tomb)
+{
+    uint64_t v;
+    cdx_err err = eng_hwmark_get(e->state_dir, id, &v, tomb);
+    if (!err && !*tomb && e->cfg.token_mark_ms) {
+        hsm_mark m;
+        bool found;
+        if (!(err = hsm_mark_read(e->cfg.custody, id, &m, &found)))
+            *tomb = found && m.deleted;
+    }
+    return err;
+}
+
 cdx_err eng_index_delete(eng *e, const char *name, const uint8_t confirm_id[CDX_ID_LEN])
 {
     cdx_err err = eng_check_name(name);
@@ -656,6 +689,10 @@ cdx_err eng_index_delete(eng *e, const char *name, const uint8_t confirm_id[CDX_
             goto out;
         }
     }
+    /* The tombstone first: from now on a restored copy of the index is refused, here and,
+     * through the token's mark, on every appliance (docs/ADMIN.md "Rollback marks"). */
+    if ((err = eng_tombstone(e, c.id)))
+        goto out;
     eng_idx_forget(e, c.id);
     if (c.owned) {
         err = hsm_key_destroy(e->cfg.custody, &k);
@@ -669,13 +706,78 @@ cdx_err eng_index_delete(eng *e, const char *name, const uint8_t confirm_id[CDX_
     uint64_t removed = 0;
     if ((err = remove_records(e, c.id, &removed)))
         goto out;
-    eng_hwmark_remove(e->state_dir, c.id);
     if ((err = eng_keyclaim_release(&ro, &c)) || (err = eng_cat_remove(&ro, name)))
         goto out;
     cdx_log(CDX_LOG_INFO, "eng_index_deleted", "records=%llu owned=%d", (unsigned long long)removed,
             c.owned);
 out:
     eng_op_end(&ro);
+    return err;
+}
+
+static bool id_in(const eng_catentry *all, size_t n, const uint8_t id[CDX_ID_LEN])
+{
+    for (size_t j = 0; j < n; j++)
+        if (!memcmp(all[j].id, id, CDX_ID_LEN))
+            return true;
+    return false;
+}
+
+/*
+ * One scan of every record key. Without `victims`: collect into *ids (up to
+ * CDX_PURGE_IDS_MAX, the rest waits for the next purge) the distinct index
+ * ids no entry of all[] has. With `victims` (*n of them): delete the keys of
+ * those ids, counting into *rm.
+ */
+static cdx_err purge_scan(eng *e, const eng_catentry *all, size_t na, uint8_t (**ids)[CDX_ID_LEN],
+                          size_t *n, uint64_t *rm, uint8_t (*victims)[CDX_ID_LEN])
+{
+    uint64_t cursor = 0;
+    cdx_err err = CDX_OK;
+    size_t cap = victims ? *n : 0;
+    if (!victims) {
+        *ids = NULL;
+        *n = 0;
+    }
+    while (!err) {
+        char **keys = NULL;
+        size_t nk = 0;
+        if ((err = eng_store_scan(e->cfg.store, ENG_KEY_ALL_PATTERN, &cursor, &keys, &nk)))
+            break;
+        for (size_t i = 0; i < nk && !err; i++) {
+            uint8_t id[CDX_ID_LEN];
+            if (!eng_key_parse_index_id(keys[i], id)) /* catalog keys included */
+                continue;
+            bool listed = false;
+            for (size_t j = 0; j < *n && !listed; j++)
+                listed = !memcmp((*ids)[j], id, CDX_ID_LEN);
+            if (victims) {
+                if (listed) {
+                    uint64_t d = 0;
+                    const char *one[1] = {keys[i]};
+                    err = eng_store_del(e->cfg.store, one, 1, &d);
+                    *rm += d;
+                }
+                continue;
+            }
+            if (listed || id_in(all, na, id) || *n >= CDX_PURGE_IDS_MAX)
+                continue;
+            if (*n == cap) {
+                size_t nc = cap ? cap * 2 : 16;
+                uint8_t(*p)[CDX_ID_LEN] = realloc(*ids, nc * sizeof(**ids));
+                if (!p) {
+                    err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+                    break;
+                }
+                *ids = p;
+                cap = nc;
+            }
+            memcpy((*ids)[(*n)++], id, CDX_ID_LEN);
+        }
+        eng_keys_free(keys, nk);
+        if (cursor == 0)
+            break;
+    }
     return err;
 }
 
@@ -715,43 +817,46 @@ cdx_err eng_purge(eng *e, uint64_t *removed)
         hsm_key_ref k = {.kind = HSM_KEY_INDEX};
         memcpy(k.id, all[i].id, CDX_ID_LEN);
         uint8_t kcv[CDX_KCV_LEN];
-        cdx_err kerr = hsm_key_kcv(e->cfg.custody, &k, kcv);
-        if (kerr != CDX_ERR_KEY_NOT_FOUND)
+        /* A create in progress (it may not have made its key yet) is left alone. */
+        if (all[i].state == ENG_ST_CREATING &&
+            all[i].created_ms + e->cfg.gc_grace_ms > cdx_wall_ms())
+            continue;
+        bool tomb = false;
+        if ((err = is_tombstoned(e, all[i].id, &tomb)))
+            break;
+        /* A restored copy of an index deleted earlier goes like one whose key is gone. */
+        if (!tomb && hsm_key_kcv(e->cfg.custody, &k, kcv) != CDX_ERR_KEY_NOT_FOUND)
             continue;
         eng_idx_forget(e, all[i].id);
         if (!(err = remove_records(e, all[i].id, &rm)) &&
             !(err = eng_keyclaim_release(&ro, &all[i])) &&
-            !(err = eng_cat_remove(&ro, all[i].name))) {
-            eng_hwmark_remove(e->state_dir, all[i].id);
-            rm++;
+            !(err = eng_cat_remove(&ro, all[i].name)))
+            rm++; /* the mark stays: a later restore is refused too */
+    }
+    /*
+     * Records no catalog entry references: a scan for their ids, a fresh catalog read, then a
+     * scan deleting the records of the ids still unreferenced. A create claims its name before
+     * it writes a record, so one that started after the first catalog read is seen by the second.
+     */
+    uint8_t(*orph)[CDX_ID_LEN] = NULL;
+    size_t no = 0;
+    if (!err)
+        err = purge_scan(e, all, na, &orph, &no, NULL, NULL);
+    if (!err && no) {
+        free(all);
+        all = NULL;
+        na = 0;
+        if (!(err = eng_cat_all(e, &all, &na, NULL))) {
+            size_t k = 0;
+            for (size_t i = 0; i < no; i++)
+                if (!id_in(all, na, orph[i]))
+                    memcpy(orph[k++], orph[i], CDX_ID_LEN);
+            no = k;
         }
     }
-    /* Records no catalog entry references. */
-    uint64_t cursor = 0;
-    while (!err) {
-        char **keys = NULL;
-        size_t nk = 0;
-        if ((err = eng_store_scan(e->cfg.store, ENG_KEY_ALL_PATTERN, &cursor, &keys, &nk)))
-            break;
-        for (size_t i = 0; i < nk && !err; i++) {
-            const char *kk = keys[i];
-            uint8_t id[CDX_ID_LEN];
-            if (!eng_key_parse_index_id(kk, id)) /* catalog keys included */
-                continue;
-            bool known = false;
-            for (size_t j = 0; j < na && !known; j++)
-                known = !memcmp(all[j].id, id, CDX_ID_LEN);
-            if (!known) {
-                uint64_t d = 0;
-                const char *one[1] = {kk};
-                err = eng_store_del(e->cfg.store, one, 1, &d);
-                rm += d;
-            }
-        }
-        eng_keys_free(keys, nk);
-        if (cursor == 0)
-            break;
-    }
+    if (!err && no)
+        err = purge_scan(e, NULL, 0, &orph, &no, &rm, orph);
+    free(orph);
     /* Key claims no catalog entry holds (or that do not open). */
     struct purge_claims pc = {.e = e, .all = all, .n = na};
     if (!err)

@@ -158,6 +158,7 @@ static void pass(eng_maint *m)
                     (unsigned long long)r.sweep.waiting, (unsigned long long)r.ms);
     }
     free(names);
+    eng_marks_flush(m->e, false);
 }
 
 static void *maint_main(void *arg)

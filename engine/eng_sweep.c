@@ -7,6 +7,7 @@
 #include "cdx_log.h"
 #include "eng_head.h"
 #include "eng_hwmark.h"
+#include "hsm_mark.h"
 #include "eng_idmap.h"
 #include "eng_int.h"
 #include "eng_maint.h"
@@ -333,6 +334,7 @@ cdx_err eng_sweep(eng *e, const char *name, uint64_t *deleted)
 
 typedef struct accept_arg {
     uint64_t confirm, previous, version;
+    bool undeleted; /* the index had been deleted (a tombstone was lifted) */
 } accept_arg;
 
 static cdx_err accept_rollback(op *o, void *arg)
@@ -355,12 +357,17 @@ static cdx_err accept_rollback(op *o, void *arg)
                         (unsigned long long)h.version);
     char id[2 * CDX_ID_LEN + 1];
     cdx_hex_encode(ix->id, CDX_ID_LEN, id);
-    /* Under the index's mutex: the mark file and ix->hw change together (eng_hwmark.h). */
+    /* Under the index's mutex: the mark file and ix->hw change together (eng_hwmark.h); under
+     * tok_mu, so no merge of a stale mark with the token's copy runs meanwhile. */
+    pthread_mutex_lock(&ix->tok_mu);
     pthread_mutex_lock(&ix->mu);
     uint64_t old = ix->hw;
+    bool tomb = ix->tomb;
     bool lower = h.version < old;
-    if (lower && !(err = eng_hwmark_put(o->e->state_dir, ix->id, h.version))) {
+    if ((lower || tomb) &&
+        !(err = eng_hwmark_put(o->e->state_dir, ix->id, h.version, false))) {
         ix->hw = h.version;
+        ix->tomb = false;
         /* The next request reads the head again instead of a cached newer manifest. */
         eng_manifest_unref(ix->m);
         ix->m = NULL;
@@ -368,11 +375,29 @@ static cdx_err accept_rollback(op *o, void *arg)
     if (!err)
         ix->in_rollback = false;
     pthread_mutex_unlock(&ix->mu);
+    if (!err && (lower || tomb) && o->e->cfg.token_mark_ms) {
+        /* Every appliance learns the accepted state from the token (docs/ADMIN.md). */
+        hsm_mark m = {.version = h.version};
+        if (!(err = hsm_mark_set(o->e->cfg.custody, ix->id, &m))) {
+            pthread_mutex_lock(&ix->mu);
+            ix->tok_synced = true;
+            ix->tok_sync_ms = cdx_mono_ms();
+            ix->tok_version = h.version;
+            pthread_mutex_unlock(&ix->mu);
+        }
+    }
+    pthread_mutex_unlock(&ix->tok_mu);
     if (err)
         return err;
+    a->undeleted = tomb;
     a->previous = old;
     a->version = h.version;
-    if (lower)
+    if (tomb)
+        cdx_log(CDX_LOG_WARN, "eng_deleted_index_restored",
+                "index_id=%s version=%llu msg=\"an index deleted earlier was accepted back from "
+                "the store\"",
+                id, (unsigned long long)h.version);
+    else if (lower)
         cdx_log(CDX_LOG_WARN, "eng_rollback_accepted",
                 "index_id=%s from=%llu to=%llu lost_versions=%llu", id, (unsigned long long)old,
                 (unsigned long long)h.version, (unsigned long long)(old - h.version));

@@ -77,6 +77,8 @@
 
 /* ---- maintenance (engine/eng_maint.h) ---- */
 #define CDX_MAINT_INTERVAL_MS_DEFAULT    1000    /* between scheduler passes */
+#define CDX_PURGE_IDS_MAX                4096    /* unreferenced index ids one purge removes */
+#define CDX_TOKEN_MARK_MS_DEFAULT        5000    /* [state] token_mark_ms: token rollback marks */
 #define CDX_MAINT_INTERVAL_MS_MIN        10
 #define CDX_MAINT_INTERVAL_MS_MAX        86400000
 #define CDX_MAINT_COMPACT_SEGMENTS_DEFAULT 32    /* compact a cluster with more segments than this */
