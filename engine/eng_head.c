@@ -46,7 +46,7 @@ cdx_err eng_hw_sync(eng *e, struct idx *ix, bool force)
     int64_t now = cdx_mono_ms();
     pthread_mutex_lock(&ix->mu);
     bool due = force || !ix->tok_synced || now - ix->tok_sync_ms >= (int64_t)e->cfg.token_mark_ms;
-    hsm_mark mine = {.version = ix->hw, .deleted = ix->tomb};
+    hsm_mark mine = {.version = ix->hw, .deleted = ix->tomb, .gen = ix->gen};
     pthread_mutex_unlock(&ix->mu);
     if (!due)
         goto out;
@@ -56,13 +56,28 @@ cdx_err eng_hw_sync(eng *e, struct idx *ix, bool force)
         goto out;
     }
     pthread_mutex_lock(&ix->mu);
-    /* What another appliance recorded is made durable here before it is relied on. */
-    if (got.version > ix->hw || (got.deleted && !ix->tomb)) {
-        uint64_t v = got.version > ix->hw ? got.version : ix->hw;
-        bool d = ix->tomb || got.deleted;
-        if (!(err = eng_hwmark_put(e->state_dir, ix->id, v, d))) {
-            ix->hw = v;
-            ix->tomb = d;
+    /* What another appliance recorded (or an operator accepted there: a later generation) is
+     * made durable here before it is relied on. */
+    bool adopt = got.gen > ix->gen;
+    if (adopt || got.version > ix->hw || (got.deleted && !ix->tomb)) {
+        hsm_mark w = got;
+        if (!adopt) {
+            w.version = got.version > ix->hw ? got.version : ix->hw;
+            w.deleted = ix->tomb || got.deleted;
+        }
+        if (!(err = eng_hwmark_put(e->state_dir, ix->id, &w))) {
+            if (adopt && w.version < ix->hw) {
+                char id[2 * CDX_ID_LEN + 1];
+                cdx_hex_encode(ix->id, CDX_ID_LEN, id);
+                cdx_log(CDX_LOG_WARN, "eng_rollback_accepted_elsewhere",
+                        "index_id=%s from=%llu to=%llu gen=%u", id, (unsigned long long)ix->hw,
+                        (unsigned long long)w.version, w.gen);
+                eng_manifest_unref(ix->m); /* read the head again */
+                ix->m = NULL;
+            }
+            ix->hw = w.version;
+            ix->tomb = w.deleted;
+            ix->gen = w.gen;
         }
     }
     if (!err) {
@@ -120,7 +135,12 @@ cdx_err eng_hw_load(op *o)
     cdx_err err = CDX_OK;
     pthread_mutex_lock(&ix->mu);
     if (!ix->hw_loaded) {
-        err = eng_hwmark_get(o->e->state_dir, ix->id, &ix->hw, &ix->tomb);
+        hsm_mark m;
+        if (!(err = eng_hwmark_get(o->e->state_dir, ix->id, &m))) {
+            ix->hw = m.version;
+            ix->tomb = m.deleted;
+            ix->gen = m.gen;
+        }
         ix->hw_loaded = !err;
     }
     pthread_mutex_unlock(&ix->mu);
@@ -155,7 +175,8 @@ cdx_err eng_hw_raise(op *o, uint64_t version)
     cdx_err err = CDX_OK;
     pthread_mutex_lock(&ix->mu);
     if (version > ix->hw) {
-        err = eng_hwmark_put(o->e->state_dir, ix->id, version, ix->tomb);
+        hsm_mark m = {.version = version, .deleted = ix->tomb, .gen = ix->gen};
+        err = eng_hwmark_put(o->e->state_dir, ix->id, &m);
         if (!err)
             ix->hw = version;
     }

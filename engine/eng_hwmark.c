@@ -20,6 +20,8 @@
 
 /* The line of a deleted index's mark: "deleted <version>". */
 #define DELETED "deleted "
+/* After the version, once an accept-rollback started a generation (hsm_mark.h): " gen <n>". */
+#define GEN " gen "
 
 static void path_of(const char *dir, const uint8_t id[CDX_ID_LEN], char *out, size_t cap,
                     const char *suffix)
@@ -29,13 +31,11 @@ static void path_of(const char *dir, const uint8_t id[CDX_ID_LEN], char *out, si
     snprintf(out, cap, "%s/hw-%s%s", dir, hx, suffix);
 }
 
-cdx_err eng_hwmark_get(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t *version,
-                       bool *deleted)
+cdx_err eng_hwmark_get(const char *dir, const uint8_t id[CDX_ID_LEN], hsm_mark *m)
 {
     char path[PATH_MAX];
     path_of(dir, id, path, sizeof(path), "");
-    *version = 0;
-    *deleted = false;
+    memset(m, 0, sizeof(*m));
     FILE *f = fopen(path, "re");
     if (!f) {
         if (errno == ENOENT)
@@ -48,21 +48,27 @@ cdx_err eng_hwmark_get(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t *
     const char *num = line;
     if (ok && !strncmp(line, DELETED, sizeof(DELETED) - 1)) {
         num += sizeof(DELETED) - 1;
-        *deleted = true;
+        m->deleted = true;
     }
     char *end = NULL;
     unsigned long long v = ok && *num >= '0' && *num <= '9' ? strtoull(num, &end, 10) : 0;
+    if (ok && end && end != num && !strncmp(end, GEN, sizeof(GEN) - 1)) {
+        const char *g = end + sizeof(GEN) - 1;
+        unsigned long gen = *g >= '0' && *g <= '9' ? strtoul(g, &end, 10) : 0;
+        if (end == g || gen > UINT32_MAX)
+            end = NULL;
+        m->gen = (uint32_t)gen;
+    }
     if (!ok || !end || end == num || (*end && *end != '\n'))
         return cdx_fail(CDX_ERR_CONFIG,
                         "state file %s is corrupt; restore it or accept the "
                         "store's state explicitly",
                         path);
-    *version = v;
+    m->version = v;
     return CDX_OK;
 }
 
-cdx_err eng_hwmark_put(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t version,
-                       bool deleted)
+cdx_err eng_hwmark_put(const char *dir, const uint8_t id[CDX_ID_LEN], const hsm_mark *m)
 {
     char path[PATH_MAX], tmp[PATH_MAX];
     path_of(dir, id, path, sizeof(path), "");
@@ -70,8 +76,11 @@ cdx_err eng_hwmark_put(const char *dir, const uint8_t id[CDX_ID_LEN], uint64_t v
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return cdx_fail(CDX_ERR_CONFIG, "cannot write %s: %s", tmp, strerror(errno));
-    char line[32];
-    int n = snprintf(line, sizeof(line), "%s%" PRIu64 "\n", deleted ? DELETED : "", version);
+    char line[64];
+    int n = m->gen ? snprintf(line, sizeof(line), "%s%" PRIu64 GEN "%" PRIu32 "\n",
+                              m->deleted ? DELETED : "", m->version, m->gen)
+                   : snprintf(line, sizeof(line), "%s%" PRIu64 "\n", m->deleted ? DELETED : "",
+                              m->version);
     bool ok = write(fd, line, (size_t)n) == n && fsync(fd) == 0;
     ok = close(fd) == 0 && ok;
     if (!ok || rename(tmp, path) != 0) {

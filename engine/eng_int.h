@@ -44,6 +44,7 @@ struct idx {
     uint64_t hw; /* rollback high-water mark (persisted) */
     bool hw_loaded;
     bool tomb;   /* the index was deleted (here or, by the token's mark, elsewhere) */
+    uint32_t gen; /* the mark's generation (hsm_mark.h): grows with every accept-rollback */
     /* The token's shared mark (hsm_mark.h, eng_config.token_mark_ms): when it was last merged
      * with hw and tomb, and the version it then held. */
     pthread_mutex_t tok_mu; /* one token-mark merge of this index at a time (eng_hw_sync) */

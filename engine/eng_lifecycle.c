@@ -609,28 +609,28 @@ cdx_err eng_index_list_all(eng *e, eng_index_info **out, size_t *n, size_t *unre
 /* The tombstone of index id: in the state dir and, with token marks, on the token. */
 static cdx_err eng_tombstone(eng *e, const uint8_t id[CDX_ID_LEN])
 {
-    uint64_t v = 0;
-    bool deleted = false;
-    cdx_err err = eng_hwmark_get(e->state_dir, id, &v, &deleted);
-    if (!err && !deleted)
-        err = eng_hwmark_put(e->state_dir, id, v, true);
-    if (!err && e->cfg.token_mark_ms) {
-        hsm_mark m = {.version = v, .deleted = true};
+    hsm_mark m;
+    cdx_err err = eng_hwmark_get(e->state_dir, id, &m);
+    bool was = m.deleted;
+    m.deleted = true;
+    if (!err && !was)
+        err = eng_hwmark_put(e->state_dir, id, &m);
+    if (!err && e->cfg.token_mark_ms)
         err = hsm_mark_raise(e->cfg.custody, id, &m, NULL);
-    }
     return err;
 }
 
 /* Whether this appliance (its state dir or the token's mark) knows index id as deleted. */
 static cdx_err is_tombstoned(eng *e, const uint8_t id[CDX_ID_LEN], bool *tomb)
 {
-    uint64_t v;
-    cdx_err err = eng_hwmark_get(e->state_dir, id, &v, tomb);
+    hsm_mark m;
+    cdx_err err = eng_hwmark_get(e->state_dir, id, &m);
+    *tomb = !err && m.deleted;
     if (!err && !*tomb && e->cfg.token_mark_ms) {
-        hsm_mark m;
+        hsm_mark t;
         bool found;
-        if (!(err = hsm_mark_read(e->cfg.custody, id, &m, &found)))
-            *tomb = found && m.deleted;
+        if (!(err = hsm_mark_read(e->cfg.custody, id, &t, &found)))
+            *tomb = found && t.deleted && t.gen >= m.gen;
     }
     return err;
 }

@@ -364,28 +364,28 @@ static cdx_err accept_rollback(op *o, void *arg)
     uint64_t old = ix->hw;
     bool tomb = ix->tomb;
     bool lower = h.version < old;
-    if ((lower || tomb) &&
-        !(err = eng_hwmark_put(o->e->state_dir, ix->id, h.version, false))) {
+    hsm_mark w = {.version = h.version, .gen = ix->gen};
+    pthread_mutex_unlock(&ix->mu);
+    if ((lower || tomb) && o->e->cfg.token_mark_ms) {
+        /* A new generation on the token first: every appliance adopts the accepted state from
+         * it (docs/ADMIN.md "Rollback marks"), and this one records it below. */
+        err = hsm_mark_set(o->e->cfg.custody, ix->id, &w, &w);
+    }
+    pthread_mutex_lock(&ix->mu);
+    if (!err && (lower || tomb) && !(err = eng_hwmark_put(o->e->state_dir, ix->id, &w))) {
         ix->hw = h.version;
         ix->tomb = false;
+        ix->gen = w.gen;
         /* The next request reads the head again instead of a cached newer manifest. */
         eng_manifest_unref(ix->m);
         ix->m = NULL;
+        ix->tok_synced = o->e->cfg.token_mark_ms != 0;
+        ix->tok_sync_ms = cdx_mono_ms();
+        ix->tok_version = h.version;
     }
     if (!err)
         ix->in_rollback = false;
     pthread_mutex_unlock(&ix->mu);
-    if (!err && (lower || tomb) && o->e->cfg.token_mark_ms) {
-        /* Every appliance learns the accepted state from the token (docs/ADMIN.md). */
-        hsm_mark m = {.version = h.version};
-        if (!(err = hsm_mark_set(o->e->cfg.custody, ix->id, &m))) {
-            pthread_mutex_lock(&ix->mu);
-            ix->tok_synced = true;
-            ix->tok_sync_ms = cdx_mono_ms();
-            ix->tok_version = h.version;
-            pthread_mutex_unlock(&ix->mu);
-        }
-    }
     pthread_mutex_unlock(&ix->tok_mu);
     if (err)
         return err;

@@ -13,7 +13,7 @@
 #include "hsm_internal.h"
 
 #define MARK_MAGIC "cdxmark1"
-#define MARK_LEN 17
+#define MARK_LEN 21
 #define MARK_MAX_DUP 8 /* objects with one mark's label merged at once */
 
 static const char APP[] = "cipherdex";
@@ -31,6 +31,8 @@ static void mark_encode(const hsm_mark *m, uint8_t out[MARK_LEN])
     for (int i = 0; i < 8; i++)
         out[8 + i] = (uint8_t)(m->version >> (56 - 8 * i));
     out[16] = m->deleted ? 1 : 0;
+    for (int i = 0; i < 4; i++)
+        out[17 + i] = (uint8_t)(m->gen >> (24 - 8 * i));
 }
 
 static cdx_err mark_decode(const uint8_t *p, CK_ULONG n, hsm_mark *m)
@@ -41,11 +43,21 @@ static cdx_err mark_decode(const uint8_t *p, CK_ULONG n, hsm_mark *m)
     for (int i = 0; i < 8; i++)
         m->version = m->version << 8 | p[8 + i];
     m->deleted = p[16] == 1;
+    m->gen = 0;
+    for (int i = 0; i < 4; i++)
+        m->gen = m->gen << 8 | p[17 + i];
     return CDX_OK;
 }
 
+/* Merge m into `into`: a later generation replaces it (an accepted rollback); within one,
+ * the higher version, and deleted once deleted. */
 static void mark_merge(hsm_mark *into, const hsm_mark *m)
 {
+    if (m->gen != into->gen) {
+        if (m->gen > into->gen)
+            *into = *m;
+        return;
+    }
     if (m->version > into->version)
         into->version = m->version;
     into->deleted = into->deleted || m->deleted;
@@ -175,10 +187,12 @@ static cdx_err write_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *r
         n = 0;
     }
     hsm_mark w = a->m;
-    if (!a->exact)
-        mark_merge(&w, &cur);
+    if (a->exact) /* a new generation: every appliance adopts it as it is */
+        w.gen = (a->m.gen > cur.gen ? a->m.gen : cur.gen) + 1;
+    else if (n && cur.gen >= w.gen)
+        mark_merge(&w, &cur); /* else: the token lost its mark or holds an older generation */
     a->out = w;
-    if (n == 1 && w.version == cur.version && w.deleted == cur.deleted)
+    if (n == 1 && w.version == cur.version && w.deleted == cur.deleted && w.gen == cur.gen)
         return CDX_OK; /* nothing new */
     uint8_t v[MARK_LEN];
     mark_encode(&w, v);
@@ -228,15 +242,18 @@ cdx_err hsm_mark_raise(hsm_custody *c, const uint8_t id[CDX_ID_LEN], const hsm_m
     return err;
 }
 
-cdx_err hsm_mark_set(hsm_custody *c, const uint8_t id[CDX_ID_LEN], const hsm_mark *m)
+cdx_err hsm_mark_set(hsm_custody *c, const uint8_t id[CDX_ID_LEN], const hsm_mark *m,
+                     hsm_mark *out)
 {
     struct mark_arg a = {.id = id, .m = *m, .exact = true};
     cdx_err err = mark_write(c, &a);
+    if (!err && out)
+        *out = a.out;
     if (!err) {
         char h[2 * CDX_ID_LEN + 1];
         cdx_hex_encode(id, CDX_ID_LEN, h);
-        cdx_log(CDX_LOG_WARN, "hsm_mark_set", "index_id=%s version=%llu deleted=%d", h,
-                (unsigned long long)m->version, m->deleted);
+        cdx_log(CDX_LOG_WARN, "hsm_mark_set", "index_id=%s version=%llu deleted=%d gen=%u", h,
+                (unsigned long long)a.out.version, a.out.deleted, a.out.gen);
     }
     return err;
 }

@@ -140,3 +140,4 @@ cdx_add_test(test_p11kit SOURCES test_p11kit.c LIBS cdx_pkcs11_admin cdx_pkcs11 
 # The custody suite any module must pass (the HSM matrix runs it on every module; here SoftHSM).
 cdx_add_test(test_custody_module SOURCES test_custody_module.c
              LIBS cdx_pkcs11_admin cdx_pkcs11 PkgConfig::OPENSSL Threads::Threads)
+cdx_add_test(test_engine_erase SOURCES test_engine_erase.c LIBS cdx_fx_engine TIMEOUT 300)
