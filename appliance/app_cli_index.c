@@ -400,6 +400,23 @@ static int index_compact(cli *x, cli_args *a, const char *name)
     return e ? cli_fail(x, e) : 0;
 }
 
+/* index purge (appliance admin): remove what no live index owns. */
+static int index_purge(cli *x, cli_args *a)
+{
+    if (a->i < a->n)
+        return cli_usage("index purge: unknown option %s", a->v[a->i]);
+    wire_response *w = NULL;
+    cdx_err e = app_client_purge(x->c, &w);
+    if (!e) {
+        uint64_t rm = wire_response_msg(w)->purge->removed;
+        x->json ? cli_print_json(json_pack("{s:I}", "removed", (json_int_t)rm))
+                : (void)printf("purged: %" PRIu64 " store record%s removed\n", rm,
+                               rm == 1 ? "" : "s");
+    }
+    wire_response_free(w);
+    return e ? cli_fail(x, e) : 0;
+}
+
 static int index_accept_rollback(cli *x, cli_args *a, const char *name)
 {
     uint64_t ver = 0;
@@ -535,10 +552,13 @@ int cli_index(cli *x, cli_args *a)
 {
     if (a->i >= a->n)
         return cli_usage(
-            "index needs create, list, describe, delete, train, accept-rollback or attest");
+            "index needs create, list, describe, delete, train, compact, accept-rollback, purge "
+            "or attest");
     const char *sub = a->v[a->i++];
     if (!strcmp(sub, "list"))
         return index_list(x);
+    if (!strcmp(sub, "purge"))
+        return index_purge(x, a);
     if (a->i >= a->n)
         return cli_usage("index %s needs an index name", sub);
     const char *name = a->v[a->i++];

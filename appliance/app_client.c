@@ -503,6 +503,7 @@ bool app_request_idempotent(const Cipherdex__V1__Request *req)
     case CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK: /* the same confirm_version again: no-op */
     case CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL:
     case CIPHERDEX__V1__REQUEST__BODY_COMPACT: /* merging again merges nothing more */
+    case CIPHERDEX__V1__REQUEST__BODY_PURGE:   /* purging again removes nothing more */
         return true;
     default: /* create_index, delete_index, train, and bodies this client does not know */
         return false;
@@ -877,5 +878,14 @@ cdx_err app_client_compact(app_client *c, const char *index, wire_response **out
     Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
     r.body_case = CIPHERDEX__V1__REQUEST__BODY_COMPACT;
     r.compact = &k;
+    return app_client_call(c, &r, out);
+}
+
+cdx_err app_client_purge(app_client *c, wire_response **out)
+{
+    Cipherdex__V1__PurgeRequest k = CIPHERDEX__V1__PURGE_REQUEST__INIT;
+    Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_PURGE;
+    r.purge = &k;
     return app_client_call(c, &r, out);
 }

@@ -258,6 +258,9 @@ CDX_MUST_CHECK cdx_err app_client_delete(app_client *c, const char *index, const
 /* cursor: NULL (or "") for the first page; limit 0: the server's default page. */
 /* compact (admin): merge the index's segments and sweep now; the response body is compact. */
 CDX_MUST_CHECK cdx_err app_client_compact(app_client *c, const char *index, wire_response **out);
+
+/* purge (appliance admin): remove what no live index owns; the response body is purge. */
+CDX_MUST_CHECK cdx_err app_client_purge(app_client *c, wire_response **out);
 /* The audit trail's last `limit` records (0: 20) and state; operators only (docs/AUDIT.md). */
 CDX_MUST_CHECK cdx_err app_client_audit_tail(app_client *c, uint32_t limit, wire_response **out);
 CDX_MUST_CHECK cdx_err app_client_list_ids(app_client *c, const char *index, const char *cursor,

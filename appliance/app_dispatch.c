@@ -700,6 +700,24 @@ static cdx_err do_attest(const app_dispatch_env *env, const Req *q, Resp *r, scr
 
 /* ---- the operations table: the one place that says who may do what ---- */
 
+/* purge: remove what no live index owns (docs/ADMIN.md, "Purge"); appliance admins only. */
+static cdx_err do_purge(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
+{
+    (void)q;
+    Cipherdex__V1__PurgeResponse *pr = alloc(s, sizeof(*pr));
+    if (!pr)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    cipherdex__v1__purge_response__init(pr);
+    uint64_t removed = 0;
+    cdx_err err = eng_purge(env->engine, &removed);
+    if (err)
+        return err;
+    pr->removed = removed;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_PURGE;
+    r->purge = pr;
+    return CDX_OK;
+}
+
 /* compact: merge segments and sweep now (docs/ADMIN.md, "Store maintenance"). */
 static cdx_err do_compact(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
@@ -868,6 +886,8 @@ static const struct op_def {
     {CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL, APP_OP_AUDIT_TAIL, NEED_OPERATOR, index_none,
      do_audit_tail},
     {CIPHERDEX__V1__REQUEST__BODY_COMPACT, APP_OP_COMPACT, NEED_ADMIN, index_compact, do_compact},
+    /* Appliance-wide: NEED_ADMIN without an index is for appliance admins only. */
+    {CIPHERDEX__V1__REQUEST__BODY_PURGE, APP_OP_PURGE, NEED_ADMIN, index_none, do_purge},
     {CIPHERDEX__V1__REQUEST__BODY_ATTEST, APP_OP_ATTEST, NEED_ATTEST, index_attest, do_attest},
 };
 

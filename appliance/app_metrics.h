@@ -34,6 +34,7 @@ typedef enum app_op {
     APP_OP_AUDIT_TAIL,
     APP_OP_ATTEST,
     APP_OP_COMPACT,
+    APP_OP_PURGE,
     APP_OP_INVALID, /* a frame that did not decode to a known request */
     APP_OP_COUNT
 } app_op;

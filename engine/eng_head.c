@@ -149,7 +149,7 @@ cdx_err eng_hw_load(op *o)
     return err;
 }
 
-cdx_err eng_tomb_check(op *o)
+cdx_err eng_tomb_check(op *o, uint64_t store_version)
 {
     struct idx *ix = o->ix;
     pthread_mutex_lock(&ix->mu);
@@ -158,14 +158,19 @@ cdx_err eng_tomb_check(op *o)
     pthread_mutex_unlock(&ix->mu);
     if (!tomb)
         return CDX_OK;
+    pthread_mutex_lock(&ix->mu);
+    ix->in_rollback = true; /* counted by eng_rollback_count (health) until purged or accepted */
+    ix->rollback_store = store_version;
+    pthread_mutex_unlock(&ix->mu);
     char id[2 * CDX_ID_LEN + 1];
     cdx_hex_encode(ix->id, CDX_ID_LEN, id);
     return cdx_fail(CDX_ERR_ROLLBACK_DETECTED,
                     "index %s (id %s) was deleted at version %llu; the store holds a restored "
-                    "copy of it, which is not served; remove the copy: `cipherdex index purge` "
-                    "(admin); or, to bring the deleted index back on purpose: `cipherdex index "
-                    "accept-rollback %s` (admin)",
-                    ix->name, id, (unsigned long long)hw, ix->name);
+                    "copy of it (version %llu), which is not served; remove the copy: "
+                    "`cipherdex index purge` (appliance admin); or, to bring the deleted index "
+                    "back on purpose: `cipherdex index accept-rollback %s --version %llu` (admin)",
+                    ix->name, id, (unsigned long long)hw, (unsigned long long)store_version,
+                    ix->name, (unsigned long long)store_version);
 }
 
 /* Record a newly seen head version durably before anything relies on it. */
@@ -274,8 +279,6 @@ cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **o
     }
     if ((err = eng_hw_load(o)))
         return err;
-    if ((err = eng_tomb_check(o)))
-        return err;
     /* Only versions seen before this read began can prove a rollback: another thread of this
      * appliance may commit (and raise the mark) while the read is in flight. */
     pthread_mutex_lock(&ix->mu);
@@ -290,6 +293,8 @@ cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **o
         eng_idx_forget(e, ix->id);
         return cdx_fail(CDX_ERR_NOT_FOUND, "index %s no longer exists", ix->name);
     }
+    if ((err = eng_tomb_check(o, h.version)))
+        return err;
     pthread_mutex_lock(&ix->mu);
     /* The same version is not enough: after a lost tail another writer may reuse it. */
     eng_manifest *cur = ix->m && ix->m->version == h.version &&

@@ -57,8 +57,9 @@ cdx_err eng_hw_load(op *o);
 cdx_err eng_hw_sync(eng *e, struct idx *ix, bool force);
 
 /* CDX_ERR_ROLLBACK_DETECTED, naming the way out, when o's index was deleted (its mark is a
- * tombstone); CDX_OK otherwise. Call after eng_hw_load. */
-cdx_err eng_tomb_check(op *o);
+ * tombstone) and the store holds a copy of it at store_version; CDX_OK otherwise. Call after
+ * eng_hw_load. */
+cdx_err eng_tomb_check(op *o, uint64_t store_version);
 
 /* Record a newly seen head version durably (if higher) before anything relies on it. Errors:
  * eng_hwmark_put's. */

@@ -434,7 +434,9 @@ static const char *const body_names[] = {
     [CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL] = "audit_tail",
     [CIPHERDEX__V1__REQUEST__BODY_COMPACT] = "compact",
     [CIPHERDEX__V1__REQUEST__BODY_ATTEST] = "attest",
+    [CIPHERDEX__V1__REQUEST__BODY_PURGE] = "purge",
 };
+#define BODY_LAST (sizeof(body_names) / sizeof(body_names[0]) - 1)
 
 const char *wire_body_name(const Cipherdex__V1__Request *req)
 {
@@ -521,8 +523,8 @@ cdx_err wire_request_check(const Cipherdex__V1__Request *req)
             if (tag >= 10)
                 return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
                                 "request body is field %u, which this server does not know "
-                                "(known: 10-24); upgrade the server or the client",
-                                (unsigned)tag);
+                                "(known: 10-%u); upgrade the server or the client",
+                                (unsigned)tag, (unsigned)BODY_LAST);
         }
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
                         "request has no body: set one operation (health, create_index, ...)");
