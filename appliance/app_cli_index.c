@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "app_cli.h"
 #include "cdx_hex.h"
@@ -116,6 +117,46 @@ static json_t *info_json(const Cipherdex__V1__IndexInfo *x)
                      x->status_message.len ? cli_jstr(x->status_message) : json_string(""));
 }
 
+/* The store-use and maintenance fields (IndexInfo 19-23), added to info_json's object. */
+static json_t *info_json_store(const Cipherdex__V1__IndexInfo *x, json_t *j)
+{
+    if (j) {
+        json_object_set_new(j, "dead_rows", json_integer((json_int_t)x->dead_rows));
+        json_object_set_new(j, "segment_bytes", json_integer((json_int_t)x->segment_bytes));
+        json_object_set_new(j, "records_waiting", json_integer((json_int_t)x->records_waiting));
+        json_object_set_new(j, "last_compaction_ms",
+                            json_integer((json_int_t)x->last_compaction_ms));
+        json_object_set_new(j, "last_sweep_ms", json_integer((json_int_t)x->last_sweep_ms));
+    }
+    return j;
+}
+
+/* "2026-12-06 15:04:05 UTC", or "never (on this appliance, since it started)". */
+static void when(uint64_t ms, char *out, size_t cap)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    if (!ms || !gmtime_r(&t, &tm) || !strftime(out, cap, "%Y-%m-%d %H:%M:%S UTC", &tm))
+        snprintf(out, cap, "never (on this appliance, since it started)");
+}
+
+static void info_print_store(const Cipherdex__V1__IndexInfo *x)
+{
+    if (x->status.len && !(x->status.len == 2 && !memcmp(x->status.data, "ok", 2))) {
+        printf("status:      %.*s\nwhat to do:  %.*s\n", (int)x->status.len, x->status.data,
+               (int)x->status_message.len,
+               x->status_message.len ? (const char *)x->status_message.data : "");
+        return;
+    }
+    char c[64], s[64];
+    when(x->last_compaction_ms, c, sizeof(c));
+    when(x->last_sweep_ms, s, sizeof(s));
+    printf("dead rows:   %" PRIu64 "%s\nsegment bytes: %" PRIu64 "\nwaiting for sweep: %" PRIu64
+           " records\nlast compaction: %s\nlast sweep:  %s\n",
+           x->dead_rows, x->dead_rows ? " (erased by `cipherdex index compact`)" : "",
+           x->segment_bytes, x->records_waiting, c, s);
+}
+
 static void info_print(const Cipherdex__V1__IndexInfo *x)
 {
     char id[33] = "", kcv[17] = "";
@@ -153,7 +194,12 @@ static void info_print(const Cipherdex__V1__IndexInfo *x)
 
 static void info_out(const cli *x, const Cipherdex__V1__IndexInfo *i)
 {
-    x->json ? cli_print_json(info_json(i)) : info_print(i);
+    if (x->json) {
+        cli_print_json(info_json_store(i, info_json(i)));
+    } else {
+        info_print(i);
+        info_print_store(i);
+    }
 }
 
 static int index_list(cli *x)

@@ -169,6 +169,11 @@ static void fill_info(const eng_index_info *in, Cipherdex__V1__IndexInfo *out, p
     out->key_owned = in->owned;
     out->segments = in->segments;
     out->created_ms = in->created_ms;
+    out->dead_rows = in->dead_rows;
+    out->segment_bytes = in->segment_bytes;
+    out->records_waiting = in->records_waiting;
+    out->last_compaction_ms = in->last_compaction_ms;
+    out->last_sweep_ms = in->last_sweep_ms;
     out->status = wire_str(in->status[0] ? in->status : "ok");
     out->status_message = wire_str(in->status_message);
     fill_prov(&in->prov, pb);

@@ -148,12 +148,22 @@ typedef struct eng_index_info {
     eng_key_prov prov; /* how the key came to the token */
     uint32_t segments; /* live segments */
     uint64_t created_ms;
+    /* Store use: rows in live segments that deletes and updates left behind (they go with the
+     * next compaction of their cluster), and the sealed bytes of the live segments. */
+    uint64_t dead_rows;
+    uint64_t segment_bytes;
+    /* Maintenance on this appliance (0: none since it started): unreferenced records its last
+     * sweep kept for their grace, and when it last compacted and swept (wall ms). */
+    uint64_t records_waiting;
+    uint64_t last_compaction_ms, last_sweep_ms;
     /*
-     * "ok", or (eng_index_list only) why this index cannot be served:
-     * "rollback_detected" (version is then the store's head version),
-     * "integrity", "key_not_found", "key_replaced", "key_ambiguous". When not
-     * "ok" only the catalog fields (and version for a rollback) are set, and
-     * status_message says what is wrong and what to do (an error detail).
+     * "ok", or why this index cannot be served (eng_index_list and
+     * eng_index_describe): "rollback_detected" (version is then the store's
+     * head version), "integrity", "key_not_found", "key_replaced",
+     * "key_ambiguous", or "incomplete" (state creating or deleting: a create or
+     * delete that did not finish). When not "ok" only the catalog fields (and
+     * version for a rollback) are set, and status_message says what is wrong
+     * and what to do (an error detail).
      */
     char status[24];
     char status_message[512];
@@ -167,8 +177,10 @@ typedef struct eng_index_info {
  * (adopted key belongs to another index), custody errors (BAD_WRAPPED_KEY...).
  */
 cdx_err eng_index_create(eng *e, const eng_create *req, eng_index_info *out);
-/* The index's catalog entry and current state (reads the head unless cached). Errors: the common
- * ones. */
+/* The index's catalog entry and current state (reads the head unless cached). An index that
+ * cannot be served, or is creating or deleting, is described from its catalog entry with its
+ * status and what to do (eng_index_info.status), not refused. Errors: CDX_ERR_NOT_FOUND, the
+ * store's and custody's (the appliance, not the index, is in trouble). */
 cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out);
 /*
  * The dimension of index `name` from the catalog entry this engine holds

@@ -68,6 +68,8 @@ struct idx {
     atomic_uint_fast64_t maint_commits; /* commits at the last maintenance */
     atomic_uint_fast64_t maint_due_ms;  /* wall time a waiting record ripens; 0 = none */
     atomic_uint_fast64_t maint_after_ms; /* wall time before which no maintenance runs */
+    /* What describe reports of maintenance on this appliance (eng_index_info). */
+    atomic_uint_fast64_t last_compact_ms, last_sweep_ms, sweep_waiting;
     pthread_mutex_t gate_mu; /* the compaction gate (eng_gate_*) */
     pthread_cond_t gate_cv;  /* CLOCK_MONOTONIC */
     bool gate_closed;

@@ -43,12 +43,41 @@ static void fill_info(const eng_catentry *c, const eng_manifest *m, eng_index_in
         out->n_clusters = m->n_clusters;
         out->count = m->count;
         out->version = m->version;
-        for (uint32_t i = 0; i < eng_manifest_nclusters(m); i++)
-            out->segments += m->clusters[i].nseg;
+        uint64_t rows = 0;
+        for (uint32_t i = 0; i < eng_manifest_nclusters(m); i++) {
+            const eng_cluster *cl = &m->clusters[i];
+            out->segments += cl->nseg;
+            for (uint32_t j = 0; j < cl->nseg; j++) {
+                rows += cl->seg[j].rows;
+                out->segment_bytes += (uint64_t)cl->seg[j].search_len + cl->seg[j].vectors_len +
+                                      cl->seg[j].meta_len;
+            }
+        }
+        out->dead_rows = rows > m->count ? rows - m->count : 0;
     }
 }
 
-static cdx_err write_first_state(op *o, const eng_catentry *c)
+/* The status of an entry whose create or delete did not finish, with what to do. */
+static void incomplete_status(const eng_catentry *c, eng_index_info *out)
+{
+    if (c->state == ENG_ST_READY)
+        return;
+    char id[2 * CDX_ID_LEN + 1];
+    cdx_hex_encode(c->id, CDX_ID_LEN, id);
+    snprintf(out->status, sizeof(out->status), "incomplete");
+    if (c->state == ENG_ST_CREATING)
+        snprintf(out->status_message, sizeof(out->status_message),
+                 "the create of index %s did not finish; repeat it with the same arguments, or "
+                 "remove it: `cipherdex index delete %s --confirm %s` (admin)",
+                 c->name, c->name, id);
+    else
+        snprintf(out->status_message, sizeof(out->status_message),
+                 "the delete of index %s did not finish; repeat it: `cipherdex index delete %s "
+                 "--confirm %s` (admin)",
+                 c->name, c->name, id);
+}
+
+static cdx_err write_first_state(op *o, const eng_catentry *c, uint64_t v0)
 {
     cdx_err err;
     eng_manifest m = {0};
@@ -57,7 +86,7 @@ static cdx_err write_first_state(op *o, const eng_catentry *c)
     eng_buf_init(&pt);
     eng_buf_init(&mrec);
     eng_buf_init(&hrec);
-    m.version = 1;
+    m.version = v0;
     m.dim = c->dim;
     m.metric = c->metric;
     m.type = c->type;
@@ -67,14 +96,14 @@ static cdx_err write_first_state(op *o, const eng_catentry *c)
         goto out;
     eng_manifest_encode(&m, &pt);
     if (!eng_buf_ok(&pt) ||
-        (err = eng_op_seal(o, HSM_P_MANIFEST, ENG_K_MANIFEST, m.token, 1, pt.data, pt.len, &mrec)))
+        (err = eng_op_seal(o, HSM_P_MANIFEST, ENG_K_MANIFEST, m.token, v0, pt.data, pt.len, &mrec)))
         goto out;
-    eng_head h = {.version = 1, .manifest_len = (uint32_t)mrec.len};
+    eng_head h = {.version = v0, .manifest_len = (uint32_t)mrec.len};
     memcpy(h.manifest_token, m.token, ENG_TOKEN_LEN);
     eng_buf_free(&pt);
     eng_head_encode(&h, &pt);
     if ((err =
-             eng_op_seal(o, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, 1, pt.data, pt.len, &hrec)))
+             eng_op_seal(o, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, v0, pt.data, pt.len, &hrec)))
         goto out;
     char mkey[CDX_STORE_KEY_MAX], hkey[CDX_STORE_KEY_MAX];
     eng_key_rec(mkey, c->id, ENG_KEY_MANIFEST, m.token);
@@ -374,20 +403,41 @@ static cdx_err new_entry(eng *e, const eng_create *r, eng_catentry *c)
     return CDX_OK;
 }
 
-/* The first head and manifest of the new index c, and its high-water mark (version 1). */
+/*
+ * The first head and manifest of the new index c, and its high-water mark. Version 1, except for
+ * an id used before (an adopted key deleted with its index, then adopted again): its versions go
+ * on from where the dead index's mark ended, so a restored copy of the dead index reads as a
+ * rollback of the new one, and the tombstone gives way to a new generation of the mark.
+ */
 static cdx_err first_state(eng *e, const eng_catentry *c)
 {
+    hsm_mark fm, tm = {0};
+    bool tfound = false;
+    cdx_err err = eng_hwmark_get(e->state_dir, c->id, &fm);
+    if (!err && e->cfg.token_mark_ms)
+        err = hsm_mark_read(e->cfg.custody, c->id, &tm, &tfound);
+    if (err)
+        return err;
+    bool reused = fm.deleted || (tfound && tm.deleted && tm.gen >= fm.gen);
+    uint64_t v0 = reused ? (fm.version > tm.version ? fm.version : tm.version) + 1 : 1;
     struct idx tmp = {0};
     memcpy(tmp.id, c->id, CDX_ID_LEN);
     snprintf(tmp.name, sizeof(tmp.name), "%s", c->name);
     tmp.cat = *c;
+    tmp.hw = fm.version; /* a resumed create never lowers the mark */
+    tmp.gen = fm.gen;
     pthread_mutex_init(&tmp.mu, NULL);
     op io;
     eng_op_index(e, &tmp, &io);
-    cdx_err err = write_first_state(&io, c);
-    if (!err) {
-        tmp.hw = 0;
-        err = eng_hw_raise(&io, 1);
+    err = write_first_state(&io, c, v0);
+    if (!err && reused) {
+        hsm_mark w = {.version = v0, .gen = fm.gen > tm.gen ? fm.gen : tm.gen};
+        if (e->cfg.token_mark_ms)
+            err = hsm_mark_set(e->cfg.custody, c->id, &w, &w);
+        if (!err)
+            err = eng_hwmark_put(e->state_dir, c->id, &w);
+    } else if (!err) {
+        err = eng_hw_raise(&io, v0);
     }
     io.ix = NULL; /* tmp is on the stack, not a counted registry entry */
     eng_op_end(&io);
@@ -496,13 +546,46 @@ out:
 
 static cdx_err describe(op *o, eng_manifest *m, void *arg)
 {
-    fill_info(&o->ix->cat, m, arg);
+    eng_index_info *out = arg;
+    fill_info(&o->ix->cat, m, out);
+    out->records_waiting = atomic_load(&o->ix->sweep_waiting);
+    out->last_compaction_ms = atomic_load(&o->ix->last_compact_ms);
+    out->last_sweep_ms = atomic_load(&o->ix->last_sweep_ms);
     return CDX_OK;
 }
 
+static const char *index_status(cdx_err err);
+static uint64_t rollback_store(eng *e, const char *name);
+
 cdx_err eng_index_describe(eng *e, const char *name, eng_index_info *out)
 {
-    return eng_with_manifest(e, name, 0, describe, out);
+    cdx_err err = eng_with_manifest(e, name, 0, describe, out);
+    const char *status = index_status(err);
+    if (!status && err != CDX_ERR_FAILED_PRECONDITION)
+        return err;
+    /* Not servable, or not ready: describe it from its catalog entry, saying what to do. */
+    char detail[512];
+    snprintf(detail, sizeof(detail), "%s", cdx_err_detail());
+    op ro;
+    eng_op_root(e, &ro);
+    eng_catentry c;
+    bool found = false;
+    cdx_err cerr = eng_cat_read(&ro, name, &c, &found);
+    eng_op_end(&ro);
+    if (cerr)
+        return cerr;
+    if (!found || (!status && c.state == ENG_ST_READY))
+        return cdx_fail(err, "%s", detail); /* the original error, with its detail */
+    fill_info(&c, NULL, out);
+    if (status) {
+        snprintf(out->status, sizeof(out->status), "%s", status);
+        snprintf(out->status_message, sizeof(out->status_message), "%s", detail);
+        if (err == CDX_ERR_ROLLBACK_DETECTED)
+            out->version = rollback_store(e, name);
+    } else {
+        incomplete_status(&c, out);
+    }
+    return CDX_OK;
 }
 
 cdx_err eng_index_dimension(eng *e, const char *name, uint32_t *dim)
@@ -592,6 +675,7 @@ cdx_err eng_index_list_all(eng *e, eng_index_info **out, size_t *n, size_t *unre
                 break;
         } else {
             fill_info(&all[i], NULL, &v[k]);
+            incomplete_status(&all[i], &v[k]);
         }
         k++;
     }

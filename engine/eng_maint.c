@@ -65,6 +65,12 @@ cdx_err eng_maintain(eng *e, const char *name, const eng_maint_policy *p, eng_ma
         atomic_store(&ix->maint_commits, covered);
         atomic_store(&ix->maint_due_ms, r.sweep.next_ms);
     }
+    if (r.compact_version)
+        atomic_store(&ix->last_compact_ms, cdx_wall_ms());
+    if (!err && !(p && p->no_sweep)) {
+        atomic_store(&ix->last_sweep_ms, cdx_wall_ms());
+        atomic_store(&ix->sweep_waiting, r.sweep.waiting);
+    }
     r.ms = (uint64_t)(cdx_mono_ms() - t0);
     if (out)
         *out = r;

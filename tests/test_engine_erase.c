@@ -251,6 +251,15 @@ static void test_erasure_scan(void)
     /* Delete only tombstones: the ciphertext is still there and decrypts (the review's M3). */
     scan_result r1 = scan_store(info.id, info.kcv, "MARKERX");
     CU_ASSERT_TRUE(r1.marked > 0);
+    /* describe shows what is left behind */
+    eng_index_info di;
+    CU_ASSERT_EQUAL_FATAL(eng_index_describe(e, name, &di), CDX_OK);
+    CU_ASSERT_EQUAL(di.count, 30);
+    CU_ASSERT_EQUAL(di.dead_rows, 10);
+    CU_ASSERT_TRUE(di.segments >= 4); /* the four batches (and the delete's tombstones) */
+    CU_ASSERT_TRUE(di.segment_bytes > 40 * D * sizeof(float));
+    CU_ASSERT_EQUAL(di.last_compaction_ms, 0);
+    uint64_t bytes_before = di.segment_bytes;
     /* Compaction on demand (what `cipherdex index compact` runs), then the grace. */
     eng_maint_policy pol = {.compact_segments = 1};
     eng_maint_report rep;
@@ -268,6 +277,13 @@ static void test_erasure_scan(void)
     uint64_t cnt = 0;
     CU_ASSERT_EQUAL(eng_count(e, name, &cnt), CDX_OK);
     CU_ASSERT_EQUAL(cnt, 30);
+    CU_ASSERT_EQUAL_FATAL(eng_index_describe(e, name, &di), CDX_OK);
+    CU_ASSERT_EQUAL(di.dead_rows, 0);
+    CU_ASSERT_EQUAL(di.segments, 1);
+    CU_ASSERT_TRUE(di.segment_bytes < bytes_before);
+    CU_ASSERT_TRUE(di.last_compaction_ms > 0);
+    CU_ASSERT_TRUE(di.last_sweep_ms >= di.last_compaction_ms);
+    CU_ASSERT_TRUE(di.last_sweep_ms > 0);
     CU_ASSERT_EQUAL(eng_index_delete(e, name, info.id), CDX_OK);
     eng_free(e);
     free(dir);
@@ -303,7 +319,9 @@ static void test_shredded_copy_unreadable(void)
     eng *fresh = appliance(dir2, 0);
     CU_ASSERT_PTR_NOT_NULL_FATAL(fresh);
     eng_index_info x;
-    CU_ASSERT_EQUAL(eng_index_describe(fresh, name, &x), CDX_ERR_KEY_NOT_FOUND);
+    /* describe still answers, from the catalog entry, with the status and what to do */
+    CU_ASSERT_EQUAL(eng_index_describe(fresh, name, &x), CDX_OK);
+    CU_ASSERT_STRING_EQUAL(x.status, "key_not_found");
     CU_ASSERT_EQUAL(fx_q1(fresh, name, s.x), CDX_ERR_KEY_NOT_FOUND);
     /* Not even under a new key minted with the old id and label (KCV differs: nothing opens). */
     uint8_t kcv2[8];
@@ -412,6 +430,25 @@ static void test_no_resurrection(void)
     snap_restore(&snap);
     CU_ASSERT_EQUAL(fx_q1(e, name, s.x), CDX_ERR_ROLLBACK_DETECTED);
     CU_ASSERT_EQUAL(eng_purge(e, &removed), CDX_OK);
+    /* The key adopted again for a new index: the id's versions go on from the dead index's, so
+     * it serves on both appliances, and a copy of the dead index reads as a rollback of it. */
+    char name2[64];
+    fx_uniq_name(name2, "readopted");
+    c.name = name2;
+    eng_index_info i2;
+    CU_ASSERT_EQUAL_FATAL(eng_index_create(e, &c, &i2), CDX_OK);
+    CU_ASSERT_TRUE(i2.version > info.version + 1);
+    CU_ASSERT_EQUAL(eng_upsert(e, name2, s.it, 5, NULL), CDX_OK);
+    CU_ASSERT_EQUAL(fx_q1(e, name2, s.x), CDX_OK);
+    CU_ASSERT_EQUAL(fx_q1(fresh, name2, s.x), CDX_OK);
+    snap_restore(&snap);
+    CU_ASSERT_EQUAL(fx_q1(e, name2, s.x), CDX_ERR_ROLLBACK_DETECTED);
+    CU_ASSERT_EQUAL(fx_q1(fresh, name2, s.x), CDX_ERR_ROLLBACK_DETECTED);
+    /* name2 shares its id with the restored entry of the dead index: deleting it removes only
+     * its entry (an alias); deleting the other removes the records and tombstones the id. */
+    CU_ASSERT_EQUAL(eng_index_delete(e, name2, kid), CDX_OK);
+    CU_ASSERT_EQUAL(eng_index_delete(e, name, kid), CDX_OK);
+    CU_ASSERT_EQUAL(eng_index_describe(e, name, &x), CDX_ERR_NOT_FOUND);
     CU_ASSERT_EQUAL(hsm_key_destroy(fx_cust, &k), CDX_OK);
     snap_free(&snap);
     eng_free(fresh);

@@ -109,6 +109,10 @@ cli --json get docs d3 nope --include metadata,contents >"$dir/g.json"
 cli delete docs d1 d2 nope | grep -q "deleted 2 of 3 ids" && ok || fail "delete"
 [[ $(cli list-ids docs --all | wc -l) == 38 ]] && ok || fail "list-ids --all"
 [[ $(cli list-ids docs --limit 10 2>/dev/null | wc -l) == 10 ]] && ok || fail "list-ids page"
+# describe shows what the delete left behind: 2 dead rows, nothing compacted yet.
+cli --json index describe docs >"$dir/d.json"
+[[ $(json '(d["dead_rows"], d["last_compaction_ms"], d["segment_bytes"] > 0)' <"$dir/d.json") == "(2, 0, True)" ]] &&
+    ok || fail "describe: dead rows before compaction"
 # On-demand compaction (admin): the delete left clusters with two segments; they merge, the
 # items stay, and a second run has nothing to merge.
 cli --json index compact docs >"$dir/c.json"
@@ -118,6 +122,10 @@ cli --json index compact docs >"$dir/c.json"
 [[ $(cli --json get docs d3 d1 | json '[i["found"] for i in d["items"]]') == "[True, False]" ]] &&
     ok || fail "compaction: d3 still there, d1 still gone"
 cli index compact docs | grep -q "^compacted docs: 0 clusters merged" && ok || fail "compact again: nothing"
+cli --json index describe docs >"$dir/d.json"
+[[ $(json '(d["dead_rows"], d["last_compaction_ms"] > 0, d["last_sweep_ms"] > 0)' <"$dir/d.json") == "(0, True, True)" ]] &&
+    ok || fail "describe: no dead rows after compaction, and when it ran"
+cli index describe docs | grep -q "^last compaction: 20" && ok || fail "describe prints the last compaction"
 
 # fvecs input with generated ids, and a query file with recall against exact ground truth.
 /usr/bin/python3 - "$dir/base.fvecs" <<'PY'
