@@ -23,6 +23,7 @@
 #include <stdio.h>
 
 #include "app_client.h"
+#include "cdx_limits.h"
 
 /* Everything a command needs: the global options and the connection. */
 typedef struct cli {
@@ -123,6 +124,29 @@ void cli_cut_note(bool cut, size_t width);
 
 /* Print j as one compact line (JSONL) to f and release it; floats with at most 9 digits. */
 void cli_json_line(FILE *f, json_t *j);
+
+/* ---- the progress file of an upload (app_cli_resume.c) ---- */
+
+/* What an upload committed in order from its input's first row. */
+typedef struct cli_resume_rec {
+    char index[CDX_INDEX_NAME_MAX + 1];
+    uint64_t rows;      /* rows [0, rows) of the input are committed */
+    char through[48];   /* the last of them as the user sees it: "line 2001", "row 2000" */
+    uint8_t sha256[32]; /* SHA-256 of those rows as they were sent (app_cli_upsert.c) */
+    uint64_t version;   /* the commit that landed the last of them */
+} cli_resume_rec;
+
+/*
+ * Read the progress file at path: 0 and *r filled, 1 when there is no such
+ * file, -1 when it cannot be read or is not a progress file (said on stderr).
+ */
+int cli_resume_read(const char *path, cli_resume_rec *r);
+
+/*
+ * Replace the progress file at path (via path.tmp, fsync, rename); input is
+ * recorded for the reader's information. 0, or -1 with errno set.
+ */
+int cli_resume_write(const char *path, const char *input, const cli_resume_rec *r);
 
 /* A progress bar on stderr when it is a terminal. t0 from cdx_mono_s(). */
 void cli_progress(const char *what, size_t done, size_t total, double t0);
