@@ -278,6 +278,7 @@ void cli_table_free(cli_table *t)
 
 void cli_cut_note(bool cut, size_t width)
 {
+    fflush(stdout); /* after the table, also when stdout is a file or a pipe */
     if (cut)
         fprintf(stderr,
                 "(values longer than %zu characters are cut, ending in \"%s\": --full prints them "
