@@ -93,8 +93,7 @@ static int by_ids(cli *x, cli_args *a, const char *what)
             width = 0;
         } else {
             free(ids);
-            return cli_usage("%s: unknown option %s (ids that start with -- go after --)", what,
-                             o);
+            return cli_usage("%s: unknown option %s (ids that start with -- go after --)", what, o);
         }
     }
     if (!n) {

@@ -82,8 +82,8 @@ static void record_ids(qjob *j, size_t i, const Cipherdex__V1__QueryResult *x)
 /* Hit k of a result as JSON: id, distance and the included fields. */
 static json_t *hit_json(const Cipherdex__V1__QueryResult *x, size_t k, unsigned inc)
 {
-    json_t *h = json_pack("{s:o,s:o}", "id", cli_jstr(x->ids[k]), "distance",
-                          cli_jfloat(x->distances[k]));
+    json_t *h =
+        json_pack("{s:o,s:o}", "id", cli_jstr(x->ids[k]), "distance", cli_jfloat(x->distances[k]));
     if (inc & APP_INCLUDE_METADATA)
         cli_jset_metadata(h, k < x->n_metadata ? x->metadata[k] : (ProtobufCBinaryData){0});
     if (inc & APP_INCLUDE_CONTENTS)
@@ -126,8 +126,7 @@ static void print_results(qjob *j, const Cipherdex__V1__QueryResult *x)
         if (j->inc & APP_INCLUDE_METADATA)
             row[c++] = cli_cell_text(k < x->n_metadata ? x->metadata[k] : none, j->width, &cut);
         if (j->inc & APP_INCLUDE_CONTENTS)
-            row[c++] =
-                cli_cell_contents(k < x->n_contents ? x->contents[k] : none, j->width, &cut);
+            row[c++] = cli_cell_contents(k < x->n_contents ? x->contents[k] : none, j->width, &cut);
         if (j->inc & APP_INCLUDE_VECTORS)
             row[c++] = cli_cell_vector(x->vectors + k * d, d, j->width, &cut);
         cli_table_add(t, row);
@@ -149,8 +148,7 @@ static void batch_line(qjob *j, size_t i, const Cipherdex__V1__QueryResult *x)
         json_array_append_new(ids, cli_jstr(x->ids[k]));
         json_array_append_new(dist, cli_jfloat(x->distances[k]));
     }
-    json_t *o =
-        json_pack("{s:I,s:o,s:o}", "query", (json_int_t)i, "ids", ids, "distances", dist);
+    json_t *o = json_pack("{s:I,s:o,s:o}", "query", (json_int_t)i, "ids", ids, "distances", dist);
     if (j->inc) {
         json_t *hits = json_array();
         for (size_t k = 0; k < x->n_ids; k++)
@@ -271,7 +269,8 @@ static void report_run(const cli *x, double *lat, size_t nq, uint32_t clients, d
                        size_t written)
 {
     qsort(lat, nq, sizeof(double), cmp_dbl);
-    double p50 = nq ? lat[(nq - 1) / 2] : 0, p99 = nq ? lat[(size_t)ceil(0.99 * (double)nq) - 1] : 0;
+    double p50 = nq ? lat[(nq - 1) / 2] : 0,
+           p99 = nq ? lat[(size_t)ceil(0.99 * (double)nq) - 1] : 0;
     double recall = gt ? app_vecs_recall_at_k(res, gt, nq, top_k) : -1;
     if (x->json) {
         json_t *j =

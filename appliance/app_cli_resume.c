@@ -93,9 +93,9 @@ int cli_resume_write(const char *path, const char *input, const cli_resume_rec *
     if (!f)
         return -1;
     cdx_hex_encode(r->sha256, sizeof(r->sha256), hex);
-    fprintf(f, "%s\nindex %s\ninput %s\nrows %" PRIu64 "\nthrough %s\nsha256 %s\nversion %" PRIu64
-               "\n",
-            MAGIC, r->index, input, r->rows, r->through, hex, r->version);
+    fprintf(
+        f, "%s\nindex %s\ninput %s\nrows %" PRIu64 "\nthrough %s\nsha256 %s\nversion %" PRIu64 "\n",
+        MAGIC, r->index, input, r->rows, r->through, hex, r->version);
     int rc = fflush(f) || ferror(f) || fsync(fileno(f)) ? -1 : 0;
     int saved = errno;
     if (fclose(f) && !rc) {

@@ -251,8 +251,8 @@ void cli_table_print(const cli_table *t, FILE *f)
                 w[j] = c;
         }
     for (size_t i = 0; i <= t->nrows; i++) {
-        const char *const *row = i ? (const char *const *)t->cells + (i - 1) * (size_t)t->ncols
-                                   : t->header;
+        const char *const *row =
+            i ? (const char *const *)t->cells + (i - 1) * (size_t)t->ncols : t->header;
         int last = t->ncols - 1; /* no padding after the last cell that has text */
         while (last > 0 && !row[last][0])
             last--;

@@ -98,9 +98,9 @@ static int load_jsonl(const char *path, jl_item **out, size_t *n)
             bad = "give \"contents\" (text) or \"contents_base64\", not both";
         else if (ct && !json_is_string(ct))
             bad = "\"contents\" must be a string (binary contents: \"contents_base64\")";
-        else if (cb && (!json_is_string(cb) || !b64_decode(json_string_value(cb),
-                                                            (uint8_t **)&it->contents,
-                                                            &it->contents_len)))
+        else if (cb &&
+                 (!json_is_string(cb) ||
+                  !b64_decode(json_string_value(cb), (uint8_t **)&it->contents, &it->contents_len)))
             bad = "\"contents_base64\" must be a string of standard base64";
         if (bad) {
             fprintf(stderr, "cipherdex: %s:%zu: %s\n", path, line, bad);
@@ -297,8 +297,9 @@ static long long resume_rows(progress *p, const upload *u, size_t n_all)
     if (rc < 0)
         return -1;
     if (rc == 1) {
-        fprintf(stderr, "cipherdex: no progress file %s: nothing recorded, uploading from the "
-                        "first row\n",
+        fprintf(stderr,
+                "cipherdex: no progress file %s: nothing recorded, uploading from the "
+                "first row\n",
                 p->path);
         return 0;
     }
@@ -376,8 +377,8 @@ static void report_partial(const upload *u, const span *ok, size_t nok, span fai
         where(u, next, buf, sizeof(buf));
         fprintf(stderr, "To finish, from %s: cipherdex upsert %s --file %s ", buf, u->index, file);
         if (p->path && !p->warned && p->rec.rows)
-            fprintf(stderr, "--resume (%s records %s as the last committed in order), or ",
-                    p->path, p->rec.through);
+            fprintf(stderr, "--resume (%s records %s as the last committed in order), or ", p->path,
+                    p->rec.through);
         fprintf(stderr,
                 "--start-line %zu. Re-running the whole upload is safe too: upsert replaces "
                 "items by id.\n",
@@ -526,11 +527,10 @@ out:;
     if (x->json)
         cli_print_json(json_pack("{s:s,s:I,s:I,s:I,s:I,s:f,s:f}", "index", u->index, "upserted",
                                  (json_int_t)done, "skipped", (json_int_t)first, "batches",
-                                 (json_int_t)batches, "version", (json_int_t)version, "seconds",
-                                 el, "vectors_per_s", el > 0 ? done / el : 0.0));
+                                 (json_int_t)batches, "version", (json_int_t)version, "seconds", el,
+                                 "vectors_per_s", el > 0 ? done / el : 0.0));
     else
-        printf("upserted %zu items into %s in %.2f s (%.0f/s, %zu batch%s), version %" PRIu64
-               "\n",
+        printf("upserted %zu items into %s in %.2f s (%.0f/s, %zu batch%s), version %" PRIu64 "\n",
                done, u->index, el, el > 0 ? done / el : 0.0, batches, batches == 1 ? "" : "es",
                version);
     return 0;
@@ -566,8 +566,8 @@ int cli_upsert(cli *x, cli_args *a)
                 batch_bytes > CDX_FRAME_MAX_DEFAULT - CDX_CLI_BATCH_SLACK)
                 return cli_usage("--batch-bytes needs 1024..%u (the frame cap, %u, less %u for "
                                  "the request's own fields)",
-                                 CDX_FRAME_MAX_DEFAULT - CDX_CLI_BATCH_SLACK,
-                                 CDX_FRAME_MAX_DEFAULT, CDX_CLI_BATCH_SLACK);
+                                 CDX_FRAME_MAX_DEFAULT - CDX_CLI_BATCH_SLACK, CDX_FRAME_MAX_DEFAULT,
+                                 CDX_CLI_BATCH_SLACK);
         } else if (!strcmp(o, "--start-line")) {
             if (!cli_parse_u64(cli_opt_value(a, o), &start_line) || !start_line)
                 return cli_usage("--start-line needs a line number from 1");

@@ -41,7 +41,8 @@ static const struct command {
      "  upsert INDEX --file F [--labels IDX_LABELS] [--id-prefix P] [--start N] [--batch N]\n"
      "               [--batch-bytes N] [--limit N] [--resume [--progress FILE] | --start-line N]\n"
      "               F: .fvecs, .bvecs, IDX images (plain or .gz), .jsonl ({\"id\":...,\n"
-     "               \"vector\":[...], \"metadata\":{...}, \"contents\":\"...\" or \"contents_base64\"})\n"
+     "               \"vector\":[...], \"metadata\":{...}, \"contents\":\"...\" or "
+     "\"contents_base64\"})\n"
      "               batches: at most --batch items (1000) and --batch-bytes (16 MiB); a failed\n"
      "               upload says what landed; --resume skips the rows committed in order\n"
      "               (recorded in F.progress); re-running is safe (upsert replaces by id)\n"},
