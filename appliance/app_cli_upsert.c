@@ -413,6 +413,35 @@ static int check_dims(cli *x, const upload *u, size_t from, size_t n)
 }
 
 /*
+ * Batches must fit the server's frame cap, which its health answer reports (field 8; 0 from
+ * older servers, or no answer when it is unavailable: then the default cap is assumed). A
+ * bound above the cap is lowered to it, less CDX_CLI_BATCH_SLACK (half of it for tiny caps),
+ * and said when it was the user's.
+ */
+static uint64_t fit_server_cap(cli *x, uint64_t batch_bytes, bool given)
+{
+    wire_response *w = NULL;
+    uint64_t cap = 0;
+    cdx_err e = app_client_health(x->c, &w);
+    const Cipherdex__V1__Response *r = w ? wire_response_msg(w) : NULL;
+    if (r && r->body_case == CIPHERDEX__V1__RESPONSE__BODY_HEALTH)
+        cap = r->health->max_frame_bytes;
+    (void)e; /* a server that cannot answer health will refuse the upload with the reason */
+    wire_response_free(w);
+    if (!cap)
+        return batch_bytes;
+    uint64_t fit = cap > 2 * CDX_CLI_BATCH_SLACK ? cap - CDX_CLI_BATCH_SLACK : cap / 2;
+    if (batch_bytes <= fit)
+        return batch_bytes;
+    if (given)
+        fprintf(stderr,
+                "cipherdex: --batch-bytes %" PRIu64 " lowered to %" PRIu64
+                ": the server accepts frames of at most %" PRIu64 " bytes\n",
+                batch_bytes, fit, cap);
+    return fit;
+}
+
+/*
  * Send rows [first, n) in batches of at most `batch` items and `batch_bytes` bytes (a single
  * larger item goes alone), two in flight: the next is on the wire while the server commits
  * this one. Each batch's rows are remembered so that a failure can say exactly what was
@@ -544,7 +573,7 @@ int cli_upsert(cli *x, cli_args *a)
     const char *file = NULL, *labels = NULL, *progress_path = NULL;
     uint32_t batch = CDX_CLI_BATCH_DEFAULT;
     uint64_t limit = 0, start_line = 0, batch_bytes = CDX_CLI_BATCH_BYTES_DEFAULT;
-    bool resume = false;
+    bool resume = false, bytes_given = false;
     for (; a->i < a->n; a->i++) {
         const char *o = a->v[a->i];
         if (!strcmp(o, "--file"))
@@ -562,6 +591,7 @@ int cli_upsert(cli *x, cli_args *a)
                 batch > CDX_UPSERT_BATCH_MAX)
                 return cli_usage("--batch needs 1..%d", CDX_UPSERT_BATCH_MAX);
         } else if (!strcmp(o, "--batch-bytes")) {
+            bytes_given = true;
             if (!cli_parse_u64(cli_opt_value(a, o), &batch_bytes) || batch_bytes < 1024 ||
                 batch_bytes > CDX_FRAME_MAX_DEFAULT - CDX_CLI_BATCH_SLACK)
                 return cli_usage("--batch-bytes needs 1024..%u (the frame cap, %u, less %u for "
@@ -648,6 +678,8 @@ int cli_upsert(cli *x, cli_args *a)
         rc = 1;
         goto out;
     }
+    if (first < n)
+        batch_bytes = fit_server_cap(x, batch_bytes, bytes_given);
     rc = send_all(x, &u, first, n, batch, (size_t)batch_bytes, &pr, file);
     if (!rc && pr.path && unlink(pr.path) && errno != ENOENT)
         fprintf(stderr, "cipherdex: the upload is complete but %s could not be removed: %s\n",

@@ -312,6 +312,28 @@ bash "$src/tests/dev/stack.sh" up "$build" "$dev2" --store memory --allow-plaint
     grep -q "plaintext_import_allowed" "$dev2/cipherdexd.log" || exit 16
     exit 0
 ) && ok || fail "the development-key flow on a stack that allows it (step $?)"
+# A server with a 2 MiB frame cap says so in health (field 8), and upsert sizes its batches under
+# it: 5 items of 1 MiB contents go one per batch, where the 16 MiB default would not fit.
+sed -i 's/^\[server\]$/[server]\nmax_frame_bytes = 2M/' "$dev2/cipherdexd.conf"
+(
+    # shellcheck disable=SC1091
+    source "$dev2/cipherdex.env"
+    bash "$src/tests/dev/stack.sh" restart "$build" "$dev2" >/dev/null || exit 21
+    # shellcheck disable=SC1091
+    source "$dev2/cipherdex.env"
+    [[ $("$CIPHERDEX_CLI" --json health | json 'd["max_frame_bytes"]') == 2097152 ]] || exit 22
+    /usr/bin/python3 -c '
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i in range(5):
+        f.write(json.dumps({"id": f"m{i}", "vector": [1, i, 0, 0], "contents": "y" * (1 << 20)}) + "\n")
+' "$dir/mib.jsonl"
+    "$CIPHERDEX_CLI" index create fr --dim 4 >/dev/null || exit 23
+    [[ $("$CIPHERDEX_CLI" --json upsert fr --file "$dir/mib.jsonl" | json 'd["upserted"], d["batches"]') == "(5, 5)" ]] || exit 24
+    "$CIPHERDEX_CLI" upsert fr --file "$dir/mib.jsonl" --batch-bytes 8000000 2>&1 >/dev/null |
+        grep -q "lowered to 2031616: the server accepts frames of at most 2097152 bytes" || exit 25
+    exit 0
+) && ok || fail "batches under the server's frame cap (step $?)"
 bash "$src/tests/dev/stack.sh" down "$dev2" >/dev/null
 cli --help | grep -q "list-ids INDEX" && ok || fail "--help"
 qh=$(cli query --help)
