@@ -418,7 +418,7 @@ static int check_dims(cli *x, const upload *u, size_t from, size_t n)
  * bound above the cap is lowered to it, less CDX_CLI_BATCH_SLACK (half of it for tiny caps),
  * and said when it was the user's.
  */
-static uint64_t fit_server_cap(cli *x, uint64_t batch_bytes, bool given)
+static uint64_t fit_server_cap(cli *x, uint64_t batch_bytes, bool given, uint64_t *server_cap)
 {
     wire_response *w = NULL;
     uint64_t cap = 0;
@@ -428,6 +428,7 @@ static uint64_t fit_server_cap(cli *x, uint64_t batch_bytes, bool given)
         cap = r->health->max_frame_bytes;
     (void)e; /* a server that cannot answer health will refuse the upload with the reason */
     wire_response_free(w);
+    *server_cap = cap ? cap : CDX_FRAME_MAX_DEFAULT;
     if (!cap)
         return batch_bytes;
     uint64_t fit = cap > 2 * CDX_CLI_BATCH_SLACK ? cap - CDX_CLI_BATCH_SLACK : cap / 2;
@@ -439,6 +440,29 @@ static uint64_t fit_server_cap(cli *x, uint64_t batch_bytes, bool given)
                 ": the server accepts frames of at most %" PRIu64 " bytes\n",
                 batch_bytes, fit, cap);
     return fit;
+}
+
+/*
+ * Every row fits the server's frame cap on its own (a larger one would only make the server
+ * drop the connection): checked before anything is sent.
+ */
+static int check_sizes(const upload *u, size_t from, size_t n, uint64_t cap)
+{
+    char id[300], meta[64], at[48];
+    for (size_t r = from; r < n; r++) {
+        app_item it = item_of(u, r, id, meta);
+        size_t b = item_bytes(&it);
+        if (b + CDX_INDEX_NAME_MAX + 64 > cap) {
+            where(u, r, at, sizeof(at));
+            fprintf(stderr,
+                    "cipherdex: %s: this item is about %zu bytes, more than the server's frame "
+                    "cap of %" PRIu64 " bytes ([server] max_frame_bytes) allows in one request; "
+                    "nothing was sent\n",
+                    at, b, cap);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /*
@@ -678,8 +702,14 @@ int cli_upsert(cli *x, cli_args *a)
         rc = 1;
         goto out;
     }
-    if (first < n)
-        batch_bytes = fit_server_cap(x, batch_bytes, bytes_given);
+    if (first < n) {
+        uint64_t cap = 0;
+        batch_bytes = fit_server_cap(x, batch_bytes, bytes_given, &cap);
+        if (check_sizes(&u, first, n, cap)) {
+            rc = 1;
+            goto out;
+        }
+    }
     rc = send_all(x, &u, first, n, batch, (size_t)batch_bytes, &pr, file);
     if (!rc && pr.path && unlink(pr.path) && errno != ENOENT)
         fprintf(stderr, "cipherdex: the upload is complete but %s could not be removed: %s\n",

@@ -332,6 +332,14 @@ with open(sys.argv[1], "w") as f:
     [[ $("$CIPHERDEX_CLI" --json upsert fr --file "$dir/mib.jsonl" | json 'd["upserted"], d["batches"]') == "(5, 5)" ]] || exit 24
     "$CIPHERDEX_CLI" upsert fr --file "$dir/mib.jsonl" --batch-bytes 8000000 2>&1 >/dev/null |
         grep -q "lowered to 2031616: the server accepts frames of at most 2097152 bytes" || exit 25
+    # An item that cannot fit any request is named before anything is sent.
+    /usr/bin/python3 -c '
+import json, sys
+with open(sys.argv[1], "a") as f:
+    f.write(json.dumps({"id": "huge", "vector": [1, 9, 0, 0], "contents": "z" * (3 << 20)}) + "\n")
+' "$dir/mib.jsonl"
+    "$CIPHERDEX_CLI" upsert fr --file "$dir/mib.jsonl" >/dev/null 2>"$dir/err" && exit 26
+    grep -q "line 6: this item is about 3145[0-9]* bytes, more than the server's frame cap of 2097152 bytes (\[server\] max_frame_bytes) allows in one request; nothing was sent" "$dir/err" || exit 27
     exit 0
 ) && ok || fail "batches under the server's frame cap (step $?)"
 bash "$src/tests/dev/stack.sh" down "$dev2" >/dev/null
