@@ -261,7 +261,8 @@ set -e
 [[ $rc == 2 ]] && ok || fail "--batch-bytes below 1024 is a usage error"
 [[ $(cli --json upsert flat --file "$dir/base.fvecs" --id-prefix v --start-line 401 2>/dev/null | json 'd["upserted"], d["skipped"]') == "(100, 400)" ]] &&
     ok || fail "--start-line on a vector file counts rows"
-cli delete flat $(printf 'c%02d ' $(seq 0 39)) >/dev/null
+mapfile -t cids < <(printf 'c%02d\n' {0..39})
+cli delete flat "${cids[@]}" >/dev/null
 
 # Errors: the server's code and message, exit 1; usage errors exit 2.
 set +e
