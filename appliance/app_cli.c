@@ -66,22 +66,46 @@ bool cli_parse_u32(const char *s, uint32_t *out)
     return true;
 }
 
-unsigned cli_include_flags(const char *s)
+int cli_include_opt(const char *s, unsigned *flags)
 {
     unsigned f = 0;
-    if (strstr(s, "vector"))
-        f |= APP_INCLUDE_VECTORS;
-    if (strstr(s, "metadata"))
-        f |= APP_INCLUDE_METADATA;
-    if (strstr(s, "contents"))
-        f |= APP_INCLUDE_CONTENTS;
-    return f;
+    for (const char *p = s; *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == 7 && !strncmp(p, "vectors", n))
+            f |= APP_INCLUDE_VECTORS;
+        else if (n == 6 && !strncmp(p, "vector", n))
+            f |= APP_INCLUDE_VECTORS;
+        else if (n == 8 && !strncmp(p, "metadata", n))
+            f |= APP_INCLUDE_METADATA;
+        else if (n == 8 && !strncmp(p, "contents", n))
+            f |= APP_INCLUDE_CONTENTS;
+        else if (n == 3 && !strncmp(p, "all", n))
+            f |= APP_INCLUDE_VECTORS | APP_INCLUDE_METADATA | APP_INCLUDE_CONTENTS;
+        else if (n == 4 && !strncmp(p, "none", n))
+            ;
+        else if (n)
+            return cli_usage("--include: unknown field `%.*s`; use a comma list of "
+                             "vectors, metadata, contents (or all, none)",
+                             (int)n, p);
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    *flags = f;
+    return 0;
 }
 
 void cli_print_json(json_t *j)
 {
-    json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     printf("\n");
+    json_decref(j);
+}
+
+void cli_json_line(FILE *f, json_t *j)
+{
+    json_dumpf(j, f, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    fputc('\n', f);
     json_decref(j);
 }
 

@@ -20,8 +20,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "app_client.h"
+#include "cdx_limits.h"
 
 /* Everything a command needs: the global options and the connection. */
 typedef struct cli {
@@ -53,8 +55,12 @@ const char *cli_opt_value(cli_args *a, const char *name);
 bool cli_parse_u64(const char *s, uint64_t *out);
 bool cli_parse_u32(const char *s, uint32_t *out);
 
-/* --include "vectors,metadata,contents" as APP_INCLUDE_* bits. */
-unsigned cli_include_flags(const char *s);
+/*
+ * --include: a comma list of vectors, metadata, contents (or all, none) as
+ * APP_INCLUDE_* bits in *flags; an unknown word is a usage error (returns 2
+ * after cli_usage), else 0.
+ */
+int cli_include_opt(const char *s, unsigned *flags);
 
 /* Print j indented to stdout and release it. */
 void cli_print_json(json_t *j);
@@ -64,6 +70,83 @@ json_t *cli_jstr(ProtobufCBinaryData b);
 
 /* Lower-case hex of b into out (2 * b.len + 1 bytes). */
 void cli_hex(ProtobufCBinaryData b, char *out);
+
+/* ---- what was stored, as JSON and table cells (app_cli_show.c) ---- */
+
+/* How a cut table cell ends. */
+#define CDX_CLI_CUT_MARK "..."
+
+/* The shortest decimal that reads back as the same float, as a JSON number. */
+json_t *cli_jfloat(float v);
+
+/* v[0..n) as a JSON array of numbers. */
+json_t *cli_jvector(const float *v, size_t n);
+
+/*
+ * o["metadata"] = the metadata parsed as a JSON object (null when empty);
+ * text that is not a JSON object goes to o["metadata_text"] as a string.
+ */
+void cli_jset_metadata(json_t *o, ProtobufCBinaryData m);
+
+/* True when b is strict UTF-8 without NUL (then it prints as a JSON string). */
+bool cli_is_text(ProtobufCBinaryData b);
+
+/* o["contents"] = the contents as a string when cli_is_text, else o["contents_base64"]. */
+void cli_jset_contents(json_t *o, ProtobufCBinaryData c);
+
+/*
+ * One-line table cells (malloc'ed; the caller frees): control characters
+ * and bytes that are not UTF-8 escaped (\n, \t, \xNN), cut to width
+ * characters ending in CDX_CLI_CUT_MARK (width 0: never cut; *cut set when
+ * cut). Contents that are not text print as "(binary, N bytes)"; a vector
+ * as [x, y, ...] with 4 significant digits.
+ */
+char *cli_cell_text(ProtobufCBinaryData b, size_t width, bool *cut);
+char *cli_cell_contents(ProtobufCBinaryData b, size_t width, bool *cut);
+char *cli_cell_vector(const float *v, size_t n, size_t width, bool *cut);
+
+/* A table of malloc'ed cells, columns padded by characters (UTF-8 aware). */
+typedef struct cli_table cli_table;
+
+/* header must outlive the table. NULL when out of memory. */
+cli_table *cli_table_new(int ncols, const char *const *header);
+
+/* Add a row of ncols cells; the table owns them (freed with it, or at once if out of memory). */
+void cli_table_add(cli_table *t, char **cells);
+
+void cli_table_print(const cli_table *t, FILE *f);
+
+/* NULL is a no-op. */
+void cli_table_free(cli_table *t);
+
+/* When cut: a note on stderr saying how to see the cut values whole. */
+void cli_cut_note(bool cut, size_t width);
+
+/* Print j as one compact line (JSONL) to f and release it; floats with at most 9 digits. */
+void cli_json_line(FILE *f, json_t *j);
+
+/* ---- the progress file of an upload (app_cli_resume.c) ---- */
+
+/* What an upload committed in order from its input's first row. */
+typedef struct cli_resume_rec {
+    char index[CDX_INDEX_NAME_MAX + 1];
+    uint64_t rows;      /* rows [0, rows) of the input are committed */
+    char through[48];   /* the last of them as the user sees it: "line 2001", "row 2000" */
+    uint8_t sha256[32]; /* SHA-256 of those rows as they were sent (app_cli_upsert.c) */
+    uint64_t version;   /* the commit that landed the last of them */
+} cli_resume_rec;
+
+/*
+ * Read the progress file at path: 0 and *r filled, 1 when there is no such
+ * file, -1 when it cannot be read or is not a progress file (said on stderr).
+ */
+int cli_resume_read(const char *path, cli_resume_rec *r);
+
+/*
+ * Replace the progress file at path (via path.tmp, fsync, rename); input is
+ * recorded for the reader's information. 0, or -1 with errno set.
+ */
+int cli_resume_write(const char *path, const char *input, const cli_resume_rec *r);
 
 /* A progress bar on stderr when it is a terminal. t0 from cdx_mono_s(). */
 void cli_progress(const char *what, size_t done, size_t total, double t0);

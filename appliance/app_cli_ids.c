@@ -5,56 +5,101 @@
 #include <string.h>
 
 #include "app_cli.h"
+#include "cdx_limits.h"
 
-static void print_get(const cli *x, const Cipherdex__V1__GetResponse *gr)
+/* One get item or query hit as JSON: the included fields (left out when not asked for). */
+static void add_fields(json_t *o, unsigned inc, const Cipherdex__V1__Item *it)
 {
-    json_t *arr = json_array();
-    for (size_t i = 0; i < gr->n_items; i++) {
-        const Cipherdex__V1__Item *it = gr->items[i];
-        bool found = i < gr->n_found && gr->found[i];
-        json_t *o = json_pack("{s:o,s:b}", "id", cli_jstr(it->id), "found", found);
-        if (it->n_vector) {
-            json_t *v = json_array();
-            for (size_t k = 0; k < it->n_vector; k++)
-                json_array_append_new(v, json_real(it->vector[k]));
-            json_object_set_new(o, "vector", v);
-        }
-        if (it->metadata.len)
-            json_object_set_new(o, "metadata", cli_jstr(it->metadata));
-        if (it->contents.len)
-            json_object_set_new(o, "contents_bytes", json_integer((json_int_t)it->contents.len));
-        json_array_append_new(arr, o);
-        if (!x->json)
-            printf("%-40.*s %s%s%.*s\n", (int)it->id.len, it->id.data,
-                   found ? "found" : "not found", it->metadata.len ? "  " : "",
-                   (int)it->metadata.len, it->metadata.len ? (const char *)it->metadata.data : "");
-    }
-    if (x->json)
-        cli_print_json(json_pack("{s:o,s:I}", "items", arr, "version", (json_int_t)gr->version));
-    else
-        json_decref(arr);
+    if (inc & APP_INCLUDE_METADATA)
+        cli_jset_metadata(o, it->metadata);
+    if (inc & APP_INCLUDE_CONTENTS)
+        cli_jset_contents(o, it->contents);
+    if (inc & APP_INCLUDE_VECTORS)
+        json_object_set_new(o, "vector", cli_jvector(it->vector, it->n_vector));
 }
 
-/* get and delete: INDEX ID... [--include ...]. */
+static void print_get(const cli *x, const Cipherdex__V1__GetResponse *gr, unsigned inc,
+                      size_t width)
+{
+    if (x->json) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < gr->n_items; i++) {
+            const Cipherdex__V1__Item *it = gr->items[i];
+            bool found = i < gr->n_found && gr->found[i];
+            json_t *o = json_pack("{s:o,s:b}", "id", cli_jstr(it->id), "found", found);
+            if (found)
+                add_fields(o, inc, it);
+            json_array_append_new(arr, o);
+        }
+        cli_print_json(json_pack("{s:o,s:I}", "items", arr, "version", (json_int_t)gr->version));
+        return;
+    }
+    const char *header[5] = {"ID", "FOUND"};
+    int nc = 2;
+    if (inc & APP_INCLUDE_METADATA)
+        header[nc++] = "METADATA";
+    if (inc & APP_INCLUDE_CONTENTS)
+        header[nc++] = "CONTENTS";
+    if (inc & APP_INCLUDE_VECTORS)
+        header[nc++] = "VECTOR";
+    cli_table *t = cli_table_new(nc, header);
+    bool cut = false;
+    for (size_t i = 0; t && i < gr->n_items; i++) {
+        const Cipherdex__V1__Item *it = gr->items[i];
+        bool found = i < gr->n_found && gr->found[i];
+        char *row[5];
+        int c = 0;
+        row[c++] = cli_cell_text(it->id, 0, &cut);
+        row[c++] = strdup(found ? "found" : "not found");
+        if (inc & APP_INCLUDE_METADATA)
+            row[c++] = found ? cli_cell_text(it->metadata, width, &cut) : strdup("");
+        if (inc & APP_INCLUDE_CONTENTS)
+            row[c++] = found ? cli_cell_contents(it->contents, width, &cut) : strdup("");
+        if (inc & APP_INCLUDE_VECTORS)
+            row[c++] = found ? cli_cell_vector(it->vector, it->n_vector, width, &cut) : strdup("");
+        cli_table_add(t, row);
+    }
+    if (t)
+        cli_table_print(t, stdout);
+    cli_table_free(t);
+    cli_cut_note(cut, width);
+}
+
+/* get and delete: INDEX ID... [--include ...] [--full]. */
 static int by_ids(cli *x, cli_args *a, const char *what)
 {
     if (a->i >= a->n)
         return cli_usage("%s needs an index name", what);
     const char *index = a->v[a->i++];
-    unsigned inc = 0;
+    bool get = !strcmp(what, "get");
+    unsigned inc = APP_INCLUDE_METADATA; /* get's default; --include none: ids only */
+    size_t width = CDX_CLI_CELL_WIDTH;
     const char **ids = calloc((size_t)a->n + 1, sizeof(*ids));
     size_t n = 0;
+    bool only_ids = false; /* after "--": ids that start with "--" */
     for (; a->i < a->n; a->i++) {
-        if (!strcmp(a->v[a->i], "--include"))
-            inc = cli_include_flags(cli_opt_value(a, "--include"));
-        else
-            ids[n++] = a->v[a->i];
+        const char *o = a->v[a->i];
+        if (only_ids || strncmp(o, "--", 2)) {
+            ids[n++] = o;
+        } else if (!strcmp(o, "--")) {
+            only_ids = true;
+        } else if (get && !strcmp(o, "--include")) {
+            int rc = cli_include_opt(cli_opt_value(a, o), &inc);
+            if (rc) {
+                free(ids);
+                return rc;
+            }
+        } else if (get && !strcmp(o, "--full")) {
+            width = 0;
+        } else {
+            free(ids);
+            return cli_usage("%s: unknown option %s (ids that start with -- go after --)", what, o);
+        }
     }
     if (!n) {
         free(ids);
         return cli_usage("%s needs at least one id", what);
     }
-    bool get = !strcmp(what, "get");
     wire_response *w = NULL;
     cdx_err e = get ? app_client_get(x->c, index, ids, n, inc, 0, &w)
                     : app_client_delete(x->c, index, ids, n, &w);
@@ -71,7 +116,7 @@ static int by_ids(cli *x, cli_args *a, const char *what)
             : (void)printf("deleted %" PRIu64 " of %zu ids, version %" PRIu64 "\n",
                            resp->delete_->deleted, n, resp->delete_->version);
     else
-        print_get(x, resp->get);
+        print_get(x, resp->get, inc, width);
     wire_response_free(w);
     return 0;
 }

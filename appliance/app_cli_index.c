@@ -38,17 +38,19 @@ int cli_health(cli *x, cli_args *a)
             json_t *warn = json_array();
             for (size_t i = 0; i < hr->n_warnings; i++)
                 json_array_append_new(warn, cli_jstr(hr->warnings[i]));
-            cli_print_json(json_pack("{s:s,s:b,s:b,s:s%,s:I,s:o,s:i}", "status",
-                                     e ? "unhealthy" : status, "token_ok", hr->token_ok, "store_ok",
-                                     hr->store_ok, "server_version",
-                                     (const char *)hr->server_version.data, hr->server_version.len,
-                                     "uptime_s", (json_int_t)hr->uptime_s, "warnings", warn,
-                                     "indexes_in_rollback", (int)hr->indexes_in_rollback));
+            cli_print_json(json_pack(
+                "{s:s,s:b,s:b,s:s%,s:I,s:o,s:i,s:I}", "status", e ? "unhealthy" : status,
+                "token_ok", hr->token_ok, "store_ok", hr->store_ok, "server_version",
+                (const char *)hr->server_version.data, hr->server_version.len, "uptime_s",
+                (json_int_t)hr->uptime_s, "warnings", warn, "indexes_in_rollback",
+                (int)hr->indexes_in_rollback, "max_frame_bytes", (json_int_t)hr->max_frame_bytes));
         } else {
             printf("status: %s\ntoken: %s\nstore: %s\nserver: %.*s\nuptime: %" PRIu64 " s\n",
                    e ? "unhealthy" : status, hr->token_ok ? "ok" : "unreachable",
                    hr->store_ok ? "ok" : "unreachable", (int)hr->server_version.len,
                    hr->server_version.data, hr->uptime_s);
+            if (hr->max_frame_bytes) /* 0: a server older than the field */
+                printf("max frame: %" PRIu64 " bytes\n", hr->max_frame_bytes);
             if (hr->indexes_in_rollback)
                 printf("indexes in rollback: %u\n", hr->indexes_in_rollback);
             for (size_t i = 0; i < hr->n_warnings; i++)

@@ -1,8 +1,11 @@
 /*
- * cipherdex query: one vector (results printed), or a file of query vectors
- * (QPS and latency percentiles), over one or --clients N connections, with
- * recall@k against exact ground truth computed from a base file.
+ * cipherdex query: one vector (results as a table or --json), or a file of
+ * query vectors (a batch query: one JSON line of results per query, in file
+ * order, to stdout or --out FILE; QPS, latency percentiles and recall@k
+ * against exact ground truth computed from a base file go to a summary on
+ * stderr), over one or --clients N connections.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -13,7 +16,34 @@
 
 #include "app_cli.h"
 #include "app_vecs.h"
+#include "cdx_limits.h"
 #include "cdx_time.h"
+
+/*
+ * The batch results: each worker hands in query i's JSON line, and the lines
+ * are written in query order (a line waits for the ones before it, so with
+ * --clients N at most about N lines wait).
+ */
+typedef struct qout {
+    pthread_mutex_t mu;
+    FILE *f;        /* NULL: results not written (--no-results) */
+    char **pending; /* nq lines not yet written */
+    size_t next, nq, written;
+} qout;
+
+static void qout_put(qout *o, size_t i, char *line)
+{
+    pthread_mutex_lock(&o->mu);
+    o->pending[i] = line;
+    while (o->next < o->nq && o->pending[o->next]) {
+        fputs(o->pending[o->next], o->f);
+        fputc('\n', o->f);
+        free(o->pending[o->next]);
+        o->pending[o->next++] = NULL;
+        o->written++;
+    }
+    pthread_mutex_unlock(&o->mu);
+}
 
 /* One client's share of a query run: queries first, first + stride, ... */
 typedef struct qjob {
@@ -26,8 +56,11 @@ typedef struct qjob {
     int64_t *res;
     json_t *jout;
     bool print, json;
+    size_t width; /* table cells: characters, 0 = whole (--full) */
+    qout *out;    /* --file: where the result lines go, or NULL */
     app_client *c;
     cdx_err err;
+    size_t failed_at; /* the query that failed (when err) */
 } qjob;
 
 /* Result ids prefix<N> as row numbers N (for recall); -1 for anything else. */
@@ -46,25 +79,85 @@ static void record_ids(qjob *j, size_t i, const Cipherdex__V1__QueryResult *x)
     }
 }
 
+/* Hit k of a result as JSON: id, distance and the included fields. */
+static json_t *hit_json(const Cipherdex__V1__QueryResult *x, size_t k, unsigned inc)
+{
+    json_t *h =
+        json_pack("{s:o,s:o}", "id", cli_jstr(x->ids[k]), "distance", cli_jfloat(x->distances[k]));
+    if (inc & APP_INCLUDE_METADATA)
+        cli_jset_metadata(h, k < x->n_metadata ? x->metadata[k] : (ProtobufCBinaryData){0});
+    if (inc & APP_INCLUDE_CONTENTS)
+        cli_jset_contents(h, k < x->n_contents ? x->contents[k] : (ProtobufCBinaryData){0});
+    if (inc & APP_INCLUDE_VECTORS) {
+        size_t d = x->n_ids ? x->n_vectors / x->n_ids : 0;
+        json_object_set_new(h, "vector", cli_jvector(x->vectors + k * d, d));
+    }
+    return h;
+}
+
 /* The results of a single --vector query: a table, or hits added to j->jout. */
 static void print_results(qjob *j, const Cipherdex__V1__QueryResult *x)
 {
     if (j->json) {
-        for (size_t k = 0; k < x->n_ids; k++) {
-            json_t *h = json_pack("{s:o,s:f}", "id", cli_jstr(x->ids[k]), "distance",
-                                  (double)x->distances[k]);
-            if (x->n_metadata > k)
-                json_object_set_new(h, "metadata", cli_jstr(x->metadata[k]));
-            json_array_append_new(j->jout, h);
-        }
+        for (size_t k = 0; k < x->n_ids; k++)
+            json_array_append_new(j->jout, hit_json(x, k, j->inc));
         return;
     }
-    printf("%-4s %-40s %12s%s\n", "RANK", "ID", "DISTANCE", x->n_metadata ? "  METADATA" : "");
-    for (size_t k = 0; k < x->n_ids; k++)
-        printf("%-4zu %-40.*s %12.6g%s%.*s\n", k + 1, (int)x->ids[k].len, x->ids[k].data,
-               x->distances[k], x->n_metadata > k ? "  " : "",
-               x->n_metadata > k ? (int)x->metadata[k].len : 0,
-               x->n_metadata > k ? (const char *)x->metadata[k].data : "");
+    const char *header[6] = {"RANK", "ID", "DISTANCE"};
+    int nc = 3;
+    if (j->inc & APP_INCLUDE_METADATA)
+        header[nc++] = "METADATA";
+    if (j->inc & APP_INCLUDE_CONTENTS)
+        header[nc++] = "CONTENTS";
+    if (j->inc & APP_INCLUDE_VECTORS)
+        header[nc++] = "VECTOR";
+    cli_table *t = cli_table_new(nc, header);
+    bool cut = false;
+    size_t d = x->n_ids ? x->n_vectors / x->n_ids : 0;
+    for (size_t k = 0; t && k < x->n_ids; k++) {
+        char *row[6], num[32];
+        int c = 0;
+        snprintf(num, sizeof(num), "%zu", k + 1);
+        row[c++] = strdup(num);
+        row[c++] = cli_cell_text(x->ids[k], 0, &cut);
+        snprintf(num, sizeof(num), "%.6g", (double)x->distances[k]);
+        row[c++] = strdup(num);
+        ProtobufCBinaryData none = {0};
+        if (j->inc & APP_INCLUDE_METADATA)
+            row[c++] = cli_cell_text(k < x->n_metadata ? x->metadata[k] : none, j->width, &cut);
+        if (j->inc & APP_INCLUDE_CONTENTS)
+            row[c++] = cli_cell_contents(k < x->n_contents ? x->contents[k] : none, j->width, &cut);
+        if (j->inc & APP_INCLUDE_VECTORS)
+            row[c++] = cli_cell_vector(x->vectors + k * d, d, j->width, &cut);
+        cli_table_add(t, row);
+    }
+    if (t)
+        cli_table_print(t, stdout);
+    cli_table_free(t);
+    cli_cut_note(cut, j->width);
+}
+
+/*
+ * Query i's line of a batch run: {"query": i, "ids": [...], "distances": [...]}, and with
+ * --include "results": [hits as `query --json` prints them].
+ */
+static void batch_line(qjob *j, size_t i, const Cipherdex__V1__QueryResult *x)
+{
+    json_t *ids = json_array(), *dist = json_array();
+    for (size_t k = 0; k < x->n_ids; k++) {
+        json_array_append_new(ids, cli_jstr(x->ids[k]));
+        json_array_append_new(dist, cli_jfloat(x->distances[k]));
+    }
+    json_t *o = json_pack("{s:I,s:o,s:o}", "query", (json_int_t)i, "ids", ids, "distances", dist);
+    if (j->inc) {
+        json_t *hits = json_array();
+        for (size_t k = 0; k < x->n_ids; k++)
+            json_array_append_new(hits, hit_json(x, k, j->inc));
+        json_object_set_new(o, "results", hits);
+    }
+    char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(o);
+    qout_put(j->out, i, line ? line : strdup("{}"));
 }
 
 static void query_worker(qjob *j)
@@ -83,6 +176,7 @@ static void query_worker(qjob *j)
         j->lat[i] = cdx_mono_s() - t1;
         if (e) {
             j->err = e;
+            j->failed_at = i;
             wire_response_free(w);
             break;
         }
@@ -91,6 +185,8 @@ static void query_worker(qjob *j)
             record_ids(j, i, x);
         if (j->print) /* one vector: print its results */
             print_results(j, x);
+        else if (j->out && j->out->f)
+            batch_line(j, i, x);
         wire_response_free(w);
         if (j->first == 0)
             cli_progress("query", i + 1, j->nq, j->t0);
@@ -133,8 +229,11 @@ static cdx_err run_clients(const cli *x, qjob *base, uint32_t clients)
         pthread_join(th[t], NULL);
         app_client_free(jobs[t].c);
     }
-    for (uint32_t t = 0; t < clients && !e; t++)
-        e = jobs[t].err;
+    for (uint32_t t = 0; t < clients; t++)
+        if (jobs[t].err && (!e || jobs[t].failed_at < base->failed_at)) {
+            e = jobs[t].err;
+            base->failed_at = jobs[t].failed_at;
+        }
     free(th);
     free(jobs);
     return e;
@@ -164,27 +263,33 @@ static int parse_vector(const char *vec, float **out, size_t *d)
     return 0;
 }
 
-/* QPS, p50/p99 and recall of a --file run. */
+/* The summary of a --file run, on stderr: QPS, p50/p99, recall, where the results went. */
 static void report_run(const cli *x, double *lat, size_t nq, uint32_t clients, double el,
-                       const int64_t *res, const int64_t *gt, uint32_t top_k)
+                       const int64_t *res, const int64_t *gt, uint32_t top_k, const char *out,
+                       size_t written)
 {
     qsort(lat, nq, sizeof(double), cmp_dbl);
-    double p50 = lat[(nq - 1) / 2], p99 = lat[(size_t)ceil(0.99 * (double)nq) - 1];
+    double p50 = nq ? lat[(nq - 1) / 2] : 0,
+           p99 = nq ? lat[(size_t)ceil(0.99 * (double)nq) - 1] : 0;
     double recall = gt ? app_vecs_recall_at_k(res, gt, nq, top_k) : -1;
     if (x->json) {
         json_t *j =
-            json_pack("{s:I,s:i,s:f,s:f,s:f}", "queries", (json_int_t)nq, "clients", (int)clients,
-                      "qps", el > 0 ? nq / el : 0.0, "p50_ms", p50 * 1e3, "p99_ms", p99 * 1e3);
+            json_pack("{s:I,s:i,s:f,s:f,s:f,s:I,s:s?}", "queries", (json_int_t)nq, "clients",
+                      (int)clients, "qps", el > 0 ? nq / el : 0.0, "p50_ms", p50 * 1e3, "p99_ms",
+                      p99 * 1e3, "results_written", (json_int_t)written, "out", out);
         if (gt)
             json_object_set_new(j, "recall_at_k", json_real(recall));
-        cli_print_json(j);
+        cli_json_line(stderr, j);
     } else {
-        printf("%zu queries in %.2f s: %.0f QPS (%u client%s, one query per request), "
-               "p50 %.3f ms, p99 %.3f ms\n",
-               nq, el, el > 0 ? nq / el : 0.0, clients, clients > 1 ? "s" : "", p50 * 1e3,
-               p99 * 1e3);
+        fprintf(stderr,
+                "%zu queries in %.2f s: %.0f QPS (%u client%s, one query per request), "
+                "p50 %.3f ms, p99 %.3f ms\n",
+                nq, el, el > 0 ? nq / el : 0.0, clients, clients > 1 ? "s" : "", p50 * 1e3,
+                p99 * 1e3);
         if (gt)
-            printf("recall@%u against exact ground truth: %.4f\n", top_k, recall);
+            fprintf(stderr, "recall@%u against exact ground truth: %.4f\n", top_k, recall);
+        if (out)
+            fprintf(stderr, "results: %zu lines (JSON, one per query) in %s\n", written, out);
     }
 }
 
@@ -195,8 +300,11 @@ int cli_query(cli *x, cli_args *a)
     const char *index = a->v[a->i++];
     const char *file = NULL, *vec = NULL, *filter = NULL, *gt_base = NULL, *prefix = "";
     uint32_t top_k = 10, probes = 0, clients = 1;
+    const char *out = NULL;
     uint64_t limit = 0;
-    unsigned inc = 0;
+    unsigned inc = 0; /* ids and distances only */
+    size_t width = CDX_CLI_CELL_WIDTH;
+    bool no_results = false;
     for (; a->i < a->n; a->i++) {
         const char *o = a->v[a->i];
         if (!strcmp(o, "--file"))
@@ -209,9 +317,17 @@ int cli_query(cli *x, cli_args *a)
             gt_base = cli_opt_value(a, o);
         else if (!strcmp(o, "--id-prefix"))
             prefix = cli_opt_value(a, o);
-        else if (!strcmp(o, "--include"))
-            inc = cli_include_flags(cli_opt_value(a, o));
-        else if (!strcmp(o, "--top-k")) {
+        else if (!strcmp(o, "--out"))
+            out = cli_opt_value(a, o);
+        else if (!strcmp(o, "--no-results"))
+            no_results = true;
+        else if (!strcmp(o, "--full"))
+            width = 0;
+        else if (!strcmp(o, "--include")) {
+            int rc = cli_include_opt(cli_opt_value(a, o), &inc);
+            if (rc)
+                return rc;
+        } else if (!strcmp(o, "--top-k")) {
             if (!cli_parse_u32(cli_opt_value(a, o), &top_k))
                 return cli_usage("--top-k needs a number");
         } else if (!strcmp(o, "--probes")) {
@@ -226,6 +342,12 @@ int cli_query(cli *x, cli_args *a)
         } else
             return cli_usage("query: unknown option %s", o);
     }
+    if (vec && file)
+        return cli_usage("query takes --vector or --file, not both");
+    if ((out || no_results) && !file)
+        return cli_usage("--out and --no-results go with --file (a batch query)");
+    if (out && no_results)
+        return cli_usage("--out or --no-results, not both");
     float *q = NULL;
     size_t nq = 0, d = 0;
     if (vec) {
@@ -266,7 +388,22 @@ int cli_query(cli *x, cli_args *a)
             return 1;
         }
     }
-    double *lat = malloc(nq * sizeof(double));
+    /* A batch query writes its results: stdout, or --out FILE (opened before any query). */
+    qout qo = {.f = NULL, .nq = nq};
+    pthread_mutex_init(&qo.mu, NULL);
+    if (file && !no_results) {
+        qo.f = out && strcmp(out, "-") ? fopen(out, "w") : stdout;
+        qo.pending = calloc(nq ? nq : 1, sizeof(char *));
+        if (!qo.f || !qo.pending) {
+            fprintf(stderr, "cipherdex: --out %s: %s\n", out, strerror(errno));
+            free(qo.pending);
+            pthread_mutex_destroy(&qo.mu);
+            free(gt);
+            free(q);
+            return 1;
+        }
+    }
+    double *lat = malloc((nq ? nq : 1) * sizeof(double));
     int64_t *res = gt ? malloc(nq * top_k * sizeof(int64_t)) : NULL;
     json_t *jout = json_array();
     cdx_err e = CDX_OK;
@@ -285,6 +422,8 @@ int cli_query(cli *x, cli_args *a)
                  .jout = jout,
                  .print = !file,
                  .json = x->json,
+                 .width = width,
+                 .out = file ? &qo : NULL,
                  .t0 = cdx_mono_s(),
                  .stride = clients,
                  .c = x->c};
@@ -296,12 +435,31 @@ int cli_query(cli *x, cli_args *a)
     }
     double el = cdx_mono_s() - base.t0;
     int rc = 0;
-    if (e)
+    const char *outname = qo.f ? (qo.f == stdout ? "stdout" : out) : NULL;
+    if (qo.f && qo.f != stdout) {
+        if (fclose(qo.f) && !e)
+            e = cdx_fail(CDX_ERR_INTERNAL, "writing %s: %s", out, strerror(errno));
+    } else if (qo.f && (fflush(stdout) || ferror(stdout)) && !e) {
+        e = cdx_fail(CDX_ERR_INTERNAL, "writing the results to stdout failed");
+    }
+    if (e) {
+        if (file && base.failed_at < nq) {
+            fprintf(stderr, "cipherdex: query %zu of %s (counted from 0) failed", base.failed_at,
+                    file);
+            if (qo.f)
+                fprintf(stderr, "; the first %zu results are in %s", qo.written, outname);
+            fprintf(stderr, "\n");
+        }
         rc = cli_fail(x, e);
-    else if (file)
-        report_run(x, lat, nq, clients, el, res, gt, top_k);
-    else if (x->json)
+    } else if (file) {
+        report_run(x, lat, nq, clients, el, res, gt, top_k, outname, qo.written);
+    } else if (x->json) {
         cli_print_json(json_pack("{s:O}", "results", jout));
+    }
+    for (size_t i = 0; qo.pending && i < nq; i++)
+        free(qo.pending[i]);
+    free(qo.pending);
+    pthread_mutex_destroy(&qo.mu);
     json_decref(jout);
     free(q);
     free(gt);

@@ -219,6 +219,7 @@ static cdx_err do_health(const app_dispatch_env *env, const Req *q, Resp *r, scr
             warn[h->n_warnings++] = wire_str(wh->warnings[i]);
     h->warnings = warn;
     h->indexes_in_rollback = detail ? wh->indexes_in_rollback : 0;
+    h->max_frame_bytes = env->cfg ? env->cfg->max_frame_bytes : CDX_FRAME_MAX_DEFAULT;
     h->server_version = wire_str(CDX_VERSION);
     int64_t now = cdx_mono_ms();
     h->uptime_s = now > env->started_ms ? (uint64_t)(now - env->started_ms) / 1000 : 0;

@@ -40,13 +40,25 @@ static const struct command {
      "               index key; verify with cipherdex-hsm attest verify)\n"},
     {"upsert", cli_upsert,
      "  upsert INDEX --file F [--labels IDX_LABELS] [--id-prefix P] [--start N] [--batch N]\n"
-     "               [--limit N]   F: .fvecs, .bvecs, IDX images (plain or .gz), .jsonl\n"
-     "               ({\"id\":..., \"vector\":[...], \"metadata\":{...}, \"contents\":\"...\"})\n"},
+     "               [--batch-bytes N] [--limit N] [--resume [--progress FILE] | --start-line N]\n"
+     "               F: .fvecs, .bvecs, IDX images (plain or .gz), .jsonl ({\"id\":...,\n"
+     "               \"vector\":[...], \"metadata\":{...}, \"contents\":\"...\" or "
+     "\"contents_base64\"})\n"
+     "               batches: at most --batch items (1000) and --batch-bytes (16 MiB); a failed\n"
+     "               upload says what landed; --resume skips the rows committed in order\n"
+     "               (recorded in F.progress); re-running is safe (upsert replaces by id)\n"},
     {"query", cli_query,
-     "  query INDEX (--vector \"x,y,...\" | --file F [--limit N] [--clients N]) [--top-k N]\n"
-     "               [--probes N] [--filter JSON] [--include vectors,metadata,contents]\n"
-     "               [--ground-truth BASE_FILE [--id-prefix P]]   (recall@k, QPS, p50/p99)\n"},
-    {"get", cli_get, "  get INDEX ID... [--include vectors,metadata,contents]\n"},
+     "  query INDEX --vector \"x,y,...\" [--top-k N] [--probes N] [--filter JSON]\n"
+     "               [--include vectors,metadata,contents|all|none] [--full]\n"
+     "               (default: ids and distances; --full: table cells not cut)\n"
+     "  query INDEX --file F [--limit N] [--clients N] [--out FILE | --no-results] [--top-k N]\n"
+     "               [--probes N] [--filter JSON] [--include ...]\n"
+     "               [--ground-truth BASE_FILE [--id-prefix P]]\n"
+     "               (results: one JSON line per query to stdout or FILE; QPS, p50/p99 and\n"
+     "               recall@k: a summary on stderr)\n"},
+    {"get", cli_get,
+     "  get INDEX ID... [--include vectors,metadata,contents|all|none] [--full]\n"
+     "               (default: metadata; ids starting with -- go after --)\n"},
     {"delete", cli_delete, "  delete INDEX ID...\n"},
     {"list-ids", cli_list_ids, "  list-ids INDEX [--limit N] [--cursor C] [--all]\n"},
     {"audit", cli_audit,

@@ -139,6 +139,15 @@
 #define CDX_HEALTH_WARNINGS_MAX  8     /* HealthResponse.warnings: one per condition, few exist */
 #define CDX_HEALTHZ_PROBE_MS     1000  /* /healthz asks the token and the store at most this often */
 
+/* ---- the cipherdex CLI (appliance/app_cli*.c; docs/CLI.md) ---- */
+#define CDX_CLI_CELL_WIDTH      60  /* characters of a metadata/contents/vector table cell (--full: all) */
+#define CDX_CLI_BATCH_DEFAULT   1000 /* upsert: items per batch (--batch) */
+#define CDX_CLI_BATCH_BYTES_DEFAULT (16u * 1024u * 1024u) /* upsert: bytes per batch (--batch-bytes),
+                                               * a quarter of the default frame cap */
+#define CDX_CLI_BATCH_SLACK     (64u * 1024u) /* upsert: bytes kept under the frame cap for the
+                                               * request's own fields and per-item overhead misestimates */
+#define CDX_CLI_PROGRESS_MAX    4096 /* bytes of an upsert progress file */
+
 /* ---- vector files (appliance/app_vecs: CLI, demo, bench) ---- */
 #define CDX_VECS_DIM_MAX   65536u            /* dimensions per vector in a loaded file */
 #define CDX_VECS_ELEMS_MAX ((size_t)1 << 32) /* n x d per file (16 GiB of float32) */

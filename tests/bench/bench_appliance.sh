@@ -32,9 +32,10 @@ cli index create fmnist --dim 784 --type ivfsq8 --lists "$lists" >/dev/null
 cli upsert fmnist --file "$data/train-images-idx3-ubyte.gz" --id-prefix img- --limit "$nb" >/dev/null
 cli index train fmnist --lists "$lists" --iters 10 >/dev/null
 q=(query fmnist --file "$data/t10k-images-idx3-ubyte.gz" --limit "$nq" --probes 16 --top-k 10)
-cli "${q[@]}" --clients 4 >/dev/null           # warm the block cache
-one=$(cli --json "${q[@]}" --clients 1)
-four=$(cli --json "${q[@]}" --clients 4)
+# --no-results: measure only; the summary is the one JSON line on stderr.
+cli "${q[@]}" --clients 4 --no-results 2>/dev/null # warm the block cache
+one=$(cli --json "${q[@]}" --clients 1 --no-results 2>&1 >/dev/null)
+four=$(cli --json "${q[@]}" --clients 4 --no-results 2>&1 >/dev/null)
 field() { /usr/bin/python3 -c "import json,sys; print(round(json.loads(sys.argv[1])[sys.argv[2]], 3))" "$1" "$2"; }
 q1=$(field "$one" qps) q4=$(field "$four" qps)
 ratio=$(/usr/bin/python3 -c "print(round($q4 / $inproc, 2) if $inproc else 0)")
@@ -64,8 +65,8 @@ measure() { # $1 = on|off: prints the QPS of one measurement
     bash "$root/tests/dev/stack.sh" restart "$build" "$dir" >/dev/null
     # shellcheck disable=SC1091
     source "$dir/cipherdex.env"
-    cli "${qa[@]}" --clients 4 >/dev/null # warm the block cache again
-    field "$(cli --json "${qa[@]}" --clients 4)" qps
+    cli "${qa[@]}" --clients 4 --no-results 2>/dev/null # warm the block cache again
+    field "$(cli --json "${qa[@]}" --clients 4 --no-results 2>&1 >/dev/null)" qps
 }
 on=() off=()
 for order in "off on" "on off" "off on"; do

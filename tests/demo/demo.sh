@@ -38,11 +38,13 @@ cli index train fashion --lists 1024 --iters 10
 cli index describe fashion
 
 step "Query the 10,000 test images one at a time (top 10, 16 probes) against exact ground truth"
+# The results (one JSON line per query) go to a file; the summary (QPS, recall) to the terminal.
 cli query fashion --file "$data/t10k-images-idx3-ubyte.gz" --top-k 10 --probes 16 \
-    --ground-truth "$data/train-images-idx3-ubyte.gz" --id-prefix img-
+    --ground-truth "$data/train-images-idx3-ubyte.gz" --id-prefix img- --out "$dir/results.jsonl"
+echo "first result line: $(head -c 160 "$dir/results.jsonl")..."
 
 step "One query with metadata, filtered to label 9 (ankle boots)"
-cli get fashion img-0 --include metadata
+cli get fashion img-0 --include metadata,vectors
 q=$(/usr/bin/python3 - "$data/t10k-images-idx3-ubyte.gz" <<'PY'
 import gzip, sys
 with gzip.open(sys.argv[1]) as f:

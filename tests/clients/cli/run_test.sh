@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # ctest test_cli: the whole lifecycle through the `cipherdex` CLI against a dev stack (Redis
-# store): health, index create/list/describe/train/delete, upsert from JSON Lines and fvecs,
-# query (table and --json, filter), get, delete, list-ids, error exits. $1 = build, $2 = source.
+# store): health, index create/list/describe/train/delete, upsert from JSON Lines and fvecs
+# (byte-bounded batches, failed batches, --resume, --start-line), query (table and --json,
+# filter, --include, batch results as JSON Lines), get (--include, JSON shapes, cut cells),
+# delete, list-ids, error exits. $1 = build, $2 = source.
 set -euo pipefail
 build=$(cd "${1:?build dir}" && pwd)
 src=${2:?source dir}
@@ -65,12 +67,40 @@ set -e
 [[ $rc == 1 ]] && grep -q "Committed (version [0-9]*): lines 2-11, lines 17-21. Failed, nothing of it applied: lines 12-16 (the item at line 15: item 3: a zero vector" "$dir/err" &&
     grep -q "Not sent: lines 22-31" "$dir/err" && ok || fail "upsert holes are reported: $(cat "$dir/err")"
 [[ $(cli --json index describe cos | json 'd["count"]') == 15 ]] && ok || fail "15 rows committed"
+# ... and how to finish: the progress file next to the input records the rows committed in order
+# (lines 2-11), --resume skips exactly them once the bad line is fixed.
+grep -q "To finish, from line 12: cipherdex upsert cos --file $dir/holes.jsonl --resume ($dir/holes.jsonl.progress records line 11 as the last committed in order), or --start-line 12. Re-running the whole upload is safe too" "$dir/err" &&
+    ok || fail "the failure says how to finish: $(cat "$dir/err")"
+grep -q "^rows 10$" "$dir/holes.jsonl.progress" && grep -q "^through line 11$" "$dir/holes.jsonl.progress" &&
+    ok || fail "progress file: $(cat "$dir/holes.jsonl.progress")"
+cp "$dir/holes.jsonl" "$dir/holes.orig.jsonl"
+sed -i '15s/\[0.0, 0.0, 0.0, 0.0\]/[1.0, 14.0, 0.5, -0.5]/' "$dir/holes.jsonl"   # fix line 15
+# An edited prefix is refused: the record's SHA-256 no longer matches lines 2-11.
+sed '3s/"h1"/"h1x"/' "$dir/holes.jsonl" >"$dir/edited.jsonl"
+cp "$dir/holes.jsonl.progress" "$dir/edited.jsonl.progress"
+set +e
+cli upsert cos --file "$dir/edited.jsonl" --resume >/dev/null 2>"$dir/err"; rc=$?
+set -e
+[[ $rc == 1 ]] && grep -q "the first 10 rows of $dir/edited.jsonl (through line 11) are not the ones .* recorded as committed: nothing was sent" "$dir/err" &&
+    ok || fail "resume refuses an edited prefix: rc $rc $(cat "$dir/err")"
+cli --json upsert cos --file "$dir/holes.jsonl" --resume --batch 5 >"$dir/resume.json" 2>"$dir/err"
+[[ $(json 'd["upserted"], d["skipped"], d["batches"]' <"$dir/resume.json") == "(20, 10, 4)" ]] &&
+    grep -q "skipping 10 rows (through line 11), committed by an earlier run" "$dir/err" &&
+    ok || fail "--resume sends the 20 rows after line 11: $(cat "$dir/resume.json" "$dir/err")"
+[[ $(cli --json index describe cos | json 'd["count"]') == 30 ]] && ok || fail "--resume completes: 30 rows"
+[[ ! -e "$dir/holes.jsonl.progress" ]] && ok || fail "a complete upload removes its progress file"
+# --start-line takes the line numbers the messages use.
+set +e
+cli upsert cos --file "$dir/holes.orig.jsonl" --start-line 17 >/dev/null 2>"$dir/err"; rc=$?
+set -e
+[[ $rc == 0 ]] && grep -q "skipping 15 rows (through line 16), as --start-line says" "$dir/err" &&
+    ok || fail "--start-line 17 skips lines up to 16: rc $rc $(cat "$dir/err")"
 set +e
 cli upsert cos --file "$dir/baddim.jsonl" >/dev/null 2>"$dir/err"; rc=$?
 set -e
 [[ $rc == 1 ]] && grep -q "line 7: the vector has 3 numbers, index cos has dimension 4; nothing was sent" "$dir/err" &&
     ok || fail "a wrong dimension is found before sending: $(cat "$dir/err")"
-[[ $(cli --json index describe cos | json 'd["count"]') == 15 ]] && ok || fail "nothing of baddim sent"
+[[ $(cli --json index describe cos | json 'd["count"]') == 30 ]] && ok || fail "nothing of baddim sent"
 
 # Walkthrough problem 1: a key another index holds cannot be adopted again; the failed create
 # leaves nothing to delete, and the holder keeps its records.
@@ -106,6 +136,64 @@ cli query docs --vector "1,0.25,0.43,-0.5" --top-k 5 --filter '{"odd": true}' --
     tail -n +2 | grep -vq '"odd":true' && fail "filter leaked" || ok
 cli --json get docs d3 nope --include metadata,contents >"$dir/g.json"
 [[ $(json '[i["found"] for i in d["items"]]' <"$dir/g.json") == "[True, False]" ]] && ok || fail "get found"
+
+# Walkthrough problem 5: get and query show what was stored. JSON: metadata an object, the
+# vector numbers, contents a string (text) or contents_base64 (bytes that are not UTF-8 or hold
+# NUL); an item that is not found has no fields. Binary contents go in as contents_base64 too.
+/usr/bin/python3 - "$dir/more.jsonl" <<'PY2'
+import base64, json, sys
+with open(sys.argv[1], "w") as f:
+    f.write(json.dumps({"id": "bin1", "vector": [1.0, 0.9, 0.1, 0.5],
+                        "contents_base64": base64.b64encode(b"\x00\x01\xffbin").decode()}) + "\n")
+    f.write(json.dumps({"id": "long1", "vector": [1.0, 0.8, 0.2, 0.5], "metadata": {"k": "v"},
+                        "contents": "first line\n" + "L" * 200 + " \u00e9t\u00e9"}) + "\n")
+PY2
+cli upsert docs --file "$dir/more.jsonl" >/dev/null
+cli --json get docs d3 bin1 long1 nope --include contents,vectors,metadata >"$dir/g.json"
+/usr/bin/python3 - "$dir/g.json" <<'PY2' && ok || fail "get --json shapes: $(cat "$dir/g.json")"
+import base64, json, sys
+d = json.load(open(sys.argv[1]))
+d3, b, l, nope = d["items"]
+assert d3["metadata"] == {"n": 3, "odd": True}, d3
+assert d3["contents"] == "text 3" and "contents_base64" not in d3
+assert [round(v, 6) for v in d3["vector"]] == [1.0, 0.075, round(3 / 7, 6), 0.5], d3["vector"]
+assert all(isinstance(v, float) for v in d3["vector"])
+assert "contents" not in b and base64.b64decode(b["contents_base64"]) == b"\x00\x01\xffbin", b
+assert b["metadata"] is None
+assert l["contents"] == "first line\n" + "L" * 200 + " \u00e9t\u00e9" and l["metadata"] == {"k": "v"}
+assert nope == {"id": "nope", "found": False}, nope
+PY2
+# Tables: get shows metadata by default; long values are cut (with a note on stderr saying how
+# to see them whole), binary contents are named, --full prints everything on one line each.
+cli get docs d3 >"$dir/t.txt"
+head -1 "$dir/t.txt" | grep -q "^ID  *FOUND  *METADATA$" && grep -q '^d3  *found  *{"n":3,"odd":true}$' "$dir/t.txt" &&
+    ok || fail "get table default: $(cat "$dir/t.txt")"
+[[ $(cli get docs d3 --include none | head -1) =~ ^ID\ +FOUND$ ]] && ok || fail "--include none"
+cli get docs bin1 long1 --include contents >"$dir/t.txt" 2>"$dir/err"
+grep -q "^bin1  *found  *(binary, 6 bytes)$" "$dir/t.txt" &&
+    grep -q '^long1  *found  *first line\\nLLLL*\.\.\.$' "$dir/t.txt" &&
+    [[ $(grep "^long1" "$dir/t.txt" | sed 's/^long1  *found  *//' | wc -m) == 61 ]] &&
+    grep -q "cut, ending in \"...\": --full prints them whole" "$dir/err" &&
+    ok || fail "cut cells: $(cat "$dir/t.txt" "$dir/err")"
+cli get docs long1 --include contents --full >"$dir/t.txt" 2>"$dir/err"
+grep -q 'first line\\nL\{200\} été$' "$dir/t.txt" && [[ ! -s "$dir/err" ]] && ok || fail "--full: $(cat "$dir/t.txt")"
+set +e
+cli get docs d3 --include metadata,colour >/dev/null 2>"$dir/err"; rc=$?
+set -e
+[[ $rc == 2 ]] && grep -q "unknown field .colour." "$dir/err" && ok || fail "--include typo: rc $rc"
+cli --json query docs --vector "1,0.9,0.1,0.5" --top-k 2 --include metadata,contents,vectors >"$dir/q.json"
+/usr/bin/python3 - "$dir/q.json" <<'PY2' && ok || fail "query --json shapes: $(cat "$dir/q.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+assert r[0]["id"] == "bin1" and isinstance(r[0]["distance"], float) and r[0]["metadata"] is None
+assert "contents_base64" in r[0] and len(r[0]["vector"]) == 4
+assert isinstance(r[1]["metadata"], dict) and isinstance(r[1]["contents"], str), r[1]
+PY2
+cli query docs --vector "1,0.9,0.1,0.5" --top-k 2 --include contents,vectors >"$dir/t.txt" 2>/dev/null
+head -1 "$dir/t.txt" | grep -q "^RANK  ID  *DISTANCE  *CONTENTS  *VECTOR$" &&
+    grep -q "^1  *bin1  .*(binary, 6 bytes)  *\[1, 0.9, 0.1, 0.5\]$" "$dir/t.txt" &&
+    ok || fail "query table with contents and vectors: $(cat "$dir/t.txt")"
+cli delete docs bin1 long1 >/dev/null
 cli delete docs d1 d2 nope | grep -q "deleted 2 of 3 ids" && ok || fail "delete"
 [[ $(cli list-ids docs --all | wc -l) == 38 ]] && ok || fail "list-ids --all"
 [[ $(cli list-ids docs --limit 10 2>/dev/null | wc -l) == 10 ]] && ok || fail "list-ids page"
@@ -137,9 +225,52 @@ with open(sys.argv[1], "wb") as f:
 PY
 cli index create flat --dim 4 >/dev/null
 cli upsert flat --file "$dir/base.fvecs" --id-prefix v --batch 64 | grep -q "upserted 500" && ok || fail "fvecs"
-out=$(cli query flat --file "$dir/base.fvecs" --limit 50 --ground-truth "$dir/base.fvecs" --id-prefix v)
-grep -q "recall@10 against exact ground truth: 1.0000" <<<"$out" && ok || fail "exhaustive recall 1: $out"
-grep -q "QPS" <<<"$out" && ok || fail "QPS line"
+# A batch query writes its results, one JSON line per query in file order (also with several
+# clients); QPS and recall go to a summary on stderr.
+cli query flat --file "$dir/base.fvecs" --limit 50 --ground-truth "$dir/base.fvecs" --id-prefix v \
+    --clients 3 >"$dir/r.jsonl" 2>"$dir/sum.txt"
+grep -q "recall@10 against exact ground truth: 1.0000" "$dir/sum.txt" && ok || fail "exhaustive recall 1: $(cat "$dir/sum.txt")"
+grep -q "QPS" "$dir/sum.txt" && grep -q "results: 50 lines (JSON, one per query) in stdout" "$dir/sum.txt" &&
+    ok || fail "summary: $(cat "$dir/sum.txt")"
+[[ $(wc -l <"$dir/r.jsonl") == 50 ]] && ok || fail "50 result lines"
+/usr/bin/python3 - "$dir/r.jsonl" <<'PY2' && ok || fail "result lines: $(head -2 "$dir/r.jsonl")"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert [l["query"] for l in lines] == list(range(50))
+for i, l in enumerate(lines):
+    assert set(l) == {"query", "ids", "distances"}, l
+    assert len(l["ids"]) == 10 and len(l["distances"]) == 10 and l["ids"][0] == f"v{i}", l
+    assert l["distances"][0] == 0 and l["distances"] == sorted(l["distances"])
+PY2
+cli --json query flat --file "$dir/base.fvecs" --limit 7 --top-k 3 --include vectors --out "$dir/r2.jsonl" \
+    >"$dir/stdout.txt" 2>"$dir/sum.json"
+[[ ! -s "$dir/stdout.txt" && $(wc -l <"$dir/r2.jsonl") == 7 ]] && ok || fail "--out: the results go to the file only"
+[[ $(json '(d["queries"], d["results_written"], d["qps"] > 0)' <"$dir/sum.json") == "(7, 7, True)" ]] &&
+    ok || fail "--json summary on stderr: $(cat "$dir/sum.json")"
+[[ $(tail -1 "$dir/r2.jsonl" | json '(d["query"], len(d["results"]), len(d["results"][0]["vector"]))') == "(6, 3, 4)" ]] &&
+    ok || fail "--include in result lines: $(tail -1 "$dir/r2.jsonl")"
+[[ -z $(cli query flat --file "$dir/base.fvecs" --limit 5 --no-results 2>/dev/null) ]] && ok || fail "--no-results"
+# Byte-bounded batches: 40 items of about 351 bytes each (id 3, vector 16, contents 300, 32 of
+# overhead) under --batch-bytes 2048 go 5 to a batch; an item over the bound goes alone.
+/usr/bin/python3 - "$dir/big.jsonl" <<'PY2'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i in range(40):
+        f.write(json.dumps({"id": f"c{i:02d}", "vector": [1.0, i, 0.5, -0.5], "contents": "x" * 300}) + "\n")
+PY2
+[[ $(cli --json upsert flat --file "$dir/big.jsonl" --batch-bytes 2048 | json 'd["upserted"], d["batches"]') == "(40, 8)" ]] &&
+    ok || fail "--batch-bytes 2048: 8 batches of 5"
+[[ $(cli --json upsert flat --file "$dir/big.jsonl" --batch-bytes 2048 --batch 3 | json 'd["batches"]') == 14 ]] &&
+    ok || fail "--batch 3 bounds the items too: 14 batches"
+[[ $(cli --json upsert flat --file "$dir/big.jsonl" | json 'd["batches"]') == 1 ]] && ok || fail "default: one batch"
+set +e
+cli upsert flat --file "$dir/big.jsonl" --batch-bytes 100 >/dev/null 2>&1; rc=$?
+set -e
+[[ $rc == 2 ]] && ok || fail "--batch-bytes below 1024 is a usage error"
+[[ $(cli --json upsert flat --file "$dir/base.fvecs" --id-prefix v --start-line 401 2>/dev/null | json 'd["upserted"], d["skipped"]') == "(100, 400)" ]] &&
+    ok || fail "--start-line on a vector file counts rows"
+mapfile -t cids < <(printf 'c%02d\n' {0..39})
+cli delete flat "${cids[@]}" >/dev/null
 
 # Errors: the server's code and message, exit 1; usage errors exit 2.
 set +e
@@ -190,6 +321,36 @@ bash "$src/tests/dev/stack.sh" up "$build" "$dev2" --store memory --allow-plaint
     grep -q "plaintext_import_allowed" "$dev2/cipherdexd.log" || exit 16
     exit 0
 ) && ok || fail "the development-key flow on a stack that allows it (step $?)"
+# A server with a 2 MiB frame cap says so in health (field 8), and upsert sizes its batches under
+# it: 5 items of 1 MiB contents go one per batch, where the 16 MiB default would not fit.
+sed -i 's/^\[server\]$/[server]\nmax_frame_bytes = 2M/' "$dev2/cipherdexd.conf"
+(
+    # shellcheck disable=SC1091
+    source "$dev2/cipherdex.env"
+    bash "$src/tests/dev/stack.sh" restart "$build" "$dev2" >/dev/null || exit 21
+    # shellcheck disable=SC1091
+    source "$dev2/cipherdex.env"
+    [[ $("$CIPHERDEX_CLI" --json health | json 'd["max_frame_bytes"]') == 2097152 ]] || exit 22
+    /usr/bin/python3 -c '
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i in range(5):
+        f.write(json.dumps({"id": f"m{i}", "vector": [1, i, 0, 0], "contents": "y" * (1 << 20)}) + "\n")
+' "$dir/mib.jsonl"
+    "$CIPHERDEX_CLI" index create fr --dim 4 >/dev/null || exit 23
+    [[ $("$CIPHERDEX_CLI" --json upsert fr --file "$dir/mib.jsonl" | json 'd["upserted"], d["batches"]') == "(5, 5)" ]] || exit 24
+    "$CIPHERDEX_CLI" upsert fr --file "$dir/mib.jsonl" --batch-bytes 8000000 2>&1 >/dev/null |
+        grep -q "lowered to 2031616: the server accepts frames of at most 2097152 bytes" || exit 25
+    # An item that cannot fit any request is named before anything is sent.
+    /usr/bin/python3 -c '
+import json, sys
+with open(sys.argv[1], "a") as f:
+    f.write(json.dumps({"id": "huge", "vector": [1, 9, 0, 0], "contents": "z" * (3 << 20)}) + "\n")
+' "$dir/mib.jsonl"
+    "$CIPHERDEX_CLI" upsert fr --file "$dir/mib.jsonl" >/dev/null 2>"$dir/err" && exit 26
+    grep -q "line 6: this item is about 3145[0-9]* bytes, more than the server's frame cap of 2097152 bytes (\[server\] max_frame_bytes) allows in one request; nothing was sent" "$dir/err" || exit 27
+    exit 0
+) && ok || fail "batches under the server's frame cap (step $?)"
 bash "$src/tests/dev/stack.sh" down "$dev2" >/dev/null
 cli --help | grep -q "list-ids INDEX" && ok || fail "--help"
 qh=$(cli query --help)
