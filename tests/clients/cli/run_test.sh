@@ -197,9 +197,10 @@ cli delete docs bin1 long1 >/dev/null
 cli delete docs d1 d2 nope | grep -q "deleted 2 of 3 ids" && ok || fail "delete"
 [[ $(cli list-ids docs --all | wc -l) == 38 ]] && ok || fail "list-ids --all"
 [[ $(cli list-ids docs --limit 10 2>/dev/null | wc -l) == 10 ]] && ok || fail "list-ids page"
-# describe shows what the delete left behind: 2 dead rows, nothing compacted yet.
+# describe shows what the deletes left behind: 4 dead rows (bin1, long1, d1, d2), nothing
+# compacted yet.
 cli --json index describe docs >"$dir/d.json"
-[[ $(json '(d["dead_rows"], d["last_compaction_ms"], d["segment_bytes"] > 0)' <"$dir/d.json") == "(2, 0, True)" ]] &&
+[[ $(json '(d["dead_rows"], d["last_compaction_ms"], d["segment_bytes"] > 0)' <"$dir/d.json") == "(4, 0, True)" ]] &&
     ok || fail "describe: dead rows before compaction"
 # On-demand compaction (admin): the delete left clusters with two segments; they merge, the
 # items stay, and a second run has nothing to merge.
