@@ -815,6 +815,13 @@ static void test_pki_tool(void)
     snprintf(path, sizeof(path), "%s/server.key", tdir);
     CU_ASSERT_EQUAL(stat(path, &st), 0);
     CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
+    /* The application certificate (a non-admin principal for the clients' tests). */
+    snprintf(path, sizeof(path), "app_cert=%s/app.pem\n", tdir);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, path));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "app_principal=spiffe://cipherdex/dev-app\n"));
+    snprintf(path, sizeof(path), "%s/app.key", tdir);
+    CU_ASSERT_EQUAL(stat(path, &st), 0);
+    CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
 
     app_config c;
     app_tls *t = NULL;

@@ -1,0 +1,28 @@
+"""Cipherdex client: typed calls to cipherdexd over mutual TLS (docs/PYTHON.md).
+
+    from cipherdex import Client, NotFound
+    with Client("127.0.0.1", 7700, ca="ca.pem", cert="client.pem", key="client.key") as c:
+        c.create_index("docs", 768, "cosine")
+
+The protobuf classes (``cipherdex.pb``) are generated from proto/cipherdex.proto when the
+package is built; ``Client.call(operation, message)`` reaches any operation with them.
+"""
+from . import cipherdex_pb2 as pb
+from .client import DEFAULT_MAX_FRAME, DEFAULT_PORT, OPERATIONS, Client, Retry, parse_address
+from .errors import (IDEMPOTENT, RETRY_ANY, RETRY_IDEMPOTENT, CipherdexError, ConnectionLost,
+                     ProtocolError, StatusCode, error_class, retryable, status_name)
+# One exception class per status code (errors.py).
+from .errors import (  # noqa: F401
+    Cancelled, Unknown, InvalidArgument, DeadlineExceeded, NotFound, AlreadyExists,
+    PermissionDenied, ResourceExhausted, FailedPrecondition, Aborted, OutOfRange,
+    Unimplemented, Internal, Unavailable, DataLoss, Unauthenticated, IntegrityError,
+    RollbackDetected, HsmUnavailable, HsmPinIncorrect, KeyNotFound, KeyReplaced,
+    KeyAmbiguous, StoreUnavailable, AuditUnavailable, Busy, FrameTooLarge, Stale,
+    HsmPinLocked, TokenNotFound, KeyAttributes, BadKeyFile, BadWrappedKey,
+    MechanismUnsupported, ConfigError, Memlock, HsmFailed, KeyInUse, RateLimited)
+from .types import (AcceptRollbackResult, Attestation, AuditTail, CompactResult,
+                    DeleteIndexResult, DeleteResult, GetResult, Health, IdPage, IndexInfo,
+                    IndexList, Item, KeyProvenance, Match, QueryResult, TrainResult,
+                    UpsertResult)
+
+__version__ = "0.1.0"
