@@ -382,7 +382,7 @@ class Client:
                       indexes_in_rollback=r.indexes_in_rollback, raw=r)
 
     def create_index(self, name: str, dimension: int, metric: str, *,
-                     index_type: Optional[str] = None, n_lists: int = 0,
+                     index_type: str = "ivfflat", n_lists: int = 0,
                      unwrap_kek: Optional[str] = None, wrapped_key: Optional[bytes] = None,
                      adopt_key_id: Optional[bytes] = None,
                      import_key: Optional[bytes] = None) -> IndexInfo:
@@ -391,9 +391,9 @@ class Client:
         an existing token key adopted by its 16-byte ``adopt_key_id``, or (development only,
         refused unless the appliance allows it) the plaintext 32-byte ``import_key``.
         ``metric``: "euclidean", "squared_euclidean", "cosine" or "inner_product";
-        ``index_type``: "ivfflat" (default) or "ivfsq8"; ``n_lists``: 0 lets training choose."""
+        ``index_type``: "ivfflat" (the default) or "ivfsq8"; ``n_lists``: 0 lets training choose."""
         req = pb.CreateIndexRequest(name=name, dimension=dimension, metric=metric,
-                                    index_type=index_type or "", n_lists=n_lists)
+                                    index_type=index_type, n_lists=n_lists)
         sources = [s for s, v in (("unwrap", unwrap_kek is not None or wrapped_key is not None),
                                   ("adopt", adopt_key_id is not None),
                                   ("import", import_key is not None)) if v]
