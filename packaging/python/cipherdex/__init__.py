@@ -12,7 +12,7 @@ from .client import DEFAULT_MAX_FRAME, DEFAULT_PORT, OPERATIONS, Client, Retry, 
 from .errors import (IDEMPOTENT, RETRY_ANY, RETRY_IDEMPOTENT, CipherdexError, ConnectionLost,
                      ProtocolError, StatusCode, error_class, retryable, status_name)
 # One exception class per status code (errors.py).
-from .errors import (  # noqa: F401
+from .errors import (
     Cancelled, Unknown, InvalidArgument, DeadlineExceeded, NotFound, AlreadyExists,
     PermissionDenied, ResourceExhausted, FailedPrecondition, Aborted, OutOfRange,
     Unimplemented, Internal, Unavailable, DataLoss, Unauthenticated, IntegrityError,
@@ -26,3 +26,21 @@ from .types import (AcceptRollbackResult, Attestation, AuditTail, CompactResult,
                     UpsertResult)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_FRAME", "DEFAULT_PORT", "OPERATIONS", "Client", "Retry", "parse_address",
+    "IDEMPOTENT", "RETRY_ANY", "RETRY_IDEMPOTENT", "CipherdexError", "ConnectionLost",
+    "ProtocolError", "StatusCode", "error_class", "retryable", "status_name", "Cancelled",
+    "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound", "AlreadyExists",
+    "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange",
+    "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
+    "IntegrityError", "RollbackDetected", "HsmUnavailable", "HsmPinIncorrect",
+    "KeyNotFound", "KeyReplaced", "KeyAmbiguous", "StoreUnavailable", "AuditUnavailable",
+    "Busy", "FrameTooLarge", "Stale", "HsmPinLocked", "TokenNotFound", "KeyAttributes",
+    "BadKeyFile", "BadWrappedKey", "MechanismUnsupported", "ConfigError", "Memlock",
+    "HsmFailed", "KeyInUse", "RateLimited", "AcceptRollbackResult", "Attestation",
+    "AuditTail", "CompactResult", "DeleteIndexResult", "DeleteResult", "GetResult",
+    "Health", "IdPage", "IndexInfo", "IndexList", "Item", "KeyProvenance", "Match",
+    "QueryResult", "TrainResult", "UpsertResult",
+    "pb", "__version__",
+]

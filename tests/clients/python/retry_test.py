@@ -7,23 +7,15 @@ answer."""
 import os
 import signal
 import subprocess
-import sys
 import time
 
+import checks
+from checks import check
 from cipherdex import (Client, ConnectionLost, Item, RateLimited, Retry, StatusCode,
                        Unauthenticated, pb, retryable)
 
 stack = os.environ["CIPHERDEX_STACK_DIR"]
 addr = os.environ["CIPHERDEX_ADDR"]
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    if not cond:
-        print(f"FAIL: {what}", file=sys.stderr)
-        sys.exit(1)
 
 
 def daemon_pid():
@@ -173,7 +165,7 @@ def main():
     refused_certificate()
     c.delete_index(name, info.id)
     c.close()
-    print(f"python package retries: {checks} checks passed")
+    print(f"python package retries: {checks.count} checks passed")
 
 
 if __name__ == "__main__":

@@ -11,32 +11,26 @@ a venv by run_test.sh, checked three ways. Exits non-zero on the first wrong ans
 argv[1] = the source tree.
 """
 import hashlib
-import json
+import importlib.metadata
 import math
 import os
 import random
 import re
 import socket
 import struct
+import subprocess
 import sys
 import threading
 
 import cipherdex
+import checks
+from checks import check
 from cipherdex import (AlreadyExists, CipherdexError, Client, ConnectionLost, FailedPrecondition,
                        FrameTooLarge, InvalidArgument, Item, KeyNotFound, NotFound,
                        PermissionDenied, ProtocolError, RateLimited, Retry, Stale, StatusCode,
                        Unauthenticated, pb)
 
 SRC = sys.argv[1]
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    if not cond:
-        print(f"FAIL: {what}", file=sys.stderr)
-        sys.exit(1)
 
 
 def expect(cls, fn, what, says=None):
@@ -100,11 +94,18 @@ def mirrors_sources():
         m = re.search(r"#define CDX_FRAME_MAX_DEFAULT\s+\((\d+)u \* 1024u \* 1024u\)", f.read())
     check(m and cipherdex.DEFAULT_MAX_FRAME == int(m.group(1)) << 20,
           "DEFAULT_MAX_FRAME is the daemon's CDX_FRAME_MAX_DEFAULT")
-    check(not os.path.exists(os.path.join(SRC, "packaging", "python", "cipherdex",
-                                          "cipherdex_pb2.py")),
-          "cipherdex_pb2.py is generated into the install, not into the source tree")
+    if os.path.isdir(os.path.join(SRC, ".git")) or os.path.isfile(os.path.join(SRC, ".git")):
+        tracked = subprocess.run(["git", "-C", SRC, "ls-files", "packaging/python/cipherdex"],
+                                 check=True, capture_output=True, text=True).stdout.split()
+        check(tracked and not any(t.endswith("_pb2.py") for t in tracked),
+              "no generated protobuf module is committed")
     check(os.path.dirname(pb.__file__) == os.path.dirname(cipherdex.__file__),
           "the generated module is installed inside the package")
+
+    with open(os.path.join(SRC, "CMakeLists.txt")) as f:
+        m = re.search(r"project\(cipherdex VERSION ([0-9.]+)", f.read())
+    check(m and cipherdex.__version__ == m.group(1) == importlib.metadata.version("cipherdex"),
+          "the package's version is the project's, in the code and the installed metadata")
 
     check(cipherdex.retryable("upsert", 107) and not cipherdex.retryable("train", 107),
           "STORE_UNAVAILABLE: idempotent operations retry, train does not")
@@ -503,7 +504,7 @@ def main():
     mirrors_sources()
     wire_contract()
     live()
-    print(f"python package: {checks} checks passed")
+    print(f"python package: {checks.count} checks passed")
 
 
 if __name__ == "__main__":
