@@ -7,6 +7,15 @@
 The protobuf classes (``cipherdex.pb``) are generated from proto/cipherdex.proto when the
 package is built; ``Client.call(operation, message)`` reaches any operation with them.
 """
+import importlib.util
+
+if importlib.util.find_spec(f"{__name__}.cipherdex_pb2") is None:
+    # A source checkout on sys.path, not an installed package.
+    raise ImportError("cipherdex.cipherdex_pb2 is generated from proto/cipherdex.proto when the "
+                      "package is built: install it (pip install --no-build-isolation "
+                      "--no-index packaging/python, docs/PYTHON.md) instead of importing the "
+                      "source directory")
+
 from . import cipherdex_pb2 as pb
 from .client import DEFAULT_MAX_FRAME, DEFAULT_PORT, OPERATIONS, Client, Retry, parse_address
 from .errors import (IDEMPOTENT, RETRY_ANY, RETRY_IDEMPOTENT, CipherdexError, ConnectionLost,

@@ -410,8 +410,10 @@ class Client:
             req.import_key.key = bytes(import_key)
         else:
             req.generate_key.SetInParent()
-        r = self._invoke("create_index", req)
-        req.Clear()  # the request may hold a plaintext key: drop it at once
+        try:
+            r = self._invoke("create_index", req)
+        finally:
+            req.Clear()  # the request may hold a plaintext key: drop our copy at once
         return IndexInfo._from_pb(r.index)
 
     def describe_index(self, name: str) -> IndexInfo:
@@ -486,6 +488,11 @@ class Client:
         results = []
         for res in r.results:
             n = len(res.ids)
+            if (len(res.distances) != n or (include_metadata and len(res.metadata) != n)
+                    or (include_contents and len(res.contents) != n)
+                    or (include_vectors and (len(res.vectors) % n if n else len(res.vectors)))):
+                self._drop()
+                raise ProtocolError("a query result whose parallel fields differ in length")
             dim = len(res.vectors) // n if n and include_vectors else 0
             results.append([Match(
                 id=res.ids[j], distance=res.distances[j],

@@ -102,6 +102,14 @@ def mirrors_sources():
     check(os.path.dirname(pb.__file__) == os.path.dirname(cipherdex.__file__),
           "the generated module is installed inside the package")
 
+    srcpkg = os.path.join(SRC, "packaging", "python")
+    if not os.path.exists(os.path.join(srcpkg, "cipherdex", "cipherdex_pb2.py")):
+        r = subprocess.run([sys.executable, "-c", "import cipherdex"], capture_output=True,
+                           text=True, env=dict(os.environ, PYTHONPATH=srcpkg,
+                                               PYTHONDONTWRITEBYTECODE="1"))
+        check(r.returncode != 0 and "generated from proto/cipherdex.proto" in r.stderr,
+              "importing the source directory says to install the package")
+
     with open(os.path.join(SRC, "CMakeLists.txt")) as f:
         m = re.search(r"project\(cipherdex VERSION ([0-9.]+)", f.read())
     check(m and cipherdex.__version__ == m.group(1) == importlib.metadata.version("cipherdex"),
@@ -226,6 +234,15 @@ def wire_contract():
         return frame(r)
     fake(wrong_body, lambda c: expect(ProtocolError, c.health, "an answer of another operation",
                                       "'describe_index' for a health request"))
+
+    def ragged(req):
+        r = ok(req)
+        res = r.query.results.add()
+        res.ids.extend(["a", "b"])
+        res.distances.append(0.5)
+        return frame(r)
+    fake(ragged, lambda c: expect(ProtocolError, lambda: c.query("x", [1.0]),
+                                  "a query answer with ragged parallel fields", "differ in length"))
 
     def refused_id0(req):
         r = ok(req, code=5, message="no index named x")
