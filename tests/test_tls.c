@@ -347,7 +347,7 @@ static void test_accept_principals(void)
         {c_uri, "uri:spiffe://cipherdex/alice"}, /* URI wins over DNS and CN */
         {c_dns, "dns:bob.clients.example"},      /* first DNS SAN wins over CN */
         {c_cn, "cn:carol"},                      /* no SAN: the single CN */
-        {c_maxlen, NULL},                    /* exactly CDX_PRINCIPAL_VALUE_MAX bytes */
+        {c_maxlen, NULL},                        /* exactly CDX_PRINCIPAL_VALUE_MAX bytes */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         hs r;
