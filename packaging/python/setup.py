@@ -85,4 +85,5 @@ def build_options():
             "egg_info": {"egg_base": base}}
 
 
-setup(cmdclass={"build_py": BuildPyWithProto, "sdist": SdistWithProto}, options=build_options())
+setup(packages=["cipherdex"], package_data={"cipherdex": ["py.typed"]},
+      cmdclass={"build_py": BuildPyWithProto, "sdist": SdistWithProto}, options=build_options())
