@@ -109,7 +109,8 @@ cdx_add_test(test_access SOURCES test_access.c LIBS cdx_fx_client TIMEOUT 300)
 add_dependencies(test_access cipherdexd)
 cdx_add_test(test_audit_trail SOURCES test_audit_trail.c LIBS cdx_fx_client TIMEOUT 300)
 add_dependencies(test_audit_trail cipherdexd cipherdex-hsm)
-# The Python example client generated from the .proto, against a dev stack.
+# The Python package (packaging/python, docs/PYTHON.md) pip-installed offline into a venv, against
+# a dev stack: every operation, its error classes, the wire contract, retries across daemon kills.
 add_test(NAME test_python_client
          COMMAND bash ${CMAKE_SOURCE_DIR}/tests/clients/python/run_test.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_python_client PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED cdx_tmp

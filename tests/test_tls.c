@@ -347,7 +347,7 @@ static void test_accept_principals(void)
         {c_uri, "uri:spiffe://cipherdex/alice"}, /* URI wins over DNS and CN */
         {c_dns, "dns:bob.clients.example"},      /* first DNS SAN wins over CN */
         {c_cn, "cn:carol"},                      /* no SAN: the single CN */
-        {c_maxlen, NULL},                    /* exactly CDX_PRINCIPAL_VALUE_MAX bytes */
+        {c_maxlen, NULL},                        /* exactly CDX_PRINCIPAL_VALUE_MAX bytes */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         hs r;
@@ -813,6 +813,13 @@ static void test_pki_tool(void)
     CU_ASSERT_EQUAL(stat(path, &st), 0);
     CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
     snprintf(path, sizeof(path), "%s/server.key", tdir);
+    CU_ASSERT_EQUAL(stat(path, &st), 0);
+    CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
+    /* The application certificate (a non-admin principal for the clients' tests). */
+    snprintf(path, sizeof(path), "app_cert=%s/app.pem\n", tdir);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, path));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "app_principal=spiffe://cipherdex/dev-app\n"));
+    snprintf(path, sizeof(path), "%s/app.key", tdir);
     CU_ASSERT_EQUAL(stat(path, &st), 0);
     CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
 

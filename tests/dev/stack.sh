@@ -157,6 +157,9 @@ export CIPHERDEX_ADDR=$api
 export CIPHERDEX_CA=$dir/pki/ca.pem
 export CIPHERDEX_CERT=$dir/pki/client.pem
 export CIPHERDEX_KEY=$dir/pki/client.key
+# An application certificate (uri:spiffe://cipherdex/dev-app) that policy.ini grants nothing yet.
+export CIPHERDEX_APP_CERT=$dir/pki/app.pem
+export CIPHERDEX_APP_KEY=$dir/pki/app.key
 export CIPHERDEX_METRICS=$metrics
 export CIPHERDEX_REDIS=$redis_addr
 export SOFTHSM2_CONF=$dir/softhsm2.conf

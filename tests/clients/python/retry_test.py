@@ -1,28 +1,21 @@
-"""Check Client.call_retry (docs/WIRE.md, "What to retry") against a live dev stack whose daemon
-this script kills (SIGKILL) and restarts on the same port. Environment: what ./run up writes
+"""ctest test_python_client, part 3: the cipherdex package's retries (Client(retry=Retry()),
+docs/WIRE.md "What to retry") against a live dev stack whose daemon this script kills (SIGKILL)
+and restarts on the same port. Environment: what ./run up writes
 (CIPHERDEX_ADDR, _CA, _CERT, _KEY, SOFTHSM2_CONF) plus CIPHERDEX_STACK_DIR (the stack's
 directory) and CIPHERDEX_DAEMON (the cipherdexd binary). Exits non-zero on the first wrong
 answer."""
 import os
 import signal
 import subprocess
-import sys
 import time
 
-import cipherdex_pb2 as pb
-from cipherdex_client import CipherdexError, Client, ConnectionLost, retryable
+import checks
+from checks import check
+from cipherdex import (Client, ConnectionLost, Item, RateLimited, Retry, StatusCode,
+                       Unauthenticated, pb, retryable)
 
 stack = os.environ["CIPHERDEX_STACK_DIR"]
 addr = os.environ["CIPHERDEX_ADDR"]
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    if not cond:
-        print(f"FAIL: {what}", file=sys.stderr)
-        sys.exit(1)
 
 
 def daemon_pid():
@@ -88,7 +81,7 @@ def reload_policy(extra):
 
 def rate_limited(c, name):
     """[limits]: RATE_LIMITED carries a retry hint, and call_retry waits it out."""
-    c.call_retry(describe_index=pb.DescribeIndexRequest(name=name))  # connected again
+    c.describe_index(name)  # connected again
     reload_policy("[limits default]\nrequests_per_second = 2\nburst = 2\n")
     # The reload is in force once a burst of plain calls is refused (bounded wait).
     deadline = time.monotonic() + 10
@@ -96,36 +89,37 @@ def rate_limited(c, name):
     while time.monotonic() < deadline and not hint:
         try:
             for _ in range(4):
-                c.call(describe_index=pb.DescribeIndexRequest(name=name))
-        except CipherdexError as e:
-            check(e.code == 122, f"over the limit: RATE_LIMITED (got {e.code})")
+                c.call("describe_index", pb.DescribeIndexRequest(name=name))  # no retries
+        except RateLimited as e:
+            check(e.code == StatusCode.RATE_LIMITED, f"over the limit: RATE_LIMITED ({e.code})")
             hint = e.retry_after_ms
     check(0 < hint <= 1001, f"RATE_LIMITED carries retry_after_ms ({hint})")
     t0 = time.monotonic()
     for _ in range(4):
-        c.call_retry(describe_index=pb.DescribeIndexRequest(name=name))
-    check(time.monotonic() - t0 >= 0.4, "call_retry waited for the bucket")
+        c.describe_index(name)
+    check(time.monotonic() - t0 >= 0.4, "the retrying client waited for the bucket")
     reload_policy("")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # back to no limits
         try:
             for _ in range(6):
-                c.call(describe_index=pb.DescribeIndexRequest(name=name))
+                c.call("describe_index", pb.DescribeIndexRequest(name=name))
             break
-        except CipherdexError:
+        except RateLimited:
             time.sleep(0.1)
 
 
 def refused_certificate():
     """A certificate the server refuses (here its own: serverAuth, not clientAuth) is
-    UNAUTHENTICATED with the reason, and call_retry does not send it again."""
+    Unauthenticated with the reason, and the retrying client does not send it again."""
     pki = dict(line.strip().split("=", 1) for line in open(os.path.join(stack, "pki.txt"))
                if "=" in line)
-    c = Client(addr, os.environ.get("CIPHERDEX_CA"), pki["server_cert"], pki["server_key"])
+    c = Client.from_env(cert=pki["server_cert"], key=pki["server_key"], retry=Retry(),
+                        connect=False)
     try:
-        c.call_retry(health=pb.HealthRequest())
+        c.health()
         check(False, "a refused certificate was served")
-    except CipherdexError as e:
+    except Unauthenticated as e:
         check(e.code == 16 and "refused this client's certificate" in e.message,
               f"refused certificate: UNAUTHENTICATED with the reason ({e.code}: {e.message})")
         check(c.attempts == 1, f"a refused certificate is not sent again ({c.attempts} tries)")
@@ -143,37 +137,35 @@ def main():
           "RATE_LIMITED: nothing was applied, any request retries")
     check(not retryable("query", 16), "UNAUTHENTICATED fails the same way again")
 
-    c = Client(addr, os.environ.get("CIPHERDEX_CA"), os.environ.get("CIPHERDEX_CERT"),
-               os.environ.get("CIPHERDEX_KEY"))
+    c = Client.from_env(retry=Retry())
     name = f"retry-{os.getpid()}"
-    c.call_retry(create_index=pb.CreateIndexRequest(name=name, dimension=4, metric="euclidean",
-                                                   index_type="ivfflat"))
-    batch = [pb.Item(id=f"r-{i}", vector=[float(i), 1.0, 2.0, 3.0]) for i in range(20)]
-    c.call_retry(upsert=pb.UpsertRequest(index=name, items=batch[:10]))
+    c.create_index(name, 4, "euclidean", index_type="ivfflat")
+    batch = [Item(id=f"r-{i}", vector=[float(i), 1.0, 2.0, 3.0]) for i in range(20)]
+    c.upsert(name, batch[:10])
     check(c.attempts == 1, "a healthy call is sent once")
 
     restart_daemon()
-    up = c.call_retry(upsert=pb.UpsertRequest(index=name, items=batch[10:]))
+    up = c.upsert(name, batch[10:])
     check(up.upserted == 10 and c.attempts == 2,
           f"an upsert on a dead connection is sent again on a new one ({c.attempts} tries)")
-    g = c.call_retry(get=pb.GetRequest(index=name, ids=[it.id for it in batch]))
-    check(list(g.found) == [True] * 20, "every item of both batches is there")
+    g = c.get(name, [it.id for it in batch])
+    check(g.found == [True] * 20, "every item of both batches is there")
     # The same batch again, as after a lost answer: the same 20 items.
-    c.call_retry(upsert=pb.UpsertRequest(index=name, items=batch[10:]))
-    info = c.call_retry(describe_index=pb.DescribeIndexRequest(name=name)).index
+    c.upsert(name, batch[10:])
+    info = c.describe_index(name)
     check(info.count == 20, "a repeated upsert of the same ids and values changes nothing")
 
     restart_daemon()
     try:
-        c.call_retry(train=pb.TrainRequest(index=name))
+        c.train(name)
         check(False, "train on a dead connection")
     except ConnectionLost:
         check(c.attempts == 1, "train is not sent again after an unknown outcome")
     rate_limited(c, name)
     refused_certificate()
-    c.call_retry(delete_index=pb.DeleteIndexRequest(name=name, confirm_id=info.id))
+    c.delete_index(name, info.id)
     c.close()
-    print(f"python retry helper: {checks} checks passed")
+    print(f"python package retries: {checks.count} checks passed")
 
 
 if __name__ == "__main__":
