@@ -580,8 +580,14 @@ class Client:
                              records_waiting=r.records_waiting,
                              next_delete_ms=r.next_delete_ms, raw=r)
 
+    def purge(self) -> int:
+        """Remove from the store what no live index owns (appliance admins only): indexes whose
+        key is gone from the token, restored copies of deleted indexes, unreferenced records.
+        Returns the store keys removed; a second call removes nothing more."""
+        return self._invoke("purge", pb.PurgeRequest()).removed
+
 
 #: The Request.body members the typed methods cover; ``tests`` check this against the .proto.
 OPERATIONS = ("health", "create_index", "describe_index", "list_indexes", "delete_index",
               "train", "upsert", "query", "get", "delete", "list_ids", "accept_rollback",
-              "attest", "audit_tail", "compact")
+              "attest", "audit_tail", "compact", "purge")

@@ -359,7 +359,7 @@ RETRY_IDEMPOTENT: FrozenSet[int] = RETRY_ANY | {StatusCode.DEADLINE_EXCEEDED,
 # create_index, delete_index, train or compact: describe the index to see what happened.
 IDEMPOTENT: FrozenSet[str] = frozenset({"health", "describe_index", "list_indexes", "get",
                                         "query", "list_ids", "upsert", "delete", "attest",
-                                        "accept_rollback", "audit_tail"})
+                                        "accept_rollback", "audit_tail", "purge"})
 
 
 def retryable(operation: str, code: int) -> bool:

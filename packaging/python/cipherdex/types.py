@@ -92,6 +92,11 @@ class IndexInfo:
     status: str
     status_message: str
     key_provenance: Optional[KeyProvenance]
+    dead_rows: int = 0
+    segment_bytes: int = 0
+    records_waiting: int = 0
+    last_compaction_ms: int = 0
+    last_sweep_ms: int = 0
     raw: Any = field(repr=False, compare=False, default=None)
 
     @classmethod
@@ -102,7 +107,9 @@ class IndexInfo:
                    n_clusters=m.n_clusters, count=m.count, version=m.version, kcv=bytes(m.kcv),
                    key_source=m.key_source, key_owned=m.key_owned, segments=m.segments,
                    created_ms=m.created_ms, status=m.status, status_message=m.status_message,
-                   key_provenance=prov, raw=m)
+                   key_provenance=prov, dead_rows=m.dead_rows, segment_bytes=m.segment_bytes,
+                   records_waiting=m.records_waiting, last_compaction_ms=m.last_compaction_ms,
+                   last_sweep_ms=m.last_sweep_ms, raw=m)
 
 
 @dataclass(frozen=True)

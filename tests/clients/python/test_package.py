@@ -429,6 +429,11 @@ def live():
               f"compact merges the clusters the delete touched ({k})")
         k2 = c.compact(name)
         check(k2.clusters_compacted == 0 and k2.version == 0, "a second compact merges nothing")
+        info3 = c.describe_index(name)
+        check(info3.dead_rows == 0 and info3.last_compaction_ms > 0,
+              f"describe after compaction: no dead rows, and when it ran ({info3})")
+        purged = c.purge()
+        check(isinstance(purged, int) and c.purge() == 0, "purge, then nothing more to purge")
         info2 = c.describe_index(name)
         check(info2.count == 298 and info2.n_clusters == 4 and info2.version >= k.version,
               f"describe after training, deletes and compaction ({info2.count} items)")
