@@ -2,6 +2,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "cdx_hex.h"
+#include "cdx_log.h"
 #include "eng_commit.h"
 #include "eng_head.h"
 #include "eng_int.h"
@@ -210,6 +212,33 @@ cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng
         eng_store_abort(t);
         atomic_fetch_add(&e->conflicts, 1);
         goto out; /* someone else committed: rebase */
+    }
+    /*
+     * The same version is not enough: after a lost tail another writer may have reused it for
+     * another manifest (review L4). The head names its manifest: it must be the base's.
+     */
+    eng_buf hp;
+    eng_buf_init(&hp);
+    eng_head ch;
+    if ((err = eng_op_unseal(o, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, base->version,
+                             cur.data, cur.len, &rh, &hp)) ||
+        (err = eng_head_decode(hp.data, hp.len, &ch))) {
+        eng_buf_free(&hp);
+        eng_store_abort(t);
+        goto out;
+    }
+    eng_buf_free(&hp);
+    if (memcmp(ch.manifest_token, base->token, ENG_TOKEN_LEN)) {
+        eng_store_abort(t);
+        atomic_fetch_add(&e->conflicts, 1);
+        char id[2 * CDX_ID_LEN + 1];
+        cdx_hex_encode(o->ix->id, CDX_ID_LEN, id);
+        cdx_log(CDX_LOG_WARN, "eng_commit_fork",
+                "index_id=%s version=%llu msg=\"the store's head at this version names another "
+                "manifest than the one this write started from (a lost tail reused the version); "
+                "rebasing\"",
+                id, (unsigned long long)base->version);
+        goto out; /* rebase on what the store holds */
     }
     if ((err = eng_store_commit(t, kv, nkv, committed)))
         goto out;

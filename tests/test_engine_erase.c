@@ -524,7 +524,73 @@ static void test_fresh_appliance_rollback(void)
     free(dir3);
 }
 
+/* The fork: inside A's commit, the store loses A's last commit and B reuses its version. */
+static struct fork_ctx {
+    int armed;
+    snapshot *snap;
+    eng *b;
+    const char *name;
+    const eng_item *items;
+} fk;
+
+static void fork_hook(void *arg, const uint8_t id[16])
+{
+    (void)arg;
+    (void)id;
+    if (!fk.armed)
+        return;
+    fk.armed = 0;
+    snap_restore(fk.snap);
+    CU_ASSERT_EQUAL(eng_upsert(fk.b, fk.name, fk.items, 5, NULL), CDX_OK);
+}
+
+/* Review L4: a commit checks the head's manifest, not only its version (an equal-version fork
+ * after a lost tail is rebased on what the store holds, never written over it). */
+static void test_equal_version_fork(void)
+{
+    char *dir = fresh_dir(), *dir2 = fresh_dir();
+    eng *a = appliance(dir, 0), *b = appliance(dir2, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    char name[64];
+    fx_uniq_name(name, "fork");
+    eng_create c = {.name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
+    eng_index_info info;
+    CU_ASSERT_EQUAL_FATAL(eng_index_create(a, &c, &info), CDX_OK);
+    static items s;
+    make_items(&s, 20, 0, "NONE");
+    uint64_t v = 0;
+    CU_ASSERT_EQUAL_FATAL(eng_upsert(a, name, s.it, 5, &v), CDX_OK);
+    snapshot snap;
+    snap_take(&snap, "cdx:*");
+    CU_ASSERT_EQUAL_FATAL(eng_upsert(a, name, s.it + 5, 5, &v), CDX_OK); /* lost below */
+    fk = (struct fork_ctx){.armed = 1, .snap = &snap, .b = b, .name = name, .items = s.it + 10};
+    eng_set_commit_hook(a, fork_hook, NULL);
+    CU_ASSERT_EQUAL(eng_upsert(a, name, s.it + 15, 5, &v), CDX_OK);
+    eng_set_commit_hook(a, NULL, NULL);
+    CU_ASSERT_EQUAL(fk.armed, 0);
+    /* B's commit survives; A's lost one stays lost; A's last one is on top. */
+    const char *ids[20];
+    size_t lens[20];
+    for (int i = 0; i < 20; i++) {
+        ids[i] = s.ids[i];
+        lens[i] = strlen(s.ids[i]);
+    }
+    eng_get_result *g = NULL;
+    CU_ASSERT_EQUAL_FATAL(eng_get(b, name, ids, lens, 20, 0, 0, &g), CDX_OK);
+    for (int i = 0; i < 20; i++)
+        CU_ASSERT_EQUAL(g->found[i], i < 5 || i >= 10);
+    eng_get_result_free(g);
+    CU_ASSERT_EQUAL(eng_index_delete(a, name, info.id), CDX_OK);
+    snap_free(&snap);
+    eng_free(b);
+    eng_free(a);
+    free(dir);
+    free(dir2);
+}
+
 static const fx_test tests[] = {
+    {"an equal-version fork after a lost tail is rebased (L4)", test_equal_version_fork},
     {"erasure: delete + compaction + grace leave nothing that decrypts", test_erasure_scan},
     {"crypto-shred: a restored copy opens nowhere once the key is gone",
      test_shredded_copy_unreadable},
