@@ -197,7 +197,7 @@ static scan_result scan_store(const uint8_t id[16], const uint8_t kcv[8], const 
 /* n items: the first `del` are "DEL-i" with the marker in their metadata and contents. */
 typedef struct items {
     float x[64 * D];
-    char ids[64][16], meta[64][64], cont[64][64];
+    char ids[64][32], meta[64][96], cont[64][96];
     eng_item it[64];
 } items;
 
