@@ -20,7 +20,7 @@ typedef struct qjob {
     const char *index, *filter, *prefix;
     float *q;
     size_t d, nq, plen;
-    uint32_t top_k, probes, stride, first;
+    uint32_t top_k, probes, max_probes, stride, first;
     unsigned inc;
     double *lat, t0;
     int64_t *res;
@@ -46,9 +46,16 @@ static void record_ids(qjob *j, size_t i, const Cipherdex__V1__QueryResult *x)
     }
 }
 
-/* The results of a single --vector query: a table, or hits added to j->jout. */
-static void print_results(qjob *j, const Cipherdex__V1__QueryResult *x)
+/* The results of a single --vector query: a table, or hits added to j->jout; probed: the
+ * response's n_probes (a note on stderr when fewer than top_k came back). */
+static void print_results(qjob *j, const Cipherdex__V1__QueryResult *x, uint32_t probed)
 {
+    if (x->n_ids < j->top_k && probed)
+        fprintf(stderr,
+                "note: %zu result%s for top-k %u; %u cluster%s probed%s (--probes N probes "
+                "more; with --filter, --max-probes caps widening)\n",
+                x->n_ids, x->n_ids == 1 ? "" : "s", j->top_k, probed, probed == 1 ? "" : "s",
+                j->filter ? " after widening for the filter" : "");
     if (j->json) {
         for (size_t k = 0; k < x->n_ids; k++) {
             json_t *h = json_pack("{s:o,s:f}", "id", cli_jstr(x->ids[k]), "distance",
@@ -72,6 +79,7 @@ static void query_worker(qjob *j)
     const app_query_spec base = {.n_floats = j->d,
                                  .top_k = j->top_k,
                                  .n_probes = j->probes,
+                                 .max_probes = j->max_probes,
                                  .filter = j->filter,
                                  .include = j->inc};
     for (size_t i = j->first; i < j->nq && !j->err; i += j->stride) {
@@ -90,7 +98,7 @@ static void query_worker(qjob *j)
         if (j->res)
             record_ids(j, i, x);
         if (j->print) /* one vector: print its results */
-            print_results(j, x);
+            print_results(j, x, wire_response_msg(w)->query->n_probes);
         wire_response_free(w);
         if (j->first == 0)
             cli_progress("query", i + 1, j->nq, j->t0);
@@ -194,7 +202,7 @@ int cli_query(cli *x, cli_args *a)
         return cli_usage("query needs an index name");
     const char *index = a->v[a->i++];
     const char *file = NULL, *vec = NULL, *filter = NULL, *gt_base = NULL, *prefix = "";
-    uint32_t top_k = 10, probes = 0, clients = 1;
+    uint32_t top_k = 10, probes = 0, max_probes = 0, clients = 1;
     uint64_t limit = 0;
     unsigned inc = 0;
     for (; a->i < a->n; a->i++) {
@@ -217,6 +225,9 @@ int cli_query(cli *x, cli_args *a)
         } else if (!strcmp(o, "--probes")) {
             if (!cli_parse_u32(cli_opt_value(a, o), &probes))
                 return cli_usage("--probes needs a number");
+        } else if (!strcmp(o, "--max-probes")) {
+            if (!cli_parse_u32(cli_opt_value(a, o), &max_probes))
+                return cli_usage("--max-probes needs a number");
         } else if (!strcmp(o, "--limit")) {
             if (!cli_parse_u64(cli_opt_value(a, o), &limit))
                 return cli_usage("--limit needs a number");
@@ -276,6 +287,7 @@ int cli_query(cli *x, cli_args *a)
                  .nq = nq,
                  .top_k = top_k,
                  .probes = probes,
+                 .max_probes = max_probes,
                  .filter = filter,
                  .inc = inc,
                  .prefix = prefix,

@@ -43,7 +43,8 @@ static const struct command {
      "               ({\"id\":..., \"vector\":[...], \"metadata\":{...}, \"contents\":\"...\"})\n"},
     {"query", cli_query,
      "  query INDEX (--vector \"x,y,...\" | --file F [--limit N] [--clients N]) [--top-k N]\n"
-     "               [--probes N] [--filter JSON] [--include vectors,metadata,contents]\n"
+     "               [--probes N] [--filter JSON [--max-probes N]]\n"
+     "               [--include vectors,metadata,contents]\n"
      "               [--ground-truth BASE_FILE [--id-prefix P]]   (recall@k, QPS, p50/p99)\n"},
     {"get", cli_get, "  get INDEX ID... [--include vectors,metadata,contents]\n"},
     {"delete", cli_delete, "  delete INDEX ID...\n"},
