@@ -21,6 +21,7 @@ typedef struct qjob {
     float *q;
     size_t d, nq, plen;
     uint32_t top_k, probes, max_probes, stride, first;
+    uint32_t probed; /* the most clusters any answer said it probed (QueryResponse.n_probes) */
     unsigned inc;
     double *lat, t0;
     int64_t *res;
@@ -95,6 +96,8 @@ static void query_worker(qjob *j)
             break;
         }
         const Cipherdex__V1__QueryResult *x = wire_response_msg(w)->query->results[0];
+        if (wire_response_msg(w)->query->n_probes > j->probed)
+            j->probed = wire_response_msg(w)->query->n_probes;
         if (j->res)
             record_ids(j, i, x);
         if (j->print) /* one vector: print its results */
@@ -141,8 +144,12 @@ static cdx_err run_clients(const cli *x, qjob *base, uint32_t clients)
         pthread_join(th[t], NULL);
         app_client_free(jobs[t].c);
     }
-    for (uint32_t t = 0; t < clients && !e; t++)
-        e = jobs[t].err;
+    for (uint32_t t = 0; t < clients; t++) {
+        if (!e)
+            e = jobs[t].err;
+        if (jobs[t].probed > base->probed)
+            base->probed = jobs[t].probed;
+    }
     free(th);
     free(jobs);
     return e;
@@ -174,7 +181,7 @@ static int parse_vector(const char *vec, float **out, size_t *d)
 
 /* QPS, p50/p99 and recall of a --file run. */
 static void report_run(const cli *x, double *lat, size_t nq, uint32_t clients, double el,
-                       const int64_t *res, const int64_t *gt, uint32_t top_k)
+                       const int64_t *res, const int64_t *gt, uint32_t top_k, const qjob *job)
 {
     qsort(lat, nq, sizeof(double), cmp_dbl);
     double p50 = lat[(nq - 1) / 2], p99 = lat[(size_t)ceil(0.99 * (double)nq) - 1];
@@ -185,6 +192,7 @@ static void report_run(const cli *x, double *lat, size_t nq, uint32_t clients, d
                       "qps", el > 0 ? nq / el : 0.0, "p50_ms", p50 * 1e3, "p99_ms", p99 * 1e3);
         if (gt)
             json_object_set_new(j, "recall_at_k", json_real(recall));
+        json_object_set_new(j, "n_probes", json_integer(job->probed));
         cli_print_json(j);
     } else {
         printf("%zu queries in %.2f s: %.0f QPS (%u client%s, one query per request), "
@@ -193,6 +201,12 @@ static void report_run(const cli *x, double *lat, size_t nq, uint32_t clients, d
                p99 * 1e3);
         if (gt)
             printf("recall@%u against exact ground truth: %.4f\n", top_k, recall);
+        if (job->probed) /* QueryResponse.n_probes: the most any query reported */
+            printf("clusters probed per query: %s%u (%s)\n", job->filter ? "up to " : "",
+                   job->probed,
+                   job->filter  ? "widened where fewer than top-k matched the filter"
+                   : job->probes ? "--probes, at most the index's clusters"
+                                 : "the server's automatic count");
     }
 }
 
@@ -311,9 +325,9 @@ int cli_query(cli *x, cli_args *a)
     if (e)
         rc = cli_fail(x, e);
     else if (file)
-        report_run(x, lat, nq, clients, el, res, gt, top_k);
+        report_run(x, lat, nq, clients, el, res, gt, top_k, &base);
     else if (x->json)
-        cli_print_json(json_pack("{s:O}", "results", jout));
+        cli_print_json(json_pack("{s:O,s:i}", "results", jout, "n_probes", (int)base.probed));
     json_decref(jout);
     free(q);
     free(gt);

@@ -396,6 +396,39 @@ static cdx_err fill_rows_all(eng_qctx *c)
     return err;
 }
 
+/*
+ * Before widening: every match so far is in w->tk (it holds fewer than top_k), so the
+ * segments none of them is in hold no match; release their search and metadata blocks
+ * rather than hold the whole index's while widening. Skipped (not an error) without memory.
+ */
+static void trim_segments(qone *w)
+{
+    size_t n = eng_topk_size(w->tk);
+    float *dd = malloc((n ? n : 1) * sizeof(*dd));
+    uint64_t *rr = malloc((n ? n : 1) * sizeof(*rr));
+    bool *keep = calloc(w->nref + 1, sizeof(*keep));
+    if (dd && rr && keep) {
+        n = eng_topk_sorted(w->tk, dd, rr);
+        for (size_t i = 0; i < n; i++) { /* put back: the same entries, the same order */
+            eng_topk_push(w->tk, dd[i], rr[i]);
+            keep[rr[i] >> 32] = true;
+        }
+        for (size_t i = 0; i < w->nref; i++) {
+            if (keep[i])
+                continue;
+            eng_search_release(w->blocks[i]);
+            w->blocks[i] = NULL;
+            if (w->metas) {
+                eng_buf_free(&w->metas[i]);
+                eng_meta_view_free(&w->mviews[i]);
+            }
+        }
+    }
+    free(dd);
+    free(rr);
+    free(keep);
+}
+
 /* Probes p0.. (segments from ref r0): collect, fetch and scan them into w->tk. */
 static cdx_err search_probes(eng_qctx *c, qone *w, uint32_t p0, size_t r0)
 {
@@ -430,6 +463,7 @@ static cdx_err query_one(eng_qctx *c, size_t qi)
            eng_topk_size(w.tk) < c->top_k) {
         uint32_t p0 = w.np;
         size_t r0 = w.nref;
+        trim_segments(&w);
         if ((err = widen(c, &w)) || w.np == p0)
             break;
         atomic_fetch_add(&c->o->e->n_widened, 1);
