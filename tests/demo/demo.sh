@@ -34,7 +34,8 @@ cli upsert fashion --file "$data/train-images-idx3-ubyte.gz" \
     --labels "$data/train-labels-idx1-ubyte.gz" --id-prefix img-
 
 step "Train: k-means (1,024 lists, 10 iterations) on the token-keyed, encrypted data"
-cli index train fashion --lists 1024 --iters 10
+# (k-means on 60,000 x 784 takes 10-50 s, longer on a busy machine: past the CLI's 30 s default)
+cli --timeout-ms 600000 index train fashion --lists 1024 --iters 10
 cli index describe fashion
 
 step "Query the 10,000 test images one at a time (top 10, the automatic probe count) against exact ground truth"

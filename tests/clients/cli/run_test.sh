@@ -102,6 +102,9 @@ hsm index check --id "$kid" --kcv "$(hsm --json index kcv --id "$kid" | json 'd[
 
 cli --json query docs --vector "1,0.25,0.4285714,-0.5" --top-k 3 --include metadata >"$dir/q.json"
 [[ $(json 'd["results"][0]["id"]' <"$dir/q.json") == d10 ]] && ok || fail "nearest is d10"
+# 6 clusters (sqrt(40)): the automatic count (at least 8) probes all of them, and says so.
+[[ $(json 'd["n_probes"]' <"$dir/q.json") == $(cli --json index describe docs | json 'd["n_clusters"]') ]] &&
+    ok || fail "--json n_probes: every cluster of a 6-cluster index"
 cli query docs --vector "1,0.25,0.43,-0.5" --top-k 5 --filter '{"odd": true}' --include metadata |
     tail -n +2 | grep -vq '"odd":true' && fail "filter leaked" || ok
 cli --json get docs d3 nope --include metadata,contents >"$dir/g.json"
@@ -132,6 +135,10 @@ cli upsert flat --file "$dir/base.fvecs" --id-prefix v --batch 64 | grep -q "ups
 out=$(cli query flat --file "$dir/base.fvecs" --limit 50 --ground-truth "$dir/base.fvecs" --id-prefix v)
 grep -q "recall@10 against exact ground truth: 1.0000" <<<"$out" && ok || fail "exhaustive recall 1: $out"
 grep -q "QPS" <<<"$out" && ok || fail "QPS line"
+# Trained: the summary says how many clusters the automatic count probed (16 lists: 8).
+cli index train flat --lists 16 >/dev/null
+out=$(cli query flat --file "$dir/base.fvecs" --limit 20)
+grep -q "^clusters probed per query: 8 (the server's automatic count)" <<<"$out" && ok || fail "probes line: $out"
 
 # Errors: the server's code and message, exit 1; usage errors exit 2.
 set +e
