@@ -52,11 +52,11 @@ static void record_ids(qjob *j, size_t i, const Cipherdex__V1__QueryResult *x)
 static void print_results(qjob *j, const Cipherdex__V1__QueryResult *x, uint32_t probed)
 {
     if (x->n_ids < j->top_k && probed)
-        fprintf(stderr,
-                "note: %zu result%s for top-k %u; %u cluster%s probed%s (--probes N probes "
-                "more; with --filter, --max-probes caps widening)\n",
-                x->n_ids, x->n_ids == 1 ? "" : "s", j->top_k, probed, probed == 1 ? "" : "s",
-                j->filter ? " after widening for the filter" : "");
+        fprintf(stderr, "note: %zu result%s for top-k %u with %u cluster%s probed; %s\n", x->n_ids,
+                x->n_ids == 1 ? "" : "s", j->top_k, probed, probed == 1 ? "" : "s",
+                j->filter ? "a filter widens its probes up to --max-probes (default: the "
+                            "server's [engine] max_probes, else all clusters)"
+                          : "--probes N searches more clusters");
     if (j->json) {
         for (size_t k = 0; k < x->n_ids; k++) {
             json_t *h = json_pack("{s:o,s:f}", "id", cli_jstr(x->ids[k]), "distance",
@@ -204,7 +204,7 @@ static void report_run(const cli *x, double *lat, size_t nq, uint32_t clients, d
         if (job->probed) /* QueryResponse.n_probes: the most any query reported */
             printf("clusters probed per query: %s%u (%s)\n", job->filter ? "up to " : "",
                    job->probed,
-                   job->filter  ? "widened where fewer than top-k matched the filter"
+                   job->filter   ? "widened where fewer than top-k matched the filter"
                    : job->probes ? "--probes, at most the index's clusters"
                                  : "the server's automatic count");
     }

@@ -316,8 +316,8 @@ void eng_get_result_free(eng_get_result *r);
 typedef struct eng_query {
     const float *vectors; /* nq x dimension, row-major */
     size_t nq;
-    uint32_t top_k;     /* 0: CDX_TOPK_DEFAULT */
-    uint32_t n_probes;  /* 0: automatic (eng_default_probes) */
+    uint32_t top_k;      /* 0: CDX_TOPK_DEFAULT */
+    uint32_t n_probes;   /* 0: automatic (eng_default_probes) */
     uint32_t max_probes; /* with a filter: widen up to this many clusters while fewer than
                           * top_k match; 0: cfg.max_probes; at most n_probes: no widening */
     const char *filter;  /* JSON filter text or NULL/empty */

@@ -450,7 +450,7 @@ static cdx_err query_one(eng_qctx *c, size_t qi)
     size_t d = c->m->dim;
     cdx_err err;
     qone w = {0};
-    w.probes = malloc((c->filter ? c->maxprobe : c->nprobe) * sizeof(uint32_t));
+    w.probes = malloc(c->maxprobe * sizeof(uint32_t));
     w.qv = malloc(d * sizeof(float));
     w.tk = eng_topk_new(c->top_k, false);
     if (!w.probes || !w.qv || !w.tk)
@@ -459,8 +459,7 @@ static cdx_err query_one(eng_qctx *c, size_t qi)
         err = probe(c, qi, &w);
     if (!err)
         err = search_probes(c, &w, 0, 0);
-    while (!err && !c->need_refresh && c->filter && w.np < c->maxprobe &&
-           eng_topk_size(w.tk) < c->top_k) {
+    while (!err && !c->need_refresh && w.np < c->maxprobe && eng_topk_size(w.tk) < c->top_k) {
         uint32_t p0 = w.np;
         size_t r0 = w.nref;
         trim_segments(&w);
@@ -604,7 +603,7 @@ static cdx_err query_attempt(eng_qctx *c, const eng_manifest *m, eng_query_resul
     c->maxprobe = q->max_probes ? q->max_probes : c->o->e->cfg.max_probes;
     if (c->maxprobe == 0 || c->maxprobe > all)
         c->maxprobe = all;
-    if (c->maxprobe < c->nprobe)
+    if (c->maxprobe < c->nprobe || !c->filter) /* without a filter nothing widens */
         c->maxprobe = c->nprobe;
     c->km = eng_km_of(m);
     c->m = m;

@@ -101,8 +101,7 @@ typedef struct scand {
  */
 cdx_err eng_scan_screened(eng_qctx *c, const float *qv, const eng_segref **refs,
                           eng_search **blocks, size_t nref, const size_t *gend, uint32_t p0,
-                          uint32_t np, const eng_meta_view *mviews, eng_topk *tk,
-                          uint64_t *ns_io)
+                          uint32_t np, const eng_meta_view *mviews, eng_topk *tk, uint64_t *ns_io)
 {
     const eng_manifest *m = c->m;
     op *o = c->o;

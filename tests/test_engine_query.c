@@ -692,8 +692,9 @@ static void test_default_probes_recall(void)
         double rd = recall_held(name, &s, n, 0, &pd);
         double r2 = recall_held(name, &s, n, 2, &p2);
         double r4 = recall_held(name, &s, n, 4, &p4);
-        fprintf(stderr, "\n    [%s] %u clusters: recall@10 default (%u probes) %.3f, 2 probes %.3f, "
-                        "4 probes %.3f ",
+        fprintf(stderr,
+                "\n    [%s] %u clusters: recall@10 default (%u probes) %.3f, 2 probes %.3f, "
+                "4 probes %.3f ",
                 eng_index_type_name(types[t]), info.n_clusters, pd, rd, r2, r4);
         CU_ASSERT_EQUAL(pd, eng_default_probes(info.n_clusters));
         CU_ASSERT(rd >= 0.9);

@@ -105,6 +105,14 @@ cli --json query docs --vector "1,0.25,0.4285714,-0.5" --top-k 3 --include metad
 # 6 clusters (sqrt(40)): the automatic count (at least 8) probes all of them, and says so.
 [[ $(json 'd["n_probes"]' <"$dir/q.json") == $(cli --json index describe docs | json 'd["n_clusters"]') ]] &&
     ok || fail "--json n_probes: every cluster of a 6-cluster index"
+# Widening over the wire (QueryRequest.max_probes, 20): d39 is not in the cluster nearest to
+# d0, so one probe finds no match for {"n": 39} unless the query may widen, and then it does.
+cli --json query docs --vector "1,0,0,-0.5" --probes 1 --max-probes 1 --filter '{"n": 39}' >"$dir/q1.json" 2>/dev/null
+[[ $(json '(len(d["results"]), d["n_probes"])' <"$dir/q1.json") == "(0, 1)" ]] &&
+    ok || fail "--max-probes 1: no widening, 1 cluster probed: $(cat "$dir/q1.json")"
+cli --json query docs --vector "1,0,0,-0.5" --probes 1 --filter '{"n": 39}' >"$dir/q2.json"
+[[ $(json '(d["results"][0]["id"], d["n_probes"] > 1)' <"$dir/q2.json") == "('d39', True)" ]] &&
+    ok || fail "widened: d39 found beyond the first cluster: $(cat "$dir/q2.json")"
 cli query docs --vector "1,0.25,0.43,-0.5" --top-k 5 --filter '{"odd": true}' --include metadata |
     tail -n +2 | grep -vq '"odd":true' && fail "filter leaked" || ok
 cli --json get docs d3 nope --include metadata,contents >"$dir/g.json"
