@@ -50,7 +50,8 @@ typedef struct qjob {
     const char *index, *filter, *prefix;
     float *q;
     size_t d, nq, plen;
-    uint32_t top_k, probes, stride, first;
+    uint32_t top_k, probes, max_probes, stride, first;
+    uint32_t probed; /* the most clusters any answer said it probed (QueryResponse.n_probes) */
     unsigned inc;
     double *lat, t0;
     int64_t *res;
@@ -95,9 +96,16 @@ static json_t *hit_json(const Cipherdex__V1__QueryResult *x, size_t k, unsigned 
     return h;
 }
 
-/* The results of a single --vector query: a table, or hits added to j->jout. */
-static void print_results(qjob *j, const Cipherdex__V1__QueryResult *x)
+/* The results of a single --vector query: a table, or hits added to j->jout; probed: the
+ * response's n_probes (a note on stderr when fewer than top_k came back). */
+static void print_results(qjob *j, const Cipherdex__V1__QueryResult *x, uint32_t probed)
 {
+    if (x->n_ids < j->top_k && probed)
+        fprintf(stderr, "note: %zu result%s for top-k %u with %u cluster%s probed; %s\n", x->n_ids,
+                x->n_ids == 1 ? "" : "s", j->top_k, probed, probed == 1 ? "" : "s",
+                j->filter ? "a filter widens its probes up to --max-probes (default: the "
+                            "server's [engine] max_probes, else all clusters)"
+                          : "--probes N searches more clusters");
     if (j->json) {
         for (size_t k = 0; k < x->n_ids; k++)
             json_array_append_new(j->jout, hit_json(x, k, j->inc));
@@ -165,6 +173,7 @@ static void query_worker(qjob *j)
     const app_query_spec base = {.n_floats = j->d,
                                  .top_k = j->top_k,
                                  .n_probes = j->probes,
+                                 .max_probes = j->max_probes,
                                  .filter = j->filter,
                                  .include = j->inc};
     for (size_t i = j->first; i < j->nq && !j->err; i += j->stride) {
@@ -181,10 +190,12 @@ static void query_worker(qjob *j)
             break;
         }
         const Cipherdex__V1__QueryResult *x = wire_response_msg(w)->query->results[0];
+        if (wire_response_msg(w)->query->n_probes > j->probed)
+            j->probed = wire_response_msg(w)->query->n_probes;
         if (j->res)
             record_ids(j, i, x);
         if (j->print) /* one vector: print its results */
-            print_results(j, x);
+            print_results(j, x, wire_response_msg(w)->query->n_probes);
         else if (j->out && j->out->f)
             batch_line(j, i, x);
         wire_response_free(w);
@@ -229,11 +240,14 @@ static cdx_err run_clients(const cli *x, qjob *base, uint32_t clients)
         pthread_join(th[t], NULL);
         app_client_free(jobs[t].c);
     }
-    for (uint32_t t = 0; t < clients; t++)
+    for (uint32_t t = 0; t < clients; t++) {
         if (jobs[t].err && (!e || jobs[t].failed_at < base->failed_at)) {
             e = jobs[t].err;
             base->failed_at = jobs[t].failed_at;
         }
+        if (jobs[t].probed > base->probed)
+            base->probed = jobs[t].probed;
+    }
     free(th);
     free(jobs);
     return e;
@@ -266,7 +280,7 @@ static int parse_vector(const char *vec, float **out, size_t *d)
 /* The summary of a --file run, on stderr: QPS, p50/p99, recall, where the results went. */
 static void report_run(const cli *x, double *lat, size_t nq, uint32_t clients, double el,
                        const int64_t *res, const int64_t *gt, uint32_t top_k, const char *out,
-                       size_t written)
+                       size_t written, const qjob *job)
 {
     qsort(lat, nq, sizeof(double), cmp_dbl);
     double p50 = nq ? lat[(nq - 1) / 2] : 0,
@@ -279,6 +293,7 @@ static void report_run(const cli *x, double *lat, size_t nq, uint32_t clients, d
                       p99 * 1e3, "results_written", (json_int_t)written, "out", out);
         if (gt)
             json_object_set_new(j, "recall_at_k", json_real(recall));
+        json_object_set_new(j, "n_probes", json_integer(job->probed));
         cli_json_line(stderr, j);
     } else {
         fprintf(stderr,
@@ -288,6 +303,12 @@ static void report_run(const cli *x, double *lat, size_t nq, uint32_t clients, d
                 p99 * 1e3);
         if (gt)
             fprintf(stderr, "recall@%u against exact ground truth: %.4f\n", top_k, recall);
+        if (job->probed) /* QueryResponse.n_probes: the most any query reported */
+            fprintf(stderr, "clusters probed per query: %s%u (%s)\n", job->filter ? "up to " : "",
+                    job->probed,
+                    job->filter   ? "widened where fewer than top-k matched the filter"
+                    : job->probes ? "--probes, at most the index's clusters"
+                                  : "the server's automatic count");
         if (out)
             fprintf(stderr, "results: %zu lines (JSON, one per query) in %s\n", written, out);
     }
@@ -299,7 +320,7 @@ int cli_query(cli *x, cli_args *a)
         return cli_usage("query needs an index name");
     const char *index = a->v[a->i++];
     const char *file = NULL, *vec = NULL, *filter = NULL, *gt_base = NULL, *prefix = "";
-    uint32_t top_k = 10, probes = 0, clients = 1;
+    uint32_t top_k = 10, probes = 0, max_probes = 0, clients = 1;
     const char *out = NULL;
     uint64_t limit = 0;
     unsigned inc = 0; /* ids and distances only */
@@ -333,6 +354,9 @@ int cli_query(cli *x, cli_args *a)
         } else if (!strcmp(o, "--probes")) {
             if (!cli_parse_u32(cli_opt_value(a, o), &probes))
                 return cli_usage("--probes needs a number");
+        } else if (!strcmp(o, "--max-probes")) {
+            if (!cli_parse_u32(cli_opt_value(a, o), &max_probes))
+                return cli_usage("--max-probes needs a number");
         } else if (!strcmp(o, "--limit")) {
             if (!cli_parse_u64(cli_opt_value(a, o), &limit))
                 return cli_usage("--limit needs a number");
@@ -413,6 +437,7 @@ int cli_query(cli *x, cli_args *a)
                  .nq = nq,
                  .top_k = top_k,
                  .probes = probes,
+                 .max_probes = max_probes,
                  .filter = filter,
                  .inc = inc,
                  .prefix = prefix,
@@ -452,9 +477,9 @@ int cli_query(cli *x, cli_args *a)
         }
         rc = cli_fail(x, e);
     } else if (file) {
-        report_run(x, lat, nq, clients, el, res, gt, top_k, outname, qo.written);
+        report_run(x, lat, nq, clients, el, res, gt, top_k, outname, qo.written, &base);
     } else if (x->json) {
-        cli_print_json(json_pack("{s:O}", "results", jout));
+        cli_print_json(json_pack("{s:O,s:i}", "results", jout, "n_probes", (int)base.probed));
     }
     for (size_t i = 0; qo.pending && i < nq; i++)
         free(qo.pending[i]);

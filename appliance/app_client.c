@@ -796,6 +796,7 @@ cdx_err app_client_query(app_client *c, const char *index, const app_query_spec 
     qr.n_vectors = q->n_floats;
     qr.top_k = q->top_k;
     qr.n_probes = q->n_probes;
+    qr.max_probes = q->max_probes;
     if (q->filter)
         qr.filter = str(q->filter);
     qr.include_vectors = (q->include & APP_INCLUDE_VECTORS) != 0;

@@ -197,6 +197,7 @@ typedef struct app_query_spec {
     size_t n_floats;      /* number of floats in vectors (queries x dimension) */
     uint32_t top_k;       /* 0: the server's default */
     uint32_t n_probes;    /* 0: the server's default */
+    uint32_t max_probes;  /* widening ceiling with a filter; 0: the server's default */
     const char *filter;   /* JSON filter text, or NULL */
     unsigned include;     /* APP_INCLUDE_* */
     uint64_t min_version; /* 0: any */

@@ -66,6 +66,7 @@ static const keydef keys[] = {
     {"engine", "manifest_max_age_ms", T_U32, N(manifest_max_age_ms), 3600000},
     {"engine", "gc_grace_ms", T_U32, N(gc_grace_ms), 7u * 86400000u},
     {"engine", "query_threads", T_U32, N(query_threads), CDX_WORKERS_MAX},
+    {"engine", "max_probes", T_U32, N(max_probes), CDX_NLISTS_MAX},
     {"maintenance", "enabled", T_BOOL, N(maint_enabled), 0},
     {"maintenance", "interval_ms", T_U32, N(maint_interval_ms), CDX_MAINT_INTERVAL_MS_MAX},
     {"maintenance", "compact_segments", T_U32, N(maint_compact_segments),

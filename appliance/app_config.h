@@ -19,7 +19,7 @@
  *   [keys]    subkey_ttl_ms (or [hsm] subkey_ttl_ms; not both),
  *             allow_plaintext_import, require_generated, attest_certificates
  *   [cache]   bytes, preload
- *   [engine]  manifest_max_age_ms, gc_grace_ms, query_threads
+ *   [engine]  manifest_max_age_ms, gc_grace_ms, query_threads, max_probes
  *   [maintenance] enabled, interval_ms, compact_segments
  *   [state]   dir, token_mark_ms
  *   [log]     level (error | warn | info | debug), format (kv | json)
@@ -105,6 +105,7 @@ typedef struct app_config {
     /* [engine] */
     uint32_t manifest_max_age_ms, gc_grace_ms, query_threads;
     uint32_t token_mark_ms; /* [state] token_mark_ms: rollback marks on the token; 0 = off */
+    uint32_t max_probes; /* filtered queries widen up to this many clusters; 0 = all */
     /* [maintenance] (engine/eng_maint.h) */
     bool maint_enabled;
     uint32_t maint_interval_ms;

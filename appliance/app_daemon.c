@@ -606,6 +606,7 @@ cdx_err app_daemon_new(const app_config *cfg, const char *config_path, app_daemo
                      .cache_bytes = (size_t)cfg->cache_bytes,
                      .gc_grace_ms = cfg->gc_grace_ms,
                      .query_threads = cfg->query_threads,
+                     .max_probes = cfg->max_probes,
                      .result_bytes_max = (size_t)cfg->max_frame_bytes,
                      .allow_plaintext_import = cfg->allow_plaintext_import,
                      .require_generated = cfg->require_generated};

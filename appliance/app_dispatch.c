@@ -490,6 +490,7 @@ static cdx_err do_query(const app_dispatch_env *env, const Req *q, Resp *r, scra
                     .nq = nq,
                     .top_k = qr->top_k,
                     .n_probes = qr->n_probes,
+                    .max_probes = qr->max_probes,
                     .filter = qr->filter.len ? wire_text(qr->filter) : NULL,
                     .filter_len = qr->filter.len,
                     .want = want,

@@ -48,11 +48,11 @@ static const struct command {
      "               upload says what landed; --resume skips the rows committed in order\n"
      "               (recorded in F.progress); re-running is safe (upsert replaces by id)\n"},
     {"query", cli_query,
-     "  query INDEX --vector \"x,y,...\" [--top-k N] [--probes N] [--filter JSON]\n"
+     "  query INDEX --vector \"x,y,...\" [--top-k N] [--probes N] [--filter JSON [--max-probes N]]\n"
      "               [--include vectors,metadata,contents|all|none] [--full]\n"
      "               (default: ids and distances; --full: table cells not cut)\n"
      "  query INDEX --file F [--limit N] [--clients N] [--out FILE | --no-results] [--top-k N]\n"
-     "               [--probes N] [--filter JSON] [--include ...]\n"
+     "               [--probes N] [--filter JSON [--max-probes N]] [--include ...]\n"
      "               [--ground-truth BASE_FILE [--id-prefix P]]\n"
      "               (results: one JSON line per query to stdout or FILE; QPS, p50/p99 and\n"
      "               recall@k: a summary on stderr)\n"},

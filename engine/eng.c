@@ -324,4 +324,5 @@ void eng_get_stats(eng *e, eng_stats *s)
     s->rows_screened = atomic_load(&e->n_screened);
     s->rows_rescored = atomic_load(&e->n_rescored);
     s->centroids_rescored = atomic_load(&e->n_probe_rescored);
+    s->probe_widenings = atomic_load(&e->n_widened);
 }

@@ -51,6 +51,9 @@ typedef struct eng_config {
     bool allow_plaintext_import;       /* ENG_KEY_IMPORT allowed (development only) */
     bool require_generated;            /* refuse an index key the token does not report as
                                           generated there (CKA_LOCAL, NEVER_EXTRACTABLE) */
+    uint32_t max_probes;               /* a filtered query that finds fewer than top_k
+                                          matches widens its probes up to this many
+                                          clusters (eng_query.max_probes); 0 = all */
 } eng_config;
 
 /*
@@ -339,9 +342,11 @@ void eng_get_result_free(eng_get_result *r);
 typedef struct eng_query {
     const float *vectors; /* nq x dimension, row-major */
     size_t nq;
-    uint32_t top_k;     /* 0: CDX_TOPK_DEFAULT */
-    uint32_t n_probes;  /* 0: automatic (ceil(n_clusters / 32), at least 1) */
-    const char *filter; /* JSON filter text or NULL/empty */
+    uint32_t top_k;      /* 0: CDX_TOPK_DEFAULT */
+    uint32_t n_probes;   /* 0: automatic (eng_default_probes) */
+    uint32_t max_probes; /* with a filter: widen up to this many clusters while fewer than
+                          * top_k match; 0: cfg.max_probes; at most n_probes: no widening */
+    const char *filter;  /* JSON filter text or NULL/empty */
     size_t filter_len;
     unsigned want;        /* ENG_WANT_* */
     uint64_t min_version; /* refuse (STALE) if the served head is older */
@@ -352,14 +357,29 @@ typedef struct eng_query_result {
     size_t *n;      /* hits per query (may be < top_k with a selective filter) */
     eng_hit **hits; /* hits[q][i], best first */
     uint64_t version;
-    uint32_t n_probes; /* clusters probed per query (requested, clamped to the index's; 0:
-                        * untrained, every item scanned) */
+    uint32_t n_probes; /* clusters probed: the most any query vector probed (n_probes or the
+                        * automatic value clamped to the index's, then widened by a filter);
+                        * 0: untrained, every item scanned */
+    uint32_t *probed;  /* probed[q]: clusters query vector q probed (0: untrained) */
 } eng_query_result;
 
 /*
+ * The automatic n_probes of an index of nc trained clusters (0: untrained,
+ * returns 0): max(ceil(sqrt(nc)), ceil(nc / 32), CDX_PROBES_AUTO_MIN),
+ * at most nc (docs/FILTERS.md, "Probes").
+ */
+uint32_t eng_default_probes(uint32_t nc);
+
+/*
+ * Probes: n_probes (or eng_default_probes) nearest clusters, clamped to the
+ * index's count. With a filter, a query vector whose probed clusters hold
+ * fewer than top_k live matches probes the next-nearest clusters too,
+ * doubling its count each round (segments already read are kept, not read
+ * again), until top_k match or max_probes (the query's, else the config's,
+ * else all clusters) are probed. Without a filter nothing widens.
  * Errors besides the common ones: CDX_ERR_INVALID_ARGUMENT (dimension or
- * top_k out of range, NaN, malformed filter; n_probes above the index's
- * cluster count is clamped, not refused), CDX_ERR_STALE,
+ * top_k out of range, NaN, malformed filter; n_probes and max_probes above
+ * the index's cluster count are clamped, not refused), CDX_ERR_STALE,
  * CDX_ERR_RESOURCE_EXHAUSTED (the answer would pass cfg.result_bytes_max:
  * before the scan when an untrained, unfiltered index makes that certain,
  * else while the hits are filled), CDX_ERR_BUSY (eng_thread_mem_hook refused
@@ -458,6 +478,8 @@ typedef struct eng_stats {
     /* trained indexes: rows bounded from their codes, and rows then scored exactly */
     uint64_t rows_screened, rows_rescored;
     uint64_t centroids_rescored; /* coarse step: centroids scored exactly after its screen */
+    uint64_t probe_widenings;    /* rounds of widening: a filtered query vector short of top_k
+                                    matches probing the next-nearest clusters */
 } eng_stats;
 
 /* A snapshot of the engine's counters (each read atomically, not all at one instant). */

@@ -88,6 +88,7 @@ struct eng {
     atomic_uint_fast64_t commits, conflicts, queries;
     atomic_uint_fast64_t ns_head, ns_coarse, ns_keys, ns_fetch, ns_decrypt, ns_distance;
     atomic_uint_fast64_t n_screened, n_rescored, n_probe_rescored;
+    atomic_uint_fast64_t n_widened; /* filtered query vectors that widened their probes (rounds) */
     atomic_bool no_screen; /* test hook */
 };
 

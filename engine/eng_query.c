@@ -24,26 +24,31 @@ static float final_distance(eng_metric m, float raw)
     }
 }
 
-/* One query vector's working state (query_one's steps fill it in order). */
+/*
+ * One query vector's working state (query_one's steps fill it in order; a
+ * widened query appends probes, their segments and blocks, and scans only
+ * those into the same tk).
+ */
 typedef struct qone {
     float *qv;               /* the query (normalised for cosine) */
-    uint32_t *probes, np;    /* clusters probed */
+    uint32_t *probes, np;    /* clusters probed, nearest first (room for c->maxprobe) */
     const eng_segref **refs; /* their segments, probe by probe */
     size_t nref, capref;
-    size_t *gend;          /* gend[p]: end of probe p's segments in refs */
+    size_t *gend;          /* gend[p]: end of probe p's segments in refs (room for maxprobe) */
     eng_search **blocks;   /* search block of each ref */
     eng_buf *metas;        /* with a filter: metadata block of each ref, */
     eng_meta_view *mviews; /* and its index */
+    size_t capblk;         /* entries of blocks, metas, mviews (zeroed beyond what was read) */
     eng_topk *tk;
 } qone;
 
 static void qone_free(qone *w)
 {
     if (w->blocks)
-        for (size_t i = 0; i < w->nref; i++)
+        for (size_t i = 0; i < w->capblk; i++)
             eng_search_release(w->blocks[i]);
     if (w->metas)
-        for (size_t i = 0; i < w->nref; i++) {
+        for (size_t i = 0; i < w->capblk; i++) {
             eng_buf_free(&w->metas[i]);
             if (w->mviews)
                 eng_meta_view_free(&w->mviews[i]);
@@ -82,15 +87,54 @@ static cdx_err probe(eng_qctx *c, size_t qi, qone *w)
     return CDX_OK;
 }
 
-/* The segments of the probed clusters (tombstones apply within a cluster: gend). */
-static cdx_err collect_segments(const eng_qctx *c, qone *w)
+/*
+ * Widen (a filtered query short of top_k matches): the next-nearest clusters
+ * not probed yet, up to twice as many as probed (at most c->maxprobe in all),
+ * appended to w->probes. Adds none when the probe finds nothing new.
+ */
+static cdx_err widen(eng_qctx *c, qone *w)
+{
+    const eng_manifest *m = c->m;
+    eng *e = c->o->e;
+    uint32_t nc = m->n_clusters;
+    size_t want = (size_t)w->np * 2 < c->maxprobe ? (size_t)w->np * 2 : c->maxprobe;
+    uint64_t t0 = cdx_mono_ns();
+    uint32_t *next = malloc(want * sizeof(*next));
+    uint8_t *had = calloc(nc ? nc : 1, 1);
+    cdx_err err = CDX_OK;
+    if (!next || !had) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    size_t rescored = 0, got = eng_probe_run(m->probe, w->qv, want, next, &rescored);
+    atomic_fetch_add(&e->n_probe_rescored, rescored);
+    if (got == 0) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "coarse quantisation failed");
+        goto out;
+    }
+    for (uint32_t p = 0; p < w->np; p++)
+        had[w->probes[p]] = 1;
+    /* The nearest `want` in order: those already probed are the nearest np of them. */
+    for (size_t i = 0; i < got && w->np < c->maxprobe; i++)
+        if (next[i] < nc && !had[next[i]]) {
+            had[next[i]] = 1;
+            w->probes[w->np++] = next[i];
+        }
+    eng_stage_add(&e->ns_coarse, ENG_STAGE_COARSE, cdx_mono_ns() - t0);
+out:
+    free(next);
+    free(had);
+    return err;
+}
+
+/* The segments of probes p0.. (tombstones apply within a cluster: gend). */
+static cdx_err collect_segments(const eng_qctx *c, qone *w, uint32_t p0)
 {
     const eng_manifest *m = c->m;
     uint32_t nc = eng_manifest_nclusters(m);
-    w->gend = calloc(w->np + 1, sizeof(*w->gend));
-    if (!w->gend)
+    if (!w->gend && !(w->gend = calloc((size_t)c->maxprobe + 1, sizeof(*w->gend))))
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-    for (uint32_t p = 0; p < w->np; p++) {
+    for (uint32_t p = p0; p < w->np; p++) {
         w->gend[p] = w->nref;
         if (w->probes[p] >= nc)
             continue;
@@ -110,16 +154,50 @@ static cdx_err collect_segments(const eng_qctx *c, qone *w)
     return CDX_OK;
 }
 
-/* Their search blocks and, with a filter, indexed metadata blocks. Missing: need_refresh. */
-static cdx_err fetch_segments(eng_qctx *c, qone *w)
+/* Room for nref entries in blocks (and, with a filter, metas and mviews), the new ones zeroed. */
+static cdx_err grow_blocks(const eng_qctx *c, qone *w)
+{
+    size_t cap = w->nref + 1, was = w->capblk;
+    if (cap <= was)
+        return CDX_OK;
+    /* Each array zeroed as soon as it grows: capblk, which qone_free walks, only moves once
+     * all of them have. */
+    eng_search **b = realloc(w->blocks, cap * sizeof(*b));
+    if (!b)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    w->blocks = b;
+    memset(b + was, 0, (cap - was) * sizeof(*b));
+    if (c->filter) {
+        eng_buf *mt = realloc(w->metas, cap * sizeof(*mt));
+        if (!mt)
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        w->metas = mt;
+        memset(mt + was, 0, (cap - was) * sizeof(*mt));
+        eng_meta_view *mv = realloc(w->mviews, cap * sizeof(*mv));
+        if (!mv)
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        w->mviews = mv;
+        memset(mv + was, 0, (cap - was) * sizeof(*mv));
+    }
+    w->capblk = cap;
+    return CDX_OK;
+}
+
+/*
+ * The search blocks of refs r0.. and, with a filter, their indexed metadata
+ * blocks (those before r0 were read already). Missing: need_refresh.
+ */
+static cdx_err fetch_segments(eng_qctx *c, qone *w, size_t r0)
 {
     op *o = c->o;
     bool missing = false;
     cdx_err err;
-    w->blocks = calloc(w->nref + 1, sizeof(*w->blocks));
-    if (!w->blocks)
-        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-    if ((err = eng_fetch_search(o, c->m, w->refs, w->nref, w->blocks, &missing)))
+    size_t n = w->nref - r0;
+    if ((err = grow_blocks(c, w)))
+        return err;
+    if (!n)
+        return CDX_OK;
+    if ((err = eng_fetch_search(o, c->m, w->refs + r0, n, w->blocks + r0, &missing)))
         return err;
     if (missing) {
         c->need_refresh = true;
@@ -127,34 +205,30 @@ static cdx_err fetch_segments(eng_qctx *c, qone *w)
     }
     if (!c->filter)
         return CDX_OK;
-    w->metas = calloc(w->nref + 1, sizeof(*w->metas));
-    w->mviews = calloc(w->nref + 1, sizeof(*w->mviews));
-    if (!w->metas || !w->mviews)
-        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-    if ((err = eng_fetch_blocks(o, w->refs, w->nref, ENG_K_META, w->metas, &missing)))
+    if ((err = eng_fetch_blocks(o, w->refs + r0, n, ENG_K_META, w->metas + r0, &missing)))
         return err;
     if (missing) {
         c->need_refresh = true;
         return CDX_OK;
     }
-    for (size_t i = 0; i < w->nref; i++)
+    for (size_t i = r0; i < w->nref; i++)
         if (!eng_meta_view_build(&w->metas[i], &w->mviews[i]))
             return cdx_fail(CDX_ERR_INTEGRITY, "metadata block is malformed");
     return CDX_OK;
 }
 
-/* Score the live rows into the top k (distance stage). */
-static cdx_err scan(eng_qctx *c, qone *w)
+/* Score the live rows of probes p0.. into the top k (distance stage). */
+static cdx_err scan(eng_qctx *c, qone *w, uint32_t p0)
 {
     uint64_t t0 = cdx_mono_ns(), ns_io = 0;
     cdx_err err;
     if (eng_coded(c->m)) {
-        err = eng_scan_screened(c, w->qv, w->refs, w->blocks, w->nref, w->gend, w->np, w->mviews,
-                                w->tk, &ns_io);
+        err = eng_scan_screened(c, w->qv, w->refs, w->blocks, w->nref, w->gend, p0, w->np,
+                                w->mviews, w->tk, &ns_io);
         if (!err && c->need_refresh)
             return CDX_OK;
     } else {
-        err = eng_scan_flat(c, w->qv, w->refs, w->blocks, w->gend, w->np, w->mviews, w->tk);
+        err = eng_scan_flat(c, w->qv, w->refs, w->blocks, w->gend, p0, w->np, w->mviews, w->tk);
     }
     eng_stage_add(&c->o->e->ns_distance, ENG_STAGE_DISTANCE, cdx_mono_ns() - t0 - ns_io);
     return err;
@@ -323,24 +397,81 @@ static cdx_err fill_rows_all(eng_qctx *c)
 }
 
 /*
+ * Before widening: every match so far is in w->tk (it holds fewer than top_k), so the
+ * segments none of them is in hold no match; release their search and metadata blocks
+ * rather than hold the whole index's while widening. Skipped (not an error) without memory.
+ */
+static void trim_segments(qone *w)
+{
+    size_t n = eng_topk_size(w->tk);
+    float *dd = malloc((n ? n : 1) * sizeof(*dd));
+    uint64_t *rr = malloc((n ? n : 1) * sizeof(*rr));
+    bool *keep = calloc(w->nref + 1, sizeof(*keep));
+    if (dd && rr && keep) {
+        n = eng_topk_sorted(w->tk, dd, rr);
+        for (size_t i = 0; i < n; i++) { /* put back: the same entries, the same order */
+            eng_topk_push(w->tk, dd[i], rr[i]);
+            keep[rr[i] >> 32] = true;
+        }
+        for (size_t i = 0; i < w->nref; i++) {
+            if (keep[i])
+                continue;
+            eng_search_release(w->blocks[i]);
+            w->blocks[i] = NULL;
+            if (w->metas) {
+                eng_buf_free(&w->metas[i]);
+                eng_meta_view_free(&w->mviews[i]);
+            }
+        }
+    }
+    free(dd);
+    free(rr);
+    free(keep);
+}
+
+/* Probes p0.. (segments from ref r0): collect, fetch and scan them into w->tk. */
+static cdx_err search_probes(eng_qctx *c, qone *w, uint32_t p0, size_t r0)
+{
+    cdx_err err;
+    if ((err = collect_segments(c, w, p0)) || (err = fetch_segments(c, w, r0)) || c->need_refresh)
+        return err;
+    return scan(c, w, p0);
+}
+
+/*
  * One query vector: probe, collect and fetch the probed segments, scan
- * (tombstones, filter, top-k), then fill the hits. A missing segment sets
- * c->need_refresh and returns CDX_OK without a result.
+ * (tombstones, filter, top-k); with a filter and fewer than top_k matches,
+ * widen (next-nearest clusters, doubling, up to c->maxprobe) and scan those
+ * too; then fill the hits. A missing segment sets c->need_refresh and
+ * returns CDX_OK without a result.
  */
 static cdx_err query_one(eng_qctx *c, size_t qi)
 {
     size_t d = c->m->dim;
     cdx_err err;
     qone w = {0};
-    w.probes = malloc(c->nprobe * sizeof(uint32_t));
+    w.probes = malloc(c->maxprobe * sizeof(uint32_t));
     w.qv = malloc(d * sizeof(float));
     w.tk = eng_topk_new(c->top_k, false);
     if (!w.probes || !w.qv || !w.tk)
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-    else if (!(err = probe(c, qi, &w)) && !(err = collect_segments(c, &w)) &&
-             !(err = fetch_segments(c, &w)) && !c->need_refresh && !(err = scan(c, &w)) &&
-             !c->need_refresh)
+    else
+        err = probe(c, qi, &w);
+    if (!err)
+        err = search_probes(c, &w, 0, 0);
+    while (!err && !c->need_refresh && w.np < c->maxprobe && eng_topk_size(w.tk) < c->top_k) {
+        uint32_t p0 = w.np;
+        size_t r0 = w.nref;
+        trim_segments(&w);
+        if ((err = widen(c, &w)) || w.np == p0)
+            break;
+        atomic_fetch_add(&c->o->e->n_widened, 1);
+        err = search_probes(c, &w, p0, r0);
+    }
+    if (!err && !c->need_refresh) {
+        c->res->probed[qi] = c->m->n_clusters ? w.np : 0;
         err = fill_hits(c, &w, qi);
+    }
     qone_free(&w);
     return err;
 }
@@ -357,6 +488,7 @@ void eng_query_result_free(eng_query_result *r)
     }
     free(r->hits);
     free(r->n);
+    free(r->probed);
     free(r);
 }
 
@@ -443,25 +575,45 @@ static cdx_err run_queries(eng_qctx *c)
     return eng_parts_err(ps, nt);
 }
 
+uint32_t eng_default_probes(uint32_t nc)
+{
+    if (nc == 0)
+        return 0;
+    uint32_t p = (uint32_t)ceil(sqrt((double)nc));
+    uint32_t frac = (nc + CDX_PROBES_AUTO_DIV - 1) / CDX_PROBES_AUTO_DIV;
+    if (p < frac)
+        p = frac;
+    if (p < CDX_PROBES_AUTO_MIN)
+        p = CDX_PROBES_AUTO_MIN;
+    return p < nc ? p : nc;
+}
+
 /* One attempt on manifest m: check n_probes, allocate the result, run the queries. */
 static cdx_err query_attempt(eng_qctx *c, const eng_manifest *m, eng_query_result **res)
 {
     const eng_query *q = c->q;
-    uint32_t nc = m->n_clusters;
+    uint32_t nc = m->n_clusters, all = nc ? nc : 1;
     /* More probes than clusters means all of them (as Faiss does): clamped, not refused. The
      * answer says how many were probed. */
-    c->nprobe = q->n_probes ? q->n_probes : (nc > 32 ? (nc + 31) / 32 : 1);
-    if (c->nprobe > (nc ? nc : 1))
-        c->nprobe = nc ? nc : 1;
+    c->nprobe = q->n_probes ? q->n_probes : eng_default_probes(nc);
+    if (c->nprobe == 0 || c->nprobe > all)
+        c->nprobe = all;
+    /* Widening's ceiling: the query's, else the config's, else every cluster; never below the
+     * probes asked for (a ceiling at or below them turns widening off). */
+    c->maxprobe = q->max_probes ? q->max_probes : c->o->e->cfg.max_probes;
+    if (c->maxprobe == 0 || c->maxprobe > all)
+        c->maxprobe = all;
+    if (c->maxprobe < c->nprobe || !c->filter) /* without a filter nothing widens */
+        c->maxprobe = c->nprobe;
     c->km = eng_km_of(m);
     c->m = m;
     eng_query_result *r = calloc(1, sizeof(*r));
     *res = r;
     if (!r || !(r->n = calloc(q->nq, sizeof(size_t))) ||
-        !(r->hits = calloc(q->nq, sizeof(eng_hit *))))
+        !(r->hits = calloc(q->nq, sizeof(eng_hit *))) ||
+        !(r->probed = calloc(q->nq, sizeof(uint32_t))))
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     r->nq = q->nq;
-    r->n_probes = nc ? c->nprobe : 0;
     c->res = r;
     eng_rbudget_init(&c->rb, c->o->e->cfg.result_bytes_max);
     /* Certain before the scan: an untrained index searched without a filter answers
@@ -484,6 +636,9 @@ static cdx_err query_attempt(eng_qctx *c, const eng_manifest *m, eng_query_resul
                                         : run_queries(c);
     if (!err && !c->need_refresh)
         err = fill_rows_all(c);
+    for (size_t qi = 0; !err && qi < q->nq; qi++)
+        if (r->probed[qi] > r->n_probes)
+            r->n_probes = r->probed[qi];
     for (size_t qi = 0; c->rows && qi < q->nq; qi++)
         free(c->rows[qi]);
     free(c->rows);

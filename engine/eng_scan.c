@@ -100,8 +100,8 @@ typedef struct scand {
  * tk ends up holding what scoring every row would have put there.
  */
 cdx_err eng_scan_screened(eng_qctx *c, const float *qv, const eng_segref **refs,
-                          eng_search **blocks, size_t nref, const size_t *gend, uint32_t np,
-                          const eng_meta_view *mviews, eng_topk *tk, uint64_t *ns_io)
+                          eng_search **blocks, size_t nref, const size_t *gend, uint32_t p0,
+                          uint32_t np, const eng_meta_view *mviews, eng_topk *tk, uint64_t *ns_io)
 {
     const eng_manifest *m = c->m;
     op *o = c->o;
@@ -124,7 +124,8 @@ cdx_err eng_scan_screened(eng_qctx *c, const float *qv, const eng_segref **refs,
     }
     eng_screen sc;
     bool screen = !atomic_load(&o->e->no_screen) && eng_screen_prepare(&sc, &sq, qv, c->km, sq8, w);
-    for (uint32_t p = 0, start = 0; p < np && !err; start = (uint32_t)gend[p], p++) {
+    for (uint32_t p = p0, start = p0 ? (uint32_t)gend[p0 - 1] : 0; p < np && !err;
+         start = (uint32_t)gend[p], p++) {
         size_t end = gend[p];
         if (end == start)
             continue;
@@ -254,12 +255,14 @@ out:
 }
 
 cdx_err eng_scan_flat(eng_qctx *c, const float *qv, const eng_segref **refs, eng_search **blocks,
-                      const size_t *gend, uint32_t np, const eng_meta_view *mviews, eng_topk *tk)
+                      const size_t *gend, uint32_t p0, uint32_t np, const eng_meta_view *mviews,
+                      eng_topk *tk)
 {
     size_t d = c->m->dim;
     float *dist = NULL;
     cdx_err err = CDX_OK;
-    for (uint32_t p = 0, start = 0; p < np; start = (uint32_t)gend[p], p++) {
+    for (uint32_t p = p0, start = p0 ? (uint32_t)gend[p0 - 1] : 0; p < np && !err;
+         start = (uint32_t)gend[p], p++) {
         size_t end = gend[p];
         if (end == start)
             continue;

@@ -30,6 +30,7 @@ typedef struct eng_qctx {
     const eng_query *q;
     eng_filter *filter; /* NULL: no filter (or a trivial one) */
     uint32_t top_k, nprobe;
+    uint32_t maxprobe; /* widening's ceiling (>= nprobe; nprobe: no widening) */
     eng_km_metric km;
     eng_query_result *res;
     cdx_err err;
@@ -46,15 +47,17 @@ typedef struct eng_qctx {
  * IVFFlat (fetched here) - only the rows whose lower bound reaches the k-th
  * upper bound. tk ends up holding what scoring every row would have put
  * there (distance, block << 32 | row; smaller is better). blocks[gend[p-1]..
- * gend[p]) are probe p's segments; mviews is indexed like blocks (NULL
- * without a filter). *ns_io gets the time spent fetching originals. Sets
- * c->need_refresh (returning CDX_OK) when an original is missing.
+ * gend[p]) are probe p's segments; only probes p0..np-1 are scanned (the
+ * earlier ones are already in tk: a widened query scans its new probes into
+ * the same tk); mviews is indexed like blocks (NULL without a filter).
+ * *ns_io gets the time spent fetching originals. Sets c->need_refresh
+ * (returning CDX_OK) when an original is missing.
  * Errors: CDX_ERR_INTEGRITY (a block without screen data, bad metadata),
  * CDX_ERR_RESOURCE_EXHAUSTED, eng_fetch_vectors'.
  */
 cdx_err eng_scan_screened(eng_qctx *c, const float *qv, const eng_segref **refs,
-                          eng_search **blocks, size_t nref, const size_t *gend, uint32_t np,
-                          const eng_meta_view *mviews, eng_topk *tk, uint64_t *ns_io);
+                          eng_search **blocks, size_t nref, const size_t *gend, uint32_t p0,
+                          uint32_t np, const eng_meta_view *mviews, eng_topk *tk, uint64_t *ns_io);
 
 /*
  * The scan of an untrained index: every live row's float search vector
@@ -62,6 +65,7 @@ cdx_err eng_scan_screened(eng_qctx *c, const float *qv, const eng_segref **refs,
  * Errors: CDX_ERR_INTEGRITY (bad metadata), CDX_ERR_RESOURCE_EXHAUSTED.
  */
 cdx_err eng_scan_flat(eng_qctx *c, const float *qv, const eng_segref **refs, eng_search **blocks,
-                      const size_t *gend, uint32_t np, const eng_meta_view *mviews, eng_topk *tk);
+                      const size_t *gend, uint32_t p0, uint32_t np, const eng_meta_view *mviews,
+                      eng_topk *tk);
 
 #endif

@@ -95,6 +95,8 @@
 #define CDX_NLISTS_MAX       65536
 #define CDX_TOPK_MAX         1000
 #define CDX_TOPK_DEFAULT     10
+#define CDX_PROBES_AUTO_MIN  8          /* automatic n_probes: at least this many clusters (or all) */
+#define CDX_PROBES_AUTO_DIV  32         /* ... and at least n_clusters / this (and sqrt(n_clusters)) */
 #define CDX_UPSERT_BATCH_MAX 100000     /* items in one upsert */
 #define CDX_QUERY_BATCH_MAX  10000      /* query vectors in one request */
 #define CDX_GET_BATCH_MAX    10000      /* ids in one get/delete */

@@ -494,7 +494,8 @@ static cdx_err check_body(const Cipherdex__V1__Request *req)
     case CIPHERDEX__V1__REQUEST__BODY_QUERY: {
         const Cipherdex__V1__QueryRequest *b = req->query;
         if ((err = range(op, "top_k", b->top_k, 0, CDX_TOPK_MAX)) ||
-            (err = range(op, "n_probes", b->n_probes, 0, CDX_NLISTS_MAX)))
+            (err = range(op, "n_probes", b->n_probes, 0, CDX_NLISTS_MAX)) ||
+            (err = range(op, "max_probes", b->max_probes, 0, CDX_NLISTS_MAX)))
             return err;
         break;
     }

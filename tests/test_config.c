@@ -54,6 +54,7 @@ static void test_defaults(void)
     CU_ASSERT_TRUE(c.maint_enabled);
     CU_ASSERT_EQUAL(c.maint_interval_ms, 1000);
     CU_ASSERT_EQUAL(c.maint_compact_segments, 32);
+    CU_ASSERT_EQUAL(c.max_probes, 0); /* filtered queries may widen to every cluster */
     /* Defaults alone are not a working configuration: TLS files, admins, deployment. */
     CU_ASSERT_EQUAL(app_config_check(&c), CDX_ERR_CONFIG);
 }
@@ -71,7 +72,7 @@ static void test_full_file(void)
                                  "redis_user = cdx\nredis_password_file = /etc/c/redis.pw\n"
                                  "[keys]\nsubkey_ttl_ms = 5000\n"
                                  "[cache]\nbytes = 512M\npreload = on\n"
-                                 "[engine]\nmanifest_max_age_ms = 100\n"
+                                 "[engine]\nmanifest_max_age_ms = 100\nmax_probes = 64\n"
                                  "[maintenance]\nenabled = no\ninterval_ms = 250\n"
                                  "compact_segments = 0\n"
                                  "[state]\ndir = /var/lib/cdx\n"
@@ -98,6 +99,7 @@ static void test_full_file(void)
     CU_ASSERT_EQUAL(c.cache_bytes, 512u << 20);
     CU_ASSERT_TRUE(c.cache_preload);
     CU_ASSERT_EQUAL(c.manifest_max_age_ms, 100);
+    CU_ASSERT_EQUAL(c.max_probes, 64);
     CU_ASSERT_FALSE(c.maint_enabled);
     CU_ASSERT_EQUAL(c.maint_interval_ms, 250);
     CU_ASSERT_EQUAL(c.maint_compact_segments, 0);
@@ -167,6 +169,8 @@ static void test_errors(void)
         {"[maintenance]\ninterval_ms = 90000000\n", "interval_ms: `90000000` is above the maximum"},
         {"[maintenance]\ncompact_segments = 70000\n", "is above the maximum"},
         {"[maintenance]\nsweep = yes\n", "unknown key `sweep` in [maintenance]"},
+        {"[engine]\nmax_probes = 70000\n", "max_probes: `70000` is above the maximum"},
+        {"[engine]\nmax_probes = all\n", "max_probes: `all` is not a non-negative"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         app_config c;

@@ -614,6 +614,281 @@ static void test_blocks_once(void)
     fx_ds_free(&s);
 }
 
+/*
+ * A clustered synthetic set: nb centres uniform in [-4, 4)^d, points around them with
+ * near-Gaussian noise (sum of three uniforms, sd 1), blob i % nb. Rows [0, n) are indexed,
+ * the rest are held-out queries.
+ */
+static void make_gblobs(fx_dataset *s, size_t n, size_t d, size_t nb)
+{
+    fx_ds_make(s, n, d, "g");
+    float *cent = malloc(nb * d * sizeof(float));
+    for (size_t i = 0; i < nb * d; i++)
+        cent[i] = fx_frand() * 4;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < d; j++)
+            s->x[i * d + j] = cent[(i % nb) * d + j] + fx_frand() + fx_frand() + fx_frand();
+    free(cent);
+}
+
+/* Recall@10 of queries rows [n, s->n) against the exact top 10 of rows [0, n). */
+static double recall_held(const char *name, const fx_dataset *s, size_t n, uint32_t nprobe,
+                          uint32_t *probed)
+{
+    size_t hit = 0, k = 10, nq = s->n - n;
+    bool *alive = calloc(s->n, sizeof(bool));
+    for (size_t i = 0; i < n; i++)
+        alive[i] = true;
+    for (size_t qi = n; qi < s->n; qi++) {
+        size_t want[10];
+        fx_ref_topk(s, alive, ENG_METRIC_EUCLIDEAN, s->x + qi * s->d, k, want, NULL);
+        eng_query qq = {.vectors = s->x + qi * s->d, .nq = 1, .top_k = k, .n_probes = nprobe};
+        eng_query_result *r = NULL;
+        if (eng_query_run(fx_eng, name, &qq, &r) != CDX_OK) {
+            free(alive);
+            return -1;
+        }
+        *probed = r->n_probes;
+        for (size_t i = 0; i < r->n[0]; i++)
+            for (size_t j = 0; j < k; j++)
+                if (!strcmp(r->hits[0][i].id, s->ids[want[j]]))
+                    hit++;
+        eng_query_result_free(r);
+    }
+    free(alive);
+    return (double)hit / (double)(nq * k);
+}
+
+/*
+ * Issue 13: the automatic n_probes gives recall@10 >= 0.9 on clustered data, with the
+ * automatic list count (sqrt(n)). The old default, ceil(n_clusters / 32), probed 2 of the
+ * 63 clusters here.
+ */
+static void test_default_probes_recall(void)
+{
+    const size_t d = 32, n = 4000, nq = 200;
+    CU_ASSERT_EQUAL(eng_default_probes(0), 0);
+    CU_ASSERT_EQUAL(eng_default_probes(1), 1);
+    CU_ASSERT_EQUAL(eng_default_probes(5), 5);
+    CU_ASSERT_EQUAL(eng_default_probes(44), 8);
+    CU_ASSERT_EQUAL(eng_default_probes(100), 10);
+    CU_ASSERT_EQUAL(eng_default_probes(1024), 32);
+    CU_ASSERT_EQUAL(eng_default_probes(4096), 128);
+    CU_ASSERT_EQUAL(eng_default_probes(65536), 2048);
+    fx_dataset s;
+    make_gblobs(&s, n + nq, d, 16);
+    eng_index_type types[2] = {ENG_IVFFLAT, ENG_IVFSQ8};
+    for (int t = 0; t < 2; t++) {
+        char name[64];
+        fx_uniq_name(name, "dflt");
+        eng_index_info info;
+        fx_create(name, d, ENG_METRIC_EUCLIDEAN, types[t], 0, &info);
+        fx_upsert(name, s.items, n);
+        uint64_t v = 0;
+        CU_ASSERT_EQUAL_FATAL(eng_train(fx_eng, name, NULL, &v), CDX_OK);
+        CU_ASSERT_EQUAL(eng_index_describe(fx_eng, name, &info), CDX_OK);
+        CU_ASSERT_EQUAL(info.n_clusters, 63); /* floor(sqrt(4000)) */
+        uint32_t pd = 0, p2 = 0, p4 = 0;
+        double rd = recall_held(name, &s, n, 0, &pd);
+        double r2 = recall_held(name, &s, n, 2, &p2);
+        double r4 = recall_held(name, &s, n, 4, &p4);
+        fprintf(stderr,
+                "\n    [%s] %u clusters: recall@10 default (%u probes) %.3f, 2 probes %.3f, "
+                "4 probes %.3f ",
+                eng_index_type_name(types[t]), info.n_clusters, pd, rd, r2, r4);
+        CU_ASSERT_EQUAL(pd, eng_default_probes(info.n_clusters));
+        CU_ASSERT(rd >= 0.9);
+        CU_ASSERT(r2 < rd); /* the data set separates the defaults: fewer probes, lower recall */
+        CU_ASSERT_EQUAL(eng_index_delete(fx_eng, name, info.id), CDX_OK);
+    }
+    fx_ds_free(&s);
+}
+
+/* The ids of r's hits for query vector qi, as row numbers of s (prefix "g"). */
+static void hit_rows(const eng_query_result *r, size_t qi, size_t *rows)
+{
+    for (size_t i = 0; i < r->n[qi]; i++)
+        rows[i] = (size_t)atol(r->hits[qi][i].id + 1);
+}
+
+static eng_query_result *fq(eng *e, const char *name, const float *v, size_t nq, const char *flt,
+                            uint32_t probes, uint32_t maxp)
+{
+    eng_query q = {.vectors = v,
+                   .nq = nq,
+                   .top_k = 10,
+                   .n_probes = probes,
+                   .max_probes = maxp,
+                   .filter = flt,
+                   .filter_len = flt ? strlen(flt) : 0,
+                   .want = ENG_WANT_DISTANCE | ENG_WANT_METADATA};
+    eng_query_result *r = NULL;
+    cdx_err err = eng_query_run(e, name, &q, &r);
+    if (err)
+        fprintf(stderr, "query: %s: %s\n", cdx_err_name(err), cdx_err_detail());
+    CU_ASSERT_EQUAL(err, CDX_OK);
+    return r;
+}
+
+/*
+ * Issue 13 / walkthrough 6: a filtered query that finds fewer than top_k matches in its
+ * probed clusters widens (doubling) until top_k match or the limit (the query's max_probes,
+ * the engine's [engine] max_probes, all clusters), reads each segment once, and says how many
+ * clusters it probed; unfiltered queries never widen.
+ */
+static void test_probe_widening(void)
+{
+    const size_t d = 16, n = 3200, nb = 32;
+    fx_dataset s;
+    make_gblobs(&s, n, d, nb);
+    char name[64];
+    fx_uniq_name(name, "widen");
+    eng_index_info info;
+    fx_create(name, d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 64, &info);
+    fx_upsert(name, s.items, n);
+    uint64_t v = 0;
+    CU_ASSERT_EQUAL_FATAL(eng_train(fx_eng, name, NULL, &v), CDX_OK);
+    CU_ASSERT_EQUAL(eng_index_describe(fx_eng, name, &info), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(info.n_clusters, 64);
+    const uint32_t dflt = eng_default_probes(64); /* 8 */
+    CU_ASSERT_EQUAL(dflt, 8);
+    /* Rare: rows 0..31, one per blob, so spread over the clusters. */
+    const char *rare = "{\"n\": {\"$lt\": 32}}", *none = "{\"n\": -1}";
+    bool *israre = calloc(n, sizeof(bool));
+    for (size_t i = 0; i < 32; i++)
+        israre[i] = true;
+    const float *q0 = s.x + 100 * d; /* a point of blob 100 % 32 = 4 */
+    eng_stats st0, st1;
+
+    /* Unfiltered: the default probes, no widening; max_probes changes nothing. */
+    eng_get_stats(fx_eng, &st0);
+    eng_query_result *u = fq(fx_eng, name, q0, 1, NULL, 0, 0);
+    eng_query_result *u8 = fq(fx_eng, name, q0, 1, NULL, 8, 64);
+    eng_get_stats(fx_eng, &st1);
+    CU_ASSERT_EQUAL(st1.probe_widenings, st0.probe_widenings);
+    CU_ASSERT_EQUAL(u->n_probes, dflt);
+    CU_ASSERT_EQUAL(u->probed[0], dflt);
+    CU_ASSERT_EQUAL(u8->n_probes, 8);
+    CU_ASSERT_EQUAL_FATAL(u->n[0], 10);
+    CU_ASSERT_EQUAL_FATAL(u8->n[0], 10);
+    for (size_t i = 0; i < 10; i++) {
+        CU_ASSERT_STRING_EQUAL(u->hits[0][i].id, u8->hits[0][i].id);
+        CU_ASSERT_EQUAL(u->hits[0][i].distance, u8->hits[0][i].distance);
+    }
+    eng_query_result_free(u);
+    eng_query_result_free(u8);
+
+    /* No widening asked (max_probes at or below n_probes): few of the 32 rare items are in the
+     * 8 nearest clusters, so fewer than 10 come back, and the answer says 8 were probed. */
+    eng_query_result *nw = fq(fx_eng, name, q0, 1, rare, 0, 1);
+    CU_ASSERT_EQUAL(nw->n_probes, dflt);
+    CU_ASSERT(nw->n[0] < 10);
+    size_t base_n = nw->n[0];
+
+    /* Widened: top_k matches, more clusters probed than the default (a doubling of it), the
+     * first matches found are kept, and every hit matches the filter. */
+    eng_get_stats(fx_eng, &st0);
+    eng_query_result *w = fq(fx_eng, name, q0, 1, rare, 0, 0);
+    eng_get_stats(fx_eng, &st1);
+    CU_ASSERT(st1.probe_widenings > st0.probe_widenings);
+    CU_ASSERT_EQUAL_FATAL(w->n[0], 10);
+    CU_ASSERT(w->n_probes > dflt);
+    CU_ASSERT(w->n_probes == 16 || w->n_probes == 32 || w->n_probes == 64);
+    CU_ASSERT_EQUAL(w->probed[0], w->n_probes);
+    size_t rows[10];
+    hit_rows(w, 0, rows);
+    for (size_t i = 0; i < 10; i++)
+        CU_ASSERT(rows[i] < 32);
+    for (size_t i = 0; i < base_n; i++) { /* the unwidened hits are still there */
+        bool found = false;
+        for (size_t j = 0; j < 10; j++)
+            found |= !strcmp(nw->hits[0][i].id, w->hits[0][j].id);
+        CU_ASSERT(found);
+    }
+    fprintf(stderr, "\n    rare filter: %zu matches in %u probes; widened to %u probes for 10 ",
+            base_n, dflt, w->n_probes);
+    /* Widened to every cluster: exactly the brute-force filtered top 10. */
+    eng_query_result *all = fq(fx_eng, name, q0, 1, rare, 64, 0);
+    size_t want[10];
+    CU_ASSERT_EQUAL(fx_ref_topk(&s, israre, ENG_METRIC_EUCLIDEAN, q0, 10, want, NULL), 10);
+    CU_ASSERT_EQUAL_FATAL(all->n[0], 10);
+    for (size_t i = 0; i < 10; i++)
+        CU_ASSERT_STRING_EQUAL(all->hits[0][i].id, s.ids[want[i]]);
+    eng_query_result_free(all);
+    eng_query_result_free(w);
+    eng_query_result_free(nw);
+
+    /* The limit is respected: max_probes 12 stops at 12 (8, then 12, not 16). */
+    eng_query_result *l = fq(fx_eng, name, q0, 1, rare, 0, 12);
+    CU_ASSERT(l->n_probes <= 12);
+    if (l->n[0] < 10)
+        CU_ASSERT_EQUAL(l->n_probes, 12);
+    eng_query_result_free(l);
+
+    /* A filter nothing matches: widens to the limit, returns nothing, and says so. */
+    eng_query_result *z = fq(fx_eng, name, q0, 1, none, 0, 0);
+    CU_ASSERT_EQUAL(z->n[0], 0);
+    CU_ASSERT_EQUAL(z->n_probes, 64);
+    eng_query_result_free(z);
+    z = fq(fx_eng, name, q0, 1, none, 0, 20);
+    CU_ASSERT_EQUAL(z->n[0], 0);
+    CU_ASSERT_EQUAL(z->n_probes, 20);
+    eng_query_result_free(z);
+    z = fq(fx_eng, name, q0, 1, none, 3, 5000); /* clamped to the 64 clusters */
+    CU_ASSERT_EQUAL(z->n_probes, 64);
+    eng_query_result_free(z);
+
+    /* Each segment read once while widening: with search blocks warm in the cache, a
+     * no-match query over all 64 clusters reads each segment's metadata block once (8 + 16 +
+     * 32 + 64 = 120 reads if every round read its probes again). */
+    eng_query_result_free(fq(fx_eng, name, q0, 1, none, 0, 0));
+    uint64_t r0 = eng_store_fault_ranges(fx_store);
+    eng_query_result_free(fq(fx_eng, name, q0, 1, none, 0, 0));
+    uint64_t reads = eng_store_fault_ranges(fx_store) - r0;
+    fprintf(stderr, "\n    no-match filter over %u segments: %llu block reads ", info.segments,
+            (unsigned long long)reads);
+    CU_ASSERT(reads <= info.segments);
+
+    /* A batch: each query vector widens on its own; n_probes is the most any probed. One
+     * query vector sits on a rare item (found at once among its probes), one does not. */
+    float qb[2 * 16];
+    memcpy(qb, s.x + 5 * d, d * sizeof(float)); /* rare row 5 itself */
+    memcpy(qb + d, q0, d * sizeof(float));
+    eng_query_result *b = fq(fx_eng, name, qb, 2, rare, 0, 0);
+    CU_ASSERT_EQUAL(b->n[0], 10);
+    CU_ASSERT_EQUAL(b->n[1], 10);
+    CU_ASSERT(b->probed[0] >= dflt && b->probed[1] > dflt);
+    CU_ASSERT_EQUAL(b->n_probes, b->probed[0] > b->probed[1] ? b->probed[0] : b->probed[1]);
+    CU_ASSERT(b->hits[0] && !strcmp(b->hits[0][0].id, s.ids[5]));
+    eng_query_result_free(b);
+
+    /* The engine's limit ([engine] max_probes) when the query gives none: another engine on
+     * the same store with max_probes 16. */
+    char *dir = fx_tmpdir_new("widen-eng");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
+    eng_config cfg = {.custody = fx_cust,
+                      .store = fx_store,
+                      .state_dir = dir,
+                      .cache_bytes = 1 << 20,
+                      .max_probes = 16};
+    memcpy(cfg.deployment_id, fx_dep, 16);
+    eng *e2 = NULL;
+    CU_ASSERT_EQUAL_FATAL(eng_new(&cfg, &e2), CDX_OK);
+    z = fq(e2, name, q0, 1, none, 0, 0);
+    CU_ASSERT_EQUAL(z->n_probes, 16);
+    eng_query_result_free(z);
+    z = fq(e2, name, q0, 1, none, 0, 32); /* the query's own limit wins */
+    CU_ASSERT_EQUAL(z->n_probes, 32);
+    eng_query_result_free(z);
+    eng_free(e2);
+    fx_rm_rf(dir);
+    free(dir);
+
+    CU_ASSERT_EQUAL(eng_index_delete(fx_eng, name, info.id), CDX_OK);
+    free(israre);
+    fx_ds_free(&s);
+}
+
 static const fx_test tests[] = {
     {"exhaustive search exact for all metrics", test_exact_metrics},
     {"train, recall, compaction", test_train},
@@ -622,6 +897,8 @@ static const fx_test tests[] = {
     {"filters and list_ids paging", test_filters_and_listing},
     {"cosine ignores scale; inner product on unit vectors", test_cosine_ip_scale},
     {"a get or query reads each segment block once", test_blocks_once},
+    {"automatic n_probes: recall@10 >= 0.9 on clustered data", test_default_probes_recall},
+    {"a filtered query short of top_k widens its probes", test_probe_widening},
 };
 
 int main(void)

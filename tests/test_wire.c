@@ -600,6 +600,7 @@ static void test_counts(void)
     fx_reqs_init(&r, CIPHERDEX__V1__REQUEST__BODY_QUERY);
     r.q.top_k = CDX_TOPK_MAX;
     r.q.n_probes = CDX_NLISTS_MAX;
+    r.q.max_probes = CDX_NLISTS_MAX;
     expect_big(&r, CDX_OK, NULL);
     r.q.top_k = CDX_TOPK_MAX + 1;
     expect_big(&r, CDX_ERR_INVALID_ARGUMENT, "query.top_k: 1001 is out of range (0..1000)");
@@ -607,6 +608,9 @@ static void test_counts(void)
     r.q.n_probes = CDX_NLISTS_MAX + 1;
     expect_big(&r, CDX_ERR_INVALID_ARGUMENT, "query.n_probes: 65537 is out of range");
     r.q.n_probes = 0;
+    r.q.max_probes = CDX_NLISTS_MAX + 1;
+    expect_big(&r, CDX_ERR_INVALID_ARGUMENT, "query.max_probes: 65537 is out of range");
+    r.q.max_probes = 0;
     r.q.n_vectors = 0;
     expect_big(&r, CDX_ERR_INVALID_ARGUMENT, "query.vectors: empty (required)");
     r.q.n_vectors = 4;

@@ -132,6 +132,17 @@ hsm index check --id "$kid" --kcv "$(hsm --json index kcv --id "$kid" | json 'd[
 
 cli --json query docs --vector "1,0.25,0.4285714,-0.5" --top-k 3 --include metadata >"$dir/q.json"
 [[ $(json 'd["results"][0]["id"]' <"$dir/q.json") == d10 ]] && ok || fail "nearest is d10"
+# 6 clusters (sqrt(40)): the automatic count (at least 8) probes all of them, and says so.
+[[ $(json 'd["n_probes"]' <"$dir/q.json") == $(cli --json index describe docs | json 'd["n_clusters"]') ]] &&
+    ok || fail "--json n_probes: every cluster of a 6-cluster index"
+# Widening over the wire (QueryRequest.max_probes, 20): d39 is not in the cluster nearest to
+# d0, so one probe finds no match for {"n": 39} unless the query may widen, and then it does.
+cli --json query docs --vector "1,0,0,-0.5" --probes 1 --max-probes 1 --filter '{"n": 39}' >"$dir/q1.json" 2>/dev/null
+[[ $(json '(len(d["results"]), d["n_probes"])' <"$dir/q1.json") == "(0, 1)" ]] &&
+    ok || fail "--max-probes 1: no widening, 1 cluster probed: $(cat "$dir/q1.json")"
+cli --json query docs --vector "1,0,0,-0.5" --probes 1 --filter '{"n": 39}' >"$dir/q2.json"
+[[ $(json '(d["results"][0]["id"], d["n_probes"] > 1)' <"$dir/q2.json") == "('d39', True)" ]] &&
+    ok || fail "widened: d39 found beyond the first cluster: $(cat "$dir/q2.json")"
 cli query docs --vector "1,0.25,0.43,-0.5" --top-k 5 --filter '{"odd": true}' --include metadata |
     tail -n +2 | grep -vq '"odd":true' && fail "filter leaked" || ok
 cli --json get docs d3 nope --include metadata,contents >"$dir/g.json"
@@ -272,6 +283,10 @@ set -e
     ok || fail "--start-line on a vector file counts rows"
 mapfile -t cids < <(printf 'c%02d\n' {0..39})
 cli delete flat "${cids[@]}" >/dev/null
+# Trained: the summary says how many clusters the automatic count probed (16 lists: 8).
+cli index train flat --lists 16 >/dev/null
+out=$(cli query flat --file "$dir/base.fvecs" --limit 20 --no-results 2>&1)
+grep -q "^clusters probed per query: 8 (the server's automatic count)" <<<"$out" && ok || fail "probes line: $out"
 
 # Errors: the server's code and message, exit 1; usage errors exit 2.
 set +e
