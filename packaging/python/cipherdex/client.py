@@ -469,10 +469,13 @@ class Client:
     def query(self, index: str, vectors: Union[Vector, Sequence[Vector]], *, top_k: int = 0,
               n_probes: int = 0, filter: Optional[Union[str, Mapping[str, Any]]] = None,
               include_vectors: bool = False, include_metadata: bool = False,
-              include_contents: bool = False, min_version: int = 0) -> QueryResult:
+              include_contents: bool = False, min_version: int = 0,
+              max_probes: int = 0) -> QueryResult:
         """Nearest neighbours of one vector (a sequence of floats) or of several (a sequence of
         vectors); ``results[i]`` answers vector i either way. ``top_k`` 0 means 10, ``n_probes``
-        0 automatic. ``filter``: a Mongo-style filter (docs/FILTERS.md) as a dict or JSON text.
+        0 automatic. ``filter``: a Mongo-style filter (docs/FILTERS.md) as a dict or JSON text;
+        a filtered query short of ``top_k`` matches widens its probes up to ``max_probes``
+        clusters (0: the server's [engine] max_probes, else all; docs/FILTERS.md "Probes").
         ``min_version``: raise Stale if the index version served is older."""
         vs = list(vectors)
         rows = [vs] if vs and _is_number(vs[0]) else vs
@@ -484,7 +487,7 @@ class Client:
         r = self._invoke("query", pb.QueryRequest(
             index=index, vectors=flat, top_k=top_k, n_probes=n_probes, filter=filter or "",
             include_vectors=include_vectors, include_metadata=include_metadata,
-            include_contents=include_contents, min_version=min_version))
+            include_contents=include_contents, min_version=min_version, max_probes=max_probes))
         results = []
         for res in r.results:
             n = len(res.ids)
