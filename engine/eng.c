@@ -153,17 +153,20 @@ void eng_idx_put(struct idx *ix)
         idx_free(ix);
 }
 
-/* Forget cached state of an index (deleted, or found gone). */
+/* Forget cached state of an index (deleted, or found gone): every entry with its id (two names
+ * may share one: an alias left by an old failed create, or a restored entry). */
 void eng_idx_forget(eng *e, const uint8_t id[CDX_ID_LEN])
 {
     pthread_mutex_lock(&e->mu);
-    for (struct idx **pp = &e->idx; *pp; pp = &(*pp)->next)
-        if (!memcmp((*pp)->id, id, CDX_ID_LEN)) {
-            struct idx *ix = *pp;
-            *pp = ix->next;
-            eng_idx_put(ix); /* the registry's reference: requests in flight keep theirs */
-            break;
+    for (struct idx **pp = &e->idx; *pp;) {
+        struct idx *ix = *pp;
+        if (memcmp(ix->id, id, CDX_ID_LEN)) {
+            pp = &ix->next;
+            continue;
         }
+        *pp = ix->next;
+        eng_idx_put(ix); /* the registry's reference: requests in flight keep theirs */
+    }
     pthread_mutex_unlock(&e->mu);
 }
 

@@ -626,6 +626,7 @@ static uint64_t rollback_store(eng *e, const char *name)
         pthread_mutex_lock(&ix->mu);
         v = ix->in_rollback ? ix->rollback_store : 0;
         pthread_mutex_unlock(&ix->mu);
+        eng_idx_put(ix);
     }
     return v;
 }

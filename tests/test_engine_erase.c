@@ -82,8 +82,10 @@ static void snap_restore(const snapshot *s)
 
 static void snap_free(snapshot *s)
 {
-    for (size_t i = 0; i < s->n; i++)
+    for (size_t i = 0; i < s->n; i++) {
         free(s->vals[i].data);
+        free(s->keys[i]);
+    }
     free(s->vals);
     free(s->keys);
     memset(s, 0, sizeof(*s));
@@ -187,6 +189,8 @@ static scan_result scan_store(const uint8_t id[16], const uint8_t kcv[8], const 
             }
             free(v.data);
         }
+        for (size_t i = 0; i < nk; i++)
+            free(keys[i]);
         free(keys);
     }
     hsm_subkey_release(pay);
