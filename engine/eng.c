@@ -24,12 +24,13 @@ _Thread_local uint64_t eng_tl_stage[ENG_STAGE_COUNT];
 /* The index this thread last opened an op on (eng_thread_index). */
 _Thread_local uint8_t eng_tl_index[CDX_ID_LEN];
 _Thread_local bool eng_tl_index_set;
+_Thread_local uint32_t eng_tl_epoch;
 
 bool eng_thread_index(uint8_t id[CDX_ID_LEN], uint32_t *epoch)
 {
     bool set = eng_tl_index_set;
     memcpy(id, eng_tl_index, CDX_ID_LEN);
-    *epoch = 0; /* one key epoch per index until key rotation lands */
+    *epoch = eng_tl_epoch; /* the key epoch of the state it worked on last */
     eng_tl_index_set = false;
     return set;
 }
@@ -142,6 +143,7 @@ static void idx_free(struct idx *ix)
     pthread_cond_destroy(&ix->gate_cv);
     pthread_mutex_destroy(&ix->gate_mu);
     pthread_mutex_destroy(&ix->sweep_mu);
+    pthread_mutex_destroy(&ix->rot_mu);
     pthread_mutex_destroy(&ix->mu);
     free(ix);
 }
@@ -210,6 +212,7 @@ cdx_err eng_idx_get(eng *e, const char *name, struct idx **out)
     pthread_mutex_init(&ix->mu, NULL);
     atomic_init(&ix->refs, 2); /* the registry's and the caller's */
     pthread_mutex_init(&ix->sweep_mu, NULL);
+    pthread_mutex_init(&ix->rot_mu, NULL);
     pthread_mutex_init(&ix->gate_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -258,6 +261,12 @@ cdx_err eng_new(const eng_config *cfg, eng **out)
     if (!e->cfg.result_bytes_max)
         e->cfg.result_bytes_max = CDX_RESULT_MAX_DEFAULT;
     pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->rot_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->rot_cv, &ca);
+    pthread_condattr_destroy(&ca);
     e->root.kind = HSM_KEY_ROOT;
     memcpy(e->root.id, cfg->deployment_id, CDX_ID_LEN);
     bool created = false;
@@ -284,12 +293,15 @@ void eng_free(eng *e)
 {
     if (!e)
         return;
+    eng_rotate_stop(e);
     while (e->idx) {
         struct idx *ix = e->idx;
         e->idx = ix->next;
         idx_free(ix);
     }
     eng_cache_free(e->cache);
+    pthread_cond_destroy(&e->rot_cv);
+    pthread_mutex_destroy(&e->rot_mu);
     pthread_mutex_destroy(&e->mu);
     free(e);
 }
@@ -308,6 +320,8 @@ void eng_set_screen(eng *e, bool on)
 void eng_get_stats(eng *e, eng_stats *s)
 {
     memset(s, 0, sizeof(*s));
+    s->rotations = atomic_load(&e->rotations);
+    s->rotation_failures = atomic_load(&e->rotation_failures);
     s->commits = atomic_load(&e->commits);
     s->commit_conflicts = atomic_load(&e->conflicts);
     s->queries = atomic_load(&e->queries);

@@ -39,6 +39,13 @@ static void fill_info(const eng_catentry *c, const eng_manifest *m, eng_index_in
     out->created_ms = c->created_ms;
     snprintf(out->status, sizeof(out->status), "ok");
     if (m) {
+        if (c->state == ENG_ST_READY && m->rot_target)
+            snprintf(out->state, sizeof(out->state), "rotating");
+        out->key_epoch = m->epoch;
+        out->min_epoch = m->min_epoch;
+        out->rotate_to = m->rot_target;
+        out->rotate_started_ms = m->rot_started_ms;
+        out->rotated_ms = m->rotated_ms;
         out->n_clusters = m->n_clusters;
         out->count = m->count;
         out->version = m->version;
@@ -492,7 +499,12 @@ out:
 
 static cdx_err describe(op *o, eng_manifest *m, void *arg)
 {
-    fill_info(&o->ix->cat, m, arg);
+    eng_index_info *out = arg;
+    fill_info(&o->ix->cat, m, out);
+    if (m->rot_target) { /* progress of this engine's run, if it runs one */
+        out->rotate_done = atomic_load(&o->ix->rot_done);
+        out->rotate_total = atomic_load(&o->ix->rot_total);
+    }
     return CDX_OK;
 }
 
