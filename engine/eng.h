@@ -47,6 +47,8 @@ typedef struct eng_config {
     bool allow_plaintext_import;       /* ENG_KEY_IMPORT allowed (development only) */
     bool require_generated;            /* refuse an index key the token does not report as
                                           generated there (CKA_LOCAL, NEVER_EXTRACTABLE) */
+    bool no_rotation_thread;           /* pending key rotations run only when asked
+                                          (eng_rotate_run): tests, diagnosis */
 } eng_config;
 
 /*

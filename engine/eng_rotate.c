@@ -131,7 +131,7 @@ void eng_rotate_notice(eng *e, struct idx *ix)
     if (atomic_exchange(&ix->rot_queued, true))
         return; /* queued or running already */
     pthread_mutex_lock(&e->rot_mu);
-    if (e->rot_stop)
+    if (e->rot_stop || e->cfg.no_rotation_thread)
         goto drop;
     if (e->rot_n == e->rot_cap) {
         size_t cap = e->rot_cap ? e->rot_cap * 2 : 8;

@@ -39,7 +39,7 @@ cdx_add_test(test_store SOURCES test_store.c LIBS cdx_fx_engine)
 cdx_add_test(test_store_redis SOURCES test_store_redis.c LIBS cdx_fx_engine)
 # The engine through eng.h, one suite per concern, each run against the memory store and Redis
 # on a throwaway token (tests/fixtures/fx_engine.h).
-foreach(concern lifecycle write query hostile crash concurrency)
+foreach(concern lifecycle write query hostile crash concurrency rotate)
   cdx_add_test(test_engine_${concern} SOURCES test_engine_${concern}.c LIBS cdx_fx_engine TIMEOUT 900)
 endforeach()
 target_link_libraries(test_engine_lifecycle PRIVATE cdx_pkcs11_admin) # KEK import, key listing
