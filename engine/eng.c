@@ -322,6 +322,14 @@ void eng_get_stats(eng *e, eng_stats *s)
     memset(s, 0, sizeof(*s));
     s->rotations = atomic_load(&e->rotations);
     s->rotation_failures = atomic_load(&e->rotation_failures);
+    pthread_mutex_lock(&e->mu);
+    for (struct idx *ix = e->idx; ix; ix = ix->next)
+        if (atomic_load(&ix->rot_queued)) {
+            s->rotations_pending++;
+            s->rotation_records_done += atomic_load(&ix->rot_done);
+            s->rotation_records_total += atomic_load(&ix->rot_total);
+        }
+    pthread_mutex_unlock(&e->mu);
     s->commits = atomic_load(&e->commits);
     s->commit_conflicts = atomic_load(&e->conflicts);
     s->queries = atomic_load(&e->queries);

@@ -480,6 +480,9 @@ void eng_set_rotate_hook(eng *e, eng_rotate_hook fn, void *arg);
 
 typedef struct eng_stats {
     uint64_t rotations, rotation_failures; /* rotations completed / runs failed (this engine) */
+    /* indexes queued for or in this engine's rotation thread, and their progress (records
+     * re-encrypted / to re-encrypt in their current attempts) */
+    uint64_t rotations_pending, rotation_records_done, rotation_records_total;
     uint64_t commits, commit_conflicts;
     uint64_t cache_hits, cache_misses, cache_bytes;
     uint64_t queries;
