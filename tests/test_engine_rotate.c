@@ -20,6 +20,9 @@
  *    one is INTEGRITY (not served), and a list cursor of the old epoch is
  *    refused with a clear message.
  */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +109,7 @@ static eng *idle_engine(void)
     eng_config c = {.custody = fx_cust,
                     .store = fx_store,
                     .state_dir = dir,
+                    .cache_bytes = 64u << 20,
                     .no_rotation_thread = true};
     memcpy(c.deployment_id, fx_dep, 16);
     eng *e = NULL;
@@ -523,17 +527,19 @@ static void test_rotate_interrupted(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(b);
     CU_ASSERT_EQUAL_FATAL(eng_index_describe(b, name, &info), CDX_OK);
     CU_ASSERT_STRING_EQUAL(info.state, "rotating");
+    /* The counter moves just after the commit makes the state visible: wait for both. */
     int64_t deadline = cdx_mono_ms() + 30000;
-    while (info.key_epoch != 1 && cdx_mono_ms() < deadline) {
+    eng_stats st;
+    eng_get_stats(b, &st);
+    while ((info.key_epoch != 1 || st.rotations != 1) && cdx_mono_ms() < deadline) {
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
         CU_ASSERT_EQUAL_FATAL(eng_index_describe(b, name, &info), CDX_OK);
+        eng_get_stats(b, &st);
     }
     CU_ASSERT_EQUAL(info.key_epoch, 1);
     CU_ASSERT_STRING_EQUAL(info.state, "ready");
-    eng_stats st;
-    eng_get_stats(b, &st);
-    CU_ASSERT_EQUAL(st.rotations, 1);
+    CU_ASSERT_EQUAL(st.rotations, 1); /* b did it: nothing else runs a rotation here */
     eng_free(b);
     CU_ASSERT_EQUAL(fx_check_model(NULL, name, &s, all_alive, qs, NQ, NULL, before, false), 0);
     CU_ASSERT_EQUAL(check_contents(name, &s, NULL), 0);
@@ -615,11 +621,277 @@ static void test_rotate_min_epoch(void)
     fx_ds_free(&s);
 }
 
+/* ---- under load ---- */
+
+#define LN   20000 /* items */
+#define LD   32
+#define LNQ  64    /* distinct query vectors */
+#define LK   10
+#define LPRB 2     /* n_probes: approximate, so recall < 1 and any change would show */
+
+typedef struct load {
+    eng *e;
+    const char *name;
+    const fx_dataset *s;
+    const float *qs;
+    const size_t (*gt)[LK]; /* exact top-LK of each query over the base items */
+    atomic_bool stop;
+    atomic_uint_fast64_t queries, failures, hits, upserts;
+    atomic_uint_fast64_t qhits[LNQ], qruns[LNQ]; /* per query: ground truth found, runs */
+    const uint64_t *want;                         /* per query: hits of the single pass before */
+    atomic_uint_fast64_t changed;                 /* answers whose hits differ from want */
+    cdx_err first_err;
+    char first_msg[256];
+} load;
+
+static void load_fail(load *l, cdx_err err)
+{
+    if (atomic_fetch_add(&l->failures, 1) == 0) {
+        l->first_err = err;
+        snprintf(l->first_msg, sizeof(l->first_msg), "%s", cdx_err_detail());
+    }
+}
+
+/* Query thread: one query at a time, round robin over the set; hits = ground truth found. */
+static void *load_query(void *arg)
+{
+    load *l = arg;
+    for (size_t i = 0; !atomic_load(&l->stop); i++) {
+        size_t qi = i % LNQ;
+        eng_query q = {.vectors = l->qs + qi * LD, .nq = 1, .top_k = LK, .n_probes = LPRB};
+        eng_query_result *r = NULL;
+        cdx_err err = eng_query_run(l->e, l->name, &q, &r);
+        if (err) {
+            load_fail(l, err);
+            continue;
+        }
+        uint64_t h = 0;
+        for (size_t j = 0; j < r->n[0]; j++)
+            for (size_t g = 0; g < LK; g++)
+                h += r->hits[0][j].id_len == strlen(l->s->ids[l->gt[qi][g]]) &&
+                     !memcmp(r->hits[0][j].id, l->s->ids[l->gt[qi][g]], r->hits[0][j].id_len);
+        eng_query_result_free(r);
+        atomic_fetch_add(&l->hits, h);
+        atomic_fetch_add(&l->qhits[qi], h);
+        atomic_fetch_add(&l->qruns[qi], 1);
+        if (l->want && h != l->want[qi])
+            atomic_fetch_add(&l->changed, 1);
+        atomic_fetch_add(&l->queries, 1);
+    }
+    return NULL;
+}
+
+/* Upsert thread: batches of 10 new items far from every query (they never enter a top-10),
+ * and every other batch re-upserts 10 base items unchanged (tombstones, same answers). */
+static void *load_upsert(void *arg)
+{
+    load *l = arg;
+    float v[10 * LD];
+    char ids[10][24];
+    eng_item it[10];
+    for (size_t b = 0; !atomic_load(&l->stop); b++) {
+        size_t n = 10;
+        if (b % 2) {
+            for (size_t i = 0; i < n; i++)
+                it[i] = l->s->items[(b * 10 + i) % LN];
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                snprintf(ids[i], sizeof(ids[i]), "far%zu", b * 10 + i);
+                for (size_t j = 0; j < LD; j++)
+                    v[i * LD + j] = 1000.0f + (float)((b * 10 + i + j) % 97);
+                it[i] = (eng_item){.id = ids[i], .id_len = strlen(ids[i]), .vector = v + i * LD};
+            }
+        }
+        cdx_err err = eng_upsert(l->e, l->name, it, n, NULL);
+        if (err)
+            load_fail(l, err);
+        else
+            atomic_fetch_add(&l->upserts, 1);
+    }
+    return NULL;
+}
+
+/* Run 2 query threads and 1 upsert thread until stop; returns after joining them. */
+typedef struct load_run {
+    pthread_t t[3];
+} load_run;
+
+static void load_start(load *l, load_run *r)
+{
+    atomic_store(&l->stop, false);
+    atomic_store(&l->queries, 0);
+    atomic_store(&l->hits, 0);
+    atomic_store(&l->upserts, 0);
+    atomic_store(&l->changed, 0);
+    for (size_t q = 0; q < LNQ; q++) {
+        atomic_store(&l->qhits[q], 0);
+        atomic_store(&l->qruns[q], 0);
+    }
+    pthread_create(&r->t[0], NULL, load_query, l);
+    pthread_create(&r->t[1], NULL, load_query, l);
+    pthread_create(&r->t[2], NULL, load_upsert, l);
+}
+
+static void load_stop(load *l, load_run *r)
+{
+    atomic_store(&l->stop, true);
+    for (int i = 0; i < 3; i++)
+        pthread_join(r->t[i], NULL);
+}
+
+/* Recall@LK of the last run: the mean over the queries that ran of each one's mean recall. */
+static double load_recall(load *l)
+{
+    double sum = 0;
+    size_t n = 0;
+    for (size_t q = 0; q < LNQ; q++)
+        if (atomic_load(&l->qruns[q])) {
+            sum += (double)atomic_load(&l->qhits[q]) / (double)(atomic_load(&l->qruns[q]) * LK);
+            n++;
+        }
+    return n ? sum / (double)n : 0;
+}
+
+/* Ground truth found by each query, one pass on e; returns recall@LK over all of them. */
+static double recall_pass(eng *e, const char *name, const fx_dataset *s, const float *qs,
+                          const size_t (*gt)[LK], uint64_t *hits)
+{
+    uint64_t all = 0;
+    for (size_t q = 0; q < LNQ; q++) {
+        eng_query qq = {.vectors = qs + q * LD, .nq = 1, .top_k = LK, .n_probes = LPRB};
+        eng_query_result *r = NULL;
+        hits[q] = 0;
+        CU_ASSERT_EQUAL_FATAL(eng_query_run(e, name, &qq, &r), CDX_OK);
+        for (size_t j = 0; j < r->n[0]; j++)
+            for (size_t g = 0; g < LK; g++)
+                hits[q] += strlen(s->ids[gt[q][g]]) == r->hits[0][j].id_len &&
+                           !memcmp(r->hits[0][j].id, s->ids[gt[q][g]], r->hits[0][j].id_len);
+        eng_query_result_free(r);
+        all += hits[q];
+    }
+    return (double)all / (double)(LNQ * LK);
+}
+
+static void test_rotate_under_load(void)
+{
+    char name[64];
+    fx_uniq_name(name, "rotl");
+    fx_dataset s;
+    fx_make_blobs(&s, LN, LD, 16, 0); /* blobs spanning several lists each */
+    float *qs = malloc(LNQ * LD * sizeof(float));
+    size_t(*gt)[LK] = malloc(LNQ * sizeof(*gt));
+    for (size_t q = 0; q < LNQ; q++)
+        for (size_t j = 0; j < LD; j++)
+            qs[q * LD + j] = s.x[(q * 311 % LN) * LD + j] + fx_frand() * 0.5f;
+    for (size_t q = 0; q < LNQ; q++)
+        CU_ASSERT_EQUAL_FATAL(fx_ref_topk(&s, NULL, ENG_METRIC_EUCLIDEAN, qs + q * LD, LK, gt[q],
+                                          NULL),
+                              LK);
+    fx_create(name, LD, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 128, NULL);
+    for (size_t at = 0; at < LN; at += 1000)
+        fx_upsert(name, s.items + at, 1000);
+    CU_ASSERT_EQUAL_FATAL(eng_train(fx_eng, name, NULL, NULL), CDX_OK);
+    /* Every query and write on an engine whose rotation this test runs itself. */
+    eng *e = idle_engine();
+    static load l;
+    memset(&l, 0, sizeof(l));
+    l.e = e;
+    l.name = name;
+    l.s = &s;
+    l.qs = qs;
+    l.gt = (const size_t(*)[LK])gt;
+    uint64_t want[LNQ], after_hits[LNQ];
+    double recall0 = recall_pass(e, name, &s, qs, (const size_t(*)[LK])gt, want);
+    l.want = want;
+
+    /* Before: 2 s of the same load. */
+    load_run lr;
+    load_start(&l, &lr);
+    int64_t t0 = cdx_mono_ms();
+    while (cdx_mono_ms() - t0 < 2000) {
+        struct timespec ts = {0, 50 * 1000 * 1000}; /* the measuring window, not a sync */
+        nanosleep(&ts, NULL);
+    }
+    load_stop(&l, &lr);
+    double s_before = (double)(cdx_mono_ms() - t0) / 1000.0;
+    uint64_t q_before = atomic_load(&l.queries), u_before = atomic_load(&l.upserts);
+    double recall_before = load_recall(&l);
+    uint64_t changed_before = atomic_load(&l.changed);
+
+    /* During: the same load while the rotation runs to completion on this thread. */
+    load_start(&l, &lr);
+    t0 = cdx_mono_ms();
+    eng_rotate_report rr;
+    memset(&rr, 0, sizeof(rr));
+    cdx_err err = eng_rotate(e, name, NULL);
+    if (!err)
+        err = eng_rotate_run(e, name, &rr);
+    int64_t t1 = cdx_mono_ms();
+    load_stop(&l, &lr);
+    double s_during = (double)(t1 - t0) / 1000.0;
+    uint64_t q_during = atomic_load(&l.queries), u_during = atomic_load(&l.upserts);
+    double recall_during = load_recall(&l);
+    uint64_t changed_during = atomic_load(&l.changed);
+    CU_ASSERT_EQUAL_FATAL(err, CDX_OK);
+
+    /* After: every query once more, no load. */
+    eng_index_info info;
+    CU_ASSERT_EQUAL_FATAL(eng_index_describe(e, name, &info), CDX_OK);
+    double recall_after = recall_pass(e, name, &s, qs, (const size_t(*)[LK])gt, after_hits);
+    size_t changed_after = 0;
+    for (size_t q = 0; q < LNQ; q++)
+        changed_after += after_hits[q] != want[q];
+
+    eng *sw = sweeper();
+    int64_t t2 = cdx_mono_ms();
+    sweep_all(sw, name);
+    int64_t t3 = cdx_mono_ms();
+    eng_free(sw);
+    scan sc = scan_store(&info, info.key_epoch, info.key_epoch - 1);
+    printf("\n  under load: %d items, %d lists, n_probes %d, 2 query threads + 1 upsert thread "
+           "(batches of 10 items: new far ones, or base ones unchanged)\n"
+           "    baseline: recall@10 %.4f (one pass of the %d queries)\n"
+           "    before:  %.2f s, %llu queries (%.0f QPS), %llu upserts, recall@10 %.4f, answers "
+           "changed %llu\n"
+           "    during:  rotation %u -> %u in %.2f s (%u attempts, %llu items, run %llu ms): "
+           "%llu queries (%.0f QPS), %llu upserts, recall@10 %.4f, answers changed %llu, "
+           "failures %llu\n"
+           "    after:   recall@10 %.4f (answers changed %zu); sweep %.2f s; store: %zu records, "
+           "%zu of another epoch; %zu single-record values: new subkeys open %zu, old ones %zu\n",
+           LN, 128, LPRB, recall0, LNQ, s_before, (unsigned long long)q_before,
+           (double)q_before / s_before, (unsigned long long)u_before, recall_before,
+           (unsigned long long)changed_before, rr.from, rr.to, s_during, rr.attempts,
+           (unsigned long long)rr.items, (unsigned long long)rr.ms, (unsigned long long)q_during,
+           q_during / s_during, (unsigned long long)u_during, recall_during,
+           (unsigned long long)changed_during, (unsigned long long)atomic_load(&l.failures),
+           recall_after, changed_after,
+           (double)(t3 - t2) / 1000.0, sc.records, sc.not_epoch, sc.tried, sc.opened_new,
+           sc.opened_old);
+    if (atomic_load(&l.failures))
+        printf("    first failure: %s %s\n", cdx_err_name(l.first_err), l.first_msg);
+    CU_ASSERT_EQUAL(atomic_load(&l.failures), 0);
+    CU_ASSERT_EQUAL(info.key_epoch, 1);
+    CU_ASSERT_EQUAL(rr.to, 1);
+    CU_ASSERT(q_during > 0);
+    CU_ASSERT(u_during > 0);
+    CU_ASSERT(fabs(recall_before - recall0) <= 0.001);
+    CU_ASSERT(fabs(recall_during - recall0) <= 0.001);
+    CU_ASSERT(fabs(recall_after - recall0) <= 0.001);
+    CU_ASSERT_EQUAL(sc.not_epoch, 0);
+    CU_ASSERT_EQUAL(sc.opened_old, 0);
+    CU_ASSERT_EQUAL(sc.opened_new, sc.tried);
+    eng_free(e);
+    free(qs);
+    free(gt);
+    fx_ds_free(&s);
+}
+
 static const fx_test tests[] = {
     {"rotation re-seals everything; old epoch opens nothing", test_rotate_everything},
     {"writes pending, during, and losing to a rotation", test_rotate_with_writes},
     {"interrupted rotation resumes on a restarted appliance", test_rotate_interrupted},
     {"minimum readable epoch: old records and cursors refused", test_rotate_min_epoch},
+    {"under load: 0 failures, same recall, nothing of the old epoch left", test_rotate_under_load},
 };
 
 int main(void)
