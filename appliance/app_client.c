@@ -503,9 +503,9 @@ bool app_request_idempotent(const Cipherdex__V1__Request *req)
     case CIPHERDEX__V1__REQUEST__BODY_ACCEPT_ROLLBACK: /* the same confirm_version again: no-op */
     case CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL:
     case CIPHERDEX__V1__REQUEST__BODY_COMPACT: /* merging again merges nothing more */
-    case CIPHERDEX__V1__REQUEST__BODY_ROTATE:  /* asking again resumes the pending rotation */
         return true;
-    default: /* create_index, delete_index, train, and bodies this client does not know */
+    default: /* create_index, delete_index, train, rotate (once the first completed, asking
+              * again starts one more), and bodies this client does not know */
         return false;
     }
 }
