@@ -103,25 +103,25 @@ static json_t *info_json(const Cipherdex__V1__IndexInfo *x)
     char id[33] = "", kcv[17] = "";
     cli_hex(x->id, id);
     cli_hex(x->kcv, kcv);
-    json_t *j = json_pack("{s:o,s:o,s:s,s:i,s:o,s:o,s:i,s:i,s:I,s:I,s:s,s:o,s:b,s:o,s:i,s:I,s:o,s:o}",
-                     "name", cli_jstr(x->name), "state", cli_jstr(x->state), "id", id, "dimension",
-                     x->dimension, "metric", cli_jstr(x->metric), "index_type",
-                     cli_jstr(x->index_type), "n_lists", x->n_lists, "n_clusters", x->n_clusters,
-                     "count", (json_int_t)x->count, "version", (json_int_t)x->version, "kcv", kcv,
-                     "key_source", cli_jstr(x->key_source), "key_owned", x->key_owned,
-                     "key_provenance", prov_json(x->key_provenance), "segments", x->segments,
-                     "created_ms", (json_int_t)x->created_ms, "status",
-                     x->status.len ? cli_jstr(x->status) : json_string("ok"), "status_message",
-                     /* json_stringn(NULL, 0) fails: an empty field may have no data */
-                     x->status_message.len ? cli_jstr(x->status_message) : json_string(""));
+    json_t *j = json_pack(
+        "{s:o,s:o,s:s,s:i,s:o,s:o,s:i,s:i,s:I,s:I,s:s,s:o,s:b,s:o,s:i,s:I,s:o,s:o}", "name",
+        cli_jstr(x->name), "state", cli_jstr(x->state), "id", id, "dimension", x->dimension,
+        "metric", cli_jstr(x->metric), "index_type", cli_jstr(x->index_type), "n_lists", x->n_lists,
+        "n_clusters", x->n_clusters, "count", (json_int_t)x->count, "version",
+        (json_int_t)x->version, "kcv", kcv, "key_source", cli_jstr(x->key_source), "key_owned",
+        x->key_owned, "key_provenance", prov_json(x->key_provenance), "segments", x->segments,
+        "created_ms", (json_int_t)x->created_ms, "status",
+        x->status.len ? cli_jstr(x->status) : json_string("ok"), "status_message",
+        /* json_stringn(NULL, 0) fails: an empty field may have no data */
+        x->status_message.len ? cli_jstr(x->status_message) : json_string(""));
     if (j) /* key epochs and a pending rotation (docs/ROTATION.md) */
-        json_object_update_new(
-            j, json_pack("{s:i,s:i,s:i,s:I,s:I,s:I,s:I}", "key_epoch", (int)x->key_epoch,
-                         "min_epoch", (int)x->min_epoch, "rotate_to", (int)x->rotate_to,
-                         "rotate_done", (json_int_t)x->rotate_done, "rotate_total",
-                         (json_int_t)x->rotate_total, "rotate_started_ms",
-                         (json_int_t)x->rotate_started_ms, "rotated_ms",
-                         (json_int_t)x->rotated_ms));
+        json_object_update_new(j, json_pack("{s:i,s:i,s:i,s:I,s:I,s:I,s:I}", "key_epoch",
+                                            (int)x->key_epoch, "min_epoch", (int)x->min_epoch,
+                                            "rotate_to", (int)x->rotate_to, "rotate_done",
+                                            (json_int_t)x->rotate_done, "rotate_total",
+                                            (json_int_t)x->rotate_total, "rotate_started_ms",
+                                            (json_int_t)x->rotate_started_ms, "rotated_ms",
+                                            (json_int_t)x->rotated_ms));
     return j;
 }
 
@@ -201,8 +201,8 @@ static int index_list(cli *x)
                 broken += !ok;
                 const Cipherdex__V1__KeyProvenance *p = ii->key_provenance;
                 bool po = p && p->origin.len;
-                /* STATE: the lifecycle state (creating, ready, rotating, deleting), or error when the
-                 * appliance cannot serve the index (STATUS says why, the lines below how) */
+                /* STATE: the lifecycle state (creating, ready, rotating, deleting), or error when
+                 * the appliance cannot serve the index (STATUS says why, the lines below how) */
                 printf("%-32.*s %-9.*s %-6u %-9.*s %-17.*s %-7u %10" PRIu64 " %8" PRIu64
                        "  %-10.*s %.*s\n",
                        (int)ii->name.len, ii->name.data,
@@ -429,8 +429,7 @@ static int index_rotate(cli *x, cli_args *a, const char *name)
                    name, rr->from_epoch, rr->to_epoch, rr->items, rr->contents,
                    (double)rr->ms / 1000.0, rr->version);
         else
-            printf("rotated %s: key epoch %u (completed in the background)\n", name,
-                   ii->key_epoch);
+            printf("rotated %s: key epoch %u (completed in the background)\n", name, ii->key_epoch);
     }
     wire_response_free(w);
     return e ? cli_fail(x, e) : 0;

@@ -260,8 +260,8 @@ CDX_MUST_CHECK cdx_err app_client_delete(app_client *c, const char *index, const
  * rotate (admin): start a key rotation of the index (docs/ROTATION.md); with
  * wait, run it to completion first. The response body is rotate.
  */
-CDX_MUST_CHECK cdx_err app_client_rotate(app_client *c, const char *index, bool wait,
-                                         bool new_key, wire_response **out);
+CDX_MUST_CHECK cdx_err app_client_rotate(app_client *c, const char *index, bool wait, bool new_key,
+                                         wire_response **out);
 
 /* compact (admin): merge the index's segments and sweep now; the response body is compact. */
 CDX_MUST_CHECK cdx_err app_client_compact(app_client *c, const char *index, wire_response **out);

@@ -140,8 +140,8 @@ static cdx_err cursor_open(op *o, const cursor_ctx *cx, const char *text, unsign
                         "the index's key was rotated since this cursor was issued (key epoch %u, "
                         "now at least %u); start the listing again",
                         h.epoch, o->min_epoch);
-    cdx_err err = eng_op_unseal(o, HSM_P_QUERY, ENG_K_CURSOR, cx->bind, window, raw + 4, n / 2 - 4,
-                                &h, &pt);
+    cdx_err err =
+        eng_op_unseal(o, HSM_P_QUERY, ENG_K_CURSOR, cx->bind, window, raw + 4, n / 2 - 4, &h, &pt);
     if (err) {
         eng_buf_free(&pt);
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "%s", not_ours);

@@ -171,8 +171,8 @@ cdx_err eng_manifest_decode(const uint8_t *p, size_t n, eng_manifest **out)
     m->count = eng_rd_u64(&r);
     for (unsigned i = 0; i < ENG_BUCKETS; i++)
         m->bucket_version[i] = eng_rd_u64(&r);
-    if (r.bad || (fmt != ENG_MANIFEST_FMT && fmt != ENG_MANIFEST_FMT_EPOCH) || m->dim == 0 || m->dim > CDX_DIM_MAX ||
-        m->n_clusters > CDX_NLISTS_MAX)
+    if (r.bad || (fmt != ENG_MANIFEST_FMT && fmt != ENG_MANIFEST_FMT_EPOCH) || m->dim == 0 ||
+        m->dim > CDX_DIM_MAX || m->n_clusters > CDX_NLISTS_MAX)
         goto bad;
     uint32_t nc = eng_manifest_nclusters(m);
     m->clusters = calloc(nc, sizeof(*m->clusters));

@@ -22,7 +22,7 @@
 #include "eng_kmeans.h"
 #include "eng_probe.h"
 
-#define ENG_MANIFEST_FMT 1 /* body format of a manifest with no key-epoch fields set */
+#define ENG_MANIFEST_FMT       1 /* body format of a manifest with no key-epoch fields set */
 #define ENG_MANIFEST_FMT_EPOCH 2 /* ... with them (min_epoch, rotation): docs/ROTATION.md */
 
 typedef struct eng_segref {

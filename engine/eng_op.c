@@ -11,8 +11,7 @@ cdx_err eng_op_key(op *o, hsm_purpose p, hsm_subkey **out)
 {
     if (!o->sk[p]) {
         uint64_t t0 = cdx_mono_ns();
-        cdx_err err =
-            hsm_subkey_get(o->e->cfg.custody, &o->key, o->kcv, p, o->epoch, &o->sk[p]);
+        cdx_err err = hsm_subkey_get(o->e->cfg.custody, &o->key, o->kcv, p, o->epoch, &o->sk[p]);
         eng_stage_add(&o->e->ns_keys, ENG_STAGE_KEYS, cdx_mono_ns() - t0);
         if (err)
             return err;

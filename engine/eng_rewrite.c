@@ -712,8 +712,8 @@ static cdx_err rotate_contents(op *o, gathered *g, uint64_t *moved)
             }
             eng_buf_free(&rec[j]);
             if ((err = eng_random(r->content, ENG_TOKEN_LEN)) ||
-                (err = eng_op_seal(o, HSM_P_CONTENT, ENG_K_CONTENT, r->content, 0, pt.data,
-                                   pt.len, &rec[j])))
+                (err = eng_op_seal(o, HSM_P_CONTENT, ENG_K_CONTENT, r->content, 0, pt.data, pt.len,
+                                   &rec[j])))
                 break;
             eng_key_rec(keys[j], o->ix->id, ENG_KEY_CONTENTS, r->content);
             kv[j] = (eng_kv){keys[j], rec[j].data, rec[j].len};
@@ -815,8 +815,7 @@ static cdx_err rotate_attempt(op *o, eng_rotate_report *r, bool *done)
         err = eng_cluster_push(&nm->clusters[a.segs[s].cluster], &a.segs[s].ref);
     atomic_fetch_add(&ix->rot_done, a.g.n);
     if (err || (err = rotate_idmap(&a.g, &nb)) || (err = rotate_step(o, "sealed")) ||
-        (err = rotate_step(o, "committing")) ||
-        (err = eng_commit(o, m, nm, &nb, &a.committed)))
+        (err = rotate_step(o, "committing")) || (err = eng_commit(o, m, nm, &nb, &a.committed)))
         goto out;
     if (a.committed) {
         *done = true;

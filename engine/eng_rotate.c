@@ -33,8 +33,8 @@ static cdx_err rotate_start(op *o, void *arg)
             goto next;
         }
         if (m->epoch >= UINT32_MAX - 1) {
-            err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "index %s: no key epoch is left",
-                           o->ix->name);
+            err =
+                cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "index %s: no key epoch is left", o->ix->name);
             goto next;
         }
         if ((err = eng_manifest_clone_ref(m, &nm)))
@@ -55,8 +55,9 @@ static cdx_err rotate_start(op *o, void *arg)
             eng_backoff(attempt);
     }
     if (!err && !done)
-        err = cdx_fail(CDX_ERR_ABORTED, "index %s: %u commit attempts lost to concurrent writers; "
-                                        "retry",
+        err = cdx_fail(CDX_ERR_ABORTED,
+                       "index %s: %u commit attempts lost to concurrent writers; "
+                       "retry",
                        o->ix->name, e->cfg.commit_retries);
     if (!err)
         eng_rotate_notice(e, o->ix);

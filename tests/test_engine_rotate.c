@@ -91,9 +91,8 @@ static int check_contents(const char *name, const fx_dataset *s, const bool *ali
         bool want = !alive || alive[i];
         if (r->found[0] != want ||
             (want && (r->hits[0].contents_len != s->items[i].contents_len ||
-                      (s->items[i].contents_len &&
-                       memcmp(r->hits[0].contents, s->items[i].contents,
-                              s->items[i].contents_len)))))
+                      (s->items[i].contents_len && memcmp(r->hits[0].contents, s->items[i].contents,
+                                                          s->items[i].contents_len)))))
             bad++;
         eng_get_result_free(r);
     }
@@ -144,7 +143,7 @@ static void sweep_all(eng *sw, const char *name)
 
 /* What a scan of the index's records found. */
 typedef struct scan {
-    size_t records, not_epoch;   /* records; of another epoch than asked */
+    size_t records, not_epoch;     /* records; of another epoch than asked */
     size_t opened_new, opened_old; /* single-record values the new / old subkeys open */
     size_t tried;                  /* single-record values tried with both */
 } scan;
@@ -172,15 +171,11 @@ static void try_open(scan *sc, const eng_index_info *info, const eng_val *v, hsm
     eng_buf_init(&pt);
     for (int which = 0; which < 2; which++) {
         /* As the record says (its header's epoch and version): only the key differs. */
-        eng_rec_id id = {.scope = info->id,
-                         .kind = kind,
-                         .token = tok,
-                         .epoch = h.epoch,
-                         .version = h.version};
+        eng_rec_id id = {
+            .scope = info->id, .kind = kind, .token = tok, .epoch = h.epoch, .version = h.version};
         eng_buf_free(&pt);
         eng_rec_hdr oh;
-        if (!eng_rec_open(which ? ko : kn, &id, kcv ? info->kcv : NULL, v->data, v->len, &oh,
-                          &pt))
+        if (!eng_rec_open(which ? ko : kn, &id, kcv ? info->kcv : NULL, v->data, v->len, &oh, &pt))
             (*(which ? &sc->opened_old : &sc->opened_new))++;
     }
     sc->tried++;
@@ -209,8 +204,7 @@ static scan scan_store(const eng_index_info *info, uint32_t now, uint32_t old)
             const char *hex = strrchr(keys[i], ':') + 1;
             if (kinds[k] != 's' && strlen(hex) == 2 * ENG_TOKEN_LEN &&
                 !cdx_hex_decode(hex, tok, ENG_TOKEN_LEN))
-                try_open(&sc, info, &v,
-                         kinds[k] == 't' ? HSM_P_CONTENT : HSM_P_MANIFEST,
+                try_open(&sc, info, &v, kinds[k] == 't' ? HSM_P_CONTENT : HSM_P_MANIFEST,
                          kinds[k] == 'm'   ? ENG_K_MANIFEST
                          : kinds[k] == 't' ? ENG_K_CONTENT
                                            : ENG_K_CENTROIDS,
@@ -625,9 +619,9 @@ static void test_rotate_min_epoch(void)
 
 #define LN   20000 /* items */
 #define LD   32
-#define LNQ  64    /* distinct query vectors */
+#define LNQ  64 /* distinct query vectors */
 #define LK   10
-#define LPRB 2     /* n_probes: approximate, so recall < 1 and any change would show */
+#define LPRB 2 /* n_probes: approximate, so recall < 1 and any change would show */
 
 typedef struct load {
     eng *e;
@@ -638,8 +632,8 @@ typedef struct load {
     atomic_bool stop;
     atomic_uint_fast64_t queries, failures, hits, upserts;
     atomic_uint_fast64_t qhits[LNQ], qruns[LNQ]; /* per query: ground truth found, runs */
-    const uint64_t *want;                         /* per query: hits of the single pass before */
-    atomic_uint_fast64_t changed;                 /* answers whose hits differ from want */
+    const uint64_t *want;                        /* per query: hits of the single pass before */
+    atomic_uint_fast64_t changed;                /* answers whose hits differ from want */
     cdx_err first_err;
     char first_msg[256];
 } load;
@@ -784,9 +778,8 @@ static void test_rotate_under_load(void)
         for (size_t j = 0; j < LD; j++)
             qs[q * LD + j] = s.x[(q * 311 % LN) * LD + j] + fx_frand() * 0.5f;
     for (size_t q = 0; q < LNQ; q++)
-        CU_ASSERT_EQUAL_FATAL(fx_ref_topk(&s, NULL, ENG_METRIC_EUCLIDEAN, qs + q * LD, LK, gt[q],
-                                          NULL),
-                              LK);
+        CU_ASSERT_EQUAL_FATAL(
+            fx_ref_topk(&s, NULL, ENG_METRIC_EUCLIDEAN, qs + q * LD, LK, gt[q], NULL), LK);
     fx_create(name, LD, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 128, NULL);
     for (size_t at = 0; at < LN; at += 1000)
         fx_upsert(name, s.items + at, 1000);
@@ -864,9 +857,8 @@ static void test_rotate_under_load(void)
            (unsigned long long)rr.items, (unsigned long long)rr.ms, (unsigned long long)q_during,
            q_during / s_during, (unsigned long long)u_during, recall_during,
            (unsigned long long)changed_during, (unsigned long long)atomic_load(&l.failures),
-           recall_after, changed_after,
-           (double)(t3 - t2) / 1000.0, sc.records, sc.not_epoch, sc.tried, sc.opened_new,
-           sc.opened_old);
+           recall_after, changed_after, (double)(t3 - t2) / 1000.0, sc.records, sc.not_epoch,
+           sc.tried, sc.opened_new, sc.opened_old);
     if (atomic_load(&l.failures))
         printf("    first failure: %s %s\n", cdx_err_name(l.first_err), l.first_msg);
     CU_ASSERT_EQUAL(atomic_load(&l.failures), 0);
