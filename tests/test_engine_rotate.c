@@ -37,6 +37,7 @@
 #include "eng_keyspace.h"
 #include "eng_maint.h"
 #include "eng_record.h"
+#include "eng_store.h"
 #include "fx_cunit.h"
 #include "fx_engine.h"
 #include "hsm_subkey.h"
@@ -553,6 +554,74 @@ static void test_rotate_interrupted(void)
     fx_ds_free(&s);
 }
 
+/* ---- a crash after every store write of a rotation ---- */
+
+static void test_rotate_crash_points(void)
+{
+    const size_t n = 60, d = 8;
+    fx_dataset s;
+    fx_ds_make(&s, n, d, "k");
+    static char cont[60][64];
+    bool alive[60];
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        contents_of(i, cont[i], 64, &len);
+        s.items[i].contents = len ? (const uint8_t *)cont[i] : NULL;
+        s.items[i].contents_len = len;
+        alive[i] = true;
+    }
+    float qs[4 * 8];
+    for (size_t i = 0; i < 4 * d; i++)
+        qs[i] = fx_frand();
+    eng *ie = idle_engine();
+    int points = 0, before = 0, after = 0;
+    for (uint64_t nth = 1; nth < 200; nth++) {
+        char name[64];
+        fx_uniq_name(name, "rotk");
+        eng_index_info info;
+        fx_create(name, d, ENG_METRIC_EUCLIDEAN, ENG_IVFFLAT, 4, &info);
+        fx_upsert(name, s.items, n);
+        CU_ASSERT_EQUAL_FATAL(eng_train(fx_eng, name, NULL, NULL), CDX_OK);
+        CU_ASSERT_EQUAL_FATAL(eng_rotate(ie, name, NULL), CDX_OK);
+        eng_store_fault_arm(fx_fault, nth);
+        eng_rotate_report r;
+        cdx_err err = eng_rotate_run(ie, name, &r);
+        eng_store_fault_disarm(fx_fault);
+        CU_ASSERT_EQUAL_FATAL(eng_index_describe(ie, name, &info), CDX_OK);
+        /* Before (epoch 0, still rotating) or after (epoch 1, done): nothing between. */
+        bool was_after = info.key_epoch == 1 && info.rotate_to == 0;
+        CU_ASSERT_TRUE(was_after || (info.key_epoch == 0 && info.rotate_to == 1));
+        CU_ASSERT_EQUAL(fx_check_model(ie, name, &s, alive, qs, 4, NULL, NULL, true), 0);
+        if (err == CDX_OK) {
+            CU_ASSERT_TRUE(was_after);
+            CU_ASSERT_EQUAL(eng_index_delete(fx_eng, name, info.id), CDX_OK);
+            break; /* past the last write: the rotation completed */
+        }
+        points++;
+        before += !was_after;
+        after += was_after;
+        /* Resumed after the "restart": done, same contents, nothing of epoch 0 after a sweep. */
+        CU_ASSERT_EQUAL(eng_rotate_run(ie, name, &r), CDX_OK);
+        CU_ASSERT_EQUAL_FATAL(eng_index_describe(ie, name, &info), CDX_OK);
+        CU_ASSERT_EQUAL(info.key_epoch, 1);
+        CU_ASSERT_EQUAL(fx_check_model(ie, name, &s, alive, qs, 4, NULL, NULL, true), 0);
+        CU_ASSERT_EQUAL(check_contents(name, &s, alive), 0);
+        eng *sw = sweeper();
+        sweep_all(sw, name);
+        eng_free(sw);
+        scan sc = scan_store(&info, 1, 0);
+        CU_ASSERT_EQUAL(sc.not_epoch, 0);
+        CU_ASSERT_EQUAL(sc.opened_old, 0);
+        CU_ASSERT_EQUAL(eng_index_delete(fx_eng, name, info.id), CDX_OK);
+    }
+    printf("\n  crash points of a rotation: %d (%d before, %d after), every one resumed\n", points,
+           before, after);
+    CU_ASSERT_TRUE(points >= 10);
+    CU_ASSERT_TRUE(before >= 1);
+    eng_free(ie);
+    fx_ds_free(&s);
+}
+
 /* ---- the minimum readable epoch ---- */
 
 static void test_rotate_min_epoch(void)
@@ -882,6 +951,8 @@ static const fx_test tests[] = {
     {"rotation re-seals everything; old epoch opens nothing", test_rotate_everything},
     {"writes pending, during, and losing to a rotation", test_rotate_with_writes},
     {"interrupted rotation resumes on a restarted appliance", test_rotate_interrupted},
+    {"a crash after every store write of a rotation: before or after, then resumed",
+     test_rotate_crash_points},
     {"minimum readable epoch: old records and cursors refused", test_rotate_min_epoch},
     {"under load: 0 failures, same recall, nothing of the old epoch left", test_rotate_under_load},
 };
