@@ -119,6 +119,7 @@ typedef struct op {
      */
     uint32_t epoch, min_epoch, xepoch;
     pthread_t owner; /* the thread that started the op: the only one that fetches spare subkeys */
+    bool worker;     /* a copy for a worker thread (eng_op_worker): fetches none */
     hsm_subkey *sk[ENG_NPURPOSE];
     eng_sealer sl[ENG_NPURPOSE]; /* keyed with sk[]: freed before they are released */
     hsm_subkey *xsk[ENG_NPURPOSE];

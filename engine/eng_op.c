@@ -37,7 +37,7 @@ static cdx_err op_key_at(op *o, hsm_purpose p, uint32_t ep, hsm_subkey **out)
 {
     if (ep == o->epoch)
         return eng_op_key(o, p, out);
-    if (!pthread_equal(o->owner, pthread_self()))
+    if (o->worker || !pthread_equal(o->owner, pthread_self()))
         return cdx_fail(CDX_ERR_INTEGRITY,
                         "a record sealed under key epoch %u in a state of key epoch %u", ep,
                         o->epoch);
@@ -127,6 +127,7 @@ void eng_op_worker(const op *o, op *w)
     memset(w->sl, 0, sizeof(w->sl));
     memset(w->xsk, 0, sizeof(w->xsk)); /* not shared: a worker fetches none */
     w->xepoch = UINT32_MAX;
+    w->worker = true;
 }
 
 /* Seal a record of this index. */
