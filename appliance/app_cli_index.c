@@ -429,7 +429,9 @@ static int index_rotate(cli *x, cli_args *a, const char *name)
                    name, rr->from_epoch, rr->to_epoch, rr->items, rr->contents,
                    (double)rr->ms / 1000.0, rr->version);
         else
-            printf("rotated %s: key epoch %u (completed in the background)\n", name, ii->key_epoch);
+            printf("rotated %s: key epoch %u -> %u (completed in the background while this "
+                   "waited)\n",
+                   name, rr->from_epoch, rr->to_epoch);
     }
     wire_response_free(w);
     return e ? cli_fail(x, e) : 0;

@@ -752,16 +752,21 @@ static cdx_err do_rotate(const app_dispatch_env *env, const Req *q, Resp *r, scr
     if (err)
         return err;
     if (q->rotate->wait) {
+        /* The epochs of the rotation started or resumed (the background may finish it first:
+         * then the run finds nothing pending and version stays 0). */
+        uint32_t from = info->rotate_to ? info->key_epoch : info->key_epoch - 1;
+        uint32_t to = info->rotate_to ? info->rotate_to : info->key_epoch;
         eng_rotate_report rep;
         if ((err = eng_rotate_run(env->engine, name, &rep)) ||
             (err = eng_index_describe(env->engine, name, info)))
             return err;
-        rr->from_epoch = rep.from;
-        rr->to_epoch = rep.to;
+        rr->from_epoch = rep.to ? rep.from : from;
+        rr->to_epoch = rep.to ? rep.to : to;
         rr->items = rep.items;
         rr->contents = rep.contents;
         rr->version = rep.version;
         rr->ms = rep.ms;
+        rr->attempts = rep.attempts;
     }
     fill_info(info, ii, pb);
     rr->index = ii;

@@ -68,7 +68,7 @@ struct idx {
     pthread_mutex_t rot_mu;
     pthread_mutex_t gate_mu; /* the compaction gate (eng_gate_*) */
     pthread_cond_t gate_cv;  /* CLOCK_MONOTONIC */
-    bool gate_closed;
+    unsigned gate_closed; /* how many closed it (a compaction and a rotation may overlap) */
 };
 
 struct eng {
@@ -183,11 +183,12 @@ CDX_MUST_CHECK cdx_err eng_in_index(cdx_err err, const char *name);
 cdx_err eng_idx_get(eng *e, const char *name, struct idx **out);
 
 /*
- * The compaction gate of an index (eng_maint.c). A compaction takes longer
- * than a small commit, so under a steady stream of this engine's writers it
- * would lose every optimistic attempt; after losing one it closes the gate,
- * and writers starting an attempt wait while it is closed (at most
- * CDX_GATE_WAIT_MS, then they go ahead anyway) until it opens again.
+ * The compaction gate of an index (eng_maint.c). A compaction (or a key
+ * rotation) takes longer than a small commit, so under a steady stream of
+ * this engine's writers it would lose every optimistic attempt; after losing
+ * one it closes the gate, and writers starting an attempt wait while it is
+ * closed (at most CDX_GATE_WAIT_MS, then they go ahead anyway) until every
+ * closer has opened it again.
  * Other appliances' writers are not held. Thread-safe.
  */
 void eng_gate_close(struct idx *ix);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cdx_log.h"
+#include "cdx_time.h"
 #include "eng_commit.h"
 #include "eng_dist.h"
 #include "eng_head.h"
@@ -786,6 +787,7 @@ static cdx_err rotate_attempt(op *o, eng_rotate_report *r, bool *done)
     uint64_t v = m->version + 1;
     /* From here on everything is sealed under the new epoch. */
     eng_op_set_epoch(o, r->to);
+    int64_t first_write = cdx_mono_ms();
     if ((err = eng_manifest_clone_ref(m, &a.nm)))
         goto out;
     eng_manifest *nm = a.nm;
@@ -815,7 +817,20 @@ static cdx_err rotate_attempt(op *o, eng_rotate_report *r, bool *done)
         err = eng_cluster_push(&nm->clusters[a.segs[s].cluster], &a.segs[s].ref);
     atomic_fetch_add(&ix->rot_done, a.g.n);
     if (err || (err = rotate_idmap(&a.g, &nb)) || (err = rotate_step(o, "sealed")) ||
-        (err = rotate_step(o, "committing")) || (err = eng_commit(o, m, nm, &nb, &a.committed)))
+        (err = rotate_step(o, "committing")))
+        goto out;
+    /* A sweep may delete what this attempt wrote once it has seen it unreferenced for
+     * gc_grace_ms: committing later could name swept records. */
+    int64_t took = cdx_mono_ms() - first_write;
+    if (took >= (int64_t)o->e->cfg.gc_grace_ms) {
+        err = cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                       "index %s: a key rotation attempt wrote for %lld ms, not less than [engine] "
+                       "gc_grace_ms (%u): its new records may have been swept before its commit; "
+                       "raise gc_grace_ms above the time a rotation of this index takes",
+                       ix->name, (long long)took, o->e->cfg.gc_grace_ms);
+        goto out;
+    }
+    if ((err = eng_commit(o, m, nm, &nb, &a.committed)))
         goto out;
     if (a.committed) {
         *done = true;

@@ -109,6 +109,9 @@ cdx_add_test(test_access SOURCES test_access.c LIBS cdx_fx_client TIMEOUT 300)
 add_dependencies(test_access cipherdexd)
 cdx_add_test(test_audit_trail SOURCES test_audit_trail.c LIBS cdx_fx_client TIMEOUT 300)
 add_dependencies(test_audit_trail cipherdexd cipherdex-hsm)
+# Key rotation through the appliance under query and upsert load (docs/ROTATION.md).
+cdx_add_test(test_rotate_load SOURCES test_rotate_load.c LIBS cdx_fx_client cdx_engine TIMEOUT 300)
+add_dependencies(test_rotate_load cipherdexd)
 # The Python example client generated from the .proto, against a dev stack.
 add_test(NAME test_python_client
          COMMAND bash ${CMAKE_SOURCE_DIR}/tests/clients/python/run_test.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
