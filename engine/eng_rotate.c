@@ -107,8 +107,9 @@ static void *rot_main(void *arg)
         eng_rotate_report r;
         cdx_err err = eng_rotate_run(e, ix->name, &r);
         atomic_store(&ix->rot_queued, false);
-        bool again = err && err != CDX_ERR_NOT_FOUND && err != CDX_ERR_FAILED_PRECONDITION &&
-                     err != CDX_ERR_CANCELLED;
+        /* Anything but a deleted index or a stop: again after a pause (a refused commit, a
+         * store or token away, an index being deleted until it is gone). */
+        bool again = err && err != CDX_ERR_NOT_FOUND && err != CDX_ERR_CANCELLED;
         if (err && err != CDX_ERR_CANCELLED)
             cdx_log(CDX_LOG_WARN, "rotation_failed", "index=%s code=%s msg=\"%s\" retry=%s",
                     ix->name, cdx_err_name(err), cdx_err_detail(), again ? "yes" : "no");
