@@ -13,6 +13,7 @@
  * fixed while the store sees a steady stream of commits.
  */
 #include <math.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 #include "eng_store.h"
 #include "fx_client.h"
 #include "fx_cunit.h"
+#include "fx_proc.h"
 #include "fx_stack.h"
 #include "wire_msg.h"
 
@@ -250,6 +252,8 @@ typedef struct during {
     uint32_t from, to, epoch;
     uint64_t items, run_ms, version, queries, upserts, changed;
     uint32_t attempts;
+    uint64_t seen_done, seen_total; /* the most progress describe showed meanwhile */
+    bool seen_rotating;             /* describe said "rotating" at least once */
     double s;
 } during;
 
@@ -277,8 +281,15 @@ static void rotate_during(app_client *c, load *l, bool wait, during *d)
     wire_response_free(w);
     /* Background: until describe shows the new epoch (bounded; nothing else signals it). */
     while (!err && !wait && d->epoch != d->to && cdx_mono_ms() - t0 < 60000) {
-        if ((err = app_client_describe_index(c, "load", &w)) == CDX_OK)
-            d->epoch = wire_response_msg(w)->describe_index->index->key_epoch;
+        if ((err = app_client_describe_index(c, "load", &w)) == CDX_OK) {
+            const Cipherdex__V1__IndexInfo *ii = wire_response_msg(w)->describe_index->index;
+            d->epoch = ii->key_epoch;
+            d->seen_rotating |= ii->state.len == 8 && !memcmp(ii->state.data, "rotating", 8);
+            if (ii->rotate_total > d->seen_total || ii->rotate_done > d->seen_done) {
+                d->seen_total = ii->rotate_total;
+                d->seen_done = ii->rotate_done;
+            }
+        }
         wire_response_free(w);
         w = NULL;
         if (d->epoch != d->to) {
@@ -392,6 +403,10 @@ static void test_rotate_under_load(void)
                k ? "" : " until describe showed the new epoch", (unsigned long long)dr[k].queries,
                (double)dr[k].queries / dr[k].s, (unsigned long long)dr[k].upserts,
                (unsigned long long)dr[k].changed);
+    printf("    background: describe showed state rotating: %s, progress up to %llu of %llu "
+           "records\n",
+           dr[0].seen_rotating ? "yes" : "no", (unsigned long long)dr[0].seen_done,
+           (unsigned long long)dr[0].seen_total);
     printf("    --wait run: %llu ms, %u attempts, %llu items, version %llu\n"
            "    after:   recall@10 %.4f, answers changed %zu; failures %llu; old epochs gone from "
            "Redis after %.2f s (%zu records, %zu of another epoch)\n",
@@ -399,6 +414,16 @@ static void test_rotate_under_load(void)
            (unsigned long long)dr[1].version, recall_after, c_after,
            (unsigned long long)atomic_load(&l.failures), (double)(t3 - t2) / 1000.0, records,
            other);
+    /* /metrics: both rotations counted, none pending. */
+    char *colon = strrchr(S.metrics, ':');
+    CU_ASSERT_PTR_NOT_NULL_FATAL(colon);
+    char *mt = fx_http(AF_INET, (uint16_t)atoi(colon + 1), "GET /metrics HTTP/1.0\r\n\r\n");
+    CU_ASSERT_PTR_NOT_NULL(strstr(mt, "\ncipherdex_key_rotations_total 2\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(mt, "\ncipherdex_key_rotations_pending 0\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(mt, "\ncipherdex_key_rotation_failures_total 0\n"));
+    free(mt);
+    CU_ASSERT(dr[0].seen_rotating);
+    CU_ASSERT(dr[0].seen_total > 0);
     if (atomic_load(&l.failures))
         printf("    first failure: %s\n", l.first);
     CU_ASSERT_EQUAL(atomic_load(&l.failures), 0);
