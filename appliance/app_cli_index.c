@@ -106,17 +106,26 @@ static json_t *info_json(const Cipherdex__V1__IndexInfo *x)
     char id[33] = "", kcv[17] = "";
     cli_hex(x->id, id);
     cli_hex(x->kcv, kcv);
-    return json_pack("{s:o,s:o,s:s,s:i,s:o,s:o,s:i,s:i,s:I,s:I,s:s,s:o,s:b,s:o,s:i,s:I,s:o,s:o}",
-                     "name", cli_jstr(x->name), "state", cli_jstr(x->state), "id", id, "dimension",
-                     x->dimension, "metric", cli_jstr(x->metric), "index_type",
-                     cli_jstr(x->index_type), "n_lists", x->n_lists, "n_clusters", x->n_clusters,
-                     "count", (json_int_t)x->count, "version", (json_int_t)x->version, "kcv", kcv,
-                     "key_source", cli_jstr(x->key_source), "key_owned", x->key_owned,
-                     "key_provenance", prov_json(x->key_provenance), "segments", x->segments,
-                     "created_ms", (json_int_t)x->created_ms, "status",
-                     x->status.len ? cli_jstr(x->status) : json_string("ok"), "status_message",
-                     /* json_stringn(NULL, 0) fails: an empty field may have no data */
-                     x->status_message.len ? cli_jstr(x->status_message) : json_string(""));
+    json_t *j = json_pack(
+        "{s:o,s:o,s:s,s:i,s:o,s:o,s:i,s:i,s:I,s:I,s:s,s:o,s:b,s:o,s:i,s:I,s:o,s:o}", "name",
+        cli_jstr(x->name), "state", cli_jstr(x->state), "id", id, "dimension", x->dimension,
+        "metric", cli_jstr(x->metric), "index_type", cli_jstr(x->index_type), "n_lists", x->n_lists,
+        "n_clusters", x->n_clusters, "count", (json_int_t)x->count, "version",
+        (json_int_t)x->version, "kcv", kcv, "key_source", cli_jstr(x->key_source), "key_owned",
+        x->key_owned, "key_provenance", prov_json(x->key_provenance), "segments", x->segments,
+        "created_ms", (json_int_t)x->created_ms, "status",
+        x->status.len ? cli_jstr(x->status) : json_string("ok"), "status_message",
+        /* json_stringn(NULL, 0) fails: an empty field may have no data */
+        x->status_message.len ? cli_jstr(x->status_message) : json_string(""));
+    if (j) /* key epochs and a pending rotation (docs/ROTATION.md) */
+        json_object_update_new(j, json_pack("{s:i,s:i,s:i,s:I,s:I,s:I,s:I}", "key_epoch",
+                                            (int)x->key_epoch, "min_epoch", (int)x->min_epoch,
+                                            "rotate_to", (int)x->rotate_to, "rotate_done",
+                                            (json_int_t)x->rotate_done, "rotate_total",
+                                            (json_int_t)x->rotate_total, "rotate_started_ms",
+                                            (json_int_t)x->rotate_started_ms, "rotated_ms",
+                                            (json_int_t)x->rotated_ms));
+    return j;
 }
 
 /* The store-use and maintenance fields (IndexInfo 19-23), added to info_json's object. */
@@ -175,6 +184,19 @@ static void info_print(const Cipherdex__V1__IndexInfo *x)
     char line[256];
     prov_line(x->key_provenance, line, sizeof(line));
     printf("key origin:  %s\n", line);
+    printf("key epoch:   %u (minimum readable %u)", x->key_epoch, x->min_epoch);
+    if (x->rotated_ms)
+        printf(", last rotated %" PRIu64 " ms after the Unix epoch", x->rotated_ms);
+    printf("\n");
+    if (x->rotate_to) {
+        printf("rotating:    to epoch %u, asked %" PRIu64 " ms after the Unix epoch", x->rotate_to,
+               x->rotate_started_ms);
+        if (x->rotate_total)
+            printf("; %" PRIu64 " of %" PRIu64 " records re-encrypted in the current attempt",
+                   x->rotate_done, x->rotate_total);
+        printf(" (reads and writes go on; `cipherdex index rotate %.*s --wait` waits for it)\n",
+               (int)x->name.len, x->name.data);
+    }
     const Cipherdex__V1__KeyProvenance *p = x->key_provenance;
     if (p && (p->token_serial.len || p->token_model.len))
         printf("token:       %.*s, serial %.*s\n", (int)p->token_model.len,
@@ -227,8 +249,8 @@ static int index_list(cli *x)
                 broken += !ok;
                 const Cipherdex__V1__KeyProvenance *p = ii->key_provenance;
                 bool po = p && p->origin.len;
-                /* STATE: the lifecycle state (creating, ready, deleting), or error when the
-                 * appliance cannot serve the index (STATUS says why, the lines below how) */
+                /* STATE: the lifecycle state (creating, ready, rotating, deleting), or error when
+                 * the appliance cannot serve the index (STATUS says why, the lines below how) */
                 printf("%-32.*s %-9.*s %-6u %-9.*s %-17.*s %-7u %10" PRIu64 " %8" PRIu64
                        "  %-10.*s %.*s\n",
                        (int)ii->name.len, ii->name.data,
@@ -411,6 +433,53 @@ static int index_train(cli *x, cli_args *a, const char *name)
                                            (json_int_t)ver, "seconds", cdx_mono_s() - t0))
                 : (void)printf("trained %s: version %" PRIu64 " in %.2f s\n", name, ver,
                                cdx_mono_s() - t0);
+    }
+    wire_response_free(w);
+    return e ? cli_fail(x, e) : 0;
+}
+
+/*
+ * index rotate NAME [--new-key] [--wait] (admin): start a key rotation; with
+ * --wait, run it to completion on this request and say what it did.
+ */
+static int index_rotate(cli *x, cli_args *a, const char *name)
+{
+    bool wait = false, new_key = false;
+    for (; a->i < a->n; a->i++) {
+        if (!strcmp(a->v[a->i], "--wait"))
+            wait = true;
+        else if (!strcmp(a->v[a->i], "--new-key"))
+            new_key = true;
+        else
+            return cli_usage("index rotate: unknown option %s", a->v[a->i]);
+    }
+    wire_response *w = NULL;
+    cdx_err e = app_client_rotate(x->c, name, wait, new_key, &w);
+    if (!e) {
+        const Cipherdex__V1__RotateResponse *rr = wire_response_msg(w)->rotate;
+        const Cipherdex__V1__IndexInfo *ii = rr->index;
+        if (x->json) {
+            json_t *j = json_pack("{s:s,s:o,s:i,s:i,s:i,s:i,s:I,s:I,s:I,s:I}", "index", name,
+                                  "state", cli_jstr(ii->state), "key_epoch", (int)ii->key_epoch,
+                                  "rotate_to", (int)ii->rotate_to, "from_epoch",
+                                  (int)rr->from_epoch, "to_epoch", (int)rr->to_epoch, "items",
+                                  (json_int_t)rr->items, "contents", (json_int_t)rr->contents,
+                                  "version", (json_int_t)rr->version, "ms", (json_int_t)rr->ms);
+            cli_print_json(j);
+        } else if (!wait)
+            printf("rotating %s: key epoch %u -> %u started; every record is re-encrypted in the "
+                   "background (`cipherdex index describe %s` shows the progress)\n",
+                   name, ii->key_epoch, ii->rotate_to, name);
+        else if (rr->version)
+            printf("rotated %s: key epoch %u -> %u, %" PRIu64 " items and %" PRIu64
+                   " contents re-encrypted in %.2f s (version %" PRIu64
+                   "); the old epoch's records are swept after [engine] gc_grace_ms\n",
+                   name, rr->from_epoch, rr->to_epoch, rr->items, rr->contents,
+                   (double)rr->ms / 1000.0, rr->version);
+        else
+            printf("rotated %s: key epoch %u -> %u (completed in the background while this "
+                   "waited)\n",
+                   name, rr->from_epoch, rr->to_epoch);
     }
     wire_response_free(w);
     return e ? cli_fail(x, e) : 0;
@@ -622,6 +691,8 @@ int cli_index(cli *x, cli_args *a)
         return index_accept_rollback(x, a, name);
     if (!strcmp(sub, "compact"))
         return index_compact(x, a, name);
+    if (!strcmp(sub, "rotate"))
+        return index_rotate(x, a, name);
     if (!strcmp(sub, "attest"))
         return index_attest(x, a, name);
     return cli_usage("index: unknown subcommand %s", sub);

@@ -505,7 +505,8 @@ bool app_request_idempotent(const Cipherdex__V1__Request *req)
     case CIPHERDEX__V1__REQUEST__BODY_COMPACT: /* merging again merges nothing more */
     case CIPHERDEX__V1__REQUEST__BODY_PURGE:   /* purging again removes nothing more */
         return true;
-    default: /* create_index, delete_index, train, and bodies this client does not know */
+    default: /* create_index, delete_index, train, rotate (once the first completed, asking
+              * again starts one more), and bodies this client does not know */
         return false;
     }
 }
@@ -869,6 +870,19 @@ cdx_err app_client_audit_tail(app_client *c, uint32_t limit, wire_response **out
     Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
     r.body_case = CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL;
     r.audit_tail = &t;
+    return app_client_call(c, &r, out);
+}
+
+cdx_err app_client_rotate(app_client *c, const char *index, bool wait, bool new_key,
+                          wire_response **out)
+{
+    Cipherdex__V1__RotateRequest k = CIPHERDEX__V1__ROTATE_REQUEST__INIT;
+    k.index = str(index);
+    k.wait = wait;
+    k.new_key = new_key;
+    Cipherdex__V1__Request r = CIPHERDEX__V1__REQUEST__INIT;
+    r.body_case = CIPHERDEX__V1__REQUEST__BODY_ROTATE;
+    r.rotate = &k;
     return app_client_call(c, &r, out);
 }
 

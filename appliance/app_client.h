@@ -257,6 +257,13 @@ CDX_MUST_CHECK cdx_err app_client_delete(app_client *c, const char *index, const
                                          size_t n, wire_response **out);
 
 /* cursor: NULL (or "") for the first page; limit 0: the server's default page. */
+/*
+ * rotate (admin): start a key rotation of the index (docs/ROTATION.md); with
+ * wait, run it to completion first. The response body is rotate.
+ */
+CDX_MUST_CHECK cdx_err app_client_rotate(app_client *c, const char *index, bool wait, bool new_key,
+                                         wire_response **out);
+
 /* compact (admin): merge the index's segments and sweep now; the response body is compact. */
 CDX_MUST_CHECK cdx_err app_client_compact(app_client *c, const char *index, wire_response **out);
 

@@ -230,6 +230,11 @@ static void pull(void *arg, app_metrics_pull *p)
     p->cache_bytes = es.cache_bytes;
     p->commits = es.commits;
     p->commit_conflicts = es.commit_conflicts;
+    p->rotations = es.rotations;
+    p->rotation_failures = es.rotation_failures;
+    p->rotations_pending = es.rotations_pending;
+    p->rotation_done = es.rotation_records_done;
+    p->rotation_total = es.rotation_records_total;
     p->subkey_derivations = hs.derivations;
     p->subkey_cache_hits = hs.cache_hits;
     eng_maint_stats ms;

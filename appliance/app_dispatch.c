@@ -178,6 +178,13 @@ static void fill_info(const eng_index_info *in, Cipherdex__V1__IndexInfo *out, p
     out->status_message = wire_str(in->status_message);
     fill_prov(&in->prov, pb);
     out->key_provenance = &pb->p;
+    out->key_epoch = in->key_epoch;
+    out->min_epoch = in->min_epoch;
+    out->rotate_to = in->rotate_to;
+    out->rotate_done = in->rotate_done;
+    out->rotate_total = in->rotate_total;
+    out->rotate_started_ms = in->rotate_started_ms;
+    out->rotated_ms = in->rotated_ms;
 }
 
 /* Ids of a request as the engine wants them. */
@@ -751,6 +758,48 @@ static cdx_err do_compact(const app_dispatch_env *env, const Req *q, Resp *r, sc
     return CDX_OK;
 }
 
+/* rotate: start a key rotation; with wait, run it here (docs/ROTATION.md). */
+static cdx_err do_rotate(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
+{
+    const char *name = wire_text(q->rotate->index);
+    Cipherdex__V1__RotateResponse *rr = alloc(s, sizeof(*rr));
+    Cipherdex__V1__IndexInfo *ii = alloc(s, sizeof(*ii));
+    eng_index_info *info = alloc(s, sizeof(*info));
+    prov_buf *pb = alloc(s, sizeof(*pb));
+    if (!rr || !ii || !info || !pb)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if (q->rotate->new_key)
+        return cdx_fail(CDX_ERR_UNIMPLEMENTED,
+                        "rotating to a new token key (new_key) is not implemented yet; rotate "
+                        "without it for a new key epoch (docs/ROTATION.md)");
+    cipherdex__v1__rotate_response__init(rr);
+    cdx_err err = eng_rotate(env->engine, name, info);
+    if (err)
+        return err;
+    if (q->rotate->wait) {
+        /* The epochs of the rotation started or resumed (the background may finish it first:
+         * then the run finds nothing pending and version stays 0). */
+        uint32_t from = info->rotate_to ? info->key_epoch : info->key_epoch - 1;
+        uint32_t to = info->rotate_to ? info->rotate_to : info->key_epoch;
+        eng_rotate_report rep;
+        if ((err = eng_rotate_run(env->engine, name, &rep)) ||
+            (err = eng_index_describe(env->engine, name, info)))
+            return err;
+        rr->from_epoch = rep.to ? rep.from : from;
+        rr->to_epoch = rep.to ? rep.to : to;
+        rr->items = rep.items;
+        rr->contents = rep.contents;
+        rr->version = rep.version;
+        rr->ms = rep.ms;
+        rr->attempts = rep.attempts;
+    }
+    fill_info(info, ii, pb);
+    rr->index = ii;
+    r->body_case = CIPHERDEX__V1__RESPONSE__BODY_ROTATE;
+    r->rotate = rr;
+    return CDX_OK;
+}
+
 /* The audit trail's last records and state, for operators (docs/AUDIT.md). */
 static cdx_err do_audit_tail(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
@@ -856,6 +905,10 @@ static const char *index_compact(const Req *q)
 {
     return wire_text(q->compact->index);
 }
+static const char *index_rotate(const Req *q)
+{
+    return wire_text(q->rotate->index);
+}
 static const char *index_accept_rollback(const Req *q)
 {
     return wire_text(q->accept_rollback->index);
@@ -895,6 +948,7 @@ static const struct op_def {
     {CIPHERDEX__V1__REQUEST__BODY_COMPACT, APP_OP_COMPACT, NEED_ADMIN, index_compact, do_compact},
     /* Appliance-wide: NEED_ADMIN without an index is for appliance admins only. */
     {CIPHERDEX__V1__REQUEST__BODY_PURGE, APP_OP_PURGE, NEED_ADMIN, index_none, do_purge},
+    {CIPHERDEX__V1__REQUEST__BODY_ROTATE, APP_OP_ROTATE, NEED_ADMIN, index_rotate, do_rotate},
     {CIPHERDEX__V1__REQUEST__BODY_ATTEST, APP_OP_ATTEST, NEED_ATTEST, index_attest, do_attest},
 };
 
@@ -1045,7 +1099,7 @@ typedef struct audit_ctx {
     uint32_t keys_cache, keys_token;
 } audit_ctx;
 
-/* Lifecycle records of a successful create, delete_index or accept_rollback. */
+/* Lifecycle records of a successful create, delete_index, accept_rollback or rotate. */
 static cdx_err audit_lifecycle(const app_dispatch_env *env, const audit_ctx *x, const Req *q,
                                const Resp *r)
 {
@@ -1076,6 +1130,15 @@ static cdx_err audit_lifecycle(const app_dispatch_env *env, const audit_ctx *x, 
                  (unsigned long long)r->accept_rollback->version);
         return app_auditrec_lifecycle(env->audit, "accept_rollback", x->index_id, x->principal,
                                       x->rid, extra);
+    case CIPHERDEX__V1__REQUEST__BODY_ROTATE: {
+        const Cipherdex__V1__RotateResponse *rr = r->rotate;
+        const Cipherdex__V1__IndexInfo *ii = rr->index;
+        snprintf(extra, sizeof(extra), "key_epoch=%u rotate_to=%u wait=%s version=%llu",
+                 ii ? ii->key_epoch : 0, ii ? ii->rotate_to : 0, q->rotate->wait ? "yes" : "no",
+                 (unsigned long long)rr->version);
+        return app_auditrec_lifecycle(env->audit, "rotate", x->index_id, x->principal, x->rid,
+                                      extra);
+    }
     default:
         return CDX_OK;
     }

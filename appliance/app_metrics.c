@@ -35,7 +35,7 @@ static const char *const op_names[APP_OP_COUNT] = {
     "health",   "create_index",    "describe_index", "list_indexes", "delete_index",
     "train",    "upsert",          "query",          "get",          "delete",
     "list_ids", "accept_rollback", "audit_tail",     "attest",       "compact",
-    "purge",    "invalid",
+    "purge",    "rotate",   "invalid",
 };
 
 static const char *const stage_names[APP_STAGE_COUNT] = {
@@ -239,6 +239,30 @@ int app_metrics_render(const app_metrics *cm, const app_metrics_pull *pull, FILE
                 (unsigned long long)pull->maint_runs, (unsigned long long)pull->maint_errors,
                 (unsigned long long)pull->maint_compactions, (unsigned long long)pull->maint_swept,
                 (unsigned long long)pull->maint_waiting);
+        fprintf(
+            f,
+            "# HELP cipherdex_key_rotations_total Key rotations this appliance completed.\n"
+            "# TYPE cipherdex_key_rotations_total counter\n"
+            "cipherdex_key_rotations_total %llu\n"
+            "# HELP cipherdex_key_rotation_failures_total Key rotation runs that failed (retried "
+            "while pending).\n"
+            "# TYPE cipherdex_key_rotation_failures_total counter\n"
+            "cipherdex_key_rotation_failures_total %llu\n"
+            "# HELP cipherdex_key_rotations_pending Indexes whose key rotation this appliance "
+            "is running or about to run.\n"
+            "# TYPE cipherdex_key_rotations_pending gauge\n"
+            "cipherdex_key_rotations_pending %llu\n"
+            "# HELP cipherdex_key_rotation_records_done Records re-encrypted by the pending "
+            "rotations' current attempts.\n"
+            "# TYPE cipherdex_key_rotation_records_done gauge\n"
+            "cipherdex_key_rotation_records_done %llu\n"
+            "# HELP cipherdex_key_rotation_records_total Records the pending rotations' "
+            "current attempts re-encrypt.\n"
+            "# TYPE cipherdex_key_rotation_records_total gauge\n"
+            "cipherdex_key_rotation_records_total %llu\n",
+            (unsigned long long)pull->rotations, (unsigned long long)pull->rotation_failures,
+            (unsigned long long)pull->rotations_pending, (unsigned long long)pull->rotation_done,
+            (unsigned long long)pull->rotation_total);
         fprintf(f,
                 "# HELP cipherdex_audit_records_total Audit records written by this process.\n"
                 "# TYPE cipherdex_audit_records_total counter\n"

@@ -35,6 +35,7 @@ typedef enum app_op {
     APP_OP_ATTEST,
     APP_OP_COMPACT,
     APP_OP_PURGE,
+    APP_OP_ROTATE,
     APP_OP_INVALID, /* a frame that did not decode to a known request */
     APP_OP_COUNT
 } app_op;
@@ -98,6 +99,8 @@ typedef struct app_metrics_pull {
     uint64_t commits, commit_conflicts;
     /* background maintenance (engine/eng_maint.h); all 0 when it is off */
     uint64_t maint_runs, maint_errors, maint_compactions, maint_swept, maint_waiting;
+    /* key rotations (docs/ROTATION.md): completed, failed runs, pending here, and progress */
+    uint64_t rotations, rotation_failures, rotations_pending, rotation_done, rotation_total;
     /* the audit trail (docs/AUDIT.md); audit_state: 0 ok, 1 failed (closed), 2 failed-open,
      * -1 off */
     uint64_t audit_records, audit_failures, audit_lost;

@@ -35,6 +35,8 @@ static const struct command {
      "               [--max-points-per-list N]\n"
      "  index accept-rollback NAME --version V   (admin: serve the store's version V again)\n"
      "  index compact NAME   (admin: merge segments and sweep deleted data now)\n"
+     "  index rotate NAME [--wait] [--new-key]\n"
+     "                       (admin: new key epoch, every record re-encrypted in the background)\n"
      "  index purge   (appliance admin: remove shredded, deleted-and-restored and orphan data)\n"
      "  index attest NAME [--nonce HEX] [--out FILE]   (attest: a signed statement about the\n"
      "               index key; verify with cipherdex-hsm attest verify)\n"},

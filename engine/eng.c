@@ -24,12 +24,13 @@ _Thread_local uint64_t eng_tl_stage[ENG_STAGE_COUNT];
 /* The index this thread last opened an op on (eng_thread_index). */
 _Thread_local uint8_t eng_tl_index[CDX_ID_LEN];
 _Thread_local bool eng_tl_index_set;
+_Thread_local uint32_t eng_tl_epoch;
 
 bool eng_thread_index(uint8_t id[CDX_ID_LEN], uint32_t *epoch)
 {
     bool set = eng_tl_index_set;
     memcpy(id, eng_tl_index, CDX_ID_LEN);
-    *epoch = 0; /* one key epoch per index until key rotation lands */
+    *epoch = eng_tl_epoch; /* the key epoch of the state it worked on last */
     eng_tl_index_set = false;
     return set;
 }
@@ -143,6 +144,7 @@ static void idx_free(struct idx *ix)
     pthread_mutex_destroy(&ix->gate_mu);
     pthread_mutex_destroy(&ix->sweep_mu);
     pthread_mutex_destroy(&ix->tok_mu);
+    pthread_mutex_destroy(&ix->rot_mu);
     pthread_mutex_destroy(&ix->mu);
     free(ix);
 }
@@ -215,6 +217,7 @@ cdx_err eng_idx_get(eng *e, const char *name, struct idx **out)
     atomic_init(&ix->refs, 2); /* the registry's and the caller's */
     pthread_mutex_init(&ix->sweep_mu, NULL);
     pthread_mutex_init(&ix->tok_mu, NULL);
+    pthread_mutex_init(&ix->rot_mu, NULL);
     pthread_mutex_init(&ix->gate_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -263,6 +266,12 @@ cdx_err eng_new(const eng_config *cfg, eng **out)
     if (!e->cfg.result_bytes_max)
         e->cfg.result_bytes_max = CDX_RESULT_MAX_DEFAULT;
     pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->rot_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->rot_cv, &ca);
+    pthread_condattr_destroy(&ca);
     e->root.kind = HSM_KEY_ROOT;
     memcpy(e->root.id, cfg->deployment_id, CDX_ID_LEN);
     bool created = false;
@@ -289,6 +298,7 @@ void eng_free(eng *e)
 {
     if (!e)
         return;
+    eng_rotate_stop(e);
     eng_marks_flush(e, true); /* what the token has not seen yet */
     while (e->idx) {
         struct idx *ix = e->idx;
@@ -296,6 +306,8 @@ void eng_free(eng *e)
         idx_free(ix);
     }
     eng_cache_free(e->cache);
+    pthread_cond_destroy(&e->rot_cv);
+    pthread_mutex_destroy(&e->rot_mu);
     pthread_mutex_destroy(&e->mu);
     free(e);
 }
@@ -314,6 +326,16 @@ void eng_set_screen(eng *e, bool on)
 void eng_get_stats(eng *e, eng_stats *s)
 {
     memset(s, 0, sizeof(*s));
+    s->rotations = atomic_load(&e->rotations);
+    s->rotation_failures = atomic_load(&e->rotation_failures);
+    pthread_mutex_lock(&e->mu);
+    for (struct idx *ix = e->idx; ix; ix = ix->next)
+        if (atomic_load(&ix->rot_queued)) {
+            s->rotations_pending++;
+            s->rotation_records_done += atomic_load(&ix->rot_done);
+            s->rotation_records_total += atomic_load(&ix->rot_total);
+        }
+    pthread_mutex_unlock(&e->mu);
     s->commits = atomic_load(&e->commits);
     s->commit_conflicts = atomic_load(&e->conflicts);
     s->queries = atomic_load(&e->queries);

@@ -54,6 +54,8 @@ typedef struct eng_config {
     uint32_t max_probes;               /* a filtered query that finds fewer than top_k
                                           matches widens its probes up to this many
                                           clusters (eng_query.max_probes); 0 = all */
+    bool no_rotation_thread;           /* pending key rotations run only when asked
+                                          (eng_rotate_run): tests, diagnosis */
 } eng_config;
 
 /*
@@ -136,7 +138,8 @@ typedef struct eng_create {
 
 typedef struct eng_index_info {
     char name[CDX_INDEX_NAME_MAX + 1];
-    char state[12]; /* "ready", "creating" or "deleting" (the latter two: unfinished) */
+    char state[12]; /* "ready", "rotating" (a key rotation is pending: still serving), or
+                       "creating" / "deleting" (unfinished) */
     uint8_t id[CDX_ID_LEN];
     uint32_t dimension;
     eng_metric metric;
@@ -170,6 +173,17 @@ typedef struct eng_index_info {
      */
     char status[24];
     char status_message[512];
+    /*
+     * Key epochs (docs/ROTATION.md): the epoch the index's records are sealed
+     * under, the minimum readable one, and a rotation in progress (rotate_to
+     * 0 = none; then state is "rotating") with its progress: items
+     * re-encrypted / to re-encrypt in its current attempt (0/0 until its
+     * first attempt, or on an appliance not running it).
+     */
+    uint32_t key_epoch, min_epoch, rotate_to;
+    uint64_t rotate_done, rotate_total;
+    uint64_t rotate_started_ms; /* wall time the pending rotation was asked for */
+    uint64_t rotated_ms;        /* wall time the last rotation completed; 0 = never */
 } eng_index_info;
 
 /*
@@ -469,7 +483,52 @@ cdx_err eng_accept_rollback(eng *e, const char *name, uint64_t confirm_version, 
  */
 size_t eng_rollback_count(eng *e);
 
+/*
+ * Key rotation (docs/ROTATION.md). eng_rotate starts one: it commits the
+ * intent (rotate_to = current epoch + 1) in the index state, so it survives a
+ * restart, and hands the index to the engine's rotation thread, which
+ * re-encrypts every record under the new epoch's subkeys with new tokens in
+ * one commit (rebased and retried like training). Reads and writes go on
+ * meanwhile. Asking again while one is pending resumes it (no second epoch).
+ * *out (may be NULL) = the index after the start commit.
+ * Errors: CDX_ERR_RESOURCE_EXHAUSTED (the epoch counter is spent), the common ones.
+ */
+cdx_err eng_rotate(eng *e, const char *name, eng_index_info *out);
+
+/* What one run of a rotation did. */
+typedef struct eng_rotate_report {
+    uint32_t from, to;        /* epochs; to = 0: nothing was pending */
+    uint64_t items, contents; /* re-encrypted */
+    uint64_t version;         /* the commit that completed it */
+    unsigned attempts;        /* commit attempts (lost ones rebased) */
+    uint64_t ms;
+} eng_rotate_report;
+
+/*
+ * Run the pending rotation of `name` now, on the calling thread (what the
+ * rotation thread does; --wait and tests). Nothing pending: success with
+ * out->to = 0. One run per index at a time in an engine (a second waits).
+ * Records written by an attempt that does not commit are left unreferenced
+ * for the sweep. Errors: CDX_ERR_ABORTED (every attempt lost to concurrent
+ * writers; still pending), CDX_ERR_CANCELLED (the engine is being freed or
+ * the test hook stopped it; still pending), the common ones.
+ */
+cdx_err eng_rotate_run(eng *e, const char *name, eng_rotate_report *out);
+
+/*
+ * Test hook: called by a rotation run after each step ("gathered",
+ * "sealed", "committing") with the index name; an error stops the run there
+ * (the rotation stays pending, like a crash at that point).
+ */
+typedef cdx_err (*eng_rotate_hook)(void *arg, const char *index, const char *step);
+/* Set (fn NULL: clear) before operations start (not synchronised). */
+void eng_set_rotate_hook(eng *e, eng_rotate_hook fn, void *arg);
+
 typedef struct eng_stats {
+    uint64_t rotations, rotation_failures; /* rotations completed / runs failed (this engine) */
+    /* indexes queued for or in this engine's rotation thread, and their progress (records
+     * re-encrypted / to re-encrypt in their current attempts) */
+    uint64_t rotations_pending, rotation_records_done, rotation_records_total;
     uint64_t commits, commit_conflicts;
     uint64_t cache_hits, cache_misses, cache_bytes;
     uint64_t queries;

@@ -47,8 +47,11 @@ static void *bucket_part_main(void *arg)
             continue;
         uint8_t tok[ENG_TOKEN_LEN];
         eng_bucket_token(b, tok);
-        eng_rec_id id = {
-            .scope = w->o.key.id, .kind = ENG_K_BUCKET, .token = tok, .version = w->version};
+        eng_rec_id id = {.scope = w->o.key.id,
+                         .kind = ENG_K_BUCKET,
+                         .token = tok,
+                         .epoch = w->o.epoch,
+                         .version = w->version};
         /* Encoded straight into the record (sized once) and sealed in place. */
         eng_buf *r = &w->brec[b];
         eng_buf_grow(r, ENG_REC_OVERHEAD + eng_bucket_encoded_len(w->bs->b[b]));
@@ -122,8 +125,11 @@ static cdx_err seal_manifest(op *o, const eng_manifest *nm, uint64_t version, en
         return err;
     eng_buf_reserve(mrec, ENG_REC_HDR);
     eng_manifest_encode(nm, mrec);
-    eng_rec_id rid = {
-        .scope = o->key.id, .kind = ENG_K_MANIFEST, .token = nm->token, .version = version};
+    eng_rec_id rid = {.scope = o->key.id,
+                      .kind = ENG_K_MANIFEST,
+                      .token = nm->token,
+                      .epoch = o->epoch,
+                      .version = version};
     return eng_rec_seal_at(sl, &rid, cdx_wall_ms(), o->kcv, mrec, 0);
 }
 
@@ -137,6 +143,8 @@ static cdx_err adopt(op *o, eng_manifest *nm, uint64_t version)
     atomic_fetch_add(&ix->commits, 1); /* makes the index due for maintenance */
     pthread_mutex_lock(&ix->mu);
     if (!ix->m || ix->m->version < version) {
+        atomic_store(&ix->epoch, nm->epoch);
+        atomic_store(&ix->min_epoch, nm->min_epoch);
         eng_manifest_unref(ix->m);
         ix->m = eng_manifest_ref(nm);
         ix->m_read_ms = cdx_mono_ms();
@@ -166,6 +174,11 @@ cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng
     for (unsigned b = 0; b < ENG_BUCKETS; b++)
         eng_buf_init(&brec[b]);
 
+    if (nm->epoch != o->epoch) { /* every record a manifest names is of its epoch */
+        err = cdx_fail(CDX_ERR_INTERNAL, "commit of a key epoch %u state under epoch %u", nm->epoch,
+                       o->epoch);
+        goto out;
+    }
     nm->version = version;
     if ((err = eng_random(nm->token, ENG_TOKEN_LEN)))
         goto out;

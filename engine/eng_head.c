@@ -204,6 +204,7 @@ cdx_err eng_read_head(op *o, eng_head *h, bool *found)
         if (!err && h->version != rh.version)
             err = cdx_fail(CDX_ERR_INTEGRITY, "head version does not match its record");
         h->write_time = rh.write_time;
+        h->epoch = rh.epoch;
     }
     eng_buf_free(&pt);
     return err;
@@ -217,11 +218,17 @@ static cdx_err read_manifest(op *o, const eng_head *h, eng_manifest **out)
     eng_buf_init(&pt);
     eng_manifest *m = NULL;
     bool found;
+    eng_rec_hdr rh;
     eng_key_rec(key, o->ix->id, ENG_KEY_MANIFEST, h->manifest_token);
     cdx_err err = eng_op_fetch_open(o, key, HSM_P_MANIFEST, ENG_K_MANIFEST, h->manifest_token,
-                                    h->version, NULL, &pt, &found);
+                                    h->version, &rh, &pt, &found);
     if (err)
         goto out;
+    if (found && rh.epoch != h->epoch) {
+        err = cdx_fail(CDX_ERR_INTEGRITY, "the manifest is of key epoch %u, its head of %u",
+                       rh.epoch, h->epoch);
+        goto out;
+    }
     if (!found) {
         err = cdx_fail(CDX_ERR_INTEGRITY, "the manifest the head points at is missing");
         goto out;
@@ -230,13 +237,23 @@ static cdx_err read_manifest(op *o, const eng_head *h, eng_manifest **out)
         goto out;
     atomic_init(&m->refs, 1);
     m->version = h->version;
+    m->epoch = h->epoch;
+    if (m->min_epoch > m->epoch || (m->rot_target && m->rot_target <= m->epoch)) {
+        err = cdx_fail(CDX_ERR_INTEGRITY, "manifest key epochs are inconsistent");
+        goto out;
+    }
     memcpy(m->token, h->manifest_token, ENG_TOKEN_LEN);
     if (m->centroids_version) {
         eng_buf_free(&pt);
         eng_key_rec(key, o->ix->id, ENG_KEY_CENTROIDS, m->centroids_token);
         if ((err = eng_op_fetch_open(o, key, HSM_P_MANIFEST, ENG_K_CENTROIDS, m->centroids_token,
-                                     m->centroids_version, NULL, &pt, &found)))
+                                     m->centroids_version, &rh, &pt, &found)))
             goto out;
+        if (found && rh.epoch != h->epoch) {
+            err = cdx_fail(CDX_ERR_INTEGRITY, "the centroids are of key epoch %u, the head of %u",
+                           rh.epoch, h->epoch);
+            goto out;
+        }
         if (!found) {
             err = cdx_fail(CDX_ERR_INTEGRITY, "the centroids the manifest names are missing");
             goto out;
@@ -273,6 +290,7 @@ cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **o
             cdx_mono_ms() - ix->m_read_ms < (int64_t)e->cfg.manifest_max_age_ms) {
             *out = eng_manifest_ref(ix->m);
             pthread_mutex_unlock(&ix->mu);
+            eng_op_set_state(o, *out);
             return CDX_OK;
         }
         pthread_mutex_unlock(&ix->mu);
@@ -343,6 +361,9 @@ cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **o
     }
     pthread_mutex_unlock(&ix->mu);
     eng_stage_add(&e->ns_head, ENG_STAGE_HEAD, cdx_mono_ns() - t0);
+    eng_op_set_state(o, cur);
+    if (cur->rot_target)
+        eng_rotate_notice(o->e, ix);
     *out = cur;
     return CDX_OK;
 }

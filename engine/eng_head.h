@@ -25,6 +25,7 @@ typedef struct eng_head {
     uint8_t manifest_token[ENG_TOKEN_LEN];
     uint32_t manifest_len;
     uint64_t write_time; /* from the record header; not encoded */
+    uint32_t epoch;      /* from the record header: the state's key epoch; not encoded */
 } eng_head;
 
 /* Append the head body (u8 1, u64 version, token, u32 manifest_len) to b. */
@@ -69,7 +70,9 @@ cdx_err eng_hw_raise(op *o, uint64_t version);
  * The index's current manifest (a shared reference: eng_manifest_unref it).
  * Reads the head unless !fresh and the cached manifest is younger than
  * manifest_max_age_ms and at least min_version; checks the rollback
- * high-water mark, then raises it.
+ * high-water mark, then raises it. The op takes the state's key epoch
+ * (eng_op_set_state); a manifest (or its centroids) of another epoch than
+ * its head is INTEGRITY.
  * Errors: CDX_ERR_NOT_FOUND (the index is gone: forgotten here too),
  * CDX_ERR_ROLLBACK_DETECTED, CDX_ERR_INTEGRITY, CDX_ERR_ABORTED, the store's
  * and custody's, each naming the index.

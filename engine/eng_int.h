@@ -70,9 +70,15 @@ struct idx {
     atomic_uint_fast64_t maint_after_ms; /* wall time before which no maintenance runs */
     /* What describe reports of maintenance on this appliance (eng_index_info). */
     atomic_uint_fast64_t last_compact_ms, last_sweep_ms, sweep_waiting;
+    /* Key epochs (eng_rotate.c): the epoch and floor of the state loaded last, a rotation's
+     * progress (items re-encrypted / to do in its current attempt), one job at a time. */
+    atomic_uint epoch, min_epoch;
+    atomic_uint_fast64_t rot_done, rot_total;
+    atomic_bool rot_queued; /* waiting for or in the engine's rotation thread */
+    pthread_mutex_t rot_mu;
     pthread_mutex_t gate_mu; /* the compaction gate (eng_gate_*) */
     pthread_cond_t gate_cv;  /* CLOCK_MONOTONIC */
-    bool gate_closed;
+    unsigned gate_closed; /* how many closed it (a compaction and a rotation may overlap) */
 };
 
 struct eng {
@@ -90,6 +96,16 @@ struct eng {
     atomic_uint_fast64_t n_screened, n_rescored, n_probe_rescored;
     atomic_uint_fast64_t n_widened; /* filtered query vectors that widened their probes (rounds) */
     atomic_bool no_screen; /* test hook */
+    /* The rotation thread (eng_rotate.c): started on demand, stopped by eng_free. */
+    pthread_mutex_t rot_mu;
+    pthread_cond_t rot_cv; /* CLOCK_MONOTONIC */
+    bool rot_running, rot_stop;
+    pthread_t rot_thread;
+    struct idx **rot_q; /* indexes waiting for it (a reference each) */
+    size_t rot_n, rot_cap;
+    atomic_uint_fast64_t rotations, rotation_failures;
+    eng_rotate_hook rot_hook; /* test hook: called between a rotation's steps */
+    void *rot_hook_arg;
 };
 
 #define ENG_NPURPOSE 9 /* subkey purposes an op may hold (hsm_purpose values) */
@@ -104,8 +120,20 @@ typedef struct op {
     struct idx *ix;
     hsm_key_ref key;
     uint8_t kcv[CDX_KCV_LEN];
+    /*
+     * Key epochs (docs/ROTATION.md): records are sealed under `epoch` (the
+     * epoch of the state loaded last, eng_op_set_state), sk[] and sl[] are its
+     * subkeys. A record of another epoch (the head and manifest before the
+     * state is known, a rotation reading the old epoch) is opened with the
+     * spare slot xsk[] (epoch xepoch), on the op's own thread only; records
+     * below min_epoch are refused.
+     */
+    uint32_t epoch, min_epoch, xepoch;
+    pthread_t owner; /* the thread that started the op: the only one that fetches spare subkeys */
+    bool worker;     /* a copy for a worker thread (eng_op_worker): fetches none */
     hsm_subkey *sk[ENG_NPURPOSE];
     eng_sealer sl[ENG_NPURPOSE]; /* keyed with sk[]: freed before they are released */
+    hsm_subkey *xsk[ENG_NPURPOSE];
 } op;
 
 /*
@@ -118,6 +146,7 @@ typedef struct op {
 extern _Thread_local uint64_t eng_tl_stage[ENG_STAGE_COUNT];
 extern _Thread_local uint8_t eng_tl_index[CDX_ID_LEN];
 extern _Thread_local bool eng_tl_index_set;
+extern _Thread_local uint32_t eng_tl_epoch; /* the key epoch of the state eng_tl_index was at */
 
 /* Add ns to a global stage counter and to this thread's share. Thread-safe. */
 static inline void eng_stage_add(atomic_uint_fast64_t *global, eng_stage st, uint64_t ns)
@@ -165,11 +194,12 @@ CDX_MUST_CHECK cdx_err eng_in_index(cdx_err err, const char *name);
 cdx_err eng_idx_get(eng *e, const char *name, struct idx **out);
 
 /*
- * The compaction gate of an index (eng_maint.c). A compaction takes longer
- * than a small commit, so under a steady stream of this engine's writers it
- * would lose every optimistic attempt; after losing one it closes the gate,
- * and writers starting an attempt wait while it is closed (at most
- * CDX_GATE_WAIT_MS, then they go ahead anyway) until it opens again.
+ * The compaction gate of an index (eng_maint.c). A compaction (or a key
+ * rotation) takes longer than a small commit, so under a steady stream of
+ * this engine's writers it would lose every optimistic attempt; after losing
+ * one it closes the gate, and writers starting an attempt wait while it is
+ * closed (at most CDX_GATE_WAIT_MS, then they go ahead anyway) until every
+ * closer has opened it again.
  * Other appliances' writers are not held. Thread-safe.
  */
 void eng_gate_close(struct idx *ix);
@@ -181,6 +211,16 @@ void eng_gate_wait(struct idx *ix);
  * if none. The caller must hold no pointer into it. Thread-safe (e->mu).
  */
 void eng_idx_forget(eng *e, const uint8_t id[CDX_ID_LEN]);
+
+/*
+ * A rotation of ix is pending (its state says so): queue it for the engine's
+ * rotation thread (started on first use) unless it is queued or running.
+ * Thread-safe; holds no lock of the caller's.
+ */
+void eng_rotate_notice(eng *e, struct idx *ix);
+
+/* Stop the rotation thread (a run in progress stops at its next step) and drop its queue. */
+void eng_rotate_stop(eng *e);
 
 /* Release a reference from eng_idx_get; the entry is freed with the last one. NULL: no-op. */
 void eng_idx_put(struct idx *ix);

@@ -40,6 +40,13 @@ static void fill_info(const eng_catentry *c, const eng_manifest *m, eng_index_in
     out->created_ms = c->created_ms;
     snprintf(out->status, sizeof(out->status), "ok");
     if (m) {
+        if (c->state == ENG_ST_READY && m->rot_target)
+            snprintf(out->state, sizeof(out->state), "rotating");
+        out->key_epoch = m->epoch;
+        out->min_epoch = m->min_epoch;
+        out->rotate_to = m->rot_target;
+        out->rotate_started_ms = m->rot_started_ms;
+        out->rotated_ms = m->rotated_ms;
         out->n_clusters = m->n_clusters;
         out->count = m->count;
         out->version = m->version;
@@ -551,6 +558,10 @@ static cdx_err describe(op *o, eng_manifest *m, void *arg)
     out->records_waiting = atomic_load(&o->ix->sweep_waiting);
     out->last_compaction_ms = atomic_load(&o->ix->last_compact_ms);
     out->last_sweep_ms = atomic_load(&o->ix->last_sweep_ms);
+    if (m->rot_target) { /* progress of this engine's run, if it runs one */
+        out->rotate_done = atomic_load(&o->ix->rot_done);
+        out->rotate_total = atomic_load(&o->ix->rot_total);
+    }
     return CDX_OK;
 }
 

@@ -111,7 +111,7 @@ typedef struct cursor_ctx {
 } cursor_ctx;
 
 static cdx_err cursor_open(op *o, const cursor_ctx *cx, const char *text, unsigned *bucket,
-                           uint8_t last[ENG_TOKEN_LEN], bool *has)
+                           uint8_t last[ENG_TOKEN_LEN], bool *has, uint32_t *epoch)
 {
     static const char *const not_ours =
         "cursor is not one this index issued to this principal; start the listing again";
@@ -134,8 +134,14 @@ static cdx_err cursor_open(op *o, const cursor_ctx *cx, const char *text, unsign
                         CDX_CURSOR_TTL_MS / 60000);
     eng_buf pt;
     eng_buf_init(&pt);
-    cdx_err err = eng_op_unseal(o, HSM_P_QUERY, ENG_K_CURSOR, cx->bind, window, raw + 4, n / 2 - 4,
-                                NULL, &pt);
+    eng_rec_hdr h;
+    if (!eng_rec_header(raw + 4, n / 2 - 4, &h) && h.epoch < o->min_epoch)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                        "the index's key was rotated since this cursor was issued (key epoch %u, "
+                        "now at least %u); start the listing again",
+                        h.epoch, o->min_epoch);
+    cdx_err err =
+        eng_op_unseal(o, HSM_P_QUERY, ENG_K_CURSOR, cx->bind, window, raw + 4, n / 2 - 4, &h, &pt);
     if (err) {
         eng_buf_free(&pt);
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "%s", not_ours);
@@ -156,6 +162,7 @@ static cdx_err cursor_open(op *o, const cursor_ctx *cx, const char *text, unsign
                         "cursor expired (older than %d minutes); start the listing again",
                         CDX_CURSOR_TTL_MS / 60000);
     *has = true;
+    *epoch = h.epoch;
     return CDX_OK;
 }
 
@@ -266,6 +273,7 @@ cdx_err eng_list_ids_for(eng *e, const char *name, const void *bind, size_t bind
     unsigned b0;
     uint8_t last[ENG_TOKEN_LEN];
     bool has = false;
+    uint32_t cepoch = 0;
     eng_manifest *m = NULL;
     char **v = calloc(limit, sizeof(char *));
     size_t *vl = calloc(limit, sizeof(size_t));
@@ -274,7 +282,7 @@ cdx_err eng_list_ids_for(eng *e, const char *name, const void *bind, size_t bind
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
-    if ((err = cursor_open(&o, &cx, cursor, &b0, last, &has)))
+    if ((err = cursor_open(&o, &cx, cursor, &b0, last, &has, &cepoch)))
         goto out;
     /*
      * A commit landing between the head read and a bucket fetch moves the
@@ -289,6 +297,13 @@ cdx_err eng_list_ids_for(eng *e, const char *name, const void *bind, size_t bind
         k = 0;
         if ((err = eng_load_state(&o, attempt > 0, 0, &m)))
             break;
+        if (has && cepoch != o.epoch) { /* ids are ordered by their tokens, which changed */
+            err = cdx_fail(CDX_ERR_INVALID_ARGUMENT,
+                           "the index's key was rotated since this cursor was issued (key epoch "
+                           "%u, now %u); start the listing again",
+                           cepoch, o.epoch);
+            break;
+        }
         err = list_page(&o, &cx, m, b0, has ? last : NULL, limit, v, vl, &k, next);
         if (err != ENG_MOVED)
             break;

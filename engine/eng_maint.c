@@ -12,15 +12,15 @@
 void eng_gate_close(struct idx *ix)
 {
     pthread_mutex_lock(&ix->gate_mu);
-    ix->gate_closed = true;
+    ix->gate_closed++;
     pthread_mutex_unlock(&ix->gate_mu);
 }
 
 void eng_gate_open(struct idx *ix)
 {
     pthread_mutex_lock(&ix->gate_mu);
-    ix->gate_closed = false;
-    pthread_cond_broadcast(&ix->gate_cv);
+    if (ix->gate_closed && --ix->gate_closed == 0)
+        pthread_cond_broadcast(&ix->gate_cv);
     pthread_mutex_unlock(&ix->gate_mu);
 }
 

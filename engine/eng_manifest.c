@@ -106,11 +106,12 @@ void eng_manifest_encode(const eng_manifest *m, eng_buf *b)
 {
     /* Sized once: manifests run to megabytes, and every commit writes one. */
     uint32_t nc = eng_manifest_nclusters(m);
-    size_t size = 2103 + 4 + 24 * (size_t)m->nretired;
+    bool ep = m->min_epoch || m->rot_target || m->rot_started_ms || m->rotated_ms;
+    size_t size = 2103 + 4 + 24 * (size_t)m->nretired + (ep ? 24 : 0);
     for (uint32_t i = 0; i < nc; i++)
         size += 4 + 56 * (size_t)m->clusters[i].nseg;
     eng_buf_grow(b, size);
-    eng_buf_u8(b, ENG_MANIFEST_FMT);
+    eng_buf_u8(b, ep ? ENG_MANIFEST_FMT_EPOCH : ENG_MANIFEST_FMT);
     eng_buf_u32(b, m->dim);
     eng_buf_u8(b, m->metric);
     eng_buf_u8(b, m->type);
@@ -142,6 +143,12 @@ void eng_manifest_encode(const eng_manifest *m, eng_buf *b)
         eng_buf_put(b, m->retired[i].token, ENG_TOKEN_LEN);
         eng_buf_u64(b, m->retired[i].retire_ms);
     }
+    if (ep) {
+        eng_buf_u32(b, m->min_epoch);
+        eng_buf_u32(b, m->rot_target);
+        eng_buf_u64(b, m->rot_started_ms);
+        eng_buf_u64(b, m->rotated_ms);
+    }
 }
 
 cdx_err eng_manifest_decode(const uint8_t *p, size_t n, eng_manifest **out)
@@ -164,8 +171,8 @@ cdx_err eng_manifest_decode(const uint8_t *p, size_t n, eng_manifest **out)
     m->count = eng_rd_u64(&r);
     for (unsigned i = 0; i < ENG_BUCKETS; i++)
         m->bucket_version[i] = eng_rd_u64(&r);
-    if (r.bad || fmt != ENG_MANIFEST_FMT || m->dim == 0 || m->dim > CDX_DIM_MAX ||
-        m->n_clusters > CDX_NLISTS_MAX)
+    if (r.bad || (fmt != ENG_MANIFEST_FMT && fmt != ENG_MANIFEST_FMT_EPOCH) || m->dim == 0 ||
+        m->dim > CDX_DIM_MAX || m->n_clusters > CDX_NLISTS_MAX)
         goto bad;
     uint32_t nc = eng_manifest_nclusters(m);
     m->clusters = calloc(nc, sizeof(*m->clusters));
@@ -198,6 +205,14 @@ cdx_err eng_manifest_decode(const uint8_t *p, size_t n, eng_manifest **out)
         uint64_t when = eng_rd_u64(&r);
         if (eng_retire(m, t, when))
             goto oom;
+    }
+    if (fmt == ENG_MANIFEST_FMT_EPOCH) {
+        m->min_epoch = eng_rd_u32(&r);
+        m->rot_target = eng_rd_u32(&r);
+        m->rot_started_ms = eng_rd_u64(&r);
+        m->rotated_ms = eng_rd_u64(&r);
+        if (m->rot_target && m->rot_target <= m->min_epoch)
+            goto bad;
     }
     if (!eng_rd_done(&r))
         goto bad;

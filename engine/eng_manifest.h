@@ -22,7 +22,8 @@
 #include "eng_kmeans.h"
 #include "eng_probe.h"
 
-#define ENG_MANIFEST_FMT 1
+#define ENG_MANIFEST_FMT       1 /* body format of a manifest with no key-epoch fields set */
+#define ENG_MANIFEST_FMT_EPOCH 2 /* ... with them (min_epoch, rotation): docs/ROTATION.md */
 
 typedef struct eng_segref {
     uint8_t token[ENG_TOKEN_LEN]; /* store name: HMAC(K_centroid, be32(cluster) salt) */
@@ -58,6 +59,18 @@ typedef struct eng_manifest {
     uint32_t nretired, capretired;
     eng_retired *retired;
     uint64_t count; /* live items */
+    /*
+     * Key epochs (docs/ROTATION.md). epoch is the epoch every record this
+     * manifest names is sealed under: the epoch of its head and manifest
+     * records (not in the body). min_epoch: records below it are refused
+     * (INTEGRITY). rot_target: a rotation to that epoch is pending (0 = none),
+     * asked for at wall time rot_started_ms.
+     */
+    uint32_t epoch;
+    uint32_t min_epoch;
+    uint32_t rot_target;
+    uint64_t rot_started_ms;
+    uint64_t rotated_ms; /* wall time the last rotation completed (0 = never) */
     /* decoded centroids (filled on demand; not serialised here) */
     float *centroids;         /* n_clusters x dim (normalised for cosine) */
     float *sq_vmin, *sq_step; /* IVFSQ8 quantiser (dim each) */
@@ -88,16 +101,19 @@ eng_manifest *eng_manifest_ref(eng_manifest *m);
 void eng_manifest_unref(eng_manifest *m);
 
 /*
- * Append the body (format ENG_MANIFEST_FMT) to b: shape, bucket versions,
- * clusters with their segments, retired segments. Not version, token or
- * centroids (those live in the head and the centroids record). Allocation
- * failure shows in eng_buf_ok(b).
+ * Append the body to b: shape, bucket versions, clusters with their segments,
+ * retired segments, and (format ENG_MANIFEST_FMT_EPOCH, only when one is
+ * set) min_epoch, rot_target, rot_started_ms, rotated_ms; format
+ * ENG_MANIFEST_FMT otherwise, byte for byte what it was. Not version, token,
+ * epoch or centroids (those live in the head, the record header and the
+ * centroids record). Allocation failure shows in eng_buf_ok(b).
  */
 void eng_manifest_encode(const eng_manifest *m, eng_buf *b);
 
 /*
- * Decode a body into a new manifest (refs 0, version and token unset).
- * Rejects (CDX_ERR_INTEGRITY): another format, dim 0 or over CDX_DIM_MAX,
+ * Decode a body into a new manifest (refs 0, version, token and epoch unset).
+ * Rejects (CDX_ERR_INTEGRITY): another format (1 and 2 are known), a
+ * rotation target not above min_epoch, dim 0 or over CDX_DIM_MAX,
  * n_clusters over CDX_NLISTS_MAX, segment or retired counts larger than the
  * bytes left could hold, truncation, trailing bytes.
  * Errors: CDX_ERR_INTEGRITY, CDX_ERR_RESOURCE_EXHAUSTED.

@@ -11,13 +11,80 @@ cdx_err eng_op_key(op *o, hsm_purpose p, hsm_subkey **out)
 {
     if (!o->sk[p]) {
         uint64_t t0 = cdx_mono_ns();
-        cdx_err err = hsm_subkey_get(o->e->cfg.custody, &o->key, o->kcv, p, 0, &o->sk[p]);
+        cdx_err err = hsm_subkey_get(o->e->cfg.custody, &o->key, o->kcv, p, o->epoch, &o->sk[p]);
         eng_stage_add(&o->e->ns_keys, ENG_STAGE_KEYS, cdx_mono_ns() - t0);
         if (err)
             return err;
     }
     *out = o->sk[p];
     return CDX_OK;
+}
+
+/* Release the spare slot's subkeys. */
+static void spare_release(op *o)
+{
+    for (int i = 0; i < ENG_NPURPOSE; i++)
+        hsm_subkey_release(o->xsk[i]);
+    memset(o->xsk, 0, sizeof(o->xsk));
+}
+
+/*
+ * The subkey for purpose p at epoch ep: the op's own epoch, or the spare
+ * slot (fetched on the op's thread only: worker copies share the op's
+ * subkeys and must not fetch).
+ */
+static cdx_err op_key_at(op *o, hsm_purpose p, uint32_t ep, hsm_subkey **out)
+{
+    if (ep == o->epoch)
+        return eng_op_key(o, p, out);
+    if (o->worker || !pthread_equal(o->owner, pthread_self()))
+        return cdx_fail(CDX_ERR_INTEGRITY,
+                        "a record sealed under key epoch %u in a state of key epoch %u", ep,
+                        o->epoch);
+    if (o->xepoch != ep) {
+        spare_release(o);
+        o->xepoch = ep;
+    }
+    if (!o->xsk[p]) {
+        uint64_t t0 = cdx_mono_ns();
+        cdx_err err = hsm_subkey_get(o->e->cfg.custody, &o->key, o->kcv, p, ep, &o->xsk[p]);
+        eng_stage_add(&o->e->ns_keys, ENG_STAGE_KEYS, cdx_mono_ns() - t0);
+        if (err)
+            return err;
+    }
+    *out = o->xsk[p];
+    return CDX_OK;
+}
+
+void eng_op_set_epoch(op *o, uint32_t ep)
+{
+    if (ep == o->epoch)
+        return;
+    eng_op_sealers_free(o);
+    if (o->xepoch == ep) { /* swap: the spare slot already holds some of ep's subkeys */
+        for (int i = 0; i < ENG_NPURPOSE; i++) {
+            hsm_subkey *t = o->sk[i];
+            o->sk[i] = o->xsk[i];
+            o->xsk[i] = t;
+        }
+        o->xepoch = o->epoch;
+    } else {
+        for (int i = 0; i < ENG_NPURPOSE; i++)
+            hsm_subkey_release(o->sk[i]);
+        memset(o->sk, 0, sizeof(o->sk));
+    }
+    o->epoch = ep;
+}
+
+void eng_op_set_state(op *o, const eng_manifest *m)
+{
+    eng_op_set_epoch(o, m->epoch);
+    o->min_epoch = m->min_epoch;
+    eng_tl_epoch = m->epoch;
+    if (o->ix) {
+        atomic_store(&o->ix->epoch, m->epoch);
+        atomic_store(&o->ix->min_epoch, m->min_epoch);
+    }
 }
 
 /* The op's sealer for purpose p (one per op and thread: see op_worker). */
@@ -45,6 +112,7 @@ void eng_op_end(op *o)
     for (int i = 0; i < ENG_NPURPOSE; i++)
         hsm_subkey_release(o->sk[i]);
     memset(o->sk, 0, sizeof(o->sk));
+    spare_release(o);
     eng_idx_put(o->ix); /* the reference eng_op_index took over */
     o->ix = NULL;
 }
@@ -57,6 +125,9 @@ void eng_op_worker(const op *o, op *w)
 {
     *w = *o;
     memset(w->sl, 0, sizeof(w->sl));
+    memset(w->xsk, 0, sizeof(w->xsk)); /* not shared: a worker fetches none */
+    w->xepoch = UINT32_MAX;
+    w->worker = true;
 }
 
 /* Seal a record of this index. */
@@ -67,7 +138,8 @@ cdx_err eng_op_seal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[ENG_T
     cdx_err err = eng_op_sealer(o, p, &s);
     if (err)
         return err;
-    eng_rec_id id = {.scope = o->key.id, .kind = kind, .token = tok, .version = version};
+    eng_rec_id id = {
+        .scope = o->key.id, .kind = kind, .token = tok, .epoch = o->epoch, .version = version};
     return eng_rec_seal_s(s, &id, cdx_wall_ms(), o->kcv, pt, len, out);
 }
 
@@ -78,15 +150,20 @@ cdx_err eng_op_unseal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[ENG
 {
     hsm_subkey *k;
     eng_rec_hdr hh;
-    cdx_err err = eng_op_key(o, p, &k);
+    cdx_err err = eng_rec_header(rec, len, &hh);
     if (err)
         return err;
-    if (version == UINT64_MAX) {
-        if ((err = eng_rec_header(rec, len, &hh)))
-            return err;
+    if (hh.epoch < o->min_epoch)
+        return cdx_fail(CDX_ERR_INTEGRITY,
+                        "%s record sealed under key epoch %u, below the index's minimum readable "
+                        "epoch %u (retired by a key rotation: a restored or replayed record)",
+                        eng_kind_name(kind), hh.epoch, o->min_epoch);
+    if ((err = op_key_at(o, p, hh.epoch, &k)))
+        return err;
+    if (version == UINT64_MAX)
         version = hh.version;
-    }
-    eng_rec_id id = {.scope = o->key.id, .kind = kind, .token = tok, .version = version};
+    eng_rec_id id = {
+        .scope = o->key.id, .kind = kind, .token = tok, .epoch = hh.epoch, .version = version};
     uint64_t t0 = cdx_mono_ns();
     err = eng_rec_open(k, &id, o->kcv, rec, len, h ? h : &hh, out);
     eng_stage_add(&o->e->ns_decrypt, ENG_STAGE_DECRYPT, cdx_mono_ns() - t0);
@@ -115,6 +192,8 @@ void eng_op_root(eng *e, op *o)
     o->e = e;
     o->key = e->root;
     memcpy(o->kcv, e->root_kcv, CDX_KCV_LEN);
+    o->owner = pthread_self();
+    o->xepoch = UINT32_MAX;
 }
 
 void eng_op_index(eng *e, struct idx *ix, op *o)
@@ -125,6 +204,13 @@ void eng_op_index(eng *e, struct idx *ix, op *o)
     o->key.kind = HSM_KEY_INDEX;
     memcpy(o->key.id, ix->id, CDX_ID_LEN);
     memcpy(o->kcv, ix->cat.kcv, CDX_KCV_LEN);
+    /* The epoch last seen: ids tokenised before the state is read are then usually right
+     * (callers re-tokenise when eng_op_set_state changes it). */
+    o->epoch = atomic_load(&ix->epoch);
+    o->min_epoch = atomic_load(&ix->min_epoch);
+    o->owner = pthread_self();
+    o->xepoch = UINT32_MAX;
+    eng_tl_epoch = o->epoch;
     memcpy(eng_tl_index, ix->id, CDX_ID_LEN);
     eng_tl_index_set = true;
 }

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "eng_int.h"
+#include "eng_manifest.h"
 
 /* Start an op on the root key (catalog records). End it with eng_op_end. */
 void eng_op_root(eng *e, op *o);
@@ -45,6 +46,17 @@ cdx_err eng_op_key(op *o, hsm_purpose p, hsm_subkey **out);
  */
 cdx_err eng_op_sealer(op *o, hsm_purpose p, eng_sealer **out);
 
+/*
+ * Make ep the op's epoch (records are sealed under it; its subkeys are the
+ * op's, for workers too): the op's sealers are freed and its subkeys
+ * released or swapped with the spare slot. The op's own thread, no worker
+ * running, no subkey or sealer pointer of the op held across the call.
+ */
+void eng_op_set_epoch(op *o, uint32_t ep);
+
+/* eng_op_set_epoch(m->epoch), min_epoch = m's; the index remembers both. Same rules. */
+void eng_op_set_state(op *o, const eng_manifest *m);
+
 /* Free the op's sealers only (a worker copy's end). */
 void eng_op_sealers_free(op *o);
 
@@ -62,10 +74,13 @@ cdx_err eng_op_seal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[ENG_T
                     uint64_t version, const uint8_t *pt, size_t len, eng_buf *out);
 
 /*
- * Open a record of this op's key into out (timed as the decrypt stage);
- * version UINT64_MAX = take the header's. h (may be NULL) gets the header.
+ * Open a record of this op's key into out (timed as the decrypt stage),
+ * with the subkey of the epoch its header names (the op's, or its spare
+ * slot's on the op's own thread); version UINT64_MAX = take the header's.
+ * h (may be NULL) gets the header.
  * Errors: CDX_ERR_INTEGRITY (malformed, forged, or bound to another kind,
- * token, version or key), eng_op_key's, CDX_ERR_RESOURCE_EXHAUSTED.
+ * token, version or key; its epoch below the op's min_epoch; another epoch
+ * than the op's on a worker thread), eng_op_key's, CDX_ERR_RESOURCE_EXHAUSTED.
  */
 cdx_err eng_op_unseal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[ENG_TOKEN_LEN],
                       uint64_t version, const uint8_t *rec, size_t len, eng_rec_hdr *h,

@@ -545,6 +545,7 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
         err = eng_id_token(&o, ids[i], id_lens[i], toks[i]);
     if (err || (err = check_unique((const uint8_t(*)[ENG_TOKEN_LEN])toks, n)))
         goto out;
+    uint32_t tok_epoch = o.epoch; /* the key epoch toks were made under */
     /* Attempt 0 may use the cached state; later ones read the head. A commit landing mid-read
      * (ENG_MOVED) is retried a bounded number of times; a missing record twice is INTEGRITY. */
     bool refreshed = false;
@@ -562,6 +563,11 @@ cdx_err eng_get(eng *e, const char *name, const char *const *ids, const size_t *
         if ((err = attempt ? eng_load_state(&o, true, min_version, &m)
                            : eng_load_min(&o, min_version, &m)))
             goto out;
+        for (size_t i = 0; i < n && !err && tok_epoch != o.epoch; i++) /* a rotation landed */
+            err = eng_id_token(&o, ids[i], id_lens[i], toks[i]);
+        if (err)
+            goto out;
+        tok_epoch = o.epoch;
         bool wantb[ENG_BUCKETS] = {false};
         for (size_t i = 0; i < n; i++)
             wantb[eng_bucket_of(toks[i])] = true;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cdx_log.h"
+#include "cdx_time.h"
 #include "eng_commit.h"
 #include "eng_dist.h"
 #include "eng_head.h"
@@ -633,4 +634,267 @@ cdx_err eng_compact_over(eng *e, const char *name, uint32_t more_than, uint64_t 
 cdx_err eng_compact(eng *e, const char *name, uint64_t *version)
 {
     return eng_compact_over(e, name, 1, version, NULL);
+}
+
+/*
+ * Key rotation (docs/ROTATION.md): the whole index rewritten under the
+ * pending epoch in one commit. Contents are re-sealed first (new random
+ * tokens), then every live item is placed into fresh segments of its own
+ * cluster (new salts, so new segment names under the new centroid subkey),
+ * the centroids re-sealed, and the id map rebuilt from scratch under the new
+ * token subkey (every bucket rewritten). Old records are then unreferenced:
+ * the sweep deletes them a grace later.
+ */
+
+/* The engine is stopping, or the test hook stops the run after `step`. */
+static cdx_err rotate_step(op *o, const char *step)
+{
+    eng *e = o->e;
+    pthread_mutex_lock(&e->rot_mu);
+    bool stop = e->rot_stop;
+    pthread_mutex_unlock(&e->rot_mu);
+    if (stop)
+        return cdx_fail(CDX_ERR_CANCELLED, "the appliance is stopping; the rotation resumes "
+                                           "when it restarts");
+    return e->rot_hook ? e->rot_hook(e->rot_hook_arg, o->ix->name, step) : CDX_OK;
+}
+
+/*
+ * Re-seal the contents of the gathered items under o's (new) epoch with
+ * fresh tokens: rows[i].content gets the new token. Old records are read
+ * with their own epoch's subkey (the op's spare slot).
+ * Errors: ENG_MOVED (a record is gone: superseded meanwhile), the store's and custody's.
+ */
+static cdx_err rotate_contents(op *o, gathered *g, uint64_t *moved)
+{
+    enum { CHUNK = CDX_ROTATE_CHUNK };
+    cdx_err err = CDX_OK;
+    char(*keys)[CDX_STORE_KEY_MAX] = malloc(CHUNK * sizeof(*keys));
+    const char *kp[CHUNK];
+    size_t at[CHUNK];
+    eng_val v[CHUNK];
+    eng_buf rec[CHUNK];
+    eng_kv kv[CHUNK];
+    bool created[CHUNK];
+    eng_buf pt;
+    eng_buf_init(&pt);
+    for (size_t i = 0; i < CHUNK; i++)
+        eng_buf_init(&rec[i]);
+    if (!keys)
+        return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    size_t i = 0;
+    while (i < g->n && !err) {
+        size_t n = 0;
+        for (; i < g->n && n < CHUNK; i++) {
+            if (!g->rows[i].content_len)
+                continue;
+            eng_key_rec(keys[n], o->ix->id, ENG_KEY_CONTENTS, g->rows[i].content);
+            kp[n] = keys[n];
+            at[n++] = i;
+        }
+        if (!n)
+            break;
+        memset(v, 0, sizeof(v));
+        if ((err = eng_store_mget(o->e->cfg.store, kp, n, v)))
+            break;
+        for (size_t j = 0; j < n && !err; j++) {
+            eng_row *r = &g->rows[at[j]];
+            eng_buf_free(&pt);
+            if (!v[j].found) {
+                err = cdx_fail(ENG_MOVED, "contents the id map names are missing");
+                break;
+            }
+            if ((err = eng_op_unseal(o, HSM_P_CONTENT, ENG_K_CONTENT, r->content, 0, v[j].data,
+                                     v[j].len, NULL, &pt)))
+                break;
+            if (pt.len != r->content_len) {
+                err = cdx_fail(CDX_ERR_INTEGRITY, "contents have the wrong length");
+                break;
+            }
+            eng_buf_free(&rec[j]);
+            if ((err = eng_random(r->content, ENG_TOKEN_LEN)) ||
+                (err = eng_op_seal(o, HSM_P_CONTENT, ENG_K_CONTENT, r->content, 0, pt.data, pt.len,
+                                   &rec[j])))
+                break;
+            eng_key_rec(keys[j], o->ix->id, ENG_KEY_CONTENTS, r->content);
+            kv[j] = (eng_kv){keys[j], rec[j].data, rec[j].len};
+        }
+        eng_vals_free(v, n);
+        if (!err)
+            err = eng_store_setnx(o->e->cfg.store, kv, n, created);
+        if (!err)
+            atomic_fetch_add(&o->ix->rot_done, n);
+        *moved += err ? 0 : n;
+    }
+    eng_buf_free(&pt);
+    for (size_t j = 0; j < CHUNK; j++)
+        eng_buf_free(&rec[j]);
+    free(keys);
+    return err;
+}
+
+/* The id map of the rotated state: every gathered item under its new token, every bucket. */
+static cdx_err rotate_idmap(const gathered *g, eng_bucketset *nb)
+{
+    for (unsigned b = 0; b < ENG_BUCKETS; b++) {
+        if (!(nb->b[b] = calloc(1, sizeof(eng_bucket))))
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        nb->dirty[b] = true;
+    }
+    for (size_t i = 0; i < g->n; i++) {
+        eng_ident id = *g->idents[i];
+        memcpy(id.tok, g->rows[i].tok, ENG_TOKEN_LEN);
+        memcpy(id.content, g->rows[i].content, ENG_TOKEN_LEN);
+        if (!(id.id = malloc(id.id_len + 1u)))
+            return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        memcpy(id.id, g->idents[i]->id, id.id_len + 1u);
+        cdx_err err = eng_bucket_put(nb->b[eng_bucket_of(id.tok)], &id);
+        if (err) {
+            free(id.id);
+            return err;
+        }
+    }
+    return CDX_OK;
+}
+
+/* One attempt: *done when committed or nothing is pending (then r->to = 0 if never was). */
+static cdx_err rotate_attempt(op *o, eng_rotate_report *r, bool *done)
+{
+    attempt_state a;
+    memset(&a, 0, sizeof(a));
+    eng_bucketset nb;
+    memset(&nb, 0, sizeof(nb));
+    struct idx *ix = o->ix;
+    cdx_err err;
+    if ((err = eng_load_state(o, true, 0, &a.m)))
+        goto out;
+    const eng_manifest *m = a.m;
+    if (!m->rot_target) {
+        *done = true; /* nothing pending, or another run (appliance) completed it */
+        goto out;
+    }
+    r->from = m->epoch;
+    r->to = m->rot_target;
+    atomic_store(&ix->rot_done, 0);
+    atomic_store(&ix->rot_total, m->count);
+    if ((err = eng_buckets_load_all(o, m, &a.bs)) || (err = gather(o, m, &a.bs, NULL, &a.g)) ||
+        (err = rotate_step(o, "gathered")))
+        goto out;
+    uint64_t with_contents = 0;
+    for (size_t i = 0; i < a.g.n; i++)
+        with_contents += a.g.rows[i].content_len > 0;
+    atomic_store(&ix->rot_total, a.g.n + with_contents); /* records to re-encrypt */
+    uint64_t v = m->version + 1;
+    /* From here on everything is sealed under the new epoch. */
+    eng_op_set_epoch(o, r->to);
+    int64_t first_write = cdx_mono_ms();
+    if ((err = eng_manifest_clone_ref(m, &a.nm)))
+        goto out;
+    eng_manifest *nm = a.nm;
+    nm->epoch = r->to;
+    nm->min_epoch = r->to; /* the old epoch's records are refused from now on */
+    nm->rot_target = 0;
+    nm->rot_started_ms = 0;
+    nm->rotated_ms = cdx_wall_ms();
+    uint32_t nc = eng_manifest_nclusters(m);
+    for (uint32_t c = 0; c < nc; c++)
+        nm->clusters[c].nseg = 0;
+    for (size_t i = 0; i < a.g.n && !err; i++)
+        err = eng_id_token_w(o, a.g.rows[i].id, a.g.rows[i].id_len, a.g.rows[i].tok);
+    uint64_t contents = 0;
+    if (err || (err = rotate_contents(o, &a.g, &contents)) ||
+        (m->centroids_version && (err = put_centroids(o, nm, v))))
+        goto out;
+    if (!(a.assign = malloc((a.g.n + 1) * sizeof(uint32_t)))) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < a.g.n; i++)
+        a.assign[i] = a.g.rows[i].cluster;
+    if ((err = place(o, nm, v, &a.g, a.assign, nc, &a.bs, &a.segs, &a.nsegs)))
+        goto out;
+    for (size_t s = 0; s < a.nsegs && !err; s++)
+        err = eng_cluster_push(&nm->clusters[a.segs[s].cluster], &a.segs[s].ref);
+    atomic_fetch_add(&ix->rot_done, a.g.n);
+    if (err || (err = rotate_idmap(&a.g, &nb)) || (err = rotate_step(o, "sealed")) ||
+        (err = rotate_step(o, "committing")))
+        goto out;
+    /* A sweep may delete what this attempt wrote once it has seen it unreferenced for
+     * gc_grace_ms: committing later could name swept records. */
+    int64_t took = cdx_mono_ms() - first_write;
+    if (took >= (int64_t)o->e->cfg.gc_grace_ms) {
+        err = cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                       "index %s: a key rotation attempt wrote for %lld ms, not less than [engine] "
+                       "gc_grace_ms (%u): its new records may have been swept before its commit; "
+                       "raise gc_grace_ms above the time a rotation of this index takes",
+                       ix->name, (long long)took, o->e->cfg.gc_grace_ms);
+        goto out;
+    }
+    if ((err = eng_commit(o, m, nm, &nb, &a.committed)))
+        goto out;
+    if (a.committed) {
+        *done = true;
+        r->items = a.g.n;
+        r->contents = contents;
+        r->version = v;
+    }
+out:
+    eng_bucketset_free(&nb);
+    attempt_free(&a);
+    return err;
+}
+
+/* The rotation run under the frame of eng_with_op (arg: eng_rotate_report). */
+static cdx_err rotate_run(op *o, void *arg)
+{
+    eng *e = o->e;
+    eng_rotate_report *r = arg;
+    cdx_err err = CDX_OK;
+    bool done = false, gated = false;
+    uint64_t t0 = cdx_mono_ms();
+    pthread_mutex_lock(&o->ix->rot_mu);
+    for (unsigned attempt = 0; attempt < e->cfg.commit_retries && !err && !done; attempt++) {
+        if (attempt == 1) {
+            eng_gate_close(o->ix); /* lost once: hold this engine's writers back */
+            gated = true;
+        }
+        r->attempts = attempt + 1;
+        err = rotate_attempt(o, r, &done);
+        if (err == ENG_MOVED)
+            err = CDX_OK; /* a commit landed mid-read: start over from the new head */
+        if (!err && !done)
+            eng_backoff(attempt);
+    }
+    if (gated)
+        eng_gate_open(o->ix);
+    pthread_mutex_unlock(&o->ix->rot_mu);
+    r->ms = cdx_mono_ms() - t0;
+    if (!err && !done)
+        err = cdx_fail(CDX_ERR_ABORTED,
+                       "index %s: the key rotation lost %u commits to concurrent writers; it "
+                       "stays pending and is retried",
+                       o->ix->name, e->cfg.commit_retries);
+    if (err) {
+        atomic_fetch_add(&e->rotation_failures, 1);
+    } else if (r->version) {
+        atomic_fetch_add(&e->rotations, 1);
+        cdx_log(CDX_LOG_INFO, "eng_rotated",
+                "from_epoch=%u to_epoch=%u items=%llu contents=%llu version=%llu attempts=%u "
+                "ms=%llu",
+                r->from, r->to, (unsigned long long)r->items, (unsigned long long)r->contents,
+                (unsigned long long)r->version, r->attempts, (unsigned long long)r->ms);
+    }
+    return err;
+}
+
+cdx_err eng_rotate_run(eng *e, const char *name, eng_rotate_report *out)
+{
+    eng_rotate_report r;
+    memset(&r, 0, sizeof(r));
+    cdx_err err = eng_with_op(e, name, ENG_WITH_NAMED, rotate_run, &r);
+    if (!err && !r.version)
+        r.to = 0; /* nothing was pending when the run looked */
+    if (out)
+        *out = r;
+    return err;
 }

@@ -228,8 +228,11 @@ cdx_err eng_segment_build(op *o, const eng_manifest *m, uint64_t version, uint32
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
-    eng_rec_id id = {
-        .scope = o->key.id, .kind = ENG_K_SEARCH, .token = out->ref.token, .version = version};
+    eng_rec_id id = {.scope = o->key.id,
+                     .kind = ENG_K_SEARCH,
+                     .token = out->ref.token,
+                     .epoch = o->epoch,
+                     .version = version};
     size_t at = val->len;
     eng_buf_reserve(val, ENG_REC_HDR);
     uint8_t *codes =

@@ -242,12 +242,23 @@ static cdx_err next_manifest(attempt *a)
 }
 
 /*
+ * What a batch made under one key epoch before its state was read: the id
+ * tokens of its rows or deleted ids, and its contents records. A state of
+ * another epoch (a key rotation committed meanwhile) makes them again.
+ */
+typedef struct batch_prep {
+    cdx_err (*fn)(op *o, void *arg); /* re-tokenise (and re-store contents) under o->epoch */
+    void *arg;
+    uint32_t epoch; /* the epoch they were made under */
+} batch_prep;
+
+/*
  * The write path shared by upsert and delete: rows to add (may be none) and
  * ids to remove; tombstones old copies in their clusters, writes one new
  * segment per touched cluster, updates buckets, commits. Retries on conflict.
  */
 static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*del)[ENG_TOKEN_LEN],
-                           size_t ndel, uint64_t *deleted, uint64_t *version)
+                           size_t ndel, batch_prep *prep, uint64_t *deleted, uint64_t *version)
 {
     eng *e = o->e;
     cdx_err err = CDX_OK;
@@ -276,6 +287,11 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
         eng_gate_wait(o->ix); /* a compaction that keeps losing goes first */
         if ((err = eng_load_state(o, true, 0, &a.m)))
             goto next;
+        if (prep->epoch != o->epoch) { /* a key rotation landed: tokens of the new epoch */
+            if ((err = prep->fn(o, prep->arg)))
+                goto next;
+            prep->epoch = o->epoch;
+        }
         const eng_manifest *m = a.m;
         uint64_t v = m->version + 1;
         if (nrows && (m->centroids_version != assigned_cv ||
@@ -483,6 +499,21 @@ out:
     return err;
 }
 
+/* An upsert's batch: its rows' tokens and contents are made again under a new epoch. */
+typedef struct upsert_prep {
+    const eng_item *items;
+    size_t n, d;
+    float *norm;
+    eng_row *rows;
+} upsert_prep;
+
+static cdx_err upsert_reprep(op *o, void *arg)
+{
+    upsert_prep *u = arg;
+    cdx_err err = items_to_rows(o, u->items, u->n, u->d, u->norm, u->rows);
+    return err ? err : put_contents(o, u->items, u->n, u->rows);
+}
+
 cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, uint64_t *version)
 {
     struct idx *ix;
@@ -504,15 +535,52 @@ cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, ui
     eng_row *rows = calloc(n, sizeof(*rows));
     float *norm = cosine ? malloc(n * d * sizeof(float)) : NULL;
     uint64_t v = 0;
+    upsert_prep up = {items, n, d, norm, rows};
+    batch_prep bp = {upsert_reprep, &up, o.epoch};
     if (!rows || (cosine && !norm))
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     else if (!(err = items_to_rows(&o, items, n, d, norm, rows)) &&
              !(err = check_duplicates(rows, n)) && !(err = put_contents(&o, items, n, rows)) &&
-             !(err = write_batch(&o, rows, n, NULL, 0, NULL, &v)) && version)
+             !(err = write_batch(&o, rows, n, NULL, 0, &bp, NULL, &v)) && version)
         *version = v;
     free(rows);
     free(norm);
     eng_op_end(&o);
+    return err;
+}
+
+/* A delete's ids and their distinct tokens (made again under a new epoch). */
+typedef struct delete_prep {
+    const char *const *ids;
+    const size_t *id_lens;
+    size_t n;
+    uint8_t (*toks)[ENG_TOKEN_LEN];
+    size_t nt; /* distinct tokens */
+} delete_prep;
+
+/* The distinct tokens of the ids, in order of first appearance; *nt = how many. */
+static cdx_err delete_tokens(op *o, delete_prep *dp, size_t *nt)
+{
+    cdx_err err = CDX_OK;
+    *nt = 0;
+    for (size_t i = 0; i < dp->n && !err; i++) {
+        err = eng_id_token_w(o, dp->ids[i], dp->id_lens[i], dp->toks[*nt]);
+        bool dup = false;
+        for (size_t j = 0; j < *nt && !dup; j++)
+            dup = !memcmp(dp->toks[j], dp->toks[*nt], ENG_TOKEN_LEN);
+        if (!dup)
+            (*nt)++;
+    }
+    return err;
+}
+
+static cdx_err delete_reprep(op *o, void *arg)
+{
+    delete_prep *dp = arg;
+    size_t nt;
+    cdx_err err = delete_tokens(o, dp, &nt);
+    if (!err && nt != dp->nt)
+        err = cdx_fail(CDX_ERR_INTERNAL, "id tokens collide under the new key epoch");
     return err;
 }
 
@@ -539,17 +607,14 @@ cdx_err eng_delete(eng *e, const char *name, const char *const *ids, const size_
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     }
     size_t nt = 0;
-    for (size_t i = 0; i < n && !err; i++) {
-        err = eng_id_token_w(&o, ids[i], id_lens[i], toks[nt]);
-        bool dup = false;
-        for (size_t j = 0; j < nt && !dup; j++)
-            dup = !memcmp(toks[j], toks[nt], ENG_TOKEN_LEN);
-        if (!dup)
-            nt++;
-    }
+    delete_prep dp = {ids, id_lens, n, toks, 0};
+    batch_prep bp = {delete_reprep, &dp, o.epoch};
+    err = delete_tokens(&o, &dp, &nt);
     uint64_t v = 0, d = 0;
-    if (!err)
-        err = write_batch(&o, NULL, 0, (const uint8_t(*)[ENG_TOKEN_LEN])toks, nt, &d, &v);
+    if (!err) {
+        dp.nt = nt;
+        err = write_batch(&o, NULL, 0, (const uint8_t(*)[ENG_TOKEN_LEN])toks, nt, &bp, &d, &v);
+    }
     if (!err) {
         if (deleted)
             *deleted = d;

@@ -52,7 +52,7 @@ typedef enum pol_need {
     POL_NEED_NONE,     /* anyone authenticated: health, the (filtered) index list */
     POL_NEED_READ,     /* query, get, list_ids, describe: on the index */
     POL_NEED_WRITE,    /* upsert, delete items: on the index */
-    POL_NEED_ADMIN,    /* create, train, compact, delete, accept_rollback: on the index */
+    POL_NEED_ADMIN,    /* create, train, compact, rotate, delete, accept_rollback: on the index */
     POL_NEED_OPERATOR, /* every index's name and health detail (appliance-wide) */
     /* attest: a signed statement about the index's key (docs/ATTESTATION.md). Granted by
      * `attest = ...` in [index PATTERN]; index admins and appliance admins have it too, `read`

@@ -94,6 +94,7 @@ static const rule rules[] = {
     {PKG "ListIdsResponse", "next_cursor", 0, CDX_CURSOR_MAX, 0, 0},
     {PKG "AcceptRollbackRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
     {PKG "CompactRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
+    {PKG "RotateRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
     {PKG "DeleteIndexResponse", "key_remains", 0, CDX_STATUS_MESSAGE_MAX, 0, 0},
     {PKG "AuditTailResponse", "records", 1, CDX_AUDIT_LINE_MAX, 0, CDX_AUDIT_TAIL_MAX},
     {PKG "AuditTailResponse", "state", 0, CDX_ENUM_TEXT_MAX, 0, 0},
@@ -121,8 +122,8 @@ static const text_field text_fields[] = {WIRE_TEXT_FIELDS(X_TEXT)};
 /* ---- the walker --------------------------------------------------------- */
 
 #define WALK_DEPTH_MAX  8  /* the schema nests 4 deep; more is a schema bug */
-#define WALK_FIELDS_MAX 24 /* fields of one message */
-#define WALK_DESCS_MAX  48 /* message types of the schema */
+#define WALK_FIELDS_MAX 40 /* fields of one message (IndexInfo has 25 and reserves 19-23) */
+#define WALK_DESCS_MAX  64 /* message types of the schema (44 today) */
 
 /* Per field: index of its rule (-1: none) and whether it is text. */
 typedef struct finfo {
@@ -434,6 +435,7 @@ static const char *const body_names[] = {
     [CIPHERDEX__V1__REQUEST__BODY_AUDIT_TAIL] = "audit_tail",
     [CIPHERDEX__V1__REQUEST__BODY_COMPACT] = "compact",
     [CIPHERDEX__V1__REQUEST__BODY_ATTEST] = "attest",
+    [CIPHERDEX__V1__REQUEST__BODY_ROTATE] = "rotate",
     [CIPHERDEX__V1__REQUEST__BODY_PURGE] = "purge",
 };
 #define BODY_LAST (sizeof(body_names) / sizeof(body_names[0]) - 1)

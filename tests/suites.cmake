@@ -39,7 +39,7 @@ cdx_add_test(test_store SOURCES test_store.c LIBS cdx_fx_engine)
 cdx_add_test(test_store_redis SOURCES test_store_redis.c LIBS cdx_fx_engine)
 # The engine through eng.h, one suite per concern, each run against the memory store and Redis
 # on a throwaway token (tests/fixtures/fx_engine.h).
-foreach(concern lifecycle write query hostile crash concurrency)
+foreach(concern lifecycle write query hostile crash concurrency rotate)
   cdx_add_test(test_engine_${concern} SOURCES test_engine_${concern}.c LIBS cdx_fx_engine TIMEOUT 900)
 endforeach()
 target_link_libraries(test_engine_lifecycle PRIVATE cdx_pkcs11_admin) # KEK import, key listing
@@ -109,6 +109,9 @@ cdx_add_test(test_access SOURCES test_access.c LIBS cdx_fx_client TIMEOUT 300)
 add_dependencies(test_access cipherdexd)
 cdx_add_test(test_audit_trail SOURCES test_audit_trail.c LIBS cdx_fx_client TIMEOUT 300)
 add_dependencies(test_audit_trail cipherdexd cipherdex-hsm)
+# Key rotation through the appliance under query and upsert load (docs/ROTATION.md).
+cdx_add_test(test_rotate_load SOURCES test_rotate_load.c LIBS cdx_fx_client cdx_engine TIMEOUT 300)
+add_dependencies(test_rotate_load cipherdexd)
 # The Python package (packaging/python, docs/PYTHON.md) pip-installed offline into a venv, against
 # a dev stack: every operation, its error classes, the wire contract, retries across daemon kills.
 add_test(NAME test_python_client

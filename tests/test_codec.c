@@ -281,6 +281,10 @@ static void manifest_equal(const eng_manifest *a, const eng_manifest *b)
     CU_ASSERT_EQUAL_FATAL(b->nretired, a->nretired);
     for (uint32_t i = 0; i < a->nretired; i++)
         CU_ASSERT(memcmp(&a->retired[i], &b->retired[i], sizeof(eng_retired)) == 0);
+    CU_ASSERT_EQUAL(b->min_epoch, a->min_epoch);
+    CU_ASSERT_EQUAL(b->rot_target, a->rot_target);
+    CU_ASSERT_EQUAL(b->rot_started_ms, a->rot_started_ms);
+    CU_ASSERT_EQUAL(b->rotated_ms, a->rotated_ms);
 }
 
 static void test_manifest(void)
@@ -318,6 +322,55 @@ static void test_manifest(void)
     eng_be32(b.data + fixed, m->clusters[0].nseg + 1);
     CU_ASSERT_EQUAL(dec_manifest(b.data, b.len), CDX_ERR_INTEGRITY);
     eng_buf_free(&b);
+    eng_manifest_free(m);
+}
+
+/*
+ * Key-epoch fields (docs/ROTATION.md): absent, the body is format 1 and
+ * unchanged; set, format 2 with 24 more bytes, round-tripped; a rotation
+ * target not above min_epoch is refused; format 2 truncated is refused.
+ */
+static void test_manifest_epochs(void)
+{
+    eng_manifest *m = sample_manifest(3), *d = NULL;
+    eng_buf b1, b2;
+    eng_buf_init(&b1);
+    eng_buf_init(&b2);
+    eng_manifest_encode(m, &b1);
+    CU_ASSERT_EQUAL(b1.data[0], ENG_MANIFEST_FMT);
+    m->min_epoch = 3;
+    m->rot_target = 4;
+    m->rot_started_ms = 0x0102030405060708ull;
+    m->rotated_ms = 0x1112131415161718ull;
+    eng_manifest_encode(m, &b2);
+    CU_ASSERT_EQUAL(b2.data[0], ENG_MANIFEST_FMT_EPOCH);
+    CU_ASSERT_EQUAL(b2.len, b1.len + 24);
+    CU_ASSERT_EQUAL(memcmp(b1.data + 1, b2.data + 1, b1.len - 1), 0); /* appended, nothing moved */
+    CU_ASSERT_EQUAL(eng_rd32(b2.data + b1.len), 3);
+    CU_ASSERT_EQUAL(eng_rd32(b2.data + b1.len + 4), 4);
+    CU_ASSERT_EQUAL_FATAL(eng_manifest_decode(b2.data, b2.len, &d), CDX_OK);
+    manifest_equal(m, d);
+    eng_manifest_free(d);
+    hostile_lengths(&b2, dec_manifest);
+    /* Format 1 with the epoch fields appended, or format 2 without them: trailing or missing. */
+    b2.data[0] = ENG_MANIFEST_FMT;
+    CU_ASSERT_EQUAL(dec_manifest(b2.data, b2.len), CDX_ERR_INTEGRITY);
+    b1.data[0] = ENG_MANIFEST_FMT_EPOCH;
+    CU_ASSERT_EQUAL(dec_manifest(b1.data, b1.len), CDX_ERR_INTEGRITY);
+    /* A target at or below the floor. */
+    eng_buf_free(&b2);
+    eng_buf_init(&b2);
+    m->rot_target = 3;
+    eng_manifest_encode(m, &b2);
+    CU_ASSERT_EQUAL(dec_manifest(b2.data, b2.len), CDX_ERR_INTEGRITY);
+    /* No rotation pending, a floor: fine. */
+    eng_buf_free(&b2);
+    eng_buf_init(&b2);
+    m->rot_target = 0;
+    eng_manifest_encode(m, &b2);
+    CU_ASSERT_EQUAL(dec_manifest(b2.data, b2.len), CDX_OK);
+    eng_buf_free(&b1);
+    eng_buf_free(&b2);
     eng_manifest_free(m);
 }
 
@@ -530,6 +583,8 @@ int main(void)
         {"catalog entry: round trip, size, truncation, ranges", test_catalog},
         {"head: round trip, size, truncation, format", test_head},
         {"manifest: untrained and trained, truncation, lying counts", test_manifest},
+        {"manifest: key-epoch fields (format 2), unchanged format 1 without them",
+         test_manifest_epochs},
         {"id-map bucket: round trip, size, order, lying counts", test_bucket},
         {"search block: with and without aux, expectations, lying counts", test_search},
         {"search block: a lying row count allocates nothing", test_search_lying_rows},

@@ -29,7 +29,7 @@ from .errors import (
     KeyAmbiguous, StoreUnavailable, AuditUnavailable, Busy, FrameTooLarge, Stale,
     HsmPinLocked, TokenNotFound, KeyAttributes, BadKeyFile, BadWrappedKey,
     MechanismUnsupported, ConfigError, Memlock, HsmFailed, KeyInUse, RateLimited)
-from .types import (AcceptRollbackResult, Attestation, AuditTail, CompactResult,
+from .types import (AcceptRollbackResult, Attestation, AuditTail, CompactResult, RotateResult,
                     DeleteIndexResult, DeleteResult, GetResult, Health, IdPage, IndexInfo,
                     IndexList, Item, KeyProvenance, Match, QueryResult, TrainResult,
                     UpsertResult)
@@ -48,7 +48,7 @@ __all__ = [
     "Busy", "FrameTooLarge", "Stale", "HsmPinLocked", "TokenNotFound", "KeyAttributes",
     "BadKeyFile", "BadWrappedKey", "MechanismUnsupported", "ConfigError", "Memlock",
     "HsmFailed", "KeyInUse", "RateLimited", "AcceptRollbackResult", "Attestation",
-    "AuditTail", "CompactResult", "DeleteIndexResult", "DeleteResult", "GetResult",
+    "AuditTail", "CompactResult", "RotateResult", "DeleteIndexResult", "DeleteResult", "GetResult",
     "Health", "IdPage", "IndexInfo", "IndexList", "Item", "KeyProvenance", "Match",
     "QueryResult", "TrainResult", "UpsertResult",
     "pb", "__version__",

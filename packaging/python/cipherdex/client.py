@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator, List, Mapping, Optional, Sequence, U
 from . import cipherdex_pb2 as pb
 from .errors import (IDEMPOTENT, CipherdexError, ConnectionLost, FrameTooLarge, ProtocolError,
                      StatusCode, Unauthenticated, error_for, retryable)
-from .types import (AcceptRollbackResult, Attestation, AuditTail, CompactResult,
+from .types import (AcceptRollbackResult, Attestation, AuditTail, CompactResult, RotateResult,
                     DeleteIndexResult, DeleteResult, GetResult, Health, IdPage, IndexInfo,
                     IndexList, Item, Match, QueryResult, TrainResult, UpsertResult,
                     metadata_from_wire, metadata_to_wire)
@@ -583,6 +583,17 @@ class Client:
                              records_waiting=r.records_waiting,
                              next_delete_ms=r.next_delete_ms, raw=r)
 
+    def rotate(self, index: str, *, wait: bool = False, new_key: bool = False) -> RotateResult:
+        """Start an online key rotation to the next epoch (admin; docs/ROTATION.md): every record
+        is re-encrypted in the background; with ``wait`` the request runs it and returns when it
+        is done. Not idempotent: a retry after completion starts one more. ``new_key`` is
+        refused as UNIMPLEMENTED for now."""
+        r = self._invoke("rotate", pb.RotateRequest(index=index, wait=wait, new_key=new_key))
+        info = IndexInfo._from_pb(r.index) if r.HasField("index") else None
+        return RotateResult(index=info, from_epoch=r.from_epoch, to_epoch=r.to_epoch,
+                            items=r.items, contents=r.contents, version=r.version, ms=r.ms,
+                            attempts=r.attempts, raw=r)
+
     def purge(self) -> int:
         """Remove from the store what no live index owns (appliance admins only): indexes whose
         key is gone from the token, restored copies of deleted indexes, unreferenced records.
@@ -593,4 +604,4 @@ class Client:
 #: The Request.body members the typed methods cover; ``tests`` check this against the .proto.
 OPERATIONS = ("health", "create_index", "describe_index", "list_indexes", "delete_index",
               "train", "upsert", "query", "get", "delete", "list_ids", "accept_rollback",
-              "attest", "audit_tail", "compact", "purge")
+              "attest", "audit_tail", "compact", "rotate", "purge")

@@ -97,6 +97,13 @@ class IndexInfo:
     records_waiting: int = 0
     last_compaction_ms: int = 0
     last_sweep_ms: int = 0
+    key_epoch: int = 0
+    min_epoch: int = 0
+    rotate_to: int = 0
+    rotate_done: int = 0
+    rotate_total: int = 0
+    rotate_started_ms: int = 0
+    rotated_ms: int = 0
     raw: Any = field(repr=False, compare=False, default=None)
 
     @classmethod
@@ -109,7 +116,10 @@ class IndexInfo:
                    created_ms=m.created_ms, status=m.status, status_message=m.status_message,
                    key_provenance=prov, dead_rows=m.dead_rows, segment_bytes=m.segment_bytes,
                    records_waiting=m.records_waiting, last_compaction_ms=m.last_compaction_ms,
-                   last_sweep_ms=m.last_sweep_ms, raw=m)
+                   last_sweep_ms=m.last_sweep_ms, key_epoch=m.key_epoch, min_epoch=m.min_epoch,
+                   rotate_to=m.rotate_to, rotate_done=m.rotate_done,
+                   rotate_total=m.rotate_total, rotate_started_ms=m.rotate_started_ms,
+                   rotated_ms=m.rotated_ms, raw=m)
 
 
 @dataclass(frozen=True)
@@ -269,4 +279,21 @@ class CompactResult:
     records_deleted: int
     records_waiting: int
     next_delete_ms: int
+    raw: Any = field(repr=False, compare=False, default=None)
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    """The index after a rotate request (state "rotating" with ``rotate_to`` while pending), and
+    with ``wait`` what the run did: the epochs, items and contents re-encrypted, the completing
+    commit's version (0 when the background finished first), its duration and attempts."""
+
+    index: Optional[IndexInfo]
+    from_epoch: int
+    to_epoch: int
+    items: int
+    contents: int
+    version: int
+    ms: int
+    attempts: int
     raw: Any = field(repr=False, compare=False, default=None)

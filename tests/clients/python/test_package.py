@@ -432,6 +432,10 @@ def live():
         info3 = c.describe_index(name)
         check(info3.dead_rows == 0 and info3.last_compaction_ms > 0,
               f"describe after compaction: no dead rows, and when it ran ({info3})")
+        rot = c.rotate(name, wait=True)
+        check(rot.to_epoch == rot.from_epoch + 1 and rot.index is not None
+              and rot.index.key_epoch == rot.to_epoch and c.describe_index(name).count == info3.count,
+              f"rotate --wait: the next epoch, the same items ({rot})")
         purged = c.purge()
         check(isinstance(purged, int) and c.purge() == 0, "purge, then nothing more to purge")
         info2 = c.describe_index(name)
