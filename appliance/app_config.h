@@ -105,7 +105,7 @@ typedef struct app_config {
     /* [engine] */
     uint32_t manifest_max_age_ms, gc_grace_ms, query_threads;
     uint32_t token_mark_ms; /* [state] token_mark_ms: rollback marks on the token; 0 = off */
-    uint32_t max_probes; /* filtered queries widen up to this many clusters; 0 = all */
+    uint32_t max_probes;    /* filtered queries widen up to this many clusters; 0 = all */
     /* [maintenance] (engine/eng_maint.h) */
     bool maint_enabled;
     uint32_t maint_interval_ms;

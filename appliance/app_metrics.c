@@ -35,7 +35,7 @@ static const char *const op_names[APP_OP_COUNT] = {
     "health",   "create_index",    "describe_index", "list_indexes", "delete_index",
     "train",    "upsert",          "query",          "get",          "delete",
     "list_ids", "accept_rollback", "audit_tail",     "attest",       "compact",
-    "purge",    "rotate",   "invalid",
+    "purge",    "rotate",          "invalid",
 };
 
 static const char *const stage_names[APP_STAGE_COUNT] = {

@@ -50,7 +50,8 @@ static const struct command {
      "               upload says what landed; --resume skips the rows committed in order\n"
      "               (recorded in F.progress); re-running is safe (upsert replaces by id)\n"},
     {"query", cli_query,
-     "  query INDEX --vector \"x,y,...\" [--top-k N] [--probes N] [--filter JSON [--max-probes N]]\n"
+     "  query INDEX --vector \"x,y,...\" [--top-k N] [--probes N] [--filter JSON [--max-probes "
+     "N]]\n"
      "               [--include vectors,metadata,contents|all|none] [--full]\n"
      "               (default: ids and distances; --full: table cells not cut)\n"
      "  query INDEX --file F [--limit N] [--clients N] [--out FILE | --no-results] [--top-k N]\n"

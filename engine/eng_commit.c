@@ -233,8 +233,8 @@ cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng
     eng_buf hp;
     eng_buf_init(&hp);
     eng_head ch;
-    if ((err = eng_op_unseal(o, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, base->version,
-                             cur.data, cur.len, &rh, &hp)) ||
+    if ((err = eng_op_unseal(o, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, base->version, cur.data,
+                             cur.len, &rh, &hp)) ||
         (err = eng_head_decode(hp.data, hp.len, &ch))) {
         eng_buf_free(&hp);
         eng_store_abort(t);

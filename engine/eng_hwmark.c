@@ -21,7 +21,7 @@
 /* The line of a deleted index's mark: "deleted <version>". */
 #define DELETED "deleted "
 /* After the version, once an accept-rollback started a generation (hsm_mark.h): " gen <n>". */
-#define GEN " gen "
+#define GEN     " gen "
 
 static void path_of(const char *dir, const uint8_t id[CDX_ID_LEN], char *out, size_t cap,
                     const char *suffix)

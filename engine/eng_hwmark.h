@@ -34,7 +34,8 @@ cdx_err eng_hwmark_get(const char *dir, const uint8_t id[CDX_ID_LEN], hsm_mark *
  */
 cdx_err eng_hwmark_put(const char *dir, const uint8_t id[CDX_ID_LEN], const hsm_mark *m);
 
-/* Remove the mark of index id (a create that was undone: the index never was); a missing file is fine. */
+/* Remove the mark of index id (a create that was undone: the index never was); a missing file is
+ * fine. */
 void eng_hwmark_remove(const char *dir, const uint8_t id[CDX_ID_LEN]);
 
 #endif

@@ -163,8 +163,8 @@ out:
 }
 
 /* Delete the n ripe records of idx id (kind and token each), counting by kind. */
-static cdx_err delete_ripe(const eng *e, const uint8_t id[CDX_ID_LEN], uint8_t (*kt)[ENG_KINDTOK_LEN],
-                           size_t n, eng_sweep_report *r)
+static cdx_err delete_ripe(const eng *e, const uint8_t id[CDX_ID_LEN],
+                           uint8_t (*kt)[ENG_KINDTOK_LEN], size_t n, eng_sweep_report *r)
 {
     cdx_err err = CDX_OK;
     char(*keys)[CDX_STORE_KEY_MAX] = malloc(CDX_SWEEP_BATCH * sizeof(*keys));

@@ -12,8 +12,8 @@
 #include "cdx_log.h"
 #include "hsm_internal.h"
 
-#define MARK_MAGIC "cdxmark1"
-#define MARK_LEN 21
+#define MARK_MAGIC   "cdxmark1"
+#define MARK_LEN     21
 #define MARK_MAX_DUP 8 /* objects with one mark's label merged at once */
 
 static const char APP[] = "cipherdex";
@@ -125,11 +125,11 @@ static cdx_err mark_find(hsm_custody *c, CK_SESSION_HANDLE s, const uint8_t id[C
 
 struct mark_arg {
     const uint8_t *id;
-    hsm_mark m;    /* in: what to write */
-    bool exact;    /* set, not merge */
-    bool remove;   /* destroy every copy */
-    bool found;    /* out */
-    hsm_mark out;  /* out: what the token holds afterwards */
+    hsm_mark m;   /* in: what to write */
+    bool exact;   /* set, not merge */
+    bool remove;  /* destroy every copy */
+    bool found;   /* out */
+    hsm_mark out; /* out: what the token holds afterwards */
 };
 
 static cdx_err read_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *rv)
@@ -242,8 +242,7 @@ cdx_err hsm_mark_raise(hsm_custody *c, const uint8_t id[CDX_ID_LEN], const hsm_m
     return err;
 }
 
-cdx_err hsm_mark_set(hsm_custody *c, const uint8_t id[CDX_ID_LEN], const hsm_mark *m,
-                     hsm_mark *out)
+cdx_err hsm_mark_set(hsm_custody *c, const uint8_t id[CDX_ID_LEN], const hsm_mark *m, hsm_mark *out)
 {
     struct mark_arg a = {.id = id, .m = *m, .exact = true};
     cdx_err err = mark_write(c, &a);

@@ -33,7 +33,8 @@
 
 #define D 8
 
-/* An engine of "another appliance": its own state dir, token marks every merge (1 ms), grace 1 ms. */
+/* An engine of "another appliance": its own state dir, token marks every merge (1 ms), grace 1 ms.
+ */
 static eng *appliance(const char *dir, uint32_t token_mark_ms)
 {
     eng_config c = {.custody = fx_cust,
@@ -92,10 +93,10 @@ static void snap_free(snapshot *s)
 }
 
 typedef struct scan_result {
-    size_t records;  /* records opened */
-    size_t failed;   /* records that did not open */
-    size_t marked;   /* plaintexts containing the marker */
-    size_t keep;     /* plaintexts containing "KEEP" */
+    size_t records; /* records opened */
+    size_t failed;  /* records that did not open */
+    size_t marked;  /* plaintexts containing the marker */
+    size_t keep;    /* plaintexts containing "KEEP" */
 } scan_result;
 
 static bool has(const eng_buf *b, const char *needle)
@@ -115,7 +116,8 @@ static void open_one(const hsm_subkey *sk, const uint8_t id[16], eng_kind kind,
     *ok = false;
     if (eng_rec_header(p, n, &h))
         return;
-    eng_rec_id rid = {.scope = id, .kind = kind, .token = tok, .epoch = h.epoch, .version = h.version};
+    eng_rec_id rid = {
+        .scope = id, .kind = kind, .token = tok, .epoch = h.epoch, .version = h.version};
     eng_buf pt;
     eng_buf_init(&pt);
     if (!eng_rec_open(sk, &rid, kcv, p, n, &h, &pt)) {
@@ -172,13 +174,12 @@ static scan_result scan_store(const uint8_t id[16], const uint8_t kcv[8], const 
                 ok = false;
                 for (; end <= v.len && !ok; end++) {
                     const uint8_t *q = v.data + end;
-                    bool boundary = end == v.len ||
-                                    (end + ENG_REC_HDR <= v.len && q[0] == 0 && q[1] == 1 &&
-                                     (q[2] == ENG_K_VECTORS || q[2] == ENG_K_META) && q[3] == 0 &&
-                                     !memcmp(q + 4, v.data + off + 4, 12));
+                    bool boundary =
+                        end == v.len || (end + ENG_REC_HDR <= v.len && q[0] == 0 && q[1] == 1 &&
+                                         (q[2] == ENG_K_VECTORS || q[2] == ENG_K_META) &&
+                                         q[3] == 0 && !memcmp(q + 4, v.data + off + 4, 12));
                     if (boundary)
-                        open_one(pay, id, kind, tok, kcv, v.data + off, end - off, marker, &r,
-                                 &ok);
+                        open_one(pay, id, kind, tok, kcv, v.data + off, end - off, marker, &r, &ok);
                 }
                 if (!ok) {
                     r.failed++;
@@ -232,7 +233,8 @@ static void test_erasure_scan(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(e);
     char name[64];
     fx_uniq_name(name, "erase");
-    eng_create c = {.name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
+    eng_create c = {
+        .name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
     eng_index_info info;
     CU_ASSERT_EQUAL_FATAL(eng_index_create(e, &c, &info), CDX_OK);
     static items s;
@@ -301,7 +303,8 @@ static void test_shredded_copy_unreadable(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(e);
     char name[64];
     fx_uniq_name(name, "shred");
-    eng_create c = {.name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
+    eng_create c = {
+        .name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
     eng_index_info info;
     CU_ASSERT_EQUAL_FATAL(eng_index_create(e, &c, &info), CDX_OK);
     CU_ASSERT_TRUE(info.owned);
@@ -392,7 +395,8 @@ static void test_no_resurrection(void)
     const char *one[1] = {s.ids[0]};
     size_t l1[1] = {strlen(s.ids[0])};
     eng_get_result *g = NULL;
-    CU_ASSERT_EQUAL(eng_get(e, name, one, l1, 1, ENG_WANT_METADATA, 0, &g), CDX_ERR_ROLLBACK_DETECTED);
+    CU_ASSERT_EQUAL(eng_get(e, name, one, l1, 1, ENG_WANT_METADATA, 0, &g),
+                    CDX_ERR_ROLLBACK_DETECTED);
     eng_get_result_free(g);
     /* list keeps working and shows it. */
     eng_index_info *all = NULL;
@@ -470,7 +474,8 @@ static void test_fresh_appliance_rollback(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(a);
     char name[64];
     fx_uniq_name(name, "l4");
-    eng_create c = {.name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
+    eng_create c = {
+        .name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
     eng_index_info info;
     CU_ASSERT_EQUAL_FATAL(eng_index_create(a, &c, &info), CDX_OK);
     static items s;
@@ -558,7 +563,8 @@ static void test_equal_version_fork(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(b);
     char name[64];
     fx_uniq_name(name, "fork");
-    eng_create c = {.name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
+    eng_create c = {
+        .name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
     eng_index_info info;
     CU_ASSERT_EQUAL_FATAL(eng_index_create(a, &c, &info), CDX_OK);
     static items s;

@@ -416,7 +416,8 @@ static void test_backup_restore(void)
     CU_ASSERT_EQUAL_FATAL(copy_dir(bak, aof), 0);
     CU_ASSERT_EQUAL_FATAL(fx_redis_restart(S.redis), 0);
     int st = -2;
-    for (int i = 0; i < 200 && (st = get1(u, "bk", "old0", NULL)) == CDX_ERR_STORE_UNAVAILABLE; i++) {
+    for (int i = 0; i < 200 && (st = get1(u, "bk", "old0", NULL)) == CDX_ERR_STORE_UNAVAILABLE;
+         i++) {
         struct timespec ts = {0, 50 * 1000 * 1000}; /* the reconnect, bounded at 10 s */
         nanosleep(&ts, NULL);
     }
