@@ -59,6 +59,15 @@ static char *fresh_dir(void)
     return p;
 }
 
+/* A generated-key IVFFlat index "<base>-N" of dimension D on e (fatal on failure). */
+static void create_plain(eng *e, const char *base, char name[64], eng_index_info *info)
+{
+    fx_uniq_name(name, base);
+    eng_create c = {
+        .name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
+    CU_ASSERT_EQUAL_FATAL(eng_index_create(e, &c, info), CDX_OK);
+}
+
 /* ---- the store, as an attacker or an auditor reads it ---- */
 
 typedef struct snapshot {
@@ -232,11 +241,8 @@ static void test_erasure_scan(void)
     eng *e = appliance(dir, 0);
     CU_ASSERT_PTR_NOT_NULL_FATAL(e);
     char name[64];
-    fx_uniq_name(name, "erase");
-    eng_create c = {
-        .name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
     eng_index_info info;
-    CU_ASSERT_EQUAL_FATAL(eng_index_create(e, &c, &info), CDX_OK);
+    create_plain(e, "erase", name, &info);
     static items s;
     make_items(&s, 40, 10, "MARKERX");
     /* Four batches: four segments, so compaction has something to merge. */
@@ -302,11 +308,8 @@ static void test_shredded_copy_unreadable(void)
     eng *e = appliance(dir, 0);
     CU_ASSERT_PTR_NOT_NULL_FATAL(e);
     char name[64];
-    fx_uniq_name(name, "shred");
-    eng_create c = {
-        .name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
     eng_index_info info;
-    CU_ASSERT_EQUAL_FATAL(eng_index_create(e, &c, &info), CDX_OK);
+    create_plain(e, "shred", name, &info);
     CU_ASSERT_TRUE(info.owned);
     static items s;
     make_items(&s, 20, 20, "SHREDX");
@@ -473,11 +476,8 @@ static void test_fresh_appliance_rollback(void)
     eng *a = appliance(dir, 1);
     CU_ASSERT_PTR_NOT_NULL_FATAL(a);
     char name[64];
-    fx_uniq_name(name, "l4");
-    eng_create c = {
-        .name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
     eng_index_info info;
-    CU_ASSERT_EQUAL_FATAL(eng_index_create(a, &c, &info), CDX_OK);
+    create_plain(a, "l4", name, &info);
     static items s;
     make_items(&s, 30, 0, "NONE");
     CU_ASSERT_EQUAL_FATAL(eng_upsert(a, name, s.it, 10, NULL), CDX_OK);
@@ -562,11 +562,8 @@ static void test_equal_version_fork(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(a);
     CU_ASSERT_PTR_NOT_NULL_FATAL(b);
     char name[64];
-    fx_uniq_name(name, "fork");
-    eng_create c = {
-        .name = name, .dimension = D, .metric = ENG_METRIC_EUCLIDEAN, .type = ENG_IVFFLAT};
     eng_index_info info;
-    CU_ASSERT_EQUAL_FATAL(eng_index_create(a, &c, &info), CDX_OK);
+    create_plain(a, "fork", name, &info);
     static items s;
     make_items(&s, 20, 0, "NONE");
     uint64_t v = 0;
