@@ -255,6 +255,7 @@ cdx_err eng_new(const eng_config *cfg, eng **out)
     if (!e)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     e->cfg = *cfg;
+    atomic_init(&e->mark_ms, cfg->token_mark_ms);
     snprintf(e->state_dir, sizeof(e->state_dir), "%s", cfg->state_dir);
     e->cfg.state_dir = e->state_dir;
     if (!e->cfg.gc_grace_ms)

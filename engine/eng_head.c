@@ -35,9 +35,26 @@ cdx_err eng_head_decode(const uint8_t *p, size_t n, eng_head *h)
     return CDX_OK;
 }
 
+uint32_t eng_marks_ms(eng *e)
+{
+    return atomic_load(&e->mark_ms);
+}
+
+cdx_err eng_marks_result(eng *e, cdx_err err)
+{
+    if (err != CDX_ERR_MECHANISM_UNSUPPORTED)
+        return err;
+    if (atomic_exchange(&e->mark_ms, 0))
+        cdx_log(CDX_LOG_WARN, "token_marks_off",
+                "msg=\"%s; rollback marks are kept in the state dir only (a rebuilt appliance "
+                "does not learn them)\"",
+                cdx_err_detail());
+    return CDX_OK;
+}
+
 cdx_err eng_hw_sync(eng *e, struct idx *ix, bool force)
 {
-    if (!e->cfg.token_mark_ms)
+    if (!eng_marks_ms(e))
         return CDX_OK;
     cdx_err err = CDX_OK;
     /* One sync (or accept-rollback's exact set) of this index's token mark at a time, so a
@@ -45,14 +62,16 @@ cdx_err eng_hw_sync(eng *e, struct idx *ix, bool force)
     pthread_mutex_lock(&ix->tok_mu);
     int64_t now = cdx_mono_ms();
     pthread_mutex_lock(&ix->mu);
-    bool due = force || !ix->tok_synced || now - ix->tok_sync_ms >= (int64_t)e->cfg.token_mark_ms;
+    bool due = force || !ix->tok_synced || now - ix->tok_sync_ms >= (int64_t)eng_marks_ms(e);
     hsm_mark mine = {.version = ix->hw, .deleted = ix->tomb, .gen = ix->gen};
     pthread_mutex_unlock(&ix->mu);
     if (!due)
         goto out;
     hsm_mark got;
-    if ((err = hsm_mark_raise(e->cfg.custody, ix->id, &mine, &got))) {
-        cdx_prefix(err, "index %s: its rollback mark on the token: ", ix->name);
+    if ((err = eng_marks_result(e, hsm_mark_raise(e->cfg.custody, ix->id, &mine, &got))) ||
+        !eng_marks_ms(e)) {
+        if (err)
+            cdx_prefix(err, "index %s: its rollback mark on the token: ", ix->name);
         goto out;
     }
     pthread_mutex_lock(&ix->mu);
@@ -93,7 +112,7 @@ out:
 
 void eng_marks_flush(eng *e, bool force)
 {
-    if (!e || !e->cfg.token_mark_ms)
+    if (!e || !eng_marks_ms(e))
         return;
     struct idx **v = NULL;
     size_t n = 0, cap = 0;

@@ -57,6 +57,13 @@ cdx_err eng_hw_load(op *o);
  */
 cdx_err eng_hw_sync(eng *e, struct idx *ix, bool force);
 
+/* How often token marks are merged (eng_config.token_mark_ms); 0 once the token refused them. */
+uint32_t eng_marks_ms(eng *e);
+
+/* err of a token-mark write: CDX_ERR_MECHANISM_UNSUPPORTED (the token refuses data objects)
+ * turns token marks off for this engine, logged once (token_marks_off), and is CDX_OK. */
+cdx_err eng_marks_result(eng *e, cdx_err err);
+
 /* CDX_ERR_ROLLBACK_DETECTED, naming the way out, when o's index was deleted (its mark is a
  * tombstone) and the store holds a copy of it at store_version; CDX_OK otherwise. Call after
  * eng_hw_load. */

@@ -83,6 +83,7 @@ struct idx {
 
 struct eng {
     eng_config cfg;
+    atomic_uint mark_ms; /* cfg.token_mark_ms, or 0 once the token refused a mark (eng_head.h) */
     char state_dir[4096];
     hsm_key_ref root;
     uint8_t root_kcv[CDX_KCV_LEN];

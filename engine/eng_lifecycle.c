@@ -421,7 +421,7 @@ static cdx_err first_state(eng *e, const eng_catentry *c)
     hsm_mark fm, tm = {0};
     bool tfound = false;
     cdx_err err = eng_hwmark_get(e->state_dir, c->id, &fm);
-    if (!err && e->cfg.token_mark_ms)
+    if (!err && eng_marks_ms(e))
         err = hsm_mark_read(e->cfg.custody, c->id, &tm, &tfound);
     if (err)
         return err;
@@ -439,8 +439,8 @@ static cdx_err first_state(eng *e, const eng_catentry *c)
     err = write_first_state(&io, c, v0);
     if (!err && reused) {
         hsm_mark w = {.version = v0, .gen = fm.gen > tm.gen ? fm.gen : tm.gen};
-        if (e->cfg.token_mark_ms)
-            err = hsm_mark_set(e->cfg.custody, c->id, &w, &w);
+        if (eng_marks_ms(e))
+            err = eng_marks_result(e, hsm_mark_set(e->cfg.custody, c->id, &w, &w));
         if (!err)
             err = eng_hwmark_put(e->state_dir, c->id, &w);
     } else if (!err) {
@@ -470,7 +470,7 @@ static void create_undo(eng *e, op *ro, const eng_catentry *c, bool claimed)
         step = "records";
         if (!(err = remove_records(e, c->id, NULL))) {
             eng_hwmark_remove(e->state_dir, c->id);
-            if (e->cfg.token_mark_ms && (err = hsm_mark_remove(e->cfg.custody, c->id)))
+            if (eng_marks_ms(e) && (err = hsm_mark_remove(e->cfg.custody, c->id)))
                 step = "rollback mark";
         }
     }
@@ -711,8 +711,8 @@ static cdx_err eng_tombstone(eng *e, const uint8_t id[CDX_ID_LEN])
     m.deleted = true;
     if (!err && !was)
         err = eng_hwmark_put(e->state_dir, id, &m);
-    if (!err && e->cfg.token_mark_ms)
-        err = hsm_mark_raise(e->cfg.custody, id, &m, NULL);
+    if (!err && eng_marks_ms(e))
+        err = eng_marks_result(e, hsm_mark_raise(e->cfg.custody, id, &m, NULL));
     return err;
 }
 
@@ -722,7 +722,7 @@ static cdx_err is_tombstoned(eng *e, const uint8_t id[CDX_ID_LEN], bool *tomb)
     hsm_mark m;
     cdx_err err = eng_hwmark_get(e->state_dir, id, &m);
     *tomb = !err && m.deleted;
-    if (!err && !*tomb && e->cfg.token_mark_ms) {
+    if (!err && !*tomb && eng_marks_ms(e)) {
         hsm_mark t;
         bool found;
         if (!(err = hsm_mark_read(e->cfg.custody, id, &t, &found)))

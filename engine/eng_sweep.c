@@ -366,10 +366,10 @@ static cdx_err accept_rollback(op *o, void *arg)
     bool lower = h.version < old;
     hsm_mark w = {.version = h.version, .gen = ix->gen};
     pthread_mutex_unlock(&ix->mu);
-    if ((lower || tomb) && o->e->cfg.token_mark_ms) {
+    if ((lower || tomb) && eng_marks_ms(o->e)) {
         /* A new generation on the token first: every appliance adopts the accepted state from
          * it (docs/ADMIN.md "Rollback marks"), and this one records it below. */
-        err = hsm_mark_set(o->e->cfg.custody, ix->id, &w, &w);
+        err = eng_marks_result(o->e, hsm_mark_set(o->e->cfg.custody, ix->id, &w, &w));
     }
     pthread_mutex_lock(&ix->mu);
     if (!err && (lower || tomb) && !(err = eng_hwmark_put(o->e->state_dir, ix->id, &w))) {
@@ -379,7 +379,7 @@ static cdx_err accept_rollback(op *o, void *arg)
         /* The next request reads the head again instead of a cached newer manifest. */
         eng_manifest_unref(ix->m);
         ix->m = NULL;
-        ix->tok_synced = o->e->cfg.token_mark_ms != 0;
+        ix->tok_synced = eng_marks_ms(o->e) != 0;
         ix->tok_sync_ms = cdx_mono_ms();
         ix->tok_version = h.version;
     }

@@ -210,6 +210,24 @@ static cdx_err write_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *r
     };
     CK_OBJECT_HANDLE nh;
     CK_RV r = c->f->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &nh);
+    if (r == CKR_ATTRIBUTE_VALUE_INVALID || r == CKR_TEMPLATE_INCONSISTENT) {
+        /* NSS softokn keeps no private data objects (CKR_ATTRIBUTE_VALUE_INVALID): a public one
+         * then. The mark is no secret; on such a token whoever opens a session could edit it. */
+        CK_BBOOL no = CK_FALSE;
+        t[2].pValue = &no;
+        if ((r = c->f->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &nh)) == CKR_OK &&
+            !atomic_exchange(&c->mark_public_warned, true)) {
+            cdx_log(CDX_LOG_WARN, "hsm_mark_public",
+                    "msg=\"the token refuses private data objects: rollback marks are public "
+                    "token objects here (anyone with a session could edit them)\"");
+        }
+    }
+    if (r == CKR_ATTRIBUTE_VALUE_INVALID || r == CKR_TEMPLATE_INCONSISTENT ||
+        r == CKR_ATTRIBUTE_TYPE_INVALID)
+        return cdx_fail(CDX_ERR_MECHANISM_UNSUPPORTED,
+                        "the token refuses data objects (C_CreateObject: %s): no rollback marks "
+                        "on it; set [state] token_mark_ms = 0",
+                        hsm_ckr_name(r));
     if (r != CKR_OK) {
         *rv = r;
         return hsm_ckr_fail(r, "C_CreateObject (rollback mark)");

@@ -20,7 +20,10 @@
  * appliances writing at once, or an interrupted change) are merged into one.
  *
  * Every function may fail with the custody errors (hsm_keys.h); a mark whose
- * value is not 17 bytes with the magic is CDX_ERR_INTEGRITY.
+ * value is not 21 bytes with the magic is CDX_ERR_INTEGRITY; a token that
+ * refuses data objects is CDX_ERR_MECHANISM_UNSUPPORTED on write. A token
+ * without private data objects (NSS softokn) gets a public one (logged once:
+ * hsm_mark_public).
  */
 #ifndef HSM_MARK_H
 #define HSM_MARK_H

@@ -48,6 +48,7 @@ struct hsm_custody {
     /* The one function list custody calls, taken once at open (p11-kit's modules hand out a
      * new, uninitialised list per C_GetFunctionList) and kept across recoveries. */
     CK_FUNCTION_LIST_PTR f;
+    atomic_bool mark_public_warned; /* hsm_mark.c: logged once that marks are public objects */
 
     /* Operations hold it shared; recovery holds it exclusive. */
     pthread_rwlock_t lock;
