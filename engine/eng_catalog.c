@@ -115,7 +115,9 @@ cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c)
         c->next_gen = eng_rd_u32(&r);
         eng_rd_copy(&r, c->next_kcv, CDX_KCV_LEN);
         c->next_epoch = eng_rd_u32(&r);
-        if (c->next_has > 1 || (c->next_has && c->next_gen <= c->key_gen))
+        if (c->next_has > ENG_NEXT_RETIRED ||
+            (c->next_has == ENG_NEXT_PENDING && c->next_gen <= c->key_gen) ||
+            (c->next_has == ENG_NEXT_RETIRED && c->next_gen >= c->key_gen))
             r.bad = true;
     }
     if (!eng_rd_done(&r) ||

@@ -24,6 +24,11 @@ typedef struct op op;
 
 enum { ENG_ST_CREATING = 1, ENG_ST_READY = 2, ENG_ST_DELETING = 3 };
 
+/* eng_catentry.next_has: nothing; a new key pending for epochs >= next_epoch; the rotation
+ * completed and the old key (next_gen, next_kcv; next_epoch = 1 if it is destroyed with the
+ * index, i.e. it was owned) is still to be released and destroyed. */
+enum { ENG_NEXT_NONE = 0, ENG_NEXT_PENDING = 1, ENG_NEXT_RETIRED = 2 };
+
 typedef struct eng_catentry {
     uint8_t state;
     char name[CDX_INDEX_NAME_MAX + 1];

@@ -123,7 +123,7 @@ struct eng {
 typedef struct eng_keyset {
     uint32_t gen;
     uint8_t kcv[CDX_KCV_LEN];
-    bool next_has;
+    uint8_t next_has; /* ENG_NEXT_* (eng_catalog.h) */
     uint32_t next_gen;
     uint8_t next_kcv[CDX_KCV_LEN];
     uint32_t next_epoch;
@@ -233,6 +233,16 @@ void eng_idx_forget(eng *e, const uint8_t id[CDX_ID_LEN]);
 /* Copy the key fields (kcv, key_gen, next_*) of catalog entry c into ix->cat. Thread-safe
  * (ix->mu). */
 void eng_idx_set_keys(struct idx *ix, const eng_catentry *c);
+
+/*
+ * Complete the key side of a --new-key rotation of o's index if its state
+ * reached the new key's epoch: move the catalog entry to the new key, release
+ * the old key's claim and destroy it (if owned). Nothing pending: success.
+ * Resumable. Errors: the store's and custody's, CDX_ERR_ABORTED (the entry
+ * changed meanwhile).
+ */
+struct op;
+cdx_err eng_rotate_finish(struct op *o);
 
 /*
  * A rotation of ix is pending (its state says so): queue it for the engine's

@@ -25,7 +25,7 @@ static void op_pick(const op *o, uint32_t ep, uint32_t *gen, uint8_t kcv[CDX_KCV
     if (o->key.kind != HSM_KEY_INDEX) {
         *gen = o->key.gen;
         memcpy(kcv, o->kcv, CDX_KCV_LEN);
-    } else if (o->ks.next_has && ep >= o->ks.next_epoch) {
+    } else if (o->ks.next_has == ENG_NEXT_PENDING && ep >= o->ks.next_epoch) {
         *gen = o->ks.next_gen;
         memcpy(kcv, o->ks.next_kcv, CDX_KCV_LEN);
     } else {
