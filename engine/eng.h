@@ -538,7 +538,10 @@ cdx_err eng_rotate_run(eng *e, const char *name, eng_rotate_report *out);
 /*
  * Test hook: called by a rotation run after each step ("gathered",
  * "sealed", "committing") with the index name; an error stops the run there
- * (the rotation stays pending, like a crash at that point).
+ * (the rotation stays pending, like a crash at that point). "committed"
+ * comes after the completing commit and before the key switch of a
+ * --new-key rotation (eng_rotate_key): an error there is a crash between the
+ * two (the switch is resumed by the next run or head read).
  */
 typedef cdx_err (*eng_rotate_hook)(void *arg, const char *index, const char *step);
 /* Set (fn NULL: clear) before operations start (not synchronised). */

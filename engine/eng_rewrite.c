@@ -882,6 +882,8 @@ static cdx_err rotate_run(op *o, void *arg)
         eng_gate_open(o->ix);
     /* --new-key: the catalog moves to the new key and the old one goes (also when another
      * appliance committed the rotation, or a run stopped after its commit). */
+    if (!err && done && r->version)
+        err = rotate_step(o, "committed");
     if (!err && done)
         err = eng_rotate_finish(o);
     pthread_mutex_unlock(&o->ix->rot_mu);
