@@ -542,9 +542,9 @@ static int index_purge(cli *x, cli_args *a)
     cdx_err e = app_client_purge(x->c, &w);
     if (!e) {
         uint64_t rm = wire_response_msg(w)->purge->removed;
-        x->json ? cli_print_json(json_pack("{s:I}", "removed", (json_int_t)rm))
-                : (void)printf("purged: %" PRIu64 " store record%s removed\n", rm,
-                               rm == 1 ? "" : "s");
+        x->json
+            ? cli_print_json(json_pack("{s:I}", "removed", (json_int_t)rm))
+            : (void)printf("purged: %" PRIu64 " store record%s removed\n", rm, rm == 1 ? "" : "s");
     }
     wire_response_free(w);
     return e ? cli_fail(x, e) : 0;

@@ -42,7 +42,7 @@ typedef struct eng_catentry {
     uint8_t metric, type;
     uint32_t n_lists;
     uint64_t created_ms;
-    eng_key_prov prov;    /* format 2; format 1 entries decode with origin unknown */
+    eng_key_prov prov; /* format 2; format 1 entries decode with origin unknown */
     /* Format 4 (written only once an index has rotated with --new-key; earlier formats read
      * as generation 0 with nothing pending). key_gen: the generation (hsm_key_ref.gen) of the
      * key kcv names. next_*: a key made by `rotate --new-key` for the records of key epoch
@@ -56,7 +56,8 @@ typedef struct eng_catentry {
     uint64_t rec_version; /* version of the catalog record it was read from */
 } eng_catentry;
 
-/* Append the entry body (format 3, or 4 when key_gen or next_has is set) to b. Allocation failure shows in eng_buf_ok(b). */
+/* Append the entry body (format 3, or 4 when key_gen or next_has is set) to b. Allocation failure
+ * shows in eng_buf_ok(b). */
 void eng_cat_encode(const eng_catentry *c, eng_buf *b);
 
 /*

@@ -61,8 +61,8 @@ static void fill_info(const eng_catentry *c, const eng_manifest *m, eng_index_in
             out->segments += cl->nseg;
             for (uint32_t j = 0; j < cl->nseg; j++) {
                 rows += cl->seg[j].rows;
-                out->segment_bytes += (uint64_t)cl->seg[j].search_len + cl->seg[j].vectors_len +
-                                      cl->seg[j].meta_len;
+                out->segment_bytes +=
+                    (uint64_t)cl->seg[j].search_len + cl->seg[j].vectors_len + cl->seg[j].meta_len;
             }
         }
         out->dead_rows = rows > m->count ? rows - m->count : 0;
@@ -114,8 +114,8 @@ static cdx_err write_first_state(op *o, const eng_catentry *c, uint64_t v0)
     memcpy(h.manifest_token, m.token, ENG_TOKEN_LEN);
     eng_buf_free(&pt);
     eng_head_encode(&h, &pt);
-    if ((err =
-             eng_op_seal(o, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, v0, pt.data, pt.len, &hrec)))
+    if ((err = eng_op_seal(o, HSM_P_MANIFEST, ENG_K_HEAD, eng_zero_token, v0, pt.data, pt.len,
+                           &hrec)))
         goto out;
     char mkey[CDX_STORE_KEY_MAX], hkey[CDX_STORE_KEY_MAX];
     eng_key_rec(mkey, c->id, ENG_KEY_MANIFEST, m.token);

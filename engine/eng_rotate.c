@@ -244,8 +244,8 @@ out:
 cdx_err eng_rotate_key(eng *e, const char *name, bool new_key, eng_index_info *out)
 {
     uint32_t target = 0;
-    cdx_err err = eng_with_op(e, name, ENG_WITH_NAMED, new_key ? rotate_newkey_start : rotate_start,
-                              &target);
+    cdx_err err =
+        eng_with_op(e, name, ENG_WITH_NAMED, new_key ? rotate_newkey_start : rotate_start, &target);
     if (!err && out)
         err = eng_index_describe(e, name, out);
     return err;

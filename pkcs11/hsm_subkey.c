@@ -220,7 +220,8 @@ void hsm_subcache_drop_key(hsm_custody *c, const hsm_key_ref *k)
         return;
     pthread_mutex_lock(&sc->mu);
     for (struct hsm_subkey **pp = &sc->head; *pp;) {
-        if ((*pp)->kind == k->kind && (*pp)->kgen == k->gen && !memcmp((*pp)->id, k->id, CDX_ID_LEN))
+        if ((*pp)->kind == k->kind && (*pp)->kgen == k->gen &&
+            !memcmp((*pp)->id, k->id, CDX_ID_LEN))
             sk_unlink(sc, pp);
         else
             pp = &(*pp)->next;
