@@ -113,7 +113,8 @@ cdx_err app_attest_make(hsm_custody *c, EVP_PKEY *ak, const eng_index_info *info
         return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "the nonce must be %d to %d bytes, not %zu",
                         CDX_ATTEST_NONCE_MIN, CDX_ATTEST_NONCE_MAX, nonce_len);
     hsm_attest_facts f;
-    hsm_key_ref k = {.kind = HSM_KEY_INDEX};
+    /* The index's current key: after `rotate --new-key`, generation key_gen. */
+    hsm_key_ref k = {.kind = HSM_KEY_INDEX, .gen = info->key_gen};
     memcpy(k.id, info->id, CDX_ID_LEN);
     uint8_t ak_id[32], digest[32], rs[64];
     uint8_t *tbs = NULL, *sig = NULL;

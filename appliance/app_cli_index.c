@@ -125,6 +125,14 @@ static json_t *info_json(const Cipherdex__V1__IndexInfo *x)
                                             (json_int_t)x->rotate_total, "rotate_started_ms",
                                             (json_int_t)x->rotate_started_ms, "rotated_ms",
                                             (json_int_t)x->rotated_ms));
+    if (j) { /* the token key's generation and a pending new key (rotate --new-key) */
+        char nk[17] = "";
+        if (x->new_key_kcv.len == CDX_KCV_LEN)
+            cli_hex(x->new_key_kcv, nk);
+        json_object_update_new(j, json_pack("{s:i,s:i,s:s}", "key_generation",
+                                            (int)x->key_generation, "new_key_generation",
+                                            (int)x->new_key_generation, "new_key_kcv", nk));
+    }
     return j;
 }
 
@@ -184,6 +192,14 @@ static void info_print(const Cipherdex__V1__IndexInfo *x)
     char line[256];
     prov_line(x->key_provenance, line, sizeof(line));
     printf("key origin:  %s\n", line);
+    printf("key:         generation %u", x->key_generation);
+    if (x->new_key_generation && x->new_key_kcv.len == CDX_KCV_LEN) {
+        char nk[17] = "";
+        cli_hex(x->new_key_kcv, nk);
+        printf("; new key generation %u (KCV %s) pending for the rotation", x->new_key_generation,
+               nk);
+    }
+    printf("\n");
     printf("key epoch:   %u (minimum readable %u)", x->key_epoch, x->min_epoch);
     if (x->rotated_ms)
         printf(", last rotated %" PRIu64 " ms after the Unix epoch", x->rotated_ms);

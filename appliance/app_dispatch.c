@@ -185,6 +185,10 @@ static void fill_info(const eng_index_info *in, Cipherdex__V1__IndexInfo *out, p
     out->rotate_total = in->rotate_total;
     out->rotate_started_ms = in->rotate_started_ms;
     out->rotated_ms = in->rotated_ms;
+    out->key_generation = in->key_gen;
+    out->new_key_generation = in->new_key_gen;
+    if (in->new_key_gen)
+        out->new_key_kcv = wire_bin(in->new_key_kcv, CDX_KCV_LEN);
 }
 
 /* Ids of a request as the engine wants them. */
@@ -768,12 +772,8 @@ static cdx_err do_rotate(const app_dispatch_env *env, const Req *q, Resp *r, scr
     prov_buf *pb = alloc(s, sizeof(*pb));
     if (!rr || !ii || !info || !pb)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
-    if (q->rotate->new_key)
-        return cdx_fail(CDX_ERR_UNIMPLEMENTED,
-                        "rotating to a new token key (new_key) is not implemented yet; rotate "
-                        "without it for a new key epoch (docs/ROTATION.md)");
     cipherdex__v1__rotate_response__init(rr);
-    cdx_err err = eng_rotate(env->engine, name, info);
+    cdx_err err = eng_rotate_key(env->engine, name, q->rotate->new_key, info);
     if (err)
         return err;
     if (q->rotate->wait) {

@@ -179,6 +179,22 @@ static const char *state_name(uint8_t s)
                                   : "ready";
 }
 
+void eng_idx_set_keys(struct idx *ix, const eng_catentry *c)
+{
+    pthread_mutex_lock(&ix->mu);
+    ix->cat.has_kcv = c->has_kcv;
+    memcpy(ix->cat.kcv, c->kcv, CDX_KCV_LEN);
+    ix->cat.key_gen = c->key_gen;
+    ix->cat.next_has = c->next_has;
+    ix->cat.next_gen = c->next_gen;
+    memcpy(ix->cat.next_kcv, c->next_kcv, CDX_KCV_LEN);
+    ix->cat.next_epoch = c->next_epoch;
+    ix->cat.owned = c->owned;
+    ix->cat.prov = c->prov;
+    ix->cat.rec_version = c->rec_version;
+    pthread_mutex_unlock(&ix->mu);
+}
+
 cdx_err eng_idx_get(eng *e, const char *name, struct idx **out)
 {
     cdx_err err = eng_check_name(name);

@@ -184,6 +184,11 @@ typedef struct eng_index_info {
     uint64_t rotate_done, rotate_total;
     uint64_t rotate_started_ms; /* wall time the pending rotation was asked for */
     uint64_t rotated_ms;        /* wall time the last rotation completed; 0 = never */
+    /* The token key's generation (0: the key the index was created with; +1 per completed
+     * `rotate --new-key`; kcv is its KCV) and, while a --new-key rotation is pending, the new
+     * key's generation and KCV (new_key_gen 0 = none). */
+    uint32_t key_gen, new_key_gen;
+    uint8_t new_key_kcv[CDX_KCV_LEN];
 } eng_index_info;
 
 /*
@@ -495,6 +500,21 @@ size_t eng_rollback_count(eng *e);
  */
 cdx_err eng_rotate(eng *e, const char *name, eng_index_info *out);
 
+/*
+ * eng_rotate, and with new_key a new index key for the new epoch
+ * (docs/ROTATION.md "A new token key"): generation key_gen + 1 is generated
+ * on the token (label "cipherdex-index-<id>.g<N>", same CKA_ID), claimed and
+ * bound in the catalog entry as pending for the new epoch, then the intent is
+ * committed. The rotation job seals the new epoch under it; when it
+ * completes, the catalog moves to the new key and the old key's claim is
+ * released and the old key destroyed (a key the index did not generate,
+ * adopted or unwrapped, is not destroyed: it is logged as remaining). Each
+ * step is resumable: asking again, any rotation run, or a head read of the
+ * index finishes it. Errors: eng_rotate's, CDX_ERR_FAILED_PRECONDITION (a
+ * rotation without a new key is pending), hsm_index_key_generate's.
+ */
+cdx_err eng_rotate_key(eng *e, const char *name, bool new_key, eng_index_info *out);
+
 /* What one run of a rotation did. */
 typedef struct eng_rotate_report {
     uint32_t from, to;        /* epochs; to = 0: nothing was pending */
@@ -518,7 +538,10 @@ cdx_err eng_rotate_run(eng *e, const char *name, eng_rotate_report *out);
 /*
  * Test hook: called by a rotation run after each step ("gathered",
  * "sealed", "committing") with the index name; an error stops the run there
- * (the rotation stays pending, like a crash at that point).
+ * (the rotation stays pending, like a crash at that point). "committed"
+ * comes after the completing commit and before the key switch of a
+ * --new-key rotation (eng_rotate_key): an error there is a crash between the
+ * two (the switch is resumed by the next run or head read).
  */
 typedef cdx_err (*eng_rotate_hook)(void *arg, const char *index, const char *step);
 /* Set (fn NULL: clear) before operations start (not synchronised). */

@@ -8,13 +8,15 @@
 #include "eng_op.h"
 #include "eng_store.h"
 
+#define CAT_FMT_V4 4 /* written once a key generation is set: key_gen and the pending new key */
 #define CAT_FMT    3 /* written; 2 (no provenance flags) and 1 (no provenance) are still read */
 #define CAT_FMT_V2 2
 #define CAT_FMT_V1 1
 
 void eng_cat_encode(const eng_catentry *c, eng_buf *b)
 {
-    eng_buf_u8(b, CAT_FMT);
+    bool v4 = c->key_gen || c->next_has;
+    eng_buf_u8(b, v4 ? CAT_FMT_V4 : CAT_FMT);
     eng_buf_u8(b, c->state);
     size_t nl = strlen(c->name);
     eng_buf_u16(b, (uint16_t)nl);
@@ -46,6 +48,13 @@ void eng_cat_encode(const eng_catentry *c, eng_buf *b)
     eng_buf_u32(b, p->attrs);
     eng_buf_u32(b, p->unknown);
     eng_buf_u8(b, p->flags);
+    if (v4) {
+        eng_buf_u32(b, c->key_gen);
+        eng_buf_u8(b, c->next_has);
+        eng_buf_u32(b, c->next_gen);
+        eng_buf_put(b, c->next_kcv, CDX_KCV_LEN);
+        eng_buf_u32(b, c->next_epoch);
+    }
 }
 
 /* A provenance string: at most cap - 1 printable ASCII bytes. */
@@ -82,7 +91,7 @@ cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c)
     c->type = eng_rd_u8(&r);
     c->n_lists = eng_rd_u32(&r);
     c->created_ms = eng_rd_u64(&r);
-    if (fmt == CAT_FMT || fmt == CAT_FMT_V2) {
+    if (fmt == CAT_FMT_V4 || fmt == CAT_FMT || fmt == CAT_FMT_V2) {
         eng_key_prov *pv = &c->prov;
         pv->origin = eng_rd_u8(&r);
         rd_str(&r, pv->kek, sizeof(pv->kek));
@@ -95,12 +104,24 @@ cdx_err eng_cat_decode(const uint8_t *p, size_t n, eng_catentry *c)
         rd_str(&r, pv->token_model, sizeof(pv->token_model));
         pv->attrs = eng_rd_u32(&r);
         pv->unknown = eng_rd_u32(&r);
-        if (fmt == CAT_FMT)
+        if (fmt == CAT_FMT || fmt == CAT_FMT_V4)
             pv->flags = eng_rd_u8(&r);
         if (pv->origin > ENG_ORIGIN_ADOPTED || (pv->flags & ~ENG_PROV_FLAGS_KNOWN))
             r.bad = true;
     }
-    if (!eng_rd_done(&r) || (fmt != CAT_FMT && fmt != CAT_FMT_V2 && fmt != CAT_FMT_V1) ||
+    if (fmt == CAT_FMT_V4) {
+        c->key_gen = eng_rd_u32(&r);
+        c->next_has = eng_rd_u8(&r);
+        c->next_gen = eng_rd_u32(&r);
+        eng_rd_copy(&r, c->next_kcv, CDX_KCV_LEN);
+        c->next_epoch = eng_rd_u32(&r);
+        if (c->next_has > ENG_NEXT_RETIRED ||
+            (c->next_has == ENG_NEXT_PENDING && c->next_gen <= c->key_gen) ||
+            (c->next_has == ENG_NEXT_RETIRED && c->next_gen >= c->key_gen))
+            r.bad = true;
+    }
+    if (!eng_rd_done(&r) ||
+        (fmt != CAT_FMT_V4 && fmt != CAT_FMT && fmt != CAT_FMT_V2 && fmt != CAT_FMT_V1) ||
         c->state < ENG_ST_CREATING || c->state > ENG_ST_DELETING || c->dim == 0 ||
         c->dim > CDX_DIM_MAX)
         return cdx_fail(CDX_ERR_INTEGRITY, "catalog entry is malformed");

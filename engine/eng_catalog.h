@@ -24,6 +24,11 @@ typedef struct op op;
 
 enum { ENG_ST_CREATING = 1, ENG_ST_READY = 2, ENG_ST_DELETING = 3 };
 
+/* eng_catentry.next_has: nothing; a new key pending for epochs >= next_epoch; the rotation
+ * completed and the old key (next_gen, next_kcv; next_epoch = 1 if it is destroyed with the
+ * index, i.e. it was owned) is still to be released and destroyed. */
+enum { ENG_NEXT_NONE = 0, ENG_NEXT_PENDING = 1, ENG_NEXT_RETIRED = 2 };
+
 typedef struct eng_catentry {
     uint8_t state;
     char name[CDX_INDEX_NAME_MAX + 1];
@@ -37,15 +42,26 @@ typedef struct eng_catentry {
     uint8_t metric, type;
     uint32_t n_lists;
     uint64_t created_ms;
-    eng_key_prov prov;    /* format 2; format 1 entries decode with origin unknown */
+    eng_key_prov prov; /* format 2; format 1 entries decode with origin unknown */
+    /* Format 4 (written only once an index has rotated with --new-key; earlier formats read
+     * as generation 0 with nothing pending). key_gen: the generation (hsm_key_ref.gen) of the
+     * key kcv names. next_*: a key made by `rotate --new-key` for the records of key epoch
+     * next_epoch and above; it becomes the current key (and the old one is destroyed) at the
+     * catalog write that completes the rotation (docs/ROTATION.md "--new-key"). */
+    uint32_t key_gen;
+    uint8_t next_has;
+    uint32_t next_gen;
+    uint8_t next_kcv[CDX_KCV_LEN];
+    uint32_t next_epoch;
     uint64_t rec_version; /* version of the catalog record it was read from */
 } eng_catentry;
 
-/* Append the entry body (format 2) to b. Allocation failure shows in eng_buf_ok(b). */
+/* Append the entry body (format 3, or 4 when key_gen or next_has is set) to b. Allocation failure
+ * shows in eng_buf_ok(b). */
 void eng_cat_encode(const eng_catentry *c, eng_buf *b);
 
 /*
- * Decode an entry body (format 1 or 2) into c (rec_version 0). Rejects
+ * Decode an entry body (format 1 to 4) into c (rec_version 0). Rejects
  * (CDX_ERR_INTEGRITY): another format, a provenance string too long or not
  * printable, a name longer than CDX_INDEX_NAME_MAX, a state outside
  * creating..deleting, dim 0 or over CDX_DIM_MAX, truncation, trailing bytes.

@@ -381,7 +381,9 @@ cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **o
     pthread_mutex_unlock(&ix->mu);
     eng_stage_add(&e->ns_head, ENG_STAGE_HEAD, cdx_mono_ns() - t0);
     eng_op_set_state(o, cur);
-    if (cur->rot_target)
+    /* A pending rotation, or the key side of a completed --new-key one, is resumed. */
+    if (cur->rot_target || o->ks.next_has == ENG_NEXT_RETIRED ||
+        (o->ks.next_has == ENG_NEXT_PENDING && cur->epoch >= o->ks.next_epoch))
         eng_rotate_notice(o->e, ix);
     *out = cur;
     return CDX_OK;

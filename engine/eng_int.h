@@ -116,11 +116,29 @@ struct eng {
  * the key it works under and the subkeys and sealers fetched so far (eng_op.h).
  * Owned by the request's thread; worker threads get copies (eng_op_worker).
  */
+/*
+ * The index's token keys as the catalog names them (docs/ROTATION.md "--new-key"): the
+ * current key (generation gen, KCV kcv) and, while a --new-key rotation is pending, the new
+ * key, used for records of key epoch next_epoch and above.
+ */
+typedef struct eng_keyset {
+    uint32_t gen;
+    uint8_t kcv[CDX_KCV_LEN];
+    uint8_t next_has; /* ENG_NEXT_* (eng_catalog.h) */
+    uint32_t next_gen;
+    uint8_t next_kcv[CDX_KCV_LEN];
+    uint32_t next_epoch;
+} eng_keyset;
+
 typedef struct op {
     eng *e;
     struct idx *ix;
-    hsm_key_ref key;
+    hsm_key_ref key;          /* the key of `epoch` (key.gen from ks) */
     uint8_t kcv[CDX_KCV_LEN];
+    eng_keyset ks;            /* index ops: the keys, copied from ix->cat */
+    bool ks_fresh;            /* ks was re-read from the catalog during this op */
+    hsm_key_ref xkey;         /* the spare slot's key and KCV */
+    uint8_t xkcv[CDX_KCV_LEN];
     /*
      * Key epochs (docs/ROTATION.md): records are sealed under `epoch` (the
      * epoch of the state loaded last, eng_op_set_state), sk[] and sl[] are its
@@ -212,6 +230,20 @@ void eng_gate_wait(struct idx *ix);
  * if none. The caller must hold no pointer into it. Thread-safe (e->mu).
  */
 void eng_idx_forget(eng *e, const uint8_t id[CDX_ID_LEN]);
+
+/* Copy the key fields (kcv, key_gen, next_*) of catalog entry c into ix->cat. Thread-safe
+ * (ix->mu). */
+void eng_idx_set_keys(struct idx *ix, const eng_catentry *c);
+
+/*
+ * Complete the key side of a --new-key rotation of o's index if its state
+ * reached the new key's epoch: move the catalog entry to the new key, release
+ * the old key's claim and destroy it (if owned). Nothing pending: success.
+ * Resumable. Errors: the store's and custody's, CDX_ERR_ABORTED (the entry
+ * changed meanwhile).
+ */
+struct op;
+cdx_err eng_rotate_finish(struct op *o);
 
 /*
  * A rotation of ix is pending (its state says so): queue it for the engine's

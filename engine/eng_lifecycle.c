@@ -37,6 +37,11 @@ static void fill_info(const eng_catentry *c, const eng_manifest *m, eng_index_in
     out->key_source = (eng_key_source)c->key_source;
     out->owned = c->owned;
     out->prov = c->prov;
+    out->key_gen = c->key_gen;
+    if (c->next_has == ENG_NEXT_PENDING) {
+        out->new_key_gen = c->next_gen;
+        memcpy(out->new_key_kcv, c->next_kcv, CDX_KCV_LEN);
+    }
     out->created_ms = c->created_ms;
     snprintf(out->status, sizeof(out->status), "ok");
     if (m) {
@@ -554,7 +559,10 @@ out:
 static cdx_err describe(op *o, eng_manifest *m, void *arg)
 {
     eng_index_info *out = arg;
-    fill_info(&o->ix->cat, m, out);
+    pthread_mutex_lock(&o->ix->mu);
+    eng_catentry c = o->ix->cat;
+    pthread_mutex_unlock(&o->ix->mu);
+    fill_info(&c, m, out);
     out->records_waiting = atomic_load(&o->ix->sweep_waiting);
     out->last_compaction_ms = atomic_load(&o->ix->last_compact_ms);
     out->last_sweep_ms = atomic_load(&o->ix->last_sweep_ms);
@@ -769,7 +777,7 @@ cdx_err eng_index_delete(eng *e, const char *name, const uint8_t confirm_id[CDX_
                 "only the entry was removed\"");
         goto out;
     }
-    hsm_key_ref k = {.kind = HSM_KEY_INDEX};
+    hsm_key_ref k = {.kind = HSM_KEY_INDEX, .gen = c.key_gen};
     memcpy(k.id, c.id, CDX_ID_LEN);
     if (c.state != ENG_ST_DELETING) {
         /* Like every operation, deletion needs the key: prove it first. */
@@ -797,12 +805,30 @@ cdx_err eng_index_delete(eng *e, const char *name, const uint8_t confirm_id[CDX_
         if (err)
             goto out;
     }
+    /* A --new-key rotation's other key: the pending new one (generated for the index), or the
+     * retired old one if the index owned it. */
+    eng_catentry other_key = c;
+    if (c.next_has != ENG_NEXT_NONE) {
+        hsm_key_ref nk = {.kind = HSM_KEY_INDEX, .gen = c.next_gen};
+        memcpy(nk.id, c.id, CDX_ID_LEN);
+        if (c.next_has == ENG_NEXT_PENDING || c.next_epoch) {
+            err = hsm_key_destroy(e->cfg.custody, &nk);
+            if (err == CDX_ERR_KEY_NOT_FOUND)
+                err = CDX_OK;
+            if (err)
+                goto out;
+        }
+        memcpy(other_key.kcv, c.next_kcv, CDX_KCV_LEN);
+        other_key.has_kcv = 1;
+    }
     /* The key is gone: nothing stored can be decrypted any more. Clean up. */
     eng_cache_clear(e->cache);
     uint64_t removed = 0;
     if ((err = remove_records(e, c.id, &removed)))
         goto out;
-    if ((err = eng_keyclaim_release(&ro, &c)) || (err = eng_cat_remove(&ro, name)))
+    if ((err = eng_keyclaim_release(&ro, &c)) ||
+        (c.next_has != ENG_NEXT_NONE && (err = eng_keyclaim_release(&ro, &other_key))) ||
+        (err = eng_cat_remove(&ro, name)))
         goto out;
     cdx_log(CDX_LOG_INFO, "eng_index_deleted", "records=%llu owned=%d", (unsigned long long)removed,
             c.owned);
@@ -910,7 +936,8 @@ cdx_err eng_purge(eng *e, uint64_t *removed)
     op ro;
     eng_op_root(e, &ro);
     for (size_t i = 0; i < na && !err; i++) {
-        hsm_key_ref k = {.kind = HSM_KEY_INDEX};
+        /* The key the entry names now (a --new-key rotation moved it to generation key_gen). */
+        hsm_key_ref k = {.kind = HSM_KEY_INDEX, .gen = all[i].key_gen};
         memcpy(k.id, all[i].id, CDX_ID_LEN);
         uint8_t kcv[CDX_KCV_LEN];
         /* A create in progress (it may not have made its key yet) is left alone. */

@@ -4,8 +4,93 @@
  */
 #include <string.h>
 
+#include "eng_catalog.h"
 #include "eng_head.h"
 #include "eng_op.h"
+
+void eng_keyset_from_cat(eng_keyset *ks, const eng_catentry *c)
+{
+    memset(ks, 0, sizeof(*ks));
+    ks->gen = c->key_gen;
+    memcpy(ks->kcv, c->kcv, CDX_KCV_LEN);
+    ks->next_has = c->next_has;
+    ks->next_gen = c->next_gen;
+    memcpy(ks->next_kcv, c->next_kcv, CDX_KCV_LEN);
+    ks->next_epoch = c->next_epoch;
+}
+
+/* The key an index op seals epoch ep's records with. */
+static void op_pick(const op *o, uint32_t ep, uint32_t *gen, uint8_t kcv[CDX_KCV_LEN])
+{
+    if (o->key.kind != HSM_KEY_INDEX) {
+        *gen = o->key.gen;
+        memcpy(kcv, o->kcv, CDX_KCV_LEN);
+    } else if (o->ks.next_has == ENG_NEXT_PENDING && ep >= o->ks.next_epoch) {
+        *gen = o->ks.next_gen;
+        memcpy(kcv, o->ks.next_kcv, CDX_KCV_LEN);
+    } else {
+        *gen = o->ks.gen;
+        memcpy(kcv, o->ks.kcv, CDX_KCV_LEN);
+    }
+}
+
+/* The generation of the op's key with KCV kcv; false if the op knows none. */
+static bool op_gen_of(const op *o, const uint8_t *kcv, uint32_t *gen)
+{
+    if (o->key.kind != HSM_KEY_INDEX)
+        return !memcmp(kcv, o->kcv, CDX_KCV_LEN) && ((*gen = o->key.gen), true);
+    if (!memcmp(kcv, o->ks.kcv, CDX_KCV_LEN)) {
+        *gen = o->ks.gen;
+        return true;
+    }
+    if (o->ks.next_has && !memcmp(kcv, o->ks.next_kcv, CDX_KCV_LEN)) {
+        *gen = o->ks.next_gen;
+        return true;
+    }
+    return false;
+}
+
+/* Release the main slot's sealers and subkeys. */
+static void main_release(op *o)
+{
+    eng_op_sealers_free(o);
+    for (int i = 0; i < ENG_NPURPOSE; i++)
+        hsm_subkey_release(o->sk[i]);
+    memset(o->sk, 0, sizeof(o->sk));
+}
+
+void eng_op_rekey(op *o)
+{
+    uint32_t gen;
+    uint8_t kcv[CDX_KCV_LEN];
+    op_pick(o, o->epoch, &gen, kcv);
+    if (gen == o->key.gen && !memcmp(kcv, o->kcv, CDX_KCV_LEN))
+        return;
+    main_release(o);
+    o->key.gen = gen;
+    memcpy(o->kcv, kcv, CDX_KCV_LEN);
+}
+
+cdx_err eng_op_keys_refresh(op *o)
+{
+    if (!o->ix || o->worker)
+        return CDX_OK;
+    op ro;
+    eng_op_root(o->e, &ro);
+    eng_catentry c;
+    bool found = false;
+    cdx_err err = eng_cat_read(&ro, o->ix->name, &c, &found);
+    eng_op_end(&ro);
+    if (err)
+        return err;
+    o->ks_fresh = true;
+    if (!found || memcmp(c.id, o->ix->id, CDX_ID_LEN))
+        return CDX_OK; /* deleted or replaced: the head read says so */
+    eng_idx_set_keys(o->ix, &c);
+    eng_keyset_from_cat(&o->ks, &c);
+    eng_op_rekey(o);
+    return CDX_OK;
+}
 
 cdx_err eng_op_key(op *o, hsm_purpose p, hsm_subkey **out)
 {
@@ -33,21 +118,43 @@ static void spare_release(op *o)
  * slot (fetched on the op's thread only: worker copies share the op's
  * subkeys and must not fetch).
  */
-static cdx_err op_key_at(op *o, hsm_purpose p, uint32_t ep, hsm_subkey **out)
+static cdx_err op_key_at(op *o, hsm_purpose p, uint32_t ep, const uint8_t *hkcv, hsm_subkey **out,
+                         const uint8_t **kcv)
 {
-    if (ep == o->epoch)
+    *kcv = o->kcv;
+    if (ep == o->epoch && !memcmp(hkcv, o->kcv, CDX_KCV_LEN))
         return eng_op_key(o, p, out);
-    if (o->worker || !pthread_equal(o->owner, pthread_self()))
+    bool own = !o->worker && pthread_equal(o->owner, pthread_self());
+    uint32_t gen = o->key.gen;
+    bool known = op_gen_of(o, hkcv, &gen);
+    if (!known && own && o->ix && !o->ks_fresh) {
+        /* A key this op does not know: a --new-key rotation completed elsewhere. */
+        cdx_err err = eng_op_keys_refresh(o);
+        if (err)
+            return err;
+        known = op_gen_of(o, hkcv, &gen);
+        if (ep == o->epoch && !memcmp(hkcv, o->kcv, CDX_KCV_LEN))
+            return eng_op_key(o, p, out);
+    }
+    if (!known) /* opened as before with the op's own key and KCV: refused by eng_rec_open */
+        gen = o->key.gen, hkcv = o->kcv;
+    if (ep == o->epoch && gen == o->key.gen)
+        return eng_op_key(o, p, out);
+    if (!own)
         return cdx_fail(CDX_ERR_INTEGRITY,
                         "a record sealed under key epoch %u in a state of key epoch %u", ep,
                         o->epoch);
-    if (o->xepoch != ep) {
+    if (o->xepoch != ep || o->xkey.gen != gen || memcmp(o->xkcv, hkcv, CDX_KCV_LEN)) {
         spare_release(o);
         o->xepoch = ep;
+        o->xkey = o->key;
+        o->xkey.gen = gen;
+        memcpy(o->xkcv, hkcv, CDX_KCV_LEN);
     }
+    *kcv = o->xkcv;
     if (!o->xsk[p]) {
         uint64_t t0 = cdx_mono_ns();
-        cdx_err err = hsm_subkey_get(o->e->cfg.custody, &o->key, o->kcv, p, ep, &o->xsk[p]);
+        cdx_err err = hsm_subkey_get(o->e->cfg.custody, &o->xkey, o->xkcv, p, ep, &o->xsk[p]);
         eng_stage_add(&o->e->ns_keys, ENG_STAGE_KEYS, cdx_mono_ns() - t0);
         if (err)
             return err;
@@ -58,21 +165,29 @@ static cdx_err op_key_at(op *o, hsm_purpose p, uint32_t ep, hsm_subkey **out)
 
 void eng_op_set_epoch(op *o, uint32_t ep)
 {
-    if (ep == o->epoch)
+    if (ep == o->epoch) {
+        eng_op_rekey(o);
         return;
+    }
+    uint32_t gen;
+    uint8_t kcv[CDX_KCV_LEN];
+    op_pick(o, ep, &gen, kcv);
     eng_op_sealers_free(o);
-    if (o->xepoch == ep) { /* swap: the spare slot already holds some of ep's subkeys */
+    if (o->xepoch == ep && o->xkey.gen == gen && !memcmp(o->xkcv, kcv, CDX_KCV_LEN)) {
+        /* swap: the spare slot already holds some of ep's subkeys */
         for (int i = 0; i < ENG_NPURPOSE; i++) {
             hsm_subkey *t = o->sk[i];
             o->sk[i] = o->xsk[i];
             o->xsk[i] = t;
         }
         o->xepoch = o->epoch;
+        o->xkey = o->key;
+        memcpy(o->xkcv, o->kcv, CDX_KCV_LEN);
     } else {
-        for (int i = 0; i < ENG_NPURPOSE; i++)
-            hsm_subkey_release(o->sk[i]);
-        memset(o->sk, 0, sizeof(o->sk));
+        main_release(o);
     }
+    o->key.gen = gen;
+    memcpy(o->kcv, kcv, CDX_KCV_LEN);
     o->epoch = ep;
 }
 
@@ -158,14 +273,15 @@ cdx_err eng_op_unseal(op *o, hsm_purpose p, eng_kind kind, const uint8_t tok[ENG
                         "%s record sealed under key epoch %u, below the index's minimum readable "
                         "epoch %u (retired by a key rotation: a restored or replayed record)",
                         eng_kind_name(kind), hh.epoch, o->min_epoch);
-    if ((err = op_key_at(o, p, hh.epoch, &k)))
+    const uint8_t *kcv;
+    if ((err = op_key_at(o, p, hh.epoch, hh.kcv, &k, &kcv)))
         return err;
     if (version == UINT64_MAX)
         version = hh.version;
     eng_rec_id id = {
         .scope = o->key.id, .kind = kind, .token = tok, .epoch = hh.epoch, .version = version};
     uint64_t t0 = cdx_mono_ns();
-    err = eng_rec_open(k, &id, o->kcv, rec, len, h ? h : &hh, out);
+    err = eng_rec_open(k, &id, kcv, rec, len, h ? h : &hh, out);
     eng_stage_add(&o->e->ns_decrypt, ENG_STAGE_DECRYPT, cdx_mono_ns() - t0);
     return err;
 }
@@ -192,6 +308,8 @@ void eng_op_root(eng *e, op *o)
     o->e = e;
     o->key = e->root;
     memcpy(o->kcv, e->root_kcv, CDX_KCV_LEN);
+    o->xkey = o->key;
+    memcpy(o->xkcv, o->kcv, CDX_KCV_LEN);
     o->owner = pthread_self();
     o->xepoch = UINT32_MAX;
 }
@@ -203,10 +321,15 @@ void eng_op_index(eng *e, struct idx *ix, op *o)
     o->ix = ix;
     o->key.kind = HSM_KEY_INDEX;
     memcpy(o->key.id, ix->id, CDX_ID_LEN);
-    memcpy(o->kcv, ix->cat.kcv, CDX_KCV_LEN);
+    pthread_mutex_lock(&ix->mu);
+    eng_keyset_from_cat(&o->ks, &ix->cat);
+    pthread_mutex_unlock(&ix->mu);
     /* The epoch last seen: ids tokenised before the state is read are then usually right
      * (callers re-tokenise when eng_op_set_state changes it). */
     o->epoch = atomic_load(&ix->epoch);
+    op_pick(o, o->epoch, &o->key.gen, o->kcv);
+    o->xkey = o->key;
+    memcpy(o->xkcv, o->kcv, CDX_KCV_LEN);
     o->min_epoch = atomic_load(&ix->min_epoch);
     o->owner = pthread_self();
     o->xepoch = UINT32_MAX;

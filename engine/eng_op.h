@@ -57,6 +57,21 @@ void eng_op_set_epoch(op *o, uint32_t ep);
 /* eng_op_set_epoch(m->epoch), min_epoch = m's; the index remembers both. Same rules. */
 void eng_op_set_state(op *o, const eng_manifest *m);
 
+/* ks = the key fields of catalog entry c. Pure. */
+void eng_keyset_from_cat(eng_keyset *ks, const eng_catentry *c);
+
+/*
+ * Re-pick the key of the op's epoch from o->ks (after ks changed): a different key releases
+ * the op's sealers and subkeys. Same rules as eng_op_set_epoch.
+ */
+void eng_op_rekey(op *o);
+
+/*
+ * Re-read the index's catalog entry: its keys go to o->ks and to the index (eng_idx_set_keys)
+ * and the op re-keys. The op's own thread. Errors: eng_cat_read's.
+ */
+cdx_err eng_op_keys_refresh(op *o);
+
 /* Free the op's sealers only (a worker copy's end). */
 void eng_op_sealers_free(op *o);
 

@@ -766,7 +766,9 @@ static cdx_err rotate_attempt(op *o, eng_rotate_report *r, bool *done)
     memset(&nb, 0, sizeof(nb));
     struct idx *ix = o->ix;
     cdx_err err;
-    if ((err = eng_load_state(o, true, 0, &a.m)))
+    /* The keys as the catalog has them now: a --new-key rotation seals the new epoch under
+     * the pending key (eng_op_set_epoch picks it). */
+    if ((err = eng_op_keys_refresh(o)) || (err = eng_load_state(o, true, 0, &a.m)))
         goto out;
     const eng_manifest *m = a.m;
     if (!m->rot_target) {
@@ -830,6 +832,17 @@ static cdx_err rotate_attempt(op *o, eng_rotate_report *r, bool *done)
                        ix->name, (long long)took, o->e->cfg.gc_grace_ms);
         goto out;
     }
+    /* The key this attempt sealed under must still be the one the catalog names for the new
+     * epoch (a --new-key asked meanwhile on another appliance): else start over. */
+    uint32_t sealed_gen = o->key.gen;
+    uint8_t sealed_kcv[CDX_KCV_LEN];
+    memcpy(sealed_kcv, o->kcv, CDX_KCV_LEN);
+    if ((err = eng_op_keys_refresh(o)))
+        goto out;
+    if (sealed_gen != o->key.gen || memcmp(sealed_kcv, o->kcv, CDX_KCV_LEN)) {
+        err = ENG_MOVED;
+        goto out;
+    }
     if ((err = eng_commit(o, m, nm, &nb, &a.committed)))
         goto out;
     if (a.committed) {
@@ -867,6 +880,12 @@ static cdx_err rotate_run(op *o, void *arg)
     }
     if (gated)
         eng_gate_open(o->ix);
+    /* --new-key: the catalog moves to the new key and the old one goes (also when another
+     * appliance committed the rotation, or a run stopped after its commit). */
+    if (!err && done && r->version)
+        err = rotate_step(o, "committed");
+    if (!err && done)
+        err = eng_rotate_finish(o);
     pthread_mutex_unlock(&o->ix->rot_mu);
     r->ms = cdx_mono_ms() - t0;
     if (!err && !done)

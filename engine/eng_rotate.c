@@ -9,7 +9,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "cdx_hex.h"
 #include "cdx_log.h"
+#include "eng_catalog.h"
 #include "eng_commit.h"
 #include "eng_head.h"
 #include "eng_int.h"
@@ -64,13 +66,194 @@ static cdx_err rotate_start(op *o, void *arg)
     return err;
 }
 
-cdx_err eng_rotate(eng *e, const char *name, eng_index_info *out)
+/* ---- --new-key (docs/ROTATION.md "A new token key") ---- */
+
+/* Write c (read at c->rec_version); a lost WATCH is ABORTED. */
+static cdx_err cat_update(op *ro, eng_catentry *c, const char *what)
+{
+    bool ok = false;
+    cdx_err err = eng_cat_write(ro, c, false, &ok);
+    if (!err && !ok)
+        err = cdx_fail(CDX_ERR_ABORTED, "index %s changed during %s; retry", c->name, what);
+    return err;
+}
+
+cdx_err eng_rotate_finish(op *o)
+{
+    eng *e = o->e;
+    struct idx *ix = o->ix;
+    op ro;
+    eng_op_root(e, &ro);
+    eng_catentry c;
+    bool found = false;
+    eng_manifest *m = NULL;
+    cdx_err err = eng_cat_read(&ro, ix->name, &c, &found);
+    if (err || !found || memcmp(c.id, ix->id, CDX_ID_LEN) || c.state != ENG_ST_READY)
+        goto out;
+    eng_idx_set_keys(ix, &c); /* what this engine knows of the keys is now current */
+    eng_keyset_from_cat(&o->ks, &c);
+    eng_op_rekey(o);
+    if (c.next_has == ENG_NEXT_NONE)
+        goto out;
+    if (c.next_has == ENG_NEXT_PENDING) {
+        if ((err = eng_load_state(o, true, 0, &m)))
+            goto out;
+        if (m->epoch < c.next_epoch)
+            goto out; /* not committed yet */
+        /* The state of the new key's epoch is committed: the catalog moves to the new key and
+         * remembers the old one until it is released and destroyed (resumable). */
+        uint32_t old_gen = c.key_gen;
+        uint8_t old_kcv[CDX_KCV_LEN];
+        memcpy(old_kcv, c.kcv, CDX_KCV_LEN);
+        uint32_t old_owned = c.owned;
+        c.key_gen = c.next_gen;
+        memcpy(c.kcv, c.next_kcv, CDX_KCV_LEN);
+        c.has_kcv = 1;
+        c.next_has = ENG_NEXT_RETIRED;
+        c.next_gen = old_gen;
+        memcpy(c.next_kcv, old_kcv, CDX_KCV_LEN);
+        c.next_epoch = old_owned;
+        c.owned = 1;
+        c.key_source = ENG_KEY_GENERATE;
+        c.prov.origin = ENG_ORIGIN_GENERATED;
+        c.prov.kek[0] = '\0';
+        if ((err = cat_update(&ro, &c, "the key switch")))
+            goto out;
+        eng_idx_set_keys(ix, &c);
+        char k[2 * CDX_KCV_LEN + 1];
+        cdx_hex_encode(c.kcv, CDX_KCV_LEN, k);
+        cdx_log(CDX_LOG_INFO, "eng_key_switched", "key_gen=%u kcv=%s epoch=%u", c.key_gen, k,
+                m->epoch);
+    }
+    /* ENG_NEXT_RETIRED: release the old key's claim, destroy it if it was the index's own. */
+    eng_catentry old = c;
+    memcpy(old.kcv, c.next_kcv, CDX_KCV_LEN);
+    old.has_kcv = 1;
+    if ((err = eng_keyclaim_release(&ro, &old)))
+        goto out;
+    hsm_key_ref k = {.kind = HSM_KEY_INDEX, .gen = c.next_gen};
+    memcpy(k.id, c.id, CDX_ID_LEN);
+    if (c.next_epoch) {
+        err = hsm_key_destroy(e->cfg.custody, &k);
+        if (err == CDX_ERR_KEY_NOT_FOUND)
+            err = CDX_OK; /* destroyed by an earlier attempt */
+        if (err)
+            goto out;
+        cdx_log(CDX_LOG_INFO, "eng_key_retired", "key_gen=%u destroyed=1", c.next_gen);
+    } else {
+        char label[CDX_LABEL_MAX + 1];
+        hsm_key_label(&k, label);
+        cdx_log(CDX_LOG_WARN, "eng_key_retired",
+                "key_gen=%u destroyed=0 label=%s msg=\"the index no longer uses this key; it was "
+                "not generated for it (adopted or unwrapped), so it remains on the token\"",
+                c.next_gen, label);
+    }
+    c.next_has = ENG_NEXT_NONE;
+    c.next_gen = 0;
+    memset(c.next_kcv, 0, CDX_KCV_LEN);
+    c.next_epoch = 0;
+    if ((err = cat_update(&ro, &c, "the key switch")))
+        goto out;
+    eng_idx_set_keys(ix, &c);
+    eng_keyset_from_cat(&o->ks, &c);
+    eng_op_rekey(o);
+out:
+    eng_manifest_unref(m);
+    eng_op_end(&ro);
+    return err;
+}
+
+/* rotate --new-key: make (or find) the new key, bind it in the catalog, commit the intent. */
+static cdx_err rotate_newkey_start(op *o, void *arg)
+{
+    eng *e = o->e;
+    struct idx *ix = o->ix;
+    op ro;
+    eng_op_root(e, &ro);
+    eng_manifest *m = NULL;
+    eng_catentry c;
+    bool found = false;
+    cdx_err err;
+    /* A completed --new-key rotation whose old key is still to go finishes first. */
+    if ((err = eng_rotate_finish(o)) || (err = eng_cat_read(&ro, ix->name, &c, &found)))
+        goto out;
+    if (!found || memcmp(c.id, ix->id, CDX_ID_LEN)) {
+        err = cdx_fail(CDX_ERR_NOT_FOUND, "index %s no longer exists", ix->name);
+        goto out;
+    }
+    if ((err = eng_load_state(o, true, 0, &m)))
+        goto out;
+    if (c.next_has == ENG_NEXT_PENDING) { /* asked again: resume it */
+        eng_idx_set_keys(ix, &c);
+        eng_keyset_from_cat(&o->ks, &c);
+        eng_op_rekey(o);
+        err = rotate_start(o, arg);
+        goto out;
+    }
+    if (m->rot_target) {
+        err = cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                       "index %s: a rotation without --new-key (to key epoch %u) is pending; "
+                       "wait for it to complete, then rotate with --new-key",
+                       ix->name, m->rot_target);
+        goto out;
+    }
+    if (m->epoch >= UINT32_MAX - 1 || c.key_gen >= UINT32_MAX - 1) {
+        err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "index %s: no key epoch is left", ix->name);
+        goto out;
+    }
+    hsm_key_ref k = {.kind = HSM_KEY_INDEX, .gen = c.key_gen + 1};
+    memcpy(k.id, c.id, CDX_ID_LEN);
+    uint8_t kcv[CDX_KCV_LEN];
+    err = hsm_index_key_generate_ref(e->cfg.custody, &k, kcv);
+    if (err == CDX_ERR_ALREADY_EXISTS) /* made by an attempt that stopped before the catalog */
+        err = hsm_key_kcv(e->cfg.custody, &k, kcv);
+    if (err)
+        goto out;
+    eng_catentry nk = c;
+    memcpy(nk.kcv, kcv, CDX_KCV_LEN);
+    nk.has_kcv = 1;
+    bool ours = false;
+    eng_keyclaim held;
+    if ((err = eng_keyclaim_take(&ro, &nk, &ours, &held)))
+        goto out;
+    if (!ours) {
+        err = cdx_fail(CDX_ERR_ALREADY_EXISTS,
+                       "index %s: the new key's KCV is claimed by another index; retry", ix->name);
+        goto out;
+    }
+    c.next_has = ENG_NEXT_PENDING;
+    c.next_gen = k.gen;
+    memcpy(c.next_kcv, kcv, CDX_KCV_LEN);
+    c.next_epoch = m->epoch + 1;
+    if ((err = cat_update(&ro, &c, "rotate --new-key")))
+        goto out;
+    eng_idx_set_keys(ix, &c);
+    eng_keyset_from_cat(&o->ks, &c);
+    eng_op_rekey(o);
+    char kh[2 * CDX_KCV_LEN + 1];
+    cdx_hex_encode(kcv, CDX_KCV_LEN, kh);
+    cdx_log(CDX_LOG_INFO, "eng_key_generated", "key_gen=%u kcv=%s for_epoch=%u", k.gen, kh,
+            c.next_epoch);
+    err = rotate_start(o, arg);
+out:
+    eng_manifest_unref(m);
+    eng_op_end(&ro);
+    return err;
+}
+
+cdx_err eng_rotate_key(eng *e, const char *name, bool new_key, eng_index_info *out)
 {
     uint32_t target = 0;
-    cdx_err err = eng_with_op(e, name, ENG_WITH_NAMED, rotate_start, &target);
+    cdx_err err =
+        eng_with_op(e, name, ENG_WITH_NAMED, new_key ? rotate_newkey_start : rotate_start, &target);
     if (!err && out)
         err = eng_index_describe(e, name, out);
     return err;
+}
+
+cdx_err eng_rotate(eng *e, const char *name, eng_index_info *out)
+{
+    return eng_rotate_key(e, name, false, out);
 }
 
 void eng_set_rotate_hook(eng *e, eng_rotate_hook fn, void *arg)

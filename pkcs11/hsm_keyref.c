@@ -25,7 +25,10 @@ void hsm_key_label(const hsm_key_ref *k, char out[CDX_LABEL_MAX + 1])
     } else {
         char h[2 * CDX_ID_LEN + 1];
         cdx_hex_encode(k->id, CDX_ID_LEN, h);
-        snprintf(out, CDX_LABEL_MAX + 1, "cipherdex-index-%s", h);
+        if (k->gen)
+            snprintf(out, CDX_LABEL_MAX + 1, "cipherdex-index-%s.g%u", h, (unsigned)k->gen);
+        else
+            snprintf(out, CDX_LABEL_MAX + 1, "cipherdex-index-%s", h);
     }
 }
 
@@ -108,22 +111,26 @@ cdx_err hsm_find_kek(hsm_custody *c, CK_SESSION_HANDLE s, const char *name, CK_O
 /* ---------------------------------------------------------------- handle cache */
 
 /* The cache entry of (kind, id), added if missing; NULL when out of memory. Under keys_mu. */
-static struct hsm_keyent *ent_get(hsm_custody *c, hsm_key_kind kind, const uint8_t *id)
+static struct hsm_keyent *ent_get(hsm_custody *c, const hsm_key_ref *k)
 {
+    hsm_key_kind kind = k->kind;
+    const uint8_t *id = k->id;
     for (size_t i = 0; i < c->nkeys; i++)
-        if (c->keys[i].kind == kind && !memcmp(c->keys[i].id, id, CDX_ID_LEN))
+        if (c->keys[i].kind == kind && c->keys[i].kgen == k->gen &&
+            !memcmp(c->keys[i].id, id, CDX_ID_LEN))
             return &c->keys[i];
     if (c->nkeys == c->capkeys) {
         size_t cap = c->capkeys ? c->capkeys * 2 : 16;
-        struct hsm_keyent *k = realloc(c->keys, cap * sizeof(*k));
-        if (!k)
+        struct hsm_keyent *nk = realloc(c->keys, cap * sizeof(*nk));
+        if (!nk)
             return NULL;
-        c->keys = k;
+        c->keys = nk;
         c->capkeys = cap;
     }
     struct hsm_keyent *e = &c->keys[c->nkeys++];
     memset(e, 0, sizeof(*e));
     e->kind = kind;
+    e->kgen = k->gen;
     memcpy(e->id, id, CDX_ID_LEN);
     return e;
 }
@@ -132,7 +139,8 @@ void hsm_key_forget(hsm_custody *c, const hsm_key_ref *k)
 {
     pthread_mutex_lock(&c->keys_mu);
     for (size_t i = 0; i < c->nkeys; i++)
-        if (c->keys[i].kind == k->kind && !memcmp(c->keys[i].id, k->id, CDX_ID_LEN)) {
+        if (c->keys[i].kind == k->kind && c->keys[i].kgen == k->gen &&
+            !memcmp(c->keys[i].id, k->id, CDX_ID_LEN)) {
             c->keys[i] = c->keys[--c->nkeys];
             break;
         }
@@ -143,7 +151,7 @@ void hsm_key_remember(hsm_custody *c, const hsm_key_ref *k, CK_OBJECT_HANDLE h,
                       const uint8_t kcv[CDX_KCV_LEN])
 {
     pthread_mutex_lock(&c->keys_mu);
-    struct hsm_keyent *e = ent_get(c, k->kind, k->id);
+    struct hsm_keyent *e = ent_get(c, k);
     if (e) {
         e->h = h;
         e->gen = c->gen;
@@ -193,7 +201,7 @@ cdx_err hsm_key_resolve(hsm_custody *c, CK_SESSION_HANDLE s, const hsm_key_ref *
     uint8_t known[CDX_KCV_LEN];
     bool has_known = false;
     pthread_mutex_lock(&c->keys_mu);
-    struct hsm_keyent *e = ent_get(c, k->kind, k->id);
+    struct hsm_keyent *e = ent_get(c, k);
     if (!e) {
         pthread_mutex_unlock(&c->keys_mu);
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
@@ -220,7 +228,7 @@ cdx_err hsm_key_resolve(hsm_custody *c, CK_SESSION_HANDLE s, const hsm_key_ref *
     }
     err = kcv_verdict(k, kcv, expected, has_known ? known : NULL);
     pthread_mutex_lock(&c->keys_mu);
-    e = ent_get(c, k->kind, k->id);
+    e = ent_get(c, k);
     if (e) {
         e->h = *h;
         e->gen = c->gen;

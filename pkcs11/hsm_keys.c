@@ -306,6 +306,17 @@ cdx_err hsm_index_key_generate(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
     return hsm_key_create(c, &a, kcv_out);
 }
 
+cdx_err hsm_index_key_generate_ref(hsm_custody *c, const hsm_key_ref *k,
+                                   uint8_t kcv_out[CDX_KCV_LEN])
+{
+    if (k->kind != HSM_KEY_INDEX)
+        return cdx_fail(CDX_ERR_INVALID_ARGUMENT, "only index keys have generations");
+    struct hsm_create a = {
+        .kind = HSM_KEY_INDEX, .how = HSM_HOW_GENERATE, .make = hsm_make_generate};
+    a.ref = *k;
+    return hsm_key_create(c, &a, kcv_out);
+}
+
 cdx_err hsm_index_key_unwrap(hsm_custody *c, const uint8_t id[CDX_ID_LEN], const char *kek_name,
                              const uint8_t *blob, size_t blob_len, uint8_t kcv_out[CDX_KCV_LEN])
 {

@@ -86,9 +86,14 @@ const char *hsm_attr_name(unsigned bit);
 typedef struct hsm_key_ref {
     hsm_key_kind kind; /* HSM_KEY_ROOT or HSM_KEY_INDEX */
     uint8_t id[CDX_ID_LEN];
+    /* Index keys: the key generation (docs/ROTATION.md "--new-key"). 0 is the key the index
+     * was created with; `index rotate --new-key` generates N+1 with the same CKA_ID. Always 0
+     * for the root key. Part of the label, the handle cache and the subkey cache. */
+    uint32_t gen;
 } hsm_key_ref;
 
-/* Token label for a root/index key ("cipherdex-root", "cipherdex-index-<hex>"). Pure. */
+/* Token label for a root/index key ("cipherdex-root", "cipherdex-index-<hex>", and from
+ * generation 1 on "cipherdex-index-<hex>.g<gen>"). Pure. */
 void hsm_key_label(const hsm_key_ref *k, char out[CDX_LABEL_MAX + 1]);
 
 /* ---- root key ---- */
@@ -119,6 +124,15 @@ CDX_MUST_CHECK cdx_err hsm_root_key_ensure(hsm_custody *c, const uint8_t deploym
  */
 CDX_MUST_CHECK cdx_err hsm_index_key_generate(hsm_custody *c, const uint8_t id[CDX_ID_LEN],
                                               uint8_t kcv_out[CDX_KCV_LEN]);
+
+/*
+ * As hsm_index_key_generate, for key generation k->gen of index k->id
+ * (k->kind must be HSM_KEY_INDEX): label "cipherdex-index-<hex>.g<gen>"
+ * (generation 0: the plain label), same CKA_ID. Errors: as
+ * hsm_index_key_generate, and CDX_ERR_INVALID_ARGUMENT (not an index key).
+ */
+CDX_MUST_CHECK cdx_err hsm_index_key_generate_ref(hsm_custody *c, const hsm_key_ref *k,
+                                                  uint8_t kcv_out[CDX_KCV_LEN]);
 
 /*
  * Unwrap a KMS-style wrapped data key (RFC 5649) with the KEK

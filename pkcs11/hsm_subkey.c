@@ -87,6 +87,7 @@ struct hsm_subkey {
     uint8_t kcv[CDX_KCV_LEN];
     uint8_t id[CDX_ID_LEN];
     hsm_key_kind kind;
+    uint32_t kgen; /* the key's generation (hsm_key_ref.gen) */
     hsm_purpose purpose;
     uint32_t epoch;
     int64_t expires_ms;
@@ -219,7 +220,8 @@ void hsm_subcache_drop_key(hsm_custody *c, const hsm_key_ref *k)
         return;
     pthread_mutex_lock(&sc->mu);
     for (struct hsm_subkey **pp = &sc->head; *pp;) {
-        if ((*pp)->kind == k->kind && !memcmp((*pp)->id, k->id, CDX_ID_LEN))
+        if ((*pp)->kind == k->kind && (*pp)->kgen == k->gen &&
+            !memcmp((*pp)->id, k->id, CDX_ID_LEN))
             sk_unlink(sc, pp);
         else
             pp = &(*pp)->next;
@@ -266,7 +268,7 @@ static cdx_err derive_op(hsm_custody *c, CK_SESSION_HANDLE s, void *arg, CK_RV *
 
 static bool matches(const struct hsm_subkey *sk, const hsm_key_ref *k, hsm_purpose p, uint32_t ep)
 {
-    return sk->kind == k->kind && sk->purpose == p && sk->epoch == ep &&
+    return sk->kind == k->kind && sk->kgen == k->gen && sk->purpose == p && sk->epoch == ep &&
            !memcmp(sk->id, k->id, CDX_ID_LEN);
 }
 
@@ -324,6 +326,7 @@ cdx_err hsm_subkey_get(hsm_custody *c, const hsm_key_ref *key, const uint8_t *ex
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED,
                         "secret memory exhausted: raise secmem_bytes or lower subkey_ttl_ms");
     sk->kind = key->kind;
+    sk->kgen = key->gen;
     memcpy(sk->id, key->id, CDX_ID_LEN);
     sk->purpose = purpose;
     sk->epoch = epoch;

@@ -44,6 +44,7 @@ static const rule rules[] = {
     {PKG "IndexInfo", "metric", 0, CDX_ENUM_TEXT_MAX, 0, 0},
     {PKG "IndexInfo", "index_type", 0, CDX_ENUM_TEXT_MAX, 0, 0},
     {PKG "IndexInfo", "kcv", 0, CDX_KCV_LEN, 0, 0},
+    {PKG "IndexInfo", "new_key_kcv", 0, CDX_KCV_LEN, 0, 0},
     {PKG "IndexInfo", "key_source", 0, CDX_ENUM_TEXT_MAX, 0, 0},
     {PKG "IndexInfo", "status", 0, CDX_ENUM_TEXT_MAX, 0, 0},
     {PKG "IndexInfo", "status_message", 0, CDX_STATUS_MESSAGE_MAX, 0, 0},

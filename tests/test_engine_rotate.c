@@ -40,6 +40,7 @@
 #include "eng_store.h"
 #include "fx_cunit.h"
 #include "fx_engine.h"
+#include "hsm_provenance.h"
 #include "hsm_subkey.h"
 
 #define N  400
@@ -947,6 +948,212 @@ static void test_rotate_under_load(void)
     fx_ds_free(&s);
 }
 
+/* ---- --new-key: a new token key per rotation ---- */
+
+/* Index key generation gen of index id: CDX_OK with its KCV, or the lookup's error. */
+static cdx_err key_at(const uint8_t id[CDX_ID_LEN], uint32_t gen, uint8_t kcv[CDX_KCV_LEN])
+{
+    hsm_key_ref k = {.kind = HSM_KEY_INDEX, .gen = gen};
+    memcpy(k.id, id, CDX_ID_LEN);
+    return hsm_key_kcv(fx_cust, &k, kcv);
+}
+
+static void test_rotate_new_key(void)
+{
+    char name[64];
+    fx_uniq_name(name, "rotk");
+    fx_dataset s;
+    static char cont[N][64];
+    float qs[NQ * D];
+    fx_qres before[NQ], after[NQ];
+    make_index(name, &s, cont, qs);
+    CU_ASSERT_EQUAL(fx_check_model(NULL, name, &s, all_alive, qs, NQ, before, NULL, false), 0);
+    /* Another appliance that has the index (and its key) loaded before the rotation. */
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/otherk", fx_statedir);
+    eng *other = fx_engine_open(fx_store, dir, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(other);
+    CU_ASSERT_EQUAL(fx_check_model(other, name, &s, all_alive, qs, NQ, after, before, false), 0);
+
+    eng_index_info info;
+    CU_ASSERT_EQUAL_FATAL(eng_index_describe(fx_eng, name, &info), CDX_OK);
+    CU_ASSERT_EQUAL(info.key_gen, 0);
+    CU_ASSERT_EQUAL(info.new_key_gen, 0);
+    uint8_t kcv0[CDX_KCV_LEN], kcv1[CDX_KCV_LEN], k[CDX_KCV_LEN];
+    memcpy(kcv0, info.kcv, CDX_KCV_LEN);
+    uint8_t id[CDX_ID_LEN];
+    memcpy(id, info.id, CDX_ID_LEN);
+
+    CU_ASSERT_EQUAL_FATAL(eng_rotate_key(fx_eng, name, true, &info), CDX_OK);
+    CU_ASSERT_STRING_EQUAL(info.state, "rotating");
+    CU_ASSERT_EQUAL(info.rotate_to, 1);
+    CU_ASSERT_EQUAL(info.new_key_gen, 1);
+    CU_ASSERT_NOT_EQUAL(memcmp(info.new_key_kcv, kcv0, CDX_KCV_LEN), 0);
+    memcpy(kcv1, info.new_key_kcv, CDX_KCV_LEN);
+    /* Generated on the token (CKA_LOCAL, never extractable), labelled generation 1. */
+    CU_ASSERT_EQUAL_FATAL(key_at(id, 1, k), CDX_OK);
+    CU_ASSERT_EQUAL(memcmp(k, kcv1, CDX_KCV_LEN), 0);
+    hsm_key_ref r1 = {.kind = HSM_KEY_INDEX, .gen = 1};
+    memcpy(r1.id, id, CDX_ID_LEN);
+    char label[CDX_LABEL_MAX + 1];
+    hsm_key_label(&r1, label);
+    CU_ASSERT_PTR_NOT_NULL(strstr(label, ".g1"));
+    hsm_key_facts f;
+    CU_ASSERT_EQUAL_FATAL(hsm_key_facts_read(fx_cust, &r1, &f), CDX_OK);
+    CU_ASSERT(f.attrs & HSM_A_LOCAL);
+    CU_ASSERT_EQUAL(hsm_facts_born_on_token(&f), 1);
+    /* Asked again while pending: the same rotation and the same new key. */
+    CU_ASSERT_EQUAL_FATAL(eng_rotate_key(fx_eng, name, true, &info), CDX_OK);
+    CU_ASSERT_EQUAL(info.new_key_gen, 1);
+    CU_ASSERT_EQUAL(memcmp(info.new_key_kcv, kcv1, CDX_KCV_LEN), 0);
+    CU_ASSERT_EQUAL(fx_check_model(fx_eng, name, &s, all_alive, qs, NQ, after, before, false), 0);
+
+    eng_rotate_report r;
+    CU_ASSERT_EQUAL_FATAL(eng_rotate_run(fx_eng, name, &r), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(eng_index_describe(fx_eng, name, &info), CDX_OK);
+    CU_ASSERT_STRING_EQUAL(info.state, "ready");
+    CU_ASSERT_EQUAL(info.key_epoch, 1);
+    CU_ASSERT_EQUAL(info.key_gen, 1);
+    CU_ASSERT_EQUAL(info.new_key_gen, 0);
+    CU_ASSERT_EQUAL(memcmp(info.kcv, kcv1, CDX_KCV_LEN), 0);
+    /* The old key is gone from the token, the new one is there. */
+    CU_ASSERT_EQUAL(key_at(id, 0, k), CDX_ERR_KEY_NOT_FOUND);
+    CU_ASSERT_EQUAL(key_at(id, 1, k), CDX_OK);
+    /* Same answers: this engine, a fresh one, and the one that knew only the old key. */
+    CU_ASSERT_EQUAL(fx_check_model(fx_eng, name, &s, all_alive, qs, NQ, after, before, false), 0);
+    CU_ASSERT_EQUAL(fx_check_model(NULL, name, &s, all_alive, qs, NQ, after, before, false), 0);
+    CU_ASSERT_EQUAL(fx_check_model(other, name, &s, all_alive, qs, NQ, after, before, false), 0);
+    CU_ASSERT_EQUAL(check_contents(name, &s, NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(eng_index_describe(other, name, &info), CDX_OK);
+    CU_ASSERT_EQUAL(info.key_gen, 1);
+    CU_ASSERT_EQUAL(memcmp(info.kcv, kcv1, CDX_KCV_LEN), 0);
+    /* A write through the appliance that knew the old key, then read back everywhere. */
+    uint64_t wv = 0;
+    CU_ASSERT_EQUAL(eng_upsert(other, name, s.items, 10, &wv), CDX_OK);
+    CU_ASSERT_EQUAL(fx_check_model(NULL, name, &s, all_alive, qs, NQ, after, before, false), 0);
+
+    /* Purge does not take the index (its key is generation 1 now) for one whose key is gone. */
+    uint64_t removed = 0;
+    CU_ASSERT_EQUAL_FATAL(eng_purge(fx_eng, &removed), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(eng_index_describe(fx_eng, name, &info), CDX_OK);
+    CU_ASSERT_EQUAL(key_at(id, 1, k), CDX_OK);
+    CU_ASSERT_EQUAL(fx_check_model(NULL, name, &s, all_alive, qs, NQ, after, before, false), 0);
+
+    /* A plain rotation keeps the key; a second --new-key goes to generation 2. */
+    CU_ASSERT_EQUAL_FATAL(eng_rotate(fx_eng, name, NULL), CDX_OK);
+    CU_ASSERT_EQUAL(eng_rotate_key(fx_eng, name, true, NULL), CDX_ERR_FAILED_PRECONDITION);
+    CU_ASSERT_EQUAL_FATAL(eng_rotate_run(fx_eng, name, &r), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(eng_index_describe(fx_eng, name, &info), CDX_OK);
+    CU_ASSERT_EQUAL(info.key_epoch, 2);
+    CU_ASSERT_EQUAL(info.key_gen, 1);
+    CU_ASSERT_EQUAL_FATAL(eng_rotate_key(fx_eng, name, true, NULL), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(eng_rotate_run(fx_eng, name, &r), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(eng_index_describe(fx_eng, name, &info), CDX_OK);
+    CU_ASSERT_EQUAL(info.key_epoch, 3);
+    CU_ASSERT_EQUAL(info.key_gen, 2);
+    CU_ASSERT_EQUAL(key_at(id, 1, k), CDX_ERR_KEY_NOT_FOUND);
+    CU_ASSERT_EQUAL(key_at(id, 2, k), CDX_OK);
+    CU_ASSERT_EQUAL(fx_check_model(other, name, &s, all_alive, qs, NQ, after, before, false), 0);
+    CU_ASSERT_EQUAL(check_contents(name, &s, NULL), 0);
+    eng_free(other);
+
+    /* Delete destroys the current (new) key. */
+    CU_ASSERT_EQUAL_FATAL(eng_index_delete(fx_eng, name, id), CDX_OK);
+    CU_ASSERT_EQUAL(key_at(id, 2, k), CDX_ERR_KEY_NOT_FOUND);
+    CU_ASSERT_EQUAL(key_at(id, 0, k), CDX_ERR_KEY_NOT_FOUND);
+    fx_ds_free(&s);
+}
+
+/* Rotation hook: fail at step *arg (a crash there). */
+static cdx_err stop_at(void *arg, const char *index, const char *step)
+{
+    (void)index;
+    return strcmp(step, arg) ? CDX_OK : cdx_fail(CDX_ERR_UNAVAILABLE, "test: crashed at %s", step);
+}
+
+/* Keys of generation 0..3 of id on the token. */
+static int keys_on_token(const uint8_t id[CDX_ID_LEN], uint32_t *which)
+{
+    int n = 0;
+    uint8_t k[CDX_KCV_LEN];
+    for (uint32_t g = 0; g < 4; g++)
+        if (key_at(id, g, k) == CDX_OK) {
+            n++;
+            *which = g;
+        }
+    return n;
+}
+
+static void test_rotate_new_key_interrupted(void)
+{
+    static const char *const at[] = {"gathered", "sealed", "committed"};
+    for (size_t t = 0; t < FX_LEN(at); t++) {
+        char name[64];
+        fx_uniq_name(name, "rotkx");
+        fx_dataset s;
+        static char cont[N][64];
+        float qs[NQ * D];
+        fx_qres before[NQ];
+        make_index(name, &s, cont, qs);
+        CU_ASSERT_EQUAL(fx_check_model(NULL, name, &s, all_alive, qs, NQ, before, NULL, true), 0);
+        eng_index_info info;
+        CU_ASSERT_EQUAL_FATAL(eng_index_describe(fx_eng, name, &info), CDX_OK);
+        uint8_t id[CDX_ID_LEN];
+        memcpy(id, info.id, CDX_ID_LEN);
+
+        char dir[4096];
+        /* The crashing appliance runs no rotation thread: only this run may do the rotation
+         * (its thread would otherwise race it, and complete it after a commit). */
+        snprintf(dir, sizeof(dir), "%s/crashk%zu", fx_statedir, t);
+        eng_config cfg = {.custody = fx_cust,
+                          .store = fx_store,
+                          .state_dir = dir,
+                          .cache_bytes = 64u << 20,
+                          .no_rotation_thread = true};
+        memcpy(cfg.deployment_id, fx_dep, 16);
+        eng *a = NULL;
+        CU_ASSERT_EQUAL_FATAL(eng_new(&cfg, &a), CDX_OK);
+        eng_set_rotate_hook(a, stop_at, (void *)at[t]);
+        CU_ASSERT_EQUAL_FATAL(eng_rotate_key(a, name, true, &info), CDX_OK);
+        eng_rotate_report r;
+        CU_ASSERT_EQUAL(eng_rotate_run(a, name, &r), CDX_ERR_UNAVAILABLE);
+        eng_free(a);
+        /* Crashed: both keys are on the token; the index serves the same answers. */
+        uint32_t g = 0;
+        CU_ASSERT_EQUAL(keys_on_token(id, &g), 2);
+        eng *idle = idle_engine();
+        CU_ASSERT_EQUAL(fx_check_model(idle, name, &s, all_alive, qs, NQ, NULL, before, false), 0);
+        CU_ASSERT_EQUAL_FATAL(eng_index_describe(idle, name, &info), CDX_OK);
+        CU_ASSERT_EQUAL(info.key_epoch, strcmp(at[t], "committed") ? 0u : 1u);
+        eng_free(idle);
+
+        /* A restarted appliance finishes it by itself (its rotation thread): one key left. */
+        snprintf(dir, sizeof(dir), "%s/restartk%zu", fx_statedir, t);
+        eng *b = fx_engine_open(fx_store, dir, 0);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+        int64_t deadline = cdx_mono_ms() + 30000;
+        int nk = 2;
+        do {
+            CU_ASSERT_EQUAL_FATAL(eng_index_describe(b, name, &info), CDX_OK);
+            nk = keys_on_token(id, &g);
+            if (nk == 1 && info.key_gen == 1 && info.key_epoch == 1)
+                break;
+            struct timespec ts = {0, 20 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        } while (cdx_mono_ms() < deadline);
+        printf("\n  --new-key crashed at %s: resumed, %d key(s) left (generation %u)", at[t], nk,
+               g);
+        CU_ASSERT_EQUAL(nk, 1);
+        CU_ASSERT_EQUAL(g, 1);
+        CU_ASSERT_EQUAL(info.key_gen, 1);
+        CU_ASSERT_EQUAL(info.key_epoch, 1);
+        eng_free(b);
+        CU_ASSERT_EQUAL(fx_check_model(NULL, name, &s, all_alive, qs, NQ, NULL, before, false), 0);
+        CU_ASSERT_EQUAL(check_contents(name, &s, NULL), 0);
+        fx_ds_free(&s);
+    }
+}
+
 static const fx_test tests[] = {
     {"rotation re-seals everything; old epoch opens nothing", test_rotate_everything},
     {"writes pending, during, and losing to a rotation", test_rotate_with_writes},
@@ -954,6 +1161,10 @@ static const fx_test tests[] = {
     {"a crash after every store write of a rotation: before or after, then resumed",
      test_rotate_crash_points},
     {"minimum readable epoch: old records and cursors refused", test_rotate_min_epoch},
+    {"--new-key: new token key, old one destroyed, same answers; purge and delete",
+     test_rotate_new_key},
+    {"--new-key interrupted (gathered, sealed, committed) resumes to exactly one key",
+     test_rotate_new_key_interrupted},
     {"under load: 0 failures, same recall, nothing of the old epoch left", test_rotate_under_load},
 };
 

@@ -28,6 +28,7 @@
 /* A found key: its handle is valid only in the generation it was found in. */
 struct hsm_keyent {
     hsm_key_kind kind;
+    uint32_t kgen; /* hsm_key_ref.gen */
     uint8_t id[CDX_ID_LEN];
     CK_OBJECT_HANDLE h;
     uint64_t gen;                   /* 0 = no valid handle */
