@@ -85,6 +85,7 @@ static hsm_custody *open_ctx(void)
 
 static void fresh_id(hsm_key_ref *k)
 {
+    memset(k, 0, sizeof(*k)); /* generation 0 (hsm_key_ref.gen) */
     k->kind = HSM_KEY_INDEX;
     CU_ASSERT_FATAL(RAND_bytes(k->id, CDX_ID_LEN) == 1);
 }

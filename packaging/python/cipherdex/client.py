@@ -586,8 +586,9 @@ class Client:
     def rotate(self, index: str, *, wait: bool = False, new_key: bool = False) -> RotateResult:
         """Start an online key rotation to the next epoch (admin; docs/ROTATION.md): every record
         is re-encrypted in the background; with ``wait`` the request runs it and returns when it
-        is done. Not idempotent: a retry after completion starts one more. ``new_key`` is
-        refused as UNIMPLEMENTED for now."""
+        is done. Not idempotent: a retry after completion starts one more. ``new_key``: a new
+        index key generated on the token for the new epoch, the old one destroyed when done
+        (an adopted or unwrapped key is left on the token)."""
         r = self._invoke("rotate", pb.RotateRequest(index=index, wait=wait, new_key=new_key))
         info = IndexInfo._from_pb(r.index) if r.HasField("index") else None
         return RotateResult(index=info, from_epoch=r.from_epoch, to_epoch=r.to_epoch,

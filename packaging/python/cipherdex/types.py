@@ -104,6 +104,9 @@ class IndexInfo:
     rotate_total: int = 0
     rotate_started_ms: int = 0
     rotated_ms: int = 0
+    key_generation: int = 0
+    new_key_generation: int = 0
+    new_key_kcv: bytes = b""
     raw: Any = field(repr=False, compare=False, default=None)
 
     @classmethod
@@ -119,7 +122,9 @@ class IndexInfo:
                    last_sweep_ms=m.last_sweep_ms, key_epoch=m.key_epoch, min_epoch=m.min_epoch,
                    rotate_to=m.rotate_to, rotate_done=m.rotate_done,
                    rotate_total=m.rotate_total, rotate_started_ms=m.rotate_started_ms,
-                   rotated_ms=m.rotated_ms, raw=m)
+                   rotated_ms=m.rotated_ms, key_generation=m.key_generation,
+                   new_key_generation=m.new_key_generation, new_key_kcv=bytes(m.new_key_kcv),
+                   raw=m)
 
 
 @dataclass(frozen=True)

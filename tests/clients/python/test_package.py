@@ -436,6 +436,10 @@ def live():
         check(rot.to_epoch == rot.from_epoch + 1 and rot.index is not None
               and rot.index.key_epoch == rot.to_epoch and c.describe_index(name).count == info3.count,
               f"rotate --wait: the next epoch, the same items ({rot})")
+        rot2 = c.rotate(name, wait=True, new_key=True)
+        check(rot2.index is not None and rot2.index.key_generation == 1
+              and rot2.index.kcv != rot.index.kcv and c.describe_index(name).count == info3.count,
+              f"rotate --new-key: generation 1, another KCV, the same items ({rot2})")
         purged = c.purge()
         check(isinstance(purged, int) and c.purge() == 0, "purge, then nothing more to purge")
         info2 = c.describe_index(name)
