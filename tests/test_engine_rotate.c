@@ -102,11 +102,12 @@ static int check_contents(const char *name, const fx_dataset *s, const bool *ali
     return bad;
 }
 
-/* An engine that runs no rotation by itself (to look without completing one). */
-static eng *idle_engine(void)
+/* An engine with state dir <suite>/sub that runs no rotation by itself (to look without
+ * completing one, or to be the only one that runs it). */
+static eng *idle_engine_in(const char *sub)
 {
     char dir[4096];
-    snprintf(dir, sizeof(dir), "%s/idle", fx_statedir);
+    snprintf(dir, sizeof(dir), "%s/%s", fx_statedir, sub);
     eng_config c = {.custody = fx_cust,
                     .store = fx_store,
                     .state_dir = dir,
@@ -116,6 +117,11 @@ static eng *idle_engine(void)
     eng *e = NULL;
     CU_ASSERT_EQUAL_FATAL(eng_new(&c, &e), CDX_OK);
     return e;
+}
+
+static eng *idle_engine(void)
+{
+    return idle_engine_in("idle");
 }
 
 /* An engine that sweeps with a grace of 1 ms. */
@@ -1101,18 +1107,11 @@ static void test_rotate_new_key_interrupted(void)
         uint8_t id[CDX_ID_LEN];
         memcpy(id, info.id, CDX_ID_LEN);
 
-        char dir[4096];
         /* The crashing appliance runs no rotation thread: only this run may do the rotation
          * (its thread would otherwise race it, and complete it after a commit). */
-        snprintf(dir, sizeof(dir), "%s/crashk%zu", fx_statedir, t);
-        eng_config cfg = {.custody = fx_cust,
-                          .store = fx_store,
-                          .state_dir = dir,
-                          .cache_bytes = 64u << 20,
-                          .no_rotation_thread = true};
-        memcpy(cfg.deployment_id, fx_dep, 16);
-        eng *a = NULL;
-        CU_ASSERT_EQUAL_FATAL(eng_new(&cfg, &a), CDX_OK);
+        char sub[32];
+        snprintf(sub, sizeof(sub), "crashk%zu", t);
+        eng *a = idle_engine_in(sub);
         eng_set_rotate_hook(a, stop_at, (void *)at[t]);
         CU_ASSERT_EQUAL_FATAL(eng_rotate_key(a, name, true, &info), CDX_OK);
         eng_rotate_report r;
@@ -1128,6 +1127,7 @@ static void test_rotate_new_key_interrupted(void)
         eng_free(idle);
 
         /* A restarted appliance finishes it by itself (its rotation thread): one key left. */
+        char dir[4096];
         snprintf(dir, sizeof(dir), "%s/restartk%zu", fx_statedir, t);
         eng *b = fx_engine_open(fx_store, dir, 0);
         CU_ASSERT_PTR_NOT_NULL_FATAL(b);
