@@ -136,13 +136,14 @@ static json_t *info_json(const Cipherdex__V1__IndexInfo *x)
     return j;
 }
 
-/* The store-use and maintenance fields (IndexInfo 19-23), added to info_json's object. */
+/* The store-use and maintenance fields (IndexInfo 19-23, 34), added to info_json's object. */
 static json_t *info_json_store(const Cipherdex__V1__IndexInfo *x, json_t *j)
 {
     if (j) {
         json_object_set_new(j, "dead_rows", json_integer((json_int_t)x->dead_rows));
         json_object_set_new(j, "segment_bytes", json_integer((json_int_t)x->segment_bytes));
         json_object_set_new(j, "records_waiting", json_integer((json_int_t)x->records_waiting));
+        json_object_set_new(j, "retired_bytes", json_integer((json_int_t)x->retired_bytes));
         json_object_set_new(j, "last_compaction_ms",
                             json_integer((json_int_t)x->last_compaction_ms));
         json_object_set_new(j, "last_sweep_ms", json_integer((json_int_t)x->last_sweep_ms));
@@ -171,9 +172,10 @@ static void info_print_store(const Cipherdex__V1__IndexInfo *x)
     when(x->last_compaction_ms, c, sizeof(c));
     when(x->last_sweep_ms, s, sizeof(s));
     printf("dead rows:   %" PRIu64 "%s\nsegment bytes: %" PRIu64 "\nwaiting for sweep: %" PRIu64
-           " records\nlast compaction: %s\nlast sweep:  %s\n",
+           " records, %" PRIu64 " bytes (retired: deleted after [engine] gc_grace_ms)\n"
+           "last compaction: %s\nlast sweep:  %s\n",
            x->dead_rows, x->dead_rows ? " (erased by `cipherdex index compact`)" : "",
-           x->segment_bytes, x->records_waiting, c, s);
+           x->segment_bytes, x->records_waiting, x->retired_bytes, c, s);
 }
 
 static void info_print(const Cipherdex__V1__IndexInfo *x)
@@ -512,10 +514,11 @@ static int index_compact(cli *x, cli_args *a, const char *name)
         const Cipherdex__V1__CompactResponse *cr = wire_response_msg(w)->compact;
         if (x->json)
             cli_print_json(json_pack(
-                "{s:s,s:i,s:I,s:I,s:I,s:I}", "index", name, "clusters_compacted",
+                "{s:s,s:i,s:I,s:I,s:I,s:I,s:I}", "index", name, "clusters_compacted",
                 (int)cr->clusters_compacted, "version", (json_int_t)cr->version, "records_deleted",
                 (json_int_t)cr->records_deleted, "records_waiting", (json_int_t)cr->records_waiting,
-                "next_delete_ms", (json_int_t)cr->next_delete_ms));
+                "retired_bytes", (json_int_t)cr->retired_bytes, "next_delete_ms",
+                (json_int_t)cr->next_delete_ms));
         else {
             printf("compacted %s: %u cluster%s merged", name, cr->clusters_compacted,
                    cr->clusters_compacted == 1 ? "" : "s");
@@ -523,9 +526,9 @@ static int index_compact(cli *x, cli_args *a, const char *name)
                 printf(" (version %" PRIu64 ")", cr->version);
             printf("; %" PRIu64 " store records deleted", cr->records_deleted);
             if (cr->records_waiting)
-                printf(", %" PRIu64 " kept until their grace ends ([engine] gc_grace_ms; run "
-                       "again then)",
-                       cr->records_waiting);
+                printf(", %" PRIu64 " (%" PRIu64 " bytes) kept until their grace ends ([engine] "
+                       "gc_grace_ms; run again then)",
+                       cr->records_waiting, cr->retired_bytes);
             printf("\n");
         }
     }

@@ -410,6 +410,17 @@ cdx_err app_config_check(const app_config *c)
         if (c->redis_password_file[0] && c->redis_password_file[0] != '/')
             return cdx_fail(CDX_ERR_CONFIG, "[store] redis_password_file must be absolute");
     }
+    /* The sweep deletes what it saw unreferenced for gc_grace_ms: a reader on a manifest that
+     * old, or a writer whose contents wait for their commit, must finish within it. */
+    if (c->gc_grace_ms && c->gc_grace_ms < CDX_GC_GRACE_MS_MIN)
+        return cdx_fail(CDX_ERR_CONFIG,
+                        "[engine] gc_grace_ms must be 0 (the default, 10 minutes) or at least %u",
+                        CDX_GC_GRACE_MS_MIN);
+    if (c->gc_grace_ms && c->gc_grace_ms <= c->manifest_max_age_ms)
+        return cdx_fail(CDX_ERR_CONFIG,
+                        "[engine] gc_grace_ms (%u) must exceed manifest_max_age_ms (%u): a reader "
+                        "may use a state that old, and the sweep would delete records it reads",
+                        c->gc_grace_ms, c->manifest_max_age_ms);
     if (c->maint_interval_ms < CDX_MAINT_INTERVAL_MS_MIN)
         return cdx_fail(CDX_ERR_CONFIG, "[maintenance] interval_ms must be at least %u",
                         CDX_MAINT_INTERVAL_MS_MIN);

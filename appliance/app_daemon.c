@@ -244,6 +244,7 @@ static void pull(void *arg, app_metrics_pull *p)
     p->maint_compactions = ms.compactions;
     p->maint_swept = ms.swept;
     p->maint_waiting = ms.waiting;
+    p->maint_waiting_bytes = ms.waiting_bytes;
     app_audit_stats as;
     app_audit_stats_get(d->audit, &as);
     p->audit_records = as.records;

@@ -172,6 +172,7 @@ static void fill_info(const eng_index_info *in, Cipherdex__V1__IndexInfo *out, p
     out->dead_rows = in->dead_rows;
     out->segment_bytes = in->segment_bytes;
     out->records_waiting = in->records_waiting;
+    out->retired_bytes = in->retired_bytes;
     out->last_compaction_ms = in->last_compaction_ms;
     out->last_sweep_ms = in->last_sweep_ms;
     out->status = wire_str(in->status[0] ? in->status : "ok");
@@ -756,6 +757,7 @@ static cdx_err do_compact(const app_dispatch_env *env, const Req *q, Resp *r, sc
     cr->version = rep.compact_version;
     cr->records_deleted = rep.sweep.deleted;
     cr->records_waiting = rep.sweep.waiting;
+    cr->retired_bytes = rep.sweep.waiting_bytes;
     cr->next_delete_ms = rep.sweep.next_ms;
     r->body_case = CIPHERDEX__V1__RESPONSE__BODY_COMPACT;
     r->compact = cr;

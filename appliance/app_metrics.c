@@ -233,12 +233,16 @@ int app_metrics_render(const app_metrics *cm, const app_metrics_pull *pull, FILE
                 "# TYPE cipherdex_swept_records_total counter\n"
                 "cipherdex_swept_records_total %llu\n"
                 "# HELP cipherdex_sweep_waiting_records Unreferenced records waiting for their "
-                "grace (last sweep).\n"
+                "grace (each index's last sweep, summed).\n"
                 "# TYPE cipherdex_sweep_waiting_records gauge\n"
-                "cipherdex_sweep_waiting_records %llu\n",
+                "cipherdex_sweep_waiting_records %llu\n"
+                "# HELP cipherdex_sweep_waiting_bytes Stored bytes of those records.\n"
+                "# TYPE cipherdex_sweep_waiting_bytes gauge\n"
+                "cipherdex_sweep_waiting_bytes %llu\n",
                 (unsigned long long)pull->maint_runs, (unsigned long long)pull->maint_errors,
                 (unsigned long long)pull->maint_compactions, (unsigned long long)pull->maint_swept,
-                (unsigned long long)pull->maint_waiting);
+                (unsigned long long)pull->maint_waiting,
+                (unsigned long long)pull->maint_waiting_bytes);
         fprintf(
             f,
             "# HELP cipherdex_key_rotations_total Key rotations this appliance completed.\n"

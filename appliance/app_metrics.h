@@ -98,7 +98,8 @@ typedef struct app_metrics_pull {
     uint64_t subkey_derivations, subkey_cache_hits;
     uint64_t commits, commit_conflicts;
     /* background maintenance (engine/eng_maint.h); all 0 when it is off */
-    uint64_t maint_runs, maint_errors, maint_compactions, maint_swept, maint_waiting;
+    uint64_t maint_runs, maint_errors, maint_compactions, maint_swept, maint_waiting,
+        maint_waiting_bytes;
     /* key rotations (docs/ROTATION.md): completed, failed runs, pending here, and progress */
     uint64_t rotations, rotation_failures, rotations_pending, rotation_done, rotation_total;
     /* the audit trail (docs/AUDIT.md); audit_state: 0 ok, 1 failed (closed), 2 failed-open,

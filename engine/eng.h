@@ -159,8 +159,9 @@ typedef struct eng_index_info {
     uint64_t dead_rows;
     uint64_t segment_bytes;
     /* Maintenance on this appliance (0: none since it started): unreferenced records its last
-     * sweep kept for their grace, and when it last compacted and swept (wall ms). */
-    uint64_t records_waiting;
+     * sweep kept for their grace (and their stored bytes: retired segments, superseded
+     * manifests, replaced contents), and when it last compacted and swept (wall ms). */
+    uint64_t records_waiting, retired_bytes;
     uint64_t last_compaction_ms, last_sweep_ms;
     /*
      * "ok", or why this index cannot be served (eng_index_list and

@@ -27,10 +27,11 @@
 
 struct eng_bucketset;
 
-/* An unreferenced record a sweep saw (eng_sweep.c): kind, token, and since when. */
+/* An unreferenced record a sweep saw (eng_sweep.c): kind, token, since when, and its size. */
 typedef struct eng_seen {
     uint8_t kt[1 + ENG_TOKEN_LEN]; /* kind char, then the token (sorted by these bytes) */
     uint64_t since_ms;             /* wall time of the sweep that first found it unreferenced */
+    uint64_t bytes;                /* its stored size then (STRLEN) */
 } eng_seen;
 
 /* Per-index state kept between requests. Fields below mu are guarded by it. */
@@ -69,7 +70,7 @@ struct idx {
     atomic_uint_fast64_t maint_due_ms;  /* wall time a waiting record ripens; 0 = none */
     atomic_uint_fast64_t maint_after_ms; /* wall time before which no maintenance runs */
     /* What describe reports of maintenance on this appliance (eng_index_info). */
-    atomic_uint_fast64_t last_compact_ms, last_sweep_ms, sweep_waiting;
+    atomic_uint_fast64_t last_compact_ms, last_sweep_ms, sweep_waiting, sweep_waiting_bytes;
     /* Key epochs (eng_rotate.c): the epoch and floor of the state loaded last, a rotation's
      * progress (items re-encrypted / to do in its current attempt), one job at a time. */
     atomic_uint epoch, min_epoch;

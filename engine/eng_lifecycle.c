@@ -564,6 +564,7 @@ static cdx_err describe(op *o, eng_manifest *m, void *arg)
     pthread_mutex_unlock(&o->ix->mu);
     fill_info(&c, m, out);
     out->records_waiting = atomic_load(&o->ix->sweep_waiting);
+    out->retired_bytes = atomic_load(&o->ix->sweep_waiting_bytes);
     out->last_compaction_ms = atomic_load(&o->ix->last_compact_ms);
     out->last_sweep_ms = atomic_load(&o->ix->last_sweep_ms);
     if (m->rot_target) { /* progress of this engine's run, if it runs one */

@@ -67,10 +67,6 @@ cdx_err eng_maintain(eng *e, const char *name, const eng_maint_policy *p, eng_ma
     }
     if (r.compact_version)
         atomic_store(&ix->last_compact_ms, cdx_wall_ms());
-    if (!err && !(p && p->no_sweep)) {
-        atomic_store(&ix->last_sweep_ms, cdx_wall_ms());
-        atomic_store(&ix->sweep_waiting, r.sweep.waiting);
-    }
     r.ms = (uint64_t)(cdx_mono_ms() - t0);
     if (out)
         *out = r;
@@ -85,7 +81,7 @@ struct eng_maint {
     pthread_mutex_t mu;
     pthread_cond_t cv; /* CLOCK_MONOTONIC */
     bool stop;
-    atomic_uint_fast64_t runs, errors, compactions, clusters_compacted, swept, waiting, max_ms;
+    atomic_uint_fast64_t runs, errors, compactions, clusters_compacted, swept, max_ms;
 };
 
 /* The names of the indexes due now (malloc'ed array of CDX_INDEX_NAME_MAX + 1 each). */
@@ -151,7 +147,6 @@ static void pass(eng_maint *m)
         atomic_fetch_add(&m->compactions, r.compact_version ? 1 : 0);
         atomic_fetch_add(&m->clusters_compacted, r.clusters_compacted);
         atomic_fetch_add(&m->swept, r.sweep.deleted);
-        atomic_store(&m->waiting, r.sweep.waiting);
         if (r.compact_version || r.compact_lost || r.sweep.deleted)
             cdx_log(CDX_LOG_INFO, "maintenance",
                     "index=%s compacted_clusters=%u version=%llu compact_lost=%d deleted=%llu "
@@ -247,6 +242,12 @@ void eng_maint_get_stats(eng_maint *m, eng_maint_stats *out)
     out->compactions = atomic_load(&m->compactions);
     out->clusters_compacted = atomic_load(&m->clusters_compacted);
     out->swept = atomic_load(&m->swept);
-    out->waiting = atomic_load(&m->waiting);
+    /* Summed over the indexes, each as its last sweep left it. */
+    pthread_mutex_lock(&m->e->mu);
+    for (struct idx *ix = m->e->idx; ix; ix = ix->next) {
+        out->waiting += atomic_load(&ix->sweep_waiting);
+        out->waiting_bytes += atomic_load(&ix->sweep_waiting_bytes);
+    }
+    pthread_mutex_unlock(&m->e->mu);
     out->max_step_ms = atomic_load(&m->max_ms);
 }

@@ -31,7 +31,8 @@
 typedef struct eng_sweep_report {
     uint64_t deleted;                                  /* store keys deleted */
     uint64_t manifests, segments, contents, centroids; /* ... of which, by kind */
-    uint64_t waiting; /* unreferenced records kept until their grace ends */
+    uint64_t waiting;       /* unreferenced records kept until their grace ends */
+    uint64_t waiting_bytes; /* ... and their stored size */
     uint64_t next_ms; /* wall time (ms) the first of those ripens; 0 = none waits */
 } eng_sweep_report;
 
@@ -90,7 +91,9 @@ typedef struct eng_maint_stats {
     uint64_t compactions; /* compaction commits */
     uint64_t clusters_compacted;
     uint64_t swept;       /* store keys deleted */
-    uint64_t waiting;     /* unreferenced records waiting, at the last step of each index */
+    /* Unreferenced records waiting for their grace, and their stored bytes: the sum over
+     * the indexes this engine knows of what each one's last sweep left waiting. */
+    uint64_t waiting, waiting_bytes;
     uint64_t max_step_ms; /* the longest step */
 } eng_maint_stats;
 

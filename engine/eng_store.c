@@ -276,6 +276,25 @@ cdx_err eng_store_getrange(eng_store *s, const eng_range *r, size_t n, eng_val *
     return e;
 }
 
+cdx_err eng_store_strlen(eng_store *s, const char *const *keys, size_t n, uint64_t *len)
+{
+    cdx_err e = check_store(s, "strlen");
+
+    if (e == CDX_OK)
+        e = check_keys(keys, n, "strlen");
+    if (e == CDX_OK && n > 0 && !len)
+        e = cdx_fail(CDX_ERR_INVALID_ARGUMENT, "strlen: len is NULL");
+    if (e != CDX_OK)
+        return e;
+    if (n == 0)
+        return CDX_OK;
+    memset(len, 0, n * sizeof(*len));
+    e = s->ops->strlen(s, keys, n, len);
+    if (e != CDX_OK)
+        memset(len, 0, n * sizeof(*len));
+    return e;
+}
+
 cdx_err eng_store_setnx(eng_store *s, const eng_kv *kv, size_t n, bool *created)
 {
     cdx_err e = check_store(s, "setnx");

@@ -185,6 +185,13 @@ CDX_MUST_CHECK cdx_err eng_store_setnx(eng_store *s, const eng_kv *kv, size_t n,
 /* Overwrite n keys (pipelined SET); for catalog state changes only. */
 CDX_MUST_CHECK cdx_err eng_store_set(eng_store *s, const eng_kv *kv, size_t n);
 
+/*
+ * Sizes of n values (pipelined STRLEN): len[i] = bytes stored under keys[i],
+ * 0 when it is missing. For store-use figures (the sweep's waiting bytes).
+ */
+CDX_MUST_CHECK cdx_err eng_store_strlen(eng_store *s, const char *const *keys, size_t n,
+                                        uint64_t *len);
+
 /* Delete n keys (pipelined DEL); *deleted counts those that existed (may be NULL). */
 cdx_err eng_store_del(eng_store *s, const char *const *keys, size_t n, uint64_t *deleted);
 

@@ -125,6 +125,16 @@ static cdx_err fault_getrange(eng_store *s, const eng_range *r, size_t n, eng_va
     return eng_store_getrange(f->inner, r, n, out);
 }
 
+static cdx_err fault_strlen(eng_store *s, const char *const *keys, size_t n, uint64_t *len)
+{
+    fault_store *f = as_fault(s);
+
+    before_read(f);
+    if (is_crashed(f))
+        return crashed_err();
+    return eng_store_strlen(f->inner, keys, n, len);
+}
+
 /*
  * Every batched write: apply the writes allowed before the crash point to the
  * inner store, then crash if the batch was cut short.
@@ -250,6 +260,7 @@ static const struct eng_store_ops fault_ops = {
     .free = fault_free,
     .mget = fault_mget,
     .getrange = fault_getrange,
+    .strlen = fault_strlen,
     .setnx = fault_setnx,
     .set = fault_set,
     .del = fault_del,

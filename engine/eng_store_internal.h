@@ -26,6 +26,7 @@ struct eng_store_ops {
     cdx_err (*getrange)(eng_store *s, const eng_range *r, size_t n, eng_val *out);
     cdx_err (*setnx)(eng_store *s, const eng_kv *kv, size_t n, bool *created);
     cdx_err (*set)(eng_store *s, const eng_kv *kv, size_t n);
+    cdx_err (*strlen)(eng_store *s, const char *const *keys, size_t n, uint64_t *len);
     cdx_err (*del)(eng_store *s, const char *const *keys, size_t n, uint64_t *deleted);
     cdx_err (*scan)(eng_store *s, const char *match, uint64_t *cursor, char ***keys, size_t *n);
     cdx_err (*watch)(eng_store *s, const char *key, eng_txn **txn, eng_val *cur);

@@ -221,6 +221,19 @@ static cdx_err mem_getrange(eng_store *s, const eng_range *r, size_t n, eng_val 
     return e;
 }
 
+static cdx_err mem_strlen(eng_store *s, const char *const *keys, size_t n, uint64_t *len)
+{
+    mem_store *m = as_mem(s);
+
+    pthread_mutex_lock(&m->mu);
+    for (size_t i = 0; i < n; i++) {
+        mem_entry *en = *find_slot(m, keys[i], hash_key(keys[i]));
+        len[i] = en ? en->len : 0;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return CDX_OK;
+}
+
 static cdx_err mem_setnx(eng_store *s, const eng_kv *kv, size_t n, bool *created)
 {
     mem_store *m = as_mem(s);
@@ -441,6 +454,7 @@ static const struct eng_store_ops mem_ops = {
     .free = mem_free,
     .mget = mem_mget,
     .getrange = mem_getrange,
+    .strlen = mem_strlen,
     .setnx = mem_setnx,
     .set = mem_set,
     .del = mem_del,

@@ -250,6 +250,53 @@ static cdx_err rd_getrange(eng_store *s, const eng_range *r, size_t n, eng_val *
     return e;
 }
 
+/* ---- strlen ---- */
+
+typedef struct strlen_ctx {
+    const char *const *keys;
+    size_t n;
+    uint64_t *len;
+} strlen_ctx;
+
+static void strlen_build(void *vctx, size_t i, rd_cmd *cmd)
+{
+    strlen_ctx *x = vctx;
+
+    rd_cmd_str(cmd, "STRLEN");
+    rd_cmd_str(cmd, x->keys[i]);
+}
+
+static cdx_err strlen_reply(void *vctx, size_t i, rd_reply *r)
+{
+    strlen_ctx *x = vctx;
+
+    if (r->type != REDIS_REPLY_INTEGER || r->integer < 0)
+        return eng_rd_unexpected(r, "STRLEN");
+    x->len[i] = (uint64_t)r->integer;
+    return CDX_OK;
+}
+
+static cdx_err strlen_op(rd_conn *k, void *vctx, int attempt)
+{
+    strlen_ctx *x = vctx;
+    rd_pipe p = {.op = "STRLEN",
+                 .n = x->n,
+                 .build = strlen_build,
+                 .reply = strlen_reply,
+                 .ctx = x,
+                 .bulk_max = exists_max}; /* integers only: no bulk string may come */
+
+    (void)attempt; /* read-only: a retry asks every key again */
+    return eng_rd_pipeline(k, &p);
+}
+
+static cdx_err rd_strlen(eng_store *s, const char *const *keys, size_t n, uint64_t *len)
+{
+    strlen_ctx x = {.keys = keys, .n = n, .len = len};
+
+    return eng_rd_call(rd_store_of(s), strlen_op, &x, true, "STRLEN");
+}
+
 /* ---- setnx / set ---- */
 
 typedef struct write_ctx {
@@ -660,6 +707,7 @@ static const struct eng_store_ops rd_ops = {
     .free = rd_free,
     .mget = rd_mget,
     .getrange = rd_getrange,
+    .strlen = rd_strlen,
     .setnx = rd_setnx,
     .set = rd_set,
     .del = rd_del,

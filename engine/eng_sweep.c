@@ -123,13 +123,15 @@ static void count_kind(eng_sweep_report *r, char kind)
  */
 static cdx_err first_sight(const eng *e, const uint8_t id[CDX_ID_LEN], tokset *c,
                            const size_t *fresh, size_t nfresh, uint64_t now, uint64_t *since,
-                           sweep_arg *a)
+                           uint64_t *size, sweep_arg *a)
 {
     cdx_err err = CDX_OK;
     char(*keys)[CDX_STORE_KEY_MAX] = malloc(CDX_SWEEP_BATCH * sizeof(*keys));
+    const char **kp = malloc(CDX_SWEEP_BATCH * sizeof(*kp));
+    uint64_t *len = malloc(CDX_SWEEP_BATCH * sizeof(*len));
     eng_range *rg = malloc(CDX_SWEEP_BATCH * sizeof(*rg));
     eng_val *hv = calloc(CDX_SWEEP_BATCH, sizeof(*hv));
-    if (!keys || !rg || !hv) {
+    if (!keys || !kp || !len || !rg || !hv) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
@@ -139,8 +141,11 @@ static cdx_err first_sight(const eng *e, const uint8_t id[CDX_ID_LEN], tokset *c
             const uint8_t *kt = c->t[fresh[at + i]];
             eng_key_rec(keys[i], id, (char)kt[0], kt + 1);
             rg[i] = (eng_range){keys[i], 0, ENG_REC_HDR};
+            kp[i] = keys[i];
         }
-        if ((err = eng_store_getrange(e->cfg.store, rg, nb, hv)))
+        /* The sizes are only reported (describe's retired bytes), never trusted. */
+        if ((err = eng_store_getrange(e->cfg.store, rg, nb, hv)) ||
+            (err = eng_store_strlen(e->cfg.store, kp, nb, len)))
             break;
         for (size_t i = 0; i < nb; i++) {
             if (!hv[i].found || hv[i].len < REC_WRITE_TIME_AT + 8)
@@ -148,15 +153,18 @@ static cdx_err first_sight(const eng *e, const uint8_t id[CDX_ID_LEN], tokset *c
             uint64_t version = eng_rd64(hv[i].data + REC_VERSION_AT);
             uint64_t write_time = eng_rd64(hv[i].data + REC_WRITE_TIME_AT);
             bool versioned = c->t[fresh[at + i]][0] != ENG_KEY_CONTENTS;
-            if ((versioned && version <= a->version) || write_time + e->cfg.gc_grace_ms < a->t0)
+            if ((versioned && version <= a->version) || write_time + e->cfg.gc_grace_ms < a->t0) {
                 since[fresh[at + i]] = now;
-            else
+                size[fresh[at + i]] = len[i];
+            } else
                 sweep_next(a, write_time + e->cfg.gc_grace_ms + 1);
         }
         eng_vals_free(hv, nb);
     }
 out:
     free(keys);
+    free(kp);
+    free(len);
     free(rg);
     free(hv);
     return err;
@@ -202,11 +210,12 @@ static cdx_err judge(op *o, tokset *c, uint64_t now, sweep_arg *a)
     uint64_t grace = e->cfg.gc_grace_ms;
     cdx_err err = CDX_OK;
     uint64_t *since = calloc(c->n + 1, sizeof(*since));
+    uint64_t *size = calloc(c->n + 1, sizeof(*size));
     size_t *fresh = malloc((c->n + 1) * sizeof(*fresh));
     uint8_t(*ripe)[ENG_KINDTOK_LEN] = malloc((c->n + 1) * ENG_KINDTOK_LEN);
     eng_seen *keep = malloc((c->n + 1) * sizeof(*keep));
     size_t nfresh = 0, nripe = 0, nkeep = 0;
-    if (!since || !fresh || !ripe || !keep) {
+    if (!since || !size || !fresh || !ripe || !keep) {
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
@@ -215,12 +224,13 @@ static cdx_err judge(op *o, tokset *c, uint64_t now, sweep_arg *a)
     for (size_t i = 0; i < c->n; i++) {
         while (j < ix->nseen && memcmp(ix->seen[j].kt, c->t[i], ENG_KINDTOK_LEN) < 0)
             j++;
-        if (j < ix->nseen && !memcmp(ix->seen[j].kt, c->t[i], ENG_KINDTOK_LEN))
+        if (j < ix->nseen && !memcmp(ix->seen[j].kt, c->t[i], ENG_KINDTOK_LEN)) {
             since[i] = ix->seen[j].since_ms;
-        else
+            size[i] = ix->seen[j].bytes;
+        } else
             fresh[nfresh++] = i;
     }
-    if ((err = first_sight(e, ix->id, c, fresh, nfresh, now, since, a)))
+    if ((err = first_sight(e, ix->id, c, fresh, nfresh, now, since, size, a)))
         goto out;
     for (size_t i = 0; i < c->n; i++) {
         if (!since[i])
@@ -230,7 +240,9 @@ static cdx_err judge(op *o, tokset *c, uint64_t now, sweep_arg *a)
             continue;
         }
         memcpy(keep[nkeep].kt, c->t[i], ENG_KINDTOK_LEN);
-        keep[nkeep++].since_ms = since[i];
+        keep[nkeep].since_ms = since[i];
+        keep[nkeep++].bytes = size[i];
+        a->r.waiting_bytes += size[i];
         sweep_next(a, since[i] + grace);
     }
     /* Records that became referenced again, or are gone, drop out of the list here. */
@@ -248,6 +260,7 @@ static cdx_err judge(op *o, tokset *c, uint64_t now, sweep_arg *a)
     }
 out:
     free(since);
+    free(size);
     free(fresh);
     free(ripe);
     free(keep);
@@ -291,6 +304,11 @@ static cdx_err sweep(op *o, eng_manifest *m, void *arg)
     a->version = m->version;
     pthread_mutex_lock(&o->ix->sweep_mu);
     err = judge(o, &cand, now, a);
+    if (!err) { /* for describe, whoever ran the sweep */
+        atomic_store(&o->ix->last_sweep_ms, cdx_wall_ms());
+        atomic_store(&o->ix->sweep_waiting, a->r.waiting);
+        atomic_store(&o->ix->sweep_waiting_bytes, a->r.waiting_bytes);
+    }
     pthread_mutex_unlock(&o->ix->sweep_mu);
 out:
     free(ref.t);
@@ -315,10 +333,11 @@ cdx_err eng_sweep_run(eng *e, const char *name, eng_sweep_report *out)
             *out = a.r;
         cdx_log(CDX_LOG_DEBUG, "eng_sweep",
                 "index=%s deleted=%llu manifests=%llu segments=%llu contents=%llu "
-                "centroids=%llu waiting=%llu",
+                "centroids=%llu waiting=%llu waiting_bytes=%llu",
                 name, (unsigned long long)a.r.deleted, (unsigned long long)a.r.manifests,
                 (unsigned long long)a.r.segments, (unsigned long long)a.r.contents,
-                (unsigned long long)a.r.centroids, (unsigned long long)a.r.waiting);
+                (unsigned long long)a.r.centroids, (unsigned long long)a.r.waiting,
+                (unsigned long long)a.r.waiting_bytes);
     }
     return err;
 }

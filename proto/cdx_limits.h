@@ -85,6 +85,7 @@
 #define CDX_MAINT_COMPACT_SEGMENTS_MAX   65536
 #define CDX_SWEEP_BATCH                  1024    /* headers read / keys deleted per store call */
 #define CDX_GATE_WAIT_MS                 2000    /* longest a writer waits for a compaction */
+#define CDX_GC_GRACE_MS_MIN              1000    /* [engine] gc_grace_ms floor (0 = the default) */
 #define CDX_ROTATE_RETRY_MS              1000    /* a failed background key rotation runs again */
 #define CDX_ROTATE_CHUNK                 256     /* contents re-sealed per store round trip */
 

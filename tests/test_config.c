@@ -73,6 +73,7 @@ static void test_full_file(void)
                                  "[keys]\nsubkey_ttl_ms = 5000\n"
                                  "[cache]\nbytes = 512M\npreload = on\n"
                                  "[engine]\nmanifest_max_age_ms = 100\nmax_probes = 64\n"
+                                 "gc_grace_ms = 1000\n"
                                  "[maintenance]\nenabled = no\ninterval_ms = 250\n"
                                  "compact_segments = 0\n"
                                  "[state]\ndir = /var/lib/cdx\n"
@@ -99,6 +100,7 @@ static void test_full_file(void)
     CU_ASSERT_EQUAL(c.cache_bytes, 512u << 20);
     CU_ASSERT_TRUE(c.cache_preload);
     CU_ASSERT_EQUAL(c.manifest_max_age_ms, 100);
+    CU_ASSERT_EQUAL(c.gc_grace_ms, 1000); /* the floor itself is accepted */
     CU_ASSERT_EQUAL(c.max_probes, 64);
     CU_ASSERT_FALSE(c.maint_enabled);
     CU_ASSERT_EQUAL(c.maint_interval_ms, 250);
@@ -205,6 +207,9 @@ static void test_check(void)
         {GOOD_SERVER "[state]\ndir = relative\n", "[state] dir must be an absolute path"},
         {GOOD_SERVER "[metrics]\nlisten = ::1:80\n", "[metrics] listen"},
         {GOOD_SERVER "[maintenance]\ninterval_ms = 5\n", "[maintenance] interval_ms must be"},
+        {GOOD_SERVER "[engine]\ngc_grace_ms = 999\n", "gc_grace_ms must be 0 (the default"},
+        {GOOD_SERVER "[engine]\ngc_grace_ms = 5000\nmanifest_max_age_ms = 5000\n",
+         "gc_grace_ms (5000) must exceed manifest_max_age_ms (5000)"},
         {"[server]\ninsecure = yes\n", "deployment_id is required"},
         /* review L8: no TLS, no authentication: loopback only */
         {"[server]\ninsecure = yes\nlisten = 0.0.0.0:7700\n"

@@ -277,6 +277,12 @@ static void test_erasure_scan(void)
     eng_maint_report rep;
     CU_ASSERT_EQUAL_FATAL(eng_maintain(e, name, &pol, &rep), CDX_OK);
     CU_ASSERT_TRUE(rep.compact_version > 0);
+    /* Within the grace, describe counts what waits: at least every old segment's bytes. */
+    CU_ASSERT_EQUAL_FATAL(eng_index_describe(e, name, &di), CDX_OK);
+    CU_ASSERT_EQUAL(di.records_waiting, rep.sweep.waiting);
+    CU_ASSERT_EQUAL(di.retired_bytes, rep.sweep.waiting_bytes);
+    CU_ASSERT_TRUE(di.records_waiting >= 4 + 1);
+    CU_ASSERT_TRUE(di.retired_bytes >= bytes_before);
     fx_sweep_until(e, name, 10);
     scan_result r2 = scan_store(info.id, info.kcv, "MARKERX");
     CU_ASSERT_EQUAL(r2.failed, 0);
@@ -296,6 +302,8 @@ static void test_erasure_scan(void)
     CU_ASSERT_TRUE(di.last_compaction_ms > 0);
     CU_ASSERT_TRUE(di.last_sweep_ms >= di.last_compaction_ms);
     CU_ASSERT_TRUE(di.last_sweep_ms > 0);
+    CU_ASSERT_EQUAL(di.records_waiting, 0);
+    CU_ASSERT_EQUAL(di.retired_bytes, 0);
     CU_ASSERT_EQUAL(eng_index_delete(e, name, info.id), CDX_OK);
     eng_free(e);
     free(dir);

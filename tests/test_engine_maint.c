@@ -37,6 +37,7 @@
 #include "cdx_time.h"
 #include "eng.h"
 #include "eng_maint.h"
+#include "eng_record.h"
 #include "eng_store.h"
 #include "eng_store_internal.h"
 #include "fx_cunit.h"
@@ -51,6 +52,8 @@ static void pause_ms(long ms)
 }
 
 /* Keys of index id of a kind ("s", "m", "t", ...) in fx_store. */
+static uint64_t store_bytes(eng_store *s, uint64_t *nkeys);
+
 static size_t count_keys(const uint8_t id[16], const char *kind)
 {
     char pat[128];
@@ -144,12 +147,15 @@ static void test_reader_across_sweep(void)
     fx_upsert(name, &it, 1);
     CU_ASSERT_EQUAL(count_keys(info.id, "s"), 4 + 1 + 1);
 
-    /* First sweep: everything unreferenced is only noted. */
+    /* First sweep: everything unreferenced is only noted, with its size. */
+    uint64_t bytes_before = store_bytes(fx_store, NULL);
     eng_sweep_report r;
     int64_t first = cdx_mono_ms();
     CU_ASSERT_EQUAL_FATAL(eng_sweep_run(sw, name, &r), CDX_OK);
     CU_ASSERT_EQUAL(r.deleted, 0);
     CU_ASSERT_TRUE(r.waiting >= 4 + 6 + 1); /* segments, superseded manifests, r0's contents */
+    uint64_t first_waiting = r.waiting, first_bytes = r.waiting_bytes;
+    CU_ASSERT_TRUE(first_bytes > 4 * (uint64_t)ENG_REC_OVERHEAD);
     CU_ASSERT_TRUE(r.next_ms > 0);
     CU_ASSERT_EQUAL(count_keys(info.id, "s"), 6);
 
@@ -180,6 +186,10 @@ static void test_reader_across_sweep(void)
     CU_ASSERT_TRUE(gone_at - first >= (int64_t)grace);
     CU_ASSERT_TRUE(deleted >= 4 + 6 + 1); /* segments, manifests, r0's old contents */
     CU_ASSERT_EQUAL(r.waiting, 0);
+    CU_ASSERT_EQUAL(r.waiting_bytes, 0);
+    /* What waited is exactly what went: the bytes the first sweep reported left the store. */
+    CU_ASSERT_EQUAL(deleted, first_waiting);
+    CU_ASSERT_EQUAL(bytes_before - store_bytes(fx_store, NULL), first_bytes);
 
     /* The reader's manifest now names deleted segments: it reads the head again. */
     CU_ASSERT_EQUAL(top1(rd, name, new0, id, &dist, NULL, d), CDX_OK);
@@ -226,6 +236,10 @@ static cdx_err c_getrange(eng_store *s, const eng_range *r, size_t n, eng_val *o
 {
     return eng_store_getrange(inner_of(s), r, n, o);
 }
+static cdx_err c_strlen(eng_store *s, const char *const *k, size_t n, uint64_t *len)
+{
+    return eng_store_strlen(inner_of(s), k, n, len);
+}
 static cdx_err c_setnx(eng_store *s, const eng_kv *kv, size_t n, bool *created)
 {
     cdx_err err = eng_store_setnx(inner_of(s), kv, n, created);
@@ -260,6 +274,7 @@ static const struct eng_store_ops cnt_ops = {.kind = c_kind,
                                              .free = c_free,
                                              .mget = c_mget,
                                              .getrange = c_getrange,
+                                             .strlen = c_strlen,
                                              .setnx = c_setnx,
                                              .set = c_set,
                                              .del = c_del,

@@ -80,12 +80,14 @@ static void test_counters_and_histograms(void)
                           .cache_misses = 1,
                           .subkey_derivations = 7,
                           .maint_swept = 11,
-                          .maint_waiting = 4};
+                          .maint_waiting = 4,
+                          .maint_waiting_bytes = 4096};
     t = render(m, &p);
     CU_ASSERT(value_of(t, "cipherdex_block_cache_hit_ratio") == 0.75);
     CU_ASSERT(value_of(t, "cipherdex_subkey_derivations_total") == 7);
     CU_ASSERT(value_of(t, "cipherdex_swept_records_total") == 11);
     CU_ASSERT(value_of(t, "cipherdex_sweep_waiting_records") == 4);
+    CU_ASSERT(value_of(t, "cipherdex_sweep_waiting_bytes") == 4096);
     CU_ASSERT(value_of(t, "cipherdex_compactions_total") == 0);
     free(t);
     app_metrics_free(m);

@@ -173,6 +173,27 @@ static void test_getrange(void)
     CU_ASSERT_EQUAL(eng_store_getrange(S, &bad, 1, v), CDX_ERR_INVALID_ARGUMENT);
 }
 
+static void test_strlen(void)
+{
+    const char *keys[] = {"t5s:v", "t5s:missing", "t5s:empty", "t5s:v", "t5s:bin"};
+    static const uint8_t bin[5] = {0, 1, 0, 0xff, 0};
+    uint64_t len[5] = {9, 9, 9, 9, 9};
+
+    fx_store_put(S, "t5s:v", "0123456789", 10);
+    fx_store_put(S, "t5s:empty", "", 0);
+    fx_store_put(S, "t5s:bin", (const char *)bin, sizeof(bin));
+    CU_ASSERT_EQUAL_FATAL(eng_store_strlen(S, keys, 5, len), CDX_OK);
+    CU_ASSERT_EQUAL(len[0], 10);
+    CU_ASSERT_EQUAL(len[1], 0); /* missing */
+    CU_ASSERT_EQUAL(len[2], 0);
+    CU_ASSERT_EQUAL(len[3], 10); /* the same key twice */
+    CU_ASSERT_EQUAL(len[4], 5);  /* binary: NULs counted */
+    CU_ASSERT_EQUAL(eng_store_strlen(S, keys, 0, NULL), CDX_OK);
+    CU_ASSERT_EQUAL(eng_store_strlen(S, keys, 1, NULL), CDX_ERR_INVALID_ARGUMENT);
+    const char *bad[] = {"has space"};
+    CU_ASSERT_EQUAL(eng_store_strlen(S, bad, 1, len), CDX_ERR_INVALID_ARGUMENT);
+}
+
 /* Values far bigger than any reader buffer (16 KiB), in one pipeline with missing keys. */
 static void test_getrange_large(void)
 {
@@ -791,6 +812,7 @@ static const fx_test shared_tests[] = {
     {"binary values with NULs, empty values", test_binary_values},
     {"getrange inside, over the end, missing", test_getrange},
     {"getrange: values up to 3 MB in one pipeline, missing keys mixed in", test_getrange_large},
+    {"strlen: sizes, missing keys 0, binary values", test_strlen},
     {"del counts existing keys", test_del},
     {"scan finds all 3000 matching keys, none other", test_scan_3000},
     {"scan glob semantics agree across backends", test_scan_glob},

@@ -581,7 +581,8 @@ class Client:
         return CompactResult(clusters_compacted=r.clusters_compacted, version=r.version,
                              records_deleted=r.records_deleted,
                              records_waiting=r.records_waiting,
-                             next_delete_ms=r.next_delete_ms, raw=r)
+                             next_delete_ms=r.next_delete_ms, retired_bytes=r.retired_bytes,
+                             raw=r)
 
     def rotate(self, index: str, *, wait: bool = False, new_key: bool = False) -> RotateResult:
         """Start an online key rotation to the next epoch (admin; docs/ROTATION.md): every record

@@ -107,6 +107,7 @@ class IndexInfo:
     key_generation: int = 0
     new_key_generation: int = 0
     new_key_kcv: bytes = b""
+    retired_bytes: int = 0
     raw: Any = field(repr=False, compare=False, default=None)
 
     @classmethod
@@ -118,7 +119,8 @@ class IndexInfo:
                    key_source=m.key_source, key_owned=m.key_owned, segments=m.segments,
                    created_ms=m.created_ms, status=m.status, status_message=m.status_message,
                    key_provenance=prov, dead_rows=m.dead_rows, segment_bytes=m.segment_bytes,
-                   records_waiting=m.records_waiting, last_compaction_ms=m.last_compaction_ms,
+                   records_waiting=m.records_waiting, retired_bytes=m.retired_bytes,
+                   last_compaction_ms=m.last_compaction_ms,
                    last_sweep_ms=m.last_sweep_ms, key_epoch=m.key_epoch, min_epoch=m.min_epoch,
                    rotate_to=m.rotate_to, rotate_done=m.rotate_done,
                    rotate_total=m.rotate_total, rotate_started_ms=m.rotate_started_ms,
@@ -276,14 +278,15 @@ class AuditTail:
 @dataclass(frozen=True)
 class CompactResult:
     """Clusters merged and the version of that commit (0 when nothing needed merging); store
-    records deleted, kept until their grace ends, and when the first of those may go (wall-clock
-    ms, 0 when none waits)."""
+    records deleted, kept until their grace ends (and their stored bytes), and when the first of
+    those may go (wall-clock ms, 0 when none waits)."""
 
     clusters_compacted: int
     version: int
     records_deleted: int
     records_waiting: int
     next_delete_ms: int
+    retired_bytes: int = 0
     raw: Any = field(repr=False, compare=False, default=None)
 
 

@@ -218,6 +218,9 @@ cli --json index describe docs >"$dir/d.json"
 cli --json index compact docs >"$dir/c.json"
 (($(json 'd["clusters_compacted"]' <"$dir/c.json") >= 1)) && (($(json 'd["version"]' <"$dir/c.json") > 0)) &&
     ok || fail "index compact merges the deleted items' clusters"
+# What the sweep keeps for the grace is counted in records and in bytes (at least a segment each).
+[[ $(json 'd["retired_bytes"] >= 60 * d["records_waiting"] and (d["records_waiting"] > 0) == (d["retired_bytes"] > 0)' <"$dir/c.json") == True ]] &&
+    ok || fail "index compact: retired bytes with the waiting records: $(cat "$dir/c.json")"
 [[ $(cli list-ids docs --all | wc -l) == 38 ]] && ok || fail "compaction keeps every live item"
 [[ $(cli --json get docs d3 d1 | json '[i["found"] for i in d["items"]]') == "[True, False]" ]] &&
     ok || fail "compaction: d3 still there, d1 still gone"

@@ -427,10 +427,14 @@ def live():
         k = c.compact(name)
         check(k.clusters_compacted >= 1 and k.version > d.version,
               f"compact merges the clusters the delete touched ({k})")
+        check(k.retired_bytes >= 60 * k.records_waiting
+              and (k.records_waiting > 0) == (k.retired_bytes > 0),
+              f"compact counts the retired records' bytes ({k})")
         k2 = c.compact(name)
         check(k2.clusters_compacted == 0 and k2.version == 0, "a second compact merges nothing")
         info3 = c.describe_index(name)
-        check(info3.dead_rows == 0 and info3.last_compaction_ms > 0,
+        check(info3.dead_rows == 0 and info3.last_compaction_ms > 0
+              and info3.retired_bytes >= 60 * info3.records_waiting,
               f"describe after compaction: no dead rows, and when it ran ({info3})")
         rot = c.rotate(name, wait=True)
         check(rot.to_epoch == rot.from_epoch + 1 and rot.index is not None
