@@ -60,6 +60,7 @@ static const struct optdef {
     [O_PUBLIC_KEY] = {"public-key", true},
     [O_NONCE] = {"nonce", true},
     [O_MAX_AGE] = {"max-age", true},
+    [O_GEN] = {"gen", true},
 };
 
 cdx_err app_hsmtool_usage(ctx *x, const char *fmt, ...)
@@ -252,16 +253,21 @@ static const cmd commands[] = {
      "index adopt --id HEX32",
      "Check that the existing key cipherdex-index-HEX32 (CKA_ID HEX32) has every template\n"
      "attribute, so an index can be created on it. Prints its KCV.\n"},
-    {"index", "kcv", NULL, BIT(O_ID), BIT(O_ID), true, app_hsmtool_index_kcv,
-     "index kcv --id HEX32", "Compute the key check value of an index key on the token.\n"},
-    {"index", "check", NULL, BIT(O_ID) | BIT(O_KCV), BIT(O_ID) | BIT(O_KCV), true,
-     app_hsmtool_index_check, "index check --id HEX32 --kcv HEX16",
+    {"index", "kcv", NULL, BIT(O_ID) | BIT(O_GEN), BIT(O_ID), true, app_hsmtool_index_kcv,
+     "index kcv --id HEX32 [--gen N]",
+     "Compute the key check value of an index key on the token. --gen: the key generation\n"
+     "(0, the default: the key the index was created with; N: the key `cipherdex index\n"
+     "rotate --new-key` made, label cipherdex-index-HEX32.gN; describe shows the current one).\n"},
+    {"index", "check", NULL, BIT(O_ID) | BIT(O_KCV) | BIT(O_GEN), BIT(O_ID) | BIT(O_KCV), true,
+     app_hsmtool_index_check, "index check --id HEX32 --kcv HEX16 [--gen N]",
      "Compare the key's KCV with the recorded one: exit 0 if they match, 3 (KEY_REPLACED)\n"
      "if the key under that label is a different key.\n"},
-    {"index", "destroy", NULL, BIT(O_ID) | BIT(O_YES), BIT(O_ID), true, app_hsmtool_index_destroy,
-     "index destroy --id HEX32 --yes",
+    {"index", "destroy", NULL, BIT(O_ID) | BIT(O_YES) | BIT(O_GEN), BIT(O_ID), true,
+     app_hsmtool_index_destroy, "index destroy --id HEX32 [--gen N] --yes",
      "Destroy an index key (crypto-shredding): its data can never be decrypted again once\n"
-     "every appliance's subkey TTL has passed. Refused without --yes.\n"},
+     "every appliance's subkey TTL has passed. Refused without --yes. An index rotated with\n"
+     "--new-key has one key per generation while a rotation is pending: `key list` shows\n"
+     "them (label suffix .gN); destroy each.\n"},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -40,6 +40,7 @@ enum {
     O_PUBLIC_KEY,
     O_NONCE,
     O_MAX_AGE,
+    O_GEN,
     O_COUNT
 };
 

@@ -500,23 +500,47 @@ cdx_err app_hsmtool_kek_destroy(ctx *x)
 
 /* ---- index keys ---- */
 
-static void print_index(ctx *x, const char *status, const uint8_t id[CDX_ID_LEN],
-                        const uint8_t *kcv)
+/* One index key (generation ref->gen) and its KCV if known. */
+static void print_index_ref(ctx *x, const char *status, const hsm_key_ref *ref, const uint8_t *kcv)
 {
     char idhex[2 * CDX_ID_LEN + 1], kcvhex[2 * CDX_KCV_LEN + 1], label[CDX_LABEL_MAX + 1];
-    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
 
-    memcpy(ref.id, id, CDX_ID_LEN);
-    hsm_key_label(&ref, label);
-    cdx_hex_encode(id, CDX_ID_LEN, idhex);
-    app_out_field f[4] = {APP_FSTR("status", status), APP_FSTR("id", idhex),
-                          APP_FSTR("label", label)};
-    size_t n = 3;
+    hsm_key_label(ref, label);
+    cdx_hex_encode(ref->id, CDX_ID_LEN, idhex);
+    app_out_field f[5] = {APP_FSTR("status", status), APP_FSTR("id", idhex),
+                          APP_FSTR("label", label), APP_FNUM("generation", ref->gen)};
+    size_t n = 4;
     if (kcv) {
         cdx_hex_encode(kcv, CDX_KCV_LEN, kcvhex);
         f[n++] = APP_FSTR("kcv", kcvhex);
     }
     app_hsmtool_record(x, f, n);
+}
+
+static void print_index(ctx *x, const char *status, const uint8_t id[CDX_ID_LEN],
+                        const uint8_t *kcv)
+{
+    hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
+
+    memcpy(ref.id, id, CDX_ID_LEN);
+    print_index_ref(x, status, &ref, kcv);
+}
+
+/* --id and --gen (default 0): which index key. */
+static cdx_err index_ref_arg(ctx *x, hsm_key_ref *ref)
+{
+    cdx_err err = app_hsmtool_hex_arg(x, O_ID, ref->id, sizeof(ref->id));
+    if (err || !x->val[O_GEN])
+        return err;
+    const char *s = x->val[O_GEN];
+    char *end = NULL;
+    errno = 0;
+    unsigned long long g = strtoull(s, &end, 10);
+    if (!*s || *s == '-' || *end || errno || g > UINT32_MAX)
+        return app_hsmtool_usage(x, "--gen: expected a key generation 0..%u, got `%s`", UINT32_MAX,
+                                 s);
+    ref->gen = (uint32_t)g;
+    return CDX_OK;
 }
 
 /* --id if given, else a fresh random id from the token's RNG (custody must be open). */
@@ -691,10 +715,10 @@ cdx_err app_hsmtool_index_kcv(ctx *x)
     uint8_t kcv[CDX_KCV_LEN];
     cdx_err err;
 
-    if ((err = app_hsmtool_hex_arg(x, O_ID, ref.id, sizeof(ref.id))) ||
-        (err = app_hsmtool_open_custody(x)) || (err = hsm_key_kcv(x->c, &ref, kcv)))
+    if ((err = index_ref_arg(x, &ref)) || (err = app_hsmtool_open_custody(x)) ||
+        (err = hsm_key_kcv(x->c, &ref, kcv)))
         return err;
-    print_index(x, "ok", ref.id, kcv);
+    print_index_ref(x, "ok", &ref, kcv);
     return CDX_OK;
 }
 
@@ -704,11 +728,11 @@ cdx_err app_hsmtool_index_check(ctx *x)
     uint8_t want[CDX_KCV_LEN];
     cdx_err err;
 
-    if ((err = app_hsmtool_hex_arg(x, O_ID, ref.id, sizeof(ref.id))) ||
+    if ((err = index_ref_arg(x, &ref)) ||
         (err = app_hsmtool_hex_arg(x, O_KCV, want, sizeof(want))) ||
         (err = app_hsmtool_open_custody(x)) || (err = hsm_key_check(x->c, &ref, want)))
         return err;
-    print_index(x, "match", ref.id, want);
+    print_index_ref(x, "match", &ref, want);
     return CDX_OK;
 }
 
@@ -717,7 +741,7 @@ cdx_err app_hsmtool_index_destroy(ctx *x)
     hsm_key_ref ref = {.kind = HSM_KEY_INDEX};
     cdx_err err;
 
-    if ((err = app_hsmtool_hex_arg(x, O_ID, ref.id, sizeof(ref.id))))
+    if ((err = index_ref_arg(x, &ref)))
         return err;
     if (!(x->given & BIT(O_YES)))
         return app_hsmtool_usage(x,
@@ -725,6 +749,6 @@ cdx_err app_hsmtool_index_destroy(ctx *x)
                                  "under it becomes unreadable (crypto-shredding); add --yes");
     if ((err = app_hsmtool_open_custody(x)) || (err = hsm_key_destroy(x->c, &ref)))
         return err;
-    print_index(x, "destroyed", ref.id, NULL);
+    print_index_ref(x, "destroyed", &ref, NULL);
     return CDX_OK;
 }

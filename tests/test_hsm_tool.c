@@ -627,6 +627,52 @@ static void test_wrong_pin(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "TOKEN_NOT_FOUND"));
 }
 
+/* Key generations (rotate --new-key): kcv, check and destroy take --gen N. */
+static void test_generations(void)
+{
+    hsm_config cfg;
+    fx_hsm_config(tok, NULL, 0, &cfg);
+    hsm_custody *c = fx_custody_open(&cfg);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    hsm_key_ref g1 = {.kind = HSM_KEY_INDEX, .gen = 1};
+    CU_ASSERT_EQUAL_FATAL(cdx_hex_decode(gen_id, g1.id, 16), 0);
+    uint8_t k1[8];
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate_ref(c, &g1, k1), CDX_OK);
+    hsm_custody_free(c);
+    char k1hex[17], kcv[17], label[80], want_label[80];
+    hex(k1, 8, k1hex);
+    CU_ASSERT_STRING_NOT_EQUAL(k1hex, gen_kcv);
+    snprintf(want_label, sizeof(want_label), "cipherdex-index-%s.g1", gen_id);
+
+    CU_ASSERT_EQUAL(run("--json", "index", "kcv", "--id", gen_id, "--gen", "1"), 0);
+    CU_ASSERT_TRUE(json_get(out, "kcv", kcv, sizeof(kcv)));
+    CU_ASSERT_STRING_EQUAL(kcv, k1hex);
+    CU_ASSERT_TRUE(json_get(out, "label", label, sizeof(label)));
+    CU_ASSERT_STRING_EQUAL(label, want_label);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"generation\":1"));
+    /* --gen 0 is the plain key */
+    CU_ASSERT_EQUAL(run("--json", "index", "kcv", "--id", gen_id, "--gen", "0"), 0);
+    CU_ASSERT_TRUE(json_get(out, "kcv", kcv, sizeof(kcv)));
+    CU_ASSERT_STRING_EQUAL(kcv, gen_kcv);
+    CU_ASSERT_EQUAL(run("index", "check", "--id", gen_id, "--gen", "1", "--kcv", k1hex), 0);
+    CU_ASSERT_EQUAL(run("index", "check", "--id", gen_id, "--gen", "1", "--kcv", gen_kcv), 3);
+    CU_ASSERT_EQUAL(run("index", "kcv", "--id", gen_id, "--gen", "2"), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "KEY_NOT_FOUND"));
+    static const char *const bad[] = {"-1", "x", "", "4294967296", "1x"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CU_ASSERT_EQUAL(run("index", "kcv", "--id", gen_id, "--gen", bad[i]), 2);
+        CU_ASSERT_PTR_NOT_NULL(strstr(out, *bad[i] ? "--gen: expected a key generation"
+                                                   : "option --gen: empty value"));
+    }
+    /* Destroying generation 1 leaves generation 0 alone. */
+    CU_ASSERT_EQUAL(run("index", "destroy", "--id", gen_id, "--gen", "1"), 2);
+    CU_ASSERT_EQUAL(run("index", "destroy", "--id", gen_id, "--gen", "1", "--yes"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, want_label));
+    CU_ASSERT_EQUAL(run("index", "kcv", "--id", gen_id, "--gen", "1"), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "KEY_NOT_FOUND"));
+    CU_ASSERT_EQUAL(run("index", "check", "--id", gen_id, "--kcv", gen_kcv), 0);
+}
+
 static void test_destroy(void)
 {
     CU_ASSERT_EQUAL(run("index", "destroy", "--id", gen_id), 2);
@@ -766,6 +812,7 @@ int main(void)
         {"keys --json attributes", test_keys_json},
         {"pkcs11-tool sees sensitive keys", test_pkcs11_tool},
         {"wrong pin", test_wrong_pin},
+        {"key generations: kcv, check and destroy --gen N", test_generations},
         {"destroy", test_destroy},
         {"tokens: module fails to load or initialise", test_tokens_module_failures},
         {"tokens: unreadable slot", test_tokens_unreadable_slot},
