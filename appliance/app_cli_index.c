@@ -477,12 +477,13 @@ static int index_rotate(cli *x, cli_args *a, const char *name)
         const Cipherdex__V1__RotateResponse *rr = wire_response_msg(w)->rotate;
         const Cipherdex__V1__IndexInfo *ii = rr->index;
         if (x->json) {
-            json_t *j = json_pack("{s:s,s:o,s:i,s:i,s:i,s:i,s:I,s:I,s:I,s:I}", "index", name,
-                                  "state", cli_jstr(ii->state), "key_epoch", (int)ii->key_epoch,
-                                  "rotate_to", (int)ii->rotate_to, "from_epoch",
-                                  (int)rr->from_epoch, "to_epoch", (int)rr->to_epoch, "items",
-                                  (json_int_t)rr->items, "contents", (json_int_t)rr->contents,
-                                  "version", (json_int_t)rr->version, "ms", (json_int_t)rr->ms);
+            json_t *j =
+                json_pack("{s:s,s:o,s:i,s:i,s:i,s:i,s:I,s:I,s:I,s:I,s:o}", "index", name, "state",
+                          cli_jstr(ii->state), "key_epoch", (int)ii->key_epoch, "rotate_to",
+                          (int)ii->rotate_to, "from_epoch", (int)rr->from_epoch, "to_epoch",
+                          (int)rr->to_epoch, "items", (json_int_t)rr->items, "contents",
+                          (json_int_t)rr->contents, "version", (json_int_t)rr->version, "ms",
+                          (json_int_t)rr->ms, "key_remains", cli_jstr(rr->key_remains));
             cli_print_json(j);
         } else if (!wait)
             printf("rotating %s: key epoch %u -> %u started; every record is re-encrypted in the "
@@ -498,6 +499,9 @@ static int index_rotate(cli *x, cli_args *a, const char *name)
             printf("rotated %s: key epoch %u -> %u (completed in the background while this "
                    "waited)\n",
                    name, rr->from_epoch, rr->to_epoch);
+        if (!x->json && rr->key_remains.len)
+            printf("old key, once the rotation completes: %.*s\n", (int)rr->key_remains.len,
+                   rr->key_remains.data);
     }
     wire_response_free(w);
     return e ? cli_fail(x, e) : 0;

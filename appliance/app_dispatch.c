@@ -348,6 +348,33 @@ static cdx_err do_list_indexes(const app_dispatch_env *env, const Req *q, Resp *
     return CDX_OK;
 }
 
+/*
+ * What of index key `info` (its current generation) remains once the appliance is done with
+ * it, and how to destroy it; "" when nothing does (a key generated for the index).
+ */
+static void key_remains(const eng_index_info *info, char *out, size_t cap)
+{
+    char idhex[2 * CDX_ID_LEN + 1], gen[32] = "";
+    cdx_hex_encode(info->id, CDX_ID_LEN, idhex);
+    if (info->key_gen)
+        snprintf(gen, sizeof(gen), " --gen %u", info->key_gen);
+    out[0] = '\0';
+    if (!info->owned)
+        snprintf(out, cap,
+                 "the adopted key stays on the token; destroy it with `cipherdex-hsm index "
+                 "destroy --id %s%s --yes`",
+                 idhex, gen);
+    else if (info->prov.origin == ENG_ORIGIN_UNWRAPPED)
+        snprintf(out, cap,
+                 "the token copy is destroyed; the wrapped copy under KEK %s is wherever "
+                 "your KMS keeps it: destroy it there",
+                 info->prov.kek[0] ? info->prov.kek : "?");
+    else if (info->prov.origin == ENG_ORIGIN_IMPORTED)
+        snprintf(out, cap,
+                 "the token copy is destroyed; the key was imported in plaintext: destroy "
+                 "every copy of the key file it came from");
+}
+
 static cdx_err do_delete_index(const app_dispatch_env *env, const Req *q, Resp *r, scratch *s)
 {
     const Cipherdex__V1__DeleteIndexRequest *d = q->delete_index;
@@ -372,20 +399,9 @@ static cdx_err do_delete_index(const app_dispatch_env *env, const Req *q, Resp *
     if ((err = eng_index_delete(env->engine, wire_text(d->name), d->confirm_id.data)))
         return err;
     cipherdex__v1__delete_index_response__init(dr);
-    char idhex[2 * CDX_ID_LEN + 1];
-    cdx_hex_encode(d->confirm_id.data, CDX_ID_LEN, idhex);
-    if (known && info->owned) {
-        dr->key_destroyed = true;
-        if (info->prov.origin == ENG_ORIGIN_UNWRAPPED)
-            snprintf(remains, CDX_STATUS_MESSAGE_MAX / 2,
-                     "the token copy is destroyed; the wrapped copy under KEK %s is wherever "
-                     "your KMS keeps it: destroy it there",
-                     info->prov.kek[0] ? info->prov.kek : "?");
-    } else if (known) {
-        snprintf(remains, CDX_STATUS_MESSAGE_MAX / 2,
-                 "the adopted key stays on the token; destroy it with `cipherdex-hsm index "
-                 "destroy --id %s --yes`",
-                 idhex);
+    if (known) {
+        dr->key_destroyed = info->owned;
+        key_remains(info, remains, CDX_STATUS_MESSAGE_MAX / 2);
     }
     dr->key_remains = wire_str(remains);
     r->body_case = CIPHERDEX__V1__RESPONSE__BODY_DELETE_INDEX;
@@ -772,12 +788,18 @@ static cdx_err do_rotate(const app_dispatch_env *env, const Req *q, Resp *r, scr
     Cipherdex__V1__IndexInfo *ii = alloc(s, sizeof(*ii));
     eng_index_info *info = alloc(s, sizeof(*info));
     prov_buf *pb = alloc(s, sizeof(*pb));
-    if (!rr || !ii || !info || !pb)
+    char *remains = alloc(s, CDX_STATUS_MESSAGE_MAX / 2);
+    if (!rr || !ii || !info || !pb || !remains)
         return cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     cipherdex__v1__rotate_response__init(rr);
     cdx_err err = eng_rotate_key(env->engine, name, q->rotate->new_key, info);
     if (err)
         return err;
+    /* Pending, the catalog still names the old key: what becomes of it when the switch comes. */
+    remains[0] = '\0';
+    if (q->rotate->new_key && info->new_key_gen)
+        key_remains(info, remains, CDX_STATUS_MESSAGE_MAX / 2);
+    rr->key_remains = wire_str(remains);
     if (q->rotate->wait) {
         /* The epochs of the rotation started or resumed (the background may finish it first:
          * then the run finds nothing pending and version stays 0). */

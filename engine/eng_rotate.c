@@ -145,8 +145,9 @@ cdx_err eng_rotate_finish(op *o)
         hsm_key_label(&k, label);
         cdx_log(CDX_LOG_WARN, "eng_key_retired",
                 "key_gen=%u destroyed=0 label=%s msg=\"the index no longer uses this key; it was "
-                "not generated for it (adopted or unwrapped), so it remains on the token\"",
-                c.next_gen, label);
+                "adopted, not made for the index, so it remains on the token: destroy it with "
+                "cipherdex-hsm index destroy --gen %u once no index needs it\"",
+                c.next_gen, label, c.next_gen);
     }
     c.next_has = ENG_NEXT_NONE;
     c.next_gen = 0;

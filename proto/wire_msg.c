@@ -97,6 +97,7 @@ static const rule rules[] = {
     {PKG "CompactRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
     {PKG "RotateRequest", "index", 1, CDX_INDEX_NAME_MAX, 0, 0},
     {PKG "DeleteIndexResponse", "key_remains", 0, CDX_STATUS_MESSAGE_MAX, 0, 0},
+    {PKG "RotateResponse", "key_remains", 0, CDX_STATUS_MESSAGE_MAX, 0, 0},
     {PKG "AuditTailResponse", "records", 1, CDX_AUDIT_LINE_MAX, 0, CDX_AUDIT_TAIL_MAX},
     {PKG "AuditTailResponse", "state", 0, CDX_ENUM_TEXT_MAX, 0, 0},
     {PKG "AuditTailResponse", "error", 0, CDX_STATUS_MESSAGE_MAX, 0, 0},

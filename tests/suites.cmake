@@ -43,6 +43,7 @@ foreach(concern lifecycle write query hostile crash concurrency rotate)
   cdx_add_test(test_engine_${concern} SOURCES test_engine_${concern}.c LIBS cdx_fx_engine TIMEOUT 900)
 endforeach()
 target_link_libraries(test_engine_lifecycle PRIVATE cdx_pkcs11_admin) # KEK import, key listing
+target_link_libraries(test_engine_rotate PRIVATE cdx_pkcs11_admin) # KEK import (--new-key on unwrapped keys)
 # Store maintenance (engine/eng_maint.h): readers across a sweep, and the bounded-store workload
 # (reliability review F3). CDX_RELIABILITY_FULL=1 runs its long mode (./run reliability).
 cdx_add_test(test_engine_maint SOURCES test_engine_maint.c LIBS cdx_fx_engine TIMEOUT 900)

@@ -29,6 +29,8 @@
 #include <time.h>
 
 #include <CUnit/Basic.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "cdx_err.h"
 #include "cdx_hex.h"
@@ -40,6 +42,8 @@
 #include "eng_store.h"
 #include "fx_cunit.h"
 #include "fx_engine.h"
+#include "hsm_admin.h"
+#include "hsm_keys.h"
 #include "hsm_provenance.h"
 #include "hsm_subkey.h"
 
@@ -1070,6 +1074,105 @@ static void test_rotate_new_key(void)
     fx_ds_free(&s);
 }
 
+/*
+ * --new-key on an index whose key was not generated for it. Adopted: the new key is the
+ * index's own (generated, destroyed with it); the adopted key is released but stays on the
+ * token, and cannot be adopted for another index while this one uses its id. Unwrapped: the
+ * old key was the index's own, so it is destroyed like a generated one.
+ */
+static void test_rotate_new_key_provenance(void)
+{
+    fx_dataset s;
+    fx_ds_make(&s, 20, 4, "pv");
+    uint8_t k[CDX_KCV_LEN];
+
+    /* Adopted. */
+    uint8_t kid[CDX_ID_LEN], kcv0[CDX_KCV_LEN];
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(kid, CDX_ID_LEN), 1);
+    CU_ASSERT_EQUAL_FATAL(hsm_index_key_generate(fx_cust, kid, kcv0), CDX_OK);
+    char name[64], again[64];
+    fx_uniq_name(name, "rka");
+    fx_uniq_name(again, "rkb");
+    eng_create c = {.name = name,
+                    .dimension = 4,
+                    .metric = ENG_METRIC_EUCLIDEAN,
+                    .type = ENG_IVFFLAT,
+                    .key_source = ENG_KEY_ADOPT};
+    memcpy(c.adopt_id, kid, CDX_ID_LEN);
+    eng_index_info info;
+    CU_ASSERT_EQUAL_FATAL(eng_index_create(fx_eng, &c, &info), CDX_OK);
+    CU_ASSERT_FALSE(info.owned);
+    fx_upsert(name, s.items, 20);
+    CU_ASSERT_EQUAL(fx_observe(name, &s, 0, 20), 20 * 1000 + 20);
+    eng_rotate_report r;
+    CU_ASSERT_EQUAL_FATAL(eng_rotate_key(fx_eng, name, true, NULL), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(eng_rotate_run(fx_eng, name, &r), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(eng_index_describe(fx_eng, name, &info), CDX_OK);
+    CU_ASSERT_EQUAL(info.key_gen, 1);
+    CU_ASSERT_TRUE(info.owned);
+    CU_ASSERT_EQUAL(info.prov.origin, ENG_ORIGIN_GENERATED);
+    CU_ASSERT_EQUAL(fx_observe(name, &s, 0, 20), 20 * 1000 + 20);
+    /* The adopted key stays, unchanged; the index no longer uses it. */
+    CU_ASSERT_EQUAL(key_at(kid, 0, k), CDX_OK);
+    CU_ASSERT_EQUAL(memcmp(k, kcv0, CDX_KCV_LEN), 0);
+    CU_ASSERT_EQUAL(key_at(kid, 1, k), CDX_OK);
+    /* Adopting it for another index would share this index's id: refused, nothing left. */
+    c.name = again;
+    eng_index_info x;
+    CU_ASSERT_EQUAL(eng_index_create(fx_eng, &c, &x), CDX_ERR_KEY_IN_USE);
+    CU_ASSERT_EQUAL(eng_index_describe(fx_eng, again, &x), CDX_ERR_NOT_FOUND);
+    /* Delete destroys the index's own key (generation 1), not the adopted one. */
+    CU_ASSERT_EQUAL_FATAL(eng_index_delete(fx_eng, name, kid), CDX_OK);
+    CU_ASSERT_EQUAL(key_at(kid, 1, k), CDX_ERR_KEY_NOT_FOUND);
+    CU_ASSERT_EQUAL(key_at(kid, 0, k), CDX_OK);
+    hsm_key_ref k0 = {.kind = HSM_KEY_INDEX};
+    memcpy(k0.id, kid, CDX_ID_LEN);
+    CU_ASSERT_EQUAL(hsm_key_destroy(fx_cust, &k0), CDX_OK);
+
+    /* Unwrapped. */
+    uint8_t kek[32], dk[32], blob[40];
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(kek, 32), 1);
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(dk, 32), 1);
+    EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
+    int l1 = 0, l2 = 0;
+    CU_ASSERT_EQUAL_FATAL(EVP_EncryptInit_ex(cx, EVP_aes_256_wrap_pad(), NULL, kek, NULL), 1);
+    CU_ASSERT_EQUAL_FATAL(EVP_EncryptUpdate(cx, blob, &l1, dk, 32), 1);
+    CU_ASSERT_EQUAL_FATAL(EVP_EncryptFinal_ex(cx, blob + l1, &l2), 1);
+    EVP_CIPHER_CTX_free(cx);
+    CU_ASSERT_EQUAL_FATAL(l1 + l2, 40);
+    char kn[64];
+    fx_uniq_name(kn, "kek");
+    fx_uniq_name(name, "rku");
+    CU_ASSERT_EQUAL_FATAL(hsm_kek_import(fx_cust, kn, kek), CDX_OK);
+    eng_create u = {.name = name,
+                    .dimension = 4,
+                    .metric = ENG_METRIC_EUCLIDEAN,
+                    .type = ENG_IVFFLAT,
+                    .key_source = ENG_KEY_UNWRAP,
+                    .kek_name = kn,
+                    .wrapped = blob,
+                    .wrapped_len = 40};
+    CU_ASSERT_EQUAL_FATAL(eng_index_create(fx_eng, &u, &info), CDX_OK);
+    CU_ASSERT_TRUE(info.owned);
+    CU_ASSERT_EQUAL(info.prov.origin, ENG_ORIGIN_UNWRAPPED);
+    uint8_t uid[CDX_ID_LEN];
+    memcpy(uid, info.id, CDX_ID_LEN);
+    fx_upsert(name, s.items, 20);
+    CU_ASSERT_EQUAL_FATAL(eng_rotate_key(fx_eng, name, true, NULL), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(eng_rotate_run(fx_eng, name, &r), CDX_OK);
+    CU_ASSERT_EQUAL_FATAL(eng_index_describe(fx_eng, name, &info), CDX_OK);
+    CU_ASSERT_EQUAL(info.key_gen, 1);
+    CU_ASSERT_EQUAL(info.prov.origin, ENG_ORIGIN_GENERATED);
+    CU_ASSERT_STRING_EQUAL(info.prov.kek, "");
+    CU_ASSERT_EQUAL(key_at(uid, 0, k), CDX_ERR_KEY_NOT_FOUND); /* the unwrapped key is gone */
+    CU_ASSERT_EQUAL(key_at(uid, 1, k), CDX_OK);
+    CU_ASSERT_EQUAL(fx_observe(name, &s, 0, 20), 20 * 1000 + 20);
+    CU_ASSERT_EQUAL_FATAL(eng_index_delete(fx_eng, name, uid), CDX_OK);
+    CU_ASSERT_EQUAL(key_at(uid, 1, k), CDX_ERR_KEY_NOT_FOUND);
+    CU_ASSERT_EQUAL(hsm_kek_destroy(fx_cust, kn), CDX_OK);
+    fx_ds_free(&s);
+}
+
 /* Rotation hook: fail at step *arg (a crash there). */
 static cdx_err stop_at(void *arg, const char *index, const char *step)
 {
@@ -1165,6 +1268,8 @@ static const fx_test tests[] = {
      test_rotate_new_key},
     {"--new-key interrupted (gathered, sealed, committed) resumes to exactly one key",
      test_rotate_new_key_interrupted},
+    {"--new-key on adopted and unwrapped keys: what is destroyed, what stays",
+     test_rotate_new_key_provenance},
     {"under load: 0 failures, same recall, nothing of the old epoch left", test_rotate_under_load},
 };
 

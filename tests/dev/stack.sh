@@ -181,6 +181,7 @@ cmd_restart() {
         fi
     done <"$dir/pids"
     sed -i '/^cipherdexd /d' "$dir/pids"
+    export SOFTHSM2_CONF="$dir/softhsm2.conf" # the stack's token, whatever the caller's shell has
     "$build/appliance/cipherdexd" --check-config "$dir/cipherdexd.conf" >/dev/null
     # shellcheck disable=SC1091
     start_daemon "$build" "$dir" "$(. "$dir/cipherdex.env"; echo "$CIPHERDEX_REDIS")"

@@ -589,12 +589,13 @@ class Client:
         is re-encrypted in the background; with ``wait`` the request runs it and returns when it
         is done. Not idempotent: a retry after completion starts one more. ``new_key``: a new
         index key generated on the token for the new epoch, the old one destroyed when done
-        (an adopted or unwrapped key is left on the token)."""
+        (an adopted key is left on the token: ``key_remains`` of the result says what of the
+        old key remains and how to destroy it)."""
         r = self._invoke("rotate", pb.RotateRequest(index=index, wait=wait, new_key=new_key))
         info = IndexInfo._from_pb(r.index) if r.HasField("index") else None
         return RotateResult(index=info, from_epoch=r.from_epoch, to_epoch=r.to_epoch,
                             items=r.items, contents=r.contents, version=r.version, ms=r.ms,
-                            attempts=r.attempts, raw=r)
+                            attempts=r.attempts, key_remains=r.key_remains, raw=r)
 
     def purge(self) -> int:
         """Remove from the store what no live index owns (appliance admins only): indexes whose

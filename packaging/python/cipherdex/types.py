@@ -294,7 +294,9 @@ class CompactResult:
 class RotateResult:
     """The index after a rotate request (state "rotating" with ``rotate_to`` while pending), and
     with ``wait`` what the run did: the epochs, items and contents re-encrypted, the completing
-    commit's version (0 when the background finished first), its duration and attempts."""
+    commit's version (0 when the background finished first), its duration and attempts. With
+    ``new_key``, ``key_remains``: what of the old key remains once the rotation completes and how
+    to destroy it ("" when nothing does)."""
 
     index: Optional[IndexInfo]
     from_epoch: int
@@ -304,4 +306,5 @@ class RotateResult:
     version: int
     ms: int
     attempts: int
+    key_remains: str = ""
     raw: Any = field(repr=False, compare=False, default=None)

@@ -129,6 +129,22 @@ grep -q "deleted prod; its key was not destroyed" "$dir/del.txt" &&
     ok || fail "delete prod says the adopted key remains, and how to destroy it"
 hsm index check --id "$kid" --kcv "$(hsm --json index kcv --id "$kid" | json 'd["kcv"]')" >/dev/null &&
     ok || fail "an adopted key outlives its index"
+# rotate --new-key on an adopted key: the index moves to a key of its own (generation 1); the
+# adopted key stays on the token, and the answer says so and how to destroy it.
+kid2=$(hsm --json index generate | json 'd["id"]')
+cli index create prod2 --dim 4 --adopt-key "$kid2" >/dev/null
+cli upsert prod2 --file "$dir/items.jsonl" >/dev/null
+cli index rotate prod2 --new-key --wait >"$dir/rot2.txt"
+grep -q "^old key, once the rotation completes: the adopted key stays on the token; destroy it with .cipherdex-hsm index destroy --id $kid2 --yes.$" "$dir/rot2.txt" &&
+    ok || fail "rotate --new-key says the adopted key remains: $(cat "$dir/rot2.txt")"
+[[ $(cli --json index describe prod2 | json '(d["count"], d["key_generation"], d["key_owned"], d["key_provenance"]["origin"])') == "(40, 1, True, 'generated')" ]] &&
+    ok || fail "after rotate --new-key: the same items, generation 1, a key of its own"
+cli index delete prod2 --confirm "$kid2" >/dev/null
+set +e
+hsm index kcv --id "$kid2" --gen 1 >/dev/null 2>&1; rc=$?
+set -e
+[[ $rc == 1 ]] && hsm index kcv --id "$kid2" >/dev/null && hsm index destroy --id "$kid2" --yes >/dev/null &&
+    ok || fail "delete destroys generation 1, the adopted generation 0 stays until cipherdex-hsm destroys it"
 
 cli --json query docs --vector "1,0.25,0.4285714,-0.5" --top-k 3 --include metadata >"$dir/q.json"
 [[ $(json 'd["results"][0]["id"]' <"$dir/q.json") == d10 ]] && ok || fail "nearest is d10"
@@ -380,6 +396,11 @@ bash "$src/tests/dev/stack.sh" up "$build" "$dev2" --store memory --allow-plaint
         >/dev/null 2>"$dir/err" && exit 14
     grep -q "KEY_IN_USE.*index devkey" "$dir/err" || exit 15
     grep -q "plaintext_import_allowed" "$dev2/cipherdexd.log" || exit 16
+    # Its delete destroys the token copy and says the key file is the copy left to destroy.
+    "$CIPHERDEX_CLI" index delete devkey --confirm "$(json 'd["id"]' <"$dir/devkey.json")" \
+        >"$dir/devdel.txt" || exit 17
+    grep -q "^remains: the token copy is destroyed; the key was imported in plaintext: destroy every copy of the key file it came from$" \
+        "$dir/devdel.txt" || exit 18
     exit 0
 ) && ok || fail "the development-key flow on a stack that allows it (step $?)"
 # A server with a 2 MiB frame cap says so in health (field 8), and upsert sizes its batches under

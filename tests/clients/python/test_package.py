@@ -442,7 +442,8 @@ def live():
               f"rotate --wait: the next epoch, the same items ({rot})")
         rot2 = c.rotate(name, wait=True, new_key=True)
         check(rot2.index is not None and rot2.index.key_generation == 1
-              and rot2.index.kcv != rot.index.kcv and c.describe_index(name).count == info3.count,
+              and rot2.index.kcv != rot.index.kcv and c.describe_index(name).count == info3.count
+              and rot2.key_remains == "",
               f"rotate --new-key: generation 1, another KCV, the same items ({rot2})")
         purged = c.purge()
         check(isinstance(purged, int) and c.purge() == 0, "purge, then nothing more to purge")
