@@ -352,9 +352,9 @@ cdx_err eng_load_state(op *o, bool fresh, uint64_t min_version, eng_manifest **o
                 (unsigned long long)h.version);
         return cdx_fail(CDX_ERR_ROLLBACK_DETECTED,
                         "index %s: the store's head is version %llu, older than version %llu "
-                        "seen here; the writes after it are lost (a Redis crash without "
-                        "appendfsync always, or a restored backup); recover: `cipherdex index "
-                        "accept-rollback %s --version %llu` (admin)",
+                        "acknowledged before (its rollback mark); the writes after it are lost "
+                        "(a Redis crash without appendfsync always, or a restored backup); "
+                        "recover: `cipherdex index accept-rollback %s --version %llu` (admin)",
                         ix->name, (unsigned long long)h.version, (unsigned long long)hw, ix->name,
                         (unsigned long long)h.version);
     }
