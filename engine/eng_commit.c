@@ -153,6 +153,13 @@ static cdx_err adopt(op *o, eng_manifest *nm, uint64_t version)
     return CDX_OK;
 }
 
+cdx_err eng_commit_rewrite(op *o, const eng_manifest *base, eng_manifest *nm, eng_bucketset *bs,
+                           bool *committed)
+{
+    cdx_err err = eng_commit(o, base, nm, bs, committed);
+    return err == ENG_AGED ? CDX_ERR_FAILED_PRECONDITION : err;
+}
+
 cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng_bucketset *bs,
                           cdx_err (*join)(void *), void *join_arg, bool *committed)
 {
@@ -252,6 +259,19 @@ cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng
                 "rebasing\"",
                 id, (unsigned long long)base->version);
         goto out; /* rebase on what the store holds */
+    }
+    /* Last, right before EXEC: a sweep may have taken records written a window ago. */
+    int64_t age = o->wrote_since ? cdx_mono_ms() - o->wrote_since : 0;
+    if (age >= eng_write_window_ms(e)) {
+        eng_store_abort(t);
+        cdx_fail(CDX_ERR_FAILED_PRECONDITION,
+                 "index %s: the records this commit names were written %lld ms ago, not less "
+                 "than [engine] gc_grace_ms (%u): a sweep may have deleted the first of them, so "
+                 "nothing was committed; retry, and raise gc_grace_ms above the time this "
+                 "operation takes",
+                 o->ix->name, (long long)age, e->cfg.gc_grace_ms);
+        err = ENG_AGED;
+        goto out;
     }
     if ((err = eng_store_commit(t, kv, nkv, committed)))
         goto out;

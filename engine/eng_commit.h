@@ -27,7 +27,8 @@ typedef struct op op;
  * caller's records still being written finish there (its error: no commit).
  * On success nm becomes the index's cached state and the mark is raised.
  * Errors: CDX_ERR_NOT_FOUND (the index was deleted), CDX_ERR_INTERNAL (a
- * token collision), join's, eng_hw_raise's, the store's and custody's.
+ * token collision), ENG_AGED (o->wrote_since is eng_write_window_ms old:
+ * nothing committed), join's, eng_hw_raise's, the store's and custody's.
  */
 cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng_bucketset *bs,
                           cdx_err (*join)(void *), void *join_arg, bool *committed);
@@ -35,6 +36,14 @@ cdx_err eng_commit_joined(op *o, const eng_manifest *base, eng_manifest *nm, eng
 /* eng_commit_joined without a join. */
 cdx_err eng_commit(op *o, const eng_manifest *base, eng_manifest *nm, eng_bucketset *bs,
                    bool *committed);
+
+/*
+ * eng_commit for a rewrite that writes everything again on each attempt
+ * (training, compaction, rotation): ENG_AGED becomes
+ * CDX_ERR_FAILED_PRECONDITION, the detail naming [engine] gc_grace_ms.
+ */
+cdx_err eng_commit_rewrite(op *o, const eng_manifest *base, eng_manifest *nm, eng_bucketset *bs,
+                           bool *committed);
 
 /*
  * After a lost commit: sleep a random 0..2^attempt ms (capped at 64 ms) so

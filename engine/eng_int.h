@@ -154,6 +154,9 @@ typedef struct op {
     hsm_subkey *sk[ENG_NPURPOSE];
     eng_sealer sl[ENG_NPURPOSE]; /* keyed with sk[]: freed before they are released */
     hsm_subkey *xsk[ENG_NPURPOSE];
+    /* Monotonic ms of the first immutable record the op's pending commit names (0: not
+     * tracked): eng_commit refuses once that is eng_write_window_ms old. */
+    int64_t wrote_since;
 } op;
 
 /*
@@ -161,6 +164,14 @@ typedef struct op {
  * retries. Never returned to callers (eng_in_index turns a leftover one into ABORTED).
  */
 #define ENG_MOVED ((cdx_err)1000)
+
+/*
+ * Internal: eng_commit refused because the records its commit names were
+ * written eng_write_window_ms ago (op.wrote_since); nothing was committed and
+ * the detail is set. A writer writes them again; a rewrite reports
+ * CDX_ERR_FAILED_PRECONDITION (eng_commit_rewrite).
+ */
+#define ENG_AGED ((cdx_err)1001)
 
 /* Per-thread stage time, for callers attributing one request's stages (eng_thread_stages). */
 extern _Thread_local uint64_t eng_tl_stage[ENG_STAGE_COUNT];
@@ -264,6 +275,22 @@ static inline cdx_err eng_idx_drop(struct idx *ix, cdx_err err)
 {
     eng_idx_put(ix);
     return err;
+}
+
+/*
+ * How long records written for a commit that has not landed yet may be
+ * named by it. The sweep notes an unreferenced record once it was written
+ * more than gc_grace_ms ago and deletes it a grace later (eng_sweep.c), so a
+ * record may go from two graces after it was written: whoever commits names
+ * written that long ago must write them again, or give up. One grace leaves
+ * the other for the commit itself and for clock skew between appliances.
+ * Graces below the daemon's floor (CDX_GC_GRACE_MS_MIN) exist only in tests,
+ * which sweep when they choose: there the floor applies.
+ */
+static inline int64_t eng_write_window_ms(const eng *e)
+{
+    uint32_t g = e->cfg.gc_grace_ms;
+    return g > CDX_GC_GRACE_MS_MIN ? (int64_t)g : CDX_GC_GRACE_MS_MIN;
 }
 
 #endif

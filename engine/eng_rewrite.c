@@ -503,13 +503,15 @@ cdx_err eng_train(eng *e, const char *name, const eng_train_opts *opts, uint64_t
             goto next;
         /* Redistribute (again, on a rebase) with the same model. */
         uint64_t v = a.m->version + 1;
+        o.wrote_since = cdx_mono_ms(); /* this attempt's centroids and segments */
         if ((err = trained_manifest(a.m, &md, ix->cat.dim, &a.nm)) ||
             (err = redistribute(&o, a.nm, v, &a.g, &a.bs, &a.assign, &a.segs, &a.nsegs)) ||
-            (err = eng_commit(&o, a.m, a.nm, &a.bs, &a.committed)))
+            (err = eng_commit_rewrite(&o, a.m, a.nm, &a.bs, &a.committed)))
             goto next;
         if (a.committed && version)
             *version = v;
     next:;
+        o.wrote_since = 0;
         bool committed = a.committed;
         attempt_free(&a);
         if (err || committed)
@@ -585,6 +587,7 @@ static cdx_err compact(op *o, void *arg)
         for (size_t i = 0; i < a.g.n; i++)
             a.assign[i] = a.g.rows[i].cluster;
         uint64_t v = m->version + 1;
+        o->wrote_since = cdx_mono_ms(); /* this attempt's segments */
         if ((err = place(o, m, v, &a.g, a.assign, nc, &a.bs, &a.segs, &a.nsegs)) ||
             (err = eng_manifest_clone_ref(m, &a.nm)))
             goto next;
@@ -595,11 +598,12 @@ static cdx_err compact(op *o, void *arg)
                 nm->clusters[c].nseg = 0;
         for (size_t s = 0; s < a.nsegs && !err; s++)
             err = eng_cluster_push(&nm->clusters[a.segs[s].cluster], &a.segs[s].ref);
-        if (err || (err = eng_commit(o, m, nm, &a.bs, &a.committed)))
+        if (err || (err = eng_commit_rewrite(o, m, nm, &a.bs, &a.committed)))
             goto next;
         if (a.committed)
             done = v;
     next:
+        o->wrote_since = 0;
         attempt_free(&a);
         free(sel);
         if (!err && !done)
@@ -789,7 +793,7 @@ static cdx_err rotate_attempt(op *o, eng_rotate_report *r, bool *done)
     uint64_t v = m->version + 1;
     /* From here on everything is sealed under the new epoch. */
     eng_op_set_epoch(o, r->to);
-    int64_t first_write = cdx_mono_ms();
+    o->wrote_since = cdx_mono_ms(); /* this attempt's contents, centroids, segments, buckets */
     if ((err = eng_manifest_clone_ref(m, &a.nm)))
         goto out;
     eng_manifest *nm = a.nm;
@@ -821,17 +825,6 @@ static cdx_err rotate_attempt(op *o, eng_rotate_report *r, bool *done)
     if (err || (err = rotate_idmap(&a.g, &nb)) || (err = rotate_step(o, "sealed")) ||
         (err = rotate_step(o, "committing")))
         goto out;
-    /* A sweep may delete what this attempt wrote once it has seen it unreferenced for
-     * gc_grace_ms: committing later could name swept records. */
-    int64_t took = cdx_mono_ms() - first_write;
-    if (took >= (int64_t)o->e->cfg.gc_grace_ms) {
-        err = cdx_fail(CDX_ERR_FAILED_PRECONDITION,
-                       "index %s: a key rotation attempt wrote for %lld ms, not less than [engine] "
-                       "gc_grace_ms (%u): its new records may have been swept before its commit; "
-                       "raise gc_grace_ms above the time a rotation of this index takes",
-                       ix->name, (long long)took, o->e->cfg.gc_grace_ms);
-        goto out;
-    }
     /* The key this attempt sealed under must still be the one the catalog names for the new
      * epoch (a --new-key asked meanwhile on another appliance): else start over. */
     uint32_t sealed_gen = o->key.gen;
@@ -843,7 +836,7 @@ static cdx_err rotate_attempt(op *o, eng_rotate_report *r, bool *done)
         err = ENG_MOVED;
         goto out;
     }
-    if ((err = eng_commit(o, m, nm, &nb, &a.committed)))
+    if ((err = eng_commit_rewrite(o, m, nm, &nb, &a.committed)))
         goto out;
     if (a.committed) {
         *done = true;
@@ -852,6 +845,7 @@ static cdx_err rotate_attempt(op *o, eng_rotate_report *r, bool *done)
         r->version = v;
     }
 out:
+    o->wrote_since = 0;
     eng_bucketset_free(&nb);
     attempt_free(&a);
     return err;

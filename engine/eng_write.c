@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 
+#include "cdx_log.h"
 #include "eng_commit.h"
 #include "eng_dist.h"
 #include "eng_head.h"
@@ -244,12 +245,16 @@ static cdx_err next_manifest(attempt *a)
 /*
  * What a batch made under one key epoch before its state was read: the id
  * tokens of its rows or deleted ids, and its contents records. A state of
- * another epoch (a key rotation committed meanwhile) makes them again.
+ * another epoch (a key rotation committed meanwhile) makes them again. So
+ * does age: a batch that has waited eng_write_window_ms (lost commits, the
+ * compaction gate) since it stored its contents stores them again under
+ * fresh tokens rather than commit names a sweep may have deleted.
  */
 typedef struct batch_prep {
     cdx_err (*fn)(op *o, void *arg); /* re-tokenise (and re-store contents) under o->epoch */
     void *arg;
-    uint32_t epoch; /* the epoch they were made under */
+    uint32_t epoch;    /* the epoch they were made under */
+    int64_t stored_ms; /* monotonic time its contents were stored; 0 = it has none */
 } batch_prep;
 
 /*
@@ -287,10 +292,17 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
         eng_gate_wait(o->ix); /* a compaction that keeps losing goes first */
         if ((err = eng_load_state(o, true, 0, &a.m)))
             goto next;
-        if (prep->epoch != o->epoch) { /* a key rotation landed: tokens of the new epoch */
+        bool aged = prep->stored_ms && cdx_mono_ms() - prep->stored_ms >= eng_write_window_ms(e);
+        if (prep->epoch != o->epoch || aged) { /* a key rotation landed, or old contents */
+            if (aged)
+                cdx_log(CDX_LOG_INFO, "eng_contents_restored",
+                        "index=%s waited_ms=%lld gc_grace_ms=%u", o->ix->name,
+                        (long long)(cdx_mono_ms() - prep->stored_ms), e->cfg.gc_grace_ms);
             if ((err = prep->fn(o, prep->arg)))
                 goto next;
             prep->epoch = o->epoch;
+            if (prep->stored_ms)
+                prep->stored_ms = cdx_mono_ms();
         }
         const eng_manifest *m = a.m;
         uint64_t v = m->version + 1;
@@ -326,6 +338,8 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
         }
         if ((err = group_by_cluster(rows, nrows, assign, &a)))
             goto next;
+        /* What the commit names was written from here on (segments), or with the contents. */
+        o->wrote_since = prep->stored_ms ? prep->stored_ms : cdx_mono_ms();
         eng_seg_build sb = {.m = m,
                             .version = v,
                             .cls = a.cls,
@@ -342,8 +356,11 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
         sp = (seg_put_arg){o, a.segs, a.nsegs};
         if ((err = eng_bg_start(&wr, seg_put, &sp)) || (err = map_rows(rows, nrows, v, &a.bs)) ||
             (err = next_manifest(&a)) ||
-            (err = eng_commit_joined(o, m, a.nm, &a.bs, eng_bg_join, &wr, &committed)))
+            (err = eng_commit_joined(o, m, a.nm, &a.bs, eng_bg_join, &wr, &committed))) {
+            if (err == ENG_AGED)
+                err = CDX_OK; /* like a lost commit: the next attempt writes them again */
             goto next;
+        }
         if (committed) {
             if (version)
                 *version = v;
@@ -352,6 +369,7 @@ static cdx_err write_batch(op *o, eng_row *rows, size_t nrows, const uint8_t (*d
             eng_wcache_put(o, a.nm, &a.bs);
         }
     next:
+        o->wrote_since = 0;
         eng_bg_join(&wr); /* before the segments are freed; an error was reported already */
         attempt_free(&a);
         if (err || committed)
@@ -536,13 +554,18 @@ cdx_err eng_upsert(eng *e, const char *name, const eng_item *items, size_t n, ui
     float *norm = cosine ? malloc(n * d * sizeof(float)) : NULL;
     uint64_t v = 0;
     upsert_prep up = {items, n, d, norm, rows};
-    batch_prep bp = {upsert_reprep, &up, o.epoch};
+    batch_prep bp = {upsert_reprep, &up, o.epoch, 0};
+    bool with_contents = false;
+    for (size_t i = 0; i < n; i++)
+        with_contents |= items[i].contents_len > 0;
     if (!rows || (cosine && !norm))
         err = cdx_fail(CDX_ERR_RESOURCE_EXHAUSTED, "out of memory");
     else if (!(err = items_to_rows(&o, items, n, d, norm, rows)) &&
-             !(err = check_duplicates(rows, n)) && !(err = put_contents(&o, items, n, rows)) &&
-             !(err = write_batch(&o, rows, n, NULL, 0, &bp, NULL, &v)) && version)
-        *version = v;
+             !(err = check_duplicates(rows, n)) && !(err = put_contents(&o, items, n, rows))) {
+        bp.stored_ms = with_contents ? cdx_mono_ms() : 0;
+        if (!(err = write_batch(&o, rows, n, NULL, 0, &bp, NULL, &v)) && version)
+            *version = v;
+    }
     free(rows);
     free(norm);
     eng_op_end(&o);
@@ -608,7 +631,7 @@ cdx_err eng_delete(eng *e, const char *name, const char *const *ids, const size_
     }
     size_t nt = 0;
     delete_prep dp = {ids, id_lens, n, toks, 0};
-    batch_prep bp = {delete_reprep, &dp, o.epoch};
+    batch_prep bp = {delete_reprep, &dp, o.epoch, 0};
     err = delete_tokens(&o, &dp, &nt);
     uint64_t v = 0, d = 0;
     if (!err) {
