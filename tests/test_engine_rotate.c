@@ -29,7 +29,6 @@
 #include <time.h>
 
 #include <CUnit/Basic.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include "cdx_err.h"
@@ -41,6 +40,7 @@
 #include "eng_record.h"
 #include "eng_store.h"
 #include "fx_cunit.h"
+#include "fx_custody.h"
 #include "fx_engine.h"
 #include "hsm_admin.h"
 #include "hsm_keys.h"
@@ -1130,16 +1130,10 @@ static void test_rotate_new_key_provenance(void)
     CU_ASSERT_EQUAL(hsm_key_destroy(fx_cust, &k0), CDX_OK);
 
     /* Unwrapped. */
-    uint8_t kek[32], dk[32], blob[40];
+    uint8_t kek[32], dk[32], blob[48];
     CU_ASSERT_EQUAL_FATAL(RAND_bytes(kek, 32), 1);
     CU_ASSERT_EQUAL_FATAL(RAND_bytes(dk, 32), 1);
-    EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
-    int l1 = 0, l2 = 0;
-    CU_ASSERT_EQUAL_FATAL(EVP_EncryptInit_ex(cx, EVP_aes_256_wrap_pad(), NULL, kek, NULL), 1);
-    CU_ASSERT_EQUAL_FATAL(EVP_EncryptUpdate(cx, blob, &l1, dk, 32), 1);
-    CU_ASSERT_EQUAL_FATAL(EVP_EncryptFinal_ex(cx, blob + l1, &l2), 1);
-    EVP_CIPHER_CTX_free(cx);
-    CU_ASSERT_EQUAL_FATAL(l1 + l2, 40);
+    CU_ASSERT_EQUAL_FATAL(fx_kms_wrap(kek, dk, 32, blob), 40);
     char kn[64];
     fx_uniq_name(kn, "kek");
     fx_uniq_name(name, "rku");

@@ -618,13 +618,7 @@ static void test_unwrap(void)
 
     /* RFC 5649 wrap on the host, as a KMS would. */
     uint8_t blob[64];
-    int bl = 0, fl = 0;
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    EVP_CIPHER_CTX_set_flags(ctx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
-    CU_ASSERT_FATAL(EVP_EncryptInit_ex(ctx, EVP_aes_256_wrap_pad(), NULL, kek, NULL) == 1);
-    CU_ASSERT_FATAL(EVP_EncryptUpdate(ctx, blob, &bl, dek, 32) == 1);
-    CU_ASSERT_FATAL(EVP_EncryptFinal_ex(ctx, blob + bl, &fl) == 1);
-    CU_ASSERT_EQUAL_FATAL(bl + fl, 40);
+    CU_ASSERT_EQUAL_FATAL(fx_kms_wrap(kek, dek, 32, blob), 40);
 
     /* A 48-byte blob (a 40-byte key wrapped) is refused before the token sees it. */
     uint8_t big[48] = {0};
@@ -637,13 +631,9 @@ static void test_unwrap(void)
     CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms1", bad, 40, kcv), CDX_ERR_BAD_WRAPPED_KEY);
     /* A blob wrapping a 30-byte key is 40 bytes too: the token must not keep it. */
     uint8_t short_blob[64];
-    EVP_EncryptInit_ex(ctx, EVP_aes_256_wrap_pad(), NULL, kek, NULL);
-    EVP_EncryptUpdate(ctx, short_blob, &bl, dek, 30);
-    EVP_EncryptFinal_ex(ctx, short_blob + bl, &fl);
-    CU_ASSERT_EQUAL(bl + fl, 40);
+    CU_ASSERT_EQUAL(fx_kms_wrap(kek, dek, 30, short_blob), 40);
     CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "kms1", short_blob, 40, kcv),
                     CDX_ERR_BAD_WRAPPED_KEY);
-    EVP_CIPHER_CTX_free(ctx);
     /* Unknown KEK. */
     CU_ASSERT_EQUAL(hsm_index_key_unwrap(c, id, "nokek", blob, 40, kcv), CDX_ERR_KEY_NOT_FOUND);
 
@@ -738,19 +728,6 @@ static void test_unwrap(void)
     fx_token_free(t);
 }
 
-/* RFC 5649 wrap of key under kek on the host (OpenSSL), as a KMS does; returns the length. */
-static int host_wrap(const uint8_t kek[32], const uint8_t *key, int len, uint8_t out[64])
-{
-    int bl = 0, fl = 0;
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    EVP_CIPHER_CTX_set_flags(ctx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
-    int ok = EVP_EncryptInit_ex(ctx, EVP_aes_256_wrap_pad(), NULL, kek, NULL) == 1 &&
-             EVP_EncryptUpdate(ctx, out, &bl, key, len) == 1 &&
-             EVP_EncryptFinal_ex(ctx, out + bl, &fl) == 1;
-    EVP_CIPHER_CTX_free(ctx);
-    return ok ? bl + fl : -1;
-}
-
 /* A fresh custody context (the unwrap decision is cached per context) with an override. */
 /* A context on t through the wrapper with one token-compatibility setting changed. */
 typedef struct tuning {
@@ -786,7 +763,7 @@ static void test_unwrap_mechanism(void)
     uint8_t katkek[32], katkey[32], katblob[64], kcv[8];
     seq(katkek, 32, 0x40);
     seq(katkey, 32, 0x60);
-    CU_ASSERT_EQUAL_FATAL(host_wrap(katkek, katkey, 32, katblob), 40);
+    CU_ASSERT_EQUAL_FATAL(fx_kms_wrap(katkek, katkey, 32, katblob), 40);
     char hx[81];
     tohex(katblob, 40, hx);
     CU_ASSERT_STRING_EQUAL(hx, "f2b6d451a6f212e66cb908f3b8c78541db9377e63ed53a626311908"
@@ -802,7 +779,7 @@ static void test_unwrap_mechanism(void)
     uint8_t kek[32], dek[32], blob[64], id[16];
     seq(kek, 32, 0x13);
     seq(dek, 32, 0x37);
-    CU_ASSERT_EQUAL_FATAL(host_wrap(kek, dek, 32, blob), 40);
+    CU_ASSERT_EQUAL_FATAL(fx_kms_wrap(kek, dek, 32, blob), 40);
     p11wrap_clear_fn();
 
     /* SoftHSM 2.6.1 lists 0x210A only: the known-answer test runs once, then is cached. */
@@ -935,7 +912,7 @@ static void test_hmac_key_type(void)
     hsm_subkey_release(sk);
     seq(kek, 32, 0x22);
     seq(dek, 32, 0x44);
-    CU_ASSERT_EQUAL_FATAL(host_wrap(kek, dek, 32, blob), 40);
+    CU_ASSERT_EQUAL_FATAL(fx_kms_wrap(kek, dek, 32, blob), 40);
     CU_ASSERT_EQUAL_FATAL(hsm_kek_import(c, "k256", kek), CDX_OK);
     uint8_t id2[16], kcv2[8];
     seq(id2, 16, 0xb0);
@@ -1084,7 +1061,7 @@ static void test_copyable(void)
     seq(id, 16, 0x70);
     seq(kek, 32, 0x55);
     seq(dek, 32, 0x66);
-    CU_ASSERT_EQUAL_FATAL(host_wrap(kek, dek, 32, blob), 40);
+    CU_ASSERT_EQUAL_FATAL(fx_kms_wrap(kek, dek, 32, blob), 40);
 
     /* A key made while the token still had the attribute, to adopt later. */
     hsm_custody *c = open_copyable(t, HSM_COPYABLE_REQUIRED);
