@@ -171,11 +171,16 @@ static void info_print_store(const Cipherdex__V1__IndexInfo *x)
     char c[64], s[64];
     when(x->last_compaction_ms, c, sizeof(c));
     when(x->last_sweep_ms, s, sizeof(s));
-    printf("dead rows:   %" PRIu64 "%s\nsegment bytes: %" PRIu64 "\nwaiting for sweep: %" PRIu64
-           " records, %" PRIu64 " bytes (retired: deleted after [engine] gc_grace_ms)\n"
-           "last compaction: %s\nlast sweep:  %s\n",
-           x->dead_rows, x->dead_rows ? " (erased by `cipherdex index compact`)" : "",
-           x->segment_bytes, x->records_waiting, x->retired_bytes, c, s);
+    printf("dead rows:   %" PRIu64 "%s\nsegment bytes: %" PRIu64 "\n", x->dead_rows,
+           x->dead_rows ? " (erased by `cipherdex index compact`)" : "", x->segment_bytes);
+    if (x->last_sweep_ms) /* measured by this appliance's last sweep */
+        printf("waiting for sweep: %" PRIu64 " records, %" PRIu64
+               " bytes (retired: deleted after [engine] gc_grace_ms)\n",
+               x->records_waiting, x->retired_bytes);
+    else
+        printf("waiting for sweep: not measured yet (no sweep of this index on this appliance "
+               "since it started; `cipherdex index compact` runs one)\n");
+    printf("last compaction: %s\nlast sweep:  %s\n", c, s);
 }
 
 static void info_print(const Cipherdex__V1__IndexInfo *x)

@@ -245,6 +245,15 @@ cli --json index describe docs >"$dir/d.json"
 [[ $(json '(d["dead_rows"], d["last_compaction_ms"] > 0, d["last_sweep_ms"] > 0)' <"$dir/d.json") == "(0, True, True)" ]] &&
     ok || fail "describe: no dead rows after compaction, and when it ran"
 cli index describe docs | grep -q "^last compaction: 20" && ok || fail "describe prints the last compaction"
+# An index this appliance never swept says so instead of claiming 0 waiting (nothing was
+# written to it, so maintenance leaves it alone); after a sweep, the measured figures.
+cli index create fresh --dim 4 >/dev/null
+cli index describe fresh | grep -q "^waiting for sweep: not measured yet (no sweep of this index on this appliance since it started" &&
+    ok || fail "describe before any sweep: not measured"
+cli index compact fresh >/dev/null
+cli index describe fresh | grep -q "^waiting for sweep: 0 records, 0 bytes (retired" &&
+    ok || fail "describe after a sweep: records and bytes"
+cli index delete fresh --confirm "$(cli --json index describe fresh | json 'd["id"]')" >/dev/null
 # Key rotation (admin; docs/ROTATION.md): a new epoch, every record re-encrypted, the same
 # answers; list shows the state; --new-key moves the index to a new token key (new KCV).
 cli --json query docs --vector "1,0.25,0.4285714,-0.5" --top-k 5 >"$dir/q0.json"
