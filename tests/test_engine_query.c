@@ -64,18 +64,25 @@ static void test_exact_metrics(void)
     fx_ds_free(&s);
 }
 
-static double recall(const char *name, const fx_dataset *s, eng_metric m, uint32_t nprobe,
-                     size_t nq)
+/*
+ * Recall@10 of nq queries, rows (first + i * step) % s->n of s, against the exact top 10 of the
+ * rows alive[] marks (NULL: all) under metric m. *probed (may be NULL): the clusters the last
+ * query probed. -1 when a query fails.
+ */
+static double recall_rows(const char *name, const fx_dataset *s, const bool *alive, eng_metric m,
+                          uint32_t nprobe, size_t first, size_t step, size_t nq, uint32_t *probed)
 {
     size_t hit = 0, k = 10;
     for (size_t qi = 0; qi < nq; qi++) {
-        const float *q = s->x + (qi * 37 % s->n) * s->d;
+        const float *q = s->x + ((first + qi * step) % s->n) * s->d;
         size_t want[10];
-        fx_ref_topk(s, NULL, m, q, k, want, NULL);
+        fx_ref_topk(s, alive, m, q, k, want, NULL);
         eng_query qq = {.vectors = q, .nq = 1, .top_k = k, .n_probes = nprobe};
         eng_query_result *r = NULL;
         if (eng_query_run(fx_eng, name, &qq, &r) != CDX_OK)
             return -1;
+        if (probed)
+            *probed = r->n_probes;
         for (size_t i = 0; i < r->n[0]; i++)
             for (size_t j = 0; j < k; j++)
                 if (!strcmp(r->hits[0][i].id, s->ids[want[j]]))
@@ -83,6 +90,13 @@ static double recall(const char *name, const fx_dataset *s, eng_metric m, uint32
         eng_query_result_free(r);
     }
     return (double)hit / (double)(nq * k);
+}
+
+/* Recall@10 of nq queries spread over the rows of s, against every row. */
+static double recall(const char *name, const fx_dataset *s, eng_metric m, uint32_t nprobe,
+                     size_t nq)
+{
+    return recall_rows(name, s, NULL, m, nprobe, 0, 37, nq, NULL);
 }
 
 static void test_train(void)
@@ -635,28 +649,12 @@ static void make_gblobs(fx_dataset *s, size_t n, size_t d, size_t nb)
 static double recall_held(const char *name, const fx_dataset *s, size_t n, uint32_t nprobe,
                           uint32_t *probed)
 {
-    size_t hit = 0, k = 10, nq = s->n - n;
     bool *alive = calloc(s->n, sizeof(bool));
     for (size_t i = 0; i < n; i++)
         alive[i] = true;
-    for (size_t qi = n; qi < s->n; qi++) {
-        size_t want[10];
-        fx_ref_topk(s, alive, ENG_METRIC_EUCLIDEAN, s->x + qi * s->d, k, want, NULL);
-        eng_query qq = {.vectors = s->x + qi * s->d, .nq = 1, .top_k = k, .n_probes = nprobe};
-        eng_query_result *r = NULL;
-        if (eng_query_run(fx_eng, name, &qq, &r) != CDX_OK) {
-            free(alive);
-            return -1;
-        }
-        *probed = r->n_probes;
-        for (size_t i = 0; i < r->n[0]; i++)
-            for (size_t j = 0; j < k; j++)
-                if (!strcmp(r->hits[0][i].id, s->ids[want[j]]))
-                    hit++;
-        eng_query_result_free(r);
-    }
+    double r = recall_rows(name, s, alive, ENG_METRIC_EUCLIDEAN, nprobe, n, 1, s->n - n, probed);
     free(alive);
-    return (double)hit / (double)(nq * k);
+    return r;
 }
 
 /*
