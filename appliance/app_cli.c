@@ -44,28 +44,6 @@ const char *cli_opt_value(cli_args *a, const char *name)
     return a->v[++a->i];
 }
 
-bool cli_parse_u64(const char *s, uint64_t *out)
-{
-    char *end;
-    if (!s || !*s || *s == '-')
-        return false;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end)
-        return false;
-    *out = v;
-    return true;
-}
-
-bool cli_parse_u32(const char *s, uint32_t *out)
-{
-    uint64_t v;
-    if (!cli_parse_u64(s, &v) || v > UINT32_MAX)
-        return false;
-    *out = (uint32_t)v;
-    return true;
-}
-
 int cli_include_opt(const char *s, unsigned *flags)
 {
     unsigned f = 0;

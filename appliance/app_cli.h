@@ -24,6 +24,7 @@
 
 #include "app_client.h"
 #include "cdx_limits.h"
+#include "cdx_num.h" /* cdx_parse_u64, cdx_parse_u32 for options */
 
 /* Everything a command needs: the global options and the connection. */
 typedef struct cli {
@@ -51,9 +52,6 @@ int cli_fail(const cli *x, cdx_err e);
 /* The value of option `name` (the next argument); a missing value exits 2 with a usage error. */
 const char *cli_opt_value(cli_args *a, const char *name);
 
-/* Decimal without sign; false when s is not a number in range. */
-bool cli_parse_u64(const char *s, uint64_t *out);
-bool cli_parse_u32(const char *s, uint32_t *out);
 
 /*
  * --include: a comma list of vectors, metadata, contents (or all, none) as

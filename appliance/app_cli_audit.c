@@ -61,7 +61,7 @@ int cli_audit(cli *x, cli_args *a)
     for (; a->i < a->n; a->i++) {
         const char *o = a->v[a->i];
         if (!strcmp(o, "-n") || !strcmp(o, "--lines")) {
-            if (!cli_parse_u32(cli_opt_value(a, o), &n) || n == 0 || n > CDX_AUDIT_TAIL_MAX)
+            if (!cdx_parse_u32(cli_opt_value(a, o), &n) || n == 0 || n > CDX_AUDIT_TAIL_MAX)
                 return cli_usage("%s: a number of records, 1 to %u", o, CDX_AUDIT_TAIL_MAX);
         } else if (!strcmp(o, "-f") || !strcmp(o, "--follow")) {
             follow = true;

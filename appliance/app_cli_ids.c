@@ -145,7 +145,7 @@ int cli_list_ids(cli *x, cli_args *a)
         else if (!strcmp(o, "--all"))
             all = true;
         else if (!strcmp(o, "--limit")) {
-            if (!cli_parse_u32(cli_opt_value(a, o), &limit))
+            if (!cdx_parse_u32(cli_opt_value(a, o), &limit))
                 return cli_usage("--limit needs a number");
         } else
             return cli_usage("list-ids: unknown option %s", o);

@@ -317,14 +317,14 @@ static int index_create(cli *x, cli_args *a, const char *name)
     for (; a->i < a->n; a->i++) {
         const char *o = a->v[a->i];
         if (!strcmp(o, "--dim") || !strcmp(o, "--dimension")) {
-            if (!cli_parse_u32(cli_opt_value(a, o), &spec.dimension))
+            if (!cdx_parse_u32(cli_opt_value(a, o), &spec.dimension))
                 return cli_usage("--dim needs a number");
         } else if (!strcmp(o, "--metric")) {
             spec.metric = cli_opt_value(a, o);
         } else if (!strcmp(o, "--type")) {
             spec.index_type = cli_opt_value(a, o);
         } else if (!strcmp(o, "--lists")) {
-            if (!cli_parse_u32(cli_opt_value(a, o), &spec.n_lists))
+            if (!cdx_parse_u32(cli_opt_value(a, o), &spec.n_lists))
                 return cli_usage("--lists needs a number");
         } else if (!strcmp(o, "--unwrap-kek")) {
             spec.kek_name = cli_opt_value(a, o);
@@ -430,18 +430,18 @@ static int index_train(cli *x, cli_args *a, const char *name)
     for (; a->i < a->n; a->i++) {
         const char *o = a->v[a->i];
         if (!strcmp(o, "--lists")) {
-            if (!cli_parse_u32(cli_opt_value(a, o), &t.n_lists))
+            if (!cdx_parse_u32(cli_opt_value(a, o), &t.n_lists))
                 return cli_usage("--lists needs a number");
         } else if (!strcmp(o, "--iters")) {
-            if (!cli_parse_u32(cli_opt_value(a, o), &t.max_iters))
+            if (!cdx_parse_u32(cli_opt_value(a, o), &t.max_iters))
                 return cli_usage("--iters needs a number");
         } else if (!strcmp(o, "--seed")) {
-            if (!cli_parse_u64(cli_opt_value(a, o), &t.seed))
+            if (!cdx_parse_u64(cli_opt_value(a, o), &t.seed))
                 return cli_usage("--seed needs a number");
         } else if (!strcmp(o, "--tolerance")) {
             t.tolerance = strtof(cli_opt_value(a, o), NULL);
         } else if (!strcmp(o, "--max-points-per-list")) {
-            if (!cli_parse_u32(cli_opt_value(a, o), &t.max_points_per_list))
+            if (!cdx_parse_u32(cli_opt_value(a, o), &t.max_points_per_list))
                 return cli_usage("--max-points-per-list needs a number");
         } else {
             return cli_usage("index train: unknown option %s", o);
@@ -568,7 +568,7 @@ static int index_accept_rollback(cli *x, cli_args *a, const char *name)
     for (; a->i < a->n; a->i++) {
         const char *o = a->v[a->i];
         if (!strcmp(o, "--version")) {
-            if (!cli_parse_u64(cli_opt_value(a, o), &ver) || !ver)
+            if (!cdx_parse_u64(cli_opt_value(a, o), &ver) || !ver)
                 return cli_usage("--version needs the store's head version (a number >= 1)");
         } else {
             return cli_usage("index accept-rollback: unknown option %s", o);

@@ -349,19 +349,19 @@ int cli_query(cli *x, cli_args *a)
             if (rc)
                 return rc;
         } else if (!strcmp(o, "--top-k")) {
-            if (!cli_parse_u32(cli_opt_value(a, o), &top_k))
+            if (!cdx_parse_u32(cli_opt_value(a, o), &top_k))
                 return cli_usage("--top-k needs a number");
         } else if (!strcmp(o, "--probes")) {
-            if (!cli_parse_u32(cli_opt_value(a, o), &probes))
+            if (!cdx_parse_u32(cli_opt_value(a, o), &probes))
                 return cli_usage("--probes needs a number");
         } else if (!strcmp(o, "--max-probes")) {
-            if (!cli_parse_u32(cli_opt_value(a, o), &max_probes))
+            if (!cdx_parse_u32(cli_opt_value(a, o), &max_probes))
                 return cli_usage("--max-probes needs a number");
         } else if (!strcmp(o, "--limit")) {
-            if (!cli_parse_u64(cli_opt_value(a, o), &limit))
+            if (!cdx_parse_u64(cli_opt_value(a, o), &limit))
                 return cli_usage("--limit needs a number");
         } else if (!strcmp(o, "--clients")) {
-            if (!cli_parse_u32(cli_opt_value(a, o), &clients) || !clients || clients > 256)
+            if (!cdx_parse_u32(cli_opt_value(a, o), &clients) || !clients || clients > 256)
                 return cli_usage("--clients needs 1..256");
         } else
             return cli_usage("query: unknown option %s", o);

@@ -63,7 +63,7 @@ int cli_resume_read(const char *path, cli_resume_rec *r)
         if (!strcmp(line, "index") && strlen(v) <= CDX_INDEX_NAME_MAX) {
             strcpy(r->index, v);
             seen |= 1;
-        } else if (!strcmp(line, "rows") && cli_parse_u64(v, &r->rows)) {
+        } else if (!strcmp(line, "rows") && cdx_parse_u64(v, &r->rows)) {
             seen |= 2;
         } else if (!strcmp(line, "through") && strlen(v) < sizeof(r->through)) {
             strcpy(r->through, v);
@@ -71,7 +71,7 @@ int cli_resume_read(const char *path, cli_resume_rec *r)
                    !cdx_hex_decode(v, r->sha256, sizeof(r->sha256))) {
             seen |= 4;
         } else if (!strcmp(line, "version")) {
-            (void)cli_parse_u64(v, &r->version);
+            (void)cdx_parse_u64(v, &r->version);
         }
     }
     if (seen != 7) {

@@ -611,25 +611,25 @@ int cli_upsert(cli *x, cli_args *a)
         else if (!strcmp(o, "--resume"))
             resume = true;
         else if (!strcmp(o, "--batch")) {
-            if (!cli_parse_u32(cli_opt_value(a, o), &batch) || !batch ||
+            if (!cdx_parse_u32(cli_opt_value(a, o), &batch) || !batch ||
                 batch > CDX_UPSERT_BATCH_MAX)
                 return cli_usage("--batch needs 1..%d", CDX_UPSERT_BATCH_MAX);
         } else if (!strcmp(o, "--batch-bytes")) {
             bytes_given = true;
-            if (!cli_parse_u64(cli_opt_value(a, o), &batch_bytes) || batch_bytes < 1024 ||
+            if (!cdx_parse_u64(cli_opt_value(a, o), &batch_bytes) || batch_bytes < 1024 ||
                 batch_bytes > CDX_FRAME_MAX_DEFAULT - CDX_CLI_BATCH_SLACK)
                 return cli_usage("--batch-bytes needs 1024..%u (the frame cap, %u, less %u for "
                                  "the request's own fields)",
                                  CDX_FRAME_MAX_DEFAULT - CDX_CLI_BATCH_SLACK, CDX_FRAME_MAX_DEFAULT,
                                  CDX_CLI_BATCH_SLACK);
         } else if (!strcmp(o, "--start-line")) {
-            if (!cli_parse_u64(cli_opt_value(a, o), &start_line) || !start_line)
+            if (!cdx_parse_u64(cli_opt_value(a, o), &start_line) || !start_line)
                 return cli_usage("--start-line needs a line number from 1");
         } else if (!strcmp(o, "--start")) {
-            if (!cli_parse_u64(cli_opt_value(a, o), &u.start))
+            if (!cdx_parse_u64(cli_opt_value(a, o), &u.start))
                 return cli_usage("--start needs a number");
         } else if (!strcmp(o, "--limit")) {
-            if (!cli_parse_u64(cli_opt_value(a, o), &limit))
+            if (!cdx_parse_u64(cli_opt_value(a, o), &limit))
                 return cli_usage("--limit needs a number");
         } else
             return cli_usage("upsert: unknown option %s", o);

@@ -14,6 +14,7 @@
 
 #include "app_hsmtool.h"
 #include "cdx_hex.h"
+#include "cdx_num.h"
 #include "cdx_time.h"
 #include "hsm_keys.h"
 #include "hsm_subkey.h"
@@ -152,13 +153,9 @@ cdx_err app_hsmtool_audit_verify(ctx *x)
     uint64_t max_age_s = 0;
     if ((err = app_hsmtool_hex_arg(x, O_DEPLOYMENT_ID, dep, sizeof(dep))))
         return err;
-    if (x->val[O_MAX_AGE]) {
-        char *end = NULL;
-        unsigned long long m = strtoull(x->val[O_MAX_AGE], &end, 10);
-        if (!end || *end || end == x->val[O_MAX_AGE] || m == 0 || m > 366ull * 86400)
-            return app_hsmtool_usage(x, "--max-age: seconds, 1 to %llu", 366ull * 86400);
-        max_age_s = m;
-    }
+    if (x->val[O_MAX_AGE] && (!cdx_parse_u64(x->val[O_MAX_AGE], &max_age_s) || max_age_s == 0 ||
+                              max_age_s > 366ull * 86400))
+        return app_hsmtool_usage(x, "--max-age: seconds, 1 to %llu", 366ull * 86400);
     char **files = NULL;
     size_t nfiles = 0;
     hsm_subkey *sk = NULL;

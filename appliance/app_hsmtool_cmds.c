@@ -20,6 +20,7 @@
 #include "cdx_err.h"
 #include "cdx_hex.h"
 #include "cdx_limits.h"
+#include "cdx_num.h"
 #include "hsm_admin.h"
 #include "hsm_custody.h"
 #include "hsm_keys.h"
@@ -532,14 +533,9 @@ static cdx_err index_ref_arg(ctx *x, hsm_key_ref *ref)
     cdx_err err = app_hsmtool_hex_arg(x, O_ID, ref->id, sizeof(ref->id));
     if (err || !x->val[O_GEN])
         return err;
-    const char *s = x->val[O_GEN];
-    char *end = NULL;
-    errno = 0;
-    unsigned long long g = strtoull(s, &end, 10);
-    if (!*s || *s == '-' || *end || errno || g > UINT32_MAX)
+    if (!cdx_parse_u32(x->val[O_GEN], &ref->gen))
         return app_hsmtool_usage(x, "--gen: expected a key generation 0..%u, got `%s`", UINT32_MAX,
-                                 s);
-    ref->gen = (uint32_t)g;
+                                 x->val[O_GEN]);
     return CDX_OK;
 }
 

@@ -126,7 +126,7 @@ static int global_options(cli *x, int argc, char **argv)
         else if (!strcmp(o, "--key"))
             x->conn.key = v;
         else if (!strcmp(o, "--timeout-ms")) {
-            if (!cli_parse_u32(v, &x->conn.timeout_ms))
+            if (!cdx_parse_u32(v, &x->conn.timeout_ms))
                 return -cli_usage("--timeout-ms needs a number");
         } else
             return -cli_usage("unknown option %s", o);
